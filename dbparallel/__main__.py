@@ -1,0 +1,3 @@
+from dbparallel.cli import main
+
+raise SystemExit(main())
