@@ -1,0 +1,315 @@
+"""The one typed configuration schema of dbparallel.
+
+``load_config(yaml files, key=value overrides)`` merges with omegaconf onto the dataclass
+defaults and returns the dataclass tree; every mistake raises ``ConfigError`` naming the dotted
+key and the allowed values, before anything starts. Imported by every layer; imports none of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from dbparallel.errors import UserError
+
+TASKS = ("dit",)
+DATA_SOURCES = ("digits", "parquet")
+SOLVERS = ("euler", "heun")
+SCHEDULES = ("equiprobable", "karras")
+NONFINITE_POLICIES = ("skip", "stop")
+PRESETS = ("tiny", "small", "base", "dit-s", "dit-b", "dit-l")
+
+
+class ConfigError(UserError):
+    """A user mistake in the configuration; the message names the dotted key."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _choice(value: str, key: str, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, key, f"got {value!r}; allowed: {', '.join(allowed)}")
+
+
+@dataclass
+class RunConfig:
+    dir: str = ""  # run directory or object-store URI; "" = runs/<name>
+    name: str = "digits-dit"  # run label, also the `run` label of every metric
+    seed: int = 0  # seeds model init, noise draws and data order of every block
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, "run.seed", f"must be >= 0, got {self.seed}")
+        _check(bool(self.name), "run.name", "must not be empty")
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"  # digits (embedded, scikit-learn) | parquet (data.path)
+    path: str = ""  # Parquet file/dir or URI with columns image (float list) and label (int)
+    image_size: int = 8  # side of the square images, pixels
+    channels: int = 1  # image channels
+    num_classes: int = 10  # label values are 0 .. num_classes-1
+
+    def __post_init__(self) -> None:
+        _choice(self.source, "data.source", DATA_SOURCES)
+        _check(self.source != "parquet" or bool(self.path), "data.path",
+               "required when data.source=parquet")
+        _check(self.image_size > 0, "data.image_size", "must be > 0")
+        _check(self.channels > 0, "data.channels", "must be > 0")
+        _check(self.num_classes > 0, "data.num_classes", "must be > 0")
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"  # size registry entry (models/presets.py) for the unset fields below
+    blocks: int = 4  # B, the number of independently trained blocks
+    depth: int = 8  # L, transformer layers in the whole network (L/B per block)
+    hidden: int | None = None  # token width; None = from the preset
+    heads: int | None = None  # attention heads; None = from the preset
+    mlp_ratio: float | None = None  # MLP width / hidden; None = from the preset
+    patch_size: int = 2  # image patch side, pixels
+
+    def __post_init__(self) -> None:
+        _choice(self.preset, "model.preset", PRESETS)
+        _check(self.blocks >= 1, "model.blocks", f"must be >= 1, got {self.blocks}")
+        _check(self.depth >= 1, "model.depth", f"must be >= 1, got {self.depth}")
+        _check(self.depth % self.blocks == 0, "model.depth",
+               f"{self.depth} layers do not split equally into model.blocks={self.blocks}; "
+               f"use a multiple of {self.blocks}")
+        _check(self.hidden is None or self.hidden > 0, "model.hidden", "must be > 0")
+        _check(self.heads is None or self.heads > 0, "model.heads", "must be > 0")
+        if self.hidden is not None and self.heads is not None:
+            _check(self.hidden % self.heads == 0, "model.heads",
+                   f"model.hidden={self.hidden} is not divisible by {self.heads} heads")
+        _check(self.mlp_ratio is None or self.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
+        _check(self.patch_size >= 1, "model.patch_size", "must be >= 1")
+
+    @property
+    def layers_per_block(self) -> int:
+        return self.depth // self.blocks
+
+
+@dataclass
+class NoiseConfig:
+    sigma_min: float = 0.002  # lowest noise level of the sampler and partition
+    sigma_max: float = 80.0  # highest noise level; sampling starts at sigma_max * eps
+    P_mean: float = -1.2  # mean of ln sigma in training
+    P_std: float = 1.2  # std of ln sigma in training
+    sigma_data: float = 0.5  # data standard deviation assumed by the preconditioning
+    gamma: float = 0.05  # overlap: each range widened by gamma times its log-width
+
+    def __post_init__(self) -> None:
+        _check(self.sigma_min > 0, "noise.sigma_min", f"must be > 0, got {self.sigma_min}")
+        _check(self.sigma_min < self.sigma_max, "noise.sigma_min",
+               f"must be < noise.sigma_max ({self.sigma_min} >= {self.sigma_max})")
+        _check(self.P_std > 0, "noise.P_std", f"must be > 0, got {self.P_std}")
+        _check(self.sigma_data > 0, "noise.sigma_data", f"must be > 0, got {self.sigma_data}")
+        _check(0 <= self.gamma <= 1, "noise.gamma", f"must be in [0, 1], got {self.gamma}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500  # optimizer steps per block
+    batch_size: int = 64  # samples per step, per block
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 100  # linear learning-rate warm-up, steps
+    ema_decay: float = 0.999  # EMA of weights used for assembly; 0 = off
+    grad_clip: float = 1.0  # max gradient norm; 0 = off
+    label_dropout: float = 0.1  # probability a label is replaced by the null class (CFG)
+    log_every: int = 25  # steps between progress/metric updates
+    checkpoint_every: int = 250  # steps between checkpoints (and always at the end)
+    keep_checkpoints: int = 2  # training states kept per block (older ones deleted)
+    nonfinite: str = "skip"  # on a NaN/Inf loss: skip the step, or stop the run
+    max_restarts: int = 3  # restarts of a failed block actor before the run fails
+    stall_timeout_s: float = 600.0  # a block without progress this long is reported stalled
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+            value = getattr(self, key)
+            _check(value >= 1, f"train.{key}", f"must be >= 1, got {value}")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+        _check(0 <= self.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
+        _choice(self.nonfinite, "train.nonfinite", NONFINITE_POLICIES)
+        _check(self.max_restarts >= 0, "train.max_restarts", "must be >= 0")
+        _check(self.stall_timeout_s > 0, "train.stall_timeout_s", "must be > 0")
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 50  # sampler steps from sigma_max to sigma_min (each runs one block)
+    solver: str = "euler"  # euler | heun
+    schedule: str = "equiprobable"  # equiprobable | karras (rho=7)
+    cfg_scale: float = 2.0  # classifier-free guidance scale; 1 = no guidance
+    per_class: int = 8  # images per class in samples.png
+    eval_samples: int = 500  # generated images scored by the evaluation metrics
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "sample.steps", "must be >= 1")
+        _choice(self.solver, "sample.solver", SOLVERS)
+        _choice(self.schedule, "sample.schedule", SCHEDULES)
+        _check(self.cfg_scale >= 0, "sample.cfg_scale", "must be >= 0")
+        _check(self.per_class >= 1, "sample.per_class", "must be >= 1")
+        _check(self.eval_samples >= 10, "sample.eval_samples", "must be >= 10")
+
+
+@dataclass
+class RuntimeConfig:
+    local: bool = False  # run the block trainers in this process, without Ray
+    address: str = ""  # Ray address; "" = RAY_ADDRESS if set, else a private local instance
+    num_cpus: int = 0  # CPUs of a private local instance; 0 = all
+    cpus_per_block: float = 0.5  # CPUs reserved by each block actor
+    gpus_per_block: float = 0.0  # GPUs per block actor (fractions share a card); 0 = CPU
+    torch_threads: int = 1  # torch threads per block trainer
+
+    def __post_init__(self) -> None:
+        _check(self.num_cpus >= 0, "runtime.num_cpus", "must be >= 0")
+        _check(self.cpus_per_block > 0, "runtime.cpus_per_block", "must be > 0")
+        _check(self.gpus_per_block >= 0, "runtime.gpus_per_block", "must be >= 0")
+        _check(self.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
+
+
+@dataclass
+class MetricsConfig:
+    port: int = 0  # HTTP port serving Prometheus metrics of a local run; 0 = off
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port < 65536, "metrics.port", f"must be in [0, 65535], got {self.port}")
+
+
+@dataclass
+class DebugConfig:
+    kill_block: int = -1  # block whose actor exits hard once, at kill_at_step; -1 = none
+    kill_at_step: int = -1  # step at which kill_block's actor exits
+
+
+@dataclass
+class Config:
+    task: str = "dit"  # what is denoised: dit (class-conditional image generation)
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def __post_init__(self) -> None:
+        _choice(self.task, "task", TASKS)
+        if self.debug.kill_block >= 0:
+            _check(self.debug.kill_block < self.model.blocks, "debug.kill_block",
+                   f"must be < model.blocks={self.model.blocks}")
+
+    @property
+    def run_dir(self) -> str:
+        return self.run.dir or f"runs/{self.run.name}"
+
+
+# Keys that fix what a block *is*: a run directory whose blocks were trained with other values
+# cannot be resumed or assembled with this config.
+IDENTITY_SECTIONS = ("task", "model", "noise", "data")
+IDENTITY_KEYS = ("run.seed", "train.label_dropout")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain nested dicts."""
+    return asdict(cfg)
+
+
+def identity(cfg: Config | dict[str, Any]) -> dict[str, Any]:
+    """Flat dotted keys that must agree between blocks of one network."""
+    flat = _flatten(cfg if isinstance(cfg, dict) else to_dict(cfg))
+    return {k: v for k, v in flat.items()
+            if k.split(".")[0] in IDENTITY_SECTIONS or k in IDENTITY_KEYS}
+
+
+def config_hash(cfg: Config | dict[str, Any]) -> str:
+    """Short hash of ``identity(cfg)``, stored with every checkpoint."""
+    blob = json.dumps(identity(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def identity_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Dotted identity keys whose values differ between two config dicts."""
+    ia, ib = identity(a), identity(b)
+    return sorted(k for k in set(ia) | set(ib) if ia.get(k) != ib.get(k))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
+    """Merge YAML files, then ``key=value`` overrides, onto the defaults and validate."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    merged = OmegaConf.structured(Config)
+    try:
+        for path in files:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"{item}: overrides are key=value (e.g. model.blocks=3)")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {_omegaconf_reason(err)}") from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def _omegaconf_reason(err: Exception) -> str:
+    text = str(err).splitlines()[0]
+    if type(err).__name__ == "ConfigKeyError":
+        return f"unknown key ({text}); see `dbparallel train --help-config` for the keys"
+    return text
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``to_dict`` output (e.g. a run directory's config.yaml)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, default) for every leaf of the schema, for help output."""
+    out: list[tuple[str, Any]] = []
+    default = cls()
+    for f in fields(cls):
+        value = getattr(default, f.name)
+        if is_dataclass(value):
+            out.extend(describe(type(value), f"{prefix}{f.name}."))
+        else:
+            out.append((f"{prefix}{f.name}", value))
+    return out

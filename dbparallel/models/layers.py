@@ -1,0 +1,143 @@
+"""Transformer building blocks with adaLN-Zero conditioning (DiT, Peebles & Xie 2023)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#################################################################################
+#                         Embeddings of sigma and labels                        #
+#################################################################################
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(N,) -> (N, dim) cosine/sine features with periods from 2*pi to max_period."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]  # (N, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class SigmaEmbedder(nn.Module):
+    """Embeds c_noise = ln(sigma)/4 into a conditioning vector."""
+
+    # c_noise spans about [-1.6, 1.1]; stretching it by 1000 spreads it over all frequencies,
+    # as DiT's timestep embedder does for t in [0, 1000].
+    scale = 1000.0
+
+    def __init__(self, hidden: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(c_noise * self.scale, self.freq_dim))  # (N, D)
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels -> vectors; index ``num_classes`` is the null label of guidance."""
+
+    def __init__(self, num_classes: int, hidden: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, hidden)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.table(labels)  # (N, D)
+
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding, (grid*grid, dim)."""
+    coords = torch.arange(grid, dtype=torch.float64)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    def axis(pos: torch.Tensor, d: int) -> torch.Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+        out = pos.reshape(-1, 1) * omega[None]
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+    return torch.cat([axis(yy, dim // 2), axis(xx, dim // 2)], dim=1).float()
+
+
+#################################################################################
+#                                 Patches                                       #
+#################################################################################
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, H*W/p^2, p*p*C)."""
+    n, c, h, w = x.shape
+    x = x.reshape(n, c, h // p, p, w // p, p)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(n, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: torch.Tensor, p: int, c: int) -> torch.Tensor:
+    """(N, T, p*p*C) -> (N, C, H, W) for a square image."""
+    n, t, _ = x.shape
+    g = int(round(math.sqrt(t)))
+    x = x.reshape(n, g, g, p, p, c)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(n, c, g * p, g * p)
+
+
+#################################################################################
+#                              Transformer layer                                #
+#################################################################################
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; ``mask`` (T, T) bool, True = may attend."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        n, t, d = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, H, T, d/H)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, T, d/H)
+        return self.proj(out.transpose(1, 2).reshape(n, t, d))  # (N, T, D)
+
+
+class AdaLNLayer(nn.Module):
+    """Pre-norm transformer layer whose norms are modulated by the condition c (adaLN-Zero)."""
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden, heads)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        width = int(hidden * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, width), nn.GELU(approximate="tanh"), nn.Linear(width, hidden)
+        )
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), mask)
+        x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x  # (N, T, D)
+
+
+class AdaLNHead(nn.Module):
+    """Final adaLN-modulated norm and linear projection of every token."""
+
+    def __init__(self, hidden: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm(x), shift, scale))  # (N, T, out_dim)

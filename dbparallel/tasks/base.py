@@ -1,0 +1,34 @@
+"""What every task provides: the blocks, the per-sample loss, and generation from the chain."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import pyarrow as pa
+import torch
+
+from dbparallel.core.partition import Partition
+from dbparallel.models.block import Block
+
+Batch = dict[str, torch.Tensor]
+
+
+class Task(Protocol):
+    """A DiffusionBlocks task: what is denoised, what conditions it, and how it is scored."""
+
+    name: str
+    partition: Partition
+
+    def build_block(self, block: int) -> Block:
+        """A freshly initialised block network (its private stem, layers and head)."""
+        ...
+
+    def prepare(self, table: pa.Table) -> Batch:
+        """Validated tensors of a whole data set, indexed along dim 0."""
+        ...
+
+    def loss(
+        self, net: Block, batch: Batch, block: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Per-sample loss (N,) of ``net`` on noise levels drawn from ``block``'s range."""
+        ...

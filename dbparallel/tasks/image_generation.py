@@ -1,0 +1,103 @@
+"""Class-conditional image generation with DiT blocks (DESIGN.md section 2, first row).
+
+Target y = image in [-1, 1]; condition x = class label, replaced by the null label with
+probability ``train.label_dropout`` so that sampling can use classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import torch
+
+from dbparallel.config import Config
+from dbparallel.core.losses import weighted_mse
+from dbparallel.core.noise import LogNormalNoise
+from dbparallel.core.partition import Partition, equiprobable_partition
+from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
+from dbparallel.core.sampler import (
+    Denoiser,
+    classifier_free_guidance,
+    equiprobable_schedule,
+    euler_sample,
+    heun_sample,
+    karras_schedule,
+)
+from dbparallel.data.tables import image_tensors
+from dbparallel.models.dit import DiTBlock
+from dbparallel.models.presets import resolve
+from dbparallel.tasks.base import Batch
+
+
+class ImageGeneration:
+    """DiT denoisers of images, one block per slice of sigma."""
+
+    name = "dit"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        n = cfg.noise
+        self.noise = LogNormalNoise(n.P_mean, n.P_std, n.sigma_min, n.sigma_max)
+        self.partition: Partition = equiprobable_partition(self.noise, cfg.model.blocks, n.gamma)
+        self.sigma_data = n.sigma_data
+        self.null_label = cfg.data.num_classes
+
+    def build_block(self, block: int) -> DiTBlock:
+        d = self.cfg.data
+        return DiTBlock(resolve(self.cfg.model), d.image_size, d.channels,
+                        self.cfg.model.patch_size, d.num_classes)
+
+    def prepare(self, table: pa.Table) -> Batch:
+        images, labels = image_tensors(table, self.cfg.data)
+        return {"image": images * 2 - 1, "label": labels}
+
+    def denoise(
+        self, net: DiTBlock, z: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """D(z, sigma; label) = c_skip z + c_out F(c_in z, c_noise, label)."""
+        _, _, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        F_x = net(c_in.view(-1, 1, 1, 1) * z, c_noise, labels)  # (N, C, H, W)
+        return precondition(F_x, z, sigma, self.sigma_data)
+
+    def loss(
+        self, net: DiTBlock, batch: Batch, block: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        y, labels = batch["image"], batch["label"]
+        n, device = len(y), y.device
+        lo, hi = self.partition.ranges[block]
+        sigma = self.noise.sample(n, lo, hi, generator, device=device)  # (N,)
+        eps = torch.randn(y.shape, generator=generator).to(device)  # (N, C, H, W)
+        dropped = torch.rand(n, generator=generator).to(device) < self.cfg.train.label_dropout
+        labels = torch.where(dropped, torch.full_like(labels, self.null_label), labels)
+        D = self.denoise(net, y + sigma.view(-1, 1, 1, 1) * eps, sigma, labels)
+        return weighted_mse(D, y, edm_weight(sigma, self.sigma_data))  # (N,)
+
+    @torch.no_grad()
+    def generate(
+        self, nets: list[DiTBlock], labels: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Images in [0, 1] for ``labels`` from the composed chain of blocks."""
+        s, d = self.cfg.sample, self.cfg.data
+        device = labels.device
+        sigmas = (equiprobable_schedule(self.noise, s.steps) if s.schedule == "equiprobable"
+                  else karras_schedule(self.noise, s.steps))
+        shape = (len(labels), d.channels, d.image_size, d.image_size)
+        z = self.noise.sigma_max * torch.randn(shape, generator=generator).to(device)
+        solver = euler_sample if s.solver == "euler" else heun_sample
+        x = solver(self.guided_denoiser(nets, labels), z, sigmas, self.partition)
+        return ((x.clamp(-1, 1) + 1) / 2).float()
+
+    def guided_denoiser(self, nets: list[DiTBlock], labels: torch.Tensor) -> Denoiser:
+        """(z, sigma, block) -> D, with classifier-free guidance when cfg_scale != 1."""
+        scale = self.cfg.sample.cfg_scale
+        null = torch.full_like(labels, self.null_label)
+
+        def denoise(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:
+            net = nets[block]
+            if scale == 1.0:
+                return self.denoise(net, z, torch.full((len(z),), sigma, device=z.device), labels)
+            both = torch.cat([z, z])
+            s = torch.full((len(both),), sigma, device=z.device)
+            D_cond, D_uncond = self.denoise(net, both, s, torch.cat([labels, null])).chunk(2)
+            return classifier_free_guidance(D_cond, D_uncond, scale)
+
+        return denoise

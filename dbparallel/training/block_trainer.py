@@ -1,0 +1,162 @@
+"""Training of one block: model, AdamW, EMA, one step at a time, and its state.
+
+The trainer holds only its own block's parameters and optimizer state, and needs nothing from
+any other block: this is what lets B trainers run on B devices with no traffic between them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dbparallel.config import Config, config_hash, to_dict
+from dbparallel.core.memory import SavedTensorMeter, StepMemory, measure_step
+from dbparallel.models.block import Block
+from dbparallel.tasks import Task, build_task
+from dbparallel.tasks.base import Batch
+from dbparallel.training.seeding import derive_seed, generator
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN/Inf loss with ``train.nonfinite=stop``."""
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one step did; exporters (progress, metrics) read these."""
+
+    step: int  # steps completed after this one
+    loss: float  # mean weighted loss of the batch (nan if non-finite)
+    finite: bool
+    step_time_s: float
+    samples: int
+
+
+class BlockTrainer:
+    """One block's network, optimizer and EMA; ``train_step`` advances it by one batch."""
+
+    def __init__(
+        self, cfg: Config, block: int, device: str | torch.device = "cpu",
+        task: Task | None = None,
+    ):
+        if not 0 <= block < cfg.model.blocks:
+            raise ValueError(f"block {block} is outside model.blocks={cfg.model.blocks}")
+        self.cfg, self.block, self.device = cfg, block, torch.device(device)
+        self.task = task or build_task(cfg)
+        self.sigma_range = self.task.partition.ranges[block]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.run.seed, "init", block))
+            self.model: Block = self.task.build_block(block).to(self.device)
+        self.ema: Block = copy.deepcopy(self.model).requires_grad_(False).eval()
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay
+        )
+        self.step = 0
+        self.nonfinite_steps = 0
+        self.recent_losses: list[float] = []  # finite losses of the last log_every steps
+        self.memory: StepMemory | None = None
+
+    # ------------------------------------------------------------------ training
+    def lr_at(self, step: int) -> float:
+        warmup = self.cfg.train.warmup_steps
+        return self.cfg.train.lr * min(1.0, (step + 1) / warmup) if warmup else self.cfg.train.lr
+
+    def train_step(self, batch: Batch) -> StepStats:
+        """One optimizer step on ``batch`` (tensors on this trainer's device)."""
+        start = time.perf_counter()
+        g = generator(self.cfg.run.seed, "step", self.block, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.model.train()
+        meter = SavedTensorMeter(exclude=self.model.parameters())
+        with meter.record():
+            loss = self.task.loss(self.model, batch, self.block, g).mean()
+        n = len(next(iter(batch.values())))
+        if not torch.isfinite(loss):
+            self.nonfinite_steps += 1
+            self.step += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.cfg.train.nonfinite == "stop":
+                raise NonFiniteLoss(f"block {self.block}: loss is {loss.item()} at step "
+                                    f"{self.step - 1} (train.nonfinite=stop)")
+            return StepStats(self.step, math.nan, False, time.perf_counter() - start, n)
+        loss.backward()
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        if self.memory is None:
+            self.memory = measure_step(self.model, self.optimizer, meter.peak)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._update_ema()
+        self.step += 1
+        value = loss.item()
+        self.recent_losses = (self.recent_losses + [value])[-self.cfg.train.log_every:]
+        return StepStats(self.step, value, True, time.perf_counter() - start, n)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.cfg.train.ema_decay
+        if not decay:
+            self.ema.load_state_dict(self.model.state_dict())
+            return
+        # Warm-up of the average: early weights are forgotten quickly.
+        decay = min(decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss over the last ``train.log_every`` finite steps."""
+        return sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else math.nan
+
+    def is_finite(self) -> bool:
+        return all(torch.isfinite(p).all() for p in self.model.parameters())
+
+    # ------------------------------------------------------------------ state
+    def meta(self) -> dict[str, Any]:
+        """What identifies this block's network: assembly refuses disagreeing blocks."""
+        return {
+            "block": self.block,
+            "blocks": self.cfg.model.blocks,
+            "task": self.cfg.task,
+            "step": self.step,
+            "sigma_range": list(self.sigma_range),
+            "partition": self.task.partition.to_json(),
+            "config_hash": config_hash(self.cfg),
+            "config": to_dict(self.cfg),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next step depends on (the data position is the step itself)."""
+        return {
+            "meta": self.meta(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "nonfinite_steps": self.nonfinite_steps,
+            "recent_losses": list(self.recent_losses),
+            "memory": self.memory.to_json() if self.memory else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.nonfinite_steps = int(state["nonfinite_steps"])
+        self.recent_losses = [float(x) for x in state["recent_losses"]]
+        mem = state.get("memory")
+        if mem:
+            mem = {k: v for k, v in mem.items() if k != "total"}
+            self.memory = StepMemory(**mem)
+
+    def snapshot(self) -> dict[str, Any]:
+        """EMA weights and meta: all the assembly needs of this block."""
+        return {"meta": self.meta(), "ema": self.ema.state_dict()}

@@ -1,0 +1,87 @@
+"""Per-block checkpoints of two kinds, each listed with its checksum in the block's manifest.
+
+- ``state``: everything to resume training exactly (weights, optimizer, EMA, step, ...).
+- ``snapshot``: EMA weights + block meta, all the assembly needs.
+
+Files are plain state dicts (``torch.save``; loaded with ``weights_only=True``), never pickled
+code. A file is written before the manifest that lists it, so the manifest never points at a
+missing file; a file whose checksum disagrees is reported and the previous good one is used.
+Each block writes only under ``blocks/block_<b>/``: no two actors ever write the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from typing import Any, Literal
+
+import torch
+
+from dbparallel.training.storage import Storage
+
+Kind = Literal["state", "snapshot"]
+log = logging.getLogger(__name__)
+
+
+def block_dir(block: int) -> str:
+    return f"blocks/block_{block}"
+
+
+class BlockCheckpoints:
+    """Checkpoints of one block under ``blocks/block_<b>/`` of a run directory."""
+
+    def __init__(self, storage: Storage, block: int, keep: int = 2):
+        self.storage, self.block, self.keep = storage, block, keep
+        self.dir = block_dir(block)
+        self.manifest_path = f"{self.dir}/manifest.json"
+
+    def manifest(self) -> dict[str, list[dict[str, Any]]]:
+        if not self.storage.exists(self.manifest_path):
+            return {"state": [], "snapshot": []}
+        return self.storage.read_json(self.manifest_path)
+
+    def save(self, kind: Kind, step: int, payload: dict[str, Any]) -> str:
+        """Write ``payload`` as ``kind`` at ``step``; returns the relative file path."""
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        data = buffer.getvalue()
+        rel = f"{self.dir}/{kind}_{step:08d}.pt"
+        self.storage.write_bytes(rel, data)
+        manifest = self.manifest()
+        entries = [e for e in manifest[kind] if e["step"] != step]
+        entries.append({"step": step, "file": rel, "sha256": hashlib.sha256(data).hexdigest(),
+                        "bytes": len(data)})
+        entries.sort(key=lambda e: e["step"])
+        keep = self.keep if kind == "state" else 1
+        manifest[kind], dropped = entries[-keep:], entries[:-keep]
+        self.storage.write_json(self.manifest_path, manifest)
+        for entry in dropped:
+            self.storage.delete(entry["file"])
+        return rel
+
+    def load_latest(self, kind: Kind) -> dict[str, Any] | None:
+        """The newest ``kind`` whose checksum verifies, or None if there is none."""
+        for entry in reversed(self.manifest()[kind]):
+            try:
+                data = self.storage.read_bytes(entry["file"])
+            except FileNotFoundError:
+                log.warning("block %d: checkpoint %s is missing; trying an older one",
+                            self.block, entry["file"])
+                continue
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                log.warning("block %d: checkpoint %s is corrupt (checksum mismatch); "
+                            "trying an older one", self.block, entry["file"])
+                continue
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return None
+
+    def restarts(self) -> int:
+        rel = f"{self.dir}/restarts.json"
+        return int(self.storage.read_json(rel)["restarts"]) if self.storage.exists(rel) else 0
+
+    def record_restart(self) -> int:
+        """Count one more restart of this block's actor; returns the new count."""
+        count = self.restarts() + 1
+        self.storage.write_json(f"{self.dir}/restarts.json", {"restarts": count})
+        return count

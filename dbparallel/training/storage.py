@@ -1,0 +1,88 @@
+"""A run directory on a local disk or in an object store, with atomic writes.
+
+Local: temp file, fsync, rename, fsync of the directory, so a reader sees the old file or
+the new one, never a torn one. Object stores (``s3://``, ``gs://``, ... through
+``pyarrow.fs``) write whole objects; readers are protected by checksums in the manifests,
+which are written after the files they list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+
+class Storage:
+    """Files under one root, addressed by relative paths with '/' separators."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/") or "/"
+        self.is_local = "://" not in root or root.startswith("file://")
+        if self.is_local:
+            self._base = root[len("file://"):] if root.startswith("file://") else root
+            self.fs: pafs.FileSystem = pafs.LocalFileSystem()
+        else:
+            self.fs, self._base = pafs.FileSystem.from_uri(root)
+
+    def path(self, rel: str) -> str:
+        return f"{self._base.rstrip('/')}/{rel}" if rel else self._base
+
+    def uri(self, rel: str = "") -> str:
+        """A printable location of ``rel``."""
+        return self.path(rel) if self.is_local else f"{self.root}/{rel}".rstrip("/")
+
+    def makedirs(self, rel: str = "") -> None:
+        self.fs.create_dir(self.path(rel), recursive=True)
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``data`` to ``rel`` atomically."""
+        target = self.path(rel)
+        parent = target.rsplit("/", 1)[0]
+        if self.is_local:
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            dir_fd = os.open(parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            return
+        self.fs.create_dir(parent, recursive=True)
+        with self.fs.open_output_stream(target) as f:
+            f.write(data)
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(rel)) as f:
+                return f.read()
+        except (FileNotFoundError, pa.ArrowException) as err:
+            raise FileNotFoundError(f"{self.uri(rel)}: {err}") from None
+
+    def delete(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.delete_file(self.path(rel))
+
+    def write_json(self, rel: str, value: Any) -> None:
+        self.write_bytes(rel, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode())
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
