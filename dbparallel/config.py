@@ -128,6 +128,7 @@ class TrainConfig:
     nonfinite: str = "skip"  # on a NaN/Inf loss: skip the step, or stop the run
     max_restarts: int = 3  # restarts of a failed block actor before the run fails
     stall_timeout_s: float = 600.0  # a block without progress this long is reported stalled
+    assemble_every: int = 0  # steps between assemblies during training; 0 = at the end only
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -141,6 +142,7 @@ class TrainConfig:
         _choice(self.nonfinite, "train.nonfinite", NONFINITE_POLICIES)
         _check(self.max_restarts >= 0, "train.max_restarts", "must be >= 0")
         _check(self.stall_timeout_s > 0, "train.stall_timeout_s", "must be > 0")
+        _check(self.assemble_every >= 0, "train.assemble_every", "must be >= 0")
 
 
 @dataclass
@@ -169,12 +171,18 @@ class RuntimeConfig:
     cpus_per_block: float = 0.5  # CPUs reserved by each block actor
     gpus_per_block: float = 0.0  # GPUs per block actor (fractions share a card); 0 = CPU
     torch_threads: int = 1  # torch threads per block trainer
+    assembly_cpus: float = 0.0  # CPUs reserved by the assembly actor
+    assembly_gpus: float = 0.0  # GPUs of the assembly actor; 0 = it samples on CPU
+    placement_timeout_s: float = 300.0  # wait this long for the cluster to fit every block
 
     def __post_init__(self) -> None:
         _check(self.num_cpus >= 0, "runtime.num_cpus", "must be >= 0")
         _check(self.cpus_per_block > 0, "runtime.cpus_per_block", "must be > 0")
         _check(self.gpus_per_block >= 0, "runtime.gpus_per_block", "must be >= 0")
         _check(self.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
+        _check(self.assembly_cpus >= 0, "runtime.assembly_cpus", "must be >= 0")
+        _check(self.assembly_gpus >= 0, "runtime.assembly_gpus", "must be >= 0")
+        _check(self.placement_timeout_s > 0, "runtime.placement_timeout_s", "must be > 0")
 
 
 @dataclass

@@ -64,6 +64,10 @@ class SavedTensorMeter:
         self.peak = 0
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        if t.device.type == "meta":  # shape-only estimate: no storage to deduplicate by
+            self.current += t.numel() * t.element_size()
+            self.peak = max(self.peak, self.current)
+            return t
         ptr = t.untyped_storage().data_ptr()
         if ptr not in self._exclude and ptr not in self._seen:
             self._seen.add(ptr)

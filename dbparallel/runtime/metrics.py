@@ -8,7 +8,7 @@ gain ``_total``: ``dbparallel_block_steps`` is scraped as ``ray_dbparallel_block
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["gauge", "counter"]
 
@@ -58,3 +58,140 @@ def exported_name(spec: MetricSpec, through_ray: bool = True) -> str:
 def exported_names(through_ray: bool = True) -> set[str]:
     """All scrape names, as dashboards and alert rules must spell them."""
     return {exported_name(spec, through_ray) for spec in ALL_METRICS}
+
+
+# ---------------------------------------------------------------------------- sinks
+class Sink:
+    """Where recorded values go: Ray's metrics, a prometheus_client registry, or memory."""
+
+    def set(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def inc(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
+        raise NotImplementedError
+
+
+class MemorySink(Sink):
+    """Keeps the last value of every gauge and the sum of every counter (tests, reports)."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def _key(self, spec: MetricSpec, tags: dict[str, str]) -> tuple:
+        return (spec.name, tuple(sorted(tags.items())))
+
+    def set(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
+        self.values[self._key(spec, tags)] = value
+
+    def inc(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
+        key = self._key(spec, tags)
+        self.values[key] = self.values.get(key, 0.0) + value
+
+    def get(self, name: str, **tags: str) -> float | None:
+        return self.values.get((name, tuple(sorted(tags.items()))))
+
+
+class RaySink(Sink):
+    """Ray's metrics system: scraped from every node's metrics port with a ``ray_`` prefix."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, Any] = {}
+
+    def _metric(self, spec: MetricSpec) -> Any:
+        if spec.name not in self._metrics:
+            from ray.util import metrics
+
+            cls = metrics.Counter if spec.kind == "counter" else metrics.Gauge
+            self._metrics[spec.name] = cls(spec.name, spec.description, spec.tag_keys)
+        return self._metrics[spec.name]
+
+    def set(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
+        self._metric(spec).set(value, tags)
+
+    def inc(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
+        self._metric(spec).inc(value, tags)
+
+
+class PrometheusSink(Sink):
+    """A prometheus_client registry, served over HTTP by a local run (``metrics.port``)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.registry = CollectorRegistry()
+        self._metrics: dict[str, Any] = {}
+
+    def _metric(self, spec: MetricSpec) -> Any:
+        if spec.name not in self._metrics:
+            import prometheus_client as pc
+
+            cls = pc.Counter if spec.kind == "counter" else pc.Gauge
+            self._metrics[spec.name] = cls(spec.name, spec.description, list(spec.tag_keys),
+                                           registry=self.registry)
+        return self._metrics[spec.name]
+
+    def set(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
+        self._metric(spec).labels(**tags).set(value)
+
+    def inc(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
+        self._metric(spec).labels(**tags).inc(value)
+
+    def serve(self, port: int) -> int:
+        """Start the HTTP endpoint; returns the port it listens on."""
+        from prometheus_client import start_http_server
+
+        server, _ = start_http_server(port, registry=self.registry)
+        return server.server_port
+
+
+# ---------------------------------------------------------------------------- recorders
+SPEC = {spec.name: spec for spec in ALL_METRICS}
+
+
+class BlockRecorder:
+    """Turns one block's step stats into metric values."""
+
+    def __init__(self, run: str, block: int, sigma_range: tuple[float, float] | None,
+                 sink: Sink | None = None):
+        self.sink = sink or RaySink()
+        self.tags = {"run": run, "block": str(block)}
+        if sigma_range is not None:
+            self.sink.set(SPEC["dbparallel_block_sigma_low"], sigma_range[0], self.tags)
+            self.sink.set(SPEC["dbparallel_block_sigma_high"], sigma_range[1], self.tags)
+        self._memory_sent = False
+
+    def record(self, stats: Any, trainer: Any) -> None:
+        """``stats``: a StepStats; ``trainer``: its BlockTrainer (for memory)."""
+        s = self.sink
+        s.inc(SPEC["dbparallel_block_steps"], 1, self.tags)
+        s.set(SPEC["dbparallel_block_step_time_seconds"], stats.step_time_s, self.tags)
+        if stats.step_time_s > 0:
+            s.set(SPEC["dbparallel_block_samples_per_second"],
+                  stats.samples / stats.step_time_s, self.tags)
+        if stats.finite:
+            s.set(SPEC["dbparallel_block_loss"], stats.loss, self.tags)
+        else:
+            s.inc(SPEC["dbparallel_block_nonfinite_steps"], 1, self.tags)
+        if not self._memory_sent and trainer.memory is not None:
+            s.set(SPEC["dbparallel_block_memory_bytes"], trainer.memory.total, self.tags)
+            self._memory_sent = True
+
+    def restarted(self) -> None:
+        self.sink.inc(SPEC["dbparallel_block_restarts"], 1, self.tags)
+
+    def stalled(self, is_stalled: bool) -> None:
+        self.sink.set(SPEC["dbparallel_block_stalled"], float(is_stalled), self.tags)
+
+
+class AssemblyRecorder:
+    """Exports the composed network's metrics as ``dbparallel_assembly_<key>``."""
+
+    def __init__(self, run: str, sink: Sink | None = None):
+        self.sink = sink or RaySink()
+        self.tags = {"run": run}
+
+    def record(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            spec = SPEC.get(ASSEMBLY_PREFIX + key)
+            if spec is not None:
+                self.sink.set(spec, float(value), self.tags)

@@ -107,7 +107,7 @@ class BlockTrainer:
             return
         # Warm-up of the average: early weights are forgotten quickly.
         decay = min(decay, (1 + self.step) / (10 + self.step))
-        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+        for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             e.lerp_(p, 1 - decay)
 
     @property

@@ -1,0 +1,154 @@
+"""dbparallel train | plan | eval | sample: parse -> build -> run -> close."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from dbparallel.config import Config, ConfigError, describe, from_dict, load_config
+from dbparallel.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    files = [i for i in items if "=" not in i]
+    overrides = [i for i in items if "=" in i]
+    return files, overrides
+
+
+def _config(args: argparse.Namespace) -> Config:
+    files, overrides = _split(args.config)
+    if getattr(args, "local", False):
+        overrides.append("runtime.local=true")
+    return load_config(files, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.help_config:
+        for key, default in describe():
+            print(f"{key}={default}")
+        return 0
+    cfg = _config(args)
+    from dbparallel.data.sources import load_table
+    from dbparallel.tasks import build_task
+
+    table = load_table(cfg.data)
+    build_task(cfg).prepare(table)  # validate the data before any block starts
+    if cfg.runtime.local:
+        from dbparallel.runtime.local import run_local
+
+        report = run_local(cfg, table)
+    else:
+        from dbparallel.runtime.launch import run_ray
+
+        report = run_ray(cfg, table)
+    _print_summary(cfg, report)
+    return 0
+
+
+def _print_summary(cfg: Config, report: dict) -> None:
+    for row in report["per_block"]:
+        print(f"block {row['block']}: steps={row['steps']} final_loss={row['final_loss']:.5f} "
+              f"restarts={row['restarts']} peak_memory={row['peak_memory_bytes'] / 2**20:.2f} MiB")
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in report["assembly"].items())
+    print(f"assembly: {metrics}")
+    print(f"run directory: {cfg.run_dir}  ({report['wall_time_s']:.1f} s)")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from dbparallel.training.plan import plan, plan_table
+
+    cfg = _config(args)
+    result = plan(cfg)
+    print(json.dumps(result, indent=2) if args.json else plan_table(cfg, result))
+    return 0
+
+
+def _run_config(run_dir: str) -> Config:
+    from dbparallel.training.run_dir import CONFIG_FILE, stored_config
+    from dbparallel.training.storage import Storage
+
+    storage = Storage(run_dir)
+    if not storage.exists(CONFIG_FILE):
+        raise UserError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    cfg = from_dict(stored_config(storage))
+    cfg.run.dir = run_dir
+    return cfg
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dbparallel.data.sources import load_table
+    from dbparallel.training.assemble import assemble
+    from dbparallel.training.storage import Storage
+
+    cfg = _run_config(args.run_dir)
+    metrics = assemble(cfg, Storage(args.run_dir), load_table(cfg.data), write_samples=False)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k}: {v:.6g}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from dbparallel.tasks import build_task
+    from dbparallel.training.assemble import compose, load_snapshots, sample_png
+    from dbparallel.training.storage import Storage
+
+    cfg = _run_config(args.run_dir)
+    task = build_task(cfg)
+    nets = compose(task, load_snapshots(cfg, Storage(args.run_dir)))
+    with open(args.out, "wb") as f:
+        f.write(sample_png(cfg, task, nets))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dbparallel", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    config_help = "YAML recipes (jobs/*.yaml) and key=value overrides, applied in order"
+
+    t = sub.add_parser("train", help="train every block concurrently, then assemble")
+    t.add_argument("config", nargs="*", help=config_help)
+    t.add_argument("--local", action="store_true", help="train in this process, without Ray")
+    t.add_argument("--help-config", action="store_true", help="list every config key")
+    t.set_defaults(func=cmd_train)
+
+    pl = sub.add_parser("plan", help="show the partition and per-block sizes, no training")
+    pl.add_argument("config", nargs="*", help=config_help)
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plan)
+
+    e = sub.add_parser("eval", help="re-assemble a run's blocks and evaluate them")
+    e.add_argument("run_dir")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("sample", help="write a grid of samples of a run")
+    s.add_argument("run_dir")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    p = parser()
+    # Options may sit between config items (`train a.yaml --local k=v`): collect the rest.
+    args, extra = p.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-")]
+    if unknown or (extra and not hasattr(args, "config")):
+        p.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.config = [*args.config, *extra]
+    try:
+        return args.func(args)
+    except (ConfigError, UserError) as err:
+        print(f"dbparallel: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR

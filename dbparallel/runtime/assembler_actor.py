@@ -1,0 +1,30 @@
+"""The assembly actor: composes the latest block snapshots and evaluates the network."""
+
+from __future__ import annotations
+
+import ray
+import torch
+
+from dbparallel.config import Config
+from dbparallel.runtime.dataset import read_all
+from dbparallel.runtime.metrics import AssemblyRecorder
+from dbparallel.training.assemble import assemble
+from dbparallel.training.storage import Storage
+
+
+class AssemblerActor:
+    """Loads every block's snapshot, samples with the routed sampler, scores the samples."""
+
+    def __init__(self, cfg: Config, dataset: ray.data.Dataset):
+        torch.set_num_threads(cfg.runtime.torch_threads)
+        self.cfg = cfg
+        self.table = read_all(dataset)
+        use_gpu = cfg.runtime.gpus_per_block > 0 and torch.cuda.is_available()
+        self.device = "cuda" if use_gpu else "cpu"
+        self.recorder = AssemblyRecorder(cfg.run.name)
+
+    def assemble(self, write_samples: bool = True) -> dict[str, float]:
+        metrics = assemble(self.cfg, Storage(self.cfg.run_dir), self.table, self.device,
+                           write_samples)
+        self.recorder.record(metrics)
+        return metrics

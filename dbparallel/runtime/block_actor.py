@@ -1,0 +1,64 @@
+"""The block actor: a thin shell around one BlockRun on its own device.
+
+It resumes from its own latest checkpoint, trains in chunks the controller asks for, and
+sends nothing to any other block. ``ray.remote`` is applied where it is started (launch.py).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import ray
+import torch
+
+from dbparallel.config import Config
+from dbparallel.runtime.dataset import read_all
+from dbparallel.runtime.metrics import BlockRecorder
+from dbparallel.training.block_trainer import StepStats
+from dbparallel.training.loop import BlockRun
+from dbparallel.training.storage import Storage
+
+
+class BlockActor:
+    """Trains block ``block`` of ``cfg`` on the shared ``dataset``."""
+
+    def __init__(self, cfg: Config, block: int, dataset: ray.data.Dataset):
+        torch.set_num_threads(cfg.runtime.torch_threads)
+        self.cfg, self.block = cfg, block
+        use_gpu = cfg.runtime.gpus_per_block > 0 and torch.cuda.is_available()
+        self.run = BlockRun(cfg, block, read_all(dataset), Storage(cfg.run_dir),
+                            "cuda" if use_gpu else "cpu")
+        with warnings.catch_warnings():  # Ray's own property warns about its internals
+            warnings.simplefilter("ignore")
+            self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.restarts = (self.run.checkpoints.record_restart() if self.restarted
+                         else self.run.checkpoints.restarts())
+        self.recorder = BlockRecorder(cfg.run.name, block, self.run.trainer.sigma_range)
+        if self.restarted:
+            self.recorder.restarted()
+        self.last: StepStats | None = None
+
+    def train(self, until: int) -> dict[str, Any]:
+        """Train up to step ``until``; returns this block's progress."""
+        d = self.cfg.debug
+        if (d.kill_block == self.block and not self.restarted
+                and self.run.trainer.step < d.kill_at_step <= until):
+            self.run.train_until(d.kill_at_step, self._on_step)
+            os._exit(1)  # fault injection: die hard, no cleanup, no checkpoint
+        self.run.train_until(until, self._on_step)
+        return self.progress()
+
+    def _on_step(self, stats: StepStats) -> None:
+        self.last = stats
+        self.recorder.record(stats, self.run.trainer)
+
+    def progress(self) -> dict[str, Any]:
+        t = self.run.trainer
+        return {"block": self.block, "step": t.step, "done": self.run.done,
+                "loss": self.last.loss if self.last else t.final_loss, "pid": os.getpid(),
+                "restarts": self.restarts}
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.run.summary(), "restarts": self.restarts}

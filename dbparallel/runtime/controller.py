@@ -1,0 +1,156 @@
+"""The controller: a small steppable state machine over B block actors and one assembler.
+
+It knows actors only through a ``Backend`` (Ray in launch.py, fakes in tests): it asks each
+block for its next chunk of steps, moves the progress bars, notices stalls, fails the run
+when a block is lost for good, and triggers assembly when every block is done.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dbparallel.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    TRAINING = "training"
+    ASSEMBLING = "assembling"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Event:
+    """A finished call: ``kind`` is "train" (with ``block``) or "assemble"."""
+
+    kind: str
+    block: int | None
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Backend(Protocol):
+    def submit_train(self, block: int, until: int) -> None: ...
+    def submit_assemble(self, write_samples: bool) -> None: ...
+    def poll(self, timeout_s: float) -> list[Event]: ...
+    def summaries(self) -> list[dict[str, Any]]: ...
+
+
+class RunFailed(RuntimeError):
+    """The run cannot finish; the message names the block and its last error."""
+
+
+@dataclass
+class BlockStatus:
+    step: int = 0
+    done: bool = False
+    in_flight: bool = False
+    loss: float = math.nan
+    restarts: int = 0
+    last_progress_s: float = 0.0
+    stalled: bool = False
+
+
+@dataclass
+class Controller:
+    cfg: Config
+    backend: Backend
+    on_progress: Callable[[int, int, float], None] = lambda block, step, loss: None
+    on_stall: Callable[[int, bool], None] = lambda block, stalled: None
+    clock: Callable[[], float] = time.monotonic
+    state: State = State.TRAINING
+    blocks: list[BlockStatus] = field(default_factory=list)
+    assembly: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    _assembling: bool = False
+    _next_assembly: int = 0
+
+    def __post_init__(self) -> None:
+        now = self.clock()
+        self.blocks = [BlockStatus(last_progress_s=now) for _ in range(self.cfg.model.blocks)]
+        self._next_assembly = self.cfg.train.assemble_every or self.cfg.train.steps + 1
+
+    def chunk_end(self, status: BlockStatus) -> int:
+        every = self.cfg.train.log_every
+        return min((status.step // every + 1) * every, self.cfg.train.steps)
+
+    def step(self, timeout_s: float = 1.0) -> State:
+        """Submit what is due, handle what finished within ``timeout_s``; returns the state."""
+        if self.state == State.TRAINING:
+            for b, status in enumerate(self.blocks):
+                if not status.done and not status.in_flight:
+                    self.backend.submit_train(b, self.chunk_end(status))
+                    status.in_flight = True
+        if self.state in (State.TRAINING, State.ASSEMBLING):
+            for event in self.backend.poll(timeout_s):
+                self._handle(event)
+        if self.state == State.TRAINING:
+            self._check_stalls()
+            if all(s.done for s in self.blocks) and not self._assembling:
+                self.state = State.ASSEMBLING
+                self.backend.submit_assemble(True)
+                self._assembling = True
+            elif min(s.step for s in self.blocks) >= self._next_assembly and not self._assembling:
+                self._next_assembly += self.cfg.train.assemble_every
+                self.backend.submit_assemble(False)
+                self._assembling = True
+        return self.state
+
+    def _handle(self, event: Event) -> None:
+        if event.kind == "assemble":
+            self._assembling = False
+            if event.error is not None:
+                self._fail(f"assembly failed: {event.error}")
+            elif self.state == State.ASSEMBLING:
+                self.assembly = dict(event.result)
+                self.state = State.DONE
+            else:
+                log.info("assembly during training: %s", event.result)
+            return
+        assert event.block is not None
+        status = self.blocks[event.block]
+        status.in_flight = False
+        if event.error is not None:
+            self._fail(f"block {event.block} failed (after up to train.max_restarts="
+                       f"{self.cfg.train.max_restarts} restarts): {event.error}")
+            return
+        progress = event.result
+        if progress["step"] > status.step:
+            status.last_progress_s = self.clock()
+        status.step, status.done = progress["step"], progress["done"]
+        status.loss, status.restarts = progress["loss"], progress["restarts"]
+        if status.stalled:
+            status.stalled = False
+            self.on_stall(event.block, False)
+        self.on_progress(event.block, status.step, status.loss)
+
+    def _check_stalls(self) -> None:
+        now = self.clock()
+        for b, status in enumerate(self.blocks):
+            quiet = now - status.last_progress_s
+            if not status.done and not status.stalled and quiet > self.cfg.train.stall_timeout_s:
+                status.stalled = True
+                log.warning("block %d has made no progress for %.0f s (train.stall_timeout_s)",
+                            b, quiet)
+                self.on_stall(b, True)
+
+    def _fail(self, message: str) -> None:
+        self.state = State.FAILED
+        self.error = message
+        log.error(message)
+
+    def run(self, timeout_s: float = 1.0) -> dict[str, float]:
+        """Step until done; returns the assembly metrics or raises RunFailed."""
+        while self.step(timeout_s) not in (State.DONE, State.FAILED):
+            pass
+        if self.state == State.FAILED:
+            raise RunFailed(self.error)
+        return self.assembly

@@ -1,0 +1,155 @@
+"""Starting a run on Ray: connect, share the data, reserve one bundle per block, start the
+actors, drive the controller, write the report, clean up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import pyarrow as pa
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from dbparallel.config import Config
+from dbparallel.errors import UserError
+from dbparallel.runtime.assembler_actor import AssemblerActor
+from dbparallel.runtime.block_actor import BlockActor
+from dbparallel.runtime.controller import Controller, Event
+from dbparallel.runtime.dataset import shared_dataset
+from dbparallel.runtime.metrics import BlockRecorder, RaySink
+from dbparallel.runtime.progress import BlockBars
+from dbparallel.tasks import build_task
+from dbparallel.training.report import build_report, write_report
+from dbparallel.training.run_dir import open_run
+
+log = logging.getLogger(__name__)
+
+
+def connect(cfg: Config) -> bool:
+    """Join the cluster at runtime.address / RAY_ADDRESS, or start a private local one.
+
+    Returns True when this call connected (and so should disconnect at the end)."""
+    if ray.is_initialized():
+        return False
+    address = cfg.runtime.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+        return True
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {}
+    if cfg.metrics.port:
+        kwargs["_metrics_export_port"] = cfg.metrics.port
+        print(f"metrics: http://127.0.0.1:{cfg.metrics.port}/metrics")
+    ray.init(address="local", num_cpus=cfg.runtime.num_cpus or None, include_dashboard=False,
+             logging_level="WARNING", _system_config={"metrics_report_interval_ms": 2000},
+             **kwargs)
+    return True
+
+
+class RayBackend:
+    """The controller's view of the actors: submit calls, collect finished ones."""
+
+    def __init__(self, cfg: Config, actors: list[Any], dataset: ray.data.Dataset):
+        self.cfg, self.actors, self.dataset = cfg, actors, dataset
+        self.assembler: Any = None
+        self.pending: dict[ray.ObjectRef, tuple[str, int | None]] = {}
+
+    def submit_train(self, block: int, until: int) -> None:
+        self.pending[self.actors[block].train.remote(until)] = ("train", block)
+
+    def submit_assemble(self, write_samples: bool) -> None:
+        if self.assembler is None:
+            r = self.cfg.runtime
+            self.assembler = ray.remote(AssemblerActor).options(
+                num_cpus=r.assembly_cpus, num_gpus=r.assembly_gpus, name=None,
+            ).remote(self.cfg, self.dataset)
+        self.pending[self.assembler.assemble.remote(write_samples)] = ("assemble", None)
+
+    def poll(self, timeout_s: float) -> list[Event]:
+        if not self.pending:
+            return []
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout_s)
+        if ready:
+            more, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
+            ready = list(dict.fromkeys(ready + more))
+        events = []
+        for ref in ready:
+            kind, block = self.pending.pop(ref)
+            try:
+                events.append(Event(kind, block, result=ray.get(ref)))
+            except ray.exceptions.RayError as err:
+                events.append(Event(kind, block, error=_root_cause(err)))
+        return events
+
+    def summaries(self) -> list[dict[str, Any]]:
+        return ray.get([a.summary.remote() for a in self.actors], timeout=300)
+
+    def close(self) -> None:
+        for actor in [*self.actors, self.assembler]:
+            if actor is not None:
+                ray.kill(actor, no_restart=True)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    cause = getattr(err, "cause", None)
+    return cause if isinstance(cause, BaseException) else err
+
+
+def reserve(cfg: Config) -> Any:
+    """A placement group of one bundle per block; UserError if the cluster cannot fit it."""
+    r = cfg.runtime
+    bundle = {"CPU": r.cpus_per_block, **({"GPU": r.gpus_per_block} if r.gpus_per_block else {})}
+    pg = placement_group([dict(bundle) for _ in range(cfg.model.blocks)], strategy="SPREAD")
+    try:
+        ray.get(pg.ready(), timeout=r.placement_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        have = ray.cluster_resources()
+        raise UserError(
+            f"runtime.cpus_per_block/gpus_per_block: {cfg.model.blocks} blocks x {bundle} do not "
+            f"fit the cluster ({have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs) within "
+            f"runtime.placement_timeout_s={r.placement_timeout_s:g}") from None
+    return pg
+
+
+def run_ray(cfg: Config, table: pa.Table, progress: bool | None = None) -> dict[str, Any]:
+    """Train every block as its own Ray actor, assemble, write report.json."""
+    start = time.perf_counter()
+    storage = open_run(cfg)
+    build_task(cfg)  # config errors surface here, before any actor starts
+    connected = connect(cfg)
+    pg, backend, bars = None, None, None
+    try:
+        dataset = shared_dataset(table)  # before the actors take the CPUs
+        pg = reserve(cfg)
+        actors = [
+            ray.remote(BlockActor).options(
+                num_cpus=cfg.runtime.cpus_per_block, num_gpus=cfg.runtime.gpus_per_block,
+                max_restarts=cfg.train.max_restarts, max_task_retries=cfg.train.max_restarts,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, b),
+            ).remote(cfg, b, dataset)
+            for b in range(cfg.model.blocks)
+        ]
+        backend = RayBackend(cfg, actors, dataset)
+        bars = BlockBars(cfg.model.blocks, cfg.train.steps, progress)
+        stall = [BlockRecorder(cfg.run.name, b, None, RaySink()) for b in range(cfg.model.blocks)]
+        controller = Controller(cfg, backend, on_progress=bars.update,
+                                on_stall=lambda b, stalled: stall[b].stalled(stalled))
+        metrics = controller.run()
+        per_block = backend.summaries()
+    finally:
+        if bars is not None:
+            bars.close()
+        if backend is not None:
+            backend.close()
+        if pg is not None:
+            remove_placement_group(pg)
+        if connected:
+            ray.shutdown()
+    report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
+    write_report(storage, report)
+    return report

@@ -1,0 +1,86 @@
+"""A small image classifier of the training data, trained once and cached.
+
+It scores generated images two ways: the accuracy of its prediction against the class the
+image was generated for (``sample_accuracy``), and the Fréchet distance between real and
+generated images in its penultimate features (``fd_indomain``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dbparallel.training.seeding import generator
+
+VERSION = 1  # bump when the architecture or training recipe changes (invalidates caches)
+
+
+class FeatureClassifier(nn.Module):
+    """MLP on flattened pixels; ``features`` is its penultimate layer."""
+
+    def __init__(self, pixels: int, num_classes: int, width: int = 256, feature_dim: int = 64):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(pixels, width), nn.GELU(), nn.Linear(width, feature_dim),
+            nn.GELU(),
+        )
+        self.out = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)  # (N, F)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))  # (N, classes)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DBPARALLEL_CACHE", Path.home() / ".cache" / "dbparallel"))
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                     steps: int = 600, seed: int = 0) -> FeatureClassifier:
+    """Fit a FeatureClassifier to images (N, C, H, W) in [0, 1], deterministically."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = FeatureClassifier(images[0].numel(), num_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = generator(seed, "classifier")
+    for _ in range(steps):
+        idx = torch.randint(len(images), (128,), generator=g)
+        x = images[idx] + 0.05 * torch.randn(images[idx].shape, generator=g)  # light noise
+        loss = nn.functional.cross_entropy(model(x), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def cached_classifier(key: dict, images: torch.Tensor, labels: torch.Tensor,
+                      num_classes: int) -> FeatureClassifier:
+    """The classifier for the data set described by ``key``, trained on first use."""
+    digest = hashlib.sha256(json.dumps({**key, "version": VERSION, "n": len(images)},
+                                       sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / f"classifier_{digest}.pt"
+    model = FeatureClassifier(images[0].numel(), num_classes)
+    if path.is_file():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.eval()
+        except (RuntimeError, OSError, EOFError):
+            pass  # unreadable cache: retrain and overwrite below
+    model = train_classifier(images, labels, num_classes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return model
+
+
+@torch.no_grad()
+def accuracy(model: FeatureClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((model(images).argmax(1) == labels).float().mean())

@@ -1,0 +1,92 @@
+"""The training loop of one block, shared by local mode and the Ray block actor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pyarrow as pa
+
+from dbparallel.config import Config, config_hash, identity_diff, to_dict
+from dbparallel.errors import RunDirError
+from dbparallel.tasks.base import Batch
+from dbparallel.training.block_trainer import BlockTrainer, StepStats
+from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.data_order import DataOrder
+from dbparallel.training.storage import Storage
+
+log = logging.getLogger(__name__)
+OnStep = Callable[[StepStats], None]
+
+
+class BlockRun:
+    """A trainer bound to its data order and checkpoints; resumes from its latest state."""
+
+    def __init__(self, cfg: Config, block: int, table: pa.Table, storage: Storage,
+                 device: str = "cpu"):
+        self.cfg = cfg
+        self.trainer = BlockTrainer(cfg, block, device)
+        data = self.trainer.task.prepare(table)
+        self.data: Batch = {k: v.to(self.trainer.device) for k, v in data.items()}
+        self.order = DataOrder(len(next(iter(data.values()))), cfg.train.batch_size,
+                               cfg.run.seed, block)
+        self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints)
+        self.resumed_from = self._resume()
+
+    def _resume(self) -> int:
+        state = self.checkpoints.load_latest("state")
+        if state is None:
+            return 0
+        meta = state["meta"]
+        if meta["config_hash"] != config_hash(self.cfg):
+            keys = identity_diff(meta["config"], to_dict(self.cfg))
+            raise RunDirError(
+                f"block {self.trainer.block}: the run directory was trained with other values "
+                f"of {', '.join(keys)}; use a new run.dir or the original values")
+        self.trainer.load_state_dict(state)
+        log.info("block %d: resumed at step %d", self.trainer.block, self.trainer.step)
+        return self.trainer.step
+
+    def batch(self, step: int) -> Batch:
+        idx = self.order.indices(step).to(self.trainer.device)
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def train_until(self, until: int, on_step: OnStep | None = None) -> None:
+        """Train up to ``until`` steps (capped at train.steps), checkpointing on cadence."""
+        until = min(until, self.cfg.train.steps)
+        every = self.cfg.train.checkpoint_every
+        while self.trainer.step < until:
+            stats = self.trainer.train_step(self.batch(self.trainer.step))
+            if on_step is not None:
+                on_step(stats)
+            if stats.step % every == 0 or stats.step == self.cfg.train.steps:
+                self.save()
+
+    def save(self) -> None:
+        """Write the training state and the snapshot of the current step."""
+        t = self.trainer
+        if not t.is_finite():
+            log.error("block %d: weights are not finite at step %d; checkpoint not written",
+                      t.block, t.step)
+            return
+        self.checkpoints.save("state", t.step, t.state_dict())
+        self.checkpoints.save("snapshot", t.step, t.snapshot())
+
+    @property
+    def done(self) -> bool:
+        return self.trainer.step >= self.cfg.train.steps
+
+
+    def summary(self) -> dict:
+        """This block's row of report.json (restarts are filled in by the runtime)."""
+        t = self.trainer
+        return {
+            "block": t.block,
+            "steps": t.step,
+            "final_loss": t.final_loss,
+            "restarts": self.checkpoints.restarts(),
+            "peak_memory_bytes": t.memory.total if t.memory else 0,
+            "memory": t.memory.to_json() if t.memory else None,
+            "nonfinite_steps": t.nonfinite_steps,
+            "sigma_range": list(t.sigma_range),
+        }

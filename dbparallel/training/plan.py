@@ -1,0 +1,74 @@
+"""`dbparallel plan`: the partition and per-block sizes of a config, without training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dbparallel.config import Config
+from dbparallel.core.memory import SavedTensorMeter
+from dbparallel.tasks import build_task
+from dbparallel.training.seeding import generator
+
+ADAM_COPIES = 4  # parameters, gradients and Adam's two moments (paper App. G: 4P)
+
+
+def estimate_step_memory(cfg: Config, block: int) -> dict[str, int]:
+    """Bytes of one training step of ``block``, from shapes alone (on the meta device)."""
+    task = build_task(cfg)
+    with torch.device("meta"):
+        net = task.build_block(block)
+    param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
+    batch = _meta_batch(cfg)
+    meter = SavedTensorMeter(exclude=net.parameters())
+    with meter.record():
+        task.loss(net, batch, block, generator(cfg.run.seed, "plan"))
+    return {"params_and_optimizer": ADAM_COPIES * param_bytes, "activations": meter.peak,
+            "total": ADAM_COPIES * param_bytes + meter.peak}
+
+
+def _meta_batch(cfg: Config) -> dict[str, torch.Tensor]:
+    d, n = cfg.data, cfg.train.batch_size
+    return {"image": torch.empty(n, d.channels, d.image_size, d.image_size, device="meta"),
+            "label": torch.zeros(n, dtype=torch.long, device="meta")}
+
+
+def plan(cfg: Config) -> dict[str, Any]:
+    """The plan as JSON-ready data (the shape of `dbparallel plan --json`)."""
+    task = build_task(cfg)
+    p = task.partition
+    nominal = [p.nominal_range(b) for b in range(p.blocks)]
+    params = []
+    for b in range(p.blocks):
+        with torch.device("meta"):
+            params.append(sum(x.numel() for x in task.build_block(b).parameters()))
+    return {
+        "blocks": p.blocks,
+        "sigma_boundaries": list(p.boundaries),
+        "ranges": [list(r) for r in p.ranges],
+        "nominal_ranges": [list(r) for r in nominal],
+        "mass": [task.noise.mass(lo, hi) for lo, hi in nominal],
+        "layers_per_block": cfg.model.layers_per_block,
+        "params_per_block": params,
+        "estimated_memory_bytes": [estimate_step_memory(cfg, b)["total"] for b in range(p.blocks)],
+    }
+
+
+def plan_table(cfg: Config, result: dict[str, Any]) -> str:
+    """A human-readable table of ``plan(cfg)``."""
+    lines = [f"task {cfg.task}: {result['blocks']} blocks x {result['layers_per_block']} layers "
+             f"(depth {cfg.model.depth}), overlap gamma={cfg.noise.gamma}",
+             f"{'block':>5} {'sigma range':>22} {'with overlap':>22} {'mass':>6} "
+             f"{'params':>11} {'train memory':>13}"]
+    for b in range(result["blocks"]):
+        lo, hi = result["nominal_ranges"][b]
+        wlo, whi = result["ranges"][b]
+        lines.append(
+            f"{b:>5} {f'[{lo:.4g}, {hi:.4g}]':>22} {f'[{wlo:.4g}, {whi:.4g}]':>22} "
+            f"{result['mass'][b]:>6.3f} {result['params_per_block'][b]:>11,} "
+            f"{result['estimated_memory_bytes'][b] / 2**20:>9.1f} MiB")
+    lines.append("block 0 runs first at inference (highest noise); memory is one training step "
+                 f"at train.batch_size={cfg.train.batch_size} (parameters, gradients, Adam, "
+                 "activations)")
+    return "\n".join(lines)

@@ -1,0 +1,27 @@
+"""report.json of a run: per-block training results and the composed network's metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbparallel.config import Config
+from dbparallel.tasks import build_task
+from dbparallel.training.storage import Storage
+
+
+def build_report(cfg: Config, per_block: list[dict[str, Any]], assembly: dict[str, float],
+                 wall_time_s: float) -> dict[str, Any]:
+    partition = build_task(cfg).partition
+    return {
+        "task": cfg.task,
+        "run": cfg.run.name,
+        "blocks": cfg.model.blocks,
+        "partition": [list(r) for r in partition.ranges],
+        "per_block": sorted(per_block, key=lambda row: row["block"]),
+        "assembly": assembly,
+        "wall_time_s": wall_time_s,
+    }
+
+
+def write_report(storage: Storage, report: dict[str, Any]) -> None:
+    storage.write_json("report.json", report)

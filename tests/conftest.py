@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny configs, and one small local Ray instance for the whole session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    # Classifier caches go to one temp dir per test session, never to the user's home.
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(cache))
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path) -> list[str]:
+    return [f"run.dir={tmp_path / 'run'}"]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path):
+    from dbparallel.config import load_config
+
+    return load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [f"run.dir={tmp_path / 'run'}"])
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A private local Ray instance: 2 CPUs, no dashboard, metrics exported on a free port."""
+    import socket
+
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=None,
+             object_store_memory=256 * 2**20, logging_level="ERROR", log_to_driver=False,
+             _metrics_export_port=port,
+             _system_config={"metrics_report_interval_ms": 1000})
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield {"metrics_port": port}
+    ray.shutdown()

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+
+from dbparallel.cli import main
+from dbparallel.config import (
+    ConfigError,
+    config_hash,
+    describe,
+    identity_diff,
+    load_config,
+    to_dict,
+)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.depth=10", "model.depth"),  # 10 layers do not split into 4 blocks
+        ("model.blocks=0", "model.blocks"),
+        ("model.blocks=x", "model.blocks"),
+        ("noise.sigma_min=100", "noise.sigma_min"),
+        ("noise.gamma=-0.1", "noise.gamma"),
+        ("train.steps=0", "train.steps"),
+        ("train.nonfinite=ignore", "train.nonfinite"),
+        ("sample.solver=rk4", "sample.solver"),
+        ("model.bogus=1", "model.bogus"),
+        ("task=vae", "task"),
+        ("debug.kill_block=7", "debug.kill_block"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config([], [override])
+    assert str(err.value).startswith(key + ":"), str(err.value)
+
+
+def test_allowed_values_are_listed() -> None:
+    with pytest.raises(ConfigError, match="allowed: euler, heun"):
+        load_config([], ["sample.solver=rk4"])
+
+
+def test_yaml_then_overrides(tmp_path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  blocks: 3\n  depth: 9\ntrain:\n  steps: 7\n")
+    cfg = load_config([recipe], ["train.steps=11"])
+    assert (cfg.model.blocks, cfg.model.depth, cfg.model.layers_per_block) == (3, 9, 3)
+    assert cfg.train.steps == 11
+
+
+def test_missing_file_and_bad_override() -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(["/nonexistent.yaml"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config([], ["model.blocks"])
+
+
+def test_identity_ignores_training_length() -> None:
+    a, b = load_config(), load_config([], ["train.steps=5"])
+    assert config_hash(a) == config_hash(b)
+    c = load_config([], ["model.blocks=2"])
+    assert config_hash(a) != config_hash(c)
+    assert identity_diff(to_dict(a), to_dict(c)) == ["model.blocks"]
+
+
+def test_describe_lists_every_leaf() -> None:
+    keys = dict(describe())
+    for key in ("model.blocks", "model.depth", "noise.sigma_min", "noise.sigma_max",
+                "noise.P_mean", "noise.P_std", "noise.sigma_data", "noise.gamma",
+                "train.steps", "train.batch_size", "run.dir", "run.seed"):
+        assert key in keys
+    assert keys["noise.P_mean"] == -1.2 and keys["model.blocks"] == 4
+
+
+def test_cli_exit_code_2_on_config_error(capsys) -> None:
+    assert main(["train", "model.depth=7"]) == 2
+    err = capsys.readouterr().err
+    assert "model.depth" in err and "Traceback" not in err

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dbparallel.config import DataConfig
+from dbparallel.data.sources import digits_table, load_table
+from dbparallel.data.tables import image_table, image_tensors, read_table, write_table
+from dbparallel.errors import DataError
+
+
+def test_digits_is_the_embedded_default() -> None:
+    images, labels = image_tensors(digits_table(), DataConfig())
+    assert images.shape == (1797, 1, 8, 8)
+    assert float(images.min()) == 0.0 and float(images.max()) == 1.0
+    assert sorted(labels.unique().tolist()) == list(range(10))
+
+
+def test_parquet_round_trip(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.random((20, 1, 8, 8), dtype=np.float32)
+    labels = rng.integers(0, 10, 20)
+    path = str(tmp_path / "sub" / "data.parquet")
+    write_table(image_table(images, labels), path)
+    cfg = DataConfig(source="parquet", path=path)
+    got_images, got_labels = image_tensors(load_table(cfg), cfg)
+    np.testing.assert_array_equal(got_images.numpy(), images)
+    np.testing.assert_array_equal(got_labels.numpy(), labels)
+
+
+def _table(images: list, labels: list) -> pa.Table:
+    return pa.table({"image": images, "label": labels})
+
+
+GOOD = [0.5] * 64
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (_table([GOOD, [0.5] * 63], [1, 2]), "column 'image': row 1 has 63 values"),
+        (_table([GOOD, GOOD, GOOD], [1, 2, 10]), "column 'label': row 2 has label 10"),
+        (_table([GOOD, [2.0] * 64], [1, 2]), "column 'image': row 1 has values outside"),
+        (_table([GOOD, None], [1, 2]), "column 'image': row 1 is null"),
+        (_table([GOOD, GOOD], [1.0, 2.0]), "column 'label': expected integers"),
+        (pa.table({"image": [GOOD]}), "column 'label' is missing"),
+        (_table([], []).cast(pa.schema([("image", pa.list_(pa.float32())),
+                                        ("label", pa.int64())])), "empty"),
+    ],
+)
+def test_bad_rows_are_named(table: pa.Table, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        image_tensors(table, DataConfig())
+
+
+def test_uint8_images_are_scaled() -> None:
+    table = pa.table({"image": pa.array([[255] * 64], pa.list_(pa.uint8())), "label": [3]})
+    images, _ = image_tensors(table, DataConfig())
+    assert float(images.max()) == 1.0
+
+
+def test_missing_path_is_one_clear_line(tmp_path) -> None:
+    with pytest.raises(DataError, match="data.path: no such file"):
+        read_table(str(tmp_path / "nope.parquet"))
+    (tmp_path / "junk.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match="not readable Parquet"):
+        read_table(str(tmp_path / "junk.parquet"))

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dbparallel.data.sources import digits_table
+from dbparallel.training.block_trainer import BlockTrainer, NonFiniteLoss
+from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.data_order import DataOrder
+from dbparallel.training.loop import BlockRun
+from dbparallel.training.storage import Storage
+
+
+@pytest.fixture(scope="module")
+def table():
+    return digits_table()
+
+
+def _weights(trainer: BlockTrainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+def test_data_order_visits_every_row_once_per_epoch() -> None:
+    order = DataOrder(num_rows=10, batch_size=4, seed=0, block=1)
+    stream = torch.cat([order.indices(s) for s in range(5)])  # 20 positions = 2 epochs
+    assert sorted(stream[:10].tolist()) == list(range(10))
+    assert sorted(stream[10:].tolist()) == list(range(10))
+    assert not torch.equal(stream[:10], stream[10:])  # reshuffled each epoch
+    other = DataOrder(num_rows=10, batch_size=4, seed=0, block=0)
+    assert not torch.equal(order.indices(0), other.indices(0))  # own order per block
+    assert torch.equal(DataOrder(10, 4, 0, 1).indices(3), order.indices(3))  # pure function
+
+
+def test_blocks_have_their_own_sigma_range(tiny_cfg) -> None:
+    t0, t1 = BlockTrainer(tiny_cfg, 0), BlockTrainer(tiny_cfg, 1)
+    assert t0.sigma_range[1] == tiny_cfg.noise.sigma_max
+    assert t1.sigma_range[0] == tiny_cfg.noise.sigma_min
+    assert t0.sigma_range[0] > t1.sigma_range[0]
+
+
+def test_same_seed_same_weights(tiny_cfg, table, tmp_path) -> None:
+    runs = [BlockRun(tiny_cfg, 0, table, Storage(str(tmp_path / name))) for name in "ab"]
+    for run in runs:
+        run.train_until(5)
+    for a, b in zip(_weights(runs[0].trainer), _weights(runs[1].trainer), strict=True):
+        assert torch.equal(a, b)
+    assert runs[0].trainer.final_loss == runs[1].trainer.final_loss
+
+
+def test_resume_is_exact(tiny_cfg, table, tmp_path) -> None:
+    straight = BlockRun(tiny_cfg, 1, table, Storage(str(tmp_path / "straight")))
+    straight.train_until(tiny_cfg.train.steps)
+    storage = Storage(str(tmp_path / "resumed"))
+    first = BlockRun(tiny_cfg, 1, table, storage)
+    first.train_until(tiny_cfg.train.checkpoint_every + 2)  # dies after its checkpoint
+    second = BlockRun(tiny_cfg, 1, table, storage)
+    assert second.resumed_from == tiny_cfg.train.checkpoint_every
+    second.train_until(tiny_cfg.train.steps)
+    assert second.trainer.final_loss == straight.trainer.final_loss
+    for a, b in zip(_weights(second.trainer), _weights(straight.trainer), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_changed_network_refuses_resume(tiny_cfg, table, tmp_path) -> None:
+    from dbparallel.config import load_config
+    from dbparallel.errors import RunDirError
+
+    storage = Storage(str(tmp_path / "r"))
+    BlockRun(tiny_cfg, 0, table, storage).train_until(6)
+    other = load_config([], ["model.blocks=2", "model.depth=2", "model.hidden=48",
+                             "model.heads=2"])
+    with pytest.raises(RunDirError, match="model.hidden"):
+        BlockRun(other, 0, table, storage)
+
+
+def test_corrupt_latest_checkpoint_falls_back(tiny_cfg, table, tmp_path, caplog) -> None:
+    storage = Storage(str(tmp_path / "r"))
+    run = BlockRun(tiny_cfg, 0, table, storage)
+    run.train_until(12)  # states at 6 and 12
+    ckpt = BlockCheckpoints(storage, 0)
+    manifest = ckpt.manifest()
+    assert [e["step"] for e in manifest["state"]] == [6, 12]
+    latest = tmp_path / "r" / manifest["state"][-1]["file"]
+    latest.write_bytes(latest.read_bytes()[:100])  # torn file
+    state = ckpt.load_latest("state")
+    assert state is not None and state["step"] == 6
+    assert "corrupt" in caplog.text
+
+
+def test_manifest_lists_only_existing_files(tiny_cfg, table, tmp_path) -> None:
+    cfg = tiny_cfg
+    cfg.train.checkpoint_every = 2
+    storage = Storage(str(tmp_path / "r"))
+    BlockRun(cfg, 0, table, storage).train_until(12)
+    manifest = json.loads((tmp_path / "r/blocks/block_0/manifest.json").read_text())
+    files = {p.name for p in (tmp_path / "r/blocks/block_0").iterdir()}
+    listed = {e["file"].rsplit("/", 1)[1] for kind in manifest.values() for e in kind}
+    assert len(manifest["state"]) == cfg.train.keep_checkpoints
+    assert listed <= files
+    assert not [f for f in files if ".tmp" in f]
+
+
+def test_nonfinite_loss_is_skipped_and_counted(tiny_cfg, table) -> None:
+    trainer = BlockTrainer(tiny_cfg, 0)
+    batch = trainer.task.prepare(table)
+    batch = {k: v[:8] for k, v in batch.items()}
+    before = _weights(trainer)
+    bad = {**batch, "image": torch.full_like(batch["image"], float("nan"))}
+    stats = trainer.train_step(bad)
+    assert not stats.finite and trainer.nonfinite_steps == 1 and trainer.step == 1
+    for a, b in zip(before, _weights(trainer), strict=True):
+        assert torch.equal(a, b)
+    tiny_cfg.train.nonfinite = "stop"
+    with pytest.raises(NonFiniteLoss, match="block 0"):
+        trainer.train_step(bad)
+
+
+def test_memory_meter_counts_adam_state(tiny_cfg, table) -> None:
+    trainer = BlockTrainer(tiny_cfg, 0)
+    batch = {k: v[:8] for k, v in trainer.task.prepare(table).items()}
+    trainer.train_step(batch)
+    m = trainer.memory
+    assert m is not None
+    n_bytes = sum(p.numel() * 4 for p in trainer.model.parameters())
+    assert (m.params, m.grads, m.optimizer) == (n_bytes, n_bytes, 2 * n_bytes)
+    assert m.activations > 0
