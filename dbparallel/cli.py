@@ -97,14 +97,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from dbparallel.tasks import build_task
-    from dbparallel.training.assemble import compose, load_snapshots, sample_png
+    from dbparallel.training.assemble import compose, load_snapshots
+    from dbparallel.training.eval import sample_artifact
     from dbparallel.training.storage import Storage
 
     cfg = _run_config(args.run_dir)
     task = build_task(cfg)
     nets = compose(task, load_snapshots(cfg, Storage(args.run_dir)))
     with open(args.out, "wb") as f:
-        f.write(sample_png(cfg, task, nets))
+        f.write(sample_artifact(cfg, task, nets)[1])
     print(f"wrote {args.out}")
     return 0
 

@@ -27,6 +27,11 @@ class Task(Protocol):
         """Validated tensors of a whole data set, indexed along dim 0."""
         ...
 
+    def example_batch(self, n: int, device: str | torch.device) -> Batch:
+        """A batch of ``n`` rows with the right shapes and dtypes (values are placeholders);
+        on the meta device it costs nothing (memory estimates, benchmarks)."""
+        ...
+
     def loss(
         self, net: Block, batch: Batch, block: int, generator: torch.Generator
     ) -> torch.Tensor:

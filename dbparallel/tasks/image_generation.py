@@ -50,6 +50,11 @@ class ImageGeneration:
         images, labels = image_tensors(table, self.cfg.data)
         return {"image": images * 2 - 1, "label": labels}
 
+    def example_batch(self, n: int, device: str | torch.device) -> Batch:
+        d = self.cfg.data
+        return {"image": torch.zeros(n, d.channels, d.image_size, d.image_size, device=device),
+                "label": torch.zeros(n, dtype=torch.long, device=device)}
+
     def denoise(
         self, net: DiTBlock, z: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:

@@ -20,18 +20,12 @@ def estimate_step_memory(cfg: Config, block: int) -> dict[str, int]:
     with torch.device("meta"):
         net = task.build_block(block)
     param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    batch = _meta_batch(cfg)
+    batch = task.example_batch(cfg.train.batch_size, "meta")
     meter = SavedTensorMeter(exclude=net.parameters())
     with meter.record():
         task.loss(net, batch, block, generator(cfg.run.seed, "plan"))
     return {"params_and_optimizer": ADAM_COPIES * param_bytes, "activations": meter.peak,
             "total": ADAM_COPIES * param_bytes + meter.peak}
-
-
-def _meta_batch(cfg: Config) -> dict[str, torch.Tensor]:
-    d, n = cfg.data, cfg.train.batch_size
-    return {"image": torch.empty(n, d.channels, d.image_size, d.image_size, device="meta"),
-            "label": torch.zeros(n, dtype=torch.long, device="meta")}
 
 
 def plan(cfg: Config) -> dict[str, Any]:

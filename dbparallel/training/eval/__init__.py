@@ -1,0 +1,29 @@
+"""Evaluation of a composed network, by task: metrics and a sample artifact."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from dbparallel.config import Config
+from dbparallel.models.block import Block
+from dbparallel.tasks import Task
+
+
+def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
+             device: str = "cpu") -> dict[str, float]:
+    """The task's quality metrics of the composed network (report.json ``assembly``)."""
+    if cfg.task == "dit":
+        from dbparallel.training.eval import image_generation
+
+        return image_generation.evaluate(cfg, task, nets, table, device)
+    raise ValueError(f"task: no evaluation for {cfg.task!r}")
+
+
+def sample_artifact(cfg: Config, task: Task, nets: list[Block],
+                    device: str = "cpu") -> tuple[str, bytes]:
+    """(file name, contents) of the samples written into the run directory."""
+    if cfg.task == "dit":
+        from dbparallel.training.eval import image_generation
+
+        return "samples.png", image_generation.sample_png(cfg, task, nets, device)
+    raise ValueError(f"task: no samples for {cfg.task!r}")

@@ -1,0 +1,87 @@
+"""The controller state machine, stepped against a fake backend (no Ray)."""
+
+from __future__ import annotations
+
+from dbparallel.config import load_config
+from dbparallel.runtime.controller import Controller, Event, RunFailed, State
+
+
+class FakeBackend:
+    """Blocks advance to whatever step they are asked for, unless told to hang or fail."""
+
+    def __init__(self, steps: int, hang: set[int] = frozenset(), fail: dict | None = None):
+        self.steps, self.hang, self.fail = steps, set(hang), fail or {}
+        self.queue: list[Event] = []
+        self.calls: list[tuple] = []
+
+    def submit_train(self, block: int, until: int) -> None:
+        self.calls.append(("train", block, until))
+        if block in self.hang:
+            return
+        if block in self.fail:
+            self.queue.append(Event("train", block, error=self.fail[block]))
+            return
+        self.queue.append(Event("train", block, {"step": until, "done": until >= self.steps,
+                                                 "loss": 1.0 / until, "restarts": 0}))
+
+    def submit_assemble(self, write_samples: bool) -> None:
+        self.calls.append(("assemble", write_samples))
+        self.queue.append(Event("assemble", None, {"sample_accuracy": 0.5}))
+
+    def poll(self, timeout_s: float) -> list[Event]:
+        events, self.queue = self.queue, []
+        return events
+
+    def summaries(self) -> list[dict]:
+        return []
+
+
+def _cfg(*overrides: str):
+    return load_config([], ["model.blocks=2", "model.depth=2", "train.steps=10",
+                            "train.log_every=4", *overrides])
+
+
+def test_chunks_then_assembly() -> None:
+    backend = FakeBackend(steps=10)
+    progress: list[tuple] = []
+    controller = Controller(_cfg(), backend, on_progress=lambda b, s, loss: progress.append((b, s)))
+    assert controller.run() == {"sample_accuracy": 0.5}
+    trains = [c for c in backend.calls if c[0] == "train"]
+    assert trains == [("train", 0, 4), ("train", 1, 4), ("train", 0, 8), ("train", 1, 8),
+                      ("train", 0, 10), ("train", 1, 10)]
+    assert backend.calls[-1] == ("assemble", True)
+    assert (0, 10) in progress and (1, 10) in progress
+    assert controller.state == State.DONE
+
+
+def test_periodic_assembly_during_training() -> None:
+    backend = FakeBackend(steps=10)
+    Controller(_cfg("train.assemble_every=4"), backend).run()
+    assert backend.calls.count(("assemble", False)) == 2  # at steps 4 and 8
+    assert backend.calls[-1] == ("assemble", True)
+
+
+def test_lost_block_fails_the_run_naming_it() -> None:
+    backend = FakeBackend(steps=10, fail={1: RuntimeError("out of memory")})
+    controller = Controller(_cfg(), backend)
+    try:
+        controller.run()
+    except RunFailed as err:
+        assert "block 1" in str(err) and "out of memory" in str(err)
+    else:
+        raise AssertionError("the run should have failed")
+    assert not any(c[0] == "assemble" for c in backend.calls)
+
+
+def test_stalled_block_is_reported() -> None:
+    now = [0.0]
+    stalls: list[tuple[int, bool]] = []
+    backend = FakeBackend(steps=10, hang={1})
+    controller = Controller(_cfg("train.stall_timeout_s=30"), backend,
+                            on_stall=lambda b, s: stalls.append((b, s)), clock=lambda: now[0])
+    for _ in range(3):
+        controller.step()
+        now[0] += 20.0
+    assert stalls == [(1, True)]
+    assert controller.blocks[1].stalled and not controller.blocks[0].stalled
+    assert controller.state == State.TRAINING
