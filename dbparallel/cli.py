@@ -1,4 +1,4 @@
-"""dbparallel train | plan | eval | sample: parse -> build -> run -> close."""
+"""dbparallel train | baseline | plan | eval | sample: parse -> build -> run -> close."""
 
 from __future__ import annotations
 
@@ -48,6 +48,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         report = run_ray(cfg, table)
     _print_summary(cfg, report)
     return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """The same architecture trained end to end, as one unit: the comparison point."""
+    files, overrides = _split(args.config)
+    base = load_config(files, overrides)
+    overrides = [*overrides, "model.blocks=1", "train.objective=end_to_end", "runtime.local=true",
+                 f"run.name={base.run.name}-baseline"]
+    if not base.run.dir:
+        overrides.append(f"run.dir=runs/{base.run.name}-baseline")
+    args.config = [*files, *overrides]
+    args.local = False
+    args.help_config = False
+    return cmd_train(args)
 
 
 def _print_summary(cfg: Config, report: dict) -> None:
@@ -120,6 +134,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--local", action="store_true", help="train in this process, without Ray")
     t.add_argument("--help-config", action="store_true", help="list every config key")
     t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("baseline", help="train the same architecture end to end (1 unit)")
+    b.add_argument("config", nargs="*", help=config_help)
+    b.set_defaults(func=cmd_baseline)
 
     pl = sub.add_parser("plan", help="show the partition and per-block sizes, no training")
     pl.add_argument("config", nargs="*", help=config_help)

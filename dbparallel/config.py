@@ -20,6 +20,7 @@ DATA_SOURCES = ("digits", "parquet")
 SOLVERS = ("euler", "heun")
 SCHEDULES = ("equiprobable", "karras")
 NONFINITE_POLICIES = ("skip", "stop")
+OBJECTIVES = ("diffusionblocks", "end_to_end")
 PRESETS = ("tiny", "small", "base", "dit-s", "dit-b", "dit-l")
 
 
@@ -114,6 +115,7 @@ class NoiseConfig:
 
 @dataclass
 class TrainConfig:
+    objective: str = "diffusionblocks"  # diffusionblocks | end_to_end (the baseline, 1 block)
     steps: int = 1500  # optimizer steps per block
     batch_size: int = 64  # samples per step, per block
     lr: float = 1e-3  # AdamW learning rate
@@ -140,6 +142,7 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
         _check(0 <= self.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
         _choice(self.nonfinite, "train.nonfinite", NONFINITE_POLICIES)
+        _choice(self.objective, "train.objective", OBJECTIVES)
         _check(self.max_restarts >= 0, "train.max_restarts", "must be >= 0")
         _check(self.stall_timeout_s > 0, "train.stall_timeout_s", "must be > 0")
         _check(self.assemble_every >= 0, "train.assemble_every", "must be >= 0")
@@ -214,6 +217,9 @@ class Config:
 
     def __post_init__(self) -> None:
         _choice(self.task, "task", TASKS)
+        if self.train.objective == "end_to_end":
+            _check(self.model.blocks == 1, "model.blocks",
+                   "must be 1 with train.objective=end_to_end (the whole network is one unit)")
         if self.debug.kill_block >= 0:
             _check(self.debug.kill_block < self.model.blocks, "debug.kill_block",
                    f"must be < model.blocks={self.model.blocks}")
@@ -226,7 +232,7 @@ class Config:
 # Keys that fix what a block *is*: a run directory whose blocks were trained with other values
 # cannot be resumed or assembled with this config.
 IDENTITY_SECTIONS = ("task", "model", "noise", "data")
-IDENTITY_KEYS = ("run.seed", "train.label_dropout")
+IDENTITY_KEYS = ("run.seed", "train.label_dropout", "train.objective")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
