@@ -1,0 +1,49 @@
+"""CUDA checks of the Ray-free layers (opt-in: pytest -m gpu; benchmarks/gpu.sh runs them)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dbparallel.config import Config, ModelConfig, RunConfig, TrainConfig
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def _cfg(tmp_path, steps: int = 30) -> Config:
+    return Config(run=RunConfig(dir=str(tmp_path / "run"), name="gpu-test"),
+                  model=ModelConfig(blocks=2, depth=4),
+                  train=TrainConfig(steps=steps, batch_size=64, log_every=10,
+                                    checkpoint_every=15))
+
+
+def test_gpu_step_matches_cpu_step(tmp_path) -> None:
+    from dbparallel.data.sources import digits_table
+    from dbparallel.training.block_trainer import BlockTrainer
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfg = _cfg(tmp_path)
+    cpu, gpu = BlockTrainer(cfg, 1, "cpu"), BlockTrainer(cfg, 1, "cuda")
+    data = cpu.task.prepare(digits_table())
+    batch = {k: v[:64] for k, v in data.items()}
+    for _ in range(3):
+        a = cpu.train_step(batch)
+        b = gpu.train_step({k: v.cuda() for k, v in batch.items()})
+        assert b.finite and abs(a.loss - b.loss) <= 1e-3 * abs(a.loss)
+    assert gpu.memory is not None and gpu.memory.total == cpu.memory.total
+
+
+def test_local_run_on_gpu_writes_report(tmp_path) -> None:
+    from dbparallel.data.sources import digits_table
+    from dbparallel.runtime.local import run_local
+
+    cfg = _cfg(tmp_path)
+    cfg.runtime.gpus_per_block = 1
+    cfg.sample.eval_samples = 100
+    report = run_local(cfg, digits_table(), progress=False)
+    assert [row["steps"] for row in report["per_block"]] == [30, 30]
+    assert 0.0 <= report["assembly"]["sample_accuracy"] <= 1.0
+    assert (tmp_path / "run" / "samples.png").is_file()
