@@ -33,7 +33,11 @@ def test_gpu_step_matches_cpu_step(tmp_path) -> None:
         a = cpu.train_step(batch)
         b = gpu.train_step({k: v.cuda() for k, v in batch.items()})
         assert b.finite and abs(a.loss - b.loss) <= 1e-3 * abs(a.loss)
-    assert gpu.memory is not None and gpu.memory.total == cpu.memory.total
+    g, c = gpu.memory, cpu.memory
+    assert g is not None and c is not None
+    assert (g.params, g.grads, g.optimizer) == (c.params, c.grads, c.optimizer)
+    # Fused CUDA attention saves a few buffers of its own (e.g. log-sum-exp rows).
+    assert abs(g.activations - c.activations) <= 0.01 * c.activations
 
 
 def test_local_run_on_gpu_writes_report(tmp_path) -> None:
