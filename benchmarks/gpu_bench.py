@@ -154,6 +154,21 @@ def time_sampling(blocks: int, images: int) -> dict[str, float]:
             "s_per_image": seconds / images, "images_per_s": images / seconds}
 
 
+def sweep_blocks(batch: int, steps: int, warmup: int) -> dict:
+    """Allocator peak and step time of one block for B = 2..12 against end to end."""
+    e2e = time_training(dit_s(1, batch), 0, steps, warmup)
+    rows = []
+    for blocks in (2, 3, 4, 6, 12):
+        block = time_training(dit_s(blocks, batch), 0, steps, warmup)
+        rows.append({"blocks": blocks, "batch": batch, "e2e_peak": e2e["peak_allocated_bytes"],
+                     "block_peak": block["peak_allocated_bytes"],
+                     "peak_ratio": ratio(e2e, block, "peak_allocated_bytes"),
+                     "e2e_step_s": e2e["step_time_s"], "block_step_s": block["step_time_s"]})
+        print(rows[-1], flush=True)
+    name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (smoke)"
+    return {"device": name, "model": f"DiT-S/2 {SIZE}x{SIZE} depth {DEPTH}", "rows": rows}
+
+
 def ratio(a: dict, b: dict, key: str) -> float | None:
     return a[key] / b[key] if b[key] else None
 
@@ -166,6 +181,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--sample-images", type=int, default=512)
     p.add_argument("--smoke", action="store_true", help="tiny model on the CPU (checks the script)")
+    p.add_argument("--sweep-blocks", action="store_true",
+                   help="only the per-block peak for B = 2..12 at batch 128 (JSON to --out)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--block", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
