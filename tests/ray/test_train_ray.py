@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -72,21 +73,44 @@ def test_same_result_in_ray_twice_and_locally(ray_run, tmp_path) -> None:
         assert all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_metrics_scrape_has_every_block(ray_session, ray_run) -> None:
-    _, report = ray_run
-    url = f"http://127.0.0.1:{ray_session['metrics_port']}/metrics"
-    pattern = re.compile(r'^ray_dbparallel_block_steps_total\{([^}]*)\} ([0-9.e+]+)$', re.M)
-    found: dict[str, float] = {}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(found) < 2:
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        for labels, value in pattern.findall(text):
-            if 'run="tiny-cpu"' in labels:
-                block = re.search(r'block="(\d+)"', labels).group(1)
-                found[block] = max(found.get(block, 0.0), float(value))
-        time.sleep(1)
-    assert found == {"0": 12.0, "1": 12.0}
-    assert "ray_dbparallel_block_loss{" in text
+def _scrape(port: int, run: str) -> dict[tuple[str, str], float]:
+    """{(metric, block): value} of this run's block series on the node's metrics port."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    series: dict[tuple[str, str], float] = {}
+    for name, labels, value in re.findall(r"^(ray_dbparallel_block_\w+)\{([^}]*)\} (\S+)$",
+                                          text, re.M):
+        block = re.search(r'block="(\d+)"', labels)
+        if f'run="{run}"' in labels and block:
+            key = (name, block.group(1))
+            series[key] = max(series.get(key, float("-inf")), float(value))
+    return series
+
+
+def test_metrics_scrape_during_a_run(ray_session, tmp_path) -> None:
+    """Scrape the node's metrics port while blocks train; compare with report.json after."""
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(
+        report=_train(tmp_path / "run", "train.steps=60", "run.name=scraped")))
+    thread.start()
+    wanted = {f"ray_dbparallel_block_{m}" for m in
+              ("loss", "steps_total", "sigma_low", "sigma_high", "memory_bytes")}
+    seen: dict[tuple[str, str], float] = {}
+    while thread.is_alive():
+        seen.update(_scrape(ray_session["metrics_port"], "scraped"))
+        if all((m, b) in seen for m in wanted for b in "01"):
+            break
+        time.sleep(0.5)
+    thread.join(timeout=300)
+    report = result["report"]
+    assert all((m, b) in seen for m in wanted for b in "01"), sorted(seen)
+    for row in report["per_block"]:
+        b = str(row["block"])
+        assert 0 < seen[("ray_dbparallel_block_steps_total", b)] <= row["steps"]
+        assert 0 < seen[("ray_dbparallel_block_loss", b)] < 100
+        assert seen[("ray_dbparallel_block_memory_bytes", b)] == row["peak_memory_bytes"]
+        lo, hi = report["partition"][row["block"]]
+        assert seen[("ray_dbparallel_block_sigma_low", b)] == pytest.approx(lo)
+        assert seen[("ray_dbparallel_block_sigma_high", b)] == pytest.approx(hi)
 
 
 def test_killed_block_restarts_alone_and_resumes_exactly(ray_run, tmp_path) -> None:

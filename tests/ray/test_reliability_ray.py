@@ -1,0 +1,30 @@
+"""A block that keeps failing fails the run, naming it, and leaves the others' checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dbparallel.config import load_config
+from dbparallel.data.sources import digits_table
+from dbparallel.runtime.controller import RunFailed
+from dbparallel.runtime.launch import run_ray
+from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.storage import Storage
+
+pytestmark = pytest.mark.ray
+RECIPE = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+
+
+def test_block_failing_past_max_restarts_fails_the_run(ray_session, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    cfg = load_config([RECIPE], [f"run.dir={run_dir}", "train.max_restarts=1",
+                                 "debug.kill_block=1", "debug.kill_at_step=8",
+                                 "debug.kill_times=5"])
+    with pytest.raises(RunFailed, match="block 1 failed"):
+        run_ray(cfg, digits_table(), progress=False)
+    storage = Storage(str(run_dir))
+    assert BlockCheckpoints(storage, 1).restarts() == 1  # died twice: the first run + 1 restart
+    survivor = BlockCheckpoints(storage, 0).load_latest("state")
+    assert survivor is not None and survivor["step"] >= 6  # checksum-verified

@@ -1,0 +1,80 @@
+"""Metric recording and the local HTTP endpoint (a real scrape of prometheus_client)."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pytest
+
+from dbparallel.errors import UserError
+from dbparallel.runtime.metrics import (
+    ALL_METRICS,
+    AssemblyRecorder,
+    BlockRecorder,
+    MemorySink,
+    PrometheusSink,
+    check_port_free,
+    exported_name,
+    exported_names,
+)
+from dbparallel.training.block_trainer import StepStats
+
+
+class _Trainer:
+    memory = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_recorder_counts_steps_and_nonfinite() -> None:
+    sink = MemorySink()
+    rec = BlockRecorder("r", 1, (0.1, 0.5), sink)
+    rec.record(StepStats(1, 0.75, True, 0.5, 32), _Trainer())
+    rec.record(StepStats(2, float("nan"), False, 0.25, 32), _Trainer())
+    assert sink.get("dbparallel_block_steps", run="r", block="1") == 2
+    assert sink.get("dbparallel_block_loss", run="r", block="1") == 0.75  # NaN not exported
+    assert sink.get("dbparallel_block_nonfinite_steps", run="r", block="1") == 1
+    assert sink.get("dbparallel_block_samples_per_second", run="r", block="1") == 128
+    assert sink.get("dbparallel_block_sigma_high", run="r", block="1") == 0.5
+
+
+def test_exported_names_follow_ray_conventions() -> None:
+    names = exported_names()
+    assert "ray_dbparallel_block_loss" in names
+    assert "ray_dbparallel_block_steps_total" in names  # counters gain _total
+    assert "ray_dbparallel_assembly_sample_accuracy" in names
+    assert len(names) == len(ALL_METRICS)
+
+
+def test_local_endpoint_serves_every_recorded_series() -> None:
+    sink = PrometheusSink()
+    port = _free_port()
+    server = sink.serve(port)
+    try:
+        BlockRecorder("run1", 0, (0.3, 80.0), sink).record(
+            StepStats(1, 0.5, True, 0.1, 8), _Trainer())
+        AssemblyRecorder("run1", sink).record({"sample_accuracy": 0.9, "unexported": 1.0})
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        text = text.decode()
+    finally:
+        server.shutdown()
+    spec = {s.name: s for s in ALL_METRICS}
+    loss = exported_name(spec["dbparallel_block_loss"], through_ray=False)
+    steps = exported_name(spec["dbparallel_block_steps"], through_ray=False)
+    assert f'{loss}{{block="0",run="run1"}} 0.5' in text
+    assert f'{steps}{{block="0",run="run1"}} 1.0' in text
+    assert 'dbparallel_assembly_sample_accuracy{run="run1"} 0.9' in text
+    assert "unexported" not in text
+
+
+def test_busy_port_names_the_key() -> None:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        s.listen()
+        with pytest.raises(UserError, match="metrics.port"):
+            check_port_free(s.getsockname()[1])

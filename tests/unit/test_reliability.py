@@ -1,0 +1,107 @@
+"""Resume, refusal and bad-input behaviour through the CLI (local mode, no Ray)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dbparallel.cli import main
+from dbparallel.data.tables import image_table, write_table
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
+
+
+def _train(run_dir: Path, *overrides: str) -> int:
+    return main(["train", TINY, "--local", f"run.dir={run_dir}", "metrics.port=0", *overrides])
+
+
+def _report(run_dir: Path) -> dict:
+    return json.loads((run_dir / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    assert _train(run_dir) == 0
+    return run_dir
+
+
+def test_rerun_continues_every_block_exactly(straight, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    assert _train(run_dir, "train.steps=6") == 0
+    assert [r["steps"] for r in _report(run_dir)["per_block"]] == [6, 6]
+    assert _train(run_dir) == 0  # same command, longer: continues from step 6
+    resumed, clean = _report(run_dir), _report(straight)
+    assert [r["final_loss"] for r in resumed["per_block"]] == \
+        [r["final_loss"] for r in clean["per_block"]]
+
+
+def test_changed_network_is_refused_naming_keys(straight, tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    assert _train(run_dir, "model.hidden=48", "noise.gamma=0.1") == 2
+    err = capsys.readouterr().err
+    assert "model.hidden" in err and "noise.gamma" in err and "Traceback" not in err
+
+
+def test_missing_block_is_reported_not_skipped(straight, tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    shutil.rmtree(run_dir / "blocks" / "block_1")
+    assert main(["eval", str(run_dir)]) == 2
+    assert "block(s) [1] have no snapshot" in capsys.readouterr().err
+
+
+def test_eval_and_sample_of_a_finished_run(straight, tmp_path, capsys) -> None:
+    assert main(["eval", str(straight), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["sample_accuracy"] == _report(straight)["assembly"]["sample_accuracy"]
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(straight), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_disagreeing_block_is_refused(straight, tmp_path) -> None:
+    from dbparallel.config import load_config
+    from dbparallel.errors import RunDirError
+    from dbparallel.training.assemble import load_snapshots
+    from dbparallel.training.storage import Storage
+
+    other = load_config([TINY], ["noise.P_mean=-1.0"])
+    with pytest.raises(RunDirError, match="noise.P_mean"):
+        load_snapshots(other, Storage(str(straight)))
+
+
+def _parquet(path: Path, labels: list[int], rows: int | None = None) -> str:
+    n = len(labels) if rows is None else rows
+    images = np.full((n, 1, 8, 8), 0.5, dtype=np.float32)
+    write_table(image_table(images, np.array(labels[:n])), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: _parquet(d / "bad.parquet", [1, 2, 3, 12]), "column 'label': row 3"),
+        (lambda d: _parquet(d / "empty.parquet", [], rows=0), "empty"),
+        (lambda d: str(d / "missing.parquet"), "no such file"),
+        (lambda d: "foo://bucket/x.parquet", "cannot reach"),
+    ],
+)
+def test_bad_data_stops_before_training(tmp_path, capsys, make, message) -> None:
+    path = make(tmp_path)
+    run_dir = tmp_path / "run"
+    assert _train(run_dir, "data.source=parquet", f"data.path={path}") == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (run_dir / "blocks").exists()
+
+
+def test_unknown_data_set_name(tmp_path, capsys) -> None:
+    assert _train(tmp_path / "run", "data.source=imagenet") == 2
+    assert "data.source" in capsys.readouterr().err
