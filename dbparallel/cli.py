@@ -12,6 +12,7 @@ from dbparallel.config import Config, ConfigError, describe, from_dict, load_con
 from dbparallel.errors import UserError
 
 EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 1
 
 
 def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -53,9 +54,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     """The same architecture trained end to end, as one unit: the comparison point."""
     files, overrides = _split(args.config)
-    base = load_config(files, overrides)
-    overrides = [*overrides, "model.blocks=1", "train.objective=end_to_end", "runtime.local=true",
-                 f"run.name={base.run.name}-baseline"]
+    overrides = [*overrides, "model.blocks=1", "train.objective=end_to_end", "runtime.local=true"]
+    base = load_config(files, overrides)  # the recipe's blocks never constrain the baseline
+    overrides.append(f"run.name={base.run.name}-baseline")
     if not base.run.dir:
         overrides.append(f"run.dir=runs/{base.run.name}-baseline")
     args.config = [*files, *overrides]
@@ -171,3 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UserError) as err:
         print(f"dbparallel: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RuntimeError as err:
+        if type(err).__name__ not in ("RunFailed", "NonFiniteLoss"):
+            raise
+        print(f"dbparallel: run failed: {err}", file=sys.stderr)
+        return EXIT_RUN_FAILED

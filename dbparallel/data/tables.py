@@ -57,7 +57,7 @@ def write_table(table: pa.Table, path: str) -> None:
 
 def image_table(images: np.ndarray, labels: np.ndarray) -> pa.Table:
     """Table from images (N, C, H, W) in [0, 1] and integer labels (N,)."""
-    flat = images.reshape(len(images), -1).astype(np.float32)
+    flat = images.reshape(len(images), int(np.prod(images.shape[1:]))).astype(np.float32)
     return pa.table({
         IMAGE_COLUMN: pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1]),
         LABEL_COLUMN: pa.array(labels.astype(np.int64)),

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ray
 import torch
 
 from dbparallel.config import Config
-from dbparallel.runtime.dataset import read_all
+from dbparallel.runtime.dataset import SharedDataset, read_all
 from dbparallel.runtime.metrics import AssemblyRecorder
 from dbparallel.training.assemble import assemble
 from dbparallel.training.storage import Storage
@@ -15,7 +14,7 @@ from dbparallel.training.storage import Storage
 class AssemblerActor:
     """Loads every block's snapshot, samples with the routed sampler, scores the samples."""
 
-    def __init__(self, cfg: Config, dataset: ray.data.Dataset):
+    def __init__(self, cfg: Config, dataset: SharedDataset):
         torch.set_num_threads(cfg.runtime.torch_threads)
         self.cfg = cfg
         self.table = read_all(dataset)

@@ -14,7 +14,7 @@ import ray
 import torch
 
 from dbparallel.config import Config
-from dbparallel.runtime.dataset import read_all
+from dbparallel.runtime.dataset import SharedDataset, read_all
 from dbparallel.runtime.metrics import BlockRecorder
 from dbparallel.training.block_trainer import StepStats
 from dbparallel.training.loop import BlockRun
@@ -24,7 +24,7 @@ from dbparallel.training.storage import Storage
 class BlockActor:
     """Trains block ``block`` of ``cfg`` on the shared ``dataset``."""
 
-    def __init__(self, cfg: Config, block: int, dataset: ray.data.Dataset):
+    def __init__(self, cfg: Config, block: int, dataset: SharedDataset):
         torch.set_num_threads(cfg.runtime.torch_threads)
         self.cfg, self.block = cfg, block
         use_gpu = cfg.runtime.gpus_per_block > 0 and torch.cuda.is_available()
@@ -36,14 +36,16 @@ class BlockActor:
         self.restarts = (self.run.checkpoints.record_restart() if self.restarted
                          else self.run.checkpoints.restarts())
         self.recorder = BlockRecorder(cfg.run.name, block, self.run.trainer.sigma_range)
-        if self.restarted:
-            self.recorder.restarted()
+        if self.restarts:
+            self.recorder.restarted(self.restarts)
+        if self.run.trainer.nonfinite_steps:
+            self.recorder.nonfinite(self.run.trainer.nonfinite_steps)
         self.last: StepStats | None = None
 
     def train(self, until: int) -> dict[str, Any]:
         """Train up to step ``until``; returns this block's progress."""
         d = self.cfg.debug
-        if (d.kill_block == self.block and not self.restarted
+        if (d.kill_block == self.block and self.restarts < d.kill_times
                 and self.run.trainer.step < d.kill_at_step <= until):
             self.run.train_until(d.kill_at_step, self._on_step)
             os._exit(1)  # fault injection: die hard, no cleanup, no checkpoint

@@ -18,8 +18,8 @@ from dbparallel.errors import UserError
 from dbparallel.runtime.assembler_actor import AssemblerActor
 from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.controller import Controller, Event
-from dbparallel.runtime.dataset import shared_dataset
-from dbparallel.runtime.metrics import BlockRecorder, RaySink
+from dbparallel.runtime.dataset import SharedDataset, shared_dataset
+from dbparallel.runtime.metrics import BlockRecorder, RaySink, check_port_free
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.tasks import build_task
 from dbparallel.training.report import build_report, write_report
@@ -42,8 +42,10 @@ def connect(cfg: Config) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {}
     if cfg.metrics.port:
+        check_port_free(cfg.metrics.port)
         kwargs["_metrics_export_port"] = cfg.metrics.port
-        print(f"metrics: http://127.0.0.1:{cfg.metrics.port}/metrics")
+        print(f"metrics: http://127.0.0.1:{cfg.metrics.port}/metrics "
+              "(ray_dbparallel_block_loss, ...)", flush=True)
     ray.init(address="local", num_cpus=cfg.runtime.num_cpus or None, include_dashboard=False,
              logging_level="WARNING", _system_config={"metrics_report_interval_ms": 2000},
              **kwargs)
@@ -53,7 +55,7 @@ def connect(cfg: Config) -> bool:
 class RayBackend:
     """The controller's view of the actors: submit calls, collect finished ones."""
 
-    def __init__(self, cfg: Config, actors: list[Any], dataset: ray.data.Dataset):
+    def __init__(self, cfg: Config, actors: list[Any], dataset: SharedDataset):
         self.cfg, self.actors, self.dataset = cfg, actors, dataset
         self.assembler: Any = None
         self.pending: dict[ray.ObjectRef, tuple[str, int | None]] = {}

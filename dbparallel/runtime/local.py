@@ -10,6 +10,14 @@ import torch
 
 from dbparallel.config import Config
 from dbparallel.errors import UserError
+from dbparallel.runtime.metrics import (
+    AssemblyRecorder,
+    BlockRecorder,
+    MemorySink,
+    PrometheusSink,
+    Sink,
+    check_port_free,
+)
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.training.assemble import assemble
 from dbparallel.training.loop import BlockRun
@@ -27,17 +35,33 @@ def run_local(cfg: Config, table: pa.Table, progress: bool | None = None) -> dic
         if not torch.cuda.is_available():
             raise UserError("runtime.gpus_per_block: no CUDA device here; set it to 0 for CPU")
         device = "cuda"
+    sink: Sink = MemorySink()
+    server = None
+    if cfg.metrics.port:
+        check_port_free(cfg.metrics.port)
+        sink = PrometheusSink()
+        server = sink.serve(cfg.metrics.port)
+        print(f"metrics: http://127.0.0.1:{cfg.metrics.port}/metrics", flush=True)
     bars = BlockBars(cfg.model.blocks, cfg.train.steps, progress)
     per_block = []
     try:
         for b in range(cfg.model.blocks):
             run = BlockRun(cfg, b, table, storage, device)
+            recorder = BlockRecorder(cfg.run.name, b, run.trainer.sigma_range, sink)
             bars.update(b, run.trainer.step)
-            run.train_until(cfg.train.steps, lambda s, b=b: bars.update(b, s.step, s.loss))
+
+            def on_step(stats, b=b, run=run, recorder=recorder) -> None:
+                bars.update(b, stats.step, stats.loss)
+                recorder.record(stats, run.trainer)
+
+            run.train_until(cfg.train.steps, on_step)
             per_block.append(run.summary())
+        metrics = assemble(cfg, storage, table, device)
+        AssemblyRecorder(cfg.run.name, sink).record(metrics)
     finally:
         bars.close()
-    metrics = assemble(cfg, storage, table, device)
+        if server is not None:
+            server.shutdown()
     report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
     write_report(storage, report)
     return report

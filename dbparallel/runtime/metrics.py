@@ -136,12 +136,12 @@ class PrometheusSink(Sink):
     def inc(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
         self._metric(spec).labels(**tags).inc(value)
 
-    def serve(self, port: int) -> int:
-        """Start the HTTP endpoint; returns the port it listens on."""
+    def serve(self, port: int) -> Any:
+        """Start the HTTP endpoint on ``port``; returns the server (``shutdown()`` stops it)."""
         from prometheus_client import start_http_server
 
         server, _ = start_http_server(port, registry=self.registry)
-        return server.server_port
+        return server
 
 
 # ---------------------------------------------------------------------------- recorders
@@ -176,8 +176,13 @@ class BlockRecorder:
             s.set(SPEC["dbparallel_block_memory_bytes"], trainer.memory.total, self.tags)
             self._memory_sent = True
 
-    def restarted(self) -> None:
-        self.sink.inc(SPEC["dbparallel_block_restarts"], 1, self.tags)
+    def restarted(self, total: int) -> None:
+        """A new actor process starts its series at the run's restart count so far."""
+        self.sink.inc(SPEC["dbparallel_block_restarts"], total, self.tags)
+
+    def nonfinite(self, total: int) -> None:
+        """Carry the resumed block's count of skipped non-finite steps into the new series."""
+        self.sink.inc(SPEC["dbparallel_block_nonfinite_steps"], total, self.tags)
 
     def stalled(self, is_stalled: bool) -> None:
         self.sink.set(SPEC["dbparallel_block_stalled"], float(is_stalled), self.tags)
@@ -195,3 +200,17 @@ class AssemblyRecorder:
             spec = SPEC.get(ASSEMBLY_PREFIX + key)
             if spec is not None:
                 self.sink.set(spec, float(value), self.tags)
+
+
+def check_port_free(port: int) -> None:
+    """UserError naming metrics.port if ``port`` cannot be bound on this machine."""
+    import socket
+
+    from dbparallel.errors import UserError
+
+    with socket.socket() as s:
+        try:
+            s.bind(("", port))
+        except OSError:
+            raise UserError(f"metrics.port: port {port} is in use on this machine; choose "
+                            "another, or metrics.port=0 to serve no metrics") from None

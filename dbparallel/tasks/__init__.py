@@ -12,4 +12,20 @@ def build_task(cfg: Config) -> Task:
         from dbparallel.tasks.image_generation import ImageGeneration
 
         return ImageGeneration(cfg)
+    if cfg.task == "vit":
+        from dbparallel.tasks.classification import Classification
+
+        return Classification(cfg)
+    if cfg.task == "mdm":
+        from dbparallel.tasks.masked_lm import MaskedDiffusionLM
+
+        return MaskedDiffusionLM(cfg)
+    if cfg.task == "ar":
+        from dbparallel.tasks.autoregressive import AutoregressiveLM
+
+        return AutoregressiveLM(cfg)
+    if cfg.task == "looped":
+        from dbparallel.tasks.looped import LoopedLM
+
+        return LoopedLM(cfg)
     raise ValueError(f"task: unknown task {cfg.task!r}")

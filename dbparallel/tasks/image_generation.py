@@ -22,6 +22,7 @@ from dbparallel.core.sampler import (
     heun_sample,
     karras_schedule,
 )
+from dbparallel.data.splits import train_rows
 from dbparallel.data.tables import image_tensors
 from dbparallel.models.dit import DiTBlock
 from dbparallel.models.presets import resolve
@@ -47,7 +48,7 @@ class ImageGeneration:
                         self.cfg.model.patch_size, d.num_classes)
 
     def prepare(self, table: pa.Table) -> Batch:
-        images, labels = image_tensors(table, self.cfg.data)
+        images, labels = image_tensors(train_rows(table), self.cfg.data)
         return {"image": images * 2 - 1, "label": labels}
 
     def example_batch(self, n: int, device: str | torch.device) -> Batch:

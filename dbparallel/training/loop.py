@@ -84,6 +84,7 @@ class BlockRun:
             "block": t.block,
             "steps": t.step,
             "final_loss": t.final_loss,
+            "last_loss": t.recent_losses[-1] if t.recent_losses else float("nan"),
             "restarts": self.checkpoints.restarts(),
             "peak_memory_bytes": t.memory.total if t.memory else 0,
             "memory": t.memory.to_json() if t.memory else None,

@@ -53,7 +53,8 @@ def plan_table(cfg: Config, result: dict[str, Any]) -> str:
     """A human-readable table of ``plan(cfg)``."""
     lines = [f"task {cfg.task}: {result['blocks']} blocks x {result['layers_per_block']} layers "
              f"(depth {cfg.model.depth}), overlap gamma={cfg.noise.gamma}",
-             f"{'block':>5} {'sigma range':>22} {'with overlap':>22} {'mass':>6} "
+             f"{'block':>5} {'t range' if cfg.task == 'mdm' else 'sigma range':>22} "
+             f"{'with overlap':>22} {'mass':>6} "
              f"{'params':>11} {'train memory':>13}"]
     for b in range(result["blocks"]):
         lo, hi = result["nominal_ranges"][b]

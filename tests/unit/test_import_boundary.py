@@ -16,6 +16,9 @@ def test_ray_free_layers_do_not_import_ray() -> None:
         "import dbparallel.data.sources, dbparallel.training.loop\n"
         "import dbparallel.training.assemble, dbparallel.training.plan\n"
         "import dbparallel.runtime.local\n"
+        "import dbparallel.data.text, dbparallel.models.lm, dbparallel.tasks.masked_lm\n"
+        "import dbparallel.tasks.autoregressive, dbparallel.tasks.looped\n"
+        "import dbparallel.training.eval.text, dbparallel.training.eval.scorer\n"
         "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if 'ray' in m)\n"
         "assert 'omegaconf' not in sys.modules\n"
     )

@@ -16,6 +16,14 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
         from dbparallel.training.eval import image_generation
 
         return image_generation.evaluate(cfg, task, nets, table, device)
+    if cfg.task == "vit":
+        from dbparallel.training.eval import classification
+
+        return classification.evaluate(cfg, task, nets, table, device)
+    if cfg.task in ("mdm", "ar", "looped"):
+        from dbparallel.training.eval import text
+
+        return text.evaluate(cfg, task, nets, table, device)
     raise ValueError(f"task: no evaluation for {cfg.task!r}")
 
 
@@ -26,4 +34,12 @@ def sample_artifact(cfg: Config, task: Task, nets: list[Block],
         from dbparallel.training.eval import image_generation
 
         return "samples.png", image_generation.sample_png(cfg, task, nets, device)
+    if cfg.task == "vit":
+        from dbparallel.training.eval import classification
+
+        return "confusion.json", classification.confusion_json(cfg, task, nets, device)
+    if cfg.task in ("mdm", "ar", "looped"):
+        from dbparallel.training.eval import text
+
+        return "samples.txt", text.sample_text(cfg, task, nets, device)
     raise ValueError(f"task: no samples for {cfg.task!r}")

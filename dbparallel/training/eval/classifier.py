@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.training.seeding import generator
 
 VERSION = 1  # bump when the architecture or training recipe changes (invalidates caches)
@@ -36,10 +36,6 @@ class FeatureClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.body(x))  # (N, classes)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DBPARALLEL_CACHE", Path.home() / ".cache" / "dbparallel"))
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -74,8 +70,7 @@ def cached_classifier(key: dict, images: torch.Tensor, labels: torch.Tensor,
         except (RuntimeError, OSError, EOFError):
             pass  # unreadable cache: retrain and overwrite below
     model = train_classifier(images, labels, num_classes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp = atomic_path(path)
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
     return model

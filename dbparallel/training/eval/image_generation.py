@@ -6,6 +6,8 @@ import pyarrow as pa
 import torch
 
 from dbparallel.config import Config
+from dbparallel.data.splits import eval_rows
+from dbparallel.data.tables import image_tensors
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task
 from dbparallel.training.eval.classifier import accuracy, cached_classifier
@@ -27,9 +29,11 @@ def generate_labelled(cfg: Config, task: Task, nets: list[Block], labels: torch.
 
 def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
              device: str = "cpu") -> dict[str, float]:
-    """Sample accuracy and in-domain Fréchet distance of class-conditional samples."""
+    """Sample accuracy and in-domain Fréchet distance of class-conditional samples, and with
+    ``sample.fid`` FID and KID; references are the held-out (test) rows where there are any."""
     data = task.prepare(table)
     real, labels = (data["image"] + 1) / 2, data["label"]
+    held_out, held_out_labels = image_tensors(eval_rows(table), cfg.data)
     d = cfg.data
     key = {"source": d.source, "path": d.path, "size": d.image_size, "channels": d.channels,
            "classes": d.num_classes}
@@ -38,9 +42,14 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
     wanted = torch.arange(n) % d.num_classes
     fake = generate_labelled(cfg, task, nets, wanted.to(device), "eval")
     with torch.no_grad():
-        fd = frechet_distance(clf.features(real), clf.features(fake))
-    return {"sample_accuracy": accuracy(clf, fake, wanted), "fd_indomain": fd,
-            "classifier_accuracy": accuracy(clf, real, labels)}
+        fd = frechet_distance(clf.features(held_out), clf.features(fake))
+    metrics = {"sample_accuracy": accuracy(clf, fake, wanted), "fd_indomain": fd,
+               "classifier_accuracy": accuracy(clf, held_out, held_out_labels)}
+    if cfg.sample.fid:
+        from dbparallel.training.eval.inception import fid_kid
+
+        metrics.update(fid_kid(key, held_out, fake, cfg.run.seed, device))
+    return metrics
 
 
 def sample_png(cfg: Config, task: Task, nets: list[Block], device: str = "cpu") -> bytes:

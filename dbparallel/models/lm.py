@@ -1,0 +1,190 @@
+"""Transformer blocks of the text tasks (DESIGN.md section 2).
+
+``MaskedLMBlock``: the masked diffusion LM's denoiser F(x_t, t), bidirectional.
+``ARBlock``: the autoregressive denoiser over the [clean; noisy] sequence of length 2T. Clean
+tokens are conditioned on a learned constant instead of sigma, so their keys and values do not
+depend on the noise level: the clean stream runs once per sequence (a training step, a
+teacher-forced chain, all iterations of BPTT) or once per generated token, and every Euler
+step reuses it.
+The same class without the noisy stream is the standard causal LM of the end-to-end baseline.
+Positions enter as rotary embeddings of queries and keys (Su et al. 2021): a character model
+learns to read its neighbours within a few hundred steps, where learned absolute position
+embeddings left the masked model at the unigram rate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dbparallel.models.block import Block
+from dbparallel.models.layers import AdaLNHead, AdaLNLayer, Attention, SigmaEmbedder
+from dbparallel.models.presets import ModelDims
+
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values of one layer, each (N, H, S, D/H)
+EMBEDDING_SALT = 0x5EED_E  # separates the table's stream from seeds used for anything else
+
+
+def frozen_unit_embedding(seed: int, num: int, dim: int) -> torch.Tensor:
+    """(num, dim) rows of unit L2 norm, a pure function of the run seed (DESIGN.md 1.3)."""
+    g = torch.Generator().manual_seed(seed ^ EMBEDDING_SALT)
+    E = torch.randn(num, dim, generator=g, dtype=torch.float64)
+    return (E / E.norm(dim=1, keepdim=True)).float()
+
+
+def causal_mask(t: int, past: int = 0) -> torch.Tensor:
+    """(t, past + t) bool: new clean token i (position past + i) sees every j <= past + i."""
+    return torch.arange(past + t)[None, :] <= torch.arange(past, past + t)[:, None]
+
+
+def noisy_mask(t: int, past: int, start: int) -> torch.Tensor:
+    """(t, past + t) bool: noisy token i at position start + i sees the clean positions
+    j < start + i (of ``past`` cached ones) and itself, no other noisy token."""
+    clean = torch.arange(past)[None, :] < torch.arange(start, start + t)[:, None]
+    return torch.cat([clean, torch.eye(t, dtype=torch.bool)], dim=1)
+
+
+def ar_mask(T: int) -> torch.Tensor:
+    """(2T, 2T) bool mask of the [clean; noisy] sequence, True = may attend: clean i sees
+    clean j <= i; noisy i sees clean j < i and itself (block-diffusion vectorised training,
+    Arriola et al. 2025). ``ARBlock`` runs it as the clean rows, then the noisy rows."""
+    clean = torch.cat([causal_mask(T), torch.zeros(T, T, dtype=torch.bool)], dim=1)
+    return torch.cat([clean, noisy_mask(T, T, 0)], dim=0)
+
+
+def rotary(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """x (N, H, t, d) with each pair (x_j, x_{j+d/2}) rotated by pos * 10000^(-2j/d)."""
+    half = x.shape[-1] // 2
+    freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / half)
+    angle = (pos.float()[:, None] * freqs[None]).to(x.device)  # (t, d/2)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def _attend(attn: Attention, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
+            past: KV | None) -> tuple[torch.Tensor, KV]:
+    n, t, d = x.shape
+    qkv = attn.qkv(x).reshape(n, t, 3, attn.heads, d // attn.heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, H, t, D/H)
+    q, k = rotary(q, pos), rotary(k, pos)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (N, H, S, D/H)
+    if mask is not None:
+        mask = mask.to(x.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, t, D/H)
+    return attn.proj(out.transpose(1, 2).reshape(n, t, d)), (k, v)  # (N, t, D)
+
+
+def token_layer(layer: AdaLNLayer, x: torch.Tensor, mod: torch.Tensor, pos: torch.Tensor,
+                mask: torch.Tensor | None = None, past: KV | None = None
+                ) -> tuple[torch.Tensor, KV]:
+    """``layer`` with a modulation per token, mod (N or 1, t or 1, 6D), token positions
+    pos (t,) and a key/value cache of earlier positions."""
+    shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # each (., ., D)
+    h, kv = _attend(layer.attn, layer.norm1(x) * (1 + scale1) + shift1, pos, mask, past)
+    x = x + gate1 * h  # (N, t, D)
+    x = x + gate2 * layer.mlp(layer.norm2(x) * (1 + scale2) + shift2)  # (N, t, D)
+    return x, kv
+
+
+class TextBlock(Block):
+    """Private stem (token embedding; rotary positions) and head to logits."""
+
+    def __init__(self, dims: ModelDims, vocab_size: int, embed_rows: int):
+        super().__init__(dims)
+        if (dims.hidden // dims.heads) % 2:
+            raise ValueError(f"model.heads: rotary positions need an even head width, got "
+                             f"{dims.hidden} / {dims.heads}")
+        self.vocab_size = vocab_size
+        self.token_embed = nn.Embedding(embed_rows, dims.hidden)
+        self.head = AdaLNHead(dims.hidden, vocab_size)
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+
+    def zero_output(self) -> None:
+        nn.init.zeros_(self.head.linear.weight)
+        nn.init.zeros_(self.head.linear.bias)
+
+
+class MaskedLMBlock(TextBlock):
+    """F(x_t, t) -> logits of x_0 at every position; token id ``vocab_size`` is [MASK]."""
+
+    def __init__(self, dims: ModelDims, vocab_size: int):
+        super().__init__(dims, vocab_size, vocab_size + 1)
+        self.t_embed = SigmaEmbedder(dims.hidden)
+        self.initialize_weights()
+
+    def forward(self, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = self.token_embed(ids)  # (N, T, D)
+        c = self.t_embed(t)  # (N, D)
+        pos = torch.arange(ids.shape[1])
+        for layer in self.layers:
+            x, _ = token_layer(layer, x, layer.adaLN_modulation(c)[:, None], pos)  # (N, T, D)
+        return self.head(x, c)  # (N, T, V)
+
+
+class ARBlock(TextBlock):
+    """Denoiser of token embeddings given the clean prefix; ``E`` None = plain causal LM."""
+
+    def __init__(self, dims: ModelDims, vocab_size: int, E: torch.Tensor | None = None):
+        super().__init__(dims, vocab_size, vocab_size)
+        self.clean_cond = nn.Parameter(torch.zeros(dims.hidden))
+        self.denoiser = E is not None
+        if E is not None:
+            # frozen targets: identical in every block, never trained or checkpointed
+            self.register_buffer("E", E.to(torch.get_default_device()).clone(),
+                                 persistent=False)
+            self.noisy_embed = nn.Linear(E.shape[1], dims.hidden)
+            self.sigma_embed = SigmaEmbedder(dims.hidden)
+        self.initialize_weights()
+
+    def _clean_mod(self, layer: AdaLNLayer) -> torch.Tensor:
+        return layer.adaLN_modulation(self.clean_cond[None])[:, None]  # (1, 1, 6D)
+
+    def forward(self, ids: torch.Tensor, z: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        """Logits (N, T, V) of x_i for noisy z_i (N, T, D) already scaled by c_in, all i at once:
+        the [clean; noisy] pass under ``ar_mask``."""
+        return self.denoise(z, c_noise, self.clean(ids)[1], 0)
+
+    def clean(self, ids: torch.Tensor, cache: list[KV] | None = None
+              ) -> tuple[torch.Tensor, list[KV]]:
+        """Clean-stream hidden states (N, t, D) of ``ids`` after the cached prefix, and the
+        cache extended by them."""
+        past = 0 if cache is None else cache[0][0].shape[2]
+        t = ids.shape[1]
+        x = self.token_embed(ids)  # (N, t, D)
+        pos = torch.arange(past, past + t)
+        mask = causal_mask(t, past) if t > 1 else None
+        new = []
+        for i, layer in enumerate(self.layers):
+            x, kv = token_layer(layer, x, self._clean_mod(layer), pos, mask,
+                                None if cache is None else cache[i])  # (N, t, D)
+            new.append(kv)
+        return x, new
+
+    def clean_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (N, t, V) of clean hidden states (the end-to-end model)."""
+        return self.head(h, self.clean_cond[None].expand(len(h), -1))
+
+    def causal_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Standard causal LM: logits (N, T, V) of x_{i+1} at every position i."""
+        return self.clean_logits(self.clean(ids)[0])
+
+    def denoise(self, z: torch.Tensor, c_noise: torch.Tensor, cache: list[KV],
+                start: int) -> torch.Tensor:
+        """Logits (N, t, V) of the tokens at positions start .. start+t-1 from noisy z (N, t, D)
+        scaled by c_in. Only the noisy tokens run: the clean keys and values come from
+        ``cache``, computed once (they do not depend on sigma) and reused by every step."""
+        t, past = z.shape[1], cache[0][0].shape[2]
+        pos = torch.arange(start, start + t)
+        mask = noisy_mask(t, past, start)
+        x = self.noisy_embed(z)  # (N, t, D)
+        c = self.sigma_embed(c_noise)  # (N, D)
+        for layer, kv in zip(self.layers, cache, strict=True):
+            mod = layer.adaLN_modulation(c)[:, None]  # (N, 1, 6D)
+            x, _ = token_layer(layer, x, mod, pos, None if mask.all() else mask, kv)
+        return self.head(x, c)  # (N, t, V)

@@ -1,0 +1,156 @@
+"""Autoregressive language model in embedding space (DESIGN.md 1.3 and section 2).
+
+Target y_i = E[x_i], a row of the frozen unit-norm table E; block b denoises
+z_i = y_i + sigma * eps_i given the clean tokens before i, for sigma in its equi-probability
+range, with loss w(sigma) * CE(logits_i, x_i). One forward pass trains every position: the
+sequence is [clean; noisy] (2T) under the mask of ``models.lm.ar_mask``. Each new token is an
+Euler ODE solve from sigma_max, every step run by the block that owns its sigma, readout
+D = softmax(logits) @ E; the final logits at sigma_min give the token. The end-to-end
+baseline is a standard causal transformer trained with next-token cross-entropy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dbparallel.config import Config
+from dbparallel.core.losses import weighted_cross_entropy
+from dbparallel.core.noise import LogNormalNoise
+from dbparallel.core.partition import Partition, equiprobable_partition
+from dbparallel.core.precond import edm_coefficients, edm_weight
+from dbparallel.core.sampler import equiprobable_schedule, karras_schedule
+from dbparallel.models.lm import KV, ARBlock, frozen_unit_embedding
+from dbparallel.models.presets import resolve
+from dbparallel.tasks.base import Batch
+from dbparallel.tasks.text import TextData, gumbel_sample
+
+
+class AutoregressiveLM(TextData):
+    """Next-token denoisers over [clean; noisy], one block per slice of sigma."""
+
+    name = "ar"
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        n = cfg.noise
+        self.noise = LogNormalNoise(n.P_mean, n.P_std, n.sigma_min, n.sigma_max)
+        self.partition: Partition = equiprobable_partition(self.noise, cfg.model.blocks, n.gamma)
+        self.sigma_data = n.sigma_data
+        self.E = frozen_unit_embedding(cfg.run.seed, self.vocab_size, resolve(cfg.model).hidden)
+        # the end-to-end AR baseline is a plain causal LM; the looped task keeps the denoiser
+        self.denoiser = cfg.train.objective == "diffusionblocks"
+
+    @property
+    def steps(self) -> int:
+        """Euler steps (block calls) per generated token."""
+        return self.cfg.sample.steps
+
+    def build_block(self, block: int) -> ARBlock:
+        return ARBlock(resolve(self.cfg.model), self.vocab_size,
+                       self.E if self.denoiser else None)
+
+    # ------------------------------------------------------------------ training
+    def logits(self, net: ARBlock, cache: list[KV], z: torch.Tensor, sigma: torch.Tensor,
+               start: int = 0) -> torch.Tensor:
+        """Logits (N, t, V) of the tokens at start.. from z (N, t, D) at noise sigma (N,),
+        given the clean stream's keys and values ``cache``."""
+        _, _, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        return net.denoise(c_in.view(-1, 1, 1) * z, c_noise, cache, start)
+
+    def loss(self, net: ARBlock, batch: Batch, block: int,
+             generator: torch.Generator) -> torch.Tensor:
+        ids = batch["tokens"]  # (N, T)
+        if not self.denoiser:
+            logits = net.causal_logits(ids)  # (N, T, V)
+            return weighted_cross_entropy(logits[:, :-1], ids[:, 1:], torch.ones(len(ids),
+                                          device=ids.device))
+        lo, hi = self.partition.ranges[block]
+        sigma = self.noise.sample(len(ids), lo, hi, generator, device=ids.device)  # (N,)
+        y = net.E[ids]  # (N, T, D)
+        eps = torch.randn(y.shape, generator=generator).to(y.device)
+        logits = self.logits(net, net.clean(ids)[1], y + sigma.view(-1, 1, 1) * eps, sigma)
+        return weighted_cross_entropy(logits, ids, edm_weight(sigma, self.sigma_data))  # (N,)
+
+    # ------------------------------------------------------------------ inference
+    def sigmas(self) -> torch.Tensor:
+        """The descending sigma schedule of one token's ODE solve."""
+        if self.cfg.sample.schedule == "karras":
+            return karras_schedule(self.noise, self.steps)
+        return equiprobable_schedule(self.noise, self.steps)
+
+    def euler(self, z: torch.Tensor, logits: torch.Tensor, E: torch.Tensor, sigma: float,
+              sigma_next: float) -> torch.Tensor:
+        """z' = z + (sigma' - sigma) (z - D)/sigma with D = softmax(logits) @ E."""
+        D = logits.float().softmax(dim=-1) @ E  # (N, t, D)
+        return z + (sigma_next - sigma) * (z - D) / sigma
+
+    def chain(self, nets: list[ARBlock], ids: torch.Tensor,
+              generator: torch.Generator) -> list[torch.Tensor]:
+        """Teacher-forced ODE solve of every position at once: logits (N, T, V) per step."""
+        sigmas = [float(s) for s in self.sigmas()]
+        owners = [self.partition.owner(s) for s in sigmas]
+        caches = {b: nets[b].clean(ids)[1] for b in sorted(set(owners))}
+        z = sigmas[0] * torch.randn(*ids.shape, self.E.shape[1], generator=generator)
+        z = z.to(ids.device)
+        out = []
+        for k, (sigma, b) in enumerate(zip(sigmas, owners, strict=True)):
+            net = nets[b]
+            s = torch.full((len(ids),), sigma, device=z.device)
+            out.append(self.logits(net, caches[b], z, s))
+            if k + 1 < len(sigmas):
+                z = self.euler(z, out[-1], net.E, sigma, sigmas[k + 1])
+        return out
+
+    @torch.no_grad()
+    def bpc(self, nets: list[ARBlock], ids: torch.Tensor,
+            generator: torch.Generator) -> dict[str, float]:
+        """Teacher-forced bits per character of held-out ids (N, T), positions 1..T-1.
+
+        ``bpc`` scores the final logits (at sigma_min); ``bpc_sigma_max`` the first step's,
+        which see no information about the token: the model's p(x_i | x_<i)."""
+        def bits(logits: torch.Tensor, shift: int) -> float:
+            target = ids[:, 1:]
+            logits = logits[:, 1 - shift:logits.shape[1] - shift]
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+            return float(ce) / math.log(2)
+
+        if not self.denoiser:
+            return {"bpc": bits(nets[0].causal_logits(ids), 1)}
+        steps = self.chain(nets, ids, generator)
+        return {"bpc": bits(steps[-1], 0), "bpc_sigma_max": bits(steps[0], 0)}
+
+    @torch.no_grad()
+    def generate(self, nets: list[ARBlock], prompt: torch.Tensor, n_new: int,
+                 generator: torch.Generator) -> torch.Tensor:
+        """(N, n_new) token ids continuing ``prompt`` (N, P); the prompt's and every generated
+        token's keys and values are computed once per block and reused by every step."""
+        if not self.denoiser:
+            return self._generate_causal(nets[0], prompt, n_new, generator)
+        sigmas = [float(s) for s in self.sigmas()]
+        owners = [self.partition.owner(s) for s in sigmas]
+        caches = {b: nets[b].clean(prompt)[1] for b in sorted(set(owners))}
+        n, dim, out = len(prompt), self.E.shape[1], []
+        for _ in range(n_new):
+            z = sigmas[0] * torch.randn(n, 1, dim, generator=generator).to(prompt.device)
+            for k, (sigma, b) in enumerate(zip(sigmas, owners, strict=True)):
+                s = torch.full((n,), sigma, device=z.device)
+                logits = self.logits(nets[b], caches[b], z, s, start=caches[b][0][0].shape[2])
+                if k + 1 < len(sigmas):
+                    z = self.euler(z, logits, nets[b].E, sigma, sigmas[k + 1])
+            token = gumbel_sample(logits, generator)  # (N, 1), from the final logits
+            out.append(token)
+            caches = {b: nets[b].clean(token, cache)[1] for b, cache in caches.items()}
+        return torch.cat(out, dim=1)
+
+    def _generate_causal(self, net: ARBlock, prompt: torch.Tensor, n_new: int,
+                         generator: torch.Generator) -> torch.Tensor:
+        h, cache = net.clean(prompt)
+        out = []
+        for _ in range(n_new):
+            token = gumbel_sample(net.clean_logits(h[:, -1:]), generator)  # (N, 1)
+            out.append(token)
+            h, cache = net.clean(token, cache)
+        return torch.cat(out, dim=1)

@@ -1,0 +1,113 @@
+"""Image classification with ViT blocks (DESIGN.md 1.3 and section 2, second row).
+
+Target y = E[c], the class's row of a frozen unit-norm label embedding derived from the run
+seed (identical in every block, no communication); condition x = the image's patches. A block
+denoises z = y + sigma * eps, read out as logits; its loss is w(sigma) * CE per sample.
+Prediction runs N = B Euler steps on the equi-probability schedule with the expected-embedding
+readout D = softmax(logits) @ E; the logits of the last step, at sigma_min, are the prediction.
+
+With ``train.objective=end_to_end`` the same ViT has a CLS token instead of the noisy label and
+trains with plain cross-entropy: the baseline.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import torch
+
+from dbparallel.config import Config
+from dbparallel.core.losses import weighted_cross_entropy
+from dbparallel.core.noise import LogNormalNoise
+from dbparallel.core.partition import Partition, equiprobable_partition
+from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
+from dbparallel.core.sampler import equiprobable_schedule
+from dbparallel.data.splits import train_rows
+from dbparallel.data.tables import image_tensors
+from dbparallel.models.lm import frozen_unit_embedding
+from dbparallel.models.presets import resolve
+from dbparallel.models.vit import ViTBlock
+from dbparallel.tasks.base import Batch
+
+
+class Classification:
+    """ViT denoisers of the label embedding, one block per slice of sigma."""
+
+    name = "vit"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        n = cfg.noise
+        self.noise = LogNormalNoise(n.P_mean, n.P_std, n.sigma_min, n.sigma_max)
+        self.partition: Partition = equiprobable_partition(self.noise, cfg.model.blocks, n.gamma)
+        self.sigma_data = n.sigma_data
+        self.end_to_end = cfg.train.objective == "end_to_end"
+        self.dims = resolve(cfg.model)
+        self.E = frozen_unit_embedding(cfg.run.seed, cfg.data.num_classes, self.dims.hidden)
+
+    def build_block(self, block: int) -> ViTBlock:
+        d = self.cfg.data
+        return ViTBlock(self.dims, d.image_size, d.channels, self.cfg.model.patch_size,
+                        d.num_classes, noisy_label=not self.end_to_end)
+
+    def prepare(self, table: pa.Table) -> Batch:
+        images, labels = image_tensors(train_rows(table), self.cfg.data)
+        return {"image": images * 2 - 1, "label": labels}
+
+    def prepare_eval(self, table: pa.Table) -> Batch:
+        """Tensors of already-selected rows (e.g. the test split), scaled as in training."""
+        images, labels = image_tensors(table, self.cfg.data)
+        return {"image": images * 2 - 1, "label": labels}
+
+    def example_batch(self, n: int, device: str | torch.device) -> Batch:
+        d = self.cfg.data
+        return {"image": torch.zeros(n, d.channels, d.image_size, d.image_size, device=device),
+                "label": torch.zeros(n, dtype=torch.long, device=device)}
+
+    def denoise(self, net: ViTBlock, images: torch.Tensor, z: torch.Tensor,
+                sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D, logits) of the noisy label z (N, D) at sigma (N,):
+        D = c_skip z + c_out F(c_in z, c_noise; image), logits = head(D)."""
+        _, _, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        F_x, c = net(images, c_in[:, None] * z, c_noise)  # (N, D), (N, D)
+        D = precondition(F_x, z, sigma, self.sigma_data)  # (N, D)
+        return D, net.classify(D, c)  # (N, D), (N, classes)
+
+    def loss(self, net: ViTBlock, batch: Batch, block: int,
+             generator: torch.Generator) -> torch.Tensor:
+        images, labels = batch["image"], batch["label"]
+        n, device = len(labels), labels.device
+        if self.end_to_end:
+            F_x, c = net(images)  # (N, D), (N, D)
+            return weighted_cross_entropy(net.classify(F_x, c), labels,
+                                          torch.ones(n, device=device))  # (N,)
+        lo, hi = self.partition.ranges[block]
+        sigma = self.noise.sample(n, lo, hi, generator, device=device)  # (N,)
+        y = self.E.to(device)[labels]  # (N, D)
+        eps = torch.randn(y.shape, generator=generator).to(device)  # (N, D)
+        _, logits = self.denoise(net, images, y + sigma[:, None] * eps, sigma)
+        return weighted_cross_entropy(logits, labels, edm_weight(sigma, self.sigma_data))
+
+    def inference_sigmas(self) -> torch.Tensor:
+        """N = B descending sigmas of the equi-probability schedule, so each block runs once
+        (at least 2: the first at sigma_max, the last, which gives the logits, at sigma_min)."""
+        return equiprobable_schedule(self.noise, max(self.cfg.model.blocks, 2))
+
+    @torch.no_grad()
+    def predict(self, nets: list[ViTBlock], images: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+        """Logits (N, classes) of the composed chain for images (N, C, H, W) in [-1, 1]."""
+        n, device = len(images), images.device
+        if self.end_to_end:
+            F_x, c = nets[0](images)
+            return nets[0].classify(F_x, c)
+        E = self.E.to(device)
+        sigmas = [float(s) for s in self.inference_sigmas()]
+        z = sigmas[0] * torch.randn(n, E.shape[1], generator=generator).to(device)  # (N, D)
+        for sigma, sigma_next in zip(sigmas, sigmas[1:] + [None], strict=True):
+            net = nets[self.partition.owner(sigma)]
+            _, logits = self.denoise(net, images, z, torch.full((n,), sigma, device=device))
+            if sigma_next is None:
+                break
+            D = logits.softmax(dim=1) @ E  # expected embedding, (N, D)
+            z = z + (sigma_next - sigma) * (z - D) / sigma  # Euler step of the PF-ODE
+        return logits

@@ -1,0 +1,60 @@
+"""Looped (weight-tied, recurrent-depth) transformer LM (DESIGN.md section 2, last row).
+
+One core, B = 1, applied K = ``model.loop_iterations`` times at inference as K Euler steps of
+the autoregressive task's ODE. DiffusionBlocks trains it with one pass of the core per step
+at a random sigma: no unrolling, so training memory does not grow with K. The end-to-end
+baseline is the same looped model unrolled through its K iterations from sigma_max and
+trained by backpropagation through time on the final logits; ``train.bptt_truncate`` keeps
+the gradient of the last iterations only (the earlier ones run without a graph). The clean
+prefix does not depend on the iterate, so both run it once per step; BPTT keeps the noisy
+stream's activations of every iteration it backpropagates through.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dbparallel.config import Config
+from dbparallel.core.losses import weighted_cross_entropy
+from dbparallel.models.lm import ARBlock
+from dbparallel.tasks.autoregressive import AutoregressiveLM
+from dbparallel.tasks.base import Batch
+
+
+class LoopedLM(AutoregressiveLM):
+    """The autoregressive denoiser as one weight-tied core iterated K times."""
+
+    name = "looped"
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.denoiser = True  # both objectives train the same denoising core
+        self.bptt = cfg.train.objective == "end_to_end"
+
+    @property
+    def steps(self) -> int:
+        return self.cfg.model.loop_iterations
+
+    @property
+    def backprop_iterations(self) -> int:
+        """Iterations of the unrolled core that keep their graph (BPTT baseline)."""
+        truncate = self.cfg.train.bptt_truncate
+        return min(truncate, self.steps) if truncate else self.steps
+
+    def loss(self, net: ARBlock, batch: Batch, block: int,
+             generator: torch.Generator) -> torch.Tensor:
+        if not self.bptt:
+            return super().loss(net, batch, block, generator)
+        ids = batch["tokens"]  # (N, T)
+        sigmas = [float(s) for s in self.sigmas()]
+        z = sigmas[0] * torch.randn(*ids.shape, net.E.shape[1], generator=generator)
+        z = z.to(ids.device)  # (N, T, D)
+        cache = net.clean(ids)[1]  # the clean stream does not change between iterations
+        first_graph = len(sigmas) - self.backprop_iterations
+        for k, sigma in enumerate(sigmas):
+            with torch.set_grad_enabled(k >= first_graph and torch.is_grad_enabled()):
+                s = torch.full((len(ids),), sigma, device=z.device)
+                logits = self.logits(net, cache, z, s)
+                if k + 1 < len(sigmas):
+                    z = self.euler(z, logits, net.E, sigma, sigmas[k + 1])
+        return weighted_cross_entropy(logits, ids, torch.ones(len(ids), device=ids.device))

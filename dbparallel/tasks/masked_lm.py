@@ -1,0 +1,112 @@
+"""Masked diffusion language model, MD4-style (DESIGN.md 1.4; Shi et al. 2024).
+
+Each token of x_0 is replaced by [MASK] with probability 1 - alpha(t) = t. Block b owns a
+slice of t, uniform in alpha (block 0 the highest t), and minimises its share of the ELBO
+    int over its t of (-alpha'(t) / (1 - alpha(t))) * sum_{masked i} CE(f(x_t, t)_i, x_0i).
+The end-to-end baseline is the same transformer with one block over the whole t range.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dbparallel.config import Config
+from dbparallel.core.losses import masked_diffusion_loss
+from dbparallel.core.noise import MaskingNoise
+from dbparallel.core.partition import Partition, uniform_time_partition
+from dbparallel.models.lm import MaskedLMBlock
+from dbparallel.models.presets import resolve
+from dbparallel.tasks.base import Batch
+from dbparallel.tasks.text import TextData, gumbel_sample
+
+
+class MaskedDiffusionLM(TextData):
+    """Bidirectional denoisers of masked text, one block per slice of masking time t."""
+
+    name = "mdm"
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.noise = MaskingNoise(cfg.noise.t_min)
+        self.partition: Partition = uniform_time_partition(self.noise, cfg.model.blocks,
+                                                           cfg.noise.gamma)
+        self.mask_id = self.vocab_size
+
+    def build_block(self, block: int) -> MaskedLMBlock:
+        return MaskedLMBlock(resolve(self.cfg.model), self.vocab_size)
+
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t (N, T) and is_masked (N, T): each token masked with probability 1 - alpha(t)."""
+        u = torch.rand(x0.shape, generator=generator).to(x0.device)  # (N, T)
+        is_masked = u < (1 - self.noise.alpha(t))[:, None]
+        return torch.where(is_masked, torch.full_like(x0, self.mask_id), x0), is_masked
+
+    def loss(self, net: MaskedLMBlock, batch: Batch, block: int,
+             generator: torch.Generator) -> torch.Tensor:
+        x0 = batch["tokens"]  # (N, T)
+        lo, hi = self.partition.ranges[block]
+        t = self.noise.sample(len(x0), lo, hi, generator, device=x0.device)  # (N,)
+        x_t, is_masked = self.corrupt(x0, t, generator)
+        logits = net(x_t, t)  # (N, T, V)
+        # nats per character, so that the scale does not grow with data.seq_len
+        return masked_diffusion_loss(logits, x0, is_masked, self.noise.weight(t)) / x0.shape[1]
+
+    def routed_logits(self, nets: list[MaskedLMBlock], x_t: torch.Tensor,
+                      t: torch.Tensor) -> torch.Tensor:
+        """Logits (N, T, V), each row computed by the block that owns its t."""
+        owners = torch.tensor([self.partition.owner(float(x)) for x in t])
+        logits = torch.empty(*x_t.shape, self.vocab_size, device=x_t.device)
+        for b in owners.unique().tolist():
+            rows = (owners == b).nonzero().squeeze(1).to(x_t.device)
+            logits[rows] = nets[b](x_t[rows], t[rows]).float()
+        return logits
+
+    @torch.no_grad()
+    def nll(self, nets: list[MaskedLMBlock], x0: torch.Tensor, generator: torch.Generator,
+            draws: int) -> torch.Tensor:
+        """-ELBO in nats per sequence (N,), unbiased, with ``draws`` stratified draws.
+
+        With alpha(t) = 1 - t the number k of masked tokens is Binomial(T, t), and the
+        integral of 1/t against it gives the ELBO as sum_k (1/k) E_{|M|=k}[sum_{i in M} CE_i]
+        with t | k ~ Beta(k, T - k + 1) (the order-agnostic form; Hoogeboom et al. 2022):
+        the estimate (T/k) sum_{i in M} CE_i has bounded weights where (1/t) does not."""
+        n, T = x0.shape
+        total = torch.zeros(n, dtype=torch.float64, device=x0.device)
+        for d in range(draws):
+            u = torch.rand(n, generator=generator, dtype=torch.float64)
+            k = (((d + u) / draws * T).floor().long() + 1).clamp(max=T)  # (N,) uniform in 1..T
+            # t | k: the k-th smallest of T uniforms; below t_min the lowest block serves it
+            order = torch.rand(n, T, generator=generator).sort(dim=1).values
+            t = order.gather(1, (k - 1)[:, None]).squeeze(1).clamp_min(self.noise.t_min)
+            # M: k positions chosen uniformly
+            rank = torch.rand(n, T, generator=generator).argsort(dim=1).argsort(dim=1)
+            is_masked = (rank < k[:, None]).to(x0.device)  # (N, T)
+            x_t = torch.where(is_masked, torch.full_like(x0, self.mask_id), x0)
+            logits = self.routed_logits(nets, x_t, t.to(x0.device))
+            weight = (T / k).to(x0.device)
+            total += masked_diffusion_loss(logits, x0, is_masked, weight).double()
+        return total / draws
+
+    def bpc(self, nets: list[MaskedLMBlock], x0: torch.Tensor,
+            generator: torch.Generator) -> dict[str, float]:
+        """Bits per character of held-out sequences x0 (N, T) from the ELBO."""
+        nats = self.nll(nets, x0, generator, self.cfg.sample.elbo_draws)
+        return {"bpc": float(nats.mean()) / (x0.shape[1] * math.log(2))}
+
+    @torch.no_grad()
+    def generate(self, nets: list[MaskedLMBlock], n: int, generator: torch.Generator,
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+        """(n, T) token ids by ancestral unmasking from all-[MASK] at t = 1 to t = 0."""
+        steps = self.cfg.sample.steps
+        x = torch.full((n, self.seq_len), self.mask_id, dtype=torch.long, device=device)
+        for j in range(steps):
+            t, s = 1 - j / steps, 1 - (j + 1) / steps
+            logits = self.routed_logits(nets, x, torch.full((n,), t, device=device))
+            # p(unmask at s | masked at t) = (alpha(s) - alpha(t)) / (1 - alpha(t)) = (t - s)/t
+            u = torch.rand(x.shape, generator=generator).to(device)
+            reveal = (x == self.mask_id) & (u < (t - s) / t)
+            x = torch.where(reveal, gumbel_sample(logits, generator), x)
+        return x

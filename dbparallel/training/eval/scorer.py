@@ -1,0 +1,79 @@
+"""The end-to-end character LM that scores generated text (gen_ppl), trained once and cached.
+
+It is this project's own standard causal transformer (``ARBlock`` without a noisy stream),
+trained with next-token cross-entropy on the train split. Every run on the same data and
+vocabulary (DiffusionBlocks and its baselines alike) is scored by the same cached model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+from dbparallel.data.cache import cache_dir
+from dbparallel.models.lm import ARBlock
+from dbparallel.models.presets import ModelDims
+from dbparallel.training.seeding import generator
+
+VERSION = 2  # bump when the architecture or training recipe changes (invalidates caches)
+DIMS = ModelDims(hidden=128, heads=4, mlp_ratio=4.0, layers=4)
+BATCH, LR, WARMUP_STEPS = 32, 1e-3, 100
+
+
+def train_scorer(tokens: torch.Tensor, vocab_size: int, steps: int, seed: int = 0,
+                 device: str | torch.device = "cpu") -> ARBlock:
+    """Fit the scoring LM to token rows (N, T); reruns on the CPU are bit-identical."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ARBlock(DIMS, vocab_size).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    g = generator(seed, "scorer")
+    for step in range(steps):
+        for group in opt.param_groups:
+            # linear warm-up, then cosine decay to 10%
+            warm = min(1.0, (step + 1) / WARMUP_STEPS)
+            group["lr"] = LR * warm * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+        ids = tokens[torch.randint(len(tokens), (BATCH,), generator=g)].to(device)
+        logits = model.causal_logits(ids)  # (N, T, V)
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab_size), ids[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return model.cpu().eval()
+
+
+def cached_scorer(key: dict, tokens: torch.Tensor, vocab_size: int, steps: int,
+                  device: str | torch.device = "cpu") -> ARBlock:
+    """The scorer for the data described by ``key``, trained on first use."""
+    blob = json.dumps({**key, "version": VERSION, "steps": steps, "n": len(tokens),
+                       "seq_len": tokens.shape[1], "vocab_size": vocab_size}, sort_keys=True)
+    path = cache_dir() / f"text_scorer_{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
+    model = ARBlock(DIMS, vocab_size)
+    if path.is_file():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.eval()
+        except (RuntimeError, OSError, EOFError):
+            pass  # unreadable cache: retrain and overwrite below
+    model = train_scorer(tokens, vocab_size, steps, device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return model
+
+
+@torch.no_grad()
+def continuation_nll(model: ARBlock, prompt: torch.Tensor,
+                     continuation: torch.Tensor) -> torch.Tensor:
+    """Nats per character (N,) of ``continuation`` (N, G) after ``prompt`` (N, P)."""
+    ids = torch.cat([prompt, continuation], dim=1)  # (N, P + G)
+    logits = model.causal_logits(ids)[:, prompt.shape[1] - 1:-1]  # (N, G, V)
+    ce = F.cross_entropy(logits.transpose(1, 2).float(), continuation, reduction="none")
+    return ce.mean(dim=1)

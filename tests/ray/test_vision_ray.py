@@ -1,0 +1,43 @@
+"""The ViT task through a real local Ray instance: same blocks and accuracy as local mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dbparallel.config import load_config
+from dbparallel.data.sources import digits_table
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[2]
+VIT = ["task=vit", "model.patch_size=2", "train.steps=12", "train.checkpoint_every=12"]
+
+
+def _train(run_dir: Path, local: bool) -> dict:
+    # the tiny recipe's sizes and cadence, on the embedded digits
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [f"run.dir={run_dir}", *VIT])
+    if local:
+        from dbparallel.runtime.local import run_local
+
+        return run_local(cfg, digits_table(), progress=False)
+    from dbparallel.runtime.launch import run_ray
+
+    return run_ray(cfg, digits_table(), progress=False)
+
+
+def test_vit_in_ray_equals_local(ray_session, tmp_path) -> None:
+    ray_report = _train(tmp_path / "ray", local=False)
+    local_report = _train(tmp_path / "local", local=True)
+    assert ray_report["task"] == "vit" and ray_report["blocks"] == 2
+    assert 0 <= ray_report["assembly"]["accuracy"] <= 1
+    assert ray_report["assembly"]["accuracy"] == local_report["assembly"]["accuracy"]
+    assert [r["final_loss"] for r in ray_report["per_block"]] == \
+        [r["final_loss"] for r in local_report["per_block"]]
+    for b in range(2):
+        name = f"blocks/block_{b}/snapshot_00000012.pt"
+        a = torch.load(tmp_path / "ray" / name, weights_only=True)["ema"]
+        c = torch.load(tmp_path / "local" / name, weights_only=True)["ema"]
+        assert all(torch.equal(a[k], c[k]) for k in a)
+    assert (tmp_path / "ray" / "confusion.json").is_file()

@@ -1,0 +1,67 @@
+"""The tiny text recipes end to end in local mode, and their baselines through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dbparallel import cli
+from dbparallel.config import load_config
+from dbparallel.data.sources import load_table
+from dbparallel.runtime.local import run_local
+from dbparallel.training.plan import plan
+
+ROOT = Path(__file__).resolve().parents[2]
+# a few steps and small evaluations: the path is the point here, not the quality
+FAST = ["train.steps=4", "train.checkpoint_every=4", "train.log_every=2",
+        "sample.eval_samples=10", "sample.scorer_steps=2", "sample.text_samples=2",
+        "sample.steps=4", "sample.gen_len=8", "metrics.port=0"]
+EXPECTED = {
+    "mdm": {"bpc"},
+    "ar": {"bpc", "bpc_sigma_max", "gen_ppl", "sample_entropy", "data_ppl", "data_entropy"},
+    "looped": {"bpc", "bpc_sigma_max", "gen_ppl", "sample_entropy", "data_ppl", "data_entropy",
+               "train_memory_bytes_diffusionblocks", "train_memory_bytes_bptt",
+               "train_activation_bytes_diffusionblocks", "train_activation_bytes_bptt"},
+}
+
+
+def _recipe(task: str) -> Path:
+    return ROOT / "jobs" / f"{task}_shakespeare_tiny.yaml"
+
+
+@pytest.mark.parametrize("task", ["mdm", "ar", "looped"])
+def test_tiny_recipe_trains_and_assembles(task: str, tmp_path: Path) -> None:
+    cfg = load_config([_recipe(task)], [f"run.dir={tmp_path}", *FAST])
+    report = run_local(cfg, load_table(cfg.data), progress=False)
+    assert report["task"] == task and report["blocks"] == cfg.model.blocks
+    assert all(row["steps"] == 4 and row["peak_memory_bytes"] > 0 for row in report["per_block"])
+    assert set(report["assembly"]) == EXPECTED[task] | {"block_steps_min"}
+    assert 0 < report["assembly"]["bpc"] < 40
+    samples = (tmp_path / "samples.txt").read_text(encoding="utf-8")
+    assert samples.startswith(f"{task}, {cfg.model.blocks} block(s)")
+    assert len(json.loads((tmp_path / "vocab.json").read_text())["vocab"]) == 84
+    if task == "looped":
+        a = report["assembly"]
+        assert a["train_activation_bytes_bptt"] > 1.5 * a["train_activation_bytes_diffusionblocks"]
+
+
+@pytest.mark.parametrize("task", ["mdm", "ar", "looped"])
+def test_baseline_is_the_end_to_end_model(task: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "base"
+    assert cli.main(["baseline", str(_recipe(task)), f"run.dir={run_dir}", *FAST]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["blocks"] == 1 and len(report["per_block"]) == 1
+    expected = EXPECTED[task] - ({"bpc_sigma_max"} if task == "ar" else set())
+    assert set(report["assembly"]) == expected | {"block_steps_min"}
+    assert "objective end_to_end" in (run_dir / "samples.txt").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("task", ["mdm", "ar", "looped"])
+def test_plan_of_text_recipes(task: str) -> None:
+    cfg = load_config([_recipe(task)])
+    result = plan(cfg)
+    assert result["blocks"] == cfg.model.blocks and len(result["mass"]) == cfg.model.blocks
+    assert sum(result["mass"]) == pytest.approx(1.0, abs=1e-3)
+    assert all(m > 0 for m in result["estimated_memory_bytes"])

