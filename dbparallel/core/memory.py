@@ -55,12 +55,15 @@ class SavedTensorMeter:
 
     Tensors saved for backward live until backward frees them, so the sum at the end of the
     forward pass is the activation peak. Parameters saved by layers are excluded (counted as
-    parameters), and a storage saved twice is counted once.
+    parameters), and a storage saved twice is counted once. The meter holds every storage it
+    counted until it is dropped, so a freed address reused by a later tensor is never mistaken
+    for one already counted: the count is the same on every run (a tensor saved and then
+    discarded within the forward pass counts too, an upper bound).
     """
 
     def __init__(self, exclude: Iterable[torch.Tensor] = ()):
         self._exclude = {t.untyped_storage().data_ptr() for t in exclude}
-        self._seen: set[int] = set()
+        self._seen: dict[int, torch.UntypedStorage] = {}
         self.current = 0
         self.peak = 0
 
@@ -69,10 +72,11 @@ class SavedTensorMeter:
             self.current += t.numel() * t.element_size()
             self.peak = max(self.peak, self.current)
             return t
-        ptr = t.untyped_storage().data_ptr()
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
         if ptr not in self._exclude and ptr not in self._seen:
-            self._seen.add(ptr)
-            self.current += t.untyped_storage().nbytes()
+            self._seen[ptr] = storage
+            self.current += storage.nbytes()
             self.peak = max(self.peak, self.current)
         return t
 

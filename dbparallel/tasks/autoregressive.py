@@ -18,13 +18,11 @@ import torch.nn.functional as F
 
 from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
-from dbparallel.core.noise import LogNormalNoise
-from dbparallel.core.partition import Partition, equiprobable_partition
 from dbparallel.core.precond import edm_coefficients, edm_weight
 from dbparallel.core.sampler import equiprobable_schedule, karras_schedule
 from dbparallel.models.lm import KV, ARBlock, frozen_unit_embedding
 from dbparallel.models.presets import resolve
-from dbparallel.tasks.base import Batch
+from dbparallel.tasks.base import Batch, gaussian_noise
 from dbparallel.tasks.text import TextData, gumbel_sample
 
 
@@ -36,8 +34,7 @@ class AutoregressiveLM(TextData):
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         n = cfg.noise
-        self.noise = LogNormalNoise(n.P_mean, n.P_std, n.sigma_min, n.sigma_max)
-        self.partition: Partition = equiprobable_partition(self.noise, cfg.model.blocks, n.gamma)
+        self.noise, self.partition = gaussian_noise(cfg)
         self.sigma_data = n.sigma_data
         self.E = frozen_unit_embedding(cfg.run.seed, self.vocab_size, resolve(cfg.model).hidden)
         # the end-to-end AR baseline is a plain causal LM; the looped task keeps the denoiser

@@ -7,7 +7,9 @@ from typing import Protocol
 import pyarrow as pa
 import torch
 
-from dbparallel.core.partition import Partition
+from dbparallel.config import Config
+from dbparallel.core.noise import LogNormalNoise
+from dbparallel.core.partition import Partition, equiprobable_partition
 from dbparallel.models.block import Block
 
 Batch = dict[str, torch.Tensor]
@@ -37,3 +39,10 @@ class Task(Protocol):
     ) -> torch.Tensor:
         """Per-sample loss (N,) of ``net`` on noise levels drawn from ``block``'s range."""
         ...
+
+
+def gaussian_noise(cfg: Config) -> tuple[LogNormalNoise, Partition]:
+    """The EDM training noise of ``cfg`` and its equi-probability partition into blocks."""
+    n = cfg.noise
+    noise = LogNormalNoise(n.P_mean, n.P_std, n.sigma_min, n.sigma_max)
+    return noise, equiprobable_partition(noise, cfg.model.blocks, n.gamma)

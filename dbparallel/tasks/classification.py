@@ -17,8 +17,6 @@ import torch
 
 from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
-from dbparallel.core.noise import LogNormalNoise
-from dbparallel.core.partition import Partition, equiprobable_partition
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import equiprobable_schedule
 from dbparallel.data.splits import train_rows
@@ -26,7 +24,7 @@ from dbparallel.data.tables import image_tensors
 from dbparallel.models.lm import frozen_unit_embedding
 from dbparallel.models.presets import resolve
 from dbparallel.models.vit import ViTBlock
-from dbparallel.tasks.base import Batch
+from dbparallel.tasks.base import Batch, gaussian_noise
 
 
 class Classification:
@@ -37,8 +35,7 @@ class Classification:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         n = cfg.noise
-        self.noise = LogNormalNoise(n.P_mean, n.P_std, n.sigma_min, n.sigma_max)
-        self.partition: Partition = equiprobable_partition(self.noise, cfg.model.blocks, n.gamma)
+        self.noise, self.partition = gaussian_noise(cfg)
         self.sigma_data = n.sigma_data
         self.end_to_end = cfg.train.objective == "end_to_end"
         self.dims = resolve(cfg.model)

@@ -11,8 +11,6 @@ import torch
 
 from dbparallel.config import Config
 from dbparallel.core.losses import weighted_mse
-from dbparallel.core.noise import LogNormalNoise
-from dbparallel.core.partition import Partition, equiprobable_partition
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import (
     Denoiser,
@@ -26,7 +24,7 @@ from dbparallel.data.splits import train_rows
 from dbparallel.data.tables import image_tensors
 from dbparallel.models.dit import DiTBlock
 from dbparallel.models.presets import resolve
-from dbparallel.tasks.base import Batch
+from dbparallel.tasks.base import Batch, gaussian_noise
 
 
 class ImageGeneration:
@@ -37,8 +35,7 @@ class ImageGeneration:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         n = cfg.noise
-        self.noise = LogNormalNoise(n.P_mean, n.P_std, n.sigma_min, n.sigma_max)
-        self.partition: Partition = equiprobable_partition(self.noise, cfg.model.blocks, n.gamma)
+        self.noise, self.partition = gaussian_noise(cfg)
         self.sigma_data = n.sigma_data
         self.null_label = cfg.data.num_classes
 
