@@ -37,12 +37,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dbparallel.data.sources import load_table
     from dbparallel.tasks import build_task
 
+    only = getattr(args, "block", None)
+    if only and not cfg.runtime.local:
+        raise UserError("--block: trains a subset of blocks in this process; add --local")
     table = load_table(cfg.data)
     build_task(cfg).prepare(table)  # validate the data before any block starts
     if cfg.runtime.local:
         from dbparallel.runtime.local import run_local
 
-        report = run_local(cfg, table)
+        report = run_local(cfg, table, only_blocks=only)
     else:
         from dbparallel.runtime.launch import run_ray
 
@@ -69,8 +72,12 @@ def _print_summary(cfg: Config, report: dict) -> None:
     for row in report["per_block"]:
         print(f"block {row['block']}: steps={row['steps']} final_loss={row['final_loss']:.5f} "
               f"restarts={row['restarts']} peak_memory={row['peak_memory_bytes'] / 2**20:.2f} MiB")
-    metrics = ", ".join(f"{k}={v:.4g}" for k, v in report["assembly"].items())
-    print(f"assembly: {metrics}")
+    if report["assembly"]:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in report["assembly"].items())
+        print(f"assembly: {metrics}")
+    else:
+        print(f"assembly: not run (a subset of blocks); once every block is trained: "
+              f"dbparallel eval {cfg.run_dir}")
     print(f"run directory: {cfg.run_dir}  ({report['wall_time_s']:.1f} s)")
 
 
@@ -95,13 +102,29 @@ def _run_config(run_dir: str) -> Config:
     return cfg
 
 
+def _device(cfg: Config, requested: str) -> str:
+    """``--device``, else CUDA where the run trained on GPUs and one is here, else CPU."""
+    import torch
+
+    from dbparallel.training.precision import set_matmul_precision
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device here")
+    device = requested or ("cuda" if cfg.runtime.gpus_per_block > 0
+                           and torch.cuda.is_available() else "cpu")
+    set_matmul_precision(cfg.train.precision, device)
+    return device
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from dbparallel.data.sources import load_table
     from dbparallel.training.assemble import assemble
     from dbparallel.training.storage import Storage
 
     cfg = _run_config(args.run_dir)
-    metrics = assemble(cfg, Storage(args.run_dir), load_table(cfg.data), write_samples=False)
+    device = _device(cfg, args.device)
+    metrics = assemble(cfg, Storage(args.run_dir), load_table(cfg.data), device,
+                       write_samples=False, step=args.step)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -134,6 +157,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="*", help=config_help)
     t.add_argument("--local", action="store_true", help="train in this process, without Ray")
     t.add_argument("--help-config", action="store_true", help="list every config key")
+    t.add_argument("--block", type=int, action="append", metavar="B",
+                   help="with --local: train only block B (repeatable); assemble later with "
+                        "`dbparallel eval RUN_DIR`")
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("baseline", help="train the same architecture end to end (1 unit)")
@@ -148,6 +174,10 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="re-assemble a run's blocks and evaluate them")
     e.add_argument("run_dir")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--step", type=int, default=None,
+                   help="evaluate the snapshots of this step (see train.keep_snapshots)")
+    e.add_argument("--device", choices=["cpu", "cuda"], default="",
+                   help="default: cuda if the run trained on GPUs and one is here")
     e.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", help="write a grid of samples of a run")

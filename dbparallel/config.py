@@ -22,6 +22,7 @@ SOLVERS = ("euler", "heun")
 SCHEDULES = ("equiprobable", "karras")
 NONFINITE_POLICIES = ("skip", "stop")
 OBJECTIVES = ("diffusionblocks", "end_to_end")
+PRECISIONS = ("fp32", "tf32", "bf16")
 PRESETS = ("tiny", "small", "base", "dit-s", "dit-b", "dit-l")
 
 
@@ -138,6 +139,8 @@ class TrainConfig:
     log_every: int = 25  # steps between progress/metric updates
     checkpoint_every: int = 250  # steps between checkpoints (and always at the end)
     keep_checkpoints: int = 2  # training states kept per block (older ones deleted)
+    keep_snapshots: int = 1  # EMA snapshots kept per block (`dbparallel eval --step` reads them)
+    precision: str = "fp32"  # fp32 | tf32 (TF32 matmuls on CUDA) | bf16 (autocast forward pass)
     nonfinite: str = "skip"  # on a NaN/Inf loss: skip the step, or stop the run
     max_restarts: int = 3  # restarts of a failed block actor before the run fails
     stall_timeout_s: float = 600.0  # a block without progress this long is reported stalled
@@ -145,7 +148,8 @@ class TrainConfig:
     bptt_truncate: int = 0  # looped end to end: last iterations backpropagated; 0 = all K
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+                    "keep_snapshots"):
             value = getattr(self, key)
             _check(value >= 1, f"train.{key}", f"must be >= 1, got {value}")
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
@@ -155,6 +159,7 @@ class TrainConfig:
         _check(0 <= self.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
         _choice(self.nonfinite, "train.nonfinite", NONFINITE_POLICIES)
         _choice(self.objective, "train.objective", OBJECTIVES)
+        _choice(self.precision, "train.precision", PRECISIONS)
         _check(self.max_restarts >= 0, "train.max_restarts", "must be >= 0")
         _check(self.stall_timeout_s > 0, "train.stall_timeout_s", "must be > 0")
         _check(self.assemble_every >= 0, "train.assemble_every", "must be >= 0")

@@ -25,9 +25,20 @@ from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import open_run
 
 
-def run_local(cfg: Config, table: pa.Table, progress: bool | None = None) -> dict[str, Any]:
-    """Train every block, assemble, write report.json; returns the report."""
+def run_local(cfg: Config, table: pa.Table, progress: bool | None = None,
+              only_blocks: list[int] | None = None) -> dict[str, Any]:
+    """Train every block, assemble, write report.json; returns the report.
+
+    With ``only_blocks``, train just those blocks (other processes or machines may train the
+    rest into the same run directory) and neither assemble nor write report.json: the
+    returned report has an empty ``assembly``; ``dbparallel eval`` composes the blocks later.
+    """
     start = time.perf_counter()
+    blocks = list(range(cfg.model.blocks)) if only_blocks is None else sorted(set(only_blocks))
+    bad = [b for b in blocks if not 0 <= b < cfg.model.blocks]
+    if bad:
+        raise UserError(f"--block {bad[0]}: must be in 0..{cfg.model.blocks - 1} "
+                        f"(model.blocks={cfg.model.blocks})")
     torch.set_num_threads(cfg.runtime.torch_threads)
     storage = open_run(cfg)
     device = "cpu"
@@ -45,7 +56,7 @@ def run_local(cfg: Config, table: pa.Table, progress: bool | None = None) -> dic
     bars = BlockBars(cfg.model.blocks, cfg.train.steps, progress)
     per_block = []
     try:
-        for b in range(cfg.model.blocks):
+        for b in blocks:
             run = BlockRun(cfg, b, table, storage, device)
             recorder = BlockRecorder(cfg.run.name, b, run.trainer.sigma_range, sink)
             bars.update(b, run.trainer.step)
@@ -56,12 +67,15 @@ def run_local(cfg: Config, table: pa.Table, progress: bool | None = None) -> dic
 
             run.train_until(cfg.train.steps, on_step)
             per_block.append(run.summary())
-        metrics = assemble(cfg, storage, table, device)
-        AssemblyRecorder(cfg.run.name, sink).record(metrics)
+        metrics: dict[str, float] = {}
+        if only_blocks is None:
+            metrics = assemble(cfg, storage, table, device)
+            AssemblyRecorder(cfg.run.name, sink).record(metrics)
     finally:
         bars.close()
         if server is not None:
             server.shutdown()
     report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
-    write_report(storage, report)
+    if only_blocks is None:
+        write_report(storage, report)
     return report

@@ -13,11 +13,16 @@ from dbparallel.training.eval import evaluate, sample_artifact
 from dbparallel.training.storage import Storage
 
 
-def load_snapshots(cfg: Config, storage: Storage) -> list[dict]:
-    """The latest good snapshot of every block; refuses missing or disagreeing blocks."""
-    snapshots = [BlockCheckpoints(storage, b).load_latest("snapshot")
-                 for b in range(cfg.model.blocks)]
+def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> list[dict]:
+    """The latest good snapshot of every block (the one of ``step`` if given); refuses
+    missing or disagreeing blocks."""
+    checkpoints = [BlockCheckpoints(storage, b) for b in range(cfg.model.blocks)]
+    snapshots = [c.load_latest("snapshot", step) for c in checkpoints]
     missing = [b for b, s in enumerate(snapshots) if s is None]
+    if missing and step is not None:
+        kept = {b: checkpoints[b].steps("snapshot") for b in missing}
+        raise RunDirError(f"{storage.uri()}: block(s) {missing} have no snapshot of step {step} "
+                          f"(kept: {kept}); train.keep_snapshots sets how many are kept")
     if missing:
         raise RunDirError(f"{storage.uri()}: block(s) {missing} have no snapshot yet; "
                           f"train them first (dbparallel train ... run.dir={storage.uri()})")
@@ -47,10 +52,11 @@ def compose(task: Task, snapshots: list[dict], device: str = "cpu") -> list[Bloc
 
 
 def assemble(cfg: Config, storage: Storage, table: pa.Table, device: str = "cpu",
-             write_samples: bool = True) -> dict[str, float]:
-    """Load, compose and evaluate every block; optionally write the samples (samples.png)."""
+             write_samples: bool = True, step: int | None = None) -> dict[str, float]:
+    """Load, compose and evaluate every block (at ``step``, else the latest snapshots);
+    optionally write the samples (samples.png)."""
     task = build_task(cfg)
-    snapshots = load_snapshots(cfg, storage)
+    snapshots = load_snapshots(cfg, storage, step)
     nets = compose(task, snapshots, device)
     metrics = evaluate(cfg, task, nets, table, device)
     metrics["block_steps_min"] = min(s["meta"]["step"] for s in snapshots)

@@ -6,6 +6,7 @@ any other block: this is what lets B trainers run on B devices with no traffic b
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -19,6 +20,7 @@ from dbparallel.core.memory import SavedTensorMeter, StepMemory, measure_step
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
 from dbparallel.tasks.base import Batch
+from dbparallel.training.precision import autocast, set_matmul_precision
 from dbparallel.training.seeding import derive_seed, generator
 
 
@@ -47,6 +49,7 @@ class BlockTrainer:
         if not 0 <= block < cfg.model.blocks:
             raise ValueError(f"block {block} is outside model.blocks={cfg.model.blocks}")
         self.cfg, self.block, self.device = cfg, block, torch.device(device)
+        set_matmul_precision(cfg.train.precision, self.device)
         self.task = task or build_task(cfg)
         self.sigma_range = self.task.partition.ranges[block]
         with torch.random.fork_rng(devices=[]):
@@ -74,9 +77,12 @@ class BlockTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.model.train()
+        # The saved-tensor hooks cost time on every tensor: measure the first step only
+        # (every step of a block has the same shapes).
         meter = SavedTensorMeter(exclude=self.model.parameters())
-        with meter.record():
-            loss = self.task.loss(self.model, batch, self.block, g).mean()
+        recording = meter.record() if self.memory is None else contextlib.nullcontext()
+        with recording, autocast(self.cfg.train.precision, self.device):
+            loss = self.task.loss(self.model, batch, self.block, g).float().mean()
         n = len(next(iter(batch.values())))
         if not torch.isfinite(loss):
             self.nonfinite_steps += 1

@@ -31,8 +31,9 @@ def block_dir(block: int) -> str:
 class BlockCheckpoints:
     """Checkpoints of one block under ``blocks/block_<b>/`` of a run directory."""
 
-    def __init__(self, storage: Storage, block: int, keep: int = 2):
-        self.storage, self.block, self.keep = storage, block, keep
+    def __init__(self, storage: Storage, block: int, keep: int = 2, keep_snapshots: int = 1):
+        self.storage, self.block = storage, block
+        self.keep = {"state": keep, "snapshot": keep_snapshots}
         self.dir = block_dir(block)
         self.manifest_path = f"{self.dir}/manifest.json"
 
@@ -53,16 +54,24 @@ class BlockCheckpoints:
         entries.append({"step": step, "file": rel, "sha256": hashlib.sha256(data).hexdigest(),
                         "bytes": len(data)})
         entries.sort(key=lambda e: e["step"])
-        keep = self.keep if kind == "state" else 1
+        keep = self.keep[kind]
         manifest[kind], dropped = entries[-keep:], entries[:-keep]
         self.storage.write_json(self.manifest_path, manifest)
         for entry in dropped:
             self.storage.delete(entry["file"])
         return rel
 
-    def load_latest(self, kind: Kind) -> dict[str, Any] | None:
-        """The newest ``kind`` whose checksum verifies, or None if there is none."""
-        for entry in reversed(self.manifest()[kind]):
+    def steps(self, kind: Kind) -> list[int]:
+        """Steps at which a ``kind`` is kept, oldest first."""
+        return [e["step"] for e in self.manifest()[kind]]
+
+    def load_latest(self, kind: Kind, step: int | None = None) -> dict[str, Any] | None:
+        """The newest ``kind`` whose checksum verifies (only the one of ``step`` if given),
+        or None if there is none."""
+        entries = self.manifest()[kind]
+        if step is not None:
+            entries = [e for e in entries if e["step"] == step]
+        for entry in reversed(entries):
             try:
                 data = self.storage.read_bytes(entry["file"])
             except FileNotFoundError:

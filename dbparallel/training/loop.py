@@ -30,7 +30,8 @@ class BlockRun:
         self.data: Batch = {k: v.to(self.trainer.device) for k, v in data.items()}
         self.order = DataOrder(len(next(iter(data.values()))), cfg.train.batch_size,
                                cfg.run.seed, block)
-        self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints)
+        self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
+                                            cfg.train.keep_snapshots)
         self.resumed_from = self._resume()
 
     def _resume(self) -> int:

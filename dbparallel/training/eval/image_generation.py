@@ -10,7 +10,7 @@ from dbparallel.data.splits import eval_rows
 from dbparallel.data.tables import image_tensors
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task
-from dbparallel.training.eval.classifier import accuracy, cached_classifier
+from dbparallel.training.eval.classifier import FeatureClassifier, accuracy, cached_classifier
 from dbparallel.training.eval.frechet import frechet_distance
 from dbparallel.training.eval.png import encode_png, grid
 from dbparallel.training.seeding import generator
@@ -27,20 +27,33 @@ def generate_labelled(cfg: Config, task: Task, nets: list[Block], labels: torch.
     return torch.cat(out)
 
 
-def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
-             device: str = "cpu") -> dict[str, float]:
-    """Sample accuracy and in-domain Fréchet distance of class-conditional samples, and with
-    ``sample.fid`` FID and KID; references are the held-out (test) rows where there are any."""
+def indomain_classifier(cfg: Config, task: Task, table: pa.Table) -> FeatureClassifier:
+    """The data's own classifier (trained on the training rows on first use, then cached)."""
     data = task.prepare(table)
-    real, labels = (data["image"] + 1) / 2, data["label"]
-    held_out, held_out_labels = image_tensors(eval_rows(table), cfg.data)
+    return cached_classifier(_data_key(cfg), (data["image"] + 1) / 2, data["label"],
+                             cfg.data.num_classes)
+
+
+def _data_key(cfg: Config) -> dict:
     d = cfg.data
-    key = {"source": d.source, "path": d.path, "size": d.image_size, "channels": d.channels,
-           "classes": d.num_classes}
-    clf = cached_classifier(key, real, labels, d.num_classes)
-    n = cfg.sample.eval_samples
-    wanted = torch.arange(n) % d.num_classes
-    fake = generate_labelled(cfg, task, nets, wanted.to(device), "eval")
+    return {"source": d.source, "path": d.path, "size": d.image_size, "channels": d.channels,
+            "classes": d.num_classes}
+
+
+def eval_samples(cfg: Config, task: Task, nets: list[Block],
+                 device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(images in [0, 1], labels): ``sample.eval_samples`` images, classes in turn."""
+    wanted = torch.arange(cfg.sample.eval_samples) % cfg.data.num_classes
+    return generate_labelled(cfg, task, nets, wanted.to(device), "eval"), wanted
+
+
+def score(cfg: Config, task: Task, table: pa.Table, fake: torch.Tensor, wanted: torch.Tensor,
+          device: str = "cpu") -> dict[str, float]:
+    """Sample accuracy and in-domain Fréchet distance of class-conditional images ``fake``
+    (in [0, 1]), and with ``sample.fid`` FID and KID; references are the held-out (test) rows
+    where there are any."""
+    held_out, held_out_labels = image_tensors(eval_rows(table), cfg.data)
+    clf = indomain_classifier(cfg, task, table)
     with torch.no_grad():
         fd = frechet_distance(clf.features(held_out), clf.features(fake))
     metrics = {"sample_accuracy": accuracy(clf, fake, wanted), "fd_indomain": fd,
@@ -48,8 +61,14 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
     if cfg.sample.fid:
         from dbparallel.training.eval.inception import fid_kid
 
-        metrics.update(fid_kid(key, held_out, fake, cfg.run.seed, device))
+        metrics.update(fid_kid(_data_key(cfg), held_out, fake, cfg.run.seed, device))
     return metrics
+
+
+def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
+             device: str = "cpu") -> dict[str, float]:
+    """``score`` of ``eval_samples``: the composed generator's metrics."""
+    return score(cfg, task, table, *eval_samples(cfg, task, nets, device), device)
 
 
 def sample_png(cfg: Config, task: Task, nets: list[Block], device: str = "cpu") -> bytes:

@@ -1,0 +1,28 @@
+"""Numeric precision of training and evaluation: ``train.precision`` = fp32 | tf32 | bf16.
+
+fp32 is exact float32 everywhere. tf32 lets CUDA matmuls and convolutions use TensorFloat-32
+(float32 storage, 10-bit mantissa products; no effect on CPU). bf16 runs the forward pass
+under autocast to bfloat16 with float32 weights, gradients and optimizer state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def set_matmul_precision(precision: str, device: torch.device | str) -> None:
+    """Allow TF32 on CUDA for ``tf32`` and ``bf16`` (process-wide); leave CPU unchanged."""
+    if torch.device(device).type != "cuda":
+        return
+    fast = precision in ("tf32", "bf16")
+    torch.backends.cuda.matmul.allow_tf32 = fast
+    torch.backends.cudnn.allow_tf32 = fast
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The forward pass's context: bf16 autocast for ``bf16``, nothing otherwise."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
