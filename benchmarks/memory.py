@@ -25,7 +25,6 @@ from typing import Any
 from unittest import mock
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,8 +41,7 @@ from dbparallel.config import (  # noqa: E402
 from dbparallel.models import lm  # noqa: E402
 from dbparallel.models.layers import AdaLNLayer  # noqa: E402
 from dbparallel.tasks import build_task  # noqa: E402
-from dbparallel.training.plan import ADAM_COPIES  # noqa: E402
-from dbparallel.training.seeding import generator  # noqa: E402
+from dbparallel.training.plan import step_bytes as plan_step_bytes  # noqa: E402
 
 DEPTHS = (12, 24)
 BLOCKS = (1, 2, 3, 4, 6, 12)
@@ -87,96 +85,6 @@ def config(setup: Setup, depth: int, blocks: int, end_to_end: bool = False,
     )
 
 
-# ---------------------------------------------------------------------------- byte meter
-class LiveSavedBytes:
-    """Bytes saved for backward that are alive, through forward *and* backward; ``peak``.
-
-    The byte meter of core/memory.py stops at the end of the forward pass, where a plain
-    network's saved bytes peak. With activation checkpointing the peak comes in backward, when
-    a layer is recomputed, so this meter also counts saved tensors as autograd frees them.
-    Like the byte meter it counts a storage once and leaves parameters out; unlike it, a
-    storage stops counting when autograd lets go of it, so a branch the forward pass drops is
-    not counted past that point. Storages are told apart by their StorageImpl, which the meta
-    device has too (its data pointers are all 0).
-    """
-
-    def __init__(self, exclude: list[torch.Tensor]):
-        self._exclude = {_storage_id(t) for t in exclude}
-        self._refs: dict[int, int] = {}
-        self._bytes: dict[int, int] = {}
-        self.current = 0
-        self.peak = 0
-
-    def _pack(self, t: torch.Tensor) -> Any:
-        key = _storage_id(t)
-        if key in self._exclude:
-            return t
-        if key not in self._refs:
-            self._refs[key] = 0
-            self._bytes[key] = t.untyped_storage().nbytes()
-            self.current += self._bytes[key]
-            self.peak = max(self.peak, self.current)
-        self._refs[key] += 1
-        return _Held(t, key, self)
-
-    def _release(self, key: int) -> None:
-        self._refs[key] -= 1
-        if self._refs[key] == 0:
-            del self._refs[key]
-            self.current -= self._bytes.pop(key)
-
-    @contextmanager
-    def record(self) -> Iterator[LiveSavedBytes]:
-        unpack = lambda held: held.tensor if isinstance(held, _Held) else held  # noqa: E731
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, unpack):
-            yield self
-
-
-class _Held:
-    """A saved tensor as autograd keeps it; its release is the tensor leaving the graph."""
-
-    __slots__ = ("tensor", "key", "meter")
-
-    def __init__(self, tensor: torch.Tensor, key: int, meter: LiveSavedBytes):
-        self.tensor, self.key, self.meter = tensor, key, meter
-
-    def __del__(self) -> None:
-        self.meter._release(self.key)
-
-
-def _storage_id(t: torch.Tensor) -> int:
-    return t.untyped_storage()._cdata
-
-
-# ---------------------------------------------------------------------------- patches
-@contextmanager
-def cpu_attention_on_meta() -> Iterator[None]:
-    """On meta tensors, run the CPU's fused attention instead of the math fallback.
-
-    The meta device has no fused kernel, so scaled_dot_product_attention would take the math
-    path there and save every (T x T) attention matrix, which neither the CPU nor CUDA saves:
-    that overstates a DiT-S/2 step by a third. The CPU kernel's meta function saves what a CPU
-    step saves (q, k, v, output, log-sum-exp)."""
-    original = F.scaled_dot_product_attention
-
-    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
-                  is_causal: bool = False, scale: float | None = None,
-                  enable_gqa: bool = False) -> torch.Tensor:
-        if q.device.type != "meta" or enable_gqa:
-            return original(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                            is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            # as the CPU path does before its kernel: True = 0, False = -inf, saved as float
-            attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
-                ~attn_mask, float("-inf"))
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
-
-    with mock.patch.object(F, "scaled_dot_product_attention", attention):
-        yield
-
-
 @contextmanager
 def layer_checkpointing() -> Iterator[None]:
     """Activation checkpointing around every transformer layer of every block network.
@@ -210,25 +118,8 @@ def layer_checkpointing() -> Iterator[None]:
 # ---------------------------------------------------------------------------- measurement
 def step_bytes(cfg: Config, block: int = 0, checkpointed: bool = False,
                device: str = "meta") -> dict[str, int]:
-    """Bytes of one training step of ``block``: 4P for parameters, gradients and Adam, and
-    the peak bytes saved for backward, with the block's private stem and head apart."""
-    task = build_task(cfg)
-    with torch.device(device):
-        net = task.build_block(block)
-    split = net.parameter_split()
-    size = next(net.parameters()).element_size()
-    batch = task.example_batch(cfg.train.batch_size, device)
-    meter = LiveSavedBytes(exclude=list(net.parameters()))
-    with ExitStack() as stack:
-        stack.enter_context(cpu_attention_on_meta())
-        if checkpointed:
-            stack.enter_context(layer_checkpointing())
-        with meter.record():
-            task.loss(net, batch, block, generator(cfg.run.seed, "plan")).mean().backward()
-    params = ADAM_COPIES * split["total"] * size
-    stem = ADAM_COPIES * split["stem_and_head"] * size
-    return {"params_and_optimizer": params, "activations": meter.peak,
-            "total": params + meter.peak, "stem_and_head": stem}
+    """``training.plan.step_bytes``, optionally with every layer checkpointed."""
+    return plan_step_bytes(cfg, block, device, layer_checkpointing() if checkpointed else None)
 
 
 def measure(model: str, depths: tuple[int, ...] = DEPTHS, blocks: tuple[int, ...] = BLOCKS,

@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 import torch
 
 from dbparallel.config import Config
-from dbparallel.core.memory import SavedTensorMeter
+from dbparallel.core.meta_memory import LiveSavedBytes, cpu_attention_on_meta
 from dbparallel.tasks import build_task
 from dbparallel.training.seeding import generator
 
 ADAM_COPIES = 4  # parameters, gradients and Adam's two moments (paper App. G: 4P)
 
 
-def estimate_step_memory(cfg: Config, block: int) -> dict[str, int]:
-    """Bytes of one training step of ``block``, from shapes alone (on the meta device)."""
+def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
+               context: AbstractContextManager | None = None) -> dict[str, int]:
+    """Bytes of one training step of ``block``, from shapes alone on the meta device (or a
+    real step on ``device``): 4P for parameters, gradients and Adam, and the peak bytes saved
+    for backward through forward and backward, with the block's private stem and head apart.
+    ``context`` wraps the step (benchmarks/memory.py checkpoints layers with it)."""
     task = build_task(cfg)
-    with torch.device("meta"):
+    with torch.device(device):
         net = task.build_block(block)
-    param_bytes = sum(p.numel() * p.element_size() for p in net.parameters())
-    batch = task.example_batch(cfg.train.batch_size, "meta")
-    meter = SavedTensorMeter(exclude=net.parameters())
-    with meter.record():
-        task.loss(net, batch, block, generator(cfg.run.seed, "plan"))
-    return {"params_and_optimizer": ADAM_COPIES * param_bytes, "activations": meter.peak,
-            "total": ADAM_COPIES * param_bytes + meter.peak}
+    split = net.parameter_split()
+    size = next(net.parameters()).element_size()
+    batch = task.example_batch(cfg.train.batch_size, device)
+    meter = LiveSavedBytes(exclude=list(net.parameters()))
+    with ExitStack() as stack:
+        stack.enter_context(cpu_attention_on_meta())
+        if context is not None:
+            stack.enter_context(context)
+        with meter.record():
+            task.loss(net, batch, block, generator(cfg.run.seed, "plan")).mean().backward()
+    params = ADAM_COPIES * split["total"] * size
+    stem = ADAM_COPIES * split["stem_and_head"] * size
+    return {"params_and_optimizer": params, "activations": meter.peak,
+            "total": params + meter.peak, "stem_and_head": stem}
 
 
 def plan(cfg: Config) -> dict[str, Any]:
@@ -45,7 +57,7 @@ def plan(cfg: Config) -> dict[str, Any]:
         "mass": [task.noise.mass(lo, hi) for lo, hi in nominal],
         "layers_per_block": cfg.model.layers_per_block,
         "params_per_block": params,
-        "estimated_memory_bytes": [estimate_step_memory(cfg, b)["total"] for b in range(p.blocks)],
+        "estimated_memory_bytes": [step_bytes(cfg, b)["total"] for b in range(p.blocks)],
     }
 
 

@@ -126,3 +126,12 @@ def test_memory_meter_counts_adam_state(tiny_cfg, table) -> None:
     n_bytes = sum(p.numel() * 4 for p in trainer.model.parameters())
     assert (m.params, m.grads, m.optimizer) == (n_bytes, n_bytes, 2 * n_bytes)
     assert m.activations > 0
+
+
+def test_plan_memory_estimate_equals_a_real_cpu_step(tiny_cfg) -> None:
+    # `dbparallel plan` measures on the meta device; a real step on the CPU saves the same
+    from dbparallel.training.plan import plan, step_bytes
+
+    estimate = plan(tiny_cfg)["estimated_memory_bytes"]
+    real = [step_bytes(tiny_cfg, b, device="cpu")["total"] for b in range(tiny_cfg.model.blocks)]
+    assert estimate == real and all(e > 0 for e in estimate)
