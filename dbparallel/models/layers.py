@@ -141,3 +141,13 @@ class AdaLNHead(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         return self.linear(modulate(self.norm(x), shift, scale))  # (N, T, out_dim)
+
+
+EMBEDDING_SALT = 0x5EED_E  # separates the table's stream from seeds used for anything else
+
+
+def frozen_unit_embedding(seed: int, num: int, dim: int) -> torch.Tensor:
+    """(num, dim) rows of unit L2 norm, a pure function of the run seed (DESIGN.md 1.3)."""
+    g = torch.Generator().manual_seed(seed ^ EMBEDDING_SALT)
+    E = torch.randn(num, dim, generator=g, dtype=torch.float64)
+    return (E / E.norm(dim=1, keepdim=True)).float()

@@ -23,16 +23,6 @@ from dbparallel.models.layers import AdaLNHead, AdaLNLayer, Attention, SigmaEmbe
 from dbparallel.models.presets import ModelDims
 
 KV = tuple[torch.Tensor, torch.Tensor]  # keys, values of one layer, each (N, H, S, D/H)
-EMBEDDING_SALT = 0x5EED_E  # separates the table's stream from seeds used for anything else
-
-
-def frozen_unit_embedding(seed: int, num: int, dim: int) -> torch.Tensor:
-    """(num, dim) rows of unit L2 norm, a pure function of the run seed (DESIGN.md 1.3)."""
-    g = torch.Generator().manual_seed(seed ^ EMBEDDING_SALT)
-    E = torch.randn(num, dim, generator=g, dtype=torch.float64)
-    return (E / E.norm(dim=1, keepdim=True)).float()
-
-
 def causal_mask(t: int, past: int = 0) -> torch.Tensor:
     """(t, past + t) bool: new clean token i (position past + i) sees every j <= past + i."""
     return torch.arange(past + t)[None, :] <= torch.arange(past, past + t)[:, None]

@@ -21,7 +21,7 @@ from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import equiprobable_schedule
 from dbparallel.data.splits import train_rows
 from dbparallel.data.tables import image_tensors
-from dbparallel.models.lm import frozen_unit_embedding
+from dbparallel.models.layers import frozen_unit_embedding
 from dbparallel.models.presets import resolve
 from dbparallel.models.vit import ViTBlock
 from dbparallel.tasks.base import Batch, gaussian_noise

@@ -61,6 +61,6 @@ def assemble(cfg: Config, storage: Storage, table: pa.Table, device: str = "cpu"
     metrics = evaluate(cfg, task, nets, table, device)
     metrics["block_steps_min"] = min(s["meta"]["step"] for s in snapshots)
     if write_samples:
-        name, data = sample_artifact(cfg, task, nets, device)
+        name, data = sample_artifact(cfg, task, nets, device, table)
         storage.write_bytes(name, data)
     return metrics

@@ -27,9 +27,10 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
     raise ValueError(f"task: no evaluation for {cfg.task!r}")
 
 
-def sample_artifact(cfg: Config, task: Task, nets: list[Block],
-                    device: str = "cpu") -> tuple[str, bytes]:
-    """(file name, contents) of the samples written into the run directory."""
+def sample_artifact(cfg: Config, task: Task, nets: list[Block], device: str = "cpu",
+                    table: pa.Table | None = None) -> tuple[str, bytes]:
+    """(file name, contents) of the samples written into the run directory; ``table`` is the
+    run's data where a task's artifact needs it (read again when not given)."""
     if cfg.task == "dit":
         from dbparallel.training.eval import image_generation
 
@@ -37,7 +38,7 @@ def sample_artifact(cfg: Config, task: Task, nets: list[Block],
     if cfg.task == "vit":
         from dbparallel.training.eval import classification
 
-        return "confusion.json", classification.confusion_json(cfg, task, nets, device)
+        return "confusion.json", classification.confusion_json(cfg, task, nets, device, table)
     if cfg.task in ("mdm", "ar", "looped"):
         from dbparallel.training.eval import text
 

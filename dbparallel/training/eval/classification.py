@@ -45,11 +45,15 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
     return {"accuracy": accuracy(predicted, true), "eval_rows": float(len(true))}
 
 
-def confusion_json(cfg: Config, task: Task, nets: list[Block], device: str = "cpu") -> bytes:
-    """The confusion matrix of the held-out rows as JSON, re-reading the configured data."""
-    from dbparallel.data.sources import load_table
+def confusion_json(cfg: Config, task: Task, nets: list[Block], device: str = "cpu",
+                   table: pa.Table | None = None) -> bytes:
+    """The confusion matrix of the held-out rows of ``table`` (else of the configured data,
+    read again) as JSON."""
+    if table is None:
+        from dbparallel.data.sources import load_table
 
-    predicted, true = predictions(cfg, task, nets, load_table(cfg.data), device)
+        table = load_table(cfg.data)
+    predicted, true = predictions(cfg, task, nets, table, device)
     matrix = confusion(predicted, true, cfg.data.num_classes)
     return json.dumps({"rows": "true class", "columns": "predicted class",
                        "accuracy": accuracy(predicted, true),
