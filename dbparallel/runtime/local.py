@@ -53,7 +53,7 @@ def run_local(cfg: Config, table: pa.Table, progress: bool | None = None,
         sink = PrometheusSink()
         server = sink.serve(cfg.metrics.port)
         print(f"metrics: http://127.0.0.1:{cfg.metrics.port}/metrics", flush=True)
-    bars = BlockBars(cfg.model.blocks, cfg.train.steps, progress)
+    bars = BlockBars(blocks, cfg.train.steps, progress)
     per_block = []
     try:
         for b in blocks:

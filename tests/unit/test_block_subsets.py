@@ -117,3 +117,12 @@ def test_memory_is_measured_once_and_kept(tiny_cfg) -> None:
     first = trainer.memory
     trainer.train_step(run_batch)
     assert first is not None and first.activations > 0 and trainer.memory is first
+
+
+def test_progress_lines_name_only_the_blocks_trained_here(capsys) -> None:
+    from dbparallel.runtime.progress import BlockBars
+
+    bars = BlockBars([2], 10, enabled=False, line_every_s=0)
+    bars.update(2, 5, 0.5)
+    bars.close()
+    assert capsys.readouterr().out == "progress: block 2 5/10 loss 0.5000\n"

@@ -13,11 +13,13 @@ import hashlib
 import importlib.util
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.errors import UserError
@@ -84,8 +86,13 @@ def inception_features(images: torch.Tensor, device: str | torch.device = "cpu",
                        chunk: int = 50) -> torch.Tensor:
     """(N, 2048) pool features of images (N, C, H, W) in [0, 1], on CPU in float64."""
     net = load_network(device)
-    out = [net(preprocess(images[i:i + chunk].to(device))).double().cpu()
-           for i in range(0, len(images), chunk)]
+    out = []
+    # minutes per thousand images on a CPU: show progress where someone watches a terminal
+    with tqdm(total=len(images), desc="inception features", unit="img", leave=False,
+              disable=not sys.stderr.isatty()) as bar:
+        for i in range(0, len(images), chunk):
+            out.append(net(preprocess(images[i:i + chunk].to(device))).double().cpu())
+            bar.update(len(out[-1]))
     return torch.cat(out)
 
 
