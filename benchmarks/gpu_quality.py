@@ -1,9 +1,10 @@
-"""Vision quality on one GPU in a fixed time: DiffusionBlocks (B=3) against end to end.
+"""Quality on one GPU in a fixed time: DiffusionBlocks against end to end at equal steps.
 
-The GPU recipes (jobs/vit_fashion.yaml, jobs/dit_fashion.yaml) at their full model size, cut
+The GPU recipes (jobs/vit_fashion.yaml, jobs/dit_fashion.yaml; with ``--tasks mdm ar`` also
+jobs/mdm_shakespeare.yaml and jobs/ar_shakespeare.yaml) at their full model size, cut
 short: every block of DiffusionBlocks and the end-to-end baseline train at the same time, as
 separate processes on the one device (``dbparallel train --local --block b``), until they
-reach ``--steps`` or ``--train-s`` runs out. Both methods are then evaluated at the same step
+reach the step count of their setting or ``--train-s`` runs out. Both methods are then evaluated at the same step
 K, the last snapshot that every process of the task wrote, so compute is equal in layer-steps
 (B blocks x K steps x L/B layers = K x L). DiT's generated images are saved as .npz; FID and
 KID need the 87 MB Inception network, scored where it is (``--score DIR`` on a CPU machine).
@@ -49,15 +50,23 @@ GPU = {  # recipe, overrides, steps, checkpoint interval
     "dit": ("jobs/dit_fashion.yaml", ["train.precision=tf32", "train.warmup_steps=300",
                                       "train.ema_decay=0.999", "sample.fid=false",
                                       "sample.eval_samples=5000"], 3000, 250),
+    "mdm": ("jobs/mdm_shakespeare.yaml", ["train.precision=tf32", "train.warmup_steps=300",
+                                          "train.ema_decay=0.999"], 4000, 250),
+    "ar": ("jobs/ar_shakespeare.yaml", ["train.precision=tf32", "train.warmup_steps=300",
+                                        "train.ema_decay=0.999", "sample.scorer_steps=2000"],
+           4000, 250),
 }
 SMOKE = {
     "vit": ("jobs/vit_tiny.yaml", ["runtime.gpus_per_block=0", "model.depth=6"], 40, 10),
     "dit": ("jobs/dit_fashion_tiny.yaml", ["runtime.gpus_per_block=0", "model.depth=6",
                                            "sample.steps=4", "sample.eval_samples=20",
                                            "sample.fid=false"], 30, 10),
+    "mdm": ("jobs/mdm_shakespeare_tiny.yaml", ["sample.steps=8", "sample.eval_samples=16"],
+            20, 10),
+    "ar": ("jobs/ar_shakespeare_tiny.yaml", ["sample.eval_samples=10", "sample.gen_len=8"],
+           20, 10),
 }
 METHODS = {"diffusionblocks": [], "end_to_end": ["model.blocks=1", "train.objective=end_to_end"]}
-HEADLINE = {"vit": ("accuracy",), "dit": ("fd_indomain", "sample_accuracy")}
 
 
 def config(recipe: str, overrides: list[str]) -> Config:
@@ -219,7 +228,8 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/gpu_quality")
     p.add_argument("--work", default="/tmp/dbparallel-gpu-quality", help="run directories")
     p.add_argument("--train-s", type=float, default=280.0, help="training time limit, seconds")
-    p.add_argument("--tasks", nargs="+", default=["vit", "dit"], choices=sorted(GPU))
+    p.add_argument("--tasks", nargs="+", default=["vit", "dit"], choices=sorted(GPU),
+                   help="vit and dit by default; the looped model has no blocks to compare")
     p.add_argument("--data-path", default="", help="Fashion-MNIST IDX directory (data.path)")
     p.add_argument("--smoke", action="store_true", help="tiny recipes on CPU (checks the flow)")
     p.add_argument("--score", default="", metavar="DIR", help="add FID/KID to DIR's results")

