@@ -1,13 +1,14 @@
 """Quality on one GPU in a fixed time: DiffusionBlocks against end to end at equal steps.
 
-The GPU recipes (jobs/vit_fashion.yaml, jobs/dit_fashion.yaml; with ``--tasks mdm ar`` also
-jobs/mdm_shakespeare.yaml and jobs/ar_shakespeare.yaml) at their full model size, cut
+The GPU recipes (jobs/vit_fashion.yaml, jobs/dit_fashion.yaml; with ``--tasks mdm ar``
+also jobs/mdm_shakespeare.yaml and jobs/ar_shakespeare.yaml) at their full model size, cut
 short: every block of DiffusionBlocks and the end-to-end baseline train at the same time, as
 separate processes on the one device (``dbparallel train --local --block b``), until they
-reach the step count of their setting or ``--train-s`` runs out. Both methods are then evaluated at the same step
-K, the last snapshot that every process of the task wrote, so compute is equal in layer-steps
-(B blocks x K steps x L/B layers = K x L). DiT's generated images are saved as .npz; FID and
-KID need the 87 MB Inception network, scored where it is (``--score DIR`` on a CPU machine).
+reach the step count of their setting or ``--train-s`` runs out. Both methods are then
+evaluated at the same step K, the last snapshot that every process of the task wrote, so
+compute is equal in layer-steps (B blocks x K steps x L/B layers = K x L). DiT's generated
+images are saved as .npz; FID and KID need the 87 MB Inception network, scored where it is
+(``--score DIR`` on a CPU machine).
 
     python benchmarks/gpu_quality.py --out DIR [--train-s 280] [--tasks vit dit]
     python benchmarks/gpu_quality.py --score DIR   # adds FID/KID to DIR/gpu_quality.json
@@ -208,7 +209,8 @@ def score_fid(directory: Path, data_path: str) -> None:
     d = cfg.data
     key = {"source": d.source, "path": d.path, "size": d.image_size, "channels": d.channels,
            "classes": d.num_classes}
-    result["rows"] = [r for r in result["rows"] if r["metric"] not in ("fid", "kid")]
+    scored = ("fid", "kid", "kid_std", "fid_samples")
+    result["rows"] = [r for r in result["rows"] if r["metric"] not in scored]
     for method in METHODS:
         npz = directory / f"dit_{method}.npz"
         if not npz.is_file():

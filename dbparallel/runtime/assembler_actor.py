@@ -8,6 +8,7 @@ from dbparallel.config import Config
 from dbparallel.runtime.dataset import SharedDataset, read_all
 from dbparallel.runtime.metrics import AssemblyRecorder
 from dbparallel.training.assemble import assemble
+from dbparallel.training.precision import set_matmul_precision
 from dbparallel.training.storage import Storage
 
 
@@ -20,6 +21,7 @@ class AssemblerActor:
         self.table = read_all(dataset)
         use_gpu = cfg.runtime.gpus_per_block > 0 and torch.cuda.is_available()
         self.device = "cuda" if use_gpu else "cpu"
+        set_matmul_precision(cfg.train.precision, self.device)
         self.recorder = AssemblyRecorder(cfg.run.name)
 
     def assemble(self, write_samples: bool = True) -> dict[str, float]:

@@ -1,8 +1,10 @@
-"""Numeric precision of training and evaluation: ``train.precision`` = fp32 | tf32 | bf16.
+"""Numeric precision: ``train.precision`` = fp32 | tf32 | bf16.
 
 fp32 is exact float32 everywhere. tf32 lets CUDA matmuls and convolutions use TensorFloat-32
-(float32 storage, 10-bit mantissa products; no effect on CPU). bf16 runs the forward pass
-under autocast to bfloat16 with float32 weights, gradients and optimizer state.
+(float32 storage, 10-bit mantissa products; no effect on CPU), in training and evaluation.
+bf16 runs the training forward pass under autocast to bfloat16 with float32 weights,
+gradients and optimizer state, and allows TF32 like tf32; evaluation runs in float32 (TF32 on
+CUDA).
 """
 
 from __future__ import annotations

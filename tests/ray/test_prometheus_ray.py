@@ -95,7 +95,8 @@ def prometheus(ray_session, tmp_path):
                 time.sleep(0.3)
         yield port
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
 
 
@@ -106,14 +107,16 @@ def test_every_dashboard_query_answers_from_a_live_scrape(prometheus, tmp_path) 
     assembly = [e for e in exprs if any(f"dbparallel_{m}" in e for m in DIT_ASSEMBLY)]
     rate = next(e for e in exprs if e.startswith("sum by (block) (rate("))
     assert len(per_block) >= len(PER_BLOCK) and len(assembly) == len(DIT_ASSEMBLY)
+    wanted = list(dict.fromkeys([*per_block, *assembly, rate]))
 
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(report=_train(
         tmp_path / "run", "train.steps=60", f"run.name={RUN}")))
     thread.start()
     answered: dict[str, dict[str, float]] = {}
-    while thread.is_alive() or len(answered) < len(per_block) + len(assembly) + 1:
-        for expr in [*per_block, *assembly, rate]:
+    deadline = time.monotonic() + 300  # a hung run fails the test instead of the suite
+    while (thread.is_alive() or len(answered) < len(wanted)) and time.monotonic() < deadline:
+        for expr in wanted:
             values = _query(prometheus, expr)
             want = {RUN} if expr in assembly else {""} if expr.startswith("sum(") else {"0", "1"}
             if want <= set(values):
@@ -122,9 +125,10 @@ def test_every_dashboard_query_answers_from_a_live_scrape(prometheus, tmp_path) 
                 "give_up", time.monotonic() + 20):
             break
         time.sleep(1)
-    thread.join(timeout=300)
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the training run did not finish"
     report = result["report"]
-    missing = [e for e in [*per_block, *assembly, rate] if e not in answered]
+    missing = [e for e in wanted if e not in answered]
     assert not missing, f"no answer from Prometheus for {missing}"
 
     losses = answered['max by (block) (ray_dbparallel_block_loss{run=~"$run"})']

@@ -110,12 +110,20 @@ def test_bad_precision_is_refused(tmp_path, capsys) -> None:
     assert "train.precision" in capsys.readouterr().err
 
 
-def test_memory_is_measured_once_and_kept(tiny_cfg) -> None:
+def test_memory_is_measured_on_the_first_step_only(tiny_cfg, monkeypatch) -> None:
+    from dbparallel.core.memory import SavedTensorMeter
+
+    calls = []
+    record = SavedTensorMeter.record
+    monkeypatch.setattr(SavedTensorMeter, "record",
+                        lambda self: calls.append(1) or record(self))
     trainer = BlockTrainer(tiny_cfg, 0)
     run_batch = {k: v[:32] for k, v in trainer.task.prepare(digits_table()).items()}
     trainer.train_step(run_batch)
     first = trainer.memory
     trainer.train_step(run_batch)
+    trainer.train_step(run_batch)
+    assert len(calls) == 1  # the saved-tensor hooks ran in the first step alone
     assert first is not None and first.activations > 0 and trainer.memory is first
 
 
