@@ -97,3 +97,17 @@ def finish(name: str, result: dict[str, Any], args: argparse.Namespace,
 
 def mib(n: float) -> str:
     return f"{n / 2**20:,.1f}"
+
+
+def quality_table(result: dict[str, Any], task_width: int = 5, metric_width: int = 16,
+                  value_width: int = 10) -> str:
+    """The rows of a quality benchmark (task, method, blocks, metric, value, layer-steps,
+    wall time) as a text table."""
+    t, m, v = task_width, metric_width, value_width
+    lines = [f"{'task':<{t}} {'method':<16} {'B':>2} {'metric':<{m}} {'value':>{v}} "
+             f"{'layer-steps':>12} {'wall s':>8}"]
+    for r in result["rows"]:
+        lines.append(f"{r['task']:<{t}} {r['method']:<16} {r['blocks']:>2} {r['metric']:<{m}} "
+                     f"{r['value']:>{v}.4g} {r['train_layer_steps']:>12,} "
+                     f"{r['wall_time_s']:>8.0f}")
+    return "\n".join(lines)

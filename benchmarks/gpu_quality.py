@@ -119,17 +119,15 @@ def run_task(task: str, setting: tuple, args: argparse.Namespace,
     base = [*extra, *COMMON, f"train.steps={steps}", f"train.checkpoint_every={every}"]
     if args.data_path:
         base.append(f"data.path={args.data_path}")
-    cfgs, procs, dirs = {}, [], {}
-    for method, more in METHODS.items():
-        dirs[method] = work / f"{task}-{method}"
-        overrides = [*base, *more, f"run.dir={dirs[method]}", f"run.name={task}-{method}"]
-        cfgs[method] = config(recipe, overrides)
+    dirs = {method: work / f"{task}-{method}" for method in METHODS}
+    overrides = {method: [*base, *more, f"run.dir={dirs[method]}", f"run.name={task}-{method}"]
+                 for method, more in METHODS.items()}
+    cfgs = {method: config(recipe, overrides[method]) for method in METHODS}
     table = load_table(cfgs["end_to_end"].data)  # fills the data cache before the processes
     start = time.monotonic()
-    for method, cfg in cfgs.items():
-        overrides = [*base, *METHODS[method], f"run.dir={dirs[method]}",
-                     f"run.name={task}-{method}"]
-        procs += launch(recipe, overrides, cfg.model.blocks, work, f"{task}-{method}")
+    procs = [p for method, cfg in cfgs.items()
+             for p in launch(recipe, overrides[method], cfg.model.blocks, work,
+                             f"{task}-{method}")]
     return {"task": task, "cfgs": cfgs, "dirs": dirs, "procs": procs, "start": start,
             "recipe": recipe, "base": base, "table": table}
 
@@ -199,6 +197,7 @@ def score_fid(directory: Path, data_path: str) -> None:
     """Add FID and KID of the saved DiT images to ``directory/gpu_quality.json`` (on CPU)."""
     from dbparallel.data.splits import eval_rows
     from dbparallel.data.tables import image_tensors
+    from dbparallel.training.eval.image_generation import data_key
     from dbparallel.training.eval.inception import fid_kid
 
     path = directory / "gpu_quality.json"
@@ -206,9 +205,7 @@ def score_fid(directory: Path, data_path: str) -> None:
     cfg = config("jobs/dit_fashion.yaml", [*COMMON, *([f"data.path={data_path}"]
                                                       if data_path else [])])
     held_out, _ = image_tensors(eval_rows(load_table(cfg.data)), cfg.data)
-    d = cfg.data
-    key = {"source": d.source, "path": d.path, "size": d.image_size, "channels": d.channels,
-           "classes": d.num_classes}
+    key = data_key(cfg)
     scored = ("fid", "kid", "kid_std", "fid_samples")
     result["rows"] = [r for r in result["rows"] if r["metric"] not in scored]
     for method in METHODS:

@@ -24,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import finish, load_average, parser  # noqa: E402
+from benchmarks.common import finish, load_average, parser, quality_table  # noqa: E402
 from dbparallel.config import load_config  # noqa: E402
 from dbparallel.data.sources import load_table  # noqa: E402
 from dbparallel.runtime.local import run_local  # noqa: E402
@@ -97,12 +97,7 @@ def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path) -> dict[
 
 def table(result: dict[str, Any]) -> str:
     """The rows as a text table."""
-    lines = [f"{'task':<5} {'method':<16} {'B':>2} {'metric':<16} {'value':>10} "
-             f"{'layer-steps':>12} {'wall s':>8}"]
-    for r in result["rows"]:
-        lines.append(f"{r['task']:<5} {r['method']:<16} {r['blocks']:>2} {r['metric']:<16} "
-                     f"{r['value']:>10.4g} {r['train_layer_steps']:>12,} {r['wall_time_s']:>8.0f}")
-    return "\n".join(lines)
+    return quality_table(result)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -30,11 +30,12 @@ def generate_labelled(cfg: Config, task: Task, nets: list[Block], labels: torch.
 def indomain_classifier(cfg: Config, task: Task, table: pa.Table) -> FeatureClassifier:
     """The data's own classifier (trained on the training rows on first use, then cached)."""
     data = task.prepare(table)
-    return cached_classifier(_data_key(cfg), (data["image"] + 1) / 2, data["label"],
+    return cached_classifier(data_key(cfg), (data["image"] + 1) / 2, data["label"],
                              cfg.data.num_classes)
 
 
-def _data_key(cfg: Config) -> dict:
+def data_key(cfg: Config) -> dict:
+    """What identifies the image data in the caches of its classifier and Inception features."""
     d = cfg.data
     return {"source": d.source, "path": d.path, "size": d.image_size, "channels": d.channels,
             "classes": d.num_classes}
@@ -61,7 +62,7 @@ def score(cfg: Config, task: Task, table: pa.Table, fake: torch.Tensor, wanted: 
     if cfg.sample.fid:
         from dbparallel.training.eval.inception import fid_kid
 
-        metrics.update(fid_kid(_data_key(cfg), held_out, fake, cfg.run.seed, device))
+        metrics.update(fid_kid(data_key(cfg), held_out, fake, cfg.run.seed, device))
     return metrics
 
 
