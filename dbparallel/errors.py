@@ -11,3 +11,16 @@ class DataError(UserError):
 
 class RunDirError(UserError):
     """A run directory that cannot be used as asked (mismatching config, missing blocks)."""
+
+
+class RowError(DataError):
+    """A bad row of a batch being decoded: ``row`` is its index in the batch. The reader that
+    knows where the batch came from turns it into a DataError naming file and row."""
+
+    def __init__(self, row: int, column: str, detail: str):
+        super().__init__(f"column {column!r}: row {row} {detail}")
+        self.row, self.column, self.detail = row, column, detail
+
+    def at(self, where: str) -> DataError:
+        """The same error, located at ``where`` (e.g. ``data/part-3.parquet row 917``)."""
+        return DataError(f"{where}: column {self.column!r} {self.detail}")

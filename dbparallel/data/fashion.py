@@ -95,31 +95,31 @@ def idx_table(files: dict[str, tuple[Path, Path]]) -> pa.Table:
     })
 
 
-def cached_idx_table(files: dict[str, tuple[Path, Path]]) -> pa.Table:
-    """``idx_table`` of ``files``, converted on first use into the cache as Parquet."""
+def cached_idx_parquet(files: dict[str, tuple[Path, Path]], shard_rows: int) -> str:
+    """Path of ``idx_table`` of ``files`` as Parquet in the cache (row groups of
+    ``shard_rows``), converted on first use."""
     stats = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
              for pair in files.values() for p in pair]
-    digest = hashlib.sha256(json.dumps([stats, VERSION]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps([stats, VERSION, shard_rows]).encode()).hexdigest()[:16]
     path = cache_dir() / "fashion_mnist" / f"fashion_mnist_{digest}.parquet"
-    if str(path) not in _read:
-        if not path.is_file():
-            tmp = atomic_path(path)
-            pq.write_table(idx_table(files), tmp)
-            os.replace(tmp, path)
-        _read[str(path)] = read_table(str(path))
-    return _read[str(path)]
+    if not path.is_file():
+        tmp = atomic_path(path)
+        pq.write_table(idx_table(files), tmp, row_group_size=shard_rows)
+        os.replace(tmp, path)
+    return str(path)
 
 
-def fashion_table(path: str = "") -> pa.Table:
-    """Fashion-MNIST from ``path`` (IDX directory or Parquet), else from the Debian package."""
+def fashion_parquet(path: str = "", shard_rows: int = 4096) -> str:
+    """Fashion-MNIST as a Parquet file or directory: converted from the IDX files at ``path``
+    or of the Debian package, or ``path`` itself when it is Parquet."""
     if path:
         local = Path(path)
         if "://" not in path and local.is_dir() and (files := idx_files(local)) is not None:
-            return cached_idx_table(files)
+            return cached_idx_parquet(files, shard_rows)
         if "://" not in path and not local.exists():
             raise DataError(f"data.path: no such file or directory: {path!r} (expected the "
                             f"Fashion-MNIST IDX files or a Parquet table)")
-        return read_table(path)
+        return path
     files = idx_files(PACKAGE_DIR)
     if files is None:
         raise DataError(
@@ -127,4 +127,9 @@ def fashion_table(path: str = "") -> pa.Table:
             f"{PACKAGE_DIR}); get it with `{INSTALL}`, or set data.path= to a directory of the "
             f"IDX files ({', '.join(n for pair in FILES.values() for n in pair)}, optionally "
             f".gz) or to a Parquet table with columns image, label and split")
-    return cached_idx_table(files)
+    return cached_idx_parquet(files, shard_rows)
+
+
+def fashion_table(path: str = "") -> pa.Table:
+    """The whole of Fashion-MNIST as one table (small tools and tests; runs stream it)."""
+    return read_table(fashion_parquet(path))

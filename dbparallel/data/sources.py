@@ -1,12 +1,27 @@
-"""Built-in data sets that exist offline, and the user's own Parquet data or text."""
+"""Every data source as a DataIndex: built-in sets, the user's Parquet, image folders, text.
+
+There is one data path: the built-in sets (digits, Fashion-MNIST, Shakespeare) are written
+once into the cache as Parquet or token shards and then indexed and streamed exactly like a
+user's own data.
+"""
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dbparallel.config import DataConfig
-from dbparallel.data.tables import image_table, read_table
+from dbparallel.data.cache import atomic_path, cache_dir
+from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
+from dbparallel.data.shard_reader import SPLIT_COLUMN, iter_split
+from dbparallel.data.shards import DataIndex
+from dbparallel.data.tables import image_table
 from dbparallel.errors import DataError
+
+DIGITS_VERSION = 1  # bump when the cached digits table changes
 
 
 def digits_table() -> pa.Table:
@@ -18,31 +33,67 @@ def digits_table() -> pa.Table:
     return image_table(images, digits.target)
 
 
-def load_table(data: DataConfig) -> pa.Table:
-    """The training table named by ``data``."""
+def digits_parquet(shard_rows: int) -> str:
+    """The digits as a Parquet file in the cache (row groups of ``shard_rows``)."""
+    path = cache_dir() / "digits" / f"digits_r{shard_rows}_v{DIGITS_VERSION}.parquet"
+    if not path.is_file():
+        tmp = atomic_path(path)
+        pq.write_table(digits_table(), tmp, row_group_size=shard_rows)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def _has_text_column(path: str) -> bool:
+    from dbparallel.data.parquet_index import parquet_files
+
+    fs, _, files = parquet_files(path)
+    try:
+        with fs.open_input_file(files[0].path) as f:
+            return "text" in pq.ParquetFile(f).schema_arrow.names
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"data.path: {files[0].path} is not readable Parquet: {err}") from None
+
+
+def open_data(data: DataConfig) -> DataIndex:
+    """The index of the data named by ``data`` (building cached shards on first use)."""
+    from dbparallel.data.parquet_index import parquet_index
+
     if data.source == "digits":
         if (data.image_size, data.channels, data.num_classes) != (8, 1, 10):
             raise DataError("data.image_size/channels/num_classes: digits are 8x8, 1 channel, "
                             "10 classes")
-        return digits_table()
-    if data.source == "parquet":
-        table = read_table(data.path)
-        if "text" in table.column_names:
-            from dbparallel.data.text import as_sequence_table
-
-            return as_sequence_table(table, data.seq_len)
-        return table
+        return parquet_index(digits_parquet(data.shard_rows), "digits")
     if data.source == "fashion_mnist":
-        from dbparallel.data.fashion import fashion_table
+        from dbparallel.data.fashion import fashion_parquet
 
         if (data.image_size, data.channels, data.num_classes) != (28, 1, 10):
             raise DataError("data.image_size/channels/num_classes: Fashion-MNIST is 28x28, "
                             "1 channel, 10 classes")
-        return fashion_table(data.path)
-    if data.source in ("shakespeare", "text"):
-        from dbparallel.data.text import shakespeare_table, text_file_table
+        return parquet_index(fashion_parquet(data.path, data.shard_rows), "fashion_mnist")
+    if data.source == "image_folder":
+        from dbparallel.data.image_folder import image_folder_index
 
-        if data.source == "shakespeare":
-            return shakespeare_table(data.seq_len)
-        return text_file_table(data.path, data.seq_len)
+        return image_folder_index(data)
+    if data.source in ("shakespeare", "text") or (
+            data.source == "parquet" and _has_text_column(data.path)):
+        from dbparallel.data.corpus import corpus_index
+
+        return corpus_index(data)
+    if data.source == "parquet":
+        return parquet_index(data.path)
     raise DataError(f"data.source: unknown data set {data.source!r}")
+
+
+def load_table(data: DataConfig) -> pa.Table:
+    """Every row of an image data set as one table with a ``split`` column: for small data
+    sets and tools only (training and evaluation stream the index instead)."""
+    index = open_data(data)
+    if index.kind != "images":
+        raise DataError(f"data.source={data.source}: load_table reads image data sets only")
+    parts = []
+    for split in index.present():
+        for rows in iter_split(index, split, [IMAGE_COLUMN, LABEL_COLUMN]):
+            table = rows.table
+            parts.append(table.append_column(SPLIT_COLUMN, pa.array(
+                np.full(table.num_rows, split, dtype=object), pa.string())))
+    return pa.concat_tables(parts, promote_options="default")

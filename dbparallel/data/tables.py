@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
@@ -65,56 +64,8 @@ def image_table(images: np.ndarray, labels: np.ndarray) -> pa.Table:
 
 
 def image_tensors(table: pa.Table, data: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validated (images (N, C, H, W) float32 in [0, 1], labels (N,) int64) from a table."""
-    for column in (IMAGE_COLUMN, LABEL_COLUMN):
-        if column not in table.column_names:
-            raise DataError(f"column {column!r} is missing; the table has {table.column_names}")
-    if table.num_rows == 0:
-        raise DataError("the data set is empty (0 rows)")
-    c, s = data.channels, data.image_size
-    images = _image_array(table.column(IMAGE_COLUMN).combine_chunks(), c * s * s)
-    labels = _label_array(table.column(LABEL_COLUMN).combine_chunks(), data.num_classes)
-    return torch.from_numpy(images.reshape(-1, c, s, s)), torch.from_numpy(labels)
+    """Validated (images (N, C, H, W) float32 in [0, 1], labels (N,) int64) of a small table,
+    on the CPU (tools and tests; runs decode per batch, data/images.py)."""
+    from dbparallel.data.images import image_batch
 
-
-def _first(mask: np.ndarray) -> int:
-    return int(np.flatnonzero(mask)[0])
-
-
-def _image_array(column: pa.Array, size: int) -> np.ndarray:
-    if not pa.types.is_list(column.type) and not pa.types.is_fixed_size_list(column.type) \
-            and not pa.types.is_large_list(column.type):
-        raise DataError(f"column 'image': expected a list of numbers per row, got {column.type}")
-    if column.null_count:
-        raise DataError(f"column 'image': row {_first(column.is_null().to_numpy(False))} is null")
-    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-    if (lengths != size).any():
-        row = _first(lengths != size)
-        raise DataError(f"column 'image': row {row} has {lengths[row]} values, expected {size} "
-                        f"(data.channels x data.image_size^2)")
-    values = pc.list_flatten(column)
-    kind = values.type
-    if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
-        raise DataError(f"column 'image': values must be numbers, got {kind}")
-    flat = values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, size)
-    if pa.types.is_integer(kind):
-        flat = flat / 255.0
-    bad = ~np.isfinite(flat).all(1) | (flat < 0).any(1) | (flat > 1).any(1)
-    if bad.any():
-        limit = "[0, 255] for integers" if pa.types.is_integer(kind) else "[0, 1] for floats"
-        raise DataError(f"column 'image': row {_first(bad)} has values outside {limit}")
-    return flat
-
-
-def _label_array(column: pa.Array, num_classes: int) -> np.ndarray:
-    if not pa.types.is_integer(column.type):
-        raise DataError(f"column 'label': expected integers, got {column.type}")
-    if column.null_count:
-        raise DataError(f"column 'label': row {_first(column.is_null().to_numpy(False))} is null")
-    labels = column.to_numpy(zero_copy_only=False).astype(np.int64)
-    bad = (labels < 0) | (labels >= num_classes)
-    if bad.any():
-        row = _first(bad)
-        raise DataError(f"column 'label': row {row} has label {labels[row]}, outside "
-                        f"[0, {num_classes}) (data.num_classes={num_classes})")
-    return labels
+    return image_batch(table, data, "cpu")

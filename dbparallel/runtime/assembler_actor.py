@@ -5,27 +5,28 @@ from __future__ import annotations
 import torch
 
 from dbparallel.config import Config
-from dbparallel.runtime.dataset import SharedDataset, read_all
 from dbparallel.runtime.metrics import AssemblyRecorder
 from dbparallel.training.assemble import assemble
 from dbparallel.training.precision import set_matmul_precision
+from dbparallel.training.run_dir import run_data
 from dbparallel.training.storage import Storage
 
 
 class AssemblerActor:
-    """Loads every block's snapshot, samples with the routed sampler, scores the samples."""
+    """Loads every block's snapshot, samples with the routed sampler, scores the samples on
+    the evaluation rows it streams from the run's pinned data."""
 
-    def __init__(self, cfg: Config, dataset: SharedDataset):
+    def __init__(self, cfg: Config):
         torch.set_num_threads(cfg.runtime.torch_threads)
         self.cfg = cfg
-        self.table = read_all(dataset)
+        self.storage = Storage(cfg.run_dir)
+        self.index = run_data(cfg, self.storage)
         use_gpu = cfg.runtime.gpus_per_block > 0 and torch.cuda.is_available()
         self.device = "cuda" if use_gpu else "cpu"
         set_matmul_precision(cfg.train.precision, self.device)
         self.recorder = AssemblyRecorder(cfg.run.name)
 
     def assemble(self, write_samples: bool = True) -> dict[str, float]:
-        metrics = assemble(self.cfg, Storage(self.cfg.run_dir), self.table, self.device,
-                           write_samples)
+        metrics = assemble(self.cfg, self.storage, self.index, self.device, write_samples)
         self.recorder.record(metrics)
         return metrics

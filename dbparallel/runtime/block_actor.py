@@ -1,7 +1,10 @@
 """The block actor: a thin shell around one BlockRun on its own device.
 
-It resumes from its own latest checkpoint, trains in chunks the controller asks for, and
-sends nothing to any other block. ``ray.remote`` is applied where it is started (launch.py).
+It takes only the config and its block index (small, inlined in the actor's creation, never
+objects in the object store that a lost node could take with it), reads the run's pinned data
+index from the run directory, streams the data files itself, resumes from its own latest
+checkpoint, trains in chunks the controller asks for, and sends nothing to any other block.
+``ray.remote`` is applied where it is started (launch.py).
 """
 
 from __future__ import annotations
@@ -14,21 +17,22 @@ import ray
 import torch
 
 from dbparallel.config import Config
-from dbparallel.runtime.dataset import SharedDataset, read_all
 from dbparallel.runtime.metrics import BlockRecorder
 from dbparallel.training.block_trainer import StepStats
 from dbparallel.training.loop import BlockRun
+from dbparallel.training.run_dir import run_data
 from dbparallel.training.storage import Storage
 
 
 class BlockActor:
-    """Trains block ``block`` of ``cfg`` on the shared ``dataset``."""
+    """Trains block ``block`` of ``cfg`` on the data pinned in the run directory."""
 
-    def __init__(self, cfg: Config, block: int, dataset: SharedDataset):
+    def __init__(self, cfg: Config, block: int):
         torch.set_num_threads(cfg.runtime.torch_threads)
         self.cfg, self.block = cfg, block
         use_gpu = cfg.runtime.gpus_per_block > 0 and torch.cuda.is_available()
-        self.run = BlockRun(cfg, block, read_all(dataset), Storage(cfg.run_dir),
+        storage = Storage(cfg.run_dir)
+        self.run = BlockRun(cfg, block, run_data(cfg, storage), storage,
                             "cuda" if use_gpu else "cpu")
         with warnings.catch_warnings():  # Ray's own property warns about its internals
             warnings.simplefilter("ignore")

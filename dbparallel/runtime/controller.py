@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dbparallel.config import Config
+from dbparallel.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Controller:
     blocks: list[BlockStatus] = field(default_factory=list)
     assembly: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    user_error: UserError | None = None  # a block met bad input (e.g. a bad row): exit 2
     _assembling: bool = False
     _next_assembly: int = 0
 
@@ -118,6 +120,10 @@ class Controller:
         assert event.block is not None
         status = self.blocks[event.block]
         status.in_flight = False
+        if isinstance(event.error, UserError):  # restarting would meet it again
+            self.user_error = event.error
+            self._fail(f"block {event.block}: {event.error}")
+            return
         if event.error is not None:
             self._fail(f"block {event.block} failed (after up to train.max_restarts="
                        f"{self.cfg.train.max_restarts} restarts): {event.error}")
@@ -152,5 +158,7 @@ class Controller:
         while self.step(timeout_s) not in (State.DONE, State.FAILED):
             pass
         if self.state == State.FAILED:
+            if self.user_error is not None:
+                raise self.user_error
             raise RunFailed(self.error)
         return self.assembly

@@ -1,4 +1,4 @@
-"""Starting a run on Ray: connect, share the data, reserve one bundle per block, start the
+"""Starting a run on Ray: connect, pin the data index, reserve one bundle per block, start the
 actors, drive the controller, write the report, clean up."""
 
 from __future__ import annotations
@@ -8,22 +8,21 @@ import os
 import time
 from typing import Any
 
-import pyarrow as pa
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dbparallel.config import Config
+from dbparallel.data.shards import DataIndex
 from dbparallel.errors import UserError
 from dbparallel.runtime.assembler_actor import AssemblerActor
 from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.controller import Controller, Event
-from dbparallel.runtime.dataset import SharedDataset, shared_dataset
 from dbparallel.runtime.metrics import BlockRecorder, RaySink, check_port_free
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.tasks import build_task
 from dbparallel.training.report import build_report, write_report
-from dbparallel.training.run_dir import open_run
+from dbparallel.training.run_dir import open_run, pin_data
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,8 @@ def connect(cfg: Config) -> bool:
         kwargs["_metrics_export_port"] = cfg.metrics.port
         print(f"metrics: http://127.0.0.1:{cfg.metrics.port}/metrics "
               "(ray_dbparallel_block_loss, ...)", flush=True)
+    if cfg.runtime.object_store_memory:
+        kwargs["object_store_memory"] = cfg.runtime.object_store_memory
     ray.init(address="local", num_cpus=cfg.runtime.num_cpus or None, include_dashboard=False,
              logging_level="WARNING", _system_config={"metrics_report_interval_ms": 2000},
              **kwargs)
@@ -55,8 +56,8 @@ def connect(cfg: Config) -> bool:
 class RayBackend:
     """The controller's view of the actors: submit calls, collect finished ones."""
 
-    def __init__(self, cfg: Config, actors: list[Any], dataset: SharedDataset):
-        self.cfg, self.actors, self.dataset = cfg, actors, dataset
+    def __init__(self, cfg: Config, actors: list[Any]):
+        self.cfg, self.actors = cfg, actors
         self.assembler: Any = None
         self.pending: dict[ray.ObjectRef, tuple[str, int | None]] = {}
 
@@ -68,7 +69,7 @@ class RayBackend:
             r = self.cfg.runtime
             self.assembler = ray.remote(AssemblerActor).options(
                 num_cpus=r.assembly_cpus, num_gpus=r.assembly_gpus, name=None,
-            ).remote(self.cfg, self.dataset)
+            ).remote(self.cfg)
         self.pending[self.assembler.assemble.remote(write_samples)] = ("assemble", None)
 
     def poll(self, timeout_s: float) -> list[Event]:
@@ -118,25 +119,32 @@ def reserve(cfg: Config) -> Any:
     return pg
 
 
-def run_ray(cfg: Config, table: pa.Table, progress: bool | None = None) -> dict[str, Any]:
-    """Train every block as its own Ray actor, assemble, write report.json."""
+def run_ray(cfg: Config, index: DataIndex | None = None,
+            progress: bool | None = None) -> dict[str, Any]:
+    """Train every block as its own Ray actor, assemble, write report.json. The data index
+    (default: opened from ``cfg.data``) is pinned in the run directory, where every actor
+    reads it; each actor streams the data files itself."""
     start = time.perf_counter()
     storage = open_run(cfg)
     build_task(cfg)  # config errors surface here, before any actor starts
+    if index is None:
+        from dbparallel.data.sources import open_data
+
+        index = open_data(cfg.data)
+    pin_data(storage, index)
     connected = connect(cfg)
     pg, backend, bars = None, None, None
     try:
-        dataset = shared_dataset(table)  # before the actors take the CPUs
         pg = reserve(cfg)
         actors = [
             ray.remote(BlockActor).options(
                 num_cpus=cfg.runtime.cpus_per_block, num_gpus=cfg.runtime.gpus_per_block,
                 max_restarts=cfg.train.max_restarts, max_task_retries=cfg.train.max_restarts,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, b),
-            ).remote(cfg, b, dataset)
+            ).remote(cfg, b)
             for b in range(cfg.model.blocks)
         ]
-        backend = RayBackend(cfg, actors, dataset)
+        backend = RayBackend(cfg, actors)
         bars = BlockBars(cfg.model.blocks, cfg.train.steps, progress)
         stall = [BlockRecorder(cfg.run.name, b, None, RaySink()) for b in range(cfg.model.blocks)]
         controller = Controller(cfg, backend, on_progress=bars.update,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pyarrow as pa
 import torch
 
 from dbparallel.config import Config
+from dbparallel.data.shards import DataIndex
 from dbparallel.errors import UserError
 from dbparallel.runtime.metrics import (
     AssemblyRecorder,
@@ -22,12 +22,13 @@ from dbparallel.runtime.progress import BlockBars
 from dbparallel.training.assemble import assemble
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.report import build_report, write_report
-from dbparallel.training.run_dir import open_run
+from dbparallel.training.run_dir import open_run, pin_data
 
 
-def run_local(cfg: Config, table: pa.Table, progress: bool | None = None,
+def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None = None,
               only_blocks: list[int] | None = None) -> dict[str, Any]:
-    """Train every block, assemble, write report.json; returns the report.
+    """Train every block, assemble, write report.json; returns the report. Every block
+    streams ``index`` (default: the data of ``cfg.data``).
 
     With ``only_blocks``, train just those blocks (other processes or machines may train the
     rest into the same run directory) and neither assemble nor write report.json: the
@@ -41,6 +42,11 @@ def run_local(cfg: Config, table: pa.Table, progress: bool | None = None,
                         f"(model.blocks={cfg.model.blocks})")
     torch.set_num_threads(cfg.runtime.torch_threads)
     storage = open_run(cfg)
+    if index is None:
+        from dbparallel.data.sources import open_data
+
+        index = open_data(cfg.data)
+    pin_data(storage, index)
     device = "cpu"
     if cfg.runtime.gpus_per_block > 0:
         if not torch.cuda.is_available():
@@ -57,7 +63,7 @@ def run_local(cfg: Config, table: pa.Table, progress: bool | None = None,
     per_block = []
     try:
         for b in blocks:
-            run = BlockRun(cfg, b, table, storage, device)
+            run = BlockRun(cfg, b, index, storage, device)
             recorder = BlockRecorder(cfg.run.name, b, run.trainer.sigma_range, sink)
             bars.update(b, run.trainer.step)
 
@@ -65,11 +71,14 @@ def run_local(cfg: Config, table: pa.Table, progress: bool | None = None,
                 bars.update(b, stats.step, stats.loss)
                 recorder.record(stats, run.trainer)
 
-            run.train_until(cfg.train.steps, on_step)
+            try:
+                run.train_until(cfg.train.steps, on_step)
+            finally:
+                run.close()
             per_block.append(run.summary())
         metrics: dict[str, float] = {}
         if only_blocks is None:
-            metrics = assemble(cfg, storage, table, device)
+            metrics = assemble(cfg, storage, index, device)
             AssemblyRecorder(cfg.run.name, sink).record(metrics)
     finally:
         bars.close()

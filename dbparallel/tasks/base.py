@@ -20,13 +20,15 @@ class Task(Protocol):
 
     name: str
     partition: Partition
+    columns: list[str] | None  # the data columns a batch needs (None: the shard's only one)
 
     def build_block(self, block: int) -> Block:
         """A freshly initialised block network (its private stem, layers and head)."""
         ...
 
-    def prepare(self, table: pa.Table) -> Batch:
-        """Validated tensors of a whole data set, indexed along dim 0."""
+    def decode(self, rows: pa.Table, device: str | torch.device = "cpu") -> Batch:
+        """Validated tensors of some rows (a batch) on ``device``, indexed along dim 0;
+        RowError names the first bad row."""
         ...
 
     def example_batch(self, n: int, device: str | torch.device) -> Batch:

@@ -19,8 +19,7 @@ from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import equiprobable_schedule
-from dbparallel.data.splits import train_rows
-from dbparallel.data.tables import image_tensors
+from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, image_batch
 from dbparallel.models.layers import frozen_unit_embedding
 from dbparallel.models.presets import resolve
 from dbparallel.models.vit import ViTBlock
@@ -31,6 +30,7 @@ class Classification:
     """ViT denoisers of the label embedding, one block per slice of sigma."""
 
     name = "vit"
+    columns = [IMAGE_COLUMN, LABEL_COLUMN]
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -46,14 +46,9 @@ class Classification:
         return ViTBlock(self.dims, d.image_size, d.channels, self.cfg.model.patch_size,
                         d.num_classes, noisy_label=not self.end_to_end)
 
-    def prepare(self, table: pa.Table) -> Batch:
-        images, labels = image_tensors(train_rows(table), self.cfg.data)
-        return {"image": images * 2 - 1, "label": labels}
-
-    def prepare_eval(self, table: pa.Table) -> Batch:
-        """Tensors of already-selected rows (e.g. the test split), scaled as in training."""
-        images, labels = image_tensors(table, self.cfg.data)
-        return {"image": images * 2 - 1, "label": labels}
+    def decode(self, rows: pa.Table, device: str | torch.device = "cpu") -> Batch:
+        images, labels = image_batch(rows, self.cfg.data, device)
+        return {"image": images * 2 - 1, "label": labels}  # pixels to [-1, 1]
 
     def example_batch(self, n: int, device: str | torch.device) -> Batch:
         d = self.cfg.data

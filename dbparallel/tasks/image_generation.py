@@ -20,8 +20,7 @@ from dbparallel.core.sampler import (
     heun_sample,
     karras_schedule,
 )
-from dbparallel.data.splits import train_rows
-from dbparallel.data.tables import image_tensors
+from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, image_batch
 from dbparallel.models.dit import DiTBlock
 from dbparallel.models.presets import resolve
 from dbparallel.tasks.base import Batch, gaussian_noise
@@ -31,6 +30,7 @@ class ImageGeneration:
     """DiT denoisers of images, one block per slice of sigma."""
 
     name = "dit"
+    columns = [IMAGE_COLUMN, LABEL_COLUMN]
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -44,9 +44,9 @@ class ImageGeneration:
         return DiTBlock(resolve(self.cfg.model), d.image_size, d.channels,
                         self.cfg.model.patch_size, d.num_classes)
 
-    def prepare(self, table: pa.Table) -> Batch:
-        images, labels = image_tensors(train_rows(table), self.cfg.data)
-        return {"image": images * 2 - 1, "label": labels}
+    def decode(self, rows: pa.Table, device: str | torch.device = "cpu") -> Batch:
+        images, labels = image_batch(rows, self.cfg.data, device)
+        return {"image": images * 2 - 1, "label": labels}  # pixels to [-1, 1]
 
     def example_batch(self, n: int, device: str | torch.device) -> Batch:
         d = self.cfg.data

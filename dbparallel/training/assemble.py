@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
-
 from dbparallel.config import Config, config_hash, identity_diff, to_dict
+from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RunDirError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
@@ -51,16 +50,16 @@ def compose(task: Task, snapshots: list[dict], device: str = "cpu") -> list[Bloc
     return nets
 
 
-def assemble(cfg: Config, storage: Storage, table: pa.Table, device: str = "cpu",
+def assemble(cfg: Config, storage: Storage, index: DataIndex, device: str = "cpu",
              write_samples: bool = True, step: int | None = None) -> dict[str, float]:
     """Load, compose and evaluate every block (at ``step``, else the latest snapshots);
     optionally write the samples (samples.png)."""
     task = build_task(cfg)
     snapshots = load_snapshots(cfg, storage, step)
     nets = compose(task, snapshots, device)
-    metrics = evaluate(cfg, task, nets, table, device)
+    metrics = evaluate(cfg, task, nets, index, device)
     metrics["block_steps_min"] = min(s["meta"]["step"] for s in snapshots)
     if write_samples:
-        name, data = sample_artifact(cfg, task, nets, device, table)
+        name, data = sample_artifact(cfg, task, nets, device, index)
         storage.write_bytes(name, data)
     return metrics

@@ -5,31 +5,33 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import pyarrow as pa
-
 from dbparallel.config import Config, config_hash, identity_diff, to_dict
+from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RunDirError
 from dbparallel.tasks.base import Batch
 from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
 from dbparallel.training.storage import Storage
+from dbparallel.training.stream import BlockStream
 
 log = logging.getLogger(__name__)
 OnStep = Callable[[StepStats], None]
 
 
 class BlockRun:
-    """A trainer bound to its data order and checkpoints; resumes from its latest state."""
+    """A trainer bound to its stream of the shared data and its checkpoints; resumes from its
+    latest state."""
 
-    def __init__(self, cfg: Config, block: int, table: pa.Table, storage: Storage,
-                 device: str = "cpu"):
+    def __init__(self, cfg: Config, block: int, index: DataIndex, storage: Storage,
+                 device: str = "cpu", prefetch: bool = True):
         self.cfg = cfg
         self.trainer = BlockTrainer(cfg, block, device)
-        data = self.trainer.task.prepare(table)
-        self.data: Batch = {k: v.to(self.trainer.device) for k, v in data.items()}
-        self.order = DataOrder(len(next(iter(data.values()))), cfg.train.batch_size,
-                               cfg.run.seed, block)
+        task = self.trainer.task
+        self.order = DataOrder([s.rows for s in index.shards("train")], cfg.train.batch_size,
+                               cfg.run.seed, block, cfg.data.window_shards)
+        self.stream = BlockStream(index, "train", self.order, task.decode, self.trainer.device,
+                                  task.columns, prefetch)
         self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
                                             cfg.train.keep_snapshots)
         self.resumed_from = self._resume()
@@ -49,8 +51,11 @@ class BlockRun:
         return self.trainer.step
 
     def batch(self, step: int) -> Batch:
-        idx = self.order.indices(step).to(self.trainer.device)
-        return {k: v[idx] for k, v in self.data.items()}
+        return self.stream.batch(step)
+
+    def close(self) -> None:
+        """Stop reading ahead (the run can be resumed from its checkpoints)."""
+        self.stream.close()
 
     def train_until(self, until: int, on_step: OnStep | None = None) -> None:
         """Train up to ``until`` steps (capped at train.steps), checkpointing on cadence."""
@@ -76,7 +81,6 @@ class BlockRun:
     @property
     def done(self) -> bool:
         return self.trainer.step >= self.cfg.train.steps
-
 
     def summary(self) -> dict:
         """This block's row of report.json (restarts are filled in by the runtime)."""

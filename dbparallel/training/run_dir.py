@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import pyarrow.fs as pafs
+
 from dbparallel.config import Config, dump_yaml, identity_diff, to_dict
+from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RunDirError
 from dbparallel.training.storage import Storage
 
 CONFIG_FILE = "config.yaml"
+DATA_INDEX_FILE = "data_index.json"
+BUILT_IN = ("digits", "fashion_mnist", "shakespeare")  # data sets built into each machine's cache
 
 
 def open_run(cfg: Config) -> Storage:
@@ -31,3 +36,48 @@ def stored_config(storage: Storage) -> dict:
     data = OmegaConf.to_container(OmegaConf.create(storage.read_text(CONFIG_FILE)))
     assert isinstance(data, dict)
     return data
+
+
+def pin_data(storage: Storage, index: DataIndex) -> None:
+    """Record the data a run trains on; a resume on other data (files added, changed or
+    re-written) is refused, because every block's data order depends on it."""
+    if storage.exists(DATA_INDEX_FILE):
+        previous = DataIndex.from_json(storage.read_json(DATA_INDEX_FILE))
+        if previous.fingerprint != index.fingerprint:
+            then, now = previous.num_rows("train"), index.num_rows("train")
+            raise RunDirError(
+                f"{storage.uri()} was trained on other data than {index.source} now holds "
+                f"({then} training rows then, {now} now, or changed files); resume with the "
+                f"original data or choose a new run.dir")
+        return
+    storage.write_json(DATA_INDEX_FILE, index.to_json())
+
+
+def pinned_data(storage: Storage) -> DataIndex | None:
+    """The data index a run directory was trained on, if recorded."""
+    if not storage.exists(DATA_INDEX_FILE):
+        return None
+    return DataIndex.from_json(storage.read_json(DATA_INDEX_FILE))
+
+
+def run_data(cfg: Config, storage: Storage) -> DataIndex:
+    """The data a process of the run reads: the index pinned in the run directory. Built-in
+    data sets live in each machine's cache: where the pinned files are not on this machine,
+    they are built here (deterministically, so the index must come out the same)."""
+    pinned = pinned_data(storage)
+    if pinned is None:
+        raise RunDirError(f"{storage.uri()}: no {DATA_INDEX_FILE}; the run was not started "
+                          "by `dbparallel train`")
+    if cfg.data.source in BUILT_IN and not _reachable(pinned):
+        from dbparallel.data.sources import open_data
+
+        pin_data(storage, open_data(cfg.data))  # refuses an index that came out different
+    return pinned
+
+
+def _reachable(index: DataIndex) -> bool:
+    from dbparallel.data.tables import resolve_path
+
+    shard = next(s for shards in index.splits.values() for s in shards)
+    fs, path = resolve_path(shard.uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound

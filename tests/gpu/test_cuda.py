@@ -27,7 +27,7 @@ def test_gpu_step_matches_cpu_step(tmp_path) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     cfg = _cfg(tmp_path)
     cpu, gpu = BlockTrainer(cfg, 1, "cpu"), BlockTrainer(cfg, 1, "cuda")
-    data = cpu.task.prepare(digits_table())
+    data = cpu.task.decode(digits_table())
     batch = {k: v[:64] for k, v in data.items()}
     for _ in range(3):
         a = cpu.train_step(batch)
@@ -47,7 +47,7 @@ def test_local_run_on_gpu_writes_report(tmp_path) -> None:
     cfg = _cfg(tmp_path)
     cfg.runtime.gpus_per_block = 1
     cfg.sample.eval_samples = 100
-    report = run_local(cfg, digits_table(), progress=False)
+    report = run_local(cfg, None, progress=False)
     assert [row["steps"] for row in report["per_block"]] == [30, 30]
     assert 0.0 <= report["assembly"]["sample_accuracy"] <= 1.0
     assert (tmp_path / "run" / "samples.png").is_file()

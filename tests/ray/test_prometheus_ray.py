@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from dbparallel.config import load_config
-from dbparallel.data.sources import digits_table
 
 pytestmark = [pytest.mark.ray, pytest.mark.skipif(shutil.which("prometheus") is None,
                                                   reason="prometheus not installed")]
@@ -36,7 +35,7 @@ def _train(run_dir: Path, *overrides: str) -> dict:
     from dbparallel.runtime.launch import run_ray
 
     cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [f"run.dir={run_dir}", *overrides])
-    return run_ray(cfg, digits_table(), progress=False)
+    return run_ray(cfg, None, progress=False)
 
 
 def _free_port() -> int:

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from dbparallel.config import load_config
-from dbparallel.data.sources import digits_table
 from dbparallel.runtime.controller import RunFailed
 from dbparallel.runtime.launch import run_ray
 from dbparallel.training.checkpoint import BlockCheckpoints
@@ -23,7 +22,7 @@ def test_block_failing_past_max_restarts_fails_the_run(ray_session, tmp_path) ->
                                  "debug.kill_block=1", "debug.kill_at_step=8",
                                  "debug.kill_times=5"])
     with pytest.raises(RunFailed, match="block 1 failed"):
-        run_ray(cfg, digits_table(), progress=False)
+        run_ray(cfg, None, progress=False)
     storage = Storage(str(run_dir))
     assert BlockCheckpoints(storage, 1).restarts() == 1  # died twice: the first run + 1 restart
     survivor = BlockCheckpoints(storage, 0).load_latest("state")

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from dbparallel.config import load_config
-from dbparallel.data.sources import digits_table
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,10 +20,10 @@ def _train(run_dir: Path, local: bool) -> dict:
     if local:
         from dbparallel.runtime.local import run_local
 
-        return run_local(cfg, digits_table(), progress=False)
+        return run_local(cfg, None, progress=False)
     from dbparallel.runtime.launch import run_ray
 
-    return run_ray(cfg, digits_table(), progress=False)
+    return run_ray(cfg, None, progress=False)
 
 
 def test_vit_in_ray_equals_local(ray_session, tmp_path) -> None:

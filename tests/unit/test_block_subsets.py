@@ -11,7 +11,7 @@ import torch
 
 from dbparallel.cli import main
 from dbparallel.config import load_config
-from dbparallel.data.sources import digits_table
+from dbparallel.data.sources import digits_table, open_data
 from dbparallel.training.block_trainer import BlockTrainer
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.loop import BlockRun
@@ -93,7 +93,7 @@ def test_only_the_newest_snapshots_are_kept_by_default(tmp_path) -> None:
 
 def _losses(precision: str, tmp_path: Path) -> list[float]:
     cfg = load_config([TINY], [f"run.dir={tmp_path / precision}", f"train.precision={precision}"])
-    run = BlockRun(cfg, 0, digits_table(), Storage(str(tmp_path / precision)))
+    run = BlockRun(cfg, 0, open_data(cfg.data), Storage(str(tmp_path / precision)))
     return [run.trainer.train_step(run.batch(s)).loss for s in range(4)]
 
 
@@ -118,7 +118,7 @@ def test_memory_is_measured_on_the_first_step_only(tiny_cfg, monkeypatch) -> Non
     monkeypatch.setattr(SavedTensorMeter, "record",
                         lambda self: calls.append(1) or record(self))
     trainer = BlockTrainer(tiny_cfg, 0)
-    run_batch = {k: v[:32] for k, v in trainer.task.prepare(digits_table()).items()}
+    run_batch = {k: v[:32] for k, v in trainer.task.decode(digits_table()).items()}
     trainer.train_step(run_batch)
     first = trainer.memory
     trainer.train_step(run_batch)

@@ -87,7 +87,8 @@ def _parquet(path: Path, labels: list[int], rows: int | None = None) -> str:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda d: _parquet(d / "bad.parquet", [1, 2, 3, 12]), "column 'label': row 3"),
+        (lambda d: _parquet(d / "bad.parquet", [1, 2, 3, 12]),
+             "bad.parquet row 3: column 'label' has label 12"),
         (lambda d: _parquet(d / "empty.parquet", [], rows=0), "empty"),
         (lambda d: str(d / "missing.parquet"), "no such file"),
         (lambda d: "foo://bucket/x.parquet", "cannot reach"),

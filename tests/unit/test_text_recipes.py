@@ -9,7 +9,6 @@ import pytest
 
 from dbparallel import cli
 from dbparallel.config import load_config
-from dbparallel.data.sources import load_table
 from dbparallel.runtime.local import run_local
 from dbparallel.training.plan import plan
 
@@ -34,7 +33,7 @@ def _recipe(task: str) -> Path:
 @pytest.mark.parametrize("task", ["mdm", "ar", "looped"])
 def test_tiny_recipe_trains_and_assembles(task: str, tmp_path: Path) -> None:
     cfg = load_config([_recipe(task)], [f"run.dir={tmp_path}", *FAST])
-    report = run_local(cfg, load_table(cfg.data), progress=False)
+    report = run_local(cfg, None, progress=False)
     assert report["task"] == task and report["blocks"] == cfg.model.blocks
     assert all(row["steps"] == 4 and row["peak_memory_bytes"] > 0 for row in report["per_block"])
     assert set(report["assembly"]) == EXPECTED[task] | {"block_steps_min"}

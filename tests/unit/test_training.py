@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from dbparallel.data.sources import digits_table
+from dbparallel.config import DataConfig
+from dbparallel.data.sources import digits_table, open_data
 from dbparallel.training.block_trainer import BlockTrainer, NonFiniteLoss
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
@@ -15,22 +16,53 @@ from dbparallel.training.storage import Storage
 
 @pytest.fixture(scope="module")
 def table():
-    return digits_table()
+    return open_data(DataConfig())  # the digits, indexed as every run streams them
 
 
 def _weights(trainer: BlockTrainer) -> list[torch.Tensor]:
     return [p.detach().clone() for p in trainer.model.parameters()]
 
 
+def _positions(order: DataOrder, steps: int) -> list[tuple[int, int]]:
+    """(shard, row in shard) of every row the order visits in ``steps`` steps."""
+    return [p for step in range(steps) for p in _positions_at(order, step)]
+
+
 def test_data_order_visits_every_row_once_per_epoch() -> None:
-    order = DataOrder(num_rows=10, batch_size=4, seed=0, block=1)
-    stream = torch.cat([order.indices(s) for s in range(5)])  # 20 positions = 2 epochs
-    assert sorted(stream[:10].tolist()) == list(range(10))
-    assert sorted(stream[10:].tolist()) == list(range(10))
-    assert not torch.equal(stream[:10], stream[10:])  # reshuffled each epoch
-    other = DataOrder(num_rows=10, batch_size=4, seed=0, block=0)
-    assert not torch.equal(order.indices(0), other.indices(0))  # own order per block
-    assert torch.equal(DataOrder(10, 4, 0, 1).indices(3), order.indices(3))  # pure function
+    sizes = [5, 3, 4, 7, 1, 6]  # 26 rows in 6 shards, windows of 2 shards
+    order = DataOrder(sizes, batch_size=4, seed=0, block=1, window_shards=2)
+    every = sorted((s, r) for s, n in enumerate(sizes) for r in range(n))
+    stream = _positions(order, 13)  # 52 positions = 2 epochs
+    assert sorted(stream[:26]) == every and sorted(stream[26:]) == every
+    assert stream[:26] != stream[26:]  # reshuffled each epoch
+    # a window's rows are contiguous in the stream: at most 2 shards mixed at any point
+    for i in range(0, 26, 4):
+        assert len({s for s, _ in stream[i:i + 4]}) <= 4
+    other = DataOrder(sizes, 4, 0, 0, 2)
+    assert _positions(other, 13) != stream  # own order per block
+    fresh = DataOrder(sizes, 4, 0, 1, 2)
+    assert _positions(fresh, 13)[36:] == stream[36:]  # pure function of the step
+    resumed = [p for step in range(9, 13) for p in _positions_at(fresh, step)]
+    assert resumed == stream[36:]  # a resumed block starts mid-epoch, nothing before
+
+
+def _positions_at(order: DataOrder, step: int) -> list[tuple[int, int]]:
+    out = []
+    for seg in order.segments(step):
+        shards = order.shards_of(seg.epoch, seg.window)
+        starts = [0]
+        for s in shards:
+            starts.append(starts[-1] + order.shard_rows[s])
+        for r in seg.rows:
+            k = max(i for i in range(len(shards)) if starts[i] <= r)
+            out.append((shards[k], int(r) - starts[k]))
+    return out
+
+
+def test_one_window_is_a_row_permutation() -> None:
+    order = DataOrder([10], batch_size=4, seed=0, block=1, window_shards=8)
+    rows = [int(r) for s in range(5) for seg in order.segments(s) for r in seg.rows]
+    assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:20]) == list(range(10))
 
 
 def test_blocks_have_their_own_sigma_range(tiny_cfg) -> None:
@@ -104,7 +136,7 @@ def test_manifest_lists_only_existing_files(tiny_cfg, table, tmp_path) -> None:
 
 def test_nonfinite_loss_is_skipped_and_counted(tiny_cfg, table) -> None:
     trainer = BlockTrainer(tiny_cfg, 0)
-    batch = trainer.task.prepare(table)
+    batch = trainer.task.decode(digits_table())
     batch = {k: v[:8] for k, v in batch.items()}
     before = _weights(trainer)
     bad = {**batch, "image": torch.full_like(batch["image"], float("nan"))}
@@ -119,7 +151,7 @@ def test_nonfinite_loss_is_skipped_and_counted(tiny_cfg, table) -> None:
 
 def test_memory_meter_counts_adam_state(tiny_cfg, table) -> None:
     trainer = BlockTrainer(tiny_cfg, 0)
-    batch = {k: v[:8] for k, v in trainer.task.prepare(table).items()}
+    batch = {k: v[:8] for k, v in trainer.task.decode(digits_table()).items()}
     trainer.train_step(batch)
     m = trainer.memory
     assert m is not None

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ def _task(blocks: int = 3, *extra: str) -> Classification:
 
 @pytest.fixture(scope="module")
 def batch() -> dict[str, torch.Tensor]:
-    data = _task().prepare(digits_table())
+    data = _task().decode(digits_table())
     return {k: v[:6] for k, v in data.items()}
 
 
@@ -132,8 +133,12 @@ def _split_table() -> pa.Table:
     return table.append_column("split", pa.array(["train"] * 4 + ["test"] * 4))
 
 
-def test_accuracy_is_scored_on_the_test_rows() -> None:
+def test_accuracy_is_scored_on_the_test_rows(tmp_path) -> None:
+    from dbparallel.data.parquet_index import parquet_index
+
     task = _task(2, "model.depth=2", "data.num_classes=4")
+    pq.write_table(_split_table(), tmp_path / "data.parquet")
+    index = parquet_index(str(tmp_path / "data.parquet"))
     guesses = torch.tensor([0, 1, 3, 3])  # 3 of the 4 test rows right
 
     def predict(nets, images, generator):
@@ -141,11 +146,11 @@ def test_accuracy_is_scored_on_the_test_rows() -> None:
         return F.one_hot(guesses, 4).float()
 
     task.predict = predict  # type: ignore[method-assign]
-    metrics = eval_classification.evaluate(task.cfg, task, [], _split_table())
+    metrics = eval_classification.evaluate(task.cfg, task, [], index)
     assert metrics == {"accuracy": 0.75, "eval_rows": 4.0}
     matrix = eval_classification.confusion(guesses, torch.tensor([0, 1, 2, 3]), 4)
     assert matrix.tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1]]
-    assert len(task.prepare(_split_table())["label"]) == 4  # trains on the train rows only
+    assert index.num_rows("train") == 4  # trains on the train rows only
 
 
 def test_plan_sizes_vit_blocks() -> None:

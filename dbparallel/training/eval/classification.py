@@ -4,27 +4,33 @@ from __future__ import annotations
 
 import json
 
-import pyarrow as pa
 import torch
 
 from dbparallel.config import Config
-from dbparallel.data.splits import eval_rows
+from dbparallel.data.shard_reader import iter_chunks
+from dbparallel.data.shards import DataIndex
+from dbparallel.errors import RowError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task
 from dbparallel.training.seeding import generator
 
 
 @torch.no_grad()
-def predictions(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
+def predictions(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
                 device: str = "cpu", chunk: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted, true) labels (N,) of every held-out row, in chunks with fixed noise."""
-    data = task.prepare_eval(eval_rows(table))
-    predicted = []
-    for i in range(0, len(data["label"]), chunk):
-        images = data["image"][i:i + chunk].to(device)
-        logits = task.predict(nets, images, generator(cfg.run.seed, "predict", i))
+    """(predicted, true) labels (N,) of every held-out row, streamed in chunks with fixed
+    noise."""
+    predicted, true = [], []
+    for part in iter_chunks(index, index.eval_split, chunk, task.columns):
+        try:
+            data = task.decode(part.table, device)
+        except RowError as err:
+            raise err.at(part.where(err.row)) from None
+        logits = task.predict(nets, data["image"], generator(cfg.run.seed, "predict",
+                                                             part.offset))
         predicted.append(logits.argmax(dim=1).cpu())
-    return torch.cat(predicted), data["label"]
+        true.append(data["label"].cpu())
+    return torch.cat(predicted), torch.cat(true)
 
 
 def accuracy(predicted: torch.Tensor, true: torch.Tensor) -> float:
@@ -38,22 +44,22 @@ def confusion(predicted: torch.Tensor, true: torch.Tensor, classes: int) -> torc
         classes, classes)
 
 
-def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
+def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
              device: str = "cpu") -> dict[str, float]:
     """Test accuracy of the composed network (report.json ``assembly.accuracy``)."""
-    predicted, true = predictions(cfg, task, nets, table, device)
+    predicted, true = predictions(cfg, task, nets, index, device)
     return {"accuracy": accuracy(predicted, true), "eval_rows": float(len(true))}
 
 
 def confusion_json(cfg: Config, task: Task, nets: list[Block], device: str = "cpu",
-                   table: pa.Table | None = None) -> bytes:
-    """The confusion matrix of the held-out rows of ``table`` (else of the configured data,
-    read again) as JSON."""
-    if table is None:
-        from dbparallel.data.sources import load_table
+                   index: DataIndex | None = None) -> bytes:
+    """The confusion matrix of the held-out rows of ``index`` (else of the configured data)
+    as JSON."""
+    if index is None:
+        from dbparallel.data.sources import open_data
 
-        table = load_table(cfg.data)
-    predicted, true = predictions(cfg, task, nets, table, device)
+        index = open_data(cfg.data)
+    predicted, true = predictions(cfg, task, nets, index, device)
     matrix = confusion(predicted, true, cfg.data.num_classes)
     return json.dumps({"rows": "true class", "columns": "predicted class",
                        "accuracy": accuracy(predicted, true),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from torch import nn
 from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.training.seeding import generator
 
-VERSION = 1  # bump when the architecture or training recipe changes (invalidates caches)
+VERSION = 2  # bump when the architecture or training recipe changes (invalidates caches)
 
 
 class FeatureClassifier(nn.Module):
@@ -38,38 +39,43 @@ class FeatureClassifier(nn.Module):
         return self.out(self.body(x))  # (N, classes)
 
 
-def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                     steps: int = 600, seed: int = 0) -> FeatureClassifier:
-    """Fit a FeatureClassifier to images (N, C, H, W) in [0, 1], deterministically."""
+Batches = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # step -> (images, labels)
+BATCH = 128  # rows per training step of the classifier
+
+
+def train_classifier(batches: Batches, pixels: int, num_classes: int, steps: int = 600,
+                     seed: int = 0) -> FeatureClassifier:
+    """Fit a FeatureClassifier to the stream ``batches`` of images (N, C, H, W) in [0, 1],
+    deterministically."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FeatureClassifier(images[0].numel(), num_classes)
+        model = FeatureClassifier(pixels, num_classes)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     g = generator(seed, "classifier")
-    for _ in range(steps):
-        idx = torch.randint(len(images), (128,), generator=g)
-        x = images[idx] + 0.05 * torch.randn(images[idx].shape, generator=g)  # light noise
-        loss = nn.functional.cross_entropy(model(x), labels[idx])
+    for step in range(steps):
+        images, labels = batches(step)
+        x = images + 0.05 * torch.randn(images.shape, generator=g)  # light noise
+        loss = nn.functional.cross_entropy(model(x), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return model.eval()
 
 
-def cached_classifier(key: dict, images: torch.Tensor, labels: torch.Tensor,
+def cached_classifier(key: dict, batches: Batches, pixels: int,
                       num_classes: int) -> FeatureClassifier:
     """The classifier for the data set described by ``key``, trained on first use."""
-    digest = hashlib.sha256(json.dumps({**key, "version": VERSION, "n": len(images)},
+    digest = hashlib.sha256(json.dumps({**key, "version": VERSION},
                                        sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / f"classifier_{digest}.pt"
-    model = FeatureClassifier(images[0].numel(), num_classes)
+    model = FeatureClassifier(pixels, num_classes)
     if path.is_file():
         try:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return model.eval()
         except (RuntimeError, OSError, EOFError):
             pass  # unreadable cache: retrain and overwrite below
-    model = train_classifier(images, labels, num_classes)
+    model = train_classifier(batches, pixels, num_classes)
     tmp = atomic_path(path)
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)

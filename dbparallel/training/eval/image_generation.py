@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
 import torch
 
 from dbparallel.config import Config
-from dbparallel.data.splits import eval_rows
-from dbparallel.data.tables import image_tensors
+from dbparallel.data.shard_reader import iter_chunks, take_rows
+from dbparallel.data.shards import DataIndex
+from dbparallel.errors import RowError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task
-from dbparallel.training.eval.classifier import FeatureClassifier, accuracy, cached_classifier
+from dbparallel.training.data_order import DataOrder
+from dbparallel.training.eval.classifier import BATCH, FeatureClassifier, cached_classifier
 from dbparallel.training.eval.frechet import frechet_distance
 from dbparallel.training.eval.png import encode_png, grid
 from dbparallel.training.seeding import generator
+from dbparallel.training.stream import BlockStream
+
+CHUNK = 1000  # held-out rows scored at a time
+CLASSIFIER_STREAM = -1  # the data order of the classifier's training (no block has it)
 
 
 @torch.no_grad()
@@ -27,11 +35,24 @@ def generate_labelled(cfg: Config, task: Task, nets: list[Block], labels: torch.
     return torch.cat(out)
 
 
-def indomain_classifier(cfg: Config, task: Task, table: pa.Table) -> FeatureClassifier:
-    """The data's own classifier (trained on the training rows on first use, then cached)."""
-    data = task.prepare(table)
-    return cached_classifier(data_key(cfg), (data["image"] + 1) / 2, data["label"],
-                             cfg.data.num_classes)
+def indomain_classifier(cfg: Config, task: Task, index: DataIndex) -> FeatureClassifier:
+    """The data's own classifier (trained on a stream of the training rows on first use,
+    then cached)."""
+    order = DataOrder([s.rows for s in index.shards("train")], BATCH, 0, CLASSIFIER_STREAM,
+                      cfg.data.window_shards)
+    stream = BlockStream(index, "train", order, task.decode, "cpu", task.columns,
+                         prefetch=False)
+
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        data = stream.batch(step)
+        return (data["image"] + 1) / 2, data["label"]
+
+    d = cfg.data
+    key = {**data_key(cfg), "data": index.fingerprint}
+    try:
+        return cached_classifier(key, batches, d.channels * d.image_size ** 2, d.num_classes)
+    finally:
+        stream.close()
 
 
 def data_key(cfg: Config) -> dict:
@@ -48,28 +69,57 @@ def eval_samples(cfg: Config, task: Task, nets: list[Block],
     return generate_labelled(cfg, task, nets, wanted.to(device), "eval"), wanted
 
 
-def score(cfg: Config, task: Task, table: pa.Table, fake: torch.Tensor, wanted: torch.Tensor,
+def images_of(task: Task, table: pa.Table, where: Callable[[int], str] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images in [0, 1], labels) of some rows, on the CPU."""
+    try:
+        data = task.decode(table, "cpu")
+    except RowError as err:
+        raise (err.at(where(err.row)) if where else err) from None
+    return (data["image"] + 1) / 2, data["label"]
+
+
+@torch.no_grad()
+def held_out_features(task: Task, clf: FeatureClassifier,
+                      index: DataIndex) -> tuple[torch.Tensor, float]:
+    """The classifier's features (N, F) of every held-out row, streamed in chunks, and its
+    accuracy on them."""
+    features, correct = [], 0
+    for part in iter_chunks(index, index.eval_split, CHUNK, task.columns):
+        images, labels = images_of(task, part.table, part.where)
+        features.append(clf.features(images))
+        correct += int((clf.out(features[-1]).argmax(1) == labels).sum())
+    held = torch.cat(features)
+    return held, correct / len(held)
+
+
+def score(cfg: Config, task: Task, index: DataIndex, fake: torch.Tensor, wanted: torch.Tensor,
           device: str = "cpu") -> dict[str, float]:
     """Sample accuracy and in-domain Fréchet distance of class-conditional images ``fake``
     (in [0, 1]), and with ``sample.fid`` FID and KID; references are the held-out (test) rows
-    where there are any."""
-    held_out, held_out_labels = image_tensors(eval_rows(table), cfg.data)
-    clf = indomain_classifier(cfg, task, table)
+    where there are any, read in chunks (FID reads only the rows it compares)."""
+    clf = indomain_classifier(cfg, task, index)
+    real_features, classifier_accuracy = held_out_features(task, clf, index)
     with torch.no_grad():
-        fd = frechet_distance(clf.features(held_out), clf.features(fake))
-    metrics = {"sample_accuracy": accuracy(clf, fake, wanted), "fd_indomain": fd,
-               "classifier_accuracy": accuracy(clf, held_out, held_out_labels)}
+        fake_features = clf.features(fake)
+        sample_accuracy = float((clf.out(fake_features).argmax(1) == wanted).float().mean())
+    metrics = {"sample_accuracy": sample_accuracy,
+               "fd_indomain": frechet_distance(real_features, fake_features),
+               "classifier_accuracy": classifier_accuracy}
     if cfg.sample.fid:
-        from dbparallel.training.eval.inception import fid_kid
+        from dbparallel.training.eval.inception import fid_kid, fid_reference_rows
 
-        metrics.update(fid_kid(data_key(cfg), held_out, fake, cfg.run.seed, device))
+        pick = fid_reference_rows(index.num_rows(index.eval_split), len(fake), cfg.run.seed)
+        real, _ = images_of(task, take_rows(index, index.eval_split, pick.numpy(),
+                                            task.columns))
+        metrics.update(fid_kid(data_key(cfg), real, fake, cfg.run.seed, device))
     return metrics
 
 
-def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
+def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
              device: str = "cpu") -> dict[str, float]:
     """``score`` of ``eval_samples``: the composed generator's metrics."""
-    return score(cfg, task, table, *eval_samples(cfg, task, nets, device), device)
+    return score(cfg, task, index, *eval_samples(cfg, task, nets, device), device)
 
 
 def sample_png(cfg: Config, task: Task, nets: list[Block], device: str = "cpu") -> bytes:

@@ -113,13 +113,19 @@ def reference_features(key: dict, images: torch.Tensor,
     return features
 
 
+def fid_reference_rows(real_rows: int, fake_rows: int, seed: int) -> torch.Tensor:
+    """Which of ``real_rows`` held-out rows FID compares with ``fake_rows`` samples: a seeded
+    subset of as many rows as there are samples."""
+    n = min(real_rows, fake_rows)
+    return torch.randperm(real_rows, generator=generator(seed, "fid_real"))[:n]
+
+
 def fid_kid(key: dict, real: torch.Tensor, fake: torch.Tensor, seed: int,
             device: str | torch.device = "cpu") -> dict[str, float]:
-    """FID and KID of generated images against as many real ones (a seeded subset of
-    ``real``), both (N, C, H, W) in [0, 1]."""
+    """FID and KID of generated images against as many real ones (``real``: the rows
+    ``fid_reference_rows`` picked), both (N, C, H, W) in [0, 1]."""
     n = min(len(real), len(fake))
-    pick = torch.randperm(len(real), generator=generator(seed, "fid_real"))[:n]
-    real_features = reference_features({**key, "seed": seed}, real[pick], device)
+    real_features = reference_features({**key, "seed": seed}, real[:n], device)
     fake_features = inception_features(fake[:n], device)
     kid, kid_std = kernel_distance(real_features, fake_features, generator(seed, "kid"))
     return {"fid": frechet_distance(real_features, fake_features), "kid": kid,

@@ -1,0 +1,146 @@
+"""The index of Parquet image data: one shard per row group, read from the files' footers.
+
+``data.path`` is a Parquet file, a directory of them (searched recursively, in path order) or
+an object-store URI of either. Only footers are read (plus a ``split`` column, when there is
+one, to count each split's rows), so indexing a data set far larger than memory is cheap and
+the driver never holds its rows. Splits come from a ``split`` column, else from the path: a
+file or folder named ``train``/``validation``/``test`` (``train-00001-of-00004.parquet``,
+``test/part-0.parquet``, as Hugging Face datasets lay them out), else every row trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from dbparallel.data.images import check_schema, image_encoding
+from dbparallel.data.shards import SPLITS, DataIndex, Shard
+from dbparallel.data.tables import resolve_path
+from dbparallel.errors import DataError
+
+SPLIT_COLUMN = "split"
+VERSION = 1  # bump when the index layout changes
+
+
+def parquet_files(path: str) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]:
+    """The filesystem, the root and the Parquet files under ``path``, sorted by path."""
+    fs, where = resolve_path(path)
+    try:
+        info = fs.get_file_info(where)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"data.path: no such file or directory: {path!r}")
+        if info.type == pafs.FileType.File:
+            return fs, where, [info]
+        found = fs.get_file_info(pafs.FileSelector(where, recursive=True))
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"data.path: cannot reach {path!r}: {err}") from None
+    files = sorted((f for f in found if f.type == pafs.FileType.File
+                    and f.base_name.endswith((".parquet", ".parq", ".pq"))
+                    and not f.base_name.startswith((".", "_"))), key=lambda f: f.path)
+    if not files:
+        raise DataError(f"data.path: no Parquet files (*.parquet) under {path!r}")
+    return fs, where, files
+
+
+def split_of_path(relative: str) -> str | None:
+    """``train``/``validation``/``test`` when a folder or the file name says so."""
+    parts = relative.strip("/").split("/")
+    for part in parts[:-1]:
+        if part in SPLITS:
+            return part
+    stem = parts[-1].split(".")[0]
+    for split in SPLITS:
+        if stem == split or stem.startswith((f"{split}-", f"{split}_")):
+            return split
+    return None
+
+
+def _uri(path: str, original: str) -> str:
+    """A URI/path of a file found under ``original`` that resolve_path reads back (same
+    scheme and query, e.g. an S3 endpoint)."""
+    if "://" not in original:
+        return path
+    scheme, rest = original.split("://", 1)
+    query = f"?{rest.split('?', 1)[1]}" if "?" in rest else ""
+    return f"{scheme}://{path}{query}"
+
+
+def _file_shards(fs: pafs.FileSystem, info: pafs.FileInfo, uri: str, relative: str
+                 ) -> tuple[dict[str, list[Shard]], pa.Schema, list]:
+    try:
+        with fs.open_input_file(info.path) as f:
+            pf = pq.ParquetFile(f)
+            schema, meta = pf.schema_arrow, pf.metadata
+            has_split = SPLIT_COLUMN in schema.names
+            split_counts = [_split_counts(pf, rg, uri) for rg in range(meta.num_row_groups)] \
+                if has_split else None
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{uri}: not readable Parquet: {err}") from None
+    try:
+        check_schema(schema)
+    except DataError as err:
+        raise DataError(f"{uri}: {err}") from None
+    fixed = split_of_path(relative) or "train"
+    out: dict[str, list[Shard]] = {}
+    first = 0
+    for rg in range(meta.num_row_groups):
+        rows = meta.row_group(rg).num_rows
+        counts = split_counts[rg] if split_counts is not None else {fixed: rows}
+        for split, n in counts.items():
+            if n:
+                out.setdefault(split, []).append(Shard(
+                    "parquet", uri, n, row_group=rg, first_row=first,
+                    split_filter=split if split_counts is not None else ""))
+        first += rows
+    stat = [relative, info.size, info.mtime_ns]
+    return out, schema, stat
+
+
+def _split_counts(pf: pq.ParquetFile, rg: int, uri: str) -> dict[str, int]:
+    column = pf.read_row_group(rg, columns=[SPLIT_COLUMN]).column(SPLIT_COLUMN)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise DataError(f"{uri}: column {SPLIT_COLUMN!r}: expected strings "
+                        f"({', '.join(SPLITS)}), got {column.type}")
+    values = column.combine_chunks()
+    bad = pc.invert(pc.fill_null(pc.is_in(values, pa.array(SPLITS)), False))
+    if pc.any(bad).as_py():
+        first = sum(pf.metadata.row_group(i).num_rows for i in range(rg))
+        row = pc.index(bad, True).as_py()
+        raise DataError(f"{uri}: column {SPLIT_COLUMN!r}: row {first + row} is "
+                        f"{values[row].as_py()!r}; allowed: {', '.join(SPLITS)}")
+    names, counts = np.unique(values.to_numpy(zero_copy_only=False), return_counts=True)
+    return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
+
+
+def parquet_index(path: str, source: str = "") -> DataIndex:
+    """The DataIndex of the Parquet image data at ``path``; DataError naming the file and
+    column of the first schema problem."""
+    fs, root, files = parquet_files(path)
+    base = root.rstrip("/")
+
+    def one(info: pafs.FileInfo) -> tuple[dict[str, list[Shard]], pa.Schema, list]:
+        relative = info.path[len(base):].lstrip("/") or info.base_name
+        return _file_shards(fs, info, _uri(info.path, path), relative)
+
+    with ThreadPoolExecutor(8) as pool:  # footers of many object-store files: in parallel
+        results = list(pool.map(one, files))
+    splits: dict[str, list[Shard]] = {}
+    encodings = set()
+    for shards, schema, _ in results:
+        encodings.add(image_encoding(schema.field("image").type))
+        for split, found in shards.items():
+            splits.setdefault(split, []).extend(found)
+    if not any(s.rows for found in splits.values() for s in found):
+        raise DataError("the data set is empty (0 rows)")
+    stats = hashlib.sha256(json.dumps([r[2] for r in results]).encode()).hexdigest()[:20]
+    meta = {"encoding": "encoded" if encodings == {"encoded"} else "raw",
+            "files": len(files), "stat": stats, "version": VERSION}
+    return DataIndex("images", source or path,
+                     {k: tuple(v) for k, v in splits.items()}, meta)

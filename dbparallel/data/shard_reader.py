@@ -1,0 +1,177 @@
+"""Reading one shard: its rows as an Arrow table, with where each row came from.
+
+Parquet shards read one row group (the unit Parquet stores together); image-folder shards read
+their files' bytes (decoded later, per batch); token shards slice the token file. ``where(i)``
+names the file and row of row ``i``, so a bad row met mid-stream is reported exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dbparallel.data.shards import DataIndex, Shard
+from dbparallel.data.tables import resolve_path
+from dbparallel.errors import DataError
+
+SPLIT_COLUMN = "split"
+TOKENS_COLUMN = "tokens"
+
+
+@dataclass(frozen=True)
+class ShardRows:
+    """The rows of one shard (``table``) and each row's row number in its file."""
+
+    shard: Shard
+    table: pa.Table
+    file_rows: np.ndarray  # (rows,) int64
+
+    def where(self, i: int) -> str:
+        """``file row R`` (or the image file) of row ``i``."""
+        if self.shard.kind == "files":
+            return f"{self.shard.uri.rstrip('/')}/{self.shard.files[i]}"
+        return f"{self.shard.uri} row {int(self.file_rows[i])}"
+
+
+def read_shard(shard: Shard, columns: list[str] | None = None,
+               meta: dict | None = None) -> ShardRows:
+    """The rows of ``shard`` (only ``columns`` of a Parquet shard, when given); token shards
+    need their index's ``meta`` (seq_len, dtype)."""
+    if shard.kind == "parquet":
+        return _read_parquet(shard, columns)
+    if shard.kind == "files":
+        return _read_files(shard)
+    assert shard.kind == "tokens" and meta is not None
+    return _read_tokens(shard, meta)
+
+
+def _read_parquet(shard: Shard, columns: list[str] | None) -> ShardRows:
+    fs, path = resolve_path(shard.uri)
+    wanted = None
+    if columns is not None:
+        wanted = list(columns) + ([SPLIT_COLUMN] if shard.split_filter else [])
+    try:
+        with fs.open_input_file(path) as f:
+            table = pq.ParquetFile(f).read_row_group(shard.row_group, columns=wanted)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{shard.uri}: cannot read row group {shard.row_group}: {err}") from None
+    rows = np.arange(shard.first_row, shard.first_row + table.num_rows, dtype=np.int64)
+    if shard.split_filter:
+        keep = pc.fill_null(pc.equal(table.column(SPLIT_COLUMN), shard.split_filter), False)
+        rows = rows[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)]
+        table = table.filter(keep)
+        if columns is not None and SPLIT_COLUMN not in columns:
+            table = table.drop_columns([SPLIT_COLUMN])
+    if table.num_rows != shard.rows:
+        raise DataError(f"{shard.uri}: row group {shard.row_group} now has {table.num_rows} "
+                        f"rows, the index says {shard.rows}; the file changed during the run")
+    return ShardRows(shard, table, rows)
+
+
+def _read_files(shard: Shard) -> ShardRows:
+    fs, root = resolve_path(shard.uri)
+    blobs = []
+    for name in shard.files:
+        try:
+            with fs.open_input_stream(f"{root.rstrip('/')}/{name}") as f:
+                blobs.append(f.read())
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{shard.uri.rstrip('/')}/{name}: cannot read: {err}") from None
+    table = pa.table({"image": pa.array(blobs, pa.binary()),
+                      "label": pa.array(list(shard.labels), pa.int64())})
+    return ShardRows(shard, table, np.arange(shard.first_row, shard.first_row + shard.rows))
+
+
+def _read_tokens(shard: Shard, meta: dict) -> ShardRows:
+    seq_len, dtype = int(meta["seq_len"]), np.dtype(meta["dtype"])
+    fs, path = resolve_path(shard.uri)
+    start = shard.first_row * seq_len * dtype.itemsize
+    size = shard.rows * seq_len * dtype.itemsize
+    try:
+        with fs.open_input_file(path) as f:
+            raw = f.read_at(size, start)
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{shard.uri}: cannot read token rows {shard.first_row}..: {err}") \
+            from None
+    if len(raw) != size:
+        raise DataError(f"{shard.uri}: token file is shorter than its index says; the file "
+                        f"changed during the run")
+    ids = np.frombuffer(raw, dtype=dtype)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(ids), seq_len)
+    rows = np.arange(shard.first_row, shard.first_row + shard.rows, dtype=np.int64)
+    return ShardRows(shard, pa.table({TOKENS_COLUMN: column}), rows)
+
+
+def iter_split(index: DataIndex, split: str,
+               columns: list[str] | None = None) -> Iterator[ShardRows]:
+    """Every shard of ``split`` in index order, one at a time (evaluation, validation)."""
+    for shard in index.shards(split):
+        yield read_shard(shard, columns, index.meta)
+
+
+def take_rows(index: DataIndex, split: str, positions: np.ndarray,
+              columns: list[str] | None = None) -> pa.Table:
+    """The rows at ``positions`` (0-based over ``split`` in index order), in that order;
+    reads only the shards that hold them."""
+    shards = index.shards(split)
+    starts = np.cumsum([0] + [s.rows for s in shards])
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) and (positions.min() < 0 or positions.max() >= starts[-1]):
+        raise IndexError(f"row positions outside [0, {starts[-1]}) of split {split!r}")
+    owner = np.searchsorted(starts, positions, side="right") - 1
+    parts, order = [], []
+    for s in np.unique(owner):
+        mine = np.flatnonzero(owner == s)
+        rows = read_shard(shards[s], columns, index.meta)
+        parts.append(rows.table.take(pa.array(positions[mine] - starts[s])))
+        order.append(mine)
+    if not parts:
+        return read_shard(shards[0], columns, index.meta).table.slice(0, 0)
+    table = pa.concat_tables(parts)
+    return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows [offset, offset + table.num_rows) of a split, and where each came from."""
+
+    offset: int
+    table: pa.Table
+    parts: list[tuple[int, ShardRows, int]]  # (first chunk row, shard rows, first shard row)
+
+    def where(self, i: int) -> str:
+        start, rows, first = max((p for p in self.parts if p[0] <= i), key=lambda p: p[0])
+        return rows.where(first + i - start)
+
+
+def iter_chunks(index: DataIndex, split: str, chunk: int,
+                columns: list[str] | None = None) -> Iterator[Chunk]:
+    """The rows of ``split`` in index order, in chunks of ``chunk`` rows (the last may be
+    shorter) whatever the shard sizes; holds one chunk and one shard at a time."""
+    pending: list[tuple[ShardRows, int, int]] = []  # (shard rows, start, stop)
+    filled, offset = 0, 0
+
+    def emit() -> Chunk:
+        parts, tables, at = [], [], 0
+        for rows, start, stop in pending:
+            parts.append((at, rows, start))
+            tables.append(rows.table.slice(start, stop - start))
+            at += stop - start
+        return Chunk(offset, pa.concat_tables(tables), parts)
+
+    for rows in iter_split(index, split, columns):
+        start = 0
+        while start < rows.table.num_rows:
+            take = min(chunk - filled, rows.table.num_rows - start)
+            pending.append((rows, start, start + take))
+            filled, start = filled + take, start + take
+            if filled == chunk:
+                yield emit()
+                offset, filled, pending = offset + chunk, 0, []
+    if pending:
+        yield emit()

@@ -1,0 +1,103 @@
+"""A data set as shards: the pieces every block reads, a window of them at a time.
+
+Every source (Parquet files, a folder of images, a tokenized corpus, the built-in sets)
+becomes a ``DataIndex``: per split, an ordered list of ``Shard``s with their row counts. The
+index is small (no rows), cheap to build (Parquet footers, file listings), and pins the data
+of a run through its ``fingerprint``. Rows are read one shard at a time (data/shard_reader.py),
+so nothing ever holds the whole data set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbparallel.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+KINDS = ("parquet", "files", "tokens")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One readable piece of a split.
+
+    parquet: row group ``row_group`` of the Parquet file ``uri`` (its first row is row
+    ``first_row`` of the file), keeping only the rows whose ``split`` column is
+    ``split_filter`` when that is set. files: the image files ``files`` (relative to the folder
+    ``uri``) with their ``labels``. tokens: rows [first_row, first_row + rows) of the token
+    file ``uri`` (``seq_len`` ids per row, dtype from the index's ``meta``).
+    """
+
+    kind: str
+    uri: str
+    rows: int  # rows of the split in this shard
+    row_group: int = -1
+    first_row: int = 0
+    split_filter: str = ""
+    files: tuple[str, ...] = ()
+    labels: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Shard:
+        d = dict(d)
+        d["files"], d["labels"] = tuple(d.get("files", ())), tuple(d.get("labels", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class DataIndex:
+    """Every split of a data set as shards; ``meta`` holds what decoding needs (for tokens:
+    ``seq_len``, ``dtype``, the tokenizer; for images: the image column's ``encoding``)."""
+
+    kind: str  # "images" | "tokens"
+    source: str  # where it came from, for messages
+    splits: dict[str, tuple[Shard, ...]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        assert self.kind in ("images", "tokens"), self.kind
+        assert all(s in SPLITS for s in self.splits), list(self.splits)
+        assert all(sh.kind in KINDS for shards in self.splits.values() for sh in shards)
+
+    def shards(self, split: str) -> tuple[Shard, ...]:
+        """The shards of ``split``; DataError when it has none."""
+        shards = self.splits.get(split, ())
+        if not shards or not sum(s.rows for s in shards):
+            raise DataError(f"{self.source}: no {split!r} rows (splits here: "
+                            f"{', '.join(self.present()) or 'none'})")
+        return shards
+
+    def num_rows(self, split: str) -> int:
+        return sum(s.rows for s in self.splits.get(split, ()))
+
+    def present(self) -> list[str]:
+        """Splits with at least one row."""
+        return [s for s in SPLITS if self.num_rows(s)]
+
+    @property
+    def eval_split(self) -> str:
+        """The rows the composed network is scored on: test, else the training rows."""
+        return "test" if self.num_rows("test") else "train"
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the rows: the same index (files, sizes, row groups) gives the same key."""
+        text = json.dumps(self.to_json(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "source": self.source, "meta": self.meta,
+                "splits": {k: [s.to_json() for s in v] for k, v in self.splits.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DataIndex:
+        splits = {k: tuple(Shard.from_json(s) for s in v) for k, v in d["splits"].items()}
+        return cls(d["kind"], d["source"], splits, dict(d.get("meta", {})))
