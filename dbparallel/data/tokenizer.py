@@ -1,0 +1,204 @@
+"""Tokenizers of text corpora, characters or byte-level BPE, behind one small interface.
+
+``char``: every distinct character of the corpus's kept rows in code-point order; a
+character's id is its rank. ``bpe``: a byte-level BPE (Hugging Face ``tokenizers``, offline)
+trained on the training split, ``data.vocab_size`` ids at most: the 256 byte symbols plus
+merges, so any text can be encoded. Everything else (tasks, evaluation, samples) sees only
+``load_tokenizer(index.meta)``: ``encode``, ``decode`` and ``vocab_size``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from dbparallel.errors import DataError
+
+BYTE_SYMBOLS = 256  # the base alphabet of a byte-level BPE
+REPLACEMENT = "\ufffd"  # what an id outside the vocabulary decodes to
+
+
+class Tokenizer(Protocol):
+    """Text to token ids and back."""
+
+    name: str  # "char" | "bpe"
+    vocab_size: int  # ids in use: 0 .. vocab_size - 1
+
+    def encode(self, text: str) -> list[int]:
+        ...
+
+    def decode(self, ids: Iterable[int] | torch.Tensor | np.ndarray) -> str:
+        """The text of ``ids``; ids outside the vocabulary read as U+FFFD."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What a run directory keeps as vocab.json."""
+        ...
+
+
+def _id_list(ids: Iterable[int] | torch.Tensor | np.ndarray) -> list[int]:
+    if isinstance(ids, torch.Tensor | np.ndarray):
+        return [int(i) for i in ids.tolist()]
+    return [int(i) for i in ids]
+
+
+def codepoints(text: str) -> np.ndarray:
+    """The code points of ``text``, (len(text),) uint32."""
+    return np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+
+
+# ---------------------------------------------------------------------------------------------
+# Characters
+# ---------------------------------------------------------------------------------------------
+
+class CharTokenizer:
+    """One id per character of ``vocab`` (a string of distinct characters)."""
+
+    name = "char"
+
+    def __init__(self, vocab: str):
+        self.vocab = vocab
+        self.vocab_size = len(vocab)
+        known = codepoints(vocab).astype(np.int64)
+        self._lookup = np.full(int(known.max(initial=0)) + 1, -1, dtype=np.int64)
+        self._lookup[known] = np.arange(len(known))
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Token ids (len(text),) int64; DataError naming the first unknown character."""
+        codes = codepoints(text)
+        ids = np.full(len(codes), -1, dtype=np.int64)
+        inside = codes < len(self._lookup)
+        ids[inside] = self._lookup[codes[inside]]
+        if (ids < 0).any():
+            bad = chr(int(codes[np.flatnonzero(ids < 0)[0]]))
+            raise DataError(f"character {bad!r} is not in the vocabulary")
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def decode(self, ids: Iterable[int] | torch.Tensor | np.ndarray) -> str:
+        v = self.vocab
+        return "".join(v[i] if 0 <= i < len(v) else REPLACEMENT for i in _id_list(ids))
+
+    def describe(self) -> dict[str, Any]:
+        return {"vocab": list(self.vocab)}
+
+
+class CharCounter:
+    """The distinct characters of texts seen one piece at a time (memory: one flag per code
+    point up to the largest seen)."""
+
+    def __init__(self) -> None:
+        self.seen = np.zeros(BYTE_SYMBOLS, dtype=bool)
+
+    def add(self, text: str) -> None:
+        codes = codepoints(text)
+        top = int(codes.max(initial=0))
+        if top >= len(self.seen):
+            self.seen = np.concatenate([self.seen, np.zeros(top + 1 - len(self.seen), bool)])
+        self.seen[codes] = True
+
+    def vocabulary(self, vocab_size: int) -> str:
+        """Every character seen, in code-point order; DataError when they exceed
+        ``vocab_size``."""
+        codes = np.flatnonzero(self.seen)
+        if len(codes) > vocab_size:
+            raise DataError(f"data.vocab_size: the text has {len(codes)} distinct characters, "
+                            f"more than data.vocab_size={vocab_size}; raise it")
+        return "".join(map(chr, codes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Byte-level BPE
+# ---------------------------------------------------------------------------------------------
+
+class BpeTokenizer:
+    """A byte-level BPE of Hugging Face ``tokenizers`` (no special tokens, no added prefix
+    space, so ``decode(encode(text)) == text``)."""
+
+    name = "bpe"
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.vocab_size = int(tokenizer.get_vocab_size())
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BpeTokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            return cls(HFTokenizer.from_file(str(path)))
+        except Exception as err:  # tokenizers raises a bare Exception on a bad file
+            raise DataError(f"{path}: not a readable tokenizer file: {err}") from None
+
+    def save(self, path: str | Path) -> None:
+        self.tokenizer.save(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids of each text (int64), encoded in parallel."""
+        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+
+    def decode(self, ids: Iterable[int] | torch.Tensor | np.ndarray) -> str:
+        # tokenizers drops unknown ids silently; keep them visible as U+FFFD
+        out, run = [], []
+        for i in _id_list(ids):
+            if 0 <= i < self.vocab_size:
+                run.append(i)
+                continue
+            out += [self.tokenizer.decode(run), REPLACEMENT]
+            run = []
+        return "".join(out) + self.tokenizer.decode(run)
+
+    def describe(self) -> dict[str, Any]:
+        return json.loads(self.tokenizer.to_str())
+
+
+def train_bpe(texts: Iterator[str], vocab_size: int) -> BpeTokenizer:
+    """A byte-level BPE of at most ``vocab_size`` ids trained on ``texts`` (streamed)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < BYTE_SYMBOLS:
+        raise DataError(f"data.vocab_size: a byte-level BPE holds the {BYTE_SYMBOLS} byte "
+                        f"symbols plus its merges; set data.vocab_size >= {BYTE_SYMBOLS} "
+                        f"(got {vocab_size})")
+    tokenizer = HFTokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=[],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    return BpeTokenizer(tokenizer)
+
+
+def bpe_cut(text: str) -> int:
+    """The last position where ``text`` may be cut with no change to its BPE tokens: a space
+    between two non-spaces. The byte-level pre-tokenizer's pattern (GPT-2's) never joins a
+    non-space and a following space, and starts a new pre-token at such a space with or
+    without what came before it; 0 when there is no such place."""
+    k = len(text) - 1
+    while True:
+        k = text.rfind(" ", 1, k)
+        if k <= 0:
+            return 0
+        if not text[k - 1].isspace() and not text[k + 1].isspace():
+            return k
+
+
+def load_tokenizer(meta: dict[str, Any]) -> Tokenizer:
+    """The tokenizer of a token index's ``meta`` (data/corpus.py)."""
+    if meta.get("tokenizer") == "char":
+        return CharTokenizer(meta["vocab"])
+    if meta.get("tokenizer") == "bpe":
+        return BpeTokenizer.from_file(meta["tokenizer_file"])
+    raise DataError(f"data.tokenizer: unknown tokenizer {meta.get('tokenizer')!r} in the index")

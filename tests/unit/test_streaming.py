@@ -1,0 +1,181 @@
+"""The streamed data path: Parquet layouts, splits, window-bounded reading, exact resume
+mid-epoch, bad rows met mid-stream, and the validation pass (local mode, real Parquet files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dbparallel.cli import main
+from dbparallel.config import load_config
+from dbparallel.data import shard_reader
+from dbparallel.data.parquet_index import parquet_index
+from dbparallel.data.tables import image_table
+from dbparallel.errors import DataError
+from dbparallel.training.loop import BlockRun
+from dbparallel.training.storage import Storage
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
+ROWS, GROUP = 600, 50  # 12 shards of 50 rows
+
+
+def _rows(n: int = ROWS, seed: int = 0, labels: np.ndarray | None = None) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    images = (rng.integers(0, 256, (n, 1, 8, 8)) / 255.0).astype(np.float32)
+    y = rng.integers(0, 10, n) if labels is None else labels
+    return image_table(images, y)
+
+
+def _write(table: pa.Table, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path, row_group_size=GROUP)
+    return path
+
+
+def _cfg(tmp_path: Path, data: Path, *extra: str):
+    return load_config([TINY], [f"run.dir={tmp_path / 'run'}", "data.source=parquet",
+                                f"data.path={data}", "data.window_shards=2", "train.steps=30",
+                                "train.checkpoint_every=10", *extra])
+
+
+def _losses(cfg, index, block: int = 0, steps: int = 30) -> list[float]:
+    run = BlockRun(cfg, block, index, Storage(cfg.run_dir))
+    losses: list[float] = []
+    run.train_until(steps, lambda s: losses.append(s.loss))
+    run.close()
+    return losses
+
+
+def test_a_directory_of_files_trains_like_one_file(tmp_path) -> None:
+    table = _rows()
+    one = _write(table, tmp_path / "one" / "all.parquet")
+    for i in range(3):  # the same rows and row groups, cut into three files
+        _write(table.slice(i * 200, 200), tmp_path / "many" / f"part-{i:05d}.parquet")
+    a, b = parquet_index(str(one)), parquet_index(str(tmp_path / "many"))
+    assert [s.rows for s in a.shards("train")] == [s.rows for s in b.shards("train")] == [50] * 12
+    cfg = _cfg(tmp_path, one)
+    assert _losses(cfg, a) == _losses(_cfg(tmp_path / "b", tmp_path / "many"), b)
+
+
+def test_every_shard_is_read_once_per_epoch_two_windows_at_most(tmp_path, monkeypatch) -> None:
+    data = _write(_rows(), tmp_path / "d.parquet")
+    cfg = _cfg(tmp_path, data, "train.batch_size=40")  # 15 steps = 1 epoch
+    reads: list[int] = []
+    real = shard_reader.read_shard
+    monkeypatch.setattr("dbparallel.training.stream.read_shard",
+                        lambda shard, *a: reads.append(shard.row_group) or real(shard, *a))
+    run = BlockRun(cfg, 0, parquet_index(str(data)), Storage(cfg.run_dir), prefetch=False)
+    held = []
+    for step in range(15):
+        run.batch(step)
+        held.append(len(run.stream._windows))
+    assert sorted(reads) == list(range(12))  # every row group once in the epoch
+    assert max(held) <= 2  # the window in use (and the next, read ahead)
+    run.close()
+
+
+def test_resume_mid_epoch_is_exact_and_reads_no_earlier_window(tmp_path, monkeypatch) -> None:
+    data = _write(_rows(), tmp_path / "d.parquet")
+    index = parquet_index(str(data))
+    straight = _losses(_cfg(tmp_path / "a", data), index, block=1)
+    cfg = _cfg(tmp_path / "b", data)
+    first = BlockRun(cfg, 1, index, Storage(cfg.run_dir))
+    first.train_until(13)  # checkpoint at step 10, mid-epoch (epoch = 18.75 steps)
+    first.close()
+    reads: list[int] = []
+    real = shard_reader.read_shard
+    monkeypatch.setattr("dbparallel.training.stream.read_shard",
+                        lambda shard, *a: reads.append(shard.row_group) or real(shard, *a))
+    second = BlockRun(cfg, 1, index, Storage(cfg.run_dir), prefetch=False)
+    assert second.resumed_from == 10
+    resumed: list[float] = []
+    second.batch(10)
+    assert len(reads) == 2  # one window of 2 shards: nothing of the epoch before
+    second.train_until(30, lambda s: resumed.append(s.loss))
+    assert resumed == straight[10:]
+
+
+def test_splits_from_file_names_and_from_a_split_column(tmp_path) -> None:
+    _write(_rows(100), tmp_path / "hf" / "train-00000-of-00001.parquet")
+    _write(_rows(30, seed=1), tmp_path / "hf" / "test-00000-of-00001.parquet")
+    index = parquet_index(str(tmp_path / "hf"))
+    assert (index.num_rows("train"), index.num_rows("test"), index.eval_split) == (100, 30, "test")
+    mixed = _rows(120).append_column("split", pa.array(["train", "test", "train"] * 40))
+    index = parquet_index(str(_write(mixed, tmp_path / "mixed.parquet")))
+    assert (index.num_rows("train"), index.num_rows("test")) == (80, 40)
+    test = pa.concat_tables(r.table for r in shard_reader.iter_split(index, "test", ["label"]))
+    assert test.column("label").to_pylist() == mixed.column("label").to_pylist()[1::3]
+    bad = mixed.set_column(2, "split", pa.array(["train", "dev", "test"] * 40))
+    with pytest.raises(DataError, match=r"bad.parquet: column 'split': row 1 is 'dev'"):
+        parquet_index(str(_write(bad, tmp_path / "bad.parquet")))
+
+
+def test_take_rows_reads_rows_in_the_order_asked(tmp_path) -> None:
+    table = _rows()
+    index = parquet_index(str(_write(table, tmp_path / "d.parquet")))
+    want = np.array([599, 3, 250, 251, 3])
+    got = shard_reader.take_rows(index, "train", want, ["label"]).column("label").to_pylist()
+    assert got == [table.column("label")[int(i)].as_py() for i in want]
+
+
+def _bad_label_at(row: int) -> pa.Table:
+    labels = np.random.default_rng(0).integers(0, 10, ROWS)
+    labels[row] = 12
+    return _rows(labels=labels)
+
+
+def test_bad_row_mid_stream_stops_naming_file_and_row_and_keeps_checkpoints(
+        tmp_path, capsys) -> None:
+    data = _write(_bad_label_at(577), tmp_path / "d.parquet")
+    run_dir = tmp_path / "run"
+    code = main(["train", TINY, "--local", f"run.dir={run_dir}", "data.source=parquet",
+                 f"data.path={data}", "data.validate=false", "train.steps=40",
+                 "train.checkpoint_every=5", "metrics.port=0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{data} row 577: column 'label' has label 12" in err and err.count("\n") == 1
+    manifest = json.loads((run_dir / "blocks" / "block_0" / "manifest.json").read_text())
+    assert manifest["state"]  # the steps trained before the bad row are kept
+
+
+def test_data_check_finds_the_bad_row_before_training(tmp_path, capsys) -> None:
+    data = _write(_bad_label_at(577), tmp_path / "d.parquet")
+    assert main(["data", "check", str(data)]) == 2
+    assert f"{data} row 577: column 'label'" in capsys.readouterr().err
+    run_dir = tmp_path / "run"
+    assert main(["train", TINY, "--local", f"run.dir={run_dir}", "data.source=parquet",
+                 f"data.path={data}", "metrics.port=0"]) == 2
+    assert not (run_dir / "blocks").exists()  # stopped before any block started
+    good = _write(_rows(), tmp_path / "good.parquet")
+    assert main(["data", "check", str(good)]) == 0
+    assert "train: 600 rows in 12 shards" in capsys.readouterr().out
+
+
+def test_resume_on_changed_data_is_refused(tmp_path, capsys) -> None:
+    data = _write(_rows(), tmp_path / "d.parquet")
+    args = ["train", TINY, "--local", f"run.dir={tmp_path / 'run'}", "data.source=parquet",
+            f"data.path={data}", "train.steps=4", "metrics.port=0"]
+    assert main(args) == 0
+    _write(_rows(650), data)  # more rows: every block's order would change
+    assert main(args) == 2
+    assert "trained on other data" in capsys.readouterr().err
+
+
+def test_uint8_pixels_decode_on_the_device_like_floats(tmp_path) -> None:
+    table = _rows(64)
+    pixels = np.rint(np.stack(table.column("image").to_numpy(zero_copy_only=False)) * 255)
+    as_uint8 = pa.table({"image": pa.FixedSizeListArray.from_arrays(
+        pa.array(pixels.astype(np.uint8).ravel()), 64), "label": table.column("label")})
+    from dbparallel.data.images import image_batch
+
+    cfg = load_config([TINY], [])
+    a, _ = image_batch(table, cfg.data)
+    b, _ = image_batch(as_uint8, cfg.data)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
