@@ -59,3 +59,29 @@ def test_train_resume_and_corruption_through_s3(bucket, tmp_path, capsys) -> Non
     latest = ckpt.manifest()["state"][-1]["file"]
     storage.write_bytes(latest, storage.read_bytes(latest)[:64])
     assert ckpt.load_latest("state")["step"] == 6
+
+
+def test_training_data_streamed_from_a_bucket(bucket, tmp_path) -> None:
+    """A directory of Parquet files in the bucket trains like the same files on disk."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from dbparallel.data.tables import image_table
+
+    rng = np.random.default_rng(0)
+    table = image_table(rng.random((300, 1, 8, 8), dtype=np.float32), rng.integers(0, 10, 300))
+    data = bucket("data/digits")
+    fs, root = pafs.FileSystem.from_uri(data)
+    local = tmp_path / "data"
+    local.mkdir()
+    for i in range(3):
+        part = table.slice(i * 100, 100)
+        pq.write_table(part, f"{root}/part-{i}.parquet", filesystem=fs, row_group_size=50)
+        pq.write_table(part, local / f"part-{i}.parquet", row_group_size=50)
+    reports = []
+    for path, run in ((data, "s3run"), (str(local), "localrun")):
+        assert main(["train", TINY, "--local", f"run.dir={tmp_path / run}", "metrics.port=0",
+                     "data.source=parquet", f"data.path={path}"]) == 0
+        reports.append(json.loads((tmp_path / run / "report.json").read_text()))
+    assert [r["final_loss"] for r in reports[0]["per_block"]] == \
+        [r["final_loss"] for r in reports[1]["per_block"]]
