@@ -55,10 +55,9 @@ from dbparallel.data.text import (
 )
 from dbparallel.data.tokenizer import (
     BYTE_SYMBOLS,
-    BpeTokenizer,
     CharCounter,
     CharTokenizer,
-    bpe_cut,
+    bpe_pieces,
     train_bpe,
 )
 from dbparallel.errors import DataError
@@ -69,25 +68,30 @@ VERSION = 1  # bump when the splits, the rows or the file layout change (invalid
 INDEX_FILE, TOKENIZER_FILE = "index.json", "tokenizer.json"
 MAX_IDS = 1 << 16  # token files are uint16 at most
 BPE_BATCH = 8  # pieces encoded together (tokenizers encodes a batch in parallel)
-BPE_CARRY = 4 * PIECE_CHARS  # characters held back at most while looking for a BPE cut
+BPE_HOLD = 4 * PIECE_CHARS  # characters held back at most while looking for a BPE cut
+# characters per training piece: tokenizers buffers 256 pieces of the iterator it trains on
+BPE_TRAIN_CHARS = 1 << 12
 END = sys.maxsize  # the end of a document whose length is not needed
 
 Part = tuple[str, int, int]  # (split, first character, end character) of a document
+PartKey = tuple[int, str]  # (part number, split) of a piece of text
 
 
 def corpus_index(data: DataConfig) -> DataIndex:
     """The token index of the text corpus named by ``data`` (source shakespeare, text or
     parquet), tokenized into the cache on first use."""
     source = text_source(data)
-    folder = cache_dir() / "corpus" / corpus_key(source, data)
+    content = source.digest()
+    folder = cache_dir() / "corpus" / corpus_key(content, data)
     if not (folder / INDEX_FILE).is_file():
-        _build(source, data, folder)
+        _build(source, content, data, folder)
     return _load(folder, data.shard_rows, source.label)
 
 
-def corpus_key(source: TextSource, data: DataConfig) -> str:
-    """The cache key: the corpus's content and everything that shapes its token files."""
-    blob = json.dumps({"content": source.digest(), "seq_len": data.seq_len,
+def corpus_key(content: str, data: DataConfig) -> str:
+    """The cache key: the corpus's content (``TextSource.digest``) and everything that shapes
+    its token files."""
+    blob = json.dumps({"content": content, "seq_len": data.seq_len,
                        "tokenizer": data.tokenizer, "vocab_size": data.vocab_size,
                        "version": VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -152,64 +156,32 @@ def _check_rows(rows: dict[str, int], layout: Layout, seq_len: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def _part_texts(source: TextSource, layout: Layout,
-                only: str | None = None) -> Iterator[tuple[int, str, str]]:
-    """(part number, split, text) of every part of every document (of split ``only``)."""
+                only: str | None = None) -> Iterator[tuple[PartKey, str]]:
+    """((part number, split), text) of every part of every document (of split ``only``)."""
     number = 0
     for i, doc in enumerate(source.documents()):
         parts = layout.parts(i, doc)
         if only is None or any(s == only for s, _, _ in parts):  # else never read it
             for k, text in spans(doc.pieces, [(a, b) for _, a, b in parts]):
                 if only is None or parts[k][0] == only:
-                    yield number + k, parts[k][0], text
+                    yield (number + k, parts[k][0]), text
         number += len(parts)
 
 
-def _whole_rows(chunks: Iterator[tuple[int, str, Any]],
+def _whole_rows(chunks: Iterator[tuple[PartKey, Any]],
                 seq_len: int) -> Iterator[tuple[str, Any]]:
     """(split, whole rows) of each part's chunks (str or id arrays); the end of a part short
     of a row is dropped."""
-    part, carry = -1, None
-    for k, split, chunk in chunks:
-        if k != part:
-            part, carry = k, chunk[:0]
+    part, carry = None, None
+    for key, chunk in chunks:
+        if key != part:
+            part, carry = key, chunk[:0]
         chunk = np.concatenate([carry, chunk]) if isinstance(chunk, np.ndarray) \
             else carry + chunk
         full = len(chunk) // seq_len * seq_len
         carry = chunk[full:]
         if full:
-            yield split, chunk[:full]
-
-
-def _bpe_pieces(chunks: Iterator[tuple[int, str, str]]) -> Iterator[tuple[int, str, str]]:
-    """The same text re-cut where BPE tokens cannot cross (``bpe_cut``), so the tokens of a
-    part do not depend on how it was read."""
-    part, split, carry = -1, "", ""
-    for k, s, text in chunks:
-        if k != part:
-            if carry:
-                yield part, split, carry
-            part, split, carry = k, s, ""
-        text = carry + text
-        cut = bpe_cut(text)
-        if not cut and len(text) > BPE_CARRY:
-            cut = len(text)  # a long run without a cut: tokens may differ at this seam
-        carry = text[cut:]
-        if cut:
-            yield k, s, text[:cut]
-    if carry:
-        yield part, split, carry
-
-
-def _bpe_ids(tokenizer: BpeTokenizer,
-             pieces: Iterator[tuple[int, str, str]]) -> Iterator[tuple[int, str, np.ndarray]]:
-    batch: list[tuple[int, str, str]] = []
-    for piece in [*pieces, None]:
-        if piece is not None:
-            batch.append(piece)
-        if batch and (piece is None or len(batch) == BPE_BATCH):
-            ids = tokenizer.encode_batch([text for _, _, text in batch])
-            yield from ((k, s, x) for (k, s, _), x in zip(batch, ids, strict=True))
-            batch = []
+            yield key[1], chunk[:full]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,19 +230,21 @@ def _char_files(source: TextSource, layout: Layout, data: DataConfig,
             files.write(split, tokenizer.encode_array(text))
     finally:
         files.close()
-    assert files.rows(data.seq_len) == layout.char_rows(data.seq_len)
+    if files.rows(data.seq_len) != layout.char_rows(data.seq_len):
+        raise _changed(source)
     return {"vocab": tokenizer.vocab, "vocab_size": tokenizer.vocab_size,
             "dtype": files.dtype.name, "rows": files.rows(data.seq_len)}
 
 
 def _bpe_files(source: TextSource, layout: Layout, data: DataConfig,
                out: Path) -> dict[str, Any]:
-    train = _bpe_pieces(_part_texts(source, layout, only="train"))
-    tokenizer = train_bpe((text for _, _, text in train), data.vocab_size)
+    train = bpe_pieces(_part_texts(source, layout, only="train"), BPE_TRAIN_CHARS, BPE_HOLD)
+    tokenizer = train_bpe((text for _, text in train), data.vocab_size)
     tokenizer.save(out / TOKENIZER_FILE)
     files = _TokenFiles(out, _dtype(tokenizer.vocab_size))
     try:
-        ids = _bpe_ids(tokenizer, _bpe_pieces(_part_texts(source, layout)))
+        pieces = bpe_pieces(_part_texts(source, layout), PIECE_CHARS, BPE_HOLD)
+        ids = tokenizer.encode_stream(pieces, BPE_BATCH)
         for split, rows in _whole_rows(ids, data.seq_len):
             files.write(split, rows)
     finally:
@@ -280,7 +254,11 @@ def _bpe_files(source: TextSource, layout: Layout, data: DataConfig,
             "dtype": files.dtype.name, "rows": files.rows(data.seq_len)}
 
 
-def _build(source: TextSource, data: DataConfig, folder: Path) -> None:
+def _changed(source: TextSource) -> DataError:
+    return DataError(f"{source.label}: the text changed while it was tokenized; run again")
+
+
+def _build(source: TextSource, content: str, data: DataConfig, folder: Path) -> None:
     if data.tokenizer == "bpe" and not BYTE_SYMBOLS <= data.vocab_size <= MAX_IDS:
         raise DataError(f"data.vocab_size: a byte-level BPE needs {BYTE_SYMBOLS} to {MAX_IDS} "
                         f"ids (every byte plus its merges), got {data.vocab_size}")
@@ -293,6 +271,8 @@ def _build(source: TextSource, data: DataConfig, folder: Path) -> None:
         index = {"version": VERSION, "source": source.label, "seq_len": data.seq_len,
                  "tokenizer": data.tokenizer, "documents": layout.documents,
                  "characters": layout.characters, **make(source, layout, data, tmp)}
+        if source.digest() != content:
+            raise _changed(source)
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1))
         try:
             os.rename(tmp, folder)

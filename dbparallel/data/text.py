@@ -1,11 +1,14 @@
 """Text documents: where a corpus's documents come from, read piece by piece, and their splits.
 
-A corpus is a sequence of documents: the 42 works of Shakespeare, a user's text file, the
-files of a directory (sorted; each file a document), the lines of a JSONL file (field
-``text``, optional ``split`` and ``work``), or the rows of Parquet tables with a ``text``
-column (optional ``split`` and ``work`` columns). A text file is read in blocks of
-``READ_BYTES``, so no file is ever held whole; a JSONL line or a Parquet row is one document
-and held while it is read.
+A corpus is a sequence of documents: the 42 works of Shakespeare; with ``data.source=text``
+a UTF-8 text file (one document), a JSONL file (``*.jsonl``: one document per line, field
+``text``, optional ``split`` and ``work``), or a directory of such files (searched
+recursively, sorted by path, hidden files skipped; each text file one document, Parquet files
+read as below); with ``data.source=parquet`` the rows of Parquet tables with a ``text`` column
+(optional ``split`` and ``work`` columns; ``work`` only names the row). Local paths or
+object-store URIs. A text file is read in blocks of ``READ_BYTES``, so no file is ever held
+whole; a JSONL line or a Parquet row is one document and is held while it is read. The
+document's name is for messages only.
 
 Splits, by document: a document with a ``split`` value keeps it; otherwise, with at least
 ``WORK_PERIOD`` documents, the split of document i is ``work_split(i)`` (split by work);
@@ -39,9 +42,10 @@ WORK_PERIOD, VALIDATION_AT, TEST_AT = 14, 6, 13
 # Fewer works than WORK_PERIOD are split by position: characters [90%, 95%) of each work are
 # validation, the last 5% test.
 POSITION_CUTS = (0.90, 0.95)
-READ_BYTES = 1 << 17  # bytes per read of a text file
-PIECE_CHARS = 1 << 17  # characters per piece of a document held in memory whole
+READ_BYTES = 1 << 16  # bytes per read of a text file
+PIECE_CHARS = 1 << 16  # characters per piece of a document held in memory whole
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 
 
 def shakespeare_files() -> list[Path]:
@@ -121,6 +125,13 @@ def text_source(data: DataConfig) -> TextSource:
     if data.source == "shakespeare":
         files = tuple((str(f), "text") for f in shakespeare_files())
         return TextSource("data.source=shakespeare", pafs.LocalFileSystem(), files)
+    if data.source == "parquet":
+        from dbparallel.data.parquet_index import parquet_files
+
+        fs, _, found = parquet_files(data.path)
+        return TextSource(data.path, fs, tuple((f.path, "parquet") for f in found))
+    if data.source != "text":
+        raise DataError(f"data.source={data.source}: not a text corpus")
     fs, where = resolve_path(data.path)
     try:
         info = fs.get_file_info(where)
@@ -132,16 +143,17 @@ def text_source(data: DataConfig) -> TextSource:
         raise DataError(f"data.path: cannot reach {data.path!r}: {err}") from None
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"data.path: no such file or directory: {data.path!r}")
-    hidden = (".", "_") if data.source == "parquet" else (".",)
-    paths = sorted(f.path for f in found if f.type == pafs.FileType.File
-                   and not f.base_name.startswith(hidden))
+    paths = sorted(f.path for f in found if f.type == pafs.FileType.File and not any(
+        part.startswith(".") for part in f.path[len(where.rstrip("/")):].split("/")))  # hidden
     if not paths:
         raise DataError(f"data.path: no files in {data.path!r}")
-    if data.source == "parquet":
-        return TextSource(data.path, fs, tuple((p, "parquet") for p in paths))
-    assert data.source == "text", data.source
-    return TextSource(data.path, fs, tuple(
-        (p, "jsonl" if p.endswith(JSONL_SUFFIXES) else "text") for p in paths))
+    return TextSource(data.path, fs, tuple((p, _format(p)) for p in paths))
+
+
+def _format(path: str) -> str:
+    if path.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    return "parquet" if path.endswith(PARQUET_SUFFIXES) else "text"
 
 
 def spans(pieces: Iterator[str], ranges: list[tuple[int, int]]) -> Iterator[tuple[int, str]]:

@@ -9,10 +9,11 @@ merges, so any text can be encoded. Everything else (tasks, evaluation, samples)
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from dbparallel.errors import DataError
 
 BYTE_SYMBOLS = 256  # the base alphabet of a byte-level BPE
 REPLACEMENT = "\ufffd"  # what an id outside the vocabulary decodes to
+Key = TypeVar("Key", bound=Hashable)
 
 
 class Tokenizer(Protocol):
@@ -65,19 +67,18 @@ class CharTokenizer:
         self.vocab = vocab
         self.vocab_size = len(vocab)
         known = codepoints(vocab).astype(np.int64)
-        self._lookup = np.full(int(known.max(initial=0)) + 1, -1, dtype=np.int64)
+        self._lookup = np.full(int(known.max(initial=0)) + 1, -1, dtype=np.int32)
         self._lookup[known] = np.arange(len(known))
 
     def encode_array(self, text: str) -> np.ndarray:
-        """Token ids (len(text),) int64; DataError naming the first unknown character."""
+        """Token ids (len(text),) int32; DataError naming the first unknown character."""
         codes = codepoints(text)
-        ids = np.full(len(codes), -1, dtype=np.int64)
-        inside = codes < len(self._lookup)
-        ids[inside] = self._lookup[codes[inside]]
-        if (ids < 0).any():
-            bad = chr(int(codes[np.flatnonzero(ids < 0)[0]]))
-            raise DataError(f"character {bad!r} is not in the vocabulary")
-        return ids
+        if int(codes.max(initial=0)) < len(self._lookup):
+            ids = self._lookup[codes]
+            if not (ids < 0).any():
+                return ids
+        bad = next(c for c in text if c not in self.vocab)
+        raise DataError(f"character {bad!r} is not in the vocabulary")
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
@@ -143,10 +144,22 @@ class BpeTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        """Token ids of each text (int64), encoded in parallel."""
-        encodings = self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+    def encode_batch(self, texts: list[str]) -> Iterator[np.ndarray]:
+        """Token ids (int32) of each text, encoded in parallel, handed out one at a time."""
+        for encoding in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False):
+            yield np.asarray(encoding.ids, dtype=np.int32)
+
+    def encode_stream(self, pieces: Iterator[tuple[Key, str]],
+                      batch: int) -> Iterator[tuple[Key, np.ndarray]]:
+        """(key, token ids) of each (key, text), ``batch`` texts encoded together."""
+        pending: list[tuple[Key, str]] = []
+        for piece in itertools.chain(pieces, [None]):
+            if piece is not None:
+                pending.append(piece)
+            if pending and (piece is None or len(pending) == batch):
+                ids = self.encode_batch([text for _, text in pending])
+                yield from ((key, x) for (key, _), x in zip(pending, ids, strict=True))
+                pending = []
 
     def decode(self, ids: Iterable[int] | torch.Tensor | np.ndarray) -> str:
         # tokenizers drops unknown ids silently; keep them visible as U+FFFD
@@ -193,6 +206,31 @@ def bpe_cut(text: str) -> int:
             return 0
         if not text[k - 1].isspace() and not text[k + 1].isspace():
             return k
+
+
+def bpe_pieces(chunks: Iterator[tuple[Key, str]], size: int,
+               hold: int) -> Iterator[tuple[Key, str]]:
+    """The texts of consecutive chunks with the same key re-cut into pieces of at most
+    ``size`` characters where BPE tokens cannot cross (``bpe_cut``), so their tokens do not
+    depend on how the text was read; at most ``hold`` characters wait for a cut."""
+    key, carry = None, ""
+    for k, text in chunks:
+        if k != key:
+            if carry:
+                yield key, carry
+            key, carry = k, ""
+        text = carry + text
+        while len(text) > size:
+            cut = bpe_cut(text[:size + 1])
+            if not cut:
+                if len(text) <= hold:
+                    break
+                cut = size  # a long run with no cut: the tokens may differ at this seam
+            yield k, text[:cut]
+            text = text[cut:]
+        carry = text
+    if carry:
+        yield key, carry
 
 
 def load_tokenizer(meta: dict[str, Any]) -> Tokenizer:

@@ -1,12 +1,20 @@
-"""What the text tasks share: token tensors of the train split and placeholder batches."""
+"""What the text tasks share: batches of token rows and placeholder batches.
+
+A text data set is a token index (data/corpus.py): each row is ``data.seq_len`` token ids in a
+``tokens`` column (a fixed-size list of uint8 or uint16); ``decode`` turns a batch of rows into
+an (N, seq_len) int64 tensor on the block's device.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from dbparallel.config import Config
-from dbparallel.data.text import text_tokens
+from dbparallel.data.shard_reader import TOKENS_COLUMN
+from dbparallel.errors import DataError, RowError
 from dbparallel.tasks.base import Batch
 
 
@@ -18,16 +26,53 @@ def gumbel_sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return (logits.float() + gumbel).argmax(dim=-1)
 
 
+def token_rows(rows: pa.Table, seq_len: int, vocab_size: int,
+               device: str | torch.device = "cpu") -> torch.Tensor:
+    """(N, seq_len) int64 token ids of the ``tokens`` column on ``device``; RowError names the
+    first row that is null, of another length or holds an id >= ``vocab_size``."""
+    if TOKENS_COLUMN not in rows.column_names:
+        raise DataError(f"column {TOKENS_COLUMN!r} is missing; the rows have "
+                        f"{rows.column_names}")
+    column = rows.column(TOKENS_COLUMN).combine_chunks()
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind)
+            or pa.types.is_large_list(kind)) or not pa.types.is_integer(kind.value_type):
+        raise DataError(f"column {TOKENS_COLUMN!r}: expected a list of integer ids per row, "
+                        f"got {kind}")
+    if column.null_count:
+        raise RowError(_first(column.is_null().to_numpy(zero_copy_only=False)), TOKENS_COLUMN,
+                       "is null")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if (lengths != seq_len).any():
+        row = _first(lengths != seq_len)
+        raise RowError(row, TOKENS_COLUMN, f"has {lengths[row]} ids, expected "
+                       f"data.seq_len={seq_len}")
+    ids = pc.list_flatten(column).to_numpy(zero_copy_only=False).reshape(len(column), seq_len)
+    bad = (ids >= vocab_size) | (ids < 0)
+    if bad.any():
+        row = _first(bad.any(axis=1))
+        raise RowError(row, TOKENS_COLUMN, f"has token id {int(ids[row][bad[row]][0])}, "
+                       f"outside [0, {vocab_size}) (data.vocab_size={vocab_size})")
+    # a writable copy; uint8 travels as is, wider ids as int64 (torch has few uint16 kernels)
+    ids = ids.astype(np.uint8 if ids.dtype == np.uint8 else np.int64)
+    return torch.from_numpy(ids).to(device, non_blocking=True).long()
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
 class TextData:
-    """Rows are ``data.seq_len`` characters of the train split, as token ids."""
+    """Rows are ``data.seq_len`` token ids (characters or BPE tokens)."""
+
+    columns: list[str] | None = None  # a token shard has one column
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.vocab_size, self.seq_len = cfg.data.vocab_size, cfg.data.seq_len
 
-    def prepare(self, table: pa.Table) -> Batch:
-        tokens, _ = text_tokens(table, self.seq_len, self.vocab_size, "train")
-        return {"tokens": tokens}
+    def decode(self, rows: pa.Table, device: str | torch.device = "cpu") -> Batch:
+        return {"tokens": token_rows(rows, self.seq_len, self.vocab_size, device)}
 
     def example_batch(self, n: int, device: str | torch.device) -> Batch:
         return {"tokens": torch.zeros(n, self.seq_len, dtype=torch.long, device=device)}

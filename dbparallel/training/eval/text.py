@@ -2,25 +2,40 @@
 
 ``bpc``: bits per character of held-out sequences (MDM: the ELBO; AR and looped: teacher
 forced). AR and looped also continue held-out prompts: ``gen_ppl`` is the continuations'
-per-character perplexity under the project's own end-to-end scoring LM (training/eval/
-scorer.py, trained once and cached), ``sample_entropy`` the mean entropy in bits of each
-continuation's character histogram; ``data_ppl`` and ``data_entropy`` are the same numbers for
-the true continuations. The looped model reports the training memory of one step of both
-objectives (DiffusionBlocks: one core pass; BPTT: K unrolled passes).
+per-token perplexity under the project's own end-to-end scoring LM (training/eval/scorer.py,
+trained once and cached), ``sample_entropy`` the mean entropy in bits of each continuation's
+token histogram; ``data_ppl`` and ``data_entropy`` are the same numbers for the true
+continuations. The looped model reports the training memory of one step of both objectives
+(DiffusionBlocks: one core pass; BPTT: K unrolled passes).
+
+With ``data.tokenizer=bpe`` a token is a BPE token, so the tasks' losses are bits per token:
+they are reported as ``bpt`` (``bpt_sigma_max``, ...), and ``bpc`` = bpt x tokens / characters
+of the held-out rows (their decoded text), i.e. the same total bits over the characters they
+hold; ``chars_per_token`` is reported with them (AR scores positions 1..T-1 of a row, so its
+``bpc`` assumes those hold the row's mean characters per token). ``sample.prompt_len`` and
+``sample.gen_len`` count tokens; ``gen_ppl`` and the entropies are per token. Only the rows
+scored are read: ``sample.eval_samples`` test rows and the scorer's training batches
+(data/shard_reader.take_rows).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 
-import pyarrow as pa
+import numpy as np
 import torch
 
 from dbparallel.config import Config
-from dbparallel.data.text import decode, text_tokens
+from dbparallel.data.shard_reader import take_rows
+from dbparallel.data.shards import DataIndex
+from dbparallel.data.tokenizer import Tokenizer, load_tokenizer
+from dbparallel.errors import RowError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task
+from dbparallel.tasks.text import token_rows
 from dbparallel.training.eval.scorer import cached_scorer, continuation_nll
 from dbparallel.training.seeding import generator
 from dbparallel.training.storage import Storage
@@ -28,12 +43,25 @@ from dbparallel.training.storage import Storage
 CHUNK = 128  # sequences per evaluation forward pass
 
 
-def held_out(cfg: Config, table: pa.Table, count: int) -> tuple[torch.Tensor, str]:
-    """``count`` test sequences spread evenly over the test split, and the vocabulary."""
-    d = cfg.data
-    test, vocab = text_tokens(table, d.seq_len, d.vocab_size, "test")
-    rows = torch.linspace(0, len(test) - 1, min(count, len(test))).round().long()
-    return test[rows], vocab
+def read_rows(cfg: Config, index: DataIndex, split: str, positions: np.ndarray) -> torch.Tensor:
+    """(len(positions), seq_len) int64 token ids of rows ``positions`` of ``split``; a bad row
+    is named by its file and row."""
+    try:
+        return token_rows(take_rows(index, split, positions), cfg.data.seq_len,
+                          cfg.data.vocab_size)
+    except RowError as err:
+        shards = index.shards(split)
+        starts = np.cumsum([0] + [s.rows for s in shards])
+        at = int(positions[err.row])
+        k = int(np.searchsorted(starts, at, side="right")) - 1
+        raise err.at(f"{shards[k].uri} row {shards[k].first_row + at - starts[k]}") from None
+
+
+def held_out(cfg: Config, index: DataIndex, count: int) -> torch.Tensor:
+    """``count`` test sequences (N, seq_len) spread evenly over the test split."""
+    n = index.num_rows("test")
+    rows = torch.linspace(0, n - 1, min(count, n)).round().long()
+    return read_rows(cfg, index, "test", rows.numpy())
 
 
 def _chunks(x: torch.Tensor) -> list[torch.Tensor]:
@@ -41,14 +69,22 @@ def _chunks(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def bits_per_character(cfg: Config, task: Task, nets: list[Block], held: torch.Tensor,
-                       device: str) -> dict[str, float]:
-    """The task's BPC metrics averaged over ``held`` in chunks."""
+                       device: str, tokenizer: Tokenizer) -> dict[str, float]:
+    """The task's BPC metrics averaged over ``held`` in chunks; for BPE tokens the task's
+    per-token numbers as ``bpt*`` and their per-character equivalents as ``bpc*``."""
     sums: dict[str, float] = {}
     for i, chunk in enumerate(_chunks(held)):
         g = generator(cfg.run.seed, "eval-bpc", i)
         for k, v in task.bpc(nets, chunk.to(device), g).items():
             sums[k] = sums.get(k, 0.0) + v * len(chunk)
-    return {k: v / len(held) for k, v in sums.items()}
+    means = {k: v / len(held) for k, v in sums.items()}
+    if tokenizer.name == "char":
+        return means
+    characters = sum(len(tokenizer.decode(row)) for row in held)
+    tokens_per_char = held.numel() / characters
+    return {**{k.replace("bpc", "bpt", 1): v for k, v in means.items()},
+            **{k: v * tokens_per_char for k, v in means.items()},
+            "chars_per_token": 1 / tokens_per_char}
 
 
 def continue_prompts(cfg: Config, task: Task, nets: list[Block], prompts: torch.Tensor,
@@ -61,21 +97,33 @@ def continue_prompts(cfg: Config, task: Task, nets: list[Block], prompts: torch.
 
 
 def char_entropy(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Entropy in bits (N,) of the character histogram of each row of ``ids`` (N, G)."""
+    """Entropy in bits (N,) of the token histogram of each row of ``ids`` (N, G)."""
     counts = torch.zeros(len(ids), vocab_size).scatter_add_(1, ids, torch.ones(ids.shape))
     p = counts / counts.sum(dim=1, keepdim=True)
     return -(p * torch.log2(p.clamp_min(1e-30))).sum(dim=1)
 
 
-def generation_metrics(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
+def scorer_key(cfg: Config, tokenizer: Tokenizer) -> dict[str, str]:
+    """What names the scorer's data: the source and its vocabulary (for BPE, a hash of the
+    tokenizer)."""
+    d = cfg.data
+    if tokenizer.name == "char":
+        return {"source": d.source, "path": d.path,
+                "vocab": "".join(tokenizer.describe()["vocab"])}
+    blob = json.dumps(tokenizer.describe(), sort_keys=True).encode()
+    return {"source": d.source, "path": d.path, "tokenizer": tokenizer.name,
+            "vocab": hashlib.sha256(blob).hexdigest()}
+
+
+def generation_metrics(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
                        held: torch.Tensor, device: str) -> dict[str, float]:
     """gen_ppl and sample_entropy of continuations of held-out prompts, and the data's."""
     s, d = cfg.sample, cfg.data
     prompts, truth = held[:, :s.prompt_len], held[:, s.prompt_len:s.prompt_len + s.gen_len]
     fake = continue_prompts(cfg, task, nets, prompts, "eval-gen", device)
-    train, vocab = text_tokens(table, d.seq_len, d.vocab_size, "train")
-    key = {"source": d.source, "path": d.path, "vocab": vocab}
-    scorer = cached_scorer(key, train, d.vocab_size, s.scorer_steps, device)
+    scorer = cached_scorer(scorer_key(cfg, load_tokenizer(index.meta)), index.num_rows("train"),
+                           d.seq_len, lambda rows: read_rows(cfg, index, "train", rows),
+                           d.vocab_size, s.scorer_steps, device)
     gen_nll = torch.cat([continuation_nll(scorer, p, c)
                          for p, c in zip(_chunks(prompts), _chunks(fake), strict=True)])
     data_nll = torch.cat([continuation_nll(scorer, p, c)
@@ -86,49 +134,56 @@ def generation_metrics(cfg: Config, task: Task, nets: list[Block], table: pa.Tab
             "data_entropy": float(char_entropy(truth, d.vocab_size).mean())}
 
 
-def training_memory(cfg: Config, table: pa.Table, device: str = "cpu") -> dict[str, float]:
-    """Bytes of one training step of the looped core, DiffusionBlocks and BPTT alike."""
+def training_memory(cfg: Config, index: DataIndex, device: str = "cpu") -> dict[str, float]:
+    """Bytes of one training step of the looped core, DiffusionBlocks and BPTT alike, on the
+    first ``train.batch_size`` training rows."""
     from dbparallel.training.block_trainer import BlockTrainer
 
+    rows = np.arange(min(cfg.train.batch_size, index.num_rows("train")))
+    tokens = read_rows(cfg, index, "train", rows)
     out: dict[str, float] = {}
     for objective, label in (("diffusionblocks", "diffusionblocks"), ("end_to_end", "bptt")):
         other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
                                                                    objective=objective))
         trainer = BlockTrainer(other, 0, device)
-        tokens = trainer.task.prepare(table)["tokens"][:cfg.train.batch_size].to(device)
-        trainer.train_step({"tokens": tokens})
+        trainer.train_step({"tokens": tokens.to(device)})
         assert trainer.memory is not None
         out[f"train_memory_bytes_{label}"] = float(trainer.memory.total)
         out[f"train_activation_bytes_{label}"] = float(trainer.memory.activations)
     return out
 
 
-def evaluate(cfg: Config, task: Task, nets: list[Block], table: pa.Table,
+def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
              device: str = "cpu") -> dict[str, float]:
     """BPC on the test split; for AR and looped also the generation metrics."""
-    held, _ = held_out(cfg, table, cfg.sample.eval_samples)
-    metrics = bits_per_character(cfg, task, nets, held, device)
+    held = held_out(cfg, index, cfg.sample.eval_samples)
+    metrics = bits_per_character(cfg, task, nets, held, device, load_tokenizer(index.meta))
     if cfg.task in ("ar", "looped"):
-        metrics.update(generation_metrics(cfg, task, nets, table, held, device))
+        metrics.update(generation_metrics(cfg, task, nets, index, held, device))
     if cfg.task == "looped":
-        metrics.update(training_memory(cfg, table, device))
+        metrics.update(training_memory(cfg, index, device))
     return metrics
 
 
-def sample_text(cfg: Config, task: Task, nets: list[Block], device: str = "cpu") -> bytes:
-    """samples.txt: MDM samples from all-[MASK]; AR/looped continuations of test prompts.
-    Writes the vocabulary to the run directory as vocab.json."""
-    from dbparallel.data.sources import load_table
+def sample_text(cfg: Config, task: Task, nets: list[Block], device: str = "cpu",
+                index: DataIndex | None = None) -> bytes:
+    """samples.txt: MDM samples from all-[MASK]; AR/looped continuations of test prompts of
+    ``index`` (else of the configured data). Writes the vocabulary to the run directory as
+    vocab.json (char: the characters; bpe: the tokenizer, tokenizer.json's contents)."""
+    if index is None:
+        from dbparallel.data.sources import open_data
 
+        index = open_data(cfg.data)
+    tokenizer = load_tokenizer(index.meta)
     count, p = cfg.sample.text_samples, cfg.sample.prompt_len
-    held, vocab = held_out(cfg, load_table(cfg.data), count)
-    Storage(cfg.run_dir).write_json("vocab.json", {"vocab": list(vocab)})
+    Storage(cfg.run_dir).write_json("vocab.json", tokenizer.describe())
     if cfg.task == "mdm":
         ids = task.generate(nets, count, generator(cfg.run.seed, "samples"), device).cpu()
-        texts = [decode(row, vocab) for row in ids]
+        texts = [tokenizer.decode(row) for row in ids]
     else:
+        held = held_out(cfg, index, count)
         fake = continue_prompts(cfg, task, nets, held[:, :p], "samples", device)
-        texts = [decode(a, vocab) + "\u2502" + decode(b, vocab)
+        texts = [tokenizer.decode(a) + "\u2502" + tokenizer.decode(b)
                  for a, b in zip(held[:, :p], fake, strict=True)]
     sep = "\n" + "=" * 72 + "\n"
     head = (f"{cfg.task}, {cfg.model.blocks} block(s), objective {cfg.train.objective}"

@@ -1,0 +1,283 @@
+"""Text corpora tokenized into token files: rows, splits, the content-keyed cache, BPE, memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dbparallel.config import DataConfig
+from dbparallel.data import text
+from dbparallel.data.corpus import corpus_index
+from dbparallel.data.shard_reader import iter_split
+from dbparallel.data.shards import SPLITS, DataIndex
+from dbparallel.data.tokenizer import CharTokenizer, load_tokenizer
+from dbparallel.errors import DataError
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+# The character rows of the in-memory text tables this project used before (sequence_table,
+# vocabulary, encode of data/text.py until the corpus): the reference the corpus must match.
+def reference_rows(works: list[str], seq_len: int,
+                   splits: list[str] | None = None) -> tuple[dict[str, list[str]], str]:
+    if splits is None and len(works) >= text.WORK_PERIOD:
+        splits = text.work_splits(len(works))
+    rows: dict[str, list[str]] = {s: [] for s in SPLITS}
+
+    def add(body: str, split: str) -> None:
+        rows[split] += [body[k * seq_len:(k + 1) * seq_len] for k in range(len(body) // seq_len)]
+
+    for i, body in enumerate(works):
+        if splits is not None:
+            add(body, splits[i])
+            continue
+        a, b = (int(len(body) * c) for c in text.POSITION_CUTS)
+        for part, split in ((body[:a], "train"), (body[a:b], "validation"), (body[b:], "test")):
+            add(part, split)
+    return rows, "".join(sorted(set("".join(sum(rows.values(), [])))))
+
+
+def token_ids(index: DataIndex, split: str) -> np.ndarray:
+    parts = [np.asarray(r.table["tokens"].combine_chunks().flatten())
+             for r in iter_split(index, split)]
+    return np.concatenate(parts).reshape(-1, index.meta["seq_len"])
+
+
+def assert_matches(index: DataIndex, works: list[str], seq_len: int,
+                   splits: list[str] | None = None) -> None:
+    rows, vocab = reference_rows(works, seq_len, splits)
+    assert index.meta["tokenizer"] == "char" and index.meta["vocab"] == vocab
+    tokenizer = CharTokenizer(vocab)
+    for split in SPLITS:
+        want = tokenizer.encode_array("".join(rows[split])).reshape(-1, seq_len)
+        assert np.array_equal(token_ids(index, split), want), split
+
+
+def words(seed: int, count: int) -> str:
+    rng = np.random.default_rng(seed)
+    pool = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "née", "ça",
+            "Ünïcödé", "—", "日本", "42", "\n", "  ", ",", "."]
+    return " ".join(rng.choice(pool, count))
+
+
+def config(path: Path | str, **kw) -> DataConfig:
+    return DataConfig(**{"source": "text", "path": str(path), **kw})
+
+
+def test_directory_is_one_document_per_file(tmp_path: Path) -> None:
+    for count in (3, 15):  # split by position, then by work
+        folder = tmp_path / f"docs{count}"
+        folder.mkdir()
+        works = [words(i, 200 + 37 * i) for i in range(count)]
+        for i, body in enumerate(works):
+            (folder / f"{i:02d}.txt").write_text(body, encoding="utf-8")
+        (folder / ".hidden").write_text("not a document")
+        (folder / ".git").mkdir()
+        (folder / ".git" / "HEAD").write_text("not a document either")
+        index = corpus_index(config(folder, seq_len=16, shard_rows=5))
+        assert_matches(index, works, 16)
+        assert index.kind == "tokens" and index.meta["dtype"] == "uint8"
+
+
+def test_cache_is_keyed_by_content(tmp_path: Path, cache: Path) -> None:
+    path = tmp_path / "book.txt"
+    path.write_text(words(0, 3000), encoding="utf-8")
+    first = corpus_index(config(path, seq_len=32))
+    built = (cache / "corpus").iterdir().__next__() / "index.json"
+    stamp = built.stat().st_mtime_ns
+    os.utime(path, ns=(1, 1))  # a new mtime, the same bytes: no rebuild
+    assert corpus_index(config(path, seq_len=32)) == first
+    assert built.stat().st_mtime_ns == stamp and len(list((cache / "corpus").iterdir())) == 1
+    raw = bytearray(path.read_bytes())
+    at = next(i for i in range(100, len(raw)) if chr(raw[i]).isascii() and chr(raw[i]).isalpha())
+    raw[at] ^= 0x20  # one byte (a letter's case): a new corpus
+    path.write_bytes(bytes(raw))
+    second = corpus_index(config(path, seq_len=32))
+    assert second.splits["train"][0].uri != first.splits["train"][0].uri
+    assert len(list((cache / "corpus").iterdir())) == 2
+
+
+def test_jsonl_lines_are_documents(tmp_path: Path) -> None:
+    works = [words(i, 150) for i in range(4)]
+    lines = [json.dumps({"text": w}) for w in works]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n", encoding="utf-8")
+    assert_matches(corpus_index(config(path, seq_len=16)), works, 16)
+    given = [json.dumps({"text": w, "split": s})
+             for w, s in zip(works, ["train", "test", "validation", "train"], strict=True)]
+    path.write_text("\n".join(given), encoding="utf-8")
+    assert_matches(corpus_index(config(path, seq_len=16)), works, 16,
+                   ["train", "test", "validation", "train"])
+    folder = tmp_path / "mixed"  # a directory of text and JSONL files
+    folder.mkdir()
+    (folder / "a.txt").write_text(works[0], encoding="utf-8")
+    (folder / "b.jsonl").write_text("\n".join(lines[1:]), encoding="utf-8")
+    assert_matches(corpus_index(config(folder, seq_len=16)), works, 16)
+    path.write_text(lines[0] + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(DataError, match="docs.jsonl: line 2 is not JSON"):
+        corpus_index(config(path, seq_len=16))
+
+
+def test_parquet_rows_are_documents(tmp_path: Path) -> None:
+    works = [words(i, 100 + i) for i in range(16)]
+    splits = ["train", "validation", "test", "train"] * 4
+    table = pa.table({"text": works, "split": splits, "work": [f"w{i}" for i in range(16)]})
+    pq.write_table(table, tmp_path / "docs.parquet", row_group_size=5)
+    index = corpus_index(DataConfig(source="parquet", path=str(tmp_path / "docs.parquet"),
+                                    seq_len=24))
+    assert_matches(index, works, 24, splits)
+    pq.write_table(table.drop_columns(["split"]), tmp_path / "docs.parquet")  # by work
+    index = corpus_index(DataConfig(source="parquet", path=str(tmp_path / "docs.parquet"),
+                                    seq_len=24))
+    assert_matches(index, works, 24)
+
+
+def test_dtype_follows_the_vocabulary(tmp_path: Path) -> None:
+    path = tmp_path / "wide.txt"
+    body = "".join(chr(0x400 + i % 300) for i in range(20000))
+    path.write_text(body, encoding="utf-8")
+    index = corpus_index(config(path, seq_len=10, vocab_size=300))
+    assert index.meta["dtype"] == "uint16" and index.meta["vocab_size"] == 300
+    assert_matches(index, [body], 10)
+    row = token_ids(index, "test")[0]
+    assert load_tokenizer(index.meta).decode(row) == body[int(20000 * 0.95):][:10]
+
+
+def test_shards_cover_every_row_once(tmp_path: Path) -> None:
+    path = tmp_path / "book.txt"
+    path.write_text(words(1, 4000), encoding="utf-8")
+    index = corpus_index(config(path, seq_len=8, shard_rows=7))
+    for split in SPLITS:
+        shards, size = index.shards(split), 8 * index.num_rows(split)
+        assert [s.first_row for s in shards] == list(range(0, index.num_rows(split), 7))
+        assert all(s.rows == 7 for s in shards[:-1]) and 1 <= shards[-1].rows <= 7
+        assert len({s.uri for s in shards}) == 1 and os.path.getsize(shards[0].uri) == size
+        assert np.array_equal(token_ids(index, split).ravel(),
+                              np.fromfile(shards[0].uri, dtype=np.uint8))
+
+
+def test_concurrent_builds_share_one_cache(tmp_path: Path, cache: Path) -> None:
+    path = tmp_path / "book.txt"
+    path.write_text(words(2, 20000), encoding="utf-8")
+    got: list[DataIndex] = []
+    threads = [threading.Thread(target=lambda: got.append(corpus_index(config(path))))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 2 and got[0] == got[1]
+    assert [p.name.startswith(".") for p in (cache / "corpus").iterdir()] == [False]
+
+
+def test_bad_inputs_are_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file or directory"):
+        corpus_index(config(tmp_path / "missing.txt"))
+    (tmp_path / "blob.txt").write_bytes(b"ok" * 100 + b"\xff\xfe not text")
+    with pytest.raises(DataError, match=r"not UTF-8 text \(byte 200\)"):
+        corpus_index(config(tmp_path / "blob.txt", seq_len=4))
+    (tmp_path / "tiny.txt").write_text("abcdefgh" * 3)
+    with pytest.raises(DataError, match="too short for data.seq_len=4: the validation split"):
+        corpus_index(config(tmp_path / "tiny.txt", seq_len=4))
+    pq.write_table(pa.table({"text": ["abcd"] * 3, "split": ["train", "tset", "test"]}),
+                   tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="column 'split': row 1 is 'tset', expected one of"):
+        corpus_index(DataConfig(source="parquet", path=str(tmp_path / "bad.parquet"),
+                                seq_len=4))
+
+
+# ---------------------------------------------------------------------------------------------
+# BPE
+# ---------------------------------------------------------------------------------------------
+
+def test_bpe_trains_offline_and_round_trips(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    works = [words(i, 3000) for i in range(3)]
+    for i, body in enumerate(works):
+        (folder / f"{i}.txt").write_text(body, encoding="utf-8")
+    cfg = config(folder, seq_len=16, tokenizer="bpe", vocab_size=300)
+    index = corpus_index(cfg)
+    tokenizer = load_tokenizer(index.meta)
+    assert index.meta["tokenizer"] == "bpe" and 256 < tokenizer.vocab_size <= 300
+    assert index.meta["dtype"] == "uint16" and index.meta["vocab_size"] == tokenizer.vocab_size
+    sample = "Ünïcödé — 日本 ça, the lazy dog\n\n  42.🙂"
+    assert tokenizer.decode(tokenizer.encode(sample)) == sample
+    assert tokenizer.decode([tokenizer.vocab_size]) == "\ufffd"
+    # rows: each part's tokens, whole rows only, however the files were read
+    first = works[0][:int(len(works[0]) * 0.9)]
+    ids = tokenizer.encode(first)
+    assert np.array_equal(token_ids(index, "train")[:len(ids) // 16].ravel(),
+                          ids[:len(ids) // 16 * 16])
+    built = Path(index.meta["tokenizer_file"]).stat().st_mtime_ns
+    assert corpus_index(cfg) == index  # cached: not retrained
+    assert Path(index.meta["tokenizer_file"]).stat().st_mtime_ns == built
+    monkeypatch.setattr(text, "READ_BYTES", 64)  # many small pieces, the same tokens
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(tmp_path / "other"))
+    again = corpus_index(cfg)
+    for split in SPLITS:
+        assert np.array_equal(token_ids(again, split), token_ids(index, split))
+
+
+def test_bpe_needs_every_byte(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text(words(0, 500))
+    with pytest.raises(DataError, match="data.vocab_size: a byte-level BPE needs 256"):
+        corpus_index(config(tmp_path / "a.txt", tokenizer="bpe", vocab_size=128))
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: a corpus larger than a window is never held
+# ---------------------------------------------------------------------------------------------
+
+def test_tokenizing_does_not_hold_the_corpus(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(8):
+            f.write(words(i, 200_000) + "\n")
+    size = path.stat().st_size
+    assert size > 6_000_000
+    tracemalloc.start()
+    try:
+        index = corpus_index(config(path, seq_len=64))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert index.num_rows("train") > 0.85 * size / 64 / 1.2
+    assert peak < size / 5, (peak, size)  # about 1 MB: a few pieces of 64K characters
+
+
+def test_object_store_corpus_is_the_local_one(tmp_path: Path, monkeypatch) -> None:
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+    import pyarrow.fs as pafs
+
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+        s3 = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http",
+                               region="us-east-1", allow_bucket_creation=True)
+        s3.create_dir("texts")
+        works = [words(i, 300) for i in range(3)]
+        for i, body in enumerate(works):
+            with s3.open_output_stream(f"texts/docs/{i}.txt") as f:
+                f.write(body.encode())
+        query = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+        index = corpus_index(config(f"s3://texts/docs?{query}", seq_len=16))
+        assert_matches(index, works, 16)
+        assert index.source.startswith("s3://texts/docs")
+    finally:
+        server.stop()
