@@ -78,6 +78,9 @@ class DataConfig:
         _check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
         _check(self.vocab_size >= 2, "data.vocab_size", f"must be >= 2, got {self.vocab_size}")
         _choice(self.tokenizer, "data.tokenizer", TOKENIZERS)
+        _check(self.tokenizer != "bpe" or 256 <= self.vocab_size <= 65536, "data.vocab_size",
+               f"byte-level BPE needs 256..65536 ids (256 bytes + merges), got "
+               f"{self.vocab_size}")
         _check(self.window_shards >= 1, "data.window_shards", "must be >= 1")
         _check(self.shard_rows >= 1, "data.shard_rows", "must be >= 1")
 

@@ -298,7 +298,7 @@ def _load(folder: Path, shard_rows: int, label: str) -> DataIndex:
         splits[split] = tuple(Shard("tokens", str(path), min(shard_rows, rows - first),
                                     first_row=first)
                               for first in range(0, rows, shard_rows))
-    meta: dict[str, Any] = {"seq_len": seq_len, "dtype": dtype.name,
+    meta: dict[str, Any] = {"seq_len": seq_len, "dtype": dtype.name, "cached": True,
                             "tokenizer": index["tokenizer"], "vocab_size": index["vocab_size"]}
     if index["tokenizer"] == "char":
         meta["vocab"] = index["vocab"]

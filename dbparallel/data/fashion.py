@@ -98,9 +98,11 @@ def idx_table(files: dict[str, tuple[Path, Path]]) -> pa.Table:
 def cached_idx_parquet(files: dict[str, tuple[Path, Path]], shard_rows: int) -> str:
     """Path of ``idx_table`` of ``files`` as Parquet in the cache (row groups of
     ``shard_rows``), converted on first use."""
-    stats = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
-             for pair in files.values() for p in pair]
-    digest = hashlib.sha256(json.dumps([stats, VERSION, shard_rows]).encode()).hexdigest()[:16]
+    content = hashlib.sha256(json.dumps([VERSION, shard_rows]).encode())
+    for pair in files.values():  # by content: every machine's copy converts to the same file
+        for p in pair:
+            content.update(p.read_bytes())
+    digest = content.hexdigest()[:16]
     path = cache_dir() / "fashion_mnist" / f"fashion_mnist_{digest}.parquet"
     if not path.is_file():
         tmp = atomic_path(path)

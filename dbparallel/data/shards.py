@@ -19,6 +19,7 @@ from dbparallel.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 KINDS = ("parquet", "files", "tokens")
+PATH_KEYS = ("tokenizer_file",)  # meta entries that name a place on this machine
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,15 @@ class DataIndex:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the rows: the same index (files, sizes, row groups) gives the same key."""
-        text = json.dumps(self.to_json(), sort_keys=True)
+        """Identifies the rows: the same index (files, sizes, row groups) gives the same key.
+        Files are named without their folder and cache paths are left out, so a data set
+        built into another machine's cache has the same fingerprint."""
+        d = self.to_json()
+        d["meta"] = {k: v for k, v in d["meta"].items() if k not in PATH_KEYS}
+        for shards in d["splits"].values():
+            for s in shards:
+                s["uri"] = s["uri"].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        text = json.dumps(d, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
     def to_json(self) -> dict[str, Any]:

@@ -54,6 +54,14 @@ def _has_text_column(path: str) -> bool:
         raise DataError(f"data.path: {files[0].path} is not readable Parquet: {err}") from None
 
 
+def _cached(index: DataIndex) -> DataIndex:
+    """``index`` marked as built into this machine's cache: a process on a machine that
+    does not see these files builds them again (training/run_dir.py run_data). The cached
+    file's name holds its content's key, so its times and place do not identify it."""
+    meta = {k: v for k, v in index.meta.items() if k != "stat"}
+    return DataIndex(index.kind, index.source, index.splits, {**meta, "cached": True})
+
+
 def open_data(data: DataConfig) -> DataIndex:
     """The index of the data named by ``data`` (building cached shards on first use)."""
     from dbparallel.data.parquet_index import parquet_index
@@ -62,14 +70,16 @@ def open_data(data: DataConfig) -> DataIndex:
         if (data.image_size, data.channels, data.num_classes) != (8, 1, 10):
             raise DataError("data.image_size/channels/num_classes: digits are 8x8, 1 channel, "
                             "10 classes")
-        return parquet_index(digits_parquet(data.shard_rows), "digits")
+        return _cached(parquet_index(digits_parquet(data.shard_rows), "digits"))
     if data.source == "fashion_mnist":
         from dbparallel.data.fashion import fashion_parquet
 
         if (data.image_size, data.channels, data.num_classes) != (28, 1, 10):
             raise DataError("data.image_size/channels/num_classes: Fashion-MNIST is 28x28, "
                             "1 channel, 10 classes")
-        return parquet_index(fashion_parquet(data.path, data.shard_rows), "fashion_mnist")
+        path = fashion_parquet(data.path, data.shard_rows)
+        index = parquet_index(path, "fashion_mnist")
+        return _cached(index) if path != data.path else index  # converted into the cache
     if data.source == "image_folder":
         from dbparallel.data.image_folder import image_folder_index
 

@@ -11,7 +11,6 @@ from dbparallel.training.storage import Storage
 
 CONFIG_FILE = "config.yaml"
 DATA_INDEX_FILE = "data_index.json"
-BUILT_IN = ("digits", "fashion_mnist", "shakespeare")  # data sets built into each machine's cache
 
 
 def open_run(cfg: Config) -> Storage:
@@ -61,17 +60,20 @@ def pinned_data(storage: Storage) -> DataIndex | None:
 
 
 def run_data(cfg: Config, storage: Storage) -> DataIndex:
-    """The data a process of the run reads: the index pinned in the run directory. Built-in
-    data sets live in each machine's cache: where the pinned files are not on this machine,
-    they are built here (deterministically, so the index must come out the same)."""
+    """The data a process of the run reads: the index pinned in the run directory. Data sets
+    built into a cache (the built-in ones, tokenized corpora) live in each machine's own cache:
+    where the pinned files are not on this machine, they are built here, deterministically,
+    and must come out the same."""
     pinned = pinned_data(storage)
     if pinned is None:
         raise RunDirError(f"{storage.uri()}: no {DATA_INDEX_FILE}; the run was not started "
                           "by `dbparallel train`")
-    if cfg.data.source in BUILT_IN and not _reachable(pinned):
+    if pinned.meta.get("cached") and not _reachable(pinned):
         from dbparallel.data.sources import open_data
 
-        pin_data(storage, open_data(cfg.data))  # refuses an index that came out different
+        here = open_data(cfg.data)
+        pin_data(storage, here)  # refuses an index that came out different
+        return here
     return pinned
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dbparallel.config import DataConfig
+from dbparallel.config import ConfigError, DataConfig
 from dbparallel.data import text
 from dbparallel.data.corpus import corpus_index
 from dbparallel.data.shard_reader import iter_split
@@ -233,7 +233,7 @@ def test_bpe_trains_offline_and_round_trips(tmp_path: Path, monkeypatch) -> None
 
 def test_bpe_needs_every_byte(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text(words(0, 500))
-    with pytest.raises(DataError, match="data.vocab_size: a byte-level BPE needs 256"):
+    with pytest.raises(ConfigError, match="data.vocab_size: byte-level BPE needs 256"):
         corpus_index(config(tmp_path / "a.txt", tokenizer="bpe", vocab_size=128))
 
 

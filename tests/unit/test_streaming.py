@@ -4,6 +4,7 @@ mid-epoch, bad rows met mid-stream, and the validation pass (local mode, real Pa
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,29 @@ def test_uint8_pixels_decode_on_the_device_like_floats(tmp_path) -> None:
     a, _ = image_batch(table, cfg.data)
     b, _ = image_batch(as_uint8, cfg.data)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("source", ["digits", "text"])
+def test_a_machine_without_the_cache_builds_the_same_data(tmp_path, monkeypatch, source) -> None:
+    """Built-in data and tokenized corpora live in each machine's cache: a process that
+    does not see the pinned files builds them again, to the same fingerprint."""
+    from dbparallel.data.sources import open_data
+    from dbparallel.training.run_dir import pin_data, run_data
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question. " * 200)
+    extra = [f"data.source={source}"] + (
+        [f"data.path={corpus}", "task=ar", "data.seq_len=16", "sample.prompt_len=4",
+         "sample.gen_len=8"] if source == "text" else [])
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", *extra])
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(tmp_path / "head-cache"))
+    storage = Storage(cfg.run_dir)
+    storage.makedirs()
+    pinned = open_data(cfg.data)
+    pin_data(storage, pinned)
+    shutil.rmtree(tmp_path / "head-cache")  # another machine: the head's cache is not there
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(tmp_path / "worker-cache"))
+    here = run_data(cfg, storage)
+    assert here.fingerprint == pinned.fingerprint
+    first = here.shards("train")[0].uri
+    assert str(tmp_path / "worker-cache") in first and Path(first).is_file()
