@@ -195,6 +195,11 @@ def main() -> None:
         return
     if DEVICE == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_bench: no CUDA device (use --smoke to check the script on the CPU)")
+    if args.sweep_blocks:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        result = sweep_blocks(128, args.steps, args.warmup)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        return
     B = args.blocks
     name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (smoke)"
     out: dict = {"device": name, "torch": torch.__version__,

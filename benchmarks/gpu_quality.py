@@ -36,10 +36,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dbparallel.config import Config, load_config  # noqa: E402
-from dbparallel.data.sources import load_table  # noqa: E402
+from dbparallel.data.shards import DataIndex  # noqa: E402
+from dbparallel.data.sources import open_data  # noqa: E402
 from dbparallel.tasks import build_task  # noqa: E402
 from dbparallel.training.assemble import assemble, compose, load_snapshots  # noqa: E402
 from dbparallel.training.checkpoint import BlockCheckpoints  # noqa: E402
+from dbparallel.training.data_check import check_data  # noqa: E402
 from dbparallel.training.precision import set_matmul_precision  # noqa: E402
 from dbparallel.training.storage import Storage  # noqa: E402
 
@@ -97,11 +99,12 @@ def common_step(run_dir: Path, blocks: int) -> int:
 
 
 def evaluate(task: str, cfg: Config, run_dir: Path, step: int, device: str, out: Path,
-             table: Any, method: str) -> dict[str, float]:
-    """The task's metrics of the run's blocks at ``step``; DiT also saves its images."""
+             index: DataIndex, method: str) -> dict[str, float]:
+    """The task's metrics of the run's blocks at ``step`` (held-out rows streamed from
+    ``index``); DiT also saves its images."""
     storage = Storage(str(run_dir))
     if task != "dit":
-        return assemble(cfg, storage, table, device, write_samples=False, step=step)
+        return assemble(cfg, storage, index, device, write_samples=False, step=step)
     from dbparallel.training.eval.image_generation import eval_samples, score
 
     t = build_task(cfg)
@@ -109,7 +112,7 @@ def evaluate(task: str, cfg: Config, run_dir: Path, step: int, device: str, out:
     fake, labels = eval_samples(cfg, t, nets, device)
     np.savez_compressed(out / f"dit_{method}.npz", labels=labels.numpy(),
                         images=(fake.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
-    return score(cfg, t, table, fake, labels, device)
+    return score(cfg, t, index, fake, labels, device)
 
 
 def run_task(task: str, setting: tuple, args: argparse.Namespace,
@@ -123,13 +126,16 @@ def run_task(task: str, setting: tuple, args: argparse.Namespace,
     overrides = {method: [*base, *more, f"run.dir={dirs[method]}", f"run.name={task}-{method}"]
                  for method, more in METHODS.items()}
     cfgs = {method: config(recipe, overrides[method]) for method in METHODS}
-    table = load_table(cfgs["end_to_end"].data)  # fills the data cache before the processes
+    # build the data's cached shards and check its rows once, before the processes (each
+    # finds both in the cache); every process and the evaluation stream this index
+    index = open_data(cfgs["end_to_end"].data)
+    check_data(cfgs["end_to_end"], index, progress=False)
     start = time.monotonic()
     procs = [p for method, cfg in cfgs.items()
              for p in launch(recipe, overrides[method], cfg.model.blocks, work,
                              f"{task}-{method}")]
     return {"task": task, "cfgs": cfgs, "dirs": dirs, "procs": procs, "start": start,
-            "recipe": recipe, "base": base, "table": table}
+            "recipe": recipe, "base": base, "index": index}
 
 
 def finish_task(job: dict[str, Any], device: str, out: Path) -> list[dict[str, Any]]:
@@ -145,7 +151,7 @@ def finish_task(job: dict[str, Any], device: str, out: Path) -> list[dict[str, A
         reached = [max(BlockCheckpoints(Storage(str(dirs[method])), b).steps("snapshot"))
                    for b in range(cfg.model.blocks)]
         t0 = time.monotonic()
-        metrics = evaluate(task, cfg, dirs[method], step, device, out, job["table"], method)
+        metrics = evaluate(task, cfg, dirs[method], step, device, out, job["index"], method)
         print(f"{task} {method}: step {step} (reached {reached}) "
               + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
               + f" (eval {time.monotonic() - t0:.0f} s)", flush=True)
@@ -194,17 +200,18 @@ def device_name(device: str) -> str:
 
 
 def score_fid(directory: Path, data_path: str) -> None:
-    """Add FID and KID of the saved DiT images to ``directory/gpu_quality.json`` (on CPU)."""
-    from dbparallel.data.splits import eval_rows
-    from dbparallel.data.tables import image_tensors
-    from dbparallel.training.eval.image_generation import data_key
-    from dbparallel.training.eval.inception import fid_kid
+    """Add FID and KID of the saved DiT images to ``directory/gpu_quality.json`` (on CPU),
+    against the held-out rows a run's own scoring compares them with (``fid_reference_rows``)."""
+    from dbparallel.data.shard_reader import take_rows
+    from dbparallel.training.eval.image_generation import data_key, images_of
+    from dbparallel.training.eval.inception import fid_kid, fid_reference_rows
 
     path = directory / "gpu_quality.json"
     result = json.loads(path.read_text())
     cfg = config("jobs/dit_fashion.yaml", [*COMMON, *([f"data.path={data_path}"]
                                                       if data_path else [])])
-    held_out, _ = image_tensors(eval_rows(load_table(cfg.data)), cfg.data)
+    index, t = open_data(cfg.data), build_task(cfg)
+    split = index.eval_split
     key = data_key(cfg)
     scored = ("fid", "kid", "kid_std", "fid_samples")
     result["rows"] = [r for r in result["rows"] if r["metric"] not in scored]
@@ -213,7 +220,9 @@ def score_fid(directory: Path, data_path: str) -> None:
         if not npz.is_file():
             continue
         fake = torch.from_numpy(np.load(npz)["images"]).float() / 255
-        metrics = fid_kid(key, held_out, fake, cfg.run.seed, "cpu")
+        pick = fid_reference_rows(index.num_rows(split), len(fake), cfg.run.seed)
+        real, _ = images_of(t, take_rows(index, split, pick.numpy(), t.columns))
+        metrics = fid_kid(key, real, fake, cfg.run.seed, "cpu")
         like = next(r for r in result["rows"] if r["task"] == "dit" and r["method"] == method)
         for metric, value in metrics.items():
             result["rows"].append({**like, "metric": metric, "value": float(value),

@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import finish, load_average, parser, quality_table  # noqa: E402
 from dbparallel.config import load_config  # noqa: E402
-from dbparallel.data.sources import load_table  # noqa: E402
 from dbparallel.runtime.local import run_local  # noqa: E402
 
 METRICS = {"vit": ("accuracy",), "dit": ("fid", "kid", "fd_indomain", "sample_accuracy")}
@@ -58,29 +57,26 @@ def methods(blocks: list[int]) -> list[tuple[str, int, list[str]]]:
     return runs + [("diffusionblocks", b, [f"model.blocks={b}"]) for b in blocks]
 
 
-def run_one(task: str, recipe: str, overrides: list[str], run_dir: Path,
-            tables: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """Train and evaluate one configuration; returns (report, config)."""
+def run_one(recipe: str, overrides: list[str], run_dir: Path) -> tuple[dict[str, Any], Any]:
+    """Train and evaluate one configuration (streaming the data of its config); returns
+    (report, config)."""
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists: a run there would resume; choose a new --runs-dir")
     cfg = load_config([ROOT / recipe], [*overrides, *COMMON, f"run.dir={run_dir}",
                                  f"run.name=quality-{run_dir.name}"])
-    if task not in tables:
-        tables[task] = load_table(cfg.data)
-    return run_local(cfg, tables[task], progress=False), cfg
+    return run_local(cfg, progress=False), cfg
 
 
 def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path) -> dict[str, Any]:
     """Every (task, method, B) of ``size``; rows in the shape of quality_images.json."""
     rows: list[dict[str, Any]] = []
-    tables: dict[str, Any] = {}
     for task in tasks:
         recipe, base = SETTINGS[size][task]
         for method, b, extra in methods(blocks):
             overrides = [*base, *extra]
             name = f"{task}-{method}-B{b}"
             print(f"{name}: training (load average {load_average():.1f})", flush=True)
-            report, cfg = run_one(task, recipe, overrides, runs_dir / name, tables)
+            report, cfg = run_one(recipe, overrides, runs_dir / name)
             for metric in METRICS[task]:
                 rows.append({
                     "task": task, "method": method, "blocks": b, "metric": metric,

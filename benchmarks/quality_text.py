@@ -37,7 +37,6 @@ from benchmarks.common import (  # noqa: E402
     quality_table,
 )
 from dbparallel.config import load_config  # noqa: E402
-from dbparallel.data.sources import load_table  # noqa: E402
 from dbparallel.runtime.local import run_local  # noqa: E402
 
 METRICS = {"mdm": ("bpc",),
@@ -90,16 +89,14 @@ def methods(task: str, blocks: list[int], steps: int, K: int) -> list[tuple[str,
                                            for b in blocks]
 
 
-def run_one(recipe: str, overrides: list[str], run_dir: Path,
-            tables: dict[int, Any]) -> tuple[dict[str, Any], Any]:
-    """Train and evaluate one configuration; returns (report, config)."""
+def run_one(recipe: str, overrides: list[str], run_dir: Path) -> tuple[dict[str, Any], Any]:
+    """Train and evaluate one configuration (streaming the data of its config); returns
+    (report, config)."""
     if run_dir.exists():
         raise SystemExit(f"{run_dir} exists: a run there would resume; choose a new --runs-dir")
     cfg = load_config([ROOT / recipe], [*overrides, *COMMON, f"run.dir={run_dir}",
                                         f"run.name=quality-{run_dir.name}"])
-    if cfg.data.seq_len not in tables:
-        tables[cfg.data.seq_len] = load_table(cfg.data)
-    return run_local(cfg, tables[cfg.data.seq_len], progress=False), cfg
+    return run_local(cfg, progress=False), cfg
 
 
 def memory_rows(recipe: str, base: list[str]) -> list[dict[str, Any]]:
@@ -134,7 +131,6 @@ def memory_rows(recipe: str, base: list[str]) -> list[dict[str, Any]]:
 def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path) -> dict[str, Any]:
     """Every (task, method, B) of ``size``; rows in the shape of quality_text.json."""
     rows: list[dict[str, Any]] = []
-    tables: dict[int, Any] = {}
     for task in tasks:
         recipe, base = SETTINGS[size][task]
         probe = load_config([ROOT / recipe], [*base, *COMMON])
@@ -143,7 +139,7 @@ def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path) -> dict[
             overrides = [*base, *extra]
             name = f"{task}-{i}-{method}-B{b}"
             print(f"{name}: training (load average {load_average():.1f})", flush=True)
-            report, cfg = run_one(recipe, overrides, runs_dir / name, tables)
+            report, cfg = run_one(recipe, overrides, runs_dir / name)
             a = report["assembly"]
             for metric in (m for m in METRICS[task] if m in a):
                 rows.append({

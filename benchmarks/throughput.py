@@ -1,14 +1,22 @@
 """Training throughput: one block actor alone against B block actors at once (DESIGN.md 4, 6).
 
-Real Ray actors on a private local instance run the block actor's step path (the shared,
-materialized dataset read in full, then per step ``BlockRun.batch`` and
-``BlockTrainer.train_step``) with the batch fetch and the step timed apart. On CPU each actor
-gets one core and one torch thread (a fraction of a core when B exceeds the cores); with enough
-GPUs each gets its own. Reported per B: one block alone, B blocks at once (aggregate samples/s
-from a common start to the last finish), scaling efficiency = aggregate / (B x single), the
-share of step time spent getting the batch, and the end-to-end model on the same hardware
-(one actor holding every core). With 2 or more GPUs the end-to-end model also trains
-data-parallel through Ray Train's TorchTrainer on those GPUs.
+Real Ray actors on a private local instance run the block actor's path: the data index
+pinned in the run directory, a ``BlockRun`` streaming its own order of the data files (a
+window of shards at a time, the next one read ahead in a thread), then per step
+``BlockRun.batch`` and ``BlockTrainer.train_step``, with the batch fetch and the step timed
+apart. On CPU each actor gets one core and one torch thread (a fraction of a core when B
+exceeds the cores); with enough GPUs each gets its own. Reported per B: one block alone, B
+blocks at once (aggregate samples/s from a common start to the last finish), scaling
+efficiency = aggregate / (B x single), the share of step time spent getting the batch from
+the stream (``data_share``: waiting for a window, taking the batch's rows, decoding them), and
+the end-to-end model on the same hardware (one actor holding every core). With 2 or more GPUs
+the end-to-end model also trains data-parallel through Ray Train's TorchTrainer on those GPUs,
+each worker streaming the data in its own order.
+
+``first_batch_s`` (per B, the slowest actor) replaces ``dataset_read_s``: there is no
+materialized dataset to read any more; it is the cold start of an actor's stream (reading the
+pinned index, the first window of shards from the files, decoding the first batch), in a fresh
+actor process, so it includes the first use of the Parquet reader.
 
     python benchmarks/throughput.py [--quick] [--json] [--wait-idle MINUTES]
 """
@@ -45,12 +53,14 @@ from dbparallel.config import (  # noqa: E402
     from_dict,
     to_dict,
 )
-from dbparallel.data.sources import digits_table  # noqa: E402
-from dbparallel.runtime.dataset import SharedDataset, read_all, shared_dataset  # noqa: E402
+from dbparallel.data.shards import DataIndex  # noqa: E402
+from dbparallel.data.sources import open_data  # noqa: E402
 from dbparallel.training.block_trainer import BlockTrainer  # noqa: E402
 from dbparallel.training.data_order import DataOrder  # noqa: E402
 from dbparallel.training.loop import BlockRun  # noqa: E402
+from dbparallel.training.run_dir import open_run, pin_data, run_data  # noqa: E402
 from dbparallel.training.storage import Storage  # noqa: E402
+from dbparallel.training.stream import BlockStream  # noqa: E402
 
 SETUP = "DiT hidden 128, 4 heads, patch 2, depth 12, batch 64, on the embedded digits (8x8x1)"
 TIMEOUT_S = 900  # no ray.get waits forever: a pending actor would hang the benchmark
@@ -66,17 +76,26 @@ def config(blocks: int, run_dir: str, depth: int = 12, batch: int = 64, preset: 
                                     objective="end_to_end" if end_to_end else "diffusionblocks"))
 
 
+def prepare_run_dir(cfg: Config, index: DataIndex) -> None:
+    """Write the config and pin the data in ``cfg``'s run directory, as a run's driver does."""
+    pin_data(open_run(cfg), index)
+
+
 class TimedBlock:
     """The block actor's training path with the batch fetch and the step timed apart."""
 
-    def __init__(self, cfg: Config, block: int, dataset: SharedDataset, threads: int,
-                 device: str):
+    def __init__(self, cfg: Config, block: int, threads: int, device: str):
         torch.set_num_threads(threads)
-        start = time.perf_counter()
-        table = read_all(dataset)
-        self.read_s = time.perf_counter() - start  # once per actor, not per step
         self.device = device
-        self.run = BlockRun(cfg, block, table, Storage(cfg.run_dir), device)
+        storage = Storage(cfg.run_dir)
+        start = time.perf_counter()
+        index = run_data(cfg, storage)  # the index the driver pinned, as BlockActor reads it
+        index_s = time.perf_counter() - start
+        self.run = BlockRun(cfg, block, index, storage, device)
+        start = time.perf_counter()
+        self.run.batch(self.run.trainer.step)  # cold stream: first window read and decoded
+        self._sync()
+        self.first_batch_s = index_s + time.perf_counter() - start  # once per actor
 
     def _sync(self) -> None:
         if self.device == "cuda":
@@ -102,29 +121,31 @@ class TimedBlock:
             self._sync()
             data_s, step_s = data_s + t1 - t0, step_s + time.perf_counter() - t1
         return {"start": start, "end": time.time(), "samples": samples, "data_s": data_s,
-                "step_s": step_s, "read_s": self.read_s}
+                "step_s": step_s, "first_batch_s": self.first_batch_s}
 
 
-def start_actors(cfg: Config, blocks: list[int], dataset: SharedDataset, cpus: float,
-                 threads: int, gpus: float, warmup: int) -> list[Any]:
-    """One warmed-up actor per block of ``blocks``, each reserving ``cpus`` and ``gpus``."""
+def start_actors(cfg: Config, blocks: list[int], cpus: float, threads: int, gpus: float,
+                 warmup: int) -> list[Any]:
+    """One warmed-up actor per block of ``blocks``, each reserving ``cpus`` and ``gpus``; they
+    stream the data pinned in ``cfg``'s run directory."""
     device = "cuda" if gpus else "cpu"
     actors = [ray.remote(TimedBlock).options(num_cpus=cpus, num_gpus=gpus)
-              .remote(cfg, b, dataset, threads, device) for b in blocks]
+              .remote(cfg, b, threads, device) for b in blocks]
     ray.get([a.warm_up.remote(warmup) for a in actors], timeout=TIMEOUT_S)
     return actors
 
 
 def time_together(actors: list[Any], steps: int) -> dict[str, float]:
     """``actors`` training at once from a common start: aggregate samples/s to the last
-    finish, mean share of time spent getting batches, mean step time."""
+    finish, mean share of time spent getting batches from the stream, mean step time, and the
+    slowest cold start of a stream."""
     start_at = time.time() + 0.5  # every actor is idle and ready; start them together
     rows = ray.get([a.timed.remote(steps, start_at) for a in actors], timeout=TIMEOUT_S)
     wall = max(r["end"] for r in rows) - start_at
     return {"samples_per_s": sum(r["samples"] for r in rows) / wall,
             "data_share": sum(r["data_s"] / (r["data_s"] + r["step_s"]) for r in rows) / len(rows),
             "step_s": sum(r["step_s"] for r in rows) / (len(rows) * steps),
-            "read_s": max(r["read_s"] for r in rows)}
+            "first_batch_s": max(r["first_batch_s"] for r in rows)}
 
 
 def stop(actors: list[Any]) -> None:
@@ -133,22 +154,25 @@ def stop(actors: list[Any]) -> None:
 
 
 def _data_parallel_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: the end-to-end model wrapped in DDP, timed steps, report."""
+    """One Ray Train worker: the end-to-end model wrapped in DDP, streaming the data in its
+    own order (the rank's), timed steps, report."""
     import ray.train
     import ray.train.torch
 
     cfg = from_dict(config["cfg"])
+    index = DataIndex.from_json(config["index"])
     rank = ray.train.get_context().get_world_rank()
     world = ray.train.get_context().get_world_size()
     device = ray.train.torch.get_device()
     trainer = BlockTrainer(cfg, 0, device)
     trainer.model = ray.train.torch.prepare_model(trainer.model)  # gradients all-reduced
-    data = {k: v.to(device) for k, v in trainer.task.prepare(config["table"]).items()}
-    order = DataOrder(len(data["label"]), cfg.train.batch_size, cfg.run.seed, rank)
+    order = DataOrder([s.rows for s in index.shards("train")], cfg.train.batch_size,
+                      cfg.run.seed, rank, cfg.data.window_shards)
+    stream = BlockStream(index, "train", order, trainer.task.decode, device,
+                         trainer.task.columns)
 
     def step() -> None:
-        idx = order.indices(trainer.step).to(device)
-        trainer.train_step({k: v[idx] for k, v in data.items()})
+        trainer.train_step(stream.batch(trainer.step))
 
     for _ in range(config["warmup"]):
         step()
@@ -160,6 +184,7 @@ def _data_parallel_loop(config: dict[str, Any]) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     per_worker = config["steps"] * cfg.train.batch_size / (time.perf_counter() - start)
+    stream.close()
     # DDP keeps the workers in lockstep, so rank 0's rate times the number of workers is the
     # aggregate. Ray Train v2 keeps only metrics reported with a checkpoint: rank 0 adds one.
     metrics = {"samples_per_s": per_worker * world, "workers": world}
@@ -169,10 +194,10 @@ def _data_parallel_loop(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def data_parallel_e2e(cfg: Config, workers: int, use_gpu: bool, warmup: int,
+def data_parallel_e2e(cfg: Config, index: DataIndex, workers: int, use_gpu: bool, warmup: int,
                       steps: int) -> dict[str, float]:
     """The end-to-end model data-parallel over ``workers`` devices through TorchTrainer
-    (each worker takes a full batch of train.batch_size)."""
+    (each worker streams ``index`` and takes a full batch of train.batch_size)."""
     from ray.train import RunConfig as TrainRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -180,8 +205,8 @@ def data_parallel_e2e(cfg: Config, workers: int, use_gpu: bool, warmup: int,
     with tempfile.TemporaryDirectory() as storage:
         trainer = TorchTrainer(
             _data_parallel_loop,
-            train_loop_config={"cfg": to_dict(cfg), "table": digits_table(), "warmup": warmup,
-                               "steps": steps},
+            train_loop_config={"cfg": to_dict(cfg), "index": index.to_json(),
+                               "warmup": warmup, "steps": steps},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                          resources_per_worker={"CPU": 1}),
             run_config=TrainRunConfig(storage_path=storage, name="data-parallel-e2e"))
@@ -195,7 +220,6 @@ def connect() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", include_dashboard=False, object_store_memory=256 * 2**20,
              logging_level="ERROR", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def run(quick: bool = False, blocks: tuple[int, ...] | None = None, depth: int = 12,
@@ -211,13 +235,17 @@ def run(quick: bool = False, blocks: tuple[int, ...] | None = None, depth: int =
     try:
         res = ray.cluster_resources()
         cores, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
-        dataset = shared_dataset(digits_table())  # before any actor holds a CPU
-        with tempfile.TemporaryDirectory() as run_dir:
+        with tempfile.TemporaryDirectory() as runs:
             def cfg(b: int, e2e: bool = False) -> Config:
-                return config(b, run_dir, depth, batch, preset, e2e)
+                """The config of one measurement, in a run directory of its own."""
+                name = "e2e" if e2e else f"B{b}"
+                return config(b, f"{runs}/{name}", depth, batch, preset, e2e)
 
+            index = open_data(cfg(1).data)  # the cached digits shards, built before any actor
+            for c in [cfg(1, True), *(cfg(b) for b in blocks)]:
+                prepare_run_dir(c, index)
             # the end-to-end model in one actor holding every core, then on one thread
-            actors = start_actors(cfg(1, True), [0], dataset, cores, cores, min(gpus, 1), warmup)
+            actors = start_actors(cfg(1, True), [0], cores, cores, min(gpus, 1), warmup)
             try:
                 e2e = time_together(actors, steps)
                 ray.get(actors[0].warm_up.remote(1, threads=1), timeout=TIMEOUT_S)
@@ -230,7 +258,7 @@ def run(quick: bool = False, blocks: tuple[int, ...] | None = None, depth: int =
                 # Ray counts resources in 1e-4 units: round down so that b shares still fit
                 gpu = 1 if gpus >= b else 0
                 cpus = 1 if b <= cores or gpu else math.floor(cores / b * 1e4) / 1e4
-                actors = start_actors(cfg(b), list(range(b)), dataset, cpus, 1, gpu, warmup)
+                actors = start_actors(cfg(b), list(range(b)), cpus, 1, gpu, warmup)
                 try:
                     single = time_together(actors[:1], steps)  # the others wait idle
                     together = time_together(actors, steps)
@@ -247,11 +275,12 @@ def run(quick: bool = False, blocks: tuple[int, ...] | None = None, depth: int =
                     # each block must see as many samples as the whole network does end to end
                     "speedup_vs_e2e": agg / (b * e2e["samples_per_s"]),
                     "single_data_share": single["data_share"],
-                    "block_step_s": together["step_s"], "dataset_read_s": together["read_s"],
+                    "block_step_s": together["step_s"],
+                    "first_batch_s": together["first_batch_s"],
                     "cpus_per_block": cpus, "gpus_per_block": gpu})
             if gpus >= 2 or data_parallel_on_cpu:
                 dp: dict[str, Any] = data_parallel_e2e(
-                    cfg(1, True), gpus if gpus >= 2 else cores, gpus >= 2, warmup, steps)
+                    cfg(1, True), index, gpus if gpus >= 2 else cores, gpus >= 2, warmup, steps)
                 dp["device"] = "gpu" if gpus >= 2 else "cpu (code-path check only)"
             else:
                 dp = {"not_measured": f"needs >= 2 GPUs; this Ray instance has {gpus}"}

