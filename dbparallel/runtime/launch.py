@@ -37,7 +37,6 @@ def connect(cfg: Config) -> bool:
     if address:
         ray.init(address=address, logging_level="WARNING")
         return True
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {}
     if cfg.metrics.port:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -32,8 +34,11 @@ def head():
     first on PATH. Only that group is stopped afterwards: `ray stop` would end every Ray
     instance on the machine, the test session's own included."""
     bin_dir = str(Path(sys.executable).parent)
+    # token authentication, as every cluster should run: the head and the submitting client
+    # share the token
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"],
-           "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     gcs, dash = _free_port(), _free_port()
     ray = str(Path(bin_dir) / "ray")
@@ -48,7 +53,9 @@ def head():
         deadline = time.monotonic() + 90
         while True:
             try:
-                urllib.request.urlopen(address + "/api/version", timeout=2)
+                request = urllib.request.Request(address + "/api/version", headers={
+                    "Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"})
+                urllib.request.urlopen(request, timeout=2)
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
@@ -66,6 +73,8 @@ def head():
 
 def test_job_submit_runs_tiny_recipe(head, tmp_path) -> None:
     ray, address, env = head
+    with pytest.raises(urllib.error.HTTPError, match="401"):  # no token, no entry
+        urllib.request.urlopen(address + "/api/version", timeout=10)
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",

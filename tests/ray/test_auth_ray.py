@@ -1,0 +1,63 @@
+"""Ray's token authentication stays on: a private instance that dbparallel starts refuses a
+client without the token (and admits one with it, so the refusal is about the token)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[2]
+
+SERVER = """
+import sys, time
+from dbparallel.config import load_config
+from dbparallel.runtime.launch import connect
+import ray
+connect(load_config([sys.argv[1]], ["runtime.num_cpus=1"]))
+print(ray.get_runtime_context().gcs_address, flush=True)
+time.sleep(120)
+"""
+CLIENT = """
+import sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR")
+print("ran", ray.get(ray.remote(lambda: 41 + 1).remote(), timeout=60))
+"""
+
+
+def _client(address: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CLIENT, address], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_client_without_the_token_is_refused(tmp_path) -> None:
+    home = tmp_path / "home"  # a token of this test's own, not the user's
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0")
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(ROOT / "jobs/tiny_cpu.yaml")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, start_new_session=True)
+    try:
+        address = server.stdout.readline().strip()
+        assert address, "the private instance did not start"
+        token = (home / ".ray" / "auth_token").read_text().strip()
+        outsider = {**env, "HOME": str(tmp_path / "elsewhere"), "RAY_AUTH_MODE": "disabled"}
+        refused = _client(address, outsider)
+        assert refused.returncode != 0 and "ran 42" not in refused.stdout
+        insider = {**env, "HOME": str(tmp_path / "elsewhere"), "RAY_AUTH_MODE": "token",
+                   "RAY_AUTH_TOKEN": token}
+        admitted = _client(address, insider)
+        assert "ran 42" in admitted.stdout, admitted.stderr[-2000:]
+    finally:
+        os.killpg(server.pid, 15)
+        deadline = time.monotonic() + 30
+        while server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if server.poll() is None:
+            os.killpg(server.pid, 9)
