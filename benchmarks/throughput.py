@@ -216,7 +216,6 @@ def data_parallel_e2e(cfg: Config, index: DataIndex, workers: int, use_gpu: bool
 
 def connect() -> None:
     """A private local Ray instance (never one started by someone else on this machine)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", include_dashboard=False, object_store_memory=256 * 2**20,
              logging_level="ERROR", log_to_driver=False)

@@ -41,7 +41,6 @@ def test_gpu_step_matches_cpu_step(tmp_path) -> None:
 
 
 def test_local_run_on_gpu_writes_report(tmp_path) -> None:
-    from dbparallel.data.sources import digits_table
     from dbparallel.runtime.local import run_local
 
     cfg = _cfg(tmp_path)
