@@ -22,6 +22,7 @@ TOKENIZERS = ("char", "bpe")
 SOLVERS = ("euler", "heun")
 SCHEDULES = ("equiprobable", "karras")
 NONFINITE_POLICIES = ("skip", "stop")
+UNREADABLE_POLICIES = ("refuse", "restart")
 OBJECTIVES = ("diffusionblocks", "end_to_end")
 PRECISIONS = ("fp32", "tf32", "bf16")
 PRESETS = ("tiny", "small", "base", "dit-s", "dit-b", "dit-l")
@@ -154,6 +155,8 @@ class TrainConfig:
     keep_snapshots: int = 1  # EMA snapshots kept per block (`dbparallel eval --step` reads them)
     precision: str = "fp32"  # fp32 | tf32 (TF32 matmuls on CUDA) | bf16 (autocast forward pass)
     nonfinite: str = "skip"  # on a NaN/Inf loss: skip the step, or stop the run
+    on_unreadable: str = "refuse"  # checkpoints listed, none readable: refuse to start, or
+    # restart (discard them and train the block again from step 0)
     max_restarts: int = 3  # restarts of a failed block actor before the run fails
     stall_timeout_s: float = 600.0  # a block without progress this long is reported stalled
     assemble_every: int = 0  # steps between assemblies during training; 0 = at the end only
@@ -170,6 +173,7 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
         _check(0 <= self.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
         _choice(self.nonfinite, "train.nonfinite", NONFINITE_POLICIES)
+        _choice(self.on_unreadable, "train.on_unreadable", UNREADABLE_POLICIES)
         _choice(self.objective, "train.objective", OBJECTIVES)
         _choice(self.precision, "train.precision", PRECISIONS)
         _check(self.max_restarts >= 0, "train.max_restarts", "must be >= 0")

@@ -50,16 +50,34 @@ class BlockCheckpoints:
         rel = f"{self.dir}/{kind}_{step:08d}.pt"
         self.storage.write_bytes(rel, data)
         manifest = self.manifest()
-        entries = [e for e in manifest[kind] if e["step"] != step]
+        # Entries of later steps belong to a timeline this one replaced (the block resumed
+        # from an older checkpoint because the later ones were unreadable): the new file is
+        # the newest, so pruning can never delete it in their favour.
+        stale = [e for e in manifest[kind] if e["step"] >= step and e["file"] != rel]
+        entries = [e for e in manifest[kind] if e["step"] < step]
         entries.append({"step": step, "file": rel, "sha256": hashlib.sha256(data).hexdigest(),
                         "bytes": len(data)})
-        entries.sort(key=lambda e: e["step"])
         keep = self.keep[kind]
-        manifest[kind], dropped = entries[-keep:], entries[:-keep]
+        manifest[kind], dropped = entries[-keep:], entries[:-keep] + stale
         self.storage.write_json(self.manifest_path, manifest)
         for entry in dropped:
             self.storage.delete(entry["file"])
         return rel
+
+    def unreadable(self, kind: Kind) -> list[str]:
+        """Files of ``kind`` listed in the manifest when none of them can be read (empty when
+        one can, or none is listed)."""
+        listed = [e["file"] for e in self.manifest()[kind]]
+        return listed if listed and self.load_latest(kind) is None else []
+
+    def discard(self) -> list[str]:
+        """Forget every checkpoint of this block (listed files are deleted); returns them."""
+        manifest = self.manifest()
+        files = [e["file"] for kind in ("state", "snapshot") for e in manifest.get(kind, [])]
+        self.storage.write_json(self.manifest_path, {"state": [], "snapshot": []})
+        for rel in files:
+            self.storage.delete(rel)
+        return files
 
     def steps(self, kind: Kind) -> list[int]:
         """Steps at which a ``kind`` is kept, oldest first."""

@@ -39,6 +39,7 @@ class BlockRun:
     def _resume(self) -> int:
         state = self.checkpoints.load_latest("state")
         if state is None:
+            self._check_unreadable()
             return 0
         meta = state["meta"]
         if meta["config_hash"] != config_hash(self.cfg):
@@ -49,6 +50,21 @@ class BlockRun:
         self.trainer.load_state_dict(state)
         log.info("block %d: resumed at step %d", self.trainer.block, self.trainer.step)
         return self.trainer.step
+
+    def _check_unreadable(self) -> None:
+        """Checkpoints listed but none readable: refuse to start over silently."""
+        files = self.checkpoints.unreadable("state")
+        if not files:
+            return
+        b = self.trainer.block
+        if self.cfg.train.on_unreadable != "restart":
+            raise RunDirError(
+                f"block {b}: none of its checkpoints can be read ({', '.join(files)}: missing "
+                f"or corrupt); use a new run.dir, or train.on_unreadable=restart to discard "
+                f"them and train block {b} again from step 0")
+        discarded = self.checkpoints.discard()
+        log.warning("block %d: none of its checkpoints can be read; train.on_unreadable=restart "
+                    "discards %s and trains it again from step 0", b, ", ".join(discarded))
 
     def batch(self, step: int) -> Batch:
         return self.stream.batch(step)

@@ -106,3 +106,47 @@ def test_bad_data_stops_before_training(tmp_path, capsys, make, message) -> None
 def test_unknown_data_set_name(tmp_path, capsys) -> None:
     assert _train(tmp_path / "run", "data.source=imagenet") == 2
     assert "data.source" in capsys.readouterr().err
+
+
+def test_unreadable_checkpoints_refuse_to_start_over(straight, tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    block = run_dir / "blocks" / "block_1"
+    for f in block.glob("state_*.pt"):  # e.g. an object-store lifecycle rule removed them
+        f.unlink()
+    before = json.loads((block / "manifest.json").read_text())
+    assert _train(run_dir, "train.steps=18") == 2
+    err = capsys.readouterr().err
+    assert "block 1: none of its checkpoints can be read" in err and "state_00000012.pt" in err
+    assert "train.on_unreadable=restart" in err
+    assert json.loads((block / "manifest.json").read_text()) == before  # nothing touched
+
+
+def test_on_unreadable_restart_discards_and_retrains_the_block(straight, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    block = run_dir / "blocks" / "block_1"
+    for f in block.glob("state_*.pt"):
+        f.write_bytes(b"torn")
+    assert _train(run_dir, "train.on_unreadable=restart") == 0
+    manifest = json.loads((block / "manifest.json").read_text())
+    assert [e["step"] for e in manifest["state"]] == [6, 12]  # retrained, kept, not pruned
+    assert all((run_dir / e["file"]).is_file() for e in manifest["state"])
+    assert [r["final_loss"] for r in _report(run_dir)["per_block"]] == \
+        [r["final_loss"] for r in _report(straight)["per_block"]]
+
+
+def test_a_resume_from_an_older_checkpoint_keeps_its_new_ones(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    assert _train(run_dir, "train.steps=14", "train.checkpoint_every=7") == 0  # states 7, 14
+    block = run_dir / "blocks" / "block_0"
+    (block / "state_00000014.pt").write_bytes(b"torn")  # the latest is corrupt: resume at 7
+    assert _train(run_dir, "train.steps=12", "train.checkpoint_every=6",
+                  "train.keep_checkpoints=1") == 0
+    manifest = json.loads((block / "manifest.json").read_text())
+    assert [e["step"] for e in manifest["state"]] == [12]  # not the stale, corrupt 14
+    assert not (block / "state_00000014.pt").exists()
+    from dbparallel.training.checkpoint import BlockCheckpoints
+    from dbparallel.training.storage import Storage
+
+    assert BlockCheckpoints(Storage(str(run_dir)), 0).load_latest("state")["step"] == 12
