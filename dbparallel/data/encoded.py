@@ -1,0 +1,98 @@
+"""Encoded images (PNG, JPEG, anything Pillow reads) decoded per batch into uint8 pixels.
+
+The column is binary (one encoded file per row), or a struct with a ``bytes`` field (and an
+optional ``path``) as Hugging Face ``datasets`` writes images. Every image must already be
+``data.image_size`` pixels square: a different size is a bad row, never silently resized, so
+the pixels a block trains on are the pixels stored. Colour modes are converted to
+``data.channels`` (1: Pillow's "L", ITU-R 601-2 luma; 3: "RGB"; alpha is dropped).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from dbparallel.config import DataConfig
+from dbparallel.errors import DataError, RowError
+
+IMAGE_COLUMN = "image"
+MODES = {1: "L", 3: "RGB"}  # data.channels -> the Pillow mode decoded into
+WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N")  # 16-bit grey; Pillow's convert would clip
+# what Pillow raises for bytes it cannot decode (plugins differ: truncation is OSError, some
+# headers raise SyntaxError or struct.error, an absurd size DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error,
+                 Image.DecompressionBombError)
+
+
+def image_mode(channels: int) -> str:
+    """The Pillow mode ``channels`` decode into; DataError naming data.channels otherwise."""
+    if channels not in MODES:
+        raise DataError(f"data.channels: encoded images decode to 1 (grey) or 3 (RGB) "
+                        f"channels, got {channels}")
+    return MODES[channels]
+
+
+def _encoded_bytes(column: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
+    """The encoded file of every row (None for a null row) of a binary column or of a
+    struct column's ``bytes`` field."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    kind = column.type
+    if pa.types.is_struct(kind):
+        if kind.get_field_index("bytes") < 0:
+            raise DataError(f"column {IMAGE_COLUMN!r}: a struct of encoded images needs a "
+                            f"'bytes' field, got {kind}")
+        # flatten(), unlike field(), applies the struct's offset and its nulls to the child
+        column = column.flatten()[kind.get_field_index("bytes")]
+        kind = column.type
+    if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+        raise DataError(f"column {IMAGE_COLUMN!r}: encoded images must be binary, got {kind}")
+    return column.to_pylist()
+
+
+def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig) -> np.ndarray:
+    """Pixels (N, C*H*W) uint8 in (C, H, W) order of a batch of encoded images; RowError
+    names the first row that is null, unreadable or not data.image_size square."""
+    mode, c, s = image_mode(data.channels), data.channels, data.image_size
+    blobs = _encoded_bytes(column)
+    out = np.empty((len(blobs), c * s * s), dtype=np.uint8)
+    for row, blob in enumerate(blobs):
+        pixels = _decode(row, blob, mode, s)  # (H, W) or (H, W, C)
+        if c == 1:
+            out[row] = pixels.reshape(-1)
+        else:
+            out[row].reshape(c, s, s)[...] = pixels.transpose(2, 0, 1)
+    return out
+
+
+def _decode(row: int, blob: bytes | None, mode: str, size: int) -> np.ndarray:
+    if blob is None:
+        raise RowError(row, IMAGE_COLUMN, "is not a readable image (null)")
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            if img.size != (size, size):  # from the header: checked before decoding
+                w, h = img.size
+                raise RowError(row, IMAGE_COLUMN,
+                               f"is {w}x{h}, expected {size}x{size} (data.image_size)")
+            img.load()
+            return _in_mode(row, img, mode)
+    except RowError:  # a DataError, so a ValueError: not an unreadable file
+        raise
+    except DECODE_ERRORS as err:
+        raise RowError(row, IMAGE_COLUMN, f"is not a readable image ({err})") from None
+
+
+def _in_mode(row: int, img: Image.Image, mode: str) -> np.ndarray:
+    if img.mode == mode:
+        return np.asarray(img)
+    if img.mode in WIDE_GREY:  # 0..65535 -> 0..255, rounded (x * 255 / 65535 = x / 257)
+        grey = ((np.asarray(img).astype(np.uint32) + 128) // 257).astype(np.uint8)
+        return grey if mode == "L" else np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode in ("I", "F"):
+        raise RowError(row, IMAGE_COLUMN, f"has 32-bit pixels (Pillow mode {img.mode!r}); "
+                                          f"store 8- or 16-bit images")
+    return np.asarray(img.convert(mode))

@@ -1,0 +1,148 @@
+"""The index of a folder of images, one sub-folder per class (torchvision's ImageFolder layout).
+
+``data.path/<class>/<image>`` (every image trains), or with split folders
+``data.path/train/<class>/<image>``, ``data.path/test/<class>/...`` (and optionally
+``validation``). Class ids are the sorted class folder names of the training images; images
+may sit deeper inside their class folder. Image files are found by extension; other files and
+hidden files or folders (``.name``) are left out. Only the listing is read, never the images,
+so indexing costs one listing of the folder, local or in an object store.
+
+Shards hold ``data.shard_rows`` files. A block shuffles rows only within a window of shards,
+so the files of a split are put in a fixed pseudo-random order (sorted by a hash of their path)
+before they are cut into shards: every shard mixes the classes, whatever the listing order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from dbparallel.config import DataConfig
+from dbparallel.data.shards import SPLITS, DataIndex, Shard
+from dbparallel.data.tables import resolve_path
+from dbparallel.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+VERSION = 1  # bump when the index layout changes
+
+Entries = list[tuple[list[str], pafs.FileInfo]]  # (path parts relative to a folder, info)
+
+
+def image_folder_index(data: DataConfig) -> DataIndex:
+    """The DataIndex of the image folder at ``data.path``; DataError naming the folder (or
+    data.num_classes) when its layout cannot be used."""
+    path = data.path
+    fs, root = resolve_path(path)
+    entries = _list(fs, root, path)
+    folders = {split: (uri, _class_files(found, uri))
+               for split, (uri, found) in _split_folders(entries, path).items()}
+    classes = sorted(folders["train"][1])
+    if len(classes) > data.num_classes:
+        raise DataError(f"data.num_classes: {data.num_classes}, but {path} has "
+                        f"{len(classes)} class folders ({_names(classes)})")
+    ids = {name: i for i, name in enumerate(classes)}
+    splits = {}
+    for split, (uri, by_class) in folders.items():
+        unknown = sorted(set(by_class) - set(ids))
+        if unknown:
+            raise DataError(f"{_child_uri(uri, unknown[0])}: class folder {unknown[0]!r} is "
+                            f"not among the training classes ({_names(classes)})")
+        files = sorted((f, ids[c]) for c, names in by_class.items() for f in names)
+        files.sort(key=lambda fl: hashlib.sha256(fl[0].encode()).digest())  # mixes classes
+        splits[split] = _shards(uri, files, data.shard_rows)
+    stat = sorted(["/".join(parts), e.size, e.mtime_ns] for parts, e in entries if _is_image(e))
+    meta = {"encoding": "encoded", "classes": classes, "files": len(stat),
+            "stat": hashlib.sha256(json.dumps(stat).encode()).hexdigest()[:20],
+            "version": VERSION}
+    return DataIndex("images", path, splits, meta)
+
+
+def _is_image(entry: pafs.FileInfo) -> bool:
+    return entry.type == pafs.FileType.File and entry.base_name.lower().endswith(
+        IMAGE_EXTENSIONS)
+
+
+def _list(fs: pafs.FileSystem, root: str, path: str) -> Entries:
+    """Every entry under ``root`` as (path parts relative to root, info), hidden ones left
+    out."""
+    try:
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"data.path: no such folder: {path!r}")
+        if info.type != pafs.FileType.Directory:
+            raise DataError(f"data.path: {path!r} is a file; data.source=image_folder needs a "
+                            f"folder of class folders")
+        found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"data.path: cannot list {path!r}: {err}") from None
+    base = root.rstrip("/")
+    entries = []
+    for entry in found:
+        parts = entry.path[len(base):].strip("/").split("/")
+        if not any(p.startswith(".") for p in parts):
+            entries.append((parts, entry))
+    return entries
+
+
+def _split_folders(entries: Entries, path: str) -> dict[str, tuple[str, Entries]]:
+    """Split -> (its folder, its entries relative to that folder); without split folders,
+    every entry trains."""
+    top = {parts[0] for parts, e in entries if len(parts) > 1 or e.type == pafs.FileType.Directory}
+    if not top & set(SPLITS):
+        return {"train": (_child_uri(path, ""), entries)}
+    if "train" not in top:
+        raise DataError(f"data.path: {path} has split folders ({_names(sorted(top))}) but no "
+                        f"'train' folder")
+    other = sorted(top - set(SPLITS))
+    loose = sorted(parts[0] for parts, e in entries if len(parts) == 1 and _is_image(e))
+    if other or loose:
+        raise DataError(f"{_child_uri(path, (other or loose)[0])}: not a split folder; with "
+                        f"split folders every folder of data.path is one of {', '.join(SPLITS)}")
+    return {split: (_child_uri(path, split), [(parts[1:], e) for parts, e in entries
+                                              if parts[0] == split and len(parts) > 1])
+            for split in SPLITS if split in top}
+
+
+def _class_files(entries: Entries, where: str) -> dict[str, list[str]]:
+    """Class folder name -> its image files (paths relative to ``where``)."""
+    by_class: dict[str, list[str]] = {}
+    for parts, e in entries:
+        if e.type == pafs.FileType.Directory and len(parts) == 1:
+            by_class.setdefault(parts[0], [])
+        elif _is_image(e):
+            if len(parts) == 1:
+                raise DataError(f"{_child_uri(where, parts[0])}: an image outside any class "
+                                f"folder; images go in {where.rstrip('/')}/<class>/")
+            by_class.setdefault(parts[0], []).append("/".join(parts))
+    if not any(by_class.values()):
+        raise DataError(f"{where}: no class folders with image files "
+                        f"({' '.join(IMAGE_EXTENSIONS)})")
+    empty = sorted(c for c, files in by_class.items() if not files)
+    if empty:
+        raise DataError(f"{_child_uri(where, empty[0])}: class folder without image files "
+                        f"({' '.join(IMAGE_EXTENSIONS)})")
+    return by_class
+
+
+def _shards(uri: str, files: list[tuple[str, int]], shard_rows: int) -> tuple[Shard, ...]:
+    return tuple(
+        Shard("files", uri, len(chunk), first_row=start,
+              files=tuple(f for f, _ in chunk), labels=tuple(label for _, label in chunk))
+        for start in range(0, len(files), shard_rows)
+        for chunk in [files[start:start + shard_rows]])
+
+
+def _child_uri(path: str, name: str) -> str:
+    """``path/name`` for a local path or a URI (before its query, e.g. an S3 endpoint);
+    ``path`` without a trailing slash when ``name`` is empty."""
+    head, sep, query = path.partition("?") if "://" in path else (path, "", "")
+    head = head.rstrip("/") or head
+    return f"{head}/{name}{sep}{query}" if name else f"{head}{sep}{query}"
+
+
+def _names(names: list[str], shown: int = 10) -> str:
+    more = f", ... {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

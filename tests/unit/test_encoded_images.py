@@ -1,0 +1,242 @@
+"""Encoded images (PNG/JPEG bytes, Hugging Face image structs) and image folders: exact pixels,
+named bad rows, class ids, every file once in class-mixed shards, and the read-decode path."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from dbparallel.config import DataConfig
+from dbparallel.data.encoded import decode_encoded
+from dbparallel.data.image_folder import image_folder_index
+from dbparallel.data.images import image_batch
+from dbparallel.data.shard_reader import read_shard
+from dbparallel.data.shards import DataIndex
+from dbparallel.errors import DataError, RowError
+
+RGB = DataConfig(image_size=8, channels=3, num_classes=3)
+GREY = DataConfig(image_size=8, channels=1, num_classes=3)
+
+
+def _pixels(seed: int, channels: int, size: int = 8) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 noise."""
+    shape = (size, size) if channels == 1 else (size, size, channels)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _encode(pixels: np.ndarray, fmt: str = "PNG", **options) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, fmt, **options)
+    return out.getvalue()
+
+
+def _chw(pixels: np.ndarray) -> np.ndarray:
+    """What decode_encoded returns for one image: (C*H*W,) in (C, H, W) order."""
+    return (pixels if pixels.ndim == 2 else pixels.transpose(2, 0, 1)).reshape(-1)
+
+
+# ---------------------------------------------------------------------- decoding
+
+
+@pytest.mark.parametrize("data", [GREY, RGB], ids=["grey", "rgb"])
+def test_png_batch_decodes_to_exactly_the_pixels_written(data: DataConfig) -> None:
+    images = [_pixels(i, data.channels) for i in range(5)]
+    column = pa.array([_encode(p) for p in images], pa.binary())
+    out = decode_encoded(column, data)
+    assert out.dtype == np.uint8 and out.shape == (5, data.channels * 64)
+    np.testing.assert_array_equal(out, np.stack([_chw(p) for p in images]))
+    large = decode_encoded(column.cast(pa.large_binary()), data)
+    np.testing.assert_array_equal(large, out)
+
+
+def test_jpeg_decodes_close_to_the_pixels_written() -> None:
+    ramp = np.linspace(0, 255, 8)
+    smooth = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (8, 1)),
+                       np.tile(ramp[:, None], (1, 8))], axis=2).astype(np.uint8)
+    column = pa.array([_encode(smooth, "JPEG", quality=95)])
+    out = decode_encoded(column, RGB)
+    error = np.abs(out[0].astype(int) - _chw(smooth).astype(int))
+    assert error.mean() < 4 and error.max() < 32
+
+
+def test_struct_column_as_hugging_face_writes_images() -> None:
+    images = [_pixels(i, 3) for i in range(4)]
+    column = pa.array([{"bytes": _encode(p), "path": f"img_{i}.png"}
+                       for i, p in enumerate(images)],
+                      pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    np.testing.assert_array_equal(decode_encoded(column, RGB),
+                                  np.stack([_chw(p) for p in images]))
+    sliced = column.slice(1, 2)  # a batch taken out of a larger column
+    np.testing.assert_array_equal(decode_encoded(sliced, RGB),
+                                  np.stack([_chw(p) for p in images[1:3]]))
+    no_path = pa.array([{"bytes": _encode(images[0])}], pa.struct([("bytes", pa.binary())]))
+    np.testing.assert_array_equal(decode_encoded(no_path, RGB)[0], _chw(images[0]))
+
+
+def test_bad_rows_are_named() -> None:
+    good = _encode(_pixels(0, 3))
+    cases = [
+        ([good, _encode(_pixels(1, 3, size=4))], 1, "is 4x4, expected 8x8 (data.image_size)"),
+        ([good, good, good[: len(good) // 2]], 2, "is not a readable image"),
+        ([b"not an image", good], 0, "is not a readable image"),
+        ([good, None], 1, "is not a readable image (null)"),
+    ]
+    for blobs, row, detail in cases:
+        with pytest.raises(RowError) as caught:
+            decode_encoded(pa.array(blobs, pa.binary()), RGB)
+        assert caught.value.row == row and caught.value.column == "image"
+        assert caught.value.detail.startswith(detail), caught.value.detail
+        assert str(caught.value.at("x.parquet row 7")).startswith("x.parquet row 7: column")
+    null_struct = pa.array([{"bytes": good, "path": None}, None],
+                           pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    with pytest.raises(RowError, match="row 1 is not a readable image"):
+        decode_encoded(null_struct, RGB)
+
+
+def test_colour_modes_are_converted_to_data_channels() -> None:
+    rgb = _pixels(3, 3)
+    expected_grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    np.testing.assert_array_equal(decode_encoded(pa.array([_encode(rgb)]), GREY)[0],
+                                  expected_grey.reshape(-1))
+    grey = _pixels(4, 1)
+    np.testing.assert_array_equal(decode_encoded(pa.array([_encode(grey)]), RGB)[0],
+                                  np.tile(grey.reshape(-1), 3))
+    rgba = np.concatenate([rgb, np.full((8, 8, 1), 7, np.uint8)], axis=2)
+    np.testing.assert_array_equal(decode_encoded(pa.array([_encode(rgba)]), RGB)[0], _chw(rgb))
+    palette = Image.fromarray(rgb).quantize(16)
+    out = io.BytesIO()
+    palette.save(out, "PNG")
+    np.testing.assert_array_equal(decode_encoded(pa.array([out.getvalue()]), RGB)[0],
+                                  _chw(np.asarray(palette.convert("RGB"))))
+    wide = np.array([[0, 257, 32896, 65535] * 2] * 8, dtype=np.uint16)  # 16-bit grey
+    np.testing.assert_array_equal(decode_encoded(pa.array([_encode(wide)]), GREY)[0],
+                                  np.array([0, 1, 128, 255] * 16, np.uint8))
+
+
+def test_channels_other_than_grey_or_rgb_are_refused() -> None:
+    with pytest.raises(DataError, match="data.channels"):
+        decode_encoded(pa.array([_encode(_pixels(0, 3))]), DataConfig(image_size=8, channels=4))
+
+
+# ---------------------------------------------------------------------- image folders
+
+
+def _folder(root: Path, classes: dict[str, int], channels: int = 3, seed: int = 0,
+            fmt: str = "png") -> dict[str, np.ndarray]:
+    """``root/<class>/<n>.<fmt>`` files; relative path -> pixels."""
+    written = {}
+    for k, (name, count) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for n in range(count):
+            pixels = _pixels(seed + 1000 * k + n, channels)
+            rel = f"{name}/{n:03d}.{fmt}"
+            Image.fromarray(pixels).save(root / rel)
+            written[rel] = pixels
+    return written
+
+
+def _files(index: DataIndex, split: str) -> list[tuple[str, int]]:
+    return [(f, label) for s in index.shards(split) for f, label in zip(s.files, s.labels,
+                                                                       strict=True)]
+
+
+def test_image_folder_classes_labels_and_every_file_once(tmp_path: Path) -> None:
+    written = _folder(tmp_path, {"cat": 12, "ant": 9, "bee": 11})
+    (tmp_path / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "bee" / ".hidden.png").write_bytes(b"")
+    Image.fromarray(_pixels(9, 3)).save(tmp_path / "ant" / "UPPER.JPEG")
+    data = DataConfig(source="image_folder", path=str(tmp_path), image_size=8, channels=3,
+                      num_classes=3, shard_rows=8)
+    index = image_folder_index(data)
+    assert index.kind == "images" and index.meta["encoding"] == "encoded"
+    assert index.meta["classes"] == ["ant", "bee", "cat"]
+    assert index.present() == ["train"] and index.num_rows("train") == 33
+    files = _files(index, "train")
+    assert sorted(f for f, _ in files) == sorted([*written, "ant/UPPER.JPEG"])
+    assert all(label == ["ant", "bee", "cat"].index(f.split("/")[0]) for f, label in files)
+    shards = index.shards("train")
+    assert [s.rows for s in shards] == [8, 8, 8, 8, 1]
+    assert [s.first_row for s in shards] == [0, 8, 16, 24, 32]
+    assert all(s.kind == "files" and s.uri == str(tmp_path) for s in shards)
+    assert all(len(set(s.labels)) >= 2 for s in shards[:4])  # class-mixed, not class-sorted
+    assert image_folder_index(data) == index  # a fixed order
+    assert DataIndex.from_json(index.to_json()) == index
+
+
+def test_split_folders_share_the_training_classes(tmp_path: Path) -> None:
+    _folder(tmp_path / "train", {"a": 3, "b": 4, "c": 2})
+    _folder(tmp_path / "test", {"c": 2, "a": 1}, seed=50)
+    _folder(tmp_path / "validation", {"b": 2}, seed=90)
+    data = DataConfig(source="image_folder", path=f"{tmp_path}/", image_size=8, channels=3,
+                      num_classes=5, shard_rows=4)
+    index = image_folder_index(data)
+    assert index.meta["classes"] == ["a", "b", "c"]
+    assert {s: index.num_rows(s) for s in index.present()} == \
+        {"train": 9, "validation": 2, "test": 3}
+    assert sorted(_files(index, "test")) == [("a/000.png", 0), ("c/000.png", 2),
+                                             ("c/001.png", 2)]
+    assert {s.uri for s in index.shards("test")} == {f"{tmp_path}/test"}
+    _folder(tmp_path / "test", {"d": 1})
+    with pytest.raises(DataError, match=r"test/d: class folder 'd' is not among the training"):
+        image_folder_index(data)
+
+
+def test_image_folder_errors_name_the_problem(tmp_path: Path) -> None:
+    def index(path: Path, **overrides) -> DataIndex:
+        return image_folder_index(DataConfig(source="image_folder", path=str(path),
+                                             **{"num_classes": 10, **overrides}))
+
+    _folder(tmp_path / "many", {f"class{k}": 1 for k in range(4)})
+    with pytest.raises(DataError, match=r"data.num_classes: 3, but .* has 4 class folders "
+                                        r"\(class0, class1, class2, class3\)"):
+        index(tmp_path / "many", num_classes=3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: no class folders with image files"):
+        index(tmp_path / "empty")
+    _folder(tmp_path / "text", {"a": 1})
+    (tmp_path / "text" / "b").mkdir()
+    (tmp_path / "text" / "b" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match="text/b: class folder without image files"):
+        index(tmp_path / "text")
+    with pytest.raises(DataError, match="no such folder"):
+        index(tmp_path / "missing")
+    _folder(tmp_path / "split" / "train", {"a": 1})
+    (tmp_path / "split" / "test").mkdir()
+    with pytest.raises(DataError, match="split/test: no class folders"):
+        index(tmp_path / "split")
+    _folder(tmp_path / "loose", {"a": 1})
+    Image.fromarray(_pixels(0, 3)).save(tmp_path / "loose" / "stray.png")
+    with pytest.raises(DataError, match="loose/stray.png: an image outside any class folder"):
+        index(tmp_path / "loose")
+    _folder(tmp_path / "notrain" / "test", {"a": 1})
+    with pytest.raises(DataError, match="no 'train' folder"):
+        index(tmp_path / "notrain")
+
+
+@pytest.mark.parametrize("uri", [False, True], ids=["path", "file-uri"])
+def test_index_shards_read_and_decode_to_the_files_pixels(tmp_path: Path, uri: bool) -> None:
+    written = _folder(tmp_path / "train", {"x": 5, "y": 4})
+    written_test = _folder(tmp_path / "test", {"y": 2}, seed=7)
+    path = f"file://{tmp_path}" if uri else str(tmp_path)
+    data = DataConfig(source="image_folder", path=path, image_size=8, channels=3,
+                      num_classes=2, shard_rows=4)
+    index = image_folder_index(data)
+    for split, files in [("train", written), ("test", written_test)]:
+        seen = Counter()
+        for shard in index.shards(split):
+            rows = read_shard(shard)
+            images, labels = image_batch(rows.table, data)
+            assert images.shape == (shard.rows, 3, 8, 8)
+            for i, name in enumerate(shard.files):
+                expected = files[name].transpose(2, 0, 1) / 255.0
+                np.testing.assert_allclose(images[i].numpy(), expected, atol=1e-7)
+                assert labels[i] == ["x", "y"].index(name.split("/")[0])
+                assert rows.where(i).endswith(f"{split}/{name}")
+                seen[name] += 1
+        assert seen == Counter(list(files))
