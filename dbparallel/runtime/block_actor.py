@@ -25,15 +25,16 @@ from dbparallel.training.storage import Storage
 
 
 class BlockActor:
-    """Trains block ``block`` of ``cfg`` on the data pinned in the run directory."""
+    """Trains block ``block`` of ``cfg`` on the data pinned in the run directory; ``session``
+    (the driver's) lets a restarted incarnation take the block's write lease over."""
 
-    def __init__(self, cfg: Config, block: int):
+    def __init__(self, cfg: Config, block: int, session: str):
         torch.set_num_threads(cfg.runtime.torch_threads)
         self.cfg, self.block = cfg, block
         use_gpu = cfg.runtime.gpus_per_block > 0 and torch.cuda.is_available()
         storage = Storage(cfg.run_dir)
         self.run = BlockRun(cfg, block, run_data(cfg, storage), storage,
-                            "cuda" if use_gpu else "cpu")
+                            "cuda" if use_gpu else "cpu", session=session)
         with warnings.catch_warnings():  # Ray's own property warns about its internals
             warnings.simplefilter("ignore")
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from typing import Any
 
 import ray
@@ -21,6 +22,7 @@ from dbparallel.runtime.controller import Controller, Event
 from dbparallel.runtime.metrics import BlockRecorder, RaySink, check_port_free
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.tasks import build_task
+from dbparallel.training.lease import release_session
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import open_run, pin_data
 
@@ -131,6 +133,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
 
         index = open_data(cfg.data)
     pin_data(storage, index)
+    session = uuid.uuid4().hex  # this run's writers; a restarted actor takes its lease over
     connected = connect(cfg)
     pg, backend, bars = None, None, None
     try:
@@ -140,7 +143,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
                 num_cpus=cfg.runtime.cpus_per_block, num_gpus=cfg.runtime.gpus_per_block,
                 max_restarts=cfg.train.max_restarts, max_task_retries=cfg.train.max_restarts,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, b),
-            ).remote(cfg, b)
+            ).remote(cfg, b, session)
             for b in range(cfg.model.blocks)
         ]
         backend = RayBackend(cfg, actors)
@@ -155,6 +158,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
             bars.close()
         if backend is not None:
             backend.close()
+            release_session(storage, list(range(cfg.model.blocks)), session)
         if pg is not None:
             remove_placement_group(pg)
         if connected:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import Callable
 
 from dbparallel.config import Config, config_hash, identity_diff, to_dict
@@ -12,6 +14,7 @@ from dbparallel.tasks.base import Batch
 from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
+from dbparallel.training.lease import BlockLease
 from dbparallel.training.storage import Storage
 from dbparallel.training.stream import BlockStream
 
@@ -24,17 +27,27 @@ class BlockRun:
     latest state."""
 
     def __init__(self, cfg: Config, block: int, index: DataIndex, storage: Storage,
-                 device: str = "cpu", prefetch: bool = True):
+                 device: str = "cpu", prefetch: bool = True, session: str = ""):
         self.cfg = cfg
-        self.trainer = BlockTrainer(cfg, block, device)
-        task = self.trainer.task
-        self.order = DataOrder([s.rows for s in index.shards("train")], cfg.train.batch_size,
-                               cfg.run.seed, block, cfg.data.window_shards)
-        self.stream = BlockStream(index, "train", self.order, task.decode, self.trainer.device,
-                                  task.columns, prefetch)
-        self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
-                                            cfg.train.keep_snapshots)
-        self.resumed_from = self._resume()
+        # one writer per block: a run's session (the driver's) may take its own lease over
+        self.lease = BlockLease(storage, block, session or uuid.uuid4().hex,
+                                cfg.train.lease_timeout_s)
+        self.lease.acquire()
+        try:
+            self._renewed = time.monotonic()
+            self.trainer = BlockTrainer(cfg, block, device)
+            task = self.trainer.task
+            self.order = DataOrder([s.rows for s in index.shards("train")],
+                                   cfg.train.batch_size, cfg.run.seed, block,
+                                   cfg.data.window_shards)
+            self.stream = BlockStream(index, "train", self.order, task.decode,
+                                      self.trainer.device, task.columns, prefetch)
+            self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
+                                                cfg.train.keep_snapshots)
+            self.resumed_from = self._resume()
+        except BaseException:
+            self.lease.release()
+            raise
 
     def _resume(self) -> int:
         state = self.checkpoints.load_latest("state")
@@ -70,14 +83,19 @@ class BlockRun:
         return self.stream.batch(step)
 
     def close(self) -> None:
-        """Stop reading ahead (the run can be resumed from its checkpoints)."""
+        """Stop reading ahead and release the block's lease (the run can be resumed from its
+        checkpoints)."""
         self.stream.close()
+        self.lease.release()
 
     def train_until(self, until: int, on_step: OnStep | None = None) -> None:
         """Train up to ``until`` steps (capped at train.steps), checkpointing on cadence."""
         until = min(until, self.cfg.train.steps)
         every = self.cfg.train.checkpoint_every
         while self.trainer.step < until:
+            if time.monotonic() - self._renewed > self.cfg.train.lease_timeout_s / 4:
+                self.lease.check()  # renews it; LeaseLost if another writer took over
+                self._renewed = time.monotonic()
             stats = self.trainer.train_step(self.batch(self.trainer.step))
             if on_step is not None:
                 on_step(stats)
@@ -91,6 +109,8 @@ class BlockRun:
             log.error("block %d: weights are not finite at step %d; checkpoint not written",
                       t.block, t.step)
             return
+        self.lease.check()  # a fenced-off writer stops here, before writing anything
+        self._renewed = time.monotonic()
         self.checkpoints.save("state", t.step, t.state_dict())
         self.checkpoints.save("snapshot", t.step, t.snapshot())
 

@@ -85,9 +85,9 @@ def test_resume_is_exact(tiny_cfg, table, tmp_path) -> None:
     straight = BlockRun(tiny_cfg, 1, table, Storage(str(tmp_path / "straight")))
     straight.train_until(tiny_cfg.train.steps)
     storage = Storage(str(tmp_path / "resumed"))
-    first = BlockRun(tiny_cfg, 1, table, storage)
+    first = BlockRun(tiny_cfg, 1, table, storage, session="run")
     first.train_until(tiny_cfg.train.checkpoint_every + 2)  # dies after its checkpoint
-    second = BlockRun(tiny_cfg, 1, table, storage)
+    second = BlockRun(tiny_cfg, 1, table, storage, session="run")  # its restart
     assert second.resumed_from == tiny_cfg.train.checkpoint_every
     second.train_until(tiny_cfg.train.steps)
     assert second.trainer.final_loss == straight.trainer.final_loss
@@ -100,7 +100,9 @@ def test_changed_network_refuses_resume(tiny_cfg, table, tmp_path) -> None:
     from dbparallel.errors import RunDirError
 
     storage = Storage(str(tmp_path / "r"))
-    BlockRun(tiny_cfg, 0, table, storage).train_until(6)
+    first = BlockRun(tiny_cfg, 0, table, storage)
+    first.train_until(6)
+    first.close()
     other = load_config([], ["model.blocks=2", "model.depth=2", "model.hidden=48",
                              "model.heads=2"])
     with pytest.raises(RunDirError, match="model.hidden"):

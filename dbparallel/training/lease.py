@@ -1,0 +1,102 @@
+"""One writer per block: a lease with a fencing generation in the block's directory.
+
+``blocks/block_<b>/lease.json`` names the process that writes the block's checkpoints: its
+``holder`` (the run's session and the process), a ``generation`` advanced by every takeover,
+and when it was last renewed. A writer takes the lease when it starts, renews it while it
+trains, checks it before every checkpoint, and releases it when it stops.
+
+- A second writer (``--block 1`` twice, a rerun while the job still runs) finds a lease that
+  another session renewed within ``train.lease_timeout_s`` and is refused, naming the holder.
+- Ray's restart of a block's actor belongs to the same session: it takes the lease over at
+  once (the generation advances), since Ray runs at most one live incarnation of an actor.
+- A fenced-off writer (a zombie left behind by a network split, still running after its
+  replacement took over) sees a newer generation at its next checkpoint and stops without
+  writing.
+
+Object stores have no compare-and-swap through ``pyarrow.fs``: the check before a save and the
+save are two requests, so a zombie can slip one checkpoint in between. Because a block's
+training is a pure function of (config, seed, step), that checkpoint holds the same weights as
+its replacement's for the same step; what the fencing prevents is the lost updates of two
+writers editing one manifest for hours.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from dbparallel.errors import RunDirError
+from dbparallel.training.storage import Storage
+
+
+class LeaseLost(RunDirError):
+    """Another writer took this block over; this process must not write it any more."""
+
+
+class BlockLease:
+    """The write lease of block ``block``; ``session`` identifies the run that holds it."""
+
+    def __init__(self, storage: Storage, block: int, session: str, timeout_s: float,
+                 clock: Any = time.time):
+        self.storage, self.block, self.session = storage, block, session
+        self.timeout_s, self.clock = timeout_s, clock
+        self.path = f"blocks/block_{block}/lease.json"
+        self.holder = f"{session}/{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self.generation = 0
+
+    def read(self) -> dict[str, Any] | None:
+        return self.storage.read_json(self.path) if self.storage.exists(self.path) else None
+
+    def acquire(self) -> int:
+        """Take the lease (refused while another session's writer holds it); returns the new
+        generation."""
+        current = self.read()
+        if current and current.get("holder") and current["session"] != self.session:
+            age = self.clock() - float(current["renewed_at"])
+            if age < self.timeout_s:
+                raise RunDirError(
+                    f"block {self.block} is being trained by another process "
+                    f"({current['holder']}, lease renewed {age:.0f} s ago); stop it first or "
+                    f"wait train.lease_timeout_s={self.timeout_s:g} s for its lease to lapse "
+                    f"(if no process writes the block any more, e.g. a killed run, delete "
+                    f"{self.storage.uri(self.path)})")
+        self.generation = int(current["generation"]) + 1 if current else 1
+        self._write()
+        if (self.read() or {}).get("holder") != self.holder:  # a racing writer won
+            raise RunDirError(f"block {self.block}: another process took its lease while "
+                              f"this one started; run one writer per block")
+        return self.generation
+
+    def check(self) -> None:
+        """Before a write: LeaseLost if another writer took over; else renew the lease."""
+        current = self.read()
+        if not current or current.get("holder") != self.holder:
+            newer = current["generation"] if current else "none"
+            raise LeaseLost(
+                f"block {self.block}: another process took over this block (lease generation "
+                f"{newer}, this process holds {self.generation}); this process stops writing")
+        self._write()
+
+    def release(self) -> None:
+        """Give the lease up (a later writer takes it at once), if this process holds it."""
+        current = self.read()
+        if current and current.get("holder") == self.holder:
+            self.storage.write_json(self.path, {**current, "holder": "", "renewed_at": 0.0})
+
+    def _write(self) -> None:
+        self.storage.write_json(self.path, {
+            "generation": self.generation, "holder": self.holder, "session": self.session,
+            "renewed_at": self.clock()})
+
+
+def release_session(storage: Storage, blocks: list[int], session: str) -> None:
+    """Release the leases that writers of ``session`` still hold (their processes were
+    stopped without releasing them, e.g. actors killed at the end of a Ray run)."""
+    for block in blocks:
+        lease = BlockLease(storage, block, session, 0.0)
+        current = lease.read()
+        if current and current.get("session") == session and current.get("holder"):
+            storage.write_json(lease.path, {**current, "holder": "", "renewed_at": 0.0})

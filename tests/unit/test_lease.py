@@ -1,0 +1,93 @@
+"""One writer per block: the lease refuses a second writer, lets a run's own restart take
+over, fences off the writer it replaced, and is released when a writer stops."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dbparallel.config import DataConfig
+from dbparallel.data.sources import open_data
+from dbparallel.errors import RunDirError
+from dbparallel.training.lease import BlockLease, LeaseLost, release_session
+from dbparallel.training.loop import BlockRun
+from dbparallel.training.storage import Storage
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_second_writer_is_refused_until_the_lease_lapses(tmp_path) -> None:
+    storage, clock = Storage(str(tmp_path)), Clock()
+    first = BlockLease(storage, 1, "run-a", 60.0, clock)
+    assert first.acquire() == 1
+    second = BlockLease(storage, 1, "run-b", 60.0, clock)
+    with pytest.raises(RunDirError, match=r"block 1 is being trained by another process "
+                                          r"\(run-a/.*lease renewed 0 s ago\)"):
+        second.acquire()
+    clock.now += 59
+    first.check()  # renewed: still held
+    clock.now += 59
+    with pytest.raises(RunDirError, match="renewed 59 s ago"):
+        second.acquire()
+    clock.now += 2  # the holder stopped renewing (a killed run): the lease lapses
+    assert second.acquire() == 2
+    with pytest.raises(LeaseLost, match="generation 2, this process holds 1"):
+        first.check()  # the writer it replaced is fenced off
+
+
+def test_a_restart_in_the_same_run_takes_over_and_fences_the_old_one(tmp_path) -> None:
+    storage = Storage(str(tmp_path))
+    old = BlockLease(storage, 0, "run", 60.0)
+    old.acquire()
+    new = BlockLease(storage, 0, "run", 60.0)  # Ray's restart of the block's actor
+    assert new.acquire() == 2
+    with pytest.raises(LeaseLost):
+        old.check()
+    new.check()
+
+
+def test_release_lets_the_next_writer_in_at_once(tmp_path) -> None:
+    storage = Storage(str(tmp_path))
+    a = BlockLease(storage, 0, "run-a", 3600.0)
+    a.acquire()
+    a.release()
+    assert BlockLease(storage, 0, "run-b", 3600.0).acquire() == 2
+    c = BlockLease(storage, 1, "run-c", 3600.0)
+    c.acquire()
+    release_session(storage, [0, 1], "run-c")  # a driver releasing its killed actors' leases
+    assert BlockLease(storage, 1, "run-d", 3600.0).acquire() == 2
+
+
+def test_a_fenced_off_block_run_writes_nothing(tiny_cfg, tmp_path) -> None:
+    index = open_data(DataConfig())
+    storage = Storage(tiny_cfg.run_dir)
+    zombie = BlockRun(tiny_cfg, 0, index, storage, session="run")
+    zombie.train_until(6)
+    manifest = storage.read_json("blocks/block_0/manifest.json")
+    replacement = BlockRun(tiny_cfg, 0, index, storage, session="run")  # took it over
+    with pytest.raises(LeaseLost):
+        zombie.train_until(12)  # its next checkpoint is refused
+    assert storage.read_json("blocks/block_0/manifest.json") == manifest
+    replacement.train_until(12)
+    assert [e["step"] for e in storage.read_json("blocks/block_0/manifest.json")["state"]] \
+        == [6, 12]
+    replacement.close()
+    lease = json.loads((tmp_path / "run" / "blocks" / "block_0" / "lease.json").read_text())
+    assert lease["holder"] == "" and lease["generation"] == 2
+
+
+def test_two_processes_training_one_block_are_refused(tiny_cfg, tmp_path) -> None:
+    index = open_data(DataConfig())
+    storage = Storage(tiny_cfg.run_dir)
+    running = BlockRun(tiny_cfg, 1, index, storage)  # e.g. `train --local --block 1`
+    with pytest.raises(RunDirError, match="block 1 is being trained by another process"):
+        BlockRun(tiny_cfg, 1, index, storage)  # the same command in a second terminal
+    running.close()
+    BlockRun(tiny_cfg, 1, index, storage).close()  # once it stopped, the next one may
