@@ -206,3 +206,78 @@ def test_a_machine_without_the_cache_builds_the_same_data(tmp_path, monkeypatch,
     assert here.fingerprint == pinned.fingerprint
     first = here.shards("train")[0].uri
     assert str(tmp_path / "worker-cache") in first and Path(first).is_file()
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(out, format="PNG")
+    return out.getvalue()
+
+
+def _encoded_rows(n: int, corrupt: int = -1) -> pa.Table:
+    """Hugging Face's layout: a struct of PNG bytes and a path per image."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)
+    blobs = [_png(im) for im in images]
+    if corrupt >= 0:
+        blobs[corrupt] = blobs[corrupt][:20]  # a truncated file
+    image = pa.StructArray.from_arrays(
+        [pa.array(blobs, pa.binary()), pa.array([f"{i}.png" for i in range(n)])],
+        names=["bytes", "path"])
+    return pa.table({"image": image, "label": pa.array(rng.integers(0, 10, n))})
+
+
+def _step_meeting(row: int, order_args: tuple, steps: int) -> int:
+    from dbparallel.training.data_order import DataOrder
+
+    order = DataOrder(*order_args)
+    starts = np.cumsum([0] + order.shard_rows)
+    for step in range(steps):
+        for seg in order.segments(step):
+            shards = order.shards_of(seg.epoch, seg.window)
+            first = np.cumsum([0] + [order.shard_rows[s] for s in shards])
+            for r in seg.rows:
+                k = int(np.searchsorted(first, r, side="right") - 1)
+                if starts[shards[k]] + r - first[k] == row:
+                    return step
+    return steps
+
+
+def test_encoded_images_and_image_folders_train(tmp_path) -> None:
+    from PIL import Image
+
+    data = _write(_encoded_rows(200), tmp_path / "hf" / "train-00000-of-00001.parquet")
+    assert main(["train", TINY, "--local", f"run.dir={tmp_path / 'a'}", "metrics.port=0",
+                 "data.source=parquet", f"data.path={data}"]) == 0
+    rng = np.random.default_rng(1)
+    for i in range(60):
+        folder = tmp_path / "folder" / f"class_{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(
+            folder / f"{i}.png")
+    assert main(["train", TINY, "--local", f"run.dir={tmp_path / 'b'}", "metrics.port=0",
+                 "data.source=image_folder", f"data.path={tmp_path / 'folder'}"]) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert [r["steps"] for r in report["per_block"]] == [12, 12]
+
+
+def test_a_corrupt_encoded_image_mid_stream_is_named_and_checkpoints_stay(
+        tmp_path, capsys) -> None:
+    # a row block 0 meets after its checkpoint of step 5 (row groups of 50, windows of 2)
+    args = ([50] * 12, 32, 0, 0, 2)
+    bad = next(r for r in range(3, ROWS, 11) if 8 <= _step_meeting(r, args, 19) < 19)
+    data = _write(_encoded_rows(ROWS, corrupt=bad), tmp_path / "d.parquet")
+    run_dir = tmp_path / "run"
+    code = main(["train", TINY, "--local", f"run.dir={run_dir}", "data.source=parquet",
+                 f"data.path={data}", "data.validate=false", "data.window_shards=2",
+                 "train.steps=19", "train.checkpoint_every=5", "metrics.port=0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{data} row {bad}: column 'image' is not a readable image" in err
+    assert err.count("\n") == 1
+    manifest = json.loads((run_dir / "blocks" / "block_0" / "manifest.json").read_text())
+    assert manifest["state"] and all((run_dir / e["file"]).is_file() for e in manifest["state"])
