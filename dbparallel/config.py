@@ -155,12 +155,13 @@ class TrainConfig:
     keep_snapshots: int = 1  # EMA snapshots kept per block (`dbparallel eval --step` reads them)
     precision: str = "fp32"  # fp32 | tf32 (TF32 matmuls on CUDA) | bf16 (autocast forward pass)
     nonfinite: str = "skip"  # on a NaN/Inf loss: skip the step, or stop the run
+    assembly_timeout_s: float = 7200.0  # the final assembly fails the run after this long
     lease_timeout_s: float = 120.0  # a block's write lease lapses this long after its
     # writer last renewed it (writers renew it while they train)
     on_unreadable: str = "refuse"  # checkpoints listed, none readable: refuse to start, or
     # restart (discard them and train the block again from step 0)
     max_restarts: int = 3  # restarts of a failed block actor before the run fails
-    stall_timeout_s: float = 600.0  # a block without progress this long is reported stalled
+    stall_timeout_s: float = 600.0  # a block without progress this long is restarted
     assemble_every: int = 0  # steps between assemblies during training; 0 = at the end only
     bptt_truncate: int = 0  # looped end to end: last iterations backpropagated; 0 = all K
 
@@ -177,6 +178,7 @@ class TrainConfig:
         _choice(self.nonfinite, "train.nonfinite", NONFINITE_POLICIES)
         _choice(self.on_unreadable, "train.on_unreadable", UNREADABLE_POLICIES)
         _check(self.lease_timeout_s > 0, "train.lease_timeout_s", "must be > 0")
+        _check(self.assembly_timeout_s > 0, "train.assembly_timeout_s", "must be > 0")
         _choice(self.objective, "train.objective", OBJECTIVES)
         _choice(self.precision, "train.precision", PRECISIONS)
         _check(self.max_restarts >= 0, "train.max_restarts", "must be >= 0")

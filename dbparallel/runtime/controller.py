@@ -43,6 +43,9 @@ class Backend(Protocol):
     def submit_assemble(self, write_samples: bool) -> None: ...
     def poll(self, timeout_s: float) -> list[Event]: ...
     def summaries(self) -> list[dict[str, Any]]: ...
+    def restart_block(self, block: int) -> None:
+        """Kill the block's process so that it restarts and resumes (its call is retried)."""
+        ...
 
 
 class RunFailed(RuntimeError):
@@ -58,6 +61,7 @@ class BlockStatus:
     restarts: int = 0
     last_progress_s: float = 0.0
     stalled: bool = False
+    stall_restarts: int = 0
 
 
 @dataclass
@@ -66,6 +70,7 @@ class Controller:
     backend: Backend
     on_progress: Callable[[int, int, float], None] = lambda block, step, loss: None
     on_stall: Callable[[int, bool], None] = lambda block, stalled: None
+    on_assembly_failed: Callable[[str], None] = lambda message: None
     clock: Callable[[], float] = time.monotonic
     state: State = State.TRAINING
     blocks: list[BlockStatus] = field(default_factory=list)
@@ -73,6 +78,7 @@ class Controller:
     error: str = ""
     user_error: UserError | None = None  # a block met bad input (e.g. a bad row): exit 2
     _assembling: bool = False
+    _assembly_started_s: float = 0.0
     _next_assembly: int = 0
 
     def __post_init__(self) -> None:
@@ -98,19 +104,36 @@ class Controller:
             self._check_stalls()
             if all(s.done for s in self.blocks) and not self._assembling:
                 self.state = State.ASSEMBLING
-                self.backend.submit_assemble(True)
-                self._assembling = True
+                self._submit_assemble(True)
             elif min(s.step for s in self.blocks) >= self._next_assembly and not self._assembling:
                 self._next_assembly += self.cfg.train.assemble_every
-                self.backend.submit_assemble(False)
-                self._assembling = True
+                self._submit_assemble(False)
+        if self.state == State.ASSEMBLING and self._assembling:
+            waited = self.clock() - self._assembly_started_s
+            if waited > self.cfg.train.assembly_timeout_s:
+                self._fail(f"the final assembly did not finish within "
+                           f"train.assembly_timeout_s={self.cfg.train.assembly_timeout_s:g}; "
+                           f"{self._retry_hint()}")
         return self.state
+
+    def _submit_assemble(self, final: bool) -> None:
+        self.backend.submit_assemble(final)
+        self._assembling = True
+        self._assembly_started_s = self.clock()
+
+    def _retry_hint(self) -> str:
+        return (f"every block's checkpoints are kept: assemble and evaluate them with "
+                f"`dbparallel eval {self.cfg.run_dir}`")
 
     def _handle(self, event: Event) -> None:
         if event.kind == "assemble":
             self._assembling = False
-            if event.error is not None:
-                self._fail(f"assembly failed: {event.error}")
+            if event.error is not None and self.state == State.TRAINING:
+                message = f"an assembly during training failed (training goes on): {event.error}"
+                log.warning(message)
+                self.on_assembly_failed(message)
+            elif event.error is not None:
+                self._fail(f"the final assembly failed: {event.error}; {self._retry_hint()}")
             elif self.state == State.ASSEMBLING:
                 self.assembly = dict(event.result)
                 self.state = State.DONE
@@ -139,14 +162,27 @@ class Controller:
         self.on_progress(event.block, status.step, status.loss)
 
     def _check_stalls(self) -> None:
-        now = self.clock()
+        """A block without progress for train.stall_timeout_s is reported and restarted (its
+        process is killed; Ray starts it again and it resumes), up to train.max_restarts."""
+        now, limit = self.clock(), self.cfg.train.stall_timeout_s
         for b, status in enumerate(self.blocks):
             quiet = now - status.last_progress_s
-            if not status.done and not status.stalled and quiet > self.cfg.train.stall_timeout_s:
+            if status.done or quiet <= limit:
+                continue
+            if not status.stalled:
                 status.stalled = True
-                log.warning("block %d has made no progress for %.0f s (train.stall_timeout_s)",
-                            b, quiet)
                 self.on_stall(b, True)
+            if status.stall_restarts >= self.cfg.train.max_restarts:
+                self._fail(f"block {b} made no progress for {quiet:.0f} s "
+                           f"(train.stall_timeout_s={limit:g}) after {status.stall_restarts} "
+                           f"restarts (train.max_restarts)")
+                return
+            status.stall_restarts += 1
+            status.last_progress_s = now
+            log.warning("block %d has made no progress for %.0f s (train.stall_timeout_s); "
+                        "restarting it (%d of train.max_restarts=%d)", b, quiet,
+                        status.stall_restarts, self.cfg.train.max_restarts)
+            self.backend.restart_block(b)
 
     def _fail(self, message: str) -> None:
         self.state = State.FAILED

@@ -19,7 +19,12 @@ from dbparallel.errors import UserError
 from dbparallel.runtime.assembler_actor import AssemblerActor
 from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.controller import Controller, Event
-from dbparallel.runtime.metrics import BlockRecorder, RaySink, check_port_free
+from dbparallel.runtime.metrics import (
+    AssemblyRecorder,
+    BlockRecorder,
+    RaySink,
+    check_port_free,
+)
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.tasks import build_task
 from dbparallel.training.lease import release_session
@@ -57,8 +62,8 @@ def connect(cfg: Config) -> bool:
 class RayBackend:
     """The controller's view of the actors: submit calls, collect finished ones."""
 
-    def __init__(self, cfg: Config, actors: list[Any]):
-        self.cfg, self.actors = cfg, actors
+    def __init__(self, cfg: Config, actors: list[Any], pg: Any):
+        self.cfg, self.actors, self.pg = cfg, actors, pg
         self.assembler: Any = None
         self.pending: dict[ray.ObjectRef, tuple[str, int | None]] = {}
 
@@ -68,8 +73,12 @@ class RayBackend:
     def submit_assemble(self, write_samples: bool) -> None:
         if self.assembler is None:
             r = self.cfg.runtime
+            placed = {}
+            if assembly_bundle(self.cfg):  # reserved with the blocks' bundles
+                placed["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    self.pg, self.cfg.model.blocks)
             self.assembler = ray.remote(AssemblerActor).options(
-                num_cpus=r.assembly_cpus, num_gpus=r.assembly_gpus, name=None,
+                num_cpus=r.assembly_cpus, num_gpus=r.assembly_gpus, name=None, **placed,
             ).remote(self.cfg)
         self.pending[self.assembler.assemble.remote(write_samples)] = ("assemble", None)
 
@@ -89,6 +98,9 @@ class RayBackend:
                 events.append(Event(kind, block, error=_root_cause(err)))
         return events
 
+    def restart_block(self, block: int) -> None:
+        ray.kill(self.actors[block], no_restart=False)  # Ray restarts it; the call is retried
+
     def summaries(self) -> list[dict[str, Any]]:
         return ray.get([a.summary.remote() for a in self.actors], timeout=300)
 
@@ -103,20 +115,32 @@ def _root_cause(err: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else err
 
 
+def assembly_bundle(cfg: Config) -> dict[str, float]:
+    """What the assembly actor reserves (nothing when it asks for no CPU and no GPU)."""
+    r = cfg.runtime
+    return {k: v for k, v in (("CPU", r.assembly_cpus), ("GPU", r.assembly_gpus)) if v}
+
+
 def reserve(cfg: Config) -> Any:
-    """A placement group of one bundle per block; UserError if the cluster cannot fit it."""
+    """A placement group of one bundle per block and one for the assembly actor, reserved
+    before training starts; UserError naming the keys if the cluster cannot fit it."""
     r = cfg.runtime
     bundle = {"CPU": r.cpus_per_block, **({"GPU": r.gpus_per_block} if r.gpus_per_block else {})}
-    pg = placement_group([dict(bundle) for _ in range(cfg.model.blocks)], strategy="SPREAD")
+    bundles = [dict(bundle) for _ in range(cfg.model.blocks)]
+    if assembly_bundle(cfg):
+        bundles.append(assembly_bundle(cfg))
+    pg = placement_group(bundles, strategy="SPREAD")
     try:
         ray.get(pg.ready(), timeout=r.placement_timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
         have = ray.cluster_resources()
+        extra = (f" + the assembly actor's {assembly_bundle(cfg)} (runtime.assembly_cpus/"
+                 f"assembly_gpus)" if assembly_bundle(cfg) else "")
         raise UserError(
-            f"runtime.cpus_per_block/gpus_per_block: {cfg.model.blocks} blocks x {bundle} do not "
-            f"fit the cluster ({have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs) within "
-            f"runtime.placement_timeout_s={r.placement_timeout_s:g}") from None
+            f"runtime.cpus_per_block/gpus_per_block: {cfg.model.blocks} blocks x {bundle}{extra} "
+            f"do not fit the cluster ({have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs) "
+            f"within runtime.placement_timeout_s={r.placement_timeout_s:g}") from None
     return pg
 
 
@@ -146,11 +170,13 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
             ).remote(cfg, b, session)
             for b in range(cfg.model.blocks)
         ]
-        backend = RayBackend(cfg, actors)
+        backend = RayBackend(cfg, actors, pg)
         bars = BlockBars(cfg.model.blocks, cfg.train.steps, progress)
         stall = [BlockRecorder(cfg.run.name, b, None, RaySink()) for b in range(cfg.model.blocks)]
+        assembly = AssemblyRecorder(cfg.run.name, RaySink())
         controller = Controller(cfg, backend, on_progress=bars.update,
-                                on_stall=lambda b, stalled: stall[b].stalled(stalled))
+                                on_stall=lambda b, stalled: stall[b].stalled(stalled),
+                                on_assembly_failed=lambda message: assembly.failed())
         metrics = controller.run()
         per_block = backend.summaries()
     finally:

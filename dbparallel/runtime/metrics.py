@@ -44,7 +44,12 @@ ASSEMBLY_METRICS: tuple[MetricSpec, ...] = tuple(
     for key in ASSEMBLY_KEYS
 )
 
-ALL_METRICS: tuple[MetricSpec, ...] = BLOCK_METRICS + ASSEMBLY_METRICS
+RUN_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("dbparallel_assembly_failures", "counter",
+               "Assemblies during training that failed (training went on)", ("run",)),
+)
+
+ALL_METRICS: tuple[MetricSpec, ...] = BLOCK_METRICS + ASSEMBLY_METRICS + RUN_METRICS
 
 RAY_PREFIX = "ray_"
 
@@ -194,6 +199,10 @@ class AssemblyRecorder:
     def __init__(self, run: str, sink: Sink | None = None):
         self.sink = sink or RaySink()
         self.tags = {"run": run}
+
+    def failed(self) -> None:
+        """One more assembly during training failed."""
+        self.sink.inc(SPEC["dbparallel_assembly_failures"], 1, self.tags)
 
     def record(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from dbparallel.config import Config, config_hash, identity_diff, to_dict
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RunDirError
@@ -11,12 +13,23 @@ from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.eval import evaluate, sample_artifact
 from dbparallel.training.storage import Storage
 
+RETRIES, RETRY_WAIT_S = 3, 0.5  # re-reads of a manifest whose snapshot moved under the reader
+
 
 def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> list[dict]:
     """The latest good snapshot of every block (the one of ``step`` if given); refuses
     missing or disagreeing blocks."""
     checkpoints = [BlockCheckpoints(storage, b) for b in range(cfg.model.blocks)]
     snapshots = [c.load_latest("snapshot", step) for c in checkpoints]
+    for _ in range(RETRIES):  # a block training meanwhile may have replaced the snapshot it
+        # listed: read its manifest again
+        missing = [b for b, s in enumerate(snapshots) if s is None and checkpoints[b].steps(
+            "snapshot")]
+        if not missing or step is not None:
+            break
+        time.sleep(RETRY_WAIT_S)
+        for b in missing:
+            snapshots[b] = checkpoints[b].load_latest("snapshot")
     missing = [b for b, s in enumerate(snapshots) if s is None]
     if missing and step is not None:
         kept = {b: checkpoints[b].steps("snapshot") for b in missing}

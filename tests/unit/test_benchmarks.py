@@ -116,3 +116,64 @@ def test_throughput_rows(ray_session: dict) -> None:
         row["aggregate_samples_per_s"] / (2 * row["single_samples_per_s"]))
     assert 0 <= row["data_share"] < 1
     assert "not_measured" in result["data_parallel_e2e"]  # no GPUs here
+
+
+def test_data_scale_parquet_writer(tmp_path: Path) -> None:
+    """The synthetic images: several files, row groups, schema, labels, determinism, reuse."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks import data_scale
+
+    a = data_scale.write_images(tmp_path / "a", 300, 8, row_group=32)
+    b = data_scale.write_images(tmp_path / "b", 300, 8, row_group=32)
+    files = sorted(a.glob("*.parquet"))
+    assert len(files) >= 4 and [f.name for f in files] == sorted(p.name for p in b.iterdir())
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        assert all(meta.row_group(i).num_rows <= 32 for i in range(meta.num_row_groups))
+    table = pq.read_table(a)
+    assert table.num_rows == 300
+    assert table.schema.field("image").type == pa.list_(pa.uint8(), 3 * 8 * 8)
+    assert table.schema.field("label").type == pa.int64()
+    labels = table.column("label").to_numpy()
+    assert labels.min() >= 0 and labels.max() < 10 and len(set(labels)) > 1
+    assert table.equals(pq.read_table(b))  # same seed, same rows
+    images = np.stack(table.column("image").to_numpy(zero_copy_only=False)).reshape(-1, 3, 8, 8)
+    means = [images[labels == k].mean() for k in set(labels)]
+    assert np.std(means) > 5  # class-conditional: the classes differ
+    stamp = files[0].stat().st_mtime_ns
+    data_scale.write_images(a, 300, 8, row_group=32)  # complete: reused, not rewritten
+    assert files[0].stat().st_mtime_ns == stamp
+
+
+def test_data_scale_ratios_and_skip() -> None:
+    """Targets computed from a hand-built result; today's 16x skipped only when too big."""
+    from benchmarks import data_scale
+
+    rows = [{"impl": "streaming", "rows": 100, "peak_memory_bytes": 1000,
+             "samples_per_second_per_block": 90.0},
+            {"impl": "streaming", "rows": 1600, "peak_memory_bytes": 1150,
+             "samples_per_second_per_block": 95.0},
+            {"impl": "today", "rows": 100, "peak_memory_bytes": 900,
+             "samples_per_second_per_block": 100.0},
+            {"impl": "today", "rows": 1600, "skipped": "too big"}]
+    r = data_scale.ratios(rows, base_rows=100)
+    assert r["streaming_peak_16x_over_1x"]["value"] == pytest.approx(1.15)
+    assert r["streaming_peak_16x_over_1x"]["target_met"] is True
+    assert r["streaming_over_today_samples_per_s_1x"]["value"] == pytest.approx(0.9)
+    assert r["streaming_over_today_samples_per_s_1x"]["target_met"] is True
+    rows[1]["peak_memory_bytes"] = 1300
+    rows[0]["samples_per_second_per_block"] = 80.0
+    r = data_scale.ratios(rows, base_rows=100)
+    assert not r["streaming_peak_16x_over_1x"]["target_met"]
+    assert not r["streaming_over_today_samples_per_s_1x"]["target_met"]
+    assert data_scale.ratios(rows[2:], 100)["streaming_peak_16x_over_1x"] == {
+        "value": None, "target": "<= 1.2", "target_met": None}
+    json.dumps(r, allow_nan=False)
+    today = [{"rows": 100, "peak_memory_bytes": 1 * 2**30},
+             {"rows": 400, "peak_memory_bytes": 4 * 2**30}]  # +1 GiB per 100 rows
+    assert data_scale.too_big(today, 1600, total=64 * 2**30) is None  # 16 GiB < 60% of 64
+    assert "exceeds 60%" in data_scale.too_big(today, 1600, total=16 * 2**30)
+    assert data_scale.too_big(today[:1], 1600, total=1) is None  # nothing to extrapolate from

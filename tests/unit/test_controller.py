@@ -9,10 +9,14 @@ from dbparallel.runtime.controller import Controller, Event, RunFailed, State
 class FakeBackend:
     """Blocks advance to whatever step they are asked for, unless told to hang or fail."""
 
-    def __init__(self, steps: int, hang: set[int] = frozenset(), fail: dict | None = None):
+    def __init__(self, steps: int, hang: set[int] = frozenset(), fail: dict | None = None,
+                 assembly_errors: list | None = None, assembly_hangs: bool = False):
         self.steps, self.hang, self.fail = steps, set(hang), fail or {}
+        self.assembly_errors = list(assembly_errors or [])  # errors of the next assemblies
+        self.assembly_hangs = assembly_hangs
         self.queue: list[Event] = []
         self.calls: list[tuple] = []
+        self.restarted: list[int] = []
 
     def submit_train(self, block: int, until: int) -> None:
         self.calls.append(("train", block, until))
@@ -26,7 +30,14 @@ class FakeBackend:
 
     def submit_assemble(self, write_samples: bool) -> None:
         self.calls.append(("assemble", write_samples))
-        self.queue.append(Event("assemble", None, {"sample_accuracy": 0.5}))
+        if self.assembly_hangs and write_samples:
+            return
+        error = self.assembly_errors.pop(0) if self.assembly_errors else None
+        self.queue.append(Event("assemble", None, None if error else {"sample_accuracy": 0.5},
+                                error=error))
+
+    def restart_block(self, block: int) -> None:
+        self.restarted.append(block)
 
     def poll(self, timeout_s: float) -> list[Event]:
         events, self.queue = self.queue, []
@@ -85,3 +96,48 @@ def test_stalled_block_is_reported() -> None:
     assert stalls == [(1, True)]
     assert controller.blocks[1].stalled and not controller.blocks[0].stalled
     assert controller.state == State.TRAINING
+
+
+def test_a_failed_assembly_during_training_is_counted_not_fatal() -> None:
+    backend = FakeBackend(steps=10, assembly_errors=[FileNotFoundError("snapshot moved")])
+    failures: list[str] = []
+    controller = Controller(_cfg("train.assemble_every=4"), backend,
+                            on_assembly_failed=failures.append)
+    assert controller.run() == {"sample_accuracy": 0.5}
+    assert len(failures) == 1 and "snapshot moved" in failures[0]
+
+
+def test_a_failed_final_assembly_fails_the_run_saying_how_to_retry() -> None:
+    backend = FakeBackend(steps=10, assembly_errors=[RuntimeError("out of memory")])
+    controller = Controller(_cfg("run.dir=/runs/x"), backend)
+    try:
+        controller.run()
+    except RunFailed as err:
+        assert "out of memory" in str(err) and "dbparallel eval /runs/x" in str(err)
+    else:
+        raise AssertionError("the run should have failed")
+
+
+def test_a_hung_final_assembly_fails_after_its_timeout() -> None:
+    now = [0.0]
+    backend = FakeBackend(steps=10, assembly_hangs=True)
+    controller = Controller(_cfg("train.assembly_timeout_s=60"), backend, clock=lambda: now[0])
+    for _ in range(10):
+        if controller.step() == State.FAILED:
+            break
+        now[0] += 10.0
+    assert controller.state == State.FAILED and "train.assembly_timeout_s=60" in controller.error
+
+
+def test_a_stalled_block_is_restarted_then_fails_the_run() -> None:
+    now = [0.0]
+    backend = FakeBackend(steps=10, hang={1})
+    controller = Controller(_cfg("train.stall_timeout_s=30", "train.max_restarts=2"), backend,
+                            clock=lambda: now[0])
+    states = []
+    for _ in range(12):
+        states.append(controller.step())
+        now[0] += 20.0
+    assert backend.restarted == [1, 1]  # killed so that it restarts and resumes, twice
+    assert controller.state == State.FAILED
+    assert "block 1 made no progress" in controller.error and "after 2 restarts" in controller.error
