@@ -52,6 +52,14 @@ class RunFailed(RuntimeError):
     """The run cannot finish; the message names the block and its last error."""
 
 
+class BlockUnavailable(RuntimeError):
+    """A block's call failed because its process is (for now) unreachable, e.g. its node was
+    lost while Ray restarts the actor elsewhere: the controller asks again."""
+
+
+MAX_UNAVAILABLE = 20  # calls in a row that may find a block unreachable before the run fails
+
+
 @dataclass
 class BlockStatus:
     step: int = 0
@@ -62,6 +70,7 @@ class BlockStatus:
     last_progress_s: float = 0.0
     stalled: bool = False
     stall_restarts: int = 0
+    unavailable: int = 0  # calls in a row that found the block unreachable
 
 
 @dataclass
@@ -143,6 +152,11 @@ class Controller:
         assert event.block is not None
         status = self.blocks[event.block]
         status.in_flight = False
+        if isinstance(event.error, BlockUnavailable) and status.unavailable < MAX_UNAVAILABLE:
+            status.unavailable += 1
+            log.warning("block %d is unreachable (%s); asking it again", event.block,
+                        event.error)
+            return  # not in flight any more: the next step submits the call again
         if isinstance(event.error, UserError):  # restarting would meet it again
             self.user_error = event.error
             self._fail(f"block {event.block}: {event.error}")
@@ -152,6 +166,7 @@ class Controller:
                        f"{self.cfg.train.max_restarts} restarts): {event.error}")
             return
         progress = event.result
+        status.unavailable = 0
         if progress["step"] > status.step:
             status.last_progress_s = self.clock()
         status.step, status.done = progress["step"], progress["done"]

@@ -18,7 +18,7 @@ from dbparallel.data.shards import DataIndex
 from dbparallel.errors import UserError
 from dbparallel.runtime.assembler_actor import AssemblerActor
 from dbparallel.runtime.block_actor import BlockActor
-from dbparallel.runtime.controller import Controller, Event
+from dbparallel.runtime.controller import BlockUnavailable, Controller, Event
 from dbparallel.runtime.metrics import (
     AssemblyRecorder,
     BlockRecorder,
@@ -94,6 +94,8 @@ class RayBackend:
             kind, block = self.pending.pop(ref)
             try:
                 events.append(Event(kind, block, result=ray.get(ref)))
+            except ray.exceptions.ActorUnavailableError as err:  # e.g. its node was lost
+                events.append(Event(kind, block, error=BlockUnavailable(str(err))))
             except ray.exceptions.RayError as err:
                 events.append(Event(kind, block, error=_root_cause(err)))
         return events

@@ -141,3 +141,24 @@ def test_a_stalled_block_is_restarted_then_fails_the_run() -> None:
     assert backend.restarted == [1, 1]  # killed so that it restarts and resumes, twice
     assert controller.state == State.FAILED
     assert "block 1 made no progress" in controller.error and "after 2 restarts" in controller.error
+
+
+def test_an_unreachable_block_is_asked_again() -> None:
+    from dbparallel.runtime.controller import BlockUnavailable
+
+    class Flaky(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__(steps=10)
+            self.lost = 2  # block 1's node is lost: two calls find it unreachable
+
+        def submit_train(self, block: int, until: int) -> None:
+            if block == 1 and self.lost:
+                self.lost -= 1
+                self.calls.append(("train", block, until))
+                self.queue.append(Event("train", 1, error=BlockUnavailable("node lost")))
+                return
+            super().submit_train(block, until)
+
+    backend = Flaky()
+    assert Controller(_cfg(), backend).run() == {"sample_accuracy": 0.5}
+    assert backend.calls.count(("train", 1, 4)) == 3  # asked again until it answered
