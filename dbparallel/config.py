@@ -252,6 +252,8 @@ class DebugConfig:
     kill_block: int = -1  # block whose actor exits hard once, at kill_at_step; -1 = none
     kill_at_step: int = -1  # step at which kill_block's actor exits
     kill_times: int = 1  # how many of kill_block's actor processes die at kill_at_step
+    chaos_seed: int = -1  # >= 0: seed of a schedule of chaos_kills hard kills (runtime/faults.py)
+    chaos_kills: int = 0  # kills of block actors (and of the assembly actor) in that schedule
 
 
 @dataclass

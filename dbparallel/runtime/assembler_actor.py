@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+
+import ray
 import torch
 
 from dbparallel.config import Config
+from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import AssemblyRecorder
 from dbparallel.training.assemble import assemble
 from dbparallel.training.precision import set_matmul_precision
 from dbparallel.training.run_dir import run_data
 from dbparallel.training.storage import Storage
+
+RESTARTS = "assembler_restarts.json"
 
 
 class AssemblerActor:
@@ -25,8 +31,20 @@ class AssemblerActor:
         self.device = "cuda" if use_gpu else "cpu"
         set_matmul_precision(cfg.train.precision, self.device)
         self.recorder = AssemblyRecorder(cfg.run.name)
+        with warnings.catch_warnings():  # Ray's own property warns about its internals
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.incarnation = self._count_restart() if restarted else 0
+
+    def _count_restart(self) -> int:
+        count = 1 + (self.storage.read_json(RESTARTS)["restarts"]
+                     if self.storage.exists(RESTARTS) else 0)
+        self.storage.write_json(RESTARTS, {"restarts": count})
+        return count
 
     def assemble(self, write_samples: bool = True) -> dict[str, float]:
+        if not write_samples and faults.due(self.cfg, faults.ASSEMBLER, self.incarnation):
+            faults.die()  # fault injection (debug.chaos_*): during a mid-training assembly
         metrics = assemble(self.cfg, self.storage, self.index, self.device, write_samples)
         self.recorder.record(metrics)
         return metrics

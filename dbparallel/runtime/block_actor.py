@@ -17,6 +17,7 @@ import ray
 import torch
 
 from dbparallel.config import Config
+from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder
 from dbparallel.training.block_trainer import StepStats
 from dbparallel.training.loop import BlockRun
@@ -49,11 +50,10 @@ class BlockActor:
 
     def train(self, until: int) -> dict[str, Any]:
         """Train up to step ``until``; returns this block's progress."""
-        d = self.cfg.debug
-        if (d.kill_block == self.block and self.restarts < d.kill_times
-                and self.run.trainer.step < d.kill_at_step <= until):
-            self.run.train_until(d.kill_at_step, self._on_step)
-            os._exit(1)  # fault injection: die hard, no cleanup, no checkpoint
+        kill_at = faults.due(self.cfg, self.block, self.restarts)  # fault injection (debug.*)
+        if kill_at is not None and self.run.trainer.step < kill_at <= until:
+            self.run.train_until(kill_at, self._on_step)
+            faults.die()
         self.run.train_until(until, self._on_step)
         return self.progress()
 

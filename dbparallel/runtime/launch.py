@@ -78,7 +78,9 @@ class RayBackend:
                 placed["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                     self.pg, self.cfg.model.blocks)
             self.assembler = ray.remote(AssemblerActor).options(
-                num_cpus=r.assembly_cpus, num_gpus=r.assembly_gpus, name=None, **placed,
+                num_cpus=r.assembly_cpus, num_gpus=r.assembly_gpus, name=None,
+                max_restarts=self.cfg.train.max_restarts,
+                max_task_retries=self.cfg.train.max_restarts, **placed,
             ).remote(self.cfg)
         self.pending[self.assembler.assemble.remote(write_samples)] = ("assemble", None)
 
