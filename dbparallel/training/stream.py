@@ -40,7 +40,9 @@ class Window:
         shards = index.shards(split)
         parts = [read_shard(shards[s], columns, index.meta) for s in shard_ids]
         starts = np.cumsum([0] + [p.table.num_rows for p in parts[:-1]]).tolist()
-        return cls(parts, starts, pa.concat_tables([p.table for p in parts]))
+        # one contiguous chunk: taking a batch's rows from a chunked column would copy the
+        # whole window on every batch
+        return cls(parts, starts, pa.concat_tables([p.table for p in parts]).combine_chunks())
 
     def where(self, row: int) -> str:
         k = bisect.bisect_right(self.starts, row) - 1
