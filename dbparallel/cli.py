@@ -152,12 +152,14 @@ def _device(cfg: Config, requested: str) -> str:
 
 
 def _run_data(cfg: Config, run_dir: str) -> DataIndex:
-    """The data a run trained on (its pinned index), else the data its config names."""
+    """The data a run trained on (its pinned index, rebuilt here where it lives in another
+    machine's cache), else the data its config names."""
     from dbparallel.data.sources import open_data
-    from dbparallel.training.run_dir import pinned_data
+    from dbparallel.training.run_dir import pinned_data, run_data
     from dbparallel.training.storage import Storage
 
-    return pinned_data(Storage(run_dir)) or open_data(cfg.data)
+    storage = Storage(run_dir)
+    return run_data(cfg, storage) if pinned_data(storage) else open_data(cfg.data)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

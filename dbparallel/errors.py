@@ -24,3 +24,8 @@ class RowError(DataError):
     def at(self, where: str) -> DataError:
         """The same error, located at ``where`` (e.g. ``data/part-3.parquet row 917``)."""
         return DataError(f"{where}: column {self.column!r} {self.detail}")
+
+
+class DataUnreachable(OSError):
+    """Reading data failed for a reason that may pass (a dropped connection, a throttled
+    object store) after the reader's own retries: the block asks again, it is not bad data."""

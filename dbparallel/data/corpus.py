@@ -299,6 +299,7 @@ def _load(folder: Path, shard_rows: int, label: str) -> DataIndex:
                                     first_row=first)
                               for first in range(0, rows, shard_rows))
     meta: dict[str, Any] = {"seq_len": seq_len, "dtype": dtype.name, "cached": True,
+                            "content": folder.name,  # the corpus key: changed text, new key
                             "tokenizer": index["tokenizer"], "vocab_size": index["vocab_size"]}
     if index["tokenizer"] == "char":
         meta["vocab"] = index["vocab"]

@@ -7,8 +7,11 @@ names the file and row of row ``i``, so a bad row met mid-stream is reported exa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -17,8 +20,12 @@ import pyarrow.parquet as pq
 
 from dbparallel.data.shards import DataIndex, Shard
 from dbparallel.data.tables import resolve_path
-from dbparallel.errors import DataError
+from dbparallel.errors import DataError, DataUnreachable
 
+RETRIES = (1.0, 4.0, 16.0)  # seconds before each new attempt at a read that failed to connect
+
+T = TypeVar("T")
+FILE_READERS = 16  # image files of a shard read at once (each one object-store request)
 SPLIT_COLUMN = "split"
 TOKENS_COLUMN = "tokens"
 
@@ -50,16 +57,37 @@ def read_shard(shard: Shard, columns: list[str] | None = None,
     return _read_tokens(shard, meta)
 
 
+def _io(read: Callable[[], T], where: str) -> T:
+    """``read()``, retried when the storage fails to answer; a missing file or an unreadable
+    one is the data's problem (DataError at once), a failure to connect is not."""
+    for wait in (*RETRIES, None):
+        try:
+            return read()
+        except PermissionError as err:
+            raise DataError(f"{where}: {err}") from None
+        except FileNotFoundError:
+            raise DataError(f"{where}: no such file (the data changed during the run?)") \
+                from None
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+            raise DataError(f"{where}: not readable: {err}") from None
+        except (pa.ArrowException, OSError) as err:
+            if wait is None:
+                raise DataUnreachable(f"{where}: {err}") from None
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 def _read_parquet(shard: Shard, columns: list[str] | None) -> ShardRows:
     fs, path = resolve_path(shard.uri)
     wanted = None
     if columns is not None:
         wanted = list(columns) + ([SPLIT_COLUMN] if shard.split_filter else [])
-    try:
+
+    def read() -> pa.Table:
         with fs.open_input_file(path) as f:
-            table = pq.ParquetFile(f).read_row_group(shard.row_group, columns=wanted)
-    except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{shard.uri}: cannot read row group {shard.row_group}: {err}") from None
+            return pq.ParquetFile(f).read_row_group(shard.row_group, columns=wanted)
+
+    table = _io(read, f"{shard.uri} row group {shard.row_group}")
     rows = np.arange(shard.first_row, shard.first_row + table.num_rows, dtype=np.int64)
     if shard.split_filter:
         keep = pc.fill_null(pc.equal(table.column(SPLIT_COLUMN), shard.split_filter), False)
@@ -75,13 +103,15 @@ def _read_parquet(shard: Shard, columns: list[str] | None) -> ShardRows:
 
 def _read_files(shard: Shard) -> ShardRows:
     fs, root = resolve_path(shard.uri)
-    blobs = []
-    for name in shard.files:
-        try:
+
+    def read(name: str) -> bytes:
+        def one() -> bytes:
             with fs.open_input_stream(f"{root.rstrip('/')}/{name}") as f:
-                blobs.append(f.read())
-        except (pa.ArrowException, OSError) as err:
-            raise DataError(f"{shard.uri.rstrip('/')}/{name}: cannot read: {err}") from None
+                return f.read()
+        return _io(one, f"{shard.uri.rstrip('/')}/{name}")
+
+    with ThreadPoolExecutor(FILE_READERS) as pool:  # one request each: many in flight
+        blobs = list(pool.map(read, shard.files))
     table = pa.table({"image": pa.array(blobs, pa.binary()),
                       "label": pa.array(list(shard.labels), pa.int64())})
     return ShardRows(shard, table, np.arange(shard.first_row, shard.first_row + shard.rows))
@@ -92,12 +122,12 @@ def _read_tokens(shard: Shard, meta: dict) -> ShardRows:
     fs, path = resolve_path(shard.uri)
     start = shard.first_row * seq_len * dtype.itemsize
     size = shard.rows * seq_len * dtype.itemsize
-    try:
+
+    def read() -> bytes:
         with fs.open_input_file(path) as f:
-            raw = f.read_at(size, start)
-    except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{shard.uri}: cannot read token rows {shard.first_row}..: {err}") \
-            from None
+            return f.read_at(size, start)
+
+    raw = _io(read, f"{shard.uri} token rows {shard.first_row}..")
     if len(raw) != size:
         raise DataError(f"{shard.uri}: token file is shorter than its index says; the file "
                         f"changed during the run")

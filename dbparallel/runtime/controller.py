@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dbparallel.config import Config
-from dbparallel.errors import UserError
+from dbparallel.errors import DataUnreachable, UserError
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,10 @@ class Controller:
             elif min(s.step for s in self.blocks) >= self._next_assembly and not self._assembling:
                 self._next_assembly += self.cfg.train.assemble_every
                 self._submit_assemble(False)
-        if self.state == State.ASSEMBLING and self._assembling:
+        if self.state in (State.TRAINING, State.ASSEMBLING) and self._assembling:
             waited = self.clock() - self._assembly_started_s
-            if waited > self.cfg.train.assembly_timeout_s:
-                self._fail(f"the final assembly did not finish within "
+            if waited > self.cfg.train.assembly_timeout_s:  # a final one may wait behind it
+                self._fail(f"an assembly did not finish within "
                            f"train.assembly_timeout_s={self.cfg.train.assembly_timeout_s:g}; "
                            f"{self._retry_hint()}")
         return self.state
@@ -152,7 +152,8 @@ class Controller:
         assert event.block is not None
         status = self.blocks[event.block]
         status.in_flight = False
-        if isinstance(event.error, BlockUnavailable) and status.unavailable < MAX_UNAVAILABLE:
+        transient = (BlockUnavailable, DataUnreachable)  # the block is fine: ask it again
+        if isinstance(event.error, transient) and status.unavailable < MAX_UNAVAILABLE:
             status.unavailable += 1
             log.warning("block %d is unreachable (%s); asking it again", event.block,
                         event.error)

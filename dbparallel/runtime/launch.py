@@ -188,7 +188,10 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
             bars.close()
         if backend is not None:
             backend.close()
-            release_session(storage, list(range(cfg.model.blocks)), session)
+            try:
+                release_session(storage, list(range(cfg.model.blocks)), session)
+            except OSError as err:  # e.g. the storage is what failed: keep the first error
+                log.warning("could not release the blocks' write leases: %s", err)
         if pg is not None:
             remove_placement_group(pg)
         if connected:

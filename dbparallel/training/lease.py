@@ -73,6 +73,12 @@ class BlockLease:
     def check(self) -> None:
         """Before a write: LeaseLost if another writer took over; else renew the lease."""
         current = self.read()
+        if current and current.get("holder") != self.holder \
+                and int(current["generation"]) < self.generation:
+            # a fenced-off writer renewed between its read and its write: generations only
+            # grow by takeovers, so the lease is still this writer's; its next check fails
+            self._write()
+            return
         if not current or current.get("holder") != self.holder:
             newer = current["generation"] if current else "none"
             raise LeaseLost(

@@ -41,8 +41,10 @@ class Window:
         parts = [read_shard(shards[s], columns, index.meta) for s in shard_ids]
         starts = np.cumsum([0] + [p.table.num_rows for p in parts[:-1]]).tolist()
         # one contiguous chunk: taking a batch's rows from a chunked column would copy the
-        # whole window on every batch
-        return cls(parts, starts, pa.concat_tables([p.table for p in parts]).combine_chunks())
+        # whole window on every batch; the parts keep only where their rows came from
+        table = pa.concat_tables([p.table for p in parts]).combine_chunks()
+        located = [ShardRows(p.shard, p.table.slice(0, 0), p.file_rows) for p in parts]
+        return cls(located, starts, table)
 
     def where(self, row: int) -> str:
         k = bisect.bisect_right(self.starts, row) - 1

@@ -27,3 +27,16 @@ def test_block_failing_past_max_restarts_fails_the_run(ray_session, tmp_path) ->
     assert BlockCheckpoints(storage, 1).restarts() == 1  # died twice: the first run + 1 restart
     survivor = BlockCheckpoints(storage, 0).load_latest("state")
     assert survivor is not None and survivor["step"] >= 6  # checksum-verified
+
+
+def test_an_assembler_that_cannot_be_placed_fails_before_training(ray_session, tmp_path) -> None:
+    """The session's instance has 2 CPUs: 2 blocks x 0.5 CPU fit, an assembly actor of 1.5
+    CPUs beside them does not. Refused at once, not after training, naming the keys."""
+    from dbparallel.errors import UserError
+
+    run_dir = tmp_path / "run"
+    cfg = load_config([RECIPE], [f"run.dir={run_dir}", "runtime.assembly_cpus=1.5",
+                                 "runtime.placement_timeout_s=5"])
+    with pytest.raises(UserError, match="runtime.assembly_cpus/assembly_gpus"):
+        run_ray(cfg, None, progress=False)
+    assert not (run_dir / "blocks").exists()  # no block trained for nothing

@@ -127,6 +127,7 @@ def test_a_hung_final_assembly_fails_after_its_timeout() -> None:
             break
         now[0] += 10.0
     assert controller.state == State.FAILED and "train.assembly_timeout_s=60" in controller.error
+    assert "dbparallel eval" in controller.error
 
 
 def test_a_stalled_block_is_restarted_then_fails_the_run() -> None:

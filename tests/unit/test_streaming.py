@@ -281,3 +281,30 @@ def test_a_corrupt_encoded_image_mid_stream_is_named_and_checkpoints_stay(
     assert err.count("\n") == 1
     manifest = json.loads((run_dir / "blocks" / "block_0" / "manifest.json").read_text())
     assert manifest["state"] and all((run_dir / e["file"]).is_file() for e in manifest["state"])
+
+
+def test_a_read_that_fails_to_connect_is_retried_then_called_unreachable(monkeypatch) -> None:
+    from dbparallel.errors import DataUnreachable
+
+    monkeypatch.setattr(shard_reader, "RETRIES", (0.0, 0.0))
+    attempts = []
+
+    def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise OSError("connection reset by peer")
+        return "rows"
+
+    assert shard_reader._io(flaky, "s3://b/part-0.parquet") == "rows" and len(attempts) == 3
+
+    def down() -> str:
+        raise OSError("503 SlowDown")
+
+    with pytest.raises(DataUnreachable, match="part-0.parquet: 503 SlowDown"):
+        shard_reader._io(down, "s3://b/part-0.parquet")  # not bad data: the block asks again
+
+    def gone() -> str:
+        raise FileNotFoundError("x")
+
+    with pytest.raises(DataError, match="no such file"):
+        shard_reader._io(gone, "part-0.parquet")
