@@ -76,10 +76,16 @@ def test_job_submit_runs_tiny_recipe(head, tmp_path) -> None:
     with pytest.raises(urllib.error.HTTPError, match="401"):  # no token, no entry
         urllib.request.urlopen(address + "/api/version", timeout=10)
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-         "python", "-m", "dbparallel", "train", "jobs/tiny_cpu.yaml", f"run.dir={run_dir}"],
-        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    deadline = time.monotonic() + 180
+    while True:  # the head's job agent comes up after its dashboard: ask until it answers
+        result = subprocess.run(
+            [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+             "python", "-m", "dbparallel", "train", "jobs/tiny_cpu.yaml", f"run.dir={run_dir}"],
+            env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        not_ready = "No available agent to submit job" in result.stdout + result.stderr
+        if not (result.returncode and not_ready and time.monotonic() < deadline):
+            break
+        time.sleep(3)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout
     report = json.loads((run_dir / "report.json").read_text())
