@@ -9,11 +9,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# The suite's own instances run without token auth: with it, a second cluster started by
-# tests/ray/test_job_submit.py never got its job agent ready beside the session's instance.
-# tests/ray/test_auth_ray.py proves the point about auth in processes of its own, where the
-# project's default (Ray's token auth) applies.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.fixture(autouse=True)
