@@ -17,8 +17,7 @@ import torch
 def set_matmul_precision(precision: str, device: torch.device | str) -> None:
     """Allow TF32 on CUDA for ``tf32`` and ``bf16`` (process-wide). On CPU, flush denormal
     floats to zero: Adam's second moments of tiny gradients fall into the denormal range,
-    whose arithmetic is many times slower on x86 (a tiny DiT block measured 12.5 ms a step
-    with flushing against 15-18 ms without, on data orders that produce them)."""
+    whose arithmetic is many times slower on x86."""
     if torch.device(device).type != "cuda":
         torch.set_flush_denormal(True)
         return
