@@ -11,14 +11,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-# opt-in (-m slow) until a failure beside the suite is understood: "No available agent to
-# submit job" from the head it starts, seen in every full-suite run since 2026-11-30
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -29,23 +28,30 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def head():
-    """A `ray start --head --block` cluster in its own process group, with the test's python
-    first on PATH. Only that group is stopped afterwards: `ray stop` would end every Ray
-    instance on the machine, the test session's own included."""
+def head(tmp_path_factory):
+    """A `ray start --head --block` cluster with token authentication, in its own process
+    group, with the test's python first on PATH. Its token lives in a HOME of its own, where
+    `ray job submit` finds it, as on a user's head node. Only that group is stopped afterwards:
+    `ray stop` would end every Ray instance on the machine, the test session's own included.
+
+    Every port is chosen free, the dashboard agent's HTTP port too: at its default (52365) it
+    collides with any other Ray instance on the machine that runs a dashboard (the suite's own
+    does), and the head then never gets a job agent ("No available agent to submit job")."""
     bin_dir = str(Path(sys.executable).parent)
-    # Token authentication off for this head only: with it on, the head's job agent never
-    # became ready when the suite's own Ray instance ran beside it ("No available agent to
-    # submit job"; alone it passes). Token auth is shown in tests/ray/test_auth_ray.py.
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"],
-           "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env.update(PATH=bin_dir + os.pathsep + os.environ["PATH"], HOME=str(home),
+               RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
     gcs, dash = _free_port(), _free_port()
     ray = str(Path(bin_dir) / "ray")
+    # as the README says: a head with token auth needs a token before it starts
+    subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True,
+                   capture_output=True, timeout=60)
     temp = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")  # short: Ray's socket paths are bounded
     proc = subprocess.Popen(
         [ray, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
          f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--disable-usage-stats",
+         f"--dashboard-agent-listen-port={_free_port()}",
          f"--temp-dir={temp}"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
@@ -54,6 +60,8 @@ def head():
         while True:
             try:
                 urllib.request.urlopen(address + "/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:  # it answers (401 without the token): it is up
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
