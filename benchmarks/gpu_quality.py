@@ -39,9 +39,10 @@ from dbparallel.config import Config, load_config  # noqa: E402
 from dbparallel.data.shards import DataIndex  # noqa: E402
 from dbparallel.data.sources import open_data  # noqa: E402
 from dbparallel.tasks import build_task  # noqa: E402
-from dbparallel.training.assemble import assemble, compose, load_snapshots  # noqa: E402
+from dbparallel.training.assemble import assemble  # noqa: E402
 from dbparallel.training.checkpoint import BlockCheckpoints  # noqa: E402
 from dbparallel.training.data_check import check_data  # noqa: E402
+from dbparallel.training.loading import load_run  # noqa: E402
 from dbparallel.training.precision import set_matmul_precision  # noqa: E402
 from dbparallel.training.storage import Storage  # noqa: E402
 
@@ -107,8 +108,8 @@ def evaluate(task: str, cfg: Config, run_dir: Path, step: int, device: str, out:
         return assemble(cfg, storage, index, device, write_samples=False, step=step)
     from dbparallel.training.eval.image_generation import eval_samples, score
 
-    t = build_task(cfg)
-    nets = compose(t, load_snapshots(cfg, storage, step), device)
+    network = load_run(str(run_dir), step, device, cfg)
+    t, nets = network.task, network.blocks
     fake, labels = eval_samples(cfg, t, nets, device)
     np.savez_compressed(out / f"dit_{method}.npz", labels=labels.numpy(),
                         images=(fake.clamp(0, 1) * 255).round().to(torch.uint8).numpy())

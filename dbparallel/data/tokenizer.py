@@ -240,3 +240,16 @@ def load_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     if meta.get("tokenizer") == "bpe":
         return BpeTokenizer.from_file(meta["tokenizer_file"])
     raise DataError(f"data.tokenizer: unknown tokenizer {meta.get('tokenizer')!r} in the index")
+
+
+def tokenizer_from_description(description: dict[str, Any]) -> Tokenizer:
+    """The tokenizer that ``describe()`` wrote (a run directory's vocab.json, an export's
+    metadata): a character list, or a BPE tokenizer's own JSON."""
+    if set(description) == {"vocab"} and isinstance(description["vocab"], list):
+        return CharTokenizer("".join(description["vocab"]))
+    from tokenizers import Tokenizer as HFTokenizer
+
+    try:
+        return BpeTokenizer(HFTokenizer.from_str(json.dumps(description)))
+    except Exception as err:  # tokenizers raises a bare Exception on a bad description
+        raise DataError(f"not a readable tokenizer description: {err}") from None

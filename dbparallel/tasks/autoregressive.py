@@ -122,11 +122,12 @@ class AutoregressiveLM(TextData):
 
     @torch.no_grad()
     def generate(self, nets: list[ARBlock], prompt: torch.Tensor, n_new: int,
-                 generator: torch.Generator) -> torch.Tensor:
-        """(N, n_new) token ids continuing ``prompt`` (N, P); the prompt's and every generated
-        token's keys and values are computed once per block and reused by every step."""
+                 generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+        """(N, n_new) token ids continuing ``prompt`` (N, P >= 1), each drawn at
+        ``temperature`` from the final logits; the prompt's and every generated token's keys
+        and values are computed once per block and reused by every step."""
         if not self.denoiser:
-            return self._generate_causal(nets[0], prompt, n_new, generator)
+            return self._generate_causal(nets[0], prompt, n_new, generator, temperature)
         sigmas = [float(s) for s in self.sigmas()]
         owners = [self.partition.owner(s) for s in sigmas]
         caches = {b: nets[b].clean(prompt)[1] for b in sorted(set(owners))}
@@ -138,17 +139,17 @@ class AutoregressiveLM(TextData):
                 logits = self.logits(nets[b], caches[b], z, s, start=caches[b][0][0].shape[2])
                 if k + 1 < len(sigmas):
                     z = self.euler(z, logits, nets[b].E, sigma, sigmas[k + 1])
-            token = gumbel_sample(logits, generator)  # (N, 1), from the final logits
+            token = gumbel_sample(logits, generator, temperature)  # (N, 1), final logits
             out.append(token)
             caches = {b: nets[b].clean(token, cache)[1] for b, cache in caches.items()}
         return torch.cat(out, dim=1)
 
     def _generate_causal(self, net: ARBlock, prompt: torch.Tensor, n_new: int,
-                         generator: torch.Generator) -> torch.Tensor:
+                         generator: torch.Generator, temperature: float) -> torch.Tensor:
         h, cache = net.clean(prompt)
         out = []
         for _ in range(n_new):
-            token = gumbel_sample(net.clean_logits(h[:, -1:]), generator)  # (N, 1)
+            token = gumbel_sample(net.clean_logits(h[:, -1:]), generator, temperature)  # (N, 1)
             out.append(token)
             h, cache = net.clean(token, cache)
         return torch.cat(out, dim=1)

@@ -76,22 +76,26 @@ class ImageGeneration:
 
     @torch.no_grad()
     def generate(
-        self, nets: list[DiTBlock], labels: torch.Tensor, generator: torch.Generator
+        self, nets: list[DiTBlock], labels: torch.Tensor, generator: torch.Generator,
+        steps: int | None = None, cfg_scale: float | None = None,
     ) -> torch.Tensor:
-        """Images in [0, 1] for ``labels`` from the composed chain of blocks."""
+        """Images in [0, 1] for ``labels`` from the composed chain of blocks, with ``steps``
+        solver steps and guidance ``cfg_scale`` (default: sample.steps, sample.cfg_scale)."""
         s, d = self.cfg.sample, self.cfg.data
         device = labels.device
-        sigmas = (equiprobable_schedule(self.noise, s.steps) if s.schedule == "equiprobable"
-                  else karras_schedule(self.noise, s.steps))
+        steps = s.steps if steps is None else steps
+        sigmas = (equiprobable_schedule(self.noise, steps) if s.schedule == "equiprobable"
+                  else karras_schedule(self.noise, steps))
         shape = (len(labels), d.channels, d.image_size, d.image_size)
         z = self.noise.sigma_max * torch.randn(shape, generator=generator).to(device)
         solver = euler_sample if s.solver == "euler" else heun_sample
-        x = solver(self.guided_denoiser(nets, labels), z, sigmas, self.partition)
+        scale = s.cfg_scale if cfg_scale is None else cfg_scale
+        x = solver(self.guided_denoiser(nets, labels, scale), z, sigmas, self.partition)
         return ((x.clamp(-1, 1) + 1) / 2).float()
 
-    def guided_denoiser(self, nets: list[DiTBlock], labels: torch.Tensor) -> Denoiser:
-        """(z, sigma, block) -> D, with classifier-free guidance when cfg_scale != 1."""
-        scale = self.cfg.sample.cfg_scale
+    def guided_denoiser(self, nets: list[DiTBlock], labels: torch.Tensor,
+                        scale: float) -> Denoiser:
+        """(z, sigma, block) -> D, with classifier-free guidance when ``scale`` != 1."""
         null = torch.full_like(labels, self.null_label)
 
         def denoise(z: torch.Tensor, sigma: float, block: int) -> torch.Tensor:

@@ -98,15 +98,21 @@ class MaskedDiffusionLM(TextData):
 
     @torch.no_grad()
     def generate(self, nets: list[MaskedLMBlock], n: int, generator: torch.Generator,
-                 device: str | torch.device = "cpu") -> torch.Tensor:
-        """(n, T) token ids by ancestral unmasking from all-[MASK] at t = 1 to t = 0."""
+                 device: str | torch.device = "cpu", prompt: torch.Tensor | None = None,
+                 length: int | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """(n, length) token ids (default data.seq_len) by ancestral unmasking from
+        all-[MASK] at t = 1 to t = 0; a ``prompt`` (n, P) fixes the first P tokens, which
+        stay as given (the blocks see them unmasked from the first step)."""
         steps = self.cfg.sample.steps
-        x = torch.full((n, self.seq_len), self.mask_id, dtype=torch.long, device=device)
+        x = torch.full((n, length or self.seq_len), self.mask_id, dtype=torch.long,
+                       device=device)
+        if prompt is not None:
+            x[:, :prompt.shape[1]] = prompt.to(device)
         for j in range(steps):
             t, s = 1 - j / steps, 1 - (j + 1) / steps
             logits = self.routed_logits(nets, x, torch.full((n,), t, device=device))
             # p(unmask at s | masked at t) = (alpha(s) - alpha(t)) / (1 - alpha(t)) = (t - s)/t
             u = torch.rand(x.shape, generator=generator).to(device)
             reveal = (x == self.mask_id) & (u < (t - s) / t)
-            x = torch.where(reveal, gumbel_sample(logits, generator), x)
+            x = torch.where(reveal, gumbel_sample(logits, generator, temperature), x)
         return x

@@ -18,8 +18,14 @@ from dbparallel.errors import DataError, RowError
 from dbparallel.tasks.base import Batch
 
 
-def gumbel_sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Token ids (...) drawn from softmax(logits (..., V)) by the Gumbel-max trick."""
+def gumbel_sample(logits: torch.Tensor, generator: torch.Generator,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """Token ids (...) drawn from softmax(logits (..., V) / temperature) by the Gumbel-max
+    trick; temperature 0 takes the most likely token."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    if temperature != 1.0:
+        logits = logits.float() / temperature
     u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).to(logits.device)
     exponential = (-torch.log(u.clamp_min(1e-300))).clamp_min(1e-300)  # -log u ~ Exp(1)
     gumbel = -torch.log(exponential).float()  # -log(-log u) ~ Gumbel(0, 1)

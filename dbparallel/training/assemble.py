@@ -2,77 +2,19 @@
 
 from __future__ import annotations
 
-import time
-
-from dbparallel.config import Config, config_hash, identity_diff, to_dict
+from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
-from dbparallel.errors import RunDirError
-from dbparallel.models.block import Block
-from dbparallel.tasks import Task, build_task
-from dbparallel.training.checkpoint import BlockCheckpoints
-from dbparallel.training.eval import evaluate, sample_artifact
+from dbparallel.training.loading import load_run
 from dbparallel.training.storage import Storage
-
-RETRIES, RETRY_WAIT_S = 3, 0.5  # re-reads of a manifest whose snapshot moved under the reader
-
-
-def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> list[dict]:
-    """The latest good snapshot of every block (the one of ``step`` if given); refuses
-    missing or disagreeing blocks."""
-    checkpoints = [BlockCheckpoints(storage, b) for b in range(cfg.model.blocks)]
-    snapshots = [c.load_latest("snapshot", step) for c in checkpoints]
-    for _ in range(RETRIES):  # a block training meanwhile may have replaced the snapshot it
-        # listed: read its manifest again
-        missing = [b for b, s in enumerate(snapshots) if s is None and checkpoints[b].steps(
-            "snapshot")]
-        if not missing or step is not None:
-            break
-        time.sleep(RETRY_WAIT_S)
-        for b in missing:
-            snapshots[b] = checkpoints[b].load_latest("snapshot")
-    missing = [b for b, s in enumerate(snapshots) if s is None]
-    if missing and step is not None:
-        kept = {b: checkpoints[b].steps("snapshot") for b in missing}
-        raise RunDirError(f"{storage.uri()}: block(s) {missing} have no snapshot of step {step} "
-                          f"(kept: {kept}); train.keep_snapshots sets how many are kept")
-    if missing:
-        raise RunDirError(f"{storage.uri()}: block(s) {missing} have no snapshot yet; "
-                          f"train them first (dbparallel train ... run.dir={storage.uri()})")
-    partition = build_task(cfg).partition.to_json()
-    for b, snap in enumerate(snapshots):
-        meta = snap["meta"]
-        if meta["block"] != b or meta["task"] != cfg.task:
-            raise RunDirError(f"block {b}: snapshot is of block {meta['block']} of task "
-                              f"{meta['task']!r}, expected block {b} of task {cfg.task!r}")
-        if meta["config_hash"] != config_hash(cfg):
-            keys = identity_diff(meta["config"], to_dict(cfg))
-            raise RunDirError(f"block {b}: trained with other values of {', '.join(keys)}")
-        if meta["partition"] != partition:
-            raise RunDirError(f"block {b}: its noise partition {meta['partition']['ranges']} "
-                              f"disagrees with {partition['ranges']}")
-    return snapshots
-
-
-def compose(task: Task, snapshots: list[dict], device: str = "cpu") -> list[Block]:
-    """The block networks with their EMA weights, block 0 first."""
-    nets = []
-    for b, snap in enumerate(snapshots):
-        net = task.build_block(b)
-        net.load_state_dict(snap["ema"])
-        nets.append(net.to(device).eval())
-    return nets
 
 
 def assemble(cfg: Config, storage: Storage, index: DataIndex, device: str = "cpu",
              write_samples: bool = True, step: int | None = None) -> dict[str, float]:
     """Load, compose and evaluate every block (at ``step``, else the latest snapshots);
     optionally write the samples (samples.png)."""
-    task = build_task(cfg)
-    snapshots = load_snapshots(cfg, storage, step)
-    nets = compose(task, snapshots, device)
-    metrics = evaluate(cfg, task, nets, index, device)
-    metrics["block_steps_min"] = min(s["meta"]["step"] for s in snapshots)
+    network = load_run(storage.root, step, device, cfg)
+    metrics = network.evaluate(index)
     if write_samples:
-        name, data = sample_artifact(cfg, task, nets, device, index)
+        name, data = network.artifact(index)
         storage.write_bytes(name, data)
     return metrics

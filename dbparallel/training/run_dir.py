@@ -6,11 +6,13 @@ import pyarrow.fs as pafs
 
 from dbparallel.config import Config, dump_yaml, identity_diff, to_dict
 from dbparallel.data.shards import DataIndex
+from dbparallel.data.tokenizer import Tokenizer
 from dbparallel.errors import RunDirError
 from dbparallel.training.storage import Storage
 
 CONFIG_FILE = "config.yaml"
 DATA_INDEX_FILE = "data_index.json"
+VOCAB_FILE = "vocab.json"  # text runs: the tokenizer, so the network is usable without data
 
 
 def open_run(cfg: Config) -> Storage:
@@ -48,8 +50,12 @@ def pin_data(storage: Storage, index: DataIndex) -> None:
                 f"{storage.uri()} was trained on other data than {index.source} now holds "
                 f"({then} training rows then, {now} now, or changed files); resume with the "
                 f"original data or choose a new run.dir")
-        return
-    storage.write_json(DATA_INDEX_FILE, index.to_json())
+    else:
+        storage.write_json(DATA_INDEX_FILE, index.to_json())
+    if index.meta.get("tokenizer") and not storage.exists(VOCAB_FILE):
+        from dbparallel.data.tokenizer import load_tokenizer
+
+        storage.write_json(VOCAB_FILE, load_tokenizer(index.meta).describe())
 
 
 def pinned_data(storage: Storage) -> DataIndex | None:
@@ -83,3 +89,12 @@ def _reachable(index: DataIndex) -> bool:
     shard = next(s for shards in index.splits.values() for s in shards)
     fs, path = resolve_path(shard.uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def run_tokenizer(storage: Storage) -> Tokenizer | None:
+    """The tokenizer of a text run (its vocab.json), None for image runs."""
+    from dbparallel.data.tokenizer import tokenizer_from_description
+
+    if not storage.exists(VOCAB_FILE):
+        return None
+    return tokenizer_from_description(storage.read_json(VOCAB_FILE))

@@ -69,7 +69,7 @@ def test_eval_and_sample_of_a_finished_run(straight, tmp_path, capsys) -> None:
 def test_disagreeing_block_is_refused(straight, tmp_path) -> None:
     from dbparallel.config import load_config
     from dbparallel.errors import RunDirError
-    from dbparallel.training.assemble import load_snapshots
+    from dbparallel.training.snapshots import load_snapshots
     from dbparallel.training.storage import Storage
 
     other = load_config([TINY], ["noise.P_mean=-1.0"])

@@ -38,7 +38,6 @@ from dbparallel.tasks import Task
 from dbparallel.tasks.text import token_rows
 from dbparallel.training.eval.scorer import cached_scorer, continuation_nll
 from dbparallel.training.seeding import generator
-from dbparallel.training.storage import Storage
 
 CHUNK = 128  # sequences per evaluation forward pass
 
@@ -168,15 +167,13 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
 def sample_text(cfg: Config, task: Task, nets: list[Block], device: str = "cpu",
                 index: DataIndex | None = None) -> bytes:
     """samples.txt: MDM samples from all-[MASK]; AR/looped continuations of test prompts of
-    ``index`` (else of the configured data). Writes the vocabulary to the run directory as
-    vocab.json (char: the characters; bpe: the tokenizer, tokenizer.json's contents)."""
+    ``index`` (else of the configured data)."""
     if index is None:
         from dbparallel.data.sources import open_data
 
         index = open_data(cfg.data)
     tokenizer = load_tokenizer(index.meta)
     count, p = cfg.sample.text_samples, cfg.sample.prompt_len
-    Storage(cfg.run_dir).write_json("vocab.json", tokenizer.describe())
     if cfg.task == "mdm":
         ids = task.generate(nets, count, generator(cfg.run.seed, "samples"), device).cpu()
         texts = [tokenizer.decode(row) for row in ids]

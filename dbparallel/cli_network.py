@@ -1,0 +1,148 @@
+"""The commands that use a trained network: eval, sample, export, generate, predict.
+
+Each takes a run directory or an export file and goes through ``dbparallel.load``
+(training/network.py), the same code path as the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING
+
+from dbparallel.errors import UserError
+
+if TYPE_CHECKING:
+    from dbparallel.data.shards import DataIndex
+    from dbparallel.training.network import Network
+
+DEVICE_HELP = "default: cuda if the run trained on GPUs and one is here, else cpu"
+
+
+def _load(args: argparse.Namespace) -> Network:
+    from dbparallel.training.loading import load
+
+    return load(args.source, getattr(args, "step", None), args.device or None)
+
+
+def _data(network: Network, source: str) -> DataIndex:
+    """The data a run trained on (its pinned index, rebuilt here where it lives in another
+    machine's cache); for an export, or a run that pinned none, the data its config names."""
+    from dbparallel.data.sources import open_data
+    from dbparallel.training.loading import is_file
+    from dbparallel.training.run_dir import pinned_data, run_data
+    from dbparallel.training.storage import Storage
+
+    if not is_file(source):
+        storage = Storage(source)
+        if pinned_data(storage):
+            return run_data(network.cfg, storage)
+    return open_data(network.cfg.data)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    network = _load(args)
+    metrics = network.evaluate(_data(network, args.source))
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        for k, v in metrics.items():
+            print(f"{k}: {v:.6g}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    network = _load(args)
+    needs_data = network.cfg.task != "dit"  # ViT's confusion and text prompts read the data
+    _, data = network.artifact(_data(network, args.source) if needs_data else None)
+    with open(args.out, "wb") as f:
+        f.write(data)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dbparallel.training.loading import export_run
+
+    network = export_run(args.source, args.out, args.step)
+    print(f"wrote {args.out}: {network.cfg.task}, {len(network.blocks)} blocks at steps "
+          f"{network.steps}; load it with dbparallel.load({args.out!r})")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    network = _load(args)
+    for k in range(args.samples):
+        text = network.generate(args.prompt, args.max_new, args.temperature, args.seed + k)
+        if args.samples > 1:
+            print(f"--- sample {k}")
+        print(args.prompt + text if not args.only_new else text)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from dbparallel.data.image_files import read_images
+
+    network = _load(args)
+    if "predict" not in network.verbs:
+        raise UserError(f"predict: {args.source} is a {network.cfg.task} network; predict "
+                        "classifies images with a vit network")
+    names, pixels = read_images(args.images, network.cfg.data)
+    rows = []
+    for start in range(0, len(names), args.batch):
+        probs = network.predict(pixels[start:start + args.batch]).softmax(dim=1)
+        for name, p in zip(names[start:start + args.batch], probs, strict=True):
+            rows.append({"input": name, "class": int(p.argmax()), "p": round(float(p.max()), 4)})
+    for row in rows:
+        print(json.dumps(row) if args.json else f"{row['input']}\t{row['class']}\t{row['p']}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The subcommands of this module, on ``sub``."""
+    source_help = "a run directory (path or URI) or a file written by `dbparallel export`"
+
+    e = sub.add_parser("eval", help="re-assemble a run's blocks and evaluate them")
+    e.add_argument("source", metavar="RUN_DIR", help=source_help)
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--step", type=int, default=None,
+                   help="evaluate the snapshots of this step (see train.keep_snapshots)")
+    e.add_argument("--device", default="", help=DEVICE_HELP)
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("sample", help="write the run's samples (samples.png, confusion.json, "
+                                      "samples.txt)")
+    s.add_argument("source", metavar="RUN_DIR", help=source_help)
+    s.add_argument("--out", required=True)
+    s.add_argument("--device", default="", help=DEVICE_HELP)
+    s.set_defaults(func=cmd_sample)
+
+    x = sub.add_parser("export", help="write every block's EMA weights, the config and the "
+                                      "partition to one safetensors file")
+    x.add_argument("source", metavar="RUN_DIR")
+    x.add_argument("--out", required=True, help="the file to write (path or URI)")
+    x.add_argument("--step", type=int, default=None,
+                   help="export the snapshots of this step (default: the latest)")
+    x.set_defaults(func=cmd_export, device="")
+
+    g = sub.add_parser("generate", help="continue a prompt with a text network")
+    g.add_argument("source", metavar="RUN_DIR", help=source_help)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new", type=int, default=None,
+                   help="tokens to generate (default: ar/looped sample.gen_len; mdm: the rest "
+                        "of a data.seq_len row)")
+    g.add_argument("--temperature", type=float, default=1.0, help="0: the most likely token")
+    g.add_argument("--samples", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--only-new", action="store_true", help="print the continuation alone")
+    g.add_argument("--device", default="", help=DEVICE_HELP)
+    g.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("predict", help="classify images with a ViT network")
+    p.add_argument("source", metavar="RUN_DIR", help=source_help)
+    p.add_argument("images", help="a PNG/JPEG file, a folder of them, or a Parquet table "
+                                  "with an image column")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--device", default="", help=DEVICE_HELP)
+    p.set_defaults(func=cmd_predict)

@@ -1,0 +1,93 @@
+"""Images to classify, from a file, a folder or a Parquet table (``dbparallel predict``).
+
+- a PNG/JPEG/... file: one image; a folder: every image file under it, in path order;
+- a Parquet file or folder of Parquet files: its ``image`` column, raw or encoded, named
+  ``<file> row <i>``.
+
+Images are decoded as the training data was (data/images.py, data/encoded.py): grey or RGB
+by ``data.channels``, and ``data.image_size`` square, else a DataError names the input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from dbparallel.config import DataConfig
+from dbparallel.data.encoded import decode_encoded
+from dbparallel.data.image_folder import IMAGE_EXTENSIONS
+from dbparallel.data.images import IMAGE_COLUMN, image_encoding
+from dbparallel.errors import DataError, RowError
+
+
+def read_images(path: str | Path, data: DataConfig) -> tuple[list[str], torch.Tensor]:
+    """(a name per image, pixels (N, C, H, W) uint8) of the images at ``path``."""
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if root.is_file() and root.suffix.lower() == ".parquet":
+        return _from_parquet([root], data)
+    if root.is_file():
+        files = [root]
+    else:
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        tables = sorted(root.rglob("*.parquet"))
+        if not files and tables:
+            return _from_parquet(tables, data)
+        if not files:
+            raise DataError(f"{path}: no image files ({' '.join(IMAGE_EXTENSIONS)}) or "
+                            f"Parquet tables in it")
+    names = [str(f) for f in files]
+    column = pa.array([f.read_bytes() for f in files], type=pa.binary())
+    return names, _pixels(column, data, names)
+
+
+def _from_parquet(files: list[Path], data: DataConfig) -> tuple[list[str], torch.Tensor]:
+    names: list[str] = []
+    pixels = []
+    for f in files:
+        schema = pq.read_schema(f)
+        if IMAGE_COLUMN not in schema.names:
+            raise DataError(f"{f}: column {IMAGE_COLUMN!r} is missing; the table has "
+                            f"{schema.names}")
+        column = pq.read_table(f, columns=[IMAGE_COLUMN]).column(IMAGE_COLUMN).combine_chunks()
+        rows = [f"{f} row {i}" for i in range(len(column))]
+        names += rows
+        pixels.append(_pixels(column, data, rows))
+    return names, torch.cat(pixels)
+
+
+def _pixels(column: pa.Array, data: DataConfig, names: list[str]) -> torch.Tensor:
+    """(N, C, H, W) uint8 of an image column; a bad image is named."""
+    c, s = data.channels, data.image_size
+    try:
+        if image_encoding(column.type) == "encoded":
+            flat = decode_encoded(column, data)
+        else:
+            flat = _raw(column, c * s * s)
+    except RowError as err:
+        raise DataError(f"{names[err.row]}: {err.detail}") from None
+    return torch.from_numpy(flat).reshape(-1, c, s, s)
+
+
+def _raw(column: pa.Array, size: int) -> np.ndarray:
+    """Raw pixel lists as uint8 (integers 0..255, or floats in [0, 1])."""
+    values = column.to_pylist()
+    out = np.empty((len(values), size), dtype=np.uint8)
+    for row, v in enumerate(values):
+        if v is None or len(v) != size:
+            got = "null" if v is None else f"{len(v)} values"
+            raise RowError(row, IMAGE_COLUMN, f"has {got}, expected {size} "
+                                              f"(data.channels x data.image_size^2)")
+        a = np.asarray(v, dtype=np.float64)
+        if pa.types.is_floating(column.type.value_type):
+            a = a * 255.0
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 255:
+            raise RowError(row, IMAGE_COLUMN, "has pixel values outside [0, 255] "
+                                              "(integers) or [0, 1] (floats)")
+        out[row] = np.round(a).astype(np.uint8)
+    return out

@@ -1,0 +1,97 @@
+"""``load``: the composed network of a run directory or of an export file; ``export_run``."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.fs as pafs
+
+from dbparallel.config import Config, from_dict
+from dbparallel.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_description
+from dbparallel.errors import RunDirError
+from dbparallel.training.export import export_bytes, read_export, split_uri
+from dbparallel.training.network import Network
+from dbparallel.training.run_dir import CONFIG_FILE, run_data, run_tokenizer, stored_config
+from dbparallel.training.snapshots import load_snapshots
+from dbparallel.training.storage import Storage
+
+TEXT_TASKS = ("mdm", "ar", "looped")
+
+
+def load(source: str | os.PathLike, step: int | None = None,
+         device: str | None = None) -> Network:
+    """The composed network of a run directory (local path or object-store URI; its latest
+    snapshots, or those of ``step``) or of a file written by ``dbparallel export``, on
+    ``device`` (default: CUDA where the run trained on GPUs and one is here, else the CPU)."""
+    source = os.fspath(source)
+    if is_file(source):
+        if step is not None:
+            raise RunDirError(f"{source}: an export holds one step per block; step= applies "
+                              "to run directories")
+        return load_export(source, device)
+    return load_run(source, step, device)
+
+
+def is_file(source: str) -> bool:
+    """Whether ``source`` names a file (an export) rather than a directory."""
+    storage = Storage(source)
+    try:
+        kind = storage.fs.get_file_info(storage.path("")).type
+    except OSError as err:
+        raise RunDirError(f"{source}: cannot be reached: {err}") from None
+    if kind == pafs.FileType.NotFound:
+        raise RunDirError(f"{source}: no such run directory or export file")
+    return kind == pafs.FileType.File
+
+
+def run_config(run_dir: str) -> Config:
+    """The config a run directory was trained with (``run.dir`` pointing at it)."""
+    storage = Storage(run_dir)
+    if not storage.exists(CONFIG_FILE):
+        raise RunDirError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    cfg = from_dict(stored_config(storage))
+    cfg.run.dir = run_dir
+    return cfg
+
+
+def load_run(run_dir: str, step: int | None = None, device: str | None = None,
+             cfg: Config | None = None) -> Network:
+    """The network of a run directory's latest snapshots (those of ``step`` if given);
+    refuses a block that is missing or was trained with another config, naming it."""
+    cfg = cfg or run_config(run_dir)
+    storage = Storage(run_dir)
+    snapshots = load_snapshots(cfg, storage, step)
+    return Network.from_weights(cfg, [s["ema"] for s in snapshots],
+                                [int(s["meta"]["step"]) for s in snapshots], device,
+                                _tokenizer(cfg, storage))
+
+
+def _tokenizer(cfg: Config, storage: Storage) -> Tokenizer | None:
+    if cfg.task not in TEXT_TASKS:
+        return None
+    # runs started before vocab.json was kept: the tokenizer of the data they pinned
+    return run_tokenizer(storage) or load_tokenizer(run_data(cfg, storage).meta)
+
+
+def load_export(path: str, device: str | None = None) -> Network:
+    """The network of an export file (local path or object-store URI)."""
+    folder, name = split_uri(path)
+    exported = read_export(Storage(folder).read_bytes(name), path)
+    tokenizer = (tokenizer_from_description(exported.tokenizer)
+                 if exported.tokenizer is not None else None)
+    return Network.from_weights(exported.cfg, exported.weights, exported.steps, device,
+                                tokenizer)
+
+
+def export_run(run_dir: str, out: str, step: int | None = None) -> Network:
+    """Write the network of ``run_dir`` (its latest snapshots, or those of ``step``) to the
+    single file ``out``; returns it (on the CPU)."""
+    network = load_run(run_dir, step, "cpu")
+    tokenizer = network.tokenizer.describe() if network.tokenizer is not None else None
+    data = export_bytes(network.cfg, [b.state_dict() for b in network.blocks], network.steps,
+                        network.task.partition.to_json(), tokenizer)
+    folder, name = split_uri(out)
+    storage = Storage(folder)
+    storage.makedirs()
+    storage.write_bytes(name, data)
+    return network

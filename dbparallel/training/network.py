@@ -1,0 +1,217 @@
+"""The composed network of a run, with its task's verbs: what ``dbparallel.load`` returns.
+
+A ``Network`` holds every block's EMA weights, block 0 (highest noise) first, and the run's
+config; it is built from a run directory (local path or object-store URI) or from a file that
+``dbparallel export`` wrote (training/export.py). Nothing here needs Ray or the training data:
+
+- DiT: ``sample(labels, steps=, cfg_scale=)`` -> images (N, C, H, W) in [0, 1];
+- ViT: ``predict(images)`` -> logits (N, classes);
+- text (mdm, ar, looped): ``generate(prompt, max_new=, temperature=)`` -> text,
+  ``bpc(texts)`` and ``log_likelihood(texts)``.
+
+The CLI's ``eval``, ``sample``, ``generate`` and ``predict`` go through this class, as does
+the assembly during and after training (training/assemble.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dbparallel.config import Config
+from dbparallel.data.shards import DataIndex
+from dbparallel.data.tokenizer import Tokenizer
+from dbparallel.errors import UserError
+from dbparallel.models.block import Block
+from dbparallel.tasks import Task, build_task
+from dbparallel.training.seeding import generator
+
+VERBS = {"dit": ("sample",), "vit": ("predict",),
+         **{t: ("generate", "bpc", "log_likelihood") for t in ("mdm", "ar", "looped")}}
+
+
+def choose_device(cfg: Config, requested: str | None = None) -> str:
+    """``requested`` ("cpu", "cuda", "cuda:1"), else CUDA where the run trained on GPUs and one
+    is here, else the CPU; sets the matmul precision the run trained with."""
+    from dbparallel.training.precision import set_matmul_precision
+
+    if requested and requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {requested!r}: no CUDA device here")
+    device = requested or ("cuda" if cfg.runtime.gpus_per_block > 0
+                           and torch.cuda.is_available() else "cpu")
+    set_matmul_precision(cfg.train.precision, device)
+    return device
+
+
+@dataclass
+class Network:
+    """A run's blocks composed into one network. ``steps[b]`` is the step block b's weights
+    come from; ``tokenizer`` is the text tasks' (None for images)."""
+
+    cfg: Config
+    task: Task
+    blocks: list[Block]
+    steps: list[int]
+    device: str
+    tokenizer: Tokenizer | None = None
+
+    @classmethod
+    def from_weights(cls, cfg: Config, weights: list[dict[str, torch.Tensor]],
+                     steps: list[int], device: str | None = None,
+                     tokenizer: Tokenizer | None = None) -> Network:
+        """The network of ``weights`` (one state dict per block, block 0 first)."""
+        task = build_task(cfg)
+        device = choose_device(cfg, device)
+        blocks = []
+        for b, state in enumerate(weights):
+            net = task.build_block(b)
+            net.load_state_dict(state)
+            blocks.append(net.to(device).eval())
+        return cls(cfg, task, blocks, list(steps), device, tokenizer)
+
+    # ------------------------------------------------------------------ what it is
+    @property
+    def verbs(self) -> tuple[str, ...]:
+        """What this network can do, by its task."""
+        return VERBS[self.cfg.task]
+
+    def _need(self, verb: str) -> None:
+        if verb not in self.verbs:
+            raise UserError(f"{verb}: a {self.cfg.task} network cannot {verb}; it can "
+                            f"{', '.join(self.verbs)}")
+
+    def __repr__(self) -> str:
+        return (f"Network(task={self.cfg.task!r}, blocks={len(self.blocks)}, "
+                f"steps={self.steps}, device={self.device!r}, verbs={list(self.verbs)})")
+
+    # ------------------------------------------------------------------ run-level
+    def evaluate(self, index: DataIndex) -> dict[str, float]:
+        """The task's quality metrics on ``index``'s test split (report.json ``assembly``)."""
+        from dbparallel.training.eval import evaluate
+
+        metrics = evaluate(self.cfg, self.task, self.blocks, index, self.device)
+        metrics["block_steps_min"] = min(self.steps)
+        return metrics
+
+    def artifact(self, index: DataIndex | None = None) -> tuple[str, bytes]:
+        """(file name, contents) of the run's sample artifact (samples.png, ...)."""
+        from dbparallel.training.eval import sample_artifact
+
+        return sample_artifact(self.cfg, self.task, self.blocks, self.device, index)
+
+    # ------------------------------------------------------------------ DiT
+    @torch.no_grad()
+    def sample(self, labels: list[int] | torch.Tensor, steps: int | None = None,
+               cfg_scale: float | None = None, seed: int = 0) -> torch.Tensor:
+        """Images (N, C, H, W) in [0, 1] of classes ``labels``, from ``steps`` solver steps
+        with classifier-free guidance ``cfg_scale`` (defaults: the run's sample.*)."""
+        self._need("sample")
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        classes = self.cfg.data.num_classes
+        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+            raise UserError(f"labels: classes are 0..{classes - 1}, got {labels.tolist()}")
+        if steps is not None and steps < 1:
+            raise UserError(f"steps: must be >= 1, got {steps}")
+        return self.task.generate(self.blocks, labels.to(self.device),
+                                  generator(self.cfg.run.seed, "api-sample", seed),
+                                  steps, cfg_scale).cpu()
+
+    # ------------------------------------------------------------------ ViT
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor | np.ndarray, seed: int = 0) -> torch.Tensor:
+        """Logits (N, classes) of images (N, C, H, W), or one image (C, H, W): floats in
+        [0, 1], or uint8 pixels."""
+        self._need("predict")
+        x = torch.as_tensor(images)
+        if x.dim() == 3:
+            x = x[None]
+        d = self.cfg.data
+        want = (d.channels, d.image_size, d.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise UserError(f"images: expected shape (N, {', '.join(map(str, want))}) "
+                            f"(data.channels, data.image_size x2), got {tuple(x.shape)}")
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise UserError("images: float pixels must lie in [0, 1] (or pass uint8 0..255)")
+        return self.task.predict(self.blocks, (x * 2 - 1).to(self.device),
+                                 generator(self.cfg.run.seed, "api-predict", seed)).cpu()
+
+    # ------------------------------------------------------------------ text
+    def _encode(self, text: str) -> list[int]:
+        assert self.tokenizer is not None
+        try:
+            return self.tokenizer.encode(text)
+        except UserError as err:
+            raise UserError(f"{err} of this run (data.tokenizer={self.tokenizer.name})") from None
+
+    @torch.no_grad()
+    def generate(self, prompt: str | list[str], max_new: int | None = None,
+                 temperature: float = 1.0, seed: int = 0) -> str | list[str]:
+        """The continuation of ``prompt`` (one text, or a list of texts of equal token length),
+        ``max_new`` tokens drawn at ``temperature`` (0: the most likely token; the chain
+        still starts from noise, so ``seed`` matters at any temperature). AR and looped
+        continue any length (default sample.gen_len); MDM fills the rest of a data.seq_len
+        row after the prompt (default), unmasking it over sample.steps steps."""
+        self._need("generate")
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+        ids = [self._encode(t) for t in texts]
+        if len({len(i) for i in ids}) > 1:
+            raise UserError("prompt: a list of prompts must have the same number of tokens; "
+                            "generate them one at a time")
+        if temperature < 0 or not math.isfinite(temperature):
+            raise UserError(f"temperature: must be >= 0, got {temperature}")
+        p = torch.tensor(ids, dtype=torch.long).reshape(len(texts), -1).to(self.device)
+        g = generator(self.cfg.run.seed, "api-generate", seed)
+        if self.cfg.task == "mdm":
+            room = self.cfg.data.seq_len - p.shape[1]
+            max_new = room if max_new is None else max_new
+            if max_new < 1 or max_new > room:
+                raise UserError(f"max_new: an MDM row holds data.seq_len="
+                                f"{self.cfg.data.seq_len} tokens, the prompt {p.shape[1]}: "
+                                f"max_new must lie in 1..{room}")
+            rows = self.task.generate(self.blocks, len(texts), g, self.device, prompt=p,
+                                      length=p.shape[1] + max_new, temperature=temperature)
+            new = rows[:, p.shape[1]:]
+        else:
+            max_new = self.cfg.sample.gen_len if max_new is None else max_new
+            if p.shape[1] < 1 or max_new < 1:
+                raise UserError("prompt: AR generation needs a prompt of at least one token "
+                                "and max_new >= 1")
+            new = self.task.generate(self.blocks, p, max_new, g, temperature)
+        out = [self.tokenizer.decode(row) for row in new.cpu()]
+        return out[0] if isinstance(prompt, str) else out
+
+    def _bits(self, text: str, seed: int) -> tuple[float, int]:
+        """(bits, characters scored) of one text, in windows of data.seq_len tokens."""
+        assert self.tokenizer is not None
+        ids = torch.tensor(self._encode(text), dtype=torch.long)
+        T, bits, chars = self.cfg.data.seq_len, 0.0, 0
+        for k, window in enumerate(ids.split(T)):
+            scored = window if self.cfg.task == "mdm" else window[1:]  # AR: given the first
+            if len(scored) == 0:
+                continue
+            g = generator(self.cfg.run.seed, "api-bpc", seed, k)
+            per_token = self.task.bpc(self.blocks, window[None].to(self.device), g)["bpc"]
+            bits += per_token * len(scored)
+            chars += len(self.tokenizer.decode(scored))
+        return bits, chars
+
+    def bpc(self, texts: str | list[str], seed: int = 0) -> float:
+        """Bits per character over ``texts`` (AR and looped: each data.seq_len window's tokens
+        after its first, teacher forced; MDM: the ELBO, an upper bound)."""
+        self._need("bpc")
+        pairs = [self._bits(t, seed) for t in ([texts] if isinstance(texts, str) else texts)]
+        chars = sum(c for _, c in pairs)
+        if not chars:
+            raise UserError("texts: nothing to score (AR needs at least two tokens per text)")
+        return sum(b for b, _ in pairs) / chars
+
+    def log_likelihood(self, texts: str | list[str], seed: int = 0) -> list[float]:
+        """log p(text) in nats per text (AR: of each window's tokens given its first; MDM:
+        the ELBO's lower bound)."""
+        self._need("log_likelihood")
+        items = [texts] if isinstance(texts, str) else texts
+        return [-self._bits(t, seed)[0] * math.log(2) for t in items]

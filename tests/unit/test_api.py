@@ -1,0 +1,248 @@
+"""dbparallel.load and the network's verbs per task, export round trips, and the commands
+that use a trained network (generate, predict, export), on tiny runs trained here."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+import dbparallel
+from dbparallel import cli
+from dbparallel.config import load_config
+from dbparallel.errors import RunDirError, UserError
+from dbparallel.runtime.local import run_local
+from dbparallel.training.loading import export_run
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["train.steps=3", "train.checkpoint_every=3", "train.log_every=1", "metrics.port=0"]
+RECIPES = {
+    "dit": (["jobs/tiny_cpu.yaml"], []),
+    "vit": (["jobs/tiny_cpu.yaml"], ["task=vit", "model.patch_size=4"]),
+    "ar": (["jobs/ar_shakespeare_tiny.yaml"], ["model.depth=2", "model.hidden=32"]),
+    "mdm": (["jobs/mdm_shakespeare_tiny.yaml"], ["model.depth=2", "model.hidden=32"]),
+    "looped": (["jobs/looped_shakespeare_tiny.yaml"], ["model.hidden=32"]),
+}
+TEXT = "To be, or not to be, that is the question."
+
+
+def _train(task: str, run_dir: Path, *extra: str, only: list[int] | None = None) -> str:
+    files, overrides = RECIPES[task]
+    cfg = load_config([ROOT / f for f in files], [*overrides, *FAST, f"run.dir={run_dir}",
+                                                  *extra])
+    # every block, without the assembly: the verbs are the point here
+    run_local(cfg, None, progress=False, only_blocks=only or list(range(cfg.model.blocks)))
+    return str(run_dir)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    base = tmp_path_factory.mktemp("runs")
+    os.environ["DBPARALLEL_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    return {task: _train(task, base / task) for task in RECIPES}
+
+
+def test_dit_samples_images_of_the_asked_classes(runs: dict[str, str]) -> None:
+    net = dbparallel.load(runs["dit"])
+    assert net.verbs == ("sample",) and net.steps == [3, 3]
+    a = net.sample([0, 1, 2], steps=2, seed=5)
+    assert a.shape == (3, 1, 8, 8) and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, net.sample([0, 1, 2], steps=2, seed=5))
+    assert not torch.equal(a, net.sample([0, 1, 2], steps=2, seed=6))
+    assert not torch.equal(a, net.sample([0, 1, 2], steps=2, seed=5, cfg_scale=3.0))
+    with pytest.raises(UserError, match="classes are 0..9"):
+        net.sample([10])
+    with pytest.raises(UserError, match="a dit network cannot predict; it can sample"):
+        net.predict(torch.zeros(1, 1, 8, 8))
+
+
+def test_vit_predicts_logits_from_pixels(runs: dict[str, str]) -> None:
+    net = dbparallel.load(runs["vit"])
+    pixels = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    logits = net.predict(pixels)
+    assert logits.shape == (5, 10) and torch.isfinite(logits).all()
+    assert torch.allclose(logits, net.predict(pixels.float() / 255), atol=1e-6)
+    assert torch.allclose(net.predict(pixels[0]), logits[:1], atol=1e-6)  # one image
+    with pytest.raises(UserError, match=r"expected shape \(N, 1, 8, 8\).*got \(2, 3, 8, 8\)"):
+        net.predict(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(UserError, match=r"\[0, 1\]"):
+        net.predict(torch.full((1, 1, 8, 8), 2.0))
+    with pytest.raises(UserError, match="cannot generate"):
+        net.generate("a")
+
+
+@pytest.mark.parametrize("task", ["ar", "looped", "mdm"])
+def test_text_networks_generate_and_score_text(runs: dict[str, str], task: str) -> None:
+    net = dbparallel.load(runs[task])
+    assert net.verbs == ("generate", "bpc", "log_likelihood")
+    out = net.generate("ROMEO: ", max_new=6, seed=1)
+    assert isinstance(out, str) and len(out) == 6  # characters: one per token
+    assert out == net.generate("ROMEO: ", max_new=6, seed=1)
+    both = net.generate(["ab", "cd"], max_new=3, temperature=0)
+    assert len(both) == 2 and all(len(t) == 3 for t in both)
+    with pytest.raises(UserError, match="temperature: must be >= 0"):
+        net.generate("ab", temperature=-1)
+    bpc = net.bpc([TEXT, TEXT + TEXT])
+    assert 0 < bpc < 20
+    short, long = net.log_likelihood([TEXT, TEXT * 3])  # longer than data.seq_len: windows
+    assert long < short < 0
+    with pytest.raises(UserError, match="'\u00e9' is not in the vocabulary of this run"):
+        net.generate("caf\u00e9")
+    with pytest.raises(UserError, match="cannot sample"):
+        net.sample([0])
+
+
+def test_mdm_generation_fills_one_row(runs: dict[str, str]) -> None:
+    net = dbparallel.load(runs["mdm"])
+    assert len(net.generate("", seed=0)) == net.cfg.data.seq_len  # unconditional: a row
+    assert len(net.generate("abc")) == net.cfg.data.seq_len - 3
+    with pytest.raises(UserError, match="max_new must lie in 1..61"):
+        net.generate("abc", max_new=62)
+
+
+@pytest.mark.parametrize("task", list(RECIPES))
+def test_export_round_trip_gives_the_same_network(runs: dict[str, str], task: str,
+                                                  tmp_path: Path) -> None:
+    out = tmp_path / "net.safetensors"
+    assert cli.main(["export", runs[task], "--out", str(out)]) == 0
+    a, b = dbparallel.load(runs[task]), dbparallel.load(out)
+    assert b.steps == a.steps and b.cfg.task == task
+    for x, y in zip(a.blocks, b.blocks, strict=True):
+        sx, sy = x.state_dict(), y.state_dict()
+        assert sx.keys() == sy.keys() and all(torch.equal(sx[k], sy[k]) for k in sx)
+    if task == "dit":
+        assert torch.equal(a.sample([1, 2], steps=2), b.sample([1, 2], steps=2))
+    elif task == "vit":
+        images = torch.rand(3, 1, 8, 8)
+        assert torch.equal(a.predict(images), b.predict(images))
+    else:
+        assert a.generate("KING", max_new=5) == b.generate("KING", max_new=5)
+        assert a.bpc(TEXT) == b.bpc(TEXT)
+
+
+def test_an_export_loads_without_ray_or_the_run_directory(runs: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "ar.safetensors"
+    export_run(runs["ar"], str(out))
+    expected = dbparallel.load(runs["ar"]).generate("KING", max_new=5, seed=3)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = ("import sys, dbparallel; net = dbparallel.load(sys.argv[1]); "
+            "print(net.generate('KING', max_new=5, seed=3)); "
+            "assert 'ray' not in sys.modules, 'ray was imported'")
+    env = {**os.environ, "DBPARALLEL_CACHE": str(elsewhere / "cache")}  # no data cached there
+    done = subprocess.run([sys.executable, "-c", code, str(out)], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.rstrip("\n") == expected
+
+
+def test_export_refuses_a_missing_block_or_another_config(tmp_path: Path) -> None:
+    half = _train("dit", tmp_path / "half", only=[0])
+    with pytest.raises(RunDirError, match=r"block\(s\) \[1\] have no snapshot"):
+        export_run(half, str(tmp_path / "x.safetensors"))
+    assert cli.main(["export", half, "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert not (tmp_path / "x.safetensors").exists()
+    full = _train("dit", tmp_path / "full")
+    config = Path(full) / "config.yaml"
+    config.write_text(config.read_text().replace("hidden: 32", "hidden: 48"))
+    with pytest.raises(RunDirError, match="block 0: trained with other values of model.hidden"):
+        export_run(full, str(tmp_path / "y.safetensors"))
+
+
+def test_a_damaged_export_is_refused(runs: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "net.safetensors"
+    export_run(runs["vit"], str(out))
+    data = bytearray(out.read_bytes())
+    data[-5] ^= 0xFF  # a weight's byte
+    out.write_bytes(bytes(data))
+    with pytest.raises(RunDirError, match="do not match the file's checksum"):
+        dbparallel.load(out)
+    out.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(RunDirError, match="not a dbparallel export"):
+        dbparallel.load(out)
+    with pytest.raises(RunDirError, match="no such run directory or export file"):
+        dbparallel.load(tmp_path / "missing")
+
+
+def test_generate_command_prints_continuations(runs: dict[str, str], capsys) -> None:
+    assert cli.main(["generate", runs["ar"], "--prompt", "KING", "--max-new", "7",
+                     "--samples", "2", "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    net = dbparallel.load(runs["ar"])
+    first, second = (net.generate("KING", max_new=7, seed=s) for s in (4, 5))
+    assert out == f"--- sample 0\nKING{first}\n--- sample 1\nKING{second}\n"
+    assert cli.main(["generate", runs["ar"], "--prompt", "caf\u00e9"]) == 2
+    assert "not in the vocabulary" in capsys.readouterr().err
+    assert cli.main(["generate", runs["vit"], "--prompt", "a"]) == 2
+
+
+def _png(path: Path, pixels: np.ndarray) -> None:
+    Image.fromarray(pixels, mode="L").save(path)
+
+
+def test_predict_command_reads_files_folders_and_tables(runs: dict[str, str], tmp_path: Path,
+                                                        capsys) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i, path in enumerate([folder / "a.png", folder / "b.png", folder / "sub" / "c.png"]):
+        _png(path, images[i])
+    expected = dbparallel.load(runs["vit"]).predict(torch.from_numpy(images)[:, None])
+    classes = [int(c) for c in expected.argmax(dim=1)]
+
+    assert cli.main(["predict", runs["vit"], str(folder / "a.png")]) == 0
+    name, cls, _ = capsys.readouterr().out.strip().split("\t")
+    assert name.endswith("a.png") and int(cls) == classes[0]
+
+    assert cli.main(["predict", runs["vit"], str(folder), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["class"] for r in rows] == classes and rows[2]["input"].endswith("sub/c.png")
+
+    def encoded(i: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(images[i], mode="L").save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": [encoded(i) for i in range(3)], "label": [0, 0, 0]}),
+                   table)
+    assert cli.main(["predict", runs["vit"], str(table), "--json"]) == 0
+    assert [json.loads(x)["class"] for x in capsys.readouterr().out.splitlines()] == classes
+    raw = tmp_path / "raw.parquet"
+    pq.write_table(pa.table({"image": [images[i].reshape(-1).tolist() for i in range(3)]}), raw)
+    assert cli.main(["predict", runs["vit"], str(raw), "--json"]) == 0
+    assert [json.loads(x)["class"] for x in capsys.readouterr().out.splitlines()] == classes
+
+    big = tmp_path / "big.png"
+    _png(big, np.zeros((9, 9), dtype=np.uint8))
+    assert cli.main(["predict", runs["vit"], str(big)]) == 2
+    assert re.search(r"big\.png: is 9x9, expected 8x8 \(data.image_size\)",
+                     capsys.readouterr().err)
+    assert cli.main(["predict", runs["dit"], str(folder)]) == 2
+    assert "predict classifies images with a vit network" in capsys.readouterr().err
+
+
+def test_the_api_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/api.md's Python examples, run as written on the runs they name."""
+    monkeypatch.chdir(tmp_path)
+    _train("dit", Path("runs/tiny-cpu"))
+    _train("ar", Path("runs/ar-shakespeare-tiny"))
+    guide = (ROOT / "docs" / "api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", guide, flags=re.S)
+    assert len(blocks) == 2
+    for code in blocks:
+        exec(compile(code, "docs/api.md", "exec"), {})
+    assert (tmp_path / "tiny-cpu.safetensors").exists()
