@@ -90,7 +90,7 @@ def finish(name: str, result: dict[str, Any], args: argparse.Namespace,
 
         matplotlib.use("Agg")
     except ImportError:
-        print(f"{name}: no plot (pip install matplotlib, the `bench` extra)", file=sys.stderr)
+        print(f"{name}: no plot (pip install matplotlib)", file=sys.stderr)
         return
     plot(result, out / f"{name}.png")
 

@@ -193,6 +193,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """curves.png of a run, drawn again from its metrics files (e.g. while it trains)."""
+    from dbparallel.training.curves import CURVES_FILE, plot_curves
+    from dbparallel.training.run_dir import CONFIG_FILE
+    from dbparallel.training.storage import Storage
+
+    storage = Storage(args.run_dir)
+    if not storage.exists(CONFIG_FILE):
+        raise UserError(f"{args.run_dir}: not a run directory (no {CONFIG_FILE})")
+    png = plot_curves(storage)
+    if args.out:
+        try:
+            with open(args.out, "wb") as f:
+                f.write(png)
+        except OSError as err:
+            raise UserError(f"--out {args.out}: {err.strerror}") from None
+    else:
+        storage.write_bytes(CURVES_FILE, png)
+    print(f"wrote {args.out or storage.uri(CURVES_FILE)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dbparallel", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -230,6 +252,11 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("config", nargs="*", help="a Parquet file/directory/URI, or "
                    "YAML recipes and key=value overrides (data.source=..., data.path=...)")
     d.set_defaults(func=cmd_data)
+
+    pc = sub.add_parser("plot", help="draw a run's loss and assembly curves (curves.png)")
+    pc.add_argument("run_dir")
+    pc.add_argument("--out", default="", help="PNG file to write (default: RUN_DIR/curves.png)")
+    pc.set_defaults(func=cmd_plot)
 
     s = sub.add_parser("sample", help="write a grid of samples of a run")
     s.add_argument("run_dir")

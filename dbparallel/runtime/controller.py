@@ -80,6 +80,9 @@ class Controller:
     on_progress: Callable[[int, int, float], None] = lambda block, step, loss: None
     on_stall: Callable[[int, bool], None] = lambda block, stalled: None
     on_assembly_failed: Callable[[str], None] = lambda message: None
+    # (step, metrics) of each finished assembly, during training and the final one; step is
+    # the lowest step among the snapshots it composed
+    on_assembled: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
     clock: Callable[[], float] = time.monotonic
     state: State = State.TRAINING
     blocks: list[BlockStatus] = field(default_factory=list)
@@ -143,11 +146,15 @@ class Controller:
                 self.on_assembly_failed(message)
             elif event.error is not None:
                 self._fail(f"the final assembly failed: {event.error}; {self._retry_hint()}")
-            elif self.state == State.ASSEMBLING:
-                self.assembly = dict(event.result)
-                self.state = State.DONE
             else:
-                log.info("assembly during training: %s", event.result)
+                metrics = dict(event.result)
+                step = int(metrics.get("block_steps_min", min(s.step for s in self.blocks)))
+                self.on_assembled(step, metrics)
+                if self.state == State.ASSEMBLING:
+                    self.assembly = metrics
+                    self.state = State.DONE
+                else:
+                    log.info("assembly during training: %s", metrics)
             return
         assert event.block is not None
         status = self.blocks[event.block]

@@ -27,6 +27,8 @@ from dbparallel.runtime.metrics import (
 )
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.tasks import build_task
+from dbparallel.training.curves import write_curves
+from dbparallel.training.history import AssemblyLog
 from dbparallel.training.lease import release_session
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import open_run, pin_data
@@ -180,7 +182,8 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         assembly = AssemblyRecorder(cfg.run.name, RaySink())
         controller = Controller(cfg, backend, on_progress=bars.update,
                                 on_stall=lambda b, stalled: stall[b].stalled(stalled),
-                                on_assembly_failed=lambda message: assembly.failed())
+                                on_assembly_failed=lambda message: assembly.failed(),
+                                on_assembled=AssemblyLog(storage, start).append)
         metrics = controller.run()
         per_block = backend.summaries()
     finally:
@@ -198,4 +201,5 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
             ray.shutdown()
     report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
     write_report(storage, report)
+    write_curves(storage)
     return report

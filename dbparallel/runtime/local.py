@@ -20,6 +20,8 @@ from dbparallel.runtime.metrics import (
 )
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.training.assemble import assemble
+from dbparallel.training.curves import write_curves
+from dbparallel.training.history import AssemblyLog
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import open_run, pin_data
@@ -47,6 +49,7 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
 
         index = open_data(cfg.data)
     pin_data(storage, index)
+    assemblies = AssemblyLog(storage, start)
     device = "cpu"
     if cfg.runtime.gpus_per_block > 0:
         if not torch.cuda.is_available():
@@ -80,11 +83,13 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
         if only_blocks is None:
             metrics = assemble(cfg, storage, index, device)
             AssemblyRecorder(cfg.run.name, sink).record(metrics)
+            assemblies.append(int(metrics["block_steps_min"]), metrics)
     finally:
         bars.close()
         if server is not None:
             server.shutdown()
     report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
-    if only_blocks is None:
+    if only_blocks is None:  # a subset's process leaves the run's files to the whole run
         write_report(storage, report)
+        write_curves(storage)
     return report

@@ -1,12 +1,48 @@
-"""One progress bar per block on a terminal; periodic progress lines in logs (ray job logs)."""
+"""One progress bar per block on a terminal; periodic progress lines in logs (ray job logs).
+
+A line shows only what is known: a block that has not reported yet is ``starting``, a loss
+appears once the block has one, and an ETA once its step rate has been observed (between its
+first report and its latest one, so the time it took to start does not count).
+"""
 
 from __future__ import annotations
 
 import math
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from tqdm import tqdm
+
+
+@dataclass
+class _Seen:
+    """What one block has reported: its latest step and loss, and its first report."""
+
+    step: int = 0
+    loss: float = math.nan
+    reported: bool = False
+    first_step: int = 0
+    first_s: float = 0.0
+    latest_s: float = 0.0
+
+    def eta_s(self, steps: int) -> float | None:
+        """Seconds to ``steps`` at the rate observed so far (None until there is one)."""
+        if self.step <= self.first_step or self.latest_s <= self.first_s:
+            return None
+        rate = (self.step - self.first_step) / (self.latest_s - self.first_s)
+        return (steps - self.step) / rate
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``3m05s``, ``2h04m``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class BlockBars:
@@ -14,33 +50,50 @@ class BlockBars:
     ``blocks`` is a count (blocks 0..n-1) or the ids of the blocks shown."""
 
     def __init__(self, blocks: int | list[int], steps: int, enabled: bool | None = None,
-                 line_every_s: float = 15.0):
+                 line_every_s: float = 15.0, clock: Callable[[], float] = time.monotonic):
         self.tty = sys.stderr.isatty() if enabled is None else enabled
-        self.steps, self.line_every_s = steps, line_every_s
+        self.steps, self.line_every_s, self.clock = steps, line_every_s, clock
         ids = list(range(blocks)) if isinstance(blocks, int) else sorted(blocks)
         self.bars = {
             b: tqdm(total=steps, desc=f"block {b}", position=i, leave=True,
                     disable=not self.tty, dynamic_ncols=True, mininterval=0.5)
             for i, b in enumerate(ids)
         }
-        self.latest = {b: (0, math.nan) for b in ids}
-        self._last_line = time.monotonic()
+        self.seen = {b: _Seen() for b in ids}
+        self._last_line = clock()
 
     def update(self, block: int, step: int, loss: float | None = None) -> None:
         bar = self.bars[block]
         bar.update(step - bar.n)
-        self.latest[block] = (step, math.nan if loss is None else loss)
+        now, seen = self.clock(), self.seen[block]
+        if not seen.reported:
+            seen.reported, seen.first_step, seen.first_s = True, step, now
+        seen.step, seen.latest_s = step, now
+        if loss is not None and not math.isnan(loss):
+            seen.loss = loss
         if self.tty:
-            if loss is not None and not math.isnan(loss):
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        elif time.monotonic() - self._last_line >= self.line_every_s:
-            self._print_line()
+            if not math.isnan(seen.loss):
+                bar.set_postfix(loss=f"{seen.loss:.4f}", refresh=False)
+        elif now - self._last_line >= self.line_every_s:
+            self._last_line = now
+            print(self.line(), flush=True)
 
-    def _print_line(self) -> None:
-        self._last_line = time.monotonic()
-        parts = [f"block {b} {s}/{self.steps} loss {loss:.4f}"
-                 for b, (s, loss) in self.latest.items()]
-        print("progress: " + " | ".join(parts), flush=True)
+    def line(self) -> str:
+        """``progress: block 0 40/200 loss 0.1234 eta 1m20s | block 1 0/200 starting``."""
+        parts = []
+        for b, seen in self.seen.items():
+            part = f"block {b} {seen.step}/{self.steps}"
+            if not seen.reported:
+                part += " starting"
+            if not math.isnan(seen.loss):
+                part += f" loss {seen.loss:.4f}"
+            eta = seen.eta_s(self.steps)
+            if seen.step >= self.steps:
+                part += " done"
+            elif eta is not None:
+                part += f" eta {duration(eta)}"
+            parts.append(part)
+        return "progress: " + " | ".join(parts)
 
     def close(self) -> None:
         for bar in self.bars.values():

@@ -14,6 +14,7 @@ from dbparallel.tasks.base import Batch
 from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
+from dbparallel.training.history import BlockHistory
 from dbparallel.training.lease import BlockLease
 from dbparallel.training.storage import Storage
 from dbparallel.training.stream import BlockStream
@@ -45,6 +46,7 @@ class BlockRun:
             self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
                                                 cfg.train.keep_snapshots)
             self.resumed_from = self._resume()
+            self.history = BlockHistory(storage, block, self.resumed_from)
         except BaseException:
             self.lease.release()
             raise
@@ -89,17 +91,25 @@ class BlockRun:
         self.lease.release()
 
     def train_until(self, until: int, on_step: OnStep | None = None) -> None:
-        """Train up to ``until`` steps (capped at train.steps), checkpointing on cadence."""
-        until = min(until, self.cfg.train.steps)
-        every = self.cfg.train.checkpoint_every
+        """Train up to ``until`` steps (capped at train.steps), writing the history and
+        checkpointing on cadence."""
+        t = self.cfg.train
+        until = min(until, t.steps)
         while self.trainer.step < until:
-            if time.monotonic() - self._renewed > self.cfg.train.lease_timeout_s / 4:
+            if time.monotonic() - self._renewed > t.lease_timeout_s / 4:
                 self.lease.check()  # renews it; LeaseLost if another writer took over
                 self._renewed = time.monotonic()
+            start = time.perf_counter()
             stats = self.trainer.train_step(self.batch(self.trainer.step))
+            self.history.observe(stats, time.perf_counter() - start)
             if on_step is not None:
                 on_step(stats)
-            if stats.step % every == 0 or stats.step == self.cfg.train.steps:
+            last = stats.step == t.steps
+            if stats.step % t.log_every == 0 or last:
+                self.lease.check()  # a fenced-off writer stops before writing a line
+                self._renewed = time.monotonic()
+                self.history.write(self.trainer)
+            if stats.step % t.checkpoint_every == 0 or last:
                 self.save()
 
     def save(self) -> None:

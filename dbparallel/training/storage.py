@@ -71,6 +71,11 @@ class Storage:
         except (FileNotFoundError, pa.ArrowException) as err:
             raise FileNotFoundError(f"{self.uri(rel)}: {err}") from None
 
+    def listdir(self, rel: str) -> list[str]:
+        """Names of the entries directly under ``rel`` (none if it does not exist)."""
+        selector = pafs.FileSelector(self.path(rel), allow_not_found=True)
+        return sorted(info.base_name for info in self.fs.get_file_info(selector))
+
     def delete(self, rel: str) -> None:
         if self.exists(rel):
             self.fs.delete_file(self.path(rel))

@@ -12,6 +12,7 @@ import torch
 from dbparallel.config import load_config
 from dbparallel.runtime.faults import ASSEMBLER, kill_steps
 from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.history import metrics_file, read_assemblies, read_lines
 from dbparallel.training.storage import Storage
 
 pytestmark = pytest.mark.ray
@@ -41,6 +42,14 @@ def _chaos(tmp_path: Path, seed: int, kills: int, steps: int) -> None:
     for block in (0, 1):  # every scheduled kill of a block happened and was survived
         assert report["per_block"][block]["restarts"] == len(schedule.get(block, []))
     assert report["assembly"]  # the final assembly, after any kills of the assembler
+    chaos, clean = Storage(str(tmp_path / "chaos")), Storage(str(tmp_path / "clean"))
+    for block in (0, 1):  # the steps replayed after each kill left no line missing or twice
+        lines = [[(r["step"], r["loss"], r["lr"]) for r in read_lines(s, metrics_file(block))]
+                 for s in (chaos, clean)]
+        assert lines[0] == lines[1]
+        assert [step for step, _, _ in lines[0]] == list(range(4, steps + 1, 4))
+    assembled = [r["step"] for r in read_assemblies(chaos)]
+    assert assembled == sorted(set(assembled)) and assembled[-1] == steps
     if schedule.get(ASSEMBLER):
         assert Storage(str(tmp_path / "chaos")).read_json("assembler_restarts.json")
 

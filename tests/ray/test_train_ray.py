@@ -58,6 +58,21 @@ def test_report_and_files(ray_run) -> None:
         assert manifest["snapshot"][-1]["step"] == 12 and manifest["state"][-1]["step"] == 12
 
 
+def test_history_and_curves_of_a_ray_run(ray_run) -> None:
+    """Block actors write their metrics.jsonl, the driver assembly.jsonl and curves.png."""
+    run_dir, report = ray_run
+    for b, row in enumerate(report["per_block"]):
+        lines = [json.loads(line) for line in
+                 (run_dir / f"blocks/block_{b}/metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in lines] == [4, 8, 12]
+        assert lines[-1]["loss"] == row["final_loss"]
+    assemblies = [json.loads(line) for line in
+                  (run_dir / "assembly.jsonl").read_text().splitlines()]
+    assert assemblies[-1]["step"] == 12
+    assert assemblies[-1]["sample_accuracy"] == report["assembly"]["sample_accuracy"]
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_same_result_in_ray_twice_and_locally(ray_run, tmp_path) -> None:
     run_dir, report = ray_run
     again = _train(tmp_path / "again")

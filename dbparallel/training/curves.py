@@ -1,0 +1,87 @@
+"""curves.png of a run: each block's training loss over its steps and, where assemblies ran,
+the composed network's metrics over training (from the files of training/history.py)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from typing import Any
+
+from dbparallel.errors import RunDirError
+from dbparallel.training.history import read_assemblies, read_history
+from dbparallel.training.storage import Storage
+
+CURVES_FILE = "curves.png"
+NOT_METRICS = ("step", "wall_s")  # assembly.jsonl keys that are not the network's metrics
+log = logging.getLogger(__name__)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def plot_curves(storage: Storage) -> bytes:
+    """The PNG of the run in ``storage``; RunDirError if no block has written its history."""
+    history = read_history(storage)
+    if not history:
+        raise RunDirError(f"{storage.uri()}: no training history yet (each block writes "
+                          f"blocks/block_<b>/metrics.jsonl every train.log_every steps)")
+    assemblies = read_assemblies(storage)
+    keys = sorted({k for r in assemblies for k, v in r.items()
+                   if k not in NOT_METRICS and _finite(v)})
+    # Figure + the Agg canvas, not pyplot: no global backend state in the caller's process.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = max(1, len(keys))
+    fig = Figure(figsize=(max(8.0, 3.5 * columns), 8.0 if keys else 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2 if keys else 1, columns)
+    ax = fig.add_subplot(grid[0, :])
+    losses = []
+    for block, records in sorted(history.items()):
+        points = [(r["step"], r["loss"]) for r in records if _finite(r.get("loss"))]
+        if not points:
+            continue
+        losses += [loss for _, loss in points]
+        lo, hi = records[-1].get("sigma_lo"), records[-1].get("sigma_hi")
+        label = f"block {block}"
+        if _finite(lo) and _finite(hi):
+            label += f"  (sigma {lo:.3g} to {hi:.3g})"
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, label=label, marker="." if len(points) <= 30 else None)
+    # Blocks of high noise have losses an order of magnitude apart from those of low noise.
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
+        ax.set_yscale("log")
+    ax.set_xlabel("step (of each block)")
+    ax.set_ylabel("training loss (mean of train.log_every steps)")
+    ax.set_title("training loss per block")
+    ax.grid(alpha=0.3)
+    if losses:
+        ax.legend(fontsize="small")
+    for i, key in enumerate(keys):
+        points = [(r["step"], r[key]) for r in assemblies if _finite(r.get(key))]
+        steps, values = zip(*points, strict=True)
+        panel = fig.add_subplot(grid[1, i], sharex=ax)  # the loss panel's steps
+        panel.plot(steps, values, marker="o")
+        panel.set_xlabel("step (lowest of the blocks' snapshots)")
+        panel.set_ylabel(key)
+        panel.set_title(f"assembly: {key}")
+        panel.grid(alpha=0.3)
+    fig.suptitle(storage.uri())
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_curves(storage: Storage) -> bool:
+    """Write curves.png into the run directory; True if written. A plot is a convenience:
+    any failure is logged as a warning and never fails the run."""
+    try:
+        storage.write_bytes(CURVES_FILE, plot_curves(storage))
+    except Exception as err:  # whatever it is: plotting must never fail a finished run
+        log.warning("could not write %s: %s", storage.uri(CURVES_FILE), err)
+        return False
+    return True

@@ -1,0 +1,141 @@
+"""A run's training history in its run directory: a line per block every ``train.log_every``
+steps, and a line per assembly.
+
+- ``blocks/block_<b>/metrics.jsonl``, written by the block's lease holder (BlockRun):
+  ``step``, ``loss`` (mean weighted loss of the last ``log_every`` finite steps), ``lr`` (of
+  the last step), ``samples_per_s`` (samples over the seconds spent reading batches and
+  stepping since the previous line; checkpoint writes and idle time left out),
+  ``nonfinite_steps`` (so far), ``sigma_lo``, ``sigma_hi`` (the block's noise range, with
+  overlap) and ``time`` (Unix seconds).
+- ``assembly.jsonl``, written by the driver alone: ``step`` (the lowest step among the block
+  snapshots composed), the assembly's metrics, ``wall_s`` (seconds since the driver started).
+
+A resumed block drops its lines after its checkpoint's step: the steps it replays write them
+again (with the same values, as training is a pure function of seed and step), so no step is
+missing or written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from typing import Any
+
+from dbparallel.training.block_trainer import BlockTrainer, StepStats
+from dbparallel.training.checkpoint import block_dir
+from dbparallel.training.storage import Storage
+
+ASSEMBLY_FILE = "assembly.jsonl"
+log = logging.getLogger(__name__)
+
+
+def metrics_file(block: int) -> str:
+    return f"{block_dir(block)}/metrics.jsonl"
+
+
+def _encode(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def read_lines(storage: Storage, rel: str) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (none if it is absent). A line that does not parse
+    is skipped with a warning: a local append cut short by a crash leaves one at the end."""
+    if not storage.exists(rel):
+        return []
+    records = []
+    for n, line in enumerate(storage.read_text(rel).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s line %d is not JSON (a write cut short?); skipped",
+                        storage.uri(rel), n)
+    return records
+
+
+class BlockHistory:
+    """The metrics.jsonl of one block, continued from ``resumed_from``, the step of the
+    checkpoint the block resumed from. Only the block's lease holder may create one."""
+
+    def __init__(self, storage: Storage, block: int, resumed_from: int):
+        self.storage, self.path = storage, metrics_file(block)
+        kept = [r for r in read_lines(storage, self.path) if r["step"] <= resumed_from]
+        if storage.exists(self.path) and storage.read_bytes(self.path) != _encode(kept):
+            storage.write_bytes(self.path, _encode(kept))
+        # Local files are appended to, one line at a time. Object stores cannot append: the
+        # whole object is rewritten from the records held here, a few hundred bytes a line.
+        self.records = [] if storage.is_local else kept
+        self._samples, self._seconds = 0, 0.0
+
+    def observe(self, stats: StepStats, seconds: float) -> None:
+        """Count a step that took ``seconds`` of wall time (reading its batch included)."""
+        self._samples += stats.samples
+        self._seconds += seconds
+
+    def write(self, trainer: BlockTrainer) -> dict[str, Any]:
+        """Append the line of ``trainer``'s current step; returns it."""
+        loss = trainer.final_loss
+        record = {
+            "step": trainer.step,
+            "loss": None if math.isnan(loss) else loss,
+            "lr": trainer.lr_at(trainer.step - 1),
+            "samples_per_s": self._samples / self._seconds if self._seconds > 0 else None,
+            "nonfinite_steps": trainer.nonfinite_steps,
+            "sigma_lo": trainer.sigma_range[0],
+            "sigma_hi": trainer.sigma_range[1],
+            "time": round(time.time(), 3),
+        }
+        self._samples, self._seconds = 0, 0.0
+        if self.storage.is_local:
+            path = self.storage.path(self.path)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        else:
+            self.records.append(record)
+            self.storage.write_bytes(self.path, _encode(self.records))
+        return record
+
+
+def append_assembly(storage: Storage, step: int, metrics: dict[str, float],
+                    wall_s: float) -> None:
+    """Add the line of an assembly of the snapshots of ``step`` to assembly.jsonl. A line for
+    ``step`` replaces those of ``step`` and later (a resumed run assembles them again), so the
+    file stays in increasing steps. Only the driver writes it; it is small, so it is rewritten
+    whole, on local disks and object stores alike."""
+    kept = [r for r in read_lines(storage, ASSEMBLY_FILE) if r["step"] < step]
+    values = {k: float(v) for k, v in metrics.items() if k != "block_steps_min"}
+    kept.append({"step": step, **values, "wall_s": round(wall_s, 3)})
+    storage.write_bytes(ASSEMBLY_FILE, _encode(kept))
+
+
+class AssemblyLog:
+    """The driver's writer of assembly.jsonl; ``wall_s`` counts from ``start``, the
+    ``time.perf_counter()`` of the run's start. A line that cannot be written is logged, never
+    fatal: a storage hiccup must not end a long run."""
+
+    def __init__(self, storage: Storage, start: float):
+        self.storage, self.start = storage, start
+
+    def append(self, step: int, metrics: dict[str, float]) -> None:
+        try:
+            append_assembly(self.storage, step, metrics, time.perf_counter() - self.start)
+        except OSError as err:
+            log.warning("could not write %s: %s", self.storage.uri(ASSEMBLY_FILE), err)
+
+
+def read_history(storage: Storage) -> dict[int, list[dict[str, Any]]]:
+    """Every block's metrics.jsonl records, by block (blocks without any left out)."""
+    blocks = sorted(int(m.group(1)) for name in storage.listdir("blocks")
+                    if (m := re.fullmatch(r"block_(\d+)", name)))
+    history = {b: read_lines(storage, metrics_file(b)) for b in blocks}
+    return {b: records for b, records in history.items() if records}
+
+
+def read_assemblies(storage: Storage) -> list[dict[str, Any]]:
+    return read_lines(storage, ASSEMBLY_FILE)

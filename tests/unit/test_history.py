@@ -1,0 +1,192 @@
+"""The run directory's history: metrics.jsonl per block, assembly.jsonl, curves.png, and
+`dbparallel plot`."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dbparallel.cli import main
+from dbparallel.config import DataConfig, load_config
+from dbparallel.data.sources import open_data
+from dbparallel.errors import RunDirError
+from dbparallel.runtime.controller import Controller, Event
+from dbparallel.runtime.local import run_local
+from dbparallel.training.curves import plot_curves
+from dbparallel.training.history import (
+    ASSEMBLY_FILE,
+    AssemblyLog,
+    append_assembly,
+    metrics_file,
+    read_assemblies,
+    read_lines,
+)
+from dbparallel.training.lease import LeaseLost
+from dbparallel.training.loop import BlockRun
+from dbparallel.training.run_dir import open_run
+from dbparallel.training.storage import Storage
+
+TINY = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _cfg(run_dir: Path | str, *overrides: str):
+    return load_config([TINY], [f"run.dir={run_dir}", *overrides])
+
+
+def _lines(storage: Storage, block: int) -> list[dict]:
+    return read_lines(storage, metrics_file(block))
+
+
+def _same(record: dict) -> tuple:
+    """What a replayed step reproduces exactly (wall time and rates differ)."""
+    return record["step"], record["loss"], record["lr"], record["nonfinite_steps"]
+
+
+def test_a_local_run_writes_each_blocks_history_its_assembly_and_curves(tmp_path) -> None:
+    cfg = _cfg(tmp_path / "run", "train.steps=10", "train.warmup_steps=8")
+    report = run_local(cfg, progress=False)
+    storage = Storage(cfg.run_dir)
+    for b, row in enumerate(report["per_block"]):
+        lines = _lines(storage, b)
+        assert [r["step"] for r in lines] == [4, 8, 10]  # every log_every, and the last step
+        assert [r["lr"] for r in lines] == [5e-4, 1e-3, 1e-3]  # warm-up: lr * 4/8 at step 4
+        assert lines[-1]["loss"] == row["final_loss"]  # mean of the last log_every steps
+        assert [lines[-1]["sigma_lo"], lines[-1]["sigma_hi"]] == report["partition"][b]
+        assert all(r["samples_per_s"] > 0 and r["nonfinite_steps"] == 0 for r in lines)
+    (line,) = read_assemblies(storage)
+    assert line["step"] == 10 and line["wall_s"] >= 0
+    assert line["sample_accuracy"] == report["assembly"]["sample_accuracy"]
+    assert "block_steps_min" not in line
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == PNG
+
+
+def test_a_resume_with_more_steps_continues_the_history(tmp_path) -> None:
+    resumed = _cfg(tmp_path / "resumed", "train.steps=8")
+    run_local(resumed, progress=False, only_blocks=[0])
+    run_local(_cfg(tmp_path / "resumed", "train.steps=12"), progress=False, only_blocks=[0])
+    straight = _cfg(tmp_path / "straight", "train.steps=12")
+    run_local(straight, progress=False, only_blocks=[0])
+    lines = _lines(Storage(resumed.run_dir), 0)
+    assert [r["step"] for r in lines] == [4, 8, 12]
+    assert [_same(r) for r in lines] == [_same(r) for r in _lines(Storage(straight.run_dir), 0)]
+
+
+@pytest.mark.parametrize("where", ["local", "object store"])
+def test_a_killed_block_replays_its_lines_once_and_its_zombie_writes_none(
+        tiny_cfg, where) -> None:
+    # mock:// is pyarrow's in-memory file system: the object-store path (no append)
+    storage = Storage(tiny_cfg.run_dir if where == "local" else "mock:///run")
+    assert storage.is_local == (where == "local")
+    index = open_data(DataConfig())
+    first = BlockRun(tiny_cfg, 0, index, storage, session="run")
+    first.train_until(10)  # lines at 4 and 8, checkpoint at 6; then the process is lost
+    before = _lines(storage, 0)
+    assert [r["step"] for r in before] == [4, 8]
+    torn = storage.read_bytes(metrics_file(0)) + b'{"step": 9, "lo'  # a write cut short
+    storage.write_bytes(metrics_file(0), torn)
+    second = BlockRun(tiny_cfg, 0, index, storage, session="run")  # e.g. Ray's restart
+    assert second.resumed_from == 6
+    assert [r["step"] for r in _lines(storage, 0)] == [4]  # it replays steps 7..8
+    with pytest.raises(LeaseLost):
+        first.train_until(12)  # the fenced-off process, still running
+    assert [r["step"] for r in _lines(storage, 0)] == [4]
+    second.train_until(12)
+    second.close()
+    first.stream.close()
+    after = _lines(storage, 0)
+    assert [r["step"] for r in after] == [4, 8, 12]
+    assert [_same(r) for r in after[:2]] == [_same(r) for r in before]
+
+
+class _Blocks:
+    """Two blocks that reach whatever step they are asked for; every assembly succeeds."""
+
+    def __init__(self, steps: int):
+        self.steps, self.queue = steps, []
+
+    def submit_train(self, block: int, until: int) -> None:
+        self.queue.append(Event("train", block, {"step": until, "done": until >= self.steps,
+                                                 "loss": 1.0, "restarts": 0}))
+
+    def submit_assemble(self, write_samples: bool) -> None:
+        self.queue.append(Event("assemble", None, {"sample_accuracy": 0.5}))
+
+    def start_block(self, block: int, slot: int) -> None:
+        pass
+
+    def finish_block(self, block: int) -> None:
+        pass
+
+    def poll(self, timeout_s: float) -> list[Event]:
+        events, self.queue = self.queue, []
+        return events
+
+    def summaries(self) -> list[dict]:
+        return []
+
+    def restart_block(self, block: int) -> None:
+        raise AssertionError("no block stalls here")
+
+
+def test_assemblies_during_training_and_the_final_one_are_lines(tmp_path) -> None:
+    cfg = load_config([], ["model.blocks=2", "model.depth=2", "train.steps=10",
+                           "train.log_every=4", "train.assemble_every=4"])
+    storage = Storage(str(tmp_path))
+    Controller(cfg, _Blocks(10), on_assembled=AssemblyLog(storage, 0.0).append).run()
+    lines = read_assemblies(storage)
+    assert [r["step"] for r in lines] == [4, 8, 10]  # at steps 4 and 8, then the final one
+    assert all(r["sample_accuracy"] == 0.5 and r["wall_s"] >= 0 for r in lines)
+
+
+def test_an_assembly_line_replaces_those_of_its_step_and_later(tmp_path) -> None:
+    storage = Storage(str(tmp_path))
+    for step, value in [(4, 0.1), (8, 0.2), (6, 0.3)]:  # a resumed run assembles step 6
+        append_assembly(storage, step, {"bpc": value, "block_steps_min": step}, 1.0)
+    assert read_assemblies(storage) == [{"step": 4, "bpc": 0.1, "wall_s": 1.0},
+                                        {"step": 6, "bpc": 0.3, "wall_s": 1.0}]
+
+
+def _history(storage: Storage, assemblies: bool) -> None:
+    for b, (lo, hi) in enumerate([(0.4, 80.0), (0.002, 0.5)]):
+        records = [{"step": s, "loss": 3.0 / s / (b + 1) ** 3, "sigma_lo": lo, "sigma_hi": hi}
+                   for s in (4, 8, 12)]
+        storage.write_text(metrics_file(b), "".join(json.dumps(r) + "\n" for r in records))
+    if assemblies:
+        append_assembly(storage, 8, {"sample_accuracy": 0.2, "fd_indomain": 40.0}, 3.0)
+        append_assembly(storage, 12, {"sample_accuracy": 0.4, "fd_indomain": 30.0}, 5.0)
+
+
+def test_plot_curves_draws_a_png_with_an_assembly_panel_when_there_are_points(
+        tmp_path) -> None:
+    storage = Storage(str(tmp_path))
+    with pytest.raises(RunDirError, match="no training history yet"):
+        plot_curves(storage)
+    _history(storage, assemblies=False)
+    losses_only = plot_curves(storage)
+    _history(storage, assemblies=True)
+    both = plot_curves(storage)
+    assert losses_only[:8] == PNG and both[:8] == PNG
+    width, height = Image.open(io.BytesIO(losses_only)).size
+    assert Image.open(io.BytesIO(both)).size[1] > height  # a second row of panels
+
+
+def test_dbparallel_plot(tmp_path, capsys) -> None:
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    storage = open_run(_cfg(tmp_path / "run"))
+    run_dir = str(tmp_path / "run")
+    assert main(["plot", run_dir]) == 2
+    assert "no training history yet" in capsys.readouterr().err
+    _history(storage, assemblies=True)
+    assert main(["plot", run_dir]) == 0
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == PNG
+    out = tmp_path / "elsewhere.png"
+    assert main(["plot", run_dir, "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == PNG
+    assert main(["plot", run_dir, "--out", str(tmp_path / "missing" / "x.png")]) == 2
+    assert storage.exists(ASSEMBLY_FILE)

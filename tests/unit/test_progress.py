@@ -1,0 +1,60 @@
+"""Progress lines show only what is known: no loss before a block reports one, an ETA once
+its step rate has been observed. A fake clock stands in for time."""
+
+from __future__ import annotations
+
+import math
+
+from dbparallel.runtime.progress import BlockBars, duration
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_block_that_has_not_reported_is_starting_with_no_loss() -> None:
+    bars = BlockBars(2, 200, enabled=False, line_every_s=math.inf, clock=Clock())
+    assert bars.line() == "progress: block 0 0/200 starting | block 1 0/200 starting"
+    bars.update(0, 0)  # a block that reports its (resumed) step before its first loss
+    bars.update(1, 20, math.nan)  # a skipped non-finite step
+    assert bars.line() == "progress: block 0 0/200 | block 1 20/200"
+    assert "nan" not in bars.line()
+    bars.close()
+
+
+def test_an_eta_from_each_blocks_observed_step_rate() -> None:
+    clock = Clock()
+    bars = BlockBars([0, 1], 200, enabled=False, line_every_s=math.inf, clock=clock)
+    clock.now = 100.0  # the time a block takes to start is not part of its rate
+    bars.update(0, 0)
+    bars.update(1, 50, 0.9)
+    assert bars.line() == ("progress: block 0 0/200 | block 1 50/200 loss 0.9000")
+    clock.now = 110.0
+    bars.update(0, 50, 0.5)  # 5 steps/s: 150 steps in 30 s
+    bars.update(1, 60, 0.8)  # 1 step/s: 140 steps in 2m20s
+    assert bars.line() == ("progress: block 0 50/200 loss 0.5000 eta 30s | "
+                           "block 1 60/200 loss 0.8000 eta 2m20s")
+    clock.now = 140.0
+    bars.update(0, 200, 0.25)
+    assert bars.line().startswith("progress: block 0 200/200 loss 0.2500 done | ")
+    bars.close()
+
+
+def test_lines_are_printed_every_line_every_s(capsys) -> None:
+    clock = Clock()
+    bars = BlockBars([3], 10, enabled=False, line_every_s=15.0, clock=clock)
+    bars.update(3, 2, 0.5)
+    assert capsys.readouterr().out == ""
+    clock.now = 20.0
+    bars.update(3, 4, 0.4)
+    assert capsys.readouterr().out == "progress: block 3 4/10 loss 0.4000 eta 1m00s\n"
+    bars.close()
+
+
+def test_duration() -> None:
+    assert [duration(s) for s in (0, 45.4, 65, 3725, -3)] == ["0s", "45s", "1m05s", "1h02m",
+                                                              "0s"]
