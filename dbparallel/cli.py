@@ -1,4 +1,5 @@
-"""dbparallel train | baseline | plan | eval | sample | data check: parse -> build -> run."""
+"""dbparallel train | baseline | plan | data check | plot | eval | sample | export | generate |
+predict: parse -> build -> run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from dbparallel.config import Config, ConfigError, describe, from_dict, load_config
+from dbparallel.cli_network import add_parsers
+from dbparallel.config import Config, ConfigError, describe, load_config
 from dbparallel.errors import UserError
 
 if TYPE_CHECKING:
@@ -125,74 +127,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config(run_dir: str) -> Config:
-    from dbparallel.training.run_dir import CONFIG_FILE, stored_config
-    from dbparallel.training.storage import Storage
-
-    storage = Storage(run_dir)
-    if not storage.exists(CONFIG_FILE):
-        raise UserError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
-    cfg = from_dict(stored_config(storage))
-    cfg.run.dir = run_dir
-    return cfg
-
-
-def _device(cfg: Config, requested: str) -> str:
-    """``--device``, else CUDA where the run trained on GPUs and one is here, else CPU."""
-    import torch
-
-    from dbparallel.training.precision import set_matmul_precision
-
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device here")
-    device = requested or ("cuda" if cfg.runtime.gpus_per_block > 0
-                           and torch.cuda.is_available() else "cpu")
-    set_matmul_precision(cfg.train.precision, device)
-    return device
-
-
-def _run_data(cfg: Config, run_dir: str) -> DataIndex:
-    """The data a run trained on (its pinned index, rebuilt here where it lives in another
-    machine's cache), else the data its config names."""
-    from dbparallel.data.sources import open_data
-    from dbparallel.training.run_dir import pinned_data, run_data
-    from dbparallel.training.storage import Storage
-
-    storage = Storage(run_dir)
-    return run_data(cfg, storage) if pinned_data(storage) else open_data(cfg.data)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from dbparallel.training.assemble import assemble
-    from dbparallel.training.storage import Storage
-
-    cfg = _run_config(args.run_dir)
-    device = _device(cfg, args.device)
-    metrics = assemble(cfg, Storage(args.run_dir), _run_data(cfg, args.run_dir), device,
-                       write_samples=False, step=args.step)
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        for k, v in metrics.items():
-            print(f"{k}: {v:.6g}")
-    return 0
-
-
-def cmd_sample(args: argparse.Namespace) -> int:
-    from dbparallel.tasks import build_task
-    from dbparallel.training.assemble import compose, load_snapshots
-    from dbparallel.training.eval import sample_artifact
-    from dbparallel.training.storage import Storage
-
-    cfg = _run_config(args.run_dir)
-    task = build_task(cfg)
-    nets = compose(task, load_snapshots(cfg, Storage(args.run_dir)))
-    with open(args.out, "wb") as f:
-        f.write(sample_artifact(cfg, task, nets, index=_run_data(cfg, args.run_dir))[1])
-    print(f"wrote {args.out}")
-    return 0
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
     """curves.png of a run, drawn again from its metrics files (e.g. while it trains)."""
     from dbparallel.training.curves import CURVES_FILE, plot_curves
@@ -238,15 +172,6 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plan)
 
-    e = sub.add_parser("eval", help="re-assemble a run's blocks and evaluate them")
-    e.add_argument("run_dir")
-    e.add_argument("--json", action="store_true")
-    e.add_argument("--step", type=int, default=None,
-                   help="evaluate the snapshots of this step (see train.keep_snapshots)")
-    e.add_argument("--device", choices=["cpu", "cuda"], default="",
-                   help="default: cuda if the run trained on GPUs and one is here")
-    e.set_defaults(func=cmd_eval)
-
     d = sub.add_parser("data", help="data set tools: `data check` decodes every row once")
     d.add_argument("action", choices=["check"])
     d.add_argument("config", nargs="*", help="a Parquet file/directory/URI, or "
@@ -258,10 +183,7 @@ def parser() -> argparse.ArgumentParser:
     pc.add_argument("--out", default="", help="PNG file to write (default: RUN_DIR/curves.png)")
     pc.set_defaults(func=cmd_plot)
 
-    s = sub.add_parser("sample", help="write a grid of samples of a run")
-    s.add_argument("run_dir")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_sample)
+    add_parsers(sub)
     return p
 
 

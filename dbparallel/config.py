@@ -226,6 +226,9 @@ class RuntimeConfig:
     assembly_cpus: float = 0.0  # CPUs reserved by the assembly actor
     assembly_gpus: float = 0.0  # GPUs of the assembly actor; 0 = it samples on CPU
     placement_timeout_s: float = 300.0  # wait this long for the cluster to fit every block
+    # blocks training at once; the others queue and start as blocks finish (waves); 0 = as
+    # many as the cluster has room for now, up to model.blocks
+    max_concurrent_blocks: int = 0
     object_store_memory: int = 0  # bytes of a private local instance's object store; 0 = Ray's
 
     def __post_init__(self) -> None:
@@ -236,6 +239,8 @@ class RuntimeConfig:
         _check(self.assembly_cpus >= 0, "runtime.assembly_cpus", "must be >= 0")
         _check(self.assembly_gpus >= 0, "runtime.assembly_gpus", "must be >= 0")
         _check(self.placement_timeout_s > 0, "runtime.placement_timeout_s", "must be > 0")
+        _check(self.max_concurrent_blocks >= 0, "runtime.max_concurrent_blocks",
+               "must be >= 0 (0 = as many as the cluster fits)")
         _check(self.object_store_memory >= 0, "runtime.object_store_memory", "must be >= 0")
 
 

@@ -1,8 +1,10 @@
 """The controller: a small steppable state machine over B block actors and one assembler.
 
-It knows actors only through a ``Backend`` (Ray in launch.py, fakes in tests): it asks each
-block for its next chunk of steps, moves the progress bars, notices stalls, fails the run
-when a block is lost for good, and triggers assembly when every block is done.
+It knows actors only through a ``Backend`` (Ray in launch.py, fakes in tests): it starts
+blocks in the slots it has (``slots`` < B: the others queue, lowest block first, and start as
+blocks finish: waves), asks each started block for its next chunk of steps, moves the
+progress bars, notices stalls, fails the run when a block is lost for good, and triggers
+assembly when every block is done.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ class Event:
 
 
 class Backend(Protocol):
+    def start_block(self, block: int, slot: int) -> None:
+        """Start block's process in ``slot`` (one of the reserved places)."""
+        ...
+    def finish_block(self, block: int) -> None:
+        """The block is done: keep its summary, free its slot."""
+        ...
     def submit_train(self, block: int, until: int) -> None: ...
     def submit_assemble(self, write_samples: bool) -> None: ...
     def poll(self, timeout_s: float) -> list[Event]: ...
@@ -71,6 +79,9 @@ class BlockStatus:
     stalled: bool = False
     stall_restarts: int = 0
     unavailable: int = 0  # calls in a row that found the block unreachable
+    slot: int = -1  # where it trains; -1 = queued (not started)
+    started_s: float = math.nan  # seconds after the controller started
+    finished_s: float = math.nan
 
 
 @dataclass
@@ -78,12 +89,14 @@ class Controller:
     cfg: Config
     backend: Backend
     on_progress: Callable[[int, int, float], None] = lambda block, step, loss: None
+    on_start: Callable[[int], None] = lambda block: None  # a block got its slot
     on_stall: Callable[[int, bool], None] = lambda block, stalled: None
     on_assembly_failed: Callable[[str], None] = lambda message: None
     # (step, metrics) of each finished assembly, during training and the final one; step is
     # the lowest step among the snapshots it composed
     on_assembled: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
     clock: Callable[[], float] = time.monotonic
+    slots: int = 0  # blocks training at once; 0 = every block
     state: State = State.TRAINING
     blocks: list[BlockStatus] = field(default_factory=list)
     assembly: dict[str, float] = field(default_factory=dict)
@@ -94,8 +107,9 @@ class Controller:
     _next_assembly: int = 0
 
     def __post_init__(self) -> None:
-        now = self.clock()
+        now = self._started_s = self.clock()
         self.blocks = [BlockStatus(last_progress_s=now) for _ in range(self.cfg.model.blocks)]
+        self.slots = min(self.slots or len(self.blocks), len(self.blocks))
         self._next_assembly = self.cfg.train.assemble_every or self.cfg.train.steps + 1
 
     def chunk_end(self, status: BlockStatus) -> int:
@@ -105,8 +119,9 @@ class Controller:
     def step(self, timeout_s: float = 1.0) -> State:
         """Submit what is due, handle what finished within ``timeout_s``; returns the state."""
         if self.state == State.TRAINING:
+            self._start_queued()
             for b, status in enumerate(self.blocks):
-                if not status.done and not status.in_flight:
+                if status.slot >= 0 and not status.done and not status.in_flight:
                     self.backend.submit_train(b, self.chunk_end(status))
                     status.in_flight = True
         if self.state in (State.TRAINING, State.ASSEMBLING):
@@ -127,6 +142,25 @@ class Controller:
                            f"train.assembly_timeout_s={self.cfg.train.assembly_timeout_s:g}; "
                            f"{self._retry_hint()}")
         return self.state
+
+    def _start_queued(self) -> None:
+        """Start queued blocks, lowest first, in the free slots."""
+        busy = {s.slot for s in self.blocks if s.slot >= 0 and not s.done}
+        free = [k for k in range(self.slots) if k not in busy]
+        for b, status in enumerate(self.blocks):
+            if not free:
+                return
+            if status.slot < 0:
+                status.slot = free.pop(0)
+                status.started_s = self.clock() - self._started_s
+                status.last_progress_s = self.clock()
+                self.backend.start_block(b, status.slot)
+                self.on_start(b)
+
+    def schedule(self) -> list[dict[str, Any]]:
+        """Where and when each block trained: slot, started_s, finished_s (run seconds)."""
+        return [{"block": b, "slot": s.slot, "started_s": round(s.started_s, 3),
+                 "finished_s": round(s.finished_s, 3)} for b, s in enumerate(self.blocks)]
 
     def _submit_assemble(self, final: bool) -> None:
         self.backend.submit_assemble(final)
@@ -179,6 +213,9 @@ class Controller:
             status.last_progress_s = self.clock()
         status.step, status.done = progress["step"], progress["done"]
         status.loss, status.restarts = progress["loss"], progress["restarts"]
+        if status.done:
+            status.finished_s = self.clock() - self._started_s
+            self.backend.finish_block(event.block)
         if status.stalled:
             status.stalled = False
             self.on_stall(event.block, False)
@@ -190,7 +227,7 @@ class Controller:
         now, limit = self.clock(), self.cfg.train.stall_timeout_s
         for b, status in enumerate(self.blocks):
             quiet = now - status.last_progress_s
-            if status.done or quiet <= limit:
+            if status.slot < 0 or status.done or quiet <= limit:
                 continue
             if not status.stalled:
                 status.stalled = True

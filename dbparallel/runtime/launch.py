@@ -1,9 +1,11 @@
-"""Starting a run on Ray: connect, pin the data index, reserve one bundle per block, start the
-actors, drive the controller, write the report, clean up."""
+"""Starting a run on Ray: connect, pin the data index, reserve one bundle per block that trains
+at once (every block, or ``runtime.max_concurrent_blocks``: waves), start the actors as the
+controller asks, drive it, write the report, clean up."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import uuid
@@ -64,10 +66,25 @@ def connect(cfg: Config) -> bool:
 class RayBackend:
     """The controller's view of the actors: submit calls, collect finished ones."""
 
-    def __init__(self, cfg: Config, actors: list[Any], pg: Any):
-        self.cfg, self.actors, self.pg = cfg, actors, pg
+    def __init__(self, cfg: Config, pg: Any, slots: int, session: str):
+        self.cfg, self.pg, self.slots, self.session = cfg, pg, slots, session
+        self.actors: dict[int, Any] = {}  # the blocks training now
+        self.finished: dict[int, dict[str, Any]] = {}  # summaries of the blocks done
         self.assembler: Any = None
         self.pending: dict[ray.ObjectRef, tuple[str, int | None]] = {}
+
+    def start_block(self, block: int, slot: int) -> None:
+        r, t = self.cfg.runtime, self.cfg.train
+        self.actors[block] = ray.remote(BlockActor).options(
+            num_cpus=r.cpus_per_block, num_gpus=r.gpus_per_block,
+            max_restarts=t.max_restarts, max_task_retries=t.max_restarts,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, slot),
+        ).remote(self.cfg, block, self.session)
+
+    def finish_block(self, block: int) -> None:
+        actor = self.actors.pop(block)
+        self.finished[block] = ray.get(actor.summary.remote(), timeout=300)
+        ray.kill(actor, no_restart=True)  # its slot goes to the next queued block
 
     def submit_train(self, block: int, until: int) -> None:
         self.pending[self.actors[block].train.remote(until)] = ("train", block)
@@ -78,7 +95,7 @@ class RayBackend:
             placed = {}
             if assembly_bundle(self.cfg):  # reserved with the blocks' bundles
                 placed["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    self.pg, self.cfg.model.blocks)
+                    self.pg, self.slots)
             self.assembler = ray.remote(AssemblerActor).options(
                 num_cpus=r.assembly_cpus, num_gpus=r.assembly_gpus, name=None,
                 max_restarts=self.cfg.train.max_restarts,
@@ -108,10 +125,13 @@ class RayBackend:
         ray.kill(self.actors[block], no_restart=False)  # Ray restarts it; the call is retried
 
     def summaries(self) -> list[dict[str, Any]]:
-        return ray.get([a.summary.remote() for a in self.actors], timeout=300)
+        running = dict(zip(self.actors, ray.get([a.summary.remote() for a in
+                                                 self.actors.values()], timeout=300),
+                           strict=True))
+        return [row for _, row in sorted({**self.finished, **running}.items())]
 
     def close(self) -> None:
-        for actor in [*self.actors, self.assembler]:
+        for actor in [*self.actors.values(), self.assembler]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
 
@@ -127,12 +147,25 @@ def assembly_bundle(cfg: Config) -> dict[str, float]:
     return {k: v for k, v in (("CPU", r.assembly_cpus), ("GPU", r.assembly_gpus)) if v}
 
 
-def reserve(cfg: Config) -> Any:
-    """A placement group of one bundle per block and one for the assembly actor, reserved
-    before training starts; UserError naming the keys if the cluster cannot fit it."""
+def block_slots(cfg: Config) -> int:
+    """How many blocks train at once: runtime.max_concurrent_blocks, else as many as the
+    cluster's resources fit now beside the assembly actor (at least 1, at most every block)."""
+    r, blocks = cfg.runtime, cfg.model.blocks
+    if r.max_concurrent_blocks:
+        return min(blocks, r.max_concurrent_blocks)
+    have = ray.cluster_resources()
+    fits = [blocks, math.floor((have.get("CPU", 0) - r.assembly_cpus) / r.cpus_per_block + 1e-9)]
+    if r.gpus_per_block:
+        fits.append(math.floor((have.get("GPU", 0) - r.assembly_gpus) / r.gpus_per_block + 1e-9))
+    return max(1, min(fits))  # 0 fits: reserve() then names the keys
+
+
+def reserve(cfg: Config, slots: int) -> Any:
+    """A placement group of one bundle per block slot and one for the assembly actor,
+    reserved before training starts; UserError naming the keys if the cluster cannot fit it."""
     r = cfg.runtime
     bundle = {"CPU": r.cpus_per_block, **({"GPU": r.gpus_per_block} if r.gpus_per_block else {})}
-    bundles = [dict(bundle) for _ in range(cfg.model.blocks)]
+    bundles = [dict(bundle) for _ in range(slots)]
     if assembly_bundle(cfg):
         bundles.append(assembly_bundle(cfg))
     pg = placement_group(bundles, strategy="SPREAD")
@@ -144,7 +177,7 @@ def reserve(cfg: Config) -> Any:
         extra = (f" + the assembly actor's {assembly_bundle(cfg)} (runtime.assembly_cpus/"
                  f"assembly_gpus)" if assembly_bundle(cfg) else "")
         raise UserError(
-            f"runtime.cpus_per_block/gpus_per_block: {cfg.model.blocks} blocks x {bundle}{extra} "
+            f"runtime.cpus_per_block/gpus_per_block: {slots} blocks x {bundle}{extra} "
             f"do not fit the cluster ({have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs) "
             f"within runtime.placement_timeout_s={r.placement_timeout_s:g}") from None
     return pg
@@ -167,25 +200,25 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     connected = connect(cfg)
     pg, backend, bars = None, None, None
     try:
-        pg = reserve(cfg)
-        actors = [
-            ray.remote(BlockActor).options(
-                num_cpus=cfg.runtime.cpus_per_block, num_gpus=cfg.runtime.gpus_per_block,
-                max_restarts=cfg.train.max_restarts, max_task_retries=cfg.train.max_restarts,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(pg, b),
-            ).remote(cfg, b, session)
-            for b in range(cfg.model.blocks)
-        ]
-        backend = RayBackend(cfg, actors, pg)
+        slots = block_slots(cfg)
+        if slots < cfg.model.blocks:
+            print(f"runtime: {slots} of {cfg.model.blocks} blocks train at once; the others "
+                  f"queue and start as blocks finish (runtime.max_concurrent_blocks)", flush=True)
+        pg = reserve(cfg, slots)
+        backend = RayBackend(cfg, pg, slots, session)
         bars = BlockBars(cfg.model.blocks, cfg.train.steps, progress)
         stall = [BlockRecorder(cfg.run.name, b, None, RaySink()) for b in range(cfg.model.blocks)]
         assembly = AssemblyRecorder(cfg.run.name, RaySink())
-        controller = Controller(cfg, backend, on_progress=bars.update,
+        bars.queue(list(range(slots, cfg.model.blocks)))  # the lowest blocks start first
+        controller = Controller(cfg, backend, on_progress=bars.update, on_start=bars.start,
                                 on_stall=lambda b, stalled: stall[b].stalled(stalled),
                                 on_assembly_failed=lambda message: assembly.failed(),
-                                on_assembled=AssemblyLog(storage, start).append)
+                                on_assembled=AssemblyLog(storage, start).append,
+                                slots=slots)
         metrics = controller.run()
         per_block = backend.summaries()
+        for row, placed in zip(per_block, controller.schedule(), strict=True):
+            row.update(placed)  # which blocks ran when: slot, started_s, finished_s
     finally:
         if bars is not None:
             bars.close()
@@ -200,6 +233,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         if connected:
             ray.shutdown()
     report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
+    report["concurrent_blocks"] = slots
     write_report(storage, report)
     write_curves(storage)
     return report

@@ -1,6 +1,7 @@
 """One progress bar per block on a terminal; periodic progress lines in logs (ray job logs).
 
-A line shows only what is known: a block that has not reported yet is ``starting``, a loss
+A line shows only what is known: a block waiting for a free slot (more blocks than the cluster
+trains at once) is ``queued``, one that has not reported yet is ``starting``, a loss
 appears once the block has one, and an ETA once its step rate has been observed (between its
 first report and its latest one, so the time it took to start does not count).
 """
@@ -23,6 +24,7 @@ class _Seen:
     step: int = 0
     loss: float = math.nan
     reported: bool = False
+    queued: bool = False
     first_step: int = 0
     first_s: float = 0.0
     latest_s: float = 0.0
@@ -62,6 +64,17 @@ class BlockBars:
         self.seen = {b: _Seen() for b in ids}
         self._last_line = clock()
 
+    def queue(self, blocks: list[int]) -> None:
+        """Show ``blocks`` as waiting for a slot until ``start``."""
+        for b in blocks:
+            self.seen[b].queued = True
+            self.bars[b].set_description(f"block {b} (queued)", refresh=False)
+
+    def start(self, block: int) -> None:
+        """``block`` got a slot and is starting."""
+        self.seen[block].queued = False
+        self.bars[block].set_description(f"block {block}", refresh=False)
+
     def update(self, block: int, step: int, loss: float | None = None) -> None:
         bar = self.bars[block]
         bar.update(step - bar.n)
@@ -83,7 +96,9 @@ class BlockBars:
         parts = []
         for b, seen in self.seen.items():
             part = f"block {b} {seen.step}/{self.steps}"
-            if not seen.reported:
+            if seen.queued:
+                part += " queued"
+            elif not seen.reported:
                 part += " starting"
             if not math.isnan(seen.loss):
                 part += f" loss {seen.loss:.4f}"

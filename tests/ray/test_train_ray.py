@@ -87,6 +87,28 @@ def test_same_result_in_ray_twice_and_locally(ray_run, tmp_path) -> None:
         assert all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_more_blocks_than_slots_train_in_waves_to_the_same_weights(ray_session,
+                                                                   tmp_path) -> None:
+    """B=4 with room for 2 at a time: blocks 2 and 3 start when 0 and 1 finish, and every
+    block ends with the weights of B=4 trained at once."""
+    four = ["model.blocks=4", "model.depth=4", "train.steps=6", "train.checkpoint_every=6",
+            "runtime.cpus_per_block=0.25"]
+    waves = _train(tmp_path / "waves", *four, "runtime.max_concurrent_blocks=2")
+    at_once = _train(tmp_path / "at_once", *four)
+    assert waves["concurrent_blocks"] == 2 and at_once["concurrent_blocks"] == 4
+    rows = waves["per_block"]
+    assert [row["slot"] for row in rows] == [0, 1, 0, 1] or [row["slot"] for row in rows] == \
+        [0, 1, 1, 0]
+    assert min(r["started_s"] for r in rows[2:]) >= min(r["finished_s"] for r in rows[:2])
+    assert [r["final_loss"] for r in rows] == [r["final_loss"] for r in at_once["per_block"]]
+    for b in range(4):
+        name = f"blocks/block_{b}/snapshot_00000006.pt"
+        a = torch.load(tmp_path / "waves" / name, weights_only=True)["ema"]
+        c = torch.load(tmp_path / "at_once" / name, weights_only=True)["ema"]
+        assert all(torch.equal(a[k], c[k]) for k in a)
+    assert waves["assembly"] == at_once["assembly"]
+
+
 def _scrape(port: int, run: str) -> dict[tuple[str, str], float]:
     """{(metric, block): value} of this run's block series on the node's metrics port."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

@@ -18,6 +18,12 @@ class FakeBackend:
         self.calls: list[tuple] = []
         self.restarted: list[int] = []
 
+    def start_block(self, block: int, slot: int) -> None:
+        self.calls.append(("start", block, slot))
+
+    def finish_block(self, block: int) -> None:
+        self.calls.append(("finish", block))
+
     def submit_train(self, block: int, until: int) -> None:
         self.calls.append(("train", block, until))
         if block in self.hang:
@@ -63,6 +69,37 @@ def test_chunks_then_assembly() -> None:
     assert backend.calls[-1] == ("assemble", True)
     assert (0, 10) in progress and (1, 10) in progress
     assert controller.state == State.DONE
+
+
+def test_blocks_beyond_the_slots_queue_and_train_in_waves() -> None:
+    backend = FakeBackend(steps=10)
+    clock = iter(range(1000))
+    controller = Controller(_cfg("model.blocks=4", "model.depth=4"), backend, slots=2,
+                            clock=lambda: float(next(clock)))
+    controller.run()
+    starts = [c for c in backend.calls if c[0] in ("start", "finish")]
+    assert starts == [("start", 0, 0), ("start", 1, 1), ("finish", 0), ("finish", 1),
+                      ("start", 2, 0), ("start", 3, 1), ("finish", 2), ("finish", 3)]
+    trains = [c[1] for c in backend.calls if c[0] == "train"]
+    assert trains == [0, 1] * 3 + [2, 3] * 3  # blocks 2 and 3 wait for a free slot
+    schedule = controller.schedule()
+    assert [row["slot"] for row in schedule] == [0, 1, 0, 1]
+    # the second wave starts after the first one finished
+    assert min(r["started_s"] for r in schedule[2:]) >= max(r["finished_s"] for r in schedule[:2])
+
+
+def test_a_queued_block_is_never_reported_stalled() -> None:
+    backend = FakeBackend(steps=10, hang={0})
+    now = [0.0]
+    stalls: list[tuple] = []
+    controller = Controller(_cfg("train.stall_timeout_s=5", "train.max_restarts=1"), backend,
+                            slots=1, clock=lambda: now[0],
+                            on_stall=lambda b, stalled: stalls.append((b, stalled)))
+    for _ in range(3):
+        controller.step(0)
+        now[0] += 10
+    assert stalls == [(0, True)] and backend.restarted == [0]  # block 1 waits, unreported
+    assert [c for c in backend.calls if c[0] == "start"] == [("start", 0, 0)]
 
 
 def test_periodic_assembly_during_training() -> None:

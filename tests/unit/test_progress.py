@@ -58,3 +58,13 @@ def test_lines_are_printed_every_line_every_s(capsys) -> None:
 def test_duration() -> None:
     assert [duration(s) for s in (0, 45.4, 65, 3725, -3)] == ["0s", "45s", "1m05s", "1h02m",
                                                               "0s"]
+
+
+def test_a_queued_block_shows_queued_until_it_starts() -> None:
+    bars = BlockBars(3, 10, enabled=False, line_every_s=1e9)
+    bars.queue([2])
+    assert bars.line() == ("progress: block 0 0/10 starting | block 1 0/10 starting | "
+                           "block 2 0/10 queued")
+    bars.start(2)
+    assert bars.line().endswith("block 2 0/10 starting")
+    bars.close()
