@@ -1,4 +1,4 @@
-"""Training memory of one block against the whole network trained end to end (DESIGN.md 1.6).
+"""Training memory of one block against the whole network trained end to end (paper App. G).
 
 For DiT, ViT and the AR model at depth 12 and 24 and B = 1, 2, 3, 4, 6, 12 it measures the
 bytes one training step holds, by the byte meter's accounting (core/memory.py): parameters,
@@ -62,7 +62,7 @@ SETUPS: dict[str, Setup] = {
     # DiT-S/2 as on the H100 (benchmarks/gpu_bench.py), so the two meters can be compared
     "dit": Setup("dit", "DiT-S/2, 32x32x3, batch 128", {"preset": "dit-s", "patch_size": 2},
                  {"image_size": 32, "channels": 3}, 128),
-    # the paper's CIFAR ViT widths (hidden 128, 4 heads, patch 4; PAPER_NOTES 4.1), MLP ratio 4
+    # the paper's CIFAR ViT widths (hidden 128, 4 heads, patch 4; paper App. E.1), MLP ratio 4
     "vit": Setup("vit", "ViT hidden 128, 4 heads, patch 4, 32x32x3, batch 128",
                  {"preset": "small", "patch_size": 4}, {"image_size": 32, "channels": 3}, 128),
     # the paper's LM widths (768 hidden, 12 heads, context 256, batch 256) on characters

@@ -1,12 +1,12 @@
 """DiT sampling cost per image: DiffusionBlocks against the end-to-end DiT at equal steps.
 
 Each Euler step of the composed chain runs only the block that owns its sigma (L/B layers), where
-the end-to-end DiT runs all L layers (DESIGN.md 1.5); both sample through the project's own
-``ImageGeneration.generate`` with classifier-free guidance, so every step evaluates the layers
-on a conditional and an unconditional copy of the batch. Layer evaluations are counted with
-hooks on the transformer layers (per image, guidance copies included); wall time is the median
-of repeated runs on one torch thread. Cost does not depend on the weights: the networks are
-freshly initialised.
+the end-to-end DiT runs all L layers (docs/method.md, Samplers and routing); both sample
+through the project's own ``ImageGeneration.generate`` with classifier-free guidance, so every
+step evaluates the layers on a conditional and an unconditional copy of the batch. Layer
+evaluations are counted with hooks on the transformer layers (per image, guidance copies
+included); wall time is the median of repeated runs on one torch thread. Cost does not depend
+on the weights: the networks are freshly initialised.
 
     python benchmarks/sampling.py [--quick] [--json] [--wait-idle MINUTES]
 """

@@ -1,4 +1,4 @@
-"""Training throughput: one block actor alone against B block actors at once (DESIGN.md 4, 6).
+"""Training throughput: one block actor alone against B block actors at once (docs/performance.md).
 
 Real Ray actors on a private local instance run the block actor's path: the data index
 pinned in the run directory, a ``BlockRun`` streaming its own order of the data files (a

@@ -1,4 +1,5 @@
-"""Equal-mass partition of the noise levels into B block ranges (DESIGN.md 1.2, 1.4)."""
+"""Equal-mass partition of the noise levels into B block ranges (docs/method.md,
+Equi-probability partition)."""
 
 from __future__ import annotations
 

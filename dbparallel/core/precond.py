@@ -1,4 +1,5 @@
-"""EDM preconditioning and loss weight (Karras et al. 2022, Table 1; DESIGN.md 1.1)."""
+"""EDM preconditioning and loss weight (Karras et al. 2022, Table 1;
+docs/method.md, EDM preconditioning and loss weight)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Composed sampling: each ODE step runs only the block owning its sigma (DESIGN.md 1.5)."""
+"""Composed sampling: each ODE step runs only the block owning its sigma (docs/method.md,
+Samplers and routing)."""
 
 from __future__ import annotations
 

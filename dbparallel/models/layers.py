@@ -147,7 +147,8 @@ EMBEDDING_SALT = 0x5EED_E  # separates the table's stream from seeds used for an
 
 
 def frozen_unit_embedding(seed: int, num: int, dim: int) -> torch.Tensor:
-    """(num, dim) rows of unit L2 norm, a pure function of the run seed (DESIGN.md 1.3)."""
+    """(num, dim) rows of unit L2 norm, a pure function of the run seed (docs/method.md,
+    Losses: vit)."""
     g = torch.Generator().manual_seed(seed ^ EMBEDDING_SALT)
     E = torch.randn(num, dim, generator=g, dtype=torch.float64)
     return (E / E.norm(dim=1, keepdim=True)).float()

@@ -1,4 +1,4 @@
-"""Transformer blocks of the text tasks (DESIGN.md section 2).
+"""Transformer blocks of the text tasks (docs/method.md, Losses: mdm and ar).
 
 ``MaskedLMBlock``: the masked diffusion LM's denoiser F(x_t, t), bidirectional.
 ``ARBlock``: the autoregressive denoiser over the [clean; noisy] sequence of length 2T. Clean

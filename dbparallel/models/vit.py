@@ -1,4 +1,4 @@
-"""ViT backbone of one block for image classification (PAPER_NOTES 4.1).
+"""ViT backbone of one block for image classification (docs/method.md, Losses: vit; paper App. E.1).
 
 With ``noisy_label`` the first token is the c_in-scaled noisy label embedding and every layer
 is conditioned on sigma; ``forward`` returns F at that token and ``classify`` maps the

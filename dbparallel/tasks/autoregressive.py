@@ -1,4 +1,4 @@
-"""Autoregressive language model in embedding space (DESIGN.md 1.3 and section 2).
+"""Autoregressive language model in embedding space (docs/method.md, Losses: ar).
 
 Target y_i = E[x_i], a row of the frozen unit-norm table E; block b denoises
 z_i = y_i + sigma * eps_i given the clean tokens before i, for sigma in its equi-probability

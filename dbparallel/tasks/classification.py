@@ -1,4 +1,4 @@
-"""Image classification with ViT blocks (DESIGN.md 1.3 and section 2, second row).
+"""Image classification with ViT blocks (docs/method.md, Losses: vit).
 
 Target y = E[c], the class's row of a frozen unit-norm label embedding derived from the run
 seed (identical in every block, no communication); condition x = the image's patches. A block

@@ -1,4 +1,4 @@
-"""Class-conditional image generation with DiT blocks (DESIGN.md section 2, first row).
+"""Class-conditional image generation with DiT blocks (docs/method.md, Losses: dit).
 
 Target y = image in [-1, 1]; condition x = class label, replaced by the null label with
 probability ``train.label_dropout`` so that sampling can use classifier-free guidance.

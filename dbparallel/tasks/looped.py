@@ -1,4 +1,4 @@
-"""Looped (weight-tied, recurrent-depth) transformer LM (DESIGN.md section 2, last row).
+"""Looped (weight-tied, recurrent-depth) transformer LM (docs/method.md, Losses: looped).
 
 One core, B = 1, applied K = ``model.loop_iterations`` times at inference as K Euler steps of
 the autoregressive task's ODE. DiffusionBlocks trains it with one pass of the core per step

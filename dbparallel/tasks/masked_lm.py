@@ -1,4 +1,4 @@
-"""Masked diffusion language model, MD4-style (DESIGN.md 1.4; Shi et al. 2024).
+"""Masked diffusion language model, MD4-style (docs/method.md, Losses: mdm; Shi et al. 2024).
 
 Each token of x_0 is replaced by [MASK] with probability 1 - alpha(t) = t. Block b owns a
 slice of t, uniform in alpha (block 0 the highest t), and minimises its share of the ELBO

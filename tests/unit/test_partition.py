@@ -1,4 +1,4 @@
-"""Equi-probability partition: DESIGN.md 1.2 test vectors, equal mass, overlap, ownership."""
+"""Equi-probability partition: docs/method.md test vectors, equal mass, overlap, ownership."""
 
 from __future__ import annotations
 
