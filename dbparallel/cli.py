@@ -16,6 +16,7 @@ from dbparallel.errors import UserError
 
 if TYPE_CHECKING:
     from dbparallel.data.shards import DataIndex
+    from dbparallel.training.plan import Cluster
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -31,7 +32,9 @@ def _config(args: argparse.Namespace) -> Config:
     files, overrides = _split(args.config)
     if getattr(args, "local", False):
         overrides.append("runtime.local=true")
-    return load_config(files, overrides)
+    from dbparallel.training.plan import fit_blocks
+
+    return load_config(files, overrides, fit_blocks)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -118,11 +121,30 @@ def _print_summary(cfg: Config, report: dict) -> None:
     print(f"run directory: {cfg.run_dir}  ({report['wall_time_s']:.1f} s)")
 
 
+def _cluster(cfg: Config) -> Cluster:
+    """runtime.devices if given, else the cluster at runtime.address / RAY_ADDRESS, else this
+    machine."""
+    import os
+
+    import torch
+
+    from dbparallel.training.plan import Cluster
+
+    if cfg.runtime.devices:
+        return Cluster(float("inf"), float(cfg.runtime.devices), "runtime.devices")
+    if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):
+        from dbparallel.runtime.launch import detect_cluster
+
+        return detect_cluster(cfg)
+    return Cluster(float(cfg.runtime.num_cpus or os.cpu_count() or 1),
+                   float(torch.cuda.device_count()), "this machine")
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from dbparallel.training.plan import plan, plan_table
 
     cfg = _config(args)
-    result = plan(cfg)
+    result = plan(cfg, _cluster(cfg))
     print(json.dumps(result, indent=2) if args.json else plan_table(cfg, result))
     return 0
 

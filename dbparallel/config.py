@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +91,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     preset: str = "tiny"  # size registry entry (models/presets.py) for the unset fields below
-    blocks: int = 4  # B, the number of independently trained blocks
+    blocks: int = 4  # B, the number of independently trained blocks; `auto` (train, plan):
+    # the smallest B whose per-block training memory fits runtime.device_memory
     depth: int = 8  # L, transformer layers in the whole network (L/B per block)
     hidden: int | None = None  # token width; None = from the preset
     heads: int | None = None  # attention heads; None = from the preset
@@ -229,6 +232,12 @@ class RuntimeConfig:
     # blocks training at once; the others queue and start as blocks finish (waves); 0 = as
     # many as the cluster has room for now, up to model.blocks
     max_concurrent_blocks: int = 0
+    devices: int = 0  # GPUs of the cluster for `dbparallel plan`; 0 = detect (or none)
+    device_memory: str = ""  # memory of one device, e.g. 80GiB: plan, model.blocks=auto
+
+    @property
+    def device_memory_bytes(self) -> int:
+        return parse_bytes(self.device_memory, "runtime.device_memory")
     object_store_memory: int = 0  # bytes of a private local instance's object store; 0 = Ray's
 
     def __post_init__(self) -> None:
@@ -241,6 +250,8 @@ class RuntimeConfig:
         _check(self.placement_timeout_s > 0, "runtime.placement_timeout_s", "must be > 0")
         _check(self.max_concurrent_blocks >= 0, "runtime.max_concurrent_blocks",
                "must be >= 0 (0 = as many as the cluster fits)")
+        _check(self.devices >= 0, "runtime.devices", "must be >= 0")
+        self.device_memory_bytes  # noqa: B018 (validates it)
         _check(self.object_store_memory >= 0, "runtime.object_store_memory", "must be >= 0")
 
 
@@ -343,27 +354,64 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
-    """Merge YAML files, then ``key=value`` overrides, onto the defaults and validate."""
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+AUTO = "auto"
+FitBlocks = Callable[[Callable[[int], "Config"]], int]
+
+
+def parse_bytes(text: str, key: str) -> int:
+    """Bytes of ``80GiB``, ``24GB``, ``1.5e9`` or ``""`` (0); ConfigError naming ``key``."""
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+    if not str(text).strip():
+        return 0
+    if not match or match.group(2) not in UNITS:
+        raise ConfigError(f"{key}: {text!r} is not an amount of memory (e.g. 80GiB, 24GB)")
+    return int(float(match.group(1)) * UNITS[match.group(2)])
+
+
+def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type: ignore[assignment]
+                fit_blocks: FitBlocks | None = None) -> Config:
+    """Merge YAML files, then ``key=value`` overrides, onto the defaults and validate.
+    ``model.blocks=auto`` asks ``fit_blocks`` for B, given a builder of the config with B
+    blocks (training/plan.py's ``fit_blocks``: the smallest B that fits a device)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     merged = OmegaConf.structured(Config)
     try:
+        layers = []
         for path in files:
             if not Path(path).is_file():
                 raise ConfigError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            layers.append(OmegaConf.load(path))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"{item}: overrides are key=value (e.g. model.blocks=3)")
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        given = OmegaConf.merge(*layers)  # untyped: a later layer may replace model.blocks=auto
+        if OmegaConf.select(given, "model.blocks") == AUTO:
+            return _auto_blocks(files, list(overrides), fit_blocks)
+        merged = OmegaConf.merge(merged, given)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "config"
         raise ConfigError(f"{key}: {_omegaconf_reason(err)}") from None
     assert isinstance(cfg, Config)
     return cfg
+
+
+def _auto_blocks(files: list[str | Path], overrides: list[str],
+                 fit_blocks: FitBlocks | None) -> Config:
+    if fit_blocks is None:
+        raise ConfigError("model.blocks=auto: B is chosen from runtime.device_memory by "
+                          "`dbparallel train` and `dbparallel plan`; give a number here")
+    rest = [o for o in overrides if not o.replace(" ", "").startswith("model.blocks=")]
+
+    def build(blocks: int) -> Config:
+        return load_config(files, [*rest, f"model.blocks={blocks}"])
+
+    return build(fit_blocks(build))
 
 
 def _omegaconf_reason(err: Exception) -> str:

@@ -5,7 +5,6 @@ controller asks, drive it, write the report, clean up."""
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import uuid
@@ -32,6 +31,7 @@ from dbparallel.tasks import build_task
 from dbparallel.training.curves import write_curves
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.lease import release_session
+from dbparallel.training.plan import Cluster, concurrent_blocks
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import open_run, pin_data
 
@@ -147,17 +147,20 @@ def assembly_bundle(cfg: Config) -> dict[str, float]:
     return {k: v for k, v in (("CPU", r.assembly_cpus), ("GPU", r.assembly_gpus)) if v}
 
 
-def block_slots(cfg: Config) -> int:
-    """How many blocks train at once: runtime.max_concurrent_blocks, else as many as the
-    cluster's resources fit now beside the assembly actor (at least 1, at most every block)."""
-    r, blocks = cfg.runtime, cfg.model.blocks
-    if r.max_concurrent_blocks:
-        return min(blocks, r.max_concurrent_blocks)
+def cluster_now() -> Cluster:
+    """The connected cluster's CPUs and GPUs, as they are now."""
     have = ray.cluster_resources()
-    fits = [blocks, math.floor((have.get("CPU", 0) - r.assembly_cpus) / r.cpus_per_block + 1e-9)]
-    if r.gpus_per_block:
-        fits.append(math.floor((have.get("GPU", 0) - r.assembly_gpus) / r.gpus_per_block + 1e-9))
-    return max(1, min(fits))  # 0 fits: reserve() then names the keys
+    return Cluster(have.get("CPU", 0.0), have.get("GPU", 0.0), "detected")
+
+
+def detect_cluster(cfg: Config) -> Cluster:
+    """The cluster at runtime.address / RAY_ADDRESS."""
+    connected = connect(cfg)
+    try:
+        return cluster_now()
+    finally:
+        if connected:
+            ray.shutdown()
 
 
 def reserve(cfg: Config, slots: int) -> Any:
@@ -200,7 +203,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     connected = connect(cfg)
     pg, backend, bars = None, None, None
     try:
-        slots = block_slots(cfg)
+        slots = concurrent_blocks(cfg, cluster_now())  # 0 fits -> 1: reserve() names the keys
         if slots < cfg.model.blocks:
             print(f"runtime: {slots} of {cfg.model.blocks} blocks train at once; the others "
                   f"queue and start as blocks finish (runtime.max_concurrent_blocks)", flush=True)

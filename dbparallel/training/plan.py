@@ -1,13 +1,17 @@
-"""`dbparallel plan`: the partition and per-block sizes of a config, without training."""
+"""`dbparallel plan`: the partition and per-block sizes of a config, without training; how
+the blocks fill a cluster (blocks at once, waves, memory per device); ``model.blocks=auto``."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from dbparallel.config import Config
+from dbparallel.config import Config, ConfigError
 from dbparallel.core.meta_memory import LiveSavedBytes, cpu_attention_on_meta
 from dbparallel.tasks import build_task
 from dbparallel.training.seeding import generator
@@ -40,8 +44,9 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
             "total": params + meter.peak, "stem_and_head": stem}
 
 
-def plan(cfg: Config) -> dict[str, Any]:
-    """The plan as JSON-ready data (the shape of `dbparallel plan --json`)."""
+def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
+    """The plan as JSON-ready data (the shape of `dbparallel plan --json`); with ``cluster``,
+    also how the blocks fill it (``cluster_plan``)."""
     task = build_task(cfg)
     p = task.partition
     nominal = [p.nominal_range(b) for b in range(p.blocks)]
@@ -49,7 +54,9 @@ def plan(cfg: Config) -> dict[str, Any]:
     for b in range(p.blocks):
         with torch.device("meta"):
             params.append(sum(x.numel() for x in task.build_block(b).parameters()))
+    memory = block_memory(cfg)
     return {
+        **({"cluster": cluster_plan(cfg, cluster, memory)} if cluster else {}),
         "blocks": p.blocks,
         "sigma_boundaries": list(p.boundaries),
         "ranges": [list(r) for r in p.ranges],
@@ -57,7 +64,7 @@ def plan(cfg: Config) -> dict[str, Any]:
         "mass": [task.noise.mass(lo, hi) for lo, hi in nominal],
         "layers_per_block": cfg.model.layers_per_block,
         "params_per_block": params,
-        "estimated_memory_bytes": [step_bytes(cfg, b)["total"] for b in range(p.blocks)],
+        "estimated_memory_bytes": memory,
     }
 
 
@@ -78,4 +85,109 @@ def plan_table(cfg: Config, result: dict[str, Any]) -> str:
     lines.append("block 0 runs first at inference (highest noise); memory is one training step "
                  f"at train.batch_size={cfg.train.batch_size} (parameters, gradients, Adam, "
                  "activations)")
+    if "cluster" in result:
+        lines += cluster_lines(cfg, result["cluster"])
     return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
+    """The cluster part of the plan table."""
+    r, blocks = cfg.runtime, cfg.model.blocks
+    unit = (f"{r.gpus_per_block:g} GPU + {r.cpus_per_block:g} CPU" if r.gpus_per_block
+            else f"{r.cpus_per_block:g} CPU")
+    have = (f"{c['gpus']:g} GPUs, {c['cpus']:g} CPUs" if c["cpus"] is not None
+            else f"{c['gpus']:g} GPUs")
+    assembler = " + ".join(f"{v:g} {k}" for k, v in (("GPU", r.assembly_gpus),
+                                                       ("CPU", r.assembly_cpus)) if v)
+    slots, waves = c["concurrent_blocks"], c["waves"]
+    lines = [f"cluster ({c['source']}): {have}; each block {unit}"
+             + (f", the assembly actor {assembler}" if assembler else ""),
+             f"  {slots} of {blocks} blocks at once: {waves} wave(s); "
+             f"{c['replicas_per_block']} replica per block"]
+    memory = f"  memory per device: {_size(c['memory_per_device_bytes'])}"
+    if r.gpus_per_block:
+        memory += f" ({c['blocks_per_device']} block(s) per GPU)"
+    if c["device_memory_bytes"]:
+        verdict = "fits" if c["fits"] else "does NOT fit: more blocks or a smaller batch"
+        memory += f" of {_size(c['device_memory_bytes'])} ({verdict})"
+    lines.append(memory)
+    if waves > 1:
+        lines.append(f"  blocks {slots}..{blocks - 1} queue and each starts when a block "
+                     f"finishes (runtime.max_concurrent_blocks sets how many run at once)")
+    return lines
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What a plan places blocks on: CPUs and GPUs in all, and where that was learned."""
+
+    cpus: float
+    gpus: float
+    source: str  # "detected" (a running cluster), "runtime.devices", "this machine"
+
+
+def concurrent_blocks(cfg: Config, cluster: Cluster) -> int:
+    """Blocks that train at once: runtime.max_concurrent_blocks, else as many as the cluster
+    fits beside the assembly actor (at least 1, at most every block)."""
+    r, blocks = cfg.runtime, cfg.model.blocks
+    if r.max_concurrent_blocks:
+        return min(blocks, r.max_concurrent_blocks)
+    fits = [blocks]
+    for have, asked, each in ((cluster.cpus, r.assembly_cpus, r.cpus_per_block),
+                              (cluster.gpus, r.assembly_gpus, r.gpus_per_block)):
+        if each and math.isfinite(have):
+            fits.append(math.floor((have - asked) / each + 1e-9))
+    return max(1, min(fits))
+
+
+def cluster_plan(cfg: Config, cluster: Cluster, block_bytes: list[int]) -> dict[str, Any]:
+    """Blocks at once, waves, and the training memory each device holds (blocks that share a
+    GPU, runtime.gpus_per_block < 1, add up) against runtime.device_memory."""
+    r = cfg.runtime
+    slots = concurrent_blocks(cfg, cluster)
+    sharing = max(1, math.floor(1 / r.gpus_per_block + 1e-9)) if r.gpus_per_block else 1
+    per_device = max(block_bytes) * min(sharing, slots)
+    limit = r.device_memory_bytes
+    return {"cpus": cluster.cpus if math.isfinite(cluster.cpus) else None, "gpus": cluster.gpus, "source": cluster.source,
+            "concurrent_blocks": slots, "waves": math.ceil(cfg.model.blocks / slots),
+            "replicas_per_block": 1, "blocks_per_device": min(sharing, slots),
+            "memory_per_device_bytes": per_device, "device_memory_bytes": limit or None,
+            "fits": None if not limit else per_device <= limit}
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def block_memory(cfg: Config) -> list[int]:
+    """Training bytes of one step of every block (the plan's byte meter)."""
+    return [step_bytes(cfg, b)["total"] for b in range(cfg.model.blocks)]
+
+
+def fit_blocks(build: Callable[[int], Config]) -> int:
+    """``model.blocks=auto``: the smallest B (a divisor of model.depth) whose every block
+    trains within runtime.device_memory; ConfigError naming the keys when none does."""
+    base = build(1)
+    limit = base.runtime.device_memory_bytes
+    if not limit:
+        raise ConfigError("model.blocks=auto: set runtime.device_memory (e.g. 80GiB), the "
+                          "memory one block may use")
+    smallest = None
+    for blocks in divisors(base.model.depth):
+        try:
+            cfg = build(blocks)
+        except ConfigError:  # a B the task does not allow
+            continue
+        need = max(block_memory(cfg))
+        if need <= limit:
+            return blocks
+        smallest = (blocks, need)
+    detail = (f"; even B={smallest[0]} needs {smallest[1] / 2**30:.2f} GiB per block"
+              if smallest else "")
+    raise ConfigError(f"model.blocks=auto: no B that divides model.depth={base.model.depth} "
+                      f"trains within runtime.device_memory={base.runtime.device_memory}"
+                      f"{detail}; lower train.batch_size or use a smaller model")

@@ -30,12 +30,13 @@ def test_block_failing_past_max_restarts_fails_the_run(ray_session, tmp_path) ->
 
 
 def test_an_assembler_that_cannot_be_placed_fails_before_training(ray_session, tmp_path) -> None:
-    """The session's instance has 2 CPUs: 2 blocks x 0.5 CPU fit, an assembly actor of 1.5
-    CPUs beside them does not. Refused at once, not after training, naming the keys."""
+    """The session's instance has 2 CPUs: an assembly actor of 2.5 CPUs never fits, even
+    beside a single block (with 1.5 the blocks would train one at a time, in waves). Refused at
+    once, not after training, naming the keys."""
     from dbparallel.errors import UserError
 
     run_dir = tmp_path / "run"
-    cfg = load_config([RECIPE], [f"run.dir={run_dir}", "runtime.assembly_cpus=1.5",
+    cfg = load_config([RECIPE], [f"run.dir={run_dir}", "runtime.assembly_cpus=2.5",
                                  "runtime.placement_timeout_s=5"])
     with pytest.raises(UserError, match="runtime.assembly_cpus/assembly_gpus"):
         run_ray(cfg, None, progress=False)

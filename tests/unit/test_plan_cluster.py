@@ -1,0 +1,87 @@
+"""How a plan fills a cluster (blocks at once, waves, memory per device) and model.blocks=auto."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dbparallel import cli
+from dbparallel.config import ConfigError, load_config, parse_bytes
+from dbparallel.training.plan import Cluster, block_memory, cluster_plan, fit_blocks
+
+SMALL = ["model.depth=8", "train.batch_size=16"]
+
+
+def _cfg(*overrides: str):
+    return load_config([], [*SMALL, *overrides])
+
+
+def test_memory_amounts_parse_with_units_and_name_the_key() -> None:
+    assert parse_bytes("80GiB", "k") == 80 * 2**30
+    assert parse_bytes("24 GB", "k") == 24 * 10**9
+    assert parse_bytes("1.5e9", "k") == 1_500_000_000
+    assert parse_bytes("", "k") == 0
+    with pytest.raises(ConfigError, match="runtime.device_memory: 'lots' is not an amount"):
+        _cfg("runtime.device_memory=lots")
+
+
+def test_auto_blocks_is_the_smallest_b_whose_blocks_fit() -> None:
+    need = {b: max(block_memory(_cfg(f"model.blocks={b}"))) for b in (1, 2, 4, 8)}
+    assert need[1] > need[2] > need[4] > need[8]  # fewer layers per block, less memory
+    between = (need[2] + need[4]) // 2  # B=2 does not fit, B=4 does
+    cfg = load_config([], [*SMALL, "model.blocks=auto", f"runtime.device_memory={between}"],
+                      fit_blocks)
+    assert cfg.model.blocks == 4
+    roomy = load_config([], [*SMALL, "model.blocks=auto", f"runtime.device_memory={need[1]}"],
+                        fit_blocks)
+    assert roomy.model.blocks == 1
+
+
+def test_auto_blocks_from_a_yaml_file_and_its_errors(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  blocks: auto\n  depth: 8\nruntime:\n  device_memory: 1GiB\n")
+    assert load_config([recipe], ["train.batch_size=16"], fit_blocks).model.blocks == 1
+    with pytest.raises(ConfigError, match="model.blocks=auto: B is chosen from"):
+        load_config([recipe], [])  # no fitting function: only train and plan resolve it
+    with pytest.raises(ConfigError, match="set runtime.device_memory"):
+        load_config([], ["model.blocks=auto"], fit_blocks)
+    with pytest.raises(ConfigError, match="no B that divides model.depth=8 trains within "
+                                          "runtime.device_memory=1KiB; even B=8 needs"):
+        load_config([], ["model.blocks=auto", "runtime.device_memory=1KiB"], fit_blocks)
+
+
+def test_waves_and_memory_per_device_on_a_gpu_cluster() -> None:
+    cfg = _cfg("model.blocks=4", "runtime.gpus_per_block=1")
+    memory = block_memory(cfg)
+    two = cluster_plan(cfg, Cluster(float("inf"), 2, "runtime.devices"), memory)
+    assert (two["concurrent_blocks"], two["waves"], two["cpus"]) == (2, 2, None)
+    assert two["memory_per_device_bytes"] == max(memory) and two["fits"] is None
+    eight = cluster_plan(cfg, Cluster(64, 8, "detected"), memory)
+    assert (eight["concurrent_blocks"], eight["waves"]) == (4, 1)
+    shared = _cfg("model.blocks=4", "runtime.gpus_per_block=0.5", "runtime.device_memory=1GiB")
+    half = cluster_plan(shared, Cluster(64, 1, "detected"), memory)
+    # two blocks on each GPU: their memory adds up
+    assert (half["concurrent_blocks"], half["blocks_per_device"]) == (2, 2)
+    assert half["memory_per_device_bytes"] == 2 * max(memory) and half["fits"] is True
+    with_assembler = _cfg("model.blocks=4", "runtime.gpus_per_block=1",
+                          "runtime.assembly_gpus=1")
+    assert cluster_plan(with_assembler, Cluster(64, 3, "detected"),
+                        memory)["concurrent_blocks"] == 2
+    by_hand = _cfg("model.blocks=4", "runtime.max_concurrent_blocks=3")
+    assert cluster_plan(by_hand, Cluster(64, 0, "detected"), memory)["waves"] == 2
+
+
+def test_plan_command_shows_the_cluster(capsys) -> None:
+    assert cli.main(["plan", *SMALL, "model.blocks=auto", "runtime.device_memory=8GiB",
+                     "runtime.devices=2", "runtime.gpus_per_block=1"]) == 0
+    out = capsys.readouterr().out
+    assert "8 blocks" not in out and "task dit: 1 blocks x 8 layers" in out
+    assert "cluster (runtime.devices): 2 GPUs; each block 1 GPU + 0.5 CPU" in out
+    assert cli.main(["plan", *SMALL, "model.blocks=4", "runtime.devices=2",
+                     "runtime.gpus_per_block=1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # strict JSON: no Infinity
+    assert result["cluster"]["waves"] == 2 and result["blocks"] == 4
+    assert cli.main(["plan", "model.blocks=auto"]) == 2
+    assert "set runtime.device_memory" in capsys.readouterr().err
