@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ from dbparallel.config import (  # noqa: E402
     SampleConfig,
     TrainConfig,
 )
-from dbparallel.models import lm  # noqa: E402
 from dbparallel.models.layers import AdaLNLayer  # noqa: E402
 from dbparallel.tasks import build_task  # noqa: E402
 from dbparallel.training.plan import step_bytes as plan_step_bytes  # noqa: E402
@@ -89,29 +88,24 @@ def config(setup: Setup, depth: int, blocks: int, end_to_end: bool = False,
 def layer_checkpointing() -> Iterator[None]:
     """Activation checkpointing around every transformer layer of every block network.
 
-    DiT and ViT call each layer's forward (Block.run_layers); the AR model runs its layers
-    through ``models.lm.token_layer``: both are wrapped. The reentrant variant is used because
-    it keeps the layer inputs with ``save_for_backward`` and recomputes under the caller's
-    saved-tensor hooks, so the meter sees every byte; the non-reentrant one hides them in its
-    own hooks. No layer draws random numbers, so the RNG state need not be replayed."""
-    forward, token_layer = AdaLNLayer.forward, lm.token_layer
-
-    def layer_forward(self: AdaLNLayer, *args: Any) -> torch.Tensor:
-        return checkpoint(forward, self, *args, use_reentrant=True, preserve_rng_state=False)
+    Every task runs its layers through ``AdaLNLayer.forward``, which is wrapped. The reentrant
+    variant is used because it keeps the layer inputs with ``save_for_backward`` and recomputes
+    under the caller's saved-tensor hooks, so the meter sees every byte; the non-reentrant one
+    hides them in its own hooks. No layer draws random numbers, so the RNG state need not be
+    replayed."""
+    forward = AdaLNLayer.forward
 
     def flat(*args: Any) -> tuple[torch.Tensor, ...]:
-        x, (k, v) = token_layer(*args)
+        x, (k, v) = forward(*args)
         return x, k, v
 
-    def token(*args: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def layer_forward(*args: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         # outputs flat, so that the keys and values stay in the graph (a nested tuple would
         # leave the function's autograd untracked)
         x, k, v = checkpoint(flat, *args, use_reentrant=True, preserve_rng_state=False)
         return x, (k, v)
 
-    with ExitStack() as stack:
-        stack.enter_context(mock.patch.object(AdaLNLayer, "forward", layer_forward))
-        stack.enter_context(mock.patch.object(lm, "token_layer", token))
+    with mock.patch.object(AdaLNLayer, "forward", layer_forward):
         yield
 
 

@@ -27,7 +27,7 @@ class Block(nn.Module):
         self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x, c, mask)  # (N, T, D)
+            x, _ = layer(x, c, mask)  # (N, T, D)
         return x
 
     def initialize_weights(self) -> None:

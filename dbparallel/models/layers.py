@@ -85,12 +85,30 @@ def unpatchify(x: torch.Tensor, p: int, c: int) -> torch.Tensor:
 #################################################################################
 
 
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values of one layer, each (N, H, S, D/H)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+def rotary(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """x (N, H, t, d) with each pair (x_j, x_{j+d/2}) rotated by pos * 10000^(-2j/d)
+    (rotary position embedding, Su et al. 2021)."""
+    half = x.shape[-1] // 2
+    freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / half)
+    angle = (pos.float()[:, None] * freqs[None]).to(x.device)  # (t, d/2)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention; ``mask`` (T, T) bool, True = may attend."""
+    """Multi-head self-attention of t new tokens over S = (cached) + t keys.
+
+    ``mask`` (t, S) bool, True = may attend; ``pos`` (t,) positions of the new tokens for
+    rotary embeddings of queries and keys (None: no positions here, the stem adds them);
+    ``past`` the keys and values of earlier positions (a cache), already rotated."""
 
     def __init__(self, hidden: int, heads: int):
         super().__init__()
@@ -98,16 +116,28 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                pos: torch.Tensor | None = None, past: KV | None = None
+                ) -> tuple[torch.Tensor, KV]:
         n, t, d = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, H, T, d/H)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, T, d/H)
-        return self.proj(out.transpose(1, 2).reshape(n, t, d))  # (N, T, D)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, H, t, D/H)
+        if pos is not None:
+            q, k = rotary(q, pos), rotary(k, pos)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (N, H, S, D/H)
+        if mask is not None:
+            mask = mask.to(x.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, t, D/H)
+        return self.proj(out.transpose(1, 2).reshape(n, t, d)), (k, v)  # (N, t, D)
 
 
 class AdaLNLayer(nn.Module):
-    """Pre-norm transformer layer whose norms are modulated by the condition c (adaLN-Zero)."""
+    """Pre-norm transformer layer whose norms are modulated by the condition c (adaLN-Zero).
+
+    c is (N, D), one condition per sample, or (N or 1, t or 1, D), one per token (the text
+    blocks condition clean and noisy tokens differently). Returns the new hidden states and
+    this call's keys and values (the cache of later calls, which pass it as ``past``)."""
 
     def __init__(self, hidden: int, heads: int, mlp_ratio: float):
         super().__init__()
@@ -121,12 +151,17 @@ class AdaLNLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), mask)
-        x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
-        return x  # (N, T, D)
+        self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None,
+        pos: torch.Tensor | None = None, past: KV | None = None,
+    ) -> tuple[torch.Tensor, KV]:
+        mod = self.adaLN_modulation(c)  # (N, 6D) or (N|1, t|1, 6D)
+        if mod.ndim == 2:
+            mod = mod[:, None]  # (N, 1, 6D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # each (., ., D)
+        h, kv = self.attn(self.norm1(x) * (1 + scale1) + shift1, mask, pos, past)
+        x = x + gate1 * h  # (N, t, D)
+        x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)  # (N, t, D)
+        return x, kv
 
 
 class AdaLNHead(nn.Module):

@@ -15,14 +15,13 @@ embeddings left the masked model at the unigram rate.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dbparallel.models.block import Block
-from dbparallel.models.layers import AdaLNHead, AdaLNLayer, Attention, SigmaEmbedder
+from dbparallel.models.layers import KV, AdaLNHead, SigmaEmbedder
 from dbparallel.models.presets import ModelDims
 
-KV = tuple[torch.Tensor, torch.Tensor]  # keys, values of one layer, each (N, H, S, D/H)
+
 def causal_mask(t: int, past: int = 0) -> torch.Tensor:
     """(t, past + t) bool: new clean token i (position past + i) sees every j <= past + i."""
     return torch.arange(past + t)[None, :] <= torch.arange(past, past + t)[:, None]
@@ -41,42 +40,6 @@ def ar_mask(T: int) -> torch.Tensor:
     Arriola et al. 2025). ``ARBlock`` runs it as the clean rows, then the noisy rows."""
     clean = torch.cat([causal_mask(T), torch.zeros(T, T, dtype=torch.bool)], dim=1)
     return torch.cat([clean, noisy_mask(T, T, 0)], dim=0)
-
-
-def rotary(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """x (N, H, t, d) with each pair (x_j, x_{j+d/2}) rotated by pos * 10000^(-2j/d)."""
-    half = x.shape[-1] // 2
-    freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / half)
-    angle = (pos.float()[:, None] * freqs[None]).to(x.device)  # (t, d/2)
-    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-def _attend(attn: Attention, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
-            past: KV | None) -> tuple[torch.Tensor, KV]:
-    n, t, d = x.shape
-    qkv = attn.qkv(x).reshape(n, t, 3, attn.heads, d // attn.heads)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, H, t, D/H)
-    q, k = rotary(q, pos), rotary(k, pos)
-    if past is not None:
-        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (N, H, S, D/H)
-    if mask is not None:
-        mask = mask.to(x.device)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, t, D/H)
-    return attn.proj(out.transpose(1, 2).reshape(n, t, d)), (k, v)  # (N, t, D)
-
-
-def token_layer(layer: AdaLNLayer, x: torch.Tensor, mod: torch.Tensor, pos: torch.Tensor,
-                mask: torch.Tensor | None = None, past: KV | None = None
-                ) -> tuple[torch.Tensor, KV]:
-    """``layer`` with a modulation per token, mod (N or 1, t or 1, 6D), token positions
-    pos (t,) and a key/value cache of earlier positions."""
-    shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # each (., ., D)
-    h, kv = _attend(layer.attn, layer.norm1(x) * (1 + scale1) + shift1, pos, mask, past)
-    x = x + gate1 * h  # (N, t, D)
-    x = x + gate2 * layer.mlp(layer.norm2(x) * (1 + scale2) + shift2)  # (N, t, D)
-    return x, kv
 
 
 class TextBlock(Block):
@@ -113,7 +76,7 @@ class MaskedLMBlock(TextBlock):
         c = self.t_embed(t)  # (N, D)
         pos = torch.arange(ids.shape[1])
         for layer in self.layers:
-            x, _ = token_layer(layer, x, layer.adaLN_modulation(c)[:, None], pos)  # (N, T, D)
+            x, _ = layer(x, c, None, pos)  # (N, T, D)
         return self.head(x, c)  # (N, T, V)
 
 
@@ -132,9 +95,6 @@ class ARBlock(TextBlock):
             self.sigma_embed = SigmaEmbedder(dims.hidden)
         self.initialize_weights()
 
-    def _clean_mod(self, layer: AdaLNLayer) -> torch.Tensor:
-        return layer.adaLN_modulation(self.clean_cond[None])[:, None]  # (1, 1, 6D)
-
     def forward(self, ids: torch.Tensor, z: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         """Logits (N, T, V) of x_i for noisy z_i (N, T, D) already scaled by c_in, all i at once:
         the [clean; noisy] pass under ``ar_mask``."""
@@ -150,9 +110,9 @@ class ARBlock(TextBlock):
         pos = torch.arange(past, past + t)
         mask = causal_mask(t, past) if t > 1 else None
         new = []
+        c = self.clean_cond[None]  # (1, D): the same condition for every clean token
         for i, layer in enumerate(self.layers):
-            x, kv = token_layer(layer, x, self._clean_mod(layer), pos, mask,
-                                None if cache is None else cache[i])  # (N, t, D)
+            x, kv = layer(x, c, mask, pos, None if cache is None else cache[i])  # (N, t, D)
             new.append(kv)
         return x, new
 
@@ -175,6 +135,5 @@ class ARBlock(TextBlock):
         x = self.noisy_embed(z)  # (N, t, D)
         c = self.sigma_embed(c_noise)  # (N, D)
         for layer, kv in zip(self.layers, cache, strict=True):
-            mod = layer.adaLN_modulation(c)[:, None]  # (N, 1, 6D)
-            x, _ = token_layer(layer, x, mod, pos, None if mask.all() else mask, kv)
+            x, _ = layer(x, c, None if mask.all() else mask, pos, kv)  # (N, t, D)
         return self.head(x, c)  # (N, t, V)

@@ -20,8 +20,8 @@ from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
 from dbparallel.core.precond import edm_coefficients, edm_weight
 from dbparallel.core.sampler import equiprobable_schedule, karras_schedule
-from dbparallel.models.layers import frozen_unit_embedding
-from dbparallel.models.lm import KV, ARBlock
+from dbparallel.models.layers import KV, frozen_unit_embedding
+from dbparallel.models.lm import ARBlock
 from dbparallel.models.presets import resolve
 from dbparallel.tasks.base import Batch, gaussian_noise
 from dbparallel.tasks.text import TextData, gumbel_sample

@@ -116,15 +116,14 @@ def test_prefix_reuse_matches_the_full_sequence() -> None:
             p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
     ids, z, c = _tokens(3), torch.randn(3, 16, 32), torch.randn(3)
     full = net(ids, z, c)  # (N, T, V), every position at once
-    # the same pass with the explicit (2T, 2T) mask of the [clean; noisy] sequence
-    from dbparallel.models.lm import token_layer
-
+    # the same pass with the explicit (2T, 2T) mask of the [clean; noisy] sequence, one
+    # condition per token: the learned constant for clean tokens, sigma's for noisy ones
     x = torch.cat([net.token_embed(ids), net.noisy_embed(z)], dim=1)
     cond = net.sigma_embed(c)
+    per_token = torch.cat([net.clean_cond.expand(3, 16, -1), cond[:, None].expand(3, 16, -1)],
+                          dim=1)  # (N, 2T, D)
     for layer in net.layers:
-        mod = torch.cat([net._clean_mod(layer).expand(3, 16, -1),
-                         layer.adaLN_modulation(cond)[:, None].expand(3, 16, -1)], dim=1)
-        x, _ = token_layer(layer, x, mod, torch.arange(16).repeat(2), ar_mask(16))
+        x, _ = layer(x, per_token, ar_mask(16), torch.arange(16).repeat(2))
     torch.testing.assert_close(net.head(x[:, 16:], cond), full, atol=1e-4, rtol=1e-4)
     for i in (1, 7, 15):
         _, cache = net.clean(ids[:, :i])
