@@ -200,6 +200,9 @@ class SampleConfig:
     eval_samples: int = 500  # generated images scored by the evaluation metrics; text:
     # held-out sequences of the BPC estimate, and prompts of the generation metrics
     fid: bool = False  # also score the images by FID and KID (TF-Inception; slow on CPU)
+    # held-out rows a classifier (vit; dit's in-domain features) is scored on: 0 = every test
+    # row, or, for data with no test split, the first 10,000 training rows
+    eval_rows: int = 0
     elbo_draws: int = 4  # masking times t per held-out sequence in the MDM's BPC estimate
     prompt_len: int = 32  # characters of held-out text that prompt each AR continuation
     gen_len: int = 64  # characters generated per AR continuation
@@ -213,6 +216,7 @@ class SampleConfig:
         _check(self.cfg_scale >= 0, "sample.cfg_scale", "must be >= 0")
         _check(self.per_class >= 1, "sample.per_class", "must be >= 1")
         _check(self.eval_samples >= 10, "sample.eval_samples", "must be >= 10")
+        _check(self.eval_rows >= 0, "sample.eval_rows", "must be >= 0 (0 = the test split)")
         for key in ("elbo_draws", "prompt_len", "gen_len", "text_samples", "scorer_steps"):
             value = getattr(self, key)
             _check(value >= 1, f"sample.{key}", f"must be >= 1, got {value}")

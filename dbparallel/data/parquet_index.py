@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dbparallel.data.images import check_schema, image_encoding
+from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, check_schema, image_encoding
 from dbparallel.data.shards import SPLITS, DataIndex, Shard
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError
@@ -119,6 +119,19 @@ def _split_counts(pf: pq.ParquetFile, rg: int, uri: str) -> dict[str, int]:
     return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
 
 
+def _same_columns(schemas: list[tuple[str, pa.Schema]]) -> None:
+    """Every file's image and label columns have the first file's types (a block's window
+    concatenates rows of several files); DataError naming both files otherwise."""
+    first_uri, first = schemas[0]
+    for uri, schema in schemas[1:]:
+        for column in (IMAGE_COLUMN, LABEL_COLUMN):
+            want, got = first.field(column).type, schema.field(column).type
+            if want != got:
+                raise DataError(f"{uri}: column {column!r} is {got}, but {first_uri} has "
+                                f"{want}; every file of a data set needs the same column "
+                                f"types (rewrite one of them)")
+
+
 def parquet_index(path: str, source: str = "") -> DataIndex:
     """The DataIndex of the Parquet image data at ``path``; DataError naming the file and
     column of the first schema problem."""
@@ -131,6 +144,8 @@ def parquet_index(path: str, source: str = "") -> DataIndex:
 
     with ThreadPoolExecutor(8) as pool:  # footers of many object-store files: in parallel
         results = list(pool.map(one, files))
+    _same_columns([(_uri(info.path, path), schema) for info, (_, schema, _) in
+                   zip(files, results, strict=True)])
     splits: dict[str, list[Shard]] = {}
     encodings = set()
     for shards, schema, _ in results:

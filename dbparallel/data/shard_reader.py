@@ -180,11 +180,13 @@ class Chunk:
 
 
 def iter_chunks(index: DataIndex, split: str, chunk: int,
-                columns: list[str] | None = None) -> Iterator[Chunk]:
-    """The rows of ``split`` in index order, in chunks of ``chunk`` rows (the last may be
-    shorter) whatever the shard sizes; holds one chunk and one shard at a time."""
+                columns: list[str] | None = None, limit: int | None = None) -> Iterator[Chunk]:
+    """The rows of ``split`` in index order (the first ``limit`` of them if given), in chunks
+    of ``chunk`` rows (the last may be shorter) whatever the shard sizes; holds one chunk and
+    one shard at a time."""
     pending: list[tuple[ShardRows, int, int]] = []  # (shard rows, start, stop)
     filled, offset = 0, 0
+    left = index.num_rows(split) if limit is None else limit
 
     def emit() -> Chunk:
         parts, tables, at = [], [], 0
@@ -196,12 +198,14 @@ def iter_chunks(index: DataIndex, split: str, chunk: int,
 
     for rows in iter_split(index, split, columns):
         start = 0
-        while start < rows.table.num_rows:
-            take = min(chunk - filled, rows.table.num_rows - start)
+        while start < rows.table.num_rows and left:
+            take = min(chunk - filled, rows.table.num_rows - start, left)
             pending.append((rows, start, start + take))
-            filled, start = filled + take, start + take
+            filled, start, left = filled + take, start + take, left - take
             if filled == chunk:
                 yield emit()
                 offset, filled, pending = offset + chunk, 0, []
+        if not left:
+            break
     if pending:
         yield emit()

@@ -20,6 +20,7 @@ from dbparallel.errors import DataError
 SPLITS = ("train", "validation", "test")
 KINDS = ("parquet", "files", "tokens")
 PATH_KEYS = ("tokenizer_file",)  # meta entries that name a place on this machine
+TRAIN_EVAL_ROWS = 10_000  # training rows scored when a data set has no test split
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,16 @@ class DataIndex:
     def eval_split(self) -> str:
         """The rows the composed network is scored on: test, else the training rows."""
         return "test" if self.num_rows("test") else "train"
+
+    def eval_rows(self, asked: int = 0) -> int:
+        """How many of ``eval_split``'s rows are scored: ``asked`` (sample.eval_rows) if given,
+        else every test row, or at most TRAIN_EVAL_ROWS training rows when there is no test
+        split (a score on rows a network trained on is a sanity check, not worth a pass over
+        a large data set)."""
+        have = self.num_rows(self.eval_split)
+        if asked:
+            return min(asked, have)
+        return have if self.eval_split == "test" else min(have, TRAIN_EVAL_ROWS)
 
     @property
     def fingerprint(self) -> str:

@@ -152,7 +152,8 @@ def cluster_plan(cfg: Config, cluster: Cluster, block_bytes: list[int]) -> dict[
     sharing = max(1, math.floor(1 / r.gpus_per_block + 1e-9)) if r.gpus_per_block else 1
     per_device = max(block_bytes) * min(sharing, slots)
     limit = r.device_memory_bytes
-    return {"cpus": cluster.cpus if math.isfinite(cluster.cpus) else None, "gpus": cluster.gpus, "source": cluster.source,
+    cpus = cluster.cpus if math.isfinite(cluster.cpus) else None  # JSON has no infinity
+    return {"cpus": cpus, "gpus": cluster.gpus, "source": cluster.source,
             "concurrent_blocks": slots, "waves": math.ceil(cfg.model.blocks / slots),
             "replicas_per_block": 1, "blocks_per_device": min(sharing, slots),
             "memory_per_device_bytes": per_device, "device_memory_bytes": limit or None,

@@ -66,3 +66,19 @@ def test_missing_path_is_one_clear_line(tmp_path) -> None:
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(DataError, match="not readable Parquet"):
         read_table(str(tmp_path / "junk.parquet"))
+
+
+def test_files_with_other_column_types_are_named(tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    from dbparallel.data.parquet_index import parquet_index
+    from dbparallel.errors import DataError
+
+    pixels = [[0] * 64, [255] * 64]
+    pq.write_table(pa.table({"image": pa.array(pixels, pa.list_(pa.uint8())),
+                             "label": pa.array([0, 1], pa.int64())}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"image": pa.array(pixels, pa.list_(pa.uint8())),
+                             "label": pa.array([0, 1], pa.int32())}), tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"b\.parquet: column 'label' is int32, but .*a\.parquet "
+                                        r"has int64; every file of a data set needs the same"):
+        parquet_index(str(tmp_path))

@@ -308,3 +308,18 @@ def test_a_read_that_fails_to_connect_is_retried_then_called_unreachable(monkeyp
 
     with pytest.raises(DataError, match="no such file"):
         shard_reader._io(gone, "part-0.parquet")
+
+
+def test_evaluation_without_a_test_split_scores_a_bounded_number_of_training_rows(
+        tmp_path) -> None:
+    from dbparallel.data.shard_reader import iter_chunks
+    from dbparallel.data.shards import TRAIN_EVAL_ROWS
+
+    index = parquet_index(str(_write(_rows(120), tmp_path / "train.parquet")))
+    assert index.eval_split == "train" and index.eval_rows() == min(120, TRAIN_EVAL_ROWS)
+    assert index.eval_rows(50) == 50 and index.eval_rows(500) == 120
+    chunks = list(iter_chunks(index, "train", 32, limit=50))
+    assert [c.table.num_rows for c in chunks] == [32, 18]
+    assert chunks[1].offset == 32
+    assert pa.concat_tables([c.table for c in chunks]).column("label").to_pylist() == \
+        _rows(120).column("label").to_pylist()[:50]

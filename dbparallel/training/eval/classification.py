@@ -18,10 +18,11 @@ from dbparallel.training.seeding import generator
 @torch.no_grad()
 def predictions(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
                 device: str = "cpu", chunk: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted, true) labels (N,) of every held-out row, streamed in chunks with fixed
-    noise."""
+    """(predicted, true) labels (N,) of the held-out rows (``DataIndex.eval_rows``), streamed
+    in chunks with fixed noise."""
     predicted, true = [], []
-    for part in iter_chunks(index, index.eval_split, chunk, task.columns):
+    for part in iter_chunks(index, index.eval_split, chunk, task.columns,
+                            index.eval_rows(cfg.sample.eval_rows)):
         try:
             data = task.decode(part.table, device)
         except RowError as err:
@@ -48,7 +49,8 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
              device: str = "cpu") -> dict[str, float]:
     """Test accuracy of the composed network (report.json ``assembly.accuracy``)."""
     predicted, true = predictions(cfg, task, nets, index, device)
-    return {"accuracy": accuracy(predicted, true), "eval_rows": float(len(true))}
+    return {"accuracy": accuracy(predicted, true), "eval_rows": float(len(true)),
+            "eval_on_test": float(index.eval_split == "test")}
 
 
 def confusion_json(cfg: Config, task: Task, nets: list[Block], device: str = "cpu",

@@ -80,12 +80,12 @@ def images_of(task: Task, table: pa.Table, where: Callable[[int], str] | None = 
 
 
 @torch.no_grad()
-def held_out_features(task: Task, clf: FeatureClassifier,
-                      index: DataIndex) -> tuple[torch.Tensor, float]:
-    """The classifier's features (N, F) of every held-out row, streamed in chunks, and its
-    accuracy on them."""
+def held_out_features(task: Task, clf: FeatureClassifier, index: DataIndex,
+                      rows: int) -> tuple[torch.Tensor, float]:
+    """The classifier's features (N, F) of the first ``rows`` held-out rows, streamed in
+    chunks, and its accuracy on them."""
     features, correct = [], 0
-    for part in iter_chunks(index, index.eval_split, CHUNK, task.columns):
+    for part in iter_chunks(index, index.eval_split, CHUNK, task.columns, rows):
         images, labels = images_of(task, part.table, part.where)
         features.append(clf.features(images))
         correct += int((clf.out(features[-1]).argmax(1) == labels).sum())
@@ -99,7 +99,8 @@ def score(cfg: Config, task: Task, index: DataIndex, fake: torch.Tensor, wanted:
     (in [0, 1]), and with ``sample.fid`` FID and KID; references are the held-out (test) rows
     where there are any, read in chunks (FID reads only the rows it compares)."""
     clf = indomain_classifier(cfg, task, index)
-    real_features, classifier_accuracy = held_out_features(task, clf, index)
+    real_features, classifier_accuracy = held_out_features(
+        task, clf, index, index.eval_rows(cfg.sample.eval_rows))
     with torch.no_grad():
         fake_features = clf.features(fake)
         sample_accuracy = float((clf.out(fake_features).argmax(1) == wanted).float().mean())
