@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dbparallel.config import DataConfig
+from dbparallel.data.digests import blocks_digest, file_digest
 from dbparallel.data.shards import SPLITS
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError
@@ -100,13 +101,13 @@ class TextSource:
     files: tuple[tuple[str, str], ...]  # (path on fs, format)
 
     def digest(self) -> str:
-        """sha256 of the bytes of every input, in order."""
+        """sha256 of the bytes of every input, in order (each file's own digest is
+        remembered while its size and modification time stay the same: data/digests.py)."""
         outer = hashlib.sha256()
         for path, fmt in self.files:
-            inner = hashlib.sha256()
-            for block in _blocks(self.fs, path):
-                inner.update(block)
-            outer.update(f"{fmt}:".encode() + inner.digest())
+            inner = file_digest(self.fs, path,
+                                lambda p=path: blocks_digest(_blocks(self.fs, p)))
+            outer.update(f"{fmt}:".encode() + inner)
         return outer.hexdigest()
 
     def documents(self) -> Iterator[Document]:

@@ -281,3 +281,27 @@ def test_object_store_corpus_is_the_local_one(tmp_path: Path, monkeypatch) -> No
         assert index.source.startswith("s3://texts/docs")
     finally:
         server.stop()
+
+
+def test_file_digests_are_remembered_while_size_and_time_stay(tmp_path) -> None:
+    import os
+
+    import pyarrow.fs as pafs
+
+    from dbparallel.data.digests import blocks_digest, file_digest
+
+    fs, path = pafs.LocalFileSystem(), tmp_path / "a.txt"
+    path.write_text("to be or not to be")
+    calls = []
+
+    def digest() -> bytes:
+        calls.append(1)
+        return blocks_digest(iter([path.read_bytes()]))
+
+    first = file_digest(fs, str(path), digest)
+    assert file_digest(fs, str(path), digest) == first and len(calls) == 1  # remembered
+    path.write_text("TO BE OR NOT TO BE")  # same size, new content and time
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    changed = file_digest(fs, str(path), digest)
+    assert changed != first and len(calls) == 2
