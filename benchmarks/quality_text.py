@@ -8,10 +8,13 @@ is equal in layer-steps (train_layer_steps): each of B blocks takes S steps over
 baseline S steps over L layers. The looped LM (one core of L layers, K iterations) against the
 same looped model trained by BPTT: a BPTT step runs the core K times, so DiffusionBlocks gets
 K * S steps for equal compute (and a second row at S steps, 1/K of the compute); its training
-activation memory is measured for several K with the byte meter. Every run goes through
-``runtime.local``: ``wall_time_s`` is the serial time of training plus evaluation.
+activation memory is measured for several K with the byte meter. ``--ar-readouts`` runs the AR
+and looped denoisers once per ``model.ar_readout`` (rows carry ``readout``; the causal-LM
+baseline has none). Every run goes through ``runtime.local``: ``wall_time_s`` is the serial
+time of training plus evaluation.
 
     python benchmarks/quality_text.py [--gpu] [--tasks mdm ar looped] [--blocks 2 3 4] [--quick]
+        [--ar-readouts paper direct] [--name quality_text]
 
 The CPU default took 41 minutes on 2 cores shared with other jobs; ``--gpu`` runs the
 jobs/*_shakespeare.yaml recipes at a reduced step count on one CUDA device. Needs
@@ -77,16 +80,28 @@ SETTINGS: dict[str, dict[str, tuple[str, list[str]]]] = {
 COMMON = ["runtime.local=true", "metrics.port=0", "train.assemble_every=0", "noise.gamma=0.1"]
 
 
-def methods(task: str, blocks: list[int], steps: int, K: int) -> list[tuple[str, int, int,
-                                                                          list[str]]]:
-    """(method, B, layer passes per step, overrides): the baseline, then DiffusionBlocks."""
+Method = tuple[str, int, int, list[str], str | None]
+
+
+def methods(task: str, blocks: list[int], steps: int, K: int,
+            readouts: tuple[str, ...]) -> list[Method]:
+    """(method, B, layer passes per step, overrides, readout): the baseline, then
+    DiffusionBlocks; ar and looped once per readout (the causal-LM baseline has none)."""
     e2e = ["model.blocks=1", "train.objective=end_to_end"]
     if task == "looped":  # a BPTT step runs the core K times, a DiffusionBlocks step once
-        return [("end_to_end", 1, K, e2e),
-                ("diffusionblocks", 1, 1, [f"train.steps={K * steps}"]),
-                ("diffusionblocks", 1, 1, [])]
-    return [("end_to_end", 1, 1, e2e)] + [("diffusionblocks", b, 1, [f"model.blocks={b}"])
-                                           for b in blocks]
+        out: list[Method] = []
+        for r in readouts:
+            readout = [f"model.ar_readout={r}"]
+            out += [("end_to_end", 1, K, [*e2e, *readout], r),
+                    ("diffusionblocks", 1, 1, [f"train.steps={K * steps}", *readout], r),
+                    ("diffusionblocks", 1, 1, readout, r)]
+        return out
+    if task == "ar":
+        return [("end_to_end", 1, 1, e2e, None)] + [
+            ("diffusionblocks", b, 1, [f"model.blocks={b}", f"model.ar_readout={r}"], r)
+            for r in readouts for b in blocks]
+    return [("end_to_end", 1, 1, e2e, None)] + [
+        ("diffusionblocks", b, 1, [f"model.blocks={b}"], None) for b in blocks]
 
 
 def run_one(recipe: str, overrides: list[str], run_dir: Path) -> tuple[dict[str, Any], Any]:
@@ -128,16 +143,18 @@ def memory_rows(recipe: str, base: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path) -> dict[str, Any]:
-    """Every (task, method, B) of ``size``; rows in the shape of quality_text.json."""
+def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path,
+        readouts: tuple[str, ...] = ("paper",)) -> dict[str, Any]:
+    """Every (task, method, B, readout) of ``size``; rows in the shape of quality_text.json."""
     rows: list[dict[str, Any]] = []
     for task in tasks:
         recipe, base = SETTINGS[size][task]
         probe = load_config([ROOT / recipe], [*base, *COMMON])
         steps, K = probe.train.steps, probe.model.loop_iterations
-        for i, (method, b, passes, extra) in enumerate(methods(task, blocks, steps, K)):
+        for i, (method, b, passes, extra, readout) in enumerate(
+                methods(task, blocks, steps, K, readouts)):
             overrides = [*base, *extra]
-            name = f"{task}-{i}-{method}-B{b}"
+            name = f"{task}-{i}-{method}-B{b}" + (f"-{readout}" if readout else "")
             print(f"{name}: training (load average {load_average():.1f})", flush=True)
             report, cfg = run_one(recipe, overrides, runs_dir / name)
             a = report["assembly"]
@@ -148,6 +165,7 @@ def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path) -> dict[
                     "train_layer_steps": cfg.train.steps * cfg.model.depth * passes,
                     "wall_time_s": round(float(report["wall_time_s"]), 1),
                     "config": " ".join([recipe, *overrides]),
+                    **({"readout": readout} if readout else {}),
                 })
             print(f"{name}: " + ", ".join(f"{m}={a[m]:.4g}" for m in METRICS[task] if m in a)
                   + f" ({report['wall_time_s']:.0f} s)", flush=True)
@@ -157,8 +175,10 @@ def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path) -> dict[
 
 
 def table(result: dict[str, Any]) -> str:
-    """The rows as a text table."""
-    return quality_table(result, task_width=7, metric_width=22, value_width=12)
+    """The rows as a text table (a row's readout after its method)."""
+    rows = [{**r, "method": f"{r['method']}/{r['readout']}" if "readout" in r else r["method"]}
+            for r in result["rows"]]
+    return quality_table({"rows": rows}, task_width=7, metric_width=22, value_width=12)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -170,15 +190,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax, (task, metric) in zip(axes[:2], (("mdm", "bpc"), ("ar", "gen_ppl")), strict=True):
         sel = [r for r in rows if r["task"] == task and r["metric"] == metric]
         db = [r for r in sel if r["method"] == "diffusionblocks"]
-        ax.plot([r["blocks"] for r in db], [r["value"] for r in db], "o-",
-                label="DiffusionBlocks")
+        for readout in dict.fromkeys(r.get("readout") for r in db):
+            line = [r for r in db if r.get("readout") == readout]
+            ax.plot([r["blocks"] for r in line], [r["value"] for r in line], "o-",
+                    label="DiffusionBlocks" + (f" ({readout} readout)" if readout else ""))
         for r in sel:
             if r["method"] == "end_to_end":
                 ax.axhline(r["value"], color="gray", ls="--", label="end to end")
         ax.set(xlabel="blocks B", ylabel=metric, title=f"{task}: test {metric}")
-        ax.set_xticks([r["blocks"] for r in db])
+        ax.set_xticks(sorted({r["blocks"] for r in db}))
         ax.legend(fontsize=7)
-    mem = [r for r in rows if r["metric"] == "train_activation_bytes"]
+    mem = [r for r in rows if r["metric"] == "train_activation_bytes"]  # one per (method, K)
     for method, label in (("diffusionblocks", "DiffusionBlocks (1 pass)"),
                           ("end_to_end", "BPTT (K passes)")):
         sel = [r for r in mem if r["method"] == method]  # in the order of MEMORY_K
@@ -189,8 +211,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[2].legend(fontsize=7)
     looped = [r for r in rows if r["task"] == "looped" and r["metric"] == "gen_ppl"]
     names = {"end_to_end": "BPTT", "diffusionblocks": "DB"}
-    axes[3].bar([f"{names[r['method']]}\n{r['train_layer_steps']:,}" for r in looped],
-                [r["value"] for r in looped], color=["gray", "C0", "C1"][:len(looped)])
+    axes[3].bar([f"{names[r['method']]} {r.get('readout', '')}\n{r['train_layer_steps']:,}"
+                 for r in looped], [r["value"] for r in looped],
+                color=(["gray", "C0", "C1"] * len(looped))[:len(looped)])
+    axes[3].tick_params(axis="x", labelsize=6)
     axes[3].set(ylabel="gen_ppl", title="looped: gen_ppl (x: layer-steps)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -202,13 +226,17 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["mdm", "ar", "looped"], choices=sorted(METRICS))
     p.add_argument("--blocks", nargs="+", type=int, default=[2, 3, 4])
     p.add_argument("--runs-dir", default="", help="keep the run directories here")
+    p.add_argument("--ar-readouts", nargs="+", default=["paper"], choices=["paper", "direct"],
+                   help="model.ar_readout values of the ar and looped denoisers")
+    p.add_argument("--name", default="quality_text",
+                   help="results file name: <out>/<name>.json and .png")
     args = p.parse_args()
     size = "gpu" if args.gpu else "quick" if args.quick else "cpu"
     with tempfile.TemporaryDirectory(prefix="quality_text_") as tmp:
         runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tmp)
         print(f"quality_text ({size}) on {machine()}", flush=True)
-        result = run(size, args.tasks, args.blocks, runs_dir)
-    finish("quality_text", result, args, table, plot)
+        result = run(size, args.tasks, args.blocks, runs_dir, tuple(args.ar_readouts))
+    finish(args.name, result, args, table, plot)
 
 
 if __name__ == "__main__":

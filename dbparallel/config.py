@@ -28,6 +28,7 @@ UNREADABLE_POLICIES = ("refuse", "restart")
 OBJECTIVES = ("diffusionblocks", "end_to_end")
 PRECISIONS = ("fp32", "tf32", "bf16")
 PRESETS = ("tiny", "small", "base", "dit-s", "dit-b", "dit-l")
+AR_READOUTS = ("paper", "direct")
 
 
 class ConfigError(UserError):
@@ -99,6 +100,9 @@ class ModelConfig:
     mlp_ratio: float | None = None  # MLP width / hidden; None = from the preset
     patch_size: int = 2  # image patch side, pixels
     loop_iterations: int = 8  # K, applications of the looped core (task=looped)
+    # ar, looped: logits read from D = c_skip z + c_out F in embedding space (paper), or from
+    # the layers' output at the noisy token (direct); docs/method.md, AR readout
+    ar_readout: str = "paper"
 
     def __post_init__(self) -> None:
         _choice(self.preset, "model.preset", PRESETS)
@@ -115,6 +119,7 @@ class ModelConfig:
         _check(self.mlp_ratio is None or self.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
         _check(self.patch_size >= 1, "model.patch_size", "must be >= 1")
         _check(self.loop_iterations >= 1, "model.loop_iterations", "must be >= 1")
+        _choice(self.ar_readout, "model.ar_readout", AR_READOUTS)
 
     @property
     def layers_per_block(self) -> int:

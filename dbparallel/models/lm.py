@@ -81,23 +81,33 @@ class MaskedLMBlock(TextBlock):
 
 
 class ARBlock(TextBlock):
-    """Denoiser of token embeddings given the clean prefix; ``E`` None = plain causal LM."""
+    """Denoiser of token embeddings given the clean prefix; ``E`` None = plain causal LM.
 
-    def __init__(self, dims: ModelDims, vocab_size: int, E: torch.Tensor | None = None):
+    ``readout="paper"``: the noisy tokens' outputs pass a final norm and are the backbone F of
+    the EDM denoiser in embedding space; the task forms D = c_skip z + c_out F and ``classify``
+    reads the logits from D. ``"direct"``: ``classify`` reads them from the layers' output."""
+
+    def __init__(self, dims: ModelDims, vocab_size: int, E: torch.Tensor | None = None,
+                 readout: str = "paper"):
         super().__init__(dims, vocab_size, vocab_size)
         self.clean_cond = nn.Parameter(torch.zeros(dims.hidden))
         self.denoiser = E is not None
+        self.readout = readout
         if E is not None:
             # frozen targets: identical in every block, never trained or checkpointed
             self.register_buffer("E", E.to(torch.get_default_device()).clone(),
                                  persistent=False)
             self.noisy_embed = nn.Linear(E.shape[1], dims.hidden)
             self.sigma_embed = SigmaEmbedder(dims.hidden)
+            if readout == "paper":
+                assert E.shape[1] == dims.hidden, "F lives in the embedding space of E"
+                self.final_norm = nn.LayerNorm(dims.hidden, eps=1e-6)
         self.initialize_weights()
 
-    def forward(self, ids: torch.Tensor, z: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        """Logits (N, T, V) of x_i for noisy z_i (N, T, D) already scaled by c_in, all i at once:
-        the [clean; noisy] pass under ``ar_mask``."""
+    def forward(self, ids: torch.Tensor, z: torch.Tensor, c_noise: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F (N, T, D), condition c (N, D)) of every noisy z_i (N, T, D), already scaled by
+        c_in, at once: the [clean; noisy] pass under ``ar_mask``."""
         return self.denoise(z, c_noise, self.clean(ids)[1], 0)
 
     def clean(self, ids: torch.Tensor, cache: list[KV] | None = None
@@ -125,10 +135,11 @@ class ARBlock(TextBlock):
         return self.clean_logits(self.clean(ids)[0])
 
     def denoise(self, z: torch.Tensor, c_noise: torch.Tensor, cache: list[KV],
-                start: int) -> torch.Tensor:
-        """Logits (N, t, V) of the tokens at positions start .. start+t-1 from noisy z (N, t, D)
-        scaled by c_in. Only the noisy tokens run: the clean keys and values come from
-        ``cache``, computed once (they do not depend on sigma) and reused by every step."""
+                start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F (N, t, D), condition c (N, D)) of the tokens at positions start .. start+t-1
+        from noisy z (N, t, D) scaled by c_in. Only the noisy tokens run: the clean keys and
+        values come from ``cache``, computed once (they do not depend on sigma) and reused by
+        every step."""
         t, past = z.shape[1], cache[0][0].shape[2]
         pos = torch.arange(start, start + t)
         mask = noisy_mask(t, past, start)
@@ -136,4 +147,9 @@ class ARBlock(TextBlock):
         c = self.sigma_embed(c_noise)  # (N, D)
         for layer, kv in zip(self.layers, cache, strict=True):
             x, _ = layer(x, c, None if mask.all() else mask, pos, kv)  # (N, t, D)
-        return self.head(x, c)  # (N, t, V)
+        return (self.final_norm(x) if self.readout == "paper" else x), c  # (N, t, D), (N, D)
+
+    def classify(self, D: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Logits (N, t, V) of the denoised embeddings D (N, t, D) (paper readout) or of the
+        layers' output (direct readout)."""
+        return self.head(D, c)  # (N, t, V)

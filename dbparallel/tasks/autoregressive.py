@@ -1,12 +1,15 @@
-"""Autoregressive language model in embedding space (docs/method.md, Losses: ar).
+"""Autoregressive language model in embedding space (docs/method.md, Losses: ar; AR readout).
 
 Target y_i = E[x_i], a row of the frozen unit-norm table E; block b denoises
 z_i = y_i + sigma * eps_i given the clean tokens before i, for sigma in its equi-probability
-range, with loss w(sigma) * CE(logits_i, x_i). One forward pass trains every position: the
+range, with loss w(sigma) * CE(logits_i, x_i), w = 1/c_out^2 per sample. The logits are read
+from the denoiser D = c_skip z + c_out F(c_in z) in embedding space (``model.ar_readout=paper``)
+or from the layers' output directly (``direct``). One forward pass trains every position: the
 sequence is [clean; noisy] (2T) under the mask of ``models.lm.ar_mask``. Each new token is an
-Euler ODE solve from sigma_max, every step run by the block that owns its sigma, readout
-D = softmax(logits) @ E; the final logits at sigma_min give the token. The end-to-end
-baseline is a standard causal transformer trained with next-token cross-entropy.
+Euler ODE solve from sigma_max, every step run by the block that owns its sigma, with the
+expected embedding softmax(logits) @ E as the step's denoised state; the final logits at
+sigma_min give the token. The end-to-end baseline is a standard causal transformer trained
+with next-token cross-entropy.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 
 from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
-from dbparallel.core.precond import edm_coefficients, edm_weight
+from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import equiprobable_schedule, karras_schedule
 from dbparallel.models.layers import KV, frozen_unit_embedding
 from dbparallel.models.lm import ARBlock
@@ -38,6 +41,7 @@ class AutoregressiveLM(TextData):
         self.noise, self.partition = gaussian_noise(cfg)
         self.sigma_data = n.sigma_data
         self.E = frozen_unit_embedding(cfg.run.seed, self.vocab_size, resolve(cfg.model).hidden)
+        self.readout = cfg.model.ar_readout
         # the end-to-end AR baseline is a plain causal LM; the looped task keeps the denoiser
         self.denoiser = cfg.train.objective == "diffusionblocks"
 
@@ -48,15 +52,19 @@ class AutoregressiveLM(TextData):
 
     def build_block(self, block: int) -> ARBlock:
         return ARBlock(resolve(self.cfg.model), self.vocab_size,
-                       self.E if self.denoiser else None)
+                       self.E if self.denoiser else None, self.readout)
 
     # ------------------------------------------------------------------ training
     def logits(self, net: ARBlock, cache: list[KV], z: torch.Tensor, sigma: torch.Tensor,
                start: int = 0) -> torch.Tensor:
         """Logits (N, t, V) of the tokens at start.. from z (N, t, D) at noise sigma (N,),
-        given the clean stream's keys and values ``cache``."""
+        given the clean stream's keys and values ``cache``: head(D) with
+        D = c_skip z + c_out F(c_in z, c_noise) (paper readout), or head(F) (direct)."""
         _, _, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
-        return net.denoise(c_in.view(-1, 1, 1) * z, c_noise, cache, start)
+        F_x, c = net.denoise(c_in.view(-1, 1, 1) * z, c_noise, cache, start)  # (N, t, D), (N, D)
+        if self.readout == "paper":
+            F_x = precondition(F_x, z, sigma, self.sigma_data)  # D, (N, t, D)
+        return net.classify(F_x, c)  # (N, t, V)
 
     def loss(self, net: ARBlock, batch: Batch, block: int,
              generator: torch.Generator) -> torch.Tensor:
@@ -67,8 +75,14 @@ class AutoregressiveLM(TextData):
                                           device=ids.device))
         lo, hi = self.partition.ranges[block]
         sigma = self.noise.sample(len(ids), lo, hi, generator, device=ids.device)  # (N,)
+        eps = torch.randn(*ids.shape, net.E.shape[1], generator=generator).to(ids.device)
+        return self.denoising_loss(net, ids, sigma, eps)
+
+    def denoising_loss(self, net: ARBlock, ids: torch.Tensor, sigma: torch.Tensor,
+                       eps: torch.Tensor) -> torch.Tensor:
+        """w(sigma) * mean over positions of CE(logits_i, x_i) per sample (N,), for ids (N, T)
+        at noise sigma (N,), one per sequence, with noise eps (N, T, D)."""
         y = net.E[ids]  # (N, T, D)
-        eps = torch.randn(y.shape, generator=generator).to(y.device)
         logits = self.logits(net, net.clean(ids)[1], y + sigma.view(-1, 1, 1) * eps, sigma)
         return weighted_cross_entropy(logits, ids, edm_weight(sigma, self.sigma_data))  # (N,)
 

@@ -86,7 +86,8 @@ def test_text_models_keep_the_outputs_of_their_own_layer_code() -> None:
 
     with torch.no_grad():
         mdm = block("task=mdm")(ids, c.abs().clamp(max=1))[1, 5, :4]
-        ar = block("task=ar")(ids, z, c)[1, 6, :4]
+        direct = block("task=ar", "model.ar_readout=direct")
+        ar = direct.classify(*direct(ids, z, c))[1, 6, :4]
         causal = block("task=ar", "train.objective=end_to_end").causal_logits(ids)[0, 7, :4]
     expected = {
         "mdm": [2.7702889442443848, -0.08405277132987976, -1.3666119575500488, 0.658873438835144],

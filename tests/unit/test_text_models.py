@@ -115,7 +115,7 @@ def test_prefix_reuse_matches_the_full_sequence() -> None:
         for p in net.parameters():  # away from the zero init, so every path matters
             p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
     ids, z, c = _tokens(3), torch.randn(3, 16, 32), torch.randn(3)
-    full = net(ids, z, c)  # (N, T, V), every position at once
+    full, _ = net(ids, z, c)  # F (N, T, D), every position at once
     # the same pass with the explicit (2T, 2T) mask of the [clean; noisy] sequence, one
     # condition per token: the learned constant for clean tokens, sigma's for noisy ones
     x = torch.cat([net.token_embed(ids), net.noisy_embed(z)], dim=1)
@@ -124,10 +124,10 @@ def test_prefix_reuse_matches_the_full_sequence() -> None:
                           dim=1)  # (N, 2T, D)
     for layer in net.layers:
         x, _ = layer(x, per_token, ar_mask(16), torch.arange(16).repeat(2))
-    torch.testing.assert_close(net.head(x[:, 16:], cond), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(net.final_norm(x[:, 16:]), full, atol=1e-4, rtol=1e-4)
     for i in (1, 7, 15):
         _, cache = net.clean(ids[:, :i])
-        one = net.denoise(z[:, i:i + 1], c, cache, start=i)[:, 0]  # generation: one token
+        one = net.denoise(z[:, i:i + 1], c, cache, start=i)[0][:, 0]  # generation: one token
         torch.testing.assert_close(one, full[:, i], atol=1e-4, rtol=1e-4)
     h, cache = net.clean(ids[:, :9])
     h2, _ = net.clean(ids[:, 9:10], cache)
