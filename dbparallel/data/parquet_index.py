@@ -16,16 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, check_schema, image_encoding
 from dbparallel.data.shards import SPLITS, DataIndex, Shard
+from dbparallel.data.splits import SPLIT_COLUMN, split_values
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError
 
-SPLIT_COLUMN = "split"
 VERSION = 1  # bump when the index layout changes
 
 
@@ -104,17 +103,9 @@ def _file_shards(fs: pafs.FileSystem, info: pafs.FileInfo, uri: str, relative: s
 
 
 def _split_counts(pf: pq.ParquetFile, rg: int, uri: str) -> dict[str, int]:
-    column = pf.read_row_group(rg, columns=[SPLIT_COLUMN]).column(SPLIT_COLUMN)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise DataError(f"{uri}: column {SPLIT_COLUMN!r}: expected strings "
-                        f"({', '.join(SPLITS)}), got {column.type}")
-    values = column.combine_chunks()
-    bad = pc.invert(pc.fill_null(pc.is_in(values, pa.array(SPLITS)), False))
-    if pc.any(bad).as_py():
-        first = sum(pf.metadata.row_group(i).num_rows for i in range(rg))
-        row = pc.index(bad, True).as_py()
-        raise DataError(f"{uri}: column {SPLIT_COLUMN!r}: row {first + row} is "
-                        f"{values[row].as_py()!r}; allowed: {', '.join(SPLITS)}")
+    first = sum(pf.metadata.row_group(i).num_rows for i in range(rg))
+    values = split_values(pf.read_row_group(rg, columns=[SPLIT_COLUMN]).column(SPLIT_COLUMN),
+                          uri, first)
     names, counts = np.unique(values.to_numpy(zero_copy_only=False), return_counts=True)
     return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
 

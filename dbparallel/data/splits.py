@@ -10,23 +10,31 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dbparallel.data.shards import SPLITS
 from dbparallel.errors import DataError
 
 SPLIT_COLUMN = "split"
-SPLITS = ("train", "validation", "test")
 
 
-def _split_values(table: pa.Table) -> pa.Array:
-    column = table.column(SPLIT_COLUMN).combine_chunks()
+def split_values(column: pa.Array | pa.ChunkedArray, where: str = "",
+                 first_row: int = 0) -> pa.Array:
+    """A ``split`` column, checked: strings, each one of SPLITS; DataError naming ``where``
+    (a file) and the row (counted from ``first_row``) otherwise."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    at = f"{where}: " if where else ""
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise DataError(f"column {SPLIT_COLUMN!r}: expected strings ({', '.join(SPLITS)}), "
-                        f"got {column.type}")
+        raise DataError(f"{at}column {SPLIT_COLUMN!r}: expected strings "
+                        f"({', '.join(SPLITS)}), got {column.type}")
     bad = pc.invert(pc.fill_null(pc.is_in(column, pa.array(SPLITS)), False))
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
-        raise DataError(f"column {SPLIT_COLUMN!r}: row {row} is {column[row].as_py()!r}; "
-                        f"allowed: {', '.join(SPLITS)}")
+        raise DataError(f"{at}column {SPLIT_COLUMN!r}: row {first_row + row} is "
+                        f"{column[row].as_py()!r}; allowed: {', '.join(SPLITS)}")
     return column
+
+
+def _split_values(table: pa.Table) -> pa.Array:
+    return split_values(table.column(SPLIT_COLUMN))
 
 
 def has_split(table: pa.Table, split: str) -> bool:
