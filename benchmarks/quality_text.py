@@ -119,6 +119,7 @@ def memory_rows(recipe: str, base: list[str]) -> list[dict[str, Any]]:
     import torch
 
     from dbparallel.training.block_trainer import BlockTrainer
+    from dbparallel.training.device import block_device
 
     rows = []
     for K in MEMORY_K:
@@ -126,7 +127,7 @@ def memory_rows(recipe: str, base: list[str]) -> list[dict[str, Any]]:
                                   ("end_to_end", "end_to_end")):
             overrides = [*base, f"model.loop_iterations={K}", f"train.objective={objective}"]
             cfg = load_config([ROOT / recipe], [*overrides, *COMMON])
-            device = "cuda" if cfg.runtime.gpus_per_block > 0 else "cpu"
+            device = block_device(cfg)
             start = time.perf_counter()
             trainer = BlockTrainer(cfg, 0, device)
             n, T = cfg.train.batch_size, cfg.data.seq_len

@@ -18,8 +18,8 @@ __version__ = "0.1.0"
 def load(source: str | os.PathLike, step: int | None = None,
          device: str | None = None) -> Network:
     """The composed network of a run directory (path or URI; its latest snapshots, or those
-    of ``step``) or of a file written by ``dbparallel export``, on ``device`` (default: CUDA
-    where the run trained on GPUs and one is here, else the CPU). Needs no Ray."""
+    of ``step``) or of a file written by ``dbparallel export``, on ``device`` ("cpu", the
+    default, "cuda" or "cuda:N"; a CUDA device that is not here is an error). Needs no Ray."""
     from dbparallel.training.loading import load as load_network
 
     return load_network(source, step, device)

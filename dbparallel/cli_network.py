@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from dbparallel.data.shards import DataIndex
     from dbparallel.training.network import Network
 
-DEVICE_HELP = "default: cuda if the run trained on GPUs and one is here, else cpu"
+DEVICE_HELP = "cpu (default), cuda or cuda:N (an error where no CUDA device is here)"
 
 
 def _load(args: argparse.Namespace) -> Network:

@@ -11,6 +11,7 @@ from dbparallel.config import Config
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import AssemblyRecorder
 from dbparallel.training.assemble import assemble
+from dbparallel.training.device import assembly_device
 from dbparallel.training.precision import set_matmul_precision
 from dbparallel.training.run_dir import run_data
 from dbparallel.training.storage import Storage
@@ -23,12 +24,11 @@ class AssemblerActor:
     the evaluation rows it streams from the run's pinned data."""
 
     def __init__(self, cfg: Config):
+        self.device = assembly_device(cfg)
         torch.set_num_threads(cfg.runtime.torch_threads)
         self.cfg = cfg
         self.storage = Storage(cfg.run_dir)
         self.index = run_data(cfg, self.storage)
-        use_gpu = cfg.runtime.gpus_per_block > 0 and torch.cuda.is_available()
-        self.device = "cuda" if use_gpu else "cpu"
         set_matmul_precision(cfg.train.precision, self.device)
         self.recorder = AssemblyRecorder(cfg.run.name)
         with warnings.catch_warnings():  # Ray's own property warns about its internals

@@ -20,6 +20,7 @@ from dbparallel.config import Config
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder
 from dbparallel.training.block_trainer import StepStats
+from dbparallel.training.device import block_device
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.run_dir import run_data
 from dbparallel.training.storage import Storage
@@ -30,12 +31,12 @@ class BlockActor:
     (the driver's) lets a restarted incarnation take the block's write lease over."""
 
     def __init__(self, cfg: Config, block: int, session: str):
+        device = block_device(cfg)
         torch.set_num_threads(cfg.runtime.torch_threads)
         self.cfg, self.block = cfg, block
-        use_gpu = cfg.runtime.gpus_per_block > 0 and torch.cuda.is_available()
         storage = Storage(cfg.run_dir)
-        self.run = BlockRun(cfg, block, run_data(cfg, storage), storage,
-                            "cuda" if use_gpu else "cpu", session=session)
+        self.run = BlockRun(cfg, block, run_data(cfg, storage), storage, device,
+                            session=session)
         with warnings.catch_warnings():  # Ray's own property warns about its internals
             warnings.simplefilter("ignore")
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed

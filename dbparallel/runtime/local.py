@@ -21,6 +21,7 @@ from dbparallel.runtime.metrics import (
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.training.assemble import assemble
 from dbparallel.training.curves import write_curves
+from dbparallel.training.device import assembly_device, block_device
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.report import build_report, write_report
@@ -42,6 +43,8 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
     if bad:
         raise UserError(f"--block {bad[0]}: must be in 0..{cfg.model.blocks - 1} "
                         f"(model.blocks={cfg.model.blocks})")
+    device = block_device(cfg)  # before anything is written: a missing GPU is a config error
+    assembly = assembly_device(cfg) if only_blocks is None else "cpu"
     torch.set_num_threads(cfg.runtime.torch_threads)
     storage = open_run(cfg)
     if index is None:
@@ -50,11 +53,6 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
         index = open_data(cfg.data)
     pin_data(storage, index)
     assemblies = AssemblyLog(storage, start)
-    device = "cpu"
-    if cfg.runtime.gpus_per_block > 0:
-        if not torch.cuda.is_available():
-            raise UserError("runtime.gpus_per_block: no CUDA device here; set it to 0 for CPU")
-        device = "cuda"
     sink: Sink = MemorySink()
     server = None
     if cfg.metrics.port:
@@ -81,7 +79,7 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
             per_block.append(run.summary())
         metrics: dict[str, float] = {}
         if only_blocks is None:
-            metrics = assemble(cfg, storage, index, device)
+            metrics = assemble(cfg, storage, index, assembly)
             AssemblyRecorder(cfg.run.name, sink).record(metrics)
             assemblies.append(int(metrics["block_steps_min"]), metrics)
     finally:

@@ -22,7 +22,7 @@ def load(source: str | os.PathLike, step: int | None = None,
          device: str | None = None) -> Network:
     """The composed network of a run directory (local path or object-store URI; its latest
     snapshots, or those of ``step``) or of a file written by ``dbparallel export``, on
-    ``device`` (default: CUDA where the run trained on GPUs and one is here, else the CPU)."""
+    ``device`` (training/device.py: "cpu" by default, "cuda" or "cuda:N" where one is here)."""
     source = os.fspath(source)
     if is_file(source):
         if step is not None:

@@ -27,23 +27,11 @@ from dbparallel.data.tokenizer import Tokenizer
 from dbparallel.errors import UserError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
+from dbparallel.training.device import choose_device
 from dbparallel.training.seeding import generator
 
 VERBS = {"dit": ("sample",), "vit": ("predict",),
          **{t: ("generate", "bpc", "log_likelihood") for t in ("mdm", "ar", "looped")}}
-
-
-def choose_device(cfg: Config, requested: str | None = None) -> str:
-    """``requested`` ("cpu", "cuda", "cuda:1"), else CUDA where the run trained on GPUs and one
-    is here, else the CPU; sets the matmul precision the run trained with."""
-    from dbparallel.training.precision import set_matmul_precision
-
-    if requested and requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {requested!r}: no CUDA device here")
-    device = requested or ("cuda" if cfg.runtime.gpus_per_block > 0
-                           and torch.cuda.is_available() else "cpu")
-    set_matmul_precision(cfg.train.precision, device)
-    return device
 
 
 @dataclass

@@ -1,0 +1,101 @@
+"""One device policy: a GPU asked for and absent is an error naming what asked; none asked is
+the CPU. This machine's torch finds no CUDA device; a test that needs one to be "here" says so
+to torch through monkeypatch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dbparallel.errors import UserError
+from dbparallel.training.device import (
+    assembly_device,
+    block_device,
+    choose_device,
+    requested_device,
+)
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+def test_nothing_asked_is_the_cpu(tiny_cfg) -> None:
+    assert block_device(tiny_cfg) == "cpu"
+    assert assembly_device(tiny_cfg) == "cpu"
+    assert requested_device(None) == "cpu" and requested_device("cpu") == "cpu"
+
+
+@no_cuda
+def test_block_gpu_without_cuda_names_the_key(tiny_cfg) -> None:
+    tiny_cfg.runtime.gpus_per_block = 0.5
+    with pytest.raises(UserError, match=r"runtime\.gpus_per_block=0\.5 asks for a GPU"):
+        block_device(tiny_cfg)
+    assert assembly_device(tiny_cfg) == "cpu"  # the assembly asks with its own key
+
+
+@no_cuda
+def test_assembly_gpu_without_cuda_names_the_key(tiny_cfg) -> None:
+    tiny_cfg.runtime.assembly_gpus = 1
+    with pytest.raises(UserError, match=r"runtime\.assembly_gpus=1 asks for a GPU"):
+        assembly_device(tiny_cfg)
+    assert block_device(tiny_cfg) == "cpu"
+
+
+@no_cuda
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_requested_cuda_without_cuda_names_the_device(tiny_cfg, name: str) -> None:
+    with pytest.raises(UserError, match=f"device '{name}' asks for a GPU"):
+        choose_device(tiny_cfg, name)
+
+
+def test_requested_device_must_be_cpu_or_cuda() -> None:
+    for name in ("tpu", "meta", "cuda:x"):
+        with pytest.raises(UserError, match="expected cpu, cuda or cuda:N"):
+            requested_device(name)
+
+
+def test_gpu_where_asked_and_present(tiny_cfg, fake_cuda) -> None:
+    tiny_cfg.runtime.gpus_per_block = 1
+    assert (block_device(tiny_cfg), assembly_device(tiny_cfg)) == ("cuda", "cpu")
+    tiny_cfg.runtime.assembly_gpus = 1
+    assert assembly_device(tiny_cfg) == "cuda"
+    assert requested_device("cuda:1") == "cuda:1"
+    with pytest.raises(UserError, match="has 2 CUDA device"):
+        requested_device("cuda:2")
+
+
+@no_cuda
+def test_local_run_refuses_before_writing_anything(tiny_cfg, tmp_path) -> None:
+    from dbparallel.runtime.local import run_local
+
+    tiny_cfg.runtime.assembly_gpus = 1
+    with pytest.raises(UserError, match=r"runtime\.assembly_gpus"):
+        run_local(tiny_cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@no_cuda
+def test_actors_refuse_a_missing_gpu(tiny_cfg) -> None:
+    # the actor classes are plain classes until launch.py applies ray.remote
+    from dbparallel.runtime.assembler_actor import AssemblerActor
+    from dbparallel.runtime.block_actor import BlockActor
+
+    tiny_cfg.runtime.gpus_per_block = 1
+    with pytest.raises(UserError, match=r"runtime\.gpus_per_block"):
+        BlockActor(tiny_cfg, 0, "session")
+    tiny_cfg.runtime.assembly_gpus = 1
+    with pytest.raises(UserError, match=r"runtime\.assembly_gpus"):
+        AssemblerActor(tiny_cfg)
+
+
+@no_cuda
+def test_load_on_cuda_without_cuda_names_the_device(tiny_cfg) -> None:
+    from dbparallel.training.network import Network
+
+    with pytest.raises(UserError, match="device 'cuda'"):
+        Network.from_weights(tiny_cfg, [], [], "cuda")
