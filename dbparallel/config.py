@@ -162,6 +162,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # training states kept per block (older ones deleted)
     keep_snapshots: int = 1  # EMA snapshots kept per block (`dbparallel eval --step` reads them)
     precision: str = "fp32"  # fp32 | tf32 (TF32 matmuls on CUDA) | bf16 (autocast forward pass)
+    compile: bool = False  # torch.compile each block's forward, loss and backward, once per
+    # trainer process (the first step runs eager; the second compiles; needs a C++ compiler)
     nonfinite: str = "skip"  # on a NaN/Inf loss: skip the step, or stop the run
     assembly_timeout_s: float = 7200.0  # the final assembly fails the run after this long
     lease_timeout_s: float = 120.0  # a block's write lease lapses this long after its
@@ -189,6 +191,8 @@ class TrainConfig:
         _check(self.assembly_timeout_s > 0, "train.assembly_timeout_s", "must be > 0")
         _choice(self.objective, "train.objective", OBJECTIVES)
         _choice(self.precision, "train.precision", PRECISIONS)
+        _check(isinstance(self.compile, bool), "train.compile",
+               f"must be true or false, got {self.compile!r}")
         _check(self.max_restarts >= 0, "train.max_restarts", "must be >= 0")
         _check(self.stall_timeout_s > 0, "train.stall_timeout_s", "must be > 0")
         _check(self.assemble_every >= 0, "train.assemble_every", "must be >= 0")

@@ -34,6 +34,13 @@ BLOCK_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("dbparallel_block_restarts", "counter", "Times the block's actor was restarted"),
     MetricSpec("dbparallel_block_nonfinite_steps", "counter", "Steps skipped for NaN/Inf loss"),
     MetricSpec("dbparallel_block_stalled", "gauge", "1 while the block has made no progress"),
+    MetricSpec("dbparallel_block_model_flops_per_step", "gauge",
+               "Forward and backward matmul FLOPs of one training step"),
+    MetricSpec("dbparallel_block_achieved_tflops", "gauge",
+               "Model TFLOP/s of the last step (model FLOPs per step / step time)"),
+    MetricSpec("dbparallel_block_mfu", "gauge",
+               "Model FLOPs utilisation of the last step: achieved / the device's dense peak "
+               "(GPUs with a known peak only)"),
 )
 
 # Metrics of the composed network; the metric key is appended to the base name.
@@ -166,7 +173,7 @@ class BlockRecorder:
         self._memory_sent = False
 
     def record(self, stats: Any, trainer: Any) -> None:
-        """``stats``: a StepStats; ``trainer``: its BlockTrainer (for memory)."""
+        """``stats``: a StepStats; ``trainer``: its BlockTrainer (memory, FLOPs, peak)."""
         s = self.sink
         s.inc(SPEC["dbparallel_block_steps"], 1, self.tags)
         s.set(SPEC["dbparallel_block_step_time_seconds"], stats.step_time_s, self.tags)
@@ -180,6 +187,13 @@ class BlockRecorder:
         if not self._memory_sent and trainer.memory is not None:
             s.set(SPEC["dbparallel_block_memory_bytes"], trainer.memory.total, self.tags)
             self._memory_sent = True
+        flops = trainer.model_flops_per_step
+        if flops and stats.finite and stats.step_time_s > 0:
+            s.set(SPEC["dbparallel_block_model_flops_per_step"], flops, self.tags)
+            tflops = flops / stats.step_time_s / 1e12
+            s.set(SPEC["dbparallel_block_achieved_tflops"], tflops, self.tags)
+            if trainer.peak_tflops:
+                s.set(SPEC["dbparallel_block_mfu"], tflops / trainer.peak_tflops, self.tags)
 
     def restarted(self, total: int) -> None:
         """A new actor process starts its series at the run's restart count so far."""

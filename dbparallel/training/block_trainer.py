@@ -20,8 +20,16 @@ from dbparallel.core.memory import SavedTensorMeter, StepMemory, measure_step
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
 from dbparallel.tasks.base import Batch
+from dbparallel.training.flops import FlopCount, achieved_tflops
+from dbparallel.training.peaks import device_peak_tflops, mfu
 from dbparallel.training.precision import autocast, set_matmul_precision
 from dbparallel.training.seeding import derive_seed, generator
+
+# torch.compile's mode for train.compile: None is torch's default (inductor, no CUDA graphs).
+# Not chosen by measurement yet: on a GPU, compare it with "max-autotune-no-cudagraphs"
+# (longer compile, tuned matmuls) by step time and compile time in benchmarks/gpu_speed.py.
+# CUDA graphs ("reduce-overhead") do not apply: the task's noise draws leave the graph.
+COMPILE_MODE: str | None = None
 
 
 class NonFiniteLoss(RuntimeError):
@@ -57,18 +65,38 @@ class BlockTrainer:
             self.model: Block = self.task.build_block(block).to(self.device)
         self.ema: Block = copy.deepcopy(self.model).requires_grad_(False).eval()
         t = cfg.train
+        # fused: one kernel for the whole update on CUDA; the CPU keeps the reference loop
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay
+            self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+            fused=self.device.type == "cuda",
         )
         self.step = 0
         self.nonfinite_steps = 0
         self.recent_losses: list[float] = []  # finite losses of the last log_every steps
         self.memory: StepMemory | None = None
+        self.model_flops_per_step: int | None = None  # counted on this trainer's first step
+        self.peak_tflops = device_peak_tflops(self.device, t.precision)
+        self.timed_steps, self.timed_s = 0, 0.0  # steady steps of this process (no counting,
+        # no compiling): the rate of achieved_tflops
+        self._forward_loss = self._loss
+        if t.compile:
+            # Compiled once per trainer: a restarted actor compiles again. Each block is its
+            # own graph (its noise range is a constant of it): local mode compiles B of them.
+            from torch._dynamo import config as dynamo
+
+            dynamo.recompile_limit = max(dynamo.recompile_limit, cfg.model.blocks + 4)
+            self._forward_loss = torch.compile(self._loss, mode=COMPILE_MODE)
+        self._fast_steps = 0  # steps through self._forward_loss
 
     # ------------------------------------------------------------------ training
     def lr_at(self, step: int) -> float:
         warmup = self.cfg.train.warmup_steps
         return self.cfg.train.lr * min(1.0, (step + 1) / warmup) if warmup else self.cfg.train.lr
+
+    def _loss(self, batch: Batch, g: torch.Generator) -> torch.Tensor:
+        """The mean weighted loss of ``batch`` (what train.compile compiles, with backward)."""
+        with autocast(self.cfg.train.precision, self.device):
+            return self.task.loss(self.model, batch, self.block, g).float().mean()
 
     def train_step(self, batch: Batch) -> StepStats:
         """One optimizer step on ``batch`` (tensors on this trainer's device)."""
@@ -77,14 +105,21 @@ class BlockTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.model.train()
-        # The saved-tensor hooks cost time on every tensor: measure the first step only
-        # (every step of a block has the same shapes).
+        # The saved-tensor hooks and the FLOP counter cost time on every tensor: measure the
+        # first step only (every step of a block has the same shapes), and eagerly (a
+        # compiled graph hides both its saved tensors and its operations).
         meter = SavedTensorMeter(exclude=self.model.parameters())
         recording = meter.record() if self.memory is None else contextlib.nullcontext()
-        with recording, autocast(self.cfg.train.precision, self.device):
-            loss = self.task.loss(self.model, batch, self.block, g).float().mean()
+        count = FlopCount() if self.model_flops_per_step is None else None
+        measuring = self.memory is None or count is not None
+        with count.counting() if count else contextlib.nullcontext():
+            with recording:
+                loss = (self._loss if measuring else self._forward_loss)(batch, g)
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
         n = len(next(iter(batch.values())))
-        if not torch.isfinite(loss):
+        if not finite:
             self.nonfinite_steps += 1
             self.step += 1
             self.optimizer.zero_grad(set_to_none=True)
@@ -92,7 +127,8 @@ class BlockTrainer:
                 raise NonFiniteLoss(f"block {self.block}: loss is {loss.item()} at step "
                                     f"{self.step - 1} (train.nonfinite=stop)")
             return StepStats(self.step, math.nan, False, time.perf_counter() - start, n)
-        loss.backward()
+        if count is not None:
+            self.model_flops_per_step = count.total
         if self.cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
@@ -103,7 +139,13 @@ class BlockTrainer:
         self.step += 1
         value = loss.item()
         self.recent_losses = (self.recent_losses + [value])[-self.cfg.train.log_every:]
-        return StepStats(self.step, value, True, time.perf_counter() - start, n)
+        seconds = time.perf_counter() - start
+        if not measuring:
+            self._fast_steps += 1
+            if self._fast_steps > 1 or not self.cfg.train.compile:  # not the compiling step
+                self.timed_steps += 1
+                self.timed_s += seconds
+        return StepStats(self.step, value, True, seconds, n)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -115,6 +157,16 @@ class BlockTrainer:
         decay = min(decay, (1 + self.step) / (10 + self.step))
         for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             e.lerp_(p, 1 - decay)
+
+    @property
+    def achieved_tflops(self) -> float | None:
+        """Model TFLOP/s over this process's steady steps; None before one was timed."""
+        return achieved_tflops(self.model_flops_per_step, self.timed_steps, self.timed_s)
+
+    @property
+    def mfu(self) -> float | None:
+        """achieved_tflops / the device's dense peak at train.precision (None: CPU, unknown)."""
+        return mfu(self.achieved_tflops, self.peak_tflops)
 
     @property
     def final_loss(self) -> float:

@@ -141,4 +141,9 @@ class BlockRun:
             "memory": t.memory.to_json() if t.memory else None,
             "nonfinite_steps": t.nonfinite_steps,
             "sigma_range": list(t.sigma_range),
+            # forward + backward matmul FLOPs of one step (training/flops.py); the rate over
+            # this process's steady steps; MFU against the device's peak (None: CPU, unknown)
+            "model_flops_per_step": t.model_flops_per_step,
+            "achieved_tflops": t.achieved_tflops,
+            "mfu": t.mfu,
         }

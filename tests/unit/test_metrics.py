@@ -23,6 +23,8 @@ from dbparallel.training.block_trainer import StepStats
 
 class _Trainer:
     memory = None
+    model_flops_per_step = None  # not counted yet
+    peak_tflops = None  # the CPU
 
 
 def _free_port() -> int:
