@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# Everything a CUDA machine checks, in one command (under 8 minutes on one H100):
-#   1. the GPU tests (tests/gpu), 2. the DiT-S/2 benchmark table (benchmarks/gpu_bench.py),
-#   3. per-block peak memory for B = 2..12, 4. the embedded default trained through the CLI on the GPU (local mode, shortened).
-# Needs torch with CUDA; not Ray. omegaconf (for the CLI) is installed from ./.whl if present.
-# Results go to $OUT when set, else benchmarks/results/.
+# What a CUDA machine measures, in one command. Needs torch with CUDA, not Ray (the Ray-free
+# layers only); omegaconf (for the CLI) is installed from ./.whl if present.
+#
+#   bash benchmarks/gpu.sh                  # parts "tests speed": under 9 minutes in all
+#   bash benchmarks/gpu.sh bench sweep      # any parts, in the order given
+#
+# Parts, each under its own time limit; one that fails does not stop the next:
+#   tests  the GPU tests (tests/gpu: CPU/GPU agreement, fused AdamW, MFU, compile), 2 min
+#   speed  benchmarks/gpu_speed.py: DiT-S/2 and DiT-B/2, one block (B=3) and end to end,
+#          tf32 vs bf16, eager vs compiled: step time, samples/s, peak memory, MFU; sampling
+#          with and without compile. Each configuration in its own process, 6.5 min in all
+#   bench  benchmarks/gpu_bench.py: DiT-S/2 memory per block, blocks sharing one card,
+#          sampling against end to end, 5.5 min
+#   sweep  per-block allocator peak for B = 2..12, 1.5 min
+#   train  the embedded default trained through the CLI on the GPU (local mode), 2.5 min
+# Results go to $OUT when set, else benchmarks/results/; exit status 1 if any part failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST=${OUT:-benchmarks/results}
@@ -11,11 +22,30 @@ mkdir -p "$DEST"
 source benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$DEST/gpu_device.txt"
 status=0
-timeout 120 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider 2>&1 | tee "$DEST/gpu_tests.log" || status=1
-timeout 330 python3 benchmarks/gpu_bench.py --out "$DEST/gpu.json" 2>&1 | tee "$DEST/gpu_bench.log" || status=1
-timeout 90 python3 benchmarks/gpu_bench.py --sweep-blocks --out "$DEST/gpu_blocks.json" || status=1
-timeout 150 python3 -m dbparallel train --local runtime.gpus_per_block=1 train.steps=500 \
-  run.dir=/tmp/dbparallel-gpu-run run.name=digits-dit-gpu 2>&1 | tee "$DEST/gpu_train.log" || status=1
-cp /tmp/dbparallel-gpu-run/report.json "$DEST/gpu_train_report.json" 2>/dev/null
-cp /tmp/dbparallel-gpu-run/samples.png "$DEST/gpu_samples.png" 2>/dev/null
+for part in ${*:-tests speed}; do
+  echo "== $part"
+  case $part in
+    tests)
+      timeout 120 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider 2>&1 \
+        | tee "$DEST/gpu_tests.log" || status=1 ;;
+    speed)
+      timeout 400 python3 benchmarks/gpu_speed.py --out "$DEST" --budget-s 380 2>&1 \
+        | tee "$DEST/gpu_speed.log" || status=1 ;;
+    bench)
+      timeout 330 python3 benchmarks/gpu_bench.py --out "$DEST/gpu.json" 2>&1 \
+        | tee "$DEST/gpu_bench.log" || status=1 ;;
+    sweep)
+      timeout 90 python3 benchmarks/gpu_bench.py --sweep-blocks --out "$DEST/gpu_blocks.json" \
+        || status=1 ;;
+    train)
+      timeout 150 python3 -m dbparallel train --local runtime.gpus_per_block=1 \
+        runtime.assembly_gpus=1 train.steps=500 run.dir=/tmp/dbparallel-gpu-run \
+        run.name=digits-dit-gpu 2>&1 | tee "$DEST/gpu_train.log" || status=1
+      cp /tmp/dbparallel-gpu-run/report.json "$DEST/gpu_train_report.json" 2>/dev/null
+      cp /tmp/dbparallel-gpu-run/samples.png "$DEST/gpu_samples.png" 2>/dev/null ;;
+    *)
+      echo "gpu.sh: unknown part '$part' (tests, speed, bench, sweep, train)" >&2
+      status=1 ;;
+  esac
+done
 exit $status

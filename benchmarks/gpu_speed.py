@@ -1,0 +1,340 @@
+"""GPU speed of training and sampling: precision (tf32, bf16) x torch.compile, with MFU.
+
+DiT-S/2 and DiT-B/2 on 32x32x3 images, depth 12, batch 128, synthetic inputs, Ray-free layers
+only (BlockTrainer is what a block actor runs; no Ray, no omegaconf):
+  - training, one block of B=3 (4 layers, its stem and head) and the whole network end to end,
+    each at train.precision tf32 and bf16, eager and with train.compile: step time, samples/s,
+    CUDA allocator peak, model FLOPs per step (training/flops.py), achieved TFLOP/s, MFU
+    against the device's dense peak (training/peaks.py), and the compiling step's time;
+  - sampling, the B=3 blocks composed (50 Euler steps with guidance), eager and with each
+    block's forward compiled: images/s.
+Every configuration runs in its own process under a time limit, so one that fails or hangs
+loses only its own row (``error``); those not started before ``--budget-s`` runs out are
+listed as ``skipped``. Eager configurations run first, then the compiled ones. Rows go to
+``<out>/gpu_speed_<device>.json`` after each configuration, and a plot to the same name .png.
+
+    python benchmarks/gpu_speed.py --out benchmarks/results    # CUDA: about 6 minutes
+    python benchmarks/gpu_speed.py --smoke --out /tmp/smoke    # tiny model, CPU, 2 steps
+    python benchmarks/gpu_speed.py --plot benchmarks/results/gpu_speed_nvidia-h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dbparallel.config import (  # noqa: E402
+    Config,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TrainConfig,
+)
+
+BLOCKS = 3
+MODELS = ("dit-s", "dit-b")
+# seconds a configuration may take (compiling a DiT step takes tens of seconds)
+LIMIT_S = {"eager": 90.0, "compiled": 180.0}
+MIN_START_S = 30.0  # a configuration with less budget left than this is skipped
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One configuration: ``kind`` train | sample; ``scope`` block | e2e (train only)."""
+
+    kind: str
+    model: str
+    scope: str
+    precision: str
+    compiled: bool
+
+    @property
+    def name(self) -> str:
+        mode = "compiled" if self.compiled else "eager"
+        return f"{self.model}/{self.kind}/{self.scope}/{self.precision}/{mode}"
+
+
+def matrix(models: tuple[str, ...] = MODELS) -> list[Spec]:
+    """Every configuration, eager ones first (cheap), bf16 before tf32 among compiled ones."""
+    out = []
+    for compiled in (False, True):
+        precisions = ("bf16", "tf32") if compiled else ("tf32", "bf16")
+        for scope in ("block", "e2e"):
+            for model in models:
+                out += [Spec("train", model, scope, p, compiled) for p in precisions]
+        out += [Spec("sample", model, "blocks", "tf32", compiled) for model in models]
+    return out
+
+
+# ---------------------------------------------------------------------------- one configuration
+@dataclass(frozen=True)
+class Setting:
+    """Where and how long: a CUDA device at full size, or the CPU with a tiny model."""
+
+    device: str = "cuda"
+    image_size: int = 32
+    depth: int = 12  # layers of the whole network
+    batch: int = 128
+    steps: int = 20  # timed training steps at most
+    max_timed_s: float = 8.0  # ... or this long, whichever comes first
+    warmup: int = 2  # steady steps before timing (after the counted and compiling steps)
+    sample_images: int = 256
+    sample_steps: int = 50
+    preset: str | None = None  # override of the model preset (smoke: tiny)
+
+
+SMOKE = Setting("cpu", 8, depth=6, batch=8, steps=2, max_timed_s=5.0, warmup=0,
+                sample_images=4, sample_steps=3, preset="tiny")
+
+
+def config(spec: Spec, s: Setting) -> Config:
+    blocks = 1 if spec.scope == "e2e" else BLOCKS
+    return Config(
+        task="dit", run=RunConfig(name="gpu-speed"),
+        data=DataConfig(source="parquet", path="synthetic", image_size=s.image_size, channels=3),
+        model=ModelConfig(preset=s.preset or spec.model, blocks=blocks, depth=s.depth),
+        train=TrainConfig(batch_size=s.batch, warmup_steps=0, precision=spec.precision,
+                          compile=spec.compiled,
+                          objective="end_to_end" if blocks == 1 else "diffusionblocks"),
+        sample=SampleConfig(steps=s.sample_steps, cfg_scale=2.0),
+    )
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_bytes(device: str) -> int | None:
+    return torch.cuda.max_memory_allocated() if device == "cuda" else None
+
+
+def measure_training(spec: Spec, s: Setting) -> dict[str, Any]:
+    """Step time, samples/s, allocator peak and MFU of block 0 (or the whole network)."""
+    from dbparallel.training.block_trainer import BlockTrainer
+
+    cfg = config(spec, s)
+    trainer = BlockTrainer(cfg, 0, s.device)
+    g = torch.Generator().manual_seed(0)
+    n = cfg.train.batch_size
+    batch = {"image": (torch.rand(n, 3, s.image_size, s.image_size, generator=g) * 2 - 1),
+             "label": torch.randint(0, 10, (n,), generator=g)}
+    batch = {k: v.to(s.device) for k, v in batch.items()}
+    first = trainer.train_step(batch).step_time_s  # eager: counts FLOPs and memory
+    compile_s = trainer.train_step(batch).step_time_s if spec.compiled else None
+    for _ in range(s.warmup):
+        trainer.train_step(batch)
+    _sync(s.device)
+    if s.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start, steps = time.perf_counter(), 0
+    while steps < s.steps and (steps < 2 or time.perf_counter() - start < s.max_timed_s):
+        trainer.train_step(batch)
+        steps += 1
+    _sync(s.device)
+    step_time = (time.perf_counter() - start) / steps
+    flops = trainer.model_flops_per_step
+    achieved = flops / step_time / 1e12 if flops else None
+    return {"params": sum(p.numel() for p in trainer.model.parameters()),
+            "layers": cfg.model.layers_per_block, "batch": n, "timed_steps": steps,
+            "step_time_s": step_time, "samples_per_s": n / step_time,
+            "peak_allocated_bytes": _peak_bytes(s.device), "model_flops_per_step": flops,
+            "achieved_tflops": achieved, "peak_tflops": trainer.peak_tflops,
+            "mfu": achieved / trainer.peak_tflops if achieved and trainer.peak_tflops else None,
+            "first_step_s": first, "compile_step_s": compile_s}
+
+
+@torch.no_grad()
+def measure_sampling(spec: Spec, s: Setting) -> dict[str, Any]:
+    """Images/s of the B blocks composed: sample.steps Euler steps with guidance."""
+    from dbparallel.tasks.image_generation import ImageGeneration
+    from dbparallel.training.precision import set_matmul_precision
+
+    cfg = config(spec, s)
+    set_matmul_precision(spec.precision, s.device)
+    task = ImageGeneration(cfg)
+    nets = [task.build_block(b).to(s.device).eval() for b in range(BLOCKS)]
+    if spec.compiled:
+        for net in nets:
+            net.compile()
+    labels = (torch.arange(s.sample_images) % 10).to(s.device)
+    start = time.perf_counter()
+    task.generate(nets, labels, torch.Generator().manual_seed(0))  # warm-up: same shapes
+    _sync(s.device)
+    warmup_s = time.perf_counter() - start
+    if s.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    task.generate(nets, labels, torch.Generator().manual_seed(1))
+    _sync(s.device)
+    seconds = time.perf_counter() - start
+    return {"images": s.sample_images, "steps": s.sample_steps, "seconds": seconds,
+            "images_per_s": s.sample_images / seconds, "warmup_s": warmup_s,
+            "peak_allocated_bytes": _peak_bytes(s.device)}
+
+
+def measure(spec: Spec, s: Setting) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(0) if s.device == "cuda" else "cpu"
+    row = {"name": spec.name, **asdict(spec), "device": name}
+    if spec.kind == "train":
+        return {**row, **measure_training(spec, s)}
+    return {**row, **measure_sampling(spec, s)}
+
+
+# ---------------------------------------------------------------------------- the matrix
+Runner = Callable[[Spec, float], dict[str, Any]]
+
+
+def subprocess_runner(smoke: bool) -> Runner:
+    """Runs one configuration in a fresh process; a failure or a time-out becomes its row."""
+    def run(spec: Spec, limit_s: float) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "row.json"
+            cmd = [sys.executable, __file__, "--worker", json.dumps(asdict(spec)),
+                   "--row-out", str(out), *(["--smoke"] if smoke else [])]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s)
+            except subprocess.TimeoutExpired:
+                return {"error": f"timed out after {limit_s:.0f} s"}
+            if done.returncode or not out.exists():
+                tail = (done.stderr or done.stdout).strip().splitlines()[-8:]
+                return {"error": f"exit {done.returncode}: " + " | ".join(tail)}
+            return json.loads(out.read_text())
+    return run
+
+
+def run_matrix(specs: list[Spec], runner: Runner, budget_s: float, out: Path,
+               head: dict[str, Any]) -> dict[str, Any]:
+    """Every spec through ``runner`` until the budget runs out; the JSON is rewritten after
+    every row, so what finished survives whatever comes after."""
+    result = {**head, "budget_s": budget_s, "rows": []}
+    deadline = time.monotonic() + budget_s
+    for spec in specs:
+        left = deadline - time.monotonic()
+        base = {"name": spec.name, **asdict(spec)}
+        if left < MIN_START_S:
+            row = {**base, "skipped": f"time budget (--budget-s {budget_s:g}) spent"}
+        else:
+            start = time.monotonic()
+            try:
+                row = {**base, **runner(spec, min(LIMIT_S[_mode(spec)], left))}
+            except Exception as err:  # a broken runner must not lose the other rows
+                row = {**base, "error": f"{type(err).__name__}: {err}"}
+            row["wall_s"] = time.monotonic() - start
+        result["rows"].append(row)
+        print(_line(row), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _mode(spec: Spec) -> str:
+    return "compiled" if spec.compiled else "eager"
+
+
+def _line(row: dict[str, Any]) -> str:
+    name = f"{row['name']:<36}"
+    if "error" in row or "skipped" in row:
+        return f"{name} {'FAILED: ' + row['error'] if 'error' in row else 'skipped'}"
+    if row["kind"] == "sample":
+        return f"{name} {row.get('images_per_s', 0):>9.1f} images/s"
+    mib = (row.get("peak_allocated_bytes") or 0) / 2**20
+    mfu = f"{row['mfu']:.1%}" if row.get("mfu") is not None else "n/a"
+    return (f"{name} {row.get('step_time_s', 0) * 1e3:>8.2f} ms "
+            f"{row.get('samples_per_s', 0):>8.0f} samples/s {mib:>7.0f} MiB "
+            f"{row.get('achieved_tflops') or 0:>7.2f} TFLOP/s MFU {mfu}")
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+
+
+def gpu_name() -> str:
+    """The first GPU's name from nvidia-smi (the driver process holds no CUDA context)."""
+    try:
+        text = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown-gpu"
+    return text.strip().splitlines()[0] if text.strip() else "unknown-gpu"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Training samples/s per configuration (MFU on each bar) and sampling images/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in result["rows"] if "error" not in r and "skipped" not in r]
+    train = [r for r in ok if r["kind"] == "train"]
+    sample = [r for r in ok if r["kind"] == "sample"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.35 * max(len(train), 4) + 1.5),
+                             gridspec_kw={"width_ratios": [2, 1]})
+    for ax, rows, key, label in ((axes[0], train, "samples_per_s", "training samples/s"),
+                                 (axes[1], sample, "images_per_s", "sampling images/s")):
+        ax.barh([r["name"] for r in rows], [r[key] for r in rows], color="tab:blue")
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        for i, r in enumerate(rows):
+            if r.get("mfu") is not None:
+                ax.text(r[key], i, f" MFU {r['mfu']:.0%}", va="center", fontsize=7)
+    missing = len(result["rows"]) - len(ok)
+    fig.suptitle(f"{result['device']}, torch {result['torch']}"
+                 + (f" ({missing} configurations failed or skipped)" if missing else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="benchmarks/results", help="results directory")
+    p.add_argument("--budget-s", type=float, default=390.0, help="time for all configurations")
+    p.add_argument("--only", default="", help="comma-separated parts of the names to run")
+    p.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 2 steps")
+    p.add_argument("--plot", default="", metavar="JSON", help="only draw the plot of a result")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    p.add_argument("--row-out", default="", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    setting = SMOKE if args.smoke else Setting()
+    if args.worker:
+        row = measure(Spec(**json.loads(args.worker)), setting)
+        Path(args.row_out).write_text(json.dumps(row))
+        return
+    if args.plot:
+        plot(json.loads(Path(args.plot).read_text()), Path(args.plot).with_suffix(".png"))
+        return
+    if not args.smoke and not torch.cuda.is_available():
+        sys.exit("gpu_speed: no CUDA device (use --smoke to check the script on the CPU)")
+    device = "cpu (smoke)" if args.smoke else gpu_name()
+    specs = matrix(("tiny",) if args.smoke else MODELS)
+    if args.only:
+        specs = [s for s in specs if any(part in s.name for part in args.only.split(","))]
+    out = Path(args.out) / f"gpu_speed_{slug(device)}.json"
+    head = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
+            "blocks": BLOCKS, "setting": asdict(setting)}
+    result = run_matrix(specs, subprocess_runner(args.smoke), args.budget_s, out, head)
+    try:
+        plot(result, out.with_suffix(".png"))
+    except ImportError:
+        print("gpu_speed: matplotlib is not installed; draw later with --plot", file=sys.stderr)
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()

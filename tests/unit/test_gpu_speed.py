@@ -1,0 +1,93 @@
+"""benchmarks/gpu_speed.py on the CPU: its rows, its fail-soft matrix and its plot.
+
+No timing is asserted: the numbers are the GPU's to give; here only their shape and the
+invariants between them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import gpu_speed  # noqa: E402
+from benchmarks.gpu_speed import SMOKE, Spec  # noqa: E402
+
+
+def test_matrix_covers_models_scopes_precisions_and_compile() -> None:
+    specs = gpu_speed.matrix()
+    train = {(s.model, s.scope, s.precision, s.compiled) for s in specs if s.kind == "train"}
+    assert len(train) == 2 * 2 * 2 * 2 == len([s for s in specs if s.kind == "train"])
+    assert {(s.model, s.compiled) for s in specs if s.kind == "sample"} == {
+        (m, c) for m in ("dit-s", "dit-b") for c in (False, True)}
+    first_compiled = next(i for i, s in enumerate(specs) if s.compiled)
+    assert not any(s.compiled for s in specs[:first_compiled])  # eager (cheap) ones first
+    assert all(s.compiled for s in specs[first_compiled:])
+
+
+def test_training_row_on_cpu() -> None:
+    row = gpu_speed.measure(Spec("train", "tiny", "block", "tf32", False), SMOKE)
+    assert row["device"] == "cpu" and row["layers"] == 2 and row["timed_steps"] == 2
+    assert row["samples_per_s"] == pytest.approx(SMOKE.batch / row["step_time_s"])
+    assert row["achieved_tflops"] == pytest.approx(
+        row["model_flops_per_step"] / row["step_time_s"] / 1e12)
+    assert row["mfu"] is None and row["peak_allocated_bytes"] is None  # the CPU
+    assert row["compile_step_s"] is None
+    e2e = gpu_speed.measure(Spec("train", "tiny", "e2e", "bf16", False), SMOKE)
+    assert e2e["layers"] == 6 and e2e["model_flops_per_step"] > row["model_flops_per_step"]
+
+
+def test_sampling_row_on_cpu() -> None:
+    row = gpu_speed.measure(Spec("sample", "tiny", "blocks", "tf32", False), SMOKE)
+    assert row["images"] == SMOKE.sample_images and row["images_per_s"] > 0
+
+
+def test_a_failing_configuration_loses_only_its_row(tmp_path: Path) -> None:
+    specs = [Spec("train", "m", "block", "tf32", False), Spec("train", "m", "e2e", "tf32", False),
+             Spec("sample", "m", "blocks", "tf32", True)]
+
+    def runner(spec: Spec, limit_s: float) -> dict:
+        assert limit_s == gpu_speed.LIMIT_S["compiled" if spec.compiled else "eager"]
+        if spec.scope == "e2e":
+            raise RuntimeError("CUDA out of memory")
+        return {"samples_per_s": 1.0}
+
+    out = tmp_path / "r.json"
+    result = gpu_speed.run_matrix(specs, runner, 600, out, {"device": "x", "torch": "t"})
+    rows = json.loads(out.read_text())["rows"]
+    assert rows == result["rows"] and [r["name"] for r in rows] == [s.name for s in specs]
+    assert rows[1]["error"] == "RuntimeError: CUDA out of memory"
+    assert rows[0]["samples_per_s"] == rows[2]["samples_per_s"] == 1.0
+
+
+def test_configurations_past_the_budget_are_skipped(tmp_path: Path) -> None:
+    specs = gpu_speed.matrix(("m",))
+    result = gpu_speed.run_matrix(specs, lambda spec, limit: {}, 0, tmp_path / "r.json",
+                                  {"device": "x", "torch": "t"})
+    assert all("skipped" in r for r in result["rows"]) and len(result["rows"]) == len(specs)
+
+
+def test_plot_of_rows_with_failures(tmp_path: Path) -> None:
+    rows = [{"name": "a", "kind": "train", "samples_per_s": 10.0, "mfu": 0.4},
+            {"name": "b", "kind": "train", "samples_per_s": 5.0, "mfu": None},
+            {"name": "c", "kind": "sample", "images_per_s": 3.0},
+            {"name": "d", "kind": "train", "error": "exit 1"}]
+    gpu_speed.plot({"device": "x", "torch": "t", "rows": rows}, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end(tmp_path: Path) -> None:
+    # every configuration in its own process, compiled ones too (minutes on 2 cores)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_speed.py"), "--smoke",
+                    "--out", str(tmp_path)], check=True, timeout=900)
+    result = json.loads((tmp_path / "gpu_speed_cpu-smoke.json").read_text())
+    assert len(result["rows"]) == len(gpu_speed.matrix(("tiny",)))
+    assert not [r for r in result["rows"] if "error" in r or "skipped" in r]
+    assert (tmp_path / "gpu_speed_cpu-smoke.png").is_file()
