@@ -158,7 +158,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     storage = Storage(args.run_dir)
     if not storage.exists(CONFIG_FILE):
         raise UserError(f"{args.run_dir}: not a run directory (no {CONFIG_FILE})")
-    png = plot_curves(storage)
+    against = None
+    if args.against:
+        against = Storage(args.against)
+        if not against.exists(CONFIG_FILE):
+            raise UserError(f"--against {args.against}: not a run directory (no {CONFIG_FILE})")
+    png = plot_curves(storage, against)
     if args.out:
         try:
             with open(args.out, "wb") as f:
@@ -203,6 +208,9 @@ def parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("plot", help="draw a run's loss and assembly curves (curves.png)")
     pc.add_argument("run_dir")
     pc.add_argument("--out", default="", help="PNG file to write (default: RUN_DIR/curves.png)")
+    pc.add_argument("--against", default="", metavar="BASELINE_DIR",
+                    help="draw this run's loss per noise level too (e.g. the end-to-end run "
+                         "of `dbparallel baseline`)")
     pc.set_defaults(func=cmd_plot)
 
     add_parsers(sub)

@@ -336,9 +336,31 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return asdict(cfg)
 
 
+# Identity keys added after run directories existed, with the value that reproduces how those
+# runs trained: a stored config without the key is read with it.
+LEGACY_VALUES = {"model.ar_readout": "direct"}
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored config dict (config.yaml, a checkpoint's meta) with every key of
+    LEGACY_VALUES it lacks set to the value it trained with."""
+    flat = _flatten(data)
+    out = json.loads(json.dumps(data))  # a deep copy of plain data
+    for key, value in LEGACY_VALUES.items():
+        if key in flat:
+            continue
+        *path, leaf = key.split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
 def identity(cfg: Config | dict[str, Any]) -> dict[str, Any]:
-    """Flat dotted keys that must agree between blocks of one network."""
-    flat = _flatten(cfg if isinstance(cfg, dict) else to_dict(cfg))
+    """Flat dotted keys that must agree between blocks of one network (a stored dict is
+    read with the keys added since: ``upgrade``)."""
+    flat = _flatten(upgrade(cfg) if isinstance(cfg, dict) else to_dict(cfg))
     return {k: v for k, v in flat.items()
             if (k.split(".")[0] in IDENTITY_SECTIONS or k in IDENTITY_KEYS)
             and k not in NOT_IDENTITY}
@@ -435,10 +457,11 @@ def _omegaconf_reason(err: Exception) -> str:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config from ``to_dict`` output (e.g. a run directory's config.yaml)."""
+    """Rebuild a Config from ``to_dict`` output (e.g. a run directory's config.yaml, keys
+    added since it was written set as it trained: ``upgrade``)."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), upgrade(data)))
     assert isinstance(cfg, Config)
     return cfg
 

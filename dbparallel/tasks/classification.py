@@ -88,18 +88,28 @@ class Classification:
     def predict(self, nets: list[ViTBlock], images: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
         """Logits (N, classes) of the composed chain for images (N, C, H, W) in [-1, 1]."""
-        n, device = len(images), images.device
         if self.end_to_end:
             F_x, c = nets[0](images)
             return nets[0].classify(F_x, c)
+        return self.predict_steps(nets, images, generator)[-1][2]
+
+    @torch.no_grad()
+    def predict_steps(self, nets: list[ViTBlock], images: torch.Tensor,
+                      generator: torch.Generator) -> list[tuple[float, int, torch.Tensor]]:
+        """(sigma, block, logits (N, classes)) of every step of the chain; the last step's
+        logits are the prediction."""
+        n, device = len(images), images.device
         E = self.E.to(device)
         sigmas = [float(s) for s in self.inference_sigmas()]
         z = sigmas[0] * torch.randn(n, E.shape[1], generator=generator).to(device)  # (N, D)
+        steps = []
         for sigma, sigma_next in zip(sigmas, sigmas[1:] + [None], strict=True):
-            net = nets[self.partition.owner(sigma)]
-            _, logits = self.denoise(net, images, z, torch.full((n,), sigma, device=device))
+            block = self.partition.owner(sigma)
+            _, logits = self.denoise(nets[block], images, z,
+                                     torch.full((n,), sigma, device=device))
+            steps.append((sigma, block, logits))
             if sigma_next is None:
                 break
             D = logits.softmax(dim=1) @ E  # expected embedding, (N, D)
             z = z + (sigma_next - sigma) * (z - D) / sigma  # Euler step of the PF-ODE
-        return logits
+        return steps

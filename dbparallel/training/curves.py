@@ -1,5 +1,7 @@
-"""curves.png of a run: each block's training loss over its steps and, where assemblies ran,
-the composed network's metrics over training (from the files of training/history.py)."""
+"""curves.png of a run: each block's training loss over its steps, where assemblies ran the
+composed network's metrics over training (from the files of training/history.py) and, after
+the final assembly, its loss per noise level by block (diagnostics.json), against an
+end-to-end run's when one is given."""
 
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def plot_curves(storage: Storage) -> bytes:
-    """The PNG of the run in ``storage``; RunDirError if no block has written its history."""
+def plot_curves(storage: Storage, against: Storage | None = None) -> bytes:
+    """The PNG of the run in ``storage`` (with ``against``'s diagnostics, e.g. the
+    end-to-end baseline's, beside its own); RunDirError if no block has written its history."""
     history = read_history(storage)
     if not history:
         raise RunDirError(f"{storage.uri()}: no training history yet (each block writes "
@@ -34,10 +37,13 @@ def plot_curves(storage: Storage) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    columns = max(1, len(keys))
-    fig = Figure(figsize=(max(8.0, 3.5 * columns), 8.0 if keys else 4.5), dpi=100)
+    diagnostics = _diagnostics(storage)
+    baseline = _diagnostics(against) if against is not None else None
+    columns = max(1, len(keys), 2 if diagnostics and diagnostics.get("chain_accuracy") else 1)
+    rows = 1 + bool(keys) + bool(diagnostics)
+    fig = Figure(figsize=(max(8.0, 3.5 * columns), 4.0 * rows + 0.5), dpi=100)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2 if keys else 1, columns)
+    grid = fig.add_gridspec(rows, columns)
     ax = fig.add_subplot(grid[0, :])
     losses = []
     for block, records in sorted(history.items()):
@@ -69,11 +75,67 @@ def plot_curves(storage: Storage) -> bytes:
         panel.set_ylabel(key)
         panel.set_title(f"assembly: {key}")
         panel.grid(alpha=0.3)
+    if diagnostics:
+        chain = bool(diagnostics.get("chain_accuracy"))
+        _draw_diagnostics(fig, grid[rows - 1, 0] if chain else grid[rows - 1, :],
+                          diagnostics, baseline)
+        if chain:
+            _draw_chain(fig.add_subplot(grid[rows - 1, 1]), diagnostics["chain_accuracy"])
     fig.suptitle(storage.uri())
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _diagnostics(storage: Storage) -> dict | None:
+    from dbparallel.training.eval.diagnostics import FILE
+
+    if not storage.exists(FILE):
+        return None
+    found = storage.read_json(FILE)
+    return found if found.get("loss_by_noise") else None
+
+
+def _draw_diagnostics(fig: Any, where: Any, diagnostics: dict, baseline: dict | None) -> None:
+    """Unweighted loss per noise bin, one colour per block, and the baseline's dashed."""
+    ax = fig.add_subplot(where)
+    log_x = diagnostics.get("noise") != "t"
+
+    def centre(row: dict) -> float:
+        return math.sqrt(row["lo"] * row["hi"]) if log_x else (row["lo"] + row["hi"]) / 2
+
+    bins = diagnostics["loss_by_noise"]
+    for block in sorted({row["block"] for row in bins}):
+        mine = [row for row in bins if row["block"] == block]
+        ax.plot([centre(r) for r in mine], [r["unweighted_loss"] for r in mine], marker="o",
+                label=f"block {block}")
+    if baseline:
+        other = baseline["loss_by_noise"]
+        ax.plot([centre(r) for r in other], [r["unweighted_loss"] for r in other], "k--",
+                marker="x", label="end to end (--against)")
+    if log_x:
+        ax.set_xscale("log")
+    values = [r["unweighted_loss"] for r in bins]
+    if min(values) > 0 and max(values) / min(values) > 10:
+        ax.set_yscale("log")
+    ax.invert_xaxis()  # the chain runs from high noise to low
+    ax.set_xlabel(f"noise level {diagnostics.get('noise', 'sigma')} (the chain runs left to "
+                  f"right)")
+    ax.set_ylabel("denoising loss, unweighted (held-out rows)")
+    ax.set_title("composed network: loss per noise level, by block")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def _draw_chain(ax: Any, steps: list[dict]) -> None:
+    ax.plot([s["step"] for s in steps], [s["accuracy"] for s in steps], marker="o")
+    for s in steps:
+        ax.annotate(f"block {s['block']}", (s["step"], s["accuracy"]), fontsize="small")
+    ax.set_xlabel("step of the chain (high noise to low)")
+    ax.set_ylabel("accuracy of the readout")
+    ax.set_title("ViT chain: accuracy after each step")
+    ax.grid(alpha=0.3)
 
 
 def write_curves(storage: Storage) -> bool:

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from dbparallel.config import Config, config_hash, identity_diff, to_dict
+from dbparallel.config import Config, identity_diff, to_dict
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RunDirError
 from dbparallel.tasks.base import Batch
@@ -57,8 +57,8 @@ class BlockRun:
             self._check_unreadable()
             return 0
         meta = state["meta"]
-        if meta["config_hash"] != config_hash(self.cfg):
-            keys = identity_diff(meta["config"], to_dict(self.cfg))
+        keys = identity_diff(meta["config"], to_dict(self.cfg))
+        if keys:
             raise RunDirError(
                 f"block {self.trainer.block}: the run directory was trained with other values "
                 f"of {', '.join(keys)}; use a new run.dir or the original values")

@@ -84,6 +84,14 @@ class Network:
         metrics["block_steps_min"] = min(self.steps)
         return metrics
 
+    def diagnose(self, index: DataIndex) -> dict:
+        """Where quality is lost: the loss per noise level, block by block, on held-out rows
+        of ``index`` (and ViT's accuracy after each step); training/eval/diagnostics.py."""
+        from dbparallel.training.eval.diagnostics import diagnose, held_out_batch
+
+        batch = held_out_batch(self.task, index, self.device)
+        return diagnose(self.cfg, self.task, self.blocks, batch)
+
     def artifact(self, index: DataIndex | None = None) -> tuple[str, bytes]:
         """(file name, contents) of the run's sample artifact (samples.png, ...)."""
         from dbparallel.training.eval import sample_artifact

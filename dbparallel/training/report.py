@@ -24,4 +24,10 @@ def build_report(cfg: Config, per_block: list[dict[str, Any]], assembly: dict[st
 
 
 def write_report(storage: Storage, report: dict[str, Any]) -> None:
+    """Write report.json; the final assembly's diagnostics (diagnostics.json) go into it as
+    ``diagnostics`` (into ``report`` too)."""
+    from dbparallel.training.eval.diagnostics import FILE
+
+    if report.get("assembly") and storage.exists(FILE):
+        report["diagnostics"] = storage.read_json(FILE)
     storage.write_json("report.json", report)

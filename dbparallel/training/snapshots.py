@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from dbparallel.config import Config, config_hash, identity_diff, to_dict
+from dbparallel.config import Config, identity_diff, to_dict
 from dbparallel.errors import RunDirError
 from dbparallel.tasks import build_task
 from dbparallel.training.checkpoint import BlockCheckpoints
@@ -41,8 +41,8 @@ def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> li
         if meta["block"] != b or meta["task"] != cfg.task:
             raise RunDirError(f"block {b}: snapshot is of block {meta['block']} of task "
                               f"{meta['task']!r}, expected block {b} of task {cfg.task!r}")
-        if meta["config_hash"] != config_hash(cfg):
-            keys = identity_diff(meta["config"], to_dict(cfg))
+        keys = identity_diff(meta["config"], to_dict(cfg))
+        if keys:
             raise RunDirError(f"block {b}: trained with other values of {', '.join(keys)}")
         if meta["partition"] != partition:
             raise RunDirError(f"block {b}: its noise partition {meta['partition']['ranges']} "

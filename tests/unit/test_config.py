@@ -76,3 +76,15 @@ def test_cli_exit_code_2_on_config_error(capsys) -> None:
     assert main(["train", "model.depth=7"]) == 2
     err = capsys.readouterr().err
     assert "model.depth" in err and "Traceback" not in err
+
+
+def test_a_stored_config_without_a_later_key_reads_as_it_trained() -> None:
+    from dbparallel.config import from_dict, identity_diff, to_dict
+
+    old = to_dict(load_config([], ["task=ar", "data.source=shakespeare"]))
+    del old["model"]["ar_readout"]  # written before the key existed: it trained "direct"
+    cfg = from_dict(old)
+    assert cfg.model.ar_readout == "direct"
+    assert identity_diff(old, to_dict(cfg)) == []  # its checkpoints still belong to it
+    assert identity_diff(old, to_dict(load_config([], ["task=ar", "data.source=shakespeare"]))
+                         ) == ["model.ar_readout"]  # today's default is another network

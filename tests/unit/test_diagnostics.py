@@ -1,0 +1,90 @@
+"""diagnostics.json: the composed network's loss per noise level by block, and ViT's chain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import dbparallel
+from dbparallel import cli
+from dbparallel.config import load_config
+from dbparallel.core.losses import weighted_mse
+from dbparallel.runtime.local import run_local
+from dbparallel.training.eval.diagnostics import BINS, bins, diagnose, held_out_batch
+from dbparallel.training.run_dir import run_data
+from dbparallel.training.seeding import generator
+from dbparallel.training.storage import Storage
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["train.steps=4", "train.checkpoint_every=4", "train.log_every=2", "metrics.port=0",
+        "sample.steps=4"]
+
+
+def _run(tmp_path: Path, *extra: str) -> tuple[dict, Path]:
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [f"run.dir={tmp_path}", *FAST, *extra])
+    return run_local(cfg, None, progress=False), tmp_path
+
+
+def test_a_run_reports_its_loss_per_noise_level_by_block(tmp_path: Path) -> None:
+    report, run_dir = _run(tmp_path / "db", "model.blocks=2", "model.depth=2")
+    on_disk = json.loads((run_dir / "diagnostics.json").read_text())
+    assert report["diagnostics"] == on_disk
+    rows = on_disk["loss_by_noise"]
+    assert len(rows) == BINS and on_disk["noise"] == "sigma"
+    # contiguous bins from sigma_max down to sigma_min, each owned by the block of its range
+    assert rows[0]["hi"] == 80.0 and rows[-1]["lo"] == 0.002
+    assert all(a["lo"] == pytest.approx(b["hi"]) for a, b in zip(rows, rows[1:], strict=False))
+    assert [r["block"] for r in rows] == [0] * (BINS // 2) + [1] * (BINS // 2)
+    assert all(r["unweighted_loss"] > 0 and r["loss"] > 0 for r in rows)
+
+
+def test_the_unweighted_loss_is_the_denoising_error_at_the_tasks_own_sigma(tmp_path) -> None:
+    _, run_dir = _run(tmp_path / "db", "model.blocks=2", "model.depth=2")
+    net = dbparallel.load(run_dir)
+    batch = held_out_batch(net.task, run_data(net.cfg, Storage(str(run_dir))), "cpu")
+    found = diagnose(net.cfg, net.task, net.blocks, batch)["loss_by_noise"]
+    k = 5  # one bin, recomputed by hand: the DiT loss's own draws in its own order
+    lo, hi = bins(net.cfg, net.task).ranges[k]
+    g = generator(net.cfg.run.seed, "diagnostics", k)
+    y, labels = batch["image"], batch["label"]
+    sigma = net.task.noise.sample(len(y), lo, hi, g)
+    eps = torch.randn(y.shape, generator=g)
+    dropped = torch.rand(len(y), generator=g) < net.cfg.train.label_dropout
+    labels = torch.where(dropped, torch.full_like(labels, net.task.null_label), labels)
+    with torch.no_grad():
+        D = net.task.denoise(net.blocks[found[k]["block"]], y + sigma.view(-1, 1, 1, 1) * eps,
+                             sigma, labels)
+    mse = weighted_mse(D, y, torch.ones(len(y)))
+    assert found[k]["unweighted_loss"] == pytest.approx(float(mse.mean()), rel=1e-5)
+
+
+def test_vit_reports_the_accuracy_after_each_step_of_its_chain(tmp_path: Path) -> None:
+    report, _ = _run(tmp_path / "vit", "task=vit", "model.patch_size=4")
+    chain = report["diagnostics"]["chain_accuracy"]
+    assert [s["block"] for s in chain] == [0, 1] and chain[0]["sigma"] == 80.0
+    assert all(0 <= s["accuracy"] <= 1 for s in chain)
+    net = dbparallel.load(tmp_path / "vit")
+    images = torch.rand(6, 1, 8, 8) * 2 - 1
+    g1, g2 = (generator(0, "x") for _ in range(2))
+    assert torch.equal(net.task.predict(net.blocks, images, g1),
+                       net.task.predict_steps(net.blocks, images, g2)[-1][2])
+
+
+def test_an_end_to_end_classifier_has_no_noise_levels(tmp_path: Path) -> None:
+    report, _ = _run(tmp_path / "e2e", "task=vit", "model.patch_size=4", "model.blocks=1",
+                     "train.objective=end_to_end")
+    assert report["diagnostics"]["loss_by_noise"] == []
+
+
+def test_plot_draws_a_run_against_its_baseline(tmp_path: Path, capsys) -> None:
+    _run(tmp_path / "db", "model.blocks=2", "model.depth=2")
+    _run(tmp_path / "e2e", "model.blocks=1", "model.depth=2", "train.objective=end_to_end")
+    out = tmp_path / "c.png"
+    assert cli.main(["plot", str(tmp_path / "db"), "--against", str(tmp_path / "e2e"),
+                     "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["plot", str(tmp_path / "db"), "--against", str(tmp_path / "nope")]) == 2
+    assert "--against" in capsys.readouterr().err
