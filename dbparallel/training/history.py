@@ -6,7 +6,9 @@ steps, and a line per assembly.
   the last step), ``samples_per_s`` (samples over the seconds spent reading batches and
   stepping since the previous line; checkpoint writes and idle time left out),
   ``nonfinite_steps`` (so far), ``sigma_lo``, ``sigma_hi`` (the block's noise range, with
-  overlap) and ``time`` (Unix seconds).
+  overlap), ``noise_min``, ``noise_median``, ``noise_max`` (of the noise levels drawn since
+  the previous line: sigma, for MDM the masking time t; absent where the loss draws none) and
+  ``time`` (Unix seconds).
 - ``assembly.jsonl``, written by the driver alone: ``step`` (the lowest step among the block
   snapshots composed), the assembly's metrics, ``wall_s`` (seconds since the driver started).
 
@@ -71,6 +73,7 @@ class BlockHistory:
         # whole object is rewritten from the records held here, a few hundred bytes a line.
         self.records = [] if storage.is_local else kept
         self._samples, self._seconds = 0, 0.0
+        self._last_step = kept[-1]["step"] if kept else 0  # the previous line's step
 
     def observe(self, stats: StepStats, seconds: float) -> None:
         """Count a step that took ``seconds`` of wall time (reading its batch included)."""
@@ -88,8 +91,11 @@ class BlockHistory:
             "nonfinite_steps": trainer.nonfinite_steps,
             "sigma_lo": trainer.sigma_range[0],
             "sigma_hi": trainer.sigma_range[1],
+            # the noise levels drawn since the previous line (sigma; MDM: masking time t)
+            **(trainer.noise_stats(range(max(0, self._last_step), trainer.step)) or {}),
             "time": round(time.time(), 3),
         }
+        self._last_step = trainer.step
         self._samples, self._seconds = 0, 0.0
         if self.storage.is_local:
             path = self.storage.path(self.path)

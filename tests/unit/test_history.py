@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from dbparallel.cli import main
@@ -44,7 +45,8 @@ def _lines(storage: Storage, block: int) -> list[dict]:
 
 def _same(record: dict) -> tuple:
     """What a replayed step reproduces exactly (wall time and rates differ)."""
-    return record["step"], record["loss"], record["lr"], record["nonfinite_steps"]
+    return (record["step"], record["loss"], record["lr"], record["nonfinite_steps"],
+            record["noise_min"], record["noise_median"], record["noise_max"])
 
 
 def test_a_local_run_writes_each_blocks_history_its_assembly_and_curves(tmp_path) -> None:
@@ -190,3 +192,33 @@ def test_dbparallel_plot(tmp_path, capsys) -> None:
     assert out.read_bytes()[:8] == PNG
     assert main(["plot", run_dir, "--out", str(tmp_path / "missing" / "x.png")]) == 2
     assert storage.exists(ASSEMBLY_FILE)
+
+
+def test_the_noise_statistics_are_the_levels_the_loss_drew(tmp_path) -> None:
+    """A line's noise_* are those of the sigmas the task's loss drew at its steps."""
+    from dbparallel.training.block_trainer import BlockTrainer
+
+    cfg = _cfg(tmp_path / "run", "train.steps=4", "train.log_every=2")
+    trainer = BlockTrainer(cfg, 1)
+    drawn = []
+    original = trainer.task.noise
+
+    class Spy:  # the noise the loss sees, recording what it draws
+        def __getattr__(self, name):
+            return getattr(original, name)
+
+        def sample(self, *args, **kwargs):
+            drawn.append(original.sample(*args, **kwargs))
+            return drawn[-1]
+
+    batch = trainer.task.example_batch(cfg.train.batch_size, "cpu")
+    trainer.task.noise = Spy()
+    for _ in range(2):
+        trainer.train_step(batch)
+    trainer.task.noise = original
+    seen = torch.cat(drawn)
+    lo, hi = trainer.sigma_range
+    assert lo <= float(seen.min()) and float(seen.max()) <= hi
+    assert trainer.noise_stats(range(0, 2)) == {
+        "noise_min": float(seen.min()), "noise_median": float(seen.median()),
+        "noise_max": float(seen.max())}
