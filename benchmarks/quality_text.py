@@ -39,7 +39,7 @@ from benchmarks.common import (  # noqa: E402
     parser,
     quality_table,
 )
-from dbparallel.config import load_config  # noqa: E402
+from dbparallel.config import AR_READOUTS, ModelConfig, load_config  # noqa: E402
 from dbparallel.runtime.local import run_local  # noqa: E402
 
 METRICS = {"mdm": ("bpc",),
@@ -145,7 +145,7 @@ def memory_rows(recipe: str, base: list[str]) -> list[dict[str, Any]]:
 
 
 def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path,
-        readouts: tuple[str, ...] = ("paper",)) -> dict[str, Any]:
+        readouts: tuple[str, ...] = (ModelConfig().ar_readout,)) -> dict[str, Any]:
     """Every (task, method, B, readout) of ``size``; rows in the shape of quality_text.json."""
     rows: list[dict[str, Any]] = []
     for task in tasks:
@@ -191,6 +191,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax, (task, metric) in zip(axes[:2], (("mdm", "bpc"), ("ar", "gen_ppl")), strict=True):
         sel = [r for r in rows if r["task"] == task and r["metric"] == metric]
         db = [r for r in sel if r["method"] == "diffusionblocks"]
+        if not sel:  # the task was not run
+            ax.set_visible(False)
+            continue
         for readout in dict.fromkeys(r.get("readout") for r in db):
             line = [r for r in db if r.get("readout") == readout]
             ax.plot([r["blocks"] for r in line], [r["value"] for r in line], "o-",
@@ -227,8 +230,9 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["mdm", "ar", "looped"], choices=sorted(METRICS))
     p.add_argument("--blocks", nargs="+", type=int, default=[2, 3, 4])
     p.add_argument("--runs-dir", default="", help="keep the run directories here")
-    p.add_argument("--ar-readouts", nargs="+", default=["paper"], choices=["paper", "direct"],
-                   help="model.ar_readout values of the ar and looped denoisers")
+    p.add_argument("--ar-readouts", nargs="+", default=[ModelConfig().ar_readout],
+                   choices=AR_READOUTS, help="model.ar_readout values of the ar and looped "
+                   "denoisers (default: the config's)")
     p.add_argument("--name", default="quality_text",
                    help="results file name: <out>/<name>.json and .png")
     args = p.parse_args()

@@ -100,9 +100,9 @@ class ModelConfig:
     mlp_ratio: float | None = None  # MLP width / hidden; None = from the preset
     patch_size: int = 2  # image patch side, pixels
     loop_iterations: int = 8  # K, applications of the looped core (task=looped)
-    # ar, looped: logits read from D = c_skip z + c_out F in embedding space (paper), or from
-    # the layers' output at the noisy token (direct); docs/method.md, AR readout
-    ar_readout: str = "paper"
+    # ar, looped: logits read from the layers' output at the noisy token (direct), or from
+    # D = c_skip z + c_out F in embedding space (paper); docs/method.md, AR readout
+    ar_readout: str = "direct"
 
     def __post_init__(self) -> None:
         _choice(self.preset, "model.preset", PRESETS)

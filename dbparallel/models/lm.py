@@ -83,12 +83,13 @@ class MaskedLMBlock(TextBlock):
 class ARBlock(TextBlock):
     """Denoiser of token embeddings given the clean prefix; ``E`` None = plain causal LM.
 
-    ``readout="paper"``: the noisy tokens' outputs pass a final norm and are the backbone F of
-    the EDM denoiser in embedding space; the task forms D = c_skip z + c_out F and ``classify``
-    reads the logits from D. ``"direct"``: ``classify`` reads them from the layers' output."""
+    ``readout="direct"``: ``classify`` reads the logits from the layers' output at the noisy
+    tokens. ``"paper"``: those outputs pass a final norm and are the backbone F of the EDM
+    denoiser in embedding space; the task forms D = c_skip z + c_out F and ``classify`` reads
+    the logits from D."""
 
     def __init__(self, dims: ModelDims, vocab_size: int, E: torch.Tensor | None = None,
-                 readout: str = "paper"):
+                 readout: str = "direct"):
         super().__init__(dims, vocab_size, vocab_size)
         self.clean_cond = nn.Parameter(torch.zeros(dims.hidden))
         self.denoiser = E is not None

@@ -3,13 +3,13 @@
 Target y_i = E[x_i], a row of the frozen unit-norm table E; block b denoises
 z_i = y_i + sigma * eps_i given the clean tokens before i, for sigma in its equi-probability
 range, with loss w(sigma) * CE(logits_i, x_i), w = 1/c_out^2 per sample. The logits are read
-from the denoiser D = c_skip z + c_out F(c_in z) in embedding space (``model.ar_readout=paper``)
-or from the layers' output directly (``direct``). One forward pass trains every position: the
-sequence is [clean; noisy] (2T) under the mask of ``models.lm.ar_mask``. Each new token is an
-Euler ODE solve from sigma_max, every step run by the block that owns its sigma, with the
-expected embedding softmax(logits) @ E as the step's denoised state; the final logits at
-sigma_min give the token. The end-to-end baseline is a standard causal transformer trained
-with next-token cross-entropy.
+from the layers' output F(c_in z) directly (``model.ar_readout=direct``, the default: it
+measured better) or from the denoiser D = c_skip z + c_out F in embedding space (``paper``).
+One forward pass trains every position: the sequence is [clean; noisy] (2T) under the mask of
+``models.lm.ar_mask``. Each new token is an Euler ODE solve from sigma_max, every step run by
+the block that owns its sigma, with the expected embedding softmax(logits) @ E as the step's
+denoised state; the final logits at sigma_min give the token. The end-to-end baseline is a
+standard causal transformer trained with next-token cross-entropy.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def _inputs(n: int = 4, T: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_paper_readout_reads_the_logits_from_D() -> None:
-    task = _task()
+    task = _task("model.ar_readout=paper")
     net = _perturbed(task.build_block(0))
     ids, z = _inputs(2)
     cache = net.clean(ids)[1]
@@ -54,7 +54,8 @@ def test_paper_readout_reads_the_logits_from_D() -> None:
 
 
 def test_direct_readout_reads_the_logits_from_the_layers() -> None:
-    task = _task("model.ar_readout=direct")
+    task = _task()  # the default
+    assert task.readout == "direct"
     net = _perturbed(task.build_block(0))
     assert not hasattr(net, "final_norm")
     ids, z = _inputs(2)
