@@ -101,13 +101,15 @@ def mib(n: float) -> str:
 
 def quality_table(result: dict[str, Any], task_width: int = 5, metric_width: int = 16,
                   value_width: int = 10) -> str:
-    """The rows of a quality benchmark (task, method, blocks, metric, value, layer-steps,
-    wall time) as a text table."""
+    """The rows of a quality benchmark (task, method with its variant and seed if any,
+    blocks, metric, value, layer-steps, wall time) as a text table."""
     t, m, v = task_width, metric_width, value_width
-    lines = [f"{'task':<{t}} {'method':<16} {'B':>2} {'metric':<{m}} {'value':>{v}} "
+    lines = [f"{'task':<{t}} {'method':<28} {'B':>2} {'metric':<{m}} {'value':>{v}} "
              f"{'layer-steps':>12} {'wall s':>8}"]
     for r in result["rows"]:
-        lines.append(f"{r['task']:<{t}} {r['method']:<16} {r['blocks']:>2} {r['metric']:<{m}} "
+        method = r["method"] + (f" {r['variant']}" if r.get("variant") else "") \
+            + (f" s{r['seed']}" if r.get("seed") else "")
+        lines.append(f"{r['task']:<{t}} {method:<28} {r['blocks']:>2} {r['metric']:<{m}} "
                      f"{r['value']:>{v}.4g} {r['train_layer_steps']:>12,} "
                      f"{r['wall_time_s']:>8.0f}")
     return "\n".join(lines)

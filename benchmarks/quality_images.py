@@ -8,6 +8,10 @@ through ``runtime.local`` (blocks one after another), so ``wall_time_s`` is the 
 training plus evaluation; how B concurrent actors shorten it is benchmarks' throughput business.
 
     python benchmarks/quality_images.py [--gpu] [--tasks vit dit] [--blocks 2 3 4] [--quick]
+        [--variants default learned log_uniform steps=6:3:1 ...] [--seeds 0 1] [--name NAME]
+
+Each ``--variants`` entry (benchmarks/quality_variants.py) is a DiffusionBlocks row of its own
+at the same layer-steps; ``--name`` names the results file (default quality_images).
 
 The CPU default takes about an hour on 2 idle cores; ``--gpu`` runs the jobs/*_fashion.yaml
 recipes on one CUDA device (a few GPU hours). Needs `apt-get install dataset-fashion-mnist`
@@ -25,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import finish, load_average, parser, quality_table  # noqa: E402
+from benchmarks.quality_variants import overrides as variant_overrides  # noqa: E402
+from benchmarks.quality_variants import slug  # noqa: E402
 from dbparallel.config import load_config  # noqa: E402
 from dbparallel.runtime.local import run_local  # noqa: E402
 
@@ -51,10 +57,20 @@ SETTINGS: dict[str, dict[str, tuple[str, list[str]]]] = {
 COMMON = ["runtime.local=true", "metrics.port=0", "train.assemble_every=0"]
 
 
-def methods(blocks: list[int]) -> list[tuple[str, int, list[str]]]:
-    """(method, B, overrides): the end-to-end baseline, then DiffusionBlocks at each B."""
-    runs = [("end_to_end", 1, ["model.blocks=1", "train.objective=end_to_end"])]
-    return runs + [("diffusionblocks", b, [f"model.blocks={b}"]) for b in blocks]
+def methods(blocks: list[int], variants: list[str], steps: int
+            ) -> list[tuple[str, int, str, list[str]]]:
+    """(method, B, variant, overrides): the end-to-end baseline, then DiffusionBlocks at each
+    B in each variant (``steps``: the recipe's train.steps, which a steps= variant splits)."""
+    runs = [("end_to_end", 1, "", ["model.blocks=1", "train.objective=end_to_end"])]
+    return runs + [("diffusionblocks", b, v, [f"model.blocks={b}",
+                                              *variant_overrides(v, b, steps)])
+                   for b in blocks for v in variants]
+
+
+def layer_steps(cfg: Any) -> int:
+    """Training compute in layer-steps: each block's steps times its L/B layers, summed."""
+    return sum(cfg.train.steps_of(b) for b in range(cfg.model.blocks)) * \
+        cfg.model.layers_per_block
 
 
 def run_one(recipe: str, overrides: list[str], run_dir: Path) -> tuple[dict[str, Any], Any]:
@@ -67,28 +83,51 @@ def run_one(recipe: str, overrides: list[str], run_dir: Path) -> tuple[dict[str,
     return run_local(cfg, progress=False), cfg
 
 
-def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path) -> dict[str, Any]:
-    """Every (task, method, B) of ``size``; rows in the shape of quality_images.json."""
+def recipe_steps(recipe: str, base: list[str]) -> int:
+    """train.steps of a recipe with its overrides."""
+    return load_config([ROOT / recipe], base).train.steps
+
+
+def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path,
+        variants: list[str] = ("default",), seeds: list[int] = (0,)  # type: ignore[assignment]
+        ) -> dict[str, Any]:
+    """Every (task, method, B, variant, seed) of ``size``; rows in the shape of
+    quality_images.json (``chain_accuracy``: ViT's accuracy after each step of the chain on
+    the diagnostics' held-out rows, block 0 first)."""
     rows: list[dict[str, Any]] = []
     for task in tasks:
         recipe, base = SETTINGS[size][task]
-        for method, b, extra in methods(blocks):
-            overrides = [*base, *extra]
-            name = f"{task}-{method}-B{b}"
-            print(f"{name}: training (load average {load_average():.1f})", flush=True)
-            report, cfg = run_one(recipe, overrides, runs_dir / name)
-            for metric in METRICS[task]:
-                rows.append({
-                    "task": task, "method": method, "blocks": b, "metric": metric,
-                    "value": float(report["assembly"][metric]),
-                    "train_layer_steps": cfg.train.steps * cfg.model.depth,
-                    "wall_time_s": round(float(report["wall_time_s"]), 1),
-                    "config": " ".join([recipe, *overrides]),
-                })
-            print(f"{name}: " + ", ".join(f"{m}={report['assembly'][m]:.4g}"
-                                           for m in METRICS[task])
-                  + f" ({report['wall_time_s']:.0f} s)", flush=True)
+        for seed in seeds:
+            for method, b, variant, extra in methods(blocks, list(variants),
+                                                     recipe_steps(recipe, base)):
+                overrides = [*base, *extra, f"run.seed={seed}"]
+                name = f"{task}-{method}-B{b}" + (f"-{slug(variant)}" if variant else "") \
+                    + f"-s{seed}"
+                print(f"{name}: training (load average {load_average():.1f})", flush=True)
+                report, cfg = run_one(recipe, overrides, runs_dir / name)
+                rows += result_rows(task, method, b, variant, seed, report, cfg,
+                                    " ".join([recipe, *overrides]))
+                print(f"{name}: " + ", ".join(f"{m}={report['assembly'][m]:.4g}"
+                                               for m in METRICS[task])
+                      + f" ({report['wall_time_s']:.0f} s)", flush=True)
     return {"rows": rows}
+
+
+def result_rows(task: str, method: str, b: int, variant: str, seed: int,
+                report: dict[str, Any], cfg: Any, config: str) -> list[dict[str, Any]]:
+    """The rows of one run, one per metric."""
+    chain = (report.get("diagnostics") or {}).get("chain_accuracy", [])
+    rows = []
+    for metric in METRICS[task]:
+        row = {"task": task, "method": method, "blocks": b, "variant": variant,
+               "seed": seed, "metric": metric, "value": float(report["assembly"][metric]),
+               "train_layer_steps": layer_steps(cfg),
+               "block_steps": [cfg.train.steps_of(k) for k in range(cfg.model.blocks)],
+               "wall_time_s": round(float(report["wall_time_s"]), 1), "config": config}
+        if chain:
+            row["chain_accuracy"] = [round(s["accuracy"], 4) for s in chain]
+        rows.append(row)
+    return rows
 
 
 def table(result: dict[str, Any]) -> str:
@@ -97,7 +136,8 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """One panel per (task, headline metric): DiffusionBlocks by B, end to end as a line."""
+    """One panel per (task, headline metric): DiffusionBlocks by B (a line per variant,
+    mean over seeds), end to end as a line."""
     import matplotlib.pyplot as plt
 
     panels = [(t, m) for t, m in (("vit", "accuracy"), ("dit", "fid"), ("dit", "kid"))
@@ -106,13 +146,17 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax, (task, metric) in zip(axes[0], panels, strict=True):
         rows = [r for r in result["rows"] if r["task"] == task and r["metric"] == metric]
         db = [r for r in rows if r["method"] == "diffusionblocks"]
-        ax.plot([r["blocks"] for r in db], [r["value"] for r in db], "o-",
-                label="DiffusionBlocks")
-        for r in rows:
-            if r["method"] == "end_to_end":
-                ax.axhline(r["value"], color="gray", ls="--", label="end to end")
+        for variant in dict.fromkeys(r.get("variant", "") for r in db):
+            mine = [r for r in db if r.get("variant", "") == variant]
+            bs = sorted({r["blocks"] for r in mine})
+            mean = [sum(r["value"] for r in mine if r["blocks"] == b)
+                    / sum(r["blocks"] == b for r in mine) for b in bs]
+            ax.plot(bs, mean, "o-", label=f"DiffusionBlocks {variant}".strip())
+        e2e = [r["value"] for r in rows if r["method"] == "end_to_end"]
+        if e2e:
+            ax.axhline(sum(e2e) / len(e2e), color="gray", ls="--", label="end to end")
         ax.set(xlabel="blocks B", ylabel=metric, title=f"{task}: {metric} (Fashion-MNIST)")
-        ax.set_xticks([r["blocks"] for r in db])
+        ax.set_xticks(sorted({r["blocks"] for r in db}))
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -123,13 +167,17 @@ def main() -> None:
     p.add_argument("--gpu", action="store_true", help="the GPU recipes on one CUDA device")
     p.add_argument("--tasks", nargs="+", default=["vit", "dit"], choices=sorted(METRICS))
     p.add_argument("--blocks", nargs="+", type=int, default=[2, 3, 4])
+    p.add_argument("--variants", nargs="+", default=["default"],
+                   help="DiffusionBlocks variants, each a row (benchmarks/quality_variants.py)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="run.seed of each run")
+    p.add_argument("--name", default="quality_images", help="results file name")
     p.add_argument("--runs-dir", default="", help="keep the run directories here")
     args = p.parse_args()
     size = "gpu" if args.gpu else "quick" if args.quick else "cpu"
     with tempfile.TemporaryDirectory(prefix="quality_images_") as tmp:
         runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tmp)
-        result = run(size, args.tasks, args.blocks, runs_dir)
-    finish("quality_images", result, args, table, plot)
+        result = run(size, args.tasks, args.blocks, runs_dir, args.variants, args.seeds)
+    finish(args.name, result, args, table, plot)
 
 
 if __name__ == "__main__":

@@ -131,13 +131,17 @@ def _cluster(cfg: Config) -> Cluster:
     from dbparallel.training.plan import Cluster
 
     if cfg.runtime.devices:
-        return Cluster(float("inf"), float(cfg.runtime.devices), "runtime.devices")
+        return Cluster(float("inf"), float(cfg.runtime.devices), "runtime.devices",
+                       cfg.runtime.device_name)
     if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):
         from dbparallel.runtime.launch import detect_cluster
 
-        return detect_cluster(cfg)
+        found = detect_cluster(cfg)
+        return Cluster(found.cpus, found.gpus, found.source, cfg.runtime.device_name)
+    here = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
     return Cluster(float(cfg.runtime.num_cpus or os.cpu_count() or 1),
-                   float(torch.cuda.device_count()), "this machine")
+                   float(torch.cuda.device_count()), "this machine",
+                   cfg.runtime.device_name or here)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

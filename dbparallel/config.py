@@ -29,6 +29,8 @@ OBJECTIVES = ("diffusionblocks", "end_to_end")
 PRECISIONS = ("fp32", "tf32", "bf16")
 PRESETS = ("tiny", "small", "base", "dit-s", "dit-b", "dit-l")
 AR_READOUTS = ("paper", "direct")
+LABEL_EMBEDDINGS = ("frozen", "learned")
+PARTITIONS = ("equiprobable", "log_uniform")
 
 
 class ConfigError(UserError):
@@ -103,6 +105,10 @@ class ModelConfig:
     # ar, looped: logits read from the layers' output at the noisy token (direct), or from
     # D = c_skip z + c_out F in embedding space (paper); docs/method.md, AR readout
     ar_readout: str = "direct"
+    # vit: the label table E of the targets y = E[c]: frozen (unit-norm rows from the run
+    # seed, never trained) | learned (each block's own copy, initialised to the frozen table,
+    # rows L2-normalised, trained with the block); docs/method.md, Losses: vit
+    label_embedding: str = "frozen"
 
     def __post_init__(self) -> None:
         _choice(self.preset, "model.preset", PRESETS)
@@ -120,6 +126,7 @@ class ModelConfig:
         _check(self.patch_size >= 1, "model.patch_size", "must be >= 1")
         _check(self.loop_iterations >= 1, "model.loop_iterations", "must be >= 1")
         _choice(self.ar_readout, "model.ar_readout", AR_READOUTS)
+        _choice(self.label_embedding, "model.label_embedding", LABEL_EMBEDDINGS)
 
     @property
     def layers_per_block(self) -> int:
@@ -135,6 +142,10 @@ class NoiseConfig:
     sigma_data: float = 0.5  # data standard deviation assumed by the preconditioning
     gamma: float = 0.05  # overlap: each range widened by gamma times its log-width
     t_min: float = 1e-4  # lowest masking time t of the masked diffusion LM (task=mdm)
+    # how [sigma_min, sigma_max] is cut into the blocks' ranges: equiprobable (equal mass of
+    # the training density, paper 3.3) | log_uniform (equal widths in ln sigma, the paper's
+    # "uniform" ablation); task=mdm always splits t uniformly
+    partition: str = "equiprobable"
 
     def __post_init__(self) -> None:
         _check(self.sigma_min > 0, "noise.sigma_min", f"must be > 0, got {self.sigma_min}")
@@ -144,12 +155,16 @@ class NoiseConfig:
         _check(self.sigma_data > 0, "noise.sigma_data", f"must be > 0, got {self.sigma_data}")
         _check(0 <= self.gamma <= 1, "noise.gamma", f"must be in [0, 1], got {self.gamma}")
         _check(0 < self.t_min < 1, "noise.t_min", f"must be in (0, 1), got {self.t_min}")
+        _choice(self.partition, "noise.partition", PARTITIONS)
 
 
 @dataclass
 class TrainConfig:
     objective: str = "diffusionblocks"  # diffusionblocks | end_to_end (the baseline, 1 block)
     steps: int = 1500  # optimizer steps per block
+    # optimizer steps of each block, block 0 first (e.g. [1800, 600, 600]: more for the block
+    # that limits the network, the same total); [] = train.steps for every block
+    block_steps: list[int] = field(default_factory=list)
     batch_size: int = 64  # samples per step, per block
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay
@@ -197,6 +212,17 @@ class TrainConfig:
         _check(self.stall_timeout_s > 0, "train.stall_timeout_s", "must be > 0")
         _check(self.assemble_every >= 0, "train.assemble_every", "must be >= 0")
         _check(self.bptt_truncate >= 0, "train.bptt_truncate", "must be >= 0")
+        _check(all(s >= 1 for s in self.block_steps), "train.block_steps",
+               f"every count must be >= 1, got {list(self.block_steps)}")
+
+    def steps_of(self, block: int) -> int:
+        """Optimizer steps of ``block``: train.block_steps[block], else train.steps."""
+        return self.block_steps[block] if self.block_steps else self.steps
+
+    @property
+    def max_steps(self) -> int:
+        """The most steps any block takes."""
+        return max(self.block_steps) if self.block_steps else self.steps
 
 
 @dataclass
@@ -247,6 +273,8 @@ class RuntimeConfig:
     max_concurrent_blocks: int = 0
     devices: int = 0  # GPUs of the cluster for `dbparallel plan`; 0 = detect (or none)
     device_memory: str = ""  # memory of one device, e.g. 80GiB: plan, model.blocks=auto
+    device_name: str = ""  # the GPUs' model (H100, A100, ...) for plan's step-rate estimate;
+    # "" = this machine's GPU, if any
 
     @property
     def device_memory_bytes(self) -> int:
@@ -315,6 +343,16 @@ class Config:
         if self.task == "looped":
             _check(self.model.blocks == 1, "model.blocks",
                    "must be 1 with task=looped (one weight-tied core)")
+        if self.train.block_steps:
+            _check(len(self.train.block_steps) == self.model.blocks, "train.block_steps",
+                   f"needs one count per block, model.blocks={self.model.blocks}, got "
+                   f"{list(self.train.block_steps)}")
+        if self.model.label_embedding == "learned":
+            _check(self.task == "vit", "model.label_embedding",
+                   f"learned applies to task=vit only, got task={self.task}")
+        if self.noise.partition != "equiprobable":
+            _check(self.task != "mdm", "noise.partition",
+                   "task=mdm splits masking time uniformly; only equiprobable applies")
         if self.debug.kill_block >= 0:
             _check(self.debug.kill_block < self.model.blocks, "debug.kill_block",
                    f"must be < model.blocks={self.model.blocks}")
@@ -338,7 +376,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 # Identity keys added after run directories existed, with the value that reproduces how those
 # runs trained: a stored config without the key is read with it.
-LEGACY_VALUES = {"model.ar_readout": "direct"}
+LEGACY_VALUES = {"model.ar_readout": "direct", "model.label_embedding": "frozen",
+                 "noise.partition": "equiprobable"}
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:

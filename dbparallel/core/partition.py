@@ -1,5 +1,6 @@
-"""Equal-mass partition of the noise levels into B block ranges (docs/method.md,
-Equi-probability partition)."""
+"""Partitions of the noise levels into B block ranges (docs/method.md, Equi-probability
+partition): equal mass of the training density (the paper's), or equal widths in ln sigma (the
+paper's "uniform" ablation, App. E.6)."""
 
 from __future__ import annotations
 
@@ -108,6 +109,26 @@ def equiprobable_partition(noise: LogNormalNoise, blocks: int, gamma: float = 0.
     sigma = noise.icdf(q[0] + (b / blocks) * (q[1] - q[0])).tolist()
     sigma[0], sigma[-1] = noise.sigma_min, noise.sigma_max
     return _build(sigma, gamma, log=True)
+
+
+def log_uniform_partition(noise: LogNormalNoise, blocks: int, gamma: float = 0.0) -> Partition:
+    """Boundaries equally spaced in ln sigma, log-widened by gamma:
+    sigma_b = sigma_min (sigma_max / sigma_min)^(b/B)."""
+    _check(blocks, gamma)
+    lo, hi = math.log(noise.sigma_min), math.log(noise.sigma_max)
+    sigma = [math.exp(lo + (b / blocks) * (hi - lo)) for b in range(blocks + 1)]
+    sigma[0], sigma[-1] = noise.sigma_min, noise.sigma_max
+    return _build(sigma, gamma, log=True)
+
+
+def gaussian_partition(kind: str, noise: LogNormalNoise, blocks: int,
+                       gamma: float = 0.0) -> Partition:
+    """The partition named by ``noise.partition`` (equiprobable | log_uniform)."""
+    if kind == "equiprobable":
+        return equiprobable_partition(noise, blocks, gamma)
+    if kind == "log_uniform":
+        return log_uniform_partition(noise, blocks, gamma)
+    raise ValueError(f"noise.partition: got {kind!r}; allowed: equiprobable, log_uniform")
 
 
 def uniform_time_partition(noise: MaskingNoise, blocks: int, gamma: float = 0.0) -> Partition:

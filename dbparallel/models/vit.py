@@ -4,11 +4,15 @@ With ``noisy_label`` the first token is the c_in-scaled noisy label embedding an
 is conditioned on sigma; ``forward`` returns F at that token and ``classify`` maps the
 preconditioned denoiser D to logits. Without it (the end-to-end baseline) the first token is a
 learned CLS token, the condition is constant, and ``classify`` reads that token directly.
+With a ``label_table`` the block owns a learned copy of the label embedding (its rows
+normalised to unit length are the targets, ``targets``); without it the task's frozen table is
+used and the block holds none.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dbparallel.models.block import Block
@@ -21,7 +25,8 @@ class ViTBlock(Block):
     head = final norm, adaLN and classifier."""
 
     def __init__(self, dims: ModelDims, image_size: int, channels: int, patch_size: int,
-                 num_classes: int, noisy_label: bool = True):
+                 num_classes: int, noisy_label: bool = True,
+                 label_table: torch.Tensor | None = None):
         super().__init__(dims)
         if image_size % patch_size:
             raise ValueError(
@@ -44,6 +49,9 @@ class ViTBlock(Block):
         nn.init.normal_(self.label_pos, std=0.02)
         if not noisy_label:
             nn.init.normal_(self.cls_token, std=0.02)
+        # a private, trainable copy of the label embedding (model.label_embedding=learned),
+        # started at the frozen table so that every block starts in the same target space
+        self.label_embed = None if label_table is None else nn.Parameter(label_table.clone())
 
     def zero_output(self) -> None:
         nn.init.zeros_(self.head.linear.weight)
@@ -72,6 +80,11 @@ class ViTBlock(Block):
         c = self.condition(c_noise, n)  # (N, D)
         h = self.run_layers(h, c)  # (N, 1+T, D)
         return self.final_norm(h[:, 0]), c  # (N, D), (N, D)
+
+    def targets(self) -> torch.Tensor:
+        """The learned label embedding with unit-norm rows (num_classes, D)."""
+        assert self.label_embed is not None, "this block has no learned label embedding"
+        return F.normalize(self.label_embed, dim=1)
 
     def classify(self, D: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Logits (N, classes) of the denoised label embedding D (N, D)."""

@@ -110,11 +110,11 @@ class Controller:
         now = self._started_s = self.clock()
         self.blocks = [BlockStatus(last_progress_s=now) for _ in range(self.cfg.model.blocks)]
         self.slots = min(self.slots or len(self.blocks), len(self.blocks))
-        self._next_assembly = self.cfg.train.assemble_every or self.cfg.train.steps + 1
+        self._next_assembly = self.cfg.train.assemble_every or self.cfg.train.max_steps + 1
 
-    def chunk_end(self, status: BlockStatus) -> int:
+    def chunk_end(self, block: int, status: BlockStatus) -> int:
         every = self.cfg.train.log_every
-        return min((status.step // every + 1) * every, self.cfg.train.steps)
+        return min((status.step // every + 1) * every, self.cfg.train.steps_of(block))
 
     def step(self, timeout_s: float = 1.0) -> State:
         """Submit what is due, handle what finished within ``timeout_s``; returns the state."""
@@ -122,7 +122,7 @@ class Controller:
             self._start_queued()
             for b, status in enumerate(self.blocks):
                 if status.slot >= 0 and not status.done and not status.in_flight:
-                    self.backend.submit_train(b, self.chunk_end(status))
+                    self.backend.submit_train(b, self.chunk_end(b, status))
                     status.in_flight = True
         if self.state in (State.TRAINING, State.ASSEMBLING):
             for event in self.backend.poll(timeout_s):

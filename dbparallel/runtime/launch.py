@@ -209,7 +209,8 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
                   f"queue and start as blocks finish (runtime.max_concurrent_blocks)", flush=True)
         pg = reserve(cfg, slots)
         backend = RayBackend(cfg, pg, slots, session)
-        bars = BlockBars(cfg.model.blocks, cfg.train.steps, progress)
+        bars = BlockBars(cfg.model.blocks,
+                         [cfg.train.steps_of(b) for b in range(cfg.model.blocks)], progress)
         stall = [BlockRecorder(cfg.run.name, b, None, RaySink()) for b in range(cfg.model.blocks)]
         assembly = AssemblyRecorder(cfg.run.name, RaySink())
         bars.queue(list(range(slots, cfg.model.blocks)))  # the lowest blocks start first

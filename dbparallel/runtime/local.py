@@ -60,7 +60,7 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
         sink = PrometheusSink()
         server = sink.serve(cfg.metrics.port)
         print(f"metrics: http://127.0.0.1:{cfg.metrics.port}/metrics", flush=True)
-    bars = BlockBars(blocks, cfg.train.steps, progress)
+    bars = BlockBars(blocks, [cfg.train.steps_of(b) for b in blocks], progress)
     per_block = []
     try:
         for b in blocks:
@@ -73,7 +73,7 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
                 recorder.record(stats, run.trainer)
 
             try:
-                run.train_until(cfg.train.steps, on_step)
+                run.train_until(cfg.train.steps_of(b), on_step)
             finally:
                 run.close()
             per_block.append(run.summary())

@@ -49,15 +49,21 @@ def duration(seconds: float) -> str:
 
 class BlockBars:
     """``update(block, step, loss)`` moves block's bar (lowest block on top) to ``step``;
-    ``blocks`` is a count (blocks 0..n-1) or the ids of the blocks shown."""
+    ``blocks`` is a count (blocks 0..n-1) or the ids of the blocks shown; ``steps`` the
+    steps of every block, or of each block shown, in the order of ``blocks``."""
 
-    def __init__(self, blocks: int | list[int], steps: int, enabled: bool | None = None,
-                 line_every_s: float = 15.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, blocks: int | list[int], steps: int | list[int],
+                 enabled: bool | None = None, line_every_s: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.tty = sys.stderr.isatty() if enabled is None else enabled
-        self.steps, self.line_every_s, self.clock = steps, line_every_s, clock
-        ids = list(range(blocks)) if isinstance(blocks, int) else sorted(blocks)
+        self.line_every_s, self.clock = line_every_s, clock
+        ids = list(range(blocks)) if isinstance(blocks, int) else list(blocks)
+        counts = [steps] * len(ids) if isinstance(steps, int) else list(steps)
+        assert len(counts) == len(ids), "one step count per block shown"
+        self.steps = dict(sorted(zip(ids, counts, strict=True)))
+        ids = sorted(ids)
         self.bars = {
-            b: tqdm(total=steps, desc=f"block {b}", position=i, leave=True,
+            b: tqdm(total=self.steps[b], desc=f"block {b}", position=i, leave=True,
                     disable=not self.tty, dynamic_ncols=True, mininterval=0.5)
             for i, b in enumerate(ids)
         }
@@ -95,15 +101,16 @@ class BlockBars:
         """``progress: block 0 40/200 loss 0.1234 eta 1m20s | block 1 0/200 starting``."""
         parts = []
         for b, seen in self.seen.items():
-            part = f"block {b} {seen.step}/{self.steps}"
+            steps = self.steps[b]
+            part = f"block {b} {seen.step}/{steps}"
             if seen.queued:
                 part += " queued"
             elif not seen.reported:
                 part += " starting"
             if not math.isnan(seen.loss):
                 part += f" loss {seen.loss:.4f}"
-            eta = seen.eta_s(self.steps)
-            if seen.step >= self.steps:
+            eta = seen.eta_s(steps)
+            if seen.step >= steps:
                 part += " done"
             elif eta is not None:
                 part += f" eta {duration(eta)}"

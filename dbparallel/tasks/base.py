@@ -9,7 +9,7 @@ import torch
 
 from dbparallel.config import Config
 from dbparallel.core.noise import LogNormalNoise
-from dbparallel.core.partition import Partition, equiprobable_partition
+from dbparallel.core.partition import Partition, gaussian_partition
 from dbparallel.models.block import Block
 
 Batch = dict[str, torch.Tensor]
@@ -44,7 +44,7 @@ class Task(Protocol):
 
 
 def gaussian_noise(cfg: Config) -> tuple[LogNormalNoise, Partition]:
-    """The EDM training noise of ``cfg`` and its equi-probability partition into blocks."""
+    """The EDM training noise of ``cfg`` and its partition into blocks (noise.partition)."""
     n = cfg.noise
     noise = LogNormalNoise(n.P_mean, n.P_std, n.sigma_min, n.sigma_max)
-    return noise, equiprobable_partition(noise, cfg.model.blocks, n.gamma)
+    return noise, gaussian_partition(n.partition, noise, cfg.model.blocks, n.gamma)

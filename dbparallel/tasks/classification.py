@@ -1,10 +1,14 @@
 """Image classification with ViT blocks (docs/method.md, Losses: vit).
 
 Target y = E[c], the class's row of a frozen unit-norm label embedding derived from the run
-seed (identical in every block, no communication); condition x = the image's patches. A block
+seed (identical in every block, no communication), or, with ``model.label_embedding=learned``,
+of the block's own learned copy of it (rows normalised to unit length, trained with the block
+through the target and the c_skip path, as in the paper's code, but private to the block);
+condition x = the image's patches. A block
 denoises z = y + sigma * eps, read out as logits; its loss is w(sigma) * CE per sample.
 Prediction runs N = B Euler steps on the equi-probability schedule with the expected-embedding
-readout D = softmax(logits) @ E; the logits of the last step, at sigma_min, are the prediction.
+readout D = softmax(logits) @ E (the table of the block that ran the step); the logits of the
+last step, at sigma_min, are the prediction.
 
 With ``train.objective=end_to_end`` the same ViT has a CLS token instead of the noisy label and
 trains with plain cross-entropy: the baseline.
@@ -40,11 +44,17 @@ class Classification:
         self.end_to_end = cfg.train.objective == "end_to_end"
         self.dims = resolve(cfg.model)
         self.E = frozen_unit_embedding(cfg.run.seed, cfg.data.num_classes, self.dims.hidden)
+        self.learned = cfg.model.label_embedding == "learned" and not self.end_to_end
 
     def build_block(self, block: int) -> ViTBlock:
         d = self.cfg.data
         return ViTBlock(self.dims, d.image_size, d.channels, self.cfg.model.patch_size,
-                        d.num_classes, noisy_label=not self.end_to_end)
+                        d.num_classes, noisy_label=not self.end_to_end,
+                        label_table=self.E if self.learned else None)
+
+    def table(self, net: ViTBlock, device: torch.device) -> torch.Tensor:
+        """The unit-norm label embedding (classes, D) that ``net`` denoises."""
+        return net.targets() if self.learned else self.E.to(device)
 
     def decode(self, rows: pa.Table, device: str | torch.device = "cpu") -> Batch:
         images, labels = image_batch(rows, self.cfg.data, device)
@@ -74,7 +84,7 @@ class Classification:
                                           torch.ones(n, device=device))  # (N,)
         lo, hi = self.partition.ranges[block]
         sigma = self.noise.sample(n, lo, hi, generator, device=device)  # (N,)
-        y = self.E.to(device)[labels]  # (N, D)
+        y = self.table(net, device)[labels]  # (N, D)
         eps = torch.randn(y.shape, generator=generator).to(device)  # (N, D)
         _, logits = self.denoise(net, images, y + sigma[:, None] * eps, sigma)
         return weighted_cross_entropy(logits, labels, edm_weight(sigma, self.sigma_data))
@@ -99,9 +109,8 @@ class Classification:
         """(sigma, block, logits (N, classes)) of every step of the chain; the last step's
         logits are the prediction."""
         n, device = len(images), images.device
-        E = self.E.to(device)
         sigmas = [float(s) for s in self.inference_sigmas()]
-        z = sigmas[0] * torch.randn(n, E.shape[1], generator=generator).to(device)  # (N, D)
+        z = sigmas[0] * torch.randn(n, self.E.shape[1], generator=generator).to(device)  # (N, D)
         steps = []
         for sigma, sigma_next in zip(sigmas, sigmas[1:] + [None], strict=True):
             block = self.partition.owner(sigma)
@@ -110,6 +119,7 @@ class Classification:
             steps.append((sigma, block, logits))
             if sigma_next is None:
                 break
+            E = self.table(nets[block], device)  # (classes, D)
             D = logits.softmax(dim=1) @ E  # expected embedding, (N, D)
             z = z + (sigma_next - sigma) * (z - D) / sigma  # Euler step of the PF-ODE
         return steps

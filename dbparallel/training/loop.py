@@ -91,10 +91,11 @@ class BlockRun:
         self.lease.release()
 
     def train_until(self, until: int, on_step: OnStep | None = None) -> None:
-        """Train up to ``until`` steps (capped at train.steps), writing the history and
-        checkpointing on cadence."""
+        """Train up to ``until`` steps (capped at this block's train.steps, or its
+        train.block_steps), writing the history and checkpointing on cadence."""
         t = self.cfg.train
-        until = min(until, t.steps)
+        steps = t.steps_of(self.trainer.block)
+        until = min(until, steps)
         while self.trainer.step < until:
             if time.monotonic() - self._renewed > t.lease_timeout_s / 4:
                 self.lease.check()  # renews it; LeaseLost if another writer took over
@@ -104,7 +105,7 @@ class BlockRun:
             self.history.observe(stats, time.perf_counter() - start)
             if on_step is not None:
                 on_step(stats)
-            last = stats.step == t.steps
+            last = stats.step == steps
             if stats.step % t.log_every == 0 or last:
                 self.lease.check()  # a fenced-off writer stops before writing a line
                 self._renewed = time.monotonic()
@@ -126,7 +127,7 @@ class BlockRun:
 
     @property
     def done(self) -> bool:
-        return self.trainer.step >= self.cfg.train.steps
+        return self.trainer.step >= self.cfg.train.steps_of(self.trainer.block)
 
     def summary(self) -> dict:
         """This block's row of report.json (restarts are filled in by the runtime)."""

@@ -14,8 +14,11 @@ import torch
 from dbparallel.config import Config, ConfigError
 from dbparallel.core.meta_memory import LiveSavedBytes, cpu_attention_on_meta
 from dbparallel.tasks import build_task
+from dbparallel.training.flops import FlopCount
+from dbparallel.training.peaks import peak_tflops
 from dbparallel.training.seeding import generator
 
+ASSUMED_MFU = 0.4  # the plan's step-rate estimate: a guess until gpu.sh measures MFU
 ADAM_COPIES = 4  # parameters, gradients and Adam's two moments (paper App. G: 4P)
 
 
@@ -32,16 +35,17 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     size = next(net.parameters()).element_size()
     batch = task.example_batch(cfg.train.batch_size, device)
     meter = LiveSavedBytes(exclude=list(net.parameters()))
+    count = FlopCount()
     with ExitStack() as stack:
         stack.enter_context(cpu_attention_on_meta())
         if context is not None:
             stack.enter_context(context)
-        with meter.record():
+        with meter.record(), count.counting():
             task.loss(net, batch, block, generator(cfg.run.seed, "plan")).mean().backward()
     params = ADAM_COPIES * split["total"] * size
     stem = ADAM_COPIES * split["stem_and_head"] * size
     return {"params_and_optimizer": params, "activations": meter.peak,
-            "total": params + meter.peak, "stem_and_head": stem}
+            "total": params + meter.peak, "stem_and_head": stem, "flops": count.total}
 
 
 def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
@@ -54,9 +58,10 @@ def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
     for b in range(p.blocks):
         with torch.device("meta"):
             params.append(sum(x.numel() for x in task.build_block(b).parameters()))
-    memory = block_memory(cfg)
+    steps = [step_bytes(cfg, b) for b in range(p.blocks)]
+    memory, flops = [s["total"] for s in steps], [s["flops"] for s in steps]
     return {
-        **({"cluster": cluster_plan(cfg, cluster, memory)} if cluster else {}),
+        **({"cluster": cluster_plan(cfg, cluster, memory, flops)} if cluster else {}),
         "blocks": p.blocks,
         "sigma_boundaries": list(p.boundaries),
         "ranges": [list(r) for r in p.ranges],
@@ -65,6 +70,7 @@ def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
         "layers_per_block": cfg.model.layers_per_block,
         "params_per_block": params,
         "estimated_memory_bytes": memory,
+        "model_flops_per_step": flops,
     }
 
 
@@ -115,6 +121,16 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
         verdict = "fits" if c["fits"] else "does NOT fit: more blocks or a smaller batch"
         memory += f" of {_size(c['device_memory_bytes'])} ({verdict})"
     lines.append(memory)
+    rates = c.get("estimated_steps_per_s")
+    if rates:
+        span = (f"{min(rates):.3g}" if f"{min(rates):.3g}" == f"{max(rates):.3g}"
+                else f"{min(rates):.3g} to {max(rates):.3g}")
+        lines.append(f"  estimated step rate per block: {span} steps/s, at an assumed "
+                     f"{c['assumed_mfu']:.0%} MFU of {c['device_name']}'s {c['peak_tflops']:g} "
+                     f"TFLOP/s ({cfg.train.precision}); not a measurement")
+    elif r.gpus_per_block:
+        lines.append("  no step-rate estimate: name the GPU model with runtime.device_name "
+                     "(e.g. H100)")
     if waves > 1:
         lines.append(f"  blocks {slots}..{blocks - 1} queue and each starts when a block "
                      f"finishes (runtime.max_concurrent_blocks sets how many run at once)")
@@ -128,6 +144,7 @@ class Cluster:
     cpus: float
     gpus: float
     source: str  # "detected" (a running cluster), "runtime.devices", "this machine"
+    device_name: str = ""  # the GPUs' model (H100, ...): the step-rate estimate's peak
 
 
 def concurrent_blocks(cfg: Config, cluster: Cluster) -> int:
@@ -144,9 +161,11 @@ def concurrent_blocks(cfg: Config, cluster: Cluster) -> int:
     return max(1, min(fits))
 
 
-def cluster_plan(cfg: Config, cluster: Cluster, block_bytes: list[int]) -> dict[str, Any]:
+def cluster_plan(cfg: Config, cluster: Cluster, block_bytes: list[int],
+                 block_flops: list[int] | None = None) -> dict[str, Any]:
     """Blocks at once, waves, and the training memory each device holds (blocks that share a
-    GPU, runtime.gpus_per_block < 1, add up) against runtime.device_memory."""
+    GPU, runtime.gpus_per_block < 1, add up) against runtime.device_memory; where the GPU's
+    peak is known, each block's step rate at an assumed ASSUMED_MFU (an estimate)."""
     r = cfg.runtime
     slots = concurrent_blocks(cfg, cluster)
     sharing = max(1, math.floor(1 / r.gpus_per_block + 1e-9)) if r.gpus_per_block else 1
@@ -157,7 +176,20 @@ def cluster_plan(cfg: Config, cluster: Cluster, block_bytes: list[int]) -> dict[
             "concurrent_blocks": slots, "waves": math.ceil(cfg.model.blocks / slots),
             "replicas_per_block": 1, "blocks_per_device": min(sharing, slots),
             "memory_per_device_bytes": per_device, "device_memory_bytes": limit or None,
-            "fits": None if not limit else per_device <= limit}
+            "fits": None if not limit else per_device <= limit,
+            **_rate(cfg, cluster, block_flops or [])}
+
+
+def _rate(cfg: Config, cluster: Cluster, flops: list[int]) -> dict[str, Any]:
+    """Estimated steps/s per block from the step's model FLOPs and the GPU's dense peak at
+    train.precision (a share of runtime.gpus_per_block of it) at ASSUMED_MFU."""
+    gpus = cfg.runtime.gpus_per_block
+    peak = peak_tflops(cluster.device_name, cfg.train.precision) if cluster.device_name else None
+    if not (peak and gpus and flops and all(flops)):
+        return {"estimated_steps_per_s": None}
+    share = peak * 1e12 * ASSUMED_MFU * min(gpus, 1.0)
+    return {"device_name": cluster.device_name, "peak_tflops": peak, "assumed_mfu": ASSUMED_MFU,
+            "estimated_steps_per_s": [share / f for f in flops]}
 
 
 def divisors(n: int) -> list[int]:

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import memory, sampling  # noqa: E402
+from dbparallel.config import load_config  # noqa: E402
 
 TINY = {
     "dit": memory.Setup("dit", "tiny DiT", {"preset": "tiny", "patch_size": 2},
@@ -177,3 +178,27 @@ def test_data_scale_ratios_and_skip() -> None:
     assert data_scale.too_big(today, 1600, total=64 * 2**30) is None  # 16 GiB < 60% of 64
     assert "exceeds 60%" in data_scale.too_big(today, 1600, total=16 * 2**30)
     assert data_scale.too_big(today[:1], 1600, total=1) is None  # nothing to extrapolate from
+
+
+def test_quality_variants_keep_the_layer_steps() -> None:
+    from benchmarks import quality_images, quality_variants
+
+    assert quality_variants.split_steps([6, 3, 1], 3000) == [1800, 900, 300]
+    assert quality_variants.split_steps([1, 1, 1], 10) == [4, 3, 3]
+    assert sum(quality_variants.split_steps([5, 3, 2, 1], 4003)) == 4003
+    assert quality_variants.overrides("learned+log_uniform", 3, 1000) == [
+        "model.label_embedding=learned", "noise.partition=log_uniform"]
+    assert quality_variants.overrides("steps=6:3:1", 3, 1000) == [
+        "train.block_steps=[1800,900,300]"]
+    with pytest.raises(ValueError, match="3 weights for B=2"):
+        quality_variants.overrides("steps=6:3:1", 2, 1000)
+    with pytest.raises(ValueError, match="unknown variant"):
+        quality_variants.overrides("shared", 3, 1000)
+    runs = quality_images.methods([3], ["default", "steps=6:3:1"], 1000)
+    assert [(m, b, v) for m, b, v, _ in runs] == [
+        ("end_to_end", 1, ""), ("diffusionblocks", 3, "default"),
+        ("diffusionblocks", 3, "steps=6:3:1")]
+    for _, _, _, extra in runs:  # every column spends 12,000 layer-steps of a 12-layer net
+        cfg = load_config([ROOT / "jobs/vit_tiny.yaml"], ["model.depth=12", "train.steps=1000",
+                                                          *extra])
+        assert quality_images.layer_steps(cfg) == 12_000

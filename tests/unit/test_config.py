@@ -88,3 +88,31 @@ def test_a_stored_config_without_a_later_key_reads_as_it_trained() -> None:
     assert identity_diff(old, to_dict(cfg)) == []  # its checkpoints still belong to it
     paper = load_config([], ["task=ar", "data.source=shakespeare", "model.ar_readout=paper"])
     assert identity_diff(old, to_dict(paper)) == ["model.ar_readout"]  # another network
+
+
+def test_block_steps() -> None:
+    cfg = load_config([], ["model.blocks=3", "model.depth=3", "train.steps=7"])
+    assert [cfg.train.steps_of(b) for b in range(3)] == [7, 7, 7] and cfg.train.max_steps == 7
+    cfg = load_config([], ["model.blocks=3", "model.depth=3", "train.block_steps=[9,2,1]"])
+    assert [cfg.train.steps_of(b) for b in range(3)] == [9, 2, 1] and cfg.train.max_steps == 9
+    with pytest.raises(ConfigError, match="train.block_steps: needs one count per block"):
+        load_config([], ["model.blocks=3", "model.depth=3", "train.block_steps=[9,2]"])
+    with pytest.raises(ConfigError, match="train.block_steps: every count must be >= 1"):
+        load_config([], ["model.blocks=2", "model.depth=2", "train.block_steps=[9,0]"])
+    # how long blocks train is not what they are: a run directory takes other counts
+    a, b = cfg, load_config([], ["model.blocks=3", "model.depth=3"])
+    assert identity_diff(to_dict(a), to_dict(b)) == []
+
+
+def test_noise_partition_key() -> None:
+    assert load_config([], []).noise.partition == "equiprobable"
+    assert load_config([], ["noise.partition=log_uniform"]).noise.partition == "log_uniform"
+    with pytest.raises(ConfigError, match="noise.partition"):
+        load_config([], ["noise.partition=uniform"])
+    with pytest.raises(ConfigError, match="noise.partition: task=mdm"):
+        load_config([], ["task=mdm", "data.source=shakespeare", "noise.partition=log_uniform"])
+    old = to_dict(load_config([], []))
+    del old["noise"]["partition"]  # written before the key: it was equiprobable
+    assert identity_diff(old, to_dict(load_config([], []))) == []
+    assert identity_diff(old, to_dict(load_config([], ["noise.partition=log_uniform"]))) == \
+        ["noise.partition"]

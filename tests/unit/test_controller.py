@@ -200,3 +200,27 @@ def test_an_unreachable_block_is_asked_again() -> None:
     backend = Flaky()
     assert Controller(_cfg(), backend).run() == {"sample_accuracy": 0.5}
     assert backend.calls.count(("train", 1, 4)) == 3  # asked again until it answered
+
+
+class PerBlockBackend(FakeBackend):
+    """A block is done at its own step count (train.block_steps)."""
+
+    def __init__(self, block_steps: list[int]):
+        super().__init__(steps=max(block_steps))
+        self.block_steps = block_steps
+
+    def submit_train(self, block: int, until: int) -> None:
+        self.calls.append(("train", block, until))
+        self.queue.append(Event("train", block, {"step": until,
+                                                 "done": until >= self.block_steps[block],
+                                                 "loss": 1.0 / until, "restarts": 0}))
+
+
+def test_block_steps_give_each_block_its_own_count() -> None:
+    backend = PerBlockBackend([10, 5])
+    controller = Controller(_cfg("train.block_steps=[10,5]"), backend)
+    controller.run()
+    trains = [c[1:] for c in backend.calls if c[0] == "train"]
+    assert [u for b, u in trains if b == 0] == [4, 8, 10]
+    assert [u for b, u in trains if b == 1] == [4, 5]  # capped at its own 5 steps
+    assert backend.calls[-1] == ("assemble", True) and controller.state == State.DONE

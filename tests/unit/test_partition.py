@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -10,6 +11,8 @@ from dbparallel.core.noise import LogNormalNoise, MaskingNoise
 from dbparallel.core.partition import (
     Partition,
     equiprobable_partition,
+    gaussian_partition,
+    log_uniform_partition,
     uniform_time_partition,
     widen,
 )
@@ -110,3 +113,44 @@ def test_malformed_partition_rejected() -> None:
         Partition(boundaries=(1.0, 0.5), ranges=((0.5, 1.0),), gamma=0.0)
     with pytest.raises(ValueError):
         Partition(boundaries=(0.1, 0.5, 1.0), ranges=((0.5, 1.0),), gamma=0.0)
+
+
+# Log-uniform partition (noise.partition=log_uniform): sigma_b = 0.002 * 40000^(b/B).
+LOG_UNIFORM = {
+    2: [0.002, 0.4, 80.0],  # 0.002 * 200
+    3: [0.002, 0.06840, 2.3392, 80.0],  # 0.002 * 40000^(1/3) = 0.0684, * 40000^(2/3)
+    4: [0.002, 0.028284, 0.4, 5.6569, 80.0],  # 0.002 * sqrt(200), 0.4, 0.4 * sqrt(200)
+}
+
+
+@pytest.mark.parametrize("B", sorted(LOG_UNIFORM))
+def test_log_uniform_boundaries(B: int) -> None:
+    part = log_uniform_partition(NOISE, B)
+    assert part.boundaries == pytest.approx(LOG_UNIFORM[B], rel=1e-4)
+    assert part.boundaries[0] == 0.002 and part.boundaries[-1] == 80.0
+    b = part.boundaries
+    widths = [math.log(b[i + 1] / b[i]) for i in range(B)]
+    assert widths == pytest.approx([math.log(40000) / B] * B, rel=1e-12)
+
+
+def test_log_uniform_overlap_and_owners() -> None:
+    part = log_uniform_partition(NOISE, 3, gamma=0.05)
+    # block 1 nominal [0.0684, 2.3392], log-width ln(34.2) = 3.532, widened by 0.1766 a side
+    assert part.ranges[1] == pytest.approx((0.0684 * math.exp(-0.17661),
+                                            2.3392 * math.exp(0.17661)), rel=1e-3)
+    assert part.ranges[0][1] == 80.0 and part.ranges[2][0] == 0.002  # clamped at the ends
+    # the ViT chain's B = 3 sigmas (80, 0.3012, 0.002) still run blocks 0, 1, 2 once each
+    assert [part.owner(s) for s in (80.0, 0.3012, 0.002)] == [0, 1, 2]
+    top = part.boundaries[2]
+    assert part.owner(top) == 0 and part.owner(top * 0.999) == 1  # a boundary: noisier block
+    # block 0 holds the noise levels where the label is nearly gone: less mass than 1/B
+    assert NOISE.mass(*part.nominal_range(0)) == pytest.approx(0.0446, abs=2e-3)
+
+
+def test_gaussian_partition_names_the_kind() -> None:
+    assert gaussian_partition("equiprobable", NOISE, 3, 0.05) == \
+        equiprobable_partition(NOISE, 3, 0.05)
+    assert gaussian_partition("log_uniform", NOISE, 3, 0.05) == \
+        log_uniform_partition(NOISE, 3, 0.05)
+    with pytest.raises(ValueError, match="noise.partition"):
+        gaussian_partition("uniform", NOISE, 3)

@@ -85,3 +85,22 @@ def test_plan_command_shows_the_cluster(capsys) -> None:
     assert result["cluster"]["waves"] == 2 and result["blocks"] == 4
     assert cli.main(["plan", "model.blocks=auto"]) == 2
     assert "set runtime.device_memory" in capsys.readouterr().err
+
+
+def test_a_step_rate_estimate_needs_the_gpu_model() -> None:
+    from dbparallel.training.plan import ASSUMED_MFU, plan
+
+    cfg = _cfg("model.blocks=2", "runtime.gpus_per_block=1", "train.precision=bf16")
+    result = plan(cfg, Cluster(float("inf"), 2, "runtime.devices", "NVIDIA H100 80GB HBM3"))
+    flops = result["model_flops_per_step"]
+    assert len(flops) == 2 and all(f > 0 for f in flops)
+    c = result["cluster"]
+    assert c["peak_tflops"] == 989.4 and c["assumed_mfu"] == ASSUMED_MFU
+    assert c["estimated_steps_per_s"] == pytest.approx(
+        [989.4e12 * ASSUMED_MFU / f for f in flops])
+    doubled = plan(load_config([], [*SMALL, "model.blocks=2", "runtime.gpus_per_block=1",
+                                    "train.precision=bf16", "train.batch_size=32"]),
+                   Cluster(float("inf"), 2, "runtime.devices", "H100"))
+    assert doubled["model_flops_per_step"][0] == 2 * flops[0]  # twice the batch, twice the work
+    assert plan(cfg, Cluster(float("inf"), 2, "runtime.devices"))["cluster"][
+        "estimated_steps_per_s"] is None  # no model named: no peak, no estimate

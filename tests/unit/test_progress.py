@@ -68,3 +68,12 @@ def test_a_queued_block_shows_queued_until_it_starts() -> None:
     bars.start(2)
     assert bars.line().endswith("block 2 0/10 starting")
     bars.close()
+
+
+def test_bars_take_a_count_per_block() -> None:
+    bars = BlockBars([0, 1], [30, 10], enabled=False, line_every_s=1e9)
+    bars.update(0, 10, 0.5)
+    bars.update(1, 10, 0.25)
+    line = bars.line()
+    assert "block 0 10/30 loss 0.5000" in line and "block 1 10/10 loss 0.2500 done" in line
+    bars.close()

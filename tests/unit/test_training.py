@@ -1,17 +1,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from dbparallel.config import DataConfig
+from dbparallel.config import DataConfig, load_config
 from dbparallel.data.sources import digits_table, open_data
 from dbparallel.training.block_trainer import BlockTrainer, NonFiniteLoss
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.storage import Storage
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +172,23 @@ def test_plan_memory_estimate_equals_a_real_cpu_step(tiny_cfg) -> None:
     estimate = plan(tiny_cfg)["estimated_memory_bytes"]
     real = [step_bytes(tiny_cfg, b, device="cpu")["total"] for b in range(tiny_cfg.model.blocks)]
     assert estimate == real and all(e > 0 for e in estimate)
+
+
+def test_block_steps_train_each_block_to_its_own_count(tiny_cfg, table, tmp_path) -> None:
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"],
+                      [f"run.dir={tmp_path / 'run'}", "model.blocks=2", "model.depth=2",
+                       "train.block_steps=[3,2]", "train.checkpoint_every=100"])
+    storage = Storage(str(tmp_path / "run"))
+    runs = [BlockRun(cfg, b, table, storage) for b in range(2)]
+    for run in runs:
+        run.train_until(100)  # capped at the block's own count
+        assert run.done
+    assert [r.trainer.step for r in runs] == [3, 2]
+    assert [r.checkpoints.steps("snapshot") for r in runs] == [[3], [2]]  # the last step
+    # a block of the same seed and train.steps=2 takes the same two steps as block 1 here
+    plain = BlockRun(load_config([ROOT / "jobs" / "tiny_cpu.yaml"],
+                                 ["model.blocks=2", "model.depth=2", "train.steps=2"]),
+                     1, table, Storage(str(tmp_path / "plain")))
+    plain.train_until(100)
+    for a, b in zip(_weights(plain.trainer), _weights(runs[1].trainer), strict=True):
+        assert torch.equal(a, b)
