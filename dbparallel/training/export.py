@@ -101,6 +101,8 @@ def _metadata(data: bytes) -> dict[str, str]:
 
 
 def split_uri(path: str) -> tuple[str, str]:
-    """(directory, file name) of a local path or URI."""
+    """(directory, file name) of a local path or URI; a URI's query (``?endpoint_override=``)
+    stays with the directory, where the filesystem is made."""
+    path, query = path.split("?", 1) if "://" in path and "?" in path else (path, "")
     head, name = posixpath.split(path.rstrip("/"))
-    return head or ".", name
+    return (head or ".") + (f"?{query}" if query else ""), name

@@ -246,3 +246,12 @@ def test_the_api_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for code in blocks:
         exec(compile(code, "docs/api.md", "exec"), {})
     assert (tmp_path / "tiny-cpu.safetensors").exists()
+
+
+def test_an_export_path_splits_into_its_folder_and_name() -> None:
+    from dbparallel.training.export import split_uri
+
+    assert split_uri("net.safetensors") == (".", "net.safetensors")
+    assert split_uri("/a/b/net.safetensors") == ("/a/b", "net.safetensors")
+    assert split_uri("s3://bucket/x/net.safetensors?endpoint_override=h:1&scheme=http") == (
+        "s3://bucket/x?endpoint_override=h:1&scheme=http", "net.safetensors")

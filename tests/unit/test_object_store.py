@@ -85,3 +85,19 @@ def test_training_data_streamed_from_a_bucket(bucket, tmp_path) -> None:
         reports.append(json.loads((tmp_path / run / "report.json").read_text()))
     assert [r["final_loss"] for r in reports[0]["per_block"]] == \
         [r["final_loss"] for r in reports[1]["per_block"]]
+
+
+def test_export_to_and_load_from_a_bucket(bucket) -> None:
+    """A run directory and its export in the bucket load to the same network."""
+    import torch
+
+    import dbparallel
+
+    run = bucket("exported")
+    assert main(["train", TINY, "--local", f"run.dir={run}", "train.steps=4",
+                 "train.checkpoint_every=4", "metrics.port=0"]) == 0
+    out = bucket("exports/tiny.safetensors")  # the endpoint rides in the URI's query
+    assert main(["export", run, "--out", out]) == 0
+    a, b = dbparallel.load(run), dbparallel.load(out)
+    assert b.steps == a.steps == [4, 4]
+    assert torch.equal(a.sample([1, 2], steps=2), b.sample([1, 2], steps=2))
