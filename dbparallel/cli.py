@@ -110,8 +110,14 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def _print_summary(cfg: Config, report: dict) -> None:
     for row in report["per_block"]:
+        speed = ""
+        if row.get("achieved_tflops") is not None:
+            speed = f" achieved={row['achieved_tflops']:.3g} TFLOP/s"
+        if row.get("mfu") is not None:
+            speed += f" mfu={row['mfu']:.1%}"
         print(f"block {row['block']}: steps={row['steps']} final_loss={row['final_loss']:.5f} "
-              f"restarts={row['restarts']} peak_memory={row['peak_memory_bytes'] / 2**20:.2f} MiB")
+              f"restarts={row['restarts']} peak_memory={row['peak_memory_bytes'] / 2**20:.2f} MiB"
+              f"{speed}")
     if report["assembly"]:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in report["assembly"].items())
         print(f"assembly: {metrics}")
