@@ -8,6 +8,8 @@ overrides to a DiffusionBlocks run:
     learned         model.label_embedding=learned (each block trains its own label table)
     equiprobable    noise.partition=equiprobable (equal mass of the training density)
     log_uniform     noise.partition=log_uniform (equal widths in ln sigma)
+    noise_start     sample.label_start=noise (the ViT chain starts at sigma_max * eps)
+    zero_start      sample.label_start=zero (the ViT chain starts at 0)
     steps=w0:w1:..  train.block_steps in the proportions w0, w1, ... (block 0 first), summing
                     to B * train.steps: the same layer-steps as B blocks of train.steps each
 
@@ -24,6 +26,8 @@ FIXED = {
     "learned": ["model.label_embedding=learned"],
     "equiprobable": ["noise.partition=equiprobable"],
     "log_uniform": ["noise.partition=log_uniform"],
+    "noise_start": ["sample.label_start=noise"],
+    "zero_start": ["sample.label_start=zero"],
 }
 
 

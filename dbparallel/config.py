@@ -31,6 +31,7 @@ PRESETS = ("tiny", "small", "base", "dit-s", "dit-b", "dit-l")
 AR_READOUTS = ("paper", "direct")
 LABEL_EMBEDDINGS = ("frozen", "learned")
 PARTITIONS = ("equiprobable", "log_uniform")
+LABEL_STARTS = ("noise", "zero")
 
 
 class ConfigError(UserError):
@@ -238,6 +239,10 @@ class SampleConfig:
     # held-out rows a classifier (vit; dit's in-domain features) is scored on: 0 = every test
     # row, or, for data with no test split, the first 10,000 training rows
     eval_rows: int = 0
+    # vit: the label state the chain starts from at sigma_max: zero (the prior's mean; the
+    # chain follows the expected embeddings, no noise drawn) | noise (sigma_max * eps, the
+    # paper's; the chain then draws a label from block 0's posterior); docs/method.md, vit
+    label_start: str = "zero"
     elbo_draws: int = 4  # masking times t per held-out sequence in the MDM's BPC estimate
     prompt_len: int = 32  # characters of held-out text that prompt each AR continuation
     gen_len: int = 64  # characters generated per AR continuation
@@ -252,6 +257,7 @@ class SampleConfig:
         _check(self.per_class >= 1, "sample.per_class", "must be >= 1")
         _check(self.eval_samples >= 10, "sample.eval_samples", "must be >= 10")
         _check(self.eval_rows >= 0, "sample.eval_rows", "must be >= 0 (0 = the test split)")
+        _choice(self.label_start, "sample.label_start", LABEL_STARTS)
         for key in ("elbo_draws", "prompt_len", "gen_len", "text_samples", "scorer_steps"):
             value = getattr(self, key)
             _check(value >= 1, f"sample.{key}", f"must be >= 1, got {value}")

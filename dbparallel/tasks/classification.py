@@ -110,7 +110,10 @@ class Classification:
         logits are the prediction."""
         n, device = len(images), images.device
         sigmas = [float(s) for s in self.inference_sigmas()]
-        z = sigmas[0] * torch.randn(n, self.E.shape[1], generator=generator).to(device)  # (N, D)
+        if self.cfg.sample.label_start == "zero":
+            z = torch.zeros(n, self.E.shape[1], device=device)  # the prior's mean, (N, D)
+        else:
+            z = sigmas[0] * torch.randn(n, self.E.shape[1], generator=generator).to(device)
         steps = []
         for sigma, sigma_next in zip(sigmas, sigmas[1:] + [None], strict=True):
             block = self.partition.owner(sigma)

@@ -13,7 +13,7 @@ from dbparallel.tasks.classification import Classification
 from dbparallel.training.block_trainer import BlockTrainer
 
 TINY = ["task=vit", "model.blocks=2", "model.depth=2", "model.hidden=16", "model.heads=2",
-        "model.patch_size=4", "run.seed=3"]
+        "model.patch_size=4", "run.seed=3", "sample.label_start=noise"]
 
 
 def _task(*extra: str) -> Classification:
@@ -127,3 +127,26 @@ def test_config_key() -> None:
     old = to_dict(frozen)
     del old["model"]["label_embedding"]  # a run directory from before the key: it was frozen
     assert identity_diff(old, to_dict(frozen)) == []
+
+
+def test_zero_start_follows_the_expected_embeddings() -> None:
+    task = _task("sample.label_start=zero")
+    nets = _perturbed_nets(task)
+    seen: list[torch.Tensor] = []
+    for net in nets:
+        net.register_forward_hook(lambda _m, args, _out: seen.append(args[1].clone()))
+    images = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    steps = task.predict_steps(nets, images, g)
+    assert torch.equal(seen[0], torch.zeros(5, 16))  # z = 0 at sigma_max: nothing drawn
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
+    # after the step from 80 to 0.002: z = (1 - 0.002/80) softmax(logits_0) @ E, then c_in
+    (s0, _, logits0), (s1, _, _) = steps
+    z1 = (1 - s1 / s0) * (logits0.softmax(1) @ task.E)
+    torch.testing.assert_close(seen[1], z1 / (s1**2 + 0.25) ** 0.5)
+    # the start is an inference choice, not what the blocks are
+    assert identity_diff(to_dict(load_config([], TINY)),
+                         to_dict(load_config([], [*TINY, "sample.label_start=zero"]))) == []
+    assert load_config([], ["task=vit"]).sample.label_start == "zero"
+    with pytest.raises(ConfigError, match="sample.label_start"):
+        load_config([], ["task=vit", "sample.label_start=mean"])
