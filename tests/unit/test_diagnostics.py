@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,16 @@ def test_plot_draws_a_run_against_its_baseline(tmp_path: Path, capsys) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["plot", str(tmp_path / "db"), "--against", str(tmp_path / "nope")]) == 2
     assert "--against" in capsys.readouterr().err
+
+
+def test_bins_nest_in_a_log_uniform_partition() -> None:
+    from dbparallel.tasks import build_task
+
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], ["model.blocks=3", "model.depth=3",
+                                                         "noise.partition=log_uniform"])
+    task = build_task(cfg)
+    fine = bins(cfg, task)
+    assert fine.blocks == 18  # 3 * ceil(16 / 3)
+    assert set(task.partition.boundaries) <= set(fine.boundaries)  # no bin straddles two blocks
+    owners = [task.partition.owner(math.sqrt(lo * hi)) for lo, hi in fine.ranges]
+    assert owners == [0] * 6 + [1] * 6 + [2] * 6

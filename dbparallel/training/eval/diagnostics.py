@@ -1,13 +1,14 @@
 """Where a composed network loses quality: its training loss per noise level, block by block.
 
 The noise range is cut into bins of equal probability mass (for text diffusion, of masking
-time t): at least ``BINS``, a whole number per block, so a run and its end-to-end baseline are
-scored on about the same bins. Each bin is scored by the block that owns it, on held-out
-rows, with sigma drawn inside the bin with fixed noise: ``loss`` is the task's training loss
-(weighted by w(sigma)), ``unweighted_loss`` the same per sample divided by its w(sigma) (the
-denoising error: MSE for DiT, cross-entropy for ViT and AR, the masked tokens' cross-entropy
-per token of a row for MDM). The sigma of each sample is the task's own first draw, made
-again from a copy of the same generator.
+time t; with ``noise.partition=log_uniform``, of equal widths in ln sigma, so that the bins
+still nest in the blocks' ranges): at least ``BINS``, a whole number per block, so a run and
+its end-to-end baseline are scored on about the same bins. Each bin is scored by the block
+that owns it, on held-out rows, with sigma drawn inside the bin with fixed noise: ``loss`` is
+the task's training loss (weighted by w(sigma)), ``unweighted_loss`` the same per sample
+divided by its w(sigma) (the denoising error: MSE for DiT, cross-entropy for ViT and AR, the
+masked tokens' cross-entropy per token of a row for MDM). The sigma of each sample is the
+task's own first draw, made again from a copy of the same generator.
 A block whose bins sit above its neighbours', or above the end-to-end network's at the same
 noise level (the ``dbparallel baseline`` run's diagnostics.json), is the one that limits the
 network. ViT also reports the accuracy of the readout after each step of its chain.
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from dbparallel.config import Config
-from dbparallel.core.partition import Partition, equiprobable_partition, uniform_time_partition
+from dbparallel.core.partition import Partition, gaussian_partition, uniform_time_partition
 from dbparallel.core.precond import edm_weight
 from dbparallel.data.shard_reader import iter_chunks
 from dbparallel.data.shards import DataIndex
@@ -39,12 +40,14 @@ FILE = "diagnostics.json"
 
 
 def bins(cfg: Config, task: Task) -> Partition:
-    """The diagnostic bins: equal-mass, without overlap, a whole number per block."""
+    """The diagnostic bins: of the run's partition kind, without overlap, a whole number per
+    block."""
     blocks = cfg.model.blocks
     count = blocks * math.ceil(BINS / blocks)
     if cfg.task == "mdm":
         return uniform_time_partition(task.noise, count)  # type: ignore[attr-defined]
-    return equiprobable_partition(task.noise, count)  # type: ignore[attr-defined]
+    noise = task.noise  # type: ignore[attr-defined]
+    return gaussian_partition(cfg.noise.partition, noise, count)
 
 
 def applies(cfg: Config) -> bool:
