@@ -136,28 +136,34 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """One panel per (task, headline metric): DiffusionBlocks by B (a line per variant,
-    mean over seeds), end to end as a line."""
+    """One panel per (task, headline metric): a bar per DiffusionBlocks (B, variant), mean over
+    seeds, and end to end as a line."""
     import matplotlib.pyplot as plt
 
     panels = [(t, m) for t, m in (("vit", "accuracy"), ("dit", "fid"), ("dit", "kid"))
               if any(r["task"] == t and r["metric"] == m for r in result["rows"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    db_rows = [r for r in result["rows"] if r["method"] == "diffusionblocks"]
+    bars = len({(r["blocks"], r.get("variant", "")) for r in db_rows}) or 1
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 1.2 + 0.4 * bars),
+                             squeeze=False)
     for ax, (task, metric) in zip(axes[0], panels, strict=True):
         rows = [r for r in result["rows"] if r["task"] == task and r["metric"] == metric]
-        db = [r for r in rows if r["method"] == "diffusionblocks"]
-        for variant in dict.fromkeys(r.get("variant", "") for r in db):
-            mine = [r for r in db if r.get("variant", "") == variant]
-            bs = sorted({r["blocks"] for r in mine})
-            mean = [sum(r["value"] for r in mine if r["blocks"] == b)
-                    / sum(r["blocks"] == b for r in mine) for b in bs]
-            ax.plot(bs, mean, "o-", label=f"DiffusionBlocks {variant}".strip())
+        keys = list(dict.fromkeys((r["blocks"], r.get("variant", "")) for r in rows
+                                  if r["method"] == "diffusionblocks"))
+        means = [sum(v := [r["value"] for r in rows if r["method"] == "diffusionblocks"
+                           and (r["blocks"], r.get("variant", "")) == k]) / len(v)
+                 for k in keys]
+        ax.barh(range(len(keys)), means, color="tab:blue")
+        ax.set_yticks(range(len(keys)), [f"B={b} {v}".strip() for b, v in keys], fontsize=7)
+        ax.invert_yaxis()
         e2e = [r["value"] for r in rows if r["method"] == "end_to_end"]
         if e2e:
-            ax.axhline(sum(e2e) / len(e2e), color="gray", ls="--", label="end to end")
-        ax.set(xlabel="blocks B", ylabel=metric, title=f"{task}: {metric} (Fashion-MNIST)")
-        ax.set_xticks(sorted({r["blocks"] for r in db}))
-        ax.legend(fontsize=7)
+            ax.axvline(sum(e2e) / len(e2e), color="gray", ls="--", label="end to end")
+            ax.legend(fontsize=7, loc="lower right")
+        if means:
+            low = min(means + e2e)
+            ax.set_xlim(low - 0.1 * abs(low), max(means + e2e) * 1.02)
+        ax.set(xlabel=metric, title=f"{task}: {metric} (Fashion-MNIST), DiffusionBlocks")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
