@@ -40,3 +40,27 @@ def test_vit_in_ray_equals_local(ray_session, tmp_path) -> None:
         c = torch.load(tmp_path / "local" / name, weights_only=True)["ema"]
         assert all(torch.equal(a[k], c[k]) for k in a)
     assert (tmp_path / "ray" / "confusion.json").is_file()
+
+
+def test_block_steps_in_ray_equal_local(ray_session, tmp_path) -> None:
+    extra = ["train.block_steps=[12,4]", "noise.partition=log_uniform"]
+    reports = {}
+    for mode in ("ray", "local"):
+        cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"],
+                          [f"run.dir={tmp_path / mode}", *VIT, *extra])
+        if mode == "local":
+            from dbparallel.runtime.local import run_local
+
+            reports[mode] = run_local(cfg, None, progress=False)
+        else:
+            from dbparallel.runtime.launch import run_ray
+
+            reports[mode] = run_ray(cfg, None, progress=False)
+    for report in reports.values():
+        assert [r["steps"] for r in report["per_block"]] == [12, 4]
+    assert reports["ray"]["assembly"]["accuracy"] == reports["local"]["assembly"]["accuracy"]
+    for b, step in ((0, 12), (1, 4)):
+        name = f"blocks/block_{b}/snapshot_{step:08d}.pt"
+        a = torch.load(tmp_path / "ray" / name, weights_only=True)["ema"]
+        c = torch.load(tmp_path / "local" / name, weights_only=True)["ema"]
+        assert all(torch.equal(a[k], c[k]) for k in a)
