@@ -21,23 +21,39 @@ MEMO_FILE = "file_digests.json"
 MAX_ENTRIES = 10_000  # the memo keeps the most recent ones
 
 
+class DigestMemo:
+    """The remembered digests, read once and written once (when changed) for a set of files:
+    ``with DigestMemo() as memo: memo.file_digest(...)``."""
+
+    def __enter__(self) -> DigestMemo:
+        self.memo, self.changed = _read(), False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.changed:
+            _write(dict(list(self.memo.items())[-MAX_ENTRIES:]))
+
+    def file_digest(self, fs: pafs.FileSystem, path: str, digest: Callable[[], bytes]) -> bytes:
+        """``digest()`` of the file at ``path`` on ``fs``, or the remembered one when the
+        file's size and modification time are unchanged since it was computed."""
+        info = fs.get_file_info(path)
+        if info.mtime_ns is None or info.size is None:
+            return digest()
+        key, stamp = f"{fs.type_name}:{path}", [info.size, info.mtime_ns]
+        entry = self.memo.get(key)
+        if entry and entry["stamp"] == stamp:
+            return bytes.fromhex(entry["sha256"])
+        value = digest()
+        self.memo.pop(key, None)
+        self.memo[key] = {"stamp": stamp, "sha256": value.hex()}
+        self.changed = True
+        return value
+
+
 def file_digest(fs: pafs.FileSystem, path: str, digest: Callable[[], bytes]) -> bytes:
-    """``digest()`` of the file at ``path`` on ``fs``, or the remembered one when the file's
-    size and modification time are unchanged since it was computed."""
-    info = fs.get_file_info(path)
-    if info.mtime_ns is None or info.size is None:
-        return digest()
-    key = f"{fs.type_name}:{path}"
-    stamp = [info.size, info.mtime_ns]
-    memo = _read()
-    entry = memo.get(key)
-    if entry and entry["stamp"] == stamp:
-        return bytes.fromhex(entry["sha256"])
-    value = digest()
-    memo.pop(key, None)
-    memo[key] = {"stamp": stamp, "sha256": value.hex()}
-    _write(dict(list(memo.items())[-MAX_ENTRIES:]))
-    return value
+    """One file's remembered digest (``DigestMemo.file_digest``)."""
+    with DigestMemo() as memo:
+        return memo.file_digest(fs, path, digest)
 
 
 def _read() -> dict:

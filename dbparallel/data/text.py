@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dbparallel.config import DataConfig
-from dbparallel.data.digests import blocks_digest, file_digest
+from dbparallel.data.digests import DigestMemo, blocks_digest
 from dbparallel.data.shards import SPLITS
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError
@@ -104,10 +104,11 @@ class TextSource:
         """sha256 of the bytes of every input, in order (each file's own digest is
         remembered while its size and modification time stay the same: data/digests.py)."""
         outer = hashlib.sha256()
-        for path, fmt in self.files:
-            inner = file_digest(self.fs, path,
-                                lambda p=path: blocks_digest(_blocks(self.fs, p)))
-            outer.update(f"{fmt}:".encode() + inner)
+        with DigestMemo() as memo:  # one read and one write of the memo for every file
+            for path, fmt in self.files:
+                inner = memo.file_digest(self.fs, path,
+                                         lambda p=path: blocks_digest(_blocks(self.fs, p)))
+                outer.update(f"{fmt}:".encode() + inner)
         return outer.hexdigest()
 
     def documents(self) -> Iterator[Document]:
