@@ -25,8 +25,11 @@ def test_block_failing_past_max_restarts_fails_the_run(ray_session, tmp_path) ->
         run_ray(cfg, None, progress=False)
     storage = Storage(str(run_dir))
     assert BlockCheckpoints(storage, 1).restarts() == 1  # died twice: the first run + 1 restart
-    survivor = BlockCheckpoints(storage, 0).load_latest("state")
-    assert survivor is not None and survivor["step"] >= 6  # checksum-verified
+    # block 0 was stopped with the run wherever it had got to (how far depends on how fast
+    # the machine is): every checkpoint it listed is whole
+    survivor = BlockCheckpoints(storage, 0)
+    for step in survivor.steps("state"):
+        assert survivor.load_latest("state", step)["step"] == step  # checksum-verified
 
 
 def test_an_assembler_that_cannot_be_placed_fails_before_training(ray_session, tmp_path) -> None:
