@@ -268,8 +268,12 @@ class RuntimeConfig:
     local: bool = False  # run the block trainers in this process, without Ray
     address: str = ""  # Ray address; "" = RAY_ADDRESS if set, else a private local instance
     num_cpus: int = 0  # CPUs of a private local instance; 0 = all
-    cpus_per_block: float = 0.5  # CPUs reserved by each block actor
-    gpus_per_block: float = 0.0  # GPUs per block actor (fractions share a card); 0 = CPU
+    cpus_per_block: float = 0.5  # CPUs reserved by each block actor (each replica)
+    gpus_per_block: float = 0.0  # GPUs per block actor (each replica; fractions share a
+    # card); 0 = CPU
+    # data-parallel workers of each block (Ray Train, one process group per block); each
+    # takes an even share of train.batch_size, which stays the block's global batch
+    replicas_per_block: int = 1
     torch_threads: int = 1  # torch threads per block trainer
     assembly_cpus: float = 0.0  # CPUs reserved by the assembly actor
     assembly_gpus: float = 0.0  # GPUs of the assembly actor; 0 = it samples on CPU
@@ -292,6 +296,7 @@ class RuntimeConfig:
         _check(self.cpus_per_block > 0, "runtime.cpus_per_block", "must be > 0")
         _check(self.gpus_per_block >= 0, "runtime.gpus_per_block", "must be >= 0")
         _check(self.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
+        _check(self.replicas_per_block >= 1, "runtime.replicas_per_block", "must be >= 1")
         _check(self.assembly_cpus >= 0, "runtime.assembly_cpus", "must be >= 0")
         _check(self.assembly_gpus >= 0, "runtime.assembly_gpus", "must be >= 0")
         _check(self.placement_timeout_s > 0, "runtime.placement_timeout_s", "must be > 0")
@@ -315,6 +320,7 @@ class DebugConfig:
     kill_block: int = -1  # block whose actor exits hard once, at kill_at_step; -1 = none
     kill_at_step: int = -1  # step at which kill_block's actor exits
     kill_times: int = 1  # how many of kill_block's actor processes die at kill_at_step
+    kill_replica: int = 0  # with runtime.replicas_per_block > 1: the rank of the one that dies
     chaos_seed: int = -1  # >= 0: seed of a schedule of chaos_kills hard kills (runtime/faults.py)
     chaos_kills: int = 0  # kills of block actors (and of the assembly actor) in that schedule
 
@@ -359,6 +365,15 @@ class Config:
         if self.noise.partition != "equiprobable":
             _check(self.task != "mdm", "noise.partition",
                    "task=mdm splits masking time uniformly; only equiprobable applies")
+        R = self.runtime.replicas_per_block
+        _check(R <= self.train.batch_size, "runtime.replicas_per_block",
+               f"must be <= train.batch_size={self.train.batch_size} (each replica takes a "
+               f"share of the block's batch), got {R}")
+        if R > 1:
+            _check(not self.runtime.local, "runtime.replicas_per_block",
+                   "needs Ray (runtime.local=false): replicas are Ray Train workers")
+        _check(0 <= self.debug.kill_replica < R, "debug.kill_replica",
+               f"must be a rank below runtime.replicas_per_block={R}")
         if self.debug.kill_block >= 0:
             _check(self.debug.kill_block < self.model.blocks, "debug.kill_block",
                    f"must be < model.blocks={self.model.blocks}")

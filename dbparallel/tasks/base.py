@@ -10,6 +10,7 @@ import torch
 from dbparallel.config import Config
 from dbparallel.core.noise import LogNormalNoise
 from dbparallel.core.partition import Partition, gaussian_partition
+from dbparallel.core.share import Share
 from dbparallel.models.block import Block
 
 Batch = dict[str, torch.Tensor]
@@ -37,9 +38,12 @@ class Task(Protocol):
         ...
 
     def loss(
-        self, net: Block, batch: Batch, block: int, generator: torch.Generator
+        self, net: Block, batch: Batch, block: int, generator: torch.Generator,
+        share: Share | None = None,
     ) -> torch.Tensor:
-        """Per-sample loss (N,) of ``net`` on noise levels drawn from ``block``'s range."""
+        """Per-sample loss (N,) of ``net`` on noise levels drawn from ``block``'s range.
+        ``batch`` holds ``share``'s rows of the step's global batch (default: all of it); the
+        random draws are made for the global batch and cut to the share (core/share.py)."""
         ...
 
 

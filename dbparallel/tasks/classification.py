@@ -23,6 +23,7 @@ from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import equiprobable_schedule
+from dbparallel.core.share import Share
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, image_batch
 from dbparallel.models.layers import frozen_unit_embedding
 from dbparallel.models.presets import resolve
@@ -74,18 +75,21 @@ class Classification:
         D = precondition(F_x, z, sigma, self.sigma_data)  # (N, D)
         return D, net.classify(D, c)  # (N, D), (N, classes)
 
-    def loss(self, net: ViTBlock, batch: Batch, block: int,
-             generator: torch.Generator) -> torch.Tensor:
+    def loss(self, net: ViTBlock, batch: Batch, block: int, generator: torch.Generator,
+             share: Share | None = None) -> torch.Tensor:
         images, labels = batch["image"], batch["label"]
         n, device = len(labels), labels.device
+        share = share or Share.whole(n)
         if self.end_to_end:
             F_x, c = net(images)  # (N, D), (N, D)
             return weighted_cross_entropy(net.classify(F_x, c), labels,
                                           torch.ones(n, device=device))  # (N,)
         lo, hi = self.partition.ranges[block]
-        sigma = self.noise.sample(n, lo, hi, generator, device=device)  # (N,)
+        sigma = share.cut(self.noise.sample(share.total, lo, hi, generator,
+                                            device=device))  # (N,)
         y = self.table(net, device)[labels]  # (N, D)
-        eps = torch.randn(y.shape, generator=generator).to(device)  # (N, D)
+        eps = share.cut(torch.randn(share.total, y.shape[1],
+                                    generator=generator)).to(device)  # (N, D)
         _, logits = self.denoise(net, images, y + sigma[:, None] * eps, sigma)
         return weighted_cross_entropy(logits, labels, edm_weight(sigma, self.sigma_data))
 

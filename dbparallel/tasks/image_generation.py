@@ -20,6 +20,7 @@ from dbparallel.core.sampler import (
     heun_sample,
     karras_schedule,
 )
+from dbparallel.core.share import Share
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, image_batch
 from dbparallel.models.dit import DiTBlock
 from dbparallel.models.presets import resolve
@@ -62,14 +63,19 @@ class ImageGeneration:
         return precondition(F_x, z, sigma, self.sigma_data)
 
     def loss(
-        self, net: DiTBlock, batch: Batch, block: int, generator: torch.Generator
+        self, net: DiTBlock, batch: Batch, block: int, generator: torch.Generator,
+        share: Share | None = None,
     ) -> torch.Tensor:
         y, labels = batch["image"], batch["label"]
-        n, device = len(y), y.device
+        device = y.device
+        share = share or Share.whole(len(y))
         lo, hi = self.partition.ranges[block]
-        sigma = self.noise.sample(n, lo, hi, generator, device=device)  # (N,)
-        eps = torch.randn(y.shape, generator=generator).to(device)  # (N, C, H, W)
-        dropped = torch.rand(n, generator=generator).to(device) < self.cfg.train.label_dropout
+        sigma = share.cut(self.noise.sample(share.total, lo, hi, generator,
+                                            device=device))  # (N,)
+        eps = share.cut(torch.randn(share.total, *y.shape[1:],
+                                    generator=generator)).to(device)  # (N, C, H, W)
+        dropped = share.cut(torch.rand(share.total, generator=generator)).to(device) \
+            < self.cfg.train.label_dropout
         labels = torch.where(dropped, torch.full_like(labels, self.null_label), labels)
         D = self.denoise(net, y + sigma.view(-1, 1, 1, 1) * eps, sigma, labels)
         return weighted_mse(D, y, edm_weight(sigma, self.sigma_data))  # (N,)

@@ -16,6 +16,7 @@ import torch
 
 from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
+from dbparallel.core.share import Share
 from dbparallel.models.lm import ARBlock
 from dbparallel.tasks.autoregressive import AutoregressiveLM
 from dbparallel.tasks.base import Batch
@@ -41,13 +42,15 @@ class LoopedLM(AutoregressiveLM):
         truncate = self.cfg.train.bptt_truncate
         return min(truncate, self.steps) if truncate else self.steps
 
-    def loss(self, net: ARBlock, batch: Batch, block: int,
-             generator: torch.Generator) -> torch.Tensor:
+    def loss(self, net: ARBlock, batch: Batch, block: int, generator: torch.Generator,
+             share: Share | None = None) -> torch.Tensor:
         if not self.bptt:
-            return super().loss(net, batch, block, generator)
+            return super().loss(net, batch, block, generator, share)
         ids = batch["tokens"]  # (N, T)
+        share = share or Share.whole(len(ids))
         sigmas = [float(s) for s in self.sigmas()]
-        z = sigmas[0] * torch.randn(*ids.shape, net.E.shape[1], generator=generator)
+        z = sigmas[0] * share.cut(torch.randn(share.total, ids.shape[1], net.E.shape[1],
+                                              generator=generator))
         z = z.to(ids.device)  # (N, T, D)
         cache = net.clean(ids)[1]  # the clean stream does not change between iterations
         first_graph = len(sigmas) - self.backprop_iterations

@@ -16,6 +16,7 @@ from dbparallel.config import Config
 from dbparallel.core.losses import masked_diffusion_loss
 from dbparallel.core.noise import MaskingNoise
 from dbparallel.core.partition import Partition, uniform_time_partition
+from dbparallel.core.share import Share
 from dbparallel.models.lm import MaskedLMBlock
 from dbparallel.models.presets import resolve
 from dbparallel.tasks.base import Batch
@@ -37,19 +38,23 @@ class MaskedDiffusionLM(TextData):
     def build_block(self, block: int) -> MaskedLMBlock:
         return MaskedLMBlock(resolve(self.cfg.model), self.vocab_size)
 
-    def corrupt(self, x0: torch.Tensor, t: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator,
+                share: Share | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t (N, T) and is_masked (N, T): each token masked with probability 1 - alpha(t)."""
-        u = torch.rand(x0.shape, generator=generator).to(x0.device)  # (N, T)
+        share = share or Share.whole(len(x0))
+        u = share.cut(torch.rand(share.total, x0.shape[1],
+                                 generator=generator)).to(x0.device)  # (N, T)
         is_masked = u < (1 - self.noise.alpha(t))[:, None]
         return torch.where(is_masked, torch.full_like(x0, self.mask_id), x0), is_masked
 
-    def loss(self, net: MaskedLMBlock, batch: Batch, block: int,
-             generator: torch.Generator) -> torch.Tensor:
+    def loss(self, net: MaskedLMBlock, batch: Batch, block: int, generator: torch.Generator,
+             share: Share | None = None) -> torch.Tensor:
         x0 = batch["tokens"]  # (N, T)
+        share = share or Share.whole(len(x0))
         lo, hi = self.partition.ranges[block]
-        t = self.noise.sample(len(x0), lo, hi, generator, device=x0.device)  # (N,)
-        x_t, is_masked = self.corrupt(x0, t, generator)
+        t = share.cut(self.noise.sample(share.total, lo, hi, generator,
+                                        device=x0.device))  # (N,)
+        x_t, is_masked = self.corrupt(x0, t, generator, share)
         logits = net(x_t, t)  # (N, T, V)
         # nats per character, so that the scale does not grow with data.seq_len
         return masked_diffusion_loss(logits, x0, is_masked, self.noise.weight(t)) / x0.shape[1]

@@ -23,6 +23,7 @@ from dbparallel.tasks.base import Batch
 from dbparallel.training.flops import FlopCount, achieved_tflops
 from dbparallel.training.peaks import device_peak_tflops, mfu
 from dbparallel.training.precision import autocast, set_matmul_precision
+from dbparallel.training.replicas import Replicas
 from dbparallel.training.seeding import derive_seed, generator
 
 # torch.compile's mode for train.compile: None is torch's default (inductor, no CUDA graphs).
@@ -52,7 +53,7 @@ class BlockTrainer:
 
     def __init__(
         self, cfg: Config, block: int, device: str | torch.device = "cpu",
-        task: Task | None = None,
+        task: Task | None = None, replicas: Replicas | None = None,
     ):
         if not 0 <= block < cfg.model.blocks:
             raise ValueError(f"block {block} is outside model.blocks={cfg.model.blocks}")
@@ -60,6 +61,10 @@ class BlockTrainer:
         set_matmul_precision(cfg.train.precision, self.device)
         self.task = task or build_task(cfg)
         self.sigma_range = self.task.partition.ranges[block]
+        # with replicas, this process trains its share of every global batch (the weights
+        # start equal: the same seed; they stay equal: the same summed gradients)
+        self.replicas = replicas
+        self.share = replicas.share(cfg.train.batch_size) if replicas else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.run.seed, "init", block))
             self.model: Block = self.task.build_block(block).to(self.device)
@@ -94,9 +99,11 @@ class BlockTrainer:
         return self.cfg.train.lr * min(1.0, (step + 1) / warmup) if warmup else self.cfg.train.lr
 
     def _loss(self, batch: Batch, g: torch.Generator) -> torch.Tensor:
-        """The mean weighted loss of ``batch`` (what train.compile compiles, with backward)."""
+        """The mean weighted loss of ``batch`` (what train.compile compiles, with backward);
+        a replica's share sums to its part of the global batch's mean."""
         with autocast(self.cfg.train.precision, self.device):
-            return self.task.loss(self.model, batch, self.block, g).float().mean()
+            per_sample = self.task.loss(self.model, batch, self.block, g, self.share).float()
+        return per_sample.sum() / self.share.total if self.share else per_sample.mean()
 
     def train_step(self, batch: Batch) -> StepStats:
         """One optimizer step on ``batch`` (tensors on this trainer's device)."""
@@ -115,20 +122,24 @@ class BlockTrainer:
         with count.counting() if count else contextlib.nullcontext():
             with recording:
                 loss = (self._loss if measuring else self._forward_loss)(batch, g)
-            finite = bool(torch.isfinite(loss))
+            total = self.replicas.sum(loss.detach().reshape(1).clone()) if self.replicas \
+                else loss.detach()  # the global batch's mean: every replica sees the same
+            finite = bool(torch.isfinite(total).all())
             if finite:
                 loss.backward()
-        n = len(next(iter(batch.values())))
+        n = self.share.total if self.share else len(next(iter(batch.values())))
         if not finite:
             self.nonfinite_steps += 1
             self.step += 1
             self.optimizer.zero_grad(set_to_none=True)
             if self.cfg.train.nonfinite == "stop":
-                raise NonFiniteLoss(f"block {self.block}: loss is {loss.item()} at step "
+                raise NonFiniteLoss(f"block {self.block}: loss is {total.sum().item()} at step "
                                     f"{self.step - 1} (train.nonfinite=stop)")
             return StepStats(self.step, math.nan, False, time.perf_counter() - start, n)
         if count is not None:
             self.model_flops_per_step = count.total
+        if self.replicas:
+            self.replicas.sum_gradients(self.model.parameters())
         if self.cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
@@ -137,7 +148,7 @@ class BlockTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
         self.step += 1
-        value = loss.item()
+        value = float(total.sum())
         self.recent_losses = (self.recent_losses + [value])[-self.cfg.train.log_every:]
         seconds = time.perf_counter() - start
         if not measuring:

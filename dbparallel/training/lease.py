@@ -63,6 +63,10 @@ class BlockLease:
                     f"wait train.lease_timeout_s={self.timeout_s:g} s for its lease to lapse "
                     f"(if no process writes the block any more, e.g. a killed run, delete "
                     f"{self.storage.uri(self.path)})")
+        # a writer of this same session held it and never released it: this process is a
+        # restart of a lost one (Ray restarted the block's actor or its group)
+        self.took_over_own = bool(current and current.get("holder")
+                                  and current["session"] == self.session)
         self.generation = int(current["generation"]) + 1 if current else 1
         self._write()
         if (self.read() or {}).get("holder") != self.holder:  # a racing writer won

@@ -16,6 +16,7 @@ from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
 from dbparallel.training.history import BlockHistory
 from dbparallel.training.lease import BlockLease
+from dbparallel.training.replicas import Replicas
 from dbparallel.training.storage import Storage
 from dbparallel.training.stream import BlockStream
 
@@ -28,27 +29,34 @@ class BlockRun:
     latest state."""
 
     def __init__(self, cfg: Config, block: int, index: DataIndex, storage: Storage,
-                 device: str = "cpu", prefetch: bool = True, session: str = ""):
+                 device: str = "cpu", prefetch: bool = True, session: str = "",
+                 replicas: Replicas | None = None):
         self.cfg = cfg
-        # one writer per block: a run's session (the driver's) may take its own lease over
+        # one writer per block (with replicas: rank 0; the others only train); a run's
+        # session (the driver's) may take its own lease over
+        self.writer = replicas is None or replicas.writer
         self.lease = BlockLease(storage, block, session or uuid.uuid4().hex,
                                 cfg.train.lease_timeout_s)
-        self.lease.acquire()
+        if self.writer:
+            self.lease.acquire()
         try:
             self._renewed = time.monotonic()
-            self.trainer = BlockTrainer(cfg, block, device)
+            self.trainer = BlockTrainer(cfg, block, device, replicas=replicas)
             task = self.trainer.task
             self.order = DataOrder([s.rows for s in index.shards("train")],
                                    cfg.train.batch_size, cfg.run.seed, block,
                                    cfg.data.window_shards)
             self.stream = BlockStream(index, "train", self.order, task.decode,
-                                      self.trainer.device, task.columns, prefetch)
+                                      self.trainer.device, task.columns, prefetch,
+                                      self.trainer.share)
             self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
                                                 cfg.train.keep_snapshots)
             self.resumed_from = self._resume()
-            self.history = BlockHistory(storage, block, self.resumed_from)
+            # only the writer keeps the history (creating it rewrites metrics.jsonl)
+            self.history = BlockHistory(storage, block, self.resumed_from) if self.writer \
+                else None
         except BaseException:
-            self.lease.release()
+            self.close_lease()
             raise
 
     def _resume(self) -> int:
@@ -88,7 +96,11 @@ class BlockRun:
         """Stop reading ahead and release the block's lease (the run can be resumed from its
         checkpoints)."""
         self.stream.close()
-        self.lease.release()
+        self.close_lease()
+
+    def close_lease(self) -> None:
+        if self.writer:
+            self.lease.release()
 
     def train_until(self, until: int, on_step: OnStep | None = None) -> None:
         """Train up to ``until`` steps (capped at this block's train.steps, or its
@@ -97,11 +109,17 @@ class BlockRun:
         steps = t.steps_of(self.trainer.block)
         until = min(until, steps)
         while self.trainer.step < until:
+            if not self.writer:  # a replica that is not rank 0 only trains
+                stats = self.trainer.train_step(self.batch(self.trainer.step))
+                if on_step is not None:
+                    on_step(stats)
+                continue
             if time.monotonic() - self._renewed > t.lease_timeout_s / 4:
                 self.lease.check()  # renews it; LeaseLost if another writer took over
                 self._renewed = time.monotonic()
             start = time.perf_counter()
             stats = self.trainer.train_step(self.batch(self.trainer.step))
+            assert self.history is not None
             self.history.observe(stats, time.perf_counter() - start)
             if on_step is not None:
                 on_step(stats)
@@ -116,6 +134,8 @@ class BlockRun:
     def save(self) -> None:
         """Write the training state and the snapshot of the current step."""
         t = self.trainer
+        if not self.writer:
+            return
         if not t.is_finite():
             log.error("block %d: weights are not finite at step %d; checkpoint not written",
                       t.block, t.step)

@@ -27,13 +27,15 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     """Bytes of one training step of ``block``, from shapes alone on the meta device (or a
     real step on ``device``): 4P for parameters, gradients and Adam, and the peak bytes saved
     for backward through forward and backward, with the block's private stem and head apart.
-    ``context`` wraps the step (benchmarks/memory.py checkpoints layers with it)."""
+    ``context`` wraps the step (benchmarks/memory.py checkpoints layers with it). With
+    runtime.replicas_per_block=R, one replica's step: its share of the batch (the most rows)."""
     task = build_task(cfg)
     with torch.device(device):
         net = task.build_block(block)
     split = net.parameter_split()
     size = next(net.parameters()).element_size()
-    batch = task.example_batch(cfg.train.batch_size, device)
+    rows = -(-cfg.train.batch_size // cfg.runtime.replicas_per_block)
+    batch = task.example_batch(rows, device)
     meter = LiveSavedBytes(exclude=list(net.parameters()))
     count = FlopCount()
     with ExitStack() as stack:
@@ -113,7 +115,7 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     lines = [f"cluster ({c['source']}): {have}; each block {unit}"
              + (f", the assembly actor {assembler}" if assembler else ""),
              f"  {slots} of {blocks} blocks at once: {waves} wave(s); "
-             f"{c['replicas_per_block']} replica per block"]
+             f"{c['replicas_per_block']} replica(s) per block"]
     memory = f"  memory per device: {_size(c['memory_per_device_bytes'])}"
     if r.gpus_per_block:
         memory += f" ({c['blocks_per_device']} block(s) per GPU)"
@@ -149,13 +151,15 @@ class Cluster:
 
 def concurrent_blocks(cfg: Config, cluster: Cluster) -> int:
     """Blocks that train at once: runtime.max_concurrent_blocks, else as many as the cluster
-    fits beside the assembly actor (at least 1, at most every block)."""
+    fits beside the assembly actor (at least 1, at most every block); a block takes
+    runtime.cpus_per_block and gpus_per_block for each of its runtime.replicas_per_block."""
     r, blocks = cfg.runtime, cfg.model.blocks
     if r.max_concurrent_blocks:
         return min(blocks, r.max_concurrent_blocks)
     fits = [blocks]
-    for have, asked, each in ((cluster.cpus, r.assembly_cpus, r.cpus_per_block),
-                              (cluster.gpus, r.assembly_gpus, r.gpus_per_block)):
+    R = r.replicas_per_block
+    for have, asked, each in ((cluster.cpus, r.assembly_cpus, R * r.cpus_per_block),
+                              (cluster.gpus, r.assembly_gpus, R * r.gpus_per_block)):
         if each and math.isfinite(have):
             fits.append(math.floor((have - asked) / each + 1e-9))
     return max(1, min(fits))
@@ -174,7 +178,7 @@ def cluster_plan(cfg: Config, cluster: Cluster, block_bytes: list[int],
     cpus = cluster.cpus if math.isfinite(cluster.cpus) else None  # JSON has no infinity
     return {"cpus": cpus, "gpus": cluster.gpus, "source": cluster.source,
             "concurrent_blocks": slots, "waves": math.ceil(cfg.model.blocks / slots),
-            "replicas_per_block": 1, "blocks_per_device": min(sharing, slots),
+            "replicas_per_block": r.replicas_per_block, "blocks_per_device": min(sharing, slots),
             "memory_per_device_bytes": per_device, "device_memory_bytes": limit or None,
             "fits": None if not limit else per_device <= limit,
             **_rate(cfg, cluster, block_flops or [])}

@@ -17,11 +17,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from dbparallel.core.share import Share
 from dbparallel.data.shard_reader import ShardRows, read_shard
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RowError
 from dbparallel.tasks.base import Batch
-from dbparallel.training.data_order import DataOrder
+from dbparallel.training.data_order import DataOrder, Segment
 
 Decode = Callable[[pa.Table, "str | torch.device"], Batch]
 
@@ -56,16 +57,17 @@ class BlockStream:
 
     def __init__(self, index: DataIndex, split: str, order: DataOrder, decode: Decode,
                  device: str | torch.device = "cpu", columns: list[str] | None = None,
-                 prefetch: bool = True):
-        self.index, self.split, self.order = index, split, order
+                 prefetch: bool = True, share: Share | None = None):
+        self.index, self.split, self.order, self.share = index, split, order, share
         self.decode, self.device, self.columns = decode, device, columns
         self._windows: dict[tuple[int, int], Future[Window]] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
 
     def batch(self, step: int) -> Batch:
+        """The decoded batch of ``step``, or this stream's share of its rows."""
         segments = self.order.segments(step)
         taken, located = [], []
-        for seg in segments:
+        for seg in _cut(segments, self.share):
             window = self._window(seg.epoch, seg.window)
             taken.append(window.table.take(pa.array(seg.rows)))
             located += [(window, int(r)) for r in seg.rows]
@@ -107,3 +109,16 @@ class BlockStream:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._windows.clear()
+
+
+def _cut(segments: list[Segment], share: Share | None) -> list[Segment]:
+    """The parts of a batch's segments that hold ``share``'s rows (all of them: None)."""
+    if share is None or share.is_whole:
+        return segments
+    out, position = [], 0
+    for seg in segments:
+        lo, hi = max(share.start - position, 0), min(share.stop - position, len(seg.rows))
+        if lo < hi:
+            out.append(Segment(seg.epoch, seg.window, seg.rows[lo:hi]))
+        position += len(seg.rows)
+    return out

@@ -1,0 +1,115 @@
+"""The driver's side of a block with replicas: one Ray Train TorchTrainer per block.
+
+Its ``fit`` runs in a daemon thread of the driver, so blocks with replicas train at once, each
+in its own worker group and process group; Ray Train restarts a group whose worker died
+(FailureConfig, train.max_restarts) without touching any other block. Rank 0 posts progress
+on a queue that the backend drains; ``events`` turns it into the controller's answers to
+``submit_train``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+import ray
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from dbparallel.config import Config
+from dbparallel.runtime.controller import Event
+from dbparallel.runtime.replica_worker import train_replica
+
+
+def trainer_for(cfg: Config, block: int, session: str, queue: Any) -> TorchTrainer:
+    """Block ``block``'s TorchTrainer: runtime.replicas_per_block workers, each with
+    runtime.cpus_per_block CPUs and runtime.gpus_per_block GPUs."""
+    r = cfg.runtime
+    resources = {"CPU": r.cpus_per_block, **({"GPU": r.gpus_per_block}
+                                              if r.gpus_per_block else {})}
+    storage = cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(cfg.run_dir)
+    return TorchTrainer(
+        train_replica,
+        train_loop_config={"cfg": cfg, "block": block, "session": session, "queue": queue},
+        scaling_config=ScalingConfig(num_workers=r.replicas_per_block,
+                                     use_gpu=bool(r.gpus_per_block),
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=f"block_{block}-{session[:8]}",
+                             storage_path=f"{storage}/ray_train",
+                             failure_config=FailureConfig(max_failures=cfg.train.max_restarts)),
+    )
+
+
+class BlockGroup:
+    """One block's worker group as the backend sees it."""
+
+    def __init__(self, cfg: Config, block: int, session: str, queue: Any):
+        self.block = block
+        self.latest: dict[str, Any] | None = None  # rank 0's last progress
+        self.summary: dict[str, Any] | None = None
+        self.workers: list[Any] = []  # actor handles of the current incarnation's workers
+        self.until: int | None = None  # the step the controller waits for
+        self.fitted: Future[None] = Future()
+        trainer = trainer_for(cfg, block, session, queue)
+        threading.Thread(target=self._fit, args=(trainer,), daemon=True,
+                         name=f"block-{block}-fit").start()
+
+    def _fit(self, trainer: TorchTrainer) -> None:
+        try:
+            result = trainer.fit()
+            if result.error is not None:
+                raise result.error
+            self.fitted.set_result(None)
+        except BaseException as err:  # noqa: BLE001 (handed to the controller as an Event)
+            self.fitted.set_exception(err)
+
+    def take(self, kind: str, payload: dict[str, Any]) -> None:
+        """A message from one of this block's workers."""
+        if kind == "start":  # a new incarnation: rank 0 first, the others follow
+            self.workers = [payload["actor"]]
+            self.latest = {**(self.latest or {}), "restarts": payload["restarts"]}
+        elif kind == "worker":
+            self.workers.append(payload["actor"])
+        elif kind == "progress":
+            self.latest = payload
+        elif kind == "summary":
+            self.summary = payload
+
+    def request(self, until: int) -> None:
+        self.until = until
+
+    def events(self) -> list[Event]:
+        """The answer to the pending request, once rank 0 reached its step or the group
+        failed for good."""
+        if self.until is None:
+            return []
+        latest = self.latest or {}
+        if "step" in latest and (latest["step"] >= self.until or latest["done"]):
+            self.until = None
+            return [Event("train", self.block, result=dict(latest))]
+        if self.fitted.done() and self.fitted.exception() is not None:
+            self.until = None
+            return [Event("train", self.block, error=_cause(self.fitted.exception()))]
+        return []
+
+    def finish(self, timeout_s: float = 300.0) -> dict[str, Any]:
+        """Wait for the group to end; the block's row of the report."""
+        self.fitted.result(timeout=timeout_s)
+        assert self.summary is not None, f"block {self.block}'s group sent no summary"
+        return self.summary
+
+    def restart(self) -> None:
+        """Kill the current incarnation's rank 0: Ray Train starts the group again."""
+        if self.workers:
+            ray.kill(self.workers[0], no_restart=True)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker, no_restart=True)
+
+
+def _cause(err: BaseException | None) -> BaseException:
+    cause = getattr(err, "cause", None) or getattr(err, "__cause__", None)
+    return cause if isinstance(cause, BaseException) else err  # type: ignore[return-value]

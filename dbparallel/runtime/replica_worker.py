@@ -1,0 +1,78 @@
+"""What each Ray Train worker of a block with replicas runs (runtime.replicas_per_block > 1).
+
+Ray Train has set up the block's own process group (gloo on CPUs, NCCL on GPUs). Every replica
+builds the block from the same seed, resumes from the block's latest checkpoint, streams its
+share of each global batch and trains it; rank 0 also holds the block's write lease, writes
+its history and checkpoints, records its metrics and posts its progress on ``queue``. A replica
+that dies takes its group down with it; Ray Train starts the group again (train.max_restarts)
+and every replica resumes from the block's checkpoint, while the other blocks train on.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+import ray.train
+import torch
+
+from dbparallel.config import Config
+from dbparallel.runtime import faults
+from dbparallel.runtime.metrics import BlockRecorder
+from dbparallel.training.device import block_device
+from dbparallel.training.loop import BlockRun
+from dbparallel.training.replicas import Replicas
+from dbparallel.training.run_dir import run_data
+from dbparallel.training.storage import Storage
+
+
+def train_replica(config: dict[str, Any]) -> None:
+    """The train loop of one worker: ``config`` holds cfg, block, session and queue."""
+    cfg: Config = config["cfg"]
+    block, queue = int(config["block"]), config["queue"]
+    torch.set_num_threads(cfg.runtime.torch_threads)
+    replicas = Replicas.from_process_group()
+    assert replicas is not None, "a block with replicas runs in a process group"
+    device = str(ray.train.torch.get_device()) if block_device(cfg) == "cuda" else "cpu"
+    storage = Storage(cfg.run_dir)
+    run = BlockRun(cfg, block, run_data(cfg, storage), storage, device,
+                   session=config["session"], replicas=replicas)
+    try:
+        # rank 0 knows whether its group is a restart (it took its own session's lease over)
+        restarts = 0
+        if replicas.writer:
+            restarts = (run.checkpoints.record_restart() if run.lease.took_over_own
+                        else run.checkpoints.restarts())
+        restarts = int(replicas.sum(torch.tensor([restarts], device=device)).item())
+        recorder = None
+        if replicas.writer:
+            recorder = BlockRecorder(cfg.run.name, block, run.trainer.sigma_range)
+            if restarts:
+                recorder.restarted(restarts)
+            queue.put(("start", block, {"pid": os.getpid(), "restarts": restarts,
+                                        "actor": ray.get_runtime_context().current_actor}))
+        else:
+            queue.put(("worker", block, {"actor": ray.get_runtime_context().current_actor}))
+        kill_at = faults.due(cfg, block, restarts) if replicas.rank == cfg.debug.kill_replica \
+            else None
+        every, steps = cfg.train.log_every, cfg.train.steps_of(block)
+
+        def on_step(stats: Any) -> None:
+            if recorder is not None:
+                recorder.record(stats, run.trainer)
+            if kill_at is not None and stats.step == kill_at:
+                faults.die()  # fault injection (debug.*): this replica is lost
+
+        while not run.done:
+            t = run.trainer
+            run.train_until(min((t.step // every + 1) * every, steps), on_step)
+            if replicas.writer:
+                queue.put(("progress", block, {
+                    "block": block, "step": t.step, "done": run.done, "loss": t.final_loss,
+                    "pid": os.getpid(), "restarts": restarts}))
+        if replicas.writer:
+            queue.put(("summary", block, {**run.summary(), "restarts": restarts,
+                                          "replicas": replicas.world}))
+    finally:
+        run.close()
