@@ -51,6 +51,7 @@ class BlockGroup:
         self.summary: dict[str, Any] | None = None
         self.workers: list[Any] = []  # actor handles of the current incarnation's workers
         self.until: int | None = None  # the step the controller waits for
+        self.error: BaseException | None = None  # bad input a worker met (a UserError)
         self.fitted: Future[None] = Future()
         trainer = trainer_for(cfg, block, session, queue)
         threading.Thread(target=self._fit, args=(trainer,), daemon=True,
@@ -76,6 +77,8 @@ class BlockGroup:
             self.latest = payload
         elif kind == "summary":
             self.summary = payload
+        elif kind == "error":
+            self.error = payload["error"]
 
     def request(self, until: int) -> None:
         self.until = until
@@ -86,6 +89,9 @@ class BlockGroup:
         if self.until is None:
             return []
         latest = self.latest or {}
+        if self.error is not None:
+            self.until = None
+            return [Event("train", self.block, error=self.error)]
         if "step" in latest and (latest["step"] >= self.until or latest["done"]):
             self.until = None
             return [Event("train", self.block, result=dict(latest))]

@@ -305,6 +305,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
             ray.shutdown()
     report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
     report["concurrent_blocks"] = slots
+    report["replicas_per_block"] = cfg.runtime.replicas_per_block
     write_report(storage, report)
     write_curves(storage)
     return report

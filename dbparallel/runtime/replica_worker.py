@@ -18,6 +18,7 @@ import ray.train
 import torch
 
 from dbparallel.config import Config
+from dbparallel.errors import UserError
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder
 from dbparallel.training.device import block_device
@@ -74,5 +75,11 @@ def train_replica(config: dict[str, Any]) -> None:
         if replicas.writer:
             queue.put(("summary", block, {**run.summary(), "restarts": restarts,
                                           "replicas": replicas.world}))
-    finally:
-        run.close()
+    except BaseException as err:
+        if isinstance(err, UserError):  # bad input: restarting would meet it again
+            queue.put(("error", block, {"error": err}))
+        # the lease stays held: the group's next incarnation takes it over and counts a
+        # restart; the driver releases it at the end of the run
+        run.stream.close()
+        raise
+    run.close()
