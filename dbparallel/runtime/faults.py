@@ -30,7 +30,9 @@ def kill_steps(cfg: Config) -> dict[int, list[int]]:
             targets.append(ASSEMBLER)
         for _ in range(d.chaos_kills):
             target = rng.choice(targets)
-            out.setdefault(target, []).append(rng.randrange(1, t.steps))
+            # within the target's own training (train.block_steps gives blocks their own)
+            last = t.max_steps if target == ASSEMBLER else t.steps_of(target)
+            out.setdefault(target, []).append(rng.randrange(1, last))
     return {k: sorted(v) for k, v in out.items()}
 
 

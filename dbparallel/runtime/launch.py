@@ -12,15 +12,11 @@ from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import UserError
-from dbparallel.runtime.assembler_actor import AssemblerActor
-from dbparallel.runtime.block_actor import BlockActor
-from dbparallel.runtime.block_group import BlockGroup
-from dbparallel.runtime.controller import BlockUnavailable, Controller, Event
+from dbparallel.runtime.controller import Controller
 from dbparallel.runtime.metrics import (
     AssemblyRecorder,
     BlockRecorder,
@@ -28,6 +24,7 @@ from dbparallel.runtime.metrics import (
     check_port_free,
 )
 from dbparallel.runtime.progress import BlockBars
+from dbparallel.runtime.ray_backend import RayBackend, assembly_bundle
 from dbparallel.tasks import build_task
 from dbparallel.training.curves import write_curves
 from dbparallel.training.history import AssemblyLog
@@ -65,140 +62,6 @@ def connect(cfg: Config) -> bool:
              logging_level="WARNING", _system_config={"metrics_report_interval_ms": 2000},
              **kwargs)
     return True
-
-
-class RayBackend:
-    """The controller's view of the actors: submit calls, collect finished ones. A block is
-    one actor, or with runtime.replicas_per_block > 1 a Ray Train worker group
-    (block_group.py) that places its own workers; ``pg`` then holds only the assembly
-    actor's bundle, if any, at ``assembly_index``."""
-
-    def __init__(self, cfg: Config, pg: Any, slots: int, session: str,
-                 assembly_index: int | None = None):
-        self.cfg, self.pg, self.slots, self.session = cfg, pg, slots, session
-        self.assembly_index = slots if assembly_index is None else assembly_index
-        self.actors: dict[int, Any] = {}  # the blocks training now
-        self.groups: dict[int, BlockGroup] = {}  # the blocks with replicas training now
-        self.finished: dict[int, dict[str, Any]] = {}  # summaries of the blocks done
-        self.assembler: Any = None
-        self.pending: dict[ray.ObjectRef, tuple[str, int | None]] = {}
-        self.queue: Any = None  # where the groups' rank 0 workers post their progress
-
-    def start_block(self, block: int, slot: int) -> None:
-        r, t = self.cfg.runtime, self.cfg.train
-        if r.replicas_per_block > 1:
-            if self.queue is None:
-                from ray.util.queue import Queue
-
-                self.queue = Queue(actor_options={"num_cpus": 0})
-            self.groups[block] = BlockGroup(self.cfg, block, self.session, self.queue)
-            return
-        self.actors[block] = ray.remote(BlockActor).options(
-            num_cpus=r.cpus_per_block, num_gpus=r.gpus_per_block,
-            max_restarts=t.max_restarts, max_task_retries=t.max_restarts,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, slot),
-        ).remote(self.cfg, block, self.session)
-
-    def finish_block(self, block: int) -> None:
-        if block in self.groups:
-            group = self.groups[block]
-            group.fitted.result(timeout=300)
-            self._drain()  # its summary was posted before its fit ended
-            self.finished[block] = self.groups.pop(block).finish()
-            return
-        actor = self.actors.pop(block)
-        self.finished[block] = ray.get(actor.summary.remote(), timeout=300)
-        ray.kill(actor, no_restart=True)  # its slot goes to the next queued block
-
-    def submit_train(self, block: int, until: int) -> None:
-        if block in self.groups:
-            self.groups[block].request(until)
-            return
-        self.pending[self.actors[block].train.remote(until)] = ("train", block)
-
-    def submit_assemble(self, write_samples: bool) -> None:
-        if self.assembler is None:
-            r = self.cfg.runtime
-            placed = {}
-            if assembly_bundle(self.cfg):  # reserved with the blocks' bundles
-                placed["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    self.pg, self.assembly_index)
-            self.assembler = ray.remote(AssemblerActor).options(
-                num_cpus=r.assembly_cpus, num_gpus=r.assembly_gpus, name=None,
-                max_restarts=self.cfg.train.max_restarts,
-                max_task_retries=self.cfg.train.max_restarts, **placed,
-            ).remote(self.cfg)
-        self.pending[self.assembler.assemble.remote(write_samples)] = ("assemble", None)
-
-    def poll(self, timeout_s: float) -> list[Event]:
-        if not self.groups:
-            return self._poll_calls(timeout_s)
-        deadline = time.monotonic() + timeout_s
-        while True:  # the groups answer through the queue: look at it every 0.2 s
-            self._drain()
-            events = [e for g in self.groups.values() for e in g.events()]
-            events += self._poll_calls(0 if events else min(0.2, timeout_s))
-            if events or time.monotonic() >= deadline:
-                return events
-            if not self.pending:
-                time.sleep(0.2)
-
-    def _drain(self) -> None:
-        if self.queue is None:
-            return
-        for kind, block, payload in self.queue.get_nowait_batch(self.queue.qsize()):
-            if block in self.groups:
-                self.groups[block].take(kind, payload)
-
-    def _poll_calls(self, timeout_s: float) -> list[Event]:
-        if not self.pending:
-            return []
-        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout_s)
-        if ready:
-            more, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
-            ready = list(dict.fromkeys(ready + more))
-        events = []
-        for ref in ready:
-            kind, block = self.pending.pop(ref)
-            try:
-                events.append(Event(kind, block, result=ray.get(ref)))
-            except ray.exceptions.ActorUnavailableError as err:  # e.g. its node was lost
-                events.append(Event(kind, block, error=BlockUnavailable(str(err))))
-            except ray.exceptions.RayError as err:
-                events.append(Event(kind, block, error=_root_cause(err)))
-        return events
-
-    def restart_block(self, block: int) -> None:
-        if block in self.groups:
-            self.groups[block].restart()  # Ray Train starts the group again
-            return
-        ray.kill(self.actors[block], no_restart=False)  # Ray restarts it; the call is retried
-
-    def summaries(self) -> list[dict[str, Any]]:
-        running = dict(zip(self.actors, ray.get([a.summary.remote() for a in
-                                                 self.actors.values()], timeout=300),
-                           strict=True))
-        for block, group in self.groups.items():  # only when the run stopped early
-            running[block] = group.summary or {"block": block, **(group.latest or {})}
-        return [row for _, row in sorted({**self.finished, **running}.items())]
-
-    def close(self) -> None:
-        for group in self.groups.values():
-            group.stop()
-        for actor in [*self.actors.values(), self.assembler]:
-            if actor is not None:
-                ray.kill(actor, no_restart=True)
-
-
-def _root_cause(err: BaseException) -> BaseException:
-    cause = getattr(err, "cause", None)
-    return cause if isinstance(cause, BaseException) else err
-
-
-def assembly_bundle(cfg: Config) -> dict[str, float]:
-    """What the assembly actor reserves (nothing when it asks for no CPU and no GPU)."""
-    r = cfg.runtime
-    return {k: v for k, v in (("CPU", r.assembly_cpus), ("GPU", r.assembly_gpus)) if v}
 
 
 def cluster_now() -> Cluster:

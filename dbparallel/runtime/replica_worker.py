@@ -73,8 +73,7 @@ def train_replica(config: dict[str, Any]) -> None:
                     "block": block, "step": t.step, "done": run.done, "loss": t.final_loss,
                     "pid": os.getpid(), "restarts": restarts}))
         if replicas.writer:
-            queue.put(("summary", block, {**run.summary(), "restarts": restarts,
-                                          "replicas": replicas.world}))
+            queue.put(("summary", block, {**run.summary(), "restarts": restarts}))
     except BaseException as err:
         if isinstance(err, UserError):  # bad input: restarting would meet it again
             queue.put(("error", block, {"error": err}))

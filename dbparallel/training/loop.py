@@ -158,6 +158,7 @@ class BlockRun:
             "final_loss": t.final_loss,
             "last_loss": t.recent_losses[-1] if t.recent_losses else float("nan"),
             "restarts": self.checkpoints.restarts(),
+            "replicas": t.replicas.world if t.replicas else 1,
             "peak_memory_bytes": t.memory.total if t.memory else 0,
             "memory": t.memory.to_json() if t.memory else None,
             "nonfinite_steps": t.nonfinite_steps,

@@ -90,9 +90,11 @@ def plan_table(cfg: Config, result: dict[str, Any]) -> str:
             f"{b:>5} {f'[{lo:.4g}, {hi:.4g}]':>22} {f'[{wlo:.4g}, {whi:.4g}]':>22} "
             f"{result['mass'][b]:>6.3f} {result['params_per_block'][b]:>11,} "
             f"{result['estimated_memory_bytes'][b] / 2**20:>9.1f} MiB")
+    R, batch = cfg.runtime.replicas_per_block, cfg.train.batch_size
+    rows = (f"one replica's {-(-batch // R)} rows of train.batch_size={batch} "
+            f"(runtime.replicas_per_block={R})" if R > 1 else f"train.batch_size={batch}")
     lines.append("block 0 runs first at inference (highest noise); memory is one training step "
-                 f"at train.batch_size={cfg.train.batch_size} (parameters, gradients, Adam, "
-                 "activations)")
+                 f"at {rows} (parameters, gradients, Adam, activations)")
     if "cluster" in result:
         lines += cluster_lines(cfg, result["cluster"])
     return "\n".join(lines)
@@ -112,6 +114,8 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     assembler = " + ".join(f"{v:g} {k}" for k, v in (("GPU", r.assembly_gpus),
                                                        ("CPU", r.assembly_cpus)) if v)
     slots, waves = c["concurrent_blocks"], c["waves"]
+    if r.replicas_per_block > 1:
+        unit = f"{r.replicas_per_block} x ({unit})"
     lines = [f"cluster ({c['source']}): {have}; each block {unit}"
              + (f", the assembly actor {assembler}" if assembler else ""),
              f"  {slots} of {blocks} blocks at once: {waves} wave(s); "
@@ -120,7 +124,8 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     if r.gpus_per_block:
         memory += f" ({c['blocks_per_device']} block(s) per GPU)"
     if c["device_memory_bytes"]:
-        verdict = "fits" if c["fits"] else "does NOT fit: more blocks or a smaller batch"
+        verdict = "fits" if c["fits"] else ("does NOT fit: more blocks, more replicas "
+                                             "or a smaller batch")
         memory += f" of {_size(c['device_memory_bytes'])} ({verdict})"
     lines.append(memory)
     rates = c.get("estimated_steps_per_s")
@@ -136,7 +141,22 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     if waves > 1:
         lines.append(f"  blocks {slots}..{blocks - 1} queue and each starts when a block "
                      f"finishes (runtime.max_concurrent_blocks sets how many run at once)")
+    fill = replicas_to_fill(cfg, c["gpus"])
+    if fill > r.replicas_per_block:
+        used = blocks * r.replicas_per_block * r.gpus_per_block
+        lines.append(f"  {c['gpus'] - r.assembly_gpus - used:g} GPUs stay idle: "
+                     f"runtime.replicas_per_block={fill} would give each block {fill} "
+                     f"data-parallel workers")
     return lines
+
+
+def replicas_to_fill(cfg: Config, gpus: float) -> int:
+    """The most replicas per block with which every block trains at once on ``gpus`` GPUs
+    (0: not a GPU plan)."""
+    r = cfg.runtime
+    if not r.gpus_per_block or not math.isfinite(gpus):
+        return 0
+    return math.floor((gpus - r.assembly_gpus) / (cfg.model.blocks * r.gpus_per_block) + 1e-9)
 
 
 @dataclass(frozen=True)

@@ -150,3 +150,16 @@ def test_a_resume_from_an_older_checkpoint_keeps_its_new_ones(tmp_path) -> None:
     from dbparallel.training.storage import Storage
 
     assert BlockCheckpoints(Storage(str(run_dir)), 0).load_latest("state")["step"] == 12
+
+
+def test_a_chaos_schedule_kills_each_block_within_its_own_steps() -> None:
+    from dbparallel.runtime import faults
+
+    from dbparallel.config import load_config
+
+    cfg = load_config([TINY], [
+        "train.block_steps=[40,3]", "debug.chaos_seed=1", "debug.chaos_kills=12"])
+    schedule = faults.kill_steps(cfg)
+    assert set(schedule) == {0, 1}  # 12 kills over 2 blocks: both drawn (seed 1)
+    assert all(1 <= s < 40 for s in schedule[0]) and max(schedule[0]) >= 3
+    assert all(1 <= s < 3 for s in schedule[1])
