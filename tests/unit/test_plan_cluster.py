@@ -104,3 +104,17 @@ def test_a_step_rate_estimate_needs_the_gpu_model() -> None:
     assert doubled["model_flops_per_step"][0] == 2 * flops[0]  # twice the batch, twice the work
     assert plan(cfg, Cluster(float("inf"), 2, "runtime.devices"))["cluster"][
         "estimated_steps_per_s"] is None  # no model named: no peak, no estimate
+
+
+def test_replicas_take_a_worker_each_and_a_share_of_the_batch(capsys) -> None:
+    one = _cfg("model.blocks=4", "runtime.gpus_per_block=1")
+    two = _cfg("model.blocks=4", "runtime.gpus_per_block=1", "runtime.replicas_per_block=2")
+    # a replica holds the activations of its half of the batch, the same weights and Adam
+    assert max(block_memory(two)) < max(block_memory(one))
+    eight = cluster_plan(two, Cluster(64, 8, "detected"), block_memory(two))
+    assert (eight["concurrent_blocks"], eight["waves"], eight["replicas_per_block"]) == (4, 1, 2)
+    four = cluster_plan(two, Cluster(64, 4, "detected"), block_memory(two))
+    assert (four["concurrent_blocks"], four["waves"]) == (2, 2)
+    assert cli.main(["plan", *SMALL, "model.blocks=4", "runtime.devices=12",
+                     "runtime.gpus_per_block=1"]) == 0
+    assert "8 GPUs stay idle: runtime.replicas_per_block=3" in capsys.readouterr().out
