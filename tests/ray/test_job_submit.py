@@ -77,14 +77,21 @@ def head(tmp_path_factory):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_job_submit_runs_tiny_recipe(head, tmp_path) -> None:
+@pytest.mark.parametrize("extra", [
+    [],
+    # each block a Ray Train group of two CPU workers (opt-in: Ray Train adds a minute)
+    pytest.param(["runtime.replicas_per_block=2", "runtime.cpus_per_block=0.25"],
+                 marks=pytest.mark.slow, id="replicas"),
+], ids=lambda extra: "actors" if not extra else "replicas")
+def test_job_submit_runs_tiny_recipe(head, tmp_path, extra) -> None:
     ray, address, env = head
     run_dir = tmp_path / "run"
     deadline = time.monotonic() + 180
     while True:  # the head's job agent comes up after its dashboard: ask until it answers
         result = subprocess.run(
             [ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-             "python", "-m", "dbparallel", "train", "jobs/tiny_cpu.yaml", f"run.dir={run_dir}"],
+             "python", "-m", "dbparallel", "train", "jobs/tiny_cpu.yaml", f"run.dir={run_dir}",
+             *extra],
             env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
         not_ready = "No available agent to submit job" in result.stdout + result.stderr
         if not (result.returncode and not_ready and time.monotonic() < deadline):
@@ -94,3 +101,4 @@ def test_job_submit_runs_tiny_recipe(head, tmp_path) -> None:
     assert "succeeded" in result.stdout
     report = json.loads((run_dir / "report.json").read_text())
     assert [row["steps"] for row in report["per_block"]] == [12, 12]
+    assert [row["replicas"] for row in report["per_block"]] == ([2, 2] if extra else [1, 1])
