@@ -31,21 +31,32 @@ Decode = Callable[[pa.Table, "str | torch.device"], Batch]
 class Window:
     """The rows of a window's shards, concatenated in window order."""
 
+    ids: list[int]  # the shards, in window order
     parts: list[ShardRows]
     starts: list[int]  # first window row of each part
     table: pa.Table
 
     @classmethod
     def read(cls, index: DataIndex, split: str, shard_ids: list[int],
-             columns: list[str] | None) -> Window:
+             columns: list[str] | None, held: Window | None = None) -> Window:
+        """The window of ``shard_ids``; shards that ``held`` (a window in memory) has are
+        taken from it, not read again: a data set within one window is read once, not once
+        per epoch (reading and decoding Parquet costs more than a training step)."""
         shards = index.shards(split)
-        parts = [read_shard(shards[s], columns, index.meta) for s in shard_ids]
+        kept = held.shard_rows() if held is not None else {}
+        parts = [kept[s] if s in kept else read_shard(shards[s], columns, index.meta)
+                 for s in shard_ids]
         starts = np.cumsum([0] + [p.table.num_rows for p in parts[:-1]]).tolist()
         # one contiguous chunk: taking a batch's rows from a chunked column would copy the
         # whole window on every batch; the parts keep only where their rows came from
         table = pa.concat_tables([p.table for p in parts]).combine_chunks()
         located = [ShardRows(p.shard, p.table.slice(0, 0), p.file_rows) for p in parts]
-        return cls(located, starts, table)
+        return cls(list(shard_ids), located, starts, table)
+
+    def shard_rows(self) -> dict[int, ShardRows]:
+        """Each shard's rows: zero-copy slices of this window's table."""
+        return {s: ShardRows(p.shard, self.table.slice(start, len(p.file_rows)), p.file_rows)
+                for s, p, start in zip(self.ids, self.parts, self.starts, strict=True)}
 
     def where(self, row: int) -> str:
         k = bisect.bisect_right(self.starts, row) - 1
@@ -84,7 +95,9 @@ class BlockStream:
         key = (epoch, window)
         if key not in self._windows:
             shard_ids = self.order.shards_of(epoch, window)
-            args = (self.index, self.split, shard_ids, self.columns)
+            held = next((f.result() for k, f in sorted(self._windows.items(), reverse=True)
+                         if f.done() and f.exception() is None), None)
+            args = (self.index, self.split, shard_ids, self.columns, held)
             if self._pool is None:
                 done: Future[Window] = Future()
                 done.set_result(Window.read(*args))

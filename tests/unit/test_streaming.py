@@ -82,6 +82,31 @@ def test_every_shard_is_read_once_per_epoch_two_windows_at_most(tmp_path, monkey
     run.close()
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_a_data_set_within_one_window_is_read_once_not_once_per_epoch(
+        tmp_path, monkeypatch, prefetch) -> None:
+    data = _write(_rows(), tmp_path / "d.parquet")
+    index = parquet_index(str(data))
+    cfg = _cfg(tmp_path, data, "train.batch_size=40", "data.window_shards=12")  # 1 window
+    reads: list[int] = []
+    real = shard_reader.read_shard
+    monkeypatch.setattr("dbparallel.training.stream.read_shard",
+                        lambda shard, *a: reads.append(shard.row_group) or real(shard, *a))
+    run = BlockRun(cfg, 0, index, Storage(cfg.run_dir), prefetch=prefetch)
+    batches = [run.batch(step) for step in range(45)]  # 3 epochs of 15 steps
+    run.close()
+    assert sorted(reads) == list(range(12))  # every row group once in 3 epochs
+    monkeypatch.setattr("dbparallel.training.stream.read_shard", real)
+    fresh = BlockRun(_cfg(tmp_path / "b", data, "train.batch_size=40",
+                          "data.window_shards=12"), 0, index, Storage(str(tmp_path / "b" / "run")),
+                     prefetch=False)
+    for step in (16, 44):  # the same rows as a stream that reads each epoch from the files
+        fresh.stream._windows.clear()
+        again = fresh.batch(step)
+        assert all(torch.equal(again[k], batches[step][k]) for k in again)
+    fresh.close()
+
+
 def test_resume_mid_epoch_is_exact_and_reads_no_earlier_window(tmp_path, monkeypatch) -> None:
     data = _write(_rows(), tmp_path / "d.parquet")
     index = parquet_index(str(data))
