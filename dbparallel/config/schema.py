@@ -1,19 +1,10 @@
-"""The one typed configuration schema of dbparallel.
-
-``load_config(yaml files, key=value overrides)`` merges with omegaconf onto the dataclass
-defaults and returns the dataclass tree; every mistake raises ``ConfigError`` naming the dotted
-key and the allowed values, before anything starts. Imported by every layer; imports none of them.
-"""
+"""The one typed configuration schema of dbparallel: every section, its defaults and its
+checks. Every mistake raises ``ConfigError`` naming the dotted key and the allowed values."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
 
 from dbparallel.errors import UserError
 
@@ -383,76 +374,8 @@ class Config:
         return self.run.dir or f"runs/{self.run.name}"
 
 
-# Keys that fix what a block *is*: a run directory whose blocks were trained with other values
-# cannot be resumed or assembled with this config.
-IDENTITY_SECTIONS = ("task", "model", "noise", "data")
-IDENTITY_KEYS = ("run.seed", "train.label_dropout", "train.objective")
-NOT_IDENTITY = ("data.validate",)  # how a run checks its data, not which network it trains
-
-
-def to_dict(cfg: Config) -> dict[str, Any]:
-    """The config as plain nested dicts."""
-    return asdict(cfg)
-
-
-# Identity keys added after run directories existed, with the value that reproduces how those
-# runs trained: a stored config without the key is read with it.
-LEGACY_VALUES = {"model.ar_readout": "direct", "model.label_embedding": "frozen",
-                 "noise.partition": "equiprobable"}
-
-
-def upgrade(data: dict[str, Any]) -> dict[str, Any]:
-    """A stored config dict (config.yaml, a checkpoint's meta) with every key of
-    LEGACY_VALUES it lacks set to the value it trained with."""
-    flat = _flatten(data)
-    out = json.loads(json.dumps(data))  # a deep copy of plain data
-    for key, value in LEGACY_VALUES.items():
-        if key in flat:
-            continue
-        *path, leaf = key.split(".")
-        node = out
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
-def identity(cfg: Config | dict[str, Any]) -> dict[str, Any]:
-    """Flat dotted keys that must agree between blocks of one network (a stored dict is
-    read with the keys added since: ``upgrade``)."""
-    flat = _flatten(upgrade(cfg) if isinstance(cfg, dict) else to_dict(cfg))
-    return {k: v for k, v in flat.items()
-            if (k.split(".")[0] in IDENTITY_SECTIONS or k in IDENTITY_KEYS)
-            and k not in NOT_IDENTITY}
-
-
-def config_hash(cfg: Config | dict[str, Any]) -> str:
-    """Short hash of ``identity(cfg)``, stored with every checkpoint."""
-    blob = json.dumps(identity(cfg), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def identity_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Dotted identity keys whose values differ between two config dicts."""
-    ia, ib = identity(a), identity(b)
-    return sorted(k for k in set(ia) | set(ib) if ia.get(k) != ib.get(k))
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-AUTO = "auto"
-FitBlocks = Callable[[Callable[[int], "Config"]], int]
 
 
 def parse_bytes(text: str, key: str) -> int:
@@ -463,84 +386,3 @@ def parse_bytes(text: str, key: str) -> int:
     if not match or match.group(2) not in UNITS:
         raise ConfigError(f"{key}: {text!r} is not an amount of memory (e.g. 80GiB, 24GB)")
     return int(float(match.group(1)) * UNITS[match.group(2)])
-
-
-def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type: ignore[assignment]
-                fit_blocks: FitBlocks | None = None) -> Config:
-    """Merge YAML files, then ``key=value`` overrides, onto the defaults and validate.
-    ``model.blocks=auto`` asks ``fit_blocks`` for B, given a builder of the config with B
-    blocks (training/plan.py's ``fit_blocks``: the smallest B that fits a device)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    merged = OmegaConf.structured(Config)
-    try:
-        layers = []
-        for path in files:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file not found: {path}")
-            layers.append(OmegaConf.load(path))
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"{item}: overrides are key=value (e.g. model.blocks=3)")
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-        given = OmegaConf.merge(*layers)  # untyped: a later layer may replace model.blocks=auto
-        if OmegaConf.select(given, "model.blocks") == AUTO:
-            return _auto_blocks(files, list(overrides), fit_blocks)
-        merged = OmegaConf.merge(merged, given)
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "config"
-        raise ConfigError(f"{key}: {_omegaconf_reason(err)}") from None
-    assert isinstance(cfg, Config)
-    return cfg
-
-
-def _auto_blocks(files: list[str | Path], overrides: list[str],
-                 fit_blocks: FitBlocks | None) -> Config:
-    if fit_blocks is None:
-        raise ConfigError("model.blocks=auto: B is chosen from runtime.device_memory by "
-                          "`dbparallel train` and `dbparallel plan`; give a number here")
-    rest = [o for o in overrides if not o.replace(" ", "").startswith("model.blocks=")]
-
-    def build(blocks: int) -> Config:
-        return load_config(files, [*rest, f"model.blocks={blocks}"])
-
-    return build(fit_blocks(build))
-
-
-def _omegaconf_reason(err: Exception) -> str:
-    text = str(err).splitlines()[0]
-    if type(err).__name__ == "ConfigKeyError":
-        return f"unknown key ({text}); see `dbparallel train --help-config` for the keys"
-    return text
-
-
-def from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config from ``to_dict`` output (e.g. a run directory's config.yaml, keys
-    added since it was written set as it trained: ``upgrade``)."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), upgrade(data)))
-    assert isinstance(cfg, Config)
-    return cfg
-
-
-def dump_yaml(cfg: Config) -> str:
-    """The resolved config as YAML text."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, default) for every leaf of the schema, for help output."""
-    out: list[tuple[str, Any]] = []
-    default = cls()
-    for f in fields(cls):
-        value = getattr(default, f.name)
-        if is_dataclass(value):
-            out.extend(describe(type(value), f"{prefix}{f.name}."))
-        else:
-            out.append((f"{prefix}{f.name}", value))
-    return out

@@ -1,0 +1,56 @@
+"""The one typed configuration of dbparallel.
+
+``load_config(yaml files, key=value overrides)`` merges with omegaconf onto the dataclass
+defaults and returns the dataclass tree; every mistake raises ``ConfigError`` naming the dotted
+key and the allowed values, before anything starts. Imported by every layer; imports none of
+them. The schema is in schema.py, what identifies a run's network in identity.py, loading in
+loading.py.
+"""
+
+from dbparallel.config.identity import (
+    IDENTITY_KEYS,
+    IDENTITY_SECTIONS,
+    LEGACY_VALUES,
+    NOT_IDENTITY,
+    config_hash,
+    identity,
+    identity_diff,
+    to_dict,
+    upgrade,
+)
+from dbparallel.config.loading import AUTO, describe, dump_yaml, from_dict, load_config
+from dbparallel.config.schema import (
+    AR_READOUTS,
+    DATA_SOURCES,
+    LABEL_EMBEDDINGS,
+    LABEL_STARTS,
+    OBJECTIVES,
+    PARTITIONS,
+    PRECISIONS,
+    PRESETS,
+    TASKS,
+    TEXT_TASKS,
+    TOKENIZERS,
+    Config,
+    ConfigError,
+    DataConfig,
+    DebugConfig,
+    MetricsConfig,
+    ModelConfig,
+    NoiseConfig,
+    RunConfig,
+    RuntimeConfig,
+    SampleConfig,
+    TrainConfig,
+    parse_bytes,
+)
+
+__all__ = [
+    "AR_READOUTS", "AUTO", "DATA_SOURCES", "IDENTITY_KEYS", "IDENTITY_SECTIONS",
+    "LABEL_EMBEDDINGS", "LABEL_STARTS", "LEGACY_VALUES", "NOT_IDENTITY", "OBJECTIVES",
+    "PARTITIONS", "PRECISIONS", "PRESETS", "TASKS", "TEXT_TASKS", "TOKENIZERS", "Config",
+    "ConfigError", "DataConfig", "DebugConfig", "MetricsConfig", "ModelConfig", "NoiseConfig",
+    "RunConfig", "RuntimeConfig", "SampleConfig", "TrainConfig", "config_hash", "describe",
+    "dump_yaml", "from_dict", "identity", "identity_diff", "load_config", "parse_bytes",
+    "to_dict", "upgrade",
+]

@@ -1,0 +1,96 @@
+"""Loading a config: YAML files and ``key=value`` overrides merged with omegaconf onto the
+schema's defaults, ``model.blocks=auto``, and the config as YAML or a key listing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from dbparallel.config.identity import upgrade
+from dbparallel.config.schema import Config, ConfigError
+
+AUTO = "auto"
+FitBlocks = Callable[[Callable[[int], "Config"]], int]
+
+
+def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type: ignore[assignment]
+                fit_blocks: FitBlocks | None = None) -> Config:
+    """Merge YAML files, then ``key=value`` overrides, onto the defaults and validate.
+    ``model.blocks=auto`` asks ``fit_blocks`` for B, given a builder of the config with B
+    blocks (training/plan.py's ``fit_blocks``: the smallest B that fits a device)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    merged = OmegaConf.structured(Config)
+    try:
+        layers = []
+        for path in files:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            layers.append(OmegaConf.load(path))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"{item}: overrides are key=value (e.g. model.blocks=3)")
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        given = OmegaConf.merge(*layers)  # untyped: a later layer may replace model.blocks=auto
+        if OmegaConf.select(given, "model.blocks") == AUTO:
+            return _auto_blocks(files, list(overrides), fit_blocks)
+        merged = OmegaConf.merge(merged, given)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {_omegaconf_reason(err)}") from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def _auto_blocks(files: list[str | Path], overrides: list[str],
+                 fit_blocks: FitBlocks | None) -> Config:
+    if fit_blocks is None:
+        raise ConfigError("model.blocks=auto: B is chosen from runtime.device_memory by "
+                          "`dbparallel train` and `dbparallel plan`; give a number here")
+    rest = [o for o in overrides if not o.replace(" ", "").startswith("model.blocks=")]
+
+    def build(blocks: int) -> Config:
+        return load_config(files, [*rest, f"model.blocks={blocks}"])
+
+    return build(fit_blocks(build))
+
+
+def _omegaconf_reason(err: Exception) -> str:
+    text = str(err).splitlines()[0]
+    if type(err).__name__ == "ConfigKeyError":
+        return f"unknown key ({text}); see `dbparallel train --help-config` for the keys"
+    return text
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``to_dict`` output (e.g. a run directory's config.yaml, keys
+    added since it was written set as it trained: ``upgrade``)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), upgrade(data)))
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, default) for every leaf of the schema, for help output."""
+    out: list[tuple[str, Any]] = []
+    default = cls()
+    for f in fields(cls):
+        value = getattr(default, f.name)
+        if is_dataclass(value):
+            out.extend(describe(type(value), f"{prefix}{f.name}."))
+        else:
+            out.append((f"{prefix}{f.name}", value))
+    return out
