@@ -46,3 +46,39 @@ def test_a_lost_replica_restarts_only_its_block_and_the_weights_match_one_proces
         for name, value in one["ema"].items():
             torch.testing.assert_close(two["ema"][name], value, rtol=1e-4, atol=5e-5,
                                        msg=lambda m, b=block, n=name: f"block {b} {n}: {m}")
+
+
+@pytest.mark.slow  # another minute of Ray Train; the lost-replica test above is the default
+def test_a_stalled_group_is_restarted_and_resumes(ray_session, tmp_path) -> None:
+    """The controller's stall restart of a block with replicas: its rank 0 is killed, Ray Train
+    starts the group again, the group counts the restart and trains to the end."""
+    import time
+
+    from ray.util.queue import Queue
+
+    from dbparallel.data.sources import open_data
+    from dbparallel.runtime.block_group import BlockGroup
+    from dbparallel.training.run_dir import open_run, pin_data
+
+    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",
+                                 "runtime.cpus_per_block=0.25", "train.steps=1000",
+                                 "train.checkpoint_every=4", "train.max_restarts=1"])
+    pin_data(open_run(cfg), open_data(cfg.data))
+    queue = Queue(actor_options={"num_cpus": 0})
+    group = BlockGroup(cfg, 0, "session", queue)
+
+    def drain() -> None:
+        for kind, _block, payload in queue.get_nowait_batch(queue.qsize()):
+            group.take(kind, payload)
+
+    deadline = time.monotonic() + 300
+    while not (group.latest and group.latest.get("step", 0) >= 4 and len(group.workers) == 2):
+        assert time.monotonic() < deadline and not group.fitted.done()
+        time.sleep(0.2)
+        drain()
+    first = group.latest["step"]
+    group.restart()
+    group.fitted.result(timeout=600)
+    drain()
+    assert first < 1000  # killed while it trained
+    assert group.summary["restarts"] == 1 and group.summary["steps"] == 1000

@@ -153,9 +153,8 @@ def test_a_resume_from_an_older_checkpoint_keeps_its_new_ones(tmp_path) -> None:
 
 
 def test_a_chaos_schedule_kills_each_block_within_its_own_steps() -> None:
-    from dbparallel.runtime import faults
-
     from dbparallel.config import load_config
+    from dbparallel.runtime import faults
 
     cfg = load_config([TINY], [
         "train.block_steps=[40,3]", "debug.chaos_seed=1", "debug.chaos_kills=12"])

@@ -130,7 +130,7 @@ def test_two_gloo_replicas_reproduce_one_process(tmp_path: Path) -> None:
         for name, value in one[key].items():
             # the same update up to the order of float sums (gloo adds the two halves)
             torch.testing.assert_close(two[key][name], value, rtol=1e-4, atol=2e-5,
-                                       msg=lambda m, n=name: f"{key}.{n}: {m}")
+                                       msg=lambda m, k=key, n=name: f"{k}.{n}: {m}")
     assert one["recent_losses"] == pytest.approx(two["recent_losses"], rel=1e-5)
     # only rank 0 wrote: one history, one lease holder
     lines = (tmp_path / "two" / "blocks" / "block_1" / "metrics.jsonl").read_text().splitlines()
