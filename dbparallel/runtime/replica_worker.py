@@ -37,8 +37,12 @@ def train_replica(config: dict[str, Any]) -> None:
     assert replicas is not None, "a block with replicas runs in a process group"
     device = str(ray.train.torch.get_device()) if block_device(cfg) == "cuda" else "cpu"
     storage = Storage(cfg.run_dir)
-    run = BlockRun(cfg, block, run_data(cfg, storage), storage, device,
-                   session=config["session"], replicas=replicas)
+    try:
+        run = BlockRun(cfg, block, run_data(cfg, storage), storage, device,
+                       session=config["session"], replicas=replicas)
+    except UserError as err:  # e.g. a run directory trained with other values: say so once
+        queue.put(("error", block, {"error": err}))
+        raise
     try:
         # rank 0 knows whether its group is a restart (it took its own session's lease over)
         restarts = 0

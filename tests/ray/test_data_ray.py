@@ -55,7 +55,14 @@ def _first_step_of(row: int, block: int) -> int:
     raise AssertionError(row)
 
 
-def test_a_bad_row_met_by_a_block_actor_stops_the_run_naming_it(ray_session, tmp_path) -> None:
+@pytest.mark.parametrize("extra", [
+    [],
+    # met by one replica of a block's Ray Train group (opt-in: Ray Train adds a minute)
+    pytest.param(["runtime.replicas_per_block=2", "runtime.cpus_per_block=0.25"],
+                 marks=pytest.mark.slow, id="replicas"),
+], ids=lambda extra: "actors" if not extra else "replicas")
+def test_a_bad_row_met_by_a_block_actor_stops_the_run_naming_it(ray_session, tmp_path,
+                                                                 extra) -> None:
     from dbparallel.runtime.launch import run_ray
 
     # a row both blocks meet after their checkpoint of step 10, whichever meets it first
@@ -64,7 +71,7 @@ def test_a_bad_row_met_by_a_block_actor_stops_the_run_naming_it(ray_session, tmp
     run_dir = tmp_path / "run"
     cfg = load_config([RECIPE], [f"run.dir={run_dir}", "data.source=parquet",
                                  f"data.path={data}", "data.validate=false", "train.steps=200",
-                                 "train.checkpoint_every=10", "data.window_shards=1"])
+                                 "train.checkpoint_every=10", "data.window_shards=1", *extra])
     with pytest.raises(DataError, match=rf"part-00000.parquet row {bad}: column 'label' has "
                                         r"label 12"):
         run_ray(cfg, None, progress=False)
