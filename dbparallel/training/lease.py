@@ -63,6 +63,10 @@ class BlockLease:
                     f"wait train.lease_timeout_s={self.timeout_s:g} s for its lease to lapse "
                     f"(if no process writes the block any more, e.g. a killed run, delete "
                     f"{self.storage.uri(self.path)})")
+        if current and current["session"] == self.session and current.get("ended"):
+            raise RunDirError(
+                f"block {self.block}: the run that started this process has ended (its driver "
+                f"released the block); this process stops")
         # a writer of this same session held it and never released it: this process is a
         # restart of a lost one (Ray restarted the block's actor or its group)
         self.took_over_own = bool(current and current.get("holder")
@@ -104,9 +108,13 @@ class BlockLease:
 
 def release_session(storage: Storage, blocks: list[int], session: str) -> None:
     """Release the leases that writers of ``session`` still hold (their processes were
-    stopped without releasing them, e.g. actors killed at the end of a Ray run)."""
+    stopped without releasing them, e.g. actors killed at the end of a Ray run), and mark the
+    session ended: a process of it that Ray starts again later (a Ray Train group restarting
+    after its run failed) is refused instead of training on. Another session takes the lease
+    as usual."""
     for block in blocks:
         lease = BlockLease(storage, block, session, 0.0)
         current = lease.read()
         if current and current.get("session") == session and current.get("holder"):
-            storage.write_json(lease.path, {**current, "holder": "", "renewed_at": 0.0})
+            storage.write_json(lease.path, {**current, "holder": "", "renewed_at": 0.0,
+                                            "ended": True})

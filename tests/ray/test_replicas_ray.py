@@ -82,3 +82,37 @@ def test_a_stalled_group_is_restarted_and_resumes(ray_session, tmp_path) -> None
     drain()
     assert first < 1000  # killed while it trained
     assert group.summary["restarts"] == 1 and group.summary["steps"] == 1000
+
+
+@pytest.mark.slow  # Ray Train restarts the groups a few times before they give up
+def test_groups_stop_when_their_run_fails(ray_session, tmp_path) -> None:
+    """Block 1 dies past train.max_restarts while block 0 has thousands of steps to go: the run
+    fails, and block 0's group, which Ray Train would start again, stops instead of training
+    on in the background."""
+    import time
+
+    from ray.util.state import list_actors
+
+    from dbparallel.runtime.controller import RunFailed
+
+    cfg = load_config([RECIPE], [
+        f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",
+        "runtime.cpus_per_block=0.25", "train.max_restarts=1", "train.block_steps=[20000,12]",
+        "debug.kill_block=1", "debug.kill_at_step=8", "debug.kill_times=5"])
+    with pytest.raises(RunFailed, match="block 1"):
+        run_ray(cfg, None, progress=False)
+
+    import ray
+
+    here = ray.get_runtime_context().gcs_address  # not whichever instance started last
+
+    def workers() -> int:
+        return len(list_actors(address=here, filters=[("class_name", "=", "RayTrainWorker"),
+                                                      ("state", "=", "ALIVE")]))
+
+    deadline = time.monotonic() + 300
+    while workers() and time.monotonic() < deadline:
+        time.sleep(2)
+    assert workers() == 0
+    lease = json.loads((tmp_path / "run" / "blocks" / "block_0" / "lease.json").read_text())
+    assert lease["holder"] == "" and lease["ended"]

@@ -65,6 +65,26 @@ def test_release_lets_the_next_writer_in_at_once(tmp_path) -> None:
     assert BlockLease(storage, 1, "run-d", 3600.0).acquire() == 2
 
 
+def test_an_ended_session_cannot_take_its_blocks_again(tmp_path) -> None:
+    """A process of a run that has ended (a Ray Train group that Ray starts again after the
+    driver gave up) is refused; a restart during the run, and the next run, are not."""
+    from dbparallel.errors import RunDirError
+
+    storage = Storage(str(tmp_path))
+    BlockLease(storage, 0, "run-e", 3600.0).acquire()
+    restarted = BlockLease(storage, 0, "run-e", 3600.0)  # Ray restarted it during the run
+    restarted.acquire()
+    assert restarted.took_over_own
+    release_session(storage, [0], "run-e")
+    with pytest.raises(RunDirError, match="block 0: the run that started this process has "
+                                          "ended"):
+        BlockLease(storage, 0, "run-e", 3600.0).acquire()
+    nxt = BlockLease(storage, 0, "run-f", 3600.0)
+    assert nxt.acquire() == 3 and not nxt.took_over_own
+    nxt.release()
+    assert BlockLease(storage, 0, "run-g", 3600.0).acquire() == 4  # "ended" went with run-e
+
+
 def test_a_fenced_off_block_run_writes_nothing(tiny_cfg, tmp_path) -> None:
     index = open_data(DataConfig())
     storage = Storage(tiny_cfg.run_dir)
