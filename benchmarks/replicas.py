@@ -68,18 +68,13 @@ def run(quick: bool = False, gpus: bool = False) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as runs:
             one = block_rate(f"{runs}/r1", 1, steps, gpus)
             two = block_rate(f"{runs}/r2", 2, steps, gpus)
-            at_once = waves.arm(f"{runs}/at_once", cores, waves.BLOCKS, wave_steps)
-            in_waves = waves.arm(f"{runs}/waves", cores, waves.SLOTS, wave_steps)
-            same = waves.same_weights(f"{runs}/at_once", f"{runs}/waves", wave_steps)
+            in_waves = waves.compare(runs, cores, wave_steps)
     finally:
         ray.shutdown()
     return {"cores": cores, "gpus": gpus, "quick": quick, "steps": steps,
             "replicas": {"r1": one, "r2": two,
                          "efficiency": two["samples_per_s"] / (2 * one["samples_per_s"])},
-            "waves": {"blocks": waves.BLOCKS, "slots": waves.SLOTS, "steps": wave_steps,
-                      "at_once": at_once, "waves": in_waves,
-                      "waves_vs_at_once": in_waves["samples_per_s"] / at_once["samples_per_s"],
-                      "same_final_weights": same},
+            "waves": in_waves,
             "load_average_before": before, "load_average_after": load_average(),
             "machine": machine()}
 
@@ -92,13 +87,8 @@ def table(result: dict[str, Any]) -> str:
              f"one block, batch {r['r1']['batch_size']}: R=1 {r['r1']['samples_per_s']:,.0f} "
              f"samples/s, R=2 {r['r2']['samples_per_s']:,.0f} samples/s (one {unit} per "
              f"worker); efficiency {r['efficiency']:.2f}"]
-    for name in ("at_once", "waves"):
-        a = w[name]
-        lines.append(f"B={w['blocks']} {name:>7}: {a['concurrent_blocks']} at once, "
-                     f"{a['samples_per_s']:,.0f} samples/s over {a['training_span_s']:.1f} s")
-    lines.append(f"waves / at once = {w['waves_vs_at_once']:.3f}; same final weights: "
-                 f"{w['same_final_weights']}")
-    return "\n".join(lines)
+    lines.append(f"B={w['blocks']}, {w['steps']} steps per block:")
+    return "\n".join(lines + waves.comparison_lines(w))
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -60,6 +60,15 @@ def same_weights(a: str, b: str, steps: int) -> bool:
     return True
 
 
+def compare(runs: str, cores: int, steps: int) -> dict[str, Any]:
+    """Both arms on the connected instance, run directories under ``runs``."""
+    at_once = arm(f"{runs}/at_once", cores, BLOCKS, steps)
+    waves = arm(f"{runs}/waves", cores, SLOTS, steps)
+    return {"blocks": BLOCKS, "slots": SLOTS, "steps": steps, "at_once": at_once,
+            "waves": waves, "waves_vs_at_once": waves["samples_per_s"] / at_once["samples_per_s"],
+            "same_final_weights": same_weights(f"{runs}/at_once", f"{runs}/waves", steps)}
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     steps = 20 if quick else 300
     before = load_average()
@@ -68,28 +77,29 @@ def run(quick: bool = False) -> dict[str, Any]:
     try:
         cores = int(ray.cluster_resources().get("CPU", 1))
         with tempfile.TemporaryDirectory() as runs:
-            at_once = arm(f"{runs}/at_once", cores, BLOCKS, steps)
-            waves = arm(f"{runs}/waves", cores, SLOTS, steps)
-            same = same_weights(f"{runs}/at_once", f"{runs}/waves", steps)
+            result = compare(runs, cores, steps)
     finally:
         ray.shutdown()
-    return {"blocks": BLOCKS, "slots": SLOTS, "steps": steps, "cores": cores, "quick": quick,
-            "at_once": at_once, "waves": waves,
-            "waves_vs_at_once": waves["samples_per_s"] / at_once["samples_per_s"],
-            "same_final_weights": same, "load_average_before": before,
+    return {**result, "cores": cores, "quick": quick, "load_average_before": before,
             "load_average_after": load_average(), "machine": machine()}
 
 
-def table(result: dict[str, Any]) -> str:
-    lines = [f"B={result['blocks']} on {result['cores']} cores, {result['steps']} steps per "
-             f"block; load average {result['load_average_before']:.2f} before"]
+def comparison_lines(result: dict[str, Any]) -> list[str]:
+    """The two arms and their ratio, from ``compare``'s result."""
+    lines = []
     for name in ("at_once", "waves"):
         r = result[name]
         lines.append(f"{name:>8}: {r['concurrent_blocks']} at once, training span "
                      f"{r['training_span_s']:.1f} s, {r['samples_per_s']:,.0f} samples/s")
     lines.append(f"waves / at once = {result['waves_vs_at_once']:.3f}; same final weights: "
                  f"{result['same_final_weights']}")
-    return "\n".join(lines)
+    return lines
+
+
+def table(result: dict[str, Any]) -> str:
+    return "\n".join([f"B={result['blocks']} on {result['cores']} cores, {result['steps']} "
+                      f"steps per block; load average {result['load_average_before']:.2f} "
+                      "before", *comparison_lines(result)])
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
