@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -100,9 +101,11 @@ class BlockGroup:
             return [Event("train", self.block, error=_cause(self.fitted.exception()))]
         return []
 
-    def finish(self, timeout_s: float = 300.0) -> dict[str, Any]:
-        """Wait for the group to end; the block's row of the report."""
+    def finish(self, drain: Callable[[], None], timeout_s: float = 300.0) -> dict[str, Any]:
+        """Wait for the group to end, then ``drain`` the queue (its summary was posted before
+        its fit ended); the block's row of the report."""
         self.fitted.result(timeout=timeout_s)
+        drain()
         assert self.summary is not None, f"block {self.block}'s group sent no summary"
         return self.summary
 

@@ -57,10 +57,8 @@ class RayBackend:
 
     def finish_block(self, block: int) -> None:
         if block in self.groups:
-            group = self.groups[block]
-            group.fitted.result(timeout=300)
-            self._drain()  # its summary was posted before its fit ended
-            self.finished[block] = self.groups.pop(block).finish()
+            self.finished[block] = self.groups[block].finish(self._drain)
+            del self.groups[block]
             return
         actor = self.actors.pop(block)
         self.finished[block] = ray.get(actor.summary.remote(), timeout=300)

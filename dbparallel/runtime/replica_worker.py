@@ -55,7 +55,7 @@ def train_replica(config: dict[str, Any]) -> None:
             recorder = BlockRecorder(cfg.run.name, block, run.trainer.sigma_range)
             if restarts:
                 recorder.restarted(restarts)
-            queue.put(("start", block, {"pid": os.getpid(), "restarts": restarts,
+            queue.put(("start", block, {"restarts": restarts,
                                         "actor": ray.get_runtime_context().current_actor}))
         else:
             queue.put(("worker", block, {"actor": ray.get_runtime_context().current_actor}))

@@ -71,9 +71,9 @@ class BlockStream:
                  prefetch: bool = True, share: Share | None = None):
         self.index, self.split, self.order, self.share = index, split, order, share
         # The windows are read into the system allocator's memory, not Arrow's default
-        # (mimalloc): with mimalloc a block trained 1,566-1,779 samples/s on 3x64x64 images,
-        # with the system allocator 2,020-2,214 on the same data (benchmarks/data_scale.py's
-        # setting, one block in one process).
+        # (mimalloc): benchmarks/data_scale.py's 16x run peaked at 2,296 MiB with it against
+        # 2,997 MiB before; by hand, one block in one process on that benchmark's 1x data
+        # trained 2,020-2,214 samples/s with it against 1,566-1,779 with mimalloc.
         pa.set_memory_pool(pa.system_memory_pool())
         self.decode, self.device, self.columns = decode, device, columns
         self._windows: dict[tuple[int, int], Future[Window]] = {}
