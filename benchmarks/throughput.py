@@ -168,8 +168,7 @@ def _data_parallel_loop(config: dict[str, Any]) -> None:
     trainer.model = ray.train.torch.prepare_model(trainer.model)  # gradients all-reduced
     order = DataOrder([s.rows for s in index.shards("train")], cfg.train.batch_size,
                       cfg.run.seed, rank, cfg.data.window_shards)
-    stream = BlockStream(index, "train", order, trainer.task.decode, device,
-                         trainer.task.columns)
+    stream = BlockStream(index, "train", order, trainer.task, device)
 
     def step() -> None:
         trainer.train_step(stream.batch(trainer.step))

@@ -1,4 +1,4 @@
-"""Encoded images (PNG, JPEG, anything Pillow reads) decoded per batch into uint8 pixels.
+"""Encoded images (PNG, JPEG, anything Pillow reads) decoded into uint8 pixels.
 
 The column is binary (one encoded file per row), or a struct with a ``bytes`` field (and an
 optional ``path``) as Hugging Face ``datasets`` writes images. Every image must already be

@@ -1,10 +1,11 @@
-"""Image batches: the ``image`` and ``label`` columns of some rows as tensors on a device.
+"""Image rows: the ``image`` and ``label`` columns of some rows as tensors.
 
 The ``image`` column holds either raw pixels, a list of C*H*W numbers per row in (C, H, W)
 order (floats in [0, 1], or integers in [0, 255]), or encoded images (PNG/JPEG bytes: a binary
 column, or a struct with a ``bytes`` field as Hugging Face datasets write it; data/encoded.py).
-Decoding happens per batch: pixels travel as uint8 where they are stored so, and become
-floats on the block's own device.
+Rows are checked and unpacked on the CPU (``image_rows``: a training stream does it once per
+window of the data, in its reading thread); a batch's pixels travel as uint8 where they are
+stored so, and become floats on the block's own device (``images_on``).
 """
 
 from __future__ import annotations
@@ -47,31 +48,53 @@ def check_schema(schema: pa.Schema) -> None:
                         f"got {schema.field(LABEL_COLUMN).type}")
 
 
-def image_batch(table: pa.Table, data: DataConfig,
-                device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, C, H, W) float32 in [0, 1], labels (N,) int64) on ``device``; RowError
-    names the first bad row of the batch."""
+def image_rows(table: pa.Table, data: DataConfig) -> dict[str, torch.Tensor]:
+    """Every row of ``table`` checked and held compactly on the CPU: ``image`` (N, C*H*W)
+    uint8 pixels (float32 in [0, 1] where the table stores floats) and ``label`` (N,) int64.
+    Encoded images are decoded here. RowError names the first bad row."""
     check_schema(table.schema)
     if table.num_rows == 0:
         raise DataError("the data set is empty (0 rows)")
-    c, s = data.channels, data.image_size
+    size = data.channels * data.image_size ** 2
     column = table.column(IMAGE_COLUMN).combine_chunks()
     if image_encoding(column.type) == "encoded":
         from dbparallel.data.encoded import decode_encoded
 
-        pixels = torch.from_numpy(decode_encoded(column, data))  # (N, C*H*W) uint8
-        images = pixels.to(device, non_blocking=True).float() / 255.0
+        pixels = torch.from_numpy(decode_encoded(column, data))
     else:
-        images = _raw_pixels(column, c * s * s, device)
-    labels = label_batch(table.column(LABEL_COLUMN).combine_chunks(), data.num_classes, device)
-    return images.reshape(-1, c, s, s), labels
+        pixels = _raw_pixels(column, size)
+    labels = label_rows(table.column(LABEL_COLUMN).combine_chunks(), data.num_classes)
+    return {IMAGE_COLUMN: pixels, LABEL_COLUMN: labels}
+
+
+def images_on(pixels: torch.Tensor, data: DataConfig,
+              device: str | torch.device = "cpu") -> torch.Tensor:
+    """Pixels from ``image_rows`` as new float32 images (N, C, H, W) in [0, 1] on ``device``
+    (8-bit pixels travel as bytes and become floats there); the caller may change them in
+    place."""
+    if pixels.dtype == torch.uint8:
+        images = pixels.to(device, non_blocking=True).float().div_(255.0)
+    else:
+        images = pixels.to(device, torch.float32, non_blocking=True, copy=True)
+    return images.reshape(-1, data.channels, data.image_size, data.image_size)
+
+
+def image_batch(table: pa.Table, data: DataConfig,
+                device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, C, H, W) float32 in [0, 1], labels (N,) int64) of ``table`` on ``device``;
+    RowError names the first bad row."""
+    rows = image_rows(table, data)
+    return (images_on(rows[IMAGE_COLUMN], data, device),
+            rows[LABEL_COLUMN].to(device, non_blocking=True))
 
 
 def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _raw_pixels(column: pa.Array, size: int, device: str | torch.device) -> torch.Tensor:
+def _raw_pixels(column: pa.Array, size: int) -> torch.Tensor:
+    """(N, size) pixels: uint8 for integers (checked to lie in [0, 255]), float32 for floats
+    (checked to lie in [0, 1])."""
     if column.null_count:
         raise RowError(_first(column.is_null().to_numpy(False)), IMAGE_COLUMN, "is null")
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
@@ -81,23 +104,24 @@ def _raw_pixels(column: pa.Array, size: int, device: str | torch.device) -> torc
                                           f"(data.channels x data.image_size^2)")
     values = pc.list_flatten(column)
     kind = values.type
-    # writable: Arrow's buffers are read-only and torch wants to own what it wraps
-    flat = np.require(values.to_numpy(zero_copy_only=False).reshape(-1, size), requirements="W")
-    if pa.types.is_uint8(kind):  # the compact form: 8-bit pixels become floats on the device
-        return torch.from_numpy(flat).to(device, non_blocking=True).float() / 255.0
-    pixels = torch.from_numpy(flat.astype(np.float32)).to(device, non_blocking=True)
+    flat = values.to_numpy(zero_copy_only=False).reshape(-1, size)
+    if pa.types.is_uint8(kind) and not values.null_count:  # the compact form, kept as is
+        # writable: Arrow's buffers are read-only and torch wants to own what it wraps
+        return torch.from_numpy(np.require(flat, requirements="W"))
     if pa.types.is_integer(kind):
-        pixels = pixels / 255.0
-    bad = (~torch.isfinite(pixels).all(1) | (pixels < 0).any(1) | (pixels > 1).any(1)).cpu()
+        bad = ~np.isfinite(flat).all(1) | (flat < 0).any(1) | (flat > 255).any(1)  # nulls: NaN
+        if bad.any():
+            raise RowError(_first(bad), IMAGE_COLUMN, "has values outside [0, 255] for integers")
+        return torch.from_numpy(flat.astype(np.uint8))
+    pixels = flat.astype(np.float32)
+    bad = ~np.isfinite(pixels).all(1) | (pixels < 0).any(1) | (pixels > 1).any(1)
     if bad.any():
-        limit = "[0, 255] for integers" if pa.types.is_integer(kind) else "[0, 1] for floats"
-        raise RowError(_first(bad.numpy()), IMAGE_COLUMN, f"has values outside {limit}")
-    return pixels
+        raise RowError(_first(bad), IMAGE_COLUMN, "has values outside [0, 1] for floats")
+    return torch.from_numpy(pixels)
 
 
-def label_batch(column: pa.Array, num_classes: int,
-                device: str | torch.device = "cpu") -> torch.Tensor:
-    """Labels (N,) int64 in [0, num_classes) on ``device``."""
+def label_rows(column: pa.Array, num_classes: int) -> torch.Tensor:
+    """Labels (N,) int64 in [0, num_classes), on the CPU."""
     if not pa.types.is_integer(column.type):
         raise DataError(f"column {LABEL_COLUMN!r}: expected integers, got {column.type}")
     if column.null_count:
@@ -108,4 +132,4 @@ def label_batch(column: pa.Array, num_classes: int,
         row = _first(bad)
         raise RowError(row, LABEL_COLUMN, f"has label {labels[row]}, outside [0, {num_classes}) "
                                           f"(data.num_classes={num_classes})")
-    return torch.from_numpy(labels).to(device, non_blocking=True)
+    return torch.from_numpy(labels)

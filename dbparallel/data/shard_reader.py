@@ -1,8 +1,9 @@
 """Reading one shard: its rows as an Arrow table, with where each row came from.
 
 Parquet shards read one row group (the unit Parquet stores together); image-folder shards read
-their files' bytes (decoded later, per batch); token shards slice the token file. ``where(i)``
-names the file and row of row ``i``, so a bad row met mid-stream is reported exactly.
+their files' bytes (decoded when the task unpacks the rows); token shards slice the token file.
+``where(i)`` names the file and row of row ``i``, so a bad row met mid-stream is reported
+exactly.
 """
 
 from __future__ import annotations

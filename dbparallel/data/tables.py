@@ -65,7 +65,7 @@ def image_table(images: np.ndarray, labels: np.ndarray) -> pa.Table:
 
 def image_tensors(table: pa.Table, data: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated (images (N, C, H, W) float32 in [0, 1], labels (N,) int64) of a small table,
-    on the CPU (tools and tests; runs decode per batch, data/images.py)."""
+    on the CPU (tools and tests; training unpacks a window at a time, data/images.py)."""
     from dbparallel.data.images import image_batch
 
     return image_batch(table, data, "cpu")

@@ -14,6 +14,7 @@ from dbparallel.core.share import Share
 from dbparallel.models.block import Block
 
 Batch = dict[str, torch.Tensor]
+Rows = dict[str, torch.Tensor]  # checked rows in compact form on the CPU, indexed along dim 0
 
 
 class Task(Protocol):
@@ -27,9 +28,19 @@ class Task(Protocol):
         """A freshly initialised block network (its private stem, layers and head)."""
         ...
 
+    def unpack(self, rows: pa.Table) -> Rows:
+        """Every row of ``rows`` checked and held compactly on the CPU (8-bit pixels, integer
+        ids; encoded images decoded); RowError names the first bad row. A block's stream
+        unpacks each window of the data once, in its reading thread."""
+        ...
+
+    def to_device(self, rows: Rows, device: str | torch.device) -> Batch:
+        """The batch of some unpacked rows: new tensors on ``device`` in the dtypes the blocks
+        take (pixels become floats there)."""
+        ...
+
     def decode(self, rows: pa.Table, device: str | torch.device = "cpu") -> Batch:
-        """Validated tensors of some rows (a batch) on ``device``, indexed along dim 0;
-        RowError names the first bad row."""
+        """``to_device(unpack(rows), device)``."""
         ...
 
     def example_batch(self, n: int, device: str | torch.device) -> Batch:
@@ -45,6 +56,13 @@ class Task(Protocol):
         ``batch`` holds ``share``'s rows of the step's global batch (default: all of it); the
         random draws are made for the global batch and cut to the share (core/share.py)."""
         ...
+
+
+class Decoding:
+    """``decode`` for a task that has ``unpack`` and ``to_device``."""
+
+    def decode(self, rows: pa.Table, device: str | torch.device = "cpu") -> Batch:
+        return self.to_device(self.unpack(rows), device)  # type: ignore[attr-defined]
 
 
 def gaussian_noise(cfg: Config) -> tuple[LogNormalNoise, Partition]:

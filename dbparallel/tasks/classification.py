@@ -16,7 +16,6 @@ trains with plain cross-entropy: the baseline.
 
 from __future__ import annotations
 
-import pyarrow as pa
 import torch
 
 from dbparallel.config import Config
@@ -24,18 +23,17 @@ from dbparallel.core.losses import weighted_cross_entropy
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import equiprobable_schedule
 from dbparallel.core.share import Share
-from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, image_batch
 from dbparallel.models.layers import frozen_unit_embedding
 from dbparallel.models.presets import resolve
 from dbparallel.models.vit import ViTBlock
 from dbparallel.tasks.base import Batch, gaussian_noise
+from dbparallel.tasks.image_data import ImageData
 
 
-class Classification:
+class Classification(ImageData):
     """ViT denoisers of the label embedding, one block per slice of sigma."""
 
     name = "vit"
-    columns = [IMAGE_COLUMN, LABEL_COLUMN]
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -56,15 +54,6 @@ class Classification:
     def table(self, net: ViTBlock, device: torch.device) -> torch.Tensor:
         """The unit-norm label embedding (classes, D) that ``net`` denoises."""
         return net.targets() if self.learned else self.E.to(device)
-
-    def decode(self, rows: pa.Table, device: str | torch.device = "cpu") -> Batch:
-        images, labels = image_batch(rows, self.cfg.data, device)
-        return {"image": images * 2 - 1, "label": labels}  # pixels to [-1, 1]
-
-    def example_batch(self, n: int, device: str | torch.device) -> Batch:
-        d = self.cfg.data
-        return {"image": torch.zeros(n, d.channels, d.image_size, d.image_size, device=device),
-                "label": torch.zeros(n, dtype=torch.long, device=device)}
 
     def denoise(self, net: ViTBlock, images: torch.Tensor, z: torch.Tensor,
                 sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

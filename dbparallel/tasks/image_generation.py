@@ -6,7 +6,6 @@ probability ``train.label_dropout`` so that sampling can use classifier-free gui
 
 from __future__ import annotations
 
-import pyarrow as pa
 import torch
 
 from dbparallel.config import Config
@@ -21,17 +20,16 @@ from dbparallel.core.sampler import (
     karras_schedule,
 )
 from dbparallel.core.share import Share
-from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, image_batch
 from dbparallel.models.dit import DiTBlock
 from dbparallel.models.presets import resolve
 from dbparallel.tasks.base import Batch, gaussian_noise
+from dbparallel.tasks.image_data import ImageData
 
 
-class ImageGeneration:
+class ImageGeneration(ImageData):
     """DiT denoisers of images, one block per slice of sigma."""
 
     name = "dit"
-    columns = [IMAGE_COLUMN, LABEL_COLUMN]
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -44,15 +42,6 @@ class ImageGeneration:
         d = self.cfg.data
         return DiTBlock(resolve(self.cfg.model), d.image_size, d.channels,
                         self.cfg.model.patch_size, d.num_classes)
-
-    def decode(self, rows: pa.Table, device: str | torch.device = "cpu") -> Batch:
-        images, labels = image_batch(rows, self.cfg.data, device)
-        return {"image": images * 2 - 1, "label": labels}  # pixels to [-1, 1]
-
-    def example_batch(self, n: int, device: str | torch.device) -> Batch:
-        d = self.cfg.data
-        return {"image": torch.zeros(n, d.channels, d.image_size, d.image_size, device=device),
-                "label": torch.zeros(n, dtype=torch.long, device=device)}
 
     def denoise(
         self, net: DiTBlock, z: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor

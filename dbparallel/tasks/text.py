@@ -1,8 +1,9 @@
 """What the text tasks share: batches of token rows and placeholder batches.
 
 A text data set is a token index (data/corpus.py): each row is ``data.seq_len`` token ids in a
-``tokens`` column (a fixed-size list of uint8 or uint16); ``decode`` turns a batch of rows into
-an (N, seq_len) int64 tensor on the block's device.
+``tokens`` column (a fixed-size list of uint8 or uint16); ``unpack`` checks rows and holds their
+ids compactly on the CPU, ``to_device`` turns a batch of them into an (N, seq_len) int64 tensor
+on the block's device.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from dbparallel.config import Config
 from dbparallel.data.shard_reader import TOKENS_COLUMN
 from dbparallel.errors import DataError, RowError
-from dbparallel.tasks.base import Batch
+from dbparallel.tasks.base import Batch, Decoding, Rows
 
 
 def gumbel_sample(logits: torch.Tensor, generator: torch.Generator,
@@ -36,6 +37,11 @@ def token_rows(rows: pa.Table, seq_len: int, vocab_size: int,
                device: str | torch.device = "cpu") -> torch.Tensor:
     """(N, seq_len) int64 token ids of the ``tokens`` column on ``device``; RowError names the
     first row that is null, of another length or holds an id >= ``vocab_size``."""
+    return token_ids(rows, seq_len, vocab_size).to(device, non_blocking=True).long()
+
+
+def token_ids(rows: pa.Table, seq_len: int, vocab_size: int) -> torch.Tensor:
+    """``token_rows`` held compactly on the CPU: uint8 ids stay uint8, wider ids are int32."""
     if TOKENS_COLUMN not in rows.column_names:
         raise DataError(f"column {TOKENS_COLUMN!r} is missing; the rows have "
                         f"{rows.column_names}")
@@ -59,16 +65,15 @@ def token_rows(rows: pa.Table, seq_len: int, vocab_size: int,
         row = _first(bad.any(axis=1))
         raise RowError(row, TOKENS_COLUMN, f"has token id {int(ids[row][bad[row]][0])}, "
                        f"outside [0, {vocab_size}) (data.vocab_size={vocab_size})")
-    # a writable copy; uint8 travels as is, wider ids as int64 (torch has few uint16 kernels)
-    ids = ids.astype(np.uint8 if ids.dtype == np.uint8 else np.int64)
-    return torch.from_numpy(ids).to(device, non_blocking=True).long()
+    # a writable copy; uint8 stays, wider ids become int32 (torch has few uint16 kernels)
+    return torch.from_numpy(ids.astype(np.uint8 if ids.dtype == np.uint8 else np.int32))
 
 
 def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-class TextData:
+class TextData(Decoding):
     """Rows are ``data.seq_len`` token ids (characters or BPE tokens)."""
 
     columns: list[str] | None = None  # a token shard has one column
@@ -77,8 +82,12 @@ class TextData:
         self.cfg = cfg
         self.vocab_size, self.seq_len = cfg.data.vocab_size, cfg.data.seq_len
 
-    def decode(self, rows: pa.Table, device: str | torch.device = "cpu") -> Batch:
-        return {"tokens": token_rows(rows, self.seq_len, self.vocab_size, device)}
+    def unpack(self, rows: pa.Table) -> Rows:
+        return {"tokens": token_ids(rows, self.seq_len, self.vocab_size)}
+
+    def to_device(self, rows: Rows, device: str | torch.device) -> Batch:
+        # ids travel in their compact dtype and are widened on the device
+        return {"tokens": rows["tokens"].to(device, non_blocking=True).long()}
 
     def example_batch(self, n: int, device: str | torch.device) -> Batch:
         return {"tokens": torch.zeros(n, self.seq_len, dtype=torch.long, device=device)}

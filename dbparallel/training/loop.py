@@ -46,9 +46,8 @@ class BlockRun:
             self.order = DataOrder([s.rows for s in index.shards("train")],
                                    cfg.train.batch_size, cfg.run.seed, block,
                                    cfg.data.window_shards)
-            self.stream = BlockStream(index, "train", self.order, task.decode,
-                                      self.trainer.device, task.columns, prefetch,
-                                      self.trainer.share)
+            self.stream = BlockStream(index, "train", self.order, task, self.trainer.device,
+                                      prefetch, self.trainer.share)
             self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
                                                 cfg.train.keep_snapshots)
             self.resumed_from = self._resume()

@@ -2,14 +2,15 @@
 
 The stream holds the window its next batch lies in and reads the following one in a
 background thread while the block trains, so memory is two windows and a batch whatever the
-number of rows. Rows are decoded per batch by the task, on the block's own device. A bad row
-stops the block with a DataError naming its file and row.
+number of rows. Reading a window also unpacks it (the task checks every row and holds it
+compactly on the CPU: 8-bit pixels, integer ids; encoded images are decoded there), so a
+batch is only a gather of rows and a copy to the block's device, where pixels become floats.
+A bad row stops the block with a DataError naming its file and row, when the window that
+holds it is first needed.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,83 +19,97 @@ import pyarrow as pa
 import torch
 
 from dbparallel.core.share import Share
-from dbparallel.data.shard_reader import ShardRows, read_shard
-from dbparallel.data.shards import DataIndex
+from dbparallel.data.shard_reader import read_shard
+from dbparallel.data.shards import DataIndex, Shard
 from dbparallel.errors import RowError
-from dbparallel.tasks.base import Batch
+from dbparallel.tasks.base import Batch, Rows, Task
 from dbparallel.training.data_order import DataOrder, Segment
-
-Decode = Callable[[pa.Table, "str | torch.device"], Batch]
 
 
 @dataclass(frozen=True)
 class Window:
-    """The rows of a window's shards, concatenated in window order."""
+    """The unpacked rows of a window's shards, in window order (its shards' rows one after
+    another): window row r is ``rows[index[r]]`` (``rows[r]`` when ``index`` is None)."""
 
     ids: list[int]  # the shards, in window order
-    parts: list[ShardRows]
-    starts: list[int]  # first window row of each part
-    table: pa.Table
+    starts: list[int]  # first window row of each shard, and the window's length last
+    rows: Rows
+    index: np.ndarray | None = None
 
     @classmethod
-    def read(cls, index: DataIndex, split: str, shard_ids: list[int],
-             columns: list[str] | None, held: Window | None = None) -> Window:
-        """The window of ``shard_ids``; shards that ``held`` (a window in memory) has are
-        taken from it, not read again: a data set within one window is read once, not once
-        per epoch (reading and decoding Parquet costs more than a training step)."""
+    def read(cls, index: DataIndex, split: str, shard_ids: list[int], task: Task,
+             held: Window | None = None) -> Window:
+        """The window of ``shard_ids``, unpacked by ``task``. Shards that ``held`` (a window
+        in memory) has are taken from it, not read again; a window of the same shards as
+        ``held`` shares its rows, so a data set within one window is read, unpacked and
+        copied once, not once per epoch (reading, checking and decoding rows costs more than
+        a training step)."""
         shards = index.shards(split)
-        kept = held.shard_rows() if held is not None else {}
-        parts = [kept[s] if s in kept else read_shard(shards[s], columns, index.meta)
-                 for s in shard_ids]
-        starts = np.cumsum([0] + [p.table.num_rows for p in parts[:-1]]).tolist()
-        # one contiguous chunk: taking a batch's rows from a chunked column would copy the
-        # whole window on every batch; the parts keep only where their rows came from
-        table = pa.concat_tables([p.table for p in parts]).combine_chunks()
-        located = [ShardRows(p.shard, p.table.slice(0, 0), p.file_rows) for p in parts]
-        return cls(list(shard_ids), located, starts, table)
+        kept = held.positions() if held is not None else {}
+        sizes = [len(kept[s]) if s in kept else shards[s].rows for s in shard_ids]
+        starts = np.cumsum([0] + sizes).tolist()
+        if held is not None and all(s in kept for s in shard_ids):
+            return cls(list(shard_ids), starts, held.rows,
+                       np.concatenate([kept[s] for s in shard_ids]))
+        parts = [_select(held.rows, kept[s]) if held is not None and s in kept
+                 else _unpacked(shards[s], task, index.meta) for s in shard_ids]
+        return cls(list(shard_ids), starts, _cat(parts))
 
-    def shard_rows(self) -> dict[int, ShardRows]:
-        """Each shard's rows: zero-copy slices of this window's table."""
-        return {s: ShardRows(p.shard, self.table.slice(start, len(p.file_rows)), p.file_rows)
-                for s, p, start in zip(self.ids, self.parts, self.starts, strict=True)}
+    def take(self, rows: np.ndarray) -> Rows:
+        """The window's ``rows``, in that order (a copy: each row's bytes in one piece)."""
+        return _select(self.rows, rows if self.index is None else self.index[rows])
 
-    def where(self, row: int) -> str:
-        k = bisect.bisect_right(self.starts, row) - 1
-        return self.parts[k].where(row - self.starts[k])
+    def positions(self) -> dict[int, np.ndarray]:
+        """Where each shard's rows lie in ``rows``."""
+        window = np.arange(self.starts[-1]) if self.index is None else self.index
+        return {s: window[a:b]
+                for s, a, b in zip(self.ids, self.starts[:-1], self.starts[1:], strict=True)}
+
+
+def _select(rows: Rows, positions: np.ndarray) -> Rows:
+    index = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64))
+    return {k: v.index_select(0, index) for k, v in rows.items()}
+
+
+def _unpacked(shard: Shard, task: Task, meta: dict) -> Rows:
+    read = read_shard(shard, task.columns, meta)
+    try:
+        return task.unpack(read.table)
+    except RowError as err:
+        raise err.at(read.where(err.row)) from None
+
+
+def _cat(parts: list[Rows]) -> Rows:
+    if len(parts) == 1:
+        return parts[0]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 class BlockStream:
-    """``batch(step)``: the decoded batch of ``step`` in this block's data order."""
+    """``batch(step)``: the batch of ``step`` in this block's data order, on its device."""
 
-    def __init__(self, index: DataIndex, split: str, order: DataOrder, decode: Decode,
-                 device: str | torch.device = "cpu", columns: list[str] | None = None,
-                 prefetch: bool = True, share: Share | None = None):
+    def __init__(self, index: DataIndex, split: str, order: DataOrder, task: Task,
+                 device: str | torch.device = "cpu", prefetch: bool = True,
+                 share: Share | None = None):
         self.index, self.split, self.order, self.share = index, split, order, share
-        # The windows are read into the system allocator's memory, not Arrow's default
+        # Parquet is read into the system allocator's memory, not Arrow's default
         # (mimalloc): benchmarks/data_scale.py's 16x run peaked at 2,296 MiB with it against
         # 2,997 MiB before; by hand, one block in one process on that benchmark's 1x data
         # trained 2,020-2,214 samples/s with it against 1,566-1,779 with mimalloc.
         pa.set_memory_pool(pa.system_memory_pool())
-        self.decode, self.device, self.columns = decode, device, columns
+        self.task, self.device = task, device
         self._windows: dict[tuple[int, int], Future[Window]] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
 
     def batch(self, step: int) -> Batch:
-        """The decoded batch of ``step``, or this stream's share of its rows."""
+        """The batch of ``step``, or this stream's share of its rows."""
         segments = self.order.segments(step)
-        taken, located = [], []
-        for seg in _cut(segments, self.share):
-            window = self._window(seg.epoch, seg.window)
-            taken.append(window.table.take(pa.array(seg.rows)))
-            located += [(window, int(r)) for r in seg.rows]
+        parts = [self._window(seg.epoch, seg.window).take(seg.rows)
+                 for seg in _cut(segments, self.share)]
         last = segments[-1]
         self._forget_before(last.epoch, last.window)
         self._prefetch(*self.order.next_window(last.epoch, last.window))
-        try:
-            return self.decode(pa.concat_tables(taken), self.device)
-        except RowError as err:
-            window, row = located[err.row]
-            raise err.at(window.where(row)) from None
+        return self.task.to_device(_cat(parts), self.device)
 
     def _load(self, epoch: int, window: int) -> Future[Window]:
         key = (epoch, window)
@@ -102,7 +117,7 @@ class BlockStream:
             shard_ids = self.order.shards_of(epoch, window)
             held = next((f.result() for k, f in sorted(self._windows.items(), reverse=True)
                          if f.done() and f.exception() is None), None)
-            args = (self.index, self.split, shard_ids, self.columns, held)
+            args = (self.index, self.split, shard_ids, self.task, held)
             if self._pool is None:
                 done: Future[Window] = Future()
                 done.set_result(Window.read(*args))

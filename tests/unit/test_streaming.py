@@ -107,6 +107,26 @@ def test_a_data_set_within_one_window_is_read_once_not_once_per_epoch(
     fresh.close()
 
 
+@pytest.mark.parametrize("window", [5, 12])
+def test_windows_built_from_held_rows_give_the_batches_a_fresh_read_gives(
+        tmp_path, window) -> None:
+    """12 shards in windows of 5 (the last window of an epoch shares shards with the first of
+    the next) or of 12 (every window shares the held one's rows, in another order)."""
+    data = _write(_rows(), tmp_path / "d.parquet")
+    index = parquet_index(str(data))
+    extra = ("train.batch_size=40", f"data.window_shards={window}")
+    run = BlockRun(_cfg(tmp_path, data, *extra), 0, index, Storage(str(tmp_path / "run")))
+    fresh = BlockRun(_cfg(tmp_path / "b", data, *extra), 0, index,
+                     Storage(str(tmp_path / "b" / "run")), prefetch=False)
+    for step in range(45):  # 3 epochs of 15 steps
+        kept = run.batch(step)
+        fresh.stream._windows.clear()  # nothing held: every window read from the files
+        again = fresh.batch(step)
+        assert all(torch.equal(again[k], kept[k]) for k in again), step
+    run.close()
+    fresh.close()
+
+
 def test_resume_mid_epoch_is_exact_and_reads_no_earlier_window(tmp_path, monkeypatch) -> None:
     data = _write(_rows(), tmp_path / "d.parquet")
     index = parquet_index(str(data))
@@ -161,9 +181,10 @@ def test_bad_row_mid_stream_stops_naming_file_and_row_and_keeps_checkpoints(
         tmp_path, capsys) -> None:
     data = _write(_bad_label_at(577), tmp_path / "d.parquet")
     run_dir = tmp_path / "run"
+    # windows of one shard: the bad row's window is met a few windows into the stream
     code = main(["train", TINY, "--local", f"run.dir={run_dir}", "data.source=parquet",
-                 f"data.path={data}", "data.validate=false", "train.steps=40",
-                 "train.checkpoint_every=5", "metrics.port=0"])
+                 f"data.path={data}", "data.validate=false", "data.window_shards=1",
+                 "train.steps=40", "train.checkpoint_every=5", "metrics.port=0"])
     err = capsys.readouterr().err
     assert code == 2
     assert f"{data} row 577: column 'label' has label 12" in err and err.count("\n") == 1

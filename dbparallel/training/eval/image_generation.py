@@ -40,8 +40,7 @@ def indomain_classifier(cfg: Config, task: Task, index: DataIndex) -> FeatureCla
     then cached)."""
     order = DataOrder([s.rows for s in index.shards("train")], BATCH, 0, CLASSIFIER_STREAM,
                       cfg.data.window_shards)
-    stream = BlockStream(index, "train", order, task.decode, "cpu", task.columns,
-                         prefetch=False)
+    stream = BlockStream(index, "train", order, task, "cpu", prefetch=False)
 
     def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         data = stream.batch(step)
