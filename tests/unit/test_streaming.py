@@ -109,22 +109,32 @@ def test_a_data_set_within_one_window_is_read_once_not_once_per_epoch(
 
 @pytest.mark.parametrize("window", [5, 12])
 def test_windows_built_from_held_rows_give_the_batches_a_fresh_read_gives(
-        tmp_path, window) -> None:
-    """12 shards in windows of 5 (the last window of an epoch shares shards with the first of
-    the next) or of 12 (every window shares the held one's rows, in another order)."""
+        tmp_path, monkeypatch, window) -> None:
+    """12 shards in windows of 5 (block 1's last window of epochs 0 and 1 shares shards with
+    the first of the next) or of 12 (every window shares the held one's rows, in another
+    order)."""
     data = _write(_rows(), tmp_path / "d.parquet")
     index = parquet_index(str(data))
     extra = ("train.batch_size=40", f"data.window_shards={window}")
-    run = BlockRun(_cfg(tmp_path, data, *extra), 0, index, Storage(str(tmp_path / "run")))
-    fresh = BlockRun(_cfg(tmp_path / "b", data, *extra), 0, index,
+    run = BlockRun(_cfg(tmp_path, data, *extra), 1, index, Storage(str(tmp_path / "run")),
+                   prefetch=False)
+    fresh = BlockRun(_cfg(tmp_path / "b", data, *extra), 1, index,
                      Storage(str(tmp_path / "b" / "run")), prefetch=False)
+    reads: list[int] = []
+    real = shard_reader.read_shard
+    monkeypatch.setattr("dbparallel.training.stream.read_shard",
+                        lambda shard, *a: reads.append(shard.row_group) or real(shard, *a))
     for step in range(45):  # 3 epochs of 15 steps
         kept = run.batch(step)
+        monkeypatch.setattr("dbparallel.training.stream.read_shard", real)
         fresh.stream._windows.clear()  # nothing held: every window read from the files
         again = fresh.batch(step)
         assert all(torch.equal(again[k], kept[k]) for k in again), step
+        monkeypatch.setattr("dbparallel.training.stream.read_shard",
+                            lambda shard, *a: reads.append(shard.row_group) or real(shard, *a))
     run.close()
     fresh.close()
+    assert len(reads) < 3 * 12  # some windows were built from held rows, not read again
 
 
 def test_resume_mid_epoch_is_exact_and_reads_no_earlier_window(tmp_path, monkeypatch) -> None:
@@ -226,6 +236,19 @@ def test_uint8_pixels_decode_on_the_device_like_floats(tmp_path) -> None:
     a, _ = image_batch(table, cfg.data)
     b, _ = image_batch(as_uint8, cfg.data)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_a_missing_pixel_in_8_bit_images_is_a_bad_row() -> None:
+    from dbparallel.data.images import image_rows
+    from dbparallel.errors import RowError
+
+    values = np.zeros(3 * 64, dtype=np.uint8)
+    mask = np.zeros(3 * 64, dtype=bool)
+    mask[64 + 5] = True  # row 1, pixel 5
+    table = pa.table({"image": pa.FixedSizeListArray.from_arrays(
+        pa.array(values, mask=mask), 64), "label": pa.array([0, 1, 2])})
+    with pytest.raises(RowError, match="row 1 has values outside"):
+        image_rows(table, load_config([TINY], []).data)
 
 
 @pytest.mark.parametrize("source", ["digits", "text"])
