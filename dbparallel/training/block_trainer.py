@@ -122,10 +122,14 @@ class BlockTrainer:
         with count.counting() if count else contextlib.nullcontext():
             with recording:
                 loss = (self._loss if measuring else self._forward_loss)(batch, g)
-            total = self.replicas.sum(loss.detach().reshape(1).clone()) if self.replicas \
-                else loss.detach()  # the global batch's mean: every replica sees the same
+            if self.replicas:  # the global loss comes with the gradients: one all-reduce
+                loss.backward()
+                total = self.replicas.sum_gradients(self.model.parameters(), loss)
+                assert total is not None
+            else:
+                total = loss.detach()
             finite = bool(torch.isfinite(total).all())
-            if finite:
+            if finite and not self.replicas:
                 loss.backward()
         n = self.share.total if self.share else len(next(iter(batch.values())))
         if not finite:
@@ -138,8 +142,6 @@ class BlockTrainer:
             return StepStats(self.step, math.nan, False, time.perf_counter() - start, n)
         if count is not None:
             self.model_flops_per_step = count.total
-        if self.replicas:
-            self.replicas.sum_gradients(self.model.parameters())
         if self.cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()

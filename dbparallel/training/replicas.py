@@ -2,9 +2,10 @@
 block data-parallel (runtime.replicas_per_block).
 
 Each replica computes its share's loss, scaled by 1/global-batch so that the sum over
-replicas is the global batch mean, and the gradients are summed across the group in one
-flat all-reduce before clipping and the optimizer step: every replica then applies the same
-update to the same weights and they never drift apart. The group is the block's own (NCCL on
+replicas is the global batch mean, and the gradients, with that loss, are summed across the
+group in one flat all-reduce before clipping and the optimizer step: every replica then sees
+the same global loss (and skips a non-finite step together) and applies the same update to
+the same weights, so they never drift apart. The group is the block's own (NCCL on
 GPUs, gloo on CPUs); nothing crosses to another block.
 """
 
@@ -46,16 +47,23 @@ class Replicas:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
-    def sum_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
+    def sum_gradients(self, params: Iterable[torch.nn.Parameter],
+                      extra: torch.Tensor | None = None) -> torch.Tensor | None:
         """Sum every parameter's gradient over the replicas in one flat all-reduce (a missing
-        gradient counts as zero, so every replica sends the same layout)."""
+        gradient counts as zero, so every replica sends the same layout). ``extra`` values
+        (the step's loss) ride in the same all-reduce; their sums are returned."""
         params = [p for p in params if p.requires_grad]
-        if not params:
-            return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = self.sum(torch.cat([g.reshape(-1) for g in grads]))
+        parts = [g.reshape(-1) for g in grads]
+        if extra is not None:
+            dtype = parts[0].dtype if parts else extra.dtype
+            parts.append(extra.detach().reshape(-1).to(dtype))
+        if not parts:
+            return None
+        flat = self.sum(torch.cat(parts))
         offset = 0
         for p, g in zip(params, grads, strict=True):
             n = g.numel()
             p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
             offset += n
+        return flat[offset:] if extra is not None else None
