@@ -126,11 +126,12 @@ class BlockTrainer:
                 loss.backward()
                 total = self.replicas.sum_gradients(self.model.parameters(), loss)
                 assert total is not None
+                finite = bool(torch.isfinite(total).all())
             else:
                 total = loss.detach()
-            finite = bool(torch.isfinite(total).all())
-            if finite and not self.replicas:
-                loss.backward()
+                finite = bool(torch.isfinite(total).all())
+                if finite:
+                    loss.backward()
         n = self.share.total if self.share else len(next(iter(batch.values())))
         if not finite:
             self.nonfinite_steps += 1
