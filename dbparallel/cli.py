@@ -53,6 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     index = open_data(cfg.data)  # schema problems stop here, before any block starts
     if cfg.data.validate:
         _check(cfg, index)
+    _data_memory(cfg, index, here=_blocks_here(cfg))
     if cfg.runtime.local:
         from dbparallel.runtime.local import run_local
 
@@ -75,6 +76,38 @@ def _check(cfg: Config, index: DataIndex, force: bool = False) -> None:
               f"data.validate=false skips it)", flush=True)
 
 
+def _blocks_here(cfg: Config) -> int:
+    """Block processes that stream data on this machine at once: one in local mode (blocks
+    train one after another), all that train at once on a private local instance, none known
+    on a cluster."""
+    import os
+
+    r = cfg.runtime
+    if r.local:
+        return 1
+    if r.address or os.environ.get("RAY_ADDRESS"):
+        return 0
+    at_once = min(r.max_concurrent_blocks or cfg.model.blocks, cfg.model.blocks)
+    return at_once * r.replicas_per_block
+
+
+def _data_memory(cfg: Config, index: DataIndex, here: int) -> None:
+    """Print what a block's stream holds; warn when the blocks on this machine would hold
+    over half of its memory."""
+    import os
+
+    from dbparallel.tasks import build_task
+    from dbparallel.training.data_memory import data_footprint, footprint_line, \
+        footprint_warning
+
+    footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards)
+    print(footprint_line(footprint), flush=True)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    warning = footprint_warning(footprint, here, memory) if here else None
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     """``data check``: index and decode every row of a data set, as training would."""
     from dbparallel.data.sources import open_data
@@ -91,6 +124,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     for split in index.present():
         print(f"{split}: {index.num_rows(split)} rows in {len(index.shards(split))} shards")
     _check(cfg, index, force=True)
+    _data_memory(cfg, index, here=0)
     return 0
 
 
@@ -117,7 +151,7 @@ def _print_summary(cfg: Config, report: dict) -> None:
             speed += f" mfu={row['mfu']:.1%}"
         print(f"block {row['block']}: steps={row['steps']} final_loss={row['final_loss']:.5f} "
               f"restarts={row['restarts']} peak_memory={row['peak_memory_bytes'] / 2**20:.2f} MiB"
-              f"{speed}")
+              f" data_memory={row.get('data_memory_bytes', 0) / 2**20:.2f} MiB{speed}")
     if report["assembly"]:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in report["assembly"].items())
         print(f"assembly: {metrics}")

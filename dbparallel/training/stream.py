@@ -1,8 +1,9 @@
 """One block's stream of batches over the shared data set, a window of shards at a time.
 
 The stream holds the window its next batch lies in and reads the following one in a
-background thread while the block trains, so memory is two windows and a batch whatever the
-number of rows. Reading a window also unpacks it (the task checks every row and holds it
+background thread while the block trains, so memory is two windows, a batch and, while a window
+is read, one shard's rows, whatever the number of rows (training/data_memory.py says how much
+before training starts; ``peak_bytes`` measures it). Reading a window also unpacks it (the task checks every row and holds it
 compactly on the CPU: 8-bit pixels, integer ids; encoded images are decoded there), so a
 batch is only a gather of rows and a copy to the block's device, where pixels become floats.
 A bad row stops the block with a DataError naming its file and row, when the window that
@@ -23,6 +24,7 @@ from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex, Shard
 from dbparallel.errors import RowError
 from dbparallel.tasks.base import Batch, Rows, Task
+from dbparallel.training.data_memory import rows_nbytes
 from dbparallel.training.data_order import DataOrder, Segment
 
 
@@ -51,9 +53,17 @@ class Window:
         if held is not None and all(s in kept for s in shard_ids):
             return cls(list(shard_ids), starts, held.rows,
                        np.concatenate([kept[s] for s in shard_ids]))
-        parts = [_select(held.rows, kept[s]) if held is not None and s in kept
-                 else _unpacked(shards[s], task, index.meta) for s in shard_ids]
-        return cls(list(shard_ids), starts, _cat(parts))
+        rows: Rows = {}
+        for s, a, b in zip(shard_ids, starts[:-1], starts[1:], strict=True):
+            part = _select(held.rows, kept[s]) if held is not None and s in kept \
+                else _unpacked(shards[s], task, index.meta)
+            if len(shard_ids) == 1:
+                return cls(list(shard_ids), starts, part)
+            if not rows:  # one allocation, filled shard by shard: never a window twice
+                rows = {k: v.new_empty((starts[-1], *v.shape[1:])) for k, v in part.items()}
+            for k, v in part.items():
+                rows[k][a:b] = v
+        return cls(list(shard_ids), starts, rows)
 
     def take(self, rows: np.ndarray) -> Rows:
         """The window's ``rows``, in that order (a copy: each row's bytes in one piece)."""
@@ -100,12 +110,14 @@ class BlockStream:
         self.task, self.device = task, device
         self._windows: dict[tuple[int, int], Future[Window]] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
+        self.peak_bytes = 0  # the most bytes of unpacked rows held at once, seen at a batch
 
     def batch(self, step: int) -> Batch:
         """The batch of ``step``, or this stream's share of its rows."""
         segments = self.order.segments(step)
         parts = [self._window(seg.epoch, seg.window).take(seg.rows)
                  for seg in _cut(segments, self.share)]
+        self._measure()
         last = segments[-1]
         self._forget_before(last.epoch, last.window)
         self._prefetch(*self.order.next_window(last.epoch, last.window))
@@ -132,6 +144,14 @@ class BlockStream:
     def _prefetch(self, epoch: int, window: int) -> None:
         if self._pool is not None:
             self._load(epoch, window)
+
+    def _measure(self) -> None:
+        held = [f.result() for f in self._windows.values()
+                if f.done() and f.exception() is None]
+        rows = {id(w.rows): w.rows for w in held}  # windows may share their rows
+        now = sum(rows_nbytes(r) for r in rows.values()) + \
+            sum(w.index.nbytes for w in held if w.index is not None)
+        self.peak_bytes = max(self.peak_bytes, now)
 
     def _forget_before(self, epoch: int, window: int) -> None:
         for key in [k for k in self._windows if k < (epoch, window)]:
