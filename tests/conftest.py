@@ -41,18 +41,21 @@ def tiny_cfg(tmp_path: Path):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A private local Ray instance: 2 CPUs, no dashboard, metrics exported on a free port."""
+    """A private local Ray instance: 2 CPUs, metrics exported on a free port, and a dashboard
+    that serves the state API Ray Train asks (as ``connect`` starts one for replicas)."""
     import socket
 
     import ray
 
+    from dbparallel.runtime.launch import disconnect, state_api_here
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=None,
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=state_api_here(),
              object_store_memory=256 * 2**20, logging_level="ERROR", log_to_driver=False,
              _metrics_export_port=port,
              _system_config={"metrics_report_interval_ms": 1000})
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield {"metrics_port": port}
-    ray.shutdown()
+    disconnect()

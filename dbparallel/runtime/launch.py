@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import uuid
 from typing import Any
@@ -34,6 +35,8 @@ from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import open_run, pin_data
 
 log = logging.getLogger(__name__)
+STATE_API_VAR = "RAY_API_SERVER_ADDRESS"
+_saved_env: dict[str, str | None] = {}  # what connect() changed in os.environ, to restore
 
 
 def connect(cfg: Config) -> bool:
@@ -55,13 +58,45 @@ def connect(cfg: Config) -> bool:
               "(ray_dbparallel_block_loss, ...)", flush=True)
     if cfg.runtime.object_store_memory:
         kwargs["object_store_memory"] = cfg.runtime.object_store_memory
-    # Ray Train (blocks with replicas) cleans its placement groups through the state API,
-    # which the dashboard serves
-    ray.init(address="local", num_cpus=cfg.runtime.num_cpus or None,
-             include_dashboard=cfg.runtime.replicas_per_block > 1,
-             logging_level="WARNING", _system_config={"metrics_report_interval_ms": 2000},
-             **kwargs)
+    replicas = cfg.runtime.replicas_per_block > 1
+    if replicas:
+        kwargs["dashboard_port"] = state_api_here()
+    try:
+        ray.init(address="local", num_cpus=cfg.runtime.num_cpus or None,
+                 include_dashboard=replicas, logging_level="WARNING",
+                 _system_config={"metrics_report_interval_ms": 2000}, **kwargs)
+    except BaseException:
+        disconnect()
+        raise
     return True
+
+
+def state_api_here() -> int:
+    """A free port for the private instance's dashboard, which serves Ray's state API, and
+    RAY_API_SERVER_ADDRESS pointing there for this process and every Ray process it starts.
+
+    Ray Train (blocks with replicas) watches its controller through the state API. Without an
+    address, that API asks the cluster recorded by the last `ray start` on this machine
+    (/tmp/ray/ray_current_cluster), which is not a private instance and may be long gone: each
+    query then waits 40 s for a GCS that never answers, and every group's end printed a
+    traceback. `disconnect` restores the variable."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _saved_env.setdefault(STATE_API_VAR, os.environ.get(STATE_API_VAR))
+    os.environ[STATE_API_VAR] = f"http://127.0.0.1:{port}"
+    return port
+
+
+def disconnect() -> None:
+    """Shut down what ``connect`` joined or started, and restore what it set."""
+    ray.shutdown()
+    for key, value in _saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _saved_env.clear()
 
 
 def cluster_now() -> Cluster:
@@ -77,7 +112,7 @@ def detect_cluster(cfg: Config) -> Cluster:
         return cluster_now()
     finally:
         if connected:
-            ray.shutdown()
+            disconnect()
 
 
 def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
@@ -165,7 +200,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         if pg is not None:
             remove_placement_group(pg)
         if connected:
-            ray.shutdown()
+            disconnect()
     report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
     report["concurrent_blocks"] = slots
     report["replicas_per_block"] = cfg.runtime.replicas_per_block

@@ -1,0 +1,54 @@
+"""A private instance for blocks with replicas answers Ray's state API itself, whatever
+cluster an earlier `ray start` on the machine recorded: Ray Train's placement-group cleaner
+asks that API about its controller all along a group's training."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = """
+import os, sys, ray
+from dbparallel.config import load_config
+from dbparallel.runtime.launch import connect, disconnect
+connect(load_config([sys.argv[1]], ["runtime.num_cpus=1", "runtime.replicas_per_block=2",
+                                     "metrics.port=0"]))
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def state(self):  # what the cleaner asks: is this actor alive (no address given)
+        from ray.util.state import get_actor
+        try:
+            return get_actor(ray.get_runtime_context().get_actor_id(), timeout=10).state
+        except Exception as err:
+            return f"{type(err).__name__}: {err}"
+
+print("state", ray.get(Probe.remote().state.remote(), timeout=120), flush=True)
+disconnect()
+print("after", os.environ.get("RAY_API_SERVER_ADDRESS", "unset"), flush=True)
+"""
+
+
+def test_the_state_api_answers_from_this_instance_not_a_stale_ray_start() -> None:
+    with socket.socket() as s:  # a port nothing listens on: a head that is gone
+        s.bind(("127.0.0.1", 0))
+        gone = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths live here
+    (Path(temp) / "ray").mkdir()
+    (Path(temp) / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{gone}")
+    env = {**os.environ, "RAY_TMPDIR": temp, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_API_SERVER_ADDRESS", None)
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT / "jobs" / "tiny_cpu.yaml")],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert "state ALIVE" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "after unset" in out.stdout  # disconnect put the variable back
