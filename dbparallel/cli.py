@@ -97,8 +97,11 @@ def _data_memory(cfg: Config, index: DataIndex, here: int) -> None:
     import os
 
     from dbparallel.tasks import build_task
-    from dbparallel.training.data_memory import data_footprint, footprint_line, \
-        footprint_warning
+    from dbparallel.training.data_memory import (
+        data_footprint,
+        footprint_line,
+        footprint_warning,
+    )
 
     footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards)
     print(footprint_line(footprint), flush=True)

@@ -1,13 +1,13 @@
 """One block's stream of batches over the shared data set, a window of shards at a time.
 
 The stream holds the window its next batch lies in and reads the following one in a
-background thread while the block trains, so memory is two windows, a batch and, while a window
-is read, one shard's rows, whatever the number of rows (training/data_memory.py says how much
-before training starts; ``peak_bytes`` measures it). Reading a window also unpacks it (the task checks every row and holds it
-compactly on the CPU: 8-bit pixels, integer ids; encoded images are decoded there), so a
-batch is only a gather of rows and a copy to the block's device, where pixels become floats.
-A bad row stops the block with a DataError naming its file and row, when the window that
-holds it is first needed.
+background thread while the block trains, so memory is two windows, a batch and, while a
+window is read, one shard's rows, whatever the number of rows (training/data_memory.py says
+how much before training starts; ``peak_bytes`` measures it). Reading a window also unpacks
+it (the task checks every row and holds it compactly on the CPU: 8-bit pixels, integer ids;
+encoded images are decoded there), so a batch is only a gather of rows and a copy to the
+block's device, where pixels become floats. A bad row stops the block with a DataError naming
+its file and row, when the window that holds it is first needed.
 """
 
 from __future__ import annotations
