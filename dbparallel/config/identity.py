@@ -14,7 +14,8 @@ from dbparallel.config.schema import Config
 # cannot be resumed or assembled with this config.
 IDENTITY_SECTIONS = ("task", "model", "noise", "data")
 IDENTITY_KEYS = ("run.seed", "train.label_dropout", "train.objective")
-NOT_IDENTITY = ("data.validate",)  # how a run checks its data, not which network it trains
+# how a run checks and decodes its data, not which network it trains
+NOT_IDENTITY = ("data.validate", "data.decode_threads")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

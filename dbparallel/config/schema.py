@@ -65,6 +65,9 @@ class DataConfig:
     window_shards: int = 8  # shards whose rows a block shuffles together (its memory window)
     shard_rows: int = 4096  # rows per shard of the data sets this project writes (cache)
     validate: bool = True  # check every row once per data set before training (cached)
+    # threads that decode encoded images (PNG/JPEG) as a block reads a window; 0 = one per
+    # CPU the block reserves (runtime.cpus_per_block, at least 1); data check uses all cores
+    decode_threads: int = 0
 
     def __post_init__(self) -> None:
         _choice(self.source, "data.source", DATA_SOURCES)
@@ -81,6 +84,8 @@ class DataConfig:
                f"{self.vocab_size}")
         _check(self.window_shards >= 1, "data.window_shards", "must be >= 1")
         _check(self.shard_rows >= 1, "data.shard_rows", "must be >= 1")
+        _check(self.decode_threads >= 0, "data.decode_threads",
+               f"must be >= 0 (0 = one per CPU of the block), got {self.decode_threads}")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,7 @@ WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N")  # 16-bit grey; Pillow's convert
 # headers raise SyntaxError or struct.error, an absurd size DecompressionBombError)
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error,
                  Image.DecompressionBombError)
+MIN_ROWS_PER_THREAD = 16  # a batch of fewer rows a thread is decoded by fewer threads
 
 
 def image_mode(channels: int) -> str:
@@ -54,18 +56,38 @@ def _encoded_bytes(column: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
     return column.to_pylist()
 
 
-def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig) -> np.ndarray:
+def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
+                   threads: int = 1) -> np.ndarray:
     """Pixels (N, C*H*W) uint8 in (C, H, W) order of a batch of encoded images; RowError
-    names the first row that is null, unreadable or not data.image_size square."""
+    names the first row that is null, unreadable or not data.image_size square. ``threads``
+    decode consecutive runs of rows at once (Pillow decodes without holding the GIL)."""
     mode, c, s = image_mode(data.channels), data.channels, data.image_size
     blobs = _encoded_bytes(column)
     out = np.empty((len(blobs), c * s * s), dtype=np.uint8)
-    for row, blob in enumerate(blobs):
-        pixels = _decode(row, blob, mode, s)  # (H, W) or (H, W, C)
-        if c == 1:
-            out[row] = pixels.reshape(-1)
-        else:
-            out[row].reshape(c, s, s)[...] = pixels.transpose(2, 0, 1)
+
+    def run(start: int, stop: int) -> RowError | None:
+        """Rows [start, stop) into ``out``; the first bad one's error, if any."""
+        for row in range(start, stop):
+            try:
+                pixels = _decode(row, blobs[row], mode, s)  # (H, W) or (H, W, C)
+            except RowError as err:
+                return err
+            if c == 1:
+                out[row] = pixels.reshape(-1)
+            else:
+                out[row].reshape(c, s, s)[...] = pixels.transpose(2, 0, 1)
+        return None
+
+    threads = max(1, min(threads, len(blobs) // MIN_ROWS_PER_THREAD))
+    bounds = np.linspace(0, len(blobs), threads + 1).astype(int)
+    if threads == 1:
+        errors = [run(0, len(blobs))]
+    else:
+        with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+            errors = list(pool.map(run, bounds[:-1], bounds[1:]))
+    bad = [e for e in errors if e is not None]
+    if bad:  # each run stopped at its own first bad row: the lowest is the first of all
+        raise min(bad, key=lambda e: e.row)
     return out
 
 

@@ -48,10 +48,11 @@ def check_schema(schema: pa.Schema) -> None:
                         f"got {schema.field(LABEL_COLUMN).type}")
 
 
-def image_rows(table: pa.Table, data: DataConfig) -> dict[str, torch.Tensor]:
+def image_rows(table: pa.Table, data: DataConfig, threads: int = 1) -> dict[str, torch.Tensor]:
     """Every row of ``table`` checked and held compactly on the CPU: ``image`` (N, C*H*W)
     uint8 pixels (float32 in [0, 1] where the table stores floats) and ``label`` (N,) int64.
-    Encoded images are decoded here. RowError names the first bad row."""
+    Encoded images are decoded here, by ``threads`` threads. RowError names the first bad
+    row."""
     check_schema(table.schema)
     if table.num_rows == 0:
         raise DataError("the data set is empty (0 rows)")
@@ -60,7 +61,7 @@ def image_rows(table: pa.Table, data: DataConfig) -> dict[str, torch.Tensor]:
     if image_encoding(column.type) == "encoded":
         from dbparallel.data.encoded import decode_encoded
 
-        pixels = torch.from_numpy(decode_encoded(column, data))
+        pixels = torch.from_numpy(decode_encoded(column, data, threads))
     else:
         pixels = _raw_pixels(column, size)
     labels = label_rows(table.column(LABEL_COLUMN).combine_chunks(), data.num_classes)

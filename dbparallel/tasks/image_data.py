@@ -10,6 +10,12 @@ from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, image_rows, image
 from dbparallel.tasks.base import Batch, Decoding, Rows
 
 
+def decode_threads(cfg: Config) -> int:
+    """Threads that decode a window's encoded images: data.decode_threads, or one per CPU the
+    block reserves (runtime.cpus_per_block, at least 1)."""
+    return cfg.data.decode_threads or max(1, int(cfg.runtime.cpus_per_block))
+
+
 class ImageData(Decoding):
     """Rows of (C, H, W) images with integer labels; the blocks take pixels in [-1, 1]."""
 
@@ -17,7 +23,7 @@ class ImageData(Decoding):
     cfg: Config
 
     def unpack(self, rows: pa.Table) -> Rows:
-        return image_rows(rows, self.cfg.data)
+        return image_rows(rows, self.cfg.data, decode_threads(self.cfg))
 
     def to_device(self, rows: Rows, device: str | torch.device) -> Batch:
         images = images_on(rows[IMAGE_COLUMN], self.cfg.data, device)

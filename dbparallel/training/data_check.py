@@ -9,6 +9,7 @@ by the data index's fingerprint and the decoding settings.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -56,6 +57,9 @@ def check_data(cfg: Config, index: DataIndex, force: bool = False,
     total = sum(index.num_rows(s) for s in index.present())
     if stamp.is_file() and not force:
         return CheckResult(total, 0.0, True)
+    if not cfg.data.decode_threads:  # the driver decodes with every core of its machine
+        cfg = copy.deepcopy(cfg)
+        cfg.data.decode_threads = os.cpu_count() or 1
     task = build_task(cfg)
     start = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress

@@ -101,6 +101,18 @@ def test_sampling_rows() -> None:
         assert r["e2e_s_per_image"] > 0 and r["db_s_per_image"] > 0
 
 
+def test_decode_rows() -> None:
+    from benchmarks import decode
+
+    result = decode.run(quick=True)
+    _check_rows(result, {"format": str, "rows": int, "encoded_bytes": int, "threads": int,
+                         "rows_per_s": float, "speedup": float})
+    for name in {r["format"] for r in result["rows"]}:
+        mine = [r for r in result["rows"] if r["format"] == name]
+        assert [r["threads"] for r in mine] == list(range(1, result["cores"] + 1))
+        assert mine[0]["speedup"] == 1.0 and all(r["rows_per_s"] > 0 for r in mine)
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_throughput_rows(ray_session: dict) -> None:

@@ -27,6 +27,7 @@ from dbparallel.config import (
         ("model.bogus=1", "model.bogus"),
         ("task=vae", "task"),
         ("debug.kill_block=7", "debug.kill_block"),
+        ("data.decode_threads=-1", "data.decode_threads"),
     ],
 )
 def test_bad_values_name_the_key(override: str, key: str) -> None:

@@ -79,6 +79,20 @@ def test_struct_column_as_hugging_face_writes_images() -> None:
     np.testing.assert_array_equal(decode_encoded(no_path, RGB)[0], _chw(images[0]))
 
 
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_threads_decode_the_same_pixels_and_name_the_first_bad_row(threads: int) -> None:
+    images = [_pixels(i, 3) for i in range(100)]
+    blobs = [_encode(p) for p in images]
+    one = decode_encoded(pa.array(blobs, pa.binary()), RGB)
+    np.testing.assert_array_equal(decode_encoded(pa.array(blobs, pa.binary()), RGB, threads),
+                                  one)
+    for bad_rows in ([90], [70, 20], [99, 3, 50]):  # in the last run, and in several runs
+        broken = [b"not an image" if i in bad_rows else b for i, b in enumerate(blobs)]
+        with pytest.raises(RowError) as caught:
+            decode_encoded(pa.array(broken, pa.binary()), RGB, threads)
+        assert caught.value.row == min(bad_rows)
+
+
 def test_bad_rows_are_named() -> None:
     good = _encode(_pixels(0, 3))
     cases = [
@@ -240,3 +254,13 @@ def test_index_shards_read_and_decode_to_the_files_pixels(tmp_path: Path, uri: b
                 assert rows.where(i).endswith(f"{split}/{name}")
                 seen[name] += 1
         assert seen == Counter(list(files))
+
+
+def test_a_block_decodes_with_a_thread_per_cpu_it_reserves() -> None:
+    from dbparallel.config import load_config
+    from dbparallel.tasks.image_data import decode_threads
+
+    assert decode_threads(load_config([], [])) == 1  # runtime.cpus_per_block=0.5
+    assert decode_threads(load_config([], ["runtime.cpus_per_block=4"])) == 4
+    assert decode_threads(load_config([], ["runtime.cpus_per_block=4",
+                                           "data.decode_threads=2"])) == 2
