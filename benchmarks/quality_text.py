@@ -14,7 +14,7 @@ baseline has none). Every run goes through ``runtime.local``: ``wall_time_s`` is
 time of training plus evaluation.
 
     python benchmarks/quality_text.py [--gpu] [--tasks mdm ar looped] [--blocks 2 3 4] [--quick]
-        [--ar-readouts paper direct] [--name quality_text]
+        [--ar-readouts paper direct] [--seeds 0 1 2] [--name quality_text]
 
 The CPU default took 41 minutes on 2 cores shared with other jobs; ``--gpu`` runs the
 jobs/*_shakespeare.yaml recipes at a reduced step count on one CUDA device. Needs
@@ -145,17 +145,21 @@ def memory_rows(recipe: str, base: list[str]) -> list[dict[str, Any]]:
 
 
 def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path,
-        readouts: tuple[str, ...] = (ModelConfig().ar_readout,)) -> dict[str, Any]:
-    """Every (task, method, B, readout) of ``size``; rows in the shape of quality_text.json."""
+        readouts: tuple[str, ...] = (ModelConfig().ar_readout,),
+        seeds: tuple[int, ...] = (0,)) -> dict[str, Any]:
+    """Every (task, method, B, readout, seed) of ``size``; rows in the shape of
+    quality_text.json (a row of a seed other than 0 carries it: ``run.seed`` draws the
+    weights, the noise and the data order)."""
     rows: list[dict[str, Any]] = []
     for task in tasks:
         recipe, base = SETTINGS[size][task]
         probe = load_config([ROOT / recipe], [*base, *COMMON])
         steps, K = probe.train.steps, probe.model.loop_iterations
-        for i, (method, b, passes, extra, readout) in enumerate(
-                methods(task, blocks, steps, K, readouts)):
-            overrides = [*base, *extra]
-            name = f"{task}-{i}-{method}-B{b}" + (f"-{readout}" if readout else "")
+        runs = [(seed, *m) for seed in seeds for m in methods(task, blocks, steps, K, readouts)]
+        for i, (seed, method, b, passes, extra, readout) in enumerate(runs):
+            overrides = [*base, *extra, *([f"run.seed={seed}"] if seed else [])]
+            name = f"{task}-{i}-{method}-B{b}" + (f"-{readout}" if readout else "") \
+                + (f"-s{seed}" if seed else "")
             print(f"{name}: training (load average {load_average():.1f})", flush=True)
             report, cfg = run_one(recipe, overrides, runs_dir / name)
             a = report["assembly"]
@@ -167,10 +171,11 @@ def run(size: str, tasks: list[str], blocks: list[int], runs_dir: Path,
                     "wall_time_s": round(float(report["wall_time_s"]), 1),
                     "config": " ".join([recipe, *overrides]),
                     **({"readout": readout} if readout else {}),
+                    **({"seed": seed} if seed else {}),
                 })
             print(f"{name}: " + ", ".join(f"{m}={a[m]:.4g}" for m in METRICS[task] if m in a)
                   + f" ({report['wall_time_s']:.0f} s)", flush=True)
-        if task == "looped":
+        if task == "looped" and 0 in seeds:
             rows += memory_rows(recipe, base)
     return {"rows": rows}
 
@@ -194,13 +199,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
         if not sel:  # the task was not run
             ax.set_visible(False)
             continue
-        for readout in dict.fromkeys(r.get("readout") for r in db):
-            line = [r for r in db if r.get("readout") == readout]
+        for readout, seed in dict.fromkeys((r.get("readout"), r.get("seed", 0)) for r in db):
+            line = [r for r in db if r.get("readout") == readout and r.get("seed", 0) == seed]
             ax.plot([r["blocks"] for r in line], [r["value"] for r in line], "o-",
-                    label="DiffusionBlocks" + (f" ({readout} readout)" if readout else ""))
+                    label="DiffusionBlocks" + (f" ({readout} readout)" if readout else "")
+                    + (f" seed {seed}" if seed else ""))
         for r in sel:
             if r["method"] == "end_to_end":
-                ax.axhline(r["value"], color="gray", ls="--", label="end to end")
+                ax.axhline(r["value"], color="gray", ls="--",
+                           label="end to end" + (f" seed {r['seed']}" if r.get("seed") else ""))
         ax.set(xlabel="blocks B", ylabel=metric, title=f"{task}: test {metric}")
         ax.set_xticks(sorted({r["blocks"] for r in db}))
         ax.legend(fontsize=7)
@@ -233,6 +240,8 @@ def main() -> None:
     p.add_argument("--ar-readouts", nargs="+", default=[ModelConfig().ar_readout],
                    choices=AR_READOUTS, help="model.ar_readout values of the ar and looped "
                    "denoisers (default: the config's)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="run.seed values: every method once per seed")
     p.add_argument("--name", default="quality_text",
                    help="results file name: <out>/<name>.json and .png")
     args = p.parse_args()
@@ -240,7 +249,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="quality_text_") as tmp:
         runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tmp)
         print(f"quality_text ({size}) on {machine()}", flush=True)
-        result = run(size, args.tasks, args.blocks, runs_dir, tuple(args.ar_readouts))
+        result = run(size, args.tasks, args.blocks, runs_dir, tuple(args.ar_readouts),
+                     tuple(args.seeds))
     finish(args.name, result, args, table, plot)
 
 
