@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import finish, load_average, machine, parser, settle  # noqa: E402
 from dbparallel.config import DataConfig  # noqa: E402
+from dbparallel.data.encoded import MIN_ROWS_PER_THREAD  # noqa: E402
 from dbparallel.data.images import image_rows  # noqa: E402
 
 # (name, side, Pillow format, save options, rows, quick rows)
@@ -73,6 +74,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             base = base or rate
             rows.append({"format": name, "rows": table.num_rows,
                          "encoded_bytes": table.column("image").nbytes, "threads": threads,
+                         "effective_threads": max(1, min(threads, table.num_rows
+                                                         // MIN_ROWS_PER_THREAD)),
                          "rows_per_s": rate, "speedup": rate / base})
     return {"rows": rows, "cores": cores, "repeats": repeats, "quick": quick,
             "load_average_before": before, "load_average_after": load_average(),

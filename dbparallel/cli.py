@@ -78,35 +78,42 @@ def _check(cfg: Config, index: DataIndex, force: bool = False) -> None:
 
 def _blocks_here(cfg: Config) -> int:
     """Block processes that stream data on this machine at once: one in local mode (blocks
-    train one after another), all that train at once on a private local instance, none known
-    on a cluster."""
+    train one after another), as many as this machine fits on a private local instance
+    (each replica a process), none known on a cluster."""
     import os
+
+    from dbparallel.training.data_memory import machine_cpus
+    from dbparallel.training.plan import Cluster, concurrent_blocks
 
     r = cfg.runtime
     if r.local:
         return 1
     if r.address or os.environ.get("RAY_ADDRESS"):
         return 0
-    at_once = min(r.max_concurrent_blocks or cfg.model.blocks, cfg.model.blocks)
-    return at_once * r.replicas_per_block
+    import torch
+
+    here = Cluster(float(r.num_cpus or machine_cpus()), float(torch.cuda.device_count()),
+                   "this machine")
+    return concurrent_blocks(cfg, here) * r.replicas_per_block
 
 
 def _data_memory(cfg: Config, index: DataIndex, here: int) -> None:
     """Print what a block's stream holds; warn when the blocks on this machine would hold
     over half of its memory."""
-    import os
-
     from dbparallel.tasks import build_task
     from dbparallel.training.data_memory import (
         data_footprint,
         footprint_line,
         footprint_warning,
+        machine_memory,
     )
 
-    footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards)
+    if "train" not in index.present():  # e.g. data check of a test split alone
+        return
+    footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards,
+                               cfg.train.batch_size)
     print(footprint_line(footprint), flush=True)
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    warning = footprint_warning(footprint, here, memory) if here else None
+    warning = footprint_warning(footprint, here, machine_memory()) if here else None
     if warning:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 

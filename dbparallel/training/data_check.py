@@ -26,6 +26,7 @@ from dbparallel.data.shard_reader import iter_chunks
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RowError
 from dbparallel.tasks import build_task
+from dbparallel.training.data_memory import machine_cpus
 
 CHUNK = 1024  # rows decoded at a time
 
@@ -59,7 +60,7 @@ def check_data(cfg: Config, index: DataIndex, force: bool = False,
         return CheckResult(total, 0.0, True)
     if not cfg.data.decode_threads:  # the driver decodes with every core of its machine
         cfg = copy.deepcopy(cfg)
-        cfg.data.decode_threads = os.cpu_count() or 1
+        cfg.data.decode_threads = machine_cpus()
     task = build_task(cfg)
     start = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress

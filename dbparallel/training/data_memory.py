@@ -2,16 +2,19 @@
 
 A block holds the window its batches come from and the next one (training/stream.py), as
 unpacked rows: 8-bit pixels, integer ids, encoded images at their decoded size. So its data
-memory is at most two windows of its largest shards times the bytes of one unpacked row. A data
-set within one window is held once (every epoch shares the rows, with an 8-byte index per row
-and window). The row's size is measured by unpacking the first rows of the split, which reads
-one shard (only a few files of an image folder).
+memory is at most two windows of its largest shards times the bytes of one unpacked row; a
+batch larger than the smallest window holds every window it spans, and the one before it. A
+data set within one window is held once (every epoch shares the rows, with an 8-byte index per
+row and window). The row's size is measured by unpacking the first rows of the split, which
+reads one shard (only a few files of an image folder).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex, Shard
@@ -33,21 +36,29 @@ class DataFootprint:
 
     row_bytes: int  # one unpacked row
     window_rows: int  # the most rows a window can hold: its largest shards together
-    windows: int  # held at once: 2 (the current and the next), 1 when the data fit in one
+    windows: int  # held at once: 2 (the current and the next) or more for a batch larger
+    # than a window; 1 when the data fit in one window (every window shares its rows)
+    indexes: int = 0  # windows that share those rows, each with an index of its own
 
     @property
     def bytes(self) -> int:
-        shared = 2 * INDEX_BYTES * self.window_rows if self.windows == 1 else 0
+        shared = self.indexes * INDEX_BYTES * self.window_rows
         return self.windows * self.window_rows * self.row_bytes + shared
 
 
-def data_footprint(index: DataIndex, task: Task, window_shards: int,
+def data_footprint(index: DataIndex, task: Task, window_shards: int, batch_size: int,
                    split: str = "train") -> DataFootprint:
-    """The most memory a block streaming ``split`` of ``index`` holds in data rows."""
-    shards = index.shards(split)
-    largest = sorted((s.rows for s in shards), reverse=True)[:window_shards]
-    windows = 1 if len(shards) <= window_shards else 2
-    return DataFootprint(row_bytes(index, task, split), sum(largest), windows)
+    """The most memory a block streaming ``split`` of ``index`` in batches of ``batch_size``
+    holds in data rows."""
+    sizes = sorted(s.rows for s in index.shards(split))
+    window_rows = sum(sizes[-window_shards:])  # a window of the largest shards
+    last = len(sizes) % window_shards or window_shards  # an epoch's last window may be short
+    smallest = sum(sizes[:min(last, window_shards)])  # a window of the smallest shards
+    # the windows one batch spans, and the one before its first (not yet forgotten)
+    windows = 1 + -(-batch_size // smallest)
+    if len(sizes) <= window_shards:  # one window an epoch: every window shares its rows
+        return DataFootprint(row_bytes(index, task, split), window_rows, 1, windows)
+    return DataFootprint(row_bytes(index, task, split), window_rows, windows)
 
 
 def row_bytes(index: DataIndex, task: Task, split: str = "train") -> int:
@@ -84,7 +95,8 @@ def footprint_line(footprint: DataFootprint) -> str:
     """What a block holds, in one line."""
     f = footprint
     held = ("one window (the data fit in it)" if f.windows == 1
-            else "two windows (the current and the next)")
+            else "two windows (the current and the next)" if f.windows == 2
+            else f"{f.windows} windows (a batch spans several, and the next is read)")
     return (f"data: a block holds {held} of at most {f.window_rows:,} rows x "
             f"{_size(f.row_bytes)} unpacked = {_size(f.bytes)}")
 
@@ -97,6 +109,28 @@ def footprint_warning(footprint: DataFootprint, blocks: int, memory: int) -> str
     return (f"data: {blocks} blocks x {_size(footprint.bytes)} of data rows = {_size(total)}, "
             f"over half of this machine's {_size(memory)}; lower data.window_shards, or "
             f"write the data in smaller shards (data.shard_rows; Parquet row groups)")
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its cgroup's limit if lower
+    (a container's)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def machine_cpus() -> int:
+    """CPUs this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _size(n: float) -> str:

@@ -160,7 +160,8 @@ class BlockRun:
             "replicas": t.replicas.world if t.replicas else 1,
             "peak_memory_bytes": t.memory.total if t.memory else 0,
             "memory": t.memory.to_json() if t.memory else None,
-            # the most bytes of unpacked data rows this process's stream held at once
+            # the most bytes of unpacked data rows this process's stream held, seen at each
+            # batch (a window being read ahead counts once it is read)
             "data_memory_bytes": self.stream.peak_bytes,
             "nonfinite_steps": t.nonfinite_steps,
             "sigma_range": list(t.sigma_range),

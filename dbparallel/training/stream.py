@@ -62,6 +62,9 @@ class Window:
             if not rows:  # one allocation, filled shard by shard: never a window twice
                 rows = {k: v.new_empty((starts[-1], *v.shape[1:])) for k, v in part.items()}
             for k, v in part.items():
+                if v.shape != (b - a, *rows[k].shape[1:]) or v.dtype != rows[k].dtype:
+                    raise AssertionError(f"shard {s}: {k} unpacked as {v.dtype} "
+                                         f"{tuple(v.shape)}, unlike the window's first shard")
                 rows[k][a:b] = v
         return cls(list(shard_ids), starts, rows)
 
@@ -110,7 +113,7 @@ class BlockStream:
         self.task, self.device = task, device
         self._windows: dict[tuple[int, int], Future[Window]] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
-        self.peak_bytes = 0  # the most bytes of unpacked rows held at once, seen at a batch
+        self.peak_bytes = 0  # the most bytes of unpacked rows held, as seen at each batch
 
     def batch(self, step: int) -> Batch:
         """The batch of ``step``, or this stream's share of its rows."""

@@ -106,7 +106,7 @@ def test_decode_rows() -> None:
 
     result = decode.run(quick=True)
     _check_rows(result, {"format": str, "rows": int, "encoded_bytes": int, "threads": int,
-                         "rows_per_s": float, "speedup": float})
+                         "effective_threads": int, "rows_per_s": float, "speedup": float})
     for name in {r["format"] for r in result["rows"]}:
         mine = [r for r in result["rows"] if r["format"] == name]
         assert [r["threads"] for r in mine] == list(range(1, result["cores"] + 1))

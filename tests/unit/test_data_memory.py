@@ -35,34 +35,37 @@ def _data(tmp_path: Path, pixels: str = "float") -> Path:
     return path
 
 
-def _cfg(tmp_path: Path, data: Path, window: int):
+def _cfg(tmp_path: Path, data: Path, window: int, batch: int = 40):
     return load_config([TINY], [f"run.dir={tmp_path / 'run'}", "data.source=parquet",
                                 f"data.path={data}", f"data.window_shards={window}",
-                                "train.batch_size=40"])
+                                f"train.batch_size={batch}"])
 
 
 @pytest.mark.parametrize("pixels, row_bytes", [("float", 64 * 4 + 8), ("uint8", 64 + 8)])
 def test_a_row_is_measured_at_its_unpacked_size(tmp_path, pixels, row_bytes) -> None:
     data = _data(tmp_path, pixels)
     cfg = _cfg(tmp_path, data, 2)
-    footprint = data_footprint(parquet_index(str(data)), build_task(cfg), 2)
+    footprint = data_footprint(parquet_index(str(data)), build_task(cfg), 2, 40)
     assert footprint == DataFootprint(row_bytes, 100, 2)  # pixels and an int64 label
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
-@pytest.mark.parametrize("window", [2, 5, 12])
-def test_a_block_holds_at_most_what_the_footprint_says(tmp_path, window, prefetch) -> None:
+@pytest.mark.parametrize("window, batch, windows", [(2, 40, 2), (5, 40, 2), (12, 40, 1),
+                                                    (1, 128, 4)])
+def test_a_block_holds_at_most_what_the_footprint_says(tmp_path, window, batch, windows,
+                                                       prefetch) -> None:
     """12 shards of 50 rows: windows of 2 (all of one size), of 5 (the last one of each epoch
-    smaller) or of 12 (the whole data, shared from epoch to epoch)."""
+    smaller), of 12 (the whole data, shared from epoch to epoch), and of 1 under batches of
+    128 rows (a batch spans three windows; the one before is still held)."""
     data = _data(tmp_path)
-    cfg = _cfg(tmp_path, data, window)
+    cfg = _cfg(tmp_path, data, window, batch)
     index = parquet_index(str(data))
-    footprint = data_footprint(index, build_task(cfg), window)
+    footprint = data_footprint(index, build_task(cfg), window, batch)
     run = BlockRun(cfg, 0, index, Storage(cfg.run_dir), prefetch=prefetch)
-    for step in range(45):  # 3 epochs of 15 steps
+    for step in range(3 * 600 // batch):  # 3 epochs
         run.batch(step)
     run.close()
-    assert footprint.windows == (1 if window == 12 else 2)
+    assert footprint.windows == windows
     assert footprint.window_rows == min(window, 12) * 50
     assert run.stream.peak_bytes == footprint.bytes  # reached, never exceeded
 
@@ -96,9 +99,20 @@ def test_bad_first_rows_are_left_to_training_unless_every_row_measured_is_bad(tm
     cfg = _cfg(tmp_path, tmp_path / "d.parquet", 2)
     pq.write_table(image_table(images, rng.integers(0, 10, 40)), tmp_path / "d.parquet")
     index = parquet_index(str(tmp_path / "d.parquet"))
-    assert data_footprint(index, build_task(cfg), 2).row_bytes == 264
+    assert data_footprint(index, build_task(cfg), 2, 40).row_bytes == 264
     images[:16] = 2.0
     pq.write_table(image_table(images, rng.integers(0, 10, 40)), tmp_path / "d.parquet")
     index = parquet_index(str(tmp_path / "d.parquet"))
     with pytest.raises(DataError, match=r"d\.parquet row 0: column 'image'"):
-        data_footprint(index, build_task(cfg), 2)
+        data_footprint(index, build_task(cfg), 2, 40)
+
+
+def test_data_check_of_a_data_set_without_training_rows_prints_no_footprint(tmp_path,
+                                                                          capsys) -> None:
+    data = _data(tmp_path)
+    (tmp_path / "only").mkdir()
+    data.rename(tmp_path / "only" / "test.parquet")  # a test split and nothing else
+    assert main(["data", "check", str(tmp_path / "only"), "data.image_size=8",
+                 "data.channels=1"]) == 0
+    out = capsys.readouterr().out
+    assert "test: 600 rows" in out and "a block holds" not in out
