@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     index = open_data(cfg.data)  # schema problems stop here, before any block starts
     if cfg.data.validate:
         _check(cfg, index)
-    _data_memory(cfg, index, here=_blocks_here(cfg))
+    data_bytes = _data_memory(cfg, index)
     if cfg.runtime.local:
         from dbparallel.runtime.local import run_local
 
@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         from dbparallel.runtime.launch import run_ray
 
-        report = run_ray(cfg, index)
+        report = run_ray(cfg, index, data_bytes=data_bytes)
     _print_summary(cfg, report)
     return 0
 
@@ -76,30 +76,10 @@ def _check(cfg: Config, index: DataIndex, force: bool = False) -> None:
               f"data.validate=false skips it)", flush=True)
 
 
-def _blocks_here(cfg: Config) -> int:
-    """Block processes that stream data on this machine at once: one in local mode (blocks
-    train one after another), as many as this machine fits on a private local instance
-    (each replica a process), none known on a cluster."""
-    import os
-
-    from dbparallel.training.data_memory import machine_cpus
-    from dbparallel.training.plan import Cluster, concurrent_blocks
-
-    r = cfg.runtime
-    if r.local:
-        return 1
-    if r.address or os.environ.get("RAY_ADDRESS"):
-        return 0
-    import torch
-
-    here = Cluster(float(r.num_cpus or machine_cpus()), float(torch.cuda.device_count()),
-                   "this machine")
-    return concurrent_blocks(cfg, here) * r.replicas_per_block
-
-
-def _data_memory(cfg: Config, index: DataIndex, here: int) -> None:
-    """Print what a block's stream holds; warn when the blocks on this machine would hold
-    over half of its memory."""
+def _data_memory(cfg: Config, index: DataIndex) -> int:
+    """Print what a block's stream holds, and return it in bytes (0: no training rows); in
+    local mode, warn when it is over half of this machine's memory (a Ray run checks each
+    node once its blocks are placed)."""
     from dbparallel.tasks import build_task
     from dbparallel.training.data_memory import (
         data_footprint,
@@ -109,13 +89,15 @@ def _data_memory(cfg: Config, index: DataIndex, here: int) -> None:
     )
 
     if "train" not in index.present():  # e.g. data check of a test split alone
-        return
+        return 0
     footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards,
                                cfg.train.batch_size)
     print(footprint_line(footprint), flush=True)
-    warning = footprint_warning(footprint, here, machine_memory()) if here else None
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if cfg.runtime.local:  # one block at a time in this process
+        warning = footprint_warning(footprint.bytes, 1, machine_memory())
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return footprint.bytes
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -134,7 +116,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     for split in index.present():
         print(f"{split}: {index.num_rows(split)} rows in {len(index.shards(split))} shards")
     _check(cfg, index, force=True)
-    _data_memory(cfg, index, here=0)
+    _data_memory(cfg, index)
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from typing import Any
@@ -24,6 +25,7 @@ from dbparallel.runtime.metrics import (
     RaySink,
     check_port_free,
 )
+from dbparallel.runtime.node_memory import crowded_nodes
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.runtime.ray_backend import RayBackend, assembly_bundle
 from dbparallel.tasks import build_task
@@ -140,22 +142,28 @@ def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
     return pg
 
 
-def reserve_blocks(cfg: Config, slots: int) -> tuple[Any, int | None]:
+def reserve_blocks(cfg: Config, slots: int, data_bytes: int = 0) -> tuple[Any, int | None]:
     """The run's placement group and the assembly actor's bundle in it. Blocks with replicas
     are placed by Ray Train, group by group: the cluster is checked to fit ``slots`` groups
-    and the assembly actor now, and only the assembly actor's bundle is kept."""
+    and the assembly actor now, and only the assembly actor's bundle is kept. A node whose
+    block processes would hold over half its memory in data rows (``data_bytes`` each) is
+    warned about."""
     R = cfg.runtime.replicas_per_block
+    pg = reserve(cfg, slots, R)
+    for warning in crowded_nodes(pg, slots * R, data_bytes):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     if R == 1:
-        return reserve(cfg, slots), slots
-    remove_placement_group(reserve(cfg, slots, R))
+        return pg, slots
+    remove_placement_group(pg)
     return (reserve(cfg, 0), 0) if assembly_bundle(cfg) else (None, None)
 
 
 def run_ray(cfg: Config, index: DataIndex | None = None,
-            progress: bool | None = None) -> dict[str, Any]:
+            progress: bool | None = None, data_bytes: int = 0) -> dict[str, Any]:
     """Train every block as its own Ray actor, assemble, write report.json. The data index
     (default: opened from ``cfg.data``) is pinned in the run directory, where every actor
-    reads it; each actor streams the data files itself."""
+    reads it; each actor streams the data files itself (``data_bytes`` of rows at most, for
+    the nodes' memory check; 0: not checked)."""
     start = time.perf_counter()
     storage = open_run(cfg)
     build_task(cfg)  # config errors surface here, before any actor starts
@@ -172,7 +180,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         if slots < cfg.model.blocks:
             print(f"runtime: {slots} of {cfg.model.blocks} blocks train at once; the others "
                   f"queue and start as blocks finish (runtime.max_concurrent_blocks)", flush=True)
-        pg, assembly_index = reserve_blocks(cfg, slots)
+        pg, assembly_index = reserve_blocks(cfg, slots, data_bytes)
         backend = RayBackend(cfg, pg, slots, session, assembly_index)
         bars = BlockBars(cfg.model.blocks,
                          [cfg.train.steps_of(b) for b in range(cfg.model.blocks)], progress)

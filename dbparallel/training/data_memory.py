@@ -101,13 +101,15 @@ def footprint_line(footprint: DataFootprint) -> str:
             f"{_size(f.row_bytes)} unpacked = {_size(f.bytes)}")
 
 
-def footprint_warning(footprint: DataFootprint, blocks: int, memory: int) -> str | None:
-    """A warning when ``blocks`` blocks' data would take over half of ``memory`` bytes."""
-    total = blocks * footprint.bytes
-    if total <= memory // 2:
+def footprint_warning(per_block: int, blocks: int, memory: float,
+                      where: str = "this machine's") -> str | None:
+    """A warning when ``blocks`` blocks holding ``per_block`` bytes of data rows each would
+    take over half of ``memory`` bytes (``where``: whose memory, for the message)."""
+    total = blocks * per_block
+    if total <= memory / 2:
         return None
-    return (f"data: {blocks} blocks x {_size(footprint.bytes)} of data rows = {_size(total)}, "
-            f"over half of this machine's {_size(memory)}; lower data.window_shards, or "
+    return (f"data: {blocks} blocks x {_size(per_block)} of data rows = {_size(total)}, "
+            f"over half of {where} {_size(memory)}; lower data.window_shards, or "
             f"write the data in smaller shards (data.shard_rows; Parquet row groups)")
 
 

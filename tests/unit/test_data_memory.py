@@ -72,8 +72,8 @@ def test_a_block_holds_at_most_what_the_footprint_says(tmp_path, window, batch, 
 
 def test_the_blocks_on_one_machine_are_warned_past_half_its_memory() -> None:
     f = DataFootprint(row_bytes=1000, window_rows=1000, windows=2)  # 2 MB a block
-    assert footprint_warning(f, blocks=4, memory=16_000_000) is None  # 8 MB: half
-    warning = footprint_warning(f, blocks=4, memory=15_000_000)
+    assert footprint_warning(f.bytes, blocks=4, memory=16_000_000) is None  # 8 MB: half
+    warning = footprint_warning(f.bytes, blocks=4, memory=15_000_000)
     assert warning is not None and "data.window_shards" in warning and "4 blocks" in warning
 
 
