@@ -38,6 +38,7 @@ from dbparallel.training.run_dir import open_run, pin_data
 
 log = logging.getLogger(__name__)
 STATE_API_VAR = "RAY_API_SERVER_ADDRESS"
+PORT_ATTEMPTS = 3  # dashboard ports tried when the free one found is taken before Ray binds it
 _saved_env: dict[str, str | None] = {}  # what connect() changed in os.environ, to restore
 
 
@@ -61,16 +62,21 @@ def connect(cfg: Config) -> bool:
     if cfg.runtime.object_store_memory:
         kwargs["object_store_memory"] = cfg.runtime.object_store_memory
     replicas = cfg.runtime.replicas_per_block > 1
-    if replicas:
-        kwargs["dashboard_port"] = state_api_here()
-    try:
-        ray.init(address="local", num_cpus=cfg.runtime.num_cpus or None,
-                 include_dashboard=replicas, logging_level="WARNING",
-                 _system_config={"metrics_report_interval_ms": 2000}, **kwargs)
-    except BaseException:
-        disconnect()
-        raise
-    return True
+    for attempt in range(PORT_ATTEMPTS):
+        if replicas:
+            kwargs["dashboard_port"] = state_api_here()
+        try:
+            ray.init(address="local", num_cpus=cfg.runtime.num_cpus or None,
+                     include_dashboard=replicas, logging_level="WARNING",
+                     _system_config={"metrics_report_interval_ms": 2000}, **kwargs)
+            return True
+        except BaseException as err:
+            disconnect()
+            # the free port found for the dashboard was taken before Ray bound it: another
+            taken = replicas and isinstance(err, ValueError) and "already occupied" in str(err)
+            if not taken or attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def state_api_here() -> int:

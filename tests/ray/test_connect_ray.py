@@ -52,3 +52,32 @@ def test_the_state_api_answers_from_this_instance_not_a_stale_ray_start() -> Non
                          env=env, capture_output=True, text=True, timeout=240)
     assert "state ALIVE" in out.stdout, out.stdout + out.stderr[-3000:]
     assert "after unset" in out.stdout  # disconnect put the variable back
+
+
+RETRY = """
+import os, socket, sys, ray
+from dbparallel.config import load_config
+from dbparallel.runtime import launch
+real, held = launch.state_api_here, []
+
+def taken_once():  # the first free port is taken by someone else before Ray binds it
+    port = real()
+    if not held:
+        s = socket.socket(); s.bind(("127.0.0.1", port)); s.listen(); held.append(s)
+    return port
+
+launch.state_api_here = taken_once
+launch.connect(load_config([sys.argv[1]], ["runtime.num_cpus=1",
+                                            "runtime.replicas_per_block=2", "metrics.port=0"]))
+print("ports", held[0].getsockname()[1] != int(os.environ["RAY_API_SERVER_ADDRESS"].split(":")[-1]))
+launch.disconnect()
+"""
+
+
+def test_a_dashboard_port_taken_before_ray_binds_it_is_replaced() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_API_SERVER_ADDRESS", None)
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-c", RETRY, str(ROOT / "jobs" / "tiny_cpu.yaml")],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert "ports True" in out.stdout, out.stdout + out.stderr[-3000:]
