@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import waves  # noqa: E402
 from benchmarks.common import finish, load_average, machine, parser, settle  # noqa: E402
 from dbparallel.config import load_config  # noqa: E402
-from dbparallel.runtime.launch import disconnect, run_ray, state_api_here  # noqa: E402
+from dbparallel.runtime.launch import run_ray, state_api_here  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "jobs" / "tiny_cpu.yaml"
 
@@ -61,8 +61,9 @@ def run(quick: bool = False, gpus: bool = False) -> dict[str, Any]:
     steps = 40 if quick else 400
     wave_steps = 20 if quick else 300
     before = load_average()
-    ray.init(address="local", include_dashboard=True, dashboard_port=state_api_here(),
-             logging_level="ERROR", log_to_driver=False)  # Ray Train asks the state API
+    with state_api_here() as dashboard:  # Ray Train asks the state API
+        ray.init(address="local", include_dashboard=True, dashboard_port=dashboard,
+                 logging_level="ERROR", log_to_driver=False)
     try:
         cores = int(ray.cluster_resources().get("CPU", 1))
         with tempfile.TemporaryDirectory() as runs:
@@ -70,7 +71,7 @@ def run(quick: bool = False, gpus: bool = False) -> dict[str, Any]:
             two = block_rate(f"{runs}/r2", 2, steps, gpus)
             in_waves = waves.compare(runs, cores, wave_steps)
     finally:
-        disconnect()
+        ray.shutdown()
     return {"cores": cores, "gpus": gpus, "quick": quick, "steps": steps,
             "replicas": {"r1": one, "r2": two,
                          "efficiency": two["samples_per_s"] / (2 * one["samples_per_s"])},

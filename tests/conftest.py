@@ -47,15 +47,16 @@ def ray_session():
 
     import ray
 
-    from dbparallel.runtime.launch import disconnect, state_api_here
+    from dbparallel.runtime.launch import state_api_here
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=state_api_here(),
-             object_store_memory=256 * 2**20, logging_level="ERROR", log_to_driver=False,
-             _metrics_export_port=port,
-             _system_config={"metrics_report_interval_ms": 1000})
+    with state_api_here() as dashboard:
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=dashboard,
+                 object_store_memory=256 * 2**20, logging_level="ERROR", log_to_driver=False,
+                 _metrics_export_port=port,
+                 _system_config={"metrics_report_interval_ms": 1000})
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield {"metrics_port": port}
-    disconnect()
+    ray.shutdown()

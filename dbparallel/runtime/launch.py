@@ -4,12 +4,14 @@ controller asks, drive it, write the report, clean up."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -39,13 +41,12 @@ from dbparallel.training.run_dir import open_run, pin_data
 log = logging.getLogger(__name__)
 STATE_API_VAR = "RAY_API_SERVER_ADDRESS"
 PORT_ATTEMPTS = 3  # dashboard ports tried when the free one found is taken before Ray binds it
-_saved_env: dict[str, str | None] = {}  # what connect() changed in os.environ, to restore
 
 
 def connect(cfg: Config) -> bool:
     """Join the cluster at runtime.address / RAY_ADDRESS, or start a private local one.
 
-    Returns True when this call connected (and so should disconnect at the end)."""
+    Returns True when this call connected (and so should shut Ray down at the end)."""
     if ray.is_initialized():
         return False
     address = cfg.runtime.address or os.environ.get("RAY_ADDRESS", "")
@@ -63,48 +64,46 @@ def connect(cfg: Config) -> bool:
         kwargs["object_store_memory"] = cfg.runtime.object_store_memory
     replicas = cfg.runtime.replicas_per_block > 1
     for attempt in range(PORT_ATTEMPTS):
-        if replicas:
-            kwargs["dashboard_port"] = state_api_here()
-        try:
-            ray.init(address="local", num_cpus=cfg.runtime.num_cpus or None,
-                     include_dashboard=replicas, logging_level="WARNING",
-                     _system_config={"metrics_report_interval_ms": 2000}, **kwargs)
-            return True
-        except BaseException as err:
-            disconnect()
-            # the free port found for the dashboard was taken before Ray bound it: another
-            taken = replicas and isinstance(err, ValueError) and "already occupied" in str(err)
-            if not taken or attempt == PORT_ATTEMPTS - 1:
-                raise
+        with state_api_here() if replicas else contextlib.nullcontext() as port:
+            if port:
+                kwargs["dashboard_port"] = port
+            try:
+                ray.init(address="local", num_cpus=cfg.runtime.num_cpus or None,
+                         include_dashboard=replicas, logging_level="WARNING",
+                         _system_config={"metrics_report_interval_ms": 2000}, **kwargs)
+                return True
+            except ValueError as err:
+                ray.shutdown()
+                # the free port found for the dashboard was taken before Ray bound it: another
+                if "already occupied" not in str(err) or attempt == PORT_ATTEMPTS - 1:
+                    raise
     raise AssertionError("unreachable")
 
 
-def state_api_here() -> int:
-    """A free port for the private instance's dashboard, which serves Ray's state API, and
-    RAY_API_SERVER_ADDRESS pointing there for this process and every Ray process it starts.
+@contextlib.contextmanager
+def state_api_here() -> Iterator[int]:
+    """A free port for a private instance's dashboard, which serves Ray's state API, with
+    RAY_API_SERVER_ADDRESS pointing there inside the block: an instance started there passes
+    the variable to every Ray process it starts; this process gets its own value back after.
 
     Ray Train (blocks with replicas) watches its controller through the state API. Without an
     address, that API asks the cluster recorded by the last `ray start` on this machine
     (/tmp/ray/ray_current_cluster), which is not a private instance and may be long gone: each
     query then waits 40 s for a GCS that never answers, and every group's end printed a
-    traceback. `disconnect` restores the variable."""
+    traceback. This process keeps no such variable, so its own clients (`ray job submit
+    --address ...`, which the variable would override) still reach what they name."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    _saved_env.setdefault(STATE_API_VAR, os.environ.get(STATE_API_VAR))
+    saved = os.environ.get(STATE_API_VAR)
     os.environ[STATE_API_VAR] = f"http://127.0.0.1:{port}"
-    return port
-
-
-def disconnect() -> None:
-    """Shut down what ``connect`` joined or started, and restore what it set."""
-    ray.shutdown()
-    for key, value in _saved_env.items():
-        if value is None:
-            os.environ.pop(key, None)
+    try:
+        yield port
+    finally:
+        if saved is None:
+            os.environ.pop(STATE_API_VAR, None)
         else:
-            os.environ[key] = value
-    _saved_env.clear()
+            os.environ[STATE_API_VAR] = saved
 
 
 def cluster_now() -> Cluster:
@@ -120,7 +119,7 @@ def detect_cluster(cfg: Config) -> Cluster:
         return cluster_now()
     finally:
         if connected:
-            disconnect()
+            ray.shutdown()
 
 
 def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
@@ -214,7 +213,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         if pg is not None:
             remove_placement_group(pg)
         if connected:
-            disconnect()
+            ray.shutdown()
     report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
     report["concurrent_blocks"] = slots
     report["replicas_per_block"] = cfg.runtime.replicas_per_block
