@@ -43,6 +43,27 @@ def trainer_for(cfg: Config, block: int, session: str, queue: Any) -> TorchTrain
     )
 
 
+class Roster:
+    """The workers of a group's incarnations (numbered by the block's restarts), rank 0 first
+    whatever order their messages arrive in; ``current`` is the latest incarnation whose rank 0
+    has reported."""
+
+    def __init__(self) -> None:
+        self.incarnation = -1
+        self._ranks: dict[int, list[Any]] = {}
+
+    def started(self, incarnation: int, rank0: Any) -> None:
+        self.incarnation = incarnation
+        self._ranks.setdefault(incarnation, []).insert(0, rank0)
+
+    def joined(self, incarnation: int, worker: Any) -> None:
+        self._ranks.setdefault(incarnation, []).append(worker)
+
+    @property
+    def current(self) -> list[Any]:
+        return self._ranks.get(self.incarnation, [])
+
+
 class BlockGroup:
     """One block's worker group as the backend sees it."""
 
@@ -50,7 +71,7 @@ class BlockGroup:
         self.block = block
         self.latest: dict[str, Any] | None = None  # rank 0's last progress
         self.summary: dict[str, Any] | None = None
-        self.workers: list[Any] = []  # actor handles of the current incarnation's workers
+        self.roster = Roster()  # the workers of the group's current incarnation
         self.until: int | None = None  # the step the controller waits for
         self.error: BaseException | None = None  # bad input a worker met (a UserError)
         self.fitted: Future[None] = Future()
@@ -69,17 +90,22 @@ class BlockGroup:
 
     def take(self, kind: str, payload: dict[str, Any]) -> None:
         """A message from one of this block's workers."""
-        if kind == "start":  # a new incarnation: rank 0 first, the others follow
-            self.workers = [payload["actor"]]
+        if kind == "start":  # rank 0 of a new incarnation
+            self.roster.started(payload["restarts"], payload["actor"])
             self.latest = {**(self.latest or {}), "restarts": payload["restarts"]}
-        elif kind == "worker":
-            self.workers.append(payload["actor"])
+        elif kind == "worker":  # another rank: its message may come before rank 0's
+            self.roster.joined(payload["restarts"], payload["actor"])
         elif kind == "progress":
             self.latest = payload
         elif kind == "summary":
             self.summary = payload
         elif kind == "error":
             self.error = payload["error"]
+
+    @property
+    def workers(self) -> list[Any]:
+        """Actor handles of the current incarnation's workers, rank 0 first."""
+        return self.roster.current
 
     def request(self, until: int) -> None:
         self.until = until

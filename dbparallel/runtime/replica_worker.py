@@ -58,7 +58,8 @@ def train_replica(config: dict[str, Any]) -> None:
             queue.put(("start", block, {"restarts": restarts,
                                         "actor": ray.get_runtime_context().current_actor}))
         else:
-            queue.put(("worker", block, {"actor": ray.get_runtime_context().current_actor}))
+            queue.put(("worker", block, {"restarts": restarts,
+                                         "actor": ray.get_runtime_context().current_actor}))
         kill_at = faults.due(cfg, block, restarts) if replicas.rank == cfg.debug.kill_replica \
             else None
         every, steps = cfg.train.log_every, cfg.train.steps_of(block)

@@ -48,6 +48,20 @@ def test_a_lost_replica_restarts_only_its_block_and_the_weights_match_one_proces
                                        msg=lambda m, b=block, n=name: f"block {b} {n}: {m}")
 
 
+def test_a_group_knows_its_workers_whatever_order_their_messages_come_in() -> None:
+    from dbparallel.runtime.block_group import Roster
+
+    roster = Roster()
+    roster.joined(0, "rank 1")  # rank 1's message first: it used to be dropped by rank 0's
+    roster.started(0, "rank 0")
+    assert roster.current == ["rank 0", "rank 1"]
+    roster.started(1, "rank 0 again")  # the group restarted
+    assert roster.current == ["rank 0 again"]
+    roster.joined(0, "late")  # a message of the old incarnation changes nothing now
+    roster.joined(1, "rank 1 again")
+    assert roster.current == ["rank 0 again", "rank 1 again"]
+
+
 @pytest.mark.slow  # another minute of Ray Train; the lost-replica test above is the default
 def test_a_stalled_group_is_restarted_and_resumes(ray_session, tmp_path) -> None:
     """The controller's stall restart of a block with replicas: its rank 0 is killed, Ray Train
