@@ -53,12 +53,13 @@ def data_footprint(index: DataIndex, task: Task, window_shards: int, batch_size:
     sizes = sorted(s.rows for s in index.shards(split))
     window_rows = sum(sizes[-window_shards:])  # a window of the largest shards
     last = len(sizes) % window_shards or window_shards  # an epoch's last window may be short
-    smallest = sum(sizes[:min(last, window_shards)])  # a window of the smallest shards
+    smallest = sum(sizes[:last])  # the fewest rows a window can have
     # the windows one batch spans, and the one before its first (not yet forgotten)
     windows = 1 + -(-batch_size // smallest)
+    size = row_bytes(index, task, split)
     if len(sizes) <= window_shards:  # one window an epoch: every window shares its rows
-        return DataFootprint(row_bytes(index, task, split), window_rows, 1, windows)
-    return DataFootprint(row_bytes(index, task, split), window_rows, windows)
+        return DataFootprint(size, window_rows, 1, windows)
+    return DataFootprint(size, window_rows, windows)
 
 
 def row_bytes(index: DataIndex, task: Task, split: str = "train") -> int:
