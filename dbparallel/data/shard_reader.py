@@ -1,13 +1,16 @@
 """Reading one shard: its rows as an Arrow table, with where each row came from.
 
-Parquet shards read one row group (the unit Parquet stores together); image-folder shards read
-their files' bytes (decoded when the task unpacks the rows); token shards slice the token file.
+Parquet shards read one row group (the unit Parquet stores together), decoded a few MiB of rows
+at a time (``read_pieces``: a window is filled piece by piece, never holding a whole row group
+twice); image-folder shards read their files' bytes (decoded when the task unpacks the rows);
+token shards slice the token file.
 ``where(i)`` names the file and row of row ``i``, so a bad row met mid-stream is reported
 exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +20,9 @@ from typing import TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from dbparallel.data.shards import DataIndex, Shard
-from dbparallel.data.tables import resolve_path
+from dbparallel.data.tables import resolve_path, row_group_batches
 from dbparallel.errors import DataError, DataUnreachable
 
 RETRIES = (1.0, 4.0, 16.0)  # seconds before each new attempt at a read that failed to connect
@@ -46,59 +48,114 @@ class ShardRows:
         return f"{self.shard.uri} row {int(self.file_rows[i])}"
 
 
-def read_shard(shard: Shard, columns: list[str] | None = None,
-               meta: dict | None = None) -> ShardRows:
-    """The rows of ``shard`` (only ``columns`` of a Parquet shard, when given); token shards
-    need their index's ``meta`` (seq_len, dtype)."""
+def read_shard(shard: Shard, columns: list[str] | None = None, meta: dict | None = None,
+               limit: int | None = None) -> ShardRows:
+    """The rows of ``shard`` (only ``columns`` of a Parquet shard, when given; only its first
+    ``limit`` rows, when given); token shards need their index's ``meta`` (seq_len, dtype)."""
+    pieces = list(read_pieces(shard, columns, meta, limit))
+    if len(pieces) == 1:
+        return pieces[0]
+    return ShardRows(shard, pa.concat_tables([p.table for p in pieces]),
+                     np.concatenate([p.file_rows for p in pieces]))
+
+
+def read_pieces(shard: Shard, columns: list[str] | None = None, meta: dict | None = None,
+                limit: int | None = None) -> Iterator[ShardRows]:
+    """``read_shard``'s rows in consecutive pieces, at least one: a Parquet row group a few
+    MiB at a time (``tables.row_group_batches``), a shard of image files or token rows whole."""
     if shard.kind == "parquet":
-        return _read_parquet(shard, columns)
+        yield from _parquet_pieces(shard, columns, limit)
+        return
+    if limit is not None:
+        shard = _head(shard, limit)
     if shard.kind == "files":
-        return _read_files(shard)
+        yield _read_files(shard)
+        return
     assert shard.kind == "tokens" and meta is not None
-    return _read_tokens(shard, meta)
+    yield _read_tokens(shard, meta)
+
+
+def _head(shard: Shard, n: int) -> Shard:
+    """The first ``n`` rows of a shard of image files or token rows."""
+    if shard.kind == "files":
+        return dataclasses.replace(shard, rows=min(n, shard.rows), files=shard.files[:n],
+                                   labels=shard.labels[:n])
+    return dataclasses.replace(shard, rows=min(n, shard.rows))
 
 
 def _io(read: Callable[[], T], where: str) -> T:
-    """``read()``, retried when the storage fails to answer; a missing file or an unreadable
-    one is the data's problem (DataError at once), a failure to connect is not."""
+    """``read()``, retried when the storage fails to answer (``_failed``)."""
     for wait in (*RETRIES, None):
         try:
             return read()
-        except PermissionError as err:
-            raise DataError(f"{where}: {err}") from None
-        except FileNotFoundError:
-            raise DataError(f"{where}: no such file (the data changed during the run?)") \
-                from None
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
-            raise DataError(f"{where}: not readable: {err}") from None
         except (pa.ArrowException, OSError) as err:
-            if wait is None:
-                raise DataUnreachable(f"{where}: {err}") from None
-            time.sleep(wait)
+            _failed(err, where, wait)
     raise AssertionError("unreachable")
 
 
-def _read_parquet(shard: Shard, columns: list[str] | None) -> ShardRows:
+def _failed(err: Exception, where: str, wait: float | None) -> None:
+    """Raise what a failed read ``err`` means, or wait ``wait`` seconds before the next
+    attempt: a missing file or an unreadable one is the data's problem (DataError at once), a
+    failure to connect is not (DataUnreachable once no attempt is left)."""
+    if isinstance(err, PermissionError):
+        raise DataError(f"{where}: {err}") from None
+    if isinstance(err, FileNotFoundError):
+        raise DataError(f"{where}: no such file (the data changed during the run?)") from None
+    if isinstance(err, (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)):
+        raise DataError(f"{where}: not readable: {err}") from None
+    if wait is None:
+        raise DataUnreachable(f"{where}: {err}") from None
+    time.sleep(wait)
+
+
+def _parquet_pieces(shard: Shard, columns: list[str] | None,
+                    limit: int | None) -> Iterator[ShardRows]:
+    """A Parquet shard's rows, a batch of its row group at a time; a read that fails to
+    connect starts again after the rows already yielded."""
     fs, path = resolve_path(shard.uri)
     wanted = None
     if columns is not None:
         wanted = list(columns) + ([SPLIT_COLUMN] if shard.split_filter else [])
+    want = shard.rows if limit is None else min(limit, shard.rows)
+    done, kept = 0, 0  # rows of the row group passed on, rows of the shard yielded
+    for wait in (*RETRIES, None):
+        try:
+            with fs.open_input_file(path) as f:
+                start = 0
+                for batch in row_group_batches(f, shard.row_group, wanted):
+                    first, start = start, start + batch.num_rows
+                    if start <= done:  # yielded before the read failed
+                        continue
+                    table = pa.Table.from_batches([batch]).slice(done - first)
+                    piece = _filtered(shard, table, shard.first_row + done, columns)
+                    done = start
+                    if limit is not None:
+                        piece = ShardRows(shard, piece.table.slice(0, want - kept),
+                                          piece.file_rows[:want - kept])
+                    if piece.table.num_rows:
+                        kept += piece.table.num_rows
+                        yield piece
+                    if kept == want and limit is not None:
+                        return
+            break
+        except (pa.ArrowException, OSError) as err:
+            _failed(err, f"{shard.uri} row group {shard.row_group}", wait)
+    if kept != shard.rows:
+        raise DataError(f"{shard.uri}: row group {shard.row_group} now has {kept} rows, the "
+                        f"index says {shard.rows}; the file changed during the run")
 
-    def read() -> pa.Table:
-        with fs.open_input_file(path) as f:
-            return pq.ParquetFile(f).read_row_group(shard.row_group, columns=wanted)
 
-    table = _io(read, f"{shard.uri} row group {shard.row_group}")
-    rows = np.arange(shard.first_row, shard.first_row + table.num_rows, dtype=np.int64)
+def _filtered(shard: Shard, table: pa.Table, first_row: int,
+              columns: list[str] | None) -> ShardRows:
+    """Rows of ``shard``'s row group from its file's row ``first_row`` on, only those of the
+    shard's split (and without the split column unless asked for)."""
+    rows = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
     if shard.split_filter:
         keep = pc.fill_null(pc.equal(table.column(SPLIT_COLUMN), shard.split_filter), False)
         rows = rows[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)]
         table = table.filter(keep)
         if columns is not None and SPLIT_COLUMN not in columns:
             table = table.drop_columns([SPLIT_COLUMN])
-    if table.num_rows != shard.rows:
-        raise DataError(f"{shard.uri}: row group {shard.row_group} now has {table.num_rows} "
-                        f"rows, the index says {shard.rows}; the file changed during the run")
     return ShardRows(shard, table, rows)
 
 

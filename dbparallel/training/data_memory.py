@@ -6,18 +6,17 @@ memory is at most two windows of its largest shards times the bytes of one unpac
 batch larger than the smallest window holds every window it spans, and the one before it. A
 data set within one window is held once (every epoch shares the rows, with an 8-byte index per
 row and window). The row's size is measured by unpacking the first rows of the split, which
-reads one shard (only a few files of an image folder).
+reads only those (a few MiB of a Parquet row group, a few files of an image folder).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from dbparallel.data.shard_reader import read_shard
-from dbparallel.data.shards import DataIndex, Shard
+from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RowError
 from dbparallel.tasks.base import Rows, Task
 
@@ -67,7 +66,7 @@ def row_bytes(index: DataIndex, task: Task, split: str = "train") -> int:
     row is reported where training or the validation pass meets it; DataError here only if
     every row measured is bad)."""
     shard = next(s for s in index.shards(split) if s.rows)
-    read = read_shard(_head(shard, SAMPLE_ROWS), task.columns, index.meta)
+    read = read_shard(shard, task.columns, index.meta, limit=SAMPLE_ROWS)
     start, n, first = 0, min(SAMPLE_ROWS, read.table.num_rows), None
     while start < n:
         try:
@@ -79,17 +78,6 @@ def row_bytes(index: DataIndex, task: Task, split: str = "train") -> int:
         return -(-rows_nbytes(rows) // (n - start))  # every unpacked row has one size
     assert first is not None
     raise first
-
-
-def _head(shard: Shard, n: int) -> Shard:
-    """The first ``n`` rows of ``shard`` where they can be read alone (image files, token
-    rows); a Parquet row group is read whole."""
-    if shard.kind == "files":
-        return dataclasses.replace(shard, rows=min(n, shard.rows), files=shard.files[:n],
-                                   labels=shard.labels[:n])
-    if shard.kind == "tokens":
-        return dataclasses.replace(shard, rows=min(n, shard.rows))
-    return shard
 
 
 def footprint_line(footprint: DataFootprint) -> str:

@@ -2,16 +2,18 @@
 
 The stream holds the window its next batch lies in and reads the following one in a
 background thread while the block trains, so memory is two windows, a batch and, while a
-window is read, one shard's rows, whatever the number of rows (training/data_memory.py says
-how much before training starts; ``peak_bytes`` measures it). Reading a window also unpacks
-it (the task checks every row and holds it compactly on the CPU: 8-bit pixels, integer ids;
-encoded images are decoded there), so a batch is only a gather of rows and a copy to the
+window is read, a few MiB of a shard's rows (a window is one allocation, filled piece by piece),
+whatever the number of rows (training/data_memory.py says how much before training starts;
+``peak_bytes`` measures it). Reading a window also unpacks it (the task checks every row and
+holds it compactly on the CPU: 8-bit pixels, integer ids; encoded images are decoded there),
+so a batch is only a gather of rows and a copy to the
 block's device, where pixels become floats. A bad row stops the block with a DataError naming
 its file and row, when the window that holds it is first needed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,7 +22,7 @@ import pyarrow as pa
 import torch
 
 from dbparallel.core.share import Share
-from dbparallel.data.shard_reader import read_shard
+from dbparallel.data.shard_reader import read_pieces
 from dbparallel.data.shards import DataIndex, Shard
 from dbparallel.errors import RowError
 from dbparallel.tasks.base import Batch, Rows, Task
@@ -53,19 +55,25 @@ class Window:
         if held is not None and all(s in kept for s in shard_ids):
             return cls(list(shard_ids), starts, held.rows,
                        np.concatenate([kept[s] for s in shard_ids]))
-        rows: Rows = {}
+        rows: Rows = {}  # one allocation, filled piece by piece: never a window twice
         for s, a, b in zip(shard_ids, starts[:-1], starts[1:], strict=True):
-            part = _select(held.rows, kept[s]) if held is not None and s in kept \
+            parts = [_select(held.rows, kept[s])] if held is not None and s in kept \
                 else _unpacked(shards[s], task, index.meta)
-            if len(shard_ids) == 1:
-                return cls(list(shard_ids), starts, part)
-            if not rows:  # one allocation, filled shard by shard: never a window twice
-                rows = {k: v.new_empty((starts[-1], *v.shape[1:])) for k, v in part.items()}
-            for k, v in part.items():
-                if v.shape != (b - a, *rows[k].shape[1:]) or v.dtype != rows[k].dtype:
-                    raise AssertionError(f"shard {s}: {k} unpacked as {v.dtype} "
-                                         f"{tuple(v.shape)}, unlike the window's first shard")
-                rows[k][a:b] = v
+            at = a
+            for part in parts:
+                if not rows:
+                    rows = {k: v.new_empty((starts[-1], *v.shape[1:])) for k, v in part.items()}
+                n = len(next(iter(part.values())))
+                for k, v in part.items():
+                    if v.shape[1:] != rows[k].shape[1:] or v.dtype != rows[k].dtype or \
+                            at + n > b:
+                        raise AssertionError(f"shard {s}: {k} unpacked as {v.dtype} "
+                                             f"{tuple(v.shape)} at row {at - a} of {b - a}, "
+                                             f"unlike the window's first rows")
+                    rows[k][at:at + n] = v
+                at += n
+            if at != b:
+                raise AssertionError(f"shard {s}: {at - a} rows unpacked, {b - a} expected")
         return cls(list(shard_ids), starts, rows)
 
     def take(self, rows: np.ndarray) -> Rows:
@@ -84,12 +92,13 @@ def _select(rows: Rows, positions: np.ndarray) -> Rows:
     return {k: v.index_select(0, index) for k, v in rows.items()}
 
 
-def _unpacked(shard: Shard, task: Task, meta: dict) -> Rows:
-    read = read_shard(shard, task.columns, meta)
-    try:
-        return task.unpack(read.table)
-    except RowError as err:
-        raise err.at(read.where(err.row)) from None
+def _unpacked(shard: Shard, task: Task, meta: dict) -> Iterator[Rows]:
+    """``shard``'s rows unpacked by ``task``, a piece at a time (data/shard_reader.py)."""
+    for read in read_pieces(shard, task.columns, meta):
+        try:
+            yield task.unpack(read.table)
+        except RowError as err:
+            raise err.at(read.where(err.row)) from None
 
 
 def _cat(parts: list[Rows]) -> Rows:

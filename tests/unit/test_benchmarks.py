@@ -113,6 +113,19 @@ def test_decode_rows() -> None:
         assert mine[0]["speedup"] == 1.0 and all(r["rows_per_s"] > 0 for r in mine)
 
 
+def test_parquet_read_rows() -> None:
+    """Both arms read every row of the same row group; in pieces, Arrow holds less of it."""
+    from benchmarks import parquet_read
+
+    result = parquet_read.run(quick=True)
+    assert len(result["rows"]) == len(parquet_read.LAYOUTS) * len(parquet_read.ARMS)
+    for whole, pieces in zip(result["rows"][::2], result["rows"][1::2], strict=True):
+        assert (whole["arm"], pieces["arm"]) == ("whole", "pieces")
+        assert whole["rows_read"] == pieces["rows_read"] == whole["rows"] > 0
+        if whole["layout"] == "uint8 fixed-size lists":
+            assert pieces["arrow_peak_bytes"] < whole["arrow_peak_bytes"] / 2
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_throughput_rows(ray_session: dict) -> None:

@@ -69,8 +69,8 @@ def test_every_shard_is_read_once_per_epoch_two_windows_at_most(tmp_path, monkey
     data = _write(_rows(), tmp_path / "d.parquet")
     cfg = _cfg(tmp_path, data, "train.batch_size=40")  # 15 steps = 1 epoch
     reads: list[int] = []
-    real = shard_reader.read_shard
-    monkeypatch.setattr("dbparallel.training.stream.read_shard",
+    real = shard_reader.read_pieces
+    monkeypatch.setattr("dbparallel.training.stream.read_pieces",
                         lambda shard, *a: reads.append(shard.row_group) or real(shard, *a))
     run = BlockRun(cfg, 0, parquet_index(str(data)), Storage(cfg.run_dir), prefetch=False)
     held = []
@@ -89,14 +89,14 @@ def test_a_data_set_within_one_window_is_read_once_not_once_per_epoch(
     index = parquet_index(str(data))
     cfg = _cfg(tmp_path, data, "train.batch_size=40", "data.window_shards=12")  # 1 window
     reads: list[int] = []
-    real = shard_reader.read_shard
-    monkeypatch.setattr("dbparallel.training.stream.read_shard",
+    real = shard_reader.read_pieces
+    monkeypatch.setattr("dbparallel.training.stream.read_pieces",
                         lambda shard, *a: reads.append(shard.row_group) or real(shard, *a))
     run = BlockRun(cfg, 0, index, Storage(cfg.run_dir), prefetch=prefetch)
     batches = [run.batch(step) for step in range(45)]  # 3 epochs of 15 steps
     run.close()
     assert sorted(reads) == list(range(12))  # every row group once in 3 epochs
-    monkeypatch.setattr("dbparallel.training.stream.read_shard", real)
+    monkeypatch.setattr("dbparallel.training.stream.read_pieces", real)
     fresh = BlockRun(_cfg(tmp_path / "b", data, "train.batch_size=40",
                           "data.window_shards=12"), 0, index, Storage(str(tmp_path / "b" / "run")),
                      prefetch=False)
@@ -121,16 +121,16 @@ def test_windows_built_from_held_rows_give_the_batches_a_fresh_read_gives(
     fresh = BlockRun(_cfg(tmp_path / "b", data, *extra), 1, index,
                      Storage(str(tmp_path / "b" / "run")), prefetch=False)
     reads: list[int] = []
-    real = shard_reader.read_shard
-    monkeypatch.setattr("dbparallel.training.stream.read_shard",
+    real = shard_reader.read_pieces
+    monkeypatch.setattr("dbparallel.training.stream.read_pieces",
                         lambda shard, *a: reads.append(shard.row_group) or real(shard, *a))
     for step in range(45):  # 3 epochs of 15 steps
         kept = run.batch(step)
-        monkeypatch.setattr("dbparallel.training.stream.read_shard", real)
+        monkeypatch.setattr("dbparallel.training.stream.read_pieces", real)
         fresh.stream._windows.clear()  # nothing held: every window read from the files
         again = fresh.batch(step)
         assert all(torch.equal(again[k], kept[k]) for k in again), step
-        monkeypatch.setattr("dbparallel.training.stream.read_shard",
+        monkeypatch.setattr("dbparallel.training.stream.read_pieces",
                             lambda shard, *a: reads.append(shard.row_group) or real(shard, *a))
     run.close()
     fresh.close()
@@ -146,8 +146,8 @@ def test_resume_mid_epoch_is_exact_and_reads_no_earlier_window(tmp_path, monkeyp
     first.train_until(13)  # checkpoint at step 10, mid-epoch (epoch = 18.75 steps)
     first.close()
     reads: list[int] = []
-    real = shard_reader.read_shard
-    monkeypatch.setattr("dbparallel.training.stream.read_shard",
+    real = shard_reader.read_pieces
+    monkeypatch.setattr("dbparallel.training.stream.read_pieces",
                         lambda shard, *a: reads.append(shard.row_group) or real(shard, *a))
     second = BlockRun(cfg, 1, index, Storage(cfg.run_dir), prefetch=False)
     assert second.resumed_from == 10

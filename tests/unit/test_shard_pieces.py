@@ -1,0 +1,139 @@
+"""A Parquet row group is read a few MiB of rows at a time: the same rows as a whole read, a
+piece of memory instead of several row groups' worth, and a dropped connection resumes after
+the rows already read (real Parquet files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dbparallel.config import load_config
+from dbparallel.data import shard_reader
+from dbparallel.data.parquet_index import parquet_index
+from dbparallel.data.shard_reader import read_pieces, read_shard
+from dbparallel.errors import DataUnreachable
+from dbparallel.training.loop import BlockRun
+from dbparallel.training.storage import Storage
+
+POOLS: list[pa.MemoryPool] = []
+TINY = str(Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml")
+
+
+def _pixels(rows: int, side: int, seed: int = 0) -> pa.Table:
+    """``rows`` uint8 images of 3 x side x side as fixed-size lists, labels and a split."""
+    rng = np.random.default_rng(seed)
+    flat = rng.integers(0, 256, (rows, 3 * side * side), dtype=np.uint8)
+    return pa.table({
+        "image": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1]),
+        "label": pa.array(rng.integers(0, 10, rows)),
+        "split": pa.array(np.where(np.arange(rows) % 4 == 3, "test", "train")),
+    })
+
+
+def _one_group(table: pa.Table, path: Path) -> Path:
+    pq.write_table(table, path, row_group_size=table.num_rows)
+    return path
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_row_group_read_in_pieces_is_the_row_group(tmp_path, monkeypatch, split) -> None:
+    table = _pixels(1000, 4)
+    index = parquet_index(str(_one_group(table, tmp_path / "d.parquet")))
+    monkeypatch.setattr("dbparallel.data.tables.PIECE_BYTES", 4096)  # ~80 rows a piece
+    (shard,) = index.shards(split)
+    pieces = list(read_pieces(shard, ["image", "label"]))
+    assert len(pieces) >= 10
+    mine = np.flatnonzero(np.asarray(table.column("split").to_pylist()) == split)
+    got = pa.concat_tables([p.table for p in pieces])
+    assert got.column_names == ["image", "label"]
+    assert got.column("label").to_pylist() == table.column("label").take(mine).to_pylist()
+    assert got.column("image").to_pylist() == table.column("image").take(mine).to_pylist()
+    rows = np.concatenate([p.file_rows for p in pieces])
+    assert rows.tolist() == mine.tolist()  # each row knows its row in the file
+    head = read_shard(shard, ["label"], limit=100)  # the first rows of the split only
+    assert head.file_rows.tolist() == mine[:100].tolist()
+
+
+def test_reading_a_row_group_holds_a_piece_of_it_not_the_row_group(tmp_path) -> None:
+    """40 MB of uint8 image lists in one row group: read whole, Arrow's decoding holds about
+    ten times that at once (the list levels of every value); in pieces, a few MiB."""
+    table = _pixels(13_000, 32).drop_columns(["split"])
+    (shard,) = parquet_index(str(_one_group(table, tmp_path / "d.parquet"))).shards("train")
+    size = table.nbytes
+    previous = pa.default_memory_pool()
+    pools = [pa.proxy_memory_pool(pa.system_memory_pool()) for _ in range(2)]
+    POOLS.extend(pools)  # a pool must outlive every buffer it allocated: never freed
+    try:
+        pa.set_memory_pool(pools[0])
+        rows = sum(p.table.num_rows for p in read_pieces(shard, ["image", "label"]))
+        pa.set_memory_pool(pools[1])
+        read_shard(shard, ["image", "label"], limit=16)
+    finally:
+        pa.set_memory_pool(previous)
+    whole, head = pools[0].max_memory(), pools[1].max_memory()
+    assert rows == 13_000
+    assert whole < size / 2, (whole, size)
+    assert head < 16 << 20, head  # measuring a row reads the first rows, not the row group
+
+
+def test_a_dropped_connection_resumes_after_the_rows_already_read(tmp_path,
+                                                                  monkeypatch) -> None:
+    table = _pixels(600, 4)
+    (shard,) = parquet_index(str(_one_group(table, tmp_path / "d.parquet"))).shards("train")
+    monkeypatch.setattr("dbparallel.data.tables.PIECE_BYTES", 4096)
+    clean = read_shard(shard, ["image", "label"])
+    real, attempts = shard_reader.row_group_batches, []
+
+    def dropping(f, group, columns, fail_after: int = 3):
+        attempts.append(1)
+        for i, batch in enumerate(real(f, group, columns)):
+            if len(attempts) == 1 and i == fail_after:
+                raise OSError("connection reset by peer")
+            yield batch
+
+    monkeypatch.setattr(shard_reader, "RETRIES", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(shard_reader, "row_group_batches", dropping)
+    again = read_shard(shard, ["image", "label"])
+    assert len(attempts) == 2
+    assert again.file_rows.tolist() == clean.file_rows.tolist()  # no row twice, none lost
+    assert again.table.equals(clean.table)
+
+    def down(f, group, columns):
+        raise OSError("connection refused")
+        yield
+
+    monkeypatch.setattr(shard_reader, "row_group_batches", down)
+    with pytest.raises(DataUnreachable, match=r"d.parquet row group 0: connection refused"):
+        read_shard(shard, ["image", "label"])
+
+
+def test_windows_filled_piece_by_piece_give_the_batches_of_whole_shards(
+        tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    flat = (rng.integers(0, 256, (600, 64)) / 255.0).astype(np.float32)
+    table = pa.table({
+        "image": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), 64),
+        "label": pa.array(rng.integers(0, 10, 600))})
+    data = tmp_path / "d.parquet"
+    pq.write_table(table, data, row_group_size=100)
+    index = parquet_index(str(data))
+
+    def batches(run: str) -> list[dict[str, torch.Tensor]]:
+        cfg = load_config([TINY], [f"run.dir={tmp_path / run}", "data.source=parquet",
+                                   f"data.path={data}", "data.window_shards=2",
+                                   "train.batch_size=40"])
+        block = BlockRun(cfg, 1, index, Storage(cfg.run_dir), prefetch=False)
+        out = [block.batch(step) for step in range(20)]  # 1.3 epochs of 3 windows
+        block.close()
+        return out
+
+    whole = batches("whole")  # a row group of 100 rows x 264 B is one piece
+    monkeypatch.setattr("dbparallel.data.tables.PIECE_BYTES", 1000)  # 3 rows a piece
+    pieces = batches("pieces")
+    for a, b in zip(whole, pieces, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
