@@ -106,7 +106,7 @@ def measure(arm: str, path: Path, repeats: int) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from dbparallel.data.tables import PIECE_BYTES
+    from dbparallel.data.row_groups import PIECE_BYTES
 
     repeats = 1 if quick else 3
     before = load_average()

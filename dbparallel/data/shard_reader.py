@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dbparallel.data.row_groups import row_group_batches
 from dbparallel.data.shards import DataIndex, Shard
-from dbparallel.data.tables import resolve_path, row_group_batches
+from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError, DataUnreachable
 
 RETRIES = (1.0, 4.0, 16.0)  # seconds before each new attempt at a read that failed to connect
@@ -52,17 +53,22 @@ def read_shard(shard: Shard, columns: list[str] | None = None, meta: dict | None
                limit: int | None = None) -> ShardRows:
     """The rows of ``shard`` (only ``columns`` of a Parquet shard, when given; only its first
     ``limit`` rows, when given); token shards need their index's ``meta`` (seq_len, dtype)."""
-    pieces = list(read_pieces(shard, columns, meta, limit))
+    return joined(list(read_pieces(shard, columns, meta, limit)))
+
+
+def joined(pieces: list[ShardRows]) -> ShardRows:
+    """Consecutive pieces of one shard as one (their tables chunk by chunk, not copied)."""
     if len(pieces) == 1:
         return pieces[0]
-    return ShardRows(shard, pa.concat_tables([p.table for p in pieces]),
+    return ShardRows(pieces[0].shard, pa.concat_tables([p.table for p in pieces]),
                      np.concatenate([p.file_rows for p in pieces]))
 
 
 def read_pieces(shard: Shard, columns: list[str] | None = None, meta: dict | None = None,
                 limit: int | None = None) -> Iterator[ShardRows]:
     """``read_shard``'s rows in consecutive pieces, at least one: a Parquet row group a few
-    MiB at a time (``tables.row_group_batches``), a shard of image files or token rows whole."""
+    MiB at a time (``row_groups.row_group_batches``), a shard of image files or token rows
+    whole."""
     if shard.kind == "parquet":
         yield from _parquet_pieces(shard, columns, limit)
         return
@@ -132,6 +138,10 @@ def _parquet_pieces(shard: Shard, columns: list[str] | None,
                     if limit is not None:
                         piece = ShardRows(shard, piece.table.slice(0, want - kept),
                                           piece.file_rows[:want - kept])
+                    elif kept + piece.table.num_rows > shard.rows:
+                        raise DataError(f"{shard.uri}: row group {shard.row_group} now has "
+                                        f"more than {shard.rows} rows, the number the index "
+                                        f"says; the file changed during the run")
                     if piece.table.num_rows:
                         kept += piece.table.num_rows
                         yield piece
@@ -197,9 +207,10 @@ def _read_tokens(shard: Shard, meta: dict) -> ShardRows:
 
 def iter_split(index: DataIndex, split: str,
                columns: list[str] | None = None) -> Iterator[ShardRows]:
-    """Every shard of ``split`` in index order, one at a time (evaluation, validation)."""
+    """The rows of ``split`` in index order, a piece of a shard at a time (evaluation,
+    validation)."""
     for shard in index.shards(split):
-        yield read_shard(shard, columns, index.meta)
+        yield from read_pieces(shard, columns, index.meta)
 
 
 def take_rows(index: DataIndex, split: str, positions: np.ndarray,
@@ -241,7 +252,7 @@ def iter_chunks(index: DataIndex, split: str, chunk: int,
                 columns: list[str] | None = None, limit: int | None = None) -> Iterator[Chunk]:
     """The rows of ``split`` in index order (the first ``limit`` of them if given), in chunks
     of ``chunk`` rows (the last may be shorter) whatever the shard sizes; holds one chunk and
-    one shard at a time."""
+    a piece of a shard at a time."""
     pending: list[tuple[ShardRows, int, int]] = []  # (shard rows, start, stop)
     filled, offset = 0, 0
     left = index.num_rows(split) if limit is None else limit

@@ -1,17 +1,11 @@
 """Arrow/Parquet tables of images and labels: reading, writing and validation.
 
-A Parquet row group is read about a MiB of rows at a time (``row_group_batches``): decoded
-whole, a row group costs several times its size at once (256 MiB of uint8 image lists: Arrow
-peaked at 2,593 MiB read whole, 10 MiB in pieces; benchmarks/parquet_read.py).
-
 An image table has a column ``image`` (list of C*H*W floats in [0, 1] in (C, H, W) order, or
 uint8 in [0, 255]) and a column ``label`` (integers in [0, num_classes)). Paths may be local
 or object-store URIs (anything ``pyarrow.fs`` resolves).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -24,8 +18,6 @@ from dbparallel.errors import DataError
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"
-PIECE_BYTES = 1 << 20  # uncompressed bytes of a row group's columns decoded at a time
-READ_BUFFER = 8 << 20  # bytes of a file read at a time (one request to an object store)
 
 
 def resolve_path(path: str) -> tuple[pafs.FileSystem, str]:
@@ -51,18 +43,6 @@ def read_table(path: str) -> pa.Table:
         return pq.read_table(where, filesystem=fs)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"data.path: {path!r} is not readable Parquet: {err}") from None
-
-
-def row_group_batches(f: pa.NativeFile, row_group: int,
-                      columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """Row group ``row_group`` of the open Parquet file ``f`` (only ``columns``, when given),
-    in batches of about ``PIECE_BYTES`` of uncompressed data, read as they are decoded."""
-    pf = pq.ParquetFile(f, buffer_size=READ_BUFFER, pre_buffer=False)
-    group = pf.metadata.row_group(row_group)
-    size = sum(group.column(i).total_uncompressed_size for i in range(group.num_columns)
-               if columns is None or group.column(i).path_in_schema.split(".")[0] in columns)
-    rows = max(1, PIECE_BYTES * group.num_rows // max(size, 1))
-    yield from pf.iter_batches(batch_size=rows, row_groups=[row_group], columns=columns)
 
 
 def write_table(table: pa.Table, path: str) -> None:

@@ -31,8 +31,9 @@ import pyarrow.parquet as pq
 
 from dbparallel.config import DataConfig
 from dbparallel.data.digests import DigestMemo, blocks_digest
+from dbparallel.data.row_groups import row_group_batches
 from dbparallel.data.shards import SPLITS
-from dbparallel.data.tables import resolve_path, row_group_batches
+from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError
 
 TEXT_COLUMN, SPLIT_COLUMN, WORK_COLUMN = "text", "split", "work"
@@ -259,7 +260,7 @@ def _parquet_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
                        if _string_column(schema, c, path)]
             row = 0
             for group in range(pf.num_row_groups):
-                for batch in row_group_batches(f, group, columns):
+                for batch in row_group_batches(f, group, columns, pf.metadata):
                     yield from _table_documents(pa.Table.from_batches([batch]), row, path)
                     row += batch.num_rows
     except (pa.ArrowException, OSError) as err:

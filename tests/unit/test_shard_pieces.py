@@ -16,7 +16,7 @@ from dbparallel.config import load_config
 from dbparallel.data import shard_reader
 from dbparallel.data.parquet_index import parquet_index
 from dbparallel.data.shard_reader import read_pieces, read_shard
-from dbparallel.errors import DataUnreachable
+from dbparallel.errors import DataError, DataUnreachable
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.storage import Storage
 
@@ -44,7 +44,7 @@ def _one_group(table: pa.Table, path: Path) -> Path:
 def test_a_row_group_read_in_pieces_is_the_row_group(tmp_path, monkeypatch, split) -> None:
     table = _pixels(1000, 4)
     index = parquet_index(str(_one_group(table, tmp_path / "d.parquet")))
-    monkeypatch.setattr("dbparallel.data.tables.PIECE_BYTES", 4096)  # ~80 rows a piece
+    monkeypatch.setattr("dbparallel.data.row_groups.PIECE_BYTES", 4096)  # ~80 rows a piece
     (shard,) = index.shards(split)
     pieces = list(read_pieces(shard, ["image", "label"]))
     assert len(pieces) >= 10
@@ -85,7 +85,7 @@ def test_a_dropped_connection_resumes_after_the_rows_already_read(tmp_path,
                                                                   monkeypatch) -> None:
     table = _pixels(600, 4)
     (shard,) = parquet_index(str(_one_group(table, tmp_path / "d.parquet"))).shards("train")
-    monkeypatch.setattr("dbparallel.data.tables.PIECE_BYTES", 4096)
+    monkeypatch.setattr("dbparallel.data.row_groups.PIECE_BYTES", 4096)
     clean = read_shard(shard, ["image", "label"])
     real, attempts = shard_reader.row_group_batches, []
 
@@ -133,7 +133,78 @@ def test_windows_filled_piece_by_piece_give_the_batches_of_whole_shards(
         return out
 
     whole = batches("whole")  # a row group of 100 rows x 264 B is one piece
-    monkeypatch.setattr("dbparallel.data.tables.PIECE_BYTES", 1000)  # 3 rows a piece
+    monkeypatch.setattr("dbparallel.data.row_groups.PIECE_BYTES", 1000)  # 3 rows a piece
     pieces = batches("pieces")
     for a, b in zip(whole, pieces, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pieces_are_sized_by_what_the_rows_decode_to(tmp_path, monkeypatch) -> None:
+    """Blank images (run-length encoded to almost nothing) and a large column that is not read
+    (its name starting like the read one's) do not make pieces larger or smaller."""
+    rows = 20_000
+    blank = np.zeros((rows, 784), dtype=np.uint8)
+    table = pa.table({
+        "image": pa.FixedSizeListArray.from_arrays(pa.array(blank.ravel()), 784),
+        "label": pa.array(np.zeros(rows, dtype=np.int64)),
+        "image.caption": pa.array([b"x" * 200] * rows, pa.binary()),
+    })
+    pq.write_table(table, tmp_path / "blank.parquet", row_group_size=rows)
+    meta = pq.read_metadata(tmp_path / "blank.parquet").row_group(0)
+    assert meta.column(0).total_uncompressed_size < rows * 784 / 10  # encoded: looks small
+    (shard,) = parquet_index(str(tmp_path / "blank.parquet")).shards("train")
+    sizes = [p.table.nbytes for p in read_pieces(shard, ["image", "label"])]
+    piece = 1 << 20
+    assert len(sizes) >= rows * 792 // piece  # decoded: 15 MiB in pieces of about 1 MiB
+    assert max(sizes) <= 1.1 * piece
+
+
+def test_a_row_group_that_changed_under_a_stream_is_named(tmp_path) -> None:
+    path = tmp_path / "d.parquet"
+    pq.write_table(_pixels(400, 4), path, row_group_size=200)
+    index = parquet_index(str(path))
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "data.source=parquet",
+                               f"data.path={path}", "data.image_size=4", "data.channels=3",
+                               "data.window_shards=1"])
+    for rows, group, message in ((600, 300, r"row group [01] now has more than 150 rows"),
+                                 (200, 200, r"row group 1: not readable: no row group 1")):
+        pq.write_table(_pixels(rows, 4), path, row_group_size=group)  # rewritten mid-run
+        block = BlockRun(cfg, 0, index, Storage(cfg.run_dir), prefetch=False)
+        with pytest.raises(DataError, match=message):
+            for step in range(20):
+                block.batch(step)
+        block.close()
+
+
+def test_encoded_images_are_unpacked_in_groups_of_pieces(tmp_path, monkeypatch) -> None:
+    """Small pieces of encoded images are decoded together, in groups of about UNPACK_BYTES:
+    enough rows for every decode thread."""
+    import io
+
+    from PIL import Image
+
+    from dbparallel.tasks.image_data import ImageData
+
+    rng = np.random.default_rng(0)
+    blobs = []
+    for _ in range(1000):
+        out = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(out, "PNG")
+        blobs.append(out.getvalue())
+    path = tmp_path / "png.parquet"
+    pq.write_table(pa.table({"image": pa.array(blobs, pa.binary()),
+                             "label": pa.array(rng.integers(0, 10, 1000))}), path)
+    monkeypatch.setattr("dbparallel.data.row_groups.PIECE_BYTES", 4096)  # ~16 rows a piece
+    monkeypatch.setattr("dbparallel.training.stream.UNPACK_BYTES", 64 << 10)
+    unpacked, real = [], ImageData.unpack
+    monkeypatch.setattr(ImageData, "unpack",
+                        lambda self, rows: unpacked.append(rows.num_rows) or real(self, rows))
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "data.source=parquet",
+                               f"data.path={path}", "data.image_size=8", "data.channels=3",
+                               "data.validate=false"])
+    block = BlockRun(cfg, 0, parquet_index(str(path)), Storage(cfg.run_dir), prefetch=False)
+    block.batch(0)
+    block.close()
+    assert sum(unpacked) == 1000
+    per_row = np.mean([len(b) for b in blobs]) + 8
+    assert min(unpacked[:-1]) >= (64 << 10) / per_row * 0.9  # groups, not 16-row pieces
