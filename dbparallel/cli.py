@@ -101,7 +101,8 @@ def _data_memory(cfg: Config, index: DataIndex) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """``data check``: index and decode every row of a data set, as training would."""
+    """``data check``: index and decode every row of a data set, as training would;
+    ``data reshard``: rewrite it."""
     from dbparallel.data.sources import open_data
 
     items = list(args.config)
@@ -112,11 +113,42 @@ def cmd_data(args: argparse.Namespace) -> int:
                 items.append("data.source=parquet")
     files, overrides = _split(items)
     cfg = load_config(files, overrides)
+    if args.action == "reshard":
+        return _reshard(cfg, args.out)
     index = open_data(cfg.data)
     for split in index.present():
         print(f"{split}: {index.num_rows(split)} rows in {len(index.shards(split))} shards")
     _check(cfg, index, force=True)
     _data_memory(cfg, index)
+    return 0
+
+
+def _reshard(cfg: Config, out: str) -> int:
+    """``data reshard``: rewrite an image data set in row groups of data.shard_rows rows."""
+    from pathlib import Path
+
+    from dbparallel.data.parquet_index import parquet_index
+    from dbparallel.data.reshard import reshard
+    from dbparallel.data.sources import open_data
+
+    if not out:
+        raise UserError("data reshard: --out FOLDER is required (a new or empty folder)")
+    if "://" not in out and cfg.data.path and "://" not in cfg.data.path and \
+            Path(out).resolve().is_relative_to(Path(cfg.data.path).resolve()):
+        raise UserError(f"--out {out}: inside data.path {cfg.data.path}; the new files would "
+                        f"become part of the data set they are written from")
+    index = open_data(cfg.data)
+    done = reshard(index, out, cfg.data.shard_rows, progress=sys.stderr.isatty())
+    written = parquet_index(out)
+    for split, rows in done.rows.items():
+        if written.num_rows(split) != rows:
+            raise RuntimeError(f"data reshard: {out} has {written.num_rows(split)} {split} "
+                               f"rows, {rows} were read")
+        print(f"{split}: {rows} rows in {len(written.shards(split))} row groups of at most "
+              f"{cfg.data.shard_rows} rows")
+    files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
+    print(f"wrote {files} to {out}; train on them with "
+          f"data.source=parquet data.path={out}")
     return 0
 
 
@@ -235,10 +267,14 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plan)
 
-    d = sub.add_parser("data", help="data set tools: `data check` decodes every row once")
-    d.add_argument("action", choices=["check"])
+    d = sub.add_parser("data", help="data set tools: `data check` decodes every row once; "
+                       "`data reshard --out DIR` rewrites image data in row groups of "
+                       "data.shard_rows rows")
+    d.add_argument("action", choices=["check", "reshard"])
     d.add_argument("config", nargs="*", help="a Parquet file/directory/URI, or "
                    "YAML recipes and key=value overrides (data.source=..., data.path=...)")
+    d.add_argument("--out", default="", metavar="DIR",
+                   help="reshard: the new or empty folder (or object-store URI) to write")
     d.set_defaults(func=cmd_data)
 
     pc = sub.add_parser("plot", help="draw a run's loss and assembly curves (curves.png)")

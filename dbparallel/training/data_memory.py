@@ -99,7 +99,8 @@ def footprint_warning(per_block: int, blocks: int, memory: float,
         return None
     return (f"data: {blocks} blocks x {_size(per_block)} of data rows = {_size(total)}, "
             f"over half of {where} {_size(memory)}; lower data.window_shards, or "
-            f"write the data in smaller shards (data.shard_rows; Parquet row groups)")
+            f"rewrite the data in smaller row groups (`dbparallel data reshard DATA --out DIR "
+            f"data.shard_rows=N`)")
 
 
 def machine_memory() -> int:

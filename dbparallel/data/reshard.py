@@ -1,0 +1,140 @@
+"""Rewriting an image data set as Parquet row groups of ``data.shard_rows`` rows.
+
+A shard is one of the data's Parquet row groups, and a block holds ``data.window_shards``
+shards at once: data written as one row group of a million rows (pyarrow's default) makes a
+window of millions of rows. An image folder is read file by file, slowly on an object store.
+``reshard`` rewrites either, once, as Parquet files of row groups of ``shard_rows`` rows, one
+split per file name (``train-00000.parquet``), rows in index order, the image and label
+columns as they are (encoded images stay encoded; nothing is decoded or checked: ``dbparallel
+data check`` does that). It reads a piece of a row group at a time and holds at most one row
+group being written; if it fails part-way it deletes the files it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
+from dbparallel.data.shard_reader import read_pieces
+from dbparallel.data.shards import DataIndex
+from dbparallel.data.tables import resolve_path
+from dbparallel.errors import DataError, UserError
+
+GROUPS_PER_FILE = 16  # row groups written into one file before the next is started
+CLASSES_KEY = b"dbparallel.classes"  # an image folder's class names, by label, as JSON
+
+
+@dataclass
+class Resharded:
+    """What ``reshard`` wrote."""
+
+    rows: dict[str, int] = field(default_factory=dict)  # rows of each split
+    row_groups: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def reshard(index: DataIndex, out: str, shard_rows: int,
+            progress: bool = False) -> Resharded:
+    """Write every split of ``index`` under ``out`` (an empty or new folder, local or an
+    object-store URI) in row groups of ``shard_rows`` rows."""
+    if index.kind != "images":
+        raise DataError(f"{index.source}: only image data sets are resharded; a text corpus "
+                        f"is tokenized into shards of data.shard_rows rows already")
+    fs, root = resolve_path(out)
+    _check_empty(fs, root, out)
+    classes = index.meta.get("classes")
+    metadata = {CLASSES_KEY: json.dumps(classes).encode()} if classes else {}
+    done = Resharded()
+    total = sum(index.num_rows(s) for s in index.present())
+    writer = None
+    try:
+        with tqdm(total=total, unit="rows", disable=not progress, desc="reshard") as bar:
+            for split in index.present():
+                writer = _Writer(fs, root, split, shard_rows, metadata, done)
+                for shard in index.shards(split):
+                    for piece in read_pieces(shard, [IMAGE_COLUMN, LABEL_COLUMN],
+                                             index.meta):
+                        writer.add(piece.table.select([IMAGE_COLUMN, LABEL_COLUMN]))
+                        bar.update(piece.table.num_rows)
+                writer.close()
+                done.rows[split] = index.num_rows(split)
+    except BaseException:  # a failed read, an interrupt: no half-written folder is left
+        if writer is not None:
+            writer.abandon()
+        for name in done.files:
+            fs.delete_file(f"{root.rstrip('/')}/{name}")
+        raise
+    return done
+
+
+def _check_empty(fs: pafs.FileSystem, root: str, out: str) -> None:
+    try:
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.File:
+            raise UserError(f"--out {out}: is a file; give a new or empty folder")
+        if info.type == pafs.FileType.Directory and \
+                fs.get_file_info(pafs.FileSelector(root, recursive=False)):
+            raise UserError(f"--out {out}: is not empty; give a new or empty folder (nothing "
+                            f"was written)")
+        fs.create_dir(root, recursive=True)
+    except (pa.ArrowException, OSError) as err:
+        raise UserError(f"--out {out}: cannot write there: {err}") from None
+
+
+class _Writer:
+    """One split's files: row groups of exactly ``shard_rows`` rows (the last may be short),
+    ``GROUPS_PER_FILE`` to a file."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, split: str, shard_rows: int,
+                 metadata: dict[bytes, bytes], done: Resharded):
+        self.fs, self.root, self.split, self.shard_rows = fs, root, split, shard_rows
+        self.metadata, self.done = metadata, done
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.groups = 0  # row groups of this split written
+        self.writer: pq.ParquetWriter | None = None
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= self.shard_rows:
+            rows = pa.concat_tables(self.pending)
+            self._write(rows.slice(0, self.shard_rows))
+            rest = rows.slice(self.shard_rows)
+            self.pending, self.pending_rows = [rest], rest.num_rows
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._write(pa.concat_tables(self.pending))
+        self.pending, self.pending_rows = [], 0
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def abandon(self) -> None:
+        """Close the file being written without its pending rows (it is deleted next)."""
+        self.pending, self.pending_rows = [], 0
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def _write(self, rows: pa.Table) -> None:
+        if self.groups % GROUPS_PER_FILE == 0:
+            if self.writer is not None:
+                self.writer.close()
+            name = f"{self.split}-{self.groups // GROUPS_PER_FILE:05d}.parquet"
+            path = f"{self.root.rstrip('/')}/{name}"
+            schema = rows.schema.with_metadata({**(rows.schema.metadata or {}),
+                                                **self.metadata})
+            self.writer = pq.ParquetWriter(path, schema, filesystem=self.fs)
+            self.done.files.append(name)
+        assert self.writer is not None
+        self.writer.write_table(rows.combine_chunks(), row_group_size=self.shard_rows)
+        self.groups += 1
+        self.done.row_groups += 1

@@ -1,0 +1,136 @@
+"""`dbparallel data reshard`: image data rewritten in row groups of data.shard_rows rows, the
+same rows in the same order, from one huge row group or an image folder (real files)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from dbparallel.cli import main
+from dbparallel.config import DataConfig
+from dbparallel.data import reshard as reshard_module
+from dbparallel.data.image_folder import image_folder_index
+from dbparallel.data.parquet_index import parquet_index
+from dbparallel.data.reshard import CLASSES_KEY
+from dbparallel.data.shard_reader import iter_split
+
+
+def _table(rows: int) -> pa.Table:
+    rng = np.random.default_rng(0)
+    flat = rng.integers(0, 256, (rows, 3 * 4 * 4), dtype=np.uint8)
+    return pa.table({
+        "image": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1]),
+        "label": pa.array(rng.integers(0, 10, rows)),
+        "split": pa.array(np.where(np.arange(rows) % 4 == 3, "test", "train")),
+    })
+
+
+def _rows(path: str, split: str) -> pa.Table:
+    index = parquet_index(path)
+    return pa.concat_tables(r.table for r in iter_split(index, split, ["image", "label"]))
+
+
+def test_one_huge_row_group_becomes_row_groups_of_shard_rows(tmp_path, monkeypatch,
+                                                             capsys) -> None:
+    source = tmp_path / "one.parquet"
+    pq.write_table(_table(1000), source)  # pyarrow's default: a single row group
+    assert pq.ParquetFile(source).num_row_groups == 1
+    monkeypatch.setattr(reshard_module, "GROUPS_PER_FILE", 2)
+    out = tmp_path / "out"
+    assert main(["data", "reshard", str(source), "--out", str(out),
+                 "data.image_size=4", "data.channels=3", "data.shard_rows=128"]) == 0
+    printed = capsys.readouterr().out
+    assert "train: 750 rows in 6 row groups of at most 128 rows" in printed
+    assert "test: 250 rows in 2 row groups" in printed
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["test-00000.parquet", "train-00000.parquet", "train-00001.parquet",
+                     "train-00002.parquet"]
+    index = parquet_index(str(out))
+    assert [s.rows for s in index.shards("train")] == [128] * 5 + [110]
+    assert [s.rows for s in index.shards("test")] == [128, 122]
+    for split in ("train", "test"):  # the same rows, in the same order
+        assert _rows(str(out), split).equals(_rows(str(source), split))
+    assert main(["data", "check", str(out), "data.image_size=4", "data.channels=3"]) == 0
+
+
+def test_an_image_folder_becomes_parquet_with_the_files_bytes(tmp_path, capsys) -> None:
+    folder = tmp_path / "pets"
+    rng = np.random.default_rng(1)
+    for name, count in (("cat", 7), ("ant", 5)):
+        (folder / name).mkdir(parents=True)
+        for n in range(count):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                folder / name / f"{n}.png")
+    out = tmp_path / "pets_parquet"
+    assert main(["data", "reshard", "data.source=image_folder", f"data.path={folder}",
+                 "data.image_size=8", "data.channels=3", "data.num_classes=2",
+                 "data.shard_rows=4", "--out", str(out)]) == 0
+    index = image_folder_index(DataConfig(source="image_folder", path=str(folder),
+                                          image_size=8, channels=3, num_classes=2))
+    files = [(f, label) for s in index.shards("train") for f, label in zip(s.files, s.labels,
+                                                                          strict=True)]
+    written = _rows(str(out), "train")
+    assert written.column("image").to_pylist() == [(folder / f).read_bytes() for f, _ in files]
+    assert written.column("label").to_pylist() == [label for _, label in files]
+    assert [s.rows for s in parquet_index(str(out)).shards("train")] == [4, 4, 4]
+    schema = pq.read_schema(out / "train-00000.parquet")
+    assert json.loads(schema.metadata[CLASSES_KEY]) == ["ant", "cat"]
+    assert main(["data", "check", str(out), "data.image_size=8", "data.channels=3",
+                 "data.num_classes=2"]) == 0
+
+
+def test_reshard_refuses_what_would_lose_or_mix_data(tmp_path, capsys) -> None:
+    source = tmp_path / "data" / "one.parquet"
+    source.parent.mkdir()
+    pq.write_table(_table(40), source)
+    before = source.read_bytes()
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    cases = [
+        ([str(source), "--out", str(taken)], "--out .*taken: is not empty"),
+        ([str(source)], "--out FOLDER is required"),
+        ([f"data.path={source.parent}", "data.source=parquet", "--out",
+          str(source.parent / "inside")], "inside data.path"),
+        ([str(source), "--out", str(taken / "keep.txt")], "keep.txt: is a file"),
+        (["data.source=shakespeare", "--out", str(tmp_path / "text")],
+         "only image data sets are resharded"),
+    ]
+    for args, message in cases:
+        assert main(["data", "reshard", *args, "data.image_size=4", "data.channels=3"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dbparallel: error: ") and len(err.strip().splitlines()) == 1
+        assert re.search(message, err), err
+    assert (taken / "keep.txt").read_text() == "mine" and sorted(taken.iterdir()) == \
+        [taken / "keep.txt"]
+    assert source.read_bytes() == before
+    assert not (source.parent / "inside").exists() and not (tmp_path / "text").exists()
+
+
+def test_a_reshard_that_fails_part_way_leaves_no_files(tmp_path, monkeypatch) -> None:
+    source = tmp_path / "one.parquet"
+    pq.write_table(_table(1000), source)
+    real, pieces, written = reshard_module.read_pieces, [], []
+    out = tmp_path / "out"
+
+    def failing(*args, **kwargs):
+        for piece in real(*args, **kwargs):
+            pieces.append(piece)
+            if len(pieces) == 4:  # 3 pieces of ~28 training rows passed on
+                written.extend(out.iterdir())
+                raise OSError("connection reset by peer")
+            yield piece
+
+    monkeypatch.setattr("dbparallel.data.row_groups.PIECE_BYTES", 2048)  # many pieces
+    monkeypatch.setattr(reshard_module, "read_pieces", failing)
+    with pytest.raises(OSError, match="connection reset"):
+        main(["data", "reshard", str(source), "--out", str(out), "data.image_size=4",
+              "data.channels=3", "data.shard_rows=64"])
+    assert written == [out / "train-00000.parquet"]  # a row group was written by then
+    assert list(out.iterdir()) == []  # and removed with the failure
