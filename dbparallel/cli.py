@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -51,29 +52,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError("--block: trains a subset of blocks in this process; add --local")
     build_task(cfg)
     index = open_data(cfg.data)  # schema problems stop here, before any block starts
-    if cfg.data.validate:
-        _check(cfg, index)
-    data_bytes = _data_memory(cfg, index)
     if cfg.runtime.local:
         from dbparallel.runtime.local import run_local
 
+        if cfg.data.validate:
+            _check(cfg, index)
+        _data_memory(cfg, index)
         report = run_local(cfg, index, only_blocks=only)
     else:
         from dbparallel.runtime.launch import run_ray
 
-        report = run_ray(cfg, index, data_bytes=data_bytes)
+        data_bytes = _data_memory(cfg, index)  # the rows are checked on the cluster
+        report = run_ray(cfg, index, data_bytes=data_bytes, validate=cfg.data.validate)
     _print_summary(cfg, report)
     return 0
 
 
 def _check(cfg: Config, index: DataIndex, force: bool = False) -> None:
-    from dbparallel.training.data_check import check_data
+    """The validation pass in this process (local mode, ``data check``)."""
+    from dbparallel.training.data_check import check_data, check_line
 
-    result = check_data(cfg, index, force)
-    if not result.cached:
-        print(f"data: {result.rows} rows checked in {result.seconds:.1f} s "
-              f"({result.rows_per_second:,.0f} rows/s; once per data set, "
-              f"data.validate=false skips it)", flush=True)
+    line = check_line(check_data(cfg, index, force))
+    if line:
+        print(line, flush=True)
 
 
 def _data_memory(cfg: Config, index: DataIndex) -> int:
@@ -118,7 +119,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     index = open_data(cfg.data)
     for split in index.present():
         print(f"{split}: {index.num_rows(split)} rows in {len(index.shards(split))} shards")
-    _check(cfg, index, force=True)
+    if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):  # on the cluster's CPUs
+        from dbparallel.runtime.launch import check_on_cluster
+        from dbparallel.training.data_check import check_line
+
+        print(check_line(check_on_cluster(cfg, index, force=True)), flush=True)
+    else:
+        _check(cfg, index, force=True)
     _data_memory(cfg, index)
     return 0
 

@@ -21,6 +21,7 @@ from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import UserError
 from dbparallel.runtime.controller import Controller
+from dbparallel.runtime.data_check_ray import ray_units
 from dbparallel.runtime.metrics import (
     AssemblyRecorder,
     BlockRecorder,
@@ -32,6 +33,7 @@ from dbparallel.runtime.progress import BlockBars
 from dbparallel.runtime.ray_backend import RayBackend, assembly_bundle
 from dbparallel.tasks import build_task
 from dbparallel.training.curves import write_curves
+from dbparallel.training.data_check import CheckResult, check_data, check_line
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.lease import release_session
 from dbparallel.training.plan import Cluster, concurrent_blocks
@@ -163,24 +165,43 @@ def reserve_blocks(cfg: Config, slots: int, data_bytes: int = 0) -> tuple[Any, i
     return (reserve(cfg, 0), 0) if assembly_bundle(cfg) else (None, None)
 
 
+def check_on_cluster(cfg: Config, index: DataIndex, force: bool = False,
+                     progress: bool | None = None) -> CheckResult:
+    """The validation pass (``check_data``) as Ray tasks on the cluster at runtime.address
+    or RAY_ADDRESS (or an instance started here)."""
+    connected = connect(cfg)
+    try:
+        return check_data(cfg, index, force, progress, run=ray_units(cfg, index))
+    finally:
+        if connected:
+            ray.shutdown()
+
+
 def run_ray(cfg: Config, index: DataIndex | None = None,
-            progress: bool | None = None, data_bytes: int = 0) -> dict[str, Any]:
+            progress: bool | None = None, data_bytes: int = 0,
+            validate: bool = False) -> dict[str, Any]:
     """Train every block as its own Ray actor, assemble, write report.json. The data index
     (default: opened from ``cfg.data``) is pinned in the run directory, where every actor
     reads it; each actor streams the data files itself (``data_bytes`` of rows at most, for
-    the nodes' memory check; 0: not checked)."""
+    the nodes' memory check; 0: not checked). ``validate``: first check every row once, on
+    the cluster's CPUs (a bad row stops the run before the run directory is touched)."""
     start = time.perf_counter()
-    storage = open_run(cfg)
     build_task(cfg)  # config errors surface here, before any actor starts
     if index is None:
         from dbparallel.data.sources import open_data
 
         index = open_data(cfg.data)
-    pin_data(storage, index)
     session = uuid.uuid4().hex  # this run's writers; a restarted actor takes its lease over
     connected = connect(cfg)
-    pg, backend, bars = None, None, None
+    pg, backend, bars, storage = None, None, None, None
     try:
+        if validate:
+            line = check_line(check_data(cfg, index, progress=progress,
+                                         run=ray_units(cfg, index)))
+            if line:
+                print(line, flush=True)
+        storage = open_run(cfg)
+        pin_data(storage, index)
         slots = concurrent_blocks(cfg, cluster_now())  # 0 fits -> 1: reserve() names the keys
         if slots < cfg.model.blocks:
             print(f"runtime: {slots} of {cfg.model.blocks} blocks train at once; the others "
@@ -204,7 +225,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     finally:
         if bars is not None:
             bars.close()
-        if backend is not None:
+        if backend is not None and storage is not None:
             backend.close()
             try:
                 release_session(storage, list(range(cfg.model.blocks)), session)
@@ -214,6 +235,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
             remove_placement_group(pg)
         if connected:
             ray.shutdown()
+    assert storage is not None
     report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
     report["concurrent_blocks"] = slots
     report["replicas_per_block"] = cfg.runtime.replicas_per_block

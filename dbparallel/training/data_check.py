@@ -3,8 +3,11 @@
 A schema problem is caught when the data are indexed; a bad row (a corrupt image, a short
 row, a label out of range) only when it is decoded. Training would meet it mid-stream and stop
 there; this pass finds it before any block starts, at the cost of one read of the data on the
-driver. It runs once per data set and config: a passed check is remembered in the cache, keyed
-by the data index's fingerprint and the decoding settings.
+driver, or, on a Ray cluster, spread over its CPUs (runtime/data_check_ray.py): the rows are
+cut into units of whole shards (about ``UNIT_ROWS`` rows), each checked on its own, and the
+first bad row in index order is the one named either way. It runs once per data set and config:
+a passed check is remembered in the cache, keyed by the data index's fingerprint and the
+decoding settings.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +33,22 @@ from dbparallel.tasks import build_task
 from dbparallel.training.data_memory import machine_cpus
 
 CHUNK = 1024  # rows decoded at a time
+UNIT_ROWS = 65_536  # rows of whole shards checked by one worker, about
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Consecutive shards of one split, checked together: ``index.shards(split)[first:stop]``."""
+
+    split: str
+    first: int
+    stop: int
+    rows: int
+
+
+# Runs ``units`` and yields each one's rows as it passes, in any order; raises the DataError
+# of the first bad row in index order (that of the lowest unit that has one).
+UnitRunner = Callable[[list[Unit]], Iterator[int]]
 
 
 @dataclass(frozen=True)
@@ -51,29 +71,81 @@ def _stamp(cfg: Config, index: DataIndex) -> Path:
 
 
 def check_data(cfg: Config, index: DataIndex, force: bool = False,
-               progress: bool | None = None) -> CheckResult:
+               progress: bool | None = None, run: UnitRunner | None = None,
+               unit_rows: int | None = None) -> CheckResult:
     """Decode every row of ``index`` with ``cfg``'s task; DataError naming the file and row of
-    the first bad one. Skipped when this data set already passed with these settings."""
+    the first bad one. Skipped when this data set already passed with these settings. ``run``
+    checks the units (of about ``unit_rows`` rows, default ``UNIT_ROWS``) elsewhere (a Ray
+    cluster's workers); without it, or for data of one unit, they are checked here."""
     stamp = _stamp(cfg, index)
     total = sum(index.num_rows(s) for s in index.present())
     if stamp.is_file() and not force:
         return CheckResult(total, 0.0, True)
-    if not cfg.data.decode_threads:  # the driver decodes with every core of its machine
-        cfg = copy.deepcopy(cfg)
-        cfg.data.decode_threads = machine_cpus()
-    task = build_task(cfg)
+    units = check_units(index, unit_rows)
     start = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=total, desc="checking data", unit="row", disable=not show) as bar:
-        for split in index.present():
-            for part in iter_chunks(index, split, CHUNK, task.columns):
-                try:
-                    task.decode(part.table, "cpu")
-                except RowError as err:
-                    raise err.at(part.where(err.row)) from None
-                bar.update(part.table.num_rows)
+        if run is None or len(units) == 1:  # here, with every core of this machine
+            here = _with_threads(cfg, cfg.data.decode_threads or machine_cpus())
+            for unit in units:
+                check_unit(here, index, unit, bar.update)
+        else:
+            for rows in run(units):
+                bar.update(rows)
     seconds = time.perf_counter() - start
     tmp = atomic_path(stamp)
     tmp.write_text(json.dumps({"rows": total, "seconds": seconds, "source": index.source}))
     os.replace(tmp, stamp)
     return CheckResult(total, seconds, False)
+
+
+def check_line(result: CheckResult) -> str | None:
+    """What a check that read the data prints (None for one remembered from before)."""
+    if result.cached:
+        return None
+    return (f"data: {result.rows} rows checked in {result.seconds:.1f} s "
+            f"({result.rows_per_second:,.0f} rows/s; once per data set, data.validate=false "
+            f"skips it)")
+
+
+def check_units(index: DataIndex, unit_rows: int | None = None) -> list[Unit]:
+    """Every split's shards in consecutive runs of about ``unit_rows`` rows (default
+    ``UNIT_ROWS``), in index order."""
+    unit_rows = unit_rows or UNIT_ROWS
+    units = []
+    for split in index.present():
+        shards = index.shards(split)
+        first, rows = 0, 0
+        for i, shard in enumerate(shards):
+            rows += shard.rows
+            if rows >= unit_rows or i == len(shards) - 1:
+                units.append(Unit(split, first, i + 1, rows))
+                first, rows = i + 1, 0
+    return units
+
+
+def check_unit(cfg: Config, index: DataIndex, unit: Unit,
+               on_rows: Callable[[int], object] | None = None) -> int:
+    """Decode every row of ``unit`` as training would; its rows, or the DataError of its first
+    bad row (file and row named). ``on_rows`` hears of each chunk checked."""
+    task = build_task(cfg)
+    part_index = DataIndex(index.kind, index.source,
+                           {unit.split: index.shards(unit.split)[unit.first:unit.stop]},
+                           index.meta)
+    for part in iter_chunks(part_index, unit.split, CHUNK, task.columns):
+        try:
+            task.decode(part.table, "cpu")
+        except RowError as err:
+            raise err.at(part.where(err.row)) from None
+        if on_rows is not None:
+            on_rows(part.table.num_rows)
+    return unit.rows
+
+
+def _with_threads(cfg: Config, threads: int) -> Config:
+    """``cfg`` with ``threads`` decode threads."""
+    if cfg.data.decode_threads == threads:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.data.decode_threads = threads
+    return cfg

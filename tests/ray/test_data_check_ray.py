@@ -1,0 +1,83 @@
+"""The validation pass as Ray tasks on a real local instance: every row counted, the same first
+bad row named as on the driver, and a bad row stops `train` before its run directory exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dbparallel.cli import main
+from dbparallel.config import load_config
+from dbparallel.data.parquet_index import parquet_index
+from dbparallel.errors import DataError
+from dbparallel.training import data_check
+
+pytestmark = pytest.mark.ray
+RECIPE = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+
+
+def _data(path: Path, bad_labels_at: tuple[int, ...] = ()) -> Path:
+    """3,000 rows of 1x8x8 uint8 pixels in row groups of 100, two files."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 3000)
+    labels[list(bad_labels_at)] = 12
+    pixels = rng.integers(0, 256, (3000, 64), dtype=np.uint8)
+    path.mkdir(parents=True)
+    for i in range(2):
+        part = slice(i * 1500, (i + 1) * 1500)
+        pq.write_table(pa.table({
+            "image": pa.FixedSizeListArray.from_arrays(pa.array(pixels[part].ravel()), 64),
+            "label": pa.array(labels[part])}), path / f"part-{i}.parquet", row_group_size=100)
+    return path
+
+
+def _cfg(data: Path, run_dir: Path):
+    return load_config([RECIPE], [f"run.dir={run_dir}", "data.source=parquet",
+                                  f"data.path={data}"])
+
+
+def test_tasks_check_every_row_once_and_remember_it(ray_session, tmp_path, monkeypatch) -> None:
+    from dbparallel.runtime.data_check_ray import ray_units
+
+    monkeypatch.setattr(data_check, "UNIT_ROWS", 400)  # 8 units of 4 row groups
+    data = _data(tmp_path / "data")
+    cfg, index = _cfg(data, tmp_path / "run"), parquet_index(str(data))
+    units = data_check.check_units(index)
+    assert [u.rows for u in units] == [400] * 7 + [200]
+    seen: list[int] = []
+    runner = ray_units(cfg, index)
+    result = data_check.check_data(cfg, index, progress=False,
+                                   run=lambda us: (seen.append(r) or r for r in runner(us)))
+    assert (result.rows, result.cached) == (3000, False) and sorted(seen) == sorted(
+        u.rows for u in units)
+    assert data_check.check_data(cfg, index, progress=False, run=runner).cached
+
+
+def test_tasks_name_the_first_bad_row_in_index_order(ray_session, tmp_path, monkeypatch) -> None:
+    from dbparallel.runtime.data_check_ray import ray_units
+
+    monkeypatch.setattr(data_check, "UNIT_ROWS", 300)
+    data = _data(tmp_path / "data", bad_labels_at=(2950, 1720, 2210))  # units 5, 7, 9
+    cfg, index = _cfg(data, tmp_path / "run"), parquet_index(str(data))
+    with pytest.raises(DataError) as here:
+        data_check.check_data(cfg, index, progress=False)
+    with pytest.raises(DataError) as there:
+        data_check.check_data(cfg, index, progress=False, run=ray_units(cfg, index))
+    assert str(there.value) == str(here.value)
+    assert "part-1.parquet row 220: column 'label' has label 12" in str(there.value)
+
+
+def test_a_bad_row_stops_train_on_ray_before_the_run_directory_exists(
+        ray_session, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(data_check, "UNIT_ROWS", 500)
+    data = _data(tmp_path / "data", bad_labels_at=(2601,))
+    run_dir = tmp_path / "run"
+    assert main(["train", str(RECIPE), f"run.dir={run_dir}", "data.source=parquet",
+                 f"data.path={data}"]) == 2
+    err = capsys.readouterr().err
+    assert "part-1.parquet row 1101: column 'label' has label 12" in err
+    assert not run_dir.exists()  # no config, no pinned data: a fixed data set starts afresh

@@ -1,0 +1,24 @@
+"""The validation pass's units: consecutive whole shards of one split, every shard once."""
+
+from __future__ import annotations
+
+from dbparallel.data.shards import DataIndex, Shard
+from dbparallel.training.data_check import Unit, check_units
+
+
+def _index(train: list[int], test: list[int]) -> DataIndex:
+    def shards(sizes: list[int]) -> tuple[Shard, ...]:
+        return tuple(Shard("parquet", "d.parquet", n, row_group=i) for i, n in enumerate(sizes))
+
+    return DataIndex("images", "d", {"train": shards(train), "test": shards(test)})
+
+
+def test_units_cover_every_shard_once_in_index_order() -> None:
+    index = _index([100, 250, 50, 400, 10, 10], [30, 30])
+    units = check_units(index, unit_rows=300)
+    assert units == [Unit("train", 0, 2, 350), Unit("train", 2, 4, 450),
+                     Unit("train", 4, 6, 20), Unit("test", 0, 2, 60)]
+    assert sum(u.rows for u in units) == index.num_rows("train") + index.num_rows("test")
+    assert check_units(index, unit_rows=10**6) == [Unit("train", 0, 6, 820),
+                                                  Unit("test", 0, 2, 60)]
+    assert len(check_units(index, unit_rows=1)) == 8  # a shard a unit
