@@ -1,10 +1,12 @@
 """The validation pass spread over a Ray cluster: one task per unit of shards.
 
 Each task reads and decodes its unit's rows on some node (``training/data_check.check_unit``),
-so the pass takes the cluster's CPUs, not the driver's: the driver of ``ray job submit`` runs on
-the head node, which may have few. The first bad row in index order is the one named, as on
-the driver: once a unit fails, the units after it are cancelled and the ones before it are
-waited for (one of them may hold an earlier bad row).
+so the pass takes the cluster's CPUs, not the driver's: the driver of ``ray job submit`` runs
+on the head node, which may have few. Data only this machine sees (built into its cache, or
+named by a relative path), or a cluster with no CPU free, are checked in the driver instead.
+The first bad row in index order is the one named, as on the driver: once a unit fails, the
+units after it are cancelled and the ones before it are waited for (one of them may hold an
+earlier bad row).
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ import ray
 
 from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
-from dbparallel.training.data_check import Unit, UnitRunner, check_unit
+from dbparallel.training.data_check import (
+    Unit,
+    UnitRunner,
+    check_unit,
+    readable_anywhere,
+    with_threads,
+)
 
 
 @ray.remote(max_retries=2)
@@ -23,36 +31,57 @@ def _check(cfg: Config, index: DataIndex, unit: Unit) -> int:
     return check_unit(cfg, index, unit)
 
 
+def cluster_units(cfg: Config, index: DataIndex) -> UnitRunner | None:
+    """``ray_units`` where the cluster can do the pass: the data are readable from every node
+    (``readable_anywhere``) and a CPU is free now; else None (checked in the driver)."""
+    if not readable_anywhere(index) or ray.available_resources().get("CPU", 0) < 1:
+        return None
+    return ray_units(cfg, index)
+
+
 def ray_units(cfg: Config, index: DataIndex) -> UnitRunner:
-    """A runner for ``check_data`` that checks each unit in a Ray task of
-    ``data.decode_threads`` CPUs (default 1, with one decode thread)."""
-    threads = cfg.data.decode_threads or 1
+    """A runner for ``check_data`` that checks each unit in a Ray task of one CPU, decoding on
+    one thread."""
+    one = with_threads(cfg, 1)
 
     def run(units: list[Unit]) -> Iterator[int]:
         shared = ray.put(index)  # once, not once per task
-        task = _check.options(num_cpus=threads, scheduling_strategy="SPREAD")
-        refs = [task.remote(cfg, shared, unit) for unit in units]
+        task = _check.options(num_cpus=1, scheduling_strategy="SPREAD")
+        refs = [task.remote(one, shared, unit) for unit in units]
         position = {ref: i for i, ref in enumerate(refs)}
-        pending, failed = list(refs), None  # (unit position, error) of the lowest failure
+        pending, dropped = list(refs), []
+        failed: tuple[int, Exception] | None = None  # the lowest failed unit and its error
         try:
             while pending:
                 (ref,), pending = ray.wait(pending, num_returns=1)
                 try:
                     rows = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:
-                    cause = err.cause if isinstance(err.cause, Exception) else err
+                except ray.exceptions.RayError as err:  # bad data, or a worker lost for good
+                    cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) and \
+                        isinstance(err.cause, Exception) else err
                     if failed is None or position[ref] < failed[0]:
                         failed = (position[ref], cause)
-                    later = [r for r in pending if position[r] > failed[0]]
-                    for r in later:
-                        ray.cancel(r)
+                    dropped += [r for r in pending if position[r] > failed[0]]
                     pending = [r for r in pending if position[r] < failed[0]]
+                    for r in dropped:
+                        ray.cancel(r)
                     continue
                 yield rows
         finally:
             for r in pending:  # stopped early (an interrupt): leave no task running
                 ray.cancel(r)
+            _drain(dropped + pending)
         if failed is not None:
             raise failed[1]
 
     return run
+
+
+def _drain(refs: list[ray.ObjectRef]) -> None:
+    """Fetch the outcome of cancelled or unneeded tasks, so that Ray does not log their errors
+    as unhandled."""
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=30)
+        except Exception:  # noqa: BLE001 (cancelled, failed or slow: the outcome is not used)
+            pass

@@ -21,7 +21,7 @@ from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import UserError
 from dbparallel.runtime.controller import Controller
-from dbparallel.runtime.data_check_ray import ray_units
+from dbparallel.runtime.data_check_ray import cluster_units
 from dbparallel.runtime.metrics import (
     AssemblyRecorder,
     BlockRecorder,
@@ -171,7 +171,7 @@ def check_on_cluster(cfg: Config, index: DataIndex, force: bool = False,
     or RAY_ADDRESS (or an instance started here)."""
     connected = connect(cfg)
     try:
-        return check_data(cfg, index, force, progress, run=ray_units(cfg, index))
+        return check_data(cfg, index, force, progress, run=cluster_units(cfg, index))
     finally:
         if connected:
             ray.shutdown()
@@ -197,7 +197,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     try:
         if validate:
             line = check_line(check_data(cfg, index, progress=progress,
-                                         run=ray_units(cfg, index)))
+                                         run=cluster_units(cfg, index)))
             if line:
                 print(line, flush=True)
         storage = open_run(cfg)

@@ -86,7 +86,7 @@ def check_data(cfg: Config, index: DataIndex, force: bool = False,
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=total, desc="checking data", unit="row", disable=not show) as bar:
         if run is None or len(units) == 1:  # here, with every core of this machine
-            here = _with_threads(cfg, cfg.data.decode_threads or machine_cpus())
+            here = with_threads(cfg, cfg.data.decode_threads or machine_cpus())
             for unit in units:
                 check_unit(here, index, unit, bar.update)
         else:
@@ -142,10 +142,20 @@ def check_unit(cfg: Config, index: DataIndex, unit: Unit,
     return unit.rows
 
 
-def _with_threads(cfg: Config, threads: int) -> Config:
+def with_threads(cfg: Config, threads: int) -> Config:
     """``cfg`` with ``threads`` decode threads."""
     if cfg.data.decode_threads == threads:
         return cfg
     cfg = copy.deepcopy(cfg)
     cfg.data.decode_threads = threads
     return cfg
+
+
+def readable_anywhere(index: DataIndex) -> bool:
+    """Whether another machine reads ``index``'s files as this one does: data not built into
+    this machine's cache, named by object-store URIs or absolute paths (a shared file system,
+    as the blocks need one)."""
+    if index.meta.get("cached"):
+        return False
+    return all("://" in shard.uri or os.path.isabs(shard.uri)
+               for shards in index.splits.values() for shard in shards)

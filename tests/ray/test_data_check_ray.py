@@ -81,3 +81,14 @@ def test_a_bad_row_stops_train_on_ray_before_the_run_directory_exists(
     err = capsys.readouterr().err
     assert "part-1.parquet row 1101: column 'label' has label 12" in err
     assert not run_dir.exists()  # no config, no pinned data: a fixed data set starts afresh
+
+
+def test_data_only_the_driver_sees_is_checked_by_the_driver(ray_session, tmp_path) -> None:
+    from dbparallel.data.sources import open_data
+    from dbparallel.runtime.data_check_ray import cluster_units
+
+    data = _data(tmp_path / "data")
+    cfg = _cfg(data, tmp_path / "run")
+    assert cluster_units(cfg, parquet_index(str(data))) is not None  # an absolute path
+    digits = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}"])
+    assert cluster_units(digits, open_data(digits.data)) is None  # in this machine's cache

@@ -22,3 +22,16 @@ def test_units_cover_every_shard_once_in_index_order() -> None:
     assert check_units(index, unit_rows=10**6) == [Unit("train", 0, 6, 820),
                                                   Unit("test", 0, 2, 60)]
     assert len(check_units(index, unit_rows=1)) == 8  # a shard a unit
+
+
+def test_only_data_every_machine_reads_alike_is_checked_on_a_cluster() -> None:
+    from dbparallel.training.data_check import readable_anywhere
+
+    def index(uri: str, **meta) -> DataIndex:
+        return DataIndex("images", "d", {"train": (Shard("parquet", uri, 10, row_group=0),)},
+                         meta)
+
+    assert readable_anywhere(index("/data/part-0.parquet"))
+    assert readable_anywhere(index("s3://bucket/part-0.parquet?region=x"))
+    assert not readable_anywhere(index("data/part-0.parquet"))  # relative to the driver
+    assert not readable_anywhere(index("/home/me/.cache/d.parquet", cached=True))
