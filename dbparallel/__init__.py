@@ -1,18 +1,56 @@
 """dbparallel: DiffusionBlocks training with one concurrent, independent actor per block.
 
-``dbparallel.load(run_dir_or_file)`` returns a trained network with its task's verbs
-(``sample``, ``predict``, ``generate``, ``bpc``, ``log_likelihood``); see docs/api.md.
+``dbparallel.train(recipe, overrides={...})`` trains a run as ``dbparallel train`` does and
+returns its report; ``dbparallel.load(run_dir_or_file)`` returns a trained network with its
+task's verbs (``sample``, ``predict``, ``generate``, ``bpc``, ``log_likelihood``); see
+docs/api.md.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dbparallel.training.network import Network
 
 __version__ = "0.1.0"
+
+
+def train(*recipes: str | os.PathLike, overrides: Mapping[str, Any] | Sequence[str] = (),
+          local: bool = False, blocks: Sequence[int] | None = None,
+          progress: bool | None = None) -> dict[str, Any]:
+    """Train the run that the YAML ``recipes`` (merged in order) and ``overrides`` describe,
+    exactly as ``dbparallel train`` does, and return its report (report.json's content).
+
+    ``overrides``: ``{"train.steps": 500, "run.dir": "runs/x"}`` or ``["train.steps=500"]``.
+    ``local=True`` trains in this process without Ray (``--local``), ``blocks`` only those
+    blocks (local only). Otherwise the blocks train as Ray actors on the cluster at
+    ``runtime.address`` or ``RAY_ADDRESS``, or in the Ray instance this process is already
+    connected to, else a private local one. Re-running on an existing ``run.dir`` resumes it.
+    Bad input raises ``dbparallel.errors.UserError`` (its message names the key, file or row)
+    before anything trains; a failed run raises ``RuntimeError``. ``progress``: progress bars
+    (default: when stderr is a terminal)."""
+    from dbparallel.config import load_config
+    from dbparallel.runtime.train import train_run
+    from dbparallel.training.plan import fit_blocks
+
+    items = list(overrides) if not isinstance(overrides, Mapping) else [
+        f"{key}={_yaml_value(value)}" for key, value in overrides.items()]
+    if local:
+        items.append("runtime.local=true")
+    cfg = load_config([os.fspath(r) for r in recipes], items, fit_blocks)
+    return train_run(cfg, list(blocks) if blocks else None, progress)
+
+
+def _yaml_value(value: Any) -> str:
+    """``value`` as an override's right-hand side (booleans as true/false, lists as YAML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_yaml_value(v) for v in value) + "]"
+    return str(value)
 
 
 def load(source: str | os.PathLike, step: int | None = None,

@@ -16,7 +16,6 @@ from dbparallel.config import Config, ConfigError, describe, load_config
 from dbparallel.errors import UserError
 
 if TYPE_CHECKING:
-    from dbparallel.data.shards import DataIndex
     from dbparallel.training.plan import Cluster
 
 EXIT_USER_ERROR = 2
@@ -44,61 +43,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{key}={default}")
         return 0
     cfg = _config(args)
-    from dbparallel.data.sources import open_data
-    from dbparallel.tasks import build_task
+    from dbparallel.runtime.train import train_run
 
-    only = getattr(args, "block", None)
-    if only and not cfg.runtime.local:
-        raise UserError("--block: trains a subset of blocks in this process; add --local")
-    build_task(cfg)
-    index = open_data(cfg.data)  # schema problems stop here, before any block starts
-    if cfg.runtime.local:
-        from dbparallel.runtime.local import run_local
-
-        if cfg.data.validate:
-            _check(cfg, index)
-        _data_memory(cfg, index)
-        report = run_local(cfg, index, only_blocks=only)
-    else:
-        from dbparallel.runtime.launch import run_ray
-
-        data_bytes = _data_memory(cfg, index)  # the rows are checked on the cluster
-        report = run_ray(cfg, index, data_bytes=data_bytes, validate=cfg.data.validate)
+    report = train_run(cfg, only_blocks=getattr(args, "block", None))
     _print_summary(cfg, report)
     return 0
-
-
-def _check(cfg: Config, index: DataIndex, force: bool = False) -> None:
-    """The validation pass in this process (local mode, ``data check``)."""
-    from dbparallel.training.data_check import check_data, check_line
-
-    line = check_line(check_data(cfg, index, force))
-    if line:
-        print(line, flush=True)
-
-
-def _data_memory(cfg: Config, index: DataIndex) -> int:
-    """Print what a block's stream holds, and return it in bytes (0: no training rows); in
-    local mode, warn when it is over half of this machine's memory (a Ray run checks each
-    node once its blocks are placed)."""
-    from dbparallel.tasks import build_task
-    from dbparallel.training.data_memory import (
-        data_footprint,
-        footprint_line,
-        footprint_warning,
-        machine_memory,
-    )
-
-    if "train" not in index.present():  # e.g. data check of a test split alone
-        return 0
-    footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards,
-                               cfg.train.batch_size)
-    print(footprint_line(footprint), flush=True)
-    if cfg.runtime.local:  # one block at a time in this process
-        warning = footprint_warning(footprint.bytes, 1, machine_memory())
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
-    return footprint.bytes
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -125,8 +74,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         print(check_line(check_on_cluster(cfg, index, force=True)), flush=True)
     else:
-        _check(cfg, index, force=True)
-    _data_memory(cfg, index)
+        from dbparallel.training.data_check import check_here
+
+        check_here(cfg, index, force=True)
+    from dbparallel.training.data_memory import report_footprint
+
+    report_footprint(cfg, index)
     return 0
 
 

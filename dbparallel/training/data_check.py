@@ -99,6 +99,13 @@ def check_data(cfg: Config, index: DataIndex, force: bool = False,
     return CheckResult(total, seconds, False)
 
 
+def check_here(cfg: Config, index: DataIndex, force: bool = False) -> None:
+    """The validation pass in this process (local mode, ``data check``), its line printed."""
+    line = check_line(check_data(cfg, index, force))
+    if line:
+        print(line, flush=True)
+
+
 def check_line(result: CheckResult) -> str | None:
     """What a check that read the data prints (None for one remembered from before)."""
     if result.cached:

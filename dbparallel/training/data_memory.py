@@ -12,9 +12,11 @@ reads only those (a few MiB of a Parquet row group, a few files of an image fold
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from dbparallel.config import Config
 from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RowError
@@ -78,6 +80,24 @@ def row_bytes(index: DataIndex, task: Task, split: str = "train") -> int:
         return -(-rows_nbytes(rows) // (n - start))  # every unpacked row has one size
     assert first is not None
     raise first
+
+
+def report_footprint(cfg: Config, index: DataIndex) -> int:
+    """Print what a block's stream holds, and return it in bytes (0: no training rows); in
+    local mode, warn when it is over half of this machine's memory (a Ray run checks each
+    node once its blocks are placed)."""
+    from dbparallel.tasks import build_task
+
+    if "train" not in index.present():  # e.g. data check of a test split alone
+        return 0
+    footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards,
+                               cfg.train.batch_size)
+    print(footprint_line(footprint), flush=True)
+    if cfg.runtime.local:  # one block at a time in this process
+        warning = footprint_warning(footprint.bytes, 1, machine_memory())
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return footprint.bytes
 
 
 def footprint_line(footprint: DataFootprint) -> str:

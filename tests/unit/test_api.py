@@ -240,12 +240,14 @@ def test_the_api_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.chdir(tmp_path)
     _train("dit", Path("runs/tiny-cpu"))
     _train("ar", Path("runs/ar-shakespeare-tiny"))
+    (tmp_path / "jobs").symlink_to(ROOT / "jobs")
     guide = (ROOT / "docs" / "api.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", guide, flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for code in blocks:
         exec(compile(code, "docs/api.md", "exec"), {})
     assert (tmp_path / "tiny-cpu.safetensors").exists()
+    assert (tmp_path / "runs" / "tiny-python" / "report.json").exists()
 
 
 def test_an_export_path_splits_into_its_folder_and_name() -> None:
@@ -255,3 +257,28 @@ def test_an_export_path_splits_into_its_folder_and_name() -> None:
     assert split_uri("/a/b/net.safetensors") == ("/a/b", "net.safetensors")
     assert split_uri("s3://bucket/x/net.safetensors?endpoint_override=h:1&scheme=http") == (
         "s3://bucket/x?endpoint_override=h:1&scheme=http", "net.safetensors")
+
+
+def test_train_from_python_is_the_train_command(tmp_path: Path, capsys) -> None:
+    """dbparallel.train(recipe, overrides) trains what `dbparallel train` trains, returns the
+    report it writes, and raises where the command exits 2."""
+    tiny = ROOT / "jobs" / "tiny_cpu.yaml"
+    report = dbparallel.train(tiny, overrides={"run.dir": tmp_path / "api", "train.steps": 6,
+                                               "train.block_steps": [6, 4],
+                                               "metrics.port": 0}, local=True, progress=False)
+    assert [r["steps"] for r in report["per_block"]] == [6, 4]
+    assert report == json.loads((tmp_path / "api" / "report.json").read_text())
+    assert cli.main(["train", str(tiny), "--local", f"run.dir={tmp_path / 'cli'}",
+                     "train.steps=6", "train.block_steps=[6,4]", "metrics.port=0"]) == 0
+    command = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert [r["final_loss"] for r in report["per_block"]] == \
+        [r["final_loss"] for r in command["per_block"]]  # bit for bit
+    assert report["assembly"] == command["assembly"]
+    with pytest.raises(UserError, match=r"model.depth: 3 layers do not split equally"):
+        dbparallel.train(tiny, overrides=["model.depth=3", f"run.dir={tmp_path / 'bad'}"],
+                         local=True)
+    assert not (tmp_path / "bad").exists()
+    only = dbparallel.train(tiny, overrides=[f"run.dir={tmp_path / 'one'}", "train.steps=3",
+                                             "metrics.port=0"], local=True, blocks=[1],
+                            progress=False)
+    assert [r["block"] for r in only["per_block"]] == [1] and only["assembly"] == {}

@@ -1,0 +1,41 @@
+"""Training a run from its config: what `dbparallel train` and `dbparallel.train` both do.
+
+The data are indexed first (schema problems stop here, before any block starts), the block's
+data memory is printed, and the rows are checked once (``data.validate``): here in local
+mode, on the cluster's CPUs in a Ray run. Then every block trains, here one after another
+(``runtime.local``) or as concurrent Ray actors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbparallel.config import Config
+from dbparallel.errors import UserError
+from dbparallel.tasks import build_task
+from dbparallel.training.data_check import check_here
+from dbparallel.training.data_memory import report_footprint
+
+
+def train_run(cfg: Config, only_blocks: list[int] | None = None,
+              progress: bool | None = None) -> dict[str, Any]:
+    """Train ``cfg``'s run (only the blocks ``only_blocks``, in local mode) and return its
+    report (report.json's content)."""
+    from dbparallel.data.sources import open_data
+
+    if only_blocks and not cfg.runtime.local:
+        raise UserError("--block: trains a subset of blocks in this process; add --local")
+    build_task(cfg)
+    index = open_data(cfg.data)
+    if cfg.runtime.local:
+        from dbparallel.runtime.local import run_local
+
+        if cfg.data.validate:
+            check_here(cfg, index)
+        report_footprint(cfg, index)
+        return run_local(cfg, index, progress=progress, only_blocks=only_blocks)
+    from dbparallel.runtime.launch import run_ray
+
+    data_bytes = report_footprint(cfg, index)  # the rows are checked on the cluster
+    return run_ray(cfg, index, progress=progress, data_bytes=data_bytes,
+                   validate=cfg.data.validate)
