@@ -8,6 +8,7 @@ docs/api.md.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,33 +25,60 @@ def train(*recipes: str | os.PathLike, overrides: Mapping[str, Any] | Sequence[s
     """Train the run that the YAML ``recipes`` (merged in order) and ``overrides`` describe,
     exactly as ``dbparallel train`` does, and return its report (report.json's content).
 
-    ``overrides``: ``{"train.steps": 500, "run.dir": "runs/x"}`` or ``["train.steps=500"]``.
-    ``local=True`` trains in this process without Ray (``--local``), ``blocks`` only those
-    blocks (local only). Otherwise the blocks train as Ray actors on the cluster at
-    ``runtime.address`` or ``RAY_ADDRESS``, or in the Ray instance this process is already
-    connected to, else a private local one. Re-running on an existing ``run.dir`` resumes it.
-    Bad input raises ``dbparallel.errors.UserError`` (its message names the key, file or row)
-    before anything trains; a failed run raises ``RuntimeError``. ``progress``: progress bars
-    (default: when stderr is a terminal)."""
+    ``overrides``: ``{"train.steps": 500, "run.dir": "runs/x"}`` (nested mappings give dotted
+    keys) or ``["train.steps=500"]``. ``local=True`` trains in this process without Ray
+    (``--local``; so does a recipe with ``runtime.local: true``), ``blocks`` only those blocks
+    (with ``local=True``; None: every block). Otherwise the blocks train as Ray actors in the
+    Ray instance this process is already connected to, else on the cluster at
+    ``runtime.address`` or ``RAY_ADDRESS``, else in a private local one. Re-running on an
+    existing ``run.dir`` resumes it. Bad input raises ``dbparallel.errors.UserError`` (its
+    message names the key, file or row) before anything trains; a failed run raises
+    ``RuntimeError``. ``progress``: progress bars (default: when stderr is a terminal)."""
     from dbparallel.config import load_config
     from dbparallel.runtime.train import train_run
     from dbparallel.training.plan import fit_blocks
 
-    items = list(overrides) if not isinstance(overrides, Mapping) else [
-        f"{key}={_yaml_value(value)}" for key, value in overrides.items()]
+    items = _override_items(overrides)
     if local:
         items.append("runtime.local=true")
     cfg = load_config([os.fspath(r) for r in recipes], items, fit_blocks)
     return train_run(cfg, list(blocks) if blocks else None, progress)
 
 
+def _override_items(overrides: Mapping[str, Any] | Sequence[str]) -> list[str]:
+    """``key=value`` strings of a mapping (nested mappings give dotted keys) or a list."""
+    if isinstance(overrides, str):
+        raise TypeError("overrides: a mapping or a list of key=value strings, not one string")
+    if not isinstance(overrides, Mapping):
+        return list(overrides)
+    items: list[str] = []
+
+    def add(key: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                add(f"{key}.{k}", v)
+        else:
+            items.append(f"{key}={_yaml_value(value)}")
+
+    for key, value in overrides.items():
+        add(str(key), value)
+    return items
+
+
 def _yaml_value(value: Any) -> str:
-    """``value`` as an override's right-hand side (booleans as true/false, lists as YAML)."""
+    """``value`` as an override's right-hand side, read back as the same value: strings and
+    paths quoted (so "yes", "[x]" or "" stay strings), None as null, lists as YAML lists."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_yaml_value(v) for v in value) + "]"
-    return str(value)
+    return json.dumps(str(value))
 
 
 def load(source: str | os.PathLike, step: int | None = None,

@@ -282,3 +282,23 @@ def test_train_from_python_is_the_train_command(tmp_path: Path, capsys) -> None:
                                              "metrics.port=0"], local=True, blocks=[1],
                             progress=False)
     assert [r["block"] for r in only["per_block"]] == [1] and only["assembly"] == {}
+
+
+def test_train_overrides_from_python_values_are_read_back_as_given() -> None:
+    from dbparallel import _override_items
+
+    items = _override_items({"run": {"dir": Path("/tmp/x y"), "name": "yes"},
+                             "model.hidden": None, "train.lr": 1e-3, "train.compile": True,
+                             "data.path": "s3://b/x?endpoint_override=h:1#a",
+                             "train.block_steps": (6, 4)})
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], items)
+    assert (cfg.run.dir, cfg.run.name, cfg.train.lr, cfg.train.compile) == \
+        ("/tmp/x y", "yes", 1e-3, True)
+    assert cfg.model.hidden is None  # null, as model.hidden=null: the preset's width
+    assert cfg.data.path == "s3://b/x?endpoint_override=h:1#a"
+    assert cfg.train.block_steps == [6, 4]
+    odd = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], _override_items({"run.name": "[a]: b"}))
+    assert odd.run.name == "[a]: b"
+    assert _override_items(["train.steps=5"]) == ["train.steps=5"]
+    with pytest.raises(TypeError, match="not one string"):
+        _override_items("train.steps=5")
