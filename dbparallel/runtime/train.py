@@ -24,8 +24,8 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
     from dbparallel.data.sources import open_data
 
     if only_blocks and not cfg.runtime.local:
-        raise UserError("--block (Python: blocks=): trains a subset of blocks in this "
-                        "process; add --local (local=True)")
+        raise UserError("--block: trains a subset of blocks in this process; add --local "
+                        "(Python: blocks= with local=True)")
     build_task(cfg)
     index = open_data(cfg.data)
     if cfg.runtime.local:
