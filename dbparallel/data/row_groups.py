@@ -3,8 +3,12 @@
 Decoded whole (``ParquetFile.read_row_group``), a row group costs several times its size at
 once: for list columns Arrow's peak was about ten times the pixels (256 MiB of uint8 image
 lists: 2,593 MiB; benchmarks/parquet_read.py). ``row_group_batches`` decodes about
-``PIECE_BYTES`` of rows at a time (10 MiB at the peak for the same row group), reading the
-file through a buffer of ``READ_BUFFER`` bytes (one request each to an object store).
+``PIECE_BYTES`` of rows at a time (10 MiB at the peak for the same row group). A local file is
+read through a buffer of ``READ_BUFFER`` bytes as it is decoded. From an object store the row
+group's bytes are fetched first, in concurrent ranged requests (Arrow's read-ahead), and then
+decoded a piece at a time: that holds the row group's encoded bytes once, and measured faster
+than one request after another behind a link with a round-trip time
+(benchmarks/object_store_read.py).
 
 A piece's rows are sized from the footer, by what the read columns decode to: per leaf
 column, its uncompressed bytes or, for fixed-width values, its values times their width,
@@ -24,12 +28,15 @@ READ_BUFFER = 8 << 20  # bytes of a file read at a time
 
 
 def row_group_batches(f: pa.NativeFile, row_group: int, columns: list[str] | None = None,
-                      metadata: pq.FileMetaData | None = None) -> Iterator[pa.RecordBatch]:
+                      metadata: pq.FileMetaData | None = None,
+                      read_ahead: bool = False) -> Iterator[pa.RecordBatch]:
     """Row group ``row_group`` of the open Parquet file ``f`` (only ``columns``, when given),
-    in batches of about ``PIECE_BYTES`` decoded, each read as it is decoded; ``metadata``:
-    the file's footer, when already read. ArrowInvalid when the file has no such row
-    group."""
-    pf = pq.ParquetFile(f, metadata=metadata, buffer_size=READ_BUFFER, pre_buffer=False)
+    in batches of about ``PIECE_BYTES`` decoded; ``metadata``: the file's footer, when
+    already read. The file is read as it is decoded, ``READ_BUFFER`` at a time, or, with
+    ``read_ahead`` (an object store), the row group's bytes first, in concurrent requests.
+    ArrowInvalid when the file has no such row group."""
+    pf = pq.ParquetFile(f, metadata=metadata, buffer_size=0 if read_ahead else READ_BUFFER,
+                        pre_buffer=read_ahead)
     if not 0 <= row_group < pf.num_row_groups:
         raise pa.ArrowInvalid(f"no row group {row_group}: the file has {pf.num_row_groups}")
     group = pf.metadata.row_group(row_group)

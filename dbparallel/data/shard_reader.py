@@ -20,6 +20,7 @@ from typing import TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from dbparallel.data.row_groups import row_group_batches
 from dbparallel.data.shards import DataIndex, Shard
@@ -123,12 +124,14 @@ def _parquet_pieces(shard: Shard, columns: list[str] | None,
     if columns is not None:
         wanted = list(columns) + ([SPLIT_COLUMN] if shard.split_filter else [])
     want = shard.rows if limit is None else min(limit, shard.rows)
+    remote = not isinstance(fs, pafs.LocalFileSystem)  # an object store: read ahead
     done, kept = 0, 0  # rows of the row group passed on, rows of the shard yielded
     for wait in (*RETRIES, None):
         try:
             with fs.open_input_file(path) as f:
                 start = 0
-                for batch in row_group_batches(f, shard.row_group, wanted):
+                for batch in row_group_batches(f, shard.row_group, wanted,
+                                               read_ahead=remote):
                     first, start = start, start + batch.num_rows
                     if start <= done:  # yielded before the read failed
                         continue

@@ -260,7 +260,9 @@ def _parquet_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
                        if _string_column(schema, c, path)]
             row = 0
             for group in range(pf.num_row_groups):
-                for batch in row_group_batches(f, group, columns, pf.metadata):
+                for batch in row_group_batches(
+                        f, group, columns, pf.metadata,
+                        read_ahead=not isinstance(fs, pafs.LocalFileSystem)):
                     yield from _table_documents(pa.Table.from_batches([batch]), row, path)
                     row += batch.num_rows
     except (pa.ArrowException, OSError) as err:

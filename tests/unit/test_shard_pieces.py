@@ -89,9 +89,9 @@ def test_a_dropped_connection_resumes_after_the_rows_already_read(tmp_path,
     clean = read_shard(shard, ["image", "label"])
     real, attempts = shard_reader.row_group_batches, []
 
-    def dropping(f, group, columns, fail_after: int = 3):
+    def dropping(f, group, columns, fail_after: int = 3, **kwargs):
         attempts.append(1)
-        for i, batch in enumerate(real(f, group, columns)):
+        for i, batch in enumerate(real(f, group, columns, **kwargs)):
             if len(attempts) == 1 and i == fail_after:
                 raise OSError("connection reset by peer")
             yield batch
@@ -103,7 +103,7 @@ def test_a_dropped_connection_resumes_after_the_rows_already_read(tmp_path,
     assert again.file_rows.tolist() == clean.file_rows.tolist()  # no row twice, none lost
     assert again.table.equals(clean.table)
 
-    def down(f, group, columns):
+    def down(f, group, columns, **kwargs):
         raise OSError("connection refused")
         yield
 
