@@ -187,9 +187,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, (sec, mem) = plt.subplots(1, 2, figsize=(9, 3.5))
     names = [r["arm"] for r in result["rows"]]
     sec.bar(names, [r["seconds"] for r in result["rows"]])
-    mem.bar(names, [r["arrow_peak_bytes"] / 2**20 for r in result["rows"]])
+    x = range(len(names))
+    mem.bar([i - 0.2 for i in x], [r["arrow_peak_bytes"] / 2**20 for r in result["rows"]],
+            0.4, label="Arrow's peak")
+    mem.bar([i + 0.2 for i in x], [r["process_peak_bytes"] / 2**20 for r in result["rows"]],
+            0.4, label="added to the process")
+    mem.set_xticks(list(x), names)
+    mem.legend()
     sec.set_ylabel("seconds")
-    mem.set_ylabel("Arrow's peak, MiB")
+    mem.set_ylabel("MiB")
     fig.suptitle(f"One {result['rows'][0]['row_group_mib']} MiB row group from an object store "
                  f"({result['rtt_ms']:g} ms, {result['mbps_per_connection']:g} MB/s a connection)")
     fig.tight_layout()
