@@ -38,7 +38,7 @@ from dbparallel.training.history import AssemblyLog
 from dbparallel.training.lease import release_session
 from dbparallel.training.plan import Cluster, concurrent_blocks
 from dbparallel.training.report import build_report, write_report
-from dbparallel.training.run_dir import open_run, pin_data
+from dbparallel.training.run_dir import check_resumable, open_run, pin_data
 
 log = logging.getLogger(__name__)
 STATE_API_VAR = "RAY_API_SERVER_ADDRESS"
@@ -191,6 +191,8 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         from dbparallel.data.sources import open_data
 
         index = open_data(cfg.data)
+    if validate:
+        check_resumable(cfg, index)  # a run directory that would be refused, before the check
     session = uuid.uuid4().hex  # this run's writers; a restarted actor takes its lease over
     connected = connect(cfg)
     pg, backend, bars, storage = None, None, None, None

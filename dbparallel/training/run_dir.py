@@ -19,15 +19,26 @@ def open_run(cfg: Config) -> Storage:
     """Storage of ``cfg``'s run directory; refuses a directory trained with another network."""
     storage = Storage(cfg.run_dir)
     storage.makedirs()
+    _refuse_other_config(storage, cfg)
+    storage.write_text(CONFIG_FILE, dump_yaml(cfg))
+    return storage
+
+
+def check_resumable(cfg: Config, index: DataIndex) -> None:
+    """The RunDirError ``open_run`` or ``pin_data`` would raise for ``cfg``'s run directory
+    and ``index``, raised now, without writing anything (a run that checks its data first)."""
+    storage = Storage(cfg.run_dir)
+    _refuse_other_config(storage, cfg)
+    _refuse_other_data(storage, index)
+
+
+def _refuse_other_config(storage: Storage, cfg: Config) -> None:
     if storage.exists(CONFIG_FILE):
-        previous = stored_config(storage)
-        keys = identity_diff(previous, to_dict(cfg))
+        keys = identity_diff(stored_config(storage), to_dict(cfg))
         if keys:
             raise RunDirError(
                 f"{storage.uri()} holds blocks trained with other values of {', '.join(keys)}; "
                 "resume with the same values or choose a new run.dir")
-    storage.write_text(CONFIG_FILE, dump_yaml(cfg))
-    return storage
 
 
 def stored_config(storage: Storage) -> dict:
@@ -43,19 +54,23 @@ def pin_data(storage: Storage, index: DataIndex) -> None:
     """Record the data a run trains on; a resume on other data (files added, changed or
     re-written) is refused, because every block's data order depends on it."""
     if storage.exists(DATA_INDEX_FILE):
-        previous = DataIndex.from_json(storage.read_json(DATA_INDEX_FILE))
-        if previous.fingerprint != index.fingerprint:
-            then, now = previous.num_rows("train"), index.num_rows("train")
-            raise RunDirError(
-                f"{storage.uri()} was trained on other data than {index.source} now holds "
-                f"({then} training rows then, {now} now, or changed files); resume with the "
-                f"original data or choose a new run.dir")
+        _refuse_other_data(storage, index)
     else:
         storage.write_json(DATA_INDEX_FILE, index.to_json())
     if index.meta.get("tokenizer") and not storage.exists(VOCAB_FILE):
         from dbparallel.data.tokenizer import load_tokenizer
 
         storage.write_json(VOCAB_FILE, load_tokenizer(index.meta).describe())
+
+
+def _refuse_other_data(storage: Storage, index: DataIndex) -> None:
+    previous = pinned_data(storage)
+    if previous is not None and previous.fingerprint != index.fingerprint:
+        then, now = previous.num_rows("train"), index.num_rows("train")
+        raise RunDirError(
+            f"{storage.uri()} was trained on other data than {index.source} now holds "
+            f"({then} training rows then, {now} now, or changed files); resume with the "
+            f"original data or choose a new run.dir")
 
 
 def pinned_data(storage: Storage) -> DataIndex | None:

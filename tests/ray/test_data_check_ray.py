@@ -91,3 +91,18 @@ def test_data_only_the_driver_sees_is_checked_by_the_driver(ray_session, tmp_pat
     # them, so that side is tested on readable_anywhere, tests/unit/test_data_check_units.py)
     digits = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}"])
     assert cluster_units(digits, open_data(digits.data)) is None  # in this machine's cache
+
+
+def test_a_refused_run_directory_is_named_before_the_data_are_checked(
+        ray_session, tmp_path, capsys) -> None:
+    data = _data(tmp_path / "data", bad_labels_at=(2601,))
+    from dbparallel.training.run_dir import open_run
+
+    run_dir = tmp_path / "run"
+    open_run(load_config([RECIPE], [f"run.dir={run_dir}", "data.source=parquet",
+                                    f"data.path={data}", "model.depth=4"]))  # another net
+    assert main(["train", str(RECIPE), f"run.dir={run_dir}", "data.source=parquet",
+                 f"data.path={data}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds blocks trained with other values of model.depth;" in err
+    assert "label 12" not in err  # the run directory first, then (not here) the rows

@@ -35,3 +35,28 @@ def test_only_data_every_machine_reads_alike_is_checked_on_a_cluster() -> None:
     assert readable_anywhere(index("s3://bucket/part-0.parquet?region=x"))
     assert not readable_anywhere(index("data/part-0.parquet"))  # relative to the driver
     assert not readable_anywhere(index("/home/me/.cache/d.parquet", cached=True))
+
+
+def test_a_run_directory_that_would_be_refused_is_found_without_writing(tmp_path) -> None:
+    """check_resumable raises what open_run/pin_data would, before the (long) data check, and
+    writes nothing into a new run directory."""
+    from pathlib import Path
+
+    import pytest
+
+    from dbparallel.config import load_config
+    from dbparallel.errors import RunDirError
+    from dbparallel.training.run_dir import check_resumable, open_run, pin_data
+
+    tiny = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+    cfg = load_config([tiny], [f"run.dir={tmp_path / 'run'}"])
+    index = _index([100, 250], [30])
+    check_resumable(cfg, index)
+    assert not (tmp_path / "run").exists()
+    pin_data(open_run(cfg), index)
+    check_resumable(cfg, index)  # the same run: resumable
+    other = load_config([tiny], [f"run.dir={tmp_path / 'run'}", "model.depth=4"])
+    with pytest.raises(RunDirError, match="other values of model.depth"):
+        check_resumable(other, index)
+    with pytest.raises(RunDirError, match="trained on other data"):
+        check_resumable(cfg, _index([100, 251], [30]))
