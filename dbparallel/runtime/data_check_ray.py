@@ -34,7 +34,11 @@ def _check(cfg: Config, index: DataIndex, unit: Unit) -> int:
 def cluster_units(cfg: Config, index: DataIndex) -> UnitRunner | None:
     """``ray_units`` where the cluster can do the pass: the data are readable from every node
     (``readable_anywhere``) and a CPU is free now; else None (checked in the driver)."""
-    if not readable_anywhere(index) or ray.available_resources().get("CPU", 0) < 1:
+    if not readable_anywhere(index):
+        return None  # the built-in sets in this machine's cache, or a relative data.path
+    if ray.available_resources().get("CPU", 0) < 1:
+        print("data: no CPU of the cluster is free; the rows are checked here, in the driver",
+              flush=True)
         return None
     return ray_units(cfg, index)
 
