@@ -95,6 +95,44 @@ def finish(name: str, result: dict[str, Any], args: argparse.Namespace,
     plot(result, out / f"{name}.png")
 
 
+class ReadMemory:
+    """From its creation on: Arrow's peak (a fresh pool made Arrow's default) and what the
+    process's resident memory grew by at its peak (Linux: VmHWM, reset here, less VmRSS)."""
+
+    _pools: list[Any] = []  # Arrow's default pool must outlive every buffer it allocated
+
+    def __init__(self) -> None:
+        import pyarrow as pa
+
+        self.pool = pa.proxy_memory_pool(pa.system_memory_pool())
+        ReadMemory._pools.append(self.pool)
+        pa.set_memory_pool(self.pool)
+        Path("/proc/self/clear_refs").write_text("5")  # the peak RSS starts again here
+        self.before = _proc_status("VmRSS")
+
+    def result(self) -> dict[str, int]:
+        return {"arrow_peak_bytes": self.pool.max_memory(),
+                "process_peak_bytes": _proc_status("VmHWM") - self.before}
+
+
+def _proc_status(key: str) -> int:
+    """Bytes of ``key`` (VmRSS: resident now, VmHWM: its peak) in /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def fresh_runs(script: str, args: list[str], repeats: int) -> list[dict[str, Any]]:
+    """``repeats`` runs of ``python script --one *args``, each in a new process, each printing
+    one JSON object."""
+    import subprocess
+
+    return [json.loads(subprocess.run([sys.executable, script, "--one", *args], check=True,
+                                      capture_output=True, text=True).stdout)
+            for _ in range(repeats)]
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:,.1f}"
 

@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -40,7 +39,15 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import finish, load_average, machine, parser, settle  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ReadMemory,
+    finish,
+    fresh_runs,
+    load_average,
+    machine,
+    parser,
+    settle,
+)
 
 ARMS = ("whole", "pieces", "pieces, read-ahead")
 ROW_PIXELS = 3 * 64 * 64
@@ -92,12 +99,8 @@ def one(arm: str, uri: str) -> dict[str, Any]:
     from dbparallel.data import row_groups
     from dbparallel.data.tables import resolve_path
 
-    pool = pa.proxy_memory_pool(pa.system_memory_pool())
-    POOLS.append(pool)  # Arrow's default pool must outlive every buffer it allocated
-    pa.set_memory_pool(pool)
     fs, path = resolve_path(uri)
-    Path("/proc/self/clear_refs").write_text("5")  # the process's peak RSS starts again here
-    before = _status("VmRSS")
+    memory = ReadMemory()
     start = time.perf_counter()
     rows = 0
     with fs.open_input_file(path) as f:
@@ -108,19 +111,7 @@ def one(arm: str, uri: str) -> dict[str, Any]:
             for batch in row_groups.row_group_batches(f, 0, ["image", "label"],
                                                       read_ahead=ahead):
                 rows += batch.num_rows
-    return {"rows": rows, "seconds": time.perf_counter() - start,
-            "arrow_peak_bytes": pool.max_memory(), "process_peak_bytes": _status("VmHWM") - before}
-
-
-def _status(key: str) -> int:
-    """Bytes of ``key`` (VmRSS: resident now, VmHWM: its peak) in /proc/self/status."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-POOLS: list[pa.MemoryPool] = []
+    return {"rows": rows, "seconds": time.perf_counter() - start, **memory.result()}
 
 
 def run(quick: bool = False, rtt_ms: float = 20.0, mbps: float = 100.0) -> dict[str, Any]:
@@ -154,11 +145,7 @@ def run(quick: bool = False, rtt_ms: float = 20.0, mbps: float = 100.0) -> dict[
                f"&scheme=http&region=us-east-1")
         out = []
         for arm in ARMS:
-            runs = []
-            for _ in range(repeats):
-                text = subprocess.run([sys.executable, __file__, "--one", arm, uri],
-                                      check=True, capture_output=True, text=True).stdout
-                runs.append(json.loads(text))
+            runs = fresh_runs(__file__, [arm, uri], repeats)
             out.append({"arm": arm, "rows": runs[0]["rows"], "row_group_mib": group_mib,
                         "seconds": statistics.median(r["seconds"] for r in runs),
                         "arrow_peak_bytes": max(r["arrow_peak_bytes"] for r in runs),

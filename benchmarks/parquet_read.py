@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,14 +31,21 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import finish, load_average, machine, parser, settle  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ReadMemory,
+    finish,
+    fresh_runs,
+    load_average,
+    machine,
+    parser,
+    settle,
+)
 
 LAYOUTS = ("uint8 fixed-size lists", "float32 lists", "encoded bytes")
 SIZES_MIB = (16, 64, 256)  # one row group of about this many MiB of pixels
 QUICK_SIZES_MIB = (8,)
 ROW_PIXELS = 3 * 32 * 32
 ARMS = ("whole", "pieces")
-POOLS: list[pa.MemoryPool] = []
 
 
 def write(layout: str, mib: int, path: Path) -> int:
@@ -66,12 +72,8 @@ def one(arm: str, path: str) -> dict[str, Any]:
     from dbparallel.data.parquet_index import parquet_index
     from dbparallel.data.shard_reader import read_pieces
 
-    pool = pa.proxy_memory_pool(pa.system_memory_pool())
-    POOLS.append(pool)  # Arrow's default pool must outlive every buffer it allocated
-    pa.set_memory_pool(pool)
     (shard,) = parquet_index(path).shards("train")
-    Path("/proc/self/clear_refs").write_text("5")  # the process's peak RSS starts again here
-    before = _status("VmRSS")
+    memory = ReadMemory()
     start = time.perf_counter()
     rows = 0
     if arm == "whole":
@@ -81,24 +83,11 @@ def one(arm: str, path: str) -> dict[str, Any]:
         for piece in read_pieces(shard, ["image", "label"]):
             rows += piece.table.num_rows
     seconds = time.perf_counter() - start
-    return {"rows": rows, "seconds": seconds, "arrow_peak_bytes": pool.max_memory(),
-            "process_peak_bytes": _status("VmHWM") - before}
-
-
-def _status(key: str) -> int:
-    """Bytes of ``key`` (VmRSS: resident now, VmHWM: its peak) in /proc/self/status."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
+    return {"rows": rows, "seconds": seconds, **memory.result()}
 
 
 def measure(arm: str, path: Path, repeats: int) -> dict[str, Any]:
-    runs = []
-    for _ in range(repeats):
-        out = subprocess.run([sys.executable, __file__, "--one", arm, str(path)], check=True,
-                             capture_output=True, text=True).stdout
-        runs.append(json.loads(out))
+    runs = fresh_runs(__file__, [arm, str(path)], repeats)
     return {"rows_read": runs[0]["rows"],
             "seconds": statistics.median(r["seconds"] for r in runs),
             "arrow_peak_bytes": max(r["arrow_peak_bytes"] for r in runs),
