@@ -112,10 +112,7 @@ class _Writer:
     def close(self) -> None:
         if self.pending_rows:
             self._write(pa.concat_tables(self.pending))
-        self.pending, self.pending_rows = [], 0
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        self.abandon()  # nothing is pending now
 
     def abandon(self) -> None:
         """Close the file being written without its pending rows (it is deleted next)."""

@@ -167,8 +167,8 @@ def reserve_blocks(cfg: Config, slots: int, data_bytes: int = 0) -> tuple[Any, i
 
 def check_on_cluster(cfg: Config, index: DataIndex, force: bool = False,
                      progress: bool | None = None) -> CheckResult:
-    """The validation pass (``check_data``) as Ray tasks on the cluster at runtime.address
-    or RAY_ADDRESS (or an instance started here)."""
+    """The validation pass (``check_data``) as Ray tasks on the cluster this process joined,
+    else at runtime.address or RAY_ADDRESS, else in an instance started (and stopped) here."""
     connected = connect(cfg)
     try:
         return check_data(cfg, index, force, progress, run=cluster_units(cfg, index))
@@ -198,8 +198,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     pg, backend, bars, storage = None, None, None, None
     try:
         if validate:
-            line = check_line(check_data(cfg, index, progress=progress,
-                                         run=cluster_units(cfg, index)))
+            line = check_line(check_on_cluster(cfg, index, progress=progress))
             if line:
                 print(line, flush=True)
         storage = open_run(cfg)
