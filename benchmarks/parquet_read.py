@@ -50,6 +50,13 @@ ARMS = ("whole", "pieces")
 
 def write(layout: str, mib: int, path: Path) -> int:
     """One row group of about ``mib`` MiB of rows in ``layout``; returns its rows."""
+    table = group_table(layout, mib)
+    pq.write_table(table, path, row_group_size=table.num_rows)
+    return table.num_rows
+
+
+def group_table(layout: str, mib: int) -> pa.Table:
+    """About ``mib`` MiB of random images in ``layout``, and labels, as one chunk."""
     itemsize = 4 if layout == "float32 lists" else 1
     rows = max(1, (mib << 20) // (ROW_PIXELS * itemsize))
     rng = np.random.default_rng(0)
@@ -62,9 +69,7 @@ def write(layout: str, mib: int, path: Path) -> int:
                                                            .ravel()))
     else:
         image = pa.array([row.tobytes() for row in pixels], pa.binary())
-    table = pa.table({"image": image, "label": pa.array(rng.integers(0, 10, rows))})
-    pq.write_table(table, path, row_group_size=rows)
-    return rows
+    return pa.table({"image": image, "label": pa.array(rng.integers(0, 10, rows))})
 
 
 def one(arm: str, path: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dbparallel.data.cache import atomic_path, cache_dir
+from dbparallel.data.row_groups import in_pieces
 from dbparallel.data.splits import SPLIT_COLUMN
 from dbparallel.data.tables import IMAGE_COLUMN, LABEL_COLUMN, read_table
 from dbparallel.errors import DataError
@@ -106,7 +107,7 @@ def cached_idx_parquet(files: dict[str, tuple[Path, Path]], shard_rows: int) -> 
     path = cache_dir() / "fashion_mnist" / f"fashion_mnist_{digest}.parquet"
     if not path.is_file():
         tmp = atomic_path(path)
-        pq.write_table(idx_table(files), tmp, row_group_size=shard_rows)
+        pq.write_table(in_pieces(idx_table(files)), tmp, row_group_size=shard_rows)
         os.replace(tmp, path)
     return str(path)
 

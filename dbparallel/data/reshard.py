@@ -6,8 +6,9 @@ window of millions of rows. An image folder is read file by file, slowly on an o
 ``reshard`` rewrites either, once, as Parquet files of row groups of ``shard_rows`` rows, one
 split per file name (``train-00000.parquet``), rows in index order, the image and label
 columns as they are (encoded images stay encoded; nothing is decoded or checked: ``dbparallel
-data check`` does that). It reads a piece of a row group at a time and holds at most one row
-group being written; if it fails part-way it deletes the files it wrote.
+data check`` does that). It reads a piece of a row group at a time, holds at most one row group
+being written and hands it to the writer a piece at a time (``in_pieces``); if it fails
+part-way it deletes the files it wrote.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
+from dbparallel.data.row_groups import in_pieces
 from dbparallel.data.shard_reader import read_pieces
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tables import resolve_path
@@ -132,6 +134,6 @@ class _Writer:
             self.writer = pq.ParquetWriter(path, schema, filesystem=self.fs)
             self.done.files.append(name)
         assert self.writer is not None
-        self.writer.write_table(rows.combine_chunks(), row_group_size=self.shard_rows)
+        self.writer.write_table(in_pieces(rows), row_group_size=self.shard_rows)
         self.groups += 1
         self.done.row_groups += 1

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from dbparallel.config import DataConfig
 from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
+from dbparallel.data.row_groups import in_pieces
 from dbparallel.data.shard_reader import SPLIT_COLUMN, iter_split
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tables import image_table
@@ -38,7 +39,7 @@ def digits_parquet(shard_rows: int) -> str:
     path = cache_dir() / "digits" / f"digits_r{shard_rows}_v{DIGITS_VERSION}.parquet"
     if not path.is_file():
         tmp = atomic_path(path)
-        pq.write_table(digits_table(), tmp, row_group_size=shard_rows)
+        pq.write_table(in_pieces(digits_table()), tmp, row_group_size=shard_rows)
         os.replace(tmp, path)
     return str(path)
 

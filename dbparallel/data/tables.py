@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dbparallel.config import DataConfig
+from dbparallel.data.row_groups import in_pieces
 from dbparallel.errors import DataError
 
 IMAGE_COLUMN = "image"
@@ -51,7 +52,7 @@ def write_table(table: pa.Table, path: str) -> None:
     parent = where.rsplit("/", 1)[0]
     if parent and parent != where:
         fs.create_dir(parent, recursive=True)
-    pq.write_table(table, where, filesystem=fs)
+    pq.write_table(in_pieces(table), where, filesystem=fs)
 
 
 def image_table(images: np.ndarray, labels: np.ndarray) -> pa.Table:

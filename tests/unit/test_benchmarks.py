@@ -126,6 +126,21 @@ def test_parquet_read_rows() -> None:
             assert pieces["arrow_peak_bytes"] < whole["arrow_peak_bytes"] / 2
 
 
+
+def test_parquet_write_rows() -> None:
+    """Both arms write the same rows as one row group (pages may split elsewhere: a file
+    within 1% of the other's size); in pieces, Arrow holds less of it."""
+    from benchmarks import parquet_write
+
+    result = parquet_write.run(quick=True)
+    assert len(result["rows"]) == len(parquet_write.LAYOUTS) * len(parquet_write.ARMS)
+    for whole, pieces in zip(result["rows"][::2], result["rows"][1::2], strict=True):
+        assert (whole["arm"], pieces["arm"]) == ("one chunk", "pieces")
+        assert whole["rows"] == pieces["rows"] > 0
+        assert abs(whole["file_bytes"] - pieces["file_bytes"]) < whole["file_bytes"] / 100
+        if whole["layout"] == "uint8 fixed-size lists":
+            assert pieces["arrow_peak_bytes"] < whole["arrow_peak_bytes"] / 2
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_throughput_rows(ray_session: dict) -> None:

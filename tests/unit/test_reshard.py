@@ -134,3 +134,33 @@ def test_a_reshard_that_fails_part_way_leaves_no_files(tmp_path, monkeypatch) ->
               "data.channels=3", "data.shard_rows=64"])
     assert written == [out / "train-00000.parquet"]  # a row group was written by then
     assert list(out.iterdir()) == []  # and removed with the failure
+
+
+POOLS: list[pa.MemoryPool] = []  # a pool must outlive every buffer it allocated: never freed
+
+
+def test_a_row_group_is_written_a_piece_at_a_time(tmp_path) -> None:
+    """40 MB of uint8 image lists rewritten as one row group: handed to Arrow's writer as one
+    chunk, its peak is about 13 times the row group (levels and values of every element); in
+    pieces the writer holds about the encoded row group, and the reshard about two."""
+    rng = np.random.default_rng(0)
+    flat = rng.integers(0, 256, (13_000, 3 * 32 * 32), dtype=np.uint8)
+    table = pa.table({
+        "image": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1]),
+        "label": pa.array(rng.integers(0, 10, len(flat)))})
+    source, out = tmp_path / "one.parquet", tmp_path / "out"
+    pq.write_table(table, source)
+    size = table.nbytes
+    previous = pa.default_memory_pool()
+    pool = pa.proxy_memory_pool(pa.system_memory_pool())
+    POOLS.append(pool)
+    try:
+        pa.set_memory_pool(pool)
+        assert main(["data", "reshard", str(source), "--out", str(out), "data.image_size=32",
+                     "data.channels=3", "data.shard_rows=13000"]) == 0
+    finally:
+        pa.set_memory_pool(previous)
+    assert pool.max_memory() < 3 * size, (pool.max_memory(), size)
+    written = pq.ParquetFile(out / "train-00000.parquet")
+    assert written.num_row_groups == 1 and written.metadata.num_rows == 13_000
+    assert written.read().equals(table)
