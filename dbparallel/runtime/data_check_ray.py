@@ -6,7 +6,9 @@ on the head node, which may have few. Data only this machine sees (built into it
 named by a relative path), or a cluster with no CPU free, are checked in the driver instead.
 The first bad row in index order is the one named, as on the driver: once a unit fails, the
 units after it are cancelled and the ones before it are waited for (one of them may hold an
-earlier bad row).
+earlier bad row). A cluster that stops running the tasks (full, or its nodes gone) does not
+stall the pass: after ``PATIENCE_S`` seconds with none finished, the driver checks the units
+too, from the last.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from dbparallel.training.data_check import (
 )
 
 
+PATIENCE_S = 30.0  # seconds with no task finished before the driver checks units itself
+
+
 @ray.remote(max_retries=2)
 def _check(cfg: Config, index: DataIndex, unit: Unit) -> int:
     return check_unit(cfg, index, unit)
@@ -43,9 +48,11 @@ def cluster_units(cfg: Config, index: DataIndex) -> UnitRunner | None:
     return ray_units(cfg, index)
 
 
-def ray_units(cfg: Config, index: DataIndex) -> UnitRunner:
+def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S) -> UnitRunner:
     """A runner for ``check_data`` that checks each unit in a Ray task of one CPU, decoding on
-    one thread."""
+    one thread. When no task has finished for ``patience`` seconds (the cluster filled up
+    after the pass began, or its nodes are gone), the driver checks units too, from the last
+    one not yet checked: the pass never waits on a cluster that does not run it."""
     one = with_threads(cfg, 1)
 
     def run(units: list[Unit]) -> Iterator[int]:
@@ -55,20 +62,44 @@ def ray_units(cfg: Config, index: DataIndex) -> UnitRunner:
         position = {ref: i for i, ref in enumerate(refs)}
         pending, dropped = list(refs), []
         failed: tuple[int, Exception] | None = None  # the lowest failed unit and its error
+        helping = False  # the driver checks units too
+
+        def fail(at: int, err: Exception) -> None:
+            nonlocal failed, pending
+            if failed is None or at < failed[0]:
+                failed = (at, err)
+            dropped.extend(r for r in pending if position[r] > failed[0])
+            pending = [r for r in pending if position[r] < failed[0]]
+            for r in dropped:
+                ray.cancel(r)
+
         try:
             while pending:
-                (ref,), pending = ray.wait(pending, num_returns=1)
+                ready, pending = ray.wait(pending, num_returns=1,
+                                          timeout=0 if helping else patience)
+                if not ready:  # nothing finished in time: the driver takes the last unit
+                    if not helping:
+                        print(f"data: no check task finished in {patience:g} s (is the "
+                              f"cluster full?); the driver checks units too", flush=True)
+                    helping = True
+                    ref = max(pending, key=position.__getitem__)  # its task likely waits
+                    pending.remove(ref)
+                    ray.cancel(ref)
+                    dropped.append(ref)
+                    try:
+                        rows = check_unit(one, index, units[position[ref]])
+                    except Exception as err:  # noqa: BLE001 (ordered as a task's failure)
+                        fail(position[ref], err)
+                        continue
+                    yield rows
+                    continue
+                (ref,) = ready
                 try:
                     rows = ray.get(ref)
                 except ray.exceptions.RayError as err:  # bad data, or a worker lost for good
                     cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) and \
                         isinstance(err.cause, Exception) else err
-                    if failed is None or position[ref] < failed[0]:
-                        failed = (position[ref], cause)
-                    dropped += [r for r in pending if position[r] > failed[0]]
-                    pending = [r for r in pending if position[r] < failed[0]]
-                    for r in dropped:
-                        ray.cancel(r)
+                    fail(position[ref], cause)
                     continue
                 yield rows
         finally:

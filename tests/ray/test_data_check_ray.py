@@ -106,3 +106,43 @@ def test_a_refused_run_directory_is_named_before_the_data_are_checked(
     err = capsys.readouterr().err
     assert "holds blocks trained with other values of model.depth;" in err
     assert "label 12" not in err  # the run directory first, then (not here) the rows
+
+
+def test_a_cluster_that_runs_no_task_leaves_the_pass_to_the_driver(
+        ray_session, tmp_path, monkeypatch, capsys) -> None:
+    """Every free CPU held by a placement group after the pass began: the driver checks the
+    units itself, from the last, and still names the first bad row in index order. A watchdog
+    frees the CPUs after 120 s, so a pass that waits on the tasks fails instead of hanging."""
+    import threading
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from dbparallel.runtime.data_check_ray import ray_units
+
+    monkeypatch.setattr(data_check, "UNIT_ROWS", 300)  # 10 units of 3 row groups
+    good = _data(tmp_path / "good")
+    bad = _data(tmp_path / "bad", bad_labels_at=(2950, 1720, 2210))  # units 9, 5, 7
+    free = ray.available_resources().get("CPU", 0)
+    group = placement_group([{"CPU": free}]) if free else None
+    if group is not None:
+        assert group.wait(60), "the placement group holding every free CPU was not placed"
+    watchdog = threading.Timer(120, lambda: group and remove_placement_group(group))
+    watchdog.start()
+    try:
+        cfg, index = _cfg(good, tmp_path / "run"), parquet_index(str(good))
+        result = data_check.check_data(cfg, index, progress=False,
+                                       run=ray_units(cfg, index, patience=0.2))
+        assert (result.rows, result.cached) == (3000, False)
+        cfg, index = _cfg(bad, tmp_path / "run"), parquet_index(str(bad))
+        with pytest.raises(DataError) as err:
+            data_check.check_data(cfg, index, progress=False,
+                                  run=ray_units(cfg, index, patience=0.2))
+        assert "part-1.parquet row 220: column 'label' has label 12" in str(err.value)
+        assert watchdog.is_alive(), "the pass waited for the cluster to free a CPU"
+    finally:
+        watchdog.cancel()
+        if group is not None:
+            remove_placement_group(group)
+    assert "no check task finished in 0.2 s (is the cluster full?); the driver checks units " \
+        "too" in capsys.readouterr().out
