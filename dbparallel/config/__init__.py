@@ -42,6 +42,7 @@ from dbparallel.config.schema import (
     RuntimeConfig,
     SampleConfig,
     TrainConfig,
+    bytes_text,
     parse_bytes,
 )
 
@@ -50,7 +51,7 @@ __all__ = [
     "LABEL_EMBEDDINGS", "LABEL_STARTS", "LEGACY_VALUES", "NOT_IDENTITY", "OBJECTIVES",
     "PARTITIONS", "PRECISIONS", "PRESETS", "TASKS", "TEXT_TASKS", "TOKENIZERS", "Config",
     "ConfigError", "DataConfig", "DebugConfig", "MetricsConfig", "ModelConfig", "NoiseConfig",
-    "RunConfig", "RuntimeConfig", "SampleConfig", "TrainConfig", "config_hash", "describe",
-    "dump_yaml", "from_dict", "identity", "identity_diff", "load_config", "parse_bytes",
-    "to_dict", "upgrade",
+    "RunConfig", "RuntimeConfig", "SampleConfig", "TrainConfig", "bytes_text", "config_hash",
+    "describe", "dump_yaml", "from_dict", "identity", "identity_diff", "load_config",
+    "parse_bytes", "to_dict", "upgrade",
 ]

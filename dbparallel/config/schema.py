@@ -391,3 +391,11 @@ def parse_bytes(text: str, key: str) -> int:
     if not match or match.group(2) not in UNITS:
         raise ConfigError(f"{key}: {text!r} is not an amount of memory (e.g. 80GiB, 24GB)")
     return int(float(match.group(1)) * UNITS[match.group(2)])
+
+
+def bytes_text(n: float) -> str:
+    """``n`` bytes as a person reads them: ``1.5 GiB``, ``51.6 KiB``, ``264 B``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"

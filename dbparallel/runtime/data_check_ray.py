@@ -27,7 +27,6 @@ from dbparallel.training.data_check import (
     with_threads,
 )
 
-
 PATIENCE_S = 30.0  # seconds with no task finished before the driver checks units itself
 
 

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from dbparallel.config import Config
+from dbparallel.config import Config, bytes_text
 from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RowError
@@ -107,7 +107,7 @@ def footprint_line(footprint: DataFootprint) -> str:
             else "two windows (the current and the next)" if f.windows == 2
             else f"{f.windows} windows (a batch spans several, and the next is read)")
     return (f"data: a block holds {held} of at most {f.window_rows:,} rows x "
-            f"{_size(f.row_bytes)} unpacked = {_size(f.bytes)}")
+            f"{bytes_text(f.row_bytes)} unpacked = {bytes_text(f.bytes)}")
 
 
 def footprint_warning(per_block: int, blocks: int, memory: float,
@@ -117,8 +117,9 @@ def footprint_warning(per_block: int, blocks: int, memory: float,
     total = blocks * per_block
     if total <= memory / 2:
         return None
-    return (f"data: {blocks} blocks x {_size(per_block)} of data rows = {_size(total)}, "
-            f"over half of {where} {_size(memory)}; lower data.window_shards, or "
+    return (f"data: {blocks} blocks x {bytes_text(per_block)} of data rows = "
+            f"{bytes_text(total)}, "
+            f"over half of {where} {bytes_text(memory)}; lower data.window_shards, or "
             f"rewrite the data in smaller row groups (`dbparallel data reshard DATA --out DIR "
             f"data.shard_rows=N`)")
 
@@ -144,9 +145,3 @@ def machine_cpus() -> int:
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
 
-
-def _size(n: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"

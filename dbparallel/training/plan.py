@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from dbparallel.config import Config, ConfigError
+from dbparallel.config import Config, ConfigError, bytes_text
 from dbparallel.core.meta_memory import LiveSavedBytes, cpu_attention_on_meta
 from dbparallel.tasks import build_task
 from dbparallel.training.flops import FlopCount
@@ -100,9 +100,6 @@ def plan_table(cfg: Config, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _size(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
 
 def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     """The cluster part of the plan table."""
@@ -120,13 +117,13 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
              + (f", the assembly actor {assembler}" if assembler else ""),
              f"  {slots} of {blocks} blocks at once: {waves} wave(s); "
              f"{c['replicas_per_block']} replica(s) per block"]
-    memory = f"  memory per device: {_size(c['memory_per_device_bytes'])}"
+    memory = f"  memory per device: {bytes_text(c['memory_per_device_bytes'])}"
     if r.gpus_per_block:
         memory += f" ({c['blocks_per_device']} block(s) per GPU)"
     if c["device_memory_bytes"]:
         verdict = "fits" if c["fits"] else ("does NOT fit: more blocks, more replicas "
                                              "or a smaller batch")
-        memory += f" of {_size(c['device_memory_bytes'])} ({verdict})"
+        memory += f" of {bytes_text(c['device_memory_bytes'])} ({verdict})"
     lines.append(memory)
     rates = c.get("estimated_steps_per_s")
     if rates:
