@@ -394,8 +394,8 @@ def parse_bytes(text: str, key: str) -> int:
 
 
 def bytes_text(n: float) -> str:
-    """``n`` bytes as a person reads them: ``1.5 GiB``, ``51.6 KiB``, ``264 B``."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    """``n`` bytes as a person reads them: ``17.14 GiB``, ``51.6 KiB``, ``264 B``."""
+    for unit, scale, digits in (("GiB", 2**30, 2), ("MiB", 2**20, 1), ("KiB", 2**10, 1)):
         if n >= scale:
-            return f"{n / scale:.1f} {unit}"
+            return f"{n / scale:.{digits}f} {unit}"
     return f"{int(n)} B"
