@@ -23,6 +23,8 @@ from dbparallel.config import Config
 from dbparallel.runtime.controller import Event
 from dbparallel.runtime.replica_worker import train_replica
 
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
 
 def trainer_for(cfg: Config, block: int, session: str, queue: Any) -> TorchTrainer:
     """Block ``block``'s TorchTrainer: runtime.replicas_per_block workers, each with
@@ -31,6 +33,10 @@ def trainer_for(cfg: Config, block: int, session: str, queue: Any) -> TorchTrain
     resources = {"CPU": r.cpus_per_block, **({"GPU": r.gpus_per_block}
                                               if r.gpus_per_block else {})}
     storage = cfg.run_dir if "://" in cfg.run_dir else os.path.abspath(cfg.run_dir)
+    # Ray Train's preemption watcher: one more actor per group, whose start logs an error line
+    # and which only reports drained nodes (their workers fail, and the group restarts from
+    # the block's checkpoint either way). Off unless set; Ray passes it on to the controller.
+    os.environ.setdefault(PREEMPTION_WATCHER, "0")
     return TorchTrainer(
         train_replica,
         train_loop_config={"cfg": cfg, "block": block, "session": session, "queue": queue},
