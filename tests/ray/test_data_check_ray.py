@@ -3,6 +3,7 @@ bad row named as on the driver, and a bad row stops `train` before its run direc
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,41 +109,80 @@ def test_a_refused_run_directory_is_named_before_the_data_are_checked(
     assert "label 12" not in err  # the run directory first, then (not here) the rows
 
 
-def test_a_cluster_that_runs_no_task_leaves_the_pass_to_the_driver(
-        ray_session, tmp_path, monkeypatch, capsys) -> None:
-    """Every free CPU held by a placement group after the pass began: the driver checks the
-    units itself, from the last, and still names the first bad row in index order. A watchdog
-    frees the CPUs after 120 s, so a pass that waits on the tasks fails instead of hanging."""
+def _within(seconds: float, call):
+    """``call()``'s result or exception; a failed test instead of a hang if it takes longer."""
     import threading
 
+    out: dict = {}
+
+    def body() -> None:
+        try:
+            out["value"] = call()
+        except BaseException as err:  # noqa: BLE001 (raised again below)
+            out["error"] = err
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds:g} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_a_cluster_that_runs_no_task_leaves_the_pass_to_the_driver(
+        ray_session, tmp_path, monkeypatch, capsys) -> None:
+    """Tasks that no node can run (they need a resource no node has, as when other jobs hold
+    every CPU): the driver checks the units itself, from the last, and still names the first
+    bad row in index order, instead of waiting for a CPU for ever."""
     import ray
-    from ray.util.placement_group import placement_group, remove_placement_group
 
-    from dbparallel.runtime.data_check_ray import ray_units
+    from dbparallel.runtime import data_check_ray
 
+    stuck = ray.remote(num_returns="streaming", resources={"dbparallel_test_nowhere": 1})(
+        data_check_ray._check._function)
+    monkeypatch.setattr(data_check_ray, "_check", stuck)
     monkeypatch.setattr(data_check, "UNIT_ROWS", 300)  # 10 units of 3 row groups
     good = _data(tmp_path / "good")
+    cfg, index = _cfg(good, tmp_path / "run"), parquet_index(str(good))
+    result = _within(120, lambda: data_check.check_data(
+        cfg, index, progress=False, run=data_check_ray.ray_units(cfg, index, patience=0.2)))
+    assert (result.rows, result.cached) == (3000, False)
+    assert "no unit of the check began in 0.2 s (is the cluster full?); the driver checks " \
+        "units until a task begins" in capsys.readouterr().out
     bad = _data(tmp_path / "bad", bad_labels_at=(2950, 1720, 2210))  # units 9, 5, 7
-    free = ray.available_resources().get("CPU", 0)
-    group = placement_group([{"CPU": free}]) if free else None
-    if group is not None:
-        assert group.wait(60), "the placement group holding every free CPU was not placed"
-    watchdog = threading.Timer(120, lambda: group and remove_placement_group(group))
-    watchdog.start()
-    try:
-        cfg, index = _cfg(good, tmp_path / "run"), parquet_index(str(good))
-        result = data_check.check_data(cfg, index, progress=False,
-                                       run=ray_units(cfg, index, patience=0.2))
-        assert (result.rows, result.cached) == (3000, False)
-        cfg, index = _cfg(bad, tmp_path / "run"), parquet_index(str(bad))
-        with pytest.raises(DataError) as err:
-            data_check.check_data(cfg, index, progress=False,
-                                  run=ray_units(cfg, index, patience=0.2))
-        assert "part-1.parquet row 220: column 'label' has label 12" in str(err.value)
-        assert watchdog.is_alive(), "the pass waited for the cluster to free a CPU"
-    finally:
-        watchdog.cancel()
-        if group is not None:
-            remove_placement_group(group)
-    assert "no check task finished in 0.2 s (is the cluster full?); the driver checks units " \
-        "too" in capsys.readouterr().out
+    cfg, index = _cfg(bad, tmp_path / "run"), parquet_index(str(bad))
+    with pytest.raises(DataError) as err:
+        _within(120, lambda: data_check.check_data(
+            cfg, index, progress=False, run=data_check_ray.ray_units(cfg, index, patience=0.2)))
+    assert "part-1.parquet row 220: column 'label' has label 12" in str(err.value)
+
+
+def test_units_a_worker_has_begun_are_left_to_it(ray_session, tmp_path, monkeypatch,
+                                                 capsys) -> None:
+    """Units slower than the patience, one running at least: the driver waits for them and
+    takes none."""
+    import ray
+
+    from dbparallel.runtime import data_check_ray
+
+    def slow(cfg, index, unit):
+        yield data_check_ray.STARTED
+        rows = data_check.check_unit(cfg, index, unit)
+        time.sleep(2.5)  # longer than the patience
+        yield rows
+
+    monkeypatch.setattr(data_check_ray, "_check", ray.remote(num_returns="streaming")(slow))
+    taken: list = []
+    real = data_check_ray.check_unit
+    monkeypatch.setattr(data_check_ray, "check_unit",
+                        lambda *a, **k: taken.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(data_check, "UNIT_ROWS", 1500)  # 2 units, one CPU each
+    data = _data(tmp_path / "data")
+    cfg, index = _cfg(data, tmp_path / "run"), parquet_index(str(data))
+    if ray.available_resources().get("CPU", 0) < 1:
+        pytest.skip("no CPU free: no unit would run")
+    result = data_check.check_data(cfg, index, progress=False,
+                                   run=data_check_ray.ray_units(cfg, index, patience=1.0))
+    assert result.rows == 3000 and taken == []
+    assert "the driver checks" not in capsys.readouterr().out
