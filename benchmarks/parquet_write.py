@@ -8,8 +8,10 @@ levels and values for every list element; handed a row group as one chunk (what
 ``PIECE_BYTES`` (slices, nothing copied): the same rows and row groups, data pages split
 elsewhere. Per layout and row-group size, each arm runs in a fresh process that builds the
 table and then writes it: what the write adds to the process's resident memory at its peak
-(Linux: VmHWM, reset before the write, less VmRSS before it), Arrow's own peak, seconds
-(median of repeats) and the file's size. Layouts as in parquet_read.py.
+(Linux: VmHWM, reset before the write, less VmRSS before it), Arrow's own peak (its memory
+pool: the writer's encoded pages, kept until a column chunk ends, are outside it, so the
+process figure is the one to read), seconds (median of repeats) and the file's size. Layouts
+as in parquet_read.py.
 
     python benchmarks/parquet_write.py [--quick] [--json] [--wait-idle MINUTES]
 """

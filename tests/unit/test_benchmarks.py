@@ -126,7 +126,6 @@ def test_parquet_read_rows() -> None:
             assert pieces["arrow_peak_bytes"] < whole["arrow_peak_bytes"] / 2
 
 
-
 def test_parquet_write_rows() -> None:
     """Both arms write the same rows as one row group (pages may split elsewhere: a file
     within 1% of the other's size); in pieces, Arrow holds less of it."""
@@ -140,6 +139,7 @@ def test_parquet_write_rows() -> None:
         assert abs(whole["file_bytes"] - pieces["file_bytes"]) < whole["file_bytes"] / 100
         if whole["layout"] == "uint8 fixed-size lists":
             assert pieces["arrow_peak_bytes"] < whole["arrow_peak_bytes"] / 2
+
 
 @pytest.mark.slow
 @pytest.mark.ray
