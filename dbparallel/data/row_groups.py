@@ -93,5 +93,9 @@ def in_pieces(table: pa.Table) -> pa.Table:
     """``table`` as chunks of about ``PIECE_BYTES`` (slices, nothing copied), for
     ``ParquetWriter.write_table``: the writer then converts a piece at a time, not a row
     group (see the module's text). Never ``combine_chunks`` a table before writing it."""
-    rows = max(1, PIECE_BYTES * table.num_rows // max(table.nbytes, 1))
+    try:
+        size = table.nbytes
+    except (pa.ArrowException, NotImplementedError):  # view types in older pyarrow
+        size = table.get_total_buffer_size()
+    rows = max(1, PIECE_BYTES * table.num_rows // max(size, 1))
     return pa.Table.from_batches(table.to_batches(max_chunksize=rows), schema=table.schema)
