@@ -26,7 +26,8 @@ from dbparallel.runtime.metrics import (
     AssemblyRecorder,
     BlockRecorder,
     RaySink,
-    check_port_free,
+    free_port,
+    port_line,
 )
 from dbparallel.runtime.node_memory import crowded_nodes
 from dbparallel.runtime.progress import BlockBars
@@ -58,10 +59,10 @@ def connect(cfg: Config) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {}
     if cfg.metrics.port:
-        check_port_free(cfg.metrics.port)
-        kwargs["_metrics_export_port"] = cfg.metrics.port
-        print(f"metrics: http://127.0.0.1:{cfg.metrics.port}/metrics "
-              "(ray_dbparallel_block_loss, ...)", flush=True)
+        port = free_port(cfg.metrics.port)
+        kwargs["_metrics_export_port"] = port
+        print(f"{port_line(cfg.metrics.port, port)} (ray_dbparallel_block_loss, ...)",
+              flush=True)
     if cfg.runtime.object_store_memory:
         kwargs["object_store_memory"] = cfg.runtime.object_store_memory
     replicas = cfg.runtime.replicas_per_block > 1

@@ -16,7 +16,8 @@ from dbparallel.runtime.metrics import (
     MemorySink,
     PrometheusSink,
     Sink,
-    check_port_free,
+    free_port,
+    port_line,
 )
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.training.assemble import assemble
@@ -56,10 +57,10 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
     sink: Sink = MemorySink()
     server = None
     if cfg.metrics.port:
-        check_port_free(cfg.metrics.port)
+        port = free_port(cfg.metrics.port)
         sink = PrometheusSink()
-        server = sink.serve(cfg.metrics.port)
-        print(f"metrics: http://127.0.0.1:{cfg.metrics.port}/metrics", flush=True)
+        server = sink.serve(port)
+        print(port_line(cfg.metrics.port, port), flush=True)
     bars = BlockBars(blocks, [cfg.train.steps_of(b) for b in blocks], progress)
     per_block = []
     try:

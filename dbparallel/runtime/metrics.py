@@ -225,15 +225,29 @@ class AssemblyRecorder:
                 self.sink.set(spec, float(value), self.tags)
 
 
-def check_port_free(port: int) -> None:
-    """UserError naming metrics.port if ``port`` cannot be bound on this machine."""
+PORT_TRIES = 16  # metrics.port and the ports after it tried, for processes on one host
+
+
+def free_port(port: int, tries: int = PORT_TRIES) -> int:
+    """``port`` if it can be bound on this machine, else the first of the ``tries - 1`` after
+    it that can (another run, or another block's process, serves on it); UserError naming
+    metrics.port if none can."""
     import socket
 
     from dbparallel.errors import UserError
 
-    with socket.socket() as s:
-        try:
-            s.bind(("", port))
-        except OSError:
-            raise UserError(f"metrics.port: port {port} is in use on this machine; choose "
-                            "another, or metrics.port=0 to serve no metrics") from None
+    for candidate in range(port, min(port + tries, 65536)):
+        with socket.socket() as s:
+            try:
+                s.bind(("", candidate))
+                return candidate
+            except OSError:
+                continue
+    raise UserError(f"metrics.port: ports {port} to {port + tries - 1} are in use on this "
+                    "machine; choose another, or metrics.port=0 to serve no metrics")
+
+
+def port_line(asked: int, port: int) -> str:
+    """What a run prints of the metrics port it serves on."""
+    moved = f" ({asked} is in use)" if port != asked else ""
+    return f"metrics: http://127.0.0.1:{port}/metrics{moved}"

@@ -117,3 +117,11 @@ def test_noise_partition_key() -> None:
     assert identity_diff(old, to_dict(load_config([], []))) == []
     assert identity_diff(old, to_dict(load_config([], ["noise.partition=log_uniform"]))) == \
         ["noise.partition"]
+
+
+def test_a_data_path_a_built_in_source_would_ignore_is_refused() -> None:
+    """data.path without data.source used to train on the built-in digits, silently."""
+    with pytest.raises(ConfigError, match=r"data.path: '/d/x.parquet' is not read: "
+                                          r"data.source=digits is built in"):
+        load_config([], ["data.path=/d/x.parquet"])
+    assert load_config([], ["data.path=/d/x.parquet", "data.source=parquet"]).data.path

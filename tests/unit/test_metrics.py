@@ -10,13 +10,15 @@ import pytest
 from dbparallel.errors import UserError
 from dbparallel.runtime.metrics import (
     ALL_METRICS,
+    PORT_TRIES,
     AssemblyRecorder,
     BlockRecorder,
     MemorySink,
     PrometheusSink,
-    check_port_free,
     exported_name,
     exported_names,
+    free_port,
+    port_line,
 )
 from dbparallel.training.block_trainer import StepStats
 
@@ -74,9 +76,17 @@ def test_local_endpoint_serves_every_recorded_series() -> None:
     assert "unexported" not in text
 
 
-def test_busy_port_names_the_key() -> None:
+def test_a_busy_port_moves_to_a_free_one_after_it_or_names_the_key() -> None:
+    """Two processes on one host (blocks trained with --local --block) serve on two ports."""
     with socket.socket() as s:
         s.bind(("", 0))
         s.listen()
-        with pytest.raises(UserError, match="metrics.port"):
-            check_port_free(s.getsockname()[1])
+        busy = s.getsockname()[1]
+        moved = free_port(busy)
+        assert busy < moved < busy + PORT_TRIES
+        with socket.socket() as t:
+            t.bind(("", moved))  # it is free
+        assert port_line(busy, moved) == \
+            f"metrics: http://127.0.0.1:{moved}/metrics ({busy} is in use)"
+        with pytest.raises(UserError, match=f"metrics.port: ports {busy} to {busy} are in use"):
+            free_port(busy, tries=1)
