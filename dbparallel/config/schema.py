@@ -351,6 +351,10 @@ class Config:
             _check(self.sample.prompt_len + self.sample.gen_len <= self.data.seq_len,
                    "sample.gen_len", f"sample.prompt_len + sample.gen_len must be <= "
                    f"data.seq_len={self.data.seq_len}")
+        else:  # images, cut into patches
+            _check(self.data.image_size % self.model.patch_size == 0, "model.patch_size",
+                   f"{self.model.patch_size} does not divide data.image_size="
+                   f"{self.data.image_size}")
         if self.task == "looped":
             _check(self.model.blocks == 1, "model.blocks",
                    "must be 1 with task=looped (one weight-tied core)")

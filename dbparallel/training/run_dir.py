@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.fs as pafs
 
-from dbparallel.config import Config, dump_yaml, identity_diff, to_dict
+from dbparallel.config import Config, dump_yaml, identity, identity_diff, to_dict
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tokenizer import Tokenizer
 from dbparallel.errors import RunDirError
@@ -12,6 +12,7 @@ from dbparallel.training.storage import Storage
 
 CONFIG_FILE = "config.yaml"
 DATA_INDEX_FILE = "data_index.json"
+MAX_LISTED = 4  # differing keys whose values a refusal prints
 VOCAB_FILE = "vocab.json"  # text runs: the tokenizer, so the network is usable without data
 
 
@@ -33,12 +34,23 @@ def check_resumable(cfg: Config, index: DataIndex) -> None:
 
 
 def _refuse_other_config(storage: Storage, cfg: Config) -> None:
-    if storage.exists(CONFIG_FILE):
+    if storage.exists(CONFIG_FILE) and trained(storage):
+        then, now = identity(stored_config(storage)), identity(cfg)
         keys = identity_diff(stored_config(storage), to_dict(cfg))
         if keys:
+            values = "; ".join(f"{k}: {then.get(k)!r} there, {now.get(k)!r} now"
+                               for k in keys[:MAX_LISTED])
+            more = f"; and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
             raise RunDirError(
-                f"{storage.uri()} holds blocks trained with other values of {', '.join(keys)}; "
-                "resume with the same values or choose a new run.dir")
+                f"{storage.uri()} holds blocks trained with other values of {', '.join(keys)} "
+                f"({values}{more}); resume with the same values or choose a new run.dir")
+
+
+def trained(storage: Storage) -> bool:
+    """Whether any block of the run directory has saved a checkpoint (a directory opened by
+    a run that stopped before its first one holds nothing a new config could break)."""
+    return any(storage.exists(f"blocks/{name}/manifest.json")
+               for name in storage.listdir("blocks"))
 
 
 def stored_config(storage: Storage) -> dict:
@@ -53,17 +65,20 @@ def stored_config(storage: Storage) -> dict:
 def pin_data(storage: Storage, index: DataIndex) -> None:
     """Record the data a run trains on; a resume on other data (files added, changed or
     re-written) is refused, because every block's data order depends on it."""
-    if storage.exists(DATA_INDEX_FILE):
+    fresh = not trained(storage)  # nothing trained yet: the data (and vocabulary) are these
+    if storage.exists(DATA_INDEX_FILE) and not fresh:
         _refuse_other_data(storage, index)
     else:
         storage.write_json(DATA_INDEX_FILE, index.to_json())
-    if index.meta.get("tokenizer") and not storage.exists(VOCAB_FILE):
+    if index.meta.get("tokenizer") and (fresh or not storage.exists(VOCAB_FILE)):
         from dbparallel.data.tokenizer import load_tokenizer
 
         storage.write_json(VOCAB_FILE, load_tokenizer(index.meta).describe())
 
 
 def _refuse_other_data(storage: Storage, index: DataIndex) -> None:
+    if not trained(storage):
+        return
     previous = pinned_data(storage)
     if previous is not None and previous.fingerprint != index.fingerprint:
         then, now = previous.num_rows("train"), index.num_rows("train")

@@ -97,15 +97,17 @@ def test_data_only_the_driver_sees_is_checked_by_the_driver(ray_session, tmp_pat
 def test_a_refused_run_directory_is_named_before_the_data_are_checked(
         ray_session, tmp_path, capsys) -> None:
     data = _data(tmp_path / "data", bad_labels_at=(2601,))
+    from dbparallel.training.checkpoint import BlockCheckpoints
     from dbparallel.training.run_dir import open_run
 
     run_dir = tmp_path / "run"
-    open_run(load_config([RECIPE], [f"run.dir={run_dir}", "data.source=parquet",
-                                    f"data.path={data}", "model.depth=4"]))  # another net
+    storage = open_run(load_config([RECIPE], [f"run.dir={run_dir}", "data.source=parquet",
+                                              f"data.path={data}", "model.depth=4"]))
+    BlockCheckpoints(storage, 0).save("state", 1, {"step": 1})  # another net, trained
     assert main(["train", str(RECIPE), f"run.dir={run_dir}", "data.source=parquet",
                  f"data.path={data}"]) == 2
     err = capsys.readouterr().err
-    assert "holds blocks trained with other values of model.depth;" in err
+    assert "holds blocks trained with other values of model.depth (" in err
     assert "label 12" not in err  # the run directory first, then (not here) the rows
 
 

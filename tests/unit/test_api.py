@@ -290,6 +290,7 @@ def test_train_overrides_from_python_values_are_read_back_as_given() -> None:
     items = _override_items({"run": {"dir": Path("/tmp/x y"), "name": "yes"},
                              "model.hidden": None, "train.lr": 1e-3, "train.compile": True,
                              "data.path": "s3://b/x?endpoint_override=h:1#a",
+                             "data.source": "parquet",
                              "train.block_steps": (6, 4)})
     cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], items)
     assert (cfg.run.dir, cfg.run.name, cfg.train.lr, cfg.train.compile) == \
