@@ -29,7 +29,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         for path in files:
             if not Path(path).is_file():
                 raise ConfigError(f"config file not found: {path}")
-            layers.append(OmegaConf.load(path))
+            layers.append(_recipe(path))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"{item}: overrides are key=value (e.g. model.blocks=3)")
@@ -44,6 +44,24 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         raise ConfigError(f"{key}: {_omegaconf_reason(err)}") from None
     assert isinstance(cfg, Config)
     return cfg
+
+
+def _recipe(path: str | Path) -> Any:
+    """One YAML recipe, a mapping; ConfigError naming the file (and line) if it is not."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        layer = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"{path}: a recipe is a mapping of keys (model:, train:, ...), "
+                          f"not a {type(layer).__name__.replace('Config', '').lower()}")
+    return layer
 
 
 def _auto_blocks(files: list[str | Path], overrides: list[str],
@@ -74,6 +92,24 @@ def from_dict(data: dict[str, Any]) -> Config:
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), upgrade(data)))
     assert isinstance(cfg, Config)
     return cfg
+
+
+def _recipe(path: str | Path) -> Any:
+    """One YAML recipe, a mapping; ConfigError naming the file (and line) if it is not."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        layer = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"{path}: a recipe is a mapping of keys (model:, train:, ...), "
+                          f"not a {type(layer).__name__.replace('Config', '').lower()}")
+    return layer
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -125,3 +125,15 @@ def test_a_data_path_a_built_in_source_would_ignore_is_refused() -> None:
                                           r"data.source=digits is built in"):
         load_config([], ["data.path=/d/x.parquet"])
     assert load_config([], ["data.path=/d/x.parquet", "data.source=parquet"]).data.path
+
+
+def test_a_recipe_that_is_not_a_yaml_mapping_is_named(tmp_path, capsys) -> None:
+    broken, listed = tmp_path / "broken.yaml", tmp_path / "listed.yaml"
+    broken.write_text("model:\n  blocks: [1, 2\n")
+    listed.write_text("- model\n- train\n")
+    assert main(["plan", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dbparallel: error: {broken} line 3: not valid YAML") and \
+        len(err.splitlines()) == 1, err
+    assert main(["plan", str(listed)]) == 2
+    assert f"{listed}: a recipe is a mapping of keys" in capsys.readouterr().err
