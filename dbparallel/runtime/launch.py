@@ -134,6 +134,7 @@ def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
     bundles = [dict(bundle) for _ in range(slots * replicas)]
     if assembly_bundle(cfg):
         bundles.append(assembly_bundle(cfg))
+    _check_room(cfg, bundles)
     pg = placement_group(bundles, strategy="SPREAD")
     try:
         ray.get(pg.ready(), timeout=r.placement_timeout_s)
@@ -148,6 +149,36 @@ def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
             f"do not fit the cluster ({have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs) "
             f"within runtime.placement_timeout_s={r.placement_timeout_s:g}") from None
     return pg
+
+
+def _check_room(cfg: Config, bundles: list[dict[str, float]]) -> None:
+    """A UserError now if ``bundles`` ask for more than the Ray instance of this machine has
+    in all (no autoscaler adds to it: waiting runtime.placement_timeout_s would be for
+    nothing); on a named cluster (runtime.address, RAY_ADDRESS), a line saying what it
+    waits for."""
+    have = ray.cluster_resources()
+    need: dict[str, float] = {}
+    for bundle in bundles:
+        for key, value in bundle.items():
+            need[key] = need.get(key, 0.0) + value
+    short = {k: v for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
+    if not short:
+        return
+    asked = ", ".join(f"{v:g} {k}" for k, v in short.items())
+    having = f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs"
+    if not (cfg.runtime.address or os.environ.get("RAY_ADDRESS")):
+        r = cfg.runtime
+        asking = {"CPU": (("runtime.cpus_per_block", r.cpus_per_block),
+                          ("runtime.assembly_cpus", r.assembly_cpus)),
+                  "GPU": (("runtime.gpus_per_block", r.gpus_per_block),
+                          ("runtime.assembly_gpus", r.assembly_gpus))}
+        keys = "/".join(key for kind in short for key, value in asking.get(kind, ()) if value)
+        raise UserError(f"{keys}: the run asks for {asked} in all, and this machine's Ray "
+                        f"instance has {having}; lower it, or run on a cluster "
+                        f"(runtime.address)")
+    print(f"placement: the cluster has {having} now and the run asks for {asked}; waiting up "
+          f"to runtime.placement_timeout_s={cfg.runtime.placement_timeout_s:g} s for nodes "
+          f"to join", flush=True)
 
 
 def reserve_blocks(cfg: Config, slots: int, data_bytes: int = 0) -> tuple[Any, int | None]:

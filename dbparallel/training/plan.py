@@ -125,6 +125,10 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
                                              "or a smaller batch")
         memory += f" of {bytes_text(c['device_memory_bytes'])} ({verdict})"
     lines.append(memory)
+    if not c["room"]:
+        beside = " beside the assembly actor" if assembler else ""
+        lines.append(f"  does NOT fit: one block ({unit}){beside} is more than the cluster "
+                     f"has; lower runtime.cpus_per_block/gpus_per_block, or add nodes")
     rates = c.get("estimated_steps_per_s")
     if rates:
         span = (f"{min(rates):.3g}" if f"{min(rates):.3g}" == f"{max(rates):.3g}"
@@ -135,7 +139,7 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     elif r.gpus_per_block:
         lines.append("  no step-rate estimate: name the GPU model with runtime.device_name "
                      "(e.g. H100)")
-    if waves > 1:
+    if waves > 1 and c["room"]:
         lines.append(f"  blocks {slots}..{blocks - 1} queue and each starts when a block "
                      f"finishes (runtime.max_concurrent_blocks sets how many run at once)")
     fill = replicas_to_fill(cfg, c["gpus"])
@@ -173,13 +177,20 @@ def concurrent_blocks(cfg: Config, cluster: Cluster) -> int:
     r, blocks = cfg.runtime, cfg.model.blocks
     if r.max_concurrent_blocks:
         return min(blocks, r.max_concurrent_blocks)
-    fits = [blocks]
+    return max(1, room(cfg, cluster))
+
+
+def room(cfg: Config, cluster: Cluster) -> int:
+    """Blocks the cluster fits at once beside the assembly actor, at most every block (0: not
+    even one)."""
+    r, fits = cfg.runtime, [cfg.model.blocks]
     R = r.replicas_per_block
     for have, asked, each in ((cluster.cpus, r.assembly_cpus, R * r.cpus_per_block),
                               (cluster.gpus, r.assembly_gpus, R * r.gpus_per_block)):
-        if each and math.isfinite(have):
-            fits.append(math.floor((have - asked) / each + 1e-9))
-    return max(1, min(fits))
+        if math.isfinite(have) and (each or asked):
+            fits.append(math.floor((have - asked) / each + 1e-9) if each else
+                        (cfg.model.blocks if asked <= have + 1e-9 else 0))
+    return max(0, min(fits))
 
 
 def cluster_plan(cfg: Config, cluster: Cluster, block_bytes: list[int],
@@ -198,6 +209,7 @@ def cluster_plan(cfg: Config, cluster: Cluster, block_bytes: list[int],
             "replicas_per_block": r.replicas_per_block, "blocks_per_device": min(sharing, slots),
             "memory_per_device_bytes": per_device, "device_memory_bytes": limit or None,
             "fits": None if not limit else per_device <= limit,
+            "room": room(cfg, cluster),
             **_rate(cfg, cluster, block_flops or [])}
 
 

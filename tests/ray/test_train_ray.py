@@ -156,3 +156,15 @@ def test_killed_block_restarts_alone_and_resumes_exactly(ray_run, tmp_path) -> N
     assert restarts == [0, 1]
     assert [r["final_loss"] for r in killed["per_block"]] == \
         [r["final_loss"] for r in clean["per_block"]]
+
+
+def test_more_than_this_machine_has_is_refused_at_once(ray_session, tmp_path, capsys) -> None:
+    """A GPU asked of a Ray instance of this machine, which has none and no autoscaler: an
+    error naming the key, not runtime.placement_timeout_s of waiting."""
+    from dbparallel.cli import main
+
+    assert main(["train", str(RECIPE), f"run.dir={tmp_path / 'run'}", "data.validate=false",
+                 "runtime.gpus_per_block=1", "runtime.placement_timeout_s=30"]) == 2
+    err = capsys.readouterr().err
+    assert "runtime.gpus_per_block: the run asks for 1 GPU in all, and this machine's Ray " \
+        "instance has" in err and "0 GPUs" in err, err

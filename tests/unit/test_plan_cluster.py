@@ -9,7 +9,13 @@ import pytest
 
 from dbparallel import cli
 from dbparallel.config import ConfigError, load_config, parse_bytes
-from dbparallel.training.plan import Cluster, block_memory, cluster_plan, fit_blocks
+from dbparallel.training.plan import (
+    Cluster,
+    block_memory,
+    cluster_lines,
+    cluster_plan,
+    fit_blocks,
+)
 
 SMALL = ["model.depth=8", "train.batch_size=16"]
 
@@ -71,6 +77,11 @@ def test_waves_and_memory_per_device_on_a_gpu_cluster() -> None:
                         memory)["concurrent_blocks"] == 2
     by_hand = _cfg("model.blocks=4", "runtime.max_concurrent_blocks=3")
     assert cluster_plan(by_hand, Cluster(64, 0, "detected"), memory)["waves"] == 2
+    assert two["room"] == 2 and eight["room"] == 4
+    none = cluster_plan(cfg, Cluster(2, 0, "this machine"), memory)  # a GPU asked, none here
+    assert none["room"] == 0
+    assert "does NOT fit: one block (1 GPU + 0.5 CPU) is more than the cluster has" in \
+        "\n".join(cluster_lines(cfg, none))
 
 
 def test_plan_command_shows_the_cluster(capsys) -> None:
