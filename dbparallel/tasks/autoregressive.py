@@ -140,12 +140,15 @@ class AutoregressiveLM(TextData):
 
     @torch.no_grad()
     def generate(self, nets: list[ARBlock], prompt: torch.Tensor, n_new: int,
-                 generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+                 generator: torch.Generator, temperature: float = 1.0,
+                 usable: int | None = None) -> torch.Tensor:
         """(N, n_new) token ids continuing ``prompt`` (N, P >= 1), each drawn at
         ``temperature`` from the final logits; the prompt's and every generated token's keys
-        and values are computed once per block and reused by every step."""
+        and values are computed once per block and reused by every step; only ids below
+        ``usable`` are drawn (``gumbel_sample``)."""
         if not self.denoiser:
-            return self._generate_causal(nets[0], prompt, n_new, generator, temperature)
+            return self._generate_causal(nets[0], prompt, n_new, generator, temperature,
+                                         usable)
         sigmas = [float(s) for s in self.sigmas()]
         owners = [self.partition.owner(s) for s in sigmas]
         caches = {b: nets[b].clean(prompt)[1] for b in sorted(set(owners))}
@@ -157,17 +160,19 @@ class AutoregressiveLM(TextData):
                 logits = self.logits(nets[b], caches[b], z, s, start=caches[b][0][0].shape[2])
                 if k + 1 < len(sigmas):
                     z = self.euler(z, logits, nets[b].E, sigma, sigmas[k + 1])
-            token = gumbel_sample(logits, generator, temperature)  # (N, 1), final logits
+            token = gumbel_sample(logits, generator, temperature, usable)  # final logits
             out.append(token)
             caches = {b: nets[b].clean(token, cache)[1] for b, cache in caches.items()}
         return torch.cat(out, dim=1)
 
     def _generate_causal(self, net: ARBlock, prompt: torch.Tensor, n_new: int,
-                         generator: torch.Generator, temperature: float) -> torch.Tensor:
+                         generator: torch.Generator, temperature: float,
+                         usable: int | None = None) -> torch.Tensor:
         h, cache = net.clean(prompt)
         out = []
         for _ in range(n_new):
-            token = gumbel_sample(net.clean_logits(h[:, -1:]), generator, temperature)  # (N, 1)
+            token = gumbel_sample(net.clean_logits(h[:, -1:]), generator, temperature,
+                                  usable)  # (N, 1)
             out.append(token)
             h, cache = net.clean(token, cache)
         return torch.cat(out, dim=1)

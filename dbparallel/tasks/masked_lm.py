@@ -104,10 +104,12 @@ class MaskedDiffusionLM(TextData):
     @torch.no_grad()
     def generate(self, nets: list[MaskedLMBlock], n: int, generator: torch.Generator,
                  device: str | torch.device = "cpu", prompt: torch.Tensor | None = None,
-                 length: int | None = None, temperature: float = 1.0) -> torch.Tensor:
+                 length: int | None = None, temperature: float = 1.0,
+                 usable: int | None = None) -> torch.Tensor:
         """(n, length) token ids (default data.seq_len) by ancestral unmasking from
         all-[MASK] at t = 1 to t = 0; a ``prompt`` (n, P) fixes the first P tokens, which
-        stay as given (the blocks see them unmasked from the first step)."""
+        stay as given (the blocks see them unmasked from the first step); only ids below
+        ``usable`` are drawn (``gumbel_sample``)."""
         steps = self.cfg.sample.steps
         x = torch.full((n, length or self.seq_len), self.mask_id, dtype=torch.long,
                        device=device)
@@ -119,5 +121,6 @@ class MaskedDiffusionLM(TextData):
             # p(unmask at s | masked at t) = (alpha(s) - alpha(t)) / (1 - alpha(t)) = (t - s)/t
             u = torch.rand(x.shape, generator=generator).to(device)
             reveal = (x == self.mask_id) & (u < (t - s) / t)
-            x = torch.where(reveal, gumbel_sample(logits, generator, temperature), x)
+            x = torch.where(reveal, gumbel_sample(logits, generator, temperature, usable),
+                            x)
         return x

@@ -20,9 +20,14 @@ from dbparallel.tasks.base import Batch, Decoding, Rows
 
 
 def gumbel_sample(logits: torch.Tensor, generator: torch.Generator,
-                  temperature: float = 1.0) -> torch.Tensor:
+                  temperature: float = 1.0, usable: int | None = None) -> torch.Tensor:
     """Token ids (...) drawn from softmax(logits (..., V) / temperature) by the Gumbel-max
-    trick; temperature 0 takes the most likely token."""
+    trick; temperature 0 takes the most likely token. ``usable``: only ids below it are drawn
+    (the tokenizer's; data.vocab_size may hold more ids than it has, and an id it lacks
+    decodes to nothing readable)."""
+    if usable is not None and usable < logits.shape[-1]:
+        logits = logits.float().clone()
+        logits[..., usable:] = float("-inf")
     if temperature == 0:
         return logits.argmax(dim=-1)
     if temperature != 1.0:

@@ -169,14 +169,16 @@ class Network:
                                 f"{self.cfg.data.seq_len} tokens, the prompt {p.shape[1]}: "
                                 f"max_new must lie in 1..{room}")
             rows = self.task.generate(self.blocks, len(texts), g, self.device, prompt=p,
-                                      length=p.shape[1] + max_new, temperature=temperature)
+                                      length=p.shape[1] + max_new, temperature=temperature,
+                                      usable=self.tokenizer.vocab_size)
             new = rows[:, p.shape[1]:]
         else:
             max_new = self.cfg.sample.gen_len if max_new is None else max_new
             if p.shape[1] < 1 or max_new < 1:
                 raise UserError("prompt: AR generation needs a prompt of at least one token "
                                 "and max_new >= 1")
-            new = self.task.generate(self.blocks, p, max_new, g, temperature)
+            new = self.task.generate(self.blocks, p, max_new, g, temperature,
+                                     self.tokenizer.vocab_size)
         out = [self.tokenizer.decode(row) for row in new.cpu()]
         return out[0] if isinstance(prompt, str) else out
 

@@ -89,6 +89,10 @@ def test_text_networks_generate_and_score_text(runs: dict[str, str], task: str) 
     out = net.generate("ROMEO: ", max_new=6, seed=1)
     assert isinstance(out, str) and len(out) == 6  # characters: one per token
     assert out == net.generate("ROMEO: ", max_new=6, seed=1)
+    # data.vocab_size=128 ids, about 60 of them characters: a barely trained network at a
+    # high temperature would draw the others (U+FFFD) within a few tokens
+    hot = net.generate("ROMEO: ", max_new=40, seed=2, temperature=3.0)
+    assert len(hot) == 40 and "\ufffd" not in hot, hot
     both = net.generate(["ab", "cd"], max_new=3, temperature=0)
     assert len(both) == 2 and all(len(t) == 3 for t in both)
     with pytest.raises(UserError, match="temperature: must be >= 0"):

@@ -87,10 +87,11 @@ def bits_per_character(cfg: Config, task: Task, nets: list[Block], held: torch.T
 
 
 def continue_prompts(cfg: Config, task: Task, nets: list[Block], prompts: torch.Tensor,
-                     purpose: str, device: str) -> torch.Tensor:
-    """(N, gen_len) continuations of ``prompts`` (N, prompt_len), on the CPU."""
+                     purpose: str, device: str, usable: int) -> torch.Tensor:
+    """(N, gen_len) continuations of ``prompts`` (N, prompt_len) in ids below ``usable``
+    (the tokenizer's), on the CPU."""
     out = [task.generate(nets, p.to(device), cfg.sample.gen_len,
-                         generator(cfg.run.seed, purpose, i)).cpu()
+                         generator(cfg.run.seed, purpose, i), usable=usable).cpu()
            for i, p in enumerate(_chunks(prompts))]
     return torch.cat(out)
 
@@ -119,8 +120,9 @@ def generation_metrics(cfg: Config, task: Task, nets: list[Block], index: DataIn
     """gen_ppl and sample_entropy of continuations of held-out prompts, and the data's."""
     s, d = cfg.sample, cfg.data
     prompts, truth = held[:, :s.prompt_len], held[:, s.prompt_len:s.prompt_len + s.gen_len]
-    fake = continue_prompts(cfg, task, nets, prompts, "eval-gen", device)
-    scorer = cached_scorer(scorer_key(cfg, load_tokenizer(index.meta)), index.num_rows("train"),
+    tokenizer = load_tokenizer(index.meta)
+    fake = continue_prompts(cfg, task, nets, prompts, "eval-gen", device, tokenizer.vocab_size)
+    scorer = cached_scorer(scorer_key(cfg, tokenizer), index.num_rows("train"),
                            d.seq_len, lambda rows: read_rows(cfg, index, "train", rows),
                            d.vocab_size, s.scorer_steps, device)
     gen_nll = torch.cat([continuation_nll(scorer, p, c)
@@ -175,11 +177,13 @@ def sample_text(cfg: Config, task: Task, nets: list[Block], device: str = "cpu",
     tokenizer = load_tokenizer(index.meta)
     count, p = cfg.sample.text_samples, cfg.sample.prompt_len
     if cfg.task == "mdm":
-        ids = task.generate(nets, count, generator(cfg.run.seed, "samples"), device).cpu()
+        ids = task.generate(nets, count, generator(cfg.run.seed, "samples"), device,
+                            usable=tokenizer.vocab_size).cpu()
         texts = [tokenizer.decode(row) for row in ids]
     else:
         held = held_out(cfg, index, count)
-        fake = continue_prompts(cfg, task, nets, held[:, :p], "samples", device)
+        fake = continue_prompts(cfg, task, nets, held[:, :p], "samples", device,
+                                tokenizer.vocab_size)
         texts = [tokenizer.decode(a) + "\u2502" + tokenizer.decode(b)
                  for a, b in zip(held[:, :p], fake, strict=True)]
     sep = "\n" + "=" * 72 + "\n"
