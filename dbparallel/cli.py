@@ -38,9 +38,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.help_config:
-        for key, default in describe():
-            print(f"{key}={default}")
+    if args.help_config:  # the defaults, or the values of the recipes and overrides given
+        for key, value in describe(values=_config(args) if args.config else None):
+            print(f"{key}={value}")
         return 0
     cfg = _config(args)
     from dbparallel.runtime.train import train_run
@@ -212,7 +212,9 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train every block concurrently, then assemble")
     t.add_argument("config", nargs="*", help=config_help)
     t.add_argument("--local", action="store_true", help="train in this process, without Ray")
-    t.add_argument("--help-config", action="store_true", help="list every config key")
+    t.add_argument("--help-config", action="store_true",
+                   help="list every config key with its default, or with its value in the "
+                        "recipes and overrides given")
     t.add_argument("--block", type=int, action="append", metavar="B",
                    help="with --local: train only block B (repeatable); assemble later with "
                         "`dbparallel eval RUN_DIR`")
@@ -220,6 +222,8 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("baseline", help="train the same architecture end to end (1 unit)")
     b.add_argument("config", nargs="*", help=config_help)
+    b.add_argument("--local", action="store_true",
+                   help="accepted as for train: a baseline always trains in this process")
     b.set_defaults(func=cmd_baseline)
 
     pl = sub.add_parser("plan", help="show the partition and per-block sizes, no training")

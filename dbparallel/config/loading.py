@@ -119,14 +119,16 @@ def dump_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, Any]]:
-    """(dotted key, default) for every leaf of the schema, for help output."""
+def describe(cls: type = Config, prefix: str = "",
+             values: Any = None) -> list[tuple[str, Any]]:
+    """(dotted key, value) for every leaf of the schema, for help output: its default, or its
+    value in ``values`` (a loaded config)."""
     out: list[tuple[str, Any]] = []
-    default = cls()
+    source = cls() if values is None else values
     for f in fields(cls):
-        value = getattr(default, f.name)
+        value = getattr(source, f.name)
         if is_dataclass(value):
-            out.extend(describe(type(value), f"{prefix}{f.name}."))
+            out.extend(describe(type(value), f"{prefix}{f.name}.", value))
         else:
             out.append((f"{prefix}{f.name}", value))
     return out

@@ -64,6 +64,17 @@ def test_identity_ignores_training_length() -> None:
     assert identity_diff(to_dict(a), to_dict(c)) == ["model.blocks"]
 
 
+def test_help_config_shows_the_values_of_the_recipes_given(capsys) -> None:
+    from pathlib import Path
+
+    tiny = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+    assert main(["train", str(tiny), "model.depth=4", "--help-config"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "model.blocks=2" in lines and "model.depth=4" in lines  # not the defaults, 4 and 8
+    assert main(["train", "--help-config"]) == 0
+    assert "model.blocks=4" in capsys.readouterr().out.splitlines()
+
+
 def test_describe_lists_every_leaf() -> None:
     keys = dict(describe())
     for key in ("model.blocks", "model.depth", "noise.sigma_min", "noise.sigma_max",
