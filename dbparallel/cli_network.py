@@ -52,8 +52,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from dbparallel.training.network import article
+
     network = _load(args)
     needs_data = network.cfg.task != "dit"  # ViT's confusion and text prompts read the data
+    kind = {"dit": ".png", "vit": ".json"}.get(network.cfg.task, ".txt")
+    if not args.out.lower().endswith(kind):
+        raise UserError(f"--out {args.out}: {article(network.cfg.task)} {network.cfg.task} "
+                        f"run's samples are a {kind} file; name it so")
     _, data = network.artifact(_data(network, args.source) if needs_data else None)
     with open(args.out, "wb") as f:
         f.write(data)
@@ -71,6 +77,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.samples < 1:
+        raise UserError(f"--samples: must be >= 1, got {args.samples}")
     network = _load(args)
     for k in range(args.samples):
         text = network.generate(args.prompt, args.max_new, args.temperature, args.seed + k)
@@ -82,19 +90,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from dbparallel.data.image_files import read_images
+    from dbparallel.training.network import article
 
     network = _load(args)
     if "predict" not in network.verbs:
-        raise UserError(f"predict: {args.source} is a {network.cfg.task} network; predict "
+        raise UserError(f"predict: {args.source} is {article(network.cfg.task)} "
+                        f"{network.cfg.task} network; predict "
                         "classifies images with a vit network")
     names, pixels = read_images(args.images, network.cfg.data)
     rows = []
     for start in range(0, len(names), args.batch):
         probs = network.predict(pixels[start:start + args.batch]).softmax(dim=1)
         for name, p in zip(names[start:start + args.batch], probs, strict=True):
-            rows.append({"input": name, "class": int(p.argmax()), "p": round(float(p.max()), 4)})
+            rows.append({"input": name, "class": int(p.argmax()),
+                         "probability": round(float(p.max()), 4)})
     for row in rows:
-        print(json.dumps(row) if args.json else f"{row['input']}\t{row['class']}\t{row['p']}")
+        print(json.dumps(row) if args.json
+              else f"{row['input']}\t{row['class']}\t{row['probability']}")
     return 0
 
 

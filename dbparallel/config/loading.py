@@ -81,6 +81,10 @@ def _omegaconf_reason(err: Exception) -> str:
     text = str(err).splitlines()[0]
     if type(err).__name__ == "ConfigKeyError":
         return f"unknown key ({text}); see `dbparallel train --help-config` for the keys"
+    if "is not a ListConfig" in text:
+        return "expects a list, e.g. [600, 400]"
+    if text.startswith("Incompatible value 'None'"):
+        return "needs a value (key=value)"
     return text
 
 

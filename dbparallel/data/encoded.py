@@ -10,6 +10,7 @@ the pixels a block trains on are the pixels stored. Colour modes are converted t
 from __future__ import annotations
 
 import io
+import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
@@ -105,7 +106,8 @@ def _decode(row: int, blob: bytes | None, mode: str, size: int) -> np.ndarray:
     except RowError:  # a DataError, so a ValueError: not an unreadable file
         raise
     except DECODE_ERRORS as err:
-        raise RowError(row, IMAGE_COLUMN, f"is not a readable image ({err})") from None
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the bytes", str(err))
+        raise RowError(row, IMAGE_COLUMN, f"is not a readable image ({reason})") from None
 
 
 def _in_mode(row: int, img: Image.Image, mode: str) -> np.ndarray:

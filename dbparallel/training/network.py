@@ -34,6 +34,11 @@ VERBS = {"dit": ("sample",), "vit": ("predict",),
          **{t: ("generate", "bpc", "log_likelihood") for t in ("mdm", "ar", "looped")}}
 
 
+def article(word: str) -> str:
+    """"a" or "an" before ``word`` as it is read aloud (an ar, an mdm, a dit)."""
+    return "an" if word[:1] in "aeiou" or word in ("mdm",) else "a"
+
+
 @dataclass
 class Network:
     """A run's blocks composed into one network. ``steps[b]`` is the step block b's weights
@@ -68,7 +73,8 @@ class Network:
 
     def _need(self, verb: str) -> None:
         if verb not in self.verbs:
-            raise UserError(f"{verb}: a {self.cfg.task} network cannot {verb}; it can "
+            raise UserError(f"{verb}: {article(self.cfg.task)} {self.cfg.task} network cannot "
+                            f"{verb}; it can "
                             f"{', '.join(self.verbs)}")
 
     def __repr__(self) -> str:
@@ -164,19 +170,24 @@ class Network:
         if self.cfg.task == "mdm":
             room = self.cfg.data.seq_len - p.shape[1]
             max_new = room if max_new is None else max_new
+            if room < 1:
+                raise UserError(f"prompt: {p.shape[1]} tokens, and an MDM row holds data.seq_len="
+                                f"{self.cfg.data.seq_len}: leave room for at least one new "
+                                f"token")
             if max_new < 1 or max_new > room:
                 raise UserError(f"max_new: an MDM row holds data.seq_len="
                                 f"{self.cfg.data.seq_len} tokens, the prompt {p.shape[1]}: "
-                                f"max_new must lie in 1..{room}")
+                                f"max_new must lie in 1..{room}, got {max_new}")
             rows = self.task.generate(self.blocks, len(texts), g, self.device, prompt=p,
                                       length=p.shape[1] + max_new, temperature=temperature,
                                       usable=self.tokenizer.vocab_size)
             new = rows[:, p.shape[1]:]
         else:
             max_new = self.cfg.sample.gen_len if max_new is None else max_new
-            if p.shape[1] < 1 or max_new < 1:
-                raise UserError("prompt: AR generation needs a prompt of at least one token "
-                                "and max_new >= 1")
+            if p.shape[1] < 1:
+                raise UserError("prompt: AR generation needs a prompt of at least one token")
+            if max_new < 1:
+                raise UserError(f"max_new: must be >= 1, got {max_new}")
             new = self.task.generate(self.blocks, p, max_new, g, temperature,
                                      self.tokenizer.vocab_size)
         out = [self.tokenizer.decode(row) for row in new.cpu()]

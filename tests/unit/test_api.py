@@ -111,8 +111,30 @@ def test_mdm_generation_fills_one_row(runs: dict[str, str]) -> None:
     net = dbparallel.load(runs["mdm"])
     assert len(net.generate("", seed=0)) == net.cfg.data.seq_len  # unconditional: a row
     assert len(net.generate("abc")) == net.cfg.data.seq_len - 3
-    with pytest.raises(UserError, match="max_new must lie in 1..61"):
+    with pytest.raises(UserError, match="max_new must lie in 1..61, got 62"):
         net.generate("abc", max_new=62)
+    with pytest.raises(UserError, match="prompt: 64 tokens, and an MDM row holds "
+                                        "data.seq_len=64: leave room"):
+        net.generate("a" * 64)
+    with pytest.raises(UserError, match="sample: an mdm network cannot sample"):
+        net.sample([0])
+
+
+def test_generation_and_sample_commands_name_what_is_wrong(runs: dict[str, str], tmp_path,
+                                                           capsys) -> None:
+    net = dbparallel.load(runs["ar"])
+    with pytest.raises(UserError, match="max_new: must be >= 1, got 0"):
+        net.generate("ab", max_new=0)
+    cases = [(["generate", runs["ar"], "--prompt", "ab", "--samples", "0"],
+              "--samples: must be >= 1, got 0"),
+             (["sample", runs["ar"], "--out", str(tmp_path / "x.png")],
+              "an ar run's samples are a .txt file"),
+             (["sample", runs["vit"], "--out", str(tmp_path / "x.png")],
+              "a vit run's samples are a .json file")]
+    for args, message in cases:
+        assert cli.main(args) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.parametrize("task", list(RECIPES))
@@ -214,6 +236,8 @@ def test_predict_command_reads_files_folders_and_tables(runs: dict[str, str], tm
     assert cli.main(["predict", runs["vit"], str(folder), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["class"] for r in rows] == classes and rows[2]["input"].endswith("sub/c.png")
+    assert all(set(r) == {"input", "class", "probability"} and 0 < r["probability"] <= 1
+               for r in rows)  # the keys docs/api.md names
 
     def encoded(i: int) -> bytes:
         buffer = io.BytesIO()

@@ -148,3 +148,10 @@ def test_a_recipe_that_is_not_a_yaml_mapping_is_named(tmp_path, capsys) -> None:
         len(err.splitlines()) == 1, err
     assert main(["plan", str(listed)]) == 2
     assert f"{listed}: a recipe is a mapping of keys" in capsys.readouterr().err
+
+
+def test_list_and_empty_values_say_what_they_need(capsys) -> None:
+    assert main(["plan", "train.block_steps=5"]) == 2
+    assert "train.block_steps: expects a list, e.g. [600, 400]" in capsys.readouterr().err
+    assert main(["plan", "model.blocks="]) == 2
+    assert "model.blocks: needs a value (key=value)" in capsys.readouterr().err
