@@ -63,11 +63,15 @@ def cmd_data(args: argparse.Namespace) -> int:
                 items.append("data.source=parquet")
     files, overrides = _split(items)
     cfg = load_config(files, overrides)
+    if args.action == "check" and args.out:
+        raise UserError("--out: data check writes nothing; --out is for data reshard")
     if args.action == "reshard":
         return _reshard(cfg, args.out)
     index = open_data(cfg.data)
     for split in index.present():
-        print(f"{split}: {index.num_rows(split)} rows in {len(index.shards(split))} shards")
+        shards = len(index.shards(split))
+        print(f"{split}: {index.num_rows(split):,} rows in {shards:,} shard"
+              f"{'s' if shards != 1 else ''}")
     if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):  # on the cluster's CPUs
         from dbparallel.runtime.launch import check_on_cluster
         from dbparallel.training.data_check import check_line
@@ -104,8 +108,9 @@ def _reshard(cfg: Config, out: str) -> int:
         if written.num_rows(split) != rows:
             raise RuntimeError(f"data reshard: {out} has {written.num_rows(split)} {split} "
                                f"rows, {rows} were read")
-        print(f"{split}: {rows} rows in {len(written.shards(split))} row groups of at most "
-              f"{cfg.data.shard_rows} rows")
+        groups = len(written.shards(split))
+        print(f"{split}: {rows:,} rows in {groups:,} row group{'s' if groups != 1 else ''} of "
+              f"at most {cfg.data.shard_rows:,} rows")
     files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
     print(f"wrote {files} to {out}; train on them with "
           f"data.source=parquet data.path={out}")

@@ -110,7 +110,7 @@ def check_line(result: CheckResult) -> str | None:
     """What a check that read the data prints (None for one remembered from before)."""
     if result.cached:
         return None
-    return (f"data: {result.rows} rows checked in {result.seconds:.1f} s "
+    return (f"data: {result.rows:,} rows checked in {result.seconds:.1f} s "
             f"({result.rows_per_second:,.0f} rows/s; once per data set, data.validate=false "
             f"skips it)")
 

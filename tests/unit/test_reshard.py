@@ -107,6 +107,9 @@ def test_reshard_refuses_what_would_lose_or_mix_data(tmp_path, capsys) -> None:
         err = capsys.readouterr().err
         assert err.startswith("dbparallel: error: ") and len(err.strip().splitlines()) == 1
         assert re.search(message, err), err
+    assert main(["data", "check", str(source), "--out", str(tmp_path / "o"),
+                 "data.image_size=4", "data.channels=3"]) == 2
+    assert "--out: data check writes nothing" in capsys.readouterr().err
     assert (taken / "keep.txt").read_text() == "mine" and sorted(taken.iterdir()) == \
         [taken / "keep.txt"]
     assert source.read_bytes() == before
