@@ -57,6 +57,7 @@ def connect(cfg: Config) -> bool:
         ray.init(address=address, logging_level="WARNING")
         return True
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _quiet_auth_notice()
     kwargs: dict[str, Any] = {}
     if cfg.metrics.port:
         port = free_port(cfg.metrics.port)
@@ -107,6 +108,18 @@ def state_api_here() -> Iterator[int]:
             os.environ.pop(STATE_API_VAR, None)
         else:
             os.environ[STATE_API_VAR] = saved
+
+
+def _not_auth_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def _quiet_auth_notice() -> None:
+    """Drop Ray's warning, printed as a private instance starts, that token authentication is
+    on and how to turn it off: it stays on (README, security)."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if _not_auth_notice not in logger.filters:
+        logger.addFilter(_not_auth_notice)
 
 
 def cluster_now() -> Cluster:
