@@ -60,7 +60,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         if "=" not in item and not item.endswith((".yaml", ".yml")):
             items[i] = f"data.path={item}"
             if not any(x.startswith("data.source=") for x in items):
-                items.append("data.source=parquet")
+                items.append(f"data.source={_bare_source(item)}")
     files, overrides = _split(items)
     cfg = load_config(files, overrides)
     if args.action == "check" and args.out:
@@ -85,6 +85,21 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     report_footprint(cfg, index)
     return 0
+
+
+def _bare_source(path: str) -> str:
+    """data.source of a path given alone: image_folder for a local folder of images with no
+    Parquet file in it, else parquet."""
+    from pathlib import Path
+
+    from dbparallel.data.image_folder import IMAGE_EXTENSIONS
+
+    folder = Path(path)
+    if "://" in path or not folder.is_dir():
+        return "parquet"
+    seen = [p.suffix.lower() for _, p in zip(range(10_000), folder.rglob("*"), strict=False)]
+    return "image_folder" if ".parquet" not in seen and any(
+        s in IMAGE_EXTENSIONS for s in seen) else "parquet"
 
 
 def _reshard(cfg: Config, out: str) -> int:

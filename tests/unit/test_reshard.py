@@ -83,6 +83,10 @@ def test_an_image_folder_becomes_parquet_with_the_files_bytes(tmp_path, capsys) 
     assert json.loads(schema.metadata[CLASSES_KEY]) == ["ant", "cat"]
     assert main(["data", "check", str(out), "data.image_size=8", "data.channels=3",
                  "data.num_classes=2"]) == 0
+    capsys.readouterr()
+    assert main(["data", "check", str(folder), "data.image_size=8", "data.channels=3",
+                 "data.num_classes=2"]) == 0  # a folder of images, given alone
+    assert "train: 12 rows in" in capsys.readouterr().out
 
 
 def test_reshard_refuses_what_would_lose_or_mix_data(tmp_path, capsys) -> None:
