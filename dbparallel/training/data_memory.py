@@ -85,9 +85,17 @@ def row_bytes(index: DataIndex, task: Task, split: str = "train") -> int:
 def report_footprint(cfg: Config, index: DataIndex) -> int:
     """Print what a block's stream holds, and return it in bytes (0: no training rows); in
     local mode, warn when it is over half of this machine's memory (a Ray run checks each
-    node once its blocks are placed)."""
+    node once its blocks are placed). Warn too when an image folder has fewer classes than
+    data.num_classes."""
     from dbparallel.tasks import build_task
 
+    classes = index.meta.get("classes")  # an image folder's class folders
+    if classes and len(classes) < cfg.data.num_classes:
+        print(f"warning: data.num_classes={cfg.data.num_classes}, but the data have "
+              f"{len(classes)} classes ({', '.join(classes[:5])}"
+              f"{', ...' if len(classes) > 5 else ''}): labels {len(classes)}.."
+              f"{cfg.data.num_classes - 1} never occur, yet samples and scores cover them; "
+              f"set data.num_classes={len(classes)}", file=sys.stderr, flush=True)
     if "train" not in index.present():  # e.g. data check of a test split alone
         return 0
     footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards,

@@ -316,7 +316,7 @@ def _step_meeting(row: int, order_args: tuple, steps: int) -> int:
     return steps
 
 
-def test_encoded_images_and_image_folders_train(tmp_path) -> None:
+def test_encoded_images_and_image_folders_train(tmp_path, capsys) -> None:
     from PIL import Image
 
     data = _write(_encoded_rows(200), tmp_path / "hf" / "train-00000-of-00001.parquet")
@@ -332,6 +332,8 @@ def test_encoded_images_and_image_folders_train(tmp_path) -> None:
                  "data.source=image_folder", f"data.path={tmp_path / 'folder'}"]) == 0
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert [r["steps"] for r in report["per_block"]] == [12, 12]
+    assert "warning: data.num_classes=10, but the data have 3 classes (class_0, class_1, " \
+        "class_2): labels 3..9 never occur" in capsys.readouterr().err
 
 
 def test_a_corrupt_encoded_image_mid_stream_is_named_and_checkpoints_stay(
