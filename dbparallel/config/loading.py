@@ -43,6 +43,11 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         key = getattr(err, "full_key", None) or "config"
         raise ConfigError(f"{key}: {_omegaconf_reason(err)}") from None
     assert isinstance(cfg, Config)
+    d = cfg.data  # (here, not in the schema: a stored config from before this rule loads)
+    if d.path and d.source in ("digits", "shakespeare"):
+        raise ConfigError(f"data.path: {d.path!r} is not read: data.source={d.source} is built "
+                          f"in; set data.source=parquet, image_folder, text or fashion_mnist "
+                          f"to train on it")
     return cfg
 
 
@@ -58,6 +63,8 @@ def _recipe(path: str | Path) -> Any:
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"{path}: cannot be read as a recipe ({err})") from None
     if not isinstance(layer, DictConfig):
         raise ConfigError(f"{path}: a recipe is a mapping of keys (model:, train:, ...), "
                           f"not a {type(layer).__name__.replace('Config', '').lower()}")
@@ -96,24 +103,6 @@ def from_dict(data: dict[str, Any]) -> Config:
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), upgrade(data)))
     assert isinstance(cfg, Config)
     return cfg
-
-
-def _recipe(path: str | Path) -> Any:
-    """One YAML recipe, a mapping; ConfigError naming the file (and line) if it is not."""
-    import yaml
-    from omegaconf import DictConfig, OmegaConf
-
-    try:
-        layer = OmegaConf.load(path)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
-    if not isinstance(layer, DictConfig):
-        raise ConfigError(f"{path}: a recipe is a mapping of keys (model:, train:, ...), "
-                          f"not a {type(layer).__name__.replace('Config', '').lower()}")
-    return layer
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -73,9 +73,6 @@ class DataConfig:
         _choice(self.source, "data.source", DATA_SOURCES)
         _check(self.source not in ("parquet", "text", "image_folder") or bool(self.path),
                "data.path", f"required when data.source={self.source}")
-        _check(not self.path or self.source not in ("digits", "shakespeare"), "data.path",
-               f"{self.path!r} is not read: data.source={self.source} is built in; set "
-               f"data.source=parquet, image_folder, text or fashion_mnist to train on it")
         _check(self.image_size > 0, "data.image_size", "must be > 0")
         _check(self.channels > 0, "data.channels", "must be > 0")
         _check(self.num_classes > 0, "data.num_classes", "must be > 0")

@@ -8,12 +8,14 @@ The first bad row in index order is the one named, as on the driver: once a unit
 units after it are cancelled and the ones before it are waited for (one of them may hold an
 earlier bad row). A cluster that runs none of the tasks (it filled up after the pass began,
 or its nodes are gone) does not stall the pass: each task says when a worker begins its unit,
-and after ``PATIENCE_S`` seconds with no unit running and some waiting, the driver checks
-those itself, from the last, until a task begins. A unit a worker has begun is never taken.
+and after ``PATIENCE_S`` seconds in which no task began or ended one, the driver checks the
+last unit no worker has begun, and goes on so while the tasks stay silent. A unit a worker
+has begun is left to it unless no task was heard of for ``LOST_S`` seconds.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import ray
@@ -29,7 +31,10 @@ from dbparallel.training.data_check import (
     with_threads,
 )
 
-PATIENCE_S = 30.0  # seconds with no unit begun or finished before the driver takes one
+PATIENCE_S = 30.0  # seconds with no unit begun or ended before the driver takes a waiting one
+LOST_S = 600.0  # seconds with no task heard of before the driver takes a unit a worker began
+TASK_CPUS = 1.0  # CPUs of each check task
+DRAIN_S = 10.0  # seconds spent at most collecting what dropped tasks still send
 STARTED = -1  # what a task yields first: a worker has begun its unit
 
 
@@ -51,24 +56,28 @@ def cluster_units(cfg: Config, index: DataIndex) -> UnitRunner | None:
     return ray_units(cfg, index)
 
 
-def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S) -> UnitRunner:
-    """A runner for ``check_data`` that checks each unit in a Ray task of one CPU, decoding on
-    one thread. Each task says when a worker begins its unit. When for ``patience`` seconds no
-    unit has been running and some wait (the cluster filled up after the pass began, or its
-    nodes are gone), the driver checks those itself, from the last, until a task begins: the
-    pass never waits on a cluster that runs none of it, and never redoes a unit a worker has
-    begun."""
+def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S,
+              lost_after: float = LOST_S) -> UnitRunner:
+    """A runner for ``check_data`` that checks each unit in a Ray task of ``TASK_CPUS`` CPU,
+    decoding on one thread. Each task says when a worker begins its unit. When no task has
+    begun or finished a unit for ``patience`` seconds and some unit waits for a worker (the
+    cluster filled up after the pass began, or its nodes are gone), the driver checks the last
+    waiting unit itself, and goes on so while the tasks stay silent: the pass never waits on a
+    cluster that runs none of it. A unit a worker has begun is left to it, unless no task has
+    been heard of for ``lost_after`` seconds (a lost node whose retry cannot be placed): then
+    the driver checks that unit too, and drops the task once it is done."""
     one = with_threads(cfg, 1)
 
     def run(units: list[Unit]) -> Iterator[int]:
         shared = ray.put(index)  # once, not once per task
-        task = _check.options(num_cpus=1, scheduling_strategy="SPREAD")
+        task = _check.options(num_cpus=TASK_CPUS, scheduling_strategy="SPREAD")
         left = [task.remote(one, shared, unit) for unit in units]  # streaming, one per unit
         unit_of = {id(g): i for i, g in enumerate(left)}
         started: set[int] = set()
         dropped: list[ObjectRefGenerator] = []
         failed: tuple[int, Exception] | None = None  # the lowest failed unit and its error
-        helping = told = False  # the driver is taking units; it said so
+        heard = time.monotonic()  # when a task last began or ended a unit
+        told = False  # the driver said it checks units
 
         def fail(at: int, err: Exception) -> None:
             nonlocal failed, left
@@ -82,10 +91,13 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S) -> Un
 
         try:
             while left:
-                ready, _ = ray.wait(left, num_returns=1, timeout=0 if helping else patience)
+                waiting = [g for g in left if unit_of[id(g)] not in started]
+                quiet = time.monotonic() - heard
+                timeout = max(0.0, (patience if waiting else lost_after) - quiet)
+                ready, _ = ray.wait(left, num_returns=1, timeout=timeout)
                 if ready:
                     (gen,) = ready
-                    at = unit_of[id(gen)]
+                    at, heard = unit_of[id(gen)], time.monotonic()
                     try:
                         rows = ray.get(next(gen))
                     except ray.exceptions.RayError as err:  # bad data, or a worker lost
@@ -99,23 +111,27 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S) -> Un
                     left.remove(gen)
                     yield rows
                     continue
-                waiting = [g for g in left if unit_of[id(g)] not in started]
-                helping = len(waiting) == len(left) > 0  # none running, some waiting
-                if not helping:
+                if not waiting and time.monotonic() - heard < lost_after:
                     continue  # units are running: wait for them
-                gen = max(waiting, key=lambda g: unit_of[id(g)])
+                gen = max(waiting or left, key=lambda g: unit_of[id(g)])
                 if not told:
                     told = True
-                    print(f"data: no unit of the check began in {patience:g} s (is the cluster "
-                          f"full?); the driver checks units until a task begins", flush=True)
+                    why = (f"no unit of the check began or ended in {patience:g} s (is the "
+                           f"cluster full?)" if waiting else
+                           f"no task was heard of in {lost_after:g} s (a node lost?)")
+                    print(f"data: {why}; the driver checks units while the tasks are silent",
+                          flush=True)
                 left.remove(gen)
-                ray.cancel(gen)
+                if waiting:
+                    ray.cancel(gen)  # not begun: nothing of it is lost
                 dropped.append(gen)
                 try:
                     rows = check_unit(one, index, units[unit_of[id(gen)]])
                 except Exception as err:  # noqa: BLE001 (ordered as a task's failure)
                     fail(unit_of[id(gen)], err)
                     continue
+                finally:  # begun: its worker stopped once the driver has the unit's outcome
+                    ray.cancel(gen, force=not waiting)
                 yield rows
         finally:
             for g in left:  # stopped early (an interrupt): leave no task running
@@ -127,12 +143,19 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S) -> Un
     return run
 
 
-def _drain(gens: list[ObjectRefGenerator]) -> None:
+def _drain(gens: list[ObjectRefGenerator], budget: float = DRAIN_S) -> None:
     """Fetch what cancelled or unneeded tasks still yield, so that Ray does not log their
-    errors as unhandled; at most 30 s for each."""
+    errors as unhandled; within ``budget`` seconds in all (a task on a lost node may never
+    answer)."""
+    deadline = time.monotonic() + budget
     for gen in gens:
-        try:
-            while ray.wait([gen], timeout=30)[0]:
-                ray.get(next(gen), timeout=30)
-        except Exception:  # noqa: BLE001 (cancelled, failed, done or slow: not used)
-            pass
+        while time.monotonic() < deadline and not gen.is_finished():
+            if not gen.next_ready():
+                time.sleep(0.05)
+                continue
+            try:
+                ray.get(next(gen))
+            except StopIteration:
+                break
+            except Exception:  # noqa: BLE001 (cancelled or failed: the outcome is not used)
+                pass

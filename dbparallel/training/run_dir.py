@@ -34,9 +34,10 @@ def check_resumable(cfg: Config, index: DataIndex) -> None:
 
 
 def _refuse_other_config(storage: Storage, cfg: Config) -> None:
-    if storage.exists(CONFIG_FILE) and trained(storage):
-        then, now = identity(stored_config(storage)), identity(cfg)
-        keys = identity_diff(stored_config(storage), to_dict(cfg))
+    if storage.exists(CONFIG_FILE):
+        stored = stored_config(storage)
+        then, now = identity(stored), identity(cfg)
+        keys = identity_diff(stored, to_dict(cfg))
         if keys:
             values = "; ".join(f"{k}: {then.get(k)!r} there, {now.get(k)!r} now"
                                for k in keys[:MAX_LISTED])
@@ -44,13 +45,6 @@ def _refuse_other_config(storage: Storage, cfg: Config) -> None:
             raise RunDirError(
                 f"{storage.uri()} holds blocks trained with other values of {', '.join(keys)} "
                 f"({values}{more}); resume with the same values or choose a new run.dir")
-
-
-def trained(storage: Storage) -> bool:
-    """Whether any block of the run directory has saved a checkpoint (a directory opened by
-    a run that stopped before its first one holds nothing a new config could break)."""
-    return any(storage.exists(f"blocks/{name}/manifest.json")
-               for name in storage.listdir("blocks"))
 
 
 def stored_config(storage: Storage) -> dict:
@@ -65,20 +59,17 @@ def stored_config(storage: Storage) -> dict:
 def pin_data(storage: Storage, index: DataIndex) -> None:
     """Record the data a run trains on; a resume on other data (files added, changed or
     re-written) is refused, because every block's data order depends on it."""
-    fresh = not trained(storage)  # nothing trained yet: the data (and vocabulary) are these
-    if storage.exists(DATA_INDEX_FILE) and not fresh:
+    if storage.exists(DATA_INDEX_FILE):
         _refuse_other_data(storage, index)
     else:
         storage.write_json(DATA_INDEX_FILE, index.to_json())
-    if index.meta.get("tokenizer") and (fresh or not storage.exists(VOCAB_FILE)):
+    if index.meta.get("tokenizer") and not storage.exists(VOCAB_FILE):
         from dbparallel.data.tokenizer import load_tokenizer
 
         storage.write_json(VOCAB_FILE, load_tokenizer(index.meta).describe())
 
 
 def _refuse_other_data(storage: Storage, index: DataIndex) -> None:
-    if not trained(storage):
-        return
     previous = pinned_data(storage)
     if previous is not None and previous.fingerprint != index.fingerprint:
         then, now = previous.num_rows("train"), index.num_rows("train")

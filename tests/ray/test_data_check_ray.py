@@ -150,8 +150,8 @@ def test_a_cluster_that_runs_no_task_leaves_the_pass_to_the_driver(
     result = _within(120, lambda: data_check.check_data(
         cfg, index, progress=False, run=data_check_ray.ray_units(cfg, index, patience=0.2)))
     assert (result.rows, result.cached) == (3000, False)
-    assert "no unit of the check began in 0.2 s (is the cluster full?); the driver checks " \
-        "units until a task begins" in capsys.readouterr().out
+    assert "no unit of the check began or ended in 0.2 s (is the cluster full?); the driver " \
+        "checks units while the tasks are silent" in capsys.readouterr().out
     bad = _data(tmp_path / "bad", bad_labels_at=(2950, 1720, 2210))  # units 9, 5, 7
     cfg, index = _cfg(bad, tmp_path / "run"), parquet_index(str(bad))
     with pytest.raises(DataError) as err:
@@ -160,31 +160,61 @@ def test_a_cluster_that_runs_no_task_leaves_the_pass_to_the_driver(
     assert "part-1.parquet row 220: column 'label' has label 12" in str(err.value)
 
 
-def test_units_a_worker_has_begun_are_left_to_it(ray_session, tmp_path, monkeypatch,
-                                                 capsys) -> None:
-    """Units slower than the patience, one running at least: the driver waits for them and
-    takes none."""
+def _tasks(monkeypatch, body) -> list:
+    """Check tasks running ``body(cfg, index, unit)`` (a generator) at a hundredth of a CPU
+    each, so that every unit begins whatever other tests hold; the units the driver takes."""
     import ray
 
+    from dbparallel.runtime import data_check_ray
+
+    monkeypatch.setattr(data_check_ray, "_check", ray.remote(num_returns="streaming")(body))
+    monkeypatch.setattr(data_check_ray, "TASK_CPUS", 0.01)
+    taken: list = []
+    real = data_check_ray.check_unit
+    monkeypatch.setattr(data_check_ray, "check_unit",
+                        lambda *a, **k: taken.append(a[2]) or real(*a, **k))
+    return taken
+
+
+def test_units_a_worker_has_begun_are_left_to_it(ray_session, tmp_path, monkeypatch,
+                                                 capsys) -> None:
+    """Units far slower than the patience, all begun: the driver waits for them."""
     from dbparallel.runtime import data_check_ray
 
     def slow(cfg, index, unit):
         yield data_check_ray.STARTED
         rows = data_check.check_unit(cfg, index, unit)
-        time.sleep(2.5)  # longer than the patience
+        time.sleep(7)  # longer than the patience
         yield rows
 
-    monkeypatch.setattr(data_check_ray, "_check", ray.remote(num_returns="streaming")(slow))
-    taken: list = []
-    real = data_check_ray.check_unit
-    monkeypatch.setattr(data_check_ray, "check_unit",
-                        lambda *a, **k: taken.append(a[2]) or real(*a, **k))
-    monkeypatch.setattr(data_check, "UNIT_ROWS", 1500)  # 2 units, one CPU each
+    taken = _tasks(monkeypatch, slow)
+    monkeypatch.setattr(data_check, "UNIT_ROWS", 1500)  # 2 units
     data = _data(tmp_path / "data")
     cfg, index = _cfg(data, tmp_path / "run"), parquet_index(str(data))
-    if ray.available_resources().get("CPU", 0) < 1:
-        pytest.skip("no CPU free: no unit would run")
     result = data_check.check_data(cfg, index, progress=False,
-                                   run=data_check_ray.ray_units(cfg, index, patience=1.0))
+                                   run=data_check_ray.ray_units(cfg, index, patience=5))
     assert result.rows == 3000 and taken == []
     assert "the driver checks" not in capsys.readouterr().out
+
+
+def test_units_begun_on_a_node_that_went_silent_are_taken(ray_session, tmp_path, monkeypatch,
+                                                          capsys) -> None:
+    """Tasks that begin and are never heard of again (a lost node whose retry cannot be
+    placed): after lost_after seconds the driver checks their units and drops the tasks."""
+    from dbparallel.runtime import data_check_ray
+
+    def lost(cfg, index, unit):
+        yield data_check_ray.STARTED
+        time.sleep(600)
+        yield 0
+
+    taken = _tasks(monkeypatch, lost)
+    monkeypatch.setattr(data_check, "UNIT_ROWS", 1500)  # 2 units
+    data = _data(tmp_path / "data", bad_labels_at=(2210,))
+    cfg, index = _cfg(data, tmp_path / "run"), parquet_index(str(data))
+    with pytest.raises(DataError, match="part-1.parquet row 710"):
+        _within(120, lambda: data_check.check_data(
+            cfg, index, progress=False,
+            run=data_check_ray.ray_units(cfg, index, patience=60, lost_after=2.0)))
+    assert [u.first for u in taken] == [15, 0]  # the last unit first
+    assert "no task was heard of in 2 s (a node lost?)" in capsys.readouterr().out
