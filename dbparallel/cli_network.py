@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import TYPE_CHECKING
 
 from dbparallel.errors import UserError
@@ -60,6 +61,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(kind):
         raise UserError(f"--out {args.out}: {article(network.cfg.task)} {network.cfg.task} "
                         f"run's samples are a {kind} file; name it so")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UserError(f"--out {args.out}: cannot write into {folder}")
     _, data = network.artifact(_data(network, args.source) if needs_data else None)
     with open(args.out, "wb") as f:
         f.write(data)

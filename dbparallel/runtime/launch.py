@@ -179,7 +179,7 @@ def _check_room(cfg: Config, bundles: list[dict[str, float]]) -> None:
         return
     asked = ", ".join(f"{v:g} {k}" for k, v in short.items())
     having = f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs"
-    if not (cfg.runtime.address or os.environ.get("RAY_ADDRESS")):
+    if _this_machine_alone(cfg):
         r = cfg.runtime
         asking = {"CPU": (("runtime.cpus_per_block", r.cpus_per_block),
                           ("runtime.assembly_cpus", r.assembly_cpus)),
@@ -192,6 +192,16 @@ def _check_room(cfg: Config, bundles: list[dict[str, float]]) -> None:
     print(f"placement: the cluster has {having} now and the run asks for {asked}; waiting up "
           f"to runtime.placement_timeout_s={cfg.runtime.placement_timeout_s:g} s for nodes "
           f"to join", flush=True)
+
+
+def _this_machine_alone(cfg: Config) -> bool:
+    """Whether the connected Ray instance is this machine alone and no cluster was named
+    (runtime.address, RAY_ADDRESS): nothing will add nodes to it. A notebook joined to a
+    cluster with ray.init(address=...) has nodes elsewhere."""
+    if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):
+        return False
+    here = ray.util.get_node_ip_address()
+    return all(n["NodeManagerAddress"] == here for n in ray.nodes() if n["Alive"])
 
 
 def reserve_blocks(cfg: Config, slots: int, data_bytes: int = 0) -> tuple[Any, int | None]:

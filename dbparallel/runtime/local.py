@@ -16,7 +16,6 @@ from dbparallel.runtime.metrics import (
     MemorySink,
     PrometheusSink,
     Sink,
-    free_port,
     port_line,
 )
 from dbparallel.runtime.progress import BlockBars
@@ -57,9 +56,8 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
     sink: Sink = MemorySink()
     server = None
     if cfg.metrics.port:
-        port = free_port(cfg.metrics.port)
         sink = PrometheusSink()
-        server = sink.serve(port)
+        server, port = sink.serve(cfg.metrics.port)
         print(port_line(cfg.metrics.port, port), flush=True)
     bars = BlockBars(blocks, [cfg.train.steps_of(b) for b in blocks], progress)
     per_block = []

@@ -148,12 +148,20 @@ class PrometheusSink(Sink):
     def inc(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
         self._metric(spec).labels(**tags).inc(value)
 
-    def serve(self, port: int) -> Any:
-        """Start the HTTP endpoint on ``port``; returns the server (``shutdown()`` stops it)."""
+    def serve(self, port: int) -> tuple[Any, int]:
+        """Start the HTTP endpoint on ``port``, or on the first free one of the
+        ``PORT_TRIES - 1`` after it (another process took it); (the server, whose
+        ``shutdown()`` stops it, and its port). UserError naming metrics.port if none is
+        free."""
         from prometheus_client import start_http_server
 
-        server, _ = start_http_server(port, registry=self.registry)
-        return server
+        for candidate in range(port, min(port + PORT_TRIES, 65536)):
+            try:
+                server, _ = start_http_server(candidate, registry=self.registry)
+                return server, candidate
+            except OSError:
+                continue
+        raise _ports_in_use(port, min(port + PORT_TRIES, 65536) - 1)
 
 
 # ---------------------------------------------------------------------------- recorders
@@ -231,10 +239,9 @@ PORT_TRIES = 16  # metrics.port and the ports after it tried, for processes on o
 def free_port(port: int, tries: int = PORT_TRIES) -> int:
     """``port`` if it can be bound on this machine, else the first of the ``tries - 1`` after
     it that can (another run, or another block's process, serves on it); UserError naming
-    metrics.port if none can."""
+    metrics.port if none can. For a port another program binds (Ray's metrics export): it
+    may be taken again before that; a local run binds its server in ``serve`` instead."""
     import socket
-
-    from dbparallel.errors import UserError
 
     for candidate in range(port, min(port + tries, 65536)):
         with socket.socket() as s:
@@ -243,8 +250,14 @@ def free_port(port: int, tries: int = PORT_TRIES) -> int:
                 return candidate
             except OSError:
                 continue
-    raise UserError(f"metrics.port: ports {port} to {port + tries - 1} are in use on this "
-                    "machine; choose another, or metrics.port=0 to serve no metrics")
+    raise _ports_in_use(port, min(port + tries, 65536) - 1)
+
+
+def _ports_in_use(first: int, last: int) -> Exception:
+    from dbparallel.errors import UserError
+
+    return UserError(f"metrics.port: ports {first} to {last} are in use on this machine; "
+                     "choose another, or metrics.port=0 to serve no metrics")
 
 
 def port_line(asked: int, port: int) -> str:

@@ -127,8 +127,10 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     lines.append(memory)
     if not c["room"]:
         beside = " beside the assembly actor" if assembler else ""
+        keys = "runtime.cpus_per_block/gpus_per_block" + (
+            "/assembly_cpus/assembly_gpus" if assembler else "")
         lines.append(f"  does NOT fit: one block ({unit}){beside} is more than the cluster "
-                     f"has; lower runtime.cpus_per_block/gpus_per_block, or add nodes")
+                     f"has; lower {keys}, or add nodes")
     rates = c.get("estimated_steps_per_s")
     if rates:
         span = (f"{min(rates):.3g}" if f"{min(rates):.3g}" == f"{max(rates):.3g}"

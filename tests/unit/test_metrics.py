@@ -58,7 +58,8 @@ def test_exported_names_follow_ray_conventions() -> None:
 def test_local_endpoint_serves_every_recorded_series() -> None:
     sink = PrometheusSink()
     port = _free_port()
-    server = sink.serve(port)
+    server, served = sink.serve(port)
+    assert served == port
     try:
         BlockRecorder("run1", 0, (0.3, 80.0), sink).record(
             StepStats(1, 0.5, True, 0.1, 8), _Trainer())
@@ -90,3 +91,8 @@ def test_a_busy_port_moves_to_a_free_one_after_it_or_names_the_key() -> None:
             f"metrics: http://127.0.0.1:{moved}/metrics ({busy} is in use)"
         with pytest.raises(UserError, match=f"metrics.port: ports {busy} to {busy} are in use"):
             free_port(busy, tries=1)
+        server, served = PrometheusSink().serve(busy)  # binds the first free one itself
+        try:
+            assert busy < served < busy + PORT_TRIES
+        finally:
+            server.shutdown()
