@@ -146,6 +146,11 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return cmd_train(args)
 
 
+def _number(v: float) -> str:
+    """A metric as printed: whole numbers (counts, steps) in full, others to 4 digits."""
+    return f"{int(v):,}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.4g}"
+
+
 def _print_summary(cfg: Config, report: dict) -> None:
     for row in report["per_block"]:
         speed = ""
@@ -157,7 +162,7 @@ def _print_summary(cfg: Config, report: dict) -> None:
               f"restarts={row['restarts']} peak_memory={row['peak_memory_bytes'] / 2**20:.2f} MiB"
               f" data_memory={row.get('data_memory_bytes', 0) / 2**20:.2f} MiB{speed}")
     if report["assembly"]:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in report["assembly"].items())
+        metrics = ", ".join(f"{k}={_number(v)}" for k, v in report["assembly"].items())
         print(f"assembly: {metrics}")
     else:
         print(f"assembly: not run (a subset of blocks); once every block is trained: "

@@ -155,3 +155,10 @@ def test_list_and_empty_values_say_what_they_need(capsys) -> None:
     assert "train.block_steps: expects a list, e.g. [600, 400]" in capsys.readouterr().err
     assert main(["plan", "model.blocks="]) == 2
     assert "model.blocks: needs a value (key=value)" in capsys.readouterr().err
+
+
+def test_summary_numbers_print_counts_in_full() -> None:
+    from dbparallel.cli import _number
+
+    assert [_number(v) for v in (10000.0, 186.0, 0.9989, 0.0, 2.5e-05)] == \
+        ["10,000", "186", "0.9989", "0", "2.5e-05"]
