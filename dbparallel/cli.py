@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dbparallel.cli_network import add_parsers
-from dbparallel.config import Config, ConfigError, describe, load_config
+from dbparallel.config import Config, ConfigError, describe, load_config, notes
 from dbparallel.errors import UserError
 
 if TYPE_CHECKING:
@@ -39,8 +39,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:  # the defaults, or the values of the recipes and overrides given
+        meaning = notes()
         for key, value in describe(values=_config(args) if args.config else None):
-            print(f"{key}={value}")
+            print(f"{key}={value}" + (f"  # {meaning[key]}" if meaning.get(key) else ""))
         return 0
     cfg = _config(args)
     from dbparallel.runtime.train import train_run

@@ -18,7 +18,14 @@ from dbparallel.config.identity import (
     to_dict,
     upgrade,
 )
-from dbparallel.config.loading import AUTO, describe, dump_yaml, from_dict, load_config
+from dbparallel.config.loading import (
+    AUTO,
+    describe,
+    dump_yaml,
+    from_dict,
+    load_config,
+    notes,
+)
 from dbparallel.config.schema import (
     AR_READOUTS,
     DATA_SOURCES,
@@ -52,6 +59,6 @@ __all__ = [
     "PARTITIONS", "PRECISIONS", "PRESETS", "TASKS", "TEXT_TASKS", "TOKENIZERS", "Config",
     "ConfigError", "DataConfig", "DebugConfig", "MetricsConfig", "ModelConfig", "NoiseConfig",
     "RunConfig", "RuntimeConfig", "SampleConfig", "TrainConfig", "bytes_text", "config_hash",
-    "describe", "dump_yaml", "from_dict", "identity", "identity_diff", "load_config",
+    "describe", "dump_yaml", "from_dict", "identity", "identity_diff", "load_config", "notes",
     "parse_bytes", "to_dict", "upgrade",
 ]

@@ -125,3 +125,43 @@ def describe(cls: type = Config, prefix: str = "",
         else:
             out.append((f"{prefix}{f.name}", value))
     return out
+
+
+def notes(cls: type = Config, prefix: str = "") -> dict[str, str]:
+    """What each dotted key means, from the schema's own comments (``--help-config``): a
+    field's comment on its line, with the comment lines after it when the next field has its
+    own, or the comment lines before it."""
+    import inspect
+    import re
+
+    out: dict[str, str] = {}
+    default = cls()
+    pending: list[str] = []
+    last = ""
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            pending.append(text.lstrip("# "))
+            continue
+        match = re.match(r"\s{4}(\w+): [^=]+=.*?(?:#\s*(.*))?$", line)
+        if not match or match.group(1) not in {f.name for f in fields(cls)}:
+            pending = [] if not text else pending
+            continue
+        name, inline = match.group(1), match.group(2)
+        if inline and pending and last:  # the lines before continue the previous field's
+            out[last] += " " + " ".join(pending)
+            pending = []
+        value = getattr(default, name)
+        if is_dataclass(value):  # a section: the lines before continue the previous field's
+            if pending and last:
+                out[last] += " " + " ".join(pending)
+            out.update(notes(type(value), f"{prefix}{name}."))
+            pending, last = [], ""
+            continue
+        last = f"{prefix}{name}"
+        out[last] = " ".join([inline] if inline else pending)
+        pending = []
+    if pending and last:
+        out[last] += " " + " ".join(pending)
+    return out
+

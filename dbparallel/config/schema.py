@@ -265,8 +265,8 @@ class RuntimeConfig:
     address: str = ""  # Ray address; "" = RAY_ADDRESS if set, else a private local instance
     num_cpus: int = 0  # CPUs of a private local instance; 0 = all
     cpus_per_block: float = 0.5  # CPUs reserved by each block actor (each replica)
-    gpus_per_block: float = 0.0  # GPUs per block actor (each replica; fractions share a
-    # card); 0 = CPU
+    # GPUs per block actor (each replica; fractions share a card); 0 = CPU
+    gpus_per_block: float = 0.0
     # data-parallel workers of each block (Ray Train, one process group per block); each
     # takes an even share of train.batch_size, which stays the block's global batch
     replicas_per_block: int = 1

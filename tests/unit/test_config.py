@@ -69,10 +69,24 @@ def test_help_config_shows_the_values_of_the_recipes_given(capsys) -> None:
 
     tiny = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
     assert main(["train", str(tiny), "model.depth=4", "--help-config"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = [line.split("  # ")[0] for line in capsys.readouterr().out.splitlines()]
     assert "model.blocks=2" in lines and "model.depth=4" in lines  # not the defaults, 4 and 8
     assert main(["train", "--help-config"]) == 0
-    assert "model.blocks=4" in capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()
+    assert "train.steps=1500  # optimizer steps per block" in lines  # what each key means
+    assert any(line.startswith("runtime.gpus_per_block=0.0  # GPUs per block actor (each "
+                               "replica; fractions share a card); 0 = CPU") for line in lines)
+
+
+def test_every_key_has_a_meaning_from_the_schema() -> None:
+    from dbparallel.config import notes
+
+    meaning = notes()
+    assert sorted(meaning) == sorted(k for k, _ in describe())
+    assert all(meaning.values()), [k for k, v in meaning.items() if not v]
+    # a comment that runs on after its field's line stays with that field
+    assert meaning["train.compile"].endswith("needs a C++ compiler)")
+    assert meaning["train.block_steps"].startswith("optimizer steps of each block")
 
 
 def test_describe_lists_every_leaf() -> None:
