@@ -40,7 +40,8 @@ def _config(args: argparse.Namespace) -> Config:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:  # the defaults, or the values of the recipes and overrides given
         meaning = notes()
-        for key, value in describe(values=_config(args) if args.config else None):
+        given = args.config or getattr(args, "local", False)
+        for key, value in describe(values=_config(args) if given else None):
             print(f"{key}={value}" + (f"  # {meaning[key]}" if meaning.get(key) else ""))
         return 0
     cfg = _config(args)

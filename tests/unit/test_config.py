@@ -71,6 +71,9 @@ def test_help_config_shows_the_values_of_the_recipes_given(capsys) -> None:
     assert main(["train", str(tiny), "model.depth=4", "--help-config"]) == 0
     lines = [line.split("  # ")[0] for line in capsys.readouterr().out.splitlines()]
     assert "model.blocks=2" in lines and "model.depth=4" in lines  # not the defaults, 4 and 8
+    assert main(["train", "--local", "--help-config"]) == 0
+    assert "runtime.local=True" in [line.split("  # ")[0]
+                                    for line in capsys.readouterr().out.splitlines()]
     assert main(["train", "--help-config"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "train.steps=1500  # optimizer steps per block" in lines  # what each key means
