@@ -292,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config = [*args.config, *extra]
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader (head, less) stopped reading: nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ConfigError, UserError) as err:
         print(f"dbparallel: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
