@@ -5,6 +5,10 @@ class UserError(ValueError):
     """A mistake in the input (config, data, run directory); the message names what to fix."""
 
 
+class ConfigError(UserError):
+    """A user mistake in the configuration; the message names the dotted key."""
+
+
 class DataError(UserError):
     """Bad or missing data; the message names the column and the first bad row, or the path."""
 

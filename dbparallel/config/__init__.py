@@ -7,6 +7,7 @@ them. The schema is in schema.py, what identifies a run's network in identity.py
 loading.py.
 """
 
+from dbparallel.config.amounts import bytes_text, parse_bytes
 from dbparallel.config.identity import (
     IDENTITY_KEYS,
     IDENTITY_SECTIONS,
@@ -49,8 +50,6 @@ from dbparallel.config.schema import (
     RuntimeConfig,
     SampleConfig,
     TrainConfig,
-    bytes_text,
-    parse_bytes,
 )
 
 __all__ = [
