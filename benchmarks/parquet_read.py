@@ -131,11 +131,19 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
+    plot_arms(result, path, ("whole", "pieces"), "Arrow's peak while reading, MiB",
+              "Reading one Parquet row group: whole, or a few MiB at a time")
+
+
+def plot_arms(result: dict[str, Any], path: Path, arms: tuple[str, str], memory_label: str,
+              title: str) -> None:
+    """Arrow's peak and seconds against row-group size, per layout, for two arms (the first
+    dashed): the plot of this benchmark and of parquet_write.py."""
     import matplotlib.pyplot as plt
 
     fig, (mem, sec) = plt.subplots(1, 2, figsize=(11, 4))
     for layout, color in zip(LAYOUTS, ("C0", "C1", "C2"), strict=True):
-        for arm, style in (("whole", "o--"), ("pieces", "o-")):
+        for arm, style in zip(arms, ("o--", "o-"), strict=True):
             mine = [r for r in result["rows"] if r["layout"] == layout and r["arm"] == arm]
             if not mine:
                 continue
@@ -144,14 +152,14 @@ def plot(result: dict[str, Any], path: Path) -> None:
                      label=f"{layout}, {arm}")
             sec.plot(x, [r["seconds"] for r in mine], style, color=color,
                      label=f"{layout}, {arm}")
-    mem.set_ylabel("Arrow's peak while reading, MiB")
+    mem.set_ylabel(memory_label)
     sec.set_ylabel("seconds")
     for ax in (mem, sec):
         ax.set_xlabel("row group, MiB of pixels")
         ax.set_xscale("log", base=2)
     mem.set_yscale("log")
     mem.legend(fontsize=7)
-    fig.suptitle("Reading one Parquet row group: whole, or a few MiB at a time")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -40,7 +40,13 @@ from benchmarks.common import (  # noqa: E402
     parser,
     settle,
 )
-from benchmarks.parquet_read import LAYOUTS, QUICK_SIZES_MIB, SIZES_MIB, group_table  # noqa: E402
+from benchmarks.parquet_read import (  # noqa: E402
+    LAYOUTS,
+    QUICK_SIZES_MIB,
+    SIZES_MIB,
+    group_table,
+    plot_arms,
+)
 
 ARMS = ("one chunk", "pieces")
 
@@ -100,30 +106,8 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, (mem, sec) = plt.subplots(1, 2, figsize=(11, 4))
-    for layout, color in zip(LAYOUTS, ("C0", "C1", "C2"), strict=True):
-        for arm, style in (("one chunk", "o--"), ("pieces", "o-")):
-            mine = [r for r in result["rows"] if r["layout"] == layout and r["arm"] == arm]
-            if not mine:
-                continue
-            x = [r["row_group_mib"] for r in mine]
-            mem.plot(x, [r["arrow_peak_bytes"] / 2**20 for r in mine], style, color=color,
-                     label=f"{layout}, {arm}")
-            sec.plot(x, [r["seconds"] for r in mine], style, color=color,
-                     label=f"{layout}, {arm}")
-    mem.set_ylabel("Arrow's peak while writing, MiB")
-    sec.set_ylabel("seconds")
-    for ax in (mem, sec):
-        ax.set_xlabel("row group, MiB of pixels")
-        ax.set_xscale("log", base=2)
-    mem.set_yscale("log")
-    mem.legend(fontsize=7)
-    fig.suptitle("Writing one Parquet row group: as one chunk, or a few MiB at a time")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plot_arms(result, path, ARMS, "Arrow's peak while writing, MiB",
+              "Writing one Parquet row group: as one chunk, or a few MiB at a time")
 
 
 def main() -> None:
