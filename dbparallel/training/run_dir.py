@@ -42,9 +42,30 @@ def _refuse_other_config(storage: Storage, cfg: Config) -> None:
             values = "; ".join(f"{k}: {then.get(k)!r} there, {now.get(k)!r} now"
                                for k in keys[:MAX_LISTED])
             more = f"; and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
+            if _checkpointed(storage):
+                raise RunDirError(
+                    f"{storage.uri()} holds blocks trained with other values of "
+                    f"{', '.join(keys)} ({values}{more}); resume with the same values or "
+                    f"choose a new run.dir")
+            # a run that stopped (or still starts) before any block saved a checkpoint: the
+            # directory may belong to a live run that is still checking its data, so it is
+            # never taken over; the user knows whether one is running
             raise RunDirError(
-                f"{storage.uri()} holds blocks trained with other values of {', '.join(keys)} "
-                f"({values}{more}); resume with the same values or choose a new run.dir")
+                f"{storage.uri()} was started with other values of {', '.join(keys)} "
+                f"({values}{more}) and no block has saved a checkpoint yet; resume with the "
+                f"same values, choose a new run.dir, or delete the directory if no run uses it")
+
+
+def _checkpointed(storage: Storage) -> bool:
+    """Whether any block of the run in ``storage`` has a checkpoint listed."""
+    from dbparallel.training.checkpoint import BlockCheckpoints
+
+    for name in storage.listdir("blocks"):
+        if name.startswith("block_") and name[len("block_"):].isdigit():
+            manifest = BlockCheckpoints(storage, int(name[len("block_"):])).manifest()
+            if manifest["state"] or manifest["snapshot"]:
+                return True
+    return False
 
 
 def stored_config(storage: Storage) -> dict:

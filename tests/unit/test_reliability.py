@@ -47,6 +47,18 @@ def test_changed_network_is_refused_naming_keys(straight, tmp_path, capsys) -> N
     assert _train(run_dir, "model.hidden=48", "noise.gamma=0.1") == 2
     err = capsys.readouterr().err
     assert "model.hidden" in err and "noise.gamma" in err and "Traceback" not in err
+    assert "holds blocks trained with other values" in err
+
+
+def test_a_run_that_saved_nothing_is_refused_saying_so(straight, tmp_path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    shutil.rmtree(run_dir / "blocks")  # as a run that stopped before its first checkpoint
+    assert _train(run_dir, "model.hidden=48") == 2
+    err = capsys.readouterr().err
+    assert "was started with other values of model.hidden" in err
+    assert "no block has saved a checkpoint yet" in err and "Traceback" not in err
+    assert "model.hidden: 32 there, 48 now" in err
 
 
 def test_missing_block_is_reported_not_skipped(straight, tmp_path, capsys) -> None:
