@@ -43,10 +43,7 @@ class BlockActor:
         self.restarts = (self.run.checkpoints.record_restart() if self.restarted
                          else self.run.checkpoints.restarts())
         self.recorder = BlockRecorder(cfg.run.name, block, self.run.trainer.sigma_range)
-        if self.restarts:
-            self.recorder.restarted(self.restarts)
-        if self.run.trainer.nonfinite_steps:
-            self.recorder.nonfinite(self.run.trainer.nonfinite_steps)
+        self.recorder.resumed(self.restarts, self.run.trainer.nonfinite_steps)
         self.last: StepStats | None = None
 
     def train(self, until: int) -> dict[str, Any]:

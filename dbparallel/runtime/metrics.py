@@ -203,13 +203,13 @@ class BlockRecorder:
             if trainer.peak_tflops:
                 s.set(SPEC["dbparallel_block_mfu"], tflops / trainer.peak_tflops, self.tags)
 
-    def restarted(self, total: int) -> None:
-        """A new actor process starts its series at the run's restart count so far."""
-        self.sink.inc(SPEC["dbparallel_block_restarts"], total, self.tags)
-
-    def nonfinite(self, total: int) -> None:
-        """Carry the resumed block's count of skipped non-finite steps into the new series."""
-        self.sink.inc(SPEC["dbparallel_block_nonfinite_steps"], total, self.tags)
+    def resumed(self, restarts: int, nonfinite_steps: int) -> None:
+        """A new actor process starts its counters at the run's totals so far: the block's
+        restarts and the non-finite steps its checkpoint counted as skipped."""
+        if restarts:
+            self.sink.inc(SPEC["dbparallel_block_restarts"], restarts, self.tags)
+        if nonfinite_steps:
+            self.sink.inc(SPEC["dbparallel_block_nonfinite_steps"], nonfinite_steps, self.tags)
 
     def stalled(self, is_stalled: bool) -> None:
         self.sink.set(SPEC["dbparallel_block_stalled"], float(is_stalled), self.tags)

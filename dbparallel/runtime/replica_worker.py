@@ -53,8 +53,7 @@ def train_replica(config: dict[str, Any]) -> None:
         recorder = None
         if replicas.writer:
             recorder = BlockRecorder(cfg.run.name, block, run.trainer.sigma_range)
-            if restarts:
-                recorder.restarted(restarts)
+            recorder.resumed(restarts, run.trainer.nonfinite_steps)
             queue.put(("start", block, {"restarts": restarts,
                                         "actor": ray.get_runtime_context().current_actor}))
         else:

@@ -386,11 +386,13 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path):
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(spec))
     steps, loss = "ray_dbparallel_block_steps_total", "ray_dbparallel_block_loss"
     series = [
-        # Block 0 keeps stepping but its loss turns NaN; block 1 stops stepping at 5m; block 2
-        # skips non-finite steps; block 3's actor restarts three times in a row (one counter).
+        # Block 0 keeps stepping and its loss stays put (the gauge holds the last finite loss)
+        # while it skips non-finite steps; block 1 stops stepping at 5m; block 2 skips a
+        # non-finite step at 10m; block 3's actor restarts three times in a row (one counter).
         (f'{steps}{{run="r",block="0"}}', "0+10x30"),
         (f'{steps}{{run="r",block="1"}}', "0+10x5 50x25"),
-        (f'{loss}{{run="r",block="0"}}', "0.5x10 " + " ".join(["NaN"] * 20)),
+        (f'{loss}{{run="r",block="0"}}', "0.5x30"),
+        ('ray_dbparallel_block_nonfinite_steps_total{run="r",block="0"}', "0x12 1+2x18"),
         ('ray_dbparallel_block_nonfinite_steps_total{run="r",block="2"}', "0x10 1+1x20"),
         ('ray_dbparallel_block_restarts_total{run="r",block="3"}', "0x10 1 2 3 3x20"),
     ]

@@ -47,6 +47,13 @@ def test_recorder_counts_steps_and_nonfinite() -> None:
     assert sink.get("dbparallel_block_sigma_high", run="r", block="1") == 0.5
 
 
+def test_a_resumed_block_starts_its_counters_at_the_run_totals() -> None:
+    sink = MemorySink()  # as a restarted actor (plain or a replica group's rank 0) does
+    BlockRecorder("r", 1, (0.1, 0.5), sink).resumed(restarts=2, nonfinite_steps=3)
+    assert sink.get("dbparallel_block_restarts", run="r", block="1") == 2
+    assert sink.get("dbparallel_block_nonfinite_steps", run="r", block="1") == 3
+
+
 def test_exported_names_follow_ray_conventions() -> None:
     names = exported_names()
     assert "ray_dbparallel_block_loss" in names
