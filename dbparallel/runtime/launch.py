@@ -8,18 +8,16 @@ import contextlib
 import logging
 import os
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 
 from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
-from dbparallel.errors import UserError
 from dbparallel.runtime.controller import Controller
 from dbparallel.runtime.data_check_ray import cluster_units
 from dbparallel.runtime.metrics import (
@@ -29,15 +27,15 @@ from dbparallel.runtime.metrics import (
     free_port,
     port_line,
 )
-from dbparallel.runtime.node_memory import crowded_nodes
+from dbparallel.runtime.placement import cluster_now, reserve_blocks, start_slots
 from dbparallel.runtime.progress import BlockBars
-from dbparallel.runtime.ray_backend import RayBackend, assembly_bundle
+from dbparallel.runtime.ray_backend import RayBackend
 from dbparallel.tasks import build_task
 from dbparallel.training.curves import write_curves
 from dbparallel.training.data_check import CheckResult, check_data, check_line
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.lease import release_session
-from dbparallel.training.plan import Cluster, concurrent_blocks
+from dbparallel.training.plan import Cluster
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import check_resumable, open_run, pin_data
 
@@ -122,12 +120,6 @@ def _quiet_auth_notice() -> None:
         logger.addFilter(_not_auth_notice)
 
 
-def cluster_now() -> Cluster:
-    """The connected cluster's CPUs and GPUs, as they are now."""
-    have = ray.cluster_resources()
-    return Cluster(have.get("CPU", 0.0), have.get("GPU", 0.0), "detected")
-
-
 def detect_cluster(cfg: Config) -> Cluster:
     """The cluster at runtime.address / RAY_ADDRESS."""
     connected = connect(cfg)
@@ -136,88 +128,6 @@ def detect_cluster(cfg: Config) -> Cluster:
     finally:
         if connected:
             ray.shutdown()
-
-
-def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
-    """A placement group of ``replicas`` bundles per block slot and one for the assembly
-    actor, reserved before training starts; UserError naming the keys if the cluster cannot
-    fit it."""
-    r = cfg.runtime
-    bundle = {"CPU": r.cpus_per_block, **({"GPU": r.gpus_per_block} if r.gpus_per_block else {})}
-    bundles = [dict(bundle) for _ in range(slots * replicas)]
-    if assembly_bundle(cfg):
-        bundles.append(assembly_bundle(cfg))
-    _check_room(cfg, bundles)
-    pg = placement_group(bundles, strategy="SPREAD")
-    try:
-        ray.get(pg.ready(), timeout=r.placement_timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        remove_placement_group(pg)
-        have = ray.cluster_resources()
-        extra = (f" + the assembly actor's {assembly_bundle(cfg)} (runtime.assembly_cpus/"
-                 f"assembly_gpus)" if assembly_bundle(cfg) else "")
-        each = f"{replicas} replicas (runtime.replicas_per_block) x " if replicas > 1 else ""
-        raise UserError(
-            f"runtime.cpus_per_block/gpus_per_block: {slots} blocks x {each}{bundle}{extra} "
-            f"do not fit the cluster ({have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs) "
-            f"within runtime.placement_timeout_s={r.placement_timeout_s:g}") from None
-    return pg
-
-
-def _check_room(cfg: Config, bundles: list[dict[str, float]]) -> None:
-    """A UserError now if ``bundles`` ask for more than the Ray instance of this machine has
-    in all (no autoscaler adds to it: waiting runtime.placement_timeout_s would be for
-    nothing); on a named cluster (runtime.address, RAY_ADDRESS), a line saying what it
-    waits for."""
-    have = ray.cluster_resources()
-    need: dict[str, float] = {}
-    for bundle in bundles:
-        for key, value in bundle.items():
-            need[key] = need.get(key, 0.0) + value
-    short = {k: v for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
-    if not short:
-        return
-    asked = ", ".join(f"{v:g} {k}" for k, v in short.items())
-    having = f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs"
-    if _this_machine_alone(cfg):
-        r = cfg.runtime
-        asking = {"CPU": (("runtime.cpus_per_block", r.cpus_per_block),
-                          ("runtime.assembly_cpus", r.assembly_cpus)),
-                  "GPU": (("runtime.gpus_per_block", r.gpus_per_block),
-                          ("runtime.assembly_gpus", r.assembly_gpus))}
-        keys = "/".join(key for kind in short for key, value in asking.get(kind, ()) if value)
-        raise UserError(f"{keys}: the run asks for {asked} in all, and this machine's Ray "
-                        f"instance has {having}; lower it, or run on a cluster "
-                        f"(runtime.address)")
-    print(f"placement: the cluster has {having} now and the run asks for {asked}; waiting up "
-          f"to runtime.placement_timeout_s={cfg.runtime.placement_timeout_s:g} s for nodes "
-          f"to join", flush=True)
-
-
-def _this_machine_alone(cfg: Config) -> bool:
-    """Whether the connected Ray instance is this machine alone and no cluster was named
-    (runtime.address, RAY_ADDRESS): nothing will add nodes to it. A notebook joined to a
-    cluster with ray.init(address=...) has nodes elsewhere."""
-    if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):
-        return False
-    here = ray.util.get_node_ip_address()
-    return all(n["NodeManagerAddress"] == here for n in ray.nodes() if n["Alive"])
-
-
-def reserve_blocks(cfg: Config, slots: int, data_bytes: int = 0) -> tuple[Any, int | None]:
-    """The run's placement group and the assembly actor's bundle in it. Blocks with replicas
-    are placed by Ray Train, group by group: the cluster is checked to fit ``slots`` groups
-    and the assembly actor now, and only the assembly actor's bundle is kept. A node whose
-    block processes would hold over half its memory in data rows (``data_bytes`` each) is
-    warned about."""
-    R = cfg.runtime.replicas_per_block
-    pg = reserve(cfg, slots, R)
-    for warning in crowded_nodes(pg, slots * R, data_bytes):
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
-    if R == 1:
-        return pg, slots
-    remove_placement_group(pg)
-    return (reserve(cfg, 0), 0) if assembly_bundle(cfg) else (None, None)
 
 
 def check_on_cluster(cfg: Config, index: DataIndex, force: bool = False,
@@ -258,7 +168,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
                 print(line, flush=True)
         storage = open_run(cfg)
         pin_data(storage, index)
-        slots = concurrent_blocks(cfg, cluster_now())  # 0 fits -> 1: reserve() names the keys
+        slots = start_slots(cfg, cluster_now())  # 0 fits here -> 1: reserve() names the keys
         if slots < cfg.model.blocks:
             print(f"runtime: {slots} of {cfg.model.blocks} blocks train at once; the others "
                   f"queue and start as blocks finish (runtime.max_concurrent_blocks)", flush=True)

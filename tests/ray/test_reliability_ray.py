@@ -45,3 +45,26 @@ def test_an_assembler_that_cannot_be_placed_fails_before_training(ray_session, t
                                         "asks for 3 CPU in all"):
         run_ray(cfg, None, progress=False)
     assert not (run_dir / "blocks").exists()  # no block trained for nothing
+
+
+def test_a_named_cluster_with_no_room_yet_is_asked_for_every_block(
+        ray_session, tmp_path, capsys) -> None:
+    """A cluster named by runtime.address that has no GPU now (its GPU nodes are still
+    starting, or an autoscaler adds them) is asked for both blocks at once, not one at a
+    time; here none ever joins, so the wait ends after runtime.placement_timeout_s, naming
+    the keys."""
+    import ray
+
+    from dbparallel.errors import UserError
+
+    run_dir = tmp_path / "run"
+    cfg = load_config([RECIPE], [f"run.dir={run_dir}", "runtime.gpus_per_block=1",
+                                 f"runtime.address={ray.get_runtime_context().gcs_address}",
+                                 "runtime.placement_timeout_s=2"])
+    with pytest.raises(UserError, match=r"runtime.cpus_per_block/gpus_per_block: 2 blocks x "
+                                        r".*runtime.max_concurrent_blocks"):
+        run_ray(cfg, None, progress=False)
+    out = capsys.readouterr().out
+    assert "the run asks for 2 GPU" in out and "waiting up to" in out
+    assert "blocks train at once" not in out  # no waves of one
+    assert not (run_dir / "blocks").exists()
