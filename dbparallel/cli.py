@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
+EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by SIGINT
+TRAINING = ("train", "baseline")  # commands whose rerun resumes the run
 
 
 def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -207,9 +209,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     """curves.png of a run, drawn again from its metrics files (e.g. while it trains)."""
     from dbparallel.training.curves import CURVES_FILE, plot_curves
-    from dbparallel.training.run_dir import CONFIG_FILE
+    from dbparallel.training.run_dir import CONFIG_FILE, stored_config
     from dbparallel.training.storage import Storage
 
+    if args.out and not args.out.lower().endswith(".png"):
+        raise UserError(f"--out {args.out}: the curves are a .png file; name it so")
     storage = Storage(args.run_dir)
     if not storage.exists(CONFIG_FILE):
         raise UserError(f"{args.run_dir}: not a run directory (no {CONFIG_FILE})")
@@ -218,6 +222,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
         against = Storage(args.against)
         if not against.exists(CONFIG_FILE):
             raise UserError(f"--against {args.against}: not a run directory (no {CONFIG_FILE})")
+        task, other = stored_config(storage)["task"], stored_config(against)["task"]
+        if task != other:  # their noise levels and losses do not share an axis
+            from dbparallel.training.network import article
+
+            raise UserError(f"--against {args.against}: {article(other)} {other} run, and "
+                            f"{args.run_dir} is {article(task)} {task} run; compare runs of "
+                            f"one task")
     png = plot_curves(storage, against)
     if args.out:
         try:
@@ -295,6 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader (head, less) stopped reading: nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints already written stay; a rerun resumes
+        resume = " (run the same command again to resume)" if args.command in TRAINING else ""
+        print(f"\ndbparallel: interrupted{resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ConfigError, UserError) as err:
         print(f"dbparallel: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

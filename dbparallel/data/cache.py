@@ -5,10 +5,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dbparallel.errors import UserError
+
 
 def cache_dir() -> Path:
-    """``$DBPARALLEL_CACHE``, else ``~/.cache/dbparallel``."""
-    return Path(os.environ.get("DBPARALLEL_CACHE", Path.home() / ".cache" / "dbparallel"))
+    """``$DBPARALLEL_CACHE``, else ``~/.cache/dbparallel``, created if missing; a UserError
+    naming the variable when it cannot be a folder."""
+    given = os.environ.get("DBPARALLEL_CACHE")
+    path = Path(given) if given else Path.home() / ".cache" / "dbparallel"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        where = f"DBPARALLEL_CACHE={given}" if given else f"the cache folder {path}"
+        raise UserError(f"{where}: cannot be used as the cache folder "
+                        f"({err.strerror or err}); set DBPARALLEL_CACHE to a writable "
+                        f"folder") from None
+    return path
 
 
 def atomic_path(path: Path) -> Path:

@@ -19,7 +19,11 @@ VOCAB_FILE = "vocab.json"  # text runs: the tokenizer, so the network is usable 
 def open_run(cfg: Config) -> Storage:
     """Storage of ``cfg``'s run directory; refuses a directory trained with another network."""
     storage = Storage(cfg.run_dir)
-    storage.makedirs()
+    try:
+        storage.makedirs()
+    except OSError as err:  # a file in the way, a read-only or missing mount
+        raise RunDirError(f"run.dir={cfg.run_dir}: cannot create the run directory "
+                          f"({getattr(err, 'strerror', None) or err})") from None
     _refuse_other_config(storage, cfg)
     storage.write_text(CONFIG_FILE, dump_yaml(cfg))
     return storage

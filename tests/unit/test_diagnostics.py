@@ -89,6 +89,17 @@ def test_plot_draws_a_run_against_its_baseline(tmp_path: Path, capsys) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["plot", str(tmp_path / "db"), "--against", str(tmp_path / "nope")]) == 2
     assert "--against" in capsys.readouterr().err
+    assert cli.main(["plot", str(tmp_path / "db"), "--out", str(tmp_path / "c.jpg")]) == 2
+    assert "the curves are a .png file" in capsys.readouterr().err
+
+
+def test_plot_refuses_a_baseline_of_another_task(tmp_path: Path, capsys) -> None:
+    _run(tmp_path / "db", "model.blocks=2", "model.depth=2")
+    _run(tmp_path / "vit", "task=vit", "model.patch_size=4", "model.blocks=1",
+         "train.objective=end_to_end")
+    assert cli.main(["plot", str(tmp_path / "db"), "--against", str(tmp_path / "vit")]) == 2
+    err = capsys.readouterr().err
+    assert f"a vit run, and {tmp_path / 'db'} is a dit run; compare runs of one task" in err
 
 
 def test_bins_nest_in_a_log_uniform_partition() -> None:

@@ -174,3 +174,51 @@ def test_a_chaos_schedule_kills_each_block_within_its_own_steps() -> None:
     assert set(schedule) == {0, 1}  # 12 kills over 2 blocks: both drawn (seed 1)
     assert all(1 <= s < 40 for s in schedule[0]) and max(schedule[0]) >= 3
     assert all(1 <= s < 3 for s in schedule[1])
+
+
+def test_a_run_dir_that_cannot_be_created_is_named(tmp_path, capsys) -> None:
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("not a folder")
+    assert _train(in_the_way) == 2
+    err = capsys.readouterr().err
+    assert f"run.dir={in_the_way}: cannot create the run directory" in err
+    assert "Traceback" not in err and in_the_way.read_text() == "not a folder"
+
+
+def test_an_unusable_cache_folder_is_named(tmp_path, capsys, monkeypatch) -> None:
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("not a folder")
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(in_the_way / "cache"))
+    assert main(["data", "check", TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"DBPARALLEL_CACHE={in_the_way / 'cache'}: cannot be used as the cache folder" in err
+
+
+def test_ctrl_c_stops_a_local_run_in_one_line_keeping_its_checkpoints(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbparallel", "train", TINY, "--local", f"run.dir={run_dir}",
+         "metrics.port=0", "train.steps=100000", "train.checkpoint_every=2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        manifest = run_dir / "blocks" / "block_0" / "manifest.json"
+        deadline = time.monotonic() + 300  # a hang guard only: the first save comes at step 2
+        while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert manifest.exists(), proc.poll()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == \
+        "dbparallel: interrupted (run the same command again to resume)"
+    assert "Traceback" not in err
+    assert json.loads(manifest.read_text())["state"]  # the checkpoints written stay
