@@ -16,6 +16,7 @@ from dbparallel.config.identity import (
     config_hash,
     identity,
     identity_diff,
+    same_local_path,
     to_dict,
     upgrade,
 )
@@ -59,5 +60,6 @@ __all__ = [
     "ConfigError", "DataConfig", "DebugConfig", "MetricsConfig", "ModelConfig", "NoiseConfig",
     "RunConfig", "RuntimeConfig", "SampleConfig", "TrainConfig", "bytes_text", "config_hash",
     "describe", "dump_yaml", "from_dict", "identity", "identity_diff", "load_config", "notes",
+    "same_local_path",
     "parse_bytes", "to_dict", "upgrade",
 ]

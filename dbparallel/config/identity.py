@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict
 from typing import Any
 
@@ -61,9 +62,20 @@ def config_hash(cfg: Config | dict[str, Any]) -> str:
 
 
 def identity_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Dotted identity keys whose values differ between two config dicts."""
+    """Dotted identity keys whose values differ between two config dicts (``data.path``:
+    two spellings of one local path, e.g. ``data/x`` and ``./data/x`` or its absolute path
+    from here, are the same; the pinned data index still checks the data themselves)."""
     ia, ib = identity(a), identity(b)
-    return sorted(k for k in set(ia) | set(ib) if ia.get(k) != ib.get(k))
+    return sorted(k for k in set(ia) | set(ib) if ia.get(k) != ib.get(k)
+                  and not (k == "data.path" and same_local_path(ia.get(k), ib.get(k))))
+
+
+def same_local_path(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` spell one local path (relative ones read from here)."""
+    if not (isinstance(a, str) and isinstance(b, str)) or "://" in a or "://" in b:
+        return False
+    local = [os.path.abspath(os.path.expanduser(p)) if p else "" for p in (a, b)]
+    return local[0] == local[1]
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

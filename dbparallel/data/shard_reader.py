@@ -11,6 +11,7 @@ exactly.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -107,7 +108,10 @@ def _failed(err: Exception, where: str, wait: float | None) -> None:
     if isinstance(err, PermissionError):
         raise DataError(f"{where}: {err}") from None
     if isinstance(err, FileNotFoundError):
-        raise DataError(f"{where}: no such file (the data changed during the run?)") from None
+        relative = "://" not in where and not os.path.isabs(where)
+        why = (f"data.path is relative, and this process runs in {os.getcwd()}: run where the "
+               f"run started" if relative else "the data changed during the run?")
+        raise DataError(f"{where}: no such file ({why})") from None
     if isinstance(err, (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)):
         raise DataError(f"{where}: not readable: {err}") from None
     if wait is None:

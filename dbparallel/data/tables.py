@@ -7,6 +7,8 @@ or object-store URIs (anything ``pyarrow.fs`` resolves).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -26,7 +28,7 @@ def resolve_path(path: str) -> tuple[pafs.FileSystem, str]:
     try:
         if "://" in path:
             return pafs.FileSystem.from_uri(path)
-        return pafs.LocalFileSystem(), str(path)
+        return pafs.LocalFileSystem(), os.path.expanduser(str(path))
     except (pa.ArrowException, OSError, ValueError) as err:
         raise DataError(f"data.path: cannot reach {path!r}: {err}") from None
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow.fs as pafs
 
-from dbparallel.config import Config, dump_yaml, identity, identity_diff, to_dict
+from dbparallel.config import (
+    Config,
+    dump_yaml,
+    identity,
+    identity_diff,
+    same_local_path,
+    to_dict,
+)
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tokenizer import Tokenizer
 from dbparallel.errors import RunDirError
@@ -17,7 +26,10 @@ VOCAB_FILE = "vocab.json"  # text runs: the tokenizer, so the network is usable 
 
 
 def open_run(cfg: Config) -> Storage:
-    """Storage of ``cfg``'s run directory; refuses a directory trained with another network."""
+    """Storage of ``cfg``'s run directory; refuses a directory trained with another network.
+    A ``data.path`` that spells the stored one's local path differently (``./data/x``, its
+    absolute path) is set back to the stored spelling in ``cfg``: every checkpoint of the run
+    carries one config hash."""
     storage = Storage(cfg.run_dir)
     try:
         storage.makedirs()
@@ -25,6 +37,10 @@ def open_run(cfg: Config) -> Storage:
         raise RunDirError(f"run.dir={cfg.run_dir}: cannot create the run directory "
                           f"({getattr(err, 'strerror', None) or err})") from None
     _refuse_other_config(storage, cfg)
+    if storage.exists(CONFIG_FILE):
+        stored = (stored_config(storage).get("data") or {}).get("path")
+        if stored != cfg.data.path and same_local_path(stored, cfg.data.path):
+            cfg.data.path = stored
     storage.write_text(CONFIG_FILE, dump_yaml(cfg))
     return storage
 
@@ -96,6 +112,8 @@ def pin_data(storage: Storage, index: DataIndex) -> None:
 
 def _refuse_other_data(storage: Storage, index: DataIndex) -> None:
     previous = pinned_data(storage)
+    if previous is not None and same_local_path(previous.source, index.source):
+        index = dataclasses.replace(index, source=previous.source)  # data/x, ./data/x, /…/data/x
     if previous is not None and previous.fingerprint != index.fingerprint:
         then, now = previous.num_rows("train"), index.num_rows("train")
         raise RunDirError(

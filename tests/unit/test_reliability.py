@@ -222,3 +222,22 @@ def test_ctrl_c_stops_a_local_run_in_one_line_keeping_its_checkpoints(tmp_path) 
         "dbparallel: interrupted (run the same command again to resume)"
     assert "Traceback" not in err
     assert json.loads(manifest.read_text())["state"]  # the checkpoints written stay
+
+
+def test_a_relative_data_path_resumes_however_spelled_and_is_named_elsewhere(
+        tmp_path, capsys, monkeypatch) -> None:
+    (tmp_path / "data").mkdir()
+    _parquet(tmp_path / "data" / "t.parquet", list(range(10)) * 40)
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    source = ["data.source=parquet", "train.steps=2"]
+    assert _train(run_dir, *source, "data.path=data/t.parquet") == 0
+    for spelling in ("./data/t.parquet", str(tmp_path / "data" / "t.parquet")):
+        assert _train(run_dir, *source, f"data.path={spelling}") == 0, capsys.readouterr().err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"data.path is relative, and this process runs in {elsewhere}" in err
