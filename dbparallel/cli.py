@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """``data check``: index and decode every row of a data set, as training would;
     ``data reshard``: rewrite it."""
-    from dbparallel.data.sources import open_data
+    from dbparallel.data.sources import check_kind, open_data
 
     items = list(args.config)
     for i, item in enumerate(items):  # a bare path: the data itself
@@ -72,6 +72,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.action == "reshard":
         return _reshard(cfg, args.out)
     index = open_data(cfg.data)
+    check_kind(cfg.task, index)
     for split in index.present():
         shards = len(index.shards(split))
         print(f"{split}: {index.num_rows(split):,} rows in {shards:,} shard"
@@ -92,18 +93,31 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _bare_source(path: str) -> str:
-    """data.source of a path given alone: image_folder for a local folder of images with no
-    Parquet file in it, else parquet."""
+    """data.source of a path given alone: text for a local text file (.txt, .jsonl, .json,
+    .ndjson, also .gz/.bz2) or a folder of them, image_folder for a local folder of images,
+    parquet for anything with a Parquet file (and for URIs)."""
     from pathlib import Path
 
     from dbparallel.data.image_folder import IMAGE_EXTENSIONS
 
     folder = Path(path)
+    if "://" not in path and folder.is_file():
+        return "text" if _text_name(folder.name) else "parquet"
     if "://" in path or not folder.is_dir():
         return "parquet"
-    seen = [p.suffix.lower() for _, p in zip(range(10_000), folder.rglob("*"), strict=False)]
-    return "image_folder" if ".parquet" not in seen and any(
-        s in IMAGE_EXTENSIONS for s in seen) else "parquet"
+    seen = [p for _, p in zip(range(10_000), folder.rglob("*"), strict=False)]
+    suffixes = {p.suffix.lower() for p in seen}
+    if ".parquet" in suffixes:
+        return "parquet"
+    if suffixes & set(IMAGE_EXTENSIONS):
+        return "image_folder"
+    return "text" if any(_text_name(p.name) for p in seen) else "parquet"
+
+
+def _text_name(name: str) -> bool:
+    """A file name of text (corpus.txt, works.jsonl.gz)."""
+    stem = name.lower().removesuffix(".gz").removesuffix(".bz2")
+    return stem.endswith((".txt", ".jsonl", ".ndjson", ".json"))
 
 
 def _reshard(cfg: Config, out: str) -> int:
@@ -169,8 +183,9 @@ def _print_summary(cfg: Config, report: dict) -> None:
         metrics = ", ".join(f"{k}={_number(v)}" for k, v in report["assembly"].items())
         print(f"assembly: {metrics}")
     else:
-        print(f"assembly: not run (a subset of blocks); once every block is trained: "
-              f"dbparallel eval {cfg.run_dir}")
+        print(f"assembly: not run (a subset of blocks); once every block is trained, the same "
+              f"command without --block assembles them and writes the run's report.json "
+              f"(`dbparallel eval {cfg.run_dir}` only scores them)")
     print(f"run directory: {cfg.run_dir}  ({report['wall_time_s']:.1f} s)")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dbparallel.config import DataConfig
+from dbparallel.config import TEXT_TASKS, DataConfig
 from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
 from dbparallel.data.row_groups import in_pieces
@@ -61,6 +61,20 @@ def _cached(index: DataIndex) -> DataIndex:
     file's name holds its content's key, so its times and place do not identify it."""
     meta = {k: v for k, v in index.meta.items() if k != "stat"}
     return DataIndex(index.kind, index.source, index.splits, {**meta, "cached": True})
+
+
+def check_kind(task: str, index: DataIndex) -> None:
+    """A DataError naming ``task`` when ``index`` holds the other kind of data (text for an
+    image task, images for a text task)."""
+    wants = "tokens" if task in TEXT_TASKS else "images"
+    if index.kind == wants:
+        return
+    if wants == "images":
+        raise DataError(f"task={task} trains on images, and {index.source} is text: set "
+                        f"task={', '.join(TEXT_TASKS[:-1])} or {TEXT_TASKS[-1]} to train a "
+                        f"language model on it")
+    raise DataError(f"task={task} trains on text, and {index.source} holds images (no "
+                    f"'text' column): set task=dit or vit, or give text (data.source=text)")
 
 
 def open_data(data: DataConfig) -> DataIndex:

@@ -28,6 +28,14 @@ from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import open_run, pin_data
 
 
+def check_blocks(cfg: Config, blocks: list[int]) -> None:
+    """A UserError naming the first of ``blocks`` (``--block``) the run does not have."""
+    bad = [b for b in blocks if not 0 <= b < cfg.model.blocks]
+    if bad:
+        raise UserError(f"--block {bad[0]}: must be in 0..{cfg.model.blocks - 1} "
+                        f"(model.blocks={cfg.model.blocks})")
+
+
 def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None = None,
               only_blocks: list[int] | None = None) -> dict[str, Any]:
     """Train every block, assemble, write report.json; returns the report. Every block
@@ -39,10 +47,7 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
     """
     start = time.perf_counter()
     blocks = list(range(cfg.model.blocks)) if only_blocks is None else sorted(set(only_blocks))
-    bad = [b for b in blocks if not 0 <= b < cfg.model.blocks]
-    if bad:
-        raise UserError(f"--block {bad[0]}: must be in 0..{cfg.model.blocks - 1} "
-                        f"(model.blocks={cfg.model.blocks})")
+    check_blocks(cfg, blocks)
     device = block_device(cfg)  # before anything is written: a missing GPU is a config error
     assembly = assembly_device(cfg) if only_blocks is None else "cpu"
     torch.set_num_threads(cfg.runtime.torch_threads)

@@ -21,13 +21,17 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
               progress: bool | None = None) -> dict[str, Any]:
     """Train ``cfg``'s run (only the blocks ``only_blocks``, in local mode) and return its
     report (report.json's content)."""
-    from dbparallel.data.sources import open_data
+    from dbparallel.data.sources import check_kind, open_data
+    from dbparallel.runtime.local import check_blocks
 
     if only_blocks and not cfg.runtime.local:
         raise UserError("--block: trains a subset of blocks in this process; add --local "
                         "(Python: blocks= with local=True)")
     build_task(cfg)
+    if only_blocks:
+        check_blocks(cfg, only_blocks)  # before the data are indexed
     index = open_data(cfg.data)
+    check_kind(cfg.task, index)
     if cfg.runtime.local:
         from dbparallel.runtime.local import run_local
 

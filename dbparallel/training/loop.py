@@ -15,13 +15,16 @@ from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
 from dbparallel.training.history import BlockHistory
-from dbparallel.training.lease import BlockLease
+from dbparallel.training.lease import BlockLease, LeaseLost
 from dbparallel.training.replicas import Replicas
 from dbparallel.training.storage import Storage
 from dbparallel.training.stream import BlockStream
 
 log = logging.getLogger(__name__)
 OnStep = Callable[[StepStats], None]
+# what a process measures while it trains a block: a later process that trains none of the
+# block's steps (a rerun of a finished run) reports the last ones measured
+MEASURED = ("data_memory_bytes", "model_flops_per_step", "achieved_tflops", "mfu")
 
 
 class BlockRun:
@@ -71,6 +74,12 @@ class BlockRun:
                 f"of {', '.join(keys)}; use a new run.dir or the original values")
         self.trainer.load_state_dict(state)
         log.info("block %d: resumed at step %d", self.trainer.block, self.trainer.step)
+        steps = self.cfg.train.steps_of(self.trainer.block)
+        if self.trainer.step > steps:
+            log.warning("block %d is at step %d, past the %d steps asked (train.steps, "
+                        "train.block_steps): it trains no more, and its weights stay those of "
+                        "step %d", self.trainer.block, self.trainer.step, steps,
+                        self.trainer.step)
         return self.trainer.step
 
     def _check_unreadable(self) -> None:
@@ -92,10 +101,33 @@ class BlockRun:
         return self.stream.batch(step)
 
     def close(self) -> None:
-        """Stop reading ahead and release the block's lease (the run can be resumed from its
-        checkpoints)."""
+        """Stop reading ahead, keep what this process measured (``MEASURED``) in the block's
+        directory if it trained, and release the block's lease (the run can be resumed from
+        its checkpoints)."""
         self.stream.close()
-        self.close_lease()
+        try:
+            if self.writer and self.trained:
+                self.lease.check()  # a fenced-off writer leaves it to its replacement
+                self.checkpoints.storage.write_json(self._measured_path, self._measured())
+        except LeaseLost:
+            pass
+        finally:
+            self.close_lease()
+
+    @property
+    def trained(self) -> bool:
+        """Whether this process trained any of the block's steps."""
+        return self.trainer.step > self.resumed_from
+
+    @property
+    def _measured_path(self) -> str:
+        return f"{self.checkpoints.dir}/measured.json"
+
+    def _measured(self) -> dict:
+        t = self.trainer
+        return {"data_memory_bytes": self.stream.peak_bytes,
+                "model_flops_per_step": t.model_flops_per_step,
+                "achieved_tflops": t.achieved_tflops, "mfu": t.mfu}
 
     def close_lease(self) -> None:
         if self.writer:
@@ -160,14 +192,22 @@ class BlockRun:
             "replicas": t.replicas.world if t.replicas else 1,
             "peak_memory_bytes": t.memory.total if t.memory else 0,
             "memory": t.memory.to_json() if t.memory else None,
-            # the most bytes of unpacked data rows this process's stream held, seen at each
-            # batch (a window being read ahead counts once it is read)
-            "data_memory_bytes": self.stream.peak_bytes,
             "nonfinite_steps": t.nonfinite_steps,
             "sigma_range": list(t.sigma_range),
-            # forward + backward matmul FLOPs of one step (training/flops.py); the rate over
-            # this process's steady steps; MFU against the device's peak (None: CPU, unknown)
-            "model_flops_per_step": t.model_flops_per_step,
-            "achieved_tflops": t.achieved_tflops,
-            "mfu": t.mfu,
+            # data_memory_bytes: the most bytes of unpacked data rows this process's stream
+            # held, seen at each batch (a window being read ahead counts once it is read);
+            # model_flops_per_step: forward + backward matmul FLOPs of one step
+            # (training/flops.py); achieved_tflops: the rate over this process's steady steps;
+            # mfu: against the device's peak (None: CPU, unknown). A process that trained no
+            # step reports those of the last process that did.
+            **self._measured(),
+            **self._measured_before(),
         }
+
+    def _measured_before(self) -> dict:
+        """What an earlier process measured, when this one trained no step of the block."""
+        storage = self.checkpoints.storage
+        if self.trained or not storage.exists(self._measured_path):
+            return {}
+        stored = storage.read_json(self._measured_path)
+        return {k: stored[k] for k in MEASURED if k in stored}

@@ -241,3 +241,24 @@ def test_a_relative_data_path_resumes_however_spelled_and_is_named_elsewhere(
     assert main(["eval", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert f"data.path is relative, and this process runs in {elsewhere}" in err
+
+
+def test_a_rerun_that_trains_nothing_keeps_the_measurements(tmp_path, caplog) -> None:
+    run_dir = tmp_path / "run"
+    assert _train(run_dir, "train.steps=6") == 0
+    first = _report(run_dir)["per_block"]
+    assert all(r["data_memory_bytes"] > 0 and r["model_flops_per_step"] for r in first)
+    assert _train(run_dir, "train.steps=4") == 0  # every block is at step 6 already
+    again = _report(run_dir)["per_block"]
+    for key in ("data_memory_bytes", "model_flops_per_step", "achieved_tflops", "steps"):
+        assert [r[key] for r in again] == [r[key] for r in first], key
+    assert "block 0 is at step 6, past the 4 steps asked" in caplog.text
+
+
+def test_data_of_the_wrong_kind_for_the_task_is_named(tmp_path, capsys) -> None:
+    path = _parquet(tmp_path / "images.parquet", list(range(10)) * 4)
+    assert main(["data", "check", path, "task=ar"]) == 2
+    err = capsys.readouterr().err
+    assert f"task=ar trains on text, and {path} holds images" in err
+    assert _train(tmp_path / "run", "--block", "2") == 2  # before the data are read
+    assert "--block 2: must be in 0..1" in capsys.readouterr().err
