@@ -130,7 +130,10 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
         keys = "runtime.cpus_per_block/gpus_per_block" + (
             "/assembly_cpus/assembly_gpus" if assembler else "")
         lines.append(f"  does NOT fit: one block ({unit}){beside} is more than the cluster "
-                     f"has; lower {keys}, or add nodes")
+                     f"has; lower {keys}, or add nodes"
+                     + ("; a run on it waits up to runtime.placement_timeout_s for nodes to "
+                        "join, asking for every block at once"
+                        if c["source"] == "detected" else ""))
     rates = c.get("estimated_steps_per_s")
     if rates:
         span = (f"{min(rates):.3g}" if f"{min(rates):.3g}" == f"{max(rates):.3g}"

@@ -82,6 +82,10 @@ def test_waves_and_memory_per_device_on_a_gpu_cluster() -> None:
     assert none["room"] == 0
     assert "does NOT fit: one block (1 GPU + 0.5 CPU) is more than the cluster has" in \
         "\n".join(cluster_lines(cfg, none))
+    assert "waits" not in "\n".join(cluster_lines(cfg, none))  # nothing joins this machine
+    starting = cluster_plan(cfg, Cluster(2, 0, "detected"), memory)  # GPU nodes not there yet
+    assert "a run on it waits up to runtime.placement_timeout_s for nodes to join, asking " \
+        "for every block at once" in "\n".join(cluster_lines(cfg, starting))
 
 
 def test_plan_command_shows_the_cluster(capsys) -> None:
