@@ -102,16 +102,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         f"{network.cfg.task} network; predict "
                         "classifies images with a vit network")
     names, pixels = read_images(args.images, network.cfg.data)
+    classes = _class_names(args.source)
     rows = []
     for start in range(0, len(names), args.batch):
         probs = network.predict(pixels[start:start + args.batch]).softmax(dim=1)
         for name, p in zip(names[start:start + args.batch], probs, strict=True):
-            rows.append({"input": name, "class": int(p.argmax()),
+            label = int(p.argmax())
+            rows.append({"input": name, "class": label,
+                         "name": classes[label] if label < len(classes) else None,
                          "probability": round(float(p.max()), 4)})
     for row in rows:
+        shown = row["class"] if row["name"] is None else row["name"]
         print(json.dumps(row) if args.json
-              else f"{row['input']}\t{row['class']}\t{row['probability']}")
+              else f"{row['input']}\t{shown}\t{row['probability']}")
     return 0
+
+
+def _class_names(source: str) -> list[str]:
+    """The class names of a run's labels, by label, where its pinned data index records them
+    (an image folder's class folders, sorted as text: label 2 of folders 0..10 is "10");
+    else none. An export file records no data."""
+    from dbparallel.training.loading import is_file
+    from dbparallel.training.run_dir import pinned_data
+    from dbparallel.training.storage import Storage
+
+    if is_file(source):
+        return []
+    pinned = pinned_data(Storage(source))
+    return [str(c) for c in pinned.meta.get("classes") or []] if pinned is not None else []
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -158,7 +176,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="RUN_DIR", help=source_help)
     p.add_argument("images", help="a PNG/JPEG file, a folder of them, or a Parquet table "
                                   "with an image column")
-    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per image: input, class (the label), name (the "
+                        "class folder's name; null where the data name no classes), "
+                        "probability")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--device", default="", help=DEVICE_HELP)
     p.set_defaults(func=cmd_predict)

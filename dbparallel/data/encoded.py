@@ -1,7 +1,9 @@
 """Encoded images (PNG, JPEG, anything Pillow reads) decoded into uint8 pixels.
 
 The column is binary (one encoded file per row), or a struct with a ``bytes`` field (and an
-optional ``path``) as Hugging Face ``datasets`` writes images. Every image must already be
+optional ``path``) as Hugging Face ``datasets`` writes images. A struct row with a path and
+no bytes is a bad row: the file a path names is not read (it is relative to wherever the
+table was written, and a block reads the table only). Every image must already be
 ``data.image_size`` pixels square: a different size is a bad row, never silently resized, so
 the pixels a block trains on are the pixels stored. Colour modes are converted to
 ``data.channels`` (1: Pillow's "L", ITU-R 601-2 luma; 3: "RGB"; alpha is dropped).
@@ -39,22 +41,30 @@ def image_mode(channels: int) -> str:
     return MODES[channels]
 
 
-def _encoded_bytes(column: pa.Array | pa.ChunkedArray) -> list[bytes | None]:
+def _encoded_bytes(column: pa.Array | pa.ChunkedArray
+                   ) -> tuple[list[bytes | None], list[str | None] | None]:
     """The encoded file of every row (None for a null row) of a binary column or of a
-    struct column's ``bytes`` field."""
+    struct column's ``bytes`` field, and the struct's ``path`` of every row (None: no such
+    field). The files a path names are not read: a null row with a path is a bad row."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     kind = column.type
+    paths = None
     if pa.types.is_struct(kind):
         if kind.get_field_index("bytes") < 0:
             raise DataError(f"column {IMAGE_COLUMN!r}: a struct of encoded images needs a "
                             f"'bytes' field, got {kind}")
         # flatten(), unlike field(), applies the struct's offset and its nulls to the child
-        column = column.flatten()[kind.get_field_index("bytes")]
+        fields = column.flatten()
+        if kind.get_field_index("path") >= 0:
+            paths = fields[kind.get_field_index("path")].to_pylist()
+        column = fields[kind.get_field_index("bytes")]
+        if pa.types.is_null(column.type):  # no row has bytes (a table written untyped)
+            column = pa.nulls(len(column), pa.binary())
         kind = column.type
     if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
         raise DataError(f"column {IMAGE_COLUMN!r}: encoded images must be binary, got {kind}")
-    return column.to_pylist()
+    return column.to_pylist(), paths
 
 
 def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
@@ -63,14 +73,15 @@ def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
     names the first row that is null, unreadable or not data.image_size square. ``threads``
     decode consecutive runs of rows at once (Pillow decodes without holding the GIL)."""
     mode, c, s = image_mode(data.channels), data.channels, data.image_size
-    blobs = _encoded_bytes(column)
+    blobs, paths = _encoded_bytes(column)
     out = np.empty((len(blobs), c * s * s), dtype=np.uint8)
 
     def run(start: int, stop: int) -> RowError | None:
         """Rows [start, stop) into ``out``; the first bad one's error, if any."""
         for row in range(start, stop):
             try:
-                pixels = _decode(row, blobs[row], mode, s)  # (H, W) or (H, W, C)
+                path = paths[row] if paths is not None else None
+                pixels = _decode(row, blobs[row], mode, s, path)  # (H, W) or (H, W, C)
             except RowError as err:
                 return err
             if c == 1:
@@ -92,7 +103,12 @@ def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
     return out
 
 
-def _decode(row: int, blob: bytes | None, mode: str, size: int) -> np.ndarray:
+def _decode(row: int, blob: bytes | None, mode: str, size: int,
+            path: str | None = None) -> np.ndarray:
+    if blob is None and path is not None:
+        raise RowError(row, IMAGE_COLUMN, f"has no image bytes, only a path ({path!r}); "
+                                          f"path-only images are not read: the table must "
+                                          f"hold each image's bytes")
     if blob is None:
         raise RowError(row, IMAGE_COLUMN, "is not a readable image (null)")
     try:

@@ -2,8 +2,11 @@
 
 ``data.path/<class>/<image>`` (every image trains), or with split folders
 ``data.path/train/<class>/<image>``, ``data.path/test/<class>/...`` (and optionally
-``validation``). Class ids are the sorted class folder names of the training images; images
-may sit deeper inside their class folder. Image files are found by extension; other files and
+``validation``; aliases such as ``val``, ``dev``, ``testing`` name the same splits). Class ids
+are the positions of the training class folders' names sorted as text, so folders ``0``..``10``
+are labelled ``0 1 10 2 3 ...`` -> 0, 1, 2, 3, 4, ... (folder ``2`` is label 3); the index keeps
+the names (``meta["classes"]``) and ``dbparallel predict`` prints them. Images may sit deeper
+inside their class folder. Image files are found by extension; other files and
 hidden files or folders (``.name``) are left out. Only the listing is read, never the images,
 so indexing costs one listing of the folder, local or in an object store.
 
@@ -21,7 +24,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from dbparallel.config import DataConfig
-from dbparallel.data.shards import SPLITS, DataIndex, Shard
+from dbparallel.data.shards import SPLIT_NAMES, SPLITS, DataIndex, Shard, split_of_name
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError
 
@@ -89,21 +92,30 @@ def _list(fs: pafs.FileSystem, root: str, path: str) -> Entries:
 
 def _split_folders(entries: Entries, path: str) -> dict[str, tuple[str, Entries]]:
     """Split -> (its folder, its entries relative to that folder); without split folders,
-    every entry trains."""
+    every entry trains. A split folder is named after its split or an alias of it
+    (data/shards.py's SPLIT_NAMES: ``val``, ``testing``, ...)."""
     top = {parts[0] for parts, e in entries if len(parts) > 1 or e.type == pafs.FileType.Directory}
-    if not top & set(SPLITS):
+    named = {name: split_of_name(name) for name in sorted(top) if split_of_name(name)}
+    if not named:
         return {"train": (_child_uri(path, ""), entries)}
-    if "train" not in top:
-        raise DataError(f"data.path: {path} has split folders ({_names(sorted(top))}) but no "
+    by_split: dict[str, str] = {}
+    for name, split in named.items():
+        if split in by_split:
+            raise DataError(f"{_child_uri(path, name)}: a second {split!r} folder beside "
+                            f"{by_split[split]!r}; keep one folder per split")
+        by_split[split] = name
+    if "train" not in by_split:
+        raise DataError(f"data.path: {path} has split folders ({_names(sorted(named))}) but no "
                         f"'train' folder")
-    other = sorted(top - set(SPLITS))
+    other = sorted(top - set(named))
     loose = sorted(parts[0] for parts, e in entries if len(parts) == 1 and _is_image(e))
     if other or loose:
         raise DataError(f"{_child_uri(path, (other or loose)[0])}: not a split folder; with "
-                        f"split folders every folder of data.path is one of {', '.join(SPLITS)}")
-    return {split: (_child_uri(path, split), [(parts[1:], e) for parts, e in entries
-                                              if parts[0] == split and len(parts) > 1])
-            for split in SPLITS if split in top}
+                        f"split folders every folder of data.path is one of "
+                        f"{', '.join(SPLIT_NAMES)}")
+    return {split: (_child_uri(path, name), [(parts[1:], e) for parts, e in entries
+                                             if parts[0] == name and len(parts) > 1])
+            for split in SPLITS if split in by_split for name in [by_split[split]]}
 
 
 def _class_files(entries: Entries, where: str) -> dict[str, list[str]]:

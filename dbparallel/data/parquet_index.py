@@ -4,14 +4,17 @@
 an object-store URI of either. Only footers are read (plus a ``split`` column, when there is
 one, to count each split's rows), so indexing a data set far larger than memory is cheap and
 the driver never holds its rows. Splits come from a ``split`` column, else from the path: a
-file or folder named ``train``/``validation``/``test`` (``train-00001-of-00004.parquet``,
-``test/part-0.parquet``, as Hugging Face datasets lay them out), else every row trains.
+file or folder named after a split or one of its aliases (``split_of_path``:
+``train-00001-of-00004.parquet``, ``test/part-0.parquet`` as Hugging Face datasets lay them
+out, ``val/``, ``mnist_test.parquet``), else every row trains. Files whose paths name no split
+beside files whose paths do are refused: they would be held-out rows trained on silently.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,7 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, check_schema, image_encoding
-from dbparallel.data.shards import SPLITS, DataIndex, Shard
+from dbparallel.data.shards import SPLIT_NAMES, DataIndex, Shard, split_of_name
 from dbparallel.data.splits import SPLIT_COLUMN, split_values
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError
@@ -49,15 +52,19 @@ def parquet_files(path: str) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]
 
 
 def split_of_path(relative: str) -> str | None:
-    """``train``/``validation``/``test`` when a folder or the file name says so."""
+    """The split a folder or the file name names (data/shards.py's SPLIT_NAMES: ``val/``,
+    ``valid-00000-of-00001.parquet``, ``mnist_test.parquet``), else None. A file name names
+    a split by its whole stem, or by the first or last of its ``-``/``_``-separated words
+    (the first when both do)."""
     parts = relative.strip("/").split("/")
     for part in parts[:-1]:
-        if part in SPLITS:
-            return part
+        if split_of_name(part):
+            return split_of_name(part)
     stem = parts[-1].split(".")[0]
-    for split in SPLITS:
-        if stem == split or stem.startswith((f"{split}-", f"{split}_")):
-            return split
+    words = re.split(r"[-_]", stem)
+    for word in (stem, words[0], words[-1]):
+        if split_of_name(word):
+            return split_of_name(word)
     return None
 
 
@@ -72,7 +79,9 @@ def _uri(path: str, original: str) -> str:
 
 
 def _file_shards(fs: pafs.FileSystem, info: pafs.FileInfo, uri: str, relative: str
-                 ) -> tuple[dict[str, list[Shard]], pa.Schema, list]:
+                 ) -> tuple[dict[str, list[Shard]], pa.Schema, list, str | None]:
+    """(split -> shards, schema, [relative path, size, mtime], the split its path names or
+    None; "column" when a split column decides)."""
     try:
         with fs.open_input_file(info.path) as f:
             pf = pq.ParquetFile(f)
@@ -86,7 +95,8 @@ def _file_shards(fs: pafs.FileSystem, info: pafs.FileInfo, uri: str, relative: s
         check_schema(schema)
     except DataError as err:
         raise DataError(f"{uri}: {err}") from None
-    fixed = split_of_path(relative) or "train"
+    named = "column" if has_split else split_of_path(relative)
+    fixed = named or "train"
     out: dict[str, list[Shard]] = {}
     first = 0
     for rg in range(meta.num_row_groups):
@@ -99,7 +109,7 @@ def _file_shards(fs: pafs.FileSystem, info: pafs.FileInfo, uri: str, relative: s
                     split_filter=split if split_counts is not None else ""))
         first += rows
     stat = [relative, info.size, info.mtime_ns]
-    return out, schema, stat
+    return out, schema, stat, named
 
 
 def _split_counts(pf: pq.ParquetFile, rg: int, uri: str) -> dict[str, int]:
@@ -123,23 +133,39 @@ def _same_columns(schemas: list[tuple[str, pa.Schema]]) -> None:
                                 f"types (rewrite one of them)")
 
 
+def _all_named(named: list[tuple[str, str | None]]) -> None:
+    """Where some files name their split by path, every file must (or have a split
+    column): a held-out file whose name is not recognised would train silently otherwise."""
+    with_split = next(((uri, split) for uri, split in named if split not in (None, "column")),
+                      None)
+    without = next((uri for uri, split in named if split is None), None)
+    if with_split and without:
+        uri, split = with_split
+        raise DataError(f"{without}: its path names no split, but {uri} is {split!r} by its "
+                        f"path; every row of it would train. Name each file or a folder above "
+                        f"it by its split ({', '.join(sorted(SPLIT_NAMES))}: "
+                        f"train-00000.parquet, val/, mnist_test.parquet), or give it a "
+                        f"{SPLIT_COLUMN!r} column")
+
+
 def parquet_index(path: str, source: str = "") -> DataIndex:
     """The DataIndex of the Parquet image data at ``path``; DataError naming the file and
     column of the first schema problem."""
     fs, root, files = parquet_files(path)
     base = root.rstrip("/")
 
-    def one(info: pafs.FileInfo) -> tuple[dict[str, list[Shard]], pa.Schema, list]:
+    def one(info: pafs.FileInfo) -> tuple[dict[str, list[Shard]], pa.Schema, list, str | None]:
         relative = info.path[len(base):].lstrip("/") or info.base_name
         return _file_shards(fs, info, _uri(info.path, path), relative)
 
     with ThreadPoolExecutor(8) as pool:  # footers of many object-store files: in parallel
         results = list(pool.map(one, files))
-    _same_columns([(_uri(info.path, path), schema) for info, (_, schema, _) in
-                   zip(files, results, strict=True)])
+    uris = [_uri(info.path, path) for info in files]
+    _same_columns([(uri, r[1]) for uri, r in zip(uris, results, strict=True)])
+    _all_named([(uri, r[3]) for uri, r in zip(uris, results, strict=True)])
     splits: dict[str, list[Shard]] = {}
     encodings = set()
-    for shards, schema, _ in results:
+    for shards, schema, _, _ in results:
         encodings.add(image_encoding(schema.field("image").type))
         for split, found in shards.items():
             splits.setdefault(split, []).extend(found)

@@ -18,9 +18,20 @@ from typing import Any
 from dbparallel.errors import DataError
 
 SPLITS = ("train", "validation", "test")
+# folder and file names that name a split (data/parquet_index.py, data/image_folder.py); "eval"
+# is left out: some data sets mean validation by it, others test
+SPLIT_NAMES = {"train": "train", "training": "train",
+               "validation": "validation", "val": "validation", "valid": "validation",
+               "dev": "validation",
+               "test": "test", "testing": "test"}
 KINDS = ("parquet", "files", "tokens")
 PATH_KEYS = ("tokenizer_file",)  # meta entries that name a place on this machine
 TRAIN_EVAL_ROWS = 10_000  # training rows scored when a data set has no test split
+
+
+def split_of_name(name: str) -> str | None:
+    """The split a folder or file-name token names (``val`` -> ``validation``), else None."""
+    return SPLIT_NAMES.get(name.lower())
 
 
 @dataclass(frozen=True)

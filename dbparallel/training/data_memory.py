@@ -2,9 +2,10 @@
 
 A block holds the window its batches come from and the next one (training/stream.py), as
 unpacked rows: 8-bit pixels, integer ids, encoded images at their decoded size. So its data
-memory is at most two windows of its largest shards times the bytes of one unpacked row; a
-batch larger than the smallest window holds every window it spans, and the one before it. A
-data set within one window is held once (every epoch shares the rows, with an 8-byte index per
+memory is at most two windows of its largest shards times the bytes of one unpacked row, plus
+the whole windows that fit inside one batch (``held_rows``: a batch that spans windows holds
+them, and the one before them; only an epoch's last window can be short). A data set within
+one window is held once (every epoch shares the rows, with an 8-byte index per
 row and window). The row's size is measured by unpacking the first rows of the split, which
 reads only those (a few MiB of a Parquet row group, a few files of an image folder).
 """
@@ -16,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from dbparallel.config import Config, bytes_text
 from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex
@@ -24,6 +27,7 @@ from dbparallel.tasks.base import Rows, Task
 
 SAMPLE_ROWS = 16  # rows unpacked to measure one row's size
 INDEX_BYTES = 8  # an int64 position per row of a window that shares a held window's rows
+SMALL_SHARD = 8  # warn when the median shard has under 1/8 of data.shard_rows or the batch
 
 
 def rows_nbytes(rows: Rows) -> int:
@@ -33,18 +37,20 @@ def rows_nbytes(rows: Rows) -> int:
 
 @dataclass(frozen=True)
 class DataFootprint:
-    """One block's data memory at most: ``windows`` windows of ``window_rows`` rows."""
+    """One block's data memory at most: ``rows`` rows in ``windows`` windows of at most
+    ``window_rows`` rows each."""
 
     row_bytes: int  # one unpacked row
     window_rows: int  # the most rows a window can hold: its largest shards together
-    windows: int  # held at once: 2 (the current and the next) or more for a batch larger
-    # than a window; 1 when the data fit in one window (every window shares its rows)
+    windows: int  # held at once: 2 (the current and the next) or more for a batch that
+    # spans windows; 1 when the data fit in one window (every window shares its rows)
+    rows: int  # rows of those windows together, at most
     indexes: int = 0  # windows that share those rows, each with an index of its own
 
     @property
     def bytes(self) -> int:
         shared = self.indexes * INDEX_BYTES * self.window_rows
-        return self.windows * self.window_rows * self.row_bytes + shared
+        return self.rows * self.row_bytes + shared
 
 
 def data_footprint(index: DataIndex, task: Task, window_shards: int, batch_size: int,
@@ -53,14 +59,58 @@ def data_footprint(index: DataIndex, task: Task, window_shards: int, batch_size:
     holds in data rows."""
     sizes = sorted(s.rows for s in index.shards(split))
     window_rows = sum(sizes[-window_shards:])  # a window of the largest shards
-    last = len(sizes) % window_shards or window_shards  # an epoch's last window may be short
-    smallest = sum(sizes[:last])  # the fewest rows a window can have
-    # the windows one batch spans, and the one before its first (not yet forgotten)
-    windows = 1 + -(-batch_size // smallest)
     size = row_bytes(index, task, split)
     if len(sizes) <= window_shards:  # one window an epoch: every window shares its rows
-        return DataFootprint(size, window_rows, 1, windows)
-    return DataFootprint(size, window_rows, windows)
+        # the windows one batch spans, and the one before its first (not yet forgotten)
+        windows = 1 + -(-batch_size // sum(sizes))
+        return DataFootprint(size, window_rows, 1, window_rows, windows)
+    rows, windows = held_rows(sizes, window_shards, batch_size)
+    return DataFootprint(size, window_rows, windows, rows)
+
+
+def held_rows(sizes: list[int], window_shards: int, batch_size: int) -> tuple[int, int]:
+    """(rows, windows): the most rows a stream over shards of ``sizes`` rows (more than one
+    window of them) holds at once, in how many windows.
+
+    At a batch the stream holds a run of consecutive windows (training/stream.py): A, the
+    window of the previous batch's last row, through Z, the window of this batch's last row,
+    or A's successor (read ahead) if that is later. Every window between A and Z lies inside
+    the batch, so together they hold at most ``batch_size - 1`` rows and only whole windows
+    fit there. An epoch's windows are ``window_shards`` shards each (full) but its last one,
+    which may have fewer (short; one in every K windows of the stream). So the most is
+    A + Z <= 2 x the largest full window, plus the most whole windows that fit in a batch;
+    without such windows, two neighbours (two full ones, or a full and a short one when an
+    epoch is two windows)."""
+    sizes = sorted(sizes)
+    ws, cap = window_shards, batch_size - 1
+    k = -(-len(sizes) // ws)  # windows an epoch
+    last = len(sizes) - (k - 1) * ws  # shards of an epoch's last window
+    full_max, full_min = sum(sizes[-ws:]), sum(sizes[:ws])
+    short_max, short_min = sum(sizes[-last:]), sum(sizes[:last])
+    short = last < ws
+    rows = full_max + (full_max if not short or k >= 3 else short_max)
+    fit_full, fit_short = _fit(sizes, ws, cap), _fit(sizes, last, cap)
+    between, m = -1, 1
+    limit = (batch_size // max(1, sum(sizes)) + 2) * k  # epochs a batch touches, in windows
+    while m <= limit:  # m windows strictly inside one batch, h of them short
+        shorts = {m // k, -(-m // k)} if short else {0}
+        fits = [(m - h) * fit_full + h * fit_short for h in shorts
+                if (m - h) * full_min + h * short_min <= cap]
+        if not fits:
+            break
+        between = max(between, min(cap, max(fits)))
+        m += 1
+    if between < 0:
+        return rows, 2
+    return max(rows, 2 * full_max + between), m + 1
+
+
+def _fit(sizes: list[int], shards: int, cap: int) -> int:
+    """The most rows a window of ``shards`` of these shards holds within ``cap`` rows (an
+    upper bound; exact for one shard)."""
+    if shards == 1:
+        return max((n for n in sizes if n <= cap), default=0)
+    return min(sum(sizes[-shards:]), cap)
 
 
 def row_bytes(index: DataIndex, task: Task, split: str = "train") -> int:
@@ -86,7 +136,7 @@ def report_footprint(cfg: Config, index: DataIndex) -> int:
     """Print what a block's stream holds, and return it in bytes (0: no training rows); in
     local mode, warn when it is over half of this machine's memory (a Ray run checks each
     node once its blocks are placed). Warn too when an image folder has fewer classes than
-    data.num_classes."""
+    data.num_classes, and when the Parquet row groups are tiny (``small_shards_warning``)."""
     from dbparallel.tasks import build_task
 
     classes = index.meta.get("classes")  # an image folder's class folders
@@ -101,11 +151,32 @@ def report_footprint(cfg: Config, index: DataIndex) -> int:
     footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards,
                                cfg.train.batch_size)
     print(footprint_line(footprint), flush=True)
+    small = small_shards_warning(index, cfg.data.shard_rows, cfg.train.batch_size)
+    if small:
+        print(f"warning: {small}", file=sys.stderr, flush=True)
     if cfg.runtime.local:  # one block at a time in this process
         warning = footprint_warning(footprint.bytes, 1, machine_memory())
         if warning:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     return footprint.bytes
+
+
+def small_shards_warning(index: DataIndex, shard_rows: int, batch_size: int) -> str | None:
+    """A warning when the training rows' median Parquet row group has fewer than
+    1/SMALL_SHARD of data.shard_rows or of the batch, whichever is smaller: every shard is
+    read on its own, and a per-shard cost (finding the row group in the file's footer, which
+    grows with the row groups) dominates (row groups of 1 row trained 100x slower)."""
+    shards = index.splits.get("train", ())
+    if index.kind != "images" or not shards or any(s.kind != "parquet" for s in shards):
+        return None
+    median = int(np.median([s.rows for s in shards]))
+    if median * SMALL_SHARD >= min(shard_rows, batch_size):
+        return None
+    return (f"data: the training rows are in {len(shards):,} Parquet row groups of a median "
+            f"{median:,} row{'s' if median != 1 else ''}, far fewer than data.shard_rows="
+            f"{shard_rows:,} or train.batch_size={batch_size:,}; each row group is a shard "
+            f"read on its own, which makes reading slow. Rewrite the data once in row groups "
+            f"of data.shard_rows rows: `dbparallel data reshard DATA --out DIR`")
 
 
 def footprint_line(footprint: DataFootprint) -> str:
@@ -114,8 +185,12 @@ def footprint_line(footprint: DataFootprint) -> str:
     held = ("one window (the data fit in it)" if f.windows == 1
             else "two windows (the current and the next)" if f.windows == 2
             else f"{f.windows} windows (a batch spans several, and the next is read)")
-    return (f"data: a block holds {held} of at most {f.window_rows:,} rows x "
-            f"{bytes_text(f.row_bytes)} unpacked = {bytes_text(f.bytes)}")
+    if f.rows == f.windows * f.window_rows or f.windows == 1:
+        rows = f"of at most {f.window_rows:,} rows"
+    else:  # windows of unequal sizes (an epoch's last one is short)
+        rows = f"of at most {f.window_rows:,} rows each, {f.rows:,} rows in all"
+    return (f"data: a block holds {held} {rows} x {bytes_text(f.row_bytes)} unpacked = "
+            f"{bytes_text(f.bytes)}")
 
 
 def footprint_warning(per_block: int, blocks: int, memory: float,

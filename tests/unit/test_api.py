@@ -236,8 +236,8 @@ def test_predict_command_reads_files_folders_and_tables(runs: dict[str, str], tm
     assert cli.main(["predict", runs["vit"], str(folder), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["class"] for r in rows] == classes and rows[2]["input"].endswith("sub/c.png")
-    assert all(set(r) == {"input", "class", "probability"} and 0 < r["probability"] <= 1
-               for r in rows)  # the keys docs/api.md names
+    assert all(set(r) == {"input", "class", "name", "probability"} and r["name"] is None
+               and 0 < r["probability"] <= 1 for r in rows)  # the keys docs/api.md names
 
     def encoded(i: int) -> bytes:
         buffer = io.BytesIO()

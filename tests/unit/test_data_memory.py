@@ -14,7 +14,13 @@ from dbparallel.config import load_config
 from dbparallel.data.parquet_index import parquet_index
 from dbparallel.data.tables import image_table
 from dbparallel.tasks import build_task
-from dbparallel.training.data_memory import DataFootprint, data_footprint, footprint_warning
+from dbparallel.training.data_memory import (
+    DataFootprint,
+    data_footprint,
+    footprint_line,
+    footprint_warning,
+)
+from dbparallel.training.data_order import DataOrder
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.storage import Storage
 
@@ -46,7 +52,7 @@ def test_a_row_is_measured_at_its_unpacked_size(tmp_path, pixels, row_bytes) -> 
     data = _data(tmp_path, pixels)
     cfg = _cfg(tmp_path, data, 2)
     footprint = data_footprint(parquet_index(str(data)), build_task(cfg), 2, 40)
-    assert footprint == DataFootprint(row_bytes, 100, 2)  # pixels and an int64 label
+    assert footprint == DataFootprint(row_bytes, 100, 2, 200)  # pixels and an int64 label
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
@@ -71,7 +77,7 @@ def test_a_block_holds_at_most_what_the_footprint_says(tmp_path, window, batch, 
 
 
 def test_the_blocks_on_one_machine_are_warned_past_half_its_memory() -> None:
-    f = DataFootprint(row_bytes=1000, window_rows=1000, windows=2)  # 2 MB a block
+    f = DataFootprint(row_bytes=1000, window_rows=1000, windows=2, rows=2000)  # 2 MB
     assert footprint_warning(f.bytes, blocks=4, memory=16_000_000) is None  # 8 MB: half
     warning = footprint_warning(f.bytes, blocks=4, memory=15_000_000)
     assert warning is not None and "data.window_shards" in warning and "4 blocks" in warning
@@ -116,3 +122,89 @@ def test_data_check_of_a_data_set_without_training_rows_prints_no_footprint(tmp_
                  "data.channels=1"]) == 0
     out = capsys.readouterr().out
     assert "test: 600 rows" in out and "a block holds" not in out
+
+
+def _most_held(sizes: list[int], window_shards: int, batch: int, seeds: int = 300,
+               epochs: int = 6) -> int:
+    """The most rows a stream holds at a batch (the run of windows from the previous batch's
+    last one to this batch's last one, or the one read after it), over ``seeds`` orders."""
+    most = 0
+    for seed in range(seeds):
+        order = DataOrder(sizes, batch, seed, 0, window_shards)
+        rows = {}
+        before = None
+        for step in range(epochs * sum(sizes) // batch):
+            segments = order.segments(step)
+            first = before or (segments[0].epoch, segments[0].window)
+            last = (segments[-1].epoch, segments[-1].window)
+            run, key = [], first
+            while key <= max(last, order.next_window(*first)):
+                run.append(key)
+                key = order.next_window(*key)
+            for e, w in run:
+                rows[(e, w)] = sum(sizes[s] for s in order.shards_of(e, w))
+            most = max(most, sum(rows[k] for k in run))
+            before = last
+    return most
+
+
+@pytest.mark.parametrize("sizes, window, batch, want", [
+    ([64] * 8 + [1], 8, 32, 2 * 512 + 1),  # one short row group: the short window between
+    ([50] * 12, 1, 128, 200),  # two whole windows inside a batch
+    ([50] * 12, 5, 40, 500),  # a short last window (100 rows) that no batch holds whole
+    ([50] * 9 + [7], 3, 60, 300 + 50),  # the short window (one shard) inside a batch
+    ([10] * 7, 3, 45, 100),  # two windows inside a batch, one of them short
+])
+def test_the_rows_held_are_an_upper_bound_that_is_reached(tmp_path, sizes, window, batch,
+                                                          want) -> None:
+    """8 row groups of 4,096 rows and one of 1 once printed 2,049 windows of 32,768 rows."""
+    from dbparallel.training.data_memory import held_rows
+
+    rows, _ = held_rows(sizes, window, batch)
+    assert rows == want
+    assert _most_held(sizes, window, batch) == want
+
+
+def test_one_short_row_group_does_not_inflate_the_printed_footprint(tmp_path) -> None:
+    """8 row groups of 64 rows and one of 1 row, batches of 32: at most two windows of 512
+    rows and the 1-row window between them (not 33 windows of 512 rows)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (513, 64)).astype(np.uint8)
+    table = pa.table({"image": pa.FixedSizeListArray.from_arrays(pa.array(images.ravel()), 64),
+                      "label": pa.array(rng.integers(0, 10, 513))})
+    path = tmp_path / "d.parquet"
+    with pq.ParquetWriter(path, table.schema) as writer:
+        writer.write_table(table.slice(0, 512), row_group_size=64)
+        writer.write_table(table.slice(512), row_group_size=64)
+    cfg = _cfg(tmp_path, path, 8, 32)
+    index = parquet_index(str(path))
+    footprint = data_footprint(index, build_task(cfg), 8, 32)
+    assert footprint.bytes == 1025 * 72  # was 33 x 512 rows
+    assert (footprint.rows, footprint.windows, footprint.window_rows) == (1025, 3, 512)
+    assert footprint_line(footprint) == (
+        "data: a block holds 3 windows (a batch spans several, and the next is read) of at "
+        "most 512 rows each, 1,025 rows in all x 72 B unpacked = 72.1 KiB")
+    run = BlockRun(cfg, 0, index, Storage(cfg.run_dir), prefetch=False)
+    for step in range(4 * 513 // 32):
+        run.batch(step)
+    run.close()
+    assert 512 * 72 < run.stream.peak_bytes <= footprint.bytes  # this order's most: 962 rows
+
+
+def test_tiny_row_groups_are_warned_of_with_the_reshard_command(tmp_path, capsys) -> None:
+    """Row groups of 1 row trained 100x slower than row groups of thousands, silently."""
+    from dbparallel.training.data_memory import report_footprint
+
+    rng = np.random.default_rng(0)
+    table = image_table(rng.random((64, 1, 8, 8)), rng.integers(0, 10, 64))
+    pq.write_table(table, tmp_path / "tiny.parquet", row_group_size=1)
+    cfg = _cfg(tmp_path, tmp_path / "tiny.parquet", 8, 40)
+    report_footprint(cfg, parquet_index(str(tmp_path / "tiny.parquet")))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "64 Parquet row groups of a median 1 row" in err
+    assert "dbparallel data reshard" in err
+    data = _data(tmp_path)  # row groups of 50 rows, batches of 40: no warning
+    report_footprint(_cfg(tmp_path, data, 8, 40), parquet_index(str(data)))
+    assert capsys.readouterr().err == ""
+    report_footprint(_cfg(tmp_path, data, 8, 401), parquet_index(str(data)))  # 50 < 401 / 8
+    assert "row groups of a median 50 rows" in capsys.readouterr().err

@@ -265,3 +265,28 @@ def test_a_block_decodes_with_a_thread_per_cpu_it_reserves() -> None:
     assert decode_threads(load_config([], ["runtime.cpus_per_block=4"])) == 4
     assert decode_threads(load_config([], ["runtime.cpus_per_block=4",
                                            "data.decode_threads=2"])) == 2
+
+
+def test_a_path_only_image_struct_is_a_named_row_not_a_column_type_error(tmp_path: Path,
+                                                                        capsys) -> None:
+    """Hugging Face's ``{bytes: null, path: "x.png"}``: the file is not read, and the error
+    names the file and the row (it once said "encoded images must be binary, got null")."""
+    import pyarrow.parquet as pq
+
+    from dbparallel.cli import main
+
+    untyped = pa.array([{"bytes": None, "path": f"img{i}.png"} for i in range(3)])  # bytes: null
+    with pytest.raises(RowError, match=r"row 0 has no image bytes, only a path \('img0.png'\); "
+                                       r"path-only images are not read"):
+        decode_encoded(untyped, GREY)
+    blob = _encode(_pixels(1, 1))
+    typed = pa.array([{"bytes": blob, "path": None}, {"bytes": None, "path": "b.png"}],
+                     pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    with pytest.raises(RowError, match=r"row 1 has no image bytes, only a path \('b.png'\)"):
+        decode_encoded(typed, GREY)
+    pq.write_table(pa.table({"image": untyped, "label": pa.array([0, 1, 2])}),
+                   tmp_path / "hf.parquet")
+    assert main(["data", "check", str(tmp_path / "hf.parquet"), "data.image_size=8",
+                 "data.channels=1", "data.num_classes=3"]) == 2
+    assert "hf.parquet row 0: column 'image' has no image bytes, only a path ('img0.png')" \
+        in capsys.readouterr().err

@@ -1,0 +1,91 @@
+"""Splits named by path: the common aliases (val, valid, dev, testing, mnist_test.parquet) for
+Parquet files and image folders, and data sets that name some files' splits but not others'."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from dbparallel.config import DataConfig
+from dbparallel.data.image_folder import image_folder_index
+from dbparallel.data.parquet_index import parquet_index, split_of_path
+from dbparallel.errors import DataError
+
+
+def _write(path: Path, rows: int, split: list[str] | None = None) -> None:
+    rng = np.random.default_rng(rows)
+    columns = {"image": pa.FixedSizeListArray.from_arrays(
+        pa.array(rng.integers(0, 256, rows * 4).astype(np.uint8)), 4),
+        "label": pa.array(rng.integers(0, 3, rows))}
+    if split is not None:
+        columns["split"] = pa.array(split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+
+
+@pytest.mark.parametrize("train, held_out, split", [
+    ("train/part-0.parquet", "val/part-0.parquet", "validation"),
+    ("train-00000-of-00001.parquet", "valid-00000-of-00001.parquet", "validation"),
+    ("train.parquet", "dev.parquet", "validation"),
+    ("train.parquet", "testing.parquet", "test"),
+    ("mnist_train.parquet", "mnist_test.parquet", "test"),
+    ("training/a.parquet", "Testing/a.parquet", "test"),
+])
+def test_held_out_parquet_files_named_by_an_alias_are_not_trained_on(
+        tmp_path: Path, train: str, held_out: str, split: str) -> None:
+    _write(tmp_path / train, 10)
+    _write(tmp_path / held_out, 4)
+    index = parquet_index(str(tmp_path))
+    assert {s: index.num_rows(s) for s in index.present()} == {"train": 10, split: 4}
+
+
+def test_ordinary_file_names_name_no_split() -> None:
+    for name in ("contest.parquet", "latest-data.parquet", "part-0.parquet", "d.parquet",
+                 "eval.parquet", "validity_x.parquet", "attest/part-0.parquet"):
+        assert split_of_path(name) is None, name
+    assert split_of_path("train-test.parquet") == "train"  # the first word when both do
+
+
+def test_files_named_by_split_beside_files_named_by_none_are_refused(tmp_path: Path) -> None:
+    _write(tmp_path / "a" / "train.parquet", 10)
+    _write(tmp_path / "a" / "holdout.parquet", 4)  # held out, but its name says nothing
+    with pytest.raises(DataError, match=r"holdout\.parquet: its path names no split, but "
+                                        r".*train\.parquet is 'train'"):
+        parquet_index(str(tmp_path / "a"))
+    _write(tmp_path / "b" / "train.parquet", 10)  # a split column decides its own file
+    _write(tmp_path / "b" / "extra.parquet", 4, ["train", "test", "test", "validation"])
+    index = parquet_index(str(tmp_path / "b"))
+    assert [index.num_rows(s) for s in ("train", "validation", "test")] == [11, 1, 2]
+    _write(tmp_path / "c" / "one.parquet", 3)  # no names at all: every row trains
+    _write(tmp_path / "c" / "two.parquet", 4)
+    assert parquet_index(str(tmp_path / "c")).present() == ["train"]
+
+
+def _images(root: Path, classes: dict[str, int]) -> None:
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for n in range(count):
+            Image.fromarray(np.full((4, 4), n, np.uint8)).save(root / name / f"{n}.png")
+
+
+def _folder_index(path: Path):
+    return image_folder_index(DataConfig(source="image_folder", path=str(path), image_size=4,
+                                         channels=1, num_classes=3, shard_rows=4))
+
+
+def test_image_folders_accept_split_aliases(tmp_path: Path) -> None:
+    _images(tmp_path / "train", {"a": 3, "b": 2})
+    _images(tmp_path / "val", {"a": 1})
+    _images(tmp_path / "testing", {"b": 2})
+    index = _folder_index(tmp_path)
+    assert {s: index.num_rows(s) for s in index.present()} == \
+        {"train": 5, "validation": 1, "test": 2}
+    assert {s.uri for s in index.shards("validation")} == {f"{tmp_path}/val"}
+    _images(tmp_path / "dev", {"a": 1})
+    with pytest.raises(DataError, match=r"/val: a second 'validation' folder beside 'dev'"):
+        _folder_index(tmp_path)
