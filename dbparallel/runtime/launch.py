@@ -27,7 +27,7 @@ from dbparallel.runtime.metrics import (
     free_port,
     port_line,
 )
-from dbparallel.runtime.placement import cluster_now, reserve_blocks, start_slots
+from dbparallel.runtime.placement import cluster_now, reserve_start, start_slots
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.runtime.ray_backend import RayBackend
 from dbparallel.tasks import build_task
@@ -172,7 +172,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         if slots < cfg.model.blocks:
             print(f"runtime: {slots} of {cfg.model.blocks} blocks train at once; the others "
                   f"queue and start as blocks finish (runtime.max_concurrent_blocks)", flush=True)
-        pg, assembly_index = reserve_blocks(cfg, slots, data_bytes)
+        pg, assembly_index, slots = reserve_start(cfg, slots, data_bytes)
         backend = RayBackend(cfg, pg, slots, session, assembly_index)
         bars = BlockBars(cfg.model.blocks,
                          [cfg.train.steps_of(b) for b in range(cfg.model.blocks)], progress)

@@ -3,6 +3,7 @@ that reserves their CPUs and GPUs (and the assembly actor's) before anything tra
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import Any
@@ -23,15 +24,34 @@ def cluster_now() -> Cluster:
     return Cluster(have.get("CPU", 0.0), have.get("GPU", 0.0), "detected")
 
 
+class PlacementTimeout(UserError):
+    """The cluster did not make room for the run within runtime.placement_timeout_s."""
+
+
 def start_slots(cfg: Config, cluster: Cluster) -> int:
-    """Blocks that train at once (``concurrent_blocks``). A named cluster (runtime.address,
-    RAY_ADDRESS) with no room for a single block now is one whose nodes are still joining
-    (an autoscaler adds them, or its workers are starting): the run asks for every block
-    rather than for one at a time, which also tells an autoscaler what to add.
-    runtime.max_concurrent_blocks sets the number by hand."""
-    if cfg.runtime.max_concurrent_blocks or room(cfg, cluster) or _this_machine_alone(cfg):
-        return concurrent_blocks(cfg, cluster)
-    return cfg.model.blocks
+    """Blocks that train at once (``concurrent_blocks``: a joined cluster with no room for a
+    block yet is asked for every block); this machine's own instance is never joined by more
+    nodes."""
+    if _this_machine_alone(cfg):
+        cluster = dataclasses.replace(cluster, source="this machine")
+    return concurrent_blocks(cfg, cluster)
+
+
+def reserve_start(cfg: Config, slots: int, data_bytes: int = 0) -> tuple[Any, int | None, int]:
+    """``reserve_blocks`` for ``slots`` blocks at once, and ``slots``. When the cluster does
+    not make room for them all in time but has room for some by then (fewer nodes joined than
+    the run asked for), the run trains in waves of those instead, unless
+    runtime.max_concurrent_blocks was set by hand."""
+    try:
+        return (*reserve_blocks(cfg, slots, data_bytes), slots)
+    except PlacementTimeout:
+        now = room(cfg, cluster_now())
+        if cfg.runtime.max_concurrent_blocks or not 1 <= now < slots:
+            raise
+    print(f"runtime: after runtime.placement_timeout_s={cfg.runtime.placement_timeout_s:g} s "
+          f"the cluster has room for {now} of the {slots} blocks asked; they train {now} at a "
+          f"time, the others queue", flush=True)
+    return (*reserve_blocks(cfg, now, data_bytes), now)
 
 
 def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
@@ -53,11 +73,14 @@ def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
         extra = (f" + the assembly actor's {assembly_bundle(cfg)} (runtime.assembly_cpus/"
                  f"assembly_gpus)" if assembly_bundle(cfg) else "")
         each = f"{replicas} replicas (runtime.replicas_per_block) x " if replicas > 1 else ""
-        raise UserError(
+        fits = room(cfg, cluster_now())
+        hint = ("not even one block fits it now: lower them, or add nodes" if not fits else
+                f"it has room for {fits} at once now: runtime.max_concurrent_blocks={fits}, "
+                f"or a longer runtime.placement_timeout_s")
+        raise PlacementTimeout(
             f"runtime.cpus_per_block/gpus_per_block: {slots} blocks x {each}{bundle}{extra} "
             f"do not fit the cluster ({have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs) "
-            f"within runtime.placement_timeout_s={r.placement_timeout_s:g}; wait longer, or "
-            f"train fewer blocks at once (runtime.max_concurrent_blocks)") from None
+            f"within runtime.placement_timeout_s={r.placement_timeout_s:g}; {hint}") from None
     return pg
 
 

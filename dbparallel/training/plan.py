@@ -131,9 +131,9 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
             "/assembly_cpus/assembly_gpus" if assembler else "")
         lines.append(f"  does NOT fit: one block ({unit}){beside} is more than the cluster "
                      f"has; lower {keys}, or add nodes"
-                     + ("; a run on it waits up to runtime.placement_timeout_s for nodes to "
-                        "join, asking for every block at once"
-                        if c["source"] == "detected" else ""))
+                     + ("; a run on it asks for every block and waits up to "
+                        "runtime.placement_timeout_s for nodes to join"
+                        if c["source"] == "detected" and not r.max_concurrent_blocks else ""))
     rates = c.get("estimated_steps_per_s")
     if rates:
         span = (f"{min(rates):.3g}" if f"{min(rates):.3g}" == f"{max(rates):.3g}"
@@ -182,6 +182,10 @@ def concurrent_blocks(cfg: Config, cluster: Cluster) -> int:
     r, blocks = cfg.runtime, cfg.model.blocks
     if r.max_concurrent_blocks:
         return min(blocks, r.max_concurrent_blocks)
+    if not room(cfg, cluster) and cluster.source == "detected":
+        # a joined cluster with no room for one block yet: its nodes are still starting, or
+        # an autoscaler has yet to add them; asking for every block tells it what to add
+        return blocks
     return max(1, room(cfg, cluster))
 
 

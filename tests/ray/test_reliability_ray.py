@@ -62,9 +62,30 @@ def test_a_named_cluster_with_no_room_yet_is_asked_for_every_block(
                                  f"runtime.address={ray.get_runtime_context().gcs_address}",
                                  "runtime.placement_timeout_s=2"])
     with pytest.raises(UserError, match=r"runtime.cpus_per_block/gpus_per_block: 2 blocks x "
-                                        r".*runtime.max_concurrent_blocks"):
+                                        r".*not even one block fits it now"):
         run_ray(cfg, None, progress=False)
     out = capsys.readouterr().out
     assert "the run asks for 2 GPU" in out and "waiting up to" in out
     assert "blocks train at once" not in out  # no waves of one
     assert not (run_dir / "blocks").exists()
+
+
+def test_a_cluster_that_makes_room_for_fewer_blocks_than_asked_trains_in_waves(
+        ray_session, tmp_path, capsys) -> None:
+    """Asked for both blocks (as a joined cluster with no room at the start is), a cluster
+    that has room for one when runtime.placement_timeout_s ends trains one at a time."""
+    import ray
+    from ray.util.placement_group import remove_placement_group
+
+    from dbparallel.runtime.placement import reserve_start
+
+    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "runtime.cpus_per_block=1",
+                                 "runtime.assembly_cpus=0.5", "runtime.placement_timeout_s=2",
+                                 f"runtime.address={ray.get_runtime_context().gcs_address}"])
+    pg, assembly_index, slots = reserve_start(cfg, 2)  # 2.5 CPUs asked of 2
+    try:
+        assert (slots, assembly_index) == (1, 1)
+        assert ray.get(pg.ready(), timeout=60)
+    finally:
+        remove_placement_group(pg)
+    assert "the cluster has room for 1 of the 2 blocks asked" in capsys.readouterr().out

@@ -84,8 +84,13 @@ def test_waves_and_memory_per_device_on_a_gpu_cluster() -> None:
         "\n".join(cluster_lines(cfg, none))
     assert "waits" not in "\n".join(cluster_lines(cfg, none))  # nothing joins this machine
     starting = cluster_plan(cfg, Cluster(2, 0, "detected"), memory)  # GPU nodes not there yet
-    assert "a run on it waits up to runtime.placement_timeout_s for nodes to join, asking " \
-        "for every block at once" in "\n".join(cluster_lines(cfg, starting))
+    assert (starting["concurrent_blocks"], starting["waves"]) == (4, 1)  # asks for every block
+    assert "a run on it asks for every block and waits up to runtime.placement_timeout_s for " \
+        "nodes to join" in "\n".join(cluster_lines(cfg, starting))
+    by_hand = _cfg("model.blocks=4", "runtime.gpus_per_block=1", "runtime.max_concurrent_blocks=2")
+    lines = "\n".join(cluster_lines(by_hand, cluster_plan(by_hand, Cluster(2, 0, "detected"),
+                                                            memory)))
+    assert "2 of 4 blocks at once: 2 wave(s)" in lines and "every block" not in lines
 
 
 def test_plan_command_shows_the_cluster(capsys) -> None:
