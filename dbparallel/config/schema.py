@@ -58,6 +58,7 @@ class DataConfig:
     seq_len: int = 128  # tokens per text sequence (text tasks)
     vocab_size: int = 128  # token ids the text models hold; the tokenizer must fit in it
     tokenizer: str = "char"  # text: char (every distinct character) | bpe (byte-level BPE)
+    pack: bool = False  # text: join a split's documents ("\n" between) into rows across them
     window_shards: int = 8  # shards whose rows a block shuffles together (its memory window)
     shard_rows: int = 4096  # rows per shard of the data sets this project writes (cache)
     validate: bool = True  # check every row once per data set before training (cached)

@@ -1,10 +1,12 @@
 """A text corpus tokenized once into token files: the DataIndex every text block streams.
 
 ``corpus_index(data)`` names the corpus by the sha256 of its content (every input byte),
-``data.seq_len``, ``data.tokenizer``, ``data.vocab_size`` and ``VERSION``, and builds it on
-first use into ``cache_dir()/corpus/<key>/``: ``train.bin``, ``validation.bin`` and
-``test.bin`` (each the ids of that split's rows, row-major, ``seq_len`` ids per row, uint8 when
-the vocabulary fits 256 ids, else uint16), ``index.json`` and, for BPE, ``tokenizer.json``. A
+``data.seq_len``, ``data.tokenizer``, ``data.vocab_size``, ``data.pack`` (when true) and
+``VERSION``, and builds it on first use into ``cache_dir()/corpus/<key>/``: ``train.bin``,
+``validation.bin`` and ``test.bin`` (each the ids of that split's rows, row-major, ``seq_len``
+ids per row, uint8 when the vocabulary fits 256 ids, else uint16), ``index.json`` and, for
+BPE, ``tokenizer.json`` and ``train_ids.json`` (the ids the train split holds: generation
+draws only those, data/tokenizer.py). A
 build writes into a temporary directory renamed into place, so processes building the same
 corpus at once are safe (the first rename wins, the others use it). The build streams the
 documents (data/text.py) in passes, never holding the corpus:
@@ -16,7 +18,12 @@ documents (data/text.py) in passes, never holding the corpus:
 
 Rows are non-overlapping ``seq_len``-token rows within each part of a document (a document,
 or one of its three position splits), the tail shorter than a row dropped; within a split,
-documents in order, rows in order. With ``char`` a token is a character, so the rows, splits
+documents in order, rows in order. With ``data.pack`` the parts of a split are joined in
+order, each after the first preceded by ``SEPARATOR``, and cut into rows across them (only
+the split's last tail is dropped): for corpora of documents shorter than a row. Without it, a
+build that drops more than ``DROP_WARN`` of a split's text in tails says so (one warning). A
+split with text but no row is an error; the validation and test splits may be absent (no
+document in them): then they hold no row. With ``char`` a token is a character, so the rows, splits
 and vocabulary are exactly those of the character tables this project used before. With
 ``bpe`` a token is a BPE token of a few characters, so a row spans more text, and a loss per
 token is in bits per token: the text evaluation reports ``bpt`` and converts to ``bpc`` with
@@ -30,11 +37,9 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +47,17 @@ import numpy as np
 
 from dbparallel.config import DataConfig
 from dbparallel.data.cache import cache_dir
+from dbparallel.data.corpus_layout import Layout, check_rows, layout_of, warn_dropped
 from dbparallel.data.shards import SPLITS, DataIndex, Shard
 from dbparallel.data.text import (
     PIECE_CHARS,
-    WORK_PERIOD,
-    Document,
     TextSource,
-    position_parts,
     spans,
     text_source,
-    work_split,
 )
 from dbparallel.data.tokenizer import (
     BYTE_SYMBOLS,
+    TRAIN_IDS_FILE,
     CharCounter,
     CharTokenizer,
     bpe_pieces,
@@ -71,9 +74,8 @@ BPE_BATCH = 8  # pieces encoded together (tokenizers encodes a batch in parallel
 BPE_HOLD = 4 * PIECE_CHARS  # characters held back at most while looking for a BPE cut
 # characters per training piece: tokenizers buffers 256 pieces of the iterator it trains on
 BPE_TRAIN_CHARS = 1 << 12
-END = sys.maxsize  # the end of a document whose length is not needed
+SEPARATOR = "\n"  # data.pack: between the documents (parts) of a split
 
-Part = tuple[str, int, int]  # (split, first character, end character) of a document
 PartKey = tuple[int, str]  # (part number, split) of a piece of text
 
 
@@ -91,95 +93,59 @@ def corpus_index(data: DataConfig) -> DataIndex:
 def corpus_key(content: str, data: DataConfig) -> str:
     """The cache key: the corpus's content (``TextSource.digest``) and everything that shapes
     its token files."""
-    blob = json.dumps({"content": content, "seq_len": data.seq_len,
-                       "tokenizer": data.tokenizer, "vocab_size": data.vocab_size,
-                       "version": VERSION}, sort_keys=True)
+    key: dict[str, Any] = {"content": content, "seq_len": data.seq_len,
+                           "tokenizer": data.tokenizer, "vocab_size": data.vocab_size,
+                           "version": VERSION}
+    if data.pack:  # only when set: unpacked corpora keep the keys they always had
+        key["pack"] = True
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-# ---------------------------------------------------------------------------------------------
-# Layout: which split every character goes to
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Layout:
-    """What the first pass learns: how many documents (split by work or by position), their
-    characters, and the lengths of the few documents that position splits need."""
-
-    documents: int
-    characters: int
-    head: tuple[tuple[int, str | None], ...]  # (characters, given split), first 13 documents
-    work_rows: dict[str, int]  # char rows per split when every document has one split
-
-    def parts(self, i: int, doc: Document) -> list[Part]:
-        if doc.split is not None:
-            return [(doc.split, 0, END)]
-        if self.documents >= WORK_PERIOD:
-            return [(work_split(i), 0, END)]
-        return position_parts(self.head[i][0])
-
-    def char_rows(self, seq_len: int) -> dict[str, int]:
-        """Rows per split with one character per token."""
-        if self.documents >= WORK_PERIOD:
-            return self.work_rows
-        rows = dict.fromkeys(SPLITS, 0)
-        for chars, split in self.head:
-            for s, a, b in [(split, 0, chars)] if split else position_parts(chars):
-                rows[s] += (b - a) // seq_len
-        return rows
-
-
-def _layout(source: TextSource, seq_len: int) -> Layout:
-    count = characters = 0
-    head: list[tuple[int, str | None]] = []
-    rows = dict.fromkeys(SPLITS, 0)
-    for i, doc in enumerate(source.documents()):
-        chars = sum(len(piece) for piece in doc.pieces)
-        rows[doc.split or work_split(i)] += chars // seq_len
-        if i < WORK_PERIOD - 1:
-            head.append((chars, doc.split))
-        count, characters = i + 1, characters + chars
-    if not count:
-        raise DataError(f"{source.label}: no documents")
-    return Layout(count, characters, tuple(head), rows)
-
-
-def _check_rows(rows: dict[str, int], layout: Layout, seq_len: int) -> None:
-    for split in SPLITS:
-        if not rows[split]:
-            raise DataError(f"the text is too short for data.seq_len={seq_len}: the {split} "
-                            f"split has no sequence ({layout.characters} characters)")
 
 
 # ---------------------------------------------------------------------------------------------
 # Streams: (part, split, text) of every document, whole rows of every part
 # ---------------------------------------------------------------------------------------------
 
-def _part_texts(source: TextSource, layout: Layout,
-                only: str | None = None) -> Iterator[tuple[PartKey, str]]:
-    """((part number, split), text) of every part of every document (of split ``only``)."""
-    number = 0
+def _part_texts(source: TextSource, layout: Layout, only: str | None = None,
+                pack: bool = False) -> Iterator[tuple[PartKey, str]]:
+    """((part number, split), text) of every part of every document (of split ``only``);
+    with ``pack``, a part's text after the first of its split starts with SEPARATOR."""
+    number, started, last = 0, set[str](), None
     for i, doc in enumerate(source.documents()):
         parts = layout.parts(i, doc)
         if only is None or any(s == only for s, _, _ in parts):  # else never read it
             for k, text in spans(doc.pieces, [(a, b) for _, a, b in parts]):
-                if only is None or parts[k][0] == only:
-                    yield (number + k, parts[k][0]), text
+                key = (number + k, parts[k][0])
+                if only is not None and key[1] != only:
+                    continue
+                if pack and key != last:  # a part's first text (its texts come in a run)
+                    text = SEPARATOR + text if key[1] in started else text
+                    started.add(key[1])
+                    last = key
+                yield key, text
         number += len(parts)
 
 
-def _whole_rows(chunks: Iterator[tuple[PartKey, Any]],
-                seq_len: int) -> Iterator[tuple[str, Any]]:
-    """(split, whole rows) of each part's chunks (str or id arrays); the end of a part short
-    of a row is dropped."""
-    part, carry = None, None
+def _whole_rows(chunks: Iterator[tuple[PartKey, Any]], seq_len: int, pack: bool = False,
+                counts: dict[str, list[int]] | None = None) -> Iterator[tuple[str, Any]]:
+    """(split, whole rows) of the chunks (str or id arrays) of each part, or with ``pack`` of
+    each split; the end of a part (of a split) short of a row is dropped. ``counts[split]``
+    (if given) adds up [read, kept] characters or ids."""
+    carry: dict[Any, Any] = {}
     for key, chunk in chunks:
-        if key != part:
-            part, carry = key, chunk[:0]
-        chunk = np.concatenate([carry, chunk]) if isinstance(chunk, np.ndarray) \
-            else carry + chunk
+        slot = key[1] if pack else key
+        if slot not in carry:
+            if not pack:
+                carry.clear()  # a new part: the last one's tail is dropped
+            carry[slot] = chunk[:0]
+        read = len(chunk)
+        chunk = np.concatenate([carry[slot], chunk]) if isinstance(chunk, np.ndarray) \
+            else carry[slot] + chunk
         full = len(chunk) // seq_len * seq_len
-        carry = chunk[full:]
+        carry[slot] = chunk[full:]
+        if counts is not None:
+            counts[key[1]][0] += read
+            counts[key[1]][1] += full
         if full:
             yield key[1], chunk[:full]
 
@@ -195,10 +161,14 @@ class _TokenFiles:
         self.dtype = dtype
         self.files = {s: open(folder / f"{s}.bin", "wb") for s in SPLITS}  # noqa: SIM115
         self.ids = dict.fromkeys(SPLITS, 0)
+        self.counts = {s: [0, 0] for s in SPLITS}  # [read, kept] of _whole_rows
+        self.in_train = np.zeros(MAX_IDS, dtype=bool)  # the ids the train split holds
 
     def write(self, split: str, ids: np.ndarray) -> None:
         self.files[split].write(ids.astype(self.dtype).data)
         self.ids[split] += len(ids)
+        if split == "train":
+            self.in_train[ids] = True
 
     def close(self) -> None:
         for f in self.files.values():
@@ -219,39 +189,70 @@ def _dtype(ids: int) -> np.dtype:
 
 def _char_files(source: TextSource, layout: Layout, data: DataConfig,
                 out: Path) -> dict[str, Any]:
-    _check_rows(layout.char_rows(data.seq_len), layout, data.seq_len)
+    T, pack = data.seq_len, data.pack
+    check_rows(layout.char_rows(T, pack), layout, data,
+                {s: t.char_rows(T, True) > 0 for s, t in layout.splits.items()})
     counter = CharCounter()
-    for _, text in _whole_rows(_part_texts(source, layout), data.seq_len):
+    for _, text in _whole_rows(_part_texts(source, layout, pack=pack), T, pack):
         counter.add(text)
     tokenizer = CharTokenizer(counter.vocabulary(data.vocab_size))
     files = _TokenFiles(out, _dtype(tokenizer.vocab_size))
     try:
-        for split, text in _whole_rows(_part_texts(source, layout), data.seq_len):
+        for split, text in _whole_rows(_part_texts(source, layout, pack=pack), T, pack,
+                                       files.counts):
             files.write(split, tokenizer.encode_array(text))
     finally:
         files.close()
-    if files.rows(data.seq_len) != layout.char_rows(data.seq_len):
+    if files.rows(T) != layout.char_rows(T, pack):
         raise _changed(source)
+    warn_dropped(source.label, files.counts, layout, data)
     return {"vocab": tokenizer.vocab, "vocab_size": tokenizer.vocab_size,
-            "dtype": files.dtype.name, "rows": files.rows(data.seq_len)}
+            "dtype": files.dtype.name, "rows": files.rows(T)}
 
 
 def _bpe_files(source: TextSource, layout: Layout, data: DataConfig,
                out: Path) -> dict[str, Any]:
-    train = bpe_pieces(_part_texts(source, layout, only="train"), BPE_TRAIN_CHARS, BPE_HOLD)
+    T, pack = data.seq_len, data.pack
+    train = bpe_pieces(_part_texts(source, layout, only="train", pack=pack), BPE_TRAIN_CHARS,
+                       BPE_HOLD)
     tokenizer = train_bpe((text for _, text in train), data.vocab_size)
     tokenizer.save(out / TOKENIZER_FILE)
     files = _TokenFiles(out, _dtype(tokenizer.vocab_size))
     try:
-        pieces = bpe_pieces(_part_texts(source, layout), PIECE_CHARS, BPE_HOLD)
+        pieces = bpe_pieces(_part_texts(source, layout, pack=pack), PIECE_CHARS, BPE_HOLD)
         ids = tokenizer.encode_stream(pieces, BPE_BATCH)
-        for split, rows in _whole_rows(ids, data.seq_len):
+        for split, rows in _whole_rows(ids, T, pack, files.counts):
             files.write(split, rows)
     finally:
         files.close()
-    _check_rows(files.rows(data.seq_len), layout, data.seq_len)
+    check_rows(files.rows(T), layout, data,  # about one separator token between documents
+                {s: (files.counts[s][0] + max(t.documents - 1, 0)) >= T
+                 for s, t in layout.splits.items()})
+    _write_ids(out / TRAIN_IDS_FILE, np.flatnonzero(files.in_train))
+    warn_dropped(source.label, files.counts, layout, data)
     return {"tokenizer_file": TOKENIZER_FILE, "vocab_size": tokenizer.vocab_size,
-            "dtype": files.dtype.name, "rows": files.rows(data.seq_len)}
+            "dtype": files.dtype.name, "rows": files.rows(T)}
+
+
+def _write_ids(path: Path, ids: np.ndarray) -> None:
+    """``ids`` as a JSON list, written whole or not at all."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
+    tmp.write_text(json.dumps([int(i) for i in ids]))
+    os.replace(tmp, path)
+
+
+def _train_ids(folder: Path, dtype: np.dtype) -> None:
+    """TRAIN_IDS_FILE of a BPE corpus built before it was kept: the ids of train.bin, read
+    once in blocks (a read-only cache keeps today's behaviour: every id is drawn)."""
+    data = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
+    seen = np.zeros(MAX_IDS, dtype=bool)
+    for first in range(0, len(data), 1 << 24):
+        seen[np.asarray(data[first:first + (1 << 24)])] = True
+    try:
+        _write_ids(folder / TRAIN_IDS_FILE, np.flatnonzero(seen))
+    except OSError as err:
+        log.warning("%s: cannot write %s (%s); generation may draw any id", folder,
+                    TRAIN_IDS_FILE, err)
 
 
 def _changed(source: TextSource) -> DataError:
@@ -266,11 +267,13 @@ def _build(source: TextSource, content: str, data: DataConfig, folder: Path) -> 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        layout = _layout(source, data.seq_len)
+        layout = layout_of(source, data.seq_len)
         make = _char_files if data.tokenizer == "char" else _bpe_files
         index = {"version": VERSION, "source": source.label, "seq_len": data.seq_len,
-                 "tokenizer": data.tokenizer, "documents": layout.documents,
-                 "characters": layout.characters, **make(source, layout, data, tmp)}
+                 "tokenizer": data.tokenizer, "pack": data.pack,
+                 "documents": layout.documents, "characters": layout.characters,
+                 "split_characters": {s: t.characters for s, t in layout.splits.items()},
+                 **make(source, layout, data, tmp)}
         if source.digest() != content:
             raise _changed(source)
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1))
@@ -305,4 +308,6 @@ def _load(folder: Path, shard_rows: int, label: str) -> DataIndex:
         meta["vocab"] = index["vocab"]
     else:
         meta["tokenizer_file"] = str((folder / index["tokenizer_file"]).resolve())
+        if not (folder / TRAIN_IDS_FILE).is_file():
+            _train_ids(folder, dtype)
     return DataIndex("tokens", label, splits, meta)

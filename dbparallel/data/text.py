@@ -1,14 +1,16 @@
 """Text documents: where a corpus's documents come from, read piece by piece, and their splits.
 
 A corpus is a sequence of documents: the 42 works of Shakespeare; with ``data.source=text``
-a UTF-8 text file (one document), a JSONL file (``*.jsonl``: one document per line, field
-``text``, optional ``split`` and ``work``), or a directory of such files (searched
-recursively, sorted by path, hidden files skipped; each text file one document, Parquet files
-read as below); with ``data.source=parquet`` the rows of Parquet tables with a ``text`` column
-(optional ``split`` and ``work`` columns; ``work`` only names the row). Local paths or
-object-store URIs. A text file is read in blocks of ``READ_BYTES``, so no file is ever held
-whole; a JSONL line or a Parquet row is one document and is held while it is read. The
-document's name is for messages only.
+a UTF-8 text file (one document), a JSONL file (``*.jsonl``, ``*.ndjson``, ``*.json``: one
+document per line, field ``text``, optional ``split`` and ``work``), or a directory of such
+files (searched recursively, sorted by path, hidden files skipped; each text file one
+document, Parquet files read as below); with ``data.source=parquet`` the rows of Parquet
+tables with a ``text`` column (optional ``split`` and ``work`` columns; ``work`` only names
+the row). A file's format is named by its suffix after a compression suffix
+(``COMPRESSION``: ``.gz``, ``.bz2``, ``.lz4``, ``.zst``) is taken off: ``a.jsonl.gz`` is
+gzipped JSONL. Local paths or object-store URIs. A text file is read in blocks of
+``READ_BYTES``, so no file is ever held whole; a JSONL line or a Parquet row is one document
+and is held while it is read. The document's name is for messages only.
 
 Splits, by document: a document with a ``split`` value keeps it; otherwise, with at least
 ``WORK_PERIOD`` documents, the split of document i is ``work_split(i)`` (split by work);
@@ -46,8 +48,11 @@ WORK_PERIOD, VALIDATION_AT, TEST_AT = 14, 6, 13
 POSITION_CUTS = (0.90, 0.95)
 READ_BYTES = 1 << 16  # bytes per read of a text file
 PIECE_CHARS = 1 << 16  # characters per piece of a document held in memory whole
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # .json too: read as one object per line
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+# compressed files are read through their codec (suffix -> pyarrow codec)
+COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".lz4": "lz4", ".zst": "zstd"}
+JSONL_RULE = "JSONL (.jsonl, .ndjson, .json) holds one JSON object per line"
 
 
 def shakespeare_files() -> list[Path]:
@@ -116,7 +121,7 @@ class TextSource:
         """Every document, in order."""
         for path, fmt in self.files:
             if fmt == "text":
-                yield Document(PurePosixPath(path).stem, None, _text_pieces(self.fs, path))
+                yield Document(_stem(path), None, _text_pieces(self.fs, path))
             elif fmt == "jsonl":
                 yield from _jsonl_documents(self.fs, path)
             else:
@@ -153,10 +158,29 @@ def text_source(data: DataConfig) -> TextSource:
     return TextSource(data.path, fs, tuple((p, _format(p)) for p in paths))
 
 
+def _uncompressed(path: str) -> tuple[str, str | None]:
+    """(``path`` without its compression suffix, the codec or None)."""
+    suffix = PurePosixPath(path).suffix.lower()
+    if suffix in COMPRESSION:
+        return path[:-len(suffix)], COMPRESSION[suffix]
+    return path, None
+
+
+def _stem(path: str) -> str:
+    return PurePosixPath(_uncompressed(path)[0]).stem
+
+
 def _format(path: str) -> str:
-    if path.endswith(JSONL_SUFFIXES):
+    name, codec = _uncompressed(path)
+    name = name.lower()
+    if name.endswith(JSONL_SUFFIXES):
         return "jsonl"
-    return "parquet" if path.endswith(PARQUET_SUFFIXES) else "text"
+    if name.endswith(PARQUET_SUFFIXES):
+        if codec is not None:
+            raise DataError(f"data.path: {path!r} is a compressed Parquet file; Parquet "
+                            f"compresses its own pages: decompress it")
+        return "parquet"
+    return "text"
 
 
 def spans(pieces: Iterator[str], ranges: list[tuple[int, int]]) -> Iterator[tuple[int, str]]:
@@ -174,7 +198,7 @@ def spans(pieces: Iterator[str], ranges: list[tuple[int, int]]) -> Iterator[tupl
 
 def _blocks(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
     try:
-        with fs.open_input_stream(path) as f:
+        with fs.open_input_stream(path, compression=_uncompressed(path)[1]) as f:
             while block := f.read(READ_BYTES):
                 yield block
     except (pa.ArrowException, OSError) as err:
@@ -230,11 +254,12 @@ def _jsonl_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
         try:
             row = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DataError(f"{where} is not JSON: {err}") from None
+            raise DataError(f"{where} is not JSON: {err} ({JSONL_RULE})") from None
         if not isinstance(row, dict) or not isinstance(row.get(TEXT_COLUMN), str):
-            raise DataError(f"{where}: expected an object with a string field {TEXT_COLUMN!r}")
+            raise DataError(f"{where}: expected an object with a string field {TEXT_COLUMN!r} "
+                            f"({JSONL_RULE})")
         split = _split_value(row.get(SPLIT_COLUMN), f"{where}: field {SPLIT_COLUMN!r}")
-        name = str(row.get(WORK_COLUMN, f"{PurePosixPath(path).stem}:{number}"))
+        name = str(row.get(WORK_COLUMN, f"{_stem(path)}:{number}"))
         yield Document(name, split, _slices(row[TEXT_COLUMN]))
 
 

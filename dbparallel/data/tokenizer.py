@@ -4,7 +4,14 @@
 character's id is its rank. ``bpe``: a byte-level BPE (Hugging Face ``tokenizers``, offline)
 trained on the training split, ``data.vocab_size`` ids at most: the 256 byte symbols plus
 merges, so any text can be encoded. Everything else (tasks, evaluation, samples) sees only
-``load_tokenizer(index.meta)``: ``encode``, ``decode`` and ``vocab_size``.
+``load_tokenizer(index.meta)``: ``encode``, ``decode``, ``vocab_size`` and ``usable``.
+
+``usable`` is what generation may draw. A character vocabulary holds only characters of the
+corpus, so every id below ``vocab_size``; a byte-level BPE holds all 256 bytes, most of which
+an ASCII corpus never uses (NUL, control bytes, halves of UTF-8 sequences that decode to
+U+FFFD), so only the ids the training split's tokens hold (``train_ids``: ``TRAIN_IDS_FILE``
+beside a corpus's tokenizer file, ``TRAIN_IDS_KEY`` in a run's vocab.json and an export). A
+tokenizer without them (a run or an export made before they were kept) draws every id.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from dbparallel.errors import DataError
 
 BYTE_SYMBOLS = 256  # the base alphabet of a byte-level BPE
 REPLACEMENT = "\ufffd"  # what an id outside the vocabulary decodes to
+TRAIN_IDS_FILE = "train_ids.json"  # beside a BPE corpus's tokenizer file: its train ids
+TRAIN_IDS_KEY = "dbparallel_train_ids"  # the same list in a BPE tokenizer's description
 Key = TypeVar("Key", bound=Hashable)
+Usable = int | torch.Tensor  # what generation draws: ids below an int, or a tensor of ids
 
 
 class Tokenizer(Protocol):
@@ -30,6 +40,11 @@ class Tokenizer(Protocol):
 
     name: str  # "char" | "bpe"
     vocab_size: int  # ids in use: 0 .. vocab_size - 1
+
+    @property
+    def usable(self) -> Usable:
+        """The ids generation may draw (``gumbel_sample``)."""
+        ...
 
     def encode(self, text: str) -> list[int]:
         ...
@@ -69,6 +84,10 @@ class CharTokenizer:
         known = codepoints(vocab).astype(np.int64)
         self._lookup = np.full(int(known.max(initial=0)) + 1, -1, dtype=np.int32)
         self._lookup[known] = np.arange(len(known))
+
+    @property
+    def usable(self) -> Usable:
+        return self.vocab_size  # every character is one of the corpus's
 
     def encode_array(self, text: str) -> np.ndarray:
         """Token ids (len(text),) int32; DataError naming the first unknown character."""
@@ -125,18 +144,29 @@ class BpeTokenizer:
 
     name = "bpe"
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, train_ids: Iterable[int] | None = None):
         self.tokenizer = tokenizer
         self.vocab_size = int(tokenizer.get_vocab_size())
+        self.train_ids = None if train_ids is None else sorted({int(i) for i in train_ids})
+
+    @property
+    def usable(self) -> Usable:
+        if not self.train_ids:
+            return self.vocab_size
+        return torch.tensor(self.train_ids, dtype=torch.long)
 
     @classmethod
     def from_file(cls, path: str | Path) -> BpeTokenizer:
+        """The tokenizer of a corpus's tokenizer file, with the train ids beside it if
+        kept."""
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
-            return cls(HFTokenizer.from_file(str(path)))
+            tokenizer = HFTokenizer.from_file(str(path))
         except Exception as err:  # tokenizers raises a bare Exception on a bad file
             raise DataError(f"{path}: not a readable tokenizer file: {err}") from None
+        ids = Path(path).with_name(TRAIN_IDS_FILE)
+        return cls(tokenizer, json.loads(ids.read_text()) if ids.is_file() else None)
 
     def save(self, path: str | Path) -> None:
         self.tokenizer.save(str(path))
@@ -173,7 +203,10 @@ class BpeTokenizer:
         return "".join(out) + self.tokenizer.decode(run)
 
     def describe(self) -> dict[str, Any]:
-        return json.loads(self.tokenizer.to_str())
+        description = json.loads(self.tokenizer.to_str())
+        if self.train_ids is not None:
+            description[TRAIN_IDS_KEY] = self.train_ids
+        return description
 
 
 def train_bpe(texts: Iterator[str], vocab_size: int) -> BpeTokenizer:
@@ -249,7 +282,9 @@ def tokenizer_from_description(description: dict[str, Any]) -> Tokenizer:
         return CharTokenizer("".join(description["vocab"]))
     from tokenizers import Tokenizer as HFTokenizer
 
+    own = {k: v for k, v in description.items() if k != TRAIN_IDS_KEY}
     try:
-        return BpeTokenizer(HFTokenizer.from_str(json.dumps(description)))
+        return BpeTokenizer(HFTokenizer.from_str(json.dumps(own)),
+                            description.get(TRAIN_IDS_KEY))
     except Exception as err:  # tokenizers raises a bare Exception on a bad description
         raise DataError(f"not a readable tokenizer description: {err}") from None

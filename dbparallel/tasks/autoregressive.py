@@ -24,6 +24,7 @@ from dbparallel.core.losses import weighted_cross_entropy
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import equiprobable_schedule, karras_schedule
 from dbparallel.core.share import Share
+from dbparallel.data.tokenizer import Usable
 from dbparallel.models.layers import KV, frozen_unit_embedding
 from dbparallel.models.lm import ARBlock
 from dbparallel.models.presets import resolve
@@ -141,11 +142,11 @@ class AutoregressiveLM(TextData):
     @torch.no_grad()
     def generate(self, nets: list[ARBlock], prompt: torch.Tensor, n_new: int,
                  generator: torch.Generator, temperature: float = 1.0,
-                 usable: int | None = None) -> torch.Tensor:
+                 usable: Usable | None = None) -> torch.Tensor:
         """(N, n_new) token ids continuing ``prompt`` (N, P >= 1), each drawn at
         ``temperature`` from the final logits; the prompt's and every generated token's keys
-        and values are computed once per block and reused by every step; only ids below
-        ``usable`` are drawn (``gumbel_sample``)."""
+        and values are computed once per block and reused by every step; only ``usable`` ids
+        are drawn (``gumbel_sample``)."""
         if not self.denoiser:
             return self._generate_causal(nets[0], prompt, n_new, generator, temperature,
                                          usable)
@@ -167,7 +168,7 @@ class AutoregressiveLM(TextData):
 
     def _generate_causal(self, net: ARBlock, prompt: torch.Tensor, n_new: int,
                          generator: torch.Generator, temperature: float,
-                         usable: int | None = None) -> torch.Tensor:
+                         usable: Usable | None = None) -> torch.Tensor:
         h, cache = net.clean(prompt)
         out = []
         for _ in range(n_new):

@@ -17,6 +17,7 @@ from dbparallel.core.losses import masked_diffusion_loss
 from dbparallel.core.noise import MaskingNoise
 from dbparallel.core.partition import Partition, uniform_time_partition
 from dbparallel.core.share import Share
+from dbparallel.data.tokenizer import Usable
 from dbparallel.models.lm import MaskedLMBlock
 from dbparallel.models.presets import resolve
 from dbparallel.tasks.base import Batch
@@ -105,11 +106,11 @@ class MaskedDiffusionLM(TextData):
     def generate(self, nets: list[MaskedLMBlock], n: int, generator: torch.Generator,
                  device: str | torch.device = "cpu", prompt: torch.Tensor | None = None,
                  length: int | None = None, temperature: float = 1.0,
-                 usable: int | None = None) -> torch.Tensor:
+                 usable: Usable | None = None) -> torch.Tensor:
         """(n, length) token ids (default data.seq_len) by ancestral unmasking from
         all-[MASK] at t = 1 to t = 0; a ``prompt`` (n, P) fixes the first P tokens, which
-        stay as given (the blocks see them unmasked from the first step); only ids below
-        ``usable`` are drawn (``gumbel_sample``)."""
+        stay as given (the blocks see them unmasked from the first step); only ``usable`` ids
+        are drawn (``gumbel_sample``)."""
         steps = self.cfg.sample.steps
         x = torch.full((n, length or self.seq_len), self.mask_id, dtype=torch.long,
                        device=device)

@@ -15,17 +15,23 @@ import torch
 
 from dbparallel.config import Config
 from dbparallel.data.shard_reader import TOKENS_COLUMN
+from dbparallel.data.tokenizer import Usable
 from dbparallel.errors import DataError, RowError
 from dbparallel.tasks.base import Batch, Decoding, Rows
 
 
 def gumbel_sample(logits: torch.Tensor, generator: torch.Generator,
-                  temperature: float = 1.0, usable: int | None = None) -> torch.Tensor:
+                  temperature: float = 1.0, usable: Usable | None = None) -> torch.Tensor:
     """Token ids (...) drawn from softmax(logits (..., V) / temperature) by the Gumbel-max
-    trick; temperature 0 takes the most likely token. ``usable``: only ids below it are drawn
-    (the tokenizer's; data.vocab_size may hold more ids than it has, and an id it lacks
-    decodes to nothing readable)."""
-    if usable is not None and usable < logits.shape[-1]:
+    trick; temperature 0 takes the most likely token. ``usable`` (the tokenizer's): only ids
+    below it are drawn, or only the ids of a tensor (a BPE's ids of the training split);
+    data.vocab_size may hold more ids than the tokenizer has, and an id it lacks, or a byte
+    the corpus never holds, decodes to nothing readable."""
+    if isinstance(usable, torch.Tensor):
+        drawn = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        drawn[usable.to(logits.device)] = True
+        logits = logits.float().masked_fill(~drawn, float("-inf"))
+    elif usable is not None and usable < logits.shape[-1]:
         logits = logits.float().clone()
         logits[..., usable:] = float("-inf")
     if temperature == 0:

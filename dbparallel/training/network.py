@@ -180,7 +180,7 @@ class Network:
                                 f"max_new must lie in 1..{room}, got {max_new}")
             rows = self.task.generate(self.blocks, len(texts), g, self.device, prompt=p,
                                       length=p.shape[1] + max_new, temperature=temperature,
-                                      usable=self.tokenizer.vocab_size)
+                                      usable=self.tokenizer.usable)
             new = rows[:, p.shape[1]:]
         else:
             max_new = self.cfg.sample.gen_len if max_new is None else max_new
@@ -189,17 +189,27 @@ class Network:
             if max_new < 1:
                 raise UserError(f"max_new: must be >= 1, got {max_new}")
             new = self.task.generate(self.blocks, p, max_new, g, temperature,
-                                     self.tokenizer.vocab_size)
+                                     self.tokenizer.usable)
         out = [self.tokenizer.decode(row) for row in new.cpu()]
         return out[0] if isinstance(prompt, str) else out
 
-    def _bits(self, text: str, seed: int) -> tuple[float, int]:
-        """(bits, characters scored) of one text, in windows of data.seq_len tokens."""
+    def _bits(self, text: str, name: str, seed: int) -> tuple[float, int]:
+        """(bits, characters scored) of one text, in windows of data.seq_len tokens; a
+        UserError naming the text (``name``) when it has no token to score."""
         assert self.tokenizer is not None
         ids = torch.tensor(self._encode(text), dtype=torch.long)
+        mdm = self.cfg.task == "mdm"
+        if len(ids) < (1 if mdm else 2):
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            task = self.cfg.task
+            why = ("an mdm network scores the tokens of a text, and it has none" if mdm else
+                   f"{article(task)} {task} network scores each token given the ones before "
+                   f"it, so a text needs at least 2 tokens")
+            raise UserError(f"{name} {shown!r}: {len(ids)} token{'s' * (len(ids) != 1)} "
+                            f"(data.tokenizer={self.tokenizer.name}); {why}")
         T, bits, chars = self.cfg.data.seq_len, 0.0, 0
         for k, window in enumerate(ids.split(T)):
-            scored = window if self.cfg.task == "mdm" else window[1:]  # AR: given the first
+            scored = window if mdm else window[1:]  # AR: given the first
             if len(scored) == 0:
                 continue
             g = generator(self.cfg.run.seed, "api-bpc", seed, k)
@@ -208,19 +218,23 @@ class Network:
             chars += len(self.tokenizer.decode(scored))
         return bits, chars
 
+    def _scores(self, texts: str | list[str], seed: int) -> list[tuple[float, int]]:
+        if isinstance(texts, str):
+            return [self._bits(texts, "text", seed)]
+        return [self._bits(t, f"texts[{i}]", seed) for i, t in enumerate(texts)]
+
     def bpc(self, texts: str | list[str], seed: int = 0) -> float:
         """Bits per character over ``texts`` (AR and looped: each data.seq_len window's tokens
-        after its first, teacher forced; MDM: the ELBO, an upper bound)."""
+        after its first, teacher forced; MDM: the ELBO, an upper bound). A text with nothing
+        to score (AR: under 2 tokens; MDM: empty) is refused, naming it."""
         self._need("bpc")
-        pairs = [self._bits(t, seed) for t in ([texts] if isinstance(texts, str) else texts)]
-        chars = sum(c for _, c in pairs)
-        if not chars:
-            raise UserError("texts: nothing to score (AR needs at least two tokens per text)")
-        return sum(b for b, _ in pairs) / chars
+        pairs = self._scores(texts, seed)
+        if not pairs:
+            raise UserError("texts: no text to score")
+        return sum(b for b, _ in pairs) / sum(c for _, c in pairs)
 
     def log_likelihood(self, texts: str | list[str], seed: int = 0) -> list[float]:
         """log p(text) in nats per text (AR: of each window's tokens given its first; MDM:
-        the ELBO's lower bound)."""
+        the ELBO's lower bound). A text with nothing to score is refused, as by ``bpc``."""
         self._need("log_likelihood")
-        items = [texts] if isinstance(texts, str) else texts
-        return [-self._bits(t, seed)[0] * math.log(2) for t in items]
+        return [-bits * math.log(2) for bits, _ in self._scores(texts, seed)]

@@ -305,3 +305,141 @@ def test_file_digests_are_remembered_while_size_and_time_stay(tmp_path) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     changed = file_digest(fs, str(path), digest)
     assert changed != first and len(calls) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents shorter than a row: data.pack, the dropped-tail warning
+# ---------------------------------------------------------------------------------------------
+
+def jsonl(path: Path, texts: list[str], splits: list[str] | None = None) -> Path:
+    rows = [{"text": t} if splits is None else {"text": t, "split": s}
+            for t, s in zip(texts, splits or texts, strict=True)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def lines(count: int, chars: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list("abcdefgh ij"), chars)) for _ in range(count)]
+
+
+def test_short_documents_are_refused_unless_packed(tmp_path: Path) -> None:
+    docs = lines(60, 10)
+    splits = ["validation" if i % 6 == 1 else "test" if i % 6 == 2 else "train"
+              for i in range(60)]
+    path = jsonl(tmp_path / "short.jsonl", docs, splits)
+    with pytest.raises(DataError, match=r"the train split has no sequence \(400 characters in "
+                                        r"40 documents\).*data\.pack=true"):
+        corpus_index(config(path, seq_len=16))
+    index = corpus_index(config(path, seq_len=16, pack=True))
+    tokenizer = load_tokenizer(index.meta)
+    for split in SPLITS:  # the split's documents joined by "\n", cut across them
+        joined = "\n".join(d for d, s in zip(docs, splits, strict=True) if s == split)
+        want = [joined[k * 16:(k + 1) * 16] for k in range(len(joined) // 16)]
+        assert [tokenizer.decode(r) for r in token_ids(index, split)] == want, split
+    bpe = corpus_index(config(path, seq_len=8, pack=True, tokenizer="bpe", vocab_size=260))
+    bpe_tokenizer = load_tokenizer(bpe.meta)
+    joined = "\n".join(d for d, s in zip(docs, splits, strict=True) if s == "train")
+    got = bpe_tokenizer.decode(token_ids(bpe, "train").ravel())
+    assert len(got) > 300 and joined.startswith(got)
+
+
+def test_pack_names_its_own_corpus_and_leaves_the_others_alone(tmp_path: Path) -> None:
+    import hashlib
+
+    from dbparallel.data.corpus import VERSION, corpus_key
+
+    data = config(tmp_path / "a.jsonl", seq_len=16)
+    old = json.dumps({"content": "c", "seq_len": 16, "tokenizer": "char", "vocab_size": 128,
+                      "version": VERSION}, sort_keys=True)
+    assert corpus_key("c", data) == hashlib.sha256(old.encode()).hexdigest()[:24]
+    assert corpus_key("c", config(tmp_path / "a.jsonl", seq_len=16, pack=True)) != \
+        corpus_key("c", data)
+
+
+def test_dropped_tails_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = jsonl(tmp_path / "mid.jsonl", lines(40, 24))  # 8 of every 24 characters dropped
+    with caplog.at_level("WARNING", logger="dbparallel.data.corpus_layout"):
+        corpus_index(config(path, seq_len=16))
+    [record] = caplog.records
+    assert "33% of the characters" in record.message and "data.pack=true" in record.message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dbparallel.data.corpus_layout"):
+        corpus_index(config(path, seq_len=16, pack=True))
+        corpus_index(config(jsonl(tmp_path / "long.jsonl", lines(40, 100)), seq_len=16))
+    assert not caplog.records  # packed; 4% dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits: validation and test may be absent; messages give the split's own size
+# ---------------------------------------------------------------------------------------------
+
+def test_missing_validation_and_test_splits_are_empty(tmp_path: Path) -> None:
+    docs = lines(20, 40)
+    path = jsonl(tmp_path / "tt.jsonl", docs, ["test" if i < 2 else "train" for i in range(20)])
+    index = corpus_index(config(path, seq_len=16))
+    assert (index.num_rows("train"), index.num_rows("validation"),
+            index.num_rows("test")) == (36, 0, 4)
+    assert index.present() == ["train", "test"] and index.eval_split == "test"
+    only = corpus_index(config(jsonl(tmp_path / "train.jsonl", docs, ["train"] * 20),
+                               seq_len=16))
+    assert only.present() == ["train"] and only.eval_split == "train"
+    small = jsonl(tmp_path / "small.jsonl", [*docs, "abcde"], [*["train"] * 20, "validation"])
+    with pytest.raises(DataError, match=r"the validation split has no sequence "
+                                        r"\(5 characters in 1 document\)"):
+        corpus_index(config(small, seq_len=16))
+    with pytest.raises(DataError, match="the train split has no text"):
+        corpus_index(config(jsonl(tmp_path / "no_train.jsonl", docs, ["test"] * 20),
+                            seq_len=16))
+
+
+# ---------------------------------------------------------------------------------------------
+# File formats: compression suffixes, .json is JSONL
+# ---------------------------------------------------------------------------------------------
+
+def test_format_is_named_by_the_suffix_under_the_compression(tmp_path: Path) -> None:
+    import bz2
+    import gzip
+
+    works = [words(i, 150) for i in range(4)]
+    body = "".join(json.dumps({"text": w}) + "\n" for w in works).encode()
+    (tmp_path / "corpus.json").write_bytes(body)
+    (tmp_path / "corpus.jsonl.gz").write_bytes(gzip.compress(body))
+    (tmp_path / "corpus.ndjson.bz2").write_bytes(bz2.compress(body))
+    (tmp_path / "book.txt.gz").write_bytes(gzip.compress(works[0].encode()))
+    for name in ("corpus.json", "corpus.jsonl.gz", "corpus.ndjson.bz2"):
+        assert_matches(corpus_index(config(tmp_path / name, seq_len=16)), works, 16)
+    assert_matches(corpus_index(config(tmp_path / "book.txt.gz", seq_len=16)), works[:1], 16)
+    (tmp_path / "pretty.json").write_text(json.dumps([{"text": w} for w in works], indent=1))
+    with pytest.raises(DataError, match=r"pretty\.json: line 1 is not JSON.*one JSON object "
+                                        r"per line"):
+        corpus_index(config(tmp_path / "pretty.json", seq_len=16))
+    (tmp_path / "t.parquet.gz").write_bytes(gzip.compress(b"PAR1"))
+    with pytest.raises(DataError, match=r"t\.parquet\.gz' is a compressed Parquet file"):
+        corpus_index(config(tmp_path / "t.parquet.gz", seq_len=16))
+
+
+# ---------------------------------------------------------------------------------------------
+# BPE: the ids the training split holds, for generation
+# ---------------------------------------------------------------------------------------------
+
+def test_bpe_keeps_the_ids_of_the_training_split(tmp_path: Path) -> None:
+    from dbparallel.data.tokenizer import TRAIN_IDS_FILE, TRAIN_IDS_KEY, tokenizer_from_description
+
+    path = tmp_path / "ascii.txt"
+    path.write_text(" ".join(["to be or not to be that is the question"] * 200))
+    index = corpus_index(config(path, seq_len=16, tokenizer="bpe", vocab_size=300))
+    tokenizer = load_tokenizer(index.meta)
+    train = np.unique(token_ids(index, "train"))
+    assert tokenizer.usable.tolist() == train.tolist() and len(train) < 60
+    again = tokenizer_from_description(json.loads(json.dumps(tokenizer.describe())))
+    assert again.usable.tolist() == train.tolist()  # vocab.json and exports keep them
+    old = {k: v for k, v in tokenizer.describe().items() if k != TRAIN_IDS_KEY}
+    assert tokenizer_from_description(old).usable == tokenizer.vocab_size  # as before
+    kept = Path(index.meta["tokenizer_file"]).with_name(TRAIN_IDS_FILE)
+    kept.unlink()  # a corpus built before the ids were kept: read once from train.bin
+    assert load_tokenizer(index.meta).usable == tokenizer.vocab_size
+    assert load_tokenizer(corpus_index(config(path, seq_len=16, tokenizer="bpe",
+                                              vocab_size=300)).meta).usable.tolist() == \
+        train.tolist()
+    assert kept.is_file()

@@ -15,7 +15,9 @@ hold; ``chars_per_token`` is reported with them (AR scores positions 1..T-1 of a
 ``bpc`` assumes those hold the row's mean characters per token). ``sample.prompt_len`` and
 ``sample.gen_len`` count tokens; ``gen_ppl`` and the entropies are per token. Only the rows
 scored are read: ``sample.eval_samples`` test rows and the scorer's training batches
-(data/shard_reader.take_rows).
+(data/shard_reader.take_rows). A corpus with no test split is scored on its training rows
+(``DataIndex.eval_split``), as image data is. Generation draws only the tokenizer's
+``usable`` ids (for BPE, those of the training split).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 from dbparallel.config import Config
 from dbparallel.data.shard_reader import take_rows
 from dbparallel.data.shards import DataIndex
-from dbparallel.data.tokenizer import Tokenizer, load_tokenizer
+from dbparallel.data.tokenizer import TRAIN_IDS_KEY, Tokenizer, Usable, load_tokenizer
 from dbparallel.errors import RowError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task
@@ -57,10 +59,12 @@ def read_rows(cfg: Config, index: DataIndex, split: str, positions: np.ndarray) 
 
 
 def held_out(cfg: Config, index: DataIndex, count: int) -> torch.Tensor:
-    """``count`` test sequences (N, seq_len) spread evenly over the test split."""
-    n = index.num_rows("test")
+    """``count`` sequences (N, seq_len) spread evenly over the test split (the training
+    rows when there is none: ``DataIndex.eval_split``)."""
+    split = index.eval_split
+    n = index.num_rows(split)
     rows = torch.linspace(0, n - 1, min(count, n)).round().long()
-    return read_rows(cfg, index, "test", rows.numpy())
+    return read_rows(cfg, index, split, rows.numpy())
 
 
 def _chunks(x: torch.Tensor) -> list[torch.Tensor]:
@@ -87,9 +91,9 @@ def bits_per_character(cfg: Config, task: Task, nets: list[Block], held: torch.T
 
 
 def continue_prompts(cfg: Config, task: Task, nets: list[Block], prompts: torch.Tensor,
-                     purpose: str, device: str, usable: int) -> torch.Tensor:
-    """(N, gen_len) continuations of ``prompts`` (N, prompt_len) in ids below ``usable``
-    (the tokenizer's), on the CPU."""
+                     purpose: str, device: str, usable: Usable) -> torch.Tensor:
+    """(N, gen_len) continuations of ``prompts`` (N, prompt_len) in the ``usable`` ids (the
+    tokenizer's), on the CPU."""
     out = [task.generate(nets, p.to(device), cfg.sample.gen_len,
                          generator(cfg.run.seed, purpose, i), usable=usable).cpu()
            for i, p in enumerate(_chunks(prompts))]
@@ -110,7 +114,9 @@ def scorer_key(cfg: Config, tokenizer: Tokenizer) -> dict[str, str]:
     if tokenizer.name == "char":
         return {"source": d.source, "path": d.path,
                 "vocab": "".join(tokenizer.describe()["vocab"])}
-    blob = json.dumps(tokenizer.describe(), sort_keys=True).encode()
+    # the tokenizer itself: its train ids do not change what the scorer reads
+    own = {k: v for k, v in tokenizer.describe().items() if k != TRAIN_IDS_KEY}
+    blob = json.dumps(own, sort_keys=True).encode()
     return {"source": d.source, "path": d.path, "tokenizer": tokenizer.name,
             "vocab": hashlib.sha256(blob).hexdigest()}
 
@@ -121,7 +127,7 @@ def generation_metrics(cfg: Config, task: Task, nets: list[Block], index: DataIn
     s, d = cfg.sample, cfg.data
     prompts, truth = held[:, :s.prompt_len], held[:, s.prompt_len:s.prompt_len + s.gen_len]
     tokenizer = load_tokenizer(index.meta)
-    fake = continue_prompts(cfg, task, nets, prompts, "eval-gen", device, tokenizer.vocab_size)
+    fake = continue_prompts(cfg, task, nets, prompts, "eval-gen", device, tokenizer.usable)
     scorer = cached_scorer(scorer_key(cfg, tokenizer), index.num_rows("train"),
                            d.seq_len, lambda rows: read_rows(cfg, index, "train", rows),
                            d.vocab_size, s.scorer_steps, device)
@@ -156,7 +162,8 @@ def training_memory(cfg: Config, index: DataIndex, device: str = "cpu") -> dict[
 
 def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
              device: str = "cpu") -> dict[str, float]:
-    """BPC on the test split; for AR and looped also the generation metrics."""
+    """BPC on the test split (else on training rows); for AR and looped also the generation
+    metrics."""
     held = held_out(cfg, index, cfg.sample.eval_samples)
     metrics = bits_per_character(cfg, task, nets, held, device, load_tokenizer(index.meta))
     if cfg.task in ("ar", "looped"):
@@ -178,12 +185,12 @@ def sample_text(cfg: Config, task: Task, nets: list[Block], device: str = "cpu",
     count, p = cfg.sample.text_samples, cfg.sample.prompt_len
     if cfg.task == "mdm":
         ids = task.generate(nets, count, generator(cfg.run.seed, "samples"), device,
-                            usable=tokenizer.vocab_size).cpu()
+                            usable=tokenizer.usable).cpu()
         texts = [tokenizer.decode(row) for row in ids]
     else:
         held = held_out(cfg, index, count)
         fake = continue_prompts(cfg, task, nets, held[:, :p], "samples", device,
-                                tokenizer.vocab_size)
+                                tokenizer.usable)
         texts = [tokenizer.decode(a) + "\u2502" + tokenizer.decode(b)
                  for a, b in zip(held[:, :p], fake, strict=True)]
     sep = "\n" + "=" * 72 + "\n"

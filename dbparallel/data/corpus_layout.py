@@ -1,0 +1,136 @@
+"""The first pass over a text corpus: which split every document's characters go to, and
+what each split holds (``Layout``); the errors and the warning that come from it.
+
+With ``WORK_PERIOD`` documents or more, document i goes whole to ``work_split(i)`` (split by
+work); with fewer, each is cut by character position (``position_parts``). A document with a
+``split`` of its own goes there whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+from dbparallel.config import DataConfig
+from dbparallel.data.shards import SPLITS
+from dbparallel.data.text import WORK_PERIOD, Document, TextSource, position_parts, work_split
+from dbparallel.errors import DataError
+
+log = logging.getLogger(__name__)
+
+END = sys.maxsize  # the end of a document whose length is not needed
+DROP_WARN = 0.10  # share of a split's text in dropped tails above which a build warns
+
+Part = tuple[str, int, int]  # (split, first character, end character) of a document
+
+
+
+@dataclass
+class Tally:
+    """What one split holds: characters, its documents (non-empty parts) and the rows of
+    one character per token within them."""
+
+    characters: int = 0
+    documents: int = 0
+    rows: int = 0
+
+    def add(self, chars: int, seq_len: int) -> None:
+        self.characters += chars
+        self.documents += chars > 0
+        self.rows += chars // seq_len
+
+    def char_rows(self, seq_len: int, pack: bool) -> int:
+        """Rows of one character per token; packed, the separators count too."""
+        if not pack:
+            return self.rows
+        return (self.characters + max(self.documents - 1, 0)) // seq_len
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the first pass learns: how many documents (split by work or by position), their
+    characters, the lengths of the few documents that position splits need, and what each
+    split holds."""
+
+    documents: int
+    characters: int
+    head: tuple[tuple[int, str | None], ...]  # (characters, given split), first 13 documents
+    splits: dict[str, Tally]
+
+    def parts(self, i: int, doc: Document) -> list[Part]:
+        if doc.split is not None:
+            return [(doc.split, 0, END)]
+        if self.documents >= WORK_PERIOD:
+            return [(work_split(i), 0, END)]
+        return position_parts(self.head[i][0])
+
+    def char_rows(self, seq_len: int, pack: bool) -> dict[str, int]:
+        """Rows per split with one character per token."""
+        return {s: t.char_rows(seq_len, pack) for s, t in self.splits.items()}
+
+
+def layout_of(source: TextSource, seq_len: int) -> Layout:
+    count = characters = 0
+    head: list[tuple[int, str | None]] = []
+    by_work = {s: Tally() for s in SPLITS}  # what each split holds when split by work
+    for i, doc in enumerate(source.documents()):
+        chars = sum(len(piece) for piece in doc.pieces)
+        by_work[doc.split or work_split(i)].add(chars, seq_len)
+        if i < WORK_PERIOD - 1:
+            head.append((chars, doc.split))
+        count, characters = i + 1, characters + chars
+    if not count:
+        raise DataError(f"{source.label}: no documents")
+    if count >= WORK_PERIOD:
+        return Layout(count, characters, tuple(head), by_work)
+    splits = {s: Tally() for s in SPLITS}
+    for chars, split in head:
+        for s, a, b in [(split, 0, chars)] if split else position_parts(chars):
+            splits[s].add(b - a, seq_len)
+    return Layout(count, characters, tuple(head), splits)
+
+
+def check_rows(rows: dict[str, int], layout: Layout, data: DataConfig,
+                packable: dict[str, bool]) -> None:
+    """DataError for a split with text but no row (``packable``: whether data.pack=true
+    would give it one), or no training text; validation and test may be absent."""
+    for split in SPLITS:
+        tally = layout.splits[split]
+        if rows[split] or (not tally.characters and split != "train"):
+            continue
+        if not tally.characters:
+            raise DataError(f"the train split has no text ({layout.documents:,} documents, "
+                            f"{layout.characters:,} characters in all): give documents split "
+                            f"'train', or leave their split out")
+        unit = "characters" if data.tokenizer == "char" else "tokens"
+        why = (f"the text is too short for data.seq_len={data.seq_len}: the {split} split has "
+               f"no sequence ({tally.characters:,} characters in {tally.documents:,} "
+               f"document{'s' if tally.documents != 1 else ''})")
+        if not data.pack and packable[split]:
+            raise DataError(f"{why}: each document is shorter than a row of "
+                            f"{data.seq_len} {unit} and rows never cross documents; set "
+                            f"data.pack=true to join the documents of a split into rows, or "
+                            f"a smaller data.seq_len")
+        raise DataError(f"{why}: fewer {unit} than one row; set a smaller data.seq_len, or "
+                        f"give the {split} split more text")
+
+
+def warn_dropped(label: str, counts: dict[str, list[int]], layout: Layout,
+                  data: DataConfig) -> None:
+    """One warning when rows within documents drop more than DROP_WARN of a split's (or
+    the whole corpus's) text in tails; ``counts[split]`` = [read, kept] characters or
+    tokens."""
+    read = sum(r for r, _ in counts.values())
+    shares = {s: 1 - k / r for s, (r, k) in counts.items() if r}
+    overall = 1 - sum(k for _, k in counts.values()) / read if read else 0.0
+    if data.pack or max([overall, *shares.values()]) <= DROP_WARN:
+        return
+    unit = "characters" if data.tokenizer == "char" else "tokens"
+    fix = ("set data.pack=true to join the documents of a split into rows"
+           if any(t.documents > 1 for t in layout.splits.values())
+           else "a smaller data.seq_len drops less")  # one document per split: pack is moot
+    log.warning("%s: %.0f%% of the %s (%s) fall in document tails shorter than a row of "
+                "data.seq_len=%d and are dropped; %s", label, 100 * overall, unit,
+                ", ".join(f"{s} {100 * v:.0f}%" for s, v in shares.items()), data.seq_len,
+                fix)

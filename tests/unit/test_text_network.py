@@ -1,0 +1,125 @@
+"""A text network's verbs at their edges, on untrained tiny networks (no training, no data):
+texts too short to score, and generation that draws only the ids a corpus's training split
+holds; the evaluation of a corpus with no test split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dbparallel.config import Config, DataConfig, load_config
+from dbparallel.data.corpus import corpus_index
+from dbparallel.data.tokenizer import (
+    TRAIN_IDS_KEY,
+    CharTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    tokenizer_from_description,
+)
+from dbparallel.errors import UserError
+from dbparallel.tasks import build_task
+from dbparallel.tasks.text import gumbel_sample
+from dbparallel.training.network import Network
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["model.depth=2", "model.hidden=32", "model.heads=2", "sample.steps=2"]
+ASCII = "to be or not to be that is the question whether tis nobler in the mind to suffer "
+
+
+def network(task: str, tokenizer: Tokenizer, *overrides: str) -> Network:
+    cfg = load_config([ROOT / f"jobs/{task}_shakespeare_tiny.yaml"], [*TINY, *overrides])
+    built = build_task(cfg)
+    torch.manual_seed(0)
+    weights = [built.build_block(b).state_dict() for b in range(cfg.model.blocks)]
+    return Network.from_weights(cfg, weights, [0] * cfg.model.blocks, "cpu", tokenizer)
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    """A byte-level BPE of an ASCII corpus: 256 byte ids, a few dozen of them in the text."""
+    folder = tmp_path_factory.mktemp("ascii")
+    (folder / "a.txt").write_text(ASCII * 100)
+    index = corpus_index(DataConfig(source="text", path=str(folder / "a.txt"), seq_len=16,
+                                    tokenizer="bpe", vocab_size=300))
+    return load_tokenizer(index.meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring: a text with nothing to score is refused, naming it
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task", ["ar", "looped"])
+def test_ar_refuses_a_text_of_one_token(task: str, bpe: Tokenizer) -> None:
+    net = network(task, CharTokenizer("".join(sorted(set(ASCII)))))
+    assert net.log_likelihood(["to"])[0] < 0
+    with pytest.raises(UserError, match=rf"texts\[1\] 't': 1 token \(data.tokenizer=char\); "
+                                        rf"an? {task} network scores each token given the ones "
+                                        rf"before it, so a text needs at least 2 tokens"):
+        net.log_likelihood(["to be", "t"])
+    with pytest.raises(UserError, match=r"text 't': 1 token"):
+        net.bpc("t")
+    with pytest.raises(UserError, match=r"texts\[0\] '': 0 tokens"):
+        net.bpc([""])
+    with pytest.raises(UserError, match="texts: no text to score"):
+        net.bpc([])
+    net = network(task, bpe, "data.tokenizer=bpe", "data.vocab_size=300")
+    with pytest.raises(UserError, match=r"texts\[0\] 't': 1 token \(data.tokenizer=bpe\)"):
+        net.log_likelihood(["t", "b"])
+
+
+def test_mdm_refuses_an_empty_text() -> None:
+    net = network("mdm", CharTokenizer("".join(sorted(set(ASCII)))))
+    assert net.log_likelihood("t")[0] < 0  # one token: the ELBO of one masked token
+    with pytest.raises(UserError, match=r"text '': 0 tokens \(data.tokenizer=char\); an mdm "
+                                        r"network scores the tokens of a text, and it has none"):
+        net.bpc("")
+    with pytest.raises(UserError, match=r"texts\[1\] ''"):
+        net.log_likelihood(["to be", ""])
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation draws only the ids of the training split
+# ---------------------------------------------------------------------------------------------
+
+def test_gumbel_sample_draws_only_the_usable_ids() -> None:
+    logits = torch.zeros(2000, 10)
+    g = torch.Generator().manual_seed(0)
+    assert set(gumbel_sample(logits, g, usable=torch.tensor([2, 7])).tolist()) == {2, 7}
+    assert set(gumbel_sample(logits, g, usable=4).tolist()) == {0, 1, 2, 3}
+    assert gumbel_sample(logits, g, 0.0, usable=torch.tensor([5])).unique().tolist() == [5]
+
+
+@pytest.mark.parametrize("task", ["ar", "mdm"])
+def test_bpe_generation_draws_only_ids_of_the_training_text(task: str, bpe: Tokenizer) -> None:
+    net = network(task, bpe, "data.tokenizer=bpe", "data.vocab_size=300")
+    out = net.generate(["to be "] * 4, max_new=12, temperature=3.0, seed=1)
+    assert set("".join(out)) <= set(ASCII), out  # no control byte, no U+FFFD
+    old = {k: v for k, v in bpe.describe().items() if k != TRAIN_IDS_KEY}
+    net.tokenizer = tokenizer_from_description(old)  # a run from before: every id, as then
+    out = net.generate(["to be "] * 4, max_new=12, temperature=3.0, seed=1)
+    assert not set("".join(out)) <= set(ASCII)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation of a corpus with no test split: the training rows, as for images
+# ---------------------------------------------------------------------------------------------
+
+def test_held_out_rows_fall_back_to_training_rows(tmp_path: Path) -> None:
+    from dbparallel.training.eval.text import held_out
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": ASCII[:64], "split": "train"}) + "\n"
+                            for _ in range(10)))
+    cfg: Config = load_config([ROOT / "jobs/ar_shakespeare_tiny.yaml"],
+                              ["data.source=text", f"data.path={path}", "data.seq_len=16",
+                               "sample.prompt_len=4", "sample.gen_len=4"])
+    index = corpus_index(cfg.data)
+    rows = held_out(cfg, index, 5)
+    tokenizer = load_tokenizer(index.meta)
+    assert rows.shape == (5, 16)
+    assert {tokenizer.decode(r) for r in rows} <= {ASCII[k:k + 16] for k in range(0, 64, 16)}
+    assert np.array_equal(rows[0].numpy(), tokenizer.encode(ASCII[:16]))
