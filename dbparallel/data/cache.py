@@ -16,10 +16,9 @@ def cache_dir() -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        where = f"DBPARALLEL_CACHE={given}" if given else f"the cache folder {path}"
-        raise UserError(f"{where}: cannot be used as the cache folder "
-                        f"({err.strerror or err}); set DBPARALLEL_CACHE to a writable "
-                        f"folder") from None
+        where = f"DBPARALLEL_CACHE={given}" if given else f"{path} (the default cache folder)"
+        raise UserError(f"{where}: cannot be created ({err.strerror or err}); set "
+                        f"DBPARALLEL_CACHE to a writable folder") from None
     return path
 
 

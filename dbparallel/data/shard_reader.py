@@ -109,8 +109,10 @@ def _failed(err: Exception, where: str, wait: float | None) -> None:
         raise DataError(f"{where}: {err}") from None
     if isinstance(err, FileNotFoundError):
         relative = "://" not in where and not os.path.isabs(where)
-        why = (f"data.path is relative, and this process runs in {os.getcwd()}: run where the "
-               f"run started" if relative else "the data changed during the run?")
+        why = (f"data.path is relative, and this process runs in {os.getcwd()}: start it "
+               f"where the run started, or give data.path as an absolute path or URI every "
+               f"node reads; or the data changed" if relative
+               else "the data changed during the run?")
         raise DataError(f"{where}: no such file ({why})") from None
     if isinstance(err, (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)):
         raise DataError(f"{where}: not readable: {err}") from None

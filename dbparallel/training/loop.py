@@ -75,7 +75,7 @@ class BlockRun:
         self.trainer.load_state_dict(state)
         log.info("block %d: resumed at step %d", self.trainer.block, self.trainer.step)
         steps = self.cfg.train.steps_of(self.trainer.block)
-        if self.trainer.step > steps:
+        if self.trainer.step > steps and self.writer:
             log.warning("block %d is at step %d, past the %d steps asked (train.steps, "
                         "train.block_steps): it trains no more, and its weights stay those of "
                         "step %d", self.trainer.block, self.trainer.step, steps,
@@ -106,13 +106,18 @@ class BlockRun:
         its checkpoints)."""
         self.stream.close()
         try:
-            if self.writer and self.trained:
-                self.lease.check()  # a fenced-off writer leaves it to its replacement
-                self.checkpoints.storage.write_json(self._measured_path, self._measured())
-        except LeaseLost:
-            pass
+            self._keep_measured()
         finally:
             self.close_lease()
+
+    def _keep_measured(self) -> None:
+        if not (self.writer and self.trained):
+            return
+        try:
+            self.lease.check()  # a fenced-off writer leaves it to its replacement
+        except LeaseLost:
+            return
+        self.checkpoints.storage.write_json(self._measured_path, self._measured())
 
     @property
     def trained(self) -> bool:
@@ -161,6 +166,8 @@ class BlockRun:
                 self.history.write(self.trainer)
             if stats.step % t.checkpoint_every == 0 or last:
                 self.save()
+            if last:  # a Ray block actor is killed once done: keep its measurements now
+                self._keep_measured()
 
     def save(self) -> None:
         """Write the training state and the snapshot of the current step."""

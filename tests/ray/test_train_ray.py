@@ -56,6 +56,11 @@ def test_report_and_files(ray_run) -> None:
     for b in range(2):
         manifest = json.loads((run_dir / f"blocks/block_{b}/manifest.json").read_text())
         assert manifest["snapshot"][-1]["step"] == 12 and manifest["state"][-1]["step"] == 12
+        # what a rerun that trains nothing reports: the block actor kept it at its last step
+        measured = json.loads((run_dir / f"blocks/block_{b}/measured.json").read_text())
+        row = report["per_block"][b]
+        assert measured["data_memory_bytes"] == row["data_memory_bytes"] > 0
+        assert measured["model_flops_per_step"] == row["model_flops_per_step"] > 0
 
 
 def test_history_and_curves_of_a_ray_run(ray_run) -> None:

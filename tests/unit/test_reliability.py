@@ -191,7 +191,7 @@ def test_an_unusable_cache_folder_is_named(tmp_path, capsys, monkeypatch) -> Non
     monkeypatch.setenv("DBPARALLEL_CACHE", str(in_the_way / "cache"))
     assert main(["data", "check", TINY]) == 2
     err = capsys.readouterr().err
-    assert f"DBPARALLEL_CACHE={in_the_way / 'cache'}: cannot be used as the cache folder" in err
+    assert f"DBPARALLEL_CACHE={in_the_way / 'cache'}: cannot be created" in err
 
 
 def test_ctrl_c_stops_a_local_run_in_one_line_keeping_its_checkpoints(tmp_path) -> None:
@@ -260,5 +260,10 @@ def test_data_of_the_wrong_kind_for_the_task_is_named(tmp_path, capsys) -> None:
     assert main(["data", "check", path, "task=ar"]) == 2
     err = capsys.readouterr().err
     assert f"task=ar trains on text, and {path} holds images" in err
+    (tmp_path / "c.txt").write_text("To be, or not to be, that is the question.\n" * 50)
+    assert main(["data", "check", str(tmp_path / "c.txt")]) == 2
+    err = capsys.readouterr().err  # text is named text by its file name, before it is read
+    assert "task: task=dit trains on images, and data.source=text is text: set task=mdm, ar " \
+        "or looped" in err
     assert _train(tmp_path / "run", "--block", "2") == 2  # before the data are read
     assert "--block 2: must be in 0..1" in capsys.readouterr().err
