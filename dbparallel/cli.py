@@ -71,8 +71,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         raise UserError("--out: data check writes nothing; --out is for data reshard")
     if args.action == "reshard":
         return _reshard(cfg, args.out)
+    check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing
     index = open_data(cfg.data)
-    check_kind(cfg.task, index)
+    check_kind(cfg.task, cfg.data, index)
     for split in index.present():
         shards = len(index.shards(split))
         print(f"{split}: {index.num_rows(split):,} rows in {shards:,} shard"

@@ -11,9 +11,18 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory):
+    # Data and classifier caches go to one temp dir per test session, never to the user's
+    # home: set before any module-scoped fixture builds a data set.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DBPARALLEL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    # Classifier caches go to one temp dir per test session, never to the user's home.
+    # the same folder for every test, whatever a test before it set
     cache = tmp_path_factory.getbasetemp() / "cache"
     monkeypatch.setenv("DBPARALLEL_CACHE", str(cache))
 

@@ -346,9 +346,6 @@ class Config:
                    "sample.gen_len", f"sample.prompt_len + sample.gen_len must be <= "
                    f"data.seq_len={self.data.seq_len}")
         else:  # images, cut into patches
-            _check(self.data.source not in ("shakespeare", "text"), "task",
-                   f"task={self.task} trains on images, and data.source={self.data.source} is "
-                   f"text: set task={', '.join(TEXT_TASKS[:-1])} or {TEXT_TASKS[-1]}")
             _check(self.data.image_size % self.model.patch_size == 0, "model.patch_size",
                    f"{self.model.patch_size} does not divide data.image_size="
                    f"{self.data.image_size}")

@@ -191,7 +191,7 @@ def _char_files(source: TextSource, layout: Layout, data: DataConfig,
                 out: Path) -> dict[str, Any]:
     T, pack = data.seq_len, data.pack
     check_rows(layout.char_rows(T, pack), layout, data,
-                {s: t.char_rows(T, True) > 0 for s, t in layout.splits.items()})
+               {s: t.char_rows(T, True) > 0 for s, t in layout.splits.items()})
     counter = CharCounter()
     for _, text in _whole_rows(_part_texts(source, layout, pack=pack), T, pack):
         counter.add(text)
@@ -226,8 +226,8 @@ def _bpe_files(source: TextSource, layout: Layout, data: DataConfig,
     finally:
         files.close()
     check_rows(files.rows(T), layout, data,  # about one separator token between documents
-                {s: (files.counts[s][0] + max(t.documents - 1, 0)) >= T
-                 for s, t in layout.splits.items()})
+               {s: (files.counts[s][0] + max(t.documents - 1, 0)) >= T
+                for s, t in layout.splits.items()})
     _write_ids(out / TRAIN_IDS_FILE, np.flatnonzero(files.in_train))
     warn_dropped(source.label, files.counts, layout, data)
     return {"tokenizer_file": TOKENIZER_FILE, "vocab_size": tokenizer.vocab_size,

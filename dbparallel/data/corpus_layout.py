@@ -25,7 +25,6 @@ DROP_WARN = 0.10  # share of a split's text in dropped tails above which a build
 Part = tuple[str, int, int]  # (split, first character, end character) of a document
 
 
-
 @dataclass
 class Tally:
     """What one split holds: characters, its documents (non-empty parts) and the rows of
@@ -71,6 +70,8 @@ class Layout:
 
 
 def layout_of(source: TextSource, seq_len: int) -> Layout:
+    """The first pass: every document counted, and the layout of its characters in splits;
+    DataError when there is none."""
     count = characters = 0
     head: list[tuple[int, str | None]] = []
     by_work = {s: Tally() for s in SPLITS}  # what each split holds when split by work
@@ -92,7 +93,7 @@ def layout_of(source: TextSource, seq_len: int) -> Layout:
 
 
 def check_rows(rows: dict[str, int], layout: Layout, data: DataConfig,
-                packable: dict[str, bool]) -> None:
+               packable: dict[str, bool]) -> None:
     """DataError for a split with text but no row (``packable``: whether data.pack=true
     would give it one), or no training text; validation and test may be absent."""
     for split in SPLITS:
@@ -117,7 +118,7 @@ def check_rows(rows: dict[str, int], layout: Layout, data: DataConfig,
 
 
 def warn_dropped(label: str, counts: dict[str, list[int]], layout: Layout,
-                  data: DataConfig) -> None:
+                 data: DataConfig) -> None:
     """One warning when rows within documents drop more than DROP_WARN of a split's (or
     the whole corpus's) text in tails; ``counts[split]`` = [read, kept] characters or
     tokens."""

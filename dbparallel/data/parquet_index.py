@@ -7,13 +7,14 @@ the driver never holds its rows. Splits come from a ``split`` column, else from 
 file or folder named after a split or one of its aliases (``split_of_path``:
 ``train-00001-of-00004.parquet``, ``test/part-0.parquet`` as Hugging Face datasets lay them
 out, ``val/``, ``mnist_test.parquet``), else every row trains. Files whose paths name no split
-beside files whose paths do are refused: they would be held-out rows trained on silently.
+beside files whose paths do train too, with a warning: they may be held-out rows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +28,8 @@ from dbparallel.data.shards import SPLIT_NAMES, DataIndex, Shard, split_of_name
 from dbparallel.data.splits import SPLIT_COLUMN, split_values
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError
+
+log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when the index layout changes
 
@@ -54,18 +57,19 @@ def parquet_files(path: str) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]
 def split_of_path(relative: str) -> str | None:
     """The split a folder or the file name names (data/shards.py's SPLIT_NAMES: ``val/``,
     ``valid-00000-of-00001.parquet``, ``mnist_test.parquet``), else None. A file name names
-    a split by its whole stem, or by the first or last of its ``-``/``_``-separated words
-    (the first when both do)."""
+    a split by its whole stem, or by its first or last ``-``/``_``-separated word when no
+    word of it names another split (``mnist_train_val`` names none: it is ambiguous)."""
     parts = relative.strip("/").split("/")
     for part in parts[:-1]:
         if split_of_name(part):
             return split_of_name(part)
     stem = parts[-1].split(".")[0]
+    if split_of_name(stem):
+        return split_of_name(stem)
     words = re.split(r"[-_]", stem)
-    for word in (stem, words[0], words[-1]):
-        if split_of_name(word):
-            return split_of_name(word)
-    return None
+    named = {split_of_name(w) for w in words} - {None}
+    ends = [split_of_name(w) for w in (words[0], words[-1]) if split_of_name(w)]
+    return ends[0] if ends and len(named) == 1 else None
 
 
 def _uri(path: str, original: str) -> str:
@@ -134,18 +138,19 @@ def _same_columns(schemas: list[tuple[str, pa.Schema]]) -> None:
 
 
 def _all_named(named: list[tuple[str, str | None]]) -> None:
-    """Where some files name their split by path, every file must (or have a split
-    column): a held-out file whose name is not recognised would train silently otherwise."""
+    """A warning when some files name their split by path and others name none (nor have a
+    split column): those train, and a held-out file whose name is not recognised would
+    otherwise train without a word."""
     with_split = next(((uri, split) for uri, split in named if split not in (None, "column")),
                       None)
-    without = next((uri for uri, split in named if split is None), None)
+    without = [uri for uri, split in named if split is None]
     if with_split and without:
         uri, split = with_split
-        raise DataError(f"{without}: its path names no split, but {uri} is {split!r} by its "
-                        f"path; every row of it would train. Name each file or a folder above "
-                        f"it by its split ({', '.join(sorted(SPLIT_NAMES))}: "
-                        f"train-00000.parquet, val/, mnist_test.parquet), or give it a "
-                        f"{SPLIT_COLUMN!r} column")
+        more = f" and {len(without) - 1} more" if len(without) > 1 else ""
+        log.warning("%s%s: the path names no split, beside files that do (%s is %r), so its "
+                    "rows train; if it is held out, name it or a folder above it by its split "
+                    "(%s: val/, mnist_test.parquet) or give it a %r column", without[0], more,
+                    uri, split, ", ".join(sorted(SPLIT_NAMES)), SPLIT_COLUMN)
 
 
 def parquet_index(path: str, source: str = "") -> DataIndex:

@@ -63,16 +63,20 @@ def _cached(index: DataIndex) -> DataIndex:
     return DataIndex(index.kind, index.source, index.splits, {**meta, "cached": True})
 
 
-def check_kind(task: str, index: DataIndex) -> None:
-    """A DataError naming ``task`` when ``index`` holds the other kind of data (text for an
-    image task, images for a text task)."""
+def check_kind(task: str, data: DataConfig, index: DataIndex | None = None) -> None:
+    """A DataError naming ``task`` when the data hold the other kind (text for an image task,
+    images for a text task): from ``data.source`` alone, before anything is read, when it
+    says; from ``index`` for Parquet."""
     wants = "tokens" if task in TEXT_TASKS else "images"
-    if index.kind == wants:
+    text = ", ".join(TEXT_TASKS[:-1]) + f" or {TEXT_TASKS[-1]}"
+    if wants == "images" and data.source in ("shakespeare", "text"):
+        raise DataError(f"task={task} trains on images, and data.source={data.source} is "
+                        f"text: set task={text} to train a language model on it")
+    if index is None or index.kind == wants:
         return
     if wants == "images":
         raise DataError(f"task={task} trains on images, and {index.source} is text: set "
-                        f"task={', '.join(TEXT_TASKS[:-1])} or {TEXT_TASKS[-1]} to train a "
-                        f"language model on it")
+                        f"task={text} to train a language model on it")
     raise DataError(f"task={task} trains on text, and {index.source} holds images (no "
                     f"'text' column): set task=dit or vit, or give text (data.source=text)")
 

@@ -257,7 +257,8 @@ def _jsonl_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
             raise DataError(f"{where} is not JSON: {err} ({JSONL_RULE})") from None
         if not isinstance(row, dict) or not isinstance(row.get(TEXT_COLUMN), str):
             raise DataError(f"{where}: expected an object with a string field {TEXT_COLUMN!r} "
-                            f"({JSONL_RULE})")
+                            f"({JSONL_RULE}; in a folder of documents, move files that are "
+                            f"not documents out of it)")
         split = _split_value(row.get(SPLIT_COLUMN), f"{where}: field {SPLIT_COLUMN!r}")
         name = str(row.get(WORK_COLUMN, f"{_stem(path)}:{number}"))
         yield Document(name, split, _slices(row[TEXT_COLUMN]))

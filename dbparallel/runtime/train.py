@@ -30,8 +30,9 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
     build_task(cfg)
     if only_blocks:
         check_blocks(cfg, only_blocks)  # before the data are indexed
+    check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing
     index = open_data(cfg.data)
-    check_kind(cfg.task, index)
+    check_kind(cfg.task, cfg.data, index)
     if cfg.runtime.local:
         from dbparallel.runtime.local import run_local
 

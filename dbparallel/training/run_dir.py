@@ -118,8 +118,8 @@ def _refuse_other_data(storage: Storage, index: DataIndex) -> None:
         then, now = previous.num_rows("train"), index.num_rows("train")
         raise RunDirError(
             f"{storage.uri()} was trained on other data than {index.source} now holds "
-            f"({then} training rows then, {now} now, or changed files); resume with the "
-            f"original data or choose a new run.dir")
+            f"({then} training rows then, {now} now: files added, changed or rewritten, or "
+            f"read into other splits); resume with the original data or choose a new run.dir")
 
 
 def pinned_data(storage: Storage) -> DataIndex | None:

@@ -4,7 +4,6 @@ labels are the folders' names sorted as text (folders 0..10: folder "2" is label
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMES = [str(k) for k in range(11)]
 
 
-def test_predict_prints_class_folder_names_of_an_image_folder_run(tmp_path: Path,
-                                                                  capsys) -> None:
-    os.environ["DBPARALLEL_CACHE"] = str(tmp_path / "cache")
+def test_predict_prints_class_folder_names_of_an_image_folder_run(tmp_path: Path, capsys,
+                                                                  monkeypatch) -> None:
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(tmp_path / "cache"))
     rng = np.random.default_rng(0)
     for name in NAMES:
         (tmp_path / "data" / name).mkdir(parents=True)

@@ -255,7 +255,8 @@ def test_a_rerun_that_trains_nothing_keeps_the_measurements(tmp_path, caplog) ->
     assert "block 0 is at step 6, past the 4 steps asked" in caplog.text
 
 
-def test_data_of_the_wrong_kind_for_the_task_is_named(tmp_path, capsys) -> None:
+def test_data_of_the_wrong_kind_for_the_task_is_named(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(tmp_path / "cache"))
     path = _parquet(tmp_path / "images.parquet", list(range(10)) * 4)
     assert main(["data", "check", path, "task=ar"]) == 2
     err = capsys.readouterr().err
@@ -263,7 +264,8 @@ def test_data_of_the_wrong_kind_for_the_task_is_named(tmp_path, capsys) -> None:
     (tmp_path / "c.txt").write_text("To be, or not to be, that is the question.\n" * 50)
     assert main(["data", "check", str(tmp_path / "c.txt")]) == 2
     err = capsys.readouterr().err  # text is named text by its file name, before it is read
-    assert "task: task=dit trains on images, and data.source=text is text: set task=mdm, ar " \
-        "or looped" in err
+    assert "task=dit trains on images, and data.source=text is text: set task=mdm, ar or " \
+        "looped" in err
+    assert not (tmp_path / "cache" / "corpus").exists()  # refused before it was tokenized
     assert _train(tmp_path / "run", "--block", "2") == 2  # before the data are read
     assert "--block 2: must be in 0..1" in capsys.readouterr().err

@@ -48,15 +48,21 @@ def test_ordinary_file_names_name_no_split() -> None:
     for name in ("contest.parquet", "latest-data.parquet", "part-0.parquet", "d.parquet",
                  "eval.parquet", "validity_x.parquet", "attest/part-0.parquet"):
         assert split_of_path(name) is None, name
-    assert split_of_path("train-test.parquet") == "train"  # the first word when both do
+    # two words naming two splits: ambiguous, so the file trains as it always did
+    for name in ("train-test.parquet", "mnist_train_val.parquet", "train_val_combined.parquet"):
+        assert split_of_path(name) is None, name
+    assert split_of_path("x_train_v2_train.parquet") == "train"  # one split, named twice
 
 
-def test_files_named_by_split_beside_files_named_by_none_are_refused(tmp_path: Path) -> None:
+def test_files_named_by_split_beside_files_named_by_none_are_warned_of(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _write(tmp_path / "a" / "train.parquet", 10)
     _write(tmp_path / "a" / "holdout.parquet", 4)  # held out, but its name says nothing
-    with pytest.raises(DataError, match=r"holdout\.parquet: its path names no split, but "
-                                        r".*train\.parquet is 'train'"):
-        parquet_index(str(tmp_path / "a"))
+    with caplog.at_level("WARNING", logger="dbparallel.data.parquet_index"):
+        assert parquet_index(str(tmp_path / "a")).num_rows("train") == 14  # as before
+    assert "holdout.parquet: the path names no split, beside files that do" in caplog.text
+    assert "train.parquet is 'train'), so its rows train" in caplog.text
+    caplog.clear()
     _write(tmp_path / "b" / "train.parquet", 10)  # a split column decides its own file
     _write(tmp_path / "b" / "extra.parquet", 4, ["train", "test", "test", "validation"])
     index = parquet_index(str(tmp_path / "b"))

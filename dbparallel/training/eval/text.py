@@ -162,10 +162,11 @@ def training_memory(cfg: Config, index: DataIndex, device: str = "cpu") -> dict[
 
 def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
              device: str = "cpu") -> dict[str, float]:
-    """BPC on the test split (else on training rows); for AR and looped also the generation
-    metrics."""
+    """BPC on the test split (else on training rows: ``eval_on_test`` 0); for AR and looped
+    also the generation metrics."""
     held = held_out(cfg, index, cfg.sample.eval_samples)
     metrics = bits_per_character(cfg, task, nets, held, device, load_tokenizer(index.meta))
+    metrics["eval_on_test"] = float(index.eval_split == "test")
     if cfg.task in ("ar", "looped"):
         metrics.update(generation_metrics(cfg, task, nets, index, held, device))
     if cfg.task == "looped":
