@@ -36,7 +36,8 @@ def test_tiny_recipe_trains_and_assembles(task: str, tmp_path: Path) -> None:
     report = run_local(cfg, None, progress=False)
     assert report["task"] == task and report["blocks"] == cfg.model.blocks
     assert all(row["steps"] == 4 and row["peak_memory_bytes"] > 0 for row in report["per_block"])
-    assert set(report["assembly"]) == EXPECTED[task] | {"block_steps_min"}
+    assert set(report["assembly"]) == EXPECTED[task] | {"block_steps_min", "eval_on_test"}
+    assert report["assembly"]["eval_on_test"] == 1.0  # Shakespeare has a test split
     assert 0 < report["assembly"]["bpc"] < 40
     samples = (tmp_path / "samples.txt").read_text(encoding="utf-8")
     assert samples.startswith(f"{task}, {cfg.model.blocks} block(s)")
@@ -54,7 +55,7 @@ def test_baseline_is_the_end_to_end_model(task: str, tmp_path: Path) -> None:
     report = json.loads((run_dir / "report.json").read_text())
     assert report["blocks"] == 1 and len(report["per_block"]) == 1
     expected = EXPECTED[task] - ({"bpc_sigma_max"} if task == "ar" else set())
-    assert set(report["assembly"]) == expected | {"block_steps_min"}
+    assert set(report["assembly"]) == expected | {"block_steps_min", "eval_on_test"}
     assert "objective end_to_end" in (run_dir / "samples.txt").read_text(encoding="utf-8")
 
 
