@@ -78,6 +78,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         shards = len(index.shards(split))
         print(f"{split}: {index.num_rows(split):,} rows in {shards:,} shard"
               f"{'s' if shards != 1 else ''}")
+    from dbparallel.training.data_memory import report_footprint
+
+    report_footprint(cfg, index)  # its warnings (tiny row groups) before the long pass
     if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):  # on the cluster's CPUs
         from dbparallel.runtime.launch import check_on_cluster
         from dbparallel.training.data_check import check_line
@@ -87,9 +90,6 @@ def cmd_data(args: argparse.Namespace) -> int:
         from dbparallel.training.data_check import check_here
 
         check_here(cfg, index, force=True)
-    from dbparallel.training.data_memory import report_footprint
-
-    report_footprint(cfg, index)
     return 0
 
 

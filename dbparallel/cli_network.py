@@ -102,6 +102,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         f"{network.cfg.task} network; predict "
                         "classifies images with a vit network")
     names, pixels = read_images(args.images, network.cfg.data)
+    if not names:
+        raise UserError(f"predict: {args.images} holds no image")
     classes = _class_names(args.source)
     rows = []
     for start in range(0, len(names), args.batch):

@@ -26,8 +26,11 @@ class RowError(DataError):
         self.row, self.column, self.detail = row, column, detail
 
     def at(self, where: str) -> DataError:
-        """The same error, located at ``where`` (e.g. ``data/part-3.parquet row 917``)."""
-        return DataError(f"{where}: column {self.column!r} {self.detail}")
+        """The same error, located at ``where``: a table's row (``data/part-3.parquet row
+        917``) names the column; an image file of a folder (``cats/7.png``) has none."""
+        if " row " in where:
+            return DataError(f"{where}: column {self.column!r} {self.detail}")
+        return DataError(f"{where}: {self.detail}")
 
 
 class DataUnreachable(OSError):

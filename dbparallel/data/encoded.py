@@ -122,7 +122,9 @@ def _decode(row: int, blob: bytes | None, mode: str, size: int,
     except RowError:  # a DataError, so a ValueError: not an unreadable file
         raise
     except DECODE_ERRORS as err:
-        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the bytes", str(err))
+        reason = re.sub(r"cannot identify image file <_io\.BytesIO object at 0x[0-9a-f]+>",
+                        "not in an image format Pillow reads", str(err))
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the bytes", reason)
         raise RowError(row, IMAGE_COLUMN, f"is not a readable image ({reason})") from None
 
 

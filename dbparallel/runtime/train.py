@@ -36,9 +36,9 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
     if cfg.runtime.local:
         from dbparallel.runtime.local import run_local
 
+        report_footprint(cfg, index)  # its warnings (tiny row groups) before the long pass
         if cfg.data.validate:
             check_here(cfg, index)
-        report_footprint(cfg, index)
         return run_local(cfg, index, progress=progress, only_blocks=only_blocks)
     from dbparallel.runtime.launch import run_ray
 

@@ -261,6 +261,10 @@ def test_predict_command_reads_files_folders_and_tables(runs: dict[str, str], tm
                      capsys.readouterr().err)
     assert cli.main(["predict", runs["dit"], str(folder)]) == 2
     assert "predict classifies images with a vit network" in capsys.readouterr().err
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"image": pa.array([], pa.binary())}), empty)
+    assert cli.main(["predict", runs["vit"], str(empty)]) == 2
+    assert f"predict: {empty} holds no image" in capsys.readouterr().err
 
 
 def test_the_api_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -267,6 +267,18 @@ def test_a_block_decodes_with_a_thread_per_cpu_it_reserves() -> None:
                                            "data.decode_threads=2"])) == 2
 
 
+def test_a_bad_image_is_named_by_its_row_or_its_file() -> None:
+    from dbparallel.data.encoded import _decode
+
+    with pytest.raises(RowError) as caught:
+        _decode(3, b"not an image", "L", 8)
+    assert str(caught.value.at("t.parquet row 9")) == (
+        "t.parquet row 9: column 'image' is not a readable image (not in an image format "
+        "Pillow reads)")
+    assert str(caught.value.at("cats/7.png")) == (  # an image folder's file has no column
+        "cats/7.png: is not a readable image (not in an image format Pillow reads)")
+
+
 def test_a_path_only_image_struct_is_a_named_row_not_a_column_type_error(tmp_path: Path,
                                                                         capsys) -> None:
     """Hugging Face's ``{bytes: null, path: "x.png"}``: the file is not read, and the error

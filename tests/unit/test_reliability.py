@@ -206,7 +206,10 @@ def test_ctrl_c_stops_a_local_run_in_one_line_keeping_its_checkpoints(tmp_path) 
         [sys.executable, "-m", "dbparallel", "train", TINY, "--local", f"run.dir={run_dir}",
          "metrics.port=0", "train.steps=100000", "train.checkpoint_every=2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # as from a terminal: a suite run in the background (nohup, `cmd &`) ignores SIGINT,
+        # and a child inherits that, so Ctrl-C would never reach it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         manifest = run_dir / "blocks" / "block_0" / "manifest.json"
         deadline = time.monotonic() + 300  # a hang guard only: the first save comes at step 2
