@@ -61,15 +61,15 @@ ALL_METRICS: tuple[MetricSpec, ...] = BLOCK_METRICS + ASSEMBLY_METRICS + RUN_MET
 RAY_PREFIX = "ray_"
 
 
-def exported_name(spec: MetricSpec, through_ray: bool = True) -> str:
-    """The name a Prometheus scrape shows for ``spec``."""
-    name = spec.name + ("_total" if spec.kind == "counter" else "")
-    return (RAY_PREFIX if through_ray else "") + name
+def exported_name(spec: MetricSpec) -> str:
+    """The name a Prometheus scrape shows for ``spec``, from a Ray run's nodes and from a
+    local run's endpoint alike (which takes Ray's prefix, so one dashboard reads both)."""
+    return RAY_PREFIX + spec.name + ("_total" if spec.kind == "counter" else "")
 
 
-def exported_names(through_ray: bool = True) -> set[str]:
+def exported_names() -> set[str]:
     """All scrape names, as dashboards and alert rules must spell them."""
-    return {exported_name(spec, through_ray) for spec in ALL_METRICS}
+    return {exported_name(spec) for spec in ALL_METRICS}
 
 
 # ---------------------------------------------------------------------------- sinks
@@ -125,7 +125,8 @@ class RaySink(Sink):
 
 
 class PrometheusSink(Sink):
-    """A prometheus_client registry, served over HTTP by a local run (``metrics.port``)."""
+    """A prometheus_client registry, served over HTTP by a local run (``metrics.port``),
+    under the names a Ray run exports (``exported_name``)."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry
@@ -137,9 +138,9 @@ class PrometheusSink(Sink):
         if spec.name not in self._metrics:
             import prometheus_client as pc
 
-            cls = pc.Counter if spec.kind == "counter" else pc.Gauge
-            self._metrics[spec.name] = cls(spec.name, spec.description, list(spec.tag_keys),
-                                           registry=self.registry)
+            cls = pc.Counter if spec.kind == "counter" else pc.Gauge  # a Counter adds _total
+            self._metrics[spec.name] = cls(RAY_PREFIX + spec.name, spec.description,
+                                           list(spec.tag_keys), registry=self.registry)
         return self._metrics[spec.name]
 
     def set(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:

@@ -131,8 +131,8 @@ def test_recorder_exports_flops_rate_and_mfu() -> None:
     assert sink.get("dbparallel_block_mfu", **tags) == 0.2
     prometheus = PrometheusSink()  # what a local run serves on metrics.port
     BlockRecorder("r", 0, None, prometheus).record(StepStats(1, 0.5, True, 2.0, 8), Trainer())
-    assert prometheus.registry.get_sample_value("dbparallel_block_mfu", tags) == 0.2
-    assert prometheus.registry.get_sample_value("dbparallel_block_achieved_tflops", tags) == 2.0
+    assert prometheus.registry.get_sample_value("ray_dbparallel_block_mfu", tags) == 0.2
+    assert prometheus.registry.get_sample_value("ray_dbparallel_block_achieved_tflops", tags) == 2.0
     Trainer.peak_tflops = None  # the CPU: no MFU series at all
     other = MemorySink()
     BlockRecorder("r", 0, None, other).record(StepStats(1, 0.5, True, 2.0, 8), Trainer())

@@ -75,12 +75,13 @@ def test_local_endpoint_serves_every_recorded_series() -> None:
         text = text.decode()
     finally:
         server.shutdown()
-    spec = {s.name: s for s in ALL_METRICS}
-    loss = exported_name(spec["dbparallel_block_loss"], through_ray=False)
-    steps = exported_name(spec["dbparallel_block_steps"], through_ray=False)
+    spec = {s.name: s for s in ALL_METRICS}  # the names a Ray run exports: one dashboard
+    loss = exported_name(spec["dbparallel_block_loss"])
+    steps = exported_name(spec["dbparallel_block_steps"])
+    assert (loss, steps) == ("ray_dbparallel_block_loss", "ray_dbparallel_block_steps_total")
     assert f'{loss}{{block="0",run="run1"}} 0.5' in text
     assert f'{steps}{{block="0",run="run1"}} 1.0' in text
-    assert 'dbparallel_assembly_sample_accuracy{run="run1"} 0.9' in text
+    assert 'ray_dbparallel_assembly_sample_accuracy{run="run1"} 0.9' in text
     assert "unexported" not in text
 
 
