@@ -121,9 +121,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _class_names(source: str) -> list[str]:
-    """The class names of a run's labels, by label, where its pinned data index records them
-    (an image folder's class folders, sorted as text: label 2 of folders 0..10 is "10");
-    else none. An export file records no data."""
+    """The class names of a run's labels, by label, where its data name them (an image
+    folder's class folders, sorted as text: label 2 of folders 0..10 is "10"; Parquet that
+    ``data reshard`` wrote from one); else none. An export file records no data."""
+    from dbparallel.data.reshard import class_names
     from dbparallel.training.loading import is_file
     from dbparallel.training.run_dir import pinned_data
     from dbparallel.training.storage import Storage
@@ -131,7 +132,7 @@ def _class_names(source: str) -> list[str]:
     if is_file(source):
         return []
     pinned = pinned_data(Storage(source))
-    return [str(c) for c in pinned.meta.get("classes") or []] if pinned is not None else []
+    return class_names(pinned) if pinned is not None else []
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -41,6 +41,24 @@ class Resharded:
     files: list[str] = field(default_factory=list)
 
 
+def class_names(index: DataIndex) -> list[str]:
+    """The class names of ``index``'s labels, by label: an image folder's (its index records
+    them), or those ``reshard`` wrote into the Parquet files it made of one (read from the
+    first file's footer); none when the data do not name them."""
+    if index.meta.get("classes"):
+        return [str(c) for c in index.meta["classes"]]
+    shard = next((s for split in index.present() for s in index.shards(split)), None)
+    if index.kind != "images" or shard is None or shard.kind == "files":
+        return []
+    try:
+        fs, path = resolve_path(shard.uri)
+        metadata = pq.read_schema(path, filesystem=fs).metadata or {}
+    except (OSError, pa.ArrowException, DataError):  # the data moved: numbers will do
+        return []
+    return [str(c) for c in json.loads(metadata[CLASSES_KEY])] if CLASSES_KEY in metadata \
+        else []
+
+
 def reshard(index: DataIndex, out: str, shard_rows: int,
             progress: bool = False) -> Resharded:
     """Write every split of ``index`` under ``out`` (an empty or new folder, local or an

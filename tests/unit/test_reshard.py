@@ -17,7 +17,7 @@ from dbparallel.config import DataConfig
 from dbparallel.data import reshard as reshard_module
 from dbparallel.data.image_folder import image_folder_index
 from dbparallel.data.parquet_index import parquet_index
-from dbparallel.data.reshard import CLASSES_KEY
+from dbparallel.data.reshard import CLASSES_KEY, class_names
 from dbparallel.data.shard_reader import iter_split
 
 
@@ -81,6 +81,10 @@ def test_an_image_folder_becomes_parquet_with_the_files_bytes(tmp_path, capsys) 
     assert [s.rows for s in parquet_index(str(out)).shards("train")] == [4, 4, 4]
     schema = pq.read_schema(out / "train-00000.parquet")
     assert json.loads(schema.metadata[CLASSES_KEY]) == ["ant", "cat"]
+    assert class_names(parquet_index(str(out))) == ["ant", "cat"]  # what predict prints
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(_table(8), plain)
+    assert class_names(parquet_index(str(plain))) == []  # Parquet that names no class
     assert main(["data", "check", str(out), "data.image_size=8", "data.channels=3",
                  "data.num_classes=2"]) == 0
     capsys.readouterr()
