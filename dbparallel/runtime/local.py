@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -27,6 +28,8 @@ from dbparallel.training.loop import BlockRun
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import open_run, pin_data
 
+log = logging.getLogger(__name__)
+
 
 def check_blocks(cfg: Config, blocks: list[int]) -> None:
     """A UserError naming the first of ``blocks`` (``--block``) the run does not have."""
@@ -48,6 +51,10 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
     start = time.perf_counter()
     blocks = list(range(cfg.model.blocks)) if only_blocks is None else sorted(set(only_blocks))
     check_blocks(cfg, blocks)
+    if cfg.train.assemble_every:
+        log.warning("train.assemble_every=%d is for Ray runs, where the blocks train at once; "
+                    "here they train one after another and are assembled once, at the end",
+                    cfg.train.assemble_every)
     device = block_device(cfg)  # before anything is written: a missing GPU is a config error
     assembly = assembly_device(cfg) if only_blocks is None else "cpu"
     torch.set_num_threads(cfg.runtime.torch_threads)

@@ -256,6 +256,8 @@ def test_a_rerun_that_trains_nothing_keeps_the_measurements(tmp_path, caplog) ->
     for key in ("data_memory_bytes", "model_flops_per_step", "achieved_tflops", "steps"):
         assert [r[key] for r in again] == [r[key] for r in first], key
     assert "block 0 is at step 6, past the 4 steps asked" in caplog.text
+    assert _train(run_dir, "train.steps=6", "train.assemble_every=2") == 0
+    assert "train.assemble_every=2 is for Ray runs" in caplog.text
 
 
 def test_data_of_the_wrong_kind_for_the_task_is_named(tmp_path, capsys, monkeypatch) -> None:
