@@ -95,15 +95,16 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def _bare_source(path: str) -> str:
     """data.source of a path given alone: text for a local text file (.txt, .jsonl, .json,
-    .ndjson, also .gz/.bz2) or a folder of them, image_folder for a local folder of images,
+    .ndjson, also compressed) or a folder of them, image_folder for a local folder of images,
     parquet for anything with a Parquet file (and for URIs)."""
     from pathlib import Path
 
     from dbparallel.data.image_folder import IMAGE_EXTENSIONS
+    from dbparallel.data.text import text_file_name
 
     folder = Path(path)
     if "://" not in path and folder.is_file():
-        return "text" if _text_name(folder.name) else "parquet"
+        return "text" if text_file_name(folder.name) else "parquet"
     if "://" in path or not folder.is_dir():
         return "parquet"
     seen = [p for _, p in zip(range(10_000), folder.rglob("*"), strict=False)]
@@ -112,13 +113,7 @@ def _bare_source(path: str) -> str:
         return "parquet"
     if suffixes & set(IMAGE_EXTENSIONS):
         return "image_folder"
-    return "text" if any(_text_name(p.name) for p in seen) else "parquet"
-
-
-def _text_name(name: str) -> bool:
-    """A file name of text (corpus.txt, works.jsonl.gz)."""
-    stem = name.lower().removesuffix(".gz").removesuffix(".bz2")
-    return stem.endswith((".txt", ".jsonl", ".ndjson", ".json"))
+    return "text" if any(text_file_name(p.name) for p in seen) else "parquet"
 
 
 def _reshard(cfg: Config, out: str) -> int:

@@ -166,6 +166,11 @@ def _uncompressed(path: str) -> tuple[str, str | None]:
     return path, None
 
 
+def text_file_name(name: str) -> bool:
+    """Whether a file's name says it holds text: ``.txt`` or JSONL, compressed or not."""
+    return _uncompressed(name)[0].lower().endswith((".txt", *JSONL_SUFFIXES))
+
+
 def _stem(path: str) -> str:
     return PurePosixPath(_uncompressed(path)[0]).stem
 

@@ -25,7 +25,12 @@ def cluster_now() -> Cluster:
 
 
 class PlacementTimeout(UserError):
-    """The cluster did not make room for the run within runtime.placement_timeout_s."""
+    """The cluster did not make room for the run within runtime.placement_timeout_s;
+    ``room``: the blocks it has room for by then."""
+
+    def __init__(self, message: str, room: int):
+        super().__init__(message)
+        self.room = room
 
 
 def start_slots(cfg: Config, cluster: Cluster) -> int:
@@ -44,8 +49,8 @@ def reserve_start(cfg: Config, slots: int, data_bytes: int = 0) -> tuple[Any, in
     runtime.max_concurrent_blocks was set by hand."""
     try:
         return (*reserve_blocks(cfg, slots, data_bytes), slots)
-    except PlacementTimeout:
-        now = room(cfg, cluster_now())
+    except PlacementTimeout as err:
+        now = err.room
         if cfg.runtime.max_concurrent_blocks or not 1 <= now < slots:
             raise
     print(f"runtime: after runtime.placement_timeout_s={cfg.runtime.placement_timeout_s:g} s "
@@ -69,18 +74,19 @@ def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
         ray.get(pg.ready(), timeout=r.placement_timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
-        have = ray.cluster_resources()
+        have = cluster_now()
         extra = (f" + the assembly actor's {assembly_bundle(cfg)} (runtime.assembly_cpus/"
                  f"assembly_gpus)" if assembly_bundle(cfg) else "")
         each = f"{replicas} replicas (runtime.replicas_per_block) x " if replicas > 1 else ""
-        fits = room(cfg, cluster_now())
+        fits = room(cfg, have)
         hint = ("not even one block fits it now: lower them, or add nodes" if not fits else
                 f"it has room for {fits} at once now: runtime.max_concurrent_blocks={fits}, "
                 f"or a longer runtime.placement_timeout_s")
         raise PlacementTimeout(
             f"runtime.cpus_per_block/gpus_per_block: {slots} blocks x {each}{bundle}{extra} "
-            f"do not fit the cluster ({have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs) "
-            f"within runtime.placement_timeout_s={r.placement_timeout_s:g}; {hint}") from None
+            f"do not fit the cluster ({have.cpus:g} CPUs, {have.gpus:g} GPUs) "
+            f"within runtime.placement_timeout_s={r.placement_timeout_s:g}; {hint}",
+            fits) from None
     return pg
 
 

@@ -22,9 +22,6 @@ from dbparallel.training.stream import BlockStream
 
 log = logging.getLogger(__name__)
 OnStep = Callable[[StepStats], None]
-# what a process measures while it trains a block: a later process that trains none of the
-# block's steps (a rerun of a finished run) reports the last ones measured
-MEASURED = ("data_memory_bytes", "model_flops_per_step", "achieved_tflops", "mfu")
 
 
 class BlockRun:
@@ -101,12 +98,13 @@ class BlockRun:
         return self.stream.batch(step)
 
     def close(self) -> None:
-        """Stop reading ahead, keep what this process measured (``MEASURED``) in the block's
-        directory if it trained, and release the block's lease (the run can be resumed from
-        its checkpoints)."""
+        """Stop reading ahead, keep what this process measured (``_measured``) in the block's
+        directory if it trained and stopped short (a finished block kept it at its last
+        step), and release the block's lease (the run can be resumed from its checkpoints)."""
         self.stream.close()
         try:
-            self._keep_measured()
+            if not self.done:
+                self._keep_measured()
         finally:
             self.close_lease()
 
@@ -129,6 +127,8 @@ class BlockRun:
         return f"{self.checkpoints.dir}/measured.json"
 
     def _measured(self) -> dict:
+        """What this process measures while it trains the block; a later process that trains
+        none of its steps (a rerun of a finished run) reports the last ones kept."""
         t = self.trainer
         return {"data_memory_bytes": self.stream.peak_bytes,
                 "model_flops_per_step": t.model_flops_per_step,
@@ -216,5 +216,4 @@ class BlockRun:
         storage = self.checkpoints.storage
         if self.trained or not storage.exists(self._measured_path):
             return {}
-        stored = storage.read_json(self._measured_path)
-        return {k: stored[k] for k in MEASURED if k in stored}
+        return storage.read_json(self._measured_path)
