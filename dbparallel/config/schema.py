@@ -23,6 +23,8 @@ AR_READOUTS = ("paper", "direct")
 LABEL_EMBEDDINGS = ("frozen", "learned")
 PARTITIONS = ("equiprobable", "log_uniform")
 LABEL_STARTS = ("noise", "zero")
+LR_SCHEDULES = ("constant", "cosine")
+AUGMENTS = ("none", "flip", "crop", "flip_crop")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -160,9 +162,21 @@ class TrainConfig:
     # that limits the network, the same total); [] = train.steps for every block
     block_steps: list[int] = field(default_factory=list)
     batch_size: int = 64  # samples per step, per block
-    lr: float = 1e-3  # AdamW learning rate
+    # pieces each step's batch (each replica's share) is cut into, run forward and backward
+    # one at a time with their gradients summed: the same step, with the activation memory
+    # of one piece (the same noise draws; results equal up to the order of float sums)
+    micro_batches: int = 1
+    lr: float = 1e-3  # AdamW learning rate (the peak, after warm-up)
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_steps: int = 100  # linear learning-rate warm-up, steps
+    # after warm-up: constant (train.lr) | cosine (from train.lr down to train.min_lr at the
+    # block's last step, train.steps or its train.block_steps count)
+    lr_schedule: str = "constant"
+    min_lr: float = 0.0  # the learning rate a cosine schedule ends at
+    # image tasks: random horizontal flips and/or random crops of the training images (crop:
+    # pad by image_size/8 with edge pixels, cut back at a random offset); none for digits
+    # and other images that a mirror changes
+    augment: str = "none"
     ema_decay: float = 0.999  # EMA of weights used for assembly; 0 = off
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     label_dropout: float = 0.1  # probability a label is replaced by the null class (CFG)
@@ -191,6 +205,12 @@ class TrainConfig:
             _check(value >= 1, f"train.{key}", f"must be >= 1, got {value}")
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(self.micro_batches >= 1, "train.micro_batches",
+               f"must be >= 1, got {self.micro_batches}")
+        _choice(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
+        _check(0 <= self.min_lr <= self.lr, "train.min_lr",
+               f"must be in [0, train.lr={self.lr}], got {self.min_lr}")
+        _choice(self.augment, "train.augment", AUGMENTS)
         _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
         _check(0 <= self.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
@@ -362,10 +382,17 @@ class Config:
         if self.noise.partition != "equiprobable":
             _check(self.task != "mdm", "noise.partition",
                    "task=mdm splits masking time uniformly; only equiprobable applies")
+        if self.train.augment != "none":
+            _check(self.task not in TEXT_TASKS, "train.augment",
+                   f"flips and crops are for images; task={self.task} reads text")
         R = self.runtime.replicas_per_block
         _check(R <= self.train.batch_size, "runtime.replicas_per_block",
                f"must be <= train.batch_size={self.train.batch_size} (each replica takes a "
                f"share of the block's batch), got {R}")
+        _check(R * self.train.micro_batches <= self.train.batch_size, "train.micro_batches",
+               f"runtime.replicas_per_block={R} x train.micro_batches="
+               f"{self.train.micro_batches} must be <= train.batch_size="
+               f"{self.train.batch_size} (every piece needs a row)")
         if R > 1:
             _check(not self.runtime.local, "runtime.replicas_per_block",
                    "needs Ray (runtime.local=false): replicas are Ray Train workers")
