@@ -12,6 +12,9 @@ last step, at sigma_min, are the prediction.
 
 With ``train.objective=end_to_end`` the same ViT has a CLS token instead of the noisy label and
 trains with plain cross-entropy: the baseline.
+
+With ``train.augment`` the training loss conditions on flipped and/or cropped images
+(tasks/augment.py); prediction is untouched.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dbparallel.core.share import Share
 from dbparallel.models.layers import frozen_unit_embedding
 from dbparallel.models.presets import resolve
 from dbparallel.models.vit import ViTBlock
+from dbparallel.tasks.augment import augment
 from dbparallel.tasks.base import Batch, gaussian_noise
 from dbparallel.tasks.image_data import ImageData
 
@@ -44,6 +48,7 @@ class Classification(ImageData):
         self.dims = resolve(cfg.model)
         self.E = frozen_unit_embedding(cfg.run.seed, cfg.data.num_classes, self.dims.hidden)
         self.learned = cfg.model.label_embedding == "learned" and not self.end_to_end
+        self.augment = cfg.train.augment  # the training loss's flips and crops
 
     def build_block(self, block: int) -> ViTBlock:
         d = self.cfg.data
@@ -69,8 +74,8 @@ class Classification(ImageData):
         images, labels = batch["image"], batch["label"]
         n, device = len(labels), labels.device
         share = share or Share.whole(n)
-        if self.end_to_end:
-            F_x, c = net(images)  # (N, D), (N, D)
+        if self.end_to_end:  # no noise: the augmentation's are the only draws
+            F_x, c = net(augment(images, self.augment, generator, share))  # (N, D), (N, D)
             return weighted_cross_entropy(net.classify(F_x, c), labels,
                                           torch.ones(n, device=device))  # (N,)
         lo, hi = self.partition.ranges[block]
@@ -79,6 +84,8 @@ class Classification(ImageData):
         y = self.table(net, device)[labels]  # (N, D)
         eps = share.cut(torch.randn(share.total, y.shape[1],
                                     generator=generator)).to(device)  # (N, D)
+        # drawn after the noise, so that augment=none draws what it always drew
+        images = augment(images, self.augment, generator, share)  # (N, C, H, W)
         _, logits = self.denoise(net, images, y + sigma[:, None] * eps, sigma)
         return weighted_cross_entropy(logits, labels, edm_weight(sigma, self.sigma_data))
 

@@ -1,7 +1,9 @@
 """Class-conditional image generation with DiT blocks (docs/method.md, Losses: dit).
 
 Target y = image in [-1, 1]; condition x = class label, replaced by the null label with
-probability ``train.label_dropout`` so that sampling can use classifier-free guidance.
+probability ``train.label_dropout`` so that sampling can use classifier-free guidance. With
+``train.augment`` the training loss denoises flipped and/or cropped images (tasks/augment.py);
+sampling is untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dbparallel.core.sampler import (
 from dbparallel.core.share import Share
 from dbparallel.models.dit import DiTBlock
 from dbparallel.models.presets import resolve
+from dbparallel.tasks.augment import augment
 from dbparallel.tasks.base import Batch, gaussian_noise
 from dbparallel.tasks.image_data import ImageData
 
@@ -37,6 +40,7 @@ class ImageGeneration(ImageData):
         self.noise, self.partition = gaussian_noise(cfg)
         self.sigma_data = n.sigma_data
         self.null_label = cfg.data.num_classes
+        self.augment = cfg.train.augment  # the training loss's flips and crops
 
     def build_block(self, block: int) -> DiTBlock:
         d = self.cfg.data
@@ -66,6 +70,8 @@ class ImageGeneration(ImageData):
         dropped = share.cut(torch.rand(share.total, generator=generator)).to(device) \
             < self.cfg.train.label_dropout
         labels = torch.where(dropped, torch.full_like(labels, self.null_label), labels)
+        # drawn last, so that augment=none draws what it always drew
+        y = augment(y, self.augment, generator, share)  # (N, C, H, W)
         D = self.denoise(net, y + sigma.view(-1, 1, 1, 1) * eps, sigma, labels)
         return weighted_mse(D, y, edm_weight(sigma, self.sigma_data))  # (N,)
 

@@ -62,6 +62,7 @@ def loss_by_noise(cfg: Config, task: Task, nets: list[Block], batch: Batch) -> l
     fine = bins(cfg, task)
     binned = _copy(task)
     binned.partition = fine  # the task's loss draws its noise from ranges[k]: bin k
+    binned.augment = "none"  # type: ignore[attr-defined]  # image tasks: held-out rows as they are
     out = []
     rows = len(next(iter(batch.values())))
     for k in range(fine.blocks):

@@ -1,0 +1,57 @@
+"""Random flips and crops of the training images (``train.augment``).
+
+Only the training loss augments; evaluation, prediction and sampling see the images as they
+are. Like the loss's noise, every draw is made for the step's global batch (``share.total``
+rows) from the step's generator and cut to this process's rows, so replicas and micro-batches
+together augment exactly as one process does for the whole batch, and a resumed block sees the
+same images. The draws are made on the CPU (as eps is) and moved to the images' device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dbparallel.core.share import Share
+
+KINDS = ("none", "flip", "crop", "flip_crop")
+
+
+def crop_padding(image_size: int) -> int:
+    """Pixels of edge padding on each side before a random crop: image_size / 8, at least 1."""
+    return max(1, image_size // 8)
+
+
+def augment(images: torch.Tensor, kind: str, generator: torch.Generator,
+            share: Share) -> torch.Tensor:
+    """``images`` (N, C, H, W), ``share``'s rows of the global batch, flipped and/or cropped
+    as ``kind`` says. ``none`` draws nothing and returns ``images`` itself. Draws, in order:
+    one flip flag per row (``flip``), then one (row, column) offset per row (``crop``)."""
+    assert kind in KINDS, kind
+    assert len(images) == share.rows, (len(images), share)
+    if kind in ("flip", "flip_crop"):
+        flip = share.cut(torch.rand(share.total, generator=generator) < 0.5)  # (N,)
+        images = flip_rows(images, flip.to(images.device))
+    if kind in ("crop", "flip_crop"):
+        pad = crop_padding(images.shape[-1])
+        offsets = share.cut(torch.randint(0, 2 * pad + 1, (share.total, 2),
+                                          generator=generator))  # (N, 2)
+        images = crop_rows(images, offsets.to(images.device), pad)
+    return images
+
+
+def flip_rows(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """``images`` (N, C, H, W) mirrored left to right where ``flip`` (N,) is true."""
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def crop_rows(images: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+    """Each image (N, C, H, W) padded by ``pad`` edge pixels on each side, then cut back to
+    H x W with its top-left corner at ``offsets`` (N, 2) = (row, column) in [0, 2 pad] of
+    the padded image; an offset of (pad, pad) gives the image back."""
+    n, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")  # (N, C, H+2p, W+2p)
+    rows = offsets[:, :1] + torch.arange(h, device=images.device)  # (N, H)
+    cols = offsets[:, 1:] + torch.arange(w, device=images.device)  # (N, W)
+    strip = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * pad))  # (N, C, H, W+2p)
+    return strip.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))  # (N, C, H, W)
