@@ -17,6 +17,7 @@ import torch
 
 from dbparallel.config import Config, config_hash, to_dict
 from dbparallel.core.memory import SavedTensorMeter, StepMemory, measure_step
+from dbparallel.core.share import Share
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
 from dbparallel.tasks.base import Batch
@@ -89,49 +90,87 @@ class BlockTrainer:
             # own graph (its noise range is a constant of it): local mode compiles B of them.
             from torch._dynamo import config as dynamo
 
-            dynamo.recompile_limit = max(dynamo.recompile_limit, cfg.model.blocks + 4)
+            dynamo.recompile_limit = max(dynamo.recompile_limit,
+                                         cfg.model.blocks + t.micro_batches + 4)
             self._forward_loss = torch.compile(self._loss, mode=COMPILE_MODE)
         self._fast_steps = 0  # steps through self._forward_loss
 
     # ------------------------------------------------------------------ training
     def lr_at(self, step: int) -> float:
-        warmup = self.cfg.train.warmup_steps
-        return self.cfg.train.lr * min(1.0, (step + 1) / warmup) if warmup else self.cfg.train.lr
+        """The learning rate of ``step``: linear warm-up to train.lr, then constant or a
+        cosine down to train.min_lr at the block's last step."""
+        t = self.cfg.train
+        if t.warmup_steps and step < t.warmup_steps:
+            return t.lr * (step + 1) / t.warmup_steps
+        if t.lr_schedule == "constant":
+            return t.lr
+        span = t.steps_of(self.block) - 1 - t.warmup_steps
+        done = min(1.0, (step - t.warmup_steps) / span) if span > 0 else 1.0
+        return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1 + math.cos(math.pi * done))
 
-    def _loss(self, batch: Batch, g: torch.Generator) -> torch.Tensor:
+    def _loss(self, batch: Batch, g: torch.Generator, share: Share | None) -> torch.Tensor:
         """The mean weighted loss of ``batch`` (what train.compile compiles, with backward);
-        a replica's share sums to its part of the global batch's mean."""
+        a share's loss sums to its part of the global batch's mean."""
         with autocast(self.cfg.train.precision, self.device):
-            per_sample = self.task.loss(self.model, batch, self.block, g, self.share).float()
-        return per_sample.sum() / self.share.total if self.share else per_sample.mean()
+            per_sample = self.task.loss(self.model, batch, self.block, g, share).float()
+        return per_sample.sum() / share.total if share else per_sample.mean()
+
+    def _pieces(self, batch: Batch) -> list[tuple[Batch, Share | None]]:
+        """``batch`` (this process's rows) cut into train.micro_batches pieces, each with its
+        rows' place in the global batch: every piece draws the step's noise for the whole
+        batch and takes its own rows, so the pieces' gradients sum to the batch's."""
+        k = self.cfg.train.micro_batches
+        if k == 1:
+            return [(batch, self.share)]
+        rows = len(next(iter(batch.values())))
+        share = self.share or Share.whole(rows)
+        pieces: list[tuple[Batch, Share | None]] = []
+        for i in range(k):
+            part = Share.of(i, k, rows)
+            if part.rows:
+                pieces.append(({key: v[part.start:part.stop] for key, v in batch.items()},
+                               Share(share.start + part.start, share.start + part.stop,
+                                     share.total)))
+        return pieces
 
     def train_step(self, batch: Batch) -> StepStats:
         """One optimizer step on ``batch`` (tensors on this trainer's device)."""
         start = time.perf_counter()
-        g = generator(self.cfg.run.seed, "step", self.block, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.model.train()
         # The saved-tensor hooks and the FLOP counter cost time on every tensor: measure the
         # first step only (every step of a block has the same shapes), and eagerly (a
-        # compiled graph hides both its saved tensors and its operations).
-        meter = SavedTensorMeter(exclude=self.model.parameters())
-        recording = meter.record() if self.memory is None else contextlib.nullcontext()
+        # compiled graph hides both its saved tensors and its operations). A piece's saved
+        # tensors are freed by its backward: the step's peak is the largest piece's.
         count = FlopCount() if self.model_flops_per_step is None else None
         measuring = self.memory is None or count is not None
+        saved_peak = 0
+        total: torch.Tensor | None = None
+        finite = True
         with count.counting() if count else contextlib.nullcontext():
-            with recording:
-                loss = (self._loss if measuring else self._forward_loss)(batch, g)
+            for piece, share in self._pieces(batch):
+                g = generator(self.cfg.run.seed, "step", self.block, self.step)
+                meter = (SavedTensorMeter(exclude=self.model.parameters())
+                         if self.memory is None else None)
+                with meter.record() if meter else contextlib.nullcontext():
+                    loss = (self._loss if measuring else self._forward_loss)(piece, g, share)
+                if meter:  # dropped here: it holds what it counted alive
+                    saved_peak, meter = max(saved_peak, meter.peak), None
+                part = loss.detach()
+                total = part if total is None else total + part
+                if self.replicas:  # a non-finite piece is found in the group's sum below
+                    loss.backward()
+                elif bool(torch.isfinite(part).all()):
+                    loss.backward()
+                else:
+                    finite = False
+                    break
+            assert total is not None
             if self.replicas:  # the global loss comes with the gradients: one all-reduce
-                loss.backward()
-                total = self.replicas.sum_gradients(self.model.parameters(), loss)
+                total = self.replicas.sum_gradients(self.model.parameters(), total)
                 assert total is not None
                 finite = bool(torch.isfinite(total).all())
-            else:
-                total = loss.detach()
-                finite = bool(torch.isfinite(total).all())
-                if finite:
-                    loss.backward()
         n = self.share.total if self.share else len(next(iter(batch.values())))
         if not finite:
             self.nonfinite_steps += 1
@@ -147,7 +186,7 @@ class BlockTrainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
         if self.memory is None:
-            self.memory = measure_step(self.model, self.optimizer, meter.peak)
+            self.memory = measure_step(self.model, self.optimizer, saved_peak)
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
         self.step += 1

@@ -28,14 +28,16 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     real step on ``device``): 4P for parameters, gradients and Adam, and the peak bytes saved
     for backward through forward and backward, with the block's private stem and head apart.
     ``context`` wraps the step (benchmarks/memory.py checkpoints layers with it). With
-    runtime.replicas_per_block=R, one replica's step: its share of the batch (the most rows)."""
+    runtime.replicas_per_block=R, one replica's step: its share of the batch (the most rows);
+    with train.micro_batches=k, the activations of its largest piece and the FLOPs of all."""
     task = build_task(cfg)
     with torch.device(device):
         net = task.build_block(block)
     split = net.parameter_split()
     size = next(net.parameters()).element_size()
     rows = -(-cfg.train.batch_size // cfg.runtime.replicas_per_block)
-    batch = task.example_batch(rows, device)
+    piece = -(-rows // cfg.train.micro_batches)
+    batch = task.example_batch(piece, device)
     meter = LiveSavedBytes(exclude=list(net.parameters()))
     count = FlopCount()
     with ExitStack() as stack:
@@ -47,7 +49,8 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     params = ADAM_COPIES * split["total"] * size
     stem = ADAM_COPIES * split["stem_and_head"] * size
     return {"params_and_optimizer": params, "activations": meter.peak,
-            "total": params + meter.peak, "stem_and_head": stem, "flops": count.total}
+            "total": params + meter.peak, "stem_and_head": stem,
+            "flops": count.total * rows // piece}  # every op of these networks is per row
 
 
 def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
@@ -90,11 +93,14 @@ def plan_table(cfg: Config, result: dict[str, Any]) -> str:
             f"{b:>5} {f'[{lo:.4g}, {hi:.4g}]':>22} {f'[{wlo:.4g}, {whi:.4g}]':>22} "
             f"{result['mass'][b]:>6.3f} {result['params_per_block'][b]:>11,} "
             f"{result['estimated_memory_bytes'][b] / 2**20:>9.1f} MiB")
-    R, batch = cfg.runtime.replicas_per_block, cfg.train.batch_size
-    rows = (f"one replica's {-(-batch // R)} rows of train.batch_size={batch} "
+    R, batch, k = cfg.runtime.replicas_per_block, cfg.train.batch_size, cfg.train.micro_batches
+    share = -(-batch // R)
+    rows = (f"one replica's {share} rows of train.batch_size={batch} "
             f"(runtime.replicas_per_block={R})" if R > 1 else f"train.batch_size={batch}")
+    if k > 1:
+        rows += f", in pieces of {-(-share // k)} rows (train.micro_batches={k})"
     lines.append("block 0 runs first at inference (highest noise); memory is one training step "
-                 f"at {rows} (parameters, gradients, Adam, activations)")
+                 f"(parameters, gradients, Adam, activations) at {rows}")
     if "cluster" in result:
         lines += cluster_lines(cfg, result["cluster"])
     return "\n".join(lines)
@@ -121,8 +127,8 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     if r.gpus_per_block:
         memory += f" ({c['blocks_per_device']} block(s) per GPU)"
     if c["device_memory_bytes"]:
-        verdict = "fits" if c["fits"] else ("does NOT fit: more blocks, more replicas "
-                                             "or a smaller batch")
+        verdict = "fits" if c["fits"] else ("does NOT fit: more blocks, more replicas, "
+                                             "train.micro_batches or a smaller batch")
         memory += f" of {bytes_text(c['device_memory_bytes'])} ({verdict})"
     lines.append(memory)
     if not c["room"]:
@@ -265,4 +271,5 @@ def fit_blocks(build: Callable[[int], Config]) -> int:
               if smallest else "")
     raise ConfigError(f"model.blocks=auto: no B that divides model.depth={base.model.depth} "
                       f"trains within runtime.device_memory={base.runtime.device_memory}"
-                      f"{detail}; lower train.batch_size or use a smaller model")
+                      f"{detail}; raise train.micro_batches, lower train.batch_size or use a "
+                      f"smaller model")

@@ -85,13 +85,15 @@ def test_replicas_must_fit_the_batch_and_need_ray() -> None:
         load_config([TINY], ["runtime.replicas_per_block=2", "debug.kill_replica=2"])
 
 
-def _train_replica(rank: int, world: int, port: int, run_dir: str, steps: int) -> None:
+def _train_replica(rank: int, world: int, port: int, run_dir: str, steps: int,
+                   pieces: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         cfg = load_config([TINY], [f"run.dir={run_dir}", f"train.steps={steps}",
-                                   "train.batch_size=30", "train.grad_clip=0.5"])
+                                   "train.batch_size=30", "train.grad_clip=0.5",
+                                   f"train.micro_batches={pieces}"])
         storage = Storage(cfg.run_dir)
         run = BlockRun(cfg, 1, run_data(cfg, storage), storage, "cpu", session="s",
                        replicas=Replicas.from_process_group())
@@ -107,7 +109,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_replicas_reproduce_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pieces", [1, 2], ids=["whole-shares", "shares-in-2-pieces"])
+def test_two_gloo_replicas_reproduce_one_process(tmp_path: Path, pieces: int) -> None:
     steps = 8
     runs = {}
     for name in ("one", "two"):
@@ -122,7 +125,8 @@ def test_two_gloo_replicas_reproduce_one_process(tmp_path: Path) -> None:
     run = BlockRun(cfg, 1, run_data(cfg, storage), storage, "cpu")
     run.train_until(steps)
     run.close()
-    mp.start_processes(_train_replica, args=(2, _free_port(), str(tmp_path / "two"), steps),
+    mp.start_processes(_train_replica,
+                       args=(2, _free_port(), str(tmp_path / "two"), steps, pieces),
                        nprocs=2, start_method="spawn")
     one, two = (BlockCheckpoints(s, 1, 3, 3).load_latest("state") for _, s in runs.values())
     assert one["step"] == two["step"] == steps
