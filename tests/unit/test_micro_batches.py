@@ -17,6 +17,7 @@ TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
 TEXT = ["data.source=shakespeare", "model.depth=2", "model.hidden=32", "model.heads=2",
         "data.seq_len=16", "sample.prompt_len=4", "sample.gen_len=8"]
 TASKS = {"dit": ["task=dit", "train.label_dropout=0.5"], "vit": ["task=vit"],
+         "vit-flip-crop": ["task=vit", "train.augment=flip_crop"],
          "mdm": ["task=mdm", *TEXT], "ar": ["task=ar", *TEXT],
          "looped-bptt": ["task=looped", *TEXT, "train.objective=end_to_end"]}
 
