@@ -181,6 +181,11 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     label_dropout: float = 0.1  # probability a label is replaced by the null class (CFG)
     log_every: int = 25  # steps between progress/metric updates
+    # steps between each block's held-out loss: the mean weighted loss of its EMA weights on
+    # the first train.heldout_rows rows of the validation split (else test, else train), with
+    # the same noise draws every time; in metrics.jsonl, Prometheus, curves.png; 0 = off
+    heldout_every: int = 250
+    heldout_rows: int = 256  # held-out rows of that loss (the first of the split)
     checkpoint_every: int = 250  # steps between checkpoints (and always at the end)
     keep_checkpoints: int = 2  # training states kept per block (older ones deleted)
     keep_snapshots: int = 1  # EMA snapshots kept per block (`dbparallel eval --step` reads them)
@@ -205,6 +210,10 @@ class TrainConfig:
             _check(value >= 1, f"train.{key}", f"must be >= 1, got {value}")
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(self.heldout_every >= 0, "train.heldout_every",
+               f"must be >= 0 (0 = off), got {self.heldout_every}")
+        _check(self.heldout_rows >= 1, "train.heldout_rows",
+               f"must be >= 1, got {self.heldout_rows}")
         _check(self.micro_batches >= 1, "train.micro_batches",
                f"must be >= 1, got {self.micro_batches}")
         _choice(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)

@@ -100,6 +100,12 @@ class DataIndex:
         """The rows the composed network is scored on: test, else the training rows."""
         return "test" if self.num_rows("test") else "train"
 
+    @property
+    def heldout_split(self) -> str:
+        """The rows each block's held-out loss is measured on while it trains: validation,
+        else test, else (a check, not held out) the training rows."""
+        return next((s for s in ("validation", "test") if self.num_rows(s)), "train")
+
     def eval_rows(self, asked: int = 0) -> int:
         """How many of ``eval_split``'s rows are scored: ``asked`` (sample.eval_rows) if given,
         else every test row, or at most TRAIN_EVAL_ROWS training rows when there is no test

@@ -25,6 +25,9 @@ class MetricSpec:
 
 BLOCK_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("dbparallel_block_loss", "gauge", "Mean weighted training loss of the last step"),
+    MetricSpec("dbparallel_block_heldout_loss", "gauge",
+               "Mean weighted loss of the block's EMA weights on held-out rows, fixed noise "
+               "(every train.heldout_every steps)"),
     MetricSpec("dbparallel_block_steps", "counter", "Optimizer steps taken by the block"),
     MetricSpec("dbparallel_block_samples_per_second", "gauge", "Training samples per second"),
     MetricSpec("dbparallel_block_step_time_seconds", "gauge", "Wall time of the last step"),
@@ -193,6 +196,8 @@ class BlockRecorder:
             s.set(SPEC["dbparallel_block_loss"], stats.loss, self.tags)
         else:
             s.inc(SPEC["dbparallel_block_nonfinite_steps"], 1, self.tags)
+        if trainer.heldout_loss is not None:
+            s.set(SPEC["dbparallel_block_heldout_loss"], trainer.heldout_loss, self.tags)
         if not self._memory_sent and trainer.memory is not None:
             s.set(SPEC["dbparallel_block_memory_bytes"], trainer.memory.total, self.tags)
             self._memory_sent = True

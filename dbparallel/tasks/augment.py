@@ -9,12 +9,25 @@ same images. The draws are made on the CPU (as eps is) and moved to the images' 
 
 from __future__ import annotations
 
+import copy
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
 
 from dbparallel.core.share import Share
 
 KINDS = ("none", "flip", "crop", "flip_crop")
+T = TypeVar("T")
+
+
+def unaugmented(task: T) -> T:
+    """A shallow copy of ``task`` whose loss sees the images as they are (the held-out scores);
+    a task without augmentation (text) is copied as it is."""
+    clone = copy.copy(task)
+    if hasattr(clone, "augment"):
+        clone.augment = "none"  # type: ignore[attr-defined]
+    return clone
 
 
 def crop_padding(image_size: int) -> int:

@@ -20,6 +20,7 @@ from dbparallel.core.memory import SavedTensorMeter, StepMemory, measure_step
 from dbparallel.core.share import Share
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
+from dbparallel.tasks.augment import unaugmented
 from dbparallel.tasks.base import Batch
 from dbparallel.training.flops import FlopCount, achieved_tflops
 from dbparallel.training.peaks import device_peak_tflops, mfu
@@ -79,6 +80,8 @@ class BlockTrainer:
         self.step = 0
         self.nonfinite_steps = 0
         self.recent_losses: list[float] = []  # finite losses of the last log_every steps
+        self.heldout_loss: float | None = None  # the latest ``heldout``, at heldout_step
+        self.heldout_step = -1
         self.memory: StepMemory | None = None
         self.model_flops_per_step: int | None = None  # counted on this trainer's first step
         self.peak_tflops = device_peak_tflops(self.device, t.precision)
@@ -199,6 +202,27 @@ class BlockTrainer:
                 self.timed_steps += 1
                 self.timed_s += seconds
         return StepStats(self.step, value, True, seconds, n)
+
+    @torch.no_grad()
+    def heldout(self, batch: Batch) -> float:
+        """The mean weighted loss of the EMA weights on held-out ``batch`` (train.heldout_every)
+        with the same noise draws every time and no augmentation, in pieces of at most a
+        training piece's rows (the draws are made for the whole batch and cut, as in a step);
+        kept as ``heldout_loss`` of the current step."""
+        task = unaugmented(self.task)
+        rows = len(next(iter(batch.values())))
+        step_rows = self.share.rows if self.share else self.cfg.train.batch_size
+        size = -(-step_rows // self.cfg.train.micro_batches)
+        total = 0.0
+        self.ema.eval()
+        for start in range(0, rows, size):
+            share = Share(start, min(rows, start + size), rows)
+            piece = {k: v[share.start:share.stop] for k, v in batch.items()}
+            g = generator(self.cfg.run.seed, "heldout", self.block)
+            with autocast(self.cfg.train.precision, self.device):
+                total += float(task.loss(self.ema, piece, self.block, g, share).float().sum())
+        self.heldout_loss, self.heldout_step = total / rows, self.step
+        return self.heldout_loss
 
     @torch.no_grad()
     def noise_stats(self, steps: range) -> dict[str, float] | None:

@@ -1,7 +1,7 @@
-"""curves.png of a run: each block's training loss over its steps, where assemblies ran the
-composed network's metrics over training (from the files of training/history.py) and, after
-the final assembly, its loss per noise level by block (diagnostics.json), against an
-end-to-end run's when one is given."""
+"""curves.png of a run: each block's training and held-out loss over its steps, where
+assemblies ran the composed network's metrics over training (from the files of
+training/history.py) and, after the final assembly, its loss per noise level by block
+(diagnostics.json), against an end-to-end run's when one is given."""
 
 from __future__ import annotations
 
@@ -56,13 +56,20 @@ def plot_curves(storage: Storage, against: Storage | None = None) -> bytes:
         if _finite(lo) and _finite(hi):
             label += f"  (sigma {lo:.3g} to {hi:.3g})"
         steps, values = zip(*points, strict=True)
-        ax.plot(steps, values, label=label, marker="." if len(points) <= 30 else None)
+        line, = ax.plot(steps, values, label=label, marker="." if len(points) <= 30 else None)
+        held = [(r["step"], r["heldout_loss"]) for r in records
+                if _finite(r.get("heldout_loss"))]
+        if held:  # the same colour, dashed: held-out rows, the EMA weights
+            losses += [loss for _, loss in held]
+            steps, values = zip(*held, strict=True)
+            ax.plot(steps, values, "--", marker="x", color=line.get_color(),
+                    label=f"block {block} held-out")
     # Blocks of high noise have losses an order of magnitude apart from those of low noise.
     if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
         ax.set_yscale("log")
     ax.set_xlabel("step (of each block)")
-    ax.set_ylabel("training loss (mean of train.log_every steps)")
-    ax.set_title("training loss per block")
+    ax.set_ylabel("loss (training: mean of train.log_every steps)")
+    ax.set_title("training loss per block (dashed: held-out, EMA weights)")
     ax.grid(alpha=0.3)
     if losses:
         ax.legend(fontsize="small")

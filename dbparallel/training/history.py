@@ -7,7 +7,8 @@ steps, and a line per assembly.
   stepping since the previous line; checkpoint writes and idle time left out),
   ``nonfinite_steps`` (so far), ``sigma_lo``, ``sigma_hi`` (the block's noise range, with
   overlap), ``noise_min``, ``noise_median``, ``noise_max`` (of the noise levels drawn since
-  the previous line: sigma, for MDM the masking time t; absent where the loss draws none) and
+  the previous line: sigma, for MDM the masking time t; absent where the loss draws none),
+  ``heldout_loss`` (on the lines of the steps ``train.heldout_every`` names and the last) and
   ``time`` (Unix seconds).
 - ``assembly.jsonl``, written by the driver alone: ``step`` (the lowest step among the block
   snapshots composed), the assembly's metrics, ``wall_s`` (seconds since the driver started).
@@ -93,6 +94,9 @@ class BlockHistory:
             "sigma_hi": trainer.sigma_range[1],
             # the noise levels drawn since the previous line (sigma; MDM: masking time t)
             **(trainer.noise_stats(range(max(0, self._last_step), trainer.step)) or {}),
+            # the EMA weights' loss on held-out rows, at the steps train.heldout_every names
+            **({"heldout_loss": trainer.heldout_loss}
+               if trainer.heldout_step == trainer.step else {}),
             "time": round(time.time(), 3),
         }
         self._last_step = trainer.step

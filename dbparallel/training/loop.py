@@ -14,6 +14,7 @@ from dbparallel.tasks.base import Batch
 from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
+from dbparallel.training.eval.diagnostics import held_out_batch
 from dbparallel.training.history import BlockHistory
 from dbparallel.training.lease import BlockLease, LeaseLost
 from dbparallel.training.replicas import Replicas
@@ -48,6 +49,7 @@ class BlockRun:
                                    cfg.data.window_shards)
             self.stream = BlockStream(index, "train", self.order, task, self.trainer.device,
                                       prefetch, self.trainer.share)
+            self.index, self._heldout = index, None  # held-out rows, read at first use
             self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
                                                 cfg.train.keep_snapshots)
             self.resumed_from = self._resume()
@@ -132,7 +134,8 @@ class BlockRun:
         t = self.trainer
         return {"data_memory_bytes": self.stream.peak_bytes,
                 "model_flops_per_step": t.model_flops_per_step,
-                "achieved_tflops": t.achieved_tflops, "mfu": t.mfu}
+                "achieved_tflops": t.achieved_tflops, "mfu": t.mfu,
+                "heldout_loss": t.heldout_loss}
 
     def close_lease(self) -> None:
         if self.writer:
@@ -157,10 +160,13 @@ class BlockRun:
             stats = self.trainer.train_step(self.batch(self.trainer.step))
             assert self.history is not None
             self.history.observe(stats, time.perf_counter() - start)
+            last = stats.step == steps
+            heldout = bool(t.heldout_every) and (stats.step % t.heldout_every == 0 or last)
+            if heldout:  # before on_step, whose metrics export it
+                self.trainer.heldout(self._heldout_batch())
             if on_step is not None:
                 on_step(stats)
-            last = stats.step == steps
-            if stats.step % t.log_every == 0 or last:
+            if stats.step % t.log_every == 0 or last or heldout:
                 self.lease.check()  # a fenced-off writer stops before writing a line
                 self._renewed = time.monotonic()
                 self.history.write(self.trainer)
@@ -168,6 +174,19 @@ class BlockRun:
                 self.save()
             if last:  # a Ray block actor is killed once done: keep its measurements now
                 self._keep_measured()
+
+    def _heldout_batch(self) -> Batch:
+        """The rows of the block's held-out loss (train.heldout_rows of DataIndex.heldout_split),
+        read once."""
+        if self._heldout is None:
+            split, rows = self.index.heldout_split, self.cfg.train.heldout_rows
+            self._heldout = held_out_batch(self.trainer.task, self.index, self.trainer.device,
+                                           rows, split)
+            log.info("block %d: held-out loss on %d rows of the %s split%s",
+                     self.trainer.block, len(next(iter(self._heldout.values()))), split,
+                     " (no validation or test rows: a check, not held out)"
+                     if split == "train" else "")
+        return self._heldout
 
     def save(self) -> None:
         """Write the training state and the snapshot of the current step."""
@@ -205,8 +224,9 @@ class BlockRun:
             # held, seen at each batch (a window being read ahead counts once it is read);
             # model_flops_per_step: forward + backward matmul FLOPs of one step
             # (training/flops.py); achieved_tflops: the rate over this process's steady steps;
-            # mfu: against the device's peak (None: CPU, unknown). A process that trained no
-            # step reports those of the last process that did.
+            # mfu: against the device's peak (None: CPU, unknown); heldout_loss: the latest
+            # held-out loss (train.heldout_every). A process that trained no step reports
+            # those of the last process that did.
             **self._measured(),
             **self._measured_before(),
         }

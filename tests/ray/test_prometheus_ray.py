@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN = "prom"
 PER_BLOCK = ("block_loss", "block_steps_total", "block_samples_per_second",
              "block_step_time_seconds", "block_memory_bytes", "block_sigma_low",
-             "block_sigma_high")
+             "block_sigma_high", "block_heldout_loss")
 DIT_ASSEMBLY = ("assembly_sample_accuracy", "assembly_fd_indomain")
 
 
@@ -110,7 +110,7 @@ def test_every_dashboard_query_answers_from_a_live_scrape(prometheus, tmp_path) 
 
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(report=_train(
-        tmp_path / "run", "train.steps=60", f"run.name={RUN}")))
+        tmp_path / "run", "train.steps=60", "train.heldout_every=20", f"run.name={RUN}")))
     thread.start()
     answered: dict[str, dict[str, float]] = {}
     peak_rate: dict[str, float] = {}  # highest step rate Prometheus computed per block

@@ -61,6 +61,7 @@ def test_report_and_files(ray_run) -> None:
         row = report["per_block"][b]
         assert measured["data_memory_bytes"] == row["data_memory_bytes"] > 0
         assert measured["model_flops_per_step"] == row["model_flops_per_step"] > 0
+        assert measured["heldout_loss"] == row["heldout_loss"] > 0
 
 
 def test_history_and_curves_of_a_ray_run(ray_run) -> None:
@@ -71,6 +72,7 @@ def test_history_and_curves_of_a_ray_run(ray_run) -> None:
                  (run_dir / f"blocks/block_{b}/metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in lines] == [4, 8, 12]
         assert lines[-1]["loss"] == row["final_loss"]
+        assert lines[-1]["heldout_loss"] == row["heldout_loss"]  # the block actor's, at 12
     assemblies = [json.loads(line) for line in
                   (run_dir / "assembly.jsonl").read_text().splitlines()]
     assert assemblies[-1]["step"] == 12

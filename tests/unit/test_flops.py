@@ -119,6 +119,7 @@ def test_recorder_exports_flops_rate_and_mfu() -> None:
 
     class Trainer:
         memory = None
+        heldout_loss = None
         model_flops_per_step = 4 * 10**12
         peak_tflops = 10.0
 

@@ -29,6 +29,7 @@ from dbparallel.training.history import (
 from dbparallel.training.lease import LeaseLost
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.run_dir import open_run
+from dbparallel.training.seeding import generator
 from dbparallel.training.storage import Storage
 
 TINY = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
@@ -222,3 +223,76 @@ def test_the_noise_statistics_are_the_levels_the_loss_drew(tmp_path) -> None:
     assert trainer.noise_stats(range(0, 2)) == {
         "noise_min": float(seen.min()), "noise_median": float(seen.median()),
         "noise_max": float(seen.max())}
+
+
+def _held(record: dict) -> tuple:
+    return record["step"], record.get("heldout_loss")
+
+
+def test_heldout_loss_is_on_its_lines_and_a_resumed_block_writes_the_same(tmp_path) -> None:
+    index = open_data(DataConfig())
+    over = ("train.heldout_every=3", "train.heldout_rows=100")
+    straight = BlockRun(_cfg(tmp_path / "straight", *over), 1, index,
+                        Storage(str(tmp_path / "straight")))
+    straight.train_until(12)
+    lines = _lines(Storage(str(tmp_path / "straight")), 1)
+    # every log_every (4), every heldout_every (3) and the last step; held-out on the latter
+    assert [_held(r)[0] for r in lines] == [3, 4, 6, 8, 9, 12]
+    assert [r["step"] for r in lines if "heldout_loss" in r] == [3, 6, 9, 12]
+    assert all(r["heldout_loss"] > 0 for r in lines if "heldout_loss" in r)
+    assert straight.summary()["heldout_loss"] == lines[-1]["heldout_loss"]
+    # it is the EMA weights' loss on those rows with fixed noise: once more, whole, the same
+    t = straight.trainer
+    batch = straight._heldout_batch()
+    assert len(batch["label"]) == 100
+    whole = t.task.loss(t.ema, batch, 1, generator(0, "heldout", 1)).mean()
+    assert float(whole) == pytest.approx(lines[-1]["heldout_loss"], rel=1e-5)
+    # and not the training weights' loss
+    with torch.no_grad():
+        trained = float(t.task.loss(t.model, batch, 1, generator(0, "heldout", 1)).mean())
+    assert trained != pytest.approx(lines[-1]["heldout_loss"], rel=1e-5)
+    # a block killed after step 8 resumes from its checkpoint at 6 and writes the same values
+    storage = Storage(str(tmp_path / "resumed"))
+    BlockRun(_cfg(tmp_path / "resumed", *over), 1, index, storage, session="s").train_until(8)
+    second = BlockRun(_cfg(tmp_path / "resumed", *over), 1, index, storage, session="s")
+    assert second.resumed_from == 6
+    second.train_until(12)
+    second.close()
+    assert [_held(r) for r in _lines(storage, 1)] == [_held(r) for r in lines]
+
+
+def test_heldout_loss_off_and_its_split(tmp_path) -> None:
+    from dbparallel.data.shards import DataIndex, Shard
+
+    cfg = _cfg(tmp_path / "run", "train.heldout_every=0", "train.steps=4")
+    run = BlockRun(cfg, 0, open_data(DataConfig()), Storage(cfg.run_dir))
+    run.train_until(4)
+    assert all("heldout_loss" not in r for r in _lines(Storage(cfg.run_dir), 0))
+    assert run.summary()["heldout_loss"] is None and run._heldout is None  # nothing read
+
+    def index(*splits: str) -> DataIndex:
+        return DataIndex("images", "x", {s: (Shard("parquet", f"{s}.parquet", 10),)
+                                         for s in splits})
+
+    assert index("train", "validation", "test").heldout_split == "validation"
+    assert index("train", "test").heldout_split == "test"
+    assert index("train").heldout_split == "train"
+
+
+def test_heldout_loss_never_augments(tmp_path) -> None:
+    index = open_data(DataConfig())
+    runs = {}
+    for kind in ("none", "flip_crop"):
+        cfg = _cfg(tmp_path / kind, "train.steps=4", "train.heldout_rows=64",
+                   f"train.augment={kind}")
+        runs[kind] = BlockRun(cfg, 0, index, Storage(cfg.run_dir))
+    # the same weights (the same seed, untrained)
+    values = [r.trainer.heldout(r._heldout_batch()) for r in runs.values()]
+    assert values[0] == values[1]
+    # while the training loss of the same weights and draws does see the flips and crops
+    t = runs["flip_crop"].trainer
+    batch = runs["flip_crop"]._heldout_batch()
+    with torch.no_grad():
+        trained = [float(task.loss(t.ema, batch, 0, generator(0, "heldout", 0)).mean())
+                   for task in (t.task, runs["none"].trainer.task)]
+    assert trained[0] != trained[1]

@@ -25,6 +25,7 @@ from dbparallel.training.block_trainer import StepStats
 
 class _Trainer:
     memory = None
+    heldout_loss: float | None = None  # not measured yet
     model_flops_per_step = None  # not counted yet
     peak_tflops = None  # the CPU
 
@@ -45,6 +46,11 @@ def test_recorder_counts_steps_and_nonfinite() -> None:
     assert sink.get("dbparallel_block_nonfinite_steps", run="r", block="1") == 1
     assert sink.get("dbparallel_block_samples_per_second", run="r", block="1") == 128
     assert sink.get("dbparallel_block_sigma_high", run="r", block="1") == 0.5
+    assert sink.get("dbparallel_block_heldout_loss", run="r", block="1") is None
+    measured = _Trainer()
+    measured.heldout_loss = 0.8
+    rec.record(StepStats(3, 0.7, True, 0.25, 32), measured)
+    assert sink.get("dbparallel_block_heldout_loss", run="r", block="1") == 0.8
 
 
 def test_a_resumed_block_starts_its_counters_at_the_run_totals() -> None:

@@ -251,9 +251,11 @@ def test_a_rerun_that_trains_nothing_keeps_the_measurements(tmp_path, caplog) ->
     assert _train(run_dir, "train.steps=6") == 0
     first = _report(run_dir)["per_block"]
     assert all(r["data_memory_bytes"] > 0 and r["model_flops_per_step"] for r in first)
+    assert all(r["heldout_loss"] > 0 for r in first)  # at the last step
     assert _train(run_dir, "train.steps=4") == 0  # every block is at step 6 already
     again = _report(run_dir)["per_block"]
-    for key in ("data_memory_bytes", "model_flops_per_step", "achieved_tflops", "steps"):
+    for key in ("data_memory_bytes", "model_flops_per_step", "achieved_tflops", "steps",
+                "heldout_loss"):
         assert [r[key] for r in again] == [r[key] for r in first], key
     assert "block 0 is at step 6, past the 4 steps asked" in caplog.text
     assert _train(run_dir, "train.steps=6", "train.assemble_every=2") == 0

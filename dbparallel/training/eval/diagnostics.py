@@ -31,6 +31,7 @@ from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RowError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task
+from dbparallel.tasks.augment import unaugmented
 from dbparallel.tasks.base import Batch
 from dbparallel.training.seeding import generator
 
@@ -60,9 +61,8 @@ def applies(cfg: Config) -> bool:
 def loss_by_noise(cfg: Config, task: Task, nets: list[Block], batch: Batch) -> list[dict]:
     """Per bin, highest noise first: its range, owning block and mean training loss."""
     fine = bins(cfg, task)
-    binned = _copy(task)
+    binned = unaugmented(task)  # a copy: held-out rows as they are
     binned.partition = fine  # the task's loss draws its noise from ranges[k]: bin k
-    binned.augment = "none"  # type: ignore[attr-defined]  # image tasks: held-out rows as they are
     out = []
     rows = len(next(iter(batch.values())))
     for k in range(fine.blocks):
@@ -86,13 +86,6 @@ def _weight(cfg: Config, task: Task, sigma: torch.Tensor) -> torch.Tensor:
     return edm_weight(sigma, task.sigma_data)  # type: ignore[attr-defined]
 
 
-def _copy(task: Task) -> Task:
-    """A shallow copy whose partition can be replaced (the tasks are plain objects)."""
-    clone = object.__new__(type(task))
-    clone.__dict__.update(task.__dict__)
-    return clone
-
-
 @torch.no_grad()
 def chain_accuracy(cfg: Config, task: Task, nets: list[Block], batch: Batch) -> list[dict]:
     """ViT: the accuracy of the readout (argmax of the logits) after each step of the chain,
@@ -105,9 +98,12 @@ def chain_accuracy(cfg: Config, task: Task, nets: list[Block], batch: Batch) -> 
             for i, (sigma, block, logits) in enumerate(steps)]
 
 
-def held_out_batch(task: Task, index: DataIndex, device: str) -> Batch:
-    """The first ROWS held-out rows (DataIndex.eval_split), decoded on ``device``."""
-    part = next(iter_chunks(index, index.eval_split, ROWS, task.columns, ROWS))
+def held_out_batch(task: Task, index: DataIndex, device: str | torch.device, rows: int = ROWS,
+                   split: str | None = None) -> Batch:
+    """The first ``rows`` rows of ``split`` (default: DataIndex.eval_split), decoded on
+    ``device``."""
+    split = split or index.eval_split
+    part = next(iter_chunks(index, split, rows, task.columns, rows))
     try:
         return task.decode(part.table, device)
     except RowError as err:
