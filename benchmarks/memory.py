@@ -6,7 +6,8 @@ gradients and Adam's two moments (4P per parameter byte, as training/plan.py cou
 the peak bytes saved for backward. Three networks are measured:
   - one block (L/B layers with its private stem and head), trained as DiffusionBlocks;
   - the network trained end to end (B = 1, train.objective=end_to_end);
-  - the same end-to-end network with activation checkpointing around every layer.
+  - the same end-to-end network with activation checkpointing around every layer
+    (train.checkpoint_layers), and one block with it.
 Shapes alone decide these bytes, so the step runs on the meta device at the real batch size,
 with the attention kernel the CPU runs (see ``cpu_attention_on_meta``); tests check that the
 meta numbers equal a real CPU step's.
@@ -16,16 +17,11 @@ meta numbers equal a real CPU step's.
 
 from __future__ import annotations
 
+import copy
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
-
-import torch
-from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,7 +34,6 @@ from dbparallel.config import (  # noqa: E402
     SampleConfig,
     TrainConfig,
 )
-from dbparallel.models.layers import AdaLNLayer  # noqa: E402
 from dbparallel.tasks import build_task  # noqa: E402
 from dbparallel.training.plan import step_bytes as plan_step_bytes  # noqa: E402
 
@@ -84,36 +79,14 @@ def config(setup: Setup, depth: int, blocks: int, end_to_end: bool = False,
     )
 
 
-@contextmanager
-def layer_checkpointing() -> Iterator[None]:
-    """Activation checkpointing around every transformer layer of every block network.
-
-    Every task runs its layers through ``AdaLNLayer.forward``, which is wrapped. The reentrant
-    variant is used because it keeps the layer inputs with ``save_for_backward`` and recomputes
-    under the caller's saved-tensor hooks, so the meter sees every byte; the non-reentrant one
-    hides them in its own hooks. No layer draws random numbers, so the RNG state need not be
-    replayed."""
-    forward = AdaLNLayer.forward
-
-    def flat(*args: Any) -> tuple[torch.Tensor, ...]:
-        x, (k, v) = forward(*args)
-        return x, k, v
-
-    def layer_forward(*args: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        # outputs flat, so that the keys and values stay in the graph (a nested tuple would
-        # leave the function's autograd untracked)
-        x, k, v = checkpoint(flat, *args, use_reentrant=True, preserve_rng_state=False)
-        return x, (k, v)
-
-    with mock.patch.object(AdaLNLayer, "forward", layer_forward):
-        yield
-
-
 # ---------------------------------------------------------------------------- measurement
 def step_bytes(cfg: Config, block: int = 0, checkpointed: bool = False,
                device: str = "meta") -> dict[str, int]:
-    """``training.plan.step_bytes``, optionally with every layer checkpointed."""
-    return plan_step_bytes(cfg, block, device, layer_checkpointing() if checkpointed else None)
+    """``training.plan.step_bytes``, optionally with every layer checkpointed
+    (train.checkpoint_layers)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.train.checkpoint_layers = checkpointed
+    return plan_step_bytes(cfg, block, device)
 
 
 def measure(model: str, depths: tuple[int, ...] = DEPTHS, blocks: tuple[int, ...] = BLOCKS,
@@ -130,9 +103,11 @@ def measure(model: str, depths: tuple[int, ...] = DEPTHS, blocks: tuple[int, ...
             if depth % b:
                 continue
             block = step_bytes(config(setup, depth, b, batch=batch))
+            both = step_bytes(config(setup, depth, b, batch=batch), checkpointed=True)
             rows.append({"model": model, "depth": depth, "blocks": b,
                          "e2e_bytes": e2e["total"], "e2e_checkpointed_bytes": ckpt["total"],
                          "block_bytes": block["total"], "stem_bytes": block["stem_and_head"],
+                         "block_checkpointed_bytes": both["total"],
                          "ratio": e2e["total"] / block["total"],
                          "block_activation_bytes": block["activations"],
                          "e2e_activation_bytes": e2e["activations"]})
@@ -168,10 +143,12 @@ def run(quick: bool = False, models: tuple[str, ...] = ("dit", "vit", "ar")) -> 
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"{'model':>5} {'depth':>5} {'B':>3} {'e2e MiB':>10} {'e2e ckpt MiB':>13} "
-             f"{'block MiB':>10} {'stem+head MiB':>14} {'e2e/block':>9} {'/B':>5}"]
+             f"{'block MiB':>10} {'block ckpt MiB':>15} {'stem+head MiB':>14} "
+             f"{'e2e/block':>9} {'/B':>5}"]
     for r in result["rows"]:
         lines.append(f"{r['model']:>5} {r['depth']:>5} {r['blocks']:>3} {mib(r['e2e_bytes']):>10} "
                      f"{mib(r['e2e_checkpointed_bytes']):>13} {mib(r['block_bytes']):>10} "
+                     f"{mib(r['block_checkpointed_bytes']):>15} "
                      f"{mib(r['stem_bytes']):>14} {r['ratio']:>9.2f} "
                      f"{r['ratio'] / r['blocks']:>5.2f}")
     return "\n".join(lines)
@@ -189,6 +166,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
             bs = [r["blocks"] for r in rows]
             ax.plot(bs, [r["block_bytes"] / 2**30 for r in rows], "o" + style,
                     label=f"one block, L={depth}")
+            ax.plot(bs, [r["block_checkpointed_bytes"] / 2**30 for r in rows], "s" + style,
+                    color="green", label=f"one block, checkpointed, L={depth}")
             ax.plot(bs, [r["e2e_bytes"] / r["blocks"] / 2**30 for r in rows], style,
                     color="gray", label=f"end to end / B, L={depth}")
             ax.axhline(rows[0]["e2e_checkpointed_bytes"] / 2**30, ls=style, color="red", lw=0.8,

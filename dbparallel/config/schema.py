@@ -166,24 +166,29 @@ class TrainConfig:
     # one at a time with their gradients summed: the same step, with the activation memory
     # of one piece (the same noise draws; results equal up to the order of float sums)
     micro_batches: int = 1
+    # activation checkpointing: keep only each transformer layer's inputs and run the layer
+    # again in backward; a block's activations shrink to its layers' inputs for about a third
+    # more arithmetic per step (the same step: the layers draw no random numbers)
+    checkpoint_layers: bool = False
     lr: float = 1e-3  # AdamW learning rate (the peak, after warm-up)
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_steps: int = 100  # linear learning-rate warm-up, steps
-    # after warm-up: constant (train.lr) | cosine (from train.lr down to train.min_lr at the
-    # block's last step, train.steps or its train.block_steps count)
+    # after warm-up: constant (train.lr) | cosine (from train.lr down towards train.min_lr,
+    # reached after the block's last step, train.steps or its train.block_steps count)
     lr_schedule: str = "constant"
     min_lr: float = 0.0  # the learning rate a cosine schedule ends at
-    # image tasks: random horizontal flips and/or random crops of the training images (crop:
-    # pad by image_size/8 with edge pixels, cut back at a random offset); none for digits
-    # and other images that a mirror changes
+    # image tasks: none | flip (random horizontal flips) | crop (pad by image_size/8, at
+    # least 1, with edge pixels, cut back at a random offset) | flip_crop, of the training
+    # images only; none for digits and other images that a mirror changes
     augment: str = "none"
     ema_decay: float = 0.999  # EMA of weights used for assembly; 0 = off
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     label_dropout: float = 0.1  # probability a label is replaced by the null class (CFG)
     log_every: int = 25  # steps between progress/metric updates
-    # steps between each block's held-out loss: the mean weighted loss of its EMA weights on
-    # the first train.heldout_rows rows of the validation split (else test, else train), with
-    # the same noise draws every time; in metrics.jsonl, Prometheus, curves.png; 0 = off
+    # steps between each block's held-out loss (and its last step): the mean weighted loss
+    # of its EMA weights on the first train.heldout_rows rows of the validation split (else
+    # test, else train), the same noise draws every time; metrics.jsonl, Prometheus,
+    # curves.png; 0 = off
     heldout_every: int = 250
     heldout_rows: int = 256  # held-out rows of that loss (the first of the split)
     checkpoint_every: int = 250  # steps between checkpoints (and always at the end)
@@ -217,9 +222,15 @@ class TrainConfig:
         _check(self.micro_batches >= 1, "train.micro_batches",
                f"must be >= 1, got {self.micro_batches}")
         _choice(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
+        fewest = min(self.block_steps) if self.block_steps else self.steps
+        _check(self.lr_schedule != "cosine" or self.warmup_steps < fewest,
+               "train.warmup_steps", f"{self.warmup_steps} leaves no step to decay with "
+               f"train.lr_schedule=cosine: use fewer than a block's {fewest} steps")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr",
                f"must be in [0, train.lr={self.lr}], got {self.min_lr}")
         _choice(self.augment, "train.augment", AUGMENTS)
+        _check(isinstance(self.checkpoint_layers, bool), "train.checkpoint_layers",
+               f"must be true or false, got {self.checkpoint_layers!r}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
         _check(0 <= self.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")

@@ -45,6 +45,13 @@ class Share:
     def is_whole(self) -> bool:
         return self.start == 0 and self.stop == self.total
 
+    def split(self, pieces: int) -> list[Share]:
+        """These rows cut into ``pieces`` contiguous shares of the same global batch, as
+        evenly as possible (train.micro_batches; empty ones left out)."""
+        parts = (Share.of(i, pieces, self.rows) for i in range(pieces))
+        return [Share(self.start + p.start, self.start + p.stop, self.total)
+                for p in parts if p.rows]
+
     def cut(self, x: torch.Tensor) -> torch.Tensor:
         """This share's rows of ``x`` (dim 0 has ``total`` rows)."""
         return x if self.is_whole else x[self.start:self.stop]

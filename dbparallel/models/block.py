@@ -30,6 +30,12 @@ class Block(nn.Module):
             x, _ = layer(x, c, mask)  # (N, T, D)
         return x
 
+    def checkpoint_layers(self, on: bool = True) -> None:
+        """Recompute each layer's activations in backward instead of keeping them
+        (train.checkpoint_layers); forward passes without gradients are unaffected."""
+        for layer in self.layers:
+            layer.checkpointed = on
+
     def initialize_weights(self) -> None:
         """Xavier linears; every adaLN modulation and the output projection start at zero,
         so each layer starts as the identity and the block's first output is zero."""

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 #################################################################################
 #                         Embeddings of sigma and labels                        #
@@ -149,10 +150,33 @@ class AdaLNLayer(nn.Module):
             nn.Linear(hidden, width), nn.GELU(approximate="tanh"), nn.Linear(width, hidden)
         )
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+        self.checkpointed = False  # train.checkpoint_layers (Block.checkpoint_layers)
 
     def forward(
         self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None,
         pos: torch.Tensor | None = None, past: KV | None = None,
+    ) -> tuple[torch.Tensor, KV]:
+        if not (self.checkpointed and torch.is_grad_enabled()):
+            return self._forward(x, c, mask, pos, past)
+        # Activation checkpointing: only the inputs are kept, the layer runs again in
+        # backward. Every tensor goes in and out flat, so that the keys and values (of the
+        # AR clean stream, read by its noisy one) stay in the graph. The reentrant variant
+        # saves the inputs with save_for_backward, where the byte meters see them; no layer
+        # draws random numbers, so no RNG state is replayed.
+        k, v = past if past is not None else (None, None)
+        x, k, v = checkpoint(self._flat, x, c, mask, pos, k, v,
+                             use_reentrant=True, preserve_rng_state=False)
+        return x, (k, v)
+
+    def _flat(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None,
+              pos: torch.Tensor | None, k: torch.Tensor | None, v: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, (k, v) = self._forward(x, c, mask, pos, None if k is None else (k, v))
+        return x, k, v
+
+    def _forward(
+        self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None,
+        pos: torch.Tensor | None, past: KV | None,
     ) -> tuple[torch.Tensor, KV]:
         mod = self.adaLN_modulation(c)  # (N, 6D) or (N|1, t|1, 6D)
         if mod.ndim == 2:

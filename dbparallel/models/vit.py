@@ -51,7 +51,9 @@ class ViTBlock(Block):
             nn.init.normal_(self.cls_token, std=0.02)
         # a private, trainable copy of the label embedding (model.label_embedding=learned),
         # started at the frozen table so that every block starts in the same target space
-        self.label_embed = None if label_table is None else nn.Parameter(label_table.clone())
+        # (on the device the block is built on: the meta device of `plan` too)
+        self.label_embed = None if label_table is None else nn.Parameter(
+            label_table.to(torch.get_default_device()).clone())
 
     def zero_output(self) -> None:
         nn.init.zeros_(self.head.linear.weight)

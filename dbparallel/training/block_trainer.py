@@ -17,6 +17,7 @@ import torch
 
 from dbparallel.config import Config, config_hash, to_dict
 from dbparallel.core.memory import SavedTensorMeter, StepMemory, measure_step
+from dbparallel.core.meta_memory import LiveSavedBytes
 from dbparallel.core.share import Share
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
@@ -24,8 +25,10 @@ from dbparallel.tasks.augment import unaugmented
 from dbparallel.tasks.base import Batch
 from dbparallel.training.flops import FlopCount, achieved_tflops
 from dbparallel.training.peaks import device_peak_tflops, mfu
+from dbparallel.training.plan import model_flops_per_step
 from dbparallel.training.precision import autocast, set_matmul_precision
 from dbparallel.training.replicas import Replicas
+from dbparallel.training.schedule import learning_rate
 from dbparallel.training.seeding import derive_seed, generator
 
 # torch.compile's mode for train.compile: None is torch's default (inductor, no CUDA graphs).
@@ -71,6 +74,7 @@ class BlockTrainer:
             torch.manual_seed(derive_seed(cfg.run.seed, "init", block))
             self.model: Block = self.task.build_block(block).to(self.device)
         self.ema: Block = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.model.checkpoint_layers(cfg.train.checkpoint_layers)
         t = cfg.train
         # fused: one kernel for the whole update on CUDA; the CPU keeps the reference loop
         self.optimizer = torch.optim.AdamW(
@@ -82,7 +86,7 @@ class BlockTrainer:
         self.recent_losses: list[float] = []  # finite losses of the last log_every steps
         self.heldout_loss: float | None = None  # the latest ``heldout``, at heldout_step
         self.heldout_step = -1
-        self.memory: StepMemory | None = None
+        self.memory: StepMemory | None = None  # measured on each process's first step
         self.model_flops_per_step: int | None = None  # counted on this trainer's first step
         self.peak_tflops = device_peak_tflops(self.device, t.precision)
         self.timed_steps, self.timed_s = 0, 0.0  # steady steps of this process (no counting,
@@ -100,16 +104,8 @@ class BlockTrainer:
 
     # ------------------------------------------------------------------ training
     def lr_at(self, step: int) -> float:
-        """The learning rate of ``step``: linear warm-up to train.lr, then constant or a
-        cosine down to train.min_lr at the block's last step."""
-        t = self.cfg.train
-        if t.warmup_steps and step < t.warmup_steps:
-            return t.lr * (step + 1) / t.warmup_steps
-        if t.lr_schedule == "constant":
-            return t.lr
-        span = t.steps_of(self.block) - 1 - t.warmup_steps
-        done = min(1.0, (step - t.warmup_steps) / span) if span > 0 else 1.0
-        return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1 + math.cos(math.pi * done))
+        """The learning rate of ``step`` (training/schedule.py)."""
+        return learning_rate(self.cfg.train, self.cfg.train.steps_of(self.block), step)
 
     def _loss(self, batch: Batch, g: torch.Generator, share: Share | None) -> torch.Tensor:
         """The mean weighted loss of ``batch`` (what train.compile compiles, with backward);
@@ -125,16 +121,16 @@ class BlockTrainer:
         k = self.cfg.train.micro_batches
         if k == 1:
             return [(batch, self.share)]
-        rows = len(next(iter(batch.values())))
-        share = self.share or Share.whole(rows)
-        pieces: list[tuple[Batch, Share | None]] = []
-        for i in range(k):
-            part = Share.of(i, k, rows)
-            if part.rows:
-                pieces.append(({key: v[part.start:part.stop] for key, v in batch.items()},
-                               Share(share.start + part.start, share.start + part.stop,
-                                     share.total)))
-        return pieces
+        share = self.share or Share.whole(len(next(iter(batch.values()))))
+        return [({key: v[p.start - share.start:p.stop - share.start] for key, v in batch.items()},
+                 p) for p in share.split(k)]
+
+    def _meter(self, live: bool) -> SavedTensorMeter | LiveSavedBytes:
+        """The byte meter of a piece's saved tensors: through forward only, where a plain
+        network's peak is, or (``live``) through forward and backward as autograd frees them."""
+        if live:
+            return LiveSavedBytes(list(self.model.parameters()))
+        return SavedTensorMeter(exclude=self.model.parameters())
 
     def train_step(self, batch: Batch) -> StepStats:
         """One optimizer step on ``batch`` (tensors on this trainer's device)."""
@@ -142,32 +138,35 @@ class BlockTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.model.train()
-        # The saved-tensor hooks and the FLOP counter cost time on every tensor: measure the
-        # first step only (every step of a block has the same shapes), and eagerly (a
-        # compiled graph hides both its saved tensors and its operations). A piece's saved
-        # tensors are freed by its backward: the step's peak is the largest piece's.
-        count = FlopCount() if self.model_flops_per_step is None else None
-        measuring = self.memory is None or count is not None
+        # The saved-tensor hooks and the FLOP counter cost time on every tensor: measure this
+        # process's first step only (every step has the same shapes; a resumed block measures
+        # again, as its pieces or checkpointing may have changed since its checkpoint), and
+        # eagerly (a compiled graph hides both its saved tensors and its operations). A
+        # piece's saved tensors are freed by its backward: the step's peak is the largest's.
+        measuring = self.model_flops_per_step is None
+        count = FlopCount() if measuring else None
+        # checkpointed layers peak in backward, as they run again: meter it too
+        live = self.cfg.train.checkpoint_layers
         saved_peak = 0
         total: torch.Tensor | None = None
         finite = True
         with count.counting() if count else contextlib.nullcontext():
             for piece, share in self._pieces(batch):
                 g = generator(self.cfg.run.seed, "step", self.block, self.step)
-                meter = (SavedTensorMeter(exclude=self.model.parameters())
-                         if self.memory is None else None)
+                meter = self._meter(live) if measuring else None
                 with meter.record() if meter else contextlib.nullcontext():
                     loss = (self._loss if measuring else self._forward_loss)(piece, g, share)
+                    part = loss.detach()
+                    # with replicas a non-finite piece is found in the group's sum below
+                    finite = self.replicas is not None or bool(torch.isfinite(part).all())
+                    if finite and live:
+                        loss.backward()
+                if finite and not live:
+                    loss.backward()
                 if meter:  # dropped here: it holds what it counted alive
                     saved_peak, meter = max(saved_peak, meter.peak), None
-                part = loss.detach()
                 total = part if total is None else total + part
-                if self.replicas:  # a non-finite piece is found in the group's sum below
-                    loss.backward()
-                elif bool(torch.isfinite(part).all()):
-                    loss.backward()
-                else:
-                    finite = False
+                if not finite:
                     break
             assert total is not None
             if self.replicas:  # the global loss comes with the gradients: one all-reduce
@@ -183,12 +182,13 @@ class BlockTrainer:
                 raise NonFiniteLoss(f"block {self.block}: loss is {total.sum().item()} at step "
                                     f"{self.step - 1} (train.nonfinite=stop)")
             return StepStats(self.step, math.nan, False, time.perf_counter() - start, n)
-        if count is not None:
-            self.model_flops_per_step = count.total
+        if count is not None:  # checkpointed: the model's, without the layers run again
+            self.model_flops_per_step = model_flops_per_step(self.cfg, self.block) if live \
+                else count.total
         if self.cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
-        if self.memory is None:
+        if measuring:
             self.memory = measure_step(self.model, self.optimizer, saved_peak)
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
@@ -206,9 +206,10 @@ class BlockTrainer:
     @torch.no_grad()
     def heldout(self, batch: Batch) -> float:
         """The mean weighted loss of the EMA weights on held-out ``batch`` (train.heldout_every)
-        with the same noise draws every time and no augmentation, in pieces of at most a
-        training piece's rows (the draws are made for the whole batch and cut, as in a step);
-        kept as ``heldout_loss`` of the current step."""
+        in float32 (evaluation), with the same noise draws every time and no augmentation
+        (label dropout, part of the training loss, included), in pieces of at most a training
+        piece's rows (the draws are made for the whole batch and cut, as in a step; another
+        piece size changes the sum's rounding only); kept as ``heldout_loss`` of this step."""
         task = unaugmented(self.task)
         rows = len(next(iter(batch.values())))
         step_rows = self.share.rows if self.share else self.cfg.train.batch_size
@@ -219,8 +220,7 @@ class BlockTrainer:
             share = Share(start, min(rows, start + size), rows)
             piece = {k: v[share.start:share.stop] for k, v in batch.items()}
             g = generator(self.cfg.run.seed, "heldout", self.block)
-            with autocast(self.cfg.train.precision, self.device):
-                total += float(task.loss(self.ema, piece, self.block, g, share).float().sum())
+            total += float(task.loss(self.ema, piece, self.block, g, share).float().sum())
         self.heldout_loss, self.heldout_step = total / rows, self.step
         return self.heldout_loss
 

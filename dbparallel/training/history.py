@@ -36,6 +36,11 @@ ASSEMBLY_FILE = "assembly.jsonl"
 log = logging.getLogger(__name__)
 
 
+def finite_or_none(value: float | None) -> float | None:
+    """``value``, or None (JSON null) for NaN and infinities, which strict JSON has not."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def metrics_file(block: int) -> str:
     return f"{block_dir(block)}/metrics.jsonl"
 
@@ -83,10 +88,9 @@ class BlockHistory:
 
     def write(self, trainer: BlockTrainer) -> dict[str, Any]:
         """Append the line of ``trainer``'s current step; returns it."""
-        loss = trainer.final_loss
         record = {
             "step": trainer.step,
-            "loss": None if math.isnan(loss) else loss,
+            "loss": finite_or_none(trainer.final_loss),
             "lr": trainer.lr_at(trainer.step - 1),
             "samples_per_s": self._samples / self._seconds if self._seconds > 0 else None,
             "nonfinite_steps": trainer.nonfinite_steps,
@@ -95,7 +99,7 @@ class BlockHistory:
             # the noise levels drawn since the previous line (sigma; MDM: masking time t)
             **(trainer.noise_stats(range(max(0, self._last_step), trainer.step)) or {}),
             # the EMA weights' loss on held-out rows, at the steps train.heldout_every names
-            **({"heldout_loss": trainer.heldout_loss}
+            **({"heldout_loss": finite_or_none(trainer.heldout_loss)}
                if trainer.heldout_step == trainer.step else {}),
             "time": round(time.time(), 3),
         }

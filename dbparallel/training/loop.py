@@ -15,7 +15,7 @@ from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
 from dbparallel.training.eval.diagnostics import held_out_batch
-from dbparallel.training.history import BlockHistory
+from dbparallel.training.history import BlockHistory, finite_or_none
 from dbparallel.training.lease import BlockLease, LeaseLost
 from dbparallel.training.replicas import Replicas
 from dbparallel.training.storage import Storage
@@ -135,7 +135,7 @@ class BlockRun:
         return {"data_memory_bytes": self.stream.peak_bytes,
                 "model_flops_per_step": t.model_flops_per_step,
                 "achieved_tflops": t.achieved_tflops, "mfu": t.mfu,
-                "heldout_loss": t.heldout_loss}
+                "heldout_loss": finite_or_none(t.heldout_loss)}
 
     def close_lease(self) -> None:
         if self.writer:

@@ -3,6 +3,7 @@ the blocks fill a cluster (blocks at once, waves, memory per device); ``model.bl
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
@@ -27,12 +28,14 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     """Bytes of one training step of ``block``, from shapes alone on the meta device (or a
     real step on ``device``): 4P for parameters, gradients and Adam, and the peak bytes saved
     for backward through forward and backward, with the block's private stem and head apart.
-    ``context`` wraps the step (benchmarks/memory.py checkpoints layers with it). With
+    ``context`` wraps the step. With train.checkpoint_layers, the peak comes in backward and
+    the FLOPs are the model's (``model_flops_per_step``). With
     runtime.replicas_per_block=R, one replica's step: its share of the batch (the most rows);
     with train.micro_batches=k, the activations of its largest piece and the FLOPs of all."""
     task = build_task(cfg)
     with torch.device(device):
         net = task.build_block(block)
+    net.checkpoint_layers(cfg.train.checkpoint_layers)
     split = net.parameter_split()
     size = next(net.parameters()).element_size()
     rows = -(-cfg.train.batch_size // cfg.runtime.replicas_per_block)
@@ -48,9 +51,22 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
             task.loss(net, batch, block, generator(cfg.run.seed, "plan")).mean().backward()
     params = ADAM_COPIES * split["total"] * size
     stem = ADAM_COPIES * split["stem_and_head"] * size
+    # per row but for a few ops per call (the AR masks): k pieces count a little more than
+    # rows/piece times one (AR, 3 pieces: 0.07% more than this count)
+    flops = count.total * rows // piece
+    if cfg.train.checkpoint_layers:
+        flops = model_flops_per_step(cfg, block)
     return {"params_and_optimizer": params, "activations": meter.peak,
-            "total": params + meter.peak, "stem_and_head": stem,
-            "flops": count.total * rows // piece}  # every op of these networks is per row
+            "total": params + meter.peak, "stem_and_head": stem, "flops": flops}
+
+
+def model_flops_per_step(cfg: Config, block: int = 0) -> int:
+    """The model FLOPs of one step of ``block`` (this process's rows, every piece), counted
+    from shapes on the meta device without train.checkpoint_layers: the layers' second
+    forward pass in backward is work the hardware does, not the model (MFU leaves it out)."""
+    plain = copy.deepcopy(cfg)
+    plain.train.checkpoint_layers = False
+    return step_bytes(plain, block)["flops"]
 
 
 def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
@@ -99,6 +115,8 @@ def plan_table(cfg: Config, result: dict[str, Any]) -> str:
             f"(runtime.replicas_per_block={R})" if R > 1 else f"train.batch_size={batch}")
     if k > 1:
         rows += f", in pieces of {-(-share // k)} rows (train.micro_batches={k})"
+    if cfg.train.checkpoint_layers:
+        rows += ", with activation checkpointing of every layer (train.checkpoint_layers)"
     lines.append("block 0 runs first at inference (highest noise); memory is one training step "
                  f"(parameters, gradients, Adam, activations) at {rows}")
     if "cluster" in result:

@@ -40,13 +40,14 @@ def test_memory_rows(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
     result = {"rows": memory.measure(model, depths=(4,), blocks=(1, 2, 3, 4))}
     _check_rows(result, {"model": str, "depth": int, "blocks": int, "e2e_bytes": int,
                          "e2e_checkpointed_bytes": int, "block_bytes": int, "stem_bytes": int,
-                         "ratio": float})
+                         "block_checkpointed_bytes": int, "ratio": float})
     rows = result["rows"]
     assert [r["blocks"] for r in rows] == [1, 2, 4]  # 3 does not divide 4 layers
     for r in rows:
         assert r["ratio"] == r["e2e_bytes"] / r["block_bytes"]
         assert 0 < r["stem_bytes"] < r["block_bytes"]
         assert r["e2e_checkpointed_bytes"] < r["e2e_bytes"]
+        assert r["block_checkpointed_bytes"] < r["block_bytes"]
     sizes = [r["block_bytes"] for r in rows]
     assert sizes == sorted(sizes, reverse=True)  # fewer layers per block, fewer bytes
 

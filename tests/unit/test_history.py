@@ -279,6 +279,21 @@ def test_heldout_loss_off_and_its_split(tmp_path) -> None:
     assert index("train").heldout_split == "train"
 
 
+def test_a_nonfinite_heldout_loss_is_written_as_null(tmp_path) -> None:
+    cfg = _cfg(tmp_path / "run", "train.steps=2", "train.heldout_rows=16")
+    storage = Storage(cfg.run_dir)
+    run = BlockRun(cfg, 0, open_data(DataConfig()), storage)
+    run.train_until(1)
+    with torch.no_grad():
+        for p in run.trainer.ema.parameters():
+            p.fill_(float("nan"))
+    run.train_until(2)  # its last step: held-out loss of NaN weights
+    text = storage.read_text(metrics_file(0))
+    assert "NaN" not in text and json.loads(text.splitlines()[-1])["heldout_loss"] is None
+    assert run.summary()["heldout_loss"] is None
+    json.dumps(run.summary(), allow_nan=False)
+
+
 def test_heldout_loss_never_augments(tmp_path) -> None:
     index = open_data(DataConfig())
     runs = {}

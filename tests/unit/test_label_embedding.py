@@ -159,3 +159,15 @@ def test_zero_start_follows_the_expected_embeddings() -> None:
     assert load_config([], ["task=vit"]).sample.label_start == "zero"
     with pytest.raises(ConfigError, match="sample.label_start"):
         load_config([], ["task=vit", "sample.label_start=mean"])
+
+
+def test_plan_counts_a_block_with_a_learned_table() -> None:
+    # the table is built on the device the block is (plan's meta device too)
+    from dbparallel.training.plan import step_bytes
+
+    cfg = load_config([], [*TINY, "model.label_embedding=learned"])
+    estimate = step_bytes(cfg, 0)
+    assert estimate == step_bytes(cfg, 0, device="cpu")
+    plain = step_bytes(load_config([], TINY), 0)
+    # the private table: its 10 x 16 parameters with gradients and Adam's moments, 4P
+    assert estimate["params_and_optimizer"] - plain["params_and_optimizer"] == 4 * 10 * 16 * 4

@@ -134,22 +134,44 @@ def test_micro_batches_is_checked_and_not_part_of_the_network() -> None:
     assert config_hash(a) == config_hash(b)  # a block may resume with other pieces
 
 
-def test_cosine_schedule_warms_up_then_falls_to_min_lr() -> None:
+def test_cosine_schedule_warms_up_then_falls_towards_min_lr() -> None:
     cfg = load_config([TINY], ["model.blocks=2", "train.steps=110", "train.block_steps=[110,60]",
                                "train.warmup_steps=10", "train.lr=1e-3", "train.min_lr=1e-4",
                                "train.lr_schedule=cosine"])
     t0, t1 = BlockTrainer(cfg, 0), BlockTrainer(cfg, 1)
     assert [t0.lr_at(s) for s in (0, 4, 9)] == pytest.approx([1e-4, 5e-4, 1e-3])
-    assert t0.lr_at(10) == pytest.approx(1e-3)
-    assert t0.lr_at(10 + 99 // 2) == pytest.approx(5.5e-4, rel=0.02)  # half way down
-    assert t0.lr_at(109) == pytest.approx(1e-4)  # the block's last step
-    assert t1.lr_at(59) == pytest.approx(1e-4)  # block 1's own count
+    # 100 steps after warm-up at 1/101 .. 100/101 of the half cosine: the peak once
+    assert t0.lr_at(10) < 1e-3 and t0.lr_at(10) == pytest.approx(1e-3, rel=1e-3)
+    assert t0.lr_at(59) == pytest.approx(5.5e-4, rel=0.02)  # half way down
+    assert 1e-4 < t0.lr_at(109) < 1.01e-4  # the last step still trains, just above min_lr
+    assert 1e-4 < t1.lr_at(59) < 1.01e-4  # block 1's own count
     assert t0.lr_at(500) == pytest.approx(1e-4)  # past the end: stays at min_lr
-    lrs = [t0.lr_at(s) for s in range(10, 110)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    lrs = [t0.lr_at(s) for s in range(9, 110)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))  # strictly down
+    # one step, no warm-up, min_lr 0: it trains at half the rate (not at 0)
+    one = BlockTrainer(load_config([TINY], ["train.steps=1", "train.warmup_steps=0",
+                                            "train.lr_schedule=cosine"]), 0)
+    assert one.lr_at(0) == pytest.approx(5e-4)
     constant = BlockTrainer(load_config([TINY], ["train.warmup_steps=10"]), 0)
     assert [constant.lr_at(s) for s in (0, 9, 10, 10_000)] == pytest.approx(
         [1e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_a_resumed_block_measures_its_memory_again() -> None:
+    batch_cfg = ["task=dit", "train.batch_size=32"]
+    first = BlockTrainer(_cfg(batch_cfg), 0)
+    batch = _batch(first, 32)
+    first.train_step(batch)
+    state = first.state_dict()
+    resumed = BlockTrainer(_cfg(batch_cfg, "train.micro_batches=4"), 0)
+    resumed.load_state_dict(state)
+    assert resumed.memory == first.memory  # what a process that trains no step reports
+    resumed.train_step(batch)
+    fresh = BlockTrainer(_cfg(batch_cfg, "train.micro_batches=4"), 0)
+    fresh.train_step(batch)
+    assert resumed.memory == fresh.memory
+    assert resumed.memory is not None and first.memory is not None
+    assert resumed.memory.activations * 3 < first.memory.activations
 
 
 def test_lr_schedule_keys_are_checked() -> None:
@@ -158,3 +180,9 @@ def test_lr_schedule_keys_are_checked() -> None:
         load_config([TINY], ["train.lr_schedule=linear"])
     with pytest.raises(ConfigError, match=r"train.min_lr: must be in \[0, train.lr"):
         load_config([TINY], ["train.lr=1e-3", "train.min_lr=1e-2"])
+    with pytest.raises(ConfigError, match="train.warmup_steps: 60 leaves no step to decay "
+                                          "with train.lr_schedule=cosine: use fewer than a "
+                                          "block's 50 steps"):
+        load_config([TINY], ["model.blocks=2", "train.block_steps=[100,50]",
+                             "train.warmup_steps=60", "train.lr_schedule=cosine"])
+    load_config([TINY], ["train.steps=50", "train.warmup_steps=60"])  # constant: no decay
