@@ -167,8 +167,8 @@ class TrainConfig:
     # of one piece (the same noise draws; results equal up to the order of float sums)
     micro_batches: int = 1
     # activation checkpointing: keep only each transformer layer's inputs and run the layer
-    # again in backward; a block's activations shrink to its layers' inputs for about a third
-    # more arithmetic per step (the same step: the layers draw no random numbers)
+    # again in backward (one layer's activations at a time) for about a third more
+    # arithmetic per step (the same step: the layers draw no random numbers)
     checkpoint_layers: bool = False
     lr: float = 1e-3  # AdamW learning rate (the peak, after warm-up)
     weight_decay: float = 0.0  # AdamW weight decay
@@ -222,10 +222,6 @@ class TrainConfig:
         _check(self.micro_batches >= 1, "train.micro_batches",
                f"must be >= 1, got {self.micro_batches}")
         _choice(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
-        fewest = min(self.block_steps) if self.block_steps else self.steps
-        _check(self.lr_schedule != "cosine" or self.warmup_steps < fewest,
-               "train.warmup_steps", f"{self.warmup_steps} leaves no step to decay with "
-               f"train.lr_schedule=cosine: use fewer than a block's {fewest} steps")
         _check(0 <= self.min_lr <= self.lr, "train.min_lr",
                f"must be in [0, train.lr={self.lr}], got {self.min_lr}")
         _choice(self.augment, "train.augment", AUGMENTS)
@@ -248,6 +244,10 @@ class TrainConfig:
         _check(self.bptt_truncate >= 0, "train.bptt_truncate", "must be >= 0")
         _check(all(s >= 1 for s in self.block_steps), "train.block_steps",
                f"every count must be >= 1, got {list(self.block_steps)}")
+        fewest = min(self.block_steps) if self.block_steps else self.steps
+        _check(self.lr_schedule != "cosine" or self.warmup_steps < fewest,
+               "train.warmup_steps", f"{self.warmup_steps} leaves no step to decay with "
+               f"train.lr_schedule=cosine: use fewer than a block's {fewest} steps")
 
     def steps_of(self, block: int) -> int:
         """Optimizer steps of ``block``: train.block_steps[block], else train.steps."""

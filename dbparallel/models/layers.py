@@ -121,16 +121,29 @@ class Attention(nn.Module):
                 pos: torch.Tensor | None = None, past: KV | None = None
                 ) -> tuple[torch.Tensor, KV]:
         n, t, d = x.shape
-        qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, H, t, D/H)
-        if pos is not None:
-            q, k = rotary(q, pos), rotary(k, pos)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (N, H, S, D/H)
+        q, (k, v) = self._project(x, pos, past)
         if mask is not None:
             mask = mask.to(x.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, t, D/H)
         return self.proj(out.transpose(1, 2).reshape(n, t, d)), (k, v)  # (N, t, D)
+
+    def keys_values(self, x: torch.Tensor, pos: torch.Tensor | None = None,
+                    past: KV | None = None) -> KV:
+        """The keys and values ``forward`` returns, without attending."""
+        return self._project(x, pos, past, queries=False)[1]
+
+    def _project(self, x: torch.Tensor, pos: torch.Tensor | None, past: KV | None,
+                 queries: bool = True) -> tuple[torch.Tensor | None, KV]:
+        """Queries (N, H, t, D/H), rotated, and the keys and values (N, H, S, D/H) of x
+        after ``past``."""
+        n, t, d = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, H, t, D/H)
+        if pos is not None:
+            q, k = (rotary(q, pos) if queries else None), rotary(k, pos)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (N, H, S, D/H)
+        return (q if queries else None), (k, v)
 
 
 class AdaLNLayer(nn.Module):
@@ -174,14 +187,25 @@ class AdaLNLayer(nn.Module):
         x, (k, v) = self._forward(x, c, mask, pos, None if k is None else (k, v))
         return x, k, v
 
+    def keys_values(self, x: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None,
+                    past: KV | None = None) -> KV:
+        """The keys and values ``forward`` returns, and nothing else of the layer: for the last
+        layer of a stream whose hidden states no one reads (the AR clean stream's)."""
+        shift1, scale1, *_ = self._modulation(c)
+        return self.attn.keys_values(self.norm1(x) * (1 + scale1) + shift1, pos, past)
+
+    def _modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """shift1, scale1, gate1, shift2, scale2, gate2 of condition c, each (., ., D)."""
+        mod = self.adaLN_modulation(c)  # (N, 6D) or (N|1, t|1, 6D)
+        if mod.ndim == 2:
+            mod = mod[:, None]  # (N, 1, 6D)
+        return mod.chunk(6, dim=-1)
+
     def _forward(
         self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None,
         pos: torch.Tensor | None, past: KV | None,
     ) -> tuple[torch.Tensor, KV]:
-        mod = self.adaLN_modulation(c)  # (N, 6D) or (N|1, t|1, 6D)
-        if mod.ndim == 2:
-            mod = mod[:, None]  # (N, 1, 6D)
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # each (., ., D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self._modulation(c)
         h, kv = self.attn(self.norm1(x) * (1 + scale1) + shift1, mask, pos, past)
         x = x + gate1 * h  # (N, t, D)
         x = x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)  # (N, t, D)

@@ -109,12 +109,21 @@ class ARBlock(TextBlock):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(F (N, T, D), condition c (N, D)) of every noisy z_i (N, T, D), already scaled by
         c_in, at once: the [clean; noisy] pass under ``ar_mask``."""
-        return self.denoise(z, c_noise, self.clean(ids)[1], 0)
+        return self.denoise(z, c_noise, self.keys_values(ids), 0)
 
     def clean(self, ids: torch.Tensor, cache: list[KV] | None = None
               ) -> tuple[torch.Tensor, list[KV]]:
         """Clean-stream hidden states (N, t, D) of ``ids`` after the cached prefix, and the
         cache extended by them."""
+        return self._clean(ids, cache, hidden=True)
+
+    def keys_values(self, ids: torch.Tensor, cache: list[KV] | None = None) -> list[KV]:
+        """The cache of ``clean`` alone, all that the noisy tokens read of the clean stream:
+        its last layer computes its keys and values and nothing more."""
+        return self._clean(ids, cache, hidden=False)[1]
+
+    def _clean(self, ids: torch.Tensor, cache: list[KV] | None, hidden: bool
+               ) -> tuple[torch.Tensor, list[KV]]:
         past = 0 if cache is None else cache[0][0].shape[2]
         t = ids.shape[1]
         x = self.token_embed(ids)  # (N, t, D)
@@ -122,8 +131,13 @@ class ARBlock(TextBlock):
         mask = causal_mask(t, past) if t > 1 else None
         new = []
         c = self.clean_cond[None]  # (1, D): the same condition for every clean token
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, c, mask, pos, None if cache is None else cache[i])  # (N, t, D)
+            before = None if cache is None else cache[i]
+            if i == last and not hidden:
+                new.append(layer.keys_values(x, c, pos, before))
+                break
+            x, kv = layer(x, c, mask, pos, before)  # (N, t, D)
             new.append(kv)
         return x, new
 

@@ -88,7 +88,7 @@ class AutoregressiveLM(TextData):
         """w(sigma) * mean over positions of CE(logits_i, x_i) per sample (N,), for ids (N, T)
         at noise sigma (N,), one per sequence, with noise eps (N, T, D)."""
         y = net.E[ids]  # (N, T, D)
-        logits = self.logits(net, net.clean(ids)[1], y + sigma.view(-1, 1, 1) * eps, sigma)
+        logits = self.logits(net, net.keys_values(ids), y + sigma.view(-1, 1, 1) * eps, sigma)
         return weighted_cross_entropy(logits, ids, edm_weight(sigma, self.sigma_data))  # (N,)
 
     # ------------------------------------------------------------------ inference
@@ -109,7 +109,7 @@ class AutoregressiveLM(TextData):
         """Teacher-forced ODE solve of every position at once: logits (N, T, V) per step."""
         sigmas = [float(s) for s in self.sigmas()]
         owners = [self.partition.owner(s) for s in sigmas]
-        caches = {b: nets[b].clean(ids)[1] for b in sorted(set(owners))}
+        caches = {b: nets[b].keys_values(ids) for b in sorted(set(owners))}
         z = sigmas[0] * torch.randn(*ids.shape, self.E.shape[1], generator=generator)
         z = z.to(ids.device)
         out = []
@@ -152,7 +152,7 @@ class AutoregressiveLM(TextData):
                                          usable)
         sigmas = [float(s) for s in self.sigmas()]
         owners = [self.partition.owner(s) for s in sigmas]
-        caches = {b: nets[b].clean(prompt)[1] for b in sorted(set(owners))}
+        caches = {b: nets[b].keys_values(prompt) for b in sorted(set(owners))}
         n, dim, out = len(prompt), self.E.shape[1], []
         for _ in range(n_new):
             z = sigmas[0] * torch.randn(n, 1, dim, generator=generator).to(prompt.device)
@@ -163,7 +163,7 @@ class AutoregressiveLM(TextData):
                     z = self.euler(z, logits, nets[b].E, sigma, sigmas[k + 1])
             token = gumbel_sample(logits, generator, temperature, usable)  # final logits
             out.append(token)
-            caches = {b: nets[b].clean(token, cache)[1] for b, cache in caches.items()}
+            caches = {b: nets[b].keys_values(token, cache) for b, cache in caches.items()}
         return torch.cat(out, dim=1)
 
     def _generate_causal(self, net: ARBlock, prompt: torch.Tensor, n_new: int,

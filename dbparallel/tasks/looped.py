@@ -52,7 +52,7 @@ class LoopedLM(AutoregressiveLM):
         z = sigmas[0] * share.cut(torch.randn(share.total, ids.shape[1], net.E.shape[1],
                                               generator=generator))
         z = z.to(ids.device)  # (N, T, D)
-        cache = net.clean(ids)[1]  # the clean stream does not change between iterations
+        cache = net.keys_values(ids)  # the clean stream does not change between iterations
         first_graph = len(sigmas) - self.backprop_iterations
         for k, sigma in enumerate(sigmas):
             with torch.set_grad_enabled(k >= first_graph and torch.is_grad_enabled()):

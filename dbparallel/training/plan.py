@@ -28,8 +28,9 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     """Bytes of one training step of ``block``, from shapes alone on the meta device (or a
     real step on ``device``): 4P for parameters, gradients and Adam, and the peak bytes saved
     for backward through forward and backward, with the block's private stem and head apart.
-    ``context`` wraps the step. With train.checkpoint_layers, the peak comes in backward and
-    the FLOPs are the model's (``model_flops_per_step``). With
+    ``context`` wraps the step. With train.checkpoint_layers, the peak comes in backward,
+    ``flops`` are the model's (``model_flops_per_step``) and ``work_flops`` what the device
+    computes (the layers' forward pass twice). With
     runtime.replicas_per_block=R, one replica's step: its share of the batch (the most rows);
     with train.micro_batches=k, the activations of its largest piece and the FLOPs of all."""
     task = build_task(cfg)
@@ -53,11 +54,11 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     stem = ADAM_COPIES * split["stem_and_head"] * size
     # per row but for a few ops per call (the AR masks): k pieces count a little more than
     # rows/piece times one (AR, 3 pieces: 0.07% more than this count)
-    flops = count.total * rows // piece
-    if cfg.train.checkpoint_layers:
-        flops = model_flops_per_step(cfg, block)
+    work = count.total * rows // piece  # what the device computes, recomputation included
+    flops = model_flops_per_step(cfg, block) if cfg.train.checkpoint_layers else work
     return {"params_and_optimizer": params, "activations": meter.peak,
-            "total": params + meter.peak, "stem_and_head": stem, "flops": flops}
+            "total": params + meter.peak, "stem_and_head": stem, "flops": flops,
+            "work_flops": work}
 
 
 def model_flops_per_step(cfg: Config, block: int = 0) -> int:
@@ -81,8 +82,9 @@ def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
             params.append(sum(x.numel() for x in task.build_block(b).parameters()))
     steps = [step_bytes(cfg, b) for b in range(p.blocks)]
     memory, flops = [s["total"] for s in steps], [s["flops"] for s in steps]
+    work = [s["work_flops"] for s in steps]  # the step rate: checkpointed layers run twice
     return {
-        **({"cluster": cluster_plan(cfg, cluster, memory, flops)} if cluster else {}),
+        **({"cluster": cluster_plan(cfg, cluster, memory, work)} if cluster else {}),
         "blocks": p.blocks,
         "sigma_boundaries": list(p.boundaries),
         "ranges": [list(r) for r in p.ranges],

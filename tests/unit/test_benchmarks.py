@@ -47,7 +47,8 @@ def test_memory_rows(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
         assert r["ratio"] == r["e2e_bytes"] / r["block_bytes"]
         assert 0 < r["stem_bytes"] < r["block_bytes"]
         assert r["e2e_checkpointed_bytes"] < r["e2e_bytes"]
-        assert r["block_checkpointed_bytes"] < r["block_bytes"]
+        if r["depth"] // r["blocks"] >= 2:  # a block of one layer has nothing to save
+            assert r["block_checkpointed_bytes"] < r["block_bytes"]
     sizes = [r["block_bytes"] for r in rows]
     assert sizes == sorted(sizes, reverse=True)  # fewer layers per block, fewer bytes
 
@@ -80,13 +81,9 @@ def test_memory_agrees_with_the_trainers_byte_meter(model: str) -> None:
     m = trainer.memory
     live = memory.step_bytes(cfg, device="cpu")
     assert live["params_and_optimizer"] == m.params + m.grads + m.optimizer
-    if model == "ar":
-        # the AR block drops its clean stream's output during the forward pass; the trainer's
-        # meter never forgets a storage, so it still counts that branch (and skips a later
-        # tensor at a reused address): the two agree only roughly there
-        assert live["activations"] == pytest.approx(m.activations, rel=0.2)
-    else:
-        assert live["activations"] == m.activations
+    # (the AR block too: its clean stream's last layer computes only the keys and values the
+    # noisy tokens read, so no branch is dropped that the trainer's meter would still count)
+    assert live["activations"] == m.activations
 
 
 def test_sampling_rows() -> None:

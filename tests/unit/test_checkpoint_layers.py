@@ -55,15 +55,28 @@ def _first_gradients(trainer: BlockTrainer) -> list[torch.Tensor]:
     return seen[0]
 
 
+def _perturb(trainer: BlockTrainer) -> None:
+    """Weights off their start, where adaLN-Zero's gates are 0 and leave most gradients 0."""
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
 @pytest.mark.parametrize("overrides", TASKS.values(), ids=TASKS.keys())
 def test_checkpointed_layers_give_the_same_gradients(overrides: list[str]) -> None:
     plain = BlockTrainer(_cfg(overrides), 0)
     checkpointed = BlockTrainer(_cfg(overrides, "train.checkpoint_layers=true"), 0)
     assert all(layer.checkpointed for layer in checkpointed.model.layers)
+    _perturb(plain), _perturb(checkpointed)
     a, b = _first_gradients(plain), _first_gradients(checkpointed)
     assert len(a) == len(b) == sum(p.requires_grad for p in plain.model.parameters())
-    for g, h in zip(a, b, strict=True):
-        torch.testing.assert_close(h, g, rtol=1e-5, atol=1e-7)
+    names = [n for n, p in plain.model.named_parameters() if p.requires_grad]
+    # the layer's attention and MLP have gradients here (a wrong recompute would change them)
+    assert all(g.abs().sum() > 0 for n, g in zip(names, a, strict=True)
+               if n.startswith(("layers.0.attn.", "layers.0.mlp.")))
+    for n, g, h in zip(names, a, b, strict=True):
+        torch.testing.assert_close(h, g, rtol=1e-5, atol=1e-7, msg=lambda m, n=n: f"{n}: {m}")
     assert plain.memory is not None and checkpointed.memory is not None
     assert checkpointed.memory.activations < plain.memory.activations
 
@@ -89,3 +102,28 @@ def test_checkpointing_is_for_training_only_and_not_part_of_the_network() -> Non
     trainer = BlockTrainer(cfg, 0)
     assert not any(layer.checkpointed for layer in trainer.ema.layers)  # assembly, sampling
     assert config_hash(cfg) == config_hash(_cfg(["task=dit"]))  # resume with it changed
+
+
+@pytest.mark.parametrize("task", ["dit", "vit", "ar", "ar-e2e"])
+def test_checkpointing_costs_about_a_third_more_arithmetic(task: str) -> None:
+    # the layers' forward pass runs twice; the AR clean stream's last layer, whose output no
+    # one reads, computes only its keys and values, so its backward has nothing to redo
+    cfg = _cfg(TASKS[task], "model.depth=12", "model.blocks=3" if "e2e" not in task
+               else "model.blocks=1", "train.checkpoint_layers=true")
+    counted = step_bytes(cfg, 0)
+    assert counted["flops"] == step_bytes(_cfg(TASKS[task], "model.depth=12", "model.blocks=3"
+                                               if "e2e" not in task else "model.blocks=1"),
+                                          0)["flops"]  # the model's, as without it
+    assert 1.2 < counted["work_flops"] / counted["flops"] < 1.36, counted
+
+
+def test_the_plan_rates_a_checkpointed_step_by_its_work() -> None:
+    from dbparallel.training.plan import Cluster
+
+    cluster = Cluster(cpus=64, gpus=4, source="runtime.devices", device_name="H100")
+    rates = []
+    for more in ([], ["train.checkpoint_layers=true"]):
+        cfg = _cfg(["task=dit"], "runtime.gpus_per_block=1", "runtime.device_name=H100", *more)
+        rates.append(plan(cfg, cluster)["cluster"]["estimated_steps_per_s"][0])
+    counted = step_bytes(_cfg(["task=dit"], "train.checkpoint_layers=true"), 0)
+    assert rates[0] / rates[1] == pytest.approx(counted["work_flops"] / counted["flops"])
