@@ -172,8 +172,11 @@ def _print_summary(cfg: Config, report: dict) -> None:
             speed = f" achieved={row['achieved_tflops']:.3g} TFLOP/s"
         if row.get("mfu") is not None:
             speed += f" mfu={row['mfu']:.1%}"
-        print(f"block {row['block']}: steps={row['steps']} final_loss={row['final_loss']:.5f} "
-              f"restarts={row['restarts']} peak_memory={row['peak_memory_bytes'] / 2**20:.2f} MiB"
+        held = row.get("heldout_loss")
+        held = f" heldout_loss={held:.5f}" if held is not None else ""
+        print(f"block {row['block']}: steps={row['steps']} final_loss={row['final_loss']:.5f}"
+              f"{held} restarts={row['restarts']}"
+              f" peak_memory={row['peak_memory_bytes'] / 2**20:.2f} MiB"
               f" data_memory={row.get('data_memory_bytes', 0) / 2**20:.2f} MiB{speed}")
     if report["assembly"]:
         metrics = ", ".join(f"{k}={_number(v)}" for k, v in report["assembly"].items())

@@ -47,6 +47,8 @@ def test_blocks_trained_apart_equal_blocks_trained_together(whole, tmp_path, cap
     assert _train(run_dir, "--block", "1") == 0
     out = capsys.readouterr().out
     assert "assembly: not run" in out and f"dbparallel eval {run_dir}" in out
+    held = json.loads((run_dir / "blocks/block_1/measured.json").read_text())["heldout_loss"]
+    assert "block 1: steps=12 final_loss=" in out and f" heldout_loss={held:.5f} " in out
     assert not (run_dir / "report.json").exists()
     assert main(["eval", str(run_dir)]) == 2  # block 0 is missing
     assert "block(s) [0] have no snapshot" in capsys.readouterr().err
