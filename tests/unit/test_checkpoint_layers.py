@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from probes import random_batch, recorded_gradients
 
 from dbparallel.config import config_hash, load_config
 from dbparallel.training.block_trainer import BlockTrainer
@@ -34,23 +35,11 @@ def _cfg(overrides: list[str], *more: str):
 
 
 def _batch(trainer: BlockTrainer, n: int = 8) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
-    out = {}
-    for key, x in trainer.task.example_batch(n, "cpu").items():
-        out[key] = (torch.rand(x.shape, generator=g) * 2 - 1 if x.is_floating_point()
-                    else torch.randint(0, 4, x.shape, generator=g).to(x.dtype))
-    return out
+    return random_batch(trainer.task, n, seed=3)
 
 
 def _first_gradients(trainer: BlockTrainer) -> list[torch.Tensor]:
-    seen: list[list[torch.Tensor]] = []
-    step = trainer.optimizer.step
-
-    def record(*args, **kwargs):
-        seen.append([p.grad.clone() for p in trainer.model.parameters() if p.grad is not None])
-        return step(*args, **kwargs)
-
-    trainer.optimizer.step = record  # type: ignore[method-assign]
+    seen = recorded_gradients(trainer)
     trainer.train_step(_batch(trainer))
     return seen[0]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from probes import random_batch, recorded_gradients
 
 from dbparallel.config import ConfigError, config_hash, load_config
 from dbparallel.training.block_trainer import BlockTrainer, NonFiniteLoss
@@ -29,25 +30,7 @@ def _cfg(overrides: list[str], *more: str):
 
 
 def _batch(trainer: BlockTrainer, n: int = 10, seed: int = 1) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, x in trainer.task.example_batch(n, "cpu").items():
-        out[key] = (torch.rand(x.shape, generator=g) * 2 - 1 if x.is_floating_point()
-                    else torch.randint(0, 4, x.shape, generator=g).to(x.dtype))
-    return out
-
-
-def _gradients(trainer: BlockTrainer) -> list[list[torch.Tensor]]:
-    """The gradients each later optimizer step of ``trainer`` applies (after clipping)."""
-    seen: list[list[torch.Tensor]] = []
-    step = trainer.optimizer.step
-
-    def record(*args, **kwargs):
-        seen.append([p.grad.clone() for p in trainer.model.parameters() if p.grad is not None])
-        return step(*args, **kwargs)
-
-    trainer.optimizer.step = record  # type: ignore[method-assign]
-    return seen
+    return random_batch(trainer.task, n, seed)
 
 
 @pytest.mark.parametrize("overrides", TASKS.values(), ids=TASKS.keys())
@@ -55,7 +38,7 @@ def test_pieces_reproduce_the_whole_batch_step(overrides: list[str]) -> None:
     whole = BlockTrainer(_cfg(overrides), 0)
     pieces = BlockTrainer(_cfg(overrides, "train.micro_batches=3"), 0)  # 4 + 3 + 3 rows
     assert [len(next(iter(p.values()))) for p, _ in pieces._pieces(_batch(pieces))] == [4, 3, 3]
-    a_grads, b_grads = _gradients(whole), _gradients(pieces)
+    a_grads, b_grads = recorded_gradients(whole), recorded_gradients(pieces)
     for step in range(3):
         a = whole.train_step(_batch(whole, seed=step))
         b = pieces.train_step(_batch(pieces, seed=step))
@@ -67,7 +50,7 @@ def test_pieces_reproduce_the_whole_batch_step(overrides: list[str]) -> None:
     # and not by accident: the same weights and batch with another step's noise differ
     other = BlockTrainer(_cfg(overrides), 0)
     other.step = 1
-    c_grads = _gradients(other)
+    c_grads = recorded_gradients(other)
     other.train_step(_batch(other, seed=0))
     assert any(not torch.allclose(g, h, rtol=1e-4, atol=1e-6)
                for g, h in zip(a_grads[0], c_grads[0], strict=True))

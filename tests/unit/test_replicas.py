@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from probes import random_batch
 
 from dbparallel.config import ConfigError, load_config
 from dbparallel.core.share import Share
@@ -48,15 +49,6 @@ def test_stream_shares_are_disjoint_and_make_up_the_batch() -> None:
         assert parts[0] + parts[1] + parts[2] == whole
 
 
-def _random_batch(task, n: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    out = {}
-    for key, x in task.example_batch(n, "cpu").items():
-        out[key] = (torch.rand(x.shape, generator=g) * 2 - 1 if x.is_floating_point()
-                    else torch.randint(0, 4, x.shape, generator=g).to(x.dtype))
-    return out
-
-
 @pytest.mark.parametrize("overrides", [
     ["task=dit", "train.label_dropout=0.5"], ["task=vit"], ["task=mdm", *TEXT],
     ["task=ar", *TEXT], ["task=looped", *TEXT, "train.objective=end_to_end"],
@@ -67,7 +59,7 @@ def test_a_share_of_the_loss_is_that_share_of_the_whole_batch_loss(overrides) ->
     task = build_task(cfg)
     torch.manual_seed(0)
     net = task.build_block(0)
-    batch = _random_batch(task, 10)
+    batch = random_batch(task, 10, seed=1)
     whole = task.loss(net, batch, 0, generator(0, "step", 0, 5))
     parts = [task.loss(net, {k: s.cut(v) for k, v in batch.items()}, 0,
                        generator(0, "step", 0, 5), s) for s in (Share.of(r, 3, 10)
