@@ -3,8 +3,8 @@
 ``load_config(yaml files, key=value overrides)`` merges with omegaconf onto the dataclass
 defaults and returns the dataclass tree; every mistake raises ``ConfigError`` naming the dotted
 key and the allowed values, before anything starts. Imported by every layer; imports none of
-them. The schema is in schema.py, what identifies a run's network in identity.py, loading in
-loading.py.
+them. The schema is in schema.py (its train section in training.py), what identifies a run's
+network in identity.py, loading in loading.py.
 """
 
 from dbparallel.config.amounts import bytes_text, parse_bytes
@@ -33,15 +33,12 @@ from dbparallel.config.schema import (
     DATA_SOURCES,
     LABEL_EMBEDDINGS,
     LABEL_STARTS,
-    OBJECTIVES,
     PARTITIONS,
-    PRECISIONS,
     PRESETS,
     TASKS,
     TEXT_TASKS,
     TOKENIZERS,
     Config,
-    ConfigError,
     DataConfig,
     DebugConfig,
     MetricsConfig,
@@ -50,8 +47,9 @@ from dbparallel.config.schema import (
     RunConfig,
     RuntimeConfig,
     SampleConfig,
-    TrainConfig,
 )
+from dbparallel.config.training import OBJECTIVES, PRECISIONS, TrainConfig
+from dbparallel.errors import ConfigError
 
 __all__ = [
     "AR_READOUTS", "AUTO", "DATA_SOURCES", "IDENTITY_KEYS", "IDENTITY_SECTIONS",

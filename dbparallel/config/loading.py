@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from dbparallel.config.identity import upgrade
-from dbparallel.config.schema import Config, ConfigError
+from dbparallel.config.schema import Config
+from dbparallel.errors import ConfigError
 
 AUTO = "auto"
 FitBlocks = Callable[[Callable[[int], "Config"]], int]

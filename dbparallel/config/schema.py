@@ -1,12 +1,14 @@
 """The one typed configuration schema of dbparallel: every section, its defaults and its
-checks. Every mistake raises ``ConfigError`` naming the dotted key and the allowed values."""
+checks (the train section, the largest, in config/training.py). Every mistake raises
+``ConfigError`` naming the dotted key and the allowed values (config/checks.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from dbparallel.config.amounts import parse_bytes
-from dbparallel.errors import ConfigError
+from dbparallel.config.checks import check, choice
+from dbparallel.config.training import TrainConfig
 
 TASKS = ("dit", "vit", "mdm", "ar", "looped")
 TEXT_TASKS = ("mdm", "ar", "looped")
@@ -14,26 +16,11 @@ DATA_SOURCES = ("digits", "parquet", "shakespeare", "text", "fashion_mnist", "im
 TOKENIZERS = ("char", "bpe")
 SOLVERS = ("euler", "heun")
 SCHEDULES = ("equiprobable", "karras")
-NONFINITE_POLICIES = ("skip", "stop")
-UNREADABLE_POLICIES = ("refuse", "restart")
-OBJECTIVES = ("diffusionblocks", "end_to_end")
-PRECISIONS = ("fp32", "tf32", "bf16")
 PRESETS = ("tiny", "small", "base", "dit-s", "dit-b", "dit-l")
 AR_READOUTS = ("paper", "direct")
 LABEL_EMBEDDINGS = ("frozen", "learned")
 PARTITIONS = ("equiprobable", "log_uniform")
 LABEL_STARTS = ("noise", "zero")
-LR_SCHEDULES = ("constant", "cosine")
-AUGMENTS = ("none", "flip", "crop", "flip_crop")
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
-def _choice(value: str, key: str, allowed: tuple[str, ...]) -> None:
-    _check(value in allowed, key, f"got {value!r}; allowed: {', '.join(allowed)}")
 
 
 @dataclass
@@ -43,8 +30,8 @@ class RunConfig:
     seed: int = 0  # seeds model init, noise draws and data order of every block
 
     def __post_init__(self) -> None:
-        _check(self.seed >= 0, "run.seed", f"must be >= 0, got {self.seed}")
-        _check(bool(self.name), "run.name", "must not be empty")
+        check(self.seed >= 0, "run.seed", f"must be >= 0, got {self.seed}")
+        check(bool(self.name), "run.name", "must not be empty")
 
 
 @dataclass
@@ -69,21 +56,21 @@ class DataConfig:
     decode_threads: int = 0
 
     def __post_init__(self) -> None:
-        _choice(self.source, "data.source", DATA_SOURCES)
-        _check(self.source not in ("parquet", "text", "image_folder") or bool(self.path),
+        choice(self.source, "data.source", DATA_SOURCES)
+        check(self.source not in ("parquet", "text", "image_folder") or bool(self.path),
                "data.path", f"required when data.source={self.source}")
-        _check(self.image_size > 0, "data.image_size", "must be > 0")
-        _check(self.channels > 0, "data.channels", "must be > 0")
-        _check(self.num_classes > 0, "data.num_classes", "must be > 0")
-        _check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
-        _check(self.vocab_size >= 2, "data.vocab_size", f"must be >= 2, got {self.vocab_size}")
-        _choice(self.tokenizer, "data.tokenizer", TOKENIZERS)
-        _check(self.tokenizer != "bpe" or 256 <= self.vocab_size <= 65536, "data.vocab_size",
+        check(self.image_size > 0, "data.image_size", "must be > 0")
+        check(self.channels > 0, "data.channels", "must be > 0")
+        check(self.num_classes > 0, "data.num_classes", "must be > 0")
+        check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
+        check(self.vocab_size >= 2, "data.vocab_size", f"must be >= 2, got {self.vocab_size}")
+        choice(self.tokenizer, "data.tokenizer", TOKENIZERS)
+        check(self.tokenizer != "bpe" or 256 <= self.vocab_size <= 65536, "data.vocab_size",
                f"byte-level BPE needs 256..65536 ids (256 bytes + merges), got "
                f"{self.vocab_size}")
-        _check(self.window_shards >= 1, "data.window_shards", "must be >= 1")
-        _check(self.shard_rows >= 1, "data.shard_rows", "must be >= 1")
-        _check(self.decode_threads >= 0, "data.decode_threads",
+        check(self.window_shards >= 1, "data.window_shards", "must be >= 1")
+        check(self.shard_rows >= 1, "data.shard_rows", "must be >= 1")
+        check(self.decode_threads >= 0, "data.decode_threads",
                f"must be >= 0 (0 = one per CPU of the block), got {self.decode_threads}")
 
 
@@ -107,22 +94,22 @@ class ModelConfig:
     label_embedding: str = "frozen"
 
     def __post_init__(self) -> None:
-        _choice(self.preset, "model.preset", PRESETS)
-        _check(self.blocks >= 1, "model.blocks", f"must be >= 1, got {self.blocks}")
-        _check(self.depth >= 1, "model.depth", f"must be >= 1, got {self.depth}")
-        _check(self.depth % self.blocks == 0, "model.depth",
+        choice(self.preset, "model.preset", PRESETS)
+        check(self.blocks >= 1, "model.blocks", f"must be >= 1, got {self.blocks}")
+        check(self.depth >= 1, "model.depth", f"must be >= 1, got {self.depth}")
+        check(self.depth % self.blocks == 0, "model.depth",
                f"{self.depth} layers do not split equally into model.blocks={self.blocks}; "
                f"use a multiple of {self.blocks}")
-        _check(self.hidden is None or self.hidden > 0, "model.hidden", "must be > 0")
-        _check(self.heads is None or self.heads > 0, "model.heads", "must be > 0")
+        check(self.hidden is None or self.hidden > 0, "model.hidden", "must be > 0")
+        check(self.heads is None or self.heads > 0, "model.heads", "must be > 0")
         if self.hidden is not None and self.heads is not None:
-            _check(self.hidden % self.heads == 0, "model.heads",
+            check(self.hidden % self.heads == 0, "model.heads",
                    f"model.hidden={self.hidden} is not divisible by {self.heads} heads")
-        _check(self.mlp_ratio is None or self.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
-        _check(self.patch_size >= 1, "model.patch_size", "must be >= 1")
-        _check(self.loop_iterations >= 1, "model.loop_iterations", "must be >= 1")
-        _choice(self.ar_readout, "model.ar_readout", AR_READOUTS)
-        _choice(self.label_embedding, "model.label_embedding", LABEL_EMBEDDINGS)
+        check(self.mlp_ratio is None or self.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
+        check(self.patch_size >= 1, "model.patch_size", "must be >= 1")
+        check(self.loop_iterations >= 1, "model.loop_iterations", "must be >= 1")
+        choice(self.ar_readout, "model.ar_readout", AR_READOUTS)
+        choice(self.label_embedding, "model.label_embedding", LABEL_EMBEDDINGS)
 
     @property
     def layers_per_block(self) -> int:
@@ -144,119 +131,14 @@ class NoiseConfig:
     partition: str = "equiprobable"
 
     def __post_init__(self) -> None:
-        _check(self.sigma_min > 0, "noise.sigma_min", f"must be > 0, got {self.sigma_min}")
-        _check(self.sigma_min < self.sigma_max, "noise.sigma_min",
+        check(self.sigma_min > 0, "noise.sigma_min", f"must be > 0, got {self.sigma_min}")
+        check(self.sigma_min < self.sigma_max, "noise.sigma_min",
                f"must be < noise.sigma_max ({self.sigma_min} >= {self.sigma_max})")
-        _check(self.P_std > 0, "noise.P_std", f"must be > 0, got {self.P_std}")
-        _check(self.sigma_data > 0, "noise.sigma_data", f"must be > 0, got {self.sigma_data}")
-        _check(0 <= self.gamma <= 1, "noise.gamma", f"must be in [0, 1], got {self.gamma}")
-        _check(0 < self.t_min < 1, "noise.t_min", f"must be in (0, 1), got {self.t_min}")
-        _choice(self.partition, "noise.partition", PARTITIONS)
-
-
-@dataclass
-class TrainConfig:
-    objective: str = "diffusionblocks"  # diffusionblocks | end_to_end (the baseline, 1 block)
-    steps: int = 1500  # optimizer steps per block
-    # optimizer steps of each block, block 0 first (e.g. [1800, 600, 600]: more for the block
-    # that limits the network, the same total); [] = train.steps for every block
-    block_steps: list[int] = field(default_factory=list)
-    batch_size: int = 64  # samples per step, per block
-    # pieces each step's batch (each replica's share) is cut into, run forward and backward
-    # one at a time with their gradients summed: the same step, with the activation memory
-    # of one piece (the same noise draws; results equal up to the order of float sums)
-    micro_batches: int = 1
-    # activation checkpointing: keep only each transformer layer's inputs and run the layer
-    # again in backward (one layer's activations at a time) for about a third more
-    # arithmetic per step (the same step: the layers draw no random numbers)
-    checkpoint_layers: bool = False
-    lr: float = 1e-3  # AdamW learning rate (the peak, after warm-up)
-    weight_decay: float = 0.0  # AdamW weight decay
-    warmup_steps: int = 100  # linear learning-rate warm-up, steps
-    # after warm-up: constant (train.lr) | cosine (from train.lr down towards train.min_lr,
-    # reached after the block's last step, train.steps or its train.block_steps count)
-    lr_schedule: str = "constant"
-    min_lr: float = 0.0  # the learning rate a cosine schedule ends at
-    # image tasks: none | flip (random horizontal flips) | crop (pad by image_size/8, at
-    # least 1, with edge pixels, cut back at a random offset) | flip_crop, of the training
-    # images only; none for digits and other images that a mirror changes
-    augment: str = "none"
-    ema_decay: float = 0.999  # EMA of weights used for assembly; 0 = off
-    grad_clip: float = 1.0  # max gradient norm; 0 = off
-    label_dropout: float = 0.1  # probability a label is replaced by the null class (CFG)
-    log_every: int = 25  # steps between progress/metric updates
-    # steps between each block's held-out loss (and its last step): the mean weighted loss
-    # of its EMA weights on the first train.heldout_rows rows of the validation split (else
-    # test, else train), the same noise draws every time; metrics.jsonl, Prometheus,
-    # curves.png; 0 = off
-    heldout_every: int = 250
-    heldout_rows: int = 256  # held-out rows of that loss (the first of the split)
-    checkpoint_every: int = 250  # steps between checkpoints (and always at the end)
-    keep_checkpoints: int = 2  # training states kept per block (older ones deleted)
-    keep_snapshots: int = 1  # EMA snapshots kept per block (`dbparallel eval --step` reads them)
-    precision: str = "fp32"  # fp32 | tf32 (TF32 matmuls on CUDA) | bf16 (autocast forward pass)
-    compile: bool = False  # torch.compile each block's forward, loss and backward, once per
-    # trainer process (the first step runs eager; the second compiles; needs a C++ compiler)
-    nonfinite: str = "skip"  # on a NaN/Inf loss: skip the step, or stop the run
-    assembly_timeout_s: float = 7200.0  # the final assembly fails the run after this long
-    lease_timeout_s: float = 120.0  # a block's write lease lapses this long after its
-    # writer last renewed it (writers renew it while they train)
-    on_unreadable: str = "refuse"  # checkpoints listed, none readable: refuse to start, or
-    # restart (discard them and train the block again from step 0)
-    max_restarts: int = 3  # restarts of a failed block actor before the run fails
-    stall_timeout_s: float = 600.0  # a block without progress this long is restarted
-    assemble_every: int = 0  # steps between assemblies during training; 0 = at the end only
-    bptt_truncate: int = 0  # looped end to end: last iterations backpropagated; 0 = all K
-
-    def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
-                    "keep_snapshots"):
-            value = getattr(self, key)
-            _check(value >= 1, f"train.{key}", f"must be >= 1, got {value}")
-        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-        _check(self.heldout_every >= 0, "train.heldout_every",
-               f"must be >= 0 (0 = off), got {self.heldout_every}")
-        _check(self.heldout_rows >= 1, "train.heldout_rows",
-               f"must be >= 1, got {self.heldout_rows}")
-        _check(self.micro_batches >= 1, "train.micro_batches",
-               f"must be >= 1, got {self.micro_batches}")
-        _choice(self.lr_schedule, "train.lr_schedule", LR_SCHEDULES)
-        _check(0 <= self.min_lr <= self.lr, "train.min_lr",
-               f"must be in [0, train.lr={self.lr}], got {self.min_lr}")
-        _choice(self.augment, "train.augment", AUGMENTS)
-        _check(isinstance(self.checkpoint_layers, bool), "train.checkpoint_layers",
-               f"must be true or false, got {self.checkpoint_layers!r}")
-        _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
-        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
-        _check(0 <= self.label_dropout < 1, "train.label_dropout", "must be in [0, 1)")
-        _choice(self.nonfinite, "train.nonfinite", NONFINITE_POLICIES)
-        _choice(self.on_unreadable, "train.on_unreadable", UNREADABLE_POLICIES)
-        _check(self.lease_timeout_s > 0, "train.lease_timeout_s", "must be > 0")
-        _check(self.assembly_timeout_s > 0, "train.assembly_timeout_s", "must be > 0")
-        _choice(self.objective, "train.objective", OBJECTIVES)
-        _choice(self.precision, "train.precision", PRECISIONS)
-        _check(isinstance(self.compile, bool), "train.compile",
-               f"must be true or false, got {self.compile!r}")
-        _check(self.max_restarts >= 0, "train.max_restarts", "must be >= 0")
-        _check(self.stall_timeout_s > 0, "train.stall_timeout_s", "must be > 0")
-        _check(self.assemble_every >= 0, "train.assemble_every", "must be >= 0")
-        _check(self.bptt_truncate >= 0, "train.bptt_truncate", "must be >= 0")
-        _check(all(s >= 1 for s in self.block_steps), "train.block_steps",
-               f"every count must be >= 1, got {list(self.block_steps)}")
-        fewest = min(self.block_steps) if self.block_steps else self.steps
-        _check(self.lr_schedule != "cosine" or self.warmup_steps < fewest,
-               "train.warmup_steps", f"{self.warmup_steps} leaves no step to decay with "
-               f"train.lr_schedule=cosine: use fewer than a block's {fewest} steps")
-
-    def steps_of(self, block: int) -> int:
-        """Optimizer steps of ``block``: train.block_steps[block], else train.steps."""
-        return self.block_steps[block] if self.block_steps else self.steps
-
-    @property
-    def max_steps(self) -> int:
-        """The most steps any block takes."""
-        return max(self.block_steps) if self.block_steps else self.steps
+        check(self.P_std > 0, "noise.P_std", f"must be > 0, got {self.P_std}")
+        check(self.sigma_data > 0, "noise.sigma_data", f"must be > 0, got {self.sigma_data}")
+        check(0 <= self.gamma <= 1, "noise.gamma", f"must be in [0, 1], got {self.gamma}")
+        check(0 < self.t_min < 1, "noise.t_min", f"must be in (0, 1), got {self.t_min}")
+        choice(self.partition, "noise.partition", PARTITIONS)
 
 
 @dataclass
@@ -283,17 +165,17 @@ class SampleConfig:
     scorer_steps: int = 1500  # training steps of the AR model scoring gen_ppl (cached)
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, "sample.steps", "must be >= 1")
-        _choice(self.solver, "sample.solver", SOLVERS)
-        _choice(self.schedule, "sample.schedule", SCHEDULES)
-        _check(self.cfg_scale >= 0, "sample.cfg_scale", "must be >= 0")
-        _check(self.per_class >= 1, "sample.per_class", "must be >= 1")
-        _check(self.eval_samples >= 10, "sample.eval_samples", "must be >= 10")
-        _check(self.eval_rows >= 0, "sample.eval_rows", "must be >= 0 (0 = the test split)")
-        _choice(self.label_start, "sample.label_start", LABEL_STARTS)
+        check(self.steps >= 1, "sample.steps", "must be >= 1")
+        choice(self.solver, "sample.solver", SOLVERS)
+        choice(self.schedule, "sample.schedule", SCHEDULES)
+        check(self.cfg_scale >= 0, "sample.cfg_scale", "must be >= 0")
+        check(self.per_class >= 1, "sample.per_class", "must be >= 1")
+        check(self.eval_samples >= 10, "sample.eval_samples", "must be >= 10")
+        check(self.eval_rows >= 0, "sample.eval_rows", "must be >= 0 (0 = the test split)")
+        choice(self.label_start, "sample.label_start", LABEL_STARTS)
         for key in ("elbo_draws", "prompt_len", "gen_len", "text_samples", "scorer_steps"):
             value = getattr(self, key)
-            _check(value >= 1, f"sample.{key}", f"must be >= 1, got {value}")
+            check(value >= 1, f"sample.{key}", f"must be >= 1, got {value}")
 
 
 @dataclass
@@ -325,19 +207,19 @@ class RuntimeConfig:
     object_store_memory: int = 0  # bytes of a private local instance's object store; 0 = Ray's
 
     def __post_init__(self) -> None:
-        _check(self.num_cpus >= 0, "runtime.num_cpus", "must be >= 0")
-        _check(self.cpus_per_block > 0, "runtime.cpus_per_block", "must be > 0")
-        _check(self.gpus_per_block >= 0, "runtime.gpus_per_block", "must be >= 0")
-        _check(self.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
-        _check(self.replicas_per_block >= 1, "runtime.replicas_per_block", "must be >= 1")
-        _check(self.assembly_cpus >= 0, "runtime.assembly_cpus", "must be >= 0")
-        _check(self.assembly_gpus >= 0, "runtime.assembly_gpus", "must be >= 0")
-        _check(self.placement_timeout_s > 0, "runtime.placement_timeout_s", "must be > 0")
-        _check(self.max_concurrent_blocks >= 0, "runtime.max_concurrent_blocks",
+        check(self.num_cpus >= 0, "runtime.num_cpus", "must be >= 0")
+        check(self.cpus_per_block > 0, "runtime.cpus_per_block", "must be > 0")
+        check(self.gpus_per_block >= 0, "runtime.gpus_per_block", "must be >= 0")
+        check(self.torch_threads >= 1, "runtime.torch_threads", "must be >= 1")
+        check(self.replicas_per_block >= 1, "runtime.replicas_per_block", "must be >= 1")
+        check(self.assembly_cpus >= 0, "runtime.assembly_cpus", "must be >= 0")
+        check(self.assembly_gpus >= 0, "runtime.assembly_gpus", "must be >= 0")
+        check(self.placement_timeout_s > 0, "runtime.placement_timeout_s", "must be > 0")
+        check(self.max_concurrent_blocks >= 0, "runtime.max_concurrent_blocks",
                "must be >= 0 (0 = as many as the cluster fits)")
-        _check(self.devices >= 0, "runtime.devices", "must be >= 0")
+        check(self.devices >= 0, "runtime.devices", "must be >= 0")
         self.device_memory_bytes  # noqa: B018 (validates it)
-        _check(self.object_store_memory >= 0, "runtime.object_store_memory", "must be >= 0")
+        check(self.object_store_memory >= 0, "runtime.object_store_memory", "must be >= 0")
 
 
 @dataclass
@@ -345,7 +227,7 @@ class MetricsConfig:
     port: int = 9464  # HTTP port of a local run's Prometheus metrics (/metrics); 0 = off
 
     def __post_init__(self) -> None:
-        _check(0 <= self.port < 65536, "metrics.port", f"must be in [0, 65535], got {self.port}")
+        check(0 <= self.port < 65536, "metrics.port", f"must be in [0, 65535], got {self.port}")
 
 
 @dataclass
@@ -374,52 +256,52 @@ class Config:
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:
-        _choice(self.task, "task", TASKS)
+        choice(self.task, "task", TASKS)
         if self.train.objective == "end_to_end":
-            _check(self.model.blocks == 1, "model.blocks",
+            check(self.model.blocks == 1, "model.blocks",
                    "must be 1 with train.objective=end_to_end (the whole network is one unit)")
         if self.task in TEXT_TASKS:
-            _check(self.data.source in ("shakespeare", "text", "parquet"), "data.source",
+            check(self.data.source in ("shakespeare", "text", "parquet"), "data.source",
                    f"task={self.task} reads text: shakespeare, text or parquet, "
                    f"got {self.data.source!r}")
-            _check(self.sample.prompt_len + self.sample.gen_len <= self.data.seq_len,
+            check(self.sample.prompt_len + self.sample.gen_len <= self.data.seq_len,
                    "sample.gen_len", f"sample.prompt_len + sample.gen_len must be <= "
                    f"data.seq_len={self.data.seq_len}")
         else:  # images, cut into patches
-            _check(self.data.image_size % self.model.patch_size == 0, "model.patch_size",
+            check(self.data.image_size % self.model.patch_size == 0, "model.patch_size",
                    f"{self.model.patch_size} does not divide data.image_size="
                    f"{self.data.image_size}")
         if self.task == "looped":
-            _check(self.model.blocks == 1, "model.blocks",
+            check(self.model.blocks == 1, "model.blocks",
                    "must be 1 with task=looped (one weight-tied core)")
         if self.train.block_steps:
-            _check(len(self.train.block_steps) == self.model.blocks, "train.block_steps",
+            check(len(self.train.block_steps) == self.model.blocks, "train.block_steps",
                    f"needs one count per block, model.blocks={self.model.blocks}, got "
                    f"{list(self.train.block_steps)}")
         if self.model.label_embedding == "learned":
-            _check(self.task == "vit", "model.label_embedding",
+            check(self.task == "vit", "model.label_embedding",
                    f"learned applies to task=vit only, got task={self.task}")
         if self.noise.partition != "equiprobable":
-            _check(self.task != "mdm", "noise.partition",
+            check(self.task != "mdm", "noise.partition",
                    "task=mdm splits masking time uniformly; only equiprobable applies")
         if self.train.augment != "none":
-            _check(self.task not in TEXT_TASKS, "train.augment",
+            check(self.task not in TEXT_TASKS, "train.augment",
                    f"flips and crops are for images; task={self.task} reads text")
         R = self.runtime.replicas_per_block
-        _check(R <= self.train.batch_size, "runtime.replicas_per_block",
+        check(R <= self.train.batch_size, "runtime.replicas_per_block",
                f"must be <= train.batch_size={self.train.batch_size} (each replica takes a "
                f"share of the block's batch), got {R}")
-        _check(R * self.train.micro_batches <= self.train.batch_size, "train.micro_batches",
+        check(R * self.train.micro_batches <= self.train.batch_size, "train.micro_batches",
                f"runtime.replicas_per_block={R} x train.micro_batches="
                f"{self.train.micro_batches} must be <= train.batch_size="
                f"{self.train.batch_size} (every piece needs a row)")
         if R > 1:
-            _check(not self.runtime.local, "runtime.replicas_per_block",
+            check(not self.runtime.local, "runtime.replicas_per_block",
                    "needs Ray (runtime.local=false): replicas are Ray Train workers")
-        _check(0 <= self.debug.kill_replica < R, "debug.kill_replica",
+        check(0 <= self.debug.kill_replica < R, "debug.kill_replica",
                f"must be a rank below runtime.replicas_per_block={R}")
         if self.debug.kill_block >= 0:
-            _check(self.debug.kill_block < self.model.blocks, "debug.kill_block",
+            check(self.debug.kill_block < self.model.blocks, "debug.kill_block",
                    f"must be < model.blocks={self.model.blocks}")
 
     @property

@@ -215,8 +215,7 @@ class BlockTrainer:
         step_rows = self.share.rows if self.share else self.cfg.train.batch_size
         size = -(-step_rows // self.cfg.train.micro_batches)
         total = 0.0
-        self.ema.eval()
-        for start in range(0, rows, size):
+        for start in range(0, rows, size):  # (the EMA network is always in eval mode)
             share = Share(start, min(rows, start + size), rows)
             piece = {k: v[share.start:share.stop] for k, v in batch.items()}
             g = generator(self.cfg.run.seed, "heldout", self.block)
