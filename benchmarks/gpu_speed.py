@@ -6,6 +6,8 @@ only (BlockTrainer is what a block actor runs; no Ray, no omegaconf):
     each at train.precision tf32 and bf16, eager and with train.compile: step time, samples/s,
     CUDA allocator peak, model FLOPs per step (training/flops.py), achieved TFLOP/s, MFU
     against the device's dense peak (training/peaks.py), and the compiling step's time;
+  - the bf16 block compiled in torch.compile's other modes (train.compile_mode): CUDA graphs
+    (reduce-overhead) and tuned kernels (max-autotune-no-cudagraphs), to choose the default;
   - sampling, the B=3 blocks composed (50 Euler steps with guidance), eager and with each
     block's forward compiled: images/s.
 Every configuration runs in its own process under a time limit, so one that fails or hangs
@@ -49,6 +51,7 @@ BLOCKS = 3
 MODELS = ("dit-s", "dit-b")
 # seconds a configuration may take (compiling a DiT step takes tens of seconds)
 LIMIT_S = {"eager": 90.0, "compiled": 180.0}
+OTHER_MODES = ("reduce-overhead", "max-autotune-no-cudagraphs")  # beside torch's default
 MIN_START_S = 30.0  # a configuration with less budget left than this is skipped
 
 
@@ -61,15 +64,19 @@ class Spec:
     scope: str
     precision: str
     compiled: bool
+    mode: str = "default"  # train.compile_mode of a compiled training row
 
     @property
     def name(self) -> str:
         mode = "compiled" if self.compiled else "eager"
-        return f"{self.model}/{self.kind}/{self.scope}/{self.precision}/{mode}"
+        other = "" if self.mode == "default" else f"/{self.mode}"
+        return f"{self.model}/{self.kind}/{self.scope}/{self.precision}/{mode}{other}"
 
 
 def matrix(models: tuple[str, ...] = MODELS) -> list[Spec]:
-    """Every configuration, eager ones first (cheap), bf16 before tf32 among compiled ones."""
+    """Every configuration, eager ones first (cheap), bf16 before tf32 among compiled ones;
+    last, the other compile modes of each model's bf16 block (CUDA graphs, then tuned
+    kernels, whose autotuning takes longest)."""
     out = []
     for compiled in (False, True):
         precisions = ("bf16", "tf32") if compiled else ("tf32", "bf16")
@@ -77,6 +84,8 @@ def matrix(models: tuple[str, ...] = MODELS) -> list[Spec]:
             for model in models:
                 out += [Spec("train", model, scope, p, compiled) for p in precisions]
         out += [Spec("sample", model, "blocks", "tf32", compiled) for model in models]
+    for mode in OTHER_MODES:
+        out += [Spec("train", model, "block", "bf16", True, mode) for model in models]
     return out
 
 
@@ -108,7 +117,7 @@ def config(spec: Spec, s: Setting) -> Config:
         data=DataConfig(source="parquet", path="synthetic", image_size=s.image_size, channels=3),
         model=ModelConfig(preset=s.preset or spec.model, blocks=blocks, depth=s.depth),
         train=TrainConfig(batch_size=s.batch, warmup_steps=0, precision=spec.precision,
-                          compile=spec.compiled,
+                          compile=spec.compiled, compile_mode=spec.mode,
                           objective="end_to_end" if blocks == 1 else "diffusionblocks"),
         sample=SampleConfig(steps=s.sample_steps, cfg_scale=2.0),
     )

@@ -10,6 +10,8 @@ NONFINITE_POLICIES = ("skip", "stop")
 UNREADABLE_POLICIES = ("refuse", "restart")
 OBJECTIVES = ("diffusionblocks", "end_to_end")
 PRECISIONS = ("fp32", "tf32", "bf16")
+# torch.compile's modes: default (inductor), CUDA graphs, tuned kernels without or with them
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 LR_SCHEDULES = ("constant", "cosine")
 AUGMENTS = ("none", "flip", "crop", "flip_crop")
 
@@ -57,6 +59,8 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | tf32 (TF32 matmuls on CUDA) | bf16 (autocast forward pass)
     compile: bool = False  # torch.compile each block's forward, loss and backward, once per
     # trainer process (the first step runs eager; the second compiles; needs a C++ compiler)
+    compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead (CUDA
+    # graphs) | max-autotune-no-cudagraphs | max-autotune (benchmarks/gpu_speed.py compares)
     nonfinite: str = "skip"  # on a NaN/Inf loss: skip the step, or stop the run
     assembly_timeout_s: float = 7200.0  # the final assembly fails the run after this long
     lease_timeout_s: float = 120.0  # a block's write lease lapses this long after its
@@ -98,6 +102,7 @@ class TrainConfig:
         choice(self.precision, "train.precision", PRECISIONS)
         check(isinstance(self.compile, bool), "train.compile",
                f"must be true or false, got {self.compile!r}")
+        choice(self.compile_mode, "train.compile_mode", COMPILE_MODES)
         check(self.max_restarts >= 0, "train.max_restarts", "must be >= 0")
         check(self.stall_timeout_s > 0, "train.stall_timeout_s", "must be > 0")
         check(self.assemble_every >= 0, "train.assemble_every", "must be >= 0")

@@ -78,12 +78,14 @@ class LogNormalNoise:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> torch.Tensor:
-        """n draws of sigma by inverse CDF, restricted to [lo, hi] within the support."""
+        """n draws of sigma by inverse CDF, restricted to [lo, hi] within the support, made on
+        the generator's device and returned on ``device``."""
         lo, hi = self.clamp(lo, hi)
         _check_range("LogNormalNoise.sample", lo, hi)
-        q = self.cdf(torch.tensor([lo, hi], dtype=torch.float64))
+        q = self.cdf(torch.tensor([lo, hi], dtype=torch.float64)).to(generator.device)
         # u ~ U(q(lo), q(hi)), sigma = q^-1(u)
-        u = q[0] + (q[1] - q[0]) * torch.rand(n, generator=generator, dtype=torch.float64)
+        u = q[0] + (q[1] - q[0]) * torch.rand(n, generator=generator, dtype=torch.float64,
+                                              device=generator.device)
         sigma = self.icdf(u).clamp(lo, hi)
         return sigma.to(device=device, dtype=dtype)
 
@@ -126,10 +128,11 @@ class MaskingNoise:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> torch.Tensor:
-        """n draws of t uniform in alpha on [max(lo, t_min), min(hi, 1)]."""
+        """n draws of t uniform in alpha on [max(lo, t_min), min(hi, 1)], made on the
+        generator's device and returned on ``device``."""
         lo, hi = self.clamp(lo, hi)
         _check_range("MaskingNoise.sample", lo, hi)
         # alpha linear in t: uniform in alpha == uniform in t
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=generator.device)
         t = (lo + (hi - lo) * u).clamp(lo, hi)
         return t.to(device=device, dtype=dtype)

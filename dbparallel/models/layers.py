@@ -97,8 +97,8 @@ def rotary(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """x (N, H, t, d) with each pair (x_j, x_{j+d/2}) rotated by pos * 10000^(-2j/d)
     (rotary position embedding, Su et al. 2021)."""
     half = x.shape[-1] // 2
-    freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / half)
-    angle = (pos.float()[:, None] * freqs[None]).to(x.device)  # (t, d/2)
+    freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)
+    angle = pos.to(x.device).float()[:, None] * freqs[None]  # (t, d/2)
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)

@@ -22,16 +22,26 @@ from dbparallel.models.layers import KV, AdaLNHead, SigmaEmbedder
 from dbparallel.models.presets import ModelDims
 
 
-def causal_mask(t: int, past: int = 0) -> torch.Tensor:
+def causal_mask(t: int, past: int = 0, device: torch.device | str | None = None
+                ) -> torch.Tensor:
     """(t, past + t) bool: new clean token i (position past + i) sees every j <= past + i."""
-    return torch.arange(past + t)[None, :] <= torch.arange(past, past + t)[:, None]
+    return (torch.arange(past + t, device=device)[None, :]
+            <= torch.arange(past, past + t, device=device)[:, None])
 
 
-def noisy_mask(t: int, past: int, start: int) -> torch.Tensor:
+def noisy_mask(t: int, past: int, start: int, device: torch.device | str | None = None
+               ) -> torch.Tensor:
     """(t, past + t) bool: noisy token i at position start + i sees the clean positions
     j < start + i (of ``past`` cached ones) and itself, no other noisy token."""
-    clean = torch.arange(past)[None, :] < torch.arange(start, start + t)[:, None]
-    return torch.cat([clean, torch.eye(t, dtype=torch.bool)], dim=1)
+    clean = (torch.arange(past, device=device)[None, :]
+             < torch.arange(start, start + t, device=device)[:, None])
+    return torch.cat([clean, torch.eye(t, dtype=torch.bool, device=device)], dim=1)
+
+
+def noisy_mask_is_full(t: int, past: int, start: int) -> bool:
+    """Whether ``noisy_mask(t, past, start)`` allows everything (one noisy token after all
+    ``past`` clean ones), so attention needs no mask: known without building it."""
+    return t == 1 and past <= start
 
 
 def ar_mask(T: int) -> torch.Tensor:
@@ -74,7 +84,7 @@ class MaskedLMBlock(TextBlock):
     def forward(self, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x = self.token_embed(ids)  # (N, T, D)
         c = self.t_embed(t)  # (N, D)
-        pos = torch.arange(ids.shape[1])
+        pos = torch.arange(ids.shape[1], device=ids.device)
         for layer in self.layers:
             x, _ = layer(x, c, None, pos)  # (N, T, D)
         return self.head(x, c)  # (N, T, V)
@@ -127,8 +137,8 @@ class ARBlock(TextBlock):
         past = 0 if cache is None else cache[0][0].shape[2]
         t = ids.shape[1]
         x = self.token_embed(ids)  # (N, t, D)
-        pos = torch.arange(past, past + t)
-        mask = causal_mask(t, past) if t > 1 else None
+        pos = torch.arange(past, past + t, device=ids.device)
+        mask = causal_mask(t, past, ids.device) if t > 1 else None
         new = []
         c = self.clean_cond[None]  # (1, D): the same condition for every clean token
         last = len(self.layers) - 1
@@ -156,12 +166,13 @@ class ARBlock(TextBlock):
         values come from ``cache``, computed once (they do not depend on sigma) and reused by
         every step."""
         t, past = z.shape[1], cache[0][0].shape[2]
-        pos = torch.arange(start, start + t)
-        mask = noisy_mask(t, past, start)
+        pos = torch.arange(start, start + t, device=z.device)
+        mask = None if noisy_mask_is_full(t, past, start) else noisy_mask(t, past, start,
+                                                                             z.device)
         x = self.noisy_embed(z)  # (N, t, D)
         c = self.sigma_embed(c_noise)  # (N, D)
         for layer, kv in zip(self.layers, cache, strict=True):
-            x, _ = layer(x, c, None if mask.all() else mask, pos, kv)  # (N, t, D)
+            x, _ = layer(x, c, mask, pos, kv)  # (N, t, D)
         return (self.final_norm(x) if self.readout == "paper" else x), c  # (N, t, D), (N, D)
 
     def classify(self, D: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

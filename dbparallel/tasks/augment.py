@@ -4,7 +4,7 @@ Only the training loss augments; evaluation, prediction and sampling see the ima
 are. Like the loss's noise, every draw is made for the step's global batch (``share.total``
 rows) from the step's generator and cut to this process's rows, so replicas and micro-batches
 together augment exactly as one process does for the whole batch, and a resumed block sees the
-same images. The draws are made on the CPU (as eps is) and moved to the images' device.
+same images. The draws are made where the step's generator is (the block's device).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
-
-from dbparallel.core.share import Share
 
 KINDS = ("none", "flip", "crop", "flip_crop")
 T = TypeVar("T")
@@ -35,21 +33,29 @@ def crop_padding(image_size: int) -> int:
     return max(1, image_size // 8)
 
 
-def augment(images: torch.Tensor, kind: str, generator: torch.Generator,
-            share: Share) -> torch.Tensor:
-    """``images`` (N, C, H, W), ``share``'s rows of the global batch, flipped and/or cropped
-    as ``kind`` says. ``none`` draws nothing and returns ``images`` itself. Draws, in order:
-    one flip flag per row (``flip``), then one (row, column) offset per row (``crop``)."""
+def augment_draws(kind: str, total: int, image_size: int,
+                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The draws of ``kind`` for a global batch of ``total`` images, on the generator's device,
+    in order: one flip flag per row (``flip``), then one (row, column) crop offset per row
+    (``offset``). ``none`` draws nothing."""
     assert kind in KINDS, kind
-    assert len(images) == share.rows, (len(images), share)
+    out, device = {}, generator.device
     if kind in ("flip", "flip_crop"):
-        flip = share.cut(torch.rand(share.total, generator=generator) < 0.5)  # (N,)
-        images = flip_rows(images, flip.to(images.device))
+        out["flip"] = torch.rand(total, generator=generator, device=device) < 0.5  # (N,)
     if kind in ("crop", "flip_crop"):
-        pad = crop_padding(images.shape[-1])
-        offsets = share.cut(torch.randint(0, 2 * pad + 1, (share.total, 2),
-                                          generator=generator))  # (N, 2)
-        images = crop_rows(images, offsets.to(images.device), pad)
+        pad = crop_padding(image_size)
+        out["offset"] = torch.randint(0, 2 * pad + 1, (total, 2), generator=generator,
+                                      device=device)  # (N, 2)
+    return out
+
+
+def augment(images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``images`` (N, C, H, W) flipped and/or cropped as ``draws`` (``augment_draws``, cut to
+    these rows) say; without a flip or offset draw, ``images`` itself."""
+    if "flip" in draws:
+        images = flip_rows(images, draws["flip"])
+    if "offset" in draws:
+        images = crop_rows(images, draws["offset"], crop_padding(images.shape[-1]))
     return images
 
 

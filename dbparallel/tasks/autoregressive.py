@@ -23,12 +23,11 @@ from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import equiprobable_schedule, karras_schedule
-from dbparallel.core.share import Share
 from dbparallel.data.tokenizer import Usable
 from dbparallel.models.layers import KV, frozen_unit_embedding
 from dbparallel.models.lm import ARBlock
 from dbparallel.models.presets import resolve
-from dbparallel.tasks.base import Batch, gaussian_noise
+from dbparallel.tasks.base import Batch, Draws, gaussian_noise
 from dbparallel.tasks.text import TextData, gumbel_sample
 
 
@@ -68,20 +67,23 @@ class AutoregressiveLM(TextData):
             F_x = precondition(F_x, z, sigma, self.sigma_data)  # D, (N, t, D)
         return net.classify(F_x, c)  # (N, t, V)
 
-    def loss(self, net: ARBlock, batch: Batch, block: int, generator: torch.Generator,
-             share: Share | None = None) -> torch.Tensor:
+    def draw(self, block: int, batch: Batch, total: int, generator: torch.Generator) -> Draws:
+        """sigma (N,), one per sequence, and eps (N, T, D); none for the causal LM."""
+        if not self.denoiser:
+            return {}
+        lo, hi = self.partition.ranges[block]
+        device, T = generator.device, batch["tokens"].shape[1]
+        return {"sigma": self.noise.sample(total, lo, hi, generator, device=device),
+                "eps": torch.randn(total, T, self.E.shape[1], generator=generator,
+                                   device=device)}
+
+    def loss_on(self, net: ARBlock, batch: Batch, block: int, draws: Draws) -> torch.Tensor:
         ids = batch["tokens"]  # (N, T)
-        share = share or Share.whole(len(ids))
         if not self.denoiser:
             logits = net.causal_logits(ids)  # (N, T, V)
             return weighted_cross_entropy(logits[:, :-1], ids[:, 1:], torch.ones(len(ids),
                                           device=ids.device))
-        lo, hi = self.partition.ranges[block]
-        sigma = share.cut(self.noise.sample(share.total, lo, hi, generator,
-                                            device=ids.device))  # (N,)
-        eps = share.cut(torch.randn(share.total, ids.shape[1], net.E.shape[1],
-                                    generator=generator)).to(ids.device)  # (N, T, D)
-        return self.denoising_loss(net, ids, sigma, eps)
+        return self.denoising_loss(net, ids, draws["sigma"], draws["eps"])
 
     def denoising_loss(self, net: ARBlock, ids: torch.Tensor, sigma: torch.Tensor,
                        eps: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ from dbparallel.core.share import Share
 from dbparallel.models.block import Block
 
 Batch = dict[str, torch.Tensor]
+# A loss's random draws (noise levels, noise, masks, dropped labels, flips): dim 0 is rows
+Draws = dict[str, torch.Tensor]
 Rows = dict[str, torch.Tensor]  # checked rows in compact form on the CPU, indexed along dim 0
 
 
@@ -48,13 +50,25 @@ class Task(Protocol):
         on the meta device it costs nothing (memory estimates, benchmarks)."""
         ...
 
+    def draw(self, block: int, batch: Batch, total: int, generator: torch.Generator) -> Draws:
+        """Every random draw of the loss for a global batch of ``total`` rows shaped like
+        ``batch`` (its rows' other dimensions), made on the generator's device, in a fixed
+        order that starts with the noise levels (``noise.sample``), so a fresh generator gives
+        a step's levels again without the rest."""
+        ...
+
+    def loss_on(self, net: Block, batch: Batch, block: int, draws: Draws) -> torch.Tensor:
+        """Per-sample loss (N,) of ``net`` on ``batch`` given ``draws`` cut to its rows and on
+        its device: no random draw of its own, so one step compiles to whole graphs."""
+        ...
+
     def loss(
         self, net: Block, batch: Batch, block: int, generator: torch.Generator,
         share: Share | None = None,
     ) -> torch.Tensor:
-        """Per-sample loss (N,) of ``net`` on noise levels drawn from ``block``'s range.
-        ``batch`` holds ``share``'s rows of the step's global batch (default: all of it); the
-        random draws are made for the global batch and cut to the share (core/share.py)."""
+        """``loss_on`` with draws made from ``generator``. ``batch`` holds ``share``'s rows
+        of the step's global batch (default: all of it); the random draws are made for the
+        global batch and cut to the share (core/share.py)."""
         ...
 
 
@@ -63,6 +77,18 @@ class Decoding:
 
     def decode(self, rows: pa.Table, device: str | torch.device = "cpu") -> Batch:
         return self.to_device(self.unpack(rows), device)  # type: ignore[attr-defined]
+
+
+class Drawing:
+    """``loss`` for a task that has ``draw`` and ``loss_on``."""
+
+    def loss(self, net: Block, batch: Batch, block: int, generator: torch.Generator,
+             share: Share | None = None) -> torch.Tensor:
+        share = share or Share.whole(len(next(iter(batch.values()))))
+        device = next(iter(batch.values())).device
+        draws = self.draw(block, batch, share.total, generator)  # type: ignore[attr-defined]
+        return self.loss_on(net, batch, block,  # type: ignore[attr-defined]
+                            {k: share.cut(v).to(device) for k, v in draws.items()})
 
 
 def gaussian_noise(cfg: Config) -> tuple[LogNormalNoise, Partition]:

@@ -25,12 +25,11 @@ from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import equiprobable_schedule
-from dbparallel.core.share import Share
 from dbparallel.models.layers import frozen_unit_embedding
 from dbparallel.models.presets import resolve
 from dbparallel.models.vit import ViTBlock
-from dbparallel.tasks.augment import augment
-from dbparallel.tasks.base import Batch, gaussian_noise
+from dbparallel.tasks.augment import augment, augment_draws
+from dbparallel.tasks.base import Batch, Draws, gaussian_noise
 from dbparallel.tasks.image_data import ImageData
 
 
@@ -69,24 +68,28 @@ class Classification(ImageData):
         D = precondition(F_x, z, sigma, self.sigma_data)  # (N, D)
         return D, net.classify(D, c)  # (N, D), (N, classes)
 
-    def loss(self, net: ViTBlock, batch: Batch, block: int, generator: torch.Generator,
-             share: Share | None = None) -> torch.Tensor:
-        images, labels = batch["image"], batch["label"]
-        n, device = len(labels), labels.device
-        share = share or Share.whole(n)
-        if self.end_to_end:  # no noise: the augmentation's are the only draws
-            F_x, c = net(augment(images, self.augment, generator, share))  # (N, D), (N, D)
-            return weighted_cross_entropy(net.classify(F_x, c), labels,
-                                          torch.ones(n, device=device))  # (N,)
-        lo, hi = self.partition.ranges[block]
-        sigma = share.cut(self.noise.sample(share.total, lo, hi, generator,
-                                            device=device))  # (N,)
-        y = self.table(net, device)[labels]  # (N, D)
-        eps = share.cut(torch.randn(share.total, y.shape[1],
-                                    generator=generator)).to(device)  # (N, D)
+    def draw(self, block: int, batch: Batch, total: int, generator: torch.Generator) -> Draws:
+        """sigma (N,) and eps (N, D) (none end to end), then the augmentation's."""
+        device, size = generator.device, batch["image"].shape[-1]
+        draws: Draws = {}
+        if not self.end_to_end:  # end to end, the augmentation's are the only draws
+            lo, hi = self.partition.ranges[block]
+            draws = {"sigma": self.noise.sample(total, lo, hi, generator, device=device),
+                     "eps": torch.randn(total, self.dims.hidden, generator=generator,
+                                        device=device)}
         # drawn after the noise, so that augment=none draws what it always drew
-        images = augment(images, self.augment, generator, share)  # (N, C, H, W)
-        _, logits = self.denoise(net, images, y + sigma[:, None] * eps, sigma)
+        return draws | augment_draws(self.augment, total, size, generator)
+
+    def loss_on(self, net: ViTBlock, batch: Batch, block: int, draws: Draws) -> torch.Tensor:
+        labels = batch["label"]
+        images = augment(batch["image"], draws)  # (N, C, H, W)
+        if self.end_to_end:
+            F_x, c = net(images)  # (N, D), (N, D)
+            return weighted_cross_entropy(net.classify(F_x, c), labels,
+                                          torch.ones(len(labels), device=labels.device))  # (N,)
+        sigma = draws["sigma"]  # (N,)
+        y = self.table(net, labels.device)[labels]  # (N, D)
+        _, logits = self.denoise(net, images, y + sigma[:, None] * draws["eps"], sigma)
         return weighted_cross_entropy(logits, labels, edm_weight(sigma, self.sigma_data))
 
     def inference_sigmas(self) -> torch.Tensor:

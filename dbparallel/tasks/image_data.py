@@ -7,7 +7,7 @@ import torch
 
 from dbparallel.config import Config
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, image_rows, images_on
-from dbparallel.tasks.base import Batch, Decoding, Rows
+from dbparallel.tasks.base import Batch, Decoding, Drawing, Rows
 
 
 def decode_threads(cfg: Config) -> int:
@@ -16,7 +16,7 @@ def decode_threads(cfg: Config) -> int:
     return cfg.data.decode_threads or max(1, int(cfg.runtime.cpus_per_block))
 
 
-class ImageData(Decoding):
+class ImageData(Decoding, Drawing):
     """Rows of (C, H, W) images with integer labels; the blocks take pixels in [-1, 1]."""
 
     columns = [IMAGE_COLUMN, LABEL_COLUMN]

@@ -21,11 +21,10 @@ from dbparallel.core.sampler import (
     heun_sample,
     karras_schedule,
 )
-from dbparallel.core.share import Share
 from dbparallel.models.dit import DiTBlock
 from dbparallel.models.presets import resolve
-from dbparallel.tasks.augment import augment
-from dbparallel.tasks.base import Batch, gaussian_noise
+from dbparallel.tasks.augment import augment, augment_draws
+from dbparallel.tasks.base import Batch, Draws, gaussian_noise
 from dbparallel.tasks.image_data import ImageData
 
 
@@ -55,24 +54,22 @@ class ImageGeneration(ImageData):
         F_x = net(c_in.view(-1, 1, 1, 1) * z, c_noise, labels)  # (N, C, H, W)
         return precondition(F_x, z, sigma, self.sigma_data)
 
-    def loss(
-        self, net: DiTBlock, batch: Batch, block: int, generator: torch.Generator,
-        share: Share | None = None,
-    ) -> torch.Tensor:
-        y, labels = batch["image"], batch["label"]
-        device = y.device
-        share = share or Share.whole(len(y))
+    def draw(self, block: int, batch: Batch, total: int, generator: torch.Generator) -> Draws:
+        """sigma (N,), eps (N, C, H, W), dropped labels (N,), then the augmentation's."""
         lo, hi = self.partition.ranges[block]
-        sigma = share.cut(self.noise.sample(share.total, lo, hi, generator,
-                                            device=device))  # (N,)
-        eps = share.cut(torch.randn(share.total, *y.shape[1:],
-                                    generator=generator)).to(device)  # (N, C, H, W)
-        dropped = share.cut(torch.rand(share.total, generator=generator)).to(device) \
-            < self.cfg.train.label_dropout
-        labels = torch.where(dropped, torch.full_like(labels, self.null_label), labels)
+        device, y = generator.device, batch["image"]
+        draws = {"sigma": self.noise.sample(total, lo, hi, generator, device=device),
+                 "eps": torch.randn(total, *y.shape[1:], generator=generator, device=device),
+                 "dropped": torch.rand(total, generator=generator, device=device)
+                 < self.cfg.train.label_dropout}
         # drawn last, so that augment=none draws what it always drew
-        y = augment(y, self.augment, generator, share)  # (N, C, H, W)
-        D = self.denoise(net, y + sigma.view(-1, 1, 1, 1) * eps, sigma, labels)
+        return draws | augment_draws(self.augment, total, y.shape[-1], generator)
+
+    def loss_on(self, net: DiTBlock, batch: Batch, block: int, draws: Draws) -> torch.Tensor:
+        labels, sigma = batch["label"], draws["sigma"]
+        labels = torch.where(draws["dropped"], torch.full_like(labels, self.null_label), labels)
+        y = augment(batch["image"], draws)  # (N, C, H, W)
+        D = self.denoise(net, y + sigma.view(-1, 1, 1, 1) * draws["eps"], sigma, labels)
         return weighted_mse(D, y, edm_weight(sigma, self.sigma_data))  # (N,)
 
     @torch.no_grad()

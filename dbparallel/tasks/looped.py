@@ -16,10 +16,9 @@ import torch
 
 from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
-from dbparallel.core.share import Share
 from dbparallel.models.lm import ARBlock
 from dbparallel.tasks.autoregressive import AutoregressiveLM
-from dbparallel.tasks.base import Batch
+from dbparallel.tasks.base import Batch, Draws
 
 
 class LoopedLM(AutoregressiveLM):
@@ -31,6 +30,8 @@ class LoopedLM(AutoregressiveLM):
         super().__init__(cfg)
         self.denoiser = True  # both objectives train the same denoising core
         self.bptt = cfg.train.objective == "end_to_end"
+        # the unrolled core's noise levels, as numbers: a constant of the compiled step
+        self.iteration_sigmas = [float(s) for s in self.sigmas()]
 
     @property
     def steps(self) -> int:
@@ -42,16 +43,20 @@ class LoopedLM(AutoregressiveLM):
         truncate = self.cfg.train.bptt_truncate
         return min(truncate, self.steps) if truncate else self.steps
 
-    def loss(self, net: ARBlock, batch: Batch, block: int, generator: torch.Generator,
-             share: Share | None = None) -> torch.Tensor:
+    def draw(self, block: int, batch: Batch, total: int, generator: torch.Generator) -> Draws:
+        """As the AR task's; BPTT: the unit noise z (N, T, D) of the first iteration."""
         if not self.bptt:
-            return super().loss(net, batch, block, generator, share)
+            return super().draw(block, batch, total, generator)
+        T = batch["tokens"].shape[1]
+        return {"z": torch.randn(total, T, self.E.shape[1], generator=generator,
+                                 device=generator.device)}
+
+    def loss_on(self, net: ARBlock, batch: Batch, block: int, draws: Draws) -> torch.Tensor:
+        if not self.bptt:
+            return super().loss_on(net, batch, block, draws)
         ids = batch["tokens"]  # (N, T)
-        share = share or Share.whole(len(ids))
-        sigmas = [float(s) for s in self.sigmas()]
-        z = sigmas[0] * share.cut(torch.randn(share.total, ids.shape[1], net.E.shape[1],
-                                              generator=generator))
-        z = z.to(ids.device)  # (N, T, D)
+        sigmas = self.iteration_sigmas
+        z = sigmas[0] * draws["z"]  # (N, T, D)
         cache = net.keys_values(ids)  # the clean stream does not change between iterations
         first_graph = len(sigmas) - self.backprop_iterations
         for k, sigma in enumerate(sigmas):

@@ -16,11 +16,10 @@ from dbparallel.config import Config
 from dbparallel.core.losses import masked_diffusion_loss
 from dbparallel.core.noise import MaskingNoise
 from dbparallel.core.partition import Partition, uniform_time_partition
-from dbparallel.core.share import Share
 from dbparallel.data.tokenizer import Usable
 from dbparallel.models.lm import MaskedLMBlock
 from dbparallel.models.presets import resolve
-from dbparallel.tasks.base import Batch
+from dbparallel.tasks.base import Batch, Draws
 from dbparallel.tasks.text import TextData, gumbel_sample
 
 
@@ -39,23 +38,24 @@ class MaskedDiffusionLM(TextData):
     def build_block(self, block: int) -> MaskedLMBlock:
         return MaskedLMBlock(resolve(self.cfg.model), self.vocab_size)
 
-    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator,
-                share: Share | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t (N, T) and is_masked (N, T): each token masked with probability 1 - alpha(t)."""
-        share = share or Share.whole(len(x0))
-        u = share.cut(torch.rand(share.total, x0.shape[1],
-                                 generator=generator)).to(x0.device)  # (N, T)
+    def draw(self, block: int, batch: Batch, total: int, generator: torch.Generator) -> Draws:
+        """t (N,), then one uniform u (N, T) per token, masked where u < 1 - alpha(t)."""
+        lo, hi = self.partition.ranges[block]
+        device, T = generator.device, batch["tokens"].shape[1]
+        return {"t": self.noise.sample(total, lo, hi, generator, device=device),
+                "u": torch.rand(total, T, generator=generator, device=device)}
+
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, u: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t (N, T) and is_masked (N, T): each token masked with probability 1 - alpha(t),
+        where its uniform draw u (N, T) is below it."""
         is_masked = u < (1 - self.noise.alpha(t))[:, None]
         return torch.where(is_masked, torch.full_like(x0, self.mask_id), x0), is_masked
 
-    def loss(self, net: MaskedLMBlock, batch: Batch, block: int, generator: torch.Generator,
-             share: Share | None = None) -> torch.Tensor:
-        x0 = batch["tokens"]  # (N, T)
-        share = share or Share.whole(len(x0))
-        lo, hi = self.partition.ranges[block]
-        t = share.cut(self.noise.sample(share.total, lo, hi, generator,
-                                        device=x0.device))  # (N,)
-        x_t, is_masked = self.corrupt(x0, t, generator, share)
+    def loss_on(self, net: MaskedLMBlock, batch: Batch, block: int,
+                draws: Draws) -> torch.Tensor:
+        x0, t = batch["tokens"], draws["t"]  # (N, T), (N,)
+        x_t, is_masked = self.corrupt(x0, t, draws["u"])
         logits = net(x_t, t)  # (N, T, V)
         # nats per character, so that the scale does not grow with data.seq_len
         return masked_diffusion_loss(logits, x0, is_masked, self.noise.weight(t)) / x0.shape[1]

@@ -17,7 +17,7 @@ from dbparallel.config import Config
 from dbparallel.data.shard_reader import TOKENS_COLUMN
 from dbparallel.data.tokenizer import Usable
 from dbparallel.errors import DataError, RowError
-from dbparallel.tasks.base import Batch, Decoding, Rows
+from dbparallel.tasks.base import Batch, Decoding, Drawing, Rows
 
 
 def gumbel_sample(logits: torch.Tensor, generator: torch.Generator,
@@ -84,7 +84,7 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-class TextData(Decoding):
+class TextData(Decoding, Drawing):
     """Rows are ``data.seq_len`` token ids (characters or BPE tokens)."""
 
     columns: list[str] | None = None  # a token shard has one column

@@ -18,11 +18,10 @@ import torch
 from dbparallel.config import Config, config_hash, to_dict
 from dbparallel.core.memory import SavedTensorMeter, StepMemory, measure_step
 from dbparallel.core.meta_memory import LiveSavedBytes
-from dbparallel.core.share import Share
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
 from dbparallel.tasks.augment import unaugmented
-from dbparallel.tasks.base import Batch
+from dbparallel.tasks.base import Batch, Draws
 from dbparallel.training.flops import FlopCount, achieved_tflops
 from dbparallel.training.peaks import device_peak_tflops, mfu
 from dbparallel.training.plan import model_flops_per_step
@@ -30,12 +29,7 @@ from dbparallel.training.precision import autocast, set_matmul_precision
 from dbparallel.training.replicas import Replicas
 from dbparallel.training.schedule import learning_rate
 from dbparallel.training.seeding import derive_seed, generator
-
-# torch.compile's mode for train.compile: None is torch's default (inductor, no CUDA graphs).
-# Not chosen by measurement yet: on a GPU, compare it with "max-autotune-no-cudagraphs"
-# (longer compile, tuned matmuls) by step time and compile time in benchmarks/gpu_speed.py.
-# CUDA graphs ("reduce-overhead") do not apply: the task's noise draws leave the graph.
-COMPILE_MODE: str | None = None
+from dbparallel.training.step_pieces import pieces, rows_of, share_draws
 
 
 class NonFiniteLoss(RuntimeError):
@@ -99,7 +93,8 @@ class BlockTrainer:
 
             dynamo.recompile_limit = max(dynamo.recompile_limit,
                                          cfg.model.blocks + t.micro_batches + 4)
-            self._forward_loss = torch.compile(self._loss, mode=COMPILE_MODE)
+            mode = None if t.compile_mode == "default" else t.compile_mode
+            self._forward_loss = torch.compile(self._loss, mode=mode)
         self._fast_steps = 0  # steps through self._forward_loss
 
     # ------------------------------------------------------------------ training
@@ -107,23 +102,14 @@ class BlockTrainer:
         """The learning rate of ``step`` (training/schedule.py)."""
         return learning_rate(self.cfg.train, self.cfg.train.steps_of(self.block), step)
 
-    def _loss(self, batch: Batch, g: torch.Generator, share: Share | None) -> torch.Tensor:
-        """The mean weighted loss of ``batch`` (what train.compile compiles, with backward);
-        a share's loss sums to its part of the global batch's mean."""
+    def _loss(self, batch: Batch, draws: Draws, total: int | None) -> torch.Tensor:
+        """The mean weighted loss of ``batch`` given its ``draws`` (what train.compile
+        compiles, with backward); with the global batch's ``total`` rows, this part of its
+        mean (a share's or a piece's). Every piece passes the same arguments but its rows, so
+        the pieces share one compiled graph."""
         with autocast(self.cfg.train.precision, self.device):
-            per_sample = self.task.loss(self.model, batch, self.block, g, share).float()
-        return per_sample.sum() / share.total if share else per_sample.mean()
-
-    def _pieces(self, batch: Batch) -> list[tuple[Batch, Share | None]]:
-        """``batch`` (this process's rows) cut into train.micro_batches pieces, each with its
-        rows' place in the global batch: every piece draws the step's noise for the whole
-        batch and takes its own rows, so the pieces' gradients sum to the batch's."""
-        k = self.cfg.train.micro_batches
-        if k == 1:
-            return [(batch, self.share)]
-        share = self.share or Share.whole(len(next(iter(batch.values()))))
-        return [({key: v[p.start - share.start:p.stop - share.start] for key, v in batch.items()},
-                 p) for p in share.split(k)]
+            per_sample = self.task.loss_on(self.model, batch, self.block, draws).float()
+        return per_sample.sum() / total if total else per_sample.mean()
 
     def _meter(self, live: bool) -> SavedTensorMeter | LiveSavedBytes:
         """The byte meter of a piece's saved tensors: through forward only, where a plain
@@ -151,12 +137,16 @@ class BlockTrainer:
         total: torch.Tensor | None = None
         finite = True
         with count.counting() if count else contextlib.nullcontext():
-            for piece, share in self._pieces(batch):
-                g = generator(self.cfg.run.seed, "step", self.block, self.step)
+            g = generator(self.cfg.run.seed, "step", self.block, self.step, device=self.device)
+            draws = share_draws(self.task, self.block, batch, self.share, g)
+            for piece, piece_draws, share in pieces(batch, draws, self.share,
+                                                    self.cfg.train.micro_batches):
                 meter = self._meter(live) if measuring else None
                 with meter.record() if meter else contextlib.nullcontext():
-                    loss = (self._loss if measuring else self._forward_loss)(piece, g, share)
-                    part = loss.detach()
+                    loss = (self._loss if measuring else self._forward_loss)(
+                        piece, piece_draws, share.total if share else None)
+                    # a copy: CUDA graphs (reduce-overhead) reuse the output's memory
+                    part = loss.detach().clone()
                     # with replicas a non-finite piece is found in the group's sum below
                     finite = self.replicas is not None or bool(torch.isfinite(part).all())
                     if finite and live:
@@ -173,7 +163,7 @@ class BlockTrainer:
                 total = self.replicas.sum_gradients(self.model.parameters(), total)
                 assert total is not None
                 finite = bool(torch.isfinite(total).all())
-        n = self.share.total if self.share else len(next(iter(batch.values())))
+        n = self.share.total if self.share else rows_of(batch)
         if not finite:
             self.nonfinite_steps += 1
             self.step += 1
@@ -211,15 +201,17 @@ class BlockTrainer:
         piece's rows (the draws are made for the whole batch and cut, as in a step; another
         piece size changes the sum's rounding only); kept as ``heldout_loss`` of this step."""
         task = unaugmented(self.task)
-        rows = len(next(iter(batch.values())))
+        rows = rows_of(batch)
         step_rows = self.share.rows if self.share else self.cfg.train.batch_size
         size = -(-step_rows // self.cfg.train.micro_batches)
+        g = generator(self.cfg.run.seed, "heldout", self.block, device=self.device)
+        draws = share_draws(task, self.block, batch, None, g)
         total = 0.0
         for start in range(0, rows, size):  # (the EMA network is always in eval mode)
-            share = Share(start, min(rows, start + size), rows)
-            piece = {k: v[share.start:share.stop] for k, v in batch.items()}
-            g = generator(self.cfg.run.seed, "heldout", self.block)
-            total += float(task.loss(self.ema, piece, self.block, g, share).float().sum())
+            part = slice(start, min(rows, start + size))
+            total += float(task.loss_on(self.ema, {k: v[part] for k, v in batch.items()},
+                                        self.block, {k: v[part] for k, v in draws.items()}
+                                        ).float().sum())
         self.heldout_loss, self.heldout_step = total / rows, self.step
         return self.heldout_loss
 
@@ -234,7 +226,8 @@ class BlockTrainer:
             return None
         lo, hi = self.sigma_range
         drawn = torch.cat([self.task.noise.sample(  # type: ignore[attr-defined]
-            t.batch_size, lo, hi, generator(self.cfg.run.seed, "step", self.block, s))
+            t.batch_size, lo, hi,
+            generator(self.cfg.run.seed, "step", self.block, s, device=self.device))
             for s in steps])
         if not len(drawn):
             return None
@@ -249,8 +242,9 @@ class BlockTrainer:
             return
         # Warm-up of the average: early weights are forgotten quickly.
         decay = min(decay, (1 + self.step) / (10 + self.step))
-        for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-            e.lerp_(p, 1 - decay)
+        # one multi-tensor kernel for all parameters on CUDA (the CPU loops over them)
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()),
+                             1 - decay)
 
     @property
     def achieved_tflops(self) -> float | None:

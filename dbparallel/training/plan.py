@@ -17,7 +17,7 @@ from dbparallel.core.meta_memory import LiveSavedBytes, cpu_attention_on_meta
 from dbparallel.tasks import build_task
 from dbparallel.training.flops import FlopCount
 from dbparallel.training.peaks import peak_tflops
-from dbparallel.training.seeding import generator
+from dbparallel.training.step_pieces import planned_draws
 
 ASSUMED_MFU = 0.4  # the plan's step-rate estimate: a guess until gpu.sh measures MFU
 ADAM_COPIES = 4  # parameters, gradients and Adam's two moments (paper App. G: 4P)
@@ -49,7 +49,9 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
         if context is not None:
             stack.enter_context(context)
         with meter.record(), count.counting():
-            task.loss(net, batch, block, generator(cfg.run.seed, "plan")).mean().backward()
+            task.loss_on(net, batch, block,
+                         planned_draws(task, block, batch, device, cfg.run.seed)
+                         ).mean().backward()
     params = ADAM_COPIES * split["total"] * size
     stem = ADAM_COPIES * split["stem_and_head"] * size
     # per row but for a few ops per call (the AR masks): k pieces count a little more than

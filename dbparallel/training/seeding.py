@@ -17,6 +17,8 @@ def derive_seed(seed: int, purpose: str, *indices: int) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
-def generator(seed: int, purpose: str, *indices: int) -> torch.Generator:
-    """A CPU generator seeded by ``derive_seed``."""
-    return torch.Generator().manual_seed(derive_seed(seed, purpose, *indices))
+def generator(seed: int, purpose: str, *indices: int,
+              device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator on ``device`` seeded by ``derive_seed``. The same seed gives the same
+    numbers on every device of one type (every CPU; every CUDA device), not across types."""
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, purpose, *indices))

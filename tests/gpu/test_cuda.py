@@ -20,24 +20,53 @@ def _cfg(tmp_path, steps: int = 30) -> Config:
                                     checkpoint_every=15))
 
 
-def test_gpu_step_matches_cpu_step(tmp_path) -> None:
+def test_gpu_loss_matches_cpu_loss_on_the_same_draws(tmp_path) -> None:
     from dbparallel.data.sources import digits_table
     from dbparallel.training.block_trainer import BlockTrainer
+    from dbparallel.training.seeding import generator
 
     torch.backends.cuda.matmul.allow_tf32 = False
     cfg = _cfg(tmp_path)
-    cpu, gpu = BlockTrainer(cfg, 1, "cpu"), BlockTrainer(cfg, 1, "cuda")
+    cpu, gpu = BlockTrainer(cfg, 1, "cpu"), BlockTrainer(cfg, 1, "cuda")  # the same weights
     data = cpu.task.decode(digits_table())
     batch = {k: v[:64] for k, v in data.items()}
+    on_gpu = {k: v.cuda() for k, v in batch.items()}
+    draws = cpu.task.draw(1, batch, 64, generator(0, "same draws"))
+    a = cpu.task.loss_on(cpu.model, batch, 1, draws)
+    b = gpu.task.loss_on(gpu.model, on_gpu, 1, {k: v.cuda() for k, v in draws.items()})
+    torch.testing.assert_close(b.cpu(), a, rtol=1e-3, atol=1e-5)
+    # A CUDA block draws its noise on the GPU: other numbers than the CPU's, the same steps
     for _ in range(3):
-        a = cpu.train_step(batch)
-        b = gpu.train_step({k: v.cuda() for k, v in batch.items()})
-        assert b.finite and abs(a.loss - b.loss) <= 1e-3 * abs(a.loss)
+        assert cpu.train_step(batch).finite and gpu.train_step(on_gpu).finite
     g, c = gpu.memory, cpu.memory
     assert g is not None and c is not None
     assert (g.params, g.grads, g.optimizer) == (c.params, c.grads, c.optimizer)
     # Fused CUDA attention saves a few buffers of its own (e.g. log-sum-exp rows).
     assert abs(g.activations - c.activations) <= 0.01 * c.activations
+
+
+def test_gpu_draws_are_made_on_the_gpu_and_repeat_with_the_seed(tmp_path) -> None:
+    from dbparallel.data.sources import digits_table
+    from dbparallel.training.block_trainer import BlockTrainer
+    from dbparallel.training.seeding import generator
+    from dbparallel.training.step_pieces import share_draws
+
+    cfg = _cfg(tmp_path)
+    cfg.train.augment = "flip_crop"
+    one, two = BlockTrainer(cfg, 1, "cuda"), BlockTrainer(cfg, 1, "cuda")
+    batch = {k: v[:64].cuda() for k, v in one.task.decode(digits_table()).items()}
+    draws = share_draws(one.task, 1, batch, None, generator(0, "step", 1, 0, device="cuda"))
+    assert sorted(draws) == ["dropped", "eps", "flip", "offset", "sigma"]
+    assert all(v.is_cuda and len(v) == 64 for v in draws.values())
+    lo, hi = one.sigma_range
+    assert bool(((draws["sigma"] >= lo * 0.999) & (draws["sigma"] <= hi * 1.001)).all())
+    # two trainers with one seed take the same steps (CUDA's atomic gradient sums may round
+    # differently after the first); the step's noise levels are found again
+    a = [one.train_step(batch).loss for _ in range(3)]
+    b = [two.train_step(batch).loss for _ in range(3)]
+    assert a[0] == b[0] and a == pytest.approx(b, rel=1e-5)
+    stats = one.noise_stats(range(1))
+    assert stats is not None and stats["noise_min"] == pytest.approx(float(draws["sigma"].min()))
 
 
 def test_local_run_on_gpu_writes_report(tmp_path) -> None:

@@ -12,7 +12,7 @@ from dbparallel.config import load_config
 from dbparallel.core.share import Share
 from dbparallel.data.sources import digits_table
 from dbparallel.tasks import build_task
-from dbparallel.tasks.augment import KINDS, augment, crop_padding, crop_rows
+from dbparallel.tasks.augment import KINDS, augment, augment_draws, crop_padding, crop_rows
 from dbparallel.tasks.base import Batch, Task
 from dbparallel.training.block_trainer import BlockTrainer
 from dbparallel.training.eval.diagnostics import loss_by_noise
@@ -40,16 +40,25 @@ def _g(seed: int = 3) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _augment(images: torch.Tensor, kind: str, g: torch.Generator,
+             share: Share) -> torch.Tensor:
+    """``images``, ``share``'s rows, augmented as the loss does: ``kind``'s draws for the
+    global batch, cut to the share."""
+    draws = augment_draws(kind, share.total, images.shape[-1], g)
+    return augment(images, {k: share.cut(v) for k, v in draws.items()})
+
+
 # ---------------------------------------------------------------------- the augmentation
 def test_none_returns_the_images_and_draws_nothing() -> None:
     images, g = _images(), _g()
-    assert augment(images, "none", g, Share.whole(len(images))) is images
+    assert augment_draws("none", len(images), 16, g) == {}
+    assert _augment(images, "none", g, Share.whole(len(images))) is images
     assert torch.equal(g.get_state(), _g().get_state())
 
 
 def test_flip_mirrors_about_half_the_images_and_leaves_the_others() -> None:
     images = _images()
-    out = augment(images, "flip", _g(), Share.whole(len(images)))
+    out = _augment(images, "flip", _g(), Share.whole(len(images)))
     mirrored = (out == images.flip(-1)).flatten(1).all(1)  # (N,)
     kept = (out == images).flatten(1).all(1)  # (N,)
     assert (mirrored ^ kept).all()  # each image is one or the other, exactly
@@ -63,7 +72,7 @@ def test_crop_padding_is_an_eighth_at_least_one() -> None:
 
 def test_crop_keeps_shape_and_edge_values() -> None:
     images = _images()
-    out = augment(images, "crop", _g(), Share.whole(len(images)))
+    out = _augment(images, "crop", _g(), Share.whole(len(images)))
     assert out.shape == images.shape
     # edge padding repeats border pixels: nothing outside each image's own range
     lo, hi = images.amin((1, 2, 3), keepdim=True), images.amax((1, 2, 3), keepdim=True)
@@ -91,9 +100,9 @@ def test_crop_at_the_padding_gives_the_image_back_and_at_zero_shifts_it() -> Non
 @pytest.mark.parametrize("replicas", [2, 3])
 def test_shares_reproduce_the_whole_batch(kind: str, replicas: int) -> None:
     images = _images(10, 8)
-    whole = augment(images, kind, _g(), Share.whole(10))
+    whole = _augment(images, kind, _g(), Share.whole(10))
     shares = [Share.of(r, replicas, 10) for r in range(replicas)]
-    parts = [augment(images[s.start:s.stop], kind, _g(), s) for s in shares]
+    parts = [_augment(images[s.start:s.stop], kind, _g(), s) for s in shares]
     assert torch.equal(torch.cat(parts), whole)
 
 
@@ -136,7 +145,7 @@ def test_the_loss_sees_the_images_augmented_after_its_other_draws(batch, name, k
     assert loss.shape == (ROWS,) and torch.isfinite(loss).all()
     g = _g()
     plain.loss(net, batch, 0, g)  # advances g past sigma, eps and dropped labels
-    augmented = {**batch, "image": augment(batch["image"], kind, g, Share.whole(ROWS))}
+    augmented = {**batch, "image": _augment(batch["image"], kind, g, Share.whole(ROWS))}
     torch.testing.assert_close(plain.loss(net, augmented, 0, _g()), loss)
     s = Share.of(1, 3, ROWS)
     rows = {k: v[s.start:s.stop] for k, v in batch.items()}

@@ -23,6 +23,7 @@ from dbparallel.config import (
         ("noise.gamma=-0.1", "noise.gamma"),
         ("train.steps=0", "train.steps"),
         ("train.nonfinite=ignore", "train.nonfinite"),
+        ("train.compile_mode=fastest", "train.compile_mode"),
         ("sample.solver=rk4", "sample.solver"),
         ("model.bogus=1", "model.bogus"),
         ("task=vae", "task"),

@@ -22,8 +22,15 @@ from benchmarks.gpu_speed import SMOKE, Spec  # noqa: E402
 
 def test_matrix_covers_models_scopes_precisions_and_compile() -> None:
     specs = gpu_speed.matrix()
-    train = {(s.model, s.scope, s.precision, s.compiled) for s in specs if s.kind == "train"}
-    assert len(train) == 2 * 2 * 2 * 2 == len([s for s in specs if s.kind == "train"])
+    default = [s for s in specs if s.kind == "train" and s.mode == "default"]
+    train = {(s.model, s.scope, s.precision, s.compiled) for s in default}
+    assert len(train) == 2 * 2 * 2 * 2 == len(default)
+    others = [(s.model, s.scope, s.precision, s.compiled, s.mode) for s in specs
+              if s.mode != "default"]
+    assert others == [(m, "block", "bf16", True, mode) for mode in gpu_speed.OTHER_MODES
+                      for m in ("dit-s", "dit-b")]
+    assert specs[-len(others):] == [s for s in specs if s.mode != "default"]  # last
+    assert len({s.name for s in specs}) == len(specs)
     assert {(s.model, s.compiled) for s in specs if s.kind == "sample"} == {
         (m, c) for m in ("dit-s", "dit-b") for c in (False, True)}
     first_compiled = next(i for i, s in enumerate(specs) if s.compiled)

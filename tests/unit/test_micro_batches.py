@@ -12,6 +12,7 @@ from probes import random_batch, recorded_gradients
 from dbparallel.config import ConfigError, config_hash, load_config
 from dbparallel.training.block_trainer import BlockTrainer, NonFiniteLoss
 from dbparallel.training.plan import plan, plan_table, step_bytes
+from dbparallel.training.step_pieces import pieces as step_pieces
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
@@ -37,7 +38,9 @@ def _batch(trainer: BlockTrainer, n: int = 10, seed: int = 1) -> dict[str, torch
 def test_pieces_reproduce_the_whole_batch_step(overrides: list[str]) -> None:
     whole = BlockTrainer(_cfg(overrides), 0)
     pieces = BlockTrainer(_cfg(overrides, "train.micro_batches=3"), 0)  # 4 + 3 + 3 rows
-    assert [len(next(iter(p.values()))) for p, _ in pieces._pieces(_batch(pieces))] == [4, 3, 3]
+    cut = step_pieces(_batch(pieces), {}, None, 3)
+    assert [(len(p["image" if "image" in p else "tokens"]), s.start, s.stop)
+            for p, _, s in cut] == [(4, 0, 4), (3, 4, 7), (3, 7, 10)]
     a_grads, b_grads = recorded_gradients(whole), recorded_gradients(pieces)
     for step in range(3):
         a = whole.train_step(_batch(whole, seed=step))

@@ -44,7 +44,7 @@ def test_masking_rate_is_one_minus_alpha() -> None:
     task = build_task(_cfg("mdm", "model.blocks=2"))
     x0 = torch.zeros(4000, 16, dtype=torch.long)
     t = torch.full((4000,), 0.3)
-    x_t, is_masked = task.corrupt(x0, t, generator(0, "mask"))
+    x_t, is_masked = task.corrupt(x0, t, torch.rand(x0.shape, generator=generator(0, "mask")))
     assert abs(float(is_masked.float().mean()) - 0.3) < 0.005
     assert bool((x_t[is_masked] == task.mask_id).all()) and bool((x_t[~is_masked] == 0).all())
 
@@ -83,7 +83,8 @@ def test_elbo_estimate_agrees_with_the_time_integral() -> None:
     # the time integral with (1/t), by plain Monte Carlo over t
     g = generator(0, "b")
     t = torch.rand(20000, generator=g).clamp_min(1e-4)
-    x_t, is_masked = task.corrupt(torch.zeros(20000, 8, dtype=torch.long), t, g)
+    x_t, is_masked = task.corrupt(torch.zeros(20000, 8, dtype=torch.long), t,
+                                  torch.rand(20000, 8, generator=g))
     slow = masked_diffusion_loss(Fake()(x_t, t), torch.zeros_like(x_t), is_masked, 1 / t)
     assert fast == pytest.approx(float(slow.mean()), rel=0.03)
 
