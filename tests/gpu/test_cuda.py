@@ -55,7 +55,8 @@ def test_gpu_draws_are_made_on_the_gpu_and_repeat_with_the_seed(tmp_path) -> Non
     cfg.train.augment = "flip_crop"
     one, two = BlockTrainer(cfg, 1, "cuda"), BlockTrainer(cfg, 1, "cuda")
     batch = {k: v[:64].cuda() for k, v in one.task.decode(digits_table()).items()}
-    draws = share_draws(one.task, 1, batch, None, generator(0, "step", 1, 0, device="cuda"))
+    draws = share_draws(one.task, 1, batch, None,
+                        generator(cfg.run.seed, "step", 1, 0, device="cuda"))
     assert sorted(draws) == ["dropped", "eps", "flip", "offset", "sigma"]
     assert all(v.is_cuda and len(v) == 64 for v in draws.values())
     lo, hi = one.sigma_range
