@@ -135,7 +135,6 @@ class BlockTrainer:
         live = self.cfg.train.checkpoint_layers
         saved_peak = 0
         total: torch.Tensor | None = None
-        finite = True
         with count.counting() if count else contextlib.nullcontext():
             g = generator(self.cfg.run.seed, "step", self.block, self.step, device=self.device)
             draws = share_draws(self.task, self.block, batch, self.share, g)
@@ -147,29 +146,28 @@ class BlockTrainer:
                         piece, piece_draws, share.total if share else None)
                     # a copy: CUDA graphs (reduce-overhead) reuse the output's memory
                     part = loss.detach().clone()
-                    # with replicas a non-finite piece is found in the group's sum below
-                    finite = self.replicas is not None or bool(torch.isfinite(part).all())
-                    if finite and live:
+                    if live:
                         loss.backward()
-                if finite and not live:
+                if not live:
                     loss.backward()
                 if meter:  # dropped here: it holds what it counted alive
                     saved_peak, meter = max(saved_peak, meter.peak), None
                 total = part if total is None else total + part
-                if not finite:
-                    break
             assert total is not None
             if self.replicas:  # the global loss comes with the gradients: one all-reduce
                 total = self.replicas.sum_gradients(self.model.parameters(), total)
                 assert total is not None
-                finite = bool(torch.isfinite(total).all())
+        # The step's one wait for the device, after its forward and backward passes are all
+        # queued: a non-finite loss (any piece's, any replica's) discards the gradients.
+        value = float(total.sum())
+        finite = math.isfinite(value)
         n = self.share.total if self.share else rows_of(batch)
         if not finite:
             self.nonfinite_steps += 1
             self.step += 1
             self.optimizer.zero_grad(set_to_none=True)
             if self.cfg.train.nonfinite == "stop":
-                raise NonFiniteLoss(f"block {self.block}: loss is {total.sum().item()} at step "
+                raise NonFiniteLoss(f"block {self.block}: loss is {value} at step "
                                     f"{self.step - 1} (train.nonfinite=stop)")
             return StepStats(self.step, math.nan, False, time.perf_counter() - start, n)
         if count is not None:  # checkpointed: the model's, without the layers run again
@@ -183,7 +181,6 @@ class BlockTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
         self.step += 1
-        value = float(total.sum())
         self.recent_losses = (self.recent_losses + [value])[-self.cfg.train.log_every:]
         seconds = time.perf_counter() - start
         if not measuring:
