@@ -10,6 +10,10 @@
 #   speed  benchmarks/gpu_speed.py: DiT-S/2 and DiT-B/2, one block (B=3) and end to end,
 #          tf32 vs bf16, eager vs compiled: step time, samples/s, peak memory, MFU; sampling
 #          with and without compile. Each configuration in its own process, 6.5 min in all
+#   modes  the bf16 blocks (DiT-S/2, DiT-B/2) eager, compiled in torch's default mode, with
+#          CUDA graphs (reduce-overhead) and with tuned kernels (max-autotune-no-cudagraphs),
+#          side by side, to choose train.compile_mode; into modes/ of the results, 9 minutes
+#          (run it in a second call: bash benchmarks/gpu.sh modes)
 #   bench  benchmarks/gpu_bench.py: DiT-S/2 memory per block, blocks sharing one card,
 #          sampling against end to end, 5.5 min
 #   sweep  per-block allocator peak for B = 2..12, 1.5 min
@@ -31,6 +35,9 @@ for part in ${*:-tests speed}; do
     speed)
       timeout 400 python3 benchmarks/gpu_speed.py --out "$DEST" --budget-s 380 2>&1 \
         | tee "$DEST/gpu_speed.log" || status=1 ;;
+    modes)
+      timeout 560 python3 benchmarks/gpu_speed.py --only block/bf16 --out "$DEST/modes" \
+        --budget-s 540 2>&1 | tee "$DEST/gpu_modes.log" || status=1 ;;
     bench)
       timeout 330 python3 benchmarks/gpu_bench.py --out "$DEST/gpu.json" 2>&1 \
         | tee "$DEST/gpu_bench.log" || status=1 ;;
@@ -44,7 +51,7 @@ for part in ${*:-tests speed}; do
       cp /tmp/dbparallel-gpu-run/report.json "$DEST/gpu_train_report.json" 2>/dev/null
       cp /tmp/dbparallel-gpu-run/samples.png "$DEST/gpu_samples.png" 2>/dev/null ;;
     *)
-      echo "gpu.sh: unknown part '$part' (tests, speed, bench, sweep, train)" >&2
+      echo "gpu.sh: unknown part '$part' (tests, speed, modes, bench, sweep, train)" >&2
       status=1 ;;
   esac
 done

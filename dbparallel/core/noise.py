@@ -82,9 +82,10 @@ class LogNormalNoise:
         the generator's device and returned on ``device``."""
         lo, hi = self.clamp(lo, hi)
         _check_range("LogNormalNoise.sample", lo, hi)
-        q = self.cdf(torch.tensor([lo, hi], dtype=torch.float64)).to(generator.device)
+        # numbers, not a tensor to copy: a CUDA generator's draw makes no host-to-device copy
+        q_lo, q_hi = self.cdf(torch.tensor([lo, hi], dtype=torch.float64)).tolist()
         # u ~ U(q(lo), q(hi)), sigma = q^-1(u)
-        u = q[0] + (q[1] - q[0]) * torch.rand(n, generator=generator, dtype=torch.float64,
+        u = q_lo + (q_hi - q_lo) * torch.rand(n, generator=generator, dtype=torch.float64,
                                               device=generator.device)
         sigma = self.icdf(u).clamp(lo, hi)
         return sigma.to(device=device, dtype=dtype)

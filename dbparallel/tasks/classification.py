@@ -46,6 +46,7 @@ class Classification(ImageData):
         self.end_to_end = cfg.train.objective == "end_to_end"
         self.dims = resolve(cfg.model)
         self.E = frozen_unit_embedding(cfg.run.seed, cfg.data.num_classes, self.dims.hidden)
+        self._E_on: dict[torch.device, torch.Tensor] = {}  # copies of E, one per device
         self.learned = cfg.model.label_embedding == "learned" and not self.end_to_end
         self.augment = cfg.train.augment  # the training loss's flips and crops
 
@@ -56,8 +57,13 @@ class Classification(ImageData):
                         label_table=self.E if self.learned else None)
 
     def table(self, net: ViTBlock, device: torch.device) -> torch.Tensor:
-        """The unit-norm label embedding (classes, D) that ``net`` denoises."""
-        return net.targets() if self.learned else self.E.to(device)
+        """The unit-norm label embedding (classes, D) that ``net`` denoises (the frozen one
+        copied to each device once, not on every step)."""
+        if self.learned:
+            return net.targets()
+        if device not in self._E_on:
+            self._E_on[device] = self.E.to(device)
+        return self._E_on[device]
 
     def denoise(self, net: ViTBlock, images: torch.Tensor, z: torch.Tensor,
                 sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

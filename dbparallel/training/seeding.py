@@ -20,5 +20,6 @@ def derive_seed(seed: int, purpose: str, *indices: int) -> int:
 def generator(seed: int, purpose: str, *indices: int,
               device: str | torch.device = "cpu") -> torch.Generator:
     """A generator on ``device`` seeded by ``derive_seed``. The same seed gives the same
-    numbers on every device of one type (every CPU; every CUDA device), not across types."""
+    numbers on every CPU, and on every GPU of one model (CUDA sizes its random kernels by the
+    GPU's processor count), not across them."""
     return torch.Generator(device=device).manual_seed(derive_seed(seed, purpose, *indices))

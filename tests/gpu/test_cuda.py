@@ -55,10 +55,12 @@ def test_gpu_draws_are_made_on_the_gpu_and_repeat_with_the_seed(tmp_path) -> Non
     cfg.train.augment = "flip_crop"
     one, two = BlockTrainer(cfg, 1, "cuda"), BlockTrainer(cfg, 1, "cuda")
     batch = {k: v[:64].cuda() for k, v in one.task.decode(digits_table()).items()}
+    made = one.task.draw(1, batch, 64, generator(cfg.run.seed, "step", 1, 0, device="cuda"))
+    assert all(v.is_cuda and len(v) == 64 for v in made.values())  # made there, not moved
     draws = share_draws(one.task, 1, batch, None,
                         generator(cfg.run.seed, "step", 1, 0, device="cuda"))
     assert sorted(draws) == ["dropped", "eps", "flip", "offset", "sigma"]
-    assert all(v.is_cuda and len(v) == 64 for v in draws.values())
+    assert all(torch.equal(made[k], draws[k]) for k in draws)
     lo, hi = one.sigma_range
     assert bool(((draws["sigma"] >= lo * 0.999) & (draws["sigma"] <= hi * 1.001)).all())
     # two trainers with one seed take the same steps (CUDA's atomic gradient sums may round
@@ -68,6 +70,48 @@ def test_gpu_draws_are_made_on_the_gpu_and_repeat_with_the_seed(tmp_path) -> Non
     assert a[0] == b[0] and a == pytest.approx(b, rel=1e-5)
     stats = one.noise_stats(range(1))
     assert stats is not None and stats["noise_min"] == pytest.approx(float(draws["sigma"].min()))
+
+
+TEXT = ["data.source=shakespeare", "model.depth=2", "model.hidden=64", "model.heads=2",
+        "data.seq_len=32", "sample.prompt_len=4", "sample.gen_len=8"]
+STEADY = {"dit": ["task=dit", "train.augment=flip_crop"], "vit": ["task=vit"],
+          "mdm": ["task=mdm", *TEXT], "ar": ["task=ar", *TEXT],
+          "ar-checkpointed": ["task=ar", *TEXT, "train.checkpoint_layers=true"],
+          "looped-bptt": ["task=looped", *TEXT, "model.blocks=1",
+                          "train.objective=end_to_end"]}
+
+
+@pytest.mark.parametrize("overrides", STEADY.values(), ids=STEADY.keys())
+def test_a_steady_step_never_waits_for_the_gpu_before_its_loss_is_read(tmp_path,
+                                                                         overrides) -> None:
+    """Draws, forward and backward of a step make no synchronising call (no host-to-device
+    copy, no read of a device value): CUDA's sync debug mode raises on one."""
+    from pathlib import Path
+
+    from dbparallel.config import load_config
+    from dbparallel.training.block_trainer import BlockTrainer
+    from dbparallel.training.seeding import generator
+    from dbparallel.training.step_pieces import share_draws
+
+    tiny = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+    blocks = [] if "model.blocks=1" in overrides else ["model.blocks=2"]
+    cfg = load_config([tiny], [*blocks, "train.batch_size=8", *overrides,
+                               f"run.dir={tmp_path / 'run'}"])
+    trainer = BlockTrainer(cfg, 0, "cuda")
+    g = torch.Generator().manual_seed(0)
+    batch = {k: (torch.rand(v.shape, generator=g) * 2 - 1 if v.is_floating_point()
+                 else torch.randint(0, 4, v.shape, generator=g)).cuda()
+             for k, v in trainer.task.example_batch(8, "cpu").items()}
+    assert trainer.train_step(batch).finite  # the measured first step
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        draws = share_draws(trainer.task, 0, batch, None,
+                            generator(cfg.run.seed, "step", 0, 1, device="cuda"))
+        trainer._loss(batch, draws, None).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert any(p.grad is not None for p in trainer.model.parameters())
 
 
 def test_local_run_on_gpu_writes_report(tmp_path) -> None:
