@@ -104,12 +104,18 @@ def rotary(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+# The ``mask`` of t tokens with no cache, each seeing itself and those before it: attention
+# runs it as SDPA's is_causal, which CUDA's flash kernel takes (it takes no mask tensor)
+CAUSAL = "causal"
+Mask = torch.Tensor | str | None  # (t, S) bool, True = may attend; CAUSAL; None: all
+
+
 class Attention(nn.Module):
     """Multi-head self-attention of t new tokens over S = (cached) + t keys.
 
-    ``mask`` (t, S) bool, True = may attend; ``pos`` (t,) positions of the new tokens for
-    rotary embeddings of queries and keys (None: no positions here, the stem adds them);
-    ``past`` the keys and values of earlier positions (a cache), already rotated."""
+    ``mask`` (t, S) bool, True = may attend, or ``CAUSAL``; ``pos`` (t,) positions of the new
+    tokens for rotary embeddings of queries and keys (None: no positions here, the stem adds
+    them); ``past`` the keys and values of earlier positions (a cache), already rotated."""
 
     def __init__(self, hidden: int, heads: int):
         super().__init__()
@@ -117,14 +123,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, mask: Mask = None,
                 pos: torch.Tensor | None = None, past: KV | None = None
                 ) -> tuple[torch.Tensor, KV]:
         n, t, d = x.shape
         q, (k, v) = self._project(x, pos, past)
-        if mask is not None:
-            mask = mask.to(x.device)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, H, t, D/H)
+        causal = isinstance(mask, str)
+        assert not causal or (mask == CAUSAL and past is None), (mask, past is None)
+        out = F.scaled_dot_product_attention(  # (N, H, t, D/H)
+            q, k, v, attn_mask=None if causal else mask, is_causal=causal)
         return self.proj(out.transpose(1, 2).reshape(n, t, d)), (k, v)  # (N, t, D)
 
     def keys_values(self, x: torch.Tensor, pos: torch.Tensor | None = None,
@@ -166,7 +173,7 @@ class AdaLNLayer(nn.Module):
         self.checkpointed = False  # train.checkpoint_layers (Block.checkpoint_layers)
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, c: torch.Tensor, mask: Mask = None,
         pos: torch.Tensor | None = None, past: KV | None = None,
     ) -> tuple[torch.Tensor, KV]:
         if not (self.checkpointed and torch.is_grad_enabled()):
@@ -181,7 +188,7 @@ class AdaLNLayer(nn.Module):
                              use_reentrant=True, preserve_rng_state=False)
         return x, (k, v)
 
-    def _flat(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None,
+    def _flat(self, x: torch.Tensor, c: torch.Tensor, mask: Mask,
               pos: torch.Tensor | None, k: torch.Tensor | None, v: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, (k, v) = self._forward(x, c, mask, pos, None if k is None else (k, v))
@@ -202,7 +209,7 @@ class AdaLNLayer(nn.Module):
         return mod.chunk(6, dim=-1)
 
     def _forward(
-        self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None,
+        self, x: torch.Tensor, c: torch.Tensor, mask: Mask,
         pos: torch.Tensor | None, past: KV | None,
     ) -> tuple[torch.Tensor, KV]:
         shift1, scale1, gate1, shift2, scale2, gate2 = self._modulation(c)

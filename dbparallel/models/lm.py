@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dbparallel.models.block import Block
-from dbparallel.models.layers import KV, AdaLNHead, SigmaEmbedder
+from dbparallel.models.layers import CAUSAL, KV, AdaLNHead, SigmaEmbedder
 from dbparallel.models.presets import ModelDims
 
 
@@ -138,7 +138,7 @@ class ARBlock(TextBlock):
         t = ids.shape[1]
         x = self.token_embed(ids)  # (N, t, D)
         pos = torch.arange(past, past + t, device=ids.device)
-        mask = causal_mask(t, past, ids.device) if t > 1 else None
+        mask = None if t == 1 else CAUSAL if past == 0 else causal_mask(t, past, ids.device)
         new = []
         c = self.clean_cond[None]  # (1, D): the same condition for every clean token
         last = len(self.layers) - 1

@@ -4,10 +4,11 @@ shared it."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dbparallel.config import load_config
-from dbparallel.models.layers import AdaLNLayer, rotary
+from dbparallel.models.layers import CAUSAL, AdaLNLayer, rotary
 from dbparallel.models.lm import causal_mask
 from dbparallel.tasks import build_task
 
@@ -45,6 +46,28 @@ def test_a_condition_per_sample_equals_the_same_condition_per_token() -> None:
     b, _ = layer(x, other, mask)
     torch.testing.assert_close(b[:, :4], a[:, :4])
     assert not torch.allclose(b[:, 4], a[:, 4])
+
+
+def test_causal_is_the_causal_mask_forward_and_backward() -> None:
+    """CAUSAL (SDPA's is_causal, which CUDA's flash kernel runs) attends as causal_mask(t)."""
+    layer, g = _layer(), torch.Generator().manual_seed(4)
+    x, c = torch.randn(2, 9, 32, generator=g), torch.randn(2, 32, generator=g)
+    pos = torch.arange(9)
+    outputs, grads = [], []
+    for mask in (causal_mask(9), CAUSAL):
+        xi = x.clone().requires_grad_()
+        out, (k, v) = layer(xi, c, mask, pos)
+        (out.square().sum() + k.sum() + v.sum()).backward()
+        outputs.append(out.detach())
+        grads.append([xi.grad, *(p.grad.clone() for p in layer.parameters())])
+        layer.zero_grad()
+    torch.testing.assert_close(outputs[1], outputs[0])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a)
+    # and the mask matters: attending to every token differs
+    assert not torch.allclose(layer(x, c, None, pos)[0], outputs[0])
+    with pytest.raises(AssertionError):  # after a cache, is_causal would align wrongly
+        layer(x[:, 4:], c, CAUSAL, pos[4:], layer(x[:, :4], c, CAUSAL, pos[:4])[1])
 
 
 def test_the_cache_continues_a_causal_pass_exactly() -> None:
