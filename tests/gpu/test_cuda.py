@@ -114,6 +114,44 @@ def test_a_steady_step_never_waits_for_the_gpu_before_its_loss_is_read(tmp_path,
     assert any(p.grad is not None for p in trainer.model.parameters())
 
 
+FLASH = {"dit": ["task=dit"], "vit": ["task=vit"], "mdm": ["task=mdm", *TEXT],
+         "ar-clean-stream": ["task=ar", *TEXT]}
+
+
+@pytest.mark.parametrize("overrides", FLASH.values(), ids=FLASH.keys())
+def test_flash_attention_runs_where_no_mask_is_needed(tmp_path, overrides) -> None:
+    """Under bf16 the attention of DiT, ViT and MDM, and the AR clean stream (is_causal), run
+    with SDPA restricted to the flash kernel: SDPA raises if the call cannot take it."""
+    from pathlib import Path
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from dbparallel.config import load_config
+    from dbparallel.training.block_trainer import BlockTrainer
+    from dbparallel.training.precision import autocast
+    from dbparallel.training.seeding import generator
+    from dbparallel.training.step_pieces import share_draws
+
+    tiny = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+    cfg = load_config([tiny], ["train.batch_size=8", "train.precision=bf16", *overrides,
+                               f"run.dir={tmp_path / 'run'}"])
+    trainer = BlockTrainer(cfg, 0, "cuda")
+    g = torch.Generator().manual_seed(0)
+    batch = {k: (torch.rand(v.shape, generator=g) * 2 - 1 if v.is_floating_point()
+                 else torch.randint(0, 4, v.shape, generator=g)).cuda()
+             for k, v in trainer.task.example_batch(8, "cpu").items()}
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        if cfg.task == "ar":  # the noisy stream's mask needs another kernel
+            with autocast("bf16", trainer.device):
+                h, _ = trainer.model.clean(batch["tokens"])
+            h.float().square().sum().backward()
+        else:
+            draws = share_draws(trainer.task, 0, batch, None,
+                                generator(cfg.run.seed, "step", 0, 0, device="cuda"))
+            trainer._loss(batch, draws, None).backward()
+    assert any(p.grad is not None for p in trainer.model.parameters())
+
+
 def test_local_run_on_gpu_writes_report(tmp_path) -> None:
     from dbparallel.runtime.local import run_local
 
