@@ -258,7 +258,7 @@ def _mode(spec: Spec) -> str:
 
 
 def _line(row: dict[str, Any]) -> str:
-    name = f"{row['name']:<36}"
+    name = f"{row['name']:<52}"
     if "error" in row or "skipped" in row:
         return f"{name} {'FAILED: ' + row['error'] if 'error' in row else 'skipped'}"
     if row["kind"] == "sample":
