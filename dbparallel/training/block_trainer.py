@@ -137,13 +137,17 @@ class BlockTrainer:
         total: torch.Tensor | None = None
         with count.counting() if count else contextlib.nullcontext():
             g = generator(self.cfg.run.seed, "step", self.block, self.step, device=self.device)
-            draws = share_draws(self.task, self.block, batch, self.share, g)
-            for piece, piece_draws, share in pieces(batch, draws, self.share,
-                                                    self.cfg.train.micro_batches):
+            parts = pieces(batch, share_draws(self.task, self.block, batch, self.share, g),
+                           self.share, self.cfg.train.micro_batches)
+            while parts:
+                piece, piece_draws, share = parts.pop(0)
                 meter = self._meter(live) if measuring else None
                 with meter.record() if meter else contextlib.nullcontext():
                     loss = (self._loss if measuring else self._forward_loss)(
                         piece, piece_draws, share.total if share else None)
+                    # read: let the step's noise go before backward (autograd keeps what it
+                    # needs), as soon as no later piece holds a view of it
+                    del piece_draws
                     # a copy: CUDA graphs (reduce-overhead) reuse the output's memory
                     part = loss.detach().clone()
                     if live:

@@ -172,3 +172,27 @@ def test_lr_schedule_keys_are_checked() -> None:
         load_config([TINY], ["model.blocks=2", "train.block_steps=[100,50]",
                              "train.warmup_steps=60", "train.lr_schedule=cosine"])
     load_config([TINY], ["train.steps=50", "train.warmup_steps=60"])  # constant: no decay
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_the_step_noise_is_freed_before_the_last_backward(k: int) -> None:
+    """The draws are not kept through backward: when the last piece's backward runs, no
+    reference to the step's noise is left (autograd saved what it needs)."""
+    import weakref
+
+    trainer = BlockTrainer(_cfg(TASKS["ar"], f"train.micro_batches={k}"), 0)
+    refs: list[weakref.ref] = []
+    draw = trainer.task.draw
+
+    def recorded(*args, **kwargs):
+        out = draw(*args, **kwargs)
+        refs.extend(weakref.ref(v) for v in out.values())
+        return out
+
+    trainer.task.draw = recorded  # type: ignore[method-assign]
+    alive: list[bool] = []
+    first = next(trainer.model.parameters())
+    first.register_hook(lambda grad: alive.append(any(r() is not None for r in refs)))
+    assert trainer.train_step(_batch(trainer)).finite
+    assert len(refs) == 2 and len(alive) == k  # sigma and eps; one backward per piece
+    assert alive[-1] is False
