@@ -136,18 +136,16 @@ class BlockTrainer:
         saved_peak = 0
         total: torch.Tensor | None = None
         with count.counting() if count else contextlib.nullcontext():
-            g = generator(self.cfg.run.seed, "step", self.block, self.step, device=self.device)
-            parts = pieces(batch, share_draws(self.task, self.block, batch, self.share, g),
-                           self.share, self.cfg.train.micro_batches)
-            while parts:
-                piece, piece_draws, share = parts.pop(0)
+            for piece, share in pieces(batch, self.share, self.cfg.train.micro_batches):
+                g = generator(self.cfg.run.seed, "step", self.block, self.step,
+                              device=self.device)
                 meter = self._meter(live) if measuring else None
                 with meter.record() if meter else contextlib.nullcontext():
+                    # the piece's draws, held by nothing after its forward pass: its noise
+                    # is gone before backward (autograd keeps what it needs)
                     loss = (self._loss if measuring else self._forward_loss)(
-                        piece, piece_draws, share.total if share else None)
-                    # read: let the step's noise go before backward (autograd keeps what it
-                    # needs), as soon as no later piece holds a view of it
-                    del piece_draws
+                        piece, share_draws(self.task, self.block, piece, share, g),
+                        share.total if share else None)
                     # a copy: CUDA graphs (reduce-overhead) reuse the output's memory
                     part = loss.detach().clone()
                     if live:

@@ -1,10 +1,12 @@
-"""A step's random draws and its pieces (``train.micro_batches``).
+"""A step's pieces (``train.micro_batches``) and their random draws.
 
-Every random draw of a block's loss is made once per step, for the step's global batch, on the
-block's device, from a generator seeded by (run.seed, purpose, block, step): the draws are the
-same on every replica and after every resume, and cheap where the block runs (no host tensors,
-no copies). Each process keeps its share's rows of them; each piece of the share takes its own
-rows. The loss itself (``Task.loss_on``) draws nothing, so a compiled step is whole graphs.
+Every random draw of a block's loss is made for the step's global batch, on the block's device,
+from a generator seeded by (run.seed, purpose, block, step): the draws are the same on every
+replica and after every resume, and cheap where the block runs (no host tensors, no copies to
+the device). Each piece (a replica's share, or a part of it) keeps a copy of its own rows and
+lets the rest go at once, so that only its own noise is alive while it runs: a step in k pieces
+draws k times, a small cost on a GPU beside the arithmetic, for the memory of one piece. The
+loss itself (``Task.loss_on``) draws nothing, so a compiled step is one graph.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dbparallel.core.share import Share
 from dbparallel.tasks.base import Batch, Draws, Task
 from dbparallel.training.seeding import generator
 
-Piece = tuple[Batch, Draws, Share | None]  # rows, their draws, their place in the batch
+Piece = tuple[Batch, Share | None]  # rows and their place in the global batch
 
 
 def rows_of(batch: Batch) -> int:
@@ -35,19 +37,15 @@ def share_draws(task: Task, block: int, batch: Batch, share: Share | None,
             for k, v in draws.items()}
 
 
-def pieces(batch: Batch, draws: Draws, share: Share | None, k: int) -> list[Piece]:
-    """``batch`` (``share``'s rows, None: the whole batch) and its ``draws`` cut into ``k``
-    contiguous pieces as even as possible, each with its rows' place in the global batch, so
-    that the pieces' summed losses are the batch's."""
+def pieces(batch: Batch, share: Share | None, k: int) -> list[Piece]:
+    """``batch`` (``share``'s rows, None: the whole batch) cut into ``k`` contiguous pieces as
+    even as possible, each with its rows' place in the global batch, so that the pieces'
+    summed losses are the batch's."""
     if k == 1:
-        return [(batch, draws, share)]
+        return [(batch, share)]
     whole = share or Share.whole(rows_of(batch))
-    out: list[Piece] = []
-    for p in whole.split(k):
-        a, b = p.start - whole.start, p.stop - whole.start
-        out.append(({key: v[a:b] for key, v in batch.items()},
-                    {key: v[a:b] for key, v in draws.items()}, p))
-    return out
+    return [({key: v[p.start - whole.start:p.stop - whole.start] for key, v in batch.items()}, p)
+            for p in whole.split(k)]
 
 
 def planned_draws(task: Task, block: int, batch: Batch, device: str, seed: int) -> Draws:

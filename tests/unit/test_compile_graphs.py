@@ -36,8 +36,8 @@ def test_the_compiled_loss_is_one_graph(overrides: list[str], checkpointed: bool
                        f"train.checkpoint_layers={str(checkpointed).lower()}", *overrides])
     trainer = BlockTrainer(cfg, 0)
     batch = random_batch(trainer.task, 6, seed=0)
-    draws = share_draws(trainer.task, 0, batch, None, generator(0, "step", 0, 0))
-    piece, piece_draws, share = pieces(batch, draws, None, 2)[1]
+    piece, share = pieces(batch, None, 2)[1]
+    piece_draws = share_draws(trainer.task, 0, piece, share, generator(0, "step", 0, 0))
     torch._dynamo.reset()
     explained = torch._dynamo.explain(trainer._loss)(piece, piece_draws, share.total)
     reasons = [str(r.reason).splitlines()[0] for r in explained.break_reasons]
