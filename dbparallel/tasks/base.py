@@ -79,16 +79,30 @@ class Decoding:
         return self.to_device(self.unpack(rows), device)  # type: ignore[attr-defined]
 
 
+def rows_of(batch: Batch) -> int:
+    """The number of rows of ``batch``."""
+    return len(next(iter(batch.values())))
+
+
+def share_draws(task: Task, block: int, batch: Batch, share: Share | None,
+                generator: torch.Generator) -> Draws:
+    """``share``'s rows (None: all of ``batch``) of ``task``'s draws for the global batch,
+    made from ``generator`` on its device and moved to ``batch``'s. A share's rows are
+    copied, so that the rest of the global batch's draws is freed at once."""
+    share = share or Share.whole(rows_of(batch))
+    device = next(iter(batch.values())).device
+    draws = task.draw(block, batch, share.total, generator)
+    return {k: v.to(device) if share.is_whole else share.cut(v).to(device, copy=True)
+            for k, v in draws.items()}
+
+
 class Drawing:
     """``loss`` for a task that has ``draw`` and ``loss_on``."""
 
     def loss(self, net: Block, batch: Batch, block: int, generator: torch.Generator,
              share: Share | None = None) -> torch.Tensor:
-        share = share or Share.whole(len(next(iter(batch.values()))))
-        device = next(iter(batch.values())).device
-        draws = self.draw(block, batch, share.total, generator)  # type: ignore[attr-defined]
-        return self.loss_on(net, batch, block,  # type: ignore[attr-defined]
-                            {k: share.cut(v).to(device) for k, v in draws.items()})
+        draws = share_draws(self, block, batch, share, generator)  # type: ignore[arg-type]
+        return self.loss_on(net, batch, block, draws)  # type: ignore[attr-defined]
 
 
 def gaussian_noise(cfg: Config) -> tuple[LogNormalNoise, Partition]:

@@ -21,7 +21,7 @@ from dbparallel.core.meta_memory import LiveSavedBytes
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
 from dbparallel.tasks.augment import unaugmented
-from dbparallel.tasks.base import Batch, Draws
+from dbparallel.tasks.base import Batch, Draws, rows_of, share_draws
 from dbparallel.training.flops import FlopCount, achieved_tflops
 from dbparallel.training.peaks import device_peak_tflops, mfu
 from dbparallel.training.plan import model_flops_per_step
@@ -29,7 +29,7 @@ from dbparallel.training.precision import autocast, set_matmul_precision
 from dbparallel.training.replicas import Replicas
 from dbparallel.training.schedule import learning_rate
 from dbparallel.training.seeding import derive_seed, generator
-from dbparallel.training.step_pieces import pieces, rows_of, share_draws
+from dbparallel.training.step_pieces import pieces
 
 
 class NonFiniteLoss(RuntimeError):

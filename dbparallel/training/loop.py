@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dbparallel.config import Config, identity_diff, to_dict
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RunDirError
-from dbparallel.tasks.base import Batch
+from dbparallel.tasks.base import Batch, rows_of
 from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
@@ -183,7 +183,7 @@ class BlockRun:
             self._heldout = held_out_batch(self.trainer.task, self.index, self.trainer.device,
                                            rows, split)
             log.info("block %d: held-out loss on %d rows of the %s split%s",
-                     self.trainer.block, len(next(iter(self._heldout.values()))), split,
+                     self.trainer.block, rows_of(self._heldout), split,
                      " (no validation or test rows: a check, not held out)"
                      if split == "train" else "")
         return self._heldout

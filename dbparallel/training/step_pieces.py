@@ -14,27 +14,10 @@ from __future__ import annotations
 import torch
 
 from dbparallel.core.share import Share
-from dbparallel.tasks.base import Batch, Draws, Task
+from dbparallel.tasks.base import Batch, Draws, Task, rows_of, share_draws
 from dbparallel.training.seeding import generator
 
 Piece = tuple[Batch, Share | None]  # rows and their place in the global batch
-
-
-def rows_of(batch: Batch) -> int:
-    """The number of rows of ``batch``."""
-    return len(next(iter(batch.values())))
-
-
-def share_draws(task: Task, block: int, batch: Batch, share: Share | None,
-                generator: torch.Generator) -> Draws:
-    """``share``'s rows (None: all of ``batch``) of the draws for the global batch, made from
-    ``generator`` on its device and moved to ``batch``'s. A share's rows are copied, so that
-    the rest of the global batch's draws is freed at once."""
-    share = share or Share.whole(rows_of(batch))
-    device = next(iter(batch.values())).device
-    draws = task.draw(block, batch, share.total, generator)
-    return {k: v.to(device) if share.is_whole else share.cut(v).to(device, copy=True)
-            for k, v in draws.items()}
 
 
 def pieces(batch: Batch, share: Share | None, k: int) -> list[Piece]:

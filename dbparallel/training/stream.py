@@ -25,7 +25,7 @@ from dbparallel.core.share import Share
 from dbparallel.data.shard_reader import ShardRows, joined, read_pieces
 from dbparallel.data.shards import DataIndex, Shard
 from dbparallel.errors import RowError
-from dbparallel.tasks.base import Batch, Rows, Task
+from dbparallel.tasks.base import Batch, Rows, Task, rows_of
 from dbparallel.training.data_memory import rows_nbytes
 from dbparallel.training.data_order import DataOrder, Segment
 
@@ -67,7 +67,7 @@ class Window:
             for part in parts:
                 if not rows:
                     rows = {k: v.new_empty((starts[-1], *v.shape[1:])) for k, v in part.items()}
-                n = len(next(iter(part.values())))
+                n = rows_of(part)
                 for k, v in part.items():
                     if v.shape[1:] != rows[k].shape[1:] or v.dtype != rows[k].dtype or \
                             at + n > b:

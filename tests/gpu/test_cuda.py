@@ -47,9 +47,9 @@ def test_gpu_loss_matches_cpu_loss_on_the_same_draws(tmp_path) -> None:
 
 def test_gpu_draws_are_made_on_the_gpu_and_repeat_with_the_seed(tmp_path) -> None:
     from dbparallel.data.sources import digits_table
+    from dbparallel.tasks.base import share_draws
     from dbparallel.training.block_trainer import BlockTrainer
     from dbparallel.training.seeding import generator
-    from dbparallel.training.step_pieces import share_draws
 
     cfg = _cfg(tmp_path)
     cfg.train.augment = "flip_crop"
@@ -81,17 +81,13 @@ STEADY = {"dit": ["task=dit", "train.augment=flip_crop"], "vit": ["task=vit"],
                           "train.objective=end_to_end"]}
 
 
-@pytest.mark.parametrize("overrides", STEADY.values(), ids=STEADY.keys())
-def test_a_steady_step_never_waits_for_the_gpu_before_its_loss_is_read(tmp_path,
-                                                                         overrides) -> None:
-    """Draws, forward and backward of a step make no synchronising call (no host-to-device
-    copy, no read of a device value): CUDA's sync debug mode raises on one."""
+def _tiny_on_gpu(tmp_path, overrides: list[str]):
+    """The tiny recipe with ``overrides``: its config, block 0's trainer on the GPU, and a
+    batch of 8 random rows of the task's shapes there."""
     from pathlib import Path
 
     from dbparallel.config import load_config
     from dbparallel.training.block_trainer import BlockTrainer
-    from dbparallel.training.seeding import generator
-    from dbparallel.training.step_pieces import share_draws
 
     tiny = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
     blocks = [] if "model.blocks=1" in overrides else ["model.blocks=2"]
@@ -102,6 +98,18 @@ def test_a_steady_step_never_waits_for_the_gpu_before_its_loss_is_read(tmp_path,
     batch = {k: (torch.rand(v.shape, generator=g) * 2 - 1 if v.is_floating_point()
                  else torch.randint(0, 4, v.shape, generator=g)).cuda()
              for k, v in trainer.task.example_batch(8, "cpu").items()}
+    return cfg, trainer, batch
+
+
+@pytest.mark.parametrize("overrides", STEADY.values(), ids=STEADY.keys())
+def test_a_steady_step_never_waits_for_the_gpu_before_its_loss_is_read(tmp_path,
+                                                                         overrides) -> None:
+    """Draws, forward and backward of a step make no synchronising call (no host-to-device
+    copy, no read of a device value): CUDA's sync debug mode raises on one."""
+    from dbparallel.tasks.base import share_draws
+    from dbparallel.training.seeding import generator
+
+    cfg, trainer, batch = _tiny_on_gpu(tmp_path, overrides)
     assert trainer.train_step(batch).finite  # the measured first step
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -122,24 +130,13 @@ FLASH = {"dit": ["task=dit"], "vit": ["task=vit"], "mdm": ["task=mdm", *TEXT],
 def test_flash_attention_runs_where_no_mask_is_needed(tmp_path, overrides) -> None:
     """Under bf16 the attention of DiT, ViT and MDM, and the AR clean stream (is_causal), run
     with SDPA restricted to the flash kernel: SDPA raises if the call cannot take it."""
-    from pathlib import Path
-
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from dbparallel.config import load_config
-    from dbparallel.training.block_trainer import BlockTrainer
+    from dbparallel.tasks.base import share_draws
     from dbparallel.training.precision import autocast
     from dbparallel.training.seeding import generator
-    from dbparallel.training.step_pieces import share_draws
 
-    tiny = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
-    cfg = load_config([tiny], ["train.batch_size=8", "train.precision=bf16", *overrides,
-                               f"run.dir={tmp_path / 'run'}"])
-    trainer = BlockTrainer(cfg, 0, "cuda")
-    g = torch.Generator().manual_seed(0)
-    batch = {k: (torch.rand(v.shape, generator=g) * 2 - 1 if v.is_floating_point()
-                 else torch.randint(0, 4, v.shape, generator=g)).cuda()
-             for k, v in trainer.task.example_batch(8, "cpu").items()}
+    cfg, trainer, batch = _tiny_on_gpu(tmp_path, ["train.precision=bf16", *overrides])
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         if cfg.task == "ar":  # the noisy stream's mask needs another kernel
             with autocast("bf16", trainer.device):

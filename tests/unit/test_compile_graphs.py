@@ -12,9 +12,10 @@ import torch
 from probes import random_batch
 
 from dbparallel.config import load_config
+from dbparallel.tasks.base import share_draws
 from dbparallel.training.block_trainer import BlockTrainer
 from dbparallel.training.seeding import generator
-from dbparallel.training.step_pieces import pieces, share_draws
+from dbparallel.training.step_pieces import pieces
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = ["data.source=shakespeare", "model.depth=2", "model.hidden=32", "model.heads=2",

@@ -32,7 +32,7 @@ from dbparallel.errors import RowError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task
 from dbparallel.tasks.augment import unaugmented
-from dbparallel.tasks.base import Batch
+from dbparallel.tasks.base import Batch, rows_of
 from dbparallel.training.seeding import generator
 
 BINS = 16  # at least; a whole number per block, so that no bin straddles two blocks
@@ -64,7 +64,7 @@ def loss_by_noise(cfg: Config, task: Task, nets: list[Block], batch: Batch) -> l
     binned = unaugmented(task)  # a copy: held-out rows as they are
     binned.partition = fine  # the task's loss draws its noise from ranges[k]: bin k
     out = []
-    rows = len(next(iter(batch.values())))
+    rows = rows_of(batch)
     for k in range(fine.blocks):
         lo, hi = fine.ranges[k]
         mid = math.sqrt(lo * hi) if cfg.task != "mdm" else (lo + hi) / 2
@@ -116,7 +116,7 @@ def diagnose(cfg: Config, task: Task, nets: list[Block], batch: Batch) -> dict[s
         return {"loss_by_noise": [], "note": "an end-to-end classifier or causal LM has no "
                                              "noise levels"}
     out: dict[str, Any] = {"noise": "t" if cfg.task == "mdm" else "sigma",
-                           "rows": len(next(iter(batch.values()))),
+                           "rows": rows_of(batch),
                            "loss_by_noise": loss_by_noise(cfg, task, nets, batch)}
     if cfg.task == "vit":
         out["chain_accuracy"] = chain_accuracy(cfg, task, nets, batch)
