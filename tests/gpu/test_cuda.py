@@ -196,3 +196,32 @@ def test_compiled_step_matches_eager_on_gpu(tmp_path) -> None:
         a, b = eager.train_step(batch), compiled.train_step(batch)
         assert b.loss == pytest.approx(a.loss, rel=1e-4)
     assert compiled.timed_steps == 1 and compiled.achieved_tflops > 0
+
+
+def test_a_cuda_stream_gathers_the_next_batch_ahead_into_pinned_memory(tmp_path) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from dbparallel.data.parquet_index import parquet_index
+    from dbparallel.data.tables import image_table
+    from dbparallel.tasks import build_task
+    from dbparallel.training.data_order import DataOrder
+    from dbparallel.training.stream import BlockStream
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.parquet"
+    pq.write_table(image_table(rng.integers(0, 256, (600, 1, 8, 8)) / 255.0,
+                               rng.integers(0, 10, 600)), path, row_group_size=50)
+    cfg = _cfg(tmp_path)
+    cfg.data.source, cfg.data.path, cfg.data.image_size, cfg.data.channels = \
+        "parquet", str(path), 8, 1
+    index, task = parquet_index(str(path)), build_task(cfg)
+    order = DataOrder([s.rows for s in index.shards("train")], 70, 0, 1, 2)
+    gpu = BlockStream(index, "train", order, task, "cuda")
+    cpu = BlockStream(index, "train", order, task, "cpu", prefetch=False)
+    for step in range(20):  # past an epoch
+        got, want = gpu.batch(step), cpu.batch(step)
+        assert all(got[k].is_cuda and torch.equal(got[k].cpu(), want[k]) for k in want)
+        assert gpu._ahead is not None and gpu._ahead[0] == step + 1
+        assert all(v.is_pinned() for v in gpu._ahead[1].result().values())
+    gpu.close(), cpu.close()

@@ -111,6 +111,20 @@ def test_decode_rows() -> None:
         assert mine[0]["speedup"] == 1.0 and all(r["rows_per_s"] > 0 for r in mine)
 
 
+def test_batch_ahead_rows() -> None:
+    """Both arms train on the same rows, in the same number of steps."""
+    from benchmarks import batch_ahead
+
+    result = batch_ahead.run(quick=True, step_ms=1.0, sizes=[(16, 32, 512, 64)])
+    _check_rows(result, {"side": int, "batch": int, "batch_bytes": int, "arm": str,
+                         "steps": int, "batch_ms_median": float, "batch_ms_p90": float,
+                         "steps_per_s": float, "step_ms": float, "checksum": int})
+    due, ahead = result["rows"]
+    assert (due["arm"], ahead["arm"]) == ("when due", "ahead")
+    assert due["checksum"] == ahead["checksum"] > 0 and due["steps"] == ahead["steps"] == 20
+    assert due["batch_bytes"] == 32 * (3 * 16 * 16 + 8)
+
+
 def test_parquet_read_rows() -> None:
     """Both arms read every row of the same row group; in pieces, Arrow holds less of it."""
     from benchmarks import parquet_read
