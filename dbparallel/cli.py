@@ -16,7 +16,7 @@ from dbparallel.config import Config, ConfigError, describe, load_config, notes
 from dbparallel.errors import UserError
 
 if TYPE_CHECKING:
-    from dbparallel.training.plan import Cluster
+    from dbparallel.training.cluster_fit import Cluster
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -195,7 +195,7 @@ def _cluster(cfg: Config) -> Cluster:
 
     import torch
 
-    from dbparallel.training.plan import Cluster
+    from dbparallel.training.cluster_fit import Cluster
 
     if cfg.runtime.devices:
         return Cluster(float("inf"), float(cfg.runtime.devices), "runtime.devices",

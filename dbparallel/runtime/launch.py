@@ -31,11 +31,11 @@ from dbparallel.runtime.placement import cluster_now, reserve_start, start_slots
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.runtime.ray_backend import RayBackend
 from dbparallel.tasks import build_task
+from dbparallel.training.cluster_fit import Cluster
 from dbparallel.training.curves import write_curves
 from dbparallel.training.data_check import CheckResult, check_data, check_line
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.lease import release_session
-from dbparallel.training.plan import Cluster
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import check_resumable, open_run, pin_data
 

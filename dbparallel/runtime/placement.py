@@ -15,7 +15,7 @@ from dbparallel.config import Config
 from dbparallel.errors import UserError
 from dbparallel.runtime.node_memory import crowded_nodes
 from dbparallel.runtime.ray_backend import assembly_bundle
-from dbparallel.training.plan import Cluster, concurrent_blocks, room
+from dbparallel.training.cluster_fit import Cluster, concurrent_blocks, room
 
 
 def cluster_now() -> Cluster:

@@ -107,7 +107,7 @@ def test_checkpointing_costs_about_a_third_more_arithmetic(task: str) -> None:
 
 
 def test_the_plan_rates_a_checkpointed_step_by_its_work() -> None:
-    from dbparallel.training.plan import Cluster
+    from dbparallel.training.cluster_fit import Cluster
 
     cluster = Cluster(cpus=64, gpus=4, source="runtime.devices", device_name="H100")
     rates = []

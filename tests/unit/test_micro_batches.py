@@ -196,3 +196,28 @@ def test_a_pieces_noise_is_freed_before_its_backward(k: int) -> None:
     assert trainer.train_step(_batch(trainer)).finite
     assert len(refs) == 2 * k and len(alive) == k  # sigma and eps of each piece's draw
     assert alive == [False] * k
+
+
+@pytest.mark.parametrize("name", ["dit", "ar"])
+def test_the_plan_counts_a_steps_input_rows_and_noise_draws(name: str) -> None:
+    """Beside 4P and the saved activations: the step's rows on the device and the loss's noise
+    draws, a piece's through its forward pass and, where the batch is cut, the global batch's
+    with a piece's copy for a moment before it."""
+    from dbparallel.tasks import build_task
+    from dbparallel.training.seeding import generator
+
+    def nbytes(tensors: dict[str, torch.Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
+    whole = step_bytes(_cfg(TASKS[name]))
+    cut = step_bytes(_cfg(TASKS[name], "train.micro_batches=2"))  # 2 pieces of 5 rows
+    task = build_task(_cfg(TASKS[name]))
+    batch = task.example_batch(10, "cpu")
+    drawn = nbytes(task.draw(0, batch, 10, generator(0, "plan test")))
+    assert drawn > 0 and nbytes(batch) > 0
+    assert (whole["inputs"], whole["draws"], whole["draws_at_cut"]) == (nbytes(batch), drawn, 0)
+    assert (cut["inputs"], cut["draws"], cut["draws_at_cut"]) == \
+        (nbytes(batch), drawn // 2, drawn + drawn // 2)
+    for s in (whole, cut):
+        assert s["total"] == s["params_and_optimizer"] + s["inputs"] + \
+            max(s["activations"] + s["draws"], s["draws_at_cut"])
