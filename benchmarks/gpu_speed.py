@@ -132,6 +132,23 @@ def _peak_bytes(device: str) -> int | None:
     return torch.cuda.max_memory_allocated() if device == "cuda" else None
 
 
+def _memory_beside(cfg: Config, device: str) -> dict[str, int | None]:
+    """What to hold the plan's 90% of runtime.device_memory (training/cluster_fit.py) against:
+    the plan's count of this step (``plan_bytes``: float32 activations, so above a bf16
+    step's), the allocator's reserved peak, and the device memory in use outside the
+    allocator (``outside_allocator_bytes``: the CUDA context and libraries, this process
+    alone on the device)."""
+    from dbparallel.training.plan import step_bytes
+
+    out: dict[str, int | None] = {"plan_bytes": step_bytes(cfg, 0)["total"],
+                                  "peak_reserved_bytes": None, "outside_allocator_bytes": None}
+    if device == "cuda":
+        free, total = torch.cuda.mem_get_info()
+        out["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
+        out["outside_allocator_bytes"] = total - free - torch.cuda.memory_reserved()
+    return out
+
+
 def measure_training(spec: Spec, s: Setting) -> dict[str, Any]:
     """Step time, samples/s, allocator peak and MFU of block 0 (or the whole network)."""
     from dbparallel.training.block_trainer import BlockTrainer
@@ -161,7 +178,8 @@ def measure_training(spec: Spec, s: Setting) -> dict[str, Any]:
     return {"params": sum(p.numel() for p in trainer.model.parameters()),
             "layers": cfg.model.layers_per_block, "batch": n, "timed_steps": steps,
             "step_time_s": step_time, "samples_per_s": n / step_time,
-            "peak_allocated_bytes": _peak_bytes(s.device), "model_flops_per_step": flops,
+            "peak_allocated_bytes": _peak_bytes(s.device), **_memory_beside(cfg, s.device),
+            "model_flops_per_step": flops,
             "achieved_tflops": achieved, "peak_tflops": trainer.peak_tflops,
             "mfu": achieved / trainer.peak_tflops if achieved and trainer.peak_tflops else None,
             "first_step_s": first, "compile_step_s": compile_s}

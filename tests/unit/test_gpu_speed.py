@@ -46,6 +46,11 @@ def test_training_row_on_cpu() -> None:
         row["model_flops_per_step"] / row["step_time_s"] / 1e12)
     assert row["mfu"] is None and row["peak_allocated_bytes"] is None  # the CPU
     assert row["compile_step_s"] is None
+    assert row["peak_reserved_bytes"] is None and row["outside_allocator_bytes"] is None
+    from dbparallel.training.plan import step_bytes  # the plan of the step it timed
+
+    cfg = gpu_speed.config(Spec("train", "tiny", "block", "tf32", False), SMOKE)
+    assert row["plan_bytes"] == step_bytes(cfg, 0)["total"] > 0
     e2e = gpu_speed.measure(Spec("train", "tiny", "e2e", "bf16", False), SMOKE)
     assert e2e["layers"] == 6 and e2e["model_flops_per_step"] > row["model_flops_per_step"]
 
