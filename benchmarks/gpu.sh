@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # What a CUDA machine measures, in one command. Needs torch with CUDA, not Ray (the Ray-free
-# layers only); omegaconf (for the CLI) is installed from ./.whl if present.
+# layers only); omegaconf (for the config loader the tests use) is installed from ./.whl:
+# run benchmarks/gpu_wheels.sh first where PyPI is reachable, and carry .whl to the machine.
 #
 #   bash benchmarks/gpu.sh                  # parts "tests speed": under 9 minutes in all
 #   bash benchmarks/gpu.sh bench sweep      # any parts, in the order given
 #
 # Parts, each under its own time limit; one that fails does not stop the next:
-#   tests  the GPU tests (tests/gpu: CPU/GPU agreement, fused AdamW, MFU, compile), 2 min
+#   tests  the GPU tests (tests/gpu: CPU/GPU agreement, fused AdamW, MFU, compile, no host
+#          sync in a step, flash attention, pinned batches), 2.3 min
 #   speed  benchmarks/gpu_speed.py: DiT-S/2 and DiT-B/2, one block (B=3) and end to end,
-#          tf32 vs bf16, eager vs compiled: step time, samples/s, peak memory, MFU; sampling
-#          with and without compile. Each configuration in its own process, 6.5 min in all
+#          tf32 vs bf16, eager vs compiled (and the bf16 blocks with CUDA graphs): step time,
+#          samples/s, peak memory, MFU; sampling with and without compile. Each configuration
+#          in its own process, the MFU targets' rows first, 6.5 min in all
 #   modes  the bf16 blocks (DiT-S/2, DiT-B/2) eager, compiled in torch's default mode, with
 #          CUDA graphs (reduce-overhead) and with tuned kernels (max-autotune-no-cudagraphs),
 #          side by side, to choose train.compile_mode; into modes/ of the results, 9 minutes
-#          (run it in a second call: bash benchmarks/gpu.sh modes)
+#          (a session with device time left after the default parts)
 #   bench  benchmarks/gpu_bench.py: DiT-S/2 memory per block, blocks sharing one card,
 #          sampling against end to end, 5.5 min
 #   sweep  per-block allocator peak for B = 2..12, 1.5 min
@@ -30,10 +33,10 @@ for part in ${*:-tests speed}; do
   echo "== $part"
   case $part in
     tests)
-      timeout 120 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider 2>&1 \
+      timeout 140 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider 2>&1 \
         | tee "$DEST/gpu_tests.log" || status=1 ;;
     speed)
-      timeout 400 python3 benchmarks/gpu_speed.py --out "$DEST" --budget-s 380 2>&1 \
+      timeout 390 python3 benchmarks/gpu_speed.py --out "$DEST" --budget-s 370 2>&1 \
         | tee "$DEST/gpu_speed.log" || status=1 ;;
     modes)
       timeout 560 python3 benchmarks/gpu_speed.py --only block/bf16 --out "$DEST/modes" \
@@ -46,7 +49,7 @@ for part in ${*:-tests speed}; do
         || status=1 ;;
     train)
       timeout 150 python3 -m dbparallel train --local runtime.gpus_per_block=1 \
-        runtime.assembly_gpus=1 train.steps=500 run.dir=/tmp/dbparallel-gpu-run \
+        runtime.assembly_gpus=1 train.steps=500 metrics.port=0 run.dir=/tmp/dbparallel-gpu-run \
         run.name=digits-dit-gpu 2>&1 | tee "$DEST/gpu_train.log" || status=1
       cp /tmp/dbparallel-gpu-run/report.json "$DEST/gpu_train_report.json" 2>/dev/null
       cp /tmp/dbparallel-gpu-run/samples.png "$DEST/gpu_samples.png" 2>/dev/null ;;

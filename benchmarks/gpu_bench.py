@@ -57,7 +57,7 @@ def dit_s(blocks: int, batch: int) -> Config:
         run=RunConfig(name="gpu-bench"),
         data=DataConfig(source="parquet", path="synthetic", image_size=SIZE, channels=3),
         model=ModelConfig(preset=PRESET, blocks=blocks, depth=DEPTH, patch_size=2),
-        train=TrainConfig(batch_size=batch, warmup_steps=0,
+        train=TrainConfig(batch_size=batch, warmup_steps=0, precision="tf32",
                           objective="end_to_end" if blocks == 1 else "diffusionblocks"),
         sample=SampleConfig(steps=50, cfg_scale=2.0),
     )

@@ -12,7 +12,7 @@ only (BlockTrainer is what a block actor runs; no Ray, no omegaconf):
     block's forward compiled: images/s.
 Every configuration runs in its own process under a time limit, so one that fails or hangs
 loses only its own row (``error``); those not started before ``--budget-s`` runs out are
-listed as ``skipped``. Eager configurations run first, then the compiled ones. Rows go to
+listed as ``skipped``; ``matrix`` orders them by what a short session needs first. Rows go to
 ``<out>/gpu_speed_<device>.json`` after each configuration, and a plot to the same name .png.
 
     python benchmarks/gpu_speed.py --out benchmarks/results    # CUDA: about 6 minutes
@@ -74,19 +74,23 @@ class Spec:
 
 
 def matrix(models: tuple[str, ...] = MODELS) -> list[Spec]:
-    """Every configuration, eager ones first (cheap), bf16 before tf32 among compiled ones;
-    last, the other compile modes of each model's bf16 block (CUDA graphs, then tuned
-    kernels, whose autotuning takes longest)."""
-    out = []
-    for compiled in (False, True):
-        precisions = ("bf16", "tf32") if compiled else ("tf32", "bf16")
-        for scope in ("block", "e2e"):
-            for model in models:
-                out += [Spec("train", model, scope, p, compiled) for p in precisions]
-        out += [Spec("sample", model, "blocks", "tf32", compiled) for model in models]
-    for mode in OTHER_MODES:
-        out += [Spec("train", model, "block", "bf16", True, mode) for model in models]
-    return out
+    """Every configuration, in the order a short device session needs them (a budget that
+    runs out skips the last): the bf16 blocks eager and compiled (the MFU targets), the tf32
+    blocks eager, the bf16 blocks with CUDA graphs (reduce-overhead: the compile mode to
+    choose), the network end to end and sampling eager; then the other compiled rows; last,
+    tuned kernels (max-autotune-no-cudagraphs), whose autotuning takes longest."""
+    def train(scope: str, precision: str, compiled: bool, mode: str = "default") -> list[Spec]:
+        return [Spec("train", m, scope, precision, compiled, mode) for m in models]
+
+    def sample(compiled: bool) -> list[Spec]:
+        return [Spec("sample", m, "blocks", "tf32", compiled) for m in models]
+
+    return [*train("block", "bf16", False), *train("block", "bf16", True),
+            *train("block", "tf32", False), *train("block", "bf16", True, OTHER_MODES[0]),
+            *train("e2e", "bf16", False), *train("e2e", "tf32", False), *sample(False),
+            *train("block", "tf32", True), *train("e2e", "bf16", True),
+            *train("e2e", "tf32", True), *sample(True),
+            *train("block", "bf16", True, OTHER_MODES[1])]
 
 
 # ---------------------------------------------------------------------------- one configuration

@@ -63,7 +63,7 @@ class MaskedDiffusionLM(TextData):
     def routed_logits(self, nets: list[MaskedLMBlock], x_t: torch.Tensor,
                       t: torch.Tensor) -> torch.Tensor:
         """Logits (N, T, V), each row computed by the block that owns its t."""
-        owners = torch.tensor([self.partition.owner(float(x)) for x in t])
+        owners = torch.tensor([self.partition.owner(x) for x in t.tolist()])  # one read
         logits = torch.empty(*x_t.shape, self.vocab_size, device=x_t.device)
         for b in owners.unique().tolist():
             rows = (owners == b).nonzero().squeeze(1).to(x_t.device)

@@ -261,7 +261,9 @@ class BlockTrainer:
         return sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else math.nan
 
     def is_finite(self) -> bool:
-        return all(torch.isfinite(p).all() for p in self.model.parameters())
+        # one read from the device for all parameters, not one per parameter
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()])
+                    .all())
 
     # ------------------------------------------------------------------ state
     def meta(self) -> dict[str, Any]:

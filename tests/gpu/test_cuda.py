@@ -155,6 +155,7 @@ def test_local_run_on_gpu_writes_report(tmp_path) -> None:
     cfg = _cfg(tmp_path)
     cfg.runtime.gpus_per_block = 1
     cfg.sample.eval_samples = 100
+    cfg.metrics.port = 0  # no metrics endpoint: nothing else may hold a port there
     report = run_local(cfg, None, progress=False)
     assert [row["steps"] for row in report["per_block"]] == [30, 30]
     assert 0.0 <= report["assembly"]["sample_accuracy"] <= 1.0
