@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.gpu_report import markdown, plot  # noqa: E402
 from dbparallel.config import (  # noqa: E402
     Config,
     DataConfig,
@@ -306,34 +307,6 @@ def gpu_name() -> str:
     return text.strip().splitlines()[0] if text.strip() else "unknown-gpu"
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
-    """Training samples/s per configuration (MFU on each bar) and sampling images/s."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in result["rows"] if "error" not in r and "skipped" not in r]
-    train = [r for r in ok if r["kind"] == "train"]
-    sample = [r for r in ok if r["kind"] == "sample"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.35 * max(len(train), 4) + 1.5),
-                             gridspec_kw={"width_ratios": [2, 1]})
-    for ax, rows, key, label in ((axes[0], train, "samples_per_s", "training samples/s"),
-                                 (axes[1], sample, "images_per_s", "sampling images/s")):
-        ax.barh([r["name"] for r in rows], [r[key] for r in rows], color="tab:blue")
-        ax.invert_yaxis()
-        ax.set_xlabel(label)
-        for i, r in enumerate(rows):
-            if r.get("mfu") is not None:
-                ax.text(r[key], i, f" MFU {r['mfu']:.0%}", va="center", fontsize=7)
-    missing = len(result["rows"]) - len(ok)
-    fig.suptitle(f"{result['device']}, torch {result['torch']}"
-                 + (f" ({missing} configurations failed or skipped)" if missing else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/results", help="results directory")
@@ -351,6 +324,7 @@ def main() -> None:
         return
     if args.plot:
         plot(json.loads(Path(args.plot).read_text()), Path(args.plot).with_suffix(".png"))
+        print(markdown(json.loads(Path(args.plot).read_text())))
         return
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu_speed: no CUDA device (use --smoke to check the script on the CPU)")

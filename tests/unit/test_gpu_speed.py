@@ -1,4 +1,4 @@
-"""benchmarks/gpu_speed.py on the CPU: its rows, its fail-soft matrix and its plot.
+"""benchmarks/gpu_speed.py on the CPU: its rows, its fail-soft matrix, its plot and table.
 
 No timing is asserted: the numbers are the GPU's to give; here only their shape and the
 invariants between them.
@@ -92,6 +92,25 @@ def test_plot_of_rows_with_failures(tmp_path: Path) -> None:
             {"name": "d", "kind": "train", "error": "exit 1"}]
     gpu_speed.plot({"device": "x", "torch": "t", "rows": rows}, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_markdown_table_of_a_result() -> None:
+    from benchmarks.gpu_report import markdown
+
+    rows = [{"name": "s/train/block/bf16/compiled", "kind": "train", "step_time_s": 0.0125,
+             "samples_per_s": 10240.0, "peak_allocated_bytes": 3 << 30, "plan_bytes": 4 << 30,
+             "achieved_tflops": 395.76, "mfu": 0.4},
+            {"name": "s/train/e2e/tf32/eager", "kind": "train", "error": "exit 1: OOM | x"},
+            {"name": "s/train/e2e/bf16/eager", "kind": "train", "skipped": "budget"},
+            {"name": "s/sample/blocks/tf32/eager", "kind": "sample", "images_per_s": 214.04}]
+    text = markdown({"device": "NVIDIA H200", "torch": "2.11", "cuda": "13.0", "rows": rows})
+    lines = text.splitlines()
+    assert lines[0] == "NVIDIA H200, torch 2.11, CUDA 13.0"
+    assert "| s/train/block/bf16/compiled | 12.50 ms | 10,240 | 3,072 MiB | 4,096 MiB | " \
+           "395.8 | 40.0% |" in lines
+    assert "| s/train/e2e/tf32/eager | failed: exit 1: OOM / x | | | | | |" in lines
+    assert "| s/train/e2e/bf16/eager | skipped | | | | | |" in lines
+    assert lines[-1] == "| s/sample/blocks/tf32/eager | 214.0 |"
 
 
 @pytest.mark.slow
