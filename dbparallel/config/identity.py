@@ -16,7 +16,7 @@ from dbparallel.config.schema import Config
 IDENTITY_SECTIONS = ("task", "model", "noise", "data")
 IDENTITY_KEYS = ("run.seed", "train.label_dropout", "train.objective")
 # how a run checks and decodes its data, not which network it trains
-NOT_IDENTITY = ("data.validate", "data.decode_threads")
+NOT_IDENTITY = ("data.validate", "data.decode_threads", "data.read_threads")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class DataConfig:
     # threads that decode encoded images (PNG/JPEG) as a block reads a window; 0 = one per
     # CPU the block reserves (runtime.cpus_per_block, at least 1); data check uses all cores
     decode_threads: int = 0
+    # threads that read a window's shards at once (each holds one shard's piece in flight):
+    # raise it when decoding Parquet lists (raw pixels, token ids) is slower than the block
+    read_threads: int = 1
 
     def __post_init__(self) -> None:
         choice(self.source, "data.source", DATA_SOURCES)
@@ -72,6 +75,7 @@ class DataConfig:
         check(self.shard_rows >= 1, "data.shard_rows", "must be >= 1")
         check(self.decode_threads >= 0, "data.decode_threads",
                f"must be >= 0 (0 = one per CPU of the block), got {self.decode_threads}")
+        check(self.read_threads >= 1, "data.read_threads", f"must be >= 1, got {self.read_threads}")
 
 
 @dataclass

@@ -48,7 +48,7 @@ class BlockRun:
                                    cfg.train.batch_size, cfg.run.seed, block,
                                    cfg.data.window_shards)
             self.stream = BlockStream(index, "train", self.order, task, self.trainer.device,
-                                      prefetch, self.trainer.share)
+                                      prefetch, self.trainer.share, cfg.data.read_threads)
             self.index, self._heldout = index, None  # held-out rows, read at first use
             self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
                                                 cfg.train.keep_snapshots)

@@ -4,7 +4,8 @@ The stream holds the window its next batch lies in and reads the following one i
 background thread while the block trains, so memory is two windows, a batch and, while a
 window is read, a few MiB of a shard's rows (a window is one allocation, filled piece by piece),
 whatever the number of rows (training/data_memory.py says how much before training starts;
-``peak_bytes`` measures it). Reading a window also unpacks it (the task checks every row and
+``peak_bytes`` measures it; ``data.read_threads`` threads read a window's shards at once, each
+with a shard's rows in flight). Reading a window also unpacks it (the task checks every row and
 holds it compactly on the CPU: 8-bit pixels, integer ids; encoded images are decoded there),
 so a batch is only a gather of rows and a copy to the block's device, where pixels become
 floats. The gather of the next step's rows is done ahead, in a second background thread, while
@@ -16,6 +17,7 @@ holds it is first needed.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,12 +51,13 @@ class Window:
 
     @classmethod
     def read(cls, index: DataIndex, split: str, shard_ids: list[int], task: Task,
-             held: Window | None = None) -> Window:
-        """The window of ``shard_ids``, unpacked by ``task``. Shards that ``held`` (a window
-        in memory) has are taken from it, not read again; a window of the same shards as
-        ``held`` shares its rows, so a data set within one window is read, unpacked and
-        copied once, not once per epoch (reading, checking and decoding rows costs more than
-        a training step)."""
+             held: Window | None = None, readers: int = 1) -> Window:
+        """The window of ``shard_ids``, unpacked by ``task``, its shards read by ``readers``
+        threads at once. Shards that ``held`` (a window in memory) has are taken from it, not
+        read again; a window of the same shards as ``held`` shares its rows, so a data set
+        within one window is read, unpacked and copied once, not once per epoch (reading,
+        checking and decoding rows costs more than a training step). Of shards that fail, the
+        first in window order raises."""
         shards = index.shards(split)
         kept = held.positions() if held is not None else {}
         sizes = [len(kept[s]) if s in kept else shards[s].rows for s in shard_ids]
@@ -63,13 +66,17 @@ class Window:
             return cls(list(shard_ids), starts, held.rows,
                        np.concatenate([kept[s] for s in shard_ids]))
         rows: Rows = {}  # one allocation, filled piece by piece: never a window twice
-        for s, a, b in zip(shard_ids, starts[:-1], starts[1:], strict=True):
+        first = threading.Lock()  # the first piece to come, from any shard, allocates it
+
+        def fill(s: int, a: int, b: int) -> None:
             parts = [_select(held.rows, kept[s])] if held is not None and s in kept \
                 else _unpacked(shards[s], task, index.meta)
             at = a
             for part in parts:
-                if not rows:
-                    rows = {k: v.new_empty((starts[-1], *v.shape[1:])) for k, v in part.items()}
+                with first:
+                    if not rows:
+                        rows.update({k: v.new_empty((starts[-1], *v.shape[1:]))
+                                     for k, v in part.items()})
                 n = rows_of(part)
                 for k, v in part.items():
                     if v.shape[1:] != rows[k].shape[1:] or v.dtype != rows[k].dtype or \
@@ -77,10 +84,22 @@ class Window:
                         raise AssertionError(f"shard {s}: {k} unpacked as {v.dtype} "
                                              f"{tuple(v.shape)} at row {at - a} of {b - a}, "
                                              f"unlike the window's first rows")
-                    rows[k][at:at + n] = v
+                    rows[k][at:at + n] = v  # shards fill rows apart: no lock needed
                 at += n
             if at != b:
                 raise AssertionError(f"shard {s}: {at - a} rows unpacked, {b - a} expected")
+
+        jobs = list(zip(shard_ids, starts[:-1], starts[1:], strict=True))
+        if readers <= 1 or len(jobs) == 1:
+            for job in jobs:
+                fill(*job)
+        else:
+            pool = ThreadPoolExecutor(min(readers, len(jobs)), thread_name_prefix="read")
+            try:
+                for done in [pool.submit(fill, *job) for job in jobs]:
+                    done.result()
+            finally:  # a failure: the shards not yet started are not read
+                pool.shutdown(wait=True, cancel_futures=True)
         return cls(list(shard_ids), starts, rows)
 
     def take(self, rows: np.ndarray, out: Rows | None = None) -> Rows:
@@ -143,8 +162,9 @@ class BlockStream:
 
     def __init__(self, index: DataIndex, split: str, order: DataOrder, task: Task,
                  device: str | torch.device = "cpu", prefetch: bool = True,
-                 share: Share | None = None):
+                 share: Share | None = None, readers: int = 1):
         self.index, self.split, self.order, self.share = index, split, order, share
+        self.readers = readers  # threads that read a window's shards at once
         # Parquet is read into the system allocator's memory, not Arrow's default
         # (mimalloc): benchmarks/data_scale.py's 16x run peaked at 2,296 MiB with it against
         # 2,997 MiB before; by hand, one block in one process on that benchmark's 1x data
@@ -201,7 +221,7 @@ class BlockStream:
             shard_ids = self.order.shards_of(epoch, window)
             held = next((f.result() for k, f in sorted(self._windows.items(), reverse=True)
                          if f.done() and f.exception() is None), None)
-            args = (self.index, self.split, shard_ids, self.task, held)
+            args = (self.index, self.split, shard_ids, self.task, held, self.readers)
             if self._pool is None:
                 done: Future[Window] = Future()
                 done.set_result(Window.read(*args))

@@ -125,6 +125,19 @@ def test_batch_ahead_rows() -> None:
     assert due["batch_bytes"] == 32 * (3 * 16 * 16 + 8)
 
 
+def test_window_read_rows() -> None:
+    """Every thread count reads the same window; the first is the yardstick."""
+    from benchmarks import window_read
+
+    result = window_read.run(quick=True, setting=(16, 32, 2))
+    _check_rows(result, {"threads": int, "side": int, "shards": int, "rows": int,
+                         "window_bytes": int, "seconds": float, "mb_per_s": float,
+                         "speedup": float, "process_peak_growth_bytes": int})
+    rows = result["rows"]
+    assert [r["threads"] for r in rows] == list(range(1, min(result["cores"], 2) + 1))
+    assert {r["window_bytes"] for r in rows} == {64 * 3 * 16 * 16} and rows[0]["speedup"] == 1.0
+
+
 def test_parquet_read_rows() -> None:
     """Both arms read every row of the same row group; in pieces, Arrow holds less of it."""
     from benchmarks import parquet_read
