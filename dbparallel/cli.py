@@ -172,6 +172,8 @@ def _print_summary(cfg: Config, report: dict) -> None:
             speed = f" achieved={row['achieved_tflops']:.3g} TFLOP/s"
         if row.get("mfu") is not None:
             speed += f" mfu={row['mfu']:.1%}"
+        if row.get("data_wait_share") is not None:
+            speed += f" data_wait={row['data_wait_share']:.1%}"
         held = row.get("heldout_loss")
         held = f" heldout_loss={held:.5f}" if held is not None else ""
         print(f"block {row['block']}: steps={row['steps']} final_loss={row['final_loss']:.5f}"

@@ -44,6 +44,9 @@ BLOCK_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("dbparallel_block_mfu", "gauge",
                "Model FLOPs utilisation of the last step: achieved / the device's dense peak "
                "(GPUs with a known peak only)"),
+    MetricSpec("dbparallel_block_data_wait_ratio", "gauge",
+               "Share of the last step's time the block waited for its batch (0: the data "
+               "kept up)"),
 )
 
 # Metrics of the composed network; the metric key is appended to the base name.
@@ -196,6 +199,9 @@ class BlockRecorder:
             s.set(SPEC["dbparallel_block_loss"], stats.loss, self.tags)
         else:
             s.inc(SPEC["dbparallel_block_nonfinite_steps"], 1, self.tags)
+        busy = stats.data_wait_s + stats.step_time_s
+        if busy > 0:
+            s.set(SPEC["dbparallel_block_data_wait_ratio"], stats.data_wait_s / busy, self.tags)
         if trainer.heldout_loss is not None:
             s.set(SPEC["dbparallel_block_heldout_loss"], trainer.heldout_loss, self.tags)
         if not self._memory_sent and trainer.memory is not None:

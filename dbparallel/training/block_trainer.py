@@ -45,6 +45,7 @@ class StepStats:
     finite: bool
     step_time_s: float
     samples: int
+    data_wait_s: float = 0.0  # the training thread's wait for this step's batch (BlockRun)
 
 
 class BlockTrainer:

@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 from dbparallel.config import Config, identity_diff, to_dict
 from dbparallel.data.shards import DataIndex
@@ -50,6 +51,9 @@ class BlockRun:
             self.stream = BlockStream(index, "train", self.order, task, self.trainer.device,
                                       prefetch, self.trainer.share, cfg.data.read_threads)
             self.index, self._heldout = index, None  # held-out rows, read at first use
+            # the training thread's wait for batches and its steps' time in all, this process,
+            # from its second step on (the first batch reads the first window: start-up)
+            self.data_wait_s, self.busy_s, self._steps_here = 0.0, 0.0, 0
             self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
                                                 cfg.train.keep_snapshots)
             self.resumed_from = self._resume()
@@ -99,6 +103,24 @@ class BlockRun:
     def batch(self, step: int) -> Batch:
         return self.stream.batch(step)
 
+    def _step(self) -> StepStats:
+        """One training step on the next batch, with how long the training thread waited for
+        that batch."""
+        start = time.perf_counter()
+        batch = self.batch(self.trainer.step)
+        waited = time.perf_counter() - start
+        stats = replace(self.trainer.train_step(batch), data_wait_s=waited)
+        self._steps_here += 1
+        if self._steps_here > 1:
+            self.data_wait_s += stats.data_wait_s
+            self.busy_s += stats.data_wait_s + stats.step_time_s
+        return stats
+
+    @property
+    def data_wait_share(self) -> float | None:
+        """The share of its steps' time this process waited for batches (None: no steps)."""
+        return self.data_wait_s / self.busy_s if self.busy_s else None
+
     def close(self) -> None:
         """Stop reading ahead, keep what this process measured (``_measured``) in the block's
         directory if it trained and stopped short (a finished block kept it at its last
@@ -135,6 +157,7 @@ class BlockRun:
         return {"data_memory_bytes": self.stream.peak_bytes,
                 "model_flops_per_step": t.model_flops_per_step,
                 "achieved_tflops": t.achieved_tflops, "mfu": t.mfu,
+                "data_wait_share": self.data_wait_share,
                 "heldout_loss": finite_or_none(t.heldout_loss)}
 
     def close_lease(self) -> None:
@@ -149,7 +172,7 @@ class BlockRun:
         until = min(until, steps)
         while self.trainer.step < until:
             if not self.writer:  # a replica that is not rank 0 only trains
-                stats = self.trainer.train_step(self.batch(self.trainer.step))
+                stats = self._step()
                 if on_step is not None:
                     on_step(stats)
                 continue
@@ -157,7 +180,7 @@ class BlockRun:
                 self.lease.check()  # renews it; LeaseLost if another writer took over
                 self._renewed = time.monotonic()
             start = time.perf_counter()
-            stats = self.trainer.train_step(self.batch(self.trainer.step))
+            stats = self._step()
             assert self.history is not None
             self.history.observe(stats, time.perf_counter() - start)
             last = stats.step == steps
@@ -224,7 +247,8 @@ class BlockRun:
             # held, seen at each batch (a window being read ahead counts once it is read);
             # model_flops_per_step: forward + backward matmul FLOPs of one step
             # (training/flops.py); achieved_tflops: the rate over this process's steady steps;
-            # mfu: against the device's peak (None: CPU, unknown); heldout_loss: the latest
+            # mfu: against the device's peak (None: CPU, unknown); data_wait_share: the share
+            # of its steps' time this process waited for batches; heldout_loss: the latest
             # held-out loss (train.heldout_every). A process that trained no step reports
             # those of the last process that did.
             **self._measured(),

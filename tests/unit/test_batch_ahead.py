@@ -4,6 +4,7 @@ that gathering them when their step comes gives (real Parquet files, local mode)
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,27 @@ def test_closing_a_stream_with_a_gather_ahead_in_flight_returns(tmp_path) -> Non
     ahead.batch(0)
     ahead.close()
     assert ahead._ahead is None and not ahead._windows
+
+
+def test_a_block_reports_how_long_it_waited_for_its_batches(tmp_path, monkeypatch) -> None:
+    from dbparallel.training.loop import BlockRun
+    from dbparallel.training.storage import Storage
+
+    ahead, _ = _streams(tmp_path, 70, 2, None)
+    ahead.close()
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "data.source=parquet",
+                               f"data.path={tmp_path / 'd.parquet'}", "train.batch_size=70",
+                               "train.steps=4", "data.window_shards=2"])
+    run = BlockRun(cfg, 0, parquet_index(str(tmp_path / "d.parquet")), Storage(cfg.run_dir))
+    real = run.stream.batch
+    monkeypatch.setattr(run.stream, "batch", lambda step: time.sleep(0.05) or real(step))
+    seen: list = []
+    run.train_until(4, seen.append)
+    run.close()
+    assert [s.step for s in seen] == [1, 2, 3, 4]
+    assert all(s.data_wait_s >= 0.05 for s in seen)  # each step waited its batch's sleep
+    # the process's first batch (its first window's read: start-up) is left out
+    assert run.data_wait_s == pytest.approx(sum(s.data_wait_s for s in seen[1:]))
+    assert run.busy_s == pytest.approx(sum(s.data_wait_s + s.step_time_s for s in seen[1:]))
+    row = run.summary()
+    assert 0 < row["data_wait_share"] == run.data_wait_s / run.busy_s < 1

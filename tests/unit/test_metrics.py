@@ -53,6 +53,15 @@ def test_recorder_counts_steps_and_nonfinite() -> None:
     assert sink.get("dbparallel_block_heldout_loss", run="r", block="1") == 0.8
 
 
+def test_the_data_wait_ratio_is_the_share_of_a_steps_time_spent_waiting() -> None:
+    sink = MemorySink()
+    rec = BlockRecorder("r", 0, None, sink)
+    rec.record(StepStats(1, 0.5, True, 0.75, 8), _Trainer())  # no wait: the data kept up
+    assert sink.get("dbparallel_block_data_wait_ratio", run="r", block="0") == 0.0
+    rec.record(StepStats(2, 0.5, True, 0.75, 8, data_wait_s=0.25), _Trainer())
+    assert sink.get("dbparallel_block_data_wait_ratio", run="r", block="0") == 0.25
+
+
 def test_a_resumed_block_starts_its_counters_at_the_run_totals() -> None:
     sink = MemorySink()  # as a restarted actor (plain or a replica group's rank 0) does
     BlockRecorder("r", 1, (0.1, 0.5), sink).resumed(restarts=2, nonfinite_steps=3)
