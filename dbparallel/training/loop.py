@@ -51,9 +51,10 @@ class BlockRun:
             self.stream = BlockStream(index, "train", self.order, task, self.trainer.device,
                                       prefetch, self.trainer.share, cfg.data.read_threads)
             self.index, self._heldout = index, None  # held-out rows, read at first use
-            # the training thread's wait for batches and its steps' time in all, this process,
-            # from its second step on (the first batch reads the first window: start-up)
-            self.data_wait_s, self.busy_s, self._steps_here = 0.0, 0.0, 0
+            # the training thread's wait for batches and its steps' time in all, over this
+            # process's steady steps (those of achieved_tflops: not the first, which counts
+            # FLOPs and memory, after the first window's read, nor the compiling one)
+            self.data_wait_s, self.busy_s = 0.0, 0.0
             self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
                                                 cfg.train.keep_snapshots)
             self.resumed_from = self._resume()
@@ -106,12 +107,11 @@ class BlockRun:
     def _step(self) -> StepStats:
         """One training step on the next batch, with how long the training thread waited for
         that batch."""
-        start = time.perf_counter()
+        start, steady = time.perf_counter(), self.trainer.timed_steps
         batch = self.batch(self.trainer.step)
         waited = time.perf_counter() - start
         stats = replace(self.trainer.train_step(batch), data_wait_s=waited)
-        self._steps_here += 1
-        if self._steps_here > 1:
+        if self.trainer.timed_steps > steady:
             self.data_wait_s += stats.data_wait_s
             self.busy_s += stats.data_wait_s + stats.step_time_s
         return stats
@@ -248,7 +248,7 @@ class BlockRun:
             # model_flops_per_step: forward + backward matmul FLOPs of one step
             # (training/flops.py); achieved_tflops: the rate over this process's steady steps;
             # mfu: against the device's peak (None: CPU, unknown); data_wait_share: the share
-            # of its steps' time this process waited for batches; heldout_loss: the latest
+            # of its steady steps' time this process waited for batches; heldout_loss: the latest
             # held-out loss (train.heldout_every). A process that trained no step reports
             # those of the last process that did.
             **self._measured(),

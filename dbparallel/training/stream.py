@@ -1,7 +1,9 @@
 """One block's stream of batches over the shared data set, a window of shards at a time.
 
 The stream holds the window its next batch lies in and reads the following one in a
-background thread while the block trains, so memory is two windows, a batch and, while a
+background thread while the block trains, so memory is two windows, two batches of rows (this
+step's, until copied to the device, and the next step's; pinned on CUDA, whose allocator
+rounds them up to a power of two and keeps a few until their copies end) and, while a
 window is read, a few MiB of a shard's rows (a window is one allocation, filled piece by piece),
 whatever the number of rows (training/data_memory.py says how much before training starts;
 ``peak_bytes`` measures it; ``data.read_threads`` threads read a window's shards at once, each
@@ -199,7 +201,7 @@ class BlockStream:
         self._forget_before(last.epoch, last.window)
         self._prefetch(*self.order.next_window(last.epoch, last.window))
         batch = self.task.to_device(rows, self.device)
-        del rows  # one batch of rows on the host at a time: this one's, then the next's
+        del rows, ahead  # this step's rows may go once copied; the next step's are gathered
         self._gather_ahead(step + 1)
         return batch
 
