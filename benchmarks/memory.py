@@ -1,9 +1,10 @@
 """Training memory of one block against the whole network trained end to end (paper App. G).
 
 For DiT, ViT and the AR model at depth 12 and 24 and B = 1, 2, 3, 4, 6, 12 it measures the
-bytes one training step holds, by the byte meter's accounting (core/memory.py): parameters,
-gradients and Adam's two moments (4P per parameter byte, as training/plan.py counts them) plus
-the peak bytes saved for backward. Three networks are measured:
+bytes one training step holds, as training/plan.py counts them: parameters, gradients and
+Adam's two moments (4P per parameter byte, the byte meter's accounting of core/memory.py),
+the EMA's copy of the weights (P), the peak bytes saved for backward, the step's input rows
+and its noise draws. Three networks are measured:
   - one block (L/B layers with its private stem and head), trained as DiffusionBlocks;
   - the network trained end to end (B = 1, train.objective=end_to_end);
   - the same end-to-end network with activation checkpointing around every layer
@@ -137,8 +138,9 @@ def run(quick: bool = False, models: tuple[str, ...] = ("dit", "vit", "ar")) -> 
         rows.extend(measure(model, depths, blocks))
     return {"rows": rows, "skipped": skipped, "quick": quick, "machine": machine(),
             "setups": {m: SETUPS[m].label for m in models if m not in skipped},
-            "accounting": "4P (parameters, gradients, Adam moments) + peak bytes saved for "
-                          "backward; meta device, CPU attention kernel"}
+            "accounting": "4P (parameters, gradients, Adam moments) + P (EMA weights) + peak "
+                          "bytes saved for backward + input rows + noise draws; meta device, "
+                          "CPU attention kernel"}
 
 
 def table(result: dict[str, Any]) -> str:

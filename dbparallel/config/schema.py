@@ -82,7 +82,7 @@ class DataConfig:
 class ModelConfig:
     preset: str = "tiny"  # size registry entry (models/presets.py) for the unset fields below
     blocks: int = 4  # B, the number of independently trained blocks; `auto` (train, plan):
-    # the smallest B whose per-block training memory fits runtime.device_memory
+    # the smallest B whose per-block training memory fits 90% of runtime.device_memory
     depth: int = 8  # L, transformer layers in the whole network (L/B per block)
     hidden: int | None = None  # token width; None = from the preset
     heads: int | None = None  # attention heads; None = from the preset

@@ -12,9 +12,9 @@ from dbparallel.training.peaks import peak_tflops
 
 ASSUMED_MFU = 0.4  # the plan's step-rate estimate: a guess until gpu.sh measures MFU
 # The share of runtime.device_memory a plan fills (model.blocks=auto, "fits"). The plan counts
-# tensors (parameters, gradients, Adam, activations, inputs, draws); the rest is left for what
-# it does not: the allocator's rounding and cuBLAS workspaces (an H100 DiT-S/2 block peaked 6%
-# above the count, docs/performance.md), the CUDA context and its libraries.
+# tensors (parameters, gradients, Adam, the EMA, activations, inputs, draws); the rest is left
+# for what it does not: the allocator's rounding and cuBLAS workspaces (an H100 DiT-S/2 block
+# peaked 5% above the count, docs/performance.md), the CUDA context and its libraries.
 USABLE = 0.9
 
 

@@ -24,12 +24,13 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
                context: AbstractContextManager | None = None) -> dict[str, int]:
     """Bytes of one training step of ``block``, from shapes alone on the meta device (or a
     real step on ``device``): 4P for parameters, gradients and Adam (``params_and_optimizer``),
-    the peak bytes saved for backward through forward and backward (``activations``), the
+    P for the weights' moving average every block keeps for assembly (``ema``), the peak bytes
+    saved for backward through forward and backward (``activations``), the
     step's input rows on the device (``inputs``) and the loss's noise draws (``draws``: a
     piece's, alive through its forward pass; ``draws_at_cut``: the global batch's draws and a
     piece's copy of its rows, held for a moment before its forward pass when the batch is cut
     into replicas' shares or pieces), with the block's private stem and head apart. ``total``
-    is 4P, the inputs, and the larger of activations + draws and ``draws_at_cut``.
+    is 5P, the inputs, and the larger of activations + draws and ``draws_at_cut``.
     ``context`` wraps the step. With train.checkpoint_layers, the peak comes in backward,
     ``flops`` are the model's (``model_flops_per_step``) and ``work_flops`` what the device
     computes (the layers' forward pass twice). With
@@ -54,6 +55,7 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
         with meter.record(), count.counting():
             task.loss_on(net, batch, block, draws).mean().backward()
     params = ADAM_COPIES * split["total"] * size
+    ema = split["total"] * size  # BlockTrainer.ema: a copy of the weights, on the device
     stem = ADAM_COPIES * split["stem_and_head"] * size
     inputs = _nbytes(task.example_batch(rows, device))
     drawn = _nbytes(draws)
@@ -63,9 +65,9 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     # rows/piece times one (AR, 3 pieces: 0.07% more than this count)
     work = count.total * rows // piece  # what the device computes, recomputation included
     flops = model_flops_per_step(cfg, block) if cfg.train.checkpoint_layers else work
-    return {"params_and_optimizer": params, "activations": meter.peak, "inputs": inputs,
-            "draws": drawn, "draws_at_cut": at_cut,
-            "total": params + inputs + max(meter.peak + drawn, at_cut),
+    return {"params_and_optimizer": params, "ema": ema, "activations": meter.peak,
+            "inputs": inputs, "draws": drawn, "draws_at_cut": at_cut,
+            "total": params + ema + inputs + max(meter.peak + drawn, at_cut),
             "stem_and_head": stem, "flops": flops, "work_flops": work}
 
 
@@ -132,7 +134,8 @@ def plan_table(cfg: Config, result: dict[str, Any]) -> str:
     if cfg.train.checkpoint_layers:
         rows += ", with activation checkpointing of every layer (train.checkpoint_layers)"
     lines.append("block 0 runs first at inference (highest noise); memory is one training step "
-                 f"(parameters, gradients, Adam, activations, inputs, noise draws) at {rows}")
+                 f"(parameters, gradients, Adam, the EMA, activations, inputs, noise draws) "
+                 f"at {rows}")
     if "cluster" in result:
         lines += cluster_lines(cfg, result["cluster"])
     return "\n".join(lines)

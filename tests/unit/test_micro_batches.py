@@ -200,9 +200,9 @@ def test_a_pieces_noise_is_freed_before_its_backward(k: int) -> None:
 
 @pytest.mark.parametrize("name", ["dit", "ar"])
 def test_the_plan_counts_a_steps_input_rows_and_noise_draws(name: str) -> None:
-    """Beside 4P and the saved activations: the step's rows on the device and the loss's noise
-    draws, a piece's through its forward pass and, where the batch is cut, the global batch's
-    with a piece's copy for a moment before it."""
+    """Beside 4P and the saved activations: the EMA's copy of the weights, the step's rows on
+    the device and the loss's noise draws, a piece's through its forward pass and, where the
+    batch is cut, the global batch's with a piece's copy for a moment before it."""
     from dbparallel.tasks import build_task
     from dbparallel.training.seeding import generator
 
@@ -219,5 +219,6 @@ def test_the_plan_counts_a_steps_input_rows_and_noise_draws(name: str) -> None:
     assert (cut["inputs"], cut["draws"], cut["draws_at_cut"]) == \
         (nbytes(batch), drawn // 2, drawn + drawn // 2)
     for s in (whole, cut):
-        assert s["total"] == s["params_and_optimizer"] + s["inputs"] + \
+        assert s["ema"] == s["params_and_optimizer"] // 4  # one more copy of the weights
+        assert s["total"] == s["params_and_optimizer"] + s["ema"] + s["inputs"] + \
             max(s["activations"] + s["draws"], s["draws_at_cut"])
