@@ -49,7 +49,9 @@ class HostRows(ImageGeneration):
         return rows
 
 
-def _data(side: int, rows: int, shard_rows: int, folder: Path) -> Path:
+def raw_images(side: int, rows: int, shard_rows: int, folder: Path) -> Path:
+    """``rows`` random 8-bit RGB images and labels in one uncompressed Parquet file of
+    ``shard_rows``-row row groups (the stream's shards)."""
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (rows, 3 * side * side), dtype=np.uint8)
     table = pa.table({"image": pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()),
@@ -95,7 +97,7 @@ def run(quick: bool = False, step_ms: float = 30.0,
     with tempfile.TemporaryDirectory() as folder:
         for side, batch, rows, shard_rows in sizes:
             rows, steps = (rows // 4, 20) if quick else (rows, 60)
-            path = _data(side, rows, shard_rows // (4 if quick else 1), Path(folder))
+            path = raw_images(side, rows, shard_rows // (4 if quick else 1), Path(folder))
             for ahead in (False, True):
                 out.append(_arm(path, side, batch, ahead, steps, step_ms / 1e3))
     return {"rows": out, "quick": quick, "window_shards": WINDOW_SHARDS,

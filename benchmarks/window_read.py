@@ -21,12 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.batch_ahead import raw_images  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     ReadMemory,
     finish,
@@ -44,17 +41,6 @@ from dbparallel.training.stream import Window  # noqa: E402
 SETTING, QUICK = (256, 256, 4), (64, 256, 4)
 
 
-def write(side: int, rows: int, shards: int, folder: Path) -> Path:
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (rows * shards, 3 * side * side), dtype=np.uint8)
-    table = pa.table({"image": pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()),
-                                                                 pixels.shape[1]),
-                      "label": pa.array(rng.integers(0, 10, len(pixels)))})
-    path = folder / "window.parquet"
-    pq.write_table(table, path, row_group_size=rows, compression="none")
-    return path
-
-
 def run(quick: bool = False, setting: tuple[int, int, int] | None = None) -> dict[str, Any]:
     side, rows, shards = setting or (QUICK if quick else SETTING)
     cores, repeats = os.cpu_count() or 1, 3 if quick else 5
@@ -63,7 +49,7 @@ def run(quick: bool = False, setting: tuple[int, int, int] | None = None) -> dic
                                                   num_classes=10)))
     out = []
     with tempfile.TemporaryDirectory() as folder:
-        index = parquet_index(str(write(side, rows, shards, Path(folder))))
+        index = parquet_index(str(raw_images(side, rows * shards, rows, Path(folder))))
         ids = list(range(len(index.shards("train"))))
         nbytes = Window.read(index, "train", ids, task).rows["image"].nbytes  # and a warm-up
         base = None

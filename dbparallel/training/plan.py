@@ -14,6 +14,7 @@ from dbparallel.config import Config, ConfigError
 from dbparallel.core.meta_memory import LiveSavedBytes, cpu_attention_on_meta
 from dbparallel.tasks import build_task
 from dbparallel.training.cluster_fit import USABLE, Cluster, cluster_lines, cluster_plan
+from dbparallel.training.data_memory import rows_nbytes
 from dbparallel.training.flops import FlopCount
 from dbparallel.training.step_pieces import planned_draws
 
@@ -57,9 +58,9 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     params = ADAM_COPIES * split["total"] * size
     ema = split["total"] * size  # BlockTrainer.ema: a copy of the weights, on the device
     stem = ADAM_COPIES * split["stem_and_head"] * size
-    inputs = _nbytes(task.example_batch(rows, device))
-    drawn = _nbytes(draws)
-    at_cut = 0 if piece == cfg.train.batch_size else drawn + _nbytes(planned_draws(
+    inputs = rows_nbytes(task.example_batch(rows, device))
+    drawn = rows_nbytes(draws)
+    at_cut = 0 if piece == cfg.train.batch_size else drawn + rows_nbytes(planned_draws(
         task, block, task.example_batch(cfg.train.batch_size, "meta"), "meta", cfg.run.seed))
     # per row but for a few ops per call (the AR masks): k pieces count a little more than
     # rows/piece times one (AR, 3 pieces: 0.07% more than this count)
@@ -69,10 +70,6 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
             "inputs": inputs, "draws": drawn, "draws_at_cut": at_cut,
             "total": params + ema + inputs + max(meter.peak + drawn, at_cut),
             "stem_and_head": stem, "flops": flops, "work_flops": work}
-
-
-def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def model_flops_per_step(cfg: Config, block: int = 0) -> int:

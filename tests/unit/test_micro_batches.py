@@ -204,10 +204,8 @@ def test_the_plan_counts_a_steps_input_rows_and_noise_draws(name: str) -> None:
     the device and the loss's noise draws, a piece's through its forward pass and, where the
     batch is cut, the global batch's with a piece's copy for a moment before it."""
     from dbparallel.tasks import build_task
+    from dbparallel.training.data_memory import rows_nbytes as nbytes
     from dbparallel.training.seeding import generator
-
-    def nbytes(tensors: dict[str, torch.Tensor]) -> int:
-        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     whole = step_bytes(_cfg(TASKS[name]))
     cut = step_bytes(_cfg(TASKS[name], "train.micro_batches=2"))  # 2 pieces of 5 rows
