@@ -6,7 +6,8 @@ memory is at most two windows of its largest shards times the bytes of one unpac
 the whole windows that fit inside one batch (``held_rows``: a batch that spans windows holds
 them, and the one before them; only an epoch's last window can be short). A data set within
 one window is held once (every epoch shares the rows, with an 8-byte index per
-row and window). The row's size is measured by unpacking the first rows of the split, which
+row and window). Two batches of rows come on top: the step's, gathered from the windows, and
+the next step's, gathered ahead while the step trains. The row's size is measured by unpacking the first rows of the split, which
 reads only those (a few MiB of a Parquet row group, a few files of an image folder).
 """
 
@@ -46,11 +47,17 @@ class DataFootprint:
     # spans windows; 1 when the data fit in one window (every window shares its rows)
     rows: int  # rows of those windows together, at most
     indexes: int = 0  # windows that share those rows, each with an index of its own
+    batch_rows: int = 0  # rows of the batches gathered from them: the step's and the next's
+
+    @property
+    def window_bytes(self) -> int:
+        """Bytes of the windows (and their indexes) alone."""
+        shared = self.indexes * INDEX_BYTES * self.window_rows
+        return self.rows * self.row_bytes + shared
 
     @property
     def bytes(self) -> int:
-        shared = self.indexes * INDEX_BYTES * self.window_rows
-        return self.rows * self.row_bytes + shared
+        return self.window_bytes + self.batch_rows * self.row_bytes
 
 
 def data_footprint(index: DataIndex, task: Task, window_shards: int, batch_size: int,
@@ -63,9 +70,9 @@ def data_footprint(index: DataIndex, task: Task, window_shards: int, batch_size:
     if len(sizes) <= window_shards:  # one window an epoch: every window shares its rows
         # the windows one batch spans, and the one before its first (not yet forgotten)
         windows = 1 + -(-batch_size // sum(sizes))
-        return DataFootprint(size, window_rows, 1, window_rows, windows)
+        return DataFootprint(size, window_rows, 1, window_rows, windows, 2 * batch_size)
     rows, windows = held_rows(sizes, window_shards, batch_size)
-    return DataFootprint(size, window_rows, windows, rows)
+    return DataFootprint(size, window_rows, windows, rows, batch_rows=2 * batch_size)
 
 
 def held_rows(sizes: list[int], window_shards: int, batch_size: int) -> tuple[int, int]:
@@ -189,8 +196,10 @@ def footprint_line(footprint: DataFootprint) -> str:
         rows = f"of at most {f.window_rows:,} rows"
     else:  # windows of unequal sizes (an epoch's last one is short)
         rows = f"of at most {f.window_rows:,} rows each, {f.rows:,} rows in all"
-    return (f"data: a block holds {held} {rows} x {bytes_text(f.row_bytes)} unpacked = "
-            f"{bytes_text(f.bytes)}")
+    batches = (f" and two batches of {f.batch_rows // 2:,} rows (the step's and the next's)"
+               if f.batch_rows else "")
+    return (f"data: a block holds {held} {rows}{batches}, x {bytes_text(f.row_bytes)} "
+            f"unpacked = {bytes_text(f.bytes)}")
 
 
 def footprint_warning(per_block: int, blocks: int, memory: float,

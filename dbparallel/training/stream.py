@@ -182,7 +182,8 @@ class BlockStream:
         self._gatherer = ThreadPoolExecutor(1, thread_name_prefix="batch") if prefetch \
             else None
         self._ahead: tuple[int, Future[Rows]] | None = None
-        self.peak_bytes = 0  # the most bytes of unpacked rows held, as seen at each batch
+        self.peak_bytes = 0  # the most bytes of unpacked rows held (windows and batches),
+        # as seen at each batch
 
     def batch(self, step: int) -> Batch:
         """The batch of ``step``, or this stream's share of its rows, on the stream's device;
@@ -196,13 +197,17 @@ class BlockStream:
                 ahead[1].cancel()
             rows = _gather([(self._load(seg.epoch, seg.window), seg.rows)
                             for seg in _cut(segments, self.share)], self._pinned)
-        self._measure()
+        held = self._held_bytes()
         last = segments[-1]
         self._forget_before(last.epoch, last.window)
         self._prefetch(*self.order.next_window(last.epoch, last.window))
         batch = self.task.to_device(rows, self.device)
+        size = rows_nbytes(rows)
         del rows, ahead  # this step's rows may go once copied; the next step's are gathered
         self._gather_ahead(step + 1)
+        # the windows, this step's rows (until copied) and the next step's, if gathered ahead
+        batches = 1 + (self._ahead is not None and self._ahead[0] == step + 1)
+        self.peak_bytes = max(self.peak_bytes, held + batches * size)
         return batch
 
     def _gather_ahead(self, step: int) -> None:
@@ -236,13 +241,13 @@ class BlockStream:
         if self._pool is not None:
             self._load(epoch, window)
 
-    def _measure(self) -> None:
+    def _held_bytes(self) -> int:
+        """Bytes of the windows read so far and still held."""
         held = [f.result() for f in self._windows.values()
                 if f.done() and f.exception() is None]
         rows = {id(w.rows): w.rows for w in held}  # windows may share their rows
-        now = sum(rows_nbytes(r) for r in rows.values()) + \
+        return sum(rows_nbytes(r) for r in rows.values()) + \
             sum(w.index.nbytes for w in held if w.index is not None)
-        self.peak_bytes = max(self.peak_bytes, now)
 
     def _forget_before(self, epoch: int, window: int) -> None:
         for key in [k for k in self._windows if k < (epoch, window)]:
