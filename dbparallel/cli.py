@@ -270,8 +270,9 @@ def parser() -> argparse.ArgumentParser:
                    help="list every config key with its default, or with its value in the "
                         "recipes and overrides given")
     t.add_argument("--block", type=int, action="append", metavar="B",
-                   help="with --local: train only block B (repeatable); assemble later with "
-                        "`dbparallel eval RUN_DIR`")
+                   help="with --local: train only block B (repeatable); once every block is "
+                        "trained, the same command without --block assembles them and writes "
+                        "the run's report")
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("baseline", help="train the same architecture end to end (1 unit)")

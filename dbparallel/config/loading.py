@@ -131,14 +131,14 @@ def describe(cls: type = Config, prefix: str = "",
 def notes(cls: type = Config, prefix: str = "") -> dict[str, str]:
     """What each dotted key means, from the schema's own comments (``--help-config``): a
     field's comment on its line, with the comment lines after it when the next field has its
-    own, or the comment lines before it."""
+    own or a blank line ends them, or the comment lines before it."""
     import inspect
     import re
 
     out: dict[str, str] = {}
     default = cls()
     pending: list[str] = []
-    last = ""
+    last, after_field = "", False  # after_field: the lines pending follow a field's line
     for line in inspect.getsource(cls).splitlines():
         text = line.strip()
         if text.startswith("#"):
@@ -146,7 +146,10 @@ def notes(cls: type = Config, prefix: str = "") -> dict[str, str]:
             continue
         match = re.match(r"\s{4}(\w+): [^=]+=.*?(?:#\s*(.*))?$", line)
         if not match or match.group(1) not in {f.name for f in fields(cls)}:
+            if not text and pending and last and after_field:  # they continue that field's
+                out[last] += " " + " ".join(pending)
             pending = [] if not text else pending
+            after_field = False
             continue
         name, inline = match.group(1), match.group(2)
         if inline and pending and last:  # the lines before continue the previous field's
@@ -159,7 +162,7 @@ def notes(cls: type = Config, prefix: str = "") -> dict[str, str]:
             out.update(notes(type(value), f"{prefix}{name}."))
             pending, last = [], ""
             continue
-        last = f"{prefix}{name}"
+        last, after_field = f"{prefix}{name}", True
         out[last] = " ".join([inline] if inline else pending)
         pending = []
     if pending and last:

@@ -196,19 +196,20 @@ class RuntimeConfig:
     torch_threads: int = 1  # torch threads per block trainer
     assembly_cpus: float = 0.0  # CPUs reserved by the assembly actor
     assembly_gpus: float = 0.0  # GPUs of the assembly actor; 0 = it samples on CPU
-    placement_timeout_s: float = 300.0  # wait this long for the cluster to fit every block
     # blocks training at once; the others queue and start as blocks finish (waves); 0 = as
     # many as the cluster has room for now, up to model.blocks
     max_concurrent_blocks: int = 0
+    placement_timeout_s: float = 300.0  # wait this long for the cluster to fit the blocks
+    # that train at once and the assembly actor
     devices: int = 0  # GPUs of the cluster for `dbparallel plan`; 0 = detect (or none)
     device_memory: str = ""  # memory of one device, e.g. 80GiB: plan, model.blocks=auto
     device_name: str = ""  # the GPUs' model (H100, A100, ...) for plan's step-rate estimate;
     # "" = this machine's GPU, if any
+    object_store_memory: int = 0  # bytes of a private local instance's object store; 0 = Ray's
 
     @property
     def device_memory_bytes(self) -> int:
         return parse_bytes(self.device_memory, "runtime.device_memory")
-    object_store_memory: int = 0  # bytes of a private local instance's object store; 0 = Ray's
 
     def __post_init__(self) -> None:
         check(self.num_cpus >= 0, "runtime.num_cpus", "must be >= 0")
@@ -228,7 +229,8 @@ class RuntimeConfig:
 
 @dataclass
 class MetricsConfig:
-    port: int = 9464  # HTTP port of a local run's Prometheus metrics (/metrics); 0 = off
+    port: int = 9464  # Prometheus port of a local run (/metrics) or of a private Ray
+    # instance's metrics export; 0 = a local run serves none, and Ray picks the instance's
 
     def __post_init__(self) -> None:
         check(0 <= self.port < 65536, "metrics.port", f"must be in [0, 65535], got {self.port}")

@@ -62,12 +62,14 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead (CUDA
     # graphs) | max-autotune-no-cudagraphs | max-autotune (benchmarks/gpu_speed.py compares)
     nonfinite: str = "skip"  # on a NaN/Inf loss: skip the step, or stop the run
-    assembly_timeout_s: float = 7200.0  # the final assembly fails the run after this long
+    assembly_timeout_s: float = 7200.0  # an assembly (during training or the final one)
+    # fails the run after this long
     lease_timeout_s: float = 120.0  # a block's write lease lapses this long after its
     # writer last renewed it (writers renew it while they train)
     on_unreadable: str = "refuse"  # checkpoints listed, none readable: refuse to start, or
     # restart (discard them and train the block again from step 0)
-    max_restarts: int = 3  # restarts of a failed block actor before the run fails
+    max_restarts: int = 3  # restarts of a failed (or stalled) block actor or replica group,
+    # and of the assembly actor, before the run fails
     stall_timeout_s: float = 600.0  # a block without progress this long is restarted
     assemble_every: int = 0  # steps between assemblies during training; 0 = at the end only
     bptt_truncate: int = 0  # looped end to end: last iterations backpropagated; 0 = all K

@@ -91,6 +91,10 @@ def test_every_key_has_a_meaning_from_the_schema() -> None:
     # a comment that runs on after its field's line stays with that field
     assert meaning["train.compile"].endswith("needs a C++ compiler)")
     assert meaning["train.block_steps"].startswith("optimizer steps of each block")
+    # ... also where a blank line (the end of its section) follows it
+    assert meaning["metrics.port"].endswith("Ray picks the instance's")
+    # no note is cut off mid-sentence (a continuation line lost)
+    assert not [k for k, v in meaning.items() if v.rstrip()[-1] in ";,:("], meaning
 
 
 def test_describe_lists_every_leaf() -> None:
