@@ -100,7 +100,7 @@ def _bare_source(path: str) -> str:
     from pathlib import Path
 
     from dbparallel.data.image_folder import IMAGE_EXTENSIONS
-    from dbparallel.data.text import text_file_name
+    from dbparallel.data.text_files import text_file_name
 
     folder = Path(path)
     if "://" not in path and folder.is_file():

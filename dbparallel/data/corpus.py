@@ -49,12 +49,8 @@ from dbparallel.config import DataConfig
 from dbparallel.data.cache import cache_dir
 from dbparallel.data.corpus_layout import Layout, check_rows, layout_of, warn_dropped
 from dbparallel.data.shards import SPLITS, DataIndex, Shard
-from dbparallel.data.text import (
-    PIECE_CHARS,
-    TextSource,
-    spans,
-    text_source,
-)
+from dbparallel.data.text import TextSource, spans, text_source
+from dbparallel.data.text_files import PIECE_CHARS
 from dbparallel.data.tokenizer import (
     BYTE_SYMBOLS,
     TRAIN_IDS_FILE,

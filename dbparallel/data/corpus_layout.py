@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from dbparallel.config import DataConfig
 from dbparallel.data.shards import SPLITS
-from dbparallel.data.text import WORK_PERIOD, Document, TextSource, position_parts, work_split
+from dbparallel.data.text import WORK_PERIOD, TextSource, position_parts, work_split
+from dbparallel.data.text_files import Document
 from dbparallel.errors import DataError
 
 log = logging.getLogger(__name__)

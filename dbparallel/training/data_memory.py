@@ -5,10 +5,11 @@ unpacked rows: 8-bit pixels, integer ids, encoded images at their decoded size. 
 memory is at most two windows of its largest shards times the bytes of one unpacked row, plus
 the whole windows that fit inside one batch (``held_rows``: a batch that spans windows holds
 them, and the one before them; only an epoch's last window can be short). A data set within
-one window is held once (every epoch shares the rows, with an 8-byte index per
-row and window). Two batches of rows come on top: the step's, gathered from the windows, and
-the next step's, gathered ahead while the step trains. The row's size is measured by unpacking the first rows of the split, which
-reads only those (a few MiB of a Parquet row group, a few files of an image folder).
+one window is held once (every epoch shares the rows, with an 8-byte index per row and
+window). Two batches of rows come on top: the step's, gathered from the windows, and the next
+step's, gathered ahead while the step trains. The row's size is measured by unpacking the
+first rows of the split, which reads only those (a few MiB of a Parquet row group, a few
+files of an image folder).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dbparallel.config import ConfigError, DataConfig
-from dbparallel.data import text
+from dbparallel.data import text, text_files
 from dbparallel.data.corpus import corpus_index
 from dbparallel.data.shard_reader import iter_split
 from dbparallel.data.shards import SPLITS, DataIndex
@@ -224,7 +224,7 @@ def test_bpe_trains_offline_and_round_trips(tmp_path: Path, monkeypatch) -> None
     built = Path(index.meta["tokenizer_file"]).stat().st_mtime_ns
     assert corpus_index(cfg) == index  # cached: not retrained
     assert Path(index.meta["tokenizer_file"]).stat().st_mtime_ns == built
-    monkeypatch.setattr(text, "READ_BYTES", 64)  # many small pieces, the same tokens
+    monkeypatch.setattr(text_files, "READ_BYTES", 64)  # many small pieces, the same tokens
     monkeypatch.setenv("DBPARALLEL_CACHE", str(tmp_path / "other"))
     again = corpus_index(cfg)
     for split in SPLITS:
