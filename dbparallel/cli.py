@@ -25,8 +25,8 @@ TRAINING = ("train", "baseline")  # commands whose rerun resumes the run
 
 
 def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
-    files = [i for i in items if "=" not in i]
-    overrides = [i for i in items if "=" in i]
+    files = [i for i in items if _is_path(i)]
+    overrides = [i for i in items if not _is_path(i)]
     return files, overrides
 
 
@@ -61,7 +61,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     items = list(args.config)
     for i, item in enumerate(items):  # a bare path: the data itself
-        if "=" not in item and not item.endswith((".yaml", ".yml")):
+        if _is_path(item) and not item.endswith((".yaml", ".yml")):
             items[i] = f"data.path={item}"
             if not any(x.startswith("data.source=") for x in items):
                 items.append(f"data.source={_bare_source(item)}")
@@ -91,6 +91,15 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         check_here(cfg, index, force=True)
     return 0
+
+
+def _is_path(item: str) -> bool:
+    """Whether a command-line item is a path, not a key=value override: it has no "=", or
+    what comes before its "=" is no key (a Hive-style folder, ``data/year=2024``), or it is
+    there on disk."""
+    from pathlib import Path
+
+    return "=" not in item or "/" in item.split("=", 1)[0] or Path(item).exists()
 
 
 def _bare_source(path: str) -> str:

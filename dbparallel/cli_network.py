@@ -41,6 +41,27 @@ def _data(network: Network, source: str) -> DataIndex:
     return open_data(network.cfg.data)
 
 
+def _out_file(out: str) -> None:
+    """UserError naming --out where ``out`` is no file to write: empty, a folder, or a file
+    of a run directory (its config, report, checkpoints: writing would replace it)."""
+    from pathlib import Path
+
+    from dbparallel.training.run_dir import CONFIG_FILE, DATA_INDEX_FILE
+
+    if not out.strip():
+        raise UserError("--out: give the path of the file to write")
+    if "://" in out:
+        return
+    path = Path(out).resolve()
+    if path.is_dir():
+        raise UserError(f"--out {out}: is a folder; name a file (in it)")
+    if path.exists():
+        for parent in path.parents:
+            if (parent / CONFIG_FILE).is_file() and (parent / DATA_INDEX_FILE).is_file():
+                raise UserError(f"--out {out}: is a file of the run directory {parent}, which "
+                                f"writing would replace; choose another name")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     network = _load(args)
     metrics = network.evaluate(_data(network, args.source))
@@ -61,12 +82,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(kind):
         raise UserError(f"--out {args.out}: {article(network.cfg.task)} {network.cfg.task} "
                         f"run's samples are a {kind} file; name it so")
+    _out_file(args.out)
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UserError(f"--out {args.out}: cannot write into {folder}")
     _, data = network.artifact(_data(network, args.source) if needs_data else None)
-    with open(args.out, "wb") as f:
-        f.write(data)
+    try:
+        with open(args.out, "wb") as f:
+            f.write(data)
+    except OSError as err:
+        raise UserError(f"--out {args.out}: cannot write it ({err.strerror or err})") from None
     print(f"wrote {args.out}")
     return 0
 
@@ -74,6 +99,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from dbparallel.training.loading import export_run
 
+    _out_file(args.out)
     network = export_run(args.source, args.out, args.step)
     print(f"wrote {args.out}: {network.cfg.task}, {len(network.blocks)} blocks at steps "
           f"{network.steps}; load it with dbparallel.load({args.out!r})")
@@ -96,6 +122,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dbparallel.data.image_files import read_images
     from dbparallel.training.network import article
 
+    if args.batch < 1:
+        raise UserError(f"--batch: must be >= 1, got {args.batch}")
     network = _load(args)
     if "predict" not in network.verbs:
         raise UserError(f"predict: {args.source} is {article(network.cfg.task)} "

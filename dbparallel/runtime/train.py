@@ -33,6 +33,7 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
     check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing
     index = open_data(cfg.data)
     check_kind(cfg.task, cfg.data, index)
+    index.shards("train")  # no training rows: refused before the run directory is written
     if cfg.runtime.local:
         from dbparallel.runtime.local import run_local
 

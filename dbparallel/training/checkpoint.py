@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from dbparallel.training.storage import Storage
+from dbparallel.training.storage import Storage, damaged
 
 Kind = Literal["state", "snapshot"]
 log = logging.getLogger(__name__)
@@ -26,6 +26,16 @@ log = logging.getLogger(__name__)
 
 def block_dir(block: int) -> str:
     return f"blocks/block_{block}"
+
+
+def _is_manifest(value: Any) -> bool:
+    """Whether ``value`` has a manifest's shape."""
+    fields = {"step": int, "file": str, "sha256": str}
+    return isinstance(value, dict) and all(
+        isinstance(value.get(kind, []), list) and all(
+            isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in fields.items())
+            for e in value.get(kind, []))
+        for kind in ("state", "snapshot"))
 
 
 class BlockCheckpoints:
@@ -38,9 +48,15 @@ class BlockCheckpoints:
         self.manifest_path = f"{self.dir}/manifest.json"
 
     def manifest(self) -> dict[str, list[dict[str, Any]]]:
+        """The block's manifest; RunDirError naming it when it is damaged."""
         if not self.storage.exists(self.manifest_path):
             return {"state": [], "snapshot": []}
-        return self.storage.read_json(self.manifest_path)
+        found = self.storage.read_json(self.manifest_path)
+        if not _is_manifest(found):
+            raise damaged(self.storage.uri(self.manifest_path),
+                          'expected {"state": [...], "snapshot": [...]}, each entry with its '
+                          'step, file and sha256')
+        return {"state": [], "snapshot": [], **found}
 
     def save(self, kind: Kind, step: int, payload: dict[str, Any]) -> str:
         """Write ``payload`` as ``kind`` at ``step``; returns the relative file path."""

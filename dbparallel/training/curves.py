@@ -101,7 +101,7 @@ def _diagnostics(storage: Storage) -> dict | None:
     if not storage.exists(FILE):
         return None
     found = storage.read_json(FILE)
-    return found if found.get("loss_by_noise") else None
+    return found if isinstance(found, dict) and found.get("loss_by_noise") else None
 
 
 def _draw_diagnostics(fig: Any, where: Any, diagnostics: dict, baseline: dict | None) -> None:

@@ -55,12 +55,12 @@ def read_lines(storage: Storage, rel: str) -> list[dict[str, Any]]:
     if not storage.exists(rel):
         return []
     records = []
-    for n, line in enumerate(storage.read_text(rel).splitlines(), 1):
+    for n, line in enumerate(storage.read_bytes(rel).splitlines(), 1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or not UTF-8
             log.warning("%s line %d is not JSON (a write cut short?); skipped",
                         storage.uri(rel), n)
     return records

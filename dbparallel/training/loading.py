@@ -8,7 +8,7 @@ import pyarrow.fs as pafs
 
 from dbparallel.config import Config, from_dict
 from dbparallel.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_description
-from dbparallel.errors import RunDirError
+from dbparallel.errors import RunDirError, UserError
 from dbparallel.training.export import export_bytes, read_export, split_uri
 from dbparallel.training.network import Network
 from dbparallel.training.run_dir import CONFIG_FILE, run_data, run_tokenizer, stored_config
@@ -49,7 +49,15 @@ def run_config(run_dir: str) -> Config:
     storage = Storage(run_dir)
     if not storage.exists(CONFIG_FILE):
         raise RunDirError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
-    cfg = from_dict(stored_config(storage))
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = from_dict(stored_config(storage))
+    except (OmegaConfBaseException, UserError) as err:  # an edited key or value
+        if isinstance(err, RunDirError):
+            raise
+        raise RunDirError(f"{storage.uri(CONFIG_FILE)}: " + " ".join(str(err).split()))\
+            from None
     cfg.run.dir = run_dir
     return cfg
 
@@ -92,6 +100,9 @@ def export_run(run_dir: str, out: str, step: int | None = None) -> Network:
                         network.task.partition.to_json(), tokenizer)
     folder, name = split_uri(out)
     storage = Storage(folder)
-    storage.makedirs()
-    storage.write_bytes(name, data)
+    try:
+        storage.makedirs()
+        storage.write_bytes(name, data)
+    except OSError as err:
+        raise UserError(f"{out}: cannot write the export ({err.strerror or err})") from None
     return network

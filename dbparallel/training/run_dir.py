@@ -16,8 +16,8 @@ from dbparallel.config import (
 )
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tokenizer import Tokenizer
-from dbparallel.errors import RunDirError
-from dbparallel.training.storage import Storage
+from dbparallel.errors import DataError, RunDirError
+from dbparallel.training.storage import Storage, damaged
 
 CONFIG_FILE = "config.yaml"
 DATA_INDEX_FILE = "data_index.json"
@@ -54,8 +54,9 @@ def check_resumable(cfg: Config, index: DataIndex) -> None:
 
 
 def _refuse_other_config(storage: Storage, cfg: Config) -> None:
-    if storage.exists(CONFIG_FILE):
-        stored = stored_config(storage)
+    stored = (stored_config(storage) if storage.exists(CONFIG_FILE)
+              else _checkpointed_config(storage))
+    if stored is not None:
         then, now = identity(stored), identity(cfg)
         keys = identity_diff(stored, to_dict(cfg))
         if keys:
@@ -76,6 +77,20 @@ def _refuse_other_config(storage: Storage, cfg: Config) -> None:
                 f"same values, choose a new run.dir, or delete the directory if no run uses it")
 
 
+def _checkpointed_config(storage: Storage) -> dict | None:
+    """The config a block's newest readable snapshot was trained with: a run directory whose
+    config.yaml is missing (a partial copy) still refuses another network before it is
+    written."""
+    from dbparallel.training.checkpoint import BlockCheckpoints
+
+    for name in storage.listdir("blocks"):
+        if name.startswith("block_") and name[len("block_"):].isdigit():
+            saved = BlockCheckpoints(storage, int(name[len("block_"):])).load_latest("snapshot")
+            if saved is not None:
+                return saved["meta"]["config"]
+    return None
+
+
 def _checkpointed(storage: Storage) -> bool:
     """Whether any block of the run in ``storage`` has a checkpoint listed."""
     from dbparallel.training.checkpoint import BlockCheckpoints
@@ -89,11 +104,20 @@ def _checkpointed(storage: Storage) -> bool:
 
 
 def stored_config(storage: Storage) -> dict:
-    """The config dict a run directory was trained with."""
+    """The config dict a run directory was trained with; RunDirError naming config.yaml when
+    it is damaged."""
+    import yaml
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    data = OmegaConf.to_container(OmegaConf.create(storage.read_text(CONFIG_FILE)))
-    assert isinstance(data, dict)
+    text = storage.read_text(CONFIG_FILE)
+    try:
+        data = OmegaConf.to_container(OmegaConf.create(text))
+    except (yaml.YAMLError, OmegaConfBaseException, ValueError) as err:
+        raise damaged(storage.uri(CONFIG_FILE), " ".join(str(err).split())) from None
+    if not isinstance(data, dict) or not data:
+        raise damaged(storage.uri(CONFIG_FILE), "expected the run's config, a mapping of "
+                      "sections")
     return data
 
 
@@ -126,7 +150,10 @@ def pinned_data(storage: Storage) -> DataIndex | None:
     """The data index a run directory was trained on, if recorded."""
     if not storage.exists(DATA_INDEX_FILE):
         return None
-    return DataIndex.from_json(storage.read_json(DATA_INDEX_FILE))
+    try:
+        return DataIndex.from_json(storage.read_json(DATA_INDEX_FILE))
+    except (KeyError, TypeError, AttributeError, AssertionError) as err:
+        raise damaged(storage.uri(DATA_INDEX_FILE), f"{type(err).__name__}: {err}") from None
 
 
 def run_data(cfg: Config, storage: Storage) -> DataIndex:
@@ -161,4 +188,10 @@ def run_tokenizer(storage: Storage) -> Tokenizer | None:
 
     if not storage.exists(VOCAB_FILE):
         return None
-    return tokenizer_from_description(storage.read_json(VOCAB_FILE))
+    description = storage.read_json(VOCAB_FILE)
+    try:
+        if not isinstance(description, dict):
+            raise DataError("expected an object")
+        return tokenizer_from_description(description)
+    except DataError as err:
+        raise damaged(storage.uri(VOCAB_FILE), err) from None

@@ -8,6 +8,7 @@ which are written after the files they list.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -15,6 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+
+from dbparallel.errors import RunDirError
 
 
 class Storage:
@@ -49,11 +52,16 @@ class Storage:
         if self.is_local:
             os.makedirs(parent, exist_ok=True)
             tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:  # a failed write leaves no temp file behind
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
             dir_fd = os.open(parent, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)
@@ -84,10 +92,26 @@ class Storage:
         self.write_bytes(rel, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
 
     def read_json(self, rel: str) -> Any:
-        return json.loads(self.read_bytes(rel))
+        """The JSON value of ``rel``; RunDirError naming the file when it is not JSON."""
+        data = self.read_bytes(rel)
+        try:
+            return json.loads(data)
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            raise damaged(self.uri(rel), err) from None
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
 
     def read_text(self, rel: str) -> str:
-        return self.read_bytes(rel).decode()
+        """The UTF-8 text of ``rel``; RunDirError naming the file when it is not UTF-8."""
+        data = self.read_bytes(rel)
+        try:
+            return data.decode()
+        except UnicodeDecodeError as err:
+            raise damaged(self.uri(rel), err) from None
+
+
+def damaged(where: str, why: object) -> RunDirError:
+    """The error for a run directory's file that cannot be read as what it should hold."""
+    return RunDirError(f"{where}: damaged, not readable ({why}); restore it from a copy, or "
+                       f"start the run in a new run.dir")

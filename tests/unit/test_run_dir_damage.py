@@ -1,0 +1,150 @@
+"""A run directory's files damaged, missing or in the way of an output: every command names the
+file and exits 2, no traceback, nothing of the run replaced; bad input found before the run
+directory is written leaves none."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dbparallel import cli
+from dbparallel.training.storage import Storage
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
+FAST = ["train.steps=2", "train.checkpoint_every=2", "metrics.port=0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert cli.main(["train", "--local", TINY, f"run.dir={run}", *FAST]) == 0
+    return run
+
+
+@pytest.fixture
+def run(trained: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def _refused(capsys: pytest.CaptureFixture, argv: list[str], *names: str) -> str:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(n in err for n in names), err
+    return err
+
+
+@pytest.mark.parametrize("name, text", [
+    ("config.yaml", "model: [1,"),  # not YAML
+    ("config.yaml", "- a\n"),  # not a mapping
+    ("config.yaml", ""),  # empty: not the defaults
+    ("config.yaml", b"\x88\xff"),  # not UTF-8
+    ("data_index.json", "{"),
+    ("data_index.json", "{}"),
+    ("blocks/block_0/manifest.json", "{"),
+    ("blocks/block_0/manifest.json", "[]"),
+    ("blocks/block_0/manifest.json", '{"state": [{"step": 2}], "snapshot": []}'),
+])
+def test_a_damaged_file_of_a_run_is_named(run: Path, capsys, name: str,
+                                          text: str | bytes) -> None:
+    path = run / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    err = _refused(capsys, ["eval", str(run)], name, "damaged")
+    assert "restore it" in err
+    if name != "config.yaml":  # train reads it from its own config; the others it must read
+        _refused(capsys, ["train", "--local", TINY, f"run.dir={run}", *FAST], name)
+    assert path.read_bytes() == (text if isinstance(text, bytes) else text.encode())
+
+
+def test_an_edited_config_yaml_is_named_with_the_key(run: Path, capsys) -> None:
+    config = run / "config.yaml"
+    config.write_text(config.read_text() + "bogus_key: 1\n")
+    _refused(capsys, ["eval", str(run)], "config.yaml", "bogus_key")
+    text = config.read_text().replace("bogus_key: 1\n", "")
+    assert "\n  depth: 2\n" in text
+    config.write_text(text.replace("\n  depth: 2\n", "\n  depth: two\n"))
+    _refused(capsys, ["eval", str(run)], "config.yaml", "depth")
+
+
+def test_a_missing_config_yaml_still_refuses_another_network_and_writes_nothing(
+        run: Path, capsys) -> None:
+    (run / "config.yaml").unlink()
+    _refused(capsys, ["train", "--local", TINY, f"run.dir={run}", *FAST, "model.hidden=64"],
+             "model.hidden")
+    assert not (run / "config.yaml").exists()  # the original values can still resume it
+    assert cli.main(["train", "--local", TINY, f"run.dir={run}", *FAST]) == 0
+    assert (run / "config.yaml").is_file()
+
+
+def test_bad_lines_of_the_metrics_files_are_skipped(run: Path, capsys) -> None:
+    metrics = next(run.rglob("metrics*.jsonl"))
+    metrics.write_bytes(metrics.read_bytes() + b"\x88\xff not utf-8\n")
+    (run / "diagnostics.json").write_text("[1, 2]")
+    assert cli.main(["plot", str(run), "--out", str(run.parent / "c.png")]) == 0
+    assert (run.parent / "c.png").stat().st_size > 0
+
+
+def test_an_output_never_replaces_a_file_of_a_run(run: Path, tmp_path: Path,
+                                                   capsys) -> None:
+    config = (run / "config.yaml").read_bytes()
+    _refused(capsys, ["export", str(run), "--out", str(run / "config.yaml")],
+             "--out", "run directory")
+    _refused(capsys, ["sample", str(run), "--out", str(run / "samples.png")],
+             "--out", "run directory")
+    assert (run / "config.yaml").read_bytes() == config
+    # a new file in the run directory is fine
+    assert cli.main(["export", str(run), "--out", str(run / "net.safetensors")]) == 0
+
+
+@pytest.mark.parametrize("out", ["", "folder", "a_file/x.safetensors"])
+def test_an_export_that_cannot_be_written_is_named_and_leaves_nothing(
+        trained: Path, tmp_path: Path, capsys, monkeypatch, out: str) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("a file where a folder would go")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    _refused(capsys, ["export", str(trained), "--out", out],
+             "a_file" if out.startswith("a_file") else "--out")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no temp file left
+
+
+def test_a_failed_write_leaves_no_temp_file(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path))
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OSError):
+        storage.write_bytes("d", b"x" * 1000)  # a folder is in the way of the rename
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_predict_batch_must_be_positive(trained: Path, capsys) -> None:
+    _refused(capsys, ["predict", str(trained), "x.png", "--batch", "0"], "--batch")
+    _refused(capsys, ["predict", str(trained), "x.png", "--batch", "-1"], "--batch")
+
+
+def test_data_without_training_rows_is_refused_before_the_run_directory(
+        tmp_path: Path, capsys) -> None:
+    table = pa.table({"image": pa.array([[0] * 64] * 4, pa.list_(pa.uint8())),
+                      "label": pa.array([0, 1, 2, 3], pa.int64()),
+                      "split": pa.array(["test"] * 4)})
+    pq.write_table(table, tmp_path / "only_test.parquet")
+    run = tmp_path / "run"
+    _refused(capsys, ["train", "--local", TINY, f"run.dir={run}", *FAST, "data.source=parquet",
+                      f"data.path={tmp_path / 'only_test.parquet'}"], "no 'train' rows")
+    assert not run.exists()
+
+
+def test_a_folder_whose_name_holds_an_equals_sign_is_a_path(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "year=2024"
+    folder.mkdir()
+    table = pa.table({"image": pa.array([[0] * 64] * 8, pa.list_(pa.uint8())),
+                      "label": pa.array(list(range(8)), pa.int64())})
+    pq.write_table(table, folder / "part-0.parquet")
+    assert cli.main(["data", "check", str(folder), "data.image_size=8",
+                     "data.channels=1"]) == 0
+    assert "train: 8 rows" in capsys.readouterr().out
