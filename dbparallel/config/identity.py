@@ -70,6 +70,16 @@ def identity_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
                   and not (k == "data.path" and same_local_path(ia.get(k), ib.get(k))))
 
 
+def changed_settings(stored: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
+    """(key, stored value, value now) of the keys other than identity keys (and run.dir)
+    that ``cfg`` sets otherwise than a run directory's stored config: a resume may change
+    them (they do not change the network)."""
+    then, now = _flatten(stored), _flatten(to_dict(cfg))
+    fixed = set(identity(cfg)) | {"run.dir"}
+    return [(k, then[k], now[k]) for k in sorted(now)
+            if k in then and k not in fixed and then[k] != now[k]]
+
+
 def same_local_path(a: Any, b: Any) -> bool:
     """Whether ``a`` and ``b`` spell one local path (relative ones read from here)."""
     if not (isinstance(a, str) and isinstance(b, str)) or "://" in a or "://" in b:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pyarrow.fs as pafs
 
 from dbparallel.config import (
     Config,
+    changed_settings,
     dump_yaml,
     identity,
     identity_diff,
@@ -23,6 +25,7 @@ CONFIG_FILE = "config.yaml"
 DATA_INDEX_FILE = "data_index.json"
 MAX_LISTED = 4  # differing keys whose values a refusal prints
 VOCAB_FILE = "vocab.json"  # text runs: the tokenizer, so the network is usable without data
+log = logging.getLogger(__name__)
 
 
 def open_run(cfg: Config) -> Storage:
@@ -38,9 +41,17 @@ def open_run(cfg: Config) -> Storage:
                           f"({getattr(err, 'strerror', None) or err})") from None
     _refuse_other_config(storage, cfg)
     if storage.exists(CONFIG_FILE):
-        stored = (stored_config(storage).get("data") or {}).get("path")
+        before = stored_config(storage)
+        stored = (before.get("data") or {}).get("path")
         if stored != cfg.data.path and same_local_path(stored, cfg.data.path):
             cfg.data.path = stored
+        changed = changed_settings(before, cfg)
+        if changed:
+            log.warning("resuming %s with other settings: %s (they do not change the network; "
+                        "config.yaml now records them)", storage.uri(), ", ".join(
+                            f"{k} {a!r} -> {b!r}" for k, a, b in changed[:MAX_LISTED])
+                        + (f" and {len(changed) - MAX_LISTED} more"
+                           if len(changed) > MAX_LISTED else ""))
     storage.write_text(CONFIG_FILE, dump_yaml(cfg))
     return storage
 
