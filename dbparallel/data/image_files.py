@@ -50,15 +50,28 @@ def _from_parquet(files: list[Path], data: DataConfig) -> tuple[list[str], torch
     names: list[str] = []
     pixels = []
     for f in files:
-        schema = pq.read_schema(f)
-        if IMAGE_COLUMN not in schema.names:
-            raise DataError(f"{f}: column {IMAGE_COLUMN!r} is missing; the table has "
-                            f"{schema.names}")
-        column = pq.read_table(f, columns=[IMAGE_COLUMN]).column(IMAGE_COLUMN).combine_chunks()
+        column = _image_column(f)
         rows = [f"{f} row {i}" for i in range(len(column))]
         names += rows
         pixels.append(_pixels(column, data, rows))
     return names, torch.cat(pixels)
+
+
+def _image_column(f: Path) -> pa.Array:
+    """The ``image`` column of the Parquet file ``f``; DataError naming the file if it is not
+    a readable table with a usable one."""
+    try:
+        schema = pq.read_schema(f)
+        if IMAGE_COLUMN not in schema.names:
+            raise DataError(f"{f}: column {IMAGE_COLUMN!r} is missing; the table has "
+                            f"{schema.names}")
+        try:
+            image_encoding(schema.field(IMAGE_COLUMN).type)
+        except DataError as err:
+            raise DataError(f"{f}: {err}") from None
+        return pq.read_table(f, columns=[IMAGE_COLUMN]).column(IMAGE_COLUMN).combine_chunks()
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{f}: not a readable Parquet table ({err})") from None
 
 
 def _pixels(column: pa.Array, data: DataConfig, names: list[str]) -> torch.Tensor:

@@ -18,6 +18,7 @@ from ray.util.placement_group import remove_placement_group
 
 from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
+from dbparallel.errors import ConfigError
 from dbparallel.runtime.controller import Controller
 from dbparallel.runtime.data_check_ray import cluster_units
 from dbparallel.runtime.metrics import (
@@ -42,6 +43,7 @@ from dbparallel.training.run_dir import check_resumable, open_run, pin_data
 log = logging.getLogger(__name__)
 STATE_API_VAR = "RAY_API_SERVER_ADDRESS"
 PORT_ATTEMPTS = 3  # dashboard ports tried when the free one found is taken before Ray binds it
+PROBE_S = 5.0  # how long a runtime.address / RAY_ADDRESS has to accept a TCP connection
 
 
 def connect(cfg: Config) -> bool:
@@ -50,8 +52,9 @@ def connect(cfg: Config) -> bool:
     Returns True when this call connected (and so should shut Ray down at the end)."""
     if ray.is_initialized():
         return False
-    address = cfg.runtime.address or os.environ.get("RAY_ADDRESS", "")
+    address, key = cluster_address(cfg)
     if address:
+        probe(address, key)
         ray.init(address=address, logging_level="WARNING")
         return True
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -80,6 +83,30 @@ def connect(cfg: Config) -> bool:
                 if "already occupied" not in str(err) or attempt == PORT_ATTEMPTS - 1:
                     raise
     raise AssertionError("unreachable")
+
+
+def cluster_address(cfg: Config) -> tuple[str, str]:
+    """(the Ray address to join, the setting it came from): runtime.address, else
+    RAY_ADDRESS; ("", "") for none (a private local instance)."""
+    if cfg.runtime.address:
+        return cfg.runtime.address, "runtime.address"
+    return os.environ.get("RAY_ADDRESS", ""), "RAY_ADDRESS"
+
+
+def probe(address: str, key: str) -> None:
+    """ConfigError naming ``key`` where nothing accepts a connection at ``address``, a plain
+    host:port (``auto``, ``local`` and ``ray://`` client addresses are left to Ray): joining
+    one that does not answer retries for minutes, printing only Ray's GCS warnings."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host or "://" in address:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{key}: no Ray cluster answers at {address} ({err}); start one "
+                          f"there (`ray start --head`), or correct {key} (empty: a private "
+                          f"local instance)") from None
 
 
 @contextlib.contextmanager

@@ -7,9 +7,13 @@ project), and string metadata:
 - ``partition``: the noise partition (JSON); ``steps``: each block's training step (JSON);
 - ``tokenizer``: the text tasks' tokenizer (JSON, as vocab.json);
 - ``sha256``: a checksum of every tensor's name, dtype, shape and bytes, in name order, that
-  ``read_export`` verifies.
+  ``read_export`` verifies;
+- ``meta_sha256``: a checksum of every other metadata entry, verified where present (exports
+  written before it was added have none, and load as they did).
 
-Reading one needs neither Ray nor the run directory nor the data.
+Reading one needs neither Ray nor the run directory nor the data. A file whose metadata is
+damaged (a part missing, not parseable, or disagreeing with the config or the tensors) is
+refused with a RunDirError naming the file and the part.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dbparallel.config import Config, dump_yaml, from_dict
 from dbparallel.errors import RunDirError
 
 FORMAT = "dbparallel-export/1"
+META_SUM = "meta_sha256"
+REQUIRED = ("task", "config", "partition", "steps", "sha256")  # every export has written them
 
 
 @dataclass
@@ -48,6 +54,12 @@ def checksum(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def meta_checksum(meta: dict[str, str]) -> str:
+    """sha256 of every metadata entry but ``meta_sha256`` itself, in key order."""
+    entries = sorted((k, v) for k, v in meta.items() if k != META_SUM)
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
 def export_bytes(cfg: Config, weights: list[dict[str, torch.Tensor]], steps: list[int],
                  partition: dict, tokenizer: dict[str, Any] | None) -> bytes:
     """The export file's contents."""
@@ -61,13 +73,13 @@ def export_bytes(cfg: Config, weights: list[dict[str, torch.Tensor]], steps: lis
             "sha256": checksum(tensors)}
     if tokenizer is not None:
         meta["tokenizer"] = json.dumps(tokenizer)
+    meta[META_SUM] = meta_checksum(meta)
     return save(tensors, metadata=meta)
 
 
 def read_export(data: bytes, where: str) -> Exported:
-    """The contents of an export file; RunDirError naming ``where`` if it is not one, or its
-    checksum disagrees."""
-    from omegaconf import OmegaConf
+    """The contents of an export file; RunDirError naming ``where`` if it is not one, a
+    checksum disagrees, or a part of its metadata is damaged."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -79,25 +91,92 @@ def read_export(data: bytes, where: str) -> Exported:
     if meta.get("format") != FORMAT:
         raise RunDirError(f"{where}: not a dbparallel export (format "
                           f"{meta.get('format')!r}, expected {FORMAT!r})")
+    missing = [key for key in REQUIRED if key not in meta]
+    if missing:
+        raise damaged(where, "metadata", f"no {', '.join(map(repr, missing))} entry")
     if checksum(tensors) != meta["sha256"]:
         raise RunDirError(f"{where}: the weights do not match the file's checksum "
                           "(damaged in transit?); export the run again")
-    raw = OmegaConf.to_container(OmegaConf.create(meta["config"]))
-    assert isinstance(raw, dict)
-    cfg = from_dict(raw)
-    steps = json.loads(meta["steps"])
-    weights: list[dict[str, torch.Tensor]] = [{} for _ in steps]
-    for key, tensor in tensors.items():
-        block, name = key.split("/", 1)
-        weights[int(block.removeprefix("block_"))][name] = tensor
-    tokenizer = json.loads(meta["tokenizer"]) if "tokenizer" in meta else None
-    return Exported(cfg, weights, steps, tokenizer)
+    if META_SUM in meta and meta_checksum(meta) != meta[META_SUM]:
+        raise damaged(where, "metadata", "it does not match the file's checksum (damaged "
+                      "in transit?); export the run again")
+    cfg, partition = _config(meta["config"], where)
+    if meta["task"] != cfg.task:
+        raise damaged(where, "metadata 'task'",
+                      f"{meta['task']!r}, while its config's task is {cfg.task!r}")
+    if _json(meta, "partition", where) != partition:
+        raise damaged(where, "metadata 'partition'",
+                      "it disagrees with the partition its config makes")
+    steps = _json(meta, "steps", where)
+    if (not isinstance(steps, list) or len(steps) != cfg.model.blocks
+            or not all(type(s) is int and s >= 0 for s in steps)):
+        raise damaged(where, "metadata 'steps'", f"{meta['steps'][:80]!r} is not a list "
+                      f"of {cfg.model.blocks} steps (model.blocks of its config)")
+    tokenizer = _json(meta, "tokenizer", where) if "tokenizer" in meta else None
+    if tokenizer is not None and not isinstance(tokenizer, dict):
+        raise damaged(where, "metadata 'tokenizer'", "not a JSON object")
+    return Exported(cfg, _blocks(tensors, len(steps), where), steps, tokenizer)
+
+
+def damaged(where: str, part: str, detail: str) -> RunDirError:
+    """The error for an export whose ``part`` (metadata, metadata 'steps', ...) is damaged."""
+    return RunDirError(f"{where}: not a readable dbparallel export; damaged {part}: {detail}")
 
 
 def _metadata(data: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file (its header: 8-byte length, then JSON)."""
     size = int.from_bytes(data[:8], "little")
     return json.loads(data[8:8 + size]).get("__metadata__") or {}
+
+
+def _json(meta: dict[str, str], key: str, where: str) -> Any:
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError as err:
+        raise damaged(where, f"metadata {key!r}", f"not JSON: {err}") from None
+
+
+def _config(text: str, where: str) -> tuple[Config, dict]:
+    """The config of an export's metadata and the partition it makes."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dbparallel.tasks import build_task
+
+    try:
+        if not isinstance(yaml.safe_load(text), dict):
+            raise ValueError("not a mapping of keys")
+        raw = OmegaConf.to_container(OmegaConf.create(text))
+        assert isinstance(raw, dict)
+        cfg = from_dict(raw)
+        return cfg, build_task(cfg).partition.to_json()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        detail = f"not valid YAML ({line}{getattr(err, 'problem', None) or err})"
+    except OmegaConfBaseException as err:
+        detail = f"{getattr(err, 'full_key', None) or 'config'}: {str(err).splitlines()[0]}"
+    except (ValueError, TypeError, AttributeError, KeyError) as err:  # ConfigError included
+        detail = str(err)
+    raise damaged(where, "metadata 'config'", detail)
+
+
+def _blocks(tensors: dict[str, torch.Tensor], blocks: int,
+            where: str) -> list[dict[str, torch.Tensor]]:
+    """Each block's state dict from the tensors ``block_<b>/<name>``."""
+    weights: list[dict[str, torch.Tensor]] = [{} for _ in range(blocks)]
+    for key, tensor in tensors.items():
+        block, _, name = key.partition("/")
+        b = block.removeprefix("block_")
+        if not (block.startswith("block_") and b.isdigit() and int(b) < blocks and name):
+            raise damaged(where, "tensor names", f"{key!r} is not block_<b>/<name> with b "
+                          f"below {blocks}, the config's model.blocks")
+        weights[int(b)][name] = tensor
+    empty = [b for b, state in enumerate(weights) if not state]
+    if empty:
+        raise damaged(where, "tensor names", f"none for block(s) {empty}")
+    return weights
 
 
 def split_uri(path: str) -> tuple[str, str]:

@@ -8,8 +8,8 @@ import pyarrow.fs as pafs
 
 from dbparallel.config import Config, from_dict
 from dbparallel.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_description
-from dbparallel.errors import RunDirError, UserError
-from dbparallel.training.export import export_bytes, read_export, split_uri
+from dbparallel.errors import DataError, RunDirError, UserError
+from dbparallel.training.export import damaged, export_bytes, read_export, split_uri
 from dbparallel.training.network import Network
 from dbparallel.training.run_dir import CONFIG_FILE, run_data, run_tokenizer, stored_config
 from dbparallel.training.snapshots import load_snapshots
@@ -85,10 +85,17 @@ def load_export(path: str, device: str | None = None) -> Network:
     """The network of an export file (local path or object-store URI)."""
     folder, name = split_uri(path)
     exported = read_export(Storage(folder).read_bytes(name), path)
-    tokenizer = (tokenizer_from_description(exported.tokenizer)
-                 if exported.tokenizer is not None else None)
-    return Network.from_weights(exported.cfg, exported.weights, exported.steps, device,
-                                tokenizer)
+    try:
+        tokenizer = (tokenizer_from_description(exported.tokenizer)
+                     if exported.tokenizer is not None else None)
+    except DataError as err:
+        raise damaged(path, "metadata 'tokenizer'", str(err)) from None
+    try:
+        return Network.from_weights(exported.cfg, exported.weights, exported.steps, device,
+                                    tokenizer)
+    except RunDirError as err:  # a tensor that does not fit the network of the config
+        raise damaged(path, "metadata 'config'",
+                      f"its network does not fit the tensors: {err}") from None
 
 
 def export_run(run_dir: str, out: str, step: int | None = None) -> Network:

@@ -24,7 +24,7 @@ import torch
 from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tokenizer import Tokenizer
-from dbparallel.errors import UserError
+from dbparallel.errors import RunDirError, UserError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
 from dbparallel.training.device import choose_device
@@ -55,12 +55,16 @@ class Network:
     def from_weights(cls, cfg: Config, weights: list[dict[str, torch.Tensor]],
                      steps: list[int], device: str | None = None,
                      tokenizer: Tokenizer | None = None) -> Network:
-        """The network of ``weights`` (one state dict per block, block 0 first)."""
+        """The network of ``weights`` (one state dict per block, block 0 first); RunDirError
+        naming the block and tensor where one does not fit the network of ``cfg``."""
         task = build_task(cfg)
         device = choose_device(cfg, device)
         blocks = []
         for b, state in enumerate(weights):
             net = task.build_block(b)
+            misfit = _misfit(net, state)
+            if misfit:
+                raise RunDirError(f"block {b}: {misfit}")
             net.load_state_dict(state)
             blocks.append(net.to(device).eval())
         return cls(cfg, task, blocks, list(steps), device, tokenizer)
@@ -238,3 +242,19 @@ class Network:
         the ELBO's lower bound). A text with nothing to score is refused, as by ``bpc``."""
         self._need("log_likelihood")
         return [-bits * math.log(2) for bits, _ in self._scores(texts, seed)]
+
+
+def _misfit(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading into ``net`` (a tensor missing, extra or of another
+    shape), or None."""
+    own = net.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing:
+        return f"no tensor {missing[0]} ({len(missing)} of the network's missing)"
+    if extra:
+        return f"a tensor {extra[0]} the network does not have ({len(extra)} such)"
+    for name, tensor in own.items():
+        if state[name].shape != tensor.shape:
+            return (f"{name} has shape {tuple(state[name].shape)}, the network's "
+                    f"{tuple(tensor.shape)}")
+    return None
