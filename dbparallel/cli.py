@@ -11,7 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from dbparallel.cli_network import add_parsers
+from dbparallel import cli_data, cli_network
+from dbparallel.cli_data import split_items
 from dbparallel.config import Config, ConfigError, describe, load_config, notes
 from dbparallel.errors import UserError
 
@@ -24,14 +25,8 @@ EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by SIGINT
 TRAINING = ("train", "baseline")  # commands whose rerun resumes the run
 
 
-def _split(items: Sequence[str]) -> tuple[list[str], list[str]]:
-    files = [i for i in items if _is_path(i)]
-    overrides = [i for i in items if not _is_path(i)]
-    return files, overrides
-
-
 def _config(args: argparse.Namespace) -> Config:
-    files, overrides = _split(args.config)
+    files, overrides = split_items(args.config)
     if getattr(args, "local", False):
         overrides.append("runtime.local=true")
     from dbparallel.training.plan import fit_blocks
@@ -54,110 +49,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data(args: argparse.Namespace) -> int:
-    """``data check``: index and decode every row of a data set, as training would;
-    ``data reshard``: rewrite it."""
-    from dbparallel.data.sources import check_kind, open_data
-
-    items = list(args.config)
-    for i, item in enumerate(items):  # a bare path: the data itself
-        if _is_path(item) and not item.endswith((".yaml", ".yml")):
-            items[i] = f"data.path={item}"
-            if not any(x.startswith("data.source=") for x in items):
-                items.append(f"data.source={_bare_source(item)}")
-    files, overrides = _split(items)
-    cfg = load_config(files, overrides)
-    if args.action == "check" and args.out:
-        raise UserError("--out: data check writes nothing; --out is for data reshard")
-    if args.action == "reshard":
-        return _reshard(cfg, args.out)
-    check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing
-    index = open_data(cfg.data)
-    check_kind(cfg.task, cfg.data, index)
-    for split in index.present():
-        shards = len(index.shards(split))
-        print(f"{split}: {index.num_rows(split):,} rows in {shards:,} shard"
-              f"{'s' if shards != 1 else ''}")
-    from dbparallel.training.data_memory import report_footprint
-
-    report_footprint(cfg, index)  # its warnings (tiny row groups) before the long pass
-    if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):  # on the cluster's CPUs
-        from dbparallel.runtime.launch import check_on_cluster
-        from dbparallel.training.data_check import check_line
-
-        print(check_line(check_on_cluster(cfg, index, force=True)), flush=True)
-    else:
-        from dbparallel.training.data_check import check_here
-
-        check_here(cfg, index, force=True)
-    return 0
-
-
-def _is_path(item: str) -> bool:
-    """Whether a command-line item is a path, not a key=value override: it has no "=", or
-    what comes before its "=" is no key (a Hive-style folder, ``data/year=2024``), or it is
-    there on disk."""
-    from pathlib import Path
-
-    return "=" not in item or "/" in item.split("=", 1)[0] or Path(item).exists()
-
-
-def _bare_source(path: str) -> str:
-    """data.source of a path given alone: text for a local text file (.txt, .jsonl, .json,
-    .ndjson, also compressed) or a folder of them, image_folder for a local folder of images,
-    parquet for anything with a Parquet file (and for URIs)."""
-    from pathlib import Path
-
-    from dbparallel.data.image_folder import IMAGE_EXTENSIONS
-    from dbparallel.data.text_files import text_file_name
-
-    folder = Path(path)
-    if "://" not in path and folder.is_file():
-        return "text" if text_file_name(folder.name) else "parquet"
-    if "://" in path or not folder.is_dir():
-        return "parquet"
-    seen = [p for _, p in zip(range(10_000), folder.rglob("*"), strict=False)]
-    suffixes = {p.suffix.lower() for p in seen}
-    if ".parquet" in suffixes:
-        return "parquet"
-    if suffixes & set(IMAGE_EXTENSIONS):
-        return "image_folder"
-    return "text" if any(text_file_name(p.name) for p in seen) else "parquet"
-
-
-def _reshard(cfg: Config, out: str) -> int:
-    """``data reshard``: rewrite an image data set in row groups of data.shard_rows rows."""
-    from pathlib import Path
-
-    from dbparallel.data.parquet_index import parquet_index
-    from dbparallel.data.reshard import reshard
-    from dbparallel.data.sources import open_data
-
-    if not out:
-        raise UserError("data reshard: --out FOLDER is required (a new or empty folder)")
-    if "://" not in out and cfg.data.path and "://" not in cfg.data.path and \
-            Path(out).resolve().is_relative_to(Path(cfg.data.path).resolve()):
-        raise UserError(f"--out {out}: inside data.path {cfg.data.path}; the new files would "
-                        f"become part of the data set they are written from")
-    index = open_data(cfg.data)
-    done = reshard(index, out, cfg.data.shard_rows, progress=sys.stderr.isatty())
-    written = parquet_index(out)
-    for split, rows in done.rows.items():
-        if written.num_rows(split) != rows:
-            raise RuntimeError(f"data reshard: {out} has {written.num_rows(split)} {split} "
-                               f"rows, {rows} were read")
-        groups = len(written.shards(split))
-        print(f"{split}: {rows:,} rows in {groups:,} row group{'s' if groups != 1 else ''} of "
-              f"at most {cfg.data.shard_rows:,} rows")
-    files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
-    print(f"wrote {files} to {out}; train on them with "
-          f"data.source=parquet data.path={out}")
-    return 0
-
-
 def cmd_baseline(args: argparse.Namespace) -> int:
     """The same architecture trained end to end, as one unit: the comparison point."""
-    files, overrides = _split(args.config)
+    files, overrides = split_items(args.config)
     overrides = [*overrides, "model.blocks=1", "train.objective=end_to_end", "runtime.local=true"]
     base = load_config(files, overrides)  # the recipe's blocks never constrain the baseline
     overrides.append(f"run.name={base.run.name}-baseline")
@@ -295,16 +189,6 @@ def parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plan)
 
-    d = sub.add_parser("data", help="data set tools: `data check` decodes every row once; "
-                       "`data reshard --out DIR` rewrites image data in row groups of "
-                       "data.shard_rows rows")
-    d.add_argument("action", choices=["check", "reshard"])
-    d.add_argument("config", nargs="*", help="a Parquet file/directory/URI, or "
-                   "YAML recipes and key=value overrides (data.source=..., data.path=...)")
-    d.add_argument("--out", default="", metavar="DIR",
-                   help="reshard: the new or empty folder (or object-store URI) to write")
-    d.set_defaults(func=cmd_data)
-
     pc = sub.add_parser("plot", help="draw a run's loss and assembly curves (curves.png)")
     pc.add_argument("run_dir")
     pc.add_argument("--out", default="", help="PNG file to write (default: RUN_DIR/curves.png)")
@@ -313,7 +197,8 @@ def parser() -> argparse.ArgumentParser:
                          "of `dbparallel baseline`)")
     pc.set_defaults(func=cmd_plot)
 
-    add_parsers(sub)
+    cli_data.add_parsers(sub)
+    cli_network.add_parsers(sub)
     return p
 
 
