@@ -3,8 +3,9 @@
 ``load_config(yaml files, key=value overrides)`` merges with omegaconf onto the dataclass
 defaults and returns the dataclass tree; every mistake raises ``ConfigError`` naming the dotted
 key and the allowed values, before anything starts. Imported by every layer; imports none of
-them. The schema is in schema.py (its train section in training.py), what identifies a run's
-network in identity.py, loading in loading.py.
+them. The schema is in schema.py (its train section in training.py; the model presets and
+their width checks in presets.py; the noise section's numeric checks in noise_checks.py), what
+identifies a run's network in identity.py, loading in loading.py.
 """
 
 from dbparallel.config.amounts import bytes_text, parse_bytes

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from dbparallel.errors import ConfigError
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?"  # what float() reads, unsigned
 
 
 def parse_bytes(text: str, key: str) -> int:
     """Bytes of ``80GiB``, ``24GB``, ``1.5e9`` or ``""`` (0); ConfigError naming ``key``."""
-    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+    match = re.fullmatch(rf"\s*({NUMBER})\s*([a-z]*)\s*", str(text).lower())
     if not str(text).strip():
         return 0
     if not match or match.group(2) not in UNITS:
         raise ConfigError(f"{key}: {text!r} is not an amount of memory (e.g. 80GiB, 24GB)")
-    return int(float(match.group(1)) * UNITS[match.group(2)])
+    amount = float(match.group(1)) * UNITS[match.group(2)]
+    if not math.isfinite(amount):
+        raise ConfigError(f"{key}: {text!r} is too large an amount of memory (e.g. 80GiB, 24GB)")
+    return int(amount)
 
 
 def bytes_text(n: float) -> str:

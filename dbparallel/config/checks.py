@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import fields
+from typing import Any
+
 from dbparallel.errors import ConfigError
 
 
@@ -14,3 +18,13 @@ def check(ok: bool, key: str, message: str) -> None:
 def choice(value: str, key: str, allowed: tuple[str, ...]) -> None:
     """ConfigError naming ``key``, ``value`` and the ``allowed`` ones unless it is one."""
     check(value in allowed, key, f"got {value!r}; allowed: {', '.join(allowed)}")
+
+
+def finite(section: Any, prefix: str) -> None:
+    """ConfigError naming the first float key of the dataclass ``section`` (keys
+    ``prefix.name``) that is nan or +-inf: no float key of the schema means "unbounded"."""
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float):
+            check(math.isfinite(value), f"{prefix}.{f.name}",
+                  f"must be a finite number, got {value}")

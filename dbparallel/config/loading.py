@@ -36,6 +36,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
                 raise ConfigError(f"{item}: overrides are key=value (e.g. model.blocks=3)")
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         given = OmegaConf.merge(*layers)  # untyped: a later layer may replace model.blocks=auto
+        _sections_are_mappings(given)
         if OmegaConf.select(given, "model.blocks") == AUTO:
             return _auto_blocks(files, list(overrides), fit_blocks)
         merged = OmegaConf.merge(merged, given)
@@ -70,6 +71,24 @@ def _recipe(path: str | Path) -> Any:
         raise ConfigError(f"{path}: a recipe is a mapping of keys (model:, train:, ...), "
                           f"not a {type(layer).__name__.replace('Config', '').lower()}")
     return layer
+
+
+def _sections_are_mappings(given: Any) -> None:
+    """ConfigError naming the first section (model, train, ...) given a value, not keys."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    defaults = Config()
+    for f in fields(Config):
+        section = getattr(defaults, f.name)
+        if not is_dataclass(section) or f.name not in given:
+            continue
+        value = given.get(f.name)
+        if not isinstance(value, DictConfig):
+            shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+            raise ConfigError(
+                f"{f.name}: is a section, a mapping of keys ({f.name}.{fields(section)[0].name}"
+                f"=..., or `{f.name}:` with its keys indented below it in a recipe), not a "
+                f"value; got {shown!r}")
 
 
 def _auto_blocks(files: list[str | Path], overrides: list[str],

@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dbparallel.config.amounts import parse_bytes
-from dbparallel.config.checks import check, choice
+from dbparallel.config.checks import check, choice, finite
+from dbparallel.config.noise_checks import check_noise, check_time_blocks
+from dbparallel.config.presets import PRESET_DIMS, check_task_width, check_width
 from dbparallel.config.training import TrainConfig
 
 TASKS = ("dit", "vit", "mdm", "ar", "looped")
@@ -16,7 +18,7 @@ DATA_SOURCES = ("digits", "parquet", "shakespeare", "text", "fashion_mnist", "im
 TOKENIZERS = ("char", "bpe")
 SOLVERS = ("euler", "heun")
 SCHEDULES = ("equiprobable", "karras")
-PRESETS = ("tiny", "small", "base", "dit-s", "dit-b", "dit-l")
+PRESETS = tuple(PRESET_DIMS)
 AR_READOUTS = ("paper", "direct")
 LABEL_EMBEDDINGS = ("frozen", "learned")
 PARTITIONS = ("equiprobable", "log_uniform")
@@ -104,11 +106,8 @@ class ModelConfig:
         check(self.depth % self.blocks == 0, "model.depth",
                f"{self.depth} layers do not split equally into model.blocks={self.blocks}; "
                f"use a multiple of {self.blocks}")
-        check(self.hidden is None or self.hidden > 0, "model.hidden", "must be > 0")
-        check(self.heads is None or self.heads > 0, "model.heads", "must be > 0")
-        if self.hidden is not None and self.heads is not None:
-            check(self.hidden % self.heads == 0, "model.heads",
-                   f"model.hidden={self.hidden} is not divisible by {self.heads} heads")
+        check_width(self)  # > 0, and the preset's width under the values set splits in heads
+        finite(self, "model")
         check(self.mlp_ratio is None or self.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
         check(self.patch_size >= 1, "model.patch_size", "must be >= 1")
         check(self.loop_iterations >= 1, "model.loop_iterations", "must be >= 1")
@@ -122,11 +121,11 @@ class ModelConfig:
 
 @dataclass
 class NoiseConfig:
-    sigma_min: float = 0.002  # lowest noise level of the sampler and partition
-    sigma_max: float = 80.0  # highest noise level; sampling starts at sigma_max * eps
-    P_mean: float = -1.2  # mean of ln sigma in training
-    P_std: float = 1.2  # std of ln sigma in training
-    sigma_data: float = 0.5  # data standard deviation assumed by the preconditioning
+    sigma_min: float = 0.002  # lowest noise level of the sampler and partition; >= 1e-9
+    sigma_max: float = 80.0  # highest noise level; sampling starts at sigma_max * eps; <= 1e9
+    P_mean: float = -1.2  # mean of ln sigma in training (>= 1e-6 of its density in range)
+    P_std: float = 1.2  # std of ln sigma in training; >= 0.001
+    sigma_data: float = 0.5  # data standard deviation assumed by the preconditioning; 1e-9..1e9
     gamma: float = 0.05  # overlap: each range widened by gamma times its log-width
     t_min: float = 1e-4  # lowest masking time t of the masked diffusion LM (task=mdm)
     # how [sigma_min, sigma_max] is cut into the blocks' ranges: equiprobable (equal mass of
@@ -135,11 +134,8 @@ class NoiseConfig:
     partition: str = "equiprobable"
 
     def __post_init__(self) -> None:
-        check(self.sigma_min > 0, "noise.sigma_min", f"must be > 0, got {self.sigma_min}")
-        check(self.sigma_min < self.sigma_max, "noise.sigma_min",
-               f"must be < noise.sigma_max ({self.sigma_min} >= {self.sigma_max})")
-        check(self.P_std > 0, "noise.P_std", f"must be > 0, got {self.P_std}")
-        check(self.sigma_data > 0, "noise.sigma_data", f"must be > 0, got {self.sigma_data}")
+        finite(self, "noise")
+        check_noise(self)  # scales that fit float32, enough training mass in the range
         check(0 <= self.gamma <= 1, "noise.gamma", f"must be in [0, 1], got {self.gamma}")
         check(0 < self.t_min < 1, "noise.t_min", f"must be in (0, 1), got {self.t_min}")
         choice(self.partition, "noise.partition", PARTITIONS)
@@ -169,6 +165,7 @@ class SampleConfig:
     scorer_steps: int = 1500  # training steps of the AR model scoring gen_ppl (cached)
 
     def __post_init__(self) -> None:
+        finite(self, "sample")
         check(self.steps >= 1, "sample.steps", "must be >= 1")
         choice(self.solver, "sample.solver", SOLVERS)
         choice(self.schedule, "sample.schedule", SCHEDULES)
@@ -212,6 +209,7 @@ class RuntimeConfig:
         return parse_bytes(self.device_memory, "runtime.device_memory")
 
     def __post_init__(self) -> None:
+        finite(self, "runtime")
         check(self.num_cpus >= 0, "runtime.num_cpus", "must be >= 0")
         check(self.cpus_per_block > 0, "runtime.cpus_per_block", "must be > 0")
         check(self.gpus_per_block >= 0, "runtime.gpus_per_block", "must be >= 0")
@@ -263,6 +261,8 @@ class Config:
 
     def __post_init__(self) -> None:
         choice(self.task, "task", TASKS)
+        check_task_width(self.model, self.task)
+        check_time_blocks(self.task, self.noise.t_min, self.model.blocks)
         if self.train.objective == "end_to_end":
             check(self.model.blocks == 1, "model.blocks",
                    "must be 1 with train.objective=end_to_end (the whole network is one unit)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dbparallel.config.checks import check, choice
+from dbparallel.config.checks import check, choice, finite
 
 NONFINITE_POLICIES = ("skip", "stop")
 UNREADABLE_POLICIES = ("refuse", "restart")
@@ -75,11 +75,14 @@ class TrainConfig:
     bptt_truncate: int = 0  # looped end to end: last iterations backpropagated; 0 = all K
 
     def __post_init__(self) -> None:
+        finite(self, "train")
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                     "keep_snapshots"):
             value = getattr(self, key)
             check(value >= 1, f"train.{key}", f"must be >= 1, got {value}")
         check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, "train.weight_decay",
+              f"must be >= 0, got {self.weight_decay}")
         check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         check(self.heldout_every >= 0, "train.heldout_every",
                f"must be >= 0 (0 = off), got {self.heldout_every}")

@@ -1,10 +1,15 @@
-"""Named model sizes; config fields left unset take the preset's value."""
+"""Named model sizes; config fields left unset take the preset's value (the table and its
+checks are the config's: config/presets.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from dbparallel.config import ModelConfig
+from dbparallel.config.presets import PRESET_DIMS as PRESETS
+from dbparallel.config.presets import check_width, width
+
+__all__ = ["PRESETS", "ModelDims", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -17,22 +22,9 @@ class ModelDims:
     layers: int
 
 
-# (hidden, heads, mlp_ratio); DiT sizes as in Peebles & Xie (2023), Table 1.
-PRESETS: dict[str, tuple[int, int, float]] = {
-    "tiny": (64, 4, 4.0),
-    "small": (128, 4, 4.0),
-    "base": (256, 8, 4.0),
-    "dit-s": (384, 6, 4.0),
-    "dit-b": (768, 12, 4.0),
-    "dit-l": (1024, 16, 4.0),
-}
-
-
 def resolve(model: ModelConfig) -> ModelDims:
-    """The dims of one block of ``model``: preset values under explicit overrides."""
-    hidden, heads, mlp_ratio = PRESETS[model.preset]
-    hidden = model.hidden or hidden
-    heads = model.heads or heads
-    if hidden % heads:
-        raise ValueError(f"model.heads: hidden width {hidden} is not divisible by {heads} heads")
-    return ModelDims(hidden, heads, model.mlp_ratio or mlp_ratio, model.layers_per_block)
+    """The dims of one block of ``model``: preset values under explicit overrides;
+    ConfigError naming model.hidden or model.heads if they do not fit together."""
+    check_width(model)  # a ModelConfig changed after it loaded is checked again here
+    hidden, heads, mlp_ratio = width(model)
+    return ModelDims(hidden, heads, mlp_ratio, model.layers_per_block)

@@ -1,0 +1,141 @@
+"""Values the schema used to accept that crashed later with a traceback: each is refused as
+the config loads (exit code 2, one line naming the key), and every recipe still loads."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from dbparallel.cli import main
+from dbparallel.config import Config, ConfigError, ModelConfig, NoiseConfig, load_config
+from dbparallel.config.noise_checks import MIN_MASS, training_mass
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT = ["data.source=shakespeare"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "says"),
+    [
+        # non-finite floats, in every section that has float keys
+        (["noise.P_mean=nan"], "noise.P_mean", "finite"),
+        (["noise.P_mean=inf"], "noise.P_mean", "finite"),
+        (["noise.P_std=inf"], "noise.P_std", "finite"),
+        (["noise.gamma=nan"], "noise.gamma", "finite"),
+        (["train.lr=inf"], "train.lr", "finite"),
+        (["train.lr=nan"], "train.lr", "finite"),
+        (["train.grad_clip=inf"], "train.grad_clip", "finite"),
+        (["train.stall_timeout_s=inf"], "train.stall_timeout_s", "finite"),
+        (["train.weight_decay=nan"], "train.weight_decay", "finite"),
+        (["train.weight_decay=-1"], "train.weight_decay", ">= 0"),
+        (["sample.cfg_scale=inf"], "sample.cfg_scale", "finite"),
+        (["runtime.placement_timeout_s=inf"], "runtime.placement_timeout_s", "finite"),
+        (["runtime.cpus_per_block=inf"], "runtime.cpus_per_block", "finite"),
+        (["model.mlp_ratio=inf"], "model.mlp_ratio", "finite"),
+        # a training density with no mass in [sigma_min, sigma_max], or too narrow
+        (["noise.P_mean=1000"], "noise.P_mean", "at least 1e-06"),
+        (["noise.P_mean=-20"], "noise.P_mean", "at least 1e-06"),
+        (["noise.P_std=1e9"], "noise.P_std", "at least 1e-06"),
+        (["noise.P_std=1e-300"], "noise.P_std", ">= 0.001"),
+        (["noise.P_std=0"], "noise.P_std", ">= 0.001"),
+        # noise scales outside what float32 holds, squared
+        (["noise.sigma_max=inf"], "noise.sigma_max", "finite"),
+        (["noise.sigma_max=1e300"], "noise.sigma_max", "[1e-09, 1e+09]"),
+        (["noise.sigma_min=1e-320"], "noise.sigma_min", "[1e-09, 1e+09]"),
+        (["noise.sigma_min=0"], "noise.sigma_min", "[1e-09, 1e+09]"),
+        (["noise.sigma_data=1e-12"], "noise.sigma_data", "[1e-09, 1e+09]"),
+        (["noise.sigma_min=100"], "noise.sigma_min", "< noise.sigma_max"),
+        # widths no model can be built with
+        (["model.heads=5"], "model.heads", "not divisible by 5 heads"),
+        (["model.hidden=30"], "model.hidden", "not divisible by the 4 heads"),
+        (["model.hidden=30", "model.heads=3"], "model.hidden", "multiple of 4"),
+        (["task=vit", "model.hidden=30", "model.heads=3"], "model.hidden", "multiple of 4"),
+        (["model.hidden=1", "model.heads=1"], "model.hidden", ">= 8"),
+        (["task=ar", *TEXT, "model.hidden=30", "model.heads=2"], "model.heads",
+         "even head width"),
+        # task=mdm: a last block with no masking times
+        (["task=mdm", *TEXT, "noise.t_min=0.9999"], "noise.t_min", "< 1/4"),
+        # amounts of memory that float() does not read
+        (["runtime.device_memory=1.2.3GiB"], "runtime.device_memory", "not an amount"),
+        (["runtime.device_memory=."], "runtime.device_memory", "not an amount"),
+        (["runtime.device_memory=1e400GiB"], "runtime.device_memory", "too large"),
+        # a section given a value
+        (["model=3"], "model", "is a section, a mapping of keys"),
+        (["train=[1,2]"], "train", "is a section, a mapping of keys"),
+    ],
+)
+def test_a_value_that_used_to_crash_is_refused_naming_the_key(
+        capsys, overrides: list[str], key: str, says: str) -> None:
+    assert main(["plan", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dbparallel: error: {key}: "), err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_recipe_giving_a_section_a_value_is_named(tmp_path, capsys) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: 3\n")
+    assert main(["plan", str(recipe)]) == 2
+    assert "model: is a section, a mapping of keys" in capsys.readouterr().err
+
+
+def test_every_recipe_loads() -> None:
+    recipes = sorted((ROOT / "jobs").glob("*.yaml"))
+    assert len(recipes) >= 10
+    for recipe in recipes:
+        assert isinstance(load_config([recipe]), Config), recipe
+
+
+def test_widths_that_fit_still_load() -> None:
+    for overrides in (["model.hidden=32", "model.heads=2"], ["model.hidden=8", "model.heads=8"],
+                      ["model.preset=dit-s"], ["task=ar", *TEXT, "model.hidden=8",
+                                               "model.heads=4"]):
+        load_config([], overrides)
+
+
+def test_resolve_raises_a_config_error_for_a_model_changed_after_loading() -> None:
+    from dbparallel.models.presets import resolve
+
+    model = ModelConfig()
+    model.heads = 5
+    with pytest.raises(ConfigError, match=r"^model.heads: model.hidden=64 \(model.preset=tiny\)"):
+        resolve(model)
+    assert resolve(ModelConfig(hidden=48, heads=3)).hidden == 48
+
+
+def test_the_mass_threshold_is_where_the_partition_still_works() -> None:
+    """Just above MIN_MASS (P_mean 4.6 std below ln sigma_min) loads and partitions into
+    strictly ascending ranges; 4.9 std below is refused."""
+    from dbparallel.core.noise import LogNormalNoise
+    from dbparallel.core.partition import equiprobable_partition
+    from dbparallel.core.sampler import equiprobable_schedule
+
+    above = math.log(0.002) - 1.2 * 4.6
+    assert training_mass(above, 1.2, 0.002, 80.0) > MIN_MASS
+    NoiseConfig(P_mean=above)
+    for noise in (LogNormalNoise(above, 1.2, 0.002, 80.0), LogNormalNoise(0.0, 1e-3, 0.5, 2.0)):
+        for blocks in (2, 4, 64):
+            b = equiprobable_partition(noise, blocks).boundaries
+            assert all(lo < hi for lo, hi in zip(b, b[1:], strict=False)), b
+        sigmas = equiprobable_schedule(noise, 1000)
+        assert bool((sigmas[:-1] > sigmas[1:]).all())
+    with pytest.raises(ConfigError, match="^noise.P_mean: .* at least 1e-06"):
+        NoiseConfig(P_mean=math.log(0.002) - 1.2 * 4.9)
+
+
+def test_training_mass_matches_the_core_density() -> None:
+    from dbparallel.core.noise import LogNormalNoise
+
+    for P_mean, P_std, lo, hi in ((-1.2, 1.2, 0.002, 80.0), (-12.0, 1.2, 0.002, 80.0),
+                                  (8.0, 0.5, 0.002, 80.0), (0.0, 100.0, 1e-9, 1e9)):
+        core = LogNormalNoise(P_mean, P_std, lo, hi)._normaliser()
+        assert training_mass(P_mean, P_std, lo, hi) == pytest.approx(core, rel=1e-6)
+
+
+def test_a_time_split_that_leaves_a_block_no_times_is_refused_for_mdm_only() -> None:
+    with pytest.raises(ConfigError, match=r"^noise.t_min: 0.3 leaves the last block"):
+        load_config([], ["task=mdm", *TEXT, "noise.t_min=0.3", "model.blocks=4"])
+    load_config([], ["task=mdm", *TEXT, "noise.t_min=0.3", "model.blocks=2"])
+    load_config([], ["noise.t_min=0.3"])  # dit draws sigma, not t
