@@ -43,10 +43,11 @@ def _data(network: Network, source: str) -> DataIndex:
 
 def _out_file(out: str) -> None:
     """UserError naming --out where ``out`` is no file to write: empty, a folder, or a file
-    of a run directory (its config, report, checkpoints: writing would replace it)."""
+    a run directory wrote (its config, report, samples, checkpoints: RUN_FILES and blocks/);
+    another file in a run directory, e.g. an earlier export, may be replaced."""
     from pathlib import Path
 
-    from dbparallel.training.run_dir import CONFIG_FILE, DATA_INDEX_FILE
+    from dbparallel.training.run_dir import CONFIG_FILE, DATA_INDEX_FILE, RUN_FILES
 
     if not out.strip():
         raise UserError("--out: give the path of the file to write")
@@ -55,11 +56,14 @@ def _out_file(out: str) -> None:
     path = Path(out).resolve()
     if path.is_dir():
         raise UserError(f"--out {out}: is a folder; name a file (in it)")
-    if path.exists():
-        for parent in path.parents:
-            if (parent / CONFIG_FILE).is_file() and (parent / DATA_INDEX_FILE).is_file():
-                raise UserError(f"--out {out}: is a file of the run directory {parent}, which "
-                                f"writing would replace; choose another name")
+    if not path.exists():
+        return
+    for parent in path.parents:
+        if (parent / CONFIG_FILE).is_file() and (parent / DATA_INDEX_FILE).is_file():
+            inside = path.relative_to(parent).parts
+            if inside[0] == "blocks" or (len(inside) == 1 and inside[0] in RUN_FILES):
+                raise UserError(f"--out {out}: is a file of the run directory {parent}, "
+                                f"which writing would replace; choose another name")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

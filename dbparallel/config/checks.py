@@ -20,11 +20,13 @@ def choice(value: str, key: str, allowed: tuple[str, ...]) -> None:
     check(value in allowed, key, f"got {value!r}; allowed: {', '.join(allowed)}")
 
 
-def finite(section: Any, prefix: str) -> None:
+def finite(section: Any, prefix: str, unbounded: tuple[str, ...] = ()) -> None:
     """ConfigError naming the first float key of the dataclass ``section`` (keys
-    ``prefix.name``) that is nan or +-inf: no float key of the schema means "unbounded"."""
+    ``prefix.name``) that is nan or +-inf; the keys named in ``unbounded`` may be +inf
+    ("never", a timeout)."""
     for f in fields(section):
         value = getattr(section, f.name)
-        if isinstance(value, float):
+        if isinstance(value, float) and not (f.name in unbounded and value == math.inf):
             check(math.isfinite(value), f"{prefix}.{f.name}",
-                  f"must be a finite number, got {value}")
+                  f"must be a finite number{' (or inf: never)' if f.name in unbounded else ''}"
+                  f", got {value}")

@@ -25,7 +25,6 @@ PRESET_DIMS: dict[str, tuple[int, int, float]] = {
     "dit-b": (768, 12, 4.0),
     "dit-l": (1024, 16, 4.0),
 }
-MIN_HIDDEN = 8  # narrower: no room for the position and noise-level features
 IMAGE_TASKS = ("dit", "vit")  # 2-D sine-cosine positions: a quarter of the width per sin/cos axis
 
 
@@ -37,12 +36,11 @@ def width(model: ModelConfig) -> tuple[int, int, float]:
 
 def check_width(model: ModelConfig) -> None:
     """ConfigError naming model.hidden or model.heads (the one set) unless both are > 0 and
-    the width the preset resolves to is at least MIN_HIDDEN and splits into its heads."""
+    the width the preset resolves to splits into its heads."""
     check(model.hidden is None or model.hidden > 0, "model.hidden", "must be > 0")
     check(model.heads is None or model.heads > 0, "model.heads", "must be > 0")
     hidden, heads, _ = width(model)
     of = f" (model.preset={model.preset})" if model.hidden is None else ""
-    check(hidden >= MIN_HIDDEN, "model.hidden", f"must be >= {MIN_HIDDEN}, got {hidden}{of}")
     if model.hidden is not None and model.heads is None:
         check(hidden % heads == 0, "model.hidden",
               f"{hidden} is not divisible by the {heads} heads of model.preset={model.preset}; "

@@ -63,19 +63,20 @@ class TrainConfig:
     # graphs) | max-autotune-no-cudagraphs | max-autotune (benchmarks/gpu_speed.py compares)
     nonfinite: str = "skip"  # on a NaN/Inf loss: skip the step, or stop the run
     assembly_timeout_s: float = 7200.0  # an assembly (during training or the final one)
-    # fails the run after this long
+    # fails the run after this long (inf: never)
     lease_timeout_s: float = 120.0  # a block's write lease lapses this long after its
     # writer last renewed it (writers renew it while they train)
     on_unreadable: str = "refuse"  # checkpoints listed, none readable: refuse to start, or
     # restart (discard them and train the block again from step 0)
     max_restarts: int = 3  # restarts of a failed (or stalled) block actor or replica group,
     # and of the assembly actor, before the run fails
-    stall_timeout_s: float = 600.0  # a block without progress this long is restarted
+    stall_timeout_s: float = 600.0  # a block without progress this long is restarted (inf:
+    # never)
     assemble_every: int = 0  # steps between assemblies during training; 0 = at the end only
     bptt_truncate: int = 0  # looped end to end: last iterations backpropagated; 0 = all K
 
     def __post_init__(self) -> None:
-        finite(self, "train")
+        finite(self, "train", unbounded=("assembly_timeout_s", "stall_timeout_s"))
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                     "keep_snapshots"):
             value = getattr(self, key)

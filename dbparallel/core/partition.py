@@ -60,6 +60,21 @@ class Partition:
             "gamma": self.gamma,
         }
 
+    @staticmethod
+    def agree(a: object, b: object, rel: float = 1e-9) -> bool:
+        """Whether two ``to_json`` forms are the same partition, their numbers equal to a
+        relative ``rel``: the boundaries come from erf/log arithmetic whose last digits differ
+        between machines (vector instruction sets) and library versions."""
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(Partition.agree(a[k], b[k], rel) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(
+                Partition.agree(x, y, rel) for x, y in zip(a, b, strict=True))
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) \
+                and not isinstance(a, bool) and not isinstance(b, bool):
+            return math.isclose(a, b, rel_tol=rel, abs_tol=1e-300)
+        return a == b
+
     @classmethod
     def from_json(cls, data: dict) -> Partition:
         """Inverse of to_json."""

@@ -43,7 +43,9 @@ from dbparallel.training.run_dir import check_resumable, open_run, pin_data
 log = logging.getLogger(__name__)
 STATE_API_VAR = "RAY_API_SERVER_ADDRESS"
 PORT_ATTEMPTS = 3  # dashboard ports tried when the free one found is taken before Ray binds it
-PROBE_S = 5.0  # how long a runtime.address / RAY_ADDRESS has to accept a TCP connection
+PROBE_S = 15.0  # how long a runtime.address / RAY_ADDRESS has to accept a TCP connection
+# (a head that is still starting refuses at first: it is asked again every PROBE_EVERY_S)
+PROBE_EVERY_S = 0.5
 
 
 def connect(cfg: Config) -> bool:
@@ -94,19 +96,26 @@ def cluster_address(cfg: Config) -> tuple[str, str]:
 
 
 def probe(address: str, key: str) -> None:
-    """ConfigError naming ``key`` where nothing accepts a connection at ``address``, a plain
-    host:port (``auto``, ``local`` and ``ray://`` client addresses are left to Ray): joining
-    one that does not answer retries for minutes, printing only Ray's GCS warnings."""
+    """ConfigError naming ``key`` where nothing accepts a connection at ``address`` within
+    PROBE_S, a plain host:port (``auto``, ``local`` and ``ray://`` client addresses are left
+    to Ray): joining one that does not answer retries for minutes, printing only Ray's GCS
+    warnings."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host or "://" in address:
         return
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S):
-            pass
-    except OSError as err:
-        raise ConfigError(f"{key}: no Ray cluster answers at {address} ({err}); start one "
-                          f"there (`ray start --head`), or correct {key} (empty: a private "
-                          f"local instance)") from None
+    deadline = time.monotonic() + PROBE_S
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=max(left, 0.1)):
+                return
+        except OSError as err:
+            if left <= PROBE_EVERY_S:
+                raise ConfigError(
+                    f"{key}: no Ray cluster answers at {address} ({err}) after {PROBE_S:g} s; "
+                    f"start one there (`ray start --head`), or correct {key} (empty: a "
+                    f"private local instance)") from None
+        time.sleep(PROBE_EVERY_S)
 
 
 @contextlib.contextmanager

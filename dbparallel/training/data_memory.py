@@ -62,18 +62,20 @@ class DataFootprint:
 
 
 def data_footprint(index: DataIndex, task: Task, window_shards: int, batch_size: int,
-                   split: str = "train") -> DataFootprint:
-    """The most memory a block streaming ``split`` of ``index`` in batches of ``batch_size``
-    holds in data rows."""
+                   split: str = "train", replicas: int = 1) -> DataFootprint:
+    """The most memory a block (or each of its ``replicas``, which read the same windows and
+    gather an even share of each batch) streaming ``split`` of ``index`` in batches of
+    ``batch_size`` holds in data rows."""
+    share = -(-batch_size // replicas)
     sizes = sorted(s.rows for s in index.shards(split))
     window_rows = sum(sizes[-window_shards:])  # a window of the largest shards
     size = row_bytes(index, task, split)
     if len(sizes) <= window_shards:  # one window an epoch: every window shares its rows
         # the windows one batch spans, and the one before its first (not yet forgotten)
         windows = 1 + -(-batch_size // sum(sizes))
-        return DataFootprint(size, window_rows, 1, window_rows, windows, 2 * batch_size)
+        return DataFootprint(size, window_rows, 1, window_rows, windows, 2 * share)
     rows, windows = held_rows(sizes, window_shards, batch_size)
-    return DataFootprint(size, window_rows, windows, rows, batch_rows=2 * batch_size)
+    return DataFootprint(size, window_rows, windows, rows, batch_rows=2 * share)
 
 
 def held_rows(sizes: list[int], window_shards: int, batch_size: int) -> tuple[int, int]:
@@ -157,7 +159,7 @@ def report_footprint(cfg: Config, index: DataIndex) -> int:
     if "train" not in index.present():  # e.g. data check of a test split alone
         return 0
     footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards,
-                               cfg.train.batch_size)
+                               cfg.train.batch_size, replicas=cfg.runtime.replicas_per_block)
     print(footprint_line(footprint), flush=True)
     small = small_shards_warning(index, cfg.data.shard_rows, cfg.train.batch_size)
     if small:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from dbparallel.config import Config, dump_yaml, from_dict
+from dbparallel.core.partition import Partition
 from dbparallel.errors import RunDirError
 
 FORMAT = "dbparallel-export/1"
@@ -104,7 +105,7 @@ def read_export(data: bytes, where: str) -> Exported:
     if meta["task"] != cfg.task:
         raise damaged(where, "metadata 'task'",
                       f"{meta['task']!r}, while its config's task is {cfg.task!r}")
-    if _json(meta, "partition", where) != partition:
+    if not Partition.agree(_json(meta, "partition", where), partition):
         raise damaged(where, "metadata 'partition'",
                       "it disagrees with the partition its config makes")
     steps = _json(meta, "steps", where)

@@ -25,6 +25,11 @@ CONFIG_FILE = "config.yaml"
 DATA_INDEX_FILE = "data_index.json"
 MAX_LISTED = 4  # differing keys whose values a refusal prints
 VOCAB_FILE = "vocab.json"  # text runs: the tokenizer, so the network is usable without data
+# what a run writes at its root (and everything under blocks/): a command's output never
+# replaces one of them
+RUN_FILES = (CONFIG_FILE, DATA_INDEX_FILE, VOCAB_FILE, "report.json", "assembly.jsonl",
+             "diagnostics.json", "curves.png", "samples.png", "confusion.json", "samples.txt",
+             "assembler_restarts.json")
 log = logging.getLogger(__name__)
 
 

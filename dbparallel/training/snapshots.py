@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from dbparallel.config import Config, identity_diff, to_dict
+from dbparallel.core.partition import Partition
 from dbparallel.errors import RunDirError
 from dbparallel.tasks import build_task
 from dbparallel.training.checkpoint import BlockCheckpoints
@@ -44,7 +45,7 @@ def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> li
         keys = identity_diff(meta["config"], to_dict(cfg))
         if keys:
             raise RunDirError(f"block {b}: trained with other values of {', '.join(keys)}")
-        if meta["partition"] != partition:
+        if not Partition.agree(meta["partition"], partition):
             raise RunDirError(f"block {b}: its noise partition {meta['partition']['ranges']} "
                               f"disagrees with {partition['ranges']}")
     return snapshots

@@ -27,7 +27,7 @@ TEXT = ["data.source=shakespeare"]
         (["train.lr=inf"], "train.lr", "finite"),
         (["train.lr=nan"], "train.lr", "finite"),
         (["train.grad_clip=inf"], "train.grad_clip", "finite"),
-        (["train.stall_timeout_s=inf"], "train.stall_timeout_s", "finite"),
+        (["runtime.placement_timeout_s=inf"], "runtime.placement_timeout_s", "finite"),
         (["train.weight_decay=nan"], "train.weight_decay", "finite"),
         (["train.weight_decay=-1"], "train.weight_decay", ">= 0"),
         (["sample.cfg_scale=inf"], "sample.cfg_scale", "finite"),
@@ -52,7 +52,9 @@ TEXT = ["data.source=shakespeare"]
         (["model.hidden=30"], "model.hidden", "not divisible by the 4 heads"),
         (["model.hidden=30", "model.heads=3"], "model.hidden", "multiple of 4"),
         (["task=vit", "model.hidden=30", "model.heads=3"], "model.hidden", "multiple of 4"),
-        (["model.hidden=1", "model.heads=1"], "model.hidden", ">= 8"),
+        (["model.hidden=1", "model.heads=1"], "model.hidden", "multiple of 4"),
+        (["train.lr=inf"], "train.lr", "finite"),
+        (["train.stall_timeout_s=-inf"], "train.stall_timeout_s", "(or inf: never)"),
         (["task=ar", *TEXT, "model.hidden=30", "model.heads=2"], "model.heads",
          "even head width"),
         # task=mdm: a last block with no masking times
@@ -139,3 +141,13 @@ def test_a_time_split_that_leaves_a_block_no_times_is_refused_for_mdm_only() -> 
         load_config([], ["task=mdm", *TEXT, "noise.t_min=0.3", "model.blocks=4"])
     load_config([], ["task=mdm", *TEXT, "noise.t_min=0.3", "model.blocks=2"])
     load_config([], ["noise.t_min=0.3"])  # dit draws sigma, not t
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.hidden=4", "model.heads=1"],  # the narrowest image width the models build
+    ["train.stall_timeout_s=inf", "train.assembly_timeout_s=inf"],  # never
+])
+def test_values_at_the_edge_still_load(overrides: list[str]) -> None:
+    from dbparallel.config import load_config
+
+    load_config([], overrides)

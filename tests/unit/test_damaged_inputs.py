@@ -166,11 +166,39 @@ def test_predict_names_the_file_of_an_image_column_of_strings(
 
 # ---------------------------------------------------------------------- runtime.address
 @pytest.fixture
-def closed_port() -> int:
-    """A local port nobody listens on: a connection to it is refused at once."""
+def closed_port(monkeypatch: pytest.MonkeyPatch) -> int:
+    """A local port nobody listens on: a connection to it is refused at once (and asked
+    again for a second only, not launch.PROBE_S)."""
+    from dbparallel.runtime import launch
+
+    monkeypatch.setattr(launch, "PROBE_S", 1.0)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_head_that_starts_listening_while_probed_is_joined(closed_port: int,
+                                                            monkeypatch) -> None:
+    """A head still starting refuses at first: the probe asks again until PROBE_S."""
+    import threading
+
+    from dbparallel.runtime import launch
+
+    monkeypatch.setattr(launch, "PROBE_S", 60.0)  # only a bound: it returns once answered
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    def start() -> None:
+        server.bind(("127.0.0.1", closed_port))
+        server.listen()
+
+    timer = threading.Timer(0.3, start)
+    timer.start()
+    try:
+        probe(f"127.0.0.1:{closed_port}", "runtime.address")  # returns: it answered
+    finally:
+        timer.join()
+        server.close()
 
 
 def test_an_address_where_no_cluster_answers_is_refused_naming_the_key(

@@ -217,3 +217,12 @@ def test_tiny_row_groups_are_warned_of_with_the_reshard_command(tmp_path, capsys
     assert capsys.readouterr().err == ""
     report_footprint(_cfg(tmp_path, data, 8, 401), parquet_index(str(data)))  # 50 < 401 / 8
     assert "row groups of a median 50 rows" in capsys.readouterr().err
+
+
+def test_each_replica_holds_the_windows_and_its_share_of_two_batches(tmp_path) -> None:
+    data = _data(tmp_path)
+    cfg = _cfg(tmp_path, data, 2)
+    index = parquet_index(str(data))
+    whole = data_footprint(index, build_task(cfg), 2, 40)
+    each = data_footprint(index, build_task(cfg), 2, 40, replicas=2)
+    assert (each.window_bytes, each.batch_rows, whole.batch_rows) == (whole.window_bytes, 40, 80)

@@ -97,9 +97,20 @@ def test_an_output_never_replaces_a_file_of_a_run(run: Path, tmp_path: Path,
              "--out", "run directory")
     _refused(capsys, ["sample", str(run), "--out", str(run / "samples.png")],
              "--out", "run directory")
+    _refused(capsys, ["export", str(run), "--out", str(next(run.rglob("manifest.json")))],
+             "--out", "run directory")
     assert (run / "config.yaml").read_bytes() == config
-    # a new file in the run directory is fine
-    assert cli.main(["export", str(run), "--out", str(run / "net.safetensors")]) == 0
+    # a file of its own in the run directory is fine, and may be written again
+    for _ in range(2):
+        assert cli.main(["export", str(run), "--out", str(run / "net.safetensors")]) == 0
+        assert cli.main(["sample", str(run), "--out", str(run / "grid.png")]) == 0
+
+
+def test_every_file_a_run_writes_at_its_root_is_known(trained: Path) -> None:
+    from dbparallel.training.run_dir import RUN_FILES
+
+    written = {p.name for p in trained.iterdir() if p.is_file()}
+    assert written and written <= set(RUN_FILES), written - set(RUN_FILES)
 
 
 @pytest.mark.parametrize("out", ["", "folder", "a_file/x.safetensors"])
