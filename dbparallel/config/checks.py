@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import fields
 from typing import Any
 
@@ -20,10 +21,18 @@ def choice(value: str, key: str, allowed: tuple[str, ...]) -> None:
     check(value in allowed, key, f"got {value!r}; allowed: {', '.join(allowed)}")
 
 
+# set while a stored config (a run directory's config.yaml, an export's) is read back: it
+# trained as it is, so values the schema now refuses only where the network could not be
+# built or trained (finite) do not stop it from loading
+STORED = ContextVar("stored", default=False)
+
+
 def finite(section: Any, prefix: str, unbounded: tuple[str, ...] = ()) -> None:
     """ConfigError naming the first float key of the dataclass ``section`` (keys
     ``prefix.name``) that is nan or +-inf; the keys named in ``unbounded`` may be +inf
-    ("never", a timeout)."""
+    ("never", a timeout). Not for a stored config (``STORED``)."""
+    if STORED.get():
+        return
     for f in fields(section):
         value = getattr(section, f.name)
         if isinstance(value, float) and not (f.name in unbounded and value == math.inf):

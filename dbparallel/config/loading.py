@@ -8,6 +8,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from dbparallel.config.checks import STORED
 from dbparallel.config.identity import upgrade
 from dbparallel.config.schema import Config
 from dbparallel.errors import ConfigError
@@ -120,7 +121,11 @@ def from_dict(data: dict[str, Any]) -> Config:
     added since it was written set as it trained: ``upgrade``)."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), upgrade(data)))
+    token = STORED.set(True)
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), upgrade(data)))
+    finally:
+        STORED.reset(token)
     assert isinstance(cfg, Config)
     return cfg
 

@@ -158,7 +158,7 @@ def _config(text: str, where: str) -> tuple[Config, dict]:
         detail = f"not valid YAML ({line}{getattr(err, 'problem', None) or err})"
     except OmegaConfBaseException as err:
         detail = f"{getattr(err, 'full_key', None) or 'config'}: {str(err).splitlines()[0]}"
-    except (ValueError, TypeError, AttributeError, KeyError) as err:  # ConfigError included
+    except ValueError as err:  # ConfigError included; a bug elsewhere is not damage
         detail = str(err)
     raise damaged(where, "metadata 'config'", detail)
 

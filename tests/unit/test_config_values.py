@@ -151,3 +151,15 @@ def test_values_at_the_edge_still_load(overrides: list[str]) -> None:
     from dbparallel.config import load_config
 
     load_config([], overrides)
+
+
+def test_a_stored_config_loads_with_a_value_the_schema_now_refuses() -> None:
+    """A run directory's config.yaml or an export's config trained as it is: a key the
+    schema now wants finite (here a placement timeout of inf) does not stop it loading."""
+    from dbparallel.config import ConfigError, from_dict, load_config, to_dict
+
+    stored = to_dict(load_config([], []))
+    stored["runtime"]["placement_timeout_s"] = float("inf")
+    assert from_dict(stored).runtime.placement_timeout_s == float("inf")
+    with pytest.raises(ConfigError, match="runtime.placement_timeout_s"):
+        load_config([], ["runtime.placement_timeout_s=inf"])  # a new run: refused
