@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from dbparallel.training.storage import Storage, damaged
+from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 Kind = Literal["state", "snapshot"]
 log = logging.getLogger(__name__)
@@ -87,9 +87,14 @@ class BlockCheckpoints:
         return listed if listed and self.load_latest(kind) is None else []
 
     def discard(self) -> list[str]:
-        """Forget every checkpoint of this block (listed files are deleted); returns them."""
-        manifest = self.manifest()
-        files = [e["file"] for kind in ("state", "snapshot") for e in manifest.get(kind, [])]
+        """Forget every checkpoint of this block (listed files are deleted; with a damaged
+        manifest, the block's checkpoint files by name); returns them."""
+        try:
+            manifest = self.manifest()
+            files = [e["file"] for kind in ("state", "snapshot") for e in manifest[kind]]
+        except DamagedFile:
+            files = [f"{self.dir}/{name}" for name in self.storage.listdir(self.dir)
+                     if name.startswith(("state_", "snapshot_")) and name.endswith(".pt")]
         self.storage.write_json(self.manifest_path, {"state": [], "snapshot": []})
         for rel in files:
             self.storage.delete(rel)

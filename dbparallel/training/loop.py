@@ -19,7 +19,7 @@ from dbparallel.training.eval.diagnostics import held_out_batch
 from dbparallel.training.history import BlockHistory, finite_or_none
 from dbparallel.training.lease import BlockLease, LeaseLost
 from dbparallel.training.replicas import Replicas
-from dbparallel.training.storage import Storage
+from dbparallel.training.storage import DamagedFile, Storage
 from dbparallel.training.stream import BlockStream
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,11 @@ class BlockRun:
             raise
 
     def _resume(self) -> int:
-        state = self.checkpoints.load_latest("state")
+        try:
+            state = self.checkpoints.load_latest("state")
+        except DamagedFile as err:  # its manifest: no checkpoint can be found
+            self._unreadable(f"{err.where} is damaged ({err.why})")
+            return 0
         if state is None:
             self._check_unreadable()
             return 0
@@ -89,14 +93,18 @@ class BlockRun:
     def _check_unreadable(self) -> None:
         """Checkpoints listed but none readable: refuse to start over silently."""
         files = self.checkpoints.unreadable("state")
-        if not files:
-            return
+        if files:
+            self._unreadable(f"none of its checkpoints can be read ({', '.join(files)}: "
+                             f"missing or corrupt)")
+
+    def _unreadable(self, why: str) -> None:
+        """Refuse to start over (train.on_unreadable=refuse), or discard the block's
+        checkpoints and train it from step 0 (restart)."""
         b = self.trainer.block
         if self.cfg.train.on_unreadable != "restart":
             raise RunDirError(
-                f"block {b}: none of its checkpoints can be read ({', '.join(files)}: missing "
-                f"or corrupt); use a new run.dir, or train.on_unreadable=restart to discard "
-                f"them and train block {b} again from step 0")
+                f"block {b}: {why}; use a new run.dir, or train.on_unreadable=restart to "
+                f"discard its checkpoints and train block {b} again from step 0")
         discarded = self.checkpoints.discard()
         log.warning("block %d: none of its checkpoints can be read; train.on_unreadable=restart "
                     "discards %s and trains it again from step 0", b, ", ".join(discarded))

@@ -111,7 +111,15 @@ class Storage:
             raise damaged(self.uri(rel), err) from None
 
 
-def damaged(where: str, why: object) -> RunDirError:
-    """The error for a run directory's file that cannot be read as what it should hold."""
-    return RunDirError(f"{where}: damaged, not readable ({why}); restore it from a copy, or "
-                       f"start the run in a new run.dir")
+class DamagedFile(RunDirError):
+    """A run directory's file that cannot be read as what it should hold."""
+
+    def __init__(self, where: str, why: object):
+        super().__init__(f"{where}: damaged, not readable ({why}); restore it from a copy, or "
+                         f"start the run in a new run.dir")
+        self.where, self.why = where, str(why)
+
+
+def damaged(where: str, why: object) -> DamagedFile:
+    """The error for a run directory's file ``where`` that cannot be read: ``why``."""
+    return DamagedFile(where, why)

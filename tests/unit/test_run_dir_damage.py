@@ -168,3 +168,24 @@ def test_a_resume_with_other_settings_says_which(run: Path, caplog) -> None:
     said = [r.getMessage() for r in caplog.records if "other settings" in r.getMessage()]
     assert len(said) == 1 and "train.lr" in said[0] and "-> 0.01" in said[0], said
     assert "lr: 0.01" in (run / "config.yaml").read_text()
+
+
+def test_a_damaged_manifest_is_refused_or_discarded_as_train_on_unreadable_says(
+        run: Path, capsys, caplog) -> None:
+    manifest = run / "blocks" / "block_0" / "manifest.json"
+    manifest.write_text("{")
+    err = _refused(capsys, ["train", "--local", TINY, f"run.dir={run}", *FAST],
+                   "block 0", "manifest.json", "train.on_unreadable=restart")
+    assert "Traceback" not in err and manifest.read_text() == "{"
+    checkpoints = sorted(p.name for p in manifest.parent.glob("*.pt"))
+    assert checkpoints  # nothing discarded on refusal
+    with caplog.at_level("WARNING"):
+        assert cli.main(["train", "--local", TINY, f"run.dir={run}", *FAST,
+                         "train.on_unreadable=restart"]) == 0
+    assert any("discards" in r.getMessage() and "state_00000002.pt" in r.getMessage()
+               for r in caplog.records)
+    # block 0 trained again from step 0: a readable manifest listing its new checkpoints
+    from dbparallel.training.checkpoint import BlockCheckpoints
+    from dbparallel.training.storage import Storage
+
+    assert BlockCheckpoints(Storage(str(run)), 0).steps("state") == [2]
