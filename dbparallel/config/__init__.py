@@ -29,6 +29,7 @@ from dbparallel.config.loading import (
     from_dict,
     load_config,
     notes,
+    stored_dict,
 )
 from dbparallel.config.schema import (
     AR_READOUTS,
@@ -61,6 +62,6 @@ __all__ = [
     "RunConfig", "RuntimeConfig", "SampleConfig", "TrainConfig", "bytes_text",
     "changed_settings", "config_hash",
     "describe", "dump_yaml", "from_dict", "identity", "identity_diff", "load_config", "notes",
-    "same_local_path",
+    "same_local_path", "stored_dict",
     "parse_bytes", "to_dict", "upgrade",
 ]

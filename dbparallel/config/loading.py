@@ -130,6 +130,27 @@ def from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+def stored_dict(text: str) -> dict[str, Any]:
+    """The config dict of YAML ``text`` a run stored (its config.yaml, an export's metadata);
+    ValueError saying what is wrong where it is none."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.create(text))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ValueError(f"not valid YAML ({line}{getattr(err, 'problem', None) or err})") \
+            from None
+    except OmegaConfBaseException as err:
+        raise ValueError(" ".join(str(err).split())) from None
+    if not isinstance(data, dict) or not data:
+        raise ValueError("not a mapping of keys (a run's config: model:, train:, ...)")
+    return data
+
+
 def dump_yaml(cfg: Config) -> str:
     """The resolved config as YAML text."""
     from omegaconf import OmegaConf

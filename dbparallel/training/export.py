@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from dbparallel.config import Config, dump_yaml, from_dict
+from dbparallel.config import Config, dump_yaml, from_dict, stored_dict
 from dbparallel.core.partition import Partition
 from dbparallel.errors import RunDirError
 
@@ -94,32 +94,32 @@ def read_export(data: bytes, where: str) -> Exported:
                           f"{meta.get('format')!r}, expected {FORMAT!r})")
     missing = [key for key in REQUIRED if key not in meta]
     if missing:
-        raise damaged(where, "metadata", f"no {', '.join(map(repr, missing))} entry")
+        raise damaged_export(where, "metadata", f"no {', '.join(map(repr, missing))} entry")
     if checksum(tensors) != meta["sha256"]:
         raise RunDirError(f"{where}: the weights do not match the file's checksum "
                           "(damaged in transit?); export the run again")
     if META_SUM in meta and meta_checksum(meta) != meta[META_SUM]:
-        raise damaged(where, "metadata", "it does not match the file's checksum (damaged "
+        raise damaged_export(where, "metadata", "it does not match the file's checksum (damaged "
                       "in transit?); export the run again")
     cfg, partition = _config(meta["config"], where)
     if meta["task"] != cfg.task:
-        raise damaged(where, "metadata 'task'",
+        raise damaged_export(where, "metadata 'task'",
                       f"{meta['task']!r}, while its config's task is {cfg.task!r}")
     if not Partition.agree(_json(meta, "partition", where), partition):
-        raise damaged(where, "metadata 'partition'",
+        raise damaged_export(where, "metadata 'partition'",
                       "it disagrees with the partition its config makes")
     steps = _json(meta, "steps", where)
     if (not isinstance(steps, list) or len(steps) != cfg.model.blocks
             or not all(type(s) is int and s >= 0 for s in steps)):
-        raise damaged(where, "metadata 'steps'", f"{meta['steps'][:80]!r} is not a list "
+        raise damaged_export(where, "metadata 'steps'", f"{meta['steps'][:80]!r} is not a list "
                       f"of {cfg.model.blocks} steps (model.blocks of its config)")
     tokenizer = _json(meta, "tokenizer", where) if "tokenizer" in meta else None
     if tokenizer is not None and not isinstance(tokenizer, dict):
-        raise damaged(where, "metadata 'tokenizer'", "not a JSON object")
+        raise damaged_export(where, "metadata 'tokenizer'", "not a JSON object")
     return Exported(cfg, _blocks(tensors, len(steps), where), steps, tokenizer)
 
 
-def damaged(where: str, part: str, detail: str) -> RunDirError:
+def damaged_export(where: str, part: str, detail: str) -> RunDirError:
     """The error for an export whose ``part`` (metadata, metadata 'steps', ...) is damaged."""
     return RunDirError(f"{where}: not a readable dbparallel export; damaged {part}: {detail}")
 
@@ -134,33 +134,23 @@ def _json(meta: dict[str, str], key: str, where: str) -> Any:
     try:
         return json.loads(meta[key])
     except json.JSONDecodeError as err:
-        raise damaged(where, f"metadata {key!r}", f"not JSON: {err}") from None
+        raise damaged_export(where, f"metadata {key!r}", f"not JSON: {err}") from None
 
 
 def _config(text: str, where: str) -> tuple[Config, dict]:
     """The config of an export's metadata and the partition it makes."""
-    import yaml
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from dbparallel.tasks import build_task
 
     try:
-        if not isinstance(yaml.safe_load(text), dict):
-            raise ValueError("not a mapping of keys")
-        raw = OmegaConf.to_container(OmegaConf.create(text))
-        assert isinstance(raw, dict)
-        cfg = from_dict(raw)
+        cfg = from_dict(stored_dict(text))
         return cfg, build_task(cfg).partition.to_json()
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        detail = f"not valid YAML ({line}{getattr(err, 'problem', None) or err})"
     except OmegaConfBaseException as err:
         detail = f"{getattr(err, 'full_key', None) or 'config'}: {str(err).splitlines()[0]}"
     except ValueError as err:  # ConfigError included; a bug elsewhere is not damage
         detail = str(err)
-    raise damaged(where, "metadata 'config'", detail)
+    raise damaged_export(where, "metadata 'config'", detail)
 
 
 def _blocks(tensors: dict[str, torch.Tensor], blocks: int,
@@ -171,12 +161,12 @@ def _blocks(tensors: dict[str, torch.Tensor], blocks: int,
         block, _, name = key.partition("/")
         b = block.removeprefix("block_")
         if not (block.startswith("block_") and b.isdigit() and int(b) < blocks and name):
-            raise damaged(where, "tensor names", f"{key!r} is not block_<b>/<name> with b "
+            raise damaged_export(where, "tensor names", f"{key!r} is not block_<b>/<name> with b "
                           f"below {blocks}, the config's model.blocks")
         weights[int(b)][name] = tensor
     empty = [b for b, state in enumerate(weights) if not state]
     if empty:
-        raise damaged(where, "tensor names", f"none for block(s) {empty}")
+        raise damaged_export(where, "tensor names", f"none for block(s) {empty}")
     return weights
 
 

@@ -9,7 +9,7 @@ import pyarrow.fs as pafs
 from dbparallel.config import Config, from_dict
 from dbparallel.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_description
 from dbparallel.errors import DataError, RunDirError, UserError
-from dbparallel.training.export import damaged, export_bytes, read_export, split_uri
+from dbparallel.training.export import damaged_export, export_bytes, read_export, split_uri
 from dbparallel.training.network import Network
 from dbparallel.training.run_dir import CONFIG_FILE, run_data, run_tokenizer, stored_config
 from dbparallel.training.snapshots import load_snapshots
@@ -89,12 +89,12 @@ def load_export(path: str, device: str | None = None) -> Network:
         tokenizer = (tokenizer_from_description(exported.tokenizer)
                      if exported.tokenizer is not None else None)
     except DataError as err:
-        raise damaged(path, "metadata 'tokenizer'", str(err)) from None
+        raise damaged_export(path, "metadata 'tokenizer'", str(err)) from None
     try:
         return Network.from_weights(exported.cfg, exported.weights, exported.steps, device,
                                     tokenizer)
     except RunDirError as err:  # a tensor that does not fit the network of the config
-        raise damaged(path, "metadata 'config'",
+        raise damaged_export(path, "metadata 'config'",
                       f"its network does not fit the tensors: {err}") from None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
@@ -14,12 +15,16 @@ from dbparallel.config import (
     identity,
     identity_diff,
     same_local_path,
+    stored_dict,
     to_dict,
 )
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tokenizer import Tokenizer
 from dbparallel.errors import DataError, RunDirError
-from dbparallel.training.storage import Storage, damaged
+from dbparallel.training.storage import DamagedFile, Storage, damaged
+
+if TYPE_CHECKING:
+    from dbparallel.training.checkpoint import BlockCheckpoints
 
 CONFIG_FILE = "config.yaml"
 DATA_INDEX_FILE = "data_index.json"
@@ -97,44 +102,37 @@ def _checkpointed_config(storage: Storage) -> dict | None:
     """The config a block's newest readable snapshot was trained with: a run directory whose
     config.yaml is missing (a partial copy) still refuses another network before it is
     written."""
-    from dbparallel.training.checkpoint import BlockCheckpoints
-
-    for name in storage.listdir("blocks"):
-        if name.startswith("block_") and name[len("block_"):].isdigit():
-            saved = BlockCheckpoints(storage, int(name[len("block_"):])).load_latest("snapshot")
-            if saved is not None:
-                return saved["meta"]["config"]
+    for checkpoints in _blocks_checkpoints(storage):
+        saved = checkpoints.load_latest("snapshot")
+        if saved is not None:
+            return saved["meta"]["config"]
     return None
 
 
 def _checkpointed(storage: Storage) -> bool:
     """Whether any block of the run in ``storage`` has a checkpoint listed."""
+    return any(m["state"] or m["snapshot"]
+               for m in (c.manifest() for c in _blocks_checkpoints(storage)))
+
+
+def _blocks_checkpoints(storage: Storage) -> list[BlockCheckpoints]:
+    """The checkpoints of every block folder of the run in ``storage``."""
     from dbparallel.training.checkpoint import BlockCheckpoints
 
-    for name in storage.listdir("blocks"):
-        if name.startswith("block_") and name[len("block_"):].isdigit():
-            manifest = BlockCheckpoints(storage, int(name[len("block_"):])).manifest()
-            if manifest["state"] or manifest["snapshot"]:
-                return True
-    return False
+    return [BlockCheckpoints(storage, int(name[len("block_"):]))
+            for name in storage.listdir("blocks")
+            if name.startswith("block_") and name[len("block_"):].isdigit()]
 
 
 def stored_config(storage: Storage) -> dict:
     """The config dict a run directory was trained with; RunDirError naming config.yaml when
     it is damaged."""
-    import yaml
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    text = storage.read_text(CONFIG_FILE)
     try:
-        data = OmegaConf.to_container(OmegaConf.create(text))
-    except (yaml.YAMLError, OmegaConfBaseException, ValueError) as err:
-        raise damaged(storage.uri(CONFIG_FILE), " ".join(str(err).split())) from None
-    if not isinstance(data, dict) or not data:
-        raise damaged(storage.uri(CONFIG_FILE), "expected the run's config, a mapping of "
-                      "sections")
-    return data
+        return stored_dict(storage.read_text(CONFIG_FILE))
+    except DamagedFile:
+        raise
+    except ValueError as err:
+        raise damaged(storage.uri(CONFIG_FILE), err) from None
 
 
 def pin_data(storage: Storage, index: DataIndex) -> None:

@@ -206,7 +206,7 @@ class BlockStream:
         del rows, ahead  # this step's rows may go once copied; the next step's are gathered
         self._gather_ahead(step + 1)
         # the windows, this step's rows (until copied) and the next step's, if gathered ahead
-        batches = 1 + (self._ahead is not None and self._ahead[0] == step + 1)
+        batches = 1 + (self._ahead is not None)  # set only for step + 1
         self.peak_bytes = max(self.peak_bytes, held + batches * size)
         return batch
 
