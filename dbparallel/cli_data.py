@@ -118,6 +118,8 @@ def _reshard(cfg: Config, out: str) -> int:
     files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
     print(f"wrote {files} to {out}; train on them with "
           f"data.source=parquet data.path={out}")
+    print(f"the rows were copied as they are, not decoded: `dbparallel data check {out}`, "
+          f"with the same data settings, checks every one")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from dbparallel.errors import UserError
@@ -115,7 +116,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UserError(f"--samples: must be >= 1, got {args.samples}")
     network = _load(args)
     for k in range(args.samples):
-        text = network.generate(args.prompt, args.max_new, args.temperature, args.seed + k)
+        text = network.generate(args.prompt, args.max_new, args.temperature, args.seed + k,
+                                progress=sys.stderr.isatty())
         if args.samples > 1:
             print(f"--- sample {k}")
         print(args.prompt + text if not args.only_new else text)
@@ -198,8 +200,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("source", metavar="RUN_DIR", help=source_help)
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new", type=int, default=None,
-                   help="tokens to generate (default: ar/looped sample.gen_len; mdm: the rest "
-                        "of a data.seq_len row)")
+                   help="tokens to generate (default: ar/looped sample.gen_len, and past "
+                        "data.seq_len in all a warning says the network reads further than it "
+                        "was trained to; mdm: the rest of a data.seq_len row, at most). A bar "
+                        "on a terminal shows the tokens (mdm: the unmasking steps)")
     g.add_argument("--temperature", type=float, default=1.0, help="0: the most likely token")
     g.add_argument("--samples", type=int, default=1)
     g.add_argument("--seed", type=int, default=0)

@@ -15,6 +15,7 @@ standard causal transformer trained with next-token cross-entropy.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -144,14 +145,15 @@ class AutoregressiveLM(TextData):
     @torch.no_grad()
     def generate(self, nets: list[ARBlock], prompt: torch.Tensor, n_new: int,
                  generator: torch.Generator, temperature: float = 1.0,
-                 usable: Usable | None = None) -> torch.Tensor:
+                 usable: Usable | None = None,
+                 on_token: Callable[[], None] = lambda: None) -> torch.Tensor:
         """(N, n_new) token ids continuing ``prompt`` (N, P >= 1), each drawn at
         ``temperature`` from the final logits; the prompt's and every generated token's keys
         and values are computed once per block and reused by every step; only ``usable`` ids
-        are drawn (``gumbel_sample``)."""
+        are drawn (``gumbel_sample``); ``on_token`` is called after each token is drawn."""
         if not self.denoiser:
             return self._generate_causal(nets[0], prompt, n_new, generator, temperature,
-                                         usable)
+                                         usable, on_token)
         sigmas = [float(s) for s in self.sigmas()]
         owners = [self.partition.owner(s) for s in sigmas]
         caches = {b: nets[b].keys_values(prompt) for b in sorted(set(owners))}
@@ -165,17 +167,20 @@ class AutoregressiveLM(TextData):
                     z = self.euler(z, logits, nets[b].E, sigma, sigmas[k + 1])
             token = gumbel_sample(logits, generator, temperature, usable)  # final logits
             out.append(token)
+            on_token()
             caches = {b: nets[b].keys_values(token, cache) for b, cache in caches.items()}
         return torch.cat(out, dim=1)
 
     def _generate_causal(self, net: ARBlock, prompt: torch.Tensor, n_new: int,
                          generator: torch.Generator, temperature: float,
-                         usable: Usable | None = None) -> torch.Tensor:
+                         usable: Usable | None = None,
+                         on_token: Callable[[], None] = lambda: None) -> torch.Tensor:
         h, cache = net.clean(prompt)
         out = []
         for _ in range(n_new):
             token = gumbel_sample(net.clean_logits(h[:, -1:]), generator, temperature,
                                   usable)  # (N, 1)
             out.append(token)
+            on_token()
             h, cache = net.clean(token, cache)
         return torch.cat(out, dim=1)

@@ -9,6 +9,7 @@ The end-to-end baseline is the same transformer with one block over the whole t 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -106,11 +107,13 @@ class MaskedDiffusionLM(TextData):
     def generate(self, nets: list[MaskedLMBlock], n: int, generator: torch.Generator,
                  device: str | torch.device = "cpu", prompt: torch.Tensor | None = None,
                  length: int | None = None, temperature: float = 1.0,
-                 usable: Usable | None = None) -> torch.Tensor:
+                 usable: Usable | None = None,
+                 on_step: Callable[[], None] = lambda: None) -> torch.Tensor:
         """(n, length) token ids (default data.seq_len) by ancestral unmasking from
-        all-[MASK] at t = 1 to t = 0; a ``prompt`` (n, P) fixes the first P tokens, which
-        stay as given (the blocks see them unmasked from the first step); only ``usable`` ids
-        are drawn (``gumbel_sample``)."""
+        all-[MASK] at t = 1 to t = 0 in sample.steps steps; a ``prompt`` (n, P) fixes the
+        first P tokens, which stay as given (the blocks see them unmasked from the first
+        step); only ``usable`` ids are drawn (``gumbel_sample``); ``on_step`` is called after
+        each unmasking step."""
         steps = self.cfg.sample.steps
         x = torch.full((n, length or self.seq_len), self.mask_id, dtype=torch.long,
                        device=device)
@@ -124,4 +127,5 @@ class MaskedDiffusionLM(TextData):
             reveal = (x == self.mask_id) & (u < (t - s) / t)
             x = torch.where(reveal, gumbel_sample(logits, generator, temperature, usable),
                             x)
+            on_step()
         return x

@@ -15,11 +15,13 @@ the assembly during and after training (training/assemble.py).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
@@ -30,8 +32,15 @@ from dbparallel.tasks import Task, build_task
 from dbparallel.training.device import choose_device
 from dbparallel.training.seeding import generator
 
+log = logging.getLogger(__name__)
+
 VERBS = {"dit": ("sample",), "vit": ("predict",),
          **{t: ("generate", "bpc", "log_likelihood") for t in ("mdm", "ar", "looped")}}
+
+
+def _bar(total: int, desc: str, unit: str, show: bool) -> tqdm:
+    """A progress bar on stderr of ``total`` ``unit``s, drawn only when ``show``."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not show, leave=False)
 
 
 def article(word: str) -> str:
@@ -155,12 +164,15 @@ class Network:
 
     @torch.no_grad()
     def generate(self, prompt: str | list[str], max_new: int | None = None,
-                 temperature: float = 1.0, seed: int = 0) -> str | list[str]:
+                 temperature: float = 1.0, seed: int = 0,
+                 progress: bool = False) -> str | list[str]:
         """The continuation of ``prompt`` (one text, or a list of texts of equal token length),
         ``max_new`` tokens drawn at ``temperature`` (0: the most likely token; the chain
         still starts from noise, so ``seed`` matters at any temperature). AR and looped
-        continue any length (default sample.gen_len); MDM fills the rest of a data.seq_len
-        row after the prompt (default), unmasking it over sample.steps steps."""
+        continue any length (default sample.gen_len; past data.seq_len tokens in all the
+        network reads further than it was trained to, and a warning says so); MDM fills the
+        rest of a data.seq_len row after the prompt (default), unmasking it over sample.steps
+        steps. ``progress`` shows a bar on stderr (tokens, or MDM's unmasking steps)."""
         self._need("generate")
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
         ids = [self._encode(t) for t in texts]
@@ -182,9 +194,11 @@ class Network:
                 raise UserError(f"max_new: an MDM row holds data.seq_len="
                                 f"{self.cfg.data.seq_len} tokens, the prompt {p.shape[1]}: "
                                 f"max_new must lie in 1..{room}, got {max_new}")
-            rows = self.task.generate(self.blocks, len(texts), g, self.device, prompt=p,
-                                      length=p.shape[1] + max_new, temperature=temperature,
-                                      usable=self.tokenizer.usable)
+            with _bar(self.cfg.sample.steps, "unmasking", "step", progress) as bar:
+                rows = self.task.generate(self.blocks, len(texts), g, self.device, prompt=p,
+                                          length=p.shape[1] + max_new,
+                                          temperature=temperature,
+                                          usable=self.tokenizer.usable, on_step=bar.update)
             new = rows[:, p.shape[1]:]
         else:
             max_new = self.cfg.sample.gen_len if max_new is None else max_new
@@ -192,8 +206,14 @@ class Network:
                 raise UserError("prompt: AR generation needs a prompt of at least one token")
             if max_new < 1:
                 raise UserError(f"max_new: must be >= 1, got {max_new}")
-            new = self.task.generate(self.blocks, p, max_new, g, temperature,
-                                     self.tokenizer.usable)
+            if p.shape[1] + max_new > self.cfg.data.seq_len:
+                log.warning("generate: the prompt's %d tokens and max_new=%d go past "
+                            "data.seq_len=%d, the longest text the network was trained on; "
+                            "tokens after that read further back than it learned to",
+                            p.shape[1], max_new, self.cfg.data.seq_len)
+            with _bar(max_new, "generating", "token", progress) as bar:
+                new = self.task.generate(self.blocks, p, max_new, g, temperature,
+                                         self.tokenizer.usable, on_token=bar.update)
         out = [self.tokenizer.decode(row) for row in new.cpu()]
         return out[0] if isinstance(prompt, str) else out
 

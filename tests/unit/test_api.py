@@ -120,6 +120,24 @@ def test_mdm_generation_fills_one_row(runs: dict[str, str]) -> None:
         net.sample([0])
 
 
+def test_generation_shows_progress_and_warns_past_the_trained_length(
+        runs: dict[str, str], capsys, caplog) -> None:
+    ar, mdm = dbparallel.load(runs["ar"]), dbparallel.load(runs["mdm"])
+    quiet = ar.generate("KING", max_new=5, seed=3)
+    assert not capsys.readouterr().err
+    assert ar.generate("KING", max_new=5, seed=3, progress=True) == quiet  # same draws
+    assert "/5 [" in capsys.readouterr().err  # a bar of 5 tokens (counted: test_text_models)
+    quiet = mdm.generate("abc", seed=0)
+    assert mdm.generate("abc", seed=0, progress=True) == quiet
+    assert f"/{mdm.cfg.sample.steps} [" in capsys.readouterr().err  # of the unmasking steps
+    seq_len = ar.cfg.data.seq_len
+    with caplog.at_level("WARNING"):
+        ar.generate("KING", max_new=seq_len - 4)  # exactly a trained row: no warning
+        assert not caplog.records
+        assert len(ar.generate("KING", max_new=seq_len - 3)) == seq_len - 3
+    assert f"go past data.seq_len={seq_len}" in caplog.text
+
+
 def test_generation_and_sample_commands_name_what_is_wrong(runs: dict[str, str], tmp_path,
                                                            capsys) -> None:
     net = dbparallel.load(runs["ar"])

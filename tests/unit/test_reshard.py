@@ -48,6 +48,7 @@ def test_one_huge_row_group_becomes_row_groups_of_shard_rows(tmp_path, monkeypat
     printed = capsys.readouterr().out
     assert "train: 750 rows in 6 row groups of at most 128 rows" in printed
     assert "test: 250 rows in 2 row groups" in printed
+    assert f"not decoded: `dbparallel data check {out}`, with the same data settings" in printed
     files = sorted(p.name for p in out.iterdir())
     assert files == ["test-00000.parquet", "train-00000.parquet", "train-00001.parquet",
                      "train-00002.parquet"]

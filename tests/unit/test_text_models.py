@@ -94,7 +94,10 @@ def test_mdm_generation_unmasks_everything_deterministically() -> None:
     nets = [task.build_block(b) for b in range(2)]
     a = task.generate(nets, 3, generator(0, "s"))
     assert a.shape == (3, 16) and int(a.max()) < task.vocab_size
-    assert torch.equal(a, task.generate(nets, 3, generator(0, "s")))
+    steps = []
+    assert torch.equal(a, task.generate(nets, 3, generator(0, "s"),
+                                        on_step=lambda: steps.append(1)))
+    assert len(steps) == 5  # one call per unmasking step (sample.steps)
 
 
 def test_ar_mask_for_three_tokens() -> None:
@@ -159,8 +162,10 @@ def test_ar_generation_and_baseline(task: str) -> None:
         for b, net in enumerate(nets):
             assert t.loss(net, {"tokens": _tokens()}, b, generator(0, "l")).shape == (4,)
         out = t.generate(nets, _tokens()[:, :4], 8, generator(0, "g"))
-        assert out.shape == (4, 8) and torch.equal(out, t.generate(nets, _tokens()[:, :4], 8,
-                                                                   generator(0, "g")))
+        drawn = []
+        assert out.shape == (4, 8) and torch.equal(out, t.generate(
+            nets, _tokens()[:, :4], 8, generator(0, "g"), on_token=lambda: drawn.append(1)))
+        assert len(drawn) == 8  # one call per token drawn
         assert set(t.bpc(nets, _tokens(), generator(0, "b"))) >= {"bpc"}
 
 
