@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from dbparallel import cli_data, cli_network
+from dbparallel import cli_data, cli_network, cli_status
 from dbparallel.cli_data import split_items
 from dbparallel.config import Config, ConfigError, describe, load_config, notes
 from dbparallel.errors import UserError
@@ -199,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
 
     cli_data.add_parsers(sub)
     cli_network.add_parsers(sub)
+    cli_status.add_parsers(sub)
     return p
 
 

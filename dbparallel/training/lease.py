@@ -9,6 +9,10 @@ trains, checks it before every checkpoint, and releases it when it stops.
   another session renewed within ``train.lease_timeout_s`` and is refused, naming the holder.
 - Ray's restart of a block's actor belongs to the same session: it takes the lease over at
   once (the generation advances), since Ray runs at most one live incarnation of an actor.
+- A lease renewed in time by a process of this machine (same host, boot and pid namespace)
+  that no longer runs, e.g. a killed ``--local`` run, is taken over at once: the rerun does
+  not wait for it to lapse. Another machine's writer cannot be asked, so its lease is
+  trusted until it lapses.
 - A fenced-off writer (a zombie left behind by a network split, still running after its
   replacement took over) sees a newer generation at its next checkpoint and stops without
   writing.
@@ -22,6 +26,7 @@ writers editing one manifest for hours.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -30,6 +35,8 @@ from typing import Any
 
 from dbparallel.errors import RunDirError
 from dbparallel.training.storage import Storage
+
+log = logging.getLogger(__name__)
 
 
 class LeaseLost(RunDirError):
@@ -44,7 +51,8 @@ class BlockLease:
         self.storage, self.block, self.session = storage, block, session
         self.timeout_s, self.clock = timeout_s, clock
         self.path = f"blocks/block_{block}/lease.json"
-        self.holder = f"{session}/{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self.holder = (f"{session}/{socket.gethostname()}/{os.getpid()}/"
+                       f"{uuid.uuid4().hex[:8]}/{process_space()}")
         self.generation = 0
 
     def read(self) -> dict[str, Any] | None:
@@ -56,7 +64,11 @@ class BlockLease:
         current = self.read()
         if current and current.get("holder") and current["session"] != self.session:
             age = self.clock() - float(current["renewed_at"])
-            if age < self.timeout_s:
+            if age < self.timeout_s and holder_alive(current["holder"]) is False:
+                log.warning("block %d: its lease was held by pid %s of this machine, which "
+                            "no longer runs (killed?); taking it over", self.block,
+                            current["holder"].split("/")[2])
+            elif age < self.timeout_s:
                 raise RunDirError(
                     f"block {self.block} is being trained by another process "
                     f"({current['holder']}, lease renewed {age:.0f} s ago); stop it first or "
@@ -104,6 +116,36 @@ class BlockLease:
         self.storage.write_json(self.path, {
             "generation": self.generation, "holder": self.holder, "session": self.session,
             "renewed_at": self.clock()})
+
+
+def process_space() -> str:
+    """Where this process's pid means something: the kernel's boot and the pid namespace
+    (containers on one host share a hostname with ``--network host``, not a pid namespace);
+    "" where the system does not say (not Linux)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}:{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def holder_alive(holder: str) -> bool | None:
+    """Whether the process that wrote lease ``holder`` (session/host/pid/nonce/space) still
+    runs, when its pid can be asked from here (the same host and ``process_space``); None
+    otherwise: another machine's or container's, or a lease written before holders named
+    their space. A pid taken over by a new process reads as alive: the safe side."""
+    parts = holder.split("/")
+    if len(parts) < 5 or parts[1] != socket.gethostname() or not parts[2].isdigit() \
+            or not parts[4] or parts[4] != process_space():
+        return None
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True
 
 
 def release_session(storage: Storage, blocks: list[int], session: str) -> None:

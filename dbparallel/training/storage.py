@@ -45,6 +45,11 @@ class Storage:
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
 
+    def modified(self, rel: str) -> float | None:
+        """Unix time ``rel`` was last written (None where the store does not say)."""
+        mtime = self.fs.get_file_info(self.path(rel)).mtime
+        return mtime.timestamp() if mtime is not None else None
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``data`` to ``rel`` atomically."""
         target = self.path(rel)

@@ -4,13 +4,18 @@ over, fences off the writer it replaced, and is released when a writer stops."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
 from dbparallel.config import DataConfig
 from dbparallel.data.sources import open_data
 from dbparallel.errors import RunDirError
-from dbparallel.training.lease import BlockLease, LeaseLost, release_session
+from dbparallel.training.lease import (BlockLease, LeaseLost, holder_alive, process_space,
+                                      release_session)
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.storage import Storage
 
@@ -40,6 +45,46 @@ def test_a_second_writer_is_refused_until_the_lease_lapses(tmp_path) -> None:
     assert second.acquire() == 2
     with pytest.raises(LeaseLost, match="generation 2, this process holds 1"):
         first.check()  # the writer it replaced is fenced off
+
+
+def _holder_process(run: str) -> subprocess.Popen:
+    """A real process that takes block 0's lease in ``run`` for session "killed", says so,
+    and then waits (to be killed without releasing it)."""
+    code = ("import sys, time; from dbparallel.training.lease import BlockLease; "
+            "from dbparallel.training.storage import Storage; "
+            f"BlockLease(Storage({run!r}), 0, 'killed', 3600.0).acquire(); "
+            "print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_lease_of_a_killed_process_of_this_machine_is_taken_at_once(tmp_path,
+                                                                      caplog) -> None:
+    storage = Storage(str(tmp_path))
+    holder = _holder_process(str(tmp_path))
+    try:
+        assert holder_alive(storage.read_json("blocks/block_0/lease.json")["holder"]) is True
+        with pytest.raises(RunDirError, match="being trained by another process"):
+            BlockLease(storage, 0, "rerun", 3600.0).acquire()  # it runs: refused
+    finally:
+        holder.kill()
+        holder.wait()
+    lease = storage.read_json("blocks/block_0/lease.json")
+    assert lease["session"] == "killed" and lease["holder"]  # never released
+    assert holder_alive(lease["holder"]) is False
+    assert BlockLease(storage, 0, "rerun", 3600.0).acquire() == 2  # not an hour later
+    assert f"held by pid {holder.pid} of this machine, which no longer runs (killed?); " \
+           "taking it over" in caplog.text
+
+
+def test_a_holder_elsewhere_cannot_be_asked() -> None:
+    here = f"{socket.gethostname()}/{os.getpid()}/0123abcd/{process_space()}"
+    assert holder_alive(f"s/{here}") is True
+    assert holder_alive(f"s/other-host/{os.getpid()}/0123abcd/{process_space()}") is None
+    other_container = f"s/{socket.gethostname()}/{os.getpid()}/0123abcd/b:pid:[1]"
+    assert holder_alive(other_container) is None  # same hostname, another pid namespace
+    assert holder_alive(f"s/{socket.gethostname()}/{os.getpid()}/0123abcd") is None  # older
 
 
 def test_a_restart_in_the_same_run_takes_over_and_fences_the_old_one(tmp_path) -> None:

@@ -1,0 +1,70 @@
+"""``dbparallel status RUN_DIR``: where a run stands, from its run directory alone
+(training/status.py), as a table or as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dbparallel.training.status import BlockStatus, RunStatus
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def _ago(seconds: float | None) -> str:
+    from dbparallel.runtime.progress import duration
+
+    return "-" if seconds is None else f"{duration(seconds)} ago"
+
+
+def _row(b: BlockStatus) -> list[str]:
+    state = b.state + (f" ({b.problem})" if b.problem else "")
+    gone = " (its process is gone)" if b.writer_alive is False else ""
+    writer = f"{b.writer}, renewed {_ago(b.lease_age_s)}{gone}" if b.writer else "-"
+    return [str(b.block), state, f"{b.logged_step or 0:,}/{b.steps:,}",
+            "-" if b.checkpoint_step is None else f"{b.checkpoint_step:,}",
+            _num(b.loss), _num(b.heldout_loss),
+            "-" if b.samples_per_s is None else f"{b.samples_per_s:,.0f}",
+            _ago(b.logged_age_s), str(b.restarts), writer]
+
+
+def render(status: RunStatus) -> str:
+    """The text ``dbparallel status`` prints."""
+    head = ["block", "state", "step", "checkpoint", "loss", "heldout", "samples/s",
+            "last line", "restarts", "writer"]
+    rows = [head, *(_row(b) for b in status.blocks)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
+    lines = [f"{status.run_dir}: {status.task}, {len(status.blocks)} blocks, "
+             f"{status.state}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    if status.assembly:
+        scores = ", ".join(f"{k} {_num(v)}" for k, v in status.assembly.items()
+                           if k not in ("step", "wall_s") and isinstance(v, (int, float)))
+        lines.append(f"latest assembly: step {status.assembly.get('step')}: {scores}")
+    lines.append(f"report.json: written {_ago(status.report_age_s)}" if status.report else
+                 "report.json: not yet (written once every block is done and assembled)")
+    lines += [f"problem: {p}" for p in status.problems]
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dbparallel.training.loading import run_config
+    from dbparallel.training.status import run_status
+    from dbparallel.training.storage import Storage
+
+    cfg = run_config(args.run_dir)
+    status = run_status(Storage(args.run_dir), cfg)
+    print(json.dumps(status.to_json(), indent=2) if args.json else render(status))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``status`` subcommand, on ``sub``."""
+    s = sub.add_parser("status", help="where a run stands: each block's state, step, loss and "
+                       "writer, and its latest assembly, read from the run directory alone "
+                       "(also while it trains, also on object storage)")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)

@@ -1,0 +1,146 @@
+"""Where a run stands, read from its run directory alone: ``dbparallel status RUN_DIR``.
+
+Nothing here needs Ray, the data or the driver: a run on a cluster (its directory in object
+storage) is read the same way as a local one, while it trains or after. Each block is
+
+- ``done``: a checkpoint of its last step (train.steps, or its train.block_steps count);
+- ``training``: its write lease was renewed within train.lease_timeout_s (the writer renews
+  it at every metrics line and checkpoint, and at least every quarter of that timeout);
+- ``stopped``: it has a checkpoint or a metrics line but no live writer (a killed or failed
+  run: the same ``train`` command resumes it from its checkpoint). A lease renewed in time
+  by a process of this machine that no longer runs counts as no writer; one of another
+  machine cannot be asked, and is trusted until it lapses;
+- ``not started``: neither.
+
+Times come from the writers' clocks (the lease's renewal, a metrics line's ``time``), so a
+machine whose clock is off shows ages off by as much. A damaged file of one block is shown on
+its row and does not stop the others from being read.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dbparallel.config import Config
+from dbparallel.errors import RunDirError
+from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
+from dbparallel.training.lease import BlockLease, holder_alive
+from dbparallel.training.storage import Storage
+
+REPORT_FILE = "report.json"
+
+
+@dataclass
+class BlockStatus:
+    """One block's row."""
+
+    block: int
+    state: str  # done | training | stopped | not started | damaged
+    steps: int  # the steps the block trains for
+    checkpoint_step: int | None = None  # its newest training state
+    logged_step: int | None = None  # its newest metrics line
+    loss: float | None = None
+    heldout_loss: float | None = None  # the newest line's that has one
+    samples_per_s: float | None = None
+    logged_age_s: float | None = None  # seconds since the newest line was written
+    writer: str = ""  # host/pid of the live lease holder
+    writer_alive: bool | None = None  # its process runs (None: on another machine)
+    lease_age_s: float | None = None  # seconds since the holder last renewed its lease
+    restarts: int = 0
+    problem: str = ""  # why the block's files could not be read
+
+
+@dataclass
+class RunStatus:
+    """A run's blocks, and its latest assembly (None until one was made)."""
+
+    run_dir: str
+    task: str
+    blocks: list[BlockStatus]
+    assembly: dict[str, Any] | None = None  # the newest assembly.jsonl line
+    report: bool = False  # report.json written: the run finished and was assembled
+    report_age_s: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        """``finished`` (every block done, report written), else the blocks' states."""
+        states = {b.state for b in self.blocks}
+        if states == {"done"} and self.report:
+            return "finished"
+        if states == {"done"}:
+            return "trained, not yet assembled"
+        return ", ".join(f"{sum(b.state == s for b in self.blocks)} {s}"
+                         for s in ("training", "stopped", "not started", "damaged", "done")
+                         if s in states)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "state": self.state}
+
+
+def _block(storage: Storage, cfg: Config, block: int, now: float) -> BlockStatus:
+    row = BlockStatus(block, "not started", cfg.train.steps_of(block))
+    try:
+        checkpoints = BlockCheckpoints(storage, block)
+        states = checkpoints.steps("state")
+        row.checkpoint_step = states[-1] if states else None
+        row.restarts = checkpoints.restarts()
+        lines = [r for r in read_lines(storage, metrics_file(block)) if isinstance(r, dict)]
+        _read_lines(row, lines, now)
+        _read_lease(row, BlockLease(storage, block, "", 0.0).read(),
+                    cfg.train.lease_timeout_s, now)
+    except (RunDirError, AttributeError, KeyError, TypeError, ValueError) as err:
+        row.state, row.problem = "damaged", " ".join(str(err).split())
+        return row
+    if row.checkpoint_step is not None and row.checkpoint_step >= row.steps:
+        row.state = "done"
+    elif row.writer and row.writer_alive is not False:
+        row.state = "training"
+    elif row.checkpoint_step is not None or lines:
+        row.state = "stopped"
+    return row
+
+
+def _read_lines(row: BlockStatus, lines: list[dict[str, Any]], now: float) -> None:
+    """The newest metrics line's step, loss and rate, and the newest held-out loss."""
+    if not lines:
+        return
+    last = lines[-1]
+    row.logged_step, row.loss = last.get("step"), last.get("loss")
+    row.samples_per_s = last.get("samples_per_s")
+    if isinstance(last.get("time"), (int, float)):
+        row.logged_age_s = max(0.0, now - last["time"])
+    held = [r["heldout_loss"] for r in lines if r.get("heldout_loss") is not None]
+    row.heldout_loss = held[-1] if held else None
+
+
+def _read_lease(row: BlockStatus, lease: dict[str, Any] | None, timeout_s: float,
+                now: float) -> None:
+    """The writer (host/pid) of a lease renewed within ``timeout_s``; none for a released
+    or lapsed one."""
+    if not lease or not lease.get("holder"):
+        return
+    age = now - float(lease.get("renewed_at", 0.0))
+    if age < timeout_s:
+        _, host, pid = (str(lease["holder"]).split("/") + ["", ""])[:3]
+        row.writer, row.lease_age_s = f"{host}/{pid}", max(0.0, age)
+        row.writer_alive = holder_alive(str(lease["holder"]))
+
+
+def run_status(storage: Storage, cfg: Config, now: float | None = None) -> RunStatus:
+    """The status of the run in ``storage``, trained with ``cfg``, at Unix time ``now``."""
+    now = time.time() if now is None else now
+    blocks = [_block(storage, cfg, b, now) for b in range(cfg.model.blocks)]
+    status = RunStatus(storage.uri(), cfg.task, blocks)
+    try:
+        assemblies = read_lines(storage, ASSEMBLY_FILE)
+        status.assembly = assemblies[-1] if assemblies else None
+    except RunDirError as err:
+        status.problems.append(" ".join(str(err).split()))
+    status.report = storage.exists(REPORT_FILE)
+    written = storage.modified(REPORT_FILE) if status.report else None
+    status.report_age_s = None if written is None else max(0.0, now - written)
+    return status

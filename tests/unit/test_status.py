@@ -1,0 +1,106 @@
+"""``dbparallel status``: each block's state read from a real run directory (a block trained
+alone with ``--block``, a live lease, a lapsed one, a damaged manifest), as a table and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dbparallel import cli
+from dbparallel.training.lease import BlockLease
+from dbparallel.training.loading import run_config
+from dbparallel.training.status import run_status
+from dbparallel.training.storage import Storage
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
+FAST = ["train.steps=4", "train.checkpoint_every=2", "train.log_every=2", "metrics.port=0"]
+
+
+@pytest.fixture(scope="module")
+def half(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-block run of which only block 0 was trained (4 steps); block 1 never started."""
+    run = tmp_path_factory.mktemp("half") / "run"
+    assert cli.main(["train", "--local", "--block", "0", TINY, f"run.dir={run}", *FAST]) == 0
+    return run
+
+
+@pytest.fixture
+def run(half: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(half, copy)
+    return copy
+
+
+def test_a_block_trained_alone_is_done_and_the_other_not_started(run: Path, capsys) -> None:
+    assert cli.main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == f"{run}: dit, 2 blocks, 1 not started, 1 done"
+    assert lines[2].split()[:4] == ["0", "done", "4/4", "4"]
+    assert lines[3].split()[:4] == ["1", "not", "started", "0/4"]
+    assert "report.json: not yet" in out
+    status = run_status(Storage(str(run)), run_config(str(run)))
+    trained = status.blocks[0]
+    history = [json.loads(line) for line in
+               (run / "blocks/block_0/metrics.jsonl").read_text().splitlines()]
+    assert trained.logged_step == 4 and trained.loss == history[-1]["loss"]
+    assert trained.heldout_loss == [r for r in history if "heldout_loss" in r][-1][
+        "heldout_loss"]
+    assert status.blocks[1].loss is None and status.blocks[1].checkpoint_step is None
+
+
+def test_a_live_lease_is_training_and_a_lapsed_one_stopped(run: Path) -> None:
+    cfg = run_config(str(run))
+    cfg.train.steps = 10  # block 0's checkpoint of step 4 is no longer its last
+    storage = Storage(str(run))
+    lease = BlockLease(storage, 0, "session-a", cfg.train.lease_timeout_s)
+    lease.acquire()
+    renewed = storage.read_json("blocks/block_0/lease.json")["renewed_at"]
+    live = run_status(storage, cfg, now=renewed + 5).blocks[0]
+    assert (live.state, live.writer) == ("training", f"{socket.gethostname()}/{os.getpid()}")
+    assert live.lease_age_s == pytest.approx(5)
+    lapsed = run_status(storage, cfg, now=renewed + cfg.train.lease_timeout_s + 1)
+    assert (lapsed.blocks[0].state, lapsed.blocks[0].writer) == ("stopped", "")
+    assert lapsed.state == "1 stopped, 1 not started"
+    lease.release()  # a writer that stopped cleanly: stopped at once
+    assert run_status(storage, cfg, now=renewed + 5).blocks[0].state == "stopped"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead = BlockLease(storage, 0, "session-b", cfg.train.lease_timeout_s)
+    dead.holder = dead.holder.replace(f"/{os.getpid()}/", f"/{ended.stdout.strip()}/")
+    dead.acquire()  # as a process of this machine that was killed since would have left it
+    gone = run_status(storage, cfg, now=renewed + 5).blocks[0]
+    assert (gone.state, gone.writer_alive) == ("stopped", False)
+    assert gone.writer == f"{socket.gethostname()}/{ended.stdout.strip()}"
+
+
+def test_a_damaged_block_is_named_and_the_others_still_read(run: Path, capsys) -> None:
+    (run / "blocks/block_0/manifest.json").write_text("{")
+    (run / "blocks/block_1").mkdir(parents=True, exist_ok=True)
+    assert cli.main(["status", str(run), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    first, second = found["blocks"]
+    assert first["state"] == "damaged" and "manifest.json" in first["problem"]
+    assert second["state"] == "not started" and second["problem"] == ""
+    assert found["state"] == "1 not started, 1 damaged" and found["report"] is False
+
+
+def test_a_finished_run_and_a_missing_one(run: Path, tmp_path: Path, capsys) -> None:
+    assert cli.main(["train", "--local", TINY, f"run.dir={run}", *FAST]) == 0  # the rest
+    capsys.readouterr()
+    assert cli.main(["status", str(run), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["state"] == "finished" and found["report"] is True
+    assert [b["checkpoint_step"] for b in found["blocks"]] == [4, 4]
+    report = json.loads((run / "report.json").read_text())["assembly"]
+    assert found["assembly"]["sample_accuracy"] == report["sample_accuracy"]
+    assert cli.main(["status", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
