@@ -2,8 +2,8 @@
 
 ``dbparallel.train(recipe, overrides={...})`` trains a run as ``dbparallel train`` does and
 returns its report; ``dbparallel.load(run_dir_or_file)`` returns a trained network with its
-task's verbs (``sample``, ``predict``, ``generate``, ``bpc``, ``log_likelihood``); see
-docs/api.md.
+task's verbs (``sample``, ``predict``, ``generate``, ``bpc``, ``log_likelihood``);
+``dbparallel.status(run_dir)`` says where a run stands; see docs/api.md.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dbparallel.training.network import Network
+    from dbparallel.training.status import RunStatus
 
 __version__ = "0.1.0"
 
@@ -99,3 +100,16 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, step: int | None 
     from dbparallel.training.loading import export_run
 
     return export_run(os.fspath(run_dir), os.fspath(out), step)
+
+
+def status(run_dir: str | os.PathLike) -> RunStatus:
+    """Where the run in ``run_dir`` (path or URI) stands, read from its files alone, as
+    ``dbparallel status`` prints it: ``.state``, ``.blocks`` (each with ``state``,
+    ``logged_step``, ``checkpoint_step``, ``loss``, ``writer``, ...), ``.assembly``,
+    ``.report``; ``.to_json()`` gives a dict."""
+    from dbparallel.training.loading import run_config
+    from dbparallel.training.status import run_status
+    from dbparallel.training.storage import Storage
+
+    path = os.fspath(run_dir)
+    return run_status(Storage(path), run_config(path))

@@ -38,7 +38,8 @@ def render(status: RunStatus) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
     lines = [f"{status.run_dir}: {status.task}, {len(status.blocks)} blocks, "
              f"{status.state}"]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+              for r in rows]
     if status.assembly:
         scores = ", ".join(f"{k} {_num(v)}" for k, v in status.assembly.items()
                            if k not in ("step", "wall_s") and isinstance(v, (int, float)))
@@ -50,12 +51,9 @@ def render(status: RunStatus) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dbparallel.training.loading import run_config
-    from dbparallel.training.status import run_status
-    from dbparallel.training.storage import Storage
+    import dbparallel
 
-    cfg = run_config(args.run_dir)
-    status = run_status(Storage(args.run_dir), cfg)
+    status = dbparallel.status(args.run_dir)
     print(json.dumps(status.to_json(), indent=2) if args.json else render(status))
     return 0
 

@@ -14,8 +14,13 @@ import pytest
 from dbparallel.config import DataConfig
 from dbparallel.data.sources import open_data
 from dbparallel.errors import RunDirError
-from dbparallel.training.lease import (BlockLease, LeaseLost, holder_alive, process_space,
-                                      release_session)
+from dbparallel.training.lease import (
+    BlockLease,
+    LeaseLost,
+    holder_alive,
+    process_space,
+    release_session,
+)
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.storage import Storage
 

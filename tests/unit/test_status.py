@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import dbparallel
 from dbparallel import cli
 from dbparallel.training.lease import BlockLease
 from dbparallel.training.loading import run_config
@@ -47,7 +48,8 @@ def test_a_block_trained_alone_is_done_and_the_other_not_started(run: Path, caps
     assert lines[2].split()[:4] == ["0", "done", "4/4", "4"]
     assert lines[3].split()[:4] == ["1", "not", "started", "0/4"]
     assert "report.json: not yet" in out
-    status = run_status(Storage(str(run)), run_config(str(run)))
+    status = dbparallel.status(run)  # the Python API: the same object the command prints
+    assert status.state == "1 not started, 1 done"
     trained = status.blocks[0]
     history = [json.loads(line) for line in
                (run / "blocks/block_0/metrics.jsonl").read_text().splitlines()]

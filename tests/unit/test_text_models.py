@@ -162,9 +162,9 @@ def test_ar_generation_and_baseline(task: str) -> None:
         for b, net in enumerate(nets):
             assert t.loss(net, {"tokens": _tokens()}, b, generator(0, "l")).shape == (4,)
         out = t.generate(nets, _tokens()[:, :4], 8, generator(0, "g"))
-        drawn = []
+        drawn: list[int] = []
         assert out.shape == (4, 8) and torch.equal(out, t.generate(
-            nets, _tokens()[:, :4], 8, generator(0, "g"), on_token=lambda: drawn.append(1)))
+            nets, _tokens()[:, :4], 8, generator(0, "g"), on_token=lambda d=drawn: d.append(1)))
         assert len(drawn) == 8  # one call per token drawn
         assert set(t.bpc(nets, _tokens(), generator(0, "b"))) >= {"bpc"}
 
