@@ -243,6 +243,9 @@ class BlockRun:
         return {
             "block": t.block,
             "steps": t.step,
+            # the step of the checkpoint this block's last process resumed from (0: from the
+            # start); a rerun, or Ray's restart of a killed block, shows where it went on
+            "resumed_from": self.resumed_from,
             "final_loss": t.final_loss,
             "last_loss": t.recent_losses[-1] if t.recent_losses else float("nan"),
             "restarts": self.checkpoints.restarts(),

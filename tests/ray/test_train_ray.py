@@ -161,6 +161,8 @@ def test_killed_block_restarts_alone_and_resumes_exactly(ray_run, tmp_path) -> N
     killed = _train(tmp_path / "killed", "debug.kill_block=1", "debug.kill_at_step=8")
     restarts = [row["restarts"] for row in killed["per_block"]]
     assert restarts == [0, 1]
+    # block 1's new actor went on from its checkpoint of step 6, not from the start
+    assert [row["resumed_from"] for row in killed["per_block"]] == [0, 6]
     assert [r["final_loss"] for r in killed["per_block"]] == \
         [r["final_loss"] for r in clean["per_block"]]
 

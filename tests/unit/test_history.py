@@ -71,7 +71,9 @@ def test_a_local_run_writes_each_blocks_history_its_assembly_and_curves(tmp_path
 def test_a_resume_with_more_steps_continues_the_history(tmp_path) -> None:
     resumed = _cfg(tmp_path / "resumed", "train.steps=8")
     run_local(resumed, progress=False, only_blocks=[0])
-    run_local(_cfg(tmp_path / "resumed", "train.steps=12"), progress=False, only_blocks=[0])
+    report = run_local(_cfg(tmp_path / "resumed", "train.steps=12"), progress=False,
+                       only_blocks=[0])
+    assert report["per_block"][0]["resumed_from"] == 8  # continued, not retrained
     straight = _cfg(tmp_path / "straight", "train.steps=12")
     run_local(straight, progress=False, only_blocks=[0])
     lines = _lines(Storage(resumed.run_dir), 0)

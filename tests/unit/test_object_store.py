@@ -52,6 +52,7 @@ def test_train_resume_and_corruption_through_s3(bucket, tmp_path, capsys) -> Non
     storage = Storage(uri)
     remote = storage.read_json("report.json")
     clean = json.loads((local / "report.json").read_text())
+    assert [r["resumed_from"] for r in remote["per_block"]] == [6, 6]  # not retrained
     assert [r["final_loss"] for r in remote["per_block"]] == \
         [r["final_loss"] for r in clean["per_block"]]
     # A torn latest checkpoint in the bucket: the previous good one is used.

@@ -37,6 +37,8 @@ def test_rerun_continues_every_block_exactly(straight, tmp_path) -> None:
     assert [r["steps"] for r in _report(run_dir)["per_block"]] == [6, 6]
     assert _train(run_dir) == 0  # same command, longer: continues from step 6
     resumed, clean = _report(run_dir), _report(straight)
+    assert [r["resumed_from"] for r in resumed["per_block"]] == [6, 6]  # not retrained
+    assert [r["resumed_from"] for r in clean["per_block"]] == [0, 0]
     assert [r["final_loss"] for r in resumed["per_block"]] == \
         [r["final_loss"] for r in clean["per_block"]]
 
