@@ -16,7 +16,7 @@ has begun is left to it unless no task was heard of for ``LOST_S`` seconds.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import ray
 from ray import ObjectRefGenerator
@@ -57,7 +57,8 @@ def cluster_units(cfg: Config, index: DataIndex) -> UnitRunner | None:
 
 
 def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S,
-              lost_after: float = LOST_S) -> UnitRunner:
+              lost_after: float = LOST_S,
+              clock: Callable[[], float] = time.monotonic) -> UnitRunner:
     """A runner for ``check_data`` that checks each unit in a Ray task of ``TASK_CPUS`` CPU,
     decoding on one thread. Each task says when a worker begins its unit. When no task has
     begun or finished a unit for ``patience`` seconds and some unit waits for a worker (the
@@ -65,7 +66,8 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S,
     waiting unit itself, and goes on so while the tasks stay silent: the pass never waits on a
     cluster that runs none of it. A unit a worker has begun is left to it, unless no task has
     been heard of for ``lost_after`` seconds (a lost node whose retry cannot be placed): then
-    the driver checks that unit too, and drops the task once it is done."""
+    the driver checks that unit too, and drops the task once it is done. ``clock`` tells
+    those seconds."""
     one = with_threads(cfg, 1)
 
     def run(units: list[Unit]) -> Iterator[int]:
@@ -76,7 +78,7 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S,
         started: set[int] = set()
         dropped: list[ObjectRefGenerator] = []
         failed: tuple[int, Exception] | None = None  # the lowest failed unit and its error
-        heard = time.monotonic()  # when a task last began or ended a unit
+        heard = clock()  # when a task last began or ended a unit
         told = False  # the driver said it checks units
 
         def fail(at: int, err: Exception) -> None:
@@ -92,12 +94,12 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S,
         try:
             while left:
                 waiting = [g for g in left if unit_of[id(g)] not in started]
-                quiet = time.monotonic() - heard
+                quiet = clock() - heard
                 timeout = max(0.0, (patience if waiting else lost_after) - quiet)
                 ready, _ = ray.wait(left, num_returns=1, timeout=timeout)
                 if ready:
                     (gen,) = ready
-                    at, heard = unit_of[id(gen)], time.monotonic()
+                    at, heard = unit_of[id(gen)], clock()
                     try:
                         rows = ray.get(next(gen))
                     except ray.exceptions.RayError as err:  # bad data, or a worker lost
@@ -111,7 +113,7 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S,
                     left.remove(gen)
                     yield rows
                     continue
-                if not waiting and time.monotonic() - heard < lost_after:
+                if not waiting and clock() - heard < lost_after:
                     continue  # units are running: wait for them
                 gen = max(waiting or left, key=lambda g: unit_of[id(g)])
                 if not told:

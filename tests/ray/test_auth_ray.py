@@ -3,6 +3,7 @@ client without the token (and admits one with it, so the refusal is about the to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,13 +16,13 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 
 SERVER = """
-import sys, time
+import sys
 from dbparallel.config import load_config
 from dbparallel.runtime.launch import connect
 import ray
 connect(load_config([sys.argv[1]], ["runtime.num_cpus=1"]))
 print(ray.get_runtime_context().gcs_address, flush=True)
-time.sleep(120)
+sys.stdin.read()  # up until the test closes it, however long the clients take
 """
 CLIENT = """
 import sys, ray
@@ -41,8 +42,8 @@ def test_a_client_without_the_token_is_refused(tmp_path) -> None:
            if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
     env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0")
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(ROOT / "jobs/tiny_cpu.yaml")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True, start_new_session=True)
+                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
         address = server.stdout.readline().strip()
         assert address, "the private instance did not start"
@@ -55,9 +56,12 @@ def test_a_client_without_the_token_is_refused(tmp_path) -> None:
         admitted = _client(address, insider)
         assert "ran 42" in admitted.stdout, admitted.stderr[-2000:]
     finally:
-        os.killpg(server.pid, 15)
+        server.stdin.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, 15)
         deadline = time.monotonic() + 30
         while server.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
         if server.poll() is None:
-            os.killpg(server.pid, 9)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, 9)

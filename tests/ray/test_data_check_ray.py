@@ -178,22 +178,47 @@ def _tasks(monkeypatch, body) -> list:
 
 def test_units_a_worker_has_begun_are_left_to_it(ray_session, tmp_path, monkeypatch,
                                                  capsys) -> None:
-    """Units far slower than the patience, all begun: the driver waits for them."""
+    """Units silent far longer than the patience, all begun: the driver waits for them.
+    The driver's clock stands still until it has heard both units begin (however long the
+    workers take to start), then jumps 10 s, twice the patience; the units end only after
+    the driver has looked at the clock again."""
+    import ray
+
     from dbparallel.runtime import data_check_ray
 
-    def slow(cfg, index, unit):
+    go = tmp_path / "go"
+
+    def held(cfg, index, unit):
         yield data_check_ray.STARTED
         rows = data_check.check_unit(cfg, index, unit)
-        time.sleep(7)  # longer than the patience
+        deadline = time.monotonic() + 300  # a hang guard, far past any start-up
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         yield rows
 
-    taken = _tasks(monkeypatch, slow)
+    heard, real_get = [], ray.get
+
+    def get(*args, **kwargs):  # counts the STARTED the driver has received
+        value = real_get(*args, **kwargs)
+        heard.extend([value] if value == data_check_ray.STARTED else [])
+        return value
+
+    start = time.monotonic()
+
+    def clock() -> float:
+        if len(heard) < 2:
+            return start  # still: the workers may take as long as they need to begin
+        go.touch()  # the driver looks at a clock 10 s on: then the units may end
+        return start + 10
+
+    monkeypatch.setattr(ray, "get", get)
+    taken = _tasks(monkeypatch, held)
     monkeypatch.setattr(data_check, "UNIT_ROWS", 1500)  # 2 units
     data = _data(tmp_path / "data")
     cfg, index = _cfg(data, tmp_path / "run"), parquet_index(str(data))
-    result = data_check.check_data(cfg, index, progress=False,
-                                   run=data_check_ray.ray_units(cfg, index, patience=5))
-    assert result.rows == 3000 and taken == []
+    result = data_check.check_data(cfg, index, progress=False, run=data_check_ray.ray_units(
+        cfg, index, patience=5, clock=clock))
+    assert result.rows == 3000 and taken == [] and go.exists()
     assert "the driver checks" not in capsys.readouterr().out
 
 

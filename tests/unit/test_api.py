@@ -48,8 +48,7 @@ def _train(task: str, run_dir: Path, *extra: str, only: list[int] | None = None)
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    base = tmp_path_factory.mktemp("runs")
-    os.environ["DBPARALLEL_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    base = tmp_path_factory.mktemp("runs")  # data caches: the session's (conftest.py)
     return {task: _train(task, base / task) for task in RECIPES}
 
 

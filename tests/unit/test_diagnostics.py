@@ -67,11 +67,25 @@ def test_vit_reports_the_accuracy_after_each_step_of_its_chain(tmp_path: Path) -
     chain = report["diagnostics"]["chain_accuracy"]
     assert [s["block"] for s in chain] == [0, 1] and chain[0]["sigma"] == 80.0
     assert all(0 <= s["accuracy"] <= 1 for s in chain)
+    # the chain again by hand (sample.label_start=zero: z starts at the prior's mean): each
+    # step's readout is scored on the same held-out rows, routed to the block owning sigma
     net = dbparallel.load(tmp_path / "vit")
-    images = torch.rand(6, 1, 8, 8) * 2 - 1
-    g1, g2 = (generator(0, "x") for _ in range(2))
-    assert torch.equal(net.task.predict(net.blocks, images, g1),
-                       net.task.predict_steps(net.blocks, images, g2)[-1][2])
+    batch = held_out_batch(net.task, run_data(net.cfg, Storage(str(tmp_path / "vit"))), "cpu")
+    images, labels = batch["image"], batch["label"]
+    sigmas = [float(s) for s in net.task.inference_sigmas()]
+    z = torch.zeros(len(images), net.task.E.shape[1])
+    by_hand = []
+    with torch.no_grad():
+        for k, sigma in enumerate(sigmas):
+            block = net.task.partition.owner(sigma)
+            _, logits = net.task.denoise(net.blocks[block], images, z,
+                                         torch.full((len(images),), sigma))
+            by_hand.append(float((logits.argmax(1) == labels).double().mean()))
+            if k + 1 < len(sigmas):  # Euler to the next sigma, towards the expected embedding
+                D = logits.softmax(1) @ net.task.table(net.blocks[block], "cpu")
+                z = z + (sigmas[k + 1] - sigma) * (z - D) / sigma
+    assert [s["accuracy"] for s in chain] == pytest.approx(by_hand)
+    assert [s["sigma"] for s in chain] == pytest.approx(sigmas)
 
 
 def test_an_end_to_end_classifier_has_no_noise_levels(tmp_path: Path) -> None:

