@@ -1,5 +1,5 @@
 """dbparallel train | baseline | plan | data check | plot | eval | sample | export | generate |
-predict: parse -> build -> run."""
+predict | status: parse -> build -> run."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dbparallel import cli_data, cli_network, cli_status
 from dbparallel.cli_data import split_items
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
 EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by SIGINT
+EXIT_TERMINATED = 143  # and by SIGTERM
 TRAINING = ("train", "baseline")  # commands whose rerun resumes the run
 
 
@@ -213,15 +216,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.config = [*args.config, *extra]
+    before = _stop_on_sigterm()
     try:
         return args.func(args)
     except BrokenPipeError:  # the reader (head, less) stopped reading: nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:  # Ctrl-C: checkpoints already written stay; a rerun resumes
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: checkpoints written stay
         resume = " (run the same command again to resume)" if args.command in TRAINING else ""
-        print(f"\ndbparallel: interrupted{resume}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        stopped = isinstance(err, Terminated)
+        print(f"\ndbparallel: {'stopped (SIGTERM)' if stopped else 'interrupted'}{resume}",
+              file=sys.stderr)
+        return EXIT_TERMINATED if stopped else EXIT_INTERRUPTED
     except (ConfigError, UserError) as err:
         print(f"dbparallel: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -230,3 +236,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dbparallel: run failed: {err}", file=sys.stderr)
         return EXIT_RUN_FAILED
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``ray job stop``, a Kubernetes pod stopping): the run
+    stops as on Ctrl-C, releasing what it holds, and a rerun resumes."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _stop_on_sigterm() -> Any:
+    """Stop on SIGTERM as on Ctrl-C (from the main thread only); returns the handler it
+    replaced (None when it replaced none)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)

@@ -31,9 +31,20 @@ class BlockActor:
     (the driver's) lets a restarted incarnation take the block's write lease over."""
 
     def __init__(self, cfg: Config, block: int, session: str):
+        self.cfg, self.block = cfg, block
+        # An error of the start (a block another process trains, a damaged run directory) is
+        # raised by the first call: Ray keeps a call's exception as its cause, where a failed
+        # creation reaches the driver only as text, and bad input must stay bad input (exit 2)
+        self.failed: Exception | None = None
+        try:
+            self._start(session)
+        except Exception as err:  # noqa: BLE001 (raised again by train)
+            self.failed = err
+
+    def _start(self, session: str) -> None:
+        cfg, block = self.cfg, self.block
         device = block_device(cfg)
         torch.set_num_threads(cfg.runtime.torch_threads)
-        self.cfg, self.block = cfg, block
         storage = Storage(cfg.run_dir)
         self.run = BlockRun(cfg, block, run_data(cfg, storage), storage, device,
                             session=session)
@@ -48,6 +59,8 @@ class BlockActor:
 
     def train(self, until: int) -> dict[str, Any]:
         """Train up to step ``until``; returns this block's progress."""
+        if self.failed is not None:
+            raise self.failed
         kill_at = faults.due(self.cfg, self.block, self.restarts)  # fault injection (debug.*)
         if kill_at is not None and self.run.trainer.step < kill_at <= until:
             self.run.train_until(kill_at, self._on_step)

@@ -65,6 +65,10 @@ class BlockUnavailable(RuntimeError):
     lost while Ray restarts the actor elsewhere: the controller asks again."""
 
 
+class BlockLost(RuntimeError):
+    """A block's process died once more than train.max_restarts allows (Ray gave it up)."""
+
+
 MAX_UNAVAILABLE = 20  # calls in a row that may find a block unreachable before the run fails
 
 
@@ -88,7 +92,8 @@ class BlockStatus:
 class Controller:
     cfg: Config
     backend: Backend
-    on_progress: Callable[[int, int, float], None] = lambda block, step, loss: None
+    # (block, step, loss, restarts so far)
+    on_progress: Callable[[int, int, float, int], None] = lambda block, step, loss, n: None
     on_start: Callable[[int], None] = lambda block: None  # a block got its slot
     on_stall: Callable[[int, bool], None] = lambda block, stalled: None
     on_assembly_failed: Callable[[str], None] = lambda message: None
@@ -201,16 +206,22 @@ class Controller:
             return  # not in flight any more: the next step submits the call again
         if isinstance(event.error, UserError):  # restarting would meet it again
             self.user_error = event.error
-            self._fail(f"block {event.block}: {event.error}")
+            said = str(event.error)  # most name their block already
+            self._fail(said if said.startswith(f"block {event.block}") else
+                       f"block {event.block}: {said}")
             return
-        if event.error is not None:
-            self._fail(f"block {event.block} failed (after up to train.max_restarts="
-                       f"{self.cfg.train.max_restarts} restarts): {event.error}")
+        if event.error is not None:  # an error of its training is not retried: it would
+            # meet it again; a lost process was restarted as often as allowed (BlockLost)
+            self._fail(f"block {event.block} failed: {event.error}")
             return
         progress = event.result
         status.unavailable = 0
         if progress["step"] > status.step:
             status.last_progress_s = self.clock()
+        if progress["restarts"] > status.restarts:
+            log.warning("block %d: its process was restarted (%d of train.max_restarts=%d) and "
+                        "went on from its latest checkpoint; now at step %d", event.block,
+                        progress["restarts"], self.cfg.train.max_restarts, progress["step"])
         status.step, status.done = progress["step"], progress["done"]
         status.loss, status.restarts = progress["loss"], progress["restarts"]
         if status.done:
@@ -219,7 +230,7 @@ class Controller:
         if status.stalled:
             status.stalled = False
             self.on_stall(event.block, False)
-        self.on_progress(event.block, status.step, status.loss)
+        self.on_progress(event.block, status.step, status.loss, status.restarts)
 
     def _check_stalls(self) -> None:
         """A block without progress for train.stall_timeout_s is reported and restarted (its

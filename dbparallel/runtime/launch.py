@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -57,7 +59,8 @@ def connect(cfg: Config) -> bool:
     address, key = cluster_address(cfg)
     if address:
         probe(address, key)
-        ray.init(address=address, logging_level="WARNING")
+        with _caller_sigterm():
+            ray.init(address=address, logging_level="WARNING")
         return True
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     _quiet_auth_notice()
@@ -75,9 +78,10 @@ def connect(cfg: Config) -> bool:
             if port:
                 kwargs["dashboard_port"] = port
             try:
-                ray.init(address="local", num_cpus=cfg.runtime.num_cpus or None,
-                         include_dashboard=replicas, logging_level="WARNING",
-                         _system_config={"metrics_report_interval_ms": 2000}, **kwargs)
+                with _caller_sigterm():
+                    ray.init(address="local", num_cpus=cfg.runtime.num_cpus or None,
+                             include_dashboard=replicas, logging_level="WARNING",
+                             _system_config={"metrics_report_interval_ms": 2000}, **kwargs)
                 return True
             except ValueError as err:
                 ray.shutdown()
@@ -85,6 +89,18 @@ def connect(cfg: Config) -> bool:
                 if "already occupied" not in str(err) or attempt == PORT_ATTEMPTS - 1:
                     raise
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _caller_sigterm() -> Iterator[None]:
+    """Keep the SIGTERM handler the caller set in Python (the CLI stops a run on it as on
+    Ctrl-C) over the one ``ray.init`` installs, which aborts the process with a crash dump."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(before) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before)
 
 
 def cluster_address(cfg: Config) -> tuple[str, str]:

@@ -58,7 +58,7 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
     device = block_device(cfg)  # before anything is written: a missing GPU is a config error
     assembly = assembly_device(cfg) if only_blocks is None else "cpu"
     torch.set_num_threads(cfg.runtime.torch_threads)
-    storage = open_run(cfg)
+    storage = open_run(cfg, blocks)
     if index is None:
         from dbparallel.data.sources import open_data
 

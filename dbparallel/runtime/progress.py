@@ -25,6 +25,7 @@ class _Seen:
     loss: float = math.nan
     reported: bool = False
     queued: bool = False
+    restarts: int = 0
     first_step: int = 0
     first_s: float = 0.0
     latest_s: float = 0.0
@@ -81,8 +82,10 @@ class BlockBars:
         self.seen[block].queued = False
         self.bars[block].set_description(f"block {block}", refresh=False)
 
-    def update(self, block: int, step: int, loss: float | None = None) -> None:
+    def update(self, block: int, step: int, loss: float | None = None,
+               restarts: int = 0) -> None:
         bar = self.bars[block]
+        self.seen[block].restarts = restarts
         bar.update(step - bar.n)
         now, seen = self.clock(), self.seen[block]
         if not seen.reported:
@@ -91,14 +94,18 @@ class BlockBars:
         if loss is not None and not math.isnan(loss):
             seen.loss = loss
         if self.tty:
-            if not math.isnan(seen.loss):
-                bar.set_postfix(loss=f"{seen.loss:.4f}", refresh=False)
+            shown = {"loss": f"{seen.loss:.4f}"} if not math.isnan(seen.loss) else {}
+            if restarts:
+                shown["restarts"] = str(restarts)
+            if shown:
+                bar.set_postfix(shown, refresh=False)
         elif now - self._last_line >= self.line_every_s:
             self._last_line = now
             print(self.line(), flush=True)
 
     def line(self) -> str:
-        """``progress: block 0 40/200 loss 0.1234 eta 1m20s | block 1 0/200 starting``."""
+        """``progress: block 0 40/200 loss 0.1234 eta 1m20s | block 1 0/200 starting``
+        (``restarts 1`` after the loss of a block whose process was restarted)."""
         parts = []
         for b, seen in self.seen.items():
             steps = self.steps[b]
@@ -109,6 +116,8 @@ class BlockBars:
                 part += " starting"
             if not math.isnan(seen.loss):
                 part += f" loss {seen.loss:.4f}"
+            if seen.restarts:
+                part += f" restarts {seen.restarts}"
             eta = seen.eta_s(steps)
             if seen.step >= steps:
                 part += " done"

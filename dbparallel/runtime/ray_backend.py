@@ -14,7 +14,7 @@ from dbparallel.config import Config
 from dbparallel.runtime.assembler_actor import AssemblerActor
 from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.block_group import BlockGroup
-from dbparallel.runtime.controller import BlockUnavailable, Event
+from dbparallel.runtime.controller import BlockLost, BlockUnavailable, Event
 
 
 def assembly_bundle(cfg: Config) -> dict[str, float]:
@@ -118,6 +118,11 @@ class RayBackend:
                 events.append(Event(kind, block, result=ray.get(ref)))
             except ray.exceptions.ActorUnavailableError as err:  # e.g. its node was lost
                 events.append(Event(kind, block, error=BlockUnavailable(str(err))))
+            except ray.exceptions.ActorDiedError as err:  # restarted as often as allowed
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                events.append(Event(kind, block, error=BlockLost(
+                    f"its process was lost after train.max_restarts="
+                    f"{self.cfg.train.max_restarts} restarts ({first})")))
             except ray.exceptions.RayError as err:
                 events.append(Event(kind, block, error=_root_cause(err)))
         return events

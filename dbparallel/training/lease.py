@@ -58,23 +58,36 @@ class BlockLease:
     def read(self) -> dict[str, Any] | None:
         return self.storage.read_json(self.path) if self.storage.exists(self.path) else None
 
+    def refuse_if_held(self, current: dict[str, Any] | None = None,
+                       taking: bool = False) -> None:
+        """RunDirError naming the holder while a writer of another session holds the lease
+        (renewed within the timeout, and not a process of this machine that is gone; when
+        ``taking`` it, a warning says whose lease is taken over)."""
+        current = self.read() if current is None else current
+        if not current or not current.get("holder") or current["session"] == self.session:
+            return
+        age = self.clock() - float(current["renewed_at"])
+        if age >= self.timeout_s:
+            return
+        if holder_alive(current["holder"]) is False:
+            if taking:
+                log.warning("block %d: its lease was held by pid %s of this machine, which no "
+                            "longer runs (killed?); taking it over", self.block,
+                            current["holder"].split("/")[2])
+            return
+        session, host, pid = (str(current["holder"]).split("/") + ["?", "?"])[:3]
+        raise RunDirError(
+            f"block {self.block} is being trained by another process (pid {pid} on {host}, "
+            f"run {session[:8]}, lease renewed {age:.0f} s ago); stop "
+            f"it first or wait train.lease_timeout_s={self.timeout_s:g} s for its lease to "
+            f"lapse (if no process writes the block any more, e.g. a killed run, delete "
+            f"{self.storage.uri(self.path)})")
+
     def acquire(self) -> int:
         """Take the lease (refused while another session's writer holds it); returns the new
         generation."""
         current = self.read()
-        if current and current.get("holder") and current["session"] != self.session:
-            age = self.clock() - float(current["renewed_at"])
-            if age < self.timeout_s and holder_alive(current["holder"]) is False:
-                log.warning("block %d: its lease was held by pid %s of this machine, which "
-                            "no longer runs (killed?); taking it over", self.block,
-                            current["holder"].split("/")[2])
-            elif age < self.timeout_s:
-                raise RunDirError(
-                    f"block {self.block} is being trained by another process "
-                    f"({current['holder']}, lease renewed {age:.0f} s ago); stop it first or "
-                    f"wait train.lease_timeout_s={self.timeout_s:g} s for its lease to lapse "
-                    f"(if no process writes the block any more, e.g. a killed run, delete "
-                    f"{self.storage.uri(self.path)})")
+        self.refuse_if_held(current, taking=True)
         if current and current["session"] == self.session and current.get("ended"):
             raise RunDirError(
                 f"block {self.block}: the run that started this process has ended (its driver "

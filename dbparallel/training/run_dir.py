@@ -38,8 +38,9 @@ RUN_FILES = (CONFIG_FILE, DATA_INDEX_FILE, VOCAB_FILE, "report.json", "assembly.
 log = logging.getLogger(__name__)
 
 
-def open_run(cfg: Config) -> Storage:
-    """Storage of ``cfg``'s run directory; refuses a directory trained with another network.
+def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
+    """Storage of ``cfg``'s run directory; refuses a directory trained with another network,
+    or one whose ``blocks`` (default: all) another live process trains, before writing.
     A ``data.path`` that spells the stored one's local path differently (``./data/x``, its
     absolute path) is set back to the stored spelling in ``cfg``: every checkpoint of the run
     carries one config hash."""
@@ -50,6 +51,7 @@ def open_run(cfg: Config) -> Storage:
         raise RunDirError(f"run.dir={cfg.run_dir}: cannot create the run directory "
                           f"({getattr(err, 'strerror', None) or err})") from None
     _refuse_other_config(storage, cfg)
+    _refuse_live_writers(storage, cfg, blocks)
     if storage.exists(CONFIG_FILE):
         before = stored_config(storage)
         stored = (before.get("data") or {}).get("path")
@@ -71,7 +73,18 @@ def check_resumable(cfg: Config, index: DataIndex) -> None:
     and ``index``, raised now, without writing anything (a run that checks its data first)."""
     storage = Storage(cfg.run_dir)
     _refuse_other_config(storage, cfg)
+    _refuse_live_writers(storage, cfg, None)
     _refuse_other_data(storage, index)
+
+
+def _refuse_live_writers(storage: Storage, cfg: Config, blocks: list[int] | None) -> None:
+    """A block another live process trains (its lease held, BlockLease.refuse_if_held) is
+    refused here, in the driver, before this run writes config.yaml or starts anything; the
+    block's own lease stays the guard against a race between two starting runs."""
+    from dbparallel.training.lease import BlockLease
+
+    for b in range(cfg.model.blocks) if blocks is None else blocks:
+        BlockLease(storage, b, "", cfg.train.lease_timeout_s).refuse_if_held()
 
 
 def _refuse_other_config(storage: Storage, cfg: Config) -> None:

@@ -32,6 +32,26 @@ def test_block_failing_past_max_restarts_fails_the_run(ray_session, tmp_path) ->
         assert survivor.load_latest("state", step)["step"] == step  # checksum-verified
 
 
+def test_a_block_actor_refused_at_its_start_is_one_line_and_exit_2(ray_session, tmp_path,
+                                                                   capsys) -> None:
+    """Bad input a block actor meets as it starts (here a damaged manifest) reaches the
+    driver as that error, as in local mode: one line naming the file, exit 2, no restart."""
+    from dbparallel.cli import main
+
+    run_dir = tmp_path / "run"
+    common = ["train", str(RECIPE), f"run.dir={run_dir}", "metrics.port=0", "train.steps=2",
+              "train.checkpoint_every=2"]
+    assert main([*common, "--local", "--block", "1"]) == 0
+    (run_dir / "blocks" / "block_1" / "manifest.json").write_text('{"state": [')
+    capsys.readouterr()
+    assert main([*common, "train.steps=4"]) == 2  # on Ray: both blocks as actors
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith(
+        f"dbparallel: error: block 1: {run_dir}/blocks/block_1/manifest.json is damaged")
+    assert "Traceback" not in err and "restarts" not in err
+    assert BlockCheckpoints(Storage(str(run_dir)), 1).restarts() == 0
+
+
 def test_an_assembler_that_cannot_be_placed_fails_before_training(ray_session, tmp_path) -> None:
     """The session's instance has 2 CPUs: an assembly actor of 2.5 CPUs never fits, even
     beside a single block (with 1.5 the blocks would train one at a time, in waves). Refused at

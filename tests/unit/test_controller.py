@@ -10,8 +10,10 @@ class FakeBackend:
     """Blocks advance to whatever step they are asked for, unless told to hang or fail."""
 
     def __init__(self, steps: int, hang: set[int] = frozenset(), fail: dict | None = None,
-                 assembly_errors: list | None = None, assembly_hangs: bool = False):
+                 assembly_errors: list | None = None, assembly_hangs: bool = False,
+                 restarted_at: dict[int, int] | None = None):
         self.steps, self.hang, self.fail = steps, set(hang), fail or {}
+        self.restarted_at = restarted_at or {}  # block -> the step from which it reports 1
         self.assembly_errors = list(assembly_errors or [])  # errors of the next assemblies
         self.assembly_hangs = assembly_hangs
         self.queue: list[Event] = []
@@ -31,8 +33,9 @@ class FakeBackend:
         if block in self.fail:
             self.queue.append(Event("train", block, error=self.fail[block]))
             return
+        restarts = int(until >= self.restarted_at.get(block, self.steps + 1))
         self.queue.append(Event("train", block, {"step": until, "done": until >= self.steps,
-                                                 "loss": 1.0 / until, "restarts": 0}))
+                                                 "loss": 1.0 / until, "restarts": restarts}))
 
     def submit_assemble(self, write_samples: bool) -> None:
         self.calls.append(("assemble", write_samples))
@@ -61,7 +64,8 @@ def _cfg(*overrides: str):
 def test_chunks_then_assembly() -> None:
     backend = FakeBackend(steps=10)
     progress: list[tuple] = []
-    controller = Controller(_cfg(), backend, on_progress=lambda b, s, loss: progress.append((b, s)))
+    controller = Controller(_cfg(), backend,
+                            on_progress=lambda b, s, loss, n: progress.append((b, s)))
     assert controller.run() == {"sample_accuracy": 0.5}
     trains = [c for c in backend.calls if c[0] == "train"]
     assert trains == [("train", 0, 4), ("train", 1, 4), ("train", 0, 8), ("train", 1, 8),
@@ -224,3 +228,16 @@ def test_block_steps_give_each_block_its_own_count() -> None:
     assert [u for b, u in trains if b == 0] == [4, 8, 10]
     assert [u for b, u in trains if b == 1] == [4, 5]  # capped at its own 5 steps
     assert backend.calls[-1] == ("assemble", True) and controller.state == State.DONE
+
+
+def test_a_restarted_block_is_said_once_and_counted_on_its_progress(caplog) -> None:
+    backend = FakeBackend(steps=10, restarted_at={1: 8})  # block 1's process came back
+    seen: list[tuple] = []
+    controller = Controller(_cfg(), backend,
+                            on_progress=lambda b, s, loss, n: seen.append((b, s, n)))
+    controller.run()
+    said = [r.getMessage() for r in caplog.records if "was restarted" in r.getMessage()]
+    assert said == ["block 1: its process was restarted (1 of train.max_restarts=3) and went "
+                    "on from its latest checkpoint; now at step 8"]
+    assert (1, 4, 0) in seen and (1, 8, 1) in seen and (1, 10, 1) in seen
+    assert all(n == 0 for b, _, n in seen if b == 0)

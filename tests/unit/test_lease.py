@@ -39,7 +39,7 @@ def test_a_second_writer_is_refused_until_the_lease_lapses(tmp_path) -> None:
     assert first.acquire() == 1
     second = BlockLease(storage, 1, "run-b", 60.0, clock)
     with pytest.raises(RunDirError, match=r"block 1 is being trained by another process "
-                                          r"\(run-a/.*lease renewed 0 s ago\)"):
+                                          r"\(pid \d+ on .*, run run-a, lease renewed 0 s ago\)"):
         second.acquire()
     clock.now += 59
     first.check()  # renewed: still held

@@ -77,3 +77,12 @@ def test_bars_take_a_count_per_block() -> None:
     line = bars.line()
     assert "block 0 10/30 loss 0.5000" in line and "block 1 10/10 loss 0.2500 done" in line
     bars.close()
+
+
+def test_a_restarted_block_shows_its_restarts() -> None:
+    bars = BlockBars(2, 200, enabled=False, line_every_s=math.inf, clock=Clock())
+    bars.update(0, 40, 0.5)
+    bars.update(1, 40, 0.25, restarts=2)
+    assert bars.line() == ("progress: block 0 40/200 loss 0.5000 | "
+                           "block 1 40/200 loss 0.2500 restarts 2")
+    bars.close()

@@ -43,6 +43,31 @@ def test_rerun_continues_every_block_exactly(straight, tmp_path) -> None:
         [r["final_loss"] for r in clean["per_block"]]
 
 
+def test_a_block_another_process_trains_is_refused_before_anything_is_written(
+        tmp_path, capsys) -> None:
+    """A second driver on a run whose block 0 a live process trains (its lease held): one
+    line naming that process, exit 2, and config.yaml not rewritten with the second driver's
+    settings; a process for another block of the run goes on."""
+    import os
+
+    from dbparallel.training.lease import BlockLease
+    from dbparallel.training.storage import Storage
+
+    run_dir = tmp_path / "run"
+    assert _train(run_dir, "train.steps=2") == 0
+    stored = (run_dir / "config.yaml").read_text()
+    lease = BlockLease(Storage(str(run_dir)), 0, "other-run", 120.0)
+    lease.acquire()  # this test's own process: live
+    capsys.readouterr()
+    assert _train(run_dir, "train.steps=2", "train.lr=0.002") == 2
+    err = capsys.readouterr().err
+    assert f"block 0 is being trained by another process (pid {os.getpid()} on " in err
+    assert "Traceback" not in err and (run_dir / "config.yaml").read_text() == stored
+    assert main(["train", TINY, "--local", "--block", "1", f"run.dir={run_dir}",
+                 "metrics.port=0", "train.steps=4"]) == 0
+    lease.release()
+
+
 def test_changed_network_is_refused_naming_keys(straight, tmp_path, capsys) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(straight, run_dir)
@@ -196,7 +221,12 @@ def test_an_unusable_cache_folder_is_named(tmp_path, capsys, monkeypatch) -> Non
     assert f"DBPARALLEL_CACHE={in_the_way / 'cache'}: cannot be created" in err
 
 
-def test_ctrl_c_stops_a_local_run_in_one_line_keeping_its_checkpoints(tmp_path) -> None:
+@pytest.mark.parametrize(("signame", "code", "said"), [
+    ("SIGINT", 130, "interrupted"),  # Ctrl-C
+    ("SIGTERM", 143, "stopped (SIGTERM)"),  # kill, timeout, ray job stop, a pod stopping
+])
+def test_ctrl_c_stops_a_local_run_in_one_line_keeping_its_checkpoints(
+        tmp_path, signame: str, code: int, said: str) -> None:
     import os
     import signal
     import subprocess
@@ -218,15 +248,17 @@ def test_ctrl_c_stops_a_local_run_in_one_line_keeping_its_checkpoints(tmp_path) 
         while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert manifest.exists(), proc.poll()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, signame))
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert err.strip().splitlines()[-1] == \
-        "dbparallel: interrupted (run the same command again to resume)"
+        f"dbparallel: {said} (run the same command again to resume)"
     assert "Traceback" not in err
     assert json.loads(manifest.read_text())["state"]  # the checkpoints written stay
+    lease = json.loads((run_dir / "blocks" / "block_0" / "lease.json").read_text())
+    assert lease["holder"] == ""  # released: the next writer goes on at once
 
 
 def test_a_relative_data_path_resumes_however_spelled_and_is_named_elsewhere(
