@@ -63,9 +63,11 @@ class Storage:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, target)
-            except BaseException:  # a failed write leaves no temp file behind
+            except BaseException as err:  # a failed write leaves no temp file behind
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+                if isinstance(err, OSError) and not err.filename:
+                    err.filename = target  # a full disk, say, names no file of its own
                 raise
             dir_fd = os.open(parent, os.O_RDONLY)
             try:

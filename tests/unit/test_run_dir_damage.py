@@ -133,6 +133,23 @@ def test_a_failed_write_leaves_no_temp_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
 
 
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path: Path, monkeypatch) -> None:
+    """A full disk (which this test cannot fill: the fsync that reports it stands in) says
+    which file of the run it met, and leaves no temp file."""
+    import errno
+    import os
+
+    from dbparallel.training import storage as storage_module
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(storage_module.os, "fsync", full)
+    with pytest.raises(OSError, match=r"No space left on device: '.*/blocks/block_1/x\.pt'"):
+        Storage(str(tmp_path)).write_bytes("blocks/block_1/x.pt", b"x" * 1000)
+    assert list((tmp_path / "blocks" / "block_1").iterdir()) == []
+
+
 def test_predict_batch_must_be_positive(trained: Path, capsys) -> None:
     _refused(capsys, ["predict", str(trained), "x.png", "--batch", "0"], "--batch")
     _refused(capsys, ["predict", str(trained), "x.png", "--batch", "-1"], "--batch")
