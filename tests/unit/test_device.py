@@ -86,8 +86,10 @@ def test_actors_refuse_a_missing_gpu(tiny_cfg) -> None:
     from dbparallel.runtime.block_actor import BlockActor
 
     tiny_cfg.runtime.gpus_per_block = 1
+    actor = BlockActor(tiny_cfg, 0, "session")  # its start's error is raised by its first call
+    assert isinstance(actor.failed, UserError)
     with pytest.raises(UserError, match=r"runtime\.gpus_per_block"):
-        BlockActor(tiny_cfg, 0, "session")
+        actor.train(1)
     tiny_cfg.runtime.assembly_gpus = 1
     with pytest.raises(UserError, match=r"runtime\.assembly_gpus"):
         AssemblerActor(tiny_cfg)
