@@ -52,6 +52,42 @@ def test_a_block_actor_refused_at_its_start_is_one_line_and_exit_2(ray_session, 
     assert BlockCheckpoints(Storage(str(run_dir)), 1).restarts() == 0
 
 
+def test_sigterm_stops_a_ray_run_as_ctrl_c_does(tmp_path) -> None:
+    """``kill``, ``ray job stop`` and a stopping pod send the driver SIGTERM, for which
+    ray.init installs a handler that aborts with a crash dump: the run stops as on Ctrl-C,
+    in one line, exit 143, its leases released. A driver of its own private instance."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dbparallel", "train", str(RECIPE), f"run.dir={run_dir}",
+         "metrics.port=0", "train.steps=100000", "train.checkpoint_every=2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        manifest = run_dir / "blocks" / "block_0" / "manifest.json"
+        deadline = time.monotonic() + 300  # a hang guard only
+        while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert manifest.exists(), proc.poll()
+        proc.send_signal(signal.SIGTERM)  # the driver alone, as kill sends it
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == \
+        "dbparallel: stopped (SIGTERM) (run the same command again to resume)"
+    assert "SIGTERM received" not in err and "Traceback" not in err
+    for b in (0, 1):
+        lease = json.loads((run_dir / "blocks" / f"block_{b}" / "lease.json").read_text())
+        assert lease["holder"] == "" and lease["ended"]
+
+
 def test_an_assembler_that_cannot_be_placed_fails_before_training(ray_session, tmp_path) -> None:
     """The session's instance has 2 CPUs: an assembly actor of 2.5 CPUs never fits, even
     beside a single block (with 1.5 the blocks would train one at a time, in waves). Refused at
