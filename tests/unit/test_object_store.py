@@ -55,6 +55,12 @@ def test_train_resume_and_corruption_through_s3(bucket, tmp_path, capsys) -> Non
     assert [r["resumed_from"] for r in remote["per_block"]] == [6, 6]  # not retrained
     assert [r["final_loss"] for r in remote["per_block"]] == \
         [r["final_loss"] for r in clean["per_block"]]
+    capsys.readouterr()
+    assert main(["status", uri, "--json"]) == 0  # read from the bucket alone
+    status = json.loads(capsys.readouterr().out)
+    assert status["state"] == "finished" and status["report_age_s"] is not None
+    assert [b["checkpoint_step"] for b in status["blocks"]] == \
+        [r["steps"] for r in remote["per_block"]]
     # A torn latest checkpoint in the bucket: the previous good one is used.
     ckpt = BlockCheckpoints(storage, 0)
     latest = ckpt.manifest()["state"][-1]["file"]
