@@ -78,7 +78,8 @@ class BlockStatus:
     done: bool = False
     in_flight: bool = False
     loss: float = math.nan
-    restarts: int = 0
+    restarts: int = 0  # of the run directory's lifetime, as the block reports them
+    restarts_before: int | None = None  # those of earlier runs: its first report's count
     last_progress_s: float = 0.0
     stalled: bool = False
     stall_restarts: int = 0
@@ -92,7 +93,7 @@ class BlockStatus:
 class Controller:
     cfg: Config
     backend: Backend
-    # (block, step, loss, restarts so far)
+    # (block, step, loss, restarts of the run directory's lifetime, as report.json counts)
     on_progress: Callable[[int, int, float, int], None] = lambda block, step, loss, n: None
     on_start: Callable[[int], None] = lambda block: None  # a block got its slot
     on_stall: Callable[[int, bool], None] = lambda block, stalled: None
@@ -218,10 +219,13 @@ class Controller:
         status.unavailable = 0
         if progress["step"] > status.step:
             status.last_progress_s = self.clock()
-        if progress["restarts"] > status.restarts:
-            log.warning("block %d: its process was restarted (%d of train.max_restarts=%d) and "
-                        "went on from its latest checkpoint; now at step %d", event.block,
-                        progress["restarts"], self.cfg.train.max_restarts, progress["step"])
+        if status.restarts_before is None:  # a rerun's blocks report earlier runs' too
+            status.restarts_before = progress["restarts"]
+        elif progress["restarts"] > status.restarts:
+            log.warning("block %d: its process was restarted (%d of train.max_restarts=%d in "
+                        "this run) and went on from its latest checkpoint; now at step %d",
+                        event.block, progress["restarts"] - status.restarts_before,
+                        self.cfg.train.max_restarts, progress["step"])
         status.step, status.done = progress["step"], progress["done"]
         status.loss, status.restarts = progress["loss"], progress["restarts"]
         if status.done:

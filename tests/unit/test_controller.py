@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dbparallel.config import load_config
 from dbparallel.runtime.controller import Controller, Event, RunFailed, State
 
@@ -11,9 +13,10 @@ class FakeBackend:
 
     def __init__(self, steps: int, hang: set[int] = frozenset(), fail: dict | None = None,
                  assembly_errors: list | None = None, assembly_hangs: bool = False,
-                 restarted_at: dict[int, int] | None = None):
+                 restarted_at: dict[int, int] | None = None, restarts_before: int = 0):
         self.steps, self.hang, self.fail = steps, set(hang), fail or {}
         self.restarted_at = restarted_at or {}  # block -> the step from which it reports 1
+        self.restarts_before = restarts_before  # every block's restarts in earlier runs
         self.assembly_errors = list(assembly_errors or [])  # errors of the next assemblies
         self.assembly_hangs = assembly_hangs
         self.queue: list[Event] = []
@@ -33,7 +36,8 @@ class FakeBackend:
         if block in self.fail:
             self.queue.append(Event("train", block, error=self.fail[block]))
             return
-        restarts = int(until >= self.restarted_at.get(block, self.steps + 1))
+        restarts = self.restarts_before + int(until >= self.restarted_at.get(block,
+                                                                               self.steps + 1))
         self.queue.append(Event("train", block, {"step": until, "done": until >= self.steps,
                                                  "loss": 1.0 / until, "restarts": restarts}))
 
@@ -230,14 +234,21 @@ def test_block_steps_give_each_block_its_own_count() -> None:
     assert backend.calls[-1] == ("assemble", True) and controller.state == State.DONE
 
 
-def test_a_restarted_block_is_said_once_and_counted_on_its_progress(caplog) -> None:
-    backend = FakeBackend(steps=10, restarted_at={1: 8})  # block 1's process came back
+@pytest.mark.parametrize("before", [0, 2])  # a fresh run; a rerun after two restarts
+def test_a_restarted_block_is_said_once_and_counted_on_its_progress(caplog,
+                                                                    before: int) -> None:
+    backend = FakeBackend(steps=10, restarted_at={1: 8}, restarts_before=before)
     seen: list[tuple] = []
     controller = Controller(_cfg(), backend,
                             on_progress=lambda b, s, loss, n: seen.append((b, s, n)))
     controller.run()
     said = [r.getMessage() for r in caplog.records if "was restarted" in r.getMessage()]
-    assert said == ["block 1: its process was restarted (1 of train.max_restarts=3) and went "
-                    "on from its latest checkpoint; now at step 8"]
-    assert (1, 4, 0) in seen and (1, 8, 1) in seen and (1, 10, 1) in seen
-    assert all(n == 0 for b, _, n in seen if b == 0)
+    assert said == ["block 1: its process was restarted (1 of train.max_restarts=3 in this "
+                    "run) and went on from its latest checkpoint; now at step 8"]
+    assert (1, 4, before) in seen and (1, 8, before + 1) in seen
+    assert all(n == before for b, _, n in seen if b == 0)  # restarted in earlier runs only
+
+
+def test_a_rerun_of_blocks_restarted_before_says_nothing_of_it(caplog) -> None:
+    Controller(_cfg(), FakeBackend(steps=10, restarts_before=1)).run()
+    assert "was restarted" not in caplog.text
