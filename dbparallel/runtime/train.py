@@ -15,6 +15,7 @@ from dbparallel.errors import UserError
 from dbparallel.tasks import build_task
 from dbparallel.training.data_check import check_here
 from dbparallel.training.data_memory import report_footprint
+from dbparallel.training.run_dir import check_resumable
 
 
 def train_run(cfg: Config, only_blocks: list[int] | None = None,
@@ -39,6 +40,7 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
 
         report_footprint(cfg, index)  # its warnings (tiny row groups) before the long pass
         if cfg.data.validate:
+            check_resumable(cfg, index, only_blocks)  # refusals before the long pass
             check_here(cfg, index)
         return run_local(cfg, index, progress=progress, only_blocks=only_blocks)
     from dbparallel.runtime.launch import run_ray

@@ -68,12 +68,13 @@ def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
     return storage
 
 
-def check_resumable(cfg: Config, index: DataIndex) -> None:
-    """The RunDirError ``open_run`` or ``pin_data`` would raise for ``cfg``'s run directory
-    and ``index``, raised now, without writing anything (a run that checks its data first)."""
+def check_resumable(cfg: Config, index: DataIndex, blocks: list[int] | None = None) -> None:
+    """The RunDirError ``open_run`` or ``pin_data`` would raise for ``cfg``'s run directory,
+    ``index`` and ``blocks`` (default: all), raised now, without writing anything (a run that
+    checks its data first)."""
     storage = Storage(cfg.run_dir)
     _refuse_other_config(storage, cfg)
-    _refuse_live_writers(storage, cfg, None)
+    _refuse_live_writers(storage, cfg, blocks)
     _refuse_other_data(storage, index)
 
 
