@@ -17,6 +17,7 @@ import ray
 import torch
 
 from dbparallel.config import Config
+from dbparallel.errors import DataUnreachable
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder
 from dbparallel.training.block_trainer import StepStats
@@ -36,8 +37,13 @@ class BlockActor:
         # raised by the first call: Ray keeps a call's exception as its cause, where a failed
         # creation reaches the driver only as text, and bad input must stay bad input (exit 2)
         self.failed: Exception | None = None
+        self.session = session
+        self._try_start()
+
+    def _try_start(self) -> None:
         try:
-            self._start(session)
+            self._start(self.session)
+            self.failed = None
         except Exception as err:  # noqa: BLE001 (raised again by train)
             self.failed = err
 
@@ -59,6 +65,8 @@ class BlockActor:
 
     def train(self, until: int) -> dict[str, Any]:
         """Train up to step ``until``; returns this block's progress."""
+        if isinstance(self.failed, DataUnreachable):  # passing: the driver asks again
+            self._try_start()
         if self.failed is not None:
             raise self.failed
         kill_at = faults.due(self.cfg, self.block, self.restarts)  # fault injection (debug.*)

@@ -80,6 +80,38 @@ def test_local_run_refuses_before_writing_anything(tiny_cfg, tmp_path) -> None:
 
 
 @no_cuda
+def test_a_block_actor_starts_again_when_its_data_was_unreachable(tiny_cfg,
+                                                                    monkeypatch) -> None:
+    """A start that met unreachable data (which may pass) is tried again at the next call,
+    which the driver makes for such errors; bad input is not (it would meet it again)."""
+    from dbparallel.errors import DataUnreachable, RunDirError
+    from dbparallel.runtime.block_actor import BlockActor
+
+    outcomes = [DataUnreachable("s3: throttled"), None]
+
+    class Run:  # stands in for the block's BlockRun: what a start makes
+        def train_until(self, until: int, on_step=None) -> None:
+            self.until = until
+
+    def start(self, session: str) -> None:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        self.run, self.restarts = Run(), 0
+
+    monkeypatch.setattr(BlockActor, "_start", start)
+    monkeypatch.setattr(BlockActor, "progress", lambda self: {"until": self.run.until})
+    actor = BlockActor(tiny_cfg, 0, "session")
+    assert isinstance(actor.failed, DataUnreachable)
+    assert actor.train(3) == {"until": 3}  # started at this call, then trained
+    assert actor.failed is None and not outcomes
+    outcomes[:] = [RunDirError("damaged"), None]
+    refused = BlockActor(tiny_cfg, 0, "session")
+    with pytest.raises(RunDirError, match="damaged"):
+        refused.train(1)
+    assert outcomes == [None]  # not started again
+
+
 def test_actors_refuse_a_missing_gpu(tiny_cfg) -> None:
     # the actor classes are plain classes until launch.py applies ray.remote
     from dbparallel.runtime.assembler_actor import AssemblerActor
