@@ -43,7 +43,9 @@ def render(status: RunStatus) -> str:
     if status.assembly:
         scores = ", ".join(f"{k} {_num(v)}" for k, v in status.assembly.items()
                            if k not in ("step", "wall_s") and isinstance(v, (int, float)))
-        lines.append(f"latest assembly: step {status.assembly.get('step')}: {scores}")
+        step = status.assembly.get("step")
+        at = f" (step {step:,})" if isinstance(step, int) else ""
+        lines.append(f"latest assembly{at}: {scores}")
     lines.append(f"report.json: written {_ago(status.report_age_s)}" if status.report else
                  "report.json: not yet (written once every block is done and assembled)")
     lines += [f"problem: {p}" for p in status.problems]

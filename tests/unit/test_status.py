@@ -104,5 +104,10 @@ def test_a_finished_run_and_a_missing_one(run: Path, tmp_path: Path, capsys) -> 
     assert [b["checkpoint_step"] for b in found["blocks"]] == [4, 4]
     report = json.loads((run / "report.json").read_text())["assembly"]
     assert found["assembly"]["sample_accuracy"] == report["sample_accuracy"]
+    assert cli.main(["status", str(run)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0] == f"{run}: dit, 2 blocks, finished"
+    assert shown[-2].startswith("latest assembly (step 4): sample_accuracy ")
+    assert shown[-1].startswith("report.json: written ")
     assert cli.main(["status", str(tmp_path / "nothing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
