@@ -73,9 +73,9 @@ class BlockLease:
             if taking:
                 log.warning("block %d: its lease was held by pid %s of this machine, which no "
                             "longer runs (killed?); taking it over", self.block,
-                            current["holder"].split("/")[2])
+                            holder_parts(current["holder"])[2])
             return
-        session, host, pid = (str(current["holder"]).split("/") + ["?", "?"])[:3]
+        session, host, pid = holder_parts(current["holder"])
         raise RunDirError(
             f"block {self.block} is being trained by another process (pid {pid} on {host}, "
             f"run {session[:8]}, lease renewed {age:.0f} s ago); stop "
@@ -141,6 +141,12 @@ def process_space() -> str:
         return f"{boot}:{os.readlink('/proc/self/ns/pid')}"
     except OSError:
         return ""
+
+
+def holder_parts(holder: str) -> tuple[str, str, str]:
+    """(session, host, pid) of a lease holder (session/host/pid/nonce/space); "?" for parts
+    a damaged holder lacks."""
+    return tuple((str(holder).split("/") + ["?", "?", "?"])[:3])  # type: ignore[return-value]
 
 
 def holder_alive(holder: str) -> bool | None:

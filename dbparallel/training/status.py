@@ -27,7 +27,7 @@ from dbparallel.config import Config
 from dbparallel.errors import RunDirError
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
-from dbparallel.training.lease import BlockLease, holder_alive
+from dbparallel.training.lease import BlockLease, holder_alive, holder_parts
 from dbparallel.training.storage import Storage
 
 REPORT_FILE = "report.json"
@@ -125,7 +125,7 @@ def _read_lease(row: BlockStatus, lease: dict[str, Any] | None, timeout_s: float
         return
     age = now - float(lease.get("renewed_at", 0.0))
     if age < timeout_s:
-        _, host, pid = (str(lease["holder"]).split("/") + ["", ""])[:3]
+        _, host, pid = holder_parts(lease["holder"])
         row.writer, row.lease_age_s = f"{host}/{pid}", max(0.0, age)
         row.writer_alive = holder_alive(str(lease["holder"]))
 
