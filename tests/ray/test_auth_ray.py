@@ -48,11 +48,13 @@ def test_a_client_without_the_token_is_refused(tmp_path) -> None:
         address = server.stdout.readline().strip()
         assert address, "the private instance did not start"
         token = (home / ".ray" / "auth_token").read_text().strip()
-        outsider = {**env, "HOME": str(tmp_path / "elsewhere"), "RAY_AUTH_MODE": "disabled"}
-        refused = _client(address, outsider)
+        # Both clients give up after 5 tries (about 5 s, not Ray's 20): they differ only in
+        # the token.
+        elsewhere = {**env, "HOME": str(tmp_path / "elsewhere"),
+                     "RAY_gcs_server_port_wait_time_s": "5"}
+        refused = _client(address, {**elsewhere, "RAY_AUTH_MODE": "disabled"})
         assert refused.returncode != 0 and "ran 42" not in refused.stdout
-        insider = {**env, "HOME": str(tmp_path / "elsewhere"), "RAY_AUTH_MODE": "token",
-                   "RAY_AUTH_TOKEN": token}
+        insider = {**elsewhere, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
         admitted = _client(address, insider)
         assert "ran 42" in admitted.stdout, admitted.stderr[-2000:]
     finally:

@@ -70,8 +70,8 @@ def head(tmp_path_factory):
         yield ray, address, env
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
+        try:  # a throwaway head: a few seconds to stop, then killed
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)

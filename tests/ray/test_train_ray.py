@@ -97,12 +97,13 @@ def test_same_result_in_ray_twice_and_locally(ray_run, tmp_path) -> None:
 def test_more_blocks_than_slots_train_in_waves_to_the_same_weights(ray_session,
                                                                    tmp_path) -> None:
     """B=4 with room for 2 at a time: blocks 2 and 3 start when 0 and 1 finish, and every
-    block ends with the weights of B=4 trained at once."""
+    block ends with the weights of B=4 trained without Ray (which the test above shows equal
+    to B blocks trained at once on Ray)."""
     four = ["model.blocks=4", "model.depth=4", "train.steps=6", "train.checkpoint_every=6",
             "runtime.cpus_per_block=0.25"]
     waves = _train(tmp_path / "waves", *four, "runtime.max_concurrent_blocks=2")
-    at_once = _train(tmp_path / "at_once", *four)
-    assert waves["concurrent_blocks"] == 2 and at_once["concurrent_blocks"] == 4
+    at_once = _train(tmp_path / "at_once", *four, local=True)
+    assert waves["concurrent_blocks"] == 2
     rows = waves["per_block"]
     assert [row["slot"] for row in rows] == [0, 1, 0, 1] or [row["slot"] for row in rows] == \
         [0, 1, 1, 0]
