@@ -7,14 +7,13 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dbparallel import cli_data, cli_network, cli_status
 from dbparallel.cli_data import split_items
+from dbparallel.cli_stop import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, stop_signals
 from dbparallel.config import Config, ConfigError, describe, load_config, notes
 from dbparallel.errors import UserError
 
@@ -23,8 +22,6 @@ if TYPE_CHECKING:
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
-EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by SIGINT
-EXIT_TERMINATED = 143  # and by SIGTERM
 TRAINING = ("train", "baseline")  # commands whose rerun resumes the run
 
 
@@ -216,7 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.config = [*args.config, *extra]
-    before = _stop_on_sigterm()
+    with stop_signals():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except BrokenPipeError:  # the reader (head, less) stopped reading: nothing more to say
@@ -236,23 +237,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"dbparallel: run failed: {err}", file=sys.stderr)
         return EXIT_RUN_FAILED
-    finally:
-        if before is not None:
-            signal.signal(signal.SIGTERM, before)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, ``ray job stop``, a Kubernetes pod stopping): the run
-    stops as on Ctrl-C, releasing what it holds, and a rerun resumes."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated()
-
-
-def _stop_on_sigterm() -> Any:
-    """Stop on SIGTERM as on Ctrl-C (from the main thread only); returns the handler it
-    replaced (None when it replaced none)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _on_sigterm)

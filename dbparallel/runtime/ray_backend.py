@@ -142,6 +142,8 @@ class RayBackend:
         return [row for _, row in sorted({**self.finished, **running}.items())]
 
     def close(self) -> None:
+        for ref in self.pending:  # cancelled first: killed with its call pending, an actor's
+            ray.cancel(ref)  # call would be retried (and said so) as if its process were lost
         for group in self.groups.values():
             group.stop()
         for actor in [*self.actors.values(), self.assembler]:

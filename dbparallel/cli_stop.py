@@ -1,0 +1,65 @@
+"""How the CLI stops on Ctrl-C (SIGINT) and SIGTERM (``kill``, ``timeout``, ``ray job stop``,
+a Kubernetes pod stopping): the first signal stops the run where it is, as KeyboardInterrupt,
+and the run's own cleanup (the blocks' write leases released, Ray's actors and instance
+stopped) then goes on undisturbed. A second signal during that cleanup says what is under way
+instead of cutting it short (which left a run's processes to Ray's own exit); a third quits at
+once, without the cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+EXIT_INTERRUPTED = 130  # as a shell reports a process stopped by SIGINT
+EXIT_TERMINATED = 143  # and by SIGTERM
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the run stops as on Ctrl-C, releasing what it holds, and a rerun resumes."""
+
+
+class StopSignals:
+    """The handler of SIGINT and SIGTERM for one command: counts the signals it is sent."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.count += 1
+        if self.count == 1:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if self.count == 2:
+            print("\ndbparallel: stopping: releasing the blocks' write leases and stopping "
+                  "Ray's processes (a few seconds); press Ctrl-C again to quit at once",
+                  file=sys.stderr, flush=True)
+            return
+        os.write(2, b"\ndbparallel: quit without cleaning up (a rerun on this machine takes "
+                    b"over the blocks' leases of a process that no longer runs)\n")
+        os._exit(EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[StopSignals | None]:
+    """Install StopSignals on SIGINT and SIGTERM for the command's duration (from the main
+    thread only; elsewhere nothing changes and None is yielded), then put back the handlers
+    it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    handler = StopSignals()
+    # A SIGINT ignored from the start stays ignored: a shell starts a background job (`cmd &`)
+    # that way, so that a Ctrl-C meant for the foreground leaves it running.
+    before: dict[int, Any] = {
+        s: signal.signal(s, handler) for s in SIGNALS
+        if not (s == signal.SIGINT and signal.getsignal(s) == signal.SIG_IGN)}
+    try:
+        yield handler
+    finally:
+        for s, previous in before.items():
+            signal.signal(s, previous if previous is not None else signal.SIG_DFL)

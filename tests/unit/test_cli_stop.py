@@ -1,0 +1,79 @@
+"""Ctrl-C and SIGTERM: the first stops the command where it is, a second during its cleanup
+is told what is under way and lets the cleanup finish, a third quits at once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+# A command whose work is stopped by its first signal and whose cleanup is sent the rest:
+# the signals come from the process itself, so when each arrives does not depend on timing.
+SCRIPT = """
+import os, signal, sys, time
+from dbparallel import cli
+
+signame, more = sys.argv[1], int(sys.argv[2])
+
+def work(args):
+    try:
+        os.kill(os.getpid(), getattr(signal, signame))
+        time.sleep(60)
+        print("not stopped", flush=True)
+    finally:
+        for _ in range(more):
+            os.kill(os.getpid(), getattr(signal, signame))
+            time.sleep(0.2)
+        print("cleanup finished", flush=True)
+
+cli.cmd_plot = work
+sys.exit(cli.main(["plot", "some_run"]))
+"""
+
+
+def _run(signame: str, more: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, signame, str(more)], capture_output=True, text=True,
+        timeout=120,  # as from a terminal: SIGINT not ignored, whoever started the suite
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+@pytest.mark.parametrize(("signame", "code", "said"), [
+    ("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "stopped (SIGTERM)")])
+def test_a_second_signal_lets_the_cleanup_finish(signame: str, code: int, said: str) -> None:
+    done = _run(signame, 1)
+    assert done.returncode == code, done.stderr
+    assert done.stdout == "cleanup finished\n"
+    assert "stopping: releasing the blocks' write leases" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"dbparallel: {said}"
+    assert "Traceback" not in done.stderr
+
+
+def test_a_third_signal_quits_at_once() -> None:
+    done = _run("SIGINT", 2)
+    assert done.returncode == 130
+    assert done.stdout == ""  # the cleanup did not finish
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "dbparallel: quit without cleaning up")
+
+
+def test_the_handlers_before_a_command_are_put_back() -> None:
+    from dbparallel.cli import main
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    assert main(["status", "/nonexistent/run"]) == 2
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_a_sigint_ignored_from_the_start_stays_ignored() -> None:
+    """A background job (`cmd &` in a script) is started with SIGINT ignored: Ctrl-C meant
+    for the foreground must not stop it."""
+    script = ("import signal, sys\n"
+              "from dbparallel.cli_stop import stop_signals\n"
+              "with stop_signals():\n"
+              "    sys.exit(0 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else 1)\n")
+    done = subprocess.run([sys.executable, "-c", script], timeout=60,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert done.returncode == 0
