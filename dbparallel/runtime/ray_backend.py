@@ -118,11 +118,11 @@ class RayBackend:
                 events.append(Event(kind, block, result=ray.get(ref)))
             except ray.exceptions.ActorUnavailableError as err:  # e.g. its node was lost
                 events.append(Event(kind, block, error=BlockUnavailable(str(err))))
-            except ray.exceptions.ActorDiedError as err:  # restarted as often as allowed
+            except ray.exceptions.ActorDiedError as err:  # and Ray will not start it again
                 first = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 events.append(Event(kind, block, error=BlockLost(
-                    f"its process was lost after train.max_restarts="
-                    f"{self.cfg.train.max_restarts} restarts ({first})")))
+                    f"its process was lost and Ray does not start it again "
+                    f"(train.max_restarts={self.cfg.train.max_restarts}): {first}")))
             except ray.exceptions.RayError as err:
                 events.append(Event(kind, block, error=_root_cause(err)))
         return events

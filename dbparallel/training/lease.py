@@ -69,19 +69,25 @@ class BlockLease:
         age = self.clock() - float(current["renewed_at"])
         if age >= self.timeout_s:
             return
-        if holder_alive(current["holder"]) is False:
+        alive = holder_alive(current["holder"])
+        if alive is False:
             if taking:
                 log.warning("block %d: its lease was held by pid %s of this machine, which no "
                             "longer runs (killed?); taking it over", self.block,
                             holder_parts(current["holder"])[2])
             return
         session, host, pid = holder_parts(current["holder"])
+        held = (f"block {self.block} is being trained by another process (pid {pid} on "
+                f"{host}, run {session}, lease renewed {age:.0f} s ago)")
+        if alive:  # a process of this machine, which can be asked: it runs
+            raise RunDirError(
+                f"{held}, which still runs on this machine: stop it first, or run again once "
+                f"it has ended (the block processes of a Ray run whose driver was killed end "
+                f"within seconds)")
         raise RunDirError(
-            f"block {self.block} is being trained by another process (pid {pid} on {host}, "
-            f"run {session[:8]}, lease renewed {age:.0f} s ago); stop "
-            f"it first or wait train.lease_timeout_s={self.timeout_s:g} s for its lease to "
-            f"lapse (if no process writes the block any more, e.g. a killed run, delete "
-            f"{self.storage.uri(self.path)})")
+            f"{held}; stop it first or wait train.lease_timeout_s={self.timeout_s:g} s for its "
+            f"lease to lapse (if no process writes the block any more, e.g. a killed run, "
+            f"delete {self.storage.uri(self.path)})")
 
     def acquire(self) -> int:
         """Take the lease (refused while another session's writer holds it); returns the new

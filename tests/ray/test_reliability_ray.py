@@ -21,7 +21,8 @@ def test_block_failing_past_max_restarts_fails_the_run(ray_session, tmp_path) ->
     cfg = load_config([RECIPE], [f"run.dir={run_dir}", "train.max_restarts=1",
                                  "debug.kill_block=1", "debug.kill_at_step=8",
                                  "debug.kill_times=5"])
-    with pytest.raises(RunFailed, match="block 1 failed"):
+    with pytest.raises(RunFailed, match=r"block 1 failed: its process was lost and Ray does "
+                                        r"not start it again \(train.max_restarts=1\): \S"):
         run_ray(cfg, None, progress=False)
     storage = Storage(str(run_dir))
     assert BlockCheckpoints(storage, 1).restarts() == 1  # died twice: the first run + 1 restart

@@ -70,7 +70,8 @@ def test_a_lease_of_a_killed_process_of_this_machine_is_taken_at_once(tmp_path,
     holder = _holder_process(str(tmp_path))
     try:
         assert holder_alive(storage.read_json("blocks/block_0/lease.json")["holder"]) is True
-        with pytest.raises(RunDirError, match="being trained by another process"):
+        with pytest.raises(RunDirError, match=rf"\(pid {holder.pid} on .*, run killed, .*\), "
+                                              r"which still runs on this machine: stop it"):
             BlockLease(storage, 0, "rerun", 3600.0).acquire()  # it runs: refused
     finally:
         holder.kill()
@@ -90,6 +91,19 @@ def test_a_holder_elsewhere_cannot_be_asked() -> None:
     other_container = f"s/{socket.gethostname()}/{os.getpid()}/0123abcd/b:pid:[1]"
     assert holder_alive(other_container) is None  # same hostname, another pid namespace
     assert holder_alive(f"s/{socket.gethostname()}/{os.getpid()}/0123abcd") is None  # older
+
+
+def test_a_holder_that_cannot_be_asked_is_waited_for_or_its_lease_deleted(tmp_path) -> None:
+    storage = Storage(str(tmp_path))
+    BlockLease(storage, 0, "elsewhere", 3600.0).acquire()
+    lease = storage.read_json("blocks/block_0/lease.json")
+    holder = lease["holder"].split("/")
+    holder[1] = "other-host"  # the same lease, written by a process of another machine
+    storage.write_json("blocks/block_0/lease.json", {**lease, "holder": "/".join(holder)})
+    with pytest.raises(RunDirError, match=r"\(pid \d+ on other-host, run elsewhere, .*\); "
+                                          r"stop it first or wait train.lease_timeout_s=3600 s "
+                                          r".*delete .*lease.json"):
+        BlockLease(storage, 0, "rerun", 3600.0).acquire()
 
 
 def test_a_restart_in_the_same_run_takes_over_and_fences_the_old_one(tmp_path) -> None:
