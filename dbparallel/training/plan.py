@@ -147,6 +147,11 @@ def block_memory(cfg: Config) -> list[int]:
     return [step_bytes(cfg, b)["total"] for b in range(cfg.model.blocks)]
 
 
+def _every_block_fits(cfg: Config, budget: float) -> bool:
+    """Whether every block's step fits ``budget`` bytes; stops at the first that does not."""
+    return all(step_bytes(cfg, b)["total"] <= budget for b in range(cfg.model.blocks))
+
+
 def fit_blocks(build: Callable[[int], Config]) -> int:
     """``model.blocks=auto``: the smallest B (a divisor of model.depth) whose every block
     trains within USABLE (90%) of runtime.device_memory, the rest left for what the plan
@@ -156,18 +161,17 @@ def fit_blocks(build: Callable[[int], Config]) -> int:
     if not limit:
         raise ConfigError("model.blocks=auto: set runtime.device_memory (e.g. 80GiB), the "
                           "memory one block may use")
-    smallest = None
+    largest = None
     for blocks in divisors(base.model.depth):
         try:
             cfg = build(blocks)
         except ConfigError:  # a B the task does not allow
             continue
-        need = max(block_memory(cfg))
-        if need <= USABLE * limit:
+        if _every_block_fits(cfg, USABLE * limit):
             return blocks
-        smallest = (blocks, need)
-    detail = (f"; even B={smallest[0]} needs {smallest[1] / 2**30:.2f} GiB per block"
-              if smallest else "")
+        largest = cfg
+    detail = (f"; even B={largest.model.blocks} needs "
+              f"{max(block_memory(largest)) / 2**30:.2f} GiB per block" if largest else "")
     raise ConfigError(f"model.blocks=auto: no B that divides model.depth={base.model.depth} "
                       f"trains within {USABLE:.0%} of runtime.device_memory="
                       f"{base.runtime.device_memory}"
