@@ -130,8 +130,21 @@ def _scrape(port: int, run: str) -> dict[tuple[str, str], float]:
     return series
 
 
-def test_metrics_scrape_during_a_run(ray_session, tmp_path) -> None:
-    """Scrape the node's metrics port while blocks train; compare with report.json after."""
+def test_metrics_scrape_during_a_run(ray_session, tmp_path, monkeypatch) -> None:
+    """Scrape the node's metrics port while blocks train; compare with report.json after.
+    However fast the machine, the blocks are still there to be scraped: the driver waits at
+    each progress report until the scrape has seen every series (the actors, their chunk
+    done, wait alive for the next call)."""
+    from dbparallel.runtime.progress import BlockBars
+
+    scraped = threading.Event()
+    update = BlockBars.update
+
+    def update_then_wait(self, *args, **kwargs) -> None:
+        update(self, *args, **kwargs)
+        scraped.wait(timeout=120)  # a guard only: the scrape below takes seconds
+
+    monkeypatch.setattr(BlockBars, "update", update_then_wait)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(
         report=_train(tmp_path / "run", "train.steps=60", "run.name=scraped")))
@@ -139,11 +152,14 @@ def test_metrics_scrape_during_a_run(ray_session, tmp_path) -> None:
     wanted = {f"ray_dbparallel_block_{m}" for m in
               ("loss", "steps_total", "sigma_low", "sigma_high", "memory_bytes")}
     seen: dict[tuple[str, str], float] = {}
-    while thread.is_alive():
-        seen.update(_scrape(ray_session["metrics_port"], "scraped"))
-        if all((m, b) in seen for m in wanted for b in "01"):
-            break
-        time.sleep(0.5)
+    try:
+        while thread.is_alive():
+            seen.update(_scrape(ray_session["metrics_port"], "scraped"))
+            if all((m, b) in seen for m in wanted for b in "01"):
+                break
+            time.sleep(0.5)
+    finally:
+        scraped.set()
     thread.join(timeout=300)
     report = result["report"]
     assert all((m, b) in seen for m in wanted for b in "01"), sorted(seen)
