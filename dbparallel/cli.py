@@ -52,8 +52,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     """The same architecture trained end to end, as one unit: the comparison point."""
     files, overrides = split_items(args.config)
-    overrides = [*overrides, "model.blocks=1", "train.objective=end_to_end", "runtime.local=true"]
+    overrides = [*overrides, "model.blocks=1", "train.objective=end_to_end"]
     base = load_config(files, overrides)  # the recipe's blocks never constrain the baseline
+    if args.local or base.runtime.replicas_per_block == 1:  # one process, one device
+        overrides.append("runtime.local=true")
+    # else data-parallel on Ray: runtime.replicas_per_block Ray Train workers share each batch
     overrides.append(f"run.name={base.run.name}-baseline")
     if not base.run.dir:
         overrides.append(f"run.dir=runs/{base.run.name}-baseline")
@@ -181,7 +184,8 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("baseline", help="train the same architecture end to end (1 unit)")
     b.add_argument("config", nargs="*", help=config_help)
     b.add_argument("--local", action="store_true",
-                   help="accepted as for train: a baseline always trains in this process")
+                   help="train in this process (as without runtime.replicas_per_block > 1, "
+                        "which trains data-parallel on Ray)")
     b.set_defaults(func=cmd_baseline)
 
     pl = sub.add_parser("plan", help="show the partition and per-block sizes, no training")

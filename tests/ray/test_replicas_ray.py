@@ -48,6 +48,30 @@ def test_a_lost_replica_restarts_only_its_block_and_the_weights_match_one_proces
                                        msg=lambda m, b=block, n=name: f"block {b} {n}: {m}")
 
 
+@pytest.mark.slow  # another half minute of Ray Train
+def test_a_data_parallel_baseline_is_the_single_process_one(ray_session, tmp_path,
+                                                            capsys) -> None:
+    """`dbparallel baseline` with runtime.replicas_per_block=2: the end-to-end network trained
+    data-parallel by two Ray Train workers, which share each batch; the same training as the
+    one-process baseline."""
+    from dbparallel.cli import main
+
+    for name, extra in (("dp", ["runtime.replicas_per_block=2", "runtime.cpus_per_block=0.25"]),
+                        ("one", [])):
+        assert main(["baseline", str(RECIPE), f"run.dir={tmp_path / name}", "metrics.port=0",
+                     *SAME, *extra]) == 0
+    dp, one = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("dp", "one"))
+    assert dp["replicas_per_block"] == 2 and dp["per_block"][0]["replicas"] == 2
+    assert one["per_block"][0]["replicas"] == 1
+    assert dp["blocks"] == one["blocks"] == 1 and dp["run"] == one["run"]
+    assert dp["per_block"][0]["final_loss"] == pytest.approx(one["per_block"][0]["final_loss"],
+                                                             rel=1e-5)
+    a, b = (BlockCheckpoints(Storage(str(tmp_path / d)), 0).load_latest("snapshot")["ema"]
+            for d in ("dp", "one"))
+    for name, value in b.items():
+        torch.testing.assert_close(a[name], value, rtol=1e-4, atol=5e-5)
+
+
 def test_a_group_knows_its_workers_whatever_order_their_messages_come_in() -> None:
     from dbparallel.runtime.block_group import Roster
 
