@@ -86,6 +86,9 @@ def _print_summary(cfg: Config, report: dict) -> None:
               f"{held} restarts={row['restarts']}"
               f" peak_memory={row['peak_memory_bytes'] / 2**20:.2f} MiB"
               f" data_memory={row.get('data_memory_bytes', 0) / 2**20:.2f} MiB{speed}")
+    if any(row.get("heldout_split") == "train" for row in report["per_block"]):
+        print("heldout_loss: on training rows, as the data has no validation or test split: a "
+              "check of the EMA weights, not a held-out score")
     if report["assembly"]:
         metrics = ", ".join(f"{k}={_number(v)}" for k, v in report["assembly"].items())
         print(f"assembly: {metrics}")

@@ -166,7 +166,9 @@ class BlockRun:
                 "model_flops_per_step": t.model_flops_per_step,
                 "achieved_tflops": t.achieved_tflops, "mfu": t.mfu,
                 "data_wait_share": self.data_wait_share,
-                "heldout_loss": finite_or_none(t.heldout_loss)}
+                "heldout_loss": finite_or_none(t.heldout_loss),
+                "heldout_split": (self.index.heldout_split if self.cfg.train.heldout_every
+                                  else None)}
 
     def close_lease(self) -> None:
         if self.writer:
@@ -260,8 +262,9 @@ class BlockRun:
             # (training/flops.py); achieved_tflops: the rate over this process's steady steps;
             # mfu: against the device's peak (None: CPU, unknown); data_wait_share: the share
             # of its steady steps' time this process waited for batches; heldout_loss: the latest
-            # held-out loss (train.heldout_every). A process that trained no step reports
-            # those of the last process that did.
+            # held-out loss (train.heldout_every), on rows of heldout_split ("train" when the
+            # data has no other). A process that trained no step reports those of the last
+            # process that did.
             **self._measured(),
             **self._measured_before(),
         }

@@ -271,6 +271,7 @@ def test_heldout_loss_off_and_its_split(tmp_path) -> None:
     run.train_until(4)
     assert all("heldout_loss" not in r for r in _lines(Storage(cfg.run_dir), 0))
     assert run.summary()["heldout_loss"] is None and run._heldout is None  # nothing read
+    assert run.summary()["heldout_split"] is None
 
     def index(*splits: str) -> DataIndex:
         return DataIndex("images", "x", {s: (Shard("parquet", f"{s}.parquet", 10),)

@@ -269,6 +269,10 @@ def test_a_relative_data_path_resumes_however_spelled_and_is_named_elsewhere(
     run_dir = tmp_path / "run"
     source = ["data.source=parquet", "train.steps=2"]
     assert _train(run_dir, *source, "data.path=data/t.parquet") == 0
+    # one file, no split: the held-out loss is on training rows, and the summary says so
+    assert "heldout_loss: on training rows, as the data has no validation or test split" \
+        in capsys.readouterr().out
+    assert {r["heldout_split"] for r in _report(run_dir)["per_block"]} == {"train"}
     for spelling in ("./data/t.parquet", str(tmp_path / "data" / "t.parquet")):
         assert _train(run_dir, *source, f"data.path={spelling}") == 0, capsys.readouterr().err
     elsewhere = tmp_path / "elsewhere"
@@ -286,6 +290,7 @@ def test_a_rerun_that_trains_nothing_keeps_the_measurements(tmp_path, caplog) ->
     first = _report(run_dir)["per_block"]
     assert all(r["data_memory_bytes"] > 0 and r["model_flops_per_step"] for r in first)
     assert all(r["heldout_loss"] > 0 for r in first)  # at the last step
+    assert {r["heldout_split"] for r in first} == {"train"}  # the digits have no other split
     assert _train(run_dir, "train.steps=4") == 0  # every block is at step 6 already
     again = _report(run_dir)["per_block"]
     for key in ("data_memory_bytes", "model_flops_per_step", "achieved_tflops", "steps",

@@ -59,6 +59,7 @@ def test_vit_tiny_and_its_baseline(tmp_path, subset) -> None:
     assert [row["steps"] for row in report["per_block"]] == [16, 16]
     assert 0 <= report["assembly"]["accuracy"] <= 1
     assert report["assembly"]["eval_rows"] == 500  # the test split
+    assert {row["heldout_split"] for row in report["per_block"]} == {"test"}
     confusion = json.loads((tmp_path / "db" / "confusion.json").read_text())
     assert sum(map(sum, confusion["confusion"])) == 500
     base = _run("baseline", "vit_tiny.yaml", tmp_path / "e2e", subset)
