@@ -20,10 +20,10 @@ def _ago(seconds: float | None) -> str:
 
 
 def _row(b: BlockStatus) -> list[str]:
-    state = b.state + (f" ({b.problem})" if b.problem else "")
     gone = " (its process is gone)" if b.writer_alive is False else ""
-    writer = f"{b.writer}, renewed {_ago(b.lease_age_s)}{gone}" if b.writer else "-"
-    return [str(b.block), state, f"{b.logged_step or 0:,}/{b.steps:,}",
+    driver = f" (driver {b.driver})" if b.driver else ""
+    writer = f"{b.writer}{driver}, renewed {_ago(b.lease_age_s)}{gone}" if b.writer else "-"
+    return [str(b.block), b.state, f"{b.logged_step or 0:,}/{b.steps:,}",
             "-" if b.checkpoint_step is None else f"{b.checkpoint_step:,}",
             _num(b.loss), _num(b.heldout_loss),
             "-" if b.samples_per_s is None else f"{b.samples_per_s:,.0f}",
@@ -48,6 +48,7 @@ def render(status: RunStatus) -> str:
         lines.append(f"latest assembly{at}: {scores}")
     lines.append(f"report.json: written {_ago(status.report_age_s)}" if status.report else
                  "report.json: not yet (written once every block is done and assembled)")
+    lines += [f"block {b.block}: {b.problem}" for b in status.blocks if b.problem]
     lines += [f"problem: {p}" for p in status.problems]
     return "\n".join(lines)
 

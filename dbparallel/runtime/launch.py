@@ -11,7 +11,6 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,7 +37,7 @@ from dbparallel.training.cluster_fit import Cluster
 from dbparallel.training.curves import write_curves
 from dbparallel.training.data_check import CheckResult, check_data, check_line
 from dbparallel.training.history import AssemblyLog
-from dbparallel.training.lease import release_session
+from dbparallel.training.lease import driver_session, release_session
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import check_resumable, open_run, pin_data
 
@@ -210,7 +209,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         index = open_data(cfg.data)
     if validate:
         check_resumable(cfg, index)  # a run directory that would be refused, before the check
-    session = uuid.uuid4().hex  # this run's writers; a restarted actor takes its lease over
+    session = driver_session()  # this run's writers; a restarted actor takes its lease over
     connected = connect(cfg)
     pg, backend, bars, storage = None, None, None, None
     try:

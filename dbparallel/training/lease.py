@@ -78,16 +78,21 @@ class BlockLease:
             return
         session, host, pid = holder_parts(current["holder"])
         held = (f"block {self.block} is being trained by another process (pid {pid} on "
-                f"{host}, run {session}, lease renewed {age:.0f} s ago)")
+                f"{host}, run {session.partition('@')[0]}, lease renewed {age:.0f} s ago)")
+        driver = session_driver(session)
+        stop = "stop it first"
+        if driver is not None and driver != (host, pid):  # a Ray actor or worker of a driver
+            stop = (f"stop the run's driver first (pid {driver[1]} on {driver[0]}: Ctrl-C or "
+                    f"`kill`; Ray starts a block's own process again)")
         if alive:  # a process of this machine, which can be asked: it runs
             raise RunDirError(
-                f"{held}, which still runs on this machine: stop it first, or run again once "
-                f"it has ended (the block processes of a Ray run whose driver was killed end "
-                f"within seconds)")
+                f"{held}, which still runs on this machine: {stop}, or run again once it has "
+                f"ended (the block processes of a Ray run whose driver was killed end within "
+                f"seconds)")
         raise RunDirError(
-            f"{held}; stop it first or wait train.lease_timeout_s={self.timeout_s:g} s for its "
-            f"lease to lapse (if no process writes the block any more, e.g. a killed run, "
-            f"delete {self.storage.uri(self.path)})")
+            f"{held}; {stop} or wait train.lease_timeout_s={self.timeout_s:g} s for its lease "
+            f"to lapse (if no process writes the block any more, e.g. a killed run, delete "
+            f"{self.storage.uri(self.path)})")
 
     def acquire(self) -> int:
         """Take the lease (refused while another session's writer holds it); returns the new
@@ -147,6 +152,19 @@ def process_space() -> str:
         return f"{boot}:{os.readlink('/proc/self/ns/pid')}"
     except OSError:
         return ""
+
+
+def driver_session() -> str:
+    """A new session of a run whose blocks train in other processes (Ray actors or workers):
+    uuid@host:pid, naming its driver, the process that a refusal tells the user to stop."""
+    return f"{uuid.uuid4().hex}@{socket.gethostname()}:{os.getpid()}"
+
+
+def session_driver(session: str) -> tuple[str, str] | None:
+    """(host, pid) of the driver a ``driver_session`` names; None for other sessions."""
+    _, at, driver = session.partition("@")
+    host, colon, pid = driver.rpartition(":")
+    return (host, pid) if at and colon and pid.isdigit() else None
 
 
 def holder_parts(holder: str) -> tuple[str, str, str]:

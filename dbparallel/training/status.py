@@ -27,7 +27,7 @@ from dbparallel.config import Config
 from dbparallel.errors import RunDirError
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
-from dbparallel.training.lease import BlockLease, holder_alive, holder_parts
+from dbparallel.training.lease import BlockLease, holder_alive, holder_parts, session_driver
 from dbparallel.training.storage import Storage
 
 REPORT_FILE = "report.json"
@@ -47,6 +47,7 @@ class BlockStatus:
     samples_per_s: float | None = None
     logged_age_s: float | None = None  # seconds since the newest line was written
     writer: str = ""  # host/pid of the live lease holder
+    driver: str = ""  # host/pid of the driver that started it, when another process
     writer_alive: bool | None = None  # its process runs (None: on another machine)
     lease_age_s: float | None = None  # seconds since the holder last renewed its lease
     restarts: int = 0
@@ -125,9 +126,12 @@ def _read_lease(row: BlockStatus, lease: dict[str, Any] | None, timeout_s: float
         return
     age = now - float(lease.get("renewed_at", 0.0))
     if age < timeout_s:
-        _, host, pid = holder_parts(lease["holder"])
+        session, host, pid = holder_parts(lease["holder"])
         row.writer, row.lease_age_s = f"{host}/{pid}", max(0.0, age)
         row.writer_alive = holder_alive(str(lease["holder"]))
+        driver = session_driver(session)
+        if driver is not None and driver != (host, pid):  # a Ray actor's or worker's
+            row.driver = "/".join(driver)
 
 
 def run_status(storage: Storage, cfg: Config, now: float | None = None) -> RunStatus:

@@ -17,9 +17,11 @@ from dbparallel.errors import RunDirError
 from dbparallel.training.lease import (
     BlockLease,
     LeaseLost,
+    driver_session,
     holder_alive,
     process_space,
     release_session,
+    session_driver,
 )
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.storage import Storage
@@ -104,6 +106,31 @@ def test_a_holder_that_cannot_be_asked_is_waited_for_or_its_lease_deleted(tmp_pa
                                           r"stop it first or wait train.lease_timeout_s=3600 s "
                                           r".*delete .*lease.json"):
         BlockLease(storage, 0, "rerun", 3600.0).acquire()
+
+
+def test_a_refusal_names_the_driver_of_a_ray_run(tmp_path) -> None:
+    """A Ray run's block processes hold the leases, and Ray starts one again if it is killed:
+    the process to stop is the run's driver, which the session names."""
+    storage = Storage(str(tmp_path))
+    session = driver_session()
+    assert session_driver(session) == (socket.gethostname(), str(os.getpid()))
+    assert session_driver("0123abcd") is None  # a --local run: its writer is its driver
+    actor = subprocess.Popen(  # a block actor of this process's run, as Ray would start it
+        [sys.executable, "-c",
+         "import sys, time; from dbparallel.training.lease import BlockLease; "
+         "from dbparallel.training.storage import Storage; "
+         f"BlockLease(Storage({str(tmp_path)!r}), 0, {session!r}, 3600.0).acquire(); "
+         "print('held', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert actor.stdout is not None and actor.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=(
+                rf"\(pid {actor.pid} on .*, run {session.partition('@')[0]}, .*\), which still "
+                rf"runs on this machine: stop the run's driver first \(pid {os.getpid()} on "
+                rf"{socket.gethostname()}: Ctrl-C or `kill`")):
+            BlockLease(storage, 0, "rerun", 3600.0).acquire()
+    finally:
+        actor.kill()
+        actor.wait()
 
 
 def test_a_restart_in_the_same_run_takes_over_and_fences_the_old_one(tmp_path) -> None:

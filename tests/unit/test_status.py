@@ -15,7 +15,8 @@ import pytest
 
 import dbparallel
 from dbparallel import cli
-from dbparallel.training.lease import BlockLease
+from dbparallel.cli_status import _row
+from dbparallel.training.lease import BlockLease, driver_session
 from dbparallel.training.loading import run_config
 from dbparallel.training.status import run_status
 from dbparallel.training.storage import Storage
@@ -82,6 +83,14 @@ def test_a_live_lease_is_training_and_a_lapsed_one_stopped(run: Path) -> None:
     gone = run_status(storage, cfg, now=renewed + 5).blocks[0]
     assert (gone.state, gone.writer_alive) == ("stopped", False)
     assert gone.writer == f"{socket.gethostname()}/{ended.stdout.strip()}"
+    assert gone.driver == ""  # a --local run's writer is its own driver
+    # a Ray run's block process: its driver (this process) is named beside it
+    ray_actor = BlockLease(storage, 0, driver_session(), cfg.train.lease_timeout_s)
+    ray_actor.holder = ray_actor.holder.replace(f"/{os.getpid()}/", f"/{ended.stdout.strip()}/")
+    ray_actor.acquire()
+    shown = run_status(storage, cfg, now=renewed + 5).blocks[0]
+    assert shown.driver == f"{socket.gethostname()}/{os.getpid()}"
+    assert f"{shown.writer} (driver {shown.driver}), renewed " in _row(shown)[-1]
 
 
 def test_a_damaged_block_is_named_and_the_others_still_read(run: Path, capsys) -> None:
@@ -93,6 +102,11 @@ def test_a_damaged_block_is_named_and_the_others_still_read(run: Path, capsys) -
     assert first["state"] == "damaged" and "manifest.json" in first["problem"]
     assert second["state"] == "not started" and second["problem"] == ""
     assert found["state"] == "1 not started, 1 damaged" and found["report"] is False
+    assert cli.main(["status", str(run)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[2].split()[:2] == ["0", "damaged"] and "manifest.json" not in shown[2]
+    assert [line for line in shown if line.startswith("block 0: ")] == [
+        f"block 0: {first['problem']}"]  # below the table, which stays narrow
 
 
 def test_a_finished_run_and_a_missing_one(run: Path, tmp_path: Path, capsys) -> None:
