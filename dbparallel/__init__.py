@@ -20,11 +20,12 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def train(*recipes: str | os.PathLike, overrides: Mapping[str, Any] | Sequence[str] = (),
-          local: bool = False, blocks: Sequence[int] | None = None,
-          progress: bool | None = None) -> dict[str, Any]:
-    """Train the run that the YAML ``recipes`` (merged in order) and ``overrides`` describe,
-    exactly as ``dbparallel train`` does, and return its report (report.json's content).
+def train(*recipes: str | os.PathLike | Sequence[str | os.PathLike],
+          overrides: Mapping[str, Any] | Sequence[str] = (), local: bool = False,
+          blocks: Sequence[int] | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Train the run that the YAML ``recipes`` (merged in order; ``train("a.yaml", "b.yaml")``
+    or one list of them) and ``overrides`` describe, exactly as ``dbparallel train`` does, and
+    return its report (report.json's content).
 
     ``overrides``: ``{"train.steps": 500, "run.dir": "runs/x"}`` (nested mappings give dotted
     keys) or ``["train.steps=500"]``. ``local=True`` trains in this process without Ray
@@ -39,6 +40,8 @@ def train(*recipes: str | os.PathLike, overrides: Mapping[str, Any] | Sequence[s
     from dbparallel.runtime.train import train_run
     from dbparallel.training.plan import fit_blocks
 
+    if len(recipes) == 1 and isinstance(recipes[0], (list, tuple)):
+        recipes = tuple(recipes[0])  # train(["a.yaml", "b.yaml"]) as train("a.yaml", "b.yaml")
     items = _override_items(overrides)
     if local:
         items.append("runtime.local=true")

@@ -3,6 +3,7 @@ schema's defaults, ``model.blocks=auto``, and the config as YAML or a key listin
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -30,7 +31,11 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         layers = []
         for path in files:
             if not Path(path).is_file():
-                raise ConfigError(f"config file not found: {path}")
+                hint = ""
+                if re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)+", str(path)) \
+                        and not str(path).endswith((".yaml", ".yml")):
+                    hint = f" (an override needs its value: {path}=...)"
+                raise ConfigError(f"config file not found: {path}{hint}")
             layers.append(_recipe(path))
         for item in overrides:
             if "=" not in item:

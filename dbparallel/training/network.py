@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -59,6 +59,8 @@ class Network:
     steps: list[int]
     device: str
     tokenizer: Tokenizer | None = None
+    # the lengths past data.seq_len that generate has warned of (once each, not per call)
+    _warned_lengths: set[int] = field(default_factory=set, init=False, repr=False)
 
     @classmethod
     def from_weights(cls, cfg: Config, weights: list[dict[str, torch.Tensor]],
@@ -206,7 +208,9 @@ class Network:
                 raise UserError("prompt: AR generation needs a prompt of at least one token")
             if max_new < 1:
                 raise UserError(f"max_new: must be >= 1, got {max_new}")
-            if p.shape[1] + max_new > self.cfg.data.seq_len:
+            length = p.shape[1] + max_new
+            if length > self.cfg.data.seq_len and length not in self._warned_lengths:
+                self._warned_lengths.add(length)
                 log.warning("generate: the prompt's %d tokens and max_new=%d go past "
                             "data.seq_len=%d, the longest text the network was trained on; "
                             "tokens after that read further back than it learned to",

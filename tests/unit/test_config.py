@@ -51,8 +51,12 @@ def test_yaml_then_overrides(tmp_path) -> None:
 
 
 def test_missing_file_and_bad_override() -> None:
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match=r"not found: /nonexistent.yaml$"):
         load_config(["/nonexistent.yaml"])
+    # on the command line an item without "=" is a recipe: a key without its value is told so
+    with pytest.raises(ConfigError, match=r"not found: train.steps \(an override needs its "
+                                          r"value: train.steps=...\)"):
+        load_config(["train.steps"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config([], ["model.blocks"])
 

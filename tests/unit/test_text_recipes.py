@@ -9,7 +9,6 @@ import pytest
 
 from dbparallel import cli
 from dbparallel.config import load_config
-from dbparallel.runtime.local import run_local
 from dbparallel.training.plan import plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,9 +30,13 @@ def _recipe(task: str) -> Path:
 
 
 @pytest.mark.parametrize("task", ["mdm", "ar", "looped"])
-def test_tiny_recipe_trains_and_assembles(task: str, tmp_path: Path) -> None:
+def test_tiny_recipe_trains_and_assembles(task: str, tmp_path: Path, capsys) -> None:
     cfg = load_config([_recipe(task)], [f"run.dir={tmp_path}", *FAST])
-    report = run_local(cfg, None, progress=False)
+    assert cli.main(["train", str(_recipe(task)), "--local", f"run.dir={tmp_path}", *FAST]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    # the blocks' bpc is the sampler's, not a likelihood: the summary says which one is
+    said = "bpc: of the final logits, where each token's chain has already chosen a token"
+    assert (said in capsys.readouterr().out) == (task in ("ar", "looped"))
     assert report["task"] == task and report["blocks"] == cfg.model.blocks
     assert all(row["steps"] == 4 and row["peak_memory_bytes"] > 0 for row in report["per_block"])
     assert set(report["assembly"]) == EXPECTED[task] | {"block_steps_min", "eval_on_test"}
@@ -48,10 +51,12 @@ def test_tiny_recipe_trains_and_assembles(task: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("task", ["mdm", "ar", "looped"])
-def test_baseline_is_the_end_to_end_model(task: str, tmp_path: Path) -> None:
+def test_baseline_is_the_end_to_end_model(task: str, tmp_path: Path, capsys) -> None:
     run_dir = tmp_path / "base"
     local = ["--local"] if task == "ar" else []  # accepted, as for train
     assert cli.main(["baseline", str(_recipe(task)), f"run.dir={run_dir}", *FAST, *local]) == 0
+    # an end-to-end model's bpc is its likelihood: no note sends the reader elsewhere
+    assert "bpc: of the final logits" not in capsys.readouterr().out
     report = json.loads((run_dir / "report.json").read_text())
     assert report["blocks"] == 1 and len(report["per_block"]) == 1
     expected = EXPECTED[task] - ({"bpc_sigma_max"} if task == "ar" else set())
