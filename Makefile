@@ -34,19 +34,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/dbparallel train $(ARGS)
 
-# Two pytest workers (pytest-xdist): the tests on the session's Ray instance run in turn on one
-# of them, every other module whole on either (tests/conftest.py); ARGS="-n 0 ..." runs serially.
-TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
-
 test: $(STAMP)
-	$(PYTEST) $(ARGS)
+	$(PY) -m pytest -q $(ARGS)
 
 # The suite twice in a row with one core kept busy by another process: nothing in it may
 # depend on how fast the machine is.
 test-loaded: $(STAMP)
 	yes > /dev/null & busy=$$!; trap "kill $$busy" EXIT; \
-	  $(PYTEST) $(ARGS) && $(PYTEST) $(ARGS)
+	  $(PY) -m pytest -q $(ARGS) && $(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -69,13 +69,3 @@ def ray_session():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield {"metrics_port": port}
     ray.shutdown()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test` runs two workers, `--dist loadgroup`): the tests on the
-    session's Ray instance (``ray_session``) run one after another on one worker, which starts
-    that instance once; every other module runs whole on one worker, so that its module
-    fixtures are built once (a test that starts a Ray instance of its own runs beside them)."""
-    for item in items:
-        shared = "ray_session" in getattr(item, "fixturenames", ())
-        item.add_marker(pytest.mark.xdist_group("ray_session" if shared else item.module.__name__))
