@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 
 from dbparallel import cli_data, cli_network, cli_status
 from dbparallel.cli_data import split_items
-from dbparallel.cli_stop import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, stop_signals
+from dbparallel.cli_stop import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    StopSignals,
+    Terminated,
+    stop_signals,
+)
 from dbparallel.config import Config, ConfigError, describe, load_config, notes
 from dbparallel.errors import UserError
 
@@ -54,7 +60,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     files, overrides = split_items(args.config)
     overrides = [*overrides, "model.blocks=1", "train.objective=end_to_end"]
     base = load_config(files, overrides)  # the recipe's blocks never constrain the baseline
-    if args.local or base.runtime.replicas_per_block == 1:  # one process, one device
+    if args.local:  # in this process, so on one device: no replicas
+        overrides += ["runtime.local=true", "runtime.replicas_per_block=1"]
+    elif base.runtime.replicas_per_block == 1:  # one process, one device
         overrides.append("runtime.local=true")
     # else data-parallel on Ray: runtime.replicas_per_block Ray Train workers share each batch
     overrides.append(f"run.name={base.run.name}-baseline")
@@ -225,11 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.config = [*args.config, *extra]
-    with stop_signals():
-        return _run(args)
+    with stop_signals() as stop:
+        return _run(args, stop)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, stop: StopSignals | None) -> int:
     try:
         return args.func(args)
     except BrokenPipeError:  # the reader (head, less) stopped reading: nothing more to say
@@ -237,7 +245,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: checkpoints written stay
         resume = " (run the same command again to resume)" if args.command in TRAINING else ""
-        stopped = isinstance(err, Terminated)
+        stopped = stop.terminated(err) if stop is not None else isinstance(err, Terminated)
         print(f"\ndbparallel: {'stopped (SIGTERM)' if stopped else 'interrupted'}{resume}",
               file=sys.stderr)
         return EXIT_TERMINATED if stopped else EXIT_INTERRUPTED

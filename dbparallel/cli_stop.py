@@ -1,4 +1,4 @@
-"""How the CLI stops on Ctrl-C (SIGINT) and SIGTERM (``kill``, ``timeout``, ``ray job stop``,
+"""How the CLI stops on Ctrl-C (SIGINT) and SIGTERM (``kill``, ``ray job stop``,
 a Kubernetes pod stopping): the first signal stops the run where it is, as KeyboardInterrupt,
 and the run's own cleanup (the blocks' write leases released, Ray's actors and instance
 stopped) then goes on undisturbed. A second signal during that cleanup says what is under way
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -25,19 +24,27 @@ class Terminated(KeyboardInterrupt):
 
 
 class StopSignals:
-    """The handler of SIGINT and SIGTERM for one command: counts the signals it is sent."""
+    """The handler of SIGINT and SIGTERM for one command: counts the signals it is sent and
+    keeps the first (a Ray call the signal interrupts raises a plain KeyboardInterrupt in
+    place of Terminated, so the exception alone does not tell SIGTERM from Ctrl-C)."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.first: int | None = None
+
+    def terminated(self, err: KeyboardInterrupt) -> bool:
+        """Whether the command stopped on SIGTERM."""
+        return isinstance(err, Terminated) or self.first == signal.SIGTERM
 
     def __call__(self, signum: int, frame: object) -> None:
         self.count += 1
         if self.count == 1:
+            self.first = signum
             raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-        if self.count == 2:
-            print("\ndbparallel: stopping: releasing the blocks' write leases and stopping "
-                  "Ray's processes (a few seconds); press Ctrl-C again to quit at once",
-                  file=sys.stderr, flush=True)
+        if self.count == 2:  # os.write: a print here could meet one the main thread makes
+            os.write(2, b"\ndbparallel: stopping: the run's cleanup (its write leases "
+                        b"released, Ray's processes stopped) takes a few seconds; press Ctrl-C "
+                        b"again to quit at once\n")
             return
         os.write(2, b"\ndbparallel: quit without cleaning up (a rerun on this machine takes "
                     b"over the blocks' leases of a process that no longer runs)\n")

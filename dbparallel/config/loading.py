@@ -32,8 +32,9 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         for path in files:
             if not Path(path).is_file():
                 hint = ""
+                section = str(path).split(".")[0]
                 if re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)+", str(path)) \
-                        and not str(path).endswith((".yaml", ".yml")):
+                        and section in {f.name for f in fields(Config)}:
                     hint = f" (an override needs its value: {path}=...)"
                 raise ConfigError(f"config file not found: {path}{hint}")
             layers.append(_recipe(path))

@@ -243,11 +243,13 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         if bars is not None:
             bars.close()
         if backend is not None and storage is not None:
-            backend.close()
             try:
-                release_session(storage, list(range(cfg.model.blocks)), session)
-            except OSError as err:  # e.g. the storage is what failed: keep the first error
-                log.warning("could not release the blocks' write leases: %s", err)
+                backend.close()
+            finally:  # the leases are released whatever stopping the actors met
+                try:
+                    release_session(storage, list(range(cfg.model.blocks)), session)
+                except OSError as err:  # e.g. the storage is what failed: keep the first error
+                    log.warning("could not release the blocks' write leases: %s", err)
         if pg is not None:
             remove_placement_group(pg)
         if connected:

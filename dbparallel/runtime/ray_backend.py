@@ -4,6 +4,7 @@ finished ones come back as events."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -15,6 +16,8 @@ from dbparallel.runtime.assembler_actor import AssemblerActor
 from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.block_group import BlockGroup
 from dbparallel.runtime.controller import BlockLost, BlockUnavailable, Event
+
+log = logging.getLogger(__name__)
 
 
 def assembly_bundle(cfg: Config) -> dict[str, float]:
@@ -143,7 +146,10 @@ class RayBackend:
 
     def close(self) -> None:
         for ref in self.pending:  # cancelled first: killed with its call pending, an actor's
-            ray.cancel(ref)  # call would be retried (and said so) as if its process were lost
+            try:  # call would be retried (and said so) as if its process were lost
+                ray.cancel(ref)
+            except ray.exceptions.RayError as err:  # the kill below still stops the actor
+                log.debug("could not cancel a pending call: %s", err)
         for group in self.groups.values():
             group.stop()
         for actor in [*self.actors.values(), self.assembler]:

@@ -60,7 +60,8 @@ class Network:
     device: str
     tokenizer: Tokenizer | None = None
     # the lengths past data.seq_len that generate has warned of (once each, not per call)
-    _warned_lengths: set[int] = field(default_factory=set, init=False, repr=False)
+    _warned_lengths: set[int] = field(default_factory=set, init=False, repr=False,
+                                      compare=False)
 
     @classmethod
     def from_weights(cls, cfg: Config, weights: list[dict[str, torch.Tensor]],

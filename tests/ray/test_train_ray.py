@@ -142,7 +142,7 @@ def test_metrics_scrape_during_a_run(ray_session, tmp_path, monkeypatch) -> None
 
     def update_then_wait(self, *args, **kwargs) -> None:
         update(self, *args, **kwargs)
-        scraped.wait(timeout=120)  # a guard only: the scrape below takes seconds
+        scraped.wait(timeout=300)  # a guard only: the scrape below ends it (at its deadline)
 
     monkeypatch.setattr(BlockBars, "update", update_then_wait)
     result: dict = {}
@@ -152,8 +152,9 @@ def test_metrics_scrape_during_a_run(ray_session, tmp_path, monkeypatch) -> None
     wanted = {f"ray_dbparallel_block_{m}" for m in
               ("loss", "steps_total", "sigma_low", "sigma_high", "memory_bytes")}
     seen: dict[tuple[str, str], float] = {}
+    deadline = time.monotonic() + 240  # a guard only, if the series never come
     try:
-        while thread.is_alive():
+        while thread.is_alive() and time.monotonic() < deadline:
             seen.update(_scrape(ray_session["metrics_port"], "scraped"))
             if all((m, b) in seen for m in wanted for b in "01"):
                 break

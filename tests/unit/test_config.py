@@ -57,6 +57,8 @@ def test_missing_file_and_bad_override() -> None:
     with pytest.raises(ConfigError, match=r"not found: train.steps \(an override needs its "
                                           r"value: train.steps=...\)"):
         load_config(["train.steps"])
+    with pytest.raises(ConfigError, match=r"not found: my.recipe$"):  # no section: a file
+        load_config(["my.recipe"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config([], ["model.blocks"])
 

@@ -53,12 +53,15 @@ def test_tiny_recipe_trains_and_assembles(task: str, tmp_path: Path, capsys) -> 
 @pytest.mark.parametrize("task", ["mdm", "ar", "looped"])
 def test_baseline_is_the_end_to_end_model(task: str, tmp_path: Path, capsys) -> None:
     run_dir = tmp_path / "base"
-    local = ["--local"] if task == "ar" else []  # accepted, as for train
+    # --local trains in this process, whatever the recipe says of replicas (without it,
+    # replicas train data-parallel on Ray: tests/ray/test_replicas_ray.py)
+    local = ["--local", "runtime.replicas_per_block=2"] if task == "ar" else []
     assert cli.main(["baseline", str(_recipe(task)), f"run.dir={run_dir}", *FAST, *local]) == 0
     # an end-to-end model's bpc is its likelihood: no note sends the reader elsewhere
     assert "bpc: of the final logits" not in capsys.readouterr().out
     report = json.loads((run_dir / "report.json").read_text())
     assert report["blocks"] == 1 and len(report["per_block"]) == 1
+    assert report["per_block"][0]["replicas"] == 1
     expected = EXPECTED[task] - ({"bpc_sigma_max"} if task == "ar" else set())
     assert set(report["assembly"]) == expected | {"block_steps_min", "eval_on_test"}
     assert "objective end_to_end" in (run_dir / "samples.txt").read_text(encoding="utf-8")
