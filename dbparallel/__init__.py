@@ -40,8 +40,9 @@ def train(*recipes: str | os.PathLike | Sequence[str | os.PathLike],
     from dbparallel.runtime.train import train_run
     from dbparallel.training.plan import fit_blocks
 
-    if len(recipes) == 1 and isinstance(recipes[0], (list, tuple)):
-        recipes = tuple(recipes[0])  # train(["a.yaml", "b.yaml"]) as train("a.yaml", "b.yaml")
+    # train(["a.yaml", "b.yaml"]) as train("a.yaml", "b.yaml")
+    recipes = tuple(r for item in recipes
+                    for r in (item if isinstance(item, (list, tuple)) else [item]))
     items = _override_items(overrides)
     if local:
         items.append("runtime.local=true")

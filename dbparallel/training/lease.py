@@ -82,8 +82,9 @@ class BlockLease:
         driver = session_driver(session)
         stop = "stop it first"
         if driver is not None and driver != (host, pid):  # a Ray actor or worker of a driver
-            stop = (f"stop the run's driver first (pid {driver[1]} on {driver[0]}: Ctrl-C or "
-                    f"`kill`; Ray starts a block's own process again)")
+            stop = (f"stop the run's driver first (pid {driver[1]} on {driver[0]}: Ctrl-C, "
+                    f"`kill`, or `ray job stop` for a submitted job; Ray starts a block's own "
+                    f"process again)")
         if alive:  # a process of this machine, which can be asked: it runs
             raise RunDirError(
                 f"{held}, which still runs on this machine: {stop}, or run again once it has "

@@ -328,10 +328,13 @@ def test_train_from_python_is_the_train_command(tmp_path: Path, capsys) -> None:
         dbparallel.train(tiny, overrides=["model.depth=3", f"run.dir={tmp_path / 'bad'}"],
                          local=True)
     assert not (tmp_path / "bad").exists()
-    only = dbparallel.train([tiny], overrides=[f"run.dir={tmp_path / 'one'}", "train.steps=3",
-                                             "metrics.port=0"], local=True, blocks=[1],
-                            progress=False)
+    three = tmp_path / "three_steps.yaml"
+    three.write_text("train:\n  steps: 3\n")
+    # recipes as a list, and mixed with single ones: merged in order
+    only = dbparallel.train([tiny], three, local=True, blocks=[1], progress=False,
+                            overrides=[f"run.dir={tmp_path / 'one'}", "metrics.port=0"])
     assert [r["block"] for r in only["per_block"]] == [1] and only["assembly"] == {}
+    assert only["per_block"][0]["steps"] == 3  # the second recipe's steps
 
 
 def test_train_overrides_from_python_values_are_read_back_as_given() -> None:

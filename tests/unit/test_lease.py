@@ -126,7 +126,7 @@ def test_a_refusal_names_the_driver_of_a_ray_run(tmp_path) -> None:
         with pytest.raises(RunDirError, match=(
                 rf"\(pid {actor.pid} on .*, run {session.partition('@')[0]}, .*\), which still "
                 rf"runs on this machine: stop the run's driver first \(pid {os.getpid()} on "
-                rf"{socket.gethostname()}: Ctrl-C or `kill`")):
+                rf"{socket.gethostname()}: Ctrl-C, `kill`, or `ray job stop`")):
             BlockLease(storage, 0, "rerun", 3600.0).acquire()
     finally:
         actor.kill()
