@@ -79,9 +79,9 @@ class BlockLease:
         session, host, pid = holder_parts(current["holder"])
         held = (f"block {self.block} is being trained by another process (pid {pid} on "
                 f"{host}, run {session.partition('@')[0]}, lease renewed {age:.0f} s ago)")
-        driver = session_driver(session)
+        driver = holder_driver(current["holder"])
         stop = "stop it first"
-        if driver is not None and driver != (host, pid):  # a Ray actor or worker of a driver
+        if driver is not None:  # a Ray actor or worker of a driver
             stop = (f"stop the run's driver first (pid {driver[1]} on {driver[0]}: Ctrl-C, "
                     f"`kill`, or `ray job stop` for a submitted job; Ray starts a block's own "
                     f"process again)")
@@ -166,6 +166,14 @@ def session_driver(session: str) -> tuple[str, str] | None:
     _, at, driver = session.partition("@")
     host, colon, pid = driver.rpartition(":")
     return (host, pid) if at and colon and pid.isdigit() else None
+
+
+def holder_driver(holder: str) -> tuple[str, str] | None:
+    """(host, pid) of the driver that started lease ``holder``'s process, when that process
+    is not the driver itself (a Ray actor or worker); None otherwise."""
+    session, host, pid = holder_parts(holder)
+    driver = session_driver(session)
+    return driver if driver is not None and driver != (host, pid) else None
 
 
 def holder_parts(holder: str) -> tuple[str, str, str]:

@@ -27,7 +27,7 @@ from dbparallel.config import Config
 from dbparallel.errors import RunDirError
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
-from dbparallel.training.lease import BlockLease, holder_alive, holder_parts, session_driver
+from dbparallel.training.lease import BlockLease, holder_alive, holder_driver, holder_parts
 from dbparallel.training.storage import Storage
 
 REPORT_FILE = "report.json"
@@ -126,12 +126,11 @@ def _read_lease(row: BlockStatus, lease: dict[str, Any] | None, timeout_s: float
         return
     age = now - float(lease.get("renewed_at", 0.0))
     if age < timeout_s:
-        session, host, pid = holder_parts(lease["holder"])
+        _, host, pid = holder_parts(lease["holder"])
         row.writer, row.lease_age_s = f"{host}/{pid}", max(0.0, age)
         row.writer_alive = holder_alive(str(lease["holder"]))
-        driver = session_driver(session)
-        if driver is not None and driver != (host, pid):  # a Ray actor's or worker's
-            row.driver = "/".join(driver)
+        driver = holder_driver(str(lease["holder"]))
+        row.driver = "/".join(driver) if driver else ""
 
 
 def run_status(storage: Storage, cfg: Config, now: float | None = None) -> RunStatus:
