@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -48,7 +49,16 @@ class StopSignals:
             return
         os.write(2, b"\ndbparallel: quit without cleaning up (a rerun on this machine takes "
                     b"over the blocks' leases of a process that no longer runs)\n")
+        _flush_quietly()  # what the run printed so far is kept: os._exit skips Python's flush
         os._exit(EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED)
+
+
+def _flush_quietly() -> None:
+    # A flush can meet one the main thread is making (a reentrant-call RuntimeError) or a
+    # closed pipe; either way the quit goes on.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 @contextlib.contextmanager

@@ -79,7 +79,7 @@ class BlockStatus:
     in_flight: bool = False
     loss: float = math.nan
     restarts: int = 0  # of the run directory's lifetime, as the block reports them
-    restarts_before: int | None = None  # those of earlier runs: its first report's count
+    restarts_before: int | None = None  # those of earlier runs (else its first report's)
     last_progress_s: float = 0.0
     stalled: bool = False
     stall_restarts: int = 0
@@ -103,6 +103,9 @@ class Controller:
     on_assembled: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
     clock: Callable[[], float] = time.monotonic
     slots: int = 0  # blocks training at once; 0 = every block
+    # each block's restarts in earlier runs, read before its actor starts (a restart before
+    # its first report is then said too); None: taken from each block's first report
+    restarts_before: list[int] | None = None
     state: State = State.TRAINING
     blocks: list[BlockStatus] = field(default_factory=list)
     assembly: dict[str, float] = field(default_factory=dict)
@@ -114,7 +117,9 @@ class Controller:
 
     def __post_init__(self) -> None:
         now = self._started_s = self.clock()
-        self.blocks = [BlockStatus(last_progress_s=now) for _ in range(self.cfg.model.blocks)]
+        before = self.restarts_before or [None] * self.cfg.model.blocks
+        self.blocks = [BlockStatus(last_progress_s=now, restarts_before=n, restarts=n or 0)
+                       for n in before]
         self.slots = min(self.slots or len(self.blocks), len(self.blocks))
         self._next_assembly = self.cfg.train.assemble_every or self.cfg.train.max_steps + 1
 

@@ -33,6 +33,7 @@ from dbparallel.runtime.placement import cluster_now, reserve_start, start_slots
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.runtime.ray_backend import RayBackend
 from dbparallel.tasks import build_task
+from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.cluster_fit import Cluster
 from dbparallel.training.curves import write_curves
 from dbparallel.training.data_check import CheckResult, check_data, check_line
@@ -234,7 +235,9 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
                                 on_stall=lambda b, stalled: stall[b].stalled(stalled),
                                 on_assembly_failed=lambda message: assembly.failed(),
                                 on_assembled=AssemblyLog(storage, start).append,
-                                slots=slots)
+                                slots=slots, restarts_before=[
+                                    BlockCheckpoints(storage, b).restarts()
+                                    for b in range(cfg.model.blocks)])
         metrics = controller.run()
         per_block = backend.summaries()
         for row, placed in zip(per_block, controller.schedule(), strict=True):

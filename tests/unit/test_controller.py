@@ -249,6 +249,19 @@ def test_a_restarted_block_is_said_once_and_counted_on_its_progress(caplog,
     assert all(n == before for b, _, n in seen if b == 0)  # restarted in earlier runs only
 
 
+@pytest.mark.parametrize("before", [0, 2])
+def test_a_restart_before_a_blocks_first_report_is_said_when_earlier_counts_are_known(
+        caplog, before: int) -> None:
+    backend = FakeBackend(steps=10, restarted_at={1: 4}, restarts_before=before)
+    seen: list[tuple] = []
+    Controller(_cfg(), backend, on_progress=lambda b, s, loss, n: seen.append((b, s, n)),
+               restarts_before=[before, before]).run()
+    said = [r.getMessage() for r in caplog.records if "was restarted" in r.getMessage()]
+    assert said == ["block 1: its process was restarted (1 of train.max_restarts=3 in this "
+                    "run) and went on from its latest checkpoint; now at step 4"]
+    assert (1, 4, before + 1) in seen
+
+
 def test_a_rerun_of_blocks_restarted_before_says_nothing_of_it(caplog) -> None:
     Controller(_cfg(), FakeBackend(steps=10, restarts_before=1)).run()
     assert "was restarted" not in caplog.text
