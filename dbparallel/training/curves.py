@@ -16,6 +16,13 @@ from dbparallel.training.storage import Storage
 
 CURVES_FILE = "curves.png"
 NOT_METRICS = ("step", "wall_s")  # assembly.jsonl keys that are not the network's metrics
+# assembly metrics that do not change over training (whether the test split was scored, the
+# looped task's memory measurements): no panel of their own
+CONSTANT = ("eval_on_test",)
+CONSTANT_PARTS = ("_bytes",)
+# the data's own value, drawn as a dashed line in the panel of the network's metric
+REFERENCES = {"data_ppl": "gen_ppl", "data_entropy": "sample_entropy"}
+PANEL_COLUMNS = 4  # assembly panels per row
 log = logging.getLogger(__name__)
 
 
@@ -31,16 +38,18 @@ def plot_curves(storage: Storage, against: Storage | None = None) -> bytes:
         raise RunDirError(f"{storage.uri()}: no training history yet (each block writes "
                           f"blocks/block_<b>/metrics.jsonl every train.log_every steps)")
     assemblies = read_assemblies(storage)
-    keys = sorted({k for r in assemblies for k, v in r.items()
-                   if k not in NOT_METRICS and _finite(v)})
+    panels = assembly_panels(assemblies)
     # Figure + the Agg canvas, not pyplot: no global backend state in the caller's process.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     diagnostics = _diagnostics(storage)
     baseline = _diagnostics(against) if against is not None else None
-    columns = max(1, len(keys), 2 if diagnostics and diagnostics.get("chain_accuracy") else 1)
-    rows = 1 + bool(keys) + bool(diagnostics)
+    columns = max(1, min(len(panels), PANEL_COLUMNS),
+                  2 if diagnostics and diagnostics.get("chain_accuracy") else 1)
+    panel_rows = -(-len(panels) // PANEL_COLUMNS)
+    rows = 1 + panel_rows + bool(diagnostics)
     fig = Figure(figsize=(max(8.0, 3.5 * columns), 4.0 * rows + 0.5), dpi=100)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(rows, columns)
@@ -67,17 +76,23 @@ def plot_curves(storage: Storage, against: Storage | None = None) -> bytes:
     # Blocks of high noise have losses an order of magnitude apart from those of low noise.
     if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
         ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step (of each block)")
     ax.set_ylabel("loss (training: mean of train.log_every steps)")
     ax.set_title("training loss per block (dashed: held-out, EMA weights)")
     ax.grid(alpha=0.3)
     if losses:
         ax.legend(fontsize="small")
-    for i, key in enumerate(keys):
+    for i, (key, reference) in enumerate(panels):
+        panel = fig.add_subplot(grid[1 + i // PANEL_COLUMNS, i % PANEL_COLUMNS],
+                                sharex=ax)  # the loss panel's steps
         points = [(r["step"], r[key]) for r in assemblies if _finite(r.get(key))]
         steps, values = zip(*points, strict=True)
-        panel = fig.add_subplot(grid[1, i], sharex=ax)  # the loss panel's steps
-        panel.plot(steps, values, marker="o")
+        panel.plot(steps, values, marker="o", label="composed network")
+        if reference:  # a value of the data, the same at every assembly: its latest
+            data = [r[reference] for r in assemblies if _finite(r.get(reference))][-1]
+            panel.axhline(data, color="k", linestyle="--", label=f"the data ({reference})")
+            panel.legend(fontsize="small")
         panel.set_xlabel("step (lowest of the blocks' snapshots)")
         panel.set_ylabel(key)
         panel.set_title(f"assembly: {key}")
@@ -93,6 +108,17 @@ def plot_curves(storage: Storage, against: Storage | None = None) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def assembly_panels(assemblies: list[dict]) -> list[tuple[str, str | None]]:
+    """(metric, the data's reference metric drawn with it or None) of each assembly panel:
+    every metric with a finite value, but for those that do not change over training and the
+    references, in name order."""
+    found = {k for r in assemblies for k, v in r.items() if k not in NOT_METRICS and _finite(v)}
+    shown = sorted(k for k in found if k not in CONSTANT and k not in REFERENCES
+                   and not any(part in k for part in CONSTANT_PARTS))
+    partner = {metric: ref for ref, metric in REFERENCES.items() if ref in found}
+    return [(k, partner.get(k)) for k in shown]
 
 
 def _diagnostics(storage: Storage) -> dict | None:

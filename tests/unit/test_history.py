@@ -17,7 +17,7 @@ from dbparallel.data.sources import open_data
 from dbparallel.errors import RunDirError
 from dbparallel.runtime.controller import Controller, Event
 from dbparallel.runtime.local import run_local
-from dbparallel.training.curves import plot_curves
+from dbparallel.training.curves import PANEL_COLUMNS, assembly_panels, plot_curves
 from dbparallel.training.history import (
     ASSEMBLY_FILE,
     AssemblyLog,
@@ -178,6 +178,31 @@ def test_plot_curves_draws_a_png_with_an_assembly_panel_when_there_are_points(
     assert losses_only[:8] == PNG and both[:8] == PNG
     width, height = Image.open(io.BytesIO(losses_only)).size
     assert Image.open(io.BytesIO(both)).size[1] > height  # a second row of panels
+
+
+def test_assembly_panels_leave_out_what_training_does_not_change() -> None:
+    """The looped task's line: its memory measurements and whether the test split was scored
+    get no panel; the data's perplexity and entropy are drawn in the network's panels."""
+    line = {"step": 4, "bpc": 7.0, "bpc_sigma_max": 7.0, "eval_on_test": 1.0, "gen_ppl": 128.0,
+            "sample_entropy": 2.9, "data_ppl": 127.9, "data_entropy": 2.7,
+            "train_memory_bytes_bptt": 6.5e7, "train_activation_bytes_bptt": 6.2e7,
+            "wall_s": 9.1, "fd_indomain": float("nan")}
+    assert assembly_panels([line]) == [("bpc", None), ("bpc_sigma_max", None),
+                                       ("gen_ppl", "data_ppl"),
+                                       ("sample_entropy", "data_entropy")]
+    without_data = {k: v for k, v in line.items() if not k.startswith("data_")}
+    assert ("gen_ppl", None) in assembly_panels([without_data])
+
+
+def test_more_assembly_panels_than_a_row_holds_wrap_to_a_second_row(tmp_path) -> None:
+    storage = Storage(str(tmp_path))
+    _history(storage, assemblies=False)
+    metrics = {f"metric_{i}": float(i) for i in range(PANEL_COLUMNS)}
+    append_assembly(storage, 8, metrics, 3.0)
+    one_row = Image.open(io.BytesIO(plot_curves(storage))).size
+    append_assembly(storage, 12, {**metrics, "one_more": 1.0}, 5.0)
+    two_rows = Image.open(io.BytesIO(plot_curves(storage))).size
+    assert two_rows[0] == one_row[0] and two_rows[1] > one_row[1]
 
 
 def test_dbparallel_plot(tmp_path, capsys) -> None:

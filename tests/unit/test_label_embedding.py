@@ -50,9 +50,10 @@ def test_frozen_losses_and_predictions_are_unchanged() -> None:
     batch = {"image": images, "label": torch.tensor([0, 3, 7, 9])}
     losses = [task.loss(nets[b], batch, b, torch.Generator().manual_seed(11)) for b in range(2)]
     logits = task.predict(nets, images, torch.Generator().manual_seed(5))
-    # to float rounding: CPUs of other vector widths sum in other orders (last bits differ)
+    # to float rounding: CPUs of other vector widths sum in other orders (1.5e-5 relative
+    # measured between two machines on a loss of about 19)
     def same(got: torch.Tensor, recorded: list[float]) -> None:
-        torch.testing.assert_close(got.detach(), torch.tensor(recorded), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.detach(), torch.tensor(recorded), rtol=1e-4, atol=1e-5)
 
     same(losses[0], [36.0655403137207, 24.076778411865234, 18.705821990966797,
                      15.752243995666504])
