@@ -154,6 +154,8 @@ class SampleConfig:
     # held-out rows a classifier (vit; dit's in-domain features) is scored on: 0 = every test
     # row, or, for data with no test split, the first 10,000 training rows
     eval_rows: int = 0
+    # held-out rows each noise bin of diagnostics.json is scored on (16 bins or more)
+    diagnostic_rows: int = 256
     # vit: the label state the chain starts from at sigma_max: zero (the prior's mean; the
     # chain follows the expected embeddings, no noise drawn) | noise (sigma_max * eps, the
     # paper's; the chain then draws a label from block 0's posterior); docs/method.md, vit
@@ -173,6 +175,8 @@ class SampleConfig:
         check(self.per_class >= 1, "sample.per_class", "must be >= 1")
         check(self.eval_samples >= 10, "sample.eval_samples", "must be >= 10")
         check(self.eval_rows >= 0, "sample.eval_rows", "must be >= 0 (0 = the test split)")
+        check(self.diagnostic_rows >= 1, "sample.diagnostic_rows",
+              f"must be >= 1, got {self.diagnostic_rows}")
         choice(self.label_start, "sample.label_start", LABEL_STARTS)
         for key in ("elbo_draws", "prompt_len", "gen_len", "text_samples", "scorer_steps"):
             value = getattr(self, key)

@@ -111,7 +111,7 @@ class Network:
         of ``index`` (and ViT's accuracy after each step); training/eval/diagnostics.py."""
         from dbparallel.training.eval.diagnostics import diagnose, held_out_batch
 
-        batch = held_out_batch(self.task, index, self.device)
+        batch = held_out_batch(self.task, index, self.device, self.cfg.sample.diagnostic_rows)
         return diagnose(self.cfg, self.task, self.blocks, batch)
 
     def artifact(self, index: DataIndex | None = None) -> tuple[str, bytes]:

@@ -36,7 +36,7 @@ from dbparallel.tasks.base import Batch, rows_of
 from dbparallel.training.seeding import generator
 
 BINS = 16  # at least; a whole number per block, so that no bin straddles two blocks
-ROWS = 256  # held-out rows per bin
+ROWS = 256  # held-out rows per bin, unless told (sample.diagnostic_rows)
 FILE = "diagnostics.json"
 
 
