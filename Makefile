@@ -7,7 +7,7 @@ APT_PACKAGES := dataset-fashion-mnist prometheus
 TORCH_INDEX  ?=
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: run test test-loaded lint bench-quick clean
+.PHONY: run test test-all test-loaded lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# The default suite and the slow tests beside it (longer Ray runs, instances of their own,
+# chaos schedules, a node lost): every test but those that need a GPU.
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu" $(ARGS)
 
 # The suite twice in a row with one core kept busy by another process: nothing in it may
 # depend on how fast the machine is.

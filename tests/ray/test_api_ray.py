@@ -13,6 +13,7 @@ pytestmark = pytest.mark.ray
 TINY = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
 
 
+@pytest.mark.slow  # train() on Ray is run_ray (test_train_ray); the API by default: test_api
 def test_train_from_python_on_ray_matches_local_mode(ray_session, tmp_path) -> None:
     overrides = {"train.steps": 6, "metrics.port": 0}
     on_ray = dbparallel.train(TINY, overrides={**overrides, "run.dir": tmp_path / "ray"},

@@ -38,6 +38,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow  # two Ray instances of its own
 def test_the_state_api_answers_from_this_instance_not_a_stale_ray_start() -> None:
     with socket.socket() as s:  # a port nothing listens on: a head that is gone
         s.bind(("127.0.0.1", 0))
@@ -76,6 +77,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow  # a Ray instance of its own
 def test_a_dashboard_port_taken_before_ray_binds_it_is_replaced() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_API_SERVER_ADDRESS", None)

@@ -85,6 +85,9 @@ def test_a_bad_row_met_by_a_block_actor_stops_the_run_naming_it(ray_session, tmp
     assert kept  # the block that met the row had checkpointed step 10
 
 
+# a Ray instance of its own and 108 MB of images; streaming by default: test_streaming and
+# test_data_memory
+@pytest.mark.slow
 def test_data_larger_than_the_object_store_trains(tmp_path) -> None:
     """A private instance (its own process) with an 80 MiB object store; 108 MB of images."""
     data = _images(tmp_path / "data", 36_000, 32, 3)

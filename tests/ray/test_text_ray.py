@@ -16,6 +16,7 @@ FAST = ["train.steps=4", "train.checkpoint_every=4", "train.log_every=2", "metri
         "sample.eval_samples=10", "sample.steps=4", "sample.text_samples=2"]
 
 
+@pytest.mark.slow  # the actors run test_train_ray's code; text tasks by default: test_text_recipes
 def test_mdm_in_ray_equals_local(ray_session, tmp_path: Path) -> None:
     from dbparallel.runtime.launch import run_ray
     from dbparallel.runtime.local import run_local

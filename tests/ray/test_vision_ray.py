@@ -26,6 +26,7 @@ def _train(run_dir: Path, local: bool) -> dict:
     return run_ray(cfg, None, progress=False)
 
 
+@pytest.mark.slow  # the vision default on Ray: test_block_steps_in_ray_equal_local
 def test_vit_in_ray_equals_local(ray_session, tmp_path) -> None:
     ray_report = _train(tmp_path / "ray", local=False)
     local_report = _train(tmp_path / "local", local=True)

@@ -138,6 +138,7 @@ def test_window_read_rows() -> None:
     assert {r["window_bytes"] for r in rows} == {64 * 3 * 16 * 16} and rows[0]["speedup"] == 1.0
 
 
+@pytest.mark.slow  # a process per row group read; the reader by default: test_shard_pieces
 def test_parquet_read_rows() -> None:
     """Both arms read every row of the same row group; in pieces, Arrow holds less of it."""
     from benchmarks import parquet_read
@@ -151,6 +152,7 @@ def test_parquet_read_rows() -> None:
             assert pieces["arrow_peak_bytes"] < whole["arrow_peak_bytes"] / 2
 
 
+@pytest.mark.slow  # a process per row group written; the writer by default: test_reshard
 def test_parquet_write_rows() -> None:
     """Both arms write the same rows as one row group (pages may split elsewhere: a file
     within 1% of the other's size); in pieces, Arrow holds less of it."""
