@@ -21,6 +21,9 @@ RECIPE = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
 SAME = ["train.batch_size=30"]
 
 
+# a minute of Ray Train restarting a group; replicas on Ray Train by default: the
+# data-parallel baseline below
+@pytest.mark.slow
 def test_a_lost_replica_restarts_only_its_block_and_the_weights_match_one_process(
         ray_session, tmp_path) -> None:
     replicated = load_config([RECIPE], [
@@ -48,7 +51,6 @@ def test_a_lost_replica_restarts_only_its_block_and_the_weights_match_one_proces
                                        msg=lambda m, b=block, n=name: f"block {b} {n}: {m}")
 
 
-@pytest.mark.slow  # another half minute of Ray Train
 def test_a_data_parallel_baseline_is_the_single_process_one(ray_session, tmp_path,
                                                             capsys) -> None:
     """`dbparallel baseline` with runtime.replicas_per_block=2: the end-to-end network trained
@@ -86,7 +88,7 @@ def test_a_group_knows_its_workers_whatever_order_their_messages_come_in() -> No
     assert roster.current == ["rank 0 again", "rank 1 again"]
 
 
-@pytest.mark.slow  # another minute of Ray Train; the lost-replica test above is the default
+@pytest.mark.slow  # another minute of Ray Train
 def test_a_stalled_group_is_restarted_and_resumes(ray_session, tmp_path) -> None:
     """The controller's stall restart of a block with replicas: its rank 0 is killed, Ray Train
     starts the group again, the group counts the restart and trains to the end."""
