@@ -100,11 +100,11 @@ def _print_summary(cfg: Config, report: dict) -> None:
     if report["assembly"]:
         metrics = ", ".join(f"{k}={_number(v)}" for k, v in report["assembly"].items())
         print(f"assembly: {metrics}")
-        if cfg.train.objective != "end_to_end" and {"bpc", "bpc_sigma_max"} <= set(
-                report["assembly"]):  # ar and looped blocks
-            print("bpc: of the final logits, where each token's chain has already chosen a "
-                  "token (it measures the sampler); bpc_sigma_max, the first step's, is the "
-                  "likelihood comparable with an end-to-end model's bpc (docs/text.md)")
+        from dbparallel.training.eval.text import bpc_note
+
+        note = bpc_note(cfg, report["assembly"])
+        if note:
+            print(note)
     else:
         print(f"assembly: not run (a subset of blocks); once every block is trained, the same "
               f"command without --block assembles them and writes the run's report.json "

@@ -75,6 +75,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         for k, v in metrics.items():
             print(f"{k}: {v:.6g}")
+        from dbparallel.training.eval.text import bpc_note
+
+        note = bpc_note(network.cfg, metrics)
+        if note:
+            print(note)
     return 0
 
 

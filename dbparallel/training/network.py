@@ -242,7 +242,10 @@ class Network:
             if len(scored) == 0:
                 continue
             g = generator(self.cfg.run.seed, "api-bpc", seed, k)
-            per_token = self.task.bpc(self.blocks, window[None].to(self.device), g)["bpc"]
+            scores = self.task.bpc(self.blocks, window[None].to(self.device), g)
+            # an ar or looped chain: its first step's p(x_i | x_<i), not the final logits',
+            # which measure the sampler (training/eval/text.py, BPC_NOTE)
+            per_token = scores.get("bpc_sigma_max", scores["bpc"])
             bits += per_token * len(scored)
             chars += len(self.tokenizer.decode(scored))
         return bits, chars
@@ -254,7 +257,8 @@ class Network:
 
     def bpc(self, texts: str | list[str], seed: int = 0) -> float:
         """Bits per character over ``texts`` (AR and looped: each data.seq_len window's tokens
-        after its first, teacher forced; MDM: the ELBO, an upper bound). A text with nothing
+        after its first, teacher forced, from the chain's first step, the network's own
+        p(x_i | x_<i), as report.json's bpc_sigma_max; MDM: the ELBO, an upper bound). A text with nothing
         to score (AR: under 2 tokens; MDM: empty) is refused, naming it."""
         self._need("bpc")
         pairs = self._scores(texts, seed)

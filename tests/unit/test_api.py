@@ -98,12 +98,29 @@ def test_text_networks_generate_and_score_text(runs: dict[str, str], task: str) 
         net.generate("ab", temperature=-1)
     bpc = net.bpc([TEXT, TEXT + TEXT])
     assert 0 < bpc < 20
+    if task != "mdm":  # the chain's first step: report.json's bpc_sigma_max, a likelihood
+        _likelihood_is_the_first_steps(net)
     short, long = net.log_likelihood([TEXT, TEXT * 3])  # longer than data.seq_len: windows
     assert long < short < 0
     with pytest.raises(UserError, match="'\u00e9' is not in the vocabulary of this run"):
         net.generate("caf\u00e9")
     with pytest.raises(UserError, match="cannot sample"):
         net.sample([0])
+
+
+def _likelihood_is_the_first_steps(net) -> None:
+    """An ar or looped chain's bpc is its first step's cross-entropy (the network's own
+    p(x_i | x_<i)), not that of the final logits, which measures the sampler."""
+    import torch
+
+    from dbparallel.training.seeding import generator
+
+    ids = torch.tensor(net._encode(TEXT[:net.cfg.data.seq_len]))
+    both = net.task.bpc(net.blocks, ids[None], generator(net.cfg.run.seed, "api-bpc", 0, 0))
+    # the key matters: the two differ by far more than the tolerance below (7e-4 measured)
+    assert both["bpc"] != pytest.approx(both["bpc_sigma_max"], rel=1e-5)
+    assert net.bpc(TEXT[:net.cfg.data.seq_len]) == pytest.approx(both["bpc_sigma_max"] * (
+        len(ids) - 1) / len(net.tokenizer.decode(ids[1:])), rel=1e-6)
 
 
 def test_mdm_generation_fills_one_row(runs: dict[str, str]) -> None:

@@ -45,6 +45,9 @@ def test_tiny_recipe_trains_and_assembles(task: str, tmp_path: Path, capsys) -> 
     samples = (tmp_path / "samples.txt").read_text(encoding="utf-8")
     assert samples.startswith(f"{task}, {cfg.model.blocks} block(s)")
     assert len(json.loads((tmp_path / "vocab.json").read_text())["vocab"]) == 84
+    if task == "ar":  # and `dbparallel eval` of the run says it too
+        assert cli.main(["eval", str(tmp_path)]) == 0
+        assert said in capsys.readouterr().out
     if task == "looped":
         a = report["assembly"]
         assert a["train_activation_bytes_bptt"] > 1.5 * a["train_activation_bytes_diffusionblocks"]

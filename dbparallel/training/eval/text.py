@@ -58,6 +58,18 @@ def read_rows(cfg: Config, index: DataIndex, split: str, positions: np.ndarray) 
         raise err.at(f"{shards[k].uri} row {shards[k].first_row + at - starts[k]}") from None
 
 
+BPC_NOTE = ("bpc: of the final logits, where each token's chain has already chosen a token (it "
+            "measures the sampler); bpc_sigma_max, the first step's, is the likelihood "
+            "comparable with an end-to-end model's bpc (docs/text.md)")
+
+
+def bpc_note(cfg: Config, metrics: dict[str, float]) -> str | None:
+    """The line that says which of an ar or looped chain's two bpc is a likelihood, for
+    metrics that have both; None for others."""
+    chain = cfg.train.objective != "end_to_end"
+    return BPC_NOTE if chain and {"bpc", "bpc_sigma_max"} <= set(metrics) else None
+
+
 def held_out(cfg: Config, index: DataIndex, count: int) -> torch.Tensor:
     """``count`` sequences (N, seq_len) spread evenly over the test split (the training
     rows when there is none: ``DataIndex.eval_split``)."""
