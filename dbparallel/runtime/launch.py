@@ -29,7 +29,12 @@ from dbparallel.runtime.metrics import (
     free_port,
     port_line,
 )
-from dbparallel.runtime.placement import cluster_now, reserve_start, start_slots
+from dbparallel.runtime.placement import (
+    cluster_now,
+    refuse_what_cannot_fit_here,
+    reserve_start,
+    start_slots,
+)
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.runtime.ray_backend import RayBackend
 from dbparallel.tasks import build_task
@@ -218,9 +223,10 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
             line = check_line(check_on_cluster(cfg, index, progress=progress))
             if line:
                 print(line, flush=True)
+        slots = start_slots(cfg, cluster_now())  # 0 fits here -> 1: reserve() names the keys
+        refuse_what_cannot_fit_here(cfg, slots)  # before the run directory is touched
         storage = open_run(cfg)
         pin_data(storage, index)
-        slots = start_slots(cfg, cluster_now())  # 0 fits here -> 1: reserve() names the keys
         if slots < cfg.model.blocks:
             print(f"runtime: {slots} of {cfg.model.blocks} blocks train at once; the others "
                   f"queue and start as blocks finish (runtime.max_concurrent_blocks)", flush=True)

@@ -64,10 +64,7 @@ def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
     actor, reserved before training starts; UserError naming the keys if the cluster cannot
     fit it."""
     r = cfg.runtime
-    bundle = {"CPU": r.cpus_per_block, **({"GPU": r.gpus_per_block} if r.gpus_per_block else {})}
-    bundles = [dict(bundle) for _ in range(slots * replicas)]
-    if assembly_bundle(cfg):
-        bundles.append(assembly_bundle(cfg))
+    bundles = _bundles(cfg, slots, replicas)
     _check_room(cfg, bundles)
     pg = placement_group(bundles, strategy="SPREAD")
     try:
@@ -83,11 +80,33 @@ def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
                 f"it has room for {fits} at once now: runtime.max_concurrent_blocks={fits}, "
                 f"or a longer runtime.placement_timeout_s")
         raise PlacementTimeout(
-            f"runtime.cpus_per_block/gpus_per_block: {slots} blocks x {each}{bundle}{extra} "
+            f"runtime.cpus_per_block/gpus_per_block: {slots} blocks x {each}{_block_bundle(cfg)}"
+            f"{extra} "
             f"do not fit the cluster ({have.cpus:g} CPUs, {have.gpus:g} GPUs) "
             f"within runtime.placement_timeout_s={r.placement_timeout_s:g}; {hint}",
             fits) from None
     return pg
+
+
+def refuse_what_cannot_fit_here(cfg: Config, slots: int) -> None:
+    """reserve()'s UserError for ``slots`` blocks and the assembly actor, raised before the
+    run directory is touched, when the run is on this machine's own Ray instance and asks for
+    more than it has in all (a named cluster may yet grow: reserve() waits for it)."""
+    if _this_machine_alone(cfg):
+        _check_room(cfg, _bundles(cfg, slots, cfg.runtime.replicas_per_block))
+
+
+def _block_bundle(cfg: Config) -> dict[str, float]:
+    r = cfg.runtime
+    return {"CPU": r.cpus_per_block, **({"GPU": r.gpus_per_block} if r.gpus_per_block else {})}
+
+
+def _bundles(cfg: Config, slots: int, replicas: int) -> list[dict[str, float]]:
+    """One bundle per replica of each block slot, and the assembly actor's, if it has one."""
+    bundles = [_block_bundle(cfg) for _ in range(slots * replicas)]
+    if assembly_bundle(cfg):
+        bundles.append(assembly_bundle(cfg))
+    return bundles
 
 
 def _check_room(cfg: Config, bundles: list[dict[str, float]]) -> None:

@@ -258,8 +258,8 @@ class Network:
     def bpc(self, texts: str | list[str], seed: int = 0) -> float:
         """Bits per character over ``texts`` (AR and looped: each data.seq_len window's tokens
         after its first, teacher forced, from the chain's first step, the network's own
-        p(x_i | x_<i), as report.json's bpc_sigma_max; MDM: the ELBO, an upper bound). A text with nothing
-        to score (AR: under 2 tokens; MDM: empty) is refused, naming it."""
+        p(x_i | x_<i), as report.json's bpc_sigma_max; MDM: the ELBO, an upper bound). A
+        text with nothing to score (AR: under 2 tokens; MDM: empty) is refused, naming it."""
         self._need("bpc")
         pairs = self._scores(texts, seed)
         if not pairs:

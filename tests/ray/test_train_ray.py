@@ -187,13 +187,19 @@ def test_killed_block_restarts_alone_and_resumes_exactly(ray_run, tmp_path) -> N
         [r["final_loss"] for r in clean["per_block"]]
 
 
-def test_more_than_this_machine_has_is_refused_at_once(ray_session, tmp_path, capsys) -> None:
-    """A GPU asked of a Ray instance of this machine, which has none and no autoscaler: an
-    error naming the key, not runtime.placement_timeout_s of waiting."""
+@pytest.mark.parametrize(("asked", "said"), [
+    ("runtime.gpus_per_block=1", "runtime.gpus_per_block: the run asks for 1 GPU in all"),
+    ("runtime.cpus_per_block=4", "runtime.cpus_per_block: the run asks for 4 CPU in all")])
+def test_more_than_this_machine_has_is_refused_at_once(ray_session, tmp_path, capsys,
+                                                       asked: str, said: str) -> None:
+    """More than a Ray instance of this machine has (no autoscaler adds to it): an error
+    naming the key, not runtime.placement_timeout_s of waiting, before the run directory is
+    written (a corrected rerun may change anything) or blocks are said to queue."""
     from dbparallel.cli import main
 
     assert main(["train", str(RECIPE), f"run.dir={tmp_path / 'run'}", "data.validate=false",
-                 "runtime.gpus_per_block=1", "runtime.placement_timeout_s=30"]) == 2
-    err = capsys.readouterr().err
-    assert "runtime.gpus_per_block: the run asks for 1 GPU in all, and this machine's Ray " \
-        "instance has" in err and "0 GPUs" in err, err
+                 asked, "runtime.placement_timeout_s=30"]) == 2
+    out, err = capsys.readouterr()
+    assert f"{said}, and this machine's Ray instance has" in err, err
+    assert "train at once" not in out
+    assert not (tmp_path / "run").exists()
