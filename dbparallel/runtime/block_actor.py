@@ -84,7 +84,7 @@ class BlockActor:
         t = self.run.trainer
         return {"block": self.block, "step": t.step, "done": self.run.done,
                 "loss": self.last.loss if self.last else t.final_loss, "pid": os.getpid(),
-                "restarts": self.restarts}
+                "restarts": self.restarts, "resumed_from": self.run.resumed_from}
 
     def summary(self) -> dict[str, Any]:
         return {**self.run.summary(), "restarts": self.restarts}

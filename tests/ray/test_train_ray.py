@@ -176,9 +176,13 @@ def test_metrics_scrape_during_a_run(ray_session, tmp_path, monkeypatch) -> None
         assert seen[("ray_dbparallel_block_sigma_high", b)] == pytest.approx(hi)
 
 
-def test_killed_block_restarts_alone_and_resumes_exactly(ray_run, tmp_path) -> None:
+def test_killed_block_restarts_alone_and_resumes_exactly(ray_run, tmp_path, caplog) -> None:
     _, clean = ray_run
     killed = _train(tmp_path / "killed", "debug.kill_block=1", "debug.kill_at_step=8")
+    said = [r.getMessage() for r in caplog.records if "was restarted" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(
+        "block 1: its process was restarted (1 of train.max_restarts=") and \
+        "went on from its checkpoint of step 6; now at step" in said[0], said
     restarts = [row["restarts"] for row in killed["per_block"]]
     assert restarts == [0, 1]
     # block 1's new actor went on from its checkpoint of step 6, not from the start

@@ -36,10 +36,13 @@ class FakeBackend:
         if block in self.fail:
             self.queue.append(Event("train", block, error=self.fail[block]))
             return
-        restarts = self.restarts_before + int(until >= self.restarted_at.get(block,
-                                                                               self.steps + 1))
+        restarted = until >= self.restarted_at.get(block, self.steps + 1)
+        # a restarted block resumes from its checkpoint of the step its process died at
+        since = {"resumed_from": self.restarted_at[block]} if restarted else {}
         self.queue.append(Event("train", block, {"step": until, "done": until >= self.steps,
-                                                 "loss": 1.0 / until, "restarts": restarts}))
+                                                 "loss": 1.0 / until,
+                                                 "restarts": self.restarts_before + restarted,
+                                                 **since}))
 
     def submit_assemble(self, write_samples: bool) -> None:
         self.calls.append(("assemble", write_samples))
@@ -244,7 +247,7 @@ def test_a_restarted_block_is_said_once_and_counted_on_its_progress(caplog,
     controller.run()
     said = [r.getMessage() for r in caplog.records if "was restarted" in r.getMessage()]
     assert said == ["block 1: its process was restarted (1 of train.max_restarts=3 in this "
-                    "run) and went on from its latest checkpoint; now at step 8"]
+                    "run) and went on from its checkpoint of step 8; now at step 8"]
     assert (1, 4, before) in seen and (1, 8, before + 1) in seen
     assert all(n == before for b, _, n in seen if b == 0)  # restarted in earlier runs only
 
@@ -258,7 +261,7 @@ def test_a_restart_before_a_blocks_first_report_is_said_when_earlier_counts_are_
                restarts_before=[before, before]).run()
     said = [r.getMessage() for r in caplog.records if "was restarted" in r.getMessage()]
     assert said == ["block 1: its process was restarted (1 of train.max_restarts=3 in this "
-                    "run) and went on from its latest checkpoint; now at step 4"]
+                    "run) and went on from its checkpoint of step 4; now at step 4"]
     assert (1, 4, before + 1) in seen
 
 
