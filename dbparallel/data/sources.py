@@ -81,14 +81,19 @@ def check_kind(task: str, data: DataConfig, index: DataIndex | None = None) -> N
                     f"'text' column): set task=dit or vit, or give text (data.source=text)")
 
 
+DIGITS = {"image_size": 8, "channels": 1, "num_classes": 10}  # what data.source=digits holds
+
+
 def open_data(data: DataConfig) -> DataIndex:
     """The index of the data named by ``data`` (building cached shards on first use)."""
     from dbparallel.data.parquet_index import parquet_index
 
     if data.source == "digits":
-        if (data.image_size, data.channels, data.num_classes) != (8, 1, 10):
-            raise DataError("data.image_size/channels/num_classes: digits are 8x8, 1 channel, "
-                            "10 classes")
+        wrong = [f"data.{key}={getattr(data, key)}" for key, value in DIGITS.items()
+                 if getattr(data, key) != value]
+        if wrong:
+            raise DataError(f"{', '.join(wrong)}: digits are 8x8, 1 channel, 10 classes "
+                            f"(data.image_size=8, data.channels=1, data.num_classes=10)")
         return _cached(parquet_index(digits_parquet(data.shard_rows), "digits"))
     if data.source == "fashion_mnist":
         from dbparallel.data.fashion import fashion_parquet

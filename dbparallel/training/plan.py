@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from dbparallel.config import Config, ConfigError
+from dbparallel.config import Config, ConfigError, bytes_text
 from dbparallel.core.meta_memory import LiveSavedBytes, cpu_attention_on_meta
 from dbparallel.tasks import build_task
 from dbparallel.training.cluster_fit import USABLE, Cluster, cluster_lines, cluster_plan
@@ -171,9 +171,10 @@ def fit_blocks(build: Callable[[int], Config]) -> int:
             return blocks
         largest = cfg
     detail = (f"; even B={largest.model.blocks} needs "
-              f"{max(block_memory(largest)) / 2**30:.2f} GiB per block" if largest else "")
+              f"{bytes_text(max(block_memory(largest)))} per block" if largest else "")
+    checkpointing = "" if base.train.checkpoint_layers else "set train.checkpoint_layers=true, "
     raise ConfigError(f"model.blocks=auto: no B that divides model.depth={base.model.depth} "
                       f"trains within {USABLE:.0%} of runtime.device_memory="
                       f"{base.runtime.device_memory}"
-                      f"{detail}; raise train.micro_batches, lower train.batch_size or use a "
-                      f"smaller model")
+                      f"{detail}; {checkpointing}raise train.micro_batches, lower "
+                      f"train.batch_size or use a smaller model")

@@ -82,3 +82,14 @@ def test_files_with_other_column_types_are_named(tmp_path) -> None:
     with pytest.raises(DataError, match=r"b\.parquet: column 'label' is int32, but .*a\.parquet "
                                         r"has int64; every file of a data set needs the same"):
         parquet_index(str(tmp_path))
+
+
+@pytest.mark.parametrize("override", ["data.image_size=16", "data.num_classes=5"])
+def test_digits_of_another_shape_are_refused_naming_the_key(override: str, capsys,
+                                                           tmp_path) -> None:
+    from dbparallel.cli import main
+
+    assert main(["train", "--local", override, f"run.dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{override}: digits are 8x8, 1 channel, 10 classes" in err, err
+    assert not (tmp_path / "run").exists()
