@@ -50,7 +50,14 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "config"
-        raise ConfigError(f"{key}: {_omegaconf_reason(err)}") from None
+        raise ConfigError(_from_file(key, files, layers, overrides,
+                                     f"{key}: {_omegaconf_reason(err)}")) from None
+    except ConfigError as err:  # a value the schema's checks refuse, named by its key
+        named = re.match(r"([a-z_]+\.[a-z_0-9]+)", str(err))
+        if named is None or type(err) is not ConfigError:
+            raise
+        raise ConfigError(_from_file(named.group(1), files, layers, overrides,
+                                     str(err))) from None
     assert isinstance(cfg, Config)
     d = cfg.data  # (here, not in the schema: a stored config from before this rule loads)
     if d.path and d.source in ("digits", "shakespeare"):
@@ -111,10 +118,31 @@ def _auto_blocks(files: list[str | Path], overrides: list[str],
     return build(fit_blocks(build))
 
 
+def _from_file(key: str, files: list[str | Path], layers: list[Any], overrides: list[str],
+               message: str) -> str:
+    """``message`` with the recipe file that set ``key`` in front (the last one that does);
+    as it is when no file sets it or an override on the command line does."""
+    from omegaconf import OmegaConf
+
+    if any(item.split("=", 1)[0].strip() == key for item in overrides):
+        return message
+    for path, layer in reversed(list(zip(files, layers, strict=False))):
+        if OmegaConf.select(layer, key, default=_UNSET) is not _UNSET:
+            return f"{path}: {message}"
+    return message
+
+
+_UNSET = object()
+
+
 def _omegaconf_reason(err: Exception) -> str:
     text = str(err).splitlines()[0]
     if type(err).__name__ == "ConfigKeyError":
-        return f"unknown key ({text}); see `dbparallel train --help-config` for the keys"
+        guess = re.search(r"Did you mean: '([A-Za-z_0-9]+)'", text)
+        key = getattr(err, "full_key", None) or ""
+        section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        hint = f"did you mean {section}{guess.group(1)}? " if guess else ""
+        return f"unknown key ({hint}see `dbparallel train --help-config` for the keys)"
     if "is not a ListConfig" in text:
         return "expects a list, e.g. [600, 400]"
     if text.startswith("Incompatible value 'None'"):

@@ -37,6 +37,26 @@ def test_bad_values_name_the_key(override: str, key: str) -> None:
     assert str(err.value).startswith(key + ":"), str(err.value)
 
 
+def test_a_key_set_in_a_recipe_names_the_last_file_that_sets_it(tmp_path) -> None:
+    """The recipe where the fault is, when several are merged; an override on the command
+    line is the user's own, and a misspelled key gets the schema's nearest one."""
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("model:\n  depth: 5\n  dpeth: 2\n")
+    b.write_text("model:\n  depth: 7\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([b, a])
+    assert str(err.value) == (f"{a}: model.dpeth: unknown key (did you mean model.depth? see "
+                              f"`dbparallel train --help-config` for the keys)")
+    a.write_text("train:\n  steps: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{b}: model.depth: 7 layers do not split "):
+        load_config([a, b])  # a value the schema's checks refuse
+    with pytest.raises(ConfigError, match=r"^model.depth: 6 layers do not split"):
+        load_config([a, b], ["model.depth=6"])
+    with pytest.raises(ConfigError, match=r"^model.dpeth: unknown key \(did you mean "
+                                          r"model.depth\?"):
+        load_config([a], ["model.dpeth=2"])
+
+
 def test_allowed_values_are_listed() -> None:
     with pytest.raises(ConfigError, match="allowed: euler, heun"):
         load_config([], ["sample.solver=rk4"])
