@@ -19,7 +19,7 @@ from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
 from dbparallel.data.row_groups import in_pieces
 from dbparallel.data.shard_reader import SPLIT_COLUMN, iter_split
 from dbparallel.data.shards import DataIndex
-from dbparallel.data.tables import image_table
+from dbparallel.data.tables import image_table, not_parquet
 from dbparallel.errors import DataError
 
 DIGITS_VERSION = 1  # bump when the cached digits table changes
@@ -52,7 +52,7 @@ def _has_text_column(path: str) -> bool:
         with fs.open_input_file(files[0].path) as f:
             return "text" in pq.ParquetFile(f).schema_arrow.names
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"data.path: {files[0].path} is not readable Parquet: {err}") from None
+        raise not_parquet(files[0].path, err) from None
 
 
 def _cached(index: DataIndex) -> DataIndex:

@@ -33,6 +33,23 @@ def resolve_path(path: str) -> tuple[pafs.FileSystem, str]:
         raise DataError(f"data.path: cannot reach {path!r}: {err}") from None
 
 
+def not_parquet(path: str, err: Exception) -> DataError:
+    """data.path's error for a file Arrow cannot read as Parquet; a local file that starts
+    as text is told how a text file is recognised (by its name)."""
+    hint = ""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        head.decode("utf-8")
+        if head and b"\0" not in head:
+            hint = (" (it looks like text: text files are recognised by their names, ending "
+                    "in .txt, or .jsonl, .ndjson or .json for one JSON object per line, "
+                    "compressed or not; rename it)")
+    except (OSError, UnicodeDecodeError):
+        pass
+    return DataError(f"data.path: {path!r} is not readable Parquet: {err}{hint}")
+
+
 def read_table(path: str) -> pa.Table:
     """Read a Parquet file or directory of Parquet files."""
     fs, where = resolve_path(path)
@@ -45,7 +62,7 @@ def read_table(path: str) -> pa.Table:
     try:
         return pq.read_table(where, filesystem=fs)
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"data.path: {path!r} is not readable Parquet: {err}") from None
+        raise not_parquet(path, err) from None
 
 
 def write_table(table: pa.Table, path: str) -> None:

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from dbparallel.data.row_groups import row_group_batches
 from dbparallel.data.shards import SPLITS
+from dbparallel.data.tables import not_parquet
 from dbparallel.errors import DataError
 
 TEXT_COLUMN, SPLIT_COLUMN, WORK_COLUMN = "text", "split", "work"
@@ -183,7 +184,7 @@ def _parquet_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
                     yield from _table_documents(pa.Table.from_batches([batch]), row, path)
                     row += batch.num_rows
     except (pa.ArrowException, OSError) as err:
-        raise DataError(f"data.path: {path!r} is not readable Parquet: {err}") from None
+        raise not_parquet(path, err) from None
 
 
 def _table_documents(table: pa.Table, first_row: int, path: str) -> Iterator[Document]:

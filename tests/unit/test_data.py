@@ -63,9 +63,21 @@ def test_uint8_images_are_scaled() -> None:
 def test_missing_path_is_one_clear_line(tmp_path) -> None:
     with pytest.raises(DataError, match="data.path: no such file"):
         read_table(str(tmp_path / "nope.parquet"))
-    (tmp_path / "junk.parquet").write_text("not parquet")
-    with pytest.raises(DataError, match="not readable Parquet"):
+    (tmp_path / "junk.parquet").write_bytes(b"\x00\x01 not parquet")
+    with pytest.raises(DataError, match=r"not readable Parquet: [^(]*$"):  # no hint
         read_table(str(tmp_path / "junk.parquet"))
+
+
+def test_a_text_file_of_another_name_is_told_how_text_is_recognised(tmp_path,
+                                                                    capsys) -> None:
+    from dbparallel.cli import main
+
+    notes = tmp_path / "notes.md"
+    notes.write_text("To be, or not to be, that is the question.\n" * 20)
+    assert main(["data", "check", str(notes), "task=ar"]) == 2
+    err = capsys.readouterr().err
+    assert f"data.path: '{notes}' is not readable Parquet" in err
+    assert "(it looks like text: text files are recognised by their names, ending in .txt" in err
 
 
 def test_files_with_other_column_types_are_named(tmp_path) -> None:
