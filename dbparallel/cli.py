@@ -147,19 +147,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     """curves.png of a run, drawn again from its metrics files (e.g. while it trains)."""
     from dbparallel.training.curves import CURVES_FILE, plot_curves
-    from dbparallel.training.run_dir import CONFIG_FILE, stored_config
+    from dbparallel.training.run_dir import require_run_dir, stored_config
     from dbparallel.training.storage import Storage
 
     if args.out and not args.out.lower().endswith(".png"):
         raise UserError(f"--out {args.out}: the curves are a .png file; name it so")
     storage = Storage(args.run_dir)
-    if not storage.exists(CONFIG_FILE):
-        raise UserError(f"{args.run_dir}: not a run directory (no {CONFIG_FILE})")
+    require_run_dir(storage, args.run_dir)
     against = None
     if args.against:
         against = Storage(args.against)
-        if not against.exists(CONFIG_FILE):
-            raise UserError(f"--against {args.against}: not a run directory (no {CONFIG_FILE})")
+        require_run_dir(against, f"--against {args.against}")
         task, other = stored_config(storage)["task"], stored_config(against)["task"]
         if task != other:  # their noise levels and losses do not share an axis
             from dbparallel.training.network import article

@@ -46,6 +46,7 @@ def plot_curves(storage: Storage, against: Storage | None = None) -> bytes:
 
     diagnostics = _diagnostics(storage)
     baseline = _diagnostics(against) if against is not None else None
+    baseline_label = _against_label(against) if against is not None else ""
     columns = max(1, min(len(panels), PANEL_COLUMNS),
                   2 if diagnostics and diagnostics.get("chain_accuracy") else 1)
     panel_rows = -(-len(panels) // PANEL_COLUMNS)
@@ -100,7 +101,7 @@ def plot_curves(storage: Storage, against: Storage | None = None) -> bytes:
     if diagnostics:
         chain = bool(diagnostics.get("chain_accuracy"))
         _draw_diagnostics(fig, grid[rows - 1, 0] if chain else grid[rows - 1, :],
-                          diagnostics, baseline)
+                          diagnostics, baseline, baseline_label)
         if chain:
             _draw_chain(fig.add_subplot(grid[rows - 1, 1]), diagnostics["chain_accuracy"])
     fig.suptitle(storage.uri())
@@ -130,7 +131,21 @@ def _diagnostics(storage: Storage) -> dict | None:
     return found if isinstance(found, dict) and found.get("loss_by_noise") else None
 
 
-def _draw_diagnostics(fig: Any, where: Any, diagnostics: dict, baseline: dict | None) -> None:
+def _against_label(against: Storage) -> str:
+    """How the --against run is named in the legend: an end-to-end baseline as such, any
+    other run by its directory."""
+    from dbparallel.training.run_dir import stored_config
+
+    try:
+        objective = stored_config(against).get("train", {}).get("objective")
+    except Exception:  # a plot is a convenience: a label is no reason to fail
+        objective = None
+    return ("end to end (--against)" if objective == "end_to_end"
+            else f"{against.uri()} (--against)")
+
+
+def _draw_diagnostics(fig: Any, where: Any, diagnostics: dict, baseline: dict | None,
+                      baseline_label: str) -> None:
     """Unweighted loss per noise bin, one colour per block, and the baseline's dashed."""
     ax = fig.add_subplot(where)
     log_x = diagnostics.get("noise") != "t"
@@ -146,7 +161,7 @@ def _draw_diagnostics(fig: Any, where: Any, diagnostics: dict, baseline: dict | 
     if baseline:
         other = baseline["loss_by_noise"]
         ax.plot([centre(r) for r in other], [r["unweighted_loss"] for r in other], "k--",
-                marker="x", label="end to end (--against)")
+                marker="x", label=baseline_label)
     if log_x:
         ax.set_xscale("log")
     values = [r["unweighted_loss"] for r in bins]

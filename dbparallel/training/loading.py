@@ -11,7 +11,13 @@ from dbparallel.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_
 from dbparallel.errors import DataError, RunDirError, UserError
 from dbparallel.training.export import damaged_export, export_bytes, read_export, split_uri
 from dbparallel.training.network import Network
-from dbparallel.training.run_dir import CONFIG_FILE, run_data, run_tokenizer, stored_config
+from dbparallel.training.run_dir import (
+    CONFIG_FILE,
+    require_run_dir,
+    run_data,
+    run_tokenizer,
+    stored_config,
+)
 from dbparallel.training.snapshots import load_snapshots
 from dbparallel.training.storage import Storage
 
@@ -47,8 +53,7 @@ def is_file(source: str) -> bool:
 def run_config(run_dir: str) -> Config:
     """The config a run directory was trained with (``run.dir`` pointing at it)."""
     storage = Storage(run_dir)
-    if not storage.exists(CONFIG_FILE):
-        raise RunDirError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    require_run_dir(storage, run_dir)
     from omegaconf.errors import OmegaConfBaseException
 
     try:

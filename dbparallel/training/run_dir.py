@@ -138,6 +138,16 @@ def _blocks_checkpoints(storage: Storage) -> list[BlockCheckpoints]:
             if name.startswith("block_") and name[len("block_"):].isdigit()]
 
 
+def require_run_dir(storage: Storage, shown: str) -> None:
+    """RunDirError unless ``storage`` holds a run directory (its config.yaml); ``shown``
+    names it in the message (e.g. ``--against DIR``)."""
+    if storage.exists(CONFIG_FILE):
+        return
+    if storage.is_local and not storage.exists(""):
+        raise RunDirError(f"{shown}: no such directory")
+    raise RunDirError(f"{shown}: not a run directory (no {CONFIG_FILE})")
+
+
 def stored_config(storage: Storage) -> dict:
     """The config dict a run directory was trained with; RunDirError naming config.yaml when
     it is damaged."""

@@ -102,7 +102,13 @@ def test_plot_draws_a_run_against_its_baseline(tmp_path: Path, capsys) -> None:
                      "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["plot", str(tmp_path / "db"), "--against", str(tmp_path / "nope")]) == 2
-    assert "--against" in capsys.readouterr().err
+    assert f"--against {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
+    # the legend calls the baseline end to end, and any other run by its directory
+    from dbparallel.training.curves import _against_label
+    from dbparallel.training.storage import Storage
+
+    assert _against_label(Storage(str(tmp_path / "e2e"))) == "end to end (--against)"
+    assert _against_label(Storage(str(tmp_path / "db"))) == f"{tmp_path / 'db'} (--against)"
     assert cli.main(["plot", str(tmp_path / "db"), "--out", str(tmp_path / "c.jpg")]) == 2
     assert "the curves are a .png file" in capsys.readouterr().err
 

@@ -124,4 +124,7 @@ def test_a_finished_run_and_a_missing_one(run: Path, tmp_path: Path, capsys) -> 
     assert shown[-2].startswith("latest assembly (step 4): sample_accuracy ")
     assert shown[-1].startswith("report.json: written ")
     assert cli.main(["status", str(tmp_path / "nothing")]) == 2
-    assert "not a run directory" in capsys.readouterr().err
+    assert f"{tmp_path / 'nothing'}: no such directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["status", str(tmp_path / "empty")]) == 2
+    assert "empty: not a run directory (no config.yaml)" in capsys.readouterr().err
