@@ -26,6 +26,8 @@ from dbparallel.errors import DataError
 PACKAGE_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the Debian package puts it
 INSTALL = "apt-get install dataset-fashion-mnist"
 SIZE, CLASSES = 28, 10
+NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+         "Bag", "Ankle boot")  # of labels 0..9, as the data set's authors name them
 FILES = {  # split -> (images, labels), each as name or name.gz
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),

@@ -43,10 +43,14 @@ class Resharded:
 
 def class_names(index: DataIndex) -> list[str]:
     """The class names of ``index``'s labels, by label: an image folder's (its index records
-    them), or those ``reshard`` wrote into the Parquet files it made of one (read from the
-    first file's footer); none when the data do not name them."""
+    them), Fashion-MNIST's, or those ``reshard`` wrote into the Parquet files it made of one
+    (read from the first file's footer); none when the data do not name them."""
     if index.meta.get("classes"):
         return [str(c) for c in index.meta["classes"]]
+    if index.source == "fashion_mnist":
+        from dbparallel.data.fashion import NAMES
+
+        return list(NAMES)
     shard = next((s for split in index.present() for s in index.shards(split)), None)
     if index.kind != "images" or shard is None or shard.kind == "files":
         return []

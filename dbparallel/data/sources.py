@@ -81,7 +81,18 @@ def check_kind(task: str, data: DataConfig, index: DataIndex | None = None) -> N
                     f"'text' column): set task=dit or vit, or give text (data.source=text)")
 
 
-DIGITS = {"image_size": 8, "channels": 1, "num_classes": 10}  # what data.source=digits holds
+# what the built-in image sources hold
+DIGITS = {"image_size": 8, "channels": 1, "num_classes": 10}
+FASHION = {"image_size": 28, "channels": 1, "num_classes": 10}
+
+
+def _refuse_other_shapes(data: DataConfig, shape: dict[str, int], what: str) -> None:
+    """DataError naming each data.* key (and its value) that ``shape`` does not have."""
+    wrong = [f"data.{key}={getattr(data, key)}" for key, value in shape.items()
+             if getattr(data, key) != value]
+    if wrong:
+        right = ", ".join(f"data.{key}={value}" for key, value in shape.items())
+        raise DataError(f"{', '.join(wrong)}: {what} ({right})")
 
 
 def open_data(data: DataConfig) -> DataIndex:
@@ -89,18 +100,12 @@ def open_data(data: DataConfig) -> DataIndex:
     from dbparallel.data.parquet_index import parquet_index
 
     if data.source == "digits":
-        wrong = [f"data.{key}={getattr(data, key)}" for key, value in DIGITS.items()
-                 if getattr(data, key) != value]
-        if wrong:
-            raise DataError(f"{', '.join(wrong)}: digits are 8x8, 1 channel, 10 classes "
-                            f"(data.image_size=8, data.channels=1, data.num_classes=10)")
+        _refuse_other_shapes(data, DIGITS, "digits are 8x8, 1 channel, 10 classes")
         return _cached(parquet_index(digits_parquet(data.shard_rows), "digits"))
     if data.source == "fashion_mnist":
         from dbparallel.data.fashion import fashion_parquet
 
-        if (data.image_size, data.channels, data.num_classes) != (28, 1, 10):
-            raise DataError("data.image_size/channels/num_classes: Fashion-MNIST is 28x28, "
-                            "1 channel, 10 classes")
+        _refuse_other_shapes(data, FASHION, "Fashion-MNIST is 28x28, 1 channel, 10 classes")
         path = fashion_parquet(data.path, data.shard_rows)
         index = parquet_index(path, "fashion_mnist")
         return _cached(index) if path != data.path else index  # converted into the cache

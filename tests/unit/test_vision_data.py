@@ -128,3 +128,20 @@ def test_the_installed_data_set_is_complete() -> None:
     _, test_labels = image_tensors(eval_rows(table), FASHION)
     assert np.bincount(test_labels.numpy()).tolist() == [1000] * 10
     assert float(images.min()) == 0.0 and float(images.max()) == 1.0
+
+
+def test_fashion_labels_have_their_class_names_and_other_shapes_are_named(
+        tmp_path, monkeypatch) -> None:
+    """`dbparallel predict` prints the names (data/reshard.class_names)."""
+    from dbparallel.data.reshard import class_names
+    from dbparallel.data.sources import open_data
+    from dbparallel.errors import DataError
+
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(tmp_path / "cache"))
+    _fake_fashion(tmp_path)
+    names = class_names(open_data(DataConfig(source="fashion_mnist", image_size=28,
+                                             path=str(tmp_path))))
+    assert len(names) == 10 and names[0] == "T-shirt/top" and names[9] == "Ankle boot"
+    with pytest.raises(DataError, match=r"^data.image_size=32: Fashion-MNIST is 28x28, 1 "
+                                        r"channel, 10 classes \(data.image_size=28, "):
+        open_data(DataConfig(source="fashion_mnist", image_size=32, path=str(tmp_path)))
