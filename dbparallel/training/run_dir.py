@@ -93,7 +93,8 @@ def _refuse_other_config(storage: Storage, cfg: Config) -> None:
               else _checkpointed_config(storage))
     if stored is not None:
         then, now = identity(stored), identity(cfg)
-        keys = identity_diff(stored, to_dict(cfg))
+        # the task first: another task makes every other difference beside the point
+        keys = sorted(identity_diff(stored, to_dict(cfg)), key=lambda k: (k != "task", k))
         if keys:
             values = "; ".join(f"{k}: {then.get(k)!r} there, {now.get(k)!r} now"
                                for k in keys[:MAX_LISTED])

@@ -86,6 +86,11 @@ def test_a_run_that_saved_nothing_is_refused_saying_so(straight, tmp_path, capsy
     assert "was started with other values of model.hidden" in err
     assert "no block has saved a checkpoint yet" in err and "Traceback" not in err
     assert "model.hidden: 32 there, 48 now" in err
+    # another task: named first, with its values, before the differences it brings along
+    assert _train(run_dir, "task=vit", "model.patch_size=4", "model.hidden=48") == 2
+    err = capsys.readouterr().err
+    assert "was started with other values of task, " in err
+    assert "(task: 'dit' there, 'vit' now; " in err
 
 
 def test_missing_block_is_reported_not_skipped(straight, tmp_path, capsys) -> None:
