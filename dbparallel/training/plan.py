@@ -22,7 +22,8 @@ ADAM_COPIES = 4  # parameters, gradients and Adam's two moments (paper App. G: 4
 
 
 def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
-               context: AbstractContextManager | None = None) -> dict[str, int]:
+               context: AbstractContextManager | None = None,
+               count_flops: bool = True) -> dict[str, int]:
     """Bytes of one training step of ``block``, from shapes alone on the meta device (or a
     real step on ``device``): 4P for parameters, gradients and Adam (``params_and_optimizer``),
     P for the weights' moving average every block keeps for assembly (``ema``), the peak bytes
@@ -36,7 +37,9 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     ``flops`` are the model's (``model_flops_per_step``) and ``work_flops`` what the device
     computes (the layers' forward pass twice). With
     runtime.replicas_per_block=R, one replica's step: its share of the batch (the most rows);
-    with train.micro_batches=k, the activations of its largest piece and the FLOPs of all."""
+    with train.micro_batches=k, the activations of its largest piece and the FLOPs of all.
+    ``count_flops=False`` leaves the FLOPs out (no ``flops``, ``work_flops``): counting them
+    op by op is most of the time a memory estimate takes."""
     task = build_task(cfg)
     with torch.device(device):
         net = task.build_block(block)
@@ -53,8 +56,10 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
         stack.enter_context(cpu_attention_on_meta())
         if context is not None:
             stack.enter_context(context)
-        with meter.record(), count.counting():
-            task.loss_on(net, batch, block, draws).mean().backward()
+        stack.enter_context(meter.record())
+        if count_flops:
+            stack.enter_context(count.counting())
+        task.loss_on(net, batch, block, draws).mean().backward()
     params = ADAM_COPIES * split["total"] * size
     ema = split["total"] * size  # BlockTrainer.ema: a copy of the weights, on the device
     stem = ADAM_COPIES * split["stem_and_head"] * size
@@ -62,14 +67,17 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     drawn = rows_nbytes(draws)
     at_cut = 0 if piece == cfg.train.batch_size else drawn + rows_nbytes(planned_draws(
         task, block, task.example_batch(cfg.train.batch_size, "meta"), "meta", cfg.run.seed))
+    out = {"params_and_optimizer": params, "ema": ema, "activations": meter.peak,
+           "inputs": inputs, "draws": drawn, "draws_at_cut": at_cut,
+           "total": params + ema + inputs + max(meter.peak + drawn, at_cut),
+           "stem_and_head": stem}
+    if not count_flops:
+        return out
     # per row but for a few ops per call (the AR masks): k pieces count a little more than
     # rows/piece times one (AR, 3 pieces: 0.07% more than this count)
     work = count.total * rows // piece  # what the device computes, recomputation included
     flops = model_flops_per_step(cfg, block) if cfg.train.checkpoint_layers else work
-    return {"params_and_optimizer": params, "ema": ema, "activations": meter.peak,
-            "inputs": inputs, "draws": drawn, "draws_at_cut": at_cut,
-            "total": params + ema + inputs + max(meter.peak + drawn, at_cut),
-            "stem_and_head": stem, "flops": flops, "work_flops": work}
+    return {**out, "flops": flops, "work_flops": work}
 
 
 def model_flops_per_step(cfg: Config, block: int = 0) -> int:
@@ -144,12 +152,13 @@ def divisors(n: int) -> list[int]:
 
 def block_memory(cfg: Config) -> list[int]:
     """Training bytes of one step of every block (the plan's byte meter)."""
-    return [step_bytes(cfg, b)["total"] for b in range(cfg.model.blocks)]
+    return [step_bytes(cfg, b, count_flops=False)["total"] for b in range(cfg.model.blocks)]
 
 
 def _every_block_fits(cfg: Config, budget: float) -> bool:
     """Whether every block's step fits ``budget`` bytes; stops at the first that does not."""
-    return all(step_bytes(cfg, b)["total"] <= budget for b in range(cfg.model.blocks))
+    return all(step_bytes(cfg, b, count_flops=False)["total"] <= budget
+               for b in range(cfg.model.blocks))
 
 
 def fit_blocks(build: Callable[[int], Config]) -> int:

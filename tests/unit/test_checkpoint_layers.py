@@ -74,6 +74,9 @@ def test_checkpointed_bytes_fall_and_the_plan_counts_a_real_step() -> None:
     cfg = _cfg(["task=dit"], "model.depth=8", "train.batch_size=32",
                "train.checkpoint_layers=true")
     plain = step_bytes(_cfg(["task=dit"], "model.depth=8", "train.batch_size=32"), 0)
+    # the bytes alone (the plan's fit of model.blocks=auto): the same count, FLOPs left out
+    assert step_bytes(cfg, 0, count_flops=False) == {
+        k: v for k, v in step_bytes(cfg, 0).items() if k not in ("flops", "work_flops")}
     estimate = step_bytes(cfg, 0)
     assert estimate == step_bytes(cfg, 0, device="cpu")  # meta shapes = a real CPU step
     assert estimate["params_and_optimizer"] == plain["params_and_optimizer"]
