@@ -53,12 +53,21 @@ class StopSignals:
         os._exit(EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED)
 
 
+FLUSH_WAIT_S = 0.5  # the most the third signal's quit waits for what was printed
+
+
 def _flush_quietly() -> None:
-    # A flush can meet one the main thread is making (a reentrant-call RuntimeError) or a
-    # closed pipe; either way the quit goes on.
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    """Flush stdout and stderr, from a thread waited for FLUSH_WAIT_S at most: a flush waits
+    for another thread's write to a full pipe, and meets a closed one or the main thread's
+    own (a reentrant-call RuntimeError); whatever it meets, the quit goes on."""
+    def flush() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+    flusher = threading.Thread(target=flush, name="dbparallel-quit-flush", daemon=True)
+    flusher.start()
+    flusher.join(FLUSH_WAIT_S)
 
 
 @contextlib.contextmanager

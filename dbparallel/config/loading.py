@@ -53,7 +53,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         raise ConfigError(_from_file(key, files, layers, overrides,
                                      f"{key}: {_omegaconf_reason(err)}")) from None
     except ConfigError as err:  # a value the schema's checks refuse, named by its key
-        named = re.match(r"([a-z_]+\.[a-z_0-9]+)", str(err))
+        named = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)*)(?=[:=])", str(err))
         if named is None or type(err) is not ConfigError:
             raise
         raise ConfigError(_from_file(named.group(1), files, layers, overrides,
@@ -121,14 +121,22 @@ def _auto_blocks(files: list[str | Path], overrides: list[str],
 def _from_file(key: str, files: list[str | Path], layers: list[Any], overrides: list[str],
                message: str) -> str:
     """``message`` with the recipe file that set ``key`` in front (the last one that does);
-    as it is when no file sets it or an override on the command line does."""
+    as it is when no file sets it or an override on the command line sets it or a section or
+    list above it (``model.widths=[...]`` for ``model.widths[1]``)."""
     from omegaconf import OmegaConf
 
-    if any(item.split("=", 1)[0].strip() == key for item in overrides):
-        return message
-    for path, layer in reversed(list(zip(files, layers, strict=False))):
-        if OmegaConf.select(layer, key, default=_UNSET) is not _UNSET:
-            return f"{path}: {message}"
+    for item in overrides:
+        given = item.split("=", 1)[0].strip()
+        if key == given or key.startswith((given + ".", given + "[")):
+            return message
+    try:
+        for path, layer in reversed(list(zip(files, layers, strict=False))):
+            found = OmegaConf.select(layer, key, default=_UNSET,
+                                     throw_on_resolution_failure=False)
+            if found is not _UNSET:
+                return f"{path}: {message}"
+    except Exception:  # noqa: BLE001 (naming the file is a help: never a second error)
+        pass
     return message
 
 
@@ -138,10 +146,11 @@ _UNSET = object()
 def _omegaconf_reason(err: Exception) -> str:
     text = str(err).splitlines()[0]
     if type(err).__name__ == "ConfigKeyError":
-        guess = re.search(r"Did you mean: '([A-Za-z_0-9]+)'", text)
         key = getattr(err, "full_key", None) or ""
         section = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        hint = f"did you mean {section}{guess.group(1)}? " if guess else ""
+        close = re.search(r"Did you mean(?: one of)?: (.*)\?$", text)
+        names = re.findall(r"'([A-Za-z_0-9]+)'", close.group(1)) if close else []
+        hint = f"did you mean {' or '.join(section + n for n in names)}? " if names else ""
         return f"unknown key ({hint}see `dbparallel train --help-config` for the keys)"
     if "is not a ListConfig" in text:
         return "expects a list, e.g. [600, 400]"

@@ -7,6 +7,7 @@ or object-store URIs (anything ``pyarrow.fs`` resolves).
 
 from __future__ import annotations
 
+import codecs
 import os
 
 import numpy as np
@@ -38,9 +39,12 @@ def not_parquet(path: str, err: Exception) -> DataError:
     as text is told how a text file is recognised (by its name)."""
     hint = ""
     try:
+        if "://" in path or not os.path.isfile(path):  # an object store's: not read again
+            raise OSError(path)
         with open(path, "rb") as f:
             head = f.read(4096)
-        head.decode("utf-8")
+        # incremental: the 4096 bytes may end inside a character
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
         if head and b"\0" not in head:
             hint = (" (it looks like text: text files are recognised by their names, ending "
                     "in .txt, or .jsonl, .ndjson or .json for one JSON object per line, "

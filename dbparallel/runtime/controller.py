@@ -228,12 +228,13 @@ class Controller:
             status.restarts_before = progress["restarts"]
         elif progress["restarts"] > status.restarts:
             since = progress.get("resumed_from")  # the checkpoint its new process loaded
+            went = ("went on from its latest checkpoint" if since is None else
+                    "started over (no checkpoint yet)" if since == 0 else
+                    f"went on from its checkpoint of step {since}")
             log.warning("block %d: its process was restarted (%d of train.max_restarts=%d in "
-                        "this run) and went on from its %s; now at step %d",
+                        "this run) and %s; now at step %d",
                         event.block, progress["restarts"] - status.restarts_before,
-                        self.cfg.train.max_restarts,
-                        "latest checkpoint" if since is None else f"checkpoint of step {since}",
-                        progress["step"])
+                        self.cfg.train.max_restarts, went, progress["step"])
         status.step, status.done = progress["step"], progress["done"]
         status.loss, status.restarts = progress["loss"], progress["restarts"]
         if status.done:

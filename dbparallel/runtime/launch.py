@@ -219,12 +219,12 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     connected = connect(cfg)
     pg, backend, bars, storage = None, None, None, None
     try:
+        slots = start_slots(cfg, cluster_now())  # 0 fits here -> 1: reserve() names the keys
+        refuse_what_cannot_fit_here(cfg, slots)  # before the data check and the run directory
         if validate:
             line = check_line(check_on_cluster(cfg, index, progress=progress))
             if line:
                 print(line, flush=True)
-        slots = start_slots(cfg, cluster_now())  # 0 fits here -> 1: reserve() names the keys
-        refuse_what_cannot_fit_here(cfg, slots)  # before the run directory is touched
         storage = open_run(cfg)
         pin_data(storage, index)
         if slots < cfg.model.blocks:

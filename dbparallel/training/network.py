@@ -236,6 +236,8 @@ class Network:
                    f"it, so a text needs at least 2 tokens")
             raise UserError(f"{name} {shown!r}: {len(ids)} token{'s' * (len(ids) != 1)} "
                             f"(data.tokenizer={self.tokenizer.name}); {why}")
+        from dbparallel.training.eval.text import likelihood_bpc
+
         T, bits, chars = self.cfg.data.seq_len, 0.0, 0
         for k, window in enumerate(ids.split(T)):
             scored = window if mdm else window[1:]  # AR: given the first
@@ -245,7 +247,7 @@ class Network:
             scores = self.task.bpc(self.blocks, window[None].to(self.device), g)
             # an ar or looped chain: its first step's p(x_i | x_<i), not the final logits',
             # which measure the sampler (training/eval/text.py, BPC_NOTE)
-            per_token = scores.get("bpc_sigma_max", scores["bpc"])
+            per_token = likelihood_bpc(self.cfg, scores)
             bits += per_token * len(scored)
             chars += len(self.tokenizer.decode(scored))
         return bits, chars
@@ -267,8 +269,9 @@ class Network:
         return sum(b for b, _ in pairs) / sum(c for _, c in pairs)
 
     def log_likelihood(self, texts: str | list[str], seed: int = 0) -> list[float]:
-        """log p(text) in nats per text (AR: of each window's tokens given its first; MDM:
-        the ELBO's lower bound). A text with nothing to score is refused, as by ``bpc``."""
+        """log p(text) in nats per text, from the scores of ``bpc`` (AR and looped: of each
+        window's tokens given its first; MDM: the ELBO's lower bound). A text with nothing
+        to score is refused, as by ``bpc``."""
         self._need("log_likelihood")
         return [-bits * math.log(2) for bits, _ in self._scores(texts, seed)]
 

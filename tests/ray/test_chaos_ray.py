@@ -59,8 +59,6 @@ def _chaos(tmp_path: Path, seed: int, kills: int, steps: int) -> None:
         assert Storage(str(tmp_path / "chaos")).read_json("assembler_restarts.json")
 
 
-# restarts by default: test_train_ray's killed block, test_replicas_ray's lost replica
-@pytest.mark.slow
 def test_chaos_quick(ray_session, tmp_path) -> None:
     _chaos(tmp_path, seed=0, kills=3, steps=24)  # each block and the assembler once
 

@@ -94,8 +94,6 @@ def test_same_result_in_ray_twice_and_locally(ray_run, tmp_path) -> None:
         assert all(torch.equal(a[k], c[k]) for k in a)
 
 
-# waves by default: test_reliability_ray's room for fewer blocks, and the controller's
-@pytest.mark.slow
 def test_more_blocks_than_slots_train_in_waves_to_the_same_weights(ray_session,
                                                                    tmp_path) -> None:
     """B=4 with room for 2 at a time: blocks 2 and 3 start when 0 and 1 finish, and every

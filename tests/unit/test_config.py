@@ -55,6 +55,15 @@ def test_a_key_set_in_a_recipe_names_the_last_file_that_sets_it(tmp_path) -> Non
     with pytest.raises(ConfigError, match=r"^model.dpeth: unknown key \(did you mean "
                                           r"model.depth\?"):
         load_config([a], ["model.dpeth=2"])
+    b.write_text("task: vae\n")  # a top-level key
+    with pytest.raises(ConfigError, match=rf"^{b}: task: got 'vae'; allowed: "):
+        load_config([a, b])
+    b.write_text("model:\n  depth: ${nope}\n")  # an interpolation: still one line
+    with pytest.raises(ConfigError, match=r"model.depth: Interpolation key 'nope' not found"):
+        load_config([b])
+    b.write_text("train:\n  block_steps: [1, 2]\n")  # the command line's list is at fault
+    with pytest.raises(ConfigError, match=r"^train.block_steps"):
+        load_config([b], ["train.block_steps=[1, 2, 3]"])
 
 
 def test_allowed_values_are_listed() -> None:

@@ -22,6 +22,8 @@ class FakeBackend:
         self.queue: list[Event] = []
         self.calls: list[tuple] = []
         self.restarted: list[int] = []
+        self.resumed_from: int | None = None  # a restarted block's checkpoint (default: the
+        # step it died at)
 
     def start_block(self, block: int, slot: int) -> None:
         self.calls.append(("start", block, slot))
@@ -38,7 +40,8 @@ class FakeBackend:
             return
         restarted = until >= self.restarted_at.get(block, self.steps + 1)
         # a restarted block resumes from its checkpoint of the step its process died at
-        since = {"resumed_from": self.restarted_at[block]} if restarted else {}
+        since = {"resumed_from": self.resumed_from if self.resumed_from is not None
+                 else self.restarted_at[block]} if restarted else {}
         self.queue.append(Event("train", block, {"step": until, "done": until >= self.steps,
                                                  "loss": 1.0 / until,
                                                  "restarts": self.restarts_before + restarted,
@@ -263,6 +266,15 @@ def test_a_restart_before_a_blocks_first_report_is_said_when_earlier_counts_are_
     assert said == ["block 1: its process was restarted (1 of train.max_restarts=3 in this "
                     "run) and went on from its checkpoint of step 4; now at step 4"]
     assert (1, 4, before + 1) in seen
+
+
+def test_a_restart_before_any_checkpoint_is_said_to_start_over(caplog) -> None:
+    backend = FakeBackend(steps=10, restarted_at={1: 4})
+    backend.resumed_from = 0  # its process died before it saved a checkpoint
+    Controller(_cfg(), backend, restarts_before=[0, 0]).run()
+    said = [r.getMessage() for r in caplog.records if "was restarted" in r.getMessage()]
+    assert said == ["block 1: its process was restarted (1 of train.max_restarts=3 in this "
+                    "run) and started over (no checkpoint yet); now at step 4"]
 
 
 def test_a_rerun_of_blocks_restarted_before_says_nothing_of_it(caplog) -> None:

@@ -52,6 +52,28 @@ def bpe(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
 # Scoring: a text with nothing to score is refused, naming it
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize(("task", "objective", "key"), [
+    ("ar", "diffusionblocks", "bpc_sigma_max"), ("looped", "diffusionblocks", "bpc_sigma_max"),
+    ("looped", "end_to_end", "bpc")])
+def test_bpc_is_the_score_that_is_a_likelihood(task: str, objective: str, key: str) -> None:
+    """A chain's first step (its own p(x_i | x_<i)); a looped core trained end to end by
+    BPTT, its final logits (its first step's score means nothing: docs/text.md)."""
+    from dbparallel.training.seeding import generator
+
+    net = network(task, CharTokenizer("".join(sorted(set(ASCII)))),
+                  f"train.objective={objective}")
+    torch.manual_seed(1)
+    for block in net.blocks:  # trained-looking weights (fresh heads predict uniformly)
+        for p in block.parameters():
+            p.data.normal_(0, 0.2)
+    text = ASCII[:16]
+    ids = torch.tensor(net._encode(text))
+    scores = net.task.bpc(net.blocks, ids[None], generator(net.cfg.run.seed, "api-bpc", 0, 0))
+    other = "bpc" if key == "bpc_sigma_max" else "bpc_sigma_max"
+    assert scores[key] != pytest.approx(scores[other], rel=1e-5)  # the key matters here
+    assert net.bpc(text) == pytest.approx(scores[key], rel=1e-6)  # one character per token
+
+
 @pytest.mark.parametrize("task", ["ar", "looped"])
 def test_ar_refuses_a_text_of_one_token(task: str, bpe: Tokenizer) -> None:
     net = network(task, CharTokenizer("".join(sorted(set(ASCII)))))

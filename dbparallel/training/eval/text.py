@@ -63,11 +63,22 @@ BPC_NOTE = ("bpc: of the final logits, where each token's chain has already chos
             "comparable with an end-to-end model's bpc (docs/text.md)")
 
 
+def _chain(cfg: Config, metrics: dict[str, float]) -> bool:
+    """Whether ``metrics`` are an ar or looped chain's, with both bpc (a looped network
+    trained end to end by BPTT reports both too; its bpc is the likelihood)."""
+    return cfg.train.objective != "end_to_end" and {"bpc", "bpc_sigma_max"} <= set(metrics)
+
+
 def bpc_note(cfg: Config, metrics: dict[str, float]) -> str | None:
     """The line that says which of an ar or looped chain's two bpc is a likelihood, for
     metrics that have both; None for others."""
-    chain = cfg.train.objective != "end_to_end"
-    return BPC_NOTE if chain and {"bpc", "bpc_sigma_max"} <= set(metrics) else None
+    return BPC_NOTE if _chain(cfg, metrics) else None
+
+
+def likelihood_bpc(cfg: Config, scores: dict[str, float]) -> float:
+    """Of a task's bpc scores, the one that is the network's likelihood: a chain's first
+    step's (bpc_sigma_max), else (end to end, MDM's ELBO) its bpc."""
+    return scores["bpc_sigma_max"] if _chain(cfg, scores) else scores["bpc"]
 
 
 def held_out(cfg: Config, index: DataIndex, count: int) -> torch.Tensor:
