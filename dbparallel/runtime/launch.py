@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import ray
-from ray.util.placement_group import remove_placement_group
 
 from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
@@ -32,6 +31,7 @@ from dbparallel.runtime.metrics import (
 from dbparallel.runtime.placement import (
     cluster_now,
     refuse_what_cannot_fit_here,
+    release,
     reserve_start,
     start_slots,
 )
@@ -260,7 +260,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
                 except OSError as err:  # e.g. the storage is what failed: keep the first error
                     log.warning("could not release the blocks' write leases: %s", err)
         if pg is not None:
-            remove_placement_group(pg)
+            release(pg)
         if connected:
             ray.shutdown()
     assert storage is not None

@@ -3,9 +3,12 @@ that reserves their CPUs and GPUs (and the assembly actor's) before anything tra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import sys
+import threading
 from typing import Any
 
 import ray
@@ -16,6 +19,8 @@ from dbparallel.errors import UserError
 from dbparallel.runtime.node_memory import crowded_nodes
 from dbparallel.runtime.ray_backend import assembly_bundle
 from dbparallel.training.cluster_fit import Cluster, concurrent_blocks, room
+
+log = logging.getLogger(__name__)
 
 
 def cluster_now() -> Cluster:
@@ -57,6 +62,29 @@ def reserve_start(cfg: Config, slots: int, data_bytes: int = 0) -> tuple[Any, in
           f"the cluster has room for {now} of the {slots} blocks asked; they train {now} at a "
           f"time, the others queue", flush=True)
     return (*reserve_blocks(cfg, now, data_bytes), now)
+
+
+RELEASE_WAIT_S = 10.0  # the most a run's end waits for Ray to remove its placement group
+
+
+def release(pg: Any, wait_s: float = RELEASE_WAIT_S) -> bool:
+    """Remove the run's placement group, waiting ``wait_s`` at most; False if Ray did not
+    answer by then (its processes on this machine were stopped with the run, e.g. by a
+    SIGTERM to the whole process group: ``timeout``, Slurm, systemd), when Ray removes it
+    anyway once this driver's job ends."""
+    done = threading.Event()
+
+    def remove() -> None:
+        with contextlib.suppress(Exception):  # a failure here is Ray's to clean up
+            remove_placement_group(pg)
+        done.set()
+
+    threading.Thread(target=remove, name="dbparallel-release-placement", daemon=True).start()
+    if done.wait(wait_s):
+        return True
+    log.warning("Ray did not remove the run's placement group within %g s (are its "
+                "processes on this machine stopped?); it goes when this driver ends", wait_s)
+    return False
 
 
 def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
