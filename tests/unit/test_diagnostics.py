@@ -45,7 +45,8 @@ def test_a_run_reports_its_loss_per_noise_level_by_block(tmp_path: Path) -> None
 def test_the_unweighted_loss_is_the_denoising_error_at_the_tasks_own_sigma(tmp_path) -> None:
     _, run_dir = _run(tmp_path / "db", "model.blocks=2", "model.depth=2")
     net = dbparallel.load(run_dir)
-    batch = held_out_batch(net.task, run_data(net.cfg, Storage(str(run_dir))), "cpu")
+    batch = held_out_batch(net.task, run_data(net.cfg, Storage(str(run_dir))), "cpu",
+                           net.cfg.sample.diagnostic_rows)
     found = diagnose(net.cfg, net.task, net.blocks, batch)["loss_by_noise"]
     k = 5  # one bin, recomputed by hand: the DiT loss's own draws in its own order
     lo, hi = bins(net.cfg, net.task).ranges[k]
@@ -70,7 +71,8 @@ def test_vit_reports_the_accuracy_after_each_step_of_its_chain(tmp_path: Path) -
     # the chain again by hand (sample.label_start=zero: z starts at the prior's mean): each
     # step's readout is scored on the same held-out rows, routed to the block owning sigma
     net = dbparallel.load(tmp_path / "vit")
-    batch = held_out_batch(net.task, run_data(net.cfg, Storage(str(tmp_path / "vit"))), "cpu")
+    batch = held_out_batch(net.task, run_data(net.cfg, Storage(str(tmp_path / "vit"))), "cpu",
+                           net.cfg.sample.diagnostic_rows)
     images, labels = batch["image"], batch["label"]
     sigmas = [float(s) for s in net.task.inference_sigmas()]
     z = torch.zeros(len(images), net.task.E.shape[1])

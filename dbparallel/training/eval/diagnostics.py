@@ -36,7 +36,6 @@ from dbparallel.tasks.base import Batch, rows_of
 from dbparallel.training.seeding import generator
 
 BINS = 16  # at least; a whole number per block, so that no bin straddles two blocks
-ROWS = 256  # held-out rows per bin, unless told (sample.diagnostic_rows)
 FILE = "diagnostics.json"
 
 
@@ -98,7 +97,7 @@ def chain_accuracy(cfg: Config, task: Task, nets: list[Block], batch: Batch) -> 
             for i, (sigma, block, logits) in enumerate(steps)]
 
 
-def held_out_batch(task: Task, index: DataIndex, device: str | torch.device, rows: int = ROWS,
+def held_out_batch(task: Task, index: DataIndex, device: str | torch.device, rows: int,
                    split: str | None = None) -> Batch:
     """The first ``rows`` rows of ``split`` (default: DataIndex.eval_split), decoded on
     ``device``."""
