@@ -3,9 +3,10 @@
 ``load_config(yaml files, key=value overrides)`` merges with omegaconf onto the dataclass
 defaults and returns the dataclass tree; every mistake raises ``ConfigError`` naming the dotted
 key and the allowed values, before anything starts. Imported by every layer; imports none of
-them. The schema is in schema.py (its train section in training.py; the model presets and
-their width checks in presets.py; the noise section's numeric checks in noise_checks.py), what
-identifies a run's network in identity.py, loading in loading.py.
+them. The schema is in schema.py (its train section in training.py, its runtime, metrics and
+debug sections in runtime_keys.py; the model presets and their width checks in presets.py; the
+noise section's numeric checks in noise_checks.py), what identifies a run's network in
+identity.py, loading in loading.py.
 """
 
 from dbparallel.config.amounts import bytes_text, parse_bytes
@@ -31,6 +32,7 @@ from dbparallel.config.loading import (
     notes,
     stored_dict,
 )
+from dbparallel.config.runtime_keys import DebugConfig, MetricsConfig, RuntimeConfig
 from dbparallel.config.schema import (
     AR_READOUTS,
     DATA_SOURCES,
@@ -43,12 +45,9 @@ from dbparallel.config.schema import (
     TOKENIZERS,
     Config,
     DataConfig,
-    DebugConfig,
-    MetricsConfig,
     ModelConfig,
     NoiseConfig,
     RunConfig,
-    RuntimeConfig,
     SampleConfig,
 )
 from dbparallel.config.training import OBJECTIVES, PRECISIONS, TrainConfig
