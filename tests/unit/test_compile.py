@@ -53,3 +53,18 @@ def test_compiled_step_matches_eager(tiny_cfg, pieces: int) -> None:
     # step 1 counts FLOPs eagerly, step 2 compiles: only step 3 is a steady compiled step
     assert (eager.timed_steps, compiled.timed_steps) == (2, 1)
     assert compiled.model_flops_per_step == eager.model_flops_per_step
+
+
+def test_an_older_torch_gets_its_recompile_limit_under_the_old_name(tiny_cfg,
+                                                                     monkeypatch) -> None:
+    # torch before 2.7 names dynamo's limit cache_size_limit; recompile_limit does not exist
+    import types
+
+    old = types.SimpleNamespace(cache_size_limit=2)
+    monkeypatch.setattr(torch._dynamo, "config", old)
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: fn)  # it reads the real config
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg.train.compile = True
+    BlockTrainer(cfg, 0)
+    assert old.cache_size_limit == cfg.model.blocks + cfg.train.micro_batches + 4
+    assert not hasattr(old, "recompile_limit")

@@ -85,6 +85,27 @@ def test_configurations_past_the_budget_are_skipped(tmp_path: Path) -> None:
     assert all("skipped" in r for r in result["rows"]) and len(result["rows"]) == len(specs)
 
 
+def test_a_compile_the_budget_cannot_hold_is_skipped_and_a_later_eager_row_runs(
+        tmp_path: Path) -> None:
+    specs = [Spec("train", "m", "block", "bf16", True), Spec("train", "m", "block", "bf16", False)]
+    budget = (gpu_speed.MIN_START_S["eager"] + gpu_speed.MIN_START_S["compiled"]) / 2
+    ran = []
+    result = gpu_speed.run_matrix(specs, lambda spec, limit: ran.append(spec) or {}, budget,
+                                  tmp_path / "r.json", {"device": "x", "torch": "t"})
+    assert "skipped" in result["rows"][0] and "skipped" not in result["rows"][1]
+    assert ran == [specs[1]]
+
+
+def test_a_timed_out_configuration_keeps_its_last_lines(tmp_path: Path, monkeypatch) -> None:
+    def hang(cmd, **kwargs):
+        raise subprocess.TimeoutExpired(cmd, kwargs["timeout"], output=b"",
+                                        stderr=b"compiling\nrecording a CUDA graph\n")
+
+    monkeypatch.setattr(gpu_speed.subprocess, "run", hang)
+    row = gpu_speed.subprocess_runner(True)(Spec("train", "m", "block", "bf16", True), 5.0)
+    assert row == {"error": "timed out after 5 s: compiling | recording a CUDA graph"}
+
+
 def test_plot_of_rows_with_failures(tmp_path: Path) -> None:
     rows = [{"name": "a", "kind": "train", "samples_per_s": 10.0, "mfu": 0.4},
             {"name": "b", "kind": "train", "samples_per_s": 5.0, "mfu": None},
