@@ -63,9 +63,15 @@ def connect(cfg: Config) -> bool:
         return False
     address, key = cluster_address(cfg)
     if address:
+        if address.startswith(("http://", "https://")):  # Ray would take it for a client's
+            raise ConfigError(joining_failed(address, key, None))
         probe(address, key)
-        with _caller_sigterm():
-            ray.init(address=address, logging_level="WARNING")
+        try:
+            with _caller_sigterm():
+                ray.init(address=address, logging_level="WARNING")
+        except (ConnectionError, ValueError) as err:
+            ray.shutdown()
+            raise ConfigError(joining_failed(address, key, err)) from None
         return True
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     _quiet_auth_notice()
@@ -114,6 +120,19 @@ def cluster_address(cfg: Config) -> tuple[str, str]:
     if cfg.runtime.address:
         return cfg.runtime.address, "runtime.address"
     return os.environ.get("RAY_ADDRESS", ""), "RAY_ADDRESS"
+
+
+def joining_failed(address: str, key: str, err: Exception | None) -> str:
+    """What to tell a user whose ``address`` (from ``key``) Ray could not join."""
+    if address.startswith(("http://", "https://")):
+        return (f"{key}={address} is a dashboard address, the one `ray job submit --address` "
+                f"takes; a driver joins the cluster at its GCS address, HEAD:6379 (the port of "
+                f"`ray start --head --port`), or `auto` on one of its nodes")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (f"{key}: Ray could not join the cluster at {address} ({first}); where the "
+            f"cluster uses token authentication (Ray's default), give this process its token: "
+            f"RAY_AUTH_MODE=token with ~/.ray/auth_token or RAY_AUTH_TOKEN as on the head "
+            f"(`ray get-auth-token` there)")
 
 
 def probe(address: str, key: str) -> None:

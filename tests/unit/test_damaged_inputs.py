@@ -229,3 +229,38 @@ def test_only_plain_host_port_addresses_are_probed(closed_port: int) -> None:
         probe(f"127.0.0.1:{closed_port}", "runtime.address")
     with pytest.raises(ConfigError, match=r"^RAY_ADDRESS: no Ray cluster answers"):
         probe(f"[::1]:{closed_port}", "RAY_ADDRESS")
+
+
+def test_a_dashboard_address_is_refused_naming_the_address_a_driver_takes(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from dbparallel.runtime import launch
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ray.init called: the address was not refused first")
+
+    monkeypatch.setattr(launch.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(launch.ray, "init", never)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # what `ray job submit` takes
+    _refused(["plan", str(ROOT / "jobs" / "tiny_cpu.yaml")], capsys,
+             "RAY_ADDRESS=http://127.0.0.1:8265 is a dashboard address", "HEAD:6379")
+
+
+def test_a_cluster_that_refuses_to_be_joined_is_an_error_naming_the_key_and_the_token(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # Ray's client gives up on a cluster whose token this process lacks with a ConnectionError
+    # (after half a minute of retries; here at once)
+    from dbparallel.runtime import launch
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:6379.\nmore")
+
+    monkeypatch.setattr(launch.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(launch.ray, "init", refused)
+    with socket.socket() as head:  # something answers there: the probe lets it through
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        address = f"127.0.0.1:{head.getsockname()[1]}"
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        _refused(["plan", str(ROOT / "jobs" / "tiny_cpu.yaml"), f"runtime.address={address}"],
+                 capsys, f"runtime.address: Ray could not join the cluster at {address}",
+                 "(Failed to connect to Ray cluster at 127.0.0.1:6379.)", "RAY_AUTH_TOKEN")
