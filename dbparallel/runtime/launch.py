@@ -245,7 +245,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
             if line:
                 print(line, flush=True)
         storage = open_run(cfg)
-        pin_data(storage, index)
+        pin_data(storage, index, start=True)
         if slots < cfg.model.blocks:
             print(f"runtime: {slots} of {cfg.model.blocks} blocks train at once; the others "
                   f"queue and start as blocks finish (runtime.max_concurrent_blocks)", flush=True)

@@ -63,7 +63,7 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
         from dbparallel.data.sources import open_data
 
         index = open_data(cfg.data)
-    pin_data(storage, index)
+    pin_data(storage, index, start=only_blocks is None)  # others may train the rest
     assemblies = AssemblyLog(storage, start)
     sink: Sink = MemorySink()
     server = None

@@ -75,7 +75,7 @@ def check_resumable(cfg: Config, index: DataIndex, blocks: list[int] | None = No
     storage = Storage(cfg.run_dir)
     _refuse_other_config(storage, cfg)
     _refuse_live_writers(storage, cfg, blocks)
-    _refuse_other_data(storage, index)
+    _refuse_other_data(storage, index, start=blocks is None)
 
 
 def _refuse_live_writers(storage: Storage, cfg: Config, blocks: list[int] | None) -> None:
@@ -160,12 +160,12 @@ def stored_config(storage: Storage) -> dict:
         raise damaged(storage.uri(CONFIG_FILE), err) from None
 
 
-def pin_data(storage: Storage, index: DataIndex) -> None:
+def pin_data(storage: Storage, index: DataIndex, start: bool = False) -> None:
     """Record the data a run trains on; a resume on other data (files added, changed or
-    re-written) is refused, because every block's data order depends on it."""
-    if storage.exists(DATA_INDEX_FILE):
-        _refuse_other_data(storage, index)
-    else:
+    re-written) is refused, because every block's data order depends on it. A driver that
+    ``start``s the run (no live writer of its blocks: open_run) pins the data as it is now
+    where no block has saved a checkpoint yet, e.g. after a bad row was corrected."""
+    if not storage.exists(DATA_INDEX_FILE) or _refuse_other_data(storage, index, start):
         storage.write_json(DATA_INDEX_FILE, index.to_json())
     if index.meta.get("tokenizer") and not storage.exists(VOCAB_FILE):
         from dbparallel.data.tokenizer import load_tokenizer
@@ -173,16 +173,42 @@ def pin_data(storage: Storage, index: DataIndex) -> None:
         storage.write_json(VOCAB_FILE, load_tokenizer(index.meta).describe())
 
 
-def _refuse_other_data(storage: Storage, index: DataIndex) -> None:
+def _refuse_other_data(storage: Storage, index: DataIndex, start: bool = False) -> bool:
+    """RunDirError where the run directory pinned other data than ``index``; True where it
+    did and a starting driver (``start``) may pin ``index`` instead: no block has saved a
+    checkpoint."""
     previous = pinned_data(storage)
     if previous is not None and same_local_path(previous.source, index.source):
         index = dataclasses.replace(index, source=previous.source)  # data/x, ./data/x, /…/data/x
-    if previous is not None and previous.fingerprint != index.fingerprint:
-        then, now = previous.num_rows("train"), index.num_rows("train")
+    if previous is None or previous.fingerprint == index.fingerprint:
+        return False
+    then, now = previous.num_rows("train"), index.num_rows("train")
+    if start and not _checkpointed(storage):
+        log.warning("%s: the data changed since the run was started (%s training rows then, "
+                    "%s now); no block has saved a checkpoint, so the run starts on the data "
+                    "as it is now", storage.uri(), f"{then:,}", f"{now:,}")
+        return True
+    if _same_files(previous, index):
         raise RunDirError(
-            f"{storage.uri()} was trained on other data than {index.source} now holds "
-            f"({then} training rows then, {now} now: files added, changed or rewritten, or "
-            f"read into other splits); resume with the original data or choose a new run.dir")
+            f"{storage.uri()} was trained on data whose files had other sizes or modification "
+            f"times than those {index.source} holds now (the same files and rows: copied "
+            f"without keeping their times, touched, or rewritten); resume with the "
+            f"original files or choose a new run.dir. If their contents are unchanged, delete "
+            f"{storage.uri(DATA_INDEX_FILE)} to pin the data as it is now")
+    raise RunDirError(
+        f"{storage.uri()} was trained on other data than {index.source} now holds "
+        f"({then:,} training rows then, {now:,} now: files added, changed or rewritten, or "
+        f"read into other splits); resume with the original data or choose a new run.dir")
+
+
+def _same_files(a: DataIndex, b: DataIndex) -> bool:
+    """Whether two indexes differ only in their files' sizes and modification times (meta
+    ``stat``): the same files, shards and rows."""
+    def without_stat(index: DataIndex) -> DataIndex:
+        return dataclasses.replace(index, meta={k: v for k, v in index.meta.items()
+                                                if k != "stat"})
+
+    return "stat" in a.meta and without_stat(a).fingerprint == without_stat(b).fingerprint
 
 
 def pinned_data(storage: Storage) -> DataIndex | None:

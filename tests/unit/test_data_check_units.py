@@ -60,5 +60,13 @@ def test_a_run_directory_that_would_be_refused_is_found_without_writing(tmp_path
     with pytest.raises(RunDirError, match=r"other values of model.depth \(model.depth: 2 "
                                           r"there, 4 now\)"):
         check_resumable(other, index)
-    with pytest.raises(RunDirError, match="trained on other data"):
-        check_resumable(cfg, _index([100, 251], [30]))
+    changed = _index([100, 251], [30])
+    check_resumable(cfg, changed)  # no block has a checkpoint yet: it starts on the data now
+    with pytest.raises(RunDirError, match="trained on other data"):  # others may train the rest
+        check_resumable(cfg, changed, [0])
+    from dbparallel.training.checkpoint import BlockCheckpoints
+
+    BlockCheckpoints(storage, 1).save("state", 5, {"step": 5})
+    with pytest.raises(RunDirError, match=r"trained on other data .* \(350 training rows then, "
+                                          r"351 now"):
+        check_resumable(cfg, changed)

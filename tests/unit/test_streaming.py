@@ -4,6 +4,7 @@ mid-epoch, bad rows met mid-stream, and the validation pass (local mode, real Pa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -223,6 +224,33 @@ def test_resume_on_changed_data_is_refused(tmp_path, capsys) -> None:
     _write(_rows(650), data)  # more rows: every block's order would change
     assert main(args) == 2
     assert "trained on other data" in capsys.readouterr().err
+
+
+def test_data_corrected_before_any_checkpoint_is_trained_on(tmp_path, capsys, caplog) -> None:
+    """A bad row met before any block saved a checkpoint (data.validate=false): once the
+    file is corrected, the same command starts the run on it, where a run with checkpoints
+    refuses other data."""
+    data = _write(_bad_label_at(3), tmp_path / "d.parquet")
+    args = ["train", TINY, "--local", f"run.dir={tmp_path / 'run'}", "data.source=parquet",
+            f"data.path={data}", "data.validate=false", "train.steps=4",
+            "train.checkpoint_every=100", "metrics.port=0"]
+    assert main(args) == 2
+    assert f"{data} row 3: column 'label'" in capsys.readouterr().err
+    _write(_rows(), data)
+    assert main(args) == 0
+    assert "the data changed since the run was started" in caplog.text
+
+
+def test_data_copied_without_its_times_is_refused_naming_the_way_out(tmp_path, capsys) -> None:
+    data = _write(_rows(), tmp_path / "d.parquet")
+    args = ["train", TINY, "--local", f"run.dir={tmp_path / 'run'}", "data.source=parquet",
+            f"data.path={data}", "train.steps=4", "metrics.port=0"]
+    assert main(args) == 0
+    os.utime(data, ns=(0, 10**18))  # the same bytes, another modification time
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "other sizes or modification times" in err
+    assert f"delete {tmp_path / 'run' / 'data_index.json'}" in err
 
 
 def test_uint8_pixels_decode_on_the_device_like_floats(tmp_path) -> None:
