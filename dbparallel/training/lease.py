@@ -70,6 +70,14 @@ class BlockLease:
         if age >= self.timeout_s:
             return
         alive = holder_alive(current["holder"])
+        driver = holder_driver(current["holder"])
+        if alive is False and driver is not None and _driver_alive(current["holder"], driver):
+            # the block's process ended (Ray stops a block's actor once it has trained) while
+            # its run goes on: its driver assembles the blocks or trains the others
+            raise RunDirError(
+                f"block {self.block} was trained by a run whose driver still runs on this "
+                f"machine (pid {driver[1]}; it assembles the blocks or trains others): let it "
+                f"end, or stop it first (Ctrl-C, `kill`, or `ray job stop` for a submitted job)")
         if alive is False:
             if taking:
                 log.warning("block %d: its lease was held by pid %s of this machine, which no "
@@ -79,7 +87,6 @@ class BlockLease:
         session, host, pid = holder_parts(current["holder"])
         held = (f"block {self.block} is being trained by another process (pid {pid} on "
                 f"{host}, run {session.partition('@')[0]}, lease renewed {age:.0f} s ago)")
-        driver = holder_driver(current["holder"])
         stop = "stop it first"
         if driver is not None:  # a Ray actor or worker of a driver
             stop = (f"stop the run's driver first (pid {driver[1]} on {driver[0]}: Ctrl-C, "
@@ -174,6 +181,15 @@ def holder_driver(holder: str) -> tuple[str, str] | None:
     session, host, pid = holder_parts(holder)
     driver = session_driver(session)
     return driver if driver is not None and driver != (host, pid) else None
+
+
+def _driver_alive(holder: str, driver: tuple[str, str]) -> bool:
+    """Whether the driver of lease ``holder``'s process runs, where it can be asked from here:
+    on this machine, in the holder's process space."""
+    parts = holder.split("/")
+    if len(parts) < 5 or driver[0] != parts[1]:
+        return False
+    return bool(holder_alive("/".join([parts[0], driver[0], driver[1], *parts[3:]])))
 
 
 def holder_parts(holder: str) -> tuple[str, str, str]:

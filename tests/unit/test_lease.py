@@ -131,6 +131,24 @@ def test_a_refusal_names_the_driver_of_a_ray_run(tmp_path) -> None:
     finally:
         actor.kill()
         actor.wait()
+    # the block's process is gone (Ray stops it once the block has trained) and its run's
+    # driver, this process, goes on assembling: a second run is refused all the same
+    with pytest.raises(RunDirError, match=rf"block 0 was trained by a run whose driver still "
+                                          rf"runs on this machine \(pid {os.getpid()}; it "
+                                          r"assembles the blocks or trains others\)"):
+        BlockLease(storage, 0, "rerun", 3600.0).acquire()
+
+
+def test_a_lease_whose_process_and_driver_are_gone_is_taken(tmp_path) -> None:
+    storage = Storage(str(tmp_path))
+    gone = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
+    for p in gone:
+        p.wait()
+    session = f"0123abcd@{socket.gethostname()}:{gone[0].pid}"
+    storage.write_json("blocks/block_0/lease.json", {
+        "generation": 1, "session": session, "renewed_at": 1000.0,
+        "holder": f"{session}/{socket.gethostname()}/{gone[1].pid}/0123abcd/{process_space()}"})
+    assert BlockLease(storage, 0, "rerun", 3600.0, clock=Clock()).acquire() == 2
 
 
 def test_a_restart_in_the_same_run_takes_over_and_fences_the_old_one(tmp_path) -> None:
