@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
@@ -44,6 +45,7 @@ def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
     A ``data.path`` that spells the stored one's local path differently (``./data/x``, its
     absolute path) is set back to the stored spelling in ``cfg``: every checkpoint of the run
     carries one config hash."""
+    refuse_a_passing_run_dir(cfg)
     storage = Storage(cfg.run_dir)
     try:
         storage.makedirs()
@@ -72,10 +74,27 @@ def check_resumable(cfg: Config, index: DataIndex, blocks: list[int] | None = No
     """The RunDirError ``open_run`` or ``pin_data`` would raise for ``cfg``'s run directory,
     ``index`` and ``blocks`` (default: all), raised now, without writing anything (a run that
     checks its data first)."""
+    refuse_a_passing_run_dir(cfg)
     storage = Storage(cfg.run_dir)
     _refuse_other_config(storage, cfg)
     _refuse_live_writers(storage, cfg, blocks)
     _refuse_other_data(storage, index, start=blocks is None)
+
+
+RAY_PACKAGES = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
+
+
+def refuse_a_passing_run_dir(cfg: Config) -> None:
+    """RunDirError for a relative run.dir where this process runs in Ray's copy of a job's
+    working directory (``ray job submit --working-dir``): Ray deletes that copy, and each
+    node has its own."""
+    if "://" in cfg.run_dir or os.path.isabs(cfg.run_dir) or RAY_PACKAGES not in os.getcwd():
+        return
+    raise RunDirError(
+        f"run.dir={cfg.run_dir} is relative, and this job runs in Ray's copy of its working "
+        f"directory ({os.getcwd()}), which Ray deletes when it is no longer used and which "
+        f"every node has its own of: give run.dir an absolute path on storage every node sees "
+        f"(e.g. run.dir=/shared/runs/{cfg.run.name}) or an object-store URI (s3://...)")
 
 
 def _refuse_live_writers(storage: Storage, cfg: Config, blocks: list[int] | None) -> None:

@@ -264,3 +264,23 @@ def test_a_cluster_that_refuses_to_be_joined_is_an_error_naming_the_key_and_the_
         _refused(["plan", str(ROOT / "jobs" / "tiny_cpu.yaml"), f"runtime.address={address}"],
                  capsys, f"runtime.address: Ray could not join the cluster at {address}",
                  "(Failed to connect to Ray cluster at 127.0.0.1:6379.)", "RAY_AUTH_TOKEN")
+
+
+def test_a_relative_run_dir_in_a_submitted_jobs_working_dir_copy_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from dbparallel.config import load_config
+    from dbparallel.training.run_dir import refuse_a_passing_run_dir
+
+    # where `ray job submit --working-dir .` runs its entrypoint
+    copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    _refused(["train", "--local", str(ROOT / "jobs" / "tiny_cpu.yaml"), "run.name=tiny"],
+             capsys, "run.dir=runs/tiny is relative", "Ray's copy of its working directory",
+             "run.dir=/shared/runs/tiny")
+    assert not (copy / "runs").exists()
+    for where in (str(tmp_path / "run"), "s3://bucket/runs/tiny"):
+        refuse_a_passing_run_dir(load_config([], [f"run.dir={where}"]))  # kept: no error
+    monkeypatch.chdir(tmp_path)
+    refuse_a_passing_run_dir(load_config([], ["run.dir=runs/tiny"]))  # an ordinary folder
