@@ -129,8 +129,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "`data reshard --out DIR` rewrites image data in row groups of "
                        "data.shard_rows rows")
     d.add_argument("action", choices=["check", "reshard"])
-    d.add_argument("config", nargs="*", help="a Parquet file/directory/URI, or "
-                   "YAML recipes and key=value overrides (data.source=..., data.path=...)")
+    d.add_argument("config", nargs="*", help="a data set's path or URI (Parquet; an image "
+                   "folder; a text file or folder of them, with task=ar|mdm|looped), or YAML "
+                   "recipes, with key=value overrides (data.source=..., data.path=...)")
     d.add_argument("--out", default="", metavar="DIR",
                    help="reshard: the new or empty folder (or object-store URI) to write")
     d.set_defaults(func=cmd_data)

@@ -143,7 +143,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     names, pixels = read_images(args.images, network.cfg.data)
     if not names:
         raise UserError(f"predict: {args.images} holds no image")
-    classes = _class_names(args.source)
+    classes = network.class_names
     rows = []
     for start in range(0, len(names), args.batch):
         probs = network.predict(pixels[start:start + args.batch]).softmax(dim=1)
@@ -157,21 +157,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(row) if args.json
               else f"{row['input']}\t{shown}\t{row['probability']}")
     return 0
-
-
-def _class_names(source: str) -> list[str]:
-    """The class names of a run's labels, by label, where its data name them (an image
-    folder's class folders, sorted as text: label 2 of folders 0..10 is "10"; Parquet that
-    ``data reshard`` wrote from one); else none. An export file records no data."""
-    from dbparallel.data.reshard import class_names
-    from dbparallel.training.loading import is_file
-    from dbparallel.training.run_dir import pinned_data
-    from dbparallel.training.storage import Storage
-
-    if is_file(source):
-        return []
-    pinned = pinned_data(Storage(source))
-    return class_names(pinned) if pinned is not None else []
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -224,6 +209,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="one JSON object per image: input, class (the label), name (the "
                         "class folder's name; null where the data name no classes), "
                         "probability")
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch", type=int, default=256,
+                   help="images classified at once (memory: one batch of the network's "
+                        "activations; default 256)")
     p.add_argument("--device", default="", help=DEVICE_HELP)
     p.set_defaults(func=cmd_predict)

@@ -43,10 +43,14 @@ class TrainConfig:
     # least 1, with edge pixels, cut back at a random offset) | flip_crop, of the training
     # images only; none for digits and other images that a mirror changes
     augment: str = "none"
-    ema_decay: float = 0.999  # EMA of weights used for assembly; 0 = off
+    # EMA of weights used for assembly; 0 = off. Warmed up: step s uses min(ema_decay,
+    # (1+s)/(10+s)), so 0.999 holds from step 8,990 on
+    ema_decay: float = 0.999
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     label_dropout: float = 0.1  # probability a label is replaced by the null class (CFG)
-    log_every: int = 25  # steps between progress/metric updates
+    # steps between metric updates (metrics.jsonl, gauges, progress bars on a terminal); in
+    # a log, a progress line comes at most every 15 s
+    log_every: int = 25
     # steps between each block's held-out loss (and its last step): the mean weighted loss
     # of its EMA weights on the first train.heldout_rows rows of the validation split (else
     # test, else train), the same noise draws every time; metrics.jsonl, Prometheus,

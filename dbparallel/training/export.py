@@ -6,6 +6,7 @@ project), and string metadata:
 - ``format``: ``dbparallel-export/1``; ``task``; ``config``: the resolved config (YAML);
 - ``partition``: the noise partition (JSON); ``steps``: each block's training step (JSON);
 - ``tokenizer``: the text tasks' tokenizer (JSON, as vocab.json);
+- ``class_names``: the names of the labels, by label, where the run's data name them (JSON);
 - ``sha256``: a checksum of every tensor's name, dtype, shape and bytes, in name order, that
   ``read_export`` verifies;
 - ``meta_sha256``: a checksum of every other metadata entry, verified where present (exports
@@ -43,6 +44,7 @@ class Exported:
     weights: list[dict[str, torch.Tensor]]  # block 0 first
     steps: list[int]
     tokenizer: dict[str, Any] | None
+    class_names: list[str]
 
 
 def checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -62,7 +64,8 @@ def meta_checksum(meta: dict[str, str]) -> str:
 
 
 def export_bytes(cfg: Config, weights: list[dict[str, torch.Tensor]], steps: list[int],
-                 partition: dict, tokenizer: dict[str, Any] | None) -> bytes:
+                 partition: dict, tokenizer: dict[str, Any] | None,
+                 class_names: list[str] | None = None) -> bytes:
     """The export file's contents."""
     from safetensors.torch import save
 
@@ -74,6 +77,8 @@ def export_bytes(cfg: Config, weights: list[dict[str, torch.Tensor]], steps: lis
             "sha256": checksum(tensors)}
     if tokenizer is not None:
         meta["tokenizer"] = json.dumps(tokenizer)
+    if class_names:
+        meta["class_names"] = json.dumps(class_names)
     meta[META_SUM] = meta_checksum(meta)
     return save(tensors, metadata=meta)
 
@@ -116,7 +121,10 @@ def read_export(data: bytes, where: str) -> Exported:
     tokenizer = _json(meta, "tokenizer", where) if "tokenizer" in meta else None
     if tokenizer is not None and not isinstance(tokenizer, dict):
         raise damaged_export(where, "metadata 'tokenizer'", "not a JSON object")
-    return Exported(cfg, _blocks(tensors, len(steps), where), steps, tokenizer)
+    names = _json(meta, "class_names", where) if "class_names" in meta else []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise damaged_export(where, "metadata 'class_names'", "not a JSON list of names")
+    return Exported(cfg, _blocks(tensors, len(steps), where), steps, tokenizer, names)
 
 
 def damaged_export(where: str, part: str, detail: str) -> RunDirError:

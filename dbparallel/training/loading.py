@@ -13,6 +13,7 @@ from dbparallel.training.export import damaged_export, export_bytes, read_export
 from dbparallel.training.network import Network
 from dbparallel.training.run_dir import (
     CONFIG_FILE,
+    pinned_data,
     require_run_dir,
     run_data,
     run_tokenizer,
@@ -74,9 +75,25 @@ def load_run(run_dir: str, step: int | None = None, device: str | None = None,
     cfg = cfg or run_config(run_dir)
     storage = Storage(run_dir)
     snapshots = load_snapshots(cfg, storage, step)
-    return Network.from_weights(cfg, [s["ema"] for s in snapshots],
-                                [int(s["meta"]["step"]) for s in snapshots], device,
-                                _tokenizer(cfg, storage))
+    network = Network.from_weights(cfg, [s["ema"] for s in snapshots],
+                                   [int(s["meta"]["step"]) for s in snapshots], device,
+                                   _tokenizer(cfg, storage))
+    network.class_names = _class_names(cfg, storage)
+    return network
+
+
+def _class_names(cfg: Config, storage: Storage) -> list[str]:
+    """The names of a classifier's labels, where its run's pinned data name them (a damaged
+    or missing data_index.json: none; the label numbers do)."""
+    from dbparallel.data.reshard import class_names
+
+    if cfg.task != "vit":
+        return []
+    try:
+        pinned = pinned_data(storage)
+    except RunDirError:
+        return []
+    return class_names(pinned) if pinned is not None else []
 
 
 def _tokenizer(cfg: Config, storage: Storage) -> Tokenizer | None:
@@ -96,11 +113,13 @@ def load_export(path: str, device: str | None = None) -> Network:
     except DataError as err:
         raise damaged_export(path, "metadata 'tokenizer'", str(err)) from None
     try:
-        return Network.from_weights(exported.cfg, exported.weights, exported.steps, device,
-                                    tokenizer)
+        network = Network.from_weights(exported.cfg, exported.weights, exported.steps, device,
+                                       tokenizer)
     except RunDirError as err:  # a tensor that does not fit the network of the config
         raise damaged_export(path, "metadata 'config'",
                       f"its network does not fit the tensors: {err}") from None
+    network.class_names = exported.class_names
+    return network
 
 
 def export_run(run_dir: str, out: str, step: int | None = None) -> Network:
@@ -109,7 +128,7 @@ def export_run(run_dir: str, out: str, step: int | None = None) -> Network:
     network = load_run(run_dir, step, "cpu")
     tokenizer = network.tokenizer.describe() if network.tokenizer is not None else None
     data = export_bytes(network.cfg, [b.state_dict() for b in network.blocks], network.steps,
-                        network.task.partition.to_json(), tokenizer)
+                        network.task.partition.to_json(), tokenizer, network.class_names)
     folder, name = split_uri(out)
     storage = Storage(folder)
     try:

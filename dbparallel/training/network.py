@@ -51,7 +51,8 @@ def article(word: str) -> str:
 @dataclass
 class Network:
     """A run's blocks composed into one network. ``steps[b]`` is the step block b's weights
-    come from; ``tokenizer`` is the text tasks' (None for images)."""
+    come from; ``tokenizer`` is the text tasks' (None for images); ``class_names`` the
+    names of the labels, by label, where the run's data name them (else empty)."""
 
     cfg: Config
     task: Task
@@ -59,6 +60,7 @@ class Network:
     steps: list[int]
     device: str
     tokenizer: Tokenizer | None = None
+    class_names: list[str] = field(default_factory=list)
     # the lengths past data.seq_len that generate has warned of (once each, not per call)
     _warned_lengths: set[int] = field(default_factory=set, init=False, repr=False,
                                       compare=False)

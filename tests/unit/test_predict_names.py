@@ -49,3 +49,13 @@ def test_predict_prints_class_folder_names_of_an_image_folder_run(tmp_path: Path
     assert [r["name"] for r in rows] == [classes[k] for k in labels]
     assert cli.main(["predict", run, str(images[0])]) == 0
     assert capsys.readouterr().out.split("\t")[1] == classes[labels[0]]
+    assert dbparallel.load(run).class_names == classes
+
+    # an export keeps them: predict on the file alone names the classes as well
+    export = str(tmp_path / "vit.safetensors")
+    assert cli.main(["export", run, "--out", export]) == 0
+    capsys.readouterr()
+    assert dbparallel.load(export).class_names == classes
+    assert cli.main(["predict", export, str(tmp_path / "data"), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["name"] for r in rows] == [classes[k] for k in labels]
