@@ -13,11 +13,13 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from dbparallel.data.cache import cache_dir
 from dbparallel.models.lm import ARBlock
@@ -54,7 +56,15 @@ def train_scorer(batches: Iterator[torch.Tensor], vocab_size: int, steps: int, s
         torch.manual_seed(seed)
         model = ARBlock(DIMS, vocab_size).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    # once per data set, then cached: a minute or more on a CPU, said where no bar is drawn
+    tty = sys.stderr.isatty()
+    if not tty:
+        print(f"evaluation: training the gen_ppl scorer for this data once ({steps} steps; "
+              f"cached in {cache_dir()})", flush=True)
+    bar = tqdm(total=steps, desc="gen_ppl scorer (once per data set)", unit="step",
+               leave=False, disable=not tty)
     for step, batch in zip(range(steps), batches, strict=True):
+        bar.update()
         for group in opt.param_groups:
             # linear warm-up, then cosine decay to 10%
             warm = min(1.0, (step + 1) / WARMUP_STEPS)
@@ -66,6 +76,7 @@ def train_scorer(batches: Iterator[torch.Tensor], vocab_size: int, steps: int, s
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+    bar.close()
     return model.cpu().eval()
 
 

@@ -26,9 +26,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dbparallel.config import Config
 from dbparallel.data.shard_reader import take_rows
@@ -117,9 +119,13 @@ def continue_prompts(cfg: Config, task: Task, nets: list[Block], prompts: torch.
                      purpose: str, device: str, usable: Usable) -> torch.Tensor:
     """(N, gen_len) continuations of ``prompts`` (N, prompt_len) in the ``usable`` ids (the
     tokenizer's), on the CPU."""
-    out = [task.generate(nets, p.to(device), cfg.sample.gen_len,
-                         generator(cfg.run.seed, purpose, i), usable=usable).cpu()
-           for i, p in enumerate(_chunks(prompts))]
+    out = []
+    with tqdm(total=len(prompts), desc="continuing prompts (gen_ppl)", unit="prompt",
+              leave=False, disable=not sys.stderr.isatty()) as bar:
+        for i, p in enumerate(_chunks(prompts)):
+            out.append(task.generate(nets, p.to(device), cfg.sample.gen_len,
+                                     generator(cfg.run.seed, purpose, i), usable=usable).cpu())
+            bar.update(len(p))
     return torch.cat(out)
 
 
