@@ -111,8 +111,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     _out_file(args.out)
     network = export_run(args.source, args.out, args.step)
-    print(f"wrote {args.out}: {network.cfg.task}, {len(network.blocks)} blocks at steps "
-          f"{network.steps}; load it with dbparallel.load({args.out!r})")
+    count = len(network.blocks)
+    print(f"wrote {args.out}: {network.cfg.task}, {count} block{'s' * (count != 1)} at "
+          f"step{'s' * (count != 1)} {network.steps}; load it with "
+          f"dbparallel.load({args.out!r})")
     return 0
 
 

@@ -36,7 +36,8 @@ def render(status: RunStatus) -> str:
             "last line", "restarts", "writer"]
     rows = [head, *(_row(b) for b in status.blocks)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
-    lines = [f"{status.run_dir}: {status.task}, {len(status.blocks)} blocks, "
+    count = len(status.blocks)
+    lines = [f"{status.run_dir}: {status.task}, {count} block{'s' * (count != 1)}, "
              f"{status.state}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
               for r in rows]

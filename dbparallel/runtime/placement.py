@@ -150,7 +150,7 @@ def _check_room(cfg: Config, bundles: list[dict[str, float]]) -> None:
     short = {k: v for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
     if not short:
         return
-    asked = ", ".join(f"{v:g} {k}" for k, v in short.items())
+    asked = ", ".join(f"{v:g} {k}{'s' * (v != 1)}" for k, v in short.items())
     having = f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs"
     if _this_machine_alone(cfg):
         r = cfg.runtime

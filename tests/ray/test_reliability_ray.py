@@ -113,7 +113,7 @@ def test_an_assembler_that_cannot_be_placed_fails_before_training(ray_session, t
     cfg = load_config([RECIPE], [f"run.dir={run_dir}", "runtime.assembly_cpus=2.5",
                                  "runtime.placement_timeout_s=5"])
     with pytest.raises(UserError, match="runtime.cpus_per_block/runtime.assembly_cpus: the run "
-                                        "asks for 3 CPU in all"):
+                                        "asks for 3 CPUs in all"):
         run_ray(cfg, None, progress=False)
     assert not (run_dir / "blocks").exists()  # no block trained for nothing
 

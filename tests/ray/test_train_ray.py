@@ -191,7 +191,7 @@ def test_killed_block_restarts_alone_and_resumes_exactly(ray_run, tmp_path, capl
 
 @pytest.mark.parametrize(("asked", "said"), [
     ("runtime.gpus_per_block=1", "runtime.gpus_per_block: the run asks for 1 GPU in all"),
-    ("runtime.cpus_per_block=4", "runtime.cpus_per_block: the run asks for 4 CPU in all")])
+    ("runtime.cpus_per_block=4", "runtime.cpus_per_block: the run asks for 4 CPUs in all")])
 def test_more_than_this_machine_has_is_refused_at_once(ray_session, tmp_path, capsys,
                                                        asked: str, said: str) -> None:
     """More than a Ray instance of this machine has (no autoscaler adds to it): an error
