@@ -20,7 +20,7 @@ from dbparallel.cli_stop import (
     Terminated,
     stop_signals,
 )
-from dbparallel.config import Config, ConfigError, describe, load_config, notes
+from dbparallel.config import Config, ConfigError, describe, load_config, notes, unchecked
 from dbparallel.errors import UserError
 
 if TYPE_CHECKING:
@@ -44,8 +44,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.help_config:  # the defaults, or the values of the recipes and overrides given
         meaning = notes()
         given = args.config or getattr(args, "local", False)
-        for key, value in describe(values=_config(args) if given else None):
+        problem, values = None, None
+        if given:
+            try:
+                values = _config(args)
+            except ConfigError as err:  # still incomplete: show what it holds, then why
+                files, overrides = split_items(args.config)
+                problem, values = err, unchecked(files, overrides)
+        for key, value in describe(values=values):
             print(f"{key}={value}" + (f"  # {meaning[key]}" if meaning.get(key) else ""))
+        if problem is not None:
+            print(f"dbparallel: this config would not train yet: {problem}", file=sys.stderr)
         return 0
     cfg = _config(args)
     from dbparallel.runtime.train import train_run

@@ -31,6 +31,7 @@ from dbparallel.config.loading import (
     load_config,
     notes,
     stored_dict,
+    unchecked,
 )
 from dbparallel.config.runtime_keys import DebugConfig, MetricsConfig, RuntimeConfig
 from dbparallel.config.schema import (
@@ -61,6 +62,6 @@ __all__ = [
     "RunConfig", "RuntimeConfig", "SampleConfig", "TrainConfig", "bytes_text",
     "changed_settings", "config_hash",
     "describe", "dump_yaml", "from_dict", "identity", "identity_diff", "load_config", "notes",
-    "same_local_path", "stored_dict",
+    "same_local_path", "stored_dict", "unchecked",
     "parse_bytes", "to_dict", "upgrade",
 ]

@@ -204,16 +204,32 @@ def dump_yaml(cfg: Config) -> str:
 def describe(cls: type = Config, prefix: str = "",
              values: Any = None) -> list[tuple[str, Any]]:
     """(dotted key, value) for every leaf of the schema, for help output: its default, or its
-    value in ``values`` (a loaded config)."""
+    value in ``values`` (a loaded config, or the ``unchecked`` merge of one)."""
     out: list[tuple[str, Any]] = []
-    source = cls() if values is None else values
+    default = cls()
+    source = default if values is None else values
     for f in fields(cls):
-        value = getattr(source, f.name)
-        if is_dataclass(value):
-            out.extend(describe(type(value), f"{prefix}{f.name}.", value))
+        value, inner = getattr(source, f.name), getattr(default, f.name)
+        if is_dataclass(inner):
+            out.extend(describe(type(inner), f"{prefix}{f.name}.", value))
         else:
             out.append((f"{prefix}{f.name}", value))
     return out
+
+
+def unchecked(files: list[str | Path] = (), overrides: list[str] = ()) -> Any:  # type: ignore[assignment]
+    """The recipes and overrides merged onto the defaults, their types checked but not their
+    values (--help-config of a config that is not complete yet, e.g. task=ar without its
+    data.source); ConfigError where even that fails."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Config), *map(_recipe, files),
+                               OmegaConf.from_dotlist([o for o in overrides if "=" in o]))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {_omegaconf_reason(err)}") from None
 
 
 def notes(cls: type = Config, prefix: str = "") -> dict[str, str]:

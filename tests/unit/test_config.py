@@ -117,6 +117,18 @@ def test_help_config_shows_the_values_of_the_recipes_given(capsys) -> None:
                                "replica; fractions share a card); 0 = CPU") for line in lines)
 
 
+def test_help_config_of_a_config_that_is_not_complete_yet(capsys) -> None:
+    # what a user asks while setting a text task up: the keys, with what it holds so far,
+    # and what is still missing
+    assert main(["train", "task=ar", "data.seq_len=64", "--help-config"]) == 0
+    out, err = capsys.readouterr()
+    lines = [line.split("  # ")[0] for line in out.splitlines()]
+    assert "task=ar" in lines and "data.seq_len=64" in lines and "data.source=digits" in lines
+    assert err.strip() == ("dbparallel: this config would not train yet: data.source: task=ar "
+                           "reads text: shakespeare, text or parquet, got 'digits'")
+    assert main(["train", "model.depth=x", "--help-config"]) == 2  # not even of its type
+
+
 def test_every_key_has_a_meaning_from_the_schema() -> None:
     from dbparallel.config import notes
 
