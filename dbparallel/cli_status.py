@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from dbparallel.config import bytes_text
 from dbparallel.training.status import BlockStatus, RunStatus
 
 
@@ -42,7 +43,8 @@ def render(status: RunStatus) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
               for r in rows]
     if status.assembly:
-        scores = ", ".join(f"{k} {_num(v)}" for k, v in status.assembly.items()
+        scores = ", ".join(f"{k} {bytes_text(v) if '_bytes' in k else _num(v)}"
+                           for k, v in status.assembly.items()
                            if k not in ("step", "wall_s") and isinstance(v, (int, float)))
         step = status.assembly.get("step")
         at = f" (step {step:,})" if isinstance(step, int) else ""

@@ -128,3 +128,12 @@ def test_a_finished_run_and_a_missing_one(run: Path, tmp_path: Path, capsys) -> 
     (tmp_path / "empty").mkdir()
     assert cli.main(["status", str(tmp_path / "empty")]) == 2
     assert "empty: not a run directory (no config.yaml)" in capsys.readouterr().err
+
+
+def test_bytes_of_an_assembly_read_as_bytes() -> None:
+    from dbparallel.cli_status import render
+    from dbparallel.training.status import RunStatus
+
+    shown = render(RunStatus("runs/x", "looped", [], assembly={
+        "step": 10, "bpc": 3.25, "train_memory_bytes_bptt": 6.569e7}))
+    assert "latest assembly (step 10): bpc 3.25, train_memory_bytes_bptt 62.6 MiB" in shown
