@@ -3,7 +3,8 @@
 Each task reads and decodes its unit's rows on some node (``training/data_check.check_unit``),
 so the pass takes the cluster's CPUs, not the driver's: the driver of ``ray job submit`` runs
 on the head node, which may have few. Data only this machine sees (built into its cache, or
-named by a relative path), or a cluster with no CPU free, are checked in the driver instead.
+named by a relative path), or a cluster with no CPU free, are checked in the driver instead,
+as are data of no more than one unit's rows (``check_data`` decides: no task is started).
 The first bad row in index order is the one named, as on the driver: once a unit fails, the
 units after it are cancelled and the ones before it are waited for (one of them may hold an
 earlier bad row). A cluster that runs none of the tasks (it filled up after the pass began,

@@ -5,7 +5,9 @@ row, a label out of range) only when it is decoded. Training would meet it mid-s
 there; this pass finds it before any block starts, at the cost of one read of the data on the
 driver, or, on a Ray cluster, spread over its CPUs (runtime/data_check_ray.py): the rows are
 cut into units of whole shards (about ``UNIT_ROWS`` rows), each checked on its own, and the
-first bad row in index order is the one named either way. It runs once per data set and config:
+first bad row in index order is the one named either way. Data of no more than one unit's
+rows, in all their splits, are checked by the driver even then: starting task workers would
+take longer than the check. It runs once per data set and config:
 a passed check is remembered in the cache, keyed by the data index's fingerprint and the
 decoding settings.
 """
@@ -76,16 +78,18 @@ def check_data(cfg: Config, index: DataIndex, force: bool = False,
     """Decode every row of ``index`` with ``cfg``'s task; DataError naming the file and row of
     the first bad one. Skipped when this data set already passed with these settings. ``run``
     checks the units (of about ``unit_rows`` rows, default ``UNIT_ROWS``) elsewhere (a Ray
-    cluster's workers); without it, or for data of one unit, they are checked here."""
+    cluster's workers); without it, or for data of one unit or no more rows than one (a small
+    data set's train and test splits are two units), they are checked here."""
     stamp = _stamp(cfg, index)
     total = sum(index.num_rows(s) for s in index.present())
     if stamp.is_file() and not force:
         return CheckResult(total, 0.0, True)
+    unit_rows = unit_rows or UNIT_ROWS
     units = check_units(index, unit_rows)
     start = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=total, desc="checking data", unit="row", disable=not show) as bar:
-        if run is None or len(units) == 1:  # here, with every core of this machine
+        if run is None or len(units) == 1 or total <= unit_rows:  # here, on every core
             here = with_threads(cfg, cfg.data.decode_threads or machine_cpus())
             for unit in units:
                 check_unit(here, index, unit, bar.update)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 from dbparallel.data.shards import DataIndex, Shard
 from dbparallel.training.data_check import Unit, check_units
+
+TINY = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
 
 
 def _index(train: list[int], test: list[int]) -> DataIndex:
@@ -24,6 +29,47 @@ def test_units_cover_every_shard_once_in_index_order() -> None:
     assert len(check_units(index, unit_rows=1)) == 8  # a shard a unit
 
 
+def _two_splits(path: Path) -> Path:
+    """60 training and 20 test rows of 1x8x8 uint8 pixels, in row groups of 20."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    path.mkdir()
+    for split, n in (("train", 60), ("test", 20)):
+        pixels = rng.integers(0, 256, (n, 64), dtype=np.uint8)
+        pq.write_table(pa.table({
+            "image": pa.FixedSizeListArray.from_arrays(pa.array(pixels.ravel()), 64),
+            "label": pa.array(rng.integers(0, 10, n))}), path / f"{split}.parquet",
+            row_group_size=20)
+    return path
+
+
+def test_data_within_one_units_rows_are_checked_here_whatever_their_splits(tmp_path) -> None:
+    """A runner (a Ray cluster's tasks) checks data of more rows than one unit; data of fewer,
+    here a train and a test split (two units), are checked in this process."""
+    from dbparallel.config import load_config
+    from dbparallel.data.parquet_index import parquet_index
+    from dbparallel.training.data_check import check_data
+
+    data = _two_splits(tmp_path / "data")
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "data.source=parquet",
+                               f"data.path={data}"])
+    index = parquet_index(str(data))
+    asked: list[list[Unit]] = []
+
+    def runner(units: list[Unit]) -> Iterator[int]:
+        asked.append(units)
+        yield from (u.rows for u in units)
+
+    assert len(check_units(index, unit_rows=80)) == 2
+    result = check_data(cfg, index, force=True, progress=False, run=runner, unit_rows=80)
+    assert (result.rows, asked) == (80, [])
+    result = check_data(cfg, index, force=True, progress=False, run=runner, unit_rows=79)
+    assert result.rows == 80 and [u.split for u in asked[0]] == ["train", "test"]
+
+
 def test_only_data_every_machine_reads_alike_is_checked_on_a_cluster() -> None:
     from dbparallel.training.data_check import readable_anywhere
 
@@ -40,23 +86,20 @@ def test_only_data_every_machine_reads_alike_is_checked_on_a_cluster() -> None:
 def test_a_run_directory_that_would_be_refused_is_found_without_writing(tmp_path) -> None:
     """check_resumable raises what open_run/pin_data would, before the (long) data check, and
     writes nothing into a new run directory."""
-    from pathlib import Path
-
     import pytest
 
     from dbparallel.config import load_config
     from dbparallel.errors import RunDirError
     from dbparallel.training.run_dir import check_resumable, open_run, pin_data
 
-    tiny = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
-    cfg = load_config([tiny], [f"run.dir={tmp_path / 'run'}"])
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}"])
     index = _index([100, 250], [30])
     check_resumable(cfg, index)
     assert not (tmp_path / "run").exists()
     storage = open_run(cfg)
     pin_data(storage, index)
     check_resumable(cfg, index)  # the same run: resumable
-    other = load_config([tiny], [f"run.dir={tmp_path / 'run'}", "model.depth=4"])
+    other = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "model.depth=4"])
     with pytest.raises(RunDirError, match=r"other values of model.depth \(model.depth: 2 "
                                           r"there, 4 now\)"):
         check_resumable(other, index)
