@@ -6,7 +6,9 @@ no bytes is a bad row: the file a path names is not read (it is relative to wher
 table was written, and a block reads the table only). Every image must already be
 ``data.image_size`` pixels square: a different size is a bad row, never silently resized, so
 the pixels a block trains on are the pixels stored. Colour modes are converted to
-``data.channels`` (1: Pillow's "L", ITU-R 601-2 luma; 3: "RGB"; alpha is dropped).
+``data.channels`` (1: Pillow's "L", ITU-R 601-2 luma; 3: "RGB"; alpha is dropped), which suits
+a few odd images; ``image_kinds`` tells from the headers whether the images themselves are
+grey or colour, so that a data.channels that does not match them is warned about.
 """
 
 from __future__ import annotations
@@ -65,6 +67,29 @@ def _encoded_bytes(column: pa.Array | pa.ChunkedArray
     if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
         raise DataError(f"column {IMAGE_COLUMN!r}: encoded images must be binary, got {kind}")
     return column.to_pylist(), paths
+
+
+def image_kinds(column: pa.Array | pa.ChunkedArray) -> list[tuple[str, int] | None]:
+    """(Pillow mode, 1 for grey or 3 for colour) of every row's image, read from its header
+    (a palette image is grey when every colour of its palette is); None for a row without a
+    readable image."""
+    blobs, _ = _encoded_bytes(column)
+    kinds: list[tuple[str, int] | None] = []
+    for blob in blobs:
+        try:
+            with Image.open(io.BytesIO(blob or b"")) as img:  # the header: nothing decoded
+                kinds.append((img.mode, _channels_of(img)))
+        except DECODE_ERRORS:
+            kinds.append(None)
+    return kinds
+
+
+def _channels_of(img: Image.Image) -> int:
+    if img.mode in ("P", "PA"):
+        palette = img.palette.palette if img.palette is not None else b""
+        rgb = np.frombuffer(palette[:len(palette) // 3 * 3], np.uint8).reshape(-1, 3)
+        return 1 if (rgb == rgb[:, :1]).all() else 3
+    return 1 if Image.getmodebase(img.mode) == "L" else 3
 
 
 def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,

@@ -1,0 +1,52 @@
+"""Warnings about data settings that do not fit the data, printed once by the driver.
+
+Data that decode without a bad row may still be decoded into something the user did not mean:
+colour images with ``data.channels=1`` become grey (encoded images are converted to the
+configured mode, data/encoded.py). The driver prints such a warning before the validation pass,
+on ``data check`` and on ``train`` alike (a Ray run's blocks never print it), naming the key
+that fixes it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from dbparallel.config import Config
+from dbparallel.data.images import IMAGE_COLUMN
+from dbparallel.data.shard_reader import read_shard
+from dbparallel.data.shards import DataIndex
+
+SAMPLE_IMAGES = 16  # the first images of a split whose headers tell grey from colour
+
+
+def colour_warning(cfg: Config, index: DataIndex) -> str | None:
+    """``channels_warning`` of the first encoded images of the training split (of the first
+    split, where there is none); None for data that are not encoded images."""
+    if index.kind != "images" or index.meta.get("encoding") != "encoded":
+        return None
+    from dbparallel.data.encoded import image_kinds  # Pillow, for encoded images only
+
+    present = index.present()
+    split = "train" if "train" in present else present[0]
+    shard = next(s for s in index.shards(split) if s.rows)
+    read = read_shard(shard, [IMAGE_COLUMN], index.meta, limit=SAMPLE_IMAGES)
+    return channels_warning([k for k in image_kinds(read.table.column(IMAGE_COLUMN)) if k],
+                            cfg.data.channels)
+
+
+def channels_warning(kinds: list[tuple[str, int]], channels: int) -> str | None:
+    """A warning when most of the images of ``kinds`` ((Pillow mode, 1 grey or 3 colour) each)
+    are not of data.channels=``channels``: they are converted, colour to grey or grey to RGB.
+    A few odd images among the others are converted without a word."""
+    other = [k for k in kinds if k[1] != channels]
+    if channels not in (1, 3) or len(other) * 2 <= len(kinds):
+        return None
+    mode, have = Counter(other).most_common(1)[0][0]
+    named = {"RGB": "RGB (3 channels)", "L": "grey (1 channel)"}.get(
+        mode, f"{'colour' if have == 3 else 'grey'} (Pillow mode {mode})")
+    if have == 3:
+        return (f"the images are {named} but data.channels={channels}: they are converted "
+                f"to grey; set data.channels=3 to keep colour")
+    return (f"the images are {named} but data.channels={channels}: they are converted to "
+            f"RGB, each grey value copied into 3 channels; set data.channels=1 to train on "
+            f"them as they are stored")

@@ -1,0 +1,80 @@
+"""Warnings about data settings that do not fit the data: encoded images of another colour
+mode than data.channels, told once on `data check` and on `train`."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from dbparallel.cli import main
+from dbparallel.data.encoded import image_kinds
+from dbparallel.training.data_warnings import channels_warning
+
+TINY = str(Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml")
+TO_GREY = ("warning: the images are RGB (3 channels) but data.channels=1: they are converted "
+           "to grey; set data.channels=3 to keep colour")
+
+
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def _images(n: int, mode: str, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).convert(mode)
+            for _ in range(n)]
+
+
+def test_the_headers_tell_grey_from_colour() -> None:
+    rgb, grey = _images(1, "RGB")[0], _images(1, "L")[0]
+    blobs = [_png(rgb), _png(rgb.convert("RGBA")), _png(grey), _png(grey.convert("LA")),
+             _png(rgb.quantize(16)), _png(grey.convert("P")), _png(rgb.convert("1")), None,
+             b"not an image"]
+    assert image_kinds(pa.array(blobs, pa.binary())) == [
+        ("RGB", 3), ("RGBA", 3), ("L", 1), ("LA", 1), ("P", 3), ("P", 1), ("1", 1), None, None]
+
+
+def test_most_images_of_another_mode_are_warned_of_a_few_are_not() -> None:
+    assert channels_warning([("RGB", 3)] * 16, 1) == TO_GREY.removeprefix("warning: ")
+    assert channels_warning([("RGB", 3)] * 16, 3) is None
+    assert channels_warning([("L", 1)] * 14 + [("RGB", 3), ("RGBA", 3)], 1) is None  # odd ones
+    assert channels_warning([("L", 1)] * 8 + [("RGB", 3)] * 8, 1) is None  # half: mixed data
+    assert "are colour (Pillow mode RGBA) but data.channels=1" in channels_warning(
+        [("RGBA", 3)] * 3, 1)
+    assert channels_warning([("L", 1)] * 16, 3) == (
+        "the images are grey (1 channel) but data.channels=3: they are converted to RGB, "
+        "each grey value copied into 3 channels; set data.channels=1 to train on them as "
+        "they are stored")
+    assert channels_warning([("RGB", 3)] * 16, 4) is None  # refused when decoded
+    assert channels_warning([], 1) is None
+
+
+def test_rgb_images_with_grey_channels_are_warned_of_once_on_check_and_train(
+        tmp_path, capsys) -> None:
+    """Parquet PNG bytes and an image folder, data.channels left at 1: one warning each on
+    `data check` and on `train`; none with data.channels=3."""
+    images = _images(40, "RGB")
+    data = tmp_path / "pq" / "train.parquet"
+    data.parent.mkdir()
+    labels = np.arange(40) % 10
+    pq.write_table(pa.table({"image": pa.array([_png(im) for im in images], pa.binary()),
+                             "label": pa.array(labels)}), data)
+    folder = tmp_path / "folder"
+    for i, im in enumerate(images):
+        (folder / f"c{labels[i]}").mkdir(parents=True, exist_ok=True)
+        im.save(folder / f"c{labels[i]}" / f"{i}.png")
+    for path in (data.parent, folder):
+        assert main(["data", "check", str(path)]) == 0
+        assert capsys.readouterr().err.count(TO_GREY) == 1
+        assert main(["data", "check", str(path), "data.channels=3"]) == 0
+        assert "data.channels" not in capsys.readouterr().err
+    assert main(["train", TINY, "--local", f"run.dir={tmp_path / 'run'}", "metrics.port=0",
+                 "data.source=parquet", f"data.path={data.parent}", "train.steps=2"]) == 0
+    assert capsys.readouterr().err.count(TO_GREY) == 1
