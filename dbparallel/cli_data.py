@@ -49,9 +49,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     report_footprint(cfg, index)  # its warnings (tiny row groups) before the long pass
     if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):  # on the cluster's CPUs
         from dbparallel.runtime.launch import check_on_cluster
-        from dbparallel.training.data_check import check_line
+        from dbparallel.training.data_check import report_check
 
-        print(check_line(check_on_cluster(cfg, index, force=True)), flush=True)
+        report_check(cfg, index, check_on_cluster(cfg, index, force=True))
     else:
         from dbparallel.training.data_check import check_here
 

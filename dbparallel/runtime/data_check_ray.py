@@ -25,6 +25,7 @@ from ray import ObjectRefGenerator
 from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
 from dbparallel.training.data_check import (
+    Checked,
     Unit,
     UnitRunner,
     check_unit,
@@ -40,7 +41,7 @@ STARTED = -1  # what a task yields first: a worker has begun its unit
 
 
 @ray.remote(num_returns="streaming", max_retries=2)
-def _check(cfg: Config, index: DataIndex, unit: Unit) -> Iterator[int]:
+def _check(cfg: Config, index: DataIndex, unit: Unit) -> Iterator[int | Checked]:
     yield STARTED
     yield check_unit(cfg, index, unit)
 
@@ -71,7 +72,7 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S,
     those seconds."""
     one = with_threads(cfg, 1)
 
-    def run(units: list[Unit]) -> Iterator[int]:
+    def run(units: list[Unit]) -> Iterator[Checked]:
         shared = ray.put(index)  # once, not once per task
         task = _check.options(num_cpus=TASK_CPUS, scheduling_strategy="SPREAD")
         left = [task.remote(one, shared, unit) for unit in units]  # streaming, one per unit
@@ -102,17 +103,17 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S,
                     (gen,) = ready
                     at, heard = unit_of[id(gen)], clock()
                     try:
-                        rows = ray.get(next(gen))
+                        out = ray.get(next(gen))
                     except ray.exceptions.RayError as err:  # bad data, or a worker lost
                         cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) \
                             and isinstance(err.cause, Exception) else err
                         fail(at, cause)
                         continue
-                    if rows == STARTED:
+                    if out == STARTED:
                         started.add(at)
                         continue
                     left.remove(gen)
-                    yield rows
+                    yield out
                     continue
                 if not waiting and clock() - heard < lost_after:
                     continue  # units are running: wait for them
@@ -129,13 +130,13 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S,
                     ray.cancel(gen)  # not begun: nothing of it is lost
                 dropped.append(gen)
                 try:
-                    rows = check_unit(one, index, units[unit_of[id(gen)]])
+                    checked = check_unit(one, index, units[unit_of[id(gen)]])
                 except Exception as err:  # noqa: BLE001 (ordered as a task's failure)
                     fail(unit_of[id(gen)], err)
                     continue
                 finally:  # begun: its worker stopped once the driver has the unit's outcome
                     ray.cancel(gen, force=not waiting)
-                yield rows
+                yield checked
         finally:
             for g in left:  # stopped early (an interrupt): leave no task running
                 ray.cancel(g)

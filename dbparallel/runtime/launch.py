@@ -41,7 +41,7 @@ from dbparallel.tasks import build_task
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.cluster_fit import Cluster
 from dbparallel.training.curves import write_curves
-from dbparallel.training.data_check import CheckResult, check_data, check_line
+from dbparallel.training.data_check import CheckResult, check_data, report_check
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.lease import driver_session, release_session
 from dbparallel.training.report import build_report, write_report
@@ -241,9 +241,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         slots = start_slots(cfg, cluster_now())  # 0 fits here -> 1: reserve() names the keys
         refuse_what_cannot_fit_here(cfg, slots)  # before the data check and the run directory
         if validate:
-            line = check_line(check_on_cluster(cfg, index, progress=progress))
-            if line:
-                print(line, flush=True)
+            report_check(cfg, index, check_on_cluster(cfg, index, progress=progress))
         storage = open_run(cfg)
         pin_data(storage, index, start=True)
         if slots < cfg.model.blocks:

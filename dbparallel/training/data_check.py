@@ -9,7 +9,8 @@ first bad row in index order is the one named either way. Data of no more than o
 rows, in all their splits, are checked by the driver even then: starting task workers would
 take longer than the check. It runs once per data set and config:
 a passed check is remembered in the cache, keyed by the data index's fingerprint and the
-decoding settings.
+decoding settings, with what the check saw besides bad rows: the highest label, so that a
+data.num_classes above the data's labels is warned of on every run, checked or remembered.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from tqdm import tqdm
 
 from dbparallel.config import Config
 from dbparallel.data.cache import atomic_path, cache_dir
+from dbparallel.data.images import LABEL_COLUMN
 from dbparallel.data.shard_reader import iter_chunks
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RowError
 from dbparallel.tasks import build_task
 from dbparallel.training.data_memory import machine_cpus
+from dbparallel.training.data_warnings import classes_warning
 
 CHUNK = 1024  # rows decoded at a time
 UNIT_ROWS = 65_536  # rows of whole shards checked by one worker, about
@@ -48,9 +51,17 @@ class Unit:
     rows: int
 
 
-# Runs ``units`` and yields each one's rows as it passes, in any order; raises the DataError
-# of the first bad row in index order (that of the lowest unit that has one).
-UnitRunner = Callable[[list[Unit]], Iterator[int]]
+@dataclass(frozen=True)
+class Checked:
+    """Rows that passed, and what they showed besides."""
+
+    rows: int
+    classes: int = 0  # the highest label among them + 1 (0: rows without labels)
+
+
+# Runs ``units`` and yields each one's Checked as it passes, in any order; raises the
+# DataError of the first bad row in index order (that of the lowest unit that has one).
+UnitRunner = Callable[[list[Unit]], Iterator[Checked]]
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,7 @@ class CheckResult:
     rows: int
     seconds: float
     cached: bool  # passed before: nothing read this time
+    classes: int = 0  # the highest label of the data + 1 (0: no labels, or not known)
 
     @property
     def rows_per_second(self) -> float:
@@ -83,31 +95,45 @@ def check_data(cfg: Config, index: DataIndex, force: bool = False,
     stamp = _stamp(cfg, index)
     total = sum(index.num_rows(s) for s in index.present())
     if stamp.is_file() and not force:
-        return CheckResult(total, 0.0, True)
+        return CheckResult(total, 0.0, True, json.loads(stamp.read_text()).get("classes", 0))
     unit_rows = unit_rows or UNIT_ROWS
     units = check_units(index, unit_rows)
     start = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
+    classes = 0
     with tqdm(total=total, desc="checking data", unit="row", disable=not show) as bar:
         if run is None or len(units) == 1 or total <= unit_rows:  # here, on every core
             here = with_threads(cfg, cfg.data.decode_threads or machine_cpus())
             for unit in units:
-                check_unit(here, index, unit, bar.update)
+                classes = max(classes, check_unit(here, index, unit, bar.update).classes)
         else:
-            for rows in run(units):
-                bar.update(rows)
+            for checked in run(units):
+                bar.update(checked.rows)
+                classes = max(classes, checked.classes)
     seconds = time.perf_counter() - start
     tmp = atomic_path(stamp)
-    tmp.write_text(json.dumps({"rows": total, "seconds": seconds, "source": index.source}))
+    tmp.write_text(json.dumps({"rows": total, "seconds": seconds, "source": index.source,
+                               "classes": classes}))
     os.replace(tmp, stamp)
-    return CheckResult(total, seconds, False)
+    return CheckResult(total, seconds, False, classes)
 
 
 def check_here(cfg: Config, index: DataIndex, force: bool = False) -> None:
-    """The validation pass in this process (local mode, ``data check``), its line printed."""
-    line = check_line(check_data(cfg, index, force))
+    """The validation pass in this process (local mode, ``data check``), reported."""
+    report_check(cfg, index, check_data(cfg, index, force))
+
+
+def report_check(cfg: Config, index: DataIndex, result: CheckResult) -> None:
+    """Print ``result``'s line (none for a check remembered from before), and warn when the
+    labels seen stop short of data.num_classes (an image folder's classes were warned of
+    before the check, by their folders)."""
+    line = check_line(result)
     if line:
         print(line, flush=True)
+    warning = None if index.meta.get("classes") else classes_warning(
+        cfg.data.num_classes, seen=result.classes)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def check_line(result: CheckResult) -> str | None:
@@ -136,21 +162,25 @@ def check_units(index: DataIndex, unit_rows: int | None = None) -> list[Unit]:
 
 
 def check_unit(cfg: Config, index: DataIndex, unit: Unit,
-               on_rows: Callable[[int], object] | None = None) -> int:
-    """Decode every row of ``unit`` as training would; its rows, or the DataError of its first
-    bad row (file and row named). ``on_rows`` hears of each chunk checked."""
+               on_rows: Callable[[int], object] | None = None) -> Checked:
+    """Decode every row of ``unit`` as training would; what it saw, or the DataError of its
+    first bad row (file and row named). ``on_rows`` hears of each chunk checked."""
     task = build_task(cfg)
     part_index = DataIndex(index.kind, index.source,
                            {unit.split: index.shards(unit.split)[unit.first:unit.stop]},
                            index.meta)
+    classes = 0
     for part in iter_chunks(part_index, unit.split, CHUNK, task.columns):
         try:
-            task.decode(part.table, "cpu")
+            batch = task.decode(part.table, "cpu")
         except RowError as err:
             raise err.at(part.where(err.row)) from None
+        labels = batch.get(LABEL_COLUMN)
+        if labels is not None and labels.numel():
+            classes = max(classes, int(labels.max()) + 1)
         if on_rows is not None:
             on_rows(part.table.num_rows)
-    return unit.rows
+    return Checked(unit.rows, classes)
 
 
 def with_threads(cfg: Config, threads: int) -> Config:

@@ -146,22 +146,17 @@ def report_footprint(cfg: Config, index: DataIndex) -> int:
     """Print what a block's stream holds, and return it in bytes (0: no training rows); in
     local mode, warn when it is over half of this machine's memory (a Ray run checks each
     node once its blocks are placed). Warn too when an image folder has fewer classes than
-    data.num_classes, when the encoded images are colour and data.channels grey or the other
-    way round (``colour_warning``), and when the Parquet row groups are tiny
-    (``small_shards_warning``)."""
+    data.num_classes (``classes_warning``), when the encoded images are colour and
+    data.channels grey or the other way round (``colour_warning``), and when the Parquet row
+    groups are tiny (``small_shards_warning``)."""
     from dbparallel.tasks import build_task
-    from dbparallel.training.data_warnings import colour_warning
+    from dbparallel.training.data_warnings import classes_warning, colour_warning
 
-    classes = index.meta.get("classes")  # an image folder's class folders
-    if classes and len(classes) < cfg.data.num_classes:
-        print(f"warning: data.num_classes={cfg.data.num_classes}, but the data have "
-              f"{len(classes)} classes ({', '.join(classes[:5])}"
-              f"{', ...' if len(classes) > 5 else ''}): labels {len(classes)}.."
-              f"{cfg.data.num_classes - 1} never occur, yet samples and scores cover them; "
-              f"set data.num_classes={len(classes)}", file=sys.stderr, flush=True)
-    colour = colour_warning(cfg, index)
-    if colour:
-        print(f"warning: {colour}", file=sys.stderr, flush=True)
+    # an image folder's class folders (Parquet labels are warned of once the check saw them)
+    for warning in (classes_warning(cfg.data.num_classes, names=index.meta.get("classes")),
+                    colour_warning(cfg, index)):
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     if "train" not in index.present():  # e.g. data check of a test split alone
         return 0
     footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards,

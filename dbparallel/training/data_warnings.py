@@ -1,10 +1,12 @@
 """Warnings about data settings that do not fit the data, printed once by the driver.
 
-Data that decode without a bad row may still be decoded into something the user did not mean:
-colour images with ``data.channels=1`` become grey (encoded images are converted to the
-configured mode, data/encoded.py). The driver prints such a warning before the validation pass,
-on ``data check`` and on ``train`` alike (a Ray run's blocks never print it), naming the key
-that fixes it.
+Data that decode without a bad row may still be decoded or trained into something the user did
+not mean: colour images with ``data.channels=1`` become grey (encoded images are converted to
+the configured mode, data/encoded.py), and a data.num_classes above the data's classes makes
+the blocks sample and score classes that never occur. The driver prints such a warning on
+``data check`` and on ``train`` alike (a Ray run's blocks never print it), naming the key that
+fixes it: the colour mode and an image folder's classes before the validation pass, Parquet
+labels after it (the pass sees every label; training/data_check.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,23 @@ def colour_warning(cfg: Config, index: DataIndex) -> str | None:
     read = read_shard(shard, [IMAGE_COLUMN], index.meta, limit=SAMPLE_IMAGES)
     return channels_warning([k for k in image_kinds(read.table.column(IMAGE_COLUMN)) if k],
                             cfg.data.channels)
+
+
+def classes_warning(num_classes: int, names: list[str] | None = None,
+                    seen: int = 0) -> str | None:
+    """A warning when the data have fewer classes than data.num_classes=``num_classes``: an
+    image folder's class folders ``names``, or else labels up to ``seen - 1`` (the highest
+    label the validation pass saw, + 1; 0: not known)."""
+    classes = len(names) if names else seen
+    if not classes or classes >= num_classes:
+        return None
+    if names:
+        have = (f"the data have {classes} classes ({', '.join(names[:5])}"
+                f"{', ...' if classes > 5 else ''})")
+    else:
+        have = f"the data's labels are {f'0..{classes - 1}' if classes > 1 else '0'}"
+    return (f"data.num_classes={num_classes}, but {have}: labels {classes}..{num_classes - 1} "
+            f"never occur, yet samples and scores cover them; set data.num_classes={classes}")
 
 
 def channels_warning(kinds: list[tuple[str, int]], channels: int) -> str | None:

@@ -49,13 +49,14 @@ def test_tasks_check_every_row_once_and_remember_it(ray_session, tmp_path, monke
     cfg, index = _cfg(data, tmp_path / "run"), parquet_index(str(data))
     units = data_check.check_units(index)
     assert [u.rows for u in units] == [400] * 7 + [200]
-    seen: list[int] = []
+    seen: list[data_check.Checked] = []
     runner = ray_units(cfg, index)
     result = data_check.check_data(cfg, index, progress=False,
                                    run=lambda us: (seen.append(r) or r for r in runner(us)))
-    assert (result.rows, result.cached) == (3000, False) and sorted(seen) == sorted(
-        u.rows for u in units)
-    assert data_check.check_data(cfg, index, progress=False, run=runner).cached
+    assert (result.rows, result.cached, result.classes) == (3000, False, 10)
+    assert sorted(c.rows for c in seen) == sorted(u.rows for u in units)
+    again = data_check.check_data(cfg, index, progress=False, run=runner)
+    assert (again.cached, again.classes) == (True, 10)  # the labels seen are remembered
 
 
 def test_tasks_name_the_first_bad_row_in_index_order(ray_session, tmp_path, monkeypatch) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dbparallel.data.shards import DataIndex, Shard
-from dbparallel.training.data_check import Unit, check_units
+from dbparallel.training.data_check import Checked, Unit, check_units
 
 TINY = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
 
@@ -59,9 +59,9 @@ def test_data_within_one_units_rows_are_checked_here_whatever_their_splits(tmp_p
     index = parquet_index(str(data))
     asked: list[list[Unit]] = []
 
-    def runner(units: list[Unit]) -> Iterator[int]:
+    def runner(units: list[Unit]) -> Iterator[Checked]:
         asked.append(units)
-        yield from (u.rows for u in units)
+        yield from (Checked(u.rows) for u in units)
 
     assert len(check_units(index, unit_rows=80)) == 2
     result = check_data(cfg, index, force=True, progress=False, run=runner, unit_rows=80)

@@ -1,5 +1,6 @@
 """Warnings about data settings that do not fit the data: encoded images of another colour
-mode than data.channels, told once on `data check` and on `train`."""
+mode than data.channels, and fewer classes than data.num_classes, told once on `data check`
+and on `train`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from PIL import Image
 
 from dbparallel.cli import main
 from dbparallel.data.encoded import image_kinds
-from dbparallel.training.data_warnings import channels_warning
+from dbparallel.training.data_warnings import channels_warning, classes_warning
 
 TINY = str(Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml")
 TO_GREY = ("warning: the images are RGB (3 channels) but data.channels=1: they are converted "
@@ -78,3 +79,50 @@ def test_rgb_images_with_grey_channels_are_warned_of_once_on_check_and_train(
     assert main(["train", TINY, "--local", f"run.dir={tmp_path / 'run'}", "metrics.port=0",
                  "data.source=parquet", f"data.path={data.parent}", "train.steps=2"]) == 0
     assert capsys.readouterr().err.count(TO_GREY) == 1
+
+
+def test_fewer_classes_than_num_classes_are_named_by_folder_or_by_label() -> None:
+    assert classes_warning(10, names=["ant", "bee", "cat"]) == (
+        "data.num_classes=10, but the data have 3 classes (ant, bee, cat): labels 3..9 never "
+        "occur, yet samples and scores cover them; set data.num_classes=3")
+    assert classes_warning(10, seen=4) == (
+        "data.num_classes=10, but the data's labels are 0..3: labels 4..9 never occur, yet "
+        "samples and scores cover them; set data.num_classes=4")
+    assert "the data's labels are 0: labels 1..2" in classes_warning(3, seen=1)
+    assert classes_warning(4, seen=4) is None and classes_warning(4, names=list("abcd")) is None
+    assert classes_warning(10) is None  # nothing known: no labels, or an old check
+
+
+def test_parquet_labels_short_of_num_classes_are_warned_of_once_on_check_and_train(
+        tmp_path, capsys) -> None:
+    """Labels 0..3 with data.num_classes left at 10: the check that sees them warns once, and
+    so does a train that finds the check remembered (check_here is its pass); with
+    data.num_classes=4, nothing."""
+    from dbparallel.config import load_config
+    from dbparallel.data.parquet_index import parquet_index
+    from dbparallel.training.data_check import check_here
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "train.parquet"
+    pq.write_table(pa.table({
+        "image": pa.FixedSizeListArray.from_arrays(
+            pa.array(rng.integers(0, 256, 40 * 64, dtype=np.uint8)), 64),
+        "label": pa.array(np.arange(40) % 4)}), data)
+    short = ("warning: data.num_classes=10, but the data's labels are 0..3: labels 4..9 never "
+             "occur, yet samples and scores cover them; set data.num_classes=4")
+    assert main(["data", "check", str(data)]) == 0
+    assert capsys.readouterr().err.count(short) == 1
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "data.source=parquet",
+                               f"data.path={data}"])
+    check_here(cfg, parquet_index(str(data)))
+    out, err = capsys.readouterr()
+    assert "rows checked" not in out and err.count(short) == 1  # remembered: nothing read
+    assert main(["data", "check", str(data), "data.num_classes=4"]) == 0
+    assert "data.num_classes" not in capsys.readouterr().err
+    folder = tmp_path / "folder"  # its class folders are warned of once, not again after
+    for i, image in enumerate(_images(6, "L")):
+        (folder / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"c{i % 3}" / f"{i}.png")
+    assert main(["data", "check", str(folder)]) == 0
+    assert capsys.readouterr().err.count("warning: data.num_classes=10, but the data have 3 "
+                                         "classes (c0, c1, c2)") == 1
