@@ -214,7 +214,7 @@ class Controller:
             self.user_error = event.error
             said = str(event.error)  # most name their block already
             self._fail(said if said.startswith(f"block {event.block}") else
-                       f"block {event.block}: {said}")
+                       f"block {event.block}: {said}", said=False)  # raised, printed once
             return
         if event.error is not None:  # an error of its training is not retried: it would
             # meet it again; a lost process was restarted as often as allowed (BlockLost)
@@ -268,10 +268,11 @@ class Controller:
                         status.stall_restarts, self.cfg.train.max_restarts)
             self.backend.restart_block(b)
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, said: bool = True) -> None:
         self.state = State.FAILED
         self.error = message
-        log.error(message)
+        if said:  # at once: stopping the other blocks may take a while
+            log.error(message)
 
     def run(self, timeout_s: float = 1.0) -> dict[str, float]:
         """Step until done; returns the assembly metrics or raises RunFailed."""

@@ -62,7 +62,7 @@ def _first_step_of(row: int, block: int) -> int:
                  marks=pytest.mark.slow, id="replicas"),
 ], ids=lambda extra: "actors" if not extra else "replicas")
 def test_a_bad_row_met_by_a_block_actor_stops_the_run_naming_it(ray_session, tmp_path,
-                                                                 extra) -> None:
+                                                                 extra, caplog) -> None:
     from dbparallel.runtime.launch import run_ray
 
     # a row both blocks meet after their checkpoint of step 10, whichever meets it first
@@ -75,6 +75,8 @@ def test_a_bad_row_met_by_a_block_actor_stops_the_run_naming_it(ray_session, tmp
     with pytest.raises(DataError, match=rf"part-00000.parquet row {bad}: column 'label' has "
                                         r"label 12"):
         run_ray(cfg, None, progress=False)
+    # raised for the caller to say (the CLI's one line), not logged as well
+    assert not [r for r in caplog.records if "label 12" in r.getMessage()]
     kept = 0
     for block in (0, 1):  # every block keeps what it trained: each listed file is there
         path = run_dir / "blocks" / f"block_{block}" / "manifest.json"
