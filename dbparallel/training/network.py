@@ -160,12 +160,16 @@ class Network:
                                  generator(self.cfg.run.seed, "api-predict", seed)).cpu()
 
     # ------------------------------------------------------------------ text
-    def _encode(self, text: str) -> list[int]:
+    def _encode(self, text: str, name: str = "") -> list[int]:
+        """The ids of ``text``; a UserError naming it (``name``: ``texts[1]``, where given) and
+        the character the run's vocabulary lacks."""
         assert self.tokenizer is not None
         try:
             return self.tokenizer.encode(text)
         except UserError as err:
-            raise UserError(f"{err} of this run (data.tokenizer={self.tokenizer.name})") from None
+            where = f"{name}: " if name else ""
+            raise UserError(f"{where}{err} of this run (data.tokenizer={self.tokenizer.name})")\
+                from None
 
     @torch.no_grad()
     def generate(self, prompt: str | list[str], max_new: int | None = None,
@@ -180,7 +184,8 @@ class Network:
         steps. ``progress`` shows a bar on stderr (tokens, or MDM's unmasking steps)."""
         self._need("generate")
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
-        ids = [self._encode(t) for t in texts]
+        ids = [self._encode(t, "prompt" if isinstance(prompt, str) else f"prompt[{i}]")
+               for i, t in enumerate(texts)]
         if len({len(i) for i in ids}) > 1:
             raise UserError("prompt: a list of prompts must have the same number of tokens; "
                             "generate them one at a time")
@@ -228,7 +233,7 @@ class Network:
         """(bits, characters scored) of one text, in windows of data.seq_len tokens; a
         UserError naming the text (``name``) when it has no token to score."""
         assert self.tokenizer is not None
-        ids = torch.tensor(self._encode(text), dtype=torch.long)
+        ids = torch.tensor(self._encode(text, name), dtype=torch.long)
         mdm = self.cfg.task == "mdm"
         if len(ids) < (1 if mdm else 2):
             shown = text if len(text) <= 40 else text[:37] + "..."

@@ -102,8 +102,10 @@ def test_text_networks_generate_and_score_text(runs: dict[str, str], task: str) 
         _likelihood_is_the_first_steps(net)
     short, long = net.log_likelihood([TEXT, TEXT * 3])  # longer than data.seq_len: windows
     assert long < short < 0
-    with pytest.raises(UserError, match="'\u00e9' is not in the vocabulary of this run"):
+    with pytest.raises(UserError, match="^prompt: .*'\u00e9' is not in the vocabulary of this run"):
         net.generate("caf\u00e9")
+    with pytest.raises(UserError, match="^texts\\[1\\]: .*'\u00e9' is not in the vocabulary"):
+        net.log_likelihood(["ab", "caf\u00e9"])
     with pytest.raises(UserError, match="cannot sample"):
         net.sample([0])
 
