@@ -29,6 +29,7 @@ from dbparallel.data.tokenizer import Tokenizer
 from dbparallel.errors import RunDirError, UserError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
+from dbparallel.training.arguments import number, texts_of
 from dbparallel.training.device import choose_device
 from dbparallel.training.seeding import generator
 
@@ -183,9 +184,11 @@ class Network:
         rest of a data.seq_len row after the prompt (default), unmasking it over sample.steps
         steps. ``progress`` shows a bar on stderr (tokens, or MDM's unmasking steps)."""
         self._need("generate")
-        texts = [prompt] if isinstance(prompt, str) else list(prompt)
-        ids = [self._encode(t, "prompt" if isinstance(prompt, str) else f"prompt[{i}]")
-               for i, t in enumerate(texts)]
+        texts, one = texts_of(prompt, "prompt")
+        number(temperature, "temperature"), number(seed, "seed", whole=True)
+        if max_new is not None:
+            number(max_new, "max_new", whole=True)
+        ids = [self._encode(t, "prompt" if one else f"prompt[{i}]") for i, t in enumerate(texts)]
         if len({len(i) for i in ids}) > 1:
             raise UserError("prompt: a list of prompts must have the same number of tokens; "
                             "generate them one at a time")
@@ -227,7 +230,7 @@ class Network:
                 new = self.task.generate(self.blocks, p, max_new, g, temperature,
                                          self.tokenizer.usable, on_token=bar.update)
         out = [self.tokenizer.decode(row) for row in new.cpu()]
-        return out[0] if isinstance(prompt, str) else out
+        return out[0] if one else out
 
     def _bits(self, text: str, name: str, seed: int) -> tuple[float, int]:
         """(bits, characters scored) of one text, in windows of data.seq_len tokens; a
@@ -260,9 +263,10 @@ class Network:
         return bits, chars
 
     def _scores(self, texts: str | list[str], seed: int) -> list[tuple[float, int]]:
-        if isinstance(texts, str):
-            return [self._bits(texts, "text", seed)]
-        return [self._bits(t, f"texts[{i}]", seed) for i, t in enumerate(texts)]
+        listed, one = texts_of(texts, "texts")
+        number(seed, "seed", whole=True)
+        return [self._bits(t, "text" if one else f"texts[{i}]", seed)
+                for i, t in enumerate(listed)]
 
     def bpc(self, texts: str | list[str], seed: int = 0) -> float:
         """Bits per character over ``texts`` (AR and looped: each data.seq_len window's tokens

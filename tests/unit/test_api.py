@@ -106,6 +106,13 @@ def test_text_networks_generate_and_score_text(runs: dict[str, str], task: str) 
         net.generate("caf\u00e9")
     with pytest.raises(UserError, match="^texts\\[1\\]: .*'\u00e9' is not in the vocabulary"):
         net.log_likelihood(["ab", "caf\u00e9"])
+    # arguments of another type: the argument named, not a TypeError from inside
+    for call, said in ((lambda: net.generate(123), "prompt: expected a string or a list"),
+                       (lambda: net.generate("ab", temperature="hot"), "temperature: expected"),
+                       (lambda: net.generate("ab", max_new=2.5), "max_new: expected an integer"),
+                       (lambda: net.bpc(["ab", 3]), "texts: expected a string or a list")):
+        with pytest.raises(UserError, match=f"^{said}"):
+            call()
     with pytest.raises(UserError, match="cannot sample"):
         net.sample([0])
 
