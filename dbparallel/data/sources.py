@@ -20,6 +20,7 @@ from dbparallel.data.row_groups import in_pieces
 from dbparallel.data.shard_reader import SPLIT_COLUMN, iter_split
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tables import image_table, not_parquet
+from dbparallel.data.text_files import TEXT_COLUMN, missing_text
 from dbparallel.errors import DataError
 
 DIGITS_VERSION = 1  # bump when the cached digits table changes
@@ -44,13 +45,14 @@ def digits_parquet(shard_rows: int) -> str:
     return str(path)
 
 
-def _has_text_column(path: str) -> bool:
+def _first_columns(path: str) -> tuple[str, list[str]]:
+    """(the first Parquet file under ``path``, its column names): from its footer."""
     from dbparallel.data.parquet_index import parquet_files
 
     fs, _, files = parquet_files(path)
     try:
         with fs.open_input_file(files[0].path) as f:
-            return "text" in pq.ParquetFile(f).schema_arrow.names
+            return files[0].path, pq.ParquetFile(f).schema_arrow.names
     except (pa.ArrowException, OSError) as err:
         raise not_parquet(files[0].path, err) from None
 
@@ -65,20 +67,32 @@ def _cached(index: DataIndex) -> DataIndex:
 
 def check_kind(task: str, data: DataConfig, index: DataIndex | None = None) -> None:
     """A DataError naming ``task`` when the data hold the other kind (text for an image task,
-    images for a text task): from ``data.source`` alone, before anything is read, when it
-    says; from ``index`` for Parquet."""
+    images for a text task): before anything is read, from ``data.source`` (and for a text
+    task's Parquet, from its first file's columns: a table with no ``text`` column is named
+    as such, not indexed as images); from ``index`` for Parquet."""
     wants = "tokens" if task in TEXT_TASKS else "images"
     text = ", ".join(TEXT_TASKS[:-1]) + f" or {TEXT_TASKS[-1]}"
     if wants == "images" and data.source in ("shakespeare", "text"):
         raise DataError(f"task={task} trains on images, and data.source={data.source} is "
                         f"text: set task={text} to train a language model on it")
+    if index is None and wants == "tokens" and data.source == "parquet":
+        where, columns = _first_columns(data.path)
+        if TEXT_COLUMN not in columns and IMAGE_COLUMN not in columns:
+            raise missing_text(where, columns)
+        if TEXT_COLUMN not in columns:
+            raise _holds_images(task, data.path)
     if index is None or index.kind == wants:
         return
     if wants == "images":
         raise DataError(f"task={task} trains on images, and {index.source} is text: set "
                         f"task={text} to train a language model on it")
-    raise DataError(f"task={task} trains on text, and {index.source} holds images (no "
-                    f"'text' column): set task=dit or vit, or give text (data.source=text)")
+    raise _holds_images(task, index.source)
+
+
+def _holds_images(task: str, source: str) -> DataError:
+    return DataError(f"task={task} trains on text, and {source} holds images (no "
+                     f"{TEXT_COLUMN!r} column): set task=dit or vit, or give text "
+                     f"(data.source=text)")
 
 
 # what the built-in image sources hold
@@ -114,7 +128,7 @@ def open_data(data: DataConfig) -> DataIndex:
 
         return image_folder_index(data)
     if data.source in ("shakespeare", "text") or (
-            data.source == "parquet" and _has_text_column(data.path)):
+            data.source == "parquet" and TEXT_COLUMN in _first_columns(data.path)[1]):
         from dbparallel.data.corpus import corpus_index
 
         return corpus_index(data)

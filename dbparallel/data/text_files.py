@@ -166,14 +166,20 @@ def _string_column(schema: pa.Schema, column: str, path: str) -> bool:
     return True
 
 
+def missing_text(path: str, names: list[str]) -> DataError:
+    """The DataError of a Parquet table of documents without a ``text`` column."""
+    return DataError(f"{path}: column {TEXT_COLUMN!r} is missing; the table has {names}: a "
+                     f"text task reads the documents from a string column named "
+                     f"{TEXT_COLUMN!r}; rename the column that holds them to {TEXT_COLUMN!r}")
+
+
 def _parquet_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
     try:
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f)
             schema = pf.schema_arrow
             if TEXT_COLUMN not in schema.names:
-                raise DataError(f"{path}: column {TEXT_COLUMN!r} is missing; the table has "
-                                f"{schema.names}")
+                raise missing_text(path, schema.names)
             columns = [c for c in (TEXT_COLUMN, SPLIT_COLUMN, WORK_COLUMN)
                        if _string_column(schema, c, path)]
             row = 0
