@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dbparallel.config import Config, load_config
+from dbparallel.config import TEXT_TASKS, Config, given_value, load_config
 from dbparallel.errors import UserError
 
 
@@ -30,7 +30,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         if is_path(item) and not item.endswith((".yaml", ".yml")):
             items[i] = f"data.path={item}"
             if not any(x.startswith("data.source=") for x in items):
-                items.append(f"data.source={_bare_source(item)}")
+                items.append(f"data.source={_bare_source(item, _text_task(items))}")
     files, overrides = split_items(items)
     cfg = load_config(files, overrides)
     if args.action == "check" and args.out:
@@ -68,24 +68,36 @@ def is_path(item: str) -> bool:
     return "=" not in item or "/" in item.split("=", 1)[0] or Path(item).exists()
 
 
-def _bare_source(path: str) -> str:
-    """data.source of a path given alone: text for a local text file (.txt, .jsonl, .json,
-    .ndjson, also compressed) or a folder of them, image_folder for a local folder of images,
-    parquet for anything with a Parquet file (and for URIs)."""
+def _text_task(items: list[str]) -> bool:
+    """Whether the command line's recipes and overrides ask for a text task."""
+    files, overrides = split_items(items)
+    recipes = [f for f in files if f.endswith((".yaml", ".yml"))]
+    return given_value(recipes, overrides, "task") in TEXT_TASKS
+
+
+def _bare_source(path: str, text_task: bool = False) -> str:
+    """data.source of a path given alone: text for a text file (.txt, .jsonl, .json, .ndjson,
+    also compressed; local or a URI) or a local folder of them, image_folder for a local
+    folder of images, parquet for anything with a Parquet file (and for other URIs). For a
+    text task a local folder without a Parquet file is text, whatever else it holds (an image
+    in it is then named: data/text.py)."""
     from pathlib import Path
 
     from dbparallel.data.image_folder import IMAGE_EXTENSIONS
     from dbparallel.data.text_files import text_file_name
 
     folder = Path(path)
-    if "://" not in path and folder.is_file():
-        return "text" if text_file_name(folder.name) else "parquet"
-    if "://" in path or not folder.is_dir():
+    if "://" in path or folder.is_file():
+        name = path.split("?", 1)[0] if "://" in path else folder.name  # a URI's query
+        return "text" if text_file_name(name) else "parquet"
+    if not folder.is_dir():
         return "parquet"
     seen = [p for _, p in zip(range(10_000), folder.rglob("*"), strict=False)]
     suffixes = {p.suffix.lower() for p in seen}
     if ".parquet" in suffixes:
         return "parquet"
+    if text_task:
+        return "text"
     if suffixes & set(IMAGE_EXTENSIONS):
         return "image_folder"
     return "text" if any(text_file_name(p.name) for p in seen) else "parquet"

@@ -28,6 +28,7 @@ from dbparallel.config.loading import (
     describe,
     dump_yaml,
     from_dict,
+    given_value,
     load_config,
     notes,
     stored_dict,
@@ -61,7 +62,7 @@ __all__ = [
     "ConfigError", "DataConfig", "DebugConfig", "MetricsConfig", "ModelConfig", "NoiseConfig",
     "RunConfig", "RuntimeConfig", "SampleConfig", "TrainConfig", "bytes_text",
     "changed_settings", "config_hash",
-    "describe", "dump_yaml", "from_dict", "identity", "identity_diff", "load_config", "notes",
-    "same_local_path", "stored_dict", "unchecked",
+    "describe", "dump_yaml", "from_dict", "given_value", "identity", "identity_diff",
+    "load_config", "notes", "same_local_path", "stored_dict", "unchecked",
     "parse_bytes", "to_dict", "upgrade",
 ]

@@ -67,6 +67,19 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
     return cfg
 
 
+def given_value(files: list[str | Path], overrides: list[str], key: str) -> Any:
+    """The value the recipes ``files``, then the ``key=value`` ``overrides``, give the dotted
+    ``key``, unchecked (None when none does): for a guess made before the config is loaded
+    (data check's data.source of a bare path, by the task). A recipe that does not load is
+    named, as load_config would; one that is missing is left to load_config."""
+    from omegaconf import OmegaConf
+
+    layers = [_recipe(path) for path in files if Path(path).is_file()]
+    layers.append(OmegaConf.from_dotlist(
+        [o for o in overrides if o.split("=", 1)[0].strip() == key]))
+    return OmegaConf.select(OmegaConf.merge(*layers), key)
+
+
 def _recipe(path: str | Path) -> Any:
     """One YAML recipe, a mapping; ConfigError naming the file (and line) if it is not."""
     import yaml

@@ -20,13 +20,14 @@ import hashlib
 import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from dbparallel.config import DataConfig
 from dbparallel.data.digests import DigestMemo, blocks_digest
+from dbparallel.data.image_folder import IMAGE_EXTENSIONS
 from dbparallel.data.tables import resolve_path
 from dbparallel.data.text_files import Document, file_blocks, file_documents, file_format
 from dbparallel.errors import DataError
@@ -125,7 +126,21 @@ def text_source(data: DataConfig) -> TextSource:
         part.startswith(".") for part in f.path[len(where.rstrip("/")):].split("/")))  # hidden
     if not paths:
         raise DataError(f"data.path: no files in {data.path!r}")
+    _no_images(paths, data.path, info.type == pafs.FileType.Directory)
     return TextSource(data.path, fs, tuple((p, file_format(p)) for p in paths))
+
+
+def _no_images(paths: list[str], where: str, folder: bool) -> None:
+    """DataError naming the first image file among a text corpus's ``paths``, before any is
+    read (it would fail as text that is not UTF-8)."""
+    images = [p for p in paths if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        return
+    more = f" (and {len(images) - 1:,} more image files)" if len(images) > 1 else ""
+    fix = (f"move it out of {where!r}, or set task=dit or vit to train on images" if folder
+           else "set task=dit or vit to train on images")
+    raise DataError(f"data.path: {images[0]!r}{more} is an image, not text: a text corpus "
+                    f"reads text, JSONL and Parquet files; {fix}")
 
 
 def spans(pieces: Iterator[str], ranges: list[tuple[int, int]]) -> Iterator[tuple[int, str]]:
