@@ -184,6 +184,16 @@ class SampleConfig:
             check(value >= 1, f"sample.{key}", f"must be >= 1, got {value}")
 
 
+def _path_hint(data: DataConfig) -> str:
+    """For a text task whose data.path is set while data.source is an image set (digits, the
+    default, or fashion_mnist): which data.source reads it."""
+    if not data.path or data.source not in ("digits", "fashion_mnist"):
+        return ""
+    return ("; data.path is set: give data.source=text for a text file (.txt, .jsonl, .json, "
+            ".ndjson) or a folder of them, or data.source=parquet for Parquet with a 'text' "
+            "column")
+
+
 @dataclass
 class Config:
     task: str = "dit"  # what is denoised: dit (class-conditional image generation)
@@ -209,7 +219,7 @@ class Config:
         if self.task in TEXT_TASKS:
             check(self.data.source in ("shakespeare", "text", "parquet"), "data.source",
                    f"task={self.task} reads text: shakespeare, text or parquet, "
-                   f"got {self.data.source!r}")
+                   f"got {self.data.source!r}{_path_hint(self.data)}")
             check(self.sample.prompt_len + self.sample.gen_len <= self.data.seq_len,
                    "sample.gen_len", f"sample.prompt_len + sample.gen_len must be <= "
                    f"data.seq_len={self.data.seq_len}")

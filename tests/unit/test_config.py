@@ -232,6 +232,17 @@ def test_a_data_path_a_built_in_source_would_ignore_is_refused() -> None:
     assert load_config([], ["data.path=/d/x.parquet", "data.source=parquet"]).data.path
 
 
+def test_a_text_task_with_a_data_path_and_no_data_source_says_which_source_reads_it() -> None:
+    hint = "data.path is set: give data.source=text for a text file"
+    for source in ([], ["data.source=fashion_mnist"]):
+        with pytest.raises(ConfigError, match="^data.source: task=ar reads text") as err:
+            load_config([], ["task=ar", "data.path=notes.jsonl", *source])
+        assert hint in str(err.value) and "data.source=parquet for Parquet" in str(err.value)
+    with pytest.raises(ConfigError, match="^data.source: task=ar reads text") as err:
+        load_config([], ["task=ar"])  # no path: nothing to suggest
+    assert hint not in str(err.value)
+
+
 def test_a_recipe_that_is_not_a_yaml_mapping_is_named(tmp_path, capsys) -> None:
     broken, listed = tmp_path / "broken.yaml", tmp_path / "listed.yaml"
     broken.write_text("model:\n  blocks: [1, 2\n")
