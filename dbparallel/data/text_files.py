@@ -33,7 +33,10 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # .json too: read as one object
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 # compressed files are read through their codec (suffix -> pyarrow codec)
 COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".lz4": "lz4", ".zst": "zstd"}
-JSONL_RULE = "JSONL (.jsonl, .ndjson, .json) holds one JSON object per line"
+JSONL_RULE = ("JSON Lines (.jsonl, .ndjson, .json) hold one JSON object per line, the "
+              "document in its string field 'text'")
+JSON_KINDS = {list: "a JSON array", str: "a string", int: "a number", float: "a number",
+              bool: "a boolean", type(None): "null"}
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,42 @@ def _jsonl_lines(fs: pafs.FileSystem, path: str) -> Iterator[tuple[int, bytes]]:
         yield number + 1, carry
 
 
+def _not_json(where: str, err: ValueError, line: bytes, first: bool) -> DataError:
+    """The DataError of a line that is not JSON; a file's first line that opens a JSON
+    document (``[``, ``{``) is told it looks like one document spanning lines."""
+    start = line.lstrip()[:1].decode("ascii", "replace")
+    if not first or start not in "[{":
+        return DataError(f"{where} is not JSON: {err} ({JSONL_RULE})")
+    convert = "; convert it with `jq -c '.[]' FILE > FILE.jsonl`" if start == "[" else ""
+    return DataError(f"{where} is not JSON ({err}): the file looks like one JSON document "
+                     f"spanning lines (it starts with {start!r}); .jsonl, .ndjson and .json "
+                     f"files are read as JSON Lines: one JSON object per line with a string "
+                     f"field {TEXT_COLUMN!r}, like "
+                     f'{{"{TEXT_COLUMN}": "..."}}{convert}')
+
+
+def _not_a_document(where: str, row: object) -> DataError:
+    """The DataError of a JSON line that is no object with a string field ``text``: what it
+    is instead, or which fields it has."""
+    folder = "in a folder of documents, move files that are not documents out of it"
+    if not isinstance(row, dict):
+        kind = JSON_KINDS.get(type(row), type(row).__name__)
+        return DataError(f"{where} is {kind}, expected an object ({JSONL_RULE}; {folder})")
+    if TEXT_COLUMN in row:
+        kind = JSON_KINDS.get(type(row[TEXT_COLUMN]), "an object")
+        return DataError(f"{where}: field {TEXT_COLUMN!r} is {kind}, expected a string "
+                         f"({JSONL_RULE}; {folder})")
+    if not row:
+        return DataError(f"{where}: expected an object with a string field {TEXT_COLUMN!r}; "
+                         f"it has no fields ({JSONL_RULE}; {folder})")
+    names = ", ".join(repr(k) for k in list(row)[:8]) + (", ..." if len(row) > 8 else "")
+    return DataError(f"{where}: expected an object with a string field {TEXT_COLUMN!r}; it "
+                     f"has {names}: rename the field that holds the document to "
+                     f"{TEXT_COLUMN!r} ({folder})")
+
+
 def _jsonl_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
+    first = True
     for number, line in _jsonl_lines(fs, path):
         if not line.strip():
             continue
@@ -146,11 +184,10 @@ def _jsonl_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
         try:
             row = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DataError(f"{where} is not JSON: {err} ({JSONL_RULE})") from None
+            raise _not_json(where, err, line, first) from None
+        first = False
         if not isinstance(row, dict) or not isinstance(row.get(TEXT_COLUMN), str):
-            raise DataError(f"{where}: expected an object with a string field {TEXT_COLUMN!r} "
-                            f"({JSONL_RULE}; in a folder of documents, move files that are "
-                            f"not documents out of it)")
+            raise _not_a_document(where, row)
         split = _split_value(row.get(SPLIT_COLUMN), f"{where}: field {SPLIT_COLUMN!r}")
         name = str(row.get(WORK_COLUMN, f"{_stem(path)}:{number}"))
         yield Document(name, split, _slices(row[TEXT_COLUMN]))

@@ -91,3 +91,45 @@ def test_an_image_task_still_reads_a_folder_of_images(tmp_path) -> None:
     assert _bare_source(str(tmp_path), text_task=True) == "text"
     (tmp_path / "t.parquet").write_bytes(b"PAR1")
     assert _bare_source(str(tmp_path), text_task=True) == "parquet"
+
+
+def corpus_error(path: Path) -> str:
+    from dbparallel.config import DataConfig
+    from dbparallel.data.corpus import corpus_index
+    from dbparallel.errors import DataError
+
+    with pytest.raises(DataError) as err:
+        corpus_index(DataConfig(source="text", path=str(path), seq_len=16))
+    return str(err.value)
+
+
+def test_a_json_document_spanning_lines_is_told_what_json_lines_are(tmp_path) -> None:
+    import json
+
+    docs = [{"text": "To be, or not to be. " * 4}] * 3
+    (tmp_path / "pretty.json").write_text(json.dumps(docs, indent=2))
+    err = corpus_error(tmp_path / "pretty.json")
+    assert err.startswith(f"{tmp_path / 'pretty.json'}: line 1 is not JSON (Expecting value")
+    assert "looks like one JSON document spanning lines (it starts with '[')" in err
+    assert "one JSON object per line with a string field 'text'" in err
+    assert "jq -c '.[]'" in err
+    (tmp_path / "one.json").write_text("\n" + json.dumps({"rows": docs}, indent=2))
+    assert "spanning lines (it starts with '{')" in corpus_error(tmp_path / "one.json")
+    (tmp_path / "broken.jsonl").write_text(json.dumps(docs[0]) + "\n{oops\n")
+    err = corpus_error(tmp_path / "broken.jsonl")  # a bad line further on is only not JSON
+    assert "broken.jsonl: line 2 is not JSON: " in err and "spanning lines" not in err
+
+
+def test_a_json_line_without_a_text_string_says_what_it_has(tmp_path) -> None:
+    import json
+
+    (tmp_path / "content.jsonl").write_text(json.dumps({"content": "a", "id": 3}) + "\n")
+    err = corpus_error(tmp_path / "content.jsonl")
+    assert "content.jsonl: line 1: expected an object with a string field 'text'; it has " \
+        "'content', 'id': rename the field that holds the document to 'text'" in err
+    (tmp_path / "number.jsonl").write_text('{"text": "a"}\n{"text": 5}\n')
+    assert "number.jsonl: line 2: field 'text' is a number, expected a string" in \
+        corpus_error(tmp_path / "number.jsonl")
+    (tmp_path / "array.jsonl").write_text(json.dumps([{"text": "a"}]) + "\n")
+    assert "array.jsonl: line 1 is a JSON array, expected an object" in \
+        corpus_error(tmp_path / "array.jsonl")
