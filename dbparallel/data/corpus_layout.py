@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 from dbparallel.config import DataConfig
 from dbparallel.data.shards import SPLITS
-from dbparallel.data.text import WORK_PERIOD, TextSource, position_parts, work_split
+from dbparallel.data.text import (
+    POSITION_CUTS,
+    TEST_AT,
+    VALIDATION_AT,
+    WORK_PERIOD,
+    TextSource,
+    position_parts,
+    work_split,
+)
 from dbparallel.data.text_files import Document
 from dbparallel.errors import DataError
 
@@ -22,6 +30,7 @@ log = logging.getLogger(__name__)
 
 END = sys.maxsize  # the end of a document whose length is not needed
 DROP_WARN = 0.10  # share of a split's text in dropped tails above which a build warns
+NAMED = 5  # files an error names
 
 Part = tuple[str, int, int]  # (split, first character, end character) of a document
 
@@ -57,6 +66,7 @@ class Layout:
     characters: int
     head: tuple[tuple[int, str | None], ...]  # (characters, given split), first 13 documents
     splits: dict[str, Tally]
+    given: int = 0  # documents with a split of their own
 
     def parts(self, i: int, doc: Document) -> list[Part]:
         if doc.split is not None:
@@ -73,7 +83,7 @@ class Layout:
 def layout_of(source: TextSource, seq_len: int) -> Layout:
     """The first pass: every document counted, and the layout of its characters in splits;
     DataError when there is none."""
-    count = characters = 0
+    count = characters = given = 0
     head: list[tuple[int, str | None]] = []
     by_work = {s: Tally() for s in SPLITS}  # what each split holds when split by work
     for i, doc in enumerate(source.documents()):
@@ -81,16 +91,36 @@ def layout_of(source: TextSource, seq_len: int) -> Layout:
         by_work[doc.split or work_split(i)].add(chars, seq_len)
         if i < WORK_PERIOD - 1:
             head.append((chars, doc.split))
-        count, characters = i + 1, characters + chars
-    if not count:
-        raise DataError(f"{source.label}: no documents")
+        count, characters, given = i + 1, characters + chars, given + (doc.split is not None)
+    if not characters:
+        raise _no_text(source, count)
     if count >= WORK_PERIOD:
-        return Layout(count, characters, tuple(head), by_work)
+        return Layout(count, characters, tuple(head), by_work, given)
     splits = {s: Tally() for s in SPLITS}
     for chars, split in head:
         for s, a, b in [(split, 0, chars)] if split else position_parts(chars):
             splits[s].add(b - a, seq_len)
-    return Layout(count, characters, tuple(head), splits)
+    return Layout(count, characters, tuple(head), splits, given)
+
+
+def _documents(count: int) -> str:
+    return f"{count:,} document{'s' if count != 1 else ''}"
+
+
+def _characters(count: int) -> str:
+    return f"{count:,} character{'s' if count != 1 else ''}"
+
+
+def _no_text(source: TextSource, count: int) -> DataError:
+    """DataError for a corpus with no character in it, naming its files."""
+    files = [path for path, _ in source.files]
+    what = f"{_documents(count)} of 0 characters" if count else "no documents"
+    if len(files) == 1:
+        return DataError(f"data.path: {files[0]!r} holds no text ({what})")
+    named = ", ".join(repr(f) for f in files[:NAMED])
+    more = f" and {len(files) - NAMED:,} more" if len(files) > NAMED else ""
+    return DataError(f"data.path: {source.label!r} holds no text ({what}) in its "
+                     f"{len(files):,} files: {named}{more}")
 
 
 def check_rows(rows: dict[str, int], layout: Layout, data: DataConfig,
@@ -102,9 +132,8 @@ def check_rows(rows: dict[str, int], layout: Layout, data: DataConfig,
         if rows[split] or (not tally.characters and split != "train"):
             continue
         if not tally.characters:
-            raise DataError(f"the train split has no text ({layout.documents:,} documents, "
-                            f"{layout.characters:,} characters in all): give documents split "
-                            f"'train', or leave their split out")
+            raise DataError(f"the train split has no text ({_documents(layout.documents)}, "
+                            f"{_characters(layout.characters)} in all): {_train_fix(layout)}")
         unit = "characters" if data.tokenizer == "char" else "tokens"
         why = (f"the text is too short for data.seq_len={data.seq_len}: the {split} split has "
                f"no sequence ({tally.characters:,} characters in {tally.documents:,} "
@@ -116,6 +145,19 @@ def check_rows(rows: dict[str, int], layout: Layout, data: DataConfig,
                             f"a smaller data.seq_len")
         raise DataError(f"{why}: fewer {unit} than one row; set a smaller data.seq_len, or "
                         f"give the {split} split more text")
+
+
+def _train_fix(layout: Layout) -> str:
+    """What gives the train split text: the documents' own splits when some have one, else
+    more text than the split by work or by position leaves it."""
+    if layout.given:
+        return "give documents split 'train', or leave their split out"
+    if layout.documents >= WORK_PERIOD:
+        return (f"split by work, the {VALIDATION_AT + 1}th and {TEST_AT + 1}th of every "
+                f"{WORK_PERIOD} documents are held out and the others are empty; give them "
+                f"text")
+    return (f"split by position, the first {POSITION_CUTS[0]:.0%} of each document's "
+            f"characters train, none here; give the documents more text")
 
 
 def warn_dropped(label: str, counts: dict[str, list[int]], layout: Layout,

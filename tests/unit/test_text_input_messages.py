@@ -133,3 +133,30 @@ def test_a_json_line_without_a_text_string_says_what_it_has(tmp_path) -> None:
     (tmp_path / "array.jsonl").write_text(json.dumps([{"text": "a"}]) + "\n")
     assert "array.jsonl: line 1 is a JSON array, expected an object" in \
         corpus_error(tmp_path / "array.jsonl")
+
+
+def test_a_corpus_without_text_names_its_files_and_gives_split_advice_only_for_splits(
+        tmp_path) -> None:
+    import json
+
+    (tmp_path / "empty.txt").write_text("")
+    err = corpus_error(tmp_path / "empty.txt")
+    assert err == f"data.path: '{tmp_path / 'empty.txt'}' holds no text (1 document of 0 " \
+                  f"characters)"
+    folder = tmp_path / "empties"
+    folder.mkdir()
+    for i in range(7):
+        (folder / f"{i}.txt").write_text("")
+    err = corpus_error(folder)
+    assert f"data.path: '{folder}' holds no text (7 documents of 0 characters) in its 7 " \
+           f"files: '{folder / '0.txt'}', " in err and f"'{folder / '4.txt'}' and 2 more" in err
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    assert "holds no text (no documents)" in corpus_error(tmp_path / "blank.jsonl")
+    (tmp_path / "a.txt").write_text("a")  # its one character falls in the test split
+    err = corpus_error(tmp_path / "a.txt")
+    assert "the train split has no text (1 document, 1 character in all): split by " \
+           "position" in err and "split 'train'" not in err
+    tested = [json.dumps({"text": "To be, or not to be.", "split": "test"})] * 3
+    (tmp_path / "tested.jsonl").write_text("\n".join(tested))
+    assert "give documents split 'train', or leave their split out" in \
+        corpus_error(tmp_path / "tested.jsonl")
