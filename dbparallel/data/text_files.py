@@ -6,7 +6,7 @@ document, read in blocks of ``READ_BYTES`` and decoded as UTF-8 as it comes; a J
 one document per line (field ``text``, optional ``split`` and ``work``); a Parquet file one per
 row of its ``text`` column (optional ``split`` and ``work`` columns), a row-group batch at a
 time. A JSONL line or a Parquet row is held while it is read. Every error names the file and
-the line, row or byte.
+the line or row (a text file that is not UTF-8: the line and byte).
 """
 
 from __future__ import annotations
@@ -103,19 +103,23 @@ def file_blocks(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
 def _text_pieces(fs: pafs.FileSystem, path: str) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8")()
     before = pending = 0  # bytes decoded before this block; bytes the decoder holds back
+    lines, block = 0, b""  # newlines decoded before this block
     try:
         for block in file_blocks(fs, path):
             pending = len(decoder.getstate()[0])
             text = decoder.decode(block)
             before += len(block)
             if text:
+                lines += text.count("\n")
                 yield text
-        pending = len(decoder.getstate()[0])
+        pending, block = len(decoder.getstate()[0]), b""
         if text := decoder.decode(b"", final=True):
             yield text
-    except UnicodeDecodeError as err:  # err.start counts from the held-back bytes
-        raise DataError(f"data.path: {path!r} is not UTF-8 text "
-                        f"(byte {before - pending + err.start})") from None
+    except UnicodeDecodeError as err:  # err.start counts from the held-back bytes (no "\n")
+        line = lines + block[:max(err.start - pending, 0)].count(b"\n") + 1
+        raise DataError(f"data.path: {path!r} is not UTF-8 text (line {line}, byte "
+                        f"{before - pending + err.start}): save it as "
+                        f"UTF-8") from None
 
 
 def _slices(text: str) -> Iterator[str]:

@@ -186,7 +186,7 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file or directory"):
         corpus_index(config(tmp_path / "missing.txt"))
     (tmp_path / "blob.txt").write_bytes(b"ok" * 100 + b"\xff\xfe not text")
-    with pytest.raises(DataError, match=r"not UTF-8 text \(byte 200\)"):
+    with pytest.raises(DataError, match=r"not UTF-8 text \(line 1, byte 200\)"):
         corpus_index(config(tmp_path / "blob.txt", seq_len=4))
     (tmp_path / "tiny.txt").write_text("abcdefgh" * 3)
     with pytest.raises(DataError, match="too short for data.seq_len=4: the validation split"):

@@ -160,3 +160,19 @@ def test_a_corpus_without_text_names_its_files_and_gives_split_advice_only_for_s
     (tmp_path / "tested.jsonl").write_text("\n".join(tested))
     assert "give documents split 'train', or leave their split out" in \
         corpus_error(tmp_path / "tested.jsonl")
+
+
+@pytest.mark.parametrize("read_bytes", [4, 1 << 16])  # lines counted across blocks too
+def test_text_that_is_not_utf8_is_named_by_line_and_byte(tmp_path, monkeypatch,
+                                                         read_bytes: int) -> None:
+    from dbparallel.data import text_files
+
+    monkeypatch.setattr(text_files, "READ_BYTES", read_bytes)
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("line one\nline two, née\ncafé au lait\n".encode("latin1"))
+    assert "latin1.txt' is not UTF-8 text (line 2, byte 20): save it as UTF-8" in \
+        corpus_error(path)
+    path.write_bytes("liné one\nline two\n\ncafé".encode() + b"\xe9 au lait\n")
+    assert "(line 4, byte 25)" in corpus_error(path)
+    path.write_bytes(b"ab\nc" + "é".encode()[:1])  # cut inside its last character
+    assert "(line 2, byte 4)" in corpus_error(path)
