@@ -162,8 +162,9 @@ class SampleConfig:
     # paper's; the chain then draws a label from block 0's posterior); docs/method.md, vit
     label_start: str = "zero"
     elbo_draws: int = 4  # masking times t per held-out sequence in the MDM's BPC estimate
-    prompt_len: int = 32  # characters of held-out text that prompt each AR continuation
-    gen_len: int = 64  # characters generated per AR continuation
+    prompt_len: int = 32  # tokens of held-out text that prompt each continuation (ar, looped;
+    # a token is a character with data.tokenizer=char, several characters with bpe)
+    gen_len: int = 64  # tokens generated per continuation (ar, looped)
     text_samples: int = 8  # text samples written to samples.txt
     scorer_steps: int = 1500  # training steps of the AR model scoring gen_ppl (cached)
 
@@ -220,9 +221,12 @@ class Config:
             check(self.data.source in ("shakespeare", "text", "parquet"), "data.source",
                    f"task={self.task} reads text: shakespeare, text or parquet, "
                    f"got {self.data.source!r}{_path_hint(self.data)}")
-            check(self.sample.prompt_len + self.sample.gen_len <= self.data.seq_len,
-                   "sample.gen_len", f"sample.prompt_len + sample.gen_len must be <= "
-                   f"data.seq_len={self.data.seq_len}")
+            if self.task in ("ar", "looped"):  # mdm fills whole rows, with no such prompt
+                p, g = self.sample.prompt_len, self.sample.gen_len
+                check(p + g <= self.data.seq_len, "sample.gen_len",
+                       f"sample.prompt_len={p} + sample.gen_len={g} must be <= data.seq_len="
+                       f"{self.data.seq_len} (one held-out row holds a prompt and its true "
+                       f"continuation)")
         else:  # images, cut into patches
             check(self.data.image_size % self.model.patch_size == 0, "model.patch_size",
                    f"{self.model.patch_size} does not divide data.image_size="

@@ -243,6 +243,21 @@ def test_a_text_task_with_a_data_path_and_no_data_source_says_which_source_reads
     assert hint not in str(err.value)
 
 
+def test_prompt_and_continuation_are_tokens_checked_for_ar_and_looped_only() -> None:
+    from dbparallel.config import notes
+
+    text = ["data.source=shakespeare", "data.seq_len=64"]
+    for task in (["task=ar"], ["task=looped", "model.blocks=1"]):
+        with pytest.raises(ConfigError, match=r"^sample.gen_len: sample.prompt_len=32 \+ "
+                                              r"sample.gen_len=64 must be <= data.seq_len=64"):
+            load_config([], [*task, *text])
+    assert load_config([], ["task=mdm", *text]).sample.gen_len == 64  # mdm reads neither
+    meaning = notes()
+    assert meaning["sample.prompt_len"].startswith("tokens of held-out text")
+    assert "several characters with bpe" in meaning["sample.prompt_len"]
+    assert meaning["sample.gen_len"].startswith("tokens generated")
+
+
 def test_a_recipe_that_is_not_a_yaml_mapping_is_named(tmp_path, capsys) -> None:
     broken, listed = tmp_path / "broken.yaml", tmp_path / "listed.yaml"
     broken.write_text("model:\n  blocks: [1, 2\n")
