@@ -73,9 +73,10 @@ def identity_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 def changed_settings(stored: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
     """(key, stored value, value now) of the keys other than identity keys (and run.dir)
     that ``cfg`` sets otherwise than a run directory's stored config: a resume may change
-    them (they do not change the network)."""
+    them (they do not change the network). Where the driver runs (on Ray or in this process,
+    and which cluster) is not a setting of the run: it is left out."""
     then, now = _flatten(stored), _flatten(to_dict(cfg))
-    fixed = set(identity(cfg)) | {"run.dir"}
+    fixed = set(identity(cfg)) | {"run.dir", "runtime.local", "runtime.address"}
     return [(k, then[k], now[k]) for k in sorted(now)
             if k in then and k not in fixed and then[k] != now[k]]
 

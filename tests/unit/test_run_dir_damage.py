@@ -187,6 +187,14 @@ def test_a_resume_with_other_settings_says_which(run: Path, caplog) -> None:
     assert "lr: 0.01" in (run / "config.yaml").read_text()
 
 
+def test_where_a_run_is_driven_is_not_a_changed_setting() -> None:
+    from dbparallel.config import changed_settings, load_config, to_dict
+
+    on_ray = to_dict(load_config([TINY], ["runtime.address=10.0.0.1:6379"]))
+    here = load_config([TINY], ["runtime.local=true", "train.lr=0.01"])
+    assert [k for k, _, _ in changed_settings(on_ray, here)] == ["train.lr"]
+
+
 def test_a_damaged_manifest_is_refused_or_discarded_as_train_on_unreadable_says(
         run: Path, capsys, caplog) -> None:
     manifest = run / "blocks" / "block_0" / "manifest.json"
