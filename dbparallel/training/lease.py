@@ -13,6 +13,10 @@ trains, checks it before every checkpoint, and releases it when it stops.
   that no longer runs, e.g. a killed ``--local`` run, is taken over at once: the rerun does
   not wait for it to lapse. Another machine's writer cannot be asked, so its lease is
   trusted until it lapses.
+- Except where that process was a Ray actor whose run's driver still runs on this machine:
+  Ray stops a block's actor once the block has trained, and its driver then assembles the
+  blocks (or trains later waves) for as long as that takes. The lease is refused, however
+  old, naming the driver, until the driver releases it at the run's end.
 - A fenced-off writer (a zombie left behind by a network split, still running after its
   replacement took over) sees a newer generation at its next checkpoint and stops without
   writing.
@@ -66,18 +70,19 @@ class BlockLease:
         current = self.read() if current is None else current
         if not current or not current.get("holder") or current["session"] == self.session:
             return
-        age = self.clock() - float(current["renewed_at"])
-        if age >= self.timeout_s:
-            return
         alive = holder_alive(current["holder"])
         driver = holder_driver(current["holder"])
         if alive is False and driver is not None and _driver_alive(current["holder"], driver):
-            # the block's process ended (Ray stops a block's actor once it has trained) while
-            # its run goes on: its driver assembles the blocks or trains the others
+            # the block's process ended (Ray stops a block's actor once it has trained, and
+            # its lease is renewed no more) while its run goes on, however long: its driver
+            # assembles the blocks or trains the others, and releases the lease at its end
             raise RunDirError(
                 f"block {self.block} was trained by a run whose driver still runs on this "
                 f"machine (pid {driver[1]}; it assembles the blocks or trains others): let it "
                 f"end, or stop it first (Ctrl-C, `kill`, or `ray job stop` for a submitted job)")
+        age = self.clock() - float(current["renewed_at"])
+        if age >= self.timeout_s:
+            return
         if alive is False:
             if taking:
                 log.warning("block %d: its lease was held by pid %s of this machine, which no "
@@ -185,11 +190,37 @@ def holder_driver(holder: str) -> tuple[str, str] | None:
 
 def _driver_alive(holder: str, driver: tuple[str, str]) -> bool:
     """Whether the driver of lease ``holder``'s process runs, where it can be asked from here:
-    on this machine, in the holder's process space."""
+    on this machine, in the holder's process space, and not this process (whose earlier run
+    ended without releasing its leases: it runs no other run now)."""
     parts = holder.split("/")
-    if len(parts) < 5 or driver[0] != parts[1]:
+    if len(parts) < 5 or driver[0] != parts[1] or driver == (socket.gethostname(),
+                                                                str(os.getpid())):
         return False
     return bool(holder_alive("/".join([parts[0], driver[0], driver[1], *parts[3:]])))
+
+
+def this_process() -> dict[str, str]:
+    """This process as a record another process can ask about (``process_ended``)."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "space": process_space()}
+
+
+def process_ended(process: object) -> bool:
+    """Whether the process a ``this_process`` record names runs no run any more: it is this
+    process (between two runs), or one of this machine and pid namespace that is gone.
+    False where that is not known (no record, or another machine's process)."""
+    if not isinstance(process, dict) or not all(isinstance(process.get(k), str)
+                                                for k in ("host", "pid", "space")):
+        return False
+    if process == this_process():
+        return True
+    return holder_alive(f"-/{process['host']}/{process['pid']}/-/{process['space']}") is False
+
+
+def process_shown(process: object) -> str:
+    """``pid P on HOST`` of a ``this_process`` record, for messages."""
+    if isinstance(process, dict) and process.get("pid"):
+        return f"pid {process['pid']} on {process.get('host', '?')}"
+    return "its process is not recorded"
 
 
 def holder_parts(holder: str) -> tuple[str, str, str]:

@@ -78,7 +78,7 @@ def check_resumable(cfg: Config, index: DataIndex, blocks: list[int] | None = No
     storage = Storage(cfg.run_dir)
     _refuse_other_config(storage, cfg)
     _refuse_live_writers(storage, cfg, blocks)
-    _refuse_other_data(storage, index, start=blocks is None)
+    _refuse_other_data(storage, index, start=blocks is None, say=False)  # pin_data says it
 
 
 RAY_PACKAGES = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
@@ -183,19 +183,25 @@ def pin_data(storage: Storage, index: DataIndex, start: bool = False) -> None:
     """Record the data a run trains on; a resume on other data (files added, changed or
     re-written) is refused, because every block's data order depends on it. A driver that
     ``start``s the run (no live writer of its blocks: open_run) pins the data as it is now
-    where no block has saved a checkpoint yet, e.g. after a bad row was corrected."""
-    if not storage.exists(DATA_INDEX_FILE) or _refuse_other_data(storage, index, start):
-        storage.write_json(DATA_INDEX_FILE, index.to_json())
-    if index.meta.get("tokenizer") and not storage.exists(VOCAB_FILE):
+    where no block has saved a checkpoint yet and the process that pinned them has ended,
+    e.g. after a bad row was corrected. The index records that process (``pinned_by``)."""
+    fresh = not storage.exists(DATA_INDEX_FILE) or _refuse_other_data(storage, index, start)
+    if fresh:
+        from dbparallel.training.lease import this_process
+
+        storage.write_json(DATA_INDEX_FILE, {**index.to_json(), PINNED_BY: this_process()})
+    if index.meta.get("tokenizer") and (fresh or not storage.exists(VOCAB_FILE)):
         from dbparallel.data.tokenizer import load_tokenizer
 
         storage.write_json(VOCAB_FILE, load_tokenizer(index.meta).describe())
 
 
-def _refuse_other_data(storage: Storage, index: DataIndex, start: bool = False) -> bool:
+def _refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
+                       say: bool = True) -> bool:
     """RunDirError where the run directory pinned other data than ``index``; True where it
-    did and a starting driver (``start``) may pin ``index`` instead: no block has saved a
-    checkpoint."""
+    did and a starting driver (``start``) may pin ``index`` instead (``say``ing so): no block
+    has saved a checkpoint, and the process that pinned them (a run still starting, e.g.
+    waiting for its placement) has ended."""
     previous = pinned_data(storage)
     if previous is not None and same_local_path(previous.source, index.source):
         index = dataclasses.replace(index, source=previous.source)  # data/x, ./data/x, /…/data/x
@@ -203,10 +209,21 @@ def _refuse_other_data(storage: Storage, index: DataIndex, start: bool = False) 
         return False
     then, now = previous.num_rows("train"), index.num_rows("train")
     if start and not _checkpointed(storage):
-        log.warning("%s: the data changed since the run was started (%s training rows then, "
-                    "%s now); no block has saved a checkpoint, so the run starts on the data "
-                    "as it is now", storage.uri(), f"{then:,}", f"{now:,}")
-        return True
+        from dbparallel.training.lease import process_ended, process_shown
+
+        pinner = storage.read_json(DATA_INDEX_FILE).get(PINNED_BY)
+        if process_ended(pinner):
+            if say:
+                log.warning("%s: the data changed since the run was started (%s training "
+                            "rows then, %s now); no block has saved a checkpoint, so the run "
+                            "starts on the data as it is now", storage.uri(), f"{then:,}",
+                            f"{now:,}")
+            return True
+        raise RunDirError(
+            f"{storage.uri()} was started on other data than {index.source} now holds "
+            f"({then:,} training rows then, {now:,} now) and no block has saved a checkpoint "
+            f"yet, by a process that may still run ({process_shown(pinner)}); resume with the same "
+            f"data, choose a new run.dir, or delete the directory if no run uses it")
     if _same_files(previous, index):
         raise RunDirError(
             f"{storage.uri()} was trained on data whose files had other sizes or modification "
@@ -218,6 +235,9 @@ def _refuse_other_data(storage: Storage, index: DataIndex, start: bool = False) 
         f"{storage.uri()} was trained on other data than {index.source} now holds "
         f"({then:,} training rows then, {now:,} now: files added, changed or rewritten, or "
         f"read into other splits); resume with the original data or choose a new run.dir")
+
+
+PINNED_BY = "pinned_by"  # data_index.json: the process that pinned the data
 
 
 def _same_files(a: DataIndex, b: DataIndex) -> bool:

@@ -113,3 +113,45 @@ def test_a_run_directory_that_would_be_refused_is_found_without_writing(tmp_path
     with pytest.raises(RunDirError, match=r"trained on other data .* \(350 training rows then, "
                                           r"351 now"):
         check_resumable(cfg, changed)
+
+
+def test_data_are_pinned_again_only_where_their_pinning_process_has_ended(tmp_path) -> None:
+    """A run still starting (its driver waits for room, no lease taken yet) keeps its data;
+    one whose driver has gone is started on the data as they are now, vocabulary included."""
+    import json
+    import subprocess
+    import sys
+
+    import pytest
+
+    from dbparallel.errors import RunDirError
+    from dbparallel.training.lease import this_process
+    from dbparallel.training.run_dir import check_resumable, pin_data
+    from dbparallel.training.storage import Storage
+
+    def text(vocab: str, rows: int) -> DataIndex:
+        shards = (Shard("tokens", "t.bin", rows),)
+        return DataIndex("tokens", "t", {"train": shards}, {"tokenizer": "char", "vocab": vocab})
+
+    storage = Storage(str(tmp_path / "run"))
+    storage.makedirs()
+    pin_data(storage, text("abc\u00e9", 100))
+    pinned = json.loads((tmp_path / "run" / "data_index.json").read_text())
+    assert pinned["pinned_by"] == this_process()
+    starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:  # pinned by another process of this machine that still runs
+        (tmp_path / "run" / "data_index.json").write_text(json.dumps(
+            {**pinned, "pinned_by": {**this_process(), "pid": str(starting.pid)}}))
+        with pytest.raises(RunDirError, match=rf"was started on other data .* by a process "
+                                              rf"that may still run \(pid {starting.pid} on "):
+            pin_data(storage, text("abc", 101), start=True)
+    finally:
+        starting.kill()
+        starting.wait()
+    pin_data(storage, text("abc", 101), start=True)  # it has ended: pinned again
+    vocab = json.loads((tmp_path / "run" / "vocab.json").read_text())
+    assert vocab == {"vocab": ["a", "b", "c"]}  # the new data's, not the first
+    from dbparallel.config import load_config
+
+    cfg = load_config([], [f"run.dir={tmp_path / 'run'}"])
+    check_resumable(cfg, text("abc", 101))  # the same data now

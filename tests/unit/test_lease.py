@@ -131,23 +131,41 @@ def test_a_refusal_names_the_driver_of_a_ray_run(tmp_path) -> None:
     finally:
         actor.kill()
         actor.wait()
-    # the block's process is gone (Ray stops it once the block has trained) and its run's
-    # driver, this process, goes on assembling: a second run is refused all the same
-    with pytest.raises(RunDirError, match=rf"block 0 was trained by a run whose driver still "
-                                          rf"runs on this machine \(pid {os.getpid()}; it "
-                                          r"assembles the blocks or trains others\)"):
-        BlockLease(storage, 0, "rerun", 3600.0).acquire()
 
 
-def test_a_lease_whose_process_and_driver_are_gone_is_taken(tmp_path) -> None:
-    storage = Storage(str(tmp_path))
-    gone = [subprocess.Popen([sys.executable, "-c", "pass"]) for _ in range(2)]
-    for p in gone:
-        p.wait()
-    session = f"0123abcd@{socket.gethostname()}:{gone[0].pid}"
+def _dead_actor_lease(storage: Storage, driver_pid: int) -> None:
+    """Block 0's lease as a Ray run leaves it once the block has trained: written long ago by
+    an actor process that is gone, for the driver ``driver_pid`` of this machine."""
+    actor = subprocess.Popen([sys.executable, "-c", "pass"])
+    actor.wait()
+    session = f"0123abcd@{socket.gethostname()}:{driver_pid}"
     storage.write_json("blocks/block_0/lease.json", {
-        "generation": 1, "session": session, "renewed_at": 1000.0,
-        "holder": f"{session}/{socket.gethostname()}/{gone[1].pid}/0123abcd/{process_space()}"})
+        "generation": 1, "session": session, "renewed_at": 0.0,  # never renewed since
+        "holder": f"{session}/{socket.gethostname()}/{actor.pid}/0123abcd/{process_space()}"})
+
+
+def test_a_block_whose_run_goes_on_is_refused_however_old_its_lease(tmp_path) -> None:
+    """The driver assembles the blocks (up to train.assembly_timeout_s) after Ray stopped
+    their actors: a second run is refused until it ends, then takes the lease at once."""
+    storage = Storage(str(tmp_path))
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        _dead_actor_lease(storage, driver.pid)
+        with pytest.raises(RunDirError, match=rf"block 0 was trained by a run whose driver "
+                                              rf"still runs on this machine \(pid "
+                                              rf"{driver.pid}; it assembles the blocks"):
+            BlockLease(storage, 0, "rerun", 120.0, clock=Clock()).acquire()
+    finally:
+        driver.kill()
+        driver.wait()
+    assert BlockLease(storage, 0, "rerun", 120.0, clock=Clock()).acquire() == 2
+
+
+def test_a_lease_left_by_this_process_s_earlier_run_is_taken(tmp_path) -> None:
+    # a notebook's earlier run that ended without releasing its leases: this process runs
+    # no other run now, so its own pid as the driver does not hold the block
+    storage = Storage(str(tmp_path))
+    _dead_actor_lease(storage, os.getpid())
     assert BlockLease(storage, 0, "rerun", 3600.0, clock=Clock()).acquire() == 2
 
 
