@@ -129,8 +129,8 @@ def concurrent_blocks(blocks: int, batch: int, steps: int, warmup: int) -> dict[
                                    *(["--smoke"] if SMOKE else [])])
                  for b in range(blocks)]
         deadline = time.monotonic() + 300
-        while any(p.poll() is None for p in procs):  # one that fails stops the others at once
-            if any(p.returncode for p in procs) or time.monotonic() > deadline:
+        while None in (codes := [p.poll() for p in procs]):  # every one asked each time
+            if any(codes) or time.monotonic() > deadline:  # one failed: stop the others
                 for p in procs:
                     p.kill()
                 break

@@ -50,7 +50,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 values = _config(args)
             except ConfigError as err:  # still incomplete: show what it holds, then why
                 files, overrides = split_items(args.config)
-                problem, values = err, unchecked(files, overrides)
+                if getattr(args, "local", False):
+                    overrides.append("runtime.local=true")
+                try:
+                    problem, values = err, unchecked(files, overrides)
+                except ConfigError:  # not even its types: the first error says it best
+                    raise err from None
         for key, value in describe(values=values):
             print(f"{key}={value}" + (f"  # {meaning[key]}" if meaning.get(key) else ""))
         if problem is not None:

@@ -65,13 +65,13 @@ def connect(cfg: Config) -> bool:
     if address:
         if address.startswith(("http://", "https://")):  # Ray would take it for a client's
             raise ConfigError(joining_failed(address, key, None))
-        probe(address, key)
+        reached = probe(address, key)
         try:
             with _caller_sigterm():
                 ray.init(address=address, logging_level="WARNING")
         except (ConnectionError, ValueError) as err:
             ray.shutdown()
-            raise ConfigError(joining_failed(address, key, err)) from None
+            raise ConfigError(joining_failed(address, key, err, reached)) from None
         return True
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     _quiet_auth_notice()
@@ -122,33 +122,37 @@ def cluster_address(cfg: Config) -> tuple[str, str]:
     return os.environ.get("RAY_ADDRESS", ""), "RAY_ADDRESS"
 
 
-def joining_failed(address: str, key: str, err: Exception | None) -> str:
-    """What to tell a user whose ``address`` (from ``key``) Ray could not join."""
+def joining_failed(address: str, key: str, err: Exception | None,
+                   reached: bool = False) -> str:
+    """What to tell a user whose ``address`` (from ``key``) Ray could not join; where
+    something answered there (``reached``), that the cluster may want a token."""
     if address.startswith(("http://", "https://")):
         return (f"{key}={address} is a dashboard address, the one `ray job submit --address` "
                 f"takes; a driver joins the cluster at its GCS address, HEAD:6379 (the port of "
                 f"`ray start --head --port`), or `auto` on one of its nodes")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return (f"{key}: Ray could not join the cluster at {address} ({first}); where the "
-            f"cluster uses token authentication (Ray's default), give this process its token: "
-            f"RAY_AUTH_MODE=token with ~/.ray/auth_token or RAY_AUTH_TOKEN as on the head "
-            f"(`ray get-auth-token` there)")
+    said = f"{key}: Ray could not join the cluster at {address} ({first})"
+    if not reached:
+        return said
+    return (f"{said}; where the cluster uses token authentication (Ray's default), give this "
+            f"process its token: RAY_AUTH_MODE=token with ~/.ray/auth_token or RAY_AUTH_TOKEN "
+            f"as on the head (`ray get-auth-token` there)")
 
 
-def probe(address: str, key: str) -> None:
+def probe(address: str, key: str) -> bool:
     """ConfigError naming ``key`` where nothing accepts a connection at ``address`` within
     PROBE_S, a plain host:port (``auto``, ``local`` and ``ray://`` client addresses are left
     to Ray): joining one that does not answer retries for minutes, printing only Ray's GCS
-    warnings."""
+    warnings. True where something answered (a plain host:port that was probed)."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host or "://" in address:
-        return
+        return False
     deadline = time.monotonic() + PROBE_S
     while True:
         left = deadline - time.monotonic()
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=max(left, 0.1)):
-                return
+                return True
         except OSError as err:
             if left <= PROBE_EVERY_S:
                 raise ConfigError(

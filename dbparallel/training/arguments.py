@@ -4,22 +4,26 @@ is a UserError naming the argument, as a bad value is, never a TypeError from de
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable
 from typing import Any
 
 from dbparallel.errors import UserError
 
 
 def texts_of(value: Any, name: str) -> tuple[list[str], bool]:
-    """(the texts of ``value``, whether it was one text): a string, or a list or tuple of
-    strings."""
+    """(the texts of ``value``, whether it was one text): a string, or strings in a list,
+    tuple, array, pandas column or any other iterable."""
     if isinstance(value, str):
         return [value], True
-    if isinstance(value, (list, tuple)) and all(isinstance(t, str) for t in value):
-        return list(value), False
-    bad = next((t for t in value if not isinstance(t, str)), value) \
-        if isinstance(value, (list, tuple)) else value
-    raise UserError(f"{name}: expected a string or a list of strings, got "
-                    f"{type(bad).__name__} {bad!r:.40}")
+    if not isinstance(value, Iterable) or isinstance(value, (bytes, bytearray)):
+        raise UserError(f"{name}: expected a string or a list of strings, got "
+                        f"{type(value).__name__} {value!r:.40}")
+    texts = list(value)
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise UserError(f"{name}: expected a string or a list of strings, got "
+                        f"{type(bad).__name__} {bad!r:.40} among them")
+    return [str(t) for t in texts], False
 
 
 def number(value: Any, name: str, whole: bool = False) -> None:

@@ -106,6 +106,7 @@ def test_text_networks_generate_and_score_text(runs: dict[str, str], task: str) 
         net.generate("caf\u00e9")
     with pytest.raises(UserError, match="^texts\\[1\\]: .*'\u00e9' is not in the vocabulary"):
         net.log_likelihood(["ab", "caf\u00e9"])
+    assert net.bpc(iter([TEXT, TEXT + TEXT])) == bpc  # any iterable of strings
     # arguments of another type: the argument named, not a TypeError from inside
     for call, said in ((lambda: net.generate(123), "prompt: expected a string or a list"),
                        (lambda: net.generate("ab", temperature="hot"), "temperature: expected"),

@@ -127,6 +127,11 @@ def test_help_config_of_a_config_that_is_not_complete_yet(capsys) -> None:
     assert err.strip() == ("dbparallel: this config would not train yet: data.source: task=ar "
                            "reads text: shakespeare, text or parquet, got 'digits'")
     assert main(["train", "model.depth=x", "--help-config"]) == 2  # not even of its type
+    assert main(["train", "train.steps", "--help-config"]) == 2  # the first error, as it was
+    assert "(an override needs its value: train.steps=...)" in capsys.readouterr().err
+    assert main(["train", "task=ar", "--local", "--help-config"]) == 0
+    assert "runtime.local=True" in [line.split("  # ")[0]
+                                    for line in capsys.readouterr().out.splitlines()]
 
 
 def test_every_key_has_a_meaning_from_the_schema() -> None:
