@@ -86,14 +86,14 @@ RAY_PACKAGES = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
 
 def refuse_a_passing_run_dir(cfg: Config) -> None:
     """RunDirError for a relative run.dir where this process runs in Ray's copy of a job's
-    working directory (``ray job submit --working-dir``): Ray deletes that copy, and each
+    working directory (``ray job submit --working-dir``): Ray may delete that copy once unused, and each
     node has its own."""
     if "://" in cfg.run_dir or os.path.isabs(cfg.run_dir) or RAY_PACKAGES not in os.getcwd():
         return
     raise RunDirError(
         f"run.dir={cfg.run_dir} is relative, and this job runs in Ray's copy of its working "
-        f"directory ({os.getcwd()}), which Ray deletes when it is no longer used and which "
-        f"every node has its own of: give run.dir an absolute path on storage every node sees "
+        f"directory ({os.getcwd()}), of which every node has its own and which Ray may delete "
+        f"once no job uses it: give run.dir an absolute path on storage every node sees "
         f"(e.g. run.dir=/shared/runs/{cfg.run.name}) or an object-store URI (s3://...)")
 
 

@@ -120,7 +120,7 @@ def continue_prompts(cfg: Config, task: Task, nets: list[Block], prompts: torch.
     """(N, gen_len) continuations of ``prompts`` (N, prompt_len) in the ``usable`` ids (the
     tokenizer's), on the CPU."""
     out = []
-    with tqdm(total=len(prompts), desc="continuing prompts (gen_ppl)", unit="prompt",
+    with tqdm(total=len(prompts), desc="continuing prompts", unit="prompt",
               leave=False, disable=not sys.stderr.isatty()) as bar:
         for i, p in enumerate(_chunks(prompts)):
             out.append(task.generate(nets, p.to(device), cfg.sample.gen_len,
