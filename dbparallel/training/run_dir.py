@@ -86,8 +86,8 @@ RAY_PACKAGES = f"{os.sep}runtime_resources{os.sep}working_dir_files{os.sep}"
 
 def refuse_a_passing_run_dir(cfg: Config) -> None:
     """RunDirError for a relative run.dir where this process runs in Ray's copy of a job's
-    working directory (``ray job submit --working-dir``): Ray may delete that copy once unused, and each
-    node has its own."""
+    working directory (``ray job submit --working-dir``): Ray may delete that copy once
+    unused, and each node has its own."""
     if "://" in cfg.run_dir or os.path.isabs(cfg.run_dir) or RAY_PACKAGES not in os.getcwd():
         return
     raise RunDirError(
