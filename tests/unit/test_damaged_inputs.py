@@ -201,17 +201,23 @@ def test_a_head_that_starts_listening_while_probed_is_joined(closed_port: int,
         server.close()
 
 
+def _never(*args: object, **kwargs: object) -> None:
+    raise AssertionError("ray.init called: the address was not refused first")
+
+
+def _joining_calls(monkeypatch: pytest.MonkeyPatch, init: object) -> None:
+    """Joining a cluster calls ``init`` in place of ``ray.init``, as in a fresh process
+    (whether or not the suite's own Ray instance is up in this one)."""
+    from dbparallel.runtime import launch
+
+    monkeypatch.setattr(launch.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(launch.ray, "init", init)
+
+
 def test_an_address_where_no_cluster_answers_is_refused_naming_the_key(
         closed_port: int, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from dbparallel.runtime import launch
-
-    def never(*args: object, **kwargs: object) -> None:
-        raise AssertionError("ray.init called: the address was not refused first")
-
-    # as in a fresh process, whether or not the suite's own Ray instance is up in this one
-    monkeypatch.setattr(launch.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(launch.ray, "init", never)
+    _joining_calls(monkeypatch, _never)
     address = f"127.0.0.1:{closed_port}"
     recipe = str(ROOT / "jobs" / "tiny_cpu.yaml")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -233,13 +239,7 @@ def test_only_plain_host_port_addresses_are_probed(closed_port: int) -> None:
 
 def test_a_dashboard_address_is_refused_naming_the_address_a_driver_takes(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from dbparallel.runtime import launch
-
-    def never(*args: object, **kwargs: object) -> None:
-        raise AssertionError("ray.init called: the address was not refused first")
-
-    monkeypatch.setattr(launch.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(launch.ray, "init", never)
+    _joining_calls(monkeypatch, _never)
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # what `ray job submit` takes
     _refused(["plan", str(ROOT / "jobs" / "tiny_cpu.yaml")], capsys,
              "RAY_ADDRESS=http://127.0.0.1:8265 is a dashboard address", "HEAD:6379")
@@ -249,13 +249,10 @@ def test_a_cluster_that_refuses_to_be_joined_is_an_error_naming_the_key_and_the_
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # Ray's client gives up on a cluster whose token this process lacks with a ConnectionError
     # (after half a minute of retries; here at once)
-    from dbparallel.runtime import launch
-
     def refused(*args: object, **kwargs: object) -> None:
         raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:6379.\nmore")
 
-    monkeypatch.setattr(launch.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(launch.ray, "init", refused)
+    _joining_calls(monkeypatch, refused)
     with socket.socket() as head:  # something answers there: the probe lets it through
         head.bind(("127.0.0.1", 0))
         head.listen()
