@@ -29,12 +29,14 @@ LABEL_STARTS = ("noise", "zero")
 @dataclass
 class RunConfig:
     dir: str = ""  # run directory or object-store URI; "" = runs/<name>
-    name: str = "digits-dit"  # run label, also the `run` label of every metric
+    name: str = ""  # run label, also the `run` label of every metric; "" = <data.source>-<task>
+    # (e.g. digits-dit, shakespeare-ar), so that runs of other tasks or data get their own run.dir
     seed: int = 0  # seeds model init, noise draws and data order of every block
 
     def __post_init__(self) -> None:
         check(self.seed >= 0, "run.seed", f"must be >= 0, got {self.seed}")
-        check(bool(self.name), "run.name", "must not be empty")
+        check(self.name.strip() == self.name, "run.name",
+              f"must not start or end with a space, got {self.name!r}")
 
 
 @dataclass
@@ -212,6 +214,7 @@ class Config:
 
     def __post_init__(self) -> None:
         choice(self.task, "task", TASKS)
+        self.run.name = self.run.name or f"{self.data.source}-{self.task}"
         check_task_width(self.model, self.task)
         check_time_blocks(self.task, self.noise.t_min, self.model.blocks)
         if self.train.objective == "end_to_end":

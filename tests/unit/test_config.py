@@ -29,6 +29,7 @@ from dbparallel.config import (
         ("task=vae", "task"),
         ("debug.kill_block=7", "debug.kill_block"),
         ("data.decode_threads=-1", "data.decode_threads"),
+        ("run.name=' x'", "run.name"),
     ],
 )
 def test_bad_values_name_the_key(override: str, key: str) -> None:
@@ -90,6 +91,14 @@ def test_missing_file_and_bad_override() -> None:
         load_config(["my.recipe"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config([], ["model.blocks"])
+
+
+def test_the_default_run_name_names_the_data_and_the_task() -> None:
+    assert load_config().run_dir == "runs/digits-dit"
+    text = load_config([], ["task=ar", "data.source=shakespeare"])
+    assert (text.run.name, text.run_dir) == ("shakespeare-ar", "runs/shakespeare-ar")
+    assert load_config([], ["task=vit"]).run.name == "digits-vit"
+    assert load_config([], ["task=vit", "run.name=mine"]).run_dir == "runs/mine"
 
 
 def test_identity_ignores_training_length() -> None:
