@@ -172,7 +172,7 @@ class BlockTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.cfg.train.nonfinite == "stop":
                 raise NonFiniteLoss(f"block {self.block}: loss is {value} at step "
-                                    f"{self.step - 1} (train.nonfinite=stop)")
+                                    f"{self.step} (train.nonfinite=stop)")
             return StepStats(self.step, math.nan, False, time.perf_counter() - start, n)
         if count is not None:  # checkpointed: the model's, without the layers run again
             self.model_flops_per_step = model_flops_per_step(self.cfg, self.block) if live \

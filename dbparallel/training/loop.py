@@ -16,6 +16,7 @@ from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
 from dbparallel.training.eval.diagnostics import held_out_batch
+from dbparallel.training.failure import clear_failure, record_failure
 from dbparallel.training.history import BlockHistory, finite_or_none
 from dbparallel.training.lease import BlockLease, LeaseLost
 from dbparallel.training.replicas import Replicas
@@ -42,6 +43,8 @@ class BlockRun:
         if self.writer:
             self.lease.acquire()
         try:
+            if self.writer:
+                clear_failure(storage, block)  # it trains again
             self._renewed = time.monotonic()
             self.trainer = BlockTrainer(cfg, block, device, replicas=replicas)
             task = self.trainer.task
@@ -61,9 +64,18 @@ class BlockRun:
             # only the writer keeps the history (creating it rewrites metrics.jsonl)
             self.history = BlockHistory(storage, block, self.resumed_from) if self.writer \
                 else None
-        except BaseException:
+        except BaseException as err:
+            if self.writer:
+                trainer = getattr(self, "trainer", None)
+                self._failed(storage, block, trainer.step if trainer else 0, err)
             self.close_lease()
             raise
+
+    def _failed(self, storage: Storage, block: int, step: int, err: BaseException) -> None:
+        """Record ``err`` as the block's failure (``dbparallel status``), unless it is a stop
+        asked for (KeyboardInterrupt is no Exception) or a lease another writer took."""
+        if isinstance(err, Exception) and not isinstance(err, LeaseLost):
+            record_failure(storage, block, step, err)
 
     def _resume(self) -> int:
         try:
@@ -176,7 +188,16 @@ class BlockRun:
 
     def train_until(self, until: int, on_step: OnStep | None = None) -> None:
         """Train up to ``until`` steps (capped at this block's train.steps, or its
-        train.block_steps), writing the history and checkpointing on cadence."""
+        train.block_steps), writing the history and checkpointing on cadence. The writer
+        records an error it meets as the block's failure."""
+        try:
+            self._train_until(until, on_step)
+        except BaseException as err:
+            if self.writer:
+                self._failed(self.checkpoints.storage, self.trainer.block, self.trainer.step, err)
+            raise
+
+    def _train_until(self, until: int, on_step: OnStep | None) -> None:
         t = self.cfg.train
         steps = t.steps_of(self.trainer.block)
         until = min(until, steps)

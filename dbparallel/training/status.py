@@ -10,6 +10,8 @@ storage) is read the same way as a local one, while it trains or after. Each blo
   run: the same ``train`` command resumes it from its checkpoint). A lease renewed in time
   by a process of this machine that no longer runs counts as no writer; one of another
   machine cannot be asked, and is trusted until it lapses;
+- ``failed``: not done, no live writer, and its last process failed on an error of its own
+  (training/failure.py: a bad row, an unreadable checkpoint, ...), told on its own line;
 - ``not started``: neither.
 
 Times come from the writers' clocks (the lease's renewal, a metrics line's ``time``), so a
@@ -26,6 +28,7 @@ from typing import Any
 from dbparallel.config import Config
 from dbparallel.errors import RunDirError
 from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
 from dbparallel.training.lease import BlockLease, holder_alive, holder_driver, holder_parts
 from dbparallel.training.storage import Storage
@@ -38,7 +41,7 @@ class BlockStatus:
     """One block's row."""
 
     block: int
-    state: str  # done | training | stopped | not started | damaged
+    state: str  # done | training | failed | stopped | not started | damaged
     steps: int  # the steps the block trains for
     checkpoint_step: int | None = None  # its newest training state
     logged_step: int | None = None  # its newest metrics line
@@ -52,6 +55,9 @@ class BlockStatus:
     lease_age_s: float | None = None  # seconds since the holder last renewed its lease
     restarts: int = 0
     problem: str = ""  # why the block's files could not be read
+    failure: str = ""  # a failed block's error, and the step and time it met it at:
+    failed_step: int | None = None
+    failed_age_s: float | None = None
 
 
 @dataclass
@@ -75,7 +81,8 @@ class RunStatus:
         if states == {"done"}:
             return "trained, not yet assembled"
         return ", ".join(f"{sum(b.state == s for b in self.blocks)} {s}"
-                         for s in ("training", "stopped", "not started", "damaged", "done")
+                         for s in ("training", "failed", "stopped", "not started", "damaged",
+                                   "done")
                          if s in states)
 
     def to_json(self) -> dict[str, Any]:
@@ -93,6 +100,7 @@ def _block(storage: Storage, cfg: Config, block: int, now: float) -> BlockStatus
         _read_lines(row, lines, now)
         _read_lease(row, BlockLease(storage, block, "", 0.0).read(),
                     cfg.train.lease_timeout_s, now)
+        failure = last_failure(storage, block)
     except (RunDirError, AttributeError, KeyError, TypeError, ValueError) as err:
         row.state, row.problem = "damaged", " ".join(str(err).split())
         return row
@@ -100,6 +108,13 @@ def _block(storage: Storage, cfg: Config, block: int, now: float) -> BlockStatus
         row.state = "done"
     elif row.writer and row.writer_alive is not False:
         row.state = "training"
+    elif failure is not None:
+        row.state, row.failed_step = "failed", failure["step"]
+        kind = failure.get("type")
+        row.failure = f"{kind}: {failure['error']}" if isinstance(kind, str) and kind \
+            else failure["error"]
+        if isinstance(failure.get("time"), (int, float)):
+            row.failed_age_s = max(0.0, now - failure["time"])
     elif row.checkpoint_step is not None or lines:
         row.state = "stopped"
     return row

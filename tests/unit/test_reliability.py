@@ -264,6 +264,7 @@ def test_ctrl_c_stops_a_local_run_in_one_line_keeping_its_checkpoints(
     assert json.loads(manifest.read_text())["state"]  # the checkpoints written stay
     lease = json.loads((run_dir / "blocks" / "block_0" / "lease.json").read_text())
     assert lease["holder"] == ""  # released: the next writer goes on at once
+    assert not (run_dir / "blocks" / "block_0" / "failed.json").exists()  # a stop, no failure
 
 
 def test_a_relative_data_path_resumes_however_spelled_and_is_named_elsewhere(

@@ -109,6 +109,32 @@ def test_a_damaged_block_is_named_and_the_others_still_read(run: Path, capsys) -
         f"block 0: {first['problem']}"]  # below the table, which stays narrow
 
 
+def test_a_block_that_failed_says_why_until_it_trains_again(run: Path, capsys) -> None:
+    assert cli.main(["train", "--local", "--block", "1", TINY, f"run.dir={run}", *FAST,
+                     "train.lr=1e30", "train.nonfinite=stop", "train.log_every=1"]) == 1
+    capsys.readouterr()
+    status = dbparallel.status(run)
+    failed = status.blocks[1]
+    assert (status.state, failed.state, failed.failed_step) == ("1 failed, 1 done", "failed", 2)
+    assert failed.failure == "NonFiniteLoss: block 1: loss is inf at step 2 (train.nonfinite=stop)"
+    assert failed.logged_step == 1 and failed.failed_age_s is not None
+    assert cli.main(["status", str(run)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[3].split()[:3] == ["1", "failed", "1/4"]
+    assert shown[-1].startswith("block 1 failed at step 2 (") and shown[-1].endswith(
+        f"ago): {failed.failure}")
+    assert cli.main(["train", "--local", "--block", "1", TINY, f"run.dir={run}", *FAST]) == 0
+    assert not (run / "blocks" / "block_1" / "failed.json").exists()
+    assert dbparallel.status(run).state == "trained, not yet assembled"
+
+
+def test_a_damaged_failure_record_is_named(run: Path) -> None:
+    (run / "blocks/block_1").mkdir(parents=True, exist_ok=True)
+    (run / "blocks/block_1/failed.json").write_text('{"error": 3}')
+    damaged = dbparallel.status(run).blocks[1]
+    assert damaged.state == "damaged" and "failed.json: not a failure record" in damaged.problem
+
+
 def test_a_finished_run_and_a_missing_one(run: Path, tmp_path: Path, capsys) -> None:
     assert cli.main(["train", "--local", TINY, f"run.dir={run}", *FAST]) == 0  # the rest
     capsys.readouterr()

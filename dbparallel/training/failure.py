@@ -1,0 +1,58 @@
+"""A block's last failure, kept in its directory (``blocks/block_<b>/failed.json``) so that
+``dbparallel status`` can say why a block stopped long after the driver's log is gone (a job
+on a cluster, a notebook closed).
+
+Only the block's writer (the holder of its lease) records one, for an error of its own
+training: a bad row, a damaged checkpoint, an error of the network or the device. A stop asked
+for (Ctrl-C, SIGTERM) and a lease another process took over are not failures. The next process
+that takes the block's lease removes the record: the block is no longer failed once it trains
+again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from dbparallel.training.checkpoint import block_dir
+from dbparallel.training.lease import this_process
+from dbparallel.training.storage import Storage
+
+FAILURE_FILE = "failed.json"
+MAX_CHARS = 2000  # of the error's text: the first lines say what failed
+log = logging.getLogger(__name__)
+
+
+def _path(block: int) -> str:
+    return f"{block_dir(block)}/{FAILURE_FILE}"
+
+
+def record_failure(storage: Storage, block: int, step: int, err: BaseException) -> None:
+    """Keep ``err``, met at ``step``, as the block's last failure. A record that cannot be
+    written (the storage is what failed) is logged: the error itself goes on to the caller."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    try:
+        storage.write_json(_path(block), {
+            "time": time.time(), "step": step, "type": type(err).__name__,
+            "error": text[:MAX_CHARS], "process": this_process()})
+    except Exception as why:  # noqa: BLE001 (the training error is the one to raise)
+        log.warning("block %d: could not record its failure in the run directory: %s",
+                    block, why)
+
+
+def last_failure(storage: Storage, block: int) -> dict[str, Any] | None:
+    """The block's recorded failure (time, step, type, error, process), or None."""
+    if not storage.exists(_path(block)):
+        return None
+    record = storage.read_json(_path(block))
+    if not (isinstance(record, dict) and isinstance(record.get("error"), str)
+            and isinstance(record.get("step"), int)):
+        raise ValueError(f"{storage.uri(_path(block))}: not a failure record")
+    return record
+
+
+def clear_failure(storage: Storage, block: int) -> None:
+    """Remove the block's failure record: a process trains it again."""
+    if storage.exists(_path(block)):
+        storage.delete(_path(block))
