@@ -46,6 +46,7 @@ from dbparallel.training.history import AssemblyLog
 from dbparallel.training.lease import driver_session, release_session
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import check_resumable, open_run, pin_data
+from dbparallel.training.status import resume_line
 
 log = logging.getLogger(__name__)
 STATE_API_VAR = "RAY_API_SERVER_ADDRESS"
@@ -248,6 +249,9 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
             report_check(cfg, index, check_on_cluster(cfg, index, progress=progress))
         storage = open_run(cfg)
         pin_data(storage, index, start=True)
+        resuming = resume_line(storage, cfg, list(range(cfg.model.blocks)))
+        if resuming:
+            print(resuming, flush=True)
         if slots < cfg.model.blocks:
             print(f"runtime: {slots} of {cfg.model.blocks} blocks train at once; the others "
                   f"queue and start as blocks finish (runtime.max_concurrent_blocks)", flush=True)

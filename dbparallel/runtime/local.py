@@ -27,6 +27,7 @@ from dbparallel.training.history import AssemblyLog
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import open_run, pin_data
+from dbparallel.training.status import resume_line
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
 
         index = open_data(cfg.data)
     pin_data(storage, index, start=only_blocks is None)  # others may train the rest
+    resuming = resume_line(storage, cfg, blocks)
+    if resuming:
+        print(resuming, flush=True)
     assemblies = AssemblyLog(storage, start)
     sink: Sink = MemorySink()
     server = None

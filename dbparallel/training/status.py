@@ -162,3 +162,33 @@ def run_status(storage: Storage, cfg: Config, now: float | None = None) -> RunSt
     written = storage.modified(REPORT_FILE) if status.report else None
     status.report_age_s = None if written is None else max(0.0, now - written)
     return status
+
+
+def resume_line(storage: Storage, cfg: Config, blocks: list[int]) -> str | None:
+    """What a run that resumes prints first: the step each of ``blocks`` goes on from, its
+    newest checkpoint's (None where none has one: a fresh start). Blocks in a row at one step
+    are told together (``blocks 0-3 at step 200``)."""
+    at: list[tuple[int, int]] = []
+    for b in blocks:
+        try:
+            steps = BlockCheckpoints(storage, b).steps("state")
+        except RunDirError:  # a damaged manifest: the block's own start says what it does
+            steps = []
+        at.append((b, steps[-1] if steps else 0))
+    if not any(step for _, step in at):
+        return None
+    each = {cfg.train.steps_of(b) for b in blocks}
+    groups: list[list[int]] = []  # [first, last, step, steps]
+    for b, step in at:
+        steps = cfg.train.steps_of(b)
+        if groups and groups[-1][1] == b - 1 and groups[-1][2:] == [step, steps]:
+            groups[-1][1] = b
+        else:
+            groups.append([b, b, step, steps])
+    told = ", ".join(
+        (f"block {first}" if first == last else f"blocks {first}-{last}")
+        + (f" at step {step:,}" if step else " from the start")
+        + (f" of {steps:,}" if len(each) > 1 else "") + (" (done)" if step >= steps else "")
+        for first, last, step, steps in groups)
+    of = f" ({each.pop():,} steps a block)" if len(each) == 1 else ""
+    return f"resuming {storage.uri()}{of}: {told}"

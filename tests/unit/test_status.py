@@ -128,6 +128,23 @@ def test_a_block_that_failed_says_why_until_it_trains_again(run: Path, capsys) -
     assert dbparallel.status(run).state == "trained, not yet assembled"
 
 
+def test_a_resume_says_where_each_block_goes_on(run: Path, capsys) -> None:
+    from dbparallel.training.status import resume_line
+
+    assert cli.main(["train", "--local", TINY, f"run.dir={run}", *FAST,
+                     "train.steps=6"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming {run} (6 steps a block): block 0 at step 4, block 1 from the start\n" in out
+    cfg = run_config(str(run))  # now: both blocks at step 6
+    assert resume_line(Storage(str(run)), cfg, [0, 1]) == \
+        f"resuming {run} (6 steps a block): blocks 0-1 at step 6 (done)"
+    cfg.train.block_steps = [6, 9]
+    assert resume_line(Storage(str(run)), cfg, [0, 1]) == \
+        f"resuming {run}: block 0 at step 6 of 6 (done), block 1 at step 6 of 9"
+    fresh = run.parent / "fresh"
+    assert resume_line(Storage(str(fresh)), cfg, [0, 1]) is None and not fresh.exists()
+
+
 def test_a_damaged_failure_record_is_named(run: Path) -> None:
     (run / "blocks/block_1").mkdir(parents=True, exist_ok=True)
     (run / "blocks/block_1/failed.json").write_text('{"error": 3}')
