@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import time
@@ -123,7 +124,8 @@ def append_assembly(storage: Storage, step: int, metrics: dict[str, float],
     file stays in increasing steps. Only the driver writes it; it is small, so it is rewritten
     whole, on local disks and object stores alike."""
     kept = [r for r in read_lines(storage, ASSEMBLY_FILE) if r["step"] < step]
-    values = {k: float(v) for k, v in metrics.items() if k != "block_steps_min"}
+    values = {k: int(v) if isinstance(v, numbers.Integral) else float(v)  # counts stay whole
+              for k, v in metrics.items() if k != "block_steps_min"}
     kept.append({"step": step, **values, "wall_s": round(wall_s, 3)})
     storage.write_bytes(ASSEMBLY_FILE, _encode(kept))
 

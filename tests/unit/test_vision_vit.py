@@ -147,7 +147,8 @@ def test_accuracy_is_scored_on_the_test_rows(tmp_path) -> None:
 
     task.predict = predict  # type: ignore[method-assign]
     metrics = eval_classification.evaluate(task.cfg, task, [], index)
-    assert metrics == {"accuracy": 0.75, "eval_rows": 4.0, "eval_on_test": 1.0}
+    assert metrics == {"accuracy": 0.75, "eval_rows": 4, "eval_on_test": 1}
+    assert [type(v) for v in metrics.values()] == [float, int, int]  # counts written whole
     matrix = eval_classification.confusion(guesses, torch.tensor([0, 1, 2, 3]), 4)
     assert matrix.tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1]]
     assert index.num_rows("train") == 4  # trains on the train rows only

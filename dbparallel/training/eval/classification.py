@@ -49,8 +49,8 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
              device: str = "cpu") -> dict[str, float]:
     """Test accuracy of the composed network (report.json ``assembly.accuracy``)."""
     predicted, true = predictions(cfg, task, nets, index, device)
-    return {"accuracy": accuracy(predicted, true), "eval_rows": float(len(true)),
-            "eval_on_test": float(index.eval_split == "test")}
+    return {"accuracy": accuracy(predicted, true), "eval_rows": len(true),
+            "eval_on_test": int(index.eval_split == "test")}
 
 
 def confusion_json(cfg: Config, task: Task, nets: list[Block], device: str = "cpu",

@@ -129,4 +129,4 @@ def fid_kid(key: dict, real: torch.Tensor, fake: torch.Tensor, seed: int,
     fake_features = inception_features(fake[:n], device)
     kid, kid_std = kernel_distance(real_features, fake_features, generator(seed, "kid"))
     return {"fid": frechet_distance(real_features, fake_features), "kid": kid,
-            "kid_std": kid_std, "fid_samples": float(n)}
+            "kid_std": kid_std, "fid_samples": n}

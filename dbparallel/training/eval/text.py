@@ -184,8 +184,8 @@ def training_memory(cfg: Config, index: DataIndex, device: str = "cpu") -> dict[
         trainer = BlockTrainer(other, 0, device)
         trainer.train_step({"tokens": tokens.to(device)})
         assert trainer.memory is not None
-        out[f"train_memory_bytes_{label}"] = float(trainer.memory.total)
-        out[f"train_activation_bytes_{label}"] = float(trainer.memory.activations)
+        out[f"train_memory_bytes_{label}"] = int(trainer.memory.total)
+        out[f"train_activation_bytes_{label}"] = int(trainer.memory.activations)
     return out
 
 
@@ -195,7 +195,7 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
     also the generation metrics."""
     held = held_out(cfg, index, cfg.sample.eval_samples)
     metrics = bits_per_character(cfg, task, nets, held, device, load_tokenizer(index.meta))
-    metrics["eval_on_test"] = float(index.eval_split == "test")
+    metrics["eval_on_test"] = int(index.eval_split == "test")
     if cfg.task in ("ar", "looped"):
         metrics.update(generation_metrics(cfg, task, nets, index, held, device))
     if cfg.task == "looped":
