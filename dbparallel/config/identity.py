@@ -15,8 +15,10 @@ from dbparallel.config.schema import Config
 # cannot be resumed or assembled with this config.
 IDENTITY_SECTIONS = ("task", "model", "noise", "data")
 IDENTITY_KEYS = ("run.seed", "train.label_dropout", "train.objective")
-# how a run checks and decodes its data, not which network it trains
-NOT_IDENTITY = ("data.validate", "data.decode_threads", "data.read_threads")
+# how a run checks and decodes its data, not which network it trains; and where the data are:
+# the rows themselves are pinned in the run directory (training/run_dir.py pin_data), so a
+# corpus moved or copied elsewhere resumes, and other data at the same path are refused
+NOT_IDENTITY = ("data.validate", "data.decode_threads", "data.read_threads", "data.path")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -62,21 +64,19 @@ def config_hash(cfg: Config | dict[str, Any]) -> str:
 
 
 def identity_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Dotted identity keys whose values differ between two config dicts (``data.path``:
-    two spellings of one local path, e.g. ``data/x`` and ``./data/x`` or its absolute path
-    from here, are the same; the pinned data index still checks the data themselves)."""
+    """Dotted identity keys whose values differ between two config dicts."""
     ia, ib = identity(a), identity(b)
-    return sorted(k for k in set(ia) | set(ib) if ia.get(k) != ib.get(k)
-                  and not (k == "data.path" and same_local_path(ia.get(k), ib.get(k))))
+    return sorted(k for k in set(ia) | set(ib) if ia.get(k) != ib.get(k))
 
 
 def changed_settings(stored: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
     """(key, stored value, value now) of the keys other than identity keys (and run.dir)
     that ``cfg`` sets otherwise than a run directory's stored config: a resume may change
     them (they do not change the network). Where the driver runs (on Ray or in this process,
-    and which cluster) is not a setting of the run: it is left out."""
+    and which cluster) is not a setting of the run: it is left out, as is data.path, whose
+    data the run directory's pinned index checks (and says when they moved)."""
     then, now = _flatten(stored), _flatten(to_dict(cfg))
-    fixed = set(identity(cfg)) | {"run.dir", "runtime.local", "runtime.address"}
+    fixed = set(identity(cfg)) | {"run.dir", "runtime.local", "runtime.address", "data.path"}
     return [(k, then[k], now[k]) for k in sorted(now)
             if k in then and k not in fixed and then[k] != now[k]]
 

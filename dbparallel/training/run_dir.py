@@ -203,10 +203,19 @@ def _refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
     has saved a checkpoint, and the process that pinned them (a run still starting, e.g.
     waiting for its placement) has ended."""
     previous = pinned_data(storage)
-    if previous is not None and same_local_path(previous.source, index.source):
-        index = dataclasses.replace(index, source=previous.source)  # data/x, ./data/x, /…/data/x
-    if previous is None or previous.fingerprint == index.fingerprint:
+    if previous is None:
         return False
+    # the rows are compared where they are now: data/x, ./data/x and /…/data/x are one place,
+    # and a folder moved or copied with its files' times (mv, cp -p, rsync -a) holds the same
+    # rows under another source
+    moved = previous.source != index.source and not same_local_path(previous.source,
+                                                                     index.source)
+    if dataclasses.replace(index, source=previous.source).fingerprint == previous.fingerprint:
+        if moved and say:
+            log.warning("%s: the data moved from %s to %s (the same files, sizes and times); "
+                        "the run reads them there from now on", storage.uri(), previous.source,
+                        index.source)
+        return moved
     then, now = previous.num_rows("train"), index.num_rows("train")
     if start and not _checkpointed(storage):
         from dbparallel.training.lease import process_ended, process_shown
@@ -224,7 +233,7 @@ def _refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
             f"({then:,} training rows then, {now:,} now) and no block has saved a checkpoint "
             f"yet, by a process that may still run ({process_shown(pinner)}); resume with the same "
             f"data, choose a new run.dir, or delete the directory if no run uses it")
-    if _same_files(previous, index):
+    if _same_files(previous, dataclasses.replace(index, source=previous.source)):
         raise RunDirError(
             f"{storage.uri()} was trained on data whose files had other sizes or modification "
             f"times than those {index.source} holds now (the same files and rows: copied "

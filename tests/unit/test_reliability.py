@@ -290,6 +290,40 @@ def test_a_relative_data_path_resumes_however_spelled_and_is_named_elsewhere(
     assert f"data.path is relative, and this process runs in {elsewhere}" in err
 
 
+def test_data_moved_with_their_times_resume_and_other_data_there_are_refused(
+        tmp_path, capsys, caplog) -> None:
+    import shutil
+
+    (tmp_path / "data").mkdir()
+    _parquet(tmp_path / "data" / "t.parquet", list(range(10)) * 40)
+    run_dir = tmp_path / "run"
+    source = ["data.source=parquet", "train.checkpoint_every=2"]
+    assert _train(run_dir, *source, f"data.path={tmp_path / 'data'}", "train.steps=2") == 0
+    shutil.move(tmp_path / "data", tmp_path / "moved")  # a rename keeps the files' times
+    with caplog.at_level("WARNING"):
+        assert _train(run_dir, *source, f"data.path={tmp_path / 'moved'}",
+                      "train.steps=4") == 0, capsys.readouterr().err
+    assert f"the data moved from {tmp_path / 'data'} to {tmp_path / 'moved'}" in caplog.text
+    assert not [r for r in caplog.records if "other settings" in r.getMessage()
+                and "data.path" in r.getMessage()]  # the data's own line says it
+    assert [r["resumed_from"] for r in _report(run_dir)["per_block"]] == [2, 2]
+    pinned = json.loads((run_dir / "data_index.json").read_text())
+    assert pinned["source"] == str(tmp_path / "moved")  # blocks on Ray read them there
+    assert str(tmp_path / "moved") in pinned["splits"]["train"][0]["uri"]
+    caplog.clear()
+    assert _train(run_dir, *source, f"data.path={tmp_path / 'moved'}", "train.steps=4") == 0
+    assert "moved" not in caplog.text  # said once
+    # a copy that lost the files' times, and other rows in the same place, are refused
+    (tmp_path / "copy").mkdir()
+    shutil.copy(tmp_path / "moved" / "t.parquet", tmp_path / "copy" / "t.parquet")
+    capsys.readouterr()
+    assert _train(run_dir, *source, f"data.path={tmp_path / 'copy'}", "train.steps=6") == 2
+    assert "other sizes or modification times" in capsys.readouterr().err
+    _parquet(tmp_path / "moved" / "t.parquet", list(range(10)) * 30)
+    assert _train(run_dir, *source, f"data.path={tmp_path / 'moved'}", "train.steps=6") == 2
+    assert "was trained on other data than" in capsys.readouterr().err
+
+
 def test_a_rerun_that_trains_nothing_keeps_the_measurements(tmp_path, caplog) -> None:
     run_dir = tmp_path / "run"
     assert _train(run_dir, "train.steps=6") == 0
