@@ -52,8 +52,10 @@ def render(status: RunStatus) -> str:
     lines.append(f"report.json: written {_ago(status.report_age_s)}" if status.report else
                  "report.json: not yet (written once every block is done and assembled)")
     lines += [f"block {b.block}: {b.problem}" for b in status.blocks if b.problem]
-    lines += [f"block {b.block} failed at step {b.failed_step:,} ({_ago(b.failed_age_s)}): "
-              f"{b.failure}" for b in status.blocks if b.state == "failed"]
+    lines += [f"block {b.block} failed "
+              + (f"at step {b.failed_step:,}" if b.failed_step is not None else "at its start")
+              + f" ({_ago(b.failed_age_s)}): {b.failure}"
+              for b in status.blocks if b.state == "failed"]
     lines += [f"problem: {p}" for p in status.problems]
     return "\n".join(lines)
 

@@ -168,11 +168,11 @@ class BlockTrainer:
         n = self.share.total if self.share else rows_of(batch)
         if not finite:
             self.nonfinite_steps += 1
-            self.step += 1
             self.optimizer.zero_grad(set_to_none=True)
-            if self.cfg.train.nonfinite == "stop":
+            if self.cfg.train.nonfinite == "stop":  # the step its metrics line would name
                 raise NonFiniteLoss(f"block {self.block}: loss is {value} at step "
-                                    f"{self.step} (train.nonfinite=stop)")
+                                    f"{self.step + 1} (train.nonfinite=stop)")
+            self.step += 1
             return StepStats(self.step, math.nan, False, time.perf_counter() - start, n)
         if count is not None:  # checkpointed: the model's, without the layers run again
             self.model_flops_per_step = model_flops_per_step(self.cfg, self.block) if live \

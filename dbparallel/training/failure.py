@@ -28,9 +28,11 @@ def _path(block: int) -> str:
     return f"{block_dir(block)}/{FAILURE_FILE}"
 
 
-def record_failure(storage: Storage, block: int, step: int, err: BaseException) -> None:
-    """Keep ``err``, met at ``step``, as the block's last failure. A record that cannot be
-    written (the storage is what failed) is logged: the error itself goes on to the caller."""
+def record_failure(storage: Storage, block: int, step: int | None,
+                   err: BaseException) -> None:
+    """Keep ``err``, met training ``step`` (its metrics line's number; None: at the block's
+    start, before any step), as the block's last failure. A record that cannot be written
+    (the storage is what failed) is logged: the error itself goes on to the caller."""
     text = " ".join(str(err).split()) or type(err).__name__
     try:
         storage.write_json(_path(block), {
@@ -42,12 +44,12 @@ def record_failure(storage: Storage, block: int, step: int, err: BaseException) 
 
 
 def last_failure(storage: Storage, block: int) -> dict[str, Any] | None:
-    """The block's recorded failure (time, step, type, error, process), or None."""
+    """The block's recorded failure (time, step or None, type, error, process), or None."""
     if not storage.exists(_path(block)):
         return None
     record = storage.read_json(_path(block))
     if not (isinstance(record, dict) and isinstance(record.get("error"), str)
-            and isinstance(record.get("step"), int)):
+            and (record.get("step") is None or isinstance(record.get("step"), int))):
         raise ValueError(f"{storage.uri(_path(block))}: not a failure record")
     return record
 

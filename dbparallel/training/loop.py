@@ -66,14 +66,15 @@ class BlockRun:
                 else None
         except BaseException as err:
             if self.writer:
-                trainer = getattr(self, "trainer", None)
-                self._failed(storage, block, trainer.step if trainer else 0, err)
+                self._failed(storage, block, None, err)
             self.close_lease()
             raise
 
-    def _failed(self, storage: Storage, block: int, step: int, err: BaseException) -> None:
-        """Record ``err`` as the block's failure (``dbparallel status``), unless it is a stop
-        asked for (KeyboardInterrupt is no Exception) or a lease another writer took."""
+    def _failed(self, storage: Storage, block: int, step: int | None,
+                err: BaseException) -> None:
+        """Record ``err``, met training ``step`` (None: at the block's start), as the block's
+        failure (``dbparallel status``), unless it is a stop asked for (KeyboardInterrupt is
+        no Exception) or a lease another writer took."""
         if isinstance(err, Exception) and not isinstance(err, LeaseLost):
             record_failure(storage, block, step, err)
 
@@ -194,7 +195,8 @@ class BlockRun:
             self._train_until(until, on_step)
         except BaseException as err:
             if self.writer:
-                self._failed(self.checkpoints.storage, self.trainer.block, self.trainer.step, err)
+                self._failed(self.checkpoints.storage, self.trainer.block,
+                             self.trainer.step + 1, err)  # the step it was training
             raise
 
     def _train_until(self, until: int, on_step: OnStep | None) -> None:

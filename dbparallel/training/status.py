@@ -55,8 +55,8 @@ class BlockStatus:
     lease_age_s: float | None = None  # seconds since the holder last renewed its lease
     restarts: int = 0
     problem: str = ""  # why the block's files could not be read
-    failure: str = ""  # a failed block's error, and the step and time it met it at:
-    failed_step: int | None = None
+    failure: str = ""  # a failed block's error, the step it was training (None: it failed
+    failed_step: int | None = None  # at its start) and the seconds since:
     failed_age_s: float | None = None
 
 

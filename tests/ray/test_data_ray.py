@@ -85,6 +85,11 @@ def test_a_bad_row_met_by_a_block_actor_stops_the_run_naming_it(ray_session, tmp
             assert (run_dir / entry["file"]).is_file()
         kept += len(manifest.get("state", []))
     assert kept  # the block that met the row had checkpointed step 10
+    import dbparallel  # `dbparallel status` tells which block failed on which row, later
+
+    failed = [b for b in dbparallel.status(run_dir).blocks if b.state == "failed"]
+    assert failed and all(f"row {bad}: column 'label' has label 12" in b.failure
+                          and b.failed_step and b.failed_step > 10 for b in failed)
 
 
 # a Ray instance of its own and 108 MB of images; streaming by default: test_streaming and

@@ -145,6 +145,19 @@ def test_a_resume_says_where_each_block_goes_on(run: Path, capsys) -> None:
     assert resume_line(Storage(str(fresh)), cfg, [0, 1]) is None and not fresh.exists()
 
 
+def test_a_block_that_failed_at_its_start_says_so(run: Path, capsys) -> None:
+    for state in (run / "blocks" / "block_0").glob("state_*.pt"):
+        state.write_bytes(b"not a checkpoint")
+    assert cli.main(["train", "--local", "--block", "0", TINY, f"run.dir={run}", *FAST,
+                     "train.steps=8"]) == 2
+    capsys.readouterr()
+    failed = dbparallel.status(run).blocks[0]
+    assert (failed.state, failed.failed_step) == ("failed", None)
+    assert failed.failure.startswith("RunDirError: block 0: none of its checkpoints can be read")
+    assert cli.main(["status", str(run)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("block 0 failed at its start (")
+
+
 def test_a_damaged_failure_record_is_named(run: Path) -> None:
     (run / "blocks/block_1").mkdir(parents=True, exist_ok=True)
     (run / "blocks/block_1/failed.json").write_text('{"error": 3}')
