@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from dbparallel.training.checkpoint import block_dir
-from dbparallel.training.lease import this_process
+from dbparallel.training.lease import LeaseLost, this_process
 from dbparallel.training.storage import Storage
 
 FAILURE_FILE = "failed.json"
@@ -29,10 +29,14 @@ def _path(block: int) -> str:
 
 
 def record_failure(storage: Storage, block: int, step: int | None,
-                   err: BaseException) -> None:
+                   err: BaseException) -> bool:
     """Keep ``err``, met training ``step`` (its metrics line's number; None: at the block's
-    start, before any step), as the block's last failure. A record that cannot be written
-    (the storage is what failed) is logged: the error itself goes on to the caller."""
+    start, before any step), as the block's last failure; whether it is one (not a stop
+    asked for, which is no Exception, nor a lease another writer took over). A record that
+    cannot be written (the storage is what failed) is logged: the error itself goes on to
+    the caller."""
+    if not isinstance(err, Exception) or isinstance(err, LeaseLost):
+        return False
     text = " ".join(str(err).split()) or type(err).__name__
     try:
         storage.write_json(_path(block), {
@@ -41,6 +45,7 @@ def record_failure(storage: Storage, block: int, step: int | None,
     except Exception as why:  # noqa: BLE001 (the training error is the one to raise)
         log.warning("block %d: could not record its failure in the run directory: %s",
                     block, why)
+    return True
 
 
 def last_failure(storage: Storage, block: int) -> dict[str, Any] | None:

@@ -40,6 +40,7 @@ class BlockRun:
         self.writer = replicas is None or replicas.writer
         self.lease = BlockLease(storage, block, session or uuid.uuid4().hex,
                                 cfg.train.lease_timeout_s)
+        self._recorded = False  # this process recorded a failure of the block
         if self.writer:
             self.lease.acquire()
         try:
@@ -65,18 +66,10 @@ class BlockRun:
             self.history = BlockHistory(storage, block, self.resumed_from) if self.writer \
                 else None
         except BaseException as err:
-            if self.writer:
-                self._failed(storage, block, None, err)
+            if self.writer:  # for `dbparallel status`
+                record_failure(storage, block, None, err)
             self.close_lease()
             raise
-
-    def _failed(self, storage: Storage, block: int, step: int | None,
-                err: BaseException) -> None:
-        """Record ``err``, met training ``step`` (None: at the block's start), as the block's
-        failure (``dbparallel status``), unless it is a stop asked for (KeyboardInterrupt is
-        no Exception) or a lease another writer took."""
-        if isinstance(err, Exception) and not isinstance(err, LeaseLost):
-            record_failure(storage, block, step, err)
 
     def _resume(self) -> int:
         try:
@@ -190,13 +183,17 @@ class BlockRun:
     def train_until(self, until: int, on_step: OnStep | None = None) -> None:
         """Train up to ``until`` steps (capped at this block's train.steps, or its
         train.block_steps), writing the history and checkpointing on cadence. The writer
-        records an error it meets as the block's failure."""
+        records an error it meets as the block's failure, and removes it when asked to go on
+        (the driver asks again after a passing error, e.g. data storage out of reach)."""
+        if self.writer and self._recorded:
+            clear_failure(self.checkpoints.storage, self.trainer.block)
+            self._recorded = False
         try:
             self._train_until(until, on_step)
         except BaseException as err:
-            if self.writer:
-                self._failed(self.checkpoints.storage, self.trainer.block,
-                             self.trainer.step + 1, err)  # the step it was training
+            if self.writer:  # the step it was training
+                self._recorded = record_failure(self.checkpoints.storage, self.trainer.block,
+                                                self.trainer.step + 1, err)
             raise
 
     def _train_until(self, until: int, on_step: OnStep | None) -> None:

@@ -158,6 +158,29 @@ def test_a_block_that_failed_at_its_start_says_so(run: Path, capsys) -> None:
     assert capsys.readouterr().out.splitlines()[-1].startswith("block 0 failed at its start (")
 
 
+def test_a_passing_error_is_recorded_until_the_block_is_asked_to_go_on(tmp_path: Path) -> None:
+    from dbparallel.config import load_config
+    from dbparallel.data.sources import open_data
+    from dbparallel.errors import DataUnreachable
+    from dbparallel.training.loop import BlockRun
+
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "train.steps=4"])
+    storage = Storage(cfg.run_dir)
+    run = BlockRun(cfg, 0, open_data(cfg.data), storage, prefetch=False)
+    try:
+        read = run.batch
+        run.batch = lambda step: (_ for _ in ()).throw(DataUnreachable("bucket out of reach"))
+        with pytest.raises(DataUnreachable):
+            run.train_until(2)
+        record = storage.read_json("blocks/block_0/failed.json")
+        assert (record["step"], record["type"]) == (1, "DataUnreachable")
+        run.batch = read  # the store is back: the driver asks the block again
+        run.train_until(2)
+        assert run.trainer.step == 2 and not storage.exists("blocks/block_0/failed.json")
+    finally:
+        run.close()
+
+
 def test_a_damaged_failure_record_is_named(run: Path) -> None:
     (run / "blocks/block_1").mkdir(parents=True, exist_ok=True)
     (run / "blocks/block_1/failed.json").write_text('{"error": 3}')
