@@ -69,6 +69,10 @@ class BlockLost(RuntimeError):
     """A block's process died once more than train.max_restarts allows (Ray gave it up)."""
 
 
+class BlockStalled(RuntimeError):
+    """A block made no progress for train.stall_timeout_s after train.max_restarts restarts."""
+
+
 MAX_UNAVAILABLE = 20  # calls in a row that may find a block unreachable before the run fails
 
 
@@ -98,6 +102,9 @@ class Controller:
     on_start: Callable[[int], None] = lambda block: None  # a block got its slot
     on_stall: Callable[[int, bool], None] = lambda block, stalled: None
     on_assembly_failed: Callable[[str], None] = lambda message: None
+    # (block, the step it was training, why): the controller gave a block up (its process lost
+    # past train.max_restarts, or stalled); an error of a block's own training it records itself
+    on_block_failed: Callable[[int, int, Exception], None] = lambda block, step, err: None
     # (step, metrics) of each finished assembly, during training and the final one; step is
     # the lowest step among the snapshots it composed
     on_assembled: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
@@ -218,6 +225,8 @@ class Controller:
             return
         if event.error is not None:  # an error of its training is not retried: it would
             # meet it again; a lost process was restarted as often as allowed (BlockLost)
+            if isinstance(event.error, BlockLost):
+                self.on_block_failed(event.block, status.step + 1, event.error)
             self._fail(f"block {event.block} failed: {event.error}")
             return
         progress = event.result
@@ -257,9 +266,11 @@ class Controller:
                 status.stalled = True
                 self.on_stall(b, True)
             if status.stall_restarts >= self.cfg.train.max_restarts:
-                self._fail(f"block {b} made no progress for {quiet:.0f} s "
-                           f"(train.stall_timeout_s={limit:g}) after {status.stall_restarts} "
-                           f"restarts (train.max_restarts)")
+                stalled = BlockStalled(
+                    f"block {b} made no progress for {quiet:.0f} s (train.stall_timeout_s="
+                    f"{limit:g}) after {status.stall_restarts} restarts (train.max_restarts)")
+                self.on_block_failed(b, status.step + 1, stalled)
+                self._fail(str(stalled))
                 return
             status.stall_restarts += 1
             status.last_progress_s = now

@@ -42,6 +42,7 @@ from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.cluster_fit import Cluster
 from dbparallel.training.curves import write_curves
 from dbparallel.training.data_check import CheckResult, check_data, report_check
+from dbparallel.training.failure import record_failure
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.lease import driver_session, release_session
 from dbparallel.training.report import build_report, write_report
@@ -265,6 +266,8 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         controller = Controller(cfg, backend, on_progress=bars.update, on_start=bars.start,
                                 on_stall=lambda b, stalled: stall[b].stalled(stalled),
                                 on_assembly_failed=lambda message: assembly.failed(),
+                                on_block_failed=lambda b, step, err: record_failure(
+                                    storage, b, step, err),
                                 on_assembled=AssemblyLog(storage, start).append,
                                 slots=slots, restarts_before=[
                                     BlockCheckpoints(storage, b).restarts()

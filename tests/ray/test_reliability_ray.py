@@ -10,6 +10,8 @@ from dbparallel.config import load_config
 from dbparallel.runtime.controller import RunFailed
 from dbparallel.runtime.launch import run_ray
 from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.loading import run_config
+from dbparallel.training.status import run_status
 from dbparallel.training.storage import Storage
 
 pytestmark = pytest.mark.ray
@@ -26,6 +28,9 @@ def test_block_failing_past_max_restarts_fails_the_run(ray_session, tmp_path) ->
         run_ray(cfg, None, progress=False)
     storage = Storage(str(run_dir))
     assert BlockCheckpoints(storage, 1).restarts() == 1  # died twice: the first run + 1 restart
+    lost = run_status(storage, run_config(str(run_dir))).blocks[1]  # `dbparallel status`
+    assert lost.state == "failed" and lost.failure.startswith("BlockLost: its process was lost")
+    assert lost.failed_step is not None and 1 <= lost.failed_step <= 9  # killed at step 8
     # block 0 was stopped with the run wherever it had got to (how far depends on how fast
     # the machine is): every checkpoint it listed is whole
     survivor = BlockCheckpoints(storage, 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dbparallel.config import load_config
-from dbparallel.runtime.controller import Controller, Event, RunFailed, State
+from dbparallel.runtime.controller import BlockLost, Controller, Event, RunFailed, State
 
 
 class FakeBackend:
@@ -123,9 +123,13 @@ def test_periodic_assembly_during_training() -> None:
     assert backend.calls[-1] == ("assemble", True)
 
 
-def test_lost_block_fails_the_run_naming_it() -> None:
-    backend = FakeBackend(steps=10, fail={1: RuntimeError("out of memory")})
-    controller = Controller(_cfg(), backend)
+@pytest.mark.parametrize("error", [RuntimeError("out of memory"),
+                                   BlockLost("its process was lost: out of memory")])
+def test_lost_block_fails_the_run_naming_it(error: Exception) -> None:
+    backend = FakeBackend(steps=10, fail={1: error})
+    given_up: list[tuple] = []
+    controller = Controller(_cfg(), backend,
+                            on_block_failed=lambda *failed: given_up.append(failed))
     try:
         controller.run()
     except RunFailed as err:
@@ -133,6 +137,9 @@ def test_lost_block_fails_the_run_naming_it() -> None:
     else:
         raise AssertionError("the run should have failed")
     assert not any(c[0] == "assemble" for c in backend.calls)
+    # a process Ray gave up is recorded by the driver; an error of the block's own training
+    # was recorded by the block
+    assert given_up == ([(1, 1, error)] if isinstance(error, BlockLost) else [])
 
 
 def test_stalled_block_is_reported() -> None:
@@ -184,8 +191,10 @@ def test_a_hung_final_assembly_fails_after_its_timeout() -> None:
 def test_a_stalled_block_is_restarted_then_fails_the_run() -> None:
     now = [0.0]
     backend = FakeBackend(steps=10, hang={1})
+    given_up: list[tuple] = []
     controller = Controller(_cfg("train.stall_timeout_s=30", "train.max_restarts=2"), backend,
-                            clock=lambda: now[0])
+                            clock=lambda: now[0],
+                            on_block_failed=lambda *failed: given_up.append(failed))
     states = []
     for _ in range(12):
         states.append(controller.step())
@@ -193,6 +202,8 @@ def test_a_stalled_block_is_restarted_then_fails_the_run() -> None:
     assert backend.restarted == [1, 1]  # killed so that it restarts and resumes, twice
     assert controller.state == State.FAILED
     assert "block 1 made no progress" in controller.error and "after 2 restarts" in controller.error
+    assert [(b, step, type(err).__name__, str(err)) for b, step, err in given_up] == [
+        (1, 1, "BlockStalled", controller.error)]
 
 
 def test_an_unreachable_block_is_asked_again() -> None:
