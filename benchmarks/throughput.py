@@ -57,8 +57,9 @@ from dbparallel.data.shards import DataIndex  # noqa: E402
 from dbparallel.data.sources import open_data  # noqa: E402
 from dbparallel.training.block_trainer import BlockTrainer  # noqa: E402
 from dbparallel.training.data_order import DataOrder  # noqa: E402
+from dbparallel.training.data_pin import pin_data, run_data  # noqa: E402
 from dbparallel.training.loop import BlockRun  # noqa: E402
-from dbparallel.training.run_dir import open_run, pin_data, run_data  # noqa: E402
+from dbparallel.training.run_dir import open_run  # noqa: E402
 from dbparallel.training.storage import Storage  # noqa: E402
 from dbparallel.training.stream import BlockStream  # noqa: E402
 

@@ -31,8 +31,8 @@ def _data(network: Network, source: str) -> DataIndex:
     """The data a run trained on (its pinned index, rebuilt here where it lives in another
     machine's cache); for an export, or a run that pinned none, the data its config names."""
     from dbparallel.data.sources import open_data
+    from dbparallel.training.data_pin import pinned_data, run_data
     from dbparallel.training.loading import is_file
-    from dbparallel.training.run_dir import pinned_data, run_data
     from dbparallel.training.storage import Storage
 
     if not is_file(source):
@@ -48,7 +48,8 @@ def _out_file(out: str) -> None:
     another file in a run directory, e.g. an earlier export, may be replaced."""
     from pathlib import Path
 
-    from dbparallel.training.run_dir import CONFIG_FILE, DATA_INDEX_FILE, RUN_FILES
+    from dbparallel.training.data_pin import DATA_INDEX_FILE
+    from dbparallel.training.run_dir import CONFIG_FILE, RUN_FILES
 
     if not out.strip():
         raise UserError("--out: give the path of the file to write")

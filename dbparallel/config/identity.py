@@ -16,7 +16,7 @@ from dbparallel.config.schema import Config
 IDENTITY_SECTIONS = ("task", "model", "noise", "data")
 IDENTITY_KEYS = ("run.seed", "train.label_dropout", "train.objective")
 # how a run checks and decodes its data, not which network it trains; and where the data are:
-# the rows themselves are pinned in the run directory (training/run_dir.py pin_data), so a
+# the rows themselves are pinned in the run directory (training/data_pin.py), so a
 # corpus moved or copied elsewhere resumes, and other data at the same path are refused
 NOT_IDENTITY = ("data.validate", "data.decode_threads", "data.read_threads", "data.path")
 

@@ -59,7 +59,7 @@ def _first_columns(path: str) -> tuple[str, list[str]]:
 
 def _cached(index: DataIndex) -> DataIndex:
     """``index`` marked as built into this machine's cache: a process on a machine that
-    does not see these files builds them again (training/run_dir.py run_data). The cached
+    does not see these files builds them again (training/data_pin.py run_data). The cached
     file's name holds its content's key, so its times and place do not identify it."""
     meta = {k: v for k, v in index.meta.items() if k != "stat"}
     return DataIndex(index.kind, index.source, index.splits, {**meta, "cached": True})

@@ -11,9 +11,9 @@ from dbparallel.config import Config
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import AssemblyRecorder
 from dbparallel.training.assemble import assemble
+from dbparallel.training.data_pin import run_data
 from dbparallel.training.device import assembly_device
 from dbparallel.training.precision import set_matmul_precision
-from dbparallel.training.run_dir import run_data
 from dbparallel.training.storage import Storage
 
 RESTARTS = "assembler_restarts.json"

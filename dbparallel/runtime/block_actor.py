@@ -21,9 +21,9 @@ from dbparallel.errors import DataUnreachable
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder
 from dbparallel.training.block_trainer import StepStats
+from dbparallel.training.data_pin import run_data
 from dbparallel.training.device import block_device
 from dbparallel.training.loop import BlockRun
-from dbparallel.training.run_dir import run_data
 from dbparallel.training.storage import Storage
 
 

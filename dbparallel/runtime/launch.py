@@ -42,11 +42,12 @@ from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.cluster_fit import Cluster
 from dbparallel.training.curves import write_curves
 from dbparallel.training.data_check import CheckResult, check_data, report_check
+from dbparallel.training.data_pin import pin_data
 from dbparallel.training.failure import record_failure
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.lease import driver_session, release_session
 from dbparallel.training.report import build_report, write_report
-from dbparallel.training.run_dir import check_resumable, open_run, pin_data
+from dbparallel.training.run_dir import check_resumable, open_run
 from dbparallel.training.status import resume_line
 
 log = logging.getLogger(__name__)

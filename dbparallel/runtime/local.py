@@ -22,11 +22,12 @@ from dbparallel.runtime.metrics import (
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.training.assemble import assemble
 from dbparallel.training.curves import write_curves
+from dbparallel.training.data_pin import pin_data
 from dbparallel.training.device import assembly_device, block_device
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.report import build_report, write_report
-from dbparallel.training.run_dir import open_run, pin_data
+from dbparallel.training.run_dir import open_run
 from dbparallel.training.status import resume_line
 
 log = logging.getLogger(__name__)

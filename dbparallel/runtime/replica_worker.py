@@ -21,10 +21,10 @@ from dbparallel.config import Config
 from dbparallel.errors import UserError
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder
+from dbparallel.training.data_pin import run_data
 from dbparallel.training.device import block_device
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.replicas import Replicas
-from dbparallel.training.run_dir import run_data
 from dbparallel.training.storage import Storage
 
 

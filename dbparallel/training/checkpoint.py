@@ -133,3 +133,16 @@ class BlockCheckpoints:
         count = self.restarts() + 1
         self.storage.write_json(f"{self.dir}/restarts.json", {"restarts": count})
         return count
+
+
+def run_checkpoints(storage: Storage) -> list[BlockCheckpoints]:
+    """The checkpoints of every block folder of the run in ``storage``."""
+    return [BlockCheckpoints(storage, int(name[len("block_"):]))
+            for name in storage.listdir("blocks")
+            if name.startswith("block_") and name[len("block_"):].isdigit()]
+
+
+def any_checkpoint(storage: Storage) -> bool:
+    """Whether any block of the run in ``storage`` has a checkpoint listed."""
+    return any(m["state"] or m["snapshot"]
+               for m in (c.manifest() for c in run_checkpoints(storage)))

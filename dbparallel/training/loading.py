@@ -9,16 +9,10 @@ import pyarrow.fs as pafs
 from dbparallel.config import Config, from_dict
 from dbparallel.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_description
 from dbparallel.errors import DataError, RunDirError, UserError
+from dbparallel.training.data_pin import pinned_data, run_data, run_tokenizer
 from dbparallel.training.export import damaged_export, export_bytes, read_export, split_uri
 from dbparallel.training.network import Network
-from dbparallel.training.run_dir import (
-    CONFIG_FILE,
-    pinned_data,
-    require_run_dir,
-    run_data,
-    run_tokenizer,
-    stored_config,
-)
+from dbparallel.training.run_dir import CONFIG_FILE, require_run_dir, stored_config
 from dbparallel.training.snapshots import load_snapshots
 from dbparallel.training.storage import Storage
 

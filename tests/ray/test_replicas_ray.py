@@ -98,7 +98,8 @@ def test_a_stalled_group_is_restarted_and_resumes(ray_session, tmp_path) -> None
 
     from dbparallel.data.sources import open_data
     from dbparallel.runtime.block_group import BlockGroup
-    from dbparallel.training.run_dir import open_run, pin_data
+    from dbparallel.training.data_pin import pin_data
+    from dbparallel.training.run_dir import open_run
 
     cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",
                                  "runtime.cpus_per_block=0.25", "train.steps=1000",

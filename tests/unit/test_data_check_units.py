@@ -90,7 +90,8 @@ def test_a_run_directory_that_would_be_refused_is_found_without_writing(tmp_path
 
     from dbparallel.config import load_config
     from dbparallel.errors import RunDirError
-    from dbparallel.training.run_dir import check_resumable, open_run, pin_data
+    from dbparallel.training.data_pin import pin_data
+    from dbparallel.training.run_dir import check_resumable, open_run
 
     cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}"])
     index = _index([100, 250], [30])
@@ -125,8 +126,9 @@ def test_data_are_pinned_again_only_where_their_pinning_process_has_ended(tmp_pa
     import pytest
 
     from dbparallel.errors import RunDirError
+    from dbparallel.training.data_pin import pin_data
     from dbparallel.training.lease import this_process
-    from dbparallel.training.run_dir import check_resumable, pin_data
+    from dbparallel.training.run_dir import check_resumable
     from dbparallel.training.storage import Storage
 
     def text(vocab: str, rows: int) -> DataIndex:

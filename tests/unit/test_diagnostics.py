@@ -14,8 +14,8 @@ from dbparallel import cli
 from dbparallel.config import load_config
 from dbparallel.core.losses import weighted_mse
 from dbparallel.runtime.local import run_local
+from dbparallel.training.data_pin import run_data
 from dbparallel.training.eval.diagnostics import BINS, bins, diagnose, held_out_batch
-from dbparallel.training.run_dir import run_data
 from dbparallel.training.seeding import generator
 from dbparallel.training.storage import Storage
 

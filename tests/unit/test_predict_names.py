@@ -14,7 +14,7 @@ import dbparallel
 from dbparallel import cli
 from dbparallel.config import load_config
 from dbparallel.runtime.local import run_local
-from dbparallel.training.run_dir import pinned_data
+from dbparallel.training.data_pin import pinned_data
 from dbparallel.training.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]

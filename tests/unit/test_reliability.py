@@ -288,6 +288,7 @@ def test_a_relative_data_path_resumes_however_spelled_and_is_named_elsewhere(
     assert main(["eval", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert f"data.path is relative, and this process runs in {elsewhere}" in err
+    assert f"{run_dir} was trained on the data at data/t.parquet, which are not there" in err
 
 
 def test_data_moved_with_their_times_resume_and_other_data_there_are_refused(

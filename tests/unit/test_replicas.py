@@ -18,9 +18,10 @@ from dbparallel.core.share import Share
 from dbparallel.tasks import build_task
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
+from dbparallel.training.data_pin import pin_data, run_data
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.replicas import Replicas
-from dbparallel.training.run_dir import open_run, pin_data, run_data
+from dbparallel.training.run_dir import open_run
 from dbparallel.training.seeding import generator
 from dbparallel.training.storage import Storage
 from dbparallel.training.stream import _cut

@@ -284,7 +284,7 @@ def test_a_machine_without_the_cache_builds_the_same_data(tmp_path, monkeypatch,
     """Built-in data and tokenized corpora live in each machine's cache: a process that
     does not see the pinned files builds them again, to the same fingerprint."""
     from dbparallel.data.sources import open_data
-    from dbparallel.training.run_dir import pin_data, run_data
+    from dbparallel.training.data_pin import pin_data, run_data
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("to be or not to be, that is the question. " * 200)
