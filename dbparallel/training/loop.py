@@ -88,6 +88,8 @@ class BlockRun:
                 f"of {', '.join(keys)}; use a new run.dir or the original values")
         self.trainer.load_state_dict(state)
         log.info("block %d: resumed at step %d", self.trainer.block, self.trainer.step)
+        if self.writer:
+            self._restore_snapshot()
         steps = self.cfg.train.steps_of(self.trainer.block)
         if self.trainer.step > steps and self.writer:
             log.warning("block %d is at step %d, past the %d steps asked (train.steps, "
@@ -95,6 +97,19 @@ class BlockRun:
                         "step %d", self.trainer.block, self.trainer.step, steps,
                         self.trainer.step)
         return self.trainer.step
+
+    def _restore_snapshot(self) -> None:
+        """A snapshot of the resumed step that is listed but cannot be read (corrupt, missing)
+        is written again from the training state, which holds the same EMA weights: assembly
+        reads snapshots only, so a finished block would otherwise stay without one."""
+        step = self.trainer.step
+        if step not in self.checkpoints.steps("snapshot") or \
+                self.checkpoints.load_latest("snapshot", step) is not None:
+            return
+        self.lease.check()
+        self.checkpoints.save("snapshot", step, self.trainer.snapshot())
+        log.warning("block %d: wrote its snapshot of step %d again from its training state",
+                    self.trainer.block, step)
 
     def _check_unreadable(self) -> None:
         """Checkpoints listed but none readable: refuse to start over silently."""

@@ -33,6 +33,14 @@ def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> li
         kept = {b: checkpoints[b].steps("snapshot") for b in missing}
         raise RunDirError(f"{storage.uri()}: block(s) {missing} have no snapshot of step {step} "
                           f"(kept: {kept}); train.keep_snapshots sets how many are kept")
+    unreadable = {b: files for b in missing
+                  if (files := checkpoints[b].unreadable("snapshot"))}
+    if unreadable:
+        listed = "; ".join(f"block {b}: {', '.join(f)}" for b, f in unreadable.items())
+        raise RunDirError(f"{storage.uri()}: no snapshot of block(s) {list(unreadable)} can be "
+                          f"read ({listed}: missing or corrupt); run the run's `dbparallel "
+                          f"train` command again: it writes a block's snapshot again from its "
+                          f"training state")
     if missing:
         raise RunDirError(f"{storage.uri()}: block(s) {missing} have no snapshot yet; "
                           f"train them first (dbparallel train ... run.dir={storage.uri()})")

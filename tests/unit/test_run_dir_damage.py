@@ -4,12 +4,14 @@ directory is written leaves none."""
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from dbparallel import cli
 from dbparallel.training.storage import Storage
@@ -214,3 +216,24 @@ def test_a_damaged_manifest_is_refused_or_discarded_as_train_on_unreadable_says(
     from dbparallel.training.storage import Storage
 
     assert BlockCheckpoints(Storage(str(run)), 0).steps("state") == [2]
+
+
+def test_a_corrupt_snapshot_of_a_finished_block_is_named_and_written_again(
+        run: Path, capsys) -> None:
+    snapshot = run / "blocks" / "block_0" / "snapshot_00000002.pt"
+    good = snapshot.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF
+    snapshot.write_bytes(bytes(damaged))
+    err = _refused(capsys, ["eval", str(run)], "snapshot_00000002.pt", "corrupt",
+                   "dbparallel train")
+    assert "no snapshot yet" not in err
+    # the same train command trains nothing more and writes the snapshot again from the
+    # training state of step 2, which holds the same EMA weights
+    assert cli.main(["train", "--local", TINY, f"run.dir={run}", *FAST]) == 0
+    before, after = (torch.load(io.BytesIO(b), weights_only=True)
+                     for b in (good, snapshot.read_bytes()))
+    assert before["meta"]["step"] == after["meta"]["step"] == 2
+    assert before["ema"].keys() == after["ema"].keys()
+    assert all(torch.equal(before["ema"][k], after["ema"][k]) for k in before["ema"])
+    assert cli.main(["eval", str(run)]) == 0
