@@ -79,12 +79,15 @@ def refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
             f"yet, by a process that may still run ({process_shown(pinner)}); resume with the same "
             f"data, choose a new run.dir, or delete the directory if no run uses it")
     if _same_files(previous, dataclasses.replace(index, source=previous.source)):
+        where = f" at {previous.source}" if moved else ""
         raise RunDirError(
-            f"{storage.uri()} was trained on data whose files had other sizes or modification "
-            f"times than those {index.source} holds now (the same files and rows: copied "
-            f"without keeping their times, touched, or rewritten); resume with the "
-            f"original files or choose a new run.dir. If their contents are unchanged, delete "
-            f"{storage.uri(DATA_INDEX_FILE)} to pin the data as it is now")
+            f"{storage.uri()} was trained on data{where} whose files had other sizes or "
+            f"modification times than those {index.source} holds now (files of the same names "
+            f"and row counts: copied without keeping their times, touched, rewritten, or other "
+            f"data laid out alike); resume with the original files, or give a new run.dir (or "
+            f"run.name) for a run of other data. If their contents are unchanged, or only bad "
+            f"rows were corrected in place, delete {storage.uri(DATA_INDEX_FILE)} to pin the "
+            f"data as it is now")
     raise RunDirError(
         f"{storage.uri()} was trained on other data than {index.source} now holds "
         f"({then:,} training rows then, {now:,} now: files added, changed or rewritten, or "
