@@ -1,4 +1,5 @@
-"""The README's configuration table gives the schema's own defaults, for keys the schema has."""
+"""The README's configuration table gives the schema's own defaults, for keys the schema has;
+the docs name only commands the CLI has."""
 
 from __future__ import annotations
 
@@ -63,3 +64,14 @@ def test_the_readme_table_gives_every_default_as_the_schema_has_it() -> None:
             elif not _same(text, defaults[key]):
                 wrong.append(f"{key}: README {text.strip()!r}, schema {defaults[key]!r}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_command_the_docs_name_is_one_the_cli_has() -> None:
+    import argparse
+
+    from dbparallel.cli import parser
+
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    named = {(doc.name, word) for doc in [README, *sorted(README.parent.glob("docs/*.md"))]
+             for word in re.findall(r"`dbparallel ([a-z][a-z-]*)", doc.read_text())}
+    assert named and not {n for n in named if n[1] not in sub.choices}
