@@ -110,17 +110,23 @@ class BlockCheckpoints:
         entries = self.manifest()[kind]
         if step is not None:
             entries = [e for e in entries if e["step"] == step]
+        skipped = False
         for entry in reversed(entries):
             try:
                 data = self.storage.read_bytes(entry["file"])
             except FileNotFoundError:
                 log.warning("block %d: checkpoint %s is missing; trying an older one",
                             self.block, entry["file"])
+                skipped = True
                 continue
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 log.warning("block %d: checkpoint %s is corrupt (checksum mismatch); "
                             "trying an older one", self.block, entry["file"])
+                skipped = True
                 continue
+            if skipped:  # the step said before it was read is not the one it goes on from
+                log.warning("block %d: %s of step %d read instead", self.block, entry["file"],
+                            entry["step"])
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         return None
 

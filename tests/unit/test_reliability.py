@@ -180,13 +180,16 @@ def test_on_unreadable_restart_discards_and_retrains_the_block(straight, tmp_pat
         [r["final_loss"] for r in _report(straight)["per_block"]]
 
 
-def test_a_resume_from_an_older_checkpoint_keeps_its_new_ones(tmp_path) -> None:
+def test_a_resume_from_an_older_checkpoint_keeps_its_new_ones(tmp_path, caplog) -> None:
     run_dir = tmp_path / "run"
     assert _train(run_dir, "train.steps=14", "train.checkpoint_every=7") == 0  # states 7, 14
     block = run_dir / "blocks" / "block_0"
     (block / "state_00000014.pt").write_bytes(b"torn")  # the latest is corrupt: resume at 7
-    assert _train(run_dir, "train.steps=12", "train.checkpoint_every=6",
-                  "train.keep_checkpoints=1") == 0
+    with caplog.at_level("WARNING"):
+        assert _train(run_dir, "train.steps=12", "train.checkpoint_every=6",
+                      "train.keep_checkpoints=1") == 0
+    # the resume line said step 14 before the files were read: the step gone on from is told
+    assert "blocks/block_0/state_00000007.pt of step 7 read instead" in caplog.text
     manifest = json.loads((block / "manifest.json").read_text())
     assert [e["step"] for e in manifest["state"]] == [12]  # not the stale, corrupt 14
     assert not (block / "state_00000014.pt").exists()
