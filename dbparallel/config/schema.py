@@ -29,8 +29,9 @@ LABEL_STARTS = ("noise", "zero")
 @dataclass
 class RunConfig:
     dir: str = ""  # run directory or object-store URI; "" = runs/<name>
-    name: str = ""  # run label, also the `run` label of every metric; "" = <data.source>-<task>
-    # (e.g. digits-dit, shakespeare-ar), so that runs of other tasks or data get their own run.dir
+    name: str = ""  # run label, also the `run` label of every metric; "" = <data>-<task>, the
+    # data named by data.path's last part without its extension, else data.source (digits-dit,
+    # pets-vit for data.path=/data/pets): runs of other tasks or data get their own run.dir
     seed: int = 0  # seeds model init, noise draws and data order of every block
 
     def __post_init__(self) -> None:
@@ -197,6 +198,17 @@ def _path_hint(data: DataConfig) -> str:
             "column")
 
 
+def data_name(data: DataConfig) -> str:
+    """What a default run.name calls the data: data.path's last part without its extensions
+    (``/data/pets`` -> pets, ``s3://b/imagenet64/`` -> imagenet64, ``notes.jsonl.gz`` ->
+    notes), in letters, digits, ``.``, ``_`` and ``-``; else data.source."""
+    import re
+
+    last = data.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+    last = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-.")
+    return last or data.source
+
+
 @dataclass
 class Config:
     task: str = "dit"  # what is denoised: dit (class-conditional image generation)
@@ -214,7 +226,7 @@ class Config:
 
     def __post_init__(self) -> None:
         choice(self.task, "task", TASKS)
-        self.run.name = self.run.name or f"{self.data.source}-{self.task}"
+        self.run.name = self.run.name or f"{data_name(self.data)}-{self.task}"
         check_task_width(self.model, self.task)
         check_time_blocks(self.task, self.noise.t_min, self.model.blocks)
         if self.train.objective == "end_to_end":

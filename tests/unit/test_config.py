@@ -99,6 +99,12 @@ def test_the_default_run_name_names_the_data_and_the_task() -> None:
     assert (text.run.name, text.run_dir) == ("shakespeare-ar", "runs/shakespeare-ar")
     assert load_config([], ["task=vit"]).run.name == "digits-vit"
     assert load_config([], ["task=vit", "run.name=mine"]).run_dir == "runs/mine"
+    # data of a path are named by it: two data sets of one source get two run directories
+    named = [load_config([], ["data.source=parquet", f"data.path={path}"]).run.name
+             for path in ("/data/pets", "s3://b/imagenet64/", "/d/my data!.parquet")]
+    assert named == ["pets-dit", "imagenet64-dit", "my-data-dit"]
+    assert load_config([], ["task=ar", "data.source=text", "data.path=notes.jsonl.gz"]
+                       ).run.name == "notes-ar"
 
 
 def test_identity_ignores_training_length() -> None:

@@ -1,6 +1,6 @@
 """What a resume on other data says: a bad row corrected in place after blocks saved
 checkpoints, and other data of the same layout at another path (two data sets that share the
-default run.name), are told apart from a plain copy and given their way out."""
+default run.name of a folder of the same name), are told apart from a plain copy and given their way out."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_a_bad_row_corrected_after_checkpoints_is_told_how_to_go_on(tmp_path, ca
 
 def test_other_data_at_another_path_names_where_the_run_was_trained(tmp_path, capsys) -> None:
     first = _write(tmp_path / "a" / "d.parquet")
-    run_dir = tmp_path / "runs" / "parquet-dit"
+    run_dir = tmp_path / "runs" / "d-dit"
     assert _train(run_dir, first.parent, "train.steps=5") == 0
     other = _write(tmp_path / "b" / "d.parquet", seed=1)  # same name and rows, other data
     assert _train(run_dir, other.parent, "train.steps=5") == 2

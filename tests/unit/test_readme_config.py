@@ -11,7 +11,7 @@ from dbparallel.config import Config, describe
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # defaults computed from other keys, as the table says: the schema declares them ""
-DERIVED = {"run.dir": "runs/<name>", "run.name": "<data.source>-<task>"}
+DERIVED = {"run.dir": "runs/<name>", "run.name": "<data>-<task>"}
 SECTIONS = ("run", "data", "model", "noise", "train", "sample", "runtime", "metrics", "debug")
 
 
