@@ -1,6 +1,6 @@
 """What a resume on other data says: a bad row corrected in place after blocks saved
-checkpoints, and other data of the same layout at another path (two data sets that share the
-default run.name of a folder of the same name), are told apart from a plain copy and given their way out."""
+checkpoints, and other data of the same layout at another path (two folders of one name share
+the default run.name), are told apart from a plain copy and given their way out."""
 
 from __future__ import annotations
 
