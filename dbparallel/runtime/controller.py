@@ -227,7 +227,9 @@ class Controller:
             # meet it again; a lost process was restarted as often as allowed (BlockLost)
             if isinstance(event.error, BlockLost):
                 self.on_block_failed(event.block, status.step + 1, event.error)
-            self._fail(f"block {event.block} failed: {event.error}")
+            said, named = str(event.error), f"block {event.block}:"  # most name their block
+            said = said[len(named):].strip() if said.startswith(named) else said
+            self._fail(f"block {event.block} failed: {said}")
             return
         progress = event.result
         status.unavailable = 0

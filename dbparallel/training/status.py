@@ -6,8 +6,9 @@ storage) is read the same way as a local one, while it trains or after. Each blo
 - ``done``: a checkpoint of its last step (train.steps, or its train.block_steps count);
 - ``training``: its write lease was renewed within train.lease_timeout_s (the writer renews
   it at every metrics line and checkpoint, and at least every quarter of that timeout);
-- ``stopped``: it has a checkpoint or a metrics line but no live writer (a killed or failed
-  run: the same ``train`` command resumes it from its checkpoint). A lease renewed in time
+- ``stopped``: it has a checkpoint, a metrics line or a lease (a process started it) but no
+  live writer (a killed or failed run: the same ``train`` command resumes it from its
+  checkpoint). A lease renewed in time
   by a process of this machine that no longer runs counts as no writer; one of another
   machine cannot be asked, and is trusted until it lapses;
 - ``failed``: not done, no live writer, and its last process failed on an error of its own
@@ -98,8 +99,8 @@ def _block(storage: Storage, cfg: Config, block: int, now: float) -> BlockStatus
         row.restarts = checkpoints.restarts()
         lines = [r for r in read_lines(storage, metrics_file(block)) if isinstance(r, dict)]
         _read_lines(row, lines, now)
-        _read_lease(row, BlockLease(storage, block, "", 0.0).read(),
-                    cfg.train.lease_timeout_s, now)
+        lease = BlockLease(storage, block, "", 0.0).read()
+        _read_lease(row, lease, cfg.train.lease_timeout_s, now)
         failure = last_failure(storage, block)
     except (RunDirError, AttributeError, KeyError, TypeError, ValueError) as err:
         row.state, row.problem = "damaged", " ".join(str(err).split())
@@ -115,8 +116,8 @@ def _block(storage: Storage, cfg: Config, block: int, now: float) -> BlockStatus
             else failure["error"]
         if isinstance(failure.get("time"), (int, float)):
             row.failed_age_s = max(0.0, now - failure["time"])
-    elif row.checkpoint_step is not None or lines:
-        row.state = "stopped"
+    elif row.checkpoint_step is not None or lines or lease is not None:
+        row.state = "stopped"  # a lease: a process started it, and stopped before a line
     return row
 
 

@@ -124,6 +124,7 @@ def test_periodic_assembly_during_training() -> None:
 
 
 @pytest.mark.parametrize("error", [RuntimeError("out of memory"),
+                                   RuntimeError("block 1: out of memory"),
                                    BlockLost("its process was lost: out of memory")])
 def test_lost_block_fails_the_run_naming_it(error: Exception) -> None:
     backend = FakeBackend(steps=10, fail={1: error})
@@ -133,7 +134,7 @@ def test_lost_block_fails_the_run_naming_it(error: Exception) -> None:
     try:
         controller.run()
     except RunFailed as err:
-        assert "block 1" in str(err) and "out of memory" in str(err)
+        assert str(err) == f"block 1 failed: {str(error).removeprefix('block 1: ')}"
     else:
         raise AssertionError("the run should have failed")
     assert not any(c[0] == "assemble" for c in backend.calls)

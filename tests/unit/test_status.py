@@ -75,6 +75,10 @@ def test_a_live_lease_is_training_and_a_lapsed_one_stopped(run: Path) -> None:
     assert lapsed.state == "1 stopped, 1 not started"
     lease.release()  # a writer that stopped cleanly: stopped at once
     assert run_status(storage, cfg, now=renewed + 5).blocks[0].state == "stopped"
+    started = BlockLease(storage, 1, "session-c", cfg.train.lease_timeout_s)
+    started.acquire()  # a process that started block 1 and stopped before its first line
+    started.release()
+    assert run_status(storage, cfg, now=renewed + 5).blocks[1].state == "stopped"
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True, check=True)
     dead = BlockLease(storage, 0, "session-b", cfg.train.lease_timeout_s)
