@@ -304,6 +304,10 @@ def test_data_moved_with_their_times_resume_and_other_data_there_are_refused(
     source = ["data.source=parquet", "train.checkpoint_every=2"]
     assert _train(run_dir, *source, f"data.path={tmp_path / 'data'}", "train.steps=2") == 0
     shutil.move(tmp_path / "data", tmp_path / "moved")  # a rename keeps the files' times
+    capsys.readouterr()
+    assert main(["eval", str(run_dir)]) == 2  # the run reads the data where it pinned them
+    assert f"trained on the data at {tmp_path / 'data'}, which are not there any more" in \
+        capsys.readouterr().err
     with caplog.at_level("WARNING"):
         assert _train(run_dir, *source, f"data.path={tmp_path / 'moved'}",
                       "train.steps=4") == 0, capsys.readouterr().err
