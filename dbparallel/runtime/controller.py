@@ -217,6 +217,8 @@ class Controller:
             log.warning("block %d is unreachable (%s); asking it again", event.block,
                         event.error)
             return  # not in flight any more: the next step submits the call again
+        if isinstance(event.error, (*transient, BlockLost)):  # given up by the driver
+            self.on_block_failed(event.block, status.step + 1, event.error)
         if isinstance(event.error, UserError):  # restarting would meet it again
             self.user_error = event.error
             said = str(event.error)  # most name their block already
@@ -225,8 +227,6 @@ class Controller:
             return
         if event.error is not None:  # an error of its training is not retried: it would
             # meet it again; a lost process was restarted as often as allowed (BlockLost)
-            if isinstance(event.error, BlockLost):
-                self.on_block_failed(event.block, status.step + 1, event.error)
             said, named = str(event.error), f"block {event.block}:"  # most name their block
             said = said[len(named):].strip() if said.startswith(named) else said
             self._fail(f"block {event.block} failed: {said}")

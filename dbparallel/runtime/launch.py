@@ -43,12 +43,13 @@ from dbparallel.training.cluster_fit import Cluster
 from dbparallel.training.curves import write_curves
 from dbparallel.training.data_check import CheckResult, check_data, report_check
 from dbparallel.training.data_pin import pin_data
-from dbparallel.training.failure import record_failure
+from dbparallel.training.failure import record_given_up
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.lease import driver_session, release_session
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import check_resumable, open_run
 from dbparallel.training.status import resume_line
+from dbparallel.training.storage import Storage
 
 log = logging.getLogger(__name__)
 STATE_API_VAR = "RAY_API_SERVER_ADDRESS"
@@ -267,7 +268,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         controller = Controller(cfg, backend, on_progress=bars.update, on_start=bars.start,
                                 on_stall=lambda b, stalled: stall[b].stalled(stalled),
                                 on_assembly_failed=lambda message: assembly.failed(),
-                                on_block_failed=lambda b, step, err: record_failure(
+                                on_block_failed=lambda b, step, err: record_given_up(
                                     storage, b, step, err),
                                 on_assembled=AssemblyLog(storage, start).append,
                                 slots=slots, restarts_before=[
@@ -281,13 +282,14 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         if bars is not None:
             bars.close()
         if backend is not None and storage is not None:
+            # the leases are released (the session ended) before the block processes are
+            # stopped, so that what stopping them causes is not recorded as their failure,
+            # and again after, whatever stopping them met
+            _release(storage, cfg.model.blocks, session)
             try:
                 backend.close()
-            finally:  # the leases are released whatever stopping the actors met
-                try:
-                    release_session(storage, list(range(cfg.model.blocks)), session)
-                except OSError as err:  # e.g. the storage is what failed: keep the first error
-                    log.warning("could not release the blocks' write leases: %s", err)
+            finally:
+                _release(storage, cfg.model.blocks, session)
         if pg is not None:
             release(pg)
         if connected:
@@ -299,3 +301,10 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     write_report(storage, report)
     write_curves(storage)
     return report
+
+
+def _release(storage: Storage, blocks: int, session: str) -> None:
+    try:
+        release_session(storage, list(range(blocks)), session)
+    except OSError as err:  # e.g. the storage is what failed: keep the first error
+        log.warning("could not release the blocks' write leases: %s", err)

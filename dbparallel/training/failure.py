@@ -2,11 +2,12 @@
 ``dbparallel status`` can say why a block stopped long after the driver's log is gone (a job
 on a cluster, a notebook closed).
 
-Only the block's writer (the holder of its lease) records one, for an error of its own
-training: a bad row, a damaged checkpoint, an error of the network or the device. A stop asked
-for (Ctrl-C, SIGTERM) and a lease another process took over are not failures. The next process
-that takes the block's lease removes the record: the block is no longer failed once it trains
-again.
+The block's writer (the holder of its lease) records an error of its own training: a bad row,
+a damaged checkpoint, an error of the network or the device. On Ray the driver records a block
+it gave up: its process lost more often than train.max_restarts allows, stalled past its
+restarts, or unreachable past its retries. A stop asked for (Ctrl-C, SIGTERM, the driver ending
+the run) and a lease another process took over are not failures. The next process that takes
+the block's lease removes the record: the block is no longer failed once it trains again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from dbparallel.training.checkpoint import block_dir
+from dbparallel.training.checkpoint import BlockCheckpoints, block_dir
 from dbparallel.training.lease import LeaseLost, this_process
 from dbparallel.training.storage import Storage
 
@@ -46,6 +47,15 @@ def record_failure(storage: Storage, block: int, step: int | None,
         log.warning("block %d: could not record its failure in the run directory: %s",
                     block, why)
     return True
+
+
+def record_given_up(storage: Storage, block: int, step: int, err: Exception) -> None:
+    """The driver's record of a block it gave up (its process lost past train.max_restarts,
+    stalled, unreachable): ``step`` is the one after the block's last report in this run,
+    and it was training at least the step after its newest checkpoint (a block that resumed
+    and was lost before its first report)."""
+    states = BlockCheckpoints(storage, block).steps("state")
+    record_failure(storage, block, max(step, states[-1] + 1 if states else 1), err)
 
 
 def last_failure(storage: Storage, block: int) -> dict[str, Any] | None:

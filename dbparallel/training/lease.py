@@ -143,6 +143,15 @@ class BlockLease:
                 f"{newer}, this process holds {self.generation}); this process stops writing")
         self._write()
 
+    def still_held(self) -> bool:
+        """Whether this process holds the lease and its run goes on: not taken over, not
+        released by its driver (which ends the run's session before stopping its processes,
+        so that an error the stop causes, e.g. a replica's collective cut short, is no
+        failure)."""
+        current = self.read()
+        return bool(current and current.get("holder") == self.holder
+                    and not current.get("ended"))
+
     def release(self) -> None:
         """Give the lease up (a later writer takes it at once), if this process holds it."""
         current = self.read()

@@ -11,8 +11,9 @@ storage) is read the same way as a local one, while it trains or after. Each blo
   checkpoint). A lease renewed in time
   by a process of this machine that no longer runs counts as no writer; one of another
   machine cannot be asked, and is trusted until it lapses;
-- ``failed``: not done, no live writer, and its last process failed on an error of its own
-  (training/failure.py: a bad row, an unreadable checkpoint, ...), told on its own line;
+- ``failed``: not done, no live writer, and its last process failed on an error (a bad row,
+  an unreadable checkpoint, ...), or the driver gave it up (lost past train.max_restarts,
+  stalled): training/failure.py; told on its own line;
 - ``not started``: neither.
 
 Times come from the writers' clocks (the lease's renewal, a metrics line's ``time``), so a

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from dbparallel.config import load_config
-from dbparallel.runtime.controller import BlockLost, Controller, Event, RunFailed, State
+from dbparallel.runtime.controller import (
+    MAX_UNAVAILABLE,
+    BlockLost,
+    Controller,
+    Event,
+    RunFailed,
+    State,
+)
 
 
 class FakeBackend:
@@ -224,8 +231,17 @@ def test_an_unreachable_block_is_asked_again() -> None:
             super().submit_train(block, until)
 
     backend = Flaky()
-    assert Controller(_cfg(), backend).run() == {"sample_accuracy": 0.5}
+    given_up: list[tuple] = []
+    assert Controller(_cfg(), backend, on_block_failed=lambda *failed: given_up.append(failed)
+                      ).run() == {"sample_accuracy": 0.5}
     assert backend.calls.count(("train", 1, 4)) == 3  # asked again until it answered
+    assert given_up == []  # a passing error is no failure
+    backend = Flaky()
+    backend.lost = MAX_UNAVAILABLE + 1  # unreachable past its retries: given up, recorded
+    with pytest.raises(RunFailed, match="block 1 failed: node lost"):
+        Controller(_cfg(), backend, on_block_failed=lambda *failed: given_up.append(failed)
+                   ).run()
+    assert [(b, step, str(err)) for b, step, err in given_up] == [(1, 1, "node lost")]
 
 
 class PerBlockBackend(FakeBackend):

@@ -185,6 +185,39 @@ def test_a_passing_error_is_recorded_until_the_block_is_asked_to_go_on(tmp_path:
         run.close()
 
 
+def test_an_error_after_the_driver_ended_the_run_is_no_failure(tmp_path: Path) -> None:
+    """The driver releases its blocks' leases before it stops their processes: what the stop
+    causes (a replica's collective cut short) is not recorded as the block's failure."""
+    from dbparallel.config import load_config
+    from dbparallel.data.sources import open_data
+    from dbparallel.training.lease import release_session
+    from dbparallel.training.loop import BlockRun
+
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "train.steps=4"])
+    storage = Storage(cfg.run_dir)
+    run = BlockRun(cfg, 0, open_data(cfg.data), storage, prefetch=False, session="driver-a")
+    try:
+        release_session(storage, [0], "driver-a")
+        run.batch = lambda step: (_ for _ in ()).throw(RuntimeError("connection closed by peer"))
+        with pytest.raises(RuntimeError):
+            run.train_until(2)
+        assert not storage.exists("blocks/block_0/failed.json")
+    finally:
+        run.close()
+
+
+def test_the_driver_records_a_block_lost_after_it_resumed_at_its_checkpoint(run: Path) -> None:
+    from dbparallel.runtime.controller import BlockLost
+    from dbparallel.training.failure import record_given_up
+
+    storage = Storage(str(run))  # block 0 has a checkpoint of step 4; block 1 none
+    record_given_up(storage, 0, 1, BlockLost("its process was lost"))  # before its report
+    record_given_up(storage, 1, 1, BlockLost("its process was lost"))
+    cfg = run_config(str(run))
+    cfg.train.steps = 10
+    assert [b.failed_step for b in run_status(storage, cfg).blocks] == [5, 1]
+
+
 def test_a_damaged_failure_record_is_named(run: Path) -> None:
     (run / "blocks/block_1").mkdir(parents=True, exist_ok=True)
     (run / "blocks/block_1/failed.json").write_text('{"error": 3}')
