@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 
 import pyarrow.fs as pafs
 
@@ -51,9 +52,9 @@ def refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
     # the rows are compared where they are now: data/x, ./data/x and /…/data/x are one place,
     # and a folder moved or copied with its files' times (mv, cp -p, rsync -a) holds the same
     # rows under another source
-    moved = previous.source != index.source and not same_local_path(previous.source,
-                                                                     index.source)
-    if dataclasses.replace(index, source=previous.source).fingerprint == previous.fingerprint:
+    was, now_at = previous.source.rstrip("/"), index.source.rstrip("/")
+    moved = was != now_at and not same_local_path(was, now_at)
+    if _placeless(index).fingerprint == _placeless(previous).fingerprint:
         if moved and say:
             log.warning("%s: the data moved from %s to %s (the same files, sizes and times); "
                         "the run reads them there from now on", storage.uri(), previous.source,
@@ -78,7 +79,7 @@ def refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
             f"({then:,} training rows then, {now:,} now) and no block has saved a checkpoint "
             f"yet, by a process that may still run ({process_shown(pinner)}); resume with the same "
             f"data, choose a new run.dir, or delete the directory if no run uses it")
-    if _same_files(previous, dataclasses.replace(index, source=previous.source)):
+    if _same_files(_placeless(previous), _placeless(index)):
         where = f" at {previous.source}" if moved else ""
         raise RunDirError(
             f"{storage.uri()} was trained on data{where} whose files had other sizes or "
@@ -95,6 +96,19 @@ def refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
 
 
 PINNED_BY = "pinned_by"  # data_index.json: the process that pinned the data
+
+
+def _placeless(index: DataIndex) -> DataIndex:
+    """``index`` without where it lies: no source, and shard paths relative to it (an image
+    folder's shard is the folder itself, whose name a move may change)."""
+    root = index.source.rstrip("/")
+
+    def inside(uri: str) -> str:
+        return uri[len(root):] if root and uri.startswith(root) else uri
+
+    return dataclasses.replace(index, source="", splits={
+        split: tuple(dataclasses.replace(s, uri=inside(s.uri)) for s in shards)
+        for split, shards in index.splits.items()})
 
 
 def _same_files(a: DataIndex, b: DataIndex) -> bool:
@@ -138,13 +152,16 @@ def run_data(cfg: Config, storage: Storage) -> DataIndex:
         raise DataError(
             f"{storage.uri()} was trained on the data at {pinned.source}, which are not there: "
             f"data.path is relative, and this process runs in {os.getcwd()}: start it where "
-            f"the run started, or run the run's `dbparallel train` command with an absolute "
-            f"data.path (it checks they are the same rows and pins them there)")
+            f"the run started, or run the run's `dbparallel train` command with "
+            f"run.dir={storage.uri()} and an absolute data.path (it checks they are the same "
+            f"rows and pins them there)")
     raise DataError(
-        f"{storage.uri()} was trained on the data at {pinned.source}, which are not there any "
-        f"more ({DATA_INDEX_FILE} pins them). If they moved, run the run's `dbparallel train` "
-        f"command with data.path=<their new place>: it checks they are the same rows and pins "
-        f"them there (with every block done it trains nothing, it only assembles)")
+        f"{storage.uri()} was trained on the data at {pinned.source}, which are not there on "
+        f"{socket.gethostname()} ({DATA_INDEX_FILE} pins them). If they moved, run the run's "
+        f"`dbparallel train` command with run.dir={storage.uri()} data.path=<their new place>: "
+        f"it checks they are the same rows and pins them there (with every block done it "
+        f"trains nothing, it only assembles). On a cluster, every node must see them at that "
+        f"path (or give data.path as an object-store URI)")
 
 
 def _reachable(index: DataIndex) -> bool:

@@ -306,8 +306,9 @@ def test_data_moved_with_their_times_resume_and_other_data_there_are_refused(
     shutil.move(tmp_path / "data", tmp_path / "moved")  # a rename keeps the files' times
     capsys.readouterr()
     assert main(["eval", str(run_dir)]) == 2  # the run reads the data where it pinned them
-    assert f"trained on the data at {tmp_path / 'data'}, which are not there any more" in \
-        capsys.readouterr().err
+    gone = capsys.readouterr().err
+    assert f"trained on the data at {tmp_path / 'data'}, which are not there on " in gone
+    assert f"with run.dir={run_dir} data.path=<their new place>" in gone
     with caplog.at_level("WARNING"):
         assert _train(run_dir, *source, f"data.path={tmp_path / 'moved'}",
                       "train.steps=4") == 0, capsys.readouterr().err

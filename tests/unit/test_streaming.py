@@ -422,3 +422,25 @@ def test_evaluation_without_a_test_split_scores_a_bounded_number_of_training_row
     assert chunks[1].offset == 32
     assert pa.concat_tables([c.table for c in chunks]).column("label").to_pylist() == \
         _rows(120).column("label").to_pylist()[:50]
+
+
+def test_a_renamed_image_folder_resumes(tmp_path, caplog) -> None:
+    """An image folder without split folders is one shard whose path is the folder itself:
+    renamed with `mv`, its rows are the same and the run goes on."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for i in range(40):
+        folder = tmp_path / "pets" / f"class_{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(
+            folder / f"{i}.png")
+    common = ["train", TINY, "--local", f"run.dir={tmp_path / 'run'}", "metrics.port=0",
+              "data.source=image_folder", "data.num_classes=2", "train.checkpoint_every=2"]
+    assert main([*common, f"data.path={tmp_path / 'pets'}", "train.steps=2"]) == 0
+    (tmp_path / "pets").rename(tmp_path / "pets_v1")
+    with caplog.at_level("WARNING"):
+        assert main([*common, f"data.path={tmp_path / 'pets_v1'}", "train.steps=4"]) == 0
+    assert f"the data moved from {tmp_path / 'pets'} to {tmp_path / 'pets_v1'}" in caplog.text
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [r["resumed_from"] for r in report["per_block"]] == [2, 2]
