@@ -30,8 +30,8 @@ LABEL_STARTS = ("noise", "zero")
 class RunConfig:
     dir: str = ""  # run directory or object-store URI; "" = runs/<name>
     name: str = ""  # run label, also the `run` label of every metric; "" = <data>-<task>, the
-    # data named by data.path's last part without its extension, else data.source (digits-dit,
-    # pets-vit for data.path=/data/pets): runs of other tasks or data get their own run.dir
+    # data named by data.path's last part without a data file's suffix, else data.source
+    # (digits-dit; pets-vit for data.path=/data/pets): other tasks or data get their own run.dir
     seed: int = 0  # seeds model init, noise draws and data order of every block
 
     def __post_init__(self) -> None:
@@ -198,13 +198,20 @@ def _path_hint(data: DataConfig) -> str:
             "column")
 
 
+DATA_SUFFIXES = (".parquet", ".pq", ".txt", ".text", ".jsonl", ".ndjson", ".json", ".gz",
+                 ".bz2", ".xz", ".zst", ".idx", ".ubyte")
+
+
 def data_name(data: DataConfig) -> str:
-    """What a default run.name calls the data: data.path's last part without its extensions
-    (``/data/pets`` -> pets, ``s3://b/imagenet64/`` -> imagenet64, ``notes.jsonl.gz`` ->
-    notes), in letters, digits, ``.``, ``_`` and ``-``; else data.source."""
+    """What a default run.name calls the data: data.path's last part without the suffixes of
+    data files (``/data/pets`` -> pets, ``s3://b/imagenet64/`` -> imagenet64,
+    ``notes.jsonl.gz`` -> notes, ``/data/pets.v2`` -> pets.v2), in letters, digits, ``.``,
+    ``_`` and ``-``; else data.source."""
     import re
 
-    last = data.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+    last = data.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    while last.lower().endswith(DATA_SUFFIXES):
+        last = last[:last.rindex(".")]
     last = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-.")
     return last or data.source
 

@@ -101,8 +101,9 @@ def test_the_default_run_name_names_the_data_and_the_task() -> None:
     assert load_config([], ["task=vit", "run.name=mine"]).run_dir == "runs/mine"
     # data of a path are named by it: two data sets of one source get two run directories
     named = [load_config([], ["data.source=parquet", f"data.path={path}"]).run.name
-             for path in ("/data/pets", "s3://b/imagenet64/", "/d/my data!.parquet")]
-    assert named == ["pets-dit", "imagenet64-dit", "my-data-dit"]
+             for path in ("/data/pets", "s3://b/imagenet64/", "/d/my data!.parquet",
+                          "/data/pets.v2", "/d/.parquet")]
+    assert named == ["pets-dit", "imagenet64-dit", "my-data-dit", "pets.v2-dit", "parquet-dit"]
     assert load_config([], ["task=ar", "data.source=text", "data.path=notes.jsonl.gz"]
                        ).run.name == "notes-ar"
 
