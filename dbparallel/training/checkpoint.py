@@ -80,6 +80,18 @@ class BlockCheckpoints:
             self.storage.delete(entry["file"])
         return rel
 
+    def readable(self, kind: Kind, step: int) -> bool:
+        """Whether the file of ``kind`` listed for ``step`` is there with its checksum (read,
+        not loaded)."""
+        for entry in self.manifest()[kind]:
+            if entry["step"] == step:
+                try:
+                    data = self.storage.read_bytes(entry["file"])
+                except FileNotFoundError:
+                    return False
+                return hashlib.sha256(data).hexdigest() == entry["sha256"]
+        return False
+
     def unreadable(self, kind: Kind) -> list[str]:
         """Files of ``kind`` listed in the manifest when none of them can be read (empty when
         one can, or none is listed)."""

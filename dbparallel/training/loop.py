@@ -8,9 +8,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
-from dbparallel.config import Config, identity_diff, to_dict
+from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
-from dbparallel.errors import RunDirError
 from dbparallel.tasks.base import Batch, rows_of
 from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
@@ -20,7 +19,8 @@ from dbparallel.training.failure import clear_failure, record_failure
 from dbparallel.training.history import BlockHistory, finite_or_none
 from dbparallel.training.lease import BlockLease, LeaseLost
 from dbparallel.training.replicas import Replicas
-from dbparallel.training.storage import DamagedFile, Storage
+from dbparallel.training.resume import resume
+from dbparallel.training.storage import Storage
 from dbparallel.training.stream import BlockStream
 
 log = logging.getLogger(__name__)
@@ -61,74 +61,16 @@ class BlockRun:
             self.data_wait_s, self.busy_s = 0.0, 0.0
             self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
                                                 cfg.train.keep_snapshots)
-            self.resumed_from = self._resume()
+            self.resumed_from = resume(self.trainer, self.checkpoints, self.cfg,
+                                       self.lease if self.writer else None)
             # only the writer keeps the history (creating it rewrites metrics.jsonl)
             self.history = BlockHistory(storage, block, self.resumed_from) if self.writer \
                 else None
         except BaseException as err:
-            if self.writer:  # for `dbparallel status`
+            if self.writer and self.lease.still_held():  # for `dbparallel status`
                 record_failure(storage, block, None, err)
             self.close_lease()
             raise
-
-    def _resume(self) -> int:
-        try:
-            state = self.checkpoints.load_latest("state")
-        except DamagedFile as err:  # its manifest: no checkpoint can be found
-            self._unreadable(f"{err.where} is damaged ({err.why})")
-            return 0
-        if state is None:
-            self._check_unreadable()
-            return 0
-        meta = state["meta"]
-        keys = identity_diff(meta["config"], to_dict(self.cfg))
-        if keys:
-            raise RunDirError(
-                f"block {self.trainer.block}: the run directory was trained with other values "
-                f"of {', '.join(keys)}; use a new run.dir or the original values")
-        self.trainer.load_state_dict(state)
-        log.info("block %d: resumed at step %d", self.trainer.block, self.trainer.step)
-        if self.writer:
-            self._restore_snapshot()
-        steps = self.cfg.train.steps_of(self.trainer.block)
-        if self.trainer.step > steps and self.writer:
-            log.warning("block %d is at step %d, past the %d steps asked (train.steps, "
-                        "train.block_steps): it trains no more, and its weights stay those of "
-                        "step %d", self.trainer.block, self.trainer.step, steps,
-                        self.trainer.step)
-        return self.trainer.step
-
-    def _restore_snapshot(self) -> None:
-        """A snapshot of the resumed step that is listed but cannot be read (corrupt, missing)
-        is written again from the training state, which holds the same EMA weights: assembly
-        reads snapshots only, so a finished block would otherwise stay without one."""
-        step = self.trainer.step
-        if step not in self.checkpoints.steps("snapshot") or \
-                self.checkpoints.load_latest("snapshot", step) is not None:
-            return
-        self.lease.check()
-        self.checkpoints.save("snapshot", step, self.trainer.snapshot())
-        log.warning("block %d: wrote its snapshot of step %d again from its training state",
-                    self.trainer.block, step)
-
-    def _check_unreadable(self) -> None:
-        """Checkpoints listed but none readable: refuse to start over silently."""
-        files = self.checkpoints.unreadable("state")
-        if files:
-            self._unreadable(f"none of its checkpoints can be read ({', '.join(files)}: "
-                             f"missing or corrupt)")
-
-    def _unreadable(self, why: str) -> None:
-        """Refuse to start over (train.on_unreadable=refuse), or discard the block's
-        checkpoints and train it from step 0 (restart)."""
-        b = self.trainer.block
-        if self.cfg.train.on_unreadable != "restart":
-            raise RunDirError(
-                f"block {b}: {why}; use a new run.dir, or train.on_unreadable=restart to "
-                f"discard its checkpoints and train block {b} again from step 0")
-        discarded = self.checkpoints.discard()
-        log.warning("block %d: none of its checkpoints can be read; train.on_unreadable=restart "
-                    "discards %s and trains it again from step 0", b, ", ".join(discarded))
 
     def batch(self, step: int) -> Batch:
         return self.stream.batch(step)
@@ -206,7 +148,7 @@ class BlockRun:
         try:
             self._train_until(until, on_step)
         except BaseException as err:
-            if self.writer:  # the step it was training
+            if self.writer and self.lease.still_held():  # the step it was training
                 self._recorded = record_failure(self.checkpoints.storage, self.trainer.block,
                                                 self.trainer.step + 1, err)
             raise

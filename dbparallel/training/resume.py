@@ -1,0 +1,75 @@
+"""A block's start from its checkpoints: the newest readable training state, checked against
+the config, with what to do when none can be read (train.on_unreadable)."""
+
+from __future__ import annotations
+
+import logging
+
+from dbparallel.config import Config, identity_diff, to_dict
+from dbparallel.errors import RunDirError
+from dbparallel.training.block_trainer import BlockTrainer
+from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.lease import BlockLease
+from dbparallel.training.storage import DamagedFile
+
+log = logging.getLogger(__name__)
+
+
+def resume(trainer: BlockTrainer, checkpoints: BlockCheckpoints, cfg: Config,
+           lease: BlockLease | None) -> int:
+    """Load the block's newest readable training state into ``trainer``; returns its step
+    (0: from the start). ``lease``: the writer's (None for a replica that only trains), which
+    also writes again a snapshot of that step that cannot be read."""
+    try:
+        state = checkpoints.load_latest("state")
+    except DamagedFile as err:  # its manifest: no checkpoint can be found
+        _unreadable(checkpoints, cfg, f"{err.where} is damaged ({err.why})")
+        return 0
+    if state is None:
+        files = checkpoints.unreadable("state")  # listed, none readable: never start over
+        if files:                                # silently
+            _unreadable(checkpoints, cfg, f"none of its checkpoints can be read "
+                                          f"({', '.join(files)}: missing or corrupt)")
+        return 0
+    keys = identity_diff(state["meta"]["config"], to_dict(cfg))
+    if keys:
+        raise RunDirError(
+            f"block {trainer.block}: the run directory was trained with other values "
+            f"of {', '.join(keys)}; use a new run.dir or the original values")
+    trainer.load_state_dict(state)
+    log.info("block %d: resumed at step %d", trainer.block, trainer.step)
+    if lease is not None:
+        _restore_snapshot(trainer, checkpoints, lease)
+        steps = cfg.train.steps_of(trainer.block)
+        if trainer.step > steps:
+            log.warning("block %d is at step %d, past the %d steps asked (train.steps, "
+                        "train.block_steps): it trains no more, and its weights stay those of "
+                        "step %d", trainer.block, trainer.step, steps, trainer.step)
+    return trainer.step
+
+
+def _restore_snapshot(trainer: BlockTrainer, checkpoints: BlockCheckpoints,
+                      lease: BlockLease) -> None:
+    """A snapshot of the resumed step that is listed but cannot be read (corrupt, missing)
+    is written again from the training state, which holds the same EMA weights: assembly
+    reads snapshots only, so a finished block would otherwise stay without one."""
+    step = trainer.step
+    if step not in checkpoints.steps("snapshot") or checkpoints.readable("snapshot", step):
+        return
+    lease.check()
+    checkpoints.save("snapshot", step, trainer.snapshot())
+    log.warning("block %d: wrote its snapshot of step %d again from its training state",
+                trainer.block, step)
+
+
+def _unreadable(checkpoints: BlockCheckpoints, cfg: Config, why: str) -> None:
+    """Refuse to start over (train.on_unreadable=refuse), or discard the block's
+    checkpoints and train it from step 0 (restart)."""
+    b = checkpoints.block
+    if cfg.train.on_unreadable != "restart":
+        raise RunDirError(
+            f"block {b}: {why}; use a new run.dir, or train.on_unreadable=restart to "
+            f"discard its checkpoints and train block {b} again from step 0")
+    discarded = checkpoints.discard()
+    log.warning("block %d: none of its checkpoints can be read; train.on_unreadable=restart "
+                "discards %s and trains it again from step 0", b, ", ".join(discarded))
