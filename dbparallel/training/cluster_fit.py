@@ -43,6 +43,10 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
         memory += (f" of {bytes_text(c['device_memory_bytes'])} ({verdict}; a plan fills "
                    f"{USABLE:.0%} of it)")
     lines.append(memory)
+    if c["gpus"] and not r.gpus_per_block:
+        lines.append(f"  runtime.gpus_per_block=0: the blocks train on CPUs and none of the "
+                     f"{c['gpus']:g} GPUs is used; set runtime.gpus_per_block=1 to give each "
+                     f"block a GPU")
     if not c["room"]:
         beside = " beside the assembly actor" if assembler else ""
         keys = "runtime.cpus_per_block/gpus_per_block" + (
