@@ -38,8 +38,7 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     if r.gpus_per_block:
         memory += f" ({c['blocks_per_device']} block(s) per GPU)"
     if c["device_memory_bytes"]:
-        verdict = "fits" if c["fits"] else ("does NOT fit: more blocks, more replicas, "
-                                             "train.micro_batches or a smaller batch")
+        verdict = "fits" if c["fits"] else f"does NOT fit: {_remedies(cfg, c)}"
         memory += (f" of {bytes_text(c['device_memory_bytes'])} ({verdict}; a plan fills "
                    f"{USABLE:.0%} of it)")
     lines.append(memory)
@@ -76,6 +75,23 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
                      f"runtime.replicas_per_block={fill} would give each block {fill} "
                      f"data-parallel workers")
     return lines
+
+
+def _remedies(cfg: Config, c: dict[str, Any]) -> str:
+    """The keys that shrink what a device holds, those that can still change first."""
+    r, t = cfg.runtime, cfg.train
+    raise_keys = []
+    if cfg.model.blocks < cfg.model.depth and cfg.task != "looped":
+        raise_keys.append("model.blocks (model.blocks=auto picks the smallest that fits)")
+    if -(-t.batch_size // r.replicas_per_block) > t.micro_batches:  # a piece has rows to cut
+        raise_keys += ["runtime.replicas_per_block", "train.micro_batches"]
+    if c["blocks_per_device"] > 1:
+        raise_keys.append("runtime.gpus_per_block (fewer blocks share a GPU)")
+    ways = [] if t.checkpoint_layers else ["set train.checkpoint_layers=true"]
+    if raise_keys:
+        ways.append("raise " + (" or ".join(raise_keys) if len(raise_keys) < 3 else
+                                ", ".join(raise_keys[:-1]) + " or " + raise_keys[-1]))
+    return ", ".join(ways + ["lower train.batch_size or use a smaller model"])
 
 
 def replicas_to_fill(cfg: Config, gpus: float) -> int:
