@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbparallel.config import Config, bytes_text
-from dbparallel.training.peaks import peak_tflops
+from dbparallel.training.peaks import PEAK_LABELS, peak_label, peak_tflops
 
 ASSUMED_MFU = 0.4  # the plan's step-rate estimate: a guess until gpu.sh measures MFU
 # The share of runtime.device_memory a plan fills (model.blocks=auto, "fits"). The plan counts
@@ -60,8 +60,14 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
         span = (f"{min(rates):.3g}" if f"{min(rates):.3g}" == f"{max(rates):.3g}"
                 else f"{min(rates):.3g} to {max(rates):.3g}")
         lines.append(f"  estimated step rate per block: {span} steps/s, at an assumed "
-                     f"{c['assumed_mfu']:.0%} MFU of {c['device_name']}'s {c['peak_tflops']:g} "
+                     f"{c['assumed_mfu']:.0%} MFU of {c['peak_row']}'s {c['peak_tflops']:g} "
                      f"TFLOP/s ({cfg.train.precision}); not a measurement")
+    elif r.gpus_per_block and c.get("device_name"):
+        named = (f"runtime.device_name={r.device_name!r}" if r.device_name
+                 else f"this machine's GPU {c['device_name']!r}")
+        lines.append(f"  no step-rate estimate: {named} has no known dense peak (known: "
+                     f"{', '.join(PEAK_LABELS)}); name one of those with runtime.device_name, "
+                     f"or leave the estimate out")
     elif r.gpus_per_block:
         lines.append("  no step-rate estimate: name the GPU model with runtime.device_name "
                      "(e.g. H100)")
@@ -167,7 +173,8 @@ def _rate(cfg: Config, cluster: Cluster, flops: list[int]) -> dict[str, Any]:
     gpus = cfg.runtime.gpus_per_block
     peak = peak_tflops(cluster.device_name, cfg.train.precision) if cluster.device_name else None
     if not (peak and gpus and flops and all(flops)):
-        return {"estimated_steps_per_s": None}
+        return {"device_name": cluster.device_name or None, "estimated_steps_per_s": None}
     share = peak * 1e12 * ASSUMED_MFU * min(gpus, 1.0)
-    return {"device_name": cluster.device_name, "peak_tflops": peak, "assumed_mfu": ASSUMED_MFU,
+    return {"device_name": cluster.device_name, "peak_row": peak_label(cluster.device_name),
+            "peak_tflops": peak, "assumed_mfu": ASSUMED_MFU,
             "estimated_steps_per_s": [share / f for f in flops]}

@@ -31,16 +31,27 @@ PEAKS: tuple[tuple[str, str, dict[str, float]], ...] = (
     (r"\bA10\b", "A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
 )
 
+PEAK_LABELS = tuple(label for _, label, _ in PEAKS)
+
+
+def peak_label(device_name: str) -> str | None:
+    """The table's name of the row ``device_name`` matches (any case), e.g. "H100 SXM" for
+    "h100"; None when no row does or it is a MIG slice."""
+    if "MIG" in device_name:
+        return None
+    return next((label for pattern, label, _ in PEAKS
+                 if re.search(pattern, device_name, re.IGNORECASE)), None)
+
 
 def peak_tflops(device_name: str, precision: str) -> float | None:
-    """Dense peak TFLOP/s of the device named ``device_name`` at ``precision``; None when
-    unknown (an unlisted device or a MIG slice)."""
+    """Dense peak TFLOP/s of the device named ``device_name`` (any case) at ``precision``;
+    None when unknown (an unlisted device or a MIG slice)."""
     if precision not in PRECISION_COLUMNS:
         raise ValueError(f"precision {precision!r}: expected one of {PRECISION_COLUMNS}")
     if "MIG" in device_name:
         return None
     for pattern, _, peaks in PEAKS:
-        if re.search(pattern, device_name):
+        if re.search(pattern, device_name, re.IGNORECASE):
             return peaks[precision]
     return None
 

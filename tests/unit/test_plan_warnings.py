@@ -31,3 +31,16 @@ def test_a_block_that_does_not_fit_names_the_keys_that_can_still_shrink_it(capsy
     out = _plan(capsys, *tight, "model.blocks=8", "train.checkpoint_layers=true",
                 "train.micro_batches=16")
     assert "does NOT fit: lower train.batch_size or use a smaller model;" in out
+
+
+def test_a_gpu_model_without_a_known_peak_is_named_with_the_known_ones(capsys) -> None:
+    gpus = ["runtime.devices=2", "runtime.gpus_per_block=1"]
+    out = _plan(capsys, *gpus, "runtime.device_name=RTX 4090")
+    assert ("no step-rate estimate: runtime.device_name='RTX 4090' has no known dense peak "
+            "(known: GH200, H200 NVL, H200 SXM, H100 NVL, H100 PCIe, H100 SXM, A100, L40S, L4, "
+            "A10); name one of those with runtime.device_name") in out
+    # any case; the row used is named, H100 SXM and PCIe differ
+    assert "40% MFU of A100's 19.5 TFLOP/s (fp32)" in _plan(capsys, *gpus,
+                                                            "runtime.device_name=a100")
+    assert "MFU of H100 PCIe's 51.2 TFLOP/s" in _plan(capsys, *gpus,
+                                                     "runtime.device_name=h100 pcie")
