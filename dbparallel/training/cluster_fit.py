@@ -71,15 +71,25 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     elif r.gpus_per_block:
         lines.append("  no step-rate estimate: name the GPU model with runtime.device_name "
                      "(e.g. H100)")
+    hand = r.max_concurrent_blocks
+    if hand and 0 < c["room"] < slots:
+        lines.append(f"  runtime.max_concurrent_blocks={hand} asks for {slots} blocks at once, "
+                     f"but the cluster has room for {c['room']}: a run waits "
+                     f"runtime.placement_timeout_s for nodes to join, then fails; set it to "
+                     f"{c['room']} or less, or 0 (what the cluster has room for)")
     if waves > 1 and c["room"]:
         lines.append(f"  blocks {slots}..{blocks - 1} queue and each starts when a block "
                      f"finishes (runtime.max_concurrent_blocks sets how many run at once)")
     fill = replicas_to_fill(cfg, c["gpus"])
-    if fill > r.replicas_per_block:
-        used = blocks * r.replicas_per_block * r.gpus_per_block
-        lines.append(f"  {c['gpus'] - r.assembly_gpus - used:g} GPUs stay idle: "
-                     f"runtime.replicas_per_block={fill} would give each block {fill} "
-                     f"data-parallel workers")
+    idle = c["gpus"] - r.assembly_gpus - min(slots, c["room"]) * r.replicas_per_block * (
+        r.gpus_per_block)
+    if hand and slots < min(blocks, c["room"]) and r.gpus_per_block and idle > 0:
+        lines.append(f"  {idle:g} GPUs stay idle: runtime.max_concurrent_blocks={hand} trains "
+                     f"fewer blocks at once than the cluster has room for "
+                     f"({min(blocks, c['room'])}); 0 trains that many")
+    elif fill > r.replicas_per_block:
+        lines.append(f"  {idle:g} GPUs stay idle: runtime.replicas_per_block={fill} would give "
+                     f"each block {fill} data-parallel workers")
     return lines
 
 

@@ -44,3 +44,17 @@ def test_a_gpu_model_without_a_known_peak_is_named_with_the_known_ones(capsys) -
                                                             "runtime.device_name=a100")
     assert "MFU of H100 PCIe's 51.2 TFLOP/s" in _plan(capsys, *gpus,
                                                      "runtime.device_name=h100 pcie")
+
+
+def test_max_concurrent_blocks_beyond_or_below_the_cluster_is_named(capsys) -> None:
+    gpus = ["runtime.gpus_per_block=1"]
+    out = _plan(capsys, *gpus, "runtime.devices=2", "runtime.max_concurrent_blocks=3")
+    assert ("runtime.max_concurrent_blocks=3 asks for 3 blocks at once, but the cluster has "
+            "room for 2: a run waits runtime.placement_timeout_s for nodes to join, then fails; "
+            "set it to 2 or less") in out
+    out = _plan(capsys, *gpus, "runtime.devices=8", "runtime.max_concurrent_blocks=2")
+    # 2 GPUs train, 6 idle, and more replicas would not fill them while 2 blocks train at once
+    assert ("6 GPUs stay idle: runtime.max_concurrent_blocks=2 trains fewer blocks at once "
+            "than the cluster has room for (4)") in out and "replicas_per_block=" not in out
+    assert "4 GPUs stay idle: runtime.replicas_per_block=2" in _plan(capsys, *gpus,
+                                                                    "runtime.devices=8")
