@@ -138,6 +138,9 @@ def plan_table(cfg: Config, result: dict[str, Any]) -> str:
         rows += f", in pieces of {-(-share // k)} rows (train.micro_batches={k})"
     if cfg.train.checkpoint_layers:
         rows += ", with activation checkpointing of every layer (train.checkpoint_layers)"
+    if cfg.train.precision == "bf16":
+        rows += ("; activations counted in float32: under train.precision=bf16 the step "
+                 "holds less")
     lines.append("block 0 runs first at inference (highest noise); memory is one training step "
                  f"(parameters, gradients, Adam, the EMA, activations, inputs, noise draws) "
                  f"at {rows}")

@@ -58,3 +58,10 @@ def test_max_concurrent_blocks_beyond_or_below_the_cluster_is_named(capsys) -> N
             "than the cluster has room for (4)") in out and "replicas_per_block=" not in out
     assert "4 GPUs stay idle: runtime.replicas_per_block=2" in _plan(capsys, *gpus,
                                                                     "runtime.devices=8")
+
+
+def test_a_bf16_plan_says_its_activations_are_counted_in_float32(capsys) -> None:
+    out = _plan(capsys, "train.precision=bf16")
+    assert ("activations counted in float32: under train.precision=bf16 the step holds "
+            "less") in out
+    assert "counted in float32" not in _plan(capsys, "train.precision=tf32")
