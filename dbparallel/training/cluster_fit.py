@@ -42,6 +42,11 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
         memory += (f" of {bytes_text(c['device_memory_bytes'])} ({verdict}; a plan fills "
                    f"{USABLE:.0%} of it)")
     lines.append(memory)
+    if r.gpus_per_block > 1:
+        lines.append(f"  runtime.gpus_per_block={r.gpus_per_block:g}: a block (each replica) "
+                     f"trains on one GPU, the other {r.gpus_per_block - 1:g} it reserves stay "
+                     f"idle (no model parallelism); for memory raise model.blocks or set "
+                     f"train.checkpoint_layers=true, for speed raise runtime.replicas_per_block")
     if c["gpus"] and not r.gpus_per_block:
         lines.append(f"  runtime.gpus_per_block=0: the blocks train on CPUs and none of the "
                      f"{c['gpus']:g} GPUs is used; set runtime.gpus_per_block=1 to give each "

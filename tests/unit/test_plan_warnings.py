@@ -65,3 +65,11 @@ def test_a_bf16_plan_says_its_activations_are_counted_in_float32(capsys) -> None
     assert ("activations counted in float32: under train.precision=bf16 the step holds "
             "less") in out
     assert "counted in float32" not in _plan(capsys, "train.precision=tf32")
+
+
+def test_more_than_one_gpu_per_block_is_said_to_leave_gpus_idle(capsys) -> None:
+    out = _plan(capsys, "runtime.devices=8", "runtime.gpus_per_block=2")
+    assert ("runtime.gpus_per_block=2: a block (each replica) trains on one GPU, the other 1 "
+            "it reserves stay idle (no model parallelism)") in out
+    assert "reserves stay idle" not in _plan(capsys, "runtime.devices=8",
+                                             "runtime.gpus_per_block=1")
