@@ -216,9 +216,14 @@ def parser() -> argparse.ArgumentParser:
                         "which trains data-parallel on Ray)")
     b.set_defaults(func=cmd_baseline)
 
-    pl = sub.add_parser("plan", help="show the partition and per-block sizes, no training")
+    pl = sub.add_parser(
+        "plan", help="show the partition and per-block sizes, no training",
+        epilog="for a cluster: runtime.devices=N (its GPUs), runtime.device_memory=80GiB (one "
+               "GPU's), runtime.device_name=H100 (a step-rate estimate), "
+               "runtime.gpus_per_block=1; model.blocks=auto picks B; every key: "
+               "dbparallel train ... --help-config; docs/cluster.md")
     pl.add_argument("config", nargs="*", help=config_help)
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_plan)
 
     pc = sub.add_parser("plot", help="draw a run's loss and assembly curves (curves.png)")

@@ -73,3 +73,14 @@ def test_more_than_one_gpu_per_block_is_said_to_leave_gpus_idle(capsys) -> None:
             "it reserves stay idle (no model parallelism)") in out
     assert "reserves stay idle" not in _plan(capsys, "runtime.devices=8",
                                              "runtime.gpus_per_block=1")
+
+
+def test_plan_help_names_the_cluster_keys(capsys) -> None:
+    import pytest
+
+    with pytest.raises(SystemExit):
+        cli.main(["plan", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for key in ("runtime.devices=N", "runtime.device_memory=80GiB", "runtime.device_name=H100",
+                "runtime.gpus_per_block=1", "model.blocks=auto"):
+        assert key in out
