@@ -34,13 +34,19 @@ PEAKS: tuple[tuple[str, str, dict[str, float]], ...] = (
 PEAK_LABELS = tuple(label for _, label, _ in PEAKS)
 
 
-def peak_label(device_name: str) -> str | None:
-    """The table's name of the row ``device_name`` matches (any case), e.g. "H100 SXM" for
-    "h100"; None when no row does or it is a MIG slice."""
+def _row(device_name: str) -> tuple[str, dict[str, float]] | None:
+    """(label, peaks) of the first row ``device_name`` matches (any case); None when none
+    does or it is a MIG slice."""
     if "MIG" in device_name:
         return None
-    return next((label for pattern, label, _ in PEAKS
+    return next(((label, peaks) for pattern, label, peaks in PEAKS
                  if re.search(pattern, device_name, re.IGNORECASE)), None)
+
+
+def peak_label(device_name: str) -> str | None:
+    """The table's name of the row ``device_name`` matches, e.g. "H100 SXM" for "h100"."""
+    row = _row(device_name)
+    return row[0] if row else None
 
 
 def peak_tflops(device_name: str, precision: str) -> float | None:
@@ -48,12 +54,8 @@ def peak_tflops(device_name: str, precision: str) -> float | None:
     None when unknown (an unlisted device or a MIG slice)."""
     if precision not in PRECISION_COLUMNS:
         raise ValueError(f"precision {precision!r}: expected one of {PRECISION_COLUMNS}")
-    if "MIG" in device_name:
-        return None
-    for pattern, _, peaks in PEAKS:
-        if re.search(pattern, device_name, re.IGNORECASE):
-            return peaks[precision]
-    return None
+    row = _row(device_name)
+    return row[1][precision] if row else None
 
 
 def device_peak_tflops(device: torch.device | str, precision: str) -> float | None:
