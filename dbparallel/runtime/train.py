@@ -8,6 +8,7 @@ mode, on the cluster's CPUs in a Ray run. Then every block trains, here one afte
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from dbparallel.config import Config
@@ -15,7 +16,10 @@ from dbparallel.errors import UserError
 from dbparallel.tasks import build_task
 from dbparallel.training.data_check import check_here
 from dbparallel.training.data_memory import report_footprint
+from dbparallel.training.plan import memory_warning
 from dbparallel.training.run_dir import check_resumable
+
+log = logging.getLogger(__name__)
 
 
 def train_run(cfg: Config, only_blocks: list[int] | None = None,
@@ -29,6 +33,9 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
         raise UserError("--block: trains a subset of blocks in this process; add --local "
                         "(Python: blocks= with local=True)")
     build_task(cfg)
+    warning = memory_warning(cfg)  # runtime.device_memory given and a block exceeds it
+    if warning:
+        log.warning(warning)
     if only_blocks:
         check_blocks(cfg, only_blocks)  # before the data are indexed
     check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing

@@ -190,3 +190,21 @@ def fit_blocks(build: Callable[[int], Config]) -> int:
                       f"{base.runtime.device_memory}"
                       f"{detail}; {checkpointing}raise train.micro_batches, lower "
                       f"train.batch_size or use a smaller model")
+
+
+def memory_warning(cfg: Config) -> str | None:
+    """What a run says before it starts where runtime.device_memory is set and a block's step,
+    by the plan's count, needs more than USABLE of it (model.blocks=auto chose B to fit);
+    None where every block fits or no device memory is given."""
+    limit = cfg.runtime.device_memory_bytes
+    if not limit or cfg.runtime.gpus_per_block == 0:
+        return None
+    need = block_memory(cfg)
+    worst = max(range(len(need)), key=need.__getitem__)
+    if need[worst] <= USABLE * limit:
+        return None
+    return (f"block {worst} needs about {bytes_text(need[worst])} for a training step by the "
+            f"plan's count, more than {USABLE:.0%} of runtime.device_memory="
+            f"{cfg.runtime.device_memory}: it may run out of device memory; `dbparallel plan` "
+            f"with this config names the keys that shrink it (model.blocks=auto picks a B that "
+            f"fits)")

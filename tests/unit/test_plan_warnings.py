@@ -84,3 +84,20 @@ def test_plan_help_names_the_cluster_keys(capsys) -> None:
     for key in ("runtime.devices=N", "runtime.device_memory=80GiB", "runtime.device_name=H100",
                 "runtime.gpus_per_block=1", "model.blocks=auto"):
         assert key in out
+
+
+def test_a_run_whose_block_exceeds_runtime_device_memory_is_warned_before_it_starts() -> None:
+    from dbparallel.config import load_config
+    from dbparallel.training.plan import block_memory, memory_warning
+
+    gpu = [*SMALL, "runtime.gpus_per_block=1"]
+    tight = load_config([], [*gpu, "runtime.device_memory=1MiB"])
+    need = block_memory(tight)
+    worst = need.index(max(need))
+    said = memory_warning(tight)
+    assert said is not None and said.startswith(f"block {worst} needs about ")
+    assert "more than 90% of runtime.device_memory=1MiB: it may run out of device memory; " \
+        "`dbparallel plan` with this config names the keys" in said
+    assert memory_warning(load_config([], [*gpu, "runtime.device_memory=80GiB"])) is None
+    assert memory_warning(load_config([], gpu)) is None  # no device memory given
+    assert memory_warning(load_config([], [*SMALL, "runtime.device_memory=1MiB"])) is None
