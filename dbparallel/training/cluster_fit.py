@@ -67,6 +67,10 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
         lines.append(f"  estimated step rate per block: {span} steps/s, at an assumed "
                      f"{c['assumed_mfu']:.0%} MFU of {c['peak_row']}'s {c['peak_tflops']:g} "
                      f"TFLOP/s ({cfg.train.precision}); not a measurement")
+        lines.append(f"  estimated training time: {_time(c['estimated_train_s'])} for "
+                     f"train.steps in {waves} "
+                     f"wave(s) at those rates (steps only: data waits, checkpoints and "
+                     f"assemblies add to it)")
     elif r.gpus_per_block and c.get("device_name"):
         named = (f"runtime.device_name={r.device_name!r}" if r.device_name
                  else f"this machine's GPU {c['device_name']!r}")
@@ -96,6 +100,13 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
         lines.append(f"  {idle:g} GPUs stay idle: runtime.replicas_per_block={fill} would give "
                      f"each block {fill} data-parallel workers")
     return lines
+
+
+def _time(seconds: float) -> str:
+    """``45 min``, ``3.5 h``, ``120 h``."""
+    hours = seconds / 3600
+    return (f"{seconds / 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 10
+            else f"{hours:,.0f} h")
 
 
 def _remedies(cfg: Config, c: dict[str, Any]) -> str:
@@ -179,17 +190,22 @@ def cluster_plan(cfg: Config, cluster: Cluster, block_bytes: list[int],
             "memory_per_device_bytes": per_device, "device_memory_bytes": limit or None,
             "fits": None if not limit else per_device <= USABLE * limit,
             "room": room(cfg, cluster),
-            **_rate(cfg, cluster, block_flops or [])}
+            **_rate(cfg, cluster, block_flops or [], slots)}
 
 
-def _rate(cfg: Config, cluster: Cluster, flops: list[int]) -> dict[str, Any]:
+def _rate(cfg: Config, cluster: Cluster, flops: list[int], slots: int) -> dict[str, Any]:
     """Estimated steps/s per block from the step's model FLOPs and the GPU's dense peak at
-    train.precision (a share of runtime.gpus_per_block of it) at ASSUMED_MFU."""
+    train.precision (a share of runtime.gpus_per_block of it) at ASSUMED_MFU, and the
+    seconds of training that gives: ``slots`` blocks at once, each wave as long as its
+    slowest block (steps only)."""
     gpus = cfg.runtime.gpus_per_block
     peak = peak_tflops(cluster.device_name, cfg.train.precision) if cluster.device_name else None
     if not (peak and gpus and flops and all(flops)):
         return {"device_name": cluster.device_name or None, "estimated_steps_per_s": None}
     share = peak * 1e12 * ASSUMED_MFU * min(gpus, 1.0)
+    rates = [share / f for f in flops]
+    seconds = [cfg.train.steps_of(b) / rate for b, rate in enumerate(rates)]
     return {"device_name": cluster.device_name, "peak_row": peak_label(cluster.device_name),
-            "peak_tflops": peak, "assumed_mfu": ASSUMED_MFU,
-            "estimated_steps_per_s": [share / f for f in flops]}
+            "peak_tflops": peak, "assumed_mfu": ASSUMED_MFU, "estimated_steps_per_s": rates,
+            "estimated_train_s": sum(max(seconds[w:w + max(1, slots)])
+                                     for w in range(0, len(seconds), max(1, slots)))}

@@ -101,3 +101,19 @@ def test_a_run_whose_block_exceeds_runtime_device_memory_is_warned_before_it_sta
     assert memory_warning(load_config([], [*gpu, "runtime.device_memory=80GiB"])) is None
     assert memory_warning(load_config([], gpu)) is None  # no device memory given
     assert memory_warning(load_config([], [*SMALL, "runtime.device_memory=1MiB"])) is None
+
+
+def test_the_plan_estimates_the_training_time_in_waves(capsys) -> None:
+    import json
+
+    gpu = ["runtime.devices=2", "runtime.gpus_per_block=1", "runtime.device_name=H100",
+           "train.steps=100000"]
+    assert cli.main(["plan", *SMALL, *gpu, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["cluster"]
+    rates, waves = found["estimated_steps_per_s"], found["waves"]
+    assert waves == 2 and len(rates) == 4  # 4 blocks, 2 at once
+    expected = sum(max(100000 / r for r in rates[w:w + 2]) for w in (0, 2))
+    assert found["estimated_train_s"] == expected
+    out = _plan(capsys, *gpu)
+    assert "  estimated training time: " in out and " for train.steps in 2 wave(s) at those " \
+        "rates (steps only: data waits, checkpoints and assemblies add to it)" in out
