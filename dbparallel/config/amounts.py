@@ -13,13 +13,17 @@ NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?"  # what float() re
 
 
 def parse_bytes(text: str, key: str) -> int:
-    """Bytes of ``80GiB``, ``24GB``, ``1.5e9`` or ``""`` (0); ConfigError naming ``key``."""
+    """Bytes of ``80GiB``, ``24GB``, ``1.5e9`` or ``""`` (0); ConfigError naming ``key``, also
+    for a number without a unit below 1 MiB (``24``: a unit left out)."""
     match = re.fullmatch(rf"\s*({NUMBER})\s*([a-z]*)\s*", str(text).lower())
     if not str(text).strip():
         return 0
     if not match or match.group(2) not in UNITS:
         raise ConfigError(f"{key}: {text!r} is not an amount of memory (e.g. 80GiB, 24GB)")
     amount = float(match.group(1)) * UNITS[match.group(2)]
+    if not match.group(2) and 0 < amount < 2**20:  # "24" meant 24GiB, not 24 bytes
+        raise ConfigError(f"{key}: {text!r} is {amount:g} bytes; give a unit (e.g. "
+                          f"{match.group(1)}GiB, {match.group(1)}GB)")
     if not math.isfinite(amount):
         raise ConfigError(f"{key}: {text!r} is too large an amount of memory (e.g. 80GiB, 24GB)")
     return int(amount)

@@ -109,7 +109,8 @@ class ModelConfig:
         check(self.depth >= 1, "model.depth", f"must be >= 1, got {self.depth}")
         check(self.depth % self.blocks == 0, "model.depth",
                f"{self.depth} layers do not split equally into model.blocks={self.blocks}; "
-               f"use a multiple of {self.blocks}")
+               f"use a multiple of {self.blocks}, or model.blocks of "
+               f"{', '.join(str(b) for b in range(1, self.depth + 1) if self.depth % b == 0)}")
         check_width(self)  # > 0, and the preset's width under the values set splits in heads
         finite(self, "model")
         check(self.mlp_ratio is None or self.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")

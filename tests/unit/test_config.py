@@ -93,6 +93,13 @@ def test_missing_file_and_bad_override() -> None:
         load_config([], ["model.blocks"])
 
 
+def test_blocks_that_do_not_divide_the_depth_are_told_the_ones_that_do() -> None:
+    with pytest.raises(ConfigError, match=r"^model.depth: 24 layers do not split equally into "
+                       r"model.blocks=5; use a multiple of 5, or model.blocks of 1, 2, 3, 4, 6, "
+                       r"8, 12, 24$"):
+        load_config([], ["model.depth=24", "model.blocks=5"])
+
+
 def test_the_default_run_name_names_the_data_and_the_task() -> None:
     assert load_config().run_dir == "runs/digits-dit"
     text = load_config([], ["task=ar", "data.source=shakespeare"])

@@ -61,6 +61,9 @@ TEXT = ["data.source=shakespeare"]
         (["runtime.device_memory=1.2.3GiB"], "runtime.device_memory", "not an amount"),
         (["runtime.device_memory=."], "runtime.device_memory", "not an amount"),
         (["runtime.device_memory=1e400GiB"], "runtime.device_memory", "too large"),
+        # a unit left out: 24 bytes
+        (["runtime.device_memory=24"], "runtime.device_memory",
+         "'24' is 24 bytes; give a unit (e.g. 24GiB, 24GB)"),
         # a section given a value
         (["model=3"], "model", "is a section, a mapping of keys"),
         (["train=[1,2]"], "train", "is a section, a mapping of keys"),
