@@ -87,8 +87,10 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
                      f"runtime.placement_timeout_s for nodes to join, then fails; set it to "
                      f"{c['room']} or less, or 0 (what the cluster has room for)")
     if waves > 1 and c["room"]:
-        lines.append(f"  blocks {slots}..{blocks - 1} queue and each starts when a block "
-                     f"finishes (runtime.max_concurrent_blocks sets how many run at once)")
+        queued = (f"block {slots} queues and starts" if slots == blocks - 1 else
+                  f"blocks {slots}..{blocks - 1} queue and each starts")
+        lines.append(f"  {queued} when a block finishes (runtime.max_concurrent_blocks sets "
+                     f"how many run at once)")
     fill = replicas_to_fill(cfg, c["gpus"])
     idle = c["gpus"] - r.assembly_gpus - min(slots, c["room"]) * r.replicas_per_block * (
         r.gpus_per_block)
