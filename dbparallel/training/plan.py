@@ -89,6 +89,9 @@ def model_flops_per_step(cfg: Config, block: int = 0) -> int:
     return step_bytes(plain, block)["flops"]
 
 
+PARTS = ("params_and_optimizer", "ema", "activations", "inputs", "draws")
+
+
 def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
     """The plan as JSON-ready data (the shape of `dbparallel plan --json`); with ``cluster``,
     also how the blocks fill it (``cluster_plan``)."""
@@ -112,6 +115,9 @@ def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
         "layers_per_block": cfg.model.layers_per_block,
         "params_per_block": params,
         "estimated_memory_bytes": memory,
+        # what each block's step holds: only more blocks shrink the first two; activations
+        # shrink with them too, and with train.checkpoint_layers, micro_batches and replicas
+        "memory_parts": [{k: s[k] for k in PARTS} for s in steps],
         "model_flops_per_step": flops,
     }
 
@@ -144,6 +150,15 @@ def plan_table(cfg: Config, result: dict[str, Any]) -> str:
     lines.append("block 0 runs first at inference (highest noise); memory is one training step "
                  f"(parameters, gradients, Adam, the EMA, activations, inputs, noise draws) "
                  f"at {rows}")
+    memory = result["estimated_memory_bytes"]
+    worst = max(range(len(memory)), key=memory.__getitem__)
+    part = result["memory_parts"][worst]
+    lines.append(f"block {worst}'s step: parameters, gradients and Adam "
+                 f"{bytes_text(part['params_and_optimizer'])} and the EMA "
+                 f"{bytes_text(part['ema'])} (only more blocks shrink them), activations "
+                 f"{bytes_text(part['activations'])} (more blocks, train.checkpoint_layers, "
+                 f"train.micro_batches and replicas shrink them), inputs and noise draws "
+                 f"{bytes_text(part['inputs'] + part['draws'])}")
     if "cluster" in result:
         lines += cluster_lines(cfg, result["cluster"])
     return "\n".join(lines)

@@ -120,3 +120,20 @@ def test_the_plan_estimates_the_training_time_in_waves(capsys) -> None:
         capsys, *gpu, "model.blocks=3", "model.depth=6")
     assert "  estimated training time: " in out and " for train.steps in 2 wave(s) at those " \
         "rates (steps only: data waits, checkpoints and assemblies add to it)" in out
+
+
+def test_the_plan_shows_what_the_largest_block_holds(capsys) -> None:
+    import json
+
+    from dbparallel.config import bytes_text
+
+    assert cli.main(["plan", *SMALL, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    parts = found["memory_parts"]
+    assert len(parts) == 4 and all(p["params_and_optimizer"] == 4 * p["ema"] > 0 for p in parts)
+    worst = max(range(4), key=found["estimated_memory_bytes"].__getitem__)
+    shown = _plan(capsys)
+    assert (f"block {worst}'s step: parameters, gradients and Adam "
+            f"{bytes_text(parts[worst]['params_and_optimizer'])} and the EMA "
+            f"{bytes_text(parts[worst]['ema'])} (only more blocks shrink them), activations "
+            f"{bytes_text(parts[worst]['activations'])}") in shown
