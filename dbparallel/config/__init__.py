@@ -51,6 +51,7 @@ from dbparallel.config.schema import (
     NoiseConfig,
     RunConfig,
     SampleConfig,
+    data_name,
 )
 from dbparallel.config.training import OBJECTIVES, PRECISIONS, TrainConfig
 from dbparallel.errors import ConfigError
@@ -61,7 +62,7 @@ __all__ = [
     "PARTITIONS", "PRECISIONS", "PRESETS", "TASKS", "TEXT_TASKS", "TOKENIZERS", "Config",
     "ConfigError", "DataConfig", "DebugConfig", "MetricsConfig", "ModelConfig", "NoiseConfig",
     "RunConfig", "RuntimeConfig", "SampleConfig", "TrainConfig", "bytes_text",
-    "changed_settings", "config_hash",
+    "changed_settings", "config_hash", "data_name",
     "describe", "dump_yaml", "from_dict", "given_value", "identity", "identity_diff",
     "load_config", "notes", "same_local_path", "stored_dict", "unchecked",
     "parse_bytes", "to_dict", "upgrade",

@@ -8,6 +8,7 @@ import os
 from dbparallel.config import (
     Config,
     changed_settings,
+    data_name,
     dump_yaml,
     identity,
     identity_diff,
@@ -57,8 +58,36 @@ def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
                             f"{k} {a!r} -> {b!r}" for k, a, b in changed[:MAX_LISTED])
                         + (f" and {len(changed) - MAX_LISTED} more"
                            if len(changed) > MAX_LISTED else ""))
+    else:
+        _tell_earlier_default(cfg)
     storage.write_text(CONFIG_FILE, dump_yaml(cfg))
     return storage
+
+
+EARLIER_DEFAULT = "runs/digits-dit"  # every run's directory while run.name had one default
+
+
+def _tell_earlier_default(cfg: Config) -> None:
+    """A new run in the default run directory of its data and task (run.name not given)
+    whose network and data an earlier run trained in runs/digits-dit, the default of every
+    task and data set before, is told where that run is: it would resume it with run.dir."""
+    if cfg.run.dir or cfg.run_dir == EARLIER_DEFAULT \
+            or cfg.run.name != f"{data_name(cfg.data)}-{cfg.task}":
+        return
+    earlier = Storage(EARLIER_DEFAULT)
+    try:
+        stored = stored_config(earlier) if earlier.exists(CONFIG_FILE) else None
+    except RunDirError:
+        return
+    if stored is None or identity_diff(stored, to_dict(cfg)):
+        return
+    was = (stored.get("data") or {}).get("path")
+    if was != cfg.data.path and not same_local_path(was, cfg.data.path):
+        return
+    log.warning("%s holds a run of this network and data, from when it was the default "
+                "run.dir of every task and data set; this run starts in %s: give "
+                "run.dir=%s to resume that one instead", EARLIER_DEFAULT, cfg.run_dir,
+                EARLIER_DEFAULT)
 
 
 def check_resumable(cfg: Config, index: DataIndex, blocks: list[int] | None = None) -> None:

@@ -364,3 +364,23 @@ def test_data_of_the_wrong_kind_for_the_task_is_named(tmp_path, capsys, monkeypa
     assert not (tmp_path / "cache" / "corpus").exists()  # refused before it was tokenized
     assert _train(tmp_path / "run", "--block", "2") == 2  # before the data are read
     assert "--block 2: must be in 0..1" in capsys.readouterr().err
+
+
+def test_a_run_trained_under_the_earlier_default_run_dir_is_named(tmp_path, monkeypatch,
+                                                                  caplog) -> None:
+    """Every task and data set once defaulted to runs/digits-dit: a vit run there, rerun
+    with today's default (runs/digits-vit), is told where it is."""
+    monkeypatch.chdir(tmp_path)
+    common = ["train", TINY, "--local", "metrics.port=0", "task=vit", "train.steps=2"]
+    assert main([*common, "run.dir=runs/digits-dit", "run.name=digits-dit"]) == 0
+    with caplog.at_level("WARNING"):
+        assert main([*common, 'run.name=""']) == 0  # TINY names its runs: back to the default
+    assert "runs/digits-dit holds a run of this network and data, from when it was the " \
+        "default run.dir of every task and data set; this run starts in runs/digits-vit: " \
+        "give run.dir=runs/digits-dit to resume that one instead" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a resume of the new run, or another network: nothing
+        assert main([*common, 'run.name=""']) == 0
+        shutil.rmtree(tmp_path / "runs" / "digits-vit")
+        assert main([*common, 'run.name=""', "model.depth=4"]) == 0
+    assert "runs/digits-dit holds" not in caplog.text
