@@ -344,18 +344,24 @@ def _step_meeting(row: int, order_args: tuple, steps: int) -> int:
     return steps
 
 
-def test_encoded_images_and_image_folders_train(tmp_path, capsys) -> None:
+def _image_folder(root: Path, images: int, classes: int, seed: int) -> None:
+    """``images`` random 8x8 grey PNGs in ``root/class_<k>/``, classes taken in turn."""
     from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(images):
+        folder = root / f"class_{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(
+            folder / f"{i}.png")
+
+
+def test_encoded_images_and_image_folders_train(tmp_path, capsys) -> None:
 
     data = _write(_encoded_rows(200), tmp_path / "hf" / "train-00000-of-00001.parquet")
     assert main(["train", TINY, "--local", f"run.dir={tmp_path / 'a'}", "metrics.port=0",
                  "data.source=parquet", f"data.path={data}"]) == 0
-    rng = np.random.default_rng(1)
-    for i in range(60):
-        folder = tmp_path / "folder" / f"class_{i % 3}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(
-            folder / f"{i}.png")
+    _image_folder(tmp_path / "folder", 60, 3, seed=1)
     assert main(["train", TINY, "--local", f"run.dir={tmp_path / 'b'}", "metrics.port=0",
                  "data.source=image_folder", f"data.path={tmp_path / 'folder'}"]) == 0
     report = json.loads((tmp_path / "b" / "report.json").read_text())
@@ -427,14 +433,7 @@ def test_evaluation_without_a_test_split_scores_a_bounded_number_of_training_row
 def test_a_renamed_image_folder_resumes(tmp_path, caplog) -> None:
     """An image folder without split folders is one shard whose path is the folder itself:
     renamed with `mv`, its rows are the same and the run goes on."""
-    from PIL import Image
-
-    rng = np.random.default_rng(2)
-    for i in range(40):
-        folder = tmp_path / "pets" / f"class_{i % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(
-            folder / f"{i}.png")
+    _image_folder(tmp_path / "pets", 40, 2, seed=2)
     common = ["train", TINY, "--local", f"run.dir={tmp_path / 'run'}", "metrics.port=0",
               "data.source=image_folder", "data.num_classes=2", "train.checkpoint_every=2"]
     assert main([*common, f"data.path={tmp_path / 'pets'}", "train.steps=2"]) == 0
