@@ -83,14 +83,19 @@ class BlockCheckpoints:
     def readable(self, kind: Kind, step: int) -> bool:
         """Whether the file of ``kind`` listed for ``step`` is there with its checksum (read,
         not loaded)."""
-        for entry in self.manifest()[kind]:
-            if entry["step"] == step:
-                try:
-                    data = self.storage.read_bytes(entry["file"])
-                except FileNotFoundError:
-                    return False
-                return hashlib.sha256(data).hexdigest() == entry["sha256"]
-        return False
+        return any(e["step"] == step and isinstance(self._verified(e), bytes)
+                   for e in self.manifest()[kind])
+
+    def _verified(self, entry: dict[str, Any]) -> bytes | str:
+        """The bytes of a listed file whose checksum verifies, else why not: ``missing`` or
+        ``corrupt (checksum mismatch)``."""
+        try:
+            data = self.storage.read_bytes(entry["file"])
+        except FileNotFoundError:
+            return "missing"
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            return "corrupt (checksum mismatch)"
+        return data
 
     def unreadable(self, kind: Kind) -> list[str]:
         """Files of ``kind`` listed in the manifest when none of them can be read (empty when
@@ -124,16 +129,10 @@ class BlockCheckpoints:
             entries = [e for e in entries if e["step"] == step]
         skipped = False
         for entry in reversed(entries):
-            try:
-                data = self.storage.read_bytes(entry["file"])
-            except FileNotFoundError:
-                log.warning("block %d: checkpoint %s is missing; trying an older one",
-                            self.block, entry["file"])
-                skipped = True
-                continue
-            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                log.warning("block %d: checkpoint %s is corrupt (checksum mismatch); "
-                            "trying an older one", self.block, entry["file"])
+            data = self._verified(entry)
+            if isinstance(data, str):
+                log.warning("block %d: checkpoint %s is %s; trying an older one", self.block,
+                            entry["file"], data)
                 skipped = True
                 continue
             if skipped:  # the step said before it was read is not the one it goes on from

@@ -7,10 +7,10 @@ storage) is read the same way as a local one, while it trains or after. Each blo
 - ``training``: its write lease was renewed within train.lease_timeout_s (the writer renews
   it at every metrics line and checkpoint, and at least every quarter of that timeout);
 - ``stopped``: it has a checkpoint, a metrics line or a lease (a process started it) but no
-  live writer (a killed or failed run: the same ``train`` command resumes it from its
-  checkpoint). A lease renewed in time
-  by a process of this machine that no longer runs counts as no writer; one of another
-  machine cannot be asked, and is trusted until it lapses;
+  live writer (a stopped or killed run: the same ``train`` command resumes it from its
+  checkpoint). A lease renewed in time by a process of this machine that no longer runs
+  counts as no writer; one of another machine cannot be asked, and is trusted until it
+  lapses;
 - ``failed``: not done, no live writer, and its last process failed on an error (a bad row,
   an unreadable checkpoint, ...), or the driver gave it up (lost past train.max_restarts,
   stalled): training/failure.py; told on its own line;
@@ -57,9 +57,9 @@ class BlockStatus:
     lease_age_s: float | None = None  # seconds since the holder last renewed its lease
     restarts: int = 0
     problem: str = ""  # why the block's files could not be read
-    failure: str = ""  # a failed block's error, the step it was training (None: it failed
-    failed_step: int | None = None  # at its start) and the seconds since:
-    failed_age_s: float | None = None
+    failure: str = ""  # a failed block's error
+    failed_step: int | None = None  # the step it was training (None: it failed at its start)
+    failed_age_s: float | None = None  # seconds since it failed
 
 
 @dataclass
