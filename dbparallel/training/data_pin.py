@@ -16,6 +16,7 @@ from dbparallel.config import Config, same_local_path
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tokenizer import Tokenizer
 from dbparallel.errors import DataError, RunDirError
+from dbparallel.training.lease import process_ended, process_shown, this_process
 from dbparallel.training.storage import Storage, damaged
 
 DATA_INDEX_FILE = "data_index.json"
@@ -31,8 +32,6 @@ def pin_data(storage: Storage, index: DataIndex, start: bool = False) -> None:
     e.g. after a bad row was corrected. The index records that process (``pinned_by``)."""
     fresh = not storage.exists(DATA_INDEX_FILE) or refuse_other_data(storage, index, start)
     if fresh:
-        from dbparallel.training.lease import this_process
-
         storage.write_json(DATA_INDEX_FILE, {**index.to_json(), PINNED_BY: this_process()})
     if index.meta.get("tokenizer") and (fresh or not storage.exists(VOCAB_FILE)):
         from dbparallel.data.tokenizer import load_tokenizer
@@ -54,7 +53,8 @@ def refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
     # rows under another source
     was, now_at = previous.source.rstrip("/"), index.source.rstrip("/")
     moved = was != now_at and not same_local_path(was, now_at)
-    if _placeless(index).fingerprint == _placeless(previous).fingerprint:
+    here, there = _placeless(index), _placeless(previous)
+    if here.fingerprint == there.fingerprint:
         if moved and say:
             log.warning("%s: the data moved from %s to %s (the same files, sizes and times); "
                         "the run reads them there from now on", storage.uri(), previous.source,
@@ -64,8 +64,6 @@ def refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
     from dbparallel.training.checkpoint import any_checkpoint
 
     if start and not any_checkpoint(storage):
-        from dbparallel.training.lease import process_ended, process_shown
-
         pinner = storage.read_json(DATA_INDEX_FILE).get(PINNED_BY)
         if process_ended(pinner):
             if say:
@@ -79,7 +77,7 @@ def refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
             f"({then:,} training rows then, {now:,} now) and no block has saved a checkpoint "
             f"yet, by a process that may still run ({process_shown(pinner)}); resume with the same "
             f"data, choose a new run.dir, or delete the directory if no run uses it")
-    if _same_files(_placeless(previous), _placeless(index)):
+    if _same_files(there, here):
         where = f" at {previous.source}" if moved else ""
         raise RunDirError(
             f"{storage.uri()} was trained on data{where} whose files had other sizes or "
