@@ -155,7 +155,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = _config(args)
     result = plan(cfg, _cluster(cfg))
     print(json.dumps(result, indent=2) if args.json else plan_table(cfg, result))
+    short = _does_not_fit(result["cluster"])
+    if short:
+        print(f"plan: {short}; exit code {EXIT_RUN_FAILED}", file=sys.stderr)
+        return EXIT_RUN_FAILED
     return 0
+
+
+def _does_not_fit(cluster: dict) -> str:
+    """Why a run of the plan could not train on its cluster ('' if it could): a block's step
+    beyond runtime.device_memory, or one block beyond a cluster that cannot grow
+    (runtime.devices, this machine; a detected cluster may gain nodes while a run waits)."""
+    if cluster["fits"] is False:
+        from dbparallel.config import bytes_text
+        from dbparallel.training.cluster_fit import USABLE
+
+        return (f"a device holds {bytes_text(cluster['memory_per_device_bytes'])} of training, "
+                f"more than {USABLE:.0%} of runtime.device_memory="
+                f"{bytes_text(cluster['device_memory_bytes'])}")
+    if not cluster["room"] and cluster["source"] != "detected":
+        return f"one block is more than the cluster ({cluster['source']}) has"
+    return ""
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -221,7 +241,9 @@ def parser() -> argparse.ArgumentParser:
         epilog="for a cluster: runtime.devices=N (its GPUs), runtime.device_memory=80GiB (one "
                "GPU's), runtime.device_name=H100 (a step-rate estimate), "
                "runtime.gpus_per_block=1; model.blocks=auto picks B; every key: "
-               "dbparallel train ... --help-config; docs/cluster.md")
+               "dbparallel train ... --help-config; docs/cluster.md. Exit code 1 when a "
+               "block does not fit (runtime.device_memory, or a cluster that cannot grow), "
+               "2 for a bad config")
     pl.add_argument("config", nargs="*", help=config_help)
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_plan)

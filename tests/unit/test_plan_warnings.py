@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 from dbparallel import cli
 
 SMALL = ["model.depth=8", "train.batch_size=16", "model.blocks=4"]
 
 
-def _plan(capsys, *overrides: str) -> str:
-    assert cli.main(["plan", *SMALL, *overrides]) == 0
+def _plan(capsys, *overrides: str, code: int = 0) -> str:
+    assert cli.main(["plan", *SMALL, *overrides]) == code
     return capsys.readouterr().out
 
 
@@ -23,13 +25,13 @@ def test_gpus_with_blocks_on_cpus_name_runtime_gpus_per_block(capsys) -> None:
 
 def test_a_block_that_does_not_fit_names_the_keys_that_can_still_shrink_it(capsys) -> None:
     tight = ["runtime.devices=4", "runtime.gpus_per_block=1", "runtime.device_memory=1KiB"]
-    out = _plan(capsys, *tight)
+    out = _plan(capsys, *tight, code=1)
     assert ("does NOT fit: set train.checkpoint_layers=true, raise model.blocks (model.blocks="
             "auto picks the smallest that fits), runtime.replicas_per_block or "
             "train.micro_batches, lower train.batch_size") in out
     # one layer a block, checkpointed, one row a piece: only the batch and the model are left
     out = _plan(capsys, *tight, "model.blocks=8", "train.checkpoint_layers=true",
-                "train.micro_batches=16")
+                "train.micro_batches=16", code=1)
     assert "does NOT fit: lower train.batch_size or use a smaller model;" in out
 
 
@@ -137,3 +139,17 @@ def test_the_plan_shows_what_the_largest_block_holds(capsys) -> None:
             f"{bytes_text(parts[worst]['params_and_optimizer'])} and the EMA "
             f"{bytes_text(parts[worst]['ema'])} (only more blocks shrink them), activations "
             f"{bytes_text(parts[worst]['activations'])}") in shown
+
+
+def test_a_plan_that_cannot_train_exits_1_and_says_why(capsys) -> None:
+    gpu = ["runtime.devices=4", "runtime.gpus_per_block=1"]
+    _plan(capsys, *gpu, "runtime.device_memory=24GiB")  # fits: 0
+    assert cli.main(["plan", *SMALL, *gpu, "runtime.device_memory=1MiB", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["cluster"]["fits"] is False  # the plan is printed all the same
+    assert "plan: a device holds 6.3 MiB of training, more than 90% of runtime.device_memory=" \
+           "1.0 MiB; exit code 1" in err
+    # a block asking more GPUs than a fixed cluster has: no wave can start
+    assert cli.main(["plan", *SMALL, "runtime.devices=1", "runtime.gpus_per_block=2"]) == 1
+    assert "plan: one block is more than the cluster (runtime.devices) has" in \
+           capsys.readouterr().err
