@@ -20,7 +20,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from dbparallel.config import Config
-from dbparallel.runtime.controller import Event
+from dbparallel.runtime.controller import BlockLost, Event
 from dbparallel.runtime.replica_worker import train_replica
 
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
@@ -75,6 +75,7 @@ class BlockGroup:
 
     def __init__(self, cfg: Config, block: int, session: str, queue: Any):
         self.block = block
+        self.max_restarts = cfg.train.max_restarts
         self.latest: dict[str, Any] | None = None  # rank 0's last progress
         self.summary: dict[str, Any] | None = None
         self.roster = Roster()  # the workers of the group's current incarnation
@@ -130,7 +131,8 @@ class BlockGroup:
             return [Event("train", self.block, result=dict(latest))]
         if self.fitted.done() and self.fitted.exception() is not None:
             self.until = None
-            return [Event("train", self.block, error=_cause(self.fitted.exception()))]
+            return [Event("train", self.block,
+                          error=given_up(self.fitted.exception(), self.max_restarts))]
         return []
 
     def finish(self, drain: Callable[[], None], timeout_s: float = 300.0) -> dict[str, Any]:
@@ -149,6 +151,24 @@ class BlockGroup:
     def stop(self) -> None:
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
+
+
+def given_up(err: BaseException | None, max_restarts: int) -> BaseException:
+    """Why a group's fit failed for good, as the controller takes it: BlockLost where a
+    worker's process died (Ray Train started the group train.max_restarts times and gave it
+    up, as Ray does an actor of a block without replicas), else the workers' own error."""
+    failures = getattr(err, "worker_failures", None) or {}
+    for _, failure in sorted(failures.items()):
+        # a dead worker fails its health check; the check's failure is the actor's death (once
+        # one died, Ray Train may report its peers so too: which one went first is not known)
+        died = getattr(failure, "health_check_failure", failure)
+        if isinstance(died, ray.exceptions.RayActorError):
+            said = str(died).strip()
+            first = said.splitlines()[0] if said else type(died).__name__
+            return BlockLost(f"its worker group was lost and Ray Train does not start it again "
+                             f"(train.max_restarts={max_restarts}): a replica's process died: "
+                             f"{first}")
+    return _cause(err)
 
 
 def _cause(err: BaseException | None) -> BaseException:

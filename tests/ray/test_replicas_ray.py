@@ -140,8 +140,13 @@ def test_groups_stop_when_their_run_fails(ray_session, tmp_path) -> None:
         f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",
         "runtime.cpus_per_block=0.25", "train.max_restarts=1", "train.block_steps=[20000,12]",
         "debug.kill_block=1", "debug.kill_at_step=8", "debug.kill_times=5"])
-    with pytest.raises(RunFailed, match="block 1"):
+    with pytest.raises(RunFailed, match="block 1 failed: its worker group was lost and Ray "
+                                         "Train does not start it again"):
         run_ray(cfg, None, progress=False)
+    # the driver records the block it gave up, as it does an actor Ray gave up
+    failed = json.loads((tmp_path / "run" / "blocks" / "block_1" / "failed.json").read_text())
+    assert failed["type"] == "BlockLost" and 1 <= failed["step"] <= 9  # killed at step 8
+    assert "a replica's process died" in failed["error"]
 
     import ray
 
