@@ -41,6 +41,7 @@ class BlockRun:
         self.lease = BlockLease(storage, block, session or uuid.uuid4().hex,
                                 cfg.train.lease_timeout_s)
         self._recorded = False  # this process recorded a failure of the block
+        self._at = 0  # the step train_until is at: training it, or its held-out loss and saves
         if self.writer:
             self.lease.acquire()
         try:
@@ -145,12 +146,13 @@ class BlockRun:
         if self.writer and self._recorded:
             clear_failure(self.checkpoints.storage, self.trainer.block)
             self._recorded = False
+        self._at = self.trainer.step + 1
         try:
             self._train_until(until, on_step)
         except BaseException as err:
-            if self.writer and self.lease.still_held():  # the step it was training
+            if self.writer and self.lease.still_held():  # the step it was at
                 self._recorded = record_failure(self.checkpoints.storage, self.trainer.block,
-                                                self.trainer.step + 1, err)
+                                                self._at, err)
             raise
 
     def _train_until(self, until: int, on_step: OnStep | None) -> None:
@@ -158,6 +160,9 @@ class BlockRun:
         steps = t.steps_of(self.trainer.block)
         until = min(until, steps)
         while self.trainer.step < until:
+            # the step trained, then its held-out loss, history and checkpoint: an error in
+            # those is recorded at the step they follow
+            self._at = self.trainer.step + 1
             if not self.writer:  # a replica that is not rank 0 only trains
                 stats = self._step()
                 if on_step is not None:

@@ -185,6 +185,33 @@ def test_a_passing_error_is_recorded_until_the_block_is_asked_to_go_on(tmp_path:
         run.close()
 
 
+def test_an_error_after_a_step_is_recorded_at_that_step(tmp_path: Path) -> None:
+    """A checkpoint that cannot be written after step 2 is step 2's failure, not step 3's
+    (which never started); an error in a step is that step's."""
+    from dbparallel.config import load_config
+    from dbparallel.data.sources import open_data
+    from dbparallel.training.loop import BlockRun
+
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "train.steps=4",
+                               "train.checkpoint_every=2"])
+    storage = Storage(cfg.run_dir)
+    run = BlockRun(cfg, 0, open_data(cfg.data), storage, prefetch=False)
+    try:
+        saved = run.checkpoints.save
+        run.checkpoints.save = lambda *a: (_ for _ in ()).throw(OSError("disk full"))
+        with pytest.raises(OSError):
+            run.train_until(4)
+        record = storage.read_json("blocks/block_0/failed.json")
+        assert (record["step"], record["type"], run.trainer.step) == (2, "OSError", 2)
+        run.checkpoints.save = saved
+        run.batch = lambda step: (_ for _ in ()).throw(RuntimeError("bad batch"))
+        with pytest.raises(RuntimeError):
+            run.train_until(4)
+        assert storage.read_json("blocks/block_0/failed.json")["step"] == 3
+    finally:
+        run.close()
+
+
 def test_an_error_after_the_driver_ended_the_run_is_no_failure(tmp_path: Path) -> None:
     """The driver releases its blocks' leases before it stops their processes: what the stop
     causes (a replica's collective cut short) is not recorded as the block's failure."""
