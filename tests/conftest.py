@@ -56,7 +56,7 @@ def ray_session():
 
     import ray
 
-    from dbparallel.runtime.launch import state_api_here
+    from dbparallel.runtime.ray_connect import state_api_here
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

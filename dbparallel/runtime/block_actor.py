@@ -4,7 +4,7 @@ It takes only the config and its block index (small, inlined in the actor's crea
 objects in the object store that a lost node could take with it), reads the run's pinned data
 index from the run directory, streams the data files itself, resumes from its own latest
 checkpoint, trains in chunks the controller asks for, and sends nothing to any other block.
-``ray.remote`` is applied where it is started (launch.py).
+``ray.remote`` is applied where it is started (ray_backend.py).
 """
 
 from __future__ import annotations

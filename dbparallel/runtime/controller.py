@@ -1,6 +1,6 @@
 """The controller: a small steppable state machine over B block actors and one assembler.
 
-It knows actors only through a ``Backend`` (Ray in launch.py, fakes in tests): it starts
+It knows actors only through a ``Backend`` (Ray in ray_backend.py, fakes in tests): it starts
 blocks in the slots it has (``slots`` < B: the others queue, lowest block first, and start as
 blocks finish: waves), asks each started block for its next chunk of steps, moves the
 progress bars, notices stalls, fails the run when a block is lost for good, and triggers

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER = """
 import sys
 from dbparallel.config import load_config
-from dbparallel.runtime.launch import connect
+from dbparallel.runtime.ray_connect import connect
 import ray
 connect(load_config([sys.argv[1]], ["runtime.num_cpus=1"]))
 print(ray.get_runtime_context().gcs_address, flush=True)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import os, sys, ray
 from dbparallel.config import load_config
-from dbparallel.runtime.launch import connect
+from dbparallel.runtime.ray_connect import connect
 connect(load_config([sys.argv[1]], ["runtime.num_cpus=1", "runtime.replicas_per_block=2",
                                      "metrics.port=0"]))
 print("driver", os.environ.get("RAY_API_SERVER_ADDRESS", "unset"), flush=True)
@@ -59,8 +59,8 @@ def test_the_state_api_answers_from_this_instance_not_a_stale_ray_start() -> Non
 RETRY = """
 import contextlib, os, socket, sys, ray
 from dbparallel.config import load_config
-from dbparallel.runtime import launch
-real, held = launch.state_api_here, []
+from dbparallel.runtime import ray_connect
+real, held = ray_connect.state_api_here, []
 
 @contextlib.contextmanager
 def taken_once():  # the first free port is taken by someone else before Ray binds it
@@ -69,8 +69,8 @@ def taken_once():  # the first free port is taken by someone else before Ray bin
             s = socket.socket(); s.bind(("127.0.0.1", port)); s.listen(); held.append(s)
         yield port
 
-launch.state_api_here = taken_once
-launch.connect(load_config([sys.argv[1]], ["runtime.num_cpus=1",
+ray_connect.state_api_here = taken_once
+ray_connect.connect(load_config([sys.argv[1]], ["runtime.num_cpus=1",
                                             "runtime.replicas_per_block=2", "metrics.port=0"]))
 print("connected", ray.is_initialized() and len(held) == 1, flush=True)  # on the next port
 ray.shutdown()

@@ -17,7 +17,7 @@ import dbparallel
 from dbparallel import cli
 from dbparallel.config import load_config
 from dbparallel.errors import ConfigError
-from dbparallel.runtime.launch import probe
+from dbparallel.runtime.ray_connect import probe
 from dbparallel.tasks import build_task
 from dbparallel.training.export import META_SUM, checksum, export_bytes
 
@@ -168,10 +168,10 @@ def test_predict_names_the_file_of_an_image_column_of_strings(
 @pytest.fixture
 def closed_port(monkeypatch: pytest.MonkeyPatch) -> int:
     """A local port nobody listens on: a connection to it is refused at once (and asked
-    again for a second only, not launch.PROBE_S)."""
-    from dbparallel.runtime import launch
+    again for a second only, not ray_connect.PROBE_S)."""
+    from dbparallel.runtime import ray_connect
 
-    monkeypatch.setattr(launch, "PROBE_S", 1.0)
+    monkeypatch.setattr(ray_connect, "PROBE_S", 1.0)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -182,9 +182,9 @@ def test_a_head_that_starts_listening_while_probed_is_joined(closed_port: int,
     """A head still starting refuses at first: the probe asks again until PROBE_S."""
     import threading
 
-    from dbparallel.runtime import launch
+    from dbparallel.runtime import ray_connect
 
-    monkeypatch.setattr(launch, "PROBE_S", 60.0)  # only a bound: it returns once answered
+    monkeypatch.setattr(ray_connect, "PROBE_S", 60.0)  # only a bound: it returns once answered
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
@@ -208,10 +208,10 @@ def _never(*args: object, **kwargs: object) -> None:
 def _joining_calls(monkeypatch: pytest.MonkeyPatch, init: object) -> None:
     """Joining a cluster calls ``init`` in place of ``ray.init``, as in a fresh process
     (whether or not the suite's own Ray instance is up in this one)."""
-    from dbparallel.runtime import launch
+    from dbparallel.runtime import ray_connect
 
-    monkeypatch.setattr(launch.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(launch.ray, "init", init)
+    monkeypatch.setattr(ray_connect.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_connect.ray, "init", init)
 
 
 def test_an_address_where_no_cluster_answers_is_refused_naming_the_key(
