@@ -97,11 +97,10 @@ class BlockCheckpoints:
             return "corrupt (checksum mismatch)"
         return data
 
-    def unreadable(self, kind: Kind) -> list[str]:
-        """Files of ``kind`` listed in the manifest when none of them can be read (empty when
-        one can, or none is listed)."""
-        listed = [e["file"] for e in self.manifest()[kind]]
-        return listed if listed and self.load_latest(kind) is None else []
+    def listed(self, kind: Kind) -> list[str]:
+        """Files of ``kind`` listed in the manifest: where ``load_latest`` found none readable,
+        the unreadable ones (not read again, which would warn of each once more)."""
+        return [e["file"] for e in self.manifest()[kind]]
 
     def discard(self) -> list[str]:
         """Forget every checkpoint of this block (listed files are deleted; with a damaged

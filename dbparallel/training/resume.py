@@ -26,7 +26,7 @@ def resume(trainer: BlockTrainer, checkpoints: BlockCheckpoints, cfg: Config,
         _unreadable(checkpoints, cfg, f"{err.where} is damaged ({err.why})")
         return 0
     if state is None:
-        files = checkpoints.unreadable("state")  # listed, none readable: never start over
+        files = checkpoints.listed("state")  # listed, none readable: never start over
         if files:                                # silently
             _unreadable(checkpoints, cfg, f"none of its checkpoints can be read "
                                           f"({', '.join(files)}: missing or corrupt)")

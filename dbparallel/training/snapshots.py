@@ -34,7 +34,7 @@ def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> li
         raise RunDirError(f"{storage.uri()}: block(s) {missing} have no snapshot of step {step} "
                           f"(kept: {kept}); train.keep_snapshots sets how many are kept")
     unreadable = {b: files for b in missing
-                  if (files := checkpoints[b].unreadable("snapshot"))}
+                  if (files := checkpoints[b].listed("snapshot"))}
     if unreadable:
         listed = "; ".join(f"block {b}: {', '.join(f)}" for b, f in unreadable.items())
         raise RunDirError(f"{storage.uri()}: no snapshot of block(s) {list(unreadable)} can be "

@@ -152,7 +152,8 @@ def test_unknown_data_set_name(tmp_path, capsys) -> None:
     assert "data.source" in capsys.readouterr().err
 
 
-def test_unreadable_checkpoints_refuse_to_start_over(straight, tmp_path, capsys) -> None:
+def test_unreadable_checkpoints_refuse_to_start_over(straight, tmp_path, capsys,
+                                                     caplog) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(straight, run_dir)
     block = run_dir / "blocks" / "block_1"
@@ -164,6 +165,8 @@ def test_unreadable_checkpoints_refuse_to_start_over(straight, tmp_path, capsys)
     assert "block 1: none of its checkpoints can be read" in err and "state_00000012.pt" in err
     assert "train.on_unreadable=restart" in err
     assert json.loads((block / "manifest.json").read_text()) == before  # nothing touched
+    tried = [r.getMessage() for r in caplog.records if "trying an older one" in r.getMessage()]
+    assert len(tried) == len(before["state"]) == 2  # each missing file said once
 
 
 def test_on_unreadable_restart_discards_and_retrains_the_block(straight, tmp_path) -> None:
