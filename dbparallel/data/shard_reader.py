@@ -104,17 +104,21 @@ def _io(read: Callable[[], T], where: str) -> T:
 def _failed(err: Exception, where: str, wait: float | None) -> None:
     """Raise what a failed read ``err`` means, or wait ``wait`` seconds before the next
     attempt: a missing file or an unreadable one is the data's problem (DataError at once), a
-    failure to connect is not (DataUnreachable once no attempt is left)."""
+    failure to connect is not (DataUnreachable once no attempt is left). A local file
+    connects to nothing: Arrow's error without an OS error number there is the file's bytes
+    refused (a damaged or cut-short file), not worth a retry."""
+    local = "://" not in where
     if isinstance(err, PermissionError):
         raise DataError(f"{where}: {err}") from None
     if isinstance(err, FileNotFoundError):
-        relative = "://" not in where and not os.path.isabs(where)
+        relative = local and not os.path.isabs(where)
         why = (f"data.path is relative, and this process runs in {os.getcwd()}: start it "
                f"where the run started, or give data.path as an absolute path or URI every "
                f"node reads; or the data changed" if relative
                else "the data changed during the run?")
         raise DataError(f"{where}: no such file ({why})") from None
-    if isinstance(err, (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)):
+    if isinstance(err, (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)) \
+            or (local and isinstance(err, OSError) and err.errno is None):
         raise DataError(f"{where}: not readable: {err}") from None
     if wait is None:
         raise DataUnreachable(f"{where}: {err}") from None

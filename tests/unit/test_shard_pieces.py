@@ -93,7 +93,7 @@ def test_a_dropped_connection_resumes_after_the_rows_already_read(tmp_path,
         attempts.append(1)
         for i, batch in enumerate(real(f, group, columns, **kwargs)):
             if len(attempts) == 1 and i == fail_after:
-                raise OSError("connection reset by peer")
+                raise ConnectionResetError(104, "connection reset by peer")
             yield batch
 
     monkeypatch.setattr(shard_reader, "RETRIES", (0.0, 0.0, 0.0))
@@ -104,12 +104,38 @@ def test_a_dropped_connection_resumes_after_the_rows_already_read(tmp_path,
     assert again.table.equals(clean.table)
 
     def down(f, group, columns, **kwargs):
-        raise OSError("connection refused")
+        raise ConnectionRefusedError(111, "connection refused")
         yield
 
     monkeypatch.setattr(shard_reader, "row_group_batches", down)
-    with pytest.raises(DataUnreachable, match=r"d.parquet row group 0: connection refused"):
+    with pytest.raises(DataUnreachable, match=r"d.parquet row group 0: .*connection refused"):
         read_shard(shard, ["image", "label"])
+
+
+def test_a_damaged_local_file_is_bad_data_at_once_not_a_connection_to_retry(
+        tmp_path, monkeypatch, capsys) -> None:
+    """Bytes overwritten inside a row group's pages: Arrow's read fails with an error that
+    has no OS error number, which a local file can only mean as damage."""
+    data = tmp_path / "data"
+    data.mkdir()
+    table = _pixels(300, 4).drop_columns(["split"])
+    pq.write_table(table, data / "a.parquet", row_group_size=100)
+    pq.write_table(table, data / "b.parquet", row_group_size=100)
+    raw = bytearray((data / "b.parquet").read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 2000] = b"\xff" * 2000
+    (data / "b.parquet").write_bytes(bytes(raw))
+    monkeypatch.setattr(shard_reader, "RETRIES", (60.0, 60.0, 60.0))  # a retry would hang
+    (shard,) = [s for s in parquet_index(str(data)).shards("train") if s.row_group == 1
+                and s.uri.endswith("b.parquet")]
+    with pytest.raises(DataError, match=r"b.parquet row group 1: not readable"):
+        read_shard(shard, ["image", "label"])
+    from dbparallel import cli
+
+    assert cli.main(["data", "check", str(data), "data.image_size=4", "data.channels=3"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "b.parquet row group 1: not readable" in err
 
 
 def test_windows_filled_piece_by_piece_give_the_batches_of_whole_shards(
