@@ -16,17 +16,21 @@ import hashlib
 import json
 import logging
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import PurePosixPath
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from dbparallel.data.image_folder import IMAGE_EXTENSIONS
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, check_schema, image_encoding
 from dbparallel.data.shards import SPLIT_NAMES, DataIndex, Shard, split_of_name
 from dbparallel.data.splits import SPLIT_COLUMN, split_values
 from dbparallel.data.tables import resolve_path
+from dbparallel.data.text_files import PARQUET_SUFFIXES
 from dbparallel.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -47,11 +51,31 @@ def parquet_files(path: str) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"data.path: cannot reach {path!r}: {err}") from None
     files = sorted((f for f in found if f.type == pafs.FileType.File
-                    and f.base_name.endswith((".parquet", ".parq", ".pq"))
+                    and f.base_name.endswith(PARQUET_SUFFIXES)
                     and not f.base_name.startswith((".", "_"))), key=lambda f: f.path)
     if not files:
-        raise DataError(f"data.path: no Parquet files (*.parquet) under {path!r}")
+        raise DataError(f"data.path: no Parquet files "
+                        f"({', '.join('*' + s for s in PARQUET_SUFFIXES)}) under {path!r}"
+                        f"{_what_is_there(found)}")
     return fs, where, files
+
+
+def _what_is_there(found: list[pafs.FileInfo]) -> str:
+    """What a folder without Parquet files holds, for the error that says so: its files'
+    suffixes, and the source that reads images."""
+    names = [f.base_name for f in found if f.type == pafs.FileType.File]
+    if not names:
+        return f": it holds no files{' (only folders)' if found else ''}"
+    skipped = [n for n in names if n.endswith(PARQUET_SUFFIXES)]
+    if skipped:
+        return (f": {skipped[0]!r} and any other name starting with '.' or '_' are skipped "
+                f"(hidden or bookkeeping files); rename the data files")
+    suffixes = Counter(PurePosixPath(n).suffix.lower() or "no suffix" for n in names)
+    held = ", ".join(f"{s} ({n:,})" for s, n in suffixes.most_common(4))
+    more = ", ..." if len(suffixes) > 4 else ""
+    hint = ("; a folder of images, a folder per class, is data.source=image_folder"
+            if set(suffixes) & set(IMAGE_EXTENSIONS) else "")
+    return f": it holds {len(names):,} file{'s' if len(names) != 1 else ''}: {held}{more}{hint}"
 
 
 def split_of_path(relative: str) -> str | None:

@@ -105,3 +105,36 @@ def test_digits_of_another_shape_are_refused_naming_the_key(override: str, capsy
     err = capsys.readouterr().err
     assert f"{override}: digits are 8x8, 1 channel, 10 classes" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_without_parquet_files_says_what_it_holds(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from dbparallel.cli import main
+
+    def refused(path, *overrides: str) -> str:
+        assert main(["data", "check", str(path), "data.image_size=4", *overrides]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert f"no Parquet files (*.parquet, *.parq, *.pq) under '{path}'" in err
+        return err
+
+    tifs = tmp_path / "tifs"  # images of a format an image folder does not read
+    for c in ("a", "b"):
+        (tifs / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (4, 4)).save(tifs / c / f"{i}.tif")
+    assert refused(tifs).endswith(": it holds 6 files: .tif (6)\n")
+    pngs = tmp_path / "pngs"
+    (pngs / "a").mkdir(parents=True)
+    Image.new("L", (4, 4)).save(pngs / "a" / "0.png")
+    assert "it holds 1 file: .png (1); a folder of images, a folder per class, is " \
+        "data.source=image_folder" in refused(pngs, "data.source=parquet")
+    (tmp_path / "classes" / "a").mkdir(parents=True)
+    assert "it holds no files (only folders)" in refused(tmp_path / "classes")
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    table = pa.table({"image": pa.array([[0] * 16], pa.list_(pa.uint8())), "label": [0]})
+    write_table(table, str(hidden / "_part-0.parquet"))
+    assert "'_part-0.parquet' and any other name starting with '.' or '_' are skipped" in \
+        refused(hidden)
