@@ -40,6 +40,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing
     index = open_data(cfg.data)
     check_kind(cfg.task, cfg.data, index)
+    index.shards("train")  # refused as train refuses it: a run trains on the train split
     for split in index.present():
         shards = len(index.shards(split))
         print(f"{split}: {index.num_rows(split):,} rows in {shards:,} shard"

@@ -84,8 +84,11 @@ class DataIndex:
         """The shards of ``split``; DataError when it has none."""
         shards = self.splits.get(split, ())
         if not shards or not sum(s.rows for s in shards):
+            hint = ("; rows train unless a 'split' column or their path (a file or folder "
+                    "named test, val, ...) puts them in another split"
+                    if split == "train" and self.kind == "images" else "")
             raise DataError(f"{self.source}: no {split!r} rows (splits here: "
-                            f"{', '.join(self.present()) or 'none'})")
+                            f"{', '.join(self.present()) or 'none'}){hint}")
         return shards
 
     def num_rows(self, split: str) -> int:
