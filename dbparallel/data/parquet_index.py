@@ -199,7 +199,8 @@ def parquet_index(path: str, source: str = "") -> DataIndex:
         for split, found in shards.items():
             splits.setdefault(split, []).extend(found)
     if not any(s.rows for found in splits.values() for s in found):
-        raise DataError("the data set is empty (0 rows)")
+        files_of = f"{len(files)} Parquet file{'s' if len(files) != 1 else ''}"
+        raise DataError(f"data.path: {path!r} holds no rows ({files_of} of 0 rows)")
     stats = hashlib.sha256(json.dumps([r[2] for r in results]).encode()).hexdigest()[:20]
     meta = {"encoding": "encoded" if encodings == {"encoded"} else "raw",
             "files": len(files), "stat": stats, "version": VERSION}

@@ -138,3 +138,18 @@ def test_a_folder_without_parquet_files_says_what_it_holds(tmp_path, capsys) -> 
     write_table(table, str(hidden / "_part-0.parquet"))
     assert "'_part-0.parquet' and any other name starting with '.' or '_' are skipped" in \
         refused(hidden)
+
+
+def test_parquet_data_of_no_rows_are_refused_naming_the_path(tmp_path, capsys) -> None:
+    from dbparallel.cli import main
+
+    empty = pa.table({"image": pa.array([], pa.list_(pa.uint8())),
+                      "label": pa.array([], pa.int64())})
+    (tmp_path / "data").mkdir()
+    for name in ("a.parquet", "b.parquet"):
+        write_table(empty, str(tmp_path / "data" / name))
+    assert main(["data", "check", str(tmp_path / "data"), "data.image_size=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"dbparallel: error: data.path: '{tmp_path / 'data'}' holds no rows (2 Parquet files "
+        f"of 0 rows)"]
