@@ -36,8 +36,16 @@ def resolve_path(path: str) -> tuple[pafs.FileSystem, str]:
 
 def not_parquet(path: str, err: Exception) -> DataError:
     """data.path's error for a file Arrow cannot read as Parquet; a local file that starts
-    as text is told how a text file is recognised (by its name)."""
+    as text is told how a text file is recognised (by its name), an image file what an image
+    data set is."""
+    from dbparallel.data.image_folder import IMAGE_EXTENSIONS
+
     hint = ""
+    name = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    if name.lower().endswith(IMAGE_EXTENSIONS):
+        return DataError(f"data.path: {path!r} is an image, not a data set: images train from "
+                         f"a folder of class folders (data.source=image_folder, data.path at "
+                         f"the folder above the class folders)")
     try:
         if "://" in path or not os.path.isfile(path):  # an object store's: not read again
             raise OSError(path)

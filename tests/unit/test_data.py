@@ -153,3 +153,19 @@ def test_parquet_data_of_no_rows_are_refused_naming_the_path(tmp_path, capsys) -
     assert err.strip().splitlines() == [
         f"dbparallel: error: data.path: '{tmp_path / 'data'}' holds no rows (2 Parquet files "
         f"of 0 rows)"]
+
+
+def test_an_image_file_given_as_the_data_is_told_what_an_image_data_set_is(tmp_path,
+                                                                          capsys) -> None:
+    from PIL import Image
+
+    from dbparallel.cli import main
+
+    (tmp_path / "cats").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "cats" / "0.PNG")
+    assert main(["data", "check", str(tmp_path / "cats" / "0.PNG"), "data.image_size=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"dbparallel: error: data.path: '{tmp_path / 'cats' / '0.PNG'}' is an image, not a "
+        f"data set: images train from a folder of class folders (data.source=image_folder, "
+        f"data.path at the folder above the class folders)"]
