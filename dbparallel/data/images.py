@@ -117,7 +117,15 @@ def _raw_pixels(column: pa.Array, size: int) -> torch.Tensor:
     pixels = flat.astype(np.float32)
     bad = ~np.isfinite(pixels).all(1) | (pixels < 0).any(1) | (pixels > 1).any(1)
     if bad.any():
-        raise RowError(_first(bad), IMAGE_COLUMN, "has values outside [0, 1] for floats")
+        row = pixels[_first(bad)]
+        if not np.isfinite(row).all():
+            why = "has NaN or null values"
+        elif row.min() >= 0 and row.max() <= 255:
+            why = (f"has values outside [0, 1] for floats (up to {row.max():g}: pixels of "
+                   f"0..255 stored as floats? write them as uint8, or divided by 255)")
+        else:
+            why = "has values outside [0, 1] for floats"
+        raise RowError(_first(bad), IMAGE_COLUMN, why)
     return torch.from_numpy(pixels)
 
 

@@ -42,6 +42,11 @@ GOOD = [0.5] * 64
         (_table([GOOD, [0.5] * 63], [1, 2]), "column 'image': row 1 has 63 values"),
         (_table([GOOD, GOOD, GOOD], [1, 2, 10]), "column 'label': row 2 has label 10"),
         (_table([GOOD, [2.0] * 64], [1, 2]), "column 'image': row 1 has values outside"),
+        (_table([GOOD, [-0.5] * 64], [1, 2]), r"row 1 has values outside \[0, 1\] for floats$"),
+        (_table([GOOD, [0.0] * 63 + [255.0]], [1, 2]), r"row 1 has values outside \[0, 1\] "
+         r"for floats \(up to 255: pixels of 0..255 stored as floats\? write them as uint8"),
+        (_table([GOOD, [0.5] * 63 + [float("nan")]], [1, 2]), "row 1 has NaN or null values"),
+        (_table([GOOD, [0.5] * 63 + [None]], [1, 2]), "row 1 has NaN or null values"),
         (_table([GOOD, None], [1, 2]), "column 'image': row 1 is null"),
         (_table([GOOD, GOOD], [1.0, 2.0]), "column 'label': expected integers"),
         (pa.table({"image": [GOOD]}), "column 'label' is missing"),
