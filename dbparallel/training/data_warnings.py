@@ -45,12 +45,14 @@ def classes_warning(num_classes: int, names: list[str] | None = None,
     if not classes or classes >= num_classes:
         return None
     if names:
-        have = (f"the data have {classes} classes ({', '.join(names[:5])}"
-                f"{', ...' if classes > 5 else ''})")
+        have = (f"the data have {classes} class{'es' if classes > 1 else ''} "
+                f"({', '.join(names[:5])}{', ...' if classes > 5 else ''})")
     else:
         have = f"the data's labels are {f'0..{classes - 1}' if classes > 1 else '0'}"
-    return (f"data.num_classes={num_classes}, but {have}: labels {classes}..{num_classes - 1} "
-            f"never occur, yet samples and scores cover them; set data.num_classes={classes}")
+    unused = (f"labels {classes}..{num_classes - 1} never occur, yet samples and scores cover "
+              f"them" if num_classes - classes > 1 else f"label {classes} never occurs, yet "
+              f"samples and scores cover it")
+    return f"data.num_classes={num_classes}, but {have}: {unused}; set data.num_classes={classes}"
 
 
 def channels_warning(kinds: list[tuple[str, int]], channels: int) -> str | None:

@@ -89,6 +89,10 @@ def test_fewer_classes_than_num_classes_are_named_by_folder_or_by_label() -> Non
         "data.num_classes=10, but the data's labels are 0..3: labels 4..9 never occur, yet "
         "samples and scores cover them; set data.num_classes=4")
     assert "the data's labels are 0: labels 1..2" in classes_warning(3, seen=1)
+    assert classes_warning(10, names=["cats"]).startswith(
+        "data.num_classes=10, but the data have 1 class (cats): labels 1..9 never occur")
+    assert "the data's labels are 0..8: label 9 never occurs, yet samples and scores cover " \
+        "it; set data.num_classes=9" in classes_warning(10, seen=9)
     assert classes_warning(4, seen=4) is None and classes_warning(4, names=list("abcd")) is None
     assert classes_warning(10) is None  # nothing known: no labels, or an old check
 
