@@ -25,14 +25,17 @@ def cmd_data(args: argparse.Namespace) -> int:
     ``data reshard``: rewrite it."""
     from dbparallel.data.sources import check_kind, open_data
 
-    items = list(args.config)
+    items, guessed = list(args.config), ""
     for i, item in enumerate(items):  # a bare path: the data itself
         if is_path(item) and not item.endswith((".yaml", ".yml")):
             items[i] = f"data.path={item}"
             if not any(x.startswith("data.source=") for x in items):
-                items.append(f"data.source={_bare_source(item, _text_task(items))}")
+                guessed = _bare_source(item, _text_task(items))
+                items.append(f"data.source={guessed}")
     files, overrides = split_items(items)
     cfg = load_config(files, overrides)
+    if guessed == "text" and cfg.task not in TEXT_TASKS and os.path.isdir(cfg.data.path):
+        raise UserError(_read_as_text(cfg.task, cfg.data.path))
     if args.action == "check" and args.out:
         raise UserError("--out: data check writes nothing; --out is for data reshard")
     if args.action == "reshard":
@@ -102,6 +105,23 @@ def _bare_source(path: str, text_task: bool = False) -> str:
     if suffixes & set(IMAGE_EXTENSIONS):
         return "image_folder"
     return "text" if any(text_file_name(p.name) for p in seen) else "parquet"
+
+
+def _read_as_text(task: str, folder: str) -> str:
+    """The error for an image task given a folder that holds text files but no image or
+    Parquet file: what it holds, and the two ways on."""
+    from collections import Counter
+    from pathlib import Path
+
+    from dbparallel.data.image_folder import IMAGE_EXTENSIONS
+
+    seen = [p for _, p in zip(range(10_000), Path(folder).rglob("*"), strict=False)]
+    held = Counter(p.suffix.lower() or p.name for p in seen if p.is_file()).most_common(4)
+    return (f"data.path: {folder!r} holds no image ({' '.join(IMAGE_EXTENSIONS)}) or Parquet "
+            f"file, so it reads as text ({', '.join(f'{s} ({n:,})' for s, n in held)}), and "
+            f"task={task} trains on images: convert the images to one of those formats, or "
+            f"set task={', '.join(TEXT_TASKS[:-1])} or {TEXT_TASKS[-1]} to train a language "
+            f"model on the text")
 
 
 def _reshard(cfg: Config, out: str) -> int:

@@ -93,6 +93,24 @@ def test_an_image_task_still_reads_a_folder_of_images(tmp_path) -> None:
     assert _bare_source(str(tmp_path), text_task=True) == "parquet"
 
 
+def test_an_image_task_given_a_folder_read_as_text_is_told_what_it_holds(tmp_path,
+                                                                         capsys) -> None:
+    folder = tmp_path / "scans"  # class folders of TIFF images, which an image folder skips
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(2):
+            (folder / c / f"{i}.tif").write_bytes(b"II*\x00" + bytes(32))
+    (folder / "README.txt").write_text("scans of two kinds")
+    err = error_of(capsys, "data", "check", str(folder))
+    assert err.strip().splitlines() == [
+        f"dbparallel: error: data.path: '{folder}' holds no image (.png .jpg .jpeg .bmp .gif "
+        f".webp) or Parquet file, so it reads as text (.tif (4), .txt (1)), and task=dit "
+        f"trains on images: convert the images to one of those formats, or set task=mdm, ar "
+        f"or looped to train a language model on the text"]
+    err = error_of(capsys, "data", "check", str(folder), "data.source=image_folder")
+    assert "no class folders with image files" in err  # a source given is not guessed
+
+
 def corpus_error(path: Path) -> str:
     from dbparallel.config import DataConfig
     from dbparallel.data.corpus import corpus_index
