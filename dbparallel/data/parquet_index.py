@@ -70,6 +70,10 @@ def _what_is_there(found: list[pafs.FileInfo]) -> str:
     if skipped:
         return (f": {skipped[0]!r} and any other name starting with '.' or '_' are skipped "
                 f"(hidden or bookkeeping files); rename the data files")
+    cased = [n for n in names if n.lower().endswith(PARQUET_SUFFIXES)]
+    if cased:
+        return (f": {cased[0]!r} and any other name whose suffix is not in lower case are "
+                f"skipped; rename the data files")
     suffixes = Counter(PurePosixPath(n).suffix.lower() or "no suffix" for n in names)
     held = ", ".join(f"{s} ({n:,})" for s, n in suffixes.most_common(4))
     more = ", ..." if len(suffixes) > 4 else ""

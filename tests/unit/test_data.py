@@ -143,6 +143,11 @@ def test_a_folder_without_parquet_files_says_what_it_holds(tmp_path, capsys) -> 
     write_table(table, str(hidden / "_part-0.parquet"))
     assert "'_part-0.parquet' and any other name starting with '.' or '_' are skipped" in \
         refused(hidden)
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    write_table(table, str(upper / "PART-0.PARQUET"))
+    assert "'PART-0.PARQUET' and any other name whose suffix is not in lower case are " \
+        "skipped" in refused(upper)
 
 
 def test_parquet_data_of_no_rows_are_refused_naming_the_path(tmp_path, capsys) -> None:
