@@ -13,6 +13,7 @@ part-way it deletes the files it wrote.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 
@@ -71,7 +72,7 @@ def reshard(index: DataIndex, out: str, shard_rows: int,
         raise DataError(f"{index.source}: only image data sets are resharded; a text corpus "
                         f"is tokenized into shards of data.shard_rows rows already")
     fs, root = resolve_path(out)
-    _check_empty(fs, root, out)
+    created = _check_empty(fs, root, out)
     classes = index.meta.get("classes")
     metadata = {CLASSES_KEY: json.dumps(classes).encode()} if classes else {}
     done = Resharded()
@@ -93,11 +94,16 @@ def reshard(index: DataIndex, out: str, shard_rows: int,
             writer.abandon()
         for name in done.files:
             fs.delete_file(f"{root.rstrip('/')}/{name}")
+        if created:  # nor the folder it made
+            with contextlib.suppress(OSError, pa.ArrowException):
+                fs.delete_dir(root)
         raise
     return done
 
 
-def _check_empty(fs: pafs.FileSystem, root: str, out: str) -> None:
+def _check_empty(fs: pafs.FileSystem, root: str, out: str) -> bool:
+    """UserError unless ``out`` is a new or empty folder, which it makes; whether it was
+    new."""
     try:
         info = fs.get_file_info(root)
         if info.type == pafs.FileType.File:
@@ -107,6 +113,7 @@ def _check_empty(fs: pafs.FileSystem, root: str, out: str) -> None:
             raise UserError(f"--out {out}: is not empty; give a new or empty folder (nothing "
                             f"was written)")
         fs.create_dir(root, recursive=True)
+        return info.type == pafs.FileType.NotFound
     except (pa.ArrowException, OSError) as err:
         raise UserError(f"--out {out}: cannot write there: {err}") from None
 

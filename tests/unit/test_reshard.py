@@ -145,7 +145,13 @@ def test_a_reshard_that_fails_part_way_leaves_no_files(tmp_path, monkeypatch) ->
         main(["data", "reshard", str(source), "--out", str(out), "data.image_size=4",
               "data.channels=3", "data.shard_rows=64"])
     assert written == [out / "train-00000.parquet"]  # a row group was written by then
-    assert list(out.iterdir()) == []  # and removed with the failure
+    assert not out.exists()  # removed with the failure, and the folder the reshard made
+    out.mkdir()  # a folder the user made stays, empty
+    with pytest.raises(OSError, match="connection reset"):
+        pieces.clear()
+        main(["data", "reshard", str(source), "--out", str(out), "data.image_size=4",
+              "data.channels=3", "data.shard_rows=64"])
+    assert out.is_dir() and list(out.iterdir()) == []
 
 
 POOLS: list[pa.MemoryPool] = []  # a pool must outlive every buffer it allocated: never freed
