@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from dbparallel.config import TEXT_TASKS, Config, given_value, load_config
-from dbparallel.errors import UserError
+from dbparallel.errors import DataError, UserError
 
 
 def split_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -26,6 +26,11 @@ def cmd_data(args: argparse.Namespace) -> int:
     from dbparallel.data.sources import check_kind, open_data
 
     items, guessed = list(args.config), ""
+    bare = [i for i in items if is_path(i) and not i.endswith((".yaml", ".yml"))]
+    given = bare + [i for i in items if i.startswith("data.path=")]
+    if len(given) > 1:  # which would be read is not what a reader of the line expects
+        raise UserError(f"data {args.action}: the data are given {len(given)} times "
+                        f"({', '.join(given)}); give one path (or data.path=PATH)")
     for i, item in enumerate(items):  # a bare path: the data itself
         if is_path(item) and not item.endswith((".yaml", ".yml")):
             items[i] = f"data.path={item}"
@@ -43,7 +48,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing
     index = open_data(cfg.data)
     check_kind(cfg.task, cfg.data, index)
-    index.shards("train")  # refused as train refuses it: a run trains on the train split
+    try:  # checked all the same (e.g. a held-out set alone), but said: a run needs them
+        index.shards("train")
+    except DataError as err:
+        print(f"warning: {err}; `dbparallel train` refuses these data", file=sys.stderr)
     for split in index.present():
         shards = len(index.shards(split))
         print(f"{split}: {index.num_rows(split):,} rows in {shards:,} shard"

@@ -179,3 +179,18 @@ def test_an_image_file_given_as_the_data_is_told_what_an_image_data_set_is(tmp_p
         f"dbparallel: error: data.path: '{tmp_path / 'cats' / '0.PNG'}' is an image, not a "
         f"data set: images train from a folder of class folders (data.source=image_folder, "
         f"data.path at the folder above the class folders)"]
+
+
+def test_data_given_twice_on_the_command_line_are_refused_naming_both(tmp_path,
+                                                                      capsys) -> None:
+    from dbparallel.cli import main
+
+    one, two = str(tmp_path / "one.parquet"), str(tmp_path / "two")
+    write_table(digits_table().slice(0, 10), one)
+    for line in ([one, f"data.path={two}"], [one, one]):
+        assert main(["data", "check", *line]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == [
+            f"dbparallel: error: data check: the data are given 2 times ({', '.join(line)}); "
+            f"give one path (or data.path=PATH)"]
+    assert main(["data", "check", one]) == 0  # once is the way
