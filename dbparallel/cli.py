@@ -296,3 +296,7 @@ def _run(args: argparse.Namespace, stop: StopSignals | None) -> int:
             raise
         print(f"dbparallel: run failed: {err}", file=sys.stderr)
         return EXIT_RUN_FAILED
+
+
+if __name__ == "__main__":  # python -m dbparallel.cli, as python -m dbparallel
+    raise SystemExit(main())
