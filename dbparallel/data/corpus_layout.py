@@ -127,16 +127,17 @@ def check_rows(rows: dict[str, int], layout: Layout, data: DataConfig,
                packable: dict[str, bool]) -> None:
     """DataError for a split with text but no row (``packable``: whether data.pack=true
     would give it one), or no training text; validation and test may be absent."""
+    where = f"data.path: {data.path!r}: " if data.path else f"data.source={data.source}: "
     for split in SPLITS:
         tally = layout.splits[split]
         if rows[split] or (not tally.characters and split != "train"):
             continue
         if not tally.characters:
-            raise DataError(f"the train split has no text ({_documents(layout.documents)}, "
+            raise DataError(f"{where}the train split has no text ({_documents(layout.documents)}, "
                             f"{_characters(layout.characters)} in all): {_train_fix(layout)}")
         unit = "characters" if data.tokenizer == "char" else "tokens"
-        why = (f"the text is too short for data.seq_len={data.seq_len}: the {split} split has "
-               f"no sequence ({tally.characters:,} characters in {tally.documents:,} "
+        why = (f"{where}the text is too short for data.seq_len={data.seq_len}: the {split} "
+               f"split has no sequence ({tally.characters:,} characters in {tally.documents:,} "
                f"document{'s' if tally.documents != 1 else ''})")
         if not data.pack and packable[split]:
             raise DataError(f"{why}: each document is shorter than a row of "

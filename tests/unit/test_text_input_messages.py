@@ -172,8 +172,8 @@ def test_a_corpus_without_text_names_its_files_and_gives_split_advice_only_for_s
     assert "holds no text (no documents)" in corpus_error(tmp_path / "blank.jsonl")
     (tmp_path / "a.txt").write_text("a")  # its one character falls in the test split
     err = corpus_error(tmp_path / "a.txt")
-    assert "the train split has no text (1 document, 1 character in all): split by " \
-           "position" in err and "split 'train'" not in err
+    assert f"data.path: '{tmp_path / 'a.txt'}': the train split has no text (1 document, " \
+           f"1 character in all): split by position" in err and "split 'train'" not in err
     tested = [json.dumps({"text": "To be, or not to be.", "split": "test"})] * 3
     (tmp_path / "tested.jsonl").write_text("\n".join(tested))
     assert "give documents split 'train', or leave their split out" in \
