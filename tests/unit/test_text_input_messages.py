@@ -65,7 +65,10 @@ def test_a_text_task_reads_a_folder_of_text_with_a_stray_image_as_text(tmp_path,
                    f"data.path={stray}")
     assert f"data.path: '{stray}' is an image, not text" in err
     assert "move it out" not in err  # a file given alone
-    stray.unlink()
+    stray.rename(folder / "scan.TIF")  # an image format image folders do not read
+    err = error_of(capsys, "data", "check", str(folder), "task=ar")
+    assert f"data.path: '{folder / 'scan.TIF'}' is an image, not text" in err
+    (folder / "scan.TIF").unlink()
     assert main(["data", "check", str(folder), "task=ar", "data.seq_len=32",
                  "sample.prompt_len=8", "sample.gen_len=8"]) == 0
     assert "train: " in capsys.readouterr().out
