@@ -43,29 +43,10 @@ def _data(network: Network, source: str) -> DataIndex:
 
 
 def _out_file(out: str) -> None:
-    """UserError naming --out where ``out`` is no file to write: empty, a folder, or a file
-    a run directory wrote (its config, report, samples, checkpoints: RUN_FILES and blocks/);
-    another file in a run directory, e.g. an earlier export, may be replaced."""
-    from pathlib import Path
+    """UserError naming --out where ``out`` is no file to write (training/run_dir.py)."""
+    from dbparallel.training.run_dir import check_out_file
 
-    from dbparallel.training.data_pin import DATA_INDEX_FILE
-    from dbparallel.training.run_dir import CONFIG_FILE, RUN_FILES
-
-    if not out.strip():
-        raise UserError("--out: give the path of the file to write")
-    if "://" in out:
-        return
-    path = Path(out).resolve()
-    if path.is_dir():
-        raise UserError(f"--out {out}: is a folder; name a file (in it)")
-    if not path.exists():
-        return
-    for parent in path.parents:
-        if (parent / CONFIG_FILE).is_file() and (parent / DATA_INDEX_FILE).is_file():
-            inside = path.relative_to(parent).parts
-            if inside[0] == "blocks" or (len(inside) == 1 and inside[0] in RUN_FILES):
-                raise UserError(f"--out {out}: is a file of the run directory {parent}, "
-                                f"which writing would replace; choose another name")
+    check_out_file(out, "--out")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -12,7 +12,12 @@ from dbparallel.errors import DataError, RunDirError, UserError
 from dbparallel.training.data_pin import pinned_data, run_data, run_tokenizer
 from dbparallel.training.export import damaged_export, export_bytes, read_export, split_uri
 from dbparallel.training.network import Network
-from dbparallel.training.run_dir import CONFIG_FILE, require_run_dir, stored_config
+from dbparallel.training.run_dir import (
+    CONFIG_FILE,
+    check_out_file,
+    require_run_dir,
+    stored_config,
+)
 from dbparallel.training.snapshots import load_snapshots
 from dbparallel.training.storage import Storage
 
@@ -118,7 +123,9 @@ def load_export(path: str, device: str | None = None) -> Network:
 
 def export_run(run_dir: str, out: str, step: int | None = None) -> Network:
     """Write the network of ``run_dir`` (its latest snapshots, or those of ``step``) to the
-    single file ``out``; returns it (on the CPU)."""
+    single file ``out``; returns it (on the CPU). Refuses an ``out`` that is a folder or a
+    file of a run directory (its config, checkpoints, ...), naming it, before reading."""
+    check_out_file(out, "out")
     network = load_run(run_dir, step, "cpu")
     tokenizer = network.tokenizer.describe() if network.tokenizer is not None else None
     data = export_bytes(network.cfg, [b.state_dict() for b in network.blocks], network.steps,

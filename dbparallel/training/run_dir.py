@@ -17,7 +17,7 @@ from dbparallel.config import (
     to_dict,
 )
 from dbparallel.data.shards import DataIndex
-from dbparallel.errors import RunDirError
+from dbparallel.errors import RunDirError, UserError
 from dbparallel.training.data_pin import DATA_INDEX_FILE, VOCAB_FILE, refuse_other_data
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
@@ -29,6 +29,29 @@ RUN_FILES = (CONFIG_FILE, DATA_INDEX_FILE, VOCAB_FILE, "report.json", "assembly.
              "diagnostics.json", "curves.png", "samples.png", "confusion.json", "samples.txt",
              "assembler_restarts.json")
 log = logging.getLogger(__name__)
+
+
+def check_out_file(out: str, name: str = "--out") -> None:
+    """UserError naming ``name`` where ``out`` is no file to write: empty, a folder, or a file
+    a run directory wrote (RUN_FILES at its root, anything under blocks/); another file in a
+    run directory, e.g. an earlier export, may be replaced. URIs are not checked."""
+    from pathlib import Path
+
+    if not out.strip():
+        raise UserError(f"{name}: give the path of the file to write")
+    if "://" in out:
+        return
+    path = Path(out).resolve()
+    if path.is_dir():
+        raise UserError(f"{name} {out}: is a folder; name a file (in it)")
+    if not path.exists():
+        return
+    for parent in path.parents:
+        if (parent / CONFIG_FILE).is_file() and (parent / DATA_INDEX_FILE).is_file():
+            inside = path.relative_to(parent).parts
+            if inside[0] == "blocks" or (len(inside) == 1 and inside[0] in RUN_FILES):
+                raise UserError(f"{name} {out}: is a file of the run directory {parent}, "
+                                f"which writing would replace; choose another name")
 
 
 def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
