@@ -4,10 +4,14 @@ is a UserError naming the argument, as a bad value is, never a TypeError from de
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbparallel.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def texts_of(value: Any, name: str) -> tuple[list[str], bool]:
@@ -32,3 +36,65 @@ def number(value: Any, name: str, whole: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, kind):
         raise UserError(f"{name}: expected {'an integer' if whole else 'a number'}, got "
                         f"{type(value).__name__} {value!r:.40}")
+
+
+def _tensor(value: Any, name: str, expected: str) -> torch.Tensor:
+    """``value`` as a tensor; a UserError naming ``name`` and what was ``expected`` where it
+    is none (a string, a path, an image object, a list of tensors)."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, np.ndarray) and not value.flags.writeable:
+        value = value.copy()  # np.asarray(PIL image): read-only, which torch warns of
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        try:
+            return torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise UserError(f"{name}: expected {expected}, got {type(value).__name__} {value!r:.40}")
+
+
+def labels_of(value: Any, classes: int) -> torch.Tensor:
+    """The class numbers of ``value`` (an integer, or integers in a list, array or tensor) as
+    one long tensor; a UserError naming ``labels`` for anything else or a class out of range."""
+    import torch
+
+    expected = f"class numbers 0..{classes - 1} (an integer, or a list or tensor of them)"
+    x = _tensor(value, "labels", expected).reshape(-1)
+    whole = not (x.dtype == torch.bool or x.is_complex()) and (
+        not x.is_floating_point() or bool(torch.equal(x, x.round())))
+    if not whole:
+        raise UserError(f"labels: expected {expected}, got {x.dtype} {x.tolist()!r:.40}")
+    x = x.long()
+    if len(x) and (x.min() < 0 or x.max() >= classes):
+        raise UserError(f"labels: classes are 0..{classes - 1}, got {x.tolist()}")
+    return x
+
+
+def images_of(value: Any, channels: int, size: int) -> torch.Tensor:
+    """Pixels in [0, 1], (N, C, H, W), of ``value``: a tensor or array (N, C, H, W), or one
+    image (C, H, W), of floats in [0, 1] or uint8; a UserError naming ``images`` otherwise."""
+    import torch
+
+    want = (channels, size, size)
+    shape = f"(N, {channels}, {size}, {size}) or one image ({channels}, {size}, {size})"
+    x = _tensor(value, "images", f"a tensor or array of pixels {shape} (torch.stack a list "
+                                 f"of images)")
+    given = tuple(x.shape)
+    x = x[None] if x.dim() == 3 else x
+    if x.dim() != 4 or tuple(x.shape[1:]) != want:
+        hint = ""
+        if given[-3:] == (size, size, channels):
+            hint = "; channels last? move them first, e.g. .permute(2, 0, 1)"
+        elif given == (size, size) and channels == 1:
+            hint = "; one image without its channel: add it, e.g. image[None]"
+        raise UserError(f"images: expected shape {shape} (data.channels, data.image_size x2), "
+                        f"got {given}{hint}")
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    if not x.is_floating_point():
+        raise UserError(f"images: {x.dtype} pixels; pass uint8 (0..255) or floats in [0, 1]")
+    x = x.float()
+    if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+        raise UserError("images: float pixels must lie in [0, 1] (or pass uint8 0..255)")
+    return x

@@ -29,7 +29,7 @@ from dbparallel.data.tokenizer import Tokenizer
 from dbparallel.errors import RunDirError, UserError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
-from dbparallel.training.arguments import number, texts_of
+from dbparallel.training.arguments import images_of, labels_of, number, texts_of
 from dbparallel.training.device import choose_device
 from dbparallel.training.seeding import generator
 
@@ -130,10 +130,7 @@ class Network:
         """Images (N, C, H, W) in [0, 1] of classes ``labels``, from ``steps`` solver steps
         with classifier-free guidance ``cfg_scale`` (defaults: the run's sample.*)."""
         self._need("sample")
-        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-        classes = self.cfg.data.num_classes
-        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
-            raise UserError(f"labels: classes are 0..{classes - 1}, got {labels.tolist()}")
+        labels = labels_of(labels, self.cfg.data.num_classes)
         if steps is not None and steps < 1:
             raise UserError(f"steps: must be >= 1, got {steps}")
         return self.task.generate(self.blocks, labels.to(self.device),
@@ -146,17 +143,8 @@ class Network:
         """Logits (N, classes) of images (N, C, H, W), or one image (C, H, W): floats in
         [0, 1], or uint8 pixels."""
         self._need("predict")
-        x = torch.as_tensor(images)
-        if x.dim() == 3:
-            x = x[None]
         d = self.cfg.data
-        want = (d.channels, d.image_size, d.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != want:
-            raise UserError(f"images: expected shape (N, {', '.join(map(str, want))}) "
-                            f"(data.channels, data.image_size x2), got {tuple(x.shape)}")
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-            raise UserError("images: float pixels must lie in [0, 1] (or pass uint8 0..255)")
+        x = images_of(images, d.channels, d.image_size)
         return self.task.predict(self.blocks, (x * 2 - 1).to(self.device),
                                  generator(self.cfg.run.seed, "api-predict", seed)).cpu()
 

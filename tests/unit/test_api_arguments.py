@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 import dbparallel
 from dbparallel import cli
@@ -51,3 +54,34 @@ def test_export_refuses_a_folder_or_a_file_of_a_run_directory(runs: dict[str, st
     written = run / "net.safetensors"  # another file in a run directory: allowed
     dbparallel.export(run, written)
     assert dbparallel.load(written).steps == [3, 3]
+
+
+def test_predict_names_images_of_another_kind(runs: dict[str, str], tmp_path: Path) -> None:
+    net = dbparallel.load(runs["vit"])
+    png = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    expected = "images: expected a tensor or array of pixels (N, 1, 8, 8) or one image (1, 8, 8)"
+    for value, kind in ((str(png), "str"), (png, "PosixPath"), (Image.open(png), "PngImageFile"),
+                        ([torch.zeros(1, 8, 8)] * 2, "list")):
+        with pytest.raises(UserError, match=re.escape(expected) + f".*got {kind}"):
+            net.predict(value)
+    with pytest.raises(UserError, match=r"got \(8, 8\); one image without its channel"):
+        net.predict(np.asarray(Image.open(png)))  # a grey image as PIL gives it
+    with pytest.raises(UserError, match=r"got \(8, 8, 1\); channels last\?"):
+        net.predict(torch.zeros(8, 8, 1))
+    with pytest.raises(UserError, match="torch.int64 pixels; pass uint8"):
+        net.predict(torch.full((1, 1, 8, 8), 200))
+    assert net.predict(torch.zeros(0, 1, 8, 8)).shape == (0, 10)  # as sample([]) is empty
+    assert torch.equal(net.predict(torch.stack([torch.zeros(1, 8, 8)] * 2)),
+                       net.predict(np.zeros((2, 1, 8, 8), np.float32)))
+
+
+def test_sample_names_labels_that_are_no_class_numbers(runs: dict[str, str]) -> None:
+    net = dbparallel.load(runs["dit"])
+    said = "labels: expected class numbers 0..9 (an integer, or a list or tensor of them)"
+    for labels, got in ((["a"], "got list"), ("3", "got str"), (None, "got NoneType"),
+                        (torch.tensor([1.7]), "got torch.float32"), ([True], "got torch.bool")):
+        with pytest.raises(UserError, match=re.escape(said) + f", {got}"):
+            net.sample(labels, steps=1)
+    whole = net.sample(np.array([1.0, 2.0]), steps=1)  # whole numbers of any dtype
+    assert torch.equal(whole, net.sample([1, 2], steps=1))
