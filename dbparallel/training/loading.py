@@ -9,6 +9,7 @@ import pyarrow.fs as pafs
 from dbparallel.config import Config, from_dict
 from dbparallel.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_description
 from dbparallel.errors import DataError, RunDirError, UserError
+from dbparallel.training.arguments import number
 from dbparallel.training.data_pin import pinned_data, run_data, run_tokenizer
 from dbparallel.training.export import damaged_export, export_bytes, read_export, split_uri
 from dbparallel.training.network import Network
@@ -30,12 +31,22 @@ def load(source: str | os.PathLike, step: int | None = None,
     snapshots, or those of ``step``) or of a file written by ``dbparallel export``, on
     ``device`` (training/device.py: "cpu" by default, "cuda" or "cuda:N" where one is here)."""
     source = os.fspath(source)
+    _check_step(step)
     if is_file(source):
         if step is not None:
             raise RunDirError(f"{source}: an export holds one step per block; step= applies "
                               "to run directories")
         return load_export(source, device)
     return load_run(source, step, device)
+
+
+def _check_step(step: object) -> None:
+    """UserError naming ``step`` unless it is None or a step number (``"12"`` would look for a
+    snapshot of a step no block has, and say that 12 is kept)."""
+    if step is not None:
+        number(step, "step", whole=True)
+        if step < 0:
+            raise UserError(f"step: a training step is >= 0, got {step}")
 
 
 def is_file(source: str) -> bool:
@@ -126,6 +137,7 @@ def export_run(run_dir: str, out: str, step: int | None = None) -> Network:
     single file ``out``; returns it (on the CPU). Refuses an ``out`` that is a folder or a
     file of a run directory (its config, checkpoints, ...), naming it, before reading."""
     check_out_file(out, "out")
+    _check_step(step)
     network = load_run(run_dir, step, "cpu")
     tokenizer = network.tokenizer.describe() if network.tokenizer is not None else None
     data = export_bytes(network.cfg, [b.state_dict() for b in network.blocks], network.steps,

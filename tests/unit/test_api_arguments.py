@@ -85,3 +85,15 @@ def test_sample_names_labels_that_are_no_class_numbers(runs: dict[str, str]) -> 
             net.sample(labels, steps=1)
     whole = net.sample(np.array([1.0, 2.0]), steps=1)  # whole numbers of any dtype
     assert torch.equal(whole, net.sample([1, 2], steps=1))
+
+
+def test_a_step_that_is_no_step_number_is_named(runs: dict[str, str], tmp_path: Path) -> None:
+    # "3" used to look for a snapshot of a step no block has, and say that step 3 is kept
+    for call in (lambda: dbparallel.load(runs["dit"], step="3"),
+                 lambda: dbparallel.export(runs["dit"], tmp_path / "x.safetensors", step="3")):
+        with pytest.raises(UserError, match="^step: expected an integer, got str '3'"):
+            call()
+    with pytest.raises(UserError, match="^step: a training step is >= 0, got -1"):
+        dbparallel.load(runs["dit"], step=-1)
+    assert not (tmp_path / "x.safetensors").exists()
+    assert dbparallel.load(runs["dit"], step=np.int64(3)).steps == [3, 3]
