@@ -43,7 +43,7 @@ def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> li
                           f"training state")
     if missing:
         raise RunDirError(f"{storage.uri()}: block(s) {missing} have no snapshot yet; "
-                          f"train them first (dbparallel train ... run.dir={storage.uri()})")
+                          + _while_training(cfg, storage))
     partition = build_task(cfg).partition.to_json()
     for b, snap in enumerate(snapshots):
         meta = snap["meta"]
@@ -57,3 +57,20 @@ def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> li
             raise RunDirError(f"block {b}: its noise partition {meta['partition']['ranges']} "
                               f"disagrees with {partition['ranges']}")
     return snapshots
+
+
+def _while_training(cfg: Config, storage: Storage) -> str:
+    """What to do about blocks without a snapshot: wait, where a process trains the run now
+    (its blocks train one after another in local mode, or in waves), else train them."""
+    from dbparallel.training.status import run_status
+
+    try:
+        status = run_status(storage, cfg)
+    except RunDirError:  # a damaged file: the command that trains the run says which
+        status = None
+    training = [b.block for b in status.blocks if b.state == "training"] if status else []
+    if not training:
+        return f"train them first (dbparallel train ... run.dir={storage.uri()})"
+    return (f"the run is training ({status.state}; block(s) {training} now), and a block's "
+            f"first snapshot comes after train.checkpoint_every={cfg.train.checkpoint_every} "
+            f"of its steps: wait for it (dbparallel status {storage.uri()})")

@@ -16,15 +16,17 @@ from dbparallel import cli
 from dbparallel.config import load_config
 from dbparallel.errors import UserError
 from dbparallel.runtime.local import run_local
+from dbparallel.training.lease import BlockLease
+from dbparallel.training.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["train.steps=3", "train.checkpoint_every=3", "train.log_every=1", "metrics.port=0"]
 
 
-def _train(run_dir: Path, *overrides: str) -> str:
+def _train(run_dir: Path, *overrides: str, only: list[int] | None = None) -> str:
     cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [*overrides, *FAST,
                                                            f"run.dir={run_dir}"])
-    run_local(cfg, None, progress=False, only_blocks=list(range(cfg.model.blocks)))
+    run_local(cfg, None, progress=False, only_blocks=only or list(range(cfg.model.blocks)))
     return str(run_dir)
 
 
@@ -97,3 +99,27 @@ def test_a_step_that_is_no_step_number_is_named(runs: dict[str, str], tmp_path: 
         dbparallel.load(runs["dit"], step=-1)
     assert not (tmp_path / "x.safetensors").exists()
     assert dbparallel.load(runs["dit"], step=np.int64(3)).steps == [3, 3]
+
+
+def test_a_block_without_a_snapshot_of_a_run_in_training_says_to_wait(tmp_path: Path,
+                                                                      capsys) -> None:
+    run = _train(tmp_path / "half", only=[0])
+    train_first = r"block\(s\) \[1\] have no snapshot yet; train them first"
+    with pytest.raises(UserError, match=train_first):
+        dbparallel.load(run)
+    lease = BlockLease(Storage(run), 1, "another-run", 600)  # a live process trains block 1
+    lease.acquire()
+    try:
+        for call in (lambda: dbparallel.load(run),
+                     lambda: dbparallel.export(run, tmp_path / "x.safetensors")):
+            with pytest.raises(UserError, match=rf"block\(s\) \[1\] have no snapshot yet; "
+                               rf"the run is training \(1 training, 1 done; block\(s\) \[1\] "
+                               rf"now\).*train.checkpoint_every=3 .*: wait for it "
+                               rf"\(dbparallel status {re.escape(run)}\)"):
+                call()
+        assert cli.main(["eval", run]) == 2
+        assert "the run is training" in capsys.readouterr().err
+    finally:
+        lease.release()
+    with pytest.raises(UserError, match=train_first):  # the process stopped: train it
+        dbparallel.load(run)
