@@ -61,6 +61,14 @@ def is_file(source: str) -> bool:
     return kind == pafs.FileType.File
 
 
+def _is_existing_file(source: str) -> bool:
+    """Whether ``source`` is a file; False where it is missing (load_run names that)."""
+    try:
+        return is_file(source)
+    except RunDirError:
+        return False
+
+
 def run_config(run_dir: str) -> Config:
     """The config a run directory was trained with (``run.dir`` pointing at it)."""
     storage = Storage(run_dir)
@@ -138,6 +146,9 @@ def export_run(run_dir: str, out: str, step: int | None = None) -> Network:
     file of a run directory (its config, checkpoints, ...), naming it, before reading."""
     check_out_file(out, "out")
     _check_step(step)
+    if _is_existing_file(run_dir):
+        raise UserError(f"{run_dir}: is a file (an export?); export writes one from a run "
+                        f"directory, and an export file is copied as it is")
     network = load_run(run_dir, step, "cpu")
     tokenizer = network.tokenizer.describe() if network.tokenizer is not None else None
     data = export_bytes(network.cfg, [b.state_dict() for b in network.blocks], network.steps,

@@ -123,3 +123,15 @@ def test_a_block_without_a_snapshot_of_a_run_in_training_says_to_wait(tmp_path: 
         lease.release()
     with pytest.raises(UserError, match=train_first):  # the process stopped: train it
         dbparallel.load(run)
+
+
+def test_exporting_an_export_file_says_it_is_one(runs: dict[str, str], tmp_path: Path,
+                                                 capsys) -> None:
+    first = tmp_path / "net.safetensors"
+    dbparallel.export(runs["dit"], first)
+    said = f"{first}: is a file (an export?); export writes one from a run directory"
+    with pytest.raises(UserError, match=re.escape(said)):
+        dbparallel.export(first, tmp_path / "again.safetensors")
+    assert cli.main(["export", str(first), "--out", str(tmp_path / "again.safetensors")]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "again.safetensors").exists()
