@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from dbparallel.training.network import Network
 
 DEVICE_HELP = "cpu (default), cuda or cuda:N (an error where no CUDA device is here)"
+DATA_HELP = ("read the data here, in place of data.path (same data.source): data that moved, "
+             "an export on a machine that has them elsewhere, or other data of the same kind")
 
 
 def _load(args: argparse.Namespace) -> Network:
@@ -27,19 +29,56 @@ def _load(args: argparse.Namespace) -> Network:
     return load(args.source, getattr(args, "step", None), args.device or None)
 
 
-def _data(network: Network, source: str) -> DataIndex:
-    """The data a run trained on (its pinned index, rebuilt here where it lives in another
-    machine's cache); for an export, or a run that pinned none, the data its config names."""
+def _data(network: Network, source: str, path: str = "") -> DataIndex:
+    """The data at ``path`` (--data), else the data a run trained on (its pinned index,
+    rebuilt here where it lives in another machine's cache); for an export, or a run that
+    pinned none, the data its config names."""
     from dbparallel.data.sources import open_data
+    from dbparallel.errors import DataError
     from dbparallel.training.data_pin import pinned_data, run_data
     from dbparallel.training.loading import is_file
     from dbparallel.training.storage import Storage
 
-    if not is_file(source):
-        storage = Storage(source)
-        if pinned_data(storage):
-            return run_data(network.cfg, storage)
-    return open_data(network.cfg.data)
+    if path:
+        return _data_at(network, path)
+    elsewhere = "; --data PATH reads them where they are now"
+    try:
+        if not is_file(source):
+            storage = Storage(source)
+            if pinned_data(storage):
+                return run_data(network.cfg, storage)
+        return open_data(network.cfg.data)
+    except DataError as err:  # e.g. moved, or an export on a machine without them
+        gone = "not there" in str(err) or "no such" in str(err)
+        if network.cfg.data.source not in PATH_SOURCES or not gone:
+            raise
+        raise DataError(f"{err}{elsewhere}") from None
+
+
+PATH_SOURCES = ("parquet", "image_folder", "text")  # the data sources read from data.path
+
+
+def _data_at(network: Network, path: str) -> DataIndex:
+    """--data: the data at ``path``, read as the network's config reads its data.path; a
+    text network's tokenizer must be the one those texts give."""
+    import dataclasses
+
+    from dbparallel.data.sources import open_data
+    from dbparallel.data.tokenizer import load_tokenizer
+
+    data = network.cfg.data
+    if data.source not in PATH_SOURCES:
+        raise UserError(f"--data: the network was trained on data.source={data.source}, "
+                        f"which is read from no path; --data is for data.source="
+                        f"{', '.join(PATH_SOURCES)}")
+    index = open_data(dataclasses.replace(data, path=path))
+    if network.tokenizer is not None and \
+            load_tokenizer(index.meta).describe() != network.tokenizer.describe():
+        raise UserError(f"--data {path}: these texts give another tokenizer than the "
+                        f"network's (data.tokenizer={network.tokenizer.name}, from the text it "
+                        f"was trained on): the same token ids would be other text; give the "
+                        f"text it was trained on")
+    return index
 
 
 def _out_file(out: str) -> None:
@@ -51,7 +90,7 @@ def _out_file(out: str) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     network = _load(args)
-    metrics = network.evaluate(_data(network, args.source))
+    metrics = network.evaluate(_data(network, args.source, args.data))
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -78,7 +117,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise UserError(f"--out {args.out}: cannot write into {folder}")
-    _, data = network.artifact(_data(network, args.source) if needs_data else None)
+    _, data = network.artifact(_data(network, args.source, args.data) if needs_data
+                               else None)
     try:
         with open(args.out, "wb") as f:
             f.write(data)
@@ -153,6 +193,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--step", type=int, default=None,
                    help="evaluate the snapshots of this step (see train.keep_snapshots)")
     e.add_argument("--device", default="", help=DEVICE_HELP)
+    e.add_argument("--data", default="", metavar="PATH", help=DATA_HELP)
     e.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", help="write the run's samples (samples.png, confusion.json, "
@@ -160,6 +201,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("source", metavar="RUN_DIR", help=source_help)
     s.add_argument("--out", required=True)
     s.add_argument("--device", default="", help=DEVICE_HELP)
+    s.add_argument("--data", default="", metavar="PATH",
+                   help=DATA_HELP + " (vit and text networks read data for their samples)")
     s.set_defaults(func=cmd_sample)
 
     x = sub.add_parser("export", help="write every block's EMA weights, the config and the "

@@ -60,7 +60,7 @@ def train_scorer(batches: Iterator[torch.Tensor], vocab_size: int, steps: int, s
     tty = sys.stderr.isatty()
     if not tty:
         print(f"evaluation: training the gen_ppl scorer for this data once ({steps} steps; "
-              f"cached in {cache_dir()})", flush=True)
+              f"cached in {cache_dir()})", file=sys.stderr, flush=True)  # stdout: results
     bar = tqdm(total=steps, desc="gen_ppl scorer (once per data set)", unit="step",
                leave=False, disable=not tty)
     for step, batch in zip(range(steps), batches, strict=True):

@@ -1,0 +1,67 @@
+"""`eval` and `sample` with --data: a network evaluated on data that are not (or no longer)
+at the data.path it was trained on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dbparallel import cli
+from dbparallel.config import load_config
+from dbparallel.data.sources import digits_table
+from dbparallel.data.tables import write_table
+from dbparallel.runtime.local import run_local
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["train.steps=3", "train.checkpoint_every=3", "train.log_every=1", "metrics.port=0",
+        "sample.eval_samples=10"]
+
+
+def _train(run_dir: Path, *overrides: str) -> str:
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [*FAST, f"run.dir={run_dir}",
+                                                          *overrides])
+    run_local(cfg, None, progress=False, only_blocks=list(range(cfg.model.blocks)))
+    return str(run_dir)
+
+
+def _eval(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, float]:
+    assert cli.main(["eval", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_moved_data_and_an_export_elsewhere_are_evaluated_with_data(tmp_path, capsys) -> None:
+    at = tmp_path / "digits.parquet"
+    write_table(digits_table(), str(at))
+    run = _train(tmp_path / "run", "task=vit", "model.patch_size=4", "data.source=parquet",
+                 f"data.path={at}")
+    before = _eval(capsys, run)
+    export = str(tmp_path / "vit.safetensors")
+    assert cli.main(["export", run, "--out", export]) == 0
+    (tmp_path / "moved").mkdir()
+    moved = at.rename(tmp_path / "moved" / "digits.parquet")
+    for source in (run, export):  # the run pinned them at `at`; the export's config names it
+        assert cli.main(["eval", source]) == 2
+        assert "--data PATH reads them where they are now" in capsys.readouterr().err
+        assert _eval(capsys, source, "--data", str(moved)) == before
+    out = str(tmp_path / "confusion.json")
+    assert cli.main(["sample", export, "--out", out, "--data", str(moved)]) == 0
+    assert json.loads(Path(out).read_text())
+
+
+def test_data_without_a_path_or_other_text_are_refused(tmp_path, capsys) -> None:
+    run = _train(tmp_path / "digits")  # data.source=digits: built in, no path
+    assert cli.main(["eval", run, "--data", str(tmp_path)]) == 2
+    assert ("--data: the network was trained on data.source=digits, which is read from no "
+            "path") in capsys.readouterr().err
+    trained, other = tmp_path / "a.txt", tmp_path / "b.txt"
+    trained.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    other.write_text("ZYXW VUTS RQPO " * 600)  # characters the network never saw
+    run = _train(tmp_path / "text", "task=ar", "model.depth=2", "model.hidden=32",
+                 "data.source=text", f"data.path={trained}", "data.seq_len=32",
+                 "sample.prompt_len=8", "sample.gen_len=8", "sample.scorer_steps=20")
+    assert cli.main(["eval", run, "--data", str(other)]) == 2
+    assert (f"--data {other}: these texts give another tokenizer than the network's "
+            f"(data.tokenizer=char") in capsys.readouterr().err
+    assert "bpc" in _eval(capsys, run, "--data", str(trained))  # the same text is accepted
