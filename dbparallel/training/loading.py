@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pyarrow.fs as pafs
@@ -23,6 +24,7 @@ from dbparallel.training.snapshots import load_snapshots
 from dbparallel.training.storage import Storage
 
 TEXT_TASKS = ("mdm", "ar", "looped")
+log = logging.getLogger(__name__)
 
 
 def load(source: str | os.PathLike, step: int | None = None,
@@ -37,7 +39,19 @@ def load(source: str | os.PathLike, step: int | None = None,
             raise RunDirError(f"{source}: an export holds one step per block; step= applies "
                               "to run directories")
         return load_export(source, device)
-    return load_run(source, step, device)
+    return _said_unfinished(load_run(source, step, device), source, step)
+
+
+def _said_unfinished(network: Network, run_dir: str, step: int | None) -> Network:
+    """``network``, after a warning where its latest snapshots are of blocks not trained to
+    the end (a run still training, or stopped): it composes them as they are."""
+    behind = [f"block {b} at step {s:,} of {network.cfg.train.steps_of(b):,}"
+              for b, s in enumerate(network.steps) if s < network.cfg.train.steps_of(b)]
+    if step is None and behind:
+        log.warning("%s: %s: not trained to the end (the run is training, or stopped: "
+                    "`dbparallel status %s`); the network composes the blocks as they are",
+                    run_dir, ", ".join(behind), run_dir)
+    return network
 
 
 def _check_step(step: object) -> None:
@@ -149,7 +163,7 @@ def export_run(run_dir: str, out: str, step: int | None = None) -> Network:
     if _is_existing_file(run_dir):
         raise UserError(f"{run_dir}: is a file (an export?); export writes one from a run "
                         f"directory, and an export file is copied as it is")
-    network = load_run(run_dir, step, "cpu")
+    network = _said_unfinished(load_run(run_dir, step, "cpu"), run_dir, step)
     tokenizer = network.tokenizer.describe() if network.tokenizer is not None else None
     data = export_bytes(network.cfg, [b.state_dict() for b in network.blocks], network.steps,
                         network.task.partition.to_json(), tokenizer, network.class_names)

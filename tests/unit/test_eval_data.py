@@ -1,5 +1,5 @@
-"""`eval` and `sample` with --data: a network evaluated on data that are not (or no longer)
-at the data.path it was trained on."""
+"""Loading a network where its data or its run are not as trained: `eval` and `sample` with
+--data (data no longer at the data.path it was trained on), a run not trained to the end."""
 
 from __future__ import annotations
 
@@ -65,3 +65,23 @@ def test_data_without_a_path_or_other_text_are_refused(tmp_path, capsys) -> None
     assert (f"--data {other}: these texts give another tokenizer than the network's "
             f"(data.tokenizer=char") in capsys.readouterr().err
     assert "bpc" in _eval(capsys, run, "--data", str(trained))  # the same text is accepted
+
+
+def test_a_run_not_trained_to_the_end_is_said_so_when_loaded(tmp_path, caplog) -> None:
+    import dbparallel
+
+    run = _train(tmp_path / "run", "train.keep_snapshots=2")
+    dbparallel.load(run)
+    assert "not trained to the end" not in caplog.text  # every block done
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [*FAST, f"run.dir={run}",
+                                                          "train.steps=6",
+                                                          "train.keep_snapshots=2"])
+    run_local(cfg, None, progress=False, only_blocks=[0])  # block 1 stays at step 3
+    assert dbparallel.load(run).steps == [6, 3]
+    assert (f"{run}: block 1 at step 3 of 6: not trained to the end (the run is training, or "
+            f"stopped: `dbparallel status {run}`)") in caplog.text
+    caplog.clear()
+    dbparallel.load(run, step=3)  # the snapshots of a step asked for: what was asked
+    assert "not trained to the end" not in caplog.text
+    assert cli.main(["export", run, "--out", str(tmp_path / "x.safetensors")]) == 0
+    assert "block 1 at step 3 of 6" in caplog.text
