@@ -4,15 +4,13 @@ predict | status: parse -> build -> run."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from dbparallel import cli_data, cli_network, cli_status
-from dbparallel.cli_data import split_items
+from dbparallel import cli_data, cli_network, cli_plan, cli_status
+from dbparallel.cli_data import config_of, split_items
 from dbparallel.cli_stop import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -23,21 +21,9 @@ from dbparallel.cli_stop import (
 from dbparallel.config import Config, ConfigError, describe, load_config, notes, unchecked
 from dbparallel.errors import UserError
 
-if TYPE_CHECKING:
-    from dbparallel.training.cluster_fit import Cluster
-
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
 TRAINING = ("train", "baseline")  # commands whose rerun resumes the run
-
-
-def _config(args: argparse.Namespace) -> Config:
-    files, overrides = split_items(args.config)
-    if getattr(args, "local", False):
-        overrides.append("runtime.local=true")
-    from dbparallel.training.plan import fit_blocks
-
-    return load_config(files, overrides, fit_blocks)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -47,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         problem, values = None, None
         if given:
             try:
-                values = _config(args)
+                values = config_of(args)
             except ConfigError as err:  # still incomplete: show what it holds, then why
                 files, overrides = split_items(args.config)
                 if getattr(args, "local", False):
@@ -61,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"dbparallel: this config would not train yet: {problem}", file=sys.stderr)
         return 0
-    cfg = _config(args)
+    cfg = config_of(args)
     from dbparallel.runtime.train import train_run
 
     report = train_run(cfg, only_blocks=getattr(args, "block", None))
@@ -126,58 +112,6 @@ def _print_summary(cfg: Config, report: dict) -> None:
     print(f"run directory: {cfg.run_dir}  ({report['wall_time_s']:.1f} s)")
 
 
-def _cluster(cfg: Config) -> Cluster:
-    """runtime.devices if given, else the cluster at runtime.address / RAY_ADDRESS, else this
-    machine."""
-    import os
-
-    import torch
-
-    from dbparallel.training.cluster_fit import Cluster
-
-    if cfg.runtime.devices:
-        return Cluster(float("inf"), float(cfg.runtime.devices), "runtime.devices",
-                       cfg.runtime.device_name)
-    if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):
-        from dbparallel.runtime.launch import detect_cluster
-
-        found = detect_cluster(cfg)
-        return Cluster(found.cpus, found.gpus, found.source, cfg.runtime.device_name)
-    here = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
-    return Cluster(float(cfg.runtime.num_cpus or os.cpu_count() or 1),
-                   float(torch.cuda.device_count()), "this machine",
-                   cfg.runtime.device_name or here)
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from dbparallel.training.plan import plan, plan_table
-
-    cfg = _config(args)
-    result = plan(cfg, _cluster(cfg))
-    print(json.dumps(result, indent=2) if args.json else plan_table(cfg, result))
-    short = _does_not_fit(result["cluster"])
-    if short:
-        print(f"plan: {short}; exit code {EXIT_RUN_FAILED}", file=sys.stderr)
-        return EXIT_RUN_FAILED
-    return 0
-
-
-def _does_not_fit(cluster: dict) -> str:
-    """Why a run of the plan could not train on its cluster ('' if it could): a block's step
-    beyond runtime.device_memory, or one block beyond a cluster that cannot grow
-    (runtime.devices, this machine; a detected cluster may gain nodes while a run waits)."""
-    if cluster["fits"] is False:
-        from dbparallel.config import bytes_text
-        from dbparallel.training.cluster_fit import USABLE
-
-        return (f"a device holds {bytes_text(cluster['memory_per_device_bytes'])} of training, "
-                f"more than {USABLE:.0%} of runtime.device_memory="
-                f"{bytes_text(cluster['device_memory_bytes'])}")
-    if not cluster["room"] and cluster["source"] != "detected":
-        return f"one block is more than the cluster ({cluster['source']}) has"
-    return ""
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
     """curves.png of a run, drawn again from its metrics files (e.g. while it trains)."""
     from dbparallel.training.curves import CURVES_FILE, plot_curves
@@ -236,17 +170,7 @@ def parser() -> argparse.ArgumentParser:
                         "which trains data-parallel on Ray)")
     b.set_defaults(func=cmd_baseline)
 
-    pl = sub.add_parser(
-        "plan", help="show the partition and per-block sizes, no training",
-        epilog="for a cluster: runtime.devices=N (its GPUs), runtime.device_memory=80GiB (one "
-               "GPU's), runtime.device_name=H100 (a step-rate estimate), "
-               "runtime.gpus_per_block=1; model.blocks=auto picks B; every key: "
-               "dbparallel train ... --help-config; docs/cluster.md. Exit code 1 when a "
-               "block does not fit (runtime.device_memory, or a cluster that cannot grow), "
-               "2 for a bad config")
-    pl.add_argument("config", nargs="*", help=config_help)
-    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
-    pl.set_defaults(func=cmd_plan)
+    cli_plan.add_parsers(sub, config_help)
 
     pc = sub.add_parser("plot", help="draw a run's loss and assembly curves (curves.png)")
     pc.add_argument("run_dir")
@@ -276,6 +200,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, stop)
 
 
+def _as_flag(said: str, args: argparse.Namespace) -> str:
+    """An error that names a Python argument (``max_new: ...``, from the API's code) names
+    the command's option instead (``--max-new: ...``)."""
+    key, sep, rest = said.partition(":")
+    positional = ("config", "source", "images", "run_dir", "command", "func", "action")
+    if sep and key.isidentifier() and key in vars(args) and key not in positional:
+        return f"--{key.replace('_', '-')}:{rest}"
+    return said
+
+
 def _run(args: argparse.Namespace, stop: StopSignals | None) -> int:
     try:
         return args.func(args)
@@ -289,7 +223,7 @@ def _run(args: argparse.Namespace, stop: StopSignals | None) -> int:
               file=sys.stderr)
         return EXIT_TERMINATED if stopped else EXIT_INTERRUPTED
     except (ConfigError, UserError) as err:
-        print(f"dbparallel: error: {err}", file=sys.stderr)
+        print(f"dbparallel: error: {_as_flag(str(err), args)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RuntimeError as err:
         if type(err).__name__ not in ("RunFailed", "NonFiniteLoss"):

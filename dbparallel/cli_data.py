@@ -20,6 +20,16 @@ def split_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
     return files, overrides
 
 
+def config_of(args: argparse.Namespace) -> Config:
+    """The config of a command's items (``--local``: runtime.local=true)."""
+    files, overrides = split_items(args.config)
+    if getattr(args, "local", False):
+        overrides.append("runtime.local=true")
+    from dbparallel.training.plan import fit_blocks
+
+    return load_config(files, overrides, fit_blocks)
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     """``data check``: index and decode every row of a data set, as training would;
     ``data reshard``: rewrite it."""

@@ -135,3 +135,16 @@ def test_exporting_an_export_file_says_it_is_one(runs: dict[str, str], tmp_path:
     assert cli.main(["export", str(first), "--out", str(tmp_path / "again.safetensors")]) == 2
     assert said in capsys.readouterr().err
     assert not (tmp_path / "again.safetensors").exists()
+
+
+def test_the_command_line_names_its_options_where_the_api_names_arguments(tmp_path,
+                                                                         capsys) -> None:
+    out = str(tmp_path / "x.safetensors")
+    assert cli.main(["export", str(tmp_path), "--out", out, "--step", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "dbparallel: error: --step: a training step is >= 0, got -1"
+    with pytest.raises(UserError, match="^step: a training step is >= 0"):
+        dbparallel.export(str(tmp_path), out, step=-1)  # the API's own name
+    # a key=value override that reads like an argument stays as it is
+    assert cli.main(["plan", "train.steps=0"]) == 2
+    assert "--" not in capsys.readouterr().err
