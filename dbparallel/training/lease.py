@@ -259,12 +259,14 @@ def holder_alive(holder: str) -> bool | None:
 def release_session(storage: Storage, blocks: list[int], session: str) -> None:
     """Release the leases that writers of ``session`` still hold (their processes were
     stopped without releasing them, e.g. actors killed at the end of a Ray run), and mark the
-    session ended: a process of it that Ray starts again later (a Ray Train group restarting
-    after its run failed) is refused instead of training on. Another session takes the lease
-    as usual."""
+    session ended on every lease it wrote, also those its writers released (a block process
+    whose start failed): a process of it that Ray starts again later (a Ray Train group
+    restarting after its run failed) is refused instead of training on. Another session takes
+    the lease as usual."""
     for block in blocks:
         lease = BlockLease(storage, block, session, 0.0)
         current = lease.read()
-        if current and current.get("session") == session and current.get("holder"):
+        if current and current.get("session") == session \
+                and (current.get("holder") or not current.get("ended")):
             storage.write_json(lease.path, {**current, "holder": "", "renewed_at": 0.0,
                                             "ended": True})

@@ -238,3 +238,27 @@ def test_two_processes_training_one_block_are_refused(tiny_cfg, tmp_path) -> Non
         BlockRun(tiny_cfg, 1, index, storage)  # the same command in a second terminal
     running.close()
     BlockRun(tiny_cfg, 1, index, storage).close()  # once it stopped, the next one may
+
+
+def test_an_ended_session_cannot_take_a_block_its_writer_had_released(tiny_cfg) -> None:
+    """A block process whose start failed gives its lease up (and records why): once the
+    driver has ended the run, a process of it that Ray starts again is refused there too, and
+    leaves the failure record in place."""
+    index = open_data(DataConfig())
+    storage = Storage(tiny_cfg.run_dir)
+    tiny_cfg.train.checkpoint_every = 2
+    first = BlockRun(tiny_cfg, 0, index, storage, session="run-h")
+    first.train_until(2)
+    first.close()
+    for state in storage.listdir("blocks/block_0"):
+        if state.startswith("state_"):
+            storage.write_bytes(f"blocks/block_0/{state}", b"not a checkpoint")
+    with pytest.raises(RunDirError, match="none of its checkpoints can be read"):
+        BlockRun(tiny_cfg, 0, index, storage, session="run-h")  # released, failure recorded
+    assert storage.read_json("blocks/block_0/lease.json")["holder"] == ""
+    release_session(storage, [0], "run-h")  # the driver ends the run
+    with pytest.raises(RunDirError, match="block 0: the run that started this process has "
+                                          "ended"):
+        BlockLease(storage, 0, "run-h", 3600.0).acquire()
+    assert storage.read_json("blocks/block_0/failed.json")["type"] == "RunDirError"
+    assert BlockLease(storage, 0, "run-i", 3600.0).acquire() == 3  # the next run may
