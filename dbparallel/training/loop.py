@@ -68,8 +68,7 @@ class BlockRun:
             self.history = BlockHistory(storage, block, self.resumed_from) if self.writer \
                 else None
         except BaseException as err:
-            if self.writer and self.lease.still_held():  # for `dbparallel status`
-                record_failure(storage, block, None, err)
+            self._record(None, err)  # for `dbparallel status`
             self.close_lease()
             raise
 
@@ -101,6 +100,9 @@ class BlockRun:
         try:
             if not self.done:
                 self._keep_measured()
+        except OSError as why:  # a stop: the error that stopped the block is the one to raise
+            log.warning("block %d: could not keep what it measured in the run directory: %s",
+                        self.trainer.block, why)
         finally:
             self.close_lease()
 
@@ -135,8 +137,31 @@ class BlockRun:
                                   else None)}
 
     def close_lease(self) -> None:
-        if self.writer:
+        """Release the lease; a storage error doing so is a warning (the lease lapses, or a
+        rerun on this machine takes it over once this process has ended)."""
+        if not self.writer:
+            return
+        try:
             self.lease.release()
+        except OSError as why:
+            log.warning("block %d: could not release its write lease (%s); it lapses after "
+                        "train.lease_timeout_s=%g s", self.lease.block, why,
+                        self.lease.timeout_s)
+
+    def _record(self, step: int | None, err: BaseException) -> bool:
+        """Record ``err``, met at ``step``, as the block's failure where this process still
+        holds its lease (not once its driver ended the run or another writer took over);
+        whether it did. A lease that cannot be read is a warning: ``err`` goes on."""
+        if not self.writer:
+            return False
+        try:
+            held = self.lease.still_held()
+        except Exception as why:  # noqa: BLE001 (the training error is the one to raise)
+            if isinstance(err, Exception) and not isinstance(err, LeaseLost):
+                log.warning("block %d: could not record its failure in the run directory: "
+                            "%s", self.lease.block, why)
+            return False
+        return held and record_failure(self.lease.storage, self.lease.block, step, err)
 
     def train_until(self, until: int, on_step: OnStep | None = None) -> None:
         """Train up to ``until`` steps (capped at this block's train.steps, or its
@@ -150,9 +175,7 @@ class BlockRun:
         try:
             self._train_until(until, on_step)
         except BaseException as err:
-            if self.writer and self.lease.still_held():  # the step it was at
-                self._recorded = record_failure(self.checkpoints.storage, self.trainer.block,
-                                                self._at, err)
+            self._recorded = self._record(self._at, err)  # the step it was at
             raise
 
     def _train_until(self, until: int, on_step: OnStep | None) -> None:

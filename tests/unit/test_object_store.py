@@ -16,18 +16,23 @@ TINY = str(Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml")
 
 
 @pytest.fixture
-def bucket(monkeypatch):
+def s3_server():
     server_mod = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    host, port = server.get_host_and_port()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, monkeypatch):
+    host, port = s3_server.get_host_and_port()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     query = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
     pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
                       allow_bucket_creation=True).create_dir("runs")
-    yield lambda key: f"s3://runs/{key}?{query}"
-    server.stop()
+    return lambda key: f"s3://runs/{key}?{query}"
 
 
 def test_storage_round_trip_and_atomic_overwrite(bucket) -> None:
@@ -108,3 +113,26 @@ def test_export_to_and_load_from_a_bucket(bucket) -> None:
     a, b = dbparallel.load(run), dbparallel.load(out)
     assert b.steps == a.steps == [4, 4]
     assert torch.equal(a.sample([1, 2], steps=2), b.sample([1, 2], steps=2))
+
+
+def test_a_block_s_error_is_raised_while_its_run_directory_is_out_of_reach(
+        s3_server, bucket, caplog) -> None:
+    """The object store of the run directory goes away while a block trains, and the block
+    then meets an error of its own (here a non-finite loss): that error is the one raised,
+    not the store's met recording it or releasing the block's lease, which are warnings."""
+    from dbparallel.config import load_config
+    from dbparallel.data.sources import open_data
+    from dbparallel.training.block_trainer import NonFiniteLoss
+    from dbparallel.training.loop import BlockRun
+
+    cfg = load_config([TINY], [f"run.dir={bucket('gone')}", "train.steps=4", "train.lr=1e30",
+                               "train.nonfinite=stop", "train.heldout_every=0"])
+    run = BlockRun(cfg, 1, open_data(cfg.data), Storage(cfg.run_dir), prefetch=False)
+    s3_server.stop()  # no line or checkpoint is due before the loss of step 2 is inf
+    with pytest.raises(NonFiniteLoss, match="loss is inf at step 2"):
+        try:
+            run.train_until(4)
+        finally:
+            run.close()  # as a local run closes it
+    assert "block 1: could not record its failure in the run directory" in caplog.text
+    assert "block 1: could not release its write lease" in caplog.text
