@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -37,7 +38,6 @@ from dbparallel.training.lease import driver_session, release_session
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import check_resumable, open_run
 from dbparallel.training.status import resume_line
-from dbparallel.training.storage import Storage
 
 log = logging.getLogger(__name__)
 def detect_cluster(cfg: Config) -> Cluster:
@@ -116,24 +116,28 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         for row, placed in zip(per_block, controller.schedule(), strict=True):
             row.update(placed)  # which blocks ran when: slot, started_s, finished_s
     finally:
-        if bars is not None:
-            bars.close()
-        if backend is not None and storage is not None:
-            # the leases are released (the session ended) before the block processes are
-            # stopped, so that what stopping them causes is not recorded as their failure,
-            # and again after, whatever stopping them met
-            _release(storage, cfg.model.blocks, session)
-            try:
-                backend.close()
-            finally:
-                _release(storage, cfg.model.blocks, session)
-                # recorded once their processes are stopped: a restart of a given-up block
-                # (a stalled one's) that took its lease over would clear the record
-                _record_given_up(storage, given_up)
-        if pg is not None:
-            release(pg)
-        if connected:
-            ray.shutdown()
+        ending = backend is not None and storage is not None
+
+        def leases() -> None:
+            release_session(storage, list(range(cfg.model.blocks)), session)
+
+        def records() -> None:
+            for block, step, err in given_up:
+                record_given_up(storage, block, step, err)
+
+        # Every step runs whatever an earlier one met (a damaged lease file, a store out of
+        # reach): stopping the processes, freeing the placement group and leaving Ray. The
+        # leases are released (the session ended) before the block processes are stopped,
+        # so that what stopping them causes is not recorded as their failure, and again
+        # after; given-up blocks are recorded once their processes are stopped (a restart of
+        # a stalled one that took its lease over would clear the record).
+        _each(("close the progress bars", bars.close if bars is not None else None),
+              ("release the blocks' write leases", leases if ending else None),
+              ("stop the block processes", backend.close if ending else None),
+              ("release the blocks' write leases", leases if ending else None),
+              ("record the blocks given up", records if ending else None),
+              ("free the placement group", (lambda: release(pg)) if pg is not None else None),
+              ("disconnect from Ray", ray.shutdown if connected else None))
     assert storage is not None
     report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
     report["concurrent_blocks"] = slots
@@ -143,16 +147,13 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     return report
 
 
-def _release(storage: Storage, blocks: int, session: str) -> None:
-    try:
-        release_session(storage, list(range(blocks)), session)
-    except OSError as err:  # e.g. the storage is what failed: keep the first error
-        log.warning("could not release the blocks' write leases: %s", err)
-
-
-def _record_given_up(storage: Storage, given_up: list[tuple[int, int, Exception]]) -> None:
-    for block, step, err in given_up:
+def _each(*steps: tuple[str, Callable[[], None] | None]) -> None:
+    """Run each clean-up step (None: none to do); one that fails is a warning: the run's own
+    error, if any, is the one raised, and the steps after it still run."""
+    for what, step in steps:
+        if step is None:
+            continue
         try:
-            record_given_up(storage, block, step, err)
-        except OSError as warn:  # e.g. the storage is what failed: keep the first error
-            log.warning("could not record block %d's failure: %s", block, warn)
+            step()
+        except Exception as err:  # noqa: BLE001 (a warning, never the run's error)
+            log.warning("could not %s: %s", what, err)

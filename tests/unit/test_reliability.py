@@ -387,3 +387,23 @@ def test_a_run_trained_under_the_earlier_default_run_dir_is_named(tmp_path, monk
         shutil.rmtree(tmp_path / "runs" / "digits-vit")
         assert main([*common, 'run.name=""', "model.depth=4"]) == 0
     assert "runs/digits-dit holds" not in caplog.text
+
+
+def test_a_ray_run_s_clean_up_goes_on_past_a_step_that_fails(caplog) -> None:
+    """A damaged lease file met while the leases are released must not keep the driver from
+    stopping the block processes, freeing the placement group and leaving Ray."""
+    from dbparallel.errors import RunDirError
+    from dbparallel.runtime.launch import _each
+
+    done: list[str] = []
+
+    def damaged() -> None:
+        raise RunDirError("blocks/block_1/lease.json: damaged")
+
+    _each(("release the blocks' write leases", damaged),
+          ("stop the block processes", lambda: done.append("stopped")),
+          ("free the placement group", None),  # none was reserved
+          ("disconnect from Ray", lambda: done.append("disconnected")))
+    assert done == ["stopped", "disconnected"]
+    assert "could not release the blocks' write leases: blocks/block_1/lease.json: damaged" \
+        in caplog.text
