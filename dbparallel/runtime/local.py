@@ -81,14 +81,14 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
     try:
         for b in blocks:
             run = BlockRun(cfg, b, index, storage, device)
-            recorder = BlockRecorder(cfg.run.name, b, run.trainer.sigma_range, sink)
-            bars.update(b, run.trainer.step)
+            try:  # from here on the block's lease is released however the process stops
+                recorder = BlockRecorder(cfg.run.name, b, run.trainer.sigma_range, sink)
+                bars.update(b, run.trainer.step)
 
-            def on_step(stats, b=b, run=run, recorder=recorder) -> None:
-                bars.update(b, stats.step, stats.loss)
-                recorder.record(stats, run.trainer)
+                def on_step(stats, b=b, run=run, recorder=recorder) -> None:
+                    bars.update(b, stats.step, stats.loss)
+                    recorder.record(stats, run.trainer)
 
-            try:
                 run.train_until(cfg.train.steps_of(b), on_step)
             finally:
                 run.close()

@@ -96,8 +96,8 @@ class BlockRun:
         """Stop reading ahead, keep what this process measured (``_measured``) in the block's
         directory if it trained and stopped short (a finished block kept it at its last
         step), and release the block's lease (the run can be resumed from its checkpoints)."""
-        self.stream.close()
         try:
+            self.stream.close()
             if not self.done:
                 self._keep_measured()
         except OSError as why:  # a stop: the error that stopped the block is the one to raise
