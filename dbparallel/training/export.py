@@ -93,7 +93,9 @@ def read_export(data: bytes, where: str) -> Exported:
         tensors = load(data)
         meta = _metadata(data)
     except (SafetensorError, ValueError, json.JSONDecodeError) as err:
-        raise RunDirError(f"{where}: not a dbparallel export ({err})") from None
+        raise RunDirError(f"{where}: not a dbparallel export: not a safetensors file (an "
+                          f"export is one, written by `dbparallel export`; the reader said: "
+                          f"{err})") from None
     if meta.get("format") != FORMAT:
         raise RunDirError(f"{where}: not a dbparallel export (format "
                           f"{meta.get('format')!r}, expected {FORMAT!r})")

@@ -32,6 +32,9 @@ def load(source: str | os.PathLike, step: int | None = None,
     """The composed network of a run directory (local path or object-store URI; its latest
     snapshots, or those of ``step``) or of a file written by ``dbparallel export``, on
     ``device`` (training/device.py: "cpu" by default, "cuda" or "cuda:N" where one is here)."""
+    if not isinstance(source, (str, os.PathLike)):
+        raise UserError(f"source: a run directory or an export file (a path or URI), got "
+                        f"{type(source).__name__}")
     source = os.fspath(source)
     _check_step(step)
     if is_file(source):

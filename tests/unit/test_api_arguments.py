@@ -148,3 +148,9 @@ def test_the_command_line_names_its_options_where_the_api_names_arguments(tmp_pa
     # a key=value override that reads like an argument stays as it is
     assert cli.main(["plan", "train.steps=0"]) == 2
     assert "--" not in capsys.readouterr().err
+
+
+def test_a_source_that_is_no_path_is_named() -> None:
+    with pytest.raises(UserError, match="^source: a run directory or an export file .* got "
+                                        "NoneType$"):
+        dbparallel.load(None)  # type: ignore[arg-type]
