@@ -123,7 +123,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
 
         def records() -> None:
             for block, step, err in given_up:
-                record_given_up(storage, block, step, err)
+                record_given_up(storage, block, step, err, session)
 
         # Every step runs whatever an earlier one met (a damaged lease file, a store out of
         # reach): stopping the processes, freeing the placement group and leaving Ray. The

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from dbparallel.training.checkpoint import BlockCheckpoints, block_dir
-from dbparallel.training.lease import LeaseLost, this_process
+from dbparallel.training.lease import BlockLease, LeaseLost, this_process
 from dbparallel.training.storage import Storage
 
 FAILURE_FILE = "failed.json"
@@ -49,11 +49,17 @@ def record_failure(storage: Storage, block: int, step: int | None,
     return True
 
 
-def record_given_up(storage: Storage, block: int, step: int, err: Exception) -> None:
+def record_given_up(storage: Storage, block: int, step: int, err: Exception,
+                    session: str = "") -> None:
     """The driver's record of a block it gave up (its process lost past train.max_restarts,
     stalled, unreachable): ``step`` is the one after the block's last report in this run,
     and it was training at least the step after its newest checkpoint (a block that resumed
-    and was lost before its first report)."""
+    and was lost before its first report). Nothing where the block's lease is now another
+    session's than the driver's ``session``: a rerun took the block since, and keeps its own
+    record."""
+    lease = BlockLease(storage, block, session, 0.0).read() if session else None
+    if lease and lease.get("session") != session:
+        return
     states = BlockCheckpoints(storage, block).steps("state")
     record_failure(storage, block, max(step, states[-1] + 1 if states else 1), err)
 

@@ -245,6 +245,27 @@ def test_the_driver_records_a_block_lost_after_it_resumed_at_its_checkpoint(run:
     assert [b.failed_step for b in run_status(storage, cfg).blocks] == [5, 1]
 
 
+def test_the_driver_leaves_a_block_a_rerun_took_since_it_gave_it_up(tmp_path: Path) -> None:
+    """A driver records the blocks it gave up as it ends; a rerun that took a block in the
+    meantime keeps it, and no stale record of the earlier run lands on it."""
+    from dbparallel.runtime.controller import BlockLost
+    from dbparallel.training.failure import record_given_up
+    from dbparallel.training.lease import BlockLease, release_session
+
+    storage = Storage(str(tmp_path / "run"))
+    BlockLease(storage, 0, "driver-a", 60.0).acquire()
+    release_session(storage, [0], "driver-a")  # the first run ends its session
+    rerun = BlockLease(storage, 0, "driver-b", 60.0)
+    rerun.acquire()  # the rerun takes the block
+    record_given_up(storage, 0, 3, BlockLost("its process was lost"), "driver-a")
+    assert not storage.exists("blocks/block_0/failed.json")
+    rerun.release()
+    record_given_up(storage, 1, 3, BlockLost("its process was lost"), "driver-a")  # no lease
+    record_given_up(storage, 0, 3, BlockLost("its process was lost"), "driver-b")  # its own
+    assert storage.exists("blocks/block_1/failed.json")
+    assert storage.read_json("blocks/block_0/failed.json")["step"] == 3
+
+
 def test_a_damaged_failure_record_is_named(run: Path) -> None:
     (run / "blocks/block_1").mkdir(parents=True, exist_ok=True)
     (run / "blocks/block_1/failed.json").write_text('{"error": 3}')
