@@ -161,8 +161,9 @@ def test_training_the_scorer_says_so_in_a_log(capsys) -> None:
     # no terminal here: one line instead of a bar, so a log shows what the minute is spent on
     tokens = torch.randint(0, 8, (64, 6), generator=torch.Generator().manual_seed(0))
     scorer.train_scorer(iter(tokens.view(2, 32, 6)), 8, 2)
-    assert "evaluation: training the gen_ppl scorer for this data once (2 steps" in \
-        capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "evaluation: training the gen_ppl scorer for this data once (2 steps" in said.err
+    assert "gen_ppl" not in said.out  # stdout holds results only (eval --json)
 
 
 def test_binary_text_file_is_a_data_error(tmp_path) -> None:
