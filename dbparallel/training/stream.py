@@ -224,6 +224,10 @@ class BlockStream:
 
     def _load(self, epoch: int, window: int) -> Future[Window]:
         key = (epoch, window)
+        if key in self._windows and _failed(self._windows[key]):
+            # read again: a read that failed (storage out of reach) raised when its rows were
+            # asked for, and the block asked again goes on once the storage answers
+            del self._windows[key]
         if key not in self._windows:
             shard_ids = self.order.shards_of(epoch, window)
             held = next((f.result() for k, f in sorted(self._windows.items(), reverse=True)
@@ -261,6 +265,11 @@ class BlockStream:
             self._pool.shutdown(wait=True)
         self._windows.clear()
         self._ahead = None
+
+
+def _failed(future: Future) -> bool:
+    """Whether ``future`` ended without a result (raised, or was cancelled)."""
+    return future.done() and (future.cancelled() or future.exception() is not None)
 
 
 def _cut(segments: list[Segment], share: Share | None) -> list[Segment]:
