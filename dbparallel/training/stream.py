@@ -230,15 +230,16 @@ class BlockStream:
             del self._windows[key]
         if key not in self._windows:
             shard_ids = self.order.shards_of(epoch, window)
-            held = next((f.result() for k, f in sorted(self._windows.items(), reverse=True)
-                         if f.done() and f.exception() is None), None)
+            # the newest window, read or still being read (one reading thread: before this)
+            held = next((f for _, f in sorted(self._windows.items(), reverse=True)
+                         if not _failed(f)), None)
             args = (self.index, self.split, shard_ids, self.task, held, self.readers)
             if self._pool is None:
                 done: Future[Window] = Future()
-                done.set_result(Window.read(*args))
+                done.set_result(_read_after(*args))
                 self._windows[key] = done
             else:
-                self._windows[key] = self._pool.submit(Window.read, *args)
+                self._windows[key] = self._pool.submit(_read_after, *args)
         return self._windows[key]
 
     def _prefetch(self, epoch: int, window: int) -> None:
@@ -265,6 +266,16 @@ class BlockStream:
             self._pool.shutdown(wait=True)
         self._windows.clear()
         self._ahead = None
+
+
+def _read_after(index: DataIndex, split: str, shard_ids: list[int], task: Task,
+                held: Future[Window] | None, readers: int) -> Window:
+    """``Window.read`` with the rows of ``held``, a window whose read was asked for before
+    this one's in the same reading thread (so done by now): its shards are not read again,
+    also when it was asked for in the same step (a batch that spans epochs of a data set
+    within one window). A ``held`` that failed holds nothing."""
+    window = None if held is None or _failed(held) else held.result()
+    return Window.read(index, split, shard_ids, task, window, readers)
 
 
 def _failed(future: Future) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from dbparallel.config import load_config
 from dbparallel.data import shard_reader
@@ -69,3 +70,41 @@ def test_a_window_whose_read_failed_is_read_again_when_the_block_is_asked_again(
     finally:
         run.close()
     assert again == losses
+
+
+def _stream(tmp_path: Path, batch: int, window: int, prefetch: bool = True):
+    from dbparallel.tasks import build_task
+    from dbparallel.training.data_order import DataOrder
+    from dbparallel.training.stream import BlockStream
+
+    data = _data(tmp_path)
+    cfg = _cfg(tmp_path / "run", data, f"data.window_shards={window}")
+    index = parquet_index(str(data))
+    order = DataOrder([s.rows for s in index.shards("train")], batch, 0, 1, window)
+    return BlockStream(index, "train", order, build_task(cfg), "cpu", prefetch=prefetch), index
+
+
+@pytest.mark.parametrize("batch, step", [
+    (45, 13),  # a block resumed at a step whose batch runs into the next epoch
+    (1300, 0),  # batches of more rows than the data set: each spans three epochs
+])
+def test_a_data_set_within_one_window_is_read_once_when_a_batch_spans_epochs(
+        tmp_path, monkeypatch, batch, step) -> None:
+    """The windows of the epochs one batch spans share the rows of the first, though it is
+    still being read when the next are asked for (each would otherwise be read, checked and
+    held again, past the memory `data check` prints)."""
+    from dbparallel.training.data_memory import data_footprint
+
+    reads: list[int] = []
+    real = shard_reader.read_pieces
+    monkeypatch.setattr("dbparallel.training.stream.read_pieces",
+                        lambda shard, *a: reads.append(shard.row_group) or real(shard, *a))
+    stream, index = _stream(tmp_path, batch, 12)
+    try:
+        stream.batch(step)
+        stream.batch(step + 1)
+    finally:
+        stream.close()
+    assert sorted(reads) == list(range(12))  # every row group once
+    bound = data_footprint(index, stream.task, 12, batch)
+    assert stream.peak_bytes <= bound.bytes
