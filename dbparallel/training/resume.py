@@ -23,13 +23,13 @@ def resume(trainer: BlockTrainer, checkpoints: BlockCheckpoints, cfg: Config,
     try:
         state = checkpoints.load_latest("state")
     except DamagedFile as err:  # its manifest: no checkpoint can be found
-        _unreadable(checkpoints, cfg, f"{err.where} is damaged ({err.why})")
+        _unreadable(checkpoints, cfg, f"{err.where} is damaged ({err.why})", lease)
         return 0
     if state is None:
         files = checkpoints.listed("state")  # listed, none readable: never start over
         if files:                                # silently
             _unreadable(checkpoints, cfg, f"none of its checkpoints can be read "
-                                          f"({', '.join(files)}: missing or corrupt)")
+                                          f"({', '.join(files)}: missing or corrupt)", lease)
         return 0
     keys = identity_diff(state["meta"]["config"], to_dict(cfg))
     if keys:
@@ -62,14 +62,19 @@ def _restore_snapshot(trainer: BlockTrainer, checkpoints: BlockCheckpoints,
                 trainer.block, step)
 
 
-def _unreadable(checkpoints: BlockCheckpoints, cfg: Config, why: str) -> None:
+def _unreadable(checkpoints: BlockCheckpoints, cfg: Config, why: str,
+                lease: BlockLease | None) -> None:
     """Refuse to start over (train.on_unreadable=refuse), or discard the block's
-    checkpoints and train it from step 0 (restart)."""
+    checkpoints and train it from step 0 (restart): the writer (``lease``) discards them, a
+    replica that only trains starts from step 0 beside it."""
     b = checkpoints.block
     if cfg.train.on_unreadable != "restart":
         raise RunDirError(
             f"block {b}: {why}; use a new run.dir, or train.on_unreadable=restart to "
             f"discard its checkpoints and train block {b} again from step 0")
+    if lease is None:
+        return
+    lease.check()  # a fenced-off writer deletes nothing
     discarded = checkpoints.discard()
     log.warning("block %d: none of its checkpoints can be read; train.on_unreadable=restart "
                 "discards %s and trains it again from step 0", b, ", ".join(discarded))

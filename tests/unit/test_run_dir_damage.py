@@ -243,3 +243,27 @@ def test_a_corrupt_snapshot_of_a_finished_block_is_named_and_written_again(
     assert before["ema"].keys() == after["ema"].keys()
     assert all(torch.equal(before["ema"][k], after["ema"][k]) for k in before["ema"])
     assert cli.main(["eval", str(run)]) == 0
+
+
+def test_only_the_writer_discards_unreadable_checkpoints(run: Path) -> None:
+    """With runtime.replicas_per_block > 1 every replica resumes; with
+    train.on_unreadable=restart only the writer (rank 0, holding the lease) discards the
+    block's checkpoints, the others start from step 0 beside it."""
+    from dbparallel.config import load_config
+    from dbparallel.training.block_trainer import BlockTrainer
+    from dbparallel.training.checkpoint import BlockCheckpoints
+    from dbparallel.training.lease import BlockLease
+    from dbparallel.training.resume import resume
+
+    for f in (run / "blocks" / "block_1").glob("state_*.pt"):
+        f.write_bytes(b"torn")
+    cfg = load_config([TINY], [f"run.dir={run}", *FAST, "train.on_unreadable=restart"])
+    storage = Storage(str(run))
+    checkpoints = BlockCheckpoints(storage, 1)
+    assert resume(BlockTrainer(cfg, 1), checkpoints, cfg, None) == 0  # a replica
+    assert checkpoints.steps("state") == [2]  # kept: not its to discard
+    lease = BlockLease(storage, 1, "writer", 60.0)
+    lease.acquire()
+    assert resume(BlockTrainer(cfg, 1), checkpoints, cfg, lease) == 0
+    assert checkpoints.steps("state") == [] and not list(
+        (run / "blocks" / "block_1").glob("state_*.pt"))
