@@ -47,6 +47,12 @@ def train(*recipes: str | os.PathLike | Sequence[str | os.PathLike],
     if local:
         items.append("runtime.local=true")
     cfg = load_config([os.fspath(r) for r in recipes], items, fit_blocks)
+    for b in blocks or ():  # named as the API names them (the command line: --block B)
+        if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < cfg.model.blocks:
+            from dbparallel.errors import UserError
+
+            raise UserError(f"blocks: {b!r} is not a block of this run: blocks are 0.."
+                            f"{cfg.model.blocks - 1} (model.blocks={cfg.model.blocks})")
     return train_run(cfg, list(blocks) if blocks else None, progress)
 
 

@@ -154,3 +154,13 @@ def test_a_source_that_is_no_path_is_named() -> None:
     with pytest.raises(UserError, match="^source: a run directory or an export file .* got "
                                         "NoneType$"):
         dbparallel.load(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("blocks", [[5], ["1"], [True]])
+def test_blocks_that_are_not_the_run_s_are_named_as_the_api_names_them(tmp_path,
+                                                                       blocks) -> None:
+    with pytest.raises(UserError, match=r"^blocks: .* is not a block of this run: blocks are "
+                                        r"0\.\.1 \(model\.blocks=2\)$"):
+        dbparallel.train(ROOT / "jobs" / "tiny_cpu.yaml", overrides={"run.dir": str(tmp_path)},
+                         local=True, blocks=blocks)
+    assert not any(tmp_path.iterdir())  # refused before the run directory was written
