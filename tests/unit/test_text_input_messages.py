@@ -197,3 +197,24 @@ def test_text_that_is_not_utf8_is_named_by_line_and_byte(tmp_path, monkeypatch,
     assert "(line 4, byte 25)" in corpus_error(path)
     path.write_bytes(b"ab\nc" + "é".encode()[:1])  # cut inside its last character
     assert "(line 2, byte 4)" in corpus_error(path)
+
+
+def test_a_parquet_folder_names_the_text_files_it_does_not_read(tmp_path, capsys,
+                                                                caplog) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["To be, or not to be. " * 20] * 30}),
+                   folder / "extra.parquet")
+    for i in range(3):
+        (folder / f"w{i}.txt").write_text("the quick brown fox " * 100)
+    (folder / ".notes.txt").write_text("hidden")
+    assert main(["data", "check", str(folder), "task=ar"]) == 0
+    told = [r.getMessage() for r in caplog.records if "does not read" in r.getMessage()]
+    assert told == [f"data.path: {str(folder)!r} holds text files ("
+                    f"{str(folder / 'w0.txt')!r} and 2 more) that data.source=parquet does "
+                    f"not read: only its Parquet files' 'text' column is trained on; "
+                    f"data.source=text reads the text, JSONL and Parquet files together"]
+    caplog.clear()
+    assert main(["data", "check", str(folder), "task=ar", "data.source=text"]) == 0
+    assert not [r for r in caplog.records if "does not read" in r.getMessage()]
+    assert "train: " in capsys.readouterr().out
