@@ -221,7 +221,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "data.seq_len in all a warning says the network reads further than it "
                         "was trained to; mdm: the rest of a data.seq_len row, at most). A bar "
                         "on a terminal shows the tokens (mdm: the unmasking steps)")
-    g.add_argument("--temperature", type=float, default=1.0, help="0: the most likely token")
+    g.add_argument("--temperature", type=float, default=1.0,
+                   help="0: the most likely token at each draw; the text still varies with "
+                        "--seed, and between --samples (ar, looped: each token's chain starts "
+                        "from noise; mdm: the order of unmasking is drawn)")
     g.add_argument("--samples", type=int, default=1)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--only-new", action="store_true", help="print the continuation alone")

@@ -145,3 +145,15 @@ def test_held_out_rows_fall_back_to_training_rows(tmp_path: Path) -> None:
     assert rows.shape == (5, 16)
     assert {tokenizer.decode(r) for r in rows} <= {ASCII[k:k + 16] for k in range(0, 64, 16)}
     assert np.array_equal(rows[0].numpy(), tokenizer.encode(ASCII[:16]))
+
+
+
+def test_generate_help_says_temperature_zero_still_varies_with_the_seed(capsys) -> None:
+    from dbparallel import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("0: the most likely token at each draw; the text still varies with --seed, and "
+            "between --samples (ar, looped: each token's chain starts from noise; mdm: the "
+            "order of unmasking is drawn)") in out
