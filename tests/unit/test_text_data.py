@@ -111,6 +111,26 @@ def test_parquet_of_documents_is_chunked(tmp_path) -> None:
     assert tokenizer.decode(rows(index, "train")[per_doc[0]]) == docs[1][:32]
 
 
+def test_jsonl_lines_are_works_of_their_own_whatever_their_work_field(tmp_path) -> None:
+    """docs/text.md: a `work` value does not keep a book's lines together; a `split` does."""
+    import json
+
+    lines = [{"text": f"book {i // 2} part {i % 2}: " + "abc " * 40, "work": f"b{i // 2}"}
+             for i in range(28)]
+    path = tmp_path / "books.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cfg = load_config([], ["task=ar", "data.source=text", f"data.path={path}",
+                           "data.seq_len=32", "sample.prompt_len=8", "sample.gen_len=8"])
+    index = corpus_index(cfg.data)
+    tokenizer = load_tokenizer(index.meta)
+    starts = {split: {text.split(":")[0] for text in map(tokenizer.decode, rows(index, split))
+                      if text.startswith("book")} for split in ("validation", "test")}
+    # lines 6 and 20 are validation, 13 and 27 test: each book's other part trains
+    assert starts == {"validation": {"book 3 part 0", "book 10 part 0"},
+                      "test": {"book 6 part 1", "book 13 part 1"}}
+
+
+
 def test_batches_are_token_tensors(index: DataIndex) -> None:
     cfg = load_config([], ["task=mdm", "data.source=shakespeare", "data.seq_len=128"])
     task = build_task(cfg)
