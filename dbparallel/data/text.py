@@ -93,6 +93,7 @@ class TextSource:
     label: str  # what the corpus is called in messages
     fs: pafs.FileSystem
     files: tuple[tuple[str, str], ...]  # (path on fs, format)
+    folder: str = ""  # data.path when it is a folder of files (for the advice of errors)
 
     def digest(self) -> str:
         """sha256 of the bytes of every input, in order (each file's own digest is
@@ -108,7 +109,7 @@ class TextSource:
     def documents(self) -> Iterator[Document]:
         """Every document, in order."""
         for path, fmt in self.files:
-            yield from file_documents(self.fs, path, fmt)
+            yield from file_documents(self.fs, path, fmt, self.folder)
 
 
 def text_source(data: DataConfig) -> TextSource:
@@ -140,7 +141,8 @@ def text_source(data: DataConfig) -> TextSource:
     if not paths:
         raise DataError(f"data.path: no files in {data.path!r}")
     _no_images(paths, data.path, info.type == pafs.FileType.Directory)
-    return TextSource(data.path, fs, tuple((p, file_format(p)) for p in paths))
+    return TextSource(data.path, fs, tuple((p, file_format(p)) for p in paths),
+                      data.path if info.type == pafs.FileType.Directory else "")
 
 
 _told: set[str] = set()  # folders whose unread text files were named in this process

@@ -49,10 +49,13 @@ class Document:
     pieces: Iterator[str]
 
 
-def file_documents(fs: pafs.FileSystem, path: str, fmt: str) -> Iterator[Document]:
-    """The documents of the file at ``path`` of format ``fmt`` (``file_format``), in order."""
+def file_documents(fs: pafs.FileSystem, path: str, fmt: str,
+                   folder: str = "") -> Iterator[Document]:
+    """The documents of the file at ``path`` of format ``fmt`` (``file_format``), in order;
+    ``folder``: the folder of files it was found in, if any (named by the advice of an
+    error)."""
     if fmt == "text":
-        yield Document(_stem(path), None, _text_pieces(fs, path))
+        yield Document(_stem(path), None, _text_pieces(fs, path, folder))
     elif fmt == "jsonl":
         yield from _jsonl_documents(fs, path)
     else:
@@ -100,7 +103,7 @@ def file_blocks(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
         raise DataError(f"data.path: cannot read {path!r}: {err}") from None
 
 
-def _text_pieces(fs: pafs.FileSystem, path: str) -> Iterator[str]:
+def _text_pieces(fs: pafs.FileSystem, path: str, folder: str = "") -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8")()
     before = pending = 0  # bytes decoded before this block; bytes the decoder holds back
     lines, block = 0, b""  # newlines decoded before this block
@@ -117,9 +120,10 @@ def _text_pieces(fs: pafs.FileSystem, path: str) -> Iterator[str]:
             yield text
     except UnicodeDecodeError as err:  # err.start counts from the held-back bytes (no "\n")
         line = lines + block[:max(err.start - pending, 0)].count(b"\n") + 1
+        move = (f", or move it out of {folder!r} if it is no text (every file of a folder "
+                f"but JSONL and Parquet files is read as one text document)" if folder else "")
         raise DataError(f"data.path: {path!r} is not UTF-8 text (line {line}, byte "
-                        f"{before - pending + err.start}): save it as "
-                        f"UTF-8") from None
+                        f"{before - pending + err.start}): save it as UTF-8{move}") from None
 
 
 def _slices(text: str) -> Iterator[str]:

@@ -199,6 +199,18 @@ def test_text_that_is_not_utf8_is_named_by_line_and_byte(tmp_path, monkeypatch,
     assert "(line 2, byte 4)" in corpus_error(path)
 
 
+def test_a_file_of_a_folder_that_is_not_utf8_is_told_it_may_move_out(tmp_path) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("To be, or not to be. " * 40)
+    (folder / "paper.pdf").write_bytes(b"%PDF-1.4\n\xe2\x28\xa1 binary")
+    assert corpus_error(folder) == (
+        f"data.path: '{folder / 'paper.pdf'}' is not UTF-8 text (line 2, byte 9): save it as "
+        f"UTF-8, or move it out of '{folder}' if it is no text (every file of a folder but "
+        f"JSONL and Parquet files is read as one text document)")
+    assert corpus_error(folder / "paper.pdf").endswith("(line 2, byte 9): save it as UTF-8")
+
+
 def test_a_parquet_folder_names_the_text_files_it_does_not_read(tmp_path, capsys,
                                                                 caplog) -> None:
     folder = tmp_path / "mixed"
