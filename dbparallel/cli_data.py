@@ -106,12 +106,14 @@ def _bare_source(path: str, text_task: bool = False) -> str:
     from pathlib import Path
 
     from dbparallel.data.image_folder import IMAGE_EXTENSIONS
+    from dbparallel.data.text import ARCHIVES
     from dbparallel.data.text_files import text_file_name
 
     folder = Path(path)
     if "://" in path or folder.is_file():
         name = path.split("?", 1)[0] if "://" in path else folder.name  # a URI's query
-        return "text" if text_file_name(name) else "parquet"
+        archive = text_task and name.lower().endswith(ARCHIVES)  # refused, told to extract
+        return "text" if text_file_name(name) or archive else "parquet"
     if not folder.is_dir():
         return "parquet"
     seen = [p for _, p in zip(range(10_000), folder.rglob("*"), strict=False)]

@@ -51,6 +51,10 @@ POSITION_CUTS = (0.90, 0.95)
 
 # image files refused in a text corpus: those image folders read, and other common ones
 NOT_TEXT_IMAGES = (*IMAGE_EXTENSIONS, ".tif", ".tiff", ".heic", ".heif", ".avif", ".ico", ".jp2")
+# archives of files refused in a text corpus: read as text, a tar file's headers and padding
+# would train as text (gzip is taken off .tar.gz as it is for any .gz), a zip file is no UTF-8
+ARCHIVES = (".tar", ".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar.lz4", ".tgz", ".tbz2",
+            ".txz", ".zip", ".7z", ".rar")
 
 
 def shakespeare_files() -> list[Path]:
@@ -141,6 +145,7 @@ def text_source(data: DataConfig) -> TextSource:
     if not paths:
         raise DataError(f"data.path: no files in {data.path!r}")
     _no_images(paths, data.path, info.type == pafs.FileType.Directory)
+    _no_archives(paths, data.path, info.type == pafs.FileType.Directory)
     return TextSource(data.path, fs, tuple((p, file_format(p)) for p in paths),
                       data.path if info.type == pafs.FileType.Directory else "")
 
@@ -164,6 +169,19 @@ def _unread_text(fs: pafs.FileSystem, where: str, path: str) -> None:
                 "read: only its Parquet files' 'text' column is trained on; "
                 "data.source=text reads the text, JSONL and Parquet files together",
                 path, texts[0], more)
+
+
+def _no_archives(paths: list[str], where: str, folder: bool) -> None:
+    """DataError naming the first archive of files (``ARCHIVES``) among a text corpus's
+    ``paths``, before any is read."""
+    archives = [p for p in paths if p.lower().endswith(ARCHIVES)]
+    if not archives:
+        return
+    more = f" (and {len(archives) - 1:,} more)" if len(archives) > 1 else ""
+    move = f"; or move it out of {where!r}" if folder else ""
+    raise DataError(f"data.path: {archives[0]!r}{more} is an archive of files, not a text "
+                    f"document: extract it (tar xf, unzip) and set data.path to the folder "
+                    f"it gives{move}")
 
 
 def _no_images(paths: list[str], where: str, folder: bool) -> None:

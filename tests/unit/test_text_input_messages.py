@@ -211,6 +211,28 @@ def test_a_file_of_a_folder_that_is_not_utf8_is_told_it_may_move_out(tmp_path) -
     assert corpus_error(folder / "paper.pdf").endswith("(line 2, byte 9): save it as UTF-8")
 
 
+def test_an_archive_of_files_is_refused_before_it_is_read_as_text(tmp_path, capsys) -> None:
+    import tarfile
+    import zipfile
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("To be, or not to be. " * 40)
+    with tarfile.open(tmp_path / "corpus.tar.gz", "w:gz") as tar:  # once read as text
+        tar.add(folder / "a.txt", arcname="a.txt")
+    with zipfile.ZipFile(tmp_path / "corpus.zip", "w") as z:
+        z.write(folder / "a.txt", arcname="a.txt")
+    extract = "is an archive of files, not a text document: extract it (tar xf, unzip) and " \
+              "set data.path to the folder it gives"
+    for name in ("corpus.tar.gz", "corpus.zip"):
+        assert corpus_error(tmp_path / name) == f"data.path: '{tmp_path / name}' {extract}"
+    err = error_of(capsys, "data", "check", str(tmp_path / "corpus.tar.gz"), "task=ar")
+    assert f"'{tmp_path / 'corpus.tar.gz'}' {extract}" in err  # given alone, for a text task
+    (tmp_path / "corpus.zip").rename(folder / "old.zip")
+    assert corpus_error(folder) == (f"data.path: '{folder / 'old.zip'}' {extract}; or move it "
+                                    f"out of '{folder}'")
+
+
 def test_a_parquet_folder_names_the_text_files_it_does_not_read(tmp_path, capsys,
                                                                 caplog) -> None:
     folder = tmp_path / "mixed"
