@@ -211,7 +211,7 @@ def _bpe_files(source: TextSource, layout: Layout, data: DataConfig,
     T, pack = data.seq_len, data.pack
     train = bpe_pieces(_part_texts(source, layout, only="train", pack=pack), BPE_TRAIN_CHARS,
                        BPE_HOLD)
-    tokenizer = train_bpe((text for _, text in train), data.vocab_size)
+    tokenizer = train_bpe((text for _, text in train), data.vocab_size, source.label)
     tokenizer.save(out / TOKENIZER_FILE)
     files = _TokenFiles(out, _dtype(tokenizer.vocab_size))
     try:

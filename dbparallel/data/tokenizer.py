@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -28,6 +29,8 @@ import torch
 from dbparallel.errors import DataError
 
 BYTE_SYMBOLS = 256  # the base alphabet of a byte-level BPE
+log = logging.getLogger(__name__)
+
 REPLACEMENT = "\ufffd"  # what an id outside the vocabulary decodes to
 TRAIN_IDS_FILE = "train_ids.json"  # beside a BPE corpus's tokenizer file: its train ids
 TRAIN_IDS_KEY = "dbparallel_train_ids"  # the same list in a BPE tokenizer's description
@@ -209,8 +212,9 @@ class BpeTokenizer:
         return description
 
 
-def train_bpe(texts: Iterator[str], vocab_size: int) -> BpeTokenizer:
-    """A byte-level BPE of at most ``vocab_size`` ids trained on ``texts`` (streamed)."""
+def train_bpe(texts: Iterator[str], vocab_size: int, label: str = "texts") -> BpeTokenizer:
+    """A byte-level BPE of at most ``vocab_size`` ids trained on ``texts`` (streamed); a
+    warning names ``label`` when the texts run out of pairs to merge before that."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -224,6 +228,11 @@ def train_bpe(texts: Iterator[str], vocab_size: int) -> BpeTokenizer:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=[],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)
+    if (learned := tokenizer.get_vocab_size()) < vocab_size:
+        log.warning("%s: the BPE learned %d of data.vocab_size=%d ids (%d merges: the training "
+                    "text has no more pairs to merge); the model holds %d ids all the same, and "
+                    "data.vocab_size=%d gives the same tokens with a smaller embedding and head",
+                    label, learned, vocab_size, learned - BYTE_SYMBOLS, vocab_size, learned)
     return BpeTokenizer(tokenizer)
 
 

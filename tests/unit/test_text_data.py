@@ -131,6 +131,26 @@ def test_jsonl_lines_are_works_of_their_own_whatever_their_work_field(tmp_path) 
 
 
 
+def test_a_bpe_that_runs_out_of_merges_says_how_many_ids_it_learned(tmp_path, caplog) -> None:
+    path = tmp_path / "fox.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog " * 200)
+    index = corpus_index(DataConfig(source="text", path=str(path), seq_len=16,
+                                    tokenizer="bpe", vocab_size=4096))
+    learned = load_tokenizer(index.meta).vocab_size
+    assert 256 < learned < 4096
+    told = [r.getMessage() for r in caplog.records if "the BPE learned" in r.getMessage()]
+    assert told == [f"{path}: the BPE learned {learned} of data.vocab_size=4096 ids "
+                    f"({learned - 256} merges: the training text has no more pairs to merge); "
+                    f"the model holds 4096 ids all the same, and data.vocab_size={learned} "
+                    f"gives the same tokens with a smaller embedding and head"]
+    caplog.clear()
+    fitted = corpus_index(DataConfig(source="text", path=str(path), seq_len=16,
+                                     tokenizer="bpe", vocab_size=learned))
+    assert not [r for r in caplog.records if "the BPE learned" in r.getMessage()]
+    for split in ("train", "test"):
+        assert np.array_equal(rows(fitted, split), rows(index, split))
+
+
 def test_batches_are_token_tensors(index: DataIndex) -> None:
     cfg = load_config([], ["task=mdm", "data.source=shakespeare", "data.seq_len=128"])
     task = build_task(cfg)
