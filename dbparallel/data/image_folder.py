@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from dbparallel.config import DataConfig
+from dbparallel.data.images import IMAGE_EXTENSIONS
 from dbparallel.data.shards import SPLIT_NAMES, SPLITS, DataIndex, Shard, split_of_name
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 VERSION = 1  # bump when the index layout changes
 
 Entries = list[tuple[list[str], pafs.FileInfo]]  # (path parts relative to a folder, info)

@@ -18,6 +18,8 @@ import torch
 from dbparallel.config import DataConfig
 from dbparallel.errors import DataError, RowError
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # image folders read these
+
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"
 

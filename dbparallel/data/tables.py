@@ -38,7 +38,7 @@ def not_parquet(path: str, err: Exception) -> DataError:
     """data.path's error for a file Arrow cannot read as Parquet; a local file that starts
     as text is told how a text file is recognised (by its name), an image file what an image
     data set is."""
-    from dbparallel.data.image_folder import IMAGE_EXTENSIONS
+    from dbparallel.data.images import IMAGE_EXTENSIONS
 
     hint = ""
     name = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
