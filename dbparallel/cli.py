@@ -202,10 +202,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _as_flag(said: str, args: argparse.Namespace) -> str:
     """An error that names a Python argument (``max_new: ...``, from the API's code) names
-    the command's option instead (``--max-new: ...``)."""
+    the command's option instead (``--max-new: ...``); one that names a path given on the
+    command line (a run directory called ``samples``) stays as it is."""
     key, sep, rest = said.partition(":")
     positional = ("config", "source", "images", "run_dir", "command", "func", "action")
-    if sep and key.isidentifier() and key in vars(args) and key not in positional:
+    values = [getattr(args, name, None) for name in positional]
+    given = [str(v) for g in values for v in (g if isinstance(g, list) else [g])]
+    if sep and key.isidentifier() and key in vars(args) and key not in positional \
+            and key not in given:
         return f"--{key.replace('_', '-')}:{rest}"
     return said
 

@@ -164,3 +164,15 @@ def test_blocks_that_are_not_the_run_s_are_named_as_the_api_names_them(tmp_path,
         dbparallel.train(ROOT / "jobs" / "tiny_cpu.yaml", overrides={"run.dir": str(tmp_path)},
                          local=True, blocks=blocks)
     assert not any(tmp_path.iterdir())  # refused before the run directory was written
+
+
+def test_a_run_directory_named_like_an_option_is_named_as_given(tmp_path, monkeypatch,
+                                                                capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["generate", "samples", "--prompt", "KING"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "dbparallel: error: samples: no such run directory or export file"
+    (tmp_path / "out").mkdir()
+    assert cli.main(["sample", "out", "--out", str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "dbparallel: error: out: not a run directory (no config.yaml)"
