@@ -140,8 +140,8 @@ def text_source(data: DataConfig) -> TextSource:
         raise DataError(f"data.path: cannot reach {data.path!r}: {err}") from None
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"data.path: no such file or directory: {data.path!r}")
-    paths = sorted(f.path for f in found if f.type == pafs.FileType.File and not any(
-        part.startswith(".") for part in f.path[len(where.rstrip("/")):].split("/")))  # hidden
+    paths = sorted(f.path for f in found
+                   if f.type == pafs.FileType.File and not _hidden(f.path, where))
     if not paths:
         raise DataError(f"data.path: no files in {data.path!r}")
     _no_images(paths, data.path, info.type == pafs.FileType.Directory)
@@ -160,7 +160,7 @@ def _unread_text(fs: pafs.FileSystem, where: str, path: str) -> None:
         return
     found = fs.get_file_info(pafs.FileSelector(where, recursive=True))
     texts = sorted(f.path for f in found if f.type == pafs.FileType.File
-                   and text_file_name(f.base_name) and not f.base_name.startswith("."))
+                   and text_file_name(f.base_name) and not _hidden(f.path, where))
     if not texts:
         return
     _told.add(path)
@@ -169,6 +169,12 @@ def _unread_text(fs: pafs.FileSystem, where: str, path: str) -> None:
                 "read: only its Parquet files' 'text' column is trained on; "
                 "data.source=text reads the text, JSONL and Parquet files together",
                 path, texts[0], more)
+
+
+def _hidden(path: str, where: str) -> bool:
+    """Whether the file at ``path`` under the folder ``where`` is hidden: it, or a folder it
+    lies in below ``where``, has a name starting with "." (data.source=text skips it)."""
+    return any(part.startswith(".") for part in path[len(where.rstrip("/")):].split("/"))
 
 
 def _no_archives(paths: list[str], where: str, folder: bool) -> None:

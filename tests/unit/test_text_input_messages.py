@@ -252,3 +252,15 @@ def test_a_parquet_folder_names_the_text_files_it_does_not_read(tmp_path, capsys
     assert main(["data", "check", str(folder), "task=ar", "data.source=text"]) == 0
     assert not [r for r in caplog.records if "does not read" in r.getMessage()]
     assert "train: " in capsys.readouterr().out
+
+
+def test_text_files_in_a_hidden_folder_beside_parquet_files_are_not_named(tmp_path,
+                                                                         caplog) -> None:
+    """data.source=text skips a hidden folder's files too: they are no text it would read."""
+    folder = tmp_path / "tables"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["To be, or not to be. " * 20] * 30}),
+                   folder / "part.parquet")
+    (folder / ".ipynb_checkpoints" / "notes-checkpoint.txt").write_text("a note " * 50)
+    assert main(["data", "check", str(folder), "task=ar"]) == 0
+    assert not [r for r in caplog.records if "does not read" in r.getMessage()]
