@@ -107,7 +107,7 @@ def _bare_source(path: str, text_task: bool = False) -> str:
 
     from dbparallel.data.image_folder import IMAGE_EXTENSIONS
     from dbparallel.data.text import ARCHIVES
-    from dbparallel.data.text_files import text_file_name
+    from dbparallel.data.text_files import PARQUET_SUFFIXES, text_file_name
 
     folder = Path(path)
     if "://" in path or folder.is_file():
@@ -118,7 +118,7 @@ def _bare_source(path: str, text_task: bool = False) -> str:
         return "parquet"
     seen = [p for _, p in zip(range(10_000), folder.rglob("*"), strict=False)]
     suffixes = {p.suffix.lower() for p in seen}
-    if ".parquet" in suffixes:
+    if suffixes & set(PARQUET_SUFFIXES):  # .parquet, .parq, .pq: as parquet_index reads
         return "parquet"
     if text_task:
         return "text"

@@ -194,3 +194,14 @@ def test_data_given_twice_on_the_command_line_are_refused_naming_both(tmp_path,
             f"dbparallel: error: data check: the data are given 2 times ({', '.join(line)}); "
             f"give one path (or data.path=PATH)"]
     assert main(["data", "check", one]) == 0  # once is the way
+
+
+def test_a_folder_of_pq_files_beside_a_text_file_is_read_as_parquet(tmp_path, capsys) -> None:
+    from dbparallel.cli import main
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    write_table(digits_table().slice(0, 20), str(folder / "part-0.pq"))
+    (folder / "README.txt").write_text("digits, 8x8")
+    assert main(["data", "check", str(folder)]) == 0, capsys.readouterr().err
+    assert "train: 20 rows" in capsys.readouterr().out
