@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
+from dbparallel.errors import RunDirError
 from dbparallel.tasks.base import Batch, rows_of
 from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
@@ -100,7 +101,8 @@ class BlockRun:
             self.stream.close()
             if not self.done:
                 self._keep_measured()
-        except OSError as why:  # a stop: the error that stopped the block is the one to raise
+        except (OSError, RunDirError) as why:  # a stop: the error that stopped the block is
+            # the one to raise (a store out of reach, a damaged file)
             log.warning("block %d: could not keep what it measured in the run directory: %s",
                         self.trainer.block, why)
         finally:
@@ -143,7 +145,7 @@ class BlockRun:
             return
         try:
             self.lease.release()
-        except OSError as why:
+        except (OSError, RunDirError) as why:  # out of reach, or a damaged lease.json
             log.warning("block %d: could not release its write lease (%s); it lapses after "
                         "train.lease_timeout_s=%g s", self.lease.block, why,
                         self.lease.timeout_s)

@@ -301,3 +301,22 @@ def test_bytes_of_an_assembly_read_as_bytes() -> None:
     shown = render(RunStatus("runs/x", "looped", [], assembly={
         "step": 10, "bpc": 3.25, "train_memory_bytes_bptt": 6.569e7}))
     assert "latest assembly (step 10): bpc 3.25, train_memory_bytes_bptt 62.6 MiB" in shown
+
+
+def test_a_damaged_lease_file_does_not_replace_the_block_s_own_error(tmp_path: Path,
+                                                                     caplog) -> None:
+    from dbparallel.config import load_config
+    from dbparallel.data.sources import open_data
+    from dbparallel.training.loop import BlockRun
+
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "train.steps=4"])
+    storage = Storage(cfg.run_dir)
+    run = BlockRun(cfg, 0, open_data(cfg.data), storage, prefetch=False)
+    (tmp_path / "run" / "blocks" / "block_0" / "lease.json").write_text("{")
+    run.batch = lambda step: (_ for _ in ()).throw(RuntimeError("bad batch"))
+    with pytest.raises(RuntimeError, match="bad batch"):
+        try:
+            run.train_until(2)
+        finally:
+            run.close()  # the way out: the lease cannot be read, released or recorded
+    assert "could not release its write lease" in caplog.text
