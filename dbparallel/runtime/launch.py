@@ -122,8 +122,9 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
             release_session(storage, list(range(cfg.model.blocks)), session)
 
         def records() -> None:
-            for block, step, err in given_up:
-                record_given_up(storage, block, step, err, session)
+            for block, step, err in given_up:  # one that cannot be written keeps no other out
+                _each((f"record block {block}'s failure",
+                       lambda b=block, n=step, e=err: record_given_up(storage, b, n, e, session)))
 
         # Every step runs whatever an earlier one met (a damaged lease file, a store out of
         # reach): stopping the processes, freeing the placement group and leaving Ray. The
