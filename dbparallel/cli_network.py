@@ -109,6 +109,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     network = _load(args)
     needs_data = network.cfg.task != "dit"  # ViT's confusion and text prompts read the data
+    if args.data and not needs_data:
+        raise UserError("--data: a dit network's samples read no data (they are drawn from "
+                        "noise for each class)")
     kind = {"dit": ".png", "vit": ".json"}.get(network.cfg.task, ".txt")
     if not args.out.lower().endswith(kind):
         raise UserError(f"--out {args.out}: {article(network.cfg.task)} {network.cfg.task} "

@@ -52,6 +52,8 @@ def test_moved_data_and_an_export_elsewhere_are_evaluated_with_data(tmp_path, ca
 
 def test_data_without_a_path_or_other_text_are_refused(tmp_path, capsys) -> None:
     run = _train(tmp_path / "digits")  # data.source=digits: built in, no path
+    assert cli.main(["sample", run, "--out", str(tmp_path / "s.png"), "--data", "x"]) == 2
+    assert "--data: a dit network's samples read no data" in capsys.readouterr().err
     assert cli.main(["eval", run, "--data", str(tmp_path)]) == 2
     assert ("--data: the network was trained on data.source=digits, which is read from no "
             "path") in capsys.readouterr().err
