@@ -150,20 +150,23 @@ def text_source(data: DataConfig) -> TextSource:
                       data.path if info.type == pafs.FileType.Directory else "")
 
 
-_told: set[str] = set()  # folders whose unread text files were named in this process
+_looked: set[str] = set()  # folders looked through for unread text files in this process
 
 
 def _unread_text(fs: pafs.FileSystem, where: str, path: str) -> None:
     """Warn, once per folder, when a folder read as Parquet documents also holds text or
-    JSONL files, which data.source=parquet leaves out; data.source=text reads them all."""
-    if path in _told or fs.get_file_info(where).type != pafs.FileType.Directory:
+    JSONL files, which data.source=parquet leaves out; data.source=text reads them all.
+    Each folder is listed once per process (the corpus is opened more than once)."""
+    if path in _looked:
+        return
+    _looked.add(path)
+    if fs.get_file_info(where).type != pafs.FileType.Directory:
         return
     found = fs.get_file_info(pafs.FileSelector(where, recursive=True))
     texts = sorted(f.path for f in found if f.type == pafs.FileType.File
                    and text_file_name(f.base_name) and not _hidden(f.path, where))
     if not texts:
         return
-    _told.add(path)
     more = f" and {len(texts) - 1:,} more" if len(texts) > 1 else ""
     log.warning("data.path: %r holds text files (%r%s) that data.source=parquet does not "
                 "read: only its Parquet files' 'text' column is trained on; "
