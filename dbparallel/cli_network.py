@@ -12,6 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from dbparallel.config import PATH_SOURCES
 from dbparallel.errors import UserError
 
 if TYPE_CHECKING:
@@ -53,9 +54,6 @@ def _data(network: Network, source: str, path: str = "") -> DataIndex:
         if network.cfg.data.source not in PATH_SOURCES or not gone:
             raise
         raise DataError(f"{err}{elsewhere}") from None
-
-
-PATH_SOURCES = ("parquet", "image_folder", "text")  # the data sources read from data.path
 
 
 def _data_at(network: Network, path: str) -> DataIndex:

@@ -41,6 +41,7 @@ from dbparallel.config.schema import (
     LABEL_EMBEDDINGS,
     LABEL_STARTS,
     PARTITIONS,
+    PATH_SOURCES,
     PRESETS,
     TASKS,
     TEXT_TASKS,
@@ -59,7 +60,8 @@ from dbparallel.errors import ConfigError
 __all__ = [
     "AR_READOUTS", "AUTO", "DATA_SOURCES", "IDENTITY_KEYS", "IDENTITY_SECTIONS",
     "LABEL_EMBEDDINGS", "LABEL_STARTS", "LEGACY_VALUES", "NOT_IDENTITY", "OBJECTIVES",
-    "PARTITIONS", "PRECISIONS", "PRESETS", "TASKS", "TEXT_TASKS", "TOKENIZERS", "Config",
+    "PARTITIONS", "PATH_SOURCES", "PRECISIONS", "PRESETS", "TASKS", "TEXT_TASKS", "TOKENIZERS",
+    "Config",
     "ConfigError", "DataConfig", "DebugConfig", "MetricsConfig", "ModelConfig", "NoiseConfig",
     "RunConfig", "RuntimeConfig", "SampleConfig", "TrainConfig", "bytes_text",
     "changed_settings", "config_hash", "data_name",

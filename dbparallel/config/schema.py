@@ -16,6 +16,7 @@ from dbparallel.config.training import TrainConfig
 TASKS = ("dit", "vit", "mdm", "ar", "looped")
 TEXT_TASKS = ("mdm", "ar", "looped")
 DATA_SOURCES = ("digits", "parquet", "shakespeare", "text", "fashion_mnist", "image_folder")
+PATH_SOURCES = ("parquet", "text", "image_folder")  # the sources read from data.path
 TOKENIZERS = ("char", "bpe")
 SOLVERS = ("euler", "heun")
 SCHEDULES = ("equiprobable", "karras")
@@ -66,7 +67,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         choice(self.source, "data.source", DATA_SOURCES)
-        check(self.source not in ("parquet", "text", "image_folder") or bool(self.path),
+        check(self.source not in PATH_SOURCES or bool(self.path),
                "data.path", f"required when data.source={self.source}")
         check(self.image_size > 0, "data.image_size", "must be > 0")
         check(self.channels > 0, "data.channels", "must be > 0")
