@@ -8,6 +8,10 @@ permutation drawn from (seed, block, e, w). The batch of step s covers positions
 pure function of the step: a resumed block computes which window its next batch lies in and
 reads only that window, never the epoch before it. A data set that fits one window is a plain
 row permutation per epoch.
+
+A block resumed with another ``train.batch_size`` goes on from the position its checkpoint
+recorded (``rebase``): step s then covers [p0 + (s-s0)*batch, ...) from the checkpoint's step
+s0 and position p0, so no row of the epoch is skipped or seen twice.
 """
 
 from __future__ import annotations
@@ -44,6 +48,21 @@ class DataOrder:
         self.window_shards = window_shards
         self._epoch: tuple[int, list[np.ndarray], list[int]] | None = None
         self._rows: tuple[tuple[int, int], np.ndarray] | None = None
+        self.origin = (0, 0)  # (step, its position): positions advance a batch a step from it
+
+    def rebase(self, step: int, position: int) -> None:
+        """Go on from ``position`` at ``step`` (a resume whose batch size changed)."""
+        if step < 0 or position < 0:
+            raise ValueError(f"a data position is >= 0 (step {step}, position {position})")
+        self.origin = (step, position)
+
+    def position(self, step: int) -> int:
+        """The position in the stream of epochs where ``step``'s batch starts."""
+        s0, p0 = self.origin
+        if step < s0:
+            raise ValueError(f"step {step} comes before step {s0}, where this block's data "
+                             f"order went on at position {p0:,} (a resumed batch size)")
+        return p0 + (step - s0) * self.batch_size
 
     def windows(self, epoch: int) -> tuple[list[np.ndarray], list[int]]:
         """The shard ids of each window of ``epoch`` and each window's first position."""
@@ -67,7 +86,7 @@ class DataOrder:
 
     def segments(self, step: int) -> list[Segment]:
         """The rows of ``step``'s batch, window by window, in batch order."""
-        start, filled, out = step * self.batch_size, 0, []
+        start, filled, out = self.position(step), 0, []
         while filled < self.batch_size:
             epoch, offset = divmod(start + filled, self.num_rows)
             _, starts = self.windows(epoch)
@@ -88,7 +107,3 @@ class DataOrder:
     def shards_of(self, epoch: int, window: int) -> list[int]:
         """Shard ids of a window, in the order their rows are concatenated."""
         return [int(s) for s in self.windows(epoch)[0][window]]
-
-    def epoch_of(self, step: int) -> float:
-        """Epochs completed before ``step``, fractional."""
-        return step * self.batch_size / self.num_rows

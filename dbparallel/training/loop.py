@@ -64,7 +64,7 @@ class BlockRun:
             self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
                                                 cfg.train.keep_snapshots)
             self.resumed_from = resume(self.trainer, self.checkpoints, self.cfg,
-                                       self.lease if self.writer else None)
+                                       self.lease if self.writer else None, self.order)
             # only the writer keeps the history (creating it rewrites metrics.jsonl)
             self.history = BlockHistory(storage, block, self.resumed_from) if self.writer \
                 else None
@@ -239,7 +239,9 @@ class BlockRun:
             return
         self.lease.check()  # a fenced-off writer stops here, before writing anything
         self._renewed = time.monotonic()
-        self.checkpoints.save("state", t.step, t.state_dict())
+        state = t.state_dict()
+        state["data_position"] = self.order.position(t.step)  # where the next batch starts
+        self.checkpoints.save("state", t.step, state)
         self.checkpoints.save("snapshot", t.step, t.snapshot())
 
     @property

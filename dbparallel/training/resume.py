@@ -9,6 +9,7 @@ from dbparallel.config import Config, identity_diff, to_dict
 from dbparallel.errors import RunDirError
 from dbparallel.training.block_trainer import BlockTrainer
 from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.data_order import DataOrder
 from dbparallel.training.lease import BlockLease
 from dbparallel.training.storage import DamagedFile
 
@@ -16,10 +17,11 @@ log = logging.getLogger(__name__)
 
 
 def resume(trainer: BlockTrainer, checkpoints: BlockCheckpoints, cfg: Config,
-           lease: BlockLease | None) -> int:
-    """Load the block's newest readable training state into ``trainer``; returns its step
-    (0: from the start). ``lease``: the writer's (None for a replica that only trains), which
-    also writes again a snapshot of that step that cannot be read."""
+           lease: BlockLease | None, order: DataOrder | None = None) -> int:
+    """Load the block's newest readable training state into ``trainer``, and the position
+    of its next batch into ``order``; returns its step (0: from the start). ``lease``: the
+    writer's (None for a replica that only trains), which also writes again a snapshot of
+    that step that cannot be read."""
     try:
         state = checkpoints.load_latest("state")
     except DamagedFile as err:  # its manifest: no checkpoint can be found
@@ -38,6 +40,8 @@ def resume(trainer: BlockTrainer, checkpoints: BlockCheckpoints, cfg: Config,
             f"of {', '.join(keys)}; use a new run.dir or the original values")
     trainer.load_state_dict(state)
     log.info("block %d: resumed at step %d", trainer.block, trainer.step)
+    if order is not None:
+        _go_on_in_order(order, state, trainer.step)
     if lease is not None:
         _restore_snapshot(trainer, checkpoints, lease)
         steps = cfg.train.steps_of(trainer.block)
@@ -46,6 +50,22 @@ def resume(trainer: BlockTrainer, checkpoints: BlockCheckpoints, cfg: Config,
                         "train.block_steps): it trains no more, and its weights stay those of "
                         "step %d", trainer.block, trainer.step, steps, trainer.step)
     return trainer.step
+
+
+def _go_on_in_order(order: DataOrder, state: dict, step: int) -> None:
+    """Rebase ``order`` at the data position the checkpoint recorded: a batch size changed
+    since goes on from the next row of the epoch. A checkpoint written before positions were
+    recorded is at step times the batch size it trained with."""
+    position = state.get("data_position")
+    if position is None:
+        then = (state["meta"]["config"].get("train") or {}).get("batch_size", order.batch_size)
+        position = step * int(then)
+    order.rebase(step, int(position))
+    if order.position(step) != step * order.batch_size:
+        log.info("block %d: goes on from row %d of its data order (epoch %d), where its "
+                 "checkpoint of step %d stopped (train.batch_size=%d now)", order.block,
+                 position % order.num_rows, position // order.num_rows, step,
+                 order.batch_size)
 
 
 def _restore_snapshot(trainer: BlockTrainer, checkpoints: BlockCheckpoints,

@@ -192,3 +192,45 @@ def test_block_steps_train_each_block_to_its_own_count(tiny_cfg, table, tmp_path
     plain.train_until(100)
     for a, b in zip(_weights(plain.trainer), _weights(runs[1].trainer), strict=True):
         assert torch.equal(a, b)
+
+
+def test_rebased_order_goes_on_from_its_position() -> None:
+    sizes = [5, 3, 4, 7, 1, 6]
+    before = DataOrder(sizes, batch_size=4, seed=0, block=1, window_shards=2)
+    after = DataOrder(sizes, batch_size=3, seed=0, block=1, window_shards=2)
+    after.rebase(5, before.position(5))  # resumed at step 5 with batches of 3
+    stream = _positions(before, 13)  # 2 epochs
+    went_on = [p for step in range(5, 15) for p in _positions_at(after, step)]
+    assert stream[:20] + went_on == stream[:50]  # nothing skipped, nothing twice
+    with pytest.raises(ValueError, match="comes before step 5"):
+        after.position(4)
+
+
+def test_resume_with_another_batch_size_goes_on_in_the_epoch(tiny_cfg, table,
+                                                             tmp_path) -> None:
+    storage = Storage(str(tmp_path / "run"))
+    first = BlockRun(tiny_cfg, 0, table, storage, session="a")
+    every = tiny_cfg.train.checkpoint_every
+    first.train_until(every)
+    first.close()
+    smaller = load_config([ROOT / "jobs" / "tiny_cpu.yaml"],
+                          [f"train.batch_size={tiny_cfg.train.batch_size // 2}"])
+    second = BlockRun(smaller, 0, table, storage, session="b")
+    assert second.resumed_from == every
+    assert second.order.position(every) == every * tiny_cfg.train.batch_size
+    assert second.order.position(every + 1) == (every * tiny_cfg.train.batch_size
+                                                + smaller.train.batch_size)
+    second.train_until(every + 2)
+    second.save()
+    second.close()
+    third = BlockRun(smaller, 0, table, storage, session="c")  # its own checkpoint's position
+    assert third.order.position(every + 2) == second.order.position(every + 2)
+    third.close()
+
+
+def test_checkpoint_without_a_position_is_at_its_own_batch_size() -> None:
+    from dbparallel.training.resume import _go_on_in_order
+
+    order = DataOrder([40], batch_size=2, seed=0, block=0, window_shards=1)
+    _go_on_in_order(order, {"meta": {"config": {"train": {"batch_size": 8}}}}, 3)
+    assert order.position(3) == 24 and order.position(4) == 26
