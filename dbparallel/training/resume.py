@@ -45,6 +45,7 @@ def resume(trainer: BlockTrainer, checkpoints: BlockCheckpoints, cfg: Config,
     if lease is not None:
         _restore_snapshot(trainer, checkpoints, lease)
         steps = cfg.train.steps_of(trainer.block)
+        _said_schedule_changed(trainer, state, cfg)
         if trainer.step > steps:
             log.warning("block %d is at step %d, past the %d steps asked (train.steps, "
                         "train.block_steps): it trains no more, and its weights stay those of "
@@ -66,6 +67,25 @@ def _go_on_in_order(order: DataOrder, state: dict, step: int) -> None:
                  "checkpoint of step %d stopped (train.batch_size=%d now)", order.block,
                  position % order.num_rows, position // order.num_rows, step,
                  order.batch_size)
+
+
+def _said_schedule_changed(trainer: BlockTrainer, state: dict, cfg: Config) -> None:
+    """Warn where a cosine schedule's length changed since the checkpoint: the rate goes on
+    along the new curve, which the steps before never followed (a straight run of the new
+    length would not match)."""
+    then = state["meta"]["config"].get("train") or {}
+    b, step = trainer.block, trainer.step
+    steps = cfg.train.steps_of(b)
+    before = then["block_steps"][b] if then.get("block_steps") else then.get("steps", steps)
+    if "cosine" not in (cfg.train.lr_schedule, then.get("lr_schedule")) or before == steps \
+            or step >= steps:
+        return
+    log.warning("block %d: resumed at step %d of %d, which trained with %d steps "
+                "(train.steps, train.block_steps) and train.lr_schedule=%s; from step %d its "
+                "learning rate is %.3g, on the schedule of %d steps the earlier steps did not "
+                "follow, so its weights differ from a run of %d steps from the start",
+                b, step, steps, before, then.get("lr_schedule", cfg.train.lr_schedule),
+                step + 1, trainer.lr_at(step), steps, steps)
 
 
 def _restore_snapshot(trainer: BlockTrainer, checkpoints: BlockCheckpoints,

@@ -234,3 +234,23 @@ def test_checkpoint_without_a_position_is_at_its_own_batch_size() -> None:
     order = DataOrder([40], batch_size=2, seed=0, block=0, window_shards=1)
     _go_on_in_order(order, {"meta": {"config": {"train": {"batch_size": 8}}}}, 3)
     assert order.position(3) == 24 and order.position(4) == 26
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_resume_says_when_a_cosine_schedule_changed_length(schedule, tiny_cfg, table,
+                                                            tmp_path, caplog) -> None:
+    tiny = ROOT / "jobs" / "tiny_cpu.yaml"
+    first = load_config([tiny], [f"train.lr_schedule={schedule}", "train.warmup_steps=0"])
+    storage = Storage(str(tmp_path / "run"))
+    run = BlockRun(first, 0, table, storage, session="a")
+    run.train_until(first.train.checkpoint_every)
+    run.close()
+    longer = load_config([tiny], [f"train.lr_schedule={schedule}", "train.warmup_steps=0",
+                                  f"train.steps={first.train.steps * 2}"])
+    with caplog.at_level("WARNING"):
+        BlockRun(longer, 0, table, storage, session="b").close()
+    said = [r.getMessage() for r in caplog.records if "learning rate is" in r.getMessage()]
+    if schedule == "constant":
+        assert said == []
+    else:
+        assert len(said) == 1 and f"which trained with {first.train.steps} steps" in said[0]
