@@ -6,7 +6,7 @@
 ``validation.bin`` and ``test.bin`` (each the ids of that split's rows, row-major, ``seq_len``
 ids per row, uint8 when the vocabulary fits 256 ids, else uint16), ``index.json`` and, for
 BPE, ``tokenizer.json`` and ``train_ids.json`` (the ids the train split holds: generation
-draws only those, data/tokenizer.py). A
+draws only those, data/tokenizer.py); the token files are written by data/token_files.py. A
 build writes into a temporary directory renamed into place, so processes building the same
 corpus at once are safe (the first rename wins, the others use it). The build streams the
 documents (data/text.py) in passes, never holding the corpus:
@@ -51,6 +51,7 @@ from dbparallel.data.corpus_layout import Layout, check_rows, layout_of, warn_dr
 from dbparallel.data.shards import SPLITS, DataIndex, Shard
 from dbparallel.data.text import TextSource, spans, text_source
 from dbparallel.data.text_files import PIECE_CHARS
+from dbparallel.data.token_files import MAX_IDS, TokenFiles, token_dtype, train_ids, write_ids
 from dbparallel.data.tokenizer import (
     BYTE_SYMBOLS,
     TRAIN_IDS_FILE,
@@ -65,7 +66,6 @@ log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when the splits, the rows or the file layout change (invalidates caches)
 INDEX_FILE, TOKENIZER_FILE = "index.json", "tokenizer.json"
-MAX_IDS = 1 << 16  # token files are uint16 at most
 BPE_BATCH = 8  # pieces encoded together (tokenizers encodes a batch in parallel)
 BPE_HOLD = 4 * PIECE_CHARS  # characters held back at most while looking for a BPE cut
 # characters per training piece: tokenizers buffers 256 pieces of the iterator it trains on
@@ -150,39 +150,6 @@ def _whole_rows(chunks: Iterator[tuple[PartKey, Any]], seq_len: int, pack: bool 
 # Build: token files in a temporary directory, renamed into place
 # ---------------------------------------------------------------------------------------------
 
-class _TokenFiles:
-    """One append-only token file per split."""
-
-    def __init__(self, folder: Path, dtype: np.dtype):
-        self.dtype = dtype
-        self.files = {s: open(folder / f"{s}.bin", "wb") for s in SPLITS}  # noqa: SIM115
-        self.ids = dict.fromkeys(SPLITS, 0)
-        self.counts = {s: [0, 0] for s in SPLITS}  # [read, kept] of _whole_rows
-        self.in_train = np.zeros(MAX_IDS, dtype=bool)  # the ids the train split holds
-
-    def write(self, split: str, ids: np.ndarray) -> None:
-        self.files[split].write(ids.astype(self.dtype).data)
-        self.ids[split] += len(ids)
-        if split == "train":
-            self.in_train[ids] = True
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-
-    def rows(self, seq_len: int) -> dict[str, int]:
-        return {s: n // seq_len for s, n in self.ids.items()}
-
-
-def _dtype(ids: int) -> np.dtype:
-    if ids > MAX_IDS:
-        raise DataError(f"data.vocab_size: token files hold at most {MAX_IDS} ids, "
-                        f"the tokenizer has {ids}")
-    return np.dtype(np.uint8 if ids <= 256 else np.uint16)
-
-
 def _char_files(source: TextSource, layout: Layout, data: DataConfig,
                 out: Path) -> dict[str, Any]:
     T, pack = data.seq_len, data.pack
@@ -192,7 +159,7 @@ def _char_files(source: TextSource, layout: Layout, data: DataConfig,
     for _, text in _whole_rows(_part_texts(source, layout, pack=pack), T, pack):
         counter.add(text)
     tokenizer = CharTokenizer(counter.vocabulary(data.vocab_size))
-    files = _TokenFiles(out, _dtype(tokenizer.vocab_size))
+    files = TokenFiles(out, token_dtype(tokenizer.vocab_size))
     try:
         for split, text in _whole_rows(_part_texts(source, layout, pack=pack), T, pack,
                                        files.counts):
@@ -213,7 +180,7 @@ def _bpe_files(source: TextSource, layout: Layout, data: DataConfig,
                        BPE_HOLD)
     tokenizer = train_bpe((text for _, text in train), data.vocab_size, source.label)
     tokenizer.save(out / TOKENIZER_FILE)
-    files = _TokenFiles(out, _dtype(tokenizer.vocab_size))
+    files = TokenFiles(out, token_dtype(tokenizer.vocab_size))
     try:
         pieces = bpe_pieces(_part_texts(source, layout, pack=pack), PIECE_CHARS, BPE_HOLD)
         ids = tokenizer.encode_stream(pieces, BPE_BATCH)
@@ -224,31 +191,10 @@ def _bpe_files(source: TextSource, layout: Layout, data: DataConfig,
     check_rows(files.rows(T), layout, data,  # about one separator token between documents
                {s: (files.counts[s][0] + max(t.documents - 1, 0)) >= T
                 for s, t in layout.splits.items()})
-    _write_ids(out / TRAIN_IDS_FILE, np.flatnonzero(files.in_train))
+    write_ids(out / TRAIN_IDS_FILE, np.flatnonzero(files.in_train))
     warn_dropped(source.label, files.counts, layout, data)
     return {"tokenizer_file": TOKENIZER_FILE, "vocab_size": tokenizer.vocab_size,
             "dtype": files.dtype.name, "rows": files.rows(T)}
-
-
-def _write_ids(path: Path, ids: np.ndarray) -> None:
-    """``ids`` as a JSON list, written whole or not at all."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
-    tmp.write_text(json.dumps([int(i) for i in ids]))
-    os.replace(tmp, path)
-
-
-def _train_ids(folder: Path, dtype: np.dtype) -> None:
-    """TRAIN_IDS_FILE of a BPE corpus built before it was kept: the ids of train.bin, read
-    once in blocks (a read-only cache keeps today's behaviour: every id is drawn)."""
-    data = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
-    seen = np.zeros(MAX_IDS, dtype=bool)
-    for first in range(0, len(data), 1 << 24):
-        seen[np.asarray(data[first:first + (1 << 24)])] = True
-    try:
-        _write_ids(folder / TRAIN_IDS_FILE, np.flatnonzero(seen))
-    except OSError as err:
-        log.warning("%s: cannot write %s (%s); generation may draw any id", folder,
-                    TRAIN_IDS_FILE, err)
 
 
 def _changed(source: TextSource) -> DataError:
@@ -305,5 +251,5 @@ def _load(folder: Path, shard_rows: int, label: str) -> DataIndex:
     else:
         meta["tokenizer_file"] = str((folder / index["tokenizer_file"]).resolve())
         if not (folder / TRAIN_IDS_FILE).is_file():
-            _train_ids(folder, dtype)
+            train_ids(folder, dtype)
     return DataIndex("tokens", label, splits, meta)
