@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from dbparallel.config import DataConfig
+from dbparallel.data.bpe_pieces import bpe_pieces
 from dbparallel.data.cache import cache_dir
 from dbparallel.data.corpus_layout import Layout, check_rows, layout_of, warn_dropped
 from dbparallel.data.shards import SPLITS, DataIndex, Shard
@@ -57,7 +58,6 @@ from dbparallel.data.tokenizer import (
     TRAIN_IDS_FILE,
     CharCounter,
     CharTokenizer,
-    bpe_pieces,
     train_bpe,
 )
 from dbparallel.errors import DataError
