@@ -32,6 +32,7 @@ BYTE_SYMBOLS = 256  # the base alphabet of a byte-level BPE
 log = logging.getLogger(__name__)
 
 REPLACEMENT = "\ufffd"  # what an id outside the vocabulary decodes to
+NAMED_CHARACTERS = 10  # unknown characters an error names, each once
 TRAIN_IDS_FILE = "train_ids.json"  # beside a BPE corpus's tokenizer file: its train ids
 TRAIN_IDS_KEY = "dbparallel_train_ids"  # the same list in a BPE tokenizer's description
 Key = TypeVar("Key", bound=Hashable)
@@ -93,14 +94,17 @@ class CharTokenizer:
         return self.vocab_size  # every character is one of the corpus's
 
     def encode_array(self, text: str) -> np.ndarray:
-        """Token ids (len(text),) int32; DataError naming the first unknown character."""
+        """Token ids (len(text),) int32; DataError naming the characters the vocabulary
+        lacks (``unknown_characters``)."""
         codes = codepoints(text)
         if int(codes.max(initial=0)) < len(self._lookup):
             ids = self._lookup[codes]
             if not (ids < 0).any():
                 return ids
-        bad = next(c for c in text if c not in self.vocab)
-        raise DataError(f"character {bad!r} is not in the vocabulary")
+        inside = codes < len(self._lookup)
+        unknown = ~inside
+        unknown[inside] = self._lookup[codes[inside]] < 0
+        raise unknown_characters(codes[unknown])
 
     def encode(self, text: str) -> list[int]:
         return self.encode_array(text).tolist()
@@ -111,6 +115,20 @@ class CharTokenizer:
 
     def describe(self) -> dict[str, Any]:
         return {"vocab": list(self.vocab)}
+
+
+def unknown_characters(codes: np.ndarray) -> DataError:
+    """The DataError of code points ``codes`` a vocabulary lacks: each distinct one, in the
+    order of its first place, with its code point (``NAMED_CHARACTERS`` at most, then how
+    many more)."""
+    found, first = np.unique(codes, return_index=True)
+    ordered = [int(c) for c in found[np.argsort(first)]]
+    shown = ", ".join(f"{chr(c)!r} (U+{c:04X})" for c in ordered[:NAMED_CHARACTERS])
+    if len(ordered) == 1:
+        return DataError(f"character {shown} is not in the vocabulary")
+    more = len(ordered) - NAMED_CHARACTERS
+    return DataError(f"characters {shown}{f' and {more} more' if more > 0 else ''} are not "
+                     f"in the vocabulary")
 
 
 class CharCounter:

@@ -151,7 +151,7 @@ class Network:
     # ------------------------------------------------------------------ text
     def _encode(self, text: str, name: str = "") -> list[int]:
         """The ids of ``text``; a UserError naming it (``name``: ``texts[1]``, where given) and
-        the character the run's vocabulary lacks."""
+        every character the run's vocabulary lacks (data/tokenizer.py, unknown_characters)."""
         assert self.tokenizer is not None
         try:
             return self.tokenizer.encode(text)

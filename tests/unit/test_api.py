@@ -102,9 +102,11 @@ def test_text_networks_generate_and_score_text(runs: dict[str, str], task: str) 
         _likelihood_is_the_first_steps(net)
     short, long = net.log_likelihood([TEXT, TEXT * 3])  # longer than data.seq_len: windows
     assert long < short < 0
-    with pytest.raises(UserError, match="^prompt: .*'\u00e9' is not in the vocabulary of this run"):
+    with pytest.raises(UserError, match="^prompt: .*'\u00e9' \\(U\\+00E9\\) is not in the "
+                       "vocabulary of this run"):
         net.generate("caf\u00e9")
-    with pytest.raises(UserError, match="^texts\\[1\\]: .*'\u00e9' is not in the vocabulary"):
+    with pytest.raises(UserError, match="^texts\\[1\\]: .*'\u00e9' \\(U\\+00E9\\) is not in "
+                       "the vocabulary"):
         net.log_likelihood(["ab", "caf\u00e9"])
     assert net.bpc(iter([TEXT, TEXT + TEXT])) == bpc  # any iterable of strings
     # arguments of another type: the argument named, not a TypeError from inside
@@ -255,7 +257,7 @@ def test_generate_command_prints_continuations(runs: dict[str, str], capsys) -> 
     first, second = (net.generate("KING", max_new=7, seed=s) for s in (4, 5))
     assert out == f"--- sample 0\nKING{first}\n--- sample 1\nKING{second}\n"
     assert cli.main(["generate", runs["ar"], "--prompt", "caf\u00e9"]) == 2
-    assert "not in the vocabulary" in capsys.readouterr().err
+    assert "'\u00e9' (U+00E9) is not in the vocabulary" in capsys.readouterr().err
     assert cli.main(["generate", runs["vit"], "--prompt", "a"]) == 2
 
 

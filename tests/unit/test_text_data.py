@@ -178,8 +178,19 @@ def test_bad_token_rows_are_named() -> None:
 def test_tokenizer_names_unknown_characters() -> None:
     tokenizer = CharTokenizer("abc")
     assert tokenizer.encode("cab") == [2, 0, 1] and tokenizer.decode([0, 7]) == "a\ufffd"
-    with pytest.raises(DataError, match="character 'z' is not in the vocabulary"):
+    with pytest.raises(DataError, match=r"^character 'z' \(U\+007A\) is not in the "
+                                        r"vocabulary$"):
         tokenizer.encode("abz")
+    # every unknown character, once each, in the order the text first holds it
+    with pytest.raises(DataError, match=r"^characters 'é' \(U\+00E9\), 'z' \(U\+007A\), "
+                                        r"'\\u200b' \(U\+200B\), '日' \(U\+65E5\) are "
+                                        r"not in the vocabulary$"):
+        tokenizer.encode("cabéz\u200bz日éa")
+    many = "".join(chr(0x3041 + i) for i in range(15))  # 15 hiragana, then two named ones again
+    with pytest.raises(DataError) as err:
+        tokenizer.encode("a" + many + many[:2])
+    shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in many[:10])
+    assert str(err.value) == f"characters {shown} and 5 more are not in the vocabulary"
 
 
 def test_scorer_reads_only_its_batches() -> None:

@@ -103,6 +103,16 @@ def test_mdm_refuses_an_empty_text() -> None:
         net.log_likelihood(["to be", ""])
 
 
+def test_a_prompt_names_every_character_the_vocabulary_lacks() -> None:
+    net = network("mdm", CharTokenizer("".join(sorted(set(ASCII)))))
+    with pytest.raises(UserError, match=r"^prompt: characters 'c' \(U\+0063\), 'é' "
+                                        r"\(U\+00E9\), '!' \(U\+0021\) are not in the "
+                                        r"vocabulary of this run \(data.tokenizer=char\)$"):
+        net.generate("to be café! cé", max_new=4)
+    with pytest.raises(UserError, match=r"^texts\[1\]: character 'Z' \(U\+005A\) is not"):
+        net.log_likelihood(["to be", "Zoo"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Generation draws only the ids of the training split
 # ---------------------------------------------------------------------------------------------
