@@ -217,11 +217,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="continue a prompt with a text network")
     g.add_argument("source", metavar="RUN_DIR", help=source_help)
     g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new", type=int, default=None,
+    g.add_argument("--max-new", type=int, default=None, metavar="N",
                    help="tokens to generate (default: ar/looped sample.gen_len, and past "
                         "data.seq_len in all a warning says the network reads further than it "
-                        "was trained to; mdm: the rest of a data.seq_len row, at most). A bar "
-                        "on a terminal shows the tokens (mdm: the unmasking steps)")
+                        "was trained to; mdm: a whole data.seq_len row is unmasked after the "
+                        "prompt, as in training, and its first N new tokens are printed, "
+                        "default all; N past the row's end is refused). A bar on a terminal "
+                        "shows the tokens (mdm: the unmasking steps)")
     g.add_argument("--temperature", type=float, default=1.0,
                    help="0: the most likely token at each draw; the text still varies with "
                         "--seed, and between --samples (ar, looped: each token's chain starts "

@@ -168,9 +168,10 @@ class Network:
         ``max_new`` tokens drawn at ``temperature`` (0: the most likely token; the chain
         still starts from noise, so ``seed`` matters at any temperature). AR and looped
         continue any length (default sample.gen_len; past data.seq_len tokens in all the
-        network reads further than it was trained to, and a warning says so); MDM fills the
-        rest of a data.seq_len row after the prompt (default), unmasking it over sample.steps
-        steps. ``progress`` shows a bar on stderr (tokens, or MDM's unmasking steps)."""
+        network reads further than it was trained to, and a warning says so); MDM unmasks a
+        whole data.seq_len row after the prompt over sample.steps steps, as it trained on, and
+        gives its first ``max_new`` tokens (default: all; at most the row's rest). ``progress``
+        shows a bar on stderr (tokens, or MDM's unmasking steps)."""
         self._need("generate")
         texts, one = texts_of(prompt, "prompt")
         number(temperature, "temperature"), number(seed, "seed", whole=True)
@@ -195,12 +196,14 @@ class Network:
                 raise UserError(f"max_new: an MDM row holds data.seq_len="
                                 f"{self.cfg.data.seq_len} tokens, the prompt {p.shape[1]}: "
                                 f"max_new must lie in 1..{room}, got {max_new}")
+            # the whole row, as in training: a shorter one would end where no row it learned
+            # from ends; its first max_new new tokens are a sample of their marginal
             with _bar(self.cfg.sample.steps, "unmasking", "step", progress) as bar:
                 rows = self.task.generate(self.blocks, len(texts), g, self.device, prompt=p,
-                                          length=p.shape[1] + max_new,
+                                          length=self.cfg.data.seq_len,
                                           temperature=temperature,
                                           usable=self.tokenizer.usable, on_step=bar.update)
-            new = rows[:, p.shape[1]:]
+            new = rows[:, p.shape[1]:p.shape[1] + max_new]
         else:
             max_new = self.cfg.sample.gen_len if max_new is None else max_new
             if p.shape[1] < 1:

@@ -113,6 +113,23 @@ def test_a_prompt_names_every_character_the_vocabulary_lacks() -> None:
         net.log_likelihood(["to be", "Zoo"])
 
 
+def test_mdm_max_new_is_the_start_of_a_whole_row() -> None:
+    """MDM unmasks rows of data.seq_len tokens, as it trained on, whatever ``max_new``: its
+    continuation is the first ``max_new`` tokens of the row's, never a shorter row's."""
+    net = network("mdm", CharTokenizer("".join(sorted(set(ASCII)))), "data.seq_len=16")
+    seen: list[tuple[int, ...]] = []
+    routed = net.task.routed_logits
+    net.task.routed_logits = lambda nets, x, t: seen.append(tuple(x.shape)) or routed(nets, x, t)
+    whole = net.generate(["to be", "or no"], seed=3)
+    assert [len(t) for t in whole] == [11, 11]
+    for n in (1, 4, 11):
+        assert net.generate(["to be", "or no"], max_new=n, seed=3) == [t[:n] for t in whole]
+    assert set(seen) == {(2, 16)}, seen
+    with pytest.raises(UserError, match=r"max_new: an MDM row holds data.seq_len=16 tokens, "
+                                        r"the prompt 5: max_new must lie in 1..11, got 12"):
+        net.generate("to be", max_new=12)
+
+
 # ---------------------------------------------------------------------------------------------
 # Generation draws only the ids of the training split
 # ---------------------------------------------------------------------------------------------
@@ -167,3 +184,6 @@ def test_generate_help_says_temperature_zero_still_varies_with_the_seed(capsys) 
     assert ("0: the most likely token at each draw; the text still varies with --seed, and "
             "between --samples (ar, looped: each token's chain starts from noise; mdm: the "
             "order of unmasking is drawn)") in out
+    assert ("mdm: a whole data.seq_len row is unmasked after the prompt, as in training, and "
+            "its first N new tokens are printed, default all; N past the row's end is "
+            "refused") in out
