@@ -24,7 +24,9 @@ def _row(b: BlockStatus) -> list[str]:
     gone = " (its process is gone)" if b.writer_alive is False else ""
     driver = f" (driver {b.driver})" if b.driver else ""
     writer = f"{b.writer}{driver}, renewed {_ago(b.lease_age_s)}{gone}" if b.writer else "-"
-    return [str(b.block), b.state, f"{b.logged_step or 0:,}/{b.steps:,}",
+    step = b.logged_step or 0
+    return [str(b.block), b.state,
+            f"{step:,} (past {b.steps:,})" if step > b.steps else f"{step:,}/{b.steps:,}",
             "-" if b.checkpoint_step is None else f"{b.checkpoint_step:,}",
             _num(b.loss), _num(b.heldout_loss),
             "-" if b.samples_per_s is None else f"{b.samples_per_s:,.0f}",
@@ -52,6 +54,12 @@ def render(status: RunStatus) -> str:
     lines.append(f"report.json: written {_ago(status.report_age_s)}" if status.report else
                  "report.json: not yet (written once every block is done and assembled)")
     lines += [f"block {b.block}: {b.problem}" for b in status.blocks if b.problem]
+    lines += [f"block {b.block}: done at step {b.checkpoint_step:,}, past the {b.steps:,} steps "
+              f"asked now (train.steps, train.block_steps): it trains no more, and its weights "
+              f"are those of step {b.checkpoint_step:,}"
+              for b in status.blocks
+              if b.state == "done" and b.checkpoint_step is not None
+              and b.checkpoint_step > b.steps]
     lines += [f"block {b.block} failed "
               + (f"at step {b.failed_step:,}" if b.failed_step is not None else "at its start")
               + f" ({_ago(b.failed_age_s)}): {b.failure}"

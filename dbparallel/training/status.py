@@ -3,7 +3,9 @@
 Nothing here needs Ray, the data or the driver: a run on a cluster (its directory in object
 storage) is read the same way as a local one, while it trains or after. Each block is
 
-- ``done``: a checkpoint of its last step (train.steps, or its train.block_steps count);
+- ``done``: a checkpoint of its last step (train.steps, or its train.block_steps count), or
+  of a later one (a rerun lowered train.steps: the block trains no more, and keeps the weights
+  of the step it reached; its row says so);
 - ``training``: its write lease was renewed within train.lease_timeout_s (the writer renews
   it at every metrics line and checkpoint, and at least every quarter of that timeout);
 - ``stopped``: it has a checkpoint, a metrics line or a lease (a process started it) but no
@@ -190,7 +192,8 @@ def resume_line(storage: Storage, cfg: Config, blocks: list[int]) -> str | None:
     told = ", ".join(
         (f"block {first}" if first == last else f"blocks {first}-{last}")
         + (f" at step {step:,}" if step else " from the start")
-        + (f" of {steps:,}" if len(each) > 1 else "") + (" (done)" if step >= steps else "")
+        + (f" (done, past {steps:,})" if step > steps else
+           (f" of {steps:,}" if len(each) > 1 else "") + (" (done)" if step == steps else ""))
         for first, last, step, steps in groups)
     of = f" ({each.pop():,} steps a block)" if len(each) == 1 else ""
     return f"resuming {storage.uri()}{of}: {told}"

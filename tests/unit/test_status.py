@@ -149,6 +149,31 @@ def test_a_resume_says_where_each_block_goes_on(run: Path, capsys) -> None:
     assert resume_line(Storage(str(fresh)), cfg, [0, 1]) is None and not fresh.exists()
 
 
+def test_a_block_trained_past_a_lowered_train_steps_is_done_past_them(run: Path,
+                                                                      capsys) -> None:
+    """A rerun with a lower train.steps trains block 0 (at step 4) no more: status and the
+    resume line say it is done past the steps asked, never "4/2"."""
+    from dbparallel.training.status import resume_line
+
+    assert cli.main(["train", "--local", "--block", "0", TINY, f"run.dir={run}", *FAST,
+                     "train.steps=2"]) == 0
+    capsys.readouterr()
+    assert cli.main(["status", str(run)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[2].split()[:5] == ["0", "done", "4", "(past", "2)"]
+    assert shown[3].split()[:4] == ["1", "not", "started", "0/2"]
+    assert "block 0: done at step 4, past the 2 steps asked now (train.steps, " \
+           "train.block_steps): it trains no more, and its weights are those of step 4" in shown
+    assert "/" not in "".join(shown[2].split()[2:5])
+    cfg = run_config(str(run))
+    assert resume_line(Storage(str(run)), cfg, [0, 1]) == \
+        f"resuming {run} (2 steps a block): block 0 at step 4 (done, past 2), block 1 from " \
+        f"the start"
+    cfg.train.block_steps = [2, 9]
+    assert resume_line(Storage(str(run)), cfg, [0, 1]) == \
+        f"resuming {run}: block 0 at step 4 (done, past 2), block 1 from the start of 9"
+
+
 def test_a_block_that_failed_at_its_start_says_so(run: Path, capsys) -> None:
     for state in (run / "blocks" / "block_0").glob("state_*.pt"):
         state.write_bytes(b"not a checkpoint")
