@@ -22,6 +22,7 @@ def _ago(seconds: float | None) -> str:
 
 def _row(b: BlockStatus) -> list[str]:
     gone = " (its process is gone)" if b.writer_alive is False else ""
+    gone = " (its process is gone; its driver runs)" if b.held_by_driver else gone
     driver = f" (driver {b.driver})" if b.driver else ""
     writer = f"{b.writer}{driver}, renewed {_ago(b.lease_age_s)}{gone}" if b.writer else "-"
     step = b.logged_step or 0
@@ -60,10 +61,16 @@ def render(status: RunStatus) -> str:
               for b in status.blocks
               if b.state == "done" and b.checkpoint_step is not None
               and b.checkpoint_step > b.steps]
+    lines += [f"block {b.block}: its process is gone, but its run's driver (pid "
+              f"{b.driver.rpartition('/')[2]} on {b.driver.rpartition('/')[0]}) still runs on "
+              f"this machine (it assembles the blocks, trains others, or starts the block's "
+              f"process again): a rerun of the block is refused until that driver ends (let it "
+              f"end, or stop it: Ctrl-C, `kill`, or `ray job stop` for a submitted job)"
+              for b in status.blocks if b.state == "held by its driver"]
     lines += [f"block {b.block} failed "
               + (f"at step {b.failed_step:,}" if b.failed_step is not None else "at its start")
               + f" ({_ago(b.failed_age_s)}): {b.failure}"
-              for b in status.blocks if b.state == "failed"]
+              for b in status.blocks if b.failure]
     lines += [f"problem: {p}" for p in status.problems]
     return "\n".join(lines)
 

@@ -72,10 +72,7 @@ class BlockLease:
             return
         alive = holder_alive(current["holder"])
         driver = holder_driver(current["holder"])
-        if alive is False and driver is not None and _driver_alive(current["holder"], driver):
-            # the block's process ended (Ray stops a block's actor once it has trained, and
-            # its lease is renewed no more) while its run goes on, however long: its driver
-            # assembles the blocks or trains the others, and releases the lease at its end
+        if driver_holding(current["holder"]) is not None:
             raise RunDirError(
                 f"block {self.block} was trained by a run whose driver still runs on this "
                 f"machine (pid {driver[1]}; it assembles the blocks or trains others): let it "
@@ -195,6 +192,20 @@ def holder_driver(holder: str) -> tuple[str, str] | None:
     session, host, pid = holder_parts(holder)
     driver = session_driver(session)
     return driver if driver is not None and driver != (host, pid) else None
+
+
+def driver_holding(holder: str) -> tuple[str, str] | None:
+    """(host, pid) of the driver that holds the block of lease ``holder`` although the
+    holder's process (a Ray actor or worker) is gone: its run goes on, however long, as long
+    as that driver runs on this machine (Ray stops a block's actor once it has trained, and
+    its lease is renewed no more, while the driver assembles the blocks, trains the others or
+    starts the block's process again), and the driver releases the lease at the run's end.
+    None otherwise. A rerun is refused while it holds the block (``refuse_if_held``), and
+    ``dbparallel status`` shows the block ``held by its driver``."""
+    driver = holder_driver(holder)
+    if driver is None or holder_alive(holder) is not False or not _driver_alive(holder, driver):
+        return None
+    return driver
 
 
 def _driver_alive(holder: str, driver: tuple[str, str]) -> bool:

@@ -13,6 +13,10 @@ storage) is read the same way as a local one, while it trains or after. Each blo
   checkpoint). A lease renewed in time by a process of this machine that no longer runs
   counts as no writer; one of another machine cannot be asked, and is trusted until it
   lapses;
+- ``held by its driver``: its process (a Ray actor or worker) is gone, while its run's driver
+  still runs on this machine (it assembles the blocks, trains others, or starts the block's
+  process again), however old its lease: a rerun of the block is refused until that driver
+  ends (training/lease.py ``driver_holding``); told on its own line;
 - ``failed``: not done, no live writer, and its last process failed on an error (a bad row,
   an unreadable checkpoint, ...), or the driver gave it up (lost past train.max_restarts,
   stalled): training/failure.py; told on its own line;
@@ -34,7 +38,13 @@ from dbparallel.errors import RunDirError
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
-from dbparallel.training.lease import BlockLease, holder_alive, holder_driver, holder_parts
+from dbparallel.training.lease import (
+    BlockLease,
+    driver_holding,
+    holder_alive,
+    holder_driver,
+    holder_parts,
+)
 from dbparallel.training.storage import Storage
 
 REPORT_FILE = "report.json"
@@ -45,7 +55,8 @@ class BlockStatus:
     """One block's row."""
 
     block: int
-    state: str  # done | training | failed | stopped | not started | damaged
+    state: str  # done | training | held by its driver | failed | stopped | not started |
+    # damaged
     steps: int  # the steps the block trains for
     checkpoint_step: int | None = None  # its newest training state
     logged_step: int | None = None  # its newest metrics line
@@ -56,6 +67,8 @@ class BlockStatus:
     writer: str = ""  # host/pid of the live lease holder
     driver: str = ""  # host/pid of the driver that started it, when another process
     writer_alive: bool | None = None  # its process runs (None: on another machine)
+    held_by_driver: bool = False  # its process is gone, its run's driver runs on: a rerun
+    # is refused until that driver ends
     lease_age_s: float | None = None  # seconds since the holder last renewed its lease
     restarts: int = 0
     problem: str = ""  # why the block's files could not be read
@@ -85,8 +98,8 @@ class RunStatus:
         if states == {"done"}:
             return "trained, not yet assembled"
         return ", ".join(f"{sum(b.state == s for b in self.blocks)} {s}"
-                         for s in ("training", "failed", "stopped", "not started", "damaged",
-                                   "done")
+                         for s in ("training", "held by its driver", "failed", "stopped",
+                                   "not started", "damaged", "done")
                          if s in states)
 
     def to_json(self) -> dict[str, Any]:
@@ -112,16 +125,27 @@ def _block(storage: Storage, cfg: Config, block: int, now: float) -> BlockStatus
         row.state = "done"
     elif row.writer and row.writer_alive is not False:
         row.state = "training"
+    elif row.held_by_driver:  # the driver may ask it again: its failure, if any, is told
+        row.state = "held by its driver"
+        _read_failure(row, failure, now)
     elif failure is not None:
-        row.state, row.failed_step = "failed", failure["step"]
-        kind = failure.get("type")
-        row.failure = f"{kind}: {failure['error']}" if isinstance(kind, str) and kind \
-            else failure["error"]
-        if isinstance(failure.get("time"), (int, float)):
-            row.failed_age_s = max(0.0, now - failure["time"])
+        row.state = "failed"
+        _read_failure(row, failure, now)
     elif row.checkpoint_step is not None or lines or lease is not None:
         row.state = "stopped"  # a lease: a process started it, and stopped before a line
     return row
+
+
+def _read_failure(row: BlockStatus, failure: dict[str, Any] | None, now: float) -> None:
+    """The error its last process failed on (training/failure.py), its step and age."""
+    if failure is None:
+        return
+    row.failed_step = failure["step"]
+    kind = failure.get("type")
+    row.failure = f"{kind}: {failure['error']}" if isinstance(kind, str) and kind \
+        else failure["error"]
+    if isinstance(failure.get("time"), (int, float)):
+        row.failed_age_s = max(0.0, now - failure["time"])
 
 
 def _read_lines(row: BlockStatus, lines: list[dict[str, Any]], now: float) -> None:
@@ -139,12 +163,13 @@ def _read_lines(row: BlockStatus, lines: list[dict[str, Any]], now: float) -> No
 
 def _read_lease(row: BlockStatus, lease: dict[str, Any] | None, timeout_s: float,
                 now: float) -> None:
-    """The writer (host/pid) of a lease renewed within ``timeout_s``; none for a released
-    or lapsed one."""
+    """The writer (host/pid) of a lease renewed within ``timeout_s``, or held by its run's
+    driver however old (``driver_holding``); none for a released or lapsed one."""
     if not lease or not lease.get("holder"):
         return
     age = now - float(lease.get("renewed_at", 0.0))
-    if age < timeout_s:
+    row.held_by_driver = driver_holding(str(lease["holder"])) is not None
+    if age < timeout_s or row.held_by_driver:
         _, host, pid = holder_parts(lease["holder"])
         row.writer, row.lease_age_s = f"{host}/{pid}", max(0.0, age)
         row.writer_alive = holder_alive(str(lease["holder"]))

@@ -97,6 +97,43 @@ def test_a_live_lease_is_training_and_a_lapsed_one_stopped(run: Path) -> None:
     assert f"{shown.writer} (driver {shown.driver}), renewed " in _row(shown)[-1]
 
 
+def test_a_block_whose_driver_still_runs_is_held_as_a_rerun_is_refused(run: Path) -> None:
+    """A Ray block's process is gone while its run's driver runs on (assembling, training
+    other blocks, starting it again): status says the driver holds it, however old its lease,
+    as the lease refuses a rerun; once the driver has ended, both let the block go."""
+    from dbparallel.cli_status import render
+    from dbparallel.errors import RunDirError
+    from dbparallel.training.lease import process_space
+
+    cfg = run_config(str(run))
+    cfg.train.steps = 10  # block 0's checkpoint of step 4 is no longer its last
+    storage = Storage(str(run))
+    actor = subprocess.Popen([sys.executable, "-c", "pass"])
+    actor.wait()
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        session = f"0123abcd@{socket.gethostname()}:{driver.pid}"
+        storage.write_json("blocks/block_0/lease.json", {
+            "generation": 1, "session": session, "renewed_at": 0.0,  # renewed long ago
+            "holder": f"{session}/{socket.gethostname()}/{actor.pid}/0123abcd/"
+                      f"{process_space()}"})
+        status = run_status(storage, cfg)
+        held = status.blocks[0]
+        assert (held.state, held.writer_alive) == ("held by its driver", False)
+        assert (held.writer, held.driver) == (f"{socket.gethostname()}/{actor.pid}",
+                                              f"{socket.gethostname()}/{driver.pid}")
+        assert status.state == "1 held by its driver, 1 not started"
+        assert f"block 0: its process is gone, but its run's driver (pid {driver.pid} on " \
+               f"{socket.gethostname()}) still runs on this machine" in render(status)
+        with pytest.raises(RunDirError, match="whose driver still runs on this machine"):
+            BlockLease(storage, 0, "rerun", cfg.train.lease_timeout_s).acquire()
+    finally:
+        driver.kill()
+        driver.wait()
+    assert run_status(storage, cfg).blocks[0].state == "stopped"
+    BlockLease(storage, 0, "rerun", cfg.train.lease_timeout_s).acquire()  # let go
+
+
 def test_a_damaged_block_is_named_and_the_others_still_read(run: Path, capsys) -> None:
     (run / "blocks/block_0/manifest.json").write_text("{")
     (run / "blocks/block_1").mkdir(parents=True, exist_ok=True)
