@@ -9,6 +9,9 @@ trains, checks it before every checkpoint, and releases it when it stops.
   another session renewed within ``train.lease_timeout_s`` and is refused, naming the holder.
 - Ray's restart of a block's actor belongs to the same session: it takes the lease over at
   once (the generation advances), since Ray runs at most one live incarnation of an actor.
+- A lease that lapsed is taken over with a warning naming its holder and how long ago it
+  renewed it: a writer one of whose steps or checkpoints took longer than the timeout loses
+  the block, and its LeaseLost says to raise train.lease_timeout_s.
 - A lease renewed in time by a process of this machine (same host, boot and pid namespace)
   that no longer runs, e.g. a killed ``--local`` run, is taken over at once: the rerun does
   not wait for it to lapse. Another machine's writer cannot be asked, so its lease is
@@ -58,6 +61,7 @@ class BlockLease:
         self.holder = (f"{session}/{socket.gethostname()}/{os.getpid()}/"
                        f"{uuid.uuid4().hex[:8]}/{process_space()}")
         self.generation = 0
+        self.renewed_at = 0.0  # when this writer last renewed the lease (its clock)
 
     def read(self) -> dict[str, Any] | None:
         return self.storage.read_json(self.path) if self.storage.exists(self.path) else None
@@ -78,15 +82,24 @@ class BlockLease:
                 f"machine (pid {driver[1]}; it assembles the blocks or trains others): let it "
                 f"end, or stop it first (Ctrl-C, `kill`, or `ray job stop` for a submitted job)")
         age = self.clock() - float(current["renewed_at"])
-        if age >= self.timeout_s:
-            return
+        session, host, pid = holder_parts(current["holder"])
         if alive is False:
             if taking:
                 log.warning("block %d: its lease was held by pid %s of this machine, which no "
-                            "longer runs (killed?); taking it over", self.block,
-                            holder_parts(current["holder"])[2])
+                            "longer runs (killed?); taking it over", self.block, pid)
             return
-        session, host, pid = holder_parts(current["holder"])
+        if age >= self.timeout_s:
+            if taking:  # a writer stalled past the timeout, or one of another machine
+                log.warning(
+                    "block %d: taking over its lease from pid %s on %s (run %s), which last "
+                    "renewed it %.0f s ago, past train.lease_timeout_s=%g s; %s", self.block,
+                    pid, host, session.partition("@")[0], age, self.timeout_s,
+                    "that process still runs on this machine: it stops writing the block at "
+                    "its next check (if its steps or checkpoints take that long, raise "
+                    "train.lease_timeout_s)" if alive else
+                    "if that process still runs (one of another machine cannot be asked), it "
+                    "stops writing the block at its next check")
+            return
         held = (f"block {self.block} is being trained by another process (pid {pid} on "
                 f"{host}, run {session.partition('@')[0]}, lease renewed {age:.0f} s ago)")
         stop = "stop it first"
@@ -134,11 +147,31 @@ class BlockLease:
             self._write()
             return
         if not current or current.get("holder") != self.holder:
-            newer = current["generation"] if current else "none"
-            raise LeaseLost(
-                f"block {self.block}: another process took over this block (lease generation "
-                f"{newer}, this process holds {self.generation}); this process stops writing")
+            raise LeaseLost(self._lost(current))
         self._write()
+
+    def _lost(self, current: dict[str, Any] | None) -> str:
+        """Why this writer lost the lease to ``current`` (None: lease.json is gone), and, where
+        its own renewal is older than the timeout, that its lease lapsed while it worked."""
+        if current and current.get("holder"):
+            session, host, pid = holder_parts(current["holder"])
+            by = (f"another process took this block over (pid {pid} on {host}, run "
+                  f"{session.partition('@')[0]}; lease generation {current['generation']}, "
+                  f"this process holds {self.generation})")
+        elif current and current.get("ended"):
+            by = "its run has ended (its driver released the block)"
+        elif current:
+            by = (f"its lease was released by another process (lease generation "
+                  f"{current['generation']}, this process holds {self.generation})")
+        else:
+            by = f"its lease, {self.storage.uri(self.path)}, is gone (deleted?)"
+        said = f"block {self.block}: {by}; this process stops writing"
+        idle = self.clock() - self.renewed_at
+        if idle >= self.timeout_s:
+            said += (f". Its lease had lapsed: this process last renewed it {idle:.0f} s ago, "
+                     f"past train.lease_timeout_s={self.timeout_s:g} s; if one of its steps or "
+                     f"checkpoints takes that long, raise train.lease_timeout_s")
+        return said
 
     def still_held(self) -> bool:
         """Whether this process holds the lease and its run goes on: not taken over, not
@@ -156,9 +189,10 @@ class BlockLease:
             self.storage.write_json(self.path, {**current, "holder": "", "renewed_at": 0.0})
 
     def _write(self) -> None:
+        self.renewed_at = self.clock()
         self.storage.write_json(self.path, {
             "generation": self.generation, "holder": self.holder, "session": self.session,
-            "renewed_at": self.clock()})
+            "renewed_at": self.renewed_at})
 
 
 def process_space() -> str:

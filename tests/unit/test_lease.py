@@ -4,6 +4,7 @@ over, fences off the writer it replaced, and is released when a writer stops."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -52,6 +53,31 @@ def test_a_second_writer_is_refused_until_the_lease_lapses(tmp_path) -> None:
     assert second.acquire() == 2
     with pytest.raises(LeaseLost, match="generation 2, this process holds 1"):
         first.check()  # the writer it replaced is fenced off
+
+
+def test_a_live_writer_whose_lease_lapsed_is_warned_of_and_told_to_raise_the_timeout(
+        tmp_path, caplog) -> None:
+    """One step or checkpoint took longer than train.lease_timeout_s: the writer that takes
+    the lapsed lease over says whose it was and how old, and the slow writer, still running,
+    stops at its next check saying to raise the timeout."""
+    storage, clock = Storage(str(tmp_path)), Clock()
+    slow = BlockLease(storage, 0, "run-a", 60.0, clock)
+    slow.acquire()
+    clock.now += 75  # a step that long: no renewal in between
+    with caplog.at_level(logging.WARNING, logger="dbparallel.training.lease"):
+        assert BlockLease(storage, 0, "run-b", 60.0, clock).acquire() == 2
+    assert f"block 0: taking over its lease from pid {os.getpid()} on {socket.gethostname()} " \
+           f"(run run-a), which last renewed it 75 s ago, past train.lease_timeout_s=60 s; " \
+           f"that process still runs on this machine: it stops writing the block at its " \
+           f"next check" in caplog.text
+    with pytest.raises(LeaseLost) as lost:
+        slow.check()
+    assert str(lost.value) == (
+        f"block 0: another process took this block over (pid {os.getpid()} on "
+        f"{socket.gethostname()}, run run-b; lease generation 2, this process holds 1); this "
+        f"process stops writing. Its lease had lapsed: this process last renewed it 75 s ago, "
+        f"past train.lease_timeout_s=60 s; if one of its steps or checkpoints takes that "
+        f"long, raise train.lease_timeout_s")
 
 
 def _holder_process(run: str) -> subprocess.Popen:
