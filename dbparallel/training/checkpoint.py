@@ -31,7 +31,7 @@ def block_dir(block: int) -> str:
 def _is_manifest(value: Any) -> bool:
     """Whether ``value`` has a manifest's shape."""
     fields = {"step": int, "file": str, "sha256": str}
-    return isinstance(value, dict) and all(
+    return isinstance(value, dict) and isinstance(value.get("generation", 0), int) and all(
         isinstance(value.get(kind, []), list) and all(
             isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in fields.items())
             for e in value.get(kind, []))
@@ -39,10 +39,16 @@ def _is_manifest(value: Any) -> bool:
 
 
 class BlockCheckpoints:
-    """Checkpoints of one block under ``blocks/block_<b>/`` of a run directory."""
+    """Checkpoints of one block under ``blocks/block_<b>/`` of a run directory.
 
-    def __init__(self, storage: Storage, block: int, keep: int = 2, keep_snapshots: int = 1):
+    The manifest records the highest write-lease ``generation`` of the writers that wrote it
+    (training/lease.py): it outlives a deleted lease.json, so that the next writer's generation
+    still passes theirs, and a fenced-off writer of the deleted lease stays fenced off."""
+
+    def __init__(self, storage: Storage, block: int, keep: int = 2, keep_snapshots: int = 1,
+                 generation: int = 0):
         self.storage, self.block = storage, block
+        self.generation = generation  # the writer's lease generation (0: this one reads)
         self.keep = {"state": keep, "snapshot": keep_snapshots}
         self.dir = block_dir(block)
         self.manifest_path = f"{self.dir}/manifest.json"
@@ -57,6 +63,14 @@ class BlockCheckpoints:
                           'expected {"state": [...], "snapshot": [...]}, each entry with its '
                           'step, file and sha256')
         return {"state": [], "snapshot": [], **found}
+
+    def writer_generation(self) -> int:
+        """The highest lease generation of the writers that wrote the manifest (0: none
+        recorded, or a manifest that cannot be read, which the block's start then names)."""
+        try:
+            return int(self.manifest().get("generation", 0))
+        except DamagedFile:
+            return 0
 
     def save(self, kind: Kind, step: int, payload: dict[str, Any]) -> str:
         """Write ``payload`` as ``kind`` at ``step``; returns the relative file path."""
@@ -75,6 +89,7 @@ class BlockCheckpoints:
                         "bytes": len(data)})
         keep = self.keep[kind]
         manifest[kind], dropped = entries[-keep:], entries[:-keep] + stale
+        manifest["generation"] = max(int(manifest.get("generation", 0)), self.generation)
         self.storage.write_json(self.manifest_path, manifest)
         for entry in dropped:
             self.storage.delete(entry["file"])
@@ -111,7 +126,10 @@ class BlockCheckpoints:
         except DamagedFile:
             files = [f"{self.dir}/{name}" for name in self.storage.listdir(self.dir)
                      if name.startswith(("state_", "snapshot_")) and name.endswith(".pt")]
-        self.storage.write_json(self.manifest_path, {"state": [], "snapshot": []})
+            manifest = {}
+        generation = max(int(manifest.get("generation", 0)), self.generation)
+        self.storage.write_json(self.manifest_path, {"state": [], "snapshot": [],
+                                                     "generation": generation})
         for rel in files:
             self.storage.delete(rel)
         return files

@@ -23,6 +23,12 @@ trains, checks it before every checkpoint, and releases it when it stops.
 - A fenced-off writer (a zombie left behind by a network split, still running after its
   replacement took over) sees a newer generation at its next checkpoint and stops without
   writing.
+- The generation outlives a deleted lease.json (which a refusal offers when its holder cannot
+  be asked): the block's manifest records the highest generation of the writers that wrote a
+  checkpoint, and a new writer's passes it, so a zombie of the deleted lease stays fenced off
+  instead of writing its lease back over the new one. A writer that took the block and wrote
+  no checkpoint since may share its generation with the next: whichever wrote the lease last
+  goes on, and the other stops at its next check.
 
 Object stores have no compare-and-swap through ``pyarrow.fs``: the check before a save and the
 save are two requests, so a zombie can slip one checkpoint in between. Because a block's
@@ -41,6 +47,7 @@ import uuid
 from typing import Any
 
 from dbparallel.errors import RunDirError
+from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -130,7 +137,10 @@ class BlockLease:
         # restart of a lost one (Ray restarted the block's actor or its group)
         self.took_over_own = bool(current and current.get("holder")
                                   and current["session"] == self.session)
-        self.generation = int(current["generation"]) + 1 if current else 1
+        # the manifest keeps the generation of every writer that wrote a checkpoint, also
+        # where lease.json was deleted: a new writer's passes theirs
+        recorded = BlockCheckpoints(self.storage, self.block).writer_generation()
+        self.generation = max(int(current["generation"]) if current else 0, recorded) + 1
         self._write()
         if (self.read() or {}).get("holder") != self.holder:  # a racing writer won
             raise RunDirError(f"block {self.block}: another process took its lease while "

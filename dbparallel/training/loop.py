@@ -62,7 +62,8 @@ class BlockRun:
             # FLOPs and memory, after the first window's read, nor the compiling one)
             self.data_wait_s, self.busy_s = 0.0, 0.0
             self.checkpoints = BlockCheckpoints(storage, block, cfg.train.keep_checkpoints,
-                                                cfg.train.keep_snapshots)
+                                                cfg.train.keep_snapshots,
+                                                self.lease.generation)
             self.resumed_from = resume(self.trainer, self.checkpoints, self.cfg,
                                        self.lease if self.writer else None, self.order)
             # only the writer keeps the history (creating it rewrites metrics.jsonl)

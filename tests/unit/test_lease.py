@@ -256,6 +256,39 @@ def test_a_fenced_off_block_run_writes_nothing(tiny_cfg, tmp_path) -> None:
     assert lease["holder"] == "" and lease["generation"] == 2
 
 
+def test_a_deleted_lease_file_does_not_let_a_zombie_take_the_block_back(tiny_cfg,
+                                                                        tmp_path) -> None:
+    """lease.json deleted (as a refusal offers when its writer cannot be asked): the next
+    writer's generation still passes that of every writer that wrote a checkpoint (the
+    manifest records it), so a zombie of the deleted lease is fenced off instead of writing
+    its lease back over the new writer's."""
+    tiny_cfg.train.steps = 24
+    index = open_data(DataConfig())
+    storage = Storage(tiny_cfg.run_dir)
+    first = BlockRun(tiny_cfg, 0, index, storage, session="run")
+    first.train_until(6)
+    zombie = BlockRun(tiny_cfg, 0, index, storage, session="run")  # Ray's restart
+    first.close()  # fenced off: it releases nothing
+    try:
+        zombie.train_until(12)
+        assert (zombie.lease.generation, storage.read_json(
+            "blocks/block_0/manifest.json")["generation"]) == (2, 2)
+        (tmp_path / "run" / "blocks" / "block_0" / "lease.json").unlink()
+        manifest = storage.read_json("blocks/block_0/manifest.json")
+        rerun = BlockRun(tiny_cfg, 0, index, storage, session="rerun")
+        assert rerun.lease.generation == 3  # not 1, below the zombie's
+        with pytest.raises(LeaseLost, match="generation 3, this process holds 2"):
+            zombie.train_until(18)
+        assert storage.read_json("blocks/block_0/manifest.json") == manifest
+        rerun.train_until(18)
+        assert [e["step"] for e in storage.read_json("blocks/block_0/manifest.json")["state"]] \
+            == [12, 18]
+        rerun.close()
+    finally:
+        zombie.close()
+    assert storage.read_json("blocks/block_0/lease.json")["generation"] == 3
+
+
 def test_two_processes_training_one_block_are_refused(tiny_cfg, tmp_path) -> None:
     index = open_data(DataConfig())
     storage = Storage(tiny_cfg.run_dir)
