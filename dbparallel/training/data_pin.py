@@ -16,7 +16,7 @@ from dbparallel.config import Config, same_local_path
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tokenizer import Tokenizer
 from dbparallel.errors import DataError, RunDirError
-from dbparallel.training.lease import process_ended, process_shown, this_process
+from dbparallel.training.holder import process_ended, process_shown, this_process
 from dbparallel.training.storage import Storage, damaged
 
 DATA_INDEX_FILE = "data_index.json"

@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 from dbparallel.training.checkpoint import BlockCheckpoints, block_dir
-from dbparallel.training.lease import BlockLease, LeaseLost, this_process
+from dbparallel.training.holder import this_process
+from dbparallel.training.lease import BlockLease, LeaseLost
 from dbparallel.training.storage import Storage
 
 FAILURE_FILE = "failed.json"

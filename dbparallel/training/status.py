@@ -16,7 +16,7 @@ storage) is read the same way as a local one, while it trains or after. Each blo
 - ``held by its driver``: its process (a Ray actor or worker) is gone, while its run's driver
   still runs on this machine (it assembles the blocks, trains others, or starts the block's
   process again), however old its lease: a rerun of the block is refused until that driver
-  ends (training/lease.py ``driver_holding``); told on its own line;
+  ends (training/holder.py ``driver_holding``); told on its own line;
 - ``failed``: not done, no live writer, and its last process failed on an error (a bad row,
   an unreadable checkpoint, ...), or the driver gave it up (lost past train.max_restarts,
   stalled): training/failure.py; told on its own line;
@@ -38,13 +38,8 @@ from dbparallel.errors import RunDirError
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
-from dbparallel.training.lease import (
-    BlockLease,
-    driver_holding,
-    holder_alive,
-    holder_driver,
-    holder_parts,
-)
+from dbparallel.training.holder import driver_holding, holder_alive, holder_driver, holder_parts
+from dbparallel.training.lease import BlockLease
 from dbparallel.training.storage import Storage
 
 REPORT_FILE = "report.json"

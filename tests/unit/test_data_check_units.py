@@ -127,7 +127,7 @@ def test_data_are_pinned_again_only_where_their_pinning_process_has_ended(tmp_pa
 
     from dbparallel.errors import RunDirError
     from dbparallel.training.data_pin import pin_data
-    from dbparallel.training.lease import this_process
+    from dbparallel.training.holder import this_process
     from dbparallel.training.run_dir import check_resumable
     from dbparallel.training.storage import Storage
 

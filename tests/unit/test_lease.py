@@ -15,15 +15,8 @@ import pytest
 from dbparallel.config import DataConfig
 from dbparallel.data.sources import open_data
 from dbparallel.errors import RunDirError
-from dbparallel.training.lease import (
-    BlockLease,
-    LeaseLost,
-    driver_session,
-    holder_alive,
-    process_space,
-    release_session,
-    session_driver,
-)
+from dbparallel.training.holder import driver_session, holder_alive, process_space, session_driver
+from dbparallel.training.lease import BlockLease, LeaseLost, release_session
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.storage import Storage
 

@@ -16,7 +16,8 @@ import pytest
 import dbparallel
 from dbparallel import cli
 from dbparallel.cli_status import _row
-from dbparallel.training.lease import BlockLease, driver_session
+from dbparallel.training.holder import driver_session
+from dbparallel.training.lease import BlockLease
 from dbparallel.training.loading import run_config
 from dbparallel.training.status import run_status
 from dbparallel.training.storage import Storage
@@ -103,7 +104,7 @@ def test_a_block_whose_driver_still_runs_is_held_as_a_rerun_is_refused(run: Path
     as the lease refuses a rerun; once the driver has ended, both let the block go."""
     from dbparallel.cli_status import render
     from dbparallel.errors import RunDirError
-    from dbparallel.training.lease import process_space
+    from dbparallel.training.holder import process_space
 
     cfg = run_config(str(run))
     cfg.train.steps = 10  # block 0's checkpoint of step 4 is no longer its last
