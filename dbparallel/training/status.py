@@ -8,15 +8,15 @@ storage) is read the same way as a local one, while it trains or after. Each blo
   of the step it reached; its row says so);
 - ``training``: its write lease was renewed within train.lease_timeout_s (the writer renews
   it at every metrics line and checkpoint, and at least every quarter of that timeout);
-- ``stopped``: it has a checkpoint, a metrics line or a lease (a process started it) but no
-  live writer (a stopped or killed run: the same ``train`` command resumes it from its
-  checkpoint). A lease renewed in time by a process of this machine that no longer runs
-  counts as no writer; one of another machine cannot be asked, and is trusted until it
-  lapses;
 - ``held by its driver``: its process (a Ray actor or worker) is gone, while its run's driver
   still runs on this machine (it assembles the blocks, trains others, or starts the block's
   process again), however old its lease: a rerun of the block is refused until that driver
   ends (training/holder.py ``driver_holding``); told on its own line;
+- ``stopped``: it has a checkpoint, a metrics line or a lease (a process started it) but no
+  live writer (a stopped or killed run: the same ``train`` command resumes it from its
+  checkpoint). A lease renewed in time by a process of this machine that no longer runs
+  counts as no writer (unless its run's driver holds it, above); one of another machine
+  cannot be asked, and is trusted until it lapses;
 - ``failed``: not done, no live writer, and its last process failed on an error (a bad row,
   an unreadable checkpoint, ...), or the driver gave it up (lost past train.max_restarts,
   stalled): training/failure.py; told on its own line;
