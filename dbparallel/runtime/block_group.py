@@ -17,11 +17,13 @@ from typing import Any
 
 import ray
 from ray.train import FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchTrainer, get_device
 
 from dbparallel.config import Config
 from dbparallel.runtime.controller import BlockLost, Event
-from dbparallel.runtime.replica_worker import train_replica
+from dbparallel.runtime.replica_worker import run_replica
+from dbparallel.training.device import block_device
+from dbparallel.training.replicas import Replicas
 
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
@@ -47,6 +49,17 @@ def trainer_for(cfg: Config, block: int, session: str, queue: Any) -> TorchTrain
                              storage_path=f"{storage}/ray_train",
                              failure_config=FailureConfig(max_failures=cfg.train.max_restarts)),
     )
+
+
+def train_replica(config: dict[str, Any]) -> None:
+    """The train loop of one worker (replica_worker.py): ``config`` holds cfg, block, session
+    and queue."""
+    cfg: Config = config["cfg"]
+    replicas = Replicas.from_process_group()
+    assert replicas is not None, "a block with replicas runs in a process group"
+    device = str(get_device()) if block_device(cfg) == "cuda" else "cpu"
+    run_replica(cfg, int(config["block"]), config["session"], config["queue"], replicas, device,
+                ray.get_runtime_context().current_actor)
 
 
 class Roster:

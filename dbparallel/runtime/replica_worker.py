@@ -6,6 +6,9 @@ share of each global batch and trains it; rank 0 also holds the block's write le
 its history and checkpoints, records its metrics and posts its progress on ``queue``. A replica
 that dies takes its group down with it; Ray Train starts the group again (train.max_restarts)
 and every replica resumes from the block's checkpoint, while the other blocks train on.
+
+No Ray here: block_group.py's ``train_replica`` hands in what Ray Train gives a worker (its
+device and actor handle), so a unit test runs a worker on a process group of its own.
 """
 
 from __future__ import annotations
@@ -13,33 +16,28 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import ray
-import ray.train
 import torch
 
 from dbparallel.config import Config
 from dbparallel.errors import UserError
 from dbparallel.runtime import faults
-from dbparallel.runtime.metrics import BlockRecorder
+from dbparallel.runtime.metrics import BlockRecorder, Sink
 from dbparallel.training.data_pin import run_data
-from dbparallel.training.device import block_device
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.replicas import Replicas
 from dbparallel.training.storage import Storage
 
 
-def train_replica(config: dict[str, Any]) -> None:
-    """The train loop of one worker: ``config`` holds cfg, block, session and queue."""
-    cfg: Config = config["cfg"]
-    block, queue = int(config["block"]), config["queue"]
+def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Replicas,
+                device: str, actor: Any, sink: Sink | None = None) -> None:
+    """Train block ``block`` as ``replicas``' rank on ``device``, posting (kind, block,
+    payload) messages on ``queue``; ``actor``: this worker's handle, which the driver kills to
+    restart the group; ``sink``: where rank 0 records its metrics (Ray's by default)."""
     torch.set_num_threads(cfg.runtime.torch_threads)
-    replicas = Replicas.from_process_group()
-    assert replicas is not None, "a block with replicas runs in a process group"
-    device = str(ray.train.torch.get_device()) if block_device(cfg) == "cuda" else "cpu"
     storage = Storage(cfg.run_dir)
     try:
         run = BlockRun(cfg, block, run_data(cfg, storage), storage, device,
-                       session=config["session"], replicas=replicas)
+                       session=session, replicas=replicas)
     except UserError as err:  # e.g. a run directory trained with other values: say so once
         queue.put(("error", block, {"error": err}))
         raise
@@ -52,13 +50,11 @@ def train_replica(config: dict[str, Any]) -> None:
         restarts = int(replicas.sum(torch.tensor([restarts], device=device)).item())
         recorder = None
         if replicas.writer:
-            recorder = BlockRecorder(cfg.run.name, block, run.trainer.sigma_range)
+            recorder = BlockRecorder(cfg.run.name, block, run.trainer.sigma_range, sink)
             recorder.resumed(restarts, run.trainer.nonfinite_steps)
-            queue.put(("start", block, {"restarts": restarts,
-                                        "actor": ray.get_runtime_context().current_actor}))
+            queue.put(("start", block, {"restarts": restarts, "actor": actor}))
         else:
-            queue.put(("worker", block, {"restarts": restarts,
-                                         "actor": ray.get_runtime_context().current_actor}))
+            queue.put(("worker", block, {"restarts": restarts, "actor": actor}))
         kill_at = faults.due(cfg, block, restarts) if replicas.rank == cfg.debug.kill_replica \
             else None
         every, steps = cfg.train.log_every, cfg.train.steps_of(block)

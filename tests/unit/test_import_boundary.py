@@ -15,7 +15,7 @@ def test_ray_free_layers_do_not_import_ray() -> None:
         "import dbparallel.models.dit, dbparallel.tasks.image_generation\n"
         "import dbparallel.data.sources, dbparallel.training.loop\n"
         "import dbparallel.training.assemble, dbparallel.training.plan\n"
-        "import dbparallel.runtime.local\n"
+        "import dbparallel.runtime.local, dbparallel.runtime.replica_worker\n"
         "import dbparallel.data.text, dbparallel.models.lm, dbparallel.tasks.masked_lm\n"
         "import dbparallel.tasks.autoregressive, dbparallel.tasks.looped\n"
         "import dbparallel.training.eval.text, dbparallel.training.eval.scorer\n"
