@@ -9,6 +9,11 @@ and every replica resumes from the block's checkpoint, while the other blocks tr
 
 No Ray here: block_group.py's ``train_replica`` hands in what Ray Train gives a worker (its
 device and actor handle), so a unit test runs a worker on a process group of its own.
+
+Bad input met by any replica (a UserError) fails the run: a restart would meet it again. A rank
+0 fenced off by a newer writer of the block (LeaseLost: an older incarnation of the group,
+still running after its replacement took the lease over) is no failure of the run: it stops
+without writing, and the newer writer trains the block on.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dbparallel.errors import UserError
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder, Sink
 from dbparallel.training.data_pin import run_data
+from dbparallel.training.lease import LeaseLost
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.replicas import Replicas
 from dbparallel.training.storage import Storage
@@ -38,8 +44,8 @@ def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Rep
     try:
         run = BlockRun(cfg, block, run_data(cfg, storage), storage, device,
                        session=session, replicas=replicas)
-    except UserError as err:  # e.g. a run directory trained with other values: say so once
-        queue.put(("error", block, {"error": err}))
+    except BaseException as err:  # e.g. a run directory trained with other values
+        _report(queue, block, err)
         raise
     try:
         # rank 0 knows whether its group is a restart (it took its own session's lease over)
@@ -75,10 +81,16 @@ def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Rep
         if replicas.writer:
             queue.put(("summary", block, {**run.summary(), "restarts": restarts}))
     except BaseException as err:
-        if isinstance(err, UserError):  # bad input: restarting would meet it again
-            queue.put(("error", block, {"error": err}))
+        _report(queue, block, err)
         # the lease stays held: the group's next incarnation takes it over and counts a
         # restart; the driver releases it at the end of the run
         run.stream.close()
         raise
     run.close()
+
+
+def _report(queue: Any, block: int, err: BaseException) -> None:
+    """Post ``err`` as the run's failure, once, where it is bad input; not where it is a
+    fenced-off writer's stop (LeaseLost, itself a UserError)."""
+    if isinstance(err, UserError) and not isinstance(err, LeaseLost):
+        queue.put(("error", block, {"error": err}))

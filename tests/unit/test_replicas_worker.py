@@ -1,0 +1,72 @@
+"""A replica group's rank 0 as Ray Train runs it (runtime/replica_worker.py), without Ray: on
+a gloo process group of its own, posting its messages on a list."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from dbparallel.config import load_config
+from dbparallel.data.sources import open_data
+from dbparallel.runtime.metrics import MemorySink
+from dbparallel.runtime.replica_worker import run_replica
+from dbparallel.training.data_pin import pin_data
+from dbparallel.training.lease import BlockLease, LeaseLost
+from dbparallel.training.replicas import Replicas
+from dbparallel.training.run_dir import open_run
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
+SESSION = "run-a"  # the driver's: every incarnation of the group runs in it
+
+
+class Queue(list):
+    """What the driver would drain: (kind, block, payload) messages."""
+
+    def put(self, message: tuple) -> None:
+        self.append(message)
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _, _ in self]
+
+
+@pytest.fixture
+def group():
+    """A process group of one, where rank 0 of two sums with itself alone."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield Replicas(0, 2)
+    dist.destroy_process_group()
+
+
+@pytest.fixture
+def cfg(tmp_path: Path):
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "train.steps=8"])
+    pin_data(open_run(cfg), open_data(cfg.data))
+    return cfg
+
+
+def _rank0(cfg, replicas: Replicas, queue: Queue) -> None:
+    run_replica(cfg, 1, SESSION, queue, replicas, "cpu", "rank 0", MemorySink())
+
+
+def test_a_rank_0_fenced_off_by_a_newer_group_stops_without_failing_the_run(
+        cfg, group, tmp_path: Path) -> None:
+    queue = Queue()
+    newer = BlockLease(open_run(cfg), 1, SESSION, cfg.train.lease_timeout_s)
+
+    def put(message: tuple) -> None:
+        queue.append(message)
+        if message[0] == "start":  # a newer incarnation of the group takes the block over
+            newer.acquire()
+
+    queue.put = put  # type: ignore[method-assign]
+    with pytest.raises(LeaseLost):  # at its first history line, before it writes it
+        _rank0(cfg, group, queue)
+    assert queue.kinds() == ["start"]  # no error: the newer group owns the block
+    block = tmp_path / "run" / "blocks" / "block_1"
+    lease = json.loads((block / "lease.json").read_text())
+    assert lease["holder"] == newer.holder and lease["generation"] == 2
+    assert not (block / "failed.json").exists() and not (block / "metrics.jsonl").exists()
