@@ -5,7 +5,9 @@ builds the block from the same seed, resumes from the block's latest checkpoint,
 share of each global batch and trains it; rank 0 also holds the block's write lease, writes
 its history and checkpoints, records its metrics and posts its progress on ``queue``. A replica
 that dies takes its group down with it; Ray Train starts the group again (train.max_restarts)
-and every replica resumes from the block's checkpoint, while the other blocks train on.
+and every replica resumes from the block's checkpoint, while the other blocks train on. Rank 0
+counts the restart (the block's restarts.json) when it takes over the lease that its own
+run's earlier incarnation left held, whether that one failed in training or at its start.
 
 No Ray here: block_group.py's ``train_replica`` hands in what Ray Train gives a worker (its
 device and actor handle), so a unit test runs a worker on a process group of its own.
@@ -27,8 +29,9 @@ from dbparallel.config import Config
 from dbparallel.errors import UserError
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder, Sink
+from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_pin import run_data
-from dbparallel.training.lease import LeaseLost
+from dbparallel.training.lease import BlockLease, LeaseLost
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.replicas import Replicas
 from dbparallel.training.storage import Storage
@@ -41,18 +44,16 @@ def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Rep
     restart the group; ``sink``: where rank 0 records its metrics (Ray's by default)."""
     torch.set_num_threads(cfg.runtime.torch_threads)
     storage = Storage(cfg.run_dir)
+    restarts, lease = 0, None
     try:
+        if replicas.writer:
+            lease, restarts = _take_lease(cfg, block, session, storage)
         run = BlockRun(cfg, block, run_data(cfg, storage), storage, device,
-                       session=session, replicas=replicas)
+                       session=session, replicas=replicas, lease=lease)
     except BaseException as err:  # e.g. a run directory trained with other values
         _report(queue, block, err)
         raise
     try:
-        # rank 0 knows whether its group is a restart (it took its own session's lease over)
-        restarts = 0
-        if replicas.writer:
-            restarts = (run.checkpoints.record_restart() if run.lease.took_over_own
-                        else run.checkpoints.restarts())
         restarts = int(replicas.sum(torch.tensor([restarts], device=device)).item())
         recorder = None
         if replicas.writer:
@@ -87,6 +88,20 @@ def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Rep
         run.stream.close()
         raise
     run.close()
+
+
+def _take_lease(cfg: Config, block: int, session: str,
+                storage: Storage) -> tuple[BlockLease, int]:
+    """Rank 0's lease of the block, taken before anything else of its start can fail, and the
+    block's restarts: one more where it took its own session's lease over (its group is a
+    restart). It stays held if the start fails, as if training fails: the group's next
+    incarnation takes it over and counts that restart too; the driver releases it at the end
+    of the run."""
+    lease = BlockLease(storage, block, session, cfg.train.lease_timeout_s)
+    lease.acquire()
+    checkpoints = BlockCheckpoints(storage, block)
+    return lease, (checkpoints.record_restart() if lease.took_over_own
+                   else checkpoints.restarts())
 
 
 def _report(queue: Any, block: int, err: BaseException) -> None:

@@ -34,16 +34,18 @@ class BlockRun:
 
     def __init__(self, cfg: Config, block: int, index: DataIndex, storage: Storage,
                  device: str = "cpu", prefetch: bool = True, session: str = "",
-                 replicas: Replicas | None = None):
+                 replicas: Replicas | None = None, lease: BlockLease | None = None):
         self.cfg = cfg
         # one writer per block (with replicas: rank 0; the others only train); a run's
-        # session (the driver's) may take its own lease over
+        # session (the driver's) may take its own lease over. ``lease``: the writer's, taken
+        # already by the caller, which keeps it held if this start fails (a group's rank 0:
+        # its next incarnation takes it over and so counts the restart, replica_worker.py)
         self.writer = replicas is None or replicas.writer
-        self.lease = BlockLease(storage, block, session or uuid.uuid4().hex,
-                                cfg.train.lease_timeout_s)
+        self.lease = lease or BlockLease(storage, block, session or uuid.uuid4().hex,
+                                         cfg.train.lease_timeout_s)
         self._recorded = False  # this process recorded a failure of the block
         self._at = 0  # the step train_until is at: training it, or its held-out loss and saves
-        if self.writer:
+        if self.writer and lease is None:
             self.lease.acquire()
         try:
             if self.writer:
@@ -71,7 +73,8 @@ class BlockRun:
                 else None
         except BaseException as err:
             self._record(None, err)  # for `dbparallel status`
-            self.close_lease()
+            if lease is None:
+                self.close_lease()
             raise
 
     def batch(self, step: int) -> Batch:

@@ -11,8 +11,10 @@ import torch.distributed as dist
 
 from dbparallel.config import load_config
 from dbparallel.data.sources import open_data
+from dbparallel.runtime import replica_worker
 from dbparallel.runtime.metrics import MemorySink
 from dbparallel.runtime.replica_worker import run_replica
+from dbparallel.training import loop
 from dbparallel.training.data_pin import pin_data
 from dbparallel.training.lease import BlockLease, LeaseLost
 from dbparallel.training.replicas import Replicas
@@ -70,3 +72,33 @@ def test_a_rank_0_fenced_off_by_a_newer_group_stops_without_failing_the_run(
     lease = json.loads((block / "lease.json").read_text())
     assert lease["holder"] == newer.holder and lease["generation"] == 2
     assert not (block / "failed.json").exists() and not (block / "metrics.jsonl").exists()
+
+
+def _failing(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    if where == "in-block-run":  # after the lease is taken: while resuming
+        monkeypatch.setattr(loop, "resume", fail)
+    else:  # reading the pinned data index, before the block run is built
+        monkeypatch.setattr(replica_worker, "run_data", fail)
+
+
+@pytest.mark.parametrize("where", ["in-block-run", "reading-data"])
+def test_every_failed_start_of_rank_0_counts_a_restart(cfg, group, tmp_path: Path,
+                                                        where: str) -> None:
+    for _ in range(2):  # Ray Train starts the group again after each
+        queue = Queue()
+        with pytest.MonkeyPatch.context() as mp:
+            _failing(mp, where)
+            with pytest.raises(RuntimeError, match="illegal memory access"):
+                _rank0(cfg, group, queue)
+        assert queue.kinds() == []  # not bad input: the run goes on
+    queue = Queue()
+    _rank0(cfg, group, queue)
+    messages = {kind: payload for kind, _, payload in queue}
+    assert messages["start"]["restarts"] == 2
+    assert messages["summary"]["restarts"] == 2 and messages["summary"]["steps"] == 8
+    block = tmp_path / "run" / "blocks" / "block_1"
+    assert json.loads((block / "restarts.json").read_text())["restarts"] == 2
+    assert json.loads((block / "lease.json").read_text())["holder"] == ""  # released at its end
