@@ -217,25 +217,6 @@ class BlockTrainer:
         return self.heldout_loss
 
     @torch.no_grad()
-    def noise_stats(self, steps: range) -> dict[str, float] | None:
-        """min, median and max of the noise levels (sigma; MDM: t) the loss drew at
-        ``steps``: every task's loss draws them first from the step's generator, so drawing
-        again from a fresh one gives the same values, after a resume too. None when the loss
-        draws none (an end-to-end classifier, causal LM or BPTT core)."""
-        t = self.cfg.train
-        if t.objective == "end_to_end" and self.cfg.task in ("vit", "ar", "looped"):
-            return None
-        lo, hi = self.sigma_range
-        drawn = torch.cat([self.task.noise.sample(  # type: ignore[attr-defined]
-            t.batch_size, lo, hi,
-            generator(self.cfg.run.seed, "step", self.block, s, device=self.device))
-            for s in steps])
-        if not len(drawn):
-            return None
-        return {"noise_min": float(drawn.min()), "noise_median": float(drawn.median()),
-                "noise_max": float(drawn.max())}
-
-    @torch.no_grad()
     def _update_ema(self) -> None:
         decay = self.cfg.train.ema_decay
         if not decay:

@@ -31,6 +31,7 @@ from typing import Any
 
 from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import block_dir
+from dbparallel.training.noise_stats import noise_stats
 from dbparallel.training.storage import Storage
 
 ASSEMBLY_FILE = "assembly.jsonl"
@@ -98,7 +99,8 @@ class BlockHistory:
             "sigma_lo": trainer.sigma_range[0],
             "sigma_hi": trainer.sigma_range[1],
             # the noise levels drawn since the previous line (sigma; MDM: masking time t)
-            **(trainer.noise_stats(range(max(0, self._last_step), trainer.step)) or {}),
+            **(noise_stats(trainer.cfg, trainer.task, trainer.block,
+                           range(max(0, self._last_step), trainer.step), trainer.device) or {}),
             # the EMA weights' loss on held-out rows, at the steps train.heldout_every names
             **({"heldout_loss": finite_or_none(trainer.heldout_loss)}
                if trainer.heldout_step == trainer.step else {}),

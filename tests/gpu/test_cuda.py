@@ -49,6 +49,7 @@ def test_gpu_draws_are_made_on_the_gpu_and_repeat_with_the_seed(tmp_path) -> Non
     from dbparallel.data.sources import digits_table
     from dbparallel.tasks.base import share_draws
     from dbparallel.training.block_trainer import BlockTrainer
+    from dbparallel.training.noise_stats import noise_stats
     from dbparallel.training.seeding import generator
 
     cfg = _cfg(tmp_path)
@@ -68,7 +69,7 @@ def test_gpu_draws_are_made_on_the_gpu_and_repeat_with_the_seed(tmp_path) -> Non
     a = [one.train_step(batch).loss for _ in range(3)]
     b = [two.train_step(batch).loss for _ in range(3)]
     assert a[0] == b[0] and a == pytest.approx(b, rel=1e-5)
-    stats = one.noise_stats(range(1))
+    stats = noise_stats(cfg, one.task, 1, range(1), "cuda")
     assert stats is not None and stats["noise_min"] == pytest.approx(float(draws["sigma"].min()))
 
 

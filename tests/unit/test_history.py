@@ -225,6 +225,7 @@ def test_dbparallel_plot(tmp_path, capsys) -> None:
 def test_the_noise_statistics_are_the_levels_the_loss_drew(tmp_path) -> None:
     """A line's noise_* are those of the sigmas the task's loss drew at its steps."""
     from dbparallel.training.block_trainer import BlockTrainer
+    from dbparallel.training.noise_stats import noise_stats
 
     cfg = _cfg(tmp_path / "run", "train.steps=4", "train.log_every=2")
     trainer = BlockTrainer(cfg, 1)
@@ -247,7 +248,7 @@ def test_the_noise_statistics_are_the_levels_the_loss_drew(tmp_path) -> None:
     seen = torch.cat(drawn)
     lo, hi = trainer.sigma_range
     assert lo <= float(seen.min()) and float(seen.max()) <= hi
-    assert trainer.noise_stats(range(0, 2)) == {
+    assert noise_stats(cfg, trainer.task, 1, range(0, 2)) == {
         "noise_min": float(seen.min()), "noise_median": float(seen.median()),
         "noise_max": float(seen.max())}
 
