@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -26,6 +27,7 @@ from dbparallel.data.shards import SPLITS
 from dbparallel.data.tables import not_parquet
 from dbparallel.errors import DataError
 
+log = logging.getLogger(__name__)
 TEXT_COLUMN, SPLIT_COLUMN, WORK_COLUMN = "text", "split", "work"
 READ_BYTES = 1 << 16  # bytes per read of a text file
 PIECE_CHARS = 1 << 16  # characters per piece of a document held in memory whole
@@ -113,6 +115,8 @@ def _text_pieces(fs: pafs.FileSystem, path: str, folder: str = "") -> Iterator[s
             text = decoder.decode(block)
             before += len(block)
             if text:
+                if not lines and before == len(block) and text.startswith(BOM):
+                    _said_bom(path)
                 lines += text.count("\n")
                 yield text
         pending, block = len(decoder.getstate()[0]), b""
@@ -124,6 +128,20 @@ def _text_pieces(fs: pafs.FileSystem, path: str, folder: str = "") -> Iterator[s
                 f"but JSONL and Parquet files is read as one text document)" if folder else "")
         raise DataError(f"data.path: {path!r} is not UTF-8 text (line {line}, byte "
                         f"{before - pending + err.start}): save it as UTF-8{move}") from None
+
+
+BOM = "\ufeff"  # a UTF-8 byte order mark, read as a character of the text
+_BOMS_SAID: set[str] = set()
+
+
+def _said_bom(path: str) -> None:
+    """Warn, once per file and process, that ``path`` opens with a byte order mark: it is
+    read as text (a character of its vocabulary), as a corpus built before read it."""
+    if path not in _BOMS_SAID:
+        _BOMS_SAID.add(path)
+        log.warning("%s opens with a UTF-8 byte order mark (U+FEFF), which is read as a "
+                    "character of the text: save the file without it (e.g. sed -i "
+                    "'1s/^\\xEF\\xBB\\xBF//' FILE) to keep it out of the vocabulary", path)
 
 
 def _slices(text: str) -> Iterator[str]:

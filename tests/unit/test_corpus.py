@@ -443,3 +443,15 @@ def test_bpe_keeps_the_ids_of_the_training_split(tmp_path: Path) -> None:
                                               vocab_size=300)).meta).usable.tolist() == \
         train.tolist()
     assert kept.is_file()
+
+
+def test_a_byte_order_mark_opening_a_file_is_warned_of_once(tmp_path: Path, caplog) -> None:
+    folder = tmp_path / "bom"
+    folder.mkdir()
+    (folder / "a.txt").write_text("\ufeff" + words(1, 300), encoding="utf-8")
+    (folder / "b.txt").write_text(words(2, 300) + "\ufeff", encoding="utf-8")  # not opening
+    (folder / "c.txt").write_text(words(3, 300), encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        corpus_index(config(folder, seq_len=16, shard_rows=5))
+    said = [r.getMessage() for r in caplog.records if "byte order mark" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{folder / 'a.txt'} opens with")
