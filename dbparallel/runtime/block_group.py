@@ -94,6 +94,8 @@ class BlockGroup:
         self.roster = Roster()  # the workers of the group's current incarnation
         self.until: int | None = None  # the step the controller waits for
         self.error: BaseException | None = None  # bad input a worker met (a UserError)
+        self.error_rank = 0  # the worker that met it
+        self.error_step: int | None = None  # the step it was training (None: its start)
         self.fitted: Future[None] = Future()
         trainer = trainer_for(cfg, block, session, queue)
         threading.Thread(target=self._fit, args=(trainer,), daemon=True,
@@ -119,8 +121,11 @@ class BlockGroup:
             self.latest = payload
         elif kind == "summary":
             self.summary = payload
-        elif kind == "error":
-            self.error = payload["error"]
+        elif kind == "error" and (self.error is None
+                                  or payload["rank"] == 0 and self.error_rank != 0):
+            # the first, or rank 0's that came with another rank's: rank 0 recorded its own
+            self.error, self.error_rank = payload["error"], payload["rank"]
+            self.error_step = payload["step"]
 
     @property
     def workers(self) -> list[Any]:
@@ -136,16 +141,18 @@ class BlockGroup:
         if self.until is None:
             return []
         latest = self.latest or {}
-        if self.error is not None:
+        if self.error is not None:  # the driver records one that rank 0 did not meet
             self.until = None
-            return [Event("train", self.block, error=self.error)]
+            return [Event("train", self.block, error=self.error,
+                          recorded=self.error_rank == 0, step=self.error_step)]
         if "step" in latest and (latest["step"] >= self.until or latest["done"]):
             self.until = None
             return [Event("train", self.block, result=dict(latest))]
         if self.fitted.done() and self.fitted.exception() is not None:
             self.until = None
-            return [Event("train", self.block,
-                          error=given_up(self.fitted.exception(), self.max_restarts))]
+            err = self.fitted.exception()
+            return [Event("train", self.block, error=given_up(err, self.max_restarts),
+                          recorded=writer_failed(err))]
         return []
 
     def finish(self, drain: Callable[[], None], timeout_s: float = 300.0) -> dict[str, Any]:
@@ -182,6 +189,14 @@ def given_up(err: BaseException | None, max_restarts: int) -> BaseException:
                              f"(train.max_restarts={max_restarts}): a replica's process died: "
                              f"{first}")
     return _cause(err)
+
+
+def writer_failed(err: BaseException | None) -> bool:
+    """Whether rank 0 met an error of its own where a group's fit failed for good (it records
+    it, or a lost process, which the driver records as BlockLost): not where only other ranks
+    failed (rank 0, waiting for them in a collective, was stopped with its group)."""
+    failures = getattr(err, "worker_failures", None)
+    return not failures or 0 in failures
 
 
 def _cause(err: BaseException | None) -> BaseException:

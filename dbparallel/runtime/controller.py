@@ -38,6 +38,10 @@ class Event:
     block: int | None
     result: Any = None
     error: BaseException | None = None
+    # False: a process that does not write the block's directory (a replica other than rank
+    # 0) met ``error``, and none recorded it; ``step``: the step it was training, where known
+    recorded: bool = True
+    step: int | None = None
 
 
 class Backend(Protocol):
@@ -103,7 +107,8 @@ class Controller:
     on_stall: Callable[[int, bool], None] = lambda block, stalled: None
     on_assembly_failed: Callable[[str], None] = lambda message: None
     # (block, the step it was training, why): the controller gave a block up (its process lost
-    # past train.max_restarts, or stalled); an error of a block's own training it records itself
+    # past train.max_restarts, or stalled), or its error was met by a replica that records
+    # none (Event.recorded); an error of a block's own training its writer records itself
     on_block_failed: Callable[[int, int, Exception], None] = lambda block, step, err: None
     # (step, metrics) of each finished assembly, during training and the final one; step is
     # the lowest step among the snapshots it composed
@@ -217,8 +222,10 @@ class Controller:
             log.warning("block %d is unreachable (%s); asking it again", event.block,
                         event.error)
             return  # not in flight any more: the next step submits the call again
-        if isinstance(event.error, (*transient, BlockLost)):  # given up by the driver
-            self.on_block_failed(event.block, status.step + 1, event.error)
+        if isinstance(event.error, (*transient, BlockLost)) or \
+                (event.error is not None and not event.recorded):  # the driver records it
+            self.on_block_failed(event.block, status.step + 1 if event.step is None
+                                 else event.step, event.error)
         if isinstance(event.error, UserError):  # restarting would meet it again
             self.user_error = event.error
             said = str(event.error)  # most name their block already

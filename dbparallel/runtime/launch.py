@@ -82,7 +82,8 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     session = driver_session()  # this run's writers; a restarted actor takes its lease over
     connected = connect(cfg)
     pg, backend, bars, storage = None, None, None, None
-    given_up: list[tuple[int, int, Exception]] = []  # blocks the controller gave up
+    # blocks whose failure the driver records: given up, or an error that no writer recorded
+    given_up: list[tuple[int, int, Exception]] = []
     try:
         slots = start_slots(cfg, cluster_now())  # 0 fits here -> 1: reserve() names the keys
         refuse_what_cannot_fit_here(cfg, slots)  # before the data check and the run directory
@@ -131,8 +132,9 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         # reach): stopping the processes, freeing the placement group and leaving Ray. The
         # leases are released (the session ended) before the block processes are stopped,
         # so that what stopping them causes is not recorded as their failure, and again
-        # after; given-up blocks are recorded once their processes are stopped (a restart of
-        # a stalled one that took its lease over would clear the record).
+        # after; given-up blocks, and errors met by replicas other than rank 0, are recorded
+        # once their processes are stopped (a restart of a stalled block or of a failed group
+        # that took its lease over would clear the record).
         _each(("close the progress bars", bars.close if bars is not None else None),
               ("release the blocks' write leases", leases if ending else None),
               ("stop the block processes", backend.close if ending else None),

@@ -12,10 +12,13 @@ run's earlier incarnation left held, whether that one failed in training or at i
 No Ray here: block_group.py's ``train_replica`` hands in what Ray Train gives a worker (its
 device and actor handle), so a unit test runs a worker on a process group of its own.
 
-Bad input met by any replica (a UserError) fails the run: a restart would meet it again. A rank
-0 fenced off by a newer writer of the block (LeaseLost: an older incarnation of the group,
-still running after its replacement took the lease over) is no failure of the run: it stops
-without writing, and the newer writer trains the block on.
+Bad input met by any replica (a UserError) fails the run: a restart would meet it again. Its
+message names the rank that met it and the step it was training: rank 0 records its own as the
+block's failure (as a block actor does); another rank does not write the block's directory, so
+the driver records it once the group is stopped. A rank 0 fenced off by a newer writer of the
+block (LeaseLost: an older incarnation of the group, still running after its replacement took
+the lease over) is no failure of the run: it stops without writing, and the newer writer trains
+the block on.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Rep
         run = BlockRun(cfg, block, run_data(cfg, storage), storage, device,
                        session=session, replicas=replicas, lease=lease)
     except BaseException as err:  # e.g. a run directory trained with other values
-        _report(queue, block, err)
+        _report(queue, block, err, replicas.rank, None)
         raise
     try:
         restarts = int(replicas.sum(torch.tensor([restarts], device=device)).item())
@@ -82,7 +85,7 @@ def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Rep
         if replicas.writer:
             queue.put(("summary", block, {**run.summary(), "restarts": restarts}))
     except BaseException as err:
-        _report(queue, block, err)
+        _report(queue, block, err, replicas.rank, run.trainer.step + 1)  # the step it trained
         # the lease stays held: the group's next incarnation takes it over and counts a
         # restart; the driver releases it at the end of the run
         run.stream.close()
@@ -104,8 +107,9 @@ def _take_lease(cfg: Config, block: int, session: str,
                    else checkpoints.restarts())
 
 
-def _report(queue: Any, block: int, err: BaseException) -> None:
-    """Post ``err`` as the run's failure, once, where it is bad input; not where it is a
-    fenced-off writer's stop (LeaseLost, itself a UserError)."""
+def _report(queue: Any, block: int, err: BaseException, rank: int, step: int | None) -> None:
+    """Post ``err``, met by ``rank`` training ``step`` (None: at its start), as the run's
+    failure, once, where it is bad input; not where it is a fenced-off writer's stop
+    (LeaseLost, itself a UserError)."""
     if isinstance(err, UserError) and not isinstance(err, LeaseLost):
-        queue.put(("error", block, {"error": err}))
+        queue.put(("error", block, {"error": err, "rank": rank, "step": step}))

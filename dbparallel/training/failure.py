@@ -5,9 +5,11 @@ on a cluster, a notebook closed).
 The block's writer (the holder of its lease) records an error of its own training: a bad row,
 a damaged checkpoint, an error of the network or the device. On Ray the driver records a block
 it gave up: its process lost more often than train.max_restarts allows, stalled past its
-restarts, or unreachable past its retries. A stop asked for (Ctrl-C, SIGTERM, the driver ending
-the run) and a lease another process took over are not failures. The next process that takes
-the block's lease removes the record: the block is no longer failed once it trains again.
+restarts, or unreachable past its retries; and an error met by a replica of a block's group
+other than rank 0 (its writer), which writes nothing in the block's directory. A stop asked
+for (Ctrl-C, SIGTERM, the driver ending the run) and a lease another process took over are
+not failures. The next process that takes the block's lease removes the record: the block is
+no longer failed once it trains again.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def record_failure(storage: Storage, block: int, step: int | None,
 def record_given_up(storage: Storage, block: int, step: int, err: Exception,
                     session: str = "") -> None:
     """The driver's record of a block it gave up (its process lost past train.max_restarts,
-    stalled, unreachable): ``step`` is the one after the block's last report in this run,
+    stalled, unreachable), or of an error a replica other than rank 0 met: ``step`` is the
+    one the replica was training, else the one after the block's last report in this run,
     and it was training at least the step after its newest checkpoint (a block that resumed
     and was lost before its first report). Nothing where the block's lease is now another
     session's than the driver's ``session``: a rerun took the block since, and keeps its own

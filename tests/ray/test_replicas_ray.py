@@ -88,6 +88,52 @@ def test_a_group_knows_its_workers_whatever_order_their_messages_come_in() -> No
     assert roster.current == ["rank 0 again", "rank 1 again"]
 
 
+class WorkerFailures(RuntimeError):
+    """What Ray Train's fit fails with where workers raised: their errors by rank."""
+
+    def __init__(self, failures: dict[int, Exception]):
+        super().__init__("Training failed due to worker errors")
+        self.worker_failures = failures
+
+
+@pytest.mark.parametrize("posted,failed,recorded", [
+    ([1], [], False), ([1, 0], [], True), ([0, 1], [], True), ([], [1], False), ([], [0, 1], True),
+], ids=["rank-1", "rank-1-then-0", "rank-0-then-1", "fit-rank-1", "fit-both"])
+def test_a_group_says_whether_its_writer_met_the_error_that_stopped_it(
+        tiny_cfg, monkeypatch, posted: list[int], failed: list[int], recorded: bool) -> None:
+    """Rank 0 records its own error as the block's failure; one that only another rank met
+    (a bad row ``posted`` by it, or its own error that failed the fit), the driver records
+    (Event.recorded), at the step that rank trained."""
+    import threading
+
+    from dbparallel.errors import DataError
+    from dbparallel.runtime import block_group
+
+    running = threading.Event()
+
+    class Trainer:  # Ray Train's fit, without Ray: it runs until told, or fails at once
+        def fit(self) -> None:
+            if failed:
+                raise WorkerFailures({r: RuntimeError("out of memory") for r in failed})
+            running.wait(10)
+
+    monkeypatch.setattr(block_group, "trainer_for", lambda *args: Trainer())
+    group = block_group.BlockGroup(tiny_cfg, 0, "session", queue=None)
+    try:
+        if failed:
+            group.fitted.exception(timeout=10)
+        for rank in posted:  # both before the driver looks
+            group.take("error", {"error": DataError(f"row {rank}"), "rank": rank,
+                                 "step": 3 + rank})
+        group.request(4)
+        (event,) = group.events()
+    finally:
+        running.set()
+    assert event.recorded is recorded
+    if posted:
+        assert (str(event.error), event.step) == (("row 0", 3) if recorded else ("row 1", 4))
+
+
 @pytest.mark.slow  # another minute of Ray Train
 def test_a_stalled_group_is_restarted_and_resumes(ray_session, tmp_path) -> None:
     """The controller's stall restart of a block with replicas: its rank 0 is killed, Ray Train

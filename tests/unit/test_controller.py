@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dbparallel.config import load_config
+from dbparallel.errors import DataError
 from dbparallel.runtime.controller import (
     MAX_UNAVAILABLE,
     BlockLost,
@@ -42,8 +43,10 @@ class FakeBackend:
         self.calls.append(("train", block, until))
         if block in self.hang:
             return
-        if block in self.fail:
-            self.queue.append(Event("train", block, error=self.fail[block]))
+        if block in self.fail:  # an error, or the whole event that answers the call
+            failed = self.fail[block]
+            self.queue.append(failed if isinstance(failed, Event)
+                              else Event("train", block, error=failed))
             return
         restarted = until >= self.restarted_at.get(block, self.steps + 1)
         # a restarted block resumes from its checkpoint of the step its process died at
@@ -148,6 +151,34 @@ def test_lost_block_fails_the_run_naming_it(error: Exception) -> None:
     # a process Ray gave up is recorded by the driver; an error of the block's own training
     # was recorded by the block
     assert given_up == ([(1, 1, error)] if isinstance(error, BlockLost) else [])
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["by-its-writer", "by-no-one"])
+def test_a_bad_row_fails_the_run_and_the_driver_records_it_where_no_writer_did(
+        recorded: bool) -> None:
+    """A bad row met by a replica other than rank 0 (which writes nothing in the block's
+    directory) is recorded by the driver, at the step that replica trained; one the block's
+    writer met, the writer recorded."""
+    bad = DataError("part-00000.parquet row 7: column 'label' has label 12")
+    backend = FakeBackend(steps=10, fail={1: Event("train", 1, error=bad, recorded=recorded,
+                                                   step=None if recorded else 3)})
+    given_up: list[tuple] = []
+    controller = Controller(_cfg(), backend,
+                            on_block_failed=lambda *failed: given_up.append(failed))
+    with pytest.raises(DataError) as raised:  # the run's own error, as a block actor's
+        controller.run()
+    assert raised.value is bad and controller.error == f"block 1: {bad}"
+    assert given_up == ([] if recorded else [(1, 3, bad)])
+
+
+def test_an_error_only_another_replica_met_is_recorded_after_the_last_report() -> None:
+    lost = RuntimeError("Training failed due to worker errors: rank 1: out of memory")
+    backend = FakeBackend(steps=10, fail={1: Event("train", 1, error=lost, recorded=False)})
+    given_up: list[tuple] = []
+    with pytest.raises(RunFailed, match="block 1 failed: Training failed"):
+        Controller(_cfg(), backend,
+                   on_block_failed=lambda *failed: given_up.append(failed)).run()
+    assert given_up == [(1, 1, lost)]  # the step after its last report (none yet)
 
 
 def test_stalled_block_is_reported() -> None:

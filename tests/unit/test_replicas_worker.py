@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from dbparallel.config import load_config
 from dbparallel.data.sources import open_data
+from dbparallel.errors import DataError
 from dbparallel.runtime import replica_worker
 from dbparallel.runtime.metrics import MemorySink
 from dbparallel.runtime.replica_worker import run_replica
@@ -102,3 +103,30 @@ def test_every_failed_start_of_rank_0_counts_a_restart(cfg, group, tmp_path: Pat
     block = tmp_path / "run" / "blocks" / "block_1"
     assert json.loads((block / "restarts.json").read_text())["restarts"] == 2
     assert json.loads((block / "lease.json").read_text())["holder"] == ""  # released at its end
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_bad_row_any_rank_meets_is_posted_with_its_rank_and_step(
+        cfg, group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rank: int) -> None:
+    """Rank 0 records the bad row as the block's failure; another rank writes nothing in the
+    block's directory and says which step it trained, for the driver to record it."""
+    bad = DataError("part-00000.parquet row 7: column 'label' has label 12")
+    batch = loop.BlockRun.batch
+
+    def meets_it(run, step: int):
+        if step == 2:  # 0-based: the third step
+            raise bad
+        return batch(run, step)
+
+    monkeypatch.setattr(loop.BlockRun, "batch", meets_it)
+    queue = Queue()
+    with pytest.raises(DataError):
+        run_replica(cfg, 1, SESSION, queue, Replicas(rank, 2), "cpu", f"rank {rank}",
+                    MemorySink())
+    assert [(kind, payload) for kind, _, payload in queue if kind == "error"] == [
+        ("error", {"error": bad, "rank": rank, "step": 3})]
+    failed = tmp_path / "run" / "blocks" / "block_1" / "failed.json"
+    if rank == 0:
+        assert json.loads(failed.read_text())["step"] == 3
+    else:
+        assert not failed.exists()
