@@ -20,7 +20,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device
 
 from dbparallel.config import Config
-from dbparallel.runtime.controller import BlockLost, Event
+from dbparallel.runtime.backend import BlockLost, Event
 from dbparallel.runtime.replica_worker import run_replica
 from dbparallel.training.device import block_device
 from dbparallel.training.replicas import Replicas

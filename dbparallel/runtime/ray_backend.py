@@ -13,9 +13,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dbparallel.config import Config
 from dbparallel.runtime.assembler_actor import AssemblerActor
+from dbparallel.runtime.backend import BlockLost, BlockUnavailable, Event
 from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.block_group import BlockGroup
-from dbparallel.runtime.controller import BlockLost, BlockUnavailable, Event
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dbparallel.config import load_config
-from dbparallel.runtime.controller import RunFailed
+from dbparallel.runtime.backend import RunFailed
 from dbparallel.runtime.launch import run_ray
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.loading import run_config

@@ -180,7 +180,7 @@ def test_groups_stop_when_their_run_fails(ray_session, tmp_path) -> None:
 
     from ray.util.state import list_actors
 
-    from dbparallel.runtime.controller import RunFailed
+    from dbparallel.runtime.backend import RunFailed
 
     cfg = load_config([RECIPE], [
         f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",

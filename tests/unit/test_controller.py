@@ -6,14 +6,8 @@ import pytest
 
 from dbparallel.config import load_config
 from dbparallel.errors import DataError
-from dbparallel.runtime.controller import (
-    MAX_UNAVAILABLE,
-    BlockLost,
-    Controller,
-    Event,
-    RunFailed,
-    State,
-)
+from dbparallel.runtime.backend import BlockLost, Event, RunFailed
+from dbparallel.runtime.controller import MAX_UNAVAILABLE, Controller, State
 
 
 class FakeBackend:
@@ -246,7 +240,7 @@ def test_a_stalled_block_is_restarted_then_fails_the_run() -> None:
 
 
 def test_an_unreachable_block_is_asked_again() -> None:
-    from dbparallel.runtime.controller import BlockUnavailable
+    from dbparallel.runtime.backend import BlockUnavailable
 
     class Flaky(FakeBackend):
         def __init__(self) -> None:

@@ -15,7 +15,8 @@ from dbparallel.cli import main
 from dbparallel.config import DataConfig, load_config
 from dbparallel.data.sources import open_data
 from dbparallel.errors import RunDirError
-from dbparallel.runtime.controller import Controller, Event
+from dbparallel.runtime.backend import Event
+from dbparallel.runtime.controller import Controller
 from dbparallel.runtime.local import run_local
 from dbparallel.training.curves import PANEL_COLUMNS, assembly_panels, plot_curves
 from dbparallel.training.history import (

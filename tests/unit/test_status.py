@@ -297,7 +297,7 @@ def test_an_error_after_the_driver_ended_the_run_is_no_failure(tmp_path: Path) -
 
 
 def test_the_driver_records_a_block_lost_after_it_resumed_at_its_checkpoint(run: Path) -> None:
-    from dbparallel.runtime.controller import BlockLost
+    from dbparallel.runtime.backend import BlockLost
     from dbparallel.training.failure import record_given_up
 
     storage = Storage(str(run))  # block 0 has a checkpoint of step 4; block 1 none
@@ -311,7 +311,7 @@ def test_the_driver_records_a_block_lost_after_it_resumed_at_its_checkpoint(run:
 def test_the_driver_leaves_a_block_a_rerun_took_since_it_gave_it_up(tmp_path: Path) -> None:
     """A driver records the blocks it gave up as it ends; a rerun that took a block in the
     meantime keeps it, and no stale record of the earlier run lands on it."""
-    from dbparallel.runtime.controller import BlockLost
+    from dbparallel.runtime.backend import BlockLost
     from dbparallel.training.failure import record_given_up
     from dbparallel.training.lease import BlockLease, release_session
 
