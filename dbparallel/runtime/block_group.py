@@ -117,6 +117,8 @@ class BlockGroup:
             self.latest = {**(self.latest or {}), "restarts": payload["restarts"]}
         elif kind == "worker":  # another rank: its message may come before rank 0's
             self.roster.joined(payload["restarts"], payload["actor"])
+        elif kind in ("progress", "summary") and payload["restarts"] < self.roster.incarnation:
+            return  # posted by rank 0 of an earlier incarnation, which is fenced off now
         elif kind == "progress":
             self.latest = payload
         elif kind == "summary":

@@ -134,6 +134,34 @@ def test_a_group_says_whether_its_writer_met_the_error_that_stopped_it(
         assert (str(event.error), event.step) == (("row 0", 3) if recorded else ("row 1", 4))
 
 
+def test_a_group_takes_no_progress_from_an_earlier_incarnation(tiny_cfg, monkeypatch) -> None:
+    """Rank 0 of a group Ray Train started again (its restarts counted one more) speaks for the
+    block: a progress line or summary its fenced-off predecessor posted late changes nothing."""
+    import threading
+
+    from dbparallel.runtime import block_group
+
+    running = threading.Event()
+
+    class Trainer:  # Ray Train's fit, without Ray: it runs until told
+        def fit(self) -> None:
+            running.wait(10)
+
+    monkeypatch.setattr(block_group, "trainer_for", lambda *args: Trainer())
+    group = block_group.BlockGroup(tiny_cfg, 0, "session", queue=None)
+    try:
+        group.take("start", {"restarts": 1, "actor": "rank 0 again"})
+        group.take("progress", {"step": 12, "done": True, "restarts": 0})  # the old one's
+        group.take("summary", {"steps": 12, "restarts": 0})
+        group.request(6)
+        assert group.events() == [] and group.summary is None
+        group.take("progress", {"step": 6, "done": False, "restarts": 1})
+        (event,) = group.events()
+        assert event.result["step"] == 6
+    finally:
+        running.set()
+
+
 @pytest.mark.slow  # another minute of Ray Train
 def test_a_stalled_group_is_restarted_and_resumes(ray_session, tmp_path) -> None:
     """The controller's stall restart of a block with replicas: its rank 0 is killed, Ray Train
