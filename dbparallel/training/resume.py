@@ -80,6 +80,8 @@ def _said_schedule_changed(trainer: BlockTrainer, state: dict, cfg: Config) -> N
     if "cosine" not in (cfg.train.lr_schedule, then.get("lr_schedule")) or before == steps \
             or step >= steps:
         return
+    if step <= cfg.train.warmup_steps and then.get("warmup_steps") == cfg.train.warmup_steps:
+        return  # every step so far was one of the warm-up, whose rate has no length in it
     log.warning("block %d: resumed at step %d of %d, which trained with %d steps "
                 "(train.steps, train.block_steps) and train.lr_schedule=%s; from step %d its "
                 "learning rate is %.3g, on the schedule of %d steps the earlier steps did not "

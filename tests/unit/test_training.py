@@ -255,3 +255,24 @@ def test_resume_says_when_a_cosine_schedule_changed_length(schedule, tiny_cfg, t
         assert said == []
     else:
         assert len(said) == 1 and f"which trained with {first.train.steps} steps" in said[0]
+
+
+def test_resume_within_the_warm_up_says_nothing_of_a_changed_cosine_length(
+        table, tmp_path, caplog) -> None:
+    """Every step before the resume was a warm-up step, whose rate does not depend on the
+    schedule's length: the run goes on exactly as one of the new length from the start."""
+    from dbparallel.training.schedule import learning_rate
+
+    tiny = ROOT / "jobs" / "tiny_cpu.yaml"
+    first = load_config([tiny], ["train.lr_schedule=cosine", "train.warmup_steps=8"])
+    storage = Storage(str(tmp_path / "run"))
+    run = BlockRun(first, 0, table, storage, session="a")
+    run.train_until(first.train.checkpoint_every)  # 6 steps, all of the warm-up
+    run.close()
+    longer = load_config([tiny], ["train.lr_schedule=cosine", "train.warmup_steps=8",
+                                  f"train.steps={first.train.steps * 2}"])
+    assert [learning_rate(first.train, first.train.steps, s) for s in range(6)] == \
+        [learning_rate(longer.train, longer.train.steps, s) for s in range(6)]
+    with caplog.at_level("WARNING"):
+        BlockRun(longer, 0, table, storage, session="b").close()
+    assert not [r for r in caplog.records if "learning rate is" in r.getMessage()]
