@@ -263,7 +263,8 @@ class BlockTrainer:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything the next step depends on (the data position is the step itself)."""
+        """Everything the next step depends on but its data position (BlockRun.save adds
+        ``data_position``: a resume with another train.batch_size goes on from it)."""
         return {
             "meta": self.meta(),
             "model": self.model.state_dict(),
