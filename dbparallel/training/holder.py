@@ -116,4 +116,6 @@ def holder_alive(holder: str) -> bool | None:
         return False
     except PermissionError:  # another user's process: it runs
         return True
+    except (OverflowError, ValueError):  # no pid of this system (a damaged lease): unknown
+        return None
     return True

@@ -314,3 +314,9 @@ def test_an_ended_session_cannot_take_a_block_its_writer_had_released(tiny_cfg) 
         BlockLease(storage, 0, "run-h", 3600.0).acquire()
     assert storage.read_json("blocks/block_0/failed.json")["type"] == "RunDirError"
     assert BlockLease(storage, 0, "run-i", 3600.0).acquire() == 3  # the next run may
+
+
+def test_a_pid_no_process_can_have_is_not_known_to_run_or_not() -> None:
+    here = f"s/{socket.gethostname()}/{{}}/nonce/{process_space()}"
+    assert holder_alive(here.format(os.getpid())) is True
+    assert holder_alive(here.format(10 ** 30)) is None  # a damaged lease.json
