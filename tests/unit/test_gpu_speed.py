@@ -1,4 +1,4 @@
-"""benchmarks/gpu_speed.py on the CPU: its rows, its fail-soft matrix, its plot and table.
+"""benchmarks/gpu_speed.py on the CPU: its rows (gpu_case.py), fail-soft matrix, plot and table.
 
 No timing is asserted: the numbers are the GPU's to give; here only their shape and the
 invariants between them.
@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import gpu_speed  # noqa: E402
-from benchmarks.gpu_speed import SMOKE, Spec  # noqa: E402
+from benchmarks import gpu_case, gpu_speed  # noqa: E402
+from benchmarks.gpu_case import SMOKE, Spec  # noqa: E402
 
 
 def test_matrix_covers_models_scopes_precisions_and_compile() -> None:
@@ -39,7 +39,7 @@ def test_matrix_covers_models_scopes_precisions_and_compile() -> None:
 
 
 def test_training_row_on_cpu() -> None:
-    row = gpu_speed.measure(Spec("train", "tiny", "block", "tf32", False), SMOKE)
+    row = gpu_case.measure(Spec("train", "tiny", "block", "tf32", False), SMOKE)
     assert row["device"] == "cpu" and row["layers"] == 2 and row["timed_steps"] == 2
     assert row["samples_per_s"] == pytest.approx(SMOKE.batch / row["step_time_s"])
     assert row["achieved_tflops"] == pytest.approx(
@@ -49,14 +49,14 @@ def test_training_row_on_cpu() -> None:
     assert row["peak_reserved_bytes"] is None and row["outside_allocator_bytes"] is None
     from dbparallel.training.plan import step_bytes  # the plan of the step it timed
 
-    cfg = gpu_speed.config(Spec("train", "tiny", "block", "tf32", False), SMOKE)
+    cfg = gpu_case.config(Spec("train", "tiny", "block", "tf32", False), SMOKE)
     assert row["plan_bytes"] == step_bytes(cfg, 0)["total"] > 0
-    e2e = gpu_speed.measure(Spec("train", "tiny", "e2e", "bf16", False), SMOKE)
+    e2e = gpu_case.measure(Spec("train", "tiny", "e2e", "bf16", False), SMOKE)
     assert e2e["layers"] == 6 and e2e["model_flops_per_step"] > row["model_flops_per_step"]
 
 
 def test_sampling_row_on_cpu() -> None:
-    row = gpu_speed.measure(Spec("sample", "tiny", "blocks", "tf32", False), SMOKE)
+    row = gpu_case.measure(Spec("sample", "tiny", "blocks", "tf32", False), SMOKE)
     assert row["images"] == SMOKE.sample_images and row["images_per_s"] > 0
 
 
