@@ -11,7 +11,7 @@ efficiency = aggregate / (B x single), the share of step time spent getting the 
 the stream (``data_share``: waiting for a window, taking the batch's rows, decoding them), and
 the end-to-end model on the same hardware (one actor holding every core). With 2 or more GPUs
 the end-to-end model also trains data-parallel through Ray Train's TorchTrainer on those GPUs,
-each worker streaming the data in its own order.
+each worker streaming the data in its own order (data_parallel.py).
 
 ``first_batch_s`` (per B, the slowest actor) replaces ``dataset_read_s``: there is no
 materialized dataset to read any more; it is the cold start of an actor's stream (reading the
@@ -23,7 +23,6 @@ actor process, so it includes the first use of the Parquet reader.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -45,23 +44,19 @@ from benchmarks.common import (  # noqa: E402
     parser,
     settle,
 )
+from benchmarks.data_parallel import data_parallel_e2e  # noqa: E402
 from dbparallel.config import (  # noqa: E402
     Config,
     ModelConfig,
     RunConfig,
     TrainConfig,
-    from_dict,
-    to_dict,
 )
 from dbparallel.data.shards import DataIndex  # noqa: E402
 from dbparallel.data.sources import open_data  # noqa: E402
-from dbparallel.training.block_trainer import BlockTrainer  # noqa: E402
-from dbparallel.training.data_order import DataOrder  # noqa: E402
 from dbparallel.training.data_pin import pin_data, run_data  # noqa: E402
 from dbparallel.training.loop import BlockRun  # noqa: E402
 from dbparallel.training.run_dir import open_run  # noqa: E402
 from dbparallel.training.storage import Storage  # noqa: E402
-from dbparallel.training.stream import BlockStream  # noqa: E402
 
 SETUP = "DiT hidden 128, 4 heads, patch 2, depth 12, batch 64, on the embedded digits (8x8x1)"
 TIMEOUT_S = 900  # no ray.get waits forever: a pending actor would hang the benchmark
@@ -152,66 +147,6 @@ def time_together(actors: list[Any], steps: int) -> dict[str, float]:
 def stop(actors: list[Any]) -> None:
     for a in actors:
         ray.kill(a)
-
-
-def _data_parallel_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: the end-to-end model wrapped in DDP, streaming the data in its
-    own order (the rank's), timed steps, report."""
-    import ray.train
-    import ray.train.torch
-
-    cfg = from_dict(config["cfg"])
-    index = DataIndex.from_json(config["index"])
-    rank = ray.train.get_context().get_world_rank()
-    world = ray.train.get_context().get_world_size()
-    device = ray.train.torch.get_device()
-    trainer = BlockTrainer(cfg, 0, device)
-    trainer.model = ray.train.torch.prepare_model(trainer.model)  # gradients all-reduced
-    order = DataOrder([s.rows for s in index.shards("train")], cfg.train.batch_size,
-                      cfg.run.seed, rank, cfg.data.window_shards)
-    stream = BlockStream(index, "train", order, trainer.task, device)
-
-    def step() -> None:
-        trainer.train_step(stream.batch(trainer.step))
-
-    for _ in range(config["warmup"]):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(config["steps"]):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    per_worker = config["steps"] * cfg.train.batch_size / (time.perf_counter() - start)
-    stream.close()
-    # DDP keeps the workers in lockstep, so rank 0's rate times the number of workers is the
-    # aggregate. Ray Train v2 keeps only metrics reported with a checkpoint: rank 0 adds one.
-    metrics = {"samples_per_s": per_worker * world, "workers": world}
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "throughput.json").write_text(json.dumps(metrics))
-        checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def data_parallel_e2e(cfg: Config, index: DataIndex, workers: int, use_gpu: bool, warmup: int,
-                      steps: int) -> dict[str, float]:
-    """The end-to-end model data-parallel over ``workers`` devices through TorchTrainer
-    (each worker streams ``index`` and takes a full batch of train.batch_size)."""
-    from ray.train import RunConfig as TrainRunConfig
-    from ray.train import ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    with tempfile.TemporaryDirectory() as storage:
-        trainer = TorchTrainer(
-            _data_parallel_loop,
-            train_loop_config={"cfg": to_dict(cfg), "index": index.to_json(),
-                               "warmup": warmup, "steps": steps},
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                         resources_per_worker={"CPU": 1}),
-            run_config=TrainRunConfig(storage_path=storage, name="data-parallel-e2e"))
-        metrics = trainer.fit().metrics
-    return {"samples_per_s": metrics["samples_per_s"], "workers": metrics["workers"]}
 
 
 def connect() -> None:
