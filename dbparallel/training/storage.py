@@ -126,6 +126,11 @@ class DamagedFile(RunDirError):
                          f"start the run in a new run.dir")
         self.where, self.why = where, str(why)
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # a block's Ray actor sends its error to the driver pickled; unpickling calls the
+        # class with its arguments, which are not the message
+        return type(self), (self.where, self.why)
+
 
 def damaged(where: str, why: object) -> DamagedFile:
     """The error for a run directory's file ``where`` that cannot be read: ``why``."""

@@ -5,6 +5,7 @@ directory is written leaves none."""
 from __future__ import annotations
 
 import io
+import pickle
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from dbparallel import cli
-from dbparallel.training.storage import Storage
+from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
@@ -62,6 +63,15 @@ def test_a_damaged_file_of_a_run_is_named(run: Path, capsys, name: str,
     if name != "config.yaml":  # train reads it from its own config; the others it must read
         _refused(capsys, ["train", "--local", TINY, f"run.dir={run}", *FAST], name)
     assert path.read_bytes() == (text if isinstance(text, bytes) else text.encode())
+
+
+def test_a_damaged_file_s_error_comes_back_from_a_block_process_as_itself() -> None:
+    """A block's Ray actor sends the error it stops on to the driver pickled: a damaged
+    file's came back as Ray's "Failed to deserialize exception" and a traceback."""
+    err = damaged("runs/x/blocks/block_1/lease.json", "Expecting value: line 1 column 1")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is DamagedFile and str(back) == str(err)
+    assert (back.where, back.why) == (err.where, err.why)
 
 
 def test_an_edited_config_yaml_is_named_with_the_key(run: Path, capsys) -> None:
