@@ -55,7 +55,7 @@ from dbparallel.training.holder import (
     holder_parts,
     process_space,
 )
-from dbparallel.training.storage import Storage
+from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,24 @@ class BlockLease:
         self.renewed_at = 0.0  # when this writer last renewed the lease (its clock)
 
     def read(self) -> dict[str, Any] | None:
-        return self.storage.read_json(self.path) if self.storage.exists(self.path) else None
+        """The lease (None: there is no lease.json); DamagedFile naming it when it is not one,
+        saying to delete it: the lease holds nothing a rerun needs that the manifest does not
+        keep (the generation that fences off earlier writers)."""
+        if not self.storage.exists(self.path):
+            return None
+        try:
+            found = self.storage.read_json(self.path)
+        except DamagedFile as err:
+            raise self._damaged(err.why) from None
+        if not _is_lease(found):
+            raise self._damaged('expected {"generation", "holder", "session", "renewed_at"}')
+        return found
+
+    def _damaged(self, why: str) -> DamagedFile:
+        return damaged(self.storage.uri(self.path), why,
+                       f"delete it to go on: the next writer of block {self.block} takes it "
+                       f"over, and the block's manifest keeps the lease generation that fences "
+                       f"off earlier writers")
 
     def refuse_if_held(self, current: dict[str, Any] | None = None,
                        taking: bool = False) -> None:
@@ -210,6 +227,13 @@ class BlockLease:
         self.storage.write_json(self.path, {
             "generation": self.generation, "holder": self.holder, "session": self.session,
             "renewed_at": self.renewed_at})
+
+
+def _is_lease(found: Any) -> bool:
+    """Whether ``found`` has the fields ``BlockLease._write`` writes, of their types."""
+    return (isinstance(found, dict) and type(found.get("generation")) is int
+            and isinstance(found.get("holder"), str) and isinstance(found.get("session"), str)
+            and type(found.get("renewed_at")) in (int, float))
 
 
 def release_session(storage: Storage, blocks: list[int], session: str) -> None:

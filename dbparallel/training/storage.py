@@ -118,20 +118,23 @@ class Storage:
             raise damaged(self.uri(rel), err) from None
 
 
+RESTORE = "restore it from a copy, or start the run in a new run.dir"  # what most files need
+
+
 class DamagedFile(RunDirError):
     """A run directory's file that cannot be read as what it should hold."""
 
-    def __init__(self, where: str, why: object):
-        super().__init__(f"{where}: damaged, not readable ({why}); restore it from a copy, or "
-                         f"start the run in a new run.dir")
-        self.where, self.why = where, str(why)
+    def __init__(self, where: str, why: object, remedy: str = RESTORE):
+        super().__init__(f"{where}: damaged, not readable ({why}); {remedy}")
+        self.where, self.why, self.remedy = where, str(why), remedy
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
         # a block's Ray actor sends its error to the driver pickled; unpickling calls the
         # class with its arguments, which are not the message
-        return type(self), (self.where, self.why)
+        return type(self), (self.where, self.why, self.remedy)
 
 
-def damaged(where: str, why: object) -> DamagedFile:
-    """The error for a run directory's file ``where`` that cannot be read: ``why``."""
-    return DamagedFile(where, why)
+def damaged(where: str, why: object, remedy: str = RESTORE) -> DamagedFile:
+    """The error for a run directory's file ``where`` that cannot be read: ``why``, and what
+    to do about it."""
+    return DamagedFile(where, why, remedy)

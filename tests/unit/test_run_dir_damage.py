@@ -5,6 +5,7 @@ directory is written leaves none."""
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import shutil
 from pathlib import Path
@@ -72,6 +73,29 @@ def test_a_damaged_file_s_error_comes_back_from_a_block_process_as_itself() -> N
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is DamagedFile and str(back) == str(err)
     assert (back.where, back.why) == (err.where, err.why)
+
+
+@pytest.mark.parametrize("text", [
+    "{",  # not JSON
+    '{"holder": "x"}',  # fields missing: was a KeyError's traceback
+])
+def test_a_damaged_lease_says_to_delete_it_and_the_block_then_trains_on(
+        run: Path, capsys, text: str) -> None:
+    """A lease holds nothing the manifest does not keep: the refusal says to delete it (not to
+    restore it or start a new run.dir), and the block then resumes from its checkpoint."""
+    lease = run / "blocks" / "block_1" / "lease.json"
+    lease.write_text(text)
+    argv = ["train", "--local", TINY, f"run.dir={run}", *FAST, "train.steps=4"]
+    err = _refused(capsys, argv, "block_1/lease.json", "damaged", "delete it")
+    assert "restore it" not in err
+    assert cli.main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "damaged" in out and "delete it" in out
+    lease.unlink()
+    assert cli.main(argv) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert [b["resumed_from"] for b in report["per_block"]] == [2, 2]
+    assert [b["steps"] for b in report["per_block"]] == [4, 4]
 
 
 def test_an_edited_config_yaml_is_named_with_the_key(run: Path, capsys) -> None:
