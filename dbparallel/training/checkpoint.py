@@ -124,15 +124,23 @@ class BlockCheckpoints:
             manifest = self.manifest()
             files = [e["file"] for kind in ("state", "snapshot") for e in manifest[kind]]
         except DamagedFile:
-            files = [f"{self.dir}/{name}" for name in self.storage.listdir(self.dir)
-                     if name.startswith(("state_", "snapshot_")) and name.endswith(".pt")]
-            manifest = {}
+            files, manifest = self._by_name(), {}
+        files += [rel for rel in self.unlisted() if rel not in files]
         generation = max(int(manifest.get("generation", 0)), self.generation)
         self.storage.write_json(self.manifest_path, {"state": [], "snapshot": [],
                                                      "generation": generation})
         for rel in files:
             self.storage.delete(rel)
         return files
+
+    def unlisted(self) -> list[str]:
+        """The block's checkpoint files where it has no manifest (deleted?): none of them can
+        be verified or resumed from."""
+        return [] if self.storage.exists(self.manifest_path) else self._by_name()
+
+    def _by_name(self) -> list[str]:
+        return [f"{self.dir}/{name}" for name in self.storage.listdir(self.dir)
+                if name.startswith(("state_", "snapshot_")) and name.endswith(".pt")]
 
     def steps(self, kind: Kind) -> list[int]:
         """Steps at which a ``kind`` is kept, oldest first."""

@@ -32,6 +32,11 @@ def resume(trainer: BlockTrainer, checkpoints: BlockCheckpoints, cfg: Config,
         if files:                                # silently
             _unreadable(checkpoints, cfg, f"none of its checkpoints can be read "
                                           f"({', '.join(files)}: missing or corrupt)", lease)
+        unlisted = checkpoints.unlisted()  # nor over files its lost manifest listed
+        if unlisted:
+            _unreadable(checkpoints, cfg, f"{checkpoints.storage.uri(checkpoints.manifest_path)} "
+                                          f"is missing (deleted?) while its directory holds "
+                                          f"checkpoint files ({', '.join(unlisted)})", lease)
         return 0
     keys = identity_diff(state["meta"]["config"], to_dict(cfg))
     if keys:

@@ -258,6 +258,25 @@ def test_a_damaged_manifest_is_refused_or_discarded_as_train_on_unreadable_says(
     assert BlockCheckpoints(Storage(str(run)), 0).steps("state") == [2]
 
 
+def test_a_deleted_manifest_is_refused_as_a_damaged_one_not_trained_over(
+        run: Path, capsys, caplog) -> None:
+    """The block's checkpoint files without their manifest: the block trained again from
+    step 0 over them, without a word."""
+    manifest = run / "blocks" / "block_0" / "manifest.json"
+    manifest.unlink()
+    files = sorted(p.name for p in manifest.parent.glob("*.pt"))
+    argv = ["train", "--local", TINY, f"run.dir={run}", *FAST, "train.steps=4"]
+    _refused(capsys, argv, "block 0", "manifest.json is missing", "state_00000002.pt",
+             "train.on_unreadable=restart")
+    assert sorted(p.name for p in manifest.parent.glob("*.pt")) == files
+    with caplog.at_level("WARNING"):
+        assert cli.main([*argv, "train.on_unreadable=restart"]) == 0
+    assert any("discards" in r.getMessage() and "snapshot_00000002.pt" in r.getMessage()
+               for r in caplog.records)
+    report = json.loads((run / "report.json").read_text())
+    assert [b["resumed_from"] for b in report["per_block"]] == [0, 2]
+
+
 def test_a_corrupt_snapshot_of_a_finished_block_is_named_and_written_again(
         run: Path, capsys) -> None:
     snapshot = run / "blocks" / "block_0" / "snapshot_00000002.pt"
