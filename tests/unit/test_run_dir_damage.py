@@ -320,3 +320,22 @@ def test_only_the_writer_discards_unreadable_checkpoints(run: Path) -> None:
     assert resume(BlockTrainer(cfg, 1), checkpoints, cfg, lease) == 0
     assert checkpoints.steps("state") == [] and not list(
         (run / "blocks" / "block_1").glob("state_*.pt"))
+
+
+def test_a_first_checkpoint_stopped_before_its_manifest_trains_from_the_start(
+        run: Path, caplog) -> None:
+    """A process stopped between its first training state's file and the manifest that lists
+    it leaves that one file: the block trains from step 0, as it would have."""
+    folder = run / "blocks" / "block_0"
+    (folder / "manifest.json").unlink()
+    for snapshot in folder.glob("snapshot_*.pt"):
+        snapshot.unlink()
+    for state in sorted(folder.glob("state_*.pt"))[1:]:
+        state.unlink()
+    argv = ["train", "--local", TINY, f"run.dir={run}", *FAST, "train.steps=4"]
+    with caplog.at_level("WARNING"):
+        assert cli.main(argv) == 0
+    assert any("stopped before its manifest listed it" in r.getMessage()
+               for r in caplog.records)
+    report = json.loads((run / "report.json").read_text())
+    assert [b["resumed_from"] for b in report["per_block"]] == [0, 2]
