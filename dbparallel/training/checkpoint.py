@@ -38,6 +38,13 @@ def _is_manifest(value: Any) -> bool:
         for kind in ("state", "snapshot"))
 
 
+def first_save_cut_short(unlisted: list[str]) -> bool:
+    """Whether the only checkpoint files of a block without a manifest (``unlisted``) are
+    what its first save leaves when stopped between the training state's file and the
+    manifest that lists it: that one file (a lost manifest leaves the snapshots too)."""
+    return len(unlisted) == 1 and unlisted[0].rsplit("/", 1)[-1].startswith("state_")
+
+
 class BlockCheckpoints:
     """Checkpoints of one block under ``blocks/block_<b>/`` of a run directory.
 

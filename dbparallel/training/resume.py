@@ -8,7 +8,7 @@ import logging
 from dbparallel.config import Config, identity_diff, to_dict
 from dbparallel.errors import RunDirError
 from dbparallel.training.block_trainer import BlockTrainer
-from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.checkpoint import BlockCheckpoints, first_save_cut_short
 from dbparallel.training.data_order import DataOrder
 from dbparallel.training.lease import BlockLease
 from dbparallel.training.storage import DamagedFile
@@ -33,7 +33,7 @@ def resume(trainer: BlockTrainer, checkpoints: BlockCheckpoints, cfg: Config,
             _unreadable(checkpoints, cfg, f"none of its checkpoints can be read "
                                           f"({', '.join(files)}: missing or corrupt)", lease)
         unlisted = checkpoints.unlisted()  # nor over files its lost manifest listed
-        if _first_save_cut_short(unlisted):
+        if first_save_cut_short(unlisted):
             log.warning("block %d: %s was written, but the block's first checkpoint stopped "
                         "before its manifest listed it (the process was stopped there): "
                         "trains from step 0", trainer.block, unlisted[0])
@@ -60,13 +60,6 @@ def resume(trainer: BlockTrainer, checkpoints: BlockCheckpoints, cfg: Config,
                         "train.block_steps): it trains no more, and its weights stay those of "
                         "step %d", trainer.block, trainer.step, steps, trainer.step)
     return trainer.step
-
-
-def _first_save_cut_short(unlisted: list[str]) -> bool:
-    """Whether the only checkpoint files of a block without a manifest are what its first
-    save leaves when stopped between the training state's file and the manifest that lists
-    it: that one file (a lost manifest leaves the snapshots too)."""
-    return len(unlisted) == 1 and unlisted[0].rsplit("/", 1)[-1].startswith("state_")
 
 
 def _go_on_in_order(order: DataOrder, state: dict, step: int) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 from dbparallel.config import Config
 from dbparallel.errors import RunDirError
-from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.checkpoint import BlockCheckpoints, first_save_cut_short
 from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
 from dbparallel.training.holder import driver_holding, holder_alive, holder_driver, holder_parts
@@ -107,6 +107,12 @@ def _block(storage: Storage, cfg: Config, block: int, now: float) -> BlockStatus
         checkpoints = BlockCheckpoints(storage, block)
         states = checkpoints.steps("state")
         row.checkpoint_step = states[-1] if states else None
+        unlisted = checkpoints.unlisted()
+        if unlisted and not first_save_cut_short(unlisted):
+            raise RunDirError(f"{checkpoints.manifest_path} is missing (deleted?) while the "
+                              f"block's directory holds checkpoint files "
+                              f"({', '.join(unlisted)}); train refuses it, and "
+                              f"train.on_unreadable=restart discards them")
         row.restarts = checkpoints.restarts()
         lines = [r for r in read_lines(storage, metrics_file(block)) if isinstance(r, dict)]
         _read_lines(row, lines, now)

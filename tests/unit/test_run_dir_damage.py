@@ -269,6 +269,12 @@ def test_a_deleted_manifest_is_refused_as_a_damaged_one_not_trained_over(
     _refused(capsys, argv, "block 0", "manifest.json is missing", "state_00000002.pt",
              "train.on_unreadable=restart")
     assert sorted(p.name for p in manifest.parent.glob("*.pt")) == files
+    from dbparallel.config import load_config
+    from dbparallel.training.status import run_status
+    from dbparallel.training.storage import Storage
+
+    row = run_status(Storage(str(run)), load_config([TINY], [f"run.dir={run}"])).blocks[0]
+    assert row.state == "damaged" and "manifest.json is missing" in row.problem
     with caplog.at_level("WARNING"):
         assert cli.main([*argv, "train.on_unreadable=restart"]) == 0
     assert any("discards" in r.getMessage() and "snapshot_00000002.pt" in r.getMessage()
