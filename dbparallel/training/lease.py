@@ -141,8 +141,8 @@ class BlockLease:
         if alive:  # a process of this machine, which can be asked: it runs
             raise RunDirError(
                 f"{held}, which still runs on this machine: {stop}, or run again once it has "
-                f"ended (the block processes of a Ray run whose driver was killed end within "
-                f"seconds)")
+                f"ended" + (" (the block processes of a Ray run whose driver was killed end "
+                            "within seconds)" if driver is not None else ""))
         raise RunDirError(
             f"{held}; {stop} or wait train.lease_timeout_s={self.timeout_s:g} s for its lease "
             f"to lapse (if no process writes the block any more, e.g. a killed run, delete "

@@ -92,8 +92,10 @@ def test_a_lease_of_a_killed_process_of_this_machine_is_taken_at_once(tmp_path,
     try:
         assert holder_alive(storage.read_json("blocks/block_0/lease.json")["holder"]) is True
         with pytest.raises(RunDirError, match=rf"\(pid {holder.pid} on .*, run killed, .*\), "
-                                              r"which still runs on this machine: stop it"):
+                                              r"which still runs on this machine: stop it") \
+                as refused:
             BlockLease(storage, 0, "rerun", 3600.0).acquire()  # it runs: refused
+        assert "Ray" not in str(refused.value)  # not a Ray run's process: no word of one
     finally:
         holder.kill()
         holder.wait()
