@@ -18,16 +18,18 @@ def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> li
     """The latest good snapshot of every block (the one of ``step`` if given); refuses
     missing or disagreeing blocks."""
     checkpoints = [BlockCheckpoints(storage, b) for b in range(cfg.model.blocks)]
+    tried = [c.listed("snapshot") for c in checkpoints]
     snapshots = [c.load_latest("snapshot", step) for c in checkpoints]
     for _ in range(RETRIES):  # a block training meanwhile may have replaced the snapshot it
-        # listed: read its manifest again
-        missing = [b for b, s in enumerate(snapshots) if s is None and checkpoints[b].steps(
-            "snapshot")]
+        # listed: read its manifest again, and the snapshots of a block whose list changed
+        # (one that stays listed and unreadable is corrupt: read again, it is warned of again)
+        missing = [b for b, s in enumerate(snapshots) if s is None and tried[b]]
         if not missing or step is not None:
             break
         time.sleep(RETRY_WAIT_S)
         for b in missing:
-            snapshots[b] = checkpoints[b].load_latest("snapshot")
+            if (now := checkpoints[b].listed("snapshot")) != tried[b]:
+                tried[b], snapshots[b] = now, checkpoints[b].load_latest("snapshot")
     missing = [b for b, s in enumerate(snapshots) if s is None]
     if missing and step is not None:
         kept = {b: checkpoints[b].steps("snapshot") for b in missing}

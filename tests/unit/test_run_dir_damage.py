@@ -284,15 +284,18 @@ def test_a_deleted_manifest_is_refused_as_a_damaged_one_not_trained_over(
 
 
 def test_a_corrupt_snapshot_of_a_finished_block_is_named_and_written_again(
-        run: Path, capsys) -> None:
+        run: Path, capsys, caplog) -> None:
     snapshot = run / "blocks" / "block_0" / "snapshot_00000002.pt"
     good = snapshot.read_bytes()
     damaged = bytearray(good)
     damaged[len(good) // 2] ^= 0xFF
     snapshot.write_bytes(bytes(damaged))
-    err = _refused(capsys, ["eval", str(run)], "snapshot_00000002.pt", "corrupt",
-                   "dbparallel train")
+    with caplog.at_level("WARNING"):
+        err = _refused(capsys, ["eval", str(run)], "snapshot_00000002.pt", "corrupt",
+                       "dbparallel train")
     assert "no snapshot yet" not in err
+    said = [r.getMessage() for r in caplog.records if "trying an older one" in r.getMessage()]
+    assert len(said) == 1, said  # read once: not again while its list stays the same
     # the same train command trains nothing more and writes the snapshot again from the
     # training state of step 2, which holds the same EMA weights
     assert cli.main(["train", "--local", TINY, f"run.dir={run}", *FAST]) == 0
