@@ -38,6 +38,10 @@ def _is_manifest(value: Any) -> bool:
         for kind in ("state", "snapshot"))
 
 
+MANIFEST_REMEDY = ("restore it from a copy, or train with train.on_unreadable=restart to "
+                   "discard the block's checkpoints and train it again from step 0")
+
+
 def first_save_cut_short(unlisted: list[str]) -> bool:
     """Whether the only checkpoint files of a block without a manifest (``unlisted``) are
     what its first save leaves when stopped between the training state's file and the
@@ -64,11 +68,14 @@ class BlockCheckpoints:
         """The block's manifest; RunDirError naming it when it is damaged."""
         if not self.storage.exists(self.manifest_path):
             return {"state": [], "snapshot": []}
-        found = self.storage.read_json(self.manifest_path)
+        try:
+            found = self.storage.read_json(self.manifest_path)
+        except DamagedFile as err:
+            raise damaged(err.where, err.why, MANIFEST_REMEDY) from None
         if not _is_manifest(found):
             raise damaged(self.storage.uri(self.manifest_path),
                           'expected {"state": [...], "snapshot": [...]}, each entry with its '
-                          'step, file and sha256')
+                          'step, file and sha256', MANIFEST_REMEDY)
         return {"state": [], "snapshot": [], **found}
 
     def writer_generation(self) -> int:

@@ -142,6 +142,9 @@ def test_a_damaged_block_is_named_and_the_others_still_read(run: Path, capsys) -
     found = json.loads(capsys.readouterr().out)
     first, second = found["blocks"]
     assert first["state"] == "damaged" and "manifest.json" in first["problem"]
+    assert first["problem"].endswith("restore it from a copy, or train with "
+                                     "train.on_unreadable=restart to discard the block's "
+                                     "checkpoints and train it again from step 0")
     assert second["state"] == "not started" and second["problem"] == ""
     assert found["state"] == "1 not started, 1 damaged" and found["report"] is False
     assert cli.main(["status", str(run)]) == 0
