@@ -152,12 +152,16 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
 
 
 def _each(*steps: tuple[str, Callable[[], None] | None]) -> None:
-    """Run each clean-up step (None: none to do); one that fails is a warning: the run's own
-    error, if any, is the one raised, and the steps after it still run."""
+    """Run each clean-up step (None: none to do); one that fails is a warning (once, where a
+    step done twice fails the same way): the run's own error, if any, is the one raised, and
+    the steps after it still run."""
+    said: set[str] = set()
     for what, step in steps:
         if step is None:
             continue
         try:
             step()
         except Exception as err:  # noqa: BLE001 (a warning, never the run's error)
-            log.warning("could not %s: %s", what, err)
+            if (warning := f"could not {what}: {err}") not in said:
+                said.add(warning)
+                log.warning("%s", warning)

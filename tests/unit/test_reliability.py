@@ -402,8 +402,9 @@ def test_a_ray_run_s_clean_up_goes_on_past_a_step_that_fails(caplog) -> None:
 
     _each(("release the blocks' write leases", damaged),
           ("stop the block processes", lambda: done.append("stopped")),
+          ("release the blocks' write leases", damaged),  # again, as the driver does
           ("free the placement group", None),  # none was reserved
           ("disconnect from Ray", lambda: done.append("disconnected")))
     assert done == ["stopped", "disconnected"]
-    assert "could not release the blocks' write leases: blocks/block_1/lease.json: damaged" \
-        in caplog.text
+    assert caplog.text.count("could not release the blocks' write leases: "
+                             "blocks/block_1/lease.json: damaged") == 1  # said once
