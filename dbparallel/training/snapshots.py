@@ -8,7 +8,7 @@ from dbparallel.config import Config, identity_diff, to_dict
 from dbparallel.core.partition import Partition
 from dbparallel.errors import RunDirError
 from dbparallel.tasks import build_task
-from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.checkpoint import BlockCheckpoints, first_save_cut_short
 from dbparallel.training.storage import Storage
 
 RETRIES, RETRY_WAIT_S = 3, 0.5  # re-reads of a manifest whose snapshot moved under the reader
@@ -43,6 +43,14 @@ def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> li
                           f"read ({listed}: missing or corrupt); run the run's `dbparallel "
                           f"train` command again: it writes a block's snapshot again from its "
                           f"training state")
+    lost = {b: files for b in missing if (files := checkpoints[b].unlisted())
+            and not first_save_cut_short(files)}
+    if lost:
+        listed = "; ".join(f"block {b}: {', '.join(f)}" for b, f in lost.items())
+        raise RunDirError(f"{storage.uri()}: the manifest of block(s) {list(lost)} is missing "
+                          f"(deleted?) while their checkpoint files are there ({listed}); "
+                          f"restore it from a copy, or train with train.on_unreadable=restart "
+                          f"to train them again from step 0")
     if missing:
         raise RunDirError(f"{storage.uri()}: block(s) {missing} have no snapshot yet; "
                           + _while_training(cfg, storage))

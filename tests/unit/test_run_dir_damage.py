@@ -275,6 +275,9 @@ def test_a_deleted_manifest_is_refused_as_a_damaged_one_not_trained_over(
 
     row = run_status(Storage(str(run)), load_config([TINY], [f"run.dir={run}"])).blocks[0]
     assert row.state == "damaged" and "manifest.json is missing" in row.problem
+    err = _refused(capsys, ["eval", str(run)], "the manifest of block(s) [0] is missing",
+                   "snapshot_00000002.pt", "train.on_unreadable=restart")
+    assert "no snapshot yet" not in err
     with caplog.at_level("WARNING"):
         assert cli.main([*argv, "train.on_unreadable=restart"]) == 0
     assert any("discards" in r.getMessage() and "snapshot_00000002.pt" in r.getMessage()
