@@ -17,11 +17,13 @@ from dbparallel.data.shards import DataIndex
 from dbparallel.data.tokenizer import Tokenizer
 from dbparallel.errors import DataError, RunDirError
 from dbparallel.training.holder import process_ended, process_shown, this_process
-from dbparallel.training.storage import Storage, damaged
+from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 DATA_INDEX_FILE = "data_index.json"
 VOCAB_FILE = "vocab.json"  # text runs: the tokenizer, so the network is usable without data
 log = logging.getLogger(__name__)
+INDEX_REMEDY = ("restore it from a copy; or, where the data at data.path are the ones the run "
+                "trained on, delete it: the next `dbparallel train` pins them again")
 
 
 def pin_data(storage: Storage, index: DataIndex, start: bool = False) -> None:
@@ -125,8 +127,11 @@ def pinned_data(storage: Storage) -> DataIndex | None:
         return None
     try:
         return DataIndex.from_json(storage.read_json(DATA_INDEX_FILE))
+    except DamagedFile as err:
+        raise damaged(err.where, err.why, INDEX_REMEDY) from None
     except (KeyError, TypeError, AttributeError, AssertionError) as err:
-        raise damaged(storage.uri(DATA_INDEX_FILE), f"{type(err).__name__}: {err}") from None
+        raise damaged(storage.uri(DATA_INDEX_FILE), f"{type(err).__name__}: {err}",
+                      INDEX_REMEDY) from None
 
 
 def run_data(cfg: Config, storage: Storage) -> DataIndex:

@@ -61,6 +61,10 @@ def test_a_damaged_file_of_a_run_is_named(run: Path, capsys, name: str,
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     err = _refused(capsys, ["eval", str(run)], name, "damaged")
     assert "restore it" in err
+    # what else fixes it: a new run.dir only for the config; the data pinned again; the
+    # block's checkpoints discarded
+    assert {"config.yaml": "new run.dir", "data_index.json": "delete it",
+            "blocks/block_0/manifest.json": "train.on_unreadable=restart"}[name] in err
     if name != "config.yaml":  # train reads it from its own config; the others it must read
         _refused(capsys, ["train", "--local", TINY, f"run.dir={run}", *FAST], name)
     assert path.read_bytes() == (text if isinstance(text, bytes) else text.encode())
