@@ -38,19 +38,17 @@ def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> li
     unreadable = {b: files for b in missing
                   if (files := checkpoints[b].listed("snapshot"))}
     if unreadable:
-        listed = "; ".join(f"block {b}: {', '.join(f)}" for b, f in unreadable.items())
         raise RunDirError(f"{storage.uri()}: no snapshot of block(s) {list(unreadable)} can be "
-                          f"read ({listed}: missing or corrupt); run the run's `dbparallel "
-                          f"train` command again: it writes a block's snapshot again from its "
-                          f"training state")
+                          f"read ({_by_block(unreadable)}: missing or corrupt); run the run's "
+                          f"`dbparallel train` command again: it writes a block's snapshot "
+                          f"again from its training state")
     lost = {b: files for b in missing if (files := checkpoints[b].unlisted())
             and not first_save_cut_short(files)}
     if lost:
-        listed = "; ".join(f"block {b}: {', '.join(f)}" for b, f in lost.items())
         raise RunDirError(f"{storage.uri()}: the manifest of block(s) {list(lost)} is missing "
-                          f"(deleted?) while their checkpoint files are there ({listed}); "
-                          f"restore it from a copy, or train with train.on_unreadable=restart "
-                          f"to train them again from step 0")
+                          f"(deleted?) while their checkpoint files are there "
+                          f"({_by_block(lost)}); restore it from a copy, or train with "
+                          f"train.on_unreadable=restart to train them again from step 0")
     if missing:
         raise RunDirError(f"{storage.uri()}: block(s) {missing} have no snapshot yet; "
                           + _while_training(cfg, storage))
@@ -84,3 +82,8 @@ def _while_training(cfg: Config, storage: Storage) -> str:
     return (f"the run is training ({status.state}; block(s) {training} now), and a block's "
             f"first snapshot comes after train.checkpoint_every={cfg.train.checkpoint_every} "
             f"of its steps: wait for it (dbparallel status {storage.uri()})")
+
+
+def _by_block(files: dict[int, list[str]]) -> str:
+    """``block b: file, file; block c: ...`` for messages."""
+    return "; ".join(f"block {b}: {', '.join(f)}" for b, f in files.items())
