@@ -59,7 +59,9 @@ class Task(Protocol):
 
     def loss_on(self, net: Block, batch: Batch, block: int, draws: Draws) -> torch.Tensor:
         """Per-sample loss (N,) of ``net`` on ``batch`` given ``draws`` cut to its rows and on
-        its device: no random draw of its own, so one step compiles to whole graphs."""
+        its device: no random draw of its own, so one step compiles to whole graphs. What it
+        computes depends on ``block`` only through ``net`` and ``draws``: a plan counts the
+        step of blocks whose networks and draws are alike once (training/plan.py)."""
         ...
 
     def loss(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -39,7 +40,8 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     runtime.replicas_per_block=R, one replica's step: its share of the batch (the most rows);
     with train.micro_batches=k, the activations of its largest piece and the FLOPs of all.
     ``count_flops=False`` leaves the FLOPs out (no ``flops``, ``work_flops``): counting them
-    op by op is most of the time a memory estimate takes."""
+    op by op is most of the time a memory estimate takes. On the meta device a step is
+    counted once for blocks alike (``_alike``): the blocks of most configs are."""
     task = build_task(cfg)
     with torch.device(device):
         net = task.build_block(block)
@@ -50,6 +52,10 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     piece = -(-rows // cfg.train.micro_batches)
     batch = task.example_batch(piece, device)
     draws = planned_draws(task, block, batch, device, cfg.run.seed)
+    key = _alike(cfg, net, batch, draws, count_flops) if device == "meta" and \
+        context is None else None
+    if key in _COUNTED:
+        return dict(_COUNTED[key])
     meter = LiveSavedBytes(exclude=list(net.parameters()))
     count = FlopCount()
     with ExitStack() as stack:
@@ -71,13 +77,37 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
            "inputs": inputs, "draws": drawn, "draws_at_cut": at_cut,
            "total": params + ema + inputs + max(meter.peak + drawn, at_cut),
            "stem_and_head": stem}
-    if not count_flops:
-        return out
-    # per row but for a few ops per call (the AR masks): k pieces count a little more than
-    # rows/piece times one (AR, 3 pieces: 0.07% more than this count)
-    work = count.total * rows // piece  # what the device computes, recomputation included
-    flops = model_flops_per_step(cfg, block) if cfg.train.checkpoint_layers else work
-    return {**out, "flops": flops, "work_flops": work}
+    if count_flops:
+        # per row but for a few ops per call (the AR masks): k pieces count a little more
+        # than rows/piece times one (AR, 3 pieces: 0.07% more than this count)
+        work = count.total * rows // piece  # what the device computes, recomputation included
+        flops = model_flops_per_step(cfg, block) if cfg.train.checkpoint_layers else work
+        out = {**out, "flops": flops, "work_flops": work}
+    if key is not None:
+        if len(_COUNTED) >= _MOST_COUNTED:
+            _COUNTED.pop(next(iter(_COUNTED)))
+        _COUNTED[key] = dict(out)
+    return out
+
+
+_COUNTED: dict[str, dict[str, int]] = {}  # step_bytes of a step on meta, by ``_alike``
+_MOST_COUNTED = 256
+
+
+def _alike(cfg: Config, net: torch.nn.Module, batch: dict[str, torch.Tensor],
+           draws: dict[str, torch.Tensor], count_flops: bool) -> str:
+    """What makes two meta steps count the same: the config, the block's network (its
+    modules, parameters and buffers) and the shapes of its batch and draws. A task's loss
+    depends on its block only through these (Task.loss_on), so blocks alike (all of a config
+    whose layers divide evenly, as they must) are counted once: a plan of B blocks, and
+    model.blocks=auto's search over B, run one meta step per config instead of one per
+    block, which on a large network is seconds each."""
+    def shapes(tensors: Any) -> list[tuple[str, tuple[int, ...], str, bool]]:
+        return [(k, tuple(v.shape), str(v.dtype), v.requires_grad) for k, v in tensors]
+
+    return repr((asdict(cfg), repr(net), shapes(net.named_parameters()),
+                 shapes(net.named_buffers()), shapes(sorted(batch.items())),
+                 shapes(sorted(draws.items())), count_flops))
 
 
 def model_flops_per_step(cfg: Config, block: int = 0) -> int:
