@@ -16,9 +16,11 @@ class Event:
     result: Any = None
     error: BaseException | None = None
     # False: a process that does not write the block's directory (a replica other than rank
-    # 0) met ``error``, and none recorded it; ``step``: the step it was training, where known
+    # 0) met ``error``, and none recorded it; ``step``: the step it was training, where known;
+    # ``at_start``: it met it at its start, before any step
     recorded: bool = True
     step: int | None = None
+    at_start: bool = False
 
 
 class Backend(Protocol):

@@ -5,6 +5,12 @@ objects in the object store that a lost node could take with it), reads the run'
 index from the run directory, streams the data files itself, resumes from its own latest
 checkpoint, trains in chunks the controller asks for, and sends nothing to any other block.
 ``ray.remote`` is applied where it is started (ray_backend.py).
+
+Its start takes the block's write lease before anything else in the run directory, and counts
+a restart there where Ray started the actor again (wherever its last process was lost): an
+error of the rest of its start (reading the pinned data, resuming) is then recorded as the
+block's failure at its start, by the holder of its lease, and the lease stays held, as after a
+failure in training (training/failure.py).
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from dbparallel.errors import DataUnreachable
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder
 from dbparallel.training.block_trainer import StepStats
-from dbparallel.training.data_pin import run_data
 from dbparallel.training.device import block_device
+from dbparallel.training.lease import take_lease
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.storage import Storage
 
@@ -38,6 +44,7 @@ class BlockActor:
         # creation reaches the driver only as text, and bad input must stay bad input (exit 2)
         self.failed: Exception | None = None
         self.session = session
+        self.counted = False  # this process's restart, if it is one, is in restarts.json
         self._try_start()
 
     def _try_start(self) -> None:
@@ -52,16 +59,22 @@ class BlockActor:
         device = block_device(cfg)
         torch.set_num_threads(cfg.runtime.torch_threads)
         storage = Storage(cfg.run_dir)
-        self.run = BlockRun(cfg, block, run_data(cfg, storage), storage, device,
-                            session=session)
-        with warnings.catch_warnings():  # Ray's own property warns about its internals
-            warnings.simplefilter("ignore")
-            self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        self.restarts = (self.run.checkpoints.record_restart() if self.restarted
-                         else self.run.checkpoints.restarts())
+        # counted once: a start tried again after a passing error is the same process
+        restarted = not self.counted and self._reconstructed()
+        lease, self.restarts = take_lease(storage, block, session, cfg.train.lease_timeout_s,
+                                          restarted)
+        self.counted = True
+        self.run = BlockRun(cfg, block, None, storage, device, session=session, lease=lease)
         self.recorder = BlockRecorder(cfg.run.name, block, self.run.trainer.sigma_range)
         self.recorder.resumed(self.restarts, self.run.trainer.nonfinite_steps)
         self.last: StepStats | None = None
+
+    @staticmethod
+    def _reconstructed() -> bool:
+        """Whether Ray started this actor again (its process was lost, or killed to restart)."""
+        with warnings.catch_warnings():  # Ray's own property warns about its internals
+            warnings.simplefilter("ignore")
+            return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
     def train(self, until: int) -> dict[str, Any]:
         """Train up to step ``until``; returns this block's progress."""

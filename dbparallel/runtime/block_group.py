@@ -146,7 +146,8 @@ class BlockGroup:
         if self.error is not None:  # the driver records one that rank 0 did not meet
             self.until = None
             return [Event("train", self.block, error=self.error,
-                          recorded=self.error_rank == 0, step=self.error_step)]
+                          recorded=self.error_rank == 0, step=self.error_step,
+                          at_start=self.error_step is None)]
         if "step" in latest and (latest["step"] >= self.until or latest["done"]):
             self.until = None
             return [Event("train", self.block, result=dict(latest))]

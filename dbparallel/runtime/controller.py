@@ -67,10 +67,11 @@ class Controller:
     on_start: Callable[[int], None] = lambda block: None  # a block got its slot
     on_stall: Callable[[int, bool], None] = lambda block, stalled: None
     on_assembly_failed: Callable[[str], None] = lambda message: None
-    # (block, the step it was training, why): the controller gave a block up (its process lost
-    # past train.max_restarts, or stalled), or its error was met by a replica that records
-    # none (Event.recorded); an error of a block's own training its writer records itself
-    on_block_failed: Callable[[int, int, Exception], None] = lambda block, step, err: None
+    # (block, the step it was training or None at its start, why): the controller gave a
+    # block up (its process lost past train.max_restarts, or stalled), or its error was met by
+    # a replica that records none (Event.recorded); an error of a block's own start or
+    # training its writer records itself
+    on_block_failed: Callable[[int, int | None, Exception], None] = lambda block, step, err: None
     # (step, metrics) of each finished assembly, during training and the final one; step is
     # the lowest step among the snapshots it composed
     on_assembled: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
@@ -185,8 +186,8 @@ class Controller:
             return  # not in flight any more: the next step submits the call again
         if isinstance(event.error, (*transient, BlockLost)) or \
                 (event.error is not None and not event.recorded):  # the driver records it
-            self.on_block_failed(event.block, status.step + 1 if event.step is None
-                                 else event.step, event.error)
+            step = event.step if event.step is not None or event.at_start else status.step + 1
+            self.on_block_failed(event.block, step, event.error)
         if isinstance(event.error, UserError):  # restarting would meet it again
             self.user_error = event.error
             said = str(event.error)  # most name their block already

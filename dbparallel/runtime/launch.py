@@ -83,7 +83,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     connected = connect(cfg)
     pg, backend, bars, storage = None, None, None, None
     # blocks whose failure the driver records: given up, or an error that no writer recorded
-    given_up: list[tuple[int, int, Exception]] = []
+    given_up: list[tuple[int, int | None, Exception]] = []
     try:
         slots = start_slots(cfg, cluster_now())  # 0 fits here -> 1: reserve() names the keys
         refuse_what_cannot_fit_here(cfg, slots)  # before the data check and the run directory

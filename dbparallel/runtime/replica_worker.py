@@ -6,16 +6,21 @@ share of each global batch and trains it; rank 0 also holds the block's write le
 its history and checkpoints, records its metrics and posts its progress on ``queue``. A replica
 that dies takes its group down with it; Ray Train starts the group again (train.max_restarts)
 and every replica resumes from the block's checkpoint, while the other blocks train on. Rank 0
-counts the restart (the block's restarts.json) when it takes over the lease that its own
-run's earlier incarnation left held, whether that one failed in training or at its start.
+takes the block's lease first, and counts the restart (the block's restarts.json) when it
+takes over the lease that its own run's earlier incarnation left held, whether that one failed
+in training or at its start. An incarnation that failed before it held the lease (the run
+directory out of reach) wrote nothing there, and its restart is not counted: Ray Train does
+not tell a worker which of its attempts it is (its own count, train.max_restarts, still
+limits them).
 
 No Ray here: block_group.py's ``train_replica`` hands in what Ray Train gives a worker (its
 device and actor handle), so a unit test runs a worker on a process group of its own.
 
 Bad input met by any replica (a UserError) fails the run: a restart would meet it again. Its
-message names the rank that met it and the step it was training: rank 0 records its own as the
-block's failure (as a block actor does); another rank does not write the block's directory, so
-the driver records it once the group is stopped. A rank 0 fenced off by a newer writer of the
+message names the rank that met it and the step it was training (None: at its start): rank 0
+records its own as the block's failure (as a block actor does); another rank does not write the
+block's directory, so the driver records it, at that step or at the block's start, once the
+group is stopped. A rank 0 fenced off by a newer writer of the
 block (LeaseLost: an older incarnation of the group, still running after its replacement took
 the lease over) is no failure of the run: it stops without writing, and the newer writer trains
 the block on.
@@ -32,9 +37,7 @@ from dbparallel.config import Config
 from dbparallel.errors import UserError
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder, Sink
-from dbparallel.training.checkpoint import BlockCheckpoints
-from dbparallel.training.data_pin import run_data
-from dbparallel.training.lease import BlockLease, LeaseLost
+from dbparallel.training.lease import LeaseLost, take_lease
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.replicas import Replicas
 from dbparallel.training.storage import Storage
@@ -49,10 +52,10 @@ def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Rep
     storage = Storage(cfg.run_dir)
     restarts, lease = 0, None
     try:
-        if replicas.writer:
-            lease, restarts = _take_lease(cfg, block, session, storage)
-        run = BlockRun(cfg, block, run_data(cfg, storage), storage, device,
-                       session=session, replicas=replicas, lease=lease)
+        if replicas.writer:  # before anything else of its start can fail (lease.py)
+            lease, restarts = take_lease(storage, block, session, cfg.train.lease_timeout_s)
+        run = BlockRun(cfg, block, None, storage, device, session=session, replicas=replicas,
+                       lease=lease)
     except BaseException as err:  # e.g. a run directory trained with other values
         _report(queue, block, err, replicas.rank, None)
         raise
@@ -91,20 +94,6 @@ def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Rep
         run.stream.close()
         raise
     run.close()
-
-
-def _take_lease(cfg: Config, block: int, session: str,
-                storage: Storage) -> tuple[BlockLease, int]:
-    """Rank 0's lease of the block, taken before anything else of its start can fail, and the
-    block's restarts: one more where it took its own session's lease over (its group is a
-    restart). It stays held if the start fails, as if training fails: the group's next
-    incarnation takes it over and counts that restart too; the driver releases it at the end
-    of the run."""
-    lease = BlockLease(storage, block, session, cfg.train.lease_timeout_s)
-    lease.acquire()
-    checkpoints = BlockCheckpoints(storage, block)
-    return lease, (checkpoints.record_restart() if lease.took_over_own
-                   else checkpoints.restarts())
 
 
 def _report(queue: Any, block: int, err: BaseException, rank: int, step: int | None) -> None:

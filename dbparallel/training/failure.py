@@ -3,13 +3,17 @@
 on a cluster, a notebook closed).
 
 The block's writer (the holder of its lease) records an error of its own training: a bad row,
-a damaged checkpoint, an error of the network or the device. On Ray the driver records a block
-it gave up: its process lost more often than train.max_restarts allows, stalled past its
-restarts, or unreachable past its retries; and an error met by a replica of a block's group
-other than rank 0 (its writer), which writes nothing in the block's directory. A stop asked
-for (Ctrl-C, SIGTERM, the driver ending the run) and a lease another process took over are
-not failures. The next process that takes the block's lease removes the record: the block is
-no longer failed once it trains again.
+a damaged checkpoint, an error of the network or the device; and one of its start, met once it
+holds the lease (every writer takes it first): the pinned data index damaged or disagreeing
+with the data here, a checkpoint it cannot resume from. A process refused the lease (another
+one holds the block) records nothing: the block's state is its holder's. On Ray the driver
+records a block it gave up: its process lost more often than train.max_restarts allows,
+stalled past its restarts, or unreachable past its retries; and an error met by a replica of a
+block's group other than rank 0 (its writer), which writes nothing in the block's directory,
+at the step it was training or at its start. A stop asked for (Ctrl-C, SIGTERM, the driver
+ending the run) and a lease another process took over are not failures. The next process that
+takes the block's lease removes the record: the block is no longer failed once it trains
+again.
 """
 
 from __future__ import annotations
@@ -52,20 +56,22 @@ def record_failure(storage: Storage, block: int, step: int | None,
     return True
 
 
-def record_given_up(storage: Storage, block: int, step: int, err: Exception,
+def record_given_up(storage: Storage, block: int, step: int | None, err: Exception,
                     session: str = "") -> None:
     """The driver's record of a block it gave up (its process lost past train.max_restarts,
     stalled, unreachable), or of an error a replica other than rank 0 met: ``step`` is the
-    one the replica was training, else the one after the block's last report in this run,
-    and it was training at least the step after its newest checkpoint (a block that resumed
-    and was lost before its first report). Nothing where the block's lease is now another
-    session's than the driver's ``session``: a rerun took the block since, and keeps its own
-    record."""
+    one the replica was training (None: it met the error at its start), else the one after
+    the block's last report in this run, and it was training at least the step after its
+    newest checkpoint (a block that resumed and was lost before its first report). Nothing
+    where the block's lease is now another session's than the driver's ``session``: a rerun
+    took the block since, and keeps its own record."""
     lease = BlockLease(storage, block, session, 0.0).read() if session else None
     if lease and lease.get("session") != session:
         return
-    states = BlockCheckpoints(storage, block).steps("state")
-    record_failure(storage, block, max(step, states[-1] + 1 if states else 1), err)
+    if step is not None:
+        states = BlockCheckpoints(storage, block).steps("state")
+        step = max(step, states[-1] + 1 if states else 1)
+    record_failure(storage, block, step, err)
 
 
 def last_failure(storage: Storage, block: int) -> dict[str, Any] | None:

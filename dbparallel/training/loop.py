@@ -15,6 +15,7 @@ from dbparallel.tasks.base import Batch, rows_of
 from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
+from dbparallel.training.data_pin import run_data
 from dbparallel.training.eval.diagnostics import held_out_batch
 from dbparallel.training.failure import clear_failure, record_failure
 from dbparallel.training.history import BlockHistory, finite_or_none
@@ -30,16 +31,18 @@ OnStep = Callable[[StepStats], None]
 
 class BlockRun:
     """A trainer bound to its stream of the shared data and its checkpoints; resumes from its
-    latest state."""
+    latest state. ``index``: the data it streams; None: those pinned in the run directory
+    (run_data), read once the writer holds the block, so that an error reading them is
+    recorded as the block's failure at its start, as one of resuming is."""
 
-    def __init__(self, cfg: Config, block: int, index: DataIndex, storage: Storage,
+    def __init__(self, cfg: Config, block: int, index: DataIndex | None, storage: Storage,
                  device: str = "cpu", prefetch: bool = True, session: str = "",
                  replicas: Replicas | None = None, lease: BlockLease | None = None):
         self.cfg = cfg
         # one writer per block (with replicas: rank 0; the others only train); a run's
         # session (the driver's) may take its own lease over. ``lease``: the writer's, taken
-        # already by the caller, which keeps it held if this start fails (a group's rank 0:
-        # its next incarnation takes it over and so counts the restart, replica_worker.py)
+        # already by the caller (lease.take_lease), which keeps it held if this start fails,
+        # as if training failed (a restart takes it over and counts itself)
         self.writer = replicas is None or replicas.writer
         self.lease = lease or BlockLease(storage, block, session or uuid.uuid4().hex,
                                          cfg.train.lease_timeout_s)
@@ -51,6 +54,7 @@ class BlockRun:
             if self.writer:
                 clear_failure(storage, block)  # it trains again
             self._renewed = time.monotonic()
+            index = run_data(cfg, storage) if index is None else index
             self.trainer = BlockTrainer(cfg, block, device, replicas=replicas)
             task = self.trainer.task
             self.order = DataOrder([s.rows for s in index.shards("train")],

@@ -134,6 +134,33 @@ def test_a_group_says_whether_its_writer_met_the_error_that_stopped_it(
         assert (str(event.error), event.step) == (("row 0", 3) if recorded else ("row 1", 4))
 
 
+def test_a_group_says_an_error_another_rank_met_at_its_start_was_met_there(
+        tiny_cfg, monkeypatch) -> None:
+    """Posted with no step (its data index unreadable, say), after the group's progress: the
+    driver records it at the block's start, not at the step after its last report."""
+    import threading
+
+    from dbparallel.errors import DataError
+    from dbparallel.runtime import block_group
+
+    running = threading.Event()
+
+    class Trainer:  # Ray Train's fit, without Ray: it runs until told
+        def fit(self) -> None:
+            running.wait(10)
+
+    monkeypatch.setattr(block_group, "trainer_for", lambda *args: Trainer())
+    group = block_group.BlockGroup(tiny_cfg, 0, "session", queue=None)
+    try:
+        group.take("progress", {"step": 4, "done": False, "restarts": 0})
+        group.take("error", {"error": DataError("not there"), "rank": 1, "step": None})
+        group.request(8)
+        (event,) = group.events()
+    finally:
+        running.set()
+    assert (event.recorded, event.step, event.at_start) == (False, None, True)
+
+
 def test_a_group_takes_no_progress_from_an_earlier_incarnation(tiny_cfg, monkeypatch) -> None:
     """Rank 0 of a group Ray Train started again (its restarts counted one more) speaks for the
     block: a progress line or summary its fenced-off predecessor posted late changes nothing."""

@@ -147,22 +147,24 @@ def test_lost_block_fails_the_run_naming_it(error: Exception) -> None:
     assert given_up == ([(1, 1, error)] if isinstance(error, BlockLost) else [])
 
 
-@pytest.mark.parametrize("recorded", [True, False], ids=["by-its-writer", "by-no-one"])
+@pytest.mark.parametrize("recorded,step", [(True, None), (False, 3), (False, None)],
+                         ids=["by-its-writer", "by-no-one", "by-no-one-at-its-start"])
 def test_a_bad_row_fails_the_run_and_the_driver_records_it_where_no_writer_did(
-        recorded: bool) -> None:
+        recorded: bool, step: int | None) -> None:
     """A bad row met by a replica other than rank 0 (which writes nothing in the block's
-    directory) is recorded by the driver, at the step that replica trained; one the block's
-    writer met, the writer recorded."""
+    directory) is recorded by the driver, at the step that replica trained, or at the block's
+    start where it met it there (its data index, say); one the block's writer met, the writer
+    recorded."""
     bad = DataError("part-00000.parquet row 7: column 'label' has label 12")
     backend = FakeBackend(steps=10, fail={1: Event("train", 1, error=bad, recorded=recorded,
-                                                   step=None if recorded else 3)})
+                                                   step=step, at_start=step is None)})
     given_up: list[tuple] = []
     controller = Controller(_cfg(), backend,
                             on_block_failed=lambda *failed: given_up.append(failed))
     with pytest.raises(DataError) as raised:  # the run's own error, as a block actor's
         controller.run()
     assert raised.value is bad and controller.error == f"block 1: {bad}"
-    assert given_up == ([] if recorded else [(1, 3, bad)])
+    assert given_up == ([] if recorded else [(1, step, bad)])
 
 
 def test_an_error_only_another_replica_met_is_recorded_after_the_last_report() -> None:

@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+import dbparallel
 from dbparallel.config import load_config
 from dbparallel.data.sources import open_data
 from dbparallel.errors import DataError
-from dbparallel.runtime import replica_worker
 from dbparallel.runtime.metrics import MemorySink
 from dbparallel.runtime.replica_worker import run_replica
 from dbparallel.training import loop
 from dbparallel.training.data_pin import pin_data
-from dbparallel.training.lease import BlockLease, LeaseLost
+from dbparallel.training.lease import BlockLease, LeaseLost, release_session
 from dbparallel.training.replicas import Replicas
 from dbparallel.training.run_dir import open_run
+from dbparallel.training.storage import DamagedFile, Storage
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
@@ -75,14 +76,35 @@ def test_a_rank_0_fenced_off_by_a_newer_group_stops_without_failing_the_run(
     assert not (block / "failed.json").exists() and not (block / "metrics.jsonl").exists()
 
 
+def test_a_data_index_rank_0_cannot_read_is_its_block_s_failure_at_its_start(
+        cfg, group, tmp_path: Path) -> None:
+    """Read once rank 0 holds the block: recorded as the block's failure at its start, and
+    posted with no step; the lease stays held, as after a failure in training."""
+    run = tmp_path / "run"
+    (run / "data_index.json").write_text('{"source": ')  # cut short
+    queue = Queue()
+    with pytest.raises(DamagedFile, match="data_index.json: damaged"):
+        _rank0(cfg, group, queue)
+    assert [(kind, payload["rank"], payload["step"]) for kind, _, payload in queue] == [
+        ("error", 0, None)]
+    block = run / "blocks" / "block_1"
+    record = json.loads((block / "failed.json").read_text())
+    assert (record["step"], record["type"]) == (None, "DamagedFile")
+    assert json.loads((block / "lease.json").read_text())["session"] == SESSION
+    release_session(Storage(cfg.run_dir), [0, 1], SESSION)  # the driver ends the failed run
+    failed = dbparallel.status(run).blocks[1]
+    assert (failed.state, failed.failed_step) == ("failed", None)
+    assert failed.failure.startswith("DamagedFile: ") and "data_index.json" in failed.failure
+
+
 def _failing(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     def fail(*_args, **_kwargs):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     if where == "in-block-run":  # after the lease is taken: while resuming
         monkeypatch.setattr(loop, "resume", fail)
-    else:  # reading the pinned data index, before the block run is built
-        monkeypatch.setattr(replica_worker, "run_data", fail)
+    else:  # reading the pinned data index, once the lease is taken
+        monkeypatch.setattr(loop, "run_data", fail)
 
 
 @pytest.mark.parametrize("where", ["in-block-run", "reading-data"])

@@ -311,6 +311,17 @@ def test_the_driver_records_a_block_lost_after_it_resumed_at_its_checkpoint(run:
     assert [b.failed_step for b in run_status(storage, cfg).blocks] == [5, 1]
 
 
+def test_the_driver_records_an_error_a_replica_met_at_its_start_there(run: Path) -> None:
+    """Not at the step after the block's newest checkpoint (4): at its start."""
+    from dbparallel.errors import DataError
+    from dbparallel.training.failure import record_given_up
+
+    record_given_up(Storage(str(run)), 0, None, DataError("data.path: not there on node-2"))
+    cfg = run_config(str(run))
+    cfg.train.steps = 10
+    assert run_status(Storage(str(run)), cfg).blocks[0].failed_step is None
+
+
 def test_the_driver_leaves_a_block_a_rerun_took_since_it_gave_it_up(tmp_path: Path) -> None:
     """A driver records the blocks it gave up as it ends; a rerun that took a block in the
     meantime keeps it, and no stale record of the earlier run lands on it."""
