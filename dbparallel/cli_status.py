@@ -52,8 +52,11 @@ def render(status: RunStatus) -> str:
         step = status.assembly.get("step")
         at = f" (step {step:,})" if isinstance(step, int) else ""
         lines.append(f"latest assembly{at}: {scores}")
-    lines.append(f"report.json: written {_ago(status.report_age_s)}" if status.report else
-                 "report.json: not yet (written once every block is done and assembled)")
+    if status.report_problem:
+        lines.append(status.report_problem)
+    else:
+        lines.append(f"report.json: written {_ago(status.report_age_s)}" if status.report else
+                     "report.json: not yet (written once every block is done and assembled)")
     lines += [f"block {b.block}: {b.problem}" for b in status.blocks if b.problem]
     lines += [f"block {b.block}: done at step {b.checkpoint_step:,}, past the {b.steps:,} steps "
               f"asked now (train.steps, train.block_steps): it trains no more, and its weights "

@@ -24,7 +24,8 @@ storage) is read the same way as a local one, while it trains or after. Each blo
 
 Times come from the writers' clocks (the lease's renewal, a metrics line's ``time``), so a
 machine whose clock is off shows ages off by as much. A damaged file of one block is shown on
-its row and does not stop the others from being read.
+its row and does not stop the others from being read; a damaged report.json is named in place
+of its age, and counts as not written.
 """
 
 from __future__ import annotations
@@ -40,9 +41,12 @@ from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
 from dbparallel.training.holder import driver_holding, holder_alive, holder_driver, holder_parts
 from dbparallel.training.lease import BlockLease
-from dbparallel.training.storage import Storage
+from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 REPORT_FILE = "report.json"
+REPORT_REMEDY = ("run the command that trained the run again (`dbparallel train` without "
+                 "--block, or `dbparallel baseline`): it trains what is left, assembles the "
+                 "blocks and writes report.json again")
 
 
 @dataclass
@@ -82,6 +86,7 @@ class RunStatus:
     assembly: dict[str, Any] | None = None  # the newest assembly.jsonl line
     report: bool = False  # report.json written: the run finished and was assembled
     report_age_s: float | None = None
+    report_problem: str = ""  # why report.json, which is there, cannot be read
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -90,6 +95,8 @@ class RunStatus:
         states = {b.state for b in self.blocks}
         if states == {"done"} and self.report:
             return "finished"
+        if states == {"done"} and self.report_problem:
+            return "trained, report.json damaged"
         if states == {"done"}:
             return "trained, not yet assembled"
         return ", ".join(f"{sum(b.state == s for b in self.blocks)} {s}"
@@ -188,10 +195,30 @@ def run_status(storage: Storage, cfg: Config, now: float | None = None) -> RunSt
         status.assembly = assemblies[-1] if assemblies else None
     except RunDirError as err:
         status.problems.append(" ".join(str(err).split()))
-    status.report = storage.exists(REPORT_FILE)
-    written = storage.modified(REPORT_FILE) if status.report else None
-    status.report_age_s = None if written is None else max(0.0, now - written)
+    _read_report(status, storage, now)
     return status
+
+
+def _read_report(status: RunStatus, storage: Storage, now: float) -> None:
+    """Whether report.json was written, and how long ago; one that is there but cannot be
+    read as a report is named (``report_problem``) and counts as not written."""
+    if not storage.exists(REPORT_FILE):
+        return
+    try:
+        found = storage.read_json(REPORT_FILE)
+    except DamagedFile as err:
+        why = err.why
+    except FileNotFoundError:  # deleted since (a rerun replacing it on an object store)
+        return
+    else:
+        if isinstance(found, dict) and isinstance(found.get("per_block"), list) \
+                and isinstance(found.get("assembly"), dict):
+            status.report = True
+            written = storage.modified(REPORT_FILE)
+            status.report_age_s = None if written is None else max(0.0, now - written)
+            return
+        why = 'expected {"per_block": [...], "assembly": {...}, ...}'
+    status.report_problem = str(damaged(storage.uri(REPORT_FILE), why, REPORT_REMEDY))
 
 
 def resume_line(storage: Storage, cfg: Config, blocks: list[int]) -> str | None:

@@ -371,6 +371,32 @@ def test_a_finished_run_and_a_missing_one(run: Path, tmp_path: Path, capsys) -> 
     assert "empty: not a run directory (no config.yaml)" in capsys.readouterr().err
 
 
+def test_a_damaged_report_is_named_instead_of_its_age(run: Path, capsys) -> None:
+    """report.json there but not readable: status names it and what writes it again, as it
+    names a damaged manifest (exit 0), and the run is not finished."""
+    from dbparallel.training.status import BlockStatus, RunStatus
+
+    remedy = ("run the command that trained the run again (`dbparallel train` without "
+              "--block, or `dbparallel baseline`): it trains what is left, assembles the blocks "
+              "and writes report.json again")
+    (run / "report.json").write_text('{"per_block": [')
+    assert cli.main(["status", str(run)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[-1].startswith(f"{run / 'report.json'}: damaged, not readable (Expecting ")
+    assert shown[-1].endswith(f"); {remedy}")
+    assert not any(line.startswith("report.json: written") for line in shown)
+    (run / "report.json").write_text("[]")  # JSON, but no report
+    assert cli.main(["status", str(run), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert (found["report"], found["report_age_s"]) == (False, None)
+    assert found["report_problem"] == (
+        f'{run / "report.json"}: damaged, not readable (expected {{"per_block": [...], '
+        f'"assembly": {{...}}, ...}}); {remedy}')
+    done = [BlockStatus(0, "done", 4, checkpoint_step=4)]
+    assert RunStatus(str(run), "dit", done, report_problem="damaged").state == \
+        "trained, report.json damaged"
+
+
 def test_bytes_of_an_assembly_read_as_bytes() -> None:
     from dbparallel.cli_status import render
     from dbparallel.training.status import RunStatus
