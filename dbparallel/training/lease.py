@@ -24,11 +24,18 @@ trains, checks it before every checkpoint, and releases it when it stops.
   replacement took over) sees a newer generation at its next checkpoint and stops without
   writing.
 - The generation outlives a deleted lease.json (which a refusal offers when its holder cannot
-  be asked): the block's manifest records the highest generation of the writers that wrote a
-  checkpoint, and a new writer's passes it, so a zombie of the deleted lease stays fenced off
-  instead of writing its lease back over the new one. A writer that took the block and wrote
-  no checkpoint since may share its generation with the next: whichever wrote the lease last
-  goes on, and the other stops at its next check.
+  be asked) once a writer wrote a checkpoint: the block's manifest records the highest
+  generation of the writers that wrote one, and a new writer's passes it, so a zombie of the
+  deleted lease stays fenced off instead of writing its lease back over the new one.
+- A zombie that took the block over and wrote no checkpoint since may hold a generation as
+  high as the next writer's, or higher. Deleting lease.json says that its writer is gone, so
+  a writer stops where it finds lease.json gone at its check, or taken by another writer whose
+  generation is not above its own and who is not the writer it took the block from (that one
+  took the block after the lease was deleted). Only that writer, found with a lower
+  generation, is a fenced-off writer whose renewal landed between its read and its write: the
+  lease is written back over it, and that writer stops at its next check. (A renewal landing
+  that late from a writer taken over twice since, or across a deletion, stops the newer writer
+  instead: it needs a pause between one read and its write.)
 
 Object stores have no compare-and-swap through ``pyarrow.fs``: the check before a save and the
 save are two requests, so a zombie can slip one checkpoint in between. Because a block's
@@ -76,6 +83,7 @@ class BlockLease:
                        f"{uuid.uuid4().hex[:8]}/{process_space()}")
         self.generation = 0
         self.renewed_at = 0.0  # when this writer last renewed the lease (its clock)
+        self.replaced = ""  # the holder this writer took the lease from ("": none held it)
 
     def read(self) -> dict[str, Any] | None:
         """The lease (None: there is no lease.json); DamagedFile naming it when it is not one,
@@ -161,6 +169,7 @@ class BlockLease:
         # restart of a lost one (Ray restarted the block's actor or its group)
         self.took_over_own = bool(current and current.get("holder")
                                   and current["session"] == self.session)
+        self.replaced = str(current.get("holder", "")) if current else ""
         # the manifest keeps the generation of every writer that wrote a checkpoint, also
         # where lease.json was deleted: a new writer's passes theirs
         recorded = BlockCheckpoints(self.storage, self.block).writer_generation()
@@ -174,20 +183,30 @@ class BlockLease:
     def check(self) -> None:
         """Before a write: LeaseLost if another writer took over; else renew the lease."""
         current = self.read()
+        if current and current.get("holder") not in (self.holder, self.replaced, "") \
+                and int(current["generation"]) < self.generation:
+            raise LeaseLost(self._lost(current, deleted=True))
         if current and current.get("holder") != self.holder \
                 and int(current["generation"]) < self.generation:
-            # a fenced-off writer renewed between its read and its write: generations only
-            # grow by takeovers, so the lease is still this writer's; its next check fails
+            # the writer this one replaced renewed (or released) between its read and its
+            # write: the lease is still this writer's, and that one's next check fails
             self._write()
             return
         if not current or current.get("holder") != self.holder:
             raise LeaseLost(self._lost(current))
         self._write()
 
-    def _lost(self, current: dict[str, Any] | None) -> str:
-        """Why this writer lost the lease to ``current`` (None: lease.json is gone), and, where
-        its own renewal is older than the timeout, that its lease lapsed while it worked."""
-        if current and current.get("holder"):
+    def _lost(self, current: dict[str, Any] | None, deleted: bool = False) -> str:
+        """Why this writer lost the lease to ``current`` (None: lease.json is gone; ``deleted``:
+        taken with a lower generation since it was deleted), and, where its own renewal is
+        older than the timeout, that its lease lapsed while it worked."""
+        if current and deleted:
+            session, host, pid = holder_parts(current["holder"])
+            by = (f"its lease, {self.storage.uri(self.path)}, was deleted, and another process "
+                  f"took this block since (pid {pid} on {host}, run "
+                  f"{session.partition('@')[0]}; lease generation {current['generation']}, "
+                  f"this process holds {self.generation})")
+        elif current and current.get("holder"):
             session, host, pid = holder_parts(current["holder"])
             by = (f"another process took this block over (pid {pid} on {host}, run "
                   f"{session.partition('@')[0]}; lease generation {current['generation']}, "

@@ -284,6 +284,50 @@ def test_a_deleted_lease_file_does_not_let_a_zombie_take_the_block_back(tiny_cfg
     assert storage.read_json("blocks/block_0/lease.json")["generation"] == 3
 
 
+def test_a_zombie_that_wrote_no_checkpoint_stops_once_its_lease_was_deleted(tmp_path) -> None:
+    """A writer took a lapsed lease over (generation 2) and hung (paused, split off) before it
+    wrote a checkpoint, so the manifest keeps no generation of it; its lease.json is deleted,
+    as a refusal offers when its holder cannot be asked, and a new run takes the block with
+    generation 1. The zombie, which did not take the block from that writer, stops at its next
+    check instead of writing its lease back over the new one (which then lost the block)."""
+    storage, clock = Storage(str(tmp_path)), Clock()
+    BlockLease(storage, 0, "run-a", 60.0, clock).acquire()  # a killed run's, never renewed
+    clock.now += 61
+    zombie = BlockLease(storage, 0, "run-b", 60.0, clock)
+    assert zombie.acquire() == 2
+    (tmp_path / "blocks" / "block_0" / "lease.json").unlink()
+    new = BlockLease(storage, 0, "run-c", 60.0, clock)
+    assert new.acquire() == 1  # no checkpoint recorded the zombie's generation
+    with pytest.raises(LeaseLost) as lost:
+        zombie.check()
+    assert str(lost.value) == (
+        f"block 0: its lease, {tmp_path}/blocks/block_0/lease.json, was deleted, and another "
+        f"process took this block since (pid {os.getpid()} on {socket.gethostname()}, run "
+        f"run-c; lease generation 1, this process holds 2); this process stops writing")
+    new.check()
+    assert storage.read_json("blocks/block_0/lease.json")["holder"] == new.holder
+
+
+def test_the_writer_a_lease_was_taken_from_is_written_over_when_its_renewal_lands_late(
+        tmp_path) -> None:
+    """A fenced-off writer that read its own lease before its replacement took the block and
+    wrote it after: the replacement, which took the block from it, writes its lease back
+    (a lower generation of another writer does not make it stop), and the old writer stops at
+    its next check."""
+    storage, clock = Storage(str(tmp_path)), Clock()
+    old = BlockLease(storage, 0, "run-a", 60.0, clock)
+    old.acquire()
+    held = storage.read_json("blocks/block_0/lease.json")
+    clock.now += 61
+    new = BlockLease(storage, 0, "run-b", 60.0, clock)
+    assert new.acquire() == 2
+    storage.write_json("blocks/block_0/lease.json", held)  # old's renewal, landing late
+    new.check()
+    assert storage.read_json("blocks/block_0/lease.json")["holder"] == new.holder
+    with pytest.raises(LeaseLost, match="run run-b; lease generation 2, this process holds 1"):
+        old.check()
+
+
 def test_two_processes_training_one_block_are_refused(tiny_cfg, tmp_path) -> None:
     index = open_data(DataConfig())
     storage = Storage(tiny_cfg.run_dir)
