@@ -2,11 +2,15 @@
 
 ``blocks/block_<b>/lease.json`` names the process that writes the block's checkpoints: its
 ``holder`` (the run's session and the process), a ``generation`` advanced by every takeover,
-and when it was last renewed. A writer takes the lease when it starts, renews it while it
-trains, checks it before every checkpoint, and releases it when it stops.
+when it was last renewed, and the holder's own ``train.lease_timeout_s`` (``timeout_s``: the
+lease lapses that long after its renewal, whatever the timeout of the process that reads it;
+one of a lease written before it was recorded is the reader's). A writer takes the lease when
+it starts, renews it while it trains, checks it before every checkpoint, and releases it when
+it stops.
 
 - A second writer (``--block 1`` twice, a rerun while the job still runs) finds a lease that
-  another session renewed within ``train.lease_timeout_s`` and is refused, naming the holder.
+  another session renewed within its ``train.lease_timeout_s`` and is refused, naming the
+  holder.
 - Ray's restart of a block's actor belongs to the same session: it takes the lease over at
   once (the generation advances), since Ray runs at most one live incarnation of an actor.
 - A lease that lapsed is taken over with a warning naming its holder and how long ago it
@@ -121,18 +125,19 @@ class BlockLease:
                 f"machine (pid {driver[1]}; it assembles the blocks or trains others): let it "
                 f"end, or stop it first (Ctrl-C, `kill`, or `ray job stop` for a submitted job)")
         age = self.clock() - float(current["renewed_at"])
+        timeout_s = lease_timeout_s(current, self.timeout_s)
         session, host, pid = holder_parts(current["holder"])
         if alive is False:
             if taking:
                 log.warning("block %d: its lease was held by pid %s of this machine, which no "
                             "longer runs (killed?); taking it over", self.block, pid)
             return
-        if age >= self.timeout_s:
+        if age >= timeout_s:
             if taking:  # a writer stalled past the timeout, or one of another machine
                 log.warning(
                     "block %d: taking over its lease from pid %s on %s (run %s), which last "
                     "renewed it %.0f s ago, past train.lease_timeout_s=%g s; %s", self.block,
-                    pid, host, session.partition("@")[0], age, self.timeout_s,
+                    pid, host, session.partition("@")[0], age, timeout_s,
                     "that process still runs on this machine: it stops writing the block at "
                     "its next check (if its steps or checkpoints take that long, raise "
                     "train.lease_timeout_s)" if alive else
@@ -146,13 +151,14 @@ class BlockLease:
             stop = (f"stop the run's driver first (pid {driver[1]} on {driver[0]}: Ctrl-C, "
                     f"`kill`, or `ray job stop` for a submitted job; Ray starts a block's own "
                     f"process again)")
+        whose = "" if timeout_s == self.timeout_s else "its writer's "
         if alive:  # a process of this machine, which can be asked: it runs
             raise RunDirError(
                 f"{held}, which still runs on this machine: {stop}, or run again once it has "
                 f"ended" + (" (the block processes of a Ray run whose driver was killed end "
                             "within seconds)" if driver is not None else ""))
         raise RunDirError(
-            f"{held}; {stop} or wait train.lease_timeout_s={self.timeout_s:g} s for its lease "
+            f"{held}; {stop} or wait {whose}train.lease_timeout_s={timeout_s:g} s for its lease "
             f"to lapse (if no process writes the block any more, e.g. a killed run, delete "
             f"{self.storage.uri(self.path)})")
 
@@ -188,8 +194,9 @@ class BlockLease:
             raise LeaseLost(self._lost(current, deleted=True))
         if current and current.get("holder") != self.holder \
                 and int(current["generation"]) < self.generation:
-            # the writer this one replaced renewed (or released) between its read and its
-            # write: the lease is still this writer's, and that one's next check fails
+            # the writer this one replaced renewed between its read and its write (or a
+            # release landed late, which holds no one): the lease is still this writer's, and
+            # that one's next check fails
             self._write()
             return
         if not current or current.get("holder") != self.holder:
@@ -245,14 +252,23 @@ class BlockLease:
         self.renewed_at = self.clock()
         self.storage.write_json(self.path, {
             "generation": self.generation, "holder": self.holder, "session": self.session,
-            "renewed_at": self.renewed_at})
+            "renewed_at": self.renewed_at, "timeout_s": self.timeout_s})
 
 
 def _is_lease(found: Any) -> bool:
-    """Whether ``found`` has the fields ``BlockLease._write`` writes, of their types."""
+    """Whether ``found`` has the fields ``BlockLease._write`` writes, of their types (a lease
+    written before ``timeout_s`` was recorded has none)."""
     return (isinstance(found, dict) and type(found.get("generation")) is int
             and isinstance(found.get("holder"), str) and isinstance(found.get("session"), str)
-            and type(found.get("renewed_at")) in (int, float))
+            and type(found.get("renewed_at")) in (int, float)
+            and ("timeout_s" not in found
+                 or (type(found["timeout_s"]) in (int, float) and found["timeout_s"] > 0)))
+
+
+def lease_timeout_s(lease: dict[str, Any], default: float) -> float:
+    """How long after its renewal ``lease`` lapses: its holder's train.lease_timeout_s, which
+    the holder renews it by (``default``, the reader's, for a lease that does not record it)."""
+    return float(lease.get("timeout_s", default))
 
 
 def take_lease(storage: Storage, block: int, session: str, timeout_s: float,

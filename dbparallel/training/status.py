@@ -6,8 +6,9 @@ storage) is read the same way as a local one, while it trains or after. Each blo
 - ``done``: a checkpoint of its last step (train.steps, or its train.block_steps count), or
   of a later one (a rerun lowered train.steps: the block trains no more, and keeps the weights
   of the step it reached; its row says so);
-- ``training``: its write lease was renewed within train.lease_timeout_s (the writer renews
-  it at every metrics line and checkpoint, and at least every quarter of that timeout);
+- ``training``: its write lease was renewed within its writer's train.lease_timeout_s, which
+  the lease records (a lease written before it did: the run's config.yaml's); the writer
+  renews it at every metrics line and checkpoint, and at least every quarter of that timeout;
 - ``held by its driver``: its process (a Ray actor or worker) is gone, while its run's driver
   still runs on this machine (it assembles the blocks, trains others, or starts the block's
   process again), however old its lease: a rerun of the block is refused until that driver
@@ -40,7 +41,7 @@ from dbparallel.training.checkpoint import BlockCheckpoints, first_save_cut_shor
 from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
 from dbparallel.training.holder import driver_holding, holder_alive, holder_driver, holder_parts
-from dbparallel.training.lease import BlockLease
+from dbparallel.training.lease import BlockLease, lease_timeout_s
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 REPORT_FILE = "report.json"
@@ -124,7 +125,7 @@ def _block(storage: Storage, cfg: Config, block: int, now: float) -> BlockStatus
         lines = [r for r in read_lines(storage, metrics_file(block)) if isinstance(r, dict)]
         _read_lines(row, lines, now)
         lease = BlockLease(storage, block, "", 0.0).read()
-        _read_lease(row, lease, cfg.train.lease_timeout_s, now)
+        _read_lease(row, lease, cfg.train.lease_timeout_s, now)  # old leases: config's
         failure = last_failure(storage, block)
     except (RunDirError, AttributeError, KeyError, TypeError, ValueError) as err:
         row.state, row.problem = "damaged", " ".join(str(err).split())
@@ -171,13 +172,14 @@ def _read_lines(row: BlockStatus, lines: list[dict[str, Any]], now: float) -> No
 
 def _read_lease(row: BlockStatus, lease: dict[str, Any] | None, timeout_s: float,
                 now: float) -> None:
-    """The writer (host/pid) of a lease renewed within ``timeout_s``, or held by its run's
-    driver however old (``driver_holding``); none for a released or lapsed one."""
+    """The writer (host/pid) of a lease renewed within its holder's timeout (``timeout_s``
+    where it records none), or held by its run's driver however old (``driver_holding``);
+    none for a released or lapsed one."""
     if not lease or not lease.get("holder"):
         return
     age = now - float(lease.get("renewed_at", 0.0))
     row.held_by_driver = driver_holding(str(lease["holder"])) is not None
-    if age < timeout_s or row.held_by_driver:
+    if age < lease_timeout_s(lease, timeout_s) or row.held_by_driver:
         _, host, pid = holder_parts(lease["holder"])
         row.writer, row.lease_age_s = f"{host}/{pid}", max(0.0, age)
         row.writer_alive = holder_alive(str(lease["holder"]))

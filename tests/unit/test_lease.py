@@ -107,6 +107,30 @@ def test_a_lease_of_a_killed_process_of_this_machine_is_taken_at_once(tmp_path,
            "taking it over" in caplog.text
 
 
+def test_a_lease_lapses_by_its_holder_s_own_timeout(tmp_path) -> None:
+    """A writer given train.lease_timeout_s=600 renews its lease every 150 s at least: a
+    second writer with the default 120 waits for the holder's 600 before it takes it over
+    (one of another machine: its process cannot be asked). A lease that does not record its
+    holder's timeout lapses by the reader's."""
+    storage, clock = Storage(str(tmp_path)), Clock()
+    BlockLease(storage, 0, "run-a", 600.0, clock).acquire()
+    lease = storage.read_json("blocks/block_0/lease.json")
+    holder = lease["holder"].split("/")
+    holder[1] = "other-host"
+    storage.write_json("blocks/block_0/lease.json", {**lease, "holder": "/".join(holder)})
+    clock.now += 130
+    with pytest.raises(RunDirError, match=r"renewed 130 s ago\); stop it first or wait its "
+                                          r"writer's train.lease_timeout_s=600 s"):
+        BlockLease(storage, 0, "run-b", 120.0, clock).acquire()
+    older = storage.read_json("blocks/block_0/lease.json")
+    storage.write_json("blocks/block_0/lease.json", {**older, "timeout_s": "600"})
+    with pytest.raises(RunDirError, match=r"lease.json: damaged, not readable .* delete it"):
+        BlockLease(storage, 0, "run-b", 120.0, clock).acquire()
+    del older["timeout_s"]  # as a writer of an earlier version wrote it
+    storage.write_json("blocks/block_0/lease.json", older)
+    assert BlockLease(storage, 0, "run-b", 120.0, clock).acquire() == 2
+
+
 def test_a_holder_elsewhere_cannot_be_asked() -> None:
     here = f"{socket.gethostname()}/{os.getpid()}/0123abcd/{process_space()}"
     assert holder_alive(f"s/{here}") is True

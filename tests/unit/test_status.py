@@ -98,6 +98,27 @@ def test_a_live_lease_is_training_and_a_lapsed_one_stopped(run: Path) -> None:
     assert f"{shown.writer} (driver {shown.driver}), renewed " in _row(shown)[-1]
 
 
+def test_a_lease_lapses_by_its_writer_s_own_timeout(run: Path) -> None:
+    """A --block process given train.lease_timeout_s=600 on its command line, while
+    config.yaml says 120 (another block's process rewrote it since): its lease, renewed 300 s
+    ago, is live; a lease that does not record its writer's timeout lapses by config.yaml's."""
+    cfg = run_config(str(run))
+    cfg.train.steps = 10  # block 0's checkpoint of step 4 is no longer its last
+    assert cfg.train.lease_timeout_s == 120
+    storage = Storage(str(run))
+    BlockLease(storage, 0, "session-a", 600.0).acquire()
+    lease = storage.read_json("blocks/block_0/lease.json")
+    assert lease["timeout_s"] == 600
+    renewed = lease["renewed_at"]
+    live = run_status(storage, cfg, now=renewed + 300).blocks[0]
+    assert (live.state, live.lease_age_s) == ("training", pytest.approx(300))
+    assert run_status(storage, cfg, now=renewed + 601).blocks[0].state == "stopped"
+    del lease["timeout_s"]  # as a writer of an earlier version wrote it
+    storage.write_json("blocks/block_0/lease.json", lease)
+    assert run_status(storage, cfg, now=renewed + 300).blocks[0].state == "stopped"
+    assert run_status(storage, cfg, now=renewed + 100).blocks[0].state == "training"
+
+
 def test_a_block_whose_driver_still_runs_is_held_as_a_rerun_is_refused(run: Path) -> None:
     """A Ray block's process is gone while its run's driver runs on (assembling, training
     other blocks, starting it again): status says the driver holds it, however old its lease,
