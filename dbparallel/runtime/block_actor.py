@@ -28,8 +28,8 @@ from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder
 from dbparallel.training.block_trainer import StepStats
 from dbparallel.training.device import block_device
-from dbparallel.training.lease import take_lease
 from dbparallel.training.loop import BlockRun
+from dbparallel.training.session_lease import take_lease
 from dbparallel.training.storage import Storage
 
 

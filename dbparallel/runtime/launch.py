@@ -35,9 +35,9 @@ from dbparallel.training.data_pin import pin_data
 from dbparallel.training.failure import record_given_up
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.holder import driver_session
-from dbparallel.training.lease import release_session
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import check_resumable, open_run
+from dbparallel.training.session_lease import release_session
 from dbparallel.training.status import resume_line
 
 log = logging.getLogger(__name__)

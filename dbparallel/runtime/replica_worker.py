@@ -37,9 +37,10 @@ from dbparallel.config import Config
 from dbparallel.errors import UserError
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder, Sink
-from dbparallel.training.lease import LeaseLost, take_lease
+from dbparallel.training.lease import LeaseLost
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.replicas import Replicas
+from dbparallel.training.session_lease import take_lease
 from dbparallel.training.storage import Storage
 
 

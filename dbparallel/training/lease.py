@@ -269,37 +269,3 @@ def lease_timeout_s(lease: dict[str, Any], default: float) -> float:
     """How long after its renewal ``lease`` lapses: its holder's train.lease_timeout_s, which
     the holder renews it by (``default``, the reader's, for a lease that does not record it)."""
     return float(lease.get("timeout_s", default))
-
-
-def take_lease(storage: Storage, block: int, session: str, timeout_s: float,
-               restarted: bool | None = None) -> tuple[BlockLease, int]:
-    """A Ray block process's lease of ``block``, taken before the rest of its start (reading
-    the pinned data, resuming), so that an error there is recorded by the lease's holder
-    (training/failure.py); and the block's restarts, counted one more where this process is a
-    restart: where ``restarted`` says so (Ray knows it of an actor it started again), or, where
-    None, where it took over a lease of its own session (Ray Train does not tell the workers of
-    a group it started again so; the group's earlier incarnation left the lease held, whether
-    it failed in training or at its start). A start that fails after this keeps the lease
-    held, as a failure in training does: a restart takes it over, and the driver releases it
-    at the end of its run."""
-    lease = BlockLease(storage, block, session, timeout_s)
-    lease.acquire()
-    checkpoints = BlockCheckpoints(storage, block)
-    restart = lease.took_over_own if restarted is None else restarted
-    return lease, checkpoints.record_restart() if restart else checkpoints.restarts()
-
-
-def release_session(storage: Storage, blocks: list[int], session: str) -> None:
-    """Release the leases that writers of ``session`` still hold (their processes were
-    stopped without releasing them, e.g. actors killed at the end of a Ray run), and mark the
-    session ended on every lease it wrote, also those its writers released (a process that
-    stopped and gave it up): a process of it that Ray starts again later (a Ray Train group
-    restarting after its run failed) is refused instead of training on. Another session takes
-    the lease as usual."""
-    for block in blocks:
-        lease = BlockLease(storage, block, session, 0.0)
-        current = lease.read()
-        if current and current.get("session") == session \
-                and (current.get("holder") or not current.get("ended")):
-            storage.write_json(lease.path, {**current, "holder": "", "renewed_at": 0.0,
-                                            "ended": True})

@@ -41,8 +41,8 @@ class BlockRun:
         self.cfg = cfg
         # one writer per block (with replicas: rank 0; the others only train); a run's
         # session (the driver's) may take its own lease over. ``lease``: the writer's, taken
-        # already by the caller (lease.take_lease), which keeps it held if this start fails,
-        # as if training failed (a restart takes it over and counts itself)
+        # already by the caller (session_lease.take_lease), which keeps it held if this start
+        # fails, as if training failed (a restart takes it over and counts itself)
         self.writer = replicas is None or replicas.writer
         self.lease = lease or BlockLease(storage, block, session or uuid.uuid4().hex,
                                          cfg.train.lease_timeout_s)

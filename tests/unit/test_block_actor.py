@@ -19,8 +19,9 @@ from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.metrics import BlockRecorder, MemorySink
 from dbparallel.training import loop
 from dbparallel.training.data_pin import pin_data
-from dbparallel.training.lease import BlockLease, release_session
+from dbparallel.training.lease import BlockLease
 from dbparallel.training.run_dir import open_run
+from dbparallel.training.session_lease import release_session
 from dbparallel.training.storage import DamagedFile, Storage
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,8 +16,9 @@ from dbparallel.config import DataConfig
 from dbparallel.data.sources import open_data
 from dbparallel.errors import RunDirError
 from dbparallel.training.holder import driver_session, holder_alive, process_space, session_driver
-from dbparallel.training.lease import BlockLease, LeaseLost, release_session
+from dbparallel.training.lease import BlockLease, LeaseLost
 from dbparallel.training.loop import BlockRun
+from dbparallel.training.session_lease import release_session
 from dbparallel.training.storage import Storage
 
 

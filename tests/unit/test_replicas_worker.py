@@ -17,9 +17,10 @@ from dbparallel.runtime.metrics import MemorySink
 from dbparallel.runtime.replica_worker import run_replica
 from dbparallel.training import loop
 from dbparallel.training.data_pin import pin_data
-from dbparallel.training.lease import BlockLease, LeaseLost, release_session
+from dbparallel.training.lease import BlockLease, LeaseLost
 from dbparallel.training.replicas import Replicas
 from dbparallel.training.run_dir import open_run
+from dbparallel.training.session_lease import release_session
 from dbparallel.training.storage import DamagedFile, Storage
 
 ROOT = Path(__file__).resolve().parents[2]

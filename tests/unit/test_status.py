@@ -304,8 +304,8 @@ def test_an_error_after_the_driver_ended_the_run_is_no_failure(tmp_path: Path) -
     causes (a replica's collective cut short) is not recorded as the block's failure."""
     from dbparallel.config import load_config
     from dbparallel.data.sources import open_data
-    from dbparallel.training.lease import release_session
     from dbparallel.training.loop import BlockRun
+    from dbparallel.training.session_lease import release_session
 
     cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "train.steps=4"])
     storage = Storage(cfg.run_dir)
@@ -348,7 +348,8 @@ def test_the_driver_leaves_a_block_a_rerun_took_since_it_gave_it_up(tmp_path: Pa
     meantime keeps it, and no stale record of the earlier run lands on it."""
     from dbparallel.runtime.backend import BlockLost
     from dbparallel.training.failure import record_given_up
-    from dbparallel.training.lease import BlockLease, release_session
+    from dbparallel.training.lease import BlockLease
+    from dbparallel.training.session_lease import release_session
 
     storage = Storage(str(tmp_path / "run"))
     BlockLease(storage, 0, "driver-a", 60.0).acquire()
