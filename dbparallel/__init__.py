@@ -117,7 +117,7 @@ def status(run_dir: str | os.PathLike) -> RunStatus:
     ``dbparallel status`` prints it: ``.state``, ``.blocks`` (each with ``state``,
     ``logged_step``, ``checkpoint_step``, ``loss``, ``writer``, ...), ``.assembly``,
     ``.report``; ``.to_json()`` gives a dict."""
-    from dbparallel.training.loading import run_config
+    from dbparallel.training.run_dir import run_config
     from dbparallel.training.status import run_status
     from dbparallel.training.storage import Storage
 

@@ -16,8 +16,6 @@ import io
 import logging
 from typing import Any, Literal
 
-import torch
-
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 Kind = Literal["state", "snapshot"]
@@ -88,6 +86,8 @@ class BlockCheckpoints:
 
     def save(self, kind: Kind, step: int, payload: dict[str, Any]) -> str:
         """Write ``payload`` as ``kind`` at ``step``; returns the relative file path."""
+        import torch  # here, not at the top: `dbparallel status` reads a run without torch
+
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         data = buffer.getvalue()
@@ -177,6 +177,8 @@ class BlockCheckpoints:
             if skipped:  # the step said before it was read is not the one it goes on from
                 log.warning("block %d: %s of step %d read instead", self.block, entry["file"],
                             entry["step"])
+            import torch
+
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         return None
 

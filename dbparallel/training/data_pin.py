@@ -9,15 +9,18 @@ import dataclasses
 import logging
 import os
 import socket
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
 from dbparallel.config import Config, same_local_path
 from dbparallel.data.shards import DataIndex
-from dbparallel.data.tokenizer import Tokenizer
 from dbparallel.errors import DataError, RunDirError
 from dbparallel.training.holder import process_ended, process_shown, this_process
 from dbparallel.training.storage import DamagedFile, Storage, damaged
+
+if TYPE_CHECKING:  # the tokenizer imports torch, which `dbparallel status` does without
+    from dbparallel.data.tokenizer import Tokenizer
 
 DATA_INDEX_FILE = "data_index.json"
 VOCAB_FILE = "vocab.json"  # text runs: the tokenizer, so the network is usable without data

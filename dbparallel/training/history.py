@@ -27,12 +27,13 @@ import numbers
 import os
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import block_dir
-from dbparallel.training.noise_stats import noise_stats
 from dbparallel.training.storage import Storage
+
+if TYPE_CHECKING:  # `dbparallel status` reads the history without torch
+    from dbparallel.training.block_trainer import BlockTrainer, StepStats
 
 ASSEMBLY_FILE = "assembly.jsonl"
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class BlockHistory:
 
     def write(self, trainer: BlockTrainer) -> dict[str, Any]:
         """Append the line of ``trainer``'s current step; returns it."""
+        from dbparallel.training.noise_stats import noise_stats
+
         record = {
             "step": trainer.step,
             "loss": finite_or_none(trainer.final_loss),

@@ -7,7 +7,7 @@ import os
 
 import pyarrow.fs as pafs
 
-from dbparallel.config import Config, from_dict
+from dbparallel.config import Config
 from dbparallel.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_description
 from dbparallel.errors import DataError, RunDirError, UserError
 from dbparallel.training.arguments import number
@@ -15,10 +15,8 @@ from dbparallel.training.data_pin import pinned_data, run_data, run_tokenizer
 from dbparallel.training.export import damaged_export, export_bytes, read_export, split_uri
 from dbparallel.training.network import Network
 from dbparallel.training.run_dir import (
-    CONFIG_FILE,
     check_out_file,
-    require_run_dir,
-    stored_config,
+    run_config,
 )
 from dbparallel.training.snapshots import load_snapshots
 from dbparallel.training.storage import Storage
@@ -84,23 +82,6 @@ def _is_existing_file(source: str) -> bool:
         return is_file(source)
     except RunDirError:
         return False
-
-
-def run_config(run_dir: str) -> Config:
-    """The config a run directory was trained with (``run.dir`` pointing at it)."""
-    storage = Storage(run_dir)
-    require_run_dir(storage, run_dir)
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        cfg = from_dict(stored_config(storage))
-    except (OmegaConfBaseException, UserError) as err:  # an edited key or value
-        if isinstance(err, RunDirError):
-            raise
-        raise RunDirError(f"{storage.uri(CONFIG_FILE)}: " + " ".join(str(err).split()))\
-            from None
-    cfg.run.dir = run_dir
-    return cfg
 
 
 def load_run(run_dir: str, step: int | None = None, device: str | None = None,

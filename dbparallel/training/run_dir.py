@@ -10,6 +10,7 @@ from dbparallel.config import (
     changed_settings,
     data_name,
     dump_yaml,
+    from_dict,
     identity,
     identity_diff,
     same_local_path,
@@ -209,3 +210,20 @@ def stored_config(storage: Storage) -> dict:
         raise
     except ValueError as err:
         raise damaged(storage.uri(CONFIG_FILE), err) from None
+
+
+def run_config(run_dir: str) -> Config:
+    """The config a run directory was trained with (``run.dir`` pointing at it)."""
+    storage = Storage(run_dir)
+    require_run_dir(storage, run_dir)
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = from_dict(stored_config(storage))
+    except (OmegaConfBaseException, UserError) as err:  # an edited key or value
+        if isinstance(err, RunDirError):
+            raise
+        raise RunDirError(f"{storage.uri(CONFIG_FILE)}: " + " ".join(str(err).split()))\
+            from None
+    cfg.run.dir = run_dir
+    return cfg

@@ -18,7 +18,7 @@ from dbparallel import cli
 from dbparallel.cli_status import _row
 from dbparallel.training.holder import driver_session
 from dbparallel.training.lease import BlockLease
-from dbparallel.training.loading import run_config
+from dbparallel.training.run_dir import run_config
 from dbparallel.training.status import run_status
 from dbparallel.training.storage import Storage
 
@@ -40,6 +40,20 @@ def run(half: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(half, copy)
     return copy
+
+
+def test_status_and_help_read_without_torch(run: Path) -> None:
+    """`dbparallel status` and `--help` import no torch (seconds of a command that `watch`
+    may run every two): the same lines as in this process, where torch is imported."""
+    code = ("import sys\nfrom dbparallel.cli import main\ntry:\n"
+            "    main(['--help'] if sys.argv[1] == 'help' else ['status', *sys.argv[1:]])\n"
+            "finally:  # --help exits\n"
+            "    assert 'torch' not in sys.modules, 'torch was imported'\n")
+    for args in (["help"], [str(run)], ["--json", str(run)]):
+        out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                             text=True, cwd=ROOT)
+        assert out.returncode == 0 and "torch was imported" not in out.stderr, out.stderr
+        assert ("usage: dbparallel" if args == ["help"] else f"{run}") in out.stdout
 
 
 def test_a_block_trained_alone_is_done_and_the_other_not_started(run: Path, capsys) -> None:
