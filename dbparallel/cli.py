@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from dbparallel import cli_data, cli_network, cli_plan, cli_status
-from dbparallel.cli_data import config_of, split_items
+from dbparallel.cli_data import config_of, run_dir_argument, split_items
 from dbparallel.cli_stop import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -173,7 +173,7 @@ def parser() -> argparse.ArgumentParser:
     cli_plan.add_parsers(sub, config_help)
 
     pc = sub.add_parser("plot", help="draw a run's loss and assembly curves (curves.png)")
-    pc.add_argument("run_dir")
+    pc.add_argument("run_dir", type=run_dir_argument)
     pc.add_argument("--out", default="", help="PNG file to write (default: RUN_DIR/curves.png)")
     pc.add_argument("--against", default="", metavar="BASELINE_DIR",
                     help="draw this run's loss per noise level too (e.g. the end-to-end run "

@@ -20,6 +20,11 @@ def split_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
     return files, overrides
 
 
+def run_dir_argument(text: str) -> str:
+    """A command's RUN_DIR; ``run.dir=PATH``, as the training commands take it, is PATH."""
+    return text.removeprefix("run.dir=")
+
+
 def config_of(args: argparse.Namespace) -> Config:
     """The config of a command's items (``--local``: runtime.local=true)."""
     files, overrides = split_items(args.config)

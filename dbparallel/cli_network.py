@@ -12,6 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from dbparallel.cli_data import run_dir_argument
 from dbparallel.config import PATH_SOURCES
 from dbparallel.errors import UserError
 
@@ -189,7 +190,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     source_help = "a run directory (path or URI) or a file written by `dbparallel export`"
 
     e = sub.add_parser("eval", help="re-assemble a run's blocks and evaluate them")
-    e.add_argument("source", metavar="RUN_DIR", help=source_help)
+    e.add_argument("source", metavar="RUN_DIR", type=run_dir_argument, help=source_help)
     e.add_argument("--json", action="store_true")
     e.add_argument("--step", type=int, default=None,
                    help="evaluate the snapshots of this step (see train.keep_snapshots)")
@@ -199,7 +200,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("sample", help="write the run's samples (samples.png, confusion.json, "
                                       "samples.txt)")
-    s.add_argument("source", metavar="RUN_DIR", help=source_help)
+    s.add_argument("source", metavar="RUN_DIR", type=run_dir_argument, help=source_help)
     s.add_argument("--out", required=True)
     s.add_argument("--device", default="", help=DEVICE_HELP)
     s.add_argument("--data", default="", metavar="PATH",
@@ -208,14 +209,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     x = sub.add_parser("export", help="write every block's EMA weights, the config and the "
                                       "partition to one safetensors file")
-    x.add_argument("source", metavar="RUN_DIR")
+    x.add_argument("source", metavar="RUN_DIR", type=run_dir_argument)
     x.add_argument("--out", required=True, help="the file to write (path or URI)")
     x.add_argument("--step", type=int, default=None,
                    help="export the snapshots of this step (default: the latest)")
     x.set_defaults(func=cmd_export, device="")
 
     g = sub.add_parser("generate", help="continue a prompt with a text network")
-    g.add_argument("source", metavar="RUN_DIR", help=source_help)
+    g.add_argument("source", metavar="RUN_DIR", type=run_dir_argument, help=source_help)
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new", type=int, default=None, metavar="N",
                    help="tokens to generate (default: ar/looped sample.gen_len, and past "
@@ -235,7 +236,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("predict", help="classify images with a ViT network")
-    p.add_argument("source", metavar="RUN_DIR", help=source_help)
+    p.add_argument("source", metavar="RUN_DIR", type=run_dir_argument, help=source_help)
     p.add_argument("images", help="a PNG/JPEG file, a folder of them, or a Parquet table "
                                   "with an image column")
     p.add_argument("--json", action="store_true",

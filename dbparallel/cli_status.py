@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from dbparallel.cli_data import run_dir_argument
 from dbparallel.config import bytes_text
 from dbparallel.training.status import BlockStatus, RunStatus
 
@@ -91,6 +92,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("status", help="where a run stands: each block's state, step, loss and "
                        "writer, and its latest assembly, read from the run directory alone "
                        "(also while it trains, also on object storage)")
-    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("run_dir", metavar="RUN_DIR", type=run_dir_argument)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)

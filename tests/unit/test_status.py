@@ -56,6 +56,13 @@ def test_status_and_help_read_without_torch(run: Path) -> None:
         assert ("usage: dbparallel" if args == ["help"] else f"{run}") in out.stdout
 
 
+def test_run_dir_given_as_the_training_commands_take_it(run: Path, capsys) -> None:
+    assert cli.main(["status", str(run)]) == 0
+    plain = capsys.readouterr().out
+    assert cli.main(["status", f"run.dir={run}"]) == 0
+    assert capsys.readouterr().out == plain and plain.startswith(f"{run}: dit, 2 blocks")
+
+
 def test_a_block_trained_alone_is_done_and_the_other_not_started(run: Path, capsys) -> None:
     assert cli.main(["status", str(run)]) == 0
     out = capsys.readouterr().out
