@@ -134,59 +134,50 @@ def test_a_group_says_whether_its_writer_met_the_error_that_stopped_it(
         assert (str(event.error), event.step) == (("row 0", 3) if recorded else ("row 1", 4))
 
 
-def test_a_group_says_an_error_another_rank_met_at_its_start_was_met_there(
-        tiny_cfg, monkeypatch) -> None:
-    """Posted with no step (its data index unreadable, say), after the group's progress: the
-    driver records it at the block's start, not at the step after its last report."""
+@pytest.fixture
+def idle_group(tiny_cfg, monkeypatch):
+    """Block 0's group, with Ray Train's fit replaced by one that runs until the test ends:
+    the driver's side of a group, fed its workers' messages by the test."""
     import threading
 
-    from dbparallel.errors import DataError
     from dbparallel.runtime import block_group
 
     running = threading.Event()
 
-    class Trainer:  # Ray Train's fit, without Ray: it runs until told
+    class Trainer:
         def fit(self) -> None:
             running.wait(10)
 
     monkeypatch.setattr(block_group, "trainer_for", lambda *args: Trainer())
     group = block_group.BlockGroup(tiny_cfg, 0, "session", queue=None)
-    try:
-        group.take("progress", {"step": 4, "done": False, "restarts": 0})
-        group.take("error", {"error": DataError("not there"), "rank": 1, "step": None})
-        group.request(8)
-        (event,) = group.events()
-    finally:
-        running.set()
+    yield group
+    running.set()
+
+
+def test_a_group_says_an_error_another_rank_met_at_its_start_was_met_there(idle_group) -> None:
+    """Posted with no step (its data index unreadable, say), after the group's progress: the
+    driver records it at the block's start, not at the step after its last report."""
+    from dbparallel.errors import DataError
+
+    idle_group.take("progress", {"step": 4, "done": False, "restarts": 0})
+    idle_group.take("error", {"error": DataError("not there"), "rank": 1, "step": None})
+    idle_group.request(8)
+    (event,) = idle_group.events()
     assert (event.recorded, event.step, event.at_start) == (False, None, True)
 
 
-def test_a_group_takes_no_progress_from_an_earlier_incarnation(tiny_cfg, monkeypatch) -> None:
+def test_a_group_takes_no_progress_from_an_earlier_incarnation(idle_group) -> None:
     """Rank 0 of a group Ray Train started again (its restarts counted one more) speaks for the
     block: a progress line or summary its fenced-off predecessor posted late changes nothing."""
-    import threading
-
-    from dbparallel.runtime import block_group
-
-    running = threading.Event()
-
-    class Trainer:  # Ray Train's fit, without Ray: it runs until told
-        def fit(self) -> None:
-            running.wait(10)
-
-    monkeypatch.setattr(block_group, "trainer_for", lambda *args: Trainer())
-    group = block_group.BlockGroup(tiny_cfg, 0, "session", queue=None)
-    try:
-        group.take("start", {"restarts": 1, "actor": "rank 0 again"})
-        group.take("progress", {"step": 12, "done": True, "restarts": 0})  # the old one's
-        group.take("summary", {"steps": 12, "restarts": 0})
-        group.request(6)
-        assert group.events() == [] and group.summary is None
-        group.take("progress", {"step": 6, "done": False, "restarts": 1})
-        (event,) = group.events()
-        assert event.result["step"] == 6
-    finally:
-        running.set()
+    group = idle_group
+    group.take("start", {"restarts": 1, "actor": "rank 0 again"})
+    group.take("progress", {"step": 12, "done": True, "restarts": 0})  # the old one's
+    group.take("summary", {"steps": 12, "restarts": 0})
+    group.request(6)
+    assert group.events() == [] and group.summary is None
+    group.take("progress", {"step": 6, "done": False, "restarts": 1})
+    (event,) = group.events()
+    assert event.result["step"] == 6
 
 
 @pytest.mark.slow  # another minute of Ray Train
