@@ -1,5 +1,5 @@
 """dbparallel train | baseline | plan | data check | plot | eval | sample | export | generate |
-predict | status: parse -> build -> run."""
+predict | status | stop: parse -> build -> run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dbparallel import cli_data, cli_network, cli_plan, cli_status
+from dbparallel import cli_data, cli_network, cli_plan, cli_status, cli_stop_run
 from dbparallel.cli_data import config_of, run_dir_argument, split_items
 from dbparallel.cli_stop import (
     EXIT_INTERRUPTED,
@@ -183,6 +183,7 @@ def parser() -> argparse.ArgumentParser:
     cli_data.add_parsers(sub)
     cli_network.add_parsers(sub)
     cli_status.add_parsers(sub)
+    cli_stop_run.add_parsers(sub)
     return p
 
 

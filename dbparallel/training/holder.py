@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 
 
@@ -55,20 +56,56 @@ def driver_holding(holder: str) -> tuple[str, str] | None:
     None otherwise. A rerun is refused while it holds the block (``refuse_if_held``), and
     ``dbparallel status`` shows the block ``held by its driver``."""
     driver = holder_driver(holder)
-    if driver is None or holder_alive(holder) is not False or not _driver_alive(holder, driver):
+    if driver is None or holder_alive(holder) is not False or not driver_alive(holder, driver):
         return None
     return driver
 
 
-def _driver_alive(holder: str, driver: tuple[str, str]) -> bool:
-    """Whether the driver of lease ``holder``'s process runs, where it can be asked from here:
-    on this machine, in the holder's process space, and not this process (whose earlier run
-    ended without releasing its leases: it runs no other run now)."""
+def driver_alive(holder: str, driver: tuple[str, str]) -> bool | None:
+    """Whether ``driver``, the driver of lease ``holder``'s process, runs: None where it
+    cannot be asked from here (it is not on the holder's machine, whose process space is the
+    only one known, or the holder cannot be asked: ``holder_alive``); False where it is gone,
+    or is this process (whose earlier run ended without releasing its leases: it runs no
+    other run now)."""
     parts = holder.split("/")
-    if len(parts) < 5 or driver[0] != parts[1] or driver == (socket.gethostname(),
-                                                                str(os.getpid())):
+    if len(parts) < 5 or driver[0] != parts[1]:
+        return None
+    if driver == (socket.gethostname(), str(os.getpid())):
         return False
-    return bool(holder_alive("/".join([parts[0], driver[0], driver[1], *parts[3:]])))
+    return holder_alive("/".join([parts[0], driver[0], driver[1], *parts[3:]]))
+
+
+def process_to_stop(holder: str) -> tuple[str, str, bool | None]:
+    """(host, pid, runs) of the process that stops lease ``holder``'s writer: for a Ray
+    block process the run's driver (Ray would start the block's process again; the driver
+    stops them all and releases their leases), else the holder itself. ``runs`` as
+    ``driver_alive`` or ``holder_alive`` says of it."""
+    driver = holder_driver(holder)
+    if driver is not None:
+        return driver[0], driver[1], driver_alive(holder, driver)
+    _, host, pid = holder_parts(holder)
+    return host, pid, holder_alive(holder)
+
+
+def started_by(pid: str, when: float) -> bool | None:
+    """Whether process ``pid`` of this machine runs and had started by Unix time ``when``: a
+    lease's holder, and its driver, had by the lease's last renewal, and a process that took
+    the pid over since had not. A zombie (ended, not yet waited for by its parent) does not
+    run. None where /proc does not say (not Linux, or hidden)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            stat = f.read()
+        with open("/proc/uptime") as f:
+            uptime, now = float(f.read().split()[0]), time.time()
+    except (FileNotFoundError, ProcessLookupError):  # /proc is there: the process is not
+        return False if os.path.isdir("/proc/self") else None
+    except (OSError, ValueError):
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command's name, which may hold ")"
+    if fields[0] in ("Z", "X"):
+        return False
+    age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: ticks since boot
+    return now - age <= when
 
 
 def this_process() -> dict[str, str]:
@@ -105,7 +142,8 @@ def holder_alive(holder: str) -> bool | None:
     """Whether the process that wrote lease ``holder`` (session/host/pid/nonce/space) still
     runs, when its pid can be asked from here (the same host and ``process_space``); None
     otherwise: another machine's or container's, or a lease written before holders named
-    their space. A pid taken over by a new process reads as alive: the safe side."""
+    their space. A pid taken over by a new process reads as alive: the safe side
+    (``started_by`` tells the two apart)."""
     parts = holder.split("/")
     if len(parts) < 5 or parts[1] != socket.gethostname() or not parts[2].isdigit() \
             or not parts[4] or parts[4] != process_space():

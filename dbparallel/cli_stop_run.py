@@ -1,0 +1,145 @@
+"""``dbparallel stop RUN_DIR [--wait S]``: stop the processes that train a run's blocks, found
+from its run directory (training/stop_run.py), with SIGTERM: each stops where it is and
+releases its leases (cli_stop.py is how it takes the signal), and the same ``train`` command
+resumes the run."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from dbparallel.cli_data import run_dir_argument
+from dbparallel.errors import UserError
+from dbparallel.training.stop_run import Hold
+
+WAIT_S = 60.0  # the longest --wait's default waits for the processes signalled to stop
+EXIT_HELD = 1  # a block is still held when the command ends
+
+
+def _blocks(numbers: list[int]) -> str:
+    return f"block{'s' * (len(numbers) != 1)} {', '.join(str(b) for b in numbers)}"
+
+
+def _who(hold: Hold) -> str:
+    """The process that trains ``hold``'s block, for a line of what was done."""
+    if hold.driver:
+        return f"the Ray run whose driver is pid {hold.pid} on {hold.host}"
+    return f"pid {hold.pid} on {hold.host}"
+
+
+def _told(hold: Hold, run_dir: str, timeout_s: float) -> str:
+    """The line of a block ``dbparallel stop`` sends nothing to."""
+    said = f"block {hold.block}: "
+    if hold.kind == "damaged":
+        return said + hold.said
+    if hold.kind == "gone" and hold.driver:
+        return said + (f"already stopped: its Ray run's driver (pid {hold.pid} on {hold.host}) "
+                       f"and block process (pid {hold.holder_pid}) no longer run it (a rerun "
+                       f"takes the lease over at once); nothing signalled")
+    if hold.kind == "gone":
+        return said + (f"already stopped: {_who(hold)}, which held its lease, no longer runs "
+                       f"it (a rerun takes the lease over at once); nothing signalled")
+    if hold.kind == "lapsed":
+        return said + (f"counted as stopped: its lease lapsed (renewed {hold.age_s:.0f} s ago "
+                       f"by pid {hold.holder_pid} on {hold.host}, past "
+                       f"train.lease_timeout_s={timeout_s:g} s); nothing signalled")
+    if hold.kind == "ending":
+        return said + (f"its Ray run's driver (pid {hold.pid} on {hold.host}) is gone; its "
+                       f"block process, pid {hold.holder_pid}, ends by itself")
+    if hold.kind == "unknown":
+        return said + (f"held by {_who(hold)}, but /proc does not say whether that pid is "
+                       f"still its process: nothing signalled; stop it yourself (`kill "
+                       f"{hold.pid}`)")
+    assert hold.kind == "elsewhere", hold.kind
+    if hold.driver:
+        return said + (f"held by {_who(hold)}, which cannot be asked from here (another "
+                       f"machine or container, or the block's process runs on another node "
+                       f"than it): stop it on {hold.host}: `kill {hold.pid}`, Ctrl-C in its "
+                       f"terminal, or `ray job stop` for a submitted job")
+    return said + (f"held by {_who(hold)}, of another machine or container, which cannot be "
+                   f"signalled from here: run `dbparallel stop {run_dir}` on {hold.host} (or "
+                   f"`kill {hold.pid}` there)")
+
+
+def _waited(hold: Hold, released: bool, ended: bool, wait_s: float) -> str:
+    """The line of a block waited for, once its process ended or the wait ran out."""
+    said = f"block {hold.block}: "
+    if ended:
+        return said + ("stopped, its lease released" if released else
+                       "stopped; its process ended without releasing its lease (a rerun on "
+                       "this machine takes it over at once)")
+    if released:
+        return said + (f"its lease released; {_who(hold)} still runs after {wait_s:g} s "
+                       f"(its cleanup)")
+    return said + (f"still held after {wait_s:g} s by {_who(hold)}, which may still be "
+                   f"cleaning up; `dbparallel status` shows when it has stopped")
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from dbparallel.training.loading import run_config
+    from dbparallel.training.stop_run import find_holds, send_sigterm, wait_ended
+    from dbparallel.training.storage import Storage
+
+    if math.isnan(args.wait) or args.wait < 0:
+        raise UserError(f"--wait {args.wait:g}: seconds to wait, 0 or more")
+    cfg = run_config(args.run_dir)
+    storage = Storage(args.run_dir)
+    holds = find_holds(storage, cfg)
+    if not holds:
+        print(f"{args.run_dir}: no block's write lease is held: nothing to stop")
+        return 0
+    sent = send_sigterm(holds)
+    still_held = False
+    for process, why in sent.items():
+        mine = [h for h in holds if h.kind == "signal" and h.process == process]
+        said = f"{_blocks([h.block for h in mine])}: {_who(mine[0])} trains "
+        said += "them" if len(mine) > 1 else "it"
+        if why:
+            still_held = True
+            said += f": SIGTERM not sent ({why}): run this as that process's user"
+        else:
+            said += ": SIGTERM sent" + (" to the driver" if mine[0].driver else "")
+        print(said)
+    for hold in holds:
+        if hold.kind != "signal":
+            print(_told(hold, args.run_dir, cfg.train.lease_timeout_s))
+            still_held |= hold.kind in ("elsewhere", "unknown", "damaged")
+    waiting = [h for h in holds if h.kind == "ending" or h.kind == "signal" and not sent[
+        h.process]]
+    if waiting and args.wait > 0:
+        pids = sorted({h.holder_pid if h.kind == "ending" else h.pid for h in waiting}, key=int)
+        print(f"waiting for pid{'s' * (len(pids) > 1)} {', '.join(pids)} to stop"
+              + ("" if math.isinf(args.wait) else f" (up to {args.wait:g} s)") + " ...",
+              flush=True)
+        states = wait_ended(storage, waiting, args.wait)
+        for hold in waiting:
+            print(_waited(hold, *states[hold.block], args.wait))
+        still_held |= not all(released or ended for released, ended in states.values())
+    if any(h.kind == "signal" and not sent[h.process] for h in holds):
+        print("the same train command resumes the run")
+    return EXIT_HELD if still_held else 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``stop`` subcommand, on ``sub``."""
+    s = sub.add_parser(
+        "stop", help="stop the processes that train a run's blocks (their write leases name "
+        "them): SIGTERM to each --local process and each Ray run's driver of this machine; "
+        "the same train command resumes the run",
+        description="Send SIGTERM, once, to each process of this machine (and pid namespace) "
+        "that holds a block's write lease: a --local or --local --block process, or the "
+        "driver of a Ray run (which stops its block processes). Each stops where it is and "
+        "releases its leases, as on Ctrl-C; the same train command resumes the run. Nothing "
+        "else is ever signalled, and never SIGKILL. A holder of another machine or "
+        "container is named with the host and the command to run there. Exit codes: 0 "
+        "nothing held, or every holder signalled (and, with --wait, ended or its leases "
+        "released); 1 a block is "
+        "still held: its process is on another machine or container, could not be "
+        "signalled, did not stop within --wait, or its lease is damaged (each said in a "
+        "line); 2 RUN_DIR is not a run directory.")
+    s.add_argument("run_dir", metavar="RUN_DIR", type=run_dir_argument)
+    s.add_argument("--wait", type=float, default=WAIT_S, metavar="SECONDS",
+                   help=f"wait this long at most for the processes signalled to stop and "
+                        f"release their leases, and say of each block how it stopped (default "
+                        f"{WAIT_S:g}; 0: do not wait; inf: until they do)")
+    s.set_defaults(func=cmd_stop)

@@ -1,0 +1,144 @@
+"""Stopping the processes that hold a run's blocks, from its run directory: ``dbparallel stop
+RUN_DIR``.
+
+Each block's write lease (lease.py) names its holder. The process to stop is that holder for a
+``--local`` run (one process for all its blocks, or one per ``--block`` process), and for a Ray
+run the run's driver, which the session names (Ray would start a block's process again; the
+driver stops them all and releases their leases). SIGTERM, sent once to each such process,
+stops it as Ctrl-C does (cli_stop.py): where it is, its leases released, and the same
+``train`` command resumes it.
+
+Only a process that holder.py can ask (this machine and pid namespace) is signalled, and only
+one that had started by the lease's last renewal (``started_by``): a pid a new process took
+over since is not the holder's. One of another machine or container is named, with its host,
+to be stopped there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from dbparallel.config import Config
+from dbparallel.training.holder import (
+    holder_alive,
+    holder_driver,
+    holder_parts,
+    process_to_stop,
+    started_by,
+)
+from dbparallel.training.lease import BlockLease
+from dbparallel.training.storage import DamagedFile, Storage
+
+POLL_S = 0.2  # how often the wait reads the leases again
+
+
+@dataclass
+class Hold:
+    """A block whose lease names a holder, and what stopping it takes."""
+
+    block: int
+    kind: str  # signal (a process here, to be sent SIGTERM) | ending (its Ray run's driver is
+    # gone, its block process ends by itself) | gone | lapsed (nothing runs it: nothing to
+    # do) | elsewhere (another machine's or container's) | unknown (here, but /proc does not
+    # say whether the pid is still its process's) | damaged (lease.json unreadable)
+    holder: str = ""  # the lease's holder: session/host/pid/nonce/space
+    host: str = ""  # the process to stop: the Ray run's driver, or the holder itself
+    pid: str = ""
+    driver: bool = False  # that process is a Ray run's driver, not the holder
+    renewed_at: float = 0.0  # when the holder last renewed its lease (Unix time, its clock)
+    age_s: float = 0.0  # since then
+    said: str = ""  # a damaged lease's error
+
+    @property
+    def process(self) -> tuple[str, str]:
+        """(host, pid) of the process to stop."""
+        return self.host, self.pid
+
+    @property
+    def holder_pid(self) -> str:
+        """The pid of the lease's holder (a Ray run's block process, or the process itself)."""
+        return holder_parts(self.holder)[2]
+
+
+def _hold(block: int, lease: dict[str, Any], timeout_s: float, now: float) -> Hold:
+    """What stopping the holder of ``lease`` (one that names a holder) takes."""
+    holder, renewed_at = str(lease["holder"]), float(lease["renewed_at"])
+    host, pid, runs = process_to_stop(holder)
+    hold = Hold(block, "gone", holder, host, pid, holder_driver(holder) is not None,
+                renewed_at, max(0.0, now - renewed_at))
+    if runs:  # its pid runs: the holder's process, where it had started by the renewal
+        runs = started_by(pid, renewed_at)
+        if runs is None:
+            hold.kind = "unknown"
+            return hold
+    if runs and hold.process != (socket.gethostname(), str(os.getpid())):
+        hold.kind = "signal"  # (this process holds no run: an earlier one's lease, kept)
+    elif runs is None:
+        hold.kind = "lapsed" if hold.age_s >= timeout_s else "elsewhere"
+    elif not runs and hold.driver and holder_alive(holder):  # Ray ends a gone driver's
+        hold.kind = "ending"  # processes
+    return hold
+
+
+def find_holds(storage: Storage, cfg: Config, now: float | None = None) -> list[Hold]:
+    """The blocks of the run in ``storage`` (trained with ``cfg``) whose leases name a holder,
+    at Unix time ``now``: released leases, and blocks never started, are left out."""
+    now = time.time() if now is None else now
+    holds = []
+    for block in range(cfg.model.blocks):
+        try:
+            lease = BlockLease(storage, block, "", 0.0).read()
+        except DamagedFile as err:
+            holds.append(Hold(block, "damaged", said=" ".join(str(err).split())))
+            continue
+        if lease and lease.get("holder"):
+            holds.append(_hold(block, lease, cfg.train.lease_timeout_s, now))
+    return holds
+
+
+def send_sigterm(holds: list[Hold]) -> dict[tuple[str, str], str]:
+    """SIGTERM to the process of each hold to signal, once each; returns (host, pid) -> ""
+    where it was sent, else why not (e.g. another user's process)."""
+    sent: dict[tuple[str, str], str] = {}
+    for hold in holds:
+        if hold.kind != "signal" or hold.process in sent:
+            continue
+        try:
+            os.kill(int(hold.pid), signal.SIGTERM)
+            sent[hold.process] = ""
+        except ProcessLookupError:  # it ended since it was asked: nothing left to stop
+            sent[hold.process] = ""
+        except PermissionError as err:
+            sent[hold.process] = err.strerror or "not permitted"
+    return sent
+
+
+def hold_state(storage: Storage, hold: Hold) -> tuple[bool, bool]:
+    """(released, ended) of a signalled or ending hold: its lease names another holder or
+    none (released, or taken over); the process ended (the one signalled; for an ending hold,
+    the block's own process)."""
+    try:
+        lease = BlockLease(storage, hold.block, "", 0.0).read()
+    except DamagedFile:  # read while rewritten on a store without atomic renames: ask again
+        lease = {"holder": hold.holder}
+    released = not lease or lease.get("holder") != hold.holder
+    if hold.kind == "ending":
+        return released, released or holder_alive(hold.holder) is False
+    return released, started_by(hold.pid, hold.renewed_at) is False
+
+
+def wait_ended(storage: Storage, holds: list[Hold], timeout_s: float,
+               poll_s: float = POLL_S) -> dict[int, tuple[bool, bool]]:
+    """Block -> ``hold_state`` of each of ``holds`` once every one's process has ended, or
+    once ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = {h.block: hold_state(storage, h) for h in holds}
+        if all(ended for _, ended in states.values()) or time.monotonic() >= deadline:
+            return states
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
