@@ -31,7 +31,7 @@ from dbparallel.training.holder import (
     process_to_stop,
     started_by,
 )
-from dbparallel.training.lease import BlockLease
+from dbparallel.training.lease import BlockLease, lease_timeout_s
 from dbparallel.training.storage import DamagedFile, Storage
 
 POLL_S = 0.2  # how often the wait reads the leases again
@@ -97,7 +97,8 @@ def find_holds(storage: Storage, cfg: Config, now: float | None = None) -> list[
             holds.append(Hold(block, "damaged", said=" ".join(str(err).split())))
             continue
         if lease and lease.get("holder"):
-            holds.append(_hold(block, lease, cfg.train.lease_timeout_s, now))
+            holds.append(_hold(block, lease, lease_timeout_s(lease, cfg.train.lease_timeout_s),
+                               now))
     return holds
 
 
