@@ -69,7 +69,8 @@ def render(status: RunStatus) -> str:
               f"{b.driver.rpartition('/')[2]} on {b.driver.rpartition('/')[0]}) still runs on "
               f"this machine (it assembles the blocks, trains others, or starts the block's "
               f"process again): a rerun of the block is refused until that driver ends (let it "
-              f"end, or stop it: Ctrl-C, `kill`, or `ray job stop` for a submitted job)"
+              f"end, or stop it: `dbparallel stop {status.run_dir}`, or `ray job stop` for a "
+              f"submitted job)"
               for b in status.blocks if b.state == "held by its driver"]
     lines += [f"block {b.block} failed "
               + (f"at step {b.failed_step:,}" if b.failed_step is not None else "at its start")

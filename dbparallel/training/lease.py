@@ -123,7 +123,8 @@ class BlockLease:
             raise RunDirError(
                 f"block {self.block} was trained by a run whose driver still runs on this "
                 f"machine (pid {driver[1]}; it assembles the blocks or trains others): let it "
-                f"end, or stop it first (Ctrl-C, `kill`, or `ray job stop` for a submitted job)")
+                f"end, or stop it first (`dbparallel stop {self.storage.uri('')}`, or "
+                f"`ray job stop` for a submitted job)")
         age = self.clock() - float(current["renewed_at"])
         timeout_s = lease_timeout_s(current, self.timeout_s)
         session, host, pid = holder_parts(current["holder"])
@@ -146,11 +147,11 @@ class BlockLease:
             return
         held = (f"block {self.block} is being trained by another process (pid {pid} on "
                 f"{host}, run {session.partition('@')[0]}, lease renewed {age:.0f} s ago)")
-        stop = "stop it first"
+        stop = f"stop it first (`dbparallel stop {self.storage.uri('')}` on {host})"
         if driver is not None:  # a Ray actor or worker of a driver
-            stop = (f"stop the run's driver first (pid {driver[1]} on {driver[0]}: Ctrl-C, "
-                    f"`kill`, or `ray job stop` for a submitted job; Ray starts a block's own "
-                    f"process again)")
+            stop = (f"stop the run's driver first (pid {driver[1]} on {driver[0]}: "
+                    f"`dbparallel stop {self.storage.uri('')}` there, Ctrl-C, or `ray job stop` "
+                    f"for a submitted job; Ray starts a block's own process again)")
         whose = "" if timeout_s == self.timeout_s else "its writer's "
         if alive:  # a process of this machine, which can be asked: it runs
             raise RunDirError(

@@ -120,7 +120,8 @@ def test_a_lease_lapses_by_its_holder_s_own_timeout(tmp_path) -> None:
     holder[1] = "other-host"
     storage.write_json("blocks/block_0/lease.json", {**lease, "holder": "/".join(holder)})
     clock.now += 130
-    with pytest.raises(RunDirError, match=r"renewed 130 s ago\); stop it first or wait its "
+    with pytest.raises(RunDirError, match=r"renewed 130 s ago\); stop it first \(`dbparallel stop "
+                                          r"\S+` on other-host\) or wait its "
                                           r"writer's train.lease_timeout_s=600 s"):
         BlockLease(storage, 0, "run-b", 120.0, clock).acquire()
     older = storage.read_json("blocks/block_0/lease.json")
@@ -149,7 +150,8 @@ def test_a_holder_that_cannot_be_asked_is_waited_for_or_its_lease_deleted(tmp_pa
     holder[1] = "other-host"  # the same lease, written by a process of another machine
     storage.write_json("blocks/block_0/lease.json", {**lease, "holder": "/".join(holder)})
     with pytest.raises(RunDirError, match=r"\(pid \d+ on other-host, run elsewhere, .*\); "
-                                          r"stop it first or wait train.lease_timeout_s=3600 s "
+                                          r"stop it first \(`dbparallel stop \S+` on "
+                                          r"other-host\) or wait train.lease_timeout_s=3600 s "
                                           r".*delete .*lease.json"):
         BlockLease(storage, 0, "rerun", 3600.0).acquire()
 
@@ -172,7 +174,8 @@ def test_a_refusal_names_the_driver_of_a_ray_run(tmp_path) -> None:
         with pytest.raises(RunDirError, match=(
                 rf"\(pid {actor.pid} on .*, run {session.partition('@')[0]}, .*\), which still "
                 rf"runs on this machine: stop the run's driver first \(pid {os.getpid()} on "
-                rf"{socket.gethostname()}: Ctrl-C, `kill`, or `ray job stop`")):
+                rf"{socket.gethostname()}: `dbparallel stop {storage.uri('')}` there, Ctrl-C, "
+                rf"or `ray job stop`")):
             BlockLease(storage, 0, "rerun", 3600.0).acquire()
     finally:
         actor.kill()
