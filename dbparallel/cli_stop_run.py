@@ -27,7 +27,7 @@ def _who(hold: Hold) -> str:
     return f"pid {hold.pid} on {hold.host}"
 
 
-def _told(hold: Hold, run_dir: str, timeout_s: float) -> str:
+def _told(hold: Hold, run_dir: str) -> str:
     """The line of a block ``dbparallel stop`` sends nothing to."""
     said = f"block {hold.block}: "
     if hold.kind == "damaged":
@@ -42,7 +42,8 @@ def _told(hold: Hold, run_dir: str, timeout_s: float) -> str:
     if hold.kind == "lapsed":
         return said + (f"counted as stopped: its lease lapsed (renewed {hold.age_s:.0f} s ago "
                        f"by pid {hold.holder_pid} on {hold.host}, past "
-                       f"train.lease_timeout_s={timeout_s:g} s); nothing signalled")
+                       f"its writer's train.lease_timeout_s={hold.timeout_s:g} s); nothing "
+                       f"signalled")
     if hold.kind == "ending":
         return said + (f"its Ray run's driver (pid {hold.pid} on {hold.host}) is gone; its "
                        f"block process, pid {hold.holder_pid}, ends by itself")
@@ -52,10 +53,10 @@ def _told(hold: Hold, run_dir: str, timeout_s: float) -> str:
                        f"{hold.pid}`)")
     assert hold.kind == "elsewhere", hold.kind
     if hold.driver:
-        return said + (f"held by {_who(hold)}, which cannot be asked from here (another "
-                       f"machine or container, or the block's process runs on another node "
-                       f"than it): stop it on {hold.host}: `kill {hold.pid}`, Ctrl-C in its "
-                       f"terminal, or `ray job stop` for a submitted job")
+        return said + (f"held by {_who(hold)}, of another machine or container, which "
+                       f"cannot be signalled from here: run `dbparallel stop {run_dir}` on "
+                       f"{hold.host} (or `kill {hold.pid}` there), or `ray job stop` for a "
+                       f"submitted job")
     return said + (f"held by {_who(hold)}, of another machine or container, which cannot be "
                    f"signalled from here: run `dbparallel stop {run_dir}` on {hold.host} (or "
                    f"`kill {hold.pid}` there)")
@@ -64,19 +65,20 @@ def _told(hold: Hold, run_dir: str, timeout_s: float) -> str:
 def _waited(hold: Hold, released: bool, ended: bool, wait_s: float) -> str:
     """The line of a block waited for, once its process ended or the wait ran out."""
     said = f"block {hold.block}: "
+    who = (f"its block process (pid {hold.holder_pid})" if hold.kind == "ending"
+           else _who(hold))
     if ended:
         return said + ("stopped, its lease released" if released else
                        "stopped; its process ended without releasing its lease (a rerun on "
                        "this machine takes it over at once)")
     if released:
-        return said + (f"its lease released; {_who(hold)} still runs after {wait_s:g} s "
-                       f"(its cleanup)")
-    return said + (f"still held after {wait_s:g} s by {_who(hold)}, which may still be "
-                   f"cleaning up; `dbparallel status` shows when it has stopped")
+        return said + f"its lease released; {who} still runs after {wait_s:g} s (its cleanup)"
+    return said + (f"still held after {wait_s:g} s by {who}, which may still be cleaning up; "
+                   f"`dbparallel status` shows when it has stopped")
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from dbparallel.training.loading import run_config
+    from dbparallel.training.run_dir import run_config
     from dbparallel.training.stop_run import find_holds, send_sigterm, wait_ended
     from dbparallel.training.storage import Storage
 
@@ -102,7 +104,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         print(said)
     for hold in holds:
         if hold.kind != "signal":
-            print(_told(hold, args.run_dir, cfg.train.lease_timeout_s))
+            print(_told(hold, args.run_dir))
             still_held |= hold.kind in ("elsewhere", "unknown", "damaged")
     waiting = [h for h in holds if h.kind == "ending" or h.kind == "signal" and not sent[
         h.process]]

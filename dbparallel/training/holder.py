@@ -1,13 +1,15 @@
 """Which process holds a block's write lease (training/lease.py), and whether it still runs.
 
-A lease's ``holder`` is ``session/host/pid/nonce/space``: the run's session (for a run whose
-blocks train in Ray actors or workers, ``uuid@host:pid`` naming its driver), the process, and
-where its pid means something (``process_space``). A process of this machine and pid
-namespace can be asked whether it runs; one of another machine or container cannot.
+A lease's ``holder`` is ``session/host/pid/nonce/space/start``: the run's session (for a run
+whose blocks train in Ray actors or workers, ``uuid@host:pid~space~start`` naming its driver),
+the process, where its pid means something (``process_space``) and when it started
+(``process_start``; leases written before it was recorded lack it). A process of this machine
+and pid namespace can be asked whether it runs; one of another machine or container cannot.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -28,14 +30,31 @@ def process_space() -> str:
 
 def driver_session() -> str:
     """A new session of a run whose blocks train in other processes (Ray actors or workers):
-    uuid@host:pid, naming its driver, the process that a refusal tells the user to stop."""
-    return f"{uuid.uuid4().hex}@{socket.gethostname()}:{os.getpid()}"
+    uuid@host:pid~space~start, naming its driver, the process that a refusal tells the user
+    to stop: where that pid means something (a digest of its ``process_space``), so that it
+    can be asked about on its own machine wherever the run's blocks train, and when it
+    started (``process_start``), which tells it from a process that took its pid over."""
+    return (f"{uuid.uuid4().hex}@{socket.gethostname()}:{os.getpid()}~{_space_digest()}"
+            f"~{process_start()}")
+
+
+def session_start(session: str) -> str:
+    """The ``process_start`` of the driver a ``driver_session`` names; "" where not known."""
+    fields = session.partition("@")[2].split("~")
+    return fields[2] if len(fields) > 2 else ""
+
+
+def _space_digest(space: str | None = None) -> str:
+    """A short digest of ``process_space`` (this process's by default), which holds ``/``
+    and ``:`` that a session cannot; "" where the system does not say."""
+    space = process_space() if space is None else space
+    return hashlib.sha256(space.encode()).hexdigest()[:16] if space else ""
 
 
 def session_driver(session: str) -> tuple[str, str] | None:
     """(host, pid) of the driver a ``driver_session`` names; None for other sessions."""
     _, at, driver = session.partition("@")
-    host, colon, pid = driver.rpartition(":")
+    host, colon, pid = driver.partition("~")[0].rpartition(":")
     return (host, pid) if at and colon and pid.isdigit() else None
 
 
@@ -63,15 +82,22 @@ def driver_holding(holder: str) -> tuple[str, str] | None:
 
 def driver_alive(holder: str, driver: tuple[str, str]) -> bool | None:
     """Whether ``driver``, the driver of lease ``holder``'s process, runs: None where it
-    cannot be asked from here (it is not on the holder's machine, whose process space is the
-    only one known, or the holder cannot be asked: ``holder_alive``); False where it is gone,
-    or is this process (whose earlier run ended without releasing its leases: it runs no
-    other run now)."""
+    cannot be asked from here (another machine's or container's: its session names its
+    process space, or for a session that does not, it is not on the holder's machine, whose
+    space the holder names); False where it is gone, or is this process (whose earlier run
+    ended without releasing its leases: it runs no other run now)."""
     parts = holder.split("/")
-    if len(parts) < 5 or driver[0] != parts[1]:
+    if len(parts) < 5:
         return None
     if driver == (socket.gethostname(), str(os.getpid())):
         return False
+    space = parts[0].partition("@")[2].split("~")[1:2]
+    if space and space[0]:  # the driver's own space: asked wherever the holder runs
+        here = _space_digest()
+        return holder_alive("/".join([parts[0], driver[0], driver[1], parts[3],
+                                      process_space() if space[0] == here else "elsewhere"]))
+    if driver[0] != parts[1]:
+        return None
     return holder_alive("/".join([parts[0], driver[0], driver[1], *parts[3:]]))
 
 
@@ -87,24 +113,44 @@ def process_to_stop(holder: str) -> tuple[str, str, bool | None]:
     return host, pid, holder_alive(holder)
 
 
-def started_by(pid: str, when: float) -> bool | None:
-    """Whether process ``pid`` of this machine runs and had started by Unix time ``when``: a
-    lease's holder, and its driver, had by the lease's last renewal, and a process that took
-    the pid over since had not. A zombie (ended, not yet waited for by its parent) does not
-    run. None where /proc does not say (not Linux, or hidden)."""
+def process_start(pid: int | str = "self") -> str:
+    """When process ``pid`` of this machine started, in clock ticks since boot (field 22 of
+    /proc/PID/stat): with its pid, what tells a process from one that took the pid over after
+    it ended. "" where /proc does not say."""
+    stat = _stat(pid)
+    return stat[19] if stat else ""
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (which may hold ")"), field 3
+    first; None where it cannot be read."""
     try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            stat = f.read()
-        with open("/proc/uptime") as f:
-            uptime, now = float(f.read().split()[0]), time.time()
-    except (FileNotFoundError, ProcessLookupError):  # /proc is there: the process is not
-        return False if os.path.isdir("/proc/self") else None
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()
     except (OSError, ValueError):
         return None
-    fields = stat.rpartition(")")[2].split()  # after the command's name, which may hold ")"
-    if fields[0] in ("Z", "X"):
+
+
+def still_runs(pid: str, start: str, when: float) -> bool | None:
+    """Whether the process of this machine that had pid ``pid`` and started at ``start``
+    (``process_start``) still runs: not where the pid is gone, a zombie (ended, not yet
+    waited for by its parent) or another process's (one that took it over). Where ``start``
+    is not known (a lease or session written before it was recorded): whether the pid's
+    process had started by Unix time ``when`` (its lease's last renewal), which a process that
+    took it over since had not. None where /proc does not say (not Linux, or hidden)."""
+    stat = _stat(int(pid))
+    if stat is None:  # /proc is there: the process is not
+        return False if os.path.isdir("/proc/self") else None
+    if stat[0] in ("Z", "X"):
         return False
-    age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: ticks since boot
+    if start:
+        return stat[19] == start
+    try:
+        with open("/proc/uptime") as f:
+            uptime, now = float(f.read().split()[0]), time.time()
+    except (OSError, ValueError):
+        return None
+    age = uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK")
     return now - age <= when
 
 
@@ -133,17 +179,24 @@ def process_shown(process: object) -> str:
 
 
 def holder_parts(holder: str) -> tuple[str, str, str]:
-    """(session, host, pid) of a lease holder (session/host/pid/nonce/space); "?" for parts
+    """(session, host, pid) of a lease holder (session/host/pid/nonce/space/start); "?" for parts
     a damaged holder lacks."""
     return tuple((str(holder).split("/") + ["?", "?", "?"])[:3])  # type: ignore[return-value]
 
 
+def holder_start(holder: str) -> str:
+    """The ``process_start`` of lease ``holder``'s process (its sixth part); "" where the
+    holder does not record it."""
+    parts = str(holder).split("/")
+    return parts[5] if len(parts) > 5 else ""
+
+
 def holder_alive(holder: str) -> bool | None:
-    """Whether the process that wrote lease ``holder`` (session/host/pid/nonce/space) still
+    """Whether the process that wrote lease ``holder`` (session/host/pid/nonce/space/...) still
     runs, when its pid can be asked from here (the same host and ``process_space``); None
     otherwise: another machine's or container's, or a lease written before holders named
     their space. A pid taken over by a new process reads as alive: the safe side
-    (``started_by`` tells the two apart)."""
+    (``still_runs`` tells the two apart)."""
     parts = holder.split("/")
     if len(parts) < 5 or parts[1] != socket.gethostname() or not parts[2].isdigit() \
             or not parts[4] or parts[4] != process_space():

@@ -65,6 +65,7 @@ from dbparallel.training.holder import (
     holder_driver,
     holder_parts,
     process_space,
+    process_start,
 )
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
@@ -84,7 +85,7 @@ class BlockLease:
         self.timeout_s, self.clock = timeout_s, clock
         self.path = f"blocks/block_{block}/lease.json"
         self.holder = (f"{session}/{socket.gethostname()}/{os.getpid()}/"
-                       f"{uuid.uuid4().hex[:8]}/{process_space()}")
+                       f"{uuid.uuid4().hex[:8]}/{process_space()}/{process_start()}")
         self.generation = 0
         self.renewed_at = 0.0  # when this writer last renewed the lease (its clock)
         self.replaced = ""  # the holder this writer took the lease from ("": none held it)

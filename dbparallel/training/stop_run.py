@@ -9,9 +9,9 @@ stops it as Ctrl-C does (cli_stop.py): where it is, its leases released, and the
 ``train`` command resumes it.
 
 Only a process that holder.py can ask (this machine and pid namespace) is signalled, and only
-one that had started by the lease's last renewal (``started_by``): a pid a new process took
-over since is not the holder's. One of another machine or container is named, with its host,
-to be stopped there.
+the one that had its pid when the lease was written (``still_runs``: the lease and the session
+record when each started), not a new process that took the pid over since. One of another
+machine or container is named, with its host, to be stopped there.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from dbparallel.training.holder import (
     holder_alive,
     holder_driver,
     holder_parts,
+    holder_start,
     process_to_stop,
-    started_by,
+    session_start,
+    still_runs,
 )
 from dbparallel.training.lease import BlockLease, lease_timeout_s
 from dbparallel.training.storage import DamagedFile, Storage
@@ -46,12 +48,13 @@ class Hold:
     # gone, its block process ends by itself) | gone | lapsed (nothing runs it: nothing to
     # do) | elsewhere (another machine's or container's) | unknown (here, but /proc does not
     # say whether the pid is still its process's) | damaged (lease.json unreadable)
-    holder: str = ""  # the lease's holder: session/host/pid/nonce/space
+    holder: str = ""  # the lease's holder: session/host/pid/nonce/space/start
     host: str = ""  # the process to stop: the Ray run's driver, or the holder itself
     pid: str = ""
     driver: bool = False  # that process is a Ray run's driver, not the holder
     renewed_at: float = 0.0  # when the holder last renewed its lease (Unix time, its clock)
     age_s: float = 0.0  # since then
+    timeout_s: float = 0.0  # after which its lease lapses: its writer's train.lease_timeout_s
     said: str = ""  # a damaged lease's error
 
     @property
@@ -64,15 +67,26 @@ class Hold:
         """The pid of the lease's holder (a Ray run's block process, or the process itself)."""
         return holder_parts(self.holder)[2]
 
+    def holder_runs(self) -> bool | None:
+        """Whether the lease's holder still runs (``still_runs``)."""
+        return still_runs(self.holder_pid, holder_start(self.holder), self.renewed_at)
+
+    def process_runs(self) -> bool | None:
+        """Whether the process to stop (the holder, or its Ray run's driver) still runs."""
+        if not self.driver:
+            return self.holder_runs()
+        return still_runs(self.pid, session_start(holder_parts(self.holder)[0]),
+                          self.renewed_at)
+
 
 def _hold(block: int, lease: dict[str, Any], timeout_s: float, now: float) -> Hold:
     """What stopping the holder of ``lease`` (one that names a holder) takes."""
     holder, renewed_at = str(lease["holder"]), float(lease["renewed_at"])
     host, pid, runs = process_to_stop(holder)
     hold = Hold(block, "gone", holder, host, pid, holder_driver(holder) is not None,
-                renewed_at, max(0.0, now - renewed_at))
-    if runs:  # its pid runs: the holder's process, where it had started by the renewal
-        runs = started_by(pid, renewed_at)
+                renewed_at, max(0.0, now - renewed_at), timeout_s)
+    if runs:  # its pid runs: the holder's process, or its driver's, if not taken over since
+        runs = hold.process_runs()
         if runs is None:
             hold.kind = "unknown"
             return hold
@@ -80,8 +94,9 @@ def _hold(block: int, lease: dict[str, Any], timeout_s: float, now: float) -> Ho
         hold.kind = "signal"  # (this process holds no run: an earlier one's lease, kept)
     elif runs is None:
         hold.kind = "lapsed" if hold.age_s >= timeout_s else "elsewhere"
-    elif not runs and hold.driver and holder_alive(holder):  # Ray ends a gone driver's
-        hold.kind = "ending"  # processes
+    elif not runs and hold.driver and holder_alive(holder) \
+            and hold.holder_runs():  # (not a pid taken over since)
+        hold.kind = "ending"  # Ray ends a gone driver's processes
     return hold
 
 
@@ -129,8 +144,8 @@ def hold_state(storage: Storage, hold: Hold) -> tuple[bool, bool]:
         lease = {"holder": hold.holder}
     released = not lease or lease.get("holder") != hold.holder
     if hold.kind == "ending":
-        return released, released or holder_alive(hold.holder) is False
-    return released, started_by(hold.pid, hold.renewed_at) is False
+        return released, released or hold.holder_runs() is False
+    return released, hold.process_runs() is False
 
 
 def wait_ended(storage: Storage, holds: list[Hold], timeout_s: float,

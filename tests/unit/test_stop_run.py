@@ -18,7 +18,7 @@ import pytest
 import dbparallel
 from dbparallel import cli
 from dbparallel.config import dump_yaml, load_config
-from dbparallel.training.holder import process_space
+from dbparallel.training.holder import driver_session, process_space, process_start
 from dbparallel.training.lease import BlockLease
 from dbparallel.training.storage import Storage
 
@@ -140,10 +140,60 @@ def test_a_ray_run_s_driver_is_sent_sigterm_once_and_its_block_processes_none(
 
 
 def _lease(storage: Storage, block: int, host: str, pid: int | str, renewed_at: float,
-           session: str = "0123abcd") -> None:
+           session: str = "0123abcd", start: str | None = None, **more: float) -> None:
+    """A lease of ``block`` held by ``pid`` on ``host``; ``start``: the process start it
+    records (None: none, as leases written before starts were recorded)."""
     storage.write_json(f"blocks/block_{block}/lease.json", {
-        "generation": 1, "session": session, "renewed_at": renewed_at,
-        "holder": f"{session}/{host}/{pid}/0123abcd/{process_space()}"})
+        "generation": 1, "session": session, "renewed_at": renewed_at, **more,
+        "holder": f"{session}/{host}/{pid}/0123abcd/{process_space()}"
+                  + ("" if start is None else f"/{start}")})
+
+
+def test_a_holder_is_told_from_a_process_that_took_its_pid_over_by_its_start(
+        tmp_path: Path, capsys) -> None:
+    """The start a lease records, not the clock: the process of the pid that started then is
+    signalled; one that started at another time is not the holder."""
+    storage = _run_dir(tmp_path)
+    holder, other = _sleeper(), _sleeper()
+    try:
+        started = process_start(holder.pid)
+        assert started and process_start(other.pid)
+        _lease(storage, 0, HOST, holder.pid, renewed_at=time.time() - 600, start=started)
+        _lease(storage, 1, HOST, other.pid, renewed_at=time.time() + 600,
+               start=str(int(process_start(other.pid)) + 1))
+        assert cli.main(["stop", storage.uri(), "--wait", str(HANG_S)]) == 0
+        assert holder.wait(timeout=HANG_S) == -signal.SIGTERM
+        assert other.poll() is None
+    finally:
+        for proc in (holder, other):
+            proc.kill()
+            proc.wait()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"block 0: pid {holder.pid} on {HOST} trains it: SIGTERM sent"
+    assert out[1].startswith(f"block 1: already stopped: pid {other.pid} on {HOST}, which "
+                             f"held its lease, no longer runs it")
+
+
+def test_a_ray_run_s_driver_here_is_stopped_for_blocks_that_train_on_other_nodes(
+        tmp_path: Path, capsys) -> None:
+    """The usual cluster: the driver on this (head) node, the block processes on workers.
+    The session names the driver's process space and start, so it is asked here."""
+    storage = _run_dir(tmp_path)
+    driver = _sleeper()
+    session = driver_session().replace(f":{os.getpid()}~", f":{driver.pid}~")
+    session = session.rpartition("~")[0] + f"~{process_start(driver.pid)}"
+    try:
+        for block in (0, 1):
+            _lease(storage, block, "worker-node", 100 + block, renewed_at=time.time(),
+                   session=session, start="12345")
+        assert cli.main(["stop", storage.uri(), "--wait", "0"]) == 0
+        assert driver.wait(timeout=HANG_S) == -signal.SIGTERM
+    finally:
+        driver.kill()
+        driver.wait()
+    assert capsys.readouterr().out.splitlines() == [
+        f"blocks 0, 1: the Ray run whose driver is pid {driver.pid} on {HOST} trains them: "
+        f"SIGTERM sent to the driver", "the same train command resumes the run"]
 
 
 def test_a_pid_taken_over_since_the_lease_was_renewed_is_not_signalled(tmp_path: Path,
@@ -201,17 +251,17 @@ def test_a_holder_elsewhere_is_named_with_where_to_stop_it(tmp_path: Path, capsy
         f"block 0: held by pid 4242 on other-host, of another machine or container, which "
         f"cannot be signalled from here: run `dbparallel stop {run}` on other-host (or "
         f"`kill 4242` there)",
-        "block 1: held by the Ray run whose driver is pid 4000 on head-node, which cannot be "
-        "asked from here (another machine or container, or the block's process runs on "
-        "another node than it): stop it on head-node: `kill 4000`, Ctrl-C in its terminal, "
-        "or `ray job stop` for a submitted job"]
-    _lease(storage, 0, "other-host", 4242, renewed_at=time.time() - 121)  # lapsed
+        "block 1: held by the Ray run whose driver is pid 4000 on head-node, of another "
+        f"machine or container, which cannot be signalled from here: run `dbparallel stop "
+        f"{run}` on head-node (or `kill 4000` there), or `ray job stop` for a submitted job"]
+    _lease(storage, 0, "other-host", 4242, renewed_at=time.time() - 700,
+           timeout_s=600.0)  # lapsed by its writer's own timeout, not config.yaml's 120 s
     _lease(storage, 1, HOST, 999_999_999, renewed_at=time.time())  # no such process
     assert cli.main(["stop", run]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("block 0: counted as stopped: its lease lapsed (renewed 121 s "
-                             "ago by pid 4242 on other-host, past train.lease_timeout_s=120 "
-                             "s); nothing signalled")
+    assert out[0].startswith("block 0: counted as stopped: its lease lapsed (renewed 700 s "
+                             "ago by pid 4242 on other-host, past its writer's "
+                             "train.lease_timeout_s=600 s); nothing signalled")
     assert out[1].startswith(f"block 1: already stopped: pid 999999999 on {HOST}")
 
 
