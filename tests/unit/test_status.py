@@ -42,18 +42,19 @@ def run(half: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_status_and_help_read_without_torch(run: Path) -> None:
-    """`dbparallel status` and `--help` import no torch (seconds of a command that `watch`
-    may run every two): the same lines as in this process, where torch is imported."""
+def test_status_stop_and_help_read_without_torch(run: Path) -> None:
+    """`dbparallel status`, `stop` and `--help` import no torch (seconds of a command that
+    `watch` may run every two)."""
     code = ("import sys\nfrom dbparallel.cli import main\ntry:\n"
-            "    main(['--help'] if sys.argv[1] == 'help' else ['status', *sys.argv[1:]])\n"
+            "    main(sys.argv[1:])\n"
             "finally:  # --help exits\n"
             "    assert 'torch' not in sys.modules, 'torch was imported'\n")
-    for args in (["help"], [str(run)], ["--json", str(run)]):
+    for args in (["--help"], ["status", str(run)], ["status", "--json", str(run)],
+                 ["stop", str(run)]):
         out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
                              text=True, cwd=ROOT)
         assert out.returncode == 0 and "torch was imported" not in out.stderr, out.stderr
-        assert ("usage: dbparallel" if args == ["help"] else f"{run}") in out.stdout
+        assert ("usage: dbparallel" if args == ["--help"] else f"{run}") in out.stdout
 
 
 def test_run_dir_given_as_the_training_commands_take_it(run: Path, capsys) -> None:
