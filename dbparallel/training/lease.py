@@ -211,10 +211,10 @@ class BlockLease:
         older than the timeout, that its lease lapsed while it worked."""
         if current and deleted:
             session, host, pid = holder_parts(current["holder"])
-            by = (f"its lease, {self.storage.uri(self.path)}, was deleted, and another process "
-                  f"took this block since (pid {pid} on {host}, run "
+            by = (f"another process took this block since (pid {pid} on {host}, run "
                   f"{session.partition('@')[0]}; lease generation {current['generation']}, "
-                  f"this process holds {self.generation})")
+                  f"this process holds {self.generation}: a lower one, which a writer takes "
+                  f"where {self.storage.uri(self.path)} was deleted)")
         elif current and current.get("holder"):
             session, host, pid = holder_parts(current["holder"])
             by = (f"another process took this block over (pid {pid} on {host}, run "
