@@ -138,7 +138,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "released); 1 a block is "
         "still held: its process is on another machine or container, could not be "
         "signalled, did not stop within --wait, or its lease is damaged (each said in a "
-        "line); 2 RUN_DIR is not a run directory.")
+        "line); 2 RUN_DIR is not a run directory. A process still cleaning up after a stop "
+        "says so on a second SIGTERM, and quits at once on a third, without releasing its "
+        "leases (a rerun on its machine takes them over at once): give a long cleanup "
+        "--wait rather than running stop again.")
     s.add_argument("run_dir", metavar="RUN_DIR", type=run_dir_argument)
     s.add_argument("--wait", type=float, default=WAIT_S, metavar="SECONDS",
                    help=f"wait this long at most for the processes signalled to stop and "
