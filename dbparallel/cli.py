@@ -175,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("plot", help="draw a run's loss and assembly curves (curves.png)")
     pc.add_argument("run_dir", type=run_dir_argument)
     pc.add_argument("--out", default="", help="PNG file to write (default: RUN_DIR/curves.png)")
-    pc.add_argument("--against", default="", metavar="BASELINE_DIR",
+    pc.add_argument("--against", default="", metavar="BASELINE_DIR", type=run_dir_argument,
                     help="draw this run's loss per noise level too (e.g. the end-to-end run "
                          "of `dbparallel baseline`)")
     pc.set_defaults(func=cmd_plot)
