@@ -168,14 +168,30 @@ def _refuse_other_config(storage: Storage, cfg: Config) -> None:
                 raise RunDirError(
                     f"{storage.uri()} holds blocks trained with other values of "
                     f"{', '.join(keys)} ({values}{more}); resume with the same values or "
-                    f"choose a new run.dir")
+                    f"choose a new run.dir (e.g. run.dir={_another_run_dir(storage, cfg, keys)})")
             # a run that stopped (or still starts) before any block saved a checkpoint: the
             # directory may belong to a live run that is still checking its data, so it is
             # never taken over; the user knows whether one is running
             raise RunDirError(
                 f"{storage.uri()} was started with other values of {', '.join(keys)} "
                 f"({values}{more}) and no block has saved a checkpoint yet; resume with the "
-                f"same values, choose a new run.dir, or delete the directory if no run uses it")
+                f"same values, choose a new run.dir (e.g. run.dir="
+                f"{_another_run_dir(storage, cfg, keys)}), or delete the directory if no run "
+                f"uses it")
+
+
+def _another_run_dir(storage: Storage, cfg: Config, keys: list[str]) -> str:
+    """A run.dir to suggest to a run refused in ``storage`` (a recipe's run.name names its runs
+    whatever their data): beside it, named for the run's data where the data differ
+    (``runs/ar-shakespeare-tiny-notes``), else numbered; on local storage, one not taken."""
+    base, query, rest = storage.root.rstrip("/").partition("?")
+    tag = data_name(cfg.data) if any(k.startswith("data.") for k in keys) else ""
+    names = ([f"{base}-{tag}"] if tag else []) + [f"{base}-{tag + '-' if tag else ''}{n}"
+                                                  for n in range(2, 100)]
+    for name in names:
+        if not storage.is_local or not os.path.exists(name):
+            return name + query + rest
+    return names[-1]
 
 
 def _checkpointed_config(storage: Storage) -> dict | None:

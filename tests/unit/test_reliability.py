@@ -75,6 +75,14 @@ def test_changed_network_is_refused_naming_keys(straight, tmp_path, capsys) -> N
     err = capsys.readouterr().err
     assert "model.hidden" in err and "noise.gamma" in err and "Traceback" not in err
     assert "holds blocks trained with other values" in err
+    # a run.dir to give instead, not taken yet: numbered, or named for other data
+    assert err.rstrip().endswith(f"choose a new run.dir (e.g. run.dir={run_dir}-2)")
+    (tmp_path / "run-2").mkdir()
+    assert _train(run_dir, "model.hidden=48") == 2
+    assert capsys.readouterr().err.rstrip().endswith(f"(e.g. run.dir={run_dir}-3)")
+    pets = _parquet(tmp_path / "pets.parquet", list(range(10)) * 40)
+    assert _train(run_dir, "data.source=parquet", f"data.path={pets}") == 2
+    assert capsys.readouterr().err.rstrip().endswith(f"(e.g. run.dir={run_dir}-pets)")
 
 
 def test_a_run_that_saved_nothing_is_refused_saying_so(straight, tmp_path, capsys) -> None:
