@@ -1,5 +1,5 @@
-"""dbparallel train | baseline | plan | data check | plot | eval | sample | export | generate |
-predict | status | stop: parse -> build -> run."""
+"""dbparallel: train a network block by block with DiffusionBlocks (each block alone, as a
+denoiser of its own noise levels, on its own device), and use the trained network."""
 
 from __future__ import annotations
 

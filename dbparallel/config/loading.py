@@ -135,12 +135,14 @@ def _from_file(key: str, files: list[str | Path], layers: list[Any], overrides: 
                message: str) -> str:
     """``message`` with the recipe file that set ``key`` in front (the last one that does);
     as it is when no file sets it or an override on the command line sets it or a section or
-    list above it (``model.widths=[...]`` for ``model.widths[1]``)."""
+    list above it (``model.widths=[...]`` for ``model.widths[1]``), or sets another key the
+    message names as the other side of the fault (``model.blocks=3`` for model.depth)."""
     from omegaconf import OmegaConf
 
     for item in overrides:
         given = item.split("=", 1)[0].strip()
-        if key == given or key.startswith((given + ".", given + "[")):
+        if key == given or key.startswith((given + ".", given + "[")) \
+                or f"{given}=" in message:
             return message
     try:
         for path, layer in reversed(list(zip(files, layers, strict=False))):

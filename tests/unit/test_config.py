@@ -53,6 +53,9 @@ def test_a_key_set_in_a_recipe_names_the_last_file_that_sets_it(tmp_path) -> Non
         load_config([a, b])  # a value the schema's checks refuse
     with pytest.raises(ConfigError, match=r"^model.depth: 6 layers do not split"):
         load_config([a, b], ["model.depth=6"])
+    with pytest.raises(ConfigError, match=r"^model.depth: 7 layers do not split equally into "
+                                          r"model.blocks=2"):  # the other side, given here
+        load_config([a, b], ["model.blocks=2"])
     with pytest.raises(ConfigError, match=r"^model.dpeth: unknown key \(did you mean "
                                           r"model.depth\?"):
         load_config([a], ["model.dpeth=2"])
