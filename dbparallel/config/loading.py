@@ -171,6 +171,13 @@ def _omegaconf_reason(err: Exception) -> str:
         return "expects a list, e.g. [600, 400]"
     if text.startswith("Incompatible value 'None'"):
         return "needs a value (key=value)"
+    wrong = re.match(r"Value '(.*)' (?:of type '\w+' could not be converted to (\w+)"
+                     r"|is not a valid (bool))", text)
+    if wrong:
+        kind = {"Integer": "an integer (e.g. 100)", "Float": "a number (e.g. 0.001)",
+                "bool": "true or false"}.get(wrong.group(2) or wrong.group(3))
+        if kind:
+            return f"expects {kind}, got {wrong.group(1)!r}"
     return text
 
 

@@ -168,3 +168,14 @@ def test_a_stored_config_loads_with_a_value_the_schema_now_refuses() -> None:
     assert from_dict(stored).runtime.placement_timeout_s == float("inf")
     with pytest.raises(ConfigError, match="runtime.placement_timeout_s"):
         load_config([], ["runtime.placement_timeout_s=inf"])  # a new run: refused
+
+
+@pytest.mark.parametrize(("item", "said"), [
+    ("train.steps=5.5", "train.steps: expects an integer (e.g. 100), got '5.5'"),
+    ("train.lr=abc", "train.lr: expects a number (e.g. 0.001), got 'abc'"),
+    ("train.checkpoint_layers=maybe", "train.checkpoint_layers: expects true or false, got "
+                                      "'maybe'")])
+def test_a_value_of_the_wrong_type_says_what_the_key_takes(item: str, said: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config([], [item])
+    assert str(err.value) == said
