@@ -25,6 +25,7 @@ from dbparallel.config.identity import (
 )
 from dbparallel.config.loading import (
     AUTO,
+    CONFIG_FILE,
     describe,
     dump_yaml,
     from_dict,
@@ -58,7 +59,7 @@ from dbparallel.config.training import OBJECTIVES, PRECISIONS, TrainConfig
 from dbparallel.errors import ConfigError
 
 __all__ = [
-    "AR_READOUTS", "AUTO", "DATA_SOURCES", "IDENTITY_KEYS", "IDENTITY_SECTIONS",
+    "AR_READOUTS", "AUTO", "CONFIG_FILE", "DATA_SOURCES", "IDENTITY_KEYS", "IDENTITY_SECTIONS",
     "LABEL_EMBEDDINGS", "LABEL_STARTS", "LEGACY_VALUES", "NOT_IDENTITY", "OBJECTIVES",
     "PARTITIONS", "PATH_SOURCES", "PRECISIONS", "PRESETS", "TASKS", "TEXT_TASKS", "TOKENIZERS",
     "Config",

@@ -14,6 +14,8 @@ from dbparallel.config.identity import upgrade
 from dbparallel.config.schema import Config
 from dbparallel.errors import ConfigError
 
+CONFIG_FILE = "config.yaml"  # the config a run directory was trained with (its own file)
+
 AUTO = "auto"
 FitBlocks = Callable[[Callable[[int], "Config"]], int]
 
@@ -36,6 +38,11 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
                 if re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)+", str(path)) \
                         and section in {f.name for f in fields(Config)}:
                     hint = f" (an override needs its value: {path}=...)"
+                elif (Path(path) / CONFIG_FILE).is_file():
+                    hint = (f" (it is a run directory: give run.dir={path}, with the recipe "
+                            f"and overrides it was trained with, to resume it)")
+                elif Path(f"{path}.yaml").is_file():
+                    hint = f" (did you mean {path}.yaml?)"
                 raise ConfigError(f"config file not found: {path}{hint}")
             layers.append(_recipe(path))
         for item in overrides:

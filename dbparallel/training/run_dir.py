@@ -6,6 +6,7 @@ import logging
 import os
 
 from dbparallel.config import (
+    CONFIG_FILE,
     Config,
     changed_settings,
     data_name,
@@ -22,7 +23,6 @@ from dbparallel.errors import RunDirError, UserError
 from dbparallel.training.data_pin import DATA_INDEX_FILE, VOCAB_FILE, refuse_other_data
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
-CONFIG_FILE = "config.yaml"
 MAX_LISTED = 4  # differing keys whose values a refusal prints
 # what a run writes at its root (and everything under blocks/): a command's output never
 # replaces one of them

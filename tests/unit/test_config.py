@@ -313,3 +313,19 @@ def test_summary_numbers_print_counts_in_full() -> None:
 
     assert [_number(v) for v in (10000.0, 186.0, 0.9989, 0.0, 2.5e-05)] == \
         ["10,000", "186", "0.9989", "0", "2.5e-05"]
+
+
+def test_a_recipe_not_found_is_told_what_was_meant(tmp_path, monkeypatch) -> None:
+    """A run directory given as a recipe, and a recipe named without its suffix."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("task: dit\n")
+    (tmp_path / "mine.yaml").write_text("train:\n  steps: 3\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_config(["run"])
+    assert str(err.value) == ("config file not found: run (it is a run directory: give "
+                              "run.dir=run, with the recipe and overrides it was trained with, "
+                              "to resume it)")
+    with pytest.raises(ConfigError, match=r"^config file not found: mine \(did you mean "
+                                          r"mine.yaml\?\)$"):
+        load_config(["mine"])
