@@ -36,6 +36,9 @@ def load(source: str | os.PathLike, step: int | None = None,
     source = os.fspath(source)
     _check_step(step)
     if is_file(source):
+        if source.lower().endswith((".yaml", ".yml")):
+            raise UserError(f"{source}: a recipe; give the run directory it trained (its "
+                            f"run.dir) or a file `dbparallel export` wrote")
         if step is not None:
             raise RunDirError(f"{source}: an export holds one step per block; step= applies "
                               "to run directories")

@@ -176,3 +176,11 @@ def test_a_run_directory_named_like_an_option_is_named_as_given(tmp_path, monkey
     assert cli.main(["sample", "out", "--out", str(tmp_path / "x.png")]) == 2
     assert capsys.readouterr().err.strip() == \
         "dbparallel: error: out: not a run directory (no config.yaml)"
+
+
+def test_a_recipe_given_for_a_run_is_named_as_one(capsys) -> None:
+    recipe = str(Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml")
+    with pytest.raises(UserError, match=r"tiny_cpu.yaml: a recipe; give the run "):
+        dbparallel.load(recipe)
+    assert cli.main(["eval", recipe]) == 2
+    assert "a recipe; give the run directory it trained" in capsys.readouterr().err
