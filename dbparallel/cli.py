@@ -194,7 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = p.parse_known_args(argv)
     unknown = [item for item in extra if item.startswith("-")]
     if unknown or (extra and not hasattr(args, "config")):
-        p.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+        commands = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(  # the command's own usage, with its options
+            f"unrecognized arguments: {' '.join(unknown or extra)}")
     if extra:
         args.config = [*args.config, *extra]
     with stop_signals() as stop:

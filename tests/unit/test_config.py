@@ -329,3 +329,14 @@ def test_a_recipe_not_found_is_told_what_was_meant(tmp_path, monkeypatch) -> Non
     with pytest.raises(ConfigError, match=r"^config file not found: mine \(did you mean "
                                           r"mine.yaml\?\)$"):
         load_config(["mine"])
+
+
+def test_an_unknown_option_shows_its_command_s_usage(capsys) -> None:
+    from dbparallel.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "jobs/tiny_cpu.yaml", "--lcoal"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: dbparallel train [-h] [--local]")
+    assert err.rstrip().endswith("dbparallel train: error: unrecognized arguments: --lcoal")
