@@ -176,14 +176,18 @@ def small_shards_warning(index: DataIndex, shard_rows: int, batch_size: int) -> 
     """A warning when the training rows' median Parquet row group has fewer than
     1/SMALL_SHARD of data.shard_rows or of the batch, whichever is smaller: every shard is
     read on its own, and a per-shard cost (finding the row group in the file's footer, which
-    grows with the row groups) dominates (row groups of 1 row trained 100x slower)."""
+    grows with the row groups) dominates (row groups of 1 row trained 100x slower). None when
+    even one row group of every training row would be that small (one row group, or a few
+    rows): a reshard cannot make row groups bigger than the rows there are."""
     shards = index.splits.get("train", ())
     if index.kind != "images" or not shards or any(s.kind != "parquet" for s in shards):
         return None
     median = int(np.median([s.rows for s in shards]))
-    if median * SMALL_SHARD >= min(shard_rows, batch_size):
+    least = min(shard_rows, batch_size)
+    if median * SMALL_SHARD >= least or sum(s.rows for s in shards) * SMALL_SHARD < least:
         return None
-    return (f"data: the training rows are in {len(shards):,} Parquet row groups of a median "
+    groups = f"{len(shards):,} Parquet row group{'s' if len(shards) != 1 else ''}"
+    return (f"data: the training rows are in {groups} of a median "
             f"{median:,} row{'s' if median != 1 else ''}, far fewer than data.shard_rows="
             f"{shard_rows:,} or train.batch_size={batch_size:,}; each row group is a shard "
             f"read on its own, which makes reading slow. Rewrite the data once in row groups "

@@ -219,6 +219,21 @@ def test_tiny_row_groups_are_warned_of_with_the_reshard_command(tmp_path, capsys
     assert "row groups of a median 50 rows" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("group_rows", [4, 1])
+def test_too_few_rows_for_a_bigger_row_group_are_not_warned_of(tmp_path, capsys,
+                                                                group_rows) -> None:
+    """4 rows, batches of 40: one row group of 4 rows (what a reshard writes) or four of 1
+    row; a reshard cannot make a row group of 40 / 8 rows, so nothing is said of resharding."""
+    from dbparallel.training.data_memory import report_footprint
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "few.parquet"
+    pq.write_table(image_table(rng.random((4, 1, 8, 8)), rng.integers(0, 10, 4)), path,
+                   row_group_size=group_rows)
+    report_footprint(_cfg(tmp_path, path, 8, 40), parquet_index(str(path)))
+    assert "reshard" not in capsys.readouterr().err
+
+
 def test_each_replica_holds_the_windows_and_its_share_of_two_batches(tmp_path) -> None:
     data = _data(tmp_path)
     cfg = _cfg(tmp_path, data, 2)
