@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from dbparallel.cli_data import run_dir_argument
-from dbparallel.config import PATH_SOURCES
+from dbparallel.config import FILE_SOURCES
 from dbparallel.errors import UserError
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def _data(network: Network, source: str, path: str = "") -> DataIndex:
         return open_data(network.cfg.data)
     except DataError as err:  # e.g. moved, or an export on a machine without them
         gone = "not there" in str(err) or "no such" in str(err)
-        if network.cfg.data.source not in PATH_SOURCES or not gone:
+        if network.cfg.data.source not in FILE_SOURCES or not gone:
             raise
         raise DataError(f"{err}{elsewhere}") from None
 
@@ -66,10 +66,10 @@ def _data_at(network: Network, path: str) -> DataIndex:
     from dbparallel.data.tokenizer import load_tokenizer
 
     data = network.cfg.data
-    if data.source not in PATH_SOURCES:
+    if data.source not in FILE_SOURCES:  # built in (digits, shakespeare): nothing moves
         raise UserError(f"--data: the network was trained on data.source={data.source}, "
-                        f"which is read from no path; --data is for data.source="
-                        f"{', '.join(PATH_SOURCES)}")
+                        f"which is built in and read from no path; --data is for "
+                        f"data.source={', '.join(FILE_SOURCES)}")
     index = open_data(dataclasses.replace(data, path=path))
     if network.tokenizer is not None and \
             load_tokenizer(index.meta).describe() != network.tokenizer.describe():

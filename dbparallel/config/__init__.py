@@ -39,6 +39,7 @@ from dbparallel.config.runtime_keys import DebugConfig, MetricsConfig, RuntimeCo
 from dbparallel.config.schema import (
     AR_READOUTS,
     DATA_SOURCES,
+    FILE_SOURCES,
     LABEL_EMBEDDINGS,
     LABEL_STARTS,
     PARTITIONS,
@@ -59,7 +60,8 @@ from dbparallel.config.training import OBJECTIVES, PRECISIONS, TrainConfig
 from dbparallel.errors import ConfigError
 
 __all__ = [
-    "AR_READOUTS", "AUTO", "CONFIG_FILE", "DATA_SOURCES", "IDENTITY_KEYS", "IDENTITY_SECTIONS",
+    "AR_READOUTS", "AUTO", "CONFIG_FILE", "DATA_SOURCES", "FILE_SOURCES", "IDENTITY_KEYS",
+    "IDENTITY_SECTIONS",
     "LABEL_EMBEDDINGS", "LABEL_STARTS", "LEGACY_VALUES", "NOT_IDENTITY", "OBJECTIVES",
     "PARTITIONS", "PATH_SOURCES", "PRECISIONS", "PRESETS", "TASKS", "TEXT_TASKS", "TOKENIZERS",
     "Config",

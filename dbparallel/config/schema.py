@@ -17,6 +17,8 @@ TASKS = ("dit", "vit", "mdm", "ar", "looped")
 TEXT_TASKS = ("mdm", "ar", "looped")
 DATA_SOURCES = ("digits", "parquet", "shakespeare", "text", "fashion_mnist", "image_folder")
 PATH_SOURCES = ("parquet", "text", "image_folder")  # the sources read from data.path
+# the sources that can be read from a path: fashion_mnist from data.path where it is set
+FILE_SOURCES = (*PATH_SOURCES, "fashion_mnist")
 TOKENIZERS = ("char", "bpe")
 SOLVERS = ("euler", "heun")
 SCHEDULES = ("equiprobable", "karras")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dbparallel import cli
 from dbparallel.config import load_config
 from dbparallel.data.sources import digits_table
-from dbparallel.data.tables import write_table
+from dbparallel.data.tables import image_table, write_table
 from dbparallel.runtime.local import run_local
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,13 +51,32 @@ def test_moved_data_and_an_export_elsewhere_are_evaluated_with_data(tmp_path, ca
     assert json.loads(Path(out).read_text())
 
 
+def test_fashion_mnist_read_from_a_path_that_moved_is_evaluated_with_data(tmp_path,
+                                                                          capsys) -> None:
+    """data.source=fashion_mnist reads its files at data.path where it is set: --data reads
+    them where they moved to."""
+    at = tmp_path / "fashion"
+    at.mkdir()
+    rng = np.random.default_rng(0)  # a Parquet table of its columns, 28x28 grey images
+    write_table(image_table(rng.random((64, 1, 28, 28)), rng.integers(0, 10, 64)),
+                str(at / "train.parquet"))
+    run = _train(tmp_path / "run", "data.source=fashion_mnist", f"data.path={at}",
+                 "data.image_size=28", "model.patch_size=7")
+    before = _eval(capsys, run)
+    moved = at.rename(tmp_path / "moved")
+    assert cli.main(["eval", run]) == 2
+    assert "--data PATH reads them where they are now" in capsys.readouterr().err
+    assert _eval(capsys, run, "--data", str(moved)) == before
+
+
 def test_data_without_a_path_or_other_text_are_refused(tmp_path, capsys) -> None:
     run = _train(tmp_path / "digits")  # data.source=digits: built in, no path
     assert cli.main(["sample", run, "--out", str(tmp_path / "s.png"), "--data", "x"]) == 2
     assert "--data: a dit network's samples read no data" in capsys.readouterr().err
     assert cli.main(["eval", run, "--data", str(tmp_path)]) == 2
-    assert ("--data: the network was trained on data.source=digits, which is read from no "
-            "path") in capsys.readouterr().err
+    assert ("--data: the network was trained on data.source=digits, which is built in and "
+            "read from no path; --data is for data.source=parquet, text, image_folder, "
+            "fashion_mnist") in capsys.readouterr().err
     trained, other = tmp_path / "a.txt", tmp_path / "b.txt"
     trained.write_text("the quick brown fox jumps over the lazy dog. " * 200)
     other.write_text("ZYXW VUTS RQPO " * 600)  # characters the network never saw
