@@ -98,7 +98,8 @@ def _print_summary(cfg: Config, report: dict) -> None:
         print("heldout_loss: on training rows, as the data has no validation or test split: a "
               "check of the EMA weights, not a held-out score")
     if report["assembly"]:
-        metrics = ", ".join(f"{k}={_number(v)}" for k, v in report["assembly"].items())
+        metrics = ", ".join(f"{k}={_number(v)}" for k, v in report["assembly"].items()
+                            if v is not None)  # e.g. kid_std of one KID subset
         print(f"assembly: {metrics}")
         from dbparallel.training.eval.text import bpc_note
 

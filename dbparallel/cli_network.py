@@ -94,7 +94,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(metrics))
     else:
         for k, v in metrics.items():
-            print(f"{k}: {v:.6g}")
+            if v is not None:  # e.g. kid_std of one KID subset (null in --json)
+                print(f"{k}: {v:.6g}")
         from dbparallel.training.eval.text import bpc_note
 
         note = bpc_note(network.cfg, metrics)

@@ -129,7 +129,8 @@ def append_assembly(storage: Storage, step: int, metrics: dict[str, float],
     file stays in increasing steps. Only the driver writes it; it is small, so it is rewritten
     whole, on local disks and object stores alike."""
     kept = [r for r in read_lines(storage, ASSEMBLY_FILE) if r["step"] < step]
-    values = {k: int(v) if isinstance(v, numbers.Integral) else float(v)  # counts stay whole
+    # counts stay whole; None (kid_std of one KID subset) is written as null
+    values = {k: v if v is None else int(v) if isinstance(v, numbers.Integral) else float(v)
               for k, v in metrics.items() if k != "block_steps_min"}
     kept.append({"step": step, **values, "wall_s": round(wall_s, 3)})
     storage.write_bytes(ASSEMBLY_FILE, _encode(kept))

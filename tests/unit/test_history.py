@@ -157,6 +157,19 @@ def test_an_assembly_line_replaces_those_of_its_step_and_later(tmp_path) -> None
                                         {"step": 6, "bpc": 0.3, "wall_s": 1.0}]
 
 
+def test_an_assembly_without_a_kid_std_writes_it_as_null(tmp_path, capsys) -> None:
+    """kid_std is None with one KID subset: null in assembly.jsonl and report.json, left out
+    of the printed summary."""
+    from dbparallel.cli import _print_summary
+
+    storage = Storage(str(tmp_path))
+    metrics = {"fid": 120.5, "kid": 0.02, "kid_std": None, "fid_samples": 100}
+    append_assembly(storage, 4, metrics, 1.0)
+    assert read_assemblies(storage) == [{"step": 4, **metrics, "wall_s": 1.0}]
+    _print_summary(_cfg(tmp_path), {"per_block": [], "assembly": metrics, "wall_time_s": 2.0})
+    assert "assembly: fid=120.5, kid=0.02, fid_samples=100\n" in capsys.readouterr().out
+
+
 def _history(storage: Storage, assemblies: bool) -> None:
     for b, (lo, hi) in enumerate([(0.4, 80.0), (0.002, 0.5)]):
         records = [{"step": s, "loss": 3.0 / s / (b + 1) ** 3, "sigma_lo": lo, "sigma_hi": hi}

@@ -62,6 +62,18 @@ def test_kid_is_unbiased_for_one_distribution_and_grows_with_a_shift() -> None:
     assert shifted > 5 * float(same.abs().max())
 
 
+def test_kid_of_sets_no_larger_than_a_subset_has_no_std() -> None:
+    """100 samples and 100 real rows: every subset of 1,000 rows is the whole of both, so
+    there is one KID value and no spread (was a std of ~1e-16, rounding error)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = _gauss(100, 8, 0), _gauss(100, 8, 1)
+    kid, std = kernel_distance(a, b, g)
+    assert std is None and kid == pytest.approx(float(mmd2_unbiased(a, b)), rel=1e-12)
+    assert kernel_distance(a, b, g, subsets=1, subset_size=50)[1] is None  # one subset
+    kid, std = kernel_distance(a, b, g, subsets=5, subset_size=50)  # subsets of half
+    assert std is not None and std > 0
+
+
 def test_tf_bilinear_keeps_constants_and_same_size_images() -> None:
     x = torch.rand(2, 3, 8, 8)
     torch.testing.assert_close(inception.tf_bilinear(x, 8), x)

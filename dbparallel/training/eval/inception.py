@@ -121,9 +121,10 @@ def fid_reference_rows(real_rows: int, fake_rows: int, seed: int) -> torch.Tenso
 
 
 def fid_kid(key: dict, real: torch.Tensor, fake: torch.Tensor, seed: int,
-            device: str | torch.device = "cpu") -> dict[str, float]:
+            device: str | torch.device = "cpu") -> dict[str, float | None]:
     """FID and KID of generated images against as many real ones (``real``: the rows
-    ``fid_reference_rows`` picked), both (N, C, H, W) in [0, 1]."""
+    ``fid_reference_rows`` picked), both (N, C, H, W) in [0, 1]; kid_std is None at most
+    SUBSET_SIZE samples (one KID subset, ``kernel_distance``)."""
     n = min(len(real), len(fake))
     real_features = reference_features({**key, "seed": seed}, real[:n], device)
     fake_features = inception_features(fake[:n], device)

@@ -23,15 +23,21 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def kernel_distance(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator,
-                    subsets: int = SUBSETS, subset_size: int = SUBSET_SIZE) -> tuple[float, float]:
-    """(mean, std) over random subsets of the unbiased MMD^2 between features a and b (N, d)."""
+                    subsets: int = SUBSETS,
+                    subset_size: int = SUBSET_SIZE) -> tuple[float, float | None]:
+    """(mean, std) over random subsets of the unbiased MMD^2 between features a and b (N, d).
+    The std is None where there is one subset: one asked for, or sets of at most
+    ``subset_size`` rows, whose every subset is the whole of both (the MMD^2 of each is the
+    same, and their std only rounding error)."""
     m = min(subset_size, len(a), len(b))
     if m < 2:
         raise ValueError(f"KID needs at least 2 rows per set, got {len(a)} and {len(b)}")
     a, b = a.double(), b.double()
+    if m == len(a) == len(b):
+        return float(mmd2_unbiased(a, b)), None
     values = torch.stack([
         mmd2_unbiased(a[torch.randperm(len(a), generator=generator)[:m]],
                       b[torch.randperm(len(b), generator=generator)[:m]])
         for _ in range(subsets)
     ])
-    return float(values.mean()), float(values.std()) if subsets > 1 else 0.0
+    return float(values.mean()), float(values.std()) if subsets > 1 else None
