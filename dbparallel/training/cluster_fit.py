@@ -18,13 +18,18 @@ ASSUMED_MFU = 0.4  # the plan's step-rate estimate: a guess until gpu.sh measure
 USABLE = 0.9
 
 
+def counted(n: float, noun: str) -> str:
+    """``1 GPU``, ``8 GPUs``, ``0.5 GPUs``: ``n`` of ``noun``, plural but for one."""
+    return f"{n:g} {noun}{'s' * (n != 1)}"
+
+
 def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     """The cluster part of the plan table."""
     r, blocks = cfg.runtime, cfg.model.blocks
     unit = (f"{r.gpus_per_block:g} GPU + {r.cpus_per_block:g} CPU" if r.gpus_per_block
             else f"{r.cpus_per_block:g} CPU")
-    have = (f"{c['gpus']:g} GPUs, {c['cpus']:g} CPUs" if c["cpus"] is not None
-            else f"{c['gpus']:g} GPUs")
+    have = counted(c["gpus"], "GPU") + (f", {counted(c['cpus'], 'CPU')}"
+                                        if c["cpus"] is not None else "")
     assembler = " + ".join(f"{v:g} {k}" for k, v in (("GPU", r.assembly_gpus),
                                                        ("CPU", r.assembly_cpus)) if v)
     slots, waves = c["concurrent_blocks"], c["waves"]
@@ -32,11 +37,11 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
         unit = f"{r.replicas_per_block} x ({unit})"
     lines = [f"cluster ({c['source']}): {have}; each block {unit}"
              + (f", the assembly actor {assembler}" if assembler else ""),
-             f"  {slots} of {blocks} blocks at once: {waves} wave(s); "
-             f"{c['replicas_per_block']} replica(s) per block"]
+             f"  {slots} of {counted(blocks, 'block')} at once: {counted(waves, 'wave')}; "
+             f"{counted(c['replicas_per_block'], 'replica')} per block"]
     memory = f"  memory per device: {bytes_text(c['memory_per_device_bytes'])}"
     if r.gpus_per_block:
-        memory += f" ({c['blocks_per_device']} block(s) per GPU)"
+        memory += f" ({counted(c['blocks_per_device'], 'block')} per GPU)"
     if c["device_memory_bytes"]:
         verdict = "fits" if c["fits"] else f"does NOT fit: {_remedies(cfg, c)}"
         memory += (f" of {bytes_text(c['device_memory_bytes'])} ({verdict}; a plan fills "
@@ -48,9 +53,9 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
                      f"idle (no model parallelism); for memory raise model.blocks or set "
                      f"train.checkpoint_layers=true, for speed raise runtime.replicas_per_block")
     if c["gpus"] and not r.gpus_per_block:
-        lines.append(f"  runtime.gpus_per_block=0: the blocks train on CPUs and none of the "
-                     f"{c['gpus']:g} GPUs is used; set runtime.gpus_per_block=1 to give each "
-                     f"block a GPU")
+        unused = "the GPU is" if c["gpus"] == 1 else f"none of the {c['gpus']:g} GPUs is"
+        lines.append(f"  runtime.gpus_per_block=0: the blocks train on CPUs and {unused} "
+                     f"used; set runtime.gpus_per_block=1 to give each block a GPU")
     if not c["room"]:
         beside = " beside the assembly actor" if assembler else ""
         keys = "runtime.cpus_per_block/gpus_per_block" + (
@@ -68,9 +73,8 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
                      f"{c['assumed_mfu']:.0%} MFU of {c['peak_row']}'s {c['peak_tflops']:g} "
                      f"TFLOP/s ({cfg.train.precision}); not a measurement")
         lines.append(f"  estimated training time: {_time(c['estimated_train_s'])} for "
-                     f"train.steps in {waves} "
-                     f"wave(s) at those rates (steps only: data waits, checkpoints and "
-                     f"assemblies add to it)")
+                     f"train.steps in {counted(waves, 'wave')} at those rates (steps only: "
+                     f"data waits, checkpoints and assemblies add to it)")
     elif r.gpus_per_block and c.get("device_name"):
         named = (f"runtime.device_name={r.device_name!r}" if r.device_name
                  else f"this machine's GPU {c['device_name']!r}")
@@ -94,12 +98,13 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     fill = replicas_to_fill(cfg, c["gpus"])
     idle = c["gpus"] - r.assembly_gpus - min(slots, c["room"]) * r.replicas_per_block * (
         r.gpus_per_block)
+    idle_gpus = f"{counted(idle, 'GPU')} stay{'s' * (idle == 1)} idle"
     if hand and slots < min(blocks, c["room"]) and r.gpus_per_block and idle > 0:
-        lines.append(f"  {idle:g} GPUs stay idle: runtime.max_concurrent_blocks={hand} trains "
+        lines.append(f"  {idle_gpus}: runtime.max_concurrent_blocks={hand} trains "
                      f"fewer blocks at once than the cluster has room for "
                      f"({min(blocks, c['room'])}); 0 trains that many")
     elif fill > r.replicas_per_block:
-        lines.append(f"  {idle:g} GPUs stay idle: runtime.replicas_per_block={fill} would give "
+        lines.append(f"  {idle_gpus}: runtime.replicas_per_block={fill} would give "
                      f"each block {fill} data-parallel workers")
     return lines
 

@@ -14,7 +14,13 @@ import torch
 from dbparallel.config import Config, ConfigError, bytes_text
 from dbparallel.core.meta_memory import LiveSavedBytes, cpu_attention_on_meta
 from dbparallel.tasks import build_task
-from dbparallel.training.cluster_fit import USABLE, Cluster, cluster_lines, cluster_plan
+from dbparallel.training.cluster_fit import (
+    USABLE,
+    Cluster,
+    cluster_lines,
+    cluster_plan,
+    counted,
+)
 from dbparallel.training.data_memory import rows_nbytes
 from dbparallel.training.flops import FlopCount
 from dbparallel.training.step_pieces import planned_draws
@@ -154,7 +160,8 @@ def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
 
 def plan_table(cfg: Config, result: dict[str, Any]) -> str:
     """A human-readable table of ``plan(cfg)``."""
-    lines = [f"task {cfg.task}: {result['blocks']} blocks x {result['layers_per_block']} layers "
+    lines = [f"task {cfg.task}: {counted(result['blocks'], 'block')} x "
+             f"{counted(result['layers_per_block'], 'layer')} "
              f"(depth {cfg.model.depth}), overlap gamma={cfg.noise.gamma}",
              f"{'block':>5} {'t range' if cfg.task == 'mdm' else 'sigma range':>22} "
              f"{'with overlap':>22} {'mass':>6} "

@@ -15,4 +15,4 @@ def test_plan_reads_the_cluster_it_joins(ray_session, capsys) -> None:
                      "runtime.address=auto"]) == 0
     out = capsys.readouterr().out
     assert "cluster (detected): 0 GPUs, 2 CPUs; each block 1 CPU" in out
-    assert "2 of 4 blocks at once: 2 wave(s)" in out
+    assert "2 of 4 blocks at once: 2 waves" in out

@@ -91,14 +91,14 @@ def test_waves_and_memory_per_device_on_a_gpu_cluster() -> None:
     by_hand = _cfg("model.blocks=4", "runtime.gpus_per_block=1", "runtime.max_concurrent_blocks=2")
     lines = "\n".join(cluster_lines(by_hand, cluster_plan(by_hand, Cluster(2, 0, "detected"),
                                                             memory)))
-    assert "2 of 4 blocks at once: 2 wave(s)" in lines and "every block" not in lines
+    assert "2 of 4 blocks at once: 2 waves" in lines and "every block" not in lines
 
 
 def test_plan_command_shows_the_cluster(capsys) -> None:
     assert cli.main(["plan", *SMALL, "model.blocks=auto", "runtime.device_memory=8GiB",
                      "runtime.devices=2", "runtime.gpus_per_block=1"]) == 0
     out = capsys.readouterr().out
-    assert "8 blocks" not in out and "task dit: 1 blocks x 8 layers" in out
+    assert "8 blocks" not in out and "task dit: 1 block x 8 layers" in out
     assert "cluster (runtime.devices): 2 GPUs; each block 1 GPU + 0.5 CPU" in out
     assert cli.main(["plan", *SMALL, "model.blocks=4", "runtime.devices=2",
                      "runtime.gpus_per_block=1", "--json"]) == 0
@@ -140,3 +140,18 @@ def test_replicas_take_a_worker_each_and_a_share_of_the_batch(capsys) -> None:
     assert cli.main(["plan", *SMALL, "model.blocks=4", "runtime.devices=12",
                      "runtime.gpus_per_block=1"]) == 0
     assert "8 GPUs stay idle: runtime.replicas_per_block=3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides, said", [
+    (["model.blocks=1", "runtime.devices=1"],
+     ["task dit: 1 block x 8 layers", "1 GPU; each block", "1 of 1 block at once: 1 wave; "
+      "1 replica per block", "(1 block per GPU)"]),
+    (["model.blocks=4", "runtime.devices=4", "runtime.replicas_per_block=2"],
+     ["task dit: 4 blocks x 2 layers", "4 GPUs; each block", "2 of 4 blocks at once: 2 waves; "
+      "2 replicas per block"]),
+])
+def test_plan_counts_read_in_the_singular_for_one(capsys, overrides, said) -> None:
+    assert cli.main(["plan", *SMALL, "runtime.gpus_per_block=1", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert [s for s in said if s not in out] == []
+    assert "(s)" not in out

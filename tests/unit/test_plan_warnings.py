@@ -120,7 +120,7 @@ def test_the_plan_estimates_the_training_time_in_waves(capsys) -> None:
     assert "  blocks 2..3 queue and each starts when a block finishes" in out
     assert "  block 2 queues and starts when a block finishes" in _plan(
         capsys, *gpu, "model.blocks=3", "model.depth=6")
-    assert "  estimated training time: " in out and " for train.steps in 2 wave(s) at those " \
+    assert "  estimated training time: " in out and " for train.steps in 2 waves at those " \
         "rates (steps only: data waits, checkpoints and assemblies add to it)" in out
 
 
