@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+from typing import Any
 
 from dbparallel.config import (
     CONFIG_FILE,
@@ -24,6 +26,9 @@ from dbparallel.training.data_pin import DATA_INDEX_FILE, VOCAB_FILE, refuse_oth
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 MAX_LISTED = 4  # differing keys whose values a refusal prints
+# how a block's steps train: a rerun in which no block trains a further step keeps their
+# stored values in config.yaml (other settings, e.g. sample.*, apply to its assembly)
+TRAINING_SECTIONS = ("train",)
 # what a run writes at its root (and everything under blocks/): a command's output never
 # replaces one of them
 RUN_FILES = (CONFIG_FILE, DATA_INDEX_FILE, VOCAB_FILE, "report.json", "assembly.jsonl",
@@ -60,7 +65,9 @@ def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
     or one whose ``blocks`` (default: all) another live process trains, before writing.
     A ``data.path`` that spells the stored one's local path differently (``./data/x``, its
     absolute path) is set back to the stored spelling in ``cfg``: every checkpoint of the run
-    carries one config hash."""
+    carries one config hash. A rerun in which no block of the run (``blocks`` or not) trains
+    a further step keeps the stored values of changed train.* settings in config.yaml, which
+    says how the weights were trained (it still records the others, e.g. sample.*)."""
     refuse_a_passing_run_dir(cfg)
     storage = Storage(cfg.run_dir)
     try:
@@ -70,22 +77,73 @@ def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
                           f"({getattr(err, 'strerror', None) or err})") from None
     _refuse_other_config(storage, cfg)
     _refuse_live_writers(storage, cfg, blocks)
+    written = cfg
     if storage.exists(CONFIG_FILE):
         before = stored_config(storage)
         stored = (before.get("data") or {}).get("path")
         if stored != cfg.data.path and same_local_path(stored, cfg.data.path):
             cfg.data.path = stored
         changed = changed_settings(before, cfg)
+        kept = [c for c in changed if c[0].split(".")[0] in TRAINING_SECTIONS]
+        if kept and _trains_on(storage, cfg):  # any block of the run, whatever --block says
+            kept = []
         if changed:
             log.warning("resuming %s with other settings: %s (they do not change the network; "
-                        "config.yaml now records them)", storage.uri(), ", ".join(
-                            f"{k} {a!r} -> {b!r}" for k, a, b in changed[:MAX_LISTED])
-                        + (f" and {len(changed) - MAX_LISTED} more"
-                           if len(changed) > MAX_LISTED else ""))
+                        "%s)", storage.uri(), _listed(changed), _what_records(changed, kept))
+        written = _with_stored(cfg, kept)
     else:
         _tell_earlier_default(cfg)
-    storage.write_text(CONFIG_FILE, dump_yaml(cfg))
+    storage.write_text(CONFIG_FILE, dump_yaml(written))
     return storage
+
+
+def _listed(changed: list[tuple[str, Any, Any]]) -> str:
+    """``key old -> new`` of the first MAX_LISTED settings, and how many more."""
+    more = f" and {len(changed) - MAX_LISTED} more" if len(changed) > MAX_LISTED else ""
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed[:MAX_LISTED]) + more
+
+
+def _what_records(changed: list[tuple[str, Any, Any]], kept: list[tuple[str, Any, Any]]) -> str:
+    """What config.yaml records of the ``changed`` settings, those ``kept`` at their stored
+    values."""
+    if not kept:
+        return "config.yaml now records them"
+    others = [c[0] for c in changed if c not in kept]
+    return (f"nothing left to train: the run keeps its recorded settings "
+            f"({', '.join(c[0] for c in kept)}), with which its weights were trained, as no "
+            f"block trains a further step (each is done at its train.steps, "
+            f"train.block_steps: raise those to train on with the new values)"
+            + (f"; config.yaml now records {', '.join(others)}" if others else ""))
+
+
+def _with_stored(cfg: Config, kept: list[tuple[str, Any, Any]]) -> Config:
+    """A copy of ``cfg`` with the ``kept`` (key, stored value, value now) at their stored
+    values (``cfg`` itself where none is)."""
+    if not kept:
+        return cfg
+    written = copy.deepcopy(cfg)
+    for key, then, _ in kept:
+        section, name = key.split(".", 1)
+        setattr(getattr(written, section), name, then)
+    return written
+
+
+def _trains_on(storage: Storage, cfg: Config) -> bool:
+    """Whether a block of the run would train a further step with ``cfg``: its newest
+    training state is below its train.steps (train.block_steps) count, or cannot be read
+    (its start then goes on from an older one, or from step 0)."""
+    from dbparallel.training.checkpoint import BlockCheckpoints
+
+    for b in range(cfg.model.blocks):
+        checkpoints = BlockCheckpoints(storage, b)
+        try:
+            steps = checkpoints.steps("state")
+        except RunDirError:  # a damaged manifest: the block's own start says what it does
+            return True
+        if not steps or steps[-1] < cfg.train.steps_of(b) \
+                or not checkpoints.readable("state", steps[-1]):
+            return True
+    return False
 
 
 EARLIER_DEFAULT = "runs/digits-dit"  # every run's directory while run.name had one default
