@@ -18,6 +18,7 @@ from dbparallel.training.data_check import check_here
 from dbparallel.training.data_memory import report_footprint
 from dbparallel.training.plan import memory_warning
 from dbparallel.training.run_dir import check_resumable
+from dbparallel.training.schedule import warmup_warning
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,10 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
         raise UserError("--block: trains a subset of blocks in this process; add --local "
                         "(Python: blocks= with local=True)")
     build_task(cfg)
-    warning = memory_warning(cfg)  # runtime.device_memory given and a block exceeds it
-    if warning:
-        log.warning(warning)
+    for warning in (memory_warning(cfg),  # runtime.device_memory given and a block exceeds it
+                    warmup_warning(cfg.train, cfg.model.blocks)):
+        if warning:
+            log.warning(warning)
     if only_blocks:
         check_blocks(cfg, only_blocks)  # before the data are indexed
     check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing

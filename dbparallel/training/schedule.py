@@ -20,3 +20,25 @@ def learning_rate(t: TrainConfig, steps: int, step: int) -> float:
     n = steps - t.warmup_steps
     done = min(1.0, (step - t.warmup_steps + 1) / (n + 1))
     return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1 + math.cos(math.pi * done))
+
+
+def warmup_warning(t: TrainConfig, blocks: int) -> str | None:
+    """What a run says before it starts where a block's steps (train.steps, or its
+    train.block_steps count) end before train.warmup_steps: its learning rate never reaches
+    train.lr. None where every block's does."""
+    short = [b for b in range(blocks) if t.steps_of(b) < t.warmup_steps]
+    if not short:
+        return None
+    w = t.warmup_steps
+    if t.block_steps:
+        which = (f"train.block_steps={list(t.block_steps)}: block"
+                 + (f"s {', '.join(map(str, short))} take" if len(short) > 1
+                    else f" {short[0]} takes")
+                 + f" {', '.join(str(t.steps_of(b)) for b in short)} steps, below")
+        their = ("they end at " if len(short) > 1 else "it ends at ") + ", ".join(
+            f"{t.steps_of(b)}/{w}" for b in short)
+    else:
+        which, their = f"train.steps={t.steps} is below", f"it ends at {t.steps}/{w}"
+    return (f"{which} train.warmup_steps={w}: the learning rate warms up linearly over {w} "
+            f"steps and never reaches train.lr={t.lr:g} ({their} of it); lower "
+            f"train.warmup_steps or raise the steps")
