@@ -16,7 +16,7 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 
 def _ago(seconds: float | None) -> str:
-    from dbparallel.runtime.progress import duration
+    from dbparallel.training.progress import duration
 
     return "-" if seconds is None else f"{duration(seconds)} ago"
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from dbparallel.training.progress import duration
+
 
 @dataclass
 class _Seen:
@@ -36,16 +38,6 @@ class _Seen:
             return None
         rate = (self.step - self.first_step) / (self.latest_s - self.first_s)
         return (steps - self.step) / rate
-
-
-def duration(seconds: float) -> str:
-    """``45s``, ``3m05s``, ``2h04m``."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 class BlockBars:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-from dbparallel.runtime.progress import BlockBars, duration
+from dbparallel.runtime.progress import BlockBars
+from dbparallel.training.progress import Progress, duration
 
 
 class Clock:
@@ -86,3 +87,23 @@ def test_a_restarted_block_shows_its_restarts() -> None:
     assert bars.line() == ("progress: block 0 40/200 loss 0.5000 | "
                            "block 1 40/200 loss 0.2500 restarts 2")
     bars.close()
+
+
+def test_work_lines_give_a_rate_and_an_eta_off_a_terminal(capsys) -> None:
+    clock = Clock()
+    with Progress(300, "gen_ppl scorer", "step", tty=False, line_every_s=15.0,
+                  clock=clock) as bar:
+        bar.update(10)
+        assert capsys.readouterr().err == ""  # not yet 15 s
+        clock.now = 20.0
+        bar.update(30)  # 40 steps in 20 s: 260 more in 2m10s
+        assert capsys.readouterr().err == "gen_ppl scorer: 40/300 step, 2.00 step/s, eta 2m10s\n"
+        clock.now = 150.0
+        bar.update(260)
+    assert capsys.readouterr().err == "gen_ppl scorer: 300/300 step, 2.00 step/s, done in 2m30s\n"
+
+
+def test_quick_work_writes_no_line(capsys) -> None:
+    with Progress(8, "continuing prompts", "prompt", tty=False, clock=Clock()) as bar:
+        bar.update(8)
+    assert capsys.readouterr().err == ""

@@ -15,15 +15,16 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from dbparallel.data.cache import cache_dir
 from dbparallel.models.lm import ARBlock
 from dbparallel.models.presets import ModelDims
+from dbparallel.training.progress import Progress
 from dbparallel.training.seeding import generator
 
 VERSION = 2  # bump when the architecture or training recipe changes (invalidates caches)
@@ -56,37 +57,42 @@ def train_scorer(batches: Iterator[torch.Tensor], vocab_size: int, steps: int, s
         torch.manual_seed(seed)
         model = ARBlock(DIMS, vocab_size).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
-    # once per data set, then cached: a minute or more on a CPU, said where no bar is drawn
-    tty = sys.stderr.isatty()
-    if not tty:
+    # once per data set, then cached: minutes on a CPU, said where no bar is drawn
+    bar = Progress(steps, "gen_ppl scorer (once per data set)", "step")
+    if not bar.tty:
         print(f"evaluation: training the gen_ppl scorer for this data once ({steps} steps; "
               f"cached in {cache_dir()})", file=sys.stderr, flush=True)  # stdout: results
-    bar = tqdm(total=steps, desc="gen_ppl scorer (once per data set)", unit="step",
-               leave=False, disable=not tty)
-    for step, batch in zip(range(steps), batches, strict=True):
-        bar.update()
-        for group in opt.param_groups:
-            # linear warm-up, then cosine decay to 10%
-            warm = min(1.0, (step + 1) / WARMUP_STEPS)
-            group["lr"] = LR * warm * (0.55 + 0.45 * math.cos(math.pi * step / steps))
-        ids = batch.to(device)
-        logits = model.causal_logits(ids)  # (N, T, V)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab_size), ids[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    bar.close()
+    with bar:
+        for step, batch in zip(range(steps), batches, strict=True):
+            for group in opt.param_groups:
+                # linear warm-up, then cosine decay to 10%
+                warm = min(1.0, (step + 1) / WARMUP_STEPS)
+                group["lr"] = LR * warm * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+            ids = batch.to(device)
+            logits = model.causal_logits(ids)  # (N, T, V)
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab_size),
+                                   ids[:, 1:].reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            bar.update()
     return model.cpu().eval()
+
+
+def scorer_path(key: dict, num_rows: int, seq_len: int, vocab_size: int,
+                steps: int) -> Path:
+    """Where the scorer of ``steps`` steps for the data described by ``key`` is cached."""
+    blob = json.dumps({**key, "version": VERSION, "steps": steps, "n": num_rows,
+                       "seq_len": seq_len, "vocab_size": vocab_size}, sort_keys=True)
+    return cache_dir() / f"text_scorer_{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
 
 
 def cached_scorer(key: dict, num_rows: int, seq_len: int, read: ReadRows, vocab_size: int,
                   steps: int, device: str | torch.device = "cpu") -> ARBlock:
     """The scorer for the data described by ``key`` (a train split of ``num_rows`` rows of
     ``seq_len`` ids, read by ``read``), trained on first use."""
-    blob = json.dumps({**key, "version": VERSION, "steps": steps, "n": num_rows,
-                       "seq_len": seq_len, "vocab_size": vocab_size}, sort_keys=True)
-    path = cache_dir() / f"text_scorer_{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
+    path = scorer_path(key, num_rows, seq_len, vocab_size, steps)
     model = ARBlock(DIMS, vocab_size)
     if path.is_file():
         try:

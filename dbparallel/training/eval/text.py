@@ -30,7 +30,6 @@ import sys
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dbparallel.config import Config
 from dbparallel.data.shard_reader import take_rows
@@ -40,10 +39,12 @@ from dbparallel.errors import RowError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task
 from dbparallel.tasks.text import token_rows
-from dbparallel.training.eval.scorer import cached_scorer, continuation_nll
+from dbparallel.training.eval.scorer import cached_scorer, continuation_nll, scorer_path
+from dbparallel.training.progress import Progress
 from dbparallel.training.seeding import generator
 
 CHUNK = 128  # sequences per evaluation forward pass
+FAR_MORE = 10  # evaluation work (scorer steps, prompts) per training step worth a note on a CPU
 
 
 def read_rows(cfg: Config, index: DataIndex, split: str, positions: np.ndarray) -> torch.Tensor:
@@ -120,8 +121,7 @@ def continue_prompts(cfg: Config, task: Task, nets: list[Block], prompts: torch.
     """(N, gen_len) continuations of ``prompts`` (N, prompt_len) in the ``usable`` ids (the
     tokenizer's), on the CPU."""
     out = []
-    with tqdm(total=len(prompts), desc="continuing prompts", unit="prompt",
-              leave=False, disable=not sys.stderr.isatty()) as bar:
+    with Progress(len(prompts), "continuing prompts", "prompt") as bar:
         for i, p in enumerate(_chunks(prompts)):
             out.append(task.generate(nets, p.to(device), cfg.sample.gen_len,
                                      generator(cfg.run.seed, purpose, i), usable=usable).cpu())
@@ -148,6 +148,30 @@ def scorer_key(cfg: Config, tokenizer: Tokenizer) -> dict[str, str]:
     blob = json.dumps(own, sort_keys=True).encode()
     return {"source": d.source, "path": d.path, "tokenizer": tokenizer.name,
             "vocab": hashlib.sha256(blob).hexdigest()}
+
+
+def cpu_note(cfg: Config, index: DataIndex, tokenizer: Tokenizer, device: str) -> str | None:
+    """On a CPU, the line naming the keys that shrink an ar or looped evaluation far larger
+    than the training before it (scorer steps not yet cached, or prompts to continue, over
+    ``FAR_MORE`` x the run's training steps); None otherwise."""
+    if cfg.task not in ("ar", "looped") or torch.device(device).type != "cpu":
+        return None
+    s, d = cfg.sample, cfg.data
+    trained = sum(cfg.train.steps_of(b) for b in range(cfg.model.blocks))
+    work = {"sample.eval_samples": (s.eval_samples, "prompts to continue")}
+    cached = scorer_path(scorer_key(cfg, tokenizer), index.num_rows("train"), d.seq_len,
+                         d.vocab_size, s.scorer_steps).is_file()
+    if not cached:
+        work["sample.scorer_steps"] = (s.scorer_steps, "gen_ppl scorer steps")
+    large = {k: v for k, v in work.items() if v[0] > FAR_MORE * trained}
+    if not large:
+        return None
+    what = ", ".join(f"{n} {noun}" for n, noun in large.values())
+    steps = f"{trained} training step{'s' * (trained != 1)}"
+    return (f"evaluation: on a CPU this is far more work than the {steps} before it "
+            f"({what}); lower {' and '.join(large)} to shrink it "
+            f"(jobs/{cfg.task}_shakespeare_tiny.yaml sets them; gen_ppl compares only "
+            f"between runs evaluated alike)")
 
 
 def generation_metrics(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
@@ -193,8 +217,12 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
              device: str = "cpu") -> dict[str, float]:
     """BPC on the test split (else on training rows: ``eval_on_test`` 0); for AR and looped
     also the generation metrics."""
+    tokenizer = load_tokenizer(index.meta)
+    note = cpu_note(cfg, index, tokenizer, device)
+    if note:
+        print(note, file=sys.stderr, flush=True)  # stdout: results
     held = held_out(cfg, index, cfg.sample.eval_samples)
-    metrics = bits_per_character(cfg, task, nets, held, device, load_tokenizer(index.meta))
+    metrics = bits_per_character(cfg, task, nets, held, device, tokenizer)
     metrics["eval_on_test"] = int(index.eval_split == "test")
     if cfg.task in ("ar", "looped"):
         metrics.update(generation_metrics(cfg, task, nets, index, held, device))
