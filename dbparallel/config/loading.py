@@ -12,6 +12,7 @@ from typing import Any
 from dbparallel.config.checks import STORED
 from dbparallel.config.identity import upgrade
 from dbparallel.config.schema import Config
+from dbparallel.config.wording import from_file, omegaconf_reason
 from dbparallel.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"  # the config a run directory was trained with (its own file)
@@ -57,13 +58,13 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "config"
-        raise ConfigError(_from_file(key, files, layers, overrides,
-                                     f"{key}: {_omegaconf_reason(err)}")) from None
+        raise ConfigError(from_file(key, files, layers, overrides,
+                                     f"{key}: {omegaconf_reason(err)}")) from None
     except ConfigError as err:  # a value the schema's checks refuse, named by its key
         named = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)*)(?=[:=])", str(err))
         if named is None or type(err) is not ConfigError:
             raise
-        raise ConfigError(_from_file(named.group(1), files, layers, overrides,
+        raise ConfigError(from_file(named.group(1), files, layers, overrides,
                                      str(err))) from None
     assert isinstance(cfg, Config)
     d = cfg.data  # (here, not in the schema: a stored config from before this rule loads)
@@ -138,56 +139,6 @@ def _auto_blocks(files: list[str | Path], overrides: list[str],
     return build(fit_blocks(build))
 
 
-def _from_file(key: str, files: list[str | Path], layers: list[Any], overrides: list[str],
-               message: str) -> str:
-    """``message`` with the recipe file that set ``key`` in front (the last one that does);
-    as it is when no file sets it or an override on the command line sets it or a section or
-    list above it (``model.widths=[...]`` for ``model.widths[1]``), or sets another key the
-    message names as the other side of the fault (``model.blocks=3`` for model.depth)."""
-    from omegaconf import OmegaConf
-
-    for item in overrides:
-        given = item.split("=", 1)[0].strip()
-        if key == given or key.startswith((given + ".", given + "[")) \
-                or f"{given}=" in message:
-            return message
-    try:
-        for path, layer in reversed(list(zip(files, layers, strict=False))):
-            found = OmegaConf.select(layer, key, default=_UNSET,
-                                     throw_on_resolution_failure=False)
-            if found is not _UNSET:
-                return f"{path}: {message}"
-    except Exception:  # noqa: BLE001 (naming the file is a help: never a second error)
-        pass
-    return message
-
-
-_UNSET = object()
-
-
-def _omegaconf_reason(err: Exception) -> str:
-    text = str(err).splitlines()[0]
-    if type(err).__name__ == "ConfigKeyError":
-        key = getattr(err, "full_key", None) or ""
-        section = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        close = re.search(r"Did you mean(?: one of)?: (.*)\?$", text)
-        names = re.findall(r"'([A-Za-z_0-9]+)'", close.group(1)) if close else []
-        hint = f"did you mean {' or '.join(section + n for n in names)}? " if names else ""
-        return f"unknown key ({hint}see `dbparallel train --help-config` for the keys)"
-    if "is not a ListConfig" in text:
-        return "expects a list, e.g. [600, 400]"
-    if text.startswith("Incompatible value 'None'"):
-        return "needs a value (key=value)"
-    wrong = re.match(r"Value '(.*)' (?:of type '\w+' could not be converted to (\w+)"
-                     r"|is not a valid (bool))", text)
-    if wrong:
-        kind = {"Integer": "an integer (e.g. 100)", "Float": "a number (e.g. 0.001)",
-                "bool": "true or false"}.get(wrong.group(2) or wrong.group(3))
-        if kind:
-            return f"expects {kind}, got {wrong.group(1)!r}"
-    return text
-
-
 def from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a Config from ``to_dict`` output (e.g. a run directory's config.yaml, keys
     added since it was written set as it trained: ``upgrade``)."""
@@ -258,7 +209,7 @@ def unchecked(files: list[str | Path] = (), overrides: list[str] = ()) -> Any:  
                                OmegaConf.from_dotlist([o for o in overrides if "=" in o]))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "config"
-        raise ConfigError(f"{key}: {_omegaconf_reason(err)}") from None
+        raise ConfigError(f"{key}: {omegaconf_reason(err)}") from None
 
 
 def notes(cls: type = Config, prefix: str = "") -> dict[str, str]:

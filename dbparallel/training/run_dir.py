@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-from typing import Any
 
 from dbparallel.config import (
     CONFIG_FILE,
@@ -23,12 +21,10 @@ from dbparallel.config import (
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RunDirError, UserError
 from dbparallel.training.data_pin import DATA_INDEX_FILE, VOCAB_FILE, refuse_other_data
+from dbparallel.training.kept_settings import kept_settings, listed, what_records, with_stored
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 MAX_LISTED = 4  # differing keys whose values a refusal prints
-# how a block's steps train: a rerun in which no block trains a further step keeps their
-# stored values in config.yaml (other settings, e.g. sample.*, apply to its assembly)
-TRAINING_SECTIONS = ("train",)
 # what a run writes at its root (and everything under blocks/): a command's output never
 # replaces one of them
 RUN_FILES = (CONFIG_FILE, DATA_INDEX_FILE, VOCAB_FILE, "report.json", "assembly.jsonl",
@@ -84,66 +80,16 @@ def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
         if stored != cfg.data.path and same_local_path(stored, cfg.data.path):
             cfg.data.path = stored
         changed = changed_settings(before, cfg)
-        kept = [c for c in changed if c[0].split(".")[0] in TRAINING_SECTIONS]
-        if kept and _trains_on(storage, cfg):  # any block of the run, whatever --block says
-            kept = []
+        kept = kept_settings(storage, cfg, changed)
         if changed:
             log.warning("resuming %s with other settings: %s (they do not change the network; "
-                        "%s)", storage.uri(), _listed(changed), _what_records(changed, kept))
-        written = _with_stored(cfg, kept)
+                        "%s)", storage.uri(), listed(changed, MAX_LISTED),
+                        what_records(changed, kept))
+        written = with_stored(cfg, kept)
     else:
         _tell_earlier_default(cfg)
     storage.write_text(CONFIG_FILE, dump_yaml(written))
     return storage
-
-
-def _listed(changed: list[tuple[str, Any, Any]]) -> str:
-    """``key old -> new`` of the first MAX_LISTED settings, and how many more."""
-    more = f" and {len(changed) - MAX_LISTED} more" if len(changed) > MAX_LISTED else ""
-    return ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed[:MAX_LISTED]) + more
-
-
-def _what_records(changed: list[tuple[str, Any, Any]], kept: list[tuple[str, Any, Any]]) -> str:
-    """What config.yaml records of the ``changed`` settings, those ``kept`` at their stored
-    values."""
-    if not kept:
-        return "config.yaml now records them"
-    others = [c[0] for c in changed if c not in kept]
-    return (f"nothing left to train: the run keeps its recorded settings "
-            f"({', '.join(c[0] for c in kept)}), with which its weights were trained, as no "
-            f"block trains a further step (each is done at its train.steps, "
-            f"train.block_steps: raise those to train on with the new values)"
-            + (f"; config.yaml now records {', '.join(others)}" if others else ""))
-
-
-def _with_stored(cfg: Config, kept: list[tuple[str, Any, Any]]) -> Config:
-    """A copy of ``cfg`` with the ``kept`` (key, stored value, value now) at their stored
-    values (``cfg`` itself where none is)."""
-    if not kept:
-        return cfg
-    written = copy.deepcopy(cfg)
-    for key, then, _ in kept:
-        section, name = key.split(".", 1)
-        setattr(getattr(written, section), name, then)
-    return written
-
-
-def _trains_on(storage: Storage, cfg: Config) -> bool:
-    """Whether a block of the run would train a further step with ``cfg``: its newest
-    training state is below its train.steps (train.block_steps) count, or cannot be read
-    (its start then goes on from an older one, or from step 0)."""
-    from dbparallel.training.checkpoint import BlockCheckpoints
-
-    for b in range(cfg.model.blocks):
-        checkpoints = BlockCheckpoints(storage, b)
-        try:
-            steps = checkpoints.steps("state")
-        except RunDirError:  # a damaged manifest: the block's own start says what it does
-            return True
-        if not steps or steps[-1] < cfg.train.steps_of(b) \
-                or not checkpoints.readable("state", steps[-1]):
-            return True
-    return False
 
 
 EARLIER_DEFAULT = "runs/digits-dit"  # every run's directory while run.name had one default

@@ -60,7 +60,8 @@ def test_a_run_says_so_before_its_evaluation_and_shows_its_progress(
     fast = ["model.blocks=1", "train.steps=1", "train.checkpoint_every=1", "model.hidden=32",
             "data.seq_len=32", "sample.prompt_len=8", "sample.gen_len=8",
             "sample.eval_samples=10", "sample.scorer_steps=11", "sample.text_samples=2",
-            "sample.diagnostic_rows=16", "data.validate=false", "metrics.port=0", f"run.dir={tmp_path}"]
+            "sample.diagnostic_rows=16", "data.validate=false", "metrics.port=0",
+            f"run.dir={tmp_path}"]
     assert cli.main(["train", *FIRST_TRY, *fast, "--local"]) == 0
     err = capsys.readouterr().err
     note = err.index("evaluation: on a CPU this is far more work than the 1 training step "

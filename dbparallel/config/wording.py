@@ -1,0 +1,59 @@
+"""How a config error is worded: the recipe that set the faulty key named in front, and
+OmegaConf's own messages said in the terms of the keys (what a key takes, a key misspelled)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+
+def from_file(key: str, files: list[str | Path], layers: list[Any], overrides: list[str],
+               message: str) -> str:
+    """``message`` with the recipe file that set ``key`` in front (the last one that does);
+    as it is when no file sets it or an override on the command line sets it or a section or
+    list above it (``model.widths=[...]`` for ``model.widths[1]``), or sets another key the
+    message names as the other side of the fault (``model.blocks=3`` for model.depth)."""
+    from omegaconf import OmegaConf
+
+    for item in overrides:
+        given = item.split("=", 1)[0].strip()
+        if key == given or key.startswith((given + ".", given + "[")) \
+                or f"{given}=" in message:
+            return message
+    try:
+        for path, layer in reversed(list(zip(files, layers, strict=False))):
+            found = OmegaConf.select(layer, key, default=_UNSET,
+                                     throw_on_resolution_failure=False)
+            if found is not _UNSET:
+                return f"{path}: {message}"
+    except Exception:  # noqa: BLE001 (naming the file is a help: never a second error)
+        pass
+    return message
+
+
+_UNSET = object()
+
+
+def omegaconf_reason(err: Exception) -> str:
+    """What an OmegaConf error says of its key, in the terms of the keys."""
+    text = str(err).splitlines()[0]
+    if type(err).__name__ == "ConfigKeyError":
+        key = getattr(err, "full_key", None) or ""
+        section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        close = re.search(r"Did you mean(?: one of)?: (.*)\?$", text)
+        names = re.findall(r"'([A-Za-z_0-9]+)'", close.group(1)) if close else []
+        hint = f"did you mean {' or '.join(section + n for n in names)}? " if names else ""
+        return f"unknown key ({hint}see `dbparallel train --help-config` for the keys)"
+    if "is not a ListConfig" in text:
+        return "expects a list, e.g. [600, 400]"
+    if text.startswith("Incompatible value 'None'"):
+        return "needs a value (key=value)"
+    wrong = re.match(r"Value '(.*)' (?:of type '\w+' could not be converted to (\w+)"
+                     r"|is not a valid (bool))", text)
+    if wrong:
+        kind = {"Integer": "an integer (e.g. 100)", "Float": "a number (e.g. 0.001)",
+                "bool": "true or false"}.get(wrong.group(2) or wrong.group(3))
+        if kind:
+            return f"expects {kind}, got {wrong.group(1)!r}"
+    return text
