@@ -9,7 +9,7 @@ from dbparallel.tasks import Task
 
 
 def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
-             device: str = "cpu") -> dict[str, float]:
+             device: str = "cpu") -> dict[str, float | None]:
     """The task's quality metrics of the composed network (report.json ``assembly``)."""
     if cfg.task == "dit":
         from dbparallel.training.eval import image_generation

@@ -93,7 +93,7 @@ def held_out_features(task: Task, clf: FeatureClassifier, index: DataIndex,
 
 
 def score(cfg: Config, task: Task, index: DataIndex, fake: torch.Tensor, wanted: torch.Tensor,
-          device: str = "cpu") -> dict[str, float]:
+          device: str = "cpu") -> dict[str, float | None]:
     """Sample accuracy and in-domain Fréchet distance of class-conditional images ``fake``
     (in [0, 1]), and with ``sample.fid`` FID and KID; references are the held-out (test) rows
     where there are any, read in chunks (FID reads only the rows it compares)."""
@@ -117,7 +117,7 @@ def score(cfg: Config, task: Task, index: DataIndex, fake: torch.Tensor, wanted:
 
 
 def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
-             device: str = "cpu") -> dict[str, float]:
+             device: str = "cpu") -> dict[str, float | None]:
     """``score`` of ``eval_samples``: the composed generator's metrics."""
     return score(cfg, task, index, *eval_samples(cfg, task, nets, device), device)
 
