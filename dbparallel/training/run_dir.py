@@ -218,7 +218,29 @@ def require_run_dir(storage: Storage, shown: str) -> None:
         return
     if storage.is_local and not storage.exists(""):
         raise RunDirError(f"{shown}: no such directory")
-    raise RunDirError(f"{shown}: not a run directory (no {CONFIG_FILE})")
+    raise RunDirError(f"{shown}: not a run directory (no {CONFIG_FILE}){_runs_near(storage)}")
+
+
+def _runs_near(storage: Storage) -> str:
+    """Where a local folder that is no run directory sits in one, or the run directories it
+    holds (a few), for the message that refuses it; "" where neither."""
+    if not storage.is_local:
+        return ""
+    for up in ("..", "../.."):  # blocks/, blocks/block_<b>/
+        above = os.path.normpath(os.path.join(storage.root, up))
+        if os.path.isfile(os.path.join(above, CONFIG_FILE)):
+            shown = os.path.abspath(above) if above.startswith(".") else above
+            return f"; it is inside the run directory {shown}"
+    try:
+        runs = sorted(e.name for e in os.scandir(storage.root)
+                      if e.is_dir() and os.path.isfile(os.path.join(e.path, CONFIG_FILE)))
+    except OSError:
+        return ""
+    if not runs:
+        return ""
+    shown = ", ".join(os.path.join(storage.root, r) for r in runs[:MAX_LISTED])
+    more = f" and {len(runs) - MAX_LISTED} more" if len(runs) > MAX_LISTED else ""
+    return f"; it holds the run directories {shown}{more}"
 
 
 def stored_config(storage: Storage) -> dict:

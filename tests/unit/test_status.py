@@ -412,7 +412,15 @@ def test_a_finished_run_and_a_missing_one(run: Path, tmp_path: Path, capsys) -> 
     assert f"{tmp_path / 'nothing'}: no such directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli.main(["status", str(tmp_path / "empty")]) == 2
-    assert "empty: not a run directory (no config.yaml)" in capsys.readouterr().err
+    assert capsys.readouterr().err.rstrip().endswith(
+        "empty: not a run directory (no config.yaml)")
+    # a folder in a run directory, and one that holds run directories, say where they are
+    assert cli.main(["status", str(run / "blocks" / "block_0")]) == 2
+    assert capsys.readouterr().err.rstrip().endswith(
+        f"block_0: not a run directory (no config.yaml); it is inside the run directory {run}")
+    assert cli.main(["status", str(run.parent)]) == 2
+    assert capsys.readouterr().err.rstrip().endswith(
+        f"; it holds the run directories {run}")
 
 
 def test_a_damaged_report_is_named_instead_of_its_age(run: Path, capsys) -> None:
