@@ -44,10 +44,10 @@ def session_start(session: str) -> str:
     return fields[2] if len(fields) > 2 else ""
 
 
-def _space_digest(space: str | None = None) -> str:
-    """A short digest of ``process_space`` (this process's by default), which holds ``/``
-    and ``:`` that a session cannot; "" where the system does not say."""
-    space = process_space() if space is None else space
+def _space_digest() -> str:
+    """A short digest of this process's ``process_space``, which holds ``/`` and ``:`` that a
+    session cannot; "" where the system does not say."""
+    space = process_space()
     return hashlib.sha256(space.encode()).hexdigest()[:16] if space else ""
 
 
@@ -138,7 +138,9 @@ def still_runs(pid: str, start: str, when: float) -> bool | None:
     is not known (a lease or session written before it was recorded): whether the pid's
     process had started by Unix time ``when`` (its lease's last renewal), which a process that
     took it over since had not. None where /proc does not say (not Linux, or hidden)."""
-    stat = _stat(int(pid))
+    if not str(pid).isdigit():  # a damaged lease's: no process of this system
+        return None
+    stat = _stat(pid)
     if stat is None:  # /proc is there: the process is not
         return False if os.path.isdir("/proc/self") else None
     if stat[0] in ("Z", "X"):
