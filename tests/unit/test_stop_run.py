@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -259,9 +260,9 @@ def test_a_holder_elsewhere_is_named_with_where_to_stop_it(tmp_path: Path, capsy
     _lease(storage, 1, HOST, 999_999_999, renewed_at=time.time())  # no such process
     assert cli.main(["stop", run]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("block 0: counted as stopped: its lease lapsed (renewed 700 s "
-                             "ago by pid 4242 on other-host, past its writer's "
-                             "train.lease_timeout_s=600 s); nothing signalled")
+    assert re.fullmatch(r"block 0: counted as stopped: its lease lapsed \(renewed 7\d\d s ago "
+                        r"by pid 4242 on other-host, past its writer's "
+                        r"train.lease_timeout_s=600 s\); nothing signalled", out[0]), out[0]
     assert out[1].startswith(f"block 1: already stopped: pid 999999999 on {HOST}")
 
 
