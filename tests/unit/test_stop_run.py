@@ -226,7 +226,8 @@ def test_a_ray_block_process_whose_driver_is_gone_is_left_to_end(tmp_path: Path,
     session = f"0123abcd@{HOST}:{gone}"
     actor = _sleeper()
     try:
-        _lease(storage, 0, HOST, actor.pid, renewed_at=time.time(), session=session)
+        _lease(storage, 0, HOST, actor.pid, renewed_at=time.time(), session=session,
+               start=process_start(actor.pid))  # as a lease records it: no clock involved
         _lease(storage, 1, HOST, ended, renewed_at=time.time(), session=session)
         assert cli.main(["stop", storage.uri(), "--wait", "0"]) == 0
         assert actor.poll() is None
