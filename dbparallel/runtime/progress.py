@@ -1,4 +1,5 @@
-"""One progress bar per block on a terminal; periodic progress lines in logs (ray job logs).
+"""One progress bar per block on a terminal; periodic progress lines in logs (ray job logs),
+both on stderr, as the evaluation's progress: stdout carries results alone.
 
 A line shows only what is known: a block waiting for a free slot (more blocks than the cluster
 trains at once) is ``queued``, one that has not reported yet is ``starting``, a loss
@@ -93,7 +94,7 @@ class BlockBars:
                 bar.set_postfix(shown, refresh=False)
         elif now - self._last_line >= self.line_every_s:
             self._last_line = now
-            print(self.line(), flush=True)
+            print(self.line(), file=sys.stderr, flush=True)  # stdout: results
 
     def line(self) -> str:
         """``progress: block 0 40/200 loss 0.1234 eta 1m20s | block 1 0/200 starting``

@@ -135,4 +135,4 @@ def test_progress_lines_name_only_the_blocks_trained_here(capsys) -> None:
     bars = BlockBars([2], 10, enabled=False, line_every_s=0)
     bars.update(2, 5, 0.5)
     bars.close()
-    assert capsys.readouterr().out == "progress: block 2 5/10 loss 0.5000\n"
+    assert capsys.readouterr().err == "progress: block 2 5/10 loss 0.5000\n"

@@ -49,10 +49,12 @@ def test_lines_are_printed_every_line_every_s(capsys) -> None:
     clock = Clock()
     bars = BlockBars([3], 10, enabled=False, line_every_s=15.0, clock=clock)
     bars.update(3, 2, 0.5)
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().err == ""
     clock.now = 20.0
     bars.update(3, 4, 0.4)
-    assert capsys.readouterr().out == "progress: block 3 4/10 loss 0.4000 eta 1m00s\n"
+    seen = capsys.readouterr()
+    assert seen.err == "progress: block 3 4/10 loss 0.4000 eta 1m00s\n"
+    assert seen.out == ""  # stdout: results alone
     bars.close()
 
 
