@@ -8,15 +8,17 @@ checkpoint, trains in chunks the controller asks for, and sends nothing to any o
 
 Its start takes the block's write lease before anything else in the run directory, and counts
 a restart there where Ray started the actor again (wherever its last process was lost): an
-error of the rest of its start (reading the pinned data, resuming) is then recorded as the
-block's failure at its start, by the holder of its lease, and the lease stays held, as after a
-failure in training (training/failure.py).
+error of the rest of its start (choosing its device, reading the pinned data, resuming) is
+then recorded as the block's failure at its start, by the holder of its lease, and the lease
+stays held, as after a failure in training (training/failure.py). Only opening the run
+directory's storage comes first: the lease is a file there.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from functools import partial
 from typing import Any
 
 import ray
@@ -56,15 +58,20 @@ class BlockActor:
 
     def _start(self, session: str) -> None:
         cfg, block = self.cfg, self.block
-        device = block_device(cfg)
         torch.set_num_threads(cfg.runtime.torch_threads)
+        # The one step before the lease: the lease is a file of the run directory, so its
+        # storage is opened first, and an error opening it (an object store this node cannot
+        # reach) cannot be recorded there; the driver's error names it.
         storage = Storage(cfg.run_dir)
         # counted once: a start tried again after a passing error is the same process
         restarted = not self.counted and self._reconstructed()
         lease, self.restarts = take_lease(storage, block, session, cfg.train.lease_timeout_s,
                                           restarted)
         self.counted = True
-        self.run = BlockRun(cfg, block, None, storage, device, session=session, lease=lease)
+        # the device is chosen once the block is held: a GPU asked for and not here is then
+        # recorded as the block's failure at its start
+        self.run = BlockRun(cfg, block, None, storage, partial(block_device, cfg),
+                            session=session, lease=lease)
         self.recorder = BlockRecorder(cfg.run.name, block, self.run.trainer.sigma_range)
         self.recorder.resumed(self.restarts, self.run.trainer.nonfinite_steps)
         self.last: StepStats | None = None

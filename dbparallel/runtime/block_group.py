@@ -22,7 +22,6 @@ from ray.train.torch import TorchTrainer, get_device
 from dbparallel.config import Config
 from dbparallel.runtime.backend import BlockLost, Event
 from dbparallel.runtime.replica_worker import run_replica
-from dbparallel.training.device import block_device
 from dbparallel.training.replicas import Replicas
 
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
@@ -57,9 +56,8 @@ def train_replica(config: dict[str, Any]) -> None:
     cfg: Config = config["cfg"]
     replicas = Replicas.from_process_group()
     assert replicas is not None, "a block with replicas runs in a process group"
-    device = str(get_device()) if block_device(cfg) == "cuda" else "cpu"
-    run_replica(cfg, int(config["block"]), config["session"], config["queue"], replicas, device,
-                ray.get_runtime_context().current_actor)
+    run_replica(cfg, int(config["block"]), config["session"], config["queue"], replicas,
+                str(get_device()), ray.get_runtime_context().current_actor)
 
 
 class Roster:

@@ -29,6 +29,7 @@ the block on.
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ from dbparallel.config import Config
 from dbparallel.errors import UserError
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import BlockRecorder, Sink
+from dbparallel.training.device import block_device
 from dbparallel.training.lease import LeaseLost
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.replicas import Replicas
@@ -45,23 +47,28 @@ from dbparallel.training.storage import Storage
 
 
 def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Replicas,
-                device: str, actor: Any, sink: Sink | None = None) -> None:
-    """Train block ``block`` as ``replicas``' rank on ``device``, posting (kind, block,
-    payload) messages on ``queue``; ``actor``: this worker's handle, which the driver kills to
-    restart the group; ``sink``: where rank 0 records its metrics (Ray's by default)."""
+                gpu: str, actor: Any, sink: Sink | None = None) -> None:
+    """Train block ``block`` as ``replicas``' rank, on ``gpu`` (the device Ray Train gave this
+    worker) where ``cfg`` asks for a GPU, else on the CPU, posting (kind, block, payload)
+    messages on ``queue``; ``actor``: this worker's handle, which the driver kills to restart
+    the group; ``sink``: where rank 0 records its metrics (Ray's by default)."""
     torch.set_num_threads(cfg.runtime.torch_threads)
+    # opened before the lease, which is a file in it: an error opening it cannot be recorded
+    # there (the driver's error names it)
     storage = Storage(cfg.run_dir)
     restarts, lease = 0, None
     try:
         if replicas.writer:  # before anything else of its start can fail (lease.py)
             lease, restarts = take_lease(storage, block, session, cfg.train.lease_timeout_s)
-        run = BlockRun(cfg, block, None, storage, device, session=session, replicas=replicas,
-                       lease=lease)
+        # the device is chosen once the block is held: a GPU asked for and not here is rank
+        # 0's to record as the block's failure at its start
+        run = BlockRun(cfg, block, None, storage, partial(block_device, cfg, gpu),
+                       session=session, replicas=replicas, lease=lease)
     except BaseException as err:  # e.g. a run directory trained with other values
         _report(queue, block, err, replicas.rank, None)
         raise
     try:
-        restarts = int(replicas.sum(torch.tensor([restarts], device=device)).item())
+        restarts = int(replicas.sum(torch.tensor([restarts], device=run.trainer.device)).item())
         recorder = None
         if replicas.writer:
             recorder = BlockRecorder(cfg.run.name, block, run.trainer.sigma_range, sink)

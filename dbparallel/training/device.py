@@ -30,11 +30,13 @@ def _gpu_if_asked(asked: bool, what: str, fix: str) -> str:
     return "cuda"
 
 
-def block_device(cfg: Config) -> str:
-    """The device of every block trainer of ``cfg``."""
+def block_device(cfg: Config, gpu: str = "cuda") -> str:
+    """The device of every block trainer of ``cfg``: ``gpu`` where it asks for one (a Ray
+    Train worker's own, ``cuda:N``), else the CPU."""
     n = cfg.runtime.gpus_per_block
-    return _gpu_if_asked(n > 0, f"runtime.gpus_per_block={n:g}",
-                         "set runtime.gpus_per_block=0 to train on the CPU")
+    asked = _gpu_if_asked(n > 0, f"runtime.gpus_per_block={n:g}",
+                          "set runtime.gpus_per_block=0 to train on the CPU")
+    return gpu if asked == "cuda" else "cpu"
 
 
 def assembly_device(cfg: Config) -> str:

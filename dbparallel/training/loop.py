@@ -33,11 +33,14 @@ class BlockRun:
     """A trainer bound to its stream of the shared data and its checkpoints; resumes from its
     latest state. ``index``: the data it streams; None: those pinned in the run directory
     (run_data), read once the writer holds the block, so that an error reading them is
-    recorded as the block's failure at its start, as one of resuming is."""
+    recorded as the block's failure at its start, as one of resuming is. ``device``: where it
+    trains, or what chooses that (``block_device``, which refuses a GPU asked for and not
+    here), called once the writer holds the block, for the same reason."""
 
     def __init__(self, cfg: Config, block: int, index: DataIndex | None, storage: Storage,
-                 device: str = "cpu", prefetch: bool = True, session: str = "",
-                 replicas: Replicas | None = None, lease: BlockLease | None = None):
+                 device: str | Callable[[], str] = "cpu", prefetch: bool = True,
+                 session: str = "", replicas: Replicas | None = None,
+                 lease: BlockLease | None = None):
         self.cfg = cfg
         # one writer per block (with replicas: rank 0; the others only train); a run's
         # session (the driver's) may take its own lease over. ``lease``: the writer's, taken
@@ -55,6 +58,7 @@ class BlockRun:
                 clear_failure(storage, block)  # it trains again
             self._renewed = time.monotonic()
             index = run_data(cfg, storage) if index is None else index
+            device = device() if callable(device) else device
             self.trainer = BlockTrainer(cfg, block, device, replicas=replicas)
             task = self.trainer.task
             self.order = DataOrder([s.rows for s in index.shards("train")],

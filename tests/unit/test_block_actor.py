@@ -8,12 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import dbparallel
 from dbparallel import cli
 from dbparallel.config import load_config
 from dbparallel.data.sources import open_data
-from dbparallel.errors import DataUnreachable, RunDirError
+from dbparallel.errors import DataUnreachable, RunDirError, UserError
 from dbparallel.runtime import block_actor
 from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.metrics import BlockRecorder, MemorySink
@@ -97,3 +98,22 @@ def test_a_start_tried_again_after_a_passing_error_counts_its_restart_once(
     assert not outcomes and not (block / "failed.json").exists()
     assert actor.restarts == 1
     assert json.loads((block / "restarts.json").read_text())["restarts"] == 1
+
+
+def test_a_gpu_asked_for_and_not_here_is_its_block_s_failure_at_its_start(
+        cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device is chosen once the actor holds the block: a node without the GPU the run
+    asks for leaves the block `failed` with the key to change, not `stopped`."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg.runtime.gpus_per_block = 1
+    actor = BlockActor(cfg, 1, SESSION)
+    with pytest.raises(UserError, match=r"runtime\.gpus_per_block=1 asks for a GPU"):
+        actor.train(2)
+    block = tmp_path / "run" / "blocks" / "block_1"
+    record = json.loads((block / "failed.json").read_text())
+    assert (record["step"], record["type"]) == (None, "UserError")
+    assert json.loads((block / "restarts.json").read_text())["restarts"] == 1
+    release_session(Storage(cfg.run_dir), [0, 1], SESSION)  # the driver ends the failed run
+    failed = dbparallel.status(tmp_path / "run").blocks[1]
+    assert (failed.state, failed.failed_step) == ("failed", None)
+    assert "runtime.gpus_per_block=1" in failed.failure

@@ -25,7 +25,7 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_nothing_asked_is_the_cpu(tiny_cfg) -> None:
-    assert block_device(tiny_cfg) == "cpu"
+    assert block_device(tiny_cfg) == block_device(tiny_cfg, "cuda:1") == "cpu"
     assert assembly_device(tiny_cfg) == "cpu"
     assert requested_device(None) == "cpu" and requested_device("cpu") == "cpu"
 
@@ -62,6 +62,7 @@ def test_requested_device_must_be_cpu_or_cuda() -> None:
 def test_gpu_where_asked_and_present(tiny_cfg, fake_cuda) -> None:
     tiny_cfg.runtime.gpus_per_block = 1
     assert (block_device(tiny_cfg), assembly_device(tiny_cfg)) == ("cuda", "cpu")
+    assert block_device(tiny_cfg, "cuda:1") == "cuda:1"  # a Ray Train worker's own
     tiny_cfg.runtime.assembly_gpus = 1
     assert assembly_device(tiny_cfg) == "cuda"
     assert requested_device("cuda:1") == "cuda:1"
@@ -112,16 +113,11 @@ def test_a_block_actor_starts_again_when_its_data_was_unreachable(tiny_cfg,
     assert outcomes == [None]  # not started again
 
 
-def test_actors_refuse_a_missing_gpu(tiny_cfg) -> None:
-    # the actor classes are plain classes until launch.py applies ray.remote
+def test_the_assembler_actor_refuses_a_missing_gpu(tiny_cfg) -> None:
+    # the actor class is a plain class until launch.py applies ray.remote; a block actor
+    # chooses its device once it holds its block (tests/unit/test_block_actor.py)
     from dbparallel.runtime.assembler_actor import AssemblerActor
-    from dbparallel.runtime.block_actor import BlockActor
 
-    tiny_cfg.runtime.gpus_per_block = 1
-    actor = BlockActor(tiny_cfg, 0, "session")  # its start's error is raised by its first call
-    assert isinstance(actor.failed, UserError)
-    with pytest.raises(UserError, match=r"runtime\.gpus_per_block"):
-        actor.train(1)
     tiny_cfg.runtime.assembly_gpus = 1
     with pytest.raises(UserError, match=r"runtime\.assembly_gpus"):
         AssemblerActor(tiny_cfg)

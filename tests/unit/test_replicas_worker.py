@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 
 import dbparallel
 from dbparallel.config import load_config
 from dbparallel.data.sources import open_data
-from dbparallel.errors import DataError
+from dbparallel.errors import DataError, UserError
 from dbparallel.runtime.metrics import MemorySink
 from dbparallel.runtime.replica_worker import run_replica
 from dbparallel.training import loop
@@ -153,3 +154,18 @@ def test_a_bad_row_any_rank_meets_is_posted_with_its_rank_and_step(
         assert json.loads(failed.read_text())["step"] == 3
     else:
         assert not failed.exists()
+
+
+def test_a_gpu_asked_for_and_not_here_is_its_block_s_failure_at_rank_0_s_start(
+        cfg, group, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The device is chosen once rank 0 holds the block: recorded at its start, and posted
+    as bad input with no step (the driver fails the run; Ray Train would meet it again)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg.runtime.gpus_per_block = 1
+    queue = Queue()
+    with pytest.raises(UserError, match=r"runtime\.gpus_per_block=1 asks for a GPU"):
+        _rank0(cfg, group, queue)
+    assert [(kind, payload["rank"], payload["step"]) for kind, _, payload in queue] == [
+        ("error", 0, None)]
+    record = json.loads((tmp_path / "run" / "blocks" / "block_1" / "failed.json").read_text())
+    assert (record["step"], record["type"]) == (None, "UserError")
