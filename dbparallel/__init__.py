@@ -3,15 +3,19 @@
 ``dbparallel.train(recipe, overrides={...})`` trains a run as ``dbparallel train`` does and
 returns its report; ``dbparallel.load(run_dir_or_file)`` returns a trained network with its
 task's verbs (``sample``, ``predict``, ``generate``, ``bpc``, ``log_likelihood``);
-``dbparallel.status(run_dir)`` says where a run stands; see docs/api.md.
+``dbparallel.status(run_dir)`` says where a run stands; see docs/api.md. A run that
+``dbparallel stop`` (SIGTERM) stops raises ``dbparallel.Terminated``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from dbparallel.cli_stop import Terminated, stop_on_sigterm
 
 if TYPE_CHECKING:
     from dbparallel.training.network import Network
@@ -35,7 +39,26 @@ def train(*recipes: str | os.PathLike | Sequence[str | os.PathLike],
     ``runtime.address`` or ``RAY_ADDRESS``, else in a private local one. Re-running on an
     existing ``run.dir`` resumes it. Bad input raises ``dbparallel.errors.UserError`` (its
     message names the key, file or row) before anything trains; a failed run raises
-    ``RuntimeError``. ``progress``: progress bars (default: when stderr is a terminal)."""
+    ``RuntimeError``. ``progress``: progress bars (default: when stderr is a terminal).
+
+    SIGTERM (``dbparallel stop RUN_DIR``, ``kill``) stops the run as Ctrl-C does: where it
+    is, its checkpoints kept and its blocks' write leases released, and the call raises
+    ``dbparallel.Terminated`` (a KeyboardInterrupt). For that it takes SIGTERM during the call
+    where the program left SIGTERM's default and calls from its main thread, and puts the
+    default back after; a handler the program set is left as it is."""
+    with stop_on_sigterm() as stop:
+        try:
+            return _train(recipes, overrides, local, blocks, progress)
+        except KeyboardInterrupt as err:  # a Ray call SIGTERM cut short raises a plain one
+            if stop is None or stop.first != signal.SIGTERM or isinstance(err, Terminated):
+                raise
+            raise Terminated() from err
+
+
+def _train(recipes: tuple[str | os.PathLike | Sequence[str | os.PathLike], ...],
+           overrides: Mapping[str, Any] | Sequence[str], local: bool,
+           blocks: Sequence[int] | None, progress: bool | None) -> dict[str, Any]:
+    """``train``'s work, once its signal handler is in place."""
     from dbparallel.config import load_config
     from dbparallel.runtime.train import train_run
     from dbparallel.training.plan import fit_blocks

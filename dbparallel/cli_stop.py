@@ -1,9 +1,17 @@
-"""How the CLI stops on Ctrl-C (SIGINT) and SIGTERM (``kill``, ``ray job stop``,
-a Kubernetes pod stopping): the first signal stops the run where it is, as KeyboardInterrupt,
-and the run's own cleanup (the blocks' write leases released, Ray's actors and instance
-stopped) then goes on undisturbed. A second signal during that cleanup says what is under way
-instead of cutting it short (which left a run's processes to Ray's own exit); a third quits at
-once, without the cleanup."""
+"""How a run stops on Ctrl-C (SIGINT) and SIGTERM (``kill``, ``dbparallel stop``, ``ray job
+stop``, a Kubernetes pod stopping): the first signal stops the run where it is, as
+KeyboardInterrupt, and the run's own cleanup (the blocks' write leases released, Ray's actors
+and instance stopped) then goes on undisturbed. A second signal during that cleanup says what
+is under way instead of cutting it short (which left a run's processes to Ray's own exit); a
+third quits at once, without the cleanup.
+
+The CLI takes both signals for the whole command (``stop_signals``). ``dbparallel.train``, a
+library call in someone else's program, takes only SIGTERM, only where that program left its
+default (which ends the process at once, its leases held until they lapse elsewhere and a
+checkpoint perhaps half written), only from the main thread, and only for the call
+(``stop_on_sigterm``): a handler the program set, and Python's own KeyboardInterrupt on
+Ctrl-C, stay as they are.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +31,20 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class Terminated(KeyboardInterrupt):
     """SIGTERM: the run stops as on Ctrl-C, releasing what it holds, and a rerun resumes."""
 
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("stopped by SIGTERM (`dbparallel stop`, kill): the "
+                                    "checkpoints written stay, the blocks' write leases are "
+                                    "released, and the same train call resumes the run",)))
+
 
 class StopSignals:
-    """The handler of SIGINT and SIGTERM for one command: counts the signals it is sent and
-    keeps the first (a Ray call the signal interrupts raises a plain KeyboardInterrupt in
-    place of Terminated, so the exception alone does not tell SIGTERM from Ctrl-C)."""
+    """The handler of ``signals`` (SIGINT and SIGTERM) for one command or call: counts the
+    signals it is sent and keeps the first (a Ray call the signal interrupts raises a plain
+    KeyboardInterrupt in place of Terminated, so the exception alone does not tell SIGTERM
+    from Ctrl-C)."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[int, ...] = SIGNALS) -> None:
+        self.signals = signals
         self.count = 0
         self.first: int | None = None
 
@@ -43,9 +58,10 @@ class StopSignals:
             self.first = signum
             raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         if self.count == 2:  # os.write: a print here could meet one the main thread makes
+            again = b"press Ctrl-C" if signal.SIGINT in self.signals else b"send SIGTERM"
             os.write(2, b"\ndbparallel: stopping: the run's cleanup (its write leases "
-                        b"released, Ray's processes stopped) takes a few seconds; press Ctrl-C "
-                        b"again to quit at once\n")
+                        b"released, Ray's processes stopped) takes a few seconds; " + again
+                     + b" again to quit at once\n")
             return
         os.write(2, b"\ndbparallel: quit without cleaning up (a rerun on this machine takes "
                     b"over the blocks' leases of a process that no longer runs)\n")
@@ -75,15 +91,32 @@ def stop_signals() -> Iterator[StopSignals | None]:
     """Install StopSignals on SIGINT and SIGTERM for the command's duration (from the main
     thread only; elsewhere nothing changes and None is yielded), then put back the handlers
     it replaced."""
+    # A SIGINT ignored from the start stays ignored: a shell starts a background job (`cmd &`)
+    # that way, so that a Ctrl-C meant for the foreground leaves it running.
+    with _taking([s for s in SIGNALS if not (s == signal.SIGINT
+                                             and signal.getsignal(s) == signal.SIG_IGN)]) as h:
+        yield h
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[StopSignals | None]:
+    """Install StopSignals on SIGTERM alone for a library call's duration, where SIGTERM has
+    its default handler (the program set none) and this is the main thread; elsewhere nothing
+    changes and None is yielded. The default is put back after the call."""
+    taken = [signal.SIGTERM] if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else []
+    with _taking(taken) as handler:
+        yield handler if taken else None
+
+
+@contextlib.contextmanager
+def _taking(signals: list[int]) -> Iterator[StopSignals | None]:
+    """StopSignals on ``signals`` while the block runs (from the main thread only: elsewhere
+    None), then the handlers it replaced."""
     if threading.current_thread() is not threading.main_thread():
         yield None
         return
-    handler = StopSignals()
-    # A SIGINT ignored from the start stays ignored: a shell starts a background job (`cmd &`)
-    # that way, so that a Ctrl-C meant for the foreground leaves it running.
-    before: dict[int, Any] = {
-        s: signal.signal(s, handler) for s in SIGNALS
-        if not (s == signal.SIGINT and signal.getsignal(s) == signal.SIG_IGN)}
+    handler = StopSignals(tuple(signals))
+    before: dict[int, Any] = {s: signal.signal(s, handler) for s in signals}
     try:
         yield handler
     finally:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from holders import HANG_S, wait_training
 
 import dbparallel
 from dbparallel import cli
@@ -26,20 +27,6 @@ from dbparallel.training.storage import Storage
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
 HOST = socket.gethostname()
-HANG_S = 120  # a hang guard only, never a timing claim
-
-
-def _training(block: Path, proc: subprocess.Popen) -> None:
-    """Return once ``proc`` holds the lease of the block in folder ``block`` and has written
-    a checkpoint (past its start, which test_reliability.py stops the same way), failing if
-    ``proc`` ends."""
-    lease, manifest = block / "lease.json", block / "manifest.json"
-    deadline = time.monotonic() + HANG_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        if manifest.exists() and json.loads(lease.read_text())["holder"]:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{lease} never held; the process ended with {proc.poll()}")
 
 
 def test_a_local_block_process_stops_releasing_its_lease(tmp_path: Path, capsys) -> None:
@@ -50,7 +37,7 @@ def test_a_local_block_process_stops_releasing_its_lease(tmp_path: Path, capsys)
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lease = run / "blocks" / "block_1" / "lease.json"
     try:
-        _training(lease.parent, proc)
+        wait_training(lease.parent, proc)
         code = cli.main(["stop", str(run), "--wait", str(HANG_S)])
         out = capsys.readouterr().out.splitlines()
         _, err = proc.communicate(timeout=HANG_S)
