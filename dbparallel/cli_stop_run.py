@@ -16,8 +16,14 @@ WAIT_S = 60.0  # the longest --wait's default waits for the processes signalled 
 EXIT_HELD = 1  # a block is still held when the command ends
 
 
-def _blocks(numbers: list[int]) -> str:
-    return f"block{'s' * (len(numbers) != 1)} {', '.join(str(b) for b in numbers)}"
+ASSEMBLY = "the run's assembly"  # what a --local run's assembling process is named by
+
+
+def _named(holds: list[Hold]) -> str:
+    """``blocks 0, 1``, ``the run's assembly`` or both, of what ``holds`` hold."""
+    numbers = [str(h.block) for h in holds if h.block is not None]
+    said = [f"block{'s' * (len(numbers) != 1)} {', '.join(numbers)}"] if numbers else []
+    return " and ".join(said + [ASSEMBLY] * any(h.block is None for h in holds))
 
 
 def _who(hold: Hold) -> str:
@@ -28,8 +34,9 @@ def _who(hold: Hold) -> str:
 
 
 def _told(hold: Hold, run_dir: str) -> str:
-    """The line of a block ``dbparallel stop`` sends nothing to."""
-    said = f"block {hold.block}: "
+    """The line of a block (or assembly) ``dbparallel stop`` sends nothing to."""
+    said = f"{_named([hold])}: "
+    held = "held" if hold.block is not None else "run"
     if hold.kind == "damaged":
         return said + hold.said
     if hold.kind == "gone" and hold.driver:
@@ -48,7 +55,7 @@ def _told(hold: Hold, run_dir: str) -> str:
         return said + (f"its Ray run's driver (pid {hold.pid} on {hold.host}) is gone; its "
                        f"block process, pid {hold.holder_pid}, ends by itself")
     if hold.kind == "unknown":
-        return said + (f"held by {_who(hold)}, but /proc does not say whether that pid is "
+        return said + (f"{held} by {_who(hold)}, but /proc does not say whether that pid is "
                        f"still its process: nothing signalled; stop it yourself (`kill "
                        f"{hold.pid}`)")
     assert hold.kind == "elsewhere", hold.kind
@@ -57,16 +64,20 @@ def _told(hold: Hold, run_dir: str) -> str:
                        f"cannot be signalled from here: run `dbparallel stop {run_dir}` on "
                        f"{hold.host} (or `kill {hold.pid}` there), or `ray job stop` for a "
                        f"submitted job")
-    return said + (f"held by {_who(hold)}, of another machine or container, which cannot be "
+    return said + (f"{held} by {_who(hold)}, of another machine or container, which cannot be "
                    f"signalled from here: run `dbparallel stop {run_dir}` on {hold.host} (or "
                    f"`kill {hold.pid}` there)")
 
 
 def _waited(hold: Hold, released: bool, ended: bool, wait_s: float) -> str:
-    """The line of a block waited for, once its process ended or the wait ran out."""
-    said = f"block {hold.block}: "
+    """The line of a block (or assembly) waited for, once its process ended or the wait ran
+    out."""
+    said = f"{_named([hold])}: "
     who = (f"its block process (pid {hold.holder_pid})" if hold.kind == "ending"
            else _who(hold))
+    if hold.block is None:  # its record is no lease: a stale one is written over
+        return said + ("stopped" if ended else f"{who} still runs after {wait_s:g} s, which "
+                       f"may still be cleaning up")
     if ended:
         return said + ("stopped, its lease released" if released else
                        "stopped; its process ended without releasing its lease (a rerun on "
@@ -79,7 +90,12 @@ def _waited(hold: Hold, released: bool, ended: bool, wait_s: float) -> str:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from dbparallel.training.run_dir import run_config
-    from dbparallel.training.stop_run import find_holds, send_sigterm, wait_ended
+    from dbparallel.training.stop_run import (
+        find_assembly,
+        find_holds,
+        send_sigterm,
+        wait_ended,
+    )
     from dbparallel.training.storage import Storage
 
     if math.isnan(args.wait) or args.wait < 0:
@@ -87,6 +103,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     cfg = run_config(args.run_dir)
     storage = Storage(args.run_dir)
     holds = find_holds(storage, cfg)
+    assembly = find_assembly(storage)  # a --local run assembling its blocks holds no lease
+    holds += [assembly] if assembly is not None else []
     if not holds:
         print(f"{args.run_dir}: no block's write lease is held: nothing to stop")
         return 0
@@ -94,7 +112,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     still_held = False
     for process, why in sent.items():
         mine = [h for h in holds if h.kind == "signal" and h.process == process]
-        said = f"{_blocks([h.block for h in mine])}: {_who(mine[0])} trains "
+        said = f"{_named(mine)}: {_who(mine[0])} "
+        said += "assembles " if [h.block for h in mine] == [None] else "trains "
         said += "them" if len(mine) > 1 else "it"
         if why:
             still_held = True
@@ -126,22 +145,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The ``stop`` subcommand, on ``sub``."""
     s = sub.add_parser(
         "stop", help="stop the processes that train a run's blocks (their write leases name "
-        "them): SIGTERM to each --local process and each Ray run's driver of this machine; "
-        "the same train command resumes the run",
+        "them) or assemble them: SIGTERM to each --local process and each Ray run's driver "
+        "of this machine; the same train command resumes the run",
         description="Send SIGTERM, once, to each process of this machine (and pid namespace) "
         "that holds a block's write lease: a --local or --local --block process, or the "
-        "driver of a Ray run (which stops its block processes). Each stops where it is and "
-        "releases its leases, as on Ctrl-C; the same train command resumes the run. Nothing "
-        "else is ever signalled, and never SIGKILL. A holder of another machine or "
-        "container is named with the host and the command to run there. Exit codes: 0 "
-        "nothing held, or every holder signalled (and, with --wait, ended or its leases "
-        "released); 1 a block is "
-        "still held: its process is on another machine or container, could not be "
-        "signalled, did not stop within --wait, or its lease is damaged (each said in a "
-        "line); 2 RUN_DIR is not a run directory. A process still cleaning up after a stop "
-        "says so on a second SIGTERM, and quits at once on a third, without releasing its "
-        "leases (a rerun on its machine takes them over at once): give a long cleanup "
-        "--wait rather than running stop again.")
+        "driver of a Ray run (which stops its block processes), also one started from "
+        "Python (dbparallel.train, where its program left SIGTERM's default); and to a "
+        "--local process assembling the blocks, which holds no lease but records itself in "
+        "the run directory. Each stops where it is and releases its leases, as on Ctrl-C; "
+        "the same train command resumes the run. Nothing else is ever signalled, and never "
+        "SIGKILL. A holder of another machine or container is named with the host and the "
+        "command to run there. Exit codes: 0 nothing held, or every holder signalled (and, "
+        "with --wait, ended or its leases released); 1 a block is still held, or the run's "
+        "assembly still runs: its process is on another machine or container, could not be "
+        "signalled, did not stop within --wait, or its lease (or the assembly's record) is "
+        "damaged (each said in a line); 2 RUN_DIR is not a run directory. A process still "
+        "cleaning up after a stop says so on a second SIGTERM, and quits at once on a "
+        "third, without releasing its leases (a rerun on its machine takes them over at "
+        "once): give a long cleanup --wait rather than running stop again.")
     s.add_argument("run_dir", metavar="RUN_DIR", type=run_dir_argument)
     s.add_argument("--wait", type=float, default=WAIT_S, metavar="SECONDS",
                    help=f"wait this long at most for the processes signalled to stop and "

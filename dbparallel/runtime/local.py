@@ -21,6 +21,7 @@ from dbparallel.runtime.metrics import (
 )
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.training.assemble import assemble
+from dbparallel.training.assembling import assembling
 from dbparallel.training.curves import write_curves
 from dbparallel.training.data_pin import pin_data
 from dbparallel.training.device import assembly_device, block_device
@@ -95,9 +96,10 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
             per_block.append(run.summary())
         metrics: dict[str, float] = {}
         if only_blocks is None:
-            metrics = assemble(cfg, storage, index, assembly)
-            AssemblyRecorder(cfg.run.name, sink).record(metrics)
-            assemblies.append(int(metrics["block_steps_min"]), metrics)
+            with assembling(storage):  # no lease held from here: `dbparallel stop` finds it
+                metrics = assemble(cfg, storage, index, assembly)
+                AssemblyRecorder(cfg.run.name, sink).record(metrics)
+                assemblies.append(int(metrics["block_steps_min"]), metrics)
     finally:
         bars.close()
         if server is not None:

@@ -38,6 +38,13 @@ def driver_session() -> str:
             f"~{process_start()}")
 
 
+def new_holder(session: str) -> str:
+    """A lease holder naming this process for ``session``: session/host/pid/nonce/space/start
+    (the nonce tells two writers of one process apart)."""
+    return (f"{session}/{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}/"
+            f"{process_space()}/{process_start()}")
+
+
 def session_start(session: str) -> str:
     """The ``process_start`` of the driver a ``driver_session`` names; "" where not known."""
     fields = session.partition("@")[2].split("~")

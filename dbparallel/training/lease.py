@@ -51,10 +51,7 @@ writers editing one manifest for hours.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from typing import Any
 
 from dbparallel.errors import RunDirError
@@ -64,8 +61,7 @@ from dbparallel.training.holder import (
     holder_alive,
     holder_driver,
     holder_parts,
-    process_space,
-    process_start,
+    new_holder,
 )
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
@@ -84,8 +80,7 @@ class BlockLease:
         self.storage, self.block, self.session = storage, block, session
         self.timeout_s, self.clock = timeout_s, clock
         self.path = f"blocks/block_{block}/lease.json"
-        self.holder = (f"{session}/{socket.gethostname()}/{os.getpid()}/"
-                       f"{uuid.uuid4().hex[:8]}/{process_space()}/{process_start()}")
+        self.holder = new_holder(session)
         self.generation = 0
         self.renewed_at = 0.0  # when this writer last renewed the lease (its clock)
         self.replaced = ""  # the holder this writer took the lease from ("": none held it)

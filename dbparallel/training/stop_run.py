@@ -12,10 +12,15 @@ Only a process that holder.py can ask (this machine and pid namespace) is signal
 the one that had its pid when the lease was written (``still_runs``: the lease and the session
 record when each started), not a new process that took the pid over since. One of another
 machine or container is named, with its host, to be stopped there.
+
+A ``--local`` run assembling its blocks holds no lease: the process records itself in the run
+directory while it does (assembling.py), named as a lease names its holder, and is found and
+stopped the same way.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbparallel.config import Config
+from dbparallel.training.assembling import assembler
 from dbparallel.training.holder import (
     holder_alive,
     holder_driver,
@@ -41,9 +47,10 @@ POLL_S = 0.2  # how often the wait reads the leases again
 
 @dataclass
 class Hold:
-    """A block whose lease names a holder, and what stopping it takes."""
+    """A block whose lease names a holder, or a ``--local`` run's assembly (block None) whose
+    record names its process, and what stopping it takes."""
 
-    block: int
+    block: int | None
     kind: str  # signal (a process here, to be sent SIGTERM) | ending (its Ray run's driver is
     # gone, its block process ends by itself) | gone | lapsed (nothing runs it: nothing to
     # do) | elsewhere (another machine's or container's) | unknown (here, but /proc does not
@@ -79,7 +86,7 @@ class Hold:
                           self.renewed_at)
 
 
-def _hold(block: int, lease: dict[str, Any], timeout_s: float, now: float) -> Hold:
+def _hold(block: int | None, lease: dict[str, Any], timeout_s: float, now: float) -> Hold:
     """What stopping the holder of ``lease`` (one that names a holder) takes."""
     holder, renewed_at = str(lease["holder"]), float(lease["renewed_at"])
     host, pid, runs = process_to_stop(holder)
@@ -117,6 +124,22 @@ def find_holds(storage: Storage, cfg: Config, now: float | None = None) -> list[
     return holds
 
 
+def find_assembly(storage: Storage, now: float | None = None) -> Hold | None:
+    """The process assembling the ``--local`` run in ``storage`` (block None), at Unix time
+    ``now``: None where none is recorded, or where the process recorded is gone (a killed
+    assembly's record: nothing to stop)."""
+    try:
+        record = assembler(storage)
+    except DamagedFile as err:
+        return Hold(None, "damaged", said=" ".join(str(err).split()))
+    if record is None:
+        return None
+    now = time.time() if now is None else now
+    hold = _hold(None, {"holder": record["holder"], "renewed_at": record["since"]}, math.inf,
+                 now)  # never lapses: a process assembling renews nothing
+    return None if hold.kind == "gone" else hold
+
+
 def send_sigterm(holds: list[Hold]) -> dict[tuple[str, str], str]:
     """SIGTERM to the process of each hold to signal, once each; returns (host, pid) -> ""
     where it was sent, else why not (e.g. another user's process)."""
@@ -137,7 +160,13 @@ def send_sigterm(holds: list[Hold]) -> dict[tuple[str, str], str]:
 def hold_state(storage: Storage, hold: Hold) -> tuple[bool, bool]:
     """(released, ended) of a signalled or ending hold: its lease names another holder or
     none (released, or taken over); the process ended (the one signalled; for an ending hold,
-    the block's own process)."""
+    the block's own process). An assembly's record is released once it is gone."""
+    if hold.block is None:
+        try:
+            record = assembler(storage)
+        except DamagedFile:  # read while rewritten on a store without atomic renames
+            record = {"holder": hold.holder}
+        return (record or {}).get("holder") != hold.holder, hold.process_runs() is False
     try:
         lease = BlockLease(storage, hold.block, "", 0.0).read()
     except DamagedFile:  # read while rewritten on a store without atomic renames: ask again
@@ -149,9 +178,9 @@ def hold_state(storage: Storage, hold: Hold) -> tuple[bool, bool]:
 
 
 def wait_ended(storage: Storage, holds: list[Hold], timeout_s: float,
-               poll_s: float = POLL_S) -> dict[int, tuple[bool, bool]]:
-    """Block -> ``hold_state`` of each of ``holds`` once every one's process has ended, or
-    once ``timeout_s`` has passed."""
+               poll_s: float = POLL_S) -> dict[int | None, tuple[bool, bool]]:
+    """Block (None: the assembly) -> ``hold_state`` of each of ``holds`` once every one's
+    process has ended, or once ``timeout_s`` has passed."""
     deadline = time.monotonic() + timeout_s
     while True:
         states = {h.block: hold_state(storage, h) for h in holds}

@@ -1,0 +1,109 @@
+"""``dbparallel stop`` on a ``--local`` run assembling its blocks, which holds no lease then:
+the process records itself in ``assembling.json`` (training/assembling.py) and is stopped
+from there as a lease's holder is."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from holders import HANG_S
+
+import dbparallel
+from dbparallel import cli
+from dbparallel.config import dump_yaml, load_config
+from dbparallel.training.assembling import ASSEMBLING_FILE, assembler, assembling
+from dbparallel.training.holder import process_space
+from dbparallel.training.storage import Storage
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
+HOST = socket.gethostname()
+
+
+def _assembling(run: Path, proc: subprocess.Popen) -> None:
+    """Return once ``proc`` records itself assembling the run in ``run``, failing if it
+    ends first."""
+    deadline = time.monotonic() + HANG_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (run / ASSEMBLING_FILE).exists():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{run / ASSEMBLING_FILE} never written; the process ended with "
+                         f"{proc.poll()}")
+
+
+def test_a_local_run_assembling_its_blocks_is_stopped(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    proc = subprocess.Popen(  # trained in a moment; its samples' million steps take long
+        [sys.executable, "-m", "dbparallel", "train", TINY, "--local", f"run.dir={run}",
+         "metrics.port=0", "train.steps=2", "train.warmup_steps=0", "sample.steps=1000000"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _assembling(run, proc)
+        code = cli.main(["stop", str(run), "--wait", str(HANG_S)])
+        out = capsys.readouterr().out.splitlines()
+        _, err = proc.communicate(timeout=HANG_S)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 0, (out, err)
+    assert out == [f"the run's assembly: pid {proc.pid} on {HOST} assembles it: SIGTERM sent",
+                   f"waiting for pid {proc.pid} to stop (up to {HANG_S} s) ...",
+                   "the run's assembly: stopped", "the same train command resumes the run"]
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == \
+        "dbparallel: stopped (SIGTERM) (run the same command again to resume)"
+    assert not (run / ASSEMBLING_FILE).exists() and not (run / "report.json").exists()
+    assert dbparallel.status(run).state == "trained, not yet assembled"
+
+
+def _run_dir(tmp_path: Path) -> Storage:
+    """A run directory of the tiny recipe, its config written and nothing trained."""
+    run = tmp_path / "run"
+    storage = Storage(str(run))
+    storage.makedirs()
+    storage.write_text("config.yaml", dump_yaml(load_config([TINY], [f"run.dir={run}"])))
+    return storage
+
+
+def _record(storage: Storage, host: str, pid: int | str) -> None:
+    storage.write_json(ASSEMBLING_FILE, {
+        "holder": f"0123abcd/{host}/{pid}/0123abcd/{process_space()}", "since": time.time()})
+
+
+def test_an_assembly_elsewhere_is_named_and_a_gone_one_is_nothing_to_stop(
+        tmp_path: Path, capsys) -> None:
+    storage = _run_dir(tmp_path)
+    run = storage.uri()
+    _record(storage, "other-host", 4242)
+    assert cli.main(["stop", run]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"the run's assembly: run by pid 4242 on other-host, of another machine or "
+        f"container, which cannot be signalled from here: run `dbparallel stop {run}` on "
+        f"other-host (or `kill 4242` there)"]
+    _record(storage, HOST, 999_999_999)  # killed: its record left behind
+    assert cli.main(["stop", run]) == 0
+    assert capsys.readouterr().out == f"{run}: no block's write lease is held: nothing to stop\n"
+    storage.write_text(ASSEMBLING_FILE, '{"holder": ')
+    assert cli.main(["stop", run]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"the run's assembly: {storage.uri(ASSEMBLING_FILE)}: damaged"), out
+
+
+def test_the_record_is_removed_however_the_assembly_ends(tmp_path: Path) -> None:
+    storage = _run_dir(tmp_path)
+    with assembling(storage):
+        record = assembler(storage)
+        assert record is not None and f"/{HOST}/" in record["holder"]
+    assert assembler(storage) is None
+    with pytest.raises(KeyboardInterrupt), assembling(storage):
+        raise KeyboardInterrupt()  # Ctrl-C, or SIGTERM (Terminated)
+    assert assembler(storage) is None
+    with assembling(storage):
+        _record(storage, "other-host", 4242)  # a later assembly's, written over this one
+    assert assembler(storage)["holder"].startswith("0123abcd/other-host/4242/")
