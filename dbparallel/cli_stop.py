@@ -7,10 +7,10 @@ third quits at once, without the cleanup.
 
 The CLI takes both signals for the whole command (``stop_signals``). ``dbparallel.train``, a
 library call in someone else's program, takes only SIGTERM, only where that program left its
-default (which ends the process at once, its leases held until they lapse elsewhere and a
-checkpoint perhaps half written), only from the main thread, and only for the call
-(``stop_on_sigterm``): a handler the program set, and Python's own KeyboardInterrupt on
-Ctrl-C, stay as they are.
+default (which ends the process at once: its leases left held, which a rerun on another
+machine waits to lapse, a checkpoint perhaps half written), only from the main thread, and
+only for the call (``stop_on_sigterm``): a handler the program set, and Python's own
+KeyboardInterrupt on Ctrl-C, stay as they are.
 """
 
 from __future__ import annotations
