@@ -8,7 +8,7 @@ import json
 
 from dbparallel.cli_data import run_dir_argument
 from dbparallel.config import bytes_text
-from dbparallel.training.status import BlockStatus, RunStatus
+from dbparallel.training.status import REPORT_REMEDY, BlockStatus, RunStatus
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -35,6 +35,18 @@ def _row(b: BlockStatus) -> list[str]:
             _ago(b.logged_age_s), str(b.restarts), writer]
 
 
+def _assembling(status: RunStatus) -> str:
+    """The line of the process assembling the blocks (assembling.json): the writer column's
+    host/pid, when it began, and, where it is gone, what assembles them again."""
+    who = status.assembler + (" (the Ray run's driver)" if status.assembler_driver else "")
+    if status.assembler_alive is False:
+        return (f"assembly cut short: {who} began it {_ago(status.assembling_age_s)} and no "
+                f"longer runs (killed outright: a stop removes its record); {REPORT_REMEDY}")
+    elsewhere = (" (of another machine or container: whether it still runs cannot be asked "
+                 "from here)" if status.assembler_alive is None else "")
+    return f"assembling: {who}, begun {_ago(status.assembling_age_s)}{elsewhere}"
+
+
 def render(status: RunStatus) -> str:
     """The text ``dbparallel status`` prints."""
     head = ["block", "state", "step", "checkpoint", "loss", "heldout", "samples/s",
@@ -53,6 +65,8 @@ def render(status: RunStatus) -> str:
         step = status.assembly.get("step")
         at = f" (step {step:,})" if isinstance(step, int) else ""
         lines.append(f"latest assembly{at}: {scores}")
+    if status.assembler:
+        lines.append(_assembling(status))
     if status.report_problem:
         lines.append(status.report_problem)
     else:

@@ -16,7 +16,7 @@ WAIT_S = 60.0  # the longest --wait's default waits for the processes signalled 
 EXIT_HELD = 1  # a block is still held when the command ends
 
 
-ASSEMBLY = "the run's assembly"  # what a --local run's assembling process is named by
+ASSEMBLY = "the run's assembly"  # what a run's assembling process is named by
 
 
 def _named(holds: list[Hold]) -> str:
@@ -113,7 +113,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
     for process, why in sent.items():
         mine = [h for h in holds if h.kind == "signal" and h.process == process]
         said = f"{_named(mine)}: {_who(mine[0])} "
-        said += "assembles " if [h.block for h in mine] == [None] else "trains "
+        verbs = ["trains"] * any(h.block is not None for h in mine) \
+            + ["assembles"] * any(h.block is None for h in mine)  # a Ray driver: both
+        said += " and ".join(verbs) + " "
         said += "them" if len(mine) > 1 else "it"
         if why:
             still_held = True
@@ -150,8 +152,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Send SIGTERM, once, to each process of this machine (and pid namespace) "
         "that holds a block's write lease: a --local or --local --block process, or the "
         "driver of a Ray run (which stops its block processes), also one started from "
-        "Python (dbparallel.train, where its program left SIGTERM's default); and to a "
-        "--local process assembling the blocks, which holds no lease but records itself in "
+        "Python (dbparallel.train, where its program left SIGTERM's default); and to the "
+        "process assembling the blocks (--local, or a Ray run's driver), recorded in "
         "the run directory. Each stops where it is and releases its leases, as on Ctrl-C; "
         "the same train command resumes the run. Nothing else is ever signalled, and never "
         "SIGKILL. A holder of another machine or container is named with the host and the "

@@ -75,6 +75,8 @@ class Controller:
     # (step, metrics) of each finished assembly, during training and the final one; step is
     # the lowest step among the snapshots it composed
     on_assembled: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
+    # every block is done and the final assembly is about to be asked for
+    on_final_assembly: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.monotonic
     slots: int = 0  # blocks training at once; 0 = every block
     # each block's restarts in earlier runs, read before its actor starts (a restart before
@@ -116,6 +118,7 @@ class Controller:
             self._check_stalls()
             if all(s.done for s in self.blocks) and not self._assembling:
                 self.state = State.ASSEMBLING
+                self.on_final_assembly()
                 self._submit_assemble(True)
             elif min(s.step for s in self.blocks) >= self._next_assembly and not self._assembling:
                 self._next_assembly += self.cfg.train.assemble_every

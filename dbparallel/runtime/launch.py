@@ -4,6 +4,7 @@ start the actors as the controller asks, drive it, write the report, clean up.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from dbparallel.runtime.progress import BlockBars
 from dbparallel.runtime.ray_backend import RayBackend
 from dbparallel.runtime.ray_connect import connect
 from dbparallel.tasks import build_task
+from dbparallel.training.assembling import assembling
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.cluster_fit import Cluster
 from dbparallel.training.curves import write_curves
@@ -82,6 +84,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     session = driver_session()  # this run's writers; a restarted actor takes its lease over
     connected = connect(cfg)
     pg, backend, bars, storage = None, None, None, None
+    final = contextlib.ExitStack()  # this driver's assembling.json, while the final assembly runs
     # blocks whose failure the driver records: given up, or an error that no writer recorded
     given_up: list[tuple[int, int | None, Exception]] = []
     try:
@@ -110,6 +113,9 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
                                 on_block_failed=lambda b, step, err: given_up.append(
                                     (b, step, err)),
                                 on_assembled=AssemblyLog(storage, start).append,
+                                # recorded as a --local run's is, for status and stop
+                                on_final_assembly=lambda: final.enter_context(
+                                    assembling(storage, session)),
                                 slots=slots, restarts_before=[
                                     BlockCheckpoints(storage, b).restarts()
                                     for b in range(cfg.model.blocks)])
@@ -136,6 +142,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         # once their processes are stopped (a restart of a stalled block or of a failed group
         # that took its lease over would clear the record).
         _each(("close the progress bars", bars.close if bars is not None else None),
+              ("remove assembling.json", final.close),
               ("release the blocks' write leases", leases if ending else None),
               ("stop the block processes", backend.close if ending else None),
               ("release the blocks' write leases", leases if ending else None),

@@ -23,6 +23,11 @@ storage) is read the same way as a local one, while it trains or after. Each blo
   stalled): training/failure.py; told on its own line;
 - ``not started``: neither.
 
+The run is ``being assembled`` while every block is done and the process that assembles
+them (a ``--local`` run's, or a Ray run's driver) records itself in assembling.json
+(assembling.py) and still runs, or runs on another machine that cannot be asked; a record whose
+process is gone is an assembly cut short (a process killed outright: a stop removes it).
+
 Times come from the writers' clocks (the lease's renewal, a metrics line's ``time``), so a
 machine whose clock is off shows ages off by as much. A damaged file of one block is shown on
 its row and does not stop the others from being read; a damaged report.json is named in place
@@ -37,6 +42,7 @@ from typing import Any
 
 from dbparallel.config import Config
 from dbparallel.errors import RunDirError
+from dbparallel.training.assembling import assembler, assembler_is_driver, assembler_runs
 from dbparallel.training.checkpoint import BlockCheckpoints, first_save_cut_short
 from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
@@ -88,16 +94,27 @@ class RunStatus:
     report: bool = False  # report.json written: the run finished and was assembled
     report_age_s: float | None = None
     report_problem: str = ""  # why report.json, which is there, cannot be read
+    assembler: str = ""  # host/pid of the process assembling the blocks (assembling.json)
+    assembler_driver: bool = False  # that process is a Ray run's driver
+    assembler_alive: bool | None = None  # it runs (None: on another machine; False: gone,
+    # the assembly was cut short)
+    assembling_since: float | None = None  # when it began (Unix time, its clock)
+    assembling_age_s: float | None = None  # seconds since then
     problems: list[str] = field(default_factory=list)
 
     @property
     def state(self) -> str:
-        """``finished`` (every block done, report written), else the blocks' states."""
+        """``being assembled`` (every block done, its assembler runs), ``finished`` (every
+        block done, report written), else the blocks' states."""
         states = {b.state for b in self.blocks}
+        if states == {"done"} and self.assembler and self.assembler_alive is not False:
+            return "being assembled"
         if states == {"done"} and self.report:
             return "finished"
         if states == {"done"} and self.report_problem:
             return "trained, report.json damaged"
+        if states == {"done"} and self.assembler:
+            return "trained, assembly cut short"
         if states == {"done"}:
             return "trained, not yet assembled"
         return ", ".join(f"{sum(b.state == s for b in self.blocks)} {s}"
@@ -198,7 +215,27 @@ def run_status(storage: Storage, cfg: Config, now: float | None = None) -> RunSt
     except RunDirError as err:
         status.problems.append(" ".join(str(err).split()))
     _read_report(status, storage, now)
+    _read_assembler(status, storage, now)
     return status
+
+
+def _read_assembler(status: RunStatus, storage: Storage, now: float) -> None:
+    """The process assembling the blocks, when it began, and whether it still runs; a
+    damaged record is a problem (and no assembler)."""
+    try:
+        record = assembler(storage)
+    except DamagedFile as err:
+        status.problems.append(" ".join(str(err).split()))
+        return
+    except FileNotFoundError:  # removed since: the assembly ended
+        return
+    if record is None:
+        return
+    _, host, pid = holder_parts(record["holder"])
+    status.assembler, status.assembler_driver = f"{host}/{pid}", assembler_is_driver(record)
+    status.assembler_alive = assembler_runs(record)
+    status.assembling_since = float(record["since"])
+    status.assembling_age_s = max(0.0, now - status.assembling_since)
 
 
 def _read_report(status: RunStatus, storage: Storage, now: float) -> None:

@@ -15,7 +15,8 @@ machine or container is named, with its host, to be stopped there.
 
 A ``--local`` run assembling its blocks holds no lease: the process records itself in the run
 directory while it does (assembling.py), named as a lease names its holder, and is found and
-stopped the same way.
+stopped the same way. A Ray run's driver records itself too, while its final assembly runs:
+the same process as its blocks' leases lead to, signalled once.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def find_holds(storage: Storage, cfg: Config, now: float | None = None) -> list[
 
 
 def find_assembly(storage: Storage, now: float | None = None) -> Hold | None:
-    """The process assembling the ``--local`` run in ``storage`` (block None), at Unix time
+    """The process assembling the run in ``storage`` (block None), at Unix time
     ``now``: None where none is recorded, or where the process recorded is gone (a killed
     assembly's record: nothing to stop)."""
     try:

@@ -122,9 +122,11 @@ def test_a_queued_block_is_never_reported_stalled() -> None:
 
 def test_periodic_assembly_during_training() -> None:
     backend = FakeBackend(steps=10)
-    Controller(_cfg("train.assemble_every=4"), backend).run()
+    Controller(_cfg("train.assemble_every=4"), backend,  # the driver records the final one
+               on_final_assembly=lambda: backend.calls.append(("final",))).run()
     assert backend.calls.count(("assemble", False)) == 2  # at steps 4 and 8
-    assert backend.calls[-1] == ("assemble", True)
+    assert backend.calls.count(("final",)) == 1
+    assert backend.calls[-2:] == [("final",), ("assemble", True)]
 
 
 @pytest.mark.parametrize("error", [RuntimeError("out of memory"),
