@@ -156,8 +156,9 @@ class Controller:
         self._assembly_started_s = self.clock()
 
     def _retry_hint(self) -> str:
-        return (f"every block's checkpoints are kept: assemble and evaluate them with "
-                f"`dbparallel eval {self.cfg.run_dir}`")
+        return (f"every block's checkpoints are kept: the same train command assembles them "
+                f"again and writes report.json (`dbparallel eval {self.cfg.run_dir}` evaluates "
+                f"them without writing it)")
 
     def _handle(self, event: Event) -> None:
         if event.kind == "assemble":

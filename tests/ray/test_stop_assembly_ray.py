@@ -24,6 +24,7 @@ RECIPE = ROOT / "jobs" / "tiny_cpu.yaml"
 HANG_S = 300  # a hang guard only, never a timing claim
 
 
+@pytest.mark.slow  # 30 s; the mechanism: test_status_assembly.py, test_stop_assembly.py
 def test_a_ray_run_being_assembled_is_shown_and_stopped(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     proc = subprocess.Popen(  # trained in a moment; its samples' million steps take long
