@@ -36,8 +36,12 @@ class Storage:
         return f"{self._base.rstrip('/')}/{rel}" if rel else self._base
 
     def uri(self, rel: str = "") -> str:
-        """A printable location of ``rel``."""
-        return self.path(rel) if self.is_local else f"{self.root}/{rel}".rstrip("/")
+        """A printable location of ``rel``; a URI's query (``?endpoint_override=...``) stays
+        at its end, where it is read back."""
+        if self.is_local:
+            return self.path(rel)
+        root, sep, query = self.root.partition("?")
+        return f"{root.rstrip('/')}/{rel}".rstrip("/") + sep + query
 
     def makedirs(self, rel: str = "") -> None:
         self.fs.create_dir(self.path(rel), recursive=True)

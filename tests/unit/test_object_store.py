@@ -45,6 +45,18 @@ def test_storage_round_trip_and_atomic_overwrite(bucket) -> None:
     assert not storage.exists("a/b.json")
 
 
+def test_a_file_is_named_before_the_uri_query() -> None:
+    """A run directory's file is named where it is, so a message that names it (a damaged
+    manifest, a file to delete) gives a URI that reads it back."""
+    query = "?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
+    storage = Storage(f"s3://runs/x/{query}")
+    assert storage.uri("blocks/block_0/manifest.json") == \
+        f"s3://runs/x/blocks/block_0/manifest.json{query}"
+    assert storage.uri() == f"s3://runs/x{query}"
+    assert Storage(storage.uri("report.json")).path("") == storage.path("report.json")
+    assert Storage("mock:///runs/x/").uri("report.json") == "mock:///runs/x/report.json"
+
+
 def test_train_resume_and_corruption_through_s3(bucket, tmp_path, capsys) -> None:
     def train(run_dir: str, *extra: str) -> int:
         return main(["train", TINY, "--local", f"run.dir={run_dir}", *extra])
@@ -66,6 +78,9 @@ def test_train_resume_and_corruption_through_s3(bucket, tmp_path, capsys) -> Non
     assert status["state"] == "finished" and status["report_age_s"] is not None
     assert [b["checkpoint_step"] for b in status["blocks"]] == \
         [r["steps"] for r in remote["per_block"]]
+    assert main(["plot", uri]) == 0  # the file it names is the one written, before the query
+    assert capsys.readouterr().out == f"wrote {bucket('tiny/curves.png')}\n"
+    assert Storage(bucket("tiny/curves.png")).read_bytes("")[:4] == b"\x89PNG"
     # A torn latest checkpoint in the bucket: the previous good one is used.
     ckpt = BlockCheckpoints(storage, 0)
     latest = ckpt.manifest()["state"][-1]["file"]
