@@ -145,4 +145,5 @@ def status(run_dir: str | os.PathLike) -> RunStatus:
     from dbparallel.training.storage import Storage
 
     path = os.fspath(run_dir)
-    return run_status(Storage(path), run_config(path))
+    cfg = run_config(path)  # says where the run directory cannot be reached
+    return run_status(Storage(path), cfg)

@@ -117,15 +117,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     """curves.png of a run, drawn again from its metrics files (e.g. while it trains)."""
     from dbparallel.training.curves import CURVES_FILE, plot_curves
     from dbparallel.training.run_dir import require_run_dir, stored_config
-    from dbparallel.training.storage import Storage
+    from dbparallel.training.storage import reach
 
     if args.out and not args.out.lower().endswith(".png"):
         raise UserError(f"--out {args.out}: the curves are a .png file; name it so")
-    storage = Storage(args.run_dir)
+    storage = reach(args.run_dir)
     require_run_dir(storage, args.run_dir)
     against = None
     if args.against:
-        against = Storage(args.against)
+        against = reach(args.against, f"--against {args.against}")
         require_run_dir(against, f"--against {args.against}")
         task, other = stored_config(storage)["task"], stored_config(against)["task"]
         if task != other:  # their noise levels and losses do not share an axis

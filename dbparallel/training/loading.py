@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from dbparallel.config import Config
@@ -69,10 +70,10 @@ def _check_step(step: object) -> None:
 
 def is_file(source: str) -> bool:
     """Whether ``source`` names a file (an export) rather than a directory."""
-    storage = Storage(source)
     try:
+        storage = Storage(source)
         kind = storage.fs.get_file_info(storage.path("")).type
-    except OSError as err:
+    except (pa.ArrowException, OSError) as err:
         raise RunDirError(f"{source}: cannot be reached: {err}") from None
     if kind == pafs.FileType.NotFound:
         raise RunDirError(f"{source}: no such run directory or export file")

@@ -22,7 +22,7 @@ from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RunDirError, UserError
 from dbparallel.training.data_pin import DATA_INDEX_FILE, VOCAB_FILE, refuse_other_data
 from dbparallel.training.kept_settings import kept_settings, listed, what_records, with_stored
-from dbparallel.training.storage import DamagedFile, Storage, damaged
+from dbparallel.training.storage import DamagedFile, Storage, damaged, reach
 
 MAX_LISTED = 4  # differing keys whose values a refusal prints
 # what a run writes at its root (and everything under blocks/): a command's output never
@@ -65,7 +65,7 @@ def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
     a further step keeps the stored values of changed train.* settings in config.yaml, which
     says how the weights were trained (it still records the others, e.g. sample.*)."""
     refuse_a_passing_run_dir(cfg)
-    storage = Storage(cfg.run_dir)
+    storage = reach(cfg.run_dir, f"run.dir={cfg.run_dir}")
     try:
         storage.makedirs()
     except OSError as err:  # a file in the way, a read-only or missing mount
@@ -123,7 +123,7 @@ def check_resumable(cfg: Config, index: DataIndex, blocks: list[int] | None = No
     ``index`` and ``blocks`` (default: all), raised now, without writing anything (a run that
     checks its data first)."""
     refuse_a_passing_run_dir(cfg)
-    storage = Storage(cfg.run_dir)
+    storage = reach(cfg.run_dir, f"run.dir={cfg.run_dir}")
     _refuse_other_config(storage, cfg)
     _refuse_live_writers(storage, cfg, blocks)
     refuse_other_data(storage, index, start=blocks is None, say=False)  # pin_data says it
@@ -256,7 +256,7 @@ def stored_config(storage: Storage) -> dict:
 
 def run_config(run_dir: str) -> Config:
     """The config a run directory was trained with (``run.dir`` pointing at it)."""
-    storage = Storage(run_dir)
+    storage = reach(run_dir)
     require_run_dir(storage, run_dir)
     from omegaconf.errors import OmegaConfBaseException
 

@@ -122,6 +122,19 @@ class Storage:
             raise damaged(self.uri(rel), err) from None
 
 
+def reach(root: str, shown: str = "") -> Storage:
+    """The Storage of ``root`` once its store has answered: RunDirError naming ``shown``
+    (default ``root``) where it cannot be reached (no server at the endpoint, a bucket whose
+    region cannot be resolved, no credentials), the first thing a command reads of a run
+    directory, instead of the traceback of the first read."""
+    try:
+        storage = Storage(root)
+        storage.fs.get_file_info(storage.path(""))
+    except (pa.ArrowException, OSError) as err:
+        raise RunDirError(f"{shown or root}: cannot be reached: {err}") from None
+    return storage
+
+
 RESTORE = "restore it from a copy, or start the run in a new run.dir"  # what most files need
 
 

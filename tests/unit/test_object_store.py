@@ -57,6 +57,45 @@ def test_a_file_is_named_before_the_uri_query() -> None:
     assert Storage("mock:///runs/x/").uri("report.json") == "mock:///runs/x/report.json"
 
 
+@pytest.fixture
+def unreachable(monkeypatch) -> str:
+    """A run directory URI whose endpoint no server listens on (a port just released)."""
+    import socket
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"s3://runs/x?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+
+
+SLOW = pytest.mark.slow  # the S3 client's own retries: 6 s a command
+
+
+@pytest.mark.parametrize("command", [
+    ["status"], pytest.param(["plot"], marks=SLOW),
+    pytest.param(["export", "--out", "{tmp}/x.safetensors"], marks=SLOW),
+    pytest.param(["eval"], marks=SLOW), pytest.param(["stop"], marks=SLOW),
+    ["train", TINY, "--local", "run.dir={uri}"],
+    pytest.param(["train", TINY, "--local", "data.validate=false", "run.dir={uri}"], marks=SLOW),
+    pytest.param(["plot", "{tmp}", "--against"], marks=SLOW)])
+def test_an_object_store_that_cannot_be_reached_is_named(command, unreachable, tmp_path,
+                                                         capsys) -> None:
+    """A run directory whose store does not answer is one line naming it, exit code 2, in
+    every command that reads one (not the traceback of its first read)."""
+    args = [a.format(tmp=tmp_path, uri=unreachable) for a in command]
+    if "run.dir={uri}" not in command:
+        args.append(unreachable)
+    if args[0] == "plot" and "--against" in args:  # a run here, the other one out of reach
+        assert main(["train", TINY, "--local", f"run.dir={tmp_path}", "train.steps=2",
+                     "metrics.port=0"]) == 0
+        capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot be reached" in err and "127.0.0.1" in err and "Traceback" not in err
+
+
 def test_train_resume_and_corruption_through_s3(bucket, tmp_path, capsys) -> None:
     def train(run_dir: str, *extra: str) -> int:
         return main(["train", TINY, "--local", f"run.dir={run_dir}", *extra])
