@@ -117,9 +117,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     """curves.png of a run, drawn again from its metrics files (e.g. while it trains)."""
     from dbparallel.training.curves import CURVES_FILE, plot_curves
     from dbparallel.training.run_dir import require_run_dir, stored_config
-    from dbparallel.training.storage import reach
+    from dbparallel.training.storage import reach, split_uri, write_file
 
-    if args.out and not args.out.lower().endswith(".png"):
+    if args.out and not split_uri(args.out)[1].lower().endswith(".png"):
         raise UserError(f"--out {args.out}: the curves are a .png file; name it so")
     storage = reach(args.run_dir)
     require_run_dir(storage, args.run_dir)
@@ -136,11 +136,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
                             f"one task")
     png = plot_curves(storage, against)
     if args.out:
-        try:
-            with open(args.out, "wb") as f:
-                f.write(png)
-        except OSError as err:
-            raise UserError(f"--out {args.out}: {err.strerror}") from None
+        write_file(args.out, png)
     else:
         storage.write_bytes(CURVES_FILE, png)
     print(f"wrote {args.out or storage.uri(CURVES_FILE)}")
@@ -175,7 +171,8 @@ def parser() -> argparse.ArgumentParser:
 
     pc = sub.add_parser("plot", help="draw a run's loss and assembly curves (curves.png)")
     pc.add_argument("run_dir", type=run_dir_argument)
-    pc.add_argument("--out", default="", help="PNG file to write (default: RUN_DIR/curves.png)")
+    pc.add_argument("--out", default="",
+                    help="PNG file to write, a path or URI (default: RUN_DIR/curves.png)")
     pc.add_argument("--against", default="", metavar="BASELINE_DIR", type=run_dir_argument,
                     help="draw this run's loss per noise level too (e.g. the end-to-end run "
                          "of `dbparallel baseline`)")

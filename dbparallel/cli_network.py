@@ -106,6 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from dbparallel.training.network import article
+    from dbparallel.training.storage import split_uri, write_file
 
     network = _load(args)
     needs_data = network.cfg.task != "dit"  # ViT's confusion and text prompts read the data
@@ -113,20 +114,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError("--data: a dit network's samples read no data (they are drawn from "
                         "noise for each class)")
     kind = {"dit": ".png", "vit": ".json"}.get(network.cfg.task, ".txt")
-    if not args.out.lower().endswith(kind):
+    if not split_uri(args.out)[1].lower().endswith(kind):
         raise UserError(f"--out {args.out}: {article(network.cfg.task)} {network.cfg.task} "
                         f"run's samples are a {kind} file; name it so")
     _out_file(args.out)
     folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+    if "://" not in args.out and (not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
         raise UserError(f"--out {args.out}: cannot write into {folder}")
     _, data = network.artifact(_data(network, args.source, args.data) if needs_data
                                else None)
-    try:
-        with open(args.out, "wb") as f:
-            f.write(data)
-    except OSError as err:
-        raise UserError(f"--out {args.out}: cannot write it ({err.strerror or err})") from None
+    write_file(args.out, data)  # a local path or a URI
     print(f"wrote {args.out}")
     return 0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import posixpath
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,11 +177,3 @@ def _blocks(tensors: dict[str, torch.Tensor], blocks: int,
     if empty:
         raise damaged_export(where, "tensor names", f"none for block(s) {empty}")
     return weights
-
-
-def split_uri(path: str) -> tuple[str, str]:
-    """(directory, file name) of a local path or URI; a URI's query (``?endpoint_override=``)
-    stays with the directory, where the filesystem is made."""
-    path, query = path.split("?", 1) if "://" in path and "?" in path else (path, "")
-    head, name = posixpath.split(path.rstrip("/"))
-    return (head or ".") + (f"?{query}" if query else ""), name

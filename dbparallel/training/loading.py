@@ -13,14 +13,14 @@ from dbparallel.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_
 from dbparallel.errors import DataError, RunDirError, UserError
 from dbparallel.training.arguments import number
 from dbparallel.training.data_pin import pinned_data, run_data, run_tokenizer
-from dbparallel.training.export import damaged_export, export_bytes, read_export, split_uri
+from dbparallel.training.export import damaged_export, export_bytes, read_export
 from dbparallel.training.network import Network
 from dbparallel.training.run_dir import (
     check_out_file,
     run_config,
 )
 from dbparallel.training.snapshots import load_snapshots
-from dbparallel.training.storage import Storage
+from dbparallel.training.storage import Storage, split_uri
 
 TEXT_TASKS = ("mdm", "ar", "looped")
 log = logging.getLogger(__name__)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import uuid
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from dbparallel.errors import RunDirError
+from dbparallel.errors import RunDirError, UserError
 
 
 class Storage:
@@ -133,6 +134,28 @@ def reach(root: str, shown: str = "") -> Storage:
     except (pa.ArrowException, OSError) as err:
         raise RunDirError(f"{shown or root}: cannot be reached: {err}") from None
     return storage
+
+
+def split_uri(path: str) -> tuple[str, str]:
+    """(directory, file name) of a local path or URI; a URI's query (``?endpoint_override=``)
+    stays with the directory, where the filesystem is made."""
+    path, query = path.split("?", 1) if "://" in path and "?" in path else (path, "")
+    head, name = posixpath.split(path.rstrip("/"))
+    return (head or ".") + (f"?{query}" if query else ""), name
+
+
+def write_file(out: str, data: bytes, shown: str = "--out") -> None:
+    """Write ``data`` to the file ``out``, a local path or a URI (``s3://bucket/x.png``, with
+    its query); UserError naming ``shown`` and ``out`` where it cannot be written."""
+    try:
+        if "://" not in out or out.startswith("file://"):
+            with open(out.removeprefix("file://"), "wb") as f:
+                f.write(data)
+            return
+        folder, name = split_uri(out)
+        reach(folder, f"{shown} {out}").write_bytes(name, data)
+    except OSError as err:
+        raise UserError(f"{shown} {out}: cannot write it ({err.strerror or err})") from None
 
 
 RESTORE = "restore it from a copy, or start the run in a new run.dir"  # what most files need

@@ -330,7 +330,7 @@ def test_the_api_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_an_export_path_splits_into_its_folder_and_name() -> None:
-    from dbparallel.training.export import split_uri
+    from dbparallel.training.storage import split_uri
 
     assert split_uri("net.safetensors") == (".", "net.safetensors")
     assert split_uri("/a/b/net.safetensors") == ("/a/b", "net.safetensors")

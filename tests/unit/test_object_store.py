@@ -167,6 +167,10 @@ def test_export_to_and_load_from_a_bucket(bucket) -> None:
     a, b = dbparallel.load(run), dbparallel.load(out)
     assert b.steps == a.steps == [4, 4]
     assert torch.equal(a.sample([1, 2], steps=2), b.sample([1, 2], steps=2))
+    for command in ("plot", "sample"):  # --out a URI, with its query: written there
+        png = bucket(f"out/{command}.png")
+        assert main([command, run, "--out", png]) == 0
+        assert Storage(png).read_bytes("")[:4] == b"\x89PNG"
 
 
 def test_a_block_s_error_is_raised_while_its_run_directory_is_out_of_reach(
