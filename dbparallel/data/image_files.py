@@ -64,7 +64,8 @@ def _image_column(f: Path) -> pa.Array:
         schema = pq.read_schema(f)
         if IMAGE_COLUMN not in schema.names:
             raise DataError(f"{f}: column {IMAGE_COLUMN!r} is missing; the table has "
-                            f"{schema.names}")
+                            f"{schema.names}: rename the column that holds the images (pixels, "
+                            f"or PNG/JPEG bytes) to {IMAGE_COLUMN!r}")
         try:
             image_encoding(schema.field(IMAGE_COLUMN).type)
         except DataError as err:

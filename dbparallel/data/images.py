@@ -34,20 +34,36 @@ def image_encoding(kind: pa.DataType) -> str:
         values = kind.value_type
         if pa.types.is_floating(values) or pa.types.is_integer(values):
             return "raw"
-        raise DataError(f"column {IMAGE_COLUMN!r}: values must be numbers, got {values}")
+        flat = (": each row is one flat list of C*H*W numbers in (C, H, W) order (numpy's "
+                "reshape(-1))" if pa.types.is_list(values) or pa.types.is_fixed_size_list(values)
+                else "")
+        raise DataError(f"column {IMAGE_COLUMN!r}: values must be numbers, got {values}{flat}")
     raise DataError(f"column {IMAGE_COLUMN!r}: expected a list of numbers per row or encoded "
                     f"image bytes (binary, or a struct with a 'bytes' field), got {kind}")
 
 
+WHAT_IS_READ = (f"image tasks read the images from a column named {IMAGE_COLUMN!r} (pixels, "
+                f"or PNG/JPEG bytes) and their classes from an integer column named "
+                f"{LABEL_COLUMN!r}")
+
+
 def check_schema(schema: pa.Schema) -> None:
-    """The columns an image table needs, with usable types; DataError naming the column."""
+    """The columns an image table needs, with usable types; DataError naming the column, and
+    what to do where a user's own table names or types it otherwise."""
     for column in (IMAGE_COLUMN, LABEL_COLUMN):
         if column not in schema.names:
-            raise DataError(f"column {column!r} is missing; the table has {schema.names}")
+            raise DataError(f"column {column!r} is missing; the table has {schema.names}: "
+                            f"{WHAT_IS_READ}; rename the columns that hold them")
     image_encoding(schema.field(IMAGE_COLUMN).type)
-    if not pa.types.is_integer(schema.field(LABEL_COLUMN).type):
-        raise DataError(f"column {LABEL_COLUMN!r}: expected integers, "
-                        f"got {schema.field(LABEL_COLUMN).type}")
+    kind = schema.field(LABEL_COLUMN).type
+    if not pa.types.is_integer(kind):
+        names = pa.types.is_string(kind) or pa.types.is_large_string(kind) \
+            or pa.types.is_dictionary(kind)
+        fix = ("map the class names to ids, or lay the images out as an image folder "
+               "(data.source=image_folder), whose class folders' names are kept" if names
+               else "cast the column to an integer type")
+        raise DataError(f"column {LABEL_COLUMN!r}: expected integers, the class ids 0 .. "
+                        f"data.num_classes-1, got {kind}: {fix}")
 
 
 def image_rows(table: pa.Table, data: DataConfig, threads: int = 1) -> dict[str, torch.Tensor]:

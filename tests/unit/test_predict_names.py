@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
@@ -59,3 +61,11 @@ def test_predict_prints_class_folder_names_of_an_image_folder_run(tmp_path: Path
     assert cli.main(["predict", export, str(tmp_path / "data"), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["name"] for r in rows] == [classes[k] for k in labels]
+
+    # a table whose images are in a column of its own name is told the name predict reads
+    table = tmp_path / "mine.parquet"
+    pq.write_table(pa.table({"picture": [np.zeros(64, np.uint8).tolist()]}), table)
+    assert cli.main(["predict", export, str(table)]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "column 'image' is missing; the table has ['picture']: rename the column that holds "
+        "the images (pixels, or PNG/JPEG bytes) to 'image'")
