@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from dbparallel import cli_data, cli_network, cli_plan, cli_status, cli_stop_run
-from dbparallel.cli_data import config_of, run_dir_argument, split_items
+from dbparallel.cli_data import RUN_DIR_HELP, config_of, run_dir_argument, split_items
 from dbparallel.cli_stop import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -163,14 +163,14 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("baseline", help="train the same architecture end to end (1 unit)")
     b.add_argument("config", nargs="*", help=config_help)
     b.add_argument("--local", action="store_true",
-                   help="train in this process (as without runtime.replicas_per_block > 1, "
-                        "which trains data-parallel on Ray)")
+                   help="train in this process, without Ray: what baseline does anyway, "
+                        "unless runtime.replicas_per_block > 1 trains it data-parallel on Ray")
     b.set_defaults(func=cmd_baseline)
 
     cli_plan.add_parsers(sub, config_help)
 
     pc = sub.add_parser("plot", help="draw a run's loss and assembly curves (curves.png)")
-    pc.add_argument("run_dir", type=run_dir_argument)
+    pc.add_argument("run_dir", metavar="RUN_DIR", type=run_dir_argument, help=RUN_DIR_HELP)
     pc.add_argument("--out", default="",
                     help="PNG file to write, a path or URI (default: RUN_DIR/curves.png)")
     pc.add_argument("--against", default="", metavar="BASELINE_DIR", type=run_dir_argument,

@@ -20,6 +20,9 @@ def split_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
     return files, overrides
 
 
+RUN_DIR_HELP = "a run directory, a path or URI (run.dir=PATH is read as PATH)"
+
+
 def run_dir_argument(text: str) -> str:
     """A command's RUN_DIR; ``run.dir=PATH``, as the training commands take it, is PATH."""
     return text.removeprefix("run.dir=")
@@ -186,7 +189,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("data", help="data set tools: `data check` decodes every row once; "
                        "`data reshard --out DIR` rewrites image data in row groups of "
                        "data.shard_rows rows")
-    d.add_argument("action", choices=["check", "reshard"])
+    d.add_argument("action", choices=["check", "reshard"],
+                   help="check: decode every row once, as training would, and name the first "
+                        "bad one; reshard: rewrite image data (Parquet, an image folder) as "
+                        "Parquet in row groups of data.shard_rows rows, into --out")
     d.add_argument("config", nargs="*", help="a data set's path or URI (Parquet; an image "
                    "folder; a text file or folder of them, with task=ar|mdm|looped), or YAML "
                    "recipes, with key=value overrides (data.source=..., data.path=...)")

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from dbparallel.cli_data import run_dir_argument
+from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
 from dbparallel.config import FILE_SOURCES
 from dbparallel.errors import UserError
 
@@ -189,9 +189,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("eval", help="re-assemble a run's blocks and evaluate them")
     e.add_argument("source", metavar="RUN_DIR", type=run_dir_argument, help=source_help)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true",
+                   help="print the metrics as one JSON object (null where a metric has none)")
     e.add_argument("--step", type=int, default=None,
-                   help="evaluate the snapshots of this step (see train.keep_snapshots)")
+                   help="evaluate the snapshots of this step (see train.keep_snapshots; "
+                        "default: the latest)")
     e.add_argument("--device", default="", help=DEVICE_HELP)
     e.add_argument("--data", default="", metavar="PATH", help=DATA_HELP)
     e.set_defaults(func=cmd_eval)
@@ -199,7 +201,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample", help="write the run's samples (samples.png, confusion.json, "
                                       "samples.txt)")
     s.add_argument("source", metavar="RUN_DIR", type=run_dir_argument, help=source_help)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True,
+                   help="the file to write, a path or URI: a .png (dit: a grid, a row per "
+                        "class), a .json (vit: its confusion matrix), a .txt (text tasks)")
     s.add_argument("--device", default="", help=DEVICE_HELP)
     s.add_argument("--data", default="", metavar="PATH",
                    help=DATA_HELP + " (vit and text networks read data for their samples)")
@@ -207,7 +211,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     x = sub.add_parser("export", help="write every block's EMA weights, the config and the "
                                       "partition to one safetensors file")
-    x.add_argument("source", metavar="RUN_DIR", type=run_dir_argument)
+    x.add_argument("source", metavar="RUN_DIR", type=run_dir_argument, help=RUN_DIR_HELP)
     x.add_argument("--out", required=True, help="the file to write (path or URI)")
     x.add_argument("--step", type=int, default=None,
                    help="export the snapshots of this step (default: the latest)")
@@ -215,7 +219,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     g = sub.add_parser("generate", help="continue a prompt with a text network")
     g.add_argument("source", metavar="RUN_DIR", type=run_dir_argument, help=source_help)
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", required=True, help="the text to continue")
     g.add_argument("--max-new", type=int, default=None, metavar="N",
                    help="tokens to generate (default: ar/looped sample.gen_len, and past "
                         "data.seq_len in all a warning says the network reads further than it "
@@ -224,19 +228,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "default all; N past the row's end is refused). A bar on a terminal "
                         "shows the tokens (mdm: the unmasking steps)")
     g.add_argument("--temperature", type=float, default=1.0,
-                   help="0: the most likely token at each draw; the text still varies with "
+                   help="softmax temperature of each draw (default 1.0); "
+                        "0: the most likely token at each draw; the text still varies with "
                         "--seed, and between --samples (ar, looped: each token's chain starts "
                         "from noise; mdm: the order of unmasking is drawn)")
-    g.add_argument("--samples", type=int, default=1)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--samples", type=int, default=1,
+                   help="continuations to draw, sample k with seed --seed + k (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the first sample (default 0)")
     g.add_argument("--only-new", action="store_true", help="print the continuation alone")
     g.add_argument("--device", default="", help=DEVICE_HELP)
     g.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("predict", help="classify images with a ViT network")
     p.add_argument("source", metavar="RUN_DIR", type=run_dir_argument, help=source_help)
-    p.add_argument("images", help="a PNG/JPEG file, a folder of them, or a Parquet table "
-                                  "with an image column")
+    p.add_argument("images", metavar="IMAGES", help="a PNG/JPEG file, a folder of them, or a "
+                                                    "Parquet table with an image column")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per image: input, class (the label), name (the "
                         "class folder's name; null where the data name no classes), "

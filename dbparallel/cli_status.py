@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from dbparallel.cli_data import run_dir_argument
+from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
 from dbparallel.config import bytes_text
 from dbparallel.training.status import REPORT_REMEDY, BlockStatus, RunStatus
 
@@ -107,6 +107,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("status", help="where a run stands: each block's state, step, loss and "
                        "writer, and its latest assembly, read from the run directory alone "
                        "(also while it trains, also on object storage)")
-    s.add_argument("run_dir", metavar="RUN_DIR", type=run_dir_argument)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("run_dir", metavar="RUN_DIR", type=run_dir_argument, help=RUN_DIR_HELP)
+    s.add_argument("--json", action="store_true",
+                   help="print the status as one JSON object (dbparallel.status(...).to_json())")
     s.set_defaults(func=cmd_status)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from dbparallel.cli_data import run_dir_argument
+from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
 from dbparallel.errors import UserError
 from dbparallel.training.stop_run import Hold
 
@@ -165,7 +165,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "cleaning up after a stop says so on a second SIGTERM, and quits at once on a "
         "third, without releasing its leases (a rerun on its machine takes them over at "
         "once): give a long cleanup --wait rather than running stop again.")
-    s.add_argument("run_dir", metavar="RUN_DIR", type=run_dir_argument)
+    s.add_argument("run_dir", metavar="RUN_DIR", type=run_dir_argument, help=RUN_DIR_HELP)
     s.add_argument("--wait", type=float, default=WAIT_S, metavar="SECONDS",
                    help=f"wait this long at most for the processes signalled to stop and "
                         f"release their leases, and say of each block how it stopped (default "
