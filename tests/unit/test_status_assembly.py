@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from holders import HANG_S
+from holders import ended, wait_assembling
 
 import dbparallel
 from dbparallel import cli
@@ -65,33 +65,18 @@ def _record(run: Path, host: str, pid: int | str, start: str = "") -> None:
     Storage(str(run)).write_json(ASSEMBLING_FILE, {"holder": holder, "since": time.time()})
 
 
-def _wait_record(run: Path, proc: subprocess.Popen) -> None:
-    """Return once ``proc`` records itself assembling the run in ``run``, failing if it
-    ends first."""
-    deadline = time.monotonic() + HANG_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        if (run / ASSEMBLING_FILE).exists():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{run / ASSEMBLING_FILE} never written; the process ended with "
-                         f"{proc.poll()}")
-
-
 def test_a_local_run_assembling_and_cut_short_and_assembled_again(
         trained: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"  # (``trained`` made the assembly's classifier once, in the cache)
     proc = subprocess.Popen(  # trained in a moment; its samples' million steps take long
         [sys.executable, "-m", "dbparallel", *TRAIN, f"run.dir={run}", "sample.steps=1000000"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_record(run, proc)
+    with ended(proc):
+        wait_assembling(run, proc)
         shown, lines = _status(run, capsys)
         proc.kill()  # killed outright: its record stays behind
         proc.wait()
         cut, cut_lines = _status(run, capsys)
-    finally:
-        proc.kill()
-        proc.wait()
     assert shown["state"] == "being assembled", shown
     assert (shown["assembler"], shown["assembler_alive"], shown["assembler_driver"]) == \
         (f"{HOST}/{proc.pid}", True, False)

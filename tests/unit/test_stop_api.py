@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from holders import HANG_S, wait_training
+from holders import HANG_S, ended, stop, wait_training
 
 import dbparallel
-from dbparallel import cli
 from dbparallel.cli_stop import StopSignals, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,14 +44,10 @@ def test_a_run_started_from_python_stops_releasing_its_lease(tmp_path: Path, cap
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, TINY, str(run)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lease = run / "blocks" / "block_1" / "lease.json"
-    try:
+    with ended(proc):
         wait_training(lease.parent, proc)
-        code = cli.main(["stop", str(run), "--wait", str(HANG_S)])
-        out = capsys.readouterr().out.splitlines()
-        stdout, err = proc.communicate(timeout=HANG_S)
-    finally:
-        proc.kill()
-        proc.wait()
+        stopped = stop(run, proc, capsys)
+    code, out, stdout, err = stopped.code, stopped.out, stopped.stdout, stopped.err
     assert code == 0, (out, err)
     assert out[0] == f"block 1: pid {proc.pid} on {socket.gethostname()} trains it: SIGTERM sent"
     assert out[-2:] == ["block 1: stopped, its lease released",

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from holders import HANG_S
+from holders import HANG_S, ended, stop, wait_assembling
 
 import dbparallel
 from dbparallel import cli
@@ -25,32 +25,16 @@ TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
 HOST = socket.gethostname()
 
 
-def _assembling(run: Path, proc: subprocess.Popen) -> None:
-    """Return once ``proc`` records itself assembling the run in ``run``, failing if it
-    ends first."""
-    deadline = time.monotonic() + HANG_S
-    while proc.poll() is None and time.monotonic() < deadline:
-        if (run / ASSEMBLING_FILE).exists():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{run / ASSEMBLING_FILE} never written; the process ended with "
-                         f"{proc.poll()}")
-
-
 def test_a_local_run_assembling_its_blocks_is_stopped(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     proc = subprocess.Popen(  # trained in a moment; its samples' million steps take long
         [sys.executable, "-m", "dbparallel", "train", TINY, "--local", f"run.dir={run}",
          "metrics.port=0", "train.steps=2", "train.warmup_steps=0", "sample.steps=1000000"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        _assembling(run, proc)
-        code = cli.main(["stop", str(run), "--wait", str(HANG_S)])
-        out = capsys.readouterr().out.splitlines()
-        _, err = proc.communicate(timeout=HANG_S)
-    finally:
-        proc.kill()
-        proc.wait()
+    with ended(proc):
+        wait_assembling(run, proc)
+        stopped = stop(run, proc, capsys)
+    code, out, err = stopped.code, stopped.out, stopped.err
     assert code == 0, (out, err)
     assert out == [f"the run's assembly: pid {proc.pid} on {HOST} assembles it: SIGTERM sent",
                    f"waiting for pid {proc.pid} to stop (up to {HANG_S} s) ...",

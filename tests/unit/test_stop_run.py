@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from holders import HANG_S, wait_training
+from holders import HANG_S, ended, stop, wait_training
 
 import dbparallel
 from dbparallel import cli
@@ -36,14 +36,10 @@ def test_a_local_block_process_stops_releasing_its_lease(tmp_path: Path, capsys)
          f"run.dir={run}", "metrics.port=0", "train.steps=100000", "train.checkpoint_every=2"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lease = run / "blocks" / "block_1" / "lease.json"
-    try:
+    with ended(proc):
         wait_training(lease.parent, proc)
-        code = cli.main(["stop", str(run), "--wait", str(HANG_S)])
-        out = capsys.readouterr().out.splitlines()
-        _, err = proc.communicate(timeout=HANG_S)
-    finally:
-        proc.kill()
-        proc.wait()
+        stopped = stop(run, proc, capsys)
+    code, out, err = stopped.code, stopped.out, stopped.err
     assert code == 0, (out, err)
     assert out[0] == f"block 1: pid {proc.pid} on {HOST} trains it: SIGTERM sent"
     assert out[-2:] == ["block 1: stopped, its lease released",
