@@ -47,7 +47,8 @@ def _told(hold: Hold, run_dir: str) -> str:
         return said + (f"already stopped: {_who(hold)}, which held its lease, no longer runs "
                        f"it (a rerun takes the lease over at once); nothing signalled")
     if hold.kind == "lapsed":
-        return said + (f"counted as stopped: its lease lapsed (renewed {hold.age_s:.0f} s ago "
+        what = "lease" if hold.block is not None else "record"
+        return said + (f"counted as stopped: its {what} lapsed (renewed {hold.age_s:.0f} s ago "
                        f"by pid {hold.holder_pid} on {hold.host}, past "
                        f"its writer's train.lease_timeout_s={hold.timeout_s:g} s); nothing "
                        f"signalled")

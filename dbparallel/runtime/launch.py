@@ -115,7 +115,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
                                 on_assembled=AssemblyLog(storage, start).append,
                                 # recorded as a --local run's is, for status and stop
                                 on_final_assembly=lambda: final.enter_context(
-                                    assembling(storage, session)),
+                                    assembling(storage, cfg.train.lease_timeout_s, session)),
                                 slots=slots, restarts_before=[
                                     BlockCheckpoints(storage, b).restarts()
                                     for b in range(cfg.model.blocks)])

@@ -96,7 +96,8 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
             per_block.append(run.summary())
         metrics: dict[str, float] = {}
         if only_blocks is None:
-            with assembling(storage):  # no lease held from here: `dbparallel stop` finds it
+            # no lease held from here: `dbparallel stop` finds it by its record
+            with assembling(storage, cfg.train.lease_timeout_s):
                 metrics = assemble(cfg, storage, index, assembly)
                 AssemblyRecorder(cfg.run.name, sink).record(metrics)
                 assemblies.append(int(metrics["block_steps_min"]), metrics)

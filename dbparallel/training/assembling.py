@@ -10,7 +10,10 @@ makes the final assembly, under the run's session (the stop that its blocks' lea
 held, lead to is the same process); its assemblies during training, while blocks train, are
 not recorded. ``dbparallel status`` shows the run being assembled from the record, and one
 whose process is gone as an assembly cut short. A record left by a killed process names a
-process that is gone, and the next assembly writes over it. ``dbparallel eval`` writes
+process that is gone, and the next assembly writes over it. The process renews the record
+(``renewed``) every third of its ``train.lease_timeout_s`` (``timeout_s``), as a writer renews
+its lease: a record of another machine's process, which cannot be asked whether it still runs,
+is an assembly cut short once it was not renewed for that long. ``dbparallel eval`` writes
 nothing in the run directory (no assembly line, no report.json), and records nothing here.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,15 +43,24 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def assembling(storage: Storage, session: str = "") -> Iterator[None]:
+def assembling(storage: Storage, timeout_s: float, session: str = "") -> Iterator[None]:
     """Record this process as the one assembling the run in ``storage`` while the block runs,
-    for ``session`` (a Ray run's ``driver_session``; default: a new one); the record is
-    removed after, however the block ends (if it is still this process's)."""
+    for ``session`` (a Ray run's ``driver_session``; default: a new one), renewed every third
+    of ``timeout_s`` (its train.lease_timeout_s); the record is removed after, however the
+    block ends (if it is still this process's)."""
     holder = new_holder(session or uuid.uuid4().hex)
-    storage.write_json(ASSEMBLING_FILE, {"holder": holder, "since": time.time()})
+    since = time.time()
+    record = {"holder": holder, "since": since, "renewed": since, "timeout_s": timeout_s}
+    storage.write_json(ASSEMBLING_FILE, record)
+    done = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(storage, record, done), daemon=True,
+                               name="assembling-renewal")
+    renewer.start()
     try:
         yield
     finally:
+        done.set()
+        renewer.join()
         try:
             if (assembler(storage) or {}).get("holder") == holder:
                 storage.delete(ASSEMBLING_FILE)
@@ -55,28 +68,53 @@ def assembling(storage: Storage, session: str = "") -> Iterator[None]:
             log.warning("could not remove %s: %s", storage.uri(ASSEMBLING_FILE), why)
 
 
+def _renew(storage: Storage, record: dict[str, Any], done: threading.Event) -> None:
+    """Rewrite ``record`` with its ``renewed`` time every third of its ``timeout_s`` until
+    ``done``, while the record is still this process's (not a later assembly's)."""
+    while not done.wait(record["timeout_s"] / 3):
+        try:
+            if (assembler(storage) or {}).get("holder") != record["holder"]:
+                return
+            storage.write_json(ASSEMBLING_FILE, {**record, "renewed": time.time()})
+        except (OSError, RunDirError) as why:  # the store out of reach a while: try again
+            log.warning("could not renew %s: %s", storage.uri(ASSEMBLING_FILE), why)
+
+
 def assembler(storage: Storage) -> dict[str, Any] | None:
-    """The record of the process assembling the run (``holder``, and ``since``: when it began,
-    Unix time); None where there is none; DamagedFile naming the file where it is no record."""
+    """The record of the process assembling the run (``holder``; ``since``: when it began,
+    Unix time; ``renewed``: when it last renewed the record; ``timeout_s``); None where there
+    is none; DamagedFile naming the file where it is no record."""
     if not storage.exists(ASSEMBLING_FILE):
         return None
     found = storage.read_json(ASSEMBLING_FILE)
+    times = ("since", "renewed", "timeout_s")
     if not (isinstance(found, dict) and isinstance(found.get("holder"), str)
-            and type(found.get("since")) in (int, float)):
-        raise damaged(storage.uri(ASSEMBLING_FILE), 'expected {"holder", "since"}',
+            and all(type(found.get(k)) in (int, float) for k in times)
+            and found["timeout_s"] > 0):
+        raise damaged(storage.uri(ASSEMBLING_FILE),
+                      'expected {"holder", "since", "renewed", "timeout_s"}',
                       "delete it: a run's assembly writes it again")
     return found
 
 
-def assembler_runs(record: dict[str, Any]) -> bool | None:
-    """Whether the process an ``assembler`` record names still runs, as ``dbparallel stop``
-    asks it (holder.py): False where it is gone or its pid is another process's now; None
-    where it cannot be asked from here (another machine's or container's)."""
+def assembler_runs(record: dict[str, Any], now: float) -> bool | None:
+    """Whether the process an ``assembler`` record names still runs at Unix time ``now``, as
+    ``dbparallel stop`` asks it (holder.py): False where it is gone or its pid is another
+    process's now, or where it is another machine's (or container's) and did not renew the
+    record for its ``timeout_s``; None where it is another machine's and renewed it since."""
     holder = record["holder"]
     runs = holder_alive(holder)
     if runs:  # its pid runs: still the process that wrote the record, not one that took it
         runs = still_runs(holder_parts(holder)[2], holder_start(holder), record["since"])
+    if runs is None and assembler_lapsed(record, now):
+        return False
     return runs
+
+
+def assembler_lapsed(record: dict[str, Any], now: float) -> bool:
+    """Whether the process an ``assembler`` record names did not renew it for its
+    ``timeout_s`` by Unix time ``now``."""
+    return now - record["renewed"] >= record["timeout_s"]
 
 
 def assembler_is_driver(record: dict[str, Any]) -> bool:

@@ -42,7 +42,12 @@ from typing import Any
 
 from dbparallel.config import Config
 from dbparallel.errors import RunDirError
-from dbparallel.training.assembling import assembler, assembler_is_driver, assembler_runs
+from dbparallel.training.assembling import (
+    assembler,
+    assembler_is_driver,
+    assembler_lapsed,
+    assembler_runs,
+)
 from dbparallel.training.checkpoint import BlockCheckpoints, first_save_cut_short
 from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
@@ -98,6 +103,8 @@ class RunStatus:
     assembler_driver: bool = False  # that process is a Ray run's driver
     assembler_alive: bool | None = None  # it runs (None: on another machine; False: gone,
     # the assembly was cut short)
+    assembler_lapsed: bool = False  # of another machine, it did not renew its record for its
+    # train.lease_timeout_s (so counted as gone)
     assembling_since: float | None = None  # when it began (Unix time, its clock)
     assembling_age_s: float | None = None  # seconds since then
     problems: list[str] = field(default_factory=list)
@@ -233,7 +240,9 @@ def _read_assembler(status: RunStatus, storage: Storage, now: float) -> None:
         return
     _, host, pid = holder_parts(record["holder"])
     status.assembler, status.assembler_driver = f"{host}/{pid}", assembler_is_driver(record)
-    status.assembler_alive = assembler_runs(record)
+    status.assembler_alive = assembler_runs(record, now)
+    status.assembler_lapsed = holder_alive(record["holder"]) is None \
+        and assembler_lapsed(record, now)
     status.assembling_since = float(record["since"])
     status.assembling_age_s = max(0.0, now - status.assembling_since)
 

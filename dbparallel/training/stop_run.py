@@ -21,7 +21,6 @@ the same process as its blocks' leases lead to, signalled once.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import socket
@@ -136,8 +135,8 @@ def find_assembly(storage: Storage, now: float | None = None) -> Hold | None:
     if record is None:
         return None
     now = time.time() if now is None else now
-    hold = _hold(None, {"holder": record["holder"], "renewed_at": record["since"]}, math.inf,
-                 now)  # never lapses: a process assembling renews nothing
+    hold = _hold(None, {"holder": record["holder"], "renewed_at": record["renewed"]},
+                 record["timeout_s"], now)
     return None if hold.kind == "gone" else hold
 
 

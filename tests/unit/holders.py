@@ -12,6 +12,8 @@ from pathlib import Path
 
 from dbparallel import cli
 from dbparallel.training.assembling import ASSEMBLING_FILE
+from dbparallel.training.holder import process_space
+from dbparallel.training.storage import Storage
 
 HANG_S = 120  # a hang guard only, never a timing claim
 
@@ -68,3 +70,14 @@ def stop(run: Path, proc: subprocess.Popen, capsys) -> Stopped:
     out = capsys.readouterr().out.splitlines()
     stdout, err = proc.communicate(timeout=HANG_S)
     return Stopped(code, out, stdout or "", err or "")
+
+
+def write_assembly(storage: Storage, host: str, pid: int | str, start: str = "",
+                   renewed_ago_s: float = 0.0, timeout_s: float = 60.0) -> None:
+    """An assembling.json naming pid ``pid`` of ``host`` (of this process space), which
+    started at ``start`` (process_start) where given, renewed ``renewed_ago_s`` ago with its
+    writer's train.lease_timeout_s ``timeout_s``."""
+    holder = f"0123abcd/{host}/{pid}/0123abcd/{process_space()}" + (f"/{start}" * bool(start))
+    renewed = time.time() - renewed_ago_s
+    storage.write_json(ASSEMBLING_FILE, {"holder": holder, "since": renewed,
+                                         "renewed": renewed, "timeout_s": timeout_s})

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
-from holders import ended, wait_assembling
+from holders import ended, wait_assembling, write_assembly
 
 import dbparallel
 from dbparallel import cli
 from dbparallel.training.assembling import ASSEMBLING_FILE, assembling
-from dbparallel.training.holder import driver_session, process_space
+from dbparallel.training.holder import driver_session
 from dbparallel.training.status import REPORT_REMEDY
 from dbparallel.training.storage import Storage
 
@@ -58,13 +58,6 @@ def _line(lines: list[str], start: str) -> str:
     return found[0]
 
 
-def _record(run: Path, host: str, pid: int | str, start: str = "") -> None:
-    """An assembling.json naming pid ``pid`` of ``host`` (of this process space), which
-    started at ``start`` (process_start) where given."""
-    holder = f"0123abcd/{host}/{pid}/0123abcd/{process_space()}" + (f"/{start}" * bool(start))
-    Storage(str(run)).write_json(ASSEMBLING_FILE, {"holder": holder, "since": time.time()})
-
-
 def test_a_local_run_assembling_and_cut_short_and_assembled_again(
         trained: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"  # (``trained`` made the assembly's classifier once, in the cache)
@@ -99,7 +92,7 @@ def test_a_local_run_assembling_and_cut_short_and_assembled_again(
 def test_this_process_assembling_an_earlier_assembly_that_one_took_over(run: Path,
                                                                         capsys) -> None:
     storage = Storage(str(run))
-    with assembling(storage, driver_session()):  # as a Ray run's driver records itself
+    with assembling(storage, 60.0, driver_session()):  # as a Ray run's driver records itself
         shown, lines = _status(run, capsys)
     assert shown["state"] == "being assembled"  # again: report.json is an earlier one's
     assert (shown["assembler"], shown["assembler_alive"], shown["assembler_driver"]) == \
@@ -107,17 +100,17 @@ def test_this_process_assembling_an_earlier_assembly_that_one_took_over(run: Pat
     assert _line(lines, "assembling: ").startswith(
         f"assembling: {HOST}/{os.getpid()} (the Ray run's driver), begun ")
     assert dbparallel.status(run).state == "finished"  # the record removed
-    _record(run, HOST, os.getpid(), start="1")  # its pid, now another process's
+    write_assembly(storage, HOST, os.getpid(), start="1")  # its pid, now another process's
     shown, lines = _status(run, capsys)
     assert (shown["state"], shown["assembler_alive"]) == ("finished", False)
     assert _line(lines, "assembly cut short: ")
     (run / "report.json").unlink()
-    _record(run, HOST, 999_999_999)  # gone, its start not recorded
+    write_assembly(Storage(str(run)), HOST, 999_999_999)  # gone, its start not recorded
     assert dbparallel.status(run).state == "trained, assembly cut short"
 
 
 def test_an_assembly_on_another_machine_and_a_damaged_record(run: Path, capsys) -> None:
-    _record(run, "other-host", 4242)
+    write_assembly(Storage(str(run)), "other-host", 4242)
     shown, lines = _status(run, capsys)
     assert (shown["state"], shown["assembler"], shown["assembler_alive"]) == \
         ("being assembled", "other-host/4242", None)
@@ -125,8 +118,17 @@ def test_an_assembly_on_another_machine_and_a_damaged_record(run: Path, capsys) 
     assert said.startswith("assembling: other-host/4242, begun ")
     assert said.endswith(" ago (of another machine or container: whether it still runs "
                          "cannot be asked from here)")
+    (run / "report.json").unlink()  # (a finished run's record would not change its state)
+    write_assembly(Storage(str(run)), "other-host", 4242, renewed_ago_s=61, timeout_s=60)
+    shown, lines = _status(run, capsys)  # not renewed for its lease timeout: counted as gone
+    assert (shown["state"], shown["assembler_alive"], shown["assembler_lapsed"]) == \
+        ("trained, assembly cut short", False, True)
+    said = _line(lines, "assembly cut short: ")
+    assert said.startswith("assembly cut short: other-host/4242 began it ")
+    assert " ago and has not renewed its record within its train.lease_timeout_s (of another " \
+        "machine or container, it is counted as gone); " in said
     (run / ASSEMBLING_FILE).write_text('{"holder": ')
     shown, lines = _status(run, capsys)
-    assert (shown["state"], shown["assembler"]) == ("finished", "")
+    assert (shown["state"], shown["assembler"]) == ("trained, not yet assembled", "")
     assert _line(lines, "problem: ").startswith(
         f"problem: {Storage(str(run)).uri(ASSEMBLING_FILE)}: damaged")

@@ -4,6 +4,7 @@ from there as a lease's holder is."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -11,13 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from holders import HANG_S, ended, stop, wait_assembling
+from holders import HANG_S, ended, stop, wait_assembling, write_assembly
 
 import dbparallel
 from dbparallel import cli
 from dbparallel.config import dump_yaml, load_config
 from dbparallel.training.assembling import ASSEMBLING_FILE, assembler, assembling
-from dbparallel.training.holder import process_space
 from dbparallel.training.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,22 +55,23 @@ def _run_dir(tmp_path: Path) -> Storage:
     return storage
 
 
-def _record(storage: Storage, host: str, pid: int | str) -> None:
-    storage.write_json(ASSEMBLING_FILE, {
-        "holder": f"0123abcd/{host}/{pid}/0123abcd/{process_space()}", "since": time.time()})
-
-
 def test_an_assembly_elsewhere_is_named_and_a_gone_one_is_nothing_to_stop(
         tmp_path: Path, capsys) -> None:
     storage = _run_dir(tmp_path)
     run = storage.uri()
-    _record(storage, "other-host", 4242)
+    write_assembly(storage, "other-host", 4242)
     assert cli.main(["stop", run]) == 1
     assert capsys.readouterr().out.splitlines() == [
         f"the run's assembly: run by pid 4242 on other-host, of another machine or "
         f"container, which cannot be signalled from here: run `dbparallel stop {run}` on "
         f"other-host (or `kill 4242` there)"]
-    _record(storage, HOST, 999_999_999)  # killed: its record left behind
+    write_assembly(storage, "other-host", 4242, renewed_ago_s=61, timeout_s=60)
+    assert cli.main(["stop", run]) == 0  # not renewed for its lease timeout: nothing to stop
+    assert re.fullmatch(
+        r"the run's assembly: counted as stopped: its record lapsed \(renewed \d+ s ago by pid "
+        r"4242 on other-host, past its writer's train.lease_timeout_s=60 s\); nothing "
+        r"signalled\n", capsys.readouterr().out)
+    write_assembly(storage, HOST, 999_999_999)  # killed: its record left behind
     assert cli.main(["stop", run]) == 0
     assert capsys.readouterr().out == f"{run}: no block's write lease is held: nothing to stop\n"
     storage.write_text(ASSEMBLING_FILE, '{"holder": ')
@@ -81,13 +82,26 @@ def test_an_assembly_elsewhere_is_named_and_a_gone_one_is_nothing_to_stop(
 
 def test_the_record_is_removed_however_the_assembly_ends(tmp_path: Path) -> None:
     storage = _run_dir(tmp_path)
-    with assembling(storage):
+    with assembling(storage, 60.0):
         record = assembler(storage)
         assert record is not None and f"/{HOST}/" in record["holder"]
     assert assembler(storage) is None
-    with pytest.raises(KeyboardInterrupt), assembling(storage):
+    with pytest.raises(KeyboardInterrupt), assembling(storage, 60.0):
         raise KeyboardInterrupt()  # Ctrl-C, or SIGTERM (Terminated)
     assert assembler(storage) is None
-    with assembling(storage):
-        _record(storage, "other-host", 4242)  # a later assembly's, written over this one
+    with assembling(storage, 60.0):
+        write_assembly(storage, "other-host", 4242)  # a later assembly's, written over this one
     assert assembler(storage)["holder"].startswith("0123abcd/other-host/4242/")
+
+
+def test_the_record_is_renewed_while_the_assembly_runs(tmp_path: Path) -> None:
+    storage = _run_dir(tmp_path)
+    with assembling(storage, 0.3):  # renewed every 0.1 s
+        first = assembler(storage)
+        deadline = time.monotonic() + HANG_S  # a hang guard only
+        while assembler(storage)["renewed"] == first["renewed"]:
+            assert time.monotonic() < deadline, "the record was never renewed"
+            time.sleep(0.05)
+        renewed = assembler(storage)
+    assert renewed["since"] == first["since"] and renewed["renewed"] > first["renewed"]
+    assert renewed["holder"] == first["holder"] and assembler(storage) is None
