@@ -8,6 +8,7 @@ import json
 
 from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
 from dbparallel.config import bytes_text
+from dbparallel.training.failure import failed_when
 from dbparallel.training.status import REPORT_REMEDY, BlockStatus, RunStatus
 
 
@@ -89,9 +90,8 @@ def render(status: RunStatus) -> str:
               f"end, or stop it: `dbparallel stop {status.run_dir}`, or `ray job stop` for a "
               f"submitted job)"
               for b in status.blocks if b.state == "held by its driver"]
-    lines += [f"block {b.block} failed "
-              + (f"at step {b.failed_step:,}" if b.failed_step is not None else "at its start")
-              + f" ({_ago(b.failed_age_s)}): {b.failure}"
+    lines += [f"block {b.block} failed {failed_when(b.failed_step, b.failed_after)} "
+              f"({_ago(b.failed_age_s)}): {b.failure}"
               for b in status.blocks if b.failure]
     lines += [f"problem: {p}" for p in status.problems]
     return "\n".join(lines)

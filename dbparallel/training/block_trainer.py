@@ -170,7 +170,7 @@ class BlockTrainer:
             self.nonfinite_steps += 1
             self.optimizer.zero_grad(set_to_none=True)
             if self.cfg.train.nonfinite == "stop":  # the step its metrics line would name
-                raise NonFiniteLoss(f"block {self.block}: loss is {value} at step "
+                raise NonFiniteLoss(f"block {self.block}: loss is {value} taking step "
                                     f"{self.step + 1} (train.nonfinite=stop)")
             self.step += 1
             return StepStats(self.step, math.nan, False, time.perf_counter() - start, n)

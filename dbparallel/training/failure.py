@@ -37,18 +37,19 @@ def _path(block: int) -> str:
 
 
 def record_failure(storage: Storage, block: int, step: int | None,
-                   err: BaseException) -> bool:
-    """Keep ``err``, met training ``step`` (its metrics line's number; None: at the block's
-    start, before any step), as the block's last failure; whether it is one (not a stop
-    asked for, which is no Exception, nor a lease another writer took over). A record that
-    cannot be written (the storage is what failed) is logged: the error itself goes on to
-    the caller."""
+                   err: BaseException, taken: bool = False) -> bool:
+    """Keep ``err``, met taking ``step`` (its metrics line's number; None: at the block's
+    start, before any step), or after it (``taken``: writing its held-out loss, history or
+    checkpoint), as the block's last failure; whether it is one (not a stop asked for,
+    which is no Exception, nor a lease another writer took over). A record that cannot be
+    written (the storage is what failed) is logged: the error itself goes on to the
+    caller."""
     if not isinstance(err, Exception) or isinstance(err, LeaseLost):
         return False
     text = " ".join(str(err).split()) or type(err).__name__
     try:
         storage.write_json(_path(block), {
-            "time": time.time(), "step": step, "type": type(err).__name__,
+            "time": time.time(), "step": step, "taken": taken, "type": type(err).__name__,
             "error": text[:MAX_CHARS], "process": this_process()})
     except Exception as why:  # noqa: BLE001 (the training error is the one to raise)
         log.warning("block %d: could not record its failure in the run directory: %s",
@@ -72,6 +73,14 @@ def record_given_up(storage: Storage, block: int, step: int | None, err: Excepti
         states = BlockCheckpoints(storage, block).steps("state")
         step = max(step, states[-1] + 1 if states else 1)
     record_failure(storage, block, step, err)
+
+
+def failed_when(step: int | None, taken: bool) -> str:
+    """Where a failure came, beside a step count of those done: ``taking step 1`` (none of
+    it done), ``after step 2`` (writing its outputs) or ``at its start``."""
+    if step is None:
+        return "at its start"
+    return f"after step {step:,}" if taken else f"taking step {step:,}"
 
 
 def last_failure(storage: Storage, block: int) -> dict[str, Any] | None:

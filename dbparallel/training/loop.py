@@ -175,7 +175,8 @@ class BlockRun:
                 log.warning("block %d: could not record its failure in the run directory: "
                             "%s", self.lease.block, why)
             return False
-        return held and record_failure(self.lease.storage, self.lease.block, step, err)
+        taken = step is not None and self.trainer.step >= step  # failed writing after it
+        return held and record_failure(self.lease.storage, self.lease.block, step, err, taken)
 
     def train_until(self, until: int, on_step: OnStep | None = None) -> None:
         """Train up to ``until`` steps (capped at this block's train.steps, or its

@@ -84,7 +84,8 @@ class BlockStatus:
     restarts: int = 0
     problem: str = ""  # why the block's files could not be read
     failure: str = ""  # a failed block's error
-    failed_step: int | None = None  # the step it was training (None: it failed at its start)
+    failed_step: int | None = None  # the step it was taking (None: it failed at its start)
+    failed_after: bool = False  # it had taken that step, and failed writing after it
     failed_age_s: float | None = None  # seconds since it failed
 
 
@@ -173,7 +174,7 @@ def _read_failure(row: BlockStatus, failure: dict[str, Any] | None, now: float) 
     """The error its last process failed on (training/failure.py), its step and age."""
     if failure is None:
         return
-    row.failed_step = failure["step"]
+    row.failed_step, row.failed_after = failure["step"], failure.get("taken") is True
     kind = failure.get("type")
     row.failure = f"{kind}: {failure['error']}" if isinstance(kind, str) and kind \
         else failure["error"]

@@ -207,12 +207,13 @@ def test_a_block_that_failed_says_why_until_it_trains_again(run: Path, capsys) -
     status = dbparallel.status(run)
     failed = status.blocks[1]
     assert (status.state, failed.state, failed.failed_step) == ("1 failed, 1 done", "failed", 2)
-    assert failed.failure == "NonFiniteLoss: block 1: loss is inf at step 2 (train.nonfinite=stop)"
+    assert failed.failure == \
+        "NonFiniteLoss: block 1: loss is inf taking step 2 (train.nonfinite=stop)"
     assert failed.logged_step == 1 and failed.failed_age_s is not None
     assert cli.main(["status", str(run)]) == 0
     shown = capsys.readouterr().out.splitlines()
     assert shown[3].split()[:3] == ["1", "failed", "1/4"]
-    assert shown[-1].startswith("block 1 failed at step 2 (") and shown[-1].endswith(
+    assert shown[-1].startswith("block 1 failed taking step 2 (") and shown[-1].endswith(
         f"ago): {failed.failure}")
     assert cli.main(["train", "--local", "--block", "1", TINY, f"run.dir={run}", *FAST]) == 0
     assert not (run / "blocks" / "block_1" / "failed.json").exists()
@@ -315,13 +316,33 @@ def test_an_error_after_a_step_is_recorded_at_that_step(tmp_path: Path) -> None:
             run.train_until(4)
         record = storage.read_json("blocks/block_0/failed.json")
         assert (record["step"], record["type"], run.trainer.step) == (2, "OSError", 2)
+        assert record["taken"] is True  # step 2 was taken: it failed after it
         run.checkpoints.save = saved
         run.batch = lambda step: (_ for _ in ()).throw(RuntimeError("bad batch"))
         with pytest.raises(RuntimeError):
             run.train_until(4)
-        assert storage.read_json("blocks/block_0/failed.json")["step"] == 3
+        record = storage.read_json("blocks/block_0/failed.json")
+        assert (record["step"], record["taken"]) == (3, False)
     finally:
         run.close()
+
+
+def test_a_failure_says_whether_it_came_taking_its_step_or_after_it(run: Path,
+                                                                     capsys) -> None:
+    """Beside the table's step (the steps done): a block that failed on its first batch failed
+    taking step 1 (0 done), one that failed writing step 2's checkpoint after step 2."""
+    from dbparallel.training.failure import record_failure
+
+    storage = Storage(str(run))  # block 1 never started
+    record_failure(storage, 1, 1, RuntimeError("bad batch"))
+    assert cli.main(["status", str(run)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[3].split()[:3] == ["1", "failed", "0/4"]
+    assert shown[-1].startswith("block 1 failed taking step 1 (")
+    record_failure(storage, 1, 2, OSError("disk full"), taken=True)
+    assert dbparallel.status(run).blocks[1].failed_after is True
+    assert cli.main(["status", str(run)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("block 1 failed after step 2 (")
 
 
 def test_an_error_after_the_driver_ended_the_run_is_no_failure(tmp_path: Path) -> None:
