@@ -133,9 +133,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     _out_file(args.out)
     network = export_run(args.source, args.out, args.step)
-    count = len(network.blocks)
-    print(f"wrote {args.out}: {network.cfg.task}, {count} block{'s' * (count != 1)} at "
-          f"step{'s' * (count != 1)} {network.steps}; load it with "
+    steps = network.steps
+    at = f"1 block at step {steps[0]:,}" if len(steps) == 1 else \
+        f"{len(steps)} blocks at steps {steps}"
+    print(f"wrote {args.out}: {network.cfg.task}, {at}; load it with "
           f"dbparallel.load({args.out!r})")
     return 0
 
