@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -203,15 +204,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _as_flag(said: str, args: argparse.Namespace) -> str:
     """An error that names a Python argument (``max_new: ...``, from the API's code) names
-    the command's option instead (``--max-new: ...``); one that names a path given on the
-    command line (a run directory called ``samples``) stays as it is."""
+    the command's option instead (``--max-new: ...``), and so does its text where it names
+    it again (``max_new must lie in ...``: a name with ``_``, which no prose word is); one
+    that names a path given on the command line (a run directory called ``samples``) stays
+    as it is."""
     key, sep, rest = said.partition(":")
     positional = ("config", "source", "images", "run_dir", "command", "func", "action")
     values = [getattr(args, name, None) for name in positional]
     given = [str(v) for g in values for v in (g if isinstance(g, list) else [g])]
     if sep and key.isidentifier() and key in vars(args) and key not in positional \
             and key not in given:
-        return f"--{key.replace('_', '-')}:{rest}"
+        flag = f"--{key.replace('_', '-')}"
+        if "_" in key:
+            rest = re.sub(rf"(?<![\w.-]){key}(?!\w)", flag, rest)
+        return f"{flag}:{rest}"
     return said
 
 

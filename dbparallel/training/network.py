@@ -213,7 +213,7 @@ class Network:
             length = p.shape[1] + max_new
             if length > self.cfg.data.seq_len and length not in self._warned_lengths:
                 self._warned_lengths.add(length)
-                log.warning("generate: the prompt's %d tokens and max_new=%d go past "
+                log.warning("generate: the prompt's %d tokens and %d new ones go past "
                             "data.seq_len=%d, the longest text the network was trained on; "
                             "tokens after that read further back than it learned to",
                             p.shape[1], max_new, self.cfg.data.seq_len)

@@ -139,7 +139,8 @@ def test_mdm_generation_fills_one_row(runs: dict[str, str]) -> None:
     net = dbparallel.load(runs["mdm"])
     assert len(net.generate("", seed=0)) == net.cfg.data.seq_len  # unconditional: a row
     assert len(net.generate("abc")) == net.cfg.data.seq_len - 3
-    with pytest.raises(UserError, match="max_new must lie in 1..61, got 62"):
+    with pytest.raises(UserError, match="max_new: an MDM row holds data.seq_len=64 tokens, "
+                                        "the prompt 3: max_new must lie in 1..61, got 62"):
         net.generate("abc", max_new=62)
     with pytest.raises(UserError, match="prompt: 64 tokens, and an MDM row holds "
                                         "data.seq_len=64: leave room"):
@@ -164,7 +165,8 @@ def test_generation_shows_progress_and_warns_past_the_trained_length(
         assert not caplog.records
         assert len(ar.generate("KING", max_new=seq_len - 3)) == seq_len - 3
         ar.generate("KING", max_new=seq_len - 3, seed=1)  # said once (e.g. --samples 3)
-    assert caplog.text.count(f"go past data.seq_len={seq_len}") == 1
+    assert caplog.text.count(f"the prompt's 4 tokens and {seq_len - 3} new ones go past "
+                             f"data.seq_len={seq_len}") == 1
 
 
 def test_generation_and_sample_commands_name_what_is_wrong(runs: dict[str, str], tmp_path,
@@ -174,6 +176,11 @@ def test_generation_and_sample_commands_name_what_is_wrong(runs: dict[str, str],
         net.generate("ab", max_new=0)
     cases = [(["generate", runs["ar"], "--prompt", "ab", "--samples", "0"],
               "--samples: must be >= 1, got 0"),
+             (["generate", runs["mdm"], "--prompt", "abc", "--max-new", "62"],
+              "--max-new: an MDM row holds data.seq_len=64 tokens, the prompt 3: --max-new "
+              "must lie in 1..61, got 62"),
+             (["generate", runs["ar"], "--prompt", "ab", "--max-new", "0"],
+              "--max-new: must be >= 1, got 0"),
              (["sample", runs["ar"], "--out", str(tmp_path / "x.png")],
               "an ar run's samples are a .txt file"),
              (["sample", runs["vit"], "--out", str(tmp_path / "x.png")],
