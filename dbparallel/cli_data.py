@@ -44,11 +44,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     from dbparallel.data.sources import check_kind, open_data
 
     items, guessed = list(args.config), ""
-    bare = [i for i in items if is_path(i) and not i.endswith((".yaml", ".yml"))]
-    given = bare + [i for i in items if i.startswith("data.path=")]
-    if len(given) > 1:  # which would be read is not what a reader of the line expects
-        raise UserError(f"data {args.action}: the data are given {len(given)} times "
-                        f"({', '.join(given)}); give one path (or data.path=PATH)")
+    given = [k for k, i in enumerate(items) if i.startswith("data.path=")
+             or is_path(i) and not i.endswith((".yaml", ".yml"))]
+    if len({_same_path(items[k].removeprefix("data.path=")) for k in given}) > 1:
+        # which would be read is not what a reader of the line expects
+        raise UserError(f"data {args.action}: the data are given {len(given)} times, as "
+                        f"different paths ({', '.join(items[k] for k in given)}); give one "
+                        f"path (or data.path=PATH)")
+    items = [i for k, i in enumerate(items) if k not in given[1:]]  # the same path, once
     for i, item in enumerate(items):  # a bare path: the data itself
         if is_path(item) and not item.endswith((".yaml", ".yml")):
             items[i] = f"data.path={item}"
@@ -96,6 +99,14 @@ def is_path(item: str) -> bool:
     from pathlib import Path
 
     return "=" not in item or "/" in item.split("=", 1)[0] or Path(item).exists()
+
+
+def _same_path(path: str) -> str:
+    """``path`` as two names of the same data compare equal: a local one absolute and
+    normalised (``./a//b/`` is ``a/b``), a URI without a trailing ``/``."""
+    if "://" in path:
+        return path.rstrip("/")
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _text_task(items: list[str]) -> bool:

@@ -181,19 +181,22 @@ def test_an_image_file_given_as_the_data_is_told_what_an_image_data_set_is(tmp_p
         f"data.path at the folder above the class folders)"]
 
 
-def test_data_given_twice_on_the_command_line_are_refused_naming_both(tmp_path,
-                                                                      capsys) -> None:
+def test_data_given_twice_on_the_command_line_are_refused_naming_both(tmp_path, capsys,
+                                                                      monkeypatch) -> None:
+    """Two different paths are refused; two names of the same one are read as one."""
     from dbparallel.cli import main
 
     one, two = str(tmp_path / "one.parquet"), str(tmp_path / "two")
     write_table(digits_table().slice(0, 10), one)
-    for line in ([one, f"data.path={two}"], [one, one]):
-        assert main(["data", "check", *line]) == 2
-        err = capsys.readouterr().err
-        assert err.strip().splitlines() == [
-            f"dbparallel: error: data check: the data are given 2 times ({', '.join(line)}); "
-            f"give one path (or data.path=PATH)"]
-    assert main(["data", "check", one]) == 0  # once is the way
+    line = [one, f"data.path={two}"]
+    assert main(["data", "check", *line]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dbparallel: error: data check: the data are given 2 times, as different paths "
+        f"({', '.join(line)}); give one path (or data.path=PATH)"]
+    monkeypatch.chdir(tmp_path)
+    for line in ([one, one], [one, "data.source=parquet", "data.path=.//one.parquet"]):
+        assert main(["data", "check", *line]) == 0, capsys.readouterr().err
+        assert "train: 10 rows" in capsys.readouterr().out
 
 
 def test_a_folder_of_pq_files_beside_a_text_file_is_read_as_parquet(tmp_path, capsys) -> None:
