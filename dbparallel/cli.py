@@ -21,6 +21,7 @@ from dbparallel.cli_stop import (
 )
 from dbparallel.config import Config, ConfigError, describe, load_config, notes, unchecked
 from dbparallel.errors import UserError
+from dbparallel.shell import shell_path
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -110,7 +111,7 @@ def _print_summary(cfg: Config, report: dict) -> None:
     else:
         print(f"assembly: not run (a subset of blocks); once every block is trained, the same "
               f"command without --block assembles them and writes the run's report.json "
-              f"(`dbparallel eval {cfg.run_dir}` only scores them)")
+              f"(`dbparallel eval {shell_path(cfg.run_dir)}` only scores them)")
     print(f"run directory: {cfg.run_dir}  ({report['wall_time_s']:.1f} s)")
 
 

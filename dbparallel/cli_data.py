@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from dbparallel.config import TEXT_TASKS, Config, given_value, load_config
 from dbparallel.errors import DataError, UserError
+from dbparallel.shell import shell_path
 
 
 def split_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -189,9 +190,9 @@ def _reshard(cfg: Config, out: str) -> int:
               f"at most {cfg.data.shard_rows:,} rows")
     files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
     print(f"wrote {files} to {out}; train on them with "
-          f"data.source=parquet data.path={out}")
-    print(f"the rows were copied as they are, not decoded: `dbparallel data check {out}`, "
-          f"with the same data settings, checks every one")
+          f"data.source=parquet data.path={shell_path(out)}")
+    print(f"the rows were copied as they are, not decoded: `dbparallel data check "
+          f"{shell_path(out)}`, with the same data settings, checks every one")
     return 0
 
 

@@ -8,6 +8,7 @@ import json
 
 from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
 from dbparallel.config import bytes_text
+from dbparallel.shell import shell_path
 from dbparallel.training.failure import failed_when
 from dbparallel.training.status import REPORT_REMEDY, BlockStatus, RunStatus
 
@@ -87,8 +88,8 @@ def render(status: RunStatus) -> str:
               f"{b.driver.rpartition('/')[2]} on {b.driver.rpartition('/')[0]}) still runs on "
               f"this machine (it assembles the blocks, trains others, or starts the block's "
               f"process again): a rerun of the block is refused until that driver ends (let it "
-              f"end, or stop it: `dbparallel stop {status.run_dir}`, or `ray job stop` for a "
-              f"submitted job)"
+              f"end, or stop it: `dbparallel stop {shell_path(status.run_dir)}`, or `ray job "
+              f"stop` for a submitted job)"
               for b in status.blocks if b.state == "held by its driver"]
     lines += [f"block {b.block} failed {failed_when(b.failed_step, b.failed_after)} "
               f"({_ago(b.failed_age_s)}): {b.failure}"

@@ -10,6 +10,7 @@ import math
 
 from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
 from dbparallel.errors import UserError
+from dbparallel.shell import shell_path
 from dbparallel.training.stop_run import Hold
 
 WAIT_S = 60.0  # the longest --wait's default waits for the processes signalled to stop
@@ -62,12 +63,12 @@ def _told(hold: Hold, run_dir: str) -> str:
     assert hold.kind == "elsewhere", hold.kind
     if hold.driver:
         return said + (f"held by {_who(hold)}, of another machine or container, which "
-                       f"cannot be signalled from here: run `dbparallel stop {run_dir}` on "
-                       f"{hold.host} (or `kill {hold.pid}` there), or `ray job stop` for a "
-                       f"submitted job")
+                       f"cannot be signalled from here: run `dbparallel stop "
+                       f"{shell_path(run_dir)}` on {hold.host} (or `kill {hold.pid}` there), or "
+                       f"`ray job stop` for a submitted job")
     return said + (f"{held} by {_who(hold)}, of another machine or container, which cannot be "
-                   f"signalled from here: run `dbparallel stop {run_dir}` on {hold.host} (or "
-                   f"`kill {hold.pid}` there)")
+                   f"signalled from here: run `dbparallel stop {shell_path(run_dir)}` on "
+                   f"{hold.host} (or `kill {hold.pid}` there)")
 
 
 def _waited(hold: Hold, released: bool, ended: bool, wait_s: float) -> str:

@@ -14,6 +14,7 @@ from dbparallel.config.identity import upgrade
 from dbparallel.config.schema import Config
 from dbparallel.config.wording import from_file, omegaconf_reason
 from dbparallel.errors import ConfigError
+from dbparallel.shell import shell_path
 
 CONFIG_FILE = "config.yaml"  # the config a run directory was trained with (its own file)
 
@@ -40,8 +41,8 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
                         and section in {f.name for f in fields(Config)}:
                     hint = f" (an override needs its value: {path}=...)"
                 elif (Path(path) / CONFIG_FILE).is_file():
-                    hint = (f" (it is a run directory: give run.dir={path}, with the recipe "
-                            f"and overrides it was trained with, to resume it)")
+                    hint = (f" (it is a run directory: give run.dir={shell_path(path)}, with "
+                            f"the recipe and overrides it was trained with, to resume it)")
                 elif Path(f"{path}.yaml").is_file():
                     hint = f" (did you mean {path}.yaml?)"
                 raise ConfigError(f"config file not found: {path}{hint}")

@@ -27,6 +27,7 @@ from dbparallel.runtime.backend import (
     Event,
     RunFailed,
 )
+from dbparallel.shell import shell_path
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,8 @@ class Controller:
 
     def _retry_hint(self) -> str:
         return (f"every block's checkpoints are kept: the same train command assembles them "
-                f"again and writes report.json (`dbparallel eval {self.cfg.run_dir}` evaluates "
-                f"them without writing it)")
+                f"again and writes report.json (`dbparallel eval "
+                f"{shell_path(self.cfg.run_dir)}` evaluates them without writing it)")
 
     def _handle(self, event: Event) -> None:
         if event.kind == "assemble":

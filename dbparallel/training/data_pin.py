@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 from dbparallel.config import Config, same_local_path
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import DataError, RunDirError
+from dbparallel.shell import shell_path
 from dbparallel.training.holder import process_ended, process_shown, this_process
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
@@ -159,15 +160,15 @@ def run_data(cfg: Config, storage: Storage) -> DataIndex:
             f"{storage.uri()} was trained on the data at {pinned.source}, which are not there: "
             f"data.path is relative, and this process runs in {os.getcwd()}: start it where "
             f"the run started, or run the run's `dbparallel train` command with "
-            f"run.dir={storage.uri()} and an absolute data.path (it checks they are the same "
-            f"rows and pins them there)")
+            f"run.dir={shell_path(storage.uri())} and an absolute data.path (it checks they "
+            f"are the same rows and pins them there)")
     raise DataError(
         f"{storage.uri()} was trained on the data at {pinned.source}, which are not there on "
         f"{socket.gethostname()} ({DATA_INDEX_FILE} pins them). If they moved, run the run's "
-        f"`dbparallel train` command with run.dir={storage.uri()} data.path=<their new place>: "
-        f"it checks they are the same rows and pins them there (with every block done it "
-        f"trains nothing, it only assembles). On a cluster, every node must see them at that "
-        f"path (or give data.path as an object-store URI)")
+        f"`dbparallel train` command with run.dir={shell_path(storage.uri())} "
+        f"data.path=<their new place>: it checks they are the same rows and pins them there "
+        f"(with every block done it trains nothing, it only assembles). On a cluster, every "
+        f"node must see them at that path (or give data.path as an object-store URI)")
 
 
 def _reachable(index: DataIndex) -> bool:

@@ -55,6 +55,7 @@ import time
 from typing import Any
 
 from dbparallel.errors import RunDirError
+from dbparallel.shell import shell_path
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.holder import (
     driver_holding,
@@ -119,7 +120,7 @@ class BlockLease:
             raise RunDirError(
                 f"block {self.block} was trained by a run whose driver still runs on this "
                 f"machine (pid {driver[1]}; it assembles the blocks or trains others): let it "
-                f"end, or stop it first (`dbparallel stop {self.storage.uri('')}`, or "
+                f"end, or stop it first (`dbparallel stop {shell_path(self.storage.uri(''))}`, or "
                 f"`ray job stop` for a submitted job)")
         age = self.clock() - float(current["renewed_at"])
         timeout_s = lease_timeout_s(current, self.timeout_s)
@@ -143,11 +144,12 @@ class BlockLease:
             return
         held = (f"block {self.block} is being trained by another process (pid {pid} on "
                 f"{host}, run {session.partition('@')[0]}, lease renewed {age:.0f} s ago)")
-        stop = f"stop it first (`dbparallel stop {self.storage.uri('')}` on {host})"
+        stop = f"stop it first (`dbparallel stop {shell_path(self.storage.uri(''))}` on {host})"
         if driver is not None:  # a Ray actor or worker of a driver
             stop = (f"stop the run's driver first (pid {driver[1]} on {driver[0]}: "
-                    f"`dbparallel stop {self.storage.uri('')}` there, Ctrl-C, or `ray job stop` "
-                    f"for a submitted job; Ray starts a block's own process again)")
+                    f"`dbparallel stop {shell_path(self.storage.uri(''))}` there, Ctrl-C, or "
+                    f"`ray job stop` for a submitted job; Ray starts a block's own process "
+                    f"again)")
         whose = "" if timeout_s == self.timeout_s else "its writer's "
         if alive:  # a process of this machine, which can be asked: it runs
             raise RunDirError(

@@ -11,6 +11,7 @@ import pyarrow.fs as pafs
 from dbparallel.config import Config
 from dbparallel.data.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_description
 from dbparallel.errors import DataError, RunDirError, UserError
+from dbparallel.shell import shell_path
 from dbparallel.training.arguments import number
 from dbparallel.training.data_pin import pinned_data, run_data, run_tokenizer
 from dbparallel.training.export import damaged_export, export_bytes, read_export
@@ -55,7 +56,7 @@ def _said_unfinished(network: Network, run_dir: str, step: int | None) -> Networ
     if step is None and behind:
         log.warning("%s: %s: not trained to the end (the run is training, or stopped: "
                     "`dbparallel status %s`); the network composes the blocks as they are",
-                    run_dir, ", ".join(behind), run_dir)
+                    run_dir, ", ".join(behind), shell_path(run_dir))
     return network
 
 

@@ -20,6 +20,7 @@ from dbparallel.config import (
 )
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RunDirError, UserError
+from dbparallel.shell import shell_path
 from dbparallel.training.data_pin import DATA_INDEX_FILE, VOCAB_FILE, refuse_other_data
 from dbparallel.training.kept_settings import kept_settings, listed, what_records, with_stored
 from dbparallel.training.storage import DamagedFile, Storage, damaged, reach
@@ -166,22 +167,22 @@ def _refuse_other_config(storage: Storage, cfg: Config) -> None:
             values = "; ".join(f"{k}: {then.get(k)!r} there, {now.get(k)!r} now"
                                for k in keys[:MAX_LISTED])
             more = f"; and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else ""
+            another = shell_path(_another_run_dir(storage, cfg, keys))
             from dbparallel.training.checkpoint import any_checkpoint
 
             if any_checkpoint(storage):
                 raise RunDirError(
                     f"{storage.uri()} holds blocks trained with other values of "
                     f"{', '.join(keys)} ({values}{more}); resume with the same values or "
-                    f"choose a new run.dir (e.g. run.dir={_another_run_dir(storage, cfg, keys)})")
+                    f"choose a new run.dir (e.g. run.dir={another})")
             # a run that stopped (or still starts) before any block saved a checkpoint: the
             # directory may belong to a live run that is still checking its data, so it is
             # never taken over; the user knows whether one is running
             raise RunDirError(
                 f"{storage.uri()} was started with other values of {', '.join(keys)} "
                 f"({values}{more}) and no block has saved a checkpoint yet; resume with the "
-                f"same values, choose a new run.dir (e.g. run.dir="
-                f"{_another_run_dir(storage, cfg, keys)}), or delete the directory if no run "
-                f"uses it")
+                f"same values, choose a new run.dir (e.g. run.dir={another}), or delete the "
+                f"directory if no run uses it")
 
 
 def _another_run_dir(storage: Storage, cfg: Config, keys: list[str]) -> str:

@@ -7,6 +7,7 @@ import time
 from dbparallel.config import Config, identity_diff, to_dict
 from dbparallel.core.partition import Partition
 from dbparallel.errors import RunDirError
+from dbparallel.shell import shell_path
 from dbparallel.tasks import build_task
 from dbparallel.training.checkpoint import BlockCheckpoints, first_save_cut_short
 from dbparallel.training.storage import Storage
@@ -78,10 +79,10 @@ def _while_training(cfg: Config, storage: Storage) -> str:
         status = None
     training = [b.block for b in status.blocks if b.state == "training"] if status else []
     if not training:
-        return f"train them first (dbparallel train ... run.dir={storage.uri()})"
+        return f"train them first (dbparallel train ... run.dir={shell_path(storage.uri())})"
     return (f"the run is training ({status.state}; block(s) {training} now), and a block's "
             f"first snapshot comes after train.checkpoint_every={cfg.train.checkpoint_every} "
-            f"of its steps: wait for it (dbparallel status {storage.uri()})")
+            f"of its steps: wait for it (dbparallel status {shell_path(storage.uri())})")
 
 
 def _by_block(files: dict[int, list[str]]) -> str:

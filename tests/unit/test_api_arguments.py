@@ -4,6 +4,7 @@ in a UserError, before anything is written or computed."""
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +104,11 @@ def test_a_step_that_is_no_step_number_is_named(runs: dict[str, str], tmp_path: 
 
 def test_a_block_without_a_snapshot_of_a_run_in_training_says_to_wait(tmp_path: Path,
                                                                       capsys) -> None:
-    run = _train(tmp_path / "half", only=[0])
-    train_first = r"block\(s\) \[1\] have no snapshot yet; train them first"
+    """The commands it says to run name the run quoted for a shell (``&`` ends a command)."""
+    run = _train(tmp_path / "half&1", only=[0])
+    train_first = (r"block\(s\) \[1\] have no snapshot yet; train them first \(dbparallel "
+                   rf"train \.\.\. run\.dir={re.escape(shlex.quote(run))}\)")
+    assert shlex.quote(run) == f"'{run}'"
     with pytest.raises(UserError, match=train_first):
         dbparallel.load(run)
     lease = BlockLease(Storage(run), 1, "another-run", 600)  # a live process trains block 1
@@ -115,7 +119,7 @@ def test_a_block_without_a_snapshot_of_a_run_in_training_says_to_wait(tmp_path: 
             with pytest.raises(UserError, match=rf"block\(s\) \[1\] have no snapshot yet; "
                                rf"the run is training \(1 training, 1 done; block\(s\) \[1\] "
                                rf"now\).*train.checkpoint_every=3 .*: wait for it "
-                               rf"\(dbparallel status {re.escape(run)}\)"):
+                               rf"\(dbparallel status {re.escape(shlex.quote(run))}\)"):
                 call()
         assert cli.main(["eval", run]) == 2
         assert "the run is training" in capsys.readouterr().err

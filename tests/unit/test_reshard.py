@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import numpy as np
 import pyarrow as pa
@@ -42,13 +43,16 @@ def test_one_huge_row_group_becomes_row_groups_of_shard_rows(tmp_path, monkeypat
     pq.write_table(_table(1000), source)  # pyarrow's default: a single row group
     assert pq.ParquetFile(source).num_row_groups == 1
     monkeypatch.setattr(reshard_module, "GROUPS_PER_FILE", 2)
-    out = tmp_path / "out"
+    out = tmp_path / "out&1"  # the commands printed quote it: in a shell `&` ends one
     assert main(["data", "reshard", str(source), "--out", str(out),
                  "data.image_size=4", "data.channels=3", "data.shard_rows=128"]) == 0
     printed = capsys.readouterr().out
     assert "train: 750 rows in 6 row groups of at most 128 rows" in printed
     assert "test: 250 rows in 2 row groups" in printed
-    assert f"not decoded: `dbparallel data check {out}`, with the same data settings" in printed
+    assert f"train on them with data.source=parquet data.path='{out}'\n" in printed
+    check = re.search(r"not decoded: `(dbparallel data check [^`]*)`, with the same data "
+                      r"settings", printed)
+    assert check is not None and shlex.split(check[1])[1:] == ["data", "check", str(out)]
     files = sorted(p.name for p in out.iterdir())
     assert files == ["test-00000.parquet", "train-00000.parquet", "train-00001.parquet",
                      "train-00002.parquet"]
