@@ -97,24 +97,18 @@ def assembler(storage: Storage) -> dict[str, Any] | None:
     return found
 
 
-def assembler_runs(record: dict[str, Any], now: float) -> bool | None:
-    """Whether the process an ``assembler`` record names still runs at Unix time ``now``, as
-    ``dbparallel stop`` asks it (holder.py): False where it is gone or its pid is another
-    process's now, or where it is another machine's (or container's) and did not renew the
-    record for its ``timeout_s``; None where it is another machine's and renewed it since."""
+def assembler_runs(record: dict[str, Any], now: float) -> tuple[bool | None, bool]:
+    """(runs, lapsed): whether the process an ``assembler`` record names still runs at Unix
+    time ``now``, as ``dbparallel stop`` asks it (holder.py), and whether it is another
+    machine's (or container's) that did not renew the record for its ``timeout_s``. runs is
+    False where the process is gone, its pid is another process's now, or it lapsed; None
+    where it is another machine's and renewed the record since."""
     holder = record["holder"]
     runs = holder_alive(holder)
     if runs:  # its pid runs: still the process that wrote the record, not one that took it
         runs = still_runs(holder_parts(holder)[2], holder_start(holder), record["since"])
-    if runs is None and assembler_lapsed(record, now):
-        return False
-    return runs
-
-
-def assembler_lapsed(record: dict[str, Any], now: float) -> bool:
-    """Whether the process an ``assembler`` record names did not renew it for its
-    ``timeout_s`` by Unix time ``now``."""
-    return now - record["renewed"] >= record["timeout_s"]
+    lapsed = runs is None and now - record["renewed"] >= record["timeout_s"]
+    return (False if lapsed else runs), lapsed
 
 
 def assembler_is_driver(record: dict[str, Any]) -> bool:

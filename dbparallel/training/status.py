@@ -42,12 +42,7 @@ from typing import Any
 
 from dbparallel.config import Config
 from dbparallel.errors import RunDirError
-from dbparallel.training.assembling import (
-    assembler,
-    assembler_is_driver,
-    assembler_lapsed,
-    assembler_runs,
-)
+from dbparallel.training.assembling import assembler, assembler_is_driver, assembler_runs
 from dbparallel.training.checkpoint import BlockCheckpoints, first_save_cut_short
 from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
@@ -241,9 +236,7 @@ def _read_assembler(status: RunStatus, storage: Storage, now: float) -> None:
         return
     _, host, pid = holder_parts(record["holder"])
     status.assembler, status.assembler_driver = f"{host}/{pid}", assembler_is_driver(record)
-    status.assembler_alive = assembler_runs(record, now)
-    status.assembler_lapsed = holder_alive(record["holder"]) is None \
-        and assembler_lapsed(record, now)
+    status.assembler_alive, status.assembler_lapsed = assembler_runs(record, now)
     status.assembling_since = float(record["since"])
     status.assembling_age_s = max(0.0, now - status.assembling_since)
 
