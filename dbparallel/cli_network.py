@@ -135,7 +135,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     network = export_run(args.source, args.out, args.step)
     steps = network.steps
     at = f"1 block at step {steps[0]:,}" if len(steps) == 1 else \
-        f"{len(steps)} blocks at steps {steps}"
+        f"{len(steps)} blocks at steps {', '.join(f'{s:,}' for s in steps)}"
     print(f"wrote {args.out}: {network.cfg.task}, {at}; load it with "
           f"dbparallel.load({args.out!r})")
     return 0

@@ -196,7 +196,7 @@ def test_export_round_trip_gives_the_same_network(runs: dict[str, str], task: st
                                                   tmp_path: Path, capsys) -> None:
     out = tmp_path / "net.safetensors"
     assert cli.main(["export", runs[task], "--out", str(out)]) == 0
-    at = "1 block at step 3" if task == "looped" else "2 blocks at steps [3, 3]"
+    at = "1 block at step 3" if task == "looped" else "2 blocks at steps 3, 3"
     assert capsys.readouterr().out.startswith(f"wrote {out}: {task}, {at}; load it with ")
     a, b = dbparallel.load(runs[task]), dbparallel.load(out)
     assert b.steps == a.steps and b.cfg.task == task
