@@ -395,6 +395,14 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path):
         ('ray_dbparallel_block_nonfinite_steps_total{run="r",block="0"}', "0x12 1+2x18"),
         ('ray_dbparallel_block_nonfinite_steps_total{run="r",block="2"}', "0x10 1+1x20"),
         ('ray_dbparallel_block_restarts_total{run="r",block="3"}', "0x10 1 2 3 3x20"),
+        # Every block of run r has a live process (block 1's hung): its gauges stay exported.
+        *[(f'ray_dbparallel_block_step_time_seconds{{run="r",block="{b}"}}', "0.1x30")
+          for b in "0123"],
+        # Run "old" ended before: Ray keeps exporting a dead worker's counters (not its
+        # gauges) until its node restarts, so its counters stand still with no gauge beside.
+        (f'{steps}{{run="old",block="0"}}', "50x30"),
+        ('ray_dbparallel_block_nonfinite_steps_total{run="old",block="0"}', "2x30"),
+        ('ray_dbparallel_block_restarts_total{run="old",block="0"}', "3x30"),
     ]
 
     def fired(at: str, alert: str, severity: str, blocks: list[str]) -> dict:
