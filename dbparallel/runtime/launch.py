@@ -26,7 +26,7 @@ from dbparallel.runtime.placement import (
 )
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.runtime.ray_backend import RayBackend
-from dbparallel.runtime.ray_connect import connect
+from dbparallel.runtime.ray_connect import cluster_address, connect, metrics_line
 from dbparallel.tasks import build_task
 from dbparallel.training.assembling import assembling
 from dbparallel.training.checkpoint import BlockCheckpoints
@@ -88,6 +88,8 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     # blocks whose failure the driver records: given up, or an error that no writer recorded
     given_up: list[tuple[int, int | None, Exception]] = []
     try:
+        if connected and cluster_address(cfg)[0]:  # a private instance printed its own
+            print(metrics_line(ray.nodes()), flush=True)
         slots = start_slots(cfg, cluster_now())  # 0 fits here -> 1: reserve() names the keys
         refuse_what_cannot_fit_here(cfg, slots)  # before the data check and the run directory
         if validate:

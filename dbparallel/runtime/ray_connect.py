@@ -111,6 +111,17 @@ def joining_failed(address: str, key: str, err: Exception | None,
             f"as on the head (`ray get-auth-token` there)")
 
 
+def metrics_line(nodes: list[dict[str, Any]], shown: int = 4) -> str:
+    """Where a run on a cluster it joined is scraped: each live node's Ray metrics export
+    (``nodes`` as ``ray.nodes()`` gives them; the first ``shown`` named), not metrics.port,
+    which sets a private instance's."""
+    urls = [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
+            for n in nodes if n.get("Alive") and n.get("MetricsExportPort")]
+    more = f" and {len(urls) - shown} more" if len(urls) > shown else ""
+    return (f"metrics: on each node's Ray metrics port (ray_dbparallel_block_loss, ...; "
+            f"metrics.port sets only a private instance's): {', '.join(urls[:shown])}{more}")
+
+
 def probe(address: str, key: str) -> bool:
     """ConfigError naming ``key`` where nothing accepts a connection at ``address`` within
     PROBE_S, a plain host:port (``auto``, ``local`` and ``ray://`` client addresses are left

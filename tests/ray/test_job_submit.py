@@ -102,3 +102,18 @@ def test_job_submit_runs_tiny_recipe(head, tmp_path, extra) -> None:
     report = json.loads((run_dir / "report.json").read_text())
     assert [row["steps"] for row in report["per_block"]] == [12, 12]
     assert [row["replicas"] for row in report["per_block"]] == ([2, 2] if extra else [1, 1])
+    # the driver names where the cluster's node exports the blocks' metrics, and it does
+    line = next((x for x in result.stdout.splitlines() if x.startswith("metrics: ")), "")
+    url = line.rpartition(": ")[2]
+    assert url.startswith("http://") and url.endswith("/metrics"), result.stdout[-3000:]
+    deadline = time.monotonic() + 120  # Ray's nodes report their metrics every few seconds
+    while 'ray_dbparallel_block_steps_total{' not in (text := _scrape(url)):
+        assert time.monotonic() < deadline, text[-2000:]
+        time.sleep(2)
+
+
+def _scrape(url: str) -> str:
+    try:
+        return urllib.request.urlopen(url, timeout=10).read().decode()
+    except OSError as err:
+        return str(err)
