@@ -20,6 +20,7 @@ from dbparallel.config import Config
 from dbparallel.errors import ConfigError
 from dbparallel.runtime.metrics import free_port, port_line
 
+log = logging.getLogger(__name__)
 STATE_API_VAR = "RAY_API_SERVER_ADDRESS"
 PORT_ATTEMPTS = 3  # dashboard ports tried when the free one found is taken before Ray binds it
 PROBE_S = 15.0  # how long a runtime.address / RAY_ADDRESS has to accept a TCP connection
@@ -40,10 +41,12 @@ def connect(cfg: Config) -> bool:
         reached = probe(address, key)
         try:
             with _caller_sigterm():
-                ray.init(address=address, logging_level="WARNING")
+                context = ray.init(address=address, logging_level="WARNING")
         except (ConnectionError, ValueError) as err:
             ray.shutdown()
             raise ConfigError(joining_failed(address, key, err, reached)) from None
+        if cfg.runtime.replicas_per_block > 1 and not context.dashboard_url:
+            log.warning(no_state_api(cfg, address, key))
         return True
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     _quiet_auth_notice()
@@ -109,6 +112,17 @@ def joining_failed(address: str, key: str, err: Exception | None,
     return (f"{said}; where the cluster uses token authentication (Ray's default), give this "
             f"process its token: RAY_AUTH_MODE=token with ~/.ray/auth_token or RAY_AUTH_TOKEN "
             f"as on the head (`ray get-auth-token` there)")
+
+
+def no_state_api(cfg: Config, address: str, key: str) -> str:
+    """What a driver of blocks with replicas says of a cluster (at ``address``, from ``key``)
+    that runs no dashboard: Ray Train watches each block's worker group through the state
+    API the dashboard serves, and without it logs a failed query all along."""
+    return (f"runtime.replicas_per_block={cfg.runtime.replicas_per_block}: the cluster at "
+            f"{address} ({key}) runs no dashboard, which serves the state API Ray Train "
+            f"watches each block's worker group through: its PlacementGroupCleaner will log "
+            f"'Failed to query Ray Train Controller actor state' all along; start the head "
+            f"with its dashboard (`ray start --head` without --include-dashboard=false)")
 
 
 def metrics_line(nodes: list[dict[str, Any]], shown: int = 4) -> str:

@@ -5,6 +5,7 @@ asks that API about its controller all along a group's training."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,3 +86,49 @@ def test_a_dashboard_port_taken_before_ray_binds_it_is_replaced() -> None:
     out = subprocess.run([sys.executable, "-c", RETRY, str(ROOT / "jobs" / "tiny_cpu.yaml")],
                          env=env, capture_output=True, text=True, timeout=240)
     assert "connected True" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+JOIN = """
+import sys
+from dbparallel.config import load_config
+from dbparallel.runtime.ray_connect import connect
+connect(load_config([sys.argv[1]], [f"runtime.address={sys.argv[2]}",
+                                    "runtime.replicas_per_block=2"]))
+print("joined", flush=True)
+"""
+
+
+@pytest.mark.slow  # a `ray start` head of its own
+def test_blocks_with_replicas_on_a_cluster_without_dashboard_are_warned(tmp_path) -> None:
+    """Ray Train watches each block's group through the state API the dashboard serves: on a
+    head started with --include-dashboard=false it logs a failed query all along."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gcs = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths live here
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_ADDRESS", "RAY_API", "RAY_AUTH"))}
+    env.update(PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
+               HOME=str(tmp_path))  # a token of its own, as on a user's head node
+    ray = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray, "get-auth-token", "--generate"], env=env, check=True,
+                   capture_output=True, timeout=60)
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=1",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", JOIN, str(ROOT / "jobs" / "tiny_cpu.yaml"),
+             f"127.0.0.1:{gcs}"], env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # this head's group only, never `ray stop`
+        try:
+            head.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+    assert "joined" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert ("runtime.replicas_per_block=2: the cluster at 127.0.0.1:" in out.stderr
+            and "runs no dashboard" in out.stderr
+            and "without --include-dashboard=false" in out.stderr), out.stderr[-3000:]
