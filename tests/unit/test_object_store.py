@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -173,11 +175,28 @@ def test_export_to_and_load_from_a_bucket(bucket) -> None:
         assert Storage(png).read_bytes("")[:4] == b"\x89PNG"
 
 
+class _Refusing(BaseHTTPRequestHandler):
+    """An object store that answers every request 403 Access Denied."""
+
+    def _refuse(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))  # curl sends it whole
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _refuse
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 def test_a_block_s_error_is_raised_while_its_run_directory_is_out_of_reach(
         s3_server, bucket, caplog) -> None:
-    """The object store of the run directory goes away while a block trains, and the block
-    then meets an error of its own (here a non-finite loss): that error is the one raised,
-    not the store's met recording it or releasing the block's lease, which are warnings."""
+    """The object store of the run directory goes out of reach while a block trains, and the
+    block then meets an error of its own (here a non-finite loss): that error is the one
+    raised, not the store's met recording it or releasing the block's lease, which are
+    warnings. The store refuses every request (as once its credentials are revoked): a
+    stopped server gives the same errors, each after 6 s of pyarrow's retries."""
     from dbparallel.config import load_config
     from dbparallel.data.sources import open_data
     from dbparallel.training.block_trainer import NonFiniteLoss
@@ -187,10 +206,14 @@ def test_a_block_s_error_is_raised_while_its_run_directory_is_out_of_reach(
                                "train.nonfinite=stop", "train.heldout_every=0"])
     run = BlockRun(cfg, 1, open_data(cfg.data), Storage(cfg.run_dir), prefetch=False)
     s3_server.stop()  # no line or checkpoint is due before the loss of step 2 is inf
+    refusing = ThreadingHTTPServer(s3_server.get_host_and_port(), _Refusing)
+    threading.Thread(target=refusing.serve_forever, daemon=True).start()
     with pytest.raises(NonFiniteLoss, match="loss is inf taking step 2"):
         try:
             run.train_until(4)
         finally:
             run.close()  # as a local run closes it
+            refusing.shutdown()
+            refusing.server_close()
     assert "block 1: could not record its failure in the run directory" in caplog.text
     assert "block 1: could not release its write lease" in caplog.text
