@@ -17,6 +17,8 @@ from dbparallel.config import load_config
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "jobs" / "tiny_cpu.yaml"
+SCRAPED = {f"ray_dbparallel_block_{m}" for m in
+           ("loss", "steps_total", "sigma_low", "sigma_high", "memory_bytes")}
 
 
 def _train(run_dir: Path, *overrides: str, local: bool = False) -> dict:
@@ -80,9 +82,10 @@ def test_history_and_curves_of_a_ray_run(ray_run) -> None:
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_same_result_in_ray_twice_and_locally(ray_run, tmp_path) -> None:
+def test_same_result_in_ray_twice_and_locally(ray_run, scraped_run, tmp_path) -> None:
+    """The run scraped below is the second: the same recipe, another run.name."""
     run_dir, report = ray_run
-    again = _train(tmp_path / "again")
+    _, again = scraped_run
     local = _train(tmp_path / "local", local=True)
     losses = [row["final_loss"] for row in report["per_block"]]
     assert losses == [row["final_loss"] for row in again["per_block"]]
@@ -130,11 +133,13 @@ def _scrape(port: int, run: str) -> dict[tuple[str, str], float]:
     return series
 
 
-def test_metrics_scrape_during_a_run(ray_session, tmp_path, monkeypatch) -> None:
-    """Scrape the node's metrics port while blocks train; compare with report.json after.
-    However fast the machine, the blocks are still there to be scraped: the driver waits at
-    each progress report until the scrape has seen every series (the actors, their chunk
-    done, wait alive for the next call)."""
+@pytest.fixture(scope="module")
+def scraped_run(ray_session, tmp_path_factory) -> tuple[dict[tuple[str, str], float], dict]:
+    """The recipe trained on Ray again (run.name=scraped), the node's metrics port scraped
+    while its blocks train: (the series seen, the report). However fast the machine, the
+    blocks are still there to be scraped: the driver waits at each progress report until
+    the scrape has seen every series (the actors, their chunk done, wait alive for the next
+    call)."""
     from dbparallel.runtime.progress import BlockBars
 
     scraped = threading.Event()
@@ -144,26 +149,31 @@ def test_metrics_scrape_during_a_run(ray_session, tmp_path, monkeypatch) -> None
         update(self, *args, **kwargs)
         scraped.wait(timeout=300)  # a guard only: the scrape below ends it (at its deadline)
 
-    monkeypatch.setattr(BlockBars, "update", update_then_wait)
+    run_dir = tmp_path_factory.mktemp("scraped") / "run"
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(
-        report=_train(tmp_path / "run", "train.steps=60", "run.name=scraped")))
-    thread.start()
-    wanted = {f"ray_dbparallel_block_{m}" for m in
-              ("loss", "steps_total", "sigma_low", "sigma_high", "memory_bytes")}
     seen: dict[tuple[str, str], float] = {}
-    deadline = time.monotonic() + 240  # a guard only, if the series never come
-    try:
-        while thread.is_alive() and time.monotonic() < deadline:
-            seen.update(_scrape(ray_session["metrics_port"], "scraped"))
-            if all((m, b) in seen for m in wanted for b in "01"):
-                break
-            time.sleep(0.5)
-    finally:
-        scraped.set()
-    thread.join(timeout=300)
-    report = result["report"]
-    assert all((m, b) in seen for m in wanted for b in "01"), sorted(seen)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(BlockBars, "update", update_then_wait)
+        thread = threading.Thread(target=lambda: result.update(
+            report=_train(run_dir, "run.name=scraped")))
+        thread.start()
+        deadline = time.monotonic() + 240  # a guard only, if the series never come
+        try:
+            while thread.is_alive() and time.monotonic() < deadline:
+                seen.update(_scrape(ray_session["metrics_port"], "scraped"))
+                if all((m, b) in seen for m in SCRAPED for b in "01"):
+                    break
+                time.sleep(0.5)
+        finally:
+            scraped.set()
+        thread.join(timeout=300)
+    return seen, result["report"]
+
+
+def test_metrics_scrape_during_a_run(scraped_run) -> None:
+    """Scrape the node's metrics port while blocks train; compare with report.json after."""
+    seen, report = scraped_run
+    assert all((m, b) in seen for m in SCRAPED for b in "01"), sorted(seen)
     for row in report["per_block"]:
         b = str(row["block"])
         assert 0 < seen[("ray_dbparallel_block_steps_total", b)] <= row["steps"]
