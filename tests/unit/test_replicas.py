@@ -78,20 +78,26 @@ def test_replicas_must_fit_the_batch_and_need_ray() -> None:
         load_config([TINY], ["runtime.replicas_per_block=2", "debug.kill_replica=2"])
 
 
-def _train_replica(rank: int, world: int, port: int, run_dir: str, steps: int,
-                   pieces: int) -> None:
+STEPS = 8
+PIECES = {"whole-shares": 1, "shares-in-2-pieces": 2}  # each replica's share, cut in
+
+
+def _train_replica(rank: int, world: int, port: int, root: str) -> None:
+    """Block 1 trained by this rank of ``world`` gloo replicas, once for each way of cutting
+    the shares, into ``root``/two-<pieces>."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        cfg = load_config([TINY], [f"run.dir={run_dir}", f"train.steps={steps}",
-                                   "train.batch_size=30", "train.grad_clip=0.5",
-                                   f"train.micro_batches={pieces}"])
-        storage = Storage(cfg.run_dir)
-        run = BlockRun(cfg, 1, run_data(cfg, storage), storage, "cpu", session="s",
-                       replicas=Replicas.from_process_group())
-        run.train_until(steps)
-        run.close()
+        for pieces in PIECES.values():
+            cfg = load_config([TINY], [f"run.dir={root}/two-{pieces}", f"train.steps={STEPS}",
+                                       "train.batch_size=30", "train.grad_clip=0.5",
+                                       f"train.micro_batches={pieces}"])
+            storage = Storage(cfg.run_dir)
+            run = BlockRun(cfg, 1, run_data(cfg, storage), storage, "cpu", session="s",
+                           replicas=Replicas.from_process_group())
+            run.train_until(STEPS)
+            run.close()
     finally:
         dist.destroy_process_group()
 
@@ -102,27 +108,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("pieces", [1, 2], ids=["whole-shares", "shares-in-2-pieces"])
-def test_two_gloo_replicas_reproduce_one_process(tmp_path: Path, pieces: int) -> None:
-    steps = 8
-    runs = {}
-    for name in ("one", "two"):
-        cfg = load_config([TINY], [f"run.dir={tmp_path / name}", f"train.steps={steps}",
-                                   "train.batch_size=30", "train.grad_clip=0.5"])
-        from dbparallel.data.sources import open_data
+@pytest.fixture(scope="module")
+def gloo_runs(tmp_path_factory) -> Path:
+    """Block 1 trained STEPS steps by one process (run directory ``one``) and by two gloo
+    replicas (``two-<pieces>``, for each of PIECES): two processes started once for both."""
+    from dbparallel.data.sources import open_data
 
+    root = tmp_path_factory.mktemp("gloo")
+    configs = {}
+    for name in ("one", *(f"two-{p}" for p in PIECES.values())):
+        cfg = load_config([TINY], [f"run.dir={root / name}", f"train.steps={STEPS}",
+                                   "train.batch_size=30", "train.grad_clip=0.5"])
         storage = open_run(cfg)
         pin_data(storage, open_data(cfg.data))
-        runs[name] = (cfg, storage)
-    cfg, storage = runs["one"]
+        configs[name] = (cfg, storage)
+    cfg, storage = configs["one"]
     run = BlockRun(cfg, 1, run_data(cfg, storage), storage, "cpu")
-    run.train_until(steps)
+    run.train_until(STEPS)
     run.close()
-    mp.start_processes(_train_replica,
-                       args=(2, _free_port(), str(tmp_path / "two"), steps, pieces),
-                       nprocs=2, start_method="spawn")
-    one, two = (BlockCheckpoints(s, 1, 3, 3).load_latest("state") for _, s in runs.values())
-    assert one["step"] == two["step"] == steps
+    mp.start_processes(_train_replica, args=(2, _free_port(), str(root)), nprocs=2,
+                       start_method="spawn")
+    return root
+
+
+@pytest.mark.parametrize("pieces", PIECES.values(), ids=PIECES.keys())
+def test_two_gloo_replicas_reproduce_one_process(gloo_runs: Path, pieces: int) -> None:
+    runs = {name: Storage(str(gloo_runs / name)) for name in ("one", f"two-{pieces}")}
+    one, two = (BlockCheckpoints(s, 1, 3, 3).load_latest("state") for s in runs.values())
+    assert one["step"] == two["step"] == STEPS
     for key in ("model", "ema"):
         for name, value in one[key].items():
             # the same update up to the order of float sums (gloo adds the two halves)
@@ -130,5 +143,6 @@ def test_two_gloo_replicas_reproduce_one_process(tmp_path: Path, pieces: int) ->
                                        msg=lambda m, k=key, n=name: f"{k}.{n}: {m}")
     assert one["recent_losses"] == pytest.approx(two["recent_losses"], rel=1e-5)
     # only rank 0 wrote: one history, one lease holder
-    lines = (tmp_path / "two" / "blocks" / "block_1" / "metrics.jsonl").read_text().splitlines()
+    lines = (gloo_runs / f"two-{pieces}" / "blocks" / "block_1" / "metrics.jsonl").read_text() \
+        .splitlines()
     assert [int(line.split('"step": ')[1].split(",")[0]) for line in lines] == [4, 8]
