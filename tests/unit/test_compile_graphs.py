@@ -24,8 +24,10 @@ TASKS = {"dit": ["task=dit"], "vit": ["task=vit", "train.augment=flip_crop"],
          "vit-end-to-end": ["task=vit", "model.blocks=1", "train.objective=end_to_end"],
          "mdm": ["task=mdm", *TEXT], "ar": ["task=ar", *TEXT],
          "ar-end-to-end": ["task=ar", *TEXT, "model.blocks=1", "train.objective=end_to_end"],
-         "looped": ["task=looped", *TEXT, "model.blocks=1"],
-         "looped-bptt": ["task=looped", *TEXT, "model.blocks=1",
+         # three iterations of the core (of 8) unroll each part of its loop: the first, one
+         # between others, the last
+         "looped": ["task=looped", *TEXT, "model.blocks=1", "model.loop_iterations=3"],
+         "looped-bptt": ["task=looped", *TEXT, "model.blocks=1", "model.loop_iterations=3",
                          "train.objective=end_to_end"]}
 
 
