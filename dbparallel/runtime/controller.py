@@ -42,6 +42,22 @@ class State(enum.Enum):
 MAX_UNAVAILABLE = 20  # calls in a row that may find a block unreachable before the run fails
 
 
+def unavailable_message(block: int, error: Exception, asked: int) -> str:
+    """The warning of the ``asked``-th call in a row (of MAX_UNAVAILABLE) that found
+    ``block`` out of reach, and so is asked again: what happened, in words. The error comes
+    first line only, and Ray's only on the first (it runs to some 300 characters and says
+    the same each time); a data error (our own, short) each time, as it may change."""
+    if isinstance(error, BlockUnavailable):
+        said = f"block {block}: its process does not answer (its node may be lost)"
+    else:
+        said = f"block {block}: its data is out of reach"
+    said += f": asking again, {asked} of {MAX_UNAVAILABLE}"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, BlockUnavailable):
+        return said + (f" (Ray: {first})" if asked == 1 else "")
+    return f"{said} ({first})"
+
+
 @dataclass
 class BlockStatus:
     step: int = 0
@@ -186,8 +202,8 @@ class Controller:
         transient = (BlockUnavailable, DataUnreachable)  # the block is fine: ask it again
         if isinstance(event.error, transient) and status.unavailable < MAX_UNAVAILABLE:
             status.unavailable += 1
-            log.warning("block %d is unreachable (%s); asking it again", event.block,
-                        event.error)
+            log.warning(unavailable_message(event.block, event.error, status.unavailable))
+            log.debug("block %d: %r", event.block, event.error)
             return  # not in flight any more: the next step submits the call again
         if isinstance(event.error, (*transient, BlockLost)) or \
                 (event.error is not None and not event.recorded):  # the driver records it

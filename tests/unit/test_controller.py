@@ -273,6 +273,34 @@ def test_an_unreachable_block_is_asked_again() -> None:
     assert [(b, step, str(err)) for b, step, err in given_up] == [(1, 1, "node lost")]
 
 
+def test_an_unreachable_block_is_said_plainly_and_ray_s_error_once(caplog) -> None:
+    from dbparallel.errors import DataUnreachable
+    from dbparallel.runtime.backend import BlockUnavailable
+
+    ray_said = ("The actor 5d3e is unavailable: The actor is temporarily unavailable: "
+                "RpcError: RPC Error message: Socket closed. The task may or may not have "
+                "been executed on the actor.\nmore of Ray's text")
+    errors = [BlockUnavailable(ray_said)] * 3 + [DataUnreachable("s3://b/p: 503 SlowDown")]
+
+    class Flaky(FakeBackend):
+        def submit_train(self, block: int, until: int) -> None:
+            if block == 1 and errors:
+                self.queue.append(Event("train", 1, error=errors.pop(0)))
+                return
+            super().submit_train(block, until)
+
+    caplog.set_level("WARNING", logger="dbparallel.runtime.controller")
+    assert Controller(_cfg(), Flaky(steps=10)).run() == {"sample_accuracy": 0.5}
+    first = ray_said.splitlines()[0]
+    assert [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()] == [
+        f"block 1: its process does not answer (its node may be lost): asking again, "
+        f"1 of {MAX_UNAVAILABLE} (Ray: {first})",
+        *(f"block 1: its process does not answer (its node may be lost): asking again, "
+          f"{n} of {MAX_UNAVAILABLE}" for n in (2, 3)),
+        f"block 1: its data is out of reach: asking again, 4 of {MAX_UNAVAILABLE} "
+        f"(s3://b/p: 503 SlowDown)"]
+
+
 class PerBlockBackend(FakeBackend):
     """A block is done at its own step count (train.block_steps)."""
 
