@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,9 @@ from dbparallel.shell import shell_path
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
 TRAINING = ("train", "baseline")  # commands whose rerun resumes the run
+# set by Ray's job manager for a job's entrypoint alone (Ray 2.x sets neither RAY_JOB_ID,
+# which it removes, nor a RAY_SUBMISSION_ID there): its runtime env and metadata, as JSON
+RAY_JOB_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -203,6 +207,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, stop)
 
 
+def resume_hint() -> str:
+    """What resumes a stopped run: the same command again, or, where this process is a Ray
+    job's entrypoint (`ray job submit`, whose job manager passes it RAY_JOB_VAR: the job
+    stopped is not run again), the same job resubmitted."""
+    if RAY_JOB_VAR not in os.environ:
+        return "run the same command again to resume"
+    argv = list(sys.orig_argv)  # as typed: `python -m dbparallel ...`, `dbparallel ...`
+    if len(argv) > 1 and os.path.basename(argv[1]) == "dbparallel":  # the script's shebang
+        argv = ["dbparallel", *argv[2:]]  # put its interpreter first
+    return f"resubmit the same job to resume: `ray job submit ... -- {shlex.join(argv)}`"
+
+
 def _as_flag(said: str, args: argparse.Namespace) -> str:
     """An error that names a Python argument (``max_new: ...``, from the API's code) names
     the command's option instead (``--max-new: ...``), and so does its text where it names
@@ -229,7 +245,7 @@ def _run(args: argparse.Namespace, stop: StopSignals | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: checkpoints written stay
-        resume = " (run the same command again to resume)" if args.command in TRAINING else ""
+        resume = f" ({resume_hint()})" if args.command in TRAINING else ""
         stopped = stop.terminated(err) if stop is not None else isinstance(err, Terminated)
         print(f"\ndbparallel: {'stopped (SIGTERM)' if stopped else 'interrupted'}{resume}",
               file=sys.stderr)

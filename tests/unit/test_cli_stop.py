@@ -3,9 +3,12 @@ is told what is under way and lets the cleanup finish, a third quits at once."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +70,41 @@ def test_the_first_signal_decides_the_exit_code_whatever_ray_raises(signame: str
     assert done.returncode == code, done.stderr
     assert done.stderr.strip().splitlines()[-1] == \
         f"dbparallel: {'stopped (SIGTERM)' if code == 143 else 'interrupted'}"
+
+
+# `dbparallel train` whose training is stopped by SIGTERM at once (`dbparallel stop`, `ray job
+# stop`), as the installed script runs it: its file is named dbparallel
+TRAIN_SCRIPT = """
+import os, signal, sys, time
+from dbparallel import cli
+
+def work(args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+
+cli.cmd_train = work
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.parametrize("job", [False, True], ids=["command", "ray-job"])
+def test_a_stopped_run_says_to_run_it_again_and_a_ray_job_to_resubmit_it(
+        tmp_path: Path, job: bool) -> None:
+    script = tmp_path / "dbparallel"
+    script.write_text(TRAIN_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_JOB_CONFIG_JSON_ENV_VAR"}
+    if job:  # as Ray's job manager starts a job's entrypoint
+        env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps(
+            {"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_a1",
+                                             "job_name": "raysubmit_a1"}})
+    done = subprocess.run([sys.executable, str(script), "train", "jobs/tiny_cpu.yaml",
+                           "run.dir=s3://b/my run"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "dbparallel: stopped (SIGTERM) " + (
+        "(resubmit the same job to resume: `ray job submit ... -- dbparallel train "
+        "jobs/tiny_cpu.yaml 'run.dir=s3://b/my run'`)" if job
+        else "(run the same command again to resume)")
 
 
 def test_a_third_signal_quits_at_once() -> None:
