@@ -33,7 +33,8 @@ def _cluster(cfg: Config) -> Cluster:
         from dbparallel.runtime.launch import detect_cluster
 
         found = detect_cluster(cfg)
-        return Cluster(found.cpus, found.gpus, found.source, cfg.runtime.device_name)
+        return Cluster(found.cpus, found.gpus, found.source, cfg.runtime.device_name,
+                       found.joined)
     here = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
     return Cluster(float(cfg.runtime.num_cpus or os.cpu_count() or 1),
                    float(torch.cuda.device_count()), "this machine",

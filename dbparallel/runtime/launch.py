@@ -5,6 +5,7 @@ start the actors as the controller asks, drive it, write the report, clean up.""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,12 @@ from dbparallel.runtime.placement import (
 )
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.runtime.ray_backend import RayBackend
-from dbparallel.runtime.ray_connect import cluster_address, connect, metrics_line
+from dbparallel.runtime.ray_connect import (
+    cluster_address,
+    connect,
+    joined_name,
+    metrics_line,
+)
 from dbparallel.tasks import build_task
 from dbparallel.training.assembling import assembling
 from dbparallel.training.checkpoint import BlockCheckpoints
@@ -44,10 +50,10 @@ from dbparallel.training.status import resume_line
 
 log = logging.getLogger(__name__)
 def detect_cluster(cfg: Config) -> Cluster:
-    """The cluster at runtime.address / RAY_ADDRESS."""
+    """The cluster at runtime.address / RAY_ADDRESS, named by where it was joined."""
     connected = connect(cfg)
     try:
-        return cluster_now()
+        return dataclasses.replace(cluster_now(), joined=joined_name(cfg))
     finally:
         if connected:
             ray.shutdown()

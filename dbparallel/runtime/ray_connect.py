@@ -97,6 +97,18 @@ def cluster_address(cfg: Config) -> tuple[str, str]:
     return os.environ.get("RAY_ADDRESS", ""), "RAY_ADDRESS"
 
 
+def joined_name(cfg: Config) -> str:
+    """How a plan names the cluster this process joined: the setting and its address
+    (``RAY_ADDRESS=head:6379``); for ``auto``, also the address Ray found it at; with none
+    set, the local instance (a private one, or one ``ray.init`` joined before)."""
+    address, key = cluster_address(cfg)
+    if not address:
+        return "the local instance"
+    if address == "auto":
+        return f"{key}=auto: the local instance at {ray.get_runtime_context().gcs_address}"
+    return f"{key}={address}"
+
+
 def joining_failed(address: str, key: str, err: Exception | None,
                    reached: bool = False) -> str:
     """What to tell a user whose ``address`` (from ``key``) Ray could not join; where

@@ -35,7 +35,7 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
     slots, waves = c["concurrent_blocks"], c["waves"]
     if r.replicas_per_block > 1:
         unit = f"{r.replicas_per_block} x ({unit})"
-    lines = [f"cluster ({c['source']}): {have}; each block {unit}"
+    lines = [f"cluster ({c.get('joined') or c['source']}): {have}; each block {unit}"
              + (f", the assembly actor {assembler}" if assembler else ""),
              f"  {slots} of {counted(blocks, 'block')} at once: {counted(waves, 'wave')}; "
              f"{counted(c['replicas_per_block'], 'replica')} per block"]
@@ -150,6 +150,7 @@ class Cluster:
     gpus: float
     source: str  # "detected" (a running cluster), "runtime.devices", "this machine"
     device_name: str = ""  # the GPUs' model (H100, ...): the step-rate estimate's peak
+    joined: str = ""  # a detected cluster's address, as given ("RAY_ADDRESS=head:6379")
 
 
 def concurrent_blocks(cfg: Config, cluster: Cluster) -> int:
@@ -192,6 +193,7 @@ def cluster_plan(cfg: Config, cluster: Cluster, block_bytes: list[int],
     limit = r.device_memory_bytes
     cpus = cluster.cpus if math.isfinite(cluster.cpus) else None  # JSON has no infinity
     return {"cpus": cpus, "gpus": cluster.gpus, "source": cluster.source,
+            "joined": cluster.joined or None,
             "concurrent_blocks": slots, "waves": math.ceil(cfg.model.blocks / slots),
             "replicas_per_block": r.replicas_per_block, "blocks_per_device": min(sharing, slots),
             "memory_per_device_bytes": per_device, "device_memory_bytes": limit or None,

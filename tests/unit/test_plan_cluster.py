@@ -94,6 +94,23 @@ def test_waves_and_memory_per_device_on_a_gpu_cluster() -> None:
     assert "2 of 4 blocks at once: 2 waves" in lines and "every block" not in lines
 
 
+def test_a_joined_cluster_is_named_by_its_address(monkeypatch) -> None:
+    from dbparallel.runtime.ray_connect import joined_name
+
+    cfg = _cfg("model.blocks=4", "runtime.gpus_per_block=1")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert joined_name(cfg) == "RAY_ADDRESS=10.0.0.1:6379"
+    named = _cfg("model.blocks=4", "runtime.gpus_per_block=1", "runtime.address=head:6379")
+    assert joined_name(named) == "runtime.address=head:6379"  # it comes before RAY_ADDRESS
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert joined_name(cfg) == "the local instance"
+    plan = cluster_plan(cfg, Cluster(64, 8, "detected", joined="RAY_ADDRESS=10.0.0.1:6379"),
+                        block_memory(cfg))
+    assert (plan["source"], plan["joined"]) == ("detected", "RAY_ADDRESS=10.0.0.1:6379")
+    assert cluster_lines(cfg, plan)[0] == \
+        "cluster (RAY_ADDRESS=10.0.0.1:6379): 8 GPUs, 64 CPUs; each block 1 GPU + 0.5 CPU"
+
+
 def test_plan_command_shows_the_cluster(capsys) -> None:
     assert cli.main(["plan", *SMALL, "model.blocks=auto", "runtime.device_memory=8GiB",
                      "runtime.devices=2", "runtime.gpus_per_block=1"]) == 0
