@@ -7,7 +7,6 @@ import argparse
 import logging
 import os
 import re
-import shlex
 import sys
 from collections.abc import Sequence
 
@@ -22,14 +21,11 @@ from dbparallel.cli_stop import (
 )
 from dbparallel.config import Config, ConfigError, describe, load_config, notes, unchecked
 from dbparallel.errors import UserError
-from dbparallel.shell import shell_path
+from dbparallel.shell import RAY_JOB_VAR, resubmit_line, shell_path
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
 TRAINING = ("train", "baseline")  # commands whose rerun resumes the run
-# set by Ray's job manager for a job's entrypoint alone (Ray 2.x sets neither RAY_JOB_ID,
-# which it removes, nor a RAY_SUBMISSION_ID there): its runtime env and metadata, as JSON
-RAY_JOB_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -213,10 +209,7 @@ def resume_hint() -> str:
     stopped is not run again), the same job resubmitted."""
     if RAY_JOB_VAR not in os.environ:
         return "run the same command again to resume"
-    argv = list(sys.orig_argv)  # as typed: `python -m dbparallel ...`, `dbparallel ...`
-    if len(argv) > 1 and os.path.basename(argv[1]) == "dbparallel":  # the script's shebang
-        argv = ["dbparallel", *argv[2:]]  # put its interpreter first
-    return f"resubmit the same job to resume: `ray job submit ... -- {shlex.join(argv)}`"
+    return resubmit_line(sys.orig_argv)
 
 
 def _as_flag(said: str, args: argparse.Namespace) -> str:

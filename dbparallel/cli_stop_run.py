@@ -10,7 +10,7 @@ import math
 
 from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
 from dbparallel.errors import UserError
-from dbparallel.shell import shell_path
+from dbparallel.shell import resubmit_line, shell_path
 from dbparallel.training.stop_run import Hold
 
 WAIT_S = 60.0  # the longest --wait's default waits for the processes signalled to stop
@@ -95,6 +95,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from dbparallel.training.stop_run import (
         find_assembly,
         find_holds,
+        ray_job_argv,
         send_sigterm,
         wait_ended,
     )
@@ -110,7 +111,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if not holds:
         print(f"{args.run_dir}: no block's write lease is held: nothing to stop")
         return 0
-    sent = send_sigterm(holds)
+    jobs = {h.process: ray_job_argv(h.pid) for h in holds if h.kind == "signal"}  # while
+    sent = send_sigterm(holds)  # /proc has them
     still_held = False
     for process, why in sent.items():
         mine = [h for h in holds if h.kind == "signal" and h.process == process]
@@ -140,7 +142,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
         for hold in waiting:
             print(_waited(hold, *states[hold.block], args.wait))
         still_held |= not all(released or ended for released, ended in states.values())
-    if any(h.kind == "signal" and not sent[h.process] for h in holds):
+    stopped = {h.process for h in holds if h.kind == "signal" and not sent[h.process]}
+    for argv in sorted({tuple(argv) for p in stopped if (argv := jobs[p])}):
+        print(resubmit_line(argv))  # a Ray job's entrypoint: the job ends with it
+    if any(not jobs[p] for p in stopped):
         print("the same train command resumes the run")
     return EXIT_HELD if still_held else 0
 
@@ -157,7 +162,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "Python (dbparallel.train, where its program left SIGTERM's default); and to the "
         "process assembling the blocks (--local, or a Ray run's driver), recorded in "
         "the run directory. Each stops where it is and releases its leases, as on Ctrl-C; "
-        "the same train command resumes the run. Nothing else is ever signalled, and never "
+        "the same train command resumes the run (a Ray job's driver: the job resubmitted, "
+        "its command named). Nothing else is ever signalled, and never "
         "SIGKILL. A holder of another machine or container is named with the host and the "
         "command to run there. Exit codes: 0 nothing held, or every holder signalled (and, "
         "with --wait, ended or its leases released); 1 a block is still held, or the run's "

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbparallel.config import Config
+from dbparallel.shell import RAY_JOB_VAR
 from dbparallel.training.assembling import assembler
 from dbparallel.training.holder import (
     holder_alive,
@@ -155,6 +156,20 @@ def send_sigterm(holds: list[Hold]) -> dict[tuple[str, str], str]:
         except PermissionError as err:
             sent[hold.process] = err.strerror or "not permitted"
     return sent
+
+
+def ray_job_argv(pid: str) -> list[str] | None:
+    """The command line of process ``pid`` of this machine where it is a Ray job's entrypoint
+    (its environment holds RAY_JOB_VAR, which Ray's job manager sets for that process alone:
+    a stopped job is resubmitted, not run again), else None (none, or /proc does not say)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            job = any(v.startswith(RAY_JOB_VAR.encode() + b"=") for v in f.read().split(b"\0"))
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [os.fsdecode(word) for word in f.read().split(b"\0")[:-1]]
+    except OSError:  # ended, another user's, or not Linux
+        return None
+    return argv if job and argv else None
 
 
 def hold_state(storage: Storage, hold: Hold) -> tuple[bool, bool]:

@@ -123,6 +123,30 @@ def test_a_ray_run_s_driver_is_sent_sigterm_once_and_its_block_processes_none(
         "the same train command resumes the run"]
 
 
+def test_a_ray_job_s_driver_is_stopped_and_its_job_to_be_resubmitted(
+        tmp_path: Path, capsys) -> None:
+    storage = _run_dir(tmp_path)
+    script = tmp_path / "dbparallel"  # as the installed script, run by its shebang's python
+    script.write_text("import time; time.sleep(600)")
+    env = {**os.environ, "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(  # as Ray's job manager
+        {"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_a1"}})}
+    driver = subprocess.Popen([sys.executable, str(script), "train", "jobs/tiny_cpu.yaml",
+                               "run.dir=s3://b/my run"], env=env)
+    actors = _actors(storage.uri(), f"0123abcd@{HOST}:{driver.pid}")
+    try:
+        assert cli.main(["stop", storage.uri(), "--wait", "0"]) == 0
+        assert driver.wait(timeout=HANG_S) == -signal.SIGTERM
+    finally:
+        for proc in (driver, *actors):
+            proc.kill()
+            proc.wait()
+    assert capsys.readouterr().out.splitlines() == [
+        f"blocks 0, 1: the Ray run whose driver is pid {driver.pid} on {HOST} trains them: "
+        f"SIGTERM sent to the driver",
+        "resubmit the same job to resume: `ray job submit ... -- dbparallel train "
+        "jobs/tiny_cpu.yaml 'run.dir=s3://b/my run'`"]
+
+
 def _lease(storage: Storage, block: int, host: str, pid: int | str, renewed_at: float,
            session: str = "0123abcd", start: str | None = None, **more: float) -> None:
     """A lease of ``block`` held by ``pid`` on ``host``; ``start``: the process start it
