@@ -91,6 +91,7 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
                     recorder.record(stats, run.trainer)
 
                 run.train_until(cfg.train.steps_of(b), on_step)
+                recorder.finished()  # the alerts' "a process trains it" ends with it
             finally:
                 run.close()
             per_block.append(run.summary())

@@ -7,6 +7,7 @@ gain ``_total``: ``dbparallel_block_steps`` is scraped as ``ray_dbparallel_block
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -88,6 +89,10 @@ class Sink:
     def inc(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
         raise NotImplementedError
 
+    def drop(self, spec: MetricSpec, tags: dict[str, str]) -> None:
+        """Stop exporting the gauge ``spec`` of ``tags`` (nothing where it was never set)."""
+        raise NotImplementedError
+
 
 class MemorySink(Sink):
     """Keeps the last value of every gauge and the sum of every counter (tests, reports)."""
@@ -104,6 +109,9 @@ class MemorySink(Sink):
     def inc(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
         key = self._key(spec, tags)
         self.values[key] = self.values.get(key, 0.0) + value
+
+    def drop(self, spec: MetricSpec, tags: dict[str, str]) -> None:
+        self.values.pop(self._key(spec, tags), None)
 
     def get(self, name: str, **tags: str) -> float | None:
         return self.values.get((name, tuple(sorted(tags.items()))))
@@ -128,6 +136,9 @@ class RaySink(Sink):
 
     def inc(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
         self._metric(spec).inc(value, tags)
+
+    def drop(self, spec: MetricSpec, tags: dict[str, str]) -> None:
+        pass  # Ray stops exporting a worker's gauges once the process ends
 
 
 class PrometheusSink(Sink):
@@ -154,6 +165,10 @@ class PrometheusSink(Sink):
 
     def inc(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
         self._metric(spec).labels(**tags).inc(value)
+
+    def drop(self, spec: MetricSpec, tags: dict[str, str]) -> None:
+        with contextlib.suppress(KeyError):  # never set
+            self._metric(spec).remove(*(tags[k] for k in spec.tag_keys))
 
     def serve(self, port: int) -> tuple[Any, int]:
         """Start the HTTP endpoint on ``port``, or on the first free one of the
@@ -225,6 +240,12 @@ class BlockRecorder:
 
     def stalled(self, is_stalled: bool) -> None:
         self.sink.set(SPEC["dbparallel_block_stalled"], float(is_stalled), self.tags)
+
+    def finished(self) -> None:
+        """No process trains the block any more (a --local run goes on to the next): its
+        step-time gauge goes, as a Ray worker's gauges go when it ends; the alerts read that
+        gauge as "a process trains the block" (deploy/prometheus/alerts.yaml)."""
+        self.sink.drop(SPEC["dbparallel_block_step_time_seconds"], self.tags)
 
 
 class AssemblyRecorder:

@@ -119,3 +119,31 @@ def test_a_busy_port_moves_to_a_free_one_after_it_or_names_the_key() -> None:
             assert busy < served < busy + PORT_TRIES
         finally:
             server.shutdown()
+
+
+def test_a_finished_block_stops_exporting_its_step_time_and_keeps_the_rest() -> None:
+    # the alerts read the step-time gauge as "a process trains the block": a --local run
+    # that goes on to its next block drops it, as a Ray worker's gauges go when it ends
+    sink = PrometheusSink()
+    port = _free_port()
+    server, _ = sink.serve(port)
+    try:
+        recorder = BlockRecorder("run1", 0, (0.3, 80.0), sink)
+        recorder.record(StepStats(1, 0.5, True, 0.1, 8), _Trainer())
+        BlockRecorder("run1", 1, None, sink).record(StepStats(1, 0.7, True, 0.2, 8), _Trainer())
+        recorder.finished()
+        recorder.finished()  # (nothing left to drop: no error)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        text = text.decode()
+    finally:
+        server.shutdown()
+    assert 'ray_dbparallel_block_step_time_seconds{block="0"' not in text
+    assert 'ray_dbparallel_block_step_time_seconds{block="1",run="run1"} 0.2' in text
+    assert 'ray_dbparallel_block_loss{block="0",run="run1"} 0.5' in text
+    assert 'ray_dbparallel_block_steps_total{block="0",run="run1"} 1.0' in text
+    memory = MemorySink()
+    recorder = BlockRecorder("run1", 0, None, memory)
+    recorder.record(StepStats(1, 0.5, True, 0.1, 8), _Trainer())
+    recorder.finished()
+    assert memory.get("dbparallel_block_step_time_seconds", run="run1", block="0") is None
+    assert memory.get("dbparallel_block_loss", run="run1", block="0") == 0.5
