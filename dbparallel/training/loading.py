@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 
 from dbparallel.config import Config
@@ -21,7 +20,7 @@ from dbparallel.training.run_dir import (
     run_config,
 )
 from dbparallel.training.snapshots import load_snapshots
-from dbparallel.training.storage import Storage, split_uri
+from dbparallel.training.storage import Storage, reached, split_uri
 
 TEXT_TASKS = ("mdm", "ar", "looped")
 log = logging.getLogger(__name__)
@@ -71,11 +70,7 @@ def _check_step(step: object) -> None:
 
 def is_file(source: str) -> bool:
     """Whether ``source`` names a file (an export) rather than a directory."""
-    try:
-        storage = Storage(source)
-        kind = storage.fs.get_file_info(storage.path("")).type
-    except (pa.ArrowException, OSError) as err:
-        raise RunDirError(f"{source}: cannot be reached: {err}") from None
+    kind = reached(source)[1].type
     if kind == pafs.FileType.NotFound:
         raise RunDirError(f"{source}: no such run directory or export file")
     return kind == pafs.FileType.File

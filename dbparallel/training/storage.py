@@ -128,12 +128,17 @@ def reach(root: str, shown: str = "") -> Storage:
     (default ``root``) where it cannot be reached (no server at the endpoint, a bucket whose
     region cannot be resolved, no credentials), the first thing a command reads of a run
     directory, instead of the traceback of the first read."""
+    return reached(root, shown)[0]
+
+
+def reached(root: str, shown: str = "") -> tuple[Storage, pafs.FileInfo]:
+    """``reach``, with what its store answered of ``root`` itself (a directory, a file, or
+    nothing there)."""
     try:
         storage = Storage(root)
-        storage.fs.get_file_info(storage.path(""))
+        return storage, storage.fs.get_file_info(storage.path(""))
     except (pa.ArrowException, OSError) as err:
         raise RunDirError(f"{shown or root}: cannot be reached: {err}") from None
-    return storage
 
 
 def split_uri(path: str) -> tuple[str, str]:
