@@ -52,7 +52,8 @@ def unavailable_message(block: int, error: Exception, asked: int) -> str:
     else:
         said = f"block {block}: its data is out of reach"
     said += f": asking again, {asked} of {MAX_UNAVAILABLE}"
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
     if isinstance(error, BlockUnavailable):
         return said + (f" (Ray: {first})" if asked == 1 else "")
     return f"{said} ({first})"
