@@ -139,7 +139,8 @@ def status(run_dir: str | os.PathLike) -> RunStatus:
     """Where the run in ``run_dir`` (path or URI) stands, read from its files alone, as
     ``dbparallel status`` prints it: ``.state``, ``.blocks`` (each with ``state``,
     ``logged_step``, ``checkpoint_step``, ``loss``, ``writer``, ...), ``.assembly``,
-    ``.report``; ``.to_json()`` gives a dict."""
+    ``.report``, ``.run`` and ``.run_id`` (its metrics' labels); ``.to_json()`` gives a
+    dict."""
     from dbparallel.training.run_dir import run_config
     from dbparallel.training.status import run_status
     from dbparallel.training.storage import Storage

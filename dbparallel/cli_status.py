@@ -8,6 +8,7 @@ import json
 
 from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
 from dbparallel.config import bytes_text
+from dbparallel.runtime.metrics import series_line
 from dbparallel.shell import shell_path
 from dbparallel.training.failure import failed_when
 from dbparallel.training.status import REPORT_REMEDY, BlockStatus, RunStatus
@@ -63,6 +64,8 @@ def render(status: RunStatus) -> str:
              f"{status.state}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
               for r in rows]
+    if status.run_id:
+        lines.append(series_line(status.run, status.run_id))
     if status.assembly:
         scores = ", ".join(f"{k} {bytes_text(v) if '_bytes' in k else _num(v)}"
                            for k, v in status.assembly.items()

@@ -21,16 +21,17 @@ RESTARTS = "assembler_restarts.json"
 
 class AssemblerActor:
     """Loads every block's snapshot, samples with the routed sampler, scores the samples on
-    the evaluation rows it streams from the run's pinned data."""
+    the evaluation rows it streams from the run's pinned data; ``run_id`` (the run
+    directory's) labels its metrics."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, run_id: str):
         self.device = assembly_device(cfg)
         torch.set_num_threads(cfg.runtime.torch_threads)
         self.cfg = cfg
         self.storage = Storage(cfg.run_dir)
         self.index = run_data(cfg, self.storage)
         set_matmul_precision(cfg.train.precision, self.device)
-        self.recorder = AssemblyRecorder(cfg.run.name)
+        self.recorder = AssemblyRecorder(cfg.run.name, run_id)
         with warnings.catch_warnings():  # Ray's own property warns about its internals
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed

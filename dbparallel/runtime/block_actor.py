@@ -1,9 +1,10 @@
 """The block actor: a thin shell around one BlockRun on its own device.
 
-It takes only the config and its block index (small, inlined in the actor's creation, never
-objects in the object store that a lost node could take with it), reads the run's pinned data
-index from the run directory, streams the data files itself, resumes from its own latest
-checkpoint, trains in chunks the controller asks for, and sends nothing to any other block.
+It takes only the config, its block index, the driver's session and the run directory's id
+(small, inlined in the actor's creation, never objects in the object store that a lost node
+could take with it), reads the run's pinned data index from the run directory, streams the
+data files itself, resumes from its own latest checkpoint, trains in chunks the controller
+asks for, and sends nothing to any other block.
 ``ray.remote`` is applied where it is started (ray_backend.py).
 
 Its start takes the block's write lease before anything else in the run directory, and counts
@@ -37,10 +38,11 @@ from dbparallel.training.storage import Storage
 
 class BlockActor:
     """Trains block ``block`` of ``cfg`` on the data pinned in the run directory; ``session``
-    (the driver's) lets a restarted incarnation take the block's write lease over."""
+    (the driver's) lets a restarted incarnation take the block's write lease over; ``run_id``
+    (the run directory's, training/run_id.py) labels its metrics, as every incarnation's."""
 
-    def __init__(self, cfg: Config, block: int, session: str):
-        self.cfg, self.block = cfg, block
+    def __init__(self, cfg: Config, block: int, session: str, run_id: str):
+        self.cfg, self.block, self.run_id = cfg, block, run_id
         # An error of the start (a block another process trains, a damaged run directory) is
         # raised by the first call: Ray keeps a call's exception as its cause, where a failed
         # creation reaches the driver only as text, and bad input must stay bad input (exit 2)
@@ -72,7 +74,8 @@ class BlockActor:
         # recorded as the block's failure at its start
         self.run = BlockRun(cfg, block, None, storage, partial(block_device, cfg),
                             session=session, lease=lease)
-        self.recorder = BlockRecorder(cfg.run.name, block, self.run.trainer.sigma_range)
+        self.recorder = BlockRecorder(cfg.run.name, self.run_id, block,
+                                      self.run.trainer.sigma_range)
         self.recorder.resumed(self.restarts, self.run.trainer.nonfinite_steps)
         self.last: StepStats | None = None
 

@@ -27,7 +27,8 @@ from dbparallel.training.replicas import Replicas
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
-def trainer_for(cfg: Config, block: int, session: str, queue: Any) -> TorchTrainer:
+def trainer_for(cfg: Config, block: int, session: str, run_id: str,
+                queue: Any) -> TorchTrainer:
     """Block ``block``'s TorchTrainer: runtime.replicas_per_block workers, each with
     runtime.cpus_per_block CPUs and runtime.gpus_per_block GPUs."""
     r = cfg.runtime
@@ -40,7 +41,8 @@ def trainer_for(cfg: Config, block: int, session: str, queue: Any) -> TorchTrain
     os.environ.setdefault(PREEMPTION_WATCHER, "0")
     return TorchTrainer(
         train_replica,
-        train_loop_config={"cfg": cfg, "block": block, "session": session, "queue": queue},
+        train_loop_config={"cfg": cfg, "block": block, "session": session, "run_id": run_id,
+                           "queue": queue},
         scaling_config=ScalingConfig(num_workers=r.replicas_per_block,
                                      use_gpu=bool(r.gpus_per_block),
                                      resources_per_worker=resources),
@@ -51,13 +53,14 @@ def trainer_for(cfg: Config, block: int, session: str, queue: Any) -> TorchTrain
 
 
 def train_replica(config: dict[str, Any]) -> None:
-    """The train loop of one worker (replica_worker.py): ``config`` holds cfg, block, session
-    and queue."""
+    """The train loop of one worker (replica_worker.py): ``config`` holds cfg, block, session,
+    run_id and queue."""
     cfg: Config = config["cfg"]
     replicas = Replicas.from_process_group()
     assert replicas is not None, "a block with replicas runs in a process group"
-    run_replica(cfg, int(config["block"]), config["session"], config["queue"], replicas,
-                str(get_device()), ray.get_runtime_context().current_actor)
+    run_replica(cfg, int(config["block"]), config["session"], config["run_id"],
+                config["queue"], replicas, str(get_device()),
+                ray.get_runtime_context().current_actor)
 
 
 class Roster:
@@ -84,7 +87,7 @@ class Roster:
 class BlockGroup:
     """One block's worker group as the backend sees it."""
 
-    def __init__(self, cfg: Config, block: int, session: str, queue: Any):
+    def __init__(self, cfg: Config, block: int, session: str, run_id: str, queue: Any):
         self.block = block
         self.max_restarts = cfg.train.max_restarts
         self.latest: dict[str, Any] | None = None  # rank 0's last progress
@@ -95,7 +98,7 @@ class BlockGroup:
         self.error_rank = 0  # the worker that met it
         self.error_step: int | None = None  # the step it was training (None: its start)
         self.fitted: Future[None] = Future()
-        trainer = trainer_for(cfg, block, session, queue)
+        trainer = trainer_for(cfg, block, session, run_id, queue)
         threading.Thread(target=self._fit, args=(trainer,), daemon=True,
                          name=f"block-{block}-fit").start()
 

@@ -17,7 +17,7 @@ from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
 from dbparallel.runtime.controller import Controller
 from dbparallel.runtime.data_check_ray import cluster_units
-from dbparallel.runtime.metrics import AssemblyRecorder, BlockRecorder, RaySink
+from dbparallel.runtime.metrics import AssemblyRecorder, BlockRecorder, RaySink, series_line
 from dbparallel.runtime.placement import (
     cluster_now,
     refuse_what_cannot_fit_here,
@@ -45,6 +45,7 @@ from dbparallel.training.history import AssemblyLog
 from dbparallel.training.holder import driver_session
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import check_resumable, open_run
+from dbparallel.training.run_id import ensure_run_id
 from dbparallel.training.session_lease import release_session
 from dbparallel.training.status import resume_line
 
@@ -101,7 +102,9 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         if validate:
             report_check(cfg, index, check_on_cluster(cfg, index, progress=progress))
         storage = open_run(cfg)
+        run_id = ensure_run_id(storage)  # every process of the run labels its metrics with it
         pin_data(storage, index, start=True)
+        print(series_line(cfg.run.name, run_id), flush=True)
         resuming = resume_line(storage, cfg, list(range(cfg.model.blocks)))
         if resuming:
             print(resuming, flush=True)
@@ -109,11 +112,12 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
             print(f"runtime: {slots} of {cfg.model.blocks} blocks train at once; the others "
                   f"queue and start as blocks finish (runtime.max_concurrent_blocks)", flush=True)
         pg, assembly_index, slots = reserve_start(cfg, slots, data_bytes)
-        backend = RayBackend(cfg, pg, slots, session, assembly_index)
+        backend = RayBackend(cfg, pg, slots, session, run_id, assembly_index)
         bars = BlockBars(cfg.model.blocks,
                          [cfg.train.steps_of(b) for b in range(cfg.model.blocks)], progress)
-        stall = [BlockRecorder(cfg.run.name, b, None, RaySink()) for b in range(cfg.model.blocks)]
-        assembly = AssemblyRecorder(cfg.run.name, RaySink())
+        stall = [BlockRecorder(cfg.run.name, run_id, b, None, RaySink())
+                 for b in range(cfg.model.blocks)]
+        assembly = AssemblyRecorder(cfg.run.name, run_id, RaySink())
         bars.queue(list(range(slots, cfg.model.blocks)))  # the lowest blocks start first
         controller = Controller(cfg, backend, on_progress=bars.update, on_start=bars.start,
                                 on_stall=lambda b, stalled: stall[b].stalled(stalled),
@@ -158,7 +162,7 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
               ("free the placement group", (lambda: release(pg)) if pg is not None else None),
               ("disconnect from Ray", ray.shutdown if connected else None))
     assert storage is not None
-    report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
+    report = build_report(cfg, run_id, per_block, metrics, time.perf_counter() - start)
     report["concurrent_blocks"] = slots
     report["replicas_per_block"] = cfg.runtime.replicas_per_block
     write_report(storage, report)

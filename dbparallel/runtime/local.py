@@ -18,6 +18,7 @@ from dbparallel.runtime.metrics import (
     PrometheusSink,
     Sink,
     port_line,
+    series_line,
 )
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.training.assemble import assemble
@@ -29,6 +30,7 @@ from dbparallel.training.history import AssemblyLog
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import open_run
+from dbparallel.training.run_id import ensure_run_id
 from dbparallel.training.status import resume_line
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
     assembly = assembly_device(cfg) if only_blocks is None else "cpu"
     torch.set_num_threads(cfg.runtime.torch_threads)
     storage = open_run(cfg, blocks)
+    run_id = ensure_run_id(storage)  # the label of this run's metrics, whichever blocks it trains
     if index is None:
         from dbparallel.data.sources import open_data
 
@@ -77,13 +80,15 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
         sink = PrometheusSink()
         server, port = sink.serve(cfg.metrics.port)
         print(port_line(cfg.metrics.port, port), flush=True)
+        print(series_line(cfg.run.name, run_id), flush=True)
     bars = BlockBars(blocks, [cfg.train.steps_of(b) for b in blocks], progress)
     per_block = []
     try:
         for b in blocks:
             run = BlockRun(cfg, b, index, storage, device)
             try:  # from here on the block's lease is released however the process stops
-                recorder = BlockRecorder(cfg.run.name, b, run.trainer.sigma_range, sink)
+                recorder = BlockRecorder(cfg.run.name, run_id, b, run.trainer.sigma_range,
+                                         sink)
                 bars.update(b, run.trainer.step)
 
                 def on_step(stats, b=b, run=run, recorder=recorder) -> None:
@@ -100,13 +105,13 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
             # no lease held from here: `dbparallel stop` finds it by its record
             with assembling(storage, cfg.train.lease_timeout_s):
                 metrics = assemble(cfg, storage, index, assembly)
-                AssemblyRecorder(cfg.run.name, sink).record(metrics)
+                AssemblyRecorder(cfg.run.name, run_id, sink).record(metrics)
                 assemblies.append(int(metrics["block_steps_min"]), metrics)
     finally:
         bars.close()
         if server is not None:
             server.shutdown()
-    report = build_report(cfg, per_block, metrics, time.perf_counter() - start)
+    report = build_report(cfg, run_id, per_block, metrics, time.perf_counter() - start)
     if only_blocks is None:  # a subset's process leaves the run's files to the whole run
         write_report(storage, report)
         write_curves(storage)

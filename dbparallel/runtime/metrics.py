@@ -3,6 +3,11 @@
 Recording a number (trainers return stats) is separate from exporting it (this module).
 Through Ray's metrics system each name is exported with Ray's ``ray_`` prefix, and counters
 gain ``_total``: ``dbparallel_block_steps`` is scraped as ``ray_dbparallel_block_steps_total``.
+
+Labels: ``run`` (run.name, shared by every run of a recipe: what dashboards and alerts pick
+runs by), ``run_id`` (the run directory's id, training/run_id.py: an earlier run of that name,
+whose dead workers' counters Ray keeps exporting, or one training beside it, is told apart)
+and, for blocks, ``block``. No per-process or per-step label.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Kind = Literal["gauge", "counter"]
+RUN_LABELS = ("run", "run_id")  # the labels of a run's series: run.name, the run directory's id
 
 
 @dataclass(frozen=True)
@@ -21,7 +27,7 @@ class MetricSpec:
     name: str
     kind: Kind
     description: str
-    tag_keys: tuple[str, ...] = ("run", "block")
+    tag_keys: tuple[str, ...] = ("run", "run_id", "block")
 
 
 BLOCK_METRICS: tuple[MetricSpec, ...] = (
@@ -54,13 +60,13 @@ BLOCK_METRICS: tuple[MetricSpec, ...] = (
 ASSEMBLY_PREFIX = "dbparallel_assembly_"
 ASSEMBLY_KEYS: tuple[str, ...] = ("sample_accuracy", "fd_indomain", "fid", "kid", "accuracy", "bpc")
 ASSEMBLY_METRICS: tuple[MetricSpec, ...] = tuple(
-    MetricSpec(ASSEMBLY_PREFIX + key, "gauge", f"Composed network: {key}", ("run",))
+    MetricSpec(ASSEMBLY_PREFIX + key, "gauge", f"Composed network: {key}", RUN_LABELS)
     for key in ASSEMBLY_KEYS
 )
 
 RUN_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("dbparallel_assembly_failures", "counter",
-               "Assemblies during training that failed (training went on)", ("run",)),
+               "Assemblies during training that failed (training went on)", RUN_LABELS),
 )
 
 ALL_METRICS: tuple[MetricSpec, ...] = BLOCK_METRICS + ASSEMBLY_METRICS + RUN_METRICS
@@ -193,10 +199,10 @@ SPEC = {spec.name: spec for spec in ALL_METRICS}
 class BlockRecorder:
     """Turns one block's step stats into metric values."""
 
-    def __init__(self, run: str, block: int, sigma_range: tuple[float, float] | None,
-                 sink: Sink | None = None):
+    def __init__(self, run: str, run_id: str, block: int,
+                 sigma_range: tuple[float, float] | None, sink: Sink | None = None):
         self.sink = sink or RaySink()
-        self.tags = {"run": run, "block": str(block)}
+        self.tags = {"run": run, "run_id": run_id, "block": str(block)}
         if sigma_range is not None:
             self.sink.set(SPEC["dbparallel_block_sigma_low"], sigma_range[0], self.tags)
             self.sink.set(SPEC["dbparallel_block_sigma_high"], sigma_range[1], self.tags)
@@ -251,9 +257,9 @@ class BlockRecorder:
 class AssemblyRecorder:
     """Exports the composed network's metrics as ``dbparallel_assembly_<key>``."""
 
-    def __init__(self, run: str, sink: Sink | None = None):
+    def __init__(self, run: str, run_id: str, sink: Sink | None = None):
         self.sink = sink or RaySink()
-        self.tags = {"run": run}
+        self.tags = {"run": run, "run_id": run_id}
 
     def failed(self) -> None:
         """One more assembly during training failed."""
@@ -297,3 +303,12 @@ def port_line(asked: int, port: int) -> str:
     """What a run prints of the metrics port it serves on."""
     moved = f" ({asked} is in use)" if port != asked else ""
     return f"metrics: http://127.0.0.1:{port}/metrics{moved}"
+
+
+def series_line(run: str, run_id: str) -> str:
+    """What a run prints of the labels that pick its series out (the dashboard's Run and Run
+    ID): ``metrics: this run's series: ray_dbparallel_*{run="tiny",run_id="3f9a1c2b7d4e"}``."""
+    import json
+
+    name, id_ = (json.dumps(v, ensure_ascii=False) for v in (run, run_id))  # PromQL's quotes
+    return f"metrics: this run's series: {RAY_PREFIX}dbparallel_*{{run={name},run_id={id_}}}"

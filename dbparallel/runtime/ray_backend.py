@@ -32,9 +32,10 @@ class RayBackend:
     (block_group.py) that places its own workers; ``pg`` then holds only the assembly
     actor's bundle, if any, at ``assembly_index``."""
 
-    def __init__(self, cfg: Config, pg: Any, slots: int, session: str,
+    def __init__(self, cfg: Config, pg: Any, slots: int, session: str, run_id: str,
                  assembly_index: int | None = None):
         self.cfg, self.pg, self.slots, self.session = cfg, pg, slots, session
+        self.run_id = run_id  # the run directory's: every process's metrics carry it
         self.assembly_index = slots if assembly_index is None else assembly_index
         self.actors: dict[int, Any] = {}  # the blocks training now
         self.groups: dict[int, BlockGroup] = {}  # the blocks with replicas training now
@@ -50,13 +51,14 @@ class RayBackend:
                 from ray.util.queue import Queue
 
                 self.queue = Queue(actor_options={"num_cpus": 0})
-            self.groups[block] = BlockGroup(self.cfg, block, self.session, self.queue)
+            self.groups[block] = BlockGroup(self.cfg, block, self.session, self.run_id,
+                                            self.queue)
             return
         self.actors[block] = ray.remote(BlockActor).options(
             num_cpus=r.cpus_per_block, num_gpus=r.gpus_per_block,
             max_restarts=t.max_restarts, max_task_retries=t.max_restarts,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, slot),
-        ).remote(self.cfg, block, self.session)
+        ).remote(self.cfg, block, self.session, self.run_id)
 
     def finish_block(self, block: int) -> None:
         if block in self.groups:
@@ -84,7 +86,7 @@ class RayBackend:
                 num_cpus=r.assembly_cpus, num_gpus=r.assembly_gpus, name=None,
                 max_restarts=self.cfg.train.max_restarts,
                 max_task_retries=self.cfg.train.max_restarts, **placed,
-            ).remote(self.cfg)
+            ).remote(self.cfg, self.run_id)
         self.pending[self.assembler.assemble.remote(write_samples)] = ("assemble", None)
 
     def poll(self, timeout_s: float) -> list[Event]:

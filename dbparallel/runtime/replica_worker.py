@@ -46,12 +46,13 @@ from dbparallel.training.session_lease import take_lease
 from dbparallel.training.storage import Storage
 
 
-def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Replicas,
-                gpu: str, actor: Any, sink: Sink | None = None) -> None:
+def run_replica(cfg: Config, block: int, session: str, run_id: str, queue: Any,
+                replicas: Replicas, gpu: str, actor: Any, sink: Sink | None = None) -> None:
     """Train block ``block`` as ``replicas``' rank, on ``gpu`` (the device Ray Train gave this
     worker) where ``cfg`` asks for a GPU, else on the CPU, posting (kind, block, payload)
     messages on ``queue``; ``actor``: this worker's handle, which the driver kills to restart
-    the group; ``sink``: where rank 0 records its metrics (Ray's by default)."""
+    the group; ``sink``: where rank 0 records its metrics (Ray's by default), labelled with
+    ``run_id``, the run directory's."""
     torch.set_num_threads(cfg.runtime.torch_threads)
     # opened before the lease, which is a file in it: an error opening it cannot be recorded
     # there (the driver's error names it)
@@ -71,7 +72,7 @@ def run_replica(cfg: Config, block: int, session: str, queue: Any, replicas: Rep
         restarts = int(replicas.sum(torch.tensor([restarts], device=run.trainer.device)).item())
         recorder = None
         if replicas.writer:
-            recorder = BlockRecorder(cfg.run.name, block, run.trainer.sigma_range, sink)
+            recorder = BlockRecorder(cfg.run.name, run_id, block, run.trainer.sigma_range, sink)
             recorder.resumed(restarts, run.trainer.nonfinite_steps)
             queue.put(("start", block, {"restarts": restarts, "actor": actor}))
         else:

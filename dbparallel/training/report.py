@@ -9,12 +9,15 @@ from dbparallel.tasks import build_task
 from dbparallel.training.storage import Storage
 
 
-def build_report(cfg: Config, per_block: list[dict[str, Any]], assembly: dict[str, float],
-                 wall_time_s: float) -> dict[str, Any]:
+def build_report(cfg: Config, run_id: str, per_block: list[dict[str, Any]],
+                 assembly: dict[str, float], wall_time_s: float) -> dict[str, Any]:
+    """The report of ``cfg``'s run, whose run directory's id is ``run_id`` (the label of its
+    metrics, with ``run``)."""
     partition = build_task(cfg).partition
     return {
         "task": cfg.task,
         "run": cfg.run.name,
+        "run_id": run_id,
         "blocks": cfg.model.blocks,
         "partition": [list(r) for r in partition.ranges],
         "per_block": sorted(per_block, key=lambda row: row["block"]),

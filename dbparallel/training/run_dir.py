@@ -23,14 +23,15 @@ from dbparallel.errors import RunDirError, UserError
 from dbparallel.shell import shell_path
 from dbparallel.training.data_pin import DATA_INDEX_FILE, VOCAB_FILE, refuse_other_data
 from dbparallel.training.kept_settings import kept_settings, listed, what_records, with_stored
+from dbparallel.training.run_id import RUN_ID_FILE
 from dbparallel.training.storage import DamagedFile, Storage, damaged, reach
 
 MAX_LISTED = 4  # differing keys whose values a refusal prints
 # what a run writes at its root (and everything under blocks/): a command's output never
 # replaces one of them
-RUN_FILES = (CONFIG_FILE, DATA_INDEX_FILE, VOCAB_FILE, "report.json", "assembly.jsonl",
-             "diagnostics.json", "curves.png", "samples.png", "confusion.json", "samples.txt",
-             "assembler_restarts.json")
+RUN_FILES = (CONFIG_FILE, DATA_INDEX_FILE, VOCAB_FILE, RUN_ID_FILE, "report.json",
+             "assembly.jsonl", "diagnostics.json", "curves.png", "samples.png", "confusion.json",
+             "samples.txt", "assembler_restarts.json")
 log = logging.getLogger(__name__)
 
 

@@ -48,6 +48,7 @@ from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
 from dbparallel.training.holder import driver_holding, holder_alive, holder_driver, holder_parts
 from dbparallel.training.lease import BlockLease, lease_timeout_s
+from dbparallel.training.run_id import read_run_id
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 REPORT_FILE = "report.json"
@@ -104,6 +105,9 @@ class RunStatus:
     assembling_since: float | None = None  # when it began (Unix time, its clock)
     assembling_age_s: float | None = None  # seconds since then
     problems: list[str] = field(default_factory=list)
+    run: str = ""  # run.name: its metrics' label ``run``
+    run_id: str | None = None  # the run directory's id, their label ``run_id`` (None: none yet,
+    # or trained before runs had ids)
 
     @property
     def state(self) -> str:
@@ -211,7 +215,11 @@ def run_status(storage: Storage, cfg: Config, now: float | None = None) -> RunSt
     """The status of the run in ``storage``, trained with ``cfg``, at Unix time ``now``."""
     now = time.time() if now is None else now
     blocks = [_block(storage, cfg, b, now) for b in range(cfg.model.blocks)]
-    status = RunStatus(storage.uri(), cfg.task, blocks)
+    status = RunStatus(storage.uri(), cfg.task, blocks, run=cfg.run.name)
+    try:
+        status.run_id = read_run_id(storage)
+    except DamagedFile as err:
+        status.problems.append(" ".join(str(err).split()))
     try:
         assemblies = read_lines(storage, ASSEMBLY_FILE)
         status.assembly = assemblies[-1] if assemblies else None

@@ -84,6 +84,44 @@ class Storage:
         with self.fs.open_output_stream(target) as f:
             f.write(data)
 
+    def create_bytes(self, rel: str, data: bytes) -> bool:
+        """Write ``data`` to ``rel`` where nothing is there yet; False, leaving it as it is,
+        where something is. Local: atomic and exclusive, a complete temp file linked into
+        place (where the filesystem has no hard links, a check and then a rename). An object
+        store has no conditional write through ``pyarrow.fs``: a check, then the write, so
+        two writers at the same instant may both write, and the later one's is kept."""
+        if not self.is_local:
+            if self.exists(rel):
+                return False
+            self.write_bytes(rel, data)
+            return True
+        target = self.path(rel)
+        parent = target.rsplit("/", 1)[0]
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links here (some FUSE mounts)
+                if os.path.exists(target):
+                    return False
+                os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        dir_fd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return True
+
     def read_bytes(self, rel: str) -> bytes:
         try:
             with self.fs.open_input_stream(self.path(rel)) as f:

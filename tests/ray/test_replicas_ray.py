@@ -118,7 +118,7 @@ def test_a_group_says_whether_its_writer_met_the_error_that_stopped_it(
             running.wait(10)
 
     monkeypatch.setattr(block_group, "trainer_for", lambda *args: Trainer())
-    group = block_group.BlockGroup(tiny_cfg, 0, "session", queue=None)
+    group = block_group.BlockGroup(tiny_cfg, 0, "session", "0123456789ab", queue=None)
     try:
         if failed:
             group.fitted.exception(timeout=10)
@@ -149,7 +149,7 @@ def idle_group(tiny_cfg, monkeypatch):
             running.wait(10)
 
     monkeypatch.setattr(block_group, "trainer_for", lambda *args: Trainer())
-    group = block_group.BlockGroup(tiny_cfg, 0, "session", queue=None)
+    group = block_group.BlockGroup(tiny_cfg, 0, "session", "0123456789ab", queue=None)
     yield group
     running.set()
 
@@ -198,7 +198,7 @@ def test_a_stalled_group_is_restarted_and_resumes(ray_session, tmp_path) -> None
                                  "train.checkpoint_every=4", "train.max_restarts=1"])
     pin_data(open_run(cfg), open_data(cfg.data))
     queue = Queue(actor_options={"num_cpus": 0})
-    group = BlockGroup(cfg, 0, "session", queue)
+    group = BlockGroup(cfg, 0, "session", "0123456789ab", queue)
 
     def drain() -> None:
         for kind, _block, payload in queue.get_nowait_batch(queue.qsize()):

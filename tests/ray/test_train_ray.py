@@ -120,21 +120,24 @@ def test_more_blocks_than_slots_train_in_waves_to_the_same_weights(ray_session,
     assert waves["assembly"] == at_once["assembly"]
 
 
-def _scrape(port: int, run: str) -> dict[tuple[str, str], float]:
-    """{(metric, block): value} of this run's block series on the node's metrics port."""
+def _scrape(port: int, run: str) -> dict[tuple[str, str, str], float]:
+    """{(metric, block, run_id): value} of the block series of the runs named ``run`` on the
+    node's metrics port."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    series: dict[tuple[str, str], float] = {}
+    series: dict[tuple[str, str, str], float] = {}
     for name, labels, value in re.findall(r"^(ray_dbparallel_block_\w+)\{([^}]*)\} (\S+)$",
                                           text, re.M):
         block = re.search(r'block="(\d+)"', labels)
+        run_id = re.search(r'run_id="([^"]*)"', labels)
         if f'run="{run}"' in labels and block:
-            key = (name, block.group(1))
+            key = (name, block.group(1), run_id.group(1) if run_id else "")
             series[key] = max(series.get(key, float("-inf")), float(value))
     return series
 
 
 @pytest.fixture(scope="module")
-def scraped_run(ray_session, tmp_path_factory) -> tuple[dict[tuple[str, str], float], dict]:
+def scraped_run(ray_session, tmp_path_factory) -> tuple[dict[tuple[str, str, str], float],
+                                                        dict]:
     """The recipe trained on Ray again (run.name=scraped), the node's metrics port scraped
     while its blocks train: (the series seen, the report). However fast the machine, the
     blocks are still there to be scraped: the driver waits at each progress report until
@@ -151,7 +154,7 @@ def scraped_run(ray_session, tmp_path_factory) -> tuple[dict[tuple[str, str], fl
 
     run_dir = tmp_path_factory.mktemp("scraped") / "run"
     result: dict = {}
-    seen: dict[tuple[str, str], float] = {}
+    seen: dict[tuple[str, str, str], float] = {}
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setattr(BlockBars, "update", update_then_wait)
         thread = threading.Thread(target=lambda: result.update(
@@ -161,7 +164,7 @@ def scraped_run(ray_session, tmp_path_factory) -> tuple[dict[tuple[str, str], fl
         try:
             while thread.is_alive() and time.monotonic() < deadline:
                 seen.update(_scrape(ray_session["metrics_port"], "scraped"))
-                if all((m, b) in seen for m in SCRAPED for b in "01"):
+                if {(m, b) for m, b, _ in seen} >= {(m, b) for m in SCRAPED for b in "01"}:
                     break
                 time.sleep(0.5)
         finally:
@@ -173,15 +176,18 @@ def scraped_run(ray_session, tmp_path_factory) -> tuple[dict[tuple[str, str], fl
 def test_metrics_scrape_during_a_run(scraped_run) -> None:
     """Scrape the node's metrics port while blocks train; compare with report.json after."""
     seen, report = scraped_run
-    assert all((m, b) in seen for m in SCRAPED for b in "01"), sorted(seen)
+    # every series of the run carries its run directory's id, the one report.json gives
+    run_id = report["run_id"]
+    assert {key[2] for key in seen} == {run_id}, sorted(seen)
+    assert all((m, b, run_id) in seen for m in SCRAPED for b in "01"), sorted(seen)
     for row in report["per_block"]:
         b = str(row["block"])
-        assert 0 < seen[("ray_dbparallel_block_steps_total", b)] <= row["steps"]
-        assert 0 < seen[("ray_dbparallel_block_loss", b)] < 100
-        assert seen[("ray_dbparallel_block_memory_bytes", b)] == row["peak_memory_bytes"]
+        assert 0 < seen[("ray_dbparallel_block_steps_total", b, run_id)] <= row["steps"]
+        assert 0 < seen[("ray_dbparallel_block_loss", b, run_id)] < 100
+        assert seen[("ray_dbparallel_block_memory_bytes", b, run_id)] == row["peak_memory_bytes"]
         lo, hi = report["partition"][row["block"]]
-        assert seen[("ray_dbparallel_block_sigma_low", b)] == pytest.approx(lo)
-        assert seen[("ray_dbparallel_block_sigma_high", b)] == pytest.approx(hi)
+        assert seen[("ray_dbparallel_block_sigma_low", b, run_id)] == pytest.approx(lo)
+        assert seen[("ray_dbparallel_block_sigma_high", b, run_id)] == pytest.approx(hi)
 
 
 def test_killed_block_restarts_alone_and_resumes_exactly(ray_run, tmp_path, caplog) -> None:

@@ -28,6 +28,7 @@ from dbparallel.training.storage import DamagedFile, Storage
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
 SESSION = "run-a"  # the driver's
+RUN_ID = "0123456789ab"  # the run directory's, as the driver read it (training/run_id.py)
 
 
 @pytest.fixture
@@ -53,14 +54,14 @@ def test_a_data_index_an_actor_cannot_read_is_its_block_s_failure_at_its_start(
     other = BlockLease(Storage(cfg.run_dir), 1, "run-b", 3600.0)  # e.g. `train --local --block 1`
     other.acquire()
     lease = (block / "lease.json").read_text()
-    refused = BlockActor(cfg, 1, SESSION)
+    refused = BlockActor(cfg, 1, SESSION, RUN_ID)
     with pytest.raises(RunDirError, match="block 1 is being trained by another process"):
         refused.train(2)
     assert (block / "lease.json").read_text() == lease  # the holder's, untouched
     assert not (block / "failed.json").exists() and not (block / "restarts.json").exists()
     other.release()
 
-    actor = BlockActor(cfg, 1, SESSION)
+    actor = BlockActor(cfg, 1, SESSION, RUN_ID)
     with pytest.raises(DamagedFile, match="data_index.json: damaged"):
         actor.train(2)
     record = json.loads((block / "failed.json").read_text())
@@ -90,7 +91,7 @@ def test_a_start_tried_again_after_a_passing_error_counts_its_restart_once(
         return read(*args)
 
     monkeypatch.setattr(loop, "run_data", run_data)
-    actor = BlockActor(cfg, 1, SESSION)
+    actor = BlockActor(cfg, 1, SESSION, RUN_ID)
     assert isinstance(actor.failed, DataUnreachable)
     record = json.loads((block / "failed.json").read_text())
     assert (record["step"], record["type"]) == (None, "DataUnreachable")
@@ -98,6 +99,10 @@ def test_a_start_tried_again_after_a_passing_error_counts_its_restart_once(
     assert not outcomes and not (block / "failed.json").exists()
     assert actor.restarts == 1
     assert json.loads((block / "restarts.json").read_text())["restarts"] == 1
+    # its metrics go on under the run's labels, its counter at the run's restarts so far
+    labels = {"run": "tiny-cpu", "run_id": RUN_ID, "block": "1"}
+    assert actor.recorder.sink.get("dbparallel_block_restarts", **labels) == 1
+    assert actor.recorder.sink.get("dbparallel_block_steps", **labels) == 2
 
 
 def test_a_gpu_asked_for_and_not_here_is_its_block_s_failure_at_its_start(
@@ -106,7 +111,7 @@ def test_a_gpu_asked_for_and_not_here_is_its_block_s_failure_at_its_start(
     asks for leaves the block `failed` with the key to change, not `stopped`."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg.runtime.gpus_per_block = 1
-    actor = BlockActor(cfg, 1, SESSION)
+    actor = BlockActor(cfg, 1, SESSION, RUN_ID)
     with pytest.raises(UserError, match=r"runtime\.gpus_per_block=1 asks for a GPU"):
         actor.train(2)
     block = tmp_path / "run" / "blocks" / "block_1"

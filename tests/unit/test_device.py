@@ -102,12 +102,12 @@ def test_a_block_actor_starts_again_when_its_data_was_unreachable(tiny_cfg,
 
     monkeypatch.setattr(BlockActor, "_start", start)
     monkeypatch.setattr(BlockActor, "progress", lambda self: {"until": self.run.until})
-    actor = BlockActor(tiny_cfg, 0, "session")
+    actor = BlockActor(tiny_cfg, 0, "session", "0123456789ab")
     assert isinstance(actor.failed, DataUnreachable)
     assert actor.train(3) == {"until": 3}  # started at this call, then trained
     assert actor.failed is None and not outcomes
     outcomes[:] = [RunDirError("damaged"), None]
-    refused = BlockActor(tiny_cfg, 0, "session")
+    refused = BlockActor(tiny_cfg, 0, "session", "0123456789ab")
     with pytest.raises(RunDirError, match="damaged"):
         refused.train(1)
     assert outcomes == [None]  # not started again
@@ -120,7 +120,7 @@ def test_the_assembler_actor_refuses_a_missing_gpu(tiny_cfg) -> None:
 
     tiny_cfg.runtime.assembly_gpus = 1
     with pytest.raises(UserError, match=r"runtime\.assembly_gpus"):
-        AssemblerActor(tiny_cfg)
+        AssemblerActor(tiny_cfg, "0123456789ab")
 
 
 @no_cuda

@@ -124,19 +124,20 @@ def test_recorder_exports_flops_rate_and_mfu() -> None:
         peak_tflops = 10.0
 
     sink = MemorySink()
-    rec = BlockRecorder("r", 0, None, sink)
+    rec = BlockRecorder("r", "a1", 0, None, sink)
     rec.record(StepStats(1, 0.5, True, 2.0, 8), Trainer())
-    tags = {"run": "r", "block": "0"}
+    tags = {"run": "r", "run_id": "a1", "block": "0"}
     assert sink.get("dbparallel_block_model_flops_per_step", **tags) == 4 * 10**12
     assert sink.get("dbparallel_block_achieved_tflops", **tags) == 2.0
     assert sink.get("dbparallel_block_mfu", **tags) == 0.2
     prometheus = PrometheusSink()  # what a local run serves on metrics.port
-    BlockRecorder("r", 0, None, prometheus).record(StepStats(1, 0.5, True, 2.0, 8), Trainer())
+    BlockRecorder("r", "a1", 0, None, prometheus).record(StepStats(1, 0.5, True, 2.0, 8),
+                                                         Trainer())
     assert prometheus.registry.get_sample_value("ray_dbparallel_block_mfu", tags) == 0.2
     assert prometheus.registry.get_sample_value("ray_dbparallel_block_achieved_tflops", tags) == 2.0
     Trainer.peak_tflops = None  # the CPU: no MFU series at all
     other = MemorySink()
-    BlockRecorder("r", 0, None, other).record(StepStats(1, 0.5, True, 2.0, 8), Trainer())
+    BlockRecorder("r", "a1", 0, None, other).record(StepStats(1, 0.5, True, 2.0, 8), Trainer())
     assert other.get("dbparallel_block_mfu", **tags) is None
 
 

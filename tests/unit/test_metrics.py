@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.request
 
@@ -19,8 +20,12 @@ from dbparallel.runtime.metrics import (
     exported_names,
     free_port,
     port_line,
+    series_line,
 )
 from dbparallel.training.block_trainer import StepStats
+
+ID = "3f9a1c2b7d4e"  # a run directory's id (training/run_id.py)
+R0, R1 = ({"run": "r", "run_id": "a1", "block": b} for b in "01")  # a block's labels
 
 
 class _Trainer:
@@ -38,35 +43,35 @@ def _free_port() -> int:
 
 def test_recorder_counts_steps_and_nonfinite() -> None:
     sink = MemorySink()
-    rec = BlockRecorder("r", 1, (0.1, 0.5), sink)
+    rec = BlockRecorder("r", "a1", 1, (0.1, 0.5), sink)
     rec.record(StepStats(1, 0.75, True, 0.5, 32), _Trainer())
     rec.record(StepStats(2, float("nan"), False, 0.25, 32), _Trainer())
-    assert sink.get("dbparallel_block_steps", run="r", block="1") == 2
-    assert sink.get("dbparallel_block_loss", run="r", block="1") == 0.75  # NaN not exported
-    assert sink.get("dbparallel_block_nonfinite_steps", run="r", block="1") == 1
-    assert sink.get("dbparallel_block_samples_per_second", run="r", block="1") == 128
-    assert sink.get("dbparallel_block_sigma_high", run="r", block="1") == 0.5
-    assert sink.get("dbparallel_block_heldout_loss", run="r", block="1") is None
+    assert sink.get("dbparallel_block_steps", **R1) == 2
+    assert sink.get("dbparallel_block_loss", **R1) == 0.75  # NaN not exported
+    assert sink.get("dbparallel_block_nonfinite_steps", **R1) == 1
+    assert sink.get("dbparallel_block_samples_per_second", **R1) == 128
+    assert sink.get("dbparallel_block_sigma_high", **R1) == 0.5
+    assert sink.get("dbparallel_block_heldout_loss", **R1) is None
     measured = _Trainer()
     measured.heldout_loss = 0.8
     rec.record(StepStats(3, 0.7, True, 0.25, 32), measured)
-    assert sink.get("dbparallel_block_heldout_loss", run="r", block="1") == 0.8
+    assert sink.get("dbparallel_block_heldout_loss", **R1) == 0.8
 
 
 def test_the_data_wait_ratio_is_the_share_of_a_steps_time_spent_waiting() -> None:
     sink = MemorySink()
-    rec = BlockRecorder("r", 0, None, sink)
+    rec = BlockRecorder("r", "a1", 0, None, sink)
     rec.record(StepStats(1, 0.5, True, 0.75, 8), _Trainer())  # no wait: the data kept up
-    assert sink.get("dbparallel_block_data_wait_ratio", run="r", block="0") == 0.0
+    assert sink.get("dbparallel_block_data_wait_ratio", **R0) == 0.0
     rec.record(StepStats(2, 0.5, True, 0.75, 8, data_wait_s=0.25), _Trainer())
-    assert sink.get("dbparallel_block_data_wait_ratio", run="r", block="0") == 0.25
+    assert sink.get("dbparallel_block_data_wait_ratio", **R0) == 0.25
 
 
 def test_a_resumed_block_starts_its_counters_at_the_run_totals() -> None:
     sink = MemorySink()  # as a restarted actor (plain or a replica group's rank 0) does
-    BlockRecorder("r", 1, (0.1, 0.5), sink).resumed(restarts=2, nonfinite_steps=3)
-    assert sink.get("dbparallel_block_restarts", run="r", block="1") == 2
-    assert sink.get("dbparallel_block_nonfinite_steps", run="r", block="1") == 3
+    BlockRecorder("r", "a1", 1, (0.1, 0.5), sink).resumed(restarts=2, nonfinite_steps=3)
+    assert sink.get("dbparallel_block_restarts", **R1) == 2
+    assert sink.get("dbparallel_block_nonfinite_steps", **R1) == 3
 
 
 def test_exported_names_follow_ray_conventions() -> None:
@@ -83,9 +88,9 @@ def test_local_endpoint_serves_every_recorded_series() -> None:
     server, served = sink.serve(port)
     assert served == port
     try:
-        BlockRecorder("run1", 0, (0.3, 80.0), sink).record(
+        BlockRecorder("run1", ID, 0, (0.3, 80.0), sink).record(
             StepStats(1, 0.5, True, 0.1, 8), _Trainer())
-        AssemblyRecorder("run1", sink).record({"sample_accuracy": 0.9, "unexported": 1.0})
+        AssemblyRecorder("run1", ID, sink).record({"sample_accuracy": 0.9, "unexported": 1.0})
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         text = text.decode()
     finally:
@@ -94,10 +99,51 @@ def test_local_endpoint_serves_every_recorded_series() -> None:
     loss = exported_name(spec["dbparallel_block_loss"])
     steps = exported_name(spec["dbparallel_block_steps"])
     assert (loss, steps) == ("ray_dbparallel_block_loss", "ray_dbparallel_block_steps_total")
-    assert f'{loss}{{block="0",run="run1"}} 0.5' in text
-    assert f'{steps}{{block="0",run="run1"}} 1.0' in text
-    assert 'ray_dbparallel_assembly_sample_accuracy{run="run1"} 0.9' in text
+    assert f'{loss}{{block="0",run="run1",run_id="{ID}"}} 0.5' in text
+    assert f'{steps}{{block="0",run="run1",run_id="{ID}"}} 1.0' in text
+    assert f'ray_dbparallel_assembly_sample_accuracy{{run="run1",run_id="{ID}"}} 0.9' in text
     assert "unexported" not in text
+
+
+def test_every_series_names_its_run_by_name_and_id_and_no_more() -> None:
+    for spec in ALL_METRICS:  # no per-process or per-step label
+        want = ("run", "run_id", "block") if spec.name.startswith("dbparallel_block_") \
+            else ("run", "run_id")
+        assert spec.tag_keys == want, spec.name
+
+
+def test_two_runs_of_one_name_are_scraped_as_series_apart() -> None:
+    """An earlier run of the recipe (its counters still exported, as Ray keeps a dead
+    worker's) and this one: one run.name, two run directories' ids."""
+    old = "0123456789ab"
+    sink = PrometheusSink()
+    port = _free_port()
+    server, _ = sink.serve(port)
+    try:
+        BlockRecorder("tiny-cpu", old, 0, None, sink).resumed(restarts=5, nonfinite_steps=2)
+        new = BlockRecorder("tiny-cpu", ID, 0, None, sink)
+        new.resumed(restarts=1, nonfinite_steps=0)
+        new.record(StepStats(1, 0.5, True, 0.1, 8), _Trainer())
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        text = text.decode()
+    finally:
+        server.shutdown()
+
+    def series(name: str) -> dict[str, float]:
+        return {labels: float(value) for labels, value in
+                re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M)}
+
+    run = 'block="0",run="tiny-cpu",run_id='
+    assert series("ray_dbparallel_block_restarts_total") == {f'{run}"{old}"': 5.0,
+                                                             f'{run}"{ID}"': 1.0}
+    assert series("ray_dbparallel_block_nonfinite_steps_total") == {f'{run}"{old}"': 2.0}
+    assert series("ray_dbparallel_block_step_time_seconds") == {f'{run}"{ID}"': 0.1}
+
+
+def test_a_run_prints_its_labels_as_a_selector() -> None:
+    assert series_line("tiny-cpu", ID) == \
+        f'metrics: this run\'s series: ray_dbparallel_*{{run="tiny-cpu",run_id="{ID}"}}'
+    assert series_line('a "b" ö', ID).endswith(f'{{run="a \\"b\\" ö",run_id="{ID}"}}')
 
 
 def test_a_busy_port_moves_to_a_free_one_after_it_or_names_the_key() -> None:
@@ -128,9 +174,10 @@ def test_a_finished_block_stops_exporting_its_step_time_and_keeps_the_rest() -> 
     port = _free_port()
     server, _ = sink.serve(port)
     try:
-        recorder = BlockRecorder("run1", 0, (0.3, 80.0), sink)
+        recorder = BlockRecorder("run1", ID, 0, (0.3, 80.0), sink)
         recorder.record(StepStats(1, 0.5, True, 0.1, 8), _Trainer())
-        BlockRecorder("run1", 1, None, sink).record(StepStats(1, 0.7, True, 0.2, 8), _Trainer())
+        BlockRecorder("run1", ID, 1, None, sink).record(StepStats(1, 0.7, True, 0.2, 8),
+                                                         _Trainer())
         recorder.finished()
         recorder.finished()  # (nothing left to drop: no error)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
@@ -138,12 +185,14 @@ def test_a_finished_block_stops_exporting_its_step_time_and_keeps_the_rest() -> 
     finally:
         server.shutdown()
     assert 'ray_dbparallel_block_step_time_seconds{block="0"' not in text
-    assert 'ray_dbparallel_block_step_time_seconds{block="1",run="run1"} 0.2' in text
-    assert 'ray_dbparallel_block_loss{block="0",run="run1"} 0.5' in text
-    assert 'ray_dbparallel_block_steps_total{block="0",run="run1"} 1.0' in text
+    labels = f'run="run1",run_id="{ID}"'
+    assert f'ray_dbparallel_block_step_time_seconds{{block="1",{labels}}} 0.2' in text
+    assert f'ray_dbparallel_block_loss{{block="0",{labels}}} 0.5' in text
+    assert f'ray_dbparallel_block_steps_total{{block="0",{labels}}} 1.0' in text
     memory = MemorySink()
-    recorder = BlockRecorder("run1", 0, None, memory)
+    recorder = BlockRecorder("run1", ID, 0, None, memory)
     recorder.record(StepStats(1, 0.5, True, 0.1, 8), _Trainer())
     recorder.finished()
-    assert memory.get("dbparallel_block_step_time_seconds", run="run1", block="0") is None
-    assert memory.get("dbparallel_block_loss", run="run1", block="0") == 0.5
+    tags = {"run": "run1", "run_id": ID, "block": "0"}
+    assert memory.get("dbparallel_block_step_time_seconds", **tags) is None
+    assert memory.get("dbparallel_block_loss", **tags) == 0.5

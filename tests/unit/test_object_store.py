@@ -106,9 +106,11 @@ def test_train_resume_and_corruption_through_s3(bucket, tmp_path, capsys) -> Non
     assert train(str(local)) == 0
     uri = bucket("tiny")
     assert train(uri, "train.steps=6") == 0
-    assert train(uri) == 0  # resumes from the object store at step 6
     storage = Storage(uri)
+    run_id = storage.read_json("report.json")["run_id"]  # drawn once, in the bucket
+    assert train(uri) == 0  # resumes from the object store at step 6
     remote = storage.read_json("report.json")
+    assert remote["run_id"] == run_id == storage.read_text("run_id.txt").strip()
     clean = json.loads((local / "report.json").read_text())
     assert [r["resumed_from"] for r in remote["per_block"]] == [6, 6]  # not retrained
     assert [r["final_loss"] for r in remote["per_block"]] == \
@@ -117,6 +119,7 @@ def test_train_resume_and_corruption_through_s3(bucket, tmp_path, capsys) -> Non
     assert main(["status", uri, "--json"]) == 0  # read from the bucket alone
     status = json.loads(capsys.readouterr().out)
     assert status["state"] == "finished" and status["report_age_s"] is not None
+    assert status["run_id"] == run_id
     assert [b["checkpoint_step"] for b in status["blocks"]] == \
         [r["steps"] for r in remote["per_block"]]
     assert main(["plot", uri]) == 0  # the file it names is the one written, before the query

@@ -34,9 +34,14 @@ def straight(tmp_path_factory) -> Path:
 def test_rerun_continues_every_block_exactly(straight, tmp_path) -> None:
     run_dir = tmp_path / "run"
     assert _train(run_dir, "train.steps=6") == 0
-    assert [r["steps"] for r in _report(run_dir)["per_block"]] == [6, 6]
+    first = _report(run_dir)
+    assert [r["steps"] for r in first["per_block"]] == [6, 6]
     assert _train(run_dir) == 0  # same command, longer: continues from step 6
     resumed, clean = _report(run_dir), _report(straight)
+    # the run directory's id, its metrics' label run_id: kept by the resume, another in
+    # another directory of the same run.name
+    assert first["run_id"] == resumed["run_id"] == (run_dir / "run_id.txt").read_text().strip()
+    assert resumed["run"] == clean["run"] == "tiny-cpu" and clean["run_id"] != resumed["run_id"]
     assert [r["resumed_from"] for r in resumed["per_block"]] == [6, 6]  # not retrained
     assert [r["resumed_from"] for r in clean["per_block"]] == [0, 0]
     assert [r["final_loss"] for r in resumed["per_block"]] == \

@@ -27,6 +27,7 @@ from dbparallel.training.storage import DamagedFile, Storage
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
 SESSION = "run-a"  # the driver's: every incarnation of the group runs in it
+RUN_ID = "0123456789ab"  # the run directory's, as the driver read it (training/run_id.py)
 
 
 class Queue(list):
@@ -54,8 +55,11 @@ def cfg(tmp_path: Path):
     return cfg
 
 
-def _rank0(cfg, replicas: Replicas, queue: Queue) -> None:
-    run_replica(cfg, 1, SESSION, queue, replicas, "cpu", "rank 0", MemorySink())
+def _rank0(cfg, replicas: Replicas, queue: Queue) -> MemorySink:
+    """Rank 0 trains block 1; the metrics it recorded."""
+    sink = MemorySink()
+    run_replica(cfg, 1, SESSION, RUN_ID, queue, replicas, "cpu", "rank 0", sink)
+    return sink
 
 
 def test_a_rank_0_fenced_off_by_a_newer_group_stops_without_failing_the_run(
@@ -120,9 +124,12 @@ def test_every_failed_start_of_rank_0_counts_a_restart(cfg, group, tmp_path: Pat
                 _rank0(cfg, group, queue)
         assert queue.kinds() == []  # not bad input: the run goes on
     queue = Queue()
-    _rank0(cfg, group, queue)
+    sink = _rank0(cfg, group, queue)
     messages = {kind: payload for kind, _, payload in queue}
     assert messages["start"]["restarts"] == 2
+    labels = {"run": "tiny-cpu", "run_id": RUN_ID, "block": "1"}  # the run's, as every group's
+    assert sink.get("dbparallel_block_restarts", **labels) == 2
+    assert sink.get("dbparallel_block_steps", **labels) == 8
     assert messages["summary"]["restarts"] == 2 and messages["summary"]["steps"] == 8
     block = tmp_path / "run" / "blocks" / "block_1"
     assert json.loads((block / "restarts.json").read_text())["restarts"] == 2
@@ -145,8 +152,8 @@ def test_a_bad_row_any_rank_meets_is_posted_with_its_rank_and_step(
     monkeypatch.setattr(loop.BlockRun, "batch", meets_it)
     queue = Queue()
     with pytest.raises(DataError):
-        run_replica(cfg, 1, SESSION, queue, Replicas(rank, 2), "cpu", f"rank {rank}",
-                    MemorySink())
+        run_replica(cfg, 1, SESSION, RUN_ID, queue, Replicas(rank, 2), "cpu",
+                    f"rank {rank}", MemorySink())
     assert [(kind, payload) for kind, _, payload in queue if kind == "error"] == [
         ("error", {"error": bad, "rank": rank, "step": 3})]
     failed = tmp_path / "run" / "blocks" / "block_1" / "failed.json"

@@ -86,6 +86,27 @@ def test_a_block_trained_alone_is_done_and_the_other_not_started(run: Path, caps
     assert status.blocks[1].loss is None and status.blocks[1].checkpoint_step is None
 
 
+def test_status_names_the_labels_of_the_run_s_metrics(run: Path, capsys) -> None:
+    """The run directory's id, drawn by the process that opened it (here `--block 0`), to
+    pick the run's series in Prometheus and Grafana; none for a directory without one (trained
+    before runs had ids), and a damaged one is named."""
+    run_id = (run / "run_id.txt").read_text().strip()
+    assert cli.main(["status", str(run)]) == 0
+    assert "metrics: this run's series: ray_dbparallel_*" \
+        f'{{run="tiny-cpu",run_id="{run_id}"}}' in capsys.readouterr().out.splitlines()
+    assert cli.main(["status", "--json", str(run)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["run"], shown["run_id"]) == ("tiny-cpu", run_id)
+    (run / "run_id.txt").unlink()
+    assert cli.main(["status", str(run)]) == 0
+    assert "this run's series" not in capsys.readouterr().out
+    assert dbparallel.status(run).run_id is None
+    (run / "run_id.txt").write_text("x")
+    status = dbparallel.status(run)
+    assert status.run_id is None and status.problems[0].startswith(
+        f"{run}/run_id.txt: damaged, not readable")
+
+
 def test_a_live_lease_is_training_and_a_lapsed_one_stopped(run: Path) -> None:
     cfg = run_config(str(run))
     cfg.train.steps = 10  # block 0's checkpoint of step 4 is no longer its last
