@@ -1,11 +1,13 @@
 """A real Prometheus server (Debian's `prometheus`) scrapes the Ray node during a training run:
-every Grafana panel's query and the run variable return the run's series, per block, and the
-alert rules load and stay quiet. Skipped where the prometheus binary is not installed."""
+every Grafana panel's query and the run and run_id variables return the run's series, per
+block, and the alert rules load and stay quiet. Skipped where the prometheus binary is not
+installed."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -69,8 +71,17 @@ def _api(port: int, path: str, **params: str) -> dict:
     return body["data"]
 
 
-def _query(port: int, expr: str) -> dict[str, float]:
-    """{block or run label: value} of an instant query."""
+def _run_ids(port: int, variable: str) -> list[str]:
+    """The values of the dashboard's run_id variable (``label_values(SELECTOR, run_id)``)
+    for the run named RUN, as Grafana asks Prometheus for them."""
+    selector = re.fullmatch(r"label_values\((.*), run_id\)", variable).group(1)
+    return _api(port, "label/run_id/values", **{"match[]": selector.replace("$run", RUN)})
+
+
+def _query(port: int, expr: str, run_ids: list[str]) -> dict[str, float]:
+    """{block or run label: value} of an instant query, $run_id as Grafana sends All: every
+    value the variable lists."""
+    expr = expr.replace("$run_id", "(" + "|".join(run_ids) + ")")
     data = _api(port, "query", query=expr.replace("$run", RUN))
     return {r["metric"].get("block", r["metric"].get("run", "")): float(r["value"][1])
             for r in data["result"]}
@@ -104,7 +115,9 @@ def test_every_dashboard_query_answers_from_a_live_scrape(prometheus, tmp_path) 
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     per_block = [e for e in exprs if any(f"dbparallel_{m}" in e for m in PER_BLOCK)]
     assembly = [e for e in exprs if any(f"dbparallel_{m}" in e for m in DIT_ASSEMBLY)]
-    rate = next(e for e in exprs if e.startswith("sum by (block) (rate("))
+    rate = next(e for e in exprs if e.startswith("sum by (run_id, block) (rate("))
+    variable = next(v for v in dashboard["templating"]["list"]
+                    if v["name"] == "run_id")["definition"]
     assert len(per_block) >= len(PER_BLOCK) and len(assembly) == len(DIT_ASSEMBLY)
     wanted = list(dict.fromkeys([*per_block, *assembly, rate]))
 
@@ -116,9 +129,11 @@ def test_every_dashboard_query_answers_from_a_live_scrape(prometheus, tmp_path) 
     peak_rate: dict[str, float] = {}  # highest step rate Prometheus computed per block
     deadline = time.monotonic() + 300  # a hung run fails the test instead of the suite
     while (thread.is_alive() or len(answered) < len(wanted)) and time.monotonic() < deadline:
-        for expr in wanted:
-            values = _query(prometheus, expr)
-            want = {RUN} if expr in assembly else {""} if expr.startswith("sum(") else {"0", "1"}
+        run_ids = _run_ids(prometheus, variable)  # none until a block process has started
+        for expr in wanted if run_ids else []:
+            values = _query(prometheus, expr, run_ids)
+            want = {RUN} if expr in assembly else {""} if expr.startswith("sum by (run_id) (") \
+                else {"0", "1"}
             if want <= set(values):
                 answered[expr] = values
             if expr == rate:
@@ -134,19 +149,25 @@ def test_every_dashboard_query_answers_from_a_live_scrape(prometheus, tmp_path) 
     missing = [e for e in wanted if e not in answered]
     assert not missing, f"no answer from Prometheus for {missing}"
 
-    losses = answered['max by (block) (ray_dbparallel_block_loss{run=~"$run"})']
+    def panel(metric: str) -> dict[str, float]:
+        (expr,) = [e for e in answered if f"({metric}{{" in e]
+        return answered[expr]
+
+    losses = panel("ray_dbparallel_block_loss")
     assert all(0 < v < 100 for v in losses.values())
-    memory = answered['max by (block) (ray_dbparallel_block_memory_bytes{run=~"$run"})']
+    memory = panel("ray_dbparallel_block_memory_bytes")
     assert memory == {str(r["block"]): r["peak_memory_bytes"] for r in report["per_block"]}
     # the step-rate panel answers for every block; whether Prometheus saw two different
     # counter values inside its rate window depends on how fast the machine trains, so only
     # the sign is checked (a positive rate would be a timing assertion)
     assert set(peak_rate) >= {"0", "1"} and all(v >= 0 for v in peak_rate.values()), peak_rate
     # the assembly at the end of the run (the only one here) reaches Prometheus
-    accuracy = answered['max by (run) (ray_dbparallel_assembly_sample_accuracy{run=~"$run"})']
+    accuracy = panel("ray_dbparallel_assembly_sample_accuracy")
     assert accuracy[RUN] == pytest.approx(report["assembly"]["sample_accuracy"])
-    # the dashboard's run variable lists this run
+    # the dashboard's run variable lists this run, its run_id variable this run directory's id
     assert RUN in _api(prometheus, "label/run/values", **{"match[]": "ray_dbparallel_block_loss"})
+    assert _run_ids(prometheus, variable) == [report["run_id"]]
+    assert report["run_id"] == (tmp_path / "run" / "run_id.txt").read_text().strip()
     # the alert rules loaded, evaluate without error, and none fires on a healthy run
     groups = _api(prometheus, "rules")["groups"]
     rules = [r for g in groups for r in g["rules"]]

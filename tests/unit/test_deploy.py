@@ -303,7 +303,10 @@ def test_alerts_cover_stall_nan_and_restarts_with_exported_metrics():
     assert "ray_dbparallel_block_nonfinite_steps_total" in rules["DbparallelBlockNonFiniteLoss"]
     assert "ray_dbparallel_block_restarts_total" in rules["DbparallelBlockRestarting"]
     for expr in rules.values():
-        assert "by (run, block)" in expr  # restarted actors add series; alerts name the block
+        # restarted actors add series; runs of one run.name are told apart by their run_id;
+        # alerts name the block
+        assert "by (run, run_id, block)" in expr and "by (run, block)" not in expr
+        assert "and on (run, run_id, block)" in expr  # the guard: a process trains the block
 
 
 def test_dashboard_uses_only_exported_metrics_and_shows_them_all():
@@ -318,13 +321,25 @@ def test_dashboard_has_per_block_loss_and_variables():
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["run"]["definition"] == "label_values(ray_dbparallel_block_loss, run)"
+    # the run directories of that name whose blocks had a live process: a gauge, which Ray
+    # stops exporting when a worker ends (a dead worker's counters stay); All is the ids
+    # listed, never a regex that would bring the earlier runs' counters back
+    run_id = variables["run_id"]
+    assert run_id["definition"] == \
+        'label_values(ray_dbparallel_block_sigma_high{run=~"$run"}, run_id)'
+    assert run_id["query"]["query"] == run_id["definition"]
+    assert run_id["includeAll"] and run_id["multi"] and "allValue" not in run_id
     loss = [
         t
         for p in dash["panels"]
         for t in p.get("targets", [])
-        if t["expr"] == 'max by (block) (ray_dbparallel_block_loss{run=~"$run"})'
+        if t["expr"] == 'max by (run_id, block) '
+                        '(ray_dbparallel_block_loss{run=~"$run", run_id=~"$run_id"})'
     ]
-    assert loss and loss[0]["legendFormat"] == "block {{block}}"
+    assert loss and loss[0]["legendFormat"] == "{{run_id}} block {{block}}"
+    for expr in dashboard_exprs():  # each run directory's series apart, whatever is chosen
+        assert '{run=~"$run", run_id=~"$run_id"}' in expr, expr
+        assert all("run_id" in by for by in re.findall(r"by \(([^)]*)\)", expr)), expr
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     for p in dash["panels"]:
@@ -367,7 +382,7 @@ def test_promtool_accepts_rules_dashboard_queries_and_config(tmp_path: Path):
     spec = one("deploy/prometheus/alerts.yaml")["spec"]
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(spec))
     queries = [
-        {"record": f"dashboard:q{i}", "expr": e.replace("$run", "r")}
+        {"record": f"dashboard:q{i}", "expr": _grafana(e, "r", ["a0", "b1"])}
         for i, e in enumerate(dashboard_exprs())
     ]
     (tmp_path / "queries.yml").write_text(
@@ -385,28 +400,32 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path):
             rule.pop("annotations")  # promtool would compare the rendered text too
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(spec))
     steps, loss = "ray_dbparallel_block_steps_total", "ray_dbparallel_block_loss"
+    new, old = 'run="r",run_id="b1"', 'run="r",run_id="a0"'  # two runs of one run.name
     series = [
         # Block 0 keeps stepping and its loss stays put (the gauge holds the last finite loss)
         # while it skips non-finite steps; block 1 stops stepping at 5m; block 2 skips a
         # non-finite step at 10m; block 3's actor restarts three times in a row (one counter).
-        (f'{steps}{{run="r",block="0"}}', "0+10x30"),
-        (f'{steps}{{run="r",block="1"}}', "0+10x5 50x25"),
-        (f'{loss}{{run="r",block="0"}}', "0.5x30"),
-        ('ray_dbparallel_block_nonfinite_steps_total{run="r",block="0"}', "0x12 1+2x18"),
-        ('ray_dbparallel_block_nonfinite_steps_total{run="r",block="2"}', "0x10 1+1x20"),
-        ('ray_dbparallel_block_restarts_total{run="r",block="3"}', "0x10 1 2 3 3x20"),
-        # Every block of run r has a live process (block 1's hung): its gauges stay exported.
-        *[(f'ray_dbparallel_block_step_time_seconds{{run="r",block="{b}"}}', "0.1x30")
+        (f'{steps}{{{new},block="0"}}', "0+10x30"),
+        (f'{steps}{{{new},block="1"}}', "0+10x5 50x25"),
+        (f'{loss}{{{new},block="0"}}', "0.5x30"),
+        (f'ray_dbparallel_block_nonfinite_steps_total{{{new},block="0"}}', "0x12 1+2x18"),
+        (f'ray_dbparallel_block_nonfinite_steps_total{{{new},block="2"}}', "0x10 1+1x20"),
+        (f'ray_dbparallel_block_restarts_total{{{new},block="3"}}', "0x10 1 2 3 3x20"),
+        # Every block of this run has a live process (block 1's hung): its gauges stay exported.
+        *[(f'ray_dbparallel_block_step_time_seconds{{{new},block="{b}"}}', "0.1x30")
           for b in "0123"],
-        # Run "old" ended before: Ray keeps exporting a dead worker's counters (not its
-        # gauges) until its node restarts, so its counters stand still with no gauge beside.
-        (f'{steps}{{run="old",block="0"}}', "50x30"),
-        ('ray_dbparallel_block_nonfinite_steps_total{run="old",block="0"}', "2x30"),
-        ('ray_dbparallel_block_restarts_total{run="old",block="0"}', "3x30"),
+        # An earlier run of the same recipe (run.name), in another run directory, ended
+        # before: Ray keeps exporting a dead worker's counters (not its gauges) until its node
+        # restarts, so its counters stand still with no gauge beside. Its skipped steps
+        # (block 1) and restarts (block 0) are not this run's, whose blocks 0 and 1 train.
+        (f'{steps}{{{old},block="0"}}', "50x30"),
+        (f'ray_dbparallel_block_nonfinite_steps_total{{{old},block="1"}}', "2x30"),
+        (f'ray_dbparallel_block_restarts_total{{{old},block="0"}}', "5x30"),
     ]
 
     def fired(at: str, alert: str, severity: str, blocks: list[str]) -> dict:
-        labels = [{"severity": severity, "run": "r", "block": b} for b in blocks]
+        labels = [{"severity": severity, "run": "r", "run_id": "b1", "block": b}
+                  for b in blocks]
         return {
             "eval_time": at,
             "alertname": alert,
@@ -428,6 +447,79 @@ def test_alerts_fire_on_synthetic_series(tmp_path: Path):
                 ],
             }
         ],
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    _promtool("test", "rules", "tests.yml", cwd=tmp_path)
+
+
+def _grafana(expr: str, run: str, run_ids: list[str]) -> str:
+    """A dashboard query as Grafana sends it: $run one name, $run_id the ids chosen (All: every
+    id the variable lists) as a regex alternation."""
+    return expr.replace("$run_id", "(" + "|".join(run_ids) + ")").replace("$run", run)
+
+
+def _panel_expr(metric: str) -> str:
+    (expr,) = [e for e in dashboard_exprs() if metric in e]
+    return expr
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
+def test_dashboard_reads_each_run_of_one_name_alone(tmp_path: Path):
+    """Three runs of one run.name: a0 ended before (its counters still exported, standing
+    still, no gauge), b1 lives and its block 0 was restarted twice (three workers' series),
+    c2 trains beside it. The Run ID variable lists b1 and c2; with All, the restarts panel
+    reads b1's own count (2, not a0's 5, nor its workers' counts added up) and the step-rate
+    panel each run's rate apart (not their sum)."""
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": []}))
+    steps, restarts = "ray_dbparallel_block_steps_total", "ray_dbparallel_block_restarts_total"
+    sigma = "ray_dbparallel_block_sigma_high"
+
+    def labels(run_id: str, worker: str) -> str:
+        return f'{{run="r",run_id="{run_id}",block="0",WorkerId="{worker}"}}'
+
+    # one sample every 15 s: worker w1 trains 0-2.5m, w2 (restart 1) 2.75-5m, w3 (restart 2)
+    # from 5.25m; a dead worker's counters stand still, its gauges go (stale)
+    series = [
+        (steps + labels("a0", "w0"), "300x40"),
+        (restarts + labels("a0", "w0"), "5x40"),
+        (steps + labels("b1", "w1"), "0+15x10 150x30"),
+        (sigma + labels("b1", "w1"), "80x10 stale"),
+        (steps + labels("b1", "w2"), "_x11 0+15x9 135x20"),
+        (restarts + labels("b1", "w2"), "_x11 1x29"),
+        (sigma + labels("b1", "w2"), "_x11 80x9 stale"),
+        (steps + labels("b1", "w3"), "_x21 0+15x19"),
+        (restarts + labels("b1", "w3"), "_x21 2x19"),
+        (sigma + labels("b1", "w3"), "_x21 80x19"),
+        (steps + labels("c2", "w4"), "0+30x40"),
+        (sigma + labels("c2", "w4"), "80x40"),
+    ]
+    variable = next(v for v in one("deploy/grafana/dbparallel.json")["templating"]["list"]
+                    if v["name"] == "run_id")["definition"]
+    selector = re.fullmatch(r"label_values\((.*), run_id\)", variable).group(1)
+    every = ["b1", "c2"]  # what the variable lists: All
+
+    def read(expr: str, *samples: tuple[str, float]) -> dict:
+        return {"expr": expr, "eval_time": "8m",
+                "exp_samples": [{"labels": x, "value": v} for x, v in samples]}
+
+    tests = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "15s",
+        "tests": [{
+            "interval": "15s",
+            "input_series": [{"series": s, "values": v} for s, v in series],
+            "promql_expr_test": [
+                # the variable's values (label_values of its gauge, as PromQL)
+                read(f"count by (run_id) ({_grafana(selector, 'r', every)})",
+                     ('{run_id="b1"}', 1), ('{run_id="c2"}', 1)),
+                read(_grafana(_panel_expr(restarts), "r", every),
+                     ('{block="0",run_id="b1"}', 2)),
+                read(_grafana(_panel_expr(f"rate({steps}"), "r", every),
+                     ('{block="0",run_id="b1"}', 1), ('{block="0",run_id="c2"}', 2)),
+                read(_grafana(_panel_expr(restarts), "r", ["b1"]),
+                     ('{block="0",run_id="b1"}', 2)),
+            ],
+        }],
     }
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
     _promtool("test", "rules", "tests.yml", cwd=tmp_path)
