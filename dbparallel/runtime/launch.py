@@ -1,6 +1,7 @@
 """Starting a run on Ray: connect (ray_connect.py), pin the data index, reserve one bundle
 per block that trains at once (every block, or ``runtime.max_concurrent_blocks``: waves),
-start the actors as the controller asks, drive it, write the report, clean up."""
+start the actors as the controller asks, drive it, write the report, clean up (the report is
+written while the driver's assembling.json still says the run is being assembled)."""
 
 from __future__ import annotations
 
@@ -135,6 +136,11 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
         per_block = backend.summaries()
         for row, placed in zip(per_block, controller.schedule(), strict=True):
             row.update(placed)  # which blocks ran when: slot, started_s, finished_s
+        report = build_report(cfg, run_id, per_block, metrics, time.perf_counter() - start)
+        report["concurrent_blocks"] = slots
+        report["replicas_per_block"] = cfg.runtime.replicas_per_block
+        # before assembling.json is removed: the run reads being assembled, then finished
+        write_report(storage, report)
     finally:
         ending = backend is not None and storage is not None
 
@@ -162,10 +168,6 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
               ("free the placement group", (lambda: release(pg)) if pg is not None else None),
               ("disconnect from Ray", ray.shutdown if connected else None))
     assert storage is not None
-    report = build_report(cfg, run_id, per_block, metrics, time.perf_counter() - start)
-    report["concurrent_blocks"] = slots
-    report["replicas_per_block"] = cfg.runtime.replicas_per_block
-    write_report(storage, report)
     write_curves(storage)
     return report
 

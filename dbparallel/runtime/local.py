@@ -100,19 +100,19 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
             finally:
                 run.close()
             per_block.append(run.summary())
-        metrics: dict[str, float] = {}
-        if only_blocks is None:
-            # no lease held from here: `dbparallel stop` finds it by its record
-            with assembling(storage, cfg.train.lease_timeout_s):
-                metrics = assemble(cfg, storage, index, assembly)
-                AssemblyRecorder(cfg.run.name, run_id, sink).record(metrics)
-                assemblies.append(int(metrics["block_steps_min"]), metrics)
+        if only_blocks is not None:  # a subset's process leaves the run's files to the run
+            return build_report(cfg, run_id, per_block, {}, time.perf_counter() - start)
+        # no lease held from here: `dbparallel status` and `stop` find it by its record, which
+        # stays until report.json is written: the run is being assembled, then finished
+        with assembling(storage, cfg.train.lease_timeout_s):
+            metrics = assemble(cfg, storage, index, assembly)
+            AssemblyRecorder(cfg.run.name, run_id, sink).record(metrics)
+            assemblies.append(int(metrics["block_steps_min"]), metrics)
+            report = build_report(cfg, run_id, per_block, metrics, time.perf_counter() - start)
+            write_report(storage, report)
     finally:
         bars.close()
         if server is not None:
             server.shutdown()
-    report = build_report(cfg, run_id, per_block, metrics, time.perf_counter() - start)
-    if only_blocks is None:  # a subset's process leaves the run's files to the whole run
-        write_report(storage, report)
-        write_curves(storage)
+    write_curves(storage)
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import dbparallel
 from dbparallel.config import load_config
 
 pytestmark = pytest.mark.ray
@@ -32,10 +34,28 @@ def _train(run_dir: Path, *overrides: str, local: bool = False) -> dict:
     return run_ray(cfg, None, progress=False)
 
 
+# (the run's state, report.json written) at the last moment of each of ray_run's driver's
+# assembling.json records
+ASSEMBLY_ENDS: list[tuple[str, bool]] = []
+
+
 @pytest.fixture(scope="module")
 def ray_run(ray_session, tmp_path_factory) -> tuple[Path, dict]:
+    import dbparallel.runtime.launch as launch
+
     run_dir = tmp_path_factory.mktemp("ray") / "run"
-    return run_dir, _train(run_dir)
+    record = launch.assembling
+
+    @contextlib.contextmanager
+    def watched(*args, **kwargs):
+        with record(*args, **kwargs):
+            yield
+            ASSEMBLY_ENDS.append((dbparallel.status(run_dir).state,
+                                  (run_dir / "report.json").exists()))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(launch, "assembling", watched)
+        return run_dir, _train(run_dir)
 
 
 def test_report_and_files(ray_run) -> None:
@@ -64,6 +84,14 @@ def test_report_and_files(ray_run) -> None:
         assert measured["data_memory_bytes"] == row["data_memory_bytes"] > 0
         assert measured["model_flops_per_step"] == row["model_flops_per_step"] > 0
         assert measured["heldout_loss"] == row["heldout_loss"] > 0
+
+
+def test_report_json_is_written_before_the_driver_s_assembly_record_goes(ray_run) -> None:
+    """No moment in which the blocks are done, the record gone and report.json not yet
+    written (status would read ``trained, not yet assembled``)."""
+    run_dir, _ = ray_run
+    assert ASSEMBLY_ENDS == [("being assembled", True)]
+    assert dbparallel.status(run_dir).state == "finished"
 
 
 def test_history_and_curves_of_a_ray_run(ray_run) -> None:

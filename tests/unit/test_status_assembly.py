@@ -4,6 +4,7 @@ short, whose process is gone."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 from holders import ended, wait_assembling, write_assembly
 
 import dbparallel
+import dbparallel.runtime.local as local
 from dbparallel import cli
 from dbparallel.training.assembling import ASSEMBLING_FILE, assembling
 from dbparallel.training.holder import driver_session
@@ -132,3 +134,22 @@ def test_an_assembly_on_another_machine_and_a_damaged_record(run: Path, capsys) 
     assert (shown["state"], shown["assembler"]) == ("trained, not yet assembled", "")
     assert _line(lines, "problem: ").startswith(
         f"problem: {Storage(str(run)).uri(ASSEMBLING_FILE)}: damaged")
+
+
+def test_report_json_is_written_before_the_assembly_s_record_goes(
+        trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No moment in which every block is done, the record gone and report.json not yet
+    written: status would read ``trained, not yet assembled``."""
+    run, seen = tmp_path / "run", []  # (``trained``: the classifier made once, as above)
+    record = local.assembling
+
+    @contextlib.contextmanager
+    def watched(*args, **kwargs):
+        with record(*args, **kwargs):
+            yield
+            seen.append((dbparallel.status(run).state, (run / "report.json").exists()))
+
+    monkeypatch.setattr(local, "assembling", watched)
+    assert cli.main([*TRAIN, f"run.dir={run}"]) == 0
+    assert seen == [("being assembled", True)]  # the record's last moment
+    assert dbparallel.status(run).state == "finished"
