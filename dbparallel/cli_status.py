@@ -75,6 +75,9 @@ def render(status: RunStatus) -> str:
         lines.append(f"latest assembly{at}: {scores}")
     if status.assembler:
         lines.append(_assembling(status))
+    lines += [f"running: {who} (a --local process between blocks, or still checking the data: "
+              f"it holds no block's lease now; `dbparallel stop` stops it)"
+              for who in status.runners]
     if status.report_problem:
         lines.append(status.report_problem)
     else:

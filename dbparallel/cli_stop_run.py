@@ -1,7 +1,8 @@
 """``dbparallel stop RUN_DIR [--wait S]``: stop the processes that train a run's blocks, found
 from its run directory (training/stop_run.py), with SIGTERM: each stops where it is and
 releases its leases (cli_stop.py is how it takes the signal), and the same ``train`` command
-resumes the run."""
+resumes the run. A ``--local`` run still checking its data has written no config.yaml yet:
+its RUN_DIR holds only its process's record, which is enough."""
 
 from __future__ import annotations
 
@@ -9,22 +10,34 @@ import argparse
 import math
 
 from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
-from dbparallel.errors import UserError
+from dbparallel.errors import RunDirError, UserError
 from dbparallel.shell import resubmit_line, shell_path
+from dbparallel.training.assembling import ASSEMBLING_FILE
 from dbparallel.training.stop_run import Hold
+from dbparallel.training.storage import Storage
 
 WAIT_S = 60.0  # the longest --wait's default waits for the processes signalled to stop
 EXIT_HELD = 1  # a block is still held when the command ends
 
 
 ASSEMBLY = "the run's assembly"  # what a run's assembling process is named by
+RUN = "the run"  # and a --local process that runs it, holding neither a lease nor that
+
+
+def _blocks(numbers: list[int]) -> str:
+    """``block 0``, ``blocks 0, 1``."""
+    return f"block{'s' * (len(numbers) != 1)} {', '.join(str(b) for b in numbers)}"
 
 
 def _named(holds: list[Hold]) -> str:
-    """``blocks 0, 1``, ``the run's assembly`` or both, of what ``holds`` hold."""
-    numbers = [str(h.block) for h in holds if h.block is not None]
-    said = [f"block{'s' * (len(numbers) != 1)} {', '.join(numbers)}"] if numbers else []
-    return " and ".join(said + [ASSEMBLY] * any(h.block is None for h in holds))
+    """``blocks 0, 1``, ``the run's assembly`` or both, of what ``holds`` hold; ``the run``
+    (``the run (its blocks 0, 1)`` for a --block process) of a --local process's record."""
+    numbers = [h.block for h in holds if h.block is not None]
+    said = [_blocks(numbers)] if numbers else []
+    said += [ASSEMBLY] * any(h.record == ASSEMBLING_FILE for h in holds)
+    runs = [h for h in holds if h.block is None and h.record != ASSEMBLING_FILE]
+    said += [RUN + (f" (its {_blocks(h.blocks)})" if h.blocks else "") for h in runs]
+    return " and ".join(said)
 
 
 def _who(hold: Hold) -> str:
@@ -90,24 +103,47 @@ def _waited(hold: Hold, released: bool, ended: bool, wait_s: float) -> str:
                    f"`dbparallel status` shows when it has stopped")
 
 
+def _runners_only(run_dir: str) -> list[Hold]:
+    """The --local processes recorded running the run in ``run_dir``, which is no run
+    directory yet (they check the data before they write its config.yaml); none where it
+    cannot be read either."""
+    from dbparallel.training.stop_run import find_runners
+    from dbparallel.training.storage import reach
+
+    try:
+        return find_runners(reach(run_dir))
+    except (OSError, RunDirError):
+        return []
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     from dbparallel.training.run_dir import run_config
     from dbparallel.training.stop_run import (
         find_assembly,
         find_holds,
+        find_runners,
         ray_job_argv,
         send_sigterm,
         wait_ended,
     )
-    from dbparallel.training.storage import Storage
 
     if math.isnan(args.wait) or args.wait < 0:
         raise UserError(f"--wait {args.wait:g}: seconds to wait, 0 or more")
-    cfg = run_config(args.run_dir)
-    storage = Storage(args.run_dir)
-    holds = find_holds(storage, cfg)
-    assembly = find_assembly(storage)  # a --local run assembling its blocks holds no lease
-    holds += [assembly] if assembly is not None else []
+    try:
+        cfg = run_config(args.run_dir)
+    except RunDirError:  # no config.yaml yet: a --local run may still be checking its data
+        holds = _runners_only(args.run_dir)
+        if not holds:
+            raise
+        storage = Storage(args.run_dir)
+    else:
+        storage = Storage(args.run_dir)
+        holds = find_holds(storage, cfg)
+        assembly = find_assembly(storage)  # a --local run assembling its blocks holds no lease
+        holds += [assembly] if assembly is not None else []
+        named = {h.process for h in holds if h.kind != "damaged"}
+        holds += [h for h in find_runners(storage)  # a --local process between two blocks
+                  if h.kind == "damaged" or h.process not in named]
     if not holds:
         print(f"{args.run_dir}: no block's write lease is held: nothing to stop")
         return 0
@@ -118,7 +154,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
         mine = [h for h in holds if h.kind == "signal" and h.process == process]
         said = f"{_named(mine)}: {_who(mine[0])} "
         verbs = ["trains"] * any(h.block is not None for h in mine) \
-            + ["assembles"] * any(h.block is None for h in mine)  # a Ray driver: both
+            + ["assembles"] * any(h.record == ASSEMBLING_FILE for h in mine) \
+            + ["runs"] * any(h.block is None and h.record != ASSEMBLING_FILE for h in mine)
         said += " and ".join(verbs) + " "
         said += "them" if len(mine) > 1 else "it"
         if why:
@@ -139,9 +176,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
               + ("" if math.isinf(args.wait) else f" (up to {args.wait:g} s)") + " ...",
               flush=True)
         states = wait_ended(storage, waiting, args.wait)
-        for hold in waiting:
-            print(_waited(hold, *states[hold.block], args.wait))
-        still_held |= not all(released or ended for released, ended in states.values())
+        for hold, state in zip(waiting, states, strict=True):
+            print(_waited(hold, *state, args.wait))
+        still_held |= not all(released or ended for released, ended in states)
     stopped = {h.process for h in holds if h.kind == "signal" and not sent[h.process]}
     for argv in sorted({tuple(argv) for p in stopped if (argv := jobs[p])}):
         print(resubmit_line(argv))  # a Ray job's entrypoint: the job ends with it
@@ -161,15 +198,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "driver of a Ray run (which stops its block processes), also one started from "
         "Python (dbparallel.train, where its program left SIGTERM's default); and to the "
         "process assembling the blocks (--local, or a Ray run's driver), recorded in "
-        "the run directory. Each stops where it is and releases its leases, as on Ctrl-C; "
+        "the run directory; and to a --local process that holds neither, while it checks "
+        "the data (before the run directory has a config.yaml) or between two blocks, "
+        "recorded there too. Each stops where it is and releases its leases, as on Ctrl-C; "
         "the same train command resumes the run (a Ray job's driver: the job resubmitted, "
         "its command named). Nothing else is ever signalled, and never "
         "SIGKILL. A holder of another machine or container is named with the host and the "
         "command to run there. Exit codes: 0 nothing held, or every holder signalled (and, "
         "with --wait, ended or its leases released); 1 a block is still held, or the run's "
-        "assembly still runs: its process is on another machine or container, could not be "
-        "signalled, did not stop within --wait, or its lease (or the assembly's record) is "
-        "damaged (each said in a line); 2 RUN_DIR is not a run directory. A process still "
+        "assembly or a --local process still runs it: its process is on another machine or "
+        "container, could not be signalled, did not stop within --wait, or its lease (or "
+        "record) is damaged (each said in a line); 2 RUN_DIR is not a run directory, and no "
+        "--local run is starting in it. A process still "
         "cleaning up after a stop says so on a second SIGTERM, and quits at once on a "
         "third, without releasing its leases (a rerun on its machine takes them over at "
         "once): give a long cleanup --wait rather than running stop again.")

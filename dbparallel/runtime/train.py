@@ -3,7 +3,8 @@
 The data are indexed first (schema problems stop here, before any block starts), the block's
 data memory is printed, and the rows are checked once (``data.validate``): here in local
 mode, on the cluster's CPUs in a Ray run. Then every block trains, here one after another
-(``runtime.local``) or as concurrent Ray actors.
+(``runtime.local``) or as concurrent Ray actors. A local run records its process in the run
+directory from its data check on (training/running.py), for ``dbparallel stop``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dbparallel.training.data_check import check_here
 from dbparallel.training.data_memory import report_footprint
 from dbparallel.training.plan import memory_warning
 from dbparallel.training.run_dir import check_resumable
+from dbparallel.training.running import running
 from dbparallel.training.schedule import warmup_warning
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,12 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
         report_footprint(cfg, index)  # its warnings (tiny row groups) before the long pass
         if cfg.data.validate:
             check_resumable(cfg, index, only_blocks)  # refusals before the long pass
-            check_here(cfg, index)
-        return run_local(cfg, index, progress=progress, only_blocks=only_blocks)
+        # from here to its end `dbparallel stop` finds this process, also while it holds no
+        # block's lease: checking the data, or between two blocks
+        with running(cfg, only_blocks):
+            if cfg.data.validate:
+                check_here(cfg, index)
+            return run_local(cfg, index, progress=progress, only_blocks=only_blocks)
     from dbparallel.runtime.launch import run_ray
 
     data_bytes = report_footprint(cfg, index)  # the rows are checked on the cluster

@@ -220,7 +220,26 @@ def require_run_dir(storage: Storage, shown: str) -> None:
         return
     if storage.is_local and not storage.exists(""):
         raise RunDirError(f"{shown}: no such directory")
+    starting = _starting(storage)
+    if starting:
+        raise RunDirError(f"{shown}: not a run directory yet (no {CONFIG_FILE}): {starting}")
     raise RunDirError(f"{shown}: not a run directory (no {CONFIG_FILE}){_runs_near(storage)}")
+
+
+def _starting(storage: Storage) -> str:
+    """Where a --local run is starting in ``storage`` (it records itself before its data
+    check, and writes config.yaml after it: training/running.py), which process it is, for
+    the message that refuses the directory; "" where none is."""
+    import time
+
+    from dbparallel.training.running import live_runners
+
+    found = live_runners(storage, time.time())[0]
+    if not found:
+        return ""
+    who = ", ".join(f"pid {pid} on {host}" for host, pid in found)
+    return (f"a --local run is starting in it ({who}), which checks its data before it writes "
+            f"{CONFIG_FILE}; `dbparallel stop {shell_path(storage.uri())}` stops it")
 
 
 def _runs_near(storage: Storage) -> str:

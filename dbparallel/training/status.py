@@ -26,7 +26,9 @@ storage) is read the same way as a local one, while it trains or after. Each blo
 The run is ``being assembled`` while every block is done and the process that assembles
 them (a ``--local`` run's, or a Ray run's driver) records itself in assembling.json
 (assembling.py) and still runs, or runs on another machine that cannot be asked; a record whose
-process is gone is an assembly cut short (a process killed outright: a stop removes it).
+process is gone is an assembly cut short (a process killed outright: a stop removes it). A
+live ``--local`` process recorded in ``running/`` (running.py) that neither writes a block nor
+assembles them (between two blocks, or checking the data) is listed in ``runners``.
 
 Times come from the writers' clocks (the lease's renewal, a metrics line's ``time``), so a
 machine whose clock is off shows ages off by as much. A damaged file of one block is shown on
@@ -49,6 +51,7 @@ from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
 from dbparallel.training.holder import driver_holding, holder_alive, holder_driver, holder_parts
 from dbparallel.training.lease import BlockLease, lease_timeout_s
 from dbparallel.training.run_id import read_run_id
+from dbparallel.training.running import live_runners
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 REPORT_FILE = "report.json"
@@ -104,6 +107,8 @@ class RunStatus:
     # train.lease_timeout_s (so counted as gone)
     assembling_since: float | None = None  # when it began (Unix time, its clock)
     assembling_age_s: float | None = None  # seconds since then
+    runners: list[str] = field(default_factory=list)  # host/pid of each --local process that
+    # runs the run (running/) and neither writes a block nor assembles them now
     problems: list[str] = field(default_factory=list)
     run: str = ""  # run.name: its metrics' label ``run``
     run_id: str | None = None  # the run directory's id, their label ``run_id`` (None: none yet,
@@ -227,7 +232,17 @@ def run_status(storage: Storage, cfg: Config, now: float | None = None) -> RunSt
         status.problems.append(" ".join(str(err).split()))
     _read_report(status, storage, now)
     _read_assembler(status, storage, now)
+    _read_runners(status, storage, now)
     return status
+
+
+def _read_runners(status: RunStatus, storage: Storage, now: float) -> None:
+    """The live --local processes recorded running the run that are not named already as a
+    block's writer or the assembler; a damaged record is a problem."""
+    live, problems = live_runners(storage, now)
+    named = {b.writer for b in status.blocks} | {status.assembler}
+    status.runners = [f"{host}/{pid}" for host, pid in live if f"{host}/{pid}" not in named]
+    status.problems += problems
 
 
 def _read_assembler(status: RunStatus, storage: Storage, now: float) -> None:

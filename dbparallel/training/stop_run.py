@@ -16,7 +16,11 @@ machine or container is named, with its host, to be stopped there.
 A ``--local`` run assembling its blocks holds no lease: the process records itself in the run
 directory while it does (assembling.py), named as a lease names its holder, and is found and
 stopped the same way. A Ray run's driver records itself too, while its final assembly runs:
-the same process as its blocks' leases lead to, signalled once.
+the same process as its blocks' leases lead to, signalled once. A ``--local`` process also
+records itself in ``running/`` for its whole run (running.py), so that it is found while it
+holds neither a lease nor the assembly's record: while it checks the data, before it writes
+the run's config.yaml, and between two blocks. A process that a lease or the assembly's record
+names already is signalled for those.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 
 from dbparallel.config import Config
 from dbparallel.shell import RAY_JOB_VAR
-from dbparallel.training.assembling import assembler
+from dbparallel.training.assembling import ASSEMBLING_FILE, assembler
 from dbparallel.training.holder import (
     holder_alive,
     holder_driver,
@@ -41,6 +45,8 @@ from dbparallel.training.holder import (
     still_runs,
 )
 from dbparallel.training.lease import BlockLease, lease_timeout_s
+from dbparallel.training.process_record import read_record
+from dbparallel.training.running import runners
 from dbparallel.training.storage import DamagedFile, Storage
 
 POLL_S = 0.2  # how often the wait reads the leases again
@@ -48,8 +54,9 @@ POLL_S = 0.2  # how often the wait reads the leases again
 
 @dataclass
 class Hold:
-    """A block whose lease names a holder, or a ``--local`` run's assembly (block None) whose
-    record names its process, and what stopping it takes."""
+    """A block whose lease names a holder, or a record (block None) that names a process:
+    the run's assembly, or a ``--local`` process running the run; and what stopping it
+    takes."""
 
     block: int | None
     kind: str  # signal (a process here, to be sent SIGTERM) | ending (its Ray run's driver is
@@ -64,6 +71,9 @@ class Hold:
     age_s: float = 0.0  # since then
     timeout_s: float = 0.0  # after which its lease lapses: its writer's train.lease_timeout_s
     said: str = ""  # a damaged lease's error
+    record: str = ""  # a record's path: assembling.json, or running/<id>.json
+    blocks: list[int] | None = None  # a running/ record's: the blocks its process trains
+    # (None: every block)
 
     @property
     def process(self) -> tuple[str, str]:
@@ -132,12 +142,35 @@ def find_assembly(storage: Storage, now: float | None = None) -> Hold | None:
     try:
         record = assembler(storage)
     except DamagedFile as err:
-        return Hold(None, "damaged", said=" ".join(str(err).split()))
+        return Hold(None, "damaged", said=" ".join(str(err).split()), record=ASSEMBLING_FILE)
     if record is None:
         return None
+    return _recorded(ASSEMBLING_FILE, record, time.time() if now is None else now)
+
+
+def find_runners(storage: Storage, now: float | None = None) -> list[Hold]:
+    """The ``--local`` processes recorded running the run in ``storage`` (block None), at
+    Unix time ``now``; records of processes that are gone (killed) are left out."""
     now = time.time() if now is None else now
+    holds = []
+    for path, record in runners(storage):
+        if isinstance(record, DamagedFile):
+            holds.append(Hold(None, "damaged", said=" ".join(str(record).split()), record=path))
+            continue
+        hold = _recorded(path, record, now)
+        if hold is not None:
+            blocks = record.get("blocks")
+            hold.blocks = blocks if isinstance(blocks, list) else None
+            holds.append(hold)
+    return holds
+
+
+def _recorded(path: str, record: dict[str, Any], now: float) -> Hold | None:
+    """What stopping the process that the record at ``path`` names takes; None where it is
+    gone."""
     hold = _hold(None, {"holder": record["holder"], "renewed_at": record["renewed"]},
                  record["timeout_s"], now)
+    hold.record = path
     return None if hold.kind == "gone" else hold
 
 
@@ -175,12 +208,14 @@ def ray_job_argv(pid: str) -> list[str] | None:
 def hold_state(storage: Storage, hold: Hold) -> tuple[bool, bool]:
     """(released, ended) of a signalled or ending hold: its lease names another holder or
     none (released, or taken over); the process ended (the one signalled; for an ending hold,
-    the block's own process). An assembly's record is released once it is gone."""
+    the block's own process). A record is released once it is gone."""
     if hold.block is None:
         try:
-            record = assembler(storage)
+            record = read_record(storage, hold.record)
         except DamagedFile:  # read while rewritten on a store without atomic renames
             record = {"holder": hold.holder}
+        except FileNotFoundError:  # removed between the look and the read
+            record = None
         return (record or {}).get("holder") != hold.holder, hold.process_runs() is False
     try:
         lease = BlockLease(storage, hold.block, "", 0.0).read()
@@ -193,12 +228,12 @@ def hold_state(storage: Storage, hold: Hold) -> tuple[bool, bool]:
 
 
 def wait_ended(storage: Storage, holds: list[Hold], timeout_s: float,
-               poll_s: float = POLL_S) -> dict[int | None, tuple[bool, bool]]:
-    """Block (None: the assembly) -> ``hold_state`` of each of ``holds`` once every one's
-    process has ended, or once ``timeout_s`` has passed."""
+               poll_s: float = POLL_S) -> list[tuple[bool, bool]]:
+    """``hold_state`` of each of ``holds``, in order, once every one's process has ended, or
+    once ``timeout_s`` has passed."""
     deadline = time.monotonic() + timeout_s
     while True:
-        states = {h.block: hold_state(storage, h) for h in holds}
-        if all(ended for _, ended in states.values()) or time.monotonic() >= deadline:
+        states = [hold_state(storage, h) for h in holds]
+        if all(ended for _, ended in states) or time.monotonic() >= deadline:
             return states
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,9 +14,58 @@ from pathlib import Path
 from dbparallel import cli
 from dbparallel.training.assembling import ASSEMBLING_FILE
 from dbparallel.training.holder import process_space
+from dbparallel.training.running import RUNNING_DIR
 from dbparallel.training.storage import Storage
 
 HANG_S = 120  # a hang guard only, never a timing claim
+ROOT = Path(__file__).resolve().parents[2]  # where the PAUSED process runs
+
+# `dbparallel train ARGS` (or, given `python`, dbparallel.train(RECIPE) into RUN_DIR, ARGS
+# being RECIPE RUN_DIR, what the call ended with printed as JSON) that stops short at a point
+# (PAUSE) as a long data check or a slow block start would: there it writes the file MARK,
+# then waits until it is stopped. Where the process is comes from the file, not from timing.
+PAUSED = """
+import json, sys, time
+from pathlib import Path
+
+import dbparallel
+import dbparallel.runtime.local as local
+import dbparallel.runtime.train as train
+from dbparallel import cli
+
+pause_at, mark, how, args = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4:]
+
+def pause():
+    mark.write_text("")
+    time.sleep(600)
+    sys.exit("not stopped")
+
+if pause_at == "data check":  # the rows of a large data set decoded
+    train.check_here = lambda cfg, index: pause()
+else:  # block 1 about to start: block 0 trained, its lease released
+    block_run = local.BlockRun
+    local.BlockRun = lambda cfg, b, *rest: pause() if b == 1 else block_run(cfg, b, *rest)
+if how == "command":
+    sys.exit(cli.main(["train", *args]))
+try:
+    dbparallel.train(args[0], overrides={"run.dir": args[1], "metrics.port": 0}, local=True)
+    print(json.dumps("returned"))
+except dbparallel.Terminated as err:
+    print(json.dumps(f"Terminated: {err}"))
+"""
+
+
+def paused(pause_at: str, mark: Path, how: str, *args: str) -> subprocess.Popen:
+    """A PAUSED process stopping short at ``pause_at`` (``data check`` or ``block 1``),
+    started by ``how`` (``command``: ``dbparallel train ARGS``; ``python``: dbparallel.train
+    of the recipe ARGS[0] into the run directory ARGS[1])."""
+    return subprocess.Popen([sys.executable, "-c", PAUSED, pause_at, str(mark), how, *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_paused(mark: Path, proc: subprocess.Popen) -> None:
+    """Return once the PAUSED ``proc`` has written ``mark``, failing if it ends first."""
+    _wait(mark.exists, proc, f"{mark} never written")
 
 
 def _wait(done: Callable[[], bool], proc: subprocess.Popen, what: str) -> None:
@@ -73,11 +123,18 @@ def stop(run: Path, proc: subprocess.Popen, capsys) -> Stopped:
 
 
 def write_assembly(storage: Storage, host: str, pid: int | str, start: str = "",
-                   renewed_ago_s: float = 0.0, timeout_s: float = 60.0) -> None:
-    """An assembling.json naming pid ``pid`` of ``host`` (of this process space), which
-    started at ``start`` (process_start) where given, renewed ``renewed_ago_s`` ago with its
-    writer's train.lease_timeout_s ``timeout_s``."""
+                   renewed_ago_s: float = 0.0, timeout_s: float = 60.0,
+                   path: str = ASSEMBLING_FILE) -> None:
+    """An assembling.json (or another record at ``path``) naming pid ``pid`` of ``host`` (of
+    this process space), which started at ``start`` (process_start) where given, renewed
+    ``renewed_ago_s`` ago with its writer's train.lease_timeout_s ``timeout_s``."""
     holder = f"0123abcd/{host}/{pid}/0123abcd/{process_space()}" + (f"/{start}" * bool(start))
     renewed = time.time() - renewed_ago_s
-    storage.write_json(ASSEMBLING_FILE, {"holder": holder, "since": renewed,
-                                         "renewed": renewed, "timeout_s": timeout_s})
+    storage.write_json(path, {"holder": holder, "since": renewed, "renewed": renewed,
+                              "timeout_s": timeout_s})
+
+
+def write_runner(storage: Storage, host: str, pid: int | str, name: str = "a", **more) -> None:
+    """A record of a --local process running the run (``running/NAME.json``), as
+    ``write_assembly`` writes one."""
+    write_assembly(storage, host, pid, path=f"{RUNNING_DIR}/{name}.json", **more)

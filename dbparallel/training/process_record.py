@@ -1,0 +1,105 @@
+"""A process recorded in a run directory while it does something there that holds no block's
+write lease: the run's assembly (assembling.py), a ``--local`` process from its data check to
+its end (running.py).
+
+The record names the process as a lease names its holder (holder.py), so the same checks say
+whether it still runs and is still the process that wrote the record (not one that took its
+pid over). The process renews the record (``renewed``) every third of its
+``train.lease_timeout_s`` (``timeout_s``), as a writer renews its lease: a record of another
+machine's process, which cannot be asked whether it still runs, counts as gone once it was not
+renewed for that long. The record is removed when the process is done, however it stops; one
+left by a killed process names a process that is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from dbparallel.errors import RunDirError
+from dbparallel.training.holder import (
+    holder_alive,
+    holder_parts,
+    holder_start,
+    new_holder,
+    still_runs,
+)
+from dbparallel.training.storage import Storage, damaged
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def recorded(storage: Storage, path: str, timeout_s: float, session: str = "",
+             **more: Any) -> Iterator[dict[str, Any]]:
+    """Record this process at ``path`` of ``storage`` while the block runs, for ``session``
+    (default: a new one), with the fields ``more``, renewed every third of ``timeout_s``;
+    the record (yielded) is removed after, however the block ends, if it is still this
+    process's."""
+    holder = new_holder(session or uuid.uuid4().hex)
+    since = time.time()
+    record = {"holder": holder, "since": since, "renewed": since, "timeout_s": timeout_s,
+              **more}
+    storage.write_json(path, record)
+    done = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(storage, path, record, done), daemon=True,
+                               name=f"{path}-renewal")
+    renewer.start()
+    try:
+        yield record
+    finally:
+        done.set()
+        renewer.join()
+        try:
+            if (read_record(storage, path) or {}).get("holder") == holder:
+                storage.delete(path)
+        except (OSError, RunDirError) as why:  # the block's own error is the one to raise
+            log.warning("could not remove %s: %s", storage.uri(path), why)
+
+
+def _renew(storage: Storage, path: str, record: dict[str, Any], done: threading.Event) -> None:
+    """Rewrite ``record`` at ``path`` with its ``renewed`` time every third of its
+    ``timeout_s`` until ``done``, while the record there is still this process's."""
+    while not done.wait(record["timeout_s"] / 3):
+        try:
+            if (read_record(storage, path) or {}).get("holder") != record["holder"]:
+                return
+            storage.write_json(path, {**record, "renewed": time.time()})
+        except (OSError, RunDirError) as why:  # the store out of reach a while: try again
+            log.warning("could not renew %s: %s", storage.uri(path), why)
+
+
+def read_record(storage: Storage, path: str, remedy: str = "delete it") -> dict[str, Any] | None:
+    """The record at ``path`` (``holder``; ``since``: when the process began, Unix time;
+    ``renewed``: when it last renewed the record; ``timeout_s``; the fields it was given);
+    None where there is none; DamagedFile naming the file, with ``remedy``, where it is no
+    record."""
+    if not storage.exists(path):
+        return None
+    found = storage.read_json(path)
+    times = ("since", "renewed", "timeout_s")
+    if not (isinstance(found, dict) and isinstance(found.get("holder"), str)
+            and all(type(found.get(k)) in (int, float) for k in times)
+            and found["timeout_s"] > 0):
+        raise damaged(storage.uri(path), 'expected {"holder", "since", "renewed", "timeout_s"}',
+                      remedy)
+    return found
+
+
+def record_runs(record: dict[str, Any], now: float) -> tuple[bool | None, bool]:
+    """(runs, lapsed): whether the process a record names still runs at Unix time ``now``,
+    as ``dbparallel stop`` asks it (holder.py), and whether it is another machine's (or
+    container's) that did not renew the record for its ``timeout_s``. runs is False where the
+    process is gone, its pid is another process's now, or it lapsed; None where it is another
+    machine's and renewed the record since."""
+    holder = record["holder"]
+    runs = holder_alive(holder)
+    if runs:  # its pid runs: still the process that wrote the record, not one that took it
+        runs = still_runs(holder_parts(holder)[2], holder_start(holder), record["since"])
+    lapsed = runs is None and now - record["renewed"] >= record["timeout_s"]
+    return (False if lapsed else runs), lapsed

@@ -1,0 +1,99 @@
+"""The ``--local`` processes that run a run, each recorded in its run directory for as long as
+it does.
+
+A ``--local`` process (every block, or ``--block`` ones) holds a block's write lease only
+while it trains that block, and ``assembling.json`` only while it assembles them: not while it
+checks the data (before it writes config.yaml), nor between one block's release and the next
+one's start. So that ``dbparallel stop`` (stop_run.py) finds it for the whole run, it records
+itself in ``running/<id>.json`` from before its data check to its end (process_record.py:
+named as a lease names its holder, renewed as a lease is, removed however it stops), with the
+blocks it trains (``blocks``; None: every block, and the assembly). One file per process:
+``--block`` processes of one run may run at once. A run directory that does not exist yet is
+created for the record; where the run stops before it wrote anything else (a bad row, a
+refusal), the directory is removed again, as are records left by killed processes of this
+machine when the next process starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from dbparallel.config import Config
+from dbparallel.errors import RunDirError
+from dbparallel.training.holder import holder_parts
+from dbparallel.training.process_record import read_record, record_runs, recorded
+from dbparallel.training.storage import DamagedFile, Storage, reach
+
+RUNNING_DIR = "running"
+
+
+@contextlib.contextmanager
+def running(cfg: Config, blocks: list[int] | None = None) -> Iterator[None]:
+    """Record this process as running ``cfg``'s run (``blocks``, default every block) in its
+    run directory while the block runs, renewed every third of train.lease_timeout_s."""
+    storage = reach(cfg.run_dir, f"run.dir={cfg.run_dir}")
+    created = storage.is_local and not storage.exists("")
+    try:
+        storage.makedirs(RUNNING_DIR)
+    except OSError as err:  # a file in the way, a read-only or missing mount
+        raise RunDirError(f"run.dir={cfg.run_dir}: cannot create the run directory "
+                          f"({getattr(err, 'strerror', None) or err})") from None
+    try:
+        _remove_gone(storage)
+        with recorded(storage, f"{RUNNING_DIR}/{uuid.uuid4().hex}.json",
+                      cfg.train.lease_timeout_s, blocks=sorted(blocks) if blocks else None):
+            yield
+    finally:
+        if created:  # nothing else written (stopped before open_run): no directory left
+            for rel in (RUNNING_DIR, ""):
+                with contextlib.suppress(OSError):
+                    os.rmdir(storage.path(rel))
+
+
+def runners(storage: Storage) -> list[tuple[str, dict[str, Any] | DamagedFile]]:
+    """(path, record) of each process recorded in ``storage``'s ``running/`` (records of
+    processes that are gone too), or (path, the DamagedFile) where one is no record."""
+    found: list[tuple[str, dict[str, Any] | DamagedFile]] = []
+    for name in storage.listdir(RUNNING_DIR):
+        path = f"{RUNNING_DIR}/{name}"
+        if not name.endswith(".json"):  # a write's temporary file
+            continue
+        try:
+            record = read_record(storage, path, "delete it: its process, if it still runs, "
+                                 "is found by a block's lease while it trains one")
+        except DamagedFile as err:
+            found.append((path, err))
+        except FileNotFoundError:  # its process ended since it was listed
+            continue
+        else:
+            if record is not None:
+                found.append((path, record))
+    return found
+
+
+def live_runners(storage: Storage, now: float) -> tuple[list[tuple[str, str]], list[str]]:
+    """(host, pid) of each process recorded running the run in ``storage`` that still runs at
+    Unix time ``now`` (or is another machine's, and renewed its record in time), and the
+    errors of the records that are damaged."""
+    live, problems = [], []
+    for _, record in runners(storage):
+        if isinstance(record, DamagedFile):
+            problems.append(" ".join(str(record).split()))
+        elif record_runs(record, now)[0] is not False:
+            _, host, pid = holder_parts(record["holder"])
+            live.append((host, pid))
+    return live, problems
+
+
+def _remove_gone(storage: Storage) -> None:
+    """Remove the records of processes of this machine that are gone (killed outright)."""
+    now = time.time()
+    for path, record in runners(storage):
+        if isinstance(record, dict) and record_runs(record, now) == (False, False):
+            with contextlib.suppress(OSError):
+                storage.delete(path)
