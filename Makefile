@@ -6,6 +6,10 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := dataset-fashion-mnist prometheus
 TORCH_INDEX  ?=
 export RAY_USAGE_STATS_ENABLED ?= 0
+# Test processes (pytest-xdist): one per core, at most 4; TEST_WORKERS=0 runs in this process.
+# A test module stays in one process, and the tests that start Ray share one (tests/conftest.py).
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4 --dist loadgroup
 
 .PHONY: run test test-all test-loaded lint clean
 
@@ -35,18 +39,18 @@ run: $(STAMP)
 	$(VENV)/bin/dbparallel train $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
 
 # The default suite and the slow tests beside it (longer Ray runs, instances of their own,
 # chaos schedules, a node lost): every test but those that need a GPU.
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu" $(ARGS)
+	$(PYTEST) -m "not gpu" $(ARGS)
 
 # The suite twice in a row with one core kept busy by another process: nothing in it may
 # depend on how fast the machine is.
 test-loaded: $(STAMP)
 	yes > /dev/null & busy=$$!; trap "kill $$busy" EXIT; \
-	  $(PY) -m pytest -q $(ARGS) && $(PY) -m pytest -q $(ARGS)
+	  $(PYTEST) $(ARGS) && $(PYTEST) $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -69,3 +69,16 @@ def ray_session():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield {"metrics_port": port}
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (`make test`: `-n auto --dist loadgroup`), a module's tests run in one
+    # process, so its module-scoped fixtures are built once, and every test that starts Ray runs
+    # in one process, one Ray instance at a time beside the others' tests.
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        starts_ray = (item.nodeid.startswith("tests/ray/") or item.get_closest_marker("ray")
+                      or "ray_session" in getattr(item, "fixturenames", ()))
+        group = "ray" if starts_ray else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
