@@ -78,6 +78,10 @@ def render(status: RunStatus) -> str:
     lines += [f"running: {who} (a --local process between blocks, or still checking the data: "
               f"it holds no block's lease now; `dbparallel stop` stops it)"
               for who in status.runners]
+    lines += [f"running: {who} (the Ray run's driver: no block process of it writes now; it "
+              f"checks the data on the cluster, waits for the cluster to place the blocks, or "
+              f"starts their processes; `dbparallel stop` stops it)"
+              for who in status.drivers]
     if status.report_problem:
         lines.append(status.report_problem)
     else:

@@ -1,8 +1,8 @@
 """``dbparallel stop RUN_DIR [--wait S]``: stop the processes that train a run's blocks, found
 from its run directory (training/stop_run.py), with SIGTERM: each stops where it is and
 releases its leases (cli_stop.py is how it takes the signal), and the same ``train`` command
-resumes the run. A ``--local`` run still checking its data has written no config.yaml yet:
-its RUN_DIR holds only its process's record, which is enough."""
+resumes the run. A run still checking its data (``--local``, or a Ray run's driver) has
+written no config.yaml yet: its RUN_DIR holds only its process's record, which is enough."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _named(holds: list[Hold]) -> str:
 
 def _who(hold: Hold) -> str:
     """The process that trains ``hold``'s block, for a line of what was done."""
-    if hold.driver:
+    if hold.ray_driver:
         return f"the Ray run whose driver is pid {hold.pid} on {hold.host}"
     return f"pid {hold.pid} on {hold.host}"
 
@@ -74,8 +74,8 @@ def _told(hold: Hold, run_dir: str) -> str:
                        f"still its process: nothing signalled; stop it yourself (`kill "
                        f"{hold.pid}`)")
     assert hold.kind == "elsewhere", hold.kind
-    if hold.driver:
-        return said + (f"held by {_who(hold)}, of another machine or container, which "
+    if hold.ray_driver:
+        return said + (f"{held} by {_who(hold)}, of another machine or container, which "
                        f"cannot be signalled from here: run `dbparallel stop "
                        f"{shell_path(run_dir)}` on {hold.host} (or `kill {hold.pid}` there), or "
                        f"`ray job stop` for a submitted job")
@@ -104,9 +104,9 @@ def _waited(hold: Hold, released: bool, ended: bool, wait_s: float) -> str:
 
 
 def _runners_only(run_dir: str) -> list[Hold]:
-    """The --local processes recorded running the run in ``run_dir``, which is no run
-    directory yet (they check the data before they write its config.yaml); none where it
-    cannot be read either."""
+    """The processes recorded running the run in ``run_dir`` (--local ones, Ray runs'
+    drivers), which is no run directory yet (they check the data before they write its
+    config.yaml); none where it cannot be read either."""
     from dbparallel.training.stop_run import find_runners
     from dbparallel.training.storage import reach
 
@@ -131,7 +131,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         raise UserError(f"--wait {args.wait:g}: seconds to wait, 0 or more")
     try:
         cfg = run_config(args.run_dir)
-    except RunDirError:  # no config.yaml yet: a --local run may still be checking its data
+    except RunDirError:  # no config.yaml yet: a run may still be checking its data
         holds = _runners_only(args.run_dir)
         if not holds:
             raise
@@ -142,7 +142,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
         assembly = find_assembly(storage)  # a --local run assembling its blocks holds no lease
         holds += [assembly] if assembly is not None else []
         named = {h.process for h in holds if h.kind != "damaged"}
-        holds += [h for h in find_runners(storage)  # a --local process between two blocks
+        # a --local process between two blocks; a Ray run's driver before its actors hold
+        # their leases (its leases name it as their driver: signalled once, for them)
+        holds += [h for h in find_runners(storage)
                   if h.kind == "damaged" or h.process not in named]
     if not holds:
         print(f"{args.run_dir}: no block's write lease is held: nothing to stop")
@@ -162,7 +164,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
             still_held = True
             said += f": SIGTERM not sent ({why}): run this as that process's user"
         else:
-            said += ": SIGTERM sent" + (" to the driver" if mine[0].driver else "")
+            said += ": SIGTERM sent" + (" to the driver" if mine[0].ray_driver else "")
         print(said)
     for hold in holds:
         if hold.kind != "signal":
@@ -198,18 +200,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "driver of a Ray run (which stops its block processes), also one started from "
         "Python (dbparallel.train, where its program left SIGTERM's default); and to the "
         "process assembling the blocks (--local, or a Ray run's driver), recorded in "
-        "the run directory; and to a --local process that holds neither, while it checks "
-        "the data (before the run directory has a config.yaml) or between two blocks, "
-        "recorded there too. Each stops where it is and releases its leases, as on Ctrl-C; "
+        "the run directory; and to a --local process or a Ray run's driver that holds "
+        "neither, while it checks the data (before the run directory has a config.yaml), "
+        "is between two blocks, or (a driver) waits for the cluster to place its blocks or "
+        "starts their processes, recorded there too. Each stops where it is and releases "
+        "its leases, as on Ctrl-C; "
         "the same train command resumes the run (a Ray job's driver: the job resubmitted, "
         "its command named). Nothing else is ever signalled, and never "
         "SIGKILL. A holder of another machine or container is named with the host and the "
         "command to run there. Exit codes: 0 nothing held, or every holder signalled (and, "
         "with --wait, ended or its leases released); 1 a block is still held, or the run's "
-        "assembly or a --local process still runs it: its process is on another machine or "
+        "assembly or a process recorded running it still runs: it is on another machine or "
         "container, could not be signalled, did not stop within --wait, or its lease (or "
         "record) is damaged (each said in a line); 2 RUN_DIR is not a run directory, and no "
-        "--local run is starting in it. A process still "
+        "run is starting in it. A process still "
         "cleaning up after a stop says so on a second SIGTERM, and quits at once on a "
         "third, without releasing its leases (a rerun on its machine takes them over at "
         "once): give a long cleanup --wait rather than running stop again.")

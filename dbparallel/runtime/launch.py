@@ -1,7 +1,8 @@
 """Starting a run on Ray: connect (ray_connect.py), pin the data index, reserve one bundle
 per block that trains at once (every block, or ``runtime.max_concurrent_blocks``: waves),
 start the actors as the controller asks, drive it, write the report, clean up (the report is
-written while the driver's assembling.json still says the run is being assembled)."""
+written while the driver's assembling.json still says the run is being assembled). The driver
+records itself in the run directory's ``running/`` for all of it (training/running.py)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from dbparallel.training.holder import driver_session
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.run_dir import check_resumable, open_run
 from dbparallel.training.run_id import ensure_run_id
+from dbparallel.training.running import running
 from dbparallel.training.session_lease import release_session
 from dbparallel.training.status import resume_line
 
@@ -90,6 +92,17 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     if validate:
         check_resumable(cfg, index)  # a run directory that would be refused, before the check
     session = driver_session()  # this run's writers; a restarted actor takes its lease over
+    # from here to its end `dbparallel stop` finds this driver, also while no block's lease
+    # names it: joining the cluster, checking the data there, waiting for placement, starting
+    # the actors
+    with running(cfg, session=session):
+        return _run(cfg, index, session, start, progress, data_bytes, validate)
+
+
+def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bool | None,
+         data_bytes: int, validate: bool) -> dict[str, Any]:
+    """``run_ray``'s run, from joining the cluster to its report, for the driver ``session``
+    (begun at ``time.perf_counter()`` ``start``)."""
     connected = connect(cfg)
     pg, backend, bars, storage = None, None, None, None
     final = contextlib.ExitStack()  # this driver's assembling.json, while the final assembly runs

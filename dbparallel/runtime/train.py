@@ -3,8 +3,9 @@
 The data are indexed first (schema problems stop here, before any block starts), the block's
 data memory is printed, and the rows are checked once (``data.validate``): here in local
 mode, on the cluster's CPUs in a Ray run. Then every block trains, here one after another
-(``runtime.local``) or as concurrent Ray actors. A local run records its process in the run
-directory from its data check on (training/running.py), for ``dbparallel stop``.
+(``runtime.local``) or as concurrent Ray actors. A local run's process, or a Ray run's
+driver, records itself in the run directory from its data check on (training/running.py),
+for ``dbparallel stop``.
 """
 
 from __future__ import annotations

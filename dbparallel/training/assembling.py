@@ -21,7 +21,6 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from dbparallel.training.holder import holder_parts, session_driver
 from dbparallel.training.process_record import read_record, record_runs, recorded
 from dbparallel.training.storage import Storage
 
@@ -48,9 +47,3 @@ def assembler(storage: Storage) -> dict[str, Any] | None:
 def assembler_runs(record: dict[str, Any], now: float) -> tuple[bool | None, bool]:
     """(runs, lapsed) of the process an ``assembler`` record names (``record_runs``)."""
     return record_runs(record, now)
-
-
-def assembler_is_driver(record: dict[str, Any]) -> bool:
-    """Whether the process an ``assembler`` record names is a Ray run's driver."""
-    session, host, pid = holder_parts(record["holder"])
-    return session_driver(session) == (host, pid)

@@ -27,6 +27,7 @@ from dbparallel.training.holder import (
     holder_parts,
     holder_start,
     new_holder,
+    session_driver,
     still_runs,
 )
 from dbparallel.training.storage import Storage, damaged
@@ -103,3 +104,10 @@ def record_runs(record: dict[str, Any], now: float) -> tuple[bool | None, bool]:
         runs = still_runs(holder_parts(holder)[2], holder_start(holder), record["since"])
     lapsed = runs is None and now - record["renewed"] >= record["timeout_s"]
     return (False if lapsed else runs), lapsed
+
+
+def record_driver(record: dict[str, Any]) -> bool:
+    """Whether the process a record names is a Ray run's driver: its session
+    (``driver_session``) names that process itself."""
+    session, host, pid = holder_parts(record["holder"])
+    return session_driver(session) == (host, pid)

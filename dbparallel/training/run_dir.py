@@ -227,9 +227,10 @@ def require_run_dir(storage: Storage, shown: str) -> None:
 
 
 def _starting(storage: Storage) -> str:
-    """Where a --local run is starting in ``storage`` (it records itself before its data
-    check, and writes config.yaml after it: training/running.py), which process it is, for
-    the message that refuses the directory; "" where none is."""
+    """Where a run is starting in ``storage`` (a --local process, or a Ray run's driver,
+    records itself before its data check, and writes config.yaml after it:
+    training/running.py), which process it is, for the message that refuses the directory;
+    "" where none is."""
     import time
 
     from dbparallel.training.running import live_runners
@@ -237,9 +238,11 @@ def _starting(storage: Storage) -> str:
     found = live_runners(storage, time.time())[0]
     if not found:
         return ""
-    who = ", ".join(f"pid {pid} on {host}" for host, pid in found)
-    return (f"a --local run is starting in it ({who}), which checks its data before it writes "
-            f"{CONFIG_FILE}; `dbparallel stop {shell_path(storage.uri())}` stops it")
+    kind = "a --local run" if not any(r.driver for r in found) else \
+        "a Ray run" if all(r.driver for r in found) else "a run"
+    return (f"{kind} is starting in it ({', '.join(r.who for r in found)}), which checks its "
+            f"data before it writes {CONFIG_FILE}; `dbparallel stop "
+            f"{shell_path(storage.uri())}` stops it")
 
 
 def _runs_near(storage: Storage) -> str:

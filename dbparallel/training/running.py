@@ -1,13 +1,16 @@
-"""The ``--local`` processes that run a run, each recorded in its run directory for as long as
-it does.
+"""The processes that run a run, each recorded in its run directory for as long as it does.
 
 A ``--local`` process (every block, or ``--block`` ones) holds a block's write lease only
 while it trains that block, and ``assembling.json`` only while it assembles them: not while it
 checks the data (before it writes config.yaml), nor between one block's release and the next
-one's start. So that ``dbparallel stop`` (stop_run.py) finds it for the whole run, it records
+one's start. A Ray run's driver is named by no lease while it checks the data on the cluster,
+waits for the cluster to place its blocks (up to runtime.placement_timeout_s) or starts their
+processes. So that ``dbparallel stop`` (stop_run.py) finds either for the whole run, it records
 itself in ``running/<id>.json`` from before its data check to its end (process_record.py:
 named as a lease names its holder, renewed as a lease is, removed however it stops), with the
-blocks it trains (``blocks``; None: every block, and the assembly). One file per process:
+blocks it trains (``blocks``; None: every block, and the assembly). A Ray run's driver is
+named under the run's session (``driver_session``), as its blocks' leases and its
+``assembling.json`` name it, so that it is one process to stop. One file per process:
 ``--block`` processes of one run may run at once. A run directory that does not exist yet is
 created for the record; where the run stops before it wrote anything else (a bad row, a
 refusal), the directory is removed again, as are records left by killed processes of this
@@ -21,21 +24,39 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from dbparallel.config import Config
 from dbparallel.errors import RunDirError
 from dbparallel.training.holder import holder_parts
-from dbparallel.training.process_record import read_record, record_runs, recorded
+from dbparallel.training.process_record import read_record, record_driver, record_runs, recorded
 from dbparallel.training.storage import DamagedFile, Storage, reach
 
 RUNNING_DIR = "running"
 
 
+@dataclass
+class Runner:
+    """A process recorded running the run that still runs (or is another machine's, and
+    renewed its record in time)."""
+
+    host: str
+    pid: str
+    driver: bool  # a Ray run's driver
+    blocks: list[int] | None  # the blocks it trains (None: every block)
+
+    @property
+    def who(self) -> str:
+        """``pid P on HOST``, or ``the Ray run whose driver is pid P on HOST``."""
+        return ("the Ray run whose driver is " * self.driver) + f"pid {self.pid} on {self.host}"
+
+
 @contextlib.contextmanager
-def running(cfg: Config, blocks: list[int] | None = None) -> Iterator[None]:
+def running(cfg: Config, blocks: list[int] | None = None, session: str = "") -> Iterator[None]:
     """Record this process as running ``cfg``'s run (``blocks``, default every block) in its
-    run directory while the block runs, renewed every third of train.lease_timeout_s."""
+    run directory while the block runs, for ``session`` (a Ray run's ``driver_session``;
+    default: a new one), renewed every third of train.lease_timeout_s."""
     storage = reach(cfg.run_dir, f"run.dir={cfg.run_dir}")
     created = storage.is_local and not storage.exists("")
     try:
@@ -46,7 +67,8 @@ def running(cfg: Config, blocks: list[int] | None = None) -> Iterator[None]:
     try:
         _remove_gone(storage)
         with recorded(storage, f"{RUNNING_DIR}/{uuid.uuid4().hex}.json",
-                      cfg.train.lease_timeout_s, blocks=sorted(blocks) if blocks else None):
+                      cfg.train.lease_timeout_s, session,
+                      blocks=sorted(blocks) if blocks else None):
             yield
     finally:
         if created:  # nothing else written (stopped before open_run): no directory left
@@ -76,18 +98,24 @@ def runners(storage: Storage) -> list[tuple[str, dict[str, Any] | DamagedFile]]:
     return found
 
 
-def live_runners(storage: Storage, now: float) -> tuple[list[tuple[str, str]], list[str]]:
-    """(host, pid) of each process recorded running the run in ``storage`` that still runs at
-    Unix time ``now`` (or is another machine's, and renewed its record in time), and the
-    errors of the records that are damaged."""
+def live_runners(storage: Storage, now: float) -> tuple[list[Runner], list[str]]:
+    """Each process recorded running the run in ``storage`` that still runs at Unix time
+    ``now`` (or is another machine's, and renewed its record in time), and the errors of the
+    records that are damaged."""
     live, problems = [], []
     for _, record in runners(storage):
         if isinstance(record, DamagedFile):
             problems.append(" ".join(str(record).split()))
         elif record_runs(record, now)[0] is not False:
-            _, host, pid = holder_parts(record["holder"])
-            live.append((host, pid))
+            live.append(_runner(record))
     return live, problems
+
+
+def _runner(record: dict[str, Any]) -> Runner:
+    """The process a record names, and the blocks it trains."""
+    _, host, pid = holder_parts(record["holder"])
+    blocks = record.get("blocks")
+    return Runner(host, pid, record_driver(record), blocks if isinstance(blocks, list) else None)
 
 
 def _remove_gone(storage: Storage) -> None:

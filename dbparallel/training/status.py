@@ -28,7 +28,9 @@ them (a ``--local`` run's, or a Ray run's driver) records itself in assembling.j
 (assembling.py) and still runs, or runs on another machine that cannot be asked; a record whose
 process is gone is an assembly cut short (a process killed outright: a stop removes it). A
 live ``--local`` process recorded in ``running/`` (running.py) that neither writes a block nor
-assembles them (between two blocks, or checking the data) is listed in ``runners``.
+assembles them (between two blocks, or checking the data) is listed in ``runners``; a Ray
+run's driver recorded there that no block's row names (it checks the data on the cluster,
+waits for placement or starts the blocks' processes), in ``drivers``.
 
 Times come from the writers' clocks (the lease's renewal, a metrics line's ``time``), so a
 machine whose clock is off shows ages off by as much. A damaged file of one block is shown on
@@ -44,12 +46,13 @@ from typing import Any
 
 from dbparallel.config import Config
 from dbparallel.errors import RunDirError
-from dbparallel.training.assembling import assembler, assembler_is_driver, assembler_runs
+from dbparallel.training.assembling import assembler, assembler_runs
 from dbparallel.training.checkpoint import BlockCheckpoints, first_save_cut_short
 from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
 from dbparallel.training.holder import driver_holding, holder_alive, holder_driver, holder_parts
 from dbparallel.training.lease import BlockLease, lease_timeout_s
+from dbparallel.training.process_record import record_driver
 from dbparallel.training.run_id import read_run_id
 from dbparallel.training.running import live_runners
 from dbparallel.training.storage import DamagedFile, Storage, damaged
@@ -109,6 +112,8 @@ class RunStatus:
     assembling_age_s: float | None = None  # seconds since then
     runners: list[str] = field(default_factory=list)  # host/pid of each --local process that
     # runs the run (running/) and neither writes a block nor assembles them now
+    drivers: list[str] = field(default_factory=list)  # and of each Ray run's driver that
+    # runs it while no block's row names it (its data check, placement, its actors' start)
     problems: list[str] = field(default_factory=list)
     run: str = ""  # run.name: its metrics' label ``run``
     run_id: str | None = None  # the run directory's id, their label ``run_id`` (None: none yet,
@@ -237,11 +242,15 @@ def run_status(storage: Storage, cfg: Config, now: float | None = None) -> RunSt
 
 
 def _read_runners(status: RunStatus, storage: Storage, now: float) -> None:
-    """The live --local processes recorded running the run that are not named already as a
-    block's writer or the assembler; a damaged record is a problem."""
+    """The live processes recorded running the run (--local ones, Ray runs' drivers) that
+    are not named already as a block's writer, its driver or the assembler; a damaged record
+    is a problem."""
     live, problems = live_runners(storage, now)
-    named = {b.writer for b in status.blocks} | {status.assembler}
-    status.runners = [f"{host}/{pid}" for host, pid in live if f"{host}/{pid}" not in named]
+    named = {b.writer for b in status.blocks} | {b.driver for b in status.blocks} \
+        | {status.assembler}
+    for runner in live:
+        if (who := f"{runner.host}/{runner.pid}") not in named:
+            (status.drivers if runner.driver else status.runners).append(who)
     status.problems += problems
 
 
@@ -258,7 +267,7 @@ def _read_assembler(status: RunStatus, storage: Storage, now: float) -> None:
     if record is None:
         return
     _, host, pid = holder_parts(record["holder"])
-    status.assembler, status.assembler_driver = f"{host}/{pid}", assembler_is_driver(record)
+    status.assembler, status.assembler_driver = f"{host}/{pid}", record_driver(record)
     status.assembler_alive, status.assembler_lapsed = assembler_runs(record, now)
     status.assembling_since = float(record["since"])
     status.assembling_age_s = max(0.0, now - status.assembling_since)

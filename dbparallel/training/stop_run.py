@@ -19,8 +19,10 @@ stopped the same way. A Ray run's driver records itself too, while its final ass
 the same process as its blocks' leases lead to, signalled once. A ``--local`` process also
 records itself in ``running/`` for its whole run (running.py), so that it is found while it
 holds neither a lease nor the assembly's record: while it checks the data, before it writes
-the run's config.yaml, and between two blocks. A process that a lease or the assembly's record
-names already is signalled for those.
+the run's config.yaml, and between two blocks. A Ray run's driver records itself there too,
+under the run's session, so that it is found while no block's lease names it: while it checks
+the data on the cluster, waits for placement, or starts its actors. A process that a lease or
+the assembly's record names already is signalled for those, once.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dbparallel.training.holder import (
     holder_parts,
     holder_start,
     process_to_stop,
+    session_driver,
     session_start,
     still_runs,
 )
@@ -79,6 +82,12 @@ class Hold:
     def process(self) -> tuple[str, str]:
         """(host, pid) of the process to stop."""
         return self.host, self.pid
+
+    @property
+    def ray_driver(self) -> bool:
+        """Whether the process to stop is a Ray run's driver: the driver of the lease's
+        holder, or the holder itself where a record names a driver (its session does)."""
+        return self.driver or session_driver(holder_parts(self.holder)[0]) == self.process
 
     @property
     def holder_pid(self) -> str:
@@ -149,8 +158,9 @@ def find_assembly(storage: Storage, now: float | None = None) -> Hold | None:
 
 
 def find_runners(storage: Storage, now: float | None = None) -> list[Hold]:
-    """The ``--local`` processes recorded running the run in ``storage`` (block None), at
-    Unix time ``now``; records of processes that are gone (killed) are left out."""
+    """The processes recorded running the run in ``storage`` (block None): ``--local`` ones,
+    and Ray runs' drivers, at Unix time ``now``; records of processes that are gone (killed)
+    are left out."""
     now = time.time() if now is None else now
     holds = []
     for path, record in runners(storage):

@@ -124,11 +124,12 @@ def stop(run: Path, proc: subprocess.Popen, capsys) -> Stopped:
 
 def write_assembly(storage: Storage, host: str, pid: int | str, start: str = "",
                    renewed_ago_s: float = 0.0, timeout_s: float = 60.0,
-                   path: str = ASSEMBLING_FILE) -> None:
+                   path: str = ASSEMBLING_FILE, session: str = "0123abcd") -> None:
     """An assembling.json (or another record at ``path``) naming pid ``pid`` of ``host`` (of
     this process space), which started at ``start`` (process_start) where given, renewed
-    ``renewed_ago_s`` ago with its writer's train.lease_timeout_s ``timeout_s``."""
-    holder = f"0123abcd/{host}/{pid}/0123abcd/{process_space()}" + (f"/{start}" * bool(start))
+    ``renewed_ago_s`` ago with its writer's train.lease_timeout_s ``timeout_s``, for
+    ``session`` (a Ray run's driver: a ``driver_session`` naming that process)."""
+    holder = f"{session}/{host}/{pid}/0123abcd/{process_space()}" + (f"/{start}" * bool(start))
     renewed = time.time() - renewed_ago_s
     storage.write_json(path, {"holder": holder, "since": renewed, "renewed": renewed,
                               "timeout_s": timeout_s})
