@@ -13,6 +13,7 @@ from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
 from dbparallel.errors import RunDirError, UserError
 from dbparallel.shell import resubmit_line, shell_path
 from dbparallel.training.assembling import ASSEMBLING_FILE
+from dbparallel.training.running import blocks_text
 from dbparallel.training.stop_run import Hold
 from dbparallel.training.storage import Storage
 
@@ -24,19 +25,14 @@ ASSEMBLY = "the run's assembly"  # what a run's assembling process is named by
 RUN = "the run"  # and a --local process that runs it, holding neither a lease nor that
 
 
-def _blocks(numbers: list[int]) -> str:
-    """``block 0``, ``blocks 0, 1``."""
-    return f"block{'s' * (len(numbers) != 1)} {', '.join(str(b) for b in numbers)}"
-
-
 def _named(holds: list[Hold]) -> str:
     """``blocks 0, 1``, ``the run's assembly`` or both, of what ``holds`` hold; ``the run``
     (``the run (its blocks 0, 1)`` for a --block process) of a --local process's record."""
     numbers = [h.block for h in holds if h.block is not None]
-    said = [_blocks(numbers)] if numbers else []
+    said = [blocks_text(numbers)] if numbers else []
     said += [ASSEMBLY] * any(h.record == ASSEMBLING_FILE for h in holds)
     runs = [h for h in holds if h.block is None and h.record != ASSEMBLING_FILE]
-    said += [RUN + (f" (its {_blocks(h.blocks)})" if h.blocks else "") for h in runs]
+    said += [RUN + (f" (its {blocks_text(h.blocks)})" if h.blocks else "") for h in runs]
     return " and ".join(said)
 
 

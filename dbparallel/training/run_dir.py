@@ -148,13 +148,17 @@ def refuse_a_passing_run_dir(cfg: Config) -> None:
 
 
 def _refuse_live_writers(storage: Storage, cfg: Config, blocks: list[int] | None) -> None:
-    """A block another live process trains (its lease held, BlockLease.refuse_if_held) is
-    refused here, in the driver, before this run writes config.yaml or starts anything; the
-    block's own lease stays the guard against a race between two starting runs."""
+    """A block another live process trains (its lease held, BlockLease.refuse_if_held), or
+    another live process recorded running the run for one of ``blocks`` (running.py: also
+    while it checks the data, is between two blocks or waits for placement), is refused here,
+    in the driver, before this run writes config.yaml or starts anything; the block's own
+    lease stays the guard against a race between two starting runs."""
     from dbparallel.training.lease import BlockLease
+    from dbparallel.training.running import refuse_running
 
     for b in range(cfg.model.blocks) if blocks is None else blocks:
         BlockLease(storage, b, "", cfg.train.lease_timeout_s).refuse_if_held()
+    refuse_running(storage, blocks, cfg.model.blocks)
 
 
 def _refuse_other_config(storage: Storage, cfg: Config) -> None:

@@ -15,6 +15,10 @@ named under the run's session (``driver_session``), as its blocks' leases and it
 created for the record; where the run stops before it wrote anything else (a bad row, a
 refusal), the directory is removed again, as are records left by killed processes of this
 machine when the next process starts.
+
+A block's lease refuses a second writer of that block only while one trains it: the records
+refuse a second run of the same blocks (``refuse_running``) for all that time, also while the
+first checks the data, is between two blocks, assembles them or waits for placement.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from typing import Any
 
 from dbparallel.config import Config
 from dbparallel.errors import RunDirError
-from dbparallel.training.holder import holder_parts
+from dbparallel.shell import shell_path
+from dbparallel.training.holder import holder_parts, this_process
 from dbparallel.training.process_record import read_record, record_driver, record_runs, recorded
 from dbparallel.training.storage import DamagedFile, Storage, reach
 
@@ -125,3 +130,46 @@ def _remove_gone(storage: Storage) -> None:
         if isinstance(record, dict) and record_runs(record, now) == (False, False):
             with contextlib.suppress(OSError):
                 storage.delete(path)
+
+
+def refuse_running(storage: Storage, blocks: list[int] | None, count: int) -> None:
+    """RunDirError naming another process recorded running the run in ``storage`` (of
+    ``count`` blocks) that trains one of ``blocks`` (None: every block, and the assembly):
+    one that still runs on this machine, or another machine's that renewed its record within
+    its train.lease_timeout_s. ``--block`` processes of disjoint blocks go on side by side; a
+    record of this process, of a process of this machine that is gone, or a lapsed one refuses
+    nothing, nor does a damaged one (``status`` names it; the blocks' leases still guard
+    them)."""
+    now = time.time()
+    ours = set(range(count) if blocks is None else blocks)
+    for path, record in runners(storage):
+        if isinstance(record, DamagedFile) or _mine(record):
+            continue
+        runs = record_runs(record, now)[0]
+        runner = _runner(record)
+        if runs is False or not ours & set(range(count) if runner.blocks is None
+                                           else runner.blocks):
+            continue
+        what = "every block" if runner.blocks is None else blocks_text(runner.blocks)
+        held = (f"{storage.uri()}: another process runs this run ({runner.who}, training "
+                f"{what}; its record renewed {max(0.0, now - record['renewed']):.0f} s ago)")
+        stop = (f"stop it first (`dbparallel stop {shell_path(storage.uri())}` on {runner.host}"
+                + (", Ctrl-C, or `ray job stop` for a submitted job" * runner.driver) + ")")
+        if runs:
+            raise RunDirError(f"{held}, which still runs on this machine: {stop}, or run again "
+                              f"once it has ended")
+        raise RunDirError(
+            f"{held}; {stop} or wait its writer's train.lease_timeout_s="
+            f"{record['timeout_s']:g} s for its record to lapse (if no process runs the run any "
+            f"more, e.g. a killed one, delete {storage.uri(path)})")
+
+
+def blocks_text(numbers: list[int]) -> str:
+    """``block 0``, ``blocks 0, 1``."""
+    return f"block{'s' * (len(numbers) != 1)} {', '.join(str(b) for b in numbers)}"
+
+
+def _mine(record: dict[str, Any]) -> bool:
+    """Whether a record names this process."""
+    me, parts = this_process(), record["holder"].split("/")
+    return parts[1:3] == [me["host"], me["pid"]] and parts[4:5] == [me["space"]]

@@ -124,15 +124,17 @@ def stop(run: Path, proc: subprocess.Popen, capsys) -> Stopped:
 
 def write_assembly(storage: Storage, host: str, pid: int | str, start: str = "",
                    renewed_ago_s: float = 0.0, timeout_s: float = 60.0,
-                   path: str = ASSEMBLING_FILE, session: str = "0123abcd") -> None:
+                   path: str = ASSEMBLING_FILE, session: str = "0123abcd",
+                   **fields: object) -> None:
     """An assembling.json (or another record at ``path``) naming pid ``pid`` of ``host`` (of
     this process space), which started at ``start`` (process_start) where given, renewed
     ``renewed_ago_s`` ago with its writer's train.lease_timeout_s ``timeout_s``, for
-    ``session`` (a Ray run's driver: a ``driver_session`` naming that process)."""
+    ``session`` (a Ray run's driver: a ``driver_session`` naming that process), with the
+    record's other ``fields`` (a running/ record's ``blocks``)."""
     holder = f"{session}/{host}/{pid}/0123abcd/{process_space()}" + (f"/{start}" * bool(start))
     renewed = time.time() - renewed_ago_s
     storage.write_json(path, {"holder": holder, "since": renewed, "renewed": renewed,
-                              "timeout_s": timeout_s})
+                              "timeout_s": timeout_s, **fields})
 
 
 def write_runner(storage: Storage, host: str, pid: int | str, name: str = "a", **more) -> None:
