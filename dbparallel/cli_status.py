@@ -11,7 +11,8 @@ from dbparallel.config import bytes_text
 from dbparallel.runtime.metrics import series_line
 from dbparallel.shell import shell_path
 from dbparallel.training.failure import failed_when
-from dbparallel.training.status import REPORT_REMEDY, BlockStatus, RunStatus
+from dbparallel.training.report import REPORT_REMEDY
+from dbparallel.training.status import BlockStatus, RunStatus
 
 
 def _num(value: float | None, digits: int = 4) -> str:

@@ -46,11 +46,11 @@ from dbparallel.training.failure import record_given_up
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.holder import driver_session
 from dbparallel.training.report import build_report, write_report
+from dbparallel.training.resume import resume_line
 from dbparallel.training.run_dir import check_resumable, open_run
 from dbparallel.training.run_id import ensure_run_id
 from dbparallel.training.running import running
 from dbparallel.training.session_lease import release_session
-from dbparallel.training.status import resume_line
 
 log = logging.getLogger(__name__)
 def detect_cluster(cfg: Config) -> Cluster:

@@ -17,9 +17,9 @@ from dbparallel.runtime.metrics import (
     MemorySink,
     PrometheusSink,
     Sink,
-    port_line,
     series_line,
 )
+from dbparallel.runtime.metrics_port import port_line
 from dbparallel.runtime.progress import BlockBars
 from dbparallel.training.assemble import assemble
 from dbparallel.training.assembling import assembling
@@ -29,9 +29,9 @@ from dbparallel.training.device import assembly_device, block_device
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.report import build_report, write_report
+from dbparallel.training.resume import resume_line
 from dbparallel.training.run_dir import open_run
 from dbparallel.training.run_id import ensure_run_id
-from dbparallel.training.status import resume_line
 
 log = logging.getLogger(__name__)
 

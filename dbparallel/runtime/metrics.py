@@ -16,6 +16,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dbparallel.runtime.metrics_port import PORT_TRIES, ports_in_use
+
 Kind = Literal["gauge", "counter"]
 RUN_LABELS = ("run", "run_id")  # the labels of a run's series: run.name, the run directory's id
 
@@ -189,7 +191,7 @@ class PrometheusSink(Sink):
                 return server, candidate
             except OSError:
                 continue
-        raise _ports_in_use(port, min(port + PORT_TRIES, 65536) - 1)
+        raise ports_in_use(port, min(port + PORT_TRIES, 65536) - 1)
 
 
 # ---------------------------------------------------------------------------- recorders
@@ -270,39 +272,6 @@ class AssemblyRecorder:
             spec = SPEC.get(ASSEMBLY_PREFIX + key)
             if spec is not None:
                 self.sink.set(spec, float(value), self.tags)
-
-
-PORT_TRIES = 16  # metrics.port and the ports after it tried, for processes on one host
-
-
-def free_port(port: int, tries: int = PORT_TRIES) -> int:
-    """``port`` if it can be bound on this machine, else the first of the ``tries - 1`` after
-    it that can (another run, or another block's process, serves on it); UserError naming
-    metrics.port if none can. For a port another program binds (Ray's metrics export): it
-    may be taken again before that; a local run binds its server in ``serve`` instead."""
-    import socket
-
-    for candidate in range(port, min(port + tries, 65536)):
-        with socket.socket() as s:
-            try:
-                s.bind(("", candidate))
-                return candidate
-            except OSError:
-                continue
-    raise _ports_in_use(port, min(port + tries, 65536) - 1)
-
-
-def _ports_in_use(first: int, last: int) -> Exception:
-    from dbparallel.errors import UserError
-
-    return UserError(f"metrics.port: ports {first} to {last} are in use on this machine; "
-                     "choose another, or metrics.port=0 to serve no metrics")
-
-
-def port_line(asked: int, port: int) -> str:
-    """What a run prints of the metrics port it serves on."""
-    moved = f" ({asked} is in use)" if port != asked else ""
-    return f"metrics: http://127.0.0.1:{port}/metrics{moved}"
 
 
 def series_line(run: str, run_id: str) -> str:

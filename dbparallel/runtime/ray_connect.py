@@ -18,7 +18,7 @@ import ray
 
 from dbparallel.config import Config
 from dbparallel.errors import ConfigError
-from dbparallel.runtime.metrics import free_port, port_line
+from dbparallel.runtime.metrics_port import free_port, port_line
 
 log = logging.getLogger(__name__)
 STATE_API_VAR = "RAY_API_SERVER_ADDRESS"

@@ -1,18 +1,25 @@
-"""report.json of a run: per-block training results and the composed network's metrics."""
+"""report.json of a run: per-block training results and the composed network's metrics,
+written once the run is assembled, and read back for ``dbparallel status`` (status.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from dbparallel.config import Config
-from dbparallel.tasks import build_task
-from dbparallel.training.storage import Storage
+from dbparallel.training.storage import DamagedFile, Storage, damaged
+
+REPORT_FILE = "report.json"
+REPORT_REMEDY = ("run the command that trained the run again (`dbparallel train` without "
+                 "--block, or `dbparallel baseline`): it trains what is left, assembles the "
+                 "blocks and writes report.json again")
 
 
 def build_report(cfg: Config, run_id: str, per_block: list[dict[str, Any]],
                  assembly: dict[str, float], wall_time_s: float) -> dict[str, Any]:
     """The report of ``cfg``'s run, whose run directory's id is ``run_id`` (the label of its
     metrics, with ``run``)."""
+    from dbparallel.tasks import build_task  # torch: `dbparallel status` reads reports without
+
     partition = build_task(cfg).partition
     return {
         "task": cfg.task,
@@ -33,4 +40,26 @@ def write_report(storage: Storage, report: dict[str, Any]) -> None:
 
     if report.get("assembly") and storage.exists(FILE):
         report["diagnostics"] = storage.read_json(FILE)
-    storage.write_json("report.json", report)
+    storage.write_json(REPORT_FILE, report)
+
+
+def read_report(storage: Storage, now: float) -> tuple[bool, float | None, str]:
+    """(written, age_s, problem) of report.json in ``storage`` at Unix time ``now``: whether
+    it was written, how long ago (None where the store does not say), and, for one that is
+    there but cannot be read as a report, its error, which names it (it counts as not
+    written)."""
+    if not storage.exists(REPORT_FILE):
+        return False, None, ""
+    try:
+        found = storage.read_json(REPORT_FILE)
+    except DamagedFile as err:
+        why = err.why
+    except FileNotFoundError:  # deleted since (a rerun replacing it on an object store)
+        return False, None, ""
+    else:
+        if isinstance(found, dict) and isinstance(found.get("per_block"), list) \
+                and isinstance(found.get("assembly"), dict):
+            written = storage.modified(REPORT_FILE)
+            return True, None if written is None else max(0.0, now - written), ""
+        why = 'expected {"per_block": [...], "assembly": {...}, ...}'
+    return False, None, str(damaged(storage.uri(REPORT_FILE), why, REPORT_REMEDY))

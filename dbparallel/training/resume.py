@@ -1,5 +1,6 @@
 """A block's start from its checkpoints: the newest readable training state, checked against
-the config, with what to do when none can be read (train.on_unreadable)."""
+the config, with what to do when none can be read (train.on_unreadable); and the line a run
+that resumes prints first, of the step each of its blocks goes on from."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dbparallel.training.block_trainer import BlockTrainer
 from dbparallel.training.checkpoint import BlockCheckpoints, first_save_cut_short
 from dbparallel.training.data_order import DataOrder
 from dbparallel.training.lease import BlockLease
-from dbparallel.training.storage import DamagedFile
+from dbparallel.training.storage import DamagedFile, Storage
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +130,34 @@ def _unreadable(checkpoints: BlockCheckpoints, cfg: Config, why: str,
     discarded = checkpoints.discard()
     log.warning("block %d: none of its checkpoints can be read; train.on_unreadable=restart "
                 "discards %s and trains it again from step 0", b, ", ".join(discarded))
+
+
+def resume_line(storage: Storage, cfg: Config, blocks: list[int]) -> str | None:
+    """What a run that resumes prints first: the step each of ``blocks`` goes on from, its
+    newest checkpoint's (None where none has one: a fresh start). Blocks in a row at one step
+    are told together (``blocks 0-3 at step 200``)."""
+    at: list[tuple[int, int]] = []
+    for b in blocks:
+        try:
+            steps = BlockCheckpoints(storage, b).steps("state")
+        except RunDirError:  # a damaged manifest: the block's own start says what it does
+            steps = []
+        at.append((b, steps[-1] if steps else 0))
+    if not any(step for _, step in at):
+        return None
+    each = {cfg.train.steps_of(b) for b in blocks}
+    groups: list[list[int]] = []  # [first, last, step, steps]
+    for b, step in at:
+        steps = cfg.train.steps_of(b)
+        if groups and groups[-1][1] == b - 1 and groups[-1][2:] == [step, steps]:
+            groups[-1][1] = b
+        else:
+            groups.append([b, b, step, steps])
+    told = ", ".join(
+        (f"block {first}" if first == last else f"blocks {first}-{last}")
+        + (f" at step {step:,}" if step else " from the start")
+        + (f" (done, past {steps:,})" if step > steps else
+           (f" of {steps:,}" if len(each) > 1 else "") + (" (done)" if step == steps else ""))
+        for first, last, step, steps in groups)
+    of = f" ({each.pop():,} steps a block)" if len(each) == 1 else ""
+    return f"resuming {storage.uri()}{of}: {told}"

@@ -53,14 +53,10 @@ from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
 from dbparallel.training.holder import driver_holding, holder_alive, holder_driver, holder_parts
 from dbparallel.training.lease import BlockLease, lease_timeout_s
 from dbparallel.training.process_record import record_driver
+from dbparallel.training.report import read_report
 from dbparallel.training.run_id import read_run_id
 from dbparallel.training.running import live_runners
-from dbparallel.training.storage import DamagedFile, Storage, damaged
-
-REPORT_FILE = "report.json"
-REPORT_REMEDY = ("run the command that trained the run again (`dbparallel train` without "
-                 "--block, or `dbparallel baseline`): it trains what is left, assembles the "
-                 "blocks and writes report.json again")
+from dbparallel.training.storage import DamagedFile, Storage
 
 
 @dataclass
@@ -235,7 +231,7 @@ def run_status(storage: Storage, cfg: Config, now: float | None = None) -> RunSt
         status.assembly = assemblies[-1] if assemblies else None
     except RunDirError as err:
         status.problems.append(" ".join(str(err).split()))
-    _read_report(status, storage, now)
+    status.report, status.report_age_s, status.report_problem = read_report(storage, now)
     _read_assembler(status, storage, now)
     _read_runners(status, storage, now)
     return status
@@ -271,56 +267,3 @@ def _read_assembler(status: RunStatus, storage: Storage, now: float) -> None:
     status.assembler_alive, status.assembler_lapsed = assembler_runs(record, now)
     status.assembling_since = float(record["since"])
     status.assembling_age_s = max(0.0, now - status.assembling_since)
-
-
-def _read_report(status: RunStatus, storage: Storage, now: float) -> None:
-    """Whether report.json was written, and how long ago; one that is there but cannot be
-    read as a report is named (``report_problem``) and counts as not written."""
-    if not storage.exists(REPORT_FILE):
-        return
-    try:
-        found = storage.read_json(REPORT_FILE)
-    except DamagedFile as err:
-        why = err.why
-    except FileNotFoundError:  # deleted since (a rerun replacing it on an object store)
-        return
-    else:
-        if isinstance(found, dict) and isinstance(found.get("per_block"), list) \
-                and isinstance(found.get("assembly"), dict):
-            status.report = True
-            written = storage.modified(REPORT_FILE)
-            status.report_age_s = None if written is None else max(0.0, now - written)
-            return
-        why = 'expected {"per_block": [...], "assembly": {...}, ...}'
-    status.report_problem = str(damaged(storage.uri(REPORT_FILE), why, REPORT_REMEDY))
-
-
-def resume_line(storage: Storage, cfg: Config, blocks: list[int]) -> str | None:
-    """What a run that resumes prints first: the step each of ``blocks`` goes on from, its
-    newest checkpoint's (None where none has one: a fresh start). Blocks in a row at one step
-    are told together (``blocks 0-3 at step 200``)."""
-    at: list[tuple[int, int]] = []
-    for b in blocks:
-        try:
-            steps = BlockCheckpoints(storage, b).steps("state")
-        except RunDirError:  # a damaged manifest: the block's own start says what it does
-            steps = []
-        at.append((b, steps[-1] if steps else 0))
-    if not any(step for _, step in at):
-        return None
-    each = {cfg.train.steps_of(b) for b in blocks}
-    groups: list[list[int]] = []  # [first, last, step, steps]
-    for b, step in at:
-        steps = cfg.train.steps_of(b)
-        if groups and groups[-1][1] == b - 1 and groups[-1][2:] == [step, steps]:
-            groups[-1][1] = b
-        else:
-            groups.append([b, b, step, steps])
-    told = ", ".join(
-        (f"block {first}" if first == last else f"blocks {first}-{last}")
-        + (f" at step {step:,}" if step else " from the start")
-        + (f" (done, past {steps:,})" if step > steps else
-           (f" of {steps:,}" if len(each) > 1 else "") + (" (done)" if step == steps else ""))
-        for first, last, step, steps in groups)
-    of = f" ({each.pop():,} steps a block)" if len(each) == 1 else ""
-    return f"resuming {storage.uri()}{of}: {told}"

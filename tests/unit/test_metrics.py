@@ -11,17 +11,15 @@ import pytest
 from dbparallel.errors import UserError
 from dbparallel.runtime.metrics import (
     ALL_METRICS,
-    PORT_TRIES,
     AssemblyRecorder,
     BlockRecorder,
     MemorySink,
     PrometheusSink,
     exported_name,
     exported_names,
-    free_port,
-    port_line,
     series_line,
 )
+from dbparallel.runtime.metrics_port import PORT_TRIES, free_port, port_line
 from dbparallel.training.block_trainer import StepStats
 
 ID = "3f9a1c2b7d4e"  # a run directory's id (training/run_id.py)

@@ -242,7 +242,7 @@ def test_a_block_that_failed_says_why_until_it_trains_again(run: Path, capsys) -
 
 
 def test_a_resume_says_where_each_block_goes_on(run: Path, capsys) -> None:
-    from dbparallel.training.status import resume_line
+    from dbparallel.training.resume import resume_line
 
     assert cli.main(["train", "--local", TINY, f"run.dir={run}", *FAST,
                      "train.steps=6"]) == 0
@@ -262,7 +262,7 @@ def test_a_block_trained_past_a_lowered_train_steps_is_done_past_them(run: Path,
                                                                       capsys) -> None:
     """A rerun with a lower train.steps trains block 0 (at step 4) no more: status and the
     resume line say it is done past the steps asked, never "4/2"."""
-    from dbparallel.training.status import resume_line
+    from dbparallel.training.resume import resume_line
 
     assert cli.main(["train", "--local", "--block", "0", TINY, f"run.dir={run}", *FAST,
                      "train.steps=2"]) == 0

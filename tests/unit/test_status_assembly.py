@@ -22,7 +22,7 @@ import dbparallel.runtime.local as local
 from dbparallel import cli
 from dbparallel.training.assembling import ASSEMBLING_FILE, assembling
 from dbparallel.training.holder import driver_session
-from dbparallel.training.status import REPORT_REMEDY
+from dbparallel.training.report import REPORT_REMEDY
 from dbparallel.training.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[2]
