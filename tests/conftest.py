@@ -73,12 +73,17 @@ def ray_session():
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Under pytest-xdist (`make test`: `-n auto --dist loadgroup`), a module's tests run in one
-    # process, so its module-scoped fixtures are built once, and every test that starts Ray runs
-    # in one process, one Ray instance at a time beside the others' tests.
+    # process, so its module-scoped fixtures are built once, and the modules whose tests join
+    # the session's Ray instance (ray_session) run in one process, which starts it once. Tests
+    # that start Ray instances of their own do so in child processes, on free ports.
     if not config.pluginmanager.hasplugin("xdist"):
         return
+
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    joins_ray = {module(item) for item in items
+                 if "ray_session" in getattr(item, "fixturenames", ())}
     for item in items:
-        starts_ray = (item.nodeid.startswith("tests/ray/") or item.get_closest_marker("ray")
-                      or "ray_session" in getattr(item, "fixturenames", ()))
-        group = "ray" if starts_ray else item.nodeid.split("::")[0]
+        group = "ray_session" if module(item) in joins_ray else module(item)
         item.add_marker(pytest.mark.xdist_group(group))
