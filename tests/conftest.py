@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,19 +73,42 @@ def ray_session():
     ray.shutdown()
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+RAY_GROUP = "ray_session"  # the work unit of the modules that join the session's Ray instance
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own scheduler for --dist loadgroup
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     # Under pytest-xdist (`make test`: `-n auto --dist loadgroup`), a module's tests run in one
     # process, so its module-scoped fixtures are built once, and the modules whose tests join
-    # the session's Ray instance (ray_session) run in one process, which starts it once. Tests
-    # that start Ray instances of their own do so in child processes, on free ports.
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
+    # the session's Ray instance run in one process, which starts it once (``work_unit``).
+    # Tests that start Ray instances of their own do so in child processes, on free ports.
+    # xdist's own loadgroup reads xdist_group marks through node ids that pytest 9.2 no longer
+    # lets it rewrite (and reads them before a conftest could add any): it would spread every
+    # module's tests over the processes.
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
 
-    def module(item: pytest.Item) -> str:
-        return item.nodeid.split("::")[0]
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(config.rootpath, nodeid)
 
-    joins_ray = {module(item) for item in items
-                 if "ray_session" in getattr(item, "fixturenames", ())}
-    for item in items:
-        group = "ray_session" if module(item) in joins_ray else module(item)
-        item.add_marker(pytest.mark.xdist_group(group))
+    return ModuleScheduling(config, log)
+
+
+def work_unit(root: Path, nodeid: str) -> str:
+    """The tests that run in one process with the test ``nodeid`` (of the project in
+    ``root``): RAY_GROUP for a module that joins the session's Ray instance, else its
+    module."""
+    module = nodeid.split("::", 1)[0]
+    return RAY_GROUP if _joins_ray(root / module) else module
+
+
+@cache
+def _joins_ray(module: Path) -> bool:
+    """Whether the test module ``module`` asks for the session's Ray instance: it names the
+    ray_session fixture (a test's argument, or that of a fixture of the module)."""
+    try:
+        return "ray_session" in module.read_text()
+    except OSError:  # no module file (a doctest of a package, say): a work unit of its own
+        return False
