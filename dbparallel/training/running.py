@@ -14,7 +14,7 @@ named under the run's session (``driver_session``), as its blocks' leases and it
 ``--block`` processes of one run may run at once. A run directory that does not exist yet is
 created for the record; where the run stops before it wrote anything else (a bad row, a
 refusal), the directory is removed again, as are records left by killed processes of this
-machine when the next process starts.
+machine (and long-lapsed ones of other machines) when the next process starts.
 
 A block's lease refuses a second writer of that block only while one trains it: the records
 refuse a second run of the same blocks (``refuse_running``) for all that time, also while the
@@ -123,11 +123,22 @@ def _runner(record: dict[str, Any]) -> Runner:
     return Runner(host, pid, record_driver(record), blocks if isinstance(blocks, list) else None)
 
 
+STALE_TIMEOUTS = 10  # another machine's record unrenewed for this many of its timeouts: gone
+
+
 def _remove_gone(storage: Storage) -> None:
-    """Remove the records of processes of this machine that are gone (killed outright)."""
+    """Remove the records of processes of this machine that are gone (killed outright), and
+    those of another machine left unrenewed for STALE_TIMEOUTS of their timeouts (a killed
+    pod, whose host name the next one does not share, leaves one at every restart). A lapsed
+    record refuses nothing already; one a little past its timeout is kept for ``stop`` to
+    name, and a process cut off from the store that long has stopped renewing it anyway."""
     now = time.time()
     for path, record in runners(storage):
-        if isinstance(record, dict) and record_runs(record, now) == (False, False):
+        if not isinstance(record, dict):
+            continue
+        runs, lapsed = record_runs(record, now)
+        stale = lapsed and now - record["renewed"] >= STALE_TIMEOUTS * record["timeout_s"]
+        if (runs, lapsed) == (False, False) or stale:
             with contextlib.suppress(OSError):
                 storage.delete(path)
 

@@ -143,8 +143,11 @@ def test_the_record_goes_with_its_run_and_so_do_gone_ones_and_a_directory_made_f
     storage = _run_dir(tmp_path)
     write_runner(storage, HOST, 999_999_999, name="killed")
     write_runner(storage, "other-host", 4242, name="elsewhere")
+    # a killed pod's, lapsed for ten of its timeouts: gone; one just lapsed is kept to be named
+    write_runner(storage, "old-pod", 4242, name="stale", renewed_ago_s=601, timeout_s=60)
+    write_runner(storage, "new-pod", 4242, name="lapsed", renewed_ago_s=61, timeout_s=60)
     with running(cfg):
         names = storage.listdir(RUNNING_DIR)
-    assert "killed.json" not in names and "elsewhere.json" in names and len(names) == 2
-    assert storage.listdir(RUNNING_DIR) == ["elsewhere.json"]
+    assert {"elsewhere.json", "lapsed.json"} <= set(names) and len(names) == 3
+    assert sorted(storage.listdir(RUNNING_DIR)) == ["elsewhere.json", "lapsed.json"]
     assert (tmp_path / "run" / "config.yaml").exists()  # a run directory stays
