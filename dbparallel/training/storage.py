@@ -60,25 +60,14 @@ class Storage:
         target = self.path(rel)
         parent = target.rsplit("/", 1)[0]
         if self.is_local:
-            os.makedirs(parent, exist_ok=True)
-            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            tmp = _temp_beside(target, data)
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
                 os.replace(tmp, target)
-            except BaseException as err:  # a failed write leaves no temp file behind
+            except BaseException:  # a failed write leaves no temp file behind
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-                if isinstance(err, OSError) and not err.filename:
-                    err.filename = target  # a full disk, say, names no file of its own
                 raise
-            dir_fd = os.open(parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _sync_dir(parent)
             return
         self.fs.create_dir(parent, recursive=True)
         with self.fs.open_output_stream(target) as f:
@@ -96,14 +85,8 @@ class Storage:
             self.write_bytes(rel, data)
             return True
         target = self.path(rel)
-        parent = target.rsplit("/", 1)[0]
-        os.makedirs(parent, exist_ok=True)
-        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = _temp_beside(target, data)
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             try:
                 os.link(tmp, target)
             except FileExistsError:
@@ -115,11 +98,7 @@ class Storage:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        dir_fd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _sync_dir(target.rsplit("/", 1)[0])
         return True
 
     def read_bytes(self, rel: str) -> bytes:
@@ -221,3 +200,32 @@ def damaged(where: str, why: object, remedy: str = RESTORE) -> DamagedFile:
     """The error for a run directory's file ``where`` that cannot be read: ``why``, and what
     to do about it."""
     return DamagedFile(where, why, remedy)
+
+
+def _temp_beside(target: str, data: bytes) -> str:
+    """A new file beside the local path ``target`` (its folder made where missing) holding
+    ``data``, flushed to the disk: its path. Nothing is left where the write fails; an
+    OSError that names no file (a full disk) names ``target``."""
+    os.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and not err.filename:
+            err.filename = target
+        raise
+    return tmp
+
+
+def _sync_dir(folder: str) -> None:
+    """Flush the local ``folder``'s entries (a file renamed or linked into it) to the disk."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
