@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbparallel import cli
+from dbparallel.config import dump_yaml, load_config
 from dbparallel.training.assembling import ASSEMBLING_FILE
 from dbparallel.training.holder import process_space
 from dbparallel.training.running import RUNNING_DIR
@@ -141,3 +142,13 @@ def write_runner(storage: Storage, host: str, pid: int | str, name: str = "a", *
     """A record of a --local process running the run (``running/NAME.json``), as
     ``write_assembly`` writes one."""
     write_assembly(storage, host, pid, path=f"{RUNNING_DIR}/{name}.json", **more)
+
+
+def tiny_run_dir(tmp_path: Path) -> Storage:
+    """A run directory of the tiny recipe at ``tmp_path/run``, its config written and nothing
+    trained."""
+    storage = Storage(str(tmp_path / "run"))
+    storage.makedirs()
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [f"run.dir={storage.uri()}"])
+    storage.write_text("config.yaml", dump_yaml(cfg))
+    return storage

@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from holders import HANG_S, ROOT, write_runner
+from holders import HANG_S, ROOT, tiny_run_dir, write_runner
 
 import dbparallel
 from dbparallel import cli
 from dbparallel.cli_status import render
-from dbparallel.config import dump_yaml, load_config
+from dbparallel.config import load_config
 from dbparallel.training.holder import driver_session, process_start
 from dbparallel.training.process_record import record_driver
 from dbparallel.training.running import RUNNING_DIR, running
@@ -28,15 +28,6 @@ from dbparallel.training.storage import Storage
 
 TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
 HOST = socket.gethostname()
-
-
-def _run_dir(tmp_path: Path) -> Storage:
-    """A run directory of the tiny recipe, its config written and nothing trained."""
-    storage = Storage(str(tmp_path / "run"))
-    storage.makedirs()
-    cfg = load_config([TINY], [f"run.dir={storage.uri()}"])
-    storage.write_text("config.yaml", dump_yaml(cfg))
-    return storage
 
 
 def _driver() -> tuple[subprocess.Popen, str]:
@@ -77,7 +68,7 @@ def test_the_record_names_a_ray_run_s_driver_and_status_lists_it_as_one(tmp_path
         f"checks its data before it writes config.yaml; `dbparallel stop {cfg.run_dir}` "
         f"stops it\n")
     assert not (tmp_path / "run").exists()  # made for the record alone: removed with it
-    storage = _run_dir(tmp_path)
+    storage = tiny_run_dir(tmp_path)
     with running(cfg, session=driver_session()):  # waiting for placement, say
         shown = dbparallel.status(storage.uri())
     with running(cfg):  # a --local process's record is no driver's
@@ -94,7 +85,7 @@ def test_the_record_names_a_ray_run_s_driver_and_status_lists_it_as_one(tmp_path
 def test_a_driver_that_no_lease_names_is_stopped_from_its_record(tmp_path: Path,
                                                                  capsys) -> None:
     starting = Storage(str(tmp_path / "new"))  # checking the data: no config.yaml yet
-    storage = _run_dir(tmp_path)  # waiting for placement, or starting its actors
+    storage = tiny_run_dir(tmp_path)  # waiting for placement, or starting its actors
     outs = []
     for where in (starting, storage):
         proc, session = _driver()
@@ -116,7 +107,7 @@ def test_a_driver_that_no_lease_names_is_stopped_from_its_record(tmp_path: Path,
 
 def test_a_driver_named_by_leases_and_its_record_is_signalled_once_and_listed_once(
         tmp_path: Path, capsys) -> None:
-    storage = _run_dir(tmp_path)
+    storage = tiny_run_dir(tmp_path)
     proc, session = _driver()
     try:
         _record(storage, proc, session)
@@ -137,7 +128,7 @@ def test_a_driver_named_by_leases_and_its_record_is_signalled_once_and_listed_on
 
 def test_a_driver_of_another_machine_is_named_with_where_to_stop_it(tmp_path: Path,
                                                                     capsys) -> None:
-    storage = _run_dir(tmp_path)
+    storage = tiny_run_dir(tmp_path)
     session = "0123abcd@head-node:4000"  # a driver_session of another machine
     write_runner(storage, "head-node", 4000, session=session)
     assert cli.main(["stop", storage.uri()]) == 1

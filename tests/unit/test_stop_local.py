@@ -12,11 +12,20 @@ import socket
 from pathlib import Path
 
 import pytest
-from holders import HANG_S, ROOT, ended, paused, stop, wait_paused, write_runner
+from holders import (
+    HANG_S,
+    ROOT,
+    ended,
+    paused,
+    stop,
+    tiny_run_dir,
+    wait_paused,
+    write_runner,
+)
 
 import dbparallel
 from dbparallel import cli
-from dbparallel.config import dump_yaml, load_config
+from dbparallel.config import load_config
 from dbparallel.errors import RunDirError
 from dbparallel.training.running import RUNNING_DIR, running
 from dbparallel.training.storage import Storage
@@ -88,15 +97,6 @@ def test_a_local_run_between_two_blocks_is_stopped_and_named_by_status(
     assert not (run / RUNNING_DIR).exists()  # its record removed, and the folder it made
 
 
-def _run_dir(tmp_path: Path) -> Storage:
-    """A run directory of the tiny recipe, its config written and nothing trained."""
-    storage = Storage(str(tmp_path / "run"))
-    storage.makedirs()
-    cfg = load_config([TINY], [f"run.dir={storage.uri()}"])
-    storage.write_text("config.yaml", dump_yaml(cfg))
-    return storage
-
-
 def test_a_run_starting_elsewhere_is_named_and_a_gone_one_is_nothing(tmp_path: Path,
                                                                      capsys) -> None:
     starting = Storage(str(tmp_path / "new"))  # no config.yaml yet: checking its data
@@ -113,7 +113,7 @@ def test_a_run_starting_elsewhere_is_named_and_a_gone_one_is_nothing(tmp_path: P
     assert cli.main(["stop", starting.uri()]) == 2
     assert capsys.readouterr().err == \
         f"dbparallel: error: {starting.uri()}: not a run directory (no config.yaml)\n"
-    storage = _run_dir(tmp_path)  # a run's processes: one of a --block 1 on another machine
+    storage = tiny_run_dir(tmp_path)  # a run's processes: one of a --block 1 on another machine
     write_runner(storage, "other-host", 4242, renewed_ago_s=61, timeout_s=60)  # lapsed
     write_runner(storage, HOST, 999_999_999, name="b")  # killed
     assert cli.main(["stop", storage.uri()]) == 0
@@ -140,7 +140,7 @@ def test_the_record_goes_with_its_run_and_so_do_gone_ones_and_a_directory_made_f
         raise RunDirError("refused")  # a refusal, a bad row: it stops before open_run
     assert record["blocks"] == [1] and f"/{HOST}/" in record["holder"]
     assert not (tmp_path / "run").exists()  # made for the record alone: removed with it
-    storage = _run_dir(tmp_path)
+    storage = tiny_run_dir(tmp_path)
     write_runner(storage, HOST, 999_999_999, name="killed")
     write_runner(storage, "other-host", 4242, name="elsewhere")
     # a killed pod's, lapsed for ten of its timeouts: gone; one just lapsed is kept to be named
