@@ -174,6 +174,9 @@ class Network:
         shows a bar on stderr (tokens, or MDM's unmasking steps)."""
         self._need("generate")
         texts, one = texts_of(prompt, "prompt")
+        if not texts:
+            raise UserError("prompt: an empty list, no prompt to continue; give a string or "
+                            "a list of strings")
         number(temperature, "temperature"), number(seed, "seed", whole=True)
         if max_new is not None:
             number(max_new, "max_new", whole=True)

@@ -113,6 +113,13 @@ def test_a_prompt_names_every_character_the_vocabulary_lacks() -> None:
         net.log_likelihood(["to be", "Zoo"])
 
 
+@pytest.mark.parametrize("task", ["ar", "mdm"])
+def test_an_empty_list_of_prompts_is_refused_naming_the_prompt(task: str) -> None:
+    net = network(task, CharTokenizer("".join(sorted(set(ASCII)))))
+    with pytest.raises(UserError, match=r"^prompt: an empty list, no prompt to continue"):
+        net.generate([], max_new=2)
+
+
 def test_mdm_max_new_is_the_start_of_a_whole_row() -> None:
     """MDM unmasks rows of data.seq_len tokens, as it trained on, whatever ``max_new``: its
     continuation is the first ``max_new`` tokens of the row's, never a shorter row's."""
