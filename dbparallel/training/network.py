@@ -185,7 +185,7 @@ class Network:
             raise UserError("prompt: a list of prompts must have the same number of tokens; "
                             "generate them one at a time")
         if temperature < 0 or not math.isfinite(temperature):
-            raise UserError(f"temperature: must be >= 0, got {temperature}")
+            raise UserError(f"temperature: must be a finite number >= 0, got {temperature}")
         p = torch.tensor(ids, dtype=torch.long).reshape(len(texts), -1).to(self.device)
         g = generator(self.cfg.run.seed, "api-generate", seed)
         if self.cfg.task == "mdm":

@@ -94,7 +94,7 @@ def test_text_networks_generate_and_score_text(runs: dict[str, str], task: str) 
     assert len(hot) == 40 and "\ufffd" not in hot, hot
     both = net.generate(["ab", "cd"], max_new=3, temperature=0)
     assert len(both) == 2 and all(len(t) == 3 for t in both)
-    with pytest.raises(UserError, match="temperature: must be >= 0"):
+    with pytest.raises(UserError, match="temperature: must be a finite number >= 0"):
         net.generate("ab", temperature=-1)
     bpc = net.bpc([TEXT, TEXT + TEXT])
     assert 0 < bpc < 20

@@ -120,6 +120,14 @@ def test_an_empty_list_of_prompts_is_refused_naming_the_prompt(task: str) -> Non
         net.generate([], max_new=2)
 
 
+@pytest.mark.parametrize("temperature", [-1.0, float("inf"), float("nan")])
+def test_a_temperature_that_is_no_finite_number_at_least_0_is_refused(
+        temperature: float) -> None:
+    net = network("ar", CharTokenizer("".join(sorted(set(ASCII)))))
+    with pytest.raises(UserError, match=r"^temperature: must be a finite number >= 0, got "):
+        net.generate("to be", max_new=2, temperature=temperature)
+
+
 def test_mdm_max_new_is_the_start_of_a_whole_row() -> None:
     """MDM unmasks rows of data.seq_len tokens, as it trained on, whatever ``max_new``: its
     continuation is the first ``max_new`` tokens of the row's, never a shorter row's."""
