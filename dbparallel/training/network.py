@@ -210,7 +210,9 @@ class Network:
         else:
             max_new = self.cfg.sample.gen_len if max_new is None else max_new
             if p.shape[1] < 1:
-                raise UserError("prompt: AR generation needs a prompt of at least one token")
+                raise UserError(f"prompt: is empty; {article(self.cfg.task)} "
+                                f"{self.cfg.task} network continues a prompt of at least one "
+                                f"token")
             if max_new < 1:
                 raise UserError(f"max_new: must be >= 1, got {max_new}")
             length = p.shape[1] + max_new

@@ -128,6 +128,15 @@ def test_a_temperature_that_is_no_finite_number_at_least_0_is_refused(
         net.generate("to be", max_new=2, temperature=temperature)
 
 
+@pytest.mark.parametrize(("task", "named"), [("ar", "an ar"), ("looped", "a looped")])
+def test_an_empty_prompt_is_refused_naming_the_task(task: str, named: str) -> None:
+    """(mdm unmasks a whole row, and takes an empty prompt.)"""
+    net = network(task, CharTokenizer("".join(sorted(set(ASCII)))))
+    with pytest.raises(UserError, match=rf"^prompt: is empty; {named} network continues a "
+                                        rf"prompt of at least one token$"):
+        net.generate("", max_new=2)
+
+
 def test_mdm_max_new_is_the_start_of_a_whole_row() -> None:
     """MDM unmasks rows of data.seq_len tokens, as it trained on, whatever ``max_new``: its
     continuation is the first ``max_new`` tokens of the row's, never a shorter row's."""
