@@ -36,9 +36,10 @@ def resolve_path(path: str) -> tuple[pafs.FileSystem, str]:
 
 def not_parquet(path: str, err: Exception) -> DataError:
     """data.path's error for a file Arrow cannot read as Parquet; a local file that starts
-    as text is told how a text file is recognised (by its name), an image file what an image
-    data set is."""
+    as text is told how a text file is recognised (by its name), one named as text that it is
+    read as text with data.source=text, an image file what an image data set is."""
     from dbparallel.data.images import IMAGE_EXTENSIONS
+    from dbparallel.data.text_files import text_file_name
 
     hint = ""
     name = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
@@ -46,6 +47,9 @@ def not_parquet(path: str, err: Exception) -> DataError:
         return DataError(f"data.path: {path!r} is an image, not a data set: images train from "
                          f"a folder of class folders (data.source=image_folder, data.path at "
                          f"the folder above the class folders)")
+    if text_file_name(name):  # named as text, read as Parquet: data.source says so
+        return DataError(f"data.path: {path!r} is not readable Parquet: {err} (its name says "
+                         f"it is text: give data.source=text to read it as a text corpus)")
     try:
         if "://" in path or not os.path.isfile(path):  # an object store's: not read again
             raise OSError(path)

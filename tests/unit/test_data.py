@@ -85,6 +85,20 @@ def test_a_text_file_of_another_name_is_told_how_text_is_recognised(tmp_path,
     assert "(it looks like text: text files are recognised by their names, ending in .txt" in err
 
 
+def test_a_text_file_read_as_parquet_is_told_data_source_text(tmp_path, capsys) -> None:
+    """Its name already says text, so renaming it is no advice: data.source=parquet is."""
+    from dbparallel.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be, that is the question.\n" * 20)
+    assert main(["data", "check", str(corpus), "task=ar", "data.source=parquet"]) == 2
+    err = capsys.readouterr().err
+    assert f"data.path: '{corpus}' is not readable Parquet" in err
+    assert err.rstrip().endswith("(its name says it is text: give data.source=text to read it "
+                                 "as a text corpus)"), err
+    assert "rename it" not in err
+
+
 def test_files_with_other_column_types_are_named(tmp_path) -> None:
     import pyarrow.parquet as pq
 
