@@ -53,6 +53,10 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         given = OmegaConf.merge(*layers)  # untyped: a later layer may replace model.blocks=auto
         _sections_are_mappings(given)
+        if OmegaConf.select(given, "task") == "looped" \
+                and OmegaConf.select(given, "model.blocks") is None:
+            # one weight-tied core: the only B it takes, not the schema's default of 4
+            given = OmegaConf.merge(given, OmegaConf.from_dotlist(["model.blocks=1"]))
         if OmegaConf.select(given, "model.blocks") == AUTO:
             return _auto_blocks(files, list(overrides), fit_blocks)
         merged = OmegaConf.merge(merged, given)

@@ -91,7 +91,8 @@ class DataConfig:
 class ModelConfig:
     preset: str = "tiny"  # size registry entry (models/presets.py) for the unset fields below
     blocks: int = 4  # B, the number of independently trained blocks; `auto` (train, plan):
-    # the smallest B whose per-block training memory fits 90% of runtime.device_memory
+    # the smallest B whose per-block training memory fits 90% of runtime.device_memory;
+    # unset, 1 with task=looped (its one weight-tied core)
     depth: int = 8  # L, transformer layers in the whole network (L/B per block)
     hidden: int | None = None  # token width; None = from the preset
     heads: int | None = None  # attention heads; None = from the preset
@@ -259,7 +260,8 @@ class Config:
                    f"{self.data.image_size}")
         if self.task == "looped":
             check(self.model.blocks == 1, "model.blocks",
-                   "must be 1 with task=looped (one weight-tied core)")
+                   f"must be 1 with task=looped (one weight-tied core), got "
+                   f"{self.model.blocks}")
         if self.train.block_steps:
             check(len(self.train.block_steps) == self.model.blocks, "train.block_steps",
                    f"needs one count per block, model.blocks={self.model.blocks}, got "

@@ -289,6 +289,26 @@ def test_prompt_and_continuation_are_tokens_checked_for_ar_and_looped_only() -> 
     assert meaning["sample.gen_len"].startswith("tokens generated")
 
 
+def test_a_looped_config_without_model_blocks_takes_its_one_core(tmp_path, capsys) -> None:
+    """task=looped takes only B = 1: left unset (the schema's default is 4), that is its B;
+    given another, it is refused naming the value, and the other tasks keep the default."""
+    text = ["data.source=shakespeare", "data.seq_len=64", "sample.prompt_len=16",
+            "sample.gen_len=16"]
+    assert load_config([], ["task=looped", *text]).model.blocks == 1
+    assert load_config([], ["task=ar", *text]).model.blocks == 4
+    recipe = tmp_path / "looped.yaml"
+    recipe.write_text("task: looped\n")
+    assert load_config([recipe], text).model.blocks == 1
+    with pytest.raises(ConfigError, match=r"^model.blocks: must be 1 with task=looped \(one "
+                                          r"weight-tied core\), got 4$"):
+        load_config([], ["task=looped", "model.blocks=4", *text])
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be, that is the question.\n" * 200)
+    assert main(["data", "check", str(corpus), "task=looped", "data.seq_len=64",
+                 "sample.prompt_len=16", "sample.gen_len=16"]) == 0, capsys.readouterr().err
+    assert "train: " in capsys.readouterr().out
+
+
 def test_a_recipe_that_is_not_a_yaml_mapping_is_named(tmp_path, capsys) -> None:
     broken, listed = tmp_path / "broken.yaml", tmp_path / "listed.yaml"
     broken.write_text("model:\n  blocks: [1, 2\n")
