@@ -56,17 +56,15 @@ def plot_curves(storage: Storage, against: Storage | None = None) -> bytes:
     grid = fig.add_gridspec(rows, columns)
     ax = fig.add_subplot(grid[0, :])
     losses = []
+    noise = noise_name(storage)
     for block, records in sorted(history.items()):
         points = [(r["step"], r["loss"]) for r in records if _finite(r.get("loss"))]
         if not points:
             continue
         losses += [loss for _, loss in points]
-        lo, hi = records[-1].get("sigma_lo"), records[-1].get("sigma_hi")
-        label = f"block {block}"
-        if _finite(lo) and _finite(hi):
-            label += f"  (sigma {lo:.3g} to {hi:.3g})"
         steps, values = zip(*points, strict=True)
-        line, = ax.plot(steps, values, label=label, marker="." if len(points) <= 30 else None)
+        line, = ax.plot(steps, values, label=block_label(block, records[-1], noise),
+                        marker="." if len(points) <= 30 else None)
         held = [(r["step"], r["heldout_loss"]) for r in records
                 if _finite(r.get("heldout_loss"))]
         if held:  # the same colour, dashed: held-out rows, the EMA weights
@@ -120,6 +118,28 @@ def assembly_panels(assemblies: list[dict]) -> list[tuple[str, str | None]]:
                    and not any(part in k for part in CONSTANT_PARTS))
     partner = {metric: ref for ref, metric in REFERENCES.items() if ref in found}
     return [(k, partner.get(k)) for k in shown]
+
+
+def noise_name(storage: Storage) -> str:
+    """What a run's noise level is called: ``t``, the masking time, for mdm, else ``sigma``
+    (also where config.yaml cannot be read: a plot is a convenience)."""
+    from dbparallel.training.run_dir import stored_config
+
+    try:
+        task = stored_config(storage).get("task")
+    except Exception:  # a label is no reason to fail a plot
+        task = None
+    return "t" if task == "mdm" else "sigma"
+
+
+def block_label(block: int, record: dict, noise: str) -> str:
+    """A block's legend entry, with its noise range (``sigma_lo``/``sigma_hi`` of its latest
+    metrics line, in the run's ``noise``: mdm's t too) where the line has one."""
+    lo, hi = record.get("sigma_lo"), record.get("sigma_hi")
+    label = f"block {block}"
+    if _finite(lo) and _finite(hi):
+        label += f"  ({noise} {lo:.3g} to {hi:.3g})"
+    return label
 
 
 def _diagnostics(storage: Storage) -> dict | None:

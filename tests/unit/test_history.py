@@ -194,6 +194,20 @@ def test_plot_curves_draws_a_png_with_an_assembly_panel_when_there_are_points(
     assert Image.open(io.BytesIO(both)).size[1] > height  # a second row of panels
 
 
+def test_a_blocks_legend_names_its_noise_range_in_the_runs_noise(tmp_path) -> None:
+    """mdm's blocks own ranges of the masking time t, the other tasks' of sigma."""
+    from dbparallel.training.curves import block_label, noise_name
+
+    record = {"step": 25, "loss": 3.9, "sigma_lo": 0.45, "sigma_hi": 1.0}
+    for task, noise in (("mdm", "t"), ("ar", "sigma"), ("dit", "sigma")):
+        storage = Storage(str(tmp_path / task))
+        storage.write_text("config.yaml", f"task: {task}\n")
+        assert noise_name(storage) == noise
+        assert block_label(0, record, noise) == f"block 0  ({noise} 0.45 to 1)"
+    assert noise_name(Storage(str(tmp_path / "none"))) == "sigma"  # no config.yaml
+    assert block_label(1, {"step": 25, "loss": 3.9}, "t") == "block 1"
+
+
 def test_assembly_panels_leave_out_what_training_does_not_change() -> None:
     """The looped task's line: its memory measurements and whether the test split was scored
     get no panel; the data's perplexity and entropy are drawn in the network's panels."""
