@@ -25,14 +25,14 @@ __version__ = "0.1.0"
 
 
 def train(*recipes: str | os.PathLike | Sequence[str | os.PathLike],
-          overrides: Mapping[str, Any] | Sequence[str] = (), local: bool = False,
+          overrides: Mapping[str, Any] | Sequence[str] | None = (), local: bool = False,
           blocks: Sequence[int] | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Train the run that the YAML ``recipes`` (merged in order; ``train("a.yaml", "b.yaml")``
     or one list of them) and ``overrides`` describe, exactly as ``dbparallel train`` does, and
     return its report (report.json's content).
 
     ``overrides``: ``{"train.steps": 500, "run.dir": "runs/x"}`` (nested mappings give dotted
-    keys) or ``["train.steps=500"]``. ``local=True`` trains in this process without Ray
+    keys) or ``["train.steps=500"]`` (None: none). ``local=True`` trains in this process without Ray
     (``--local``; so does a recipe with ``runtime.local: true``), ``blocks`` only those blocks
     (with ``local=True``; None: every block). Otherwise the blocks train as Ray actors in the
     Ray instance this process is already connected to, else on the cluster at
@@ -56,7 +56,7 @@ def train(*recipes: str | os.PathLike | Sequence[str | os.PathLike],
 
 
 def _train(recipes: tuple[str | os.PathLike | Sequence[str | os.PathLike], ...],
-           overrides: Mapping[str, Any] | Sequence[str], local: bool,
+           overrides: Mapping[str, Any] | Sequence[str] | None, local: bool,
            blocks: Sequence[int] | None, progress: bool | None) -> dict[str, Any]:
     """``train``'s work, once its signal handler is in place."""
     from dbparallel.config import load_config
@@ -79,8 +79,11 @@ def _train(recipes: tuple[str | os.PathLike | Sequence[str | os.PathLike], ...],
     return train_run(cfg, list(blocks) if blocks else None, progress)
 
 
-def _override_items(overrides: Mapping[str, Any] | Sequence[str]) -> list[str]:
-    """``key=value`` strings of a mapping (nested mappings give dotted keys) or a list."""
+def _override_items(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
+    """``key=value`` strings of a mapping (nested mappings give dotted keys) or a list;
+    None: none."""
+    if overrides is None:
+        return []
     if isinstance(overrides, str):
         raise TypeError("overrides: a mapping or a list of key=value strings, not one string")
     if not isinstance(overrides, Mapping):

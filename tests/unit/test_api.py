@@ -392,5 +392,6 @@ def test_train_overrides_from_python_values_are_read_back_as_given() -> None:
     odd = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], _override_items({"run.name": "[a]: b"}))
     assert odd.run.name == "[a]: b"
     assert _override_items(["train.steps=5"]) == ["train.steps=5"]
+    assert _override_items(None) == []  # overrides=None: no overrides, as the default ()
     with pytest.raises(TypeError, match="not one string"):
         _override_items("train.steps=5")
