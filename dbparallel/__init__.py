@@ -66,6 +66,11 @@ def _train(recipes: tuple[str | os.PathLike | Sequence[str | os.PathLike], ...],
     # train(["a.yaml", "b.yaml"]) as train("a.yaml", "b.yaml")
     recipes = tuple(r for item in recipes
                     for r in (item if isinstance(item, (list, tuple)) else [item]))
+    for r in recipes:
+        if not isinstance(r, (str, os.PathLike)):
+            what = ("; config keys go in overrides={...}" if isinstance(r, Mapping) else "")
+            raise TypeError(f"recipes: paths of YAML files, got {type(r).__name__} {r!r:.40}"
+                            f"{what}")
     items = _override_items(overrides)
     if local:
         items.append("runtime.local=true")

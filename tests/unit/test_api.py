@@ -375,6 +375,15 @@ def test_train_from_python_is_the_train_command(tmp_path: Path, capsys) -> None:
     assert only["per_block"][0]["steps"] == 3  # the second recipe's steps
 
 
+def test_train_names_a_recipe_that_is_no_path() -> None:
+    """A mapping of keys given as the recipe is told where keys go, before anything runs."""
+    with pytest.raises(TypeError, match=r"^recipes: paths of YAML files, got dict "
+                                        r"\{'task': 'ar'\}; config keys go in overrides="):
+        dbparallel.train({"task": "ar"}, local=True)
+    with pytest.raises(TypeError, match=r"^recipes: paths of YAML files, got int 3$"):
+        dbparallel.train([ROOT / "jobs" / "tiny_cpu.yaml", 3], local=True)
+
+
 def test_train_overrides_from_python_values_are_read_back_as_given() -> None:
     from dbparallel import _override_items
 
