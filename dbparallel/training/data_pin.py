@@ -93,6 +93,12 @@ def refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
             f"run.name) for a run of other data. If their contents are unchanged, or only bad "
             f"rows were corrected in place, delete {storage.uri(DATA_INDEX_FILE)} to pin the "
             f"data as it is now")
+    if moved:  # another path: the run's own data are named, with where they were
+        raise RunDirError(
+            f"{storage.uri()} was trained on the data at {previous.source} ({then:,} training "
+            f"rows), and {index.source} holds other data ({now:,}); resume with "
+            f"data.path={shell_path(previous.source)}, or choose a new run.dir for a run of "
+            f"these data")
     raise RunDirError(
         f"{storage.uri()} was trained on other data than {index.source} now holds "
         f"({then:,} training rows then, {now:,} now: files added, changed or rewritten, or "

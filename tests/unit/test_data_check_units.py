@@ -116,6 +116,35 @@ def test_a_run_directory_that_would_be_refused_is_found_without_writing(tmp_path
         check_resumable(cfg, changed)
 
 
+def test_other_data_at_another_path_are_refused_naming_the_runs_own(tmp_path) -> None:
+    """A resume pointed at another data set (another corpus, another folder) is told where
+    the run's own data were, not that the new path's files changed."""
+    import dataclasses
+
+    import pytest
+
+    from dbparallel.config import load_config
+    from dbparallel.errors import RunDirError
+    from dbparallel.training.checkpoint import BlockCheckpoints
+    from dbparallel.training.data_pin import pin_data
+    from dbparallel.training.run_dir import check_resumable, open_run
+
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}"])
+    storage = open_run(cfg)
+    pin_data(storage, dataclasses.replace(_index([100, 250], [30]), source="corpus"))
+    BlockCheckpoints(storage, 0).save("state", 5, {"step": 5})
+    other = dataclasses.replace(_index([100, 251], [30]), source="other.txt")
+    with pytest.raises(RunDirError, match=r"was trained on the data at corpus \(350 training "
+                                          r"rows\), and other.txt holds other data \(351\); "
+                                          r"resume with data.path=corpus, or choose a new "
+                                          r"run.dir"):
+        check_resumable(cfg, other)
+    same_place = dataclasses.replace(other, source="corpus")
+    with pytest.raises(RunDirError, match=r"trained on other data than corpus now holds "
+                                          r"\(350 training rows then, 351 now: files added"):
+        check_resumable(cfg, same_place)
+
+
 def test_data_are_pinned_again_only_where_their_pinning_process_has_ended(tmp_path) -> None:
     """A run still starting (its driver waits for room, no lease taken yet) keeps its data;
     one whose driver has gone is started on the data as they are now, vocabulary included."""
