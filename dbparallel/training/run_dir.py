@@ -224,6 +224,10 @@ def require_run_dir(storage: Storage, shown: str) -> None:
         return
     if storage.is_local and not storage.exists(""):
         raise RunDirError(f"{shown}: no such directory")
+    if storage.is_local and os.path.isfile(storage.path("")):
+        raise RunDirError(f"{shown}: is a file, not a run directory (an export file holds the "
+                          f"network alone, for load, eval, sample, generate and predict; this "
+                          f"reads a run directory's training files)")
     starting = _starting(storage)
     if starting:
         raise RunDirError(f"{shown}: not a run directory yet (no {CONFIG_FILE}): {starting}")

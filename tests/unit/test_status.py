@@ -466,6 +466,15 @@ def test_a_finished_run_and_a_missing_one(run: Path, tmp_path: Path, capsys) -> 
     assert cli.main(["status", str(run.parent)]) == 2
     assert capsys.readouterr().err.rstrip().endswith(
         f"; it holds the run directories {run}")
+    export = tmp_path / "run.safetensors"  # a file, e.g. an export: named as a file
+    export.write_bytes(b"not a directory")
+    for command in (["status", str(export)], ["plot", str(export)],
+                    ["plot", str(run), "--against", str(export)]):
+        assert cli.main(command) == 2
+        assert capsys.readouterr().err.rstrip().endswith(
+            f"{export}: is a file, not a run directory (an export file holds the network "
+            f"alone, for load, eval, sample, generate and predict; this reads a run "
+            f"directory's training files)"), command
 
 
 def test_a_damaged_report_is_named_instead_of_its_age(run: Path, capsys) -> None:
