@@ -149,7 +149,7 @@ def status(run_dir: str | os.PathLike) -> RunStatus:
     ``logged_step``, ``checkpoint_step``, ``loss``, ``writer``, ...), ``.assembly``,
     ``.report``, ``.run`` and ``.run_id`` (its metrics' labels); ``.to_json()`` gives a
     dict."""
-    from dbparallel.training.run_dir import run_config
+    from dbparallel.training.run_files import run_config
     from dbparallel.training.status import run_status
     from dbparallel.training.storage import Storage
 

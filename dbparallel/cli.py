@@ -118,7 +118,7 @@ def _print_summary(cfg: Config, report: dict) -> None:
 def cmd_plot(args: argparse.Namespace) -> int:
     """curves.png of a run, drawn again from its metrics files (e.g. while it trains)."""
     from dbparallel.training.curves import CURVES_FILE, plot_curves
-    from dbparallel.training.run_dir import require_run_dir, stored_config
+    from dbparallel.training.run_files import require_run_dir, stored_config
     from dbparallel.training.storage import reach, split_uri, write_file
 
     if args.out and not split_uri(args.out)[1].lower().endswith(".png"):

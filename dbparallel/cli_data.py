@@ -125,9 +125,9 @@ def _bare_source(path: str, text_task: bool = False) -> str:
     in it is then named: data/text.py)."""
     from pathlib import Path
 
+    from dbparallel.data.file_names import PARQUET_SUFFIXES, text_file_name
     from dbparallel.data.image_folder import IMAGE_EXTENSIONS
     from dbparallel.data.text import ARCHIVES
-    from dbparallel.data.text_files import PARQUET_SUFFIXES, text_file_name
 
     folder = Path(path)
     if "://" in path or folder.is_file():

@@ -113,7 +113,7 @@ def _runners_only(run_dir: str) -> list[Hold]:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from dbparallel.training.run_dir import run_config
+    from dbparallel.training.run_files import run_config
     from dbparallel.training.stop_run import (
         find_assembly,
         find_holds,

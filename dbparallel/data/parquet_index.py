@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from dbparallel.data.file_names import PARQUET_SUFFIXES
 from dbparallel.data.image_folder import IMAGE_EXTENSIONS
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, check_schema, image_encoding
 from dbparallel.data.shards import SPLIT_NAMES, DataIndex, Shard, split_of_name
 from dbparallel.data.splits import SPLIT_COLUMN, split_values
 from dbparallel.data.tables import resolve_path
-from dbparallel.data.text_files import PARQUET_SUFFIXES
 from dbparallel.errors import DataError
 
 log = logging.getLogger(__name__)

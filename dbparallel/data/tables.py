@@ -38,8 +38,8 @@ def not_parquet(path: str, err: Exception) -> DataError:
     """data.path's error for a file Arrow cannot read as Parquet; a local file that starts
     as text is told how a text file is recognised (by its name), one named as text that it is
     read as text with data.source=text, an image file what an image data set is."""
+    from dbparallel.data.file_names import text_file_name
     from dbparallel.data.images import IMAGE_EXTENSIONS
-    from dbparallel.data.text_files import text_file_name
 
     hint = ""
     name = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]

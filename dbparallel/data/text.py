@@ -28,15 +28,10 @@ import pyarrow.fs as pafs
 
 from dbparallel.config import DataConfig
 from dbparallel.data.digests import DigestMemo, blocks_digest
+from dbparallel.data.file_names import file_format, text_file_name
 from dbparallel.data.image_folder import IMAGE_EXTENSIONS
 from dbparallel.data.tables import resolve_path
-from dbparallel.data.text_files import (
-    Document,
-    file_blocks,
-    file_documents,
-    file_format,
-    text_file_name,
-)
+from dbparallel.data.text_files import Document, file_blocks, file_documents
 from dbparallel.errors import DataError
 
 log = logging.getLogger(__name__)

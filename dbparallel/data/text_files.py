@@ -1,6 +1,6 @@
 """One input file of a text corpus, read as documents, by format, never held whole.
 
-A file's format is named by its suffix once a compression suffix (``COMPRESSION``: ``.gz``,
+A file's format is named by its suffix (file_names.py) once a compression suffix (``.gz``,
 ``.bz2``, ``.lz4``, ``.zst``) is taken off: ``a.jsonl.gz`` is gzipped JSONL. A text file is one
 document, read in blocks of ``READ_BYTES`` and decoded as UTF-8 as it comes; a JSONL file holds
 one document per line (field ``text``, optional ``split`` and ``work``); a Parquet file one per
@@ -22,6 +22,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from dbparallel.data.file_names import (
+    uncompressed,
+)
 from dbparallel.data.row_groups import row_group_batches
 from dbparallel.data.shards import SPLITS
 from dbparallel.data.tables import not_parquet
@@ -31,10 +34,6 @@ log = logging.getLogger(__name__)
 TEXT_COLUMN, SPLIT_COLUMN, WORK_COLUMN = "text", "split", "work"
 READ_BYTES = 1 << 16  # bytes per read of a text file
 PIECE_CHARS = 1 << 16  # characters per piece of a document held in memory whole
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # .json too: read as one object per line
-PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
-# compressed files are read through their codec (suffix -> pyarrow codec)
-COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".lz4": "lz4", ".zst": "zstd"}
 JSONL_RULE = ("JSON Lines (.jsonl, .ndjson, .json) hold one JSON object per line, the "
               "document in its string field 'text'")
 JSON_KINDS = {list: "a JSON array", str: "a string", int: "a number", float: "a number",
@@ -64,41 +63,14 @@ def file_documents(fs: pafs.FileSystem, path: str, fmt: str,
         yield from _parquet_documents(fs, path)
 
 
-def _uncompressed(path: str) -> tuple[str, str | None]:
-    """(``path`` without its compression suffix, the codec or None)."""
-    suffix = PurePosixPath(path).suffix.lower()
-    if suffix in COMPRESSION:
-        return path[:-len(suffix)], COMPRESSION[suffix]
-    return path, None
-
-
-def text_file_name(name: str) -> bool:
-    """Whether a file's name says it holds text: ``.txt`` or JSONL, compressed or not."""
-    return _uncompressed(name)[0].lower().endswith((".txt", *JSONL_SUFFIXES))
-
-
 def _stem(path: str) -> str:
-    return PurePosixPath(_uncompressed(path)[0]).stem
-
-
-def file_format(path: str) -> str:
-    """``text``, ``jsonl`` or ``parquet``, by the name of the file at ``path``."""
-    name, codec = _uncompressed(path)
-    name = name.lower()
-    if name.endswith(JSONL_SUFFIXES):
-        return "jsonl"
-    if name.endswith(PARQUET_SUFFIXES):
-        if codec is not None:
-            raise DataError(f"data.path: {path!r} is a compressed Parquet file; Parquet "
-                            f"compresses its own pages: decompress it")
-        return "parquet"
-    return "text"
+    return PurePosixPath(uncompressed(path)[0]).stem
 
 
 def file_blocks(fs: pafs.FileSystem, path: str) -> Iterator[bytes]:
     """The bytes of the file at ``path``, uncompressed, in blocks of ``READ_BYTES``."""
     try:
-        with fs.open_input_stream(path, compression=_uncompressed(path)[1]) as f:
+        with fs.open_input_stream(path, compression=uncompressed(path)[1]) as f:
             while block := f.read(READ_BYTES):
                 yield block
     except (pa.ArrowException, OSError) as err:

@@ -123,7 +123,7 @@ def assembly_panels(assemblies: list[dict]) -> list[tuple[str, str | None]]:
 def noise_name(storage: Storage) -> str:
     """What a run's noise level is called: ``t``, the masking time, for mdm, else ``sigma``
     (also where config.yaml cannot be read: a plot is a convenience)."""
-    from dbparallel.training.run_dir import stored_config
+    from dbparallel.training.run_files import stored_config
 
     try:
         task = stored_config(storage).get("task")
@@ -154,7 +154,7 @@ def _diagnostics(storage: Storage) -> dict | None:
 def _against_label(against: Storage) -> str:
     """How the --against run is named in the legend: an end-to-end baseline as such, any
     other run by its directory."""
-    from dbparallel.training.run_dir import stored_config
+    from dbparallel.training.run_files import stored_config
 
     try:
         objective = stored_config(against).get("train", {}).get("objective")

@@ -15,10 +15,8 @@ from dbparallel.training.arguments import number
 from dbparallel.training.data_pin import pinned_data, run_data, run_tokenizer
 from dbparallel.training.export import damaged_export, export_bytes, read_export
 from dbparallel.training.network import Network
-from dbparallel.training.run_dir import (
-    check_out_file,
-    run_config,
-)
+from dbparallel.training.run_dir import check_out_file
+from dbparallel.training.run_files import run_config
 from dbparallel.training.snapshots import load_snapshots
 from dbparallel.training.storage import Storage, reached, split_uri
 

@@ -10,7 +10,7 @@ from dbparallel.config import load_config
 from dbparallel.runtime.backend import RunFailed
 from dbparallel.runtime.launch import run_ray
 from dbparallel.training.checkpoint import BlockCheckpoints
-from dbparallel.training.run_dir import run_config
+from dbparallel.training.run_files import run_config
 from dbparallel.training.status import run_status
 from dbparallel.training.storage import Storage
 

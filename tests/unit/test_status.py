@@ -18,7 +18,7 @@ from dbparallel import cli
 from dbparallel.cli_status import _row
 from dbparallel.training.holder import driver_session
 from dbparallel.training.lease import BlockLease
-from dbparallel.training.run_dir import run_config
+from dbparallel.training.run_files import run_config
 from dbparallel.training.status import run_status
 from dbparallel.training.storage import Storage
 
