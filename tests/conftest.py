@@ -76,7 +76,7 @@ def ray_session():
 RAY_GROUP = "ray_session"  # the work unit of the modules that join the session's Ray instance
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own scheduler for --dist loadgroup
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's scheduler; -p no:xdist works
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     # Under pytest-xdist (`make test`: `-n auto --dist loadgroup`), a module's tests run in one
     # process, so its module-scoped fixtures are built once, and the modules whose tests join
