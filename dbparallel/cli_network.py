@@ -63,14 +63,21 @@ def _data_at(network: Network, path: str) -> DataIndex:
     import dataclasses
 
     from dbparallel.data.sources import open_data
+    from dbparallel.data.text import ImagesNotText
     from dbparallel.data.tokenizer import load_tokenizer
+    from dbparallel.errors import DataError
 
     data = network.cfg.data
     if data.source not in FILE_SOURCES:  # built in (digits, shakespeare): nothing moves
         raise UserError(f"--data: the network was trained on data.source={data.source}, "
                         f"which is built in and read from no path; --data is for "
                         f"data.source={', '.join(FILE_SOURCES)}")
-    index = open_data(dataclasses.replace(data, path=path))
+    try:
+        index = open_data(dataclasses.replace(data, path=path))
+    except ImagesNotText as err:  # its own fix is for training: this run is trained
+        raise DataError(f"--data {path}: {err.found}: this run is a text run "
+                        f"(task={network.cfg.task}), and --data takes text: a text, JSONL or "
+                        f"Parquet file, or a folder of them") from None
     if network.tokenizer is not None and \
             load_tokenizer(index.meta).describe() != network.tokenizer.describe():
         raise UserError(f"--data {path}: these texts give another tokenizer than the "

@@ -197,8 +197,17 @@ def _no_images(paths: list[str], where: str, folder: bool) -> None:
     more = f" (and {len(images) - 1:,} more image files)" if len(images) > 1 else ""
     fix = (f"move it out of {where!r}, or set task=dit or vit to train on images" if folder
            else "set task=dit or vit to train on images")
-    raise DataError(f"data.path: {images[0]!r}{more} is an image, not text: a text corpus "
-                    f"reads text, JSONL and Parquet files; {fix}")
+    raise ImagesNotText(f"{images[0]!r}{more} is an image, not text",
+                        f"a text corpus reads text, JSONL and Parquet files; {fix}")
+
+
+class ImagesNotText(DataError):
+    """Images where a text corpus is read: ``found`` names them, ``fix`` says what to do
+    when training (a network already trained words its own fix: cli_network.py)."""
+
+    def __init__(self, found: str, fix: str):
+        super().__init__(f"data.path: {found}: {fix}")
+        self.found = found
 
 
 def spans(pieces: Iterator[str], ranges: list[tuple[int, int]]) -> Iterator[tuple[int, str]]:

@@ -87,6 +87,15 @@ def test_data_without_a_path_or_other_text_are_refused(tmp_path, capsys) -> None
     assert (f"--data {other}: these texts give another tokenizer than the network's "
             f"(data.tokenizer=char") in capsys.readouterr().err
     assert "bpc" in _eval(capsys, run, "--data", str(trained))  # the same text is accepted
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "0.png").write_bytes(b"")
+    assert cli.main(["eval", run, "--data", str(images)]) == 2
+    err = capsys.readouterr().err  # what this run takes, not how to train on images
+    assert (f"--data {images}: {str(images / '0.png')!r} is an image, not text: this run is a "
+            f"text run (task=ar), and --data takes text: a text, JSONL or Parquet file, or a "
+            f"folder of them") in err
+    assert "train" not in err
 
 
 def test_a_run_not_trained_to_the_end_is_said_so_when_loaded(tmp_path, caplog) -> None:
