@@ -94,6 +94,27 @@ def _out_file(out: str) -> None:
     check_out_file(out, "--out")
 
 
+def _kind(task: str) -> str:
+    """``a dit network (image generation)``: what a network of ``task`` is, in words."""
+    from dbparallel.training.network import article
+
+    what = {"dit": "image generation", "vit": "image classification"}.get(task, "text")
+    return f"{article(task)} {task} network ({what})"
+
+
+def _instead(source: str, task: str) -> str:
+    """The command that does for a network of ``task`` what another command does for
+    another kind: what a refusal names."""
+    from dbparallel.shell import shell_path
+
+    run = shell_path(source)
+    return {"dit": f"for this run use `dbparallel sample {run} --out FILE.png`, which draws "
+                   f"its images",
+            "vit": f"for this run use `dbparallel predict {run} IMAGES`, which classifies "
+                   f"images"}.get(task, f"for this run use `dbparallel generate {run} --prompt "
+                                      f"TEXT`")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     network = _load(args)
     metrics = network.evaluate(_data(network, args.source, args.data))
@@ -152,6 +173,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise UserError(f"--samples: must be >= 1, got {args.samples}")
     network = _load(args)
+    if "generate" not in network.verbs:
+        raise UserError(f"generate: {args.source} is {_kind(network.cfg.task)}; generate "
+                        f"continues a prompt with a text network (mdm, ar, looped); "
+                        f"{_instead(args.source, network.cfg.task)}")
     for k in range(args.samples):
         text = network.generate(args.prompt, args.max_new, args.temperature, args.seed + k,
                                 progress=sys.stderr.isatty())
@@ -163,15 +188,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from dbparallel.data.image_files import read_images
-    from dbparallel.training.network import article
 
     if args.batch < 1:
         raise UserError(f"--batch: must be >= 1, got {args.batch}")
     network = _load(args)
     if "predict" not in network.verbs:
-        raise UserError(f"predict: {args.source} is {article(network.cfg.task)} "
-                        f"{network.cfg.task} network; predict "
-                        "classifies images with a vit network")
+        raise UserError(f"predict: {args.source} is {_kind(network.cfg.task)}; predict "
+                        f"classifies images with a vit network; "
+                        f"{_instead(args.source, network.cfg.task)}")
     names, pixels = read_images(args.images, network.cfg.data)
     if not names:
         raise UserError(f"predict: {args.images} holds no image")

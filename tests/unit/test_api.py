@@ -268,6 +268,11 @@ def test_generate_command_prints_continuations(runs: dict[str, str], capsys) -> 
     assert cli.main(["generate", runs["ar"], "--prompt", "caf\u00e9"]) == 2
     assert "'\u00e9' (U+00E9) is not in the vocabulary" in capsys.readouterr().err
     assert cli.main(["generate", runs["vit"], "--prompt", "a"]) == 2
+    assert f"use `dbparallel predict {runs['vit']} IMAGES`" in capsys.readouterr().err
+    assert cli.main(["generate", runs["dit"], "--prompt", "a"]) == 2  # the command it takes
+    assert (f"generate: {runs['dit']} is a dit network (image generation); generate continues "
+            f"a prompt with a text network (mdm, ar, looped); for this run use `dbparallel "
+            f"sample {runs['dit']} --out FILE.png`") in capsys.readouterr().err
 
 
 def _png(path: Path, pixels: np.ndarray) -> None:
@@ -316,7 +321,9 @@ def test_predict_command_reads_files_folders_and_tables(runs: dict[str, str], tm
     assert re.search(r"big\.png: is 9x9, expected 8x8 \(data.image_size\)",
                      capsys.readouterr().err)
     assert cli.main(["predict", runs["dit"], str(folder)]) == 2
-    assert "predict classifies images with a vit network" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "predict classifies images with a vit network" in err
+    assert f"use `dbparallel sample {runs['dit']} --out FILE.png`" in err
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"image": pa.array([], pa.binary())}), empty)
     assert cli.main(["predict", runs["vit"], str(empty)]) == 2
