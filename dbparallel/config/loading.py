@@ -53,6 +53,8 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         given = OmegaConf.merge(*layers)  # untyped: a later layer may replace model.blocks=auto
         _sections_are_mappings(given)
+        if _recipe_name_of_other_data(layers):  # the run is named after its own data
+            given = OmegaConf.merge(given, OmegaConf.create({"run": {"name": ""}}))
         if OmegaConf.select(given, "task") == "looped" \
                 and OmegaConf.select(given, "model.blocks") is None:
             # one weight-tied core: the only B it takes, not the schema's default of 4
@@ -78,6 +80,25 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
                           f"in; set data.source=parquet, image_folder, text or fashion_mnist "
                           f"to train on it")
     return cfg
+
+
+def _recipe_name_of_other_data(layers: list[Any]) -> bool:
+    """Whether a recipe names the run (run.name) and a later recipe or the overrides (the
+    last of ``layers``) give other data (data.source, data.path) with no run.name of their
+    own: a recipe's name names its data (ar-shakespeare), not a corpus given in their
+    place, so the run takes the default name of its data and task (notes-ar), and that
+    directory."""
+    from omegaconf import OmegaConf
+
+    named = [i for i, layer in enumerate(layers) if OmegaConf.select(layer, "run.name")
+             is not None]
+    if not named:
+        return False
+    at = OmegaConf.merge(*layers[:named[-1] + 1])
+    now = OmegaConf.merge(*layers)
+    return bool(OmegaConf.select(at, "run.name")) and any(
+        OmegaConf.select(now, key) != OmegaConf.select(at, key)
+        for key in ("data.source", "data.path"))
 
 
 def given_value(files: list[str | Path], overrides: list[str], key: str) -> Any:

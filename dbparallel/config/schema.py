@@ -34,7 +34,8 @@ class RunConfig:
     dir: str = ""  # run directory or object-store URI; "" = runs/<name>
     name: str = ""  # run label, also the `run` label of every metric; "" = <data>-<task>, the
     # data named by data.path's last part without a data file's suffix, else data.source
-    # (digits-dit; pets-vit for data.path=/data/pets): other tasks or data get their own run.dir
+    # (digits-dit; pets-vit for data.path=/data/pets): other tasks or data get their own run.dir;
+    # a recipe's name is left for this default where later recipes or overrides give other data
     seed: int = 0  # seeds model init, noise draws and data order of every block
 
     def __post_init__(self) -> None:

@@ -189,7 +189,7 @@ def _refuse_other_config(storage: Storage, cfg: Config) -> None:
 
 
 def _another_run_dir(storage: Storage, cfg: Config, keys: list[str]) -> str:
-    """A run.dir to suggest to a run refused in ``storage`` (a recipe's run.name names its runs
+    """A run.dir to suggest to a run refused in ``storage`` (a run.name given names its runs
     whatever their data): beside it, named for the run's data where the data differ
     (``runs/ar-shakespeare-tiny-notes``), else numbered; on local storage, one not taken."""
     base, query, rest = storage.root.rstrip("/").partition("?")

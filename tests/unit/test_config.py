@@ -118,6 +118,22 @@ def test_the_default_run_name_names_the_data_and_the_task() -> None:
                        ).run.name == "notes-ar"
 
 
+def test_a_recipe_given_other_data_names_the_run_after_them(tmp_path) -> None:
+    """A recipe's run.name names its own data: a corpus given in their place, by an override
+    or a later recipe, names the run as it would with no recipe, unless run.name is given."""
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "jobs" / "ar_shakespeare_tiny.yaml"
+    assert load_config([recipe], ["train.steps=3"]).run_dir == "runs/ar-shakespeare-tiny"
+    assert load_config([recipe], ["data.source=shakespeare"]).run.name == "ar-shakespeare-tiny"
+    mine = ["data.source=text", "data.path=/data/corpus/"]
+    assert load_config([recipe], mine).run_dir == "runs/corpus-ar"
+    assert load_config([recipe], [*mine, "run.name=mine"]).run_dir == "runs/mine"
+    later = tmp_path / "notes.yaml"
+    later.write_text("data:\n  source: text\n  path: /data/notes.jsonl\n")
+    assert load_config([recipe, later]).run.name == "notes-ar"
+
+
 def test_identity_ignores_training_length() -> None:
     a, b = load_config(), load_config([], ["train.steps=5"])
     assert config_hash(a) == config_hash(b)
