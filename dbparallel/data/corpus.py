@@ -59,6 +59,7 @@ from dbparallel.data.tokenizer import (
     CharCounter,
     CharTokenizer,
     train_bpe,
+    warn_fewer_ids,
 )
 from dbparallel.errors import DataError
 
@@ -83,7 +84,10 @@ def corpus_index(data: DataConfig) -> DataIndex:
     folder = cache_dir() / "corpus" / corpus_key(content, data)
     if not (folder / INDEX_FILE).is_file():
         _build(source, content, data, folder)
-    return _load(folder, data.shard_rows, source.label)
+    index = _load(folder, data.shard_rows, source.label)
+    if data.tokenizer == "bpe":  # said of a cached tokenizer too, not only as it is learned
+        warn_fewer_ids(source.label, index.meta["vocab_size"], data.vocab_size)
+    return index
 
 
 def corpus_key(content: str, data: DataConfig) -> str:
@@ -178,7 +182,7 @@ def _bpe_files(source: TextSource, layout: Layout, data: DataConfig,
     T, pack = data.seq_len, data.pack
     train = bpe_pieces(_part_texts(source, layout, only="train", pack=pack), BPE_TRAIN_CHARS,
                        BPE_HOLD)
-    tokenizer = train_bpe((text for _, text in train), data.vocab_size, source.label)
+    tokenizer = train_bpe((text for _, text in train), data.vocab_size)
     tokenizer.save(out / TOKENIZER_FILE)
     files = TokenFiles(out, token_dtype(tokenizer.vocab_size))
     try:

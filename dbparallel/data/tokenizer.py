@@ -230,9 +230,9 @@ class BpeTokenizer:
         return description
 
 
-def train_bpe(texts: Iterator[str], vocab_size: int, label: str = "texts") -> BpeTokenizer:
-    """A byte-level BPE of at most ``vocab_size`` ids trained on ``texts`` (streamed); a
-    warning names ``label`` when the texts run out of pairs to merge before that."""
+def train_bpe(texts: Iterator[str], vocab_size: int) -> BpeTokenizer:
+    """A byte-level BPE of at most ``vocab_size`` ids trained on ``texts`` (streamed); it
+    holds fewer where the texts run out of pairs to merge (``warn_fewer_ids``)."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -246,12 +246,17 @@ def train_bpe(texts: Iterator[str], vocab_size: int, label: str = "texts") -> Bp
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False, special_tokens=[],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)
-    if (learned := tokenizer.get_vocab_size()) < vocab_size:
+    return BpeTokenizer(tokenizer)
+
+
+def warn_fewer_ids(label: str, learned: int, vocab_size: int) -> None:
+    """Warn when a BPE of ``label``'s texts learned fewer ids than ``data.vocab_size``
+    (its training text ran out of pairs to merge): the model holds unused ids."""
+    if learned < vocab_size:
         log.warning("%s: the BPE learned %d of data.vocab_size=%d ids (%d merges: the training "
                     "text has no more pairs to merge); the model holds %d ids all the same, and "
                     "data.vocab_size=%d gives the same tokens with a smaller embedding and head",
                     label, learned, vocab_size, learned - BYTE_SYMBOLS, vocab_size, learned)
-    return BpeTokenizer(tokenizer)
 
 
 def load_tokenizer(meta: dict[str, Any]) -> Tokenizer:

@@ -143,6 +143,11 @@ def test_a_bpe_that_runs_out_of_merges_says_how_many_ids_it_learned(tmp_path, ca
                     f"({learned - 256} merges: the training text has no more pairs to merge); "
                     f"the model holds 4096 ids all the same, and data.vocab_size={learned} "
                     f"gives the same tokens with a smaller embedding and head"]
+    caplog.clear()  # the tokenizer cached: a later run is told the same, once
+    assert corpus_index(DataConfig(source="text", path=str(path), seq_len=16, tokenizer="bpe",
+                                   vocab_size=4096)).meta["content"] == index.meta["content"]
+    assert [r.getMessage() for r in caplog.records if "the BPE learned" in r.getMessage()] \
+        == told
     caplog.clear()
     fitted = corpus_index(DataConfig(source="text", path=str(path), seq_len=16,
                                      tokenizer="bpe", vocab_size=learned))
