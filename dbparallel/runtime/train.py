@@ -19,7 +19,7 @@ from dbparallel.tasks import build_task
 from dbparallel.training.data_check import check_here
 from dbparallel.training.data_memory import report_footprint
 from dbparallel.training.plan import memory_warning
-from dbparallel.training.run_dir import check_resumable
+from dbparallel.training.run_dir import check_resumable, refuse_another_network
 from dbparallel.training.running import running
 from dbparallel.training.schedule import warmup_warning
 
@@ -44,6 +44,7 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
     if only_blocks:
         check_blocks(cfg, only_blocks)  # before the data are indexed
     check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing
+    refuse_another_network(cfg)  # a resume of other data.tokenizer: before it tokenizes
     index = open_data(cfg.data)
     check_kind(cfg.task, cfg.data, index)
     index.shards("train")  # no training rows: refused before the run directory is written

@@ -118,6 +118,14 @@ def _tell_earlier_default(cfg: Config) -> None:
                 EARLIER_DEFAULT)
 
 
+def refuse_another_network(cfg: Config) -> None:
+    """The RunDirError ``open_run`` would raise for a run directory trained with another
+    network (``identity_diff``: another data.tokenizer, model.hidden, ...), raised from its
+    config alone, before the data are opened (a corpus tokenized for a run that is refused)."""
+    refuse_a_passing_run_dir(cfg)
+    _refuse_other_config(reach(cfg.run_dir, f"run.dir={cfg.run_dir}"), cfg)
+
+
 def check_resumable(cfg: Config, index: DataIndex, blocks: list[int] | None = None) -> None:
     """The RunDirError ``open_run`` or ``pin_data`` would raise for ``cfg``'s run directory,
     ``index`` and ``blocks`` (default: all), raised now, without writing anything (a run that

@@ -270,3 +270,22 @@ def test_text_config_errors_name_the_key(overrides: list[str], key: str) -> None
 
     with pytest.raises(ConfigError, match=f"^{key}:"):
         load_config([], ["data.source=shakespeare", *overrides])
+
+
+def test_a_resume_with_another_tokenizer_is_refused_before_tokenizing(tmp_path, monkeypatch,
+                                                                      capsys) -> None:
+    """The run directory's config is checked against the new one first: a corpus is not
+    tokenized (minutes, for a large one) for a run that is refused."""
+    from dbparallel.cli import main
+    from dbparallel.training.run_dir import open_run
+
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 200)
+    run = ["task=ar", "data.source=text", f"data.path={corpus}", "data.seq_len=32",
+           "sample.prompt_len=8", "sample.gen_len=8", f"run.dir={tmp_path / 'run'}"]
+    open_run(load_config([], run))  # its config.yaml, as the run's first process wrote it
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "--local", *run, "data.tokenizer=bpe", "data.vocab_size=300"]) == 2
+    assert ("was started with other values of data.tokenizer, data.vocab_size "
+            "(data.tokenizer: 'char' there, 'bpe' now") in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "corpus").exists()  # nothing tokenized
