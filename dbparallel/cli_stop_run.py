@@ -10,6 +10,7 @@ import argparse
 import math
 
 from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
+from dbparallel.config import CONFIG_FILE
 from dbparallel.errors import RunDirError, UserError
 from dbparallel.shell import resubmit_line, shell_path
 from dbparallel.training.assembling import ASSEMBLING_FILE
@@ -125,13 +126,17 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     if math.isnan(args.wait) or args.wait < 0:
         raise UserError(f"--wait {args.wait:g}: seconds to wait, 0 or more")
+    damaged = False
     try:
         cfg = run_config(args.run_dir)
-    except RunDirError:  # no config.yaml yet: a run may still be checking its data
+    except RunDirError as err:  # no config.yaml yet: a run may still be checking its data
         holds = _runners_only(args.run_dir)
         if not holds:
             raise
         storage = Storage(args.run_dir)
+        damaged = storage.exists(CONFIG_FILE)  # unreadable: its runners are stopped all the same
+        if damaged:
+            print(err)
     else:
         storage = Storage(args.run_dir)
         holds = find_holds(storage, cfg)
@@ -181,7 +186,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
     for argv in sorted({tuple(argv) for p in stopped if (argv := jobs[p])}):
         print(resubmit_line(argv))  # a Ray job's entrypoint: the job ends with it
     if any(not jobs[p] for p in stopped):
-        print("the same train command resumes the run")
+        print("the same train command resumes the run" + (f" once its {CONFIG_FILE} is "
+                                                          f"restored" if damaged else ""))
     return EXIT_HELD if still_held else 0
 
 

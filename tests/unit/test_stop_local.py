@@ -151,3 +151,29 @@ def test_the_record_goes_with_its_run_and_so_do_gone_ones_and_a_directory_made_f
     assert {"elsewhere.json", "lapsed.json"} <= set(names) and len(names) == 3
     assert sorted(storage.listdir(RUNNING_DIR)) == ["elsewhere.json", "lapsed.json"]
     assert (tmp_path / "run" / "config.yaml").exists()  # a run directory stays
+
+
+def test_a_run_whose_config_is_damaged_is_stopped_from_its_record_and_the_damage_named(
+        tmp_path: Path, capsys) -> None:
+    """config.yaml unreadable, the run's process recorded in running/: stopped all the same,
+    with one line naming config.yaml (which the same train command needs back to resume)."""
+    import signal
+    import subprocess
+    import sys
+
+    from dbparallel.training.holder import process_start
+
+    storage = tiny_run_dir(tmp_path)
+    (tmp_path / "run" / "config.yaml").write_text("model: [\n")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with ended(proc):
+        write_runner(storage, HOST, proc.pid, start=process_start(proc.pid))
+        code = cli.main(["stop", storage.uri(), "--wait", str(HANG_S)])
+        assert proc.wait(timeout=HANG_S) == -signal.SIGTERM
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0, out
+    assert out[0].startswith(f"{storage.uri('config.yaml')}: damaged, not readable (not valid "
+                             f"YAML"), out
+    assert out[1:] == [*_said(proc.pid)[:-1],
+                       "the same train command resumes the run once its config.yaml is "
+                       "restored"]
