@@ -45,9 +45,18 @@ def _starting(storage: Storage) -> str:
         return ""
     kind = "a --local run" if not any(r.driver for r in found) else \
         "a Ray run" if all(r.driver for r in found) else "a run"
+    stop = f"`dbparallel stop {shell_path(storage.uri())}`"
+    # stop signals processes of its own machine (and pid namespace) alone: another's is
+    # stopped by the same command run there
+    hosts = " and ".join(sorted({r.host for r in found if not r.here}))
+    if not hosts:
+        how = f"{stop} stops it"
+    elif not any(r.here for r in found):
+        how = f"it runs on {hosts}, another machine or container: {stop} run there stops it"
+    else:
+        how = f"{stop} stops it here, and run on {hosts} (another machine or container) there"
     return (f"{kind} is starting in it ({', '.join(r.who for r in found)}), which checks its "
-            f"data before it writes {CONFIG_FILE}; `dbparallel stop "
-            f"{shell_path(storage.uri())}` stops it")
+            f"data before it writes {CONFIG_FILE}; {how}")
 
 
 def _runs_near(storage: Storage) -> str:

@@ -50,6 +50,7 @@ class Runner:
     pid: str
     driver: bool  # a Ray run's driver
     blocks: list[int] | None  # the blocks it trains (None: every block)
+    here: bool = True  # of this machine and pid namespace: `dbparallel stop` here signals it
 
     @property
     def who(self) -> str:
@@ -111,16 +112,18 @@ def live_runners(storage: Storage, now: float) -> tuple[list[Runner], list[str]]
     for _, record in runners(storage):
         if isinstance(record, DamagedFile):
             problems.append(" ".join(str(record).split()))
-        elif record_runs(record, now)[0] is not False:
-            live.append(_runner(record))
+        elif (runs := record_runs(record, now)[0]) is not False:
+            live.append(_runner(record, here=runs is True))
     return live, problems
 
 
-def _runner(record: dict[str, Any]) -> Runner:
-    """The process a record names, and the blocks it trains."""
+def _runner(record: dict[str, Any], here: bool = True) -> Runner:
+    """The process a record names, and the blocks it trains; ``here``: whether it is of
+    this machine and pid namespace."""
     _, host, pid = holder_parts(record["holder"])
     blocks = record.get("blocks")
-    return Runner(host, pid, record_driver(record), blocks if isinstance(blocks, list) else None)
+    return Runner(host, pid, record_driver(record), blocks if isinstance(blocks, list) else None,
+                  here)
 
 
 STALE_TIMEOUTS = 10  # another machine's record unrenewed for this many of its timeouts: gone

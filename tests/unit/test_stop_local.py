@@ -101,6 +101,12 @@ def test_a_run_starting_elsewhere_is_named_and_a_gone_one_is_nothing(tmp_path: P
                                                                      capsys) -> None:
     starting = Storage(str(tmp_path / "new"))  # no config.yaml yet: checking its data
     write_runner(starting, "other-host", 4242)
+    assert cli.main(["status", starting.uri()]) == 2  # told where stop can signal it
+    assert capsys.readouterr().err == (
+        f"dbparallel: error: {starting.uri()}: not a run directory yet (no config.yaml): a "
+        f"--local run is starting in it (pid 4242 on other-host), which checks its data before "
+        f"it writes config.yaml; it runs on other-host, another machine or container: "
+        f"`dbparallel stop {starting.uri()}` run there stops it\n")
     assert cli.main(["stop", starting.uri()]) == 1
     assert capsys.readouterr().out.splitlines() == [
         f"the run: run by pid 4242 on other-host, of another machine or container, which "
