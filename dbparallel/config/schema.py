@@ -37,6 +37,8 @@ class RunConfig:
     # (digits-dit; pets-vit for data.path=/data/pets): other tasks or data get their own run.dir;
     # a recipe's name is left for this default where later recipes or overrides give other data
     seed: int = 0  # seeds model init, noise draws and data order of every block
+    curves: bool = True  # draw curves.png as a run ends (`dbparallel plot RUN_DIR` draws it
+    # any time, also where this is false)
 
     def __post_init__(self) -> None:
         check(self.seed >= 0, "run.seed", f"must be >= 0, got {self.seed}")

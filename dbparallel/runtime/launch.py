@@ -181,7 +181,8 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
               ("free the placement group", (lambda: release(pg)) if pg is not None else None),
               ("disconnect from Ray", ray.shutdown if connected else None))
     assert storage is not None
-    write_curves(storage)
+    if cfg.run.curves:
+        write_curves(storage)
     return report
 
 

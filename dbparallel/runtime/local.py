@@ -114,5 +114,6 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
         bars.close()
         if server is not None:
             server.shutdown()
-    write_curves(storage)
+    if cfg.run.curves:
+        write_curves(storage)
     return report

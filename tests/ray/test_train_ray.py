@@ -55,7 +55,7 @@ def ray_run(ray_session, tmp_path_factory) -> tuple[Path, dict]:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(launch, "assembling", watched)
-        return run_dir, _train(run_dir)
+        return run_dir, _train(run_dir, "run.curves=true")
 
 
 def test_report_and_files(ray_run) -> None:

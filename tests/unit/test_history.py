@@ -52,7 +52,7 @@ def _same(record: dict) -> tuple:
 
 
 def test_a_local_run_writes_each_blocks_history_its_assembly_and_curves(tmp_path) -> None:
-    cfg = _cfg(tmp_path / "run", "train.steps=10", "train.warmup_steps=8")
+    cfg = _cfg(tmp_path / "run", "train.steps=10", "train.warmup_steps=8", "run.curves=true")
     report = run_local(cfg, progress=False)
     storage = Storage(cfg.run_dir)
     for b, row in enumerate(report["per_block"]):
@@ -66,6 +66,17 @@ def test_a_local_run_writes_each_blocks_history_its_assembly_and_curves(tmp_path
     assert line["step"] == 10 and line["wall_s"] >= 0
     assert line["sample_accuracy"] == report["assembly"]["sample_accuracy"]
     assert "block_steps_min" not in line
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == PNG
+
+
+def test_a_run_draws_no_curves_where_run_curves_is_false(tmp_path) -> None:
+    # jobs/tiny_cpu.yaml draws none; the same history is drawn by `dbparallel plot`
+    cfg = _cfg(tmp_path / "run", "train.steps=4")
+    assert cfg.run.curves is False
+    run_local(cfg, progress=False)
+    assert not (tmp_path / "run" / "curves.png").exists()
+    assert read_assemblies(Storage(cfg.run_dir))
+    assert main(["plot", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == PNG
 
 
