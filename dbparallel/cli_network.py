@@ -13,10 +13,11 @@ import sys
 from typing import TYPE_CHECKING
 
 from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
-from dbparallel.config import FILE_SOURCES
+from dbparallel.config import FILE_SOURCES, TEXT_TASKS
 from dbparallel.errors import UserError
 
 if TYPE_CHECKING:
+    from dbparallel.config import Config
     from dbparallel.data.shards import DataIndex
     from dbparallel.training.network import Network
 
@@ -65,7 +66,7 @@ def _data_at(network: Network, path: str) -> DataIndex:
     from dbparallel.data.sources import open_data
     from dbparallel.data.text import ImagesNotText
     from dbparallel.data.tokenizer import load_tokenizer
-    from dbparallel.errors import DataError
+    from dbparallel.errors import DataError, OtherData
 
     data = network.cfg.data
     if data.source not in FILE_SOURCES:  # built in (digits, shakespeare): nothing moves
@@ -74,10 +75,8 @@ def _data_at(network: Network, path: str) -> DataIndex:
                         f"data.source={', '.join(FILE_SOURCES)}")
     try:
         index = open_data(dataclasses.replace(data, path=path))
-    except ImagesNotText as err:  # its own fix is for training: this run is trained
-        raise DataError(f"--data {path}: {err.found}: this run is a text run "
-                        f"(task={network.cfg.task}), and --data takes text: a text, JSONL or "
-                        f"Parquet file, or a folder of them") from None
+    except (ImagesNotText, OtherData) as err:  # their fix is for training: this run is trained
+        raise DataError(f"--data {path}: {err.found}: {_takes(network.cfg)}") from None
     if network.tokenizer is not None and \
             load_tokenizer(index.meta).describe() != network.tokenizer.describe():
         raise UserError(f"--data {path}: these texts give another tokenizer than the "
@@ -85,6 +84,23 @@ def _data_at(network: Network, path: str) -> DataIndex:
                         f"was trained on): the same token ids would be other text; give the "
                         f"text it was trained on")
     return index
+
+
+def _takes(cfg: Config) -> str:
+    """What a run of ``cfg`` is and what its --data takes (read as its data.source reads
+    data.path): what a refusal of other data names, in place of training's fix."""
+    task, source = cfg.task, cfg.data.source
+    if task in TEXT_TASKS:
+        takes = ("a text, JSONL or Parquet file, or a folder of them" if source == "text" else
+                 "a Parquet file with a text column, or a folder of them")
+        run = f"task={task}" if source == "text" else f"task={task}, data.source={source}"
+        return f"this run is a text run ({run}), and --data takes text: {takes}"
+    takes = {"image_folder": "a folder holding a folder of images (PNG, JPEG, ...) per class",
+             "fashion_mnist": "a folder of the four Fashion-MNIST IDX files, or a Parquet "
+                              "table with image and label columns"}.get(
+        source, "a Parquet file with image and label columns, or a folder of them")
+    return (f"this run is an image run (task={task}, data.source={source}), and --data takes "
+            f"images: {takes}")
 
 
 def _out_file(out: str) -> None:

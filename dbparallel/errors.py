@@ -13,6 +13,16 @@ class DataError(UserError):
     """Bad or missing data; the message names the column and the first bad row, or the path."""
 
 
+class OtherData(DataError):
+    """Data that data.source cannot read as given (a lone image, a file named as text, a
+    folder of images for Parquet): ``found`` says what they are; the message also says what
+    to do when training (a network already trained words its own: cli_network.py)."""
+
+    def __init__(self, message: str, found: str):
+        super().__init__(message)
+        self.found = found
+
+
 class RunDirError(UserError):
     """A run directory that cannot be used as asked (mismatching config, missing blocks)."""
 

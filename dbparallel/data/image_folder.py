@@ -27,7 +27,7 @@ from dbparallel.config import DataConfig
 from dbparallel.data.images import IMAGE_EXTENSIONS
 from dbparallel.data.shards import SPLIT_NAMES, SPLITS, DataIndex, Shard, split_of_name
 from dbparallel.data.tables import resolve_path
-from dbparallel.errors import DataError
+from dbparallel.errors import DataError, OtherData
 
 VERSION = 1  # bump when the index layout changes
 
@@ -76,8 +76,8 @@ def _list(fs: pafs.FileSystem, root: str, path: str) -> Entries:
         if info.type == pafs.FileType.NotFound:
             raise DataError(f"data.path: no such folder: {path!r}")
         if info.type != pafs.FileType.Directory:
-            raise DataError(f"data.path: {path!r} is a file; data.source=image_folder needs a "
-                            f"folder of class folders")
+            raise OtherData(f"data.path: {path!r} is a file; data.source=image_folder needs "
+                            f"a folder of class folders", f"{path!r} is a file, not a folder")
         found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"data.path: cannot list {path!r}: {err}") from None

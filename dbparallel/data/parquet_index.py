@@ -31,7 +31,7 @@ from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, check_schema, ima
 from dbparallel.data.shards import SPLIT_NAMES, DataIndex, Shard, split_of_name
 from dbparallel.data.splits import SPLIT_COLUMN, split_values
 from dbparallel.data.tables import resolve_path
-from dbparallel.errors import DataError
+from dbparallel.errors import DataError, OtherData
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,18 @@ def parquet_files(path: str) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]
                     and f.base_name.endswith(PARQUET_SUFFIXES)
                     and not f.base_name.startswith((".", "_"))), key=lambda f: f.path)
     if not files:
-        raise DataError(f"data.path: no Parquet files "
-                        f"({', '.join('*' + s for s in PARQUET_SUFFIXES)}) under {path!r}"
-                        f"{_what_is_there(found)}")
+        held = (f"no Parquet files ({', '.join('*' + s for s in PARQUET_SUFFIXES)}) under "
+                f"{path!r}{_what_is_there(found)}")
+        if _images_among(found):  # another source reads them: a fix for training
+            raise OtherData(f"data.path: {held}; a folder of images, a folder per class, is "
+                            f"data.source=image_folder", held)
+        raise DataError(f"data.path: {held}")
     return fs, where, files
 
 
 def _what_is_there(found: list[pafs.FileInfo]) -> str:
     """What a folder without Parquet files holds, for the error that says so: its files'
-    suffixes, and the source that reads images."""
+    suffixes."""
     names = [f.base_name for f in found if f.type == pafs.FileType.File]
     if not names:
         return f": it holds no files{' (only folders)' if found else ''}"
@@ -77,9 +80,15 @@ def _what_is_there(found: list[pafs.FileInfo]) -> str:
     suffixes = Counter(PurePosixPath(n).suffix.lower() or "no suffix" for n in names)
     held = ", ".join(f"{s} ({n:,})" for s, n in suffixes.most_common(4))
     more = ", ..." if len(suffixes) > 4 else ""
-    hint = ("; a folder of images, a folder per class, is data.source=image_folder"
-            if set(suffixes) & set(IMAGE_EXTENSIONS) else "")
-    return f": it holds {len(names):,} file{'s' if len(names) != 1 else ''}: {held}{more}{hint}"
+    return f": it holds {len(names):,} file{'s' if len(names) != 1 else ''}: {held}{more}"
+
+
+def _images_among(found: list[pafs.FileInfo]) -> bool:
+    """Whether a folder without Parquet files holds image files (and no Parquet file
+    skipped for its name, whose error says to rename it)."""
+    names = [f.base_name.lower() for f in found if f.type == pafs.FileType.File]
+    return not any(n.endswith(PARQUET_SUFFIXES) for n in names) and \
+        any(n.endswith(IMAGE_EXTENSIONS) for n in names)
 
 
 def split_of_path(relative: str) -> str | None:

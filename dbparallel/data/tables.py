@@ -18,7 +18,7 @@ import torch
 
 from dbparallel.config import DataConfig
 from dbparallel.data.row_groups import in_pieces
-from dbparallel.errors import DataError
+from dbparallel.errors import DataError, OtherData
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"
@@ -41,15 +41,16 @@ def not_parquet(path: str, err: Exception) -> DataError:
     from dbparallel.data.file_names import text_file_name
     from dbparallel.data.images import IMAGE_EXTENSIONS
 
-    hint = ""
     name = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
     if name.lower().endswith(IMAGE_EXTENSIONS):
-        return DataError(f"data.path: {path!r} is an image, not a data set: images train from "
-                         f"a folder of class folders (data.source=image_folder, data.path at "
-                         f"the folder above the class folders)")
+        found = f"{path!r} is an image, not a data set"
+        return OtherData(f"data.path: {found}: images train from a folder of class folders "
+                         f"(data.source=image_folder, data.path at the folder above the class "
+                         f"folders)", found)
     if text_file_name(name):  # named as text, read as Parquet: data.source says so
-        return DataError(f"data.path: {path!r} is not readable Parquet: {err} (its name says "
-                         f"it is text: give data.source=text to read it as a text corpus)")
+        return OtherData(f"data.path: {path!r} is not readable Parquet: {err} (its name says "
+                         f"it is text: give data.source=text to read it as a text corpus)",
+                         f"{path!r} is named as text, not Parquet")
     try:
         if "://" in path or not os.path.isfile(path):  # an object store's: not read again
             raise OSError(path)
@@ -58,12 +59,14 @@ def not_parquet(path: str, err: Exception) -> DataError:
         # incremental: the 4096 bytes may end inside a character
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
         if head and b"\0" not in head:
-            hint = (" (it looks like text: text files are recognised by their names, ending "
-                    "in .txt, or .jsonl, .ndjson or .json for one JSON object per line, "
-                    "compressed or not; rename it)")
+            return OtherData(f"data.path: {path!r} is not readable Parquet: {err} (it looks "
+                             f"like text: text files are recognised by their names, ending in "
+                             f".txt, or .jsonl, .ndjson or .json for one JSON object per line, "
+                             f"compressed or not; rename it)",
+                             f"{path!r} is not readable Parquet and looks like text")
     except (OSError, UnicodeDecodeError):
         pass
-    return DataError(f"data.path: {path!r} is not readable Parquet: {err}{hint}")
+    return DataError(f"data.path: {path!r} is not readable Parquet: {err}")
 
 
 def read_table(path: str) -> pa.Table:

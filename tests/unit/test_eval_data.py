@@ -49,6 +49,19 @@ def test_moved_data_and_an_export_elsewhere_are_evaluated_with_data(tmp_path, ca
     out = str(tmp_path / "confusion.json")
     assert cli.main(["sample", export, "--out", out, "--data", str(moved)]) == 0
     assert json.loads(Path(out).read_text())
+    text, image = tmp_path / "notes.txt", tmp_path / "0.png"
+    text.write_text("the quick brown fox\n")
+    image.write_bytes(b"")
+    takes = ("this run is an image run (task=vit, data.source=parquet), and --data takes "
+             "images: a Parquet file with image and label columns, or a folder of them")
+    for argv, found in ((["eval", run, "--data", str(text)], f"{str(text)!r} is named as text, "
+                                                             f"not Parquet"),
+                        (["sample", run, "--out", out, "--data", str(image)],
+                         f"{str(image)!r} is an image, not a data set")):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err  # what this run takes, not how to train on them
+        assert f"--data {argv[-1]}: {found}: {takes}" in err
+        assert "train" not in err and "data.source=text" not in err
 
 
 def test_fashion_mnist_read_from_a_path_that_moved_is_evaluated_with_data(tmp_path,
