@@ -53,7 +53,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         given = OmegaConf.merge(*layers)  # untyped: a later layer may replace model.blocks=auto
         _sections_are_mappings(given)
-        if _recipe_name_of_other_data(layers):  # the run is named after its own data
+        if _recipe_name_of_another_run(layers, merged):  # named after its own task and data
             given = OmegaConf.merge(given, OmegaConf.create({"run": {"name": ""}}))
         if OmegaConf.select(given, "task") == "looped" \
                 and OmegaConf.select(given, "model.blocks") is None:
@@ -82,12 +82,13 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
     return cfg
 
 
-def _recipe_name_of_other_data(layers: list[Any]) -> bool:
+def _recipe_name_of_another_run(layers: list[Any], defaults: Any) -> bool:
     """Whether a recipe names the run (run.name) and a later recipe or the overrides (the
-    last of ``layers``) give other data (data.source, data.path) with no run.name of their
-    own: a recipe's name names its data (ar-shakespeare), not a corpus given in their
-    place, so the run takes the default name of its data and task (notes-ar), and that
-    directory."""
+    last of ``layers``) give another task or other data (data.source, data.path) with no
+    run.name of their own: a recipe's name names its task and data (ar-shakespeare), not
+    a corpus given in their place (notes-ar) nor another task (shakespeare-mdm), so the run
+    takes the default name of its data and task, and that directory. A key none gives is
+    the schema's default (``defaults``): giving it changes nothing."""
     from omegaconf import OmegaConf
 
     named = [i for i, layer in enumerate(layers) if OmegaConf.select(layer, "run.name")
@@ -96,9 +97,13 @@ def _recipe_name_of_other_data(layers: list[Any]) -> bool:
         return False
     at = OmegaConf.merge(*layers[:named[-1] + 1])
     now = OmegaConf.merge(*layers)
+
+    def value(config: Any, key: str) -> Any:
+        given = OmegaConf.select(config, key)
+        return OmegaConf.select(defaults, key) if given is None else given
+
     return bool(OmegaConf.select(at, "run.name")) and any(
-        OmegaConf.select(now, key) != OmegaConf.select(at, key)
-        for key in ("data.source", "data.path"))
+        value(now, key) != value(at, key) for key in ("task", "data.source", "data.path"))
 
 
 def given_value(files: list[str | Path], overrides: list[str], key: str) -> Any:

@@ -35,7 +35,8 @@ class RunConfig:
     name: str = ""  # run label, also the `run` label of every metric; "" = <data>-<task>, the
     # data named by data.path's last part without a data file's suffix, else data.source
     # (digits-dit; pets-vit for data.path=/data/pets): other tasks or data get their own run.dir;
-    # a recipe's name is left for this default where later recipes or overrides give other data
+    # a recipe's name is left for this default where later recipes or overrides give another
+    # task or other data
     seed: int = 0  # seeds model init, noise draws and data order of every block
     curves: bool = True  # draw curves.png as a run ends (`dbparallel plot RUN_DIR` draws it
     # any time, also where this is false)

@@ -119,8 +119,9 @@ def test_the_default_run_name_names_the_data_and_the_task() -> None:
 
 
 def test_a_recipe_given_other_data_names_the_run_after_them(tmp_path) -> None:
-    """A recipe's run.name names its own data: a corpus given in their place, by an override
-    or a later recipe, names the run as it would with no recipe, unless run.name is given."""
+    """A recipe's run.name names its own task and data: another task or a corpus given in
+    their place, by an override or a later recipe, names the run as it would with no recipe,
+    unless run.name is given."""
     from pathlib import Path
 
     recipe = Path(__file__).resolve().parents[2] / "jobs" / "ar_shakespeare_tiny.yaml"
@@ -132,6 +133,12 @@ def test_a_recipe_given_other_data_names_the_run_after_them(tmp_path) -> None:
     later = tmp_path / "notes.yaml"
     later.write_text("data:\n  source: text\n  path: /data/notes.jsonl\n")
     assert load_config([recipe, later]).run.name == "notes-ar"
+    assert load_config([recipe], ["task=mdm"]).run_dir == "runs/shakespeare-mdm"
+    assert load_config([recipe], ["task=mdm", "run.name=mine"]).run.name == "mine"
+    assert load_config([recipe], ["task=ar"]).run.name == "ar-shakespeare-tiny"
+    tiny = recipe.parent / "tiny_cpu.yaml"  # names no task: the default, dit, is its task
+    assert load_config([tiny], ["task=dit"]).run.name == "tiny-cpu"
+    assert load_config([tiny], ["task=vit"]).run.name == "digits-vit"
 
 
 def test_identity_ignores_training_length() -> None:
