@@ -54,6 +54,16 @@ def _assembling(status: RunStatus) -> str:
     return f"assembling: {who}, begun {_ago(status.assembling_age_s)}{elsewhere}"
 
 
+def _stops(status: RunStatus, who: str) -> str:
+    """What stops the process ``who`` (host/pid) of a ``running:`` line: `dbparallel stop`
+    signals processes of its own machine (and pid namespace) alone, so another's is stopped
+    by the same command run there."""
+    if who not in status.elsewhere:
+        return "`dbparallel stop` stops it"
+    return (f"it runs on {who.rpartition('/')[0]}, another machine or container: "
+            f"`dbparallel stop` run there stops it")
+
+
 def render(status: RunStatus) -> str:
     """The text ``dbparallel status`` prints."""
     head = ["block", "state", "step", "checkpoint", "loss", "heldout", "samples/s",
@@ -77,11 +87,11 @@ def render(status: RunStatus) -> str:
     if status.assembler:
         lines.append(_assembling(status))
     lines += [f"running: {who} (a --local process between blocks, or still checking the data: "
-              f"it holds no block's lease now; `dbparallel stop` stops it)"
+              f"it holds no block's lease now; {_stops(status, who)})"
               for who in status.runners]
     lines += [f"running: {who} (the Ray run's driver: no block process of it writes now; it "
               f"checks the data on the cluster, waits for the cluster to place the blocks, or "
-              f"starts their processes; `dbparallel stop` stops it)"
+              f"starts their processes; {_stops(status, who)})"
               for who in status.drivers]
     if status.report_problem:
         lines.append(status.report_problem)

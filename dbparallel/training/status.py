@@ -110,6 +110,8 @@ class RunStatus:
     # runs the run (running/) and neither writes a block nor assembles them now
     drivers: list[str] = field(default_factory=list)  # and of each Ray run's driver that
     # runs it while no block's row names it (its data check, placement, its actors' start)
+    elsewhere: list[str] = field(default_factory=list)  # those of runners and drivers of
+    # another machine or container: `dbparallel stop` signals them only where they run
     problems: list[str] = field(default_factory=list)
     run: str = ""  # run.name: its metrics' label ``run``
     run_id: str | None = None  # the run directory's id, their label ``run_id`` (None: none yet,
@@ -247,6 +249,8 @@ def _read_runners(status: RunStatus, storage: Storage, now: float) -> None:
     for runner in live:
         if (who := f"{runner.host}/{runner.pid}") not in named:
             (status.drivers if runner.driver else status.runners).append(who)
+            if not runner.here:
+                status.elsewhere.append(who)
     status.problems += problems
 
 

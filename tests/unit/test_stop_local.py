@@ -120,6 +120,18 @@ def test_a_run_starting_elsewhere_is_named_and_a_gone_one_is_nothing(tmp_path: P
     assert capsys.readouterr().err == \
         f"dbparallel: error: {starting.uri()}: not a run directory (no config.yaml)\n"
     storage = tiny_run_dir(tmp_path)  # a run's processes: one of a --block 1 on another machine
+    write_runner(storage, "other-host", 4242)  # renewed, and a Ray run's driver there
+    write_runner(storage, "other-host", 4343, name="d", session="0123abcd@other-host:4343")
+    assert cli.main(["status", storage.uri()]) == 0
+    lines = capsys.readouterr().out.splitlines()  # told where stop can signal them
+    there = "it runs on other-host, another machine or container: `dbparallel stop` run there " \
+        "stops it"
+    assert ("running: other-host/4242 (a --local process between blocks, or still checking the "
+            f"data: it holds no block's lease now; {there})") in lines
+    assert ("running: other-host/4343 (the Ray run's driver: no block process of it writes now; "
+            "it checks the data on the cluster, waits for the cluster to place the blocks, or "
+            f"starts their processes; {there})") in lines
+    (tmp_path / "run" / RUNNING_DIR / "d.json").unlink()
     write_runner(storage, "other-host", 4242, renewed_ago_s=61, timeout_s=60)  # lapsed
     write_runner(storage, HOST, 999_999_999, name="b")  # killed
     assert cli.main(["stop", storage.uri()]) == 0
