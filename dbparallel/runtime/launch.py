@@ -104,7 +104,7 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
     """``run_ray``'s run, from joining the cluster to its report, for the driver ``session``
     (begun at ``time.perf_counter()`` ``start``)."""
     connected = connect(cfg)
-    pg, backend, bars, storage = None, None, None, None
+    pg, backend, bars, storage, gauges = None, None, None, None, None
     final = contextlib.ExitStack()  # this driver's assembling.json, while the final assembly runs
     # blocks whose failure the driver records: given up, or an error that no writer recorded
     given_up: list[tuple[int, int | None, Exception]] = []
@@ -129,9 +129,10 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
         backend = RayBackend(cfg, pg, slots, session, run_id, assembly_index)
         bars = BlockBars(cfg.model.blocks,
                          [cfg.train.steps_of(b) for b in range(cfg.model.blocks)], progress)
-        stall = [BlockRecorder(cfg.run.name, run_id, b, None, RaySink())
+        gauges = RaySink()  # the driver's: set again while it runs, closed before it leaves
+        stall = [BlockRecorder(cfg.run.name, run_id, b, None, gauges)
                  for b in range(cfg.model.blocks)]
-        assembly = AssemblyRecorder(cfg.run.name, run_id, RaySink())
+        assembly = AssemblyRecorder(cfg.run.name, run_id, gauges)
         bars.queue(list(range(slots, cfg.model.blocks)))  # the lowest blocks start first
         controller = Controller(cfg, backend, on_progress=bars.update, on_start=bars.start,
                                 on_stall=lambda b, stalled: stall[b].stalled(stalled),
@@ -179,6 +180,7 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
               ("release the blocks' write leases", leases if ending else None),
               ("record the blocks given up", records if ending else None),
               ("free the placement group", (lambda: release(pg)) if pg is not None else None),
+              ("stop exporting the driver's gauges", gauges.close if gauges is not None else None),
               ("disconnect from Ray", ray.shutdown if connected else None))
     assert storage is not None
     if cfg.run.curves:

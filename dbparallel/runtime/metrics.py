@@ -13,6 +13,7 @@ and, for blocks, ``block``. No per-process or per-step label.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -126,10 +127,24 @@ class MemorySink(Sink):
 
 
 class RaySink(Sink):
-    """Ray's metrics system: scraped from every node's metrics port with a ``ray_`` prefix."""
+    """Ray's metrics system: scraped from every node's metrics port with a ``ray_`` prefix.
+
+    Ray 2.60's node agent forgets a gauge's value that its worker has not set again within two
+    of the cluster's export intervals (20 s on a default ``ray start``): a value set once (a
+    block's sigma range and memory, the driver's stalled flag, an assembly's metrics) would
+    vanish from the scrape while its process still runs. So every gauge this sink set is set
+    again every ``KEEP_ALIVE_S`` by a daemon thread, until ``close()`` or ``drop()``: it is
+    exported for as long as its process lives, and goes with it, as the alerts and dashboard
+    read it (deploy/prometheus/alerts.yaml)."""
+
+    KEEP_ALIVE_S = 0.5  # below half the shortest export interval Ray allows (1 s)
 
     def __init__(self) -> None:
         self._metrics: dict[str, Any] = {}
+        self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     def _metric(self, spec: MetricSpec) -> Any:
         if spec.name not in self._metrics:
@@ -140,13 +155,36 @@ class RaySink(Sink):
         return self._metrics[spec.name]
 
     def set(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
-        self._metric(spec).set(value, tags)
+        with self._lock:
+            self._metric(spec).set(value, tags)
+            if not self._closed.is_set():
+                self._gauges[(spec.name, tuple(sorted(tags.items())))] = value
+                if self._keeper is None:
+                    self._keeper = threading.Thread(target=self._keep_alive, daemon=True,
+                                                    name="dbparallel-gauges")
+                    self._keeper.start()
 
     def inc(self, spec: MetricSpec, value: float, tags: dict[str, str]) -> None:
-        self._metric(spec).inc(value, tags)
+        self._metric(spec).inc(value, tags)  # Ray keeps exporting counters on its own
 
     def drop(self, spec: MetricSpec, tags: dict[str, str]) -> None:
-        pass  # Ray stops exporting a worker's gauges once the process ends
+        """No longer set again: Ray stops exporting it within two export intervals."""
+        with self._lock:
+            self._gauges.pop((spec.name, tuple(sorted(tags.items()))), None)
+
+    def close(self) -> None:
+        """Stop setting the gauges again (before leaving Ray): they vanish as ``drop``'s do."""
+        self._closed.set()
+        with self._lock:
+            self._gauges.clear()
+
+    def _keep_alive(self) -> None:
+        import ray
+
+        while not self._closed.wait(self.KEEP_ALIVE_S) and ray.is_initialized():
+            with self._lock:
+                for (name, tags), value in self._gauges.items():
+                    self._metrics[name].set(value, dict(tags))
 
 
 class PrometheusSink(Sink):
