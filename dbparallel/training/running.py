@@ -71,10 +71,15 @@ def running(cfg: Config, blocks: list[int] | None = None, session: str = "") -> 
         raise RunDirError(f"run.dir={cfg.run_dir}: cannot create the run directory "
                           f"({getattr(err, 'strerror', None) or err})") from None
     try:
-        _remove_gone(storage)
-        with recorded(storage, f"{RUNNING_DIR}/{uuid.uuid4().hex}.json",
-                      cfg.train.lease_timeout_s, session,
-                      blocks=sorted(blocks) if blocks else None):
+        with contextlib.ExitStack() as record:
+            try:  # the run's first write: a store that lets this process read but not write
+                _remove_gone(storage)
+                record.enter_context(recorded(storage, f"{RUNNING_DIR}/{uuid.uuid4().hex}.json",
+                                              cfg.train.lease_timeout_s, session,
+                                              blocks=sorted(blocks) if blocks else None))
+            except OSError as err:  # (no credentials, a read-only bucket or mount)
+                raise RunDirError(f"run.dir={cfg.run_dir}: cannot write in the run directory "
+                                  f"({getattr(err, 'strerror', None) or err})") from None
             yield
     finally:
         if created:  # nothing else written (stopped before open_run): no directory left

@@ -98,6 +98,20 @@ def test_an_object_store_that_cannot_be_reached_is_named(command, unreachable, t
     assert "cannot be reached" in err and "127.0.0.1" in err and "Traceback" not in err
 
 
+def test_a_bucket_this_process_may_read_but_not_write_is_named(bucket, monkeypatch,
+                                                                capsys) -> None:
+    """Without credentials (a job on a cluster whose nodes were given none) the store answers
+    reads and refuses the run's first write: one line naming run.dir, exit code 2."""
+    uri = bucket("no-keys")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance profile to ask
+    assert main(["train", TINY, "--local", f"run.dir={uri}", "data.validate=false"]) == 2
+    err = capsys.readouterr().err
+    assert f"run.dir={uri}: cannot write in the run directory (" in err
+    assert "ACCESS_DENIED" in err and "Traceback" not in err
+
+
 def test_train_resume_and_corruption_through_s3(bucket, tmp_path, capsys) -> None:
     def train(run_dir: str, *extra: str) -> int:
         return main(["train", TINY, "--local", f"run.dir={run_dir}", *extra])
