@@ -50,7 +50,7 @@ from dbparallel.training.resume import resume_line
 from dbparallel.training.run_dir import check_resumable, open_run
 from dbparallel.training.run_id import ensure_run_id
 from dbparallel.training.running import running
-from dbparallel.training.session_lease import release_session
+from dbparallel.training.session_lease import release_once_gone, release_session
 
 log = logging.getLogger(__name__)
 def detect_cluster(cfg: Config) -> Cluster:
@@ -158,8 +158,13 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
     finally:
         ending = backend is not None and storage is not None
 
+        released: list[str] = []  # the processes that held leases as the run ended
+
         def leases() -> None:
-            release_session(storage, list(range(cfg.model.blocks)), session)
+            released.extend(release_session(storage, list(range(cfg.model.blocks)), session))
+
+        def leases_again() -> None:  # a renewal under way as they were released lands late
+            release_once_gone(storage, list(range(cfg.model.blocks)), session, released, 5.0)
 
         def records() -> None:
             for block, step, err in given_up:  # one that cannot be written keeps no other out
@@ -177,7 +182,7 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
               ("remove assembling.json", final.close),
               ("release the blocks' write leases", leases if ending else None),
               ("stop the block processes", backend.close if ending else None),
-              ("release the blocks' write leases", leases if ending else None),
+              ("release the blocks' write leases", leases_again if ending else None),
               ("record the blocks given up", records if ending else None),
               ("free the placement group", (lambda: release(pg)) if pg is not None else None),
               ("stop exporting the driver's gauges", gauges.close if gauges is not None else None),

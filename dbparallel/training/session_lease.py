@@ -5,7 +5,11 @@ ended so that no process of it trains on."""
 
 from __future__ import annotations
 
+import math
+import time
+
 from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.holder import holder_alive, holder_parts, holder_start, still_runs
 from dbparallel.training.lease import BlockLease
 from dbparallel.training.storage import Storage
 
@@ -28,13 +32,14 @@ def take_lease(storage: Storage, block: int, session: str, timeout_s: float,
     return lease, checkpoints.record_restart() if restart else checkpoints.restarts()
 
 
-def release_session(storage: Storage, blocks: list[int], session: str) -> None:
+def release_session(storage: Storage, blocks: list[int], session: str) -> list[str]:
     """Release the leases that writers of ``session`` still hold (their processes were
     stopped without releasing them, e.g. actors killed at the end of a Ray run), and mark the
     session ended on every lease it wrote, also those its writers released (a process that
     stopped and gave it up): a process of it that Ray starts again later (a Ray Train group
     restarting after its run failed) is refused instead of training on. Another session takes
-    the lease as usual."""
+    the lease as usual. Returns the holders it released."""
+    released = []
     for block in blocks:
         lease = BlockLease(storage, block, session, 0.0)
         current = lease.read()
@@ -42,3 +47,27 @@ def release_session(storage: Storage, blocks: list[int], session: str) -> None:
                 and (current.get("holder") or not current.get("ended")):
             storage.write_json(lease.path, {**current, "holder": "", "renewed_at": 0.0,
                                             "ended": True})
+            if current.get("holder"):
+                released.append(current["holder"])
+    return released
+
+
+def release_once_gone(storage: Storage, blocks: list[int], session: str, holders: list[str],
+                      wait_s: float) -> None:
+    """``release_session`` again once each of ``holders`` (what it released first) that runs
+    on this machine has ended, ``wait_s`` in all at most. A block process whose lease was
+    released while it renewed it (read, then written) writes the lease back after the
+    release, and Ray's kill returns before the process has ended (a holder on another machine
+    cannot be asked: where its write landed, the lease lapses after train.lease_timeout_s)."""
+    deadline = time.monotonic() + wait_s
+    for holder in holders:
+        while _runs(holder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    release_session(storage, blocks, session)
+
+
+def _runs(holder: str) -> bool:
+    """Whether ``holder``'s process runs on this machine: not gone, nor a zombie that its
+    parent has not waited for yet (a killed process writes nothing more)."""
+    pid, start = holder_parts(holder)[2], holder_start(holder)
+    return bool(holder_alive(holder)) and still_runs(pid, start, math.inf) is not False

@@ -182,6 +182,39 @@ def test_a_refusal_names_the_driver_of_a_ray_run(tmp_path) -> None:
         actor.wait()
 
 
+def test_a_renewal_that_lands_after_the_driver_released_the_lease_is_released_too(
+        tmp_path) -> None:
+    """A Ray run that stops: the driver releases its session's leases, kills the block
+    processes and releases again. A process that read its lease before the first release
+    writes it back after it (seen on a `dbparallel stop`: the block left held), and Ray's kill
+    returns before the process has ended: the second release waits for it."""
+    from dbparallel.training.session_lease import release_once_gone
+
+    storage = Storage(str(tmp_path))
+    session = driver_session()
+    actor = subprocess.Popen(  # renews (writes back the lease it read) once told, then ends
+        [sys.executable, "-c",
+         "import sys, time; from dbparallel.training.lease import BlockLease; "
+         "from dbparallel.training.storage import Storage; "
+         f"lease = BlockLease(Storage({str(tmp_path)!r}), 0, {session!r}, 3600.0); "
+         "lease.acquire(); print('held', flush=True); sys.stdin.readline(); time.sleep(1); "
+         "lease._write()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert actor.stdout is not None and actor.stdout.readline().strip() == "held"
+        released = release_session(storage, [0], session)
+        assert [holder_alive(h) for h in released] == [True]
+        assert actor.stdin is not None
+        actor.stdin.write("go\n")  # its renewal lands a second after both releases began
+        actor.stdin.flush()
+        release_once_gone(storage, [0], session, released, 60.0)
+        assert actor.wait(timeout=60) == 0
+    finally:
+        actor.kill()
+        actor.wait()
+    lease = storage.read_json("blocks/block_0/lease.json")
+    assert lease["holder"] == "" and lease["ended"] is True
+
+
 def _dead_actor_lease(storage: Storage, driver_pid: int) -> None:
     """Block 0's lease as a Ray run leaves it once the block has trained: written long ago by
     an actor process that is gone, for the driver ``driver_pid`` of this machine."""
