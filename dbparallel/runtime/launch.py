@@ -47,7 +47,12 @@ from dbparallel.training.history import AssemblyLog
 from dbparallel.training.holder import driver_session
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.resume import resume_line
-from dbparallel.training.run_dir import check_resumable, open_run
+from dbparallel.training.run_dir import (
+    absolute_paths,
+    check_resumable,
+    open_run,
+    refuse_a_passing_run_dir,
+)
 from dbparallel.training.run_id import ensure_run_id
 from dbparallel.training.running import running
 from dbparallel.training.session_lease import release_once_gone, release_session
@@ -85,6 +90,8 @@ def run_ray(cfg: Config, index: DataIndex | None = None,
     the cluster's CPUs (a bad row stops the run before the run directory is touched)."""
     start = time.perf_counter()
     build_task(cfg)  # config errors surface here, before any actor starts
+    refuse_a_passing_run_dir(cfg)  # a job's relative run.dir, before it is made absolute
+    cfg = absolute_paths(cfg)  # the driver's, not those of the nodes' processes
     if index is None:
         from dbparallel.data.sources import open_data
 

@@ -19,7 +19,12 @@ from dbparallel.tasks import build_task
 from dbparallel.training.data_check import check_here
 from dbparallel.training.data_memory import report_footprint
 from dbparallel.training.plan import memory_warning
-from dbparallel.training.run_dir import check_resumable, refuse_another_network
+from dbparallel.training.run_dir import (
+    absolute_paths,
+    check_resumable,
+    refuse_a_passing_run_dir,
+    refuse_another_network,
+)
 from dbparallel.training.running import running
 from dbparallel.training.schedule import warmup_warning
 
@@ -43,6 +48,9 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
             log.warning(warning)
     if only_blocks:
         check_blocks(cfg, only_blocks)  # before the data are indexed
+    if not cfg.runtime.local:
+        refuse_a_passing_run_dir(cfg)  # a job's relative run.dir, before it is made absolute
+        cfg = absolute_paths(cfg)  # the driver's paths, not those of the nodes' processes
     check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing
     refuse_another_network(cfg)  # a resume of other data.tokenizer: before it tokenizes
     index = open_data(cfg.data)

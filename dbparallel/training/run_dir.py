@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -151,6 +152,24 @@ def refuse_a_passing_run_dir(cfg: Config) -> None:
         f"directory ({os.getcwd()}), of which every node has its own and which Ray may delete "
         f"once no job uses it: give run.dir an absolute path on storage every node sees "
         f"(e.g. run.dir=/shared/runs/{cfg.run.name}) or an object-store URI (s3://...)")
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with a relative local run.dir and data.path made absolute from this process's
+    working directory, for a Ray run (run.dir once ``refuse_a_passing_run_dir`` let it pass):
+    its block processes work in their node's working directory (on a cluster this driver
+    joined, where its `ray start` ran), in which a relative path names another directory. A
+    job's data.path stays as given: every node has the job's copy of its working directory,
+    where a relative one names the copy's data."""
+    def relative(path: str) -> bool:
+        return bool(path) and "://" not in path and not os.path.isabs(path)
+
+    run, data = cfg.run, cfg.data
+    if relative(cfg.run_dir):
+        run = dataclasses.replace(run, dir=os.path.abspath(cfg.run_dir))
+    if relative(data.path) and RAY_PACKAGES not in os.getcwd():
+        data = dataclasses.replace(data, path=os.path.abspath(data.path))
+    return dataclasses.replace(cfg, run=run, data=data)
 
 
 def _refuse_live_writers(storage: Storage, cfg: Config, blocks: list[int] | None) -> None:
