@@ -31,7 +31,8 @@ def test_a_gauge_set_once_is_exported_until_it_is_dropped(ray_session) -> None:
     (20 s on a default `ray start`) while the block trained on."""
     import ray
 
-    from dbparallel.runtime.metrics import SPEC, BlockRecorder, RaySink
+    from dbparallel.runtime.metric_specs import SPEC
+    from dbparallel.runtime.metrics import BlockRecorder, RaySink
 
     @ray.remote(num_cpus=0)
     class Blocks:

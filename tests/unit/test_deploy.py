@@ -23,7 +23,7 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
-from dbparallel.runtime.metrics import exported_names
+from dbparallel.runtime.metric_specs import exported_names
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "tests" / "schemas"

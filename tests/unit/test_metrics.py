@@ -9,14 +9,12 @@ import urllib.request
 import pytest
 
 from dbparallel.errors import UserError
+from dbparallel.runtime.metric_specs import ALL_METRICS, exported_name, exported_names
 from dbparallel.runtime.metrics import (
-    ALL_METRICS,
     AssemblyRecorder,
     BlockRecorder,
     MemorySink,
     PrometheusSink,
-    exported_name,
-    exported_names,
     series_line,
 )
 from dbparallel.runtime.metrics_port import PORT_TRIES, free_port, port_line
