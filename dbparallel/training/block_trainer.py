@@ -31,6 +31,9 @@ from dbparallel.training.schedule import learning_rate
 from dbparallel.training.seeding import derive_seed, generator
 from dbparallel.training.step_pieces import pieces
 
+# train.compile_mode values whose compiled step replays CUDA graphs
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
 
 class NonFiniteLoss(RuntimeError):
     """A NaN/Inf loss with ``train.nonfinite=stop``."""
@@ -98,6 +101,10 @@ class BlockTrainer:
             mode = None if t.compile_mode == "default" else t.compile_mode
             self._forward_loss = torch.compile(self._loss, mode=mode)
         self._fast_steps = 0  # steps through self._forward_loss
+        # CUDA graphs hand an unset .grad their pool's memory, which the step's next piece
+        # overwrites: with several pieces, gradients are zeroed between steps, never freed
+        self._keep_grads = (t.compile and t.compile_mode in CUDA_GRAPH_MODES
+                            and t.micro_batches > 1)
 
     # ------------------------------------------------------------------ training
     def lr_at(self, step: int) -> float:
@@ -168,7 +175,7 @@ class BlockTrainer:
         n = self.share.total if self.share else rows_of(batch)
         if not finite:
             self.nonfinite_steps += 1
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=not self._keep_grads)
             if self.cfg.train.nonfinite == "stop":  # the step its metrics line would name
                 raise NonFiniteLoss(f"block {self.block}: loss is {value} taking step "
                                     f"{self.step + 1} (train.nonfinite=stop)")
@@ -182,7 +189,7 @@ class BlockTrainer:
         self.optimizer.step()
         if measuring:
             self.memory = measure_step(self.model, self.optimizer, saved_peak)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self._keep_grads)
         self._update_ema()
         self.step += 1
         self.recent_losses = (self.recent_losses + [value])[-self.cfg.train.log_every:]
