@@ -23,3 +23,26 @@ def test_ray_free_layers_do_not_import_ray() -> None:
         "assert 'omegaconf' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_what_gpu_sh_runs_imports_no_ray() -> None:
+    # benchmarks/gpu.sh runs on a CUDA machine without Ray, where the GPU tests do not skip:
+    # every module they and the GPU benchmarks import (in a function body too) must load there
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sources = [*(root / "tests" / "gpu").glob("test_*.py"),
+               *(root / "benchmarks").glob("gpu_*.py")]
+    modules = {"benchmarks." + p.stem for p in sources if p.parent.name == "benchmarks"}
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                modules.add(node.module)
+            elif isinstance(node, ast.Import):
+                modules.update(alias.name for alias in node.names)
+    ours = sorted(m for m in modules if m.split(".")[0] in ("dbparallel", "benchmarks"))
+    assert "dbparallel.runtime.local" in ours and "benchmarks.gpu_speed" in ours
+    code = ("import sys\nsys.modules['ray'] = None  # absent: importing it raises\n"
+            + "".join(f"import {m}\n" for m in ours))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
