@@ -98,6 +98,22 @@ def test_peak_by_device_name(name: str, precision: str, peak: float) -> None:
     assert peak_tflops(name, precision) == peak
 
 
+@pytest.mark.parametrize("name, label", [
+    # as torch.cuda.get_device_name() and nvidia-smi give them
+    ("NVIDIA H200", "H200 SXM"), ("NVIDIA H200 NVL", "H200 NVL"),
+    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"),
+    ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA GH200 480GB", "GH200"),
+    ("NVIDIA GH200 144G HBM3e", "GH200"),
+    ("NVIDIA H20", None), ("NVIDIA H800", None), ("NVIDIA H200 MIG 1g.18gb", None),
+])
+def test_hopper_names_find_their_own_row(name: str, label: str | None) -> None:
+    from dbparallel.training.peaks import peak_label
+
+    assert peak_label(name) == label
+    assert peak_tflops(name, "bf16") == (None if label is None else
+                                         next(p["bf16"] for _, lab, p in PEAKS if lab == label))
+
+
 def test_unknown_devices_and_mig_slices_have_no_peak() -> None:
     assert peak_tflops("NVIDIA A10G", "bf16") is None
     assert peak_tflops("NVIDIA GeForce RTX 4090", "bf16") is None
