@@ -96,6 +96,19 @@ def test_a_compile_the_budget_cannot_hold_is_skipped_and_a_later_eager_row_runs(
     assert ran == [specs[1]]
 
 
+def test_cuda_graphs_get_a_compile_s_time_and_autotuning_more(tmp_path: Path) -> None:
+    # a budget that holds a compile but not an autotuning: the CUDA-graph row runs
+    specs = [s for s in gpu_speed.matrix(("m",)) if s.mode != "default"]
+    assert [s.mode for s in specs] == list(gpu_speed.OTHER_MODES)
+    limits = {}
+    result = gpu_speed.run_matrix(specs, lambda spec, limit: limits.update({spec.mode: limit})
+                                  or {}, gpu_speed.MIN_START_S["compiled"] + 1,
+                                  tmp_path / "r.json", {"device": "x", "torch": "t"})
+    assert "skipped" in result["rows"][1] and "skipped" not in result["rows"][0]
+    assert list(limits) == ["reduce-overhead"]
+    assert limits["reduce-overhead"] <= gpu_speed.LIMIT_S["compiled"]
+
+
 def test_a_timed_out_configuration_keeps_its_last_lines(tmp_path: Path, monkeypatch) -> None:
     def hang(cmd, **kwargs):
         raise subprocess.TimeoutExpired(cmd, kwargs["timeout"], output=b"",
