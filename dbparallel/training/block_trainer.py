@@ -286,7 +286,11 @@ class BlockTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # this device's fused flag, not the saved one (set before: a fused step moves there)
+        optim = state["optimizer"]
+        fused = self.optimizer.defaults["fused"]
+        self.optimizer.load_state_dict(
+            {**optim, "param_groups": [{**g, "fused": fused} for g in optim["param_groups"]]})
         self.step = int(state["step"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.recent_losses = [float(x) for x in state["recent_losses"]]

@@ -129,3 +129,23 @@ def test_load_on_cuda_without_cuda_names_the_device(tiny_cfg) -> None:
 
     with pytest.raises(UserError, match="device 'cuda'"):
         Network.from_weights(tiny_cfg, [], [], "cuda")
+
+
+def test_a_state_saved_on_another_device_kind_keeps_this_trainers_fused_flag(tiny_cfg) -> None:
+    # A CUDA trainer's AdamW is fused and saves fused=True in its param groups (its checkpoint
+    # is read with map_location="cpu"); the CPU's is not. A resume on the other kind of device
+    # keeps its own flag (a CPU run resumed on a GPU would otherwise step unfused there).
+    from dbparallel.data.sources import digits_table
+    from dbparallel.training.block_trainer import BlockTrainer
+
+    saved = BlockTrainer(tiny_cfg, 0)
+    batch = {k: v[:8] for k, v in saved.task.decode(digits_table()).items()}
+    saved.train_step(batch)
+    state = saved.state_dict()
+    optim = state["optimizer"]
+    state["optimizer"] = {**optim, "param_groups": [{**g, "fused": True}
+                                                    for g in optim["param_groups"]]}
+    resumed = BlockTrainer(tiny_cfg, 0)
+    resumed.load_state_dict(state)
+    assert [g["fused"] for g in resumed.optimizer.param_groups] == [False]
+    assert resumed.train_step(batch).finite and resumed.step == 2
