@@ -7,9 +7,10 @@
 #   bash benchmarks/gpu.sh bench sweep      # any parts, in the order given
 #
 # Parts, each under its own time limit; one that fails does not stop the next:
-#   tests  the GPU tests (tests/gpu: CPU/GPU agreement, fused AdamW, MFU, compile, no host
-#          sync in a step, flash attention, pinned batches; the first compile last), 2.5 min
-#          at most, each test named as it ends and each failure's traceback short
+#   tests  the GPU tests (tests/gpu: CPU/GPU agreement, fused AdamW, MFU, no host sync in a
+#          step, flash attention, pinned batches; last the compiles: the default mode, then
+#          CUDA graphs with a step in two pieces), 2.5 min at most, each test named as it ends
+#          and each failure's traceback short
 #   speed  benchmarks/gpu_speed.py: DiT-S/2 and DiT-B/2, one block (B=3) and end to end,
 #          tf32 vs bf16, eager vs compiled (and the bf16 blocks with CUDA graphs): step time,
 #          samples/s, peak memory, MFU; sampling with and without compile. Each configuration
