@@ -36,8 +36,8 @@ def connect(cfg: Config) -> bool:
         return False
     address, key = cluster_address(cfg)
     if address:
-        if address.startswith(("http://", "https://")):  # Ray would take it for a client's
-            raise ConfigError(joining_failed(address, key, None))
+        if address.startswith(("http://", "https://")) or _no_port(address):
+            raise ConfigError(joining_failed(address, key, None))  # before Ray's own words
         reached = probe(address, key)
         try:
             with _caller_sigterm():
@@ -117,6 +117,10 @@ def joining_failed(address: str, key: str, err: Exception | None,
         return (f"{key}={address} is a dashboard address, the one `ray job submit --address` "
                 f"takes; a driver joins the cluster at its GCS address, HEAD:6379 (the port of "
                 f"`ray start --head --port`), or `auto` on one of its nodes")
+    if _no_port(address):
+        return (f"{key}={address} names no port: a driver joins the cluster at its GCS "
+                f"address, HOST:PORT, e.g. {address}:6379 (the port of `ray start --head "
+                f"--port`), or `auto` on one of its nodes")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     said = f"{key}: Ray could not join the cluster at {address} ({first})"
     if not reached:
@@ -124,6 +128,12 @@ def joining_failed(address: str, key: str, err: Exception | None,
     return (f"{said}; where the cluster uses token authentication (Ray's default), give this "
             f"process its token: RAY_AUTH_MODE=token with ~/.ray/auth_token or RAY_AUTH_TOKEN "
             f"as on the head (`ray get-auth-token` there)")
+
+
+def _no_port(address: str) -> bool:
+    """Whether ``address`` is a bare host, which Ray refuses as 'Invalid address format'
+    (``auto``, ``local`` and ``ray://`` client addresses name no port either)."""
+    return ":" not in address and address not in ("auto", "local")
 
 
 def no_state_api(cfg: Config, address: str, key: str) -> str:

@@ -237,6 +237,14 @@ def test_only_plain_host_port_addresses_are_probed(closed_port: int) -> None:
         probe(f"[::1]:{closed_port}", "RAY_ADDRESS")
 
 
+def test_an_address_without_a_port_is_refused_naming_the_port_it_lacks(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    _joining_calls(monkeypatch, _never)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _refused(["plan", str(ROOT / "jobs" / "tiny_cpu.yaml"), "runtime.address=10.0.0.5"], capsys,
+             "runtime.address=10.0.0.5 names no port", "HOST:PORT, e.g. 10.0.0.5:6379")
+
+
 def test_a_dashboard_address_is_refused_naming_the_address_a_driver_takes(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     _joining_calls(monkeypatch, _never)
