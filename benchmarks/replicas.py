@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import waves  # noqa: E402
 from benchmarks.common import finish, load_average, machine, parser, settle  # noqa: E402
 from dbparallel.config import load_config  # noqa: E402
-from dbparallel.runtime.launch import run_ray, state_api_here  # noqa: E402
+from dbparallel.runtime.launch import run_ray  # noqa: E402
+from dbparallel.runtime.ray_connect import state_api_here  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "jobs" / "tiny_cpu.yaml"
 

@@ -269,3 +269,17 @@ def test_quality_variants_keep_the_layer_steps() -> None:
         cfg = load_config([ROOT / "jobs/vit_tiny.yaml"], ["model.depth=12", "train.steps=1000",
                                                           *extra])
         assert quality_images.layer_steps(cfg) == 12_000
+
+
+SCRIPTS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py")
+                 if "__main__" in p.read_text())
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_benchmark_script_imports(name: str) -> None:
+    """A script whose import broke (a helper moved between modules) fails here, not on the
+    machine that runs it next; the docs name each of them as a command."""
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{name}")
+    assert callable(module.main)
