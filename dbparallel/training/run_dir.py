@@ -160,9 +160,11 @@ def absolute_paths(cfg: Config) -> Config:
     its block processes work in their node's working directory (on a cluster this driver
     joined, where its `ray start` ran), in which a relative path names another directory. A
     job's data.path stays as given: every node has the job's copy of its working directory,
-    where a relative one names the copy's data."""
+    where a relative one names the copy's data. A path from ``~`` stays as given too (each
+    process that reads data.path expands it to its user's home; abspath would not)."""
     def relative(path: str) -> bool:
-        return bool(path) and "://" not in path and not os.path.isabs(path)
+        return bool(path) and "://" not in path and not path.startswith("~") \
+            and not os.path.isabs(path)
 
     run, data = cfg.run, cfg.data
     if relative(cfg.run_dir):

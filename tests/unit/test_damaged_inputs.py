@@ -289,3 +289,20 @@ def test_a_relative_run_dir_in_a_submitted_jobs_working_dir_copy_is_refused(
         refuse_a_passing_run_dir(load_config([], [f"run.dir={where}"]))  # kept: no error
     monkeypatch.chdir(tmp_path)
     refuse_a_passing_run_dir(load_config([], ["run.dir=runs/tiny"]))  # an ordinary folder
+
+
+def test_a_ray_drivers_paths_are_made_absolute_but_uris_and_home_paths_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a relative path names the driver's working directory; a URI and a path from ~ (which
+    # every reader of data.path expands to its user's home) are handed on as given
+    from dbparallel.training.run_dir import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    made = absolute_paths(load_config([], ["data.source=parquet", "data.path=data/x"]))
+    assert (made.run.dir, made.data.path) == (str(tmp_path / "runs" / "x-dit"),
+                                              str(tmp_path / "data" / "x"))
+    for run_dir, path in (("s3://bucket/runs/x", "~/data/x"), ("~/runs/x", "gs://bucket/x"),
+                          ("file:///runs/x", "s3://bucket/x?endpoint_override=h:9000")):
+        kept = absolute_paths(load_config([], ["data.source=parquet", f"data.path={path}",
+                                               f"run.dir={run_dir}"]))
+        assert (kept.run.dir, kept.data.path) == (run_dir, path)
