@@ -99,8 +99,11 @@ EARLIER_DEFAULT = "runs/digits-dit"  # every run's directory while run.name had 
 def _tell_earlier_default(cfg: Config) -> None:
     """A new run in the default run directory of its data and task (run.name not given)
     whose network and data an earlier run trained in runs/digits-dit, the default of every
-    task and data set before, is told where that run is: it would resume it with run.dir."""
-    if cfg.run.dir or cfg.run_dir == EARLIER_DEFAULT \
+    task and data set before, is told where that run is: it would resume it with run.dir.
+    (A Ray run's driver has made that default absolute: ``absolute_paths``.)"""
+    default = f"runs/{cfg.run.name}"
+    if (cfg.run.dir and not same_local_path(cfg.run.dir, default)) \
+            or same_local_path(cfg.run_dir, EARLIER_DEFAULT) \
             or cfg.run.name != f"{data_name(cfg.data)}-{cfg.task}":
         return
     earlier = Storage(EARLIER_DEFAULT)

@@ -402,6 +402,27 @@ def test_a_run_trained_under_the_earlier_default_run_dir_is_named(tmp_path, monk
     assert "runs/digits-dit holds" not in caplog.text
 
 
+def test_a_ray_driver_s_run_under_the_earlier_default_run_dir_is_named_too(
+        tmp_path, monkeypatch, caplog) -> None:
+    """A Ray run's driver hands its default run.dir on made absolute (absolute_paths): it is
+    still the default, and the earlier run is named as a --local run's is."""
+    from dbparallel.config import load_config
+    from dbparallel.training.run_dir import absolute_paths, open_run
+
+    monkeypatch.chdir(tmp_path)
+    open_run(load_config([TINY], ["task=vit", "run.dir=runs/digits-dit"]))  # its config.yaml
+    cfg = absolute_paths(load_config([TINY], ["task=vit"]))
+    assert cfg.run.dir == str(tmp_path / "runs" / "digits-vit")
+    with caplog.at_level("WARNING"):
+        open_run(cfg)
+    assert f"this run starts in {tmp_path / 'runs' / 'digits-vit'}: give " \
+        "run.dir=runs/digits-dit to resume that one instead" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a run.dir given elsewhere: nothing
+        open_run(load_config([TINY], ["task=vit", f"run.dir={tmp_path / 'mine'}"]))
+    assert "runs/digits-dit holds" not in caplog.text
+
+
 def test_a_ray_run_s_clean_up_goes_on_past_a_step_that_fails(caplog) -> None:
     """A damaged lease file met while the leases are released must not keep the driver from
     stopping the block processes, freeing the placement group and leaving Ray."""
