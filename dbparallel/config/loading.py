@@ -3,6 +3,7 @@ schema's defaults, ``model.blocks=auto``, and the config as YAML or a key listin
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
@@ -16,6 +17,7 @@ from dbparallel.config.wording import from_file, omegaconf_reason
 from dbparallel.errors import ConfigError
 from dbparallel.shell import shell_path
 
+log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"  # the config a run directory was trained with (its own file)
 
 AUTO = "auto"
@@ -54,6 +56,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         given = OmegaConf.merge(*layers)  # untyped: a later layer may replace model.blocks=auto
         _sections_are_mappings(given)
         if _recipe_name_of_another_run(layers, merged):  # named after its own task and data
+            _tell_recipe_run(given)
             given = OmegaConf.merge(given, OmegaConf.create({"run": {"name": ""}}))
         if OmegaConf.select(given, "task") == "looped" \
                 and OmegaConf.select(given, "model.blocks") is None:
@@ -104,6 +107,21 @@ def _recipe_name_of_another_run(layers: list[Any], defaults: Any) -> bool:
 
     return bool(OmegaConf.select(at, "run.name")) and any(
         value(now, key) != value(at, key) for key in ("task", "data.source", "data.path"))
+
+
+def _tell_recipe_run(given: Any) -> None:
+    """Where the recipe's own run directory (runs/<its run.name>) holds a run, say so: a run
+    of another task or other data trained there before they were named apart is resumed
+    with run.dir, not by the same command."""
+    from omegaconf import OmegaConf
+
+    name = OmegaConf.select(given, "run.name")
+    if OmegaConf.select(given, "run.dir") or not (Path("runs") / name / CONFIG_FILE).is_file():
+        return
+    log.warning("run.name: the recipe names its runs %s, runs of its own task and data; this "
+                "run of another task or other data takes the default name of its own, and its "
+                "directory; runs/%s holds a run: if it is this one, give run.dir=runs/%s to "
+                "resume it", name, name, name)
 
 
 def given_value(files: list[str | Path], overrides: list[str], key: str) -> Any:

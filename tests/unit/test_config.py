@@ -141,6 +141,30 @@ def test_a_recipe_given_other_data_names_the_run_after_them(tmp_path) -> None:
     assert load_config([tiny], ["task=vit"]).run.name == "digits-vit"
 
 
+def test_a_run_in_the_recipe_s_own_directory_is_named_to_a_run_named_apart(
+        tmp_path, monkeypatch, caplog) -> None:
+    # trained there before runs of other data or another task were named apart
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "jobs" / "ar_shakespeare_tiny.yaml"
+    monkeypatch.chdir(tmp_path)
+    mine = ["data.source=text", "data.path=/data/corpus/"]
+    with caplog.at_level("WARNING"):
+        load_config([recipe], mine)  # no run there: nothing said
+    assert "holds a run" not in caplog.text
+    (tmp_path / "runs" / "ar-shakespeare-tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "ar-shakespeare-tiny" / "config.yaml").write_text("task: ar\n")
+    with caplog.at_level("WARNING"):
+        assert load_config([recipe], mine).run_dir == "runs/corpus-ar"
+    assert "runs/ar-shakespeare-tiny holds a run: if it is this one, give " \
+        "run.dir=runs/ar-shakespeare-tiny to resume it" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a run.dir given, or the recipe's own data: nothing
+        load_config([recipe], [*mine, "run.dir=elsewhere"])
+        load_config([recipe], ["train.steps=3"])
+    assert "holds a run" not in caplog.text
+
+
 def test_identity_ignores_training_length() -> None:
     a, b = load_config(), load_config([], ["train.steps=5"])
     assert config_hash(a) == config_hash(b)
