@@ -13,6 +13,13 @@ On CPUs each worker holds one core with one torch thread; gradients travel by gl
 Waves: benchmarks/waves.py's two arms (every block's samples over the training span), with
 whether every block's final weights are equal in both.
 
+``--quick`` checks that the script works and gives a rough efficiency: the replica pair only,
+20 steps each (log_every 2: the rates of 9 metrics lines, as the full run's 400 steps give),
+and no waves arms (at a few steps their training span is mostly their actors' start;
+``benchmarks/waves.py --quick`` runs them). Its time is nearly all start-up (Ray with its
+dashboard, a block actor, a Ray Train group of two, an assembly actor per arm), so it grows
+with the machine's load rather than with the steps.
+
     python benchmarks/replicas.py [--quick] [--gpus] [--json] [--wait-idle MINUTES]
 """
 
@@ -36,6 +43,8 @@ from dbparallel.runtime.launch import run_ray  # noqa: E402
 from dbparallel.runtime.ray_connect import state_api_here  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parents[1] / "jobs" / "tiny_cpu.yaml"
+STEPS, WAVE_STEPS = 400, 300  # the replica pair's steps, the waves arms' steps per block
+QUICK_STEPS = 20  # --quick: the replica pair only
 
 
 def block_rate(run_dir: str, replicas: int, steps: int, gpus: bool) -> dict[str, Any]:
@@ -59,8 +68,7 @@ def block_rate(run_dir: str, replicas: int, steps: int, gpus: bool) -> dict[str,
 
 
 def run(quick: bool = False, gpus: bool = False) -> dict[str, Any]:
-    steps = 40 if quick else 400
-    wave_steps = 20 if quick else 300
+    steps = QUICK_STEPS if quick else STEPS
     before = load_average()
     with state_api_here() as dashboard:  # Ray Train asks the state API
         ray.init(address="local", include_dashboard=True, dashboard_port=dashboard,
@@ -70,13 +78,13 @@ def run(quick: bool = False, gpus: bool = False) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as runs:
             one = block_rate(f"{runs}/r1", 1, steps, gpus)
             two = block_rate(f"{runs}/r2", 2, steps, gpus)
-            in_waves = waves.compare(runs, cores, wave_steps)
+            in_waves = None if quick else waves.compare(runs, cores, WAVE_STEPS)
     finally:
         ray.shutdown()
     return {"cores": cores, "gpus": gpus, "quick": quick, "steps": steps,
             "replicas": {"r1": one, "r2": two,
                          "efficiency": two["samples_per_s"] / (2 * one["samples_per_s"])},
-            "waves": in_waves,
+            "waves": in_waves,  # None with --quick
             "load_average_before": before, "load_average_after": load_average(),
             "machine": machine()}
 
@@ -89,6 +97,8 @@ def table(result: dict[str, Any]) -> str:
              f"one block, batch {r['r1']['batch_size']}: R=1 {r['r1']['samples_per_s']:,.0f} "
              f"samples/s, R=2 {r['r2']['samples_per_s']:,.0f} samples/s (one {unit} per "
              f"worker); efficiency {r['efficiency']:.2f}"]
+    if w is None:
+        return "\n".join([*lines, "(--quick: no waves arms; benchmarks/waves.py runs them)"])
     lines.append(f"B={w['blocks']}, {w['steps']} steps per block:")
     return "\n".join(lines + waves.comparison_lines(w))
 
@@ -97,16 +107,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     r, w = result["replicas"], result["waves"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    panels = 1 if w is None else 2  # --quick: the replica pair only
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.2), squeeze=False)
+    axes = axes[0]
     axes[0].bar(["R=1", "R=2", "2 x R=1"], [r["r1"]["samples_per_s"], r["r2"]["samples_per_s"],
                                             2 * r["r1"]["samples_per_s"]],
                 color=["C0", "C1", "lightgray"])
     axes[0].set_ylabel("samples/s of one block")
     axes[0].set_title(f"replicas: efficiency {r['efficiency']:.2f}")
-    axes[1].bar([f"{w['blocks']} at once", f"waves of {w['slots']}"],
-                [w["at_once"]["samples_per_s"], w["waves"]["samples_per_s"]], color=["C2", "C3"])
-    axes[1].set_ylabel("samples/s (all blocks)")
-    axes[1].set_title(f"waves / at once = {w['waves_vs_at_once']:.2f}")
+    if w is not None:
+        axes[1].bar([f"{w['blocks']} at once", f"waves of {w['slots']}"],
+                    [w["at_once"]["samples_per_s"], w["waves"]["samples_per_s"]],
+                    color=["C2", "C3"])
+        axes[1].set_ylabel("samples/s (all blocks)")
+        axes[1].set_title(f"waves / at once = {w['waves_vs_at_once']:.2f}")
     fig.suptitle(f"{result['cores']} cores" + (", GPUs" if result["gpus"] else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)

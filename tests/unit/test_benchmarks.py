@@ -247,6 +247,27 @@ def test_data_scale_ratios_and_skip() -> None:
     assert data_scale.too_big(today[:1], 1600, total=1) is None  # nothing to extrapolate from
 
 
+def test_replicas_prints_and_plots_a_quick_result_without_waves(tmp_path: Path) -> None:
+    """--quick measures the replica pair only ("waves": None); the full run's result (the
+    committed one) keeps both parts in the table and the plot."""
+    import matplotlib
+
+    from benchmarks import replicas
+
+    matplotlib.use("Agg")
+    full = json.loads((ROOT / "benchmarks" / "results" / "replicas.json").read_text())
+    quick = {**full, "quick": True, "steps": replicas.QUICK_STEPS, "waves": None}
+    for name, result in (("full", full), ("quick", quick)):
+        text = replicas.table(result)
+        assert f"efficiency {full['replicas']['efficiency']:.2f}" in text
+        assert ("waves / at once" in text) == (name == "full")
+        assert ("no waves arms" in text) == (name == "quick")
+        replicas.plot(result, tmp_path / f"{name}.png")
+    import matplotlib.image
+
+    widths = {n: matplotlib.image.imread(tmp_path / f"{n}.png").shape[1] for n in ("full", "quick")}
+    assert widths["quick"] < widths["full"]  # one panel, not two
+
 def test_quality_variants_keep_the_layer_steps() -> None:
     from benchmarks import quality_images, quality_variants
 
