@@ -10,6 +10,7 @@ Measured side by side in one run, with the Ray-free layers only (no Ray, no omeg
 Inputs are synthetic (random pixels and labels): time and memory do not depend on content.
 
     python benchmarks/gpu_bench.py --out benchmarks/results/gpu.json
+    python benchmarks/gpu_bench.py --smoke --out /tmp/smoke/gpu.json  # tiny, CPU, 2 steps
 """
 
 from __future__ import annotations
@@ -39,10 +40,14 @@ from dbparallel.tasks.image_generation import ImageGeneration  # noqa: E402
 from dbparallel.training.block_trainer import BlockTrainer  # noqa: E402
 
 DEPTH = 12  # DiT-S/2: 12 layers, width 384, 6 heads, patch 2 (Peebles & Xie 2023)
-# --smoke: the same measurements on a tiny model and on the CPU, to check the script itself.
+# --smoke: the same measurements on a tiny model and on the CPU, to check the script itself:
+# a few steps, images and sampler steps (what it measures is not the point), unless given
 SMOKE = "--smoke" in sys.argv
 DEVICE = "cpu" if SMOKE else "cuda"
 SIZE, PRESET = (8, "tiny") if SMOKE else (32, "dit-s")
+SAMPLE_STEPS = 3 if SMOKE else 50  # Euler steps of the sampler
+# the counts' defaults: (on a GPU, --smoke)
+COUNTS = {"steps": (30, 2), "warmup": (5, 1), "sample_images": (512, 4)}
 
 
 def sync() -> None:
@@ -59,7 +64,7 @@ def dit_s(blocks: int, batch: int) -> Config:
         model=ModelConfig(preset=PRESET, blocks=blocks, depth=DEPTH, patch_size=2),
         train=TrainConfig(batch_size=batch, warmup_steps=0, precision="tf32",
                           objective="end_to_end" if blocks == 1 else "diffusionblocks"),
-        sample=SampleConfig(steps=50, cfg_scale=2.0),
+        sample=SampleConfig(steps=SAMPLE_STEPS, cfg_scale=2.0),
     )
 
 
@@ -147,7 +152,7 @@ def concurrent_blocks(blocks: int, batch: int, steps: int, warmup: int) -> dict[
 
 @torch.no_grad()
 def time_sampling(blocks: int, images: int) -> dict[str, float]:
-    """Images/s of 50-step Euler sampling with CFG, one block per step."""
+    """Images/s of 50-step Euler sampling (--smoke: 3) with CFG, one block per step."""
     cfg = dit_s(blocks, 128)
     task = ImageGeneration(cfg)
     nets = [task.build_block(b).to(DEVICE).eval() for b in range(blocks)]
@@ -187,10 +192,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="benchmarks/results/gpu.json")
     p.add_argument("--blocks", type=int, default=3)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--sample-images", type=int, default=512)
-    p.add_argument("--smoke", action="store_true", help="tiny model on the CPU (checks the script)")
+    for name, (gpu, smoke) in COUNTS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
+                       help=f"default {gpu} (--smoke: {smoke})")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny model on the CPU, a few steps (checks the script)")
     p.add_argument("--sweep-blocks", action="store_true",
                    help="only the per-block peak for B = 2..12 at batch 128 (JSON to --out)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -198,6 +204,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
     p.add_argument("--sync", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
+    for name, (gpu, smoke) in COUNTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if SMOKE else gpu)
+    if SMOKE:  # one thread a process, as Ray gives a block actor: on a busy CPU, a tiny
+        torch.set_num_threads(1)  # model's step on two threads took 10 times as long
     torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: the usual fp32 setting on H100
     torch.backends.cudnn.allow_tf32 = True
     if args.worker:
