@@ -8,7 +8,9 @@ Recording a number (trainers return stats) is separate from exporting it (this m
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import weakref
 from typing import Any
 
 from dbparallel.runtime.metric_specs import ASSEMBLY_PREFIX, RAY_PREFIX, SPEC, MetricSpec
@@ -62,7 +64,9 @@ class RaySink(Sink):
     vanish from the scrape while its process still runs. So every gauge this sink set is set
     again every ``KEEP_ALIVE_S`` by a daemon thread, until ``close()`` or ``drop()``: it is
     exported for as long as its process lives, and goes with it, as the alerts and dashboard
-    read it (deploy/prometheus/alerts.yaml)."""
+    read it (deploy/prometheus/alerts.yaml). The thread ends when its process leaves Ray; the
+    next ``set()`` in a Ray instance the process joins later starts another, which sets every
+    gauge held again there. A child forked from the process holds none of them."""
 
     KEEP_ALIVE_S = 0.5  # below half the shortest export interval Ray allows (1 s)
 
@@ -71,7 +75,8 @@ class RaySink(Sink):
         self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._keeper: threading.Thread | None = None
+        self._keeper: threading.Thread | None = None  # None: none runs; set() starts one
+        _SINKS.add(self)
 
     def _metric(self, spec: MetricSpec) -> Any:
         if spec.name not in self._metrics:
@@ -86,7 +91,7 @@ class RaySink(Sink):
             self._metric(spec).set(value, tags)
             if not self._closed.is_set():
                 self._gauges[(spec.name, tuple(sorted(tags.items())))] = value
-                if self._keeper is None:
+                if self._keeper is None:  # the first gauge, or the first in a new Ray instance
                     self._keeper = threading.Thread(target=self._keep_alive, daemon=True,
                                                     name="dbparallel-gauges")
                     self._keeper.start()
@@ -108,10 +113,34 @@ class RaySink(Sink):
     def _keep_alive(self) -> None:
         import ray
 
-        while not self._closed.wait(self.KEEP_ALIVE_S) and ray.is_initialized():
-            with self._lock:
+        while not self._closed.wait(self.KEEP_ALIVE_S):
+            with self._lock:  # set() sees this thread running, or None and starts another
+                if not ray.is_initialized():
+                    self._keeper = None
+                    return
                 for (name, tags), value in self._gauges.items():
                     self._metrics[name].set(value, dict(tags))
+
+    def _forked(self) -> None:
+        """In a child forked from this process: no keeper thread runs there, and its locks (in
+        ``_closed`` too) may have been copied held by it; the gauges are the parent's to keep."""
+        closed, self._closed = self._closed.is_set(), threading.Event()
+        if closed:
+            self._closed.set()
+        self._lock = threading.Lock()
+        self._keeper = None
+        self._gauges.clear()
+
+
+_SINKS: weakref.WeakSet[RaySink] = weakref.WeakSet()  # this process's, for a forked child
+
+
+def _after_fork_in_child() -> None:
+    for sink in list(_SINKS):
+        sink._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class PrometheusSink(Sink):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import urllib.request
 
@@ -15,6 +17,7 @@ from dbparallel.runtime.metrics import (
     BlockRecorder,
     MemorySink,
     PrometheusSink,
+    RaySink,
     series_line,
 )
 from dbparallel.runtime.metrics_port import PORT_TRIES, free_port, port_line
@@ -192,3 +195,23 @@ def test_a_finished_block_stops_exporting_its_step_time_and_keeps_the_rest() -> 
     tags = {"run": "run1", "run_id": ID, "block": "0"}
     assert memory.get("dbparallel_block_step_time_seconds", **tags) is None
     assert memory.get("dbparallel_block_loss", **tags) == 0.5
+
+
+def test_a_child_forked_while_the_gauge_thread_holds_the_sink_uses_it_without_a_hang() -> None:
+    # the keep-alive thread holds the sink's lock while it sets the gauges again: a child
+    # forked then (a DataLoader worker, a subprocess) got the lock held, and no thread to
+    # release it, so its first drop() or set() hung forever
+    sink = RaySink()
+    spec = ALL_METRICS[0]
+    with sink._lock:  # as the keep-alive thread holds it, mid-tick
+        pid = os.fork()
+        if pid == 0:  # the child: leaves at once, whatever happens
+            try:
+                signal.alarm(30)  # a guard only: a hang ends the child with SIGALRM
+                sink.drop(spec, {k: "0" for k in spec.tag_keys})
+                sink.close()
+                os._exit(0)
+            finally:
+                os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # -14: SIGALRM, the child hung
