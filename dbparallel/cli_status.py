@@ -12,6 +12,7 @@ from dbparallel.runtime.metrics import series_line
 from dbparallel.shell import shell_path
 from dbparallel.training.failure import failed_when
 from dbparallel.training.report import REPORT_REMEDY
+from dbparallel.training.running import stopped_by
 from dbparallel.training.status import BlockStatus, RunStatus
 
 
@@ -55,13 +56,10 @@ def _assembling(status: RunStatus) -> str:
 
 
 def _stops(status: RunStatus, who: str) -> str:
-    """What stops the process ``who`` (host/pid) of a ``running:`` line: `dbparallel stop`
-    signals processes of its own machine (and pid namespace) alone, so another's is stopped
-    by the same command run there."""
-    if who not in status.elsewhere:
-        return "`dbparallel stop` stops it"
-    return (f"it runs on {who.rpartition('/')[0]}, another machine or container: "
-            f"`dbparallel stop` run there stops it")
+    """What stops the process ``who`` (host/pid) of a ``running:`` line: `dbparallel stop`,
+    run on its host where that is another machine or container."""
+    return stopped_by("`dbparallel stop`",
+                      who.rpartition("/")[0] if who in status.elsewhere else "")
 
 
 def render(status: RunStatus) -> str:

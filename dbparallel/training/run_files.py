@@ -38,7 +38,7 @@ def _starting(storage: Storage) -> str:
     "" where none is."""
     import time
 
-    from dbparallel.training.running import live_runners
+    from dbparallel.training.running import live_runners, stopped_by
 
     found = live_runners(storage, time.time())[0]
     if not found:
@@ -46,13 +46,9 @@ def _starting(storage: Storage) -> str:
     kind = "a --local run" if not any(r.driver for r in found) else \
         "a Ray run" if all(r.driver for r in found) else "a run"
     stop = f"`dbparallel stop {shell_path(storage.uri())}`"
-    # stop signals processes of its own machine (and pid namespace) alone: another's is
-    # stopped by the same command run there
     hosts = " and ".join(sorted({r.host for r in found if not r.here}))
-    if not hosts:
-        how = f"{stop} stops it"
-    elif not any(r.here for r in found):
-        how = f"it runs on {hosts}, another machine or container: {stop} run there stops it"
+    if not hosts or not any(r.here for r in found):
+        how = stopped_by(stop, hosts)
     else:
         how = f"{stop} stops it here, and run on {hosts} (another machine or container) there"
     return (f"{kind} is starting in it ({', '.join(r.who for r in found)}), which checks its "

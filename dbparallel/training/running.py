@@ -58,6 +58,16 @@ class Runner:
         return ("the Ray run whose driver is " * self.driver) + f"pid {self.pid} on {self.host}"
 
 
+def stopped_by(stop: str, hosts: str = "") -> str:
+    """What stops a process recorded running a run, for the lines that name it: the command
+    ``stop`` (quoted, e.g. ```dbparallel stop``` or one with the run's path) where it runs
+    here; where it runs on ``hosts`` (``HOST``, or ``A and B``), the same command run there, as
+    `dbparallel stop` signals processes of its own machine (and pid namespace) alone."""
+    if not hosts:
+        return f"{stop} stops it"
+    return f"it runs on {hosts}, another machine or container: {stop} run there stops it"
+
+
 @contextlib.contextmanager
 def running(cfg: Config, blocks: list[int] | None = None, session: str = "") -> Iterator[None]:
     """Record this process as running ``cfg``'s run (``blocks``, default every block) in its

@@ -27,7 +27,7 @@ import dbparallel
 from dbparallel import cli
 from dbparallel.config import load_config
 from dbparallel.errors import RunDirError
-from dbparallel.training.running import RUNNING_DIR, running
+from dbparallel.training.running import RUNNING_DIR, running, stopped_by
 from dbparallel.training.storage import Storage
 
 TINY = str(ROOT / "jobs" / "tiny_cpu.yaml")
@@ -146,6 +146,26 @@ def test_a_run_starting_elsewhere_is_named_and_a_gone_one_is_nothing(tmp_path: P
     assert out.startswith(f"the run: {storage.uri(RUNNING_DIR + '/a.json')}: damaged"), out
     assert dbparallel.status(storage.uri()).problems[0].startswith(
         f"{storage.uri(RUNNING_DIR + '/a.json')}: damaged")
+
+
+def test_status_and_a_refusal_word_what_stops_a_process_elsewhere_alike(tmp_path: Path,
+                                                                        capsys) -> None:
+    # one helper words it for both: a run starting in a directory (the refusal of a command
+    # that reads a run directory) and a run's `running:` line of status
+    assert stopped_by("`dbparallel stop`") == "`dbparallel stop` stops it"
+    starting = Storage(str(tmp_path / "new"))
+    write_runner(starting, "host-b", 4242)
+    write_runner(starting, "host-a", 4343, name="b")
+    assert cli.main(["status", starting.uri()]) == 2
+    assert capsys.readouterr().err.endswith(
+        "; it runs on host-a and host-b, another machine or container: "
+        f"`dbparallel stop {starting.uri()}` run there stops it\n")
+    storage = tiny_run_dir(tmp_path)
+    write_runner(storage, "host-a", 4242)
+    assert cli.main(["status", storage.uri()]) == 0
+    assert ("running: host-a/4242 (a --local process between blocks, or still checking the "
+            "data: it holds no block's lease now; "
+            f"{stopped_by('`dbparallel stop`', 'host-a')})") in capsys.readouterr().out
 
 
 def test_the_record_goes_with_its_run_and_so_do_gone_ones_and_a_directory_made_for_it(
