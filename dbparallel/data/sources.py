@@ -67,14 +67,21 @@ def _cached(index: DataIndex) -> DataIndex:
 
 def check_kind(task: str, data: DataConfig, index: DataIndex | None = None) -> None:
     """A DataError naming ``task`` when the data hold the other kind (text for an image task,
-    images for a text task): before anything is read, from ``data.source`` (and for a text
-    task's Parquet, from its first file's columns: a table with no ``text`` column is named
-    as such, not indexed as images); from ``index`` for Parquet."""
+    images for a text task): before anything is read, from ``data.source`` (and for Parquet,
+    from its first file's columns: a table with a ``text`` column, which open_data tokenizes,
+    is named as text for an image task, one with neither column as no text for a text task,
+    before either is indexed); from ``index`` for Parquet."""
     wants = "tokens" if task in TEXT_TASKS else "images"
     text = ", ".join(TEXT_TASKS[:-1]) + f" or {TEXT_TASKS[-1]}"
     if wants == "images" and data.source in ("shakespeare", "text"):
         raise DataError(f"task={task} trains on images, and data.source={data.source} is "
                         f"text: set task={text} to train a language model on it")
+    if index is None and wants == "images" and data.source == "parquet":
+        where, columns = _first_columns(data.path)
+        if TEXT_COLUMN in columns:
+            raise DataError(f"task={task} trains on images, and {where} holds text (a "
+                            f"{TEXT_COLUMN!r} column): set task={text} to train a language "
+                            f"model on it")
     if index is None and wants == "tokens" and data.source == "parquet":
         where, columns = _first_columns(data.path)
         if TEXT_COLUMN not in columns and IMAGE_COLUMN not in columns:

@@ -64,3 +64,22 @@ def test_images_as_nested_lists_are_told_to_be_flat(tmp_path, capsys) -> None:
     nested = np.zeros((4, 8, 8), np.uint8).tolist()
     pq.write_table(pa.table({"image": nested, "label": [0, 1, 2, 3]}), path)
     assert "one flat list of C*H*W numbers in (C, H, W) order" in error_of(capsys, path)
+
+
+def test_a_table_of_text_is_refused_to_an_image_task_before_it_is_tokenized(
+        tmp_path, capsys, cache) -> None:
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": ["To be, or not to be, that is the question. " * 20] * 40}),
+                   path)
+    for task in ("dit", "vit"):
+        for argv in (["data", "check", str(path), f"task={task}"],
+                     ["train", "--local", str(ROOT / "jobs" / "tiny_cpu.yaml"), f"task={task}",
+                      "data.source=parquet", f"data.path={path}",
+                      f"run.dir={tmp_path / 'run'}"]):
+            assert main(argv) == 2
+            assert capsys.readouterr().err == (
+                f"dbparallel: error: task={task} trains on images, and {path} holds text (a "
+                f"'text' column): set task=mdm, ar or looped to train a language model on "
+                f"it\n")
+    assert not (cache / "corpus").exists()  # refused before it was tokenized
+    assert not (tmp_path / "run").exists()
