@@ -162,10 +162,17 @@ def probe(address: str, key: str) -> bool:
     """ConfigError naming ``key`` where nothing accepts a connection at ``address`` within
     PROBE_S, a plain host:port (``auto``, ``local`` and ``ray://`` client addresses are left
     to Ray): joining one that does not answer retries for minutes, printing only Ray's GCS
-    warnings. True where something answered (a plain host:port that was probed)."""
+    warnings. A host that does not resolve is refused at once: no head starting there makes
+    it resolve. True where something answered (a plain host:port that was probed)."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host or "://" in address:
         return False
+    try:
+        socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:  # (a label too long for IDNA: UnicodeError)
+        reason = getattr(err, "strerror", None) or err
+        raise ConfigError(f"{key}: the host of {address}, {host}, does not resolve ({reason}); "
+                          f"correct {key} (empty: a private local instance)") from None
     deadline = time.monotonic() + PROBE_S
     while True:
         left = deadline - time.monotonic()

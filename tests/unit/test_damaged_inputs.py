@@ -228,6 +228,24 @@ def test_an_address_where_no_cluster_answers_is_refused_naming_the_key(
     _refused(["data", "check", recipe], capsys, "RAY_ADDRESS:", "no Ray cluster answers")
 
 
+def test_an_address_whose_host_does_not_resolve_is_refused_naming_the_key_and_host(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # refused as it is resolved, not probed for PROBE_S (a second here) as a closed port is,
+    # and then named as a host where no cluster answers
+    from dbparallel.runtime import ray_connect
+
+    monkeypatch.setattr(ray_connect, "PROBE_S", 1.0)
+    _joining_calls(monkeypatch, _never)
+    address = "no-such-head.invalid:6379"  # RFC 6761: .invalid never resolves
+    recipe = str(ROOT / "jobs" / "tiny_cpu.yaml")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    said = f"the host of {address}, no-such-head.invalid, does not resolve ("
+    _refused(["plan", recipe, f"runtime.address={address}"], capsys, "runtime.address: " + said,
+             "correct runtime.address")
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    _refused(["data", "check", recipe], capsys, "RAY_ADDRESS: " + said, "correct RAY_ADDRESS")
+
+
 def test_only_plain_host_port_addresses_are_probed(closed_port: int) -> None:
     for address in ("auto", "local", f"ray://127.0.0.1:{closed_port}", "", "somehost"):
         probe(address, "runtime.address")  # left to Ray: no connection tried
