@@ -25,9 +25,9 @@ class AssemblerActor:
     directory's) labels its metrics."""
 
     def __init__(self, cfg: Config, run_id: str):
+        self.cfg = cfg
         self.device = assembly_device(cfg)
         torch.set_num_threads(cfg.runtime.torch_threads)
-        self.cfg = cfg
         self.storage = Storage(cfg.run_dir)
         self.index = run_data(cfg, self.storage)
         set_matmul_precision(cfg.train.precision, self.device)
@@ -36,6 +36,9 @@ class AssemblerActor:
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self.incarnation = self._count_restart() if restarted else 0
+
+    def __repr__(self) -> str:  # Ray's name of the actor, as BlockActor's
+        return f"AssemblerActor(run={self.cfg.run.name})"
 
     def _count_restart(self) -> int:
         count = 1 + (self.storage.read_json(RESTARTS)["restarts"]

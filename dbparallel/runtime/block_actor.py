@@ -51,6 +51,11 @@ class BlockActor:
         self.counted = False  # this process's restart, if it is one, is in restarts.json
         self._try_start()
 
+    def __repr__(self) -> str:
+        # Ray's name of the actor (`ray list actors --detail`, log prefixes); a named actor's
+        # name must be unique, and is freed only some time after the actor ends
+        return f"BlockActor(run={self.cfg.run.name}, block={self.block})"
+
     def _try_start(self) -> None:
         try:
             self._start(self.session)

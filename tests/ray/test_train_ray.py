@@ -94,6 +94,23 @@ def test_report_json_is_written_before_the_driver_s_assembly_record_goes(ray_run
     assert dbparallel.status(run_dir).state == "finished"
 
 
+def test_ray_names_the_actors_by_their_run_and_block(ray_run) -> None:
+    """`ray list actors --detail` (and each actor's log prefix) names the run and the block of
+    each actor, which are not named actors: their repr."""
+    import ray
+    from ray.util.state import list_actors
+
+    here = ray.get_runtime_context().gcs_address  # not whichever instance started last
+
+    def names(cls: str) -> set[str]:  # of this session's runs, those gone too
+        return {a.repr_name for a in list_actors(address=here, detail=True, limit=10_000,
+                                                 filters=[("class_name", "=", cls)])}
+
+    assert names("BlockActor") >= {"BlockActor(run=tiny-cpu, block=0)",
+                                   "BlockActor(run=tiny-cpu, block=1)"}
+    assert "AssemblerActor(run=tiny-cpu)" in names("AssemblerActor")
+
+
 def test_history_and_curves_of_a_ray_run(ray_run) -> None:
     """Block actors write their metrics.jsonl, the driver assembly.jsonl and curves.png."""
     run_dir, report = ray_run
