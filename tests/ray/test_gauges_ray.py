@@ -88,6 +88,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow  # a process joining Ray twice, then the gauges' export: about half a minute
 def test_a_sink_kept_across_ray_instances_sets_its_gauges_again_in_the_next(ray_session) -> None:
     """A process that leaves Ray ends the sink's keep-alive thread; one that joins Ray again
     (the Python API runs one Ray run after another) gets a new one with its next gauge, which
