@@ -4,6 +4,7 @@ lines to stderr off a terminal."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -44,14 +45,40 @@ def test_a_first_try_is_told_which_keys_shrink_its_evaluation(tmp_path: Path) ->
     cfg = load_config([], overrides)
     index = open_data(cfg.data)
     tokenizer = load_tokenizer(index.meta)
-    path = scorer_path(scorer_key(cfg, tokenizer), index.num_rows("train"), cfg.data.seq_len,
-                       cfg.data.vocab_size, cfg.sample.scorer_steps)
+    path = scorer_path(scorer_key(cfg, tokenizer, index), index.num_rows("train"),
+                       cfg.data.seq_len, cfg.data.vocab_size, cfg.sample.scorer_steps)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()  # a scorer already cached is no work
     note = cpu_note(cfg, index, tokenizer, "cpu")
     assert note is not None and "scorer" not in note
     assert cpu_note(cfg, index, tokenizer, "cuda") is None
     assert _note([], [*overrides, "sample.eval_samples=40"]) is None
+
+
+def _scorer_file(path: Path) -> Path:
+    cfg = load_config([], ["task=ar", "data.source=text", f"data.path={path}",
+                           "data.seq_len=16", "sample.prompt_len=4", "sample.gen_len=4"])
+    index = open_data(cfg.data)
+    return scorer_path(scorer_key(cfg, load_tokenizer(index.meta), index),
+                       index.num_rows("train"), cfg.data.seq_len, cfg.data.vocab_size,
+                       cfg.sample.scorer_steps)
+
+
+def test_the_gen_ppl_scorer_is_keyed_by_the_text_not_its_path(tmp_path: Path) -> None:
+    """A file edited in place with the same characters and row counts is other data: its
+    runs must not be scored by the scorer trained on the text it held before."""
+    book = tmp_path / "book.txt"
+    book.write_text("the cat sat on a mat. " * 40)
+    before = _scorer_file(book)
+    stamp = book.stat().st_mtime_ns + 10**9  # a later time, even where times are coarse
+    book.write_text("a mat sat on the cat. " * 40)  # same characters, same length
+    os.utime(book, ns=(stamp, stamp))
+    after = _scorer_file(book)
+    assert after != before
+    moved = tmp_path / "moved" / "book.txt"
+    moved.parent.mkdir()
+    moved.write_text(book.read_text())
+    assert _scorer_file(moved) == after  # the same text elsewhere: the same scorer
 
 
 def test_a_run_says_so_before_its_evaluation_and_shows_its_progress(

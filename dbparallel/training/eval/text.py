@@ -136,18 +136,19 @@ def char_entropy(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return -(p * torch.log2(p.clamp_min(1e-30))).sum(dim=1)
 
 
-def scorer_key(cfg: Config, tokenizer: Tokenizer) -> dict[str, str]:
-    """What names the scorer's data: the source and its vocabulary (for BPE, a hash of the
+def scorer_key(cfg: Config, tokenizer: Tokenizer, index: DataIndex) -> dict[str, str]:
+    """What names the scorer's data: the corpus's cache key (its content, data.seq_len, the
+    tokenizer's settings; data/corpus.py), so a file edited in place, or other data at the
+    same data.path, trains a scorer of its own, and the vocabulary (for BPE, a hash of the
     tokenizer)."""
     d = cfg.data
+    key = {"source": d.source, "corpus": str(index.meta.get("content", d.path))}
     if tokenizer.name == "char":
-        return {"source": d.source, "path": d.path,
-                "vocab": "".join(tokenizer.describe()["vocab"])}
+        return {**key, "vocab": "".join(tokenizer.describe()["vocab"])}
     # the tokenizer itself: its train ids do not change what the scorer reads
     own = {k: v for k, v in tokenizer.describe().items() if k != TRAIN_IDS_KEY}
     blob = json.dumps(own, sort_keys=True).encode()
-    return {"source": d.source, "path": d.path, "tokenizer": tokenizer.name,
-            "vocab": hashlib.sha256(blob).hexdigest()}
+    return {**key, "tokenizer": tokenizer.name, "vocab": hashlib.sha256(blob).hexdigest()}
 
 
 def cpu_note(cfg: Config, index: DataIndex, tokenizer: Tokenizer, device: str) -> str | None:
@@ -159,7 +160,7 @@ def cpu_note(cfg: Config, index: DataIndex, tokenizer: Tokenizer, device: str) -
     s, d = cfg.sample, cfg.data
     trained = sum(cfg.train.steps_of(b) for b in range(cfg.model.blocks))
     work = {"sample.eval_samples": (s.eval_samples, "prompts to continue")}
-    cached = scorer_path(scorer_key(cfg, tokenizer), index.num_rows("train"), d.seq_len,
+    cached = scorer_path(scorer_key(cfg, tokenizer, index), index.num_rows("train"), d.seq_len,
                          d.vocab_size, s.scorer_steps).is_file()
     if not cached:
         work["sample.scorer_steps"] = (s.scorer_steps, "gen_ppl scorer steps")
@@ -181,7 +182,7 @@ def generation_metrics(cfg: Config, task: Task, nets: list[Block], index: DataIn
     prompts, truth = held[:, :s.prompt_len], held[:, s.prompt_len:s.prompt_len + s.gen_len]
     tokenizer = load_tokenizer(index.meta)
     fake = continue_prompts(cfg, task, nets, prompts, "eval-gen", device, tokenizer.usable)
-    scorer = cached_scorer(scorer_key(cfg, tokenizer), index.num_rows("train"),
+    scorer = cached_scorer(scorer_key(cfg, tokenizer, index), index.num_rows("train"),
                            d.seq_len, lambda rows: read_rows(cfg, index, "train", rows),
                            d.vocab_size, s.scorer_steps, device)
     gen_nll = torch.cat([continuation_nll(scorer, p, c)
