@@ -39,7 +39,9 @@ class DigestMemo:
         info = fs.get_file_info(path)
         if info.mtime_ns is None or info.size is None:
             return digest()
-        key, stamp = f"{fs.type_name}:{path}", [info.size, info.mtime_ns]
+        # a relative local path names another file in another working directory
+        where = os.path.abspath(path) if isinstance(fs, pafs.LocalFileSystem) else path
+        key, stamp = f"{fs.type_name}:{where}", [info.size, info.mtime_ns]
         entry = self.memo.get(key)
         if entry and entry["stamp"] == stamp:
             return bytes.fromhex(entry["sha256"])

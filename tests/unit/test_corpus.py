@@ -307,6 +307,25 @@ def test_file_digests_are_remembered_while_size_and_time_stay(tmp_path) -> None:
     assert changed != first and len(calls) == 2
 
 
+def test_a_relative_path_remembers_the_digest_of_its_own_file(tmp_path, monkeypatch) -> None:
+    """Two files at the same relative data.path, seen from two working directories, with the
+    same size and modification time (copied with their times, unpacked from archives) are
+    two corpora, not one."""
+    for name, body in (("a", "the cat sat on a mat. "), ("b", "a mat sat on the cat. ")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "book.txt").write_text(body * 40)
+    stat = (tmp_path / "a" / "book.txt").stat()
+    os.utime(tmp_path / "b" / "book.txt", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    data = DataConfig(source="text", path="book.txt", seq_len=16)
+    texts = []
+    for name in ("a", "b"):
+        monkeypatch.chdir(tmp_path / name)
+        index = corpus_index(data)
+        ids = next(iter_split(index, "train", ["tokens"])).table["tokens"][0].as_py()
+        texts.append(load_tokenizer(index.meta).decode(ids))
+    assert texts == ["the cat sat on a", "a mat sat on the"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Documents shorter than a row: data.pack, the dropped-tail warning
 # ---------------------------------------------------------------------------------------------
