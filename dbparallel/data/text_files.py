@@ -6,7 +6,7 @@ document, read in blocks of ``READ_BYTES`` and decoded as UTF-8 as it comes; a J
 one document per line (field ``text``, optional ``split`` and ``work``); a Parquet file one per
 row of its ``text`` column (optional ``split`` and ``work`` columns), a row-group batch at a
 time. A JSONL line or a Parquet row is held while it is read. Every error names the file and
-the line or row (a text file that is not UTF-8: the line and byte).
+the line or row (a text file that is not UTF-8, or holds a NUL: the line and byte).
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ def _text_pieces(fs: pafs.FileSystem, path: str, folder: str = "") -> Iterator[s
             if text:
                 if not lines and before == len(block) and text.startswith(BOM):
                     _said_bom(path)
+                if NUL in text:  # valid UTF-8, but no text: UTF-16/32 of ASCII, or binary
+                    raise _nul(path, text, lines, before - len(block) - pending, folder)
                 lines += text.count("\n")
                 yield text
         pending, block = len(decoder.getstate()[0]), b""
@@ -98,8 +100,28 @@ def _text_pieces(fs: pafs.FileSystem, path: str, folder: str = "") -> Iterator[s
         line = lines + block[:max(err.start - pending, 0)].count(b"\n") + 1
         move = (f", or move it out of {folder!r} if it is no text (every file of a folder "
                 f"but JSONL and Parquet files is read as one text document)" if folder else "")
-        raise DataError(f"data.path: {path!r} is not UTF-8 text (line {line}, byte "
-                        f"{before - pending + err.start}): save it as UTF-8{move}") from None
+        at = before - pending + err.start
+        wide = (" (it opens with a UTF-16 or UTF-32 byte order mark; e.g. iconv -f UTF-16 -t "
+                "UTF-8)" if not at and block.startswith(WIDE_BOMS) else "")
+        raise DataError(f"data.path: {path!r} is not UTF-8 text (line {line}, byte {at}): save "
+                        f"it as UTF-8{wide}{move}") from None
+
+
+NUL = "\x00"
+WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-16/32, either order
+
+
+def _nul(path: str, text: str, lines: int, start: int, folder: str) -> DataError:
+    """The DataError of a text file holding a NUL character, in ``text``, which starts at
+    byte ``start`` after ``lines`` newlines: UTF-16 or UTF-32 text of ASCII characters (a
+    NUL in every wide character) decodes as UTF-8 and would train as text."""
+    head = text[:text.index(NUL)]
+    line, byte = lines + head.count("\n") + 1, start + len(head.encode("utf-8"))
+    move = (f", or move it out of {folder!r} if it is no text (every file of a folder but "
+            f"JSONL and Parquet files is read as one text document)" if folder else "")
+    return DataError(f"data.path: {path!r} holds a NUL character (line {line}, byte {byte}), "
+                     f"which no text has: UTF-16 or UTF-32 text, or a binary file; save it "
+                     f"as UTF-8 (iconv -f ITS_ENCODING -t UTF-8){move}")
 
 
 BOM = "\ufeff"  # a UTF-8 byte order mark, read as a character of the text

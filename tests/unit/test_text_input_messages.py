@@ -199,6 +199,34 @@ def test_text_that_is_not_utf8_is_named_by_line_and_byte(tmp_path, monkeypatch,
     assert "(line 2, byte 4)" in corpus_error(path)
 
 
+@pytest.mark.parametrize("read_bytes", [4, 1 << 16])
+def test_utf16_and_utf32_text_is_refused_not_trained_with_nul_characters(
+        tmp_path, monkeypatch, capsys, read_bytes: int) -> None:
+    """ASCII text in UTF-16 or UTF-32 without a byte order mark is valid UTF-8, a NUL beside
+    every character; with one, it is named as such."""
+    from dbparallel.data import text_files
+
+    monkeypatch.setattr(text_files, "READ_BYTES", read_bytes)
+    body = "To be, or not to be.\nThat is the question.\n" * 20
+    nul = "holds a NUL character ({}), which no text has: UTF-16 or UTF-32 text, or a " \
+          "binary file; save it as UTF-8 (iconv -f ITS_ENCODING -t UTF-8)"
+    for encoding, where in (("utf-16-le", "line 1, byte 1"), ("utf-16-be", "line 1, byte 0"),
+                            ("utf-32-le", "line 1, byte 1")):
+        path = tmp_path / f"{encoding}.txt"
+        path.write_bytes(body.encode(encoding))
+        assert corpus_error(path) == f"data.path: '{path}' {nul.format(where)}"
+    path = tmp_path / "late.txt"
+    path.write_bytes("né\nab\nc".encode() + b"\x00")  # after a 2-byte character
+    assert corpus_error(path) == f"data.path: '{path}' {nul.format('line 3, byte 8')}"
+    path = tmp_path / "bom.txt"
+    path.write_bytes(body.encode("utf-16"))  # with its byte order mark
+    assert corpus_error(path).endswith(
+        "is not UTF-8 text (line 1, byte 0): save it as UTF-8 (it opens with a UTF-16 or "
+        "UTF-32 byte order mark; e.g. iconv -f UTF-16 -t UTF-8)")
+    err = error_of(capsys, "data", "check", str(tmp_path / "utf-16-le.txt"), "task=ar")
+    assert "holds a NUL character (line 1, byte 1)" in err
+
+
 def test_a_file_of_a_folder_that_is_not_utf8_is_told_it_may_move_out(tmp_path) -> None:
     folder = tmp_path / "notes"
     folder.mkdir()
