@@ -58,7 +58,7 @@ def file_documents(fs: pafs.FileSystem, path: str, fmt: str,
     if fmt == "text":
         yield Document(_stem(path), None, _text_pieces(fs, path, folder))
     elif fmt == "jsonl":
-        yield from _jsonl_documents(fs, path)
+        yield from _jsonl_documents(fs, path, folder)
     else:
         yield from _parquet_documents(fs, path)
 
@@ -98,9 +98,7 @@ def _text_pieces(fs: pafs.FileSystem, path: str, folder: str = "") -> Iterator[s
             yield text
     except UnicodeDecodeError as err:  # err.start counts from the held-back bytes (no "\n")
         line = lines + block[:max(err.start - pending, 0)].count(b"\n") + 1
-        move = (f", or move it out of {folder!r} if it is no text (every file of a folder "
-                f"but JSONL and Parquet files is read as one text document)" if folder else "")
-        at = before - pending + err.start
+        move, at = _move_out(folder), before - pending + err.start
         wide = (" (it opens with a UTF-16 or UTF-32 byte order mark; e.g. iconv -f UTF-16 -t "
                 "UTF-8)" if not at and block.startswith(WIDE_BOMS) else "")
         raise DataError(f"data.path: {path!r} is not UTF-8 text (line {line}, byte {at}): save "
@@ -117,11 +115,15 @@ def _nul(path: str, text: str, lines: int, start: int, folder: str) -> DataError
     NUL in every wide character) decodes as UTF-8 and would train as text."""
     head = text[:text.index(NUL)]
     line, byte = lines + head.count("\n") + 1, start + len(head.encode("utf-8"))
-    move = (f", or move it out of {folder!r} if it is no text (every file of a folder but "
-            f"JSONL and Parquet files is read as one text document)" if folder else "")
     return DataError(f"data.path: {path!r} holds a NUL character (line {line}, byte {byte}), "
                      f"which no text has: UTF-16 or UTF-32 text, or a binary file; save it "
-                     f"as UTF-8 (iconv -f ITS_ENCODING -t UTF-8){move}")
+                     f"as UTF-8 (iconv -f ITS_ENCODING -t UTF-8){_move_out(folder)}")
+
+
+def _move_out(folder: str) -> str:
+    """The advice to move a file that is no text out of the ``folder`` it was found in."""
+    return (f", or move it out of {folder!r} if it is no text (every file of a folder but "
+            f"JSONL and Parquet files is read as one text document)" if folder else "")
 
 
 BOM = "\ufeff"  # a UTF-8 byte order mark, read as a character of the text
@@ -175,27 +177,38 @@ def _not_json(where: str, err: ValueError, line: bytes, first: bool) -> DataErro
                      f'{{"{TEXT_COLUMN}": "..."}}{convert}')
 
 
-def _not_a_document(where: str, row: object) -> DataError:
+def _not_a_document(where: str, row: object, first: bool, folder: str) -> DataError:
     """The DataError of a JSON line that is no object with a string field ``text``: what it
-    is instead, or which fields it has."""
-    folder = "in a folder of documents, move files that are not documents out of it"
+    is instead, or which fields it has; a file's first line that is an array is told how to
+    convert it, a file of a ``folder`` that it may move out."""
+    advice = [f"or move the file out of {folder!r} if it holds no documents"] if folder else []
     if not isinstance(row, dict):
         kind = JSON_KINDS.get(type(row), type(row).__name__)
-        return DataError(f"{where} is {kind}, expected an object ({JSONL_RULE}; {folder})")
+        if first and isinstance(row, list):
+            advice.insert(0, "the file looks like one JSON array; convert it with "
+                             "`jq -c '.[]' FILE > FILE.jsonl`")
+        return DataError(f"{where} is {kind}, expected an object "
+                         f"({'; '.join([JSONL_RULE, *advice])})")
     if TEXT_COLUMN in row:
         kind = JSON_KINDS.get(type(row[TEXT_COLUMN]), "an object")
         return DataError(f"{where}: field {TEXT_COLUMN!r} is {kind}, expected a string "
-                         f"({JSONL_RULE}; {folder})")
+                         f"({'; '.join([JSONL_RULE, *advice])})")
     if not row:
         return DataError(f"{where}: expected an object with a string field {TEXT_COLUMN!r}; "
-                         f"it has no fields ({JSONL_RULE}; {folder})")
+                         f"it has no fields ({'; '.join([JSONL_RULE, *advice])})")
     names = ", ".join(repr(k) for k in list(row)[:8]) + (", ..." if len(row) > 8 else "")
+    strings = [k for k, v in row.items() if isinstance(v, str) and k not in (SPLIT_COLUMN,
+                                                                              WORK_COLUMN)]
+    if strings:  # e.g. jq -c '.text = .["body"] | del(.["body"])'
+        field = json.dumps(strings[0]).replace("'", "'\\''")
+        advice.insert(0, f"e.g. jq -c '.{TEXT_COLUMN} = .[{field}] | del(.[{field}])' "
+                         f"FILE > FILE.jsonl")
     return DataError(f"{where}: expected an object with a string field {TEXT_COLUMN!r}; it "
                      f"has {names}: rename the field that holds the document to "
-                     f"{TEXT_COLUMN!r} ({folder})")
+                     f"{TEXT_COLUMN!r}{' (' + '; '.join(advice) + ')' if advice else ''}")
 
 
-def _jsonl_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
+def _jsonl_documents(fs: pafs.FileSystem, path: str, folder: str = "") -> Iterator[Document]:
     first = True
     for number, line in _jsonl_lines(fs, path):
         if not line.strip():
@@ -205,9 +218,9 @@ def _jsonl_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
             row = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise _not_json(where, err, line, first) from None
-        first = False
         if not isinstance(row, dict) or not isinstance(row.get(TEXT_COLUMN), str):
-            raise _not_a_document(where, row)
+            raise _not_a_document(where, row, first, folder)
+        first = False
         split = _split_value(row.get(SPLIT_COLUMN), f"{where}: field {SPLIT_COLUMN!r}")
         name = str(row.get(WORK_COLUMN, f"{_stem(path)}:{number}"))
         yield Document(name, split, _slices(row[TEXT_COLUMN]))

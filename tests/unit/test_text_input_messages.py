@@ -144,16 +144,31 @@ def test_a_json_document_spanning_lines_is_told_what_json_lines_are(tmp_path) ->
 def test_a_json_line_without_a_text_string_says_what_it_has(tmp_path) -> None:
     import json
 
-    (tmp_path / "content.jsonl").write_text(json.dumps({"content": "a", "id": 3}) + "\n")
+    rule = ("JSON Lines (.jsonl, .ndjson, .json) hold one JSON object per line, the document "
+            "in its string field 'text'")
+    (tmp_path / "content.jsonl").write_text(json.dumps({"id": 3, "content": "a"}) + "\n")
     err = corpus_error(tmp_path / "content.jsonl")
-    assert "content.jsonl: line 1: expected an object with a string field 'text'; it has " \
-        "'content', 'id': rename the field that holds the document to 'text'" in err
+    assert err == (f"{tmp_path / 'content.jsonl'}: line 1: expected an object with a string "
+                   f"field 'text'; it has 'id', 'content': rename the field that holds the "
+                   f"document to 'text' (e.g. jq -c '.text = .[\"content\"] | "
+                   f"del(.[\"content\"])' FILE > FILE.jsonl)")
     (tmp_path / "number.jsonl").write_text('{"text": "a"}\n{"text": 5}\n')
-    assert "number.jsonl: line 2: field 'text' is a number, expected a string" in \
-        corpus_error(tmp_path / "number.jsonl")
+    assert corpus_error(tmp_path / "number.jsonl") == (
+        f"{tmp_path / 'number.jsonl'}: line 2: field 'text' is a number, expected a string "
+        f"({rule})")  # a file given alone is not told to move out of a folder
     (tmp_path / "array.jsonl").write_text(json.dumps([{"text": "a"}]) + "\n")
-    assert "array.jsonl: line 1 is a JSON array, expected an object" in \
-        corpus_error(tmp_path / "array.jsonl")
+    assert corpus_error(tmp_path / "array.jsonl") == (
+        f"{tmp_path / 'array.jsonl'}: line 1 is a JSON array, expected an object ({rule}; "
+        f"the file looks like one JSON array; convert it with `jq -c '.[]' FILE > "
+        f"FILE.jsonl`)")
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("To be, or not to be. " * 40)
+    (folder / "meta.json").write_text(json.dumps({"author": "W. S."}) + "\n")
+    assert corpus_error(folder).endswith(
+        f"rename the field that holds the document to 'text' (e.g. jq -c '.text = "
+        f".[\"author\"] | del(.[\"author\"])' FILE > FILE.jsonl; or move the file out of "
+        f"'{folder}' if it holds no documents)")
 
 
 def test_a_corpus_without_text_names_its_files_and_gives_split_advice_only_for_splits(
