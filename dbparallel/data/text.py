@@ -135,10 +135,12 @@ def text_source(data: DataConfig) -> TextSource:
         raise DataError(f"data.path: cannot reach {data.path!r}: {err}") from None
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"data.path: no such file or directory: {data.path!r}")
-    paths = sorted(f.path for f in found
-                   if f.type == pafs.FileType.File and not _hidden(f.path, where))
+    files = [f.path for f in found if f.type == pafs.FileType.File]
+    paths = sorted(p for p in files if not _hidden(p, where))
     if not paths:
-        raise DataError(f"data.path: no files in {data.path!r}")
+        hidden = (f" but {len(files):,} hidden one{'s' * (len(files) != 1)} (a name, or a "
+                  f"folder's, starting with '.'), which are skipped" if files else "")
+        raise DataError(f"data.path: no files in {data.path!r}{hidden}")
     _no_images(paths, data.path, info.type == pafs.FileType.Directory)
     _no_archives(paths, data.path, info.type == pafs.FileType.Directory)
     return TextSource(data.path, fs, tuple((p, file_format(p)) for p in paths),

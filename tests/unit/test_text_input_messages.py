@@ -254,6 +254,19 @@ def test_a_file_of_a_folder_that_is_not_utf8_is_told_it_may_move_out(tmp_path) -
     assert corpus_error(folder / "paper.pdf").endswith("(line 2, byte 9): save it as UTF-8")
 
 
+def test_a_folder_of_hidden_files_alone_says_they_are_skipped(tmp_path) -> None:
+    folder = tmp_path / "notes"
+    (folder / ".drafts").mkdir(parents=True)
+    (folder / ".a.txt").write_text("To be, or not to be. " * 40)
+    (folder / ".drafts" / "b.txt").write_text("To be, or not to be. " * 40)
+    assert corpus_error(folder) == (
+        f"data.path: no files in '{folder}' but 2 hidden ones (a name, or a folder's, starting "
+        f"with '.'), which are skipped")
+    (folder / ".a.txt").unlink()
+    (folder / ".drafts" / "b.txt").unlink()
+    assert corpus_error(folder) == f"data.path: no files in '{folder}'"
+
+
 def test_an_archive_of_files_is_refused_before_it_is_read_as_text(tmp_path, capsys) -> None:
     import tarfile
     import zipfile
