@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -65,7 +66,7 @@ def _data_at(network: Network, path: str) -> DataIndex:
 
     from dbparallel.data.sources import open_data
     from dbparallel.data.text import ImagesNotText
-    from dbparallel.data.tokenizer import load_tokenizer
+    from dbparallel.data.tokenizer import load_tokenizer, vocabulary_difference
     from dbparallel.errors import DataError, OtherData
 
     data = network.cfg.data
@@ -77,12 +78,15 @@ def _data_at(network: Network, path: str) -> DataIndex:
         index = open_data(dataclasses.replace(data, path=path))
     except (ImagesNotText, OtherData) as err:  # their fix is for training: this run is trained
         raise DataError(f"--data {path}: {err.found}: {_takes(network.cfg)}") from None
+    except DataError as err:  # named by the option the path was given with
+        raise DataError(re.sub(r"^data\.path: ", "--data: ", str(err))) from None
     if network.tokenizer is not None and \
-            load_tokenizer(index.meta).describe() != network.tokenizer.describe():
+            (given := load_tokenizer(index.meta)).describe() != network.tokenizer.describe():
         raise UserError(f"--data {path}: these texts give another tokenizer than the "
                         f"network's (data.tokenizer={network.tokenizer.name}, from the text it "
-                        f"was trained on): the same token ids would be other text; give the "
-                        f"text it was trained on")
+                        f"was trained on{vocabulary_difference(given, network.tokenizer)}): "
+                        f"the same token ids would be other text; give the text it was "
+                        f"trained on")
     return index
 
 

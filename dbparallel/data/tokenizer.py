@@ -131,6 +131,23 @@ def unknown_characters(codes: np.ndarray) -> DataError:
                      f"in the vocabulary")
 
 
+def vocabulary_difference(given: Tokenizer, trained: Tokenizer) -> str:
+    """``; characters 'x' (U+0078) only in these texts, 'y' (U+0079) only in the network's``:
+    how two character vocabularies differ (each side's first ``NAMED_CHARACTERS``); "" for
+    BPE, whose merges say nothing a reader can act on."""
+    if not isinstance(given, CharTokenizer) or not isinstance(trained, CharTokenizer):
+        return ""
+    sides = []
+    for chars, where in ((sorted(set(given.vocab) - set(trained.vocab)), "these texts"),
+                         (sorted(set(trained.vocab) - set(given.vocab)), "the network's")):
+        if chars:
+            shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in chars[:NAMED_CHARACTERS])
+            more = f" and {len(chars) - NAMED_CHARACTERS} more" \
+                if len(chars) > NAMED_CHARACTERS else ""
+            sides.append(f"{shown}{more} only in {where}")
+    return f"; characters {', '.join(sides)}" if sides else ""
+
+
 class CharCounter:
     """The distinct characters of texts seen one piece at a time (memory: one flag per code
     point up to the largest seen)."""

@@ -97,8 +97,15 @@ def test_data_without_a_path_or_other_text_are_refused(tmp_path, capsys) -> None
                  "data.source=text", f"data.path={trained}", "data.seq_len=32",
                  "sample.prompt_len=8", "sample.gen_len=8", "sample.scorer_steps=20")
     assert cli.main(["eval", run, "--data", str(other)]) == 2
+    only = ", ".join(f"'{c}' (U+{ord(c):04X})" for c in "OPQRSTUVWX")
+    theirs = ", ".join(f"'{c}' (U+{ord(c):04X})" for c in ".abcdefghi")
     assert (f"--data {other}: these texts give another tokenizer than the network's "
-            f"(data.tokenizer=char") in capsys.readouterr().err
+            f"(data.tokenizer=char, from the text it was trained on; characters {only} and 2 "
+            f"more only in these texts, {theirs} and 17 more only in the network's): the same "
+            f"token ids would be other text") in capsys.readouterr().err
+    assert cli.main(["eval", run, "--data", str(tmp_path / "gone.txt")]) == 2
+    assert capsys.readouterr().err == (f"dbparallel: error: --data: no such file or directory: "
+                                       f"'{tmp_path / 'gone.txt'}'\n")
     assert "bpc" in _eval(capsys, run, "--data", str(trained))  # the same text is accepted
     images = tmp_path / "images"
     images.mkdir()
