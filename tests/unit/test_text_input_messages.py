@@ -267,6 +267,24 @@ def test_a_folder_of_hidden_files_alone_says_they_are_skipped(tmp_path) -> None:
     assert corpus_error(folder) == f"data.path: no files in '{folder}'"
 
 
+def test_a_compression_not_read_here_is_named_not_read_as_text(tmp_path, capsys) -> None:
+    import lzma
+
+    path = tmp_path / "book.txt.xz"
+    path.write_bytes(lzma.compress(("To be, or not to be. " * 40).encode()))
+    refused = (f"data.path: '{path}' is compressed as .xz, which is not read here (only .gz, "
+               f".bz2, .lz4, .zst, decompressed as they are read): decompress it (xz -d FILE), "
+               f"or compress it as one of those")
+    assert corpus_error(path) == refused
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("To be, or not to be. " * 40)
+    (folder / "b.jsonl.xz").write_bytes(path.read_bytes())
+    assert "b.jsonl.xz' is compressed as .xz, which is not read here" in corpus_error(folder)
+    assert error_of(capsys, "data", "check", str(path), "task=ar") == \
+        f"dbparallel: error: {refused}\n"  # named as text, not read as Parquet
+
+
 def test_an_archive_of_files_is_refused_before_it_is_read_as_text(tmp_path, capsys) -> None:
     import tarfile
     import zipfile
