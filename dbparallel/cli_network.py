@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -79,7 +78,7 @@ def _data_at(network: Network, path: str) -> DataIndex:
     except (ImagesNotText, OtherData) as err:  # their fix is for training: this run is trained
         raise DataError(f"--data {path}: {err.found}: {_takes(network.cfg)}") from None
     except DataError as err:  # named by the option the path was given with
-        raise DataError(re.sub(r"^data\.path: ", "--data: ", str(err))) from None
+        raise DataError(f"--data: {str(err).removeprefix('data.path: ')}") from None
     if network.tokenizer is not None and \
             (given := load_tokenizer(index.meta)).describe() != network.tokenizer.describe():
         raise UserError(f"--data {path}: these texts give another tokenizer than the "
