@@ -16,7 +16,7 @@ class DataError(UserError):
 class OtherData(DataError):
     """Data that data.source cannot read as given (a lone image, a file named as text, a
     folder of images for Parquet): ``found`` says what they are; the message also says what
-    to do when training (a network already trained words its own: cli_network.py)."""
+    to do when training (a network already trained words its own: cli_network_data.py)."""
 
     def __init__(self, message: str, found: str):
         super().__init__(message)

@@ -205,7 +205,7 @@ def _no_images(paths: list[str], where: str, folder: bool) -> None:
 
 class ImagesNotText(DataError):
     """Images where a text corpus is read: ``found`` names them, ``fix`` says what to do
-    when training (a network already trained words its own fix: cli_network.py)."""
+    when training (a network already trained words its own fix: cli_network_data.py)."""
 
     def __init__(self, found: str, fix: str):
         super().__init__(f"data.path: {found}: {fix}")

@@ -1,0 +1,89 @@
+"""The data a command that uses a trained network reads (eval, sample): the data its run trained
+on, where they are now, or other data of the same kind (--data), refused in the network's terms.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dbparallel.config import FILE_SOURCES, TEXT_TASKS
+from dbparallel.errors import UserError
+
+if TYPE_CHECKING:
+    from dbparallel.config import Config
+    from dbparallel.data.shards import DataIndex
+    from dbparallel.training.network import Network
+
+
+def network_data(network: Network, source: str, path: str = "") -> DataIndex:
+    """The data at ``path`` (--data), else the data a run trained on (its pinned index,
+    rebuilt here where it lives in another machine's cache); for an export, or a run that
+    pinned none, the data its config names."""
+    from dbparallel.data.sources import open_data
+    from dbparallel.errors import DataError
+    from dbparallel.training.data_pin import pinned_data, run_data
+    from dbparallel.training.loading import is_file
+    from dbparallel.training.storage import Storage
+
+    if path:
+        return data_at(network, path)
+    elsewhere = "; --data PATH reads them where they are now"
+    try:
+        if not is_file(source):
+            storage = Storage(source)
+            if pinned_data(storage):
+                return run_data(network.cfg, storage)
+        return open_data(network.cfg.data)
+    except DataError as err:  # e.g. moved, or an export on a machine without them
+        gone = "not there" in str(err) or "no such" in str(err)
+        if network.cfg.data.source not in FILE_SOURCES or not gone:
+            raise
+        raise DataError(f"{err}{elsewhere}") from None
+
+
+def data_at(network: Network, path: str) -> DataIndex:
+    """--data: the data at ``path``, read as the network's config reads its data.path; a
+    text network's tokenizer must be the one those texts give."""
+    import dataclasses
+
+    from dbparallel.data.sources import open_data
+    from dbparallel.data.text import ImagesNotText
+    from dbparallel.data.tokenizer import load_tokenizer, vocabulary_difference
+    from dbparallel.errors import DataError, OtherData
+
+    data = network.cfg.data
+    if data.source not in FILE_SOURCES:  # built in (digits, shakespeare): nothing moves
+        raise UserError(f"--data: the network was trained on data.source={data.source}, "
+                        f"which is built in and read from no path; --data is for "
+                        f"data.source={', '.join(FILE_SOURCES)}")
+    try:
+        index = open_data(dataclasses.replace(data, path=path))
+    except (ImagesNotText, OtherData) as err:  # their fix is for training: this run is trained
+        raise DataError(f"--data {path}: {err.found}: {takes(network.cfg)}") from None
+    except DataError as err:  # named by the option the path was given with
+        raise DataError(f"--data: {str(err).removeprefix('data.path: ')}") from None
+    if network.tokenizer is not None and \
+            (given := load_tokenizer(index.meta)).describe() != network.tokenizer.describe():
+        raise UserError(f"--data {path}: these texts give another tokenizer than the "
+                        f"network's (data.tokenizer={network.tokenizer.name}, from the text it "
+                        f"was trained on{vocabulary_difference(given, network.tokenizer)}): "
+                        f"the same token ids would be other text; give the text it was "
+                        f"trained on")
+    return index
+
+
+def takes(cfg: Config) -> str:
+    """What a run of ``cfg`` is and what its --data takes (read as its data.source reads
+    data.path): what a refusal of other data names, in place of training's fix."""
+    task, source = cfg.task, cfg.data.source
+    if task in TEXT_TASKS:
+        takes = ("a text, JSONL or Parquet file, or a folder of them" if source == "text" else
+                 "a Parquet file with a text column, or a folder of them")
+        run = f"task={task}" if source == "text" else f"task={task}, data.source={source}"
+        return f"this run is a text run ({run}), and --data takes text: {takes}"
+    takes = {"image_folder": "a folder holding a folder of images (PNG, JPEG, ...) per class",
+             "fashion_mnist": "a folder of the four Fashion-MNIST IDX files, or a Parquet "
+                              "table with image and label columns"}.get(
+        source, "a Parquet file with image and label columns, or a folder of them")
+    return (f"this run is an image run (task={task}, data.source={source}), and --data takes "
+            f"images: {takes}")
