@@ -46,7 +46,7 @@ def data_at(network: Network, path: str) -> DataIndex:
     text network's tokenizer must be the one those texts give."""
     import dataclasses
 
-    from dbparallel.data.sources import open_data
+    from dbparallel.data.sources import check_kind, open_data
     from dbparallel.data.text import ImagesNotText
     from dbparallel.data.tokenizer import load_tokenizer, vocabulary_difference
     from dbparallel.errors import DataError, OtherData
@@ -57,7 +57,9 @@ def data_at(network: Network, path: str) -> DataIndex:
                         f"which is built in and read from no path; --data is for "
                         f"data.source={', '.join(FILE_SOURCES)}")
     try:
-        index = open_data(dataclasses.replace(data, path=path))
+        other = dataclasses.replace(data, path=path)
+        check_kind(network.cfg.task, other)  # a table of the other kind, or without the field
+        index = open_data(other)
     except (ImagesNotText, OtherData) as err:  # their fix is for training: this run is trained
         raise DataError(f"--data {path}: {err.found}: {takes(network.cfg)}") from None
     except DataError as err:  # named by the option the path was given with
@@ -77,8 +79,10 @@ def takes(cfg: Config) -> str:
     data.path): what a refusal of other data names, in place of training's fix."""
     task, source = cfg.task, cfg.data.source
     if task in TEXT_TASKS:
-        takes = ("a text, JSONL or Parquet file, or a folder of them" if source == "text" else
-                 "a Parquet file with a text column, or a folder of them")
+        field = f"{cfg.data.text_field!r} (the run's data.text_field)"
+        takes = (f"a text, JSONL or Parquet file, or a folder of them, the documents of JSONL "
+                 f"and Parquet in field {field}" if source == "text" else
+                 f"a Parquet file with a string column {field}, or a folder of them")
         run = f"task={task}" if source == "text" else f"task={task}, data.source={source}"
         return f"this run is a text run ({run}), and --data takes text: {takes}"
     takes = {"image_folder": "a folder holding a folder of images (PNG, JPEG, ...) per class",

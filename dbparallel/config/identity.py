@@ -29,7 +29,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 # Identity keys added after run directories existed, with the value that reproduces how those
 # runs trained: a stored config without the key is read with it.
 LEGACY_VALUES = {"model.ar_readout": "direct", "model.label_embedding": "frozen",
-                 "noise.partition": "equiprobable", "data.pack": False}
+                 "noise.partition": "equiprobable", "data.pack": False,
+                 "data.text_field": "text"}
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,9 @@ class DataConfig:
     vocab_size: int = 128  # token ids the text models hold; the tokenizer must fit in it
     tokenizer: str = "char"  # text: char (every distinct character) | bpe (byte-level BPE)
     pack: bool = False  # text: join a split's documents ("\n" between) into rows across them
+    # text: the JSONL field or Parquet column holding the documents (text files have none);
+    # a Parquet table with a column of that name is text, for image tasks too
+    text_field: str = "text"
     window_shards: int = 8  # shards whose rows a block shuffles together (its memory window)
     shard_rows: int = 4096  # rows per shard of the data sets this project writes (cache)
     validate: bool = True  # check every row once per data set before training (cached)
@@ -81,6 +84,9 @@ class DataConfig:
         check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
         check(self.vocab_size >= 2, "data.vocab_size", f"must be >= 2, got {self.vocab_size}")
         choice(self.tokenizer, "data.tokenizer", TOKENIZERS)
+        check(self.text_field not in ("", "split", "work"), "data.text_field",
+              f"must name the field that holds the documents (not '', nor 'split' or 'work', "
+              f"their split and name), got {self.text_field!r}")
         check(self.tokenizer != "bpe" or 256 <= self.vocab_size <= 65536, "data.vocab_size",
                f"byte-level BPE needs 256..65536 ids (256 bytes + merges), got "
                f"{self.vocab_size}")
@@ -203,8 +209,8 @@ def _path_hint(data: DataConfig) -> str:
     if not data.path or data.source not in ("digits", "fashion_mnist"):
         return ""
     return ("; data.path is set: give data.source=text for a text file (.txt, .jsonl, .json, "
-            ".ndjson) or a folder of them, or data.source=parquet for Parquet with a 'text' "
-            "column")
+            f".ndjson) or a folder of them, or data.source=parquet for Parquet with a "
+            f"{data.text_field!r} column (data.text_field)")
 
 
 DATA_SUFFIXES = (".parquet", ".pq", ".txt", ".text", ".jsonl", ".ndjson", ".json", ".gz",

@@ -1,7 +1,8 @@
 """A text corpus tokenized once into token files: the DataIndex every text block streams.
 
 ``corpus_index(data)`` names the corpus by the sha256 of its content (every input byte),
-``data.seq_len``, ``data.tokenizer``, ``data.vocab_size``, ``data.pack`` (when true) and
+``data.seq_len``, ``data.tokenizer``, ``data.vocab_size``, ``data.pack`` (when true),
+``data.text_field`` (when not ``text`` and the corpus has JSONL or Parquet files) and
 ``VERSION``, and builds it on first use into ``cache_dir()/corpus/<key>/``: ``train.bin``,
 ``validation.bin`` and ``test.bin`` (each the ids of that split's rows, row-major, ``seq_len``
 ids per row, uint8 when the vocabulary fits 256 ids, else uint16), ``index.json`` and, for
@@ -81,7 +82,7 @@ def corpus_index(data: DataConfig) -> DataIndex:
     parquet), tokenized into the cache on first use."""
     source = text_source(data)
     content = source.digest()
-    folder = cache_dir() / "corpus" / corpus_key(content, data)
+    folder = cache_dir() / "corpus" / corpus_key(content, data, source.reads_field())
     if not (folder / INDEX_FILE).is_file():
         _build(source, content, data, folder)
     index = _load(folder, data.shard_rows, source.label)
@@ -90,14 +91,17 @@ def corpus_index(data: DataConfig) -> DataIndex:
     return index
 
 
-def corpus_key(content: str, data: DataConfig) -> str:
+def corpus_key(content: str, data: DataConfig, reads_field: bool = True) -> str:
     """The cache key: the corpus's content (``TextSource.digest``) and everything that shapes
-    its token files."""
+    its token files; data.text_field where the corpus ``reads_field`` (has JSONL or Parquet
+    files: another field of the same files is other text)."""
     key: dict[str, Any] = {"content": content, "seq_len": data.seq_len,
                            "tokenizer": data.tokenizer, "vocab_size": data.vocab_size,
                            "version": VERSION}
     if data.pack:  # only when set: unpacked corpora keep the keys they always had
         key["pack"] = True
+    if reads_field and data.text_field != DataConfig.text_field:  # likewise the default's
+        key["text_field"] = data.text_field
     blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

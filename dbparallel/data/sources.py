@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 
 from dbparallel.config import TEXT_TASKS, DataConfig
 from dbparallel.data.cache import atomic_path, cache_dir
+from dbparallel.data.document_errors import missing_text
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
 from dbparallel.data.row_groups import in_pieces
 from dbparallel.data.shard_reader import SPLIT_COLUMN, iter_split
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tables import image_table, not_parquet
-from dbparallel.data.text_files import TEXT_COLUMN, missing_text
-from dbparallel.errors import DataError
+from dbparallel.errors import DataError, OtherData
 
 DIGITS_VERSION = 1  # bump when the cached digits table changes
 
@@ -45,16 +45,18 @@ def digits_parquet(shard_rows: int) -> str:
     return str(path)
 
 
-def _first_columns(path: str) -> tuple[str, list[str]]:
-    """(the first Parquet file under ``path``, its column names): from its footer."""
+def _first_schema(path: str) -> tuple[str, pa.Schema, str]:
+    """(the first Parquet file under ``path``, its schema, ``path`` where it is a folder of
+    files, else ""): from its footer."""
     from dbparallel.data.parquet_index import parquet_files
 
-    fs, _, files = parquet_files(path)
+    fs, where, files = parquet_files(path)
     try:
         with fs.open_input_file(files[0].path) as f:
-            return files[0].path, pq.ParquetFile(f).schema_arrow.names
+            schema = pq.ParquetFile(f).schema_arrow
     except (pa.ArrowException, OSError) as err:
         raise not_parquet(files[0].path, err) from None
+    return files[0].path, schema, path if files[0].path != where else ""
 
 
 def _cached(index: DataIndex) -> DataIndex:
@@ -68,38 +70,40 @@ def _cached(index: DataIndex) -> DataIndex:
 def check_kind(task: str, data: DataConfig, index: DataIndex | None = None) -> None:
     """A DataError naming ``task`` when the data hold the other kind (text for an image task,
     images for a text task): before anything is read, from ``data.source`` (and for Parquet,
-    from its first file's columns: a table with a ``text`` column, which open_data tokenizes,
-    is named as text for an image task, one with neither column as no text for a text task,
-    before either is indexed); from ``index`` for Parquet."""
+    from its first file's columns: a table with a column named by ``data.text_field``, which
+    open_data tokenizes, is named as text for an image task, one with neither it nor an
+    ``image`` column as no text for a text task, before either is indexed); from ``index``
+    for Parquet."""
     wants = "tokens" if task in TEXT_TASKS else "images"
     text = ", ".join(TEXT_TASKS[:-1]) + f" or {TEXT_TASKS[-1]}"
+    field = data.text_field
     if wants == "images" and data.source in ("shakespeare", "text"):
         raise DataError(f"task={task} trains on images, and data.source={data.source} is "
                         f"text: set task={text} to train a language model on it")
     if index is None and wants == "images" and data.source == "parquet":
-        where, columns = _first_columns(data.path)
-        if TEXT_COLUMN in columns:
-            raise DataError(f"task={task} trains on images, and {where} holds text (a "
-                            f"{TEXT_COLUMN!r} column): set task={text} to train a language "
-                            f"model on it")
+        where, schema, _ = _first_schema(data.path)
+        if field in schema.names:
+            found = f"{where} holds text (a {field!r} column, data.text_field)"
+            raise OtherData(f"task={task} trains on images, and {found}: set task={text} to "
+                            f"train a language model on it", found)
     if index is None and wants == "tokens" and data.source == "parquet":
-        where, columns = _first_columns(data.path)
-        if TEXT_COLUMN not in columns and IMAGE_COLUMN not in columns:
-            raise missing_text(where, columns)
-        if TEXT_COLUMN not in columns:
-            raise _holds_images(task, data.path)
+        where, schema, folder = _first_schema(data.path)
+        if field not in schema.names and IMAGE_COLUMN not in schema.names:
+            raise missing_text(where, schema, field, folder)
+        if field not in schema.names:
+            raise _holds_images(task, data.path, field)
     if index is None or index.kind == wants:
         return
     if wants == "images":
         raise DataError(f"task={task} trains on images, and {index.source} is text: set "
                         f"task={text} to train a language model on it")
-    raise _holds_images(task, index.source)
+    raise _holds_images(task, index.source, field)
 
 
-def _holds_images(task: str, source: str) -> DataError:
-    return DataError(f"task={task} trains on text, and {source} holds images (no "
-                     f"{TEXT_COLUMN!r} column): set task=dit or vit, or give text "
-                     f"(data.source=text)")
+def _holds_images(task: str, source: str, field: str) -> OtherData:
+    found = f"{source} holds images (no {field!r} column, data.text_field)"
+    return OtherData(f"task={task} trains on text, and {found}: set task=dit or vit, or give "
+                     f"text (data.source=text)", found)
 
 
 # what the built-in image sources hold
@@ -135,7 +139,7 @@ def open_data(data: DataConfig) -> DataIndex:
 
         return image_folder_index(data)
     if data.source in ("shakespeare", "text") or (
-            data.source == "parquet" and TEXT_COLUMN in _first_columns(data.path)[1]):
+            data.source == "parquet" and data.text_field in _first_schema(data.path)[1].names):
         from dbparallel.data.corpus import corpus_index
 
         return corpus_index(data)

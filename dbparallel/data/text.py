@@ -2,12 +2,13 @@
 
 A corpus is a sequence of documents: the 42 works of Shakespeare; with ``data.source=text``
 a UTF-8 text file (one document), a JSONL file (``*.jsonl``, ``*.ndjson``, ``*.json``: one
-document per line, field ``text``, optional ``split`` and ``work``), or a directory of such
-files (searched recursively, sorted by path, hidden files skipped; each text file one
-document, Parquet files read as below); with ``data.source=parquet`` the rows of Parquet
-tables with a ``text`` column (optional ``split`` and ``work`` columns; ``work`` only names
-the row). Local paths or object-store URIs. How each file is read, by format, never whole:
-data/text_files.py. The document's name is for messages only.
+document per line, in the field ``data.text_field`` names, ``text`` by default; optional
+``split`` and ``work``), or a directory of such files (searched recursively, sorted by path,
+hidden files skipped; each text file one document, Parquet files read as below); with
+``data.source=parquet`` the rows of Parquet tables with a string column of that name
+(optional ``split`` and ``work`` columns; ``work`` only names the row). Local paths or
+object-store URIs. How each file is read, by format, never whole: data/text_files.py. The
+document's name is for messages only.
 
 Splits, by document: a document with a ``split`` value keeps it; otherwise, with at least
 ``WORK_PERIOD`` documents, the split of document i is ``work_split(i)`` (split by work);
@@ -93,6 +94,11 @@ class TextSource:
     fs: pafs.FileSystem
     files: tuple[tuple[str, str], ...]  # (path on fs, format)
     folder: str = ""  # data.path when it is a folder of files (for the advice of errors)
+    field: str = "text"  # data.text_field: the documents' JSONL field or Parquet column
+
+    def reads_field(self) -> bool:
+        """Whether ``field`` says which text is read: some input is JSONL or Parquet."""
+        return any(fmt != "text" for _, fmt in self.files)
 
     def digest(self) -> str:
         """sha256 of the bytes of every input, in order (each file's own digest is
@@ -107,8 +113,10 @@ class TextSource:
 
     def documents(self) -> Iterator[Document]:
         """Every document, in order."""
+        later = False  # a file read with the field before: it is right for that one
         for path, fmt in self.files:
-            yield from file_documents(self.fs, path, fmt, self.folder)
+            yield from file_documents(self.fs, path, fmt, self.folder, self.field, later)
+            later = later or fmt != "text"
 
 
 def text_source(data: DataConfig) -> TextSource:
@@ -120,8 +128,10 @@ def text_source(data: DataConfig) -> TextSource:
         from dbparallel.data.parquet_index import parquet_files
 
         fs, where, found = parquet_files(data.path)
-        _unread_text(fs, where, data.path)
-        return TextSource(data.path, fs, tuple((f.path, "parquet") for f in found))
+        _unread_text(fs, where, data.path, data.text_field)
+        folder = data.path if found[0].path != where else ""  # files found under data.path
+        return TextSource(data.path, fs, tuple((f.path, "parquet") for f in found), folder,
+                          data.text_field)
     if data.source != "text":
         raise DataError(f"data.source={data.source}: not a text corpus")
     fs, where = resolve_path(data.path)
@@ -144,16 +154,18 @@ def text_source(data: DataConfig) -> TextSource:
     _no_images(paths, data.path, info.type == pafs.FileType.Directory)
     _no_archives(paths, data.path, info.type == pafs.FileType.Directory)
     return TextSource(data.path, fs, tuple((p, file_format(p)) for p in paths),
-                      data.path if info.type == pafs.FileType.Directory else "")
+                      data.path if info.type == pafs.FileType.Directory else "",
+                      data.text_field)
 
 
 _looked: set[str] = set()  # folders looked through for unread text files in this process
 
 
-def _unread_text(fs: pafs.FileSystem, where: str, path: str) -> None:
-    """Warn, once per folder, when a folder read as Parquet documents also holds text or
-    JSONL files, which data.source=parquet leaves out; data.source=text reads them all.
-    Each folder is listed once per process (the corpus is opened more than once)."""
+def _unread_text(fs: pafs.FileSystem, where: str, path: str, field: str) -> None:
+    """Warn, once per folder, when a folder read as Parquet documents (in column ``field``)
+    also holds text or JSONL files, which data.source=parquet leaves out; data.source=text
+    reads them all. Each folder is listed once per process (the corpus is opened more than
+    once)."""
     if path in _looked:
         return
     _looked.add(path)
@@ -166,9 +178,9 @@ def _unread_text(fs: pafs.FileSystem, where: str, path: str) -> None:
         return
     more = f" and {len(texts) - 1:,} more" if len(texts) > 1 else ""
     log.warning("data.path: %r holds text files (%r%s) that data.source=parquet does not "
-                "read: only its Parquet files' 'text' column is trained on; "
+                "read: only its Parquet files' %r column is trained on; "
                 "data.source=text reads the text, JSONL and Parquet files together",
-                path, texts[0], more)
+                path, texts[0], more, field)
 
 
 def _hidden(path: str, where: str) -> bool:

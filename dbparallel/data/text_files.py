@@ -3,10 +3,12 @@
 A file's format is named by its suffix (file_names.py) once a compression suffix (``.gz``,
 ``.bz2``, ``.lz4``, ``.zst``) is taken off: ``a.jsonl.gz`` is gzipped JSONL. A text file is one
 document, read in blocks of ``READ_BYTES`` and decoded as UTF-8 as it comes; a JSONL file holds
-one document per line (field ``text``, optional ``split`` and ``work``); a Parquet file one per
-row of its ``text`` column (optional ``split`` and ``work`` columns), a row-group batch at a
-time. A JSONL line or a Parquet row is held while it is read. Every error names the file and
-the line or row (a text file that is not UTF-8, or holds a NUL: the line and byte).
+one document per line (in the string field data.text_field names, ``text`` by default;
+optional ``split`` and ``work``); a Parquet file one per row of that column (optional
+``split`` and ``work`` columns), a row-group batch at a time. A JSONL line or a Parquet row
+is held while it is read. Every error names the file and the line or row (a text file that
+is not UTF-8, or holds a NUL: the line and byte; a line or table without the field, the key:
+data/document_errors.py).
 """
 
 from __future__ import annotations
@@ -22,22 +24,22 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dbparallel.data.file_names import (
-    uncompressed,
+from dbparallel.data.document_errors import (
+    SPLIT_FIELD,
+    WORK_FIELD,
+    missing_text,
+    not_a_document,
+    not_json,
 )
+from dbparallel.data.file_names import uncompressed
 from dbparallel.data.row_groups import row_group_batches
 from dbparallel.data.shards import SPLITS
 from dbparallel.data.tables import not_parquet
 from dbparallel.errors import DataError
 
 log = logging.getLogger(__name__)
-TEXT_COLUMN, SPLIT_COLUMN, WORK_COLUMN = "text", "split", "work"
 READ_BYTES = 1 << 16  # bytes per read of a text file
 PIECE_CHARS = 1 << 16  # characters per piece of a document held in memory whole
-JSONL_RULE = ("JSON Lines (.jsonl, .ndjson, .json) hold one JSON object per line, the "
-              "document in its string field 'text'")
-JSON_KINDS = {list: "a JSON array", str: "a string", int: "a number", float: "a number",
-              bool: "a boolean", type(None): "null"}
 
 
 @dataclass(frozen=True)
@@ -50,17 +52,19 @@ class Document:
     pieces: Iterator[str]
 
 
-def file_documents(fs: pafs.FileSystem, path: str, fmt: str,
-                   folder: str = "") -> Iterator[Document]:
+def file_documents(fs: pafs.FileSystem, path: str, fmt: str, folder: str = "",
+                   field: str = "text", later: bool = False) -> Iterator[Document]:
     """The documents of the file at ``path`` of format ``fmt`` (``file_format``), in order;
     ``folder``: the folder of files it was found in, if any (named by the advice of an
-    error)."""
+    error); ``field``: the JSONL field or Parquet column of the documents (data.text_field;
+    a text file has none), which JSONL or Parquet files before it (``later``) were read
+    with."""
     if fmt == "text":
         yield Document(_stem(path), None, _text_pieces(fs, path, folder))
     elif fmt == "jsonl":
-        yield from _jsonl_documents(fs, path, folder)
+        yield from _jsonl_documents(fs, path, folder, field, later)
     else:
-        yield from _parquet_documents(fs, path)
+        yield from _parquet_documents(fs, path, folder, field, later)
 
 
 def _stem(path: str) -> str:
@@ -163,52 +167,8 @@ def _jsonl_lines(fs: pafs.FileSystem, path: str) -> Iterator[tuple[int, bytes]]:
         yield number + 1, carry
 
 
-def _not_json(where: str, err: ValueError, line: bytes, first: bool) -> DataError:
-    """The DataError of a line that is not JSON; a file's first line that opens a JSON
-    document (``[``, ``{``) is told it looks like one document spanning lines."""
-    start = line.lstrip()[:1].decode("ascii", "replace")
-    if not first or start not in "[{":
-        return DataError(f"{where} is not JSON: {err} ({JSONL_RULE})")
-    convert = "; convert it with `jq -c '.[]' FILE > FILE.jsonl`" if start == "[" else ""
-    return DataError(f"{where} is not JSON ({err}): the file looks like one JSON document "
-                     f"spanning lines (it starts with {start!r}); .jsonl, .ndjson and .json "
-                     f"files are read as JSON Lines: one JSON object per line with a string "
-                     f"field {TEXT_COLUMN!r}, like "
-                     f'{{"{TEXT_COLUMN}": "..."}}{convert}')
-
-
-def _not_a_document(where: str, row: object, first: bool, folder: str) -> DataError:
-    """The DataError of a JSON line that is no object with a string field ``text``: what it
-    is instead, or which fields it has; a file's first line that is an array is told how to
-    convert it, a file of a ``folder`` that it may move out."""
-    advice = [f"or move the file out of {folder!r} if it holds no documents"] if folder else []
-    if not isinstance(row, dict):
-        kind = JSON_KINDS.get(type(row), type(row).__name__)
-        if first and isinstance(row, list):
-            advice.insert(0, "the file looks like one JSON array; convert it with "
-                             "`jq -c '.[]' FILE > FILE.jsonl`")
-        return DataError(f"{where} is {kind}, expected an object "
-                         f"({'; '.join([JSONL_RULE, *advice])})")
-    if TEXT_COLUMN in row:
-        kind = JSON_KINDS.get(type(row[TEXT_COLUMN]), "an object")
-        return DataError(f"{where}: field {TEXT_COLUMN!r} is {kind}, expected a string "
-                         f"({'; '.join([JSONL_RULE, *advice])})")
-    if not row:
-        return DataError(f"{where}: expected an object with a string field {TEXT_COLUMN!r}; "
-                         f"it has no fields ({'; '.join([JSONL_RULE, *advice])})")
-    names = ", ".join(repr(k) for k in list(row)[:8]) + (", ..." if len(row) > 8 else "")
-    strings = [k for k, v in row.items() if isinstance(v, str) and k not in (SPLIT_COLUMN,
-                                                                              WORK_COLUMN)]
-    if strings:  # e.g. jq -c '.text = .["body"] | del(.["body"])'
-        field = json.dumps(strings[0]).replace("'", "'\\''")
-        advice.insert(0, f"e.g. jq -c '.{TEXT_COLUMN} = .[{field}] | del(.[{field}])' "
-                         f"FILE > FILE.jsonl")
-    return DataError(f"{where}: expected an object with a string field {TEXT_COLUMN!r}; it "
-                     f"has {names}: rename the field that holds the document to "
-                     f"{TEXT_COLUMN!r}{' (' + '; '.join(advice) + ')' if advice else ''}")
-
-
-def _jsonl_documents(fs: pafs.FileSystem, path: str, folder: str = "") -> Iterator[Document]:
+def _jsonl_documents(fs: pafs.FileSystem, path: str, folder: str, field: str,
+                     later: bool) -> Iterator[Document]:
     first = True
     for number, line in _jsonl_lines(fs, path):
         if not line.strip():
@@ -217,65 +177,64 @@ def _jsonl_documents(fs: pafs.FileSystem, path: str, folder: str = "") -> Iterat
         try:
             row = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise _not_json(where, err, line, first) from None
-        if not isinstance(row, dict) or not isinstance(row.get(TEXT_COLUMN), str):
-            raise _not_a_document(where, row, first, folder)
+            raise not_json(where, err, line, first, field) from None
+        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+            raise not_a_document(where, row, first, folder, field, later)
         first = False
-        split = _split_value(row.get(SPLIT_COLUMN), f"{where}: field {SPLIT_COLUMN!r}")
-        name = str(row.get(WORK_COLUMN, f"{_stem(path)}:{number}"))
-        yield Document(name, split, _slices(row[TEXT_COLUMN]))
+        split = _split_value(row.get(SPLIT_FIELD), f"{where}: field {SPLIT_FIELD!r}")
+        name = str(row.get(WORK_FIELD, f"{_stem(path)}:{number}"))
+        yield Document(name, split, _slices(row[field]))
 
 
-def _string_column(schema: pa.Schema, column: str, path: str) -> bool:
-    """Whether ``column`` is present; DataError when it is not a string column."""
+def _string_column(schema: pa.Schema, column: str, path: str, field: str) -> bool:
+    """Whether ``column`` is present; DataError when it is not a string column (the text
+    ``field`` named with its key)."""
     if column not in schema.names:
         return False
     kind = schema.field(column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise DataError(f"{path}: column {column!r}: expected strings, got {kind}")
+        key = f" (data.text_field={field})" if column == field else ""
+        raise DataError(f"{path}: column {column!r}{key}: expected strings, got {kind}")
     return True
 
 
-def missing_text(path: str, names: list[str]) -> DataError:
-    """The DataError of a Parquet table of documents without a ``text`` column."""
-    return DataError(f"{path}: column {TEXT_COLUMN!r} is missing; the table has {names}: a "
-                     f"text task reads the documents from a string column named "
-                     f"{TEXT_COLUMN!r}; rename the column that holds them to {TEXT_COLUMN!r}")
-
-
-def _parquet_documents(fs: pafs.FileSystem, path: str) -> Iterator[Document]:
+def _parquet_documents(fs: pafs.FileSystem, path: str, folder: str, field: str,
+                       later: bool) -> Iterator[Document]:
     try:
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f)
             schema = pf.schema_arrow
-            if TEXT_COLUMN not in schema.names:
-                raise missing_text(path, schema.names)
-            columns = [c for c in (TEXT_COLUMN, SPLIT_COLUMN, WORK_COLUMN)
-                       if _string_column(schema, c, path)]
+            if field not in schema.names:
+                raise missing_text(path, schema, field, folder, later)
+            columns = [c for c in (field, SPLIT_FIELD, WORK_FIELD)
+                       if _string_column(schema, c, path, field)]
             row = 0
             for group in range(pf.num_row_groups):
                 for batch in row_group_batches(
                         f, group, columns, pf.metadata,
                         read_ahead=not isinstance(fs, pafs.LocalFileSystem)):
-                    yield from _table_documents(pa.Table.from_batches([batch]), row, path)
+                    yield from _table_documents(pa.Table.from_batches([batch]), row, path,
+                                                field)
                     row += batch.num_rows
     except (pa.ArrowException, OSError) as err:
         raise not_parquet(path, err) from None
 
 
-def _table_documents(table: pa.Table, first_row: int, path: str) -> Iterator[Document]:
-    """The documents of some rows of a Parquet file, whose first is row ``first_row``."""
-    texts = table.column(TEXT_COLUMN).to_pylist()
-    splits = (table.column(SPLIT_COLUMN).to_pylist() if SPLIT_COLUMN in table.column_names
+def _table_documents(table: pa.Table, first_row: int, path: str,
+                     field: str) -> Iterator[Document]:
+    """The documents of some rows of a Parquet file, whose first is row ``first_row``, their
+    text in column ``field``."""
+    texts = table.column(field).to_pylist()
+    splits = (table.column(SPLIT_FIELD).to_pylist() if SPLIT_FIELD in table.column_names
               else None)
-    works = table.column(WORK_COLUMN).to_pylist() if WORK_COLUMN in table.column_names else None
+    works = table.column(WORK_FIELD).to_pylist() if WORK_FIELD in table.column_names else None
     for i, text in enumerate(texts):
         row = first_row + i
         if text is None:
-            raise DataError(f"{path}: column {TEXT_COLUMN!r}: row {row} is null")
+            raise DataError(f"{path}: column {field!r}: row {row} is null")
         split = None
         if splits is not None:
-            where = f"{path}: column {SPLIT_COLUMN!r}: row {row}"
+            where = f"{path}: column {SPLIT_FIELD!r}: row {row}"
             if splits[i] is None:
                 raise DataError(f"{where} is null")
             split = _split_value(splits[i], where)

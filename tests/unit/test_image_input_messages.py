@@ -79,7 +79,7 @@ def test_a_table_of_text_is_refused_to_an_image_task_before_it_is_tokenized(
             assert main(argv) == 2
             assert capsys.readouterr().err == (
                 f"dbparallel: error: task={task} trains on images, and {path} holds text (a "
-                f"'text' column): set task=mdm, ar or looped to train a language model on "
-                f"it\n")
+                f"'text' column, data.text_field): set task=mdm, ar or looped to train a "
+                f"language model on it\n")
     assert not (cache / "corpus").exists()  # refused before it was tokenized
     assert not (tmp_path / "run").exists()

@@ -30,22 +30,34 @@ def error_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 def test_a_text_task_names_a_parquet_table_without_a_text_column(tmp_path, capsys) -> None:
     path = tmp_path / "notes_content.parquet"
     pq.write_table(pa.table({"content": ["To be, or not to be. " * 20] * 4}), path)
-    rename = "rename the column that holds them to 'text'"
+    key = ("(data.text_field=text); its string columns are ['content']: set data.text_field "
+           "to the column that holds the documents")
     for argv in (["data", "check", "task=mdm", "data.source=parquet", f"data.path={path}"],
                  ["data", "check", str(path), "task=ar"],
                  ["train", "--local", str(ROOT / "jobs" / "ar_shakespeare_tiny.yaml"),
                   "data.source=parquet", f"data.path={path}", f"run.dir={tmp_path / 'run'}"]):
         err = error_of(capsys, *argv)
-        assert f"{path}: column 'text' is missing; the table has ['content']" in err, argv
-        assert rename in err and "'image'" not in err
+        assert f"{path}: column 'text' is missing {key}, e.g. data.text_field=content" in err, \
+            argv
+        assert "'image'" not in err and "rename" not in err
     assert not (tmp_path / "run").exists()
     folder = tmp_path / "tables"  # a later file of a folder: named as it is read
     folder.mkdir()
     pq.write_table(pa.table({"text": ["To be, or not to be. " * 20] * 4}), folder / "a.parquet")
     pq.write_table(pa.table({"content": ["x"]}), folder / "b.parquet")
     err = error_of(capsys, "data", "check", str(folder), "task=ar")
-    assert f"{folder / 'b.parquet'}: column 'text' is missing; the table has ['content']" in err
-    assert rename in err
+    assert err == (f"dbparallel: error: {folder / 'b.parquet'}: column 'text' is missing "
+                   f"(data.text_field=text); its string columns are ['content']: the files of "
+                   f"'{folder}' before it have 'text': rename the column that holds the "
+                   f"documents in this file\n")
+    (folder / "a.parquet").unlink()  # the first file: the key, for every file of the folder
+    err = error_of(capsys, "data", "check", str(folder), "task=ar")
+    assert (f"{folder / 'b.parquet'}: column 'text' is missing {key} of every JSONL and "
+            f"Parquet file of '{folder}', e.g. data.text_field=content\n") in err
+    pq.write_table(pa.table({"n": [1, 2]}), folder / "b.parquet")
+    err = error_of(capsys, "data", "check", str(folder), "task=ar")
+    assert (f"{folder / 'b.parquet'}: column 'text' is missing (data.text_field=text), and the "
+            f"table has no string column to read documents from (it has ['n'])") in err
 
 
 def test_a_text_task_reads_a_folder_of_text_with_a_stray_image_as_text(tmp_path,
@@ -132,7 +144,8 @@ def test_a_json_document_spanning_lines_is_told_what_json_lines_are(tmp_path) ->
     err = corpus_error(tmp_path / "pretty.json")
     assert err.startswith(f"{tmp_path / 'pretty.json'}: line 1 is not JSON (Expecting value")
     assert "looks like one JSON document spanning lines (it starts with '[')" in err
-    assert "one JSON object per line with a string field 'text'" in err
+    assert ('one JSON object per line with a string field "text" (data.text_field=text), '
+            'like {"text": "..."}') in err
     assert "jq -c '.[]'" in err
     (tmp_path / "one.json").write_text("\n" + json.dumps({"rows": docs}, indent=2))
     assert "spanning lines (it starts with '{')" in corpus_error(tmp_path / "one.json")
@@ -145,16 +158,15 @@ def test_a_json_line_without_a_text_string_says_what_it_has(tmp_path) -> None:
     import json
 
     rule = ("JSON Lines (.jsonl, .ndjson, .json) hold one JSON object per line, the document "
-            "in its string field 'text'")
+            "in its string field \"text\" (data.text_field=text)")
     (tmp_path / "content.jsonl").write_text(json.dumps({"id": 3, "content": "a"}) + "\n")
     err = corpus_error(tmp_path / "content.jsonl")
-    assert err == (f"{tmp_path / 'content.jsonl'}: line 1: expected an object with a string "
-                   f"field 'text'; it has 'id', 'content': rename the field that holds the "
-                   f"document to 'text' (e.g. jq -c '.text = .[\"content\"] | "
-                   f"del(.[\"content\"])' FILE > FILE.jsonl)")
+    assert err == (f"{tmp_path / 'content.jsonl'}: line 1 has no \"text\" field "
+                   f"(data.text_field=text); it has \"id\", \"content\": set "
+                   f"data.text_field=content if that field holds the documents")
     (tmp_path / "number.jsonl").write_text('{"text": "a"}\n{"text": 5}\n')
     assert corpus_error(tmp_path / "number.jsonl") == (
-        f"{tmp_path / 'number.jsonl'}: line 2: field 'text' is a number, expected a string "
+        f"{tmp_path / 'number.jsonl'}: line 2: field \"text\" is a number, expected a string "
         f"({rule})")  # a file given alone is not told to move out of a folder
     (tmp_path / "array.jsonl").write_text(json.dumps([{"text": "a"}]) + "\n")
     assert corpus_error(tmp_path / "array.jsonl") == (
@@ -166,9 +178,9 @@ def test_a_json_line_without_a_text_string_says_what_it_has(tmp_path) -> None:
     (folder / "a.txt").write_text("To be, or not to be. " * 40)
     (folder / "meta.json").write_text(json.dumps({"author": "W. S."}) + "\n")
     assert corpus_error(folder).endswith(
-        f"rename the field that holds the document to 'text' (e.g. jq -c '.text = "
-        f".[\"author\"] | del(.[\"author\"])' FILE > FILE.jsonl; or move the file out of "
-        f"'{folder}' if it holds no documents)")
+        f"it has \"author\": set data.text_field=author if that field holds the documents of "
+        f"every JSONL and Parquet file of '{folder}'; or move the file out of '{folder}' if "
+        f"it holds no documents")
 
 
 def test_a_corpus_without_text_names_its_files_and_gives_split_advice_only_for_splits(
