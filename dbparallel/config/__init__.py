@@ -35,6 +35,7 @@ from dbparallel.config.loading import (
     stored_dict,
     unchecked,
 )
+from dbparallel.config.run_name import data_name
 from dbparallel.config.runtime_keys import DebugConfig, MetricsConfig, RuntimeConfig
 from dbparallel.config.schema import (
     AR_READOUTS,
@@ -54,7 +55,6 @@ from dbparallel.config.schema import (
     NoiseConfig,
     RunConfig,
     SampleConfig,
-    data_name,
 )
 from dbparallel.config.training import OBJECTIVES, PRECISIONS, TrainConfig
 from dbparallel.errors import ConfigError

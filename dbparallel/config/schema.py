@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from dbparallel.config.checks import check, choice, finite
 from dbparallel.config.noise_checks import check_noise, check_time_blocks
 from dbparallel.config.presets import PRESET_DIMS, check_task_width, check_width
+from dbparallel.config.run_name import data_name
 from dbparallel.config.runtime_keys import DebugConfig, MetricsConfig, RuntimeConfig
 from dbparallel.config.training import TrainConfig
 
@@ -211,24 +212,6 @@ def _path_hint(data: DataConfig) -> str:
     return ("; data.path is set: give data.source=text for a text file (.txt, .jsonl, .json, "
             f".ndjson) or a folder of them, or data.source=parquet for Parquet with a "
             f"{data.text_field!r} column (data.text_field)")
-
-
-DATA_SUFFIXES = (".parquet", ".pq", ".txt", ".text", ".jsonl", ".ndjson", ".json", ".gz",
-                 ".bz2", ".xz", ".zst", ".idx", ".ubyte")
-
-
-def data_name(data: DataConfig) -> str:
-    """What a default run.name calls the data: data.path's last part without the suffixes of
-    data files (``/data/pets`` -> pets, ``s3://b/imagenet64/`` -> imagenet64,
-    ``notes.jsonl.gz`` -> notes, ``/data/pets.v2`` -> pets.v2), in letters, digits, ``.``,
-    ``_`` and ``-``; else data.source."""
-    import re
-
-    last = data.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-    while last.lower().endswith(DATA_SUFFIXES):
-        last = last[:last.rindex(".")]
-    last = re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-.")
-    return last or data.source
 
 
 @dataclass
