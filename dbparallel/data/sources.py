@@ -120,6 +120,13 @@ def _refuse_other_shapes(data: DataConfig, shape: dict[str, int], what: str) -> 
         raise DataError(f"{', '.join(wrong)}: {what} ({right})")
 
 
+def holds_text(data: DataConfig) -> bool:
+    """Whether ``data`` is a text corpus, which open_data tokenizes: a text source, or Parquet
+    whose first file has the column data.text_field names (read from its schema alone)."""
+    return data.source in ("shakespeare", "text") or (
+        data.source == "parquet" and data.text_field in _first_schema(data.path)[1].names)
+
+
 def open_data(data: DataConfig) -> DataIndex:
     """The index of the data named by ``data`` (building cached shards on first use)."""
     from dbparallel.data.parquet_index import parquet_index
@@ -138,8 +145,7 @@ def open_data(data: DataConfig) -> DataIndex:
         from dbparallel.data.image_folder import image_folder_index
 
         return image_folder_index(data)
-    if data.source in ("shakespeare", "text") or (
-            data.source == "parquet" and data.text_field in _first_schema(data.path)[1].names):
+    if holds_text(data):
         from dbparallel.data.corpus import corpus_index
 
         return corpus_index(data)

@@ -129,6 +129,23 @@ def test_reshard_refuses_what_would_lose_or_mix_data(tmp_path, capsys) -> None:
     assert not (source.parent / "inside").exists() and not (tmp_path / "text").exists()
 
 
+def test_a_text_table_is_refused_before_it_is_tokenized(tmp_path, monkeypatch, capsys) -> None:
+    """A Parquet table of text (in its data.text_field column) is no image data set to
+    reshard: refused from its schema, with no corpus tokenized into the cache for nothing."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(cache))
+    table = tmp_path / "notes.parquet"
+    pq.write_table(pa.table({"body": ["a few words of text, again and again. " * 8] * 30}),
+                   table)
+    assert main(["data", "reshard", str(table), "--out", str(tmp_path / "out"), "task=ar",
+                 "data.text_field=body"]) == 2
+    err = capsys.readouterr().err
+    assert f"{table}: only image data sets are resharded" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in cache.rglob("*") if p.is_file()], "a corpus was tokenized"
+
+
 def test_a_reshard_that_fails_part_way_leaves_no_files(tmp_path, monkeypatch) -> None:
     source = tmp_path / "one.parquet"
     pq.write_table(_table(1000), source)
