@@ -20,8 +20,8 @@ def network_data(network: Network, source: str, path: str = "") -> DataIndex:
     rebuilt here where it lives in another machine's cache); for an export, or a run that
     pinned none, the data its config names."""
     from dbparallel.data.sources import open_data
-    from dbparallel.errors import DataError
-    from dbparallel.training.data_pin import pinned_data, run_data
+    from dbparallel.errors import DataError, RunDirError
+    from dbparallel.training.data_pin import OTHER_DATA_FIX, pinned_data, run_data
     from dbparallel.training.loading import is_file
     from dbparallel.training.storage import Storage
 
@@ -39,6 +39,12 @@ def network_data(network: Network, source: str, path: str = "") -> DataIndex:
         if network.cfg.data.source not in FILE_SOURCES or not gone:
             raise
         raise DataError(f"{err}{elsewhere}") from None
+    except RunDirError as err:  # rebuilt here (a cache that lost them) from data that changed
+        if OTHER_DATA_FIX not in str(err):
+            raise
+        raise RunDirError(str(err).replace(OTHER_DATA_FIX, "--data PATH reads the data at PATH "
+                                           "as they are now, other data of the same kind "
+                                           "included")) from None
 
 
 def data_at(network: Network, path: str) -> DataIndex:

@@ -102,7 +102,10 @@ def refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,
     raise RunDirError(
         f"{storage.uri()} was trained on other data than {index.source} now holds "
         f"({then:,} training rows then, {now:,} now: files added, changed or rewritten, or "
-        f"read into other splits); resume with the original data or choose a new run.dir")
+        f"read into other splits); {OTHER_DATA_FIX}")
+
+
+OTHER_DATA_FIX = "resume with the original data or choose a new run.dir"  # cli_network_data
 
 
 PINNED_BY = "pinned_by"  # data_index.json: the process that pinned the data

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,20 @@ def test_data_without_a_path_or_other_text_are_refused(tmp_path, capsys) -> None
             f"text run (task=ar), and --data takes text: a text, JSONL or Parquet file, or a "
             f"folder of them") in err
     assert "train" not in err
+    # the text changed where the run trained on it, and this machine's cache lost its
+    # tokens: eval names --data, not a resume
+    from dbparallel.training.data_pin import pinned_data
+    from dbparallel.training.storage import Storage
+
+    shard = next(iter(pinned_data(Storage(run)).splits["train"])).uri
+    shutil.rmtree(Path(shard).parent)
+    trained.write_text("the quick brown dog jumps over the lazy fox. " * 200)
+    assert cli.main(["eval", run]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} was trained on other data than {trained} now holds" in err
+    assert err.rstrip().endswith("--data PATH reads the data at PATH as they are now, other "
+                                 "data of the same kind included"), err
+    assert "bpc" in _eval(capsys, run, "--data", str(trained))
 
 
 def test_a_run_not_trained_to_the_end_is_said_so_when_loaded(tmp_path, caplog) -> None:
