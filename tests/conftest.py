@@ -50,6 +50,31 @@ def tiny_cfg(tmp_path: Path):
     return load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [f"run.dir={tmp_path / 'run'}"])
 
 
+@pytest.fixture
+def s3_server():
+    """A real S3-compatible server (moto) on localhost, for run directories in a bucket."""
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, monkeypatch):
+    """``key`` -> the URI of ``s3://runs/KEY`` on ``s3_server`` (credentials in the
+    environment, which the processes a test starts inherit)."""
+    import pyarrow.fs as pafs
+
+    host, port = s3_server.get_host_and_port()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    query = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
+                      allow_bucket_creation=True).create_dir("runs")
+    return lambda key: f"s3://runs/{key}?{query}"
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A private local Ray instance: 2 CPUs, metrics exported on a free port, and a dashboard

@@ -17,26 +17,6 @@ from dbparallel.training.storage import Storage
 TINY = str(Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml")
 
 
-@pytest.fixture
-def s3_server():
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3_server, monkeypatch):
-    host, port = s3_server.get_host_and_port()
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    query = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-    pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
-                      allow_bucket_creation=True).create_dir("runs")
-    return lambda key: f"s3://runs/{key}?{query}"
-
-
 def test_storage_round_trip_and_atomic_overwrite(bucket) -> None:
     storage = Storage(bucket("unit"))
     storage.write_json("a/b.json", {"x": 1})
