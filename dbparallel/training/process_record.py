@@ -7,8 +7,9 @@ whether it still runs and is still the process that wrote the record (not one th
 pid over). The process renews the record (``renewed``) every third of its
 ``train.lease_timeout_s`` (``timeout_s``), as a writer renews its lease: a record of another
 machine's process, which cannot be asked whether it still runs, counts as gone once it was not
-renewed for that long. The record is removed when the process is done, however it stops; one
-left by a killed process names a process that is gone.
+renewed for that long. A record deleted under its process while it runs is written back at
+its next renewal: the process still does what it records. The record is removed when the
+process is done, however it stops; one left by a killed process names a process that is gone.
 """
 
 from __future__ import annotations
@@ -35,20 +36,50 @@ from dbparallel.training.storage import Storage, damaged
 log = logging.getLogger(__name__)
 
 
+class Record:
+    """A record this process keeps at ``path`` of ``storage`` (its ``fields``), rewritten as
+    it renews it and as its fields change, one write at a time."""
+
+    def __init__(self, storage: Storage, path: str, fields: dict[str, Any]):
+        self.storage, self.path, self.fields = storage, path, fields
+        self._lock = threading.Lock()
+
+    def update(self, **fields: Any) -> None:
+        """Rewrite the record with ``fields`` changed (and renewed now); one that is gone
+        (deleted under this process) is written back."""
+        with self._lock:
+            self.fields.update(fields, renewed=time.time())
+            self.storage.write_json(self.path, self.fields)
+
+    def renew(self) -> bool:
+        """Rewrite the record renewed now, also where it is gone: this process still does
+        what it records (someone deleted the record, or cleared an object store's empty
+        directory at the instant it was written: storage.py ``remove_empty_dir``). False,
+        writing nothing, where another process's record is there now (the next
+        assembly's)."""
+        with self._lock:
+            found = read_record(self.storage, self.path)
+            if found is not None and found.get("holder") != self.fields["holder"]:
+                return False
+            self.fields["renewed"] = time.time()
+            self.storage.write_json(self.path, self.fields)
+            return True
+
+
 @contextlib.contextmanager
 def recorded(storage: Storage, path: str, timeout_s: float, session: str = "",
-             **more: Any) -> Iterator[dict[str, Any]]:
+             **more: Any) -> Iterator[Record]:
     """Record this process at ``path`` of ``storage`` while the block runs, for ``session``
     (default: a new one), with the fields ``more``, renewed every third of ``timeout_s``;
     the record (yielded) is removed after, however the block ends, if it is still this
     process's."""
     holder = new_holder(session or uuid.uuid4().hex)
     since = time.time()
-    record = {"holder": holder, "since": since, "renewed": since, "timeout_s": timeout_s,
-              **more}
-    storage.write_json(path, record)
+    record = Record(storage, path, {"holder": holder, "since": since, "renewed": since,
+                                    "timeout_s": timeout_s, **more})
+    storage.write_json(path, record.fields)
     done = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(storage, path, record, done), daemon=True,
+    renewer = threading.Thread(target=_renew, args=(record, done), daemon=True,
                                name=f"{path}-renewal")
     renewer.start()
     try:
@@ -63,16 +94,15 @@ def recorded(storage: Storage, path: str, timeout_s: float, session: str = "",
             log.warning("could not remove %s: %s", storage.uri(path), why)
 
 
-def _renew(storage: Storage, path: str, record: dict[str, Any], done: threading.Event) -> None:
-    """Rewrite ``record`` at ``path`` with its ``renewed`` time every third of its
-    ``timeout_s`` until ``done``, while the record there is still this process's."""
-    while not done.wait(record["timeout_s"] / 3):
+def _renew(record: Record, done: threading.Event) -> None:
+    """Renew ``record`` every third of its ``timeout_s`` until ``done``, while the record
+    there is this process's (or none)."""
+    while not done.wait(record.fields["timeout_s"] / 3):
         try:
-            if (read_record(storage, path) or {}).get("holder") != record["holder"]:
+            if not record.renew():
                 return
-            storage.write_json(path, {**record, "renewed": time.time()})
         except (OSError, RunDirError) as why:  # the store out of reach a while: try again
-            log.warning("could not renew %s: %s", storage.uri(path), why)
+            log.warning("could not renew %s: %s", record.storage.uri(record.path), why)
 
 
 def read_record(storage: Storage, path: str, remedy: str = "delete it") -> dict[str, Any] | None:

@@ -13,18 +13,51 @@ named under the run's session (``driver_session``), as its blocks' leases and it
 ``assembling.json`` name it, so that it is one process to stop. One file per process:
 ``--block`` processes of one run may run at once. A run directory that does not exist yet is
 created for the record; where the run stops before it wrote anything else (a bad row, a
-refusal), the directory is removed again, as are records left by killed processes of this
-machine (and long-lapsed ones of other machines) when the next process starts.
+refusal, a stop), the directory is removed again (in an object store, the directory markers
+pyarrow.fs wrote for it: storage.py ``remove_empty_dir``), as are records left by killed
+processes of this machine (and long-lapsed ones of other machines) when the next process
+starts.
 
 A block's lease refuses a second writer of that block only while one trains it: the records
 refuse a second run of the same blocks (``refuse_running``) for all that time, also while the
 first checks the data, is between two blocks, assembles them or waits for placement.
+
+Two runs of the same blocks that record themselves at the same instant would each find the
+other's record. So a process writes its record unconfirmed (``confirmed``: false), then reads
+the other live processes' records of its blocks and settles (``_settle``): where one is
+unconfirmed and begun before its own (``since``, then the record's name: an order every
+process reads alike), it withdraws its record and is refused; where unconfirmed ones begun
+after its own are there, it reads again until each is gone (its process withdrew it on
+finding this one) or confirmed (its process read before this one was written), and is
+refused if one is still unconfirmed after its train.lease_timeout_s; where none is there at
+all, it confirms its record; where confirmed ones alone are (a record without the field is
+one), it keeps its record unconfirmed and goes on to ``refuse_running``, which refuses it
+where one still runs then. A confirmed record refuses a run of its blocks
+(``refuse_running``), an unconfirmed one does not: its process withdraws, or found a
+confirmed record, which refuses it in turn.
+
+Never both go on: of two such processes, the one whose last read was later read after the
+other's record was written, which stays while its process runs: it found it unconfirmed and
+begun before its own (refused), unconfirmed and begun after (it reads again), or confirmed,
+and stays confirmed, so ``refuse_running`` refuses it. One goes on: the later one withdraws
+once it finds the earlier one, which confirms once the later one is gone; or the later one
+read before the earlier one wrote, and confirmed, and the earlier one, finding it confirmed,
+is refused. Nothing here needs an atomic create-if-absent, which an object store lacks through
+pyarrow.fs (storage.py ``create_bytes``): only that a read made after a write completed sees
+it (a local disk; S3 and GCS read after write).
+
+A process of this machine that still runs but has not renewed its record for its
+train.lease_timeout_s runs the run no more: it renews the record every third of that for as
+long as it runs the run, so the record is one whose removal failed at the run's end (a store
+read-only or out of reach then) of a process that lives on, e.g. a program that called
+``dbparallel.train`` and went on, or one that could not write the run directory for that long,
+as a writer's lease lapses. Its record refuses nothing, as another machine's lapsed one, and
+``dbparallel stop`` signals nothing for it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,7 +68,13 @@ from dbparallel.config import Config
 from dbparallel.errors import RunDirError
 from dbparallel.shell import shell_path
 from dbparallel.training.holder import holder_parts, this_process
-from dbparallel.training.process_record import read_record, record_driver, record_runs, recorded
+from dbparallel.training.process_record import (
+    Record,
+    read_record,
+    record_driver,
+    record_runs,
+    recorded,
+)
 from dbparallel.training.storage import DamagedFile, Storage, reach
 
 RUNNING_DIR = "running"
@@ -72,10 +111,12 @@ def stopped_by(stop: str, hosts: str = "") -> str:
 def running(cfg: Config, blocks: list[int] | None = None, session: str = "") -> Iterator[None]:
     """Record this process as running ``cfg``'s run (``blocks``, default every block) in its
     run directory while the block runs, for ``session`` (a Ray run's ``driver_session``;
-    default: a new one), renewed every third of train.lease_timeout_s."""
+    default: a new one), renewed every third of train.lease_timeout_s; RunDirError, its
+    record withdrawn, where another process recorded running one of its blocks settled
+    before it (``_settle``)."""
     storage = reach(cfg.run_dir, f"run.dir={cfg.run_dir}")
-    created = storage.is_local and not storage.exists("")
     try:
+        created = not storage.exists("")
         storage.makedirs(RUNNING_DIR)
     except OSError as err:  # a file in the way, a read-only or missing mount
         raise RunDirError(f"run.dir={cfg.run_dir}: cannot create the run directory "
@@ -84,18 +125,51 @@ def running(cfg: Config, blocks: list[int] | None = None, session: str = "") -> 
         with contextlib.ExitStack() as record:
             try:  # the run's first write: a store that lets this process read but not write
                 _remove_gone(storage)
-                record.enter_context(recorded(storage, f"{RUNNING_DIR}/{uuid.uuid4().hex}.json",
-                                              cfg.train.lease_timeout_s, session,
-                                              blocks=sorted(blocks) if blocks else None))
+                kept = record.enter_context(recorded(
+                    storage, f"{RUNNING_DIR}/{uuid.uuid4().hex}.json",
+                    cfg.train.lease_timeout_s, session,
+                    blocks=sorted(blocks) if blocks else None, confirmed=False))
+                _settle(storage, kept, blocks, cfg.model.blocks)
             except OSError as err:  # (no credentials, a read-only bucket or mount)
                 raise RunDirError(f"run.dir={cfg.run_dir}: cannot write in the run directory "
                                   f"({getattr(err, 'strerror', None) or err})") from None
             yield
     finally:
         if created:  # nothing else written (stopped before open_run): no directory left
-            for rel in (RUNNING_DIR, ""):
-                with contextlib.suppress(OSError):
-                    os.rmdir(storage.path(rel))
+            for rel in (RUNNING_DIR, ""):  # (an object store's: its directory markers)
+                storage.remove_empty_dir(rel)
+
+
+SETTLE_POLL_S = 0.05  # how often a start reads again while a later one withdraws
+
+
+def _settle(storage: Storage, kept: Record, blocks: list[int] | None, count: int) -> None:
+    """Settle whether this process goes on with its record ``kept`` (of ``blocks`` of
+    ``count``) beside other live processes' records of one of them, confirming it where
+    there is none; RunDirError naming the other process where it is refused (the rule: the
+    module's docstring)."""
+    order = (kept.fields["since"], kept.path)
+    deadline = time.monotonic() + kept.fields["timeout_s"]
+    while True:
+        now = time.time()
+        found = runners(storage)
+        if kept.path not in dict(found):  # deleted under it: written back, read again
+            if time.monotonic() >= deadline:
+                raise RunDirError(f"{storage.uri(kept.path)}: this process's record does not "
+                                  f"stay in the run directory (deleted as it is written)")
+            kept.update()
+            continue
+        rivals = _rivals(found, blocks, count, now)
+        unsettled = [(path, record) for path, record in rivals
+                     if not record.get("confirmed", True)]
+        ahead = [(path, record) for path, record in unsettled if (record["since"], path) < order]
+        if ahead or (unsettled and time.monotonic() >= deadline):
+            raise _refusal(storage, *(ahead or unsettled)[0], now)
+        if not unsettled:
+            if not rivals:
+                kept.update(confirmed=True)
+            return  # (beside confirmed ones: refused by refuse_running if they still run)
+        time.sleep(SETTLE_POLL_S)
 
 
 def runners(storage: Storage) -> list[tuple[str, dict[str, Any] | DamagedFile]]:
@@ -113,6 +187,10 @@ def runners(storage: Storage) -> list[tuple[str, dict[str, Any] | DamagedFile]]:
             found.append((path, err))
         except FileNotFoundError:  # its process ended since it was listed
             continue
+        except OSError:  # a read cut short as its process removed it (an object store's)
+            if storage.exists(path):
+                raise
+            continue
         else:
             if record is not None:
                 found.append((path, record))
@@ -127,7 +205,7 @@ def live_runners(storage: Storage, now: float) -> tuple[list[Runner], list[str]]
     for _, record in runners(storage):
         if isinstance(record, DamagedFile):
             problems.append(" ".join(str(record).split()))
-        elif (runs := record_runs(record, now)[0]) is not False:
+        elif (runs := runner_runs(record, now)[0]) is not False:
             live.append(_runner(record, here=runs is True))
     return live, problems
 
@@ -154,11 +232,21 @@ def _remove_gone(storage: Storage) -> None:
     for path, record in runners(storage):
         if not isinstance(record, dict):
             continue
-        runs, lapsed = record_runs(record, now)
+        runs, lapsed = runner_runs(record, now)
         stale = lapsed and now - record["renewed"] >= STALE_TIMEOUTS * record["timeout_s"]
         if (runs, lapsed) == (False, False) or stale:
             with contextlib.suppress(OSError):
                 storage.delete(path)
+
+
+def runner_runs(record: dict[str, Any], now: float) -> tuple[bool | None, bool]:
+    """(runs, lapsed) of the process a ``running/`` record names, at Unix time ``now``:
+    ``record_runs``, but a process of this machine that still runs and did not renew its
+    record for its timeout runs the run no more (the module's docstring): (False, True)."""
+    runs, lapsed = record_runs(record, now)
+    if runs and now - record["renewed"] >= record["timeout_s"]:
+        return False, True
+    return runs, lapsed
 
 
 def refuse_running(storage: Storage, blocks: list[int] | None, count: int) -> None:
@@ -166,31 +254,48 @@ def refuse_running(storage: Storage, blocks: list[int] | None, count: int) -> No
     ``count`` blocks) that trains one of ``blocks`` (None: every block, and the assembly):
     one that still runs on this machine, or another machine's that renewed its record within
     its train.lease_timeout_s. ``--block`` processes of disjoint blocks go on side by side; a
-    record of this process, of a process of this machine that is gone, or a lapsed one refuses
-    nothing, nor does a damaged one (``status`` names it; the blocks' leases still guard
-    them)."""
+    record of this process, of a process of this machine that is gone (or runs the run no
+    more: ``runner_runs``), a lapsed one, or an unconfirmed one (the module's docstring)
+    refuses nothing, nor does a damaged one (``status`` names it; the blocks' leases still
+    guard them)."""
     now = time.time()
+    for path, record in _rivals(runners(storage), blocks, count, now):
+        if record.get("confirmed", True):
+            raise _refusal(storage, path, record, now)
+
+
+def _rivals(found: list[tuple[str, dict[str, Any] | DamagedFile]], blocks: list[int] | None,
+            count: int, now: float) -> list[tuple[str, dict[str, Any]]]:
+    """(path, record) of each record of ``found`` (``runners``) of another process that runs
+    the run at Unix time ``now`` and trains one of ``blocks`` (None: every one of ``count``)."""
     ours = set(range(count) if blocks is None else blocks)
-    for path, record in runners(storage):
-        if isinstance(record, DamagedFile) or _mine(record):
+    rivals = []
+    for path, record in found:
+        if isinstance(record, DamagedFile) or _mine(record) \
+                or runner_runs(record, now)[0] is False:
             continue
-        runs = record_runs(record, now)[0]
-        runner = _runner(record)
-        if runs is False or not ours & set(range(count) if runner.blocks is None
-                                           else runner.blocks):
-            continue
-        what = "every block" if runner.blocks is None else blocks_text(runner.blocks)
-        held = (f"{storage.uri()}: another process runs this run ({runner.who}, training "
-                f"{what}; its record renewed {max(0.0, now - record['renewed']):.0f} s ago)")
-        stop = (f"stop it first (`dbparallel stop {shell_path(storage.uri())}` on {runner.host}"
-                + (", Ctrl-C, or `ray job stop` for a submitted job" * runner.driver) + ")")
-        if runs:
-            raise RunDirError(f"{held}, which still runs on this machine: {stop}, or run again "
-                              f"once it has ended")
-        raise RunDirError(
-            f"{held}; {stop} or wait its writer's train.lease_timeout_s="
-            f"{record['timeout_s']:g} s for its record to lapse (if no process runs the run any "
-            f"more, e.g. a killed one, delete {storage.uri(path)})")
+        theirs = _runner(record).blocks
+        if ours & set(range(count) if theirs is None else theirs):
+            rivals.append((path, record))
+    return rivals
+
+
+def _refusal(storage: Storage, path: str, record: dict[str, Any], now: float) -> RunDirError:
+    """The error that refuses a run while the process of the record at ``path`` runs it."""
+    runs = runner_runs(record, now)[0]
+    runner = _runner(record)
+    what = "every block" if runner.blocks is None else blocks_text(runner.blocks)
+    held = (f"{storage.uri()}: another process runs this run ({runner.who}, training "
+            f"{what}; its record renewed {max(0.0, now - record['renewed']):.0f} s ago)")
+    stop = (f"stop it first (`dbparallel stop {shell_path(storage.uri())}` on {runner.host}"
+            + (", Ctrl-C, or `ray job stop` for a submitted job" * runner.driver) + ")")
+    if runs:
+        return RunDirError(f"{held}, which still runs on this machine: {stop}, or run again "
+                           f"once it has ended")
+    return RunDirError(
+        f"{held}; {stop} or wait its writer's train.lease_timeout_s={record['timeout_s']:g} s "
+        f"for its record to lapse (if no process runs the run any more, e.g. a killed one, "
+        f"delete {storage.uri(path)})")
 
 
 def blocks_text(numbers: list[int]) -> str:

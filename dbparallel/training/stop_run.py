@@ -49,7 +49,7 @@ from dbparallel.training.holder import (
 )
 from dbparallel.training.lease import BlockLease, lease_timeout_s
 from dbparallel.training.process_record import read_record
-from dbparallel.training.running import runners
+from dbparallel.training.running import runner_runs, runners
 from dbparallel.training.storage import DamagedFile, Storage
 
 POLL_S = 0.2  # how often the wait reads the leases again
@@ -160,7 +160,8 @@ def find_assembly(storage: Storage, now: float | None = None) -> Hold | None:
 def find_runners(storage: Storage, now: float | None = None) -> list[Hold]:
     """The processes recorded running the run in ``storage`` (block None): ``--local`` ones,
     and Ray runs' drivers, at Unix time ``now``; records of processes that are gone (killed)
-    are left out."""
+    are left out, and one of a process of this machine that runs the run no more
+    (``runner_runs``: its record's removal failed, and it lives on) is lapsed."""
     now = time.time() if now is None else now
     holds = []
     for path, record in runners(storage):
@@ -169,6 +170,8 @@ def find_runners(storage: Storage, now: float | None = None) -> list[Hold]:
             continue
         hold = _recorded(path, record, now)
         if hold is not None:
+            if hold.kind == "signal" and runner_runs(record, now)[0] is False:
+                hold.kind = "lapsed"  # it ran the run, and lives on: nothing to stop
             blocks = record.get("blocks")
             hold.blocks = blocks if isinstance(blocks, list) else None
             holds.append(hold)

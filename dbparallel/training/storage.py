@@ -117,6 +117,29 @@ class Storage:
         if self.exists(rel):
             self.fs.delete_file(self.path(rel))
 
+    def remove_empty_dir(self, rel: str = "") -> None:
+        """Remove the folder ``rel`` where it holds no file. Local: an empty folder, at once
+        (a file written in it meanwhile keeps it). An object store has folders only as empty
+        marker objects, which pyarrow.fs writes for a folder made and for the folder of a
+        file written, or deleted last in it (so that the folder stays), and deletes only with
+        what is under them: where ``rel`` holds no file, its markers are deleted, and with
+        them a file written there at that instant (its process writes it again, as a process
+        does its record: process_record.py)."""
+        if self.is_local:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path(rel))
+            return
+        with contextlib.suppress(OSError, pa.ArrowException):
+            if self.exists(rel) and not self._holds_file(self.path(rel)):
+                self.fs.delete_dir(self.path(rel))
+
+    def _holds_file(self, path: str) -> bool:
+        """Whether the object store's folder ``path`` holds a file, at any depth (read
+        folder by folder: a run directory says so from its first listing)."""
+        selector = pafs.FileSelector(path, allow_not_found=True)
+        return any(info.type != pafs.FileType.Directory or self._holds_file(info.path)
+                   for info in self.fs.get_file_info(selector))
+
     def write_json(self, rel: str, value: Any) -> None:
         self.write_bytes(rel, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
 
