@@ -103,8 +103,10 @@ def _text_pieces(fs: pafs.FileSystem, path: str, folder: str = "") -> Iterator[s
     except UnicodeDecodeError as err:  # err.start counts from the held-back bytes (no "\n")
         line = lines + block[:max(err.start - pending, 0)].count(b"\n") + 1
         move, at = _move_out(folder), before - pending + err.start
+        # the file's first block (``before`` counts the blocks decoded before this one): a
+        # UTF-32BE mark stops decoding at byte 2, after two NULs that are UTF-8
         wide = (" (it opens with a UTF-16 or UTF-32 byte order mark; e.g. iconv -f UTF-16 -t "
-                "UTF-8)" if not at and block.startswith(WIDE_BOMS) else "")
+                "UTF-8)" if not before and block.startswith(WIDE_BOMS) else "")
         raise DataError(f"data.path: {path!r} is not UTF-8 text (line {line}, byte {at}): save "
                         f"it as UTF-8{wide}{move}") from None
 

@@ -245,11 +245,13 @@ def test_utf16_and_utf32_text_is_refused_not_trained_with_nul_characters(
     path = tmp_path / "late.txt"
     path.write_bytes("né\nab\nc".encode() + b"\x00")  # after a 2-byte character
     assert corpus_error(path) == f"data.path: '{path}' {nul.format('line 3, byte 8')}"
-    path = tmp_path / "bom.txt"
-    path.write_bytes(body.encode("utf-16"))  # with its byte order mark
-    assert corpus_error(path).endswith(
-        "is not UTF-8 text (line 1, byte 0): save it as UTF-8 (it opens with a UTF-16 or "
-        "UTF-32 byte order mark; e.g. iconv -f UTF-16 -t UTF-8)")
+    marked = "(it opens with a UTF-16 or UTF-32 byte order mark; e.g. iconv -f UTF-16 -t UTF-8)"
+    for encoding, at in (("utf-16-le", 0), ("utf-16-be", 0), ("utf-32-le", 0),
+                         ("utf-32-be", 2)):  # (UTF-32BE's mark opens with two NULs)
+        path = tmp_path / f"bom-{encoding}.txt"
+        path.write_bytes(("\ufeff" + body).encode(encoding))  # with its byte order mark
+        assert corpus_error(path).endswith(
+            f"is not UTF-8 text (line 1, byte {at}): save it as UTF-8 {marked}"), encoding
     err = error_of(capsys, "data", "check", str(tmp_path / "utf-16-le.txt"), "task=ar")
     assert "holds a NUL character (line 1, byte 1)" in err
 
