@@ -163,16 +163,20 @@ def probe(address: str, key: str) -> bool:
     PROBE_S, a plain host:port (``auto``, ``local`` and ``ray://`` client addresses are left
     to Ray): joining one that does not answer retries for minutes, printing only Ray's GCS
     warnings. A host that does not resolve is refused at once: no head starting there makes
-    it resolve. True where something answered (a plain host:port that was probed)."""
+    it resolve; one the resolver cannot answer for now (EAI_AGAIN: its DNS server out of reach
+    a moment) is asked again, as a head that does not answer yet is. True where something
+    answered (a plain host:port that was probed)."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host or "://" in address:
         return False
     try:
         socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as err:  # (a label too long for IDNA: UnicodeError)
-        reason = getattr(err, "strerror", None) or err
-        raise ConfigError(f"{key}: the host of {address}, {host}, does not resolve ({reason}); "
-                          f"correct {key} (empty: a private local instance)") from None
+        if getattr(err, "errno", None) != socket.EAI_AGAIN:  # (no answer yet: asked below)
+            reason = getattr(err, "strerror", None) or err
+            raise ConfigError(f"{key}: the host of {address}, {host}, does not resolve "
+                              f"({reason}); correct {key} (empty: a private local instance)"
+                              ) from None
     deadline = time.monotonic() + PROBE_S
     while True:
         left = deadline - time.monotonic()

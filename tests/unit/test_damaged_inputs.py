@@ -246,6 +246,31 @@ def test_an_address_whose_host_does_not_resolve_is_refused_naming_the_key_and_ho
     _refused(["data", "check", recipe], capsys, "RAY_ADDRESS: " + said, "correct RAY_ADDRESS")
 
 
+def test_a_host_the_resolver_cannot_answer_for_yet_is_asked_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """EAI_AGAIN says the resolver had no answer now (its DNS server out of reach a moment),
+    not that the name does not exist: the probe asks again, as it asks a head still starting,
+    rather than telling to correct the address. (The resolver's failure is the one thing here
+    that cannot happen for real.)"""
+    from dbparallel.runtime import ray_connect
+
+    monkeypatch.setattr(ray_connect, "PROBE_S", 60.0)  # only a bound: it returns once answered
+    real, failing = socket.getaddrinfo, [2]
+
+    def resolver(*args: object, **kwargs: object) -> object:
+        if failing[0]:
+            failing[0] -= 1
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert probe(f"127.0.0.1:{server.getsockname()[1]}", "runtime.address") is True
+    assert failing == [0]  # asked until it answered
+
+
 def test_only_plain_host_port_addresses_are_probed(closed_port: int) -> None:
     for address in ("auto", "local", f"ray://127.0.0.1:{closed_port}", "", "somehost"):
         probe(address, "runtime.address")  # left to Ray: no connection tried
