@@ -52,6 +52,7 @@ def data_at(network: Network, path: str) -> DataIndex:
     text network's tokenizer must be the one those texts give."""
     import dataclasses
 
+    from dbparallel.data.image_folder import image_folder_index
     from dbparallel.data.sources import check_kind, open_data
     from dbparallel.data.text import ImagesNotText
     from dbparallel.data.tokenizer import load_tokenizer, vocabulary_difference
@@ -65,11 +66,15 @@ def data_at(network: Network, path: str) -> DataIndex:
     try:
         other = dataclasses.replace(data, path=path)
         check_kind(network.cfg.task, other)  # a table of the other kind, or without the field
-        index = open_data(other)
+        if data.source == "image_folder" and network.class_names:
+            index = image_folder_index(other, network.class_names)  # labelled by name
+        else:
+            index = open_data(other)
     except (ImagesNotText, OtherData) as err:  # their fix is for training: this run is trained
         raise DataError(f"--data {path}: {err.found}: {takes(network.cfg)}") from None
     except DataError as err:  # named by the option the path was given with
         raise DataError(f"--data: {str(err).removeprefix('data.path: ')}") from None
+    _same_classes(network, index, path)
     if network.tokenizer is not None and \
             (given := load_tokenizer(index.meta)).describe() != network.tokenizer.describe():
         raise UserError(f"--data {path}: these texts give another tokenizer than the "
@@ -78,6 +83,26 @@ def data_at(network: Network, path: str) -> DataIndex:
                         f"the same token ids would be other text; give the text it was "
                         f"trained on")
     return index
+
+
+def _same_classes(network: Network, index: DataIndex, path: str) -> None:
+    """Refuse data whose labels name other classes than the network's (Parquet that
+    `data reshard` wrote from another image folder): label k would be another class."""
+    from dbparallel.data.image_folder import listed
+    from dbparallel.data.reshard import class_names
+    from dbparallel.errors import DataError
+
+    names, ours = class_names(index), network.class_names
+    if not names or not ours or names == ours:
+        return
+    shared = min(len(names), len(ours))
+    k = next((k for k in range(shared) if names[k] != ours[k]), shared)
+    there = repr(names[k]) if k < len(names) else "no class"
+    here = repr(ours[k]) if k < len(ours) else "no class"
+    raise DataError(f"--data {path}: its labels name other classes ({listed(names)}) than "
+                    f"the network's ({listed(ours)}): label {k} is {there} there and {here} "
+                    f"to the network; give data labelled as it was trained (an image folder "
+                    f"is labelled by its folders' names)")
 
 
 def takes(cfg: Config) -> str:

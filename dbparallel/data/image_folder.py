@@ -34,25 +34,29 @@ VERSION = 1  # bump when the index layout changes
 Entries = list[tuple[list[str], pafs.FileInfo]]  # (path parts relative to a folder, info)
 
 
-def image_folder_index(data: DataConfig) -> DataIndex:
+def image_folder_index(data: DataConfig, classes: list[str] | None = None) -> DataIndex:
     """The DataIndex of the image folder at ``data.path``; DataError naming the folder (or
-    data.num_classes) when its layout cannot be used."""
+    data.num_classes) when its layout cannot be used. ``classes``, a trained network's class
+    names by label, labels the folders by name instead of by their own sorted names (a folder
+    with a class fewer or more would shift every label after it); a folder of another name
+    is refused."""
     path = data.path
     fs, root = resolve_path(path)
     entries = _list(fs, root, path)
     folders = {split: (uri, _class_files(found, uri))
                for split, (uri, found) in _split_folders(entries, path).items()}
-    classes = sorted(folders["train"][1])
+    among = "the network's classes" if classes else "the training classes"
+    classes = list(classes) if classes else sorted(folders["train"][1])
     if len(classes) > data.num_classes:
         raise DataError(f"data.num_classes: {data.num_classes}, but {path} has "
-                        f"{len(classes)} class folders ({_names(classes)})")
+                        f"{len(classes)} class folders ({listed(classes)})")
     ids = {name: i for i, name in enumerate(classes)}
     splits = {}
     for split, (uri, by_class) in folders.items():
         unknown = sorted(set(by_class) - set(ids))
         if unknown:
             raise DataError(f"{_child_uri(uri, unknown[0])}: class folder {unknown[0]!r} is "
-                            f"not among the training classes ({_names(classes)})")
+                            f"not among {among} ({listed(classes)})")
         files = sorted((f, ids[c]) for c, names in by_class.items() for f in names)
         files.sort(key=lambda fl: hashlib.sha256(fl[0].encode()).digest())  # mixes classes
         splits[split] = _shards(uri, files, data.shard_rows)
@@ -105,7 +109,7 @@ def _split_folders(entries: Entries, path: str) -> dict[str, tuple[str, Entries]
                             f"{by_split[split]!r}; keep one folder per split")
         by_split[split] = name
     if "train" not in by_split:
-        raise DataError(f"data.path: {path} has split folders ({_names(sorted(named))}) but no "
+        raise DataError(f"data.path: {path} has split folders ({listed(sorted(named))}) but no "
                         f"'train' folder")
     other = sorted(top - set(named))
     loose = sorted(parts[0] for parts, e in entries if len(parts) == 1 and _is_image(e))
@@ -155,6 +159,7 @@ def _child_uri(path: str, name: str) -> str:
     return f"{head}/{name}{sep}{query}" if name else f"{head}{sep}{query}"
 
 
-def _names(names: list[str], shown: int = 10) -> str:
+def listed(names: list[str], shown: int = 10) -> str:
+    """Up to ``shown`` names, comma-separated, and how many more."""
     more = f", ... {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more

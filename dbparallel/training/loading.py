@@ -97,11 +97,12 @@ def load_run(run_dir: str, step: int | None = None, device: str | None = None,
 
 
 def _class_names(cfg: Config, storage: Storage) -> list[str]:
-    """The names of a classifier's labels, where its run's pinned data name them (a damaged
-    or missing data_index.json: none; the label numbers do)."""
+    """The names of an image network's labels (a classifier's classes, a generator's
+    conditions), where its run's pinned data name them (a damaged or missing
+    data_index.json: none; the label numbers do)."""
     from dbparallel.data.reshard import class_names
 
-    if cfg.task != "vit":
+    if cfg.task in TEXT_TASKS:
         return []
     try:
         pinned = pinned_data(storage)

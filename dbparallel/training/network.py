@@ -52,8 +52,9 @@ def article(word: str) -> str:
 @dataclass
 class Network:
     """A run's blocks composed into one network. ``steps[b]`` is the step block b's weights
-    come from; ``tokenizer`` is the text tasks' (None for images); ``class_names`` a
-    classifier's (vit) label names, by label, where its data name them (else empty)."""
+    come from; ``tokenizer`` is the text tasks' (None for images); ``class_names`` an
+    image network's label names (vit, dit), by label, where its data name them (else
+    empty)."""
 
     cfg: Config
     task: Task

@@ -151,3 +151,60 @@ def test_a_run_not_trained_to_the_end_is_said_so_when_loaded(tmp_path, caplog) -
     assert "not trained to the end" not in caplog.text
     assert cli.main(["export", run, "--out", str(tmp_path / "x.safetensors")]) == 0
     assert "block 1 at step 3 of 6" in caplog.text
+
+
+def _folder(root: Path, classes: list[str], per_class: int = 2) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for n in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+                root / name / f"{n}.png")
+    return root
+
+
+def test_other_class_folders_are_labelled_by_the_networks_class_names(tmp_path,
+                                                                      capsys) -> None:
+    """A folder given by --data with a class fewer (or more) than the run's is labelled by
+    the folders' names, not their positions: sorted alone, cat and dog would be 0 and 1."""
+    from dbparallel.data.reshard import reshard
+    from dbparallel.data.sources import open_data
+
+    data = _folder(tmp_path / "pets", ["bird", "cat", "dog"])
+    run = _train(tmp_path / "run", "task=vit", "model.patch_size=4",
+                 "data.source=image_folder", f"data.path={data}", "data.num_classes=3")
+    out = tmp_path / "confusion.json"
+    subset = _folder(tmp_path / "subset", ["cat", "dog"], per_class=3)
+    assert cli.main(["sample", run, "--out", str(out), "--data", str(subset)]) == 0
+    rows = [sum(r) for r in json.loads(out.read_text())["confusion"]]
+    assert rows == [0, 3, 3]  # true classes cat (1) and dog (2), none is bird (0)
+    for source in (run, str(tmp_path / "vit.safetensors")):  # an export keeps the names
+        if source != run:
+            assert cli.main(["export", run, "--out", source]) == 0
+        more = _folder(tmp_path / f"more{len(source)}", ["ant", "cat"])
+        assert cli.main(["eval", source, "--data", str(more)]) == 2
+        assert capsys.readouterr().err.endswith(
+            f"--data: {more / 'ant'}: class folder 'ant' is not among the network's classes "
+            f"(bird, cat, dog)\n")
+    # a generator's classes are named as well: its samples are scored against its labels
+    dit = _train(tmp_path / "dit", "model.patch_size=4", "data.source=image_folder",
+                 f"data.path={data}", "data.num_classes=3")
+    assert cli.main(["eval", dit, "--data", str(more)]) == 2
+    assert "class folder 'ant' is not among the network's classes" in capsys.readouterr().err
+    # Parquet written from a folder keeps its names, and its labels: Parquet of another
+    # folder is refused, naming the first label that differs
+    from dbparallel.config import DataConfig
+
+    for folder, table in ((data, tmp_path / "pets.parquet"),
+                          (subset, tmp_path / "subset.parquet")):
+        reshard(open_data(DataConfig(source="image_folder", path=str(folder), num_classes=3)),
+                str(table), 64)
+    run = _train(tmp_path / "run_parquet", "task=vit", "model.patch_size=4",
+                 "data.source=parquet", f"data.path={tmp_path / 'pets.parquet'}",
+                 "data.num_classes=3")
+    assert cli.main(["eval", run, "--data", str(table)]) == 2
+    assert (f"--data {table}: its labels name other classes (cat, dog) than the network's "
+            f"(bird, cat, dog): label 0 is 'cat' there and 'bird' to the network") in \
+        capsys.readouterr().err
