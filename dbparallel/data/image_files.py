@@ -1,6 +1,7 @@
 """Images to classify, from a file, a folder or a Parquet table (``dbparallel predict``).
 
-- a PNG/JPEG/... file: one image; a folder: every image file under it, in path order;
+- a PNG/JPEG/... file: one image; a folder: every image file under it, in path order
+  (hidden ones left out, as training leaves them out);
 - a Parquet file or folder of Parquet files: its ``image`` column, raw or encoded, named
   ``<file> row <i>``.
 
@@ -10,6 +11,7 @@ by ``data.channels``, and ``data.image_size`` square, else a DataError names the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +36,9 @@ def read_images(path: str | Path, data: DataConfig) -> tuple[list[str], torch.Te
     if root.is_file():
         files = [root]
     else:
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        tables = sorted(root.rglob("*.parquet"))
+        found = _files(root)
+        files = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS]
+        tables = [p for p in found if p.suffix.lower() == ".parquet"]
         if not files and tables:
             return _from_parquet(tables, data)
         if not files:
@@ -44,6 +47,22 @@ def read_images(path: str | Path, data: DataConfig) -> tuple[list[str], torch.Te
     names = [str(f) for f in files]
     column = pa.array([f.read_bytes() for f in files], type=pa.binary())
     return names, _pixels(column, data, names)
+
+
+def _files(root: Path) -> list[Path]:
+    """Every file under ``root``, in path order, as an image folder is listed for training:
+    hidden files and folders (``.name``: ``.DS_Store``, macOS's ``._photo.png``) left out,
+    folders that are links followed (each real folder once)."""
+    found, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back to a folder above
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder) / n for n in names if not n.startswith(".")]
+    return sorted(found)
 
 
 def _from_parquet(files: list[Path], data: DataConfig) -> tuple[list[str], torch.Tensor]:
