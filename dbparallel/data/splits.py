@@ -22,6 +22,8 @@ def split_values(column: pa.Array | pa.ChunkedArray, where: str = "",
     (a file) and the row (counted from ``first_row``) otherwise."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     at = f"{where}: " if where else ""
+    if pa.types.is_dictionary(column.type):  # a pandas category column, written as is
+        column = column.dictionary_decode()
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise DataError(f"{at}column {SPLIT_COLUMN!r}: expected strings "
                         f"({', '.join(SPLITS)}), got {column.type}")

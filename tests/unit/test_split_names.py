@@ -95,3 +95,22 @@ def test_image_folders_accept_split_aliases(tmp_path: Path) -> None:
     _images(tmp_path / "dev", {"a": 1})
     with pytest.raises(DataError, match=r"/val: a second 'validation' folder beside 'dev'"):
         _folder_index(tmp_path)
+
+
+def test_a_split_column_of_categories_is_read_as_its_strings(tmp_path: Path) -> None:
+    """pandas writes a category column as a dictionary of strings: its values split the
+    rows as a plain string column does, when indexed and when read."""
+    from dbparallel.data.sources import load_table
+
+    path = tmp_path / "pets.parquet"
+    _write(path, 5, ["train", "test", "train", "train", "test"])
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(2, "split", table.column("split").dictionary_encode()),
+                   path)
+    assert pa.types.is_dictionary(pq.read_schema(path).field("split").type)
+    index = parquet_index(str(path))
+    assert (index.num_rows("train"), index.num_rows("test")) == (3, 2)
+    rows = load_table(DataConfig(source="parquet", path=str(path), image_size=2))
+    labels = table.column("label").to_pylist()
+    assert rows.column("label").to_pylist() == [labels[k] for k in (0, 2, 3, 1, 4)]
+    assert rows.column("split").to_pylist() == ["train"] * 3 + ["test"] * 2
