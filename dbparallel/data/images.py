@@ -61,7 +61,9 @@ def check_schema(schema: pa.Schema) -> None:
             or pa.types.is_dictionary(kind)
         fix = ("map the class names to ids, or lay the images out as an image folder "
                "(data.source=image_folder), whose class folders' names are kept" if names
-               else "cast the column to an integer type")
+               else "cast the column to an integer type" + (
+                   " (pandas makes integers with a missing value floats: drop or fill the "
+                   "rows without a label first)" if pa.types.is_floating(kind) else ""))
         raise DataError(f"column {LABEL_COLUMN!r}: expected integers, the class ids 0 .. "
                         f"data.num_classes-1, got {kind}: {fix}")
 

@@ -56,7 +56,9 @@ def test_labels_that_are_class_names_are_told_to_become_ids(tmp_path, capsys) ->
            "string: map the class names to ids" in err
     assert "data.source=image_folder" in err
     pq.write_table(pa.table({"image": PIXELS, "label": [0.0, 1.0, 2.0, 3.0]}), path)
-    assert "got double: cast the column to an integer type" in error_of(capsys, path)
+    assert "got double: cast the column to an integer type (pandas makes integers with a " \
+           "missing value floats: drop or fill the rows without a label first)" in \
+        error_of(capsys, path)
 
 
 def test_images_as_nested_lists_are_told_to_be_flat(tmp_path, capsys) -> None:
