@@ -111,11 +111,14 @@ def _failed(err: Exception, where: str, wait: float | None) -> None:
     if isinstance(err, PermissionError):
         raise DataError(f"{where}: {err}") from None
     if isinstance(err, FileNotFoundError):
-        relative = local and not os.path.isabs(where)
+        # a relative path whose first folder is here is read from the right place: the
+        # file itself is gone (a class folder renamed, an image deleted)
+        relative = local and not os.path.isabs(where) and \
+            not os.path.exists(where.split(os.sep)[0])
         why = (f"data.path is relative, and this process runs in {os.getcwd()}: start it "
                f"where the run started, or give data.path as an absolute path or URI every "
                f"node reads; or the data changed" if relative
-               else "the data changed during the run?")
+               else "the data changed since the run indexed them?")
         raise DataError(f"{where}: no such file ({why})") from None
     if isinstance(err, (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)) \
             or (local and isinstance(err, OSError) and err.errno is None):

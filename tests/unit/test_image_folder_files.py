@@ -1,0 +1,63 @@
+"""The files of an image folder: `dbparallel predict` reads the ones training reads (hidden
+files such as macOS's ``._photo.png`` and ``.DS_Store`` and hidden folders left out, folders
+that are links followed), and a file gone since the folder was indexed is named as such."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dbparallel.config import DataConfig
+from dbparallel.data.image_files import read_images
+from dbparallel.data.image_folder import image_folder_index
+from dbparallel.errors import DataError
+
+
+def test_predict_reads_the_images_of_a_folder_that_training_reads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data, elsewhere = tmp_path / "pets", tmp_path / "elsewhere" / "dog"
+    for folder in (data / "cat", data / "cat" / "deeper", data / ".trash", elsewhere):
+        folder.mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / "0.png")
+    (data / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    (data / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    os.symlink(elsewhere, data / "dog")  # a class folder that is a link
+
+    cfg = DataConfig(source="image_folder", path=str(data), image_size=8, channels=1,
+                     num_classes=2)
+    trained = sorted(str(data / f) for s in image_folder_index(cfg).shards("train")
+                     for f in s.files)
+    names, pixels = read_images(data, cfg)
+    assert names == trained == [str(data / "cat" / "0.png"), str(data / "cat" / "deeper" /
+                                                                 "0.png"),
+                                str(data / "dog" / "0.png")]
+    assert tuple(pixels.shape) == (3, 1, 8, 8)
+
+
+def test_an_image_gone_from_a_relative_folder_is_named_as_changed_data(
+        tmp_path: Path, monkeypatch) -> None:
+    """A relative data.path read from where the run started, whose file is gone (its class
+    folder renamed), is the data changed, not a process started elsewhere; from elsewhere it
+    is the other."""
+    from dbparallel.data.shard_reader import read_pieces
+
+    for name in ("bird", "cat"):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "pets" / name / "0.png")
+    monkeypatch.chdir(tmp_path)
+    cfg = DataConfig(source="image_folder", path="pets", image_size=8, channels=1,
+                     num_classes=2)
+    shard = image_folder_index(cfg).shards("train")[0]
+    (tmp_path / "pets" / "bird").rename(tmp_path / "pets" / "zebra")
+    with pytest.raises(DataError) as err:
+        list(read_pieces(shard))
+    assert str(err.value) == (f"{os.path.join('pets', 'bird', '0.png')}: no such file (the "
+                              f"data changed since the run indexed them?)")
+    monkeypatch.chdir(tmp_path / "pets")
+    with pytest.raises(DataError, match=f"data.path is relative, and this process runs in "
+                                        f"{tmp_path / 'pets'}"):
+        list(read_pieces(shard))
