@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from dbparallel.config import DataConfig
-from dbparallel.data.images import IMAGE_EXTENSIONS
+from dbparallel.data.images import IMAGE_EXTENSIONS, OTHER_IMAGE_EXTENSIONS
 from dbparallel.data.shards import SPLIT_NAMES, SPLITS, DataIndex, Shard, split_of_name
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError, OtherData
 
 VERSION = 1  # bump when the index layout changes
+log = logging.getLogger(__name__)
 
 Entries = list[tuple[list[str], pafs.FileInfo]]  # (path parts relative to a folder, info)
 
@@ -60,6 +62,7 @@ def image_folder_index(data: DataConfig, classes: list[str] | None = None) -> Da
         files = sorted((f, ids[c]) for c, names in by_class.items() for f in names)
         files.sort(key=lambda fl: hashlib.sha256(fl[0].encode()).digest())  # mixes classes
         splits[split] = _shards(uri, files, data.shard_rows)
+    _warn_other_images(entries, path)
     stat = sorted(["/".join(parts), e.size, e.mtime_ns] for parts, e in entries if _is_image(e))
     meta = {"encoding": "encoded", "classes": classes, "files": len(stat),
             "stat": hashlib.sha256(json.dumps(stat).encode()).hexdigest()[:20],
@@ -70,6 +73,19 @@ def image_folder_index(data: DataConfig, classes: list[str] | None = None) -> Da
 def _is_image(entry: pafs.FileInfo) -> bool:
     return entry.type == pafs.FileType.File and entry.base_name.lower().endswith(
         IMAGE_EXTENSIONS)
+
+
+def _warn_other_images(entries: Entries, path: str) -> None:
+    """A warning naming image files of a format not read (``.tif``, ``.heic``, ...): left
+    out like any other file, they would otherwise be missing from the data without a word."""
+    other = sorted("/".join(parts) for parts, e in entries if e.type == pafs.FileType.File
+                   and e.base_name.lower().endswith(OTHER_IMAGE_EXTENSIONS))
+    if other:
+        kinds = sorted({name.rsplit(".", 1)[-1].lower() for name in other})
+        log.warning("%s: %d image file%s of a format not read (%s) left out: %s; convert "
+                    "them to one of %s", path, len(other), "s" if len(other) > 1 else "",
+                    ", ".join(f".{k}" for k in kinds), listed(other, 3),
+                    " ".join(IMAGE_EXTENSIONS))
 
 
 def _list(fs: pafs.FileSystem, root: str, path: str) -> Entries:

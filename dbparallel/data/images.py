@@ -19,6 +19,7 @@ from dbparallel.config import DataConfig
 from dbparallel.errors import DataError, RowError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # image folders read these
+OTHER_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".ico", ".jp2")  # not these
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"

@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 from dbparallel.config import DataConfig
 from dbparallel.data.digests import DigestMemo, blocks_digest
 from dbparallel.data.file_names import file_format, text_file_name
-from dbparallel.data.image_folder import IMAGE_EXTENSIONS
+from dbparallel.data.images import IMAGE_EXTENSIONS, OTHER_IMAGE_EXTENSIONS
 from dbparallel.data.tables import resolve_path
 from dbparallel.data.text_files import Document, file_blocks, file_documents
 from dbparallel.errors import DataError
@@ -46,7 +46,7 @@ WORK_PERIOD, VALIDATION_AT, TEST_AT = 14, 6, 13
 POSITION_CUTS = (0.90, 0.95)
 
 # image files refused in a text corpus: those image folders read, and other common ones
-NOT_TEXT_IMAGES = (*IMAGE_EXTENSIONS, ".tif", ".tiff", ".heic", ".heif", ".avif", ".ico", ".jp2")
+NOT_TEXT_IMAGES = (*IMAGE_EXTENSIONS, *OTHER_IMAGE_EXTENSIONS)
 # archives of files refused in a text corpus: read as text, a tar file's headers and padding
 # would train as text (gzip is taken off .tar.gz as it is for any .gz), a zip file is no UTF-8
 ARCHIVES = (".tar", ".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar.lz4", ".tgz", ".tbz2",

@@ -61,3 +61,19 @@ def test_an_image_gone_from_a_relative_folder_is_named_as_changed_data(
     with pytest.raises(DataError, match=f"data.path is relative, and this process runs in "
                                         f"{tmp_path / 'pets'}"):
         list(read_pieces(shard))
+
+
+def test_image_files_of_a_format_not_read_are_warned_of(tmp_path: Path, caplog) -> None:
+    """A .tif among the PNGs is left out like a .txt, but by name: it is data gone missing."""
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name / "0.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "dog" / "1.tif")
+    (tmp_path / "dog" / "notes.txt").write_text("not data")
+    cfg = DataConfig(source="image_folder", path=str(tmp_path), image_size=8, channels=1,
+                     num_classes=2)
+    with caplog.at_level("WARNING"):
+        assert image_folder_index(cfg).num_rows("train") == 2
+    assert caplog.messages == [f"{tmp_path}: 1 image file of a format not read (.tif) left "
+                               f"out: dog/1.tif; convert them to one of .png .jpg .jpeg .bmp "
+                               f".gif .webp"]
