@@ -22,7 +22,7 @@ import torch
 from dbparallel.config import DataConfig
 from dbparallel.data.encoded import decode_encoded
 from dbparallel.data.image_folder import IMAGE_EXTENSIONS
-from dbparallel.data.images import IMAGE_COLUMN, image_encoding
+from dbparallel.data.images import IMAGE_COLUMN, image_encoding, shape_hint
 from dbparallel.errors import DataError, RowError
 
 
@@ -114,8 +114,9 @@ def _raw(column: pa.Array, size: int) -> np.ndarray:
     for row, v in enumerate(values):
         if v is None or len(v) != size:
             got = "null" if v is None else f"{len(v)} values"
+            hint = "" if v is None else shape_hint(len(v))
             raise RowError(row, IMAGE_COLUMN, f"has {got}, expected {size} "
-                                              f"(data.channels x data.image_size^2)")
+                                              f"(data.channels x data.image_size^2{hint})")
         a = np.asarray(v, dtype=np.float64)
         if pa.types.is_floating(column.type.value_type):
             a = a * 255.0

@@ -10,6 +10,8 @@ stored so, and become floats on the block's own device (``images_on``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -110,6 +112,16 @@ def image_batch(table: pa.Table, data: DataConfig,
             rows[LABEL_COLUMN].to(device, non_blocking=True))
 
 
+def shape_hint(values: int) -> str:
+    """The square image a row of ``values`` pixels could be, C x H x W: "; 192 is 3 x 8 x 8"
+    (empty where it is none of 3 or 1 channels)."""
+    for c in (3, 1):
+        side = math.isqrt(values // c)
+        if values and values == c * side * side:
+            return f"; {values} is {c} x {side} x {side}"
+    return ""
+
+
 def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
@@ -123,7 +135,8 @@ def _raw_pixels(column: pa.Array, size: int) -> torch.Tensor:
     if (lengths != size).any():
         row = _first(lengths != size)
         raise RowError(row, IMAGE_COLUMN, f"has {lengths[row]} values, expected {size} "
-                                          f"(data.channels x data.image_size^2)")
+                                          f"(data.channels x data.image_size^2"
+                                          f"{shape_hint(int(lengths[row]))})")
     values = pc.list_flatten(column)
     kind = values.type
     flat = values.to_numpy(zero_copy_only=False).reshape(-1, size)
