@@ -178,8 +178,9 @@ def test_other_class_folders_are_labelled_by_the_networks_class_names(tmp_path,
     out = tmp_path / "confusion.json"
     subset = _folder(tmp_path / "subset", ["cat", "dog"], per_class=3)
     assert cli.main(["sample", run, "--out", str(out), "--data", str(subset)]) == 0
-    rows = [sum(r) for r in json.loads(out.read_text())["confusion"]]
-    assert rows == [0, 3, 3]  # true classes cat (1) and dog (2), none is bird (0)
+    confusion = json.loads(out.read_text())
+    assert [sum(r) for r in confusion["confusion"]] == [0, 3, 3]  # cat (1) and dog (2)
+    assert confusion["classes"] == ["bird", "cat", "dog"]  # the rows' names
     for source in (run, str(tmp_path / "vit.safetensors")):  # an export keeps the names
         if source != run:
             assert cli.main(["export", run, "--out", source]) == 0

@@ -56,13 +56,17 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
 def confusion_json(cfg: Config, task: Task, nets: list[Block], device: str = "cpu",
                    index: DataIndex | None = None) -> bytes:
     """The confusion matrix of the held-out rows of ``index`` (else of the configured data)
-    as JSON."""
+    as JSON, with the classes' names by label where the data name them."""
+    from dbparallel.data.reshard import class_names
+
     if index is None:
         from dbparallel.data.sources import open_data
 
         index = open_data(cfg.data)
     predicted, true = predictions(cfg, task, nets, index, device)
     matrix = confusion(predicted, true, cfg.data.num_classes)
+    names = class_names(index)
     return json.dumps({"rows": "true class", "columns": "predicted class",
                        "accuracy": accuracy(predicted, true),
-                       "confusion": matrix.tolist()}).encode()
+                       "confusion": matrix.tolist(),
+                       **({"classes": names} if names else {})}).encode()
