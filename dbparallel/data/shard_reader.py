@@ -157,7 +157,7 @@ def _parquet_pieces(shard: Shard, columns: list[str] | None,
                     elif kept + piece.table.num_rows > shard.rows:
                         raise DataError(f"{shard.uri}: row group {shard.row_group} now has "
                                         f"more than {shard.rows} rows, the number the index "
-                                        f"says; the file changed during the run")
+                                        f"says; the file changed since the run indexed it")
                     if piece.table.num_rows:
                         kept += piece.table.num_rows
                         yield piece
@@ -168,7 +168,7 @@ def _parquet_pieces(shard: Shard, columns: list[str] | None,
             _failed(err, f"{shard.uri} row group {shard.row_group}", wait)
     if kept != shard.rows:
         raise DataError(f"{shard.uri}: row group {shard.row_group} now has {kept} rows, the "
-                        f"index says {shard.rows}; the file changed during the run")
+                        f"index says {shard.rows}; the file changed since the run indexed it")
 
 
 def _filtered(shard: Shard, table: pa.Table, first_row: int,
@@ -214,7 +214,7 @@ def _read_tokens(shard: Shard, meta: dict) -> ShardRows:
     raw = _io(read, f"{shard.uri} token rows {shard.first_row}..")
     if len(raw) != size:
         raise DataError(f"{shard.uri}: token file is shorter than its index says; the file "
-                        f"changed during the run")
+                        f"changed since the run indexed it")
     ids = np.frombuffer(raw, dtype=dtype)
     column = pa.FixedSizeListArray.from_arrays(pa.array(ids), seq_len)
     rows = np.arange(shard.first_row, shard.first_row + shard.rows, dtype=np.int64)

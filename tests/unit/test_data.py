@@ -226,3 +226,21 @@ def test_a_folder_of_pq_files_beside_a_text_file_is_read_as_parquet(tmp_path, ca
     (folder / "README.txt").write_text("digits, 8x8")
     assert main(["data", "check", str(folder)]) == 0, capsys.readouterr().err
     assert "train: 20 rows" in capsys.readouterr().out
+
+
+def test_a_parquet_file_rewritten_since_it_was_indexed_is_named(tmp_path) -> None:
+    """Also `eval` of a finished run reads the pinned index: the file changed since then, not
+    "during the run"."""
+    from dbparallel.data.parquet_index import parquet_index
+    from dbparallel.data.shard_reader import read_pieces
+
+    path = tmp_path / "d.parquet"
+    write_table(image_table(np.zeros((6, 1, 8, 8), np.float32), np.zeros(6, np.int64)),
+                str(path))
+    shard = parquet_index(str(path)).shards("train")[0]
+    write_table(image_table(np.zeros((4, 1, 8, 8), np.float32), np.zeros(4, np.int64)),
+                str(path))
+    with pytest.raises(DataError) as err:
+        list(read_pieces(shard))
+    assert str(err.value) == (f"{path}: row group 0 now has 4 rows, the index says 6; the "
+                              f"file changed since the run indexed it")
