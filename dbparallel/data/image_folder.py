@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import unicodedata
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -52,14 +53,18 @@ def image_folder_index(data: DataConfig, classes: list[str] | None = None) -> Da
     if len(classes) > data.num_classes:
         raise DataError(f"data.num_classes: {data.num_classes}, but {path} has "
                         f"{len(classes)} class folders ({listed(classes)})")
-    ids = {name: i for i, name in enumerate(classes)}
+    # by the names' NFC form too: macOS writes 'é' as 'e' and a combining accent (NFD), so a
+    # folder made there and its twin made elsewhere are one class
+    ids = {**{_nfc(name): i for i, name in enumerate(classes)},
+           **{name: i for i, name in enumerate(classes)}}
     splits = {}
     for split, (uri, by_class) in folders.items():
-        unknown = sorted(set(by_class) - set(ids))
+        unknown = sorted(c for c in by_class if c not in ids and _nfc(c) not in ids)
         if unknown:
             raise DataError(f"{_child_uri(uri, unknown[0])}: class folder {unknown[0]!r} is "
                             f"not among {among} ({listed(classes)})")
-        files = sorted((f, ids[c]) for c, names in by_class.items() for f in names)
+        files = sorted((f, ids.get(c, ids.get(_nfc(c)))) for c, names in by_class.items()
+                       for f in names)
         files.sort(key=lambda fl: hashlib.sha256(fl[0].encode()).digest())  # mixes classes
         splits[split] = _shards(uri, files, data.shard_rows)
     _warn_other_images(entries, path)
@@ -68,6 +73,10 @@ def image_folder_index(data: DataConfig, classes: list[str] | None = None) -> Da
             "stat": hashlib.sha256(json.dumps(stat).encode()).hexdigest()[:20],
             "version": VERSION}
     return DataIndex("images", path, splits, meta)
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
 
 
 def _is_image(entry: pafs.FileInfo) -> bool:

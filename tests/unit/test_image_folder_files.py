@@ -77,3 +77,19 @@ def test_image_files_of_a_format_not_read_are_warned_of(tmp_path: Path, caplog) 
     assert caplog.messages == [f"{tmp_path}: 1 image file of a format not read (.tif) left "
                                f"out: dog/1.tif; convert them to one of .png .jpg .jpeg .bmp "
                                f".gif .webp"]
+
+
+def test_a_class_folder_named_in_another_unicode_form_is_the_same_class(tmp_path: Path) -> None:
+    """macOS writes 'é' decomposed (NFD): a test folder made there is the training folder's
+    class, not one 'not among the training classes (chien é, ...)'."""
+    import unicodedata
+
+    for split, name in (("train", "chat"), ("train", unicodedata.normalize("NFC", "chien é")),
+                        ("test", unicodedata.normalize("NFD", "chien é"))):
+        (tmp_path / split / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / split / name / "0.png")
+    cfg = DataConfig(source="image_folder", path=str(tmp_path), image_size=8, channels=1,
+                     num_classes=2)
+    index = image_folder_index(cfg)
+    assert index.meta["classes"] == ["chat", unicodedata.normalize("NFC", "chien é")]
+    assert [s.labels for s in index.shards("test")] == [(1,)]
