@@ -133,15 +133,19 @@ def _split_folders(entries: Entries, path: str) -> dict[str, tuple[str, Entries]
             raise DataError(f"{_child_uri(path, name)}: a second {split!r} folder beside "
                             f"{by_split[split]!r}; keep one folder per split")
         by_split[split] = name
+    # a class folder may happen to bear a split's name (a class 'test'): say how it was read
+    read_as = ", ".join(f"{n}/ as {s!r}" if n != s else f"{n}/" for n, s in named.items())
+    fix = ("split folders hold class folders (data.path/<split>/<class>/); a class of a "
+           "split's name goes in train/<class>/ and test/<class>/, or takes another name")
     if "train" not in by_split:
-        raise DataError(f"data.path: {path} has split folders ({listed(sorted(named))}) but no "
-                        f"'train' folder")
+        raise DataError(f"data.path: {path} has split folders ({read_as}) but no 'train' "
+                        f"folder; {fix}")
     other = sorted(top - set(named))
     loose = sorted(parts[0] for parts, e in entries if len(parts) == 1 and _is_image(e))
     if other or loose:
-        raise DataError(f"{_child_uri(path, (other or loose)[0])}: not a split folder; with "
-                        f"split folders every folder of data.path is one of "
-                        f"{', '.join(SPLIT_NAMES)}")
+        raise DataError(f"{_child_uri(path, (other or loose)[0])}: not a split folder, beside "
+                        f"split folders ({read_as}): with split folders every folder of "
+                        f"data.path is one ({', '.join(SPLIT_NAMES)}); {fix}")
     return {split: (_child_uri(path, name), [(parts[1:], e) for parts, e in entries
                                              if parts[0] == name and len(parts) > 1])
             for split in SPLITS if split in by_split for name in [by_split[split]]}

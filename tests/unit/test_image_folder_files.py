@@ -93,3 +93,27 @@ def test_a_class_folder_named_in_another_unicode_form_is_the_same_class(tmp_path
     index = image_folder_index(cfg)
     assert index.meta["classes"] == ["chat", unicodedata.normalize("NFC", "chien é")]
     assert [s.labels for s in index.shards("test")] == [(1,)]
+
+
+def test_a_class_folder_of_a_splits_name_is_told_how_it_was_read(tmp_path: Path) -> None:
+    """A class named 'dev' makes the folder look split: the error says which folder was
+    read as a split, and where such a class goes."""
+    for name in ("cat", "dev"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name / "0.png")
+    cfg = DataConfig(source="image_folder", path=str(tmp_path), image_size=8, channels=1,
+                     num_classes=2)
+    fix = ("split folders hold class folders (data.path/<split>/<class>/); a class of a "
+           "split's name goes in train/<class>/ and test/<class>/, or takes another name")
+    with pytest.raises(DataError) as err:
+        image_folder_index(cfg)
+    assert str(err.value) == (f"data.path: {tmp_path} has split folders (dev/ as "
+                              f"'validation') but no 'train' folder; {fix}")
+    (tmp_path / "cat").rename(tmp_path / "train")
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(DataError) as err:
+        image_folder_index(cfg)
+    assert str(err.value) == (f"{tmp_path / 'dog'}: not a split folder, beside split folders "
+                              f"(dev/ as 'validation', train/): with split folders every "
+                              f"folder of data.path is one (train, training, validation, val, "
+                              f"valid, dev, test, testing); {fix}")
