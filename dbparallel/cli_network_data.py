@@ -10,7 +10,7 @@ from dbparallel.config import FILE_SOURCES, TEXT_TASKS
 from dbparallel.errors import UserError
 
 if TYPE_CHECKING:
-    from dbparallel.config import Config
+    from dbparallel.config import Config, DataConfig
     from dbparallel.data.shards import DataIndex
     from dbparallel.training.network import Network
 
@@ -19,7 +19,6 @@ def network_data(network: Network, source: str, path: str = "") -> DataIndex:
     """The data at ``path`` (--data), else the data a run trained on (its pinned index,
     rebuilt here where it lives in another machine's cache); for an export, or a run that
     pinned none, the data its config names."""
-    from dbparallel.data.sources import open_data
     from dbparallel.errors import DataError, RunDirError
     from dbparallel.training.data_pin import OTHER_DATA_FIX, pinned_data, run_data
     from dbparallel.training.loading import is_file
@@ -33,7 +32,7 @@ def network_data(network: Network, source: str, path: str = "") -> DataIndex:
             storage = Storage(source)
             if pinned_data(storage):
                 return run_data(network.cfg, storage)
-        return open_data(network.cfg.data)
+        index = labelled(network, network.cfg.data)
     except DataError as err:  # e.g. moved, or an export on a machine without them
         gone = "not there" in str(err) or "no such" in str(err)
         if network.cfg.data.source not in FILE_SOURCES or not gone:
@@ -45,6 +44,20 @@ def network_data(network: Network, source: str, path: str = "") -> DataIndex:
         raise RunDirError(str(err).replace(OTHER_DATA_FIX, "--data PATH reads the data at PATH "
                                            "as they are now, other data of the same kind "
                                            "included")) from None
+    _same_classes(network, index, f"data.path {network.cfg.data.path}")
+    return index
+
+
+def labelled(network: Network, data: DataConfig) -> DataIndex:
+    """The index of ``data``; an image folder labelled by the network's class names, where it
+    has them, not by its own sorted folders (a folder with a class fewer or more would shift
+    every label after it)."""
+    from dbparallel.data.image_folder import image_folder_index
+    from dbparallel.data.sources import open_data
+
+    if data.source == "image_folder" and network.class_names:
+        return image_folder_index(data, network.class_names)
+    return open_data(data)
 
 
 def data_at(network: Network, path: str) -> DataIndex:
@@ -52,8 +65,7 @@ def data_at(network: Network, path: str) -> DataIndex:
     text network's tokenizer must be the one those texts give."""
     import dataclasses
 
-    from dbparallel.data.image_folder import image_folder_index
-    from dbparallel.data.sources import check_kind, open_data
+    from dbparallel.data.sources import check_kind
     from dbparallel.data.text import ImagesNotText
     from dbparallel.data.tokenizer import load_tokenizer, vocabulary_difference
     from dbparallel.errors import DataError, OtherData
@@ -66,15 +78,12 @@ def data_at(network: Network, path: str) -> DataIndex:
     try:
         other = dataclasses.replace(data, path=path)
         check_kind(network.cfg.task, other)  # a table of the other kind, or without the field
-        if data.source == "image_folder" and network.class_names:
-            index = image_folder_index(other, network.class_names)  # labelled by name
-        else:
-            index = open_data(other)
+        index = labelled(network, other)
     except (ImagesNotText, OtherData) as err:  # their fix is for training: this run is trained
         raise DataError(f"--data {path}: {err.found}: {takes(network.cfg)}") from None
     except DataError as err:  # named by the option the path was given with
         raise DataError(f"--data: {str(err).removeprefix('data.path: ')}") from None
-    _same_classes(network, index, path)
+    _same_classes(network, index, f"--data {path}")
     if network.tokenizer is not None and \
             (given := load_tokenizer(index.meta)).describe() != network.tokenizer.describe():
         raise UserError(f"--data {path}: these texts give another tokenizer than the "
@@ -85,7 +94,7 @@ def data_at(network: Network, path: str) -> DataIndex:
     return index
 
 
-def _same_classes(network: Network, index: DataIndex, path: str) -> None:
+def _same_classes(network: Network, index: DataIndex, given: str) -> None:
     """Refuse data whose labels name other classes than the network's (Parquet that
     `data reshard` wrote from another image folder): label k would be another class."""
     from dbparallel.data.image_folder import listed
@@ -99,7 +108,7 @@ def _same_classes(network: Network, index: DataIndex, path: str) -> None:
     k = next((k for k in range(shared) if names[k] != ours[k]), shared)
     there = repr(names[k]) if k < len(names) else "no class"
     here = repr(ours[k]) if k < len(ours) else "no class"
-    raise DataError(f"--data {path}: its labels name other classes ({listed(names)}) than "
+    raise DataError(f"{given}: its labels name other classes ({listed(names)}) than "
                     f"the network's ({listed(ours)}): label {k} is {there} there and {here} "
                     f"to the network; give data labelled as it was trained (an image folder "
                     f"is labelled by its folders' names)")

@@ -189,6 +189,12 @@ def test_other_class_folders_are_labelled_by_the_networks_class_names(tmp_path,
         assert capsys.readouterr().err.endswith(
             f"--data: {more / 'ant'}: class folder 'ant' is not among the network's classes "
             f"(bird, cat, dog)\n")
+    # an export reads its config's data.path as it is now: a class folder gone shifts nothing
+    shutil.move(data / "bird", tmp_path / "bird")
+    export = str(tmp_path / "vit.safetensors")
+    assert cli.main(["sample", export, "--out", str(out)]) == 0
+    assert [sum(r) for r in json.loads(out.read_text())["confusion"]] == [0, 2, 2]
+    shutil.move(tmp_path / "bird", data / "bird")
     # a generator's classes are named as well: its samples are scored against its labels
     dit = _train(tmp_path / "dit", "model.patch_size=4", "data.source=image_folder",
                  f"data.path={data}", "data.num_classes=3")
