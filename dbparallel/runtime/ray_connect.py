@@ -162,26 +162,29 @@ def probe(address: str, key: str) -> bool:
     """ConfigError naming ``key`` where nothing accepts a connection at ``address`` within
     PROBE_S, a plain host:port (``auto``, ``local`` and ``ray://`` client addresses are left
     to Ray): joining one that does not answer retries for minutes, printing only Ray's GCS
-    warnings. A host that does not resolve is refused at once: no head starting there makes
-    it resolve; one the resolver cannot answer for now (EAI_AGAIN: its DNS server out of reach
-    a moment) is asked again, as a head that does not answer yet is. True where something
+    warnings. A host that does not resolve is asked again for as long, as a head that does not
+    answer yet is (a head's name may resolve only once its container or pod starts: Docker
+    Compose, Kubernetes), and then named as a host that does not resolve. True where something
     answered (a plain host:port that was probed)."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host or "://" in address:
         return False
-    try:
-        socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as err:  # (a label too long for IDNA: UnicodeError)
-        if getattr(err, "errno", None) != socket.EAI_AGAIN:  # (no answer yet: asked below)
-            reason = getattr(err, "strerror", None) or err
-            raise ConfigError(f"{key}: the host of {address}, {host}, does not resolve "
-                              f"({reason}); correct {key} (empty: a private local instance)"
-                              ) from None
+    name = host.strip("[]")
     deadline = time.monotonic() + PROBE_S
     while True:
         left = deadline - time.monotonic()
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=max(left, 0.1)):
+            socket.getaddrinfo(name, int(port), type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as err:  # (a label too long for IDNA: UnicodeError)
+            if left <= PROBE_EVERY_S or isinstance(err, UnicodeError):
+                reason = getattr(err, "strerror", None) or err
+                raise ConfigError(f"{key}: the host of {address}, {host}, does not resolve "
+                                  f"({reason}) after {PROBE_S:g} s; correct {key} (empty: a "
+                                  f"private local instance)") from None
+            time.sleep(PROBE_EVERY_S)
+            continue
+        try:
+            with socket.create_connection((name, int(port)), timeout=max(left, 0.1)):
                 return True
         except OSError as err:
             if left <= PROBE_EVERY_S:

@@ -230,8 +230,9 @@ def test_an_address_where_no_cluster_answers_is_refused_naming_the_key(
 
 def test_an_address_whose_host_does_not_resolve_is_refused_naming_the_key_and_host(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    # refused as it is resolved, not probed for PROBE_S (a second here) as a closed port is,
-    # and then named as a host where no cluster answers
+    # asked again for PROBE_S (a second here), as a head's name may resolve only once its
+    # container starts, and then named as a host that does not resolve, not as one where no
+    # cluster answers
     from dbparallel.runtime import ray_connect
 
     monkeypatch.setattr(ray_connect, "PROBE_S", 1.0)
@@ -246,12 +247,13 @@ def test_an_address_whose_host_does_not_resolve_is_refused_naming_the_key_and_ho
     _refused(["data", "check", recipe], capsys, "RAY_ADDRESS: " + said, "correct RAY_ADDRESS")
 
 
-def test_a_host_the_resolver_cannot_answer_for_yet_is_asked_again(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """EAI_AGAIN says the resolver had no answer now (its DNS server out of reach a moment),
-    not that the name does not exist: the probe asks again, as it asks a head still starting,
-    rather than telling to correct the address. (The resolver's failure is the one thing here
-    that cannot happen for real.)"""
+@pytest.mark.parametrize("error", [socket.EAI_AGAIN, socket.EAI_NONAME])
+def test_a_host_that_does_not_resolve_yet_is_asked_again(
+        monkeypatch: pytest.MonkeyPatch, error: int) -> None:
+    """A name the resolver cannot answer for now (EAI_AGAIN: its DNS server out of reach a
+    moment), or one that resolves only once the head's container or pod starts (EAI_NONAME
+    until then): the probe asks again, as it asks a head still starting, rather than telling
+    to correct the address. (The resolver's failures are faked: they cannot be made here.)"""
     from dbparallel.runtime import ray_connect
 
     monkeypatch.setattr(ray_connect, "PROBE_S", 60.0)  # only a bound: it returns once answered
@@ -260,7 +262,7 @@ def test_a_host_the_resolver_cannot_answer_for_yet_is_asked_again(
     def resolver(*args: object, **kwargs: object) -> object:
         if failing[0]:
             failing[0] -= 1
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+            raise socket.gaierror(error, "no answer for this name yet")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", resolver)
