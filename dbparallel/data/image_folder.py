@@ -116,7 +116,35 @@ def _list(fs: pafs.FileSystem, root: str, path: str) -> Entries:
         parts = entry.path[len(base):].strip("/").split("/")
         if not any(p.startswith(".") for p in parts):
             entries.append((parts, entry))
+    if isinstance(fs, pafs.LocalFileSystem):
+        entries = _without_loops(entries, path)
     return entries
+
+
+def _without_loops(entries: Entries, path: str) -> Entries:
+    """``entries`` of a local folder without what lies under a link to a folder that holds it
+    (``cat/deeper/up -> ..``): the listing follows links, so each image above it would come
+    again at every level, many times over and under another class folder. A warning names the
+    links; links to folders elsewhere are followed as any folder is."""
+    import os
+
+    loops = []
+    for parts, entry in entries:
+        if entry.type == pafs.FileType.Directory and os.path.islink(entry.path):
+            target = os.path.realpath(entry.path)
+            above = os.path.realpath(os.path.dirname(entry.path))
+            if above == target or above.startswith(target.rstrip(os.sep) + os.sep):
+                loops.append(parts)
+    if not loops:
+        return entries
+    loops.sort(key=len)
+    loops = [p for i, p in enumerate(loops) if not any(p[:len(q)] == q for q in loops[:i])]
+    many = len(loops) > 1
+    log.warning("%s: %s back to a folder above %s, not followed (the images there are read "
+                "once): %s", path, f"{len(loops)} links lead" if many else "a link leads",
+                "them" if many else "it", listed(sorted("/".join(p) for p in loops), 3))
+    return [(parts, e) for parts, e in entries
+            if not any(parts[:len(p)] == p for p in loops)]
 
 
 def _split_folders(entries: Entries, path: str) -> dict[str, tuple[str, Entries]]:

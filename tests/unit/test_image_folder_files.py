@@ -38,6 +38,30 @@ def test_predict_reads_the_images_of_a_folder_that_training_reads(tmp_path: Path
     assert tuple(pixels.shape) == (3, 1, 8, 8)
 
 
+def test_a_link_back_to_a_folder_above_is_not_followed(tmp_path: Path, caplog) -> None:
+    """A link in a class folder to the data's own folder (``cat/deeper/up -> ../..``): the
+    listing follows links, so every image came again at each level, under the class folder
+    it sits in; each is read once, and the link is named. predict reads the same files."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "pets"
+    for folder in (data / "cat" / "deeper", data / "dog"):
+        folder.mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / "0.png")
+    os.symlink(data, data / "cat" / "deeper" / "up")
+    os.symlink(data / "dog", data / "dog" / "again")
+    cfg = DataConfig(source="image_folder", path=str(data), image_size=8, channels=1,
+                     num_classes=2)
+    with caplog.at_level("WARNING"):
+        index = image_folder_index(cfg)
+    files = sorted((f, label) for s in index.shards("train") for f, label in
+                   zip(s.files, s.labels, strict=True))
+    assert files == [("cat/deeper/0.png", 0), ("dog/0.png", 1)]
+    assert caplog.messages == [f"{data}: 2 links lead back to a folder above them, not "
+                               f"followed (the images there are read once): "
+                               f"cat/deeper/up, dog/again"]
+    assert read_images(data, cfg)[0] == [str(data / f) for f, _ in files]
+
+
 def test_an_image_gone_from_a_relative_folder_is_named_as_changed_data(
         tmp_path: Path, monkeypatch) -> None:
     """A relative data.path read from where the run started, whose file is gone (its class
