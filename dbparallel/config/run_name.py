@@ -4,10 +4,13 @@ part (the default run.name, and so the default run directory ``runs/<run.name>``
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from dbparallel.config.schema import DataConfig
+
+class DataConfig(Protocol):  # what of the schema's DataConfig names the data
+    path: str
+    source: str
+
 
 DATA_SUFFIXES = (".parquet", ".pq", ".txt", ".text", ".jsonl", ".ndjson", ".json", ".gz",
                  ".bz2", ".xz", ".zst", ".idx", ".ubyte")
