@@ -169,6 +169,9 @@ def probe(address: str, key: str) -> bool:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host or "://" in address:
         return False
+    if not 0 < int(port) < 65536:  # (the resolver would take it modulo 65536)
+        raise ConfigError(f"{key}: the port of {address}, {port}, is no TCP port (1-65535); "
+                          f"correct {key}")
     name = host.strip("[]")
     deadline = time.monotonic() + PROBE_S
     while True:

@@ -280,6 +280,10 @@ def test_only_plain_host_port_addresses_are_probed(closed_port: int) -> None:
         probe(f"127.0.0.1:{closed_port}", "runtime.address")
     with pytest.raises(ConfigError, match=r"^RAY_ADDRESS: no Ray cluster answers"):
         probe(f"[::1]:{closed_port}", "RAY_ADDRESS")
+    for port in (0, 65536 + closed_port):  # not taken modulo 65536 (closed_port's own)
+        with pytest.raises(ConfigError, match=rf"^runtime.address: the port of 127.0.0.1:{port}, "
+                                              rf"{port}, is no TCP port \(1-65535\)"):
+            probe(f"127.0.0.1:{port}", "runtime.address")
 
 
 def test_an_address_without_a_port_is_refused_naming_the_port_it_lacks(
