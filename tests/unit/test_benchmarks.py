@@ -268,6 +268,7 @@ def test_replicas_prints_and_plots_a_quick_result_without_waves(tmp_path: Path) 
     widths = {n: matplotlib.image.imread(tmp_path / f"{n}.png").shape[1] for n in ("full", "quick")}
     assert widths["quick"] < widths["full"]  # one panel, not two
 
+
 def test_quality_variants_keep_the_layer_steps() -> None:
     from benchmarks import quality_images, quality_variants
 
