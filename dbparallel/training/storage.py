@@ -20,6 +20,8 @@ import pyarrow.fs as pafs
 
 from dbparallel.errors import RunDirError, UserError
 
+READ_TRIES = 5  # reads of an object rewritten as it is read, before the last one is taken
+
 
 class Storage:
     """Files under one root, addressed by relative paths with '/' separators."""
@@ -102,9 +104,18 @@ class Storage:
         return True
 
     def read_bytes(self, rel: str) -> bytes:
+        """The whole file ``rel``. In an object store, read again where the object's size is
+        not the size read: pyarrow.fs learns an object's size first and then reads that many
+        bytes, so an object rewritten in between (a lease or record renewed by its process)
+        came back cut short or running into the next version."""
+        path = self.path(rel)
         try:
-            with self.fs.open_input_stream(self.path(rel)) as f:
-                return f.read()
+            for _ in range(READ_TRIES):
+                with self.fs.open_input_stream(path) as f:
+                    data = f.read()
+                if self.is_local or self.fs.get_file_info(path).size == len(data):
+                    break
+            return data
         except (FileNotFoundError, pa.ArrowException) as err:
             raise FileNotFoundError(f"{self.uri(rel)}: {err}") from None
 
