@@ -26,7 +26,9 @@ def parser(description: str, timed: bool = False) -> argparse.ArgumentParser:
     """The options every benchmark takes (``timed``: also --wait-idle)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--quick", action="store_true", help="a reduced setting (under a minute)")
+    p.add_argument("--quick", action="store_true",
+                   help="a reduced setting that checks the script (a minute or two on 2 idle "
+                        "cores; the Ray benchmarks' numbers are then mostly start-up)")
     p.add_argument("--out", default="", help="results directory (default benchmarks/results)")
     p.add_argument("--no-plot", action="store_true", help="write no plot")
     if timed:
