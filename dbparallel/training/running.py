@@ -181,29 +181,21 @@ def runners(storage: Storage) -> list[tuple[str, dict[str, Any] | DamagedFile]]:
         path = f"{RUNNING_DIR}/{name}"
         if not name.endswith(".json"):  # a write's temporary file
             continue
-        for again in (True, False):  # read again once: a record read as it is rewritten (an
-            try:                     # object store's) is whole a moment later
-                record = read_record(storage, path, "delete it: its process, if it still "
-                                     "runs, is found by a block's lease while it trains one")
-            except DamagedFile as err:
-                if not again:
-                    found.append((path, err))
-            except FileNotFoundError:  # its process ended since it was listed (or it is
-                if not again:          # being rewritten)
-                    break
-            except OSError:  # a read cut short as its process removed it (an object store's)
-                if not again and storage.exists(path):
-                    raise
-            else:
-                if record is not None:
-                    found.append((path, record))
-                break
-            if again:
-                time.sleep(REREAD_S)
+        try:
+            record = read_record(storage, path, "delete it: its process, if it still runs, "
+                                 "is found by a block's lease while it trains one")
+        except DamagedFile as err:
+            found.append((path, err))
+        except FileNotFoundError:  # its process ended since it was listed
+            continue
+        except OSError:  # a read cut short as its process removed it (an object store's)
+            if storage.exists(path):
+                raise
+            continue
+        else:
+            if record is not None:
+                found.append((path, record))
     return found
-
-
-REREAD_S = 0.05  # before a record that could not be read is read again
 
 
 def live_runners(storage: Storage, now: float) -> tuple[list[Runner], list[str]]:
