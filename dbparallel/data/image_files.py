@@ -11,7 +11,6 @@ by ``data.channels``, and ``data.image_size`` square, else a DataError names the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 
 from dbparallel.config import DataConfig
 from dbparallel.data.encoded import decode_encoded
-from dbparallel.data.image_folder import IMAGE_EXTENSIONS
+from dbparallel.data.image_folder import IMAGE_EXTENSIONS, files_under
 from dbparallel.data.images import IMAGE_COLUMN, image_encoding, shape_hint
 from dbparallel.errors import DataError, RowError
 
@@ -36,7 +35,7 @@ def read_images(path: str | Path, data: DataConfig) -> tuple[list[str], torch.Te
     if root.is_file():
         files = [root]
     else:
-        found = _files(root)
+        found = [Path(f) for f in files_under(str(root))]
         files = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS]
         tables = [p for p in found if p.suffix.lower() == ".parquet"]
         if not files and tables:
@@ -47,22 +46,6 @@ def read_images(path: str | Path, data: DataConfig) -> tuple[list[str], torch.Te
     names = [str(f) for f in files]
     column = pa.array([f.read_bytes() for f in files], type=pa.binary())
     return names, _pixels(column, data, names)
-
-
-def _files(root: Path) -> list[Path]:
-    """Every file under ``root``, in path order, as an image folder is listed for training:
-    hidden files and folders (``.name``: ``.DS_Store``, macOS's ``._photo.png``) left out,
-    folders that are links followed (each real folder once)."""
-    found, seen = [], set()
-    for folder, dirs, names in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:  # a link back to a folder above
-            dirs.clear()
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(folder) / n for n in names if not n.startswith(".")]
-    return sorted(found)
 
 
 def _from_parquet(files: list[Path], data: DataConfig) -> tuple[list[str], torch.Tensor]:

@@ -121,6 +121,14 @@ def _list(fs: pafs.FileSystem, root: str, path: str) -> Entries:
     return entries
 
 
+def files_under(path: str) -> list[str]:
+    """Every file under the folder ``path``, sorted, as an image folder's listing finds it
+    (``predict`` reads a folder so): hidden files and folders left out, links followed but
+    not one back to a folder above."""
+    fs, root = resolve_path(path)
+    return sorted(e.path for _, e in _list(fs, root, path) if e.type == pafs.FileType.File)
+
+
 def _without_loops(entries: Entries, path: str) -> Entries:
     """``entries`` of a local folder without what lies under a link to a folder that holds it
     (``cat/deeper/up -> ..``): the listing follows links, so each image above it would come
