@@ -169,15 +169,14 @@ def _reshard(cfg: Config, out: str) -> int:
     from pathlib import Path
 
     from dbparallel.data.parquet_index import parquet_index
-    from dbparallel.data.reshard import reshard
+    from dbparallel.data.reshard import NOT_TEXT, reshard
     from dbparallel.data.sources import holds_text, open_data
 
     if not out:
         raise UserError("data reshard: --out FOLDER is required (a new or empty folder)")
     if holds_text(cfg.data):  # before a corpus is tokenized for nothing
         where = cfg.data.path or f"data.source={cfg.data.source}"
-        raise UserError(f"{where}: only image data sets are resharded; a text corpus is "
-                        f"tokenized into shards of data.shard_rows rows already")
+        raise UserError(f"{where}: {NOT_TEXT}")
     if "://" not in out and cfg.data.path and "://" not in cfg.data.path and \
             Path(out).resolve().is_relative_to(Path(cfg.data.path).resolve()):
         raise UserError(f"--out {out}: inside data.path {cfg.data.path}; the new files would "

@@ -64,13 +64,16 @@ def class_names(index: DataIndex) -> list[str]:
         else []
 
 
+NOT_TEXT = ("only image data sets are resharded; a text corpus is tokenized into shards of "
+            "data.shard_rows rows already")
+
+
 def reshard(index: DataIndex, out: str, shard_rows: int,
             progress: bool = False) -> Resharded:
     """Write every split of ``index`` under ``out`` (an empty or new folder, local or an
     object-store URI) in row groups of ``shard_rows`` rows."""
     if index.kind != "images":
-        raise DataError(f"{index.source}: only image data sets are resharded; a text corpus "
-                        f"is tokenized into shards of data.shard_rows rows already")
+        raise DataError(f"{index.source}: {NOT_TEXT}")
     fs, root = resolve_path(out)
     created = _check_empty(fs, root, out)
     classes = index.meta.get("classes")
