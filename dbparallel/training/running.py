@@ -29,17 +29,17 @@ unconfirmed and begun before its own (``since``, then the record's name: an orde
 process reads alike), it withdraws its record and is refused; where unconfirmed ones begun
 after its own are there, it reads again until each is gone (its process withdrew it on
 finding this one) or confirmed (its process read before this one was written), and is
-refused if one is still unconfirmed after its train.lease_timeout_s; where none is there at
-all, it confirms its record; where confirmed ones alone are (a record without the field is
-one), it keeps its record unconfirmed and goes on to ``refuse_running``, which refuses it
-where one still runs then. A confirmed record refuses a run of its blocks
-(``refuse_running``), an unconfirmed one does not: its process withdraws, or found a
-confirmed record, which refuses it in turn.
+refused if one is still unconfirmed after its train.lease_timeout_s; where a confirmed one
+is there (a record without the field is one), it withdraws its record and is refused; where
+none is there at all, it confirms its record and goes on. So a process that goes on holds a
+confirmed record for all its run, which refuses a later run of its blocks at once (here and
+in ``refuse_running``), whatever the two machines' clocks say of ``since``; an unconfirmed
+record refuses only the starts begun after it, for the short while its process settles.
 
 Never both go on: of two such processes, the one whose last read was later read after the
 other's record was written, which stays while its process runs: it found it unconfirmed and
-begun before its own (refused), unconfirmed and begun after (it reads again), or confirmed,
-and stays confirmed, so ``refuse_running`` refuses it. One goes on: the later one withdraws
+begun before its own (refused), unconfirmed and begun after (it reads again), or confirmed
+(refused). One goes on: the later one withdraws
 once it finds the earlier one, which confirms once the later one is gone; or the later one
 read before the earlier one wrote, and confirmed, and the earlier one, finding it confirmed,
 is refused. Nothing here needs an atomic create-if-absent, which an object store lacks through
@@ -166,10 +166,11 @@ def _settle(storage: Storage, kept: Record, blocks: list[int] | None, count: int
         ahead = [(path, record) for path, record in unsettled if (record["since"], path) < order]
         if ahead or (unsettled and time.monotonic() >= deadline):
             raise _refusal(storage, *(ahead or unsettled)[0], now)
+        if rivals and not unsettled:  # a confirmed one: its process goes on
+            raise _refusal(storage, *rivals[0], now)
         if not unsettled:
-            if not rivals:
-                kept.update(confirmed=True)
-            return  # (beside confirmed ones: refused by refuse_running if they still run)
+            kept.update(confirmed=True)
+            return
         time.sleep(SETTLE_POLL_S)
 
 

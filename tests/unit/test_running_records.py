@@ -218,22 +218,32 @@ def test_the_earlier_start_goes_on_once_the_later_one_withdraws(run_dir: str) ->
 def test_the_earlier_start_is_refused_where_the_later_one_went_on_without_seeing_it(
         run_dir: str) -> None:
     """The later start read the records before this one's was written, and confirmed its
-    own: this one, which found it unconfirmed, waits until it has, and is refused then (its
-    record stays unconfirmed, which refuses nothing)."""
+    own: this one, which found it unconfirmed, waits until it has, and is refused then, its
+    record withdrawn: a process that goes on holds a confirmed record, so no start is left
+    waiting on it, whatever its clock says of ``since``."""
     cfg = load_config([TINY], [f"run.dir={run_dir}"])
     storage = Storage(cfg.run_dir)
     with _live() as proc:
         later = time.time() + 60
         _rival(storage, proc, later, confirmed=False)
         settled = _when_recorded(storage, lambda: _rival(storage, proc, later, confirmed=True))
-        with running(cfg):
-            settled.join()
-            ours = [storage.read_json(f"{RUNNING_DIR}/{n}") for n in storage.listdir(RUNNING_DIR)
-                    if n != "rival.json"]
-            with pytest.raises(RunDirError, match=re.escape(f"(pid {proc.pid} on {HOST}, ")):
-                open_run(cfg)
+        with pytest.raises(RunDirError, match=re.escape(f"(pid {proc.pid} on {HOST}, ")), \
+                running(cfg):
+            pytest.fail("went on beside a start that confirmed its record")
+        settled.join()
         assert storage.listdir(RUNNING_DIR) == ["rival.json"]
-    assert [r["confirmed"] for r in ours] == [False]
+
+
+def test_a_start_beside_a_confirmed_record_is_refused_at_once(run_dir: str) -> None:
+    """A confirmed record begun after this start's own (another machine's clock behind this
+    one's) refuses it at once, as one begun before does."""
+    cfg = load_config([TINY], [f"run.dir={run_dir}"])
+    storage = Storage(cfg.run_dir)
+    with _live() as proc:
+        _rival(storage, proc, time.time() + 3600, confirmed=True)
+        with pytest.raises(RunDirError, match="which still runs on this machine"), running(cfg):
+            pytest.fail("went on beside a confirmed record")
+        assert storage.listdir(RUNNING_DIR) == ["rival.json"]
 
 
 def test_a_record_deleted_under_its_running_process_is_written_back(run_dir: str) -> None:

@@ -91,9 +91,13 @@ def test_records_of_other_machines_refuse_until_they_lapse(tmp_path: Path) -> No
     write_runner(storage, "other-host", 4343, name="block0", blocks=[0])  # a --block 0
     (tmp_path / "run" / RUNNING_DIR / "damaged.json").write_text('{"holder": ')
     open_run(cfg, [1])  # none of them trains block 1
-    with running(cfg):  # this process's own record
+    with running(cfg, [1]):  # this process's own record refuses nothing
         with pytest.raises(RunDirError) as refused:
             open_run(cfg)
+    with pytest.raises(RunDirError) as at_start, running(cfg):  # refused before its data check
+        pytest.fail("went on beside a live record of block 0")
+    assert re.sub(r"renewed \d+ s", "", str(at_start.value)) == \
+        re.sub(r"renewed \d+ s", "", str(refused.value))
     assert re.fullmatch(re.escape(
         f"{storage.uri()}: another process runs this run (pid 4343 on other-host, training "
         f"block 0; its record renewed ") + r"\d+" + re.escape(
@@ -102,7 +106,8 @@ def test_records_of_other_machines_refuse_until_they_lapse(tmp_path: Path) -> No
         f"run any more, e.g. a killed one, delete {storage.uri(RUNNING_DIR + '/block0.json')})"),
         str(refused.value)), str(refused.value)
     (tmp_path / "run" / RUNNING_DIR / "block0.json").unlink()
-    open_run(cfg)  # nothing live left
+    with running(cfg):
+        open_run(cfg)  # nothing live left
     write_runner(storage, "head-node", 4000, session="0123abcd@head-node:4000")  # a Ray driver
     with pytest.raises(RunDirError, match=re.escape(
             "(the Ray run whose driver is pid 4000 on head-node, training every block; its "

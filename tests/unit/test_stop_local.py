@@ -180,11 +180,11 @@ def test_the_record_goes_with_its_run_and_so_do_gone_ones_and_a_directory_made_f
     assert not (tmp_path / "run").exists()  # made for the record alone: removed with it
     storage = tiny_run_dir(tmp_path)
     write_runner(storage, HOST, 999_999_999, name="killed")
-    write_runner(storage, "other-host", 4242, name="elsewhere")
+    write_runner(storage, "other-host", 4242, name="elsewhere", blocks=[0])
     # a killed pod's, lapsed for ten of its timeouts: gone; one just lapsed is kept to be named
     write_runner(storage, "old-pod", 4242, name="stale", renewed_ago_s=601, timeout_s=60)
     write_runner(storage, "new-pod", 4242, name="lapsed", renewed_ago_s=61, timeout_s=60)
-    with running(cfg):
+    with running(cfg, [1]):
         names = storage.listdir(RUNNING_DIR)
     assert {"elsewhere.json", "lapsed.json"} <= set(names) and len(names) == 3
     assert sorted(storage.listdir(RUNNING_DIR)) == ["elsewhere.json", "lapsed.json"]
