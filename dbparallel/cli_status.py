@@ -45,8 +45,8 @@ def _assembling(status: RunStatus) -> str:
     host/pid, when it began, and, where it is gone, what assembles them again."""
     who = status.assembler + (" (the Ray run's driver)" if status.assembler_driver else "")
     if status.assembler_alive is False:
-        gone = ("has not renewed its record within its train.lease_timeout_s (of another "
-                "machine or container, it is counted as gone)" if status.assembler_lapsed
+        gone = ("has not renewed its record within its train.lease_timeout_s (so it is "
+                "counted as gone)" if status.assembler_lapsed
                 else "no longer runs (killed outright: a stop removes its record)")
         return (f"assembly cut short: {who} began it {_ago(status.assembling_age_s)} and "
                 f"{gone}; {REPORT_REMEDY}")

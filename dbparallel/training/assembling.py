@@ -21,7 +21,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from dbparallel.training.process_record import read_record, record_runs, recorded
+from dbparallel.training.process_record import read_record, recorded
 from dbparallel.training.storage import Storage
 
 ASSEMBLING_FILE = "assembling.json"
@@ -43,7 +43,3 @@ def assembler(storage: Storage) -> dict[str, Any] | None:
     is none; DamagedFile naming the file where it is no record."""
     return read_record(storage, ASSEMBLING_FILE, "delete it: a run's assembly writes it again")
 
-
-def assembler_runs(record: dict[str, Any], now: float) -> tuple[bool | None, bool]:
-    """(runs, lapsed) of the process an ``assembler`` record names (``record_runs``)."""
-    return record_runs(record, now)

@@ -7,8 +7,14 @@ whether it still runs and is still the process that wrote the record (not one th
 pid over). The process renews the record (``renewed``) every third of its
 ``train.lease_timeout_s`` (``timeout_s``), as a writer renews its lease: a record of another
 machine's process, which cannot be asked whether it still runs, counts as gone once it was not
-renewed for that long. A record deleted under its process while it runs is written back at
-its next renewal: the process still does what it records. The record is removed when the
+renewed for that long. So does one of a process of this machine that still runs but did not
+renew it for that long: it renews the record for as long as it does what it records, so the
+record is one whose removal failed at its end (a store read-only or out of reach then) of a
+process that lives on, e.g. a program that called ``dbparallel.train`` and went on, or one
+that could not write the run directory for that long, as a writer's lease lapses; it refuses
+nothing, reads as no assembly, and ``dbparallel stop`` signals nothing for it. A record
+deleted under its process while it runs is written back at its next renewal: the process
+still does what it records. The record is removed when the
 process is done, however it stops; one left by a killed process names a process that is gone.
 """
 
@@ -123,16 +129,17 @@ def read_record(storage: Storage, path: str, remedy: str = "delete it") -> dict[
 
 
 def record_runs(record: dict[str, Any], now: float) -> tuple[bool | None, bool]:
-    """(runs, lapsed): whether the process a record names still runs at Unix time ``now``,
-    as ``dbparallel stop`` asks it (holder.py), and whether it is another machine's (or
-    container's) that did not renew the record for its ``timeout_s``. runs is False where the
-    process is gone, its pid is another process's now, or it lapsed; None where it is another
-    machine's and renewed the record since."""
+    """(runs, lapsed): whether the process a record names still does what it records at
+    Unix time ``now``, as ``dbparallel stop`` asks it (holder.py), and whether it did not
+    renew the record for its ``timeout_s`` (the module's docstring: another machine's or
+    container's, or one of this machine that lives on). runs is False where the process is
+    gone, its pid is another process's now, or it lapsed; None where it is another machine's
+    and renewed the record since."""
     holder = record["holder"]
     runs = holder_alive(holder)
     if runs:  # its pid runs: still the process that wrote the record, not one that took it
         runs = still_runs(holder_parts(holder)[2], holder_start(holder), record["since"])
-    lapsed = runs is None and now - record["renewed"] >= record["timeout_s"]
+    lapsed = runs is not False and now - record["renewed"] >= record["timeout_s"]
     return (False if lapsed else runs), lapsed
 
 

@@ -46,13 +46,8 @@ is refused. Nothing here needs an atomic create-if-absent, which an object store
 pyarrow.fs (storage.py ``create_bytes``): only that a read made after a write completed sees
 it (a local disk; S3 and GCS read after write).
 
-A process of this machine that still runs but has not renewed its record for its
-train.lease_timeout_s runs the run no more: it renews the record every third of that for as
-long as it runs the run, so the record is one whose removal failed at the run's end (a store
-read-only or out of reach then) of a process that lives on, e.g. a program that called
-``dbparallel.train`` and went on, or one that could not write the run directory for that long,
-as a writer's lease lapses. Its record refuses nothing, as another machine's lapsed one, and
-``dbparallel stop`` signals nothing for it.
+A record that was not renewed for its train.lease_timeout_s refuses nothing, also one of a
+process of this machine that lives on (process_record.py ``record_runs``).
 """
 
 from __future__ import annotations
@@ -207,7 +202,7 @@ def live_runners(storage: Storage, now: float) -> tuple[list[Runner], list[str]]
     for _, record in runners(storage):
         if isinstance(record, DamagedFile):
             problems.append(" ".join(str(record).split()))
-        elif (runs := runner_runs(record, now)[0]) is not False:
+        elif (runs := record_runs(record, now)[0]) is not False:
             live.append(_runner(record, here=runs is True))
     return live, problems
 
@@ -234,21 +229,11 @@ def _remove_gone(storage: Storage) -> None:
     for path, record in runners(storage):
         if not isinstance(record, dict):
             continue
-        runs, lapsed = runner_runs(record, now)
+        runs, lapsed = record_runs(record, now)
         stale = lapsed and now - record["renewed"] >= STALE_TIMEOUTS * record["timeout_s"]
         if (runs, lapsed) == (False, False) or stale:
             with contextlib.suppress(OSError):
                 storage.delete(path)
-
-
-def runner_runs(record: dict[str, Any], now: float) -> tuple[bool | None, bool]:
-    """(runs, lapsed) of the process a ``running/`` record names, at Unix time ``now``:
-    ``record_runs``, but a process of this machine that still runs and did not renew its
-    record for its timeout runs the run no more (the module's docstring): (False, True)."""
-    runs, lapsed = record_runs(record, now)
-    if runs and now - record["renewed"] >= record["timeout_s"]:
-        return False, True
-    return runs, lapsed
 
 
 def refuse_running(storage: Storage, blocks: list[int] | None, count: int) -> None:
@@ -257,7 +242,7 @@ def refuse_running(storage: Storage, blocks: list[int] | None, count: int) -> No
     one that still runs on this machine, or another machine's that renewed its record within
     its train.lease_timeout_s. ``--block`` processes of disjoint blocks go on side by side; a
     record of this process, of a process of this machine that is gone (or runs the run no
-    more: ``runner_runs``), a lapsed one, or an unconfirmed one (the module's docstring)
+    more: ``record_runs``), a lapsed one, or an unconfirmed one (the module's docstring)
     refuses nothing, nor does a damaged one (``status`` names it; the blocks' leases still
     guard them)."""
     now = time.time()
@@ -274,7 +259,7 @@ def _rivals(found: list[tuple[str, dict[str, Any] | DamagedFile]], blocks: list[
     rivals = []
     for path, record in found:
         if isinstance(record, DamagedFile) or _mine(record) \
-                or runner_runs(record, now)[0] is False:
+                or record_runs(record, now)[0] is False:
             continue
         theirs = _runner(record).blocks
         if ours & set(range(count) if theirs is None else theirs):
@@ -284,7 +269,7 @@ def _rivals(found: list[tuple[str, dict[str, Any] | DamagedFile]], blocks: list[
 
 def _refusal(storage: Storage, path: str, record: dict[str, Any], now: float) -> RunDirError:
     """The error that refuses a run while the process of the record at ``path`` runs it."""
-    runs = runner_runs(record, now)[0]
+    runs = record_runs(record, now)[0]
     runner = _runner(record)
     what = "every block" if runner.blocks is None else blocks_text(runner.blocks)
     held = (f"{storage.uri()}: another process runs this run ({runner.who}, training "

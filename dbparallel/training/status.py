@@ -46,13 +46,13 @@ from typing import Any
 
 from dbparallel.config import Config
 from dbparallel.errors import RunDirError
-from dbparallel.training.assembling import assembler, assembler_runs
+from dbparallel.training.assembling import assembler
 from dbparallel.training.checkpoint import BlockCheckpoints, first_save_cut_short
 from dbparallel.training.failure import last_failure
 from dbparallel.training.history import ASSEMBLY_FILE, metrics_file, read_lines
 from dbparallel.training.holder import driver_holding, holder_alive, holder_driver, holder_parts
 from dbparallel.training.lease import BlockLease, lease_timeout_s
-from dbparallel.training.process_record import record_driver
+from dbparallel.training.process_record import record_driver, record_runs
 from dbparallel.training.report import read_report
 from dbparallel.training.run_id import read_run_id
 from dbparallel.training.running import live_runners
@@ -102,8 +102,8 @@ class RunStatus:
     assembler_driver: bool = False  # that process is a Ray run's driver
     assembler_alive: bool | None = None  # it runs (None: on another machine; False: gone,
     # the assembly was cut short)
-    assembler_lapsed: bool = False  # of another machine, it did not renew its record for its
-    # train.lease_timeout_s (so counted as gone)
+    assembler_lapsed: bool = False  # it did not renew its record for its
+    # train.lease_timeout_s (so counted as gone: process_record.py ``record_runs``)
     assembling_since: float | None = None  # when it began (Unix time, its clock)
     assembling_age_s: float | None = None  # seconds since then
     runners: list[str] = field(default_factory=list)  # host/pid of each --local process that
@@ -268,6 +268,6 @@ def _read_assembler(status: RunStatus, storage: Storage, now: float) -> None:
         return
     _, host, pid = holder_parts(record["holder"])
     status.assembler, status.assembler_driver = f"{host}/{pid}", record_driver(record)
-    status.assembler_alive, status.assembler_lapsed = assembler_runs(record, now)
+    status.assembler_alive, status.assembler_lapsed = record_runs(record, now)
     status.assembling_since = float(record["since"])
     status.assembling_age_s = max(0.0, now - status.assembling_since)

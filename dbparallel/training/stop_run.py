@@ -48,8 +48,8 @@ from dbparallel.training.holder import (
     still_runs,
 )
 from dbparallel.training.lease import BlockLease, lease_timeout_s
-from dbparallel.training.process_record import read_record
-from dbparallel.training.running import runner_runs, runners
+from dbparallel.training.process_record import read_record, record_runs
+from dbparallel.training.running import runners
 from dbparallel.training.storage import DamagedFile, Storage
 
 POLL_S = 0.2  # how often the wait reads the leases again
@@ -147,7 +147,8 @@ def find_holds(storage: Storage, cfg: Config, now: float | None = None) -> list[
 def find_assembly(storage: Storage, now: float | None = None) -> Hold | None:
     """The process assembling the run in ``storage`` (block None), at Unix time
     ``now``: None where none is recorded, or where the process recorded is gone (a killed
-    assembly's record: nothing to stop)."""
+    assembly's record: nothing to stop); lapsed where it lives on but assembles no more
+    (``record_runs``)."""
     try:
         record = assembler(storage)
     except DamagedFile as err:
@@ -161,7 +162,7 @@ def find_runners(storage: Storage, now: float | None = None) -> list[Hold]:
     """The processes recorded running the run in ``storage`` (block None): ``--local`` ones,
     and Ray runs' drivers, at Unix time ``now``; records of processes that are gone (killed)
     are left out, and one of a process of this machine that runs the run no more
-    (``runner_runs``: its record's removal failed, and it lives on) is lapsed."""
+    (``record_runs``: its record's removal failed, and it lives on) is lapsed."""
     now = time.time() if now is None else now
     holds = []
     for path, record in runners(storage):
@@ -170,8 +171,6 @@ def find_runners(storage: Storage, now: float | None = None) -> list[Hold]:
             continue
         hold = _recorded(path, record, now)
         if hold is not None:
-            if hold.kind == "signal" and runner_runs(record, now)[0] is False:
-                hold.kind = "lapsed"  # it ran the run, and lives on: nothing to stop
             blocks = record.get("blocks")
             hold.blocks = blocks if isinstance(blocks, list) else None
             holds.append(hold)
@@ -184,6 +183,8 @@ def _recorded(path: str, record: dict[str, Any], now: float) -> Hold | None:
     hold = _hold(None, {"holder": record["holder"], "renewed_at": record["renewed"]},
                  record["timeout_s"], now)
     hold.record = path
+    if hold.kind == "signal" and record_runs(record, now)[0] is False:
+        hold.kind = "lapsed"  # it did what it records, and lives on: nothing to stop
     return None if hold.kind == "gone" else hold
 
 

@@ -127,8 +127,8 @@ def test_an_assembly_on_another_machine_and_a_damaged_record(run: Path, capsys) 
         ("trained, assembly cut short", False, True)
     said = _line(lines, "assembly cut short: ")
     assert said.startswith("assembly cut short: other-host/4242 began it ")
-    assert " ago and has not renewed its record within its train.lease_timeout_s (of another " \
-        "machine or container, it is counted as gone); " in said
+    assert " ago and has not renewed its record within its train.lease_timeout_s (so it is " \
+        "counted as gone); " in said
     (run / ASSEMBLING_FILE).write_text('{"holder": ')
     shown, lines = _status(run, capsys)
     assert (shown["state"], shown["assembler"]) == ("trained, not yet assembled", "")

@@ -80,6 +80,31 @@ def test_an_assembly_elsewhere_is_named_and_a_gone_one_is_nothing_to_stop(
     assert out.startswith(f"the run's assembly: {storage.uri(ASSEMBLING_FILE)}: damaged"), out
 
 
+def test_a_lapsed_record_of_a_process_that_lives_on_is_no_assembly(
+        tmp_path: Path, capsys) -> None:
+    """Its removal failed at the assembly's end (a store read-only then), and the process
+    went on (a program that called ``dbparallel.train``): once unrenewed for its timeout it
+    counts as gone (a trained run reads as an assembly cut short), and ``stop`` signals
+    nothing."""
+    from dbparallel.training.holder import process_start
+
+    storage = _run_dir(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with ended(proc):
+        write_assembly(storage, HOST, proc.pid, start=process_start(proc.pid))
+        assert dbparallel.status(storage.uri()).assembler_alive is True  # renewed: it runs
+        write_assembly(storage, HOST, proc.pid, start=process_start(proc.pid),
+                       renewed_ago_s=61, timeout_s=60)
+        status = dbparallel.status(storage.uri())
+        assert cli.main(["stop", storage.uri()]) == 0
+        assert proc.poll() is None  # not signalled
+    assert (status.assembler_alive, status.assembler_lapsed) == (False, True)
+    assert re.fullmatch(
+        rf"the run's assembly: counted as stopped: its record lapsed \(renewed \d+ s ago by "
+        rf"pid {proc.pid} on {re.escape(HOST)}, past its writer's train.lease_timeout_s=60 s\); "
+        rf"nothing signalled\n", capsys.readouterr().out)
+
+
 def test_the_record_is_removed_however_the_assembly_ends(tmp_path: Path) -> None:
     storage = _run_dir(tmp_path)
     with assembling(storage, 60.0):
