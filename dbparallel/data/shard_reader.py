@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 
 from dbparallel.data.row_groups import row_group_batches
 from dbparallel.data.shards import DataIndex, Shard
+from dbparallel.data.splits import SPLIT_COLUMN, split_values
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import DataError, DataUnreachable
 
@@ -32,7 +33,6 @@ RETRIES = (1.0, 4.0, 16.0)  # seconds before each new attempt at a read that fai
 
 T = TypeVar("T")
 FILE_READERS = 16  # image files of a shard read at once (each one object-store request)
-SPLIT_COLUMN = "split"
 TOKENS_COLUMN = "tokens"
 
 
@@ -177,7 +177,9 @@ def _filtered(shard: Shard, table: pa.Table, first_row: int,
     shard's split (and without the split column unless asked for)."""
     rows = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
     if shard.split_filter:
-        keep = pc.fill_null(pc.equal(table.column(SPLIT_COLUMN), shard.split_filter), False)
+        # (its values were checked as the data were indexed: aliases such as val read here)
+        keep = pc.fill_null(pc.equal(split_values(table.column(SPLIT_COLUMN)),
+                                     shard.split_filter), False)
         rows = rows[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)]
         table = table.filter(keep)
         if columns is not None and SPLIT_COLUMN not in columns:

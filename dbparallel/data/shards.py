@@ -18,8 +18,10 @@ from typing import Any
 from dbparallel.errors import DataError
 
 SPLITS = ("train", "validation", "test")
-# folder and file names that name a split (data/parquet_index.py, data/image_folder.py); "eval"
-# is left out: some data sets mean validation by it, others test
+ALIASES_TEXT = "train, validation, test (any case; also training, val, valid, dev, testing)"
+# the names of a split (any case): of a folder or file (data/parquet_index.py,
+# data/image_folder.py), and the values of a ``split`` column or field (data/splits.py,
+# data/text_files.py); "eval" is left out: some data sets mean validation by it, others test
 SPLIT_NAMES = {"train": "train", "training": "train",
                "validation": "validation", "val": "validation", "valid": "validation",
                "dev": "validation",
@@ -30,7 +32,8 @@ TRAIN_EVAL_ROWS = 10_000  # training rows scored when a data set has no test spl
 
 
 def split_of_name(name: str) -> str | None:
-    """The split a folder or file-name token names (``val`` -> ``validation``), else None."""
+    """The split a folder or file-name token, or a split column's value, names (``val`` ->
+    ``validation``), else None."""
     return SPLIT_NAMES.get(name.lower())
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dbparallel.data.shards import SPLITS
+from dbparallel.data.shards import ALIASES_TEXT, SPLITS, split_of_name
 from dbparallel.errors import DataError
 
 SPLIT_COLUMN = "split"
@@ -18,8 +18,9 @@ SPLIT_COLUMN = "split"
 
 def split_values(column: pa.Array | pa.ChunkedArray, where: str = "",
                  first_row: int = 0) -> pa.Array:
-    """A ``split`` column, checked: strings, each one of SPLITS; DataError naming ``where``
-    (a file) and the row (counted from ``first_row``) otherwise."""
+    """A ``split`` column, checked and read as SPLITS: strings, each the name of a split
+    (``split_of_name``: ``val`` and ``Validation`` are ``validation``); DataError naming
+    ``where`` (a file) and the row (counted from ``first_row``) otherwise."""
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     at = f"{where}: " if where else ""
     if pa.types.is_dictionary(column.type):  # a pandas category column, written as is
@@ -27,11 +28,16 @@ def split_values(column: pa.Array | pa.ChunkedArray, where: str = "",
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         raise DataError(f"{at}column {SPLIT_COLUMN!r}: expected strings "
                         f"({', '.join(SPLITS)}), got {column.type}")
-    bad = pc.invert(pc.fill_null(pc.is_in(column, pa.array(SPLITS)), False))
-    if pc.any(bad).as_py():
-        row = pc.index(bad, True).as_py()
+    given = column.cast(pa.string())
+    if pc.all(pc.fill_null(pc.is_in(given, pa.array(SPLITS)), False)).as_py():
+        return given  # (the common case, read as it is)
+    names = pc.unique(given).drop_null()
+    read = pa.array([split_of_name(name) for name in names.to_pylist()], pa.string())
+    column = pc.take(read, pc.index_in(given, names))  # an unknown name, a null: null
+    if column.null_count:
+        row = pc.index(column.is_null(), True).as_py()
         raise DataError(f"{at}column {SPLIT_COLUMN!r}: row {first_row + row} is "
-                        f"{column[row].as_py()!r}; allowed: {', '.join(SPLITS)}")
+                        f"{given[row].as_py()!r}; allowed: {ALIASES_TEXT}")
     return column
 
 

@@ -33,7 +33,7 @@ from dbparallel.data.document_errors import (
 )
 from dbparallel.data.file_names import uncompressed
 from dbparallel.data.row_groups import row_group_batches
-from dbparallel.data.shards import SPLITS
+from dbparallel.data.shards import ALIASES_TEXT, split_of_name
 from dbparallel.data.tables import not_parquet
 from dbparallel.errors import DataError
 
@@ -152,9 +152,14 @@ def _slices(text: str) -> Iterator[str]:
 
 
 def _split_value(value: object, where: str) -> str | None:
-    if value is None or value in SPLITS:
-        return value  # type: ignore[return-value]
-    raise DataError(f"{where} is {value!r}, expected one of {', '.join(SPLITS)}")
+    """The split a document's ``split`` value names (``split_of_name``: ``val`` is
+    ``validation``), None where it has none; DataError naming ``where`` otherwise."""
+    if value is None:
+        return None
+    split = split_of_name(value) if isinstance(value, str) else None
+    if split is None:
+        raise DataError(f"{where} is {value!r}, expected one of {ALIASES_TEXT}")
+    return split
 
 
 def _jsonl_lines(fs: pafs.FileSystem, path: str) -> Iterator[tuple[int, bytes]]:

@@ -3,6 +3,7 @@ Parquet files and image folders, and data sets that name some files' splits but 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,42 @@ def test_a_split_column_of_categories_is_read_as_its_strings(tmp_path: Path) -> 
     labels = table.column("label").to_pylist()
     assert rows.column("label").to_pylist() == [labels[k] for k in (0, 2, 3, 1, 4)]
     assert rows.column("split").to_pylist() == ["train"] * 3 + ["test"] * 2
+
+
+def test_a_split_column_names_its_splits_as_paths_do(tmp_path: Path) -> None:
+    """``val``, ``Train``, ``TEST``: the names a folder or file may give a split, in any case,
+    are the split column's values too, when indexed and when read."""
+    from dbparallel.data import shard_reader
+
+    path = tmp_path / "aliases.parquet"
+    named = ["Train", "val", "train", "TEST", "dev", "training", "testing", "valid"]
+    _write(path, len(named), named)
+    labels = pq.read_table(path).column("label").to_pylist()
+    index = parquet_index(str(path))
+    assert [index.num_rows(s) for s in ("train", "validation", "test")] == [3, 3, 2]
+    read = {split: pa.concat_tables(r.table for r in shard_reader.iter_split(
+        index, split, ["label"])).column("label").to_pylist() for split in ("train", "test")}
+    assert read == {"train": [labels[k] for k in (0, 2, 5)],
+                    "test": [labels[k] for k in (3, 6)]}
+    _write(path, 3, ["train", "eval", None])
+    with pytest.raises(DataError, match=r"aliases.parquet: column 'split': row 1 is 'eval'; "
+                                        r"allowed: train, validation, test \(any case"):
+        parquet_index(str(path))
+    _write(path, 3, ["train", "test", None])
+    with pytest.raises(DataError, match=r"column 'split': row 2 is None; allowed: "):
+        parquet_index(str(path))
+
+
+def test_a_document_s_split_names_its_split_as_paths_do(tmp_path: Path) -> None:
+    from dbparallel.data.corpus import corpus_index
+
+    rows = [{"text": "abcdefgh" * 40, "split": s} for s in ("Train", "train", "val", "Test")]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    index = corpus_index(DataConfig(source="text", path=str(tmp_path / "docs.jsonl"),
+                                    seq_len=8))
+    assert all(index.num_rows(s) for s in ("train", "validation", "test"))
+    assert index.num_rows("train") == 2 * index.num_rows("validation")
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"text": "abcd", "split": "eval"}) + "\n")
+    with pytest.raises(DataError, match=r"field 'split' is 'eval', expected one of train, "
+                                        r"validation, test \(any case"):
+        corpus_index(DataConfig(source="text", path=str(tmp_path / "docs.jsonl"), seq_len=8))

@@ -169,8 +169,8 @@ def test_splits_from_file_names_and_from_a_split_column(tmp_path) -> None:
     assert (index.num_rows("train"), index.num_rows("test")) == (80, 40)
     test = pa.concat_tables(r.table for r in shard_reader.iter_split(index, "test", ["label"]))
     assert test.column("label").to_pylist() == mixed.column("label").to_pylist()[1::3]
-    bad = mixed.set_column(2, "split", pa.array(["train", "dev", "test"] * 40))
-    with pytest.raises(DataError, match=r"bad.parquet: column 'split': row 1 is 'dev'"):
+    bad = mixed.set_column(2, "split", pa.array(["train", "eval", "test"] * 40))
+    with pytest.raises(DataError, match=r"bad.parquet: column 'split': row 1 is 'eval'"):
         parquet_index(str(_write(bad, tmp_path / "bad.parquet")))
 
 

@@ -113,8 +113,9 @@ def test_split_column_selects_rows() -> None:
     assert eval_rows(table).column("label").to_pylist() == [2]
     no_test = table.set_column(2, "split", pa.array(["train"] * 3))
     assert eval_rows(no_test).num_rows == 3  # no test rows: score on the training rows
-    bad = table.set_column(2, "split", pa.array(["train", "dev", "test"]))
-    with pytest.raises(DataError, match="column 'split': row 1 is 'dev'"):
+    bad = table.set_column(2, "split", pa.array(["train", "eval", "test"]))
+    with pytest.raises(DataError, match="column 'split': row 1 is 'eval'; allowed: train, "
+                                        "validation, test \\(any case; also training, val, "):
         train_rows(bad)
 
 
