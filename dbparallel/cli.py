@@ -20,7 +20,7 @@ from dbparallel.cli_stop import (
     stop_signals,
 )
 from dbparallel.config import Config, ConfigError, describe, load_config, notes, unchecked
-from dbparallel.errors import UserError
+from dbparallel.errors import SPACE_FIX, UserError, out_of_space
 from dbparallel.shell import RAY_JOB_VAR, resubmit_line, shell_path
 
 EXIT_USER_ERROR = 2
@@ -250,6 +250,14 @@ def _run(args: argparse.Namespace, stop: StopSignals | None) -> int:
         if type(err).__name__ not in ("RunFailed", "NonFiniteLoss"):
             raise
         print(f"dbparallel: run failed: {err}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except OSError as err:  # a full disk: one line, what was written stays
+        if not out_of_space(err):
+            raise
+        then = (f"; the checkpoints written stay ({resume_hint()})" if args.command in TRAINING
+                else ", and run the command again")
+        print(f"dbparallel: {'run failed' if args.command in TRAINING else 'error'}: {err}: "
+              f"{SPACE_FIX}{then}", file=sys.stderr)
         return EXIT_RUN_FAILED
 
 

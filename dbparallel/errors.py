@@ -1,5 +1,10 @@
 """Errors that are the user's to fix; the CLI prints them in one line and exits with code 2."""
 
+import errno
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a full quota
+SPACE_FIX = "free space there (or raise the quota)"
+
 
 class UserError(ValueError):
     """A mistake in the input (config, data, run directory); the message names what to fix."""
@@ -46,3 +51,12 @@ class RowError(DataError):
 class DataUnreachable(OSError):
     """Reading data failed for a reason that may pass (a dropped connection, a throttled
     object store) after the reader's own retries: the block asks again, it is not bad data."""
+
+
+def out_of_space(err: BaseException) -> bool:
+    """Whether ``err`` is a write that found its disk or quota full: an OSError of
+    OUT_OF_SPACE, also one that reached this process as another error holding its message
+    (a block process's, through Ray)."""
+    if isinstance(err, OSError) and err.errno in OUT_OF_SPACE:
+        return True
+    return any(f"[Errno {number}]" in str(err) for number in OUT_OF_SPACE)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dbparallel.config import Config
-from dbparallel.errors import DataUnreachable, UserError
+from dbparallel.errors import SPACE_FIX, DataUnreachable, UserError, out_of_space
 from dbparallel.runtime.backend import (
     Backend,
     BlockLost,
@@ -220,6 +220,9 @@ class Controller:
             # meet it again; a lost process was restarted as often as allowed (BlockLost)
             said, named = str(event.error), f"block {event.block}:"  # most name their block
             said = said[len(named):].strip() if said.startswith(named) else said
+            if out_of_space(event.error):
+                said += (f": {SPACE_FIX}; the checkpoints written stay, and the same train "
+                         f"command resumes the run")
             self._fail(f"block {event.block} failed: {said}")
             return
         progress = event.result

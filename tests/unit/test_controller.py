@@ -365,3 +365,19 @@ def test_a_restart_before_any_checkpoint_is_said_to_start_over(caplog) -> None:
 def test_a_rerun_of_blocks_restarted_before_says_nothing_of_it(caplog) -> None:
     Controller(_cfg(), FakeBackend(steps=10, restarts_before=1)).run()
     assert "was restarted" not in caplog.text
+
+
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[Errno 122] Disk quota exceeded: 'run/blocks/block_1/state_00000020.pt'"),
+], ids=["oserror", "its-message"])  # as raised, and as a block process's error reached here
+def test_a_full_disk_fails_the_run_saying_what_to_do(error: Exception) -> None:
+    backend = FakeBackend(steps=10, fail={1: error})
+    with pytest.raises(RunFailed) as failed:
+        Controller(_cfg(), backend).run()
+    assert str(failed.value) == (
+        f"block 1 failed: {error}: free space there (or raise the quota); the checkpoints "
+        f"written stay, and the same train command resumes the run")
+    backend = FakeBackend(steps=10, fail={1: OSError(13, "Permission denied")})
+    with pytest.raises(RunFailed, match=r"^block 1 failed: \[Errno 13\] Permission denied$"):
+        Controller(_cfg(), backend).run()
