@@ -21,6 +21,7 @@ PATH_SOURCES = ("parquet", "text", "image_folder")  # the sources read from data
 # the sources that can be read from a path: fashion_mnist from data.path where it is set
 FILE_SOURCES = (*PATH_SOURCES, "fashion_mnist")
 TOKENIZERS = ("char", "bpe")
+PIXEL_ORDERS = ("chw", "hwc")
 SOLVERS = ("euler", "heun")
 SCHEDULES = ("equiprobable", "karras")
 PRESETS = tuple(PRESET_DIMS)
@@ -58,6 +59,10 @@ class DataConfig:
     image_size: int = 8  # side of the square images, pixels
     channels: int = 1  # image channels
     num_classes: int = 10  # label values are 0 .. num_classes-1
+    # the order of a raw pixel list's C*H*W numbers (Parquet `image` lists, not encoded
+    # images): chw (channels first, numpy's reshape(-1) of a (C, H, W) array) | hwc (channels
+    # last, np.asarray(pil_image).reshape(-1)); one channel reads the same either way
+    pixel_order: str = "chw"
     seq_len: int = 128  # tokens per text sequence (text tasks)
     vocab_size: int = 128  # token ids the text models hold; the tokenizer must fit in it
     tokenizer: str = "char"  # text: char (every distinct character) | bpe (byte-level BPE)
@@ -82,6 +87,7 @@ class DataConfig:
         check(self.image_size > 0, "data.image_size", "must be > 0")
         check(self.channels > 0, "data.channels", "must be > 0")
         check(self.num_classes > 0, "data.num_classes", "must be > 0")
+        choice(self.pixel_order, "data.pixel_order", PIXEL_ORDERS)
         check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
         check(self.vocab_size >= 2, "data.vocab_size", f"must be >= 2, got {self.vocab_size}")
         choice(self.tokenizer, "data.tokenizer", TOKENIZERS)

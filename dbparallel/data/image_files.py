@@ -2,8 +2,8 @@
 
 - a PNG/JPEG/... file: one image; a folder: every image file under it, in path order
   (hidden ones left out, as training leaves them out);
-- a Parquet file or folder of Parquet files: its ``image`` column, raw or encoded, named
-  ``<file> row <i>``.
+- a Parquet file or folder of Parquet files: its ``image`` column, raw (in the run's
+  ``data.pixel_order``) or encoded, named ``<file> row <i>``.
 
 Images are decoded as the training data was (data/images.py, data/encoded.py): grey or RGB
 by ``data.channels``, and ``data.image_size`` square, else a DataError names the input.
@@ -21,7 +21,7 @@ import torch
 from dbparallel.config import DataConfig
 from dbparallel.data.encoded import decode_encoded
 from dbparallel.data.image_folder import IMAGE_EXTENSIONS, files_under
-from dbparallel.data.images import IMAGE_COLUMN, image_encoding, shape_hint
+from dbparallel.data.images import IMAGE_COLUMN, image_encoding, in_order, shape_hint
 from dbparallel.errors import DataError, RowError
 
 
@@ -84,7 +84,7 @@ def _pixels(column: pa.Array, data: DataConfig, names: list[str]) -> torch.Tenso
         if image_encoding(column.type) == "encoded":
             flat = decode_encoded(column, data)
         else:
-            flat = _raw(column, c * s * s)
+            flat = in_order(_raw(column, c * s * s), data)
     except RowError as err:
         raise DataError(f"{names[err.row]}: {err.detail}") from None
     return torch.from_numpy(flat).reshape(-1, c, s, s)

@@ -1,7 +1,8 @@
 """Image rows: the ``image`` and ``label`` columns of some rows as tensors.
 
 The ``image`` column holds either raw pixels, a list of C*H*W numbers per row in (C, H, W)
-order (floats in [0, 1], or integers in [0, 255]), or encoded images (PNG/JPEG bytes: a binary
+order, or (H, W, C) order with ``data.pixel_order=hwc`` (floats in [0, 1], or integers in
+[0, 255]; data/pixel_order.py), or encoded images (PNG/JPEG bytes: a binary
 column, or a struct with a ``bytes`` field as Hugging Face datasets write it; data/encoded.py).
 Rows are checked and unpacked on the CPU (``image_rows``: a training stream does it once per
 window of the data, in its reading thread); a batch's pixels travel as uint8 where they are
@@ -18,6 +19,7 @@ import pyarrow.compute as pc
 import torch
 
 from dbparallel.config import DataConfig
+from dbparallel.data.pixel_order import to_chw
 from dbparallel.errors import DataError, RowError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # image folders read these
@@ -37,8 +39,9 @@ def image_encoding(kind: pa.DataType) -> str:
         values = kind.value_type
         if pa.types.is_floating(values) or pa.types.is_integer(values):
             return "raw"
+        nested = pa.types.is_list(values) or pa.types.is_fixed_size_list(values)
         flat = (": each row is one flat list of C*H*W numbers in (C, H, W) order (numpy's "
-                "reshape(-1))" if pa.types.is_list(values) or pa.types.is_fixed_size_list(values)
+                "reshape(-1)), or in (H, W, C) order with data.pixel_order=hwc" if nested
                 else "")
         raise DataError(f"column {IMAGE_COLUMN!r}: values must be numbers, got {values}{flat}")
     raise DataError(f"column {IMAGE_COLUMN!r}: expected a list of numbers per row or encoded "
@@ -79,14 +82,13 @@ def image_rows(table: pa.Table, data: DataConfig, threads: int = 1) -> dict[str,
     check_schema(table.schema)
     if table.num_rows == 0:
         raise DataError("the data set is empty (0 rows)")
-    size = data.channels * data.image_size ** 2
     column = table.column(IMAGE_COLUMN).combine_chunks()
     if image_encoding(column.type) == "encoded":
         from dbparallel.data.encoded import decode_encoded
 
         pixels = torch.from_numpy(decode_encoded(column, data, threads))
     else:
-        pixels = _raw_pixels(column, size)
+        pixels = _raw_pixels(column, data)
     labels = label_rows(table.column(LABEL_COLUMN).combine_chunks(), data.num_classes)
     return {IMAGE_COLUMN: pixels, LABEL_COLUMN: labels}
 
@@ -126,9 +128,18 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _raw_pixels(column: pa.Array, size: int) -> torch.Tensor:
-    """(N, size) pixels: uint8 for integers (checked to lie in [0, 255]), float32 for floats
-    (checked to lie in [0, 1])."""
+def in_order(flat: np.ndarray, data: DataConfig) -> np.ndarray:
+    """(N, C*H*W) raw pixel rows in (C, H, W) order: ``flat`` itself, or, with
+    data.pixel_order=hwc and more than one channel, transposed from (H, W, C)."""
+    if data.pixel_order == "chw" or data.channels == 1:
+        return flat
+    return to_chw(flat, data.channels, data.image_size)
+
+
+def _raw_pixels(column: pa.Array, data: DataConfig) -> torch.Tensor:
+    """(N, C*H*W) pixels in (C, H, W) order (``in_order``): uint8 for integers (checked to
+    lie in [0, 255]), float32 for floats (checked to lie in [0, 1])."""
+    size = data.channels * data.image_size ** 2
     if column.null_count:
         raise RowError(_first(column.is_null().to_numpy(False)), IMAGE_COLUMN, "is null")
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
@@ -142,12 +153,12 @@ def _raw_pixels(column: pa.Array, size: int) -> torch.Tensor:
     flat = values.to_numpy(zero_copy_only=False).reshape(-1, size)
     if pa.types.is_uint8(kind) and not values.null_count:  # the compact form, kept as is
         # writable: Arrow's buffers are read-only and torch wants to own what it wraps
-        return torch.from_numpy(np.require(flat, requirements="W"))
+        return torch.from_numpy(np.require(in_order(flat, data), requirements="W"))
     if pa.types.is_integer(kind):
         bad = ~np.isfinite(flat).all(1) | (flat < 0).any(1) | (flat > 255).any(1)  # nulls: NaN
         if bad.any():
             raise RowError(_first(bad), IMAGE_COLUMN, "has values outside [0, 255] for integers")
-        return torch.from_numpy(flat.astype(np.uint8))
+        return torch.from_numpy(in_order(flat.astype(np.uint8), data))
     pixels = flat.astype(np.float32)
     bad = ~np.isfinite(pixels).all(1) | (pixels < 0).any(1) | (pixels > 1).any(1)
     if bad.any():
@@ -160,7 +171,7 @@ def _raw_pixels(column: pa.Array, size: int) -> torch.Tensor:
         else:
             why = "has values outside [0, 1] for floats"
         raise RowError(_first(bad), IMAGE_COLUMN, why)
-    return torch.from_numpy(pixels)
+    return torch.from_numpy(in_order(pixels, data))
 
 
 def label_rows(column: pa.Array, num_classes: int) -> torch.Tensor:

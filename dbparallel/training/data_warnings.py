@@ -2,23 +2,43 @@
 
 Data that decode without a bad row may still be decoded or trained into something the user did
 not mean: colour images with ``data.channels=1`` become grey (encoded images are converted to
-the configured mode, data/encoded.py), and a data.num_classes above the data's classes makes
-the blocks sample and score classes that never occur. The driver prints such a warning on
-``data check`` and on ``train`` alike (a Ray run's blocks never print it), naming the key that
-fixes it: the colour mode and an image folder's classes before the validation pass, Parquet
-labels after it (the pass sees every label; training/data_check.py).
+the configured mode, data/encoded.py), raw colour pixel lists read in the other order than
+``data.pixel_order`` become scrambled images (data/pixel_order.py), and a data.num_classes
+above the data's classes makes the blocks sample and score classes that never occur. The
+driver prints such a warning on ``data check`` and on ``train`` alike (a Ray run's blocks never
+print it), naming the key that fixes it: the colour mode, the pixel order and an image folder's
+classes before the validation pass, Parquet labels after it (the pass sees every label;
+training/data_check.py).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from dbparallel.config import Config
 from dbparallel.data.images import IMAGE_COLUMN
+from dbparallel.data.pixel_order import looks_like
 from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex
 
-SAMPLE_IMAGES = 16  # the first images of a split whose headers tell grey from colour
+# the first images of a split whose headers tell grey from colour, and whose raw pixels
+# tell channels first from channels last
+SAMPLE_IMAGES = 16
+ORDER_NAMES = {"chw": "channels-first ((C, H, W) order)", "hwc": "channels-last ((H, W, C) order)"}
+
+
+def _first_images(index: DataIndex) -> pa.Array:
+    """The ``image`` column of the first SAMPLE_IMAGES rows of the training split (of the
+    first split, where there is none)."""
+    present = index.present()
+    split = "train" if "train" in present else present[0]
+    shard = next(s for s in index.shards(split) if s.rows)
+    read = read_shard(shard, [IMAGE_COLUMN], index.meta, limit=SAMPLE_IMAGES)
+    return read.table.column(IMAGE_COLUMN).combine_chunks()
 
 
 def colour_warning(cfg: Config, index: DataIndex) -> str | None:
@@ -28,12 +48,29 @@ def colour_warning(cfg: Config, index: DataIndex) -> str | None:
         return None
     from dbparallel.data.encoded import image_kinds  # Pillow, for encoded images only
 
-    present = index.present()
-    split = "train" if "train" in present else present[0]
-    shard = next(s for s in index.shards(split) if s.rows)
-    read = read_shard(shard, [IMAGE_COLUMN], index.meta, limit=SAMPLE_IMAGES)
-    return channels_warning([k for k in image_kinds(read.table.column(IMAGE_COLUMN)) if k],
+    return channels_warning([k for k in image_kinds(_first_images(index)) if k],
                             cfg.data.channels)
+
+
+def pixel_order_warning(cfg: Config, index: DataIndex) -> str | None:
+    """A warning when the first raw pixel lists of the training split (of the first split,
+    where there is none) look like the other order than data.pixel_order (``looks_like``);
+    None for encoded images and for data.channels other than 3 (the measured case). Rows of
+    another length or with values that are not numbers are left out (the validation pass
+    names them)."""
+    data = cfg.data
+    if index.kind != "images" or index.meta.get("encoding") != "raw" or data.channels != 3:
+        return None
+    column = _first_images(index)
+    size = data.channels * data.image_size ** 2
+    whole = pc.fill_null(pc.equal(pc.list_value_length(column), size), False)
+    flat = pc.list_flatten(column.filter(whole)).to_numpy(zero_copy_only=False)
+    rows = flat.astype(np.float64).reshape(-1, size)
+    seen = looks_like(rows[np.isfinite(rows).all(1)], data.channels, data.image_size)
+    if seen is None or seen == data.pixel_order:
+        return None
+    return (f"the raw pixel lists look {ORDER_NAMES[seen]} but data.pixel_order="
+            f"{data.pixel_order}: set data.pixel_order={seen}")
 
 
 def classes_warning(num_classes: int, names: list[str] | None = None,
