@@ -11,6 +11,7 @@ by ``data.channels``, and ``data.image_size`` square, else a DataError names the
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from dbparallel.data.encoded import decode_encoded
 from dbparallel.data.image_folder import IMAGE_EXTENSIONS, files_under
 from dbparallel.data.images import IMAGE_COLUMN, image_encoding, in_order, shape_hint
 from dbparallel.errors import DataError, RowError
+
+log = logging.getLogger(__name__)
 
 
 def read_images(path: str | Path, data: DataConfig) -> tuple[list[str], torch.Tensor]:
@@ -40,6 +43,11 @@ def read_images(path: str | Path, data: DataConfig) -> tuple[list[str], torch.Te
         tables = [p for p in found if p.suffix.lower() == ".parquet"]
         if not files and tables:
             return _from_parquet(tables, data)
+        if tables:  # two kinds of input in one folder: the images are what is classified
+            log.warning("%s: %d Parquet file%s beside its images left out (%s); give %s "
+                        "its own path to classify its rows", path, len(tables),
+                        "s" * (len(tables) > 1), tables[0].name,
+                        "it" if len(tables) == 1 else "each")
         if not files:
             raise DataError(f"{path}: no image files ({' '.join(IMAGE_EXTENSIONS)}) or "
                             f"Parquet tables in it")

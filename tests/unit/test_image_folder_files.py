@@ -141,3 +141,22 @@ def test_a_class_folder_of_a_splits_name_is_told_how_it_was_read(tmp_path: Path)
                               f"(dev/ as 'validation', train/): with split folders every "
                               f"folder of data.path is one (train, training, validation, val, "
                               f"valid, dev, test, testing); {fix}")
+
+
+def test_parquet_beside_the_images_is_named_as_left_out(tmp_path: Path, caplog) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "inbox"
+    data.mkdir()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(data / "0.png")
+    pq.write_table(pa.table({"image": [[0] * 64], "label": [0]}), data / "more.parquet")
+    cfg = DataConfig(source="parquet", path=str(data), image_size=8, channels=1,
+                     num_classes=2)
+    with caplog.at_level("WARNING"):
+        names, _ = read_images(data, cfg)
+    assert names == [str(data / "0.png")]
+    assert caplog.messages == [f"{data}: 1 Parquet file beside its images left out "
+                               f"(more.parquet); give it its own path to classify its rows"]
+    names, _ = read_images(data / "more.parquet", cfg)
+    assert names == [f"{data / 'more.parquet'} row 0"]
