@@ -177,9 +177,13 @@ def _filtered(shard: Shard, table: pa.Table, first_row: int,
     shard's split (and without the split column unless asked for)."""
     rows = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
     if shard.split_filter:
-        # (its values were checked as the data were indexed: aliases such as val read here)
-        keep = pc.fill_null(pc.equal(split_values(table.column(SPLIT_COLUMN)),
-                                     shard.split_filter), False)
+        # (its values were checked as the data were indexed: aliases such as val read here;
+        # one refused now is of a file rewritten since)
+        try:
+            split = split_values(table.column(SPLIT_COLUMN), shard.uri, first_row)
+        except DataError as err:
+            raise DataError(f"{err} (the file changed since the run indexed it?)") from None
+        keep = pc.fill_null(pc.equal(split, shard.split_filter), False)
         rows = rows[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)]
         table = table.filter(keep)
         if columns is not None and SPLIT_COLUMN not in columns:

@@ -154,3 +154,24 @@ def test_a_document_s_split_names_its_split_as_paths_do(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"field 'split' is 'eval', expected one of train, "
                                         r"validation, test \(any case"):
         corpus_index(DataConfig(source="text", path=str(tmp_path / "docs.jsonl"), seq_len=8))
+
+
+def test_a_split_value_changed_since_the_index_is_refused_naming_its_file_and_row(
+        tmp_path: Path) -> None:
+    """A file rewritten under a run (the same rows, a split value no longer a split's name):
+    the read refuses it naming the file and the file's row (here in its second row group),
+    as the index would have."""
+    from dbparallel.data import shard_reader
+
+    path = tmp_path / "changed.parquet"
+    _write(path, 4, ["train", "test", "val", "train"])
+    table = pq.read_table(path)
+    pq.write_table(table, path, row_group_size=2)
+    index = parquet_index(str(path))
+    pq.write_table(table.set_column(2, "split", pa.array(["train", "test", "val", "eval"])),
+                   path, row_group_size=2)
+    with pytest.raises(DataError, match=r"changed.parquet: column 'split': row 3 is 'eval'; "
+                                        r"allowed: .* \(the file changed since the run "
+                                        r"indexed it\?\)"):
+        for _ in shard_reader.iter_split(index, "train", ["label"]):
+            pass
