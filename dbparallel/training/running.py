@@ -159,10 +159,11 @@ def _settle(storage: Storage, kept: Record, blocks: list[int] | None, count: int
         unsettled = [(path, record) for path, record in rivals
                      if not record.get("confirmed", True)]
         ahead = [(path, record) for path, record in unsettled if (record["since"], path) < order]
+        going = [(path, record) for path, record in rivals if record.get("confirmed", True)]
+        if going:  # its process goes on: refused whatever the unconfirmed ones settle
+            raise _refusal(storage, *going[0], now)
         if ahead or (unsettled and time.monotonic() >= deadline):
             raise _refusal(storage, *(ahead or unsettled)[0], now)
-        if rivals and not unsettled:  # a confirmed one: its process goes on
-            raise _refusal(storage, *rivals[0], now)
         if not unsettled:
             kept.update(confirmed=True)
             return

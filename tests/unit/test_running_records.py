@@ -246,6 +246,24 @@ def test_a_start_beside_a_confirmed_record_is_refused_at_once(run_dir: str) -> N
         assert storage.listdir(RUNNING_DIR) == ["rival.json"]
 
 
+def test_a_confirmed_record_refuses_a_start_also_beside_a_later_unsettled_one(
+        tmp_path: Path) -> None:
+    """A start that finds a confirmed record (a run that goes on, here on another machine)
+    beside an unconfirmed one begun after its own (a start whose process hangs, or was killed
+    as it settled) is refused by the confirmed one, naming the run that goes on, without
+    waiting on the other for its train.lease_timeout_s."""
+    cfg = load_config([TINY], [f"run.dir={tmp_path / 'run'}", "train.lease_timeout_s=2"])
+    storage = Storage(cfg.run_dir)
+    with _live() as proc:
+        write_runner(storage, "other-host", 4343, name="going", since=time.time() - 60)
+        _rival(storage, proc, time.time() + 60, confirmed=False, name="hung")
+        with pytest.raises(RunDirError) as refused, running(cfg):
+            pytest.fail("went on beside a confirmed record")
+        assert sorted(storage.listdir(RUNNING_DIR)) == ["going.json", "hung.json"]
+    assert "(pid 4343 on other-host, training every block; " in str(refused.value), \
+        str(refused.value)
+
+
 def test_a_record_deleted_under_its_running_process_is_written_back(run_dir: str) -> None:
     """As an object store's empty directory cleared at the instant a record was written
     deletes it (storage.py ``remove_empty_dir``): the process still runs the run, so its
