@@ -9,7 +9,8 @@ ids per row, uint8 when the vocabulary fits 256 ids, else uint16), ``index.json`
 BPE, ``tokenizer.json`` and ``train_ids.json`` (the ids the train split holds: generation
 draws only those, data/tokenizer.py); the token files are written by data/token_files.py. A
 build writes into a temporary directory renamed into place, so processes building the same
-corpus at once are safe (the first rename wins, the others use it). The build streams the
+corpus at once are safe (the first rename wins, the others use it); the next look-up of the
+corpus removes those of killed builds (data/build_dirs.py). The build streams the
 documents (data/text.py) in passes, never holding the corpus:
 
 1. layout: count documents and characters, check every document (UTF-8, JSON, split values);
@@ -38,7 +39,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +48,7 @@ import numpy as np
 
 from dbparallel.config import DataConfig
 from dbparallel.data.bpe_pieces import bpe_pieces
+from dbparallel.data.build_dirs import BUILDER_FILE, build_dir, remove_abandoned
 from dbparallel.data.cache import cache_dir
 from dbparallel.data.corpus_layout import Layout, check_rows, layout_of, warn_dropped
 from dbparallel.data.shards import SPLITS, DataIndex, Shard
@@ -83,6 +84,7 @@ def corpus_index(data: DataConfig) -> DataIndex:
     source = text_source(data)
     content = source.digest()
     folder = cache_dir() / "corpus" / corpus_key(content, data, source.reads_field())
+    remove_abandoned(folder)  # the temporary folders of killed builds of this corpus
     if not (folder / INDEX_FILE).is_file():
         _build(source, content, data, folder)
     index = _load(folder, data.shard_rows, source.label)
@@ -214,8 +216,7 @@ def _build(source: TextSource, content: str, data: DataConfig, folder: Path) -> 
         raise DataError(f"data.vocab_size: a byte-level BPE needs {BYTE_SYMBOLS} to {MAX_IDS} "
                         f"ids (every byte plus its merges), got {data.vocab_size}")
     start = time.perf_counter()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = build_dir(folder)
     try:
         layout = layout_of(source, data.seq_len)
         make = _char_files if data.tokenizer == "char" else _bpe_files
@@ -227,6 +228,7 @@ def _build(source: TextSource, content: str, data: DataConfig, folder: Path) -> 
         if source.digest() != content:
             raise _changed(source)
         (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1))
+        (tmp / BUILDER_FILE).unlink()
         try:
             os.rename(tmp, folder)
         except OSError:

@@ -1,0 +1,86 @@
+"""The temporary folders that corpus builds write into (data/corpus.py), and removing those of
+builds that were killed.
+
+A build writes ``cache_dir()/corpus/.<key>.<random>/`` and renames it to ``<key>/`` once
+complete. A build killed part-way (SIGKILL, the machine's OOM killer) never reaches its
+cleanup, so its folder, as large as the token files it had written, would stay in the cache
+for good. Every build folder therefore names its builder in ``builder.json``: host, where its
+pid means something (the kernel's boot and the pid namespace) and when the process started.
+The next look-up of the same corpus on that host and pid namespace removes the folders whose
+builder no longer runs; a folder whose builder cannot be asked about (another machine or
+container, or no ``/proc``) or whose builder is not named yet is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BUILDER_FILE = "builder.json"
+
+
+def _space() -> str:
+    """Where this process's pid means something: the kernel's boot and the pid namespace;
+    "" where the system does not say (not Linux)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}:{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def _start(pid: int | str) -> str | None:
+    """When process ``pid`` started (field 22 of /proc/PID/stat); None where it does not run
+    (gone, or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except (OSError, ValueError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def build_dir(folder: Path) -> Path:
+    """A new, empty temporary sibling of ``folder`` to build into, its builder (this
+    process) named in it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    builder = {"host": socket.gethostname(), "space": _space(), "pid": os.getpid(),
+               "start": _start("self") or ""}
+    (tmp / BUILDER_FILE).write_text(json.dumps(builder))
+    return tmp
+
+
+def _abandoned(tmp: Path, here: tuple[str, str]) -> int | None:
+    """The pid of the builder of ``tmp`` where it is a process of this host and pid namespace
+    that no longer runs; None otherwise (it runs, cannot be asked, or is not named)."""
+    try:
+        builder = json.loads((tmp / BUILDER_FILE).read_text())
+        host, space, pid = builder["host"], builder["space"], int(builder["pid"])
+        start = str(builder["start"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not space or (host, space) != here or not start:
+        return None
+    return pid if _start(pid) != start else None
+
+
+def remove_abandoned(folder: Path) -> None:
+    """Remove the temporary build folders of ``folder`` left by killed builds of this host."""
+    here = (socket.gethostname(), _space())
+    if not here[1] or not folder.parent.is_dir():
+        return
+    for tmp in folder.parent.glob(f".{folder.name}.*"):
+        pid = _abandoned(tmp, here) if tmp.is_dir() else None
+        if pid is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("removed %s, the unfinished build of pid %d, which no longer runs",
+                     tmp, pid)
