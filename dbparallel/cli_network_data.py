@@ -123,8 +123,10 @@ def takes(cfg: Config) -> str:
         takes = (f"a text, JSONL or Parquet file, or a folder of them, the documents of JSONL "
                  f"and Parquet in field {field}" if source == "text" else
                  f"a Parquet file with a string column {field}, or a folder of them")
-        run = f"task={task}" if source == "text" else f"task={task}, data.source={source}"
-        return f"this run is a text run ({run}), and --data takes text: {takes}"
+        if source == "text":
+            return f"this run is a text run (task={task}), and --data takes text: {takes}"
+        return (f"this run is a text run (task={task}) read from Parquet "
+                f"(data.source={source}), and --data takes Parquet: {takes}")
     takes = {"image_folder": "a folder holding a folder of images (PNG, JPEG, ...) per class",
              "fashion_mnist": "a folder of the four Fashion-MNIST IDX files, or a Parquet "
                               "table with image and label columns"}.get(

@@ -207,3 +207,36 @@ def test_a_run_of_a_field_resumes_with_it_alone_and_eval_data_reads_it(
         f"run is a text run (task=ar), and --data takes text: a text, JSONL or Parquet file, "
         f"or a folder of them, the documents of JSONL and Parquet in field 'content' (the "
         f"run's data.text_field)\n")
+
+
+def test_eval_data_of_a_text_run_read_from_parquet_says_it_takes_parquet(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A text run of data.source=parquet reads --data as Parquet: a JSONL file of the same
+    documents is refused saying that --data takes Parquet (not 'text'), and the table moved
+    elsewhere is read."""
+    from dbparallel.runtime.local import run_local
+
+    table = tmp_path / "stories.parquet"
+    pq.write_table(pa.table({"story": stories(20)}), table)
+    run = tmp_path / "run"
+    common = ["task=mdm", "model.depth=2", "model.hidden=32", "data.source=parquet",
+              f"data.path={table}", "data.text_field=story", "data.seq_len=32",
+              "train.steps=2", "train.checkpoint_every=2", "train.log_every=1",
+              "metrics.port=0", "sample.eval_samples=10", "sample.elbo_draws=1",
+              "sample.steps=4", f"run.dir={run}"]
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], common)
+    run_local(cfg, None, progress=False, only_blocks=list(range(cfg.model.blocks)))
+
+    lines = write_jsonl(tmp_path / "stories.jsonl", [{"story": d} for d in stories(20)])
+    assert cli.main(["eval", str(run), "--data", str(lines)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"dbparallel: error: --data {lines}: {str(lines)!r} is named as text, not Parquet: "
+        f"this run is a text run (task=mdm) read from Parquet (data.source=parquet), and "
+        f"--data takes Parquet: a Parquet file with a string column 'story' (the run's "
+        f"data.text_field), or a folder of them\n")
+    moved = tmp_path / "moved" / "stories.parquet"
+    moved.parent.mkdir()
+    shutil.copy(table, moved)
+    assert cli.main(["eval", str(run), "--data", str(moved), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bpc"] > 0
