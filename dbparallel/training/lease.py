@@ -133,7 +133,7 @@ class BlockLease:
         if age >= timeout_s:
             if taking:  # a writer stalled past the timeout, or one of another machine
                 log.warning(
-                    "block %d: taking over its lease from pid %s on %s (run %s), which last "
+                    "block %d: taking over its lease from pid %s on %s (session %s), which last "
                     "renewed it %.0f s ago, past train.lease_timeout_s=%g s; %s", self.block,
                     pid, host, session.partition("@")[0], age, timeout_s,
                     "that process still runs on this machine: it stops writing the block at "
@@ -143,7 +143,7 @@ class BlockLease:
                     "stops writing the block at its next check")
             return
         held = (f"block {self.block} is being trained by another process (pid {pid} on "
-                f"{host}, run {session.partition('@')[0]}, lease renewed {age:.0f} s ago)")
+                f"{host}, session {session.partition('@')[0]}, lease renewed {age:.0f} s ago)")
         stop = f"stop it first (`dbparallel stop {shell_path(self.storage.uri(''))}` on {host})"
         if driver is not None:  # a Ray actor or worker of a driver
             stop = (f"stop the run's driver first (pid {driver[1]} on {driver[0]}: "
@@ -208,13 +208,13 @@ class BlockLease:
         older than the timeout, that its lease lapsed while it worked."""
         if current and deleted:
             session, host, pid = holder_parts(current["holder"])
-            by = (f"another process took this block since (pid {pid} on {host}, run "
+            by = (f"another process took this block since (pid {pid} on {host}, session "
                   f"{session.partition('@')[0]}; lease generation {current['generation']}, "
                   f"this process holds {self.generation}: a lower one, which a writer takes "
                   f"where {self.storage.uri(self.path)} was deleted)")
         elif current and current.get("holder"):
             session, host, pid = holder_parts(current["holder"])
-            by = (f"another process took this block over (pid {pid} on {host}, run "
+            by = (f"another process took this block over (pid {pid} on {host}, session "
                   f"{session.partition('@')[0]}; lease generation {current['generation']}, "
                   f"this process holds {self.generation})")
         elif current and current.get("ended"):

@@ -36,7 +36,8 @@ def test_a_second_writer_is_refused_until_the_lease_lapses(tmp_path) -> None:
     assert first.acquire() == 1
     second = BlockLease(storage, 1, "run-b", 60.0, clock)
     with pytest.raises(RunDirError, match=r"block 1 is being trained by another process "
-                                          r"\(pid \d+ on .*, run run-a, lease renewed 0 s ago\)"):
+                                          r"\(pid \d+ on .*, session run-a, lease renewed "
+                                          r"0 s ago\)"):
         second.acquire()
     clock.now += 59
     first.check()  # renewed: still held
@@ -61,14 +62,14 @@ def test_a_live_writer_whose_lease_lapsed_is_warned_of_and_told_to_raise_the_tim
     with caplog.at_level(logging.WARNING, logger="dbparallel.training.lease"):
         assert BlockLease(storage, 0, "run-b", 60.0, clock).acquire() == 2
     assert f"block 0: taking over its lease from pid {os.getpid()} on {socket.gethostname()} " \
-           f"(run run-a), which last renewed it 75 s ago, past train.lease_timeout_s=60 s; " \
+           f"(session run-a), which last renewed it 75 s ago, past train.lease_timeout_s=60 s; " \
            f"that process still runs on this machine: it stops writing the block at its " \
            f"next check" in caplog.text
     with pytest.raises(LeaseLost) as lost:
         slow.check()
     assert str(lost.value) == (
         f"block 0: another process took this block over (pid {os.getpid()} on "
-        f"{socket.gethostname()}, run run-b; lease generation 2, this process holds 1); this "
+        f"{socket.gethostname()}, session run-b; lease generation 2, this process holds 1); this "
         f"process stops writing. Its lease had lapsed: this process last renewed it 75 s ago, "
         f"past train.lease_timeout_s=60 s; if one of its steps or checkpoints takes that "
         f"long, raise train.lease_timeout_s")
@@ -92,7 +93,7 @@ def test_a_lease_of_a_killed_process_of_this_machine_is_taken_at_once(tmp_path,
     holder = _holder_process(str(tmp_path))
     try:
         assert holder_alive(storage.read_json("blocks/block_0/lease.json")["holder"]) is True
-        with pytest.raises(RunDirError, match=rf"\(pid {holder.pid} on .*, run killed, .*\), "
+        with pytest.raises(RunDirError, match=rf"\(pid {holder.pid} on .*, session killed, .*\), "
                                               r"which still runs on this machine: stop it") \
                 as refused:
             BlockLease(storage, 0, "rerun", 3600.0).acquire()  # it runs: refused
@@ -149,7 +150,7 @@ def test_a_holder_that_cannot_be_asked_is_waited_for_or_its_lease_deleted(tmp_pa
     holder = lease["holder"].split("/")
     holder[1] = "other-host"  # the same lease, written by a process of another machine
     storage.write_json("blocks/block_0/lease.json", {**lease, "holder": "/".join(holder)})
-    with pytest.raises(RunDirError, match=r"\(pid \d+ on other-host, run elsewhere, .*\); "
+    with pytest.raises(RunDirError, match=r"\(pid \d+ on other-host, session elsewhere, .*\); "
                                           r"stop it first \(`dbparallel stop \S+` on "
                                           r"other-host\) or wait train.lease_timeout_s=3600 s "
                                           r".*delete .*lease.json"):
@@ -172,7 +173,7 @@ def test_a_refusal_names_the_driver_of_a_ray_run(tmp_path) -> None:
     try:
         assert actor.stdout is not None and actor.stdout.readline().strip() == "held"
         with pytest.raises(RunDirError, match=(
-                rf"\(pid {actor.pid} on .*, run {session.partition('@')[0]}, .*\), which still "
+                rf"\(pid {actor.pid} on .*, session {session.partition('@')[0]}, .*\), which still "
                 rf"runs on this machine: stop the run's driver first \(pid {os.getpid()} on "
                 rf"{socket.gethostname()}: `dbparallel stop {storage.uri('')}` there, Ctrl-C, "
                 rf"or `ray job stop`")):
@@ -363,7 +364,7 @@ def test_a_zombie_that_wrote_no_checkpoint_stops_once_its_lease_was_deleted(tmp_
         zombie.check()
     assert str(lost.value) == (
         f"block 0: another process took this block since (pid {os.getpid()} on "
-        f"{socket.gethostname()}, run run-c; lease generation 1, this process holds 2: a lower "
+        f"{socket.gethostname()}, session run-c; lease generation 1, this process holds 2: a lower "
         f"one, which a writer takes where {tmp_path}/blocks/block_0/lease.json was deleted); "
         f"this process stops writing")
     new.check()
@@ -386,7 +387,7 @@ def test_the_writer_a_lease_was_taken_from_is_written_over_when_its_renewal_land
     storage.write_json("blocks/block_0/lease.json", held)  # old's renewal, landing late
     new.check()
     assert storage.read_json("blocks/block_0/lease.json")["holder"] == new.holder
-    with pytest.raises(LeaseLost, match="run run-b; lease generation 2, this process holds 1"):
+    with pytest.raises(LeaseLost, match="session run-b; lease generation 2, this process holds 1"):
         old.check()
 
 
