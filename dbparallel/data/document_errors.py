@@ -99,10 +99,17 @@ def _field_fix(other: str, field: str, first: bool, folder: str, later: bool) ->
             f"documents{every}")
 
 
+def is_strings(kind: pa.DataType) -> bool:
+    """Whether a Parquet column of type ``kind`` holds strings: plain, large, or
+    dictionary-encoded (a pandas category column, written as is)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def string_columns(schema: pa.Schema) -> list[str]:
     """The names of the string columns of a Parquet table's ``schema``."""
-    return [f.name for f in schema if pa.types.is_string(f.type)
-            or pa.types.is_large_string(f.type)]
+    return [f.name for f in schema if is_strings(f.type)]
 
 
 def missing_text(path: str, schema: pa.Schema, field: str, folder: str = "",

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from dbparallel.data.document_errors import (
     SPLIT_FIELD,
     WORK_FIELD,
+    is_strings,
     missing_text,
     not_a_document,
     not_json,
@@ -195,11 +196,14 @@ def _jsonl_documents(fs: pafs.FileSystem, path: str, folder: str, field: str,
 
 def _string_column(schema: pa.Schema, column: str, path: str, field: str) -> bool:
     """Whether ``column`` is present; DataError when it is not a string column (the text
-    ``field`` named with its key)."""
+    ``field`` named with its key), also one of strings dictionary-encoded (a pandas category
+    column, written as is). A ``work`` column, a name only, may hold any values."""
     if column not in schema.names:
         return False
-    kind = schema.field(column).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+    if column == WORK_FIELD and column != field:
+        return True
+    if not is_strings(schema.field(column).type):
+        kind = schema.field(column).type
         key = f" (data.text_field={field})" if column == field else ""
         raise DataError(f"{path}: column {column!r}{key}: expected strings, got {kind}")
     return True
@@ -234,7 +238,8 @@ def _table_documents(table: pa.Table, first_row: int, path: str,
     texts = table.column(field).to_pylist()
     splits = (table.column(SPLIT_FIELD).to_pylist() if SPLIT_FIELD in table.column_names
               else None)
-    works = table.column(WORK_FIELD).to_pylist() if WORK_FIELD in table.column_names else None
+    works = (table.column(WORK_FIELD).to_pylist() if WORK_FIELD in table.column_names
+             and WORK_FIELD != field else None)
     for i, text in enumerate(texts):
         row = first_row + i
         if text is None:
@@ -245,5 +250,5 @@ def _table_documents(table: pa.Table, first_row: int, path: str,
             if splits[i] is None:
                 raise DataError(f"{where} is null")
             split = _split_value(splits[i], where)
-        name = works[i] if works is not None and works[i] is not None else f"row{row}"
+        name = str(works[i]) if works is not None and works[i] is not None else f"row{row}"
         yield Document(name, split, _slices(text))

@@ -144,6 +144,36 @@ def test_parquet_rows_are_documents(tmp_path: Path) -> None:
     assert_matches(index, works, 24)
 
 
+def test_parquet_of_category_columns_and_numbered_works_is_read(tmp_path: Path) -> None:
+    """A table pandas writes from category columns (strings dictionary-encoded, stored as
+    they are) and an integer ``work`` column (a name, not used): the same rows as plain
+    strings give; a column of other values for the text or the split is still refused."""
+    works = [words(i, 100 + i) for i in range(16)]
+    splits = ["train", "validation", "test", "train"] * 4
+    table = pa.table({"body": pa.array(works).dictionary_encode(),
+                      "split": pa.array(splits).dictionary_encode(),
+                      "work": pa.array(range(16), pa.int64())})
+    pq.write_table(table, tmp_path / "docs.parquet", row_group_size=5)
+    assert pq.read_schema(tmp_path / "docs.parquet").field("split").type == pa.dictionary(
+        pa.int32(), pa.string())
+    index = corpus_index(DataConfig(source="parquet", path=str(tmp_path / "docs.parquet"),
+                                    seq_len=24, text_field="body"))
+    assert_matches(index, works, 24, splits)
+
+    pq.write_table(table.set_column(0, "body", pa.array(range(16))), tmp_path / "ids.parquet")
+    with pytest.raises(DataError, match=r"ids.parquet: column 'body' \(data.text_field=body\):"
+                                        r" expected strings, got int64"):
+        corpus_index(DataConfig(source="parquet", path=str(tmp_path / "ids.parquet"),
+                                seq_len=24, text_field="body"))
+    pq.write_table(table.drop_columns(["body"]).append_column(
+        "story", pa.array(works).dictionary_encode()), tmp_path / "other.parquet")
+    with pytest.raises(DataError, match=r"its string columns are \['story'\]: set "
+                                        r"data.text_field to the column that holds the "
+                                        r"documents, e.g. data.text_field=story"):
+        corpus_index(DataConfig(source="parquet", path=str(tmp_path / "other.parquet"),
+                                seq_len=24, text_field="body"))
+
+
 def test_dtype_follows_the_vocabulary(tmp_path: Path) -> None:
     path = tmp_path / "wide.txt"
     body = "".join(chr(0x400 + i % 300) for i in range(20000))
