@@ -158,7 +158,8 @@ def _recipe(path: str | Path) -> Any:
 
 
 def _sections_are_mappings(given: Any) -> None:
-    """ConfigError naming the first section (model, train, ...) given a value, not keys."""
+    """ConfigError naming the first section (model, train, ...) given a value, not keys, or
+    the first list key given keys."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     defaults = Config()
@@ -173,6 +174,13 @@ def _sections_are_mappings(given: Any) -> None:
                 f"{f.name}: is a section, a mapping of keys ({f.name}.{fields(section)[0].name}"
                 f"=..., or `{f.name}:` with its keys indented below it in a recipe), not a "
                 f"value; got {shown!r}")
+        for key in fields(section):  # a list key given keys (train.block_steps.x=1)
+            if not isinstance(getattr(section, key.name), list):
+                continue
+            inner = OmegaConf.select(value, key.name, throw_on_resolution_failure=False)
+            if isinstance(inner, DictConfig):
+                raise ConfigError(f"{f.name}.{key.name}: expects a list, e.g. [600, 400]; got "
+                                  f"{OmegaConf.to_container(inner)!r}")
 
 
 def _auto_blocks(files: list[str | Path], overrides: list[str],

@@ -19,7 +19,7 @@ def from_file(key: str, files: list[str | Path], layers: list[Any], overrides: l
     for item in overrides:
         given = item.split("=", 1)[0].strip()
         if key == given or key.startswith((given + ".", given + "[")) \
-                or f"{given}=" in message:
+                or given.startswith((key + ".", key + "[")) or f"{given}=" in message:
             return message
     try:
         for path, layer in reversed(list(zip(files, layers, strict=False))):
@@ -49,6 +49,9 @@ def omegaconf_reason(err: Exception) -> str:
         return "expects a list, e.g. [600, 400]"
     if text.startswith("Incompatible value 'None'"):
         return "needs a value (key=value)"
+    given = re.match(r"Cannot convert '(?:DictConfig|ListConfig)' to string: '(.*)'$", text)
+    if given:  # text_field.x=1 or text_field=[a]: keys or a list where a string goes
+        return f"expects a string, got {given.group(1)}"
     wrong = re.match(r"Value '(.*)' (?:of type '\w+' could not be converted to (\w+)"
                      r"|is not a valid (bool))", text)
     if wrong:

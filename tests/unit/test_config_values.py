@@ -67,6 +67,14 @@ TEXT = ["data.source=shakespeare"]
         # a section given a value
         (["model=3"], "model", "is a section, a mapping of keys"),
         (["train=[1,2]"], "train", "is a section, a mapping of keys"),
+        # a key given keys under it, or a list, where it takes a value
+        (["train.block_steps.x=1"], "train.block_steps",
+         "expects a list, e.g. [600, 400]; got {'x': 1}"),
+        (["data.text_field.x=1"], "data.text_field", "expects a string, got {'x': 1}"),
+        (["data.text_field=[a]"], "data.text_field", "expects a string, got ['a']"),
+        # the override that did it is named, not the recipe that set the key before it
+        ([str(ROOT / "jobs" / "tiny_cpu.yaml"), "train.steps.x=1"], "train.steps",
+         "expects an integer"),
     ],
 )
 def test_a_value_that_used_to_crash_is_refused_naming_the_key(
@@ -82,6 +90,15 @@ def test_a_recipe_giving_a_section_a_value_is_named(tmp_path, capsys) -> None:
     recipe.write_text("model: 3\n")
     assert main(["plan", str(recipe)]) == 2
     assert "model: is a section, a mapping of keys" in capsys.readouterr().err
+
+
+def test_a_recipe_giving_a_list_key_keys_is_named(tmp_path, capsys) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  block_steps:\n    first: 300\n")
+    assert main(["plan", str(recipe)]) == 2
+    assert capsys.readouterr().err == (
+        f"dbparallel: error: {recipe}: train.block_steps: expects a list, e.g. [600, 400]; "
+        f"got {{'first': 300}}\n")
 
 
 def test_every_recipe_loads() -> None:
