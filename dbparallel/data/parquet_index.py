@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from dbparallel.data.file_names import PARQUET_SUFFIXES
+from dbparallel.data.file_names import PARQUET_SUFFIXES, text_file_name
 from dbparallel.data.image_folder import IMAGE_EXTENSIONS
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, check_schema, image_encoding
 from dbparallel.data.shards import SPLIT_NAMES, DataIndex, Shard, split_of_name
@@ -59,6 +59,9 @@ def parquet_files(path: str) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]
         if _images_among(found):  # another source reads them: a fix for training
             raise OtherData(f"data.path: {held}; a folder of images, a folder per class, is "
                             f"data.source=image_folder", held)
+        if any(f.type == pafs.FileType.File and text_file_name(f.base_name) for f in found):
+            raise OtherData(f"data.path: {held}; text files are a text corpus: give "
+                            f"data.source=text (with a text task: task=mdm, ar or looped)", held)
         raise DataError(f"data.path: {held}")
     return fs, where, files
 

@@ -166,6 +166,13 @@ def test_a_folder_without_parquet_files_says_what_it_holds(tmp_path, capsys) -> 
     write_table(table, str(upper / "PART-0.PARQUET"))
     assert "'PART-0.PARQUET' and any other name whose suffix is not in lower case are " \
         "skipped" in refused(upper)
+    texts = tmp_path / "texts"  # a text corpus read as Parquet (a URI folder is, unasked)
+    texts.mkdir()
+    (texts / "a.txt").write_text("one document\n")
+    (texts / "b.jsonl.gz").write_bytes(b"")
+    assert refused(f"file://{texts}", "task=mdm").endswith(
+        ": it holds 2 files: .gz (1), .txt (1); text files are a text corpus: give "
+        "data.source=text (with a text task: task=mdm, ar or looped)\n")
 
 
 def test_parquet_data_of_no_rows_are_refused_naming_the_path(tmp_path, capsys) -> None:
