@@ -24,6 +24,7 @@ from dbparallel.training.run_dir import (
     check_resumable,
     refuse_a_passing_run_dir,
     refuse_another_network,
+    refuse_run_dir_in_data,
 )
 from dbparallel.training.running import running
 from dbparallel.training.schedule import warmup_warning
@@ -52,6 +53,7 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
         refuse_a_passing_run_dir(cfg)  # a job's relative run.dir, before it is made absolute
         cfg = absolute_paths(cfg)  # the driver's paths, not those of the nodes' processes
     check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing
+    refuse_run_dir_in_data(cfg)  # its files would be the next run's data
     refuse_another_network(cfg)  # a resume of other data.tokenizer: before it tokenizes
     index = open_data(cfg.data)
     check_kind(cfg.task, cfg.data, index)

@@ -157,6 +157,25 @@ def refuse_a_passing_run_dir(cfg: Config) -> None:
         f"(e.g. run.dir=/shared/runs/{cfg.run.name}) or an object-store URI (s3://...)")
 
 
+def refuse_run_dir_in_data(cfg: Config) -> None:
+    """RunDirError for a local run.dir inside the local folder of a data set read whole (a
+    text corpus, every file under it; an image folder): the run's own files (samples.txt,
+    curves.png, config.yaml, ...) would be data to its next run, which then refuses them or,
+    finding the data changed, refuses to resume."""
+    data = cfg.data
+    if data.source not in ("text", "image_folder") or not data.path \
+            or "://" in data.path or "://" in cfg.run_dir:
+        return
+    folder = os.path.realpath(os.path.expanduser(data.path))
+    run = os.path.realpath(os.path.expanduser(cfg.run_dir))
+    if not os.path.isdir(folder) or os.path.commonpath([folder, run]) != folder:
+        return
+    raise RunDirError(
+        f"run.dir={cfg.run_dir} is inside data.path={data.path}, every file of which is read "
+        f"as data (data.source={data.source}): the run's own files (samples, curves.png, "
+        f"config.yaml) would be read as data by its next run; give a run.dir outside it")
+
+
 def absolute_paths(cfg: Config) -> Config:
     """``cfg`` with a relative local run.dir and data.path made absolute from this process's
     working directory, for a Ray run (run.dir once ``refuse_a_passing_run_dir`` let it pass):

@@ -289,3 +289,31 @@ def test_a_resume_with_another_tokenizer_is_refused_before_tokenizing(tmp_path, 
     assert ("was started with other values of data.tokenizer, data.vocab_size "
             "(data.tokenizer: 'char' there, 'bpe' now") in capsys.readouterr().err
     assert not (tmp_path / "cache" / "corpus").exists()  # nothing tokenized
+
+
+def test_a_run_dir_inside_the_text_folder_is_refused_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every file under a text folder is a document: a run directory inside it would make
+    the run's samples.txt, config.yaml and curves.png the next run's data. Refused, exit 2,
+    naming both keys; a run.dir beside the folder trains."""
+    from dbparallel.cli import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"{i}.txt").write_text("the fox ran over the old bridge. " * 40)
+    common = ["train", "--local", "task=mdm", "data.source=text", f"data.path={corpus}",
+              "data.seq_len=32", "model.blocks=2", "model.depth=2", "model.hidden=32",
+              "train.steps=2",
+              "train.checkpoint_every=2", "metrics.port=0", "sample.eval_samples=10",
+              "sample.elbo_draws=1", "sample.steps=4", "sample.text_samples=1"]
+    inside = corpus / "runs" / "r"
+    assert main([*common, f"run.dir={inside}"]) == 2
+    assert capsys.readouterr().err == (
+        f"dbparallel: error: run.dir={inside} is inside data.path={corpus}, every file of "
+        f"which is read as data (data.source=text): the run's own files (samples, "
+        f"curves.png, config.yaml) would be read as data by its next run; give a run.dir "
+        f"outside it\n")
+    assert sorted(p.name for p in corpus.iterdir()) == ["0.txt", "1.txt", "2.txt"]
+    assert main([*common, f"run.dir={tmp_path / 'beside'}"]) == 0
+    assert (tmp_path / "beside" / "report.json").is_file()
