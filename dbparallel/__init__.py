@@ -44,8 +44,9 @@ def train(*recipes: str | os.PathLike | Sequence[str | os.PathLike],
     SIGTERM (``dbparallel stop RUN_DIR``, ``kill``) stops the run as Ctrl-C does: where it
     is, its checkpoints kept and its blocks' write leases released, and the call raises
     ``dbparallel.Terminated`` (a KeyboardInterrupt). For that it takes SIGTERM during the call
-    where the program left SIGTERM's default and calls from its main thread, and puts the
-    default back after; a handler the program set is left as it is."""
+    where the program left SIGTERM's default (or the handler ``ray.init`` installs) and calls
+    from its main thread, and puts that handler back after; a handler the program set is left
+    as it is."""
     with stop_on_sigterm() as stop:
         try:
             return _train(recipes, overrides, local, blocks, progress)

@@ -8,7 +8,8 @@ third quits at once, without the cleanup.
 The CLI takes both signals for the whole command (``stop_signals``). ``dbparallel.train``, a
 library call in someone else's program, takes only SIGTERM, only where that program left its
 default (which ends the process at once: its leases left held, which a rerun on another
-machine waits to lapse, a checkpoint perhaps half written), only from the main thread, and
+machine waits to lapse, a checkpoint perhaps half written) or the handler ``ray.init``
+installs (as abrupt: Ray's crash handler aborts the process), only from the main thread, and
 only for the call (``stop_on_sigterm``): a handler the program set, and Python's own
 KeyboardInterrupt on Ctrl-C, stay as they are.
 """
@@ -101,11 +102,22 @@ def stop_signals() -> Iterator[StopSignals | None]:
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[StopSignals | None]:
     """Install StopSignals on SIGTERM alone for a library call's duration, where SIGTERM has
-    its default handler (the program set none) and this is the main thread; elsewhere nothing
-    changes and None is yielded. The default is put back after the call."""
-    taken = [signal.SIGTERM] if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else []
+    its default handler (the program set none) or the one ``ray.init`` installs (a program
+    that joined Ray itself), and this is the main thread; elsewhere nothing changes and None
+    is yielded. The handler it replaced is put back after the call."""
+    taken = [signal.SIGTERM] if _default(signal.getsignal(signal.SIGTERM)) else []
     with _taking(taken) as handler:
         yield handler if taken else None
+
+
+def _default(handler: Any) -> bool:
+    """Whether SIGTERM's ``handler`` ends the process as the default does: the default
+    itself, or the handler ``ray.init`` installs in a driver (an exit, under which Ray's own
+    crash handler dumps the stack and aborts the process), which the program did not choose."""
+    if handler == signal.SIG_DFL:
+        return True
+    return (getattr(handler, "__module__", None) == "ray._private.worker"
+            and getattr(handler, "__qualname__", None) == "init.<locals>.sigterm_handler")
 
 
 @contextlib.contextmanager

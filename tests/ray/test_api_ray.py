@@ -11,6 +11,7 @@ import dbparallel
 
 pytestmark = pytest.mark.ray
 TINY = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+HANG_S = 300  # a hang guard only, never a timing claim
 
 
 @pytest.mark.slow  # train() on Ray is run_ray (test_train_ray); the API by default: test_api
@@ -46,3 +47,66 @@ def test_relative_paths_are_the_driver_s_on_a_cluster_it_joined(ray_session, tmp
         "train.steps": 2, "data.validate": False, "metrics.port": 0}, progress=False)
     assert [r["steps"] for r in report["per_block"]] == [2, 2]
     assert dbparallel.status(tmp_path / "runs" / "rel").state == "finished"
+
+
+# A program that joins Ray itself (ray.init installs its own SIGTERM handler), trains from
+# Python and says how the call ended and which handler SIGTERM has after it.
+JOINED = """
+import json, signal, sys
+import ray
+import dbparallel
+
+ray.init(address=sys.argv[3], logging_level="ERROR", log_to_driver=False)
+rays = signal.getsignal(signal.SIGTERM)
+try:
+    dbparallel.train(sys.argv[1], overrides={"run.dir": sys.argv[2], "metrics.port": 0,
+                     "train.steps": 100000, "train.checkpoint_every": 2,
+                     "data.validate": False}, progress=False)
+    said = "returned"
+except dbparallel.Terminated:
+    said = "Terminated"
+print(json.dumps({"said": said, "rays_after": signal.getsignal(signal.SIGTERM) is rays}))
+ray.shutdown()
+"""
+
+
+def test_sigterm_stops_a_run_of_a_program_that_joined_ray_itself(ray_session, tmp_path,
+                                                                 capsys) -> None:
+    """``ray.init`` replaces SIGTERM's default with an exit under which Ray's crash handler
+    dumps the stack and aborts the process: `dbparallel stop` of a Ray run whose program
+    joined Ray first used to raise SystemExit in the call and then abort the program.
+    ``train`` takes SIGTERM there as where the default is: it raises Terminated, the
+    program goes on, and Ray's handler is back after the call."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    from dbparallel import cli
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", JOINED, str(TINY), str(run),
+                             ray.get_runtime_context().gcs_address],
+                            cwd=TINY.parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        manifest = run / "blocks" / "block_0" / "manifest.json"
+        deadline = time.monotonic() + HANG_S
+        while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert manifest.exists(), proc.poll()
+        code = cli.main(["stop", str(run), "--wait", str(HANG_S)])
+        said = capsys.readouterr().out
+        stdout, err = proc.communicate(timeout=HANG_S)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 0, said
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(stdout.splitlines()[-1]) == {"said": "Terminated", "rays_after": True}
+    blocks = dbparallel.status(run).blocks
+    assert [b.state for b in blocks] == ["stopped", "stopped"]
+    assert all(json.loads((run / "blocks" / f"block_{b}" / "lease.json").read_text())
+               ["holder"] == "" for b in (0, 1))
