@@ -32,6 +32,7 @@ from dbparallel.runtime.ray_backend import RayBackend
 from dbparallel.runtime.ray_connect import (
     cluster_address,
     connect,
+    disconnect,
     joined_name,
     metrics_line,
 )
@@ -65,7 +66,7 @@ def detect_cluster(cfg: Config) -> Cluster:
         return dataclasses.replace(cluster_now(), joined=joined_name(cfg))
     finally:
         if connected:
-            ray.shutdown()
+            disconnect()
 
 
 def check_on_cluster(cfg: Config, index: DataIndex, force: bool = False,
@@ -77,7 +78,7 @@ def check_on_cluster(cfg: Config, index: DataIndex, force: bool = False,
         return check_data(cfg, index, force, progress, run=cluster_units(cfg, index))
     finally:
         if connected:
-            ray.shutdown()
+            disconnect()
 
 
 def run_ray(cfg: Config, index: DataIndex | None = None,
@@ -193,7 +194,7 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
               ("record the blocks given up", records if ending else None),
               ("free the placement group", (lambda: release(pg)) if pg is not None else None),
               ("stop exporting the driver's gauges", gauges.close if gauges is not None else None),
-              ("disconnect from Ray", ray.shutdown if connected else None))
+              ("disconnect from Ray", disconnect if connected else None))
     assert storage is not None
     if cfg.run.curves:
         write_curves(storage)

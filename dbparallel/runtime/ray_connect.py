@@ -28,12 +28,50 @@ PROBE_S = 15.0  # how long a runtime.address / RAY_ADDRESS has to accept a TCP c
 PROBE_EVERY_S = 0.5
 
 
+# What the environment of this process held before the connection ``connect`` made (the
+# variables that joining changed, None where unset), for ``disconnect`` to put back
+_env_before: dict[str, str | None] = {}
+
+
 def connect(cfg: Config) -> bool:
     """Join the cluster at runtime.address / RAY_ADDRESS, or start a private local one.
 
-    Returns True when this call connected (and so should shut Ray down at the end)."""
+    Returns True when this call connected (and so should ``disconnect`` at the end)."""
     if ray.is_initialized():
         return False
+    before = dict(os.environ)
+    try:
+        return _connect(cfg)
+    finally:
+        changed = {k: before.get(k) for k in before.keys() | os.environ.keys()
+                   if before.get(k) != os.environ.get(k)}
+        if ray.is_initialized():
+            _env_before.update({k: v for k, v in changed.items() if k not in _env_before})
+        else:  # joining failed: nothing to keep
+            _restore(changed)
+
+
+def disconnect() -> None:
+    """Leave the Ray instance ``connect`` joined or started (``ray.shutdown``), and put back
+    the environment variables joining set in this process (``ray.init``'s PYTHONBREAKPOINT,
+    which sends the program's own ``breakpoint()`` to Ray's debugger, RAY_AUTH_MODE;
+    RAY_USAGE_STATS_ENABLED): a program that calls ``dbparallel.train`` is left as it was."""
+    ray.shutdown()
+    _restore(_env_before)
+    _env_before.clear()
+
+
+def _restore(values: dict[str, str | None]) -> None:
+    """Set each variable of ``values`` to its value there (None: unset it)."""
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def _connect(cfg: Config) -> bool:
+    """``connect``'s work, once Ray is known not to be joined yet."""
     address, key = cluster_address(cfg)
     if address:
         if address.startswith(("http://", "https://")) or _no_port(address):

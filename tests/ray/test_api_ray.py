@@ -110,3 +110,39 @@ def test_sigterm_stops_a_run_of_a_program_that_joined_ray_itself(ray_session, tm
     assert [b.state for b in blocks] == ["stopped", "stopped"]
     assert all(json.loads((run / "blocks" / f"block_{b}" / "lease.json").read_text())
                ["holder"] == "" for b in (0, 1))
+
+
+# A program that trains on a cluster by its address (train joins it, and leaves it after)
+# and prints the environment variables the call changed (scikit-learn, which the evaluation
+# imports, sets KMP_* as it loads: imported first).
+LEFT = """
+import json, os, sys
+import sklearn
+import dbparallel
+
+before = dict(os.environ)
+dbparallel.train(sys.argv[1], overrides={"run.dir": sys.argv[2], "runtime.address": sys.argv[3],
+                 "metrics.port": 0, "train.steps": 1, "data.validate": False}, progress=False)
+print(json.dumps({k: [before.get(k), os.environ.get(k)] for k in before.keys() | os.environ.keys()
+                  if before.get(k) != os.environ.get(k)}))
+"""
+
+
+def test_train_leaves_its_program_s_environment_as_it_found_it(ray_session, tmp_path) -> None:
+    """Joining Ray sets variables in the driver (``ray.init``: PYTHONBREAKPOINT, which sent the
+    program's own ``breakpoint()`` to Ray's debugger once the call had returned; a private
+    instance also RAY_AUTH_MODE and RAY_USAGE_STATS_ENABLED): the call that joined puts them
+    back as it leaves."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONBREAKPOINT", "RAY_ADDRESS")}
+    out = subprocess.run([sys.executable, "-c", LEFT, str(TINY), str(tmp_path / "run"),
+                          ray.get_runtime_context().gcs_address], cwd=TINY.parents[1], env=env,
+                         capture_output=True, text=True, timeout=HANG_S)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == {}
