@@ -28,6 +28,7 @@ from dbparallel.training.data_pin import pin_data
 from dbparallel.training.device import assembly_device, block_device
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.loop import BlockRun
+from dbparallel.training.precision import process_settings_kept
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.resume import resume_line
 from dbparallel.training.run_dir import open_run
@@ -53,6 +54,13 @@ def run_local(cfg: Config, index: DataIndex | None = None, progress: bool | None
     rest into the same run directory) and neither assemble nor write report.json: the
     returned report has an empty ``assembly``; ``dbparallel eval`` composes the blocks later.
     """
+    with process_settings_kept():  # torch's threads and precision, as the caller had them
+        return _run_local(cfg, index, progress, only_blocks)
+
+
+def _run_local(cfg: Config, index: DataIndex | None, progress: bool | None,
+               only_blocks: list[int] | None) -> dict[str, Any]:
+    """``run_local``'s run, within its caller's torch settings."""
     start = time.perf_counter()
     blocks = list(range(cfg.model.blocks)) if only_blocks is None else sorted(set(only_blocks))
     check_blocks(cfg, blocks)

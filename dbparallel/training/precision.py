@@ -10,6 +10,7 @@ CUDA).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -31,3 +32,24 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
     if precision != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def process_settings_kept() -> Iterator[None]:
+    """Put back, after the block, torch's process-wide settings that training changes (its
+    thread count, denormal flushing, TF32): a run trained in a program's own process
+    (``dbparallel.train(local=True)``) leaves its later torch work as it was."""
+    threads, flushing = torch.get_num_threads(), _flushing()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(flushing)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _flushing() -> bool:
+    """Whether this process flushes denormal floats to zero (``torch.set_flush_denormal``,
+    which torch does not report): a denormal double then reads back as 0."""
+    return torch.tensor([1e-323], dtype=torch.float64).item() == 0.0

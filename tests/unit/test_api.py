@@ -382,6 +382,23 @@ def test_train_from_python_is_the_train_command(tmp_path: Path, capsys) -> None:
     assert only["per_block"][0]["steps"] == 3  # the second recipe's steps
 
 
+def test_train_in_this_process_leaves_torch_s_settings_as_it_found_them(tmp_path: Path) -> None:
+    """A local run trains with runtime.torch_threads threads and flushes denormal floats:
+    the program that called it got back torch with one thread and denormals read as 0."""
+    from dbparallel.training.precision import _flushing
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.set_flush_denormal(False)
+    try:
+        dbparallel.train(ROOT / "jobs" / "tiny_cpu.yaml", local=True, progress=False,
+                         overrides={"run.dir": tmp_path / "run", "train.steps": 2,
+                                    "metrics.port": 0, "runtime.torch_threads": 1})
+        assert (torch.get_num_threads(), _flushing()) == (2, False)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_train_names_a_recipe_that_is_no_path() -> None:
     """A mapping of keys given as the recipe is told where keys go, before anything runs."""
     with pytest.raises(TypeError, match=r"^recipes: paths of YAML files, got dict "
