@@ -9,10 +9,11 @@ task's verbs (``sample``, ``predict``, ``generate``, ``bpc``, ``log_likelihood``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dbparallel.cli_stop import Terminated, stop_on_sigterm
@@ -47,7 +48,7 @@ def train(*recipes: str | os.PathLike | Sequence[str | os.PathLike],
     where the program left SIGTERM's default (or the handler ``ray.init`` installs) and calls
     from its main thread, and puts that handler back after; a handler the program set is left
     as it is."""
-    with stop_on_sigterm() as stop:
+    with stop_on_sigterm() as stop, _rng_kept():
         try:
             return _train(recipes, overrides, local, blocks, progress)
         except KeyboardInterrupt as err:  # a Ray call SIGTERM cut short raises a plain one
@@ -83,6 +84,17 @@ def _train(recipes: tuple[str | os.PathLike | Sequence[str | os.PathLike], ...],
             raise UserError(f"blocks: {b!r} is not a block of this run: blocks are 0.."
                             f"{cfg.model.blocks - 1} (model.blocks={cfg.model.blocks})")
     return train_run(cfg, list(blocks) if blocks else None, progress)
+
+
+@contextlib.contextmanager
+def _rng_kept() -> Iterator[None]:
+    """The program's own torch random stream (CPU) as it was before the call, whatever the
+    call drew from it (a network's layers are initialised before its weights are read): a
+    seeded program draws the same numbers after ``load`` or ``train`` as without."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        yield
 
 
 def _override_items(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
@@ -131,7 +143,8 @@ def load(source: str | os.PathLike, step: int | None = None,
     default, "cuda" or "cuda:N"; a CUDA device that is not here is an error). Needs no Ray."""
     from dbparallel.training.loading import load as load_network
 
-    return load_network(source, step, device)
+    with _rng_kept():
+        return load_network(source, step, device)
 
 
 def export(run_dir: str | os.PathLike, out: str | os.PathLike, step: int | None = None) -> Network:
@@ -141,7 +154,8 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, step: int | None 
     config, naming it."""
     from dbparallel.training.loading import export_run
 
-    return export_run(os.fspath(run_dir), os.fspath(out), step)
+    with _rng_kept():
+        return export_run(os.fspath(run_dir), os.fspath(out), step)
 
 
 def status(run_dir: str | os.PathLike) -> RunStatus:

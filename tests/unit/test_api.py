@@ -382,19 +382,28 @@ def test_train_from_python_is_the_train_command(tmp_path: Path, capsys) -> None:
     assert only["per_block"][0]["steps"] == 3  # the second recipe's steps
 
 
-def test_train_in_this_process_leaves_torch_s_settings_as_it_found_them(tmp_path: Path) -> None:
+def test_train_in_this_process_leaves_torch_as_it_found_it(tmp_path: Path) -> None:
     """A local run trains with runtime.torch_threads threads and flushes denormal floats:
-    the program that called it got back torch with one thread and denormals read as 0."""
+    the program that called it got back torch with one thread and denormals read as 0. Nor
+    do the program's random draws depend on the call (it drew from their stream)."""
     from dbparallel.training.precision import _flushing
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     torch.set_flush_denormal(False)
+    drawn = torch.randn(3, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
     try:
         dbparallel.train(ROOT / "jobs" / "tiny_cpu.yaml", local=True, progress=False,
                          overrides={"run.dir": tmp_path / "run", "train.steps": 2,
                                     "metrics.port": 0, "runtime.torch_threads": 1})
         assert (torch.get_num_threads(), _flushing()) == (2, False)
+        assert torch.equal(torch.randn(3), drawn)
+        torch.manual_seed(0)
+        dbparallel.export(tmp_path / "run", tmp_path / "net.safetensors")
+        dbparallel.load(tmp_path / "run")
+        dbparallel.load(tmp_path / "net.safetensors")
+        assert torch.equal(torch.randn(3), drawn)
     finally:
         torch.set_num_threads(threads)
 
