@@ -204,14 +204,22 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
 def _each(*steps: tuple[str, Callable[[], None] | None]) -> None:
     """Run each clean-up step (None: none to do); one that fails is a warning (once, where a
     step done twice fails the same way): the run's own error, if any, is the one raised, and
-    the steps after it still run."""
+    the steps after it still run. So do they after a KeyboardInterrupt, raised once they have
+    run: a second Ctrl-C in a program that called ``dbparallel.train`` (the command tells it
+    to wait) cut the cleanup short, leaving the blocks' leases held by the program, which
+    refused its own rerun as another driver's."""
     said: set[str] = set()
+    interrupted: KeyboardInterrupt | None = None
     for what, step in steps:
         if step is None:
             continue
         try:
             step()
+        except KeyboardInterrupt as err:
+            interrupted = interrupted or err
         except Exception as err:  # noqa: BLE001 (a warning, never the run's error)
             if (warning := f"could not {what}: {err}") not in said:
                 said.add(warning)
                 log.warning("%s", warning)
+    if interrupted is not None:
+        raise interrupted

@@ -146,3 +146,48 @@ def test_train_leaves_its_program_s_environment_as_it_found_it(ray_session, tmp_
                          capture_output=True, text=True, timeout=HANG_S)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.splitlines()[-1]) == {}
+
+
+def test_a_second_ctrl_c_during_the_stop_s_cleanup_leaves_no_lease_held(
+        ray_session, tmp_path, monkeypatch) -> None:
+    """A program that calls ``train`` keeps Python's Ctrl-C: the first stops the run, and a
+    second that comes while the stop releases the blocks' leases (a slow store) used to cut
+    the rest of the cleanup short, the leases left held by the program itself, whose rerun
+    was then refused as another driver's. The cleanup's steps all run, and the interrupt
+    is raised after them. (The two Ctrl-Cs come as KeyboardInterrupts where a signal would
+    raise them: the driver's loop, then the lease release.)"""
+    import json
+
+    from dbparallel.runtime import launch
+
+    run = tmp_path / "run"
+    bars_update, release = launch.BlockBars.update, launch.release_session
+    interrupts = []
+
+    def first(bars, block: int, step: int, *args, **kwargs) -> None:
+        bars_update(bars, block, step, *args, **kwargs)
+        if not interrupts and step >= 4 and all(
+                (run / "blocks" / f"block_{b}" / "manifest.json").exists() for b in (0, 1)):
+            interrupts.append("training")
+            raise KeyboardInterrupt()
+
+    def second(*args, **kwargs):
+        if interrupts == ["training"]:
+            interrupts.append("cleanup")
+            raise KeyboardInterrupt()
+        return release(*args, **kwargs)
+
+    monkeypatch.setattr(launch.BlockBars, "update", first)
+    monkeypatch.setattr(launch, "release_session", second)
+    overrides = {"run.dir": run, "metrics.port": 0, "train.steps": 100000,
+                 "train.checkpoint_every": 2, "data.validate": False}
+    with pytest.raises(KeyboardInterrupt):
+        dbparallel.train(TINY, overrides=overrides, progress=False)
+    assert interrupts == ["training", "cleanup"]
+    assert [json.loads((run / "blocks" / f"block_{b}" / "lease.json").read_text())["holder"]
+            for b in (0, 1)] == ["", ""]
+    monkeypatch.undo()
+    steps = max(dbparallel.status(run).blocks[b].checkpoint_step for b in (0, 1))
+    report = dbparallel.train(TINY, overrides={**overrides, "train.steps": steps},
+                              progress=False)  # the rerun in the same program
+    assert [r["steps"] for r in report["per_block"]] == [steps, steps]
