@@ -47,6 +47,8 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
                             f"the recipe and overrides it was trained with, to resume it)")
                 elif Path(f"{path}.yaml").is_file():
                     hint = f" (did you mean {path}.yaml?)"
+                elif Path(path).is_dir():
+                    hint = " (it is a folder: give a YAML recipe)"
                 raise ConfigError(f"config file not found: {path}{hint}")
             layers.append(_recipe(path))
         for item in overrides:

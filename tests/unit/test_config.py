@@ -383,7 +383,7 @@ def test_summary_numbers_print_counts_in_full() -> None:
 
 
 def test_a_recipe_not_found_is_told_what_was_meant(tmp_path, monkeypatch) -> None:
-    """A run directory given as a recipe, and a recipe named without its suffix."""
+    """A run directory given as a recipe, a recipe named without its suffix, and a folder."""
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("task: dit\n")
     (tmp_path / "mine.yaml").write_text("train:\n  steps: 3\n")
@@ -396,6 +396,9 @@ def test_a_recipe_not_found_is_told_what_was_meant(tmp_path, monkeypatch) -> Non
     with pytest.raises(ConfigError, match=r"^config file not found: mine \(did you mean "
                                           r"mine.yaml\?\)$"):
         load_config(["mine"])
+    with pytest.raises(ConfigError, match=r"^config file not found: \. \(it is a folder: "
+                                          r"give a YAML recipe\)$"):
+        load_config(["."])
 
 
 def test_an_unknown_option_shows_its_command_s_usage(capsys) -> None:
