@@ -42,6 +42,11 @@ def connect(cfg: Config) -> bool:
     before = dict(os.environ)
     try:
         return _connect(cfg)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM as the driver connects: stop the private
+        # instance's processes, else left running to the program's end (cut short before
+        # ray.init has recorded its node, Ray keeps no handle to stop them with)
+        ray.shutdown()
+        raise
     finally:
         changed = {k: before.get(k) for k in before.keys() | os.environ.keys()
                    if before.get(k) != os.environ.get(k)}

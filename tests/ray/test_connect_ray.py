@@ -132,3 +132,46 @@ def test_blocks_with_replicas_on_a_cluster_without_dashboard_are_warned(tmp_path
     assert ("runtime.replicas_per_block=2: the cluster at 127.0.0.1:" in out.stderr
             and "runs no dashboard" in out.stderr
             and "without --include-dashboard=false" in out.stderr), out.stderr[-3000:]
+
+
+CUT_SHORT = """
+import os, sys
+import ray
+import ray._private.worker as worker
+import dbparallel
+
+def interrupted(*args, **kwargs):  # Ctrl-C once the private instance's processes started
+    raise KeyboardInterrupt()
+
+worker.connect = interrupted
+try:
+    dbparallel.train(sys.argv[1], overrides={"run.dir": sys.argv[2], "metrics.port": 0,
+                     "data.validate": False}, progress=False)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+mine = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
+    except OSError:
+        continue
+    if int(stat[1]) == os.getpid() and stat[0] != "Z":  # a child still running
+        mine.append(cmd[:120])
+print("children", mine, flush=True)
+"""
+
+
+@pytest.mark.slow  # a Ray instance of its own
+def test_a_private_instance_cut_short_as_it_starts_is_stopped(tmp_path) -> None:
+    """Ctrl-C while ``train`` connects to the private instance it started (its processes
+    started, the driver not connected yet) used to leave those processes running, children
+    of the program, for as long as it ran: the interrupt stops them before it is raised.
+    (Earlier, while ray.init still starts the node, Ray keeps no handle to stop them.)"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-c", CUT_SHORT, str(ROOT / "jobs" / "tiny_cpu.yaml"),
+                          str(tmp_path / "run")], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert "interrupted" in out.stdout, out.stdout + out.stderr[-3000:]
+    assert "children []" in out.stdout, out.stdout + out.stderr[-3000:]
