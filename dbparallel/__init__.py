@@ -77,6 +77,11 @@ def _train(recipes: tuple[str | os.PathLike | Sequence[str | os.PathLike], ...],
     if local:
         items.append("runtime.local=true")
     cfg = load_config([os.fspath(r) for r in recipes], items, fit_blocks)
+    if blocks is not None and not len(blocks):  # (an empty selection trains nothing)
+        from dbparallel.errors import UserError
+
+        raise UserError("blocks: empty; name the blocks to train, e.g. blocks=[0], or leave "
+                        "it None for every block")
     for b in blocks or ():  # named as the API names them (the command line: --block B)
         if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < cfg.model.blocks:
             from dbparallel.errors import UserError

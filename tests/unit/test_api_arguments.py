@@ -170,6 +170,14 @@ def test_blocks_that_are_not_the_run_s_are_named_as_the_api_names_them(tmp_path,
     assert not any(tmp_path.iterdir())  # refused before the run directory was written
 
 
+@pytest.mark.parametrize("blocks", [[], ()])
+def test_an_empty_selection_of_blocks_is_refused(tmp_path, blocks) -> None:
+    with pytest.raises(UserError, match=r"^blocks: empty; name the blocks to train"):
+        dbparallel.train(ROOT / "jobs" / "tiny_cpu.yaml", overrides={"run.dir": str(tmp_path)},
+                         local=True, blocks=blocks)
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_run_directory_named_like_an_option_is_named_as_given(tmp_path, monkeypatch,
                                                                 capsys) -> None:
     monkeypatch.chdir(tmp_path)
