@@ -23,15 +23,14 @@ from dbparallel.config.identity import (
     to_dict,
     upgrade,
 )
+from dbparallel.config.keys import describe, notes
 from dbparallel.config.loading import (
     AUTO,
     CONFIG_FILE,
-    describe,
     dump_yaml,
     from_dict,
     given_value,
     load_config,
-    notes,
     stored_dict,
     unchecked,
 )
