@@ -6,7 +6,7 @@ key and the allowed values, before anything starts. Imported by every layer; imp
 them. The schema is in schema.py (its train section in training.py, its runtime, metrics and
 debug sections in runtime_keys.py; the model presets and their width checks in presets.py; the
 noise section's numeric checks in noise_checks.py), what identifies a run's network in
-identity.py, loading in loading.py.
+identity.py, loading in loading.py, the key listing of --help-config in keys.py.
 """
 
 from dbparallel.config.amounts import bytes_text, parse_bytes
