@@ -63,12 +63,3 @@ def requested_device(requested: str | None) -> str:
         raise UserError(f"device {name!r}: this machine has {count} CUDA device(s), "
                         f"cuda:0..cuda:{count - 1}")
     return name
-
-
-def choose_device(cfg: Config, requested: str | None = None) -> str:
-    """``requested_device(requested)``, with the matmul precision ``cfg`` trained with."""
-    from dbparallel.training.precision import set_matmul_precision
-
-    device = requested_device(requested)
-    set_matmul_precision(cfg.train.precision, device)
-    return device

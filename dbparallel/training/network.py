@@ -30,7 +30,8 @@ from dbparallel.errors import RunDirError, UserError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
 from dbparallel.training.arguments import images_of, labels_of, number, texts_of
-from dbparallel.training.device import choose_device
+from dbparallel.training.device import requested_device
+from dbparallel.training.precision import in_run_precision
 from dbparallel.training.seeding import generator
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Network:
         """The network of ``weights`` (one state dict per block, block 0 first); RunDirError
         naming the block and tensor where one does not fit the network of ``cfg``."""
         task = build_task(cfg)
-        device = choose_device(cfg, device)
+        device = requested_device(device)
         blocks = []
         for b, state in enumerate(weights):
             net = task.build_block(b)
@@ -102,6 +103,7 @@ class Network:
                 f"steps={self.steps}, device={self.device!r}, verbs={list(self.verbs)})")
 
     # ------------------------------------------------------------------ run-level
+    @in_run_precision
     def evaluate(self, index: DataIndex) -> dict[str, float]:
         """The task's quality metrics on ``index``'s test split (report.json ``assembly``)."""
         from dbparallel.training.eval import evaluate
@@ -110,6 +112,7 @@ class Network:
         metrics["block_steps_min"] = min(self.steps)
         return metrics
 
+    @in_run_precision
     def diagnose(self, index: DataIndex) -> dict:
         """Where quality is lost: the loss per noise level, block by block, on held-out rows
         of ``index`` (and ViT's accuracy after each step); training/eval/diagnostics.py."""
@@ -118,6 +121,7 @@ class Network:
         batch = held_out_batch(self.task, index, self.device, self.cfg.sample.diagnostic_rows)
         return diagnose(self.cfg, self.task, self.blocks, batch)
 
+    @in_run_precision
     def artifact(self, index: DataIndex | None = None) -> tuple[str, bytes]:
         """(file name, contents) of the run's sample artifact (samples.png, ...)."""
         from dbparallel.training.eval import sample_artifact
@@ -126,6 +130,7 @@ class Network:
 
     # ------------------------------------------------------------------ DiT
     @torch.no_grad()
+    @in_run_precision
     def sample(self, labels: list[int] | torch.Tensor, steps: int | None = None,
                cfg_scale: float | None = None, seed: int = 0) -> torch.Tensor:
         """Images (N, C, H, W) in [0, 1] of classes ``labels``, from ``steps`` solver steps
@@ -140,6 +145,7 @@ class Network:
 
     # ------------------------------------------------------------------ ViT
     @torch.no_grad()
+    @in_run_precision
     def predict(self, images: torch.Tensor | np.ndarray, seed: int = 0) -> torch.Tensor:
         """Logits (N, classes) of images (N, C, H, W), or one image (C, H, W): floats in
         [0, 1], or uint8 pixels."""
@@ -162,6 +168,7 @@ class Network:
                 from None
 
     @torch.no_grad()
+    @in_run_precision
     def generate(self, prompt: str | list[str], max_new: int | None = None,
                  temperature: float = 1.0, seed: int = 0,
                  progress: bool = False) -> str | list[str]:
@@ -265,6 +272,7 @@ class Network:
         return [self._bits(t, "text" if one else f"texts[{i}]", seed)
                 for i, t in enumerate(listed)]
 
+    @in_run_precision
     def bpc(self, texts: str | list[str], seed: int = 0) -> float:
         """Bits per character over ``texts`` (AR and looped: each data.seq_len window's tokens
         after its first, teacher forced, from the chain's first step, the network's own
@@ -276,6 +284,7 @@ class Network:
             raise UserError("texts: no text to score")
         return sum(b for b, _ in pairs) / sum(c for _, c in pairs)
 
+    @in_run_precision
     def log_likelihood(self, texts: str | list[str], seed: int = 0) -> list[float]:
         """log p(text) in nats per text, from the scores of ``bpc`` (AR and looped: of each
         window's tokens given its first; MDM: the ELBO's lower bound). A text with nothing

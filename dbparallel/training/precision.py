@@ -10,7 +10,9 @@ CUDA).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 
@@ -53,3 +55,20 @@ def _flushing() -> bool:
     """Whether this process flushes denormal floats to zero (``torch.set_flush_denormal``,
     which torch does not report): a denormal double then reads back as 0."""
     return torch.tensor([1e-323], dtype=torch.float64).item() == 0.0
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def in_run_precision(method: Method) -> Method:
+    """A method of a composed network (training/network.py: its ``cfg`` and ``device``) run
+    under the precision its run trained with (``set_matmul_precision``), the process's own
+    settings put back after: a program that loads a network keeps its own TF32 and denormal
+    settings for the rest of its work."""
+    @functools.wraps(method)
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with process_settings_kept():
+            set_matmul_precision(self.cfg.train.precision, self.device)
+            return method(self, *args, **kwargs)
+
+    return run  # type: ignore[return-value]

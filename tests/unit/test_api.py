@@ -66,6 +66,26 @@ def test_dit_samples_images_of_the_asked_classes(runs: dict[str, str]) -> None:
         net.predict(torch.zeros(1, 1, 8, 8))
 
 
+def test_a_loaded_network_leaves_the_program_s_torch_settings_as_they_were(
+        runs: dict[str, str]) -> None:
+    """Its verbs run under the precision of its run (on the CPU: denormals flushed to zero),
+    and put the program's own settings back; loading changes none."""
+    from dbparallel.training.precision import _flushing
+
+    before = _flushing()
+    torch.set_flush_denormal(False)
+    try:
+        net = dbparallel.load(runs["vit"])
+        assert not _flushing()
+        seen: list[bool] = []  # the setting as the task's own predict runs
+        predict = net.task.predict
+        net.task.predict = lambda *a, **k: (seen.append(_flushing()), predict(*a, **k))[1]
+        net.predict(torch.zeros(1, 1, 8, 8))
+        assert seen == [True] and not _flushing()
+    finally:
+        torch.set_flush_denormal(before)
+
+
 def test_vit_predicts_logits_from_pixels(runs: dict[str, str]) -> None:
     net = dbparallel.load(runs["vit"])
     pixels = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)

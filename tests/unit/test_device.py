@@ -11,7 +11,6 @@ from dbparallel.errors import UserError
 from dbparallel.training.device import (
     assembly_device,
     block_device,
-    choose_device,
     requested_device,
 )
 
@@ -50,7 +49,7 @@ def test_assembly_gpu_without_cuda_names_the_key(tiny_cfg) -> None:
 @pytest.mark.parametrize("name", ["cuda", "cuda:1"])
 def test_requested_cuda_without_cuda_names_the_device(tiny_cfg, name: str) -> None:
     with pytest.raises(UserError, match=f"device '{name}' asks for a GPU"):
-        choose_device(tiny_cfg, name)
+        requested_device(name)
 
 
 def test_requested_device_must_be_cpu_or_cuda() -> None:
