@@ -21,31 +21,18 @@ import socket
 import tempfile
 from pathlib import Path
 
+from dbparallel.process_id import proc_stat, process_space
+
 log = logging.getLogger(__name__)
 
 BUILDER_FILE = "builder.json"
 
 
-def _space() -> str:
-    """Where this process's pid means something: the kernel's boot and the pid namespace;
-    "" where the system does not say (not Linux)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        return f"{boot}:{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return ""
-
-
 def _start(pid: int | str) -> str | None:
-    """When process ``pid`` started (field 22 of /proc/PID/stat); None where it does not run
-    (gone, or a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except (OSError, ValueError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
+    """When process ``pid`` started (``process_start``); None where it does not run (gone,
+    or a zombie)."""
+    stat = proc_stat(pid)
+    return None if not stat or stat[0] in ("Z", "X") else stat[19]
 
 
 def build_dir(folder: Path) -> Path:
@@ -53,7 +40,7 @@ def build_dir(folder: Path) -> Path:
     process) named in it."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    builder = {"host": socket.gethostname(), "space": _space(), "pid": os.getpid(),
+    builder = {"host": socket.gethostname(), "space": process_space(), "pid": os.getpid(),
                "start": _start("self") or ""}
     (tmp / BUILDER_FILE).write_text(json.dumps(builder))
     return tmp
@@ -75,7 +62,7 @@ def _abandoned(tmp: Path, here: tuple[str, str]) -> int | None:
 
 def remove_abandoned(folder: Path) -> None:
     """Remove the temporary build folders of ``folder`` left by killed builds of this host."""
-    here = (socket.gethostname(), _space())
+    here = (socket.gethostname(), process_space())
     if not here[1] or not folder.parent.is_dir():
         return
     for tmp in folder.parent.glob(f".{folder.name}.*"):

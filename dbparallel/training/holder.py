@@ -15,17 +15,7 @@ import socket
 import time
 import uuid
 
-
-def process_space() -> str:
-    """Where this process's pid means something: the kernel's boot and the pid namespace
-    (containers on one host share a hostname with ``--network host``, not a pid namespace);
-    "" where the system does not say (not Linux)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        return f"{boot}:{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return ""
+from dbparallel.process_id import proc_stat, process_space, process_start
 
 
 def driver_session() -> str:
@@ -120,24 +110,6 @@ def process_to_stop(holder: str) -> tuple[str, str, bool | None]:
     return host, pid, holder_alive(holder)
 
 
-def process_start(pid: int | str = "self") -> str:
-    """When process ``pid`` of this machine started, in clock ticks since boot (field 22 of
-    /proc/PID/stat): with its pid, what tells a process from one that took the pid over after
-    it ended. "" where /proc does not say."""
-    stat = _stat(pid)
-    return stat[19] if stat else ""
-
-
-def _stat(pid: int | str) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command's name (which may hold ")"), field 3
-    first; None where it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()
-    except (OSError, ValueError):
-        return None
-
-
 def still_runs(pid: str, start: str, when: float) -> bool | None:
     """Whether the process of this machine that had pid ``pid`` and started at ``start``
     (``process_start``) still runs: not where the pid is gone, a zombie (ended, not yet
@@ -147,7 +119,7 @@ def still_runs(pid: str, start: str, when: float) -> bool | None:
     took it over since had not. None where /proc does not say (not Linux, or hidden)."""
     if not str(pid).isdigit():  # a damaged lease's: no process of this system
         return None
-    stat = _stat(pid)
+    stat = proc_stat(pid)
     if stat is None:  # /proc is there: the process is not
         return False if os.path.isdir("/proc/self") else None
     if stat[0] in ("Z", "X"):
