@@ -107,12 +107,21 @@ class Storage:
         """The whole file ``rel``. In an object store, read again where the object's size is
         not the size read: pyarrow.fs learns an object's size first and then reads that many
         bytes, so an object rewritten in between (a lease or record renewed by its process)
-        came back cut short or running into the next version."""
+        came back cut short or running into the next version. So is one whose response broke
+        off (an OSError naming neither a missing object nor a refusal: a connection dropped,
+        or a stream the store cut as the object was rewritten), up to READ_TRIES reads."""
         path = self.path(rel)
         try:
-            for _ in range(READ_TRIES):
-                with self.fs.open_input_stream(path) as f:
-                    data = f.read()
+            for attempt in range(READ_TRIES):
+                try:
+                    with self.fs.open_input_stream(path) as f:
+                        data = f.read()
+                except (FileNotFoundError, PermissionError, pa.ArrowException):
+                    raise
+                except OSError:
+                    if self.is_local or attempt == READ_TRIES - 1:
+                        raise
+                    continue
                 if self.is_local or self.fs.get_file_info(path).size == len(data):
                     break
             return data
