@@ -58,6 +58,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         layers.append(OmegaConf.from_dotlist(list(overrides)))
         given = OmegaConf.merge(*layers)  # untyped: a later layer may replace model.blocks=auto
         _sections_are_mappings(given)
+        given = _whole_numbers(given)
         if _recipe_name_of_another_run(layers, merged):  # named after its own task and data
             _tell_recipe_run(given)
             given = OmegaConf.merge(given, OmegaConf.create({"run": {"name": ""}}))
@@ -184,6 +185,40 @@ def _sections_are_mappings(given: Any) -> None:
             if isinstance(inner, DictConfig):
                 raise ConfigError(f"{f.name}.{key.name}: expects a list, e.g. [600, 400]; got "
                                   f"{OmegaConf.to_container(inner)!r}")
+
+
+def _whole_numbers(given: Any) -> Any:
+    """``given`` with a whole number written as a float (``train.steps=1e3``, ``2.0e4`` in a
+    recipe) made an integer where the key takes one, in lists of integers too; any other float
+    is left for OmegaConf to refuse, naming the key."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    def whole(value: Any) -> Any:
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    changes: dict[str, Any] = {}
+    for f in fields(Config):
+        section = getattr(Config(), f.name)
+        value = given.get(f.name) if is_dataclass(section) else None
+        if not isinstance(value, DictConfig):
+            continue
+        for key in fields(section):
+            kind = str(key.type).replace(" ", "")
+            if kind not in ("int", "int|None", "list[int]") or key.name not in value:
+                continue
+            inner = OmegaConf.select(value, key.name, throw_on_resolution_failure=False)
+            if isinstance(inner, ListConfig):
+                items = OmegaConf.to_container(inner)
+                if any(whole(x) is not x for x in items):
+                    changes[f"{f.name}.{key.name}"] = [whole(x) for x in items]
+            elif whole(inner) is not inner:
+                changes[f"{f.name}.{key.name}"] = whole(inner)
+    if not changes:
+        return given
+    given = given.copy()
+    for dotted, value in changes.items():
+        OmegaConf.update(given, dotted, value, merge=False)
+    return given
 
 
 def _auto_blocks(files: list[str | Path], overrides: list[str],

@@ -196,3 +196,17 @@ def test_a_value_of_the_wrong_type_says_what_the_key_takes(item: str, said: str)
     with pytest.raises(ConfigError) as err:
         load_config([], [item])
     assert str(err.value) == said
+
+
+def test_a_whole_number_written_as_a_float_is_taken_where_a_key_takes_an_integer(
+        tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  warmup_steps: 2.0e+2\n")
+    cfg = load_config([recipe], ["train.steps=1e3", "model.blocks=2",
+                                 "train.block_steps=[1e3,500.0]", "train.lr=2e-4"])
+    assert (cfg.train.steps, cfg.train.warmup_steps) == (1000, 200)
+    assert cfg.train.block_steps == [1000, 500]
+    assert all(type(n) is int for n in [cfg.train.steps, *cfg.train.block_steps])
+    assert cfg.train.lr == 2e-4
+    with pytest.raises(ConfigError, match=r"train.block_steps\[1\]: expects an integer"):
+        load_config([], ["model.blocks=2", "train.block_steps=[1e3,2.5]"])
