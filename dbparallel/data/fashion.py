@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.data.row_groups import in_pieces
 from dbparallel.data.splits import SPLIT_COLUMN
-from dbparallel.data.tables import IMAGE_COLUMN, LABEL_COLUMN, read_table
+from dbparallel.data.tables import IMAGE_COLUMN, LABEL_COLUMN, not_found, read_table
 from dbparallel.errors import DataError
 
 PACKAGE_DIR = Path("/usr/share/datasets/fashion-mnist")  # where the Debian package puts it
@@ -122,8 +122,7 @@ def fashion_parquet(path: str = "", shard_rows: int = 4096) -> str:
         if "://" not in path and local.is_dir() and (files := idx_files(local)) is not None:
             return cached_idx_parquet(files, shard_rows)
         if "://" not in path and not local.exists():
-            raise DataError(f"data.path: no such file or directory: {path!r} (expected the "
-                            f"Fashion-MNIST IDX files or a Parquet table)")
+            raise not_found(path, " (expected the Fashion-MNIST IDX files or a Parquet table)")
         return path
     files = idx_files(PACKAGE_DIR)
     if files is None:

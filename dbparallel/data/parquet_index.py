@@ -30,7 +30,7 @@ from dbparallel.data.image_folder import IMAGE_EXTENSIONS
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN, check_schema, image_encoding
 from dbparallel.data.shards import SPLIT_NAMES, DataIndex, Shard, split_of_name
 from dbparallel.data.splits import SPLIT_COLUMN, split_values
-from dbparallel.data.tables import resolve_path
+from dbparallel.data.tables import not_found, resolve_path
 from dbparallel.errors import DataError, OtherData
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def parquet_files(path: str) -> tuple[pafs.FileSystem, str, list[pafs.FileInfo]]
     try:
         info = fs.get_file_info(where)
         if info.type == pafs.FileType.NotFound:
-            raise DataError(f"data.path: no such file or directory: {path!r}")
+            raise not_found(path)
         if info.type == pafs.FileType.File:
             return fs, where, [info]
         found = fs.get_file_info(pafs.FileSelector(where, recursive=True))

@@ -34,6 +34,17 @@ def resolve_path(path: str) -> tuple[pafs.FileSystem, str]:
         raise DataError(f"data.path: cannot reach {path!r}: {err}") from None
 
 
+def not_found(path: str, more: str = "") -> DataError:
+    """data.path's error for a path where nothing is; a local path with a space at an end is
+    told so where the path without it is there (a space copied with the path)."""
+    hint = more
+    trimmed = path.strip()
+    if trimmed != path and "://" not in path and os.path.exists(os.path.expanduser(trimmed)):
+        hint = f" (it has a space at {'its start' if path[:1].isspace() else 'its end'}: " \
+               f"{trimmed!r} is there)"
+    return DataError(f"data.path: no such file or directory: {path!r}{hint}")
+
+
 def not_parquet(path: str, err: Exception) -> DataError:
     """data.path's error for a file Arrow cannot read as Parquet; a local file that starts
     as text is told how a text file is recognised (by its name), one named as text that it is
@@ -77,7 +88,7 @@ def read_table(path: str) -> pa.Table:
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"data.path: cannot reach {path!r}: {err}") from None
     if info.type == pafs.FileType.NotFound:
-        raise DataError(f"data.path: no such file or directory: {path!r}")
+        raise not_found(path)
     try:
         return pq.read_table(where, filesystem=fs)
     except (pa.ArrowException, OSError) as err:

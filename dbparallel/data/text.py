@@ -31,7 +31,7 @@ from dbparallel.config import DataConfig
 from dbparallel.data.digests import DigestMemo, blocks_digest
 from dbparallel.data.file_names import file_format, text_file_name
 from dbparallel.data.images import IMAGE_EXTENSIONS, OTHER_IMAGE_EXTENSIONS
-from dbparallel.data.tables import resolve_path
+from dbparallel.data.tables import not_found, resolve_path
 from dbparallel.data.text_files import Document, file_blocks, file_documents
 from dbparallel.errors import DataError
 
@@ -144,7 +144,7 @@ def text_source(data: DataConfig) -> TextSource:
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"data.path: cannot reach {data.path!r}: {err}") from None
     if info.type == pafs.FileType.NotFound:
-        raise DataError(f"data.path: no such file or directory: {data.path!r}")
+        raise not_found(data.path)
     files = [f.path for f in found if f.type == pafs.FileType.File]
     paths = sorted(p for p in files if not _hidden(p, where))
     if not paths:

@@ -107,6 +107,10 @@ def test_data_without_a_path_or_other_text_are_refused(tmp_path, capsys) -> None
     assert cli.main(["eval", run, "--data", str(tmp_path / "gone.txt")]) == 2
     assert capsys.readouterr().err == (f"dbparallel: error: --data: no such file or directory: "
                                        f"'{tmp_path / 'gone.txt'}'\n")
+    assert cli.main(["eval", run, "--data", f"{trained} "]) == 2  # a space copied with it
+    assert capsys.readouterr().err == (f"dbparallel: error: --data: no such file or directory: "
+                                       f"'{trained} ' (it has a space at its end: "
+                                       f"'{trained}' is there)\n")
     assert "bpc" in _eval(capsys, run, "--data", str(trained))  # the same text is accepted
     images = tmp_path / "images"
     images.mkdir()
