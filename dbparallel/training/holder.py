@@ -35,6 +35,14 @@ def new_holder(session: str) -> str:
             f"{process_space()}/{process_start()}")
 
 
+def of_this_process(holder: str) -> bool:
+    """Whether lease ``holder`` names this very process (its host, pid, ``process_space``
+    and ``process_start``), whatever its session and nonce."""
+    mine = new_holder("-").split("/")
+    parts = str(holder).split("/")
+    return len(parts) == len(mine) and all(parts[i] == mine[i] for i in (1, 2, 4, 5))
+
+
 def session_start(session: str) -> str:
     """The ``process_start`` of the driver a ``driver_session`` names; "" where not known."""
     fields = session.partition("@")[2].split("~")

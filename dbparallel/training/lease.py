@@ -20,6 +20,9 @@ it stops.
   that no longer runs, e.g. a killed ``--local`` run, is taken over at once: the rerun does
   not wait for it to lapse. Another machine's writer cannot be asked, so its lease is
   trusted until it lapses.
+- So is one that an earlier run of this very process left held (a release cut short, by a
+  second Ctrl-C in a program that calls ``dbparallel.train``): a process knows the leases it
+  holds, and a rerun in it takes over one it no longer holds.
 - Except where that process was a Ray actor whose run's driver still runs on this machine:
   Ray stops a block's actor once the block has trained, and its driver then assembles the
   blocks (or trains later waves) for as long as that takes. The lease is refused, however
@@ -63,10 +66,16 @@ from dbparallel.training.holder import (
     holder_driver,
     holder_parts,
     new_holder,
+    of_this_process,
 )
 from dbparallel.training.storage import DamagedFile, Storage, damaged
 
 log = logging.getLogger(__name__)
+
+# the holders of the leases this process took and has not given up: a lease of this process
+# held by no other (one that an interrupted release left held, a Ctrl-C landing in it) is an
+# earlier run's, which a rerun in this process takes over at once
+_HOLDING: set[str] = set()
 
 
 class LeaseLost(RunDirError):
@@ -115,6 +124,12 @@ class BlockLease:
         if not current or not current.get("holder") or current["session"] == self.session:
             return
         alive = holder_alive(current["holder"])
+        if alive and of_this_process(current["holder"]) and current["holder"] not in _HOLDING:
+            if taking:
+                log.warning("block %d: its lease was left held by an earlier run of this "
+                            "process, which stopped without releasing it (interrupted?); "
+                            "taking it over", self.block)
+            return
         driver = holder_driver(current["holder"])
         if driver_holding(current["holder"]) is not None:
             raise RunDirError(
@@ -179,8 +194,10 @@ class BlockLease:
         # where lease.json was deleted: a new writer's passes theirs
         recorded = BlockCheckpoints(self.storage, self.block).writer_generation()
         self.generation = max(int(current["generation"]) if current else 0, recorded) + 1
+        _HOLDING.add(self.holder)
         self._write()
         if (self.read() or {}).get("holder") != self.holder:  # a racing writer won
+            _HOLDING.discard(self.holder)
             raise RunDirError(f"block {self.block}: another process took its lease while "
                               f"this one started; run one writer per block")
         return self.generation
@@ -243,6 +260,7 @@ class BlockLease:
 
     def release(self) -> None:
         """Give the lease up (a later writer takes it at once), if this process holds it."""
+        _HOLDING.discard(self.holder)  # first: a release cut short leaves it to a rerun
         current = self.read()
         if current and current.get("holder") == self.holder:
             self.storage.write_json(self.path, {**current, "holder": "", "renewed_at": 0.0})

@@ -252,6 +252,33 @@ def test_a_lease_left_by_this_process_s_earlier_run_is_taken(tmp_path) -> None:
     assert BlockLease(storage, 0, "rerun", 3600.0, clock=Clock()).acquire() == 2
 
 
+def test_a_lease_an_interrupted_release_left_held_is_taken_by_a_rerun_in_this_process(
+        tmp_path, monkeypatch, caplog) -> None:
+    # a second Ctrl-C landing in a local run's release, in a program that calls train again
+    storage = Storage(str(tmp_path))
+    first = BlockLease(storage, 0, "run-a", 3600.0, clock=Clock())
+    first.acquire()
+    with monkeypatch.context() as m:
+        def cut_short(path, data, *args, **kwargs):
+            raise KeyboardInterrupt
+
+        m.setattr(storage, "write_json", cut_short)
+        with pytest.raises(KeyboardInterrupt):
+            first.release()
+    assert first.read()["holder"] == first.holder  # still held, by this very process
+    rerun = BlockLease(storage, 0, "run-b", 3600.0, clock=Clock())
+    with caplog.at_level(logging.WARNING, logger="dbparallel.training.lease"):
+        assert rerun.acquire() == 2  # at once, not after train.lease_timeout_s
+    assert ("block 0: its lease was left held by an earlier run of this process, which "
+            "stopped without releasing it (interrupted?); taking it over") in caplog.text
+    with pytest.raises(LeaseLost):
+        first.check()
+    # a writer of this process that holds its lease is refused as any other's is
+    with pytest.raises(RunDirError, match=r"is being trained by another process \(pid "
+                                          rf"{os.getpid()} on .*, session run-b"):
+        BlockLease(storage, 0, "run-c", 3600.0, clock=Clock()).acquire()
+
+
 def test_a_restart_in_the_same_run_takes_over_and_fences_the_old_one(tmp_path) -> None:
     storage = Storage(str(tmp_path))
     old = BlockLease(storage, 0, "run", 60.0)
