@@ -244,11 +244,8 @@ def _table_documents(table: pa.Table, first_row: int, path: str,
         row = first_row + i
         if text is None:
             raise DataError(f"{path}: column {field!r}: row {row} is null")
-        split = None
-        if splits is not None:
-            where = f"{path}: column {SPLIT_FIELD!r}: row {row}"
-            if splits[i] is None:
-                raise DataError(f"{where} is null")
-            split = _split_value(splits[i], where)
+        # a null split is none, as a JSONL line's null or missing field (the work split)
+        split = (_split_value(splits[i], f"{path}: column {SPLIT_FIELD!r}: row {row}")
+                 if splits is not None else None)
         name = str(works[i]) if works is not None and works[i] is not None else f"row{row}"
         yield Document(name, split, _slices(text))

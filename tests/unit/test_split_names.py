@@ -175,3 +175,18 @@ def test_a_split_value_changed_since_the_index_is_refused_naming_its_file_and_ro
                                         r"indexed it\?\)"):
         for _ in shard_reader.iter_split(index, "train", ["label"]):
             pass
+
+
+def test_a_null_split_is_none_in_a_parquet_text_file_as_in_jsonl(tmp_path: Path) -> None:
+    from dbparallel.data.corpus import corpus_index
+
+    texts = [f"{i:02d} " + "abcdefgh" * 40 for i in range(16)]
+    splits = ["test", None, *[None] * 14]  # the rest by work: 14 or more works
+    pq.write_table(pa.table({"text": texts, "split": splits}), tmp_path / "docs.parquet")
+    (tmp_path / "docs.jsonl").write_text("".join(
+        json.dumps({"text": t, "split": s}) + "\n" for t, s in zip(texts, splits, strict=True)))
+    counts = []
+    for name, source in (("docs.parquet", "parquet"), ("docs.jsonl", "text")):
+        index = corpus_index(DataConfig(source=source, path=str(tmp_path / name), seq_len=8))
+        counts.append([index.num_rows(s) for s in ("train", "validation", "test")])
+    assert counts[0] == counts[1] and all(counts[0])
