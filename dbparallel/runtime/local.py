@@ -29,6 +29,7 @@ from dbparallel.training.device import assembly_device, block_device
 from dbparallel.training.history import AssemblyLog
 from dbparallel.training.loop import BlockRun
 from dbparallel.training.precision import process_settings_kept
+from dbparallel.training.progress import progress_shown
 from dbparallel.training.report import build_report, write_report
 from dbparallel.training.resume import resume_line
 from dbparallel.training.run_dir import open_run
@@ -112,7 +113,7 @@ def _run_local(cfg: Config, index: DataIndex | None, progress: bool | None,
             return build_report(cfg, run_id, per_block, {}, time.perf_counter() - start)
         # no lease held from here: `dbparallel status` and `stop` find it by its record, which
         # stays until report.json is written: the run is being assembled, then finished
-        with assembling(storage, cfg.train.lease_timeout_s):
+        with assembling(storage, cfg.train.lease_timeout_s), progress_shown(progress):
             metrics = assemble(cfg, storage, index, assembly)
             AssemblyRecorder(cfg.run.name, run_id, sink).record(metrics)
             assemblies.append(int(metrics["block_steps_min"]), metrics)

@@ -6,14 +6,30 @@ log shows the work is alive, and a last one when it ends if any was written.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from types import TracebackType
 
 from tqdm import tqdm
 
 LINE_EVERY_S = 15.0  # seconds between two lines off a terminal (as the training's lines)
+
+_SHOWN: ContextVar[bool | None] = ContextVar("dbparallel_progress_shown", default=None)
+
+
+@contextlib.contextmanager
+def progress_shown(shown: bool | None) -> Iterator[None]:
+    """Within the block, a ``Progress`` not told ``tty`` draws its bar where ``shown`` is
+    True and writes lines where it is False, as the run's block bars do for a call's
+    ``progress``; where None, as stderr is a terminal or not."""
+    token = _SHOWN.set(shown)
+    try:
+        yield
+    finally:
+        _SHOWN.reset(token)
 
 
 def duration(seconds: float) -> str:
@@ -27,13 +43,16 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """``update(n)`` counts ``n`` of ``total`` ``unit``s done; ``tty`` (default: whether
-    stderr is a terminal) chooses the bar over the lines."""
+    """``update(n)`` counts ``n`` of ``total`` ``unit``s done; ``tty`` (default: as
+    ``progress_shown`` says, else whether stderr is a terminal) chooses the bar over the
+    lines."""
 
     def __init__(self, total: int, desc: str, unit: str, tty: bool | None = None,
                  line_every_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.total, self.desc, self.unit, self.clock = total, desc, unit, clock
+        if tty is None:
+            tty = _SHOWN.get()
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.line_every_s = LINE_EVERY_S if line_every_s is None else line_every_s
         self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not self.tty)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from dbparallel.runtime.progress import BlockBars
-from dbparallel.training.progress import Progress, duration
+from dbparallel.training.progress import Progress, duration, progress_shown
 
 
 class Clock:
@@ -109,3 +109,20 @@ def test_quick_work_writes_no_line(capsys) -> None:
     with Progress(8, "continuing prompts", "prompt", tty=False, clock=Clock()) as bar:
         bar.update(8)
     assert capsys.readouterr().err == ""
+
+
+def test_a_call_s_progress_choice_holds_for_the_work_within_it(capsys) -> None:
+    # train(progress=True) off a terminal (a notebook): the evaluation's bars are drawn as
+    # the blocks' are; progress=False: lines
+    with progress_shown(True), Progress(4, "gen_ppl scorer", "step", clock=Clock()) as bar:
+        assert bar.tty
+        bar.update(4)
+    assert "gen_ppl scorer:   0%|" in capsys.readouterr().err  # tqdm's bar, not a line
+    clock = Clock()
+    with progress_shown(False), Progress(4, "gen_ppl scorer", "step", clock=clock) as bar:
+        clock.now = 20.0
+        bar.update(2)
+    assert not bar.tty
+    assert capsys.readouterr().err.startswith("gen_ppl scorer: 2/4 step, 0.10 step/s")
+    with Progress(4, "gen_ppl scorer", "step") as bar:  # outside: as stderr is
+        assert bar.tty is False  # (pytest's captured stderr is no terminal)
