@@ -247,7 +247,7 @@ def _run(args: argparse.Namespace, stop: StopSignals | None) -> int:
         print(f"dbparallel: error: {_as_flag(str(err), args)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RuntimeError as err:
-        if type(err).__name__ not in ("RunFailed", "NonFiniteLoss"):
+        if type(err).__name__ not in ("RunFailed", "NonFiniteLoss", "OutOfMemory"):
             raise
         print(f"dbparallel: run failed: {err}", file=sys.stderr)
         return EXIT_RUN_FAILED

@@ -20,6 +20,7 @@ from dbparallel.training.eval.diagnostics import held_out_batch
 from dbparallel.training.failure import clear_failure, record_failure
 from dbparallel.training.history import BlockHistory, finite_or_none
 from dbparallel.training.lease import BlockLease, LeaseLost
+from dbparallel.training.out_of_memory import block_out_of_memory, out_of_memory
 from dbparallel.training.replicas import Replicas
 from dbparallel.training.resume import resume
 from dbparallel.training.storage import Storage
@@ -190,6 +191,11 @@ class BlockRun:
         try:
             self._train_until(until, on_step)
         except BaseException as err:
+            if out_of_memory(err):  # said with the keys that make it fit
+                said = block_out_of_memory(err, self.cfg, self.trainer.block, self._at,
+                                           str(self.trainer.device))
+                self._recorded = self._record(self._at, said)
+                raise said from err
             self._recorded = self._record(self._at, err)  # the step it was at
             raise
 
