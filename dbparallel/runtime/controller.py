@@ -28,6 +28,7 @@ from dbparallel.runtime.backend import (
     RunFailed,
 )
 from dbparallel.shell import shell_path
+from dbparallel.training.out_of_memory import START_MEMORY_FIX, OutOfMemory, out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,8 @@ class Controller:
             if out_of_space(event.error):
                 said += (f": {SPACE_FIX}; the checkpoints written stay, and the same train "
                          f"command resumes the run")
+            elif out_of_memory(event.error) and not isinstance(event.error, OutOfMemory):
+                said += f": {START_MEMORY_FIX}"  # met at its start: its steps say their own
             self._fail(f"block {event.block} failed: {said}")
             return
         progress = event.result

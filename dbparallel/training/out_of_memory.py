@@ -13,6 +13,11 @@ import re
 from dbparallel.config import Config
 from dbparallel.config.amounts import bytes_text
 
+# what a block that does not fit at its start (its weights moved to its device) is told
+START_MEMORY_FIX = ("the block does not fit in its device's memory (`dbparallel plan` with the "
+                    "same recipe shows what it holds): more blocks (model.blocks) make smaller "
+                    "ones, in a new run")
+
 
 class OutOfMemory(RuntimeError):
     """A block's step asked its device for more memory than it had."""

@@ -381,3 +381,22 @@ def test_a_full_disk_fails_the_run_saying_what_to_do(error: Exception) -> None:
     backend = FakeBackend(steps=10, fail={1: OSError(13, "Permission denied")})
     with pytest.raises(RunFailed, match=r"^block 1 failed: \[Errno 13\] Permission denied$"):
         Controller(_cfg(), backend).run()
+
+
+def test_a_block_out_of_memory_fails_the_run_and_one_at_its_start_is_told_what_to_do() -> None:
+    from dbparallel.training.out_of_memory import OutOfMemory
+
+    said = "block 1: out of memory taking step 3 on cuda:0 (...): ... trains otherwise"
+    backend = FakeBackend(steps=10, fail={1: OutOfMemory(said)})
+    with pytest.raises(RunFailed) as failed:
+        Controller(_cfg(), backend).run()
+    assert str(failed.value) == "block 1 failed: out of memory taking step 3 on cuda:0 " \
+                                "(...): ... trains otherwise"  # said once, not restarted
+    start = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                         "capacity of 79.19 GiB of which 1.25 GiB is free.")
+    with pytest.raises(RunFailed) as failed:
+        Controller(_cfg(), FakeBackend(steps=10, fail={1: start})).run()
+    assert str(failed.value) == (
+        f"block 1 failed: {start}: the block does not fit in its device's memory (`dbparallel "
+        f"plan` with the same recipe shows what it holds): more blocks (model.blocks) make "
+        f"smaller ones, in a new run")
