@@ -22,6 +22,7 @@ from dbparallel.cli_stop import (
 from dbparallel.config import Config, ConfigError, describe, load_config, notes, unchecked
 from dbparallel.errors import SPACE_FIX, UserError, out_of_space
 from dbparallel.shell import RAY_JOB_VAR, resubmit_line, shell_path
+from dbparallel.training.out_of_memory import START_MEMORY_FIX, out_of_memory, what_was_asked
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -247,6 +248,13 @@ def _run(args: argparse.Namespace, stop: StopSignals | None) -> int:
         print(f"dbparallel: error: {_as_flag(str(err), args)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RuntimeError as err:
+        if out_of_memory(err) and type(err).__name__ != "OutOfMemory":  # not at a block's step
+            fix = (START_MEMORY_FIX if args.command in TRAINING else
+                   "the network does not fit in the device's free memory: --device cpu, or a "
+                   "device with more free")
+            print(f"dbparallel: {'run failed' if args.command in TRAINING else 'error'}: "
+                  f"{what_was_asked(err)}: {fix}", file=sys.stderr)
+            return EXIT_RUN_FAILED
         if type(err).__name__ not in ("RunFailed", "NonFiniteLoss", "OutOfMemory"):
             raise
         print(f"dbparallel: run failed: {err}", file=sys.stderr)

@@ -75,3 +75,16 @@ def test_cuda_s_error_is_said_by_its_first_sentences_and_keys_already_set_are_no
            "now): each shrinks" in said
     baseline = load_config([], ["model.blocks=1", "train.objective=end_to_end"])
     assert "model.blocks" not in str(block_out_of_memory(error, baseline, 0, 1, "cuda:0"))
+
+
+def test_a_block_that_does_not_fit_at_its_start_is_said_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def too_large(self, *args, **kwargs):  # its weights moved to a device too small
+        torch.empty(2**50, dtype=torch.uint8)
+
+    monkeypatch.setattr(loop.BlockRun, "__init__", too_large)
+    assert cli.main(["train", "--local", f"run.dir={tmp_path / 'run'}", "metrics.port=0"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "dbparallel: run failed: tried to allocate 1048576.00 GiB: the block does not fit in "
+        "its device's memory (`dbparallel plan` with the same recipe shows what it holds): "
+        "more blocks (model.blocks) make smaller ones, in a new run")
