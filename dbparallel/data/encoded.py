@@ -73,15 +73,22 @@ def image_kinds(column: pa.Array | pa.ChunkedArray) -> list[tuple[str, int] | No
     """(Pillow mode, 1 for grey or 3 for colour) of every row's image, read from its header
     (a palette image is grey when every colour of its palette is); None for a row without a
     readable image."""
+    return [h[:2] if h else None for h in image_headers(column)]
+
+
+def image_headers(column: pa.Array | pa.ChunkedArray
+                  ) -> list[tuple[str, int, tuple[int, int]] | None]:
+    """(Pillow mode, 1 for grey or 3 for colour, (width, height)) of every row's image, read
+    from its header; None for a row without a readable image."""
     blobs, _ = _encoded_bytes(column)
-    kinds: list[tuple[str, int] | None] = []
+    headers: list[tuple[str, int, tuple[int, int]] | None] = []
     for blob in blobs:
         try:
             with Image.open(io.BytesIO(blob or b"")) as img:  # the header: nothing decoded
-                kinds.append((img.mode, _channels_of(img)))
+                headers.append((img.mode, _channels_of(img), img.size))
         except DECODE_ERRORS:
-            kinds.append(None)
-    return kinds
+            headers.append(None)
+    return headers
 
 
 def _channels_of(img: Image.Image) -> int:
@@ -141,7 +148,8 @@ def _decode(row: int, blob: bytes | None, mode: str, size: int,
             if img.size != (size, size):  # from the header: checked before decoding
                 w, h = img.size
                 raise RowError(row, IMAGE_COLUMN,
-                               f"is {w}x{h}, expected {size}x{size} (data.image_size)")
+                               f"is {w}x{h}, expected {size}x{size} (data.image_size; "
+                               f"images are used as stored, never resized)")
             img.load()
             return _in_mode(row, img, mode)
     except RowError:  # a DataError, so a ValueError: not an unreadable file

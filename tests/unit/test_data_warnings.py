@@ -1,10 +1,11 @@
 """Warnings about data settings that do not fit the data: encoded images of another colour
-mode than data.channels, and fewer classes than data.num_classes, told once on `data check`
-and on `train`."""
+mode than data.channels or of another size than data.image_size, and fewer classes than
+data.num_classes, told once on `data check` and on `train`."""
 
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from dbparallel.cli import main
 from dbparallel.data.encoded import image_kinds
-from dbparallel.training.data_warnings import channels_warning, classes_warning
+from dbparallel.training.data_warnings import channels_warning, classes_warning, sizes_warning
 
 TINY = str(Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml")
 TO_GREY = ("warning: the images are RGB (3 channels) but data.channels=1: they are converted "
@@ -130,3 +131,50 @@ def test_parquet_labels_short_of_num_classes_are_warned_of_once_on_check_and_tra
     assert main(["data", "check", str(folder)]) == 0
     assert capsys.readouterr().err.count("warning: data.num_classes=10, but the data have 3 "
                                          "classes (c0, c1, c2)") == 1
+
+
+def test_images_of_another_size_say_the_size_or_that_they_need_resizing() -> None:
+    assert sizes_warning([(32, 32)] * 16, 32) is None
+    assert sizes_warning([(32, 32)] * 16, 8) == (
+        "the images are 32x32 but data.image_size=8: set data.image_size=32 (images are used "
+        "as stored, never resized)")
+    mixed = sizes_warning([(20, 31)] * 3 + [(90, 60)] + [(32, 32)] * 2, 32)
+    assert mixed.startswith("4 of the first 6 images are not 32x32 (data.image_size): 20x31 "
+                            "(3), 32x32 (2), 90x60 (1); images are used as stored, never "
+                            "resized or cropped"), mixed
+    assert sizes_warning([(90, 60)] * 4, 64).startswith(
+        "none of the first 4 images is 64x64 (data.image_size): 90x60 (4);")
+    many = sizes_warning([(n, n + 1) for n in range(10, 18)], 8)
+    assert "10x11 (1)" in many and "... 2 sizes more" in many
+    assert sizes_warning([], 8) is None
+
+
+def _photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_a_folder_of_photos_of_any_size_is_told_before_its_first_bad_file(
+        tmp_path, capsys) -> None:
+    """Photos of mixed sizes: one warning listing their sizes, then the first bad file named
+    with its path, exit code 2; photos of one square size: the setting that fits them."""
+    rng = np.random.default_rng(0)
+    mixed, square = tmp_path / "mixed", tmp_path / "square"
+    for i, (w, h) in enumerate([(20, 31), (90, 60), (16, 16), (64, 48)] * 3):
+        for folder, size in ((mixed, (w, h)), (square, (16, 16))):
+            (folder / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+            _photo(rng, *size).save(folder / f"c{i % 2}" / f"{i}.{'png' if i % 3 else 'jpg'}")
+    keys = ["data.channels=3", "data.num_classes=2"]
+    assert main(["data", "check", str(mixed), "data.image_size=16", *keys]) == 2
+    err = capsys.readouterr().err
+    assert err.count("warning: 9 of the first 12 images are not 16x16 (data.image_size): ") == 1
+    assert "set data.image_size=S" in err
+    bad = re.search(r"error: (\S+): is (\d+)x(\d+), expected 16x16 \(data.image_size; images "
+                    r"are used as stored, never resized\)", err)
+    assert bad and Path(bad[1]).is_file() and Path(bad[1]).parent.parent == mixed, err
+    assert Image.open(bad[1]).size == (int(bad[2]), int(bad[3])) != (16, 16)
+    assert main(["data", "check", str(square), *keys]) == 2  # data.image_size left at 8
+    assert "warning: the images are 16x16 but data.image_size=8: set data.image_size=16" in \
+        capsys.readouterr().err
+    assert main(["data", "check", str(square), "data.image_size=16", *keys]) == 0
+    assert "data.image_size" not in capsys.readouterr().err
+

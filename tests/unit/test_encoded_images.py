@@ -96,7 +96,8 @@ def test_threads_decode_the_same_pixels_and_name_the_first_bad_row(threads: int)
 def test_bad_rows_are_named() -> None:
     good = _encode(_pixels(0, 3))
     cases = [
-        ([good, _encode(_pixels(1, 3, size=4))], 1, "is 4x4, expected 8x8 (data.image_size)"),
+        ([good, _encode(_pixels(1, 3, size=4))], 1,
+         "is 4x4, expected 8x8 (data.image_size; images are used as stored, never resized)"),
         ([good, good, good[: len(good) // 2]], 2, "is not a readable image"),
         ([b"not an image", good], 0, "is not a readable image"),
         ([good, None], 1, "is not a readable image (null)"),
@@ -302,3 +303,4 @@ def test_a_path_only_image_struct_is_a_named_row_not_a_column_type_error(tmp_pat
                  "data.channels=1", "data.num_classes=3"]) == 2
     assert "hf.parquet row 0: column 'image' has no image bytes, only a path ('img0.png')" \
         in capsys.readouterr().err
+
