@@ -149,12 +149,14 @@ def report_footprint(cfg: Config, index: DataIndex) -> int:
     data.num_classes (``classes_warning``), when the encoded images are not data.image_size
     square (``size_warning``), when they are colour and data.channels grey or the other way
     round (``colour_warning``), when raw colour pixel lists look like the other order than
-    data.pixel_order (``pixel_order_warning``), and when the Parquet row groups are tiny
-    (``small_shards_warning``)."""
+    data.pixel_order (``pixel_order_warning``), when the network would be scored on training
+    rows beside a validation split (``eval_split_warning``), and when the Parquet row groups
+    are tiny (``small_shards_warning``)."""
     from dbparallel.tasks import build_task
     from dbparallel.training.data_warnings import (
         classes_warning,
         colour_warning,
+        eval_split_warning,
         pixel_order_warning,
         size_warning,
     )
@@ -162,7 +164,7 @@ def report_footprint(cfg: Config, index: DataIndex) -> int:
     # an image folder's class folders (Parquet labels are warned of once the check saw them)
     for warning in (classes_warning(cfg.data.num_classes, names=index.meta.get("classes")),
                     size_warning(cfg, index), colour_warning(cfg, index),
-                    pixel_order_warning(cfg, index)):
+                    pixel_order_warning(cfg, index), eval_split_warning(index)):
         if warning:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     if "train" not in index.present():  # e.g. data check of a test split alone

@@ -7,7 +7,8 @@ be decoded or trained into something the user did not mean: colour images with
 ``data.channels=1`` become grey (encoded images are converted to the configured mode,
 data/encoded.py), raw colour pixel lists read in the other order than
 ``data.pixel_order`` become scrambled images (data/pixel_order.py), and a data.num_classes
-above the data's classes makes the blocks sample and score classes that never occur. The
+above the data's classes makes the blocks sample and score classes that never occur. Data with
+a validation split and no test split have the network scored on the training rows. The
 driver prints such a warning on ``data check`` and on ``train`` alike (a Ray run's blocks never
 print it), naming the key that fixes it: the colour mode, the pixel order and an image folder's
 classes before the validation pass, Parquet labels after it (the pass sees every label;
@@ -110,6 +111,21 @@ def pixel_order_warning(cfg: Config, index: DataIndex) -> str | None:
         return None
     return (f"the raw pixel lists look {ORDER_NAMES[seen]} but data.pixel_order="
             f"{data.pixel_order}: set data.pixel_order={seen}")
+
+
+def eval_split_warning(index: DataIndex) -> str | None:
+    """A warning when the data have validation rows but no test rows: the composed network is
+    scored on the test split, else on the training rows (DataIndex.eval_split), so held-out
+    rows named ``val`` (as many image data sets name them) would give only the blocks'
+    held-out losses while the accuracy or sample scores come from rows trained on."""
+    held = index.num_rows("validation")
+    if not held or index.num_rows("test") or not index.num_rows("train"):
+        return None
+    return (f"the data have {held:,} validation row{'s' if held != 1 else ''} but no test "
+            f"split: the composed network is scored on the training rows (eval_on_test=0 in "
+            f"its report), and the validation rows give only each block's held-out loss; to "
+            f"score it on them, name them as the test split (a test/ folder, test-* files, "
+            f"or the split value 'test')")
 
 
 def classes_warning(num_classes: int, names: list[str] | None = None,

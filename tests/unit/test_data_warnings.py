@@ -1,6 +1,7 @@
 """Warnings about data settings that do not fit the data: encoded images of another colour
-mode than data.channels or of another size than data.image_size, and fewer classes than
-data.num_classes, told once on `data check` and on `train`."""
+mode than data.channels or of another size than data.image_size, fewer classes than
+data.num_classes, and a validation split without a test split, told once on `data check` and
+on `train`."""
 
 from __future__ import annotations
 
@@ -178,3 +179,21 @@ def test_a_folder_of_photos_of_any_size_is_told_before_its_first_bad_file(
     assert main(["data", "check", str(square), "data.image_size=16", *keys]) == 0
     assert "data.image_size" not in capsys.readouterr().err
 
+
+def test_a_validation_split_without_a_test_split_says_the_score_is_on_training_rows(
+        tmp_path, capsys) -> None:
+    """train/ and val/ folders (as ImageNet lays them out): the network would be scored on
+    the training rows, which the user is told once; with a test/ folder, nothing."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        for i in range(n):
+            (tmp_path / split / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+            _photo(rng, 8, 8).save(tmp_path / split / f"c{i % 2}" / f"{i}.png")
+    keys = ["data.channels=3", "data.num_classes=2"]
+    assert main(["data", "check", str(tmp_path), *keys]) == 0
+    assert capsys.readouterr().err.count(
+        "warning: the data have 4 validation rows but no test split: the composed network is "
+        "scored on the training rows (eval_on_test=0 in its report)") == 1
+    (tmp_path / "val").rename(tmp_path / "test")
+    assert main(["data", "check", str(tmp_path), *keys]) == 0
+    assert capsys.readouterr().err == ""
