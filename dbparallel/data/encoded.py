@@ -111,11 +111,14 @@ def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
     def run(start: int, stop: int) -> RowError | None:
         """Rows [start, stop) into ``out``; the first bad one's error, if any."""
         for row in range(start, stop):
+            path = paths[row] if paths is not None else None
             try:
-                path = paths[row] if paths is not None else None
                 pixels = _decode(row, blobs[row], mode, s, path)  # (H, W) or (H, W, C)
             except RowError as err:
-                return err
+                if path is None or blobs[row] is None:
+                    return err
+                # a Hugging Face image struct keeps the file's name: say which image it was
+                return RowError(row, IMAGE_COLUMN, f"{err.detail}; its path: {path!r}")
             if c == 1:
                 out[row] = pixels.reshape(-1)
             else:

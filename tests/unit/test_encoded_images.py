@@ -304,3 +304,31 @@ def test_a_path_only_image_struct_is_a_named_row_not_a_column_type_error(tmp_pat
     assert "hf.parquet row 0: column 'image' has no image bytes, only a path ('img0.png')" \
         in capsys.readouterr().err
 
+
+def test_a_bad_image_of_a_hugging_face_struct_is_named_by_its_path_too(tmp_path: Path,
+                                                                       capsys) -> None:
+    """A table of {bytes, path} structs names a bad row's row and the path it keeps (the
+    file the image came from), so the image can be found; a row without a path, by row."""
+    import pyarrow.parquet as pq
+
+    from dbparallel.cli import main
+
+    good = _encode(_pixels(0, 1))
+    kind = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = pa.array([{"bytes": good, "path": "ok.png"}, {"bytes": good[:40], "path": "cut.png"},
+                       {"bytes": b"", "path": None}], kind)
+    with pytest.raises(RowError) as caught:
+        decode_encoded(images, GREY)
+    assert caught.value.row == 1
+    assert caught.value.detail.startswith("is not a readable image (")
+    assert caught.value.detail.endswith("; its path: 'cut.png'"), caught.value.detail
+    with pytest.raises(RowError) as caught:
+        decode_encoded(images[2:], GREY)
+    assert "its path" not in caught.value.detail
+    pq.write_table(pa.table({"image": images[:2], "label": pa.array([0, 1])}),
+                   tmp_path / "hf.parquet")
+    assert main(["data", "check", str(tmp_path / "hf.parquet"), "data.image_size=8",
+                 "data.num_classes=3"]) == 2
+    err = capsys.readouterr().err
+    assert "hf.parquet row 1: column 'image' is not a readable image" in err
+    assert "; its path: 'cut.png'" in err
