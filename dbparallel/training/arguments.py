@@ -38,9 +38,10 @@ def number(value: Any, name: str, whole: bool = False) -> None:
                         f"{type(value).__name__} {value!r:.40}")
 
 
-def _tensor(value: Any, name: str, expected: str) -> torch.Tensor:
-    """``value`` as a tensor; a UserError naming ``name`` and what was ``expected`` where it
-    is none (a string, a path, an image object, a list of tensors)."""
+def _tensor(value: Any, name: str, expected: str, hint: str = "") -> torch.Tensor:
+    """``value`` as a tensor; a UserError naming ``name`` and what was ``expected`` (and
+    ``hint``, how to get there) where it is none (a string, a path, an image object, a list
+    of tensors)."""
     import numpy as np
     import torch
 
@@ -51,7 +52,8 @@ def _tensor(value: Any, name: str, expected: str) -> torch.Tensor:
             return torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError):
             pass
-    raise UserError(f"{name}: expected {expected}, got {type(value).__name__} {value!r:.40}")
+    raise UserError(f"{name}: expected {expected}, got {type(value).__name__} {value!r:.40}"
+                    f"{hint}")
 
 
 def labels_of(value: Any, classes: int) -> torch.Tensor:
@@ -71,6 +73,22 @@ def labels_of(value: Any, classes: int) -> torch.Tensor:
     return x
 
 
+def _image_hint(value: Any, channels: int, size: int) -> str:
+    """How to turn an image file's path or a PIL image into the pixels ``images_of`` takes:
+    converted to data.channels' mode as training converts them, cut and resized to
+    data.image_size square (training takes images of that size only)."""
+    mode = "L" if channels == 1 else "RGB"
+    pixels = (f"torch.from_numpy(np.array(ImageOps.fit(image.convert({mode!r}), "
+              f"({size}, {size}))))" + ("[None]" if channels == 1 else ".permute(2, 0, 1)"))
+    if isinstance(value, (str, os.PathLike)):
+        return (f"; `dbparallel predict RUN_DIR FILE` reads image files, or open it with "
+                f"Pillow and pass {pixels}")
+    if type(value).__module__.startswith("PIL."):
+        return (f"; pass its pixels: {pixels} (PIL's ImageOps.fit crops and resizes it to "
+                f"{size}x{size}, as the network takes)")
+    return ""
+
+
 def images_of(value: Any, channels: int, size: int) -> torch.Tensor:
     """Pixels in [0, 1], (N, C, H, W), of ``value``: a tensor or array (N, C, H, W), or one
     image (C, H, W), of floats in [0, 1] or uint8; a UserError naming ``images`` otherwise."""
@@ -79,7 +97,7 @@ def images_of(value: Any, channels: int, size: int) -> torch.Tensor:
     want = (channels, size, size)
     shape = f"(N, {channels}, {size}, {size}) or one image ({channels}, {size}, {size})"
     x = _tensor(value, "images", f"a tensor or array of pixels {shape} (torch.stack a list "
-                                 f"of images)")
+                                 f"of images)", _image_hint(value, channels, size))
     given = tuple(x.shape)
     x = x[None] if x.dim() == 3 else x
     if x.dim() != 4 or tuple(x.shape[1:]) != want:

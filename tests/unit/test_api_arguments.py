@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 import dbparallel
 from dbparallel import cli
@@ -68,6 +68,16 @@ def test_predict_names_images_of_another_kind(runs: dict[str, str], tmp_path: Pa
                         ([torch.zeros(1, 8, 8)] * 2, "list")):
         with pytest.raises(UserError, match=re.escape(expected) + f".*got {kind}"):
             net.predict(value)
+    fit = "torch.from_numpy(np.array(ImageOps.fit(image.convert('L'), (8, 8))))[None]"
+    with pytest.raises(UserError, match=re.escape(f"; pass its pixels: {fit} (PIL's")):
+        net.predict(Image.open(png))
+    with pytest.raises(UserError, match=re.escape("; `dbparallel predict RUN_DIR FILE` reads "
+                                                  f"image files, or open it with Pillow and "
+                                                  f"pass {fit}")):
+        net.predict(png)
+    image = Image.open(png)  # the hint, as given, makes what predict takes
+    assert net.predict(torch.from_numpy(np.array(ImageOps.fit(image.convert('L'), (8, 8))))[None]
+                       ).shape == (1, 10)
     with pytest.raises(UserError, match=r"got \(8, 8\); one image without its channel"):
         net.predict(np.asarray(Image.open(png)))  # a grey image as PIL gives it
     with pytest.raises(UserError, match=r"got \(8, 8, 1\); channels last\?"):
