@@ -30,7 +30,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 # runs trained: a stored config without the key is read with it.
 LEGACY_VALUES = {"model.ar_readout": "direct", "model.label_embedding": "frozen",
                  "noise.partition": "equiprobable", "data.pack": False,
-                 "data.text_field": "text", "data.pixel_order": "chw"}
+                 "data.text_field": "text", "data.pixel_order": "chw",
+                 "data.resize": False}
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:

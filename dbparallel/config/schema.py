@@ -63,6 +63,10 @@ class DataConfig:
     # images): chw (channels first, numpy's reshape(-1) of a (C, H, W) array) | hwc (channels
     # last, np.asarray(pil_image).reshape(-1)); one channel reads the same either way
     pixel_order: str = "chw"
+    # encoded images (PNG/JPEG files or bytes) not image_size square: true = cut to their
+    # centre square, then resized to image_size (bicubic) as they are read; false = each is a
+    # bad row (a folder of photos of any sizes needs true)
+    resize: bool = False
     seq_len: int = 128  # tokens per text sequence (text tasks)
     vocab_size: int = 128  # token ids the text models hold; the tokenizer must fit in it
     tokenizer: str = "char"  # text: char (every distinct character) | bpe (byte-level BPE)

@@ -105,6 +105,7 @@ def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
     names the first row that is null, unreadable or not data.image_size square. ``threads``
     decode consecutive runs of rows at once (Pillow decodes without holding the GIL)."""
     mode, c, s = image_mode(data.channels), data.channels, data.image_size
+    fit = bool(data.resize)
     blobs, paths = _encoded_bytes(column)
     out = np.empty((len(blobs), c * s * s), dtype=np.uint8)
 
@@ -113,7 +114,7 @@ def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
         for row in range(start, stop):
             path = paths[row] if paths is not None else None
             try:
-                pixels = _decode(row, blobs[row], mode, s, path)  # (H, W) or (H, W, C)
+                pixels = _decode(row, blobs[row], mode, s, path, fit)  # (H, W) or (H, W, C)
             except RowError as err:
                 if path is None or blobs[row] is None:
                     return err
@@ -139,7 +140,10 @@ def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
 
 
 def _decode(row: int, blob: bytes | None, mode: str, size: int,
-            path: str | None = None) -> np.ndarray:
+            path: str | None = None, fit: bool = False) -> np.ndarray:
+    """The pixels of one image, (H, W) or (H, W, C) uint8 in ``mode``; one of another size
+    than ``size`` square is cut to its centre square and resized where ``fit``
+    (data.resize), else a RowError."""
     if blob is None and path is not None:
         raise RowError(row, IMAGE_COLUMN, f"has no image bytes, only a path ({path!r}); "
                                           f"path-only images are not read: the table must "
@@ -148,13 +152,22 @@ def _decode(row: int, blob: bytes | None, mode: str, size: int,
         raise RowError(row, IMAGE_COLUMN, "is not a readable image (null)")
     try:
         with Image.open(io.BytesIO(blob)) as img:
-            if img.size != (size, size):  # from the header: checked before decoding
+            if img.size != (size, size) and not fit:  # from the header, before decoding
                 w, h = img.size
                 raise RowError(row, IMAGE_COLUMN,
                                f"is {w}x{h}, expected {size}x{size} (data.image_size; "
-                               f"images are used as stored, never resized)")
+                               f"data.resize=true cuts and resizes images to it)")
+            if img.size != (size, size):  # a JPEG decoded at 1/2, 1/4 or 1/8 where that
+                img.draft(None, (size, size))  # still holds the square: far less to decode
             img.load()
-            return _in_mode(row, img, mode)
+            pixels = _in_mode(row, img, mode)
+        if pixels.shape[:2] != (size, size):  # its centre square, then resized
+            h, w = pixels.shape[:2]
+            side = min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+            square = Image.fromarray(pixels[top:top + side, left:left + side])
+            pixels = np.asarray(square.resize((size, size), Image.Resampling.BICUBIC))
+        return pixels
     except RowError:  # a DataError, so a ValueError: not an unreadable file
         raise
     except DECODE_ERRORS as err:

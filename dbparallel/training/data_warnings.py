@@ -1,11 +1,11 @@
 """Warnings about data settings that do not fit the data, printed once by the driver.
 
-Images of another size than data.image_size are bad rows (none is resized), and the validation
-pass names only the first: the sizes of the first images are told before it, with the setting
-that fits them where they share one square size. Data that decode without a bad row may still
-be decoded or trained into something the user did not mean: colour images with
-``data.channels=1`` become grey (encoded images are converted to the configured mode,
-data/encoded.py), raw colour pixel lists read in the other order than
+Images of another size than data.image_size are bad rows without data.resize=true, and the
+validation pass names only the first: the sizes of the first images are told before it, with the
+setting that fits them where they share one square size, else data.resize. Data that decode
+without a bad row may still be decoded or trained into something the user did not mean:
+colour images with ``data.channels=1`` become grey (encoded images are converted to the
+configured mode, data/encoded.py), raw colour pixel lists read in the other order than
 ``data.pixel_order`` become scrambled images (data/pixel_order.py), and a data.num_classes
 above the data's classes makes the blocks sample and score classes that never occur. Data with
 a validation split and no test split have the network scored on the training rows. The
@@ -60,7 +60,7 @@ def size_warning(cfg: Config, index: DataIndex) -> str | None:
     """``sizes_warning`` of the first encoded images of the training split (of the first
     split, where there is none), read from their headers; None for data that are not encoded
     images."""
-    if index.kind != "images" or index.meta.get("encoding") != "encoded":
+    if index.kind != "images" or index.meta.get("encoding") != "encoded" or cfg.data.resize:
         return None
     from dbparallel.data.encoded import image_headers  # Pillow, for encoded images only
 
@@ -70,10 +70,10 @@ def size_warning(cfg: Config, index: DataIndex) -> str | None:
 
 def sizes_warning(sizes: list[tuple[int, int]], image_size: int) -> str | None:
     """A warning when images of ``sizes`` ((width, height) each) are not
-    data.image_size=``image_size`` square: every such image is a bad row, since none is
-    resized. Images of one square size say the setting that fits them; others, the sizes
-    seen, so that a folder of photos of any size is told at once that it needs resizing,
-    not one file at a time."""
+    data.image_size=``image_size`` square: without data.resize every such image is a bad
+    row. Images of one square size say the setting that fits them; others, the sizes seen,
+    so that a folder of photos of any size is told at once to set data.resize=true, not one
+    file at a time."""
     other = [z for z in sizes if z != (image_size, image_size)]
     if not other:
         return None
@@ -81,15 +81,15 @@ def sizes_warning(sizes: list[tuple[int, int]], image_size: int) -> str | None:
     (w, h), _ = seen.most_common(1)[0]
     if len(seen) == 1 and w == h:
         return (f"the images are {w}x{w} but data.image_size={image_size}: set "
-                f"data.image_size={w} (images are used as stored, never resized)")
+                f"data.image_size={w}, or data.resize=true to resize them to "
+                f"{image_size}x{image_size} as they are read")
     listed = ", ".join(f"{w}x{h} ({n})" for (w, h), n in seen.most_common(6))
     more = f", ... {len(seen) - 6} sizes more" if len(seen) > 6 else ""
     which = (f"none of the first {len(sizes)} images is" if len(other) == len(sizes) else
              f"{len(other)} of the first {len(sizes)} images are not")
-    return (f"{which} {image_size}x{image_size} (data.image_size): {listed}{more}; images "
-            f"are used as stored, never resized or cropped, so each must be data.image_size "
-            f"square: resize them all to one square size first (e.g. Pillow's "
-            f"ImageOps.fit(image, (S, S))) and set data.image_size=S")
+    return (f"{which} {image_size}x{image_size} (data.image_size): {listed}{more}; set "
+            f"data.resize=true to cut each to its centre square and resize it to "
+            f"{image_size}x{image_size} as it is read (else each is a bad row)")
 
 
 def pixel_order_warning(cfg: Config, index: DataIndex) -> str | None:

@@ -6,6 +6,7 @@ on `train`."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -137,12 +138,13 @@ def test_parquet_labels_short_of_num_classes_are_warned_of_once_on_check_and_tra
 def test_images_of_another_size_say_the_size_or_that_they_need_resizing() -> None:
     assert sizes_warning([(32, 32)] * 16, 32) is None
     assert sizes_warning([(32, 32)] * 16, 8) == (
-        "the images are 32x32 but data.image_size=8: set data.image_size=32 (images are used "
-        "as stored, never resized)")
+        "the images are 32x32 but data.image_size=8: set data.image_size=32, or "
+        "data.resize=true to resize them to 8x8 as they are read")
     mixed = sizes_warning([(20, 31)] * 3 + [(90, 60)] + [(32, 32)] * 2, 32)
     assert mixed.startswith("4 of the first 6 images are not 32x32 (data.image_size): 20x31 "
-                            "(3), 32x32 (2), 90x60 (1); images are used as stored, never "
-                            "resized or cropped"), mixed
+                            "(3), 32x32 (2), 90x60 (1); set data.resize=true to cut each to "
+                            "its centre square and resize it to 32x32 as it is read (else "
+                            "each is a bad row)"), mixed
     assert sizes_warning([(90, 60)] * 4, 64).startswith(
         "none of the first 4 images is 64x64 (data.image_size): 90x60 (4);")
     many = sizes_warning([(n, n + 1) for n in range(10, 18)], 8)
@@ -168,9 +170,9 @@ def test_a_folder_of_photos_of_any_size_is_told_before_its_first_bad_file(
     assert main(["data", "check", str(mixed), "data.image_size=16", *keys]) == 2
     err = capsys.readouterr().err
     assert err.count("warning: 9 of the first 12 images are not 16x16 (data.image_size): ") == 1
-    assert "set data.image_size=S" in err
-    bad = re.search(r"error: (\S+): is (\d+)x(\d+), expected 16x16 \(data.image_size; images "
-                    r"are used as stored, never resized\)", err)
+    assert "set data.resize=true" in err
+    bad = re.search(r"error: (\S+): is (\d+)x(\d+), expected 16x16 \(data.image_size; "
+                    r"data.resize=true cuts and resizes images to it\)", err)
     assert bad and Path(bad[1]).is_file() and Path(bad[1]).parent.parent == mixed, err
     assert Image.open(bad[1]).size == (int(bad[2]), int(bad[3])) != (16, 16)
     assert main(["data", "check", str(square), *keys]) == 2  # data.image_size left at 8
@@ -178,6 +180,19 @@ def test_a_folder_of_photos_of_any_size_is_told_before_its_first_bad_file(
         capsys.readouterr().err
     assert main(["data", "check", str(square), "data.image_size=16", *keys]) == 0
     assert "data.image_size" not in capsys.readouterr().err
+    # read with data.resize=true, the mixed photos check, train and are predicted whole
+    assert main(["data", "check", str(mixed), "data.image_size=16", "data.resize=true",
+                 *keys]) == 0
+    assert "warning" not in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", "--local", "task=vit", "data.source=image_folder", f"data.path={mixed}",
+                 "data.image_size=16", "data.resize=true", *keys, "model.depth=2",
+                 "model.blocks=2", "train.steps=2", "train.warmup_steps=1", "metrics.port=0",
+                 "sample.eval_samples=10", f"run.dir={run}"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), str(mixed), "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()  # one JSON object per image
+    assert len(lines) == 12 and all(json.loads(line)["name"] in ("c0", "c1") for line in lines)
 
 
 def test_a_validation_split_without_a_test_split_says_the_score_is_on_training_rows(

@@ -97,7 +97,8 @@ def test_bad_rows_are_named() -> None:
     good = _encode(_pixels(0, 3))
     cases = [
         ([good, _encode(_pixels(1, 3, size=4))], 1,
-         "is 4x4, expected 8x8 (data.image_size; images are used as stored, never resized)"),
+         "is 4x4, expected 8x8 (data.image_size; data.resize=true cuts and resizes images to "
+         "it)"),
         ([good, good, good[: len(good) // 2]], 2, "is not a readable image"),
         ([b"not an image", good], 0, "is not a readable image"),
         ([good, None], 1, "is not a readable image (null)"),
@@ -332,3 +333,22 @@ def test_a_bad_image_of_a_hugging_face_struct_is_named_by_its_path_too(tmp_path:
     err = capsys.readouterr().err
     assert "hf.parquet row 1: column 'image' is not a readable image" in err
     assert "; its path: 'cut.png'" in err
+
+
+def test_resize_cuts_the_centre_square_and_resizes_it() -> None:
+    wide = np.zeros((16, 32, 3), np.uint8)  # (H, W, C): black sides, a white centre square
+    wide[:, 8:24] = 255
+    tall = np.full((40, 20), 200, np.uint8)  # grey, taller than wide: rows cut off
+    tall[:10], tall[30:] = 0, 0
+    photo = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    column = pa.array([_encode(wide), _encode(tall, "PNG"), _encode(photo, "JPEG")],
+                      pa.binary())
+    data = DataConfig(image_size=8, channels=3, resize=True)
+    out = decode_encoded(column, data).reshape(3, 3, 8, 8)
+    assert (out[0] == 255).all()  # only the centre square is kept, then resized
+    assert (out[1] == 200).all()  # grey turned RGB, its middle rows kept
+    assert out[2].std() < 20 < photo.std()  # 1600x1200 noise averaged down to 8x8
+    assert decode_encoded(column[:1], DataConfig(image_size=16, channels=1, resize=True)
+                          ).reshape(16, 16).tolist() == [[255] * 16] * 16
+    with pytest.raises(RowError, match="row 0 is 32x16, expected 8x8"):
+        decode_encoded(column, DataConfig(image_size=8, channels=3))  # not without it
