@@ -139,6 +139,9 @@ def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
     return out
 
 
+RESIZE_HINT = "data.resize=true cuts and resizes images to it"  # what a size error offers
+
+
 def _decode(row: int, blob: bytes | None, mode: str, size: int,
             path: str | None = None, fit: bool = False) -> np.ndarray:
     """The pixels of one image, (H, W) or (H, W, C) uint8 in ``mode``; one of another size
@@ -156,7 +159,7 @@ def _decode(row: int, blob: bytes | None, mode: str, size: int,
                 w, h = img.size
                 raise RowError(row, IMAGE_COLUMN,
                                f"is {w}x{h}, expected {size}x{size} (data.image_size; "
-                               f"data.resize=true cuts and resizes images to it)")
+                               f"{RESIZE_HINT})")
             if img.size != (size, size):  # a JPEG decoded at 1/2, 1/4 or 1/8 where that
                 img.draft(None, (size, size))  # still holds the square: far less to decode
             img.load()
