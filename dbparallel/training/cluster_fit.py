@@ -110,8 +110,10 @@ def cluster_lines(cfg: Config, c: dict[str, Any]) -> list[str]:
 
 
 def _time(seconds: float) -> str:
-    """``45 min``, ``3.5 h``, ``120 h``."""
+    """``24 s``, ``45 min``, ``3.5 h``, ``120 h``."""
     hours = seconds / 3600
+    if round(seconds) < 60:  # a short run's estimate, not "0 min"
+        return f"{round(seconds)} s"
     return (f"{seconds / 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 10
             else f"{hours:,.0f} h")
 

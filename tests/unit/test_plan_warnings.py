@@ -122,6 +122,9 @@ def test_the_plan_estimates_the_training_time_in_waves(capsys) -> None:
         capsys, *gpu, "model.blocks=3", "model.depth=6")
     assert "  estimated training time: " in out and " for train.steps in 2 waves at those " \
         "rates (steps only: data waits, checkpoints and assemblies add to it)" in out
+    short = _plan(capsys, *gpu[:-1], "train.steps=10")  # seconds, not "0 min"
+    seconds = sum(max(10 / r for r in rates[w:w + 2]) for w in (0, 2))
+    assert f"  estimated training time: {round(seconds)} s for train.steps" in short
 
 
 def test_the_plan_shows_what_the_largest_block_holds(capsys) -> None:
