@@ -36,8 +36,9 @@ def split_values(column: pa.Array | pa.ChunkedArray, where: str = "",
     column = pc.take(read, pc.index_in(given, names))  # an unknown name, a null: null
     if column.null_count:
         row = pc.index(column.is_null(), True).as_py()
+        value = given[row].as_py()
         raise DataError(f"{at}column {SPLIT_COLUMN!r}: row {first_row + row} is "
-                        f"{given[row].as_py()!r}; allowed: {ALIASES_TEXT}")
+                        f"{'null' if value is None else repr(value)}; allowed: {ALIASES_TEXT}")
     return column
 
 

@@ -137,7 +137,7 @@ def test_a_split_column_names_its_splits_as_paths_do(tmp_path: Path) -> None:
                                         r"allowed: train, validation, test \(any case"):
         parquet_index(str(path))
     _write(path, 3, ["train", "test", None])
-    with pytest.raises(DataError, match=r"column 'split': row 2 is None; allowed: "):
+    with pytest.raises(DataError, match=r"column 'split': row 2 is null; allowed: "):
         parquet_index(str(path))
 
 
