@@ -7,7 +7,8 @@ APT_PACKAGES := dataset-fashion-mnist prometheus
 TORCH_INDEX  ?=
 export RAY_USAGE_STATS_ENABLED ?= 0
 # Test processes (pytest-xdist): one per core, at most 4; TEST_WORKERS=0 runs in this process.
-# A test module stays in one process, and the tests that start Ray share one (tests/conftest.py).
+# A test module stays in one process, but for its tests that join the suite's Ray instance: those
+# all run in one (tests/conftest.py).
 TEST_WORKERS ?= auto
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4 --dist loadgroup
 

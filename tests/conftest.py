@@ -102,14 +102,15 @@ def ray_session():
     ray.shutdown()
 
 
-RAY_GROUP = "ray_session"  # the work unit of the modules that join the session's Ray instance
+RAY_GROUP = "ray_session"  # the work unit of the tests that join the session's Ray instance
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's scheduler; -p no:xdist works
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     # Under pytest-xdist (`make test`: `-n auto --dist loadgroup`), a module's tests run in one
-    # process, so its module-scoped fixtures are built once, and the modules whose tests join
-    # the session's Ray instance run in one process, which starts it once (``work_unit``).
+    # process, so its module-scoped fixtures are built once, and the tests that join the
+    # session's Ray instance run in one process, which starts it once (``work_unit``); a test
+    # of such a module that does not join it runs with its module's others, beside them.
     # Tests that start Ray instances of their own do so in child processes, on free ports.
     # xdist's own loadgroup reads xdist_group marks through node ids that pytest 9.2 no longer
     # lets it rewrite (and reads them before a conftest could add any): it would spread every
@@ -127,17 +128,49 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 def work_unit(root: Path, nodeid: str) -> str:
     """The tests that run in one process with the test ``nodeid`` (of the project in
-    ``root``): RAY_GROUP for a module that joins the session's Ray instance, else its
+    ``root``): RAY_GROUP for a test that joins the session's Ray instance, else its
     module."""
-    module = nodeid.split("::", 1)[0]
-    return RAY_GROUP if _joins_ray(root / module) else module
+    module, _, test = nodeid.partition("::")
+    return RAY_GROUP if _joins_ray(root / module, test.split("[", 1)[0]) else module
 
 
 @cache
-def _joins_ray(module: Path) -> bool:
-    """Whether the test module ``module`` asks for the session's Ray instance: it names the
-    ray_session fixture (a test's argument, or that of a fixture of the module)."""
+def _joins_ray(module: Path, test: str) -> bool:
+    """Whether the test ``test`` (its function's name) of the module ``module`` asks for the
+    session's Ray instance: ray_session is its argument, or that of a fixture of the module
+    it asks for (or of theirs, or of an autouse one). Where that cannot be read from the
+    module's source (a test in a class, usefixtures, getfixturevalue): whether the module
+    names ray_session at all."""
     try:
-        return "ray_session" in module.read_text()
+        source = module.read_text()
     except OSError:  # no module file (a doctest of a package, say): a work unit of its own
         return False
+    if "ray_session" not in source:
+        return False
+    if "usefixtures" in source or "getfixturevalue" in source:
+        return True
+    import ast
+
+    fixtures: dict[str, list[str]] = {}  # the module's fixtures and their arguments
+    autouse: list[str] = []
+    tests: dict[str, list[str]] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = [a.arg for a in (*node.args.posonlyargs, *node.args.args,
+                                    *node.args.kwonlyargs)]
+            marks = [ast.unparse(d) for d in node.decorator_list]
+            if any(m.startswith(("pytest.fixture", "fixture")) for m in marks):
+                fixtures[node.name] = args
+                autouse += [node.name] if any("autouse=True" in m for m in marks) else []
+            else:
+                tests[node.name] = args
+    if test not in tests:  # not a function of the module: a class's test, say
+        return True
+    needed: set[str] = set()
+    todo = [*tests[test], *autouse]
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(fixtures.get(name, ()))
+    return "ray_session" in needed
