@@ -88,11 +88,7 @@ def ray_session():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # The node's metrics agent does not read _system_config: it takes the export interval
-    # from the environment its processes inherit, and forgets a gauge not set again within
-    # two of its intervals (20 s at Ray's default, 2 s here, as for the processes exporting).
-    with state_api_here() as dashboard, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_metrics_report_interval_ms", "1000")
+    with state_api_here() as dashboard:
         ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=dashboard,
                  object_store_memory=256 * 2**20, logging_level="ERROR", log_to_driver=False,
                  _metrics_export_port=port,
