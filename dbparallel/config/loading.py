@@ -197,8 +197,9 @@ def _whole_numbers(given: Any) -> Any:
         return int(value) if isinstance(value, float) and value.is_integer() else value
 
     changes: dict[str, Any] = {}
+    defaults = Config()
     for f in fields(Config):
-        section = getattr(Config(), f.name)
+        section = getattr(defaults, f.name)
         value = given.get(f.name) if is_dataclass(section) else None
         if not isinstance(value, DictConfig):
             continue
