@@ -4,8 +4,10 @@ The column is binary (one encoded file per row), or a struct with a ``bytes`` fi
 optional ``path``) as Hugging Face ``datasets`` writes images. A struct row with a path and
 no bytes is a bad row: the file a path names is not read (it is relative to wherever the
 table was written, and a block reads the table only). Every image must already be
-``data.image_size`` pixels square: a different size is a bad row, never silently resized, so
-the pixels a block trains on are the pixels stored. Colour modes are converted to
+``data.image_size`` pixels square, and a different size is a bad row, so that the pixels a
+block trains on are the pixels stored; unless ``data.resize`` is set, which turns each image
+upright by its EXIF orientation (as a photo viewer shows it), cuts it to its centre square and
+resizes that to ``data.image_size`` (bicubic). Colour modes are converted to
 ``data.channels`` (1: Pillow's "L", ITU-R 601-2 luma; 3: "RGB"; alpha is dropped), which suits
 a few odd images; ``image_kinds`` tells from the headers whether the images themselves are
 grey or colour, so that a data.channels that does not match them is warned about.
@@ -20,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image
+from PIL import Image, ImageOps
 
 from dbparallel.config import DataConfig
 from dbparallel.errors import DataError, RowError
@@ -144,9 +146,10 @@ RESIZE_HINT = "data.resize=true cuts and resizes images to it"  # what a size er
 
 def _decode(row: int, blob: bytes | None, mode: str, size: int,
             path: str | None = None, fit: bool = False) -> np.ndarray:
-    """The pixels of one image, (H, W) or (H, W, C) uint8 in ``mode``; one of another size
-    than ``size`` square is cut to its centre square and resized where ``fit``
-    (data.resize), else a RowError."""
+    """The pixels of one image, (H, W) or (H, W, C) uint8 in ``mode``. Where ``fit``
+    (data.resize), the image is turned upright by its EXIF orientation, and one of another
+    size than ``size`` square is cut to its centre square and resized; without it such an
+    image is a RowError, and the pixels are as stored."""
     if blob is None and path is not None:
         raise RowError(row, IMAGE_COLUMN, f"has no image bytes, only a path ({path!r}); "
                                           f"path-only images are not read: the table must "
@@ -163,6 +166,8 @@ def _decode(row: int, blob: bytes | None, mode: str, size: int,
             if img.size != (size, size):  # a JPEG decoded at 1/2, 1/4 or 1/8 where that
                 img.draft(None, (size, size))  # still holds the square: far less to decode
             img.load()
+            if fit:  # as a viewer shows it: a phone photo's EXIF orientation applied
+                ImageOps.exif_transpose(img, in_place=True)
             pixels = _in_mode(row, img, mode)
         if pixels.shape[:2] != (size, size):  # its centre square, then resized
             h, w = pixels.shape[:2]

@@ -352,3 +352,29 @@ def test_resize_cuts_the_centre_square_and_resizes_it() -> None:
                           ).reshape(16, 16).tolist() == [[255] * 16] * 16
     with pytest.raises(RowError, match="row 0 is 32x16, expected 8x8"):
         decode_encoded(column, DataConfig(image_size=8, channels=3))  # not without it
+
+
+def _with_orientation(pixels: np.ndarray, fmt: str, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # EXIF Orientation
+    return _encode(pixels, fmt, exif=exif.tobytes())
+
+
+def test_resize_turns_a_photo_upright_by_its_exif_orientation() -> None:
+    # stored 8 rows by 16 columns, its left half white; orientation 6: a viewer turns it 90
+    # degrees clockwise, so the left half is shown on top (a phone held upright)
+    stored = np.zeros((8, 16), np.uint8)
+    stored[:, :8] = 255
+    big = np.kron(stored, np.ones((8, 8), np.uint8))  # 64x128: a JPEG decoded in draft mode
+    column = pa.array([_with_orientation(stored, "PNG", 6),
+                       _with_orientation(big, "JPEG", 6)], pa.binary())
+    out = decode_encoded(column, DataConfig(image_size=8, channels=1, resize=True))
+    shown = out.reshape(2, 8, 8)
+    assert shown[0].tolist() == [[255] * 8] * 4 + [[0] * 8] * 4  # exact: no resize needed
+    assert shown[1, :3].min() > 200 and shown[1, 5:].max() < 50
+    # without data.resize the pixels are as stored: a square image is not turned
+    square = np.zeros((8, 8), np.uint8)
+    square[:, :4] = 255
+    kept = decode_encoded(pa.array([_with_orientation(square, "PNG", 6)], pa.binary()),
+                          DataConfig(image_size=8, channels=1))
+    assert kept.reshape(8, 8).tolist() == [[255] * 4 + [0] * 4] * 8
