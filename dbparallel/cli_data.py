@@ -169,7 +169,7 @@ def _reshard(cfg: Config, out: str) -> int:
     from pathlib import Path
 
     from dbparallel.data.parquet_index import parquet_index
-    from dbparallel.data.reshard import NOT_TEXT, reshard
+    from dbparallel.data.reshard import NOT_TEXT, reshard, resizes
     from dbparallel.data.sources import holds_text, open_data
 
     if not out:
@@ -182,7 +182,12 @@ def _reshard(cfg: Config, out: str) -> int:
         raise UserError(f"--out {out}: inside data.path {cfg.data.path}; the new files would "
                         f"become part of the data set they are written from")
     index = open_data(cfg.data)
-    done = reshard(index, out, cfg.data.shard_rows, progress=sys.stderr.isatty())
+    resized = resizes(index, cfg.data)
+    if cfg.data.resize and not resized:
+        print("data.resize: the images are pixel lists of one size already; they are copied "
+              "as they are", file=sys.stderr)
+    done = reshard(index, out, cfg.data.shard_rows, progress=sys.stderr.isatty(),
+                   resize=cfg.data if resized else None)
     written = parquet_index(out)
     for split, rows in done.rows.items():
         if written.num_rows(split) != rows:
@@ -192,6 +197,13 @@ def _reshard(cfg: Config, out: str) -> int:
         print(f"{split}: {rows:,} rows in {groups:,} row group{'s' if groups != 1 else ''} of "
               f"at most {cfg.data.shard_rows:,} rows")
     files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
+    if resized:
+        s, mode = cfg.data.image_size, "grey" if cfg.data.channels == 1 else "RGB"
+        print(f"wrote {files} to {out}; every image was turned upright, cut square and "
+              f"resized to {s}x{s} {mode} PNG: train on them with data.source=parquet "
+              f"data.path={shell_path(out)} data.image_size={s} "
+              f"data.channels={cfg.data.channels} (no data.resize needed)")
+        return 0
     print(f"wrote {files} to {out}; train on them with "
           f"data.source=parquet data.path={shell_path(out)}")
     print(f"the rows were copied as they are, not decoded: `dbparallel data check "

@@ -6,28 +6,39 @@ window of millions of rows. An image folder is read file by file, slowly on an o
 ``reshard`` rewrites either, once, as Parquet files of row groups of ``shard_rows`` rows, one
 split per file name (``train-00000.parquet``), rows in index order, the image and label
 columns as they are (encoded images stay encoded; nothing is decoded or checked: ``dbparallel
-data check`` does that). It reads a piece of a row group at a time, holds at most one row group
-being written and hands it to the writer a piece at a time (``in_pieces``); if it fails
-part-way it deletes the files it wrote.
+data check`` does that). With ``data.resize`` (encoded images only), every image is instead
+decoded as training would decode it (turned upright, cut square, resized to
+``data.image_size``, in ``data.channels``' colour mode) and stored as a PNG of that size: a
+set of large photos is resized once, not at every read of every epoch, and a bad image stops
+it, named. It reads a piece of a row group at a time, holds at most one row group being
+written and hands it to the writer a piece at a time (``in_pieces``); if it fails part-way it
+deletes the files it wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from PIL import Image
 from tqdm import tqdm
 
+from dbparallel.config import DataConfig
+from dbparallel.data.encoded import decode_encoded
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
 from dbparallel.data.row_groups import in_pieces
-from dbparallel.data.shard_reader import read_pieces
+from dbparallel.data.shard_reader import ShardRows, read_pieces
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tables import resolve_path
-from dbparallel.errors import DataError, UserError
+from dbparallel.errors import DataError, RowError, UserError
 
 GROUPS_PER_FILE = 16  # row groups written into one file before the next is started
 CLASSES_KEY = b"dbparallel.classes"  # an image folder's class names, by label, as JSON
@@ -68,12 +79,16 @@ NOT_TEXT = ("only image data sets are resharded; a text corpus is tokenized into
             "data.shard_rows rows already")
 
 
-def reshard(index: DataIndex, out: str, shard_rows: int,
-            progress: bool = False) -> Resharded:
+def reshard(index: DataIndex, out: str, shard_rows: int, progress: bool = False,
+            resize: DataConfig | None = None) -> Resharded:
     """Write every split of ``index`` under ``out`` (an empty or new folder, local or an
-    object-store URI) in row groups of ``shard_rows`` rows."""
+    object-store URI) in row groups of ``shard_rows`` rows; with ``resize`` (a DataConfig
+    whose ``resize`` is set, of encoded images), every image decoded by it and stored as a
+    PNG of its ``image_size``."""
     if index.kind != "images":
         raise DataError(f"{index.source}: {NOT_TEXT}")
+    if resize is not None and not resizes(index, resize):
+        resize = None
     fs, root = resolve_path(out)
     created = _check_empty(fs, root, out)
     classes = index.meta.get("classes")
@@ -88,7 +103,8 @@ def reshard(index: DataIndex, out: str, shard_rows: int,
                 for shard in index.shards(split):
                     for piece in read_pieces(shard, [IMAGE_COLUMN, LABEL_COLUMN],
                                              index.meta):
-                        writer.add(piece.table.select([IMAGE_COLUMN, LABEL_COLUMN]))
+                        rows = piece.table.select([IMAGE_COLUMN, LABEL_COLUMN])
+                        writer.add(rows if resize is None else _resized(rows, piece, resize))
                         bar.update(piece.table.num_rows)
                 writer.close()
                 done.rows[split] = index.num_rows(split)
@@ -102,6 +118,36 @@ def reshard(index: DataIndex, out: str, shard_rows: int,
                 fs.delete_dir(root)
         raise
     return done
+
+
+def resizes(index: DataIndex, data: DataConfig) -> bool:
+    """Whether ``reshard`` with ``data`` resizes ``index``'s images: data.resize is set and
+    they are encoded (raw pixel lists have one size already)."""
+    return bool(data.resize) and index.kind == "images" and \
+        index.meta.get("encoding") == "encoded"
+
+
+def _resized(rows: pa.Table, piece: ShardRows, data: DataConfig) -> pa.Table:
+    """``rows`` with every image decoded by ``data`` (upright, cut square, resized) and
+    encoded again as a PNG of ``data.image_size`` pixels square; DataError naming the file
+    and row of a bad one."""
+    threads = data.decode_threads or os.cpu_count() or 1
+    try:
+        pixels = decode_encoded(rows.column(IMAGE_COLUMN), data, threads)
+    except RowError as err:
+        raise err.at(piece.where(err.row)) from None
+    c, s = data.channels, data.image_size
+    images = pixels.reshape(-1, c, s, s).transpose(0, 2, 3, 1)
+
+    def png(image: np.ndarray) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(image[:, :, 0] if c == 1 else image).save(out, "PNG")
+        return out.getvalue()
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="encode") as pool:
+        pngs = list(pool.map(png, images))
+    return rows.set_column(rows.schema.get_field_index(IMAGE_COLUMN), IMAGE_COLUMN,
+                           pa.array(pngs, pa.binary()))
 
 
 def _check_empty(fs: pafs.FileSystem, root: str, out: str) -> bool:

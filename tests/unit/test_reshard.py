@@ -3,6 +3,7 @@ same rows in the same order, from one huge row group or an image folder (real fi
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shlex
@@ -16,6 +17,7 @@ from PIL import Image
 from dbparallel.cli import main
 from dbparallel.config import DataConfig
 from dbparallel.data import reshard as reshard_module
+from dbparallel.data.encoded import decode_encoded
 from dbparallel.data.image_folder import image_folder_index
 from dbparallel.data.parquet_index import parquet_index
 from dbparallel.data.reshard import CLASSES_KEY, class_names
@@ -203,3 +205,51 @@ def test_a_row_group_is_written_a_piece_at_a_time(tmp_path) -> None:
     written = pq.ParquetFile(out / "train-00000.parquet")
     assert written.num_row_groups == 1 and written.metadata.num_rows == 13_000
     assert written.read().equals(table)
+
+
+def test_data_resize_stores_every_photo_resized_once(tmp_path, capsys) -> None:
+    """With data.resize=true the folder's photos (of any sizes, one stored sideways with an
+    EXIF orientation) are written as PNGs of data.image_size: their pixels are those a block
+    would have decoded from the photos, and they train without data.resize."""
+    folder = tmp_path / "photos"
+    rng = np.random.default_rng(2)
+    for name, sizes in (("cat", [(40, 30), (12, 12), (9, 20)]), ("dog", [(64, 48), (16, 8)])):
+        (folder / name).mkdir(parents=True)
+        for n, (w, h) in enumerate(sizes):
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            exif = Image.Exif()
+            exif[0x0112] = 6 if n == 0 else 1  # the first of each is shown turned
+            Image.fromarray(pixels).save(folder / name / f"{n}.jpg", quality=90,
+                                         exif=exif.tobytes())
+    settings = ["data.image_size=8", "data.channels=3", "data.num_classes=2"]
+    out = tmp_path / "small"
+    assert main(["data", "reshard", str(folder), "--out", str(out), "data.resize=true",
+                 *settings]) == 0
+    printed = capsys.readouterr().out
+    assert "resized to 8x8 RGB PNG: train on them with data.source=parquet data.path=" \
+           f"{out} data.image_size=8 data.channels=3 (no data.resize needed)" in printed
+    written = _rows(str(out), "train")
+    assert all(Image.open(io.BytesIO(b)).size == (8, 8) for b in
+               written.column("image").to_pylist())
+    data = DataConfig(source="image_folder", path=str(folder), resize=True, image_size=8,
+                      channels=3, num_classes=2)
+    index = image_folder_index(data)
+    photos = pa.concat_tables(r.table for r in iter_split(index, "train", ["image", "label"]))
+    expected = decode_encoded(photos.column("image"), data)
+    assert np.array_equal(decode_encoded(written.column("image"), DataConfig(
+        image_size=8, channels=3)), expected)
+    assert written.column("label").to_pylist() == photos.column("label").to_pylist()
+    assert main(["data", "check", str(out), *settings]) == 0
+
+
+def test_a_bad_photo_stops_a_resizing_reshard_named(tmp_path, capsys) -> None:
+    folder = tmp_path / "photos" / "cat"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (20, 10)).save(folder / "0.png")
+    (folder / "1.png").write_bytes(b"not a png")
+    out = tmp_path / "small"
+    assert main(["data", "reshard", str(folder.parent), "--out", str(out), "data.resize=true",
+                 "data.image_size=8", "data.channels=3", "data.num_classes=1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / '1.png'}: is not a readable image" in err, err
+    assert not out.exists()
