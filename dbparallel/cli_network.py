@@ -7,9 +7,11 @@ Each takes a run directory or an export file and goes through ``dbparallel.load`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from dbparallel.cli_data import RUN_DIR_HELP, run_dir_argument
@@ -58,9 +60,25 @@ def _instead(source: str, task: str) -> str:
                                       f"TEXT`")
 
 
+@contextlib.contextmanager
+def _trained_sizes(network: Network) -> Iterator[None]:
+    """A trained network's data.resize is fixed: an image of another size than its own
+    names the size to resize it to, not the key."""
+    from dbparallel.data.encoded import RESIZE_HINT, trained_size_hint
+    from dbparallel.errors import DataError
+
+    try:
+        yield
+    except DataError as err:
+        if RESIZE_HINT not in str(err):
+            raise
+        raise DataError(trained_size_hint(str(err), network.cfg.data.image_size)) from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     network = _load(args)
-    metrics = network.evaluate(network_data(network, args.source, args.data))
+    with _trained_sizes(network):
+        metrics = network.evaluate(network_data(network, args.source, args.data))
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -92,8 +110,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     folder = os.path.dirname(os.path.abspath(args.out))
     if "://" not in args.out and (not os.path.isdir(folder) or not os.access(folder, os.W_OK)):
         raise UserError(f"--out {args.out}: cannot write into {folder}")
-    _, data = network.artifact(network_data(network, args.source, args.data) if needs_data
-                               else None)
+    with _trained_sizes(network):
+        _, data = network.artifact(network_data(network, args.source, args.data) if needs_data
+                                   else None)
     write_file(args.out, data)  # a local path or a URI
     print(f"wrote {args.out}")
     return 0

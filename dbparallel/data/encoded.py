@@ -144,6 +144,13 @@ def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
 RESIZE_HINT = "data.resize=true cuts and resizes images to it"  # what a size error offers
 
 
+def trained_size_hint(text: str, size: int) -> str:
+    """A size error's ``text`` for a network already trained, whose data.resize is fixed:
+    the images must be resized to its ``size`` first."""
+    return text.replace(RESIZE_HINT, f"the network takes {size}x{size} images: resize them "
+                                     f"to it first")
+
+
 def _decode(row: int, blob: bytes | None, mode: str, size: int,
             path: str | None = None, fit: bool = False) -> np.ndarray:
     """The pixels of one image, (H, W) or (H, W, C) uint8 in ``mode``. Where ``fit``

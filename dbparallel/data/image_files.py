@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dbparallel.config import DataConfig
-from dbparallel.data.encoded import RESIZE_HINT, decode_encoded
+from dbparallel.data.encoded import decode_encoded, trained_size_hint
 from dbparallel.data.image_folder import IMAGE_EXTENSIONS, files_under
 from dbparallel.data.images import IMAGE_COLUMN, image_encoding, in_order, shape_hint
 from dbparallel.errors import DataError, RowError
@@ -94,9 +94,7 @@ def _pixels(column: pa.Array, data: DataConfig, names: list[str]) -> torch.Tenso
         else:
             flat = in_order(_raw(column, c * s * s), data)
     except RowError as err:  # the network's data.resize is fixed: the images must fit it
-        detail = err.detail.replace(RESIZE_HINT, f"the network takes {s}x{s} images: resize "
-                                                 f"them to it first")
-        raise DataError(f"{names[err.row]}: {detail}") from None
+        raise DataError(f"{names[err.row]}: {trained_size_hint(err.detail, s)}") from None
     return torch.from_numpy(flat).reshape(-1, c, s, s)
 
 

@@ -219,3 +219,26 @@ def test_other_class_folders_are_labelled_by_the_networks_class_names(tmp_path,
     assert (f"--data {table}: its labels name other classes (cat, dog) than the network's "
             f"(bird, cat, dog): label 0 is 'cat' there and 'bird' to the network") in \
         capsys.readouterr().err
+
+
+def test_images_of_another_size_name_the_networks_size_not_data_resize(tmp_path,
+                                                                       capsys) -> None:
+    """A trained network's data.resize is fixed: eval and sample given images of another
+    size say which size it takes, not the key that would change what it is."""
+    from PIL import Image
+
+    run = _train(tmp_path / "run", "task=vit", "model.patch_size=4",
+                 "data.source=image_folder", f"data.path={_folder(tmp_path / 'pets', ['a', 'b'])}",
+                 "data.num_classes=2")
+    big = tmp_path / "big"
+    for name in ("a", "b"):
+        (big / name).mkdir(parents=True)
+        Image.new("L", (16, 12)).save(big / name / "0.png")
+    out = tmp_path / "confusion.json"
+    for argv in (["eval", run, "--data", str(big)],
+                 ["sample", run, "--out", str(out), "--data", str(big)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is 16x12, expected 8x8 (data.image_size; the network takes 8x8 images: " \
+               "resize them to it first)" in err, err
+        assert "data.resize" not in err
