@@ -217,9 +217,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "`data reshard --out DIR` rewrites image data in row groups of "
                        "data.shard_rows rows")
     d.add_argument("action", choices=["check", "reshard"],
-                   help="check: decode every row once, as training would, and name the first "
-                        "bad one; reshard: rewrite image data (Parquet, an image folder) as "
-                        "Parquet in row groups of data.shard_rows rows, into --out")
+                   help="check: decode every row once, as training would, and name every "
+                        "bad one (up to 20); reshard: rewrite image data (Parquet, an image "
+                        "folder) as Parquet in row groups of data.shard_rows rows, into --out")
     d.add_argument("config", nargs="*", help="a data set's path or URI (Parquet; an image "
                    "folder; a text file or folder of them, with task=ar|mdm|looped), or YAML "
                    "recipes, with key=value overrides (data.source=..., data.path=...)")

@@ -48,6 +48,25 @@ class RowError(DataError):
         return DataError(f"{where}: {self.detail}")
 
 
+class BadRows(DataError):
+    """The bad rows a pass over the data (``data check``) found, in index order: ``rows``
+    holds each one's message, naming its file and row; ``stopped`` says the pass stopped at
+    its limit of rows listed, so that more may follow. One row is said as it is."""
+
+    def __init__(self, rows: list[str], stopped: bool = False):
+        if len(rows) == 1 and not stopped:
+            message = rows[0]
+        else:
+            head = (f"the first {len(rows)} bad rows (the check stops there; more may follow)"
+                    if stopped else f"{len(rows)} bad rows")
+            message = f"{head}:\n  " + "\n  ".join(rows)
+        super().__init__(message)
+        self.rows, self.stopped = rows, stopped
+
+    def __reduce__(self) -> tuple:  # to and from a Ray task: by its own arguments
+        return BadRows, (self.rows, self.stopped)
+
+
 class DataUnreachable(OSError):
     """Reading data failed for a reason that may pass (a dropped connection, a throttled
     object store) after the reader's own retries: the block asks again, it is not bad data."""

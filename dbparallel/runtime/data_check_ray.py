@@ -5,13 +5,14 @@ so the pass takes the cluster's CPUs, not the driver's: the driver of ``ray job 
 on the head node, which may have few. Data only this machine sees (built into its cache, or
 named by a relative path), or a cluster with no CPU free, are checked in the driver instead,
 as are data of no more than one unit's rows (``check_data`` decides: no task is started).
-The first bad row in index order is the one named, as on the driver: once a unit fails, the
-units after it are cancelled and the ones before it are waited for (one of them may hold an
-earlier bad row). A cluster that runs none of the tasks (it filled up after the pass began,
-or its nodes are gone) does not stall the pass: each task says when a worker begins its unit,
-and after ``PATIENCE_S`` seconds in which no task began or ended one, the driver checks the
-last unit no worker has begun, and goes on so while the tasks stay silent. A unit a worker
-has begun is left to it unless no task was heard of for ``LOST_S`` seconds.
+The bad rows named are those the driver would name, the first in index order: once the
+units that failed hold as many bad rows as a check lists (or another error), the units after
+them are cancelled and the ones before are waited for (they may hold earlier bad rows). A
+cluster that runs none of the tasks (it filled up after the pass began, or its nodes are gone)
+does not stall the pass: each task says when a worker begins its unit, and after
+``PATIENCE_S`` seconds in which no task began or ended one, the driver checks the last unit no
+worker has begun, and goes on so while the tasks stay silent. A unit a worker has begun is
+left to it unless no task was heard of for ``LOST_S`` seconds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from dbparallel.training.data_check import (
     Unit,
     UnitRunner,
     check_unit,
+    failures_needed,
+    first_failure,
     readable_anywhere,
     with_threads,
 )
@@ -79,16 +82,19 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S,
         unit_of = {id(g): i for i, g in enumerate(left)}
         started: set[int] = set()
         dropped: list[ObjectRefGenerator] = []
-        failed: tuple[int, Exception] | None = None  # the lowest failed unit and its error
+        failures: dict[int, Exception] = {}  # unit -> its error
         heard = clock()  # when a task last began or ended a unit
         told = False  # the driver said it checks units
 
         def fail(at: int, err: Exception) -> None:
-            nonlocal failed, left
-            if failed is None or at < failed[0]:
-                failed = (at, err)
-            later = [g for g in left if unit_of[id(g)] > failed[0]]
-            left = [g for g in left if unit_of[id(g)] < failed[0]]
+            nonlocal left
+            failures[at] = err
+            left = [g for g in left if unit_of[id(g)] != at]
+            last = failures_needed(failures)
+            if last is None:  # every unit left may still hold an earlier bad row
+                return
+            later = [g for g in left if unit_of[id(g)] > last]
+            left = [g for g in left if unit_of[id(g)] < last]
             for g in later:
                 ray.cancel(g)
             dropped.extend(later)
@@ -141,8 +147,9 @@ def ray_units(cfg: Config, index: DataIndex, patience: float = PATIENCE_S,
             for g in left:  # stopped early (an interrupt): leave no task running
                 ray.cancel(g)
             _drain(dropped + left)
-        if failed is not None:
-            raise failed[1]
+        failure = first_failure(failures)
+        if failure is not None:
+            raise failure
 
     return run
 

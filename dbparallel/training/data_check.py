@@ -5,9 +5,10 @@ row, a label out of range) only when it is decoded. Training would meet it mid-s
 there; this pass finds it before any block starts, at the cost of one read of the data on the
 driver, or, on a Ray cluster, spread over its CPUs (runtime/data_check_ray.py): the rows are
 cut into units of whole shards (about ``UNIT_ROWS`` rows), each checked on its own, and the
-first bad row in index order is the one named either way. Data of no more than one unit's
-rows, in all their splits, are checked by the driver even then: starting task workers would
-take longer than the check. It runs once per data set and config:
+same bad rows are named either way: every one, in index order, up to ``MAX_BAD_ROWS`` (a
+folder of photos with a few corrupt ones is fixed in one go, not one file per check). Data
+of no more than one unit's rows, in all their splits, are checked by the driver even then:
+starting task workers would take longer than the check. It runs once per data set and config:
 a passed check is remembered in the cache, keyed by the data index's fingerprint and the
 decoding settings, with what the check saw besides bad rows: the highest label, so that a
 data.num_classes above the data's labels is warned of on every run, checked or remembered.
@@ -32,12 +33,13 @@ from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.data.images import LABEL_COLUMN
 from dbparallel.data.shard_reader import iter_chunks
 from dbparallel.data.shards import DataIndex
-from dbparallel.errors import RowError
+from dbparallel.errors import BadRows, RowError
 from dbparallel.tasks import build_task
 from dbparallel.training.data_memory import machine_cpus
 from dbparallel.training.data_warnings import classes_warning
 
 CHUNK = 1024  # rows decoded at a time
+MAX_BAD_ROWS = 20  # bad rows listed at most: the check stops at as many
 UNIT_ROWS = 65_536  # rows of whole shards checked by one worker, about
 
 
@@ -59,9 +61,37 @@ class Checked:
     classes: int = 0  # the highest label among them + 1 (0: rows without labels)
 
 
-# Runs ``units`` and yields each one's Checked as it passes, in any order; raises the
-# DataError of the first bad row in index order (that of the lowest unit that has one).
+# Runs ``units`` and yields each one's Checked as it passes, in any order; raises what
+# ``first_failure`` makes of the units that failed: the bad rows first in index order.
 UnitRunner = Callable[[list[Unit]], Iterator[Checked]]
+
+
+def failures_needed(failures: dict[int, Exception]) -> int | None:
+    """The last unit whose outcome can still change what a check with ``failures`` (unit
+    -> its error) reports: units after it cannot (``MAX_BAD_ROWS`` bad rows are found before
+    them, or another error); None while every unit can."""
+    found = 0
+    for at in sorted(failures):
+        err = failures[at]
+        found += len(err.rows) if isinstance(err, BadRows) else MAX_BAD_ROWS
+        if found >= MAX_BAD_ROWS or (isinstance(err, BadRows) and err.stopped):
+            return at
+    return None
+
+
+def first_failure(failures: dict[int, Exception]) -> Exception | None:
+    """What a check whose units failed with ``failures`` raises, as one that checks the
+    units in index order would: their bad rows, the first ``MAX_BAD_ROWS`` of them, or the
+    first other error reached before those."""
+    rows: list[str] = []
+    for at in sorted(failures):
+        err = failures[at]
+        if not isinstance(err, BadRows):
+            return err
+        rows.extend(err.rows)
+        if len(rows) >= MAX_BAD_ROWS or err.stopped:
+            return BadRows(rows[:MAX_BAD_ROWS], stopped=True)
+    return BadRows(rows) if rows else None
 
 
 @dataclass(frozen=True)
@@ -88,11 +118,12 @@ def _stamp(cfg: Config, index: DataIndex) -> Path:
 def check_data(cfg: Config, index: DataIndex, force: bool = False,
                progress: bool | None = None, run: UnitRunner | None = None,
                unit_rows: int | None = None) -> CheckResult:
-    """Decode every row of ``index`` with ``cfg``'s task; DataError naming the file and row of
-    the first bad one. Skipped when this data set already passed with these settings. ``run``
-    checks the units (of about ``unit_rows`` rows, default ``UNIT_ROWS``) elsewhere (a Ray
-    cluster's workers); without it, or for data of one unit or no more rows than one (a small
-    data set's train and test splits are two units), they are checked here."""
+    """Decode every row of ``index`` with ``cfg``'s task; BadRows naming the file and row of
+    each bad one (the first ``MAX_BAD_ROWS``, in index order). Skipped when this data set
+    already passed with these settings. ``run`` checks the units (of about ``unit_rows`` rows,
+    default ``UNIT_ROWS``) elsewhere (a Ray cluster's workers); without it, or for data of one
+    unit or no more rows than one (a small data set's train and test splits are two units),
+    they are checked here."""
     stamp = _stamp(cfg, index)
     total = sum(index.num_rows(s) for s in index.present())
     if stamp.is_file() and not force:
@@ -105,8 +136,17 @@ def check_data(cfg: Config, index: DataIndex, force: bool = False,
     with tqdm(total=total, desc="checking data", unit="row", disable=not show) as bar:
         if run is None or len(units) == 1 or total <= unit_rows:  # here, on every core
             here = with_threads(cfg, cfg.data.decode_threads or machine_cpus())
-            for unit in units:
-                classes = max(classes, check_unit(here, index, unit, bar.update).classes)
+            failures: dict[int, Exception] = {}
+            for at, unit in enumerate(units):
+                try:
+                    classes = max(classes, check_unit(here, index, unit, bar.update).classes)
+                except BadRows as err:  # the units after it may hold more
+                    failures[at] = err
+                    if failures_needed(failures) is not None:
+                        break
+            failure = first_failure(failures)
+            if failure is not None:
+                raise failure
         else:
             for checked in run(units):
                 bar.update(checked.rows)
@@ -164,23 +204,33 @@ def check_units(index: DataIndex, unit_rows: int | None = None) -> list[Unit]:
 
 def check_unit(cfg: Config, index: DataIndex, unit: Unit,
                on_rows: Callable[[int], object] | None = None) -> Checked:
-    """Decode every row of ``unit`` as training would; what it saw, or the DataError of its
-    first bad row (file and row named). ``on_rows`` hears of each chunk checked."""
+    """Decode every row of ``unit`` as training would; what it saw, or BadRows naming the
+    file and row of each bad one (it stops at ``MAX_BAD_ROWS``). ``on_rows`` hears of each
+    chunk checked."""
     task = build_task(cfg)
     part_index = DataIndex(index.kind, index.source,
                            {unit.split: index.shards(unit.split)[unit.first:unit.stop]},
                            index.meta)
-    classes = 0
+    classes, bad = 0, []
     for part in iter_chunks(part_index, unit.split, CHUNK, task.columns):
-        try:
-            batch = task.decode(part.table, "cpu")
-        except RowError as err:
-            raise err.at(part.where(err.row)) from None
-        labels = batch.get(LABEL_COLUMN)
-        if labels is not None and labels.numel():
-            classes = max(classes, int(labels.max()) + 1)
+        start = 0  # the rows of the chunk after its last bad one are decoded again
+        while start < part.table.num_rows:
+            try:
+                batch = task.decode(part.table.slice(start), "cpu")
+            except RowError as err:
+                bad.append(str(err.at(part.where(start + err.row))))
+                if len(bad) == MAX_BAD_ROWS:
+                    raise BadRows(bad, stopped=True) from None
+                start += err.row + 1
+                continue
+            labels = batch.get(LABEL_COLUMN)
+            if labels is not None and labels.numel():
+                classes = max(classes, int(labels.max()) + 1)
+            break
         if on_rows is not None:
             on_rows(part.table.num_rows)
+    if bad:
+        raise BadRows(bad)
     return Checked(unit.rows, classes)
 
 

@@ -1,5 +1,5 @@
-"""The validation pass as Ray tasks on a real local instance: every row counted, the same first
-bad row named as on the driver, and a bad row stops `train` before its run directory exists."""
+"""The validation pass as Ray tasks on a real local instance: every row counted, the same
+bad rows named as on the driver, and a bad row stops `train` before its run directory exists."""
 
 from __future__ import annotations
 
@@ -70,7 +70,18 @@ def test_tasks_name_the_first_bad_row_in_index_order(ray_session, tmp_path, monk
     with pytest.raises(DataError) as there:
         data_check.check_data(cfg, index, progress=False, run=ray_units(cfg, index))
     assert str(there.value) == str(here.value)
-    assert "part-1.parquet row 220: column 'label' has label 12" in str(there.value)
+    named = str(there.value).splitlines()
+    assert named[0] == "3 bad rows:"
+    assert [line.split(": column")[0].strip() for line in named[1:]] == \
+        [f"{data / 'part-1.parquet'} row {r}" for r in (220, 710, 1450)]
+    monkeypatch.setattr(data_check, "MAX_BAD_ROWS", 2)  # the tasks list more: the same two
+    with pytest.raises(DataError) as here:
+        data_check.check_data(cfg, index, progress=False)
+    with pytest.raises(DataError) as there:
+        data_check.check_data(cfg, index, progress=False, run=ray_units(cfg, index))
+    assert str(there.value) == str(here.value)
+    assert str(there.value).startswith("the first 2 bad rows (the check stops there")
+    assert "row 220" in str(there.value) and "row 710" in str(there.value)
 
 
 def test_a_bad_row_stops_train_on_ray_before_the_run_directory_exists(

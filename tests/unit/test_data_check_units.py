@@ -186,3 +186,49 @@ def test_data_are_pinned_again_only_where_their_pinning_process_has_ended(tmp_pa
 
     cfg = load_config([], [f"run.dir={tmp_path / 'run'}"])
     check_resumable(cfg, text("abc", 101))  # the same data now
+
+
+def test_every_bad_row_is_named_in_index_order_up_to_the_limit(tmp_path, monkeypatch,
+                                                               capsys) -> None:
+    """A folder of photos with a few corrupt files names all of them in one check, across
+    units and within a chunk; a check stops at MAX_BAD_ROWS and says more may follow."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from dbparallel.cli import main
+    from dbparallel.training import data_check
+
+    folder = tmp_path / "pets"
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        for n in range(6):
+            Image.new("L", (8, 8), 30 * n).save(folder / name / f"{n}.png")
+    for bad in ("cat/1.png", "cat/4.png", "dog/0.png"):
+        (folder / bad).write_bytes(b"not a png")
+    argv = ["data", "check", str(folder), "data.image_size=8", "data.num_classes=2",
+            "data.shard_rows=4"]
+    monkeypatch.setattr(data_check, "UNIT_ROWS", 4)  # three units of a shard each, here
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "dbparallel: error: 3 bad rows:"
+    named = sorted(line.strip().split(":")[0] for line in err[1:])
+    assert named == [str(folder / bad) for bad in ("cat/1.png", "cat/4.png", "dog/0.png")]
+    assert all("is not a readable image" in line for line in err[1:])
+
+    labels = np.arange(30) % 10
+    labels[[3, 5, 6, 7, 20, 29]] = 12  # six bad labels in one chunk
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": pa.FixedSizeListArray.from_arrays(
+        pa.array(np.zeros(30 * 64, np.uint8)), 64), "label": pa.array(labels)}), table)
+    monkeypatch.setattr(data_check, "MAX_BAD_ROWS", 4)
+    assert main(["data", "check", str(table), "data.image_size=8"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("dbparallel: error: the first 4 bad rows (the check stops there; more "
+                      "may follow):")
+    assert [line.split(":")[0].strip() for line in err[1:]] == \
+        [f"{table} row {r}" for r in (3, 5, 6, 7)]
+    monkeypatch.setattr(data_check, "MAX_BAD_ROWS", 20)
+    assert main(["data", "check", str(table), "data.image_size=8"]) == 2
+    assert capsys.readouterr().err.count("has label 12") == 6
