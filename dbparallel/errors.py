@@ -1,4 +1,5 @@
-"""Errors that are the user's to fix; the CLI prints them in one line and exits with code 2."""
+"""Errors that are the user's to fix; the CLI prints them in one line (bad rows one to a line)
+and exits with code 2."""
 
 import errno
 
@@ -48,23 +49,27 @@ class RowError(DataError):
         return DataError(f"{where}: {self.detail}")
 
 
+MAX_BAD_ROWS = 20  # bad rows a pass over data lists at most: it stops at as many
+
+
 class BadRows(DataError):
     """The bad rows a pass over the data (``data check``) found, in index order: ``rows``
     holds each one's message, naming its file and row; ``stopped`` says the pass stopped at
-    its limit of rows listed, so that more may follow. One row is said as it is."""
+    its limit of rows listed, so that more may follow; ``what`` they are (rows, images). One
+    row is said as it is."""
 
-    def __init__(self, rows: list[str], stopped: bool = False):
+    def __init__(self, rows: list[str], stopped: bool = False, what: str = "rows"):
         if len(rows) == 1 and not stopped:
             message = rows[0]
         else:
-            head = (f"the first {len(rows)} bad rows (the check stops there; more may follow)"
-                    if stopped else f"{len(rows)} bad rows")
+            head = (f"the first {len(rows)} bad {what} (it stops at {len(rows)}; more may "
+                    f"follow)" if stopped else f"{len(rows)} bad {what}")
             message = f"{head}:\n  " + "\n  ".join(rows)
         super().__init__(message)
-        self.rows, self.stopped = rows, stopped
+        self.rows, self.stopped, self.what = rows, stopped, what
 
     def __reduce__(self) -> tuple:  # to and from a Ray task: by its own arguments
-        return BadRows, (self.rows, self.stopped)
+        return BadRows, (self.rows, self.stopped, self.what)
 
 
 class DataUnreachable(OSError):

@@ -6,7 +6,8 @@
   ``data.pixel_order``) or encoded, named ``<file> row <i>``.
 
 Images are decoded as the training data was (data/images.py, data/encoded.py): grey or RGB
-by ``data.channels``, and ``data.image_size`` square, else a DataError names the input.
+by ``data.channels``, and ``data.image_size`` square, else BadRows names every bad input (up
+to ``errors.MAX_BAD_ROWS``), not only the first.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from dbparallel import errors
 from dbparallel.config import DataConfig
 from dbparallel.data.encoded import decode_encoded, trained_size_hint
 from dbparallel.data.image_folder import IMAGE_EXTENSIONS, files_under
 from dbparallel.data.images import IMAGE_COLUMN, image_encoding, in_order, shape_hint
-from dbparallel.errors import DataError, RowError
+from dbparallel.errors import BadRows, DataError, RowError
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,20 @@ def read_images(path: str | Path, data: DataConfig) -> tuple[list[str], torch.Te
 
 def _from_parquet(files: list[Path], data: DataConfig) -> tuple[list[str], torch.Tensor]:
     names: list[str] = []
-    pixels = []
+    pixels, bad = [], []
     for f in files:
         column = _image_column(f)
         rows = [f"{f} row {i}" for i in range(len(column))]
         names += rows
-        pixels.append(_pixels(column, data, rows))
+        try:
+            pixels.append(_pixels(column, data, rows))
+        except BadRows as err:  # the files after it may hold more
+            bad += err.rows
+            if len(bad) >= errors.MAX_BAD_ROWS:
+                break
+    if bad:
+        raise BadRows(bad[:errors.MAX_BAD_ROWS], stopped=len(bad) >= errors.MAX_BAD_ROWS,
+                      what="images")
     return names, torch.cat(pixels)
 
 
@@ -86,16 +96,28 @@ def _image_column(f: Path) -> pa.Array:
 
 
 def _pixels(column: pa.Array, data: DataConfig, names: list[str]) -> torch.Tensor:
-    """(N, C, H, W) uint8 of an image column; a bad image is named."""
+    """(N, C, H, W) uint8 of an image column; BadRows naming every bad image (up to
+    errors.MAX_BAD_ROWS), not only the first."""
     c, s = data.channels, data.image_size
-    try:
-        if image_encoding(column.type) == "encoded":
-            flat = decode_encoded(column, data)
-        else:
-            flat = in_order(_raw(column, c * s * s), data)
-    except RowError as err:  # the network's data.resize is fixed: the images must fit it
-        raise DataError(f"{names[err.row]}: {trained_size_hint(err.detail, s)}") from None
-    return torch.from_numpy(flat).reshape(-1, c, s, s)
+    out = np.empty((len(column), c * s * s), np.uint8)
+    bad: list[str] = []
+    start = 0  # the images after a bad one are decoded again
+    while start < len(column):
+        rest = column.slice(start)
+        try:
+            if image_encoding(column.type) == "encoded":
+                out[start:] = decode_encoded(rest, data)
+            else:
+                out[start:] = in_order(_raw(rest, c * s * s), data)
+            break
+        except RowError as err:  # the network's data.resize is fixed: the images must fit it
+            bad.append(f"{names[start + err.row]}: {trained_size_hint(err.detail, s)}")
+            if len(bad) == errors.MAX_BAD_ROWS:
+                break
+            start += err.row + 1
+    if bad:
+        raise BadRows(bad, stopped=len(bad) == errors.MAX_BAD_ROWS, what="images")
+    return torch.from_numpy(out).reshape(-1, c, s, s)
 
 
 def _raw(column: pa.Array, size: int) -> np.ndarray:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dbparallel import errors
 from dbparallel.config import Config
 from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.data.images import LABEL_COLUMN
@@ -39,7 +40,6 @@ from dbparallel.training.data_memory import machine_cpus
 from dbparallel.training.data_warnings import classes_warning
 
 CHUNK = 1024  # rows decoded at a time
-MAX_BAD_ROWS = 20  # bad rows listed at most: the check stops at as many
 UNIT_ROWS = 65_536  # rows of whole shards checked by one worker, about
 
 
@@ -73,8 +73,8 @@ def failures_needed(failures: dict[int, Exception]) -> int | None:
     found = 0
     for at in sorted(failures):
         err = failures[at]
-        found += len(err.rows) if isinstance(err, BadRows) else MAX_BAD_ROWS
-        if found >= MAX_BAD_ROWS or (isinstance(err, BadRows) and err.stopped):
+        found += len(err.rows) if isinstance(err, BadRows) else errors.MAX_BAD_ROWS
+        if found >= errors.MAX_BAD_ROWS or (isinstance(err, BadRows) and err.stopped):
             return at
     return None
 
@@ -89,8 +89,8 @@ def first_failure(failures: dict[int, Exception]) -> Exception | None:
         if not isinstance(err, BadRows):
             return err
         rows.extend(err.rows)
-        if len(rows) >= MAX_BAD_ROWS or err.stopped:
-            return BadRows(rows[:MAX_BAD_ROWS], stopped=True)
+        if len(rows) >= errors.MAX_BAD_ROWS or err.stopped:
+            return BadRows(rows[:errors.MAX_BAD_ROWS], stopped=True)
     return BadRows(rows) if rows else None
 
 
@@ -219,7 +219,7 @@ def check_unit(cfg: Config, index: DataIndex, unit: Unit,
                 batch = task.decode(part.table.slice(start), "cpu")
             except RowError as err:
                 bad.append(str(err.at(part.where(start + err.row))))
-                if len(bad) == MAX_BAD_ROWS:
+                if len(bad) == errors.MAX_BAD_ROWS:
                     raise BadRows(bad, stopped=True) from None
                 start += err.row + 1
                 continue

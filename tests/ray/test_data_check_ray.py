@@ -74,13 +74,13 @@ def test_tasks_name_the_first_bad_row_in_index_order(ray_session, tmp_path, monk
     assert named[0] == "3 bad rows:"
     assert [line.split(": column")[0].strip() for line in named[1:]] == \
         [f"{data / 'part-1.parquet'} row {r}" for r in (220, 710, 1450)]
-    monkeypatch.setattr(data_check, "MAX_BAD_ROWS", 2)  # the tasks list more: the same two
+    monkeypatch.setattr("dbparallel.errors.MAX_BAD_ROWS", 2)  # the tasks list more: the same two
     with pytest.raises(DataError) as here:
         data_check.check_data(cfg, index, progress=False)
     with pytest.raises(DataError) as there:
         data_check.check_data(cfg, index, progress=False, run=ray_units(cfg, index))
     assert str(there.value) == str(here.value)
-    assert str(there.value).startswith("the first 2 bad rows (the check stops there")
+    assert str(there.value).startswith("the first 2 bad rows (it stops at 2; more may follow)")
     assert "row 220" in str(there.value) and "row 710" in str(there.value)
 
 

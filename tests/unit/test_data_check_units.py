@@ -222,13 +222,12 @@ def test_every_bad_row_is_named_in_index_order_up_to_the_limit(tmp_path, monkeyp
     table = tmp_path / "t.parquet"
     pq.write_table(pa.table({"image": pa.FixedSizeListArray.from_arrays(
         pa.array(np.zeros(30 * 64, np.uint8)), 64), "label": pa.array(labels)}), table)
-    monkeypatch.setattr(data_check, "MAX_BAD_ROWS", 4)
+    monkeypatch.setattr("dbparallel.errors.MAX_BAD_ROWS", 4)
     assert main(["data", "check", str(table), "data.image_size=8"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == ("dbparallel: error: the first 4 bad rows (the check stops there; more "
-                      "may follow):")
+    assert err[0] == "dbparallel: error: the first 4 bad rows (it stops at 4; more may follow):"
     assert [line.split(":")[0].strip() for line in err[1:]] == \
         [f"{table} row {r}" for r in (3, 5, 6, 7)]
-    monkeypatch.setattr(data_check, "MAX_BAD_ROWS", 20)
+    monkeypatch.setattr("dbparallel.errors.MAX_BAD_ROWS", 20)
     assert main(["data", "check", str(table), "data.image_size=8"]) == 2
     assert capsys.readouterr().err.count("has label 12") == 6

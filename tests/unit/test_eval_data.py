@@ -223,8 +223,9 @@ def test_other_class_folders_are_labelled_by_the_networks_class_names(tmp_path,
 
 def test_images_of_another_size_name_the_networks_size_not_data_resize(tmp_path,
                                                                        capsys) -> None:
-    """A trained network's data.resize is fixed: eval and sample given images of another
-    size say which size it takes, not the key that would change what it is."""
+    """A trained network's data.resize is fixed: eval, sample and predict given images of
+    another size say which size it takes, not the key that would change what it is; predict
+    names every bad image."""
     from PIL import Image
 
     run = _train(tmp_path / "run", "task=vit", "model.patch_size=4",
@@ -242,3 +243,11 @@ def test_images_of_another_size_name_the_networks_size_not_data_resize(tmp_path,
         assert "is 16x12, expected 8x8 (data.image_size; the network takes 8x8 images: " \
                "resize them to it first)" in err, err
         assert "data.resize" not in err
+    (big / "b" / "1.png").write_bytes(b"not a png")  # predict names every bad image
+    Image.new("L", (8, 8)).save(big / "b" / "2.png")
+    assert cli.main(["predict", run, str(big)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "dbparallel: error: 3 bad images:"
+    assert [line.strip().split(": ")[0] for line in err[1:]] == \
+        [str(big / "a" / "0.png"), str(big / "b" / "0.png"), str(big / "b" / "1.png")]
+    assert "the network takes 8x8 images" in err[1] and "not a readable image" in err[3]
