@@ -26,10 +26,11 @@ from tqdm import tqdm
 from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tokenizer import Tokenizer
-from dbparallel.errors import RunDirError, UserError
+from dbparallel.errors import UserError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
 from dbparallel.training.arguments import images_of, labels_of, number, texts_of
+from dbparallel.training.block_weights import loaded_blocks
 from dbparallel.training.device import requested_device
 from dbparallel.training.precision import in_run_precision
 from dbparallel.training.seeding import generator
@@ -76,15 +77,8 @@ class Network:
         naming the block and tensor where one does not fit the network of ``cfg``."""
         task = build_task(cfg)
         device = requested_device(device)
-        blocks = []
-        for b, state in enumerate(weights):
-            net = task.build_block(b)
-            misfit = _misfit(net, state)
-            if misfit:
-                raise RunDirError(f"block {b}: {misfit}")
-            net.load_state_dict(state)
-            blocks.append(net.to(device).eval())
-        return cls(cfg, task, blocks, list(steps), device, tokenizer)
+        return cls(cfg, task, loaded_blocks(task, weights, device), list(steps), device,
+                   tokenizer)
 
     # ------------------------------------------------------------------ what it is
     @property
@@ -292,18 +286,3 @@ class Network:
         self._need("log_likelihood")
         return [-bits * math.log(2) for bits, _ in self._scores(texts, seed)]
 
-
-def _misfit(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    """What keeps ``state`` from loading into ``net`` (a tensor missing, extra or of another
-    shape), or None."""
-    own = net.state_dict()
-    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing:
-        return f"no tensor {missing[0]} ({len(missing)} of the network's missing)"
-    if extra:
-        return f"a tensor {extra[0]} the network does not have ({len(extra)} such)"
-    for name, tensor in own.items():
-        if state[name].shape != tensor.shape:
-            return (f"{name} has shape {tuple(state[name].shape)}, the network's "
-                    f"{tuple(tensor.shape)}")
-    return None
