@@ -22,6 +22,7 @@ from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
 from dbparallel.tasks.augment import unaugmented
 from dbparallel.tasks.base import Batch, Draws, rows_of, share_draws
+from dbparallel.training.compiling import compiled, keeps_grads
 from dbparallel.training.flops import FlopCount, achieved_tflops
 from dbparallel.training.peaks import device_peak_tflops, mfu
 from dbparallel.training.plan import model_flops_per_step
@@ -30,9 +31,6 @@ from dbparallel.training.replicas import Replicas
 from dbparallel.training.schedule import learning_rate
 from dbparallel.training.seeding import derive_seed, generator
 from dbparallel.training.step_pieces import pieces
-
-# train.compile_mode values whose compiled step replays CUDA graphs
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -89,22 +87,11 @@ class BlockTrainer:
         self.peak_tflops = device_peak_tflops(self.device, t.precision)
         self.timed_steps, self.timed_s = 0, 0.0  # steady steps of this process (no counting,
         # no compiling): the rate of achieved_tflops
-        self._forward_loss = self._loss
-        if t.compile:
-            # Compiled once per trainer: a restarted actor compiles again. Each block is its
-            # own graph (its noise range is a constant of it): local mode compiles B of them.
-            from torch._dynamo import config as dynamo
-
-            # (named cache_size_limit before torch 2.7)
-            key = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
-            setattr(dynamo, key, max(getattr(dynamo, key), cfg.model.blocks + t.micro_batches + 4))
-            mode = None if t.compile_mode == "default" else t.compile_mode
-            self._forward_loss = torch.compile(self._loss, mode=mode)
+        # train.compile: compiled once per trainer (training/compiling.py)
+        self._forward_loss = compiled(self._loss, cfg) if t.compile else self._loss
         self._fast_steps = 0  # steps through self._forward_loss
-        # CUDA graphs hand an unset .grad their pool's memory, which the step's next piece
-        # overwrites: with several pieces, gradients are zeroed between steps, never freed
-        self._keep_grads = (t.compile and t.compile_mode in CUDA_GRAPH_MODES
-                            and t.micro_batches > 1)
+        # CUDA graphs reuse an unset .grad's memory: gradients are zeroed, never freed
+        self._keep_grads = keeps_grads(cfg)
 
     # ------------------------------------------------------------------ training
     def lr_at(self, step: int) -> float:
