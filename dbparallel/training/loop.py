@@ -12,6 +12,7 @@ from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import RunDirError
 from dbparallel.tasks.base import Batch, rows_of
+from dbparallel.training.block_summary import block_summary
 from dbparallel.training.block_trainer import BlockTrainer, StepStats
 from dbparallel.training.checkpoint import BlockCheckpoints
 from dbparallel.training.data_order import DataOrder
@@ -268,34 +269,10 @@ class BlockRun:
         return self.trainer.step >= self.cfg.train.steps_of(self.trainer.block)
 
     def summary(self) -> dict:
-        """This block's row of report.json (restarts are filled in by the runtime)."""
-        t = self.trainer
-        return {
-            "block": t.block,
-            "steps": t.step,
-            # the step of the checkpoint this block's last process resumed from (0: from the
-            # start); a rerun, or Ray's restart of a killed block, shows where it went on
-            "resumed_from": self.resumed_from,
-            "final_loss": t.final_loss,
-            "last_loss": t.recent_losses[-1] if t.recent_losses else float("nan"),
-            "restarts": self.checkpoints.restarts(),
-            "replicas": t.replicas.world if t.replicas else 1,
-            "peak_memory_bytes": t.memory.total if t.memory else 0,
-            "memory": t.memory.to_json() if t.memory else None,
-            "nonfinite_steps": t.nonfinite_steps,
-            "sigma_range": list(t.sigma_range),
-            # data_memory_bytes: the most bytes of unpacked data rows this process's stream
-            # held, seen at each batch (a window being read ahead counts once it is read);
-            # model_flops_per_step: forward + backward matmul FLOPs of one step
-            # (training/flops.py); achieved_tflops: the rate over this process's steady steps;
-            # mfu: against the device's peak (None: CPU, unknown); data_wait_share: the share
-            # of its steady steps' time this process waited for batches; heldout_loss: the latest
-            # held-out loss (train.heldout_every), on rows of heldout_split ("train" when the
-            # data has no other). A process that trained no step reports those of the last
-            # process that did.
-            **self._measured(),
-            **self._measured_before(),
-        }
+        """This block's row of report.json (restarts are filled in by the runtime):
+        training/block_summary.py."""
+        return block_summary(self.trainer, self.resumed_from, self.checkpoints.restarts(),
+                             {**self._measured(), **self._measured_before()})
 
     def _measured_before(self) -> dict:
         """What an earlier process measured, when this one trained no step of the block."""
