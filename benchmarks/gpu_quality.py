@@ -203,7 +203,7 @@ def device_name(device: str) -> str:
 def score_fid(directory: Path, data_path: str) -> None:
     """Add FID and KID of the saved DiT images to ``directory/gpu_quality.json`` (on CPU),
     against the held-out rows a run's own scoring compares them with (``fid_reference_rows``)."""
-    from dbparallel.data.shard_reader import take_rows
+    from dbparallel.data.split_reader import take_rows
     from dbparallel.training.eval.image_generation import data_key, images_of
     from dbparallel.training.eval.inception import fid_kid, fid_reference_rows
 

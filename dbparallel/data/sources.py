@@ -18,8 +18,9 @@ from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.data.document_errors import missing_text
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
 from dbparallel.data.row_groups import in_pieces
-from dbparallel.data.shard_reader import SPLIT_COLUMN, iter_split
+from dbparallel.data.shard_reader import SPLIT_COLUMN
 from dbparallel.data.shards import DataIndex
+from dbparallel.data.split_reader import iter_split
 from dbparallel.data.tables import image_table, not_parquet
 from dbparallel.errors import DataError, OtherData
 

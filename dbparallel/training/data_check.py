@@ -32,8 +32,8 @@ from dbparallel import errors
 from dbparallel.config import Config
 from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.data.images import LABEL_COLUMN
-from dbparallel.data.shard_reader import iter_chunks
 from dbparallel.data.shards import DataIndex
+from dbparallel.data.split_reader import iter_chunks
 from dbparallel.errors import BadRows, RowError
 from dbparallel.tasks import build_task
 from dbparallel.training.data_memory import machine_cpus

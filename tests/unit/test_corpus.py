@@ -16,8 +16,8 @@ import pytest
 from dbparallel.config import ConfigError, DataConfig
 from dbparallel.data import text, text_files
 from dbparallel.data.corpus import corpus_index
-from dbparallel.data.shard_reader import iter_split
 from dbparallel.data.shards import SPLITS, DataIndex
+from dbparallel.data.split_reader import iter_split
 from dbparallel.data.tokenizer import CharTokenizer, load_tokenizer
 from dbparallel.errors import DataError
 

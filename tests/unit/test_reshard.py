@@ -21,7 +21,7 @@ from dbparallel.data.encoded import decode_encoded
 from dbparallel.data.image_folder import image_folder_index
 from dbparallel.data.parquet_index import parquet_index
 from dbparallel.data.reshard import CLASSES_KEY, class_names
-from dbparallel.data.shard_reader import iter_split
+from dbparallel.data.split_reader import iter_split
 
 
 def _table(rows: int) -> pa.Table:

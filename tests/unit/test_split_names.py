@@ -120,7 +120,7 @@ def test_a_split_column_of_categories_is_read_as_its_strings(tmp_path: Path) -> 
 def test_a_split_column_names_its_splits_as_paths_do(tmp_path: Path) -> None:
     """``val``, ``Train``, ``TEST``: the names a folder or file may give a split, in any case,
     are the split column's values too, when indexed and when read."""
-    from dbparallel.data import shard_reader
+    from dbparallel.data import split_reader
 
     path = tmp_path / "aliases.parquet"
     named = ["Train", "val", "train", "TEST", "dev", "training", "testing", "valid"]
@@ -128,7 +128,7 @@ def test_a_split_column_names_its_splits_as_paths_do(tmp_path: Path) -> None:
     labels = pq.read_table(path).column("label").to_pylist()
     index = parquet_index(str(path))
     assert [index.num_rows(s) for s in ("train", "validation", "test")] == [3, 3, 2]
-    read = {split: pa.concat_tables(r.table for r in shard_reader.iter_split(
+    read = {split: pa.concat_tables(r.table for r in split_reader.iter_split(
         index, split, ["label"])).column("label").to_pylist() for split in ("train", "test")}
     assert read == {"train": [labels[k] for k in (0, 2, 5)],
                     "test": [labels[k] for k in (3, 6)]}
@@ -161,7 +161,7 @@ def test_a_split_value_changed_since_the_index_is_refused_naming_its_file_and_ro
     """A file rewritten under a run (the same rows, a split value no longer a split's name):
     the read refuses it naming the file and the file's row (here in its second row group),
     as the index would have."""
-    from dbparallel.data import shard_reader
+    from dbparallel.data import split_reader
 
     path = tmp_path / "changed.parquet"
     _write(path, 4, ["train", "test", "val", "train"])
@@ -173,7 +173,7 @@ def test_a_split_value_changed_since_the_index_is_refused_naming_its_file_and_ro
     with pytest.raises(DataError, match=r"changed.parquet: column 'split': row 3 is 'eval'; "
                                         r"allowed: .* \(the file changed since the run "
                                         r"indexed it\?\)"):
-        for _ in shard_reader.iter_split(index, "train", ["label"]):
+        for _ in split_reader.iter_split(index, "train", ["label"]):
             pass
 
 

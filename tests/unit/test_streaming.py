@@ -16,7 +16,7 @@ import torch
 
 from dbparallel.cli import main
 from dbparallel.config import load_config
-from dbparallel.data import shard_reader
+from dbparallel.data import shard_reader, split_reader
 from dbparallel.data.parquet_index import parquet_index
 from dbparallel.data.tables import image_table
 from dbparallel.errors import DataError
@@ -167,7 +167,7 @@ def test_splits_from_file_names_and_from_a_split_column(tmp_path) -> None:
     mixed = _rows(120).append_column("split", pa.array(["train", "test", "train"] * 40))
     index = parquet_index(str(_write(mixed, tmp_path / "mixed.parquet")))
     assert (index.num_rows("train"), index.num_rows("test")) == (80, 40)
-    test = pa.concat_tables(r.table for r in shard_reader.iter_split(index, "test", ["label"]))
+    test = pa.concat_tables(r.table for r in split_reader.iter_split(index, "test", ["label"]))
     assert test.column("label").to_pylist() == mixed.column("label").to_pylist()[1::3]
     bad = mixed.set_column(2, "split", pa.array(["train", "eval", "test"] * 40))
     with pytest.raises(DataError, match=r"bad.parquet: column 'split': row 1 is 'eval'"):
@@ -178,7 +178,7 @@ def test_take_rows_reads_rows_in_the_order_asked(tmp_path) -> None:
     table = _rows()
     index = parquet_index(str(_write(table, tmp_path / "d.parquet")))
     want = np.array([599, 3, 250, 251, 3])
-    got = shard_reader.take_rows(index, "train", want, ["label"]).column("label").to_pylist()
+    got = split_reader.take_rows(index, "train", want, ["label"]).column("label").to_pylist()
     assert got == [table.column("label")[int(i)].as_py() for i in want]
 
 
@@ -417,8 +417,8 @@ def test_a_read_that_fails_to_connect_is_retried_then_called_unreachable(monkeyp
 
 def test_evaluation_without_a_test_split_scores_a_bounded_number_of_training_rows(
         tmp_path) -> None:
-    from dbparallel.data.shard_reader import iter_chunks
     from dbparallel.data.shards import TRAIN_EVAL_ROWS
+    from dbparallel.data.split_reader import iter_chunks
 
     index = parquet_index(str(_write(_rows(120), tmp_path / "train.parquet")))
     assert index.eval_split == "train" and index.eval_rows() == min(120, TRAIN_EVAL_ROWS)

@@ -16,8 +16,9 @@ import torch
 from dbparallel.config import DataConfig, load_config
 from dbparallel.data import text
 from dbparallel.data.corpus import corpus_index
-from dbparallel.data.shard_reader import read_shard, take_rows
+from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex
+from dbparallel.data.split_reader import take_rows
 from dbparallel.data.tokenizer import CharTokenizer, load_tokenizer
 from dbparallel.errors import DataError, RowError
 from dbparallel.tasks import build_task

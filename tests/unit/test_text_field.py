@@ -16,8 +16,8 @@ import pytest
 from dbparallel import cli
 from dbparallel.config import ConfigError, DataConfig, load_config
 from dbparallel.data.corpus import corpus_index, corpus_key
-from dbparallel.data.shard_reader import iter_split
 from dbparallel.data.shards import DataIndex
+from dbparallel.data.split_reader import iter_split
 from dbparallel.data.tokenizer import load_tokenizer
 from dbparallel.errors import DataError, RunDirError
 

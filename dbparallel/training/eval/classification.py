@@ -7,8 +7,8 @@ import json
 import torch
 
 from dbparallel.config import Config
-from dbparallel.data.shard_reader import iter_chunks
 from dbparallel.data.shards import DataIndex
+from dbparallel.data.split_reader import iter_chunks
 from dbparallel.errors import RowError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task

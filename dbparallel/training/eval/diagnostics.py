@@ -26,8 +26,8 @@ import torch
 from dbparallel.config import Config
 from dbparallel.core.partition import Partition, gaussian_partition, uniform_time_partition
 from dbparallel.core.precond import edm_weight
-from dbparallel.data.shard_reader import iter_chunks
 from dbparallel.data.shards import DataIndex
+from dbparallel.data.split_reader import iter_chunks
 from dbparallel.errors import RowError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task

@@ -8,8 +8,8 @@ import pyarrow as pa
 import torch
 
 from dbparallel.config import Config
-from dbparallel.data.shard_reader import iter_chunks, take_rows
 from dbparallel.data.shards import DataIndex
+from dbparallel.data.split_reader import iter_chunks, take_rows
 from dbparallel.errors import RowError
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task

@@ -15,7 +15,7 @@ hold; ``chars_per_token`` is reported with them (AR scores positions 1..T-1 of a
 ``bpc`` assumes those hold the row's mean characters per token). ``sample.prompt_len`` and
 ``sample.gen_len`` count tokens; ``gen_ppl`` and the entropies are per token. Only the rows
 scored are read: ``sample.eval_samples`` test rows and the scorer's training batches
-(data/shard_reader.take_rows). A corpus with no test split is scored on its training rows
+(data/split_reader.take_rows). A corpus with no test split is scored on its training rows
 (``DataIndex.eval_split``), as image data is. Generation draws only the tokenizer's
 ``usable`` ids (for BPE, those of the training split).
 """
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from dbparallel.config import Config
-from dbparallel.data.shard_reader import take_rows
 from dbparallel.data.shards import DataIndex
+from dbparallel.data.split_reader import take_rows
 from dbparallel.data.tokenizer import TRAIN_IDS_KEY, Tokenizer, Usable, load_tokenizer
 from dbparallel.errors import RowError
 from dbparallel.models.block import Block
