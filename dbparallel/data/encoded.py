@@ -9,7 +9,7 @@ block trains on are the pixels stored; unless ``data.resize`` is set, which turn
 upright by its EXIF orientation (as a photo viewer shows it), cuts it to its centre square and
 resizes that to ``data.image_size`` (bicubic). Colour modes are converted to
 ``data.channels`` (1: Pillow's "L", ITU-R 601-2 luma; 3: "RGB"; alpha is dropped), which suits
-a few odd images; ``image_kinds`` tells from the headers whether the images themselves are
+a few odd images; ``image_headers`` tells from the headers whether the images themselves are
 grey or colour, so that a data.channels that does not match them is warned about.
 """
 
@@ -69,13 +69,6 @@ def _encoded_bytes(column: pa.Array | pa.ChunkedArray
     if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
         raise DataError(f"column {IMAGE_COLUMN!r}: encoded images must be binary, got {kind}")
     return column.to_pylist(), paths
-
-
-def image_kinds(column: pa.Array | pa.ChunkedArray) -> list[tuple[str, int] | None]:
-    """(Pillow mode, 1 for grey or 3 for colour) of every row's image, read from its header
-    (a palette image is grey when every colour of its palette is); None for a row without a
-    readable image."""
-    return [h[:2] if h else None for h in image_headers(column)]
 
 
 def image_headers(column: pa.Array | pa.ChunkedArray

@@ -24,7 +24,7 @@ import numpy as np
 from dbparallel.config import Config, bytes_text
 from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex
-from dbparallel.errors import RowError
+from dbparallel.errors import BadRows, RowError
 from dbparallel.tasks.base import Rows, Task
 
 SAMPLE_ROWS = 16  # rows unpacked to measure one row's size
@@ -125,21 +125,24 @@ def _fit(sizes: list[int], shards: int, cap: int) -> int:
 
 def row_bytes(index: DataIndex, task: Task, split: str = "train") -> int:
     """Bytes of one unpacked row, measured on the first rows of ``split`` that unpack (a bad
-    row is reported where training or the validation pass meets it; DataError here only if
-    every row measured is bad)."""
+    row is reported where training or the validation pass meets it; BadRows here, naming
+    them, only if every row measured is bad)."""
     shard = next(s for s in index.shards(split) if s.rows)
     read = read_shard(shard, task.columns, index.meta, limit=SAMPLE_ROWS)
-    start, n, first = 0, min(SAMPLE_ROWS, read.table.num_rows), None
+    start, n, bad = 0, min(SAMPLE_ROWS, read.table.num_rows), []
     while start < n:
         try:
-            rows = task.unpack(read.table.slice(start, n - start))
+            good = n - start
+            rows = task.unpack(read.table.slice(start, good))
         except RowError as err:
-            first = first or err.at(read.where(start + err.row))
-            start += err.row + 1
-            continue
-        return -(-rows_nbytes(rows) // (n - start))  # every unpacked row has one size
-    assert first is not None
-    raise first
+            bad.append(str(err.at(read.where(start + err.row))))
+            if not err.row:
+                start += 1
+                continue
+            good = err.row  # the rows before the bad one unpack
+            rows = task.unpack(read.table.slice(start, good))
+        return -(-rows_nbytes(rows) // good)  # every unpacked row has one size
+    raise BadRows(bad, stopped=len(bad) > 1)  # only those measured: more may follow
 
 
 def report_footprint(cfg: Config, index: DataIndex) -> int:
@@ -147,24 +150,24 @@ def report_footprint(cfg: Config, index: DataIndex) -> int:
     local mode, warn when it is over half of this machine's memory (a Ray run checks each
     node once its blocks are placed). Warn too when an image folder has fewer classes than
     data.num_classes (``classes_warning``), when the encoded images are not data.image_size
-    square (``size_warning``), when they are colour and data.channels grey or the other way
-    round (``colour_warning``), when raw colour pixel lists look like the other order than
-    data.pixel_order (``pixel_order_warning``), when the network would be scored on training
-    rows beside a validation split (``eval_split_warning``), and when the Parquet row groups
-    are tiny (``small_shards_warning``)."""
+    square, when they are colour and data.channels grey or the other way round, or when
+    data.resize shrinks large photos at every read (``header_warnings``), when raw colour
+    pixel lists look like the other order than data.pixel_order (``pixel_order_warning``),
+    when the network would be scored on training rows beside a validation split
+    (``eval_split_warning``), and when the Parquet row groups are tiny
+    (``small_shards_warning``)."""
     from dbparallel.tasks import build_task
     from dbparallel.training.data_warnings import (
         classes_warning,
-        colour_warning,
         eval_split_warning,
+        header_warnings,
         pixel_order_warning,
-        size_warning,
     )
 
     # an image folder's class folders (Parquet labels are warned of once the check saw them)
     for warning in (classes_warning(cfg.data.num_classes, names=index.meta.get("classes")),
-                    size_warning(cfg, index), colour_warning(cfg, index),
-                    pixel_order_warning(cfg, index), eval_split_warning(index)):
+                    *header_warnings(cfg, index), pixel_order_warning(cfg, index),
+                    eval_split_warning(index)):
         if warning:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     if "train" not in index.present():  # e.g. data check of a test split alone

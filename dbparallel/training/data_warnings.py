@@ -1,8 +1,9 @@
 """Warnings about data settings that do not fit the data, printed once by the driver.
 
-Images of another size than data.image_size are bad rows without data.resize=true, and the
-validation pass names only the first: the sizes of the first images are told before it, with the
-setting that fits them where they share one square size, else data.resize. Data that decode
+Images of another size than data.image_size are bad rows without data.resize=true: the sizes
+of the first images are told before the validation pass, with the setting that fits them where
+they share one square size, else data.resize; with it, photos far larger than they are resized
+to are told that ``data reshard`` resizes them once. Data that decode
 without a bad row may still be decoded or trained into something the user did not mean:
 colour images with ``data.channels=1`` become grey (encoded images are converted to the
 configured mode, data/encoded.py), raw colour pixel lists read in the other order than
@@ -45,27 +46,43 @@ def _first_images(index: DataIndex) -> pa.Array:
     return read.table.column(IMAGE_COLUMN).combine_chunks()
 
 
-def colour_warning(cfg: Config, index: DataIndex) -> str | None:
-    """``channels_warning`` of the first encoded images of the training split (of the first
-    split, where there is none); None for data that are not encoded images."""
+def header_warnings(cfg: Config, index: DataIndex) -> list[str]:
+    """The warnings the headers of the first encoded images of the training split (of the
+    first split, where there is none) give, read once: ``sizes_warning`` (without
+    data.resize), ``channels_warning`` and ``resize_note`` (with it); none for data that are
+    not encoded images."""
     if index.kind != "images" or index.meta.get("encoding") != "encoded":
-        return None
-    from dbparallel.data.encoded import image_kinds  # Pillow, for encoded images only
-
-    return channels_warning([k for k in image_kinds(_first_images(index)) if k],
-                            cfg.data.channels)
-
-
-def size_warning(cfg: Config, index: DataIndex) -> str | None:
-    """``sizes_warning`` of the first encoded images of the training split (of the first
-    split, where there is none), read from their headers; None for data that are not encoded
-    images."""
-    if index.kind != "images" or index.meta.get("encoding") != "encoded" or cfg.data.resize:
-        return None
+        return []
     from dbparallel.data.encoded import image_headers  # Pillow, for encoded images only
 
-    return sizes_warning([h[2] for h in image_headers(_first_images(index)) if h],
-                         cfg.data.image_size)
+    headers = [h for h in image_headers(_first_images(index)) if h]
+    sizes = [h[2] for h in headers]
+    data = cfg.data
+    found = [resize_note(sizes, data.image_size, data.path) if data.resize else
+             sizes_warning(sizes, data.image_size),
+             channels_warning([h[:2] for h in headers], data.channels)]
+    return [w for w in found if w]
+
+
+RESHARD_AREA = 16  # images this many times data.image_size's area are worth resizing once
+
+
+def resize_note(sizes: list[tuple[int, int]], image_size: int, path: str = "") -> str | None:
+    """With data.resize: a note when most images of ``sizes`` ((width, height) each) are at
+    least RESHARD_AREA times the area they are resized to. Each read of each epoch decodes
+    the whole photo (a JPEG at 1/2, 1/4 or 1/8 of it at best): ``data reshard`` of ``path``
+    (data.path) stores them resized once."""
+    from dbparallel.shell import shell_path
+
+    large = [(w, h) for w, h in sizes if w * h >= RESHARD_AREA * image_size ** 2]
+    if not sizes or len(large) * 2 <= len(sizes):
+        return None
+    (w, h), _ = Counter(large).most_common(1)[0]
+    data = shell_path(path) if path else "DATA"
+    return (f"{len(large)} of the first {len(sizes)} images are far larger than "
+            f"{image_size}x{image_size} (e.g. {w}x{h}), and data.resize=true decodes each "
+            f"whole at every read: `dbparallel data reshard {data} --out DIR "
+            f"data.resize=true`, with these data settings, stores them resized, once")
 
 
 def sizes_warning(sizes: list[tuple[int, int]], image_size: int) -> str | None:

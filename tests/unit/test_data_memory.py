@@ -112,11 +112,18 @@ def test_bad_first_rows_are_left_to_training_unless_every_row_measured_is_bad(tm
     pq.write_table(image_table(images, rng.integers(0, 10, 40)), tmp_path / "d.parquet")
     index = parquet_index(str(tmp_path / "d.parquet"))
     assert data_footprint(index, build_task(cfg), 2, 40).row_bytes == 264
+    images[:3] = 0.5
+    images[[4, 15]] = 2.0  # the last row measured bad too: measured on the rows before it
+    pq.write_table(image_table(images, rng.integers(0, 10, 40)), tmp_path / "d.parquet")
+    index = parquet_index(str(tmp_path / "d.parquet"))
+    assert data_footprint(index, build_task(cfg), 2, 40).row_bytes == 264
     images[:16] = 2.0
     pq.write_table(image_table(images, rng.integers(0, 10, 40)), tmp_path / "d.parquet")
     index = parquet_index(str(tmp_path / "d.parquet"))
-    with pytest.raises(DataError, match=r"d\.parquet row 0: column 'image'"):
+    with pytest.raises(DataError, match=r"d\.parquet row 0: column 'image'") as err:
         data_footprint(index, build_task(cfg), 2, 40)
+    assert str(err.value).startswith("the first 16 bad rows (it stops at 16; more may follow)")
+    assert str(err.value).count("\n") == 16  # each named
 
 
 def test_data_check_of_a_data_set_without_training_rows_prints_no_footprint(tmp_path,

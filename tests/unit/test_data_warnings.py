@@ -16,8 +16,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from dbparallel.cli import main
-from dbparallel.data.encoded import image_kinds
-from dbparallel.training.data_warnings import channels_warning, classes_warning, sizes_warning
+from dbparallel.data.encoded import image_headers
+from dbparallel.training.data_warnings import (
+    channels_warning,
+    classes_warning,
+    resize_note,
+    sizes_warning,
+)
 
 TINY = str(Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml")
 TO_GREY = ("warning: the images are RGB (3 channels) but data.channels=1: they are converted "
@@ -41,7 +46,7 @@ def test_the_headers_tell_grey_from_colour() -> None:
     blobs = [_png(rgb), _png(rgb.convert("RGBA")), _png(grey), _png(grey.convert("LA")),
              _png(rgb.quantize(16)), _png(grey.convert("P")), _png(rgb.convert("1")), None,
              b"not an image"]
-    assert image_kinds(pa.array(blobs, pa.binary())) == [
+    assert [h and h[:2] for h in image_headers(pa.array(blobs, pa.binary()))] == [
         ("RGB", 3), ("RGBA", 3), ("L", 1), ("LA", 1), ("P", 3), ("P", 1), ("1", 1), None, None]
 
 
@@ -148,6 +153,16 @@ def test_images_of_another_size_say_the_size_or_that_they_need_resizing() -> Non
     assert sizes_warning([(90, 60)] * 4, 64).startswith(
         "none of the first 4 images is 64x64 (data.image_size): 90x60 (4);")
     many = sizes_warning([(n, n + 1) for n in range(10, 18)], 8)
+    # with data.resize: photos far larger than they are resized to are told to reshard
+    assert resize_note([(1600, 1200)] * 10 + [(64, 64)] * 6, 64, "/data/my pets") == (
+        "10 of the first 16 images are far larger than 64x64 (e.g. 1600x1200), and "
+        "data.resize=true decodes each whole at every read: `dbparallel data reshard "
+        "'/data/my pets' --out DIR data.resize=true`, with these data settings, stores them "
+        "resized, once")
+    assert resize_note([(1600, 1200)] * 8 + [(100, 100)] * 8, 64) is None  # half: no
+    assert resize_note([(256, 256)] * 16, 64) is not None  # 16 times the area
+    assert resize_note([(255, 256)] * 16, 64) is None
+    assert resize_note([], 64) is None
     assert "10x11 (1)" in many and "... 2 sizes more" in many
     assert sizes_warning([], 8) is None
 
@@ -156,10 +171,10 @@ def _photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-def test_a_folder_of_photos_of_any_size_is_told_before_its_first_bad_file(
+def test_a_folder_of_photos_of_any_size_is_told_before_its_bad_files(
         tmp_path, capsys) -> None:
-    """Photos of mixed sizes: one warning listing their sizes, then the first bad file named
-    with its path, exit code 2; photos of one square size: the setting that fits them."""
+    """Photos of mixed sizes: one warning listing their sizes, then every bad file named with
+    its path, exit code 2; photos of one square size: the setting that fits them."""
     rng = np.random.default_rng(0)
     mixed, square = tmp_path / "mixed", tmp_path / "square"
     for i, (w, h) in enumerate([(20, 31), (90, 60), (16, 16), (64, 48)] * 3):
@@ -171,10 +186,12 @@ def test_a_folder_of_photos_of_any_size_is_told_before_its_first_bad_file(
     err = capsys.readouterr().err
     assert err.count("warning: 9 of the first 12 images are not 16x16 (data.image_size): ") == 1
     assert "set data.resize=true" in err
-    bad = re.search(r"error: (\S+): is (\d+)x(\d+), expected 16x16 \(data.image_size; "
-                    r"data.resize=true cuts and resizes images to it\)", err)
-    assert bad and Path(bad[1]).is_file() and Path(bad[1]).parent.parent == mixed, err
-    assert Image.open(bad[1]).size == (int(bad[2]), int(bad[3])) != (16, 16)
+    assert "error: 9 bad rows:" in err
+    bad = re.findall(r"\n  (\S+): is (\d+)x(\d+), expected 16x16 \(data.image_size; "
+                     r"data.resize=true cuts and resizes images to it\)", err)
+    assert len(bad) == 9, err  # every one, each named by its file
+    for path, w, h in bad:
+        assert Path(path).parent.parent == mixed and Image.open(path).size == (int(w), int(h))
     assert main(["data", "check", str(square), *keys]) == 2  # data.image_size left at 8
     assert "warning: the images are 16x16 but data.image_size=8: set data.image_size=16" in \
         capsys.readouterr().err
