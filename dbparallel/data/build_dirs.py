@@ -8,7 +8,10 @@ for good. Every build folder therefore names its builder in ``builder.json``: ho
 pid means something (the kernel's boot and the pid namespace) and when the process started.
 The next look-up of the same corpus on that host and pid namespace removes the folders whose
 builder no longer runs; a folder whose builder cannot be asked about (another machine or
-container, or no ``/proc``) or whose builder is not named yet is left alone.
+container, or no ``/proc``) is left alone. A folder that names no builder was made by a
+version that did not name them, or is a build in its first instant (a build names its builder
+as it makes the folder): one that nothing has touched for ``UNNAMED_AGE_S`` is the former,
+and is removed too, wherever it was made.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from dbparallel.process_id import proc_stat, process_space
@@ -26,6 +30,7 @@ from dbparallel.process_id import proc_stat, process_space
 log = logging.getLogger(__name__)
 
 BUILDER_FILE = "builder.json"
+UNNAMED_AGE_S = 7 * 24 * 3600  # a build folder naming no builder, untouched this long: removed
 
 
 def _start(pid: int | str) -> str | None:
@@ -71,3 +76,19 @@ def remove_abandoned(folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             log.info("removed %s, the unfinished build of pid %d, which no longer runs",
                      tmp, pid)
+        elif tmp.is_dir() and _unnamed_and_old(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("removed %s, an unfinished build that names no builder, untouched for "
+                     "%d days", tmp, UNNAMED_AGE_S // 86400)
+
+
+def _unnamed_and_old(tmp: Path) -> bool:
+    """Whether ``tmp`` names no builder and neither it nor anything directly in it was
+    changed for ``UNNAMED_AGE_S`` seconds."""
+    try:
+        if (tmp / BUILDER_FILE).exists():
+            return False
+        newest = max([tmp.stat().st_mtime, *(p.stat().st_mtime for p in tmp.iterdir())])
+    except OSError:  # removed meanwhile, or not readable: not ours to judge
+        return False
+    return time.time() - newest > UNNAMED_AGE_S

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,12 +50,19 @@ def test_a_killed_builds_folder_is_removed_and_a_running_ones_kept(tmp_path: Pat
     left = Path(killed.stdout.strip())
     assert (left / "train.bin").is_file() and left.name.startswith(f".{folder.name}.")
     running = build_dir(folder)  # this process's: a build that still runs
-    other = folder.parent / f".{folder.name}.unnamed"  # no builder named: not ours to judge
+    other = folder.parent / f".{folder.name}.unnamed"  # no builder named, lately: kept
     other.mkdir()
+    (other / "train.bin").write_bytes(b"")
+    old = folder.parent / f".{folder.name}.legacy"  # no builder named, untouched for 8 days
+    (old / "part").mkdir(parents=True)
+    (old / "train.bin").write_bytes(b"")
+    week_ago = time.time() - 8 * 24 * 3600
+    for path in (old / "train.bin", old / "part", old):
+        os.utime(path, (week_ago, week_ago))
 
     index = corpus_index(data)
 
-    assert not left.exists()
+    assert not left.exists() and not old.exists()
     assert running.is_dir() and other.is_dir()
     assert index.meta["content"] == folder.name and (folder / "index.json").is_file()
     assert not (folder / BUILDER_FILE).exists()
