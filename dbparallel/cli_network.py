@@ -149,7 +149,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dbparallel.data.image_files import read_images
+    from tqdm import tqdm
+
+    from dbparallel import errors
+    from dbparallel.data.image_files import image_inputs, read_batches
 
     if args.batch < 1:
         raise UserError(f"--batch: must be >= 1, got {args.batch}")
@@ -158,22 +161,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"predict: {args.source} is {_kind(network.cfg.task)}; predict "
                         f"classifies images with a vit network; "
                         f"{_instead(args.source, network.cfg.task)}")
-    names, pixels = read_images(args.images, network.cfg.data)
-    if not names:
+    inputs = image_inputs(args.images)
+    total = inputs.count()
+    if not total:
         raise UserError(f"predict: {args.images} holds no image")
-    classes = network.class_names
-    rows = []
-    for start in range(0, len(names), args.batch):
-        probs = network.predict(pixels[start:start + args.batch]).softmax(dim=1)
-        for name, p in zip(names[start:start + args.batch], probs, strict=True):
-            label = int(p.argmax())
-            rows.append({"input": name, "class": label,
-                         "name": classes[label] if label < len(classes) else None,
-                         "probability": round(float(p.max()), 4)})
-    for row in rows:
-        shown = row["class"] if row["name"] is None else row["name"]
-        print(json.dumps(row) if args.json
-              else f"{row['input']}\t{shown}\t{row['probability']}")
+    classes, bad = network.class_names, []
+    with tqdm(total=total, unit="image", desc="predict", disable=not sys.stderr.isatty(),
+              leave=False) as bar:
+        for part in read_batches(inputs, network.cfg.data, args.batch):
+            bad += part.bad
+            probs = network.predict(part.pixels).softmax(dim=1) if part.names else []
+            for name, p in zip(part.names, probs, strict=True):
+                label = int(p.argmax())
+                row = {"input": name, "class": label,
+                       "name": classes[label] if label < len(classes) else None,
+                       "probability": round(float(p.max()), 4)}
+                shown = label if row["name"] is None else row["name"]
+                print(json.dumps(row) if args.json else f"{name}\t{shown}\t{row['probability']}")
+            sys.stdout.flush()  # each batch as it is classified
+            bar.update(len(part.names) + len(part.bad))
+    if bad:  # every image it could read is classified above
+        listed = "\n  ".join(bad[:errors.MAX_BAD_ROWS])
+        first = f"; the first {errors.MAX_BAD_ROWS}" if len(bad) > errors.MAX_BAD_ROWS else ""
+        raise UserError(f"{len(bad)} bad image{'s' * (len(bad) != 1)}, left out of the "
+                        f"predictions{first}:\n  {listed}")
     return 0
 
 
@@ -242,7 +253,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "class folder's name; null where the data name no classes), "
                         "probability")
     p.add_argument("--batch", type=int, default=256,
-                   help="images classified at once (memory: one batch of the network's "
-                        "activations; default 256)")
+                   help="images read and classified at once (memory: one batch of images "
+                        "and of the network's activations; default 256)")
     p.add_argument("--device", default="", help=DEVICE_HELP)
     p.set_defaults(func=cmd_predict)

@@ -5,14 +5,17 @@
 - a Parquet file or folder of Parquet files: its ``image`` column, raw (in the run's
   ``data.pixel_order``) or encoded, named ``<file> row <i>``.
 
-Images are decoded as the training data was (data/images.py, data/encoded.py): grey or RGB
-by ``data.channels``, and ``data.image_size`` square, else BadRows names every bad input (up
-to ``errors.MAX_BAD_ROWS``), not only the first.
+They are read a batch at a time (``read_batches``), so that a folder of any size is
+classified in the memory of one batch. Images are decoded as the training data was
+(data/images.py, data/encoded.py): grey or RGB by ``data.channels``, and ``data.image_size``
+square; an image that is not is named with the reason, and the images after it are read.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,94 +33,134 @@ from dbparallel.errors import BadRows, DataError, RowError
 log = logging.getLogger(__name__)
 
 
-def read_images(path: str | Path, data: DataConfig) -> tuple[list[str], torch.Tensor]:
-    """(a name per image, pixels (N, C, H, W) uint8) of the images at ``path``."""
+@dataclass(frozen=True)
+class ImageInputs:
+    """What a path holds to classify: image files, or else Parquet tables."""
+
+    files: list[Path] = field(default_factory=list)
+    tables: list[Path] = field(default_factory=list)
+
+    def count(self) -> int:
+        """How many images: the files, or the tables' rows (from their footers)."""
+        if self.files:
+            return len(self.files)
+        return sum(_table(f).metadata.num_rows for f in self.tables)
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """The images of a batch that were read, and those that could not be."""
+
+    names: list[str]  # of each image read
+    pixels: torch.Tensor  # (len(names), C, H, W) uint8
+    bad: list[str]  # "<name>: <why>" of each image that could not be read
+
+
+def image_inputs(path: str | Path) -> ImageInputs:
+    """The images at ``path``; DataError where there is nothing to classify."""
     root = Path(path)
     if not root.exists():
         raise DataError(f"{path}: no such file or folder")
-    if root.is_file() and root.suffix.lower() == ".parquet":
-        return _from_parquet([root], data)
     if root.is_file():
-        files = [root]
-    else:
-        found = [Path(f) for f in files_under(str(root))]
-        files = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS]
-        tables = [p for p in found if p.suffix.lower() == ".parquet"]
-        if not files and tables:
-            return _from_parquet(tables, data)
-        if tables:  # two kinds of input in one folder: the images are what is classified
-            log.warning("%s: %d Parquet file%s beside its images left out (%s); give %s "
-                        "its own path to classify its rows", path, len(tables),
-                        "s" * (len(tables) > 1), tables[0].name,
-                        "it" if len(tables) == 1 else "each")
-        if not files:
-            raise DataError(f"{path}: no image files ({' '.join(IMAGE_EXTENSIONS)}) or "
-                            f"Parquet tables in it")
-    names = [str(f) for f in files]
-    column = pa.array([f.read_bytes() for f in files], type=pa.binary())
-    return names, _pixels(column, data, names)
+        if root.suffix.lower() == ".parquet":
+            return ImageInputs(tables=[root])
+        return ImageInputs(files=[root])
+    found = [Path(f) for f in files_under(str(root))]
+    files = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS]
+    tables = [p for p in found if p.suffix.lower() == ".parquet"]
+    if not files and tables:
+        return ImageInputs(tables=tables)
+    if tables:  # two kinds of input in one folder: the images are what is classified
+        log.warning("%s: %d Parquet file%s beside its images left out (%s); give %s its own "
+                    "path to classify its rows", path, len(tables), "s" * (len(tables) > 1),
+                    tables[0].name, "it" if len(tables) == 1 else "each")
+    if not files:
+        raise DataError(f"{path}: no image files ({' '.join(IMAGE_EXTENSIONS)}) or Parquet "
+                        f"tables in it")
+    return ImageInputs(files=files)
 
 
-def _from_parquet(files: list[Path], data: DataConfig) -> tuple[list[str], torch.Tensor]:
-    names: list[str] = []
-    pixels, bad = [], []
-    for f in files:
-        column = _image_column(f)
-        rows = [f"{f} row {i}" for i in range(len(column))]
-        names += rows
+def read_batches(inputs: ImageInputs, data: DataConfig, batch: int) -> Iterator[ImageBatch]:
+    """The images of ``inputs`` in order, ``batch`` at a time (a table's last batch may be
+    shorter); a table that cannot be read at all is a DataError naming it."""
+    for start in range(0, len(inputs.files), batch):
+        files = inputs.files[start:start + batch]
+        column = pa.array([f.read_bytes() for f in files], type=pa.binary())
+        yield _decoded(column, data, [str(f) for f in files])
+    for f in inputs.tables:
+        _check_column(f)
+        row = 0
         try:
-            pixels.append(_pixels(column, data, rows))
-        except BadRows as err:  # the files after it may hold more
-            bad += err.rows
-            if len(bad) >= errors.MAX_BAD_ROWS:
-                break
+            for part in _table(f).iter_batches(batch_size=batch, columns=[IMAGE_COLUMN]):
+                column = part.column(IMAGE_COLUMN)
+                yield _decoded(column, data, [f"{f} row {row + i}" for i in range(len(column))])
+                row += len(column)
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{f}: not a readable Parquet table ({err})") from None
+
+
+def read_images(path: str | Path, data: DataConfig) -> tuple[list[str], torch.Tensor]:
+    """(a name per image, pixels (N, C, H, W) uint8) of every image at ``path``, at once;
+    BadRows naming the bad ones (up to errors.MAX_BAD_ROWS) if any is."""
+    names, pixels, bad = [], [], []
+    for part in read_batches(image_inputs(path), data, 1024):
+        names += part.names
+        pixels.append(part.pixels)
+        bad += part.bad
     if bad:
-        raise BadRows(bad[:errors.MAX_BAD_ROWS], stopped=len(bad) >= errors.MAX_BAD_ROWS,
+        raise BadRows(bad[:errors.MAX_BAD_ROWS], stopped=len(bad) > errors.MAX_BAD_ROWS,
                       what="images")
     return names, torch.cat(pixels)
 
 
-def _image_column(f: Path) -> pa.Array:
-    """The ``image`` column of the Parquet file ``f``; DataError naming the file if it is not
-    a readable table with a usable one."""
+def _table(f: Path) -> pq.ParquetFile:
     try:
-        schema = pq.read_schema(f)
-        if IMAGE_COLUMN not in schema.names:
-            raise DataError(f"{f}: column {IMAGE_COLUMN!r} is missing; the table has "
-                            f"{schema.names}: rename the column that holds the images (pixels, "
-                            f"or PNG/JPEG bytes) to {IMAGE_COLUMN!r}")
-        try:
-            image_encoding(schema.field(IMAGE_COLUMN).type)
-        except DataError as err:
-            raise DataError(f"{f}: {err}") from None
-        return pq.read_table(f, columns=[IMAGE_COLUMN]).column(IMAGE_COLUMN).combine_chunks()
+        return pq.ParquetFile(f)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{f}: not a readable Parquet table ({err})") from None
 
 
-def _pixels(column: pa.Array, data: DataConfig, names: list[str]) -> torch.Tensor:
-    """(N, C, H, W) uint8 of an image column; BadRows naming every bad image (up to
-    errors.MAX_BAD_ROWS), not only the first."""
+def _check_column(f: Path) -> None:
+    """DataError naming the Parquet file ``f`` unless it has a usable ``image`` column."""
+    schema = _table(f).schema_arrow
+    if IMAGE_COLUMN not in schema.names:
+        raise DataError(f"{f}: column {IMAGE_COLUMN!r} is missing; the table has "
+                        f"{schema.names}: rename the column that holds the images (pixels, "
+                        f"or PNG/JPEG bytes) to {IMAGE_COLUMN!r}")
+    try:
+        image_encoding(schema.field(IMAGE_COLUMN).type)
+    except DataError as err:
+        raise DataError(f"{f}: {err}") from None
+
+
+def _decoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
+             names: list[str]) -> ImageBatch:
+    """The images of ``column`` (one name each) decoded; a bad one is set aside, named with
+    its reason, and the ones after it are decoded."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
     c, s = data.channels, data.image_size
+    encoded = image_encoding(column.type) == "encoded"
+
+    def decode(part: pa.Array) -> np.ndarray:
+        return decode_encoded(part, data) if encoded else in_order(_raw(part, c * s * s), data)
+
     out = np.empty((len(column), c * s * s), np.uint8)
+    good = np.ones(len(column), bool)
     bad: list[str] = []
-    start = 0  # the images after a bad one are decoded again
+    start = 0
     while start < len(column):
-        rest = column.slice(start)
         try:
-            if image_encoding(column.type) == "encoded":
-                out[start:] = decode_encoded(rest, data)
-            else:
-                out[start:] = in_order(_raw(rest, c * s * s), data)
+            out[start:] = decode(column.slice(start))
             break
         except RowError as err:  # the network's data.resize is fixed: the images must fit it
             bad.append(f"{names[start + err.row]}: {trained_size_hint(err.detail, s)}")
-            if len(bad) == errors.MAX_BAD_ROWS:
-                break
+            good[start + err.row] = False
+            if err.row:  # the images before it are good
+                out[start:start + err.row] = decode(column.slice(start, err.row))
             start += err.row + 1
-    if bad:
-        raise BadRows(bad, stopped=len(bad) == errors.MAX_BAD_ROWS, what="images")
-    return torch.from_numpy(out).reshape(-1, c, s, s)
+    kept = [n for n, g in zip(names, good, strict=True) if g]
+    return ImageBatch(kept, torch.from_numpy(out[good]).reshape(-1, c, s, s), bad)
 
 
 def _raw(column: pa.Array, size: int) -> np.ndarray:

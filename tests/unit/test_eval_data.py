@@ -245,9 +245,11 @@ def test_images_of_another_size_name_the_networks_size_not_data_resize(tmp_path,
         assert "data.resize" not in err
     (big / "b" / "1.png").write_bytes(b"not a png")  # predict names every bad image
     Image.new("L", (8, 8)).save(big / "b" / "2.png")
-    assert cli.main(["predict", run, str(big)]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert err[0] == "dbparallel: error: 3 bad images:"
+    assert cli.main(["predict", run, str(big), "--batch", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(big / "b" / "2.png")]
+    err = err.splitlines()  # the image it could read is classified, the others named
+    assert err[0] == "dbparallel: error: 3 bad images, left out of the predictions:"
     assert [line.strip().split(": ")[0] for line in err[1:]] == \
         [str(big / "a" / "0.png"), str(big / "b" / "0.png"), str(big / "b" / "1.png")]
     assert "the network takes 8x8 images" in err[1] and "not a readable image" in err[3]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dbparallel.config import DataConfig
@@ -160,3 +161,36 @@ def test_parquet_beside_the_images_is_named_as_left_out(tmp_path: Path, caplog) 
                                f"(more.parquet); give it its own path to classify its rows"]
     names, _ = read_images(data / "more.parquet", cfg)
     assert names == [f"{data / 'more.parquet'} row 0"]
+
+
+def test_predict_reads_a_batch_at_a_time_and_reads_on_past_a_bad_image(tmp_path: Path) -> None:
+    """A table read 3 rows at a time: each row named by its row number across batches, a bad
+    row set aside with its reason and the rows around it decoded exactly."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dbparallel.data.image_files import image_inputs, read_batches
+
+    images = np.random.default_rng(1).integers(0, 256, (7, 8, 8), dtype=np.uint8)
+
+    def png(i: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(images[i]).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"image": [png(i) if i != 4 else b"junk" for i in range(7)]}),
+                   table, row_group_size=2)
+    inputs = image_inputs(table)
+    assert inputs.count() == 7
+    parts = list(read_batches(inputs, DataConfig(image_size=8, channels=1), 3))
+    assert [p.names for p in parts] == [[f"{table} row {i}" for i in rows]
+                                        for rows in ([0, 1, 2], [3, 5], [6])]
+    assert [len(p.bad) for p in parts] == [0, 1, 0]
+    assert parts[1].bad[0].startswith(f"{table} row 4: is not a readable image")
+    pixels = torch.cat([p.pixels for p in parts])[:, 0]
+    assert torch.equal(pixels, torch.from_numpy(images[[0, 1, 2, 3, 5, 6]]))
+    with pytest.raises(DataError, match=r"row 4: is not a readable image"):
+        read_images(table, DataConfig(image_size=8, channels=1))  # all at once: refused
