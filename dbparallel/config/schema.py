@@ -12,6 +12,7 @@ from dbparallel.config.noise_checks import check_noise, check_time_blocks
 from dbparallel.config.presets import PRESET_DIMS, check_task_width, check_width
 from dbparallel.config.run_name import data_name
 from dbparallel.config.runtime_keys import DebugConfig, MetricsConfig, RuntimeConfig
+from dbparallel.config.sizes import check_counts, check_layers, check_sizes, divisors
 from dbparallel.config.training import TrainConfig
 
 TASKS = ("dit", "vit", "mdm", "ar", "looped")
@@ -94,6 +95,7 @@ class DataConfig:
         choice(self.pixel_order, "data.pixel_order", PIXEL_ORDERS)
         check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
         check(self.vocab_size >= 2, "data.vocab_size", f"must be >= 2, got {self.vocab_size}")
+        check_counts(self.channels, self.vocab_size)
         choice(self.tokenizer, "data.tokenizer", TOKENIZERS)
         check(self.text_field not in ("", "split", "work"), "data.text_field",
               f"must name the field that holds the documents (not '', nor 'split' or 'work', "
@@ -132,10 +134,11 @@ class ModelConfig:
         choice(self.preset, "model.preset", PRESETS)
         check(self.blocks >= 1, "model.blocks", f"must be >= 1, got {self.blocks}")
         check(self.depth >= 1, "model.depth", f"must be >= 1, got {self.depth}")
+        check_layers(self.depth, self.blocks)  # before anything counts them
         check(self.depth % self.blocks == 0, "model.depth",
                f"{self.depth} layers do not split equally into model.blocks={self.blocks}; "
                f"use a multiple of {self.blocks}, or model.blocks of "
-               f"{', '.join(str(b) for b in range(1, self.depth + 1) if self.depth % b == 0)}")
+               f"{', '.join(str(b) for b in divisors(self.depth))}")
         check_width(self)  # > 0, and the preset's width under the values set splits in heads
         finite(self, "model")
         check(self.mlp_ratio is None or self.mlp_ratio > 0, "model.mlp_ratio", "must be > 0")
@@ -294,6 +297,7 @@ class Config:
         if self.debug.kill_block >= 0:
             check(self.debug.kill_block < self.model.blocks, "debug.kill_block",
                    f"must be < model.blocks={self.model.blocks}")
+        check_sizes(self)  # widths, image sides and lengths no machine can train
 
     @property
     def run_dir(self) -> str:
