@@ -95,7 +95,7 @@ class DataConfig:
         choice(self.pixel_order, "data.pixel_order", PIXEL_ORDERS)
         check(self.seq_len >= 2, "data.seq_len", f"must be >= 2, got {self.seq_len}")
         check(self.vocab_size >= 2, "data.vocab_size", f"must be >= 2, got {self.vocab_size}")
-        check_counts(self.channels, self.vocab_size)
+        check_counts(self.channels, self.vocab_size, self.num_classes)
         choice(self.tokenizer, "data.tokenizer", TOKENIZERS)
         check(self.text_field not in ("", "split", "work"), "data.text_field",
               f"must name the field that holds the documents (not '', nor 'split' or 'work', "

@@ -21,8 +21,9 @@ MOST_LAYERS = 100_000
 # channels of an image: encoded images have 1 or 3; raw pixel lists of imaging spectrometers
 # a few hundred bands
 MOST_CHANNELS = 65_536
-# token ids a text model embeds: the largest tokenizers hold a few hundred thousand (byte-level
-# BPE here at most 65,536); every process builds the frozen table of them on its host
+# token ids a text model embeds, and labels of an image task: the largest tokenizers hold a
+# few hundred thousand (byte-level BPE here at most 65,536), the largest label sets some
+# millions; every process builds the frozen table of them (text, vit) on its host
 MOST_VOCAB = 2**24
 FLOAT32, FLOAT64 = 4, 8
 SIGMA_FEATURES = 256  # the sinusoidal features of the sigma embedding (models/layers.py)
@@ -41,15 +42,17 @@ def check_layers(depth: int, blocks: int) -> None:
           f"per block (each layer is built as its own modules, one by one)")
 
 
-def check_counts(channels: int, vocab_size: int) -> None:
-    """ConfigError naming data.channels above MOST_CHANNELS, or data.vocab_size above
-    MOST_VOCAB."""
+def check_counts(channels: int, vocab_size: int, num_classes: int) -> None:
+    """ConfigError naming data.channels above MOST_CHANNELS, or data.vocab_size or
+    data.num_classes above MOST_VOCAB."""
     check(channels <= MOST_CHANNELS, "data.channels",
           f"{channels:,} channels per pixel: images have at most {MOST_CHANNELS:,} (encoded "
           f"images 1 or 3, raw pixel lists of spectrometers a few hundred)")
     check(vocab_size <= MOST_VOCAB, "data.vocab_size",
           f"{vocab_size:,} token ids: a model embeds at most {MOST_VOCAB:,} (the largest "
           f"tokenizers hold a few hundred thousand)")
+    check(num_classes <= MOST_VOCAB, "data.num_classes",
+          f"{num_classes:,} classes: a model embeds at most {MOST_VOCAB:,} labels")
 
 
 def divisors(n: int) -> list[int]:

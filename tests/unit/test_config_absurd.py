@@ -29,8 +29,8 @@ BIG = 10**9
         (["data.image_size=1000000"], "data.image_size=1000000",
          "one layer's activations alone would take"),
         (["data.channels=1000000000"], "data.channels", "at most 65,536"),
-        (["data.num_classes=9223372036854775808"], "data.num_classes=9223372036854775808",
-         "one block's parameters"),
+        (["data.num_classes=9223372036854775808"], "data.num_classes", "at most 16,777,216"),
+        (["task=vit", "data.num_classes=1000000000"], "data.num_classes", "labels"),
         (["model.mlp_ratio=1e18"], "model.mlp_ratio=1e+18", "one block's parameters"),
         (["train.batch_size=9223372036854775808"], "train.batch_size=9223372036854775808",
          "a step's noise draws"),
@@ -78,6 +78,7 @@ def test_the_refusal_names_the_key_furthest_above_its_default() -> None:
     ["data.image_size=16384", "model.patch_size=16"], ["data.channels=224"],
     [*TEXT, "data.seq_len=1000000", "data.vocab_size=262144"],
     ["model.hidden=65536", "model.depth=2000", "model.blocks=4"],
+    ["task=vit", "data.num_classes=21841"],
 ])
 def test_large_models_a_machine_can_train_still_load(overrides: list[str]) -> None:
     cfg = load_config([], overrides)
