@@ -19,6 +19,7 @@ import ray
 from dbparallel.config import Config
 from dbparallel.errors import ConfigError
 from dbparallel.runtime.metrics_port import free_port, port_line
+from dbparallel.runtime.node_processes import stop_started_since, ticks_now
 
 log = logging.getLogger(__name__)
 STATE_API_VAR = "RAY_API_SERVER_ADDRESS"
@@ -39,12 +40,13 @@ def connect(cfg: Config) -> bool:
     Returns True when this call connected (and so should ``disconnect`` at the end)."""
     if ray.is_initialized():
         return False
-    before = dict(os.environ)
+    before, began = dict(os.environ), ticks_now()
     try:
         return _connect(cfg)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM as the driver connects: stop the private
-        # instance's processes, else left running to the program's end (cut short before
-        # ray.init has recorded its node, Ray keeps no handle to stop them with)
+        # instance's processes (cut short before ray.init has recorded its node, Ray keeps no
+        # handle to stop them with, and the raylet's agents outlive it)
+        stop_started_since(began)
         ray.shutdown()
         raise
     finally:
