@@ -250,6 +250,9 @@ def _run(args: argparse.Namespace, stop: StopSignals | None) -> int:
     except RuntimeError as err:
         if out_of_memory(err) and type(err).__name__ != "OutOfMemory":  # not at a block's step
             fix = (START_MEMORY_FIX if args.command in TRAINING else
+                   "plan draws one row of a block's noise in this machine's memory, and one "
+                   "row of these sizes does not fit (data.image_size x data.channels, or "
+                   "data.seq_len x model.hidden)" if args.command == "plan" else
                    "the network does not fit in the device's free memory: --device cpu, or a "
                    "device with more free")
             print(f"dbparallel: {'run failed' if args.command in TRAINING else 'error'}: "
