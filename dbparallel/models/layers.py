@@ -236,9 +236,22 @@ class AdaLNHead(nn.Module):
 EMBEDDING_SALT = 0x5EED_E  # separates the table's stream from seeds used for anything else
 
 
+EMBEDDING_CHUNK = 1 << 20  # float64 numbers drawn at a time for the table
+
+
 def frozen_unit_embedding(seed: int, num: int, dim: int) -> torch.Tensor:
     """(num, dim) rows of unit L2 norm, a pure function of the run seed (docs/method.md,
-    Losses: vit)."""
+    Losses: vit): float64 normal draws, each row divided by its norm, held as float32. Drawn
+    a chunk of rows at a time, a multiple of 16 rows (torch's normal fill works in runs of 16
+    numbers, so the numbers are those of one ``randn(num, dim)``), so that a large vocabulary
+    holds its float32 table and one chunk, not two float64 copies of it."""
     g = torch.Generator().manual_seed(seed ^ EMBEDDING_SALT)
-    E = torch.randn(num, dim, generator=g, dtype=torch.float64)
-    return (E / E.norm(dim=1, keepdim=True)).float()
+    E = torch.empty(num, dim)
+    rows = max(16, EMBEDDING_CHUNK // dim // 16 * 16)
+    start = 0
+    while start < num:
+        stop = num if num - start < 2 * rows else start + rows  # the rest in the last one
+        chunk = torch.randn(stop - start, dim, generator=g, dtype=torch.float64)
+        E[start:stop] = chunk / chunk.norm(dim=1, keepdim=True)
+        start = stop
+    return E
