@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -165,10 +166,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     total = inputs.count()
     if not total:
         raise UserError(f"predict: {args.images} holds no image")
+    data = dataclasses.replace(network.cfg.data, resize=True) if args.resize else \
+        network.cfg.data
     classes, bad = network.class_names, []
     with tqdm(total=total, unit="image", desc="predict", disable=not sys.stderr.isatty(),
               leave=False) as bar:
-        for part in read_batches(inputs, network.cfg.data, args.batch):
+        for part in read_batches(inputs, data, args.batch):
             bad += part.bad
             probs = network.predict(part.pixels).softmax(dim=1) if part.names else []
             for name, p in zip(part.names, probs, strict=True):
@@ -255,5 +258,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=256,
                    help="images read and classified at once (memory: one batch of images "
                         "and of the network's activations; default 256)")
+    p.add_argument("--resize", action="store_true",
+                   help="turn each encoded image upright by its EXIF orientation, cut it to "
+                        "its centre square and resize it to the network's size, as "
+                        "data.resize=true does (a network trained so does it anyway)")
     p.add_argument("--device", default="", help=DEVICE_HELP)
     p.set_defaults(func=cmd_predict)

@@ -137,11 +137,13 @@ def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
 RESIZE_HINT = "data.resize=true cuts and resizes images to it"  # what a size error offers
 
 
-def trained_size_hint(text: str, size: int) -> str:
+def trained_size_hint(text: str, size: int, option: str = "") -> str:
     """A size error's ``text`` for a network already trained, whose data.resize is fixed:
-    the images must be resized to its ``size`` first."""
+    the images must be resized to its ``size`` first (or, where the command has one, by
+    ``option``)."""
+    by = f", or pass {option} to cut and resize them as data.resize does" if option else ""
     return text.replace(RESIZE_HINT, f"the network takes {size}x{size} images: resize them "
-                                     f"to it first")
+                                     f"to it first{by}")
 
 
 def _decode(row: int, blob: bytes | None, mode: str, size: int,

@@ -154,7 +154,8 @@ def _decoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
             out[start:] = decode(column.slice(start))
             break
         except RowError as err:  # the network's data.resize is fixed: the images must fit it
-            bad.append(f"{names[start + err.row]}: {trained_size_hint(err.detail, s)}")
+            bad.append(f"{names[start + err.row]}: "
+                       f"{trained_size_hint(err.detail, s, '--resize')}")
             good[start + err.row] = False
             if err.row:  # the images before it are good
                 out[start:start + err.row] = decode(column.slice(start, err.row))

@@ -339,7 +339,8 @@ def test_predict_command_reads_files_folders_and_tables(runs: dict[str, str], tm
     _png(big, np.zeros((9, 9), dtype=np.uint8))
     assert cli.main(["predict", runs["vit"], str(big)]) == 2
     assert re.search(r"big\.png: is 9x9, expected 8x8 \(data.image_size; the network takes "
-                     r"8x8 images: resize them to it first\)", capsys.readouterr().err)
+                     r"8x8 images: resize them to it first, or pass --resize to cut and "
+                     r"resize them as data.resize does\)", capsys.readouterr().err)
     assert cli.main(["predict", runs["dit"], str(folder)]) == 2
     err = capsys.readouterr().err
     assert "predict classifies images with a vit network" in err

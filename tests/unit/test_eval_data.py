@@ -253,3 +253,25 @@ def test_images_of_another_size_name_the_networks_size_not_data_resize(tmp_path,
     assert [line.strip().split(": ")[0] for line in err[1:]] == \
         [str(big / "a" / "0.png"), str(big / "b" / "0.png"), str(big / "b" / "1.png")]
     assert "the network takes 8x8 images" in err[1] and "not a readable image" in err[3]
+    # --resize: cut and resized as data.resize would, the pixels a resized copy has
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+
+    from dbparallel.config import DataConfig
+    from dbparallel.data.encoded import decode_encoded
+
+    photo = big / "photo.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (12, 16), np.uint8)).save(photo)
+    pixels = decode_encoded(pa.array([photo.read_bytes()]), DataConfig(image_size=8,
+                                                                         resize=True))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.reshape(8, 8)).save(buffer, "PNG")
+    (tmp_path / "resized.png").write_bytes(buffer.getvalue())
+    predictions = []
+    for argv in ([str(photo), "--resize"], [str(tmp_path / "resized.png")]):
+        assert cli.main(["predict", run, *argv, "--json"]) == 0
+        predictions.append({k: v for k, v in json.loads(capsys.readouterr().out).items()
+                            if k != "input"})
+    assert predictions[0] == predictions[1]
