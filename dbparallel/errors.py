@@ -55,21 +55,23 @@ MAX_BAD_ROWS = 20  # bad rows a pass over data lists at most: it stops at as man
 class BadRows(DataError):
     """The bad rows a pass over the data (``data check``) found, in index order: ``rows``
     holds each one's message, naming its file and row; ``stopped`` says the pass stopped at
-    its limit of rows listed, so that more may follow; ``what`` they are (rows, images). One
-    row is said as it is."""
+    its limit of rows listed, so that more may follow; ``what`` they are (rows, images), and
+    ``note`` what the head says besides (a rule every row breaks). One row is said as it
+    is."""
 
-    def __init__(self, rows: list[str], stopped: bool = False, what: str = "rows"):
+    def __init__(self, rows: list[str], stopped: bool = False, what: str = "rows",
+                 note: str = ""):
         if len(rows) == 1 and not stopped:
             message = rows[0]
         else:
             head = (f"the first {len(rows)} bad {what} (it stops at {len(rows)}; more may "
                     f"follow)" if stopped else f"{len(rows)} bad {what}")
-            message = f"{head}:\n  " + "\n  ".join(rows)
+            message = f"{head}{f'; {note}' if note else ''}:\n  " + "\n  ".join(rows)
         super().__init__(message)
-        self.rows, self.stopped, self.what = rows, stopped, what
+        self.rows, self.stopped, self.what, self.note = rows, stopped, what, note
 
     def __reduce__(self) -> tuple:  # to and from a Ray task: by its own arguments
-        return BadRows, (self.rows, self.stopped, self.what)
+        return BadRows, (self.rows, self.stopped, self.what, self.note)
 
 
 class DataUnreachable(OSError):

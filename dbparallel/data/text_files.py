@@ -24,10 +24,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from dbparallel import errors
 from dbparallel.data.document_errors import (
     SPLIT_FIELD,
     WORK_FIELD,
     is_strings,
+    jsonl_rule,
     missing_text,
     not_a_document,
     not_json,
@@ -36,7 +38,7 @@ from dbparallel.data.file_names import uncompressed
 from dbparallel.data.row_groups import row_group_batches
 from dbparallel.data.shards import ALIASES_TEXT, split_of_name
 from dbparallel.data.tables import not_parquet
-from dbparallel.errors import DataError
+from dbparallel.errors import BadRows, DataError
 
 log = logging.getLogger(__name__)
 READ_BYTES = 1 << 16  # bytes per read of a text file
@@ -177,7 +179,10 @@ def _jsonl_lines(fs: pafs.FileSystem, path: str) -> Iterator[tuple[int, bytes]]:
 
 def _jsonl_documents(fs: pafs.FileSystem, path: str, folder: str, field: str,
                      later: bool) -> Iterator[Document]:
-    first = True
+    """The documents of a JSON Lines file. A first line that is not JSON, or a line that
+    holds no document, stops it at once (the file is of another kind); other lines that are
+    not JSON (cut short, say) are all named once the file is read, up to MAX_BAD_ROWS."""
+    first, broken = True, []
     for number, line in _jsonl_lines(fs, path):
         if not line.strip():
             continue
@@ -185,13 +190,25 @@ def _jsonl_documents(fs: pafs.FileSystem, path: str, folder: str, field: str,
         try:
             row = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise not_json(where, err, line, first, field) from None
+            if first:
+                raise not_json(where, err, line, first, field) from None
+            broken.append(not_json(where, err, line, first, field))
+            if len(broken) == errors.MAX_BAD_ROWS:
+                break
+            continue
         if not isinstance(row, dict) or not isinstance(row.get(field), str):
             raise not_a_document(where, row, first, folder, field, later)
         first = False
         split = _split_value(row.get(SPLIT_FIELD), f"{where}: field {SPLIT_FIELD!r}")
         name = str(row.get(WORK_FIELD, f"{_stem(path)}:{number}"))
         yield Document(name, split, _slices(row[field]))
+    if len(broken) == 1:
+        raise broken[0]
+    if broken:  # each said without the rule, which the head says once
+        rule = f" ({jsonl_rule(field)})"
+        raise BadRows([str(e).removesuffix(rule) for e in broken],
+                      stopped=len(broken) == errors.MAX_BAD_ROWS, what="lines",
+                      note=jsonl_rule(field))
 
 
 def _string_column(schema: pa.Schema, column: str, path: str, field: str) -> bool:

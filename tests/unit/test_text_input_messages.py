@@ -152,6 +152,19 @@ def test_a_json_document_spanning_lines_is_told_what_json_lines_are(tmp_path) ->
     (tmp_path / "broken.jsonl").write_text(json.dumps(docs[0]) + "\n{oops\n")
     err = corpus_error(tmp_path / "broken.jsonl")  # a bad line further on is only not JSON
     assert "broken.jsonl: line 2 is not JSON: " in err and "spanning lines" not in err
+    # lines cut short further on are all named at once, the rule said once
+    good = json.dumps(docs[0])
+    (tmp_path / "cut.jsonl").write_text("\n".join([good, good[:20], good, "{oops", good]))
+    err = corpus_error(tmp_path / "cut.jsonl").splitlines()
+    assert err[0] == ('2 bad lines; JSON Lines (.jsonl, .ndjson, .json) hold one JSON object '
+                      'per line, the document in its string field "text" '
+                      '(data.text_field=text):')
+    assert [line.split(" is not JSON: ")[0].strip() for line in err[1:]] == \
+        [f"{tmp_path / 'cut.jsonl'}: line {n}" for n in (2, 4)]
+    (tmp_path / "many.jsonl").write_text("\n".join([good] + ["{"] * 25))
+    err = corpus_error(tmp_path / "many.jsonl").splitlines()
+    assert err[0].startswith("the first 20 bad lines (it stops at 20; more may follow); JSON")
+    assert len(err) == 21 and err[-1].strip().startswith(f"{tmp_path / 'many.jsonl'}: line 21 ")
 
 
 def test_a_json_line_without_a_text_string_says_what_it_has(tmp_path) -> None:
