@@ -19,7 +19,7 @@ import ray
 from dbparallel.config import Config
 from dbparallel.errors import ConfigError
 from dbparallel.runtime.metrics_port import free_port, port_line
-from dbparallel.runtime.node_processes import stop_started_since, ticks_now
+from dbparallel.runtime.node_processes import descendants, new_descendants, stop_processes
 
 log = logging.getLogger(__name__)
 STATE_API_VAR = "RAY_API_SERVER_ADDRESS"
@@ -40,14 +40,15 @@ def connect(cfg: Config) -> bool:
     Returns True when this call connected (and so should ``disconnect`` at the end)."""
     if ray.is_initialized():
         return False
-    before, began = dict(os.environ), ticks_now()
+    before, began = dict(os.environ), descendants()
     try:
         return _connect(cfg)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM as the driver connects: stop the private
         # instance's processes (cut short before ray.init has recorded its node, Ray keeps no
         # handle to stop them with, and the raylet's agents outlive it)
-        stop_started_since(began)
+        started = new_descendants(began)  # while the raylet's agents are its children
         ray.shutdown()
+        stop_processes(started)
         raise
     finally:
         changed = {k: before.get(k) for k in before.keys() | os.environ.keys()

@@ -1,5 +1,5 @@
-"""A private Ray node whose start is cut short (Ctrl-C inside ray.init) leaves no process
-behind: the descendants the connection started are ended, those started before are not."""
+"""A private Ray node whose start is cut short (a stop inside ray.init) leaves no process
+behind: the descendants the connection started are ended, those there before are not."""
 
 from __future__ import annotations
 
@@ -35,23 +35,22 @@ def _tree() -> tuple[subprocess.Popen, int]:
     return child, int(child.stdout.readline())
 
 
-def test_the_descendants_started_since_are_ended_and_earlier_ones_kept() -> None:
-    from dbparallel.runtime.node_processes import descendants_since, stop_started_since, ticks_now
+def test_the_new_descendants_are_ended_and_earlier_ones_kept() -> None:
+    from dbparallel.runtime.node_processes import descendants, new_descendants, stop_processes
 
     before, before_agent = _tree()
-    time.sleep(0.05)  # a clock tick (1/100 s) between the two trees
-    began = ticks_now()
-    time.sleep(0.05)
+    began = descendants()
     child, agent = _tree()
     try:
-        assert set(descendants_since(began)) == {child.pid, agent}
-        assert stop_started_since(began) == sorted([child.pid, agent])
+        assert {before.pid, before_agent} <= set(began)
+        assert set(descendants()) - set(began) == {child.pid, agent}
+        assert stop_processes(new_descendants(began)) == sorted([child.pid, agent])
         child.wait(timeout=10)
         deadline = time.monotonic() + 10
         while _running(agent) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _running(agent)  # the grandchild too, though its parent is not this process
-        assert before.poll() is None and _running(before_agent)  # started before: kept
+        assert before.poll() is None and _running(before_agent)  # there before: kept
     finally:
         for pid in (before_agent, agent):
             if _running(pid):
