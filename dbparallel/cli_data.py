@@ -80,7 +80,7 @@ def cmd_data(args: argparse.Namespace) -> int:
               f"{'s' if shards != 1 else ''}")
     from dbparallel.training.data_memory import report_footprint
 
-    report_footprint(cfg, index)  # its warnings (tiny row groups) before the long pass
+    report_footprint(cfg, index, checked=True)  # its warnings before the long pass
     if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):  # on the cluster's CPUs
         from dbparallel.runtime.launch import check_on_cluster
         from dbparallel.training.data_check import report_check

@@ -34,8 +34,9 @@ from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.data.images import LABEL_COLUMN
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.split_reader import iter_chunks
-from dbparallel.errors import BadRows, RowError
+from dbparallel.errors import BadRows
 from dbparallel.tasks import build_task
+from dbparallel.training.bad_rows import decode_past_bad_rows
 from dbparallel.training.data_memory import machine_cpus
 from dbparallel.training.data_warnings import classes_warning
 
@@ -213,22 +214,19 @@ def check_unit(cfg: Config, index: DataIndex, unit: Unit,
                            index.meta)
     classes, bad = 0, []
     for part in iter_chunks(part_index, unit.split, CHUNK, task.columns):
-        start = 0  # the rows of the chunk after its last bad one are decoded again
-        while start < part.table.num_rows:
-            try:
-                batch = task.decode(part.table.slice(start), "cpu")
-            except RowError as err:
-                bad.append(str(err.at(part.where(start + err.row))))
-                if len(bad) == errors.MAX_BAD_ROWS:
-                    raise BadRows(bad, stopped=True) from None
-                start += err.row + 1
-                continue
+        table = part.table
+        batches, found = decode_past_bad_rows(
+            lambda a, b, t=table: task.decode(t.slice(a, b - a), "cpu"), table.num_rows,
+            errors.MAX_BAD_ROWS - len(bad))
+        bad += [str(err.at(part.where(row))) for row, err in found]
+        if len(bad) == errors.MAX_BAD_ROWS:
+            raise BadRows(bad, stopped=True)
+        for _, _, batch in batches:
             labels = batch.get(LABEL_COLUMN)
             if labels is not None and labels.numel():
                 classes = max(classes, int(labels.max()) + 1)
-            break
         if on_rows is not None:
-            on_rows(part.table.num_rows)
+            on_rows(table.num_rows)
     if bad:
         raise BadRows(bad)
     return Checked(unit.rows, classes)

@@ -24,8 +24,9 @@ import numpy as np
 from dbparallel.config import Config, bytes_text
 from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex
-from dbparallel.errors import BadRows, RowError
+from dbparallel.errors import BadRows
 from dbparallel.tasks.base import Rows, Task
+from dbparallel.training.bad_rows import decode_past_bad_rows
 
 SAMPLE_ROWS = 16  # rows unpacked to measure one row's size
 INDEX_BYTES = 8  # an int64 position per row of a window that shares a held window's rows
@@ -129,23 +130,17 @@ def row_bytes(index: DataIndex, task: Task, split: str = "train") -> int:
     them, only if every row measured is bad)."""
     shard = next(s for s in index.shards(split) if s.rows)
     read = read_shard(shard, task.columns, index.meta, limit=SAMPLE_ROWS)
-    start, n, bad = 0, min(SAMPLE_ROWS, read.table.num_rows), []
-    while start < n:
-        try:
-            good = n - start
-            rows = task.unpack(read.table.slice(start, good))
-        except RowError as err:
-            bad.append(str(err.at(read.where(start + err.row))))
-            if not err.row:
-                start += 1
-                continue
-            good = err.row  # the rows before the bad one unpack
-            rows = task.unpack(read.table.slice(start, good))
-        return -(-rows_nbytes(rows) // good)  # every unpacked row has one size
-    raise BadRows(bad, stopped=len(bad) > 1)  # only those measured: more may follow
+    n = min(SAMPLE_ROWS, read.table.num_rows)
+    parts, bad = decode_past_bad_rows(
+        lambda a, b: task.unpack(read.table.slice(a, b - a)), n, n)
+    if parts:  # every unpacked row has one size
+        start, stop, rows = parts[0]
+        return -(-rows_nbytes(rows) // (stop - start))
+    raise BadRows([str(err.at(read.where(row))) for row, err in bad],
+                  stopped=len(bad) > 1)  # only those measured: more may follow
 
 
-def report_footprint(cfg: Config, index: DataIndex) -> int:
+def report_footprint(cfg: Config, index: DataIndex, checked: bool | None = None) -> int:
     """Print what a block's stream holds, and return it in bytes (0: no training rows); in
     local mode, warn when it is over half of this machine's memory (a Ray run checks each
     node once its blocks are placed). Warn too when an image folder has fewer classes than
@@ -155,7 +150,9 @@ def report_footprint(cfg: Config, index: DataIndex) -> int:
     pixel lists look like the other order than data.pixel_order (``pixel_order_warning``),
     when the network would be scored on training rows beside a validation split
     (``eval_split_warning``), and when the Parquet row groups are tiny
-    (``small_shards_warning``)."""
+    (``small_shards_warning``). Where no row measured unpacks, the footprint is left out
+    (0) if the validation pass follows (``checked``; default data.validate), which names
+    every bad row; else their BadRows is raised here."""
     from dbparallel.tasks import build_task
     from dbparallel.training.data_warnings import (
         classes_warning,
@@ -172,8 +169,14 @@ def report_footprint(cfg: Config, index: DataIndex) -> int:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     if "train" not in index.present():  # e.g. data check of a test split alone
         return 0
-    footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards,
-                               cfg.train.batch_size, replicas=cfg.runtime.replicas_per_block)
+    checked = cfg.data.validate if checked is None else checked
+    try:
+        footprint = data_footprint(index, build_task(cfg), cfg.data.window_shards,
+                                   cfg.train.batch_size, replicas=cfg.runtime.replicas_per_block)
+    except BadRows:  # no row measured unpacks: the validation pass names the bad rows
+        if not checked:
+            raise
+        return 0
     print(footprint_line(footprint), flush=True)
     small = small_shards_warning(index, cfg.data.shard_rows, cfg.train.batch_size)
     if small:

@@ -231,3 +231,50 @@ def test_every_bad_row_is_named_in_index_order_up_to_the_limit(tmp_path, monkeyp
     monkeypatch.setattr("dbparallel.errors.MAX_BAD_ROWS", 20)
     assert main(["data", "check", str(table), "data.image_size=8"]) == 2
     assert capsys.readouterr().err.count("has label 12") == 6
+    # bad rows of other kinds before the first one a check meets (images are checked before
+    # labels, a pixel list's length before its values) are named too, in row order
+    images = [[0] * 64] * 30
+    images[2], images[5], images[9] = [0] * 10, None, [300] * 64
+    labels = np.arange(30) % 10
+    labels[1] = 12
+    pq.write_table(pa.table({"image": pa.array(images, pa.list_(pa.int64())),
+                             "label": pa.array(labels)}), table)
+    assert main(["data", "check", str(table), "data.image_size=8"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "dbparallel: error: 4 bad rows:", err
+    assert [line.split(":")[0].strip() for line in err[1:]] == \
+        [f"{table} row {r}" for r in (1, 2, 5, 9)]
+    # every row measured for the footprint bad too: the check names them, 20
+    pq.write_table(pa.table({"image": pa.array([[0] * 10] * 30, pa.list_(pa.int64())),
+                             "label": pa.array(labels)}), table)
+    assert main(["data", "check", str(table), "data.image_size=8"]) == 2
+    assert capsys.readouterr().err.startswith("dbparallel: error: the first 20 bad rows ")
+
+
+def test_rows_are_decoded_past_each_bad_one_in_row_order() -> None:
+    """A stand-in decode whose first check (the "image") runs over every row before its
+    second (the "label"), as a task's does: each bad row is found, in row order, every good
+    row decoded once in a part without a bad row, and it stops at the limit."""
+    from dbparallel.errors import RowError
+    from dbparallel.training.bad_rows import decode_past_bad_rows
+
+    image_bad, label_bad = {3, 4, 11}, {1, 7}
+    calls: list[tuple[int, int]] = []
+
+    def decode(start: int, stop: int) -> list[int]:
+        calls.append((start, stop))
+        for check in (image_bad, label_bad):
+            for row in range(start, stop):
+                if row in check:
+                    raise RowError(row - start, "image" if check is image_bad else "label",
+                                   "is bad")
+        return list(range(start, stop))
+
+    parts, bad = decode_past_bad_rows(decode, 14, 20)
+    assert [row for row, _ in bad] == [1, 3, 4, 7, 11]
+    assert [err.column for _, err in bad] == ["label", "image", "image", "label", "image"]
+    assert [r for _, _, rows in parts for r in rows] == [0, 2, 5, 6, 8, 9, 10, 12, 13]
+    assert all(list(range(a, b)) == rows for a, b, rows in parts)
+    parts, bad = decode_past_bad_rows(decode, 14, 2)
+    assert [row for row, _ in bad] == [1, 3]
+    assert decode_past_bad_rows(decode, 0, 20) == ([], [])
