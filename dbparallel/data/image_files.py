@@ -84,9 +84,15 @@ def read_batches(inputs: ImageInputs, data: DataConfig, batch: int) -> Iterator[
     """The images of ``inputs`` in order, ``batch`` at a time (a table's last batch may be
     shorter); a table that cannot be read at all is a DataError naming it."""
     for start in range(0, len(inputs.files), batch):
-        files = inputs.files[start:start + batch]
-        column = pa.array([f.read_bytes() for f in files], type=pa.binary())
-        yield _decoded(column, data, [str(f) for f in files])
+        read, unread = [], []
+        for f in inputs.files[start:start + batch]:
+            try:
+                read.append((str(f), f.read_bytes()))
+            except OSError as err:  # gone since it was listed, or not readable
+                unread.append(f"{f}: cannot be read ({err.strerror or err})")
+        part = _decoded(pa.array([b for _, b in read], type=pa.binary()), data,
+                        [name for name, _ in read])
+        yield ImageBatch(part.names, part.pixels, unread + part.bad)
     for f in inputs.tables:
         _check_column(f)
         row = 0

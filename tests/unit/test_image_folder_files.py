@@ -194,3 +194,17 @@ def test_predict_reads_a_batch_at_a_time_and_reads_on_past_a_bad_image(tmp_path:
     assert torch.equal(pixels, torch.from_numpy(images[[0, 1, 2, 3, 5, 6]]))
     with pytest.raises(DataError, match=r"row 4: is not a readable image"):
         read_images(table, DataConfig(image_size=8, channels=1))  # all at once: refused
+
+
+def test_an_image_file_gone_since_it_was_listed_is_named_and_the_others_read(
+        tmp_path: Path) -> None:
+    from dbparallel.data.image_files import image_inputs, read_batches
+
+    for name in ("a", "b", "c"):
+        Image.new("L", (8, 8), 40).save(tmp_path / f"{name}.png")
+    inputs = image_inputs(tmp_path)
+    (tmp_path / "b.png").unlink()  # between the listing and the read
+    (part,) = read_batches(inputs, DataConfig(image_size=8, channels=1), 8)
+    assert part.names == [str(tmp_path / "a.png"), str(tmp_path / "c.png")]
+    assert part.bad == [f"{tmp_path / 'b.png'}: cannot be read (No such file or directory)"]
+    assert part.pixels.shape == (2, 1, 8, 8) and bool((part.pixels == 40).all())
