@@ -29,6 +29,17 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("DBPARALLEL_CACHE", str(cache))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    # Torch in a test process works with one thread, as a block trainer does by default
+    # (runtime.torch_threads): the suite runs one process per core, and a torch pass that
+    # hands work to a second thread on a core that another process keeps busy waits for it.
+    # A test that needs more threads sets them and puts back what it found.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seeded_global_rng() -> None:
     # Inputs a test draws from torch's global generator are the same whatever ran before it,
