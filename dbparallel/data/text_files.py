@@ -236,22 +236,37 @@ def _parquet_documents(fs: pafs.FileSystem, path: str, folder: str, field: str,
                 raise missing_text(path, schema, field, folder, later)
             columns = [c for c in (field, SPLIT_FIELD, WORK_FIELD)
                        if _string_column(schema, c, path, field)]
-            row = 0
+            row, nulls = 0, _nulls(pf.metadata, field)
             for group in range(pf.num_row_groups):
                 for batch in row_group_batches(
                         f, group, columns, pf.metadata,
                         read_ahead=not isinstance(fs, pafs.LocalFileSystem)):
                     yield from _table_documents(pa.Table.from_batches([batch]), row, path,
-                                                field)
+                                                field, nulls)
                     row += batch.num_rows
     except (pa.ArrowException, OSError) as err:
         raise not_parquet(path, err) from None
 
 
-def _table_documents(table: pa.Table, first_row: int, path: str,
-                     field: str) -> Iterator[Document]:
+def _nulls(metadata: pq.FileMetaData, column: str) -> int | None:
+    """The null rows of the top-level ``column`` in all, from the row groups' statistics
+    (no data read); None where a row group does not record them."""
+    names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+    if column not in names:
+        return None
+    at, total = names.index(column), 0
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(at).statistics
+        if stats is None or not stats.has_null_count:
+            return None
+        total += stats.null_count
+    return total
+
+
+def _table_documents(table: pa.Table, first_row: int, path: str, field: str,
+                     nulls: int | None = None) -> Iterator[Document]:
     """The documents of some rows of a Parquet file, whose first is row ``first_row``, their
-    text in column ``field``."""
+    text in column ``field`` (of which ``nulls`` rows of the file are null, where known)."""
     texts = table.column(field).to_pylist()
     splits = (table.column(SPLIT_FIELD).to_pylist() if SPLIT_FIELD in table.column_names
               else None)
@@ -260,7 +275,10 @@ def _table_documents(table: pa.Table, first_row: int, path: str,
     for i, text in enumerate(texts):
         row = first_row + i
         if text is None:
-            raise DataError(f"{path}: column {field!r}: row {row} is null")
+            many = f" ({nulls:,} rows of the file are null)" if nulls and nulls > 1 else ""
+            raise DataError(f"{path}: column {field!r}: row {row} is null{many}: a row holds "
+                            f"one document; drop the rows without one (pandas: "
+                            f"df.dropna(subset=[{field!r}]))")
         # a null split is none, as a JSONL line's null or missing field (the work split)
         split = (_split_value(splits[i], f"{path}: column {SPLIT_FIELD!r}: row {row}")
                  if splits is not None else None)

@@ -365,3 +365,24 @@ def test_text_files_in_a_hidden_folder_beside_parquet_files_are_not_named(tmp_pa
     (folder / ".ipynb_checkpoints" / "notes-checkpoint.txt").write_text("a note " * 50)
     assert main(["data", "check", str(folder), "task=ar"]) == 0
     assert not [r for r in caplog.records if "does not read" in r.getMessage()]
+
+
+def test_null_documents_of_a_parquet_file_are_counted_and_told_how_to_drop(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = ["the river ran under the old bridge. " * 5] * 40
+    for i in (7, 12, 30):
+        texts[i] = None
+    pq.write_table(pa.table({"body": texts}), tmp_path / "notes.parquet", row_group_size=16)
+    from dbparallel.config import DataConfig
+    from dbparallel.data.corpus import corpus_index
+    from dbparallel.errors import DataError
+
+    with pytest.raises(DataError) as err:
+        corpus_index(DataConfig(source="text", path=str(tmp_path / "notes.parquet"),
+                                seq_len=16, text_field="body"))
+    assert str(err.value) == (
+        f"{tmp_path / 'notes.parquet'}: column 'body': row 7 is null (3 rows of the file are "
+        f"null): a row holds one document; drop the rows without one (pandas: "
+        f"df.dropna(subset=['body']))")
