@@ -103,14 +103,21 @@ def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
     fit = bool(data.resize)
     blobs, paths = _encoded_bytes(column)
     out = np.empty((len(blobs), c * s * s), dtype=np.uint8)
+    # the lowest bad row a run has met so far: the rows after it are not needed (this raises
+    # it), so the runs of later rows stop there; a race between two runs lowering it leaves it
+    # at one of their bad rows, which is all a run needs to stop
+    first_bad = [len(blobs)]
 
     def run(start: int, stop: int) -> RowError | None:
         """Rows [start, stop) into ``out``; the first bad one's error, if any."""
         for row in range(start, stop):
+            if row > first_bad[0]:
+                return None
             path = paths[row] if paths is not None else None
             try:
                 pixels = _decode(row, blobs[row], mode, s, path, fit)  # (H, W) or (H, W, C)
             except RowError as err:
+                first_bad[0] = min(first_bad[0], row)
                 if path is None or blobs[row] is None:
                     return err
                 # a Hugging Face image struct keeps the file's name: say which image it was
