@@ -25,6 +25,7 @@ import torch
 
 from dbparallel import errors
 from dbparallel.config import DataConfig
+from dbparallel.data.bad_rows import decode_past_bad_rows
 from dbparallel.data.encoded import decode_encoded, trained_size_hint
 from dbparallel.data.image_folder import IMAGE_EXTENSIONS, files_under
 from dbparallel.data.images import IMAGE_COLUMN, image_encoding, in_order, shape_hint
@@ -142,32 +143,23 @@ def _check_column(f: Path) -> None:
 def _decoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
              names: list[str]) -> ImageBatch:
     """The images of ``column`` (one name each) decoded; a bad one is set aside, named with
-    its reason, and the ones after it are decoded."""
+    its reason (the network's data.resize is fixed: an image must fit it), and the others
+    decoded (``decode_past_bad_rows``)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     c, s = data.channels, data.image_size
     encoded = image_encoding(column.type) == "encoded"
 
-    def decode(part: pa.Array) -> np.ndarray:
+    def decode(start: int, stop: int) -> np.ndarray:
+        part = column.slice(start, stop - start)
         return decode_encoded(part, data) if encoded else in_order(_raw(part, c * s * s), data)
 
-    out = np.empty((len(column), c * s * s), np.uint8)
-    good = np.ones(len(column), bool)
-    bad: list[str] = []
-    start = 0
-    while start < len(column):
-        try:
-            out[start:] = decode(column.slice(start))
-            break
-        except RowError as err:  # the network's data.resize is fixed: the images must fit it
-            bad.append(f"{names[start + err.row]}: "
-                       f"{trained_size_hint(err.detail, s, '--resize')}")
-            good[start + err.row] = False
-            if err.row:  # the images before it are good
-                out[start:start + err.row] = decode(column.slice(start, err.row))
-            start += err.row + 1
-    kept = [n for n, g in zip(names, good, strict=True) if g]
-    return ImageBatch(kept, torch.from_numpy(out[good]).reshape(-1, c, s, s), bad)
+    parts, found = decode_past_bad_rows(decode, len(column), len(column))
+    bad = [f"{names[row]}: {trained_size_hint(err.detail, s, '--resize')}" for row, err in found]
+    kept = [name for start, stop, _ in parts for name in names[start:stop]]
+    pixels = np.concatenate([p for _, _, p in parts]) if parts else np.empty((0, c * s * s),
+                                                                              np.uint8)
+    return ImageBatch(kept, torch.from_numpy(pixels).reshape(-1, c, s, s), bad)
 
 
 def _raw(column: pa.Array, size: int) -> np.ndarray:

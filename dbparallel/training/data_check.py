@@ -30,13 +30,13 @@ from tqdm import tqdm
 
 from dbparallel import errors
 from dbparallel.config import Config
+from dbparallel.data.bad_rows import decode_past_bad_rows
 from dbparallel.data.cache import atomic_path, cache_dir
 from dbparallel.data.images import LABEL_COLUMN
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.split_reader import iter_chunks
 from dbparallel.errors import BadRows
 from dbparallel.tasks import build_task
-from dbparallel.training.bad_rows import decode_past_bad_rows
 from dbparallel.training.data_memory import machine_cpus
 from dbparallel.training.data_warnings import classes_warning
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from dbparallel.config import Config, bytes_text
+from dbparallel.data.bad_rows import decode_past_bad_rows
 from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import BadRows
 from dbparallel.tasks.base import Rows, Task
-from dbparallel.training.bad_rows import decode_past_bad_rows
 
 SAMPLE_ROWS = 16  # rows unpacked to measure one row's size
 INDEX_BYTES = 8  # an int64 position per row of a window that shares a held window's rows

@@ -256,7 +256,7 @@ def test_rows_are_decoded_past_each_bad_one_in_row_order() -> None:
     second (the "label"), as a task's does: each bad row is found, in row order, every good
     row decoded once in a part without a bad row, and it stops at the limit."""
     from dbparallel.errors import RowError
-    from dbparallel.training.bad_rows import decode_past_bad_rows
+    from dbparallel.data.bad_rows import decode_past_bad_rows
 
     image_bad, label_bad = {3, 4, 11}, {1, 7}
     calls: list[tuple[int, int]] = []
