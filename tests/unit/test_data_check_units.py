@@ -255,8 +255,8 @@ def test_rows_are_decoded_past_each_bad_one_in_row_order() -> None:
     """A stand-in decode whose first check (the "image") runs over every row before its
     second (the "label"), as a task's does: each bad row is found, in row order, every good
     row decoded once in a part without a bad row, and it stops at the limit."""
-    from dbparallel.errors import RowError
     from dbparallel.data.bad_rows import decode_past_bad_rows
+    from dbparallel.errors import RowError
 
     image_bad, label_bad = {3, 4, 11}, {1, 7}
     calls: list[tuple[int, int]] = []
