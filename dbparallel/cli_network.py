@@ -104,9 +104,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError("--data: a dit network's samples read no data (they are drawn from "
                         "noise for each class)")
     kind = {"dit": ".png", "vit": ".json"}.get(network.cfg.task, ".txt")
+    if network.cfg.data.latents and network.cfg.task == "dit":
+        kind = ".safetensors"  # latents, for the autoencoder to decode
     if not split_uri(args.out)[1].lower().endswith(kind):
+        what = " of latents" if kind == ".safetensors" else ""
         raise UserError(f"--out {args.out}: {article(network.cfg.task)} {network.cfg.task} "
-                        f"run's samples are a {kind} file; name it so")
+                        f"run{what}'s samples are a {kind} file; name it so")
     _out_file(args.out)
     folder = os.path.dirname(os.path.abspath(args.out))
     if "://" not in args.out and (not os.path.isdir(folder) or not os.access(folder, os.W_OK)):

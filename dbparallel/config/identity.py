@@ -31,7 +31,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 LEGACY_VALUES = {"model.ar_readout": "direct", "model.label_embedding": "frozen",
                  "noise.partition": "equiprobable", "data.pack": False,
                  "data.text_field": "text", "data.pixel_order": "chw",
-                 "data.resize": False}
+                 "data.resize": False, "data.latents": False, "data.latent_scale": 1.0,
+                 "data.latent_shift": 0.0}
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:

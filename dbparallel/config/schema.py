@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dbparallel.config.checks import check, choice, finite
+from dbparallel.config.data_checks import check_latent_keys, check_latents, path_hint
 from dbparallel.config.noise_checks import check_noise, check_time_blocks
 from dbparallel.config.presets import PRESET_DIMS, check_task_width, check_width
 from dbparallel.config.run_name import data_name
@@ -84,6 +85,12 @@ class DataConfig:
     # threads that read a window's shards at once (each holds one shard's piece in flight):
     # raise it when decoding Parquet lists (raw pixels, token ids) is slower than the block
     read_threads: int = 1
+    # the image column holds an autoencoder's latents (float lists of C*H*W, any finite
+    # values; data.source=parquet), not pixels: the blocks denoise (value - latent_shift) *
+    # latent_scale, and samples come back as latents to decode (docs/vision.md, Latents)
+    latents: bool = False
+    latent_scale: float = 1.0  # e.g. a VAE's scaling_factor (0.18215: Stable Diffusion's)
+    latent_shift: float = 0.0  # e.g. a VAE's shift_factor, taken off before the scale
 
     def __post_init__(self) -> None:
         choice(self.source, "data.source", DATA_SOURCES)
@@ -108,6 +115,7 @@ class DataConfig:
         check(self.decode_threads >= 0, "data.decode_threads",
                f"must be >= 0 (0 = one per CPU of the block), got {self.decode_threads}")
         check(self.read_threads >= 1, "data.read_threads", f"must be >= 1, got {self.read_threads}")
+        check_latent_keys(self)
 
 
 @dataclass
@@ -217,16 +225,6 @@ class SampleConfig:
             check(value >= 1, f"sample.{key}", f"must be >= 1, got {value}")
 
 
-def _path_hint(data: DataConfig) -> str:
-    """For a text task whose data.path is set while data.source is an image set (digits, the
-    default, or fashion_mnist): which data.source reads it."""
-    if not data.path or data.source not in ("digits", "fashion_mnist"):
-        return ""
-    return ("; data.path is set: give data.source=text for a text file (.txt, .jsonl, .json, "
-            f".ndjson) or a folder of them, or data.source=parquet for Parquet with a "
-            f"{data.text_field!r} column (data.text_field)")
-
-
 @dataclass
 class Config:
     task: str = "dit"  # what is denoised: dit (class-conditional image generation)
@@ -253,7 +251,7 @@ class Config:
         if self.task in TEXT_TASKS:
             check(self.data.source in ("shakespeare", "text", "parquet"), "data.source",
                    f"task={self.task} reads text: shakespeare, text or parquet, "
-                   f"got {self.data.source!r}{_path_hint(self.data)}")
+                   f"got {self.data.source!r}{path_hint(self.data)}")
             if self.task in ("ar", "looped"):  # mdm fills whole rows, with no such prompt
                 p, g = self.sample.prompt_len, self.sample.gen_len
                 check(p + g <= self.data.seq_len, "sample.gen_len",
@@ -297,6 +295,7 @@ class Config:
         if self.debug.kill_block >= 0:
             check(self.debug.kill_block < self.model.blocks, "debug.kill_block",
                    f"must be < model.blocks={self.model.blocks}")
+        check_latents(self)
         check_sizes(self)  # widths, image sides and lengths no machine can train
 
     @property

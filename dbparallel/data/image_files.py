@@ -28,7 +28,13 @@ from dbparallel.config import DataConfig
 from dbparallel.data.bad_rows import decode_past_bad_rows
 from dbparallel.data.encoded import decode_encoded, trained_size_hint
 from dbparallel.data.image_folder import IMAGE_EXTENSIONS, files_under
-from dbparallel.data.images import IMAGE_COLUMN, image_encoding, in_order, shape_hint
+from dbparallel.data.images import (
+    IMAGE_COLUMN,
+    image_encoding,
+    in_order,
+    latent_rows,
+    shape_hint,
+)
 from dbparallel.errors import BadRows, DataError, RowError
 
 log = logging.getLogger(__name__)
@@ -84,6 +90,10 @@ def image_inputs(path: str | Path) -> ImageInputs:
 def read_batches(inputs: ImageInputs, data: DataConfig, batch: int) -> Iterator[ImageBatch]:
     """The images of ``inputs`` in order, ``batch`` at a time (a table's last batch may be
     shorter); a table that cannot be read at all is a DataError naming it."""
+    if data.latents and inputs.files:
+        raise DataError(f"{inputs.files[0]}: an image file, and this network reads latents "
+                        f"(data.latents=true): give a Parquet table whose {IMAGE_COLUMN!r} "
+                        f"column holds them, encoded by the network's autoencoder")
     for start in range(0, len(inputs.files), batch):
         read, unread = [], []
         for f in inputs.files[start:start + batch]:
@@ -95,7 +105,7 @@ def read_batches(inputs: ImageInputs, data: DataConfig, batch: int) -> Iterator[
                         [name for name, _ in read])
         yield ImageBatch(part.names, part.pixels, unread + part.bad)
     for f in inputs.tables:
-        _check_column(f)
+        _check_column(f, data)
         row = 0
         try:
             for part in _table(f).iter_batches(batch_size=batch, columns=[IMAGE_COLUMN]):
@@ -127,8 +137,9 @@ def _table(f: Path) -> pq.ParquetFile:
         raise DataError(f"{f}: not a readable Parquet table ({err})") from None
 
 
-def _check_column(f: Path) -> None:
-    """DataError naming the Parquet file ``f`` unless it has a usable ``image`` column."""
+def _check_column(f: Path, data: DataConfig) -> None:
+    """DataError naming the Parquet file ``f`` unless it has a usable ``image`` column (of
+    floats for a network of latents)."""
     schema = _table(f).schema_arrow
     if IMAGE_COLUMN not in schema.names:
         raise DataError(f"{f}: column {IMAGE_COLUMN!r} is missing; the table has "
@@ -136,6 +147,8 @@ def _check_column(f: Path) -> None:
                         f"or PNG/JPEG bytes) to {IMAGE_COLUMN!r}")
     try:
         image_encoding(schema.field(IMAGE_COLUMN).type)
+        if data.latents:
+            latent_rows(pa.array([], schema.field(IMAGE_COLUMN).type), data)
     except DataError as err:
         raise DataError(f"{f}: {err}") from None
 
@@ -152,6 +165,8 @@ def _decoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
 
     def decode(start: int, stop: int) -> np.ndarray:
         part = column.slice(start, stop - start)
+        if data.latents:
+            return latent_rows(part, data).numpy()
         return decode_encoded(part, data) if encoded else in_order(_raw(part, c * s * s), data)
 
     parts, found = decode_past_bad_rows(decode, len(column), len(column))

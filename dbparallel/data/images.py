@@ -3,7 +3,8 @@
 The ``image`` column holds either raw pixels, a list of C*H*W numbers per row in (C, H, W)
 order, or (H, W, C) order with ``data.pixel_order=hwc`` (floats in [0, 1], or integers in
 [0, 255]; data/pixel_order.py), or encoded images (PNG/JPEG bytes: a binary
-column, or a struct with a ``bytes`` field as Hugging Face datasets write it; data/encoded.py).
+column, or a struct with a ``bytes`` field as Hugging Face datasets write it; data/encoded.py),
+or, with ``data.latents=true``, an autoencoder's latents: float lists of any finite values.
 Rows are checked and unpacked on the CPU (``image_rows``: a training stream does it once per
 window of the data, in its reading thread); a batch's pixels travel as uint8 where they are
 stored so, and become floats on the block's own device (``images_on``).
@@ -83,7 +84,9 @@ def image_rows(table: pa.Table, data: DataConfig, threads: int = 1) -> dict[str,
     if table.num_rows == 0:
         raise DataError("the data set is empty (0 rows)")
     column = table.column(IMAGE_COLUMN).combine_chunks()
-    if image_encoding(column.type) == "encoded":
+    if data.latents:
+        pixels = latent_rows(column, data)
+    elif image_encoding(column.type) == "encoded":
         from dbparallel.data.encoded import decode_encoded
 
         pixels = torch.from_numpy(decode_encoded(column, data, threads))
@@ -96,8 +99,8 @@ def image_rows(table: pa.Table, data: DataConfig, threads: int = 1) -> dict[str,
 def images_on(pixels: torch.Tensor, data: DataConfig,
               device: str | torch.device = "cpu") -> torch.Tensor:
     """Pixels from ``image_rows`` as new float32 images (N, C, H, W) in [0, 1] on ``device``
-    (8-bit pixels travel as bytes and become floats there); the caller may change them in
-    place."""
+    (8-bit pixels travel as bytes and become floats there; latents as they are stored); the
+    caller may change them in place."""
     if pixels.dtype == torch.uint8:
         images = pixels.to(device, non_blocking=True).float().div_(255.0)
     else:
@@ -136,9 +139,9 @@ def in_order(flat: np.ndarray, data: DataConfig) -> np.ndarray:
     return to_chw(flat, data.channels, data.image_size)
 
 
-def _raw_pixels(column: pa.Array, data: DataConfig) -> torch.Tensor:
-    """(N, C*H*W) pixels in (C, H, W) order (``in_order``): uint8 for integers (checked to
-    lie in [0, 255]), float32 for floats (checked to lie in [0, 1])."""
+def _checked_lists(column: pa.Array, data: DataConfig) -> tuple[np.ndarray, pa.DataType]:
+    """(N, C*H*W) numbers of a list column and their Arrow type; RowError naming the first
+    null row or row of another length."""
     size = data.channels * data.image_size ** 2
     if column.null_count:
         raise RowError(_first(column.is_null().to_numpy(False)), IMAGE_COLUMN, "is null")
@@ -149,9 +152,32 @@ def _raw_pixels(column: pa.Array, data: DataConfig) -> torch.Tensor:
                                           f"(data.channels x data.image_size^2"
                                           f"{shape_hint(int(lengths[row]))})")
     values = pc.list_flatten(column)
-    kind = values.type
-    flat = values.to_numpy(zero_copy_only=False).reshape(-1, size)
-    if pa.types.is_uint8(kind) and not values.null_count:  # the compact form, kept as is
+    return values.to_numpy(zero_copy_only=False).reshape(-1, size), values.type
+
+
+def latent_rows(column: pa.Array, data: DataConfig) -> torch.Tensor:
+    """(N, C*H*W) latents in (C, H, W) order (``in_order``), float16 where stored so, else
+    float32; DataError naming data.latents for a column of pixels (integers, encoded images),
+    RowError naming the first row with a NaN, infinite or null value."""
+    if image_encoding(column.type) == "encoded" or pa.types.is_integer(column.type.value_type):
+        what = ("encoded images" if image_encoding(column.type) == "encoded"
+                else f"integers ({column.type.value_type})")
+        raise DataError(f"column {IMAGE_COLUMN!r} holds {what}, pixels, and data.latents=true "
+                        f"reads an autoencoder's latents as float lists: write the latents as "
+                        f"float32 or float16, or set data.latents=false for pixels")
+    flat, kind = _checked_lists(column, data)
+    latents = flat if pa.types.is_float16(kind) else flat.astype(np.float32)
+    bad = ~np.isfinite(latents).all(1)  # nulls: NaN
+    if bad.any():
+        raise RowError(_first(bad), IMAGE_COLUMN, "has NaN, infinite or null values")
+    return torch.from_numpy(np.require(in_order(latents, data), requirements="W"))
+
+
+def _raw_pixels(column: pa.Array, data: DataConfig) -> torch.Tensor:
+    """(N, C*H*W) pixels in (C, H, W) order (``in_order``): uint8 for integers (checked to
+    lie in [0, 255]), float32 for floats (checked to lie in [0, 1])."""
+    flat, kind = _checked_lists(column, data)
+    if pa.types.is_uint8(kind) and flat.dtype == np.uint8:  # the compact form (no nulls), kept
         # writable: Arrow's buffers are read-only and torch wants to own what it wraps
         return torch.from_numpy(np.require(in_order(flat, data), requirements="W"))
     if pa.types.is_integer(kind):
@@ -169,7 +195,8 @@ def _raw_pixels(column: pa.Array, data: DataConfig) -> torch.Tensor:
             why = (f"has values outside [0, 1] for floats (up to {row.max():g}: pixels of "
                    f"0..255 stored as floats? write them as uint8, or divided by 255)")
         else:
-            why = "has values outside [0, 1] for floats"
+            why = (f"has values outside [0, 1] for floats ({row.min():.3g} to "
+                   f"{row.max():.3g}: an autoencoder's latents? set data.latents=true)")
         raise RowError(_first(bad), IMAGE_COLUMN, why)
     return torch.from_numpy(in_order(pixels, data))
 

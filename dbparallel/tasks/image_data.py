@@ -17,7 +17,8 @@ def decode_threads(cfg: Config) -> int:
 
 
 class ImageData(Decoding, Drawing):
-    """Rows of (C, H, W) images with integer labels; the blocks take pixels in [-1, 1]."""
+    """Rows of (C, H, W) images with integer labels; the blocks take pixels in [-1, 1], or,
+    with data.latents, latents less data.latent_shift, times data.latent_scale."""
 
     columns = [IMAGE_COLUMN, LABEL_COLUMN]
     cfg: Config
@@ -26,9 +27,33 @@ class ImageData(Decoding, Drawing):
         return image_rows(rows, self.cfg.data, decode_threads(self.cfg))
 
     def to_device(self, rows: Rows, device: str | torch.device) -> Batch:
-        images = images_on(rows[IMAGE_COLUMN], self.cfg.data, device)
-        return {"image": images.mul_(2).sub_(1),  # pixels to [-1, 1]
+        return {"image": self.from_stored(images_on(rows[IMAGE_COLUMN], self.cfg.data, device)),
                 "label": rows[LABEL_COLUMN].to(device, non_blocking=True)}
+
+    def from_stored(self, images: torch.Tensor) -> torch.Tensor:
+        """Images as stored (pixels in [0, 1], or latents) as the blocks take them, in place:
+        pixels to [-1, 1]; latents less data.latent_shift, times data.latent_scale."""
+        d = self.cfg.data
+        if d.latents:
+            return images.sub_(d.latent_shift).mul_(d.latent_scale)
+        return images.mul_(2).sub_(1)
+
+    def to_stored(self, y: torch.Tensor) -> torch.Tensor:
+        """``from_stored`` undone, as a new tensor: pixels clamped to [-1, 1], then in [0, 1];
+        latents divided by data.latent_scale, plus data.latent_shift (what the autoencoder
+        decodes)."""
+        d = self.cfg.data
+        if d.latents:
+            return y / d.latent_scale + d.latent_shift
+        return (y.clamp(-1, 1) + 1) / 2
+
+    def scored(self, stored: torch.Tensor) -> torch.Tensor:
+        """What the in-domain classifier of the evaluation reads of images as stored: pixels
+        in [0, 1] as they are; latents as the blocks take them, moved by 1/2 (y + 1) / 2, so
+        that latents scaled to noise.sigma_data spread as pixels do."""
+        if self.cfg.data.latents:
+            return (self.from_stored(stored.clone()) + 1) / 2
+        return stored
 
     def example_batch(self, n: int, device: str | torch.device) -> Batch:
         d = self.cfg.data

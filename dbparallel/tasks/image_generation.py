@@ -1,7 +1,8 @@
 """Class-conditional image generation with DiT blocks (docs/method.md, Losses: dit).
 
-Target y = image in [-1, 1]; condition x = class label, replaced by the null label with
-probability ``train.label_dropout`` so that sampling can use classifier-free guidance. With
+Target y = image in [-1, 1] (or latents, shifted and scaled: tasks/image_data.py); condition
+x = class label, replaced by the null label with probability ``train.label_dropout`` so that
+sampling can use classifier-free guidance. With
 ``train.augment`` the training loss denoises flipped and/or cropped images (tasks/augment.py);
 sampling is untouched.
 """
@@ -77,8 +78,9 @@ class ImageGeneration(ImageData):
         self, nets: list[DiTBlock], labels: torch.Tensor, generator: torch.Generator,
         steps: int | None = None, cfg_scale: float | None = None,
     ) -> torch.Tensor:
-        """Images in [0, 1] for ``labels`` from the composed chain of blocks, with ``steps``
-        solver steps and guidance ``cfg_scale`` (default: sample.steps, sample.cfg_scale)."""
+        """Images in [0, 1] (latents as stored, with data.latents) for ``labels`` from the
+        composed chain of blocks, with ``steps`` solver steps and guidance ``cfg_scale``
+        (default: sample.steps, sample.cfg_scale)."""
         s, d = self.cfg.sample, self.cfg.data
         device = labels.device
         steps = s.steps if steps is None else steps
@@ -89,7 +91,7 @@ class ImageGeneration(ImageData):
         solver = euler_sample if s.solver == "euler" else heun_sample
         scale = s.cfg_scale if cfg_scale is None else cfg_scale
         x = solver(self.guided_denoiser(nets, labels, scale), z, sigmas, self.partition)
-        return ((x.clamp(-1, 1) + 1) / 2).float()
+        return self.to_stored(x).float()
 
     def guided_denoiser(self, nets: list[DiTBlock], labels: torch.Tensor,
                         scale: float) -> Denoiser:

@@ -89,9 +89,10 @@ def _image_hint(value: Any, channels: int, size: int) -> str:
     return ""
 
 
-def images_of(value: Any, channels: int, size: int) -> torch.Tensor:
+def images_of(value: Any, channels: int, size: int, latents: bool = False) -> torch.Tensor:
     """Pixels in [0, 1], (N, C, H, W), of ``value``: a tensor or array (N, C, H, W), or one
-    image (C, H, W), of floats in [0, 1] or uint8; a UserError naming ``images`` otherwise."""
+    image (C, H, W), of floats in [0, 1] or uint8 (``latents``: of finite floats, as the run's
+    data store them); a UserError naming ``images`` otherwise."""
     import torch
 
     want = (channels, size, size)
@@ -108,6 +109,12 @@ def images_of(value: Any, channels: int, size: int) -> torch.Tensor:
             hint = "; one image without its channel: add it, e.g. image[None]"
         raise UserError(f"images: expected shape {shape} (data.channels, data.image_size x2), "
                         f"got {given}{hint}")
+    if latents:
+        if not x.is_floating_point() or x.numel() and not torch.isfinite(x).all():
+            raise UserError(f"images: this network reads latents (data.latents=true), finite "
+                            f"floats as its data store them, got {x.dtype} values"
+                            f"{'' if x.is_floating_point() else ' (pixels?)'}")
+        return x.float()
     if x.dtype == torch.uint8:
         return x.float() / 255.0
     if not x.is_floating_point():

@@ -148,6 +148,7 @@ def report_footprint(cfg: Config, index: DataIndex, checked: bool | None = None)
     square, when they are colour and data.channels grey or the other way round, or when
     data.resize shrinks large photos at every read (``header_warnings``), when raw colour
     pixel lists look like the other order than data.pixel_order (``pixel_order_warning``),
+    when latents are not scaled to noise.sigma_data (``latent_scale_warning``),
     when the network would be scored on training rows beside a validation split
     (``eval_split_warning``), and when the Parquet row groups are tiny
     (``small_shards_warning``). Where no row measured unpacks, the footprint is left out
@@ -158,13 +159,14 @@ def report_footprint(cfg: Config, index: DataIndex, checked: bool | None = None)
         classes_warning,
         eval_split_warning,
         header_warnings,
+        latent_scale_warning,
         pixel_order_warning,
     )
 
     # an image folder's class folders (Parquet labels are warned of once the check saw them)
     for warning in (classes_warning(cfg.data.num_classes, names=index.meta.get("classes")),
                     *header_warnings(cfg, index), pixel_order_warning(cfg, index),
-                    eval_split_warning(index)):
+                    latent_scale_warning(cfg, index), eval_split_warning(index)):
         if warning:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
     if "train" not in index.present():  # e.g. data check of a test split alone

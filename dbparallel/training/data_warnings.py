@@ -116,7 +116,8 @@ def pixel_order_warning(cfg: Config, index: DataIndex) -> str | None:
     another length or with values that are not numbers are left out (the validation pass
     names them)."""
     data = cfg.data
-    if index.kind != "images" or index.meta.get("encoding") != "raw" or data.channels != 3:
+    if index.kind != "images" or index.meta.get("encoding") != "raw" or data.channels != 3 \
+            or data.latents:
         return None
     column = _first_images(index)
     size = data.channels * data.image_size ** 2
@@ -128,6 +129,47 @@ def pixel_order_warning(cfg: Config, index: DataIndex) -> str | None:
         return None
     return (f"the raw pixel lists look {ORDER_NAMES[seen]} but data.pixel_order="
             f"{data.pixel_order}: set data.pixel_order={seen}")
+
+
+LATENT_SPREAD = 2.0  # scaled latents this many times wider or narrower than sigma_data
+
+
+def latent_scale_warning(cfg: Config, index: DataIndex) -> str | None:
+    """With data.latents: a warning when the first latents of the training split (of the
+    first split, where there is none), less data.latent_shift and times data.latent_scale,
+    spread more than LATENT_SPREAD times wider or narrower than noise.sigma_data, which the
+    EDM preconditioning takes as the data's standard deviation (latents of a VAE are scaled
+    by its scaling factor for that), or sit further than one standard deviation from 0. Rows
+    of another length or with values that are not finite are left out (the validation pass
+    names them)."""
+    data, sigma_data = cfg.data, cfg.noise.sigma_data
+    if index.kind != "images" or not data.latents:
+        return None
+    column = _first_images(index)
+    size = data.channels * data.image_size ** 2
+    if not pa.types.is_floating(column.type.value_type):
+        return None  # pixels: the validation pass names data.latents
+    whole = pc.fill_null(pc.equal(pc.list_value_length(column), size), False)
+    rows = pc.list_flatten(column.filter(whole)).to_numpy(zero_copy_only=False)
+    rows = rows.astype(np.float64).reshape(-1, size)
+    y = (rows[np.isfinite(rows).all(1)] - data.latent_shift) * data.latent_scale
+    if not y.size:
+        return None
+    mean, std = float(y.mean()), float(y.std())
+    spread = std > 0 and 1 / LATENT_SPREAD <= std / sigma_data <= LATENT_SPREAD
+    if spread and abs(mean) <= std:
+        return None
+    shift = data.latent_shift + mean / data.latent_scale
+    scale = data.latent_scale * sigma_data / std if std > 0 else None
+    fix = [f"data.latent_shift={shift:.4g}"] if abs(mean) > std else []
+    fix += [f"data.latent_scale={scale:.4g}"] if scale and not spread else []
+    return (f"the latents of the first {len(y)} rows, less data.latent_shift="
+            f"{data.latent_shift:g} and times data.latent_scale={data.latent_scale:g}, "
+            f"have mean {mean:.3g} and standard deviation {std:.3g}, and the blocks' "
+            f"preconditioning takes the data as centred with standard deviation "
+            f"noise.sigma_data={sigma_data:g}: set {' and '.join(fix) or 'data.latent_scale'} "
+            f"(from these rows; a VAE's own scaling_factor and shift_factor where it has "
+            f"them)")
 
 
 def eval_split_warning(index: DataIndex) -> str | None:

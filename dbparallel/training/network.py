@@ -127,8 +127,9 @@ class Network:
     @in_run_precision
     def sample(self, labels: list[int] | torch.Tensor, steps: int | None = None,
                cfg_scale: float | None = None, seed: int = 0) -> torch.Tensor:
-        """Images (N, C, H, W) in [0, 1] of classes ``labels``, from ``steps`` solver steps
-        with classifier-free guidance ``cfg_scale`` (defaults: the run's sample.*)."""
+        """Images (N, C, H, W) in [0, 1] of classes ``labels`` (with data.latents, latents as
+        the data store them, for the autoencoder to decode), from ``steps`` solver steps with
+        classifier-free guidance ``cfg_scale`` (defaults: the run's sample.*)."""
         self._need("sample")
         labels = labels_of(labels, self.cfg.data.num_classes)
         if steps is not None and steps < 1:
@@ -142,11 +143,11 @@ class Network:
     @in_run_precision
     def predict(self, images: torch.Tensor | np.ndarray, seed: int = 0) -> torch.Tensor:
         """Logits (N, classes) of images (N, C, H, W), or one image (C, H, W): floats in
-        [0, 1], or uint8 pixels."""
+        [0, 1], or uint8 pixels (with data.latents, latents as the data store them)."""
         self._need("predict")
         d = self.cfg.data
-        x = images_of(images, d.channels, d.image_size)
-        return self.task.predict(self.blocks, (x * 2 - 1).to(self.device),
+        x = images_of(images, d.channels, d.image_size, d.latents)
+        return self.task.predict(self.blocks, self.task.from_stored(x.to(self.device, copy=True)),
                                  generator(self.cfg.run.seed, "api-predict", seed)).cpu()
 
     # ------------------------------------------------------------------ text

@@ -30,7 +30,7 @@ from dbparallel.training.storage import Storage, reach
 # replaces one of them
 RUN_FILES = (CONFIG_FILE, DATA_INDEX_FILE, VOCAB_FILE, RUN_ID_FILE, "report.json",
              "assembly.jsonl", "diagnostics.json", "curves.png", "samples.png", "confusion.json",
-             "samples.txt", "assembler_restarts.json")
+             "samples.txt", "samples.safetensors", "assembler_restarts.json")
 log = logging.getLogger(__name__)
 
 

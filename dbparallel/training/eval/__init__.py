@@ -33,6 +33,9 @@ def sample_artifact(cfg: Config, task: Task, nets: list[Block], device: str = "c
     if cfg.task == "dit":
         from dbparallel.training.eval import image_generation
 
+        if cfg.data.latents:
+            return "samples.safetensors", image_generation.sample_latents(cfg, task, nets,
+                                                                          device)
         return "samples.png", image_generation.sample_png(cfg, task, nets, device)
     if cfg.task == "vit":
         from dbparallel.training.eval import classification

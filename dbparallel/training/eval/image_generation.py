@@ -57,8 +57,9 @@ def indomain_classifier(cfg: Config, task: Task, index: DataIndex) -> FeatureCla
 def data_key(cfg: Config) -> dict:
     """What identifies the image data in the caches of its classifier and Inception features."""
     d = cfg.data
-    return {"source": d.source, "path": d.path, "size": d.image_size, "channels": d.channels,
-            "classes": d.num_classes}
+    key = {"source": d.source, "path": d.path, "size": d.image_size, "channels": d.channels,
+           "classes": d.num_classes}
+    return key | ({"latents": [d.latent_scale, d.latent_shift]} if d.latents else {})
 
 
 def eval_samples(cfg: Config, task: Task, nets: list[Block],
@@ -70,7 +71,8 @@ def eval_samples(cfg: Config, task: Task, nets: list[Block],
 
 def images_of(task: Task, table: pa.Table, where: Callable[[int], str] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images in [0, 1], labels) of some rows, on the CPU."""
+    """(images in [0, 1], labels) of some rows, on the CPU (latents: as the in-domain
+    classifier reads them, ImageData.scored)."""
     try:
         data = task.decode(table, "cpu")
     except RowError as err:
@@ -95,13 +97,14 @@ def held_out_features(task: Task, clf: FeatureClassifier, index: DataIndex,
 def score(cfg: Config, task: Task, index: DataIndex, fake: torch.Tensor, wanted: torch.Tensor,
           device: str = "cpu") -> dict[str, float | None]:
     """Sample accuracy and in-domain Fréchet distance of class-conditional images ``fake``
-    (in [0, 1]), and with ``sample.fid`` FID and KID; references are the held-out (test) rows
-    where there are any, read in chunks (FID reads only the rows it compares)."""
+    (in [0, 1]; latents as stored), and with ``sample.fid`` FID and KID; references are the
+    held-out (test) rows where there are any, read in chunks (FID reads only the rows it
+    compares)."""
     clf = indomain_classifier(cfg, task, index)
     real_features, classifier_accuracy = held_out_features(
         task, clf, index, index.eval_rows(cfg.sample.eval_rows))
     with torch.no_grad():
-        fake_features = clf.features(fake)
+        fake_features = clf.features(task.scored(fake))
         sample_accuracy = float((clf.out(fake_features).argmax(1) == wanted).float().mean())
     metrics = {"sample_accuracy": sample_accuracy,
                "fd_indomain": frechet_distance(real_features, fake_features),
@@ -124,8 +127,29 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
 
 def sample_png(cfg: Config, task: Task, nets: list[Block], device: str = "cpu") -> bytes:
     """A PNG grid of samples, one row per class."""
-    k, classes = cfg.sample.per_class, cfg.data.num_classes
-    labels = torch.arange(classes).repeat_interleave(k).to(device)
-    images = generate_labelled(cfg, task, nets, labels, "grid")
+    labels, images = _grid_samples(cfg, task, nets, device)
     scale = max(1, 64 // cfg.data.image_size)
-    return encode_png(grid(images, rows=classes), scale=scale)
+    return encode_png(grid(images, rows=cfg.data.num_classes), scale=scale)
+
+
+def sample_latents(cfg: Config, task: Task, nets: list[Block], device: str = "cpu") -> bytes:
+    """The samples of a network of latents (data.latents), as stored for the autoencoder to
+    decode: a safetensors file of ``latents`` (N, C, H, W) float32 and their ``labels`` (N,)
+    int64, sample.per_class of each class in turn, the data's shift and scale in its
+    metadata."""
+    from safetensors.torch import save
+
+    labels, latents = _grid_samples(cfg, task, nets, device)
+    d = cfg.data
+    return save({"latents": latents.float().contiguous(), "labels": labels.cpu()},
+                metadata={"latent_scale": repr(d.latent_scale),
+                          "latent_shift": repr(d.latent_shift),
+                          "note": "latents as the data store them: decode with the "
+                                  "autoencoder that encoded the data"})
+
+
+def _grid_samples(cfg: Config, task: Task, nets: list[Block],
+                  device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, images) of sample.per_class samples of each class in turn (seed "grid")."""
+    labels = torch.arange(cfg.data.num_classes).repeat_interleave(cfg.sample.per_class)
+    return labels, generate_labelled(cfg, task, nets, labels.to(device), "grid")
