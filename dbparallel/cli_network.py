@@ -20,6 +20,7 @@ from dbparallel.cli_network_data import network_data
 from dbparallel.errors import UserError
 
 if TYPE_CHECKING:
+    from dbparallel.config import Config
     from dbparallel.training.network import Network
 
 DEVICE_HELP = "cpu (default), cuda or cuda:N (an error where no CUDA device is here)"
@@ -48,14 +49,21 @@ def _kind(task: str) -> str:
     return f"{article(task)} {task} network ({what})"
 
 
-def _instead(source: str, task: str) -> str:
-    """The command that does for a network of ``task`` what another command does for
+def _samples_file(cfg: Config) -> str:
+    """The kind of file ``dbparallel sample`` writes for a network of ``cfg``."""
+    if cfg.task == "dit":
+        return ".safetensors" if cfg.data.latents else ".png"  # latents, for the autoencoder
+    return ".json" if cfg.task == "vit" else ".txt"
+
+
+def _instead(source: str, cfg: Config) -> str:
+    """The command that does for a network of ``cfg`` what another command does for
     another kind: what a refusal names."""
     from dbparallel.shell import shell_path
 
-    run = shell_path(source)
-    return {"dit": f"for this run use `dbparallel sample {run} --out FILE.png`, which draws "
-                   f"its images",
+    run, task = shell_path(source), cfg.task
+    return {"dit": f"for this run use `dbparallel sample {run} --out FILE{_samples_file(cfg)}`"
+                   f", which draws its {'latents' if cfg.data.latents else 'images'}",
             "vit": f"for this run use `dbparallel predict {run} IMAGES`, which classifies "
                    f"images"}.get(task, f"for this run use `dbparallel generate {run} --prompt "
                                       f"TEXT`")
@@ -103,9 +111,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.data and not needs_data:
         raise UserError("--data: a dit network's samples read no data (they are drawn from "
                         "noise for each class)")
-    kind = {"dit": ".png", "vit": ".json"}.get(network.cfg.task, ".txt")
-    if network.cfg.data.latents and network.cfg.task == "dit":
-        kind = ".safetensors"  # latents, for the autoencoder to decode
+    kind = _samples_file(network.cfg)
     if not split_uri(args.out)[1].lower().endswith(kind):
         what = " of latents" if kind == ".safetensors" else ""
         raise UserError(f"--out {args.out}: {article(network.cfg.task)} {network.cfg.task} "
@@ -142,7 +148,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if "generate" not in network.verbs:
         raise UserError(f"generate: {args.source} is {_kind(network.cfg.task)}; generate "
                         f"continues a prompt with a text network (mdm, ar, looped); "
-                        f"{_instead(args.source, network.cfg.task)}")
+                        f"{_instead(args.source, network.cfg)}")
     for k in range(args.samples):
         text = network.generate(args.prompt, args.max_new, args.temperature, args.seed + k,
                                 progress=sys.stderr.isatty())
@@ -164,7 +170,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if "predict" not in network.verbs:
         raise UserError(f"predict: {args.source} is {_kind(network.cfg.task)}; predict "
                         f"classifies images with a vit network; "
-                        f"{_instead(args.source, network.cfg.task)}")
+                        f"{_instead(args.source, network.cfg)}")
     inputs = image_inputs(args.images)
     total = inputs.count()
     if not total:

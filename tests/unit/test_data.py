@@ -46,7 +46,8 @@ GOOD = [0.5] * 64
         (_table([GOOD, [0.5] * 256], [1, 2]), r"has 256 values, .*; 256 is 1 x 16 x 16\)$"),
         (_table([GOOD, GOOD, GOOD], [1, 2, 10]), "column 'label': row 2 has label 10"),
         (_table([GOOD, [2.0] * 64], [1, 2]), "column 'image': row 1 has values outside"),
-        (_table([GOOD, [-0.5] * 64], [1, 2]), r"row 1 has values outside \[0, 1\] for floats$"),
+        (_table([GOOD, [-0.5] * 64], [1, 2]), r"row 1 has values outside \[0, 1\] for floats "
+         r"\(-0.5 to -0.5: an autoencoder's latents\? set data.latents=true\)$"),
         (_table([GOOD, [0.0] * 63 + [255.0]], [1, 2]), r"row 1 has values outside \[0, 1\] "
          r"for floats \(up to 255: pixels of 0..255 stored as floats\? write them as uint8"),
         (_table([GOOD, [0.5] * 63 + [float("nan")]], [1, 2]), "row 1 has NaN or null values"),

@@ -1,0 +1,213 @@
+"""data.latents: dit and vit trained on an autoencoder's latents from Parquet, with an exact,
+invertible stand-in autoencoder (2x2 pixel patches to 4 channels, an orthonormal mix, scaled
+and shifted), so that the samples can be decoded back to digits here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import dbparallel
+from dbparallel import cli
+from dbparallel.config import ConfigError, load_config
+from dbparallel.data.images import image_rows
+from dbparallel.data.sources import open_data
+from dbparallel.errors import DataError, RowError, UserError
+from dbparallel.runtime.local import run_local
+from dbparallel.tasks import build_task
+from dbparallel.training.data_warnings import latent_scale_warning
+
+ROOT = Path(__file__).resolve().parents[2]
+GAIN, SHIFT = 5.0, 0.3  # the stand-in autoencoder's scale and shift of its latents
+LATENT = ["data.source=parquet", "data.latents=true", "data.channels=4", "data.image_size=4",
+          "model.patch_size=1"]
+
+
+def _mix() -> np.ndarray:
+    return np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))[0]
+
+
+def encode(pixels: np.ndarray) -> np.ndarray:
+    """(N, 8, 8) pixels in [0, 1] -> (N, 4, 4, 4) latents."""
+    n = len(pixels)
+    patches = pixels.reshape(n, 4, 2, 4, 2).transpose(0, 2, 4, 1, 3).reshape(n, 4, 4, 4)
+    return np.einsum("ij,njhw->nihw", _mix(), patches) * GAIN + SHIFT
+
+
+def decode(latents: np.ndarray) -> np.ndarray:
+    """``encode`` undone: (N, 4, 4, 4) -> (N, 8, 8)."""
+    n = len(latents)
+    patches = np.einsum("ij,nihw->njhw", _mix(), (latents - SHIFT) / GAIN)
+    return patches.reshape(n, 2, 2, 4, 4).transpose(0, 3, 1, 4, 2).reshape(n, 8, 8)
+
+
+def _table(latents: np.ndarray, labels: np.ndarray, kind: pa.DataType) -> pa.Table:
+    flat = latents.reshape(len(latents), -1)
+    return pa.table({"image": pa.array(list(flat.astype(kind.to_pandas_dtype())),
+                                       type=pa.list_(kind)),
+                     "label": pa.array(labels, pa.int64())})
+
+
+@pytest.fixture(scope="module")
+def latent_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Digits as latents: train.parquet and test.parquet, float16."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    latents = encode(digits.images / 16.0)
+    root = tmp_path_factory.mktemp("latents")
+    pq.write_table(_table(latents[:1500], digits.target[:1500], pa.float16()),
+                   root / "train.parquet")
+    pq.write_table(_table(latents[1500:], digits.target[1500:], pa.float16()),
+                   root / "test.parquet")
+    return root
+
+
+def test_the_stand_in_autoencoder_is_exact() -> None:
+    pixels = np.random.default_rng(1).random((3, 8, 8))
+    assert np.allclose(decode(encode(pixels)), pixels)
+
+
+def _cfg(*extra: str):
+    return load_config([ROOT / "jobs" / "tiny_cpu.yaml"], ["data.path=/nowhere", *LATENT,
+                                                            *extra])
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["data.source=digits"], "data.latents: latents are read from a Parquet table"),
+    (["data.latent_scale=0"], "data.latent_scale: must be a finite number > 0"),
+    (["data.latent_shift=nan"], "data.latent_shift: must be a finite number"),
+    (["sample.fid=true"], "sample.fid: FID scores pixels"),
+    (["task=mdm", "data.seq_len=16"], "data.latents: latents are images, for task=dit or vit"),
+])
+def test_latent_settings_that_cannot_work_are_refused_naming_the_key(
+        overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        _cfg(*overrides)
+
+
+def test_latents_are_read_as_stored_and_scaled_for_the_blocks() -> None:
+    cfg = _cfg("data.latent_scale=0.25", "data.latent_shift=0.5")
+    latents = np.random.default_rng(2).normal(size=(3, 4, 4, 4)) * 3
+    rows = image_rows(_table(latents, np.array([0, 1, 2]), pa.float16()), cfg.data)
+    assert rows["image"].dtype == torch.float16  # kept compact, as stored
+    rows32 = image_rows(_table(latents, np.array([0, 1, 2]), pa.float32()), cfg.data)
+    assert rows32["image"].dtype == torch.float32
+    task = build_task(cfg)
+    y = task.to_device(rows32, "cpu")["image"]
+    stored = torch.from_numpy(latents.astype(np.float32))
+    assert torch.allclose(y, (stored - 0.5) * 0.25)
+    assert torch.allclose(task.to_stored(y), stored, atol=1e-6)  # not clamped
+
+
+def test_bad_latents_are_named_by_row_or_by_data_latents() -> None:
+    cfg = _cfg()
+    latents = np.zeros((4, 64), dtype=np.float32)
+    latents[2, 5] = np.inf
+    with pytest.raises(RowError, match="has NaN, infinite or null values") as err:
+        image_rows(_table(latents, np.zeros(4, dtype=np.int64), pa.float32()), cfg.data)
+    assert err.value.row == 2
+    pixels = pa.table({"image": pa.array([[0] * 64], pa.list_(pa.uint8())), "label": [0]})
+    with pytest.raises(DataError, match=r"holds integers \(uint8\), pixels, and "
+                                        r"data.latents=true reads an autoencoder's latents"):
+        image_rows(pixels, cfg.data)
+    encoded = pa.table({"image": pa.array([b"\x89PNG"], pa.binary()), "label": [0]})
+    with pytest.raises(DataError, match="holds encoded images, pixels"):
+        image_rows(encoded, cfg.data)
+
+
+def test_latents_read_as_pixels_suggest_data_latents() -> None:
+    cfg = load_config([], ["data.source=parquet", "data.path=/nowhere", "data.channels=4",
+                           "data.image_size=4"])
+    latents = np.full((1, 64), -2.0, dtype=np.float32)
+    with pytest.raises(RowError, match="an autoencoder's latents\\? set data.latents=true"):
+        image_rows(_table(latents, np.array([0]), pa.float32()), cfg.data)
+
+
+def test_the_scale_warning_gives_the_scale_that_fits_sigma_data(latent_data: Path) -> None:
+    cfg = _cfg(f"data.path={latent_data}")
+    index = open_data(cfg.data)
+    warning = latent_scale_warning(cfg, index)
+    from sklearn.datasets import load_digits
+
+    first = encode(load_digits().images[:16] / 16.0)
+    std = float(first.astype(np.float16).astype(np.float64).std())
+    assert warning is not None and f"standard deviation {std:.3g}" in warning
+    assert f"set data.latent_scale={0.5 / std:.4g}" in warning
+    fitted = _cfg(f"data.path={latent_data}", f"data.latent_scale={0.5 / std}")
+    assert latent_scale_warning(fitted, index) is None
+    off = _cfg(f"data.path={latent_data}", f"data.latent_scale={0.5 / std}",
+               "data.latent_shift=-20")
+    assert "set data.latent_shift=" in latent_scale_warning(off, index)
+
+
+@pytest.fixture(scope="module")
+def dit_run(latent_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("dit") / "run"
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"],
+                      [f"data.path={latent_data}", *LATENT, "data.latent_scale=0.2",
+                       "train.steps=6", "sample.eval_samples=20", f"run.dir={run}"])
+    run_local(cfg, None, progress=False)
+    return run
+
+
+def test_a_dit_of_latents_trains_scores_and_writes_latents_to_decode(dit_run: Path) -> None:
+    report = json.loads((dit_run / "report.json").read_text())
+    scores = report["assembly"]
+    assert all(np.isfinite(scores[k]) for k in ("fd_indomain", "sample_accuracy"))
+    assert not (dit_run / "samples.png").exists()
+    samples = load_file(dit_run / "samples.safetensors")
+    assert samples["latents"].shape == (10 * 2, 4, 4, 4)  # sample.per_class=2 of 10 classes
+    assert samples["labels"].tolist() == [c for c in range(10) for _ in range(2)]
+    with safe_open(dit_run / "samples.safetensors", "pt") as f:
+        assert f.metadata()["latent_scale"] == "0.2"
+    assert decode(samples["latents"].numpy()).shape == (20, 8, 8)
+
+    net = dbparallel.load(dit_run)
+    latents = net.sample([3, 4], steps=3)
+    assert latents.shape == (2, 4, 4, 4)
+    assert latents.min() < 0 or latents.max() > 1  # latents as stored, not pixels in [0, 1]
+
+
+def test_the_sample_command_writes_latents_to_a_safetensors_file(dit_run: Path, tmp_path: Path,
+                                                                 capsys) -> None:
+    assert cli.main(["sample", str(dit_run), "--out", str(tmp_path / "s.png")]) == 2
+    assert "samples are a .safetensors file" in capsys.readouterr().err
+    out = tmp_path / "s.safetensors"
+    assert cli.main(["sample", str(dit_run), "--out", str(out)]) == 0
+    assert torch.equal(load_file(out)["latents"],
+                       load_file(dit_run / "samples.safetensors")["latents"])
+    assert cli.main(["predict", str(dit_run), str(out)]) == 2
+    assert "--out FILE.safetensors`, which draws its latents" in capsys.readouterr().err
+
+
+def test_a_vit_of_latents_predicts_from_latents(latent_data: Path, tmp_path: Path,
+                                                capsys) -> None:
+    run = tmp_path / "vit"
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"],
+                      [f"data.path={latent_data}", *LATENT, "task=vit", "data.latent_scale=0.2",
+                       "train.steps=3", "train.checkpoint_every=3", f"run.dir={run}"])
+    run_local(cfg, None, progress=False, only_blocks=[0, 1])
+    net = dbparallel.load(run)
+    table = pq.read_table(latent_data / "test.parquet").slice(0, 3)
+    stored = torch.tensor(np.stack(table.column("image").to_numpy(zero_copy_only=False)),
+                          dtype=torch.float32).reshape(3, 4, 4, 4)
+    classes = net.predict(stored).argmax(dim=1).tolist()
+    with pytest.raises(UserError, match="this network reads latents"):
+        net.predict(torch.zeros(1, 4, 4, 4, dtype=torch.uint8))
+    rows = tmp_path / "rows.parquet"
+    pq.write_table(table, rows)
+    assert cli.main(["predict", str(run), str(rows), "--json"]) == 0
+    assert [json.loads(x)["class"] for x in capsys.readouterr().out.splitlines()] == classes
+    image = tmp_path / "a.png"
+    image.write_bytes(b"not read")
+    assert cli.main(["predict", str(run), str(image)]) == 2
+    assert "an image file, and this network reads latents" in capsys.readouterr().err
