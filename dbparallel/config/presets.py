@@ -24,6 +24,7 @@ PRESET_DIMS: dict[str, tuple[int, int, float]] = {
     "dit-s": (384, 6, 4.0),
     "dit-b": (768, 12, 4.0),
     "dit-l": (1024, 16, 4.0),
+    "dit-xl": (1152, 16, 4.0),
 }
 IMAGE_TASKS = ("dit", "vit")  # 2-D sine-cosine positions: a quarter of the width per sin/cos axis
 
