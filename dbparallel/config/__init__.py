@@ -36,12 +36,12 @@ from dbparallel.config.loading import (
 )
 from dbparallel.config.run_name import data_name
 from dbparallel.config.runtime_keys import DebugConfig, MetricsConfig, RuntimeConfig
+from dbparallel.config.sample_keys import LABEL_STARTS, SampleConfig
 from dbparallel.config.schema import (
     AR_READOUTS,
     DATA_SOURCES,
     FILE_SOURCES,
     LABEL_EMBEDDINGS,
-    LABEL_STARTS,
     PARTITIONS,
     PATH_SOURCES,
     PIXEL_ORDERS,
@@ -54,7 +54,6 @@ from dbparallel.config.schema import (
     ModelConfig,
     NoiseConfig,
     RunConfig,
-    SampleConfig,
 )
 from dbparallel.config.training import OBJECTIVES, PRECISIONS, TrainConfig
 from dbparallel.errors import ConfigError
