@@ -52,7 +52,8 @@ def _kind(task: str) -> str:
 def _samples_file(cfg: Config) -> str:
     """The kind of file ``dbparallel sample`` writes for a network of ``cfg``."""
     if cfg.task == "dit":
-        return ".safetensors" if cfg.data.latents else ".png"  # latents, for the autoencoder
+        # latents for the autoencoder, unless sample.decoder decodes them
+        return ".safetensors" if cfg.data.latents and not cfg.sample.decoder else ".png"
     return ".json" if cfg.task == "vit" else ".txt"
 
 
@@ -61,9 +62,9 @@ def _instead(source: str, cfg: Config) -> str:
     another kind: what a refusal names."""
     from dbparallel.shell import shell_path
 
-    run, task = shell_path(source), cfg.task
-    return {"dit": f"for this run use `dbparallel sample {run} --out FILE{_samples_file(cfg)}`"
-                   f", which draws its {'latents' if cfg.data.latents else 'images'}",
+    run, task, kind = shell_path(source), cfg.task, _samples_file(cfg)
+    return {"dit": f"for this run use `dbparallel sample {run} --out FILE{kind}`, which draws "
+                   f"its {'latents' if kind == '.safetensors' else 'images'}",
             "vit": f"for this run use `dbparallel predict {run} IMAGES`, which classifies "
                    f"images"}.get(task, f"for this run use `dbparallel generate {run} --prompt "
                                       f"TEXT`")

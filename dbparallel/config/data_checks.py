@@ -24,14 +24,20 @@ def check_latent_keys(data: Any) -> None:
 
 
 def check_latents(cfg: Any) -> None:
-    """Latents are images for dit and vit alone, and FID scores pixels, not latents."""
+    """Latents are images for dit and vit alone; FID scores pixels, so latents need
+    sample.decoder for it, which pixels do not need."""
     if not cfg.data.latents:
+        check(not cfg.sample.decoder, "sample.decoder",
+              "decodes latents (data.latents=true); these data are pixels")
         return
     check(cfg.task in ("dit", "vit"), "data.latents",
           f"latents are images, for task=dit or vit; task={cfg.task} reads text")
-    check(not cfg.sample.fid, "sample.fid",
-          "FID scores pixels, and with data.latents=true the samples are latents: decode "
-          "them with your autoencoder and score them there, or set sample.fid=false")
+    check(cfg.task == "dit" or not cfg.sample.decoder, "sample.decoder",
+          "decodes a dit's samples; a vit samples no images")
+    check(not cfg.sample.fid or bool(cfg.sample.decoder), "sample.fid",
+          "FID scores pixels, and with data.latents=true the samples are latents: set "
+          "sample.decoder to your autoencoder's decoder (module:function), or "
+          "sample.fid=false")
 
 
 def path_hint(data: Any) -> str:

@@ -22,6 +22,10 @@ class SampleConfig:
     eval_samples: int = 500  # generated images scored by the evaluation metrics; text:
     # held-out sequences of the BPC estimate, and prompts of the generation metrics
     fid: bool = False  # also score the images by FID and KID (TF-Inception; slow on CPU)
+    # data.latents: "module:function" that decodes latents (N, C, H, W) as the data store them
+    # into images (N, 1 or 3, H', W') in [0, 1], importable where the run is scored: then
+    # samples.png shows decoded samples and sample.fid scores them ("" = latents stay latents)
+    decoder: str = ""
     # held-out rows a classifier (vit; dit's in-domain features) is scored on: 0 = every test
     # row, or, for data with no test split, the first 10,000 training rows
     eval_rows: int = 0
@@ -50,6 +54,9 @@ class SampleConfig:
         check(self.diagnostic_rows >= 1, "sample.diagnostic_rows",
               f"must be >= 1, got {self.diagnostic_rows}")
         choice(self.label_start, "sample.label_start", LABEL_STARTS)
+        module, _, name = self.decoder.partition(":")
+        check(not self.decoder or bool(module and name.isidentifier()), "sample.decoder",
+              f"must be module:function (e.g. mypackage.vae:decode), got {self.decoder!r}")
         for key in ("elbo_draws", "prompt_len", "gen_len", "text_samples", "scorer_steps"):
             value = getattr(self, key)
             check(value >= 1, f"sample.{key}", f"must be >= 1, got {value}")

@@ -43,6 +43,10 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
         raise UserError("--block: trains a subset of blocks in this process; add --local "
                         "(Python: blocks= with local=True)")
     build_task(cfg)
+    if cfg.sample.decoder:  # a name that does not import here stops the run before it trains
+        from dbparallel.training.eval.decoder import load_decoder
+
+        load_decoder(cfg.sample.decoder)
     for warning in (memory_warning(cfg),  # runtime.device_memory given and a block exceeds it
                     warmup_warning(cfg.train, cfg.model.blocks)):
         if warning:

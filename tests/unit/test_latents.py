@@ -4,6 +4,7 @@ and shifted), so that the samples can be decoded back to digits here."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -85,7 +86,9 @@ def _cfg(*extra: str):
     (["data.source=digits"], "data.latents: latents are read from a Parquet table"),
     (["data.latent_scale=0"], "data.latent_scale: must be a finite number > 0"),
     (["data.latent_shift=nan"], "data.latent_shift: must be a finite number"),
-    (["sample.fid=true"], "sample.fid: FID scores pixels"),
+    (["sample.fid=true"], "sample.fid: FID scores pixels, .* set sample.decoder"),
+    (["sample.decoder=vae.decode"], "sample.decoder: must be module:function"),
+    (["data.latents=false", "sample.decoder=vae:decode"], "sample.decoder: decodes latents"),
     (["task=mdm", "data.seq_len=16"], "data.latents: latents are images, for task=dit or vit"),
 ])
 def test_latent_settings_that_cannot_work_are_refused_naming_the_key(
@@ -211,3 +214,80 @@ def test_a_vit_of_latents_predicts_from_latents(latent_data: Path, tmp_path: Pat
     image.write_bytes(b"not read")
     assert cli.main(["predict", str(run), str(image)]) == 2
     assert "an image file, and this network reads latents" in capsys.readouterr().err
+
+
+DECODER = f"""
+import numpy as np
+import torch
+
+def decode(latents):
+    mix = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))[0]
+    x = np.einsum("ij,nihw->njhw", mix, (latents.numpy() - {SHIFT}) / {GAIN})
+    n = len(x)
+    pixels = x.reshape(n, 2, 2, 4, 4).transpose(0, 3, 1, 4, 2).reshape(n, 1, 8, 8)
+    return torch.from_numpy(pixels).float()
+
+def as_is(latents):
+    return latents
+"""
+
+
+@pytest.fixture()
+def decoder_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A module ``standin_vae`` on sys.path whose ``decode`` is the stand-in's decoder."""
+    (tmp_path / "standin_vae.py").write_text(DECODER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "standin_vae"
+
+
+def test_the_decoder_s_output_is_checked(decoder_module: str) -> None:
+    from dbparallel.training.eval.decoder import decode_latents
+
+    latents = torch.from_numpy(encode(np.random.default_rng(3).random((3, 8, 8)))).float()
+    images = decode_latents(f"{decoder_module}:decode", latents)
+    assert images.shape == (3, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
+    with pytest.raises(UserError, match=r"sample.decoder=standin_vae:as_is: given latents of "
+                                        r"shape \(3, 4, 4, 4\), it returned a tensor of shape "
+                                        r"\(3, 4, 4, 4\); it must return float images"):
+        decode_latents(f"{decoder_module}:as_is", latents)
+    with pytest.raises(UserError, match="module 'standin_vae' has no function 'encode'"):
+        decode_latents(f"{decoder_module}:encode", latents)
+
+
+def test_a_decoder_that_does_not_import_stops_the_run_before_it_trains(
+        latent_data: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert cli.main(["train", str(ROOT / "jobs" / "tiny_cpu.yaml"), "--local",
+                     f"data.path={latent_data}", *LATENT, "sample.decoder=no_such_vae:decode",
+                     f"run.dir={run}"]) == 2
+    assert ("sample.decoder=no_such_vae:decode: cannot import 'no_such_vae' here "
+            "(ModuleNotFoundError" in capsys.readouterr().err)
+    assert not (run / "blocks").exists()
+
+
+def test_a_decoder_draws_samples_png_and_fid_scores_decoded_latents(
+        latent_data: Path, tmp_path: Path, decoder_module: str) -> None:
+    from PIL import Image
+
+    from dbparallel.training.eval.inception import network_path
+    from dbparallel.training.eval.png import encode_png, grid
+
+    try:
+        network_path()
+        fid = ["sample.fid=true"]
+    except UserError:  # the Inception network is not installed here: samples.png alone
+        fid = []
+    run = tmp_path / "run"
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"],
+                      [f"data.path={latent_data}", *LATENT, "data.latent_scale=0.2",
+                       f"sample.decoder={decoder_module}:decode", *fid, "train.steps=6",
+                       "sample.eval_samples=20", f"run.dir={run}"])
+    run_local(cfg, None, progress=False)
+    assert not (run / "samples.safetensors").exists()
+    drawn = Image.open(run / "samples.png")
+    expected = Image.open(io.BytesIO(encode_png(grid(torch.zeros(20, 1, 8, 8), rows=10),
+                                                scale=8)))
+    assert drawn.size == expected.size and drawn.mode == expected.mode
+    scores = json.loads((run / "report.json").read_text())["assembly"]
+    if fid:
+        assert scores["fid_samples"] == 20 and np.isfinite(scores["fid"])

@@ -33,7 +33,7 @@ def sample_artifact(cfg: Config, task: Task, nets: list[Block], device: str = "c
     if cfg.task == "dit":
         from dbparallel.training.eval import image_generation
 
-        if cfg.data.latents:
+        if cfg.data.latents and not cfg.sample.decoder:
             return "samples.safetensors", image_generation.sample_latents(cfg, task, nets,
                                                                           device)
         return "samples.png", image_generation.sample_png(cfg, task, nets, device)

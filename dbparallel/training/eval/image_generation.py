@@ -15,6 +15,7 @@ from dbparallel.models.block import Block
 from dbparallel.tasks import Task
 from dbparallel.training.data_order import DataOrder
 from dbparallel.training.eval.classifier import BATCH, FeatureClassifier, cached_classifier
+from dbparallel.training.eval.decoder import decode_latents
 from dbparallel.training.eval.frechet import frechet_distance
 from dbparallel.training.eval.png import encode_png, grid
 from dbparallel.training.seeding import generator
@@ -59,7 +60,8 @@ def data_key(cfg: Config) -> dict:
     d = cfg.data
     key = {"source": d.source, "path": d.path, "size": d.image_size, "channels": d.channels,
            "classes": d.num_classes}
-    return key | ({"latents": [d.latent_scale, d.latent_shift]} if d.latents else {})
+    return key | ({"latents": [d.latent_scale, d.latent_shift, cfg.sample.decoder]}
+                  if d.latents else {})
 
 
 def eval_samples(cfg: Config, task: Task, nets: list[Block],
@@ -113,8 +115,13 @@ def score(cfg: Config, task: Task, index: DataIndex, fake: torch.Tensor, wanted:
         from dbparallel.training.eval.inception import fid_kid, fid_reference_rows
 
         pick = fid_reference_rows(index.num_rows(index.eval_split), len(fake), cfg.run.seed)
-        real, _ = images_of(task, take_rows(index, index.eval_split, pick.numpy(),
-                                            task.columns))
+        rows = take_rows(index, index.eval_split, pick.numpy(), task.columns)
+        if cfg.data.latents:  # both decoded by sample.decoder (check_latents)
+            real = decode_latents(cfg.sample.decoder,
+                                  task.to_stored(task.decode(rows, "cpu")["image"]), device)
+            fake = decode_latents(cfg.sample.decoder, fake, device)
+        else:
+            real, _ = images_of(task, rows)
         metrics.update(fid_kid(data_key(cfg), real, fake, cfg.run.seed, device))
     return metrics
 
@@ -126,9 +133,11 @@ def evaluate(cfg: Config, task: Task, nets: list[Block], index: DataIndex,
 
 
 def sample_png(cfg: Config, task: Task, nets: list[Block], device: str = "cpu") -> bytes:
-    """A PNG grid of samples, one row per class."""
+    """A PNG grid of samples, one row per class (latents decoded by sample.decoder)."""
     labels, images = _grid_samples(cfg, task, nets, device)
-    scale = max(1, 64 // cfg.data.image_size)
+    if cfg.data.latents:
+        images = decode_latents(cfg.sample.decoder, images, device)
+    scale = max(1, 64 // images.shape[-1])
     return encode_png(grid(images, rows=cfg.data.num_classes), scale=scale)
 
 
