@@ -1,15 +1,16 @@
 """sample.decoder: the user's own autoencoder decoder, which turns a latent network's samples
 (data.latents) into images for samples.png and FID (docs/vision.md, Latents). It is imported
-by name ("module:function") wherever the run is scored: the driver first tries the import,
-so that a name that does not import stops the run before it trains."""
+by name ("module:function", data/named_function.py) wherever the run is scored: the driver
+first tries the import, so that a name that does not import stops the run before it
+trains."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import torch
 
+from dbparallel.data.named_function import named_function
 from dbparallel.errors import UserError
 
 DECODE_CHUNK = 64  # latents given to the decoder at a time
@@ -20,18 +21,7 @@ Decoder = Callable[[torch.Tensor], torch.Tensor]
 def load_decoder(spec: str) -> Decoder:
     """The function ``spec`` ("module:function") names; UserError naming sample.decoder where
     it does not import here or is not a function."""
-    module_name, _, name = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 (any error of the user's module is named)
-        raise UserError(f"sample.decoder={spec}: cannot import {module_name!r} here "
-                        f"({type(err).__name__}: {err}); it must be importable where the run "
-                        f"is scored: installed, or on PYTHONPATH") from None
-    function = getattr(module, name, None)
-    if not callable(function):
-        raise UserError(f"sample.decoder={spec}: module {module_name!r} has no function "
-                        f"{name!r}")
-    return function
+    return named_function(spec, f"sample.decoder={spec}")
 
 
 @torch.no_grad()
