@@ -1,6 +1,7 @@
-"""The data commands: ``data check`` (index and decode every row once, as training would) and
-``data reshard`` (rewrite image data in row groups of data.shard_rows rows); and how the
-command line's config items split into recipe files, data paths and overrides."""
+"""The data commands: ``data check`` (index and decode every row once, as training would),
+``data reshard`` (rewrite image data in row groups of data.shard_rows rows) and ``data
+encode`` (cli_data_encode.py); and how the command line's config items split into recipe
+files, data paths and overrides."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from dbparallel.config import TEXT_TASKS, Config, given_value, load_config
 from dbparallel.errors import DataError, UserError
 from dbparallel.shell import shell_path
+
+if TYPE_CHECKING:
+    from dbparallel.data.reshard import Resharded
+    from dbparallel.data.shards import DataIndex
 
 
 def split_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -65,8 +71,16 @@ def cmd_data(args: argparse.Namespace) -> int:
         raise UserError(_read_as_text(cfg.task, cfg.data.path))
     if args.action == "check" and args.out:
         raise UserError("--out: data check writes nothing; --out is for data reshard")
+    if args.action != "encode" and (args.encoder or args.device or args.batch or args.dtype):
+        given = "--encoder" if args.encoder else "--device" if args.device else \
+            "--batch" if args.batch else "--dtype"
+        raise UserError(f"{given}: for data encode")
     if args.action == "reshard":
         return _reshard(cfg, args.out)
+    if args.action == "encode":
+        from dbparallel.cli_data_encode import encode
+
+        return encode(cfg, args)
     check_kind(cfg.task, cfg.data)  # before a corpus is tokenized for nothing
     index = open_data(cfg.data)
     check_kind(cfg.task, cfg.data, index)
@@ -164,16 +178,16 @@ def _read_as_text(task: str, folder: str) -> str:
             f"model on the text")
 
 
-def _reshard(cfg: Config, out: str) -> int:
-    """``data reshard``: rewrite an image data set in row groups of data.shard_rows rows."""
+def rewritten_data(cfg: Config, out: str, action: str) -> DataIndex:
+    """The image data ``data reshard`` or ``data encode`` (``action``) rewrites into ``out``;
+    UserError where there is no --out, it lies inside data.path, or the data are text."""
     from pathlib import Path
 
-    from dbparallel.data.parquet_index import parquet_index
-    from dbparallel.data.reshard import NOT_TEXT, reshard, resizes
+    from dbparallel.data.reshard import NOT_TEXT
     from dbparallel.data.sources import holds_text, open_data
 
     if not out:
-        raise UserError("data reshard: --out FOLDER is required (a new or empty folder)")
+        raise UserError(f"data {action}: --out FOLDER is required (a new or empty folder)")
     if holds_text(cfg.data):  # before a corpus is tokenized for nothing
         where = cfg.data.path or f"data.source={cfg.data.source}"
         raise UserError(f"{where}: {NOT_TEXT}")
@@ -181,21 +195,36 @@ def _reshard(cfg: Config, out: str) -> int:
             Path(out).resolve().is_relative_to(Path(cfg.data.path).resolve()):
         raise UserError(f"--out {out}: inside data.path {cfg.data.path}; the new files would "
                         f"become part of the data set they are written from")
-    index = open_data(cfg.data)
+    return open_data(cfg.data)
+
+
+def written_rows(out: str, done: Resharded, shard_rows: int) -> None:
+    """Print each split's rows and row groups as ``out`` now holds them; RuntimeError where
+    they are not the rows ``done`` says were read."""
+    from dbparallel.data.parquet_index import parquet_index
+
+    written = parquet_index(out)
+    for split, rows in done.rows.items():
+        if written.num_rows(split) != rows:
+            raise RuntimeError(f"{out} has {written.num_rows(split)} {split} rows, {rows} "
+                               f"were read")
+        groups = len(written.shards(split))
+        print(f"{split}: {rows:,} rows in {groups:,} row group{'s' if groups != 1 else ''} of "
+              f"at most {shard_rows:,} rows")
+
+
+def _reshard(cfg: Config, out: str) -> int:
+    """``data reshard``: rewrite an image data set in row groups of data.shard_rows rows."""
+    from dbparallel.data.reshard import reshard, resizes
+
+    index = rewritten_data(cfg, out, "reshard")
     resized = resizes(index, cfg.data)
     if cfg.data.resize and not resized:
         print("data.resize: the images are pixel lists of one size already; they are copied "
               "as they are", file=sys.stderr)
     done = reshard(index, out, cfg.data.shard_rows, progress=sys.stderr.isatty(),
                    resize=cfg.data if resized else None)
-    written = parquet_index(out)
-    for split, rows in done.rows.items():
-        if written.num_rows(split) != rows:
-            raise RuntimeError(f"data reshard: {out} has {written.num_rows(split)} {split} "
-                               f"rows, {rows} were read")
-        groups = len(written.shards(split))
-        print(f"{split}: {rows:,} rows in {groups:,} row group{'s' if groups != 1 else ''} of "
-              f"at most {cfg.data.shard_rows:,} rows")
+    written_rows(out, done, cfg.data.shard_rows)
     files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
     if resized:
         s, mode = cfg.data.image_size, "grey" if cfg.data.channels == 1 else "RGB"
@@ -216,13 +245,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("data", help="data set tools: `data check` decodes every row once; "
                        "`data reshard --out DIR` rewrites image data in row groups of "
                        "data.shard_rows rows")
-    d.add_argument("action", choices=["check", "reshard"],
+    d.add_argument("action", choices=["check", "reshard", "encode"],
                    help="check: decode every row once, as training would, and name every "
                         "bad one (up to 20); reshard: rewrite image data (Parquet, an image "
-                        "folder) as Parquet in row groups of data.shard_rows rows, into --out")
+                        "folder) as Parquet in row groups of data.shard_rows rows, into --out; "
+                        "encode: write the images' latents by your --encoder, into --out, "
+                        "for data.latents=true")
     d.add_argument("config", nargs="*", help="a data set's path or URI (Parquet; an image "
                    "folder; a text file or folder of them, with task=ar|mdm|looped), or YAML "
                    "recipes, with key=value overrides (data.source=..., data.path=...)")
     d.add_argument("--out", default="", metavar="DIR",
-                   help="reshard: the new or empty folder (or object-store URI) to write")
+                   help="reshard, encode: the new or empty folder (or object-store URI) to "
+                        "write")
+    d.add_argument("--encoder", default="", metavar="MODULE:FUNCTION",
+                   help="encode: your autoencoder's encoder, importable here: it takes images "
+                        "(N, C, H, W) floats in [0, 1] on --device and returns latents "
+                        "(N, C', H', W')")
+    d.add_argument("--device", default="", help="encode: where the encoder runs (default "
+                   "cpu; cuda, cuda:N)")
+    d.add_argument("--batch", type=int, default=0, help="encode: images per encoder call "
+                   "(default 64)")
+    d.add_argument("--dtype", default="", choices=["", "float16", "float32"],
+                   help="encode: how the latents are stored (default float16)")
     d.set_defaults(func=cmd_data)

@@ -21,8 +21,10 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -79,16 +81,21 @@ NOT_TEXT = ("only image data sets are resharded; a text corpus is tokenized into
             "data.shard_rows rows already")
 
 
+Rewrite = Callable[[pa.Table, ShardRows], pa.Table]  # (image and label rows, their piece)
+
+
 def reshard(index: DataIndex, out: str, shard_rows: int, progress: bool = False,
-            resize: DataConfig | None = None) -> Resharded:
+            resize: DataConfig | None = None, rewrite: Rewrite | None = None,
+            desc: str = "reshard") -> Resharded:
     """Write every split of ``index`` under ``out`` (an empty or new folder, local or an
     object-store URI) in row groups of ``shard_rows`` rows; with ``resize`` (a DataConfig
     whose ``resize`` is set, of encoded images), every image decoded by it and stored as a
-    PNG of its ``image_size``."""
+    PNG of its ``image_size``; with ``rewrite``, every piece's rows as it gives them back
+    (``data encode``: the images' latents). ``desc`` names the progress bar."""
     if index.kind != "images":
         raise DataError(f"{index.source}: {NOT_TEXT}")
-    if resize is not None and not resizes(index, resize):
-        resize = None
+    if resize is not None and resizes(index, resize):
+        rewrite = partial(_resized, data=resize)
     fs, root = resolve_path(out)
     created = _check_empty(fs, root, out)
     classes = index.meta.get("classes")
@@ -97,14 +104,14 @@ def reshard(index: DataIndex, out: str, shard_rows: int, progress: bool = False,
     total = sum(index.num_rows(s) for s in index.present())
     writer = None
     try:
-        with tqdm(total=total, unit="rows", disable=not progress, desc="reshard") as bar:
+        with tqdm(total=total, unit="rows", disable=not progress, desc=desc) as bar:
             for split in index.present():
                 writer = _Writer(fs, root, split, shard_rows, metadata, done)
                 for shard in index.shards(split):
                     for piece in read_pieces(shard, [IMAGE_COLUMN, LABEL_COLUMN],
                                              index.meta):
                         rows = piece.table.select([IMAGE_COLUMN, LABEL_COLUMN])
-                        writer.add(rows if resize is None else _resized(rows, piece, resize))
+                        writer.add(rows if rewrite is None else rewrite(rows, piece))
                         bar.update(piece.table.num_rows)
                 writer.close()
                 done.rows[split] = index.num_rows(split)

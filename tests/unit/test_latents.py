@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -216,7 +217,7 @@ def test_a_vit_of_latents_predicts_from_latents(latent_data: Path, tmp_path: Pat
     assert "an image file, and this network reads latents" in capsys.readouterr().err
 
 
-DECODER = f"""
+STAND_IN_MODULE = f"""
 import numpy as np
 import torch
 
@@ -229,13 +230,26 @@ def decode(latents):
 
 def as_is(latents):
     return latents
+
+
+def encode(images):
+    mix = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))[0]
+    x = images.numpy()[:, 0]
+    n = len(x)
+    patches = x.reshape(n, 4, 2, 4, 2).transpose(0, 2, 4, 1, 3).reshape(n, 4, 4, 4)
+    return torch.from_numpy(np.einsum("ij,njhw->nihw", mix, patches) * {GAIN} + {SHIFT}).float()
+
+
+def oblong(images):
+    return torch.zeros(len(images), 4, 2, 8)
 """
 
 
 @pytest.fixture()
 def decoder_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A module ``standin_vae`` on sys.path whose ``decode`` is the stand-in's decoder."""
-    (tmp_path / "standin_vae.py").write_text(DECODER)
+    """A module ``standin_vae`` on sys.path with the stand-in's ``encode`` and ``decode``, and
+    functions that return what no encoder or decoder may."""
+    (tmp_path / "standin_vae.py").write_text(STAND_IN_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     return "standin_vae"
 
@@ -250,8 +264,8 @@ def test_the_decoder_s_output_is_checked(decoder_module: str) -> None:
                                         r"shape \(3, 4, 4, 4\), it returned a tensor of shape "
                                         r"\(3, 4, 4, 4\); it must return float images"):
         decode_latents(f"{decoder_module}:as_is", latents)
-    with pytest.raises(UserError, match="module 'standin_vae' has no function 'encode'"):
-        decode_latents(f"{decoder_module}:encode", latents)
+    with pytest.raises(UserError, match="module 'standin_vae' has no function 'missing'"):
+        decode_latents(f"{decoder_module}:missing", latents)
 
 
 def test_a_decoder_that_does_not_import_stops_the_run_before_it_trains(
@@ -291,3 +305,55 @@ def test_a_decoder_draws_samples_png_and_fid_scores_decoded_latents(
     scores = json.loads((run / "report.json").read_text())["assembly"]
     if fid:
         assert scores["fid_samples"] == 20 and np.isfinite(scores["fid"])
+
+
+def test_data_encode_writes_the_latents_of_every_image_and_the_settings_to_train(
+        decoder_module: str, tmp_path: Path, capsys) -> None:
+    from sklearn.datasets import load_digits
+
+    out = tmp_path / "latents"
+    assert cli.main(["data", "encode", "data.source=digits", "data.shard_rows=500",
+                     "--encoder", f"{decoder_module}:encode", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "train: 1,797 rows in 4 row groups of at most 500 rows" in printed
+    table = pq.read_table(out)
+    assert table.schema.field("image").type == pa.list_(pa.float16())
+    digits = load_digits()
+    stored = np.stack(table.column("image").to_numpy(zero_copy_only=False)).astype(np.float64)
+    expected = encode(digits.images / 16.0).reshape(len(stored), -1)
+    assert np.abs(stored - expected).max() < 0.01  # float16 of values up to about 10
+    assert table.column("label").to_pylist() == digits.target.tolist()
+    scale = 0.5 / expected.astype(np.float16).astype(np.float64).std()
+    assert (f"train on them with data.source=parquet data.path={out} data.latents=true "
+            f"data.channels=4 data.image_size=4 data.latent_scale={scale:.4g}") in printed
+
+
+@pytest.mark.parametrize(("encoder", "message"), [
+    ("oblong", r"--encoder standin_vae:oblong: given images of shape \(64, 1, 8, 8\), it "
+               r"returned a tensor of shape \(64, 4, 2, 8\); it must return float latents "
+               r"\(N, C', H', W'\), one per image, square"),
+    ("nothing", "--encoder standin_vae:nothing: module 'standin_vae' has no function"),
+])
+def test_data_encode_names_an_encoder_that_does_not_fit_and_leaves_nothing(
+        decoder_module: str, tmp_path: Path, capsys, encoder: str, message: str) -> None:
+    out = tmp_path / "latents"
+    assert cli.main(["data", "encode", "data.source=digits", "--encoder",
+                     f"{decoder_module}:{encoder}", "--out", str(out)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_data_encode_names_a_bad_image_and_its_options_belong_to_it(
+        decoder_module: str, tmp_path: Path, capsys) -> None:
+    rows = tmp_path / "images.parquet"
+    good = [0.5] * 64
+    pq.write_table(pa.table({"image": [good, [0.5] * 63, good], "label": [0, 1, 2]}), rows)
+    out = tmp_path / "latents"
+    assert cli.main(["data", "encode", str(rows), "--encoder", f"{decoder_module}:encode",
+                     "--out", str(out)]) == 2
+    assert f"{rows} row 1: column 'image' has 63 values, expected 64" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main(["data", "encode", str(rows), "--out", str(out)]) == 2
+    assert "--encoder MODULE:FUNCTION is required" in capsys.readouterr().err
+    assert cli.main(["data", "check", str(rows), "--encoder", "m:f"]) == 2
+    assert "--encoder: for data encode" in capsys.readouterr().err

@@ -1,0 +1,52 @@
+"""``data encode``: an image data set's latents, by the user's own encoder, written as Parquet
+for ``data.latents=true`` training (data/latent_encoding.py, docs/vision.md, Latents)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from functools import partial
+
+from dbparallel.cli_data import rewritten_data, written_rows
+from dbparallel.config import Config
+from dbparallel.errors import UserError
+from dbparallel.shell import shell_path
+
+DEFAULT_BATCH = 64
+
+
+def encode(cfg: Config, args: argparse.Namespace) -> int:
+    """Write the latents of every image of ``cfg``'s data into ``args.out``, and the settings
+    that train on them."""
+    from dbparallel.data.latent_encoding import LatentEncoder, encode_rows
+    from dbparallel.data.named_function import named_function
+    from dbparallel.data.reshard import reshard
+    from dbparallel.training.device import requested_device
+
+    if not args.encoder:
+        raise UserError("data encode: --encoder MODULE:FUNCTION is required (your "
+                        "autoencoder's encoder)")
+    if cfg.data.latents:
+        raise UserError("data.latents: data encode reads images (pixels), and writes latents")
+    if args.batch < 0:
+        raise UserError(f"--batch: must be >= 1, got {args.batch}")
+    device = requested_device(args.device or None)
+    function = named_function(args.encoder, f"--encoder {args.encoder}")
+    index = rewritten_data(cfg, args.out, "encode")
+    encoder = LatentEncoder(function, args.encoder, device, args.batch or DEFAULT_BATCH,
+                            args.dtype or "float16")
+    done = reshard(index, args.out, cfg.data.shard_rows, progress=sys.stderr.isatty(),
+                   rewrite=partial(encode_rows, data=cfg.data, encoder=encoder), desc="encode")
+    written_rows(args.out, done, cfg.data.shard_rows)
+    stats, sigma_data = encoder.stats, cfg.noise.sigma_data
+    c, h, _ = stats.shape
+    files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
+    scale = f"{sigma_data / stats.std:.4g}" if stats.std > 0 else "1"
+    print(f"wrote {files} to {args.out}: latents of {c}x{h}x{h} ({args.dtype or 'float16'}), "
+          f"mean {stats.mean:.4g}, standard deviation {stats.std:.4g}")
+    print(f"train on them with data.source=parquet data.path={shell_path(args.out)} "
+          f"data.latents=true data.channels={c} data.image_size={h} data.latent_scale={scale} "
+          f"(the scale that brings them to noise.sigma_data={sigma_data:g}; your "
+          f"autoencoder's own scaling_factor where it has one), and sample.decoder=MODULE:"
+          f"FUNCTION to see and score its samples as images")
+    return 0
