@@ -1,7 +1,7 @@
 """The data commands: ``data check`` (index and decode every row once, as training would),
-``data reshard`` (rewrite image data in row groups of data.shard_rows rows) and ``data
-encode`` (cli_data_encode.py); and how the command line's config items split into recipe
-files, data paths and overrides."""
+``data reshard`` (rewrite image data in row groups of data.shard_rows rows,
+cli_data_rewrite.py) and ``data encode`` (cli_data_encode.py); and how the command line's
+config items split into recipe files, data paths and overrides."""
 
 from __future__ import annotations
 
@@ -9,15 +9,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from dbparallel.config import TEXT_TASKS, Config, given_value, load_config
 from dbparallel.errors import DataError, UserError
-from dbparallel.shell import shell_path
-
-if TYPE_CHECKING:
-    from dbparallel.data.reshard import Resharded
-    from dbparallel.data.shards import DataIndex
 
 
 def split_items(items: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -76,7 +70,9 @@ def cmd_data(args: argparse.Namespace) -> int:
             "--batch" if args.batch else "--dtype"
         raise UserError(f"{given}: for data encode")
     if args.action == "reshard":
-        return _reshard(cfg, args.out)
+        from dbparallel.cli_data_rewrite import reshard_command
+
+        return reshard_command(cfg, args.out)
     if args.action == "encode":
         from dbparallel.cli_data_encode import encode
 
@@ -176,68 +172,6 @@ def _read_as_text(task: str, folder: str) -> str:
             f"task={task} trains on images: convert the images to one of those formats, or "
             f"set task={', '.join(TEXT_TASKS[:-1])} or {TEXT_TASKS[-1]} to train a language "
             f"model on the text")
-
-
-def rewritten_data(cfg: Config, out: str, action: str) -> DataIndex:
-    """The image data ``data reshard`` or ``data encode`` (``action``) rewrites into ``out``;
-    UserError where there is no --out, it lies inside data.path, or the data are text."""
-    from pathlib import Path
-
-    from dbparallel.data.reshard import NOT_TEXT
-    from dbparallel.data.sources import holds_text, open_data
-
-    if not out:
-        raise UserError(f"data {action}: --out FOLDER is required (a new or empty folder)")
-    if holds_text(cfg.data):  # before a corpus is tokenized for nothing
-        where = cfg.data.path or f"data.source={cfg.data.source}"
-        raise UserError(f"{where}: {NOT_TEXT}")
-    if "://" not in out and cfg.data.path and "://" not in cfg.data.path and \
-            Path(out).resolve().is_relative_to(Path(cfg.data.path).resolve()):
-        raise UserError(f"--out {out}: inside data.path {cfg.data.path}; the new files would "
-                        f"become part of the data set they are written from")
-    return open_data(cfg.data)
-
-
-def written_rows(out: str, done: Resharded, shard_rows: int) -> None:
-    """Print each split's rows and row groups as ``out`` now holds them; RuntimeError where
-    they are not the rows ``done`` says were read."""
-    from dbparallel.data.parquet_index import parquet_index
-
-    written = parquet_index(out)
-    for split, rows in done.rows.items():
-        if written.num_rows(split) != rows:
-            raise RuntimeError(f"{out} has {written.num_rows(split)} {split} rows, {rows} "
-                               f"were read")
-        groups = len(written.shards(split))
-        print(f"{split}: {rows:,} rows in {groups:,} row group{'s' if groups != 1 else ''} of "
-              f"at most {shard_rows:,} rows")
-
-
-def _reshard(cfg: Config, out: str) -> int:
-    """``data reshard``: rewrite an image data set in row groups of data.shard_rows rows."""
-    from dbparallel.data.reshard import reshard, resizes
-
-    index = rewritten_data(cfg, out, "reshard")
-    resized = resizes(index, cfg.data)
-    if cfg.data.resize and not resized:
-        print("data.resize: the images are pixel lists of one size already; they are copied "
-              "as they are", file=sys.stderr)
-    done = reshard(index, out, cfg.data.shard_rows, progress=sys.stderr.isatty(),
-                   resize=cfg.data if resized else None)
-    written_rows(out, done, cfg.data.shard_rows)
-    files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
-    if resized:
-        s, mode = cfg.data.image_size, "grey" if cfg.data.channels == 1 else "RGB"
-        print(f"wrote {files} to {out}; every image was turned upright, cut square and "
-              f"resized to {s}x{s} {mode} PNG: train on them with data.source=parquet "
-              f"data.path={shell_path(out)} data.image_size={s} "
-              f"data.channels={cfg.data.channels} (no data.resize needed)")
-        return 0
-    print(f"wrote {files} to {out}; train on them with "
-          f"data.source=parquet data.path={shell_path(out)}")
-    print(f"the rows were copied as they are, not decoded: `dbparallel data check "
-          f"{shell_path(out)}`, with the same data settings, checks every one")
-    return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

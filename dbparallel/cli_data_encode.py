@@ -7,7 +7,7 @@ import argparse
 import sys
 from functools import partial
 
-from dbparallel.cli_data import rewritten_data, written_rows
+from dbparallel.cli_data_rewrite import rewritten_data, written_rows
 from dbparallel.config import Config
 from dbparallel.errors import UserError
 from dbparallel.shell import shell_path
