@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 
 from dbparallel.cli_data_rewrite import rewritten_data, written_rows
 from dbparallel.config import Config
@@ -18,7 +17,7 @@ DEFAULT_BATCH = 64
 def encode(cfg: Config, args: argparse.Namespace) -> int:
     """Write the latents of every image of ``cfg``'s data into ``args.out``, and the settings
     that train on them."""
-    from dbparallel.data.latent_encoding import LatentEncoder, encode_rows
+    from dbparallel.data.latent_encoding import Encode, LatentEncoder
     from dbparallel.data.named_function import named_function
     from dbparallel.data.reshard import reshard
     from dbparallel.training.device import requested_device
@@ -36,7 +35,7 @@ def encode(cfg: Config, args: argparse.Namespace) -> int:
     encoder = LatentEncoder(function, args.encoder, device, args.batch or DEFAULT_BATCH,
                             args.dtype or "float16")
     done = reshard(index, args.out, cfg.data.shard_rows, progress=sys.stderr.isatty(),
-                   rewrite=partial(encode_rows, data=cfg.data, encoder=encoder), desc="encode")
+                   rewrite=Encode(cfg.data, encoder), desc="encode")
     written_rows(args.out, done, cfg.data.shard_rows)
     stats, sigma_data = encoder.stats, cfg.noise.sigma_data
     c, h, _ = stats.shape

@@ -20,8 +20,7 @@ import torch
 
 from dbparallel.config import DataConfig
 from dbparallel.data.images import IMAGE_COLUMN, image_rows, images_on
-from dbparallel.data.shard_reader import ShardRows
-from dbparallel.errors import RowError, UserError
+from dbparallel.errors import UserError
 
 DTYPES = {"float16": (pa.float16(), np.float16), "float32": (pa.float32(), np.float32)}
 
@@ -103,14 +102,19 @@ class LatentEncoder:
         return values
 
 
-def encode_rows(rows: pa.Table, piece: ShardRows, data: DataConfig,
-                encoder: LatentEncoder) -> pa.Table:
-    """``rows`` with every image decoded as training decodes it by ``data`` (the images'
-    settings) and replaced by its latents from ``encoder``; RowError naming the file and row
-    of a bad one."""
-    try:
-        decoded = image_rows(rows, data, data.decode_threads or os.cpu_count() or 1)
-    except RowError as err:
-        raise err.at(piece.where(err.row)) from None
-    latents = encoder.encode(images_on(decoded[IMAGE_COLUMN], data))
-    return rows.set_column(rows.schema.get_field_index(IMAGE_COLUMN), IMAGE_COLUMN, latents)
+@dataclass
+class Encode:
+    """``data encode``'s rewrite of ``reshard`` (data/reshard.py): every image decoded as
+    training decodes it by ``data`` (the images' settings) and replaced by its latents from
+    ``encoder``; ``check`` decodes alone. RowError at a bad row."""
+
+    data: DataConfig
+    encoder: LatentEncoder
+
+    def rewrite(self, rows: pa.Table) -> pa.Table:
+        latents = self.encoder.encode(images_on(self.check(rows)[IMAGE_COLUMN], self.data))
+        return rows.set_column(rows.schema.get_field_index(IMAGE_COLUMN), IMAGE_COLUMN,
+                               latents)
+
+    def check(self, rows: pa.Table) -> dict[str, torch.Tensor]:
+        return image_rows(rows, self.data, self.data.decode_threads or os.cpu_count() or 1)

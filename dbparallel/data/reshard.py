@@ -9,8 +9,10 @@ columns as they are (encoded images stay encoded; nothing is decoded or checked:
 data check`` does that). With ``data.resize`` (encoded images only), every image is instead
 decoded as training would decode it (turned upright, cut square, resized to
 ``data.image_size``, in ``data.channels``' colour mode) and stored as a PNG of that size: a
-set of large photos is resized once, not at every read of every epoch, and a bad image stops
-it, named. It reads a piece of a row group at a time, holds at most one row group being
+set of large photos is resized once, not at every read of every epoch (``data encode``
+rewrites them into latents the same way: data/latent_encoding.py). A bad image stops the
+writing; the rest are then only decoded, so that every bad image is named (up to
+MAX_BAD_ROWS). It reads a piece of a row group at a time, holds at most one row group being
 written and hands it to the writer a piece at a time (``in_pieces``); if it fails part-way it
 deletes the files it wrote.
 """
@@ -21,10 +23,9 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -34,13 +35,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from dbparallel.config import DataConfig
+from dbparallel.data.bad_rows import decode_past_bad_rows
 from dbparallel.data.encoded import decode_encoded
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
 from dbparallel.data.row_groups import in_pieces
 from dbparallel.data.shard_reader import ShardRows, read_pieces
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tables import resolve_path
-from dbparallel.errors import DataError, RowError, UserError
+from dbparallel.errors import MAX_BAD_ROWS, BadRows, DataError, RowError, UserError
 
 GROUPS_PER_FILE = 16  # row groups written into one file before the next is started
 CLASSES_KEY = b"dbparallel.classes"  # an image folder's class names, by label, as JSON
@@ -81,7 +83,28 @@ NOT_TEXT = ("only image data sets are resharded; a text corpus is tokenized into
             "data.shard_rows rows already")
 
 
-Rewrite = Callable[[pa.Table, ShardRows], pa.Table]  # (image and label rows, their piece)
+class Rewrite(Protocol):
+    """What ``reshard`` does to the image and label rows of each piece it copies: ``rewrite``
+    gives them back changed (resized, encoded to latents); ``check`` only decodes them as
+    ``rewrite`` would, to find bad rows once one is met and nothing more is written. Both
+    raise a RowError counting rows from the first given."""
+
+    def rewrite(self, rows: pa.Table) -> pa.Table: ...
+
+    def check(self, rows: pa.Table) -> object: ...
+
+
+@dataclass
+class _Resize:
+    """data.resize's rewrite: every image decoded by ``data`` and stored as a PNG."""
+
+    data: DataConfig
+
+    def rewrite(self, rows: pa.Table) -> pa.Table:
+        return _resized(rows, self.data)
+
+    def check(self, rows: pa.Table) -> object:
+        return decode_encoded(rows.column(IMAGE_COLUMN), self.data, _threads(self.data))
 
 
 def reshard(index: DataIndex, out: str, shard_rows: int, progress: bool = False,
@@ -91,18 +114,20 @@ def reshard(index: DataIndex, out: str, shard_rows: int, progress: bool = False,
     object-store URI) in row groups of ``shard_rows`` rows; with ``resize`` (a DataConfig
     whose ``resize`` is set, of encoded images), every image decoded by it and stored as a
     PNG of its ``image_size``; with ``rewrite``, every piece's rows as it gives them back
-    (``data encode``: the images' latents). ``desc`` names the progress bar."""
+    (``data encode``: the images' latents). A bad row a rewrite meets stops the writing;
+    the rest are then only decoded, to name every bad row (BadRows, up to MAX_BAD_ROWS).
+    ``desc`` names the progress bar."""
     if index.kind != "images":
         raise DataError(f"{index.source}: {NOT_TEXT}")
     if resize is not None and resizes(index, resize):
-        rewrite = partial(_resized, data=resize)
+        rewrite = _Resize(resize)
     fs, root = resolve_path(out)
     created = _check_empty(fs, root, out)
     classes = index.meta.get("classes")
     metadata = {CLASSES_KEY: json.dumps(classes).encode()} if classes else {}
     done = Resharded()
     total = sum(index.num_rows(s) for s in index.present())
-    writer = None
+    writer, bad = None, []
     try:
         with tqdm(total=total, unit="rows", disable=not progress, desc=desc) as bar:
             for split in index.present():
@@ -111,10 +136,25 @@ def reshard(index: DataIndex, out: str, shard_rows: int, progress: bool = False,
                     for piece in read_pieces(shard, [IMAGE_COLUMN, LABEL_COLUMN],
                                              index.meta):
                         rows = piece.table.select([IMAGE_COLUMN, LABEL_COLUMN])
-                        writer.add(rows if rewrite is None else rewrite(rows, piece))
+                        if rewrite is None:
+                            writer.add(rows)
+                        elif not bad:
+                            try:
+                                writer.add(rewrite.rewrite(rows))
+                            except RowError:  # named below, with the piece's others
+                                bad += _bad_rows(rewrite, rows, piece, MAX_BAD_ROWS)
+                        else:
+                            bad += _bad_rows(rewrite, rows, piece, MAX_BAD_ROWS - len(bad))
+                        if len(bad) >= MAX_BAD_ROWS:
+                            raise BadRows(bad, stopped=True)
                         bar.update(piece.table.num_rows)
+                if bad:
+                    writer.abandon()
+                    continue
                 writer.close()
                 done.rows[split] = index.num_rows(split)
+            if bad:
+                raise BadRows(bad)
     except BaseException:  # a failed read, an interrupt: no half-written folder is left
         if writer is not None:
             writer.abandon()
@@ -134,15 +174,23 @@ def resizes(index: DataIndex, data: DataConfig) -> bool:
         index.meta.get("encoding") == "encoded"
 
 
-def _resized(rows: pa.Table, piece: ShardRows, data: DataConfig) -> pa.Table:
+def _bad_rows(rewrite: Rewrite, rows: pa.Table, piece: ShardRows, limit: int) -> list[str]:
+    """Every bad row of ``rows`` (up to ``limit``), named by its file and row, as
+    ``rewrite.check`` decodes them."""
+    _, found = decode_past_bad_rows(lambda a, b: rewrite.check(rows.slice(a, b - a)),
+                                    rows.num_rows, limit)
+    return [str(err.at(piece.where(row))) for row, err in found]
+
+
+def _threads(data: DataConfig) -> int:
+    return data.decode_threads or os.cpu_count() or 1
+
+
+def _resized(rows: pa.Table, data: DataConfig) -> pa.Table:
     """``rows`` with every image decoded by ``data`` (upright, cut square, resized) and
-    encoded again as a PNG of ``data.image_size`` pixels square; DataError naming the file
-    and row of a bad one."""
-    threads = data.decode_threads or os.cpu_count() or 1
-    try:
-        pixels = decode_encoded(rows.column(IMAGE_COLUMN), data, threads)
-    except RowError as err:
-        raise err.at(piece.where(err.row)) from None
+    encoded again as a PNG of ``data.image_size`` pixels square; RowError at a bad one."""
+    threads = _threads(data)
+    pixels = decode_encoded(rows.column(IMAGE_COLUMN), data, threads)
     c, s = data.channels, data.image_size
     images = pixels.reshape(-1, c, s, s).transpose(0, 2, 3, 1)
 

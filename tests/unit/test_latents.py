@@ -347,11 +347,15 @@ def test_data_encode_names_a_bad_image_and_its_options_belong_to_it(
         decoder_module: str, tmp_path: Path, capsys) -> None:
     rows = tmp_path / "images.parquet"
     good = [0.5] * 64
-    pq.write_table(pa.table({"image": [good, [0.5] * 63, good], "label": [0, 1, 2]}), rows)
+    pq.write_table(pa.table({"image": [good, [0.5] * 63, good, [2.0] * 64],
+                             "label": [0, 1, 2, 3]}), rows)
     out = tmp_path / "latents"
     assert cli.main(["data", "encode", str(rows), "--encoder", f"{decoder_module}:encode",
                      "--out", str(out)]) == 2
-    assert f"{rows} row 1: column 'image' has 63 values, expected 64" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 bad rows:" in err  # every bad image, the encoder stopped at the first
+    assert f"{rows} row 1: column 'image' has 63 values, expected 64" in err
+    assert f"{rows} row 3: column 'image' has values outside [0, 1]" in err
     assert not out.exists()
     assert cli.main(["data", "encode", str(rows), "--out", str(out)]) == 2
     assert "--encoder MODULE:FUNCTION is required" in capsys.readouterr().err

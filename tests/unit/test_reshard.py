@@ -253,3 +253,34 @@ def test_a_bad_photo_stops_a_resizing_reshard_named(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert f"{folder / '1.png'}: is not a readable image" in err, err
     assert not out.exists()
+
+
+def test_a_resizing_reshard_names_every_bad_photo_and_writes_nothing(tmp_path, capsys) -> None:
+    """Past the first bad photo nothing more is written, but every row is still decoded, so
+    that each bad one is named (in order, across row groups and splits: train, then test),
+    and the folder it made is removed."""
+
+    def png(size: tuple[int, int]) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", size).save(out, "PNG")
+        return out.getvalue()
+
+    images = [png((20, 10)), b"junk", png((12, 12)), b"more junk", png((9, 30))]
+    table = tmp_path / "photos.parquet"
+    pq.write_table(pa.table({"image": images, "label": [0] * 5}), table, row_group_size=2)
+    test = tmp_path / "test.parquet"
+    pq.write_table(pa.table({"image": [b"bad", png((8, 8))], "label": [0, 0]}), test)
+    data = tmp_path / "data"
+    data.mkdir()
+    table.rename(data / "train.parquet")
+    test.rename(data / "test.parquet")
+    out = tmp_path / "small"
+    assert main(["data", "reshard", str(data), "--out", str(out), "data.resize=true",
+                 "data.image_size=8", "data.channels=3", "data.num_classes=1"]) == 2
+    err = capsys.readouterr().err
+    named = [line.strip() for line in err.splitlines()[1:]]
+    assert "3 bad rows:" in err.splitlines()[0], err
+    assert [line.split(": column")[0] for line in named] == [
+        f"{data / 'train.parquet'} row 1", f"{data / 'train.parquet'} row 3",
+        f"{data / 'test.parquet'} row 0"], err
+    assert not out.exists()
