@@ -196,19 +196,31 @@ def _jsonl_documents(fs: pafs.FileSystem, path: str, folder: str, field: str,
             if len(broken) == errors.MAX_BAD_ROWS:
                 break
             continue
-        if not isinstance(row, dict) or not isinstance(row.get(field), str):
-            raise not_a_document(where, row, first, folder, field, later)
+        try:
+            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                raise not_a_document(where, row, first, folder, field, later)
+            split = _split_value(row.get(SPLIT_FIELD), f"{where}: field {SPLIT_FIELD!r}")
+        except DataError as err:  # it stops here, with the broken lines before it named
+            if broken:
+                raise _broken_lines(broken, field, err) from None
+            raise
         first = False
-        split = _split_value(row.get(SPLIT_FIELD), f"{where}: field {SPLIT_FIELD!r}")
         name = str(row.get(WORK_FIELD, f"{_stem(path)}:{number}"))
         yield Document(name, split, _slices(row[field]))
     if len(broken) == 1:
         raise broken[0]
-    if broken:  # each said without the rule, which the head says once
-        rule = f" ({jsonl_rule(field)})"
-        raise BadRows([str(e).removesuffix(rule) for e in broken],
-                      stopped=len(broken) == errors.MAX_BAD_ROWS, what="lines",
-                      note=jsonl_rule(field))
+    if broken:
+        raise _broken_lines(broken, field)
+
+
+def _broken_lines(broken: list[DataError], field: str,
+                  stop: DataError | None = None) -> BadRows:
+    """The lines of a JSON Lines file that are not JSON, each said without the rule (the head
+    says it once), then the error ``stop`` of the line the reading stopped at, if any."""
+    rule = f" ({jsonl_rule(field)})"
+    rows = [str(e).removesuffix(rule) for e in broken] + ([str(stop)] if stop else [])
+    return BadRows(rows, stopped=stop is not None or len(broken) == errors.MAX_BAD_ROWS,
+                   what="lines", note=jsonl_rule(field))
 
 
 def _string_column(schema: pa.Schema, column: str, path: str, field: str) -> bool:
