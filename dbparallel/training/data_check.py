@@ -111,7 +111,8 @@ def _stamp(cfg: Config, index: DataIndex) -> Path:
     d = cfg.data
     key = {"data": index.fingerprint, "task": cfg.task, "image_size": d.image_size,
            "channels": d.channels, "classes": d.num_classes, "vocab_size": d.vocab_size,
-           **({"resize": True} if d.resize else {})}  # (the stamps of earlier checks hold)
+           **({"resize": True} if d.resize else {}),  # (the stamps of earlier checks hold)
+           **({"latents": True} if d.latents else {})}  # latents pass what pixels may not
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return cache_dir() / "checked" / f"{digest}.json"
 
