@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dbparallel.config import Config
-from dbparallel.data.images import IMAGE_COLUMN
+from dbparallel.data.images import IMAGE_COLUMN, image_encoding
 from dbparallel.data.pixel_order import looks_like
 from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex
@@ -147,8 +147,9 @@ def latent_scale_warning(cfg: Config, index: DataIndex) -> str | None:
         return None
     column = _first_images(index)
     size = data.channels * data.image_size ** 2
-    if not pa.types.is_floating(column.type.value_type):
-        return None  # pixels: the validation pass names data.latents
+    if image_encoding(column.type) == "encoded" or \
+            not pa.types.is_floating(column.type.value_type):
+        return None  # pixels (encoded, integers): the validation pass names data.latents
     whole = pc.fill_null(pc.equal(pc.list_value_length(column), size), False)
     rows = pc.list_flatten(column.filter(whole)).to_numpy(zero_copy_only=False)
     rows = rows.astype(np.float64).reshape(-1, size)

@@ -1,7 +1,9 @@
-"""data.latents against the checks made before training: the validation pass's stamp."""
+"""data.latents against the checks made before training: the validation pass's stamp, the
+scale warning on a column of encoded images."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from dbparallel import cli
 from dbparallel.config import load_config
 from dbparallel.data.sources import open_data
 from dbparallel.errors import BadRows
 from dbparallel.training.data_check import check_data
+from dbparallel.training.data_warnings import latent_scale_warning
 
 FLOATS = ["data.source=parquet", "data.channels=1", "data.image_size=2"]
 
@@ -29,3 +33,24 @@ def test_a_check_of_latents_does_not_pass_the_same_rows_as_pixels(tmp_path: Path
     pixels = load_config([], [*FLOATS, f"data.path={tmp_path}"])
     with pytest.raises(BadRows, match="row 30: column 'image' has values outside"):
         check_data(pixels, index, progress=False)
+
+
+def test_latents_of_encoded_images_are_refused_naming_data_latents(tmp_path: Path,
+                                                                   capsys) -> None:
+    from PIL import Image
+
+    def png(value: int) -> bytes:
+        out = io.BytesIO()
+        Image.new("L", (2, 2), value).save(out, "PNG")
+        return out.getvalue()
+
+    pq.write_table(pa.table({"image": pa.array([png(v) for v in range(20)], pa.binary()),
+                             "label": pa.array([0] * 20, pa.int64())}),
+                   tmp_path / "train.parquet")
+    given = [*FLOATS, f"data.path={tmp_path}", "data.latents=true"]
+    cfg = load_config([], given)
+    assert latent_scale_warning(cfg, open_data(cfg.data)) is None  # the check names it
+    assert cli.main(["data", "check", *given]) == 2
+    err = capsys.readouterr().err
+    assert "holds encoded images, pixels, and data.latents=true" in err
+    assert "Traceback" not in err
