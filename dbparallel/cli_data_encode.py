@@ -41,11 +41,17 @@ def encode(cfg: Config, args: argparse.Namespace) -> int:
     c, h, _ = stats.shape
     files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
     scale = f"{sigma_data / stats.std:.4g}" if stats.std > 0 else "1"
+    # off centre by more than a standard deviation, as latent_scale_warning tells it
+    shift = f"data.latent_shift={stats.mean:.6g} " if abs(stats.mean) > stats.std else ""
+    fits = (f"the shift and scale that bring them to mean 0 and noise.sigma_data="
+            f"{sigma_data:g}; your autoencoder's own shift_factor and scaling_factor where it "
+            f"has them" if shift else
+            f"the scale that brings them to noise.sigma_data={sigma_data:g}; your "
+            f"autoencoder's own scaling_factor where it has one")
     print(f"wrote {files} to {args.out}: latents of {c}x{h}x{h} ({args.dtype or 'float16'}), "
           f"mean {stats.mean:.4g}, standard deviation {stats.std:.4g}")
     print(f"train on them with data.source=parquet data.path={shell_path(args.out)} "
-          f"data.latents=true data.channels={c} data.image_size={h} data.latent_scale={scale} "
-          f"(the scale that brings them to noise.sigma_data={sigma_data:g}; your "
-          f"autoencoder's own scaling_factor where it has one), and sample.decoder=MODULE:"
+          f"data.latents=true data.channels={c} data.image_size={h} {shift}"
+          f"data.latent_scale={scale} ({fits}), and sample.decoder=MODULE:"
           f"FUNCTION to see and score its samples as images")
     return 0

@@ -1,9 +1,10 @@
 """data.latents against the checks made before training: the validation pass's stamp, the
-scale warning on a column of encoded images."""
+scale warning on a column of encoded images, and the settings `data encode` prints."""
 
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +55,25 @@ def test_latents_of_encoded_images_are_refused_naming_data_latents(tmp_path: Pat
     err = capsys.readouterr().err
     assert "holds encoded images, pixels, and data.latents=true" in err
     assert "Traceback" not in err
+
+
+OFF_CENTRE = """
+import torch
+
+def encode(images):
+    return images[:, :, ::2, ::2].repeat(1, 4, 1, 1) * 0.5 + 10
+"""
+
+
+def test_data_encode_prints_the_shift_of_latents_off_centre(tmp_path: Path, capsys,
+                                                           monkeypatch) -> None:
+    (tmp_path / "off_centre.py").write_text(OFF_CENTRE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "latents"
+    assert cli.main(["data", "encode", "data.source=digits", "--encoder", "off_centre:encode",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    settings = re.search(r"train on them with (.*?) \(", printed).group(1).split()
+    assert any(s.startswith("data.latent_shift=") for s in settings), printed
+    cfg = load_config([], settings)
+    assert latent_scale_warning(cfg, open_data(cfg.data)) is None
