@@ -65,9 +65,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         raise UserError(_read_as_text(cfg.task, cfg.data.path))
     if args.action == "check" and args.out:
         raise UserError("--out: data check writes nothing; --out is for data reshard")
-    if args.action != "encode" and (args.encoder or args.device or args.batch or args.dtype):
+    batch = args.batch is not None
+    if args.action != "encode" and (args.encoder or args.device or batch or args.dtype):
         given = "--encoder" if args.encoder else "--device" if args.device else \
-            "--batch" if args.batch else "--dtype"
+            "--batch" if batch else "--dtype"
         raise UserError(f"{given}: for data encode")
     if args.action == "reshard":
         from dbparallel.cli_data_rewrite import reshard_command
@@ -197,7 +198,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "(N, C', H', W')")
     d.add_argument("--device", default="", help="encode: where the encoder runs (default "
                    "cpu; cuda, cuda:N)")
-    d.add_argument("--batch", type=int, default=0, help="encode: images per encoder call "
+    d.add_argument("--batch", type=int, default=None, help="encode: images per encoder call "
                    "(default 64)")
     d.add_argument("--dtype", default="", choices=["", "float16", "float32"],
                    help="encode: how the latents are stored (default float16)")

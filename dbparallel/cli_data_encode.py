@@ -27,12 +27,13 @@ def encode(cfg: Config, args: argparse.Namespace) -> int:
                         "autoencoder's encoder)")
     if cfg.data.latents:
         raise UserError("data.latents: data encode reads images (pixels), and writes latents")
-    if args.batch < 0:
-        raise UserError(f"--batch: must be >= 1, got {args.batch}")
+    batch = DEFAULT_BATCH if args.batch is None else args.batch
+    if batch < 1:
+        raise UserError(f"--batch: must be >= 1, got {batch}")
     device = requested_device(args.device or None)
     function = named_function(args.encoder, f"--encoder {args.encoder}")
     index = rewritten_data(cfg, args.out, "encode")
-    encoder = LatentEncoder(function, args.encoder, device, args.batch or DEFAULT_BATCH,
+    encoder = LatentEncoder(function, args.encoder, device, batch,
                             args.dtype or "float16")
     done = reshard(index, args.out, cfg.data.shard_rows, progress=sys.stderr.isatty(),
                    rewrite=Encode(cfg.data, encoder), desc="encode")

@@ -1,5 +1,5 @@
 """data.latents against the checks made before training: the validation pass's stamp, the
-scale warning on a column of encoded images, and the settings `data encode` prints."""
+scale warning on a column of encoded images, and the settings and options of `data encode`."""
 
 from __future__ import annotations
 
@@ -77,3 +77,12 @@ def test_data_encode_prints_the_shift_of_latents_off_centre(tmp_path: Path, caps
     assert any(s.startswith("data.latent_shift=") for s in settings), printed
     cfg = load_config([], settings)
     assert latent_scale_warning(cfg, open_data(cfg.data)) is None
+
+
+def test_a_batch_of_no_images_is_refused(tmp_path: Path, capsys) -> None:
+    assert cli.main(["data", "encode", "data.source=digits", "--encoder", "m:f", "--batch", "0",
+                     "--out", str(tmp_path / "out")]) == 2
+    assert "--batch: must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert cli.main(["data", "check", "data.source=digits", "--batch", "0"]) == 2
+    assert "--batch: for data encode" in capsys.readouterr().err
