@@ -49,10 +49,13 @@ def encode(cfg: Config, args: argparse.Namespace) -> int:
             f"has them" if shift else
             f"the scale that brings them to noise.sigma_data={sigma_data:g}; your "
             f"autoencoder's own scaling_factor where it has one")
+    # written channels first: a recipe's data.pixel_order=hwc would scramble them unwarned
+    order = "data.pixel_order=chw " if cfg.data.pixel_order != "chw" else ""
     print(f"wrote {files} to {args.out}: latents of {c}x{h}x{h} ({args.dtype or 'float16'}), "
           f"mean {stats.mean:.4g}, standard deviation {stats.std:.4g}")
     print(f"train on them with data.source=parquet data.path={shell_path(args.out)} "
-          f"data.latents=true data.channels={c} data.image_size={h} {shift}"
+          f"data.latents=true data.channels={c} data.image_size={h} "
+          f"data.num_classes={cfg.data.num_classes} {order}{shift}"
           f"data.latent_scale={scale} ({fits}), and sample.decoder=MODULE:"
           f"FUNCTION to see and score its samples as images")
     return 0

@@ -71,8 +71,12 @@ def reshard_command(cfg: Config, out: str) -> int:
               f"data.path={shell_path(out)} data.image_size={s} "
               f"data.channels={cfg.data.channels} (no data.resize needed)")
         return 0
+    d = cfg.data
+    latents = (f" data.latents=true data.channels={d.channels} data.image_size={d.image_size}"
+               f" data.latent_scale={d.latent_scale:g} data.latent_shift={d.latent_shift:g}"
+               if d.latents else "")
     print(f"wrote {files} to {out}; train on them with "
-          f"data.source=parquet data.path={shell_path(out)}")
+          f"data.source=parquet data.path={shell_path(out)}{latents}")
     print(f"the rows were copied as they are, not decoded: `dbparallel data check "
           f"{shell_path(out)}`, with the same data settings, checks every one")
     return 0

@@ -164,7 +164,7 @@ def latent_rows(column: pa.Array, data: DataConfig) -> torch.Tensor:
                 else f"integers ({column.type.value_type})")
         raise DataError(f"column {IMAGE_COLUMN!r} holds {what}, pixels, and data.latents=true "
                         f"reads an autoencoder's latents as float lists: write the latents as "
-                        f"float32 or float16, or set data.latents=false for pixels")
+                        f"float32 or float16 (pixels are read with data.latents=false)")
     flat, kind = _checked_lists(column, data)
     latents = flat if pa.types.is_float16(kind) else flat.astype(np.float32)
     bad = ~np.isfinite(latents).all(1)  # nulls: NaN

@@ -63,13 +63,15 @@ class LatentEncoder:
         self.stats = LatentStats()
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> pa.Array:
-        """A list column of the latents of ``images`` (N, C, H, W) floats in [0, 1], one flat
-        list per image; UserError naming --encoder where it returns anything else, and naming
-        --dtype where a latent does not fit float16."""
+    def encode(self, pixels: torch.Tensor, data: DataConfig) -> pa.Array:
+        """A list column of the latents of ``pixels`` (N, C*H*W, as ``image_rows`` holds
+        them: uint8, or floats in [0, 1]), one flat list per image: each batch becomes float
+        images (N, C, H, W) in [0, 1] on the device only as it is encoded. UserError naming
+        --encoder where it returns anything else, and naming --dtype where a latent does not
+        fit float16."""
         out = []
-        for start in range(0, len(images), self.batch):
-            part = images[start:start + self.batch].to(self.device)
+        for start in range(0, len(pixels), self.batch):
+            part = images_on(pixels[start:start + self.batch], data, self.device)
             latents = self._checked(self.function(part), part)
             stored = latents.astype(self.numpy_type)
             if not np.isfinite(stored).all():
@@ -112,7 +114,7 @@ class Encode:
     encoder: LatentEncoder
 
     def rewrite(self, rows: pa.Table) -> pa.Table:
-        latents = self.encoder.encode(images_on(self.check(rows)[IMAGE_COLUMN], self.data))
+        latents = self.encoder.encode(self.check(rows)[IMAGE_COLUMN], self.data)
         return rows.set_column(rows.schema.get_field_index(IMAGE_COLUMN), IMAGE_COLUMN,
                                latents)
 

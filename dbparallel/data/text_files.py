@@ -219,8 +219,8 @@ def _broken_lines(broken: list[DataError], field: str,
     says it once), then the error ``stop`` of the line the reading stopped at, if any."""
     rule = f" ({jsonl_rule(field)})"
     rows = [str(e).removesuffix(rule) for e in broken] + ([str(stop)] if stop else [])
-    return BadRows(rows, stopped=stop is not None or len(broken) == errors.MAX_BAD_ROWS,
-                   what="lines", note=jsonl_rule(field))
+    return BadRows(rows, stopped=len(broken) == errors.MAX_BAD_ROWS, what="lines",
+                   note=jsonl_rule(field))
 
 
 def _string_column(schema: pa.Schema, column: str, path: str, field: str) -> bool:

@@ -325,7 +325,8 @@ def test_data_encode_writes_the_latents_of_every_image_and_the_settings_to_train
     assert table.column("label").to_pylist() == digits.target.tolist()
     scale = 0.5 / expected.astype(np.float16).astype(np.float64).std()
     assert (f"train on them with data.source=parquet data.path={out} data.latents=true "
-            f"data.channels=4 data.image_size=4 data.latent_scale={scale:.4g}") in printed
+            f"data.channels=4 data.image_size=4 data.num_classes=10 "
+            f"data.latent_scale={scale:.4g}") in printed
 
 
 @pytest.mark.parametrize(("encoder", "message"), [
@@ -361,3 +362,16 @@ def test_data_encode_names_a_bad_image_and_its_options_belong_to_it(
     assert "--encoder MODULE:FUNCTION is required" in capsys.readouterr().err
     assert cli.main(["data", "check", str(rows), "--encoder", "m:f"]) == 2
     assert "--encoder: for data encode" in capsys.readouterr().err
+
+
+def test_a_reshard_of_latents_prints_the_settings_that_read_them(latent_data: Path,
+                                                                 tmp_path: Path,
+                                                                 capsys) -> None:
+    out = tmp_path / "resharded"
+    assert cli.main(["data", "reshard", str(latent_data), *LATENT[1:], "data.latent_scale=0.2",
+                     "--out", str(out)]) == 0
+    assert (f"train on them with data.source=parquet data.path={out} data.latents=true "
+            f"data.channels=4 data.image_size=4 data.latent_scale=0.2 data.latent_shift=0"
+            in capsys.readouterr().out)
+    assert pq.read_schema(next(out.glob("train-*.parquet"))).field("image").type == \
+        pa.list_(pa.float16())
