@@ -18,5 +18,9 @@ def assemble(cfg: Config, storage: Storage, index: DataIndex, device: str = "cpu
     if write_samples:
         name, data = network.artifact(index)
         storage.write_bytes(name, data)
+        if cfg.data.latents:  # sample.decoder set or dropped on a resume: one of the two
+            other = "samples.png" if name == "samples.safetensors" else "samples.safetensors"
+            if storage.exists(other):
+                storage.delete(other)
         storage.write_json(DIAGNOSTICS_FILE, network.diagnose(index))
     return metrics

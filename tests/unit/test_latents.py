@@ -292,13 +292,16 @@ def test_a_decoder_draws_samples_png_and_fid_scores_decoded_latents(
     except UserError:  # the Inception network is not installed here: samples.png alone
         fid = []
     run = tmp_path / "run"
+    settings = [f"data.path={latent_data}", *LATENT, "data.latent_scale=0.2", "train.steps=6",
+                "sample.eval_samples=20", f"run.dir={run}"]
+    run_local(load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [*settings, "train.steps=3"]),
+              None, progress=False)
+    assert (run / "samples.safetensors").exists()  # no decoder yet: latents
     cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"],
-                      [f"data.path={latent_data}", *LATENT, "data.latent_scale=0.2",
-                       f"sample.decoder={decoder_module}:decode", *fid, "train.steps=6",
-                       "sample.eval_samples=20", f"run.dir={run}"])
-    run_local(cfg, None, progress=False)
+                      [*settings, f"sample.decoder={decoder_module}:decode", *fid])
+    run_local(cfg, None, progress=False)  # resumed to 6 steps, with the decoder
     assert not (run / "samples.safetensors").exists()
-    drawn = Image.open(run / "samples.png")
+    drawn = Image.open(run / "samples.png")  # and the latents of the run before, left out
     expected = Image.open(io.BytesIO(encode_png(grid(torch.zeros(20, 1, 8, 8), rows=10),
                                                 scale=8)))
     assert drawn.size == expected.size and drawn.mode == expected.mode
