@@ -200,6 +200,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "cpu; cuda, cuda:N)")
     d.add_argument("--batch", type=int, default=None, help="encode: images per encoder call "
                    "(default 64)")
-    d.add_argument("--dtype", default="", choices=["", "float16", "float32"],
+    d.add_argument("--dtype", default=None, choices=["float16", "float32"],
                    help="encode: how the latents are stored (default float16)")
     d.set_defaults(func=cmd_data)
