@@ -58,12 +58,21 @@ def release_once_gone(storage: Storage, blocks: list[int], session: str, holders
     on this machine has ended, ``wait_s`` in all at most. A block process whose lease was
     released while it renewed it (read, then written) writes the lease back after the
     release, and Ray's kill returns before the process has ended (a holder on another machine
-    cannot be asked: where its write landed, the lease lapses after train.lease_timeout_s)."""
+    cannot be asked: where its write landed, the lease lapses after train.lease_timeout_s).
+    The session's holders named in the leases now are waited for too: a first release cut
+    short (a second Ctrl-C) released none, and left ``holders`` empty."""
     deadline = time.monotonic() + wait_s
-    for holder in holders:
+    for holder in dict.fromkeys([*holders, *_holders(storage, blocks, session)]):
         while _runs(holder) and time.monotonic() < deadline:
             time.sleep(0.05)
     release_session(storage, blocks, session)
+
+
+def _holders(storage: Storage, blocks: list[int], session: str) -> list[str]:
+    """The holders of ``session`` that ``blocks``' leases name."""
+    leases = (BlockLease(storage, block, session, 0.0).read() for block in blocks)
+    return [lease["holder"] for lease in leases
+            if lease and lease.get("session") == session and lease.get("holder")]
 
 
 def _runs(holder: str) -> bool:

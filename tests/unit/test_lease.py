@@ -216,6 +216,35 @@ def test_a_renewal_that_lands_after_the_driver_released_the_lease_is_released_to
     assert lease["holder"] == "" and lease["ended"] is True
 
 
+def test_a_release_cut_short_waits_for_the_holders_the_leases_name(tmp_path) -> None:
+    """A second Ctrl-C that cuts the first release short leaves it nothing released: the
+    release after the kill waits for the session's holders named in the leases, not only
+    those the first release returned, so that a renewal still landing is released too."""
+    from dbparallel.training.session_lease import release_once_gone
+
+    storage = Storage(str(tmp_path))
+    session = driver_session()
+    actor = subprocess.Popen(  # holds the lease, renews it once told, then ends
+        [sys.executable, "-c",
+         "import sys, time; from dbparallel.training.lease import BlockLease; "
+         "from dbparallel.training.storage import Storage; "
+         f"lease = BlockLease(Storage({str(tmp_path)!r}), 0, {session!r}, 3600.0); "
+         "lease.acquire(); print('held', flush=True); sys.stdin.readline(); time.sleep(1); "
+         "lease._write()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert actor.stdout is not None and actor.stdout.readline().strip() == "held"
+        assert actor.stdin is not None
+        actor.stdin.write("go\n")  # its renewal lands a second after the release began
+        actor.stdin.flush()
+        release_once_gone(storage, [0], session, [], 60.0)  # the first release: none
+        assert actor.wait(timeout=60) == 0
+    finally:
+        actor.kill()
+        actor.wait()
+    lease = storage.read_json("blocks/block_0/lease.json")
+    assert lease["holder"] == "" and lease["ended"] is True
+
+
 def _dead_actor_lease(storage: Storage, driver_pid: int) -> None:
     """Block 0's lease as a Ray run leaves it once the block has trained: written long ago by
     an actor process that is gone, for the driver ``driver_pid`` of this machine."""
