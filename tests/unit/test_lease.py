@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -183,27 +184,24 @@ def test_a_refusal_names_the_driver_of_a_ray_run(tmp_path) -> None:
         actor.wait()
 
 
+@pytest.mark.parametrize("first_release", [True, False])
 def test_a_renewal_that_lands_after_the_driver_released_the_lease_is_released_too(
-        tmp_path) -> None:
+        tmp_path, first_release: bool) -> None:
     """A Ray run that stops: the driver releases its session's leases, kills the block
     processes and releases again. A process that read its lease before the first release
     writes it back after it (seen on a `dbparallel stop`: the block left held), and Ray's kill
-    returns before the process has ended: the second release waits for it."""
+    returns before the process has ended: the second release waits for it. So it does where
+    the first release was cut short (a second Ctrl-C) with nothing released: it waits for the
+    session's holders the leases name."""
     from dbparallel.training.session_lease import release_once_gone
 
     storage = Storage(str(tmp_path))
     session = driver_session()
-    actor = subprocess.Popen(  # renews (writes back the lease it read) once told, then ends
-        [sys.executable, "-c",
-         "import sys, time; from dbparallel.training.lease import BlockLease; "
-         "from dbparallel.training.storage import Storage; "
-         f"lease = BlockLease(Storage({str(tmp_path)!r}), 0, {session!r}, 3600.0); "
-         "lease.acquire(); print('held', flush=True); sys.stdin.readline(); time.sleep(1); "
-         "lease._write()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    actor = _renewing_actor(tmp_path, session)
     try:
         assert actor.stdout is not None and actor.stdout.readline().strip() == "held"
-        released = release_session(storage, [0], session)
-        assert [holder_alive(h) for h in released] == [True]
+        released = release_session(storage, [0], session) if first_release else []
+        assert [holder_alive(h) for h in released] == [True] * first_release
         assert actor.stdin is not None
         actor.stdin.write("go\n")  # its renewal lands a second after both releases began
         actor.stdin.flush()
@@ -216,33 +214,17 @@ def test_a_renewal_that_lands_after_the_driver_released_the_lease_is_released_to
     assert lease["holder"] == "" and lease["ended"] is True
 
 
-def test_a_release_cut_short_waits_for_the_holders_the_leases_name(tmp_path) -> None:
-    """A second Ctrl-C that cuts the first release short leaves it nothing released: the
-    release after the kill waits for the session's holders named in the leases, not only
-    those the first release returned, so that a renewal still landing is released too."""
-    from dbparallel.training.session_lease import release_once_gone
-
-    storage = Storage(str(tmp_path))
-    session = driver_session()
-    actor = subprocess.Popen(  # holds the lease, renews it once told, then ends
+def _renewing_actor(tmp_path: Path, session: str) -> subprocess.Popen:
+    """A block process of ``session`` that holds block 0's lease, says "held", and once told
+    (a line on its stdin) renews it a second later (writes back the lease it read), then
+    ends."""
+    return subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; from dbparallel.training.lease import BlockLease; "
          "from dbparallel.training.storage import Storage; "
          f"lease = BlockLease(Storage({str(tmp_path)!r}), 0, {session!r}, 3600.0); "
          "lease.acquire(); print('held', flush=True); sys.stdin.readline(); time.sleep(1); "
          "lease._write()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert actor.stdout is not None and actor.stdout.readline().strip() == "held"
-        assert actor.stdin is not None
-        actor.stdin.write("go\n")  # its renewal lands a second after the release began
-        actor.stdin.flush()
-        release_once_gone(storage, [0], session, [], 60.0)  # the first release: none
-        assert actor.wait(timeout=60) == 0
-    finally:
-        actor.kill()
-        actor.wait()
-    lease = storage.read_json("blocks/block_0/lease.json")
-    assert lease["holder"] == "" and lease["ended"] is True
 
 
 def _dead_actor_lease(storage: Storage, driver_pid: int) -> None:
