@@ -108,15 +108,16 @@ class LatentEncoder:
 class Encode:
     """``data encode``'s rewrite of ``reshard`` (data/reshard.py): every image decoded as
     training decodes it by ``data`` (the images' settings) and replaced by its latents from
-    ``encoder``; ``check`` decodes alone. RowError at a bad row."""
+    ``encoder``: ``check`` decodes (RowError at a bad row), ``rewrite`` encodes what it
+    decoded."""
 
     data: DataConfig
     encoder: LatentEncoder
 
-    def rewrite(self, rows: pa.Table) -> pa.Table:
-        latents = self.encoder.encode(self.check(rows)[IMAGE_COLUMN], self.data)
-        return rows.set_column(rows.schema.get_field_index(IMAGE_COLUMN), IMAGE_COLUMN,
-                               latents)
-
     def check(self, rows: pa.Table) -> dict[str, torch.Tensor]:
         return image_rows(rows, self.data, self.data.decode_threads or os.cpu_count() or 1)
+
+    def rewrite(self, rows: pa.Table, decoded: dict[str, torch.Tensor]) -> pa.Table:
+        latents = self.encoder.encode(decoded[IMAGE_COLUMN], self.data)
+        return rows.set_column(rows.schema.get_field_index(IMAGE_COLUMN), IMAGE_COLUMN,
+                               latents)

@@ -13,8 +13,9 @@ set of large photos is resized once, not at every read of every epoch (``data en
 rewrites them into latents the same way: data/latent_encoding.py). A bad image stops the
 writing; the rest are then only decoded, so that every bad image is named (up to
 MAX_BAD_ROWS). It reads a piece of a row group at a time, holds at most one row group being
-written and hands it to the writer a piece at a time (``in_pieces``); if it fails part-way it
-deletes the files it wrote.
+written and hands it to the writer a piece at a time (``in_pieces``), and reads and decodes
+the next piece on a thread while it rewrites one (an encoder on a GPU does not wait for the
+CPU's decoding); if it fails part-way it deletes the files it wrote.
 """
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ from tqdm import tqdm
 
 from dbparallel.config import DataConfig
 from dbparallel.data.bad_rows import decode_past_bad_rows
+from dbparallel.data.decoded_pieces import decoded_pieces
 from dbparallel.data.encoded import decode_encoded
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
 from dbparallel.data.row_groups import in_pieces
-from dbparallel.data.shard_reader import ShardRows, read_pieces
+from dbparallel.data.shard_reader import ShardRows
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import MAX_BAD_ROWS, BadRows, DataError, RowError, UserError
@@ -84,14 +86,15 @@ NOT_TEXT = ("only image data sets are resharded; a text corpus is tokenized into
 
 
 class Rewrite(Protocol):
-    """What ``reshard`` does to the image and label rows of each piece it copies: ``rewrite``
-    gives them back changed (resized, encoded to latents); ``check`` only decodes them as
-    ``rewrite`` would, to find bad rows once one is met and nothing more is written. Both
-    raise a RowError counting rows from the first given."""
-
-    def rewrite(self, rows: pa.Table) -> pa.Table: ...
+    """What ``reshard`` does to the image and label rows of each piece it copies, in two
+    stages: ``check`` decodes them (RowError at a bad row, counting rows from the first
+    given), on a thread of its own while the piece before is rewritten; ``rewrite`` gives
+    them back changed (resized, encoded to latents) from what ``check`` decoded. Once a bad
+    row is met only ``check`` runs, to name the other bad rows."""
 
     def check(self, rows: pa.Table) -> object: ...
+
+    def rewrite(self, rows: pa.Table, decoded: object) -> pa.Table: ...
 
 
 @dataclass
@@ -100,23 +103,24 @@ class _Resize:
 
     data: DataConfig
 
-    def rewrite(self, rows: pa.Table) -> pa.Table:
-        return _resized(rows, self.data)
-
-    def check(self, rows: pa.Table) -> object:
+    def check(self, rows: pa.Table) -> np.ndarray:
         return decode_encoded(rows.column(IMAGE_COLUMN), self.data, _threads(self.data))
+
+    def rewrite(self, rows: pa.Table, decoded: np.ndarray) -> pa.Table:
+        return _as_pngs(rows, decoded, self.data)
 
 
 def reshard(index: DataIndex, out: str, shard_rows: int, progress: bool = False,
             resize: DataConfig | None = None, rewrite: Rewrite | None = None,
-            desc: str = "reshard") -> Resharded:
+            desc: str = "reshard", ahead: bool = True) -> Resharded:
     """Write every split of ``index`` under ``out`` (an empty or new folder, local or an
     object-store URI) in row groups of ``shard_rows`` rows; with ``resize`` (a DataConfig
     whose ``resize`` is set, of encoded images), every image decoded by it and stored as a
     PNG of its ``image_size``; with ``rewrite``, every piece's rows as it gives them back
     (``data encode``: the images' latents). A bad row a rewrite meets stops the writing;
     the rest are then only decoded, to name every bad row (BadRows, up to MAX_BAD_ROWS).
-    ``desc`` names the progress bar."""
+    ``desc`` names the progress bar. With ``ahead``, the next piece is read and decoded on a
+    thread while one is rewritten and written (without: one after the other)."""
     if index.kind != "images":
         raise DataError(f"{index.source}: {NOT_TEXT}")
     if resize is not None and resizes(index, resize):
@@ -132,22 +136,22 @@ def reshard(index: DataIndex, out: str, shard_rows: int, progress: bool = False,
         with tqdm(total=total, unit="rows", disable=not progress, desc=desc) as bar:
             for split in index.present():
                 writer = _Writer(fs, root, split, shard_rows, metadata, done)
-                for shard in index.shards(split):
-                    for piece in read_pieces(shard, [IMAGE_COLUMN, LABEL_COLUMN],
-                                             index.meta):
-                        rows = piece.table.select([IMAGE_COLUMN, LABEL_COLUMN])
-                        if rewrite is None:
-                            writer.add(rows)
-                        elif not bad:
-                            try:
-                                writer.add(rewrite.rewrite(rows))
-                            except RowError:  # named below, with the piece's others
-                                bad += _bad_rows(rewrite, rows, piece, MAX_BAD_ROWS)
-                        else:
+                for piece, decoded in decoded_pieces(
+                        index, split, [IMAGE_COLUMN, LABEL_COLUMN],
+                        rewrite.check if rewrite is not None else None, ahead):
+                    rows = piece.table
+                    if rewrite is None:
+                        writer.add(rows)
+                    elif isinstance(decoded, RowError):  # named with the piece's others
+                        bad += _bad_rows(rewrite, rows, piece, MAX_BAD_ROWS - len(bad))
+                    elif not bad:
+                        try:
+                            writer.add(rewrite.rewrite(rows, decoded))
+                        except RowError:
                             bad += _bad_rows(rewrite, rows, piece, MAX_BAD_ROWS - len(bad))
-                        if len(bad) >= MAX_BAD_ROWS:
-                            raise BadRows(bad, stopped=True)
-                        bar.update(piece.table.num_rows)
+                    if len(bad) >= MAX_BAD_ROWS:
+                        raise BadRows(bad, stopped=True)
+                    bar.update(piece.table.num_rows)
                 if bad:
                     writer.abandon()
                     continue
@@ -186,11 +190,10 @@ def _threads(data: DataConfig) -> int:
     return data.decode_threads or os.cpu_count() or 1
 
 
-def _resized(rows: pa.Table, data: DataConfig) -> pa.Table:
-    """``rows`` with every image decoded by ``data`` (upright, cut square, resized) and
-    encoded again as a PNG of ``data.image_size`` pixels square; RowError at a bad one."""
+def _as_pngs(rows: pa.Table, pixels: np.ndarray, data: DataConfig) -> pa.Table:
+    """``rows`` with every image replaced by a PNG of its ``pixels`` as ``decode_encoded``
+    gave them (turned upright, cut square, resized to ``data.image_size``)."""
     threads = _threads(data)
-    pixels = decode_encoded(rows.column(IMAGE_COLUMN), data, threads)
     c, s = data.channels, data.image_size
     images = pixels.reshape(-1, c, s, s).transpose(0, 2, 3, 1)
 

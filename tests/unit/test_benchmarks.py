@@ -111,6 +111,20 @@ def test_decode_rows() -> None:
         assert mine[0]["speedup"] == 1.0 and all(r["rows_per_s"] > 0 for r in mine)
 
 
+def test_encode_ahead_rows() -> None:
+    from benchmarks import encode_ahead
+
+    result = encode_ahead.run(quick=True, rows=64)
+    _check_rows(result, {"rewrite": str, "rows": int, "rows_per_s_one_after_the_other": float,
+                         "rows_per_s_decoded_ahead": float, "speedup": float,
+                         "same_rows_written": bool})
+    assert len(result["rows"]) == 3
+    for r in result["rows"]:
+        assert r["same_rows_written"]  # the two ways write the same rows
+        assert r["speedup"] == r["rows_per_s_decoded_ahead"] / \
+            r["rows_per_s_one_after_the_other"]
+
+
 def test_batch_ahead_rows() -> None:
     """Both arms train on the same rows, in the same number of steps."""
     from benchmarks import batch_ahead

@@ -16,6 +16,7 @@ from PIL import Image
 
 from dbparallel.cli import main
 from dbparallel.config import DataConfig
+from dbparallel.data import decoded_pieces as decoded_pieces_module
 from dbparallel.data import reshard as reshard_module
 from dbparallel.data.encoded import decode_encoded
 from dbparallel.data.image_folder import image_folder_index
@@ -151,19 +152,21 @@ def test_a_text_table_is_refused_before_it_is_tokenized(tmp_path, monkeypatch, c
 def test_a_reshard_that_fails_part_way_leaves_no_files(tmp_path, monkeypatch) -> None:
     source = tmp_path / "one.parquet"
     pq.write_table(_table(1000), source)
-    real, pieces, written = reshard_module.read_pieces, [], []
+    real, pieces, written = decoded_pieces_module.read_pieces, [], []
     out = tmp_path / "out"
 
     def failing(*args, **kwargs):
         for piece in real(*args, **kwargs):
             pieces.append(piece)
-            if len(pieces) == 4:  # 3 pieces of ~28 training rows passed on
+            # the piece after next is read once the first 3 pieces of ~28 training rows were
+            # written (the next one is read while one is written)
+            if len(pieces) == 5:
                 written.extend(out.iterdir())
                 raise OSError("connection reset by peer")
             yield piece
 
     monkeypatch.setattr("dbparallel.data.row_groups.PIECE_BYTES", 2048)  # many pieces
-    monkeypatch.setattr(reshard_module, "read_pieces", failing)
+    monkeypatch.setattr(decoded_pieces_module, "read_pieces", failing)
     with pytest.raises(OSError, match="connection reset"):
         main(["data", "reshard", str(source), "--out", str(out), "data.image_size=4",
               "data.channels=3", "data.shard_rows=64"])
