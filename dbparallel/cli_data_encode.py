@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
+from typing import TYPE_CHECKING
 
-from dbparallel.cli_data_rewrite import rewritten_data, written_rows
+from dbparallel.cli_data_rewrite import rewrite, rewritten_data, written_rows
 from dbparallel.config import Config
 from dbparallel.errors import UserError
 from dbparallel.shell import shell_path
+
+if TYPE_CHECKING:
+    from dbparallel.data.parquet_out import Resharded
+    from dbparallel.runtime.rewrite_ray import ClusterRewrite
 
 DEFAULT_BATCH = 64
 
@@ -17,8 +23,13 @@ DEFAULT_BATCH = 64
 def encode(cfg: Config, args: argparse.Namespace) -> int:
     """Write the latents of every image of ``cfg``'s data into ``args.out``, and the settings
     that train on them."""
-    from dbparallel.data.latent_encoding import Encode, LatentEncoder
-    from dbparallel.data.named_function import named_function
+    from dbparallel.data.latent_encoding import (
+        Encode,
+        LatentEncoder,
+        LatentStats,
+        encode_rewrite,
+    )
+    from dbparallel.data.named_function import named_function, own_source
     from dbparallel.data.reshard import reshard
     from dbparallel.training.device import requested_device
 
@@ -30,15 +41,30 @@ def encode(cfg: Config, args: argparse.Namespace) -> int:
     batch = DEFAULT_BATCH if args.batch is None else args.batch
     if batch < 1:
         raise UserError(f"--batch: must be >= 1, got {batch}")
-    device = requested_device(args.device or None)
     function = named_function(args.encoder, f"--encoder {args.encoder}")
     index = rewritten_data(cfg, args.out, "encode")
-    encoder = LatentEncoder(function, args.encoder, device, batch,
-                            args.dtype or "float16")
-    done = reshard(index, args.out, cfg.data.shard_rows, progress=sys.stderr.isatty(),
-                   rewrite=Encode(cfg.data, encoder), desc="encode")
+    dtype = args.dtype or "float16"
+
+    def here() -> tuple[Resharded, list[object]]:
+        encoder = LatentEncoder(function, args.encoder, requested_device(args.device or None),
+                                batch, dtype)
+        done = reshard(index, args.out, cfg.data.shard_rows, progress=sys.stderr.isatty(),
+                       rewrite=Encode(cfg.data, encoder), desc="encode")
+        return done, [encoder.stats]
+
+    def cluster() -> ClusterRewrite:
+        from dbparallel.runtime.rewrite_ray import ClusterRewrite
+
+        device = task_device(args.device)
+        source = own_source(args.encoder)
+        return ClusterRewrite(partial(encode_rewrite, cfg.data, args.encoder, device, batch,
+                                      dtype), gpus=int(device == "cuda"),
+                              ship=[source] if source else [])
+
+    done, parts = rewrite(cfg, index, args.out, "encode", here, cluster)
     written_rows(args.out, done, cfg.data.shard_rows)
-    stats, sigma_data = encoder.stats, cfg.noise.sigma_data
+    stats = LatentStats.merged(parts, args.encoder)
+    sigma_data = cfg.noise.sigma_data
     c, h, _ = stats.shape
     files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
     scale = f"{sigma_data / stats.std:.4g}" if stats.std > 0 else "1"
@@ -59,3 +85,14 @@ def encode(cfg: Config, args: argparse.Namespace) -> int:
           f"data.latent_scale={scale} ({fits}), and sample.decoder=MODULE:"
           f"FUNCTION to see and score its samples as images")
     return 0
+
+
+def task_device(device: str) -> str:
+    """Where the encoder runs in each Ray task of ``--device`` ``device``: the CPU, or a GPU
+    of the task's own ("cuda"); UserError for another device or a GPU's number."""
+    if device in ("", "cpu", "cuda"):
+        return device or "cpu"
+    if device.startswith("cuda:"):
+        raise UserError(f"--device {device}: on a Ray cluster each task of data encode takes "
+                        f"a GPU of its own; give --device cuda")
+    raise UserError(f"--device {device}: expected cpu or cuda")

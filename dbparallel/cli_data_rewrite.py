@@ -4,7 +4,10 @@ wrote."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from dbparallel.config import Config
@@ -12,8 +15,11 @@ from dbparallel.errors import UserError
 from dbparallel.shell import shell_path
 
 if TYPE_CHECKING:
-    from dbparallel.data.reshard import Resharded
+    from dbparallel.data.parquet_out import Resharded
     from dbparallel.data.shards import DataIndex
+    from dbparallel.runtime.rewrite_ray import ClusterRewrite
+
+Written = tuple["Resharded", list[object]]  # what was written, and each part's rewrite stats
 
 
 def rewritten_data(cfg: Config, out: str, action: str) -> DataIndex:
@@ -34,6 +40,26 @@ def rewritten_data(cfg: Config, out: str, action: str) -> DataIndex:
         raise UserError(f"--out {out}: inside data.path {cfg.data.path}; the new files would "
                         f"become part of the data set they are written from")
     return open_data(cfg.data)
+
+
+def rewrite(cfg: Config, index: DataIndex, out: str, desc: str, here: Callable[[], Written],
+            cluster: Callable[[], ClusterRewrite]) -> Written:
+    """The rewrite ``here``, in this process; with runtime.address or RAY_ADDRESS set, as
+    ``cluster`` says, one Ray task per file on that cluster (data every node reads alike:
+    not built into this machine's cache, nor named by a relative path)."""
+    if not (cfg.runtime.address or os.environ.get("RAY_ADDRESS")):
+        return here()
+    from dbparallel.training.data_check import readable_anywhere
+
+    if not readable_anywhere(index):
+        print(f"data {desc}: only this machine reads these data (built into its cache, or "
+              f"named by a relative path): they are rewritten here, not on the cluster",
+              file=sys.stderr)
+        return here()
+    from dbparallel.runtime.rewrite_ray import rewrite_joined
+
+    out = out if "://" in out else os.path.abspath(out)  # the same folder on every node
+    return rewrite_joined(cfg, index, out, cluster(), sys.stderr.isatty(), desc)
 
 
 def written_rows(out: str, done: Resharded, shard_rows: int) -> None:
@@ -60,8 +86,18 @@ def reshard_command(cfg: Config, out: str) -> int:
     if cfg.data.resize and not resized:
         print("data.resize: the images are pixel lists of one size already; they are copied "
               "as they are", file=sys.stderr)
-    done = reshard(index, out, cfg.data.shard_rows, progress=sys.stderr.isatty(),
-                   resize=cfg.data if resized else None)
+    resize = cfg.data if resized else None
+
+    def cluster() -> ClusterRewrite:
+        from dbparallel.data.reshard import resize_rewrite
+        from dbparallel.runtime.rewrite_ray import ClusterRewrite
+
+        return ClusterRewrite(partial(resize_rewrite, resize))
+
+    done, _ = rewrite(cfg, index, out, "reshard",
+                      lambda: (reshard(index, out, cfg.data.shard_rows,
+                                       progress=sys.stderr.isatty(), resize=resize), []),
+                      cluster)
     written_rows(out, done, cfg.data.shard_rows)
     files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
     if resized:

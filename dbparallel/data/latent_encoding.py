@@ -9,6 +9,7 @@ the mean and spread of what was written, from which the command suggests
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -40,6 +41,19 @@ class LatentStats:
         self.count += values.size
         self.total += float(values.sum())
         self.squares += float(np.square(values).sum())
+
+    @classmethod
+    def merged(cls, parts: list[LatentStats], spec: str) -> LatentStats:
+        """The sums of ``parts`` (each of a part of the rows, encoded apart) together;
+        UserError naming --encoder ``spec`` where the parts' latents differ in shape."""
+        shapes = {p.shape for p in parts if p.shape is not None}
+        if len(shapes) > 1:
+            raise UserError(f"--encoder {spec}: it returned latents of different shapes "
+                            f"(C', H', W') in different parts of the data, "
+                            f"{', '.join(map(str, sorted(shapes)))}; they must be all of one "
+                            f"shape")
+        return cls(next(iter(shapes), None), sum(p.count for p in parts),
+                   sum(p.total for p in parts), sum(p.squares for p in parts))
 
     @property
     def mean(self) -> float:
@@ -114,6 +128,11 @@ class Encode:
     data: DataConfig
     encoder: LatentEncoder
 
+    @property
+    def stats(self) -> LatentStats:
+        """The mean and spread of the latents written so far."""
+        return self.encoder.stats
+
     def check(self, rows: pa.Table) -> dict[str, torch.Tensor]:
         return image_rows(rows, self.data, self.data.decode_threads or os.cpu_count() or 1)
 
@@ -121,3 +140,15 @@ class Encode:
         latents = self.encoder.encode(decoded[IMAGE_COLUMN], self.data)
         return rows.set_column(rows.schema.get_field_index(IMAGE_COLUMN), IMAGE_COLUMN,
                                latents)
+
+
+def encode_rewrite(data: DataConfig, spec: str, device: str, batch: int, dtype: str,
+                   threads: int = 0) -> Encode:
+    """``Encode`` by the encoder ``spec`` names (``--encoder``), imported here (a Ray task of
+    ``data encode`` makes its own), decoding on ``threads`` threads (0: data.decode_threads)."""
+    from dbparallel.data.named_function import named_function
+
+    if threads:
+        data = dataclasses.replace(data, decode_threads=threads)
+    return Encode(data, LatentEncoder(named_function(spec, f"--encoder {spec}"), spec, device,
+                                      batch, dtype))

@@ -20,17 +20,17 @@ CPU's decoding); if it fails part-way it deletes the files it wrote.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import io
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 from tqdm import tqdm
@@ -40,23 +40,20 @@ from dbparallel.data.bad_rows import decode_past_bad_rows
 from dbparallel.data.decoded_pieces import decoded_pieces
 from dbparallel.data.encoded import decode_encoded
 from dbparallel.data.images import IMAGE_COLUMN, LABEL_COLUMN
-from dbparallel.data.row_groups import in_pieces
+from dbparallel.data.parquet_out import (
+    CLASSES_KEY,
+    Resharded,
+    Writer,
+    check_empty,
+    out_metadata,
+    remove_written,
+)
 from dbparallel.data.shard_reader import ShardRows
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tables import resolve_path
-from dbparallel.errors import MAX_BAD_ROWS, BadRows, DataError, RowError, UserError
+from dbparallel.errors import MAX_BAD_ROWS, BadRows, DataError, RowError
 
-GROUPS_PER_FILE = 16  # row groups written into one file before the next is started
-CLASSES_KEY = b"dbparallel.classes"  # an image folder's class names, by label, as JSON
-
-
-@dataclass
-class Resharded:
-    """What ``reshard`` wrote."""
-
-    rows: dict[str, int] = field(default_factory=dict)  # rows of each split
-    row_groups: int = 0
-    files: list[str] = field(default_factory=list)
+COLUMNS = [IMAGE_COLUMN, LABEL_COLUMN]  # what is written of every row
 
 
 def class_names(index: DataIndex) -> list[str]:
@@ -98,7 +95,7 @@ class Rewrite(Protocol):
 
 
 @dataclass
-class _Resize:
+class Resize:
     """data.resize's rewrite: every image decoded by ``data`` and stored as a PNG."""
 
     data: DataConfig
@@ -121,34 +118,20 @@ def reshard(index: DataIndex, out: str, shard_rows: int, progress: bool = False,
     the rest are then only decoded, to name every bad row (BadRows, up to MAX_BAD_ROWS).
     ``desc`` names the progress bar. With ``ahead``, the next piece is read and decoded on a
     thread while one is rewritten and written (without: one after the other)."""
-    if index.kind != "images":
-        raise DataError(f"{index.source}: {NOT_TEXT}")
-    if resize is not None and resizes(index, resize):
-        rewrite = _Resize(resize)
+    rewrite = rewrite_of(index, resize, rewrite)
     fs, root = resolve_path(out)
-    created = _check_empty(fs, root, out)
-    classes = index.meta.get("classes")
-    metadata = {CLASSES_KEY: json.dumps(classes).encode()} if classes else {}
+    created = check_empty(fs, root, out)
     done = Resharded()
     total = sum(index.num_rows(s) for s in index.present())
     writer, bad = None, []
     try:
         with tqdm(total=total, unit="rows", disable=not progress, desc=desc) as bar:
             for split in index.present():
-                writer = _Writer(fs, root, split, shard_rows, metadata, done)
-                for piece, decoded in decoded_pieces(
-                        index, split, [IMAGE_COLUMN, LABEL_COLUMN],
-                        rewrite.check if rewrite is not None else None, ahead):
-                    rows = piece.table
-                    if rewrite is None:
-                        writer.add(rows)
-                    elif isinstance(decoded, RowError):  # named with the piece's others
-                        bad += _bad_rows(rewrite, rows, piece, MAX_BAD_ROWS - len(bad))
-                    elif not bad:
-                        try:
-                            writer.add(rewrite.rewrite(rows, decoded))
-                        except RowError:
-                            bad += _bad_rows(rewrite, rows, piece, MAX_BAD_ROWS - len(bad))
+                writer = Writer(fs, root, split, shard_rows, out_metadata(index), done)
+                for piece, decoded in decoded_pieces(index, split, COLUMNS, _check(rewrite),
+                                                     ahead):
+                    bad += copied(writer, rewrite, piece, decoded, MAX_BAD_ROWS - len(bad),
+                                  write=not bad)
                     if len(bad) >= MAX_BAD_ROWS:
                         raise BadRows(bad, stopped=True)
                     bar.update(piece.table.num_rows)
@@ -162,13 +145,50 @@ def reshard(index: DataIndex, out: str, shard_rows: int, progress: bool = False,
     except BaseException:  # a failed read, an interrupt: no half-written folder is left
         if writer is not None:
             writer.abandon()
-        for name in done.files:
-            fs.delete_file(f"{root.rstrip('/')}/{name}")
-        if created:  # nor the folder it made
-            with contextlib.suppress(OSError, pa.ArrowException):
-                fs.delete_dir(root)
+        remove_written(fs, root, done.files, created)
         raise
     return done
+
+
+def rewrite_of(index: DataIndex, resize: DataConfig | None,
+               rewrite: Rewrite | None) -> Rewrite | None:
+    """What ``reshard`` does to the rows: ``rewrite``, else data.resize's where ``resize``
+    resizes these images, else nothing (the rows are copied as they are)."""
+    if index.kind != "images":
+        raise DataError(f"{index.source}: {NOT_TEXT}")
+    return Resize(resize) if resize is not None and resizes(index, resize) else rewrite
+
+
+def resize_rewrite(data: DataConfig | None, threads: int = 0) -> Rewrite | None:
+    """data.resize's rewrite by ``data`` (None: the rows are copied as they are), decoding on
+    ``threads`` threads (0: data.decode_threads): a Ray task of ``data reshard`` makes its
+    own."""
+    if data is None:
+        return None
+    return Resize(dataclasses.replace(data, decode_threads=threads) if threads else data)
+
+
+def copied(writer: Writer, rewrite: Rewrite | None, piece: ShardRows, decoded: object,
+           limit: int, write: bool = True) -> list[str]:
+    """Hand ``piece``'s rows to ``writer`` as ``rewrite`` gives them back from ``decoded``
+    (``decoded_pieces``), unless ``write`` is off (a bad row was met before); its bad rows,
+    named by file and row (up to ``limit``)."""
+    if isinstance(decoded, RowError):
+        return _bad_rows(rewrite, piece.table, piece, limit)
+    if not write:
+        return []
+    if rewrite is None:
+        writer.add(piece.table)
+        return []
+    try:
+        writer.add(rewrite.rewrite(piece.table, decoded))
+    except RowError:
+        return _bad_rows(rewrite, piece.table, piece, limit)
+    return []
+
+
+def _check(rewrite: Rewrite | None) -> Callable[[pa.Table], object] | None:
+    return rewrite.check if rewrite is not None else None
 
 
 def resizes(index: DataIndex, data: DataConfig) -> bool:
@@ -178,9 +198,10 @@ def resizes(index: DataIndex, data: DataConfig) -> bool:
         index.meta.get("encoding") == "encoded"
 
 
-def _bad_rows(rewrite: Rewrite, rows: pa.Table, piece: ShardRows, limit: int) -> list[str]:
+def _bad_rows(rewrite: Rewrite | None, rows: pa.Table, piece: ShardRows, limit: int) -> list[str]:
     """Every bad row of ``rows`` (up to ``limit``), named by its file and row, as
     ``rewrite.check`` decodes them."""
+    assert rewrite is not None  # only a rewrite decodes: nothing else finds a bad row
     _, found = decode_past_bad_rows(lambda a, b: rewrite.check(rows.slice(a, b - a)),
                                     rows.num_rows, limit)
     return [str(err.at(piece.where(row))) for row, err in found]
@@ -208,68 +229,3 @@ def _as_pngs(rows: pa.Table, pixels: np.ndarray, data: DataConfig) -> pa.Table:
                            pa.array(pngs, pa.binary()))
 
 
-def _check_empty(fs: pafs.FileSystem, root: str, out: str) -> bool:
-    """UserError unless ``out`` is a new or empty folder, which it makes; whether it was
-    new."""
-    try:
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.File:
-            raise UserError(f"--out {out}: is a file; give a new or empty folder")
-        if info.type == pafs.FileType.Directory and \
-                fs.get_file_info(pafs.FileSelector(root, recursive=False)):
-            raise UserError(f"--out {out}: is not empty; give a new or empty folder (nothing "
-                            f"was written)")
-        fs.create_dir(root, recursive=True)
-        return info.type == pafs.FileType.NotFound
-    except (pa.ArrowException, OSError) as err:
-        raise UserError(f"--out {out}: cannot write there: {err}") from None
-
-
-class _Writer:
-    """One split's files: row groups of exactly ``shard_rows`` rows (the last may be short),
-    ``GROUPS_PER_FILE`` to a file."""
-
-    def __init__(self, fs: pafs.FileSystem, root: str, split: str, shard_rows: int,
-                 metadata: dict[bytes, bytes], done: Resharded):
-        self.fs, self.root, self.split, self.shard_rows = fs, root, split, shard_rows
-        self.metadata, self.done = metadata, done
-        self.pending: list[pa.Table] = []
-        self.pending_rows = 0
-        self.groups = 0  # row groups of this split written
-        self.writer: pq.ParquetWriter | None = None
-
-    def add(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.pending_rows += table.num_rows
-        while self.pending_rows >= self.shard_rows:
-            rows = pa.concat_tables(self.pending)
-            self._write(rows.slice(0, self.shard_rows))
-            rest = rows.slice(self.shard_rows)
-            self.pending, self.pending_rows = [rest], rest.num_rows
-
-    def close(self) -> None:
-        if self.pending_rows:
-            self._write(pa.concat_tables(self.pending))
-        self.abandon()  # nothing is pending now
-
-    def abandon(self) -> None:
-        """Close the file being written without its pending rows (it is deleted next)."""
-        self.pending, self.pending_rows = [], 0
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-
-    def _write(self, rows: pa.Table) -> None:
-        if self.groups % GROUPS_PER_FILE == 0:
-            if self.writer is not None:
-                self.writer.close()
-            name = f"{self.split}-{self.groups // GROUPS_PER_FILE:05d}.parquet"
-            path = f"{self.root.rstrip('/')}/{name}"
-            schema = rows.schema.with_metadata({**(rows.schema.metadata or {}),
-                                                **self.metadata})
-            self.writer = pq.ParquetWriter(path, schema, filesystem=self.fs)
-            self.done.files.append(name)
-        assert self.writer is not None
-        self.writer.write_table(in_pieces(rows), row_group_size=self.shard_rows)
-        self.groups += 1
-        self.done.row_groups += 1

@@ -17,11 +17,12 @@ from PIL import Image
 from dbparallel.cli import main
 from dbparallel.config import DataConfig
 from dbparallel.data import decoded_pieces as decoded_pieces_module
-from dbparallel.data import reshard as reshard_module
+from dbparallel.data import parquet_out
 from dbparallel.data.encoded import decode_encoded
 from dbparallel.data.image_folder import image_folder_index
 from dbparallel.data.parquet_index import parquet_index
-from dbparallel.data.reshard import CLASSES_KEY, class_names
+from dbparallel.data.parquet_out import CLASSES_KEY
+from dbparallel.data.reshard import class_names
 from dbparallel.data.split_reader import iter_split
 
 
@@ -45,7 +46,7 @@ def test_one_huge_row_group_becomes_row_groups_of_shard_rows(tmp_path, monkeypat
     source = tmp_path / "one.parquet"
     pq.write_table(_table(1000), source)  # pyarrow's default: a single row group
     assert pq.ParquetFile(source).num_row_groups == 1
-    monkeypatch.setattr(reshard_module, "GROUPS_PER_FILE", 2)
+    monkeypatch.setattr(parquet_out, "GROUPS_PER_FILE", 2)
     out = tmp_path / "out&1"  # the commands printed quote it: in a shell `&` ends one
     assert main(["data", "reshard", str(source), "--out", str(out),
                  "data.image_size=4", "data.channels=3", "data.shard_rows=128"]) == 0

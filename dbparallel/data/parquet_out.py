@@ -1,0 +1,115 @@
+"""The Parquet files of a rewritten image data set (``data reshard``, ``data encode``): a new
+or empty folder, the class names in every file's footer, row groups of exactly
+``data.shard_rows`` rows, ``GROUPS_PER_FILE`` to a file named by its split and number
+(``train-00003.parquet``), and every file removed again when the rewrite fails."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from dbparallel.data.row_groups import in_pieces
+from dbparallel.data.shards import DataIndex
+from dbparallel.errors import UserError
+
+GROUPS_PER_FILE = 16  # row groups written into one file before the next is started
+CLASSES_KEY = b"dbparallel.classes"  # an image folder's class names, by label, as JSON
+
+
+@dataclass
+class Resharded:
+    """What ``reshard`` wrote."""
+
+    rows: dict[str, int] = field(default_factory=dict)  # rows of each split
+    row_groups: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def out_metadata(index: DataIndex) -> dict[bytes, bytes]:
+    """What the files written of ``index`` carry in their footer: an image folder's class
+    names."""
+    classes = index.meta.get("classes")
+    return {CLASSES_KEY: json.dumps(classes).encode()} if classes else {}
+
+
+def remove_written(fs: pafs.FileSystem, root: str, names: list[str], created: bool) -> None:
+    """Delete the files ``names`` under ``root`` that are there, and the folder where this
+    command ``created`` it: nothing of a failed rewrite is left."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(f"{root.rstrip('/')}/{name}")
+    if created:
+        with contextlib.suppress(OSError, pa.ArrowException):
+            fs.delete_dir(root)
+
+
+def check_empty(fs: pafs.FileSystem, root: str, out: str) -> bool:
+    """UserError unless ``out`` is a new or empty folder, which it makes; whether it was
+    new."""
+    try:
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.File:
+            raise UserError(f"--out {out}: is a file; give a new or empty folder")
+        if info.type == pafs.FileType.Directory and \
+                fs.get_file_info(pafs.FileSelector(root, recursive=False)):
+            raise UserError(f"--out {out}: is not empty; give a new or empty folder (nothing "
+                            f"was written)")
+        fs.create_dir(root, recursive=True)
+        return info.type == pafs.FileType.NotFound
+    except (pa.ArrowException, OSError) as err:
+        raise UserError(f"--out {out}: cannot write there: {err}") from None
+
+
+class Writer:
+    """One split's files: row groups of exactly ``shard_rows`` rows (the last may be short),
+    ``GROUPS_PER_FILE`` to a file, numbered from ``first_file``."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, split: str, shard_rows: int,
+                 metadata: dict[bytes, bytes], done: Resharded, first_file: int = 0):
+        self.fs, self.root, self.split, self.shard_rows = fs, root, split, shard_rows
+        self.metadata, self.done = metadata, done
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.groups = first_file * GROUPS_PER_FILE  # row groups of this split written
+        self.writer: pq.ParquetWriter | None = None
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        while self.pending_rows >= self.shard_rows:
+            rows = pa.concat_tables(self.pending)
+            self._write(rows.slice(0, self.shard_rows))
+            rest = rows.slice(self.shard_rows)
+            self.pending, self.pending_rows = [rest], rest.num_rows
+
+    def close(self) -> None:
+        if self.pending_rows:
+            self._write(pa.concat_tables(self.pending))
+        self.abandon()  # nothing is pending now
+
+    def abandon(self) -> None:
+        """Close the file being written without its pending rows (it is deleted next)."""
+        self.pending, self.pending_rows = [], 0
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def _write(self, rows: pa.Table) -> None:
+        if self.groups % GROUPS_PER_FILE == 0:
+            if self.writer is not None:
+                self.writer.close()
+            name = f"{self.split}-{self.groups // GROUPS_PER_FILE:05d}.parquet"
+            path = f"{self.root.rstrip('/')}/{name}"
+            schema = rows.schema.with_metadata({**(rows.schema.metadata or {}),
+                                                **self.metadata})
+            self.writer = pq.ParquetWriter(path, schema, filesystem=self.fs)
+            self.done.files.append(name)
+        assert self.writer is not None
+        self.writer.write_table(in_pieces(rows), row_group_size=self.shard_rows)
+        self.groups += 1
+        self.done.row_groups += 1

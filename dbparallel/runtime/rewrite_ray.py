@@ -1,0 +1,176 @@
+"""``data encode`` and ``data reshard`` spread over a Ray cluster: one task per file written.
+
+Each task writes one file of the new data set (``data/reshard_parts.py``: the same files, row
+group for row group, as the single pass in one process writes), reading its rows itself from
+the shared data. ``data encode --device cuda`` gives each task a GPU of its own and the
+cluster's CPUs per GPU for decoding, and keeps the task's worker process for the next file, so
+that an encoder loaded when its module is imported is loaded once per GPU. The encoder's
+module, where it is the user's own code (not an installed package), is shipped with the tasks
+(Ray's ``py_modules``); an installed one must be installed on every node.
+
+A bad row makes its task stop writing and only decode the rest of its rows; every other task
+goes on, and the first bad rows in index order are named once all have ended. Any other
+failure, or an interrupt, cancels the tasks and removes every file written. ``--out`` must be
+a folder that every node writes into and this machine reads (an object-store URI or a shared
+file system): a file a task wrote that this machine does not see stops the command, and it is
+removed on the node that wrote it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from tqdm import tqdm
+
+from dbparallel.config import Config
+from dbparallel.data.parquet_out import Resharded, check_empty, out_metadata, remove_written
+from dbparallel.data.reshard import NOT_TEXT, Rewrite
+from dbparallel.data.reshard_parts import Part, PartDone, parts_of, visible, write_part
+from dbparallel.data.shards import DataIndex
+from dbparallel.data.tables import resolve_path
+from dbparallel.errors import MAX_BAD_ROWS, BadRows, DataError, UserError
+from dbparallel.runtime.ray_connect import connect, disconnect
+
+CANCEL_WAIT_S = 30.0  # seconds waited at most for cancelled tasks to end before files go
+RETRIES = 2  # times a task lost with its node is started again
+
+
+@dataclass
+class ClusterRewrite:
+    """What each task does: ``make(threads)`` gives it its rewrite (None: copy the rows),
+    decoding on ``threads`` threads; ``gpus`` per task (0 or 1); ``ship``: local paths of
+    the user's own modules, sent to the tasks' workers."""
+
+    make: Callable[[int], Rewrite | None]
+    gpus: int = 0
+    ship: list[str] = field(default_factory=list)
+
+
+@ray.remote(max_retries=RETRIES)
+def _write(index: DataIndex, part: Part, out: str, shard_rows: int, job: ClusterRewrite,
+           metadata: dict[bytes, bytes], threads: int) -> tuple[PartDone, str]:
+    import torch
+
+    torch.set_num_threads(threads)  # the task's CPUs, not the node's
+    done = write_part(index, part, out, shard_rows, job.make(threads), metadata)
+    return done, ray.get_runtime_context().get_node_id()
+
+
+@ray.remote(num_cpus=0)
+def _remove(out: str, names: list[str]) -> None:
+    fs, root = resolve_path(out)
+    remove_written(fs, root, names, created=False)
+
+
+def task_cpus(gpus: int) -> int:
+    """CPUs of each task: one, or with a GPU each the cluster's CPUs per GPU (they decode
+    what the GPU encodes)."""
+    if not gpus:
+        return 1
+    total = ray.cluster_resources()
+    if total.get("GPU", 0) < 1:
+        raise UserError("--device: the Ray cluster has no GPU; give --device cpu, or join a "
+                        "cluster with GPUs")
+    return max(1, int(total.get("CPU", 1) // total["GPU"]))
+
+
+def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: ClusterRewrite,
+                       progress: bool = False, desc: str = "rewrite"
+                       ) -> tuple[Resharded, list[object]]:
+    """Write every split of ``index`` into ``out`` (a new or empty folder every node writes
+    into) as ``job`` says, one Ray task per file; what ``reshard`` returns, and each file's
+    rewrite ``stats`` in index order. BadRows names the first bad rows in index order (up to
+    MAX_BAD_ROWS), once every task has ended; then, and on any other failure, nothing is
+    left in ``out``."""
+    if index.kind != "images":
+        raise DataError(f"{index.source}: {NOT_TEXT}")
+    fs, root = resolve_path(out)
+    created = check_empty(fs, root, out)
+    parts = parts_of(index, shard_rows)
+    threads = task_cpus(job.gpus)
+    options: dict = {"num_cpus": threads, "num_gpus": job.gpus, "scheduling_strategy": "SPREAD"}
+    if job.gpus:
+        options["max_calls"] = 0  # keep the worker: its encoder stays loaded on its GPU
+    if job.ship:
+        options["runtime_env"] = {"py_modules": job.ship}
+    shared = ray.put(index)  # once, not once per task
+    metadata = out_metadata(index)
+    pending: dict[ray.ObjectRef, int] = {}
+    finished: dict[int, PartDone] = {}
+    unseen: dict[str, list[str]] = {}  # node -> files it wrote that this machine cannot see
+    try:
+        task = _write.options(**options)
+        pending = {task.remote(shared, p, out, shard_rows, job, metadata, threads): i
+                   for i, p in enumerate(parts)}
+        with tqdm(total=sum(p.rows for p in parts), unit="rows", disable=not progress,
+                  desc=desc) as bar:
+            while pending:
+                (ready,), _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(ready)
+                finished[i], node = _result(ready)
+                name = finished[i].file
+                if name is not None and not visible(out, name):
+                    unseen.setdefault(node, []).append(name)
+                    raise UserError(
+                        f"--out {out}: a task wrote {name} on another node, which this "
+                        f"machine does not see there; give a folder every node writes into "
+                        f"and this machine reads (an object-store URI, or a shared file "
+                        f"system)")
+                bar.update(parts[i].rows)
+        bad = [row for i in sorted(finished) for row in finished[i].bad]
+        if bad:
+            raise BadRows(bad[:MAX_BAD_ROWS], stopped=len(bad) >= MAX_BAD_ROWS)
+    except BaseException:  # a failed task, bad rows, an interrupt: nothing is left
+        _cancel(list(pending))
+        remove_written(fs, root, [p.name for p in parts], created)
+        for node, names in unseen.items():
+            _remove_on(node, out, names)
+        raise
+    done = Resharded(rows={s: index.num_rows(s) for s in index.present()},
+                     row_groups=sum(d.row_groups for d in finished.values()),
+                     files=[p.name for p in parts])
+    return done, [finished[i].stats for i in sorted(finished)]
+
+
+def _result(ref: ray.ObjectRef) -> tuple[PartDone, str]:
+    """A task's outcome; its own error (a UserError of the encoder, a DataError of a file)
+    as it was raised."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.cause
+        raise (cause if isinstance(cause, Exception) else err) from None
+
+
+def _cancel(refs: list[ray.ObjectRef]) -> None:
+    """Stop the tasks of ``refs`` and wait for them (up to CANCEL_WAIT_S), so that none
+    writes after its files are removed."""
+    for ref in refs:
+        ray.cancel(ref, force=True)
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while refs and time.monotonic() < deadline:
+        _, refs = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+
+
+def _remove_on(node: str, out: str, names: list[str]) -> None:
+    """Remove ``names`` from ``out`` on the node that wrote them (best effort, briefly)."""
+    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
+    ref = _remove.options(scheduling_strategy=strategy).remote(out, names)
+    ray.wait([ref], timeout=CANCEL_WAIT_S)
+
+
+def rewrite_joined(cfg: Config, index: DataIndex, out: str, job: ClusterRewrite,
+                   progress: bool = False, desc: str = "rewrite"
+                   ) -> tuple[Resharded, list[object]]:
+    """``rewrite_on_cluster`` on the cluster this process joined, else at runtime.address or
+    RAY_ADDRESS."""
+    connected = connect(cfg)
+    try:
+        return rewrite_on_cluster(index, out, cfg.data.shard_rows, job, progress, desc)
+    finally:
+        if connected:
+            disconnect()
