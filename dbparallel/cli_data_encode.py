@@ -1,5 +1,7 @@
 """``data encode``: an image data set's latents, by the user's own encoder, written as Parquet
-for ``data.latents=true`` training (data/latent_encoding.py, docs/vision.md, Latents)."""
+for ``data.latents=true`` training (data/latent_encoding.py, docs/vision.md, Latents): in
+this process, or with runtime.address or RAY_ADDRESS set one Ray task per file on that
+cluster (runtime/rewrite_ray.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def encode(cfg: Config, args: argparse.Namespace) -> int:
         LatentStats,
         encode_rewrite,
     )
-    from dbparallel.data.named_function import named_function, own_source
+    from dbparallel.data.named_function import named_function
     from dbparallel.data.reshard import reshard
     from dbparallel.training.device import requested_device
 
@@ -53,13 +55,13 @@ def encode(cfg: Config, args: argparse.Namespace) -> int:
         return done, [encoder.stats]
 
     def cluster() -> ClusterRewrite:
+        from dbparallel.data.own_code import pack
         from dbparallel.runtime.rewrite_ray import ClusterRewrite
 
         device = task_device(args.device)
-        source = own_source(args.encoder)
         return ClusterRewrite(partial(encode_rewrite, cfg.data, args.encoder, device, batch,
                                       dtype), gpus=int(device == "cuda"),
-                              ship=[source] if source else [])
+                              code=pack(args.encoder, f"--encoder {args.encoder}"))
 
     done, parts = rewrite(cfg, index, args.out, "encode", here, cluster)
     written_rows(args.out, done, cfg.data.shard_rows)

@@ -5,10 +5,7 @@ there."""
 from __future__ import annotations
 
 import importlib
-import sys
-import sysconfig
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from dbparallel.errors import UserError
@@ -32,25 +29,3 @@ def named_function(spec: str, setting: str) -> Callable[..., Any]:
         raise UserError(f"{setting}: module {module_name!r} has no function {name!r}")
     return function
 
-
-def own_source(spec: str) -> str | None:
-    """Where the top module of the (imported) function ``spec`` names lies, as a file or a
-    package's folder, when it is the user's own code: not installed (in site-packages or
-    Python's own library). None for installed code, which another machine has installed or
-    not, and for modules that are no file."""
-    top = sys.modules.get(spec.partition(":")[0].partition(".")[0])
-    if top is None:
-        return None
-    paths = list(getattr(top, "__path__", None) or [])  # a package's folders
-    if len(paths) > 1:  # a namespace package spread over folders: not one thing to send
-        return None
-    where = paths[0] if paths else getattr(top, "__file__", None)
-    if not where:
-        return None
-    source = Path(where).resolve()
-    installed = {Path(p).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")
-                 if (p := sysconfig.get_paths().get(key))}
-    if any(source.is_relative_to(root) for root in installed) or \
-            "site-packages" in source.parts or "dist-packages" in source.parts:
-        return None
-    return str(source)

@@ -5,8 +5,8 @@ group for row group, as the single pass in one process writes), reading its rows
 the shared data. ``data encode --device cuda`` gives each task a GPU of its own and the
 cluster's CPUs per GPU for decoding, and keeps the task's worker process for the next file, so
 that an encoder loaded when its module is imported is loaded once per GPU. The encoder's
-module, where it is the user's own code (not an installed package), is shipped with the tasks
-(Ray's ``py_modules``); an installed one must be installed on every node.
+module, where it is the user's own code (not an installed package), is sent with the tasks
+(data/own_code.py); an installed one must be installed on every node.
 
 A bad row makes its task stop writing and only decode the rest of its rows; every other task
 goes on, and the first bad rows in index order are named once all have ended. Any other
@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from dbparallel.config import Config
+from dbparallel.data.own_code import OwnCode, unpack
 from dbparallel.data.parquet_out import Resharded, check_empty, out_metadata, remove_written
 from dbparallel.data.reshard import NOT_TEXT, Rewrite
 from dbparallel.data.reshard_parts import Part, PartDone, parts_of, visible, write_part
@@ -42,12 +43,12 @@ RETRIES = 2  # times a task lost with its node is started again
 @dataclass
 class ClusterRewrite:
     """What each task does: ``make(threads)`` gives it its rewrite (None: copy the rows),
-    decoding on ``threads`` threads; ``gpus`` per task (0 or 1); ``ship``: local paths of
-    the user's own modules, sent to the tasks' workers."""
+    decoding on ``threads`` threads; ``gpus`` per task (0 or 1); ``code``: the user's own
+    module it imports, sent to the tasks' workers."""
 
     make: Callable[[int], Rewrite | None]
     gpus: int = 0
-    ship: list[str] = field(default_factory=list)
+    code: OwnCode | None = None
 
 
 @ray.remote(max_retries=RETRIES)
@@ -56,6 +57,8 @@ def _write(index: DataIndex, part: Part, out: str, shard_rows: int, job: Cluster
     import torch
 
     torch.set_num_threads(threads)  # the task's CPUs, not the node's
+    if job.code is not None:
+        unpack(job.code)
     done = write_part(index, part, out, shard_rows, job.make(threads), metadata)
     return done, ray.get_runtime_context().get_node_id()
 
@@ -95,8 +98,6 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
     options: dict = {"num_cpus": threads, "num_gpus": job.gpus, "scheduling_strategy": "SPREAD"}
     if job.gpus:
         options["max_calls"] = 0  # keep the worker: its encoder stays loaded on its GPU
-    if job.ship:
-        options["runtime_env"] = {"py_modules": job.ship}
     shared = ray.put(index)  # once, not once per task
     metadata = out_metadata(index)
     pending: dict[ray.ObjectRef, int] = {}

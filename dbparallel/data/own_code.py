@@ -1,0 +1,101 @@
+"""The user's own module of a "module:function" setting, sent by value to another machine.
+
+``data encode --encoder vae_codec:encode`` on a Ray cluster runs the encoder in tasks on other
+nodes, where ``vae_codec.py``, importable where the command runs (the current folder, or
+``PYTHONPATH``), may not be. Where the function's top module is the user's own code (a file, or
+a package's folder, not installed in site-packages or Python's own library), ``pack`` reads
+its files (a package's whole folder, without caches and hidden files, up to ``MAX_BYTES``),
+and ``unpack`` writes them on the other machine into a folder named by their digest, put first
+on ``sys.path``: the module imported there is the one imported here. Installed code is not
+sent: it must be installed on every node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dbparallel.errors import UserError
+
+MAX_BYTES = 64 * 2**20  # the most of the user's own code sent with every task
+
+
+@dataclass(frozen=True)
+class OwnCode:
+    """Files by their path relative to the folder that holds the top module, and their
+    digest."""
+
+    files: dict[str, bytes]
+    digest: str
+
+
+def pack(spec: str, setting: str) -> OwnCode | None:
+    """The files of the top module of ``spec`` ("module:function", imported here), where it
+    is the user's own code; None for installed code and modules that are no file. UserError
+    naming ``setting`` where they exceed MAX_BYTES."""
+    top = sys.modules.get(spec.partition(":")[0].partition(".")[0])
+    source = _own_source(top)
+    if source is None:
+        return None
+    paths = sorted(p for p in source.rglob("*") if p.is_file() and not _skipped(p, source)) \
+        if source.is_dir() else [source]
+    total = sum(p.stat().st_size for p in paths)
+    if total > MAX_BYTES:
+        raise UserError(f"{setting}: its module's folder {source} holds {total / 2**20:.1f} "
+                        f"MiB, more than the {MAX_BYTES / 2**20:.0f} MiB sent with the tasks; "
+                        f"install it on every node, or keep large files (weights) out of it")
+    files = {str(p.relative_to(source.parent)): p.read_bytes() for p in paths}
+    digest = hashlib.sha256()
+    for name, data in files.items():
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return OwnCode(files, digest.hexdigest()[:16])
+
+
+def unpack(code: OwnCode) -> None:
+    """Write ``code``'s files into a folder of this machine named by its digest (once), and
+    put that folder first on ``sys.path``."""
+    folder = Path(tempfile.gettempdir()) / f"dbparallel-code-{code.digest}"
+    if not folder.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=folder.parent))
+        for name, data in code.files.items():
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        try:
+            os.rename(staging, folder)  # whole, or not at all: another task may race here
+        except OSError:
+            if not folder.is_dir():
+                raise
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+        importlib.invalidate_caches()
+
+
+def _own_source(top: object) -> Path | None:
+    """The file or package folder of module ``top`` when it is the user's own code."""
+    if top is None:
+        return None
+    paths = list(getattr(top, "__path__", None) or [])  # a package's folders
+    if len(paths) > 1:  # a namespace package spread over folders: not one thing to send
+        return None
+    where = paths[0] if paths else getattr(top, "__file__", None)
+    if not where:
+        return None
+    source = Path(where).resolve()
+    installed = [Path(p).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib")
+                 if (p := sysconfig.get_paths().get(key))]
+    if any(source.is_relative_to(root) for root in installed) or \
+            {"site-packages", "dist-packages"} & set(source.parts):
+        return None
+    return source
+
+
+def _skipped(path: Path, root: Path) -> bool:
+    parts = path.relative_to(root).parts
+    return any(p == "__pycache__" or p.startswith(".") for p in parts)

@@ -1,0 +1,124 @@
+"""data encode and data reshard as Ray tasks on a real local instance: one task per file,
+the same files as the single pass, the encoder's own module sent to the tasks, bad rows
+named in order and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from dbparallel.cli import main
+
+pytestmark = pytest.mark.ray
+
+ENCODER = '''
+import os
+import torch.nn.functional as F
+
+def encode(images):  # (N, 3, 8, 8) in [0, 1] -> (N, 3, 4, 4); says which process ran it
+    with open(os.path.join({folder!r}, f"{{os.getpid()}}.pid"), "w"):
+        pass
+    return F.avg_pool2d(images, 2) * 4 - 1
+
+def oblong(images):
+    return images[:, :, :4, :]
+'''
+SETTINGS = ["data.image_size=8", "data.channels=3", "data.num_classes=10",
+            "data.shard_rows=4"]  # 64 rows to a file: 300 rows make 5 files
+
+
+def _data(path: Path, bad: tuple[int, ...] = ()) -> Path:
+    """300 rows of 3x8x8 uint8 pixels in row groups of 50 (null images at ``bad``)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (300, 192), dtype=np.uint8)
+    images = [None if i in bad else row.tolist() for i, row in enumerate(pixels)]
+    path.mkdir(parents=True)
+    pq.write_table(pa.table({"image": pa.array(images, pa.list_(pa.uint8())),
+                             "label": pa.array(rng.integers(0, 10, 300))}),
+                   path / "train-0.parquet", row_group_size=50)
+    return path
+
+
+@pytest.fixture()
+def encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A module ``ray_standin_encoder``, importable here alone (sys.path); the folder where
+    its encode leaves a file per process that ran it."""
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "ray_standin_encoder.py").write_text(ENCODER.format(folder=str(ran)))
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return ran
+
+
+def _address() -> str:
+    return f"runtime.address={ray.get_runtime_context().gcs_address}"
+
+
+def _same_files(one: Path, other: Path) -> None:
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in other.iterdir())
+    for name in names:
+        a, b = pq.ParquetFile(one / name), pq.ParquetFile(other / name)
+        assert [a.metadata.row_group(g).num_rows for g in range(a.num_row_groups)] == \
+            [b.metadata.row_group(g).num_rows for g in range(b.num_row_groups)]
+        assert a.read().equals(b.read())
+
+
+def test_tasks_encode_the_files_the_single_pass_writes(ray_session, tmp_path, encoder,
+                                                        capsys) -> None:
+    data = _data(tmp_path / "data")
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert main(["data", "encode", str(data), "--encoder", "ray_standin_encoder:encode",
+                 "--out", str(here), *SETTINGS]) == 0
+    printed_here = capsys.readouterr().out
+    assert {p.stem for p in encoder.iterdir()} == {str(os.getpid())}
+    for p in encoder.iterdir():
+        p.unlink()
+    assert main(["data", "encode", str(data), "--encoder", "ray_standin_encoder:encode",
+                 "--out", str(there), _address(), *SETTINGS]) == 0
+    printed_there = capsys.readouterr().out
+    ran = {int(p.stem) for p in encoder.iterdir()}
+    assert ran and os.getpid() not in ran  # encoded by the tasks' worker processes
+    assert sorted(p.name for p in there.iterdir()) == [f"train-0000{n}.parquet"
+                                                        for n in range(5)]
+    _same_files(here, there)
+    assert printed_there.replace(str(there), "OUT") == printed_here.replace(str(here), "OUT")
+    assert "data.latents=true data.channels=3 data.image_size=4" in printed_there
+
+
+def test_bad_rows_of_several_tasks_are_named_in_order_and_nothing_is_left(
+        ray_session, tmp_path, encoder, capsys, monkeypatch) -> None:
+    data = _data(tmp_path / "data", bad=(250, 70, 10))
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "encode", str(data), "--encoder", "ray_standin_encoder:encode",
+                 "--out", "latents", _address(), *SETTINGS]) == 2  # a relative --out
+    err = capsys.readouterr().err
+    named = [line.strip().split(": column")[0] for line in err.splitlines()[1:]]
+    where = data / "train-0.parquet"
+    assert named == [f"{where} row {r}" for r in (10, 70, 250)], err
+    assert not (tmp_path / "latents").exists()
+    assert main(["data", "encode", str(data), "--encoder", "ray_standin_encoder:oblong",
+                 "--out", "latents", _address(), *SETTINGS]) == 2
+    err = capsys.readouterr().err
+    assert "--encoder ray_standin_encoder:oblong: given images of shape" in err, err
+    assert not (tmp_path / "latents").exists()
+
+
+def test_a_reshard_on_the_cluster_writes_the_single_pass_s_files(ray_session, tmp_path,
+                                                                 encoder, capsys) -> None:
+    data = _data(tmp_path / "data")
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert main(["data", "reshard", str(data), "--out", str(here), *SETTINGS]) == 0
+    assert main(["data", "reshard", str(data), "--out", str(there), _address(),
+                 *SETTINGS]) == 0
+    _same_files(here, there)
+    assert "train: 300 rows in 75 row groups of at most 4 rows" in capsys.readouterr().out

@@ -1,0 +1,73 @@
+"""The user's own module sent by value (data/own_code.py): what is sent, what is not, and the
+module imported from what was sent."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dbparallel.data import own_code
+from dbparallel.errors import UserError
+
+
+def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A package ``mycodec`` (a sub-module, a data file, a cache) and a file ``onefile.py``,
+    importable here."""
+    code = tmp_path / "code"
+    (code / "mycodec" / "__pycache__").mkdir(parents=True)
+    (code / "mycodec" / "__init__.py").write_text("")
+    (code / "mycodec" / "vae.py").write_text(
+        "from pathlib import Path\n"
+        "SCALE = float((Path(__file__).parent / 'scale.txt').read_text())\n"
+        "def encode(x):\n    return x * SCALE\n")
+    (code / "mycodec" / "scale.txt").write_text("0.5")
+    (code / "mycodec" / "__pycache__" / "vae.cpython-311.pyc").write_bytes(b"stale")
+    (code / "onefile.py").write_text("def encode(x):\n    return x + 1\n")
+    monkeypatch.syspath_prepend(str(code))
+    importlib.import_module("mycodec.vae")
+    importlib.import_module("onefile")
+    return code
+
+
+def test_a_package_and_a_file_are_sent_and_import_elsewhere(tmp_path, monkeypatch) -> None:
+    _module(tmp_path, monkeypatch)
+    package = own_code.pack("mycodec.vae:encode", "--encoder mycodec.vae:encode")
+    assert package is not None
+    assert sorted(package.files) == ["mycodec/__init__.py", "mycodec/scale.txt",
+                                     "mycodec/vae.py"]  # no cache
+    single = own_code.pack("onefile:encode", "--encoder onefile:encode")
+    assert single is not None and list(single.files) == ["onefile.py"]
+    assert package.digest != single.digest
+    # another process, without the code on its path, imports what was sent
+    script = (
+        "import pickle, sys\n"
+        "from dbparallel.data.own_code import unpack\n"
+        "for code in pickle.loads(sys.stdin.buffer.read()):\n"
+        "    unpack(code)\n"
+        "    unpack(code)\n"  # a second task of the same process: once on the path
+        "from mycodec.vae import encode\n"
+        "import onefile\n"
+        "print(encode(4.0), onefile.encode(1), sys.path.count(sys.path[0]))\n")
+    import pickle
+
+    (tmp_path / "tmp").mkdir()
+    out = subprocess.run([sys.executable, "-c", script], input=pickle.dumps([package, single]),
+                         capture_output=True, check=True, cwd=tmp_path / "..",
+                         env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path / "tmp"),
+                              "PYTHONPATH": str(Path(own_code.__file__).parents[2])})
+    assert out.stdout.decode().split() == ["2.0", "2", "1"]
+    assert len(list((tmp_path / "tmp").iterdir())) == 2  # one folder each, no staging left
+
+
+def test_installed_code_is_not_sent_and_large_code_is_refused(tmp_path, monkeypatch) -> None:
+    assert own_code.pack("json:dumps", "--encoder json:dumps") is None  # Python's own
+    assert own_code.pack("numpy:zeros", "--encoder numpy:zeros") is None  # site-packages
+    _module(tmp_path, monkeypatch)
+    monkeypatch.setattr(own_code, "MAX_BYTES", 10)
+    with pytest.raises(UserError, match=r"--encoder mycodec.vae:encode: its module's folder "
+                                        r".*mycodec holds [\d.]+ MiB, more than"):
+        own_code.pack("mycodec.vae:encode", "--encoder mycodec.vae:encode")
