@@ -28,15 +28,22 @@ def encode(images):  # (N, 3, 8, 8) in [0, 1] -> (N, 3, 4, 4); says which proces
 
 def oblong(images):
     return images[:, :, :4, :]
+
+def fails_on_white(images):
+    if (images == 1).flatten(1).all(1).any():
+        raise RuntimeError("a white image")
+    return F.avg_pool2d(images, 2)
 '''
 SETTINGS = ["data.image_size=8", "data.channels=3", "data.num_classes=10",
             "data.shard_rows=4"]  # 64 rows to a file: 300 rows make 5 files
 
 
-def _data(path: Path, bad: tuple[int, ...] = ()) -> Path:
-    """300 rows of 3x8x8 uint8 pixels in row groups of 50 (null images at ``bad``)."""
+def _data(path: Path, bad: tuple[int, ...] = (), white_from: int = 300) -> Path:
+    """300 rows of 3x8x8 uint8 pixels in row groups of 50 (null images at ``bad``, white
+    ones from row ``white_from`` on)."""
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (300, 192), dtype=np.uint8)
+    pixels = rng.integers(0, 255, (300, 192), dtype=np.uint8)
+    pixels[white_from:] = 255
     images = [None if i in bad else row.tolist() for i, row in enumerate(pixels)]
     path.mkdir(parents=True)
     pq.write_table(pa.table({"image": pa.array(images, pa.list_(pa.uint8())),
@@ -122,3 +129,39 @@ def test_a_reshard_on_the_cluster_writes_the_single_pass_s_files(ray_session, tm
                  *SETTINGS]) == 0
     _same_files(here, there)
     assert "train: 300 rows in 75 row groups of at most 4 rows" in capsys.readouterr().out
+
+
+def test_a_task_that_fails_stops_the_others_and_every_file_goes(ray_session, tmp_path,
+                                                                 encoder) -> None:
+    data = _data(tmp_path / "data", white_from=260)  # only the last file's task fails
+    out = tmp_path / "latents"
+    with pytest.raises(RuntimeError, match="a white image"):
+        main(["data", "encode", str(data), "--encoder", "ray_standin_encoder:fails_on_white",
+              "--out", str(out), _address(), *SETTINGS])
+    assert not out.exists()
+    out.mkdir()  # a folder of the user's stays, empty
+    with pytest.raises(RuntimeError, match="a white image"):
+        main(["data", "encode", str(data), "--encoder", "ray_standin_encoder:fails_on_white",
+              "--out", str(out), _address(), *SETTINGS])
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_a_file_the_driver_cannot_see_stops_it_and_is_removed_where_it_was_written(
+        ray_session, tmp_path, encoder, capsys, monkeypatch) -> None:
+    """As on a cluster whose --out is no shared folder: the driver does not see the second
+    file (its check is made to miss it); the task on that file's node removes it."""
+    from dbparallel.runtime import rewrite_ray
+
+    seen = rewrite_ray.visible
+    monkeypatch.setattr(rewrite_ray, "visible",
+                        lambda out, name: name != "train-00001.parquet" and seen(out, name))
+    removed = []
+    real_remove = rewrite_ray._remove_on
+    monkeypatch.setattr(rewrite_ray, "_remove_on", lambda node, out, names: (
+        removed.append(names), real_remove(node, out, names)))
+    out = tmp_path / "latents"
+    assert main(["data", "reshard", str(_data(tmp_path / "data")), "--out", str(out),
+                 _address(), *SETTINGS]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: a task wrote train-00001.parquet on another node" in err, err
+    assert removed == [["train-00001.parquet"]] and not out.exists()
