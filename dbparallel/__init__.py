@@ -3,7 +3,8 @@
 ``dbparallel.train(recipe, overrides={...})`` trains a run as ``dbparallel train`` does and
 returns its report; ``dbparallel.load(run_dir_or_file)`` returns a trained network with its
 task's verbs (``sample``, ``predict``, ``generate``, ``bpc``, ``log_likelihood``);
-``dbparallel.status(run_dir)`` says where a run stands; see docs/api.md. A run that
+``dbparallel.status(run_dir)`` says where a run stands; ``dbparallel.encode(data, encoder,
+out)`` writes an image data set's latents by your encoder; see docs/api.md. A run that
 ``dbparallel stop`` (SIGTERM) stops raises ``dbparallel.Terminated``.
 """
 
@@ -13,7 +14,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dbparallel.cli_stop import Terminated, stop_on_sigterm
@@ -139,6 +140,49 @@ def _yaml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_yaml_value(v) for v in value) + "]"
     return json.dumps(str(value))
+
+
+def encode(data: str | os.PathLike, encoder: Callable[[Any], Any] | str,
+           out: str | os.PathLike, overrides: Mapping[str, Any] | Sequence[str] | None = (),
+           device: str = "cpu", batch: int = 64, dtype: str = "float16",
+           progress: bool | None = None) -> dict[str, Any]:
+    """Write the latents of every image of ``data`` (a data set's path or URI, or a YAML
+    recipe that names one) by ``encoder`` into ``out`` (a new or empty folder, path or URI),
+    as ``dbparallel data encode`` does, and return what was written with the settings that
+    train on them: ``{"files": [...], "rows": {"train": N, ...}, "shape": [C', H', W'],
+    "mean": m, "std": s, "settings": {"data.source": "parquet", "data.path": out,
+    "data.latents": True, "data.channels": C', "data.image_size": H', ...,
+    "data.latent_scale": x}}``; ``settings`` are overrides for ``train``.
+
+    ``encoder``: a function (a model's bound method, a closure over one) or
+    "module:function"; it takes images (N, C, H, W) as floats in [0, 1] on ``device``,
+    ``batch`` at a time, decoded as training decodes them (``overrides``:
+    ``{"data.image_size": 256, "data.resize": True}``), and returns latents (N, C', H', W'),
+    stored as ``dtype`` ("float16" or "float32"). In a process that joined a Ray instance,
+    or with runtime.address or RAY_ADDRESS set, each file is written by a Ray task on that
+    cluster (``device="cuda"``: a GPU each; a function is sent to the tasks with what it
+    holds). Bad input raises ``dbparallel.errors.UserError``, a bad image
+    ``dbparallel.errors.DataError`` naming every bad one, with nothing left in ``out``."""
+    from dbparallel.cli_data import data_config
+    from dbparallel.cli_data_encode import encode_data
+    from dbparallel.errors import UserError
+
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UserError(f"batch: images per encoder call, an int >= 1; got {batch!r}")
+    if dtype not in ("float16", "float32"):
+        raise UserError(f"dtype: how the latents are stored, float16 or float32; got "
+                        f"{dtype!r}")
+    if not isinstance(encoder, str) and not callable(encoder):
+        raise UserError(f"encoder: a function or 'module:function', got "
+                        f"{type(encoder).__name__}")
+    name = encoder if isinstance(encoder, str) else \
+        getattr(encoder, "__qualname__", type(encoder).__name__)
+    with _rng_kept():
+        cfg = data_config([os.fspath(data), *_override_items(overrides)], "encode")
+        got = encode_data(cfg, encoder, f"encoder={name}", os.fspath(out), device, batch,
+                          dtype, progress)
+    return {"files": got.done.files, "rows": got.done.rows, "shape": list(got.stats.shape),
+            "mean": got.stats.mean, "std": got.stats.std, "settings": got.settings}
 
 
 def load(source: str | os.PathLike, step: int | None = None,

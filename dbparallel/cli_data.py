@@ -44,25 +44,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     ``data reshard``: rewrite it."""
     from dbparallel.data.sources import check_kind, open_data
 
-    items, guessed = list(args.config), ""
-    given = [k for k, i in enumerate(items) if i.startswith("data.path=")
-             or is_path(i) and not i.endswith((".yaml", ".yml"))]
-    if len({_same_path(items[k].removeprefix("data.path=")) for k in given}) > 1:
-        # which would be read is not what a reader of the line expects
-        raise UserError(f"data {args.action}: the data are given {len(given)} times, as "
-                        f"different paths ({', '.join(items[k] for k in given)}); give one "
-                        f"path (or data.path=PATH)")
-    items = [i for k, i in enumerate(items) if k not in given[1:]]  # the same path, once
-    for i, item in enumerate(items):  # a bare path: the data itself
-        if is_path(item) and not item.endswith((".yaml", ".yml")):
-            items[i] = f"data.path={item}"
-            if not any(x.startswith("data.source=") for x in items):
-                guessed = _bare_source(item, _text_task(items))
-                items.append(f"data.source={guessed}")
-    files, overrides = split_items(items)
-    cfg = load_config(files, overrides)
-    if guessed == "text" and cfg.task not in TEXT_TASKS and os.path.isdir(cfg.data.path):
-        raise UserError(_read_as_text(cfg.task, cfg.data.path))
+    cfg = data_config(args.config, args.action)
     if args.action == "check" and args.out:
         raise UserError("--out: data check writes nothing; --out is for data reshard")
     batch = args.batch is not None
@@ -102,6 +84,32 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         check_here(cfg, index, force=True)
     return 0
+
+
+def data_config(items: Sequence[str], action: str) -> Config:
+    """The config of a data command's items (``action``: check, reshard, encode): YAML
+    recipes, key=value overrides, and the data's own path (one; its source guessed from what
+    it holds unless data.source is given)."""
+    items, guessed = list(items), ""
+    given = [k for k, i in enumerate(items) if i.startswith("data.path=")
+             or is_path(i) and not i.endswith((".yaml", ".yml"))]
+    if len({_same_path(items[k].removeprefix("data.path=")) for k in given}) > 1:
+        # which would be read is not what a reader of the line expects
+        raise UserError(f"data {action}: the data are given {len(given)} times, as "
+                        f"different paths ({', '.join(items[k] for k in given)}); give one "
+                        f"path (or data.path=PATH)")
+    items = [i for k, i in enumerate(items) if k not in given[1:]]  # the same path, once
+    for i, item in enumerate(items):  # a bare path: the data itself
+        if is_path(item) and not item.endswith((".yaml", ".yml")):
+            items[i] = f"data.path={item}"
+            if not any(x.startswith("data.source=") for x in items):
+                guessed = _bare_source(item, _text_task(items))
+                items.append(f"data.source={guessed}")
+    files, overrides = split_items(items)
+    cfg = load_config(files, overrides)
+    if guessed == "text" and cfg.task not in TEXT_TASKS and os.path.isdir(cfg.data.path):
+        raise UserError(_read_as_text(cfg.task, cfg.data.path))
+    return cfg
 
 
 def is_path(item: str) -> bool:

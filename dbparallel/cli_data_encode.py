@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dbparallel.cli_data_rewrite import rewrite, rewritten_data, written_rows
 from dbparallel.config import Config
@@ -16,15 +18,34 @@ from dbparallel.errors import UserError
 from dbparallel.shell import shell_path
 
 if TYPE_CHECKING:
+    import torch
+
+    from dbparallel.data.latent_encoding import LatentStats
     from dbparallel.data.parquet_out import Resharded
     from dbparallel.runtime.rewrite_ray import ClusterRewrite
 
 DEFAULT_BATCH = 64
 
 
-def encode(cfg: Config, args: argparse.Namespace) -> int:
-    """Write the latents of every image of ``cfg``'s data into ``args.out``, and the settings
-    that train on them."""
+@dataclass
+class Encoded:
+    """What ``encode_data`` wrote: the files, the latents' shape (C', H', W'), mean and
+    standard deviation, and the settings that train on them (``settings``: config keys and
+    values; ``fits``: what the scale and shift given there do)."""
+
+    done: Resharded
+    stats: LatentStats
+    settings: dict[str, Any]
+    fits: str
+
+
+def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | str,
+                setting: str, out: str, device: str = "", batch: int | None = None,
+                dtype: str = "float16", progress: bool | None = None) -> Encoded:
+    """Write the latents of every image of ``cfg``'s data into ``out`` by ``encoder`` (a
+    function, or "module:function"; its errors name it as ``setting`` says): in this process
+    on ``device``, or one Ray task per file on the cluster this process joined, or at
+    runtime.address or RAY_ADDRESS (``device`` "cuda": a GPU each)."""
     from dbparallel.data.latent_encoding import (
         Encode,
         LatentEncoder,
@@ -35,62 +56,83 @@ def encode(cfg: Config, args: argparse.Namespace) -> int:
     from dbparallel.data.reshard import reshard
     from dbparallel.training.device import requested_device
 
-    if not args.encoder:
-        raise UserError("data encode: --encoder MODULE:FUNCTION is required (your "
-                        "autoencoder's encoder)")
     if cfg.data.latents:
         raise UserError("data.latents: data encode reads images (pixels), and writes latents")
-    batch = DEFAULT_BATCH if args.batch is None else args.batch
+    batch = DEFAULT_BATCH if batch is None else batch
     if batch < 1:
         raise UserError(f"--batch: must be >= 1, got {batch}")
-    function = named_function(args.encoder, f"--encoder {args.encoder}")
-    index = rewritten_data(cfg, args.out, "encode")
-    dtype = args.dtype or "float16"
+    function = named_function(encoder, setting) if isinstance(encoder, str) else encoder
+    index = rewritten_data(cfg, out, "encode")
+    bars = sys.stderr.isatty() if progress is None else progress
 
     def here() -> tuple[Resharded, list[object]]:
-        encoder = LatentEncoder(function, args.encoder, requested_device(args.device or None),
-                                batch, dtype)
-        done = reshard(index, args.out, cfg.data.shard_rows, progress=sys.stderr.isatty(),
-                       rewrite=Encode(cfg.data, encoder), desc="encode")
-        return done, [encoder.stats]
+        coder = LatentEncoder(function, setting, requested_device(device or None), batch,
+                              dtype)
+        done = reshard(index, out, cfg.data.shard_rows, progress=bars,
+                       rewrite=Encode(cfg.data, coder), desc="encode")
+        return done, [coder.stats]
 
     def cluster() -> ClusterRewrite:
         from dbparallel.data.own_code import pack
         from dbparallel.runtime.rewrite_ray import ClusterRewrite
 
-        device = task_device(args.device)
-        return ClusterRewrite(partial(encode_rewrite, cfg.data, args.encoder, device, batch,
-                                      dtype), gpus=int(device == "cuda"),
-                              code=pack(args.encoder, f"--encoder {args.encoder}"))
+        on = task_device(device)
+        return ClusterRewrite(partial(encode_rewrite, cfg.data, encoder, setting, on, batch,
+                                      dtype), gpus=int(on == "cuda"),
+                              code=pack(encoder, setting) if isinstance(encoder, str) else None)
 
-    done, parts = rewrite(cfg, index, args.out, "encode", here, cluster)
-    written_rows(args.out, done, cfg.data.shard_rows)
-    stats = LatentStats.merged(parts, args.encoder)
+    done, parts = rewrite(cfg, index, out, "encode", here, cluster, bars)
+    written_rows(out, done, cfg.data.shard_rows)
+    stats = LatentStats.merged(parts, setting)
+    if stats.shape is None:
+        raise UserError(f"{cfg.data.path or cfg.data.source}: no image to encode")
     sigma_data = cfg.noise.sigma_data
     c, h, _ = stats.shape
-    files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
-    scale = f"{sigma_data / stats.std:.4g}" if stats.std > 0 else "1"
+    settings: dict[str, Any] = {"data.source": "parquet", "data.path": out,
+                                "data.latents": True, "data.channels": c,
+                                "data.image_size": h, "data.num_classes": cfg.data.num_classes}
+    if cfg.data.pixel_order != "chw":  # written channels first: hwc would scramble them
+        settings["data.pixel_order"] = "chw"
     # off centre by more than a standard deviation, as latent_scale_warning tells it
-    shift = f"data.latent_shift={stats.mean:.6g} " if abs(stats.mean) > stats.std else ""
+    if abs(stats.mean) > stats.std:
+        settings["data.latent_shift"] = float(f"{stats.mean:.6g}")
+    settings["data.latent_scale"] = float(f"{sigma_data / stats.std:.4g}") \
+        if stats.std > 0 else 1.0
     fits = (f"the shift and scale that bring them to mean 0 and noise.sigma_data="
             f"{sigma_data:g}; your autoencoder's own shift_factor and scaling_factor where it "
-            f"has them" if shift else
+            f"has them" if "data.latent_shift" in settings else
             f"the scale that brings them to noise.sigma_data={sigma_data:g}; your "
             f"autoencoder's own scaling_factor where it has one")
-    # written channels first: a recipe's data.pixel_order=hwc would scramble them unwarned
-    order = "data.pixel_order=chw " if cfg.data.pixel_order != "chw" else ""
-    print(f"wrote {files} to {args.out}: latents of {c}x{h}x{h} ({args.dtype or 'float16'}), "
-          f"mean {stats.mean:.4g}, standard deviation {stats.std:.4g}")
-    print(f"train on them with data.source=parquet data.path={shell_path(args.out)} "
-          f"data.latents=true data.channels={c} data.image_size={h} "
-          f"data.num_classes={cfg.data.num_classes} {order}{shift}"
-          f"data.latent_scale={scale} ({fits}), and sample.decoder=MODULE:"
-          f"FUNCTION to see and score its samples as images")
+    return Encoded(done, stats, settings, fits)
+
+
+def encode(cfg: Config, args: argparse.Namespace) -> int:
+    """``data encode``: write the latents of every image of ``cfg``'s data into
+    ``args.out``, and print the settings that train on them."""
+    if not args.encoder:
+        raise UserError("data encode: --encoder MODULE:FUNCTION is required (your "
+                        "autoencoder's encoder)")
+    dtype = args.dtype or "float16"
+    got = encode_data(cfg, args.encoder, f"--encoder {args.encoder}", args.out, args.device,
+                      args.batch, dtype)
+    c, h, _ = got.stats.shape
+    files = f"{len(got.done.files)} file" + ("s" if len(got.done.files) != 1 else "")
+    print(f"wrote {files} to {args.out}: latents of {c}x{h}x{h} ({dtype}), "
+          f"mean {got.stats.mean:.4g}, standard deviation {got.stats.std:.4g}")
+    keys = " ".join(f"{k}={shell_path(v) if k == 'data.path' else _value(v)}"
+                    for k, v in got.settings.items())
+    print(f"train on them with {keys} ({got.fits}), and sample.decoder=MODULE:FUNCTION to "
+          f"see and score its samples as images")
     return 0
 
 
+def _value(v: object) -> str:
+    return str(v).lower() if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) \
+        else str(v)
+
+
 def task_device(device: str) -> str:
-    """Where the encoder runs in each Ray task of ``--device`` ``device``: the CPU, or a GPU
+    """Where the encoder runs in each Ray task of ``device`` (--device): the CPU, or a GPU
     of the task's own ("cuda"); UserError for another device or a GPU's number."""
     if device in ("", "cpu", "cuda"):
         return device or "cpu"

@@ -43,11 +43,14 @@ def rewritten_data(cfg: Config, out: str, action: str) -> DataIndex:
 
 
 def rewrite(cfg: Config, index: DataIndex, out: str, desc: str, here: Callable[[], Written],
-            cluster: Callable[[], ClusterRewrite]) -> Written:
-    """The rewrite ``here``, in this process; with runtime.address or RAY_ADDRESS set, as
-    ``cluster`` says, one Ray task per file on that cluster (data every node reads alike:
-    not built into this machine's cache, nor named by a relative path)."""
-    if not (cfg.runtime.address or os.environ.get("RAY_ADDRESS")):
+            cluster: Callable[[], ClusterRewrite], progress: bool | None = None) -> Written:
+    """The rewrite ``here``, in this process; in a process that joined a Ray instance, or
+    with runtime.address or RAY_ADDRESS set, as ``cluster`` says, one Ray task per file on
+    that cluster (data every node reads alike: not built into this machine's cache, nor named
+    by a relative path). ``progress``: a bar (default: where stderr is a terminal)."""
+    ray = sys.modules.get("ray")  # joined by the program (dbparallel.encode): never imported
+    joined = ray is not None and ray.is_initialized()
+    if not (joined or cfg.runtime.address or os.environ.get("RAY_ADDRESS")):
         return here()
     from dbparallel.training.data_check import readable_anywhere
 
@@ -59,7 +62,8 @@ def rewrite(cfg: Config, index: DataIndex, out: str, desc: str, here: Callable[[
     from dbparallel.runtime.rewrite_ray import rewrite_joined
 
     out = out if "://" in out else os.path.abspath(out)  # the same folder on every node
-    return rewrite_joined(cfg, index, out, cluster(), sys.stderr.isatty(), desc)
+    return rewrite_joined(cfg, index, out, cluster(),
+                          sys.stderr.isatty() if progress is None else progress, desc)
 
 
 def written_rows(out: str, done: Resharded, shard_rows: int) -> None:

@@ -43,12 +43,13 @@ class LatentStats:
         self.squares += float(np.square(values).sum())
 
     @classmethod
-    def merged(cls, parts: list[LatentStats], spec: str) -> LatentStats:
+    def merged(cls, parts: list[LatentStats], setting: str) -> LatentStats:
         """The sums of ``parts`` (each of a part of the rows, encoded apart) together;
-        UserError naming --encoder ``spec`` where the parts' latents differ in shape."""
+        UserError naming the encoder's ``setting`` where the parts' latents differ in
+        shape."""
         shapes = {p.shape for p in parts if p.shape is not None}
         if len(shapes) > 1:
-            raise UserError(f"--encoder {spec}: it returned latents of different shapes "
+            raise UserError(f"{setting}: it returned latents of different shapes "
                             f"(C', H', W') in different parts of the data, "
                             f"{', '.join(map(str, sorted(shapes)))}; they must be all of one "
                             f"shape")
@@ -67,12 +68,13 @@ class LatentStats:
 
 
 class LatentEncoder:
-    """The encoder ``spec`` names, run ``batch`` images at a time on ``device`` under
-    no_grad, its output checked and stored as ``dtype`` lists; ``stats`` of all it wrote."""
+    """The encoder ``function``, run ``batch`` images at a time on ``device`` under no_grad,
+    its output checked and stored as ``dtype`` lists; ``stats`` of all it wrote. Its errors
+    name it as ``setting`` says (``--encoder vae_codec:encode``)."""
 
-    def __init__(self, function: Callable[[torch.Tensor], torch.Tensor], spec: str,
+    def __init__(self, function: Callable[[torch.Tensor], torch.Tensor], setting: str,
                  device: str = "cpu", batch: int = 64, dtype: str = "float16"):
-        self.function, self.spec, self.device, self.batch = function, spec, device, batch
+        self.function, self.setting, self.device, self.batch = function, setting, device, batch
         self.arrow_type, self.numpy_type = DTYPES[dtype]
         self.stats = LatentStats()
 
@@ -89,9 +91,9 @@ class LatentEncoder:
             latents = self._checked(self.function(part), part)
             stored = latents.astype(self.numpy_type)
             if not np.isfinite(stored).all():
-                raise UserError(f"--encoder {self.spec}: a latent is beyond the range of "
+                raise UserError(f"{self.setting}: a latent is beyond the range of "
                                 f"{self.arrow_type} (up to {np.finfo(self.numpy_type).max:g}); "
-                                f"store them with --dtype float32")
+                                f"store them as float32 (--dtype float32)")
             self.stats.add(stored)
             out.append(stored.reshape(len(stored), -1))
         flat = np.concatenate(out) if out else np.empty((0, 0), self.numpy_type)
@@ -107,13 +109,13 @@ class LatentEncoder:
         if not ok:
             got = f"a tensor of shape {shape}" if shape is not None else type(latents).__name__
             want = f" (C', H', W') = {self.stats.shape} as before" if self.stats.shape else ""
-            raise UserError(f"--encoder {self.spec}: given images of shape "
+            raise UserError(f"{self.setting}: given images of shape "
                             f"{tuple(images.shape)}, it returned {got}; it must return float "
                             f"latents (N, C', H', W'), one per image, square (H' = W', as "
                             f"data.image_size is), all of one shape{want}")
         values = latents.detach().float().cpu().numpy()
         if not np.isfinite(values).all():
-            raise UserError(f"--encoder {self.spec}: it returned NaN or infinite values")
+            raise UserError(f"{self.setting}: it returned NaN or infinite values")
         self.stats.shape = shape[1:]
         return values
 
@@ -142,13 +144,15 @@ class Encode:
                                latents)
 
 
-def encode_rewrite(data: DataConfig, spec: str, device: str, batch: int, dtype: str,
+def encode_rewrite(data: DataConfig, encoder: Callable[[torch.Tensor], torch.Tensor] | str,
+                   setting: str, device: str, batch: int, dtype: str,
                    threads: int = 0) -> Encode:
-    """``Encode`` by the encoder ``spec`` names (``--encoder``), imported here (a Ray task of
-    ``data encode`` makes its own), decoding on ``threads`` threads (0: data.decode_threads)."""
+    """``Encode`` by ``encoder``: a function, or the one a "module:function" names, imported
+    here (a Ray task of ``data encode`` makes its own); decoding on ``threads`` threads (0:
+    data.decode_threads); its errors name it as ``setting`` says."""
     from dbparallel.data.named_function import named_function
 
     if threads:
         data = dataclasses.replace(data, decode_threads=threads)
-    return Encode(data, LatentEncoder(named_function(spec, f"--encoder {spec}"), spec, device,
-                                      batch, dtype))
+    function = named_function(encoder, setting) if isinstance(encoder, str) else encoder
+    return Encode(data, LatentEncoder(function, setting, device, batch, dtype))

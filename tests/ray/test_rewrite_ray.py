@@ -82,24 +82,34 @@ def _same_files(one: Path, other: Path) -> None:
 
 def test_tasks_encode_the_files_the_single_pass_writes(ray_session, tmp_path, encoder,
                                                         capsys) -> None:
+    import ray_standin_encoder
+
+    from dbparallel.config import DataConfig
+    from dbparallel.data.latent_encoding import Encode, LatentEncoder
+    from dbparallel.data.parquet_index import parquet_index
+    from dbparallel.data.reshard import reshard
+
     data = _data(tmp_path / "data")
     here, there = tmp_path / "here", tmp_path / "there"
-    assert main(["data", "encode", str(data), "--encoder", "ray_standin_encoder:encode",
-                 "--out", str(here), *SETTINGS]) == 0
-    printed_here = capsys.readouterr().out
+    single = LatentEncoder(ray_standin_encoder.encode, "encode")
+    reshard(parquet_index(str(data)), str(here), 4, rewrite=Encode(
+        DataConfig(image_size=8, channels=3, num_classes=10), single))
     assert {p.stem for p in encoder.iterdir()} == {str(os.getpid())}
     for p in encoder.iterdir():
         p.unlink()
     assert main(["data", "encode", str(data), "--encoder", "ray_standin_encoder:encode",
                  "--out", str(there), _address(), *SETTINGS]) == 0
-    printed_there = capsys.readouterr().out
+    printed = capsys.readouterr().out
     ran = {int(p.stem) for p in encoder.iterdir()}
     assert ran and os.getpid() not in ran  # encoded by the tasks' worker processes
     assert sorted(p.name for p in there.iterdir()) == [f"train-0000{n}.parquet"
                                                         for n in range(5)]
     _same_files(here, there)
-    assert printed_there.replace(str(there), "OUT") == printed_here.replace(str(here), "OUT")
-    assert "data.latents=true data.channels=3 data.image_size=4" in printed_there
+    stats = single.stats  # the parts' sums together are the single pass's
+    assert f"mean {stats.mean:.4g}, standard deviation {stats.std:.4g}" in printed
+    assert (f"data.latents=true data.channels=3 data.image_size=4 data.num_classes=10 "
+            f"data.latent_shift={stats.mean:.6g} data.latent_scale={0.5 / stats.std:.4g} "
+            f"(the shift and scale") in printed, printed
 
 
 def test_bad_rows_of_several_tasks_are_named_in_order_and_nothing_is_left(
@@ -165,3 +175,33 @@ def test_a_file_the_driver_cannot_see_stops_it_and_is_removed_where_it_was_writt
     err = capsys.readouterr().err
     assert f"--out {out}: a task wrote train-00001.parquet on another node" in err, err
     assert removed == [["train-00001.parquet"]] and not out.exists()
+
+
+def test_a_program_s_own_function_encodes_on_the_instance_it_joined(ray_session, tmp_path,
+                                                                    encoder) -> None:
+    """dbparallel.encode in a process that joined Ray: the function (a closure over a
+    module with weights) is sent to the tasks with what it holds."""
+    import torch
+
+    import dbparallel
+
+    conv = torch.nn.Conv2d(3, 2, 2, stride=2)
+    ran = encoder
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        (ran / f"{os.getpid()}.pid").touch()
+        return conv(images)
+
+    data = _data(tmp_path / "data")
+    settings = dict(item.split("=") for item in SETTINGS)
+    got = dbparallel.encode(data, encode, tmp_path / "there", overrides=settings)
+    pids = {int(p.stem) for p in ran.iterdir()}
+    assert pids and os.getpid() not in pids
+    assert got["files"] == [f"train-0000{n}.parquet" for n in range(5)]
+    assert got["shape"] == [2, 4, 4] and got["rows"] == {"train": 300}
+    with torch.no_grad():
+        pixels = pq.read_table(data / "train-0.parquet").column("image").to_pylist()
+        want = conv(torch.tensor(pixels, dtype=torch.float32).reshape(-1, 3, 8, 8) / 255)
+    written = pq.read_table(tmp_path / "there").column("image").to_pylist()
+    np.testing.assert_allclose(np.array(written, np.float32),  # float16 as stored
+                               want.reshape(300, -1).numpy(), rtol=2e-3, atol=1e-3)

@@ -359,10 +359,11 @@ def test_the_api_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     (tmp_path / "jobs").symlink_to(ROOT / "jobs")
     guide = (ROOT / "docs" / "api.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", guide, flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     for code in blocks:
         exec(compile(code, "docs/api.md", "exec"), {})
     assert (tmp_path / "tiny-cpu.safetensors").exists()
+    assert (tmp_path / "runs" / "tiny-latents" / "samples.safetensors").exists()
     assert (tmp_path / "runs" / "tiny-python" / "report.json").exists()
 
 
