@@ -48,7 +48,7 @@ def rewrite(cfg: Config, index: DataIndex, out: str, desc: str, here: Callable[[
     with runtime.address or RAY_ADDRESS set, as ``cluster`` says, one Ray task per file on
     that cluster (data every node reads alike: not built into this machine's cache, nor named
     by a relative path). ``progress``: a bar (default: where stderr is a terminal)."""
-    ray = sys.modules.get("ray")  # joined by the program (dbparallel.encode): never imported
+    ray = sys.modules.get("ray")  # looked up, not imported: a program that called ray.init
     joined = ray is not None and ray.is_initialized()
     if not (joined or cfg.runtime.address or os.environ.get("RAY_ADDRESS")):
         return here()

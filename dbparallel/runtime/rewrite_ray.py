@@ -18,6 +18,7 @@ removed on the node that wrote it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,9 +153,13 @@ def _cancel(refs: list[ray.ObjectRef]) -> None:
     writes after its files are removed."""
     for ref in refs:
         ray.cancel(ref, force=True)
-    deadline = time.monotonic() + CANCEL_WAIT_S
-    while refs and time.monotonic() < deadline:
-        _, refs = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+    deadline, left = time.monotonic() + CANCEL_WAIT_S, list(refs)
+    while left and time.monotonic() < deadline:
+        _, left = ray.wait(left, num_returns=len(left), timeout=1.0)
+    for ref in refs:  # their outcomes taken, so that Ray does not log them as unhandled
+        if ref not in left:
+            with contextlib.suppress(Exception):
+                ray.get(ref, timeout=0)
 
 
 def _remove_on(node: str, out: str, names: list[str]) -> None:
