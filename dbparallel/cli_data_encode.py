@@ -6,13 +6,12 @@ cluster (runtime/rewrite_ray.py)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from dbparallel.cli_data_rewrite import rewrite, rewritten_data, written_rows
+from dbparallel.cli_data_rewrite import rewrite, rewritten_data, rows_progress, written_rows
 from dbparallel.config import Config
 from dbparallel.errors import UserError
 from dbparallel.shell import shell_path
@@ -63,13 +62,12 @@ def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | s
         raise UserError(f"--batch: must be >= 1, got {batch}")
     function = named_function(encoder, setting) if isinstance(encoder, str) else encoder
     index = rewritten_data(cfg, out, "encode")
-    bars = sys.stderr.isatty() if progress is None else progress
-
     def here() -> tuple[Resharded, list[object]]:
         coder = LatentEncoder(function, setting, requested_device(device or None), batch,
                               dtype)
-        done = reshard(index, out, cfg.data.shard_rows, progress=bars,
-                       rewrite=Encode(cfg.data, coder), desc="encode")
+        with rows_progress(index, "encode", progress) as bar:
+            done = reshard(index, out, cfg.data.shard_rows, bar,
+                           rewrite=Encode(cfg.data, coder))
         return done, [coder.stats]
 
     def cluster() -> ClusterRewrite:
@@ -81,7 +79,7 @@ def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | s
                                       dtype), gpus=int(on == "cuda"),
                               code=pack(encoder, setting) if isinstance(encoder, str) else None)
 
-    done, parts = rewrite(cfg, index, out, "encode", here, cluster, bars)
+    done, parts = rewrite(cfg, index, out, "encode", here, cluster, progress)
     written_rows(out, done, cfg.data.shard_rows)
     stats = LatentStats.merged(parts, setting)
     if stats.shape is None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from dbparallel.data.parquet_out import Resharded
     from dbparallel.data.shards import DataIndex
     from dbparallel.runtime.rewrite_ray import ClusterRewrite
+    from dbparallel.training.progress import Progress
 
 Written = tuple["Resharded", list[object]]  # what was written, and each part's rewrite stats
 
@@ -47,7 +48,8 @@ def rewrite(cfg: Config, index: DataIndex, out: str, desc: str, here: Callable[[
     """The rewrite ``here``, in this process; in a process that joined a Ray instance, or
     with runtime.address or RAY_ADDRESS set, as ``cluster`` says, one Ray task per file on
     that cluster (data every node reads alike: not built into this machine's cache, nor named
-    by a relative path). ``progress``: a bar (default: where stderr is a terminal)."""
+    by a relative path). ``progress``: a bar, or (False) a line every 15 s (default: a bar
+    where stderr is a terminal)."""
     ray = sys.modules.get("ray")  # looked up, not imported: a program that called ray.init
     joined = ray is not None and ray.is_initialized()
     if not (joined or cfg.runtime.address or os.environ.get("RAY_ADDRESS")):
@@ -62,8 +64,16 @@ def rewrite(cfg: Config, index: DataIndex, out: str, desc: str, here: Callable[[
     from dbparallel.runtime.rewrite_ray import rewrite_joined
 
     out = out if "://" in out else os.path.abspath(out)  # the same folder on every node
-    return rewrite_joined(cfg, index, out, cluster(),
-                          sys.stderr.isatty() if progress is None else progress, desc)
+    return rewrite_joined(cfg, index, out, cluster(), progress, desc)
+
+
+def rows_progress(index: DataIndex, desc: str, progress: bool | None = None) -> Progress:
+    """The progress of a rewrite of every row of ``index``: a bar, or (``progress`` False) a
+    line every 15 s, as in a job's log (default: a bar where stderr is a terminal)."""
+    from dbparallel.training.progress import Progress
+
+    return Progress(sum(index.num_rows(s) for s in index.present()), desc, "rows",
+                    tty=progress)
 
 
 def written_rows(out: str, done: Resharded, shard_rows: int) -> None:
@@ -98,10 +108,11 @@ def reshard_command(cfg: Config, out: str) -> int:
 
         return ClusterRewrite(partial(resize_rewrite, resize))
 
-    done, _ = rewrite(cfg, index, out, "reshard",
-                      lambda: (reshard(index, out, cfg.data.shard_rows,
-                                       progress=sys.stderr.isatty(), resize=resize), []),
-                      cluster)
+    def here() -> Written:
+        with rows_progress(index, "reshard") as bar:
+            return reshard(index, out, cfg.data.shard_rows, bar, resize), []
+
+    done, _ = rewrite(cfg, index, out, "reshard", here, cluster)
     written_rows(out, done, cfg.data.shard_rows)
     files = f"{len(done.files)} file" + ("s" if len(done.files) != 1 else "")
     if resized:

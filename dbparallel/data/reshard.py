@@ -33,7 +33,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
-from tqdm import tqdm
 
 from dbparallel.config import DataConfig
 from dbparallel.data.bad_rows import decode_past_bad_rows
@@ -107,41 +106,47 @@ class Resize:
         return _as_pngs(rows, decoded, self.data)
 
 
-def reshard(index: DataIndex, out: str, shard_rows: int, progress: bool = False,
+class Counts(Protocol):
+    """What ``reshard`` tells of its progress: ``update(n)``, ``n`` more rows read (a
+    progress bar, or lines in a log: training/progress.py)."""
+
+    def update(self, n: int) -> object: ...
+
+
+def reshard(index: DataIndex, out: str, shard_rows: int, progress: Counts | None = None,
             resize: DataConfig | None = None, rewrite: Rewrite | None = None,
-            desc: str = "reshard", ahead: bool = True) -> Resharded:
+            ahead: bool = True) -> Resharded:
     """Write every split of ``index`` under ``out`` (an empty or new folder, local or an
     object-store URI) in row groups of ``shard_rows`` rows; with ``resize`` (a DataConfig
     whose ``resize`` is set, of encoded images), every image decoded by it and stored as a
     PNG of its ``image_size``; with ``rewrite``, every piece's rows as it gives them back
     (``data encode``: the images' latents). A bad row a rewrite meets stops the writing;
     the rest are then only decoded, to name every bad row (BadRows, up to MAX_BAD_ROWS).
-    ``desc`` names the progress bar. With ``ahead``, the next piece is read and decoded on a
-    thread while one is rewritten and written (without: one after the other)."""
+    ``progress`` counts the rows read. With ``ahead``, the next piece is read and decoded on
+    a thread while one is rewritten and written (without: one after the other)."""
     rewrite = rewrite_of(index, resize, rewrite)
     fs, root = resolve_path(out)
     created = check_empty(fs, root, out)
     done = Resharded()
-    total = sum(index.num_rows(s) for s in index.present())
     writer, bad = None, []
     try:
-        with tqdm(total=total, unit="rows", disable=not progress, desc=desc) as bar:
-            for split in index.present():
-                writer = Writer(fs, root, split, shard_rows, out_metadata(index), done)
-                for piece, decoded in decoded_pieces(index, split, COLUMNS, _check(rewrite),
-                                                     ahead):
-                    bad += copied(writer, rewrite, piece, decoded, MAX_BAD_ROWS - len(bad),
-                                  write=not bad)
-                    if len(bad) >= MAX_BAD_ROWS:
-                        raise BadRows(bad, stopped=True)
-                    bar.update(piece.table.num_rows)
-                if bad:
-                    writer.abandon()
-                    continue
-                writer.close()
-                done.rows[split] = index.num_rows(split)
+        for split in index.present():
+            writer = Writer(fs, root, split, shard_rows, out_metadata(index), done)
+            for piece, decoded in decoded_pieces(index, split, COLUMNS, _check(rewrite),
+                                                 ahead):
+                bad += copied(writer, rewrite, piece, decoded, MAX_BAD_ROWS - len(bad),
+                              write=not bad)
+                if len(bad) >= MAX_BAD_ROWS:
+                    raise BadRows(bad, stopped=True)
+                if progress is not None:
+                    progress.update(piece.table.num_rows)
             if bad:
-                raise BadRows(bad)
+                writer.abandon()
+                continue
+            writer.close()
+            done.rows[split] = index.num_rows(split)
+        if bad:
+            raise BadRows(bad)
     except BaseException:  # a failed read, an interrupt: no half-written folder is left
         if writer is not None:
             writer.abandon()

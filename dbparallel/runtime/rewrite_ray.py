@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-from tqdm import tqdm
 
 from dbparallel.config import Config
 from dbparallel.data.own_code import OwnCode, unpack
@@ -36,6 +35,7 @@ from dbparallel.data.shards import DataIndex
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import MAX_BAD_ROWS, BadRows, DataError, UserError
 from dbparallel.runtime.ray_connect import connect, disconnect
+from dbparallel.training.progress import Progress
 
 CANCEL_WAIT_S = 30.0  # seconds waited at most for cancelled tasks to end before files go
 RETRIES = 2  # times a task lost with its node is started again
@@ -83,13 +83,14 @@ def task_cpus(gpus: int) -> int:
 
 
 def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: ClusterRewrite,
-                       progress: bool = False, desc: str = "rewrite"
+                       progress: bool | None = None, desc: str = "rewrite"
                        ) -> tuple[Resharded, list[object]]:
     """Write every split of ``index`` into ``out`` (a new or empty folder every node writes
     into) as ``job`` says, one Ray task per file; what ``reshard`` returns, and each file's
     rewrite ``stats`` in index order. BadRows names the first bad rows in index order (up to
     MAX_BAD_ROWS), once every task has ended; then, and on any other failure, nothing is
-    left in ``out``."""
+    left in ``out``. ``progress``: a bar, or (False) a line every 15 s (default: a bar where
+    stderr is a terminal)."""
     if index.kind != "images":
         raise DataError(f"{index.source}: {NOT_TEXT}")
     fs, root = resolve_path(out)
@@ -108,8 +109,7 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
         task = _write.options(**options)
         pending = {task.remote(shared, p, out, shard_rows, job, metadata, threads): i
                    for i, p in enumerate(parts)}
-        with tqdm(total=sum(p.rows for p in parts), unit="rows", disable=not progress,
-                  desc=desc) as bar:
+        with Progress(sum(p.rows for p in parts), desc, "rows", tty=progress) as bar:
             while pending:
                 (ready,), _ = ray.wait(list(pending), num_returns=1)
                 i = pending.pop(ready)
@@ -170,7 +170,7 @@ def _remove_on(node: str, out: str, names: list[str]) -> None:
 
 
 def rewrite_joined(cfg: Config, index: DataIndex, out: str, job: ClusterRewrite,
-                   progress: bool = False, desc: str = "rewrite"
+                   progress: bool | None = None, desc: str = "rewrite"
                    ) -> tuple[Resharded, list[object]]:
     """``rewrite_on_cluster`` on the cluster this process joined, else at runtime.address or
     RAY_ADDRESS."""

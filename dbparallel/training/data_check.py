@@ -26,8 +26,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from dbparallel import errors
 from dbparallel.config import Config
 from dbparallel.data.bad_rows import decode_past_bad_rows
@@ -39,6 +37,7 @@ from dbparallel.errors import BadRows
 from dbparallel.tasks import build_task
 from dbparallel.training.data_memory import machine_cpus
 from dbparallel.training.data_warnings import classes_warning
+from dbparallel.training.progress import Progress
 
 CHUNK = 1024  # rows decoded at a time
 UNIT_ROWS = 65_536  # rows of whole shards checked by one worker, about
@@ -133,9 +132,8 @@ def check_data(cfg: Config, index: DataIndex, force: bool = False,
     unit_rows = unit_rows or UNIT_ROWS
     units = check_units(index, unit_rows)
     start = time.perf_counter()
-    show = sys.stderr.isatty() if progress is None else progress
     classes = 0
-    with tqdm(total=total, desc="checking data", unit="row", disable=not show) as bar:
+    with Progress(total, "checking data", "row", tty=progress) as bar:
         if run is None or len(units) == 1 or total <= unit_rows:  # here, on every core
             here = with_threads(cfg, cfg.data.decode_threads or machine_cpus())
             failures: dict[int, Exception] = {}

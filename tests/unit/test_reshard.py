@@ -288,3 +288,20 @@ def test_a_resizing_reshard_names_every_bad_photo_and_writes_nothing(tmp_path, c
         f"{data / 'train.parquet'} row 1", f"{data / 'train.parquet'} row 3",
         f"{data / 'test.parquet'} row 0"], err
     assert not out.exists()
+
+
+def test_off_a_terminal_a_reshard_says_how_far_it_is_in_lines(tmp_path, capsys,
+                                                              monkeypatch) -> None:
+    """As in a job's log (stderr no terminal): a line every LINE_EVERY_S, here every piece,
+    and one when it is done."""
+    monkeypatch.setattr("dbparallel.training.progress.LINE_EVERY_S", 0.0)
+    monkeypatch.setattr("dbparallel.data.row_groups.PIECE_BYTES", 2048)  # many pieces
+    source = tmp_path / "one.parquet"
+    pq.write_table(_table(400), source)
+    assert main(["data", "reshard", str(source), "--out", str(tmp_path / "out"),
+                 "data.image_size=4", "data.channels=3", "data.shard_rows=64"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith("reshard: ")]
+    counts = [int(re.match(r"reshard: (\d+)/400 rows", line)[1]) for line in lines]
+    assert len(counts) > 2 and counts == sorted(counts) and counts[-1] == 400
+    assert lines[-1].endswith(tuple(f"done in {s}s" for s in range(60))), lines[-1]
