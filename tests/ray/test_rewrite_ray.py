@@ -5,6 +5,10 @@ named in order and nothing left behind."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +20,12 @@ import ray
 from dbparallel.cli import main
 
 pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[2]
+HANG_S = 300  # a hang guard only, never a timing claim
 
 ENCODER = '''
 import os
+import time
 import torch.nn.functional as F
 
 def encode(images):  # (N, 3, 8, 8) in [0, 1] -> (N, 3, 4, 4); says which process ran it
@@ -28,6 +35,12 @@ def encode(images):  # (N, 3, 8, 8) in [0, 1] -> (N, 3, 4, 4); says which proces
 
 def oblong(images):
     return images[:, :, :4, :]
+
+def slow(images):  # says it runs, then takes its time
+    with open(os.path.join({folder!r}, f"{{os.getpid()}}.pid"), "w"):
+        pass
+    time.sleep(3)
+    return F.avg_pool2d(images, 2)
 
 def fails_on_white(images):
     if (images == 1).flatten(1).all(1).any():
@@ -205,3 +218,43 @@ def test_a_program_s_own_function_encodes_on_the_instance_it_joined(ray_session,
     written = pq.read_table(tmp_path / "there").column("image").to_pylist()
     np.testing.assert_allclose(np.array(written, np.float32),  # float16 as stored
                                want.reshape(300, -1).numpy(), rtol=2e-3, atol=1e-3)
+
+
+def test_ctrl_c_stops_the_tasks_and_leaves_nothing(ray_session, tmp_path, encoder) -> None:
+    """A driver joined to the cluster (another process, as `ray job submit` starts one) is
+    interrupted while the tasks encode: it exits 130, cancels them (their worker processes
+    end) and removes what they wrote."""
+    data, out = _data(tmp_path / "data"), tmp_path / "latents"
+    code = str(tmp_path / "code")
+    log = tmp_path / "stderr"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dbparallel", "data", "encode", str(data), "--encoder",
+             "ray_standin_encoder:slow", "--out", str(out), _address(), *SETTINGS],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
+            env={**os.environ, "PYTHONPATH": f"{code}:{ROOT}"})
+    try:
+        deadline = time.monotonic() + HANG_S
+        while not list(encoder.iterdir()) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(encoder.iterdir()), (proc.poll(), log.read_text()[-3000:])
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=HANG_S) == 130, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not out.exists()
+    workers = {int(p.stem) for p in encoder.iterdir()}
+    deadline = time.monotonic() + HANG_S
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)  # cancelled: the tasks' processes ended
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # not a zombie either
