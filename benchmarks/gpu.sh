@@ -8,7 +8,8 @@
 #
 # Parts, each under its own time limit; one that fails does not stop the next:
 #   tests  the GPU tests (tests/gpu: CPU/GPU agreement, fused AdamW, MFU, no host sync in a
-#          step, flash attention, pinned batches; last the compiles: the default mode, then
+#          step, flash attention, pinned batches, images encoded into latents that train and
+#          decode on the GPU; last the compiles: the default mode, then
 #          CUDA graphs with a step in two pieces), 2.5 min at most, each test named as it ends
 #          and each failure's traceback short
 #   speed  benchmarks/gpu_speed.py: DiT-S/2 and DiT-B/2, one block (B=3) and end to end,

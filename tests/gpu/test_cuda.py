@@ -226,6 +226,43 @@ def test_a_cuda_stream_gathers_the_next_batch_ahead_into_pinned_memory(tmp_path,
     gpu.close(), cpu.close()
 
 
+def test_images_encode_on_the_gpu_and_their_latents_train_and_decode_there(
+        tmp_path, monkeypatch) -> None:
+    """dbparallel.encode with device="cuda" (no Ray: the Ray-free layers), then a local run
+    on the latents with a GPU per block, its samples decoded by sample.decoder on the GPU."""
+    from pathlib import Path
+
+    import dbparallel
+    from dbparallel.config import load_config
+    from dbparallel.runtime.local import run_local
+
+    recipe = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 4, 2, stride=2).cuda()
+    devices = set()
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        devices.add(images.device.type)
+        return conv(images)
+
+    got = dbparallel.encode(recipe, encode, tmp_path / "latents", device="cuda")
+    assert devices == {"cuda"} and got["shape"] == [4, 4, 4]
+    (tmp_path / "gpu_decoder.py").write_text(
+        "import torch.nn.functional as F\n"
+        "def decode(latents):\n"
+        "    assert latents.is_cuda\n"
+        "    return F.interpolate(latents[:, :1], scale_factor=2).sigmoid()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    items = [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+             for k, v in got["settings"].items()]
+    cfg = load_config([str(recipe)], [*items, f"run.dir={tmp_path / 'run'}", "metrics.port=0",
+                                      "runtime.gpus_per_block=1", "runtime.assembly_gpus=1",
+                                      "sample.decoder=gpu_decoder:decode", "train.steps=20"])
+    report = run_local(cfg, None, progress=False)
+    assert all(torch.isfinite(torch.tensor(row["final_loss"])) for row in report["per_block"])
+    assert (tmp_path / "run" / "samples.png").is_file()  # decoded on the GPU
+
+
 def test_compiled_step_matches_eager_on_gpu(tmp_path) -> None:
     import copy
 
