@@ -25,10 +25,11 @@ from dbparallel.core.losses import weighted_cross_entropy
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import equiprobable_schedule, karras_schedule
 from dbparallel.data.tokenizer import Usable
-from dbparallel.models.layers import KV, frozen_unit_embedding
+from dbparallel.models.layers import KV
 from dbparallel.models.lm import ARBlock
 from dbparallel.models.presets import resolve
 from dbparallel.tasks.base import Batch, Draws, gaussian_noise
+from dbparallel.tasks.frozen_table import frozen_table
 from dbparallel.tasks.text import TextData, gumbel_sample
 
 
@@ -42,7 +43,8 @@ class AutoregressiveLM(TextData):
         n = cfg.noise
         self.noise, self.partition = gaussian_noise(cfg)
         self.sigma_data = n.sigma_data
-        self.E = frozen_unit_embedding(cfg.run.seed, self.vocab_size, resolve(cfg.model).hidden)
+        self.E = frozen_table(cfg.run.seed, self.vocab_size, resolve(cfg.model).hidden,
+                              "data.vocab_size")
         self.readout = cfg.model.ar_readout
         # the end-to-end AR baseline is a plain causal LM; the looped task keeps the denoiser
         self.denoiser = cfg.train.objective == "diffusionblocks"

@@ -25,11 +25,11 @@ from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
 from dbparallel.core.sampler import equiprobable_schedule
-from dbparallel.models.layers import frozen_unit_embedding
 from dbparallel.models.presets import resolve
 from dbparallel.models.vit import ViTBlock
 from dbparallel.tasks.augment import augment, augment_draws
 from dbparallel.tasks.base import Batch, Draws, gaussian_noise
+from dbparallel.tasks.frozen_table import frozen_table
 from dbparallel.tasks.image_data import ImageData
 
 
@@ -45,7 +45,8 @@ class Classification(ImageData):
         self.sigma_data = n.sigma_data
         self.end_to_end = cfg.train.objective == "end_to_end"
         self.dims = resolve(cfg.model)
-        self.E = frozen_unit_embedding(cfg.run.seed, cfg.data.num_classes, self.dims.hidden)
+        self.E = frozen_table(cfg.run.seed, cfg.data.num_classes, self.dims.hidden,
+                              "data.num_classes")
         self._E_on: dict[torch.device, torch.Tensor] = {}  # copies of E, one per device
         self.learned = cfg.model.label_embedding == "learned" and not self.end_to_end
         self.augment = cfg.train.augment  # the training loss's flips and crops

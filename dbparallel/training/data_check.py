@@ -34,8 +34,8 @@ from dbparallel.data.images import LABEL_COLUMN
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.split_reader import iter_chunks
 from dbparallel.errors import BadRows
+from dbparallel.host import machine_cpus
 from dbparallel.tasks import build_task
-from dbparallel.training.data_memory import machine_cpus
 from dbparallel.training.data_warnings import classes_warning
 from dbparallel.training.progress import Progress
 

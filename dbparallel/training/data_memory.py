@@ -14,10 +14,8 @@ files of an image folder).
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +24,7 @@ from dbparallel.data.bad_rows import decode_past_bad_rows
 from dbparallel.data.shard_reader import read_shard
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import BadRows
+from dbparallel.host import machine_memory
 from dbparallel.tasks.base import Rows, Task
 
 SAMPLE_ROWS = 16  # rows unpacked to measure one row's size
@@ -240,26 +239,3 @@ def footprint_warning(per_block: int, blocks: int, memory: float,
             f"over half of {where} {bytes_text(memory)}; lower data.window_shards, or "
             f"rewrite the data in smaller row groups (`dbparallel data reshard DATA --out DIR "
             f"data.shard_rows=N`)")
-
-
-def machine_memory() -> int:
-    """Bytes of memory this process may use: the machine's, or its cgroup's limit if lower
-    (a container's)."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total
-
-
-def machine_cpus() -> int:
-    """CPUs this process may run on (its affinity, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-

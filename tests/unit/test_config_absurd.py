@@ -109,3 +109,23 @@ def test_amounts_are_written_in_the_largest_unit() -> None:
     assert amount(MOST_BYTES) == "1.0 PiB"
     assert amount(3 * 2**40 // 2) == "1.5 TiB"
     assert amount(512) == "512 B"
+
+
+@pytest.mark.parametrize(("overrides", "named", "row"), [
+    (["task=vit", "data.num_classes=16000000", "model.hidden=2048", "model.heads=16"],
+     "data.num_classes=16,000,000 x model.hidden=2,048", "class"),
+    ([*TEXT, "data.vocab_size=16000000", "model.hidden=2048", "model.heads=16"],
+     "data.vocab_size=16,000,000 x model.hidden=2,048", "token"),
+])
+def test_a_frozen_table_larger_than_the_machine_is_refused_before_it_is_drawn(
+        capsys, overrides: list[str], named: str, row: str) -> None:
+    """Within the bounds of any machine, but not of this one (24 GiB here, 122 GiB asked):
+    refused naming the keys that size it, not torch's allocation error (exit 1)."""
+    from dbparallel.host import machine_memory
+
+    assert 16_000_000 * 2048 * 4 > machine_memory()  # the premise: this machine lacks it
+    assert main(["plan", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dbparallel: error: {named}: the frozen table of one unit-norm "
+                          f"row per {row} is 122.07 GiB of float32"), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
