@@ -8,6 +8,7 @@ import ray
 import torch
 
 from dbparallel.config import Config
+from dbparallel.data.own_code import OwnCode, unpack
 from dbparallel.runtime import faults
 from dbparallel.runtime.metrics import AssemblyRecorder
 from dbparallel.training.assemble import assemble
@@ -22,9 +23,12 @@ RESTARTS = "assembler_restarts.json"
 class AssemblerActor:
     """Loads every block's snapshot, samples with the routed sampler, scores the samples on
     the evaluation rows it streams from the run's pinned data; ``run_id`` (the run
-    directory's) labels its metrics."""
+    directory's) labels its metrics; ``code``: sample.decoder's own module, sent from the
+    driver (data/own_code.py), importable here first."""
 
-    def __init__(self, cfg: Config, run_id: str):
+    def __init__(self, cfg: Config, run_id: str, code: OwnCode | None = None):
+        if code is not None:
+            unpack(code)
         self.cfg = cfg
         self.device = assembly_device(cfg)
         torch.set_num_threads(cfg.runtime.torch_threads)

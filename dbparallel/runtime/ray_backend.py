@@ -12,6 +12,7 @@ import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from dbparallel.config import Config
+from dbparallel.data.own_code import OwnCode, pack
 from dbparallel.runtime.assembler_actor import AssemblerActor
 from dbparallel.runtime.backend import BlockLost, BlockUnavailable, Event
 from dbparallel.runtime.block_actor import BlockActor
@@ -86,7 +87,7 @@ class RayBackend:
                 num_cpus=r.assembly_cpus, num_gpus=r.assembly_gpus, name=None,
                 max_restarts=self.cfg.train.max_restarts,
                 max_task_retries=self.cfg.train.max_restarts, **placed,
-            ).remote(self.cfg, self.run_id)
+            ).remote(self.cfg, self.run_id, decoder_code(self.cfg))
         self.pending[self.assembler.assemble.remote(write_samples)] = ("assemble", None)
 
     def poll(self, timeout_s: float) -> list[Event]:
@@ -162,3 +163,15 @@ class RayBackend:
 def _root_cause(err: BaseException) -> BaseException:
     cause = getattr(err, "cause", None)
     return cause if isinstance(cause, BaseException) else err
+
+
+def decoder_code(cfg: Config) -> OwnCode | None:
+    """sample.decoder's module, imported here, as the assembly actor is sent it where it is
+    the user's own code (another node may not have it); None without a decoder."""
+    if not cfg.sample.decoder:
+        return None
+    from dbparallel.training.eval.decoder import load_decoder
+
+    setting = f"sample.decoder={cfg.sample.decoder}"
+    load_decoder(cfg.sample.decoder)
+    return pack(cfg.sample.decoder, setting)
