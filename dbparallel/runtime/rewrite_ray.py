@@ -93,10 +93,10 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
     stderr is a terminal)."""
     if index.kind != "images":
         raise DataError(f"{index.source}: {NOT_TEXT}")
+    threads = task_cpus(job.gpus)  # before --out is made: a refusal leaves nothing
     fs, root = resolve_path(out)
     created = check_empty(fs, root, out)
     parts = parts_of(index, shard_rows)
-    threads = task_cpus(job.gpus)
     options: dict = {"num_cpus": threads, "num_gpus": job.gpus, "scheduling_strategy": "SPREAD"}
     if job.gpus:
         options["max_calls"] = 0  # keep the worker: its encoder stays loaded on its GPU

@@ -75,6 +75,7 @@ def encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     code.mkdir()
     (code / "ray_standin_encoder.py").write_text(ENCODER.format(folder=str(ran)))
     monkeypatch.syspath_prepend(str(code))
+    monkeypatch.delitem(sys.modules, "ray_standin_encoder", raising=False)  # another test's
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     return ran
 
@@ -258,3 +259,14 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # not a zombie either
+
+
+def test_a_cluster_without_a_gpu_refuses_device_cuda_and_leaves_no_out(
+        ray_session, tmp_path, encoder, capsys) -> None:
+    out = tmp_path / "latents"
+    assert main(["data", "encode", str(_data(tmp_path / "data")), "--encoder",
+                 "ray_standin_encoder:encode", "--device", "cuda", "--out", str(out),
+                 _address(), *SETTINGS]) == 2
+    assert "--device: the Ray cluster has no GPU" in capsys.readouterr().err
+    assert not out.exists()
+
