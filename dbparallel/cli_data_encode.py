@@ -71,13 +71,15 @@ def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | s
         return done, [coder.stats]
 
     def cluster() -> ClusterRewrite:
-        from dbparallel.data.own_code import pack
+        from dbparallel.data.own_code import own_modules, pack
         from dbparallel.runtime.rewrite_ray import ClusterRewrite
 
         on = task_device(device)
+        named = isinstance(encoder, str)
         return ClusterRewrite(partial(encode_rewrite, cfg.data, encoder, setting, on, batch,
                                       dtype), gpus=int(on == "cuda"),
-                              code=pack(encoder, setting) if isinstance(encoder, str) else None)
+                              code=pack(encoder, setting) if named else None,
+                              by_value=() if named else own_modules(encoder))
 
     done, parts = rewrite(cfg, index, out, "encode", here, cluster, progress)
     written_rows(out, done, cfg.data.shard_rows)

@@ -77,6 +77,17 @@ def unpack(code: OwnCode) -> None:
         importlib.invalidate_caches()
 
 
+def own_modules(function: object) -> tuple[str, ...]:
+    """The top modules of the user's own code that ``function`` (a function, a bound method,
+    a callable object) and its object's class are defined in: a worker elsewhere cannot
+    import them, so a function of theirs is sent by value with its code (``__main__`` always
+    is)."""
+    names = {getattr(function, "__module__", None),
+             type(getattr(function, "__self__", function)).__module__}
+    tops = {n.partition(".")[0] for n in names if isinstance(n, str)} - {"__main__"}
+    return tuple(sorted(t for t in tops if _own_source(sys.modules.get(t)) is not None))
+
+
 def _own_source(top: object) -> Path | None:
     """The file or package folder of module ``top`` when it is the user's own code."""
     if top is None:

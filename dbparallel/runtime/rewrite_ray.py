@@ -19,8 +19,9 @@ removed on the node that wrote it.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import ray
@@ -45,11 +46,14 @@ RETRIES = 2  # times a task lost with its node is started again
 class ClusterRewrite:
     """What each task does: ``make(threads)`` gives it its rewrite (None: copy the rows),
     decoding on ``threads`` threads; ``gpus`` per task (0 or 1); ``code``: the user's own
-    module it imports, sent to the tasks' workers."""
+    module it imports, sent to the tasks' workers; ``by_value``: the user's own modules
+    whose functions and classes ``make`` holds, pickled with their code (the workers cannot
+    import them)."""
 
     make: Callable[[int], Rewrite | None]
     gpus: int = 0
     code: OwnCode | None = None
+    by_value: tuple[str, ...] = ()
 
 
 @ray.remote(max_retries=RETRIES)
@@ -107,8 +111,9 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
     unseen: dict[str, list[str]] = {}  # node -> files it wrote that this machine cannot see
     try:
         task = _write.options(**options)
-        pending = {task.remote(shared, p, out, shard_rows, job, metadata, threads): i
-                   for i, p in enumerate(parts)}
+        with _by_value(job.by_value):  # the arguments are pickled as the tasks are sent
+            pending = {task.remote(shared, p, out, shard_rows, job, metadata, threads): i
+                       for i, p in enumerate(parts)}
         with Progress(sum(p.rows for p in parts), desc, "rows", tty=progress) as bar:
             while pending:
                 (ready,), _ = ray.wait(list(pending), num_returns=1)
@@ -136,6 +141,20 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
                      row_groups=sum(d.row_groups for d in finished.values()),
                      files=[p.name for p in parts])
     return done, [finished[i].stats for i in sorted(finished)]
+
+
+@contextlib.contextmanager
+def _by_value(modules: tuple[str, ...]) -> Iterator[None]:
+    """Functions and classes of ``modules`` pickled by value, not by name, meanwhile."""
+    added = [sys.modules[m] for m in modules
+             if m in sys.modules and m not in ray.cloudpickle.list_registry_pickle_by_value()]
+    for module in added:
+        ray.cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        for module in added:
+            ray.cloudpickle.unregister_pickle_by_value(module)
 
 
 def _result(ref: ray.ObjectRef) -> tuple[PartDone, str]:

@@ -270,3 +270,18 @@ def test_a_cluster_without_a_gpu_refuses_device_cuda_and_leaves_no_out(
     assert "--device: the Ray cluster has no GPU" in capsys.readouterr().err
     assert not out.exists()
 
+
+def test_a_function_of_the_program_s_own_module_encodes_on_the_instance_it_joined(
+        ray_session, tmp_path, encoder) -> None:
+    """The function object (not its "module:function") of a module importable here alone:
+    the tasks' workers cannot import it, so its module goes with it."""
+    import ray_standin_encoder
+
+    import dbparallel
+
+    settings = dict(item.split("=") for item in SETTINGS)
+    got = dbparallel.encode(_data(tmp_path / "data"), ray_standin_encoder.encode,
+                            tmp_path / "there", overrides=settings)
+    assert got["files"] == [f"train-0000{n}.parquet" for n in range(5)]
+    pids = {int(p.stem) for p in encoder.iterdir()}
+    assert pids and os.getpid() not in pids
