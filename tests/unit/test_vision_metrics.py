@@ -139,3 +139,13 @@ def test_reference_features_are_cached_by_the_images_8_bit_pixels(
         torch.set_num_threads(threads)
     assert len(list(tmp_path.glob("inception_*.pt"))) == 2
     assert torch.equal(again[0], first[0]) and not torch.equal(again[1], first[1])
+
+
+def test_the_pixels_digest_of_channels_last_images_is_that_of_the_same_images() -> None:
+    """A decoder may return its images channels last in memory (a permuted (N, H, W, C)
+    array, a model in torch.channels_last): the same pixels, the same digest."""
+    images = torch.rand(3, 8, 8, 3, generator=torch.Generator().manual_seed(0))
+    permuted = images.permute(0, 3, 1, 2)
+    assert not permuted.is_contiguous()
+    assert inception.pixels_digest(permuted) == inception.pixels_digest(permuted.contiguous())
+    assert inception.pixels_digest(permuted) != inception.pixels_digest(permuted.flip(0))

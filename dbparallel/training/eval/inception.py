@@ -106,7 +106,8 @@ def pixels_digest(images: torch.Tensor) -> str:
     """A digest of the images' shape and 8-bit pixels: the same digest, the same features."""
     digest = hashlib.sha256(json.dumps([list(images.shape), VERSION]).encode())
     for i in range(0, len(images), DIGEST_CHUNK):
-        digest.update(eight_bit(images[i:i + DIGEST_CHUNK]).to(torch.uint8).cpu().numpy())
+        digest.update(eight_bit(images[i:i + DIGEST_CHUNK]).to(torch.uint8).cpu().contiguous()
+                      .numpy())
     return digest.hexdigest()[:16]
 
 
