@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 
 from dbparallel.data.row_groups import in_pieces
 from dbparallel.data.shards import DataIndex
-from dbparallel.errors import UserError
+from dbparallel.data.tables import resolve_path
+from dbparallel.errors import DataError, UserError
 
 GROUPS_PER_FILE = 16  # row groups written into one file before the next is started
 CLASSES_KEY = b"dbparallel.classes"  # an image folder's class names, by label, as JSON
@@ -30,11 +31,21 @@ class Resharded:
     files: list[str] = field(default_factory=list)
 
 
-def out_metadata(index: DataIndex) -> dict[bytes, bytes]:
-    """What the files written of ``index`` carry in their footer: an image folder's class
-    names."""
+def out_metadata(index: DataIndex, split: str) -> dict[bytes, bytes]:
+    """What the files written of ``split`` of ``index`` carry in their footer: what the
+    footer of the split's first Parquet file holds (pandas' or a hub's metadata), and an
+    image folder's class names. Every file of the split carries the same, whichever rows it
+    holds and whoever writes it (reshard_parts.py)."""
+    kept: dict[bytes, bytes] = {}
+    first = next((s for s in index.shards(split) if s.rows), None)
+    if first is not None and first.kind == "parquet":
+        try:
+            fs, path = resolve_path(first.uri)
+            kept = dict(pq.read_schema(path, filesystem=fs).metadata or {})
+        except (OSError, pa.ArrowException, DataError):  # reading its rows says what is wrong
+            kept = {}
     classes = index.meta.get("classes")
-    return {CLASSES_KEY: json.dumps(classes).encode()} if classes else {}
+    return kept | ({CLASSES_KEY: json.dumps(classes).encode()} if classes else {})
 
 
 def remove_written(fs: pafs.FileSystem, root: str, names: list[str], created: bool) -> None:
@@ -105,8 +116,7 @@ class Writer:
                 self.writer.close()
             name = f"{self.split}-{self.groups // GROUPS_PER_FILE:05d}.parquet"
             path = f"{self.root.rstrip('/')}/{name}"
-            schema = rows.schema.with_metadata({**(rows.schema.metadata or {}),
-                                                **self.metadata})
+            schema = rows.schema.with_metadata(self.metadata)
             self.writer = pq.ParquetWriter(path, schema, filesystem=self.fs)
             self.done.files.append(name)
         assert self.writer is not None

@@ -131,7 +131,8 @@ def reshard(index: DataIndex, out: str, shard_rows: int, progress: Counts | None
     writer, bad = None, []
     try:
         for split in index.present():
-            writer = Writer(fs, root, split, shard_rows, out_metadata(index), done)
+            writer = Writer(fs, root, split, shard_rows, out_metadata(index, split),
+                            done)
             for piece, decoded in decoded_pieces(index, split, COLUMNS, _check(rewrite),
                                                  ahead):
                 bad += copied(writer, rewrite, piece, decoded, MAX_BAD_ROWS - len(bad),

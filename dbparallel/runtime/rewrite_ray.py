@@ -105,14 +105,15 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
     if job.gpus:
         options["max_calls"] = 0  # keep the worker: its encoder stays loaded on its GPU
     shared = ray.put(index)  # once, not once per task
-    metadata = out_metadata(index)
+    metadata = {s: out_metadata(index, s) for s in index.present()}  # a footer per split
     pending: dict[ray.ObjectRef, int] = {}
     finished: dict[int, PartDone] = {}
     unseen: dict[str, list[str]] = {}  # node -> files it wrote that this machine cannot see
     try:
         task = _write.options(**options)
         with _by_value(job.by_value):  # the arguments are pickled as the tasks are sent
-            pending = {task.remote(shared, p, out, shard_rows, job, metadata, threads): i
+            pending = {task.remote(shared, p, out, shard_rows, job, metadata[p.split],
+                                       threads): i
                        for i, p in enumerate(parts)}
         with Progress(sum(p.rows for p in parts), desc, "rows", tty=progress) as bar:
             while pending:

@@ -32,7 +32,7 @@ def _pixels(rows: int) -> pa.Table:
 def _parts(index, out, shard_rows: int, rewrite=None) -> list:
     fs, root = resolve_path(str(out))
     check_empty(fs, root, str(out))
-    return [write_part(index, p, str(out), shard_rows, rewrite, out_metadata(index))
+    return [write_part(index, p, str(out), shard_rows, rewrite, out_metadata(index, p.split))
             for p in parts_of(index, shard_rows)]
 
 
@@ -43,7 +43,8 @@ def _same_files(one, other) -> None:
         a, b = pq.ParquetFile(one / name), pq.ParquetFile(other / name)
         assert [a.metadata.row_group(g).num_rows for g in range(a.num_row_groups)] == \
             [b.metadata.row_group(g).num_rows for g in range(b.num_row_groups)]
-        assert a.read().equals(b.read()) and a.schema_arrow.equals(b.schema_arrow)
+        assert a.read().equals(b.read())
+        assert a.schema_arrow.equals(b.schema_arrow, check_metadata=True)
 
 
 def test_parts_written_alone_are_the_single_pass_s_files(tmp_path) -> None:
@@ -61,6 +62,25 @@ def test_parts_written_alone_are_the_single_pass_s_files(tmp_path) -> None:
     assert all(not d.bad and d.stats is None for d in done)
     assert sum(d.row_groups for d in done) == 75 + 25
     reshard(index, str(tmp_path / "single"), shard_rows)
+    _same_files(tmp_path / "parts", tmp_path / "single")
+
+
+def test_parts_of_files_whose_footers_differ_carry_the_single_pass_s_footers(tmp_path) -> None:
+    """Data written by pandas, a file at a time: each file's footer says how many rows it
+    held. Every file written carries the footer of the split's first, as the single pass
+    writes it, whichever file a part's first rows come from."""
+    source = tmp_path / "data"
+    source.mkdir()
+    rows = _pixels(400)
+    for n in range(2):
+        part = rows.slice(200 * n, 200).drop_columns(["split"])
+        pq.write_table(part.replace_schema_metadata({b"pandas": f"rows {n * 200}..".encode()}),
+                       source / f"part-{n}.parquet", row_group_size=50)
+    index = parquet_index(str(source))
+    _parts(index, tmp_path / "parts", 10)  # the third file's rows come from part-1
+    reshard(index, str(tmp_path / "single"), 10)
+    assert pq.read_schema(tmp_path / "single" / "train-00002.parquet").metadata[b"pandas"] \
+        == b"rows 0.."
     _same_files(tmp_path / "parts", tmp_path / "single")
 
 
