@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import shutil
 import sys
 import sysconfig
 import tempfile
@@ -72,6 +73,7 @@ def unpack(code: OwnCode) -> None:
         except OSError:
             if not folder.is_dir():
                 raise
+            shutil.rmtree(staging, ignore_errors=True)  # the other task's is there
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
         importlib.invalidate_caches()

@@ -71,3 +71,27 @@ def test_installed_code_is_not_sent_and_large_code_is_refused(tmp_path, monkeypa
     with pytest.raises(UserError, match=r"--encoder mycodec.vae:encode: its module's folder "
                                         r".*mycodec holds [\d.]+ MiB, more than"):
         own_code.pack("mycodec.vae:encode", "--encoder mycodec.vae:encode")
+
+
+def test_two_tasks_that_unpack_at_once_leave_one_folder(tmp_path, monkeypatch) -> None:
+    """Two tasks of one node unpack the same code at once: the one whose folder comes second
+    finds the other's there, and its own staging folder goes."""
+    _module(tmp_path, monkeypatch)
+    code = own_code.pack("onefile:encode", "--encoder onefile:encode")
+    assert code is not None
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(own_code.tempfile, "tempdir", str(tmp))
+    rename = own_code.os.rename
+    raced = []
+
+    def racing(src, dst) -> None:  # the other task renames its staging folder first
+        if not raced:
+            raced.append(True)
+            own_code.unpack(code)
+        rename(src, dst)
+
+    monkeypatch.setattr(own_code.os, "rename", racing)
+    own_code.unpack(code)
+    assert [p.name for p in tmp.iterdir()] == [f"dbparallel-code-{code.digest}"]
+    assert (tmp / f"dbparallel-code-{code.digest}" / "onefile.py").is_file()
