@@ -12,8 +12,8 @@ A bad row makes its task stop writing and only decode the rest of its rows; ever
 goes on, and the first bad rows in index order are named once all have ended. Any other
 failure, or an interrupt, cancels the tasks and removes every file written. ``--out`` must be
 a folder that every node writes into and this machine reads (an object-store URI or a shared
-file system): a file a task wrote that this machine does not see stops the command, and it is
-removed on the node that wrote it.
+file system): a file a task wrote that this machine does not see stops the command, and every
+node removes the files the tasks wrote there.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
     metadata = {s: out_metadata(index, s) for s in index.present()}  # a footer per split
     pending: dict[ray.ObjectRef, int] = {}
     finished: dict[int, PartDone] = {}
-    unseen: dict[str, list[str]] = {}  # node -> files it wrote that this machine cannot see
+    unseen = False  # a task's file this machine does not see: each node holds its own
     try:
         task = _write.options(**options)
         with _by_value(job.by_value):  # the arguments are pickled as the tasks are sent
@@ -119,10 +119,10 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
             while pending:
                 (ready,), _ = ray.wait(list(pending), num_returns=1)
                 i = pending.pop(ready)
-                finished[i], node = _result(ready)
+                finished[i], _ = _result(ready)
                 name = finished[i].file
                 if name is not None and not visible(out, name):
-                    unseen.setdefault(node, []).append(name)
+                    unseen = True
                     raise UserError(
                         f"--out {out}: a task wrote {name} on another node, which this "
                         f"machine does not see there; give a folder every node writes into "
@@ -135,8 +135,9 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
     except BaseException:  # a failed task, bad rows, an interrupt: nothing is left
         _cancel(list(pending))
         remove_written(fs, root, [p.name for p in parts], created)
-        for node, names in unseen.items():
-            _remove_on(node, out, names)
+        if unseen:  # the other tasks wrote theirs on their nodes' disks too
+            _remove_on([n["NodeID"] for n in ray.nodes() if n["Alive"]], out,
+                       [p.name for p in parts])
         raise
     done = Resharded(rows={s: index.num_rows(s) for s in index.present()},
                      row_groups=sum(d.row_groups for d in finished.values()),
@@ -182,11 +183,11 @@ def _cancel(refs: list[ray.ObjectRef]) -> None:
                 ray.get(ref, timeout=0)
 
 
-def _remove_on(node: str, out: str, names: list[str]) -> None:
-    """Remove ``names`` from ``out`` on the node that wrote them (best effort, briefly)."""
-    strategy = NodeAffinitySchedulingStrategy(node, soft=False)
-    ref = _remove.options(scheduling_strategy=strategy).remote(out, names)
-    ray.wait([ref], timeout=CANCEL_WAIT_S)
+def _remove_on(nodes: list[str], out: str, names: list[str]) -> None:
+    """Remove ``names`` from ``out`` on each of ``nodes`` (best effort, briefly)."""
+    refs = [_remove.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, False))
+            .remote(out, names) for node in nodes]
+    ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
 
 
 def rewrite_joined(cfg: Config, index: DataIndex, out: str, job: ClusterRewrite,

@@ -173,7 +173,7 @@ def test_a_task_that_fails_stops_the_others_and_every_file_goes(ray_session, tmp
 def test_a_file_the_driver_cannot_see_stops_it_and_is_removed_where_it_was_written(
         ray_session, tmp_path, encoder, capsys, monkeypatch) -> None:
     """As on a cluster whose --out is no shared folder: the driver does not see the second
-    file (its check is made to miss it); the task on that file's node removes it."""
+    file (its check is made to miss it); a task on every node removes every file there."""
     from dbparallel.runtime import rewrite_ray
 
     seen = rewrite_ray.visible
@@ -181,14 +181,14 @@ def test_a_file_the_driver_cannot_see_stops_it_and_is_removed_where_it_was_writt
                         lambda out, name: name != "train-00001.parquet" and seen(out, name))
     removed = []
     real_remove = rewrite_ray._remove_on
-    monkeypatch.setattr(rewrite_ray, "_remove_on", lambda node, out, names: (
-        removed.append(names), real_remove(node, out, names)))
+    monkeypatch.setattr(rewrite_ray, "_remove_on", lambda nodes, out, names: (
+        removed.append(names), real_remove(nodes, out, names)))
     out = tmp_path / "latents"
     assert main(["data", "reshard", str(_data(tmp_path / "data")), "--out", str(out),
                  _address(), *SETTINGS]) == 2
     err = capsys.readouterr().err
     assert f"--out {out}: a task wrote train-00001.parquet on another node" in err, err
-    assert removed == [["train-00001.parquet"]] and not out.exists()
+    assert removed == [[f"train-0000{n}.parquet" for n in range(5)]] and not out.exists()
 
 
 def test_a_program_s_own_function_encodes_on_the_instance_it_joined(ray_session, tmp_path,
@@ -285,3 +285,33 @@ def test_a_function_of_the_program_s_own_module_encodes_on_the_instance_it_joine
     assert got["files"] == [f"train-0000{n}.parquet" for n in range(5)]
     pids = {int(p.stem) for p in encoder.iterdir()}
     assert pids and os.getpid() not in pids
+
+
+
+def test_every_file_a_node_wrote_goes_where_the_driver_sees_none(ray_session, tmp_path,
+                                                                  encoder, capsys,
+                                                                  monkeypatch) -> None:
+    """--out on each node's own disk: the driver sees no file of the tasks'. By the time the
+    first is found missing the others are written (or being written) there too: every
+    node is asked to remove every file."""
+    from dbparallel.runtime import rewrite_ray
+
+    out = tmp_path / "latents"
+
+    def unseen(where: str, name: str) -> bool:  # once every task has written its file
+        deadline = time.monotonic() + HANG_S
+        while len(list(out.glob("*.parquet"))) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return False
+
+    monkeypatch.setattr(rewrite_ray, "visible", unseen)
+    asked = []
+    real_remove = rewrite_ray._remove_on
+    monkeypatch.setattr(rewrite_ray, "_remove_on", lambda nodes, where, names: (
+        asked.append((sorted(nodes), names)), real_remove(nodes, where, names)))
+    assert main(["data", "reshard", str(_data(tmp_path / "data")), "--out", str(out),
+                 _address(), *SETTINGS]) == 2
+    assert "on another node, which this machine does not see" in capsys.readouterr().err
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+    assert asked == [(nodes, [f"train-0000{n}.parquet" for n in range(5)])]
+    assert not out.exists()
