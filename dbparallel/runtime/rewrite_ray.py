@@ -111,10 +111,10 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
     unseen = False  # a task's file this machine does not see: each node holds its own
     try:
         task = _write.options(**options)
-        with _by_value(job.by_value):  # the arguments are pickled as the tasks are sent
-            pending = {task.remote(shared, p, out, shard_rows, job, metadata[p.split],
-                                       threads): i
-                       for i, p in enumerate(parts)}
+        with _by_value(job.by_value):  # pickled once, not once per task (its weights)
+            sent = ray.put(job)
+        pending = {task.remote(shared, p, out, shard_rows, sent, metadata[p.split], threads): i
+                   for i, p in enumerate(parts)}
         with Progress(sum(p.rows for p in parts), desc, "rows", tty=progress) as bar:
             while pending:
                 (ready,), _ = ray.wait(list(pending), num_returns=1)

@@ -315,3 +315,31 @@ def test_every_file_a_node_wrote_goes_where_the_driver_sees_none(ray_session, tm
     nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
     assert asked == [(nodes, [f"train-0000{n}.parquet" for n in range(5)])]
     assert not out.exists()
+
+
+class _Counted:
+    """An encoder (a model that holds weights) that counts the times it is pickled here."""
+
+    pickled = 0
+
+    def __call__(self, images):
+        import torch.nn.functional as F
+
+        return F.avg_pool2d(images, 2)
+
+    def __reduce__(self):
+        type(self).pickled += 1
+        return (_Counted, ())
+
+
+def test_the_encoder_is_pickled_once_for_every_task(ray_session, tmp_path, encoder) -> None:
+    """Its weights are put into the object store once, not once per task (a thousand files
+    of a VAE's weights would fill it)."""
+    import dbparallel
+
+    settings = dict(item.split("=") for item in SETTINGS)
+    _Counted.pickled = 0
+    got = dbparallel.encode(_data(tmp_path / "data"), _Counted(), tmp_path / "there",
+                            overrides=settings)
+    assert len(got["files"]) == 5 and got["shape"] == [3, 4, 4]
+    assert _Counted.pickled == 1
