@@ -79,7 +79,8 @@ def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | s
         return ClusterRewrite(partial(encode_rewrite, cfg.data, encoder, setting, on, batch,
                                       dtype), gpus=int(on == "cuda"),
                               code=pack(encoder, setting) if named else None,
-                              by_value=() if named else own_modules(encoder))
+                              by_value=() if named else own_modules(encoder),
+                              agree=partial(LatentStats.merged, setting=setting))
 
     done, parts = rewrite(cfg, index, out, "encode", here, cluster, progress)
     written_rows(out, done, cfg.data.shard_rows)

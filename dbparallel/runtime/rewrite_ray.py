@@ -48,12 +48,14 @@ class ClusterRewrite:
     decoding on ``threads`` threads; ``gpus`` per task (0 or 1); ``code``: the user's own
     module it imports, sent to the tasks' workers; ``by_value``: the user's own modules
     whose functions and classes ``make`` holds, pickled with their code (the workers cannot
-    import them)."""
+    import them); ``agree``: raises where the files' rewrite stats (in index order) do not
+    agree (latents of different shapes), before the files are kept."""
 
     make: Callable[[int], Rewrite | None]
     gpus: int = 0
     code: OwnCode | None = None
     by_value: tuple[str, ...] = ()
+    agree: Callable[[list[object]], object] | None = None
 
 
 @ray.remote(max_retries=RETRIES)
@@ -132,6 +134,8 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
         bad = [row for i in sorted(finished) for row in finished[i].bad]
         if bad:
             raise BadRows(bad[:MAX_BAD_ROWS], stopped=len(bad) >= MAX_BAD_ROWS)
+        if job.agree is not None:
+            job.agree([finished[i].stats for i in sorted(finished)])
     except BaseException:  # a failed task, bad rows, an interrupt: nothing is left
         _cancel(list(pending))
         remove_written(fs, root, [p.name for p in parts], created)

@@ -42,6 +42,9 @@ def slow(images):  # says it runs, then takes its time
     time.sleep(3)
     return F.avg_pool2d(images, 2)
 
+def smaller_on_white(images):  # another shape for white images: the last file's
+    return F.avg_pool2d(images, 4 if (images == 1).all() else 2)
+
 def fails_on_white(images):
     if (images == 1).flatten(1).all(1).any():
         raise RuntimeError("a white image")
@@ -343,3 +346,16 @@ def test_the_encoder_is_pickled_once_for_every_task(ray_session, tmp_path, encod
                             overrides=settings)
     assert len(got["files"]) == 5 and got["shape"] == [3, 4, 4]
     assert _Counted.pickled == 1
+
+
+def test_latents_of_another_shape_in_another_task_leave_nothing(ray_session, tmp_path,
+                                                                 encoder, capsys) -> None:
+    """Each task checks the shape of its own latents; the shapes of all, once they have
+    ended, before the files are kept."""
+    out = tmp_path / "latents"
+    assert main(["data", "encode", str(_data(tmp_path / "data", white_from=256)),
+                 "--encoder", "ray_standin_encoder:smaller_on_white", "--out", str(out),
+                 _address(), *SETTINGS]) == 2
+    assert "it returned latents of different shapes (C', H', W') in different parts" in \
+        capsys.readouterr().err
+    assert not out.exists()
