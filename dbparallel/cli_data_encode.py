@@ -39,7 +39,7 @@ class Encoded:
 
 
 def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | str,
-                setting: str, out: str, device: str = "", batch: int | None = None,
+                setting: str, out: str, device: str | None = "", batch: int | None = None,
                 dtype: str = "float16", progress: bool | None = None) -> Encoded:
     """Write the latents of every image of ``cfg``'s data into ``out`` by ``encoder`` (a
     function, or "module:function"; its errors name it as ``setting`` says): in this process
@@ -132,10 +132,10 @@ def _value(v: object) -> str:
         else str(v)
 
 
-def task_device(device: str) -> str:
+def task_device(device: str | None) -> str:
     """Where the encoder runs in each Ray task of ``device`` (--device): the CPU, or a GPU
     of the task's own ("cuda"); UserError for another device or a GPU's number."""
-    if device in ("", "cpu", "cuda"):
+    if device in (None, "", "cpu", "cuda"):
         return device or "cpu"
     if device.startswith("cuda:"):
         raise UserError(f"--device {device}: on a Ray cluster each task of data encode takes "

@@ -60,7 +60,8 @@ def pack(spec: str, setting: str) -> OwnCode | None:
 
 def unpack(code: OwnCode) -> None:
     """Write ``code``'s files into a folder of this machine named by its digest (once), and
-    put that folder first on ``sys.path``."""
+    put that folder first on ``sys.path``, forgetting any version of its modules this
+    process imported before."""
     folder = Path(tempfile.gettempdir()) / f"dbparallel-code-{code.digest}"
     if not folder.is_dir():
         staging = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=folder.parent))
@@ -77,6 +78,11 @@ def unpack(code: OwnCode) -> None:
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
         importlib.invalidate_caches()
+        # a process kept for the next task (a Ray worker) may hold an earlier version of
+        # these modules: the next import reads this one
+        tops = {name.split("/")[0].removesuffix(".py") for name in code.files}
+        for module in [m for m in sys.modules if m.partition(".")[0] in tops]:
+            del sys.modules[module]
 
 
 def own_modules(function: object) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ node removes the files the tasks wrote there.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -170,6 +171,12 @@ def _result(ref: ray.ObjectRef) -> tuple[PartDone, str]:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as err:
         cause = err.cause
+        missing = re.search(r"No module named '([^']+)'", str(cause))
+        if isinstance(cause, ray.exceptions.RaySystemError) and missing:
+            raise UserError(  # what it was sent names an installed module the node lacks
+                f"a task on the cluster could not load the rewrite it was sent: no module "
+                f"named {missing[1]!r} on its node; an installed package must be installed on "
+                f"every node (your own code, not installed, is sent with the tasks)") from None
         raise (cause if isinstance(cause, Exception) else err) from None
 
 

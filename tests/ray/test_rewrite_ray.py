@@ -359,3 +359,30 @@ def test_latents_of_another_shape_in_another_task_leave_nothing(ray_session, tmp
     assert "it returned latents of different shapes (C', H', W') in different parts" in \
         capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_module_missing_on_a_node_is_named_not_a_traceback(ray_session, tmp_path,
+                                                             monkeypatch) -> None:
+    """As for a function of an installed package that a node lacks: the function is sent by
+    name (its module, importable here alone, is taken for installed code) and the tasks
+    cannot import it. (A module of its own: the session's workers hold others' code.)"""
+    import importlib
+
+    import dbparallel
+    from dbparallel.data import own_code
+    from dbparallel.errors import UserError
+
+    code = tmp_path / "site"
+    code.mkdir()
+    (code / "installed_here_only.py").write_text(
+        "import torch.nn.functional as F\n"
+        "def encode(images):\n    return F.avg_pool2d(images, 2)\n")
+    monkeypatch.syspath_prepend(str(code))
+    module = importlib.import_module("installed_here_only")
+    monkeypatch.setattr(own_code, "own_modules", lambda function: ())
+    out = tmp_path / "latents"
+    settings = dict(item.split("=") for item in SETTINGS)
+    with pytest.raises(UserError, match="no module named 'installed_here_only' on its node; "
+                                        "an installed package must be installed on every node"):
+        dbparallel.encode(_data(tmp_path / "data"), module.encode, out, overrides=settings)
+    assert not out.exists()

@@ -95,3 +95,31 @@ def test_two_tasks_that_unpack_at_once_leave_one_folder(tmp_path, monkeypatch) -
     own_code.unpack(code)
     assert [p.name for p in tmp.iterdir()] == [f"dbparallel-code-{code.digest}"]
     assert (tmp / f"dbparallel-code-{code.digest}" / "onefile.py").is_file()
+
+
+def test_a_process_kept_for_the_next_task_imports_the_code_sent_last(tmp_path,
+                                                                     monkeypatch) -> None:
+    """A Ray worker kept from an earlier encode, sent the module again after an edit."""
+    code = _module(tmp_path, monkeypatch)
+    first = own_code.pack("onefile:encode", "--encoder onefile:encode")
+    (code / "onefile.py").write_text("def encode(x):\n    return x + 2\n")
+    second = own_code.pack("onefile:encode", "--encoder onefile:encode")
+    assert first is not None and second is not None and first.digest != second.digest
+    script = (
+        "import pickle, sys\n"
+        "from dbparallel.data.own_code import unpack\n"
+        "first, second = pickle.loads(sys.stdin.buffer.read())\n"
+        "unpack(first)\n"
+        "import onefile\n"
+        "print(onefile.encode(1))\n"
+        "unpack(second)\n"
+        "import onefile\n"
+        "print(onefile.encode(1))\n")
+    import pickle
+
+    (tmp_path / "tmp").mkdir()
+    out = subprocess.run([sys.executable, "-c", script], input=pickle.dumps([first, second]),
+                         capture_output=True, check=True, cwd=tmp_path / "..",
+                         env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path / "tmp"),
+                              "PYTHONPATH": str(Path(own_code.__file__).parents[2])})
+    assert out.stdout.decode().split() == ["2", "3"]
