@@ -33,6 +33,19 @@ def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return code
 
 
+def _elsewhere(tmp_path: Path, script: str, codes: list) -> list[str]:
+    """What ``script`` prints, run by another Python process that reads ``codes`` pickled on
+    its stdin, without the code on its path, its temporary folder tmp_path/tmp."""
+    import pickle
+
+    (tmp_path / "tmp").mkdir()
+    out = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(codes),
+                         capture_output=True, check=True, cwd=tmp_path / "..",
+                         env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path / "tmp"),
+                              "PYTHONPATH": str(Path(own_code.__file__).parents[2])})
+    return out.stdout.decode().split()
+
+
 def test_a_package_and_a_file_are_sent_and_import_elsewhere(tmp_path, monkeypatch) -> None:
     _module(tmp_path, monkeypatch)
     package = own_code.pack("mycodec.vae:encode", "--encoder mycodec.vae:encode")
@@ -52,14 +65,7 @@ def test_a_package_and_a_file_are_sent_and_import_elsewhere(tmp_path, monkeypatc
         "from mycodec.vae import encode\n"
         "import onefile\n"
         "print(encode(4.0), onefile.encode(1), sys.path.count(sys.path[0]))\n")
-    import pickle
-
-    (tmp_path / "tmp").mkdir()
-    out = subprocess.run([sys.executable, "-c", script], input=pickle.dumps([package, single]),
-                         capture_output=True, check=True, cwd=tmp_path / "..",
-                         env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path / "tmp"),
-                              "PYTHONPATH": str(Path(own_code.__file__).parents[2])})
-    assert out.stdout.decode().split() == ["2.0", "2", "1"]
+    assert _elsewhere(tmp_path, script, [package, single]) == ["2.0", "2", "1"]
     assert len(list((tmp_path / "tmp").iterdir())) == 2  # one folder each, no staging left
 
 
@@ -115,11 +121,4 @@ def test_a_process_kept_for_the_next_task_imports_the_code_sent_last(tmp_path,
         "unpack(second)\n"
         "import onefile\n"
         "print(onefile.encode(1))\n")
-    import pickle
-
-    (tmp_path / "tmp").mkdir()
-    out = subprocess.run([sys.executable, "-c", script], input=pickle.dumps([first, second]),
-                         capture_output=True, check=True, cwd=tmp_path / "..",
-                         env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path / "tmp"),
-                              "PYTHONPATH": str(Path(own_code.__file__).parents[2])})
-    assert out.stdout.decode().split() == ["2", "3"]
+    assert _elsewhere(tmp_path, script, [first, second]) == ["2", "3"]
