@@ -236,7 +236,10 @@ def test_ctrl_c_stops_the_tasks_and_leaves_nothing(ray_session, tmp_path, encode
             [sys.executable, "-m", "dbparallel", "data", "encode", str(data), "--encoder",
              "ray_standin_encoder:slow", "--out", str(out), _address(), *SETTINGS],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
-            env={**os.environ, "PYTHONPATH": f"{code}:{ROOT}"})
+            env={**os.environ, "PYTHONPATH": f"{code}:{ROOT}"},
+            # Ctrl-C's default: a suite run in the background hands its children SIGINT
+            # ignored, which the command keeps ignoring, as a shell's background job should
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + HANG_S
         while not list(encoder.iterdir()) and proc.poll() is None \
