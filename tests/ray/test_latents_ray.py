@@ -3,6 +3,8 @@ the driver runs: the assembly actor is sent it and draws samples.png with it."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +49,13 @@ def test_the_assembly_actor_decodes_with_the_driver_s_own_decoder(ray_session, t
         "data.latent_scale=0.5", "sample.decoder=driver_only_vae:decode", "train.steps=4",
         "train.checkpoint_every=4", "train.log_every=2", "train.warmup_steps=1",
         "data.validate=false"])
-    report = run_ray(cfg, None, progress=False)
+    sent = Path(tempfile.gettempdir())  # where the actor writes the decoder it is sent
+    before = set(sent.glob("dbparallel-code-*"))
+    try:
+        report = run_ray(cfg, None, progress=False)
+    finally:
+        for made in set(sent.glob("dbparallel-code-*")) - before:
+            shutil.rmtree(made, ignore_errors=True)
     assert len(report["per_block"]) == 2
     assert (tmp_path / "run" / "samples.png").is_file()
     assert not (tmp_path / "run" / "samples.safetensors").exists()

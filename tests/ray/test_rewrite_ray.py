@@ -4,11 +4,15 @@ named in order and nothing left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +73,10 @@ def _data(path: Path, bad: tuple[int, ...] = (), white_from: int = 300) -> Path:
 
 
 @pytest.fixture()
-def encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A module ``ray_standin_encoder``, importable here alone (sys.path); the folder where
-    its encode leaves a file per process that ran it."""
+    its encode leaves a file per process that ran it. The copies of it the tasks were sent
+    (in this machine's temporary folder) are removed after the test."""
     ran = tmp_path / "ran"
     ran.mkdir()
     code = tmp_path / "code"
@@ -80,7 +85,20 @@ def encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.syspath_prepend(str(code))
     monkeypatch.delitem(sys.modules, "ray_standin_encoder", raising=False)  # another test's
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return ran
+    with sent_code_removed():
+        yield ran
+
+
+@contextlib.contextmanager
+def sent_code_removed() -> Iterator[None]:
+    """Remove the folders of code sent to tasks (data/own_code.py) made meanwhile."""
+    folder = Path(tempfile.gettempdir())
+    before = set(folder.glob("dbparallel-code-*"))
+    try:
+        yield
+    finally:
+        for made in set(folder.glob("dbparallel-code-*")) - before:
+            shutil.rmtree(made, ignore_errors=True)
 
 
 def _address() -> str:
