@@ -133,7 +133,7 @@ def reshard(index: DataIndex, out: str, shard_rows: int, progress: Counts | None
         for split in index.present():
             writer = Writer(fs, root, split, shard_rows, out_metadata(index, split),
                             done)
-            for piece, decoded in decoded_pieces(index, split, COLUMNS, _check(rewrite),
+            for piece, decoded in decoded_pieces(index, split, COLUMNS, check_of(rewrite),
                                                  ahead):
                 bad += copied(writer, rewrite, piece, decoded, MAX_BAD_ROWS - len(bad),
                               write=not bad)
@@ -193,7 +193,8 @@ def copied(writer: Writer, rewrite: Rewrite | None, piece: ShardRows, decoded: o
     return []
 
 
-def _check(rewrite: Rewrite | None) -> Callable[[pa.Table], object] | None:
+def check_of(rewrite: Rewrite | None) -> Callable[[pa.Table], object] | None:
+    """What decodes the rows for ``rewrite`` (None: nothing, the rows are copied)."""
     return rewrite.check if rewrite is not None else None
 
 

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 
 from dbparallel.data.decoded_pieces import decoded_pieces
 from dbparallel.data.parquet_out import GROUPS_PER_FILE, Resharded, Writer, remove_written
-from dbparallel.data.reshard import COLUMNS, Rewrite, copied
+from dbparallel.data.reshard import COLUMNS, Rewrite, check_of, copied
 from dbparallel.data.shards import DataIndex
 from dbparallel.data.tables import resolve_path
 from dbparallel.errors import MAX_BAD_ROWS
@@ -80,7 +80,7 @@ def write_part(index: DataIndex, part: Part, out: str, shard_rows: int,
     done = PartDone(part)
     try:
         for piece, decoded in decoded_pieces(index, part.split, COLUMNS,
-                                             rewrite.check if rewrite is not None else None,
+                                             check_of(rewrite),
                                              ahead, part.start, part.stop):
             done.bad += copied(writer, rewrite, piece, decoded, MAX_BAD_ROWS - len(done.bad),
                                write=not done.bad)

@@ -61,14 +61,13 @@ class ClusterRewrite:
 
 @ray.remote(max_retries=RETRIES)
 def _write(index: DataIndex, part: Part, out: str, shard_rows: int, job: ClusterRewrite,
-           metadata: dict[bytes, bytes], threads: int) -> tuple[PartDone, str]:
+           metadata: dict[bytes, bytes], threads: int) -> PartDone:
     import torch
 
     torch.set_num_threads(threads)  # the task's CPUs, not the node's
     if job.code is not None:
         unpack(job.code)
-    done = write_part(index, part, out, shard_rows, job.make(threads), metadata)
-    return done, ray.get_runtime_context().get_node_id()
+    return write_part(index, part, out, shard_rows, job.make(threads), metadata)
 
 
 @ray.remote(num_cpus=0)
@@ -122,7 +121,7 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
             while pending:
                 (ready,), _ = ray.wait(list(pending), num_returns=1)
                 i = pending.pop(ready)
-                finished[i], _ = _result(ready)
+                finished[i] = _result(ready)
                 name = finished[i].file
                 if name is not None and not visible(out, name):
                     unseen = True
@@ -164,7 +163,7 @@ def _by_value(modules: tuple[str, ...]) -> Iterator[None]:
             ray.cloudpickle.unregister_pickle_by_value(module)
 
 
-def _result(ref: ray.ObjectRef) -> tuple[PartDone, str]:
+def _result(ref: ray.ObjectRef) -> PartDone:
     """A task's outcome; its own error (a UserError of the encoder, a DataError of a file)
     as it was raised."""
     try:
