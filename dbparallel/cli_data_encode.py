@@ -40,11 +40,12 @@ class Encoded:
 
 def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | str,
                 setting: str, out: str, device: str | None = "", batch: int | None = None,
-                dtype: str = "float16", progress: bool | None = None) -> Encoded:
+                dtype: str = "float16", progress: bool | None = None,
+                joined: bool = False) -> Encoded:
     """Write the latents of every image of ``cfg``'s data into ``out`` by ``encoder`` (a
     function, or "module:function"; its errors name it as ``setting`` says): in this process
-    on ``device``, or one Ray task per file on the cluster this process joined, or at
-    runtime.address or RAY_ADDRESS (``device`` "cuda": a GPU each)."""
+    on ``device``, or one Ray task per file on the cluster at runtime.address or RAY_ADDRESS,
+    or (``joined``) the one this process joined (``device`` "cuda": a GPU each)."""
     from dbparallel.data.latent_encoding import (
         Encode,
         LatentEncoder,
@@ -82,7 +83,7 @@ def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | s
                               by_value=() if named else own_modules(encoder),
                               agree=partial(LatentStats.merged, setting=setting))
 
-    done, parts = rewrite(cfg, index, out, "encode", here, cluster, progress)
+    done, parts = rewrite(cfg, index, out, "encode", here, cluster, progress, joined)
     written_rows(out, done, cfg.data.shard_rows)
     stats = LatentStats.merged(parts, setting)
     if stats.shape is None:

@@ -44,14 +44,15 @@ def rewritten_data(cfg: Config, out: str, action: str) -> DataIndex:
 
 
 def rewrite(cfg: Config, index: DataIndex, out: str, desc: str, here: Callable[[], Written],
-            cluster: Callable[[], ClusterRewrite], progress: bool | None = None) -> Written:
-    """The rewrite ``here``, in this process; in a process that joined a Ray instance, or
-    with runtime.address or RAY_ADDRESS set, as ``cluster`` says, one Ray task per file on
-    that cluster (data every node reads alike: not built into this machine's cache, nor named
-    by a relative path). ``progress``: a bar, or (False) a line every 15 s (default: a bar
-    where stderr is a terminal)."""
+            cluster: Callable[[], ClusterRewrite], progress: bool | None = None,
+            joined: bool = False) -> Written:
+    """The rewrite ``here``, in this process; with runtime.address or RAY_ADDRESS set, or
+    (``joined``: a program's call) in a process that joined a Ray instance, as ``cluster``
+    says, one Ray task per file on that cluster (data every node reads alike: not built into
+    this machine's cache, nor named by a relative path). ``progress``: a bar, or (False) a
+    line every 15 s (default: a bar where stderr is a terminal)."""
     ray = sys.modules.get("ray")  # looked up, not imported: a program that called ray.init
-    joined = ray is not None and ray.is_initialized()
+    joined = joined and ray is not None and ray.is_initialized()
     if not (joined or cfg.runtime.address or os.environ.get("RAY_ADDRESS")):
         return here()
     from dbparallel.training.data_check import readable_anywhere
