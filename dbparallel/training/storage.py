@@ -109,7 +109,9 @@ class Storage:
         bytes, so an object rewritten in between (a lease or record renewed by its process)
         came back cut short or running into the next version. So is one whose response broke
         off (an OSError naming neither a missing object nor a refusal: a connection dropped,
-        or a stream the store cut as the object was rewritten), up to READ_TRIES reads."""
+        or a stream the store cut as the object was rewritten), up to READ_TRIES reads. An
+        object rewritten twice in between, back to a version of the size read, passes the
+        check; read_json reads those again too."""
         path = self.path(rel)
         try:
             for attempt in range(READ_TRIES):
@@ -164,12 +166,21 @@ class Storage:
         self.write_bytes(rel, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
 
     def read_json(self, rel: str) -> Any:
-        """The JSON value of ``rel``; RunDirError naming the file when it is not JSON."""
-        data = self.read_bytes(rel)
-        try:
-            return json.loads(data)
-        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-            raise damaged(self.uri(rel), err) from None
+        """The JSON value of ``rel``; RunDirError naming the file when it is not JSON.
+
+        An object store's read is a prefix of one version of the object. ``read_bytes``
+        reads again where the object's size then is not the size read, but an object
+        rewritten twice meanwhile (back to a version of that size) passes that check. The
+        text of a JSON object or array cut short does not parse, so text that does not
+        parse is read again, up to READ_TRIES reads, before it is called damaged."""
+        tries = 1 if self.is_local else READ_TRIES
+        while True:
+            tries -= 1
+            try:
+                return json.loads(self.read_bytes(rel))
+            except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+                if not tries:
+                    raise damaged(self.uri(rel), err) from None
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
