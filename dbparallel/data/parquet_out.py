@@ -1,12 +1,19 @@
 """The Parquet files of a rewritten image data set (``data reshard``, ``data encode``): a new
 or empty folder, the class names in every file's footer, row groups of exactly
 ``data.shard_rows`` rows, ``GROUPS_PER_FILE`` to a file named by its split and number
-(``train-00003.parquet``), and every file removed again when the rewrite fails."""
+(``train-00003.parquet``), and every file removed again when the rewrite fails.
+
+A file appears under its name only once it is whole: on a file system it is written under a
+hidden name of its own (``.train-00003.parquet.<token>``, which the data index leaves out) and
+renamed when closed; an object store's upload shows the object only when it completes. So a
+process killed mid-file leaves no file that reads as data, and two writers of the same file (a
+task retried while the first still runs) each rename a whole one into place."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -88,6 +95,7 @@ class Writer:
         self.pending_rows = 0
         self.groups = first_file * GROUPS_PER_FILE  # row groups of this split written
         self.writer: pq.ParquetWriter | None = None
+        self.name = self.temp = ""  # the file being written, and where its bytes go until whole
 
     def add(self, table: pa.Table) -> None:
         self.pending.append(table)
@@ -101,24 +109,39 @@ class Writer:
     def close(self) -> None:
         if self.pending_rows:
             self._write(pa.concat_tables(self.pending))
-        self.abandon()  # nothing is pending now
+            self.pending, self.pending_rows = [], 0
+        if self.writer is not None:
+            self._finish()
 
     def abandon(self) -> None:
-        """Close the file being written without its pending rows (it is deleted next)."""
+        """Close the file being written without its pending rows, and delete it."""
         self.pending, self.pending_rows = [], 0
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(self.temp)
+
+    def _finish(self) -> None:
+        """Close the file being written and put it in place under its name."""
+        assert self.writer is not None
+        self.writer.close()
+        self.writer = None
+        path = f"{self.root.rstrip('/')}/{self.name}"
+        if self.temp != path:
+            self.fs.move(self.temp, path)
+        self.done.files.append(self.name)
 
     def _write(self, rows: pa.Table) -> None:
         if self.groups % GROUPS_PER_FILE == 0:
             if self.writer is not None:
-                self.writer.close()
-            name = f"{self.split}-{self.groups // GROUPS_PER_FILE:05d}.parquet"
-            path = f"{self.root.rstrip('/')}/{name}"
+                self._finish()
+            self.name = f"{self.split}-{self.groups // GROUPS_PER_FILE:05d}.parquet"
+            self.temp = f"{self.root.rstrip('/')}/{self.name}"
+            if isinstance(self.fs, pafs.LocalFileSystem):
+                self.temp = f"{self.root.rstrip('/')}/.{self.name}.{secrets.token_hex(6)}"
             schema = rows.schema.with_metadata(self.metadata)
-            self.writer = pq.ParquetWriter(path, schema, filesystem=self.fs)
-            self.done.files.append(name)
+            self.writer = pq.ParquetWriter(self.temp, schema, filesystem=self.fs)
         assert self.writer is not None
         self.writer.write_table(in_pieces(rows), row_group_size=self.shard_rows)
         self.groups += 1
