@@ -56,14 +56,25 @@ def out_metadata(index: DataIndex, split: str) -> dict[bytes, bytes]:
 
 
 def remove_written(fs: pafs.FileSystem, root: str, names: list[str], created: bool) -> None:
-    """Delete the files ``names`` under ``root`` that are there, and the folder where this
-    command ``created`` it: nothing of a failed rewrite is left."""
-    for name in names:
+    """Delete the files ``names`` under ``root`` that are there, with the hidden files they
+    were written as (``Writer``: those of a writer stopped outright, a task cancelled), and
+    the folder where this command ``created`` it: nothing of a failed rewrite is left."""
+    wanted = set(names)
+    with contextlib.suppress(OSError, pa.ArrowException):
+        listed = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        wanted |= {f.base_name for f in listed
+                   if f.base_name.startswith(".") and _hidden_of(f.base_name) in wanted}
+    for name in sorted(wanted):
         with contextlib.suppress(FileNotFoundError):
             fs.delete_file(f"{root.rstrip('/')}/{name}")
     if created:
         with contextlib.suppress(OSError, pa.ArrowException):
             fs.delete_dir(root)
+
+
+def _hidden_of(name: str) -> str:
+    """The file name that the hidden file ``name`` (``.NAME.TOKEN``) is written for."""
+    return name[1:].rsplit(".", 1)[0]
 
 
 def check_empty(fs: pafs.FileSystem, root: str, out: str) -> bool:
@@ -140,6 +151,7 @@ class Writer:
             self.temp = f"{self.root.rstrip('/')}/{self.name}"
             if isinstance(self.fs, pafs.LocalFileSystem):
                 self.temp = f"{self.root.rstrip('/')}/.{self.name}.{secrets.token_hex(6)}"
+                # (remove_written knows it by that shape)
             schema = rows.schema.with_metadata(self.metadata)
             self.writer = pq.ParquetWriter(self.temp, schema, filesystem=self.fs)
         assert self.writer is not None

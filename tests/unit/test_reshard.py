@@ -10,6 +10,7 @@ import shlex
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -308,3 +309,17 @@ def test_off_a_terminal_a_reshard_says_how_far_it_is_in_lines(tmp_path, capsys,
     counts = [int(re.match(r"reshard: (\d+)/400 rows", line)[1]) for line in lines]
     assert len(counts) > 2 and counts == sorted(counts) and counts[-1] == 400
     assert lines[-1].endswith(tuple(f"done in {s}s" for s in range(60))), lines[-1]
+
+
+def test_a_failed_rewrite_removes_its_files_and_the_hidden_ones_they_were_written_as(
+        tmp_path) -> None:
+    """A writer stopped outright (a task cancelled) leaves its file under the hidden name it
+    was being written as: those go with the files, and nothing else of the folder's."""
+    names = ["train-00000.parquet", ".train-00000.parquet.0123456789ab",
+             ".train-00001.parquet.ba9876543210", ".keep", "notes.txt", ".test-00000.parquet.x"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    parquet_out.remove_written(pafs.LocalFileSystem(), str(tmp_path),
+                               ["train-00000.parquet", "train-00001.parquet"], created=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep", ".test-00000.parquet.x",
+                                                          "notes.txt"]
