@@ -50,6 +50,7 @@ def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | s
         Encode,
         LatentEncoder,
         LatentStats,
+        decode_images,
         encode_rewrite,
     )
     from dbparallel.data.named_function import named_function
@@ -81,7 +82,8 @@ def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | s
                                       dtype), gpus=int(on == "cuda"),
                               code=pack(encoder, setting) if named else None,
                               by_value=() if named else own_modules(encoder),
-                              agree=partial(LatentStats.merged, setting=setting))
+                              agree=partial(LatentStats.merged, setting=setting),
+                              check=partial(decode_images, cfg.data))
 
     done, parts = rewrite(cfg, index, out, "encode", here, cluster, progress, joined)
     written_rows(out, done, cfg.data.shard_rows)

@@ -121,22 +121,33 @@ class LatentEncoder:
 
 
 @dataclass
-class Encode:
+class DecodeImages:
+    """Every image decoded as training decodes it by ``data`` (the images' settings):
+    ``check`` decodes (RowError at a bad row). What ``Encode`` checks, without an encoder:
+    the rewrite of data encode's tasks that only name bad rows (runtime/rewrite_ray.py)."""
+
+    data: DataConfig
+
+    def check(self, rows: pa.Table) -> dict[str, torch.Tensor]:
+        return image_rows(rows, self.data, self.data.decode_threads or os.cpu_count() or 1)
+
+    def rewrite(self, rows: pa.Table, decoded: dict[str, torch.Tensor]) -> pa.Table:
+        raise RuntimeError("DecodeImages only checks images; it writes nothing")
+
+
+@dataclass
+class Encode(DecodeImages):
     """``data encode``'s rewrite of ``reshard`` (data/reshard.py): every image decoded as
     training decodes it by ``data`` (the images' settings) and replaced by its latents from
     ``encoder``: ``check`` decodes (RowError at a bad row), ``rewrite`` encodes what it
     decoded."""
 
-    data: DataConfig
     encoder: LatentEncoder
 
     @property
     def stats(self) -> LatentStats:
         """The mean and spread of the latents written so far."""
         return self.encoder.stats
-
-    def check(self, rows: pa.Table) -> dict[str, torch.Tensor]:
-        return image_rows(rows, self.data, self.data.decode_threads or os.cpu_count() or 1)
 
     def rewrite(self, rows: pa.Table, decoded: dict[str, torch.Tensor]) -> pa.Table:
         latents = self.encoder.encode(decoded[IMAGE_COLUMN], self.data)
@@ -156,3 +167,9 @@ def encode_rewrite(data: DataConfig, encoder: Callable[[torch.Tensor], torch.Ten
         data = dataclasses.replace(data, decode_threads=threads)
     function = named_function(encoder, setting) if isinstance(encoder, str) else encoder
     return Encode(data, LatentEncoder(function, setting, device, batch, dtype))
+
+
+def decode_images(data: DataConfig, threads: int = 0) -> DecodeImages:
+    """``DecodeImages`` by ``data``, decoding on ``threads`` threads (0:
+    data.decode_threads)."""
+    return DecodeImages(dataclasses.replace(data, decode_threads=threads) if threads else data)

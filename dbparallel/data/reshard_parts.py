@@ -68,11 +68,13 @@ def parts_of(index: DataIndex, shard_rows: int) -> list[Part]:
 
 def write_part(index: DataIndex, part: Part, out: str, shard_rows: int,
                rewrite: Rewrite | None, metadata: dict[bytes, bytes],
-               ahead: bool = True) -> PartDone:
+               ahead: bool = True, write: bool = True) -> PartDone:
     """Write ``part`` of ``index`` into ``out`` (made and checked empty by the caller), its
     rows as ``rewrite`` gives them back (None: as they are); ``metadata`` goes into the
     file's footer. At a bad row it stops writing, names the part's bad rows (up to
-    MAX_BAD_ROWS) and removes its file; any other error removes it too, and is raised."""
+    MAX_BAD_ROWS) and removes its file; any other error removes it too, and is raised.
+    Without ``write`` (a bad row was met elsewhere) it only names the part's bad rows, as
+    ``rewrite.check`` decodes them."""
     fs, root = resolve_path(out)
     wrote = Resharded()
     writer = Writer(fs, root, part.split, shard_rows, metadata, wrote,
@@ -83,10 +85,10 @@ def write_part(index: DataIndex, part: Part, out: str, shard_rows: int,
                                              check_of(rewrite),
                                              ahead, part.start, part.stop):
             done.bad += copied(writer, rewrite, piece, decoded, MAX_BAD_ROWS - len(done.bad),
-                               write=not done.bad)
+                               write=write and not done.bad)
             if len(done.bad) >= MAX_BAD_ROWS:
                 break
-        if done.bad:
+        if done.bad or not write:
             writer.abandon()
             remove_written(fs, root, wrote.files, created=False)
             return done

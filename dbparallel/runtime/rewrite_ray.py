@@ -8,8 +8,10 @@ that an encoder loaded when its module is imported is loaded once per GPU. The e
 module, where it is the user's own code (not an installed package), is sent with the tasks
 (data/own_code.py); an installed one must be installed on every node.
 
-A bad row makes its task stop writing and only decode the rest of its rows; every other task
-goes on, and the first bad rows in index order are named once all have ended. Any other
+A bad row makes its task stop writing and only decode the rest of its rows; once the driver
+learns of it, the tasks still to end are cancelled and started again to decode only (one CPU
+each, no GPU, no encoder: ``check``), and the first bad rows in index order are named once all
+have ended. So a bad image costs the cluster's GPUs no more encoding. Any other
 failure, or an interrupt, cancels the tasks and removes every file written. ``--out`` must be
 a folder that every node writes into and this machine reads (an object-store URI or a shared
 file system): a file a task wrote that this machine does not see stops the command, and every
@@ -50,13 +52,16 @@ class ClusterRewrite:
     module it imports, sent to the tasks' workers; ``by_value``: the user's own modules
     whose functions and classes ``make`` holds, pickled with their code (the workers cannot
     import them); ``agree``: raises where the files' rewrite stats (in index order) do not
-    agree (latents of different shapes), before the files are kept."""
+    agree (latents of different shapes), before the files are kept; ``check(threads)``: a
+    rewrite whose ``check`` decodes as ``make``'s does, without its costs (an encoder), for
+    the tasks that only name bad rows (None: ``make``'s own)."""
 
     make: Callable[[int], Rewrite | None]
     gpus: int = 0
     code: OwnCode | None = None
     by_value: tuple[str, ...] = ()
     agree: Callable[[list[object]], object] | None = None
+    check: Callable[[int], Rewrite | None] | None = None
 
 
 @ray.remote(max_retries=RETRIES)
@@ -68,6 +73,16 @@ def _write(index: DataIndex, part: Part, out: str, shard_rows: int, job: Cluster
     if job.code is not None:
         unpack(job.code)
     return write_part(index, part, out, shard_rows, job.make(threads), metadata)
+
+
+@ray.remote(max_retries=RETRIES, num_cpus=1)
+def _check(index: DataIndex, part: Part, out: str, shard_rows: int,
+           make: Callable[[int], Rewrite | None], metadata: dict[bytes, bytes]) -> PartDone:
+    """``part``'s bad rows, as ``make(1)`` decodes them; nothing written."""
+    import torch
+
+    torch.set_num_threads(1)
+    return write_part(index, part, out, shard_rows, make(1), metadata, write=False)
 
 
 @ray.remote(num_cpus=0)
@@ -110,6 +125,7 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
     metadata = {s: out_metadata(index, s) for s in index.present()}  # a footer per split
     pending: dict[ray.ObjectRef, int] = {}
     finished: dict[int, PartDone] = {}
+    stopped: list[ray.ObjectRef] = []  # tasks cancelled once a bad row was met
     unseen = False  # a task's file this machine does not see: each node holds its own
     try:
         task = _write.options(**options)
@@ -131,13 +147,20 @@ def rewrite_on_cluster(index: DataIndex, out: str, shard_rows: int, job: Cluster
                         f"and this machine reads (an object-store URI, or a shared file "
                         f"system)")
                 bar.update(parts[i].rows)
+                if finished[i].bad and not stopped and pending:  # the rest only decode
+                    stopped = list(pending)
+                    _stop(stopped)
+                    check = ray.put(job.check or job.make)
+                    pending = {_check.remote(shared, parts[j], out, shard_rows, check,
+                                             metadata[parts[j].split]): j
+                               for j in pending.values()}
         bad = [row for i in sorted(finished) for row in finished[i].bad]
         if bad:
             raise BadRows(bad[:MAX_BAD_ROWS], stopped=len(bad) >= MAX_BAD_ROWS)
         if job.agree is not None:
             job.agree([finished[i].stats for i in sorted(finished)])
     except BaseException:  # a failed task, bad rows, an interrupt: nothing is left
-        _cancel(list(pending))
+        _cancel(list(pending) + stopped)
         remove_written(fs, root, [p.name for p in parts], created)
         if unseen:  # the other tasks wrote theirs on their nodes' disks too
             _remove_on([n["NodeID"] for n in ray.nodes() if n["Alive"]], out,
@@ -179,11 +202,16 @@ def _result(ref: ray.ObjectRef) -> PartDone:
         raise (cause if isinstance(cause, Exception) else err) from None
 
 
+def _stop(refs: list[ray.ObjectRef]) -> None:
+    """Cancel the tasks of ``refs``, ending their worker processes."""
+    for ref in refs:
+        ray.cancel(ref, force=True)
+
+
 def _cancel(refs: list[ray.ObjectRef]) -> None:
     """Stop the tasks of ``refs`` and wait for them (up to CANCEL_WAIT_S), so that none
     writes after its files are removed."""
-    for ref in refs:
-        ray.cancel(ref, force=True)
+    _stop(refs)
     deadline, left = time.monotonic() + CANCEL_WAIT_S, list(refs)
     while left and time.monotonic() < deadline:
         _, left = ray.wait(left, num_returns=len(left), timeout=1.0)

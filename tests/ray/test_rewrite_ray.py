@@ -49,6 +49,14 @@ def slow(images):  # says it runs, then takes its time
 def smaller_on_white(images):  # another shape for white images: the last file's
     return F.avg_pool2d(images, 4 if (images == 1).all() else 2)
 
+def blocks(images):  # says it runs, then encodes only after {hang_s} s
+    with open(os.path.join({folder!r}, f"{{os.getpid()}}.pid"), "w"):
+        pass
+    time.sleep({hang_s})
+    with open(os.path.join({folder!r}, "encoded"), "w"):
+        pass
+    return F.avg_pool2d(images, 2)
+
 def fails_on_white(images):
     if (images == 1).flatten(1).all(1).any():
         raise RuntimeError("a white image")
@@ -81,7 +89,7 @@ def encoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     ran.mkdir()
     code = tmp_path / "code"
     code.mkdir()
-    (code / "ray_standin_encoder.py").write_text(ENCODER.format(folder=str(ran)))
+    (code / "ray_standin_encoder.py").write_text(ENCODER.format(folder=str(ran), hang_s=HANG_S))
     monkeypatch.syspath_prepend(str(code))
     monkeypatch.delitem(sys.modules, "ray_standin_encoder", raising=False)  # another test's
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -158,11 +166,31 @@ def test_bad_rows_of_several_tasks_are_named_in_order_and_nothing_is_left(
     where = data / "train-0.parquet"
     assert named == [f"{where} row {r}" for r in (10, 70, 250)], err
     assert not (tmp_path / "latents").exists()
-    assert main(["data", "encode", str(data), "--encoder", "ray_standin_encoder:oblong",
-                 "--out", "latents", _address(), *SETTINGS]) == 2
+    # an encoder's error too (data without bad rows: once one is met, nothing encodes)
+    assert main(["data", "encode", str(_data(tmp_path / "good")), "--encoder",
+                 "ray_standin_encoder:oblong", "--out", "latents", _address(),
+                 *SETTINGS]) == 2
     err = capsys.readouterr().err
     assert "--encoder ray_standin_encoder:oblong: given images of shape" in err, err
     assert not (tmp_path / "latents").exists()
+
+
+def test_once_a_bad_row_is_met_no_task_encodes_and_the_rest_only_decode(
+        ray_session, tmp_path, encoder, capsys) -> None:
+    """Files 0-3 have a bad first row, so their tasks never encode; file 4's encoder blocks
+    (for HANG_S). Of any two tasks that run first on the instance's 2 CPUs, one meets a bad
+    row and ends: then file 4's task, running or not, is cancelled and its rows only
+    decoded, so the command ends without the encoder, naming the bad rows."""
+    data = _data(tmp_path / "data", bad=(0, 64, 128, 192))
+    out = tmp_path / "latents"
+    assert main(["data", "encode", str(data), "--encoder", "ray_standin_encoder:blocks",
+                 "--out", str(out), _address(), *SETTINGS]) == 2
+    err = capsys.readouterr().err
+    where = data / "train-0.parquet"
+    named = [line.strip().split(": column")[0] for line in err.splitlines()[1:]]
+    assert named == [f"{where} row {r}" for r in (0, 64, 128, 192)], err
+    assert not (encoder / "encoded").exists()  # the blocked encoder was stopped
+    assert not out.exists()
 
 
 def test_a_reshard_on_the_cluster_writes_the_single_pass_s_files(ray_session, tmp_path,
