@@ -87,7 +87,10 @@ def last_failure(storage: Storage, block: int) -> dict[str, Any] | None:
     """The block's recorded failure (time, step or None, type, error, process), or None."""
     if not storage.exists(_path(block)):
         return None
-    record = storage.read_json(_path(block))
+    try:
+        record = storage.read_json(_path(block))
+    except FileNotFoundError:  # removed since: a process trains the block again
+        return None
     if not (isinstance(record, dict) and isinstance(record.get("error"), str)
             and (record.get("step") is None or isinstance(record.get("step"), int))):
         raise ValueError(f"{storage.uri(_path(block))}: not a failure record")

@@ -105,6 +105,8 @@ class BlockLease:
             found = self.storage.read_json(self.path)
         except DamagedFile as err:
             raise self._damaged(err.why) from None
+        except FileNotFoundError:  # deleted since it was looked for
+            return None
         if not _is_lease(found):
             raise self._damaged('expected {"generation", "holder", "session", "renewed_at"}')
         return found

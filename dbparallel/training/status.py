@@ -141,9 +141,30 @@ class RunStatus:
         return {**asdict(self), "state": self.state}
 
 
+LEASE_READS = 3  # reads of a block whose lease changed hands while status read it
+
+
 def _block(storage: Storage, cfg: Config, block: int, now: float) -> BlockStatus:
+    """The block's row, from its files read between two reads of its lease that agree on
+    its holder. A writer writes the block's files (its last checkpoint, its failure) while
+    it holds the lease, and releases it after; a rerun takes the lease before it removes
+    failed.json. Files read across such a change are of two moments (a last checkpoint not
+    yet written and the lease released: a finished block ``stopped``), so they are read
+    again, LEASE_READS times at most."""
+    for _ in range(LEASE_READS):
+        row, settled = _read_block(storage, cfg, block, now)
+        if settled:
+            break
+    return row
+
+
+def _read_block(storage: Storage, cfg: Config, block: int,
+                now: float) -> tuple[BlockStatus, bool]:
+    """The block's row, and whether its lease names the same holder after its files were
+    read as before."""
     row = BlockStatus(block, "not started", cfg.train.steps_of(block))
     try:
+        lease = BlockLease(storage, block, "", 0.0).read()
         checkpoints = BlockCheckpoints(storage, block)
         states = checkpoints.steps("state")
         row.checkpoint_step = states[-1] if states else None
@@ -156,12 +177,12 @@ def _block(storage: Storage, cfg: Config, block: int, now: float) -> BlockStatus
         row.restarts = checkpoints.restarts()
         lines = [r for r in read_lines(storage, metrics_file(block)) if isinstance(r, dict)]
         _read_lines(row, lines, now)
-        lease = BlockLease(storage, block, "", 0.0).read()
         _read_lease(row, lease, cfg.train.lease_timeout_s, now)  # old leases: config's
         failure = last_failure(storage, block)
+        settled = _hands(BlockLease(storage, block, "", 0.0).read()) == _hands(lease)
     except (RunDirError, AttributeError, KeyError, TypeError, ValueError) as err:
         row.state, row.problem = "damaged", " ".join(str(err).split())
-        return row
+        return row, True
     if row.checkpoint_step is not None and row.checkpoint_step >= row.steps:
         row.state = "done"
     elif row.writer and row.writer_alive is not False:
@@ -174,7 +195,14 @@ def _block(storage: Storage, cfg: Config, block: int, now: float) -> BlockStatus
         _read_failure(row, failure, now)
     elif row.checkpoint_step is not None or lines or lease is not None:
         row.state = "stopped"  # a lease: a process started it, and stopped before a line
-    return row
+    return row, settled
+
+
+def _hands(lease: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """Who holds ``lease``, as a taking over, a release or the run's end changes it (not a
+    renewal)."""
+    return None if lease is None else (lease.get("holder"), lease.get("generation"),
+                                       lease.get("ended"))
 
 
 def _read_failure(row: BlockStatus, failure: dict[str, Any] | None, now: float) -> None:

@@ -152,3 +152,35 @@ def tiny_run_dir(tmp_path: Path) -> Storage:
     cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [f"run.dir={storage.uri()}"])
     storage.write_text("config.yaml", dump_yaml(cfg))
     return storage
+
+
+class Interleaved(Storage):
+    """A Storage that runs ``then`` once, just before its ``at``-th read (0: the first), with
+    a plain Storage of the same root: a process writing the run directory between two of a
+    reader's requests, at each point in turn where a test tries every ``at``. ``reads``
+    counts them."""
+
+    def __init__(self, root: str, at: int, then: Callable[[Storage], None]):
+        super().__init__(root)
+        self.at, self.then, self.reads = at, then, 0
+
+    def _read(self) -> None:
+        if self.reads == self.at:
+            self.then(Storage(self.root))
+        self.reads += 1
+
+    def exists(self, rel: str) -> bool:
+        self._read()
+        return super().exists(rel)
+
+    def modified(self, rel: str) -> float | None:
+        self._read()
+        return super().modified(rel)
+
+    def read_bytes(self, rel: str) -> bytes:
+        self._read()
+        return super().read_bytes(rel)
+
+    def listdir(self, rel: str) -> list[str]:
+        self._read()
+        return super().listdir(rel)

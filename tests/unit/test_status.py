@@ -3,19 +3,25 @@ alone with ``--block``, a live lease, a lapsed one, a damaged manifest), as a ta
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from holders import Interleaved
 
 import dbparallel
 from dbparallel import cli
 from dbparallel.cli_status import _row
+from dbparallel.training.checkpoint import BlockCheckpoints
+from dbparallel.training.failure import clear_failure, record_failure
 from dbparallel.training.holder import driver_session
 from dbparallel.training.lease import BlockLease
 from dbparallel.training.run_files import run_config
@@ -529,3 +535,81 @@ def test_a_damaged_lease_file_does_not_replace_the_block_s_own_error(tmp_path: P
         finally:
             run.close()  # the way out: the lease cannot be read, released or recorded
     assert "could not release its write lease" in caplog.text
+
+
+def _at_every_read(copy: Callable[[int], Path], then: Callable[[Storage], None],
+                   status: Callable[[Storage], Any]) -> list[Any]:
+    """``status`` of a fresh ``copy(n)`` of a run directory for n = 0, 1, ..., with
+    ``then(storage)``, a writer's step, run just before the n-th read of that status; until
+    one status makes fewer reads."""
+    seen = []
+    for n in itertools.count():
+        storage = Interleaved(str(copy(n)), n, then)
+        seen.append(status(storage))
+        if storage.reads <= n:
+            return seen
+
+
+def test_a_block_read_as_its_writer_finishes_it_is_training_or_done(run: Path,
+                                                                    tmp_path: Path) -> None:
+    """The writer saves the block's last checkpoint, then releases its lease, while status
+    reads the block's files: it used to read the manifest first and the lease last, so a
+    block read across the two writes had no last checkpoint and no writer: ``stopped``."""
+    cfg = run_config(str(run))
+    cfg.train.steps = 6  # block 0 (checkpoint of step 4) trains on, to step 6
+    leases = {}
+
+    def copy(n: int) -> Path:
+        shutil.copytree(run, tmp_path / str(n))
+        leases[n] = BlockLease(Storage(str(tmp_path / str(n))), 0, "session-a",
+                               cfg.train.lease_timeout_s)
+        leases[n].acquire()
+        return tmp_path / str(n)
+
+    def finish(storage: Storage) -> None:
+        BlockCheckpoints(storage, 0).save("state", 6, {"step": 6})
+        leases[int(Path(storage.root).name)].release()
+
+    states = _at_every_read(copy, finish, lambda s: run_status(s, cfg).blocks[0].state)
+    assert len(states) > 3 and states[-1] == "training" and states[0] == "done"
+    assert set(states) == {"training", "done"}, states
+
+
+def test_a_failed_block_read_as_a_rerun_takes_it_is_failed_or_training(run: Path,
+                                                                       tmp_path: Path) -> None:
+    """A rerun takes the failed block's lease, then removes its failed.json, while status
+    reads the block: never ``stopped``, and failed.json gone between status's look and its
+    read is no traceback."""
+    cfg = run_config(str(run))
+    cfg.train.steps = 6
+
+    def copy(n: int) -> Path:
+        shutil.copytree(run, tmp_path / str(n))
+        record_failure(Storage(str(tmp_path / str(n))), 0, 5, RuntimeError("bad batch"))
+        return tmp_path / str(n)
+
+    def rerun(storage: Storage) -> None:
+        BlockLease(storage, 0, "session-b", cfg.train.lease_timeout_s).acquire()
+        clear_failure(storage, 0)
+
+    states = _at_every_read(copy, rerun, lambda s: run_status(s, cfg).blocks[0].state)
+    assert len(states) > 3 and states[-1] == "failed" and states[0] == "training"
+    assert set(states) == {"failed", "training"}, states
+
+
+def test_a_lease_deleted_as_status_reads_it_is_no_traceback(run: Path, tmp_path: Path) -> None:
+    """lease.json deleted (as a refusal says to, where its holder cannot be asked) between
+    status's look and its read: the block is read without it."""
+    cfg = run_config(str(run))
+    cfg.train.steps = 6
+
+    def copy(n: int) -> Path:
+        shutil.copytree(run, tmp_path / str(n))
+        BlockLease(Storage(str(tmp_path / str(n))), 0, "session-a",
+                   cfg.train.lease_timeout_s).acquire()
+        return tmp_path / str(n)
+
+    states = _at_every_read(copy, lambda s: s.delete("blocks/block_0/lease.json"),
+                            lambda s: run_status(s, cfg).blocks[0].state)
+    assert states[0] == "stopped" and states[-1] == "training"
+    assert set(states) == {"stopped", "training"}, states
