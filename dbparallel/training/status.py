@@ -261,8 +261,9 @@ def run_status(storage: Storage, cfg: Config, now: float | None = None) -> RunSt
         status.assembly = assemblies[-1] if assemblies else None
     except RunDirError as err:
         status.problems.append(" ".join(str(err).split()))
-    status.report, status.report_age_s, status.report_problem = read_report(storage, now)
+    # the record before report.json: its process writes report.json, then removes it
     _read_assembler(status, storage, now)
+    status.report, status.report_age_s, status.report_problem = read_report(storage, now)
     _read_runners(status, storage, now)
     return status
 

@@ -5,6 +5,7 @@ short, whose process is gone."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -153,3 +154,33 @@ def test_report_json_is_written_before_the_assembly_s_record_goes(
     assert cli.main([*TRAIN, f"run.dir={run}"]) == 0
     assert seen == [("being assembled", True)]  # the record's last moment
     assert dbparallel.status(run).state == "finished"
+
+
+def test_a_run_read_as_its_assembly_ends_is_being_assembled_or_finished(
+        trained: Path, tmp_path: Path) -> None:
+    """The assembling process writes report.json, then removes its record, while status
+    reads the run: it used to read report.json first and the record last, so a run read
+    across the two had neither: ``trained, not yet assembled``."""
+    from holders import Interleaved
+
+    from dbparallel.training.run_files import run_config
+    from dbparallel.training.status import run_status
+
+    cfg, report = run_config(str(trained)), (trained / "report.json").read_bytes()
+
+    def end(storage: Storage) -> None:
+        storage.write_bytes("report.json", report)
+        storage.delete(ASSEMBLING_FILE)
+
+    seen = []
+    for n in itertools.count():
+        shutil.copytree(trained, tmp_path / str(n))
+        (tmp_path / str(n) / "report.json").unlink()
+        storage = Interleaved(str(tmp_path / str(n)), n, end)
+        write_assembly(storage, HOST, os.getpid())
+        storage.reads = 0
+        seen.append(run_status(storage, cfg).state)
+        if storage.reads <= n:
+            break
+    assert len(seen) > 3 and seen[0] == "finished" and seen[-1] == "being assembled"
+    assert set(seen) == {"being assembled", "finished"}, seen
