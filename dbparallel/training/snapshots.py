@@ -19,7 +19,10 @@ def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> li
     """The latest good snapshot of every block (the one of ``step`` if given); refuses
     missing or disagreeing blocks."""
     checkpoints = [BlockCheckpoints(storage, b) for b in range(cfg.model.blocks)]
-    tried = [c.listed("snapshot") for c in checkpoints]
+    # the entries with their checksums: a snapshot of the same step written again (a block
+    # that resumed from an older training state, or restored an unreadable snapshot) is the
+    # same file with another checksum
+    tried = [c.manifest()["snapshot"] for c in checkpoints]
     snapshots = [c.load_latest("snapshot", step) for c in checkpoints]
     for _ in range(RETRIES):  # a block training meanwhile may have replaced the snapshot it
         # listed: read its manifest again, and the snapshots of a block whose list changed
@@ -29,7 +32,7 @@ def load_snapshots(cfg: Config, storage: Storage, step: int | None = None) -> li
             break
         time.sleep(RETRY_WAIT_S)
         for b in missing:
-            if (now := checkpoints[b].listed("snapshot")) != tried[b]:
+            if (now := checkpoints[b].manifest()["snapshot"]) != tried[b]:
                 tried[b], snapshots[b] = now, checkpoints[b].load_latest("snapshot")
     missing = [b for b, s in enumerate(snapshots) if s is None]
     if missing and step is not None:

@@ -442,3 +442,40 @@ def test_a_ray_run_s_clean_up_goes_on_past_a_step_that_fails(caplog) -> None:
     assert done == ["stopped", "disconnected"]
     assert caplog.text.count("could not release the blocks' write leases: "
                              "blocks/block_1/lease.json: damaged") == 1  # said once
+
+
+@pytest.mark.parametrize("later", [True, False], ids=["a later step", "the same step"])
+def test_a_snapshot_written_as_the_assembly_reads_it_is_read(straight, tmp_path, monkeypatch,
+                                                            later) -> None:
+    """Block 0 writes a snapshot (of a later step, which replaces the one kept; or of the
+    same step again, as a block that resumed from an older training state or restores an
+    unreadable snapshot does) before each of the assembly's reads in turn: every assembly
+    finds each block's snapshot. One of the same step is the same file with another
+    checksum: the assembly read its manifest again only where the files it lists changed
+    names, and so refused the block as corrupt."""
+    import itertools
+
+    from holders import Interleaved
+
+    import dbparallel.training.snapshots as snapshots
+    from dbparallel.training.checkpoint import BlockCheckpoints
+    from dbparallel.training.run_files import run_config
+    from dbparallel.training.storage import Storage
+
+    monkeypatch.setattr(snapshots, "RETRY_WAIT_S", 0.0)
+    cfg = run_config(str(straight))
+    saved = BlockCheckpoints(Storage(str(straight)), 0).load_latest("snapshot")
+    step = saved["meta"]["step"] + later
+    again = {**saved, "meta": {**saved["meta"], "step": step, "written": "again"}}
+
+    def write(storage: Storage) -> None:
+        BlockCheckpoints(storage, 0, keep_snapshots=1).save("snapshot", step, again)
+
+    for n in itertools.count():
+        shutil.copytree(straight, tmp_path / str(n))
+        storage = Interleaved(str(tmp_path / str(n)), n, write)
+        found = snapshots.load_snapshots(cfg, storage)
+        assert found[0]["meta"].get("written") in (None, "again")
+        if storage.reads <= n:
+            assert n > 3 and found[0]["meta"].get("written") is None
+            break
