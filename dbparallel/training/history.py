@@ -53,12 +53,16 @@ def _encode(records: list[dict[str, Any]]) -> bytes:
 
 
 def read_lines(storage: Storage, rel: str) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (none if it is absent). A line that does not parse
-    is skipped with a warning: a local append cut short by a crash leaves one at the end."""
+    """The records of a JSON-lines file (none if it is absent). A last line without its
+    newline is left out, unsaid: a local append being written as this reads (``status``,
+    ``plot`` of a run that trains), or cut short by a crash (the block's next start
+    rewrites the file without it). Another line that does not parse is skipped with a
+    warning."""
     if not storage.exists(rel):
         return []
     records = []
-    for n, line in enumerate(storage.read_bytes(rel).splitlines(), 1):
+    whole, _ = storage.read_bytes(rel).rpartition(b"\n")[::2]
+    for n, line in enumerate(whole.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -93,6 +93,22 @@ def test_a_resume_with_more_steps_continues_the_history(tmp_path) -> None:
     assert [_same(r) for r in lines] == [_same(r) for r in _lines(Storage(straight.run_dir), 0)]
 
 
+def test_a_line_being_appended_is_left_out_unsaid_and_a_broken_one_is_named(
+        tmp_path, caplog) -> None:
+    """A reader (status, plot) of a local run that trains meets the line being appended as
+    it reads: it is not a record yet, and nothing is wrong. A line that does not parse and
+    has its newline is named."""
+    storage = Storage(str(tmp_path))
+    storage.write_bytes("m.jsonl", b'{"step": 4}\n{"step": 8}\n{"step": 12, "lo')
+    with caplog.at_level("WARNING"):
+        assert read_lines(storage, "m.jsonl") == [{"step": 4}, {"step": 8}]
+    assert caplog.text == ""
+    storage.write_bytes("m.jsonl", b'{"step": 4}\n{"ste\n{"step": 12}\n')
+    with caplog.at_level("WARNING"):
+        assert read_lines(storage, "m.jsonl") == [{"step": 4}, {"step": 12}]
+    assert "m.jsonl line 2 is not JSON" in caplog.text
+
+
 @pytest.mark.parametrize("where", ["local", "object store"])
 def test_a_killed_block_replays_its_lines_once_and_its_zombie_writes_none(
         tiny_cfg, where) -> None:
