@@ -121,14 +121,27 @@ def reshard_command(cfg: Config, out: str) -> int:
         print(f"wrote {files} to {out}; every image was turned upright, cut square and "
               f"resized to {s}x{s} {mode} PNG: train on them with data.source=parquet "
               f"data.path={shell_path(out)} data.image_size={s} "
-              f"data.channels={cfg.data.channels} (no data.resize needed)")
+              f"data.channels={cfg.data.channels}{_changed(cfg, ('num_classes',))} (no "
+              f"data.resize needed)")
         return 0
     d = cfg.data
     latents = (f" data.latents=true data.channels={d.channels} data.image_size={d.image_size}"
                f" data.latent_scale={d.latent_scale:g} data.latent_shift={d.latent_shift:g}"
                if d.latents else "")
+    kept = ("num_classes", "pixel_order") if d.latents else \
+        ("image_size", "channels", "num_classes", "pixel_order")
     print(f"wrote {files} to {out}; train on them with "
-          f"data.source=parquet data.path={shell_path(out)}{latents}")
+          f"data.source=parquet data.path={shell_path(out)}{latents}{_changed(cfg, kept)}")
     print(f"the rows were copied as they are, not decoded: `dbparallel data check "
           f"{shell_path(out)}`, with the same data settings, checks every one")
     return 0
+
+
+def _changed(cfg: Config, keys: tuple[str, ...]) -> str:
+    """`` data.KEY=VALUE`` for each of ``keys`` whose value is not its default: the images'
+    settings that the rewritten data are read with, as they were."""
+    from dbparallel.config import DataConfig
+
+    default = DataConfig()
+    return "".join(f" data.{k}={getattr(cfg.data, k)}" for k in keys
+                   if getattr(cfg.data, k) != getattr(default, k))

@@ -54,7 +54,8 @@ def test_one_huge_row_group_becomes_row_groups_of_shard_rows(tmp_path, monkeypat
     printed = capsys.readouterr().out
     assert "train: 750 rows in 6 row groups of at most 128 rows" in printed
     assert "test: 250 rows in 2 row groups" in printed
-    assert f"train on them with data.source=parquet data.path='{out}'\n" in printed
+    assert f"train on them with data.source=parquet data.path='{out}' data.image_size=4 " \
+           f"data.channels=3\n" in printed  # the settings given that are not the defaults
     check = re.search(r"not decoded: `(dbparallel data check [^`]*)`, with the same data "
                       r"settings", printed)
     assert check is not None and shlex.split(check[1])[1:] == ["data", "check", str(out)]
@@ -235,7 +236,8 @@ def test_data_resize_stores_every_photo_resized_once(tmp_path, capsys) -> None:
                  *settings]) == 0
     printed = capsys.readouterr().out
     assert "resized to 8x8 RGB PNG: train on them with data.source=parquet data.path=" \
-           f"{out} data.image_size=8 data.channels=3 (no data.resize needed)" in printed
+           f"{out} data.image_size=8 data.channels=3 data.num_classes=2 (no data.resize " \
+           f"needed)" in printed
     written = _rows(str(out), "train")
     assert all(Image.open(io.BytesIO(b)).size == (8, 8) for b in
                written.column("image").to_pylist())
