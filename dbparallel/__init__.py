@@ -180,7 +180,7 @@ def encode(data: str | os.PathLike, encoder: Callable[[Any], Any] | str,
     with _rng_kept():
         cfg = data_config([os.fspath(data), *_override_items(overrides)], "encode")
         got = encode_data(cfg, encoder, f"encoder={name}", os.fspath(out), device, batch,
-                          dtype, progress, joined=True)
+                          dtype, progress, joined=True, shown=f"out={os.fspath(out)!r}")
     return {"files": got.done.files, "rows": got.done.rows, "shape": list(got.stats.shape),
             "mean": got.stats.mean, "std": got.stats.std, "settings": got.settings}
 

@@ -41,11 +41,12 @@ class Encoded:
 def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | str,
                 setting: str, out: str, device: str | None = "", batch: int | None = None,
                 dtype: str = "float16", progress: bool | None = None,
-                joined: bool = False) -> Encoded:
+                joined: bool = False, shown: str = "") -> Encoded:
     """Write the latents of every image of ``cfg``'s data into ``out`` by ``encoder`` (a
     function, or "module:function"; its errors name it as ``setting`` says): in this process
     on ``device``, or one Ray task per file on the cluster at runtime.address or RAY_ADDRESS,
-    or (``joined``) the one this process joined (``device`` "cuda": a GPU each)."""
+    or (``joined``) the one this process joined (``device`` "cuda": a GPU each). Errors
+    name ``out`` as ``shown`` (default ``--out OUT``)."""
     from dbparallel.data.latent_encoding import (
         Encode,
         LatentEncoder,
@@ -63,7 +64,7 @@ def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | s
     if batch < 1:
         raise UserError(f"--batch: must be >= 1, got {batch}")
     function = named_function(encoder, setting) if isinstance(encoder, str) else encoder
-    index = rewritten_data(cfg, out, "encode")
+    index = rewritten_data(cfg, out, "encode", shown)
     def here() -> tuple[Resharded, list[object]]:
         coder = LatentEncoder(function, setting, requested_device(device or None), batch,
                               dtype)

@@ -23,23 +23,27 @@ if TYPE_CHECKING:
 Written = tuple["Resharded", list[object]]  # what was written, and each part's rewrite stats
 
 
-def rewritten_data(cfg: Config, out: str, action: str) -> DataIndex:
-    """The image data ``data reshard`` or ``data encode`` (``action``) rewrites into ``out``;
-    UserError where there is no --out, it lies inside data.path, or the data are text."""
+def rewritten_data(cfg: Config, out: str, action: str, shown: str = "") -> DataIndex:
+    """The image data ``data reshard`` or ``data encode`` (``action``) rewrites into ``out``
+    (named as ``shown``; default ``--out OUT``); UserError where there is no --out, it is
+    not a new or empty folder or lies inside data.path, or the data are text."""
     from pathlib import Path
 
+    from dbparallel.data.parquet_out import check_out
     from dbparallel.data.reshard import NOT_TEXT
     from dbparallel.data.sources import holds_text, open_data
 
     if not out:
         raise UserError(f"data {action}: --out FOLDER is required (a new or empty folder)")
+    shown = shown or f"--out {out}"
     if holds_text(cfg.data):  # before a corpus is tokenized for nothing
         where = cfg.data.path or f"data.source={cfg.data.source}"
         raise UserError(f"{where}: {NOT_TEXT}")
     if "://" not in out and cfg.data.path and "://" not in cfg.data.path and \
             Path(out).resolve().is_relative_to(Path(cfg.data.path).resolve()):
-        raise UserError(f"--out {out}: inside data.path {cfg.data.path}; the new files would "
+        raise UserError(f"{shown}: inside data.path {cfg.data.path}; the new files would "
                         f"become part of the data set they are written from")
+    check_out(out, shown)  # before the data are indexed
     return open_data(cfg.data)
 
 

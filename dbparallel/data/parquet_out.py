@@ -81,17 +81,34 @@ def check_empty(fs: pafs.FileSystem, root: str, out: str) -> bool:
     """UserError unless ``out`` is a new or empty folder, which it makes; whether it was
     new."""
     try:
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.File:
-            raise UserError(f"--out {out}: is a file; give a new or empty folder")
-        if info.type == pafs.FileType.Directory and \
-                fs.get_file_info(pafs.FileSelector(root, recursive=False)):
-            raise UserError(f"--out {out}: is not empty; give a new or empty folder (nothing "
-                            f"was written)")
+        info = _refused(fs, root, f"--out {out}")
         fs.create_dir(root, recursive=True)
         return info.type == pafs.FileType.NotFound
     except (pa.ArrowException, OSError) as err:
         raise UserError(f"--out {out}: cannot write there: {err}") from None
+
+
+def check_out(out: str, shown: str) -> None:
+    """UserError naming ``out`` as ``shown`` (``--out X``, or a program's ``out='X'``)
+    unless it is a new or empty folder; nothing is made."""
+    fs, root = resolve_path(out)
+    try:
+        _refused(fs, root, shown)
+    except (pa.ArrowException, OSError) as err:
+        raise UserError(f"{shown}: cannot read there: {err}") from None
+
+
+def _refused(fs: pafs.FileSystem, root: str, shown: str) -> pafs.FileInfo:
+    """What is at ``root``; UserError naming it as ``shown`` where it is a file or a folder
+    that holds anything."""
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        raise UserError(f"{shown}: is a file; give a new or empty folder")
+    if info.type == pafs.FileType.Directory and \
+            fs.get_file_info(pafs.FileSelector(root, recursive=False)):
+        raise UserError(f"{shown}: is not empty; give a new or empty folder (nothing was "
+                        f"written)")
+    return info
 
 
 class Writer:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,10 @@ def test_bad_arguments_and_a_bad_encoder_are_named_and_leave_nothing(tmp_path) -
     with pytest.raises(DataError, match=r"2 bad rows:\n.*row 5: .*\n.*row 40: "):
         dbparallel.encode(bad, Codec().encode, out, overrides=SETTINGS)
     assert not out.exists()
+    out.mkdir()
+    (out / "kept.txt").write_text("x")
+    for where, problem in ((out, "is not empty"), (out / "kept.txt", "is a file"),
+                           (data / "latents", "inside data.path")):
+        with pytest.raises(UserError, match=f"^out={re.escape(repr(str(where)))}: {problem}"):
+            dbparallel.encode(data, Codec().encode, where, overrides=SETTINGS)
+    assert [p.name for p in out.iterdir()] == ["kept.txt"]
