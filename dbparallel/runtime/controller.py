@@ -139,8 +139,13 @@ class Controller:
                 self.state = State.ASSEMBLING
                 self.on_final_assembly()
                 self._submit_assemble(True)
-            elif min(s.step for s in self.blocks) >= self._next_assembly and not self._assembling:
-                self._next_assembly += self.cfg.train.assemble_every
+            elif (lowest := min(s.step for s in self.blocks)) >= self._next_assembly \
+                    and not self._assembling:
+                # the next multiple past the blocks' steps: a resumed run (or a chunk of
+                # train.log_every past several of them) assembles once, not once for each
+                # multiple it passed, back to back on the same snapshots
+                every = self.cfg.train.assemble_every
+                self._next_assembly = (lowest // every + 1) * every
                 self._submit_assemble(False)
         if self.state in (State.TRAINING, State.ASSEMBLING) and self._assembling:
             waited = self.clock() - self._assembly_started_s

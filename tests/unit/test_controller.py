@@ -400,3 +400,17 @@ def test_a_block_out_of_memory_fails_the_run_and_one_at_its_start_is_told_what_t
         f"block 1 failed: {start}: the block does not fit in its device's memory (`dbparallel "
         f"plan` with the same recipe shows what it holds): more blocks (model.blocks) make "
         f"smaller ones, in a new run")
+
+
+def test_a_resumed_run_assembles_at_the_next_multiple_not_at_every_one_it_passed() -> None:
+    """Blocks that resume at step 40 with train.assemble_every=8 are assembled at 40, 48 and
+    56, not once for each multiple of 8 below 40 as well, back to back on the same
+    snapshots."""
+
+    class Resumed(FakeBackend):
+        def submit_train(self, block: int, until: int) -> None:
+            super().submit_train(block, max(until, 40))  # a block at 40 answers 40 at once
+
+    backend = Resumed(steps=60)
+    Controller(_cfg("train.steps=60", "train.assemble_every=8"), backend).run()
+    assert backend.calls.count(("assemble", False)) == 3, backend.calls
