@@ -113,6 +113,10 @@ def reserve(cfg: Config, slots: int, replicas: int = 1) -> Any:
             f"do not fit the cluster ({have.cpus:g} CPUs, {have.gpus:g} GPUs) "
             f"within runtime.placement_timeout_s={r.placement_timeout_s:g}; {hint}",
             fits) from None
+    except BaseException:  # Ctrl-C or SIGTERM while it waits: a program that joined Ray
+        # itself stays connected, and its cluster would place the group later and hold it
+        release(pg)  # (a bounded wait: the stop may have ended Ray's processes here too)
+        raise
     return pg
 
 
@@ -185,8 +189,12 @@ def reserve_blocks(cfg: Config, slots: int, data_bytes: int = 0) -> tuple[Any, i
     warned about."""
     R = cfg.runtime.replicas_per_block
     pg = reserve(cfg, slots, R)
-    for warning in crowded_nodes(pg, slots * R, data_bytes):
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    try:
+        for warning in crowded_nodes(pg, slots * R, data_bytes):
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+    except BaseException:  # not yet the caller's to release
+        release(pg)
+        raise
     if R == 1:
         return pg, slots
     remove_placement_group(pg)
