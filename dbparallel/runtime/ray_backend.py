@@ -126,6 +126,8 @@ class RayBackend:
                 events.append(Event(kind, block, error=BlockUnavailable(str(err))))
             except ray.exceptions.ActorDiedError as err:  # and Ray will not start it again
                 first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                if kind == "assemble":  # the next assembly (the final one) starts a new
+                    self.assembler = None  # actor: this one's calls would all fail so
                 events.append(Event(kind, block, error=BlockLost(
                     f"its process was lost and Ray does not start it again "
                     f"(train.max_restarts={self.cfg.train.max_restarts}): {first}")))
