@@ -66,8 +66,9 @@ def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | s
     function = named_function(encoder, setting) if isinstance(encoder, str) else encoder
     index = rewritten_data(cfg, out, "encode", shown)
     def here() -> tuple[Resharded, list[object]]:
-        coder = LatentEncoder(function, setting, requested_device(device or None), batch,
-                              dtype)
+        coder = LatentEncoder(function, setting,
+                              requested_device(device or None, "device" if joined else "--device"),
+                              batch, dtype)
         with rows_progress(index, "encode", progress) as bar:
             done = reshard(index, out, cfg.data.shard_rows, bar,
                            rewrite=Encode(cfg.data, coder))

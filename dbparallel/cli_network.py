@@ -29,8 +29,10 @@ DATA_HELP = ("read the data here, in place of data.path (same data.source): data
 
 
 def _load(args: argparse.Namespace) -> Network:
+    from dbparallel.training.device import requested_device
     from dbparallel.training.loading import load
 
+    requested_device(args.device or None, "--device")  # named as given, before the load
     return load(args.source, getattr(args, "step", None), args.device or None)
 
 

@@ -46,20 +46,26 @@ def assembly_device(cfg: Config) -> str:
                          "set runtime.assembly_gpus=0 to assemble on the CPU")
 
 
-def requested_device(requested: str | None) -> str:
-    """``requested`` ("cpu", "cuda", "cuda:N"; None = "cpu"), checked against this machine."""
+def requested_device(requested: str | None, key: str = "device") -> str:
+    """``requested`` ("cpu", "cuda", "cuda:N"; None = "cpu"), checked against this machine;
+    its errors name it as ``key`` does: a program's ``device='cuda'``, a command's
+    ``--device cuda``."""
     name = requested or "cpu"
+
+    def named(value: str) -> str:
+        return f"{key} {value}" if key.startswith("--") else f"{key}={value!r}"
+
     try:
         device = torch.device(name)
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise UserError(f"device {name!r}: expected cpu, cuda or cuda:N")
+        raise UserError(f"{named(name)}: expected cpu, cuda or cuda:N")
     if device.type == "cpu":
         return name
-    _gpu_if_asked(True, f"device {name!r}", "use device 'cpu'")
+    _gpu_if_asked(True, named(name), f"use {named('cpu')}")
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:
-        raise UserError(f"device {name!r}: this machine has {count} CUDA device(s), "
+        raise UserError(f"{named(name)}: this machine has {count} CUDA device(s), "
                         f"cuda:0..cuda:{count - 1}")
     return name

@@ -48,8 +48,12 @@ def test_assembly_gpu_without_cuda_names_the_key(tiny_cfg) -> None:
 @no_cuda
 @pytest.mark.parametrize("name", ["cuda", "cuda:1"])
 def test_requested_cuda_without_cuda_names_the_device(tiny_cfg, name: str) -> None:
-    with pytest.raises(UserError, match=f"device '{name}' asks for a GPU"):
+    with pytest.raises(UserError, match=f"^device='{name}' asks for a GPU.*; use "
+                                        f"device='cpu'$"):
         requested_device(name)
+    with pytest.raises(UserError, match=f"^--device {name} asks for a GPU.*; use --device "
+                                        f"cpu$"):
+        requested_device(name, "--device")  # as a command names it
 
 
 def test_requested_device_must_be_cpu_or_cuda() -> None:
@@ -126,7 +130,7 @@ def test_the_assembler_actor_refuses_a_missing_gpu(tiny_cfg) -> None:
 def test_load_on_cuda_without_cuda_names_the_device(tiny_cfg) -> None:
     from dbparallel.training.network import Network
 
-    with pytest.raises(UserError, match="device 'cuda'"):
+    with pytest.raises(UserError, match="device='cuda'"):
         Network.from_weights(tiny_cfg, [], [], "cuda")
 
 
