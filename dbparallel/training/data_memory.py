@@ -217,8 +217,10 @@ def footprint_line(footprint: DataFootprint) -> str:
     held = ("one window (the data fit in it)" if f.windows == 1
             else "two windows (the current and the next)" if f.windows == 2
             else f"{f.windows} windows (a batch spans several, and the next is read)")
-    if f.rows == f.windows * f.window_rows or f.windows == 1:
+    if f.windows == 1:
         rows = f"of at most {f.window_rows:,} rows"
+    elif f.rows == f.windows * f.window_rows:
+        rows = f"of at most {f.window_rows:,} rows each"
     else:  # windows of unequal sizes (an epoch's last one is short)
         rows = f"of at most {f.window_rows:,} rows each, {f.rows:,} rows in all"
     batches = (f" and two batches of {f.batch_rows // 2:,} rows (the step's and the next's)"

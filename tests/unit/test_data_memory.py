@@ -93,7 +93,7 @@ def test_train_and_data_check_print_the_footprint(tmp_path, capsys) -> None:
     assert main(["data", "check", str(data), "data.window_shards=2",
                  "data.image_size=8", "data.channels=1"]) == 0
     out = capsys.readouterr().out
-    assert "a block holds two windows (the current and the next) of at most 100 rows and " \
+    assert "a block holds two windows (the current and the next) of at most 100 rows each and " \
            "two batches of 64 rows (the step's and the next's), x 264 B unpacked = 84.6 KiB" \
            in out
     assert main(["train", "--local", TINY, f"run.dir={tmp_path / 'run'}", "data.source=parquet",
