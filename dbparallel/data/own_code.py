@@ -7,7 +7,9 @@ a package's folder, not installed in site-packages or Python's own library), ``p
 its files (a package's whole folder, without caches and hidden files, up to ``MAX_BYTES``),
 and ``unpack`` writes them on the other machine into a folder named by their digest, put first
 on ``sys.path``: the module imported there is the one imported here. Installed code is not
-sent: it must be installed on every node.
+sent: it must be installed on every node. Each unpack marks its folder used; folders of code
+that no task has used for ``KEEP_S`` (earlier versions, those of cancelled tasks) are removed
+by the next unpack on that machine.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from dbparallel.errors import UserError
 
 MAX_BYTES = 64 * 2**20  # the most of the user's own code sent with every task
+KEEP_S = 24 * 3600.0  # a folder of sent code no task has used for this long is removed
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ def unpack(code: OwnCode) -> None:
             if not folder.is_dir():
                 raise
             shutil.rmtree(staging, ignore_errors=True)  # the other task's is there
+    os.utime(folder)  # used now: not removed while tasks use it
+    _remove_unused(folder.parent)
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
         importlib.invalidate_caches()
@@ -83,6 +89,19 @@ def unpack(code: OwnCode) -> None:
         tops = {name.split("/")[0].removesuffix(".py") for name in code.files}
         for module in [m for m in sys.modules if m.partition(".")[0] in tops]:
             del sys.modules[module]
+
+
+def _remove_unused(parent: Path) -> None:
+    """Remove the folders of sent code (and staging folders left by a cancelled task) under
+    ``parent`` that no task has used for KEEP_S."""
+    old = time.time() - KEEP_S
+    for path in parent.glob("dbparallel-code-*"):
+        try:
+            unused = path.is_dir() and path.stat().st_mtime < old
+        except OSError:  # removed meanwhile by another task
+            continue
+        if unused:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def own_modules(function: object) -> tuple[str, ...]:

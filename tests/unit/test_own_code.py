@@ -4,8 +4,10 @@ module imported from what was sent."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,29 @@ def test_two_tasks_that_unpack_at_once_leave_one_folder(tmp_path, monkeypatch) -
     own_code.unpack(code)
     assert [p.name for p in tmp.iterdir()] == [f"dbparallel-code-{code.digest}"]
     assert (tmp / f"dbparallel-code-{code.digest}" / "onefile.py").is_file()
+
+
+def test_code_no_task_used_for_a_day_is_removed_by_the_next_unpack(tmp_path,
+                                                                   monkeypatch) -> None:
+    _module(tmp_path, monkeypatch)
+    code = own_code.pack("onefile:encode", "--encoder onefile:encode")
+    assert code is not None
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(own_code.tempfile, "tempdir", str(tmp))
+    day = time.time() - own_code.KEEP_S
+    folders = {"dbparallel-code-old": day - 60, "dbparallel-code-old.x1y2": day - 60,
+               "dbparallel-code-recent": day + 60, "other-old": day - 60}
+    for name, when in folders.items():
+        (tmp / name).mkdir()
+        os.utime(tmp / name, (when, when))
+    mine = tmp / f"dbparallel-code-{code.digest}"
+    own_code.unpack(code)
+    assert sorted(p.name for p in tmp.iterdir()) == sorted(
+        [mine.name, "dbparallel-code-recent", "other-old"])
+    os.utime(mine, (day - 60, day - 60))  # its own folder, however old, is used again
+    own_code.unpack(code)
+    assert mine.is_dir() and mine.stat().st_mtime > day + 60
 
 
 def test_a_process_kept_for_the_next_task_imports_the_code_sent_last(tmp_path,
