@@ -29,7 +29,7 @@ from dbparallel.models.layers import KV
 from dbparallel.models.lm import ARBlock
 from dbparallel.models.presets import resolve
 from dbparallel.tasks.base import Batch, Draws, gaussian_noise
-from dbparallel.tasks.frozen_table import frozen_table
+from dbparallel.tasks.frozen_table import FrozenTable
 from dbparallel.tasks.text import TextData, gumbel_sample
 
 
@@ -38,16 +38,21 @@ class AutoregressiveLM(TextData):
 
     name = "ar"
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, shapes_only: bool = False):
         super().__init__(cfg)
         n = cfg.noise
         self.noise, self.partition = gaussian_noise(cfg)
         self.sigma_data = n.sigma_data
-        self.E = frozen_table(cfg.run.seed, self.vocab_size, resolve(cfg.model).hidden,
-                              "data.vocab_size")
+        self._table = FrozenTable(cfg.run.seed, self.vocab_size, resolve(cfg.model).hidden,
+                                  "data.vocab_size", shapes_only)
         self.readout = cfg.model.ar_readout
         # the end-to-end AR baseline is a plain causal LM; the looped task keeps the denoiser
         self.denoiser = cfg.train.objective == "diffusionblocks"
+
+    @property
+    def E(self) -> torch.Tensor:
+        """The frozen token table, (vocab_size, hidden), drawn at its first use."""
+        return self._table.tensor()
 
     @property
     def steps(self) -> int:

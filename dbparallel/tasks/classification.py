@@ -29,7 +29,7 @@ from dbparallel.models.presets import resolve
 from dbparallel.models.vit import ViTBlock
 from dbparallel.tasks.augment import augment, augment_draws
 from dbparallel.tasks.base import Batch, Draws, gaussian_noise
-from dbparallel.tasks.frozen_table import frozen_table
+from dbparallel.tasks.frozen_table import FrozenTable
 from dbparallel.tasks.image_data import ImageData
 
 
@@ -38,18 +38,23 @@ class Classification(ImageData):
 
     name = "vit"
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, shapes_only: bool = False):
         self.cfg = cfg
         n = cfg.noise
         self.noise, self.partition = gaussian_noise(cfg)
         self.sigma_data = n.sigma_data
         self.end_to_end = cfg.train.objective == "end_to_end"
         self.dims = resolve(cfg.model)
-        self.E = frozen_table(cfg.run.seed, cfg.data.num_classes, self.dims.hidden,
-                              "data.num_classes")
+        self._table = FrozenTable(cfg.run.seed, cfg.data.num_classes, self.dims.hidden,
+                                  "data.num_classes", shapes_only)
         self._E_on: dict[torch.device, torch.Tensor] = {}  # copies of E, one per device
         self.learned = cfg.model.label_embedding == "learned" and not self.end_to_end
         self.augment = cfg.train.augment  # the training loss's flips and crops
+
+    @property
+    def E(self) -> torch.Tensor:
+        """The frozen label table, (num_classes, hidden), drawn at its first use."""
+        return self._table.tensor()
 
     def build_block(self, block: int) -> ViTBlock:
         d = self.cfg.data

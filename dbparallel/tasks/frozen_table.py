@@ -1,10 +1,15 @@
 """The frozen unit-norm table a task denoises towards: the label embedding of ``vit``, the
-token embedding of ``ar`` and ``looped`` (docs/method.md, Losses). Every process that builds
-the task (the driver, each block's, ``plan``) draws it in its host's memory, whatever the
-device: one that cannot hold it is refused before it is drawn, naming the keys that size it,
-not left to fail in torch's allocator (or be killed by the system) part-way."""
+token embedding of ``ar`` and ``looped`` (docs/method.md, Losses). Every process that trains or
+uses the network draws it in its host's memory, whatever the device: one that cannot hold it
+is refused when the task is built, naming the keys that size it, not left to fail in torch's
+allocator (or be killed by the system) part-way. It is drawn at its first use, so a process
+that builds the task for its partition or its config's checks (the driver, ``report``,
+``export``) never draws it, and one that only counts a step's shapes (``plan``,
+``model.blocks=auto``) gets it on the meta device."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,16 +21,32 @@ from dbparallel.models.layers import frozen_unit_embedding
 FLOAT32_BYTES = 4
 
 
-def frozen_table(seed: int, rows: int, hidden: int, rows_key: str) -> torch.Tensor:
-    """``frozen_unit_embedding`` of ``rows`` x ``hidden``; ConfigError naming ``rows_key``
-    (data.num_classes, data.vocab_size) and model.hidden where its float32 numbers exceed
-    this machine's memory."""
-    need, have = rows * hidden * FLOAT32_BYTES, machine_memory()
-    if need > have:
-        raise ConfigError(
-            f"{rows_key}={rows:,} x model.hidden={hidden:,}: the frozen table of one unit-norm "
-            f"row per {'class' if rows_key == 'data.num_classes' else 'token'} is "
-            f"{bytes_text(need)} of float32, which every process of the run holds in its "
-            f"host's memory, and this machine has {bytes_text(have)}; fewer rows or a "
-            f"narrower model.hidden")
-    return frozen_unit_embedding(seed, rows, hidden)
+@dataclass
+class FrozenTable:
+    """``frozen_unit_embedding`` of ``rows`` x ``hidden``, drawn by ``tensor()`` once (on the
+    meta device where ``shapes_only``). ConfigError naming ``rows_key`` (data.num_classes,
+    data.vocab_size) and model.hidden where its float32 numbers exceed this machine's memory,
+    when it is made."""
+
+    seed: int
+    rows: int
+    hidden: int
+    rows_key: str
+    shapes_only: bool = False
+    _drawn: torch.Tensor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        need, have = self.rows * self.hidden * FLOAT32_BYTES, machine_memory()
+        if need > have:
+            kind = "class" if self.rows_key == "data.num_classes" else "token"
+            raise ConfigError(
+                f"{self.rows_key}={self.rows:,} x model.hidden={self.hidden:,}: the frozen "
+                f"table of one unit-norm row per {kind} is {bytes_text(need)} of float32, "
+                f"which every process of the run holds in its host's memory, and this "
+                f"machine has {bytes_text(have)}; fewer rows or a narrower model.hidden")
+
+    def tensor(self) -> torch.Tensor:
+        if self._drawn is None:
+            self._drawn = torch.empty(self.rows, self.hidden, device="meta") \
+                if self.shapes_only else frozen_unit_embedding(self.seed, self.rows, self.hidden)
+        return self._drawn

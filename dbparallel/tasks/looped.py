@@ -26,8 +26,8 @@ class LoopedLM(AutoregressiveLM):
 
     name = "looped"
 
-    def __init__(self, cfg: Config):
-        super().__init__(cfg)
+    def __init__(self, cfg: Config, shapes_only: bool = False):
+        super().__init__(cfg, shapes_only)
         self.denoiser = True  # both objectives train the same denoising core
         self.bptt = cfg.train.objective == "end_to_end"
         # the unrolled core's noise levels, as numbers: a constant of the compiled step

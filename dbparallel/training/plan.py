@@ -48,7 +48,7 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     ``count_flops=False`` leaves the FLOPs out (no ``flops``, ``work_flops``): counting them
     op by op is most of the time a memory estimate takes. On the meta device a step is
     counted once for blocks alike (``_alike``): the blocks of most configs are."""
-    task = build_task(cfg)
+    task = build_task(cfg, shapes_only=device == "meta")
     with torch.device(device):
         net = task.build_block(block)
     net.checkpoint_layers(cfg.train.checkpoint_layers)
@@ -131,7 +131,7 @@ PARTS = ("params_and_optimizer", "ema", "activations", "inputs", "draws")
 def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
     """The plan as JSON-ready data (the shape of `dbparallel plan --json`); with ``cluster``,
     also how the blocks fill it (``cluster_plan``)."""
-    task = build_task(cfg)
+    task = build_task(cfg, shapes_only=True)
     p = task.partition
     nominal = [p.nominal_range(b) for b in range(p.blocks)]
     params = []
