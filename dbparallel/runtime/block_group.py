@@ -161,10 +161,20 @@ class BlockGroup:
 
     def finish(self, drain: Callable[[], None], timeout_s: float = 300.0) -> dict[str, Any]:
         """Wait for the group to end, then ``drain`` the queue (its summary was posted before
-        its fit ended); the block's row of the report."""
-        self.fitted.result(timeout=timeout_s)
+        its fit ended); the block's row of the report. BlockLost where the group does not
+        end within ``timeout_s``, fails for good or ends without a summary."""
+        try:
+            self.fitted.result(timeout=timeout_s)
+        except TimeoutError as err:
+            raise BlockLost(f"its worker group did not end within {timeout_s:g} s of its last "
+                            f"step") from err
+        except Exception as err:  # noqa: BLE001 (any failure of the fit loses the summary)
+            lost = given_up(err, self.max_restarts)
+            raise (lost if isinstance(lost, BlockLost) else BlockLost(
+                f"its worker group failed after its last step: {lost}")) from err
         drain()
-        assert self.summary is not None, f"block {self.block}'s group sent no summary"
+        if self.summary is None:
+            raise BlockLost("its worker group ended without sending its summary")
         return self.summary
 
     def restart(self) -> None:

@@ -252,7 +252,12 @@ class Controller:
         status.loss, status.restarts = progress["loss"], progress["restarts"]
         if status.done:
             status.finished_s = self.clock() - self._started_s
-            self.backend.finish_block(event.block)
+            try:
+                self.backend.finish_block(event.block)
+            except BlockLost as err:  # given up as a block lost while it trains
+                self.on_block_failed(event.block, status.step + 1, err)
+                self._fail(f"block {event.block} failed: {err}")
+                return
         if status.stalled:
             status.stalled = False
             self.on_stall(event.block, False)

@@ -19,6 +19,7 @@ from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.block_group import BlockGroup
 
 log = logging.getLogger(__name__)
+SUMMARY_TIMEOUT_S = 300.0  # for a block done training to send its summary
 
 
 def assembly_bundle(cfg: Config) -> dict[str, float]:
@@ -63,12 +64,23 @@ class RayBackend:
 
     def finish_block(self, block: int) -> None:
         if block in self.groups:
-            self.finished[block] = self.groups[block].finish(self._drain)
-            del self.groups[block]
+            try:
+                self.finished[block] = self.groups[block].finish(self._drain)
+            finally:
+                del self.groups[block]
             return
         actor = self.actors.pop(block)
-        self.finished[block] = ray.get(actor.summary.remote(), timeout=300)
-        ray.kill(actor, no_restart=True)  # its slot goes to the next queued block
+        try:
+            self.finished[block] = ray.get(actor.summary.remote(), timeout=SUMMARY_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as err:
+            raise BlockLost(f"its process did not send its summary within "
+                            f"{SUMMARY_TIMEOUT_S:g} s of its last step") from err
+        except ray.exceptions.RayError as err:  # its process died since its last step
+            raise BlockLost(f"its process was lost after its last step, before it sent its "
+                            f"summary, and Ray does not start it again (train.max_restarts="
+                            f"{self.cfg.train.max_restarts}): {_first_line(err)}") from err
+        finally:
+            ray.kill(actor, no_restart=True)  # its slot goes to the next queued block
 
     def submit_train(self, block: int, until: int) -> None:
         if block in self.groups:
@@ -125,7 +137,7 @@ class RayBackend:
             except ray.exceptions.ActorUnavailableError as err:  # e.g. its node was lost
                 events.append(Event(kind, block, error=BlockUnavailable(str(err))))
             except ray.exceptions.ActorDiedError as err:  # and Ray will not start it again
-                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                first = _first_line(err)
                 if kind == "assemble":  # the next assembly (the final one) starts a new
                     self.assembler = None  # actor: this one's calls would all fail so
                 events.append(Event(kind, block, error=BlockLost(
@@ -160,6 +172,11 @@ class RayBackend:
         for actor in [*self.actors.values(), self.assembler]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
+
+
+def _first_line(err: BaseException) -> str:
+    said = str(err).strip()
+    return said.splitlines()[0] if said else type(err).__name__
 
 
 def _root_cause(err: BaseException) -> BaseException:

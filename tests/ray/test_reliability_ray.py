@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,33 @@ def test_block_failing_past_max_restarts_fails_the_run(ray_session, tmp_path) ->
     survivor = BlockCheckpoints(storage, 0)
     for step in survivor.steps("state"):
         assert survivor.load_latest("state", step)["step"] == step  # checksum-verified
+
+
+def test_a_block_lost_before_its_summary_fails_the_run_as_a_lost_block(
+        ray_session, tmp_path, monkeypatch) -> None:
+    """train.max_restarts=0, block 1's process dies between its last report and its summary:
+    the run fails naming the block, as for a block lost while it trains (it ended on Ray's
+    own error), and the driver records it."""
+    import os
+
+    from dbparallel.runtime import ray_backend
+    from dbparallel.runtime.block_actor import BlockActor
+
+    class DiesBeforeItsSummary(BlockActor):  # sent to the actor by value: defined here
+        def summary(self) -> dict:
+            if self.block == 1:
+                os._exit(1)
+            return super().summary()
+
+    monkeypatch.setattr(ray_backend, "BlockActor", DiesBeforeItsSummary)
+    run_dir = tmp_path / "run"
+    cfg = load_config([RECIPE], [f"run.dir={run_dir}", "train.max_restarts=0",
+                                 "train.steps=4", "train.checkpoint_every=4"])
+    with pytest.raises(RunFailed, match=r"^block 1 failed: its process was lost after its last "
+                                        r"step, before it sent its summary"):
+        run_ray(cfg, None, progress=False)
+    failed = json.loads((run_dir / "blocks" / "block_1" / "failed.json").read_text())
+    assert failed["type"] == "BlockLost" and "before it sent its summary" in failed["error"]
 
 
 def test_a_block_actor_refused_at_its_start_is_one_line_and_exit_2(ray_session, tmp_path,

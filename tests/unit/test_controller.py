@@ -179,6 +179,28 @@ def test_an_error_only_another_replica_met_is_recorded_after_the_last_report() -
     assert given_up == [(1, 1, lost)]  # the step after its last report (none yet)
 
 
+def test_a_block_lost_before_its_summary_fails_the_run_and_is_recorded() -> None:
+    """A block done training whose process is lost before it sends its summary (Ray does not
+    start it again) fails the run as a block lost while it trains, and the driver records it;
+    the run does not end on the backend's error."""
+    lost = BlockLost("its process was lost after its last step, before it sent its summary")
+
+    class LosesSummaries(FakeBackend):
+        def finish_block(self, block: int) -> None:
+            super().finish_block(block)
+            if block == 1:
+                raise lost
+
+    backend = LosesSummaries(steps=10)
+    given_up: list[tuple] = []
+    controller = Controller(_cfg(), backend,
+                            on_block_failed=lambda *failed: given_up.append(failed))
+    with pytest.raises(RunFailed, match="block 1 failed: its process was lost after its last"):
+        controller.run()
+    assert given_up == [(1, 11, lost)]
+    assert not any(c[0] == "assemble" for c in backend.calls)
+
+
 def test_stalled_block_is_reported() -> None:
     now = [0.0]
     stalls: list[tuple[int, bool]] = []

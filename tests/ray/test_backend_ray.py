@@ -1,0 +1,84 @@
+"""The Ray backend (runtime/ray_backend.py) where a block's processes are lost after its last
+step: the block is given up as BlockLost, as one lost while it trains, never a raw Ray error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from dbparallel.config import load_config
+from dbparallel.runtime.backend import BlockLost
+
+pytestmark = pytest.mark.ray
+RECIPE = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+
+
+def test_a_block_actor_lost_before_its_summary_is_a_lost_block(ray_session, tmp_path) -> None:
+    """train.max_restarts=0: the actor killed between its last report and its summary."""
+    import ray
+
+    from dbparallel.runtime.ray_backend import RayBackend
+
+    class Block:  # sent to the actor by value: it is defined here
+        def summary(self) -> dict:
+            return {"block": 0}
+
+    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "train.max_restarts=0"])
+    backend = RayBackend(cfg, None, 1, "session", "run")
+    actor = ray.remote(Block).options(num_cpus=0, max_restarts=0).remote()
+    backend.actors[0] = actor
+    try:
+        ray.kill(actor, no_restart=True)
+        with pytest.raises(BlockLost, match=r"its process was lost after its last step, before "
+                                            r"it sent its summary, and Ray does not start it "
+                                            r"again \(train.max_restarts=0\): \S"):
+            backend.finish_block(0)
+        assert 0 not in backend.actors and 0 not in backend.finished
+    finally:
+        backend.close()
+
+
+class FitFailed(RuntimeError):
+    """What Ray Train's fit fails with where a worker died: its failure by rank."""
+
+    def __init__(self):
+        super().__init__("Training failed due to worker errors")
+        self.worker_failures = {0: ray_died()}
+
+
+def ray_died() -> Exception:
+    import ray
+
+    return ray.exceptions.ActorDiedError()
+
+
+@pytest.mark.parametrize("fit", ["fails", "hangs", "no-summary"])
+def test_a_group_lost_before_its_summary_is_a_lost_block(tiny_cfg, monkeypatch, fit) -> None:
+    """A group whose fit fails for good after its last report, does not end, or ends without
+    the summary of its rank 0."""
+    import threading
+
+    from dbparallel.runtime import block_group
+
+    running = threading.Event()
+
+    class Trainer:  # Ray Train's fit, without Ray
+        def fit(self) -> SimpleNamespace:
+            if fit == "fails":
+                raise FitFailed()
+            if fit == "hangs":
+                running.wait(10)
+            return SimpleNamespace(error=None)
+
+    monkeypatch.setattr(block_group, "trainer_for", lambda *args: Trainer())
+    group = block_group.BlockGroup(tiny_cfg, 0, "session", "0123456789ab", queue=None)
+    said = {"fails": "its worker group was lost and Ray Train does not start it again",
+            "hangs": "its worker group did not end within 0.1 s of its last step",
+            "no-summary": "its worker group ended without sending its summary"}[fit]
+    try:
+        with pytest.raises(BlockLost, match=said):
+            group.finish(lambda: None, timeout_s=0.1 if fit == "hangs" else 10)
+    finally:
+        running.set()
