@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import ray
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device
+from ray.train.v2._internal.execution.callback import ControllerCallback
 
 from dbparallel.config import Config
 from dbparallel.runtime.backend import BlockLost, Event
@@ -25,6 +27,7 @@ from dbparallel.runtime.replica_worker import run_replica
 from dbparallel.training.replicas import Replicas
 
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+CONTROLLER_WAIT_S = 10.0  # a stop waits this long at most for a starting group's controller
 
 
 def trainer_for(cfg: Config, block: int, session: str, run_id: str,
@@ -48,8 +51,22 @@ def trainer_for(cfg: Config, block: int, session: str, run_id: str,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=f"block_{block}-{session[:8]}",
                              storage_path=f"{storage}/ray_train",
-                             failure_config=FailureConfig(max_failures=cfg.train.max_restarts)),
+                             failure_config=FailureConfig(max_failures=cfg.train.max_restarts),
+                             callbacks=[ControllerAnnounce(queue, block)]),
     )
+
+
+class ControllerAnnounce(ControllerCallback):
+    """Posts the handle of the group's Ray Train controller as it starts: a stop kills it, as
+    killing only its workers leaves it to start the group again (train.max_restarts times),
+    in a program that joined Ray itself after its run returned."""
+
+    def __init__(self, queue: Any, block: int):
+        self.queue, self.block = queue, block
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        self.queue.put(("controller", self.block,
+                        {"actor": ray.get_runtime_context().current_actor}))
 
 
 def train_replica(config: dict[str, Any]) -> None:
@@ -98,6 +115,7 @@ class BlockGroup:
         self.error_rank = 0  # the worker that met it
         self.error_step: int | None = None  # the step it was training (None: its start)
         self.fitted: Future[None] = Future()
+        self.controller: Any = None  # Ray Train's controller of the group, once it posted
         trainer = trainer_for(cfg, block, session, run_id, queue)
         threading.Thread(target=self._fit, args=(trainer,), daemon=True,
                          name=f"block-{block}-fit").start()
@@ -112,8 +130,10 @@ class BlockGroup:
             self.fitted.set_exception(err)
 
     def take(self, kind: str, payload: dict[str, Any]) -> None:
-        """A message from one of this block's workers."""
-        if kind == "start":  # rank 0 of a new incarnation
+        """A message from one of this block's workers, or its controller."""
+        if kind == "controller":
+            self.controller = payload["actor"]
+        elif kind == "start":  # rank 0 of a new incarnation
             self.roster.started(payload["restarts"], payload["actor"])
             self.latest = {**(self.latest or {}), "restarts": payload["restarts"]}
         elif kind == "worker":  # another rank: its message may come before rank 0's
@@ -182,7 +202,17 @@ class BlockGroup:
         if self.workers:
             ray.kill(self.workers[0], no_restart=True)
 
-    def stop(self) -> None:
+    def stop(self, drain: Callable[[], None]) -> None:
+        """Kill the group's controller (its workers die with it) and its workers; one that
+        has not posted its controller yet is waited for (``drain`` the queue) a moment."""
+        deadline = time.monotonic() + CONTROLLER_WAIT_S
+        drain()
+        while self.controller is None and not self.fitted.done() \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+            drain()
+        if self.controller is not None:
+            ray.kill(self.controller, no_restart=True)
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
 

@@ -168,7 +168,7 @@ class RayBackend:
             except ray.exceptions.RayError as err:  # the kill below still stops the actor
                 log.debug("could not cancel a pending call: %s", err)
         for group in self.groups.values():
-            group.stop()
+            group.stop(self._drain)
         for actor in [*self.actors.values(), self.assembler]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)

@@ -217,6 +217,48 @@ def test_a_stalled_group_is_restarted_and_resumes(ray_session, tmp_path) -> None
     assert group.summary["restarts"] == 1 and group.summary["steps"] == 1000
 
 
+@pytest.mark.slow  # another minute of Ray Train
+def test_a_stop_leaves_nothing_of_a_group_in_an_instance_the_program_joined(
+        ray_session, tmp_path) -> None:
+    """Ctrl-C in a program that joined Ray itself (here the test's session): the backend's
+    close kills the group's Ray Train controller too, which, left alive with its workers
+    killed, started the group again after the run had returned."""
+    import time
+
+    import ray
+    from ray.util.state import list_actors
+
+    from dbparallel.data.sources import open_data
+    from dbparallel.runtime.ray_backend import RayBackend
+    from dbparallel.training.data_pin import pin_data
+    from dbparallel.training.run_dir import open_run
+
+    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",
+                                 "runtime.cpus_per_block=0.25", "train.steps=100000",
+                                 "train.max_restarts=2"])
+    pin_data(open_run(cfg), open_data(cfg.data))
+    backend = RayBackend(cfg, None, 1, "session", "0123456789ab")
+    backend.start_block(0, 0)
+    group = backend.groups[0]
+    deadline = time.monotonic() + 300
+    while len(group.workers) < 2:  # it trains
+        assert time.monotonic() < deadline and not group.fitted.done()
+        time.sleep(0.2)
+        backend._drain()
+    backend.close()
+    here = ray.get_runtime_context().gcs_address  # not whichever instance started last
+
+    def alive() -> list[str]:
+        return [a.class_name for a in list_actors(address=here, filters=[("state", "=", "ALIVE")])
+                if a.class_name in ("TrainController", "RayTrainWorker")]
+
+    deadline = time.monotonic() + 120
+    while alive() and time.monotonic() < deadline:
+        time.sleep(2)
+    assert alive() == []
+    group.fitted.exception(timeout=60)  # its fit ended with its controller
+
+
 @pytest.mark.slow  # Ray Train restarts the groups a few times before they give up
 def test_groups_stop_when_their_run_fails(ray_session, tmp_path) -> None:
     """Block 1 dies past train.max_restarts while block 0 has thousands of steps to go: the run
