@@ -152,7 +152,7 @@ class Controller:
             if waited > self.cfg.train.assembly_timeout_s:  # a final one may wait behind it
                 self._fail(f"an assembly did not finish within "
                            f"train.assembly_timeout_s={self.cfg.train.assembly_timeout_s:g}; "
-                           f"{self._retry_hint()}")
+                           f"{self._retry_hint(self.state == State.ASSEMBLING)}")
         return self.state
 
     def _start_queued(self) -> None:
@@ -179,7 +179,10 @@ class Controller:
         self._assembling = True
         self._assembly_started_s = self.clock()
 
-    def _retry_hint(self) -> str:
+    def _retry_hint(self, final: bool = True) -> str:
+        if not final:  # an assembly during training: blocks still have steps to go
+            return ("every block's checkpoints are kept: the same train command resumes the "
+                    "blocks from them, and assembles them once every block is done")
         return (f"every block's checkpoints are kept: the same train command assembles them "
                 f"again and writes report.json (`dbparallel eval "
                 f"{shell_path(self.cfg.run_dir)}` evaluates them without writing it)")

@@ -247,6 +247,32 @@ def test_a_hung_final_assembly_fails_after_its_timeout() -> None:
     assert "dbparallel eval" in controller.error
 
 
+def test_a_hung_assembly_during_training_fails_the_run_saying_training_resumes() -> None:
+    """The blocks are not done: the same command resumes them, it does not assemble them
+    at once (nor does `dbparallel eval` stand for the report)."""
+
+    class HangsDuringTraining(FakeBackend):
+        def submit_assemble(self, write_samples: bool) -> None:
+            if write_samples:
+                super().submit_assemble(write_samples)
+            else:
+                self.calls.append(("assemble", write_samples))
+
+    now = [0.0]
+    backend = HangsDuringTraining(steps=10, hang={1})
+    controller = Controller(_cfg("train.assemble_every=4", "train.assembly_timeout_s=60"),
+                            backend, clock=lambda: now[0])
+    controller.blocks[1].step = 4  # past the first multiple, hung on its next chunk
+    for _ in range(10):
+        if controller.step() == State.FAILED:
+            break
+        now[0] += 10.0
+    assert controller.state == State.FAILED and "train.assembly_timeout_s=60" in controller.error
+    assert "resumes the blocks from them, and assembles them once every block is done" in \
+        controller.error
+    assert "assembles them again" not in controller.error and "eval" not in controller.error
+
+
 def test_a_stalled_block_is_restarted_then_fails_the_run() -> None:
     now = [0.0]
     backend = FakeBackend(steps=10, hang={1})
