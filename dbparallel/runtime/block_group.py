@@ -116,6 +116,7 @@ class BlockGroup:
         self.error_step: int | None = None  # the step it was training (None: its start)
         self.fitted: Future[None] = Future()
         self.controller: Any = None  # Ray Train's controller of the group, once it posted
+        self.killed = -1  # the last incarnation restart() killed
         trainer = trainer_for(cfg, block, session, run_id, queue)
         threading.Thread(target=self._fit, args=(trainer,), daemon=True,
                          name=f"block-{block}-fit").start()
@@ -197,10 +198,15 @@ class BlockGroup:
             raise BlockLost("its worker group ended without sending its summary")
         return self.summary
 
-    def restart(self) -> None:
-        """Kill the current incarnation's rank 0: Ray Train starts the group again."""
-        if self.workers:
-            ray.kill(self.workers[0], no_restart=True)
+    def restart(self) -> bool:
+        """Kill the current incarnation's rank 0: Ray Train starts the group again. False
+        where there is none to kill: no rank 0 reported since the last one killed (the group
+        starts again), or ever."""
+        if not self.workers or self.roster.incarnation == self.killed:
+            return False
+        ray.kill(self.workers[0], no_restart=True)
+        self.killed = self.roster.incarnation
+        return True
 
     def stop(self, drain: Callable[[], None]) -> None:
         """Kill the group's controller (its workers die with it) and its workers; one that

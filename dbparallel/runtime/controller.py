@@ -70,7 +70,8 @@ class BlockStatus:
     restarts_before: int | None = None  # those of earlier runs (else its first report's)
     last_progress_s: float = 0.0
     stalled: bool = False
-    stall_restarts: int = 0
+    stall_restarts: int = 0  # stall timeouts met (of train.max_restarts)
+    stall_idle: int = 0  # of those, with no process to restart (a group's had not started)
     unavailable: int = 0  # calls in a row that found the block unreachable
     slot: int = -1  # where it trains; -1 = queued (not started)
     started_s: float = math.nan  # seconds after the controller started
@@ -278,18 +279,25 @@ class Controller:
                 status.stalled = True
                 self.on_stall(b, True)
             if status.stall_restarts >= self.cfg.train.max_restarts:
+                restarts = f"{status.stall_restarts - status.stall_idle} restarts"
+                if status.stall_idle:
+                    restarts += (f" and {status.stall_idle} more stall timeouts in which its "
+                                 f"restarted processes had not started (none to restart)")
                 stalled = BlockStalled(
                     f"block {b} made no progress for {quiet:.0f} s (train.stall_timeout_s="
-                    f"{limit:g}) after {status.stall_restarts} restarts (train.max_restarts)")
+                    f"{limit:g}) after {restarts} (train.max_restarts)")
                 self.on_block_failed(b, status.step + 1, stalled)
                 self._fail(str(stalled))
                 return
             status.stall_restarts += 1
             status.last_progress_s = now
-            log.warning("block %d has made no progress for %.0f s (train.stall_timeout_s); "
-                        "restarting it (%d of train.max_restarts=%d)", b, quiet,
+            restarted = self.backend.restart_block(b)
+            status.stall_idle += not restarted
+            log.warning("block %d has made no progress for %.0f s (train.stall_timeout_s); %s "
+                        "(%d of train.max_restarts=%d)", b, quiet,
+                        "restarting it" if restarted else
+                        "its restarted processes have not started: none to restart",
                         status.stall_restarts, self.cfg.train.max_restarts)
-            self.backend.restart_block(b)
 
     def _fail(self, message: str, said: bool = True) -> None:
         self.state = State.FAILED

@@ -147,11 +147,11 @@ class RayBackend:
                 events.append(Event(kind, block, error=_root_cause(err)))
         return events
 
-    def restart_block(self, block: int) -> None:
+    def restart_block(self, block: int) -> bool:
         if block in self.groups:
-            self.groups[block].restart()  # Ray Train starts the group again
-            return
+            return self.groups[block].restart()  # Ray Train starts the group again
         ray.kill(self.actors[block], no_restart=False)  # Ray restarts it; the call is retried
+        return True
 
     def summaries(self) -> list[dict[str, Any]]:
         running = dict(zip(self.actors, ray.get([a.summary.remote() for a in

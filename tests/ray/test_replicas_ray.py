@@ -180,6 +180,30 @@ def test_a_group_takes_no_progress_from_an_earlier_incarnation(idle_group) -> No
     assert event.result["step"] == 6
 
 
+def test_a_group_restarted_again_before_its_new_workers_start_kills_nothing(
+        ray_session, idle_group) -> None:
+    """A stall restart kills the current incarnation's rank 0 once: until the group's next
+    rank 0 reports, there is none to kill, and the restart says so (it is not counted as
+    one)."""
+    import ray
+
+    class Worker:
+        def ready(self) -> bool:
+            return True
+
+    first, second = (ray.remote(Worker).options(num_cpus=0).remote() for _ in range(2))
+    ray.get([first.ready.remote(), second.ready.remote()], timeout=60)
+    try:
+        assert idle_group.restart() is False  # no worker reported yet
+        idle_group.take("start", {"restarts": 0, "actor": first})
+        assert idle_group.restart() is True
+        assert idle_group.restart() is False  # the new incarnation has not reported
+        idle_group.take("start", {"restarts": 1, "actor": second})
+        assert idle_group.restart() is True
+    finally:
+        ray.kill(second, no_restart=True)
+
+
 @pytest.mark.slow  # another minute of Ray Train
 def test_a_stalled_group_is_restarted_and_resumes(ray_session, tmp_path) -> None:
     """The controller's stall restart of a block with replicas: its rank 0 is killed, Ray Train

@@ -24,6 +24,7 @@ class FakeBackend:
         self.queue: list[Event] = []
         self.calls: list[tuple] = []
         self.restarted: list[int] = []
+        self.unstarted: set[int] = set()  # blocks whose restarted processes have not started
         self.resumed_from: int | None = None  # a restarted block's checkpoint (default: the
         # step it died at)
 
@@ -59,8 +60,9 @@ class FakeBackend:
         self.queue.append(Event("assemble", None, None if error else {"sample_accuracy": 0.5},
                                 error=error))
 
-    def restart_block(self, block: int) -> None:
+    def restart_block(self, block: int) -> bool:
         self.restarted.append(block)
+        return block not in self.unstarted
 
     def poll(self, timeout_s: float) -> list[Event]:
         events, self.queue = self.queue, []
@@ -289,6 +291,25 @@ def test_a_stalled_block_is_restarted_then_fails_the_run() -> None:
     assert "block 1 made no progress" in controller.error and "after 2 restarts" in controller.error
     assert [(b, step, type(err).__name__, str(err)) for b, step, err in given_up] == [
         (1, 1, "BlockStalled", controller.error)]
+
+
+def test_a_stall_with_no_process_to_restart_is_not_said_to_be_a_restart(caplog) -> None:
+    """A group restarted for a stall whose new workers have not started when it stalls again
+    has nothing to kill: the stall counts towards giving the block up, but neither the
+    warning nor the failure says a restart happened."""
+    now = [0.0]
+    backend = FakeBackend(steps=10, hang={1})
+    controller = Controller(_cfg("train.stall_timeout_s=30", "train.max_restarts=2"), backend,
+                            clock=lambda: now[0])
+    while controller.step() != State.FAILED and now[0] < 1000:
+        if backend.restarted:
+            backend.unstarted.add(1)  # after the first restart, none to kill again
+        now[0] += 20.0
+    assert backend.restarted == [1, 1]
+    assert "after 1 restarts and 1 more stall timeouts in which its restarted processes " \
+           "had not started (none to restart) (train.max_restarts)" in controller.error
+    said = [r.getMessage() for r in caplog.records if "no progress for" in r.getMessage()]
+    assert "restarting it (1 of" in said[0] and "none to restart (2 of" in said[1]
 
 
 def test_an_unreachable_block_is_asked_again() -> None:

@@ -162,7 +162,7 @@ class _Blocks:
     def summaries(self) -> list[dict]:
         return []
 
-    def restart_block(self, block: int) -> None:
+    def restart_block(self, block: int) -> bool:
         raise AssertionError("no block stalls here")
 
 
