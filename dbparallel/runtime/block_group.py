@@ -9,6 +9,7 @@ on a queue that the backend drains; ``events`` turns it into the controller's an
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -22,10 +23,11 @@ from ray.train.torch import TorchTrainer, get_device
 from ray.train.v2._internal.execution.callback import ControllerCallback
 
 from dbparallel.config import Config
-from dbparallel.runtime.backend import BlockLost, Event
+from dbparallel.runtime.backend import BlockLost, Event, RunFailed
 from dbparallel.runtime.replica_worker import run_replica
 from dbparallel.training.replicas import Replicas
 
+log = logging.getLogger(__name__)
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 CONTROLLER_WAIT_S = 10.0  # a stop waits this long at most for a starting group's controller
 
@@ -212,11 +214,14 @@ class BlockGroup:
         """Kill the group's controller (its workers die with it) and its workers; one that
         has not posted its controller yet is waited for (``drain`` the queue) a moment."""
         deadline = time.monotonic() + CONTROLLER_WAIT_S
-        drain()
-        while self.controller is None and not self.fitted.done() \
-                and time.monotonic() < deadline:
-            time.sleep(0.2)
+        try:
             drain()
+            while self.controller is None and not self.fitted.done() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+                drain()
+        except RunFailed as err:  # the queue is lost: kill the workers known
+            log.debug("could not read the group's controller: %s", err)
         if self.controller is not None:
             ray.kill(self.controller, no_restart=True)
         for worker in self.workers:

@@ -14,12 +14,13 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from dbparallel.config import Config
 from dbparallel.data.own_code import OwnCode, pack
 from dbparallel.runtime.assembler_actor import AssemblerActor
-from dbparallel.runtime.backend import BlockLost, BlockUnavailable, Event
+from dbparallel.runtime.backend import BlockLost, BlockUnavailable, Event, RunFailed
 from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.block_group import BlockGroup
 
 log = logging.getLogger(__name__)
 SUMMARY_TIMEOUT_S = 300.0  # for a block done training to send its summary
+QUEUE_TIMEOUT_S = 60.0  # for the groups' progress queue to answer a read
 
 
 def assembly_bundle(cfg: Config) -> dict[str, float]:
@@ -116,9 +117,20 @@ class RayBackend:
                 time.sleep(0.2)
 
     def _drain(self) -> None:
+        """Hand the groups' messages to them; RunFailed where the queue is lost (its actor
+        is not started again: the workers hold its handle) or does not answer."""
         if self.queue is None:
             return
-        for kind, block, payload in self.queue.get_nowait_batch(self.queue.qsize()):
+        try:  # the queue's own reads wait for ever
+            n = ray.get(self.queue.actor.qsize.remote(), timeout=QUEUE_TIMEOUT_S)
+            messages = ray.get(self.queue.actor.get_nowait_batch.remote(n),
+                               timeout=QUEUE_TIMEOUT_S)
+        except ray.exceptions.RayError as err:
+            raise RunFailed(f"the queue on which the blocks with replicas post their progress "
+                            f"was lost or did not answer within {QUEUE_TIMEOUT_S:g} s "
+                            f"({_first_line(err)}); every block's checkpoints are kept: the "
+                            f"same train command resumes the run") from err
+        for kind, block, payload in messages:
             if block in self.groups:
                 self.groups[block].take(kind, payload)
 

@@ -82,3 +82,25 @@ def test_a_group_lost_before_its_summary_is_a_lost_block(tiny_cfg, monkeypatch, 
             group.finish(lambda: None, timeout_s=0.1 if fit == "hangs" else 10)
     finally:
         running.set()
+
+
+def test_a_lost_progress_queue_fails_the_run_in_words(ray_session, tmp_path) -> None:
+    """The queue on which the groups' rank 0 workers post their progress is an actor Ray does
+    not start again: once it is lost, the driver's next read fails the run saying so (a
+    RunFailed, one line), where it raised Ray's own error."""
+    import ray
+    from ray.util.queue import Queue
+
+    from dbparallel.runtime.backend import RunFailed
+    from dbparallel.runtime.ray_backend import RayBackend
+
+    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2"])
+    backend = RayBackend(cfg, None, 1, "session", "run")
+    backend.queue = Queue(actor_options={"num_cpus": 0})
+    backend.groups[0] = SimpleNamespace(events=lambda: [])  # a group waiting for its workers
+    backend.queue.put(("progress", 0, {}))
+    ray.kill(backend.queue.actor, no_restart=True)
+    with pytest.raises(RunFailed, match=r"^the queue on which the blocks with replicas post "
+                                        r"their progress was lost or did not answer within "
+                                        r"60 s \(\S.*\); every block's checkpoints are kept"):
+        backend.poll(0.1)
