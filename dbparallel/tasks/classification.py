@@ -58,9 +58,10 @@ class Classification(ImageData):
 
     def build_block(self, block: int) -> ViTBlock:
         d = self.cfg.data
+        table = self.E  # drawn here, not at its first use inside a compiled loss (table())
         return ViTBlock(self.dims, d.image_size, d.channels, self.cfg.model.patch_size,
                         d.num_classes, noisy_label=not self.end_to_end,
-                        label_table=self.E if self.learned else None)
+                        label_table=table if self.learned else None)
 
     def table(self, net: ViTBlock, device: torch.device) -> torch.Tensor:
         """The unit-norm label embedding (classes, D) that ``net`` denoises (the frozen one
