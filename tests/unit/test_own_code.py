@@ -81,15 +81,22 @@ def test_installed_code_is_not_sent_and_large_code_is_refused(tmp_path, monkeypa
         own_code.pack("mycodec.vae:encode", "--encoder mycodec.vae:encode")
 
 
-def test_two_tasks_that_unpack_at_once_leave_one_folder(tmp_path, monkeypatch) -> None:
-    """Two tasks of one node unpack the same code at once: the one whose folder comes second
-    finds the other's there, and its own staging folder goes."""
+def _packed_with_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                      ) -> tuple[own_code.OwnCode, Path]:
+    """The code of ``onefile``, and the empty folder that stands in for the temporary one."""
     _module(tmp_path, monkeypatch)
     code = own_code.pack("onefile:encode", "--encoder onefile:encode")
     assert code is not None
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setattr(own_code.tempfile, "tempdir", str(tmp))
+    return code, tmp
+
+
+def test_two_tasks_that_unpack_at_once_leave_one_folder(tmp_path, monkeypatch) -> None:
+    """Two tasks of one node unpack the same code at once: the one whose folder comes second
+    finds the other's there, and its own staging folder goes."""
+    code, tmp = _packed_with_temp(tmp_path, monkeypatch)
     rename = own_code.os.rename
     raced = []
 
@@ -107,12 +114,7 @@ def test_two_tasks_that_unpack_at_once_leave_one_folder(tmp_path, monkeypatch) -
 
 def test_code_no_task_used_for_a_day_is_removed_by_the_next_unpack(tmp_path,
                                                                    monkeypatch) -> None:
-    _module(tmp_path, monkeypatch)
-    code = own_code.pack("onefile:encode", "--encoder onefile:encode")
-    assert code is not None
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setattr(own_code.tempfile, "tempdir", str(tmp))
+    code, tmp = _packed_with_temp(tmp_path, monkeypatch)
     day = time.time() - own_code.KEEP_S
     folders = {"dbparallel-code-old": day - 60, "dbparallel-code-old.x1y2": day - 60,
                "dbparallel-code-recent": day + 60, "other-old": day - 60}
