@@ -10,6 +10,8 @@ run's field cannot change (cli_network_data.py).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 
 import pyarrow as pa
 
@@ -20,6 +22,7 @@ SPLIT_FIELD, WORK_FIELD = "split", "work"  # a document's optional split and nam
 JSON_KINDS = {list: "a JSON array", str: "a string", int: "a number", float: "a number",
               bool: "a boolean", type(None): "null"}
 LISTED = 8  # field or column names an error lists at most
+SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no character alone
 
 
 def jsonl_rule(field: str) -> str:
@@ -133,3 +136,39 @@ def missing_text(path: str, schema: pa.Schema, field: str, folder: str = "",
                f"{shell_path('data.text_field=' + strings[0])}")
     return OtherData(f"{found} (data.text_field={field}); its string columns are {strings}: "
                      f"{fix}", found)
+
+
+def lone_surrogate(where: str, text: str, field: str) -> DataError | None:
+    """The DataError of a JSON line whose document (field ``field``) holds a lone surrogate
+    (``"\\ud83d"`` without its pair: an emoji cut in two), which is no character and no
+    UTF-8; None where it holds none."""
+    found = SURROGATE.search(text)
+    if found is None:
+        return None
+    code = ord(found.group())
+    return DataError(f"{where}: field {json.dumps(field)} holds a lone surrogate "
+                     f"\\u{code:04x} (character {found.start():,}), half of a UTF-16 pair "
+                     f"and no character: write the pair whole (\\ud83d\\ude00 is one emoji) "
+                     f"or drop it")
+
+
+def string_values(column: pa.ChunkedArray, first_row: int, where: str) -> list[object]:
+    """The values of a Parquet ``column`` of some rows (the first is row ``first_row`` of its
+    file); DataError naming ``where`` (the file and column) and the first row whose string is
+    no UTF-8, which Parquet writers do not all check."""
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    for row, value in enumerate(_values(column), first_row):
+        try:
+            value.as_py()
+        except UnicodeDecodeError as err:
+            raise DataError(f"{where}: row {row} is not UTF-8 text (byte {err.start} of its "
+                            f"value): write the column as UTF-8 strings") from None
+    raise AssertionError("to_pylist failed on no value")
+
+
+def _values(column: pa.ChunkedArray) -> Iterator[pa.Scalar]:
+    for chunk in column.chunks:
+        yield from chunk

@@ -30,9 +30,11 @@ from dbparallel.data.document_errors import (
     WORK_FIELD,
     is_strings,
     jsonl_rule,
+    lone_surrogate,
     missing_text,
     not_a_document,
     not_json,
+    string_values,
 )
 from dbparallel.data.file_names import uncompressed
 from dbparallel.data.row_groups import row_group_batches
@@ -199,6 +201,8 @@ def _jsonl_documents(fs: pafs.FileSystem, path: str, folder: str, field: str,
         try:
             if not isinstance(row, dict) or not isinstance(row.get(field), str):
                 raise not_a_document(where, row, first, folder, field, later)
+            if err := lone_surrogate(where, row[field], field):
+                raise err
             split = _split_value(row.get(SPLIT_FIELD), f"{where}: field {SPLIT_FIELD!r}")
         except DataError as err:  # it stops here, with the broken lines before it named
             if broken:
@@ -279,11 +283,13 @@ def _table_documents(table: pa.Table, first_row: int, path: str, field: str,
                      nulls: int | None = None) -> Iterator[Document]:
     """The documents of some rows of a Parquet file, whose first is row ``first_row``, their
     text in column ``field`` (of which ``nulls`` rows of the file are null, where known)."""
-    texts = table.column(field).to_pylist()
-    splits = (table.column(SPLIT_FIELD).to_pylist() if SPLIT_FIELD in table.column_names
-              else None)
-    works = (table.column(WORK_FIELD).to_pylist() if WORK_FIELD in table.column_names
-             and WORK_FIELD != field else None)
+    def values(column: str) -> list[object]:
+        return string_values(table.column(column), first_row, f"{path}: column {column!r}")
+
+    texts = values(field)
+    splits = values(SPLIT_FIELD) if SPLIT_FIELD in table.column_names else None
+    works = (values(WORK_FIELD) if WORK_FIELD in table.column_names and WORK_FIELD != field
+             else None)
     for i, text in enumerate(texts):
         row = first_row + i
         if text is None:

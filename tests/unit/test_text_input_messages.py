@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -393,3 +394,34 @@ def test_null_documents_of_a_parquet_file_are_counted_and_told_how_to_drop(tmp_p
         f"{tmp_path / 'notes.parquet'}: column 'body': row 7 is null (3 rows of the file are "
         f"null): a row holds one document; drop the rows without one (pandas: "
         f"df.dropna(subset=['body']))")
+
+
+def test_a_json_line_with_half_a_surrogate_pair_is_named_not_a_traceback(tmp_path,
+                                                                       capsys) -> None:
+    path = tmp_path / "tweets.jsonl"
+    good = json.dumps({"text": "a whole emoji \U0001f600 and more text here. " * 4})
+    path.write_text(f"{good}\n{good}\n" + '{"text": "cut \\ud83d here"}\n')
+    for tokenizer in ("char", "bpe"):  # each tokenizer failed on its own encode, no file named
+        err = error_of(capsys, "data", "check", str(path), "task=ar", f"data.tokenizer={tokenizer}",
+                       "data.vocab_size=300", "data.seq_len=128")
+        assert err == (f'dbparallel: error: {path}: line 3: field "text" holds a lone surrogate '
+                       f"\\ud83d (character 4), half of a UTF-16 pair and no character: write "
+                       f"the pair whole (\\ud83d\\ude00 is one emoji) or drop it\n"), tokenizer
+    path.write_bytes(good.encode() + b'\n{"text": "cesu \xed\xa0\xbd here"}\n')  # raw bytes
+    assert "line 2: field \"text\" holds a lone surrogate \\ud83d (character 5)" in \
+        corpus_error(path)
+
+
+def test_a_parquet_string_that_is_not_utf8_names_its_column_and_row(tmp_path) -> None:
+    texts = pa.array([b"the river ran under the old bridge. " * 5] * 20 + [b"caf\xe9"],
+                     pa.binary()).view(pa.string())  # written as is, as some writers do
+    splits = pa.array([b"train"] * 19 + [b"te\xffst", b"train"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"text": texts}), tmp_path / "a.parquet", row_group_size=8)
+    assert corpus_error(tmp_path / "a.parquet") == (
+        f"{tmp_path / 'a.parquet'}: column 'text': row 20 is not UTF-8 text (byte 3 of its "
+        f"value): write the column as UTF-8 strings")
+    pq.write_table(pa.table({"text": texts[:20], "split": splits[:20]}),
+                   tmp_path / "b.parquet")
+    assert corpus_error(tmp_path / "b.parquet") == (
+        f"{tmp_path / 'b.parquet'}: column 'split': row 19 is not UTF-8 text (byte 2 of its "
+        f"value): write the column as UTF-8 strings")
