@@ -9,6 +9,7 @@ run's field cannot change (cli_network_data.py).
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Iterator
@@ -39,7 +40,8 @@ def _jq(program: str) -> str:
 def not_json(where: str, err: ValueError, line: bytes, first: bool, field: str) -> DataError:
     """The DataError of a line that is not JSON; a file's first line that opens a JSON
     document (``[``, ``{``) is told it looks like one document spanning lines."""
-    start = line.lstrip()[:1].decode("ascii", "replace")
+    # a byte order mark (Windows Notepad writes one) before the "[" or "{"
+    start = line.lstrip().removeprefix(codecs.BOM_UTF8).lstrip()[:1].decode("ascii", "replace")
     if not first or start not in "[{":
         return DataError(f"{where} is not JSON: {err} ({jsonl_rule(field)})")
     convert = "; convert it with `jq -c '.[]' FILE > FILE.jsonl`" if start == "[" else ""

@@ -150,6 +150,9 @@ def test_a_json_document_spanning_lines_is_told_what_json_lines_are(tmp_path) ->
     assert "jq -c '.[]'" in err
     (tmp_path / "one.json").write_text("\n" + json.dumps({"rows": docs}, indent=2))
     assert "spanning lines (it starts with '{')" in corpus_error(tmp_path / "one.json")
+    marked = json.dumps(docs, indent=2).encode("utf-8-sig")  # as Windows Notepad saves it
+    (tmp_path / "notepad.json").write_bytes(marked.replace(b"\n", b"\r\n"))
+    assert "spanning lines (it starts with '[')" in corpus_error(tmp_path / "notepad.json")
     (tmp_path / "broken.jsonl").write_text(json.dumps(docs[0]) + "\n{oops\n")
     err = corpus_error(tmp_path / "broken.jsonl")  # a bad line further on is only not JSON
     assert "broken.jsonl: line 2 is not JSON: " in err and "spanning lines" not in err
