@@ -39,10 +39,32 @@ def pin_data(storage: Storage, index: DataIndex, start: bool = False) -> None:
     fresh = not storage.exists(DATA_INDEX_FILE) or refuse_other_data(storage, index, start)
     if fresh:
         storage.write_json(DATA_INDEX_FILE, {**index.to_json(), PINNED_BY: this_process()})
-    if index.meta.get("tokenizer") and (fresh or not storage.exists(VOCAB_FILE)):
-        from dbparallel.data.tokenizer import load_tokenizer
+    if not index.meta.get("tokenizer"):
+        return
+    from dbparallel.data.tokenizer import load_tokenizer
 
-        storage.write_json(VOCAB_FILE, load_tokenizer(index.meta).describe())
+    built = load_tokenizer(index.meta).describe()
+    if fresh or not storage.exists(VOCAB_FILE):
+        storage.write_json(VOCAB_FILE, built)
+    elif storage.read_json(VOCAB_FILE) != built:
+        raise DataError(_other_tokenizer(storage, index))
+
+
+def _other_tokenizer(storage: Storage, index: DataIndex) -> str:
+    """Why a tokenizer built here from the run's text is refused: it is not the run's
+    (a BPE built by another version of the tokenizers package, on another node)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        here = f"tokenizers {version('tokenizers')}"
+    except PackageNotFoundError:
+        here = "no tokenizers package"
+    return (f"{storage.uri(VOCAB_FILE)}: the tokenizer built on {socket.gethostname()} from "
+            f"the run's text (data.tokenizer={index.meta['tokenizer']}) is not "
+            f"the run's: its token ids would differ from the other blocks'. Install the "
+            f"same version of the tokenizers package on every node ({here} here) and delete "
+            f"this machine's tokenized copy of the corpus, or train every block where the "
+            f"run started")
 
 
 def refuse_other_data(storage: Storage, index: DataIndex, start: bool = False,

@@ -77,3 +77,24 @@ def test_plan_of_text_recipes(task: str) -> None:
     assert result["blocks"] == cfg.model.blocks and len(result["mass"]) == cfg.model.blocks
     assert sum(result["mass"]) == pytest.approx(1.0, abs=1e-3)
     assert all(m > 0 for m in result["estimated_memory_bytes"])
+
+
+def test_a_tokenizer_built_otherwise_than_the_run_s_is_refused(tmp_path: Path) -> None:
+    """A node whose tokenizer, built from the run's text, is not the run's (vocab.json): a
+    BPE built by another version of the tokenizers package gives other token ids for the
+    same rows, which the data index (row counts, files) does not show."""
+    from dbparallel.data.sources import open_data
+    from dbparallel.errors import DataError
+    from dbparallel.training.data_pin import VOCAB_FILE, pin_data
+    from dbparallel.training.storage import Storage
+
+    cfg = load_config([_recipe("ar")], [f"run.dir={tmp_path}"])
+    index, storage = open_data(cfg.data), Storage(str(tmp_path))
+    pin_data(storage, index, start=True)
+    pin_data(storage, index)  # the same tokenizer: nothing to say
+    vocab = json.loads((tmp_path / VOCAB_FILE).read_text())
+    vocab["vocab"] = vocab["vocab"][1:] + vocab["vocab"][:1]  # the same characters, other ids
+    (tmp_path / VOCAB_FILE).write_text(json.dumps(vocab))
+    with pytest.raises(DataError, match=r"vocab\.json: the tokenizer built on .* from the "
+                                        r"run's text \(data.tokenizer=char\) is not the run's"):
+        pin_data(storage, index)
