@@ -98,6 +98,9 @@ def _run_local(cfg: Config, index: DataIndex | None, progress: bool | None,
             try:  # from here on the block's lease is released however the process stops
                 recorder = BlockRecorder(cfg.run.name, run_id, b, run.trainer.sigma_range,
                                          sink)
+                # its counters go on from the run's totals, as a Ray actor's do (a resume
+                # after a crash must not reset the skipped steps the alerts read)
+                recorder.resumed(run.checkpoints.restarts(), run.trainer.nonfinite_steps)
                 bars.update(b, run.trainer.step)
 
                 def on_step(stats, b=b, run=run, recorder=recorder) -> None:

@@ -215,3 +215,44 @@ def test_a_child_forked_while_the_gauge_thread_holds_the_sink_uses_it_without_a_
                 os._exit(1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0  # -14: SIGALRM, the child hung
+
+
+def test_a_local_run_starts_a_resumed_blocks_counters_at_the_run_totals(tmp_path,
+                                                                        monkeypatch) -> None:
+    # A --local process that resumes a block (after a crash, or a Ray run's restarts) serves
+    # its counters under the same labels: they go on from the checkpoint's totals, as a
+    # restarted Ray actor's do, or the NaN/Inf alert would go quiet on a resume.
+    from pathlib import Path
+
+    from dbparallel.config import load_config
+    from dbparallel.runtime import local
+    from dbparallel.training.checkpoint import BlockCheckpoints
+    from dbparallel.training.loop import BlockRun
+    from dbparallel.training.run_id import ensure_run_id
+    from dbparallel.training.storage import Storage
+
+    tiny = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+
+    def cfg(steps: int):
+        return load_config([tiny], [f"run.dir={tmp_path / 'run'}", f"train.steps={steps}",
+                                    "train.warmup_steps=1", "run.curves=false"])
+
+    local.run_local(cfg(2), progress=False, only_blocks=[0])
+    storage = Storage(cfg(2).run_dir)
+    for _ in range(2):
+        BlockCheckpoints(storage, 0).record_restart()
+
+    class SkippedBefore(BlockRun):  # as if its checkpoint had counted 3 skipped steps
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.trainer.nonfinite_steps = 3
+
+    sinks: list[MemorySink] = []
+    monkeypatch.setattr(local, "BlockRun", SkippedBefore)
+    monkeypatch.setattr(local, "MemorySink", lambda: sinks.append(MemorySink()) or sinks[-1])
+    local.run_local(cfg(4), progress=False, only_blocks=[0])
+    (sink,) = sinks
+    tags = {"run": cfg(4).run.name, "run_id": ensure_run_id(storage), "block": "0"}
+    assert sink.get("dbparallel_block_steps", **tags) == 2  # this process's steps
+    assert sink.get("dbparallel_block_nonfinite_steps", **tags) == 3
+    assert sink.get("dbparallel_block_restarts", **tags) == 2
