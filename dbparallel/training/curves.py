@@ -16,12 +16,15 @@ from dbparallel.training.storage import Storage
 
 CURVES_FILE = "curves.png"
 NOT_METRICS = ("step", "wall_s")  # assembly.jsonl keys that are not the network's metrics
-# assembly metrics that do not change over training (whether the test split was scored, the
+# assembly metrics that do not change over training (whether the test split was scored, how
+# many rows or samples were scored, BPE's characters per token of the held-out rows, the
 # looped task's memory measurements): no panel of their own
-CONSTANT = ("eval_on_test",)
+CONSTANT = ("eval_on_test", "eval_rows", "fid_samples", "chars_per_token")
 CONSTANT_PARTS = ("_bytes",)
-# the data's own value, drawn as a dashed line in the panel of the network's metric
-REFERENCES = {"data_ppl": "gen_ppl", "data_entropy": "sample_entropy"}
+# the data's own value, drawn as a dashed line in the panel of the network's metric (the
+# in-domain classifier's accuracy on real held-out images beside its accuracy on samples)
+REFERENCES = {"data_ppl": "gen_ppl", "data_entropy": "sample_entropy",
+              "classifier_accuracy": "sample_accuracy"}
 PANEL_COLUMNS = 4  # assembly panels per row
 log = logging.getLogger(__name__)
 

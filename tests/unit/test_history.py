@@ -249,6 +249,20 @@ def test_assembly_panels_leave_out_what_training_does_not_change() -> None:
     assert ("gen_ppl", None) in assembly_panels([without_data])
 
 
+def test_assembly_panels_leave_out_counts_and_draw_the_classifiers_own_accuracy() -> None:
+    """DiT with FID, ViT and BPE text lines: the rows and samples scored and the characters
+    per token are the same at every assembly; the classifier's accuracy on real images is the
+    data's reference for its accuracy on samples."""
+    dit = {"step": 4, "sample_accuracy": 0.5, "fd_indomain": 3.0, "classifier_accuracy": 0.99,
+           "fid": 80.0, "kid": 0.1, "kid_std": None, "fid_samples": 64, "wall_s": 2.0}
+    assert assembly_panels([dit]) == [("fd_indomain", None), ("fid", None), ("kid", None),
+                                      ("sample_accuracy", "classifier_accuracy")]
+    vit = {"step": 4, "accuracy": 0.8, "eval_rows": 100, "eval_on_test": 1}
+    assert assembly_panels([vit]) == [("accuracy", None)]
+    bpe = {"step": 4, "bpc": 2.1, "bpt": 5.0, "chars_per_token": 2.4, "eval_on_test": 1}
+    assert assembly_panels([bpe]) == [("bpc", None), ("bpt", None)]
+
+
 def test_more_assembly_panels_than_a_row_holds_wrap_to_a_second_row(tmp_path) -> None:
     storage = Storage(str(tmp_path))
     _history(storage, assemblies=False)
