@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from dbparallel import cli
@@ -275,3 +276,20 @@ def test_images_of_another_size_name_the_networks_size_not_data_resize(tmp_path,
         predictions.append({k: v for k, v in json.loads(capsys.readouterr().out).items()
                             if k != "input"})
     assert predictions[0] == predictions[1]
+
+
+def test_a_dit_report_says_how_many_rows_and_which_split_it_was_scored_on(tmp_path) -> None:
+    """The embedded digits have no test split: the report says the in-domain features came
+    from training rows (eval_on_test 0), as vit's and the text tasks' reports do; with a
+    ``split`` column, from the test rows."""
+    table = digits_table()
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], [*FAST, f"run.dir={tmp_path / 'a'}"])
+    assembly = run_local(cfg, None, progress=False)["assembly"]
+    assert (assembly["eval_on_test"], assembly["eval_rows"]) == (0, table.num_rows)
+    split = np.where(np.arange(table.num_rows) % 5 == 0, "test", "train")
+    write_table(table.append_column("split", pa.array(split)), str(tmp_path / "d.parquet"))
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"],
+                      [*FAST, f"run.dir={tmp_path / 'b'}", "data.source=parquet",
+                       f"data.path={tmp_path / 'd.parquet'}"])
+    assembly = run_local(cfg, None, progress=False)["assembly"]
+    assert (assembly["eval_on_test"], assembly["eval_rows"]) == (1, (split == "test").sum())

@@ -101,8 +101,8 @@ def score(cfg: Config, task: Task, index: DataIndex, fake: torch.Tensor, wanted:
           device: str = "cpu") -> dict[str, float | None]:
     """Sample accuracy and in-domain Fréchet distance of class-conditional images ``fake``
     (in [0, 1]; latents as stored), and with ``sample.fid`` FID and KID; references are the
-    held-out (test) rows where there are any, read in chunks (FID reads only the rows it
-    compares)."""
+    held-out (test) rows where there are any (``eval_on_test`` 0: the training rows), read in
+    chunks (FID reads only the rows it compares)."""
     clf = indomain_classifier(cfg, task, index)
     real_features, classifier_accuracy = held_out_features(
         task, clf, index, index.eval_rows(cfg.sample.eval_rows))
@@ -111,7 +111,10 @@ def score(cfg: Config, task: Task, index: DataIndex, fake: torch.Tensor, wanted:
         sample_accuracy = float((clf.out(fake_features).argmax(1) == wanted).float().mean())
     metrics = {"sample_accuracy": sample_accuracy,
                "fd_indomain": frechet_distance(real_features, fake_features),
-               "classifier_accuracy": classifier_accuracy}
+               "classifier_accuracy": classifier_accuracy,
+               # the reference rows: how many, and whether held out (else training rows)
+               "eval_rows": len(real_features),
+               "eval_on_test": int(index.eval_split == "test")}
     if cfg.sample.fid:
         from dbparallel.training.eval.inception import fid_kid, fid_reference_rows
 
