@@ -3,6 +3,7 @@ written once the run is assembled, and read back for ``dbparallel status`` (stat
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dbparallel.config import Config
@@ -40,7 +41,20 @@ def write_report(storage: Storage, report: dict[str, Any]) -> None:
 
     if report.get("assembly") and storage.exists(FILE):
         report["diagnostics"] = storage.read_json(FILE)
-    storage.write_json(REPORT_FILE, report)
+    storage.write_json(REPORT_FILE, strict_json(report))
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite number as None (null): strict JSON, which readers
+    other than Python's (jq, JavaScript) refuse NaN in, e.g. the final loss of a block that
+    took no finite step."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def read_report(storage: Storage, now: float) -> tuple[bool, float | None, str]:

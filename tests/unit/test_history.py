@@ -409,3 +409,25 @@ def test_heldout_loss_never_augments(tmp_path) -> None:
         trained = [float(task.loss(t.ema, batch, 0, generator(0, "heldout", 0)).mean())
                    for task in (t.task, runs["none"].trainer.task)]
     assert trained[0] != trained[1]
+
+
+def test_report_json_is_strict_json_with_null_for_a_number_that_is_not_finite(
+        tmp_path) -> None:
+    """A block that took no finite step has a NaN final loss: report.json says null, which
+    jq and JavaScript read (they refuse NaN), and the report still reads as written."""
+    from dbparallel.training.report import REPORT_FILE, read_report, write_report
+
+    storage = Storage(str(tmp_path))
+    write_report(storage, {"per_block": [{"final_loss": float("nan"), "steps": 4},
+                                         {"final_loss": 0.5, "losses": (1.0, float("-inf"))}],
+                           "assembly": {"bpc": float("inf"), "eval_on_test": 1}})
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    text = (tmp_path / REPORT_FILE).read_text()
+    assert json.loads(text, parse_constant=refuse) == {
+        "per_block": [{"final_loss": None, "steps": 4},
+                      {"final_loss": 0.5, "losses": [1.0, None]}],
+        "assembly": {"bpc": None, "eval_on_test": 1}}
+    assert read_report(storage, now=0.0)[0]
