@@ -133,9 +133,7 @@ def append_assembly(storage: Storage, step: int, metrics: dict[str, float],
     file stays in increasing steps. Only the driver writes it; it is small, so it is rewritten
     whole, on local disks and object stores alike."""
     kept = [r for r in read_lines(storage, ASSEMBLY_FILE) if r["step"] < step]
-    # counts stay whole; None (kid_std of one KID subset) is written as null
-    values = {k: v if v is None else int(v) if isinstance(v, numbers.Integral) else float(v)
-              for k, v in metrics.items() if k != "block_steps_min"}
+    values = {k: _number(v) for k, v in metrics.items() if k != "block_steps_min"}
     kept.append({"step": step, **values, "wall_s": round(wall_s, 3)})
     storage.write_bytes(ASSEMBLY_FILE, _encode(kept))
 
@@ -161,6 +159,17 @@ def read_history(storage: Storage) -> dict[int, list[dict[str, Any]]]:
                     if (m := re.fullmatch(r"block_(\d+)", name)))
     history = {b: read_lines(storage, metrics_file(b)) for b in blocks}
     return {b: records for b, records in history.items() if records}
+
+
+def _number(value: Any) -> int | float | None:
+    """A metric as assembly.jsonl writes it: counts whole; None (kid_std of one KID subset)
+    and a number that is not finite as null, which strict JSON readers (jq) take."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def read_assemblies(storage: Storage) -> list[dict[str, Any]]:

@@ -431,3 +431,18 @@ def test_report_json_is_strict_json_with_null_for_a_number_that_is_not_finite(
                       {"final_loss": 0.5, "losses": [1.0, None]}],
         "assembly": {"bpc": None, "eval_on_test": 1}}
     assert read_report(storage, now=0.0)[0]
+
+
+def test_an_assembly_metric_that_is_not_finite_is_null_in_assembly_jsonl(tmp_path) -> None:
+    storage = Storage(str(tmp_path))
+    append_assembly(storage, 4, {"bpc": float("nan"), "eval_rows": 10, "kid_std": None,
+                                 "gen_ppl": float("inf"), "sample_accuracy": 0.5}, 1.0)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    (line,) = (tmp_path / ASSEMBLY_FILE).read_text().splitlines()
+    assert json.loads(line, parse_constant=refuse) == {
+        "step": 4, "bpc": None, "eval_rows": 10, "kid_std": None, "gen_ppl": None,
+        "sample_accuracy": 0.5, "wall_s": 1.0}
+    assert read_assemblies(storage)[0]["bpc"] is None
