@@ -115,4 +115,6 @@ class BlockActor:
                 "restarts": self.restarts, "resumed_from": self.run.resumed_from}
 
     def summary(self) -> dict[str, Any]:
+        if self.failed is not None:  # a process started only for the summary (ray_backend.py)
+            raise self.failed
         return {**self.run.summary(), "restarts": self.restarts}

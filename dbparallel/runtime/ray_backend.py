@@ -41,6 +41,7 @@ class RayBackend:
         self.run_id = run_id  # the run directory's: every process's metrics carry it
         self.assembly_index = slots if assembly_index is None else assembly_index
         self.actors: dict[int, Any] = {}  # the blocks training now
+        self.slots_of: dict[int, int] = {}  # their bundles in ``pg``
         self.groups: dict[int, BlockGroup] = {}  # the blocks with replicas training now
         self.finished: dict[int, dict[str, Any]] = {}  # summaries of the blocks done
         self.assembler: Any = None
@@ -48,7 +49,7 @@ class RayBackend:
         self.queue: Any = None  # where the groups' rank 0 workers post their progress
 
     def start_block(self, block: int, slot: int) -> None:
-        r, t = self.cfg.runtime, self.cfg.train
+        r = self.cfg.runtime
         if r.replicas_per_block > 1:
             if self.queue is None:
                 from ray.util.queue import Queue
@@ -57,9 +58,14 @@ class RayBackend:
             self.groups[block] = BlockGroup(self.cfg, block, self.session, self.run_id,
                                             self.queue)
             return
-        self.actors[block] = ray.remote(BlockActor).options(
+        self.slots_of[block] = slot
+        self.actors[block] = self._actor(block, slot, self.cfg.train.max_restarts)
+
+    def _actor(self, block: int, slot: int, restarts: int) -> Any:
+        r = self.cfg.runtime
+        return ray.remote(BlockActor).options(
             num_cpus=r.cpus_per_block, num_gpus=r.gpus_per_block,
-            max_restarts=t.max_restarts, max_task_retries=t.max_restarts,
+            max_restarts=restarts, max_task_retries=restarts,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, slot),
         ).remote(self.cfg, block, self.session, self.run_id)
 
@@ -70,18 +76,37 @@ class RayBackend:
             finally:
                 del self.groups[block]
             return
-        actor = self.actors.pop(block)
+        actor, slot = self.actors.pop(block), self.slots_of.pop(block)
         try:
-            self.finished[block] = ray.get(actor.summary.remote(), timeout=SUMMARY_TIMEOUT_S)
+            self.finished[block] = _summary(actor)
+            return
         except ray.exceptions.GetTimeoutError as err:
             raise BlockLost(f"its process did not send its summary within "
                             f"{SUMMARY_TIMEOUT_S:g} s of its last step") from err
         except ray.exceptions.RayError as err:  # its process died since its last step
-            raise BlockLost(f"its process was lost after its last step, before it sent its "
-                            f"summary, and Ray does not start it again (train.max_restarts="
-                            f"{self.cfg.train.max_restarts}): {_first_line(err)}") from err
+            lost = err
         finally:
             ray.kill(actor, no_restart=True)  # its slot goes to the next queued block
+        # Its steps are all in its final checkpoint: a new process of the block resumes from
+        # it, trains nothing, and sends the summary (with what the lost one measured)
+        log.warning("block %d: its process was lost after its last step, before it sent its "
+                    "summary (%s); a new process reads it from the block's final checkpoint",
+                    block, _first_line(lost))
+        again = self._actor(block, slot, 0)
+        try:
+            summary = _summary(again)
+        except ray.exceptions.RayError as err:
+            raise BlockLost(f"its process was lost after its last step, before it sent its "
+                            f"summary ({_first_line(lost)}), and a new process of it did not "
+                            f"send it either: {_first_line(_root_cause(err))}") from err
+        finally:
+            ray.kill(again, no_restart=True)
+        steps = self.cfg.train.steps_of(block)
+        if summary.get("steps", 0) < steps:  # its final checkpoint was not written
+            raise BlockLost(f"its process was lost after its last step, before it sent its "
+                            f"summary ({_first_line(lost)}), and its newest checkpoint is of "
+                            f"step {summary.get('steps')} of {steps}")
+        self.finished[block] = summary
 
     def submit_train(self, block: int, until: int) -> None:
         if block in self.groups:
@@ -184,6 +209,11 @@ class RayBackend:
         for actor in [*self.actors.values(), self.assembler]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
+
+
+def _summary(actor: Any) -> dict[str, Any]:
+    """A block actor's summary: its process has trained the block's last step."""
+    return ray.get(actor.summary.remote(), timeout=SUMMARY_TIMEOUT_S)
 
 
 def _first_line(err: BaseException) -> str:

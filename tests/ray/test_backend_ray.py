@@ -15,27 +15,56 @@ pytestmark = pytest.mark.ray
 RECIPE = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
 
 
-def test_a_block_actor_lost_before_its_summary_is_a_lost_block(ray_session, tmp_path) -> None:
-    """train.max_restarts=0: the actor killed between its last report and its summary."""
+@pytest.mark.parametrize("again", ["sends", "dies", "short"])
+def test_a_block_actor_lost_before_its_summary(ray_session, tmp_path, monkeypatch,
+                                               again) -> None:
+    """train.max_restarts=0: the actor killed between its last report and its summary. A new
+    process of the block is asked for the summary: where it sends one of all the block's
+    steps (its final checkpoint), that is the block's; where it dies too, or its newest
+    checkpoint is short of the steps, the block is lost (BlockLost), never a raw Ray error."""
     import ray
 
-    from dbparallel.runtime.ray_backend import RayBackend
+    from dbparallel.runtime import ray_backend
 
-    class Block:  # sent to the actor by value: it is defined here
+    class Block:  # a block actor's stand-in; sent to the actor by value: defined here
+        """``summary`` of a process that trained ``steps``; ``dies``: it dies instead."""
+
+        def __init__(self, *args, steps: int = 0, dies: bool = False):
+            self.steps, self.dies = steps, dies
+
         def summary(self) -> dict:
-            return {"block": 0}
+            if self.dies:
+                import os
 
-    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "train.max_restarts=0"])
-    backend = RayBackend(cfg, None, 1, "session", "run")
+                os._exit(1)
+            return {"block": 0, "steps": self.steps}
+
+    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "train.max_restarts=0",
+                                 "train.steps=4"])
+    new = {"sends": {"steps": 4}, "dies": {"dies": True}, "short": {"steps": 2}}[again]
+
+    class NewBlock(Block):
+        def __init__(self, *args):
+            super().__init__(**new)
+
+    monkeypatch.setattr(ray_backend, "BlockActor", NewBlock)
+    backend = ray_backend.RayBackend(cfg, None, 1, "session", "run")
     actor = ray.remote(Block).options(num_cpus=0, max_restarts=0).remote()
-    backend.actors[0] = actor
+    backend.actors[0], backend.slots_of[0] = actor, -1  # no placement group
     try:
         ray.kill(actor, no_restart=True)
-        with pytest.raises(BlockLost, match=r"its process was lost after its last step, before "
-                                            r"it sent its summary, and Ray does not start it "
-                                            r"again \(train.max_restarts=0\): \S"):
+        lost = (r"its process was lost after its last step, before it sent its summary "
+                r"\(\S.*\), and ")
+        if again == "sends":
             backend.finish_block(0)
-        assert 0 not in backend.actors and 0 not in backend.finished
+            assert backend.finished[0] == {"block": 0, "steps": 4}
+        else:
+            said = ("a new process of it did not send it either: " if again == "dies" else
+                    "its newest checkpoint is of step 2 of 4")
+            with pytest.raises(BlockLost, match=lost + said):
+                backend.finish_block(0)
+            assert 0 not in backend.finished
+        assert 0 not in backend.actors
     finally:
         backend.close()
 
