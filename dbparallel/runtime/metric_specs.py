@@ -56,7 +56,11 @@ BLOCK_METRICS: tuple[MetricSpec, ...] = (
 
 # Metrics of the composed network; the metric key is appended to the base name.
 ASSEMBLY_PREFIX = "dbparallel_assembly_"
-ASSEMBLY_KEYS: tuple[str, ...] = ("sample_accuracy", "fd_indomain", "fid", "kid", "accuracy", "bpc")
+# bpc: the sampler's bits per character (MDM: its ELBO); bpc_sigma_max: AR's and looped's
+# likelihood bits per character (the chain's first step, training/eval/text.py); gen_ppl: the
+# scorer's perplexity of generated continuations
+ASSEMBLY_KEYS: tuple[str, ...] = ("sample_accuracy", "fd_indomain", "fid", "kid", "accuracy",
+                                  "bpc", "bpc_sigma_max", "gen_ppl")
 ASSEMBLY_METRICS: tuple[MetricSpec, ...] = tuple(
     MetricSpec(ASSEMBLY_PREFIX + key, "gauge", f"Composed network: {key}", RUN_LABELS)
     for key in ASSEMBLY_KEYS

@@ -81,6 +81,15 @@ def test_exported_names_follow_ray_conventions() -> None:
     assert len(names) == len(ALL_METRICS)
 
 
+def test_the_text_tasks_likelihood_and_generation_scores_are_gauges() -> None:
+    """AR's and looped's likelihood (bpc_sigma_max) and gen_ppl, beside the sampler's bpc."""
+    sink = MemorySink()
+    AssemblyRecorder("r", "a1", sink).record({"bpc": 2.5, "bpc_sigma_max": 1.9, "gen_ppl": 7.0})
+    got = {key: sink.get(f"dbparallel_assembly_{key}", run="r", run_id="a1")
+           for key in ("bpc", "bpc_sigma_max", "gen_ppl")}
+    assert got == {"bpc": 2.5, "bpc_sigma_max": 1.9, "gen_ppl": 7.0}
+
+
 def test_local_endpoint_serves_every_recorded_series() -> None:
     sink = PrometheusSink()
     port = _free_port()
