@@ -140,12 +140,22 @@ def check_rows(rows: dict[str, int], layout: Layout, data: DataConfig,
                f"split has no sequence ({tally.characters:,} characters in {tally.documents:,} "
                f"document{'s' if tally.documents != 1 else ''})")
         if not data.pack and packable[split]:
-            raise DataError(f"{why}: each document is shorter than a row of "
-                            f"{data.seq_len} {unit} and rows never cross documents; set "
-                            f"data.pack=true to join the documents of a split into rows, or "
-                            f"a smaller data.seq_len")
+            raise DataError(f"{why}: {_pieces(layout, split)} {data.seq_len} {unit} and rows "
+                            f"never cross documents; set data.pack=true to join the documents "
+                            f"of a split into rows, or a smaller data.seq_len")
         raise DataError(f"{why}: fewer {unit} than one row; set a smaller data.seq_len, or "
                         f"give the {split} split more text")
+
+
+def _pieces(layout: Layout, split: str) -> str:
+    """What is shorter than a row where a split has none: each whole document, or (split by
+    position, fewer than WORK_PERIOD documents of no split of their own) each one's part."""
+    if layout.documents >= WORK_PERIOD or layout.given == layout.documents:
+        return "each document is shorter than a row of"
+    a, b = {"train": (0.0, POSITION_CUTS[0]), "validation": POSITION_CUTS,
+            "test": (POSITION_CUTS[1], 1.0)}[split]
+    return (f"with fewer than {WORK_PERIOD} documents each is split by position, and each "
+            f"one's {split} part (its characters {a:.0%} to {b:.0%}) is shorter than a row of")
 
 
 def _train_fix(layout: Layout) -> str:

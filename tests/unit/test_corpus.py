@@ -378,7 +378,8 @@ def test_short_documents_are_refused_unless_packed(tmp_path: Path) -> None:
               for i in range(60)]
     path = jsonl(tmp_path / "short.jsonl", docs, splits)
     with pytest.raises(DataError, match=r"the train split has no sequence \(400 characters in "
-                                        r"40 documents\).*data\.pack=true"):
+                                        r"40 documents\): each document is shorter than "
+                                        r"a row of 16 characters.*data\.pack=true"):
         corpus_index(config(path, seq_len=16))
     index = corpus_index(config(path, seq_len=16, pack=True))
     tokenizer = load_tokenizer(index.meta)
@@ -391,6 +392,18 @@ def test_short_documents_are_refused_unless_packed(tmp_path: Path) -> None:
     joined = "\n".join(d for d, s in zip(docs, splits, strict=True) if s == "train")
     got = bpe_tokenizer.decode(token_ids(bpe, "train").ravel())
     assert len(got) > 300 and joined.startswith(got)
+
+
+def test_long_documents_split_by_position_name_their_short_parts(tmp_path: Path) -> None:
+    """Three documents of 200 characters: their validation parts (characters 90% to 95%) are
+    10 characters each, shorter than a row; the documents themselves are not."""
+    path = jsonl(tmp_path / "long.jsonl", lines(3, 200))
+    with pytest.raises(DataError, match=r"the validation split has no sequence \(30 characters "
+                                        r"in 3 documents\): with fewer than 14 documents each is "
+                                        r"split by position, and each one's validation part "
+                                        r"\(its characters 90% to 95%\) is shorter than a row "
+                                        r"of 16 characters.*data\.pack=true"):
+        corpus_index(config(path, seq_len=16))
 
 
 def test_pack_names_its_own_corpus_and_leaves_the_others_alone(tmp_path: Path) -> None:
