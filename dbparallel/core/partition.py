@@ -52,6 +52,18 @@ class Partition:
                 return block
         return B - 1
 
+    def owner_of_step(self, sigma: float) -> int:
+        """Block of a denoising step that starts at sigma and goes down: sigma's block, and
+        where sigma is a shared boundary, the less noisy one, whose nominal range the step then
+        runs through (both were trained at sigma). Steps that start at multiples of 1/B of a
+        uniform range (masked diffusion's t) so go to each block equally often."""
+        B = self.blocks
+        for block in range(B - 1):
+            lo = self.boundaries[B - 1 - block]
+            if sigma > lo + _BOUNDARY_RTOL * abs(lo):
+                return block
+        return B - 1
+
     def to_json(self) -> dict:
         """Plain-JSON form: {"boundaries": [...], "ranges": [[lo, hi], ...], "gamma": g}."""
         return {

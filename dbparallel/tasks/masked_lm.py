@@ -62,9 +62,11 @@ class MaskedDiffusionLM(TextData):
         return masked_diffusion_loss(logits, x0, is_masked, self.noise.weight(t)) / x0.shape[1]
 
     def routed_logits(self, nets: list[MaskedLMBlock], x_t: torch.Tensor,
-                      t: torch.Tensor) -> torch.Tensor:
-        """Logits (N, T, V), each row computed by the block that owns its t."""
-        owners = torch.tensor([self.partition.owner(x) for x in t.tolist()])  # one read
+                      t: torch.Tensor, step: bool = False) -> torch.Tensor:
+        """Logits (N, T, V), each row computed by the block that owns its t (``step``: of a
+        generation step down from t, where a t on a boundary goes to the less noisy block)."""
+        owner = self.partition.owner_of_step if step else self.partition.owner
+        owners = torch.tensor([owner(x) for x in t.tolist()])  # one read
         logits = torch.empty(*x_t.shape, self.vocab_size, device=x_t.device)
         for b in owners.unique().tolist():
             rows = (owners == b).nonzero().squeeze(1).to(x_t.device)
@@ -121,7 +123,8 @@ class MaskedDiffusionLM(TextData):
             x[:, :prompt.shape[1]] = prompt.to(device)
         for j in range(steps):
             t, s = 1 - j / steps, 1 - (j + 1) / steps
-            logits = self.routed_logits(nets, x, torch.full((n,), t, device=device))
+            logits = self.routed_logits(nets, x, torch.full((n,), t, device=device),
+                                        step=True)
             # p(unmask at s | masked at t) = (alpha(s) - alpha(t)) / (1 - alpha(t)) = (t - s)/t
             u = torch.rand(x.shape, generator=generator).to(device)
             reveal = (x == self.mask_id) & (u < (t - s) / t)

@@ -100,6 +100,31 @@ def test_mdm_generation_unmasks_everything_deterministically() -> None:
     assert len(steps) == 5  # one call per unmasking step (sample.steps)
 
 
+@pytest.mark.parametrize("steps", [3, 6, 12])
+def test_mdm_generation_runs_each_block_equally_often(steps: int) -> None:
+    """sample.steps a multiple of B: the steps down from t = 1, 2/3, 1/3 (B=3, 3 steps) start
+    on the blocks' boundaries; each goes to the block whose range it runs through, so every
+    block takes steps / B steps, from the noisiest down."""
+    task = build_task(_cfg("mdm", "model.blocks=3", "model.depth=3", f"sample.steps={steps}"))
+    calls: list[int] = []
+
+    class Counted(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module, block: int):
+            super().__init__()
+            self.net, self.block = net, block
+
+        def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            calls.append(self.block)
+            return self.net(x_t, t)
+
+    nets = [Counted(task.build_block(b), b) for b in range(3)]
+    task.generate(nets, 2, generator(0, "s"))
+    assert calls == sorted(calls) and [calls.count(b) for b in range(3)] == [steps // 3] * 3
+    p = task.partition  # training and the likelihood keep a boundary's noisier owner
+    assert [p.owner_of_step(t) for t in (1.0, 2 / 3, 0.5, 1 / 3, 0.1)] == [0, 1, 1, 2, 2]
+    assert [p.owner(t) for t in (2 / 3, 1 / 3)] == [0, 1]
+
+
 def test_ar_mask_for_three_tokens() -> None:
     # rows: queries clean 0..2, noisy 0..2; columns: keys in the same order
     expected = torch.tensor([[1, 0, 0, 0, 0, 0],
