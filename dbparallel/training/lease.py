@@ -198,7 +198,14 @@ class BlockLease:
         self.generation = max(int(current["generation"]) if current else 0, recorded) + 1
         _HOLDING.add(self.holder)
         self._write()
-        if (self.read() or {}).get("holder") != self.holder:  # a racing writer won
+        now = self.read() or {}
+        if self.replaced and now.get("holder") == self.replaced \
+                and int(now.get("generation", 0)) < self.generation:
+            # the writer this one replaces renewed between this one's read and its read-back:
+            # the lease is this one's, as in check(), and that one's next check fails
+            self._write()
+            now = self.read() or {}
+        if now.get("holder") != self.holder:  # a racing writer won
             _HOLDING.discard(self.holder)
             raise RunDirError(f"block {self.block}: another process took its lease while "
                               f"this one started; run one writer per block")

@@ -429,6 +429,37 @@ def test_the_writer_a_lease_was_taken_from_is_written_over_when_its_renewal_land
         old.check()
 
 
+def test_a_late_renewal_between_a_takeover_and_its_read_back_does_not_refuse_it(
+        tmp_path) -> None:
+    """The lapsed writer's renewal lands between the new writer's write and its read-back:
+    the new writer still takes the block (before, it was refused as if a racing writer had
+    won), and the old one stops at its next check."""
+    storage, clock = Storage(str(tmp_path)), Clock()
+    old = BlockLease(storage, 0, "run-a", 60.0, clock)
+    old.acquire()
+    held = storage.read_json("blocks/block_0/lease.json")
+    clock.now += 61
+    new = BlockLease(storage, 0, "run-b", 60.0, clock)
+    writes: list[int] = []
+    write, read = new._write, new.read
+
+    def counted_write() -> None:
+        write()
+        writes.append(1)
+
+    def read_after_late_renewal() -> dict | None:
+        if len(writes) == 1 and held:  # the read-back of its first write
+            storage.write_json("blocks/block_0/lease.json", held.copy())  # old's renewal
+            held.clear()
+        return read()
+
+    new._write, new.read = counted_write, read_after_late_renewal
+    assert new.acquire() == 2 and not held  # the renewal did land in between
+    assert storage.read_json("blocks/block_0/lease.json")["holder"] == new.holder
+    with pytest.raises(LeaseLost, match="session run-b; lease generation 2, this process holds 1"):
+        old.check()
+
+
 def test_two_processes_training_one_block_are_refused(tiny_cfg, tmp_path) -> None:
     index = open_data(DataConfig())
     storage = Storage(tiny_cfg.run_dir)
