@@ -136,8 +136,13 @@ class Storage:
         return sorted(info.base_name for info in self.fs.get_file_info(selector))
 
     def delete(self, rel: str) -> None:
+        """Remove the file ``rel``; nothing where it is gone, also where another process
+        removed it between this one's look and its delete."""
         if self.exists(rel):
-            self.fs.delete_file(self.path(rel))
+            try:
+                self.fs.delete_file(self.path(rel))
+            except FileNotFoundError:
+                pass
 
     def remove_empty_dir(self, rel: str = "") -> None:
         """Remove the folder ``rel`` where it holds no file. Local: an empty folder, at once

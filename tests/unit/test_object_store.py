@@ -27,6 +27,24 @@ def test_storage_round_trip_and_atomic_overwrite(bucket) -> None:
     assert not storage.exists("a/b.json")
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_file_removed_between_a_look_and_a_delete_is_no_error(bucket, tmp_path,
+                                                                 where) -> None:
+    """Two processes deleting one file: the second sees it, then finds it gone."""
+    storage = Storage(bucket("gone") if where == "s3" else str(tmp_path))
+    storage.write_json("a.json", {})
+    other = Storage(storage.root)
+
+    class Raced(Storage):
+        def exists(self, rel: str) -> bool:
+            found = super().exists(rel)
+            other.fs.delete_file(other.path(rel))  # the other process's delete, just after
+            return found
+
+    Raced(storage.root).delete("a.json")
+    assert not storage.exists("a.json")
+
+
 def test_an_object_read_as_it_is_rewritten_is_read_whole(bucket) -> None:
     """A lease or record renewed by its process while another reads it: pyarrow.fs learns the
     object's size, then reads that many bytes, so a rewrite of another length in between came
