@@ -57,10 +57,10 @@ BLOCK_METRICS: tuple[MetricSpec, ...] = (
 # Metrics of the composed network; the metric key is appended to the base name.
 ASSEMBLY_PREFIX = "dbparallel_assembly_"
 # bpc: the sampler's bits per character (MDM: its ELBO); bpc_sigma_max: AR's and looped's
-# likelihood bits per character (the chain's first step, training/eval/text.py); gen_ppl: the
-# scorer's perplexity of generated continuations
+# likelihood bits per character (the chain's first step, training/eval/text.py); gen_ppl and
+# sample_entropy: the scorer's perplexity and the entropy of generated continuations
 ASSEMBLY_KEYS: tuple[str, ...] = ("sample_accuracy", "fd_indomain", "fid", "kid", "accuracy",
-                                  "bpc", "bpc_sigma_max", "gen_ppl")
+                                  "bpc", "bpc_sigma_max", "gen_ppl", "sample_entropy")
 ASSEMBLY_METRICS: tuple[MetricSpec, ...] = tuple(
     MetricSpec(ASSEMBLY_PREFIX + key, "gauge", f"Composed network: {key}", RUN_LABELS)
     for key in ASSEMBLY_KEYS

@@ -11,7 +11,13 @@ import urllib.request
 import pytest
 
 from dbparallel.errors import UserError
-from dbparallel.runtime.metric_specs import ALL_METRICS, exported_name, exported_names
+from dbparallel.runtime.metric_specs import (
+    ALL_METRICS,
+    ASSEMBLY_PREFIX,
+    SPEC,
+    exported_name,
+    exported_names,
+)
 from dbparallel.runtime.metrics import (
     AssemblyRecorder,
     BlockRecorder,
@@ -88,6 +94,25 @@ def test_the_text_tasks_likelihood_and_generation_scores_are_gauges() -> None:
     got = {key: sink.get(f"dbparallel_assembly_{key}", run="r", run_id="a1")
            for key in ("bpc", "bpc_sigma_max", "gen_ppl")}
     assert got == {"bpc": 2.5, "bpc_sigma_max": 1.9, "gen_ppl": 7.0}
+
+
+def test_every_assembly_metric_curves_png_draws_is_exported() -> None:
+    """What a run's curves.png draws of its composed network (training/curves.py), Prometheus
+    gets too, so the dashboard shows it: a text chain's likelihood (bpc_sigma_max; its bpc
+    measures the sampler) and its samples' perplexity and entropy as much as a DiT's FID."""
+    from dbparallel.training.curves import assembly_panels
+
+    lines = [
+        {"step": 4, "sample_accuracy": 0.5, "fd_indomain": 3.0, "classifier_accuracy": 0.99,
+         "fid": 80.0, "kid": 0.1, "kid_std": None, "fid_samples": 64, "wall_s": 2.0},
+        {"step": 4, "accuracy": 0.8, "eval_rows": 100, "eval_on_test": 1},
+        {"step": 4, "bpc": 7.0, "bpc_sigma_max": 7.0, "eval_on_test": 1.0, "gen_ppl": 128.0,
+         "sample_entropy": 2.9, "data_ppl": 127.9, "data_entropy": 2.7, "wall_s": 9.1},
+    ]
+    drawn = {metric for line in lines for metric, _ in assembly_panels([line])}
+    assert drawn == {"sample_accuracy", "fd_indomain", "fid", "kid", "accuracy", "bpc",
+                     "bpc_sigma_max", "gen_ppl", "sample_entropy"}
+    assert not {m for m in drawn if ASSEMBLY_PREFIX + m not in SPEC}
 
 
 def test_local_endpoint_serves_every_recorded_series() -> None:
