@@ -102,12 +102,18 @@ def _said_schedule_changed(trainer: BlockTrainer, state: dict, cfg: Config) -> N
 
 def _restore_snapshot(trainer: BlockTrainer, checkpoints: BlockCheckpoints,
                       lease: BlockLease) -> None:
-    """A snapshot of the resumed step that is listed but cannot be read (corrupt, missing)
-    is written again from the training state, which holds the same EMA weights: assembly
-    reads snapshots only, so a finished block would otherwise stay without one."""
+    """A snapshot of the resumed step that is listed but cannot be read (corrupt, missing),
+    or that was never written (the process stopped between the training state and the
+    snapshot of its step), is written again from the training state, which holds the same
+    EMA weights: assembly reads snapshots only, so a finished block would otherwise stay
+    without one, or be assembled from the older snapshot before it."""
     step = trainer.step
-    if step not in checkpoints.steps("snapshot") or checkpoints.readable("snapshot", step):
-        return
+    listed = checkpoints.steps("snapshot")
+    if step in listed:
+        if checkpoints.readable("snapshot", step):
+            return
+    elif any(s > step for s in listed):  # of a timeline this resume replaces: the block
+        return                            # trains past them again, writing its own
     lease.check()
     checkpoints.save("snapshot", step, trainer.snapshot())
     log.warning("block %d: wrote its snapshot of step %d again from its training state",

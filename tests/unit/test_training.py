@@ -112,6 +112,34 @@ def test_changed_network_refuses_resume(tiny_cfg, table, tmp_path) -> None:
         BlockRun(other, 0, table, storage)
 
 
+def test_a_stop_between_the_state_and_its_snapshot_writes_the_snapshot_on_resume(
+        tiny_cfg, table, tmp_path) -> None:
+    """Stopped after the last step's training state, before its snapshot: the rerun, which
+    trains no step, writes that snapshot, so the run is not assembled from the older one."""
+    storage = Storage(str(tmp_path / "r"))
+    run = BlockRun(tiny_cfg, 0, table, storage, session="run")
+    save = run.checkpoints.save
+
+    def stopped(kind, step, payload):
+        if kind == "snapshot" and step == tiny_cfg.train.steps:
+            raise KeyboardInterrupt
+        return save(kind, step, payload)
+
+    run.checkpoints.save = stopped
+    with pytest.raises(KeyboardInterrupt):
+        run.train_until(tiny_cfg.train.steps)
+    run.close()
+    ckpt = BlockCheckpoints(storage, 0)
+    assert ckpt.steps("state") == [6, 12] and ckpt.steps("snapshot") == [6]
+    rerun = BlockRun(tiny_cfg, 0, table, storage, session="run")
+    assert rerun.resumed_from == 12 and rerun.done
+    assert ckpt.steps("snapshot") == [12]
+    snapshot, state = ckpt.load_latest("snapshot"), ckpt.load_latest("state")
+    assert snapshot["meta"]["step"] == 12
+    for name, weight in state["ema"].items():
+        assert torch.equal(snapshot["ema"][name], weight)
+
+
 def test_corrupt_latest_checkpoint_falls_back(tiny_cfg, table, tmp_path, caplog) -> None:
     storage = Storage(str(tmp_path / "r"))
     run = BlockRun(tiny_cfg, 0, table, storage)
