@@ -273,11 +273,13 @@ class BlockTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        # this device's fused flag, not the saved one (set before: a fused step moves there)
+        # this device's fused flag, not the saved one (set before: a fused step moves there),
+        # and this config's train.weight_decay, which a resume may change (the rate is set
+        # every step): torch would restore the saved group's own
         optim = state["optimizer"]
-        fused = self.optimizer.defaults["fused"]
+        now = {k: self.optimizer.defaults[k] for k in ("fused", "weight_decay")}
         self.optimizer.load_state_dict(
-            {**optim, "param_groups": [{**g, "fused": fused} for g in optim["param_groups"]]})
+            {**optim, "param_groups": [{**g, **now} for g in optim["param_groups"]]})
         self.step = int(state["step"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.recent_losses = [float(x) for x in state["recent_losses"]]

@@ -140,6 +140,25 @@ def test_a_stop_between_the_state_and_its_snapshot_writes_the_snapshot_on_resume
         assert torch.equal(snapshot["ema"][name], weight)
 
 
+def test_a_resume_trains_on_with_its_own_weight_decay(tiny_cfg, table, tmp_path) -> None:
+    """train.weight_decay is a setting a resume may change (config.yaml then records it):
+    the optimizer restored from the checkpoint takes it, not the value saved with it."""
+    storage = Storage(str(tmp_path / "r"))
+    first = BlockRun(tiny_cfg, 0, table, storage)
+    first.train_until(6)
+    first.close()
+    decayed = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], ["train.weight_decay=0.5"])
+    resumed = BlockRun(decayed, 0, table, storage)
+    assert resumed.resumed_from == 6
+    assert [g["weight_decay"] for g in resumed.trainer.optimizer.param_groups] == [0.5]
+    resumed.train_until(7)
+    fresh = BlockTrainer(decayed, 0)  # the same state loaded into a trainer of this config
+    fresh.load_state_dict(BlockCheckpoints(storage, 0).load_latest("state"))
+    fresh.train_step(resumed.batch(6))
+    for a, b in zip(_weights(fresh), _weights(resumed.trainer), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_corrupt_latest_checkpoint_falls_back(tiny_cfg, table, tmp_path, caplog) -> None:
     storage = Storage(str(tmp_path / "r"))
     run = BlockRun(tiny_cfg, 0, table, storage)
