@@ -54,6 +54,7 @@ def resume(trainer: BlockTrainer, checkpoints: BlockCheckpoints, cfg: Config,
         _go_on_in_order(order, state, trainer.step)
     if lease is not None:
         _restore_snapshot(trainer, checkpoints, lease)
+        _remove_orphans(checkpoints, lease)
         steps = cfg.train.steps_of(trainer.block)
         _said_schedule_changed(trainer, state, cfg)
         if trainer.step > steps:
@@ -118,6 +119,19 @@ def _restore_snapshot(trainer: BlockTrainer, checkpoints: BlockCheckpoints,
     checkpoints.save("snapshot", step, trainer.snapshot())
     log.warning("block %d: wrote its snapshot of step %d again from its training state",
                 trainer.block, step)
+
+
+def _remove_orphans(checkpoints: BlockCheckpoints, lease: BlockLease) -> None:
+    """Delete the checkpoint files the manifest no longer lists (a writer stopped before it
+    deleted them): else each stays, unread, for as long as the run directory."""
+    orphans = checkpoints.orphans()
+    if not orphans:
+        return
+    lease.check()  # a fenced-off writer deletes nothing
+    for rel in orphans:
+        checkpoints.storage.delete(rel)
+    log.info("block %d: deleted %s, which its manifest no longer lists", checkpoints.block,
+             ", ".join(orphans))
 
 
 def _unreadable(checkpoints: BlockCheckpoints, cfg: Config, why: str,

@@ -159,6 +159,38 @@ def test_a_resume_trains_on_with_its_own_weight_decay(tiny_cfg, table, tmp_path)
         assert torch.equal(a, b)
 
 
+def test_a_resume_deletes_the_checkpoints_a_stopped_writer_left_unlisted(table,
+                                                                          tmp_path) -> None:
+    """Stopped after its manifest dropped the snapshot of step 4 (keep_snapshots=1), before it
+    deleted the file, or while it wrote a file: the rerun deletes those, and keeps every file
+    its manifest lists."""
+    cfg = load_config([ROOT / "jobs" / "tiny_cpu.yaml"], ["train.checkpoint_every=2"])
+    storage = Storage(str(tmp_path / "r"))
+    run = BlockRun(cfg, 0, table, storage, session="run")
+    delete = storage.delete
+
+    def stopped(rel: str) -> None:
+        if rel.endswith("snapshot_00000004.pt"):
+            raise KeyboardInterrupt
+        delete(rel)
+
+    storage.delete = stopped
+    with pytest.raises(KeyboardInterrupt):
+        run.train_until(12)
+    storage.delete = delete
+    run.close()
+    block = tmp_path / "r" / "blocks" / "block_0"
+    (block / "state_00000008.pt.tmp-0123abcd").write_bytes(b"torn")  # killed writing it
+    assert sorted(p.name for p in block.glob("*.pt*")) == [
+        "snapshot_00000004.pt", "snapshot_00000006.pt", "state_00000004.pt",
+        "state_00000006.pt", "state_00000008.pt.tmp-0123abcd"]
+    rerun = BlockRun(cfg, 0, table, storage, session="run")
+    assert rerun.resumed_from == 6
+    assert sorted(p.name for p in block.glob("*.pt*")) == [
+        "snapshot_00000006.pt", "state_00000004.pt", "state_00000006.pt"]
+    rerun.close()
+
+
 def test_corrupt_latest_checkpoint_falls_back(tiny_cfg, table, tmp_path, caplog) -> None:
     storage = Storage(str(tmp_path / "r"))
     run = BlockRun(tiny_cfg, 0, table, storage)
