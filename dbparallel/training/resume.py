@@ -117,8 +117,10 @@ def _restore_snapshot(trainer: BlockTrainer, checkpoints: BlockCheckpoints,
         return                            # trains past them again, writing its own
     lease.check()
     checkpoints.save("snapshot", step, trainer.snapshot())
-    log.warning("block %d: wrote its snapshot of step %d again from its training state",
-                trainer.block, step)
+    how = ("again (it could not be read)" if step in listed else
+           "(its process stopped before writing it)")
+    log.warning("block %d: wrote its snapshot of step %d from its training state %s",
+                trainer.block, step, how)
 
 
 def _remove_orphans(checkpoints: BlockCheckpoints, lease: BlockLease) -> None:
