@@ -71,10 +71,15 @@ class BlockTrainer:
             self.model: Block = self.task.build_block(block).to(self.device)
         self.ema: Block = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.model.checkpoint_layers(cfg.train.checkpoint_layers)
+        # listed once: Module.parameters() walks every submodule in Python, and the clipping
+        # and EMA update run after the step's wait for the device, while it idles (loading a
+        # state copies into these same tensors)
+        self.params = list(self.model.parameters())
+        self.ema_params = list(self.ema.parameters())
         t = cfg.train
         # fused: one kernel for the whole update on CUDA; the CPU keeps the reference loop
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+            self.params, lr=t.lr, weight_decay=t.weight_decay,
             fused=self.device.type == "cuda",
         )
         self.step = 0
@@ -111,8 +116,8 @@ class BlockTrainer:
         """The byte meter of a piece's saved tensors: through forward only, where a plain
         network's peak is, or (``live``) through forward and backward as autograd frees them."""
         if live:
-            return LiveSavedBytes(list(self.model.parameters()))
-        return SavedTensorMeter(exclude=self.model.parameters())
+            return LiveSavedBytes(self.params)
+        return SavedTensorMeter(exclude=self.params)
 
     def train_step(self, batch: Batch) -> StepStats:
         """One optimizer step on ``batch`` (tensors on this trainer's device)."""
@@ -153,7 +158,7 @@ class BlockTrainer:
                 total = part if total is None else total + part
             assert total is not None
             if self.replicas:  # the global loss comes with the gradients: one all-reduce
-                total = self.replicas.sum_gradients(self.model.parameters(), total)
+                total = self.replicas.sum_gradients(self.params, total)
                 assert total is not None
         # The step's one wait for the device, after its forward and backward passes are all
         # queued: a non-finite loss (any piece's, any replica's) discards the gradients.
@@ -172,7 +177,7 @@ class BlockTrainer:
             self.model_flops_per_step = model_flops_per_step(self.cfg, self.block) if live \
                 else count.total
         if self.cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
         self.optimizer.step()
         if measuring:
             self.memory = measure_step(self.model, self.optimizer, saved_peak)
@@ -219,8 +224,7 @@ class BlockTrainer:
         # Warm-up of the average: early weights are forgotten quickly.
         decay = min(decay, (1 + self.step) / (10 + self.step))
         # one multi-tensor kernel for all parameters on CUDA (the CPU loops over them)
-        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()),
-                             1 - decay)
+        torch._foreach_lerp_(self.ema_params, self.params, 1 - decay)
 
     @property
     def achieved_tflops(self) -> float | None:
@@ -239,7 +243,7 @@ class BlockTrainer:
 
     def is_finite(self) -> bool:
         # one read from the device for all parameters, not one per parameter
-        return bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()])
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.params])
                     .all())
 
     # ------------------------------------------------------------------ state

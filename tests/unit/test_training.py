@@ -234,6 +234,26 @@ def test_nonfinite_loss_is_skipped_and_counted(tiny_cfg, table) -> None:
         trainer.train_step(bad)
 
 
+def test_a_steady_step_lists_no_module_parameters(tiny_cfg, table, monkeypatch) -> None:
+    # Module.parameters() walks every submodule in Python; the clipping and the EMA update it
+    # fed run after the step's wait for the device, so the GPU idled through the walks
+    trainer = BlockTrainer(tiny_cfg, 0)
+    batch = {k: v[:8] for k, v in trainer.task.decode(digits_table()).items()}
+    trainer.train_step(batch)  # the first step counts FLOPs and memory
+    calls = []
+    walk = torch.nn.Module.parameters
+    monkeypatch.setattr(torch.nn.Module, "parameters",
+                        lambda self, *a, **k: calls.append(self) or walk(self, *a, **k))
+    trainer.train_step(batch)
+    assert calls == [] and trainer.ema_params[0] is not trainer.params[0]
+    # a loaded state copies into the listed tensors: the lists stay the networks'
+    trainer.load_state_dict(BlockTrainer(tiny_cfg, 0).state_dict())
+    monkeypatch.undo()
+    assert all(a is b for a, b in zip(trainer.params, trainer.model.parameters(), strict=True))
+    assert all(a is b for a, b in zip(trainer.ema_params, trainer.ema.parameters(),
+                                      strict=True))
+
+
 def test_memory_meter_counts_adam_state(tiny_cfg, table) -> None:
     trainer = BlockTrainer(tiny_cfg, 0)
     batch = {k: v[:8] for k, v in trainer.task.decode(digits_table()).items()}
