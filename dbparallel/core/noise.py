@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -83,12 +84,21 @@ class LogNormalNoise:
         lo, hi = self.clamp(lo, hi)
         _check_range("LogNormalNoise.sample", lo, hi)
         # numbers, not a tensor to copy: a CUDA generator's draw makes no host-to-device copy
-        q_lo, q_hi = self.cdf(torch.tensor([lo, hi], dtype=torch.float64)).tolist()
+        q_lo, q_hi = _cdf_pair(self, lo, hi)
         # u ~ U(q(lo), q(hi)), sigma = q^-1(u)
         u = q_lo + (q_hi - q_lo) * torch.rand(n, generator=generator, dtype=torch.float64,
                                               device=generator.device)
         sigma = self.icdf(u).clamp(lo, hi)
         return sigma.to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _cdf_pair(noise: LogNormalNoise, lo: float, hi: float) -> tuple[float, float]:
+    """``noise.cdf`` of ``lo`` and ``hi`` as numbers, computed once per range: a block draws
+    from one range every step, and the few small host tensor operations cost more than the
+    draw itself on a GPU step's critical path (after its wait for the device)."""
+    q_lo, q_hi = noise.cdf(torch.tensor([lo, hi], dtype=torch.float64)).tolist()
+    return q_lo, q_hi
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,22 @@ def test_sample_seeded_and_cast() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_sample_computes_its_range_cdf_once(monkeypatch) -> None:
+    # a block samples one range every step: its CDF pair is host work on the step's path
+    noise = LogNormalNoise(P_mean=-1.1)  # a noise no other test caches
+    expected = noise.sample(64, 0.03, 3.0, _gen(5))
+    calls = []
+    cdf = LogNormalNoise.cdf
+    monkeypatch.setattr(LogNormalNoise, "cdf",
+                        lambda self, sigma: calls.append(sigma) or cdf(self, sigma))
+    for _ in range(3):
+        assert torch.equal(noise.sample(64, 0.03, 3.0, _gen(5)), expected)
+    assert calls == []
+    noise.sample(64, 0.03, 2.0, _gen(5))  # another range: computed once
+    noise.sample(64, 0.03, 2.0, _gen(5))
+    assert len(calls) == 1
+
+
 def test_sample_empty_range_raises() -> None:
     with pytest.raises(ValueError):
         NOISE.sample(10, 100.0, 200.0, _gen())
