@@ -322,6 +322,23 @@ def test_the_noise_statistics_are_the_levels_the_loss_drew(tmp_path) -> None:
         "noise_max": float(seen.max())}
 
 
+def test_the_noise_statistics_are_read_from_the_device_once(tmp_path, monkeypatch) -> None:
+    from dbparallel.training.block_trainer import BlockTrainer
+    from dbparallel.training.noise_stats import noise_stats
+
+    cfg = _cfg(tmp_path / "run", "train.steps=4", "train.log_every=2")
+    task = BlockTrainer(cfg, 1).task
+    expected = noise_stats(cfg, task, 1, range(0, 2))
+    reads = []
+    for name in ("__float__", "item", "tolist"):  # each a wait for a CUDA block's device
+        read = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, read=read, name=name: reads.append(name)
+                            or read(self, *a))
+    assert noise_stats(cfg, task, 1, range(0, 2)) == expected
+    assert len(reads) == 1
+
+
 def _held(record: dict) -> tuple:
     return record["step"], record.get("heldout_loss")
 
