@@ -409,53 +409,41 @@ def test_a_zombie_that_wrote_no_checkpoint_stops_once_its_lease_was_deleted(tmp_
     assert storage.read_json("blocks/block_0/lease.json")["holder"] == new.holder
 
 
+@pytest.mark.parametrize("lands", ["after the takeover", "before its read-back"])
 def test_the_writer_a_lease_was_taken_from_is_written_over_when_its_renewal_lands_late(
-        tmp_path) -> None:
+        tmp_path, lands) -> None:
     """A fenced-off writer that read its own lease before its replacement took the block and
     wrote it after: the replacement, which took the block from it, writes its lease back
     (a lower generation of another writer does not make it stop), and the old writer stops at
-    its next check."""
+    its next check. Where the renewal lands between the replacement's write and its
+    read-back, the replacement still takes the block (before, it was refused as if a racing
+    writer had won)."""
     storage, clock = Storage(str(tmp_path)), Clock()
     old = BlockLease(storage, 0, "run-a", 60.0, clock)
     old.acquire()
     held = storage.read_json("blocks/block_0/lease.json")
     clock.now += 61
     new = BlockLease(storage, 0, "run-b", 60.0, clock)
+
+    def renewal() -> None:  # old's renewal, landing late
+        storage.write_json("blocks/block_0/lease.json", held)
+        landed.append(1)
+
+    landed: list[int] = []
+    if lands == "before its read-back":
+        write = new._write
+
+        def write_then_renew() -> None:  # the renewal lands just after its first write
+            write()
+            if not landed:
+                renewal()
+
+        new._write = write_then_renew
     assert new.acquire() == 2
-    storage.write_json("blocks/block_0/lease.json", held)  # old's renewal, landing late
-    new.check()
-    assert storage.read_json("blocks/block_0/lease.json")["holder"] == new.holder
-    with pytest.raises(LeaseLost, match="session run-b; lease generation 2, this process holds 1"):
-        old.check()
-
-
-def test_a_late_renewal_between_a_takeover_and_its_read_back_does_not_refuse_it(
-        tmp_path) -> None:
-    """The lapsed writer's renewal lands between the new writer's write and its read-back:
-    the new writer still takes the block (before, it was refused as if a racing writer had
-    won), and the old one stops at its next check."""
-    storage, clock = Storage(str(tmp_path)), Clock()
-    old = BlockLease(storage, 0, "run-a", 60.0, clock)
-    old.acquire()
-    held = storage.read_json("blocks/block_0/lease.json")
-    clock.now += 61
-    new = BlockLease(storage, 0, "run-b", 60.0, clock)
-    writes: list[int] = []
-    write, read = new._write, new.read
-
-    def counted_write() -> None:
-        write()
-        writes.append(1)
-
-    def read_after_late_renewal() -> dict | None:
-        if len(writes) == 1 and held:  # the read-back of its first write
-            storage.write_json("blocks/block_0/lease.json", held.copy())  # old's renewal
-            held.clear()
-        return read()
-
-    new._write, new.read = counted_write, read_after_late_renewal
-    assert new.acquire() == 2 and not held  # the renewal did land in between
-    assert storage.read_json("blocks/block_0/lease.json")["holder"] == new.holder
+    if lands == "after the takeover":
+        renewal()
+        new.check()
+    assert landed and storage.read_json("blocks/block_0/lease.json")["holder"] == new.holder
     with pytest.raises(LeaseLost, match="session run-b; lease generation 2, this process holds 1"):
         old.check()
 
