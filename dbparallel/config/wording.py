@@ -15,20 +15,22 @@ def from_file(key: str, files: list[str | Path], layers: list[Any], overrides: l
     list above it (``model.widths=[...]`` for ``model.widths[1]``), or sets another key the
     message names as the other side of the fault (``model.blocks=3`` for model.depth)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     for item in overrides:
         given = item.split("=", 1)[0].strip()
         if key == given or key.startswith((given + ".", given + "[")) \
                 or given.startswith((key + ".", key + "[")) or f"{given}=" in message:
             return message
-    try:
-        for path, layer in reversed(list(zip(files, layers, strict=False))):
-            found = OmegaConf.select(layer, key, default=_UNSET,
-                                     throw_on_resolution_failure=False)
-            if found is not _UNSET:
-                return f"{path}: {message}"
-    except Exception:  # noqa: BLE001 (naming the file is a help: never a second error)
-        pass
+    for path, layer in reversed(list(zip(files, layers, strict=False))):
+        try:  # a value that does not resolve (${nope}) is set by this file all the same
+            found = OmegaConf.select(layer, key, default=_UNSET)
+        except OmegaConfBaseException:
+            found = None
+        except Exception:  # noqa: BLE001 (naming the file is a help: never a second error)
+            return message
+        if found is not _UNSET:
+            return f"{path}: {message}"
     return message
 
 

@@ -65,6 +65,9 @@ def test_a_key_set_in_a_recipe_names_the_last_file_that_sets_it(tmp_path) -> Non
     b.write_text("model:\n  depth: ${nope}\n")  # an interpolation: still one line
     with pytest.raises(ConfigError, match=r"model.depth: Interpolation key 'nope' not found"):
         load_config([b])
+    a.write_text("model:\n  depth: 4\n")  # the file whose value does not resolve
+    with pytest.raises(ConfigError, match=rf"^{b}: model.depth: Interpolation key 'nope'"):
+        load_config([a, b])
     b.write_text("train:\n  block_steps: [1, 2]\n")  # the command line's list is at fault
     with pytest.raises(ConfigError, match=r"^train.block_steps"):
         load_config([b], ["train.block_steps=[1, 2, 3]"])
