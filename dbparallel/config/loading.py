@@ -75,7 +75,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         raise ConfigError(from_file(key, files, layers, overrides,
                                      f"{key}: {omegaconf_reason(err)}")) from None
     except ConfigError as err:  # a value the schema's checks refuse, named by its key
-        named = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)*)(?=[:=])", str(err))
+        named = re.match(r"([a-z_]+(?:\.[a-z_0-9]+)*(?:\[\d+\])?)(?=[:=])", str(err))
         if named is None or type(err) is not ConfigError:
             raise
         raise ConfigError(from_file(named.group(1), files, layers, overrides,
@@ -163,7 +163,7 @@ def _recipe(path: str | Path) -> Any:
 
 def _sections_are_mappings(given: Any) -> None:
     """ConfigError naming the first section (model, train, ...) given a value, not keys, or
-    the first list key given keys."""
+    the first list key given keys, or lists or keys as an item."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     defaults = Config()
@@ -185,6 +185,10 @@ def _sections_are_mappings(given: Any) -> None:
             if isinstance(inner, DictConfig):
                 raise ConfigError(f"{f.name}.{key.name}: expects a list, e.g. [600, 400]; got "
                                   f"{OmegaConf.to_container(inner)!r}")
+            for i, item in enumerate(inner if isinstance(inner, ListConfig) else ()):
+                if isinstance(item, (DictConfig, ListConfig)):  # [[600], [400]]
+                    raise ConfigError(f"{f.name}.{key.name}[{i}]: expects a number, e.g. "
+                                      f"[600, 400]; got {OmegaConf.to_container(item)!r}")
 
 
 def _whole_numbers(given: Any) -> Any:

@@ -101,6 +101,21 @@ def test_a_recipe_giving_a_list_key_keys_is_named(tmp_path, capsys) -> None:
         f"got {{'first': 300}}\n")
 
 
+@pytest.mark.parametrize(("given", "item", "shown"), [
+    ("[[300], 200]", 0, "[300]"), ("[300, {first: 200}]", 1, "{'first': 200}")])
+def test_a_list_or_keys_as_an_item_of_a_list_key_is_named(tmp_path, capsys, given: str,
+                                                          item: int, shown: str) -> None:
+    assert main(["plan", f"train.block_steps={given}"]) == 2
+    assert capsys.readouterr().err == (
+        f"dbparallel: error: train.block_steps[{item}]: expects a number, e.g. [600, 400]; "
+        f"got {shown}\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"train:\n  block_steps: {given}\n")
+    assert main(["plan", str(recipe)]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"dbparallel: error: {recipe}: train.block_steps[{item}]: expects a number"), recipe
+
+
 def test_every_recipe_loads() -> None:
     recipes = sorted((ROOT / "jobs").glob("*.yaml"))
     assert len(recipes) >= 10
