@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dbparallel.cli_stop import Terminated, stop_on_sigterm
@@ -78,6 +78,11 @@ def _train(recipes: tuple[str | os.PathLike | Sequence[str | os.PathLike], ...],
     if local:
         items.append("runtime.local=true")
     cfg = load_config([os.fspath(r) for r in recipes], items, fit_blocks)
+    if blocks is not None and not isinstance(blocks, Collection):
+        from dbparallel.errors import UserError
+
+        raise UserError(f"blocks: a list of block numbers, e.g. [0], got "
+                        f"{type(blocks).__name__} {blocks!r:.40}")
     if blocks is not None and not len(blocks):  # (an empty selection trains nothing)
         from dbparallel.errors import UserError
 
@@ -111,6 +116,13 @@ def _override_items(overrides: Mapping[str, Any] | Sequence[str] | None) -> list
     if isinstance(overrides, str):
         raise TypeError("overrides: a mapping or a list of key=value strings, not one string")
     if not isinstance(overrides, Mapping):
+        if not isinstance(overrides, Iterable):
+            raise TypeError(f"overrides: a mapping or a list of key=value strings, got "
+                            f"{type(overrides).__name__} {overrides!r:.40}")
+        for item in overrides:
+            if not isinstance(item, str):
+                raise TypeError(f"overrides: key=value strings, got {type(item).__name__} "
+                                f"{item!r:.40}")
         return list(overrides)
     items: list[str] = []
 

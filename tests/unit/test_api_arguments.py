@@ -180,6 +180,23 @@ def test_blocks_that_are_not_the_run_s_are_named_as_the_api_names_them(tmp_path,
     assert not any(tmp_path.iterdir())  # refused before the run directory was written
 
 
+@pytest.mark.parametrize(("overrides", "says"), [
+    (5, "a mapping or a list of key=value strings, got int 5"),
+    (["train.steps=3", 3], "key=value strings, got int 3")])
+def test_overrides_that_are_no_key_value_strings_are_named(tmp_path, overrides,
+                                                           says: str) -> None:
+    with pytest.raises(TypeError, match=rf"^overrides: {re.escape(says)}$"):
+        dbparallel.train(ROOT / "jobs" / "tiny_cpu.yaml", overrides=overrides, local=True)
+
+
+def test_blocks_that_are_no_list_are_named(tmp_path) -> None:
+    with pytest.raises(UserError, match=r"^blocks: a list of block numbers, e.g. \[0\], got "
+                                        r"int 1$"):
+        dbparallel.train(ROOT / "jobs" / "tiny_cpu.yaml", overrides={"run.dir": str(tmp_path)},
+                         local=True, blocks=1)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("blocks", [[], ()])
 def test_an_empty_selection_of_blocks_is_refused(tmp_path, blocks) -> None:
     with pytest.raises(UserError, match=r"^blocks: empty; name the blocks to train"):
