@@ -3,6 +3,7 @@ OmegaConf's own messages said in the terms of the keys (what a key takes, a key 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,17 @@ def from_file(key: str, files: list[str | Path], layers: list[Any], overrides: l
 _UNSET = object()
 
 
+def _prefixed(name: str, section: Any) -> list[str]:
+    """The keys of the dataclass ``section`` that ``name`` begins or is the beginning of
+    (train.ema for train.ema_decay, run.directory for run.dir): the near misses difflib's
+    likeness, which OmegaConf suggests by, leaves out."""
+    if not dataclasses.is_dataclass(section) or len(name) < 3:
+        return []
+    name = name.lower()
+    return [f.name for f in dataclasses.fields(section)
+            if len(f.name) >= 3 and (f.name.startswith(name) or name.startswith(f.name))]
+
+
 def omegaconf_reason(err: Exception) -> str:
     """What an OmegaConf error says of its key, in the terms of the keys."""
     text = str(err).splitlines()[0]
@@ -45,6 +57,7 @@ def omegaconf_reason(err: Exception) -> str:
         section = key.rsplit(".", 1)[0] + "." if "." in key else ""
         close = re.search(r"Did you mean(?: one of)?: (.*)\?$", text)
         names = re.findall(r"'([A-Za-z_0-9]+)'", close.group(1)) if close else []
+        names = names or _prefixed(key.rsplit(".", 1)[-1], getattr(err, "object_type", None))
         hint = f"did you mean {' or '.join(section + n for n in names)}? " if names else ""
         return f"unknown key ({hint}see `dbparallel train --help-config` for the keys)"
     if "is not a ListConfig" in text:

@@ -73,6 +73,15 @@ def test_a_key_set_in_a_recipe_names_the_last_file_that_sets_it(tmp_path) -> Non
         load_config([b], ["train.block_steps=[1, 2, 3]"])
 
 
+@pytest.mark.parametrize(("override", "meant"), [
+    ("train.ema=0.9", "train.ema_decay"), ("run.directory=x", "run.dir"),
+    ("train.batchsize=3", "train.batch_size")])
+def test_a_key_cut_short_or_run_on_is_told_the_key_meant(override: str, meant: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{override.split('=')[0]}: unknown key \(did you "
+                                          rf"mean {meant}\? see "):
+        load_config([], [override])
+
+
 def test_allowed_values_are_listed() -> None:
     with pytest.raises(ConfigError, match="allowed: euler, heun"):
         load_config([], ["sample.solver=rk4"])
