@@ -64,6 +64,8 @@ def omegaconf_reason(err: Exception) -> str:
         return "expects a list, e.g. [600, 400]"
     if text.startswith("Incompatible value 'None'"):
         return "needs a value (key=value)"
+    if text.startswith("Invalid type assigned: NoneType is not a subclass of int"):
+        return "expects an integer (e.g. 100), got null"  # an item of a list: [600, null]
     given = re.match(r"Cannot convert '(?:DictConfig|ListConfig)' to string: '(.*)'$", text)
     if given:  # text_field.x=1 or text_field=[a]: keys or a list where a string goes
         return f"expects a string, got {given.group(1)}"

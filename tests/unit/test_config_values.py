@@ -72,6 +72,8 @@ TEXT = ["data.source=shakespeare"]
          "expects a list, e.g. [600, 400]; got {'x': 1}"),
         (["data.text_field.x=1"], "data.text_field", "expects a string, got {'x': 1}"),
         (["data.text_field=[a]"], "data.text_field", "expects a string, got ['a']"),
+        (["train.block_steps=[5,null]"], "train.block_steps[1]",
+         "expects an integer (e.g. 100), got null"),
         # the override that did it is named, not the recipe that set the key before it
         ([str(ROOT / "jobs" / "tiny_cpu.yaml"), "train.steps.x=1"], "train.steps",
          "expects an integer"),
