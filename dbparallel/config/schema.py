@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dbparallel.config.checks import check, choice, finite
+from dbparallel.config.checks import STORED, check, choice, finite
 from dbparallel.config.data_checks import check_latent_keys, check_latents, path_hint
 from dbparallel.config.noise_checks import check_noise, check_time_blocks
 from dbparallel.config.presets import PRESET_DIMS, check_task_width, check_width
@@ -47,6 +47,11 @@ class RunConfig:
         check(self.seed >= 0, "run.seed", f"must be >= 0, got {self.seed}")
         check(self.name.strip() == self.name, "run.name",
               f"must not start or end with a space, got {self.name!r}")
+        # runs/<name>: a path (../x, a/b) or . would put the run outside runs/ or into it
+        check(STORED.get() or ("/" not in self.name and "\\" not in self.name
+                               and self.name not in (".", "..")), "run.name",
+              f"is a name, not a path (runs/<name> is its directory), got {self.name!r}; "
+              f"give run.dir to put the run elsewhere")
 
 
 @dataclass

@@ -30,6 +30,9 @@ from dbparallel.config import (
         ("debug.kill_block=7", "debug.kill_block"),
         ("data.decode_threads=-1", "data.decode_threads"),
         ("run.name=' x'", "run.name"),
+        ("run.name=../x", "run.name"),  # runs/../x: outside runs/
+        ("run.name=.", "run.name"),  # runs/.: among the other runs
+        ("run.name=a/b", "run.name"),
     ],
 )
 def test_bad_values_name_the_key(override: str, key: str) -> None:
@@ -247,6 +250,15 @@ def test_cli_exit_code_2_on_config_error(capsys) -> None:
     assert main(["train", "model.depth=7"]) == 2
     err = capsys.readouterr().err
     assert "model.depth" in err and "Traceback" not in err
+
+
+def test_a_run_stored_with_a_path_as_its_name_still_loads() -> None:
+    """run.name=a/b trained before names were told from paths: its config.yaml reads back."""
+    from dbparallel.config import from_dict, to_dict
+
+    stored = to_dict(load_config())
+    stored["run"]["name"] = "a/b"
+    assert from_dict(stored).run.name == "a/b"
 
 
 def test_a_stored_config_without_a_later_key_reads_as_it_trained() -> None:
