@@ -55,7 +55,9 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"{item}: overrides are key=value (e.g. model.blocks=3)")
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        # a key is its dotted name, without the spaces a quoted `"train.steps = 3"` holds
+        layers.append(OmegaConf.from_dotlist([f"{k.strip()}={v}" for k, v in
+                                              (o.split("=", 1) for o in overrides)]))
         given = OmegaConf.merge(*layers)  # untyped: a later layer may replace model.blocks=auto
         _sections_are_mappings(given)
         given = _whole_numbers(given)

@@ -85,6 +85,12 @@ def test_a_key_cut_short_or_run_on_is_told_the_key_meant(override: str, meant: s
         load_config([], [override])
 
 
+def test_spaces_around_an_override_s_key_are_not_part_of_it() -> None:
+    assert load_config([], ["train.steps = 7", " model.blocks =2"]).train.steps == 7
+    with pytest.raises(ConfigError, match=r"^train.steps: must be >= 1, got 0$"):
+        load_config([], ["train.steps =0"])
+
+
 def test_allowed_values_are_listed() -> None:
     with pytest.raises(ConfigError, match="allowed: euler, heun"):
         load_config([], ["sample.solver=rk4"])
