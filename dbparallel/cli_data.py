@@ -116,9 +116,7 @@ def is_path(item: str) -> bool:
     """Whether a command-line item is a path, not a key=value override: it has no "=", or
     what comes before its "=" is no key (a Hive-style folder, ``data/year=2024``), or it is
     there on disk."""
-    from pathlib import Path
-
-    return "=" not in item or "/" in item.split("=", 1)[0] or Path(item).exists()
+    return "=" not in item or "/" in item.split("=", 1)[0] or os.path.exists(item)
 
 
 def _same_path(path: str) -> str:

@@ -5,7 +5,9 @@ schema's defaults, ``model.blocks=auto``, and the config as YAML (the key listin
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -37,18 +39,18 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
     try:
         layers = []
         for path in files:
-            if not Path(path).is_file():
+            if not os.path.isfile(path):  # (False, not OSError, for a name too long)
                 hint = ""
                 section = str(path).split(".")[0]
                 if re.fullmatch(r"[a-z_]+(\.[a-z_0-9]+)+", str(path)) \
                         and section in {f.name for f in fields(Config)}:
                     hint = f" (an override needs its value: {path}=...)"
-                elif (Path(path) / CONFIG_FILE).is_file():
+                elif os.path.isfile(Path(path) / CONFIG_FILE):
                     hint = (f" (it is a run directory: give run.dir={shell_path(path)}, with "
                             f"the recipe and overrides it was trained with, to resume it)")
-                elif Path(f"{path}.yaml").is_file():
+                elif os.path.isfile(f"{path}.yaml"):
                     hint = f" (did you mean {path}.yaml?)"
-                elif Path(path).is_dir():
+                elif os.path.isdir(path):
                     hint = " (it is a folder: give a YAML recipe)"
                 raise ConfigError(f"config file not found: {path}{hint}")
             layers.append(_recipe(path))
@@ -137,7 +139,7 @@ def given_value(files: list[str | Path], overrides: list[str], key: str) -> Any:
     named, as load_config would; one that is missing is left to load_config."""
     from omegaconf import OmegaConf
 
-    layers = [_recipe(path) for path in files if Path(path).is_file()]
+    layers = [_recipe(path) for path in files if os.path.isfile(path)]
     layers.append(OmegaConf.from_dotlist(
         [o for o in overrides if o.split("=", 1)[0].strip() == key]))
     return OmegaConf.select(OmegaConf.merge(*layers), key)
@@ -196,7 +198,8 @@ def _sections_are_mappings(given: Any) -> None:
 def _whole_numbers(given: Any) -> Any:
     """``given`` with a whole number written as a float (``train.steps=1e3``, ``2.0e4`` in a
     recipe) made an integer where the key takes one, in lists of integers too; any other float
-    is left for OmegaConf to refuse, naming the key."""
+    is left for OmegaConf to refuse, naming the key. An integer too large for a float key is
+    refused here, naming the key (OmegaConf's float() of it overflows)."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     def whole(value: Any) -> Any:
@@ -211,9 +214,13 @@ def _whole_numbers(given: Any) -> Any:
             continue
         for key in fields(section):
             kind = str(key.type).replace(" ", "")
+            inner = OmegaConf.select(value, key.name, throw_on_resolution_failure=False)
+            if kind in ("float", "float|None") and isinstance(inner, int) \
+                    and not isinstance(inner, bool) and abs(inner) > sys.float_info.max:
+                raise ConfigError(f"{f.name}.{key.name}: must be a finite number, got one of "
+                                  f"{len(str(abs(inner)))} digits")  # float() overflows
             if kind not in ("int", "int|None", "list[int]") or key.name not in value:
                 continue
-            inner = OmegaConf.select(value, key.name, throw_on_resolution_failure=False)
             if isinstance(inner, ListConfig):
                 items = OmegaConf.to_container(inner)
                 if any(whole(x) is not x for x in items):

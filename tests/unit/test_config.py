@@ -429,6 +429,9 @@ def test_a_recipe_not_found_is_told_what_was_meant(tmp_path, monkeypatch) -> Non
     with pytest.raises(ConfigError, match=r"^config file not found: \. \(it is a folder: "
                                           r"give a YAML recipe\)$"):
         load_config(["."])
+    long = "a" * 300 + ".yaml"  # no file name is that long: not found, not an OSError
+    with pytest.raises(ConfigError, match=rf"^config file not found: {long}$"):
+        load_config([long])
 
 
 def test_an_unknown_option_shows_its_command_s_usage(capsys) -> None:

@@ -72,6 +72,9 @@ TEXT = ["data.source=shakespeare"]
          "expects a list, e.g. [600, 400]; got {'x': 1}"),
         (["data.text_field.x=1"], "data.text_field", "expects a string, got {'x': 1}"),
         (["data.text_field=[a]"], "data.text_field", "expects a string, got ['a']"),
+        # an integer too large for a float; an item too long to be a file name
+        (["train.lr=" + "9" * 400], "train.lr", "must be a finite number, got one of 400 "),
+        (["model.hidden=" + "9" * 300], "model.hidden", "9" * 300),
         (["train.block_steps=[5,null]"], "train.block_steps[1]",
          "expects an integer (e.g. 100), got null"),
         # the override that did it is named, not the recipe that set the key before it
