@@ -147,11 +147,11 @@ def _bare_source(path: str, text_task: bool = False) -> str:
     from dbparallel.data.text import ARCHIVES
 
     folder = Path(path)
-    if "://" in path or folder.is_file():
+    if "://" in path or os.path.isfile(path):  # (False, not OSError, for a name too long)
         name = path.split("?", 1)[0] if "://" in path else folder.name  # a URI's query
         archive = text_task and name.lower().endswith(ARCHIVES)  # refused, told to extract
         return "text" if text_file_name(name) or archive else "parquet"
-    if not folder.is_dir():
+    if not os.path.isdir(path):
         return "parquet"
     seen = [p for _, p in zip(range(10_000), folder.rglob("*"), strict=False)]
     suffixes = {p.suffix.lower() for p in seen}

@@ -90,6 +90,15 @@ def test_a_text_file_of_another_name_is_told_how_text_is_recognised(tmp_path,
     assert "(it looks like text: text files are recognised by their names, ending in .txt" in err
 
 
+def test_a_data_path_too_long_to_be_a_file_name_is_named(capsys) -> None:
+    from dbparallel.cli import main
+
+    long = "a" * 300  # no file name is that long: not there, not an OSError
+    assert main(["data", "check", long]) == 2
+    assert capsys.readouterr().err.startswith(f"dbparallel: error: data.path: cannot reach "
+                                              f"'{long}'")
+
+
 def test_a_text_file_read_as_parquet_is_told_data_source_text(tmp_path, capsys) -> None:
     """Its name already says text, so renaming it is no advice: data.source=parquet is."""
     from dbparallel.cli import main
