@@ -45,9 +45,13 @@ def check_out_file(out: str, name: str = "--out") -> None:
     if "://" in out:
         return
     path = Path(out).resolve()
-    if path.is_dir():
+    try:
+        folder, exists = path.is_dir(), path.exists()
+    except OSError as err:  # a name too long to be a file's
+        raise UserError(f"{name} {out}: cannot be written ({err.strerror})") from None
+    if folder:
         raise UserError(f"{name} {out}: is a folder; name a file (in it)")
-    if not path.exists():
+    if not exists:
         return
     for parent in path.parents:
         if (parent / CONFIG_FILE).is_file() and (parent / DATA_INDEX_FILE).is_file():

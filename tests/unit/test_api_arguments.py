@@ -45,7 +45,8 @@ def test_export_refuses_a_folder_or_a_file_of_a_run_directory(runs: dict[str, st
     for out, said in ((tmp_path, f"out {tmp_path}: is a folder; name a file"),
                       (run / "config.yaml", "which writing would replace"),
                       (run / "report.json", "which writing would replace"),
-                      ("", "out: give the path of the file to write")):
+                      ("", "out: give the path of the file to write"),
+                      (tmp_path / ("a" * 300), "cannot be written (File name too long)")):
         if out == run / "report.json":
             out.write_text("{}")
         with pytest.raises(UserError, match=re.escape(said)):
