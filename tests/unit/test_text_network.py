@@ -143,7 +143,8 @@ def test_mdm_max_new_is_the_start_of_a_whole_row() -> None:
     net = network("mdm", CharTokenizer("".join(sorted(set(ASCII)))), "data.seq_len=16")
     seen: list[tuple[int, ...]] = []
     routed = net.task.routed_logits
-    net.task.routed_logits = lambda nets, x, t: seen.append(tuple(x.shape)) or routed(nets, x, t)
+    net.task.routed_logits = lambda nets, x, t, **how: (seen.append(tuple(x.shape)) or
+                                                        routed(nets, x, t, **how))
     whole = net.generate(["to be", "or no"], seed=3)
     assert [len(t) for t in whole] == [11, 11]
     for n in (1, 4, 11):
