@@ -15,7 +15,7 @@ from typing import Any
 
 from dbparallel.config.checks import STORED
 from dbparallel.config.identity import upgrade
-from dbparallel.config.schema import Config
+from dbparallel.config.schema import TEXT_GAMMA, TEXT_TASKS, Config
 from dbparallel.config.wording import from_file, omegaconf_reason
 from dbparallel.errors import ConfigError
 from dbparallel.shell import shell_path
@@ -70,6 +70,10 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (),  # type
                 and OmegaConf.select(given, "model.blocks") is None:
             # one weight-tied core: the only B it takes, not the schema's default of 4
             given = OmegaConf.merge(given, OmegaConf.from_dotlist(["model.blocks=1"]))
+        if OmegaConf.select(given, "task") in TEXT_TASKS \
+                and OmegaConf.select(given, "noise.gamma") is None:
+            # the overlap the method takes for text (twice the schema's 0.05 for images)
+            given = OmegaConf.merge(given, OmegaConf.create({"noise": {"gamma": TEXT_GAMMA}}))
         if OmegaConf.select(given, "model.blocks") == AUTO:
             return _auto_blocks(files, list(overrides), fit_blocks)
         merged = OmegaConf.merge(merged, given)

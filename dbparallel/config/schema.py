@@ -19,6 +19,7 @@ from dbparallel.config.training import TrainConfig
 
 TASKS = ("dit", "vit", "mdm", "ar", "looped")
 TEXT_TASKS = ("mdm", "ar", "looped")
+TEXT_GAMMA = 0.1  # noise.gamma where a text task's config does not set it
 DATA_SOURCES = ("digits", "parquet", "shakespeare", "text", "fashion_mnist", "image_folder")
 PATH_SOURCES = ("parquet", "text", "image_folder")  # the sources read from data.path
 # the sources that can be read from a path: fashion_mnist from data.path where it is set
@@ -170,7 +171,9 @@ class NoiseConfig:
     P_mean: float = -1.2  # mean of ln sigma in training (>= 1e-6 of its density in range)
     P_std: float = 1.2  # std of ln sigma in training; >= 0.001
     sigma_data: float = 0.5  # data standard deviation assumed by the preconditioning; 1e-9..1e9
-    gamma: float = 0.05  # overlap: each range widened by gamma times its log-width
+    # overlap: each range widened by gamma times its log-width; 0.1 (TEXT_GAMMA) for a text
+    # task whose config does not set it (config/loading.py)
+    gamma: float = 0.05
     t_min: float = 1e-4  # lowest masking time t of the masked diffusion LM (task=mdm)
     # how [sigma_min, sigma_max] is cut into the blocks' ranges: equiprobable (equal mass of
     # the training density, paper 3.3) | log_uniform (equal widths in ln sigma, the paper's

@@ -386,6 +386,21 @@ def test_a_looped_config_without_model_blocks_takes_its_one_core(tmp_path, capsy
     assert "train: " in capsys.readouterr().out
 
 
+def test_a_text_task_s_overlap_is_0_1_unless_its_config_sets_it(tmp_path) -> None:
+    """The method's gamma for text is 0.1, twice the images' 0.05: a text task's config that
+    does not set noise.gamma (in a recipe or an override) takes it; one that does keeps its
+    value, and the image tasks keep the schema's."""
+    text = ["data.source=shakespeare"]
+    for task in ("mdm", "ar", "looped"):
+        assert load_config([], [f"task={task}", *text]).noise.gamma == 0.1, task
+        assert load_config([], [f"task={task}", *text, "noise.gamma=0.05"]).noise.gamma == 0.05
+    recipe = tmp_path / "ar.yaml"
+    recipe.write_text("task: ar\nnoise:\n  gamma: 0.0\n")
+    assert load_config([recipe], text).noise.gamma == 0.0
+    for task in ("vit", "dit"):
+        assert load_config([], [f"task={task}"]).noise.gamma == 0.05
+
+
 def test_a_recipe_that_is_not_a_yaml_mapping_is_named(tmp_path, capsys) -> None:
     broken, listed = tmp_path / "broken.yaml", tmp_path / "listed.yaml"
     broken.write_text("model:\n  blocks: [1, 2\n")
