@@ -24,6 +24,7 @@ from dbparallel.training.data_pin import DATA_INDEX_FILE, VOCAB_FILE, refuse_oth
 from dbparallel.training.kept_settings import kept_settings, listed, what_records, with_stored
 from dbparallel.training.run_files import MAX_LISTED, stored_config
 from dbparallel.training.run_id import RUN_ID_FILE
+from dbparallel.training.running import RUNNING_DIR
 from dbparallel.training.storage import Storage, reach
 
 # what a run writes at its root (and everything under blocks/): a command's output never
@@ -31,6 +32,9 @@ from dbparallel.training.storage import Storage, reach
 RUN_FILES = (CONFIG_FILE, DATA_INDEX_FILE, VOCAB_FILE, RUN_ID_FILE, "report.json",
              "assembly.jsonl", "diagnostics.json", "curves.png", "samples.png", "confusion.json",
              "samples.txt", "samples.safetensors", "assembler_restarts.json")
+# its folders: the blocks' checkpoints (a copy without config.yaml still resumes, checked
+# against their config), the processes running it, Ray Train's records of replica groups
+RUN_FOLDERS = ("blocks", RUNNING_DIR, "ray_train")
 log = logging.getLogger(__name__)
 
 
@@ -92,9 +96,34 @@ def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
                         what_records(changed, kept))
         written = with_stored(cfg, kept)
     else:
+        _look_before_starting(storage)
         _tell_earlier_default(cfg)
     storage.write_text(CONFIG_FILE, dump_yaml(written))
     return storage
+
+
+def _look_before_starting(storage: Storage) -> None:
+    """A new run's directory (no config.yaml, no checkpoint) that holds files of a run's names
+    (report.json, samples.png) is refused: the run would write over them. Other files, not
+    hidden, are told of: the run's files go beside them (``run.dir=.`` in a project's
+    folder). A run's copy without its config.yaml resumes (checked against its checkpoints)."""
+    from dbparallel.training.checkpoint import any_checkpoint
+
+    if any_checkpoint(storage):
+        return
+    found = [n for n in storage.listdir("")
+             if not n.startswith(".") and n not in ("lost+found", *RUN_FOLDERS)]
+    ours = [n for n in found if n in RUN_FILES]
+    if not found:
+        return
+    if ours:
+        raise RunDirError(
+            f"run.dir={storage.uri()} holds {', '.join(ours[:MAX_LISTED])} but no "
+            f"{CONFIG_FILE}: not a run to resume, and a new run would write over them; give "
+            f"another run.dir, or move them away")
+    log.warning("run.dir=%s is not empty (%s%s): the run's files go beside them",
+                storage.uri(), ", ".join(found[:MAX_LISTED]),
+                f" and {len(found) - MAX_LISTED} more" if len(found) > MAX_LISTED else "")
 
 
 EARLIER_DEFAULT = "runs/digits-dit"  # every run's directory while run.name had one default

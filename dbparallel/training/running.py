@@ -112,6 +112,7 @@ def running(cfg: Config, blocks: list[int] | None = None, session: str = "") -> 
     storage = reach(cfg.run_dir, f"run.dir={cfg.run_dir}")
     try:
         created = not storage.exists("")
+        made = created or not storage.exists(RUNNING_DIR)
         storage.makedirs(RUNNING_DIR)
     except OSError as err:  # a file in the way, a read-only or missing mount
         raise RunDirError(f"run.dir={cfg.run_dir}: cannot create the run directory "
@@ -130,9 +131,10 @@ def running(cfg: Config, blocks: list[int] | None = None, session: str = "") -> 
                                   f"({getattr(err, 'strerror', None) or err})") from None
             yield
     finally:
-        if created:  # nothing else written (stopped before open_run): no directory left
-            for rel in (RUNNING_DIR, ""):  # (an object store's: its directory markers)
-                storage.remove_empty_dir(rel)
+        # nothing else written (stopped before open_run): no directory left; in a folder that
+        # was there (refused as a run directory), no empty folder of records
+        for rel in (RUNNING_DIR, "") if created else (RUNNING_DIR,) if made else ():
+            storage.remove_empty_dir(rel)  # (an object store's: its directory markers)
 
 
 SETTLE_POLL_S = 0.05  # how often a start reads again while a later one withdraws

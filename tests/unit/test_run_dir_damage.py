@@ -122,6 +122,28 @@ def test_a_missing_config_yaml_still_refuses_another_network_and_writes_nothing(
     assert (run / "config.yaml").is_file()
 
 
+def test_a_new_run_in_a_folder_of_other_files_writes_over_none_of_them(
+        tmp_path: Path, capsys, caplog) -> None:
+    """A folder with no run in it that holds a file of a run's name (the user's own
+    report.json) is refused before anything is written; one with other files is trained in,
+    told of them, and they stay as they were."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "report.json").write_text("mine")
+    (folder / ".hidden").write_text("")
+    _refused(capsys, ["train", "--local", TINY, f"run.dir={folder}", *FAST],
+             "report.json", "no config.yaml", "write over them")
+    assert sorted(p.name for p in folder.iterdir()) == [".hidden", "report.json"]
+    (folder / "report.json").rename(folder / "notes.txt")
+    assert cli.main(["train", "--local", TINY, f"run.dir={folder}", *FAST]) == 0
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "config.yaml").is_file()
+    assert any("is not empty (notes.txt): the run's files go beside them" in r.message
+               for r in caplog.records)
+    caplog.clear()  # its rerun resumes: no word of the folder
+    assert cli.main(["train", "--local", TINY, f"run.dir={folder}", *FAST]) == 0
+    assert not any("is not empty" in r.message for r in caplog.records)
+
+
 def test_bad_lines_of_the_metrics_files_are_skipped(run: Path, capsys) -> None:
     metrics = next(run.rglob("metrics*.jsonl"))
     metrics.write_bytes(metrics.read_bytes() + b"\x88\xff not utf-8\n")
