@@ -132,8 +132,16 @@ class Network:
         classifier-free guidance ``cfg_scale`` (defaults: the run's sample.*)."""
         self._need("sample")
         labels = labels_of(labels, self.cfg.data.num_classes)
-        if steps is not None and steps < 1:
-            raise UserError(f"steps: must be >= 1, got {steps}")
+        number(seed, "seed", whole=True)
+        if steps is not None:
+            number(steps, "steps", whole=True)
+            if steps < 1:
+                raise UserError(f"steps: must be >= 1, got {steps}")
+        if cfg_scale is not None:
+            number(cfg_scale, "cfg_scale")
+            if not (math.isfinite(cfg_scale) and cfg_scale >= 0):
+                raise UserError(f"cfg_scale: must be a finite number >= 0 (1: no guidance), "
+                                f"got {cfg_scale}")
         return self.task.generate(self.blocks, labels.to(self.device),
                                   generator(self.cfg.run.seed, "api-sample", seed),
                                   steps, cfg_scale).cpu()

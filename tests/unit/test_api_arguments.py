@@ -101,6 +101,21 @@ def test_sample_names_labels_that_are_no_class_numbers(runs: dict[str, str]) -> 
     assert torch.equal(whole, net.sample([1, 2], steps=1))
 
 
+def test_sample_names_steps_cfg_scale_and_seed_of_another_kind(runs: dict[str, str]) -> None:
+    # steps=1.5 used to fail deep inside as "model.blocks must be >= 1", "3" with a TypeError,
+    # cfg_scale=nan drew NaN images, and seed=1.5 a stream no integer seed gives
+    net = dbparallel.load(runs["dit"])
+    for kwargs, said in (({"steps": 1.5}, "steps: expected an integer, got float 1.5"),
+                         ({"steps": "3"}, "steps: expected an integer, got str '3'"),
+                         ({"cfg_scale": "2"}, "cfg_scale: expected a number, got str '2'"),
+                         ({"cfg_scale": float("nan")}, "cfg_scale: must be a finite number >= 0"),
+                         ({"cfg_scale": -1.0}, "cfg_scale: must be a finite number >= 0"),
+                         ({"seed": 1.5}, "seed: expected an integer, got float 1.5")):
+        with pytest.raises(UserError, match="^" + re.escape(said)):
+            net.sample([0], **kwargs)
+    assert net.sample([0], steps=np.int64(1), cfg_scale=np.float32(1.0)).shape == (1, 1, 8, 8)
+
+
 def test_a_step_that_is_no_step_number_is_named(runs: dict[str, str], tmp_path: Path) -> None:
     # "3" used to look for a snapshot of a step no block has, and say that step 3 is kept
     for call in (lambda: dbparallel.load(runs["dit"], step="3"),
