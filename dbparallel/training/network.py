@@ -153,6 +153,7 @@ class Network:
         """Logits (N, classes) of images (N, C, H, W), or one image (C, H, W): floats in
         [0, 1], or uint8 pixels (with data.latents, latents as the data store them)."""
         self._need("predict")
+        number(seed, "seed", whole=True)
         d = self.cfg.data
         x = images_of(images, d.channels, d.image_size, d.latents)
         return self.task.predict(self.blocks, self.task.from_stored(x.to(self.device, copy=True)),

@@ -86,6 +86,10 @@ def test_predict_names_images_of_another_kind(runs: dict[str, str], tmp_path: Pa
     with pytest.raises(UserError, match="torch.int64 pixels; pass uint8"):
         net.predict(torch.full((1, 1, 8, 8), 200))
     assert net.predict(torch.zeros(0, 1, 8, 8)).shape == (0, 10)  # as sample([]) is empty
+    for seed, got in (("a", "str 'a'"), (1.5, "float 1.5")):  # were taken as seeds
+        said = f"seed: expected an integer, got {got}"
+        with pytest.raises(UserError, match="^" + re.escape(said)):
+            net.predict(torch.zeros(1, 8, 8), seed=seed)
     assert torch.equal(net.predict(torch.stack([torch.zeros(1, 8, 8)] * 2)),
                        net.predict(np.zeros((2, 1, 8, 8), np.float32)))
 
