@@ -46,15 +46,20 @@ def assembly_device(cfg: Config) -> str:
                          "set runtime.assembly_gpus=0 to assemble on the CPU")
 
 
-def requested_device(requested: str | None, key: str = "device") -> str:
+def requested_device(requested: str | torch.device | None, key: str = "device") -> str:
     """``requested`` ("cpu", "cuda", "cuda:N"; None = "cpu"), checked against this machine;
     its errors name it as ``key`` does: a program's ``device='cuda'``, a command's
     ``--device cuda``."""
-    name = requested or "cpu"
-
     def named(value: str) -> str:
         return f"{key} {value}" if key.startswith("--") else f"{key}={value!r}"
 
+    if isinstance(requested, torch.device):
+        requested = str(requested)
+    if requested is not None and not isinstance(requested, str):
+        # torch reads an integer as a CUDA index, so 0 must not pass as "nothing asked"
+        raise UserError(f"{key}: expected cpu, cuda or cuda:N (a string), got "
+                        f"{type(requested).__name__} {requested!r:.40}")
+    name = requested or "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -60,6 +60,10 @@ def test_requested_device_must_be_cpu_or_cuda() -> None:
     for name in ("tpu", "meta", "cuda:x"):
         with pytest.raises(UserError, match="expected cpu, cuda or cuda:N"):
             requested_device(name)
+    for value in (0, 1, 0.0):  # 0 was taken as nothing asked, the CPU; 1 as cuda:1
+        with pytest.raises(UserError, match=r"^device: expected cpu, cuda or cuda:N \(a string\)"):
+            requested_device(value)
+    assert requested_device(torch.device("cpu")) == "cpu"
 
 
 def test_gpu_where_asked_and_present(tiny_cfg, fake_cuda) -> None:
