@@ -67,7 +67,8 @@ def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | s
     index = rewritten_data(cfg, out, "encode", shown)
     def here() -> tuple[Resharded, list[object]]:
         coder = LatentEncoder(function, setting,
-                              requested_device(device or None, "device" if joined else "--device"),
+                              requested_device(None if device == "" else device,
+                                               "device" if joined else "--device"),
                               batch, dtype)
         with rows_progress(index, "encode", progress) as bar:
             done = reshard(index, out, cfg.data.shard_rows, bar,

@@ -102,6 +102,8 @@ def test_bad_arguments_and_a_bad_encoder_are_named_and_leave_nothing(tmp_path) -
     cases = [({"batch": 0}, UserError, "batch: images per encoder call, an int >= 1; got 0"),
              ({"dtype": "bfloat16"}, UserError, "dtype: .* float16 or float32; got 'bfloat16'"),
              ({"encoder": 3}, UserError, "encoder: a function or 'module:function', got int"),
+             ({"device": 0}, UserError, r"device: expected cpu, cuda or cuda:N \(a string\), "
+                                        "got int 0"),  # was the CPU, as nothing asked
              ({"encoder": oblong}, UserError,
               r"encoder=test_bad_arguments.*oblong: given images of shape \((\d+), 3, 8, 8\), "
               r"it returned a tensor of shape \(\1, 3, 2, 8\)"),
