@@ -41,19 +41,22 @@ def load(source: str | os.PathLike, step: int | None = None,
         if step is not None:
             raise RunDirError(f"{source}: an export holds one step per block; step= applies "
                               "to run directories")
-        return load_export(source, device)
+        return _said_unfinished(load_export(source, device), source, None, export=True)
     return _said_unfinished(load_run(source, step, device), source, step)
 
 
-def _said_unfinished(network: Network, run_dir: str, step: int | None) -> Network:
-    """``network``, after a warning where its latest snapshots are of blocks not trained to
-    the end (a run still training, or stopped): it composes them as they are."""
+def _said_unfinished(network: Network, source: str, step: int | None,
+                     export: bool = False) -> Network:
+    """``network``, after a warning where its latest snapshots (those an ``export`` holds) are
+    of blocks not trained to the end (a run still training, or stopped): it composes them as
+    they are."""
     behind = [f"block {b} at step {s:,} of {network.cfg.train.steps_of(b):,}"
               for b, s in enumerate(network.steps) if s < network.cfg.train.steps_of(b)]
     if step is None and behind:
-        log.warning("%s: %s: not trained to the end (the run is training, or stopped: "
-                    "`dbparallel status %s`); the network composes the blocks as they are",
-                    run_dir, ", ".join(behind), shell_path(run_dir))
+        why = ("exported before they were" if export else
+               f"the run is training, or stopped: `dbparallel status {shell_path(source)}`")
+        log.warning("%s: %s: not trained to the end (%s); the network composes the blocks as "
+                    "they are", source, ", ".join(behind), why)
     return network
 
 

@@ -156,6 +156,10 @@ def test_a_run_not_trained_to_the_end_is_said_so_when_loaded(tmp_path, caplog) -
     assert "not trained to the end" not in caplog.text
     assert cli.main(["export", run, "--out", str(tmp_path / "x.safetensors")]) == 0
     assert "block 1 at step 3 of 6" in caplog.text
+    caplog.clear()  # the export, loaded, says so too
+    assert dbparallel.load(str(tmp_path / "x.safetensors")).steps == [6, 3]
+    assert (f"{tmp_path / 'x.safetensors'}: block 1 at step 3 of 6: not trained to the end "
+            f"(exported before they were)") in caplog.text
 
 
 def _folder(root: Path, classes: list[str], per_class: int = 2) -> Path:
