@@ -62,7 +62,11 @@ def labels_of(value: Any, classes: int) -> torch.Tensor:
     import torch
 
     expected = f"class numbers 0..{classes - 1} (an integer, or a list or tensor of them)"
-    x = _tensor(value, "labels", expected).reshape(-1)
+    x = _tensor(value, "labels", expected)
+    if x.dim() > 1:  # one image per label: a table of them is no list
+        raise UserError(f"labels: expected {expected}, got {x.dim()} dimensions "
+                        f"{tuple(x.shape)}; .flatten() them for one image each")
+    x = x.reshape(-1)
     whole = not (x.dtype == torch.bool or x.is_complex()) and (
         not x.is_floating_point() or bool(torch.equal(x, x.round())))
     if not whole:

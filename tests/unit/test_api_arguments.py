@@ -101,6 +101,9 @@ def test_sample_names_labels_that_are_no_class_numbers(runs: dict[str, str]) -> 
                         (torch.tensor([1.7]), "got torch.float32"), ([True], "got torch.bool")):
         with pytest.raises(UserError, match=re.escape(said) + f", {got}"):
             net.sample(labels, steps=1)
+    with pytest.raises(UserError, match=re.escape(said) + r", got 2 dimensions \(2, 2\); "
+                                                          r"\.flatten\(\) them"):
+        net.sample(torch.tensor([[0, 1], [2, 3]]), steps=1)  # gave 4 images without a word
     whole = net.sample(np.array([1.0, 2.0]), steps=1)  # whole numbers of any dtype
     assert torch.equal(whole, net.sample([1, 2], steps=1))
 
