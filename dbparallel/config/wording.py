@@ -23,16 +23,22 @@ def from_file(key: str, files: list[str | Path], layers: list[Any], overrides: l
         if key == given or key.startswith((given + ".", given + "[")) \
                 or given.startswith((key + ".", key + "[")) or f"{given}=" in message:
             return message
-    for path, layer in reversed(list(zip(files, layers, strict=False))):
-        try:  # a value that does not resolve (${nope}) is set by this file all the same
-            found = OmegaConf.select(layer, key, default=_UNSET)
-        except OmegaConfBaseException:
-            found = None
-        except Exception:  # noqa: BLE001 (naming the file is a help: never a second error)
-            return message
-        if found is not _UNSET:
-            return f"{path}: {message}"
-    return message
+    # the recipes that set ``key`` and the other side the message names (model.blocks=3), the
+    # last of each: where two recipes disagree, both are named
+    setters: list[str] = []
+    for side in [key, *(k for k in re.findall(r"\b([a-z_]+(?:\.[a-z_0-9]+)+)=", message)
+                        if k != key)]:
+        for path, layer in reversed(list(zip(files, layers, strict=False))):
+            try:  # a value that does not resolve (${nope}) is set by this file all the same
+                found = OmegaConf.select(layer, side, default=_UNSET)
+            except OmegaConfBaseException:
+                found = None
+            except Exception:  # noqa: BLE001 (naming the file is a help: never a second error)
+                return message
+            if found is not _UNSET:
+                setters += [str(path)] if str(path) not in setters else []
+                break
+    return f"{' and '.join(setters)}: {message}" if setters else message
 
 
 _UNSET = object()

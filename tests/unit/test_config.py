@@ -124,6 +124,21 @@ def test_blocks_that_do_not_divide_the_depth_are_told_the_ones_that_do() -> None
         load_config([], ["model.depth=24", "model.blocks=5"])
 
 
+def test_two_recipes_that_disagree_are_both_named(tmp_path) -> None:
+    """The depth of one recipe and the blocks of another: the one that set the blocks was
+    left out, though it is the one that changed."""
+    depth, blocks = tmp_path / "depth.yaml", tmp_path / "blocks.yaml"
+    depth.write_text("model:\n  depth: 2\n")
+    blocks.write_text("model:\n  blocks: 3\n")
+    with pytest.raises(ConfigError, match=f"^{depth} and {blocks}: model.depth: 2 layers do "
+                                          f"not split equally into model.blocks=3"):
+        load_config([depth, blocks])
+    both = tmp_path / "both.yaml"
+    both.write_text("model:\n  depth: 2\n  blocks: 3\n")
+    with pytest.raises(ConfigError, match=f"^{both}: model.depth: 2 layers"):
+        load_config([depth, both])
+
+
 def test_the_default_run_name_names_the_data_and_the_task() -> None:
     assert load_config().run_dir == "runs/digits-dit"
     text = load_config([], ["task=ar", "data.source=shakespeare"])
