@@ -42,11 +42,15 @@ def _cluster(cfg: Config) -> Cluster:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from dbparallel.tasks import unused_blocks_warning
     from dbparallel.training.plan import plan, plan_table
 
     cfg = config_of(args)
     result = plan(cfg, _cluster(cfg))
     print(json.dumps(result, indent=2) if args.json else plan_table(cfg, result))
+    unused = unused_blocks_warning(cfg)
+    if unused:
+        print(f"plan: warning: {unused}", file=sys.stderr)
     short = _does_not_fit(result["cluster"])
     if short:
         print(f"plan: {short}; exit code {EXIT_DOES_NOT_FIT}", file=sys.stderr)

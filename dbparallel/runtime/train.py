@@ -15,7 +15,7 @@ from typing import Any
 
 from dbparallel.config import Config
 from dbparallel.errors import UserError
-from dbparallel.tasks import build_task
+from dbparallel.tasks import build_task, unused_blocks_warning
 from dbparallel.training.data_check import check_here
 from dbparallel.training.data_memory import report_footprint
 from dbparallel.training.plan import memory_warning
@@ -48,7 +48,8 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
 
         load_decoder(cfg.sample.decoder)
     for warning in (memory_warning(cfg),  # runtime.device_memory given and a block exceeds it
-                    warmup_warning(cfg.train, cfg.model.blocks)):
+                    warmup_warning(cfg.train, cfg.model.blocks),
+                    unused_blocks_warning(cfg)):  # a block the sampler never runs
         if warning:
             log.warning(warning)
     if only_blocks:

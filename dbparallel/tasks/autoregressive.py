@@ -108,6 +108,9 @@ class AutoregressiveLM(TextData):
             return karras_schedule(self.noise, self.steps)
         return equiprobable_schedule(self.noise, self.steps)
 
+    def inference_blocks(self) -> list[int]:
+        return [self.partition.owner(float(s)) for s in self.sigmas()]
+
     def euler(self, z: torch.Tensor, logits: torch.Tensor, E: torch.Tensor, sigma: float,
               sigma_next: float) -> torch.Tensor:
         """z' = z + (sigma' - sigma) (z - D)/sigma with D = softmax(logits) @ E."""

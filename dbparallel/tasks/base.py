@@ -50,6 +50,11 @@ class Task(Protocol):
         on the meta device it costs nothing (memory estimates, benchmarks)."""
         ...
 
+    def inference_blocks(self) -> list[int]:
+        """The blocks the config's sampler runs, in the order it runs them: a block it never
+        runs trains for nothing (``unused_blocks_warning``)."""
+        ...
+
     def draw(self, block: int, batch: Batch, total: int, generator: torch.Generator) -> Draws:
         """Every random draw of the loss for a global batch of ``total`` rows shaped like
         ``batch`` (its rows' other dimensions), made on the generator's device, in a fixed

@@ -110,6 +110,11 @@ class Classification(ImageData):
         (at least 2: the first at sigma_max, the last, which gives the logits, at sigma_min)."""
         return equiprobable_schedule(self.noise, max(self.cfg.model.blocks, 2))
 
+    def inference_blocks(self) -> list[int]:
+        if self.end_to_end:
+            return [0]
+        return [self.partition.owner(float(s)) for s in self.inference_sigmas()]
+
     @torch.no_grad()
     def predict(self, nets: list[ViTBlock], images: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:

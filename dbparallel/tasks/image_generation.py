@@ -21,6 +21,7 @@ from dbparallel.core.sampler import (
     euler_sample,
     heun_sample,
     karras_schedule,
+    route,
 )
 from dbparallel.models.dit import DiTBlock
 from dbparallel.models.presets import resolve
@@ -73,6 +74,15 @@ class ImageGeneration(ImageData):
         D = self.denoise(net, y + sigma.view(-1, 1, 1, 1) * draws["eps"], sigma, labels)
         return weighted_mse(D, y, edm_weight(sigma, self.sigma_data))  # (N,)
 
+    def inference_blocks(self) -> list[int]:
+        # Heun's second call of a step is at the next step's sigma: the same blocks
+        return route(self._sigmas(self.cfg.sample.steps), self.partition)
+
+    def _sigmas(self, steps: int) -> torch.Tensor:
+        if self.cfg.sample.schedule == "equiprobable":
+            return equiprobable_schedule(self.noise, steps)
+        return karras_schedule(self.noise, steps)
+
     @torch.no_grad()
     def generate(
         self, nets: list[DiTBlock], labels: torch.Tensor, generator: torch.Generator,
@@ -84,8 +94,7 @@ class ImageGeneration(ImageData):
         s, d = self.cfg.sample, self.cfg.data
         device = labels.device
         steps = s.steps if steps is None else steps
-        sigmas = (equiprobable_schedule(self.noise, steps) if s.schedule == "equiprobable"
-                  else karras_schedule(self.noise, steps))
+        sigmas = self._sigmas(steps)
         shape = (len(labels), d.channels, d.image_size, d.image_size)
         z = self.noise.sigma_max * torch.randn(shape, generator=generator).to(device)
         solver = euler_sample if s.solver == "euler" else heun_sample

@@ -105,6 +105,10 @@ class MaskedDiffusionLM(TextData):
         nats = self.nll(nets, x0, generator, self.cfg.sample.elbo_draws)
         return {"bpc": float(nats.mean()) / (x0.shape[1] * math.log(2))}
 
+    def inference_blocks(self) -> list[int]:
+        steps = self.cfg.sample.steps
+        return [self.partition.owner_of_step(1 - j / steps) for j in range(steps)]
+
     @torch.no_grad()
     def generate(self, nets: list[MaskedLMBlock], n: int, generator: torch.Generator,
                  device: str | torch.device = "cpu", prompt: torch.Tensor | None = None,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dbparallel import cli
 
 SMALL = ["model.depth=8", "train.batch_size=16", "model.blocks=4"]
+TEXT = ["data.source=shakespeare", "model.hidden=32", "model.heads=2"]
 
 
 def _plan(capsys, *overrides: str, code: int = 0) -> str:
@@ -156,3 +159,26 @@ def test_a_plan_that_cannot_train_exits_1_and_says_why(capsys) -> None:
     assert cli.main(["plan", *SMALL, "runtime.devices=1", "runtime.gpus_per_block=2"]) == 1
     assert "plan: one block is more than the cluster (runtime.devices) has" in \
            capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, ran, never", [
+    (["task=dit", "sample.steps=2"], "blocks 0, 3", "blocks 1, 2 train but never run"),
+    # 3 points at q = 1, 1/2, 0 of the training density: 1/2 is block 1's lower boundary
+    (["task=ar", *TEXT, "sample.steps=3"], "blocks 0, 1, 3", "block 2 trains but never runs"),
+    (["task=mdm", *TEXT, "sample.steps=2"], "blocks 0, 2", "blocks 1, 3 train but never run"),
+    (["task=vit", "model.blocks=8", "noise.partition=log_uniform"],
+     "blocks 0, 3, 3, 4, 4, 4, 5, 7", "blocks 1, 2, 6 train but never run"),
+])
+def test_a_block_the_sampler_never_runs_is_warned_of(capsys, caplog, overrides, ran,
+                                                     never) -> None:
+    """Fewer sample.steps than blocks (or ViT's chain on a log-uniform partition of more
+    than 4 blocks): a block that trains for nothing is said by plan and before a run."""
+    from dbparallel.config import load_config
+    from dbparallel.tasks import unused_blocks_warning
+
+    said = unused_blocks_warning(load_config([], [*SMALL, *overrides]))
+    assert said is not None and f"runs {ran}: {never} when sampling" in said, said
+    assert cli.main(["plan", *SMALL, *overrides]) == 0
+    assert f"plan: warning: {said}" in capsys.readouterr().err
+    enough = [o for o in overrides if not o.startswith(("sample.steps", "noise.partition"))]
+    assert unused_blocks_warning(load_config([], [*SMALL, *enough])) is None
