@@ -1,0 +1,81 @@
+"""What README.md and docs/*.md say of the benchmarks agrees with benchmarks/: every option a
+quoted command passes exists in that script, and the tables quoted from a result file hold
+that file's numbers, rounded as printed."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SCRIPTS = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+# where a quoted command ends: a closing backtick, a blank line, a comment, a closing
+# parenthesis, the next command, or a line break not continued by a backslash or an option
+_COMMAND_END = re.compile(r"`|\n\n|#|\)|;|benchmarks/|(?<!\\)\n(?!\s*--)")
+
+
+def quoted_options() -> list[tuple[str, str, str]]:
+    """(doc, script, option) for each ``--option`` written after ``[benchmarks/]NAME.py``."""
+    found = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for m in re.finditer(r"(?<![\w/])(?:benchmarks/)?(\w+)\.py", text):
+            if m.group(1) not in SCRIPTS:
+                continue
+            command = _COMMAND_END.split(text[m.end():m.end() + 400])[0]
+            found += [(doc.name, m.group(1), opt)
+                      for opt in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", command)]
+    return found
+
+
+def declared_options(name: str) -> set[str]:
+    """The options ``benchmarks/NAME.py`` declares, with those of ``common.parser`` it uses."""
+    text = (ROOT / "benchmarks" / f"{name}.py").read_text()
+    options = set(re.findall(r"add_argument\(\s*['\"](--[\w-]+)['\"]", text))
+    if re.search(r"\bparser\(", text) and "common" in text:
+        options |= {"--json", "--quick", "--out", "--no-plot"}
+        if "timed=True" in text:
+            options.add("--wait-idle")
+    return options
+
+
+def test_every_option_a_quoted_benchmark_command_passes_exists() -> None:
+    quoted = quoted_options()
+    assert len(quoted) > 40  # the scan does find the commands
+    assert ("performance.md", "throughput", "--wait-idle") in quoted
+    assert ("README.md", "gpu_bench", "--sweep-blocks") in quoted
+    missing = [q for q in quoted if q[2] not in declared_options(q[1])]
+    assert not missing, f"options the docs pass that the script lacks: {missing}"
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def test_the_parquet_write_table_holds_its_result() -> None:
+    rows = json.loads((ROOT / "benchmarks/results/parquet_write.json").read_text())["rows"]
+    text = (ROOT / "docs/data.md").read_text()
+    for layout in ("uint8 fixed-size lists", "float32 lists", "encoded bytes"):
+        arms = {r["arm"]: r for r in rows if r["layout"] == layout and r["row_group_mib"] == 256}
+        one, pieces = arms["one chunk"], arms["pieces"]
+        line = (f"| {layout} | {_mib(one['process_peak_bytes'])} / "
+                f"{_mib(pieces['process_peak_bytes'])} MiB | {_mib(one['arrow_peak_bytes'])} / "
+                f"{_mib(pieces['arrow_peak_bytes'])} MiB | {one['seconds']:.2f} / "
+                f"{pieces['seconds']:.2f} |")
+        assert line in text, line
+
+
+def test_the_parquet_read_table_holds_its_result() -> None:
+    rows = json.loads((ROOT / "benchmarks/results/parquet_read.json").read_text())["rows"]
+    text = (ROOT / "docs/data.md").read_text()
+    for layout, mib in (("uint8 fixed-size lists", 16), ("uint8 fixed-size lists", 256),
+                        ("float32 lists", 256), ("encoded bytes", 256)):
+        arms = {r["arm"]: r for r in rows if r["layout"] == layout and r["row_group_mib"] == mib}
+        whole, pieces = arms["whole"], arms["pieces"]
+        line = (f"| {layout}, {mib} MiB: whole / pieces | {_mib(whole['process_peak_bytes'])} / "
+                f"{_mib(pieces['process_peak_bytes'])} MiB | {_mib(whole['arrow_peak_bytes'])} / "
+                f"{_mib(pieces['arrow_peak_bytes'])} MiB | {whole['seconds']:.2f} / "
+                f"{pieces['seconds']:.2f} |")
+        assert line in text, line
