@@ -79,3 +79,18 @@ def test_the_parquet_read_table_holds_its_result() -> None:
                 f"{_mib(pieces['arrow_peak_bytes'])} MiB | {whole['seconds']:.2f} / "
                 f"{pieces['seconds']:.2f} |")
         assert line in text, line
+
+
+def test_the_readme_h100_table_holds_gpu_json() -> None:
+    result = json.loads((ROOT / "benchmarks/results/gpu.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    assert f"Measured on one {result['device'].removesuffix(' HBM3')} " in text
+    for m in result["memory"]:
+        e2e, block = m["e2e"], m["block"]
+        line = (f"| {m['batch']} | {_mib(e2e['peak_allocated_bytes'])} MiB | "
+                f"{_mib(block['peak_allocated_bytes'])} MiB | {m['peak_ratio']:.2f}x | "
+                f"{e2e['step_time_s'] * 1e3:.1f} ms | {block['step_time_s'] * 1e3:.1f} ms |")
+        assert line in text, line
+    ratios = ", ".join(f"{r['peak_ratio']:.2f}x (B={r['blocks']})" for r in json.loads(
+        (ROOT / "benchmarks/results/gpu_blocks.json").read_text())["rows"])
+    assert f"allocator peak ratio {ratios}" in " ".join(text.split())
