@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.provenance import provenance
+
 RESULTS = Path(__file__).resolve().parent / "results"
 IDLE_LOAD = 1.0  # a 1-minute load average below this counts as an idle machine
 
@@ -80,6 +82,7 @@ def finish(name: str, result: dict[str, Any], args: argparse.Namespace,
     """Print ``result``, write ``<name>.json`` and ``<name>.png`` into the results directory."""
     out = Path(args.out) if args.out else RESULTS
     out.mkdir(parents=True, exist_ok=True)
+    result.setdefault("provenance", provenance())  # the commit measured, and when
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))

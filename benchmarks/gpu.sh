@@ -25,6 +25,8 @@
 #   sweep  per-block allocator peak for B = 2..12, 1.5 min
 #   train  the embedded default trained through the CLI on the GPU (local mode), 2.5 min
 # Results go to $OUT when set, else benchmarks/results/; exit status 1 if any part failed.
+# A copy of the working tree without its git history records the commit it was measured with
+# where DBPARALLEL_COMMIT=$(git rev-parse HEAD) is given in front of the command.
 # The default parts leave 5 files there, "tests speed modes" 8 (a device call brings back 8).
 set -uo pipefail
 cd "$(dirname "$0")/.."

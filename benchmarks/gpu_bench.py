@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.provenance import provenance  # noqa: E402
 from dbparallel.config import (  # noqa: E402
     Config,
     DataConfig,
@@ -223,7 +224,7 @@ def main() -> None:
         return
     B = args.blocks
     name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (smoke)"
-    out: dict = {"device": name, "torch": torch.__version__,
+    out: dict = {"device": name, "torch": torch.__version__, "provenance": provenance(),
                  "model": "DiT-S/2" if not SMOKE else "tiny", "image_size": SIZE,
                  "depth": DEPTH, "blocks": B,
                  "precision": "fp32 (TF32 matmuls)", "memory": [], "concurrency": [],

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.provenance import provenance  # noqa: E402
 from dbparallel.config import Config, load_config  # noqa: E402
 from dbparallel.data.shards import DataIndex  # noqa: E402
 from dbparallel.data.sources import open_data  # noqa: E402
@@ -186,6 +187,7 @@ def train_and_evaluate(args: argparse.Namespace) -> None:
     for p in procs:
         p.wait()
     result: dict[str, Any] = {"rows": [], "device": device_name(device),
+                              "provenance": provenance(),
                               "train_s_limit": args.train_s, "exit_codes": [p.returncode
                                                                             for p in procs]}
     for job in jobs:

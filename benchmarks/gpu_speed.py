@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.gpu_case import BLOCKS, SMOKE, Setting, Spec, measure  # noqa: E402
 from benchmarks.gpu_report import markdown, plot  # noqa: E402
+from benchmarks.provenance import provenance  # noqa: E402
 
 MODELS = ("dit-s", "dit-b")
 # seconds a configuration may take (compiling a DiT step takes tens of seconds)
@@ -103,7 +104,7 @@ def run_matrix(specs: list[Spec], runner: Runner, budget_s: float, out: Path,
                head: dict[str, Any]) -> dict[str, Any]:
     """Every spec through ``runner`` until the budget runs out; the JSON is rewritten after
     every row, so what finished survives whatever comes after."""
-    result = {**head, "budget_s": budget_s, "rows": []}
+    result = {**head, "budget_s": budget_s, "provenance": provenance(), "rows": []}
     deadline = time.monotonic() + budget_s
     for spec in specs:
         left = deadline - time.monotonic()

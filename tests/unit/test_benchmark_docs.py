@@ -94,3 +94,30 @@ def test_the_readme_h100_table_holds_gpu_json() -> None:
     ratios = ", ".join(f"{r['peak_ratio']:.2f}x (B={r['blocks']})" for r in json.loads(
         (ROOT / "benchmarks/results/gpu_blocks.json").read_text())["rows"])
     assert f"allocator peak ratio {ratios}" in " ".join(text.split())
+
+
+def test_a_result_records_the_commit_it_was_measured_with(tmp_path, monkeypatch) -> None:
+    """finish() writes the commit checked out (and whether the tree differed); where the code
+    runs without its git history (a device machine's copy), DBPARALLEL_COMMIT names it."""
+    import argparse
+    import subprocess
+
+    from benchmarks import provenance as module
+    from benchmarks.common import finish
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    args = argparse.Namespace(out=str(tmp_path), json=False, no_plot=True)
+    finish("probe", {"rows": []}, args, lambda r: "", lambda r, p: None)
+    written = json.loads((tmp_path / "probe.json").read_text())["provenance"]
+    assert written["commit"] == head and written["dirty"] in (True, False)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", written["measured_at"])
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(module.subprocess, "run", no_git)
+    monkeypatch.setenv("DBPARALLEL_COMMIT", "0123abc")
+    assert module.provenance()["commit"] == "0123abc"
+    monkeypatch.delenv("DBPARALLEL_COMMIT")
+    assert module.provenance()["commit"] is None
