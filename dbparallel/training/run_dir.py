@@ -82,6 +82,15 @@ def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
                           f"({getattr(err, 'strerror', None) or err})") from None
     _refuse_other_config(storage, cfg)
     _refuse_live_writers(storage, cfg, blocks)
+    if not storage.exists(CONFIG_FILE):
+        _look_before_starting(storage)
+        _tell_earlier_default(cfg)
+        if storage.create_bytes(CONFIG_FILE, dump_yaml(cfg).encode()):
+            return storage
+        # another process started the run since (--block processes of a new directory at
+        # once): checked against its config.yaml as any resume, never written over
+        _refuse_other_config(storage, cfg)
+        _refuse_live_writers(storage, cfg, blocks)
     written = cfg
     if storage.exists(CONFIG_FILE):
         before = stored_config(storage)
@@ -95,9 +104,6 @@ def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
                         "%s)", storage.uri(), listed(changed, MAX_LISTED),
                         what_records(changed, kept))
         written = with_stored(cfg, kept)
-    else:
-        _look_before_starting(storage)
-        _tell_earlier_default(cfg)
     storage.write_text(CONFIG_FILE, dump_yaml(written))
     return storage
 
@@ -114,7 +120,7 @@ def _look_before_starting(storage: Storage) -> None:
     found = [n for n in storage.listdir("")
              if not n.startswith(".") and n not in ("lost+found", *RUN_FOLDERS)]
     ours = [n for n in found if n in RUN_FILES]
-    if not found:
+    if not found or CONFIG_FILE in found:  # another process started the run since
         return
     if ours:
         raise RunDirError(
