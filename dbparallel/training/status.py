@@ -5,7 +5,8 @@ storage) is read the same way as a local one, while it trains or after. Each blo
 
 - ``done``: a checkpoint of its last step (train.steps, or its train.block_steps count), or
   of a later one (a rerun lowered train.steps: the block trains no more, and keeps the weights
-  of the step it reached; its row says so);
+  of the step it reached; its row says so), unless a live writer holds it (a ``--block``
+  process given more steps than another one wrote to config.yaml since: it trains on);
 - ``training``: its write lease was renewed within its writer's train.lease_timeout_s, which
   the lease records (a lease written before it did: the run's config.yaml's); the writer
   renews it at every metrics line and checkpoint, and at least every quarter of that timeout;
@@ -183,9 +184,13 @@ def _read_block(storage: Storage, cfg: Config, block: int,
     except (RunDirError, AttributeError, KeyError, TypeError, ValueError) as err:
         row.state, row.problem = "damaged", " ".join(str(err).split())
         return row, True
-    if row.checkpoint_step is not None and row.checkpoint_step >= row.steps:
+    live = bool(row.writer) and row.writer_alive is not False
+    reached = row.checkpoint_step is not None and row.checkpoint_step >= row.steps
+    # past the steps config.yaml holds now, with a live writer: a --block process given more
+    # steps than another one wrote there since trains on to its own
+    if reached and not (live and row.checkpoint_step > row.steps):
         row.state = "done"
-    elif row.writer and row.writer_alive is not False:
+    elif live:
         row.state = "training"
     elif row.held_by_driver:  # the driver may ask it again: its failure, if any, is told
         row.state = "held by its driver"

@@ -613,3 +613,17 @@ def test_a_lease_deleted_as_status_reads_it_is_no_traceback(run: Path, tmp_path:
                             lambda s: run_status(s, cfg).blocks[0].state)
     assert states[0] == "stopped" and states[-1] == "training"
     assert set(states) == {"stopped", "training"}, states
+
+
+def test_a_block_past_a_lowered_train_steps_with_a_live_writer_is_training(run: Path) -> None:
+    """Another ``--block`` process lowered train.steps in config.yaml while block 0's writer,
+    given more steps, trains on: the block is training, not done "past" them."""
+    cfg = run_config(str(run))
+    cfg.train.steps = 2  # block 0 has a checkpoint of step 4
+    storage = Storage(str(run))
+    lease = BlockLease(storage, 0, "session-a", cfg.train.lease_timeout_s)
+    lease.acquire()
+    renewed = storage.read_json("blocks/block_0/lease.json")["renewed_at"]
+    assert run_status(storage, cfg, now=renewed + 1).blocks[0].state == "training"
+    lease.release()
+    assert run_status(storage, cfg, now=renewed + 1).blocks[0].state == "done"
