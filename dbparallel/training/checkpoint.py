@@ -156,13 +156,14 @@ class BlockCheckpoints:
         """The block's checkpoint files its manifest does not list, where it has one: left by
         a writer stopped after the manifest that dropped them (keep_checkpoints,
         keep_snapshots) and before their deletion, or stopped while it wrote one (the temp
-        file of a local write). Nothing reads them."""
+        file of a local write, of a checkpoint or of the manifest). Nothing reads them."""
         if not self.storage.exists(self.manifest_path):
             return []
         manifest = self.manifest()
         listed = {e["file"] for kind in ("state", "snapshot") for e in manifest[kind]}
         torn = [f"{self.dir}/{name}" for name in self.storage.listdir(self.dir)
-                if name.startswith(("state_", "snapshot_")) and ".pt.tmp-" in name]
+                if (name.startswith(("state_", "snapshot_")) and ".pt.tmp-" in name)
+                or name.startswith("manifest.json.tmp-")]
         return [rel for rel in self._by_name() if rel not in listed] + torn
 
     def _by_name(self) -> list[str]:

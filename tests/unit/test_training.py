@@ -181,6 +181,7 @@ def test_a_resume_deletes_the_checkpoints_a_stopped_writer_left_unlisted(table,
     run.close()
     block = tmp_path / "r" / "blocks" / "block_0"
     (block / "state_00000008.pt.tmp-0123abcd").write_bytes(b"torn")  # killed writing it
+    (block / "manifest.json.tmp-4567cdef").write_bytes(b"{")  # killed writing the manifest
     assert sorted(p.name for p in block.glob("*.pt*")) == [
         "snapshot_00000004.pt", "snapshot_00000006.pt", "state_00000004.pt",
         "state_00000006.pt", "state_00000008.pt.tmp-0123abcd"]
@@ -188,6 +189,7 @@ def test_a_resume_deletes_the_checkpoints_a_stopped_writer_left_unlisted(table,
     assert rerun.resumed_from == 6
     assert sorted(p.name for p in block.glob("*.pt*")) == [
         "snapshot_00000006.pt", "state_00000004.pt", "state_00000006.pt"]
+    assert not list(block.glob("manifest.json.tmp-*"))
     rerun.close()
 
 
