@@ -6,6 +6,7 @@ elsewhere (with their files' names, sizes and times) are pinned at their new pla
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -36,9 +37,14 @@ def pin_data(storage: Storage, index: DataIndex, start: bool = False) -> None:
     ``start``s the run (no live writer of its blocks: open_run) pins the data as it is now
     where no block has saved a checkpoint yet and the process that pinned them has ended,
     e.g. after a bad row was corrected. The index records that process (``pinned_by``)."""
-    fresh = not storage.exists(DATA_INDEX_FILE) or refuse_other_data(storage, index, start)
-    if fresh:
-        storage.write_json(DATA_INDEX_FILE, {**index.to_json(), PINNED_BY: this_process()})
+    pinned = {**index.to_json(), PINNED_BY: this_process()}
+    created = not storage.exists(DATA_INDEX_FILE) and storage.create_bytes(
+        DATA_INDEX_FILE, (json.dumps(pinned, indent=2) + "\n").encode())
+    # not created: pinned before, or by another process since (--block processes starting
+    # one directory at once), whose data this one's are checked against, never written over
+    fresh = created or refuse_other_data(storage, index, start)
+    if fresh and not created:
+        storage.write_json(DATA_INDEX_FILE, pinned)
     if not index.meta.get("tokenizer"):
         return
     from dbparallel.data.tokenizer import load_tokenizer

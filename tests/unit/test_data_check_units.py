@@ -278,3 +278,33 @@ def test_rows_are_decoded_past_each_bad_one_in_row_order() -> None:
     parts, bad = decode_past_bad_rows(decode, 14, 2)
     assert [row for row, _ in bad] == [1, 3]
     assert decode_past_bad_rows(decode, 0, 20) == ([], [])
+
+
+def test_data_pinned_by_another_process_since_it_looked_are_checked_not_replaced(
+        tmp_path) -> None:
+    """A --block process that finds no data_index.json, then another one of the same new run
+    pins its data (other rows) before it writes: it is refused, and the pin kept."""
+    import json
+
+    import pytest
+
+    from dbparallel.config import load_config
+    from dbparallel.errors import RunDirError
+    from dbparallel.training.data_pin import DATA_INDEX_FILE, pin_data
+    from dbparallel.training.run_dir import open_run
+
+    storage = open_run(load_config([TINY], [f"run.dir={tmp_path / 'run'}"]))
+    pin_data(storage, _index([100, 250], [30]))
+    before = (tmp_path / "run" / DATA_INDEX_FILE).read_bytes()
+    exists, looked = storage.exists, []
+
+    def looked_before_it(rel: str) -> bool:  # its first look came before the other's pin
+        if rel == DATA_INDEX_FILE and not looked:
+            looked.append(rel)
+            return False
+        return exists(rel)
+    storage.exists = looked_before_it
+    with pytest.raises(RunDirError, match="trained on other data"):
+        pin_data(storage, _index([100, 251], [30]))
+    assert (tmp_path / "run" / DATA_INDEX_FILE).read_bytes() == before
+    assert json.loads(before)["pinned_by"]
