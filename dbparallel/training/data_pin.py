@@ -50,9 +50,10 @@ def pin_data(storage: Storage, index: DataIndex, start: bool = False) -> None:
     from dbparallel.data.tokenizer import load_tokenizer
 
     built = load_tokenizer(index.meta).describe()
-    if fresh or not storage.exists(VOCAB_FILE):
+    if fresh and not created:  # pinned again: the tokenizer of the data as they are now
         storage.write_json(VOCAB_FILE, built)
-    elif storage.read_json(VOCAB_FILE) != built:
+    elif not storage.create_bytes(VOCAB_FILE, (json.dumps(built, indent=2) + "\n").encode()) \
+            and storage.read_json(VOCAB_FILE) != built:  # written by another process
         raise DataError(_other_tokenizer(storage, index))
 
 

@@ -98,3 +98,30 @@ def test_a_tokenizer_built_otherwise_than_the_run_s_is_refused(tmp_path: Path) -
     with pytest.raises(DataError, match=r"vocab\.json: the tokenizer built on .* from the "
                                         r"run's text \(data.tokenizer=char\) is not the run's"):
         pin_data(storage, index)
+
+
+def test_a_tokenizer_another_process_wrote_first_is_never_written_over(tmp_path: Path) -> None:
+    """Two processes starting one new run at once: the one that pinned the data finds
+    vocab.json written by the other since; it checks its tokenizer against it (refused where
+    they differ) rather than writing over it, whichever pinned the data."""
+    from dbparallel.data.sources import open_data
+    from dbparallel.errors import DataError
+    from dbparallel.training.data_pin import VOCAB_FILE, pin_data
+    from dbparallel.training.storage import Storage
+
+    cfg = load_config([_recipe("ar")], [f"run.dir={tmp_path}"])
+    index = open_data(cfg.data)
+    pin_data(Storage(str(tmp_path / "ref")), index, start=True)
+    theirs = json.loads((tmp_path / "ref" / VOCAB_FILE).read_text())
+    theirs["vocab"] = theirs["vocab"][1:] + theirs["vocab"][:1]  # other ids
+
+    class OtherWritesFirst(Storage):
+        def create_bytes(self, rel: str, data: bytes) -> bool:
+            if rel == VOCAB_FILE:  # the other process's tokenizer lands just before
+                self.write_json(VOCAB_FILE, theirs)
+            return super().create_bytes(rel, data)
+
+    with pytest.raises(DataError, match=r"vocab\.json: the tokenizer built on .* is not the "
+                                        r"run's"):
+        pin_data(OtherWritesFirst(str(tmp_path / "run")), index, start=True)
+    assert json.loads((tmp_path / "run" / VOCAB_FILE).read_text()) == theirs
