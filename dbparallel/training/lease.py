@@ -174,9 +174,10 @@ class BlockLease:
                 f"ended" + (" (the block processes of a Ray run whose driver was killed end "
                             "within seconds)" if driver is not None else ""))
         raise RunDirError(
-            f"{held}; {stop} or wait {whose}train.lease_timeout_s={timeout_s:g} s for its lease "
-            f"to lapse (if no process writes the block any more, e.g. a killed run, delete "
-            f"{self.storage.uri(self.path)})")
+            f"{held}; {stop} or wait for its lease to lapse, {whose}train.lease_timeout_s="
+            f"{timeout_s:g} s after its last renewal: in {max(timeout_s - age, 0):.0f} s if it "
+            f"is not renewed again (if no process writes the block any more, e.g. a killed run, "
+            f"delete {self.storage.uri(self.path)})")
 
     def acquire(self) -> int:
         """Take the lease (refused while another session's writer holds it); returns the new

@@ -123,8 +123,10 @@ def test_a_lease_lapses_by_its_holder_s_own_timeout(tmp_path) -> None:
     storage.write_json("blocks/block_0/lease.json", {**lease, "holder": "/".join(holder)})
     clock.now += 130
     with pytest.raises(RunDirError, match=r"renewed 130 s ago\); stop it first \(`dbparallel stop "
-                                          r"\S+` on other-host\) or wait its "
-                                          r"writer's train.lease_timeout_s=600 s"):
+                                          r"\S+` on other-host\) or wait for its lease to "
+                                          r"lapse, its writer's train.lease_timeout_s=600 s "
+                                          r"after its last renewal: in 470 s if it is not "
+                                          r"renewed again"):
         BlockLease(storage, 0, "run-b", 120.0, clock).acquire()
     older = storage.read_json("blocks/block_0/lease.json")
     storage.write_json("blocks/block_0/lease.json", {**older, "timeout_s": "600"})
@@ -153,8 +155,9 @@ def test_a_holder_that_cannot_be_asked_is_waited_for_or_its_lease_deleted(tmp_pa
     storage.write_json("blocks/block_0/lease.json", {**lease, "holder": "/".join(holder)})
     with pytest.raises(RunDirError, match=r"\(pid \d+ on other-host, session elsewhere, .*\); "
                                           r"stop it first \(`dbparallel stop \S+` on "
-                                          r"other-host\) or wait train.lease_timeout_s=3600 s "
-                                          r".*delete .*lease.json"):
+                                          r"other-host\) or wait for its lease to lapse, "
+                                          r"train.lease_timeout_s=3600 s after its last "
+                                          r"renewal: in \d+ s .*delete .*lease.json"):
         BlockLease(storage, 0, "rerun", 3600.0).acquire()
 
 
