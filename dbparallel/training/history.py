@@ -36,6 +36,12 @@ if TYPE_CHECKING:  # `dbparallel status` reads the history without torch
     from dbparallel.training.block_trainer import BlockTrainer, StepStats
 
 ASSEMBLY_FILE = "assembly.jsonl"
+# An object store's metrics.jsonl is rewritten whole (it has no append): at most this often,
+# and with every checkpoint and the last step, not at each line, which would stop the block's
+# steps for a request (and its lease's two) every train.log_every steps and upload the whole
+# history each time. Its lines since the last checkpoint are kept in memory meanwhile: a
+# resume drops those lines and writes them again anyway.
+UPLOAD_EVERY_S = 30.0
 log = logging.getLogger(__name__)
 
 
@@ -85,6 +91,8 @@ class BlockHistory:
         # Local files are appended to, one line at a time. Object stores cannot append: the
         # whole object is rewritten from the records held here, a few hundred bytes a line.
         self.records = [] if storage.is_local else kept
+        self.kept = 0  # lines of an object store's history not uploaded yet
+        self._uploaded = time.monotonic()
         self._samples, self._seconds = 0, 0.0
         self._last_step = kept[-1]["step"] if kept else 0  # the previous line's step
 
@@ -93,8 +101,21 @@ class BlockHistory:
         self._samples += stats.samples
         self._seconds += seconds
 
-    def write(self, trainer: BlockTrainer) -> dict[str, Any]:
-        """Append the line of ``trainer``'s current step; returns it."""
+    def due(self) -> bool:
+        """Whether the next line is written at once: always on a file system; on an object
+        store once UPLOAD_EVERY_S have passed since the last upload."""
+        return self.storage.is_local or \
+            time.monotonic() - self._uploaded >= UPLOAD_EVERY_S
+
+    def flush(self) -> None:
+        """Upload an object store's lines kept since the last upload (none: nothing)."""
+        if self.kept:
+            self.storage.write_bytes(self.path, _encode(self.records))
+            self.kept, self._uploaded = 0, time.monotonic()
+
+    def write(self, trainer: BlockTrainer, now: bool = True) -> dict[str, Any]:
+        """Append the line of ``trainer``'s current step; returns it. On an object store it is
+        kept, with the lines before it, until a write ``now`` or a ``flush``."""
         from dbparallel.training.noise_stats import noise_stats
 
         record = {
@@ -122,7 +143,9 @@ class BlockHistory:
                 f.write(json.dumps(record) + "\n")
         else:
             self.records.append(record)
-            self.storage.write_bytes(self.path, _encode(self.records))
+            self.kept += 1
+            if now:
+                self.flush()
         return record
 
 

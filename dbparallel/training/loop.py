@@ -226,12 +226,16 @@ class BlockRun:
                 self.trainer.heldout(self._heldout_batch())
             if on_step is not None:
                 on_step(stats)
+            checkpoint = stats.step % t.checkpoint_every == 0 or last
             if stats.step % t.log_every == 0 or last or heldout:
-                self.lease.check()  # a fenced-off writer stops before writing a line
-                self._renewed = time.monotonic()
-                self.history.write(self.trainer)
-            if stats.step % t.checkpoint_every == 0 or last:
+                now = checkpoint or self.history.due()  # (an object store's: history.py)
+                if now:
+                    self.lease.check()  # a fenced-off writer stops before writing a line
+                    self._renewed = time.monotonic()
+                self.history.write(self.trainer, now)
+            if checkpoint:
                 self.save()
+                self.history.flush()  # lines kept since the last upload, with their checkpoint
             if last:  # a Ray block actor is killed once done: keep its measurements now
                 self._keep_measured()
 
