@@ -20,6 +20,14 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
+def _score(key: str, value: float) -> str:
+    """An assembly metric as the status line shows it: bytes as bytes, counts (eval_rows,
+    eval_on_test) as whole numbers, not ``1e+04``."""
+    if "_bytes" in key:
+        return bytes_text(value)
+    return f"{value:,}" if isinstance(value, int) else _num(value)
+
+
 def _ago(seconds: float | None) -> str:
     from dbparallel.training.progress import duration
 
@@ -76,8 +84,7 @@ def render(status: RunStatus) -> str:
     if status.run_id:
         lines.append(series_line(status.run, status.run_id))
     if status.assembly:
-        scores = ", ".join(f"{k} {bytes_text(v) if '_bytes' in k else _num(v)}"
-                           for k, v in status.assembly.items()
+        scores = ", ".join(f"{k} {_score(k, v)}" for k, v in status.assembly.items()
                            if k not in ("step", "wall_s") and isinstance(v, (int, float)))
         step = status.assembly.get("step")
         at = f" (step {step:,})" if isinstance(step, int) else ""

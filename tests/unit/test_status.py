@@ -627,3 +627,13 @@ def test_a_block_past_a_lowered_train_steps_with_a_live_writer_is_training(run: 
     assert run_status(storage, cfg, now=renewed + 1).blocks[0].state == "training"
     lease.release()
     assert run_status(storage, cfg, now=renewed + 1).blocks[0].state == "done"
+
+
+def test_counts_of_an_assembly_read_as_whole_numbers() -> None:
+    from dbparallel.cli_status import render
+    from dbparallel.training.status import RunStatus
+
+    shown = render(RunStatus("runs/x", "dit", [], assembly={
+        "step": 400, "fd_indomain": 88.74317, "eval_rows": 10000, "eval_on_test": 1}))
+    assert "latest assembly (step 400): fd_indomain 88.74, eval_rows 10,000, eval_on_test 1" \
+        in shown
