@@ -96,7 +96,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         for k, v in metrics.items():
             if v is not None:  # e.g. kid_std of one KID subset (null in --json)
-                print(f"{k}: {v:.6g}")
+                # counts (bytes, rows) whole, not 2.39624e+07
+                print(f"{k}: {v}" if isinstance(v, int) else f"{k}: {v:.6g}")
         from dbparallel.training.eval.text import bpc_note
 
         note = bpc_note(network.cfg, metrics)
