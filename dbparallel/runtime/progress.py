@@ -79,7 +79,6 @@ class BlockBars:
                restarts: int = 0) -> None:
         bar = self.bars[block]
         self.seen[block].restarts = restarts
-        bar.update(step - bar.n)
         now, seen = self.clock(), self.seen[block]
         if not seen.reported:
             seen.reported, seen.first_step, seen.first_s = True, step, now
@@ -90,9 +89,10 @@ class BlockBars:
             shown = {"loss": f"{seen.loss:.4f}"} if not math.isnan(seen.loss) else {}
             if restarts:
                 shown["restarts"] = str(restarts)
-            if shown:
+            if shown:  # before the step moves the bar, which draws it: this step's loss
                 bar.set_postfix(shown, refresh=False)
-        elif now - self._last_line >= self.line_every_s:
+        bar.update(step - bar.n)
+        if not self.tty and now - self._last_line >= self.line_every_s:
             self._last_line = now
             print(self.line(), file=sys.stderr, flush=True)  # stdout: results
 

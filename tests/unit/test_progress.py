@@ -126,3 +126,13 @@ def test_a_call_s_progress_choice_holds_for_the_work_within_it(capsys) -> None:
     assert capsys.readouterr().err.startswith("gen_ppl scorer: 2/4 step, 0.10 step/s")
     with Progress(4, "gen_ppl scorer", "step") as bar:  # outside: as stderr is
         assert bar.tty is False  # (pytest's captured stderr is no terminal)
+
+
+def test_a_terminal_bar_draws_a_step_with_its_own_loss(capsys) -> None:
+    bars = BlockBars(1, 10, enabled=True, clock=Clock())
+    bars.bars[0].mininterval = 0  # draw at every update
+    bars.update(0, 5, 1.5)
+    bars.update(0, 10, 2.5)
+    drawn = capsys.readouterr().err.split("\r")
+    assert "10/10" in drawn[-1] and "loss=2.5000" in drawn[-1], drawn[-1]
+    bars.close()
