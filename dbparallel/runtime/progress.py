@@ -32,6 +32,7 @@ class _Seen:
     first_step: int = 0
     first_s: float = 0.0
     latest_s: float = 0.0
+    finished: bool = False  # its terminal bar's clock is stopped
 
     def eta_s(self, steps: int) -> float | None:
         """Seconds to ``steps`` at the rate observed so far (None until there is one)."""
@@ -92,6 +93,12 @@ class BlockBars:
             if shown:  # before the step moves the bar, which draws it: this step's loss
                 bar.set_postfix(shown, refresh=False)
         bar.update(step - bar.n)
+        if self.tty and step >= self.steps[block] and not seen.finished:
+            # the bar stays on screen until every block is done and assembled; its time and
+            # rate stop with its last step, not at that close
+            seen.finished, end = True, bar._time()
+            bar._time = lambda: end
+            bar.refresh()
         if not self.tty and now - self._last_line >= self.line_every_s:
             self._last_line = now
             print(self.line(), file=sys.stderr, flush=True)  # stdout: results

@@ -136,3 +136,21 @@ def test_a_terminal_bar_draws_a_step_with_its_own_loss(capsys) -> None:
     drawn = capsys.readouterr().err.split("\r")
     assert "10/10" in drawn[-1] and "loss=2.5000" in drawn[-1], drawn[-1]
     bars.close()
+
+
+def test_a_done_block_s_bar_keeps_the_time_its_steps_took(capsys) -> None:
+    """Bars close once every block is done and assembled; a block done before that shows
+    the time and rate of its own steps."""
+    bars = BlockBars(2, 10, enabled=True, clock=Clock())
+    tqdm_clock = Clock()
+    for bar in bars.bars.values():
+        bar._time = tqdm_clock
+        bar.start_t = bar.last_print_t = 0.0
+    tqdm_clock.now = 5.0
+    bars.update(0, 10, 1.0)  # block 0 done at 5 s
+    tqdm_clock.now = 50.0  # block 1 trains on, then the assembly
+    bars.update(1, 10, 1.0)
+    assert bars.bars[0].format_dict["elapsed"] == 5.0
+    assert bars.bars[1].format_dict["elapsed"] == 50.0
+    bars.close()
+    assert "10/10 [00:05<00:00" in capsys.readouterr().err
