@@ -93,7 +93,8 @@ class BlockBars:
             if shown:  # before the step moves the bar, which draws it: this step's loss
                 bar.set_postfix(shown, refresh=False)
         bar.update(step - bar.n)
-        if self.tty and step >= self.steps[block] and not seen.finished:
+        if self.tty and step >= self.steps[block] and not seen.finished \
+                and callable(getattr(bar, "_time", None)):  # (tqdm's clock: not its API)
             # the bar stays on screen until every block is done and assembled; its time and
             # rate stop with its last step, not at that close
             seen.finished, end = True, bar._time()
