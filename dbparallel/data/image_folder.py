@@ -118,7 +118,30 @@ def _list(fs: pafs.FileSystem, root: str, path: str) -> Entries:
             entries.append((parts, entry))
     if isinstance(fs, pafs.LocalFileSystem):
         entries = _without_loops(entries, path)
+        _warn_broken_links(root, entries, path)
     return entries
+
+
+def _warn_broken_links(root: str, entries: Entries, path: str) -> None:
+    """A warning naming the image files of a local folder that are links to nothing (their
+    target moved or deleted): the listing leaves them out without a word, and they are data
+    gone missing."""
+    import os
+
+    broken = []
+    for parts, folder in [([], None), *((p, e) for p, e in entries
+                                        if e.type == pafs.FileType.Directory)]:
+        where = folder.path if folder is not None else root
+        with os.scandir(where) as found:
+            broken += ["/".join([*parts, f.name]) for f in found
+                       if not f.name.startswith(".") and f.name.lower().endswith(
+                           IMAGE_EXTENSIONS) and f.is_symlink() and not os.path.exists(f.path)]
+    if broken:
+        broken.sort()
+        many = len(broken) > 1
+        log.warning("%s: %d image file%s left out, link%s to nothing (%s target moved or "
+                    "deleted?): %s", path, len(broken), "s" * many, "s" * many,
+                    "their" if many else "its", listed(broken, 3))
 
 
 def files_under(path: str) -> list[str]:
