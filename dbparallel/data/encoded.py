@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 
 from dbparallel.config import DataConfig
 from dbparallel.errors import DataError, RowError
@@ -175,9 +175,8 @@ def _decode(row: int, blob: bytes | None, mode: str, size: int,
             if img.size != (size, size):  # a JPEG decoded at 1/2, 1/4 or 1/8 where that
                 img.draft(None, (size, size))  # still holds the square: far less to decode
             img.load()
-            if fit:  # as a viewer shows it: a phone photo's EXIF orientation applied
-                ImageOps.exif_transpose(img, in_place=True)
-            pixels = _in_mode(row, img, mode)
+            # as a viewer shows it: a phone photo's EXIF orientation applied
+            pixels = _in_mode(row, _upright(img) if fit else img, mode)
         if pixels.shape[:2] != (size, size):  # its centre square, then resized
             h, w = pixels.shape[:2]
             side = min(h, w)
@@ -192,6 +191,22 @@ def _decode(row: int, blob: bytes | None, mode: str, size: int,
                         "not in an image format Pillow reads", str(err))
         reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the bytes", reason)
         raise RowError(row, IMAGE_COLUMN, f"is not a readable image ({reason})") from None
+
+
+# EXIF orientation -> the transpose that turns the image upright (as ImageOps.exif_transpose)
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` turned by its EXIF orientation. Not ImageOps.exif_transpose: it writes the
+    EXIF block again without the tag, and a damaged tag elsewhere in it then raises a
+    TypeError, though the pixels and the orientation read well."""
+    orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    method = UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return img.transpose(method) if method is not None else img
 
 
 def _in_mode(row: int, img: Image.Image, mode: str) -> np.ndarray:

@@ -378,3 +378,19 @@ def test_resize_turns_a_photo_upright_by_its_exif_orientation() -> None:
     kept = decode_encoded(pa.array([_with_orientation(square, "PNG", 6)], pa.binary()),
                           DataConfig(image_size=8, channels=1))
     assert kept.reshape(8, 8).tolist() == [[255] * 4 + [0] * 4] * 8
+
+
+def test_resize_turns_a_photo_upright_whatever_else_its_exif_holds() -> None:
+    """A camera's EXIF with a damaged tag (its Make read as a resolution, a rational held as
+    text): the orientation still turns the image, which Pillow's exif_transpose refused with
+    a TypeError, writing the block again."""
+    stored = np.zeros((8, 16), np.uint8)
+    stored[:, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF Orientation
+    exif[0x010F] = "Canon"  # Make, text
+    damaged = exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x1a\x00\x02")  # XResolution
+    assert damaged != exif.tobytes()
+    out = decode_encoded(pa.array([_encode(stored, "PNG", exif=damaged)], pa.binary()),
+                         DataConfig(image_size=8, channels=1, resize=True))
+    assert out.reshape(8, 8).tolist() == [[255] * 8] * 4 + [[0] * 8] * 4
