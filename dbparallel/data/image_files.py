@@ -101,7 +101,8 @@ def read_batches(inputs: ImageInputs, data: DataConfig, batch: int) -> Iterator[
                 read.append((str(f), f.read_bytes()))
             except OSError as err:  # gone since it was listed, or not readable
                 unread.append(f"{f}: cannot be read ({err.strerror or err})")
-        part = _decoded(pa.array([b for _, b in read], type=pa.binary()), data,
+        # large_binary: a batch of large photos may hold over 2 GiB (data/shard_reader.py)
+        part = _decoded(pa.array([b for _, b in read], type=pa.large_binary()), data,
                         [name for name, _ in read])
         yield ImageBatch(part.names, part.pixels, unread + part.bad)
     for f in inputs.tables:

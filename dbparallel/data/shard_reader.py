@@ -202,7 +202,9 @@ def _read_files(shard: Shard) -> ShardRows:
 
     with ThreadPoolExecutor(FILE_READERS) as pool:  # one request each: many in flight
         blobs = list(pool.map(read, shard.files))
-    table = pa.table({"image": pa.array(blobs, pa.binary()),
+    # large_binary: a shard's files may hold over 2 GiB (4,096 photos of 600 KB), past the
+    # 32-bit offsets of binary, whose array pyarrow then splits and cannot join again
+    table = pa.table({"image": pa.array(blobs, pa.large_binary()),
                       "label": pa.array(list(shard.labels), pa.int64())})
     return ShardRows(shard, table, np.arange(shard.first_row, shard.first_row + shard.rows))
 

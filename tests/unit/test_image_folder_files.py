@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
@@ -226,3 +227,51 @@ def test_an_image_file_gone_since_it_was_listed_is_named_and_the_others_read(
     assert part.names == [str(tmp_path / "a.png"), str(tmp_path / "c.png")]
     assert part.bad == [f"{tmp_path / 'b.png'}: cannot be read (No such file or directory)"]
     assert part.pixels.shape == (2, 1, 8, 8) and bool((part.pixels == 40).all())
+
+
+def _read_column_types(tmp_path: Path, monkeypatch) -> list[pa.DataType]:
+    """The image column's type as training reads a shard of files and predict a batch."""
+    from dbparallel.data import image_files
+    from dbparallel.data.shard_reader import read_shard
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name / "0.png")
+    cfg = DataConfig(source="image_folder", path=str(tmp_path), image_size=8, channels=1,
+                     num_classes=2)
+    types = [read_shard(image_folder_index(cfg).shards("train")[0]).table["image"].type]
+    decoded = image_files._decoded
+    monkeypatch.setattr(image_files, "_decoded",
+                        lambda column, *a: types.append(column.type) or decoded(column, *a))
+    read_images(tmp_path, cfg)
+    return types
+
+
+def test_files_are_read_into_a_column_that_holds_over_2_gib(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """A shard of 4,096 photos of 600 KB, or predict's batch of 256 of 10 MB, is over 2 GiB:
+    a binary column (32-bit offsets) of them is split by pyarrow and cannot be joined again
+    (ArrowInvalid: offset overflow), so the files are read as large_binary. The slow test
+    below reads such a shard."""
+    assert _read_column_types(tmp_path, monkeypatch) == [pa.large_binary()] * 2
+
+
+@pytest.mark.slow
+def test_a_shard_of_files_over_2_gib_is_decoded(tmp_path: Path) -> None:
+    """Three files of 800 MB (sparse, not images) in one shard: each is a named bad row, not
+    an ArrowInvalid from joining the column."""
+    from dbparallel.data.images import image_rows
+    from dbparallel.data.shard_reader import read_shard
+    from dbparallel.errors import RowError
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+    for i in range(3):
+        with open(tmp_path / "cat" / f"{i}.png", "wb") as f:
+            f.truncate(800 << 20)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "dog" / "0.png")
+    cfg = DataConfig(source="image_folder", path=str(tmp_path), image_size=8, channels=1,
+                     num_classes=2)
+    rows = read_shard(image_folder_index(cfg).shards("train")[0])
+    with pytest.raises(RowError, match="is not a readable image"):
+        image_rows(rows.table, cfg)
