@@ -8,7 +8,8 @@ table was written, and a block reads the table only). Every image must already b
 block trains on are the pixels stored; unless ``data.resize`` is set, which turns each image
 upright by its EXIF orientation (as a photo viewer shows it), cuts it to its centre square and
 resizes that to ``data.image_size`` (bicubic). Colour modes are converted to
-``data.channels`` (1: Pillow's "L", ITU-R 601-2 luma; 3: "RGB"; alpha is dropped), which suits
+``data.channels`` (1: Pillow's "L", ITU-R 601-2 luma; 3: "RGB"; alpha is dropped; an
+animated image gives its first frame), which suits
 a few odd images; ``image_headers`` tells from the headers whether the images themselves are
 grey or colour, so that a data.channels that does not match them is warned about.
 """
