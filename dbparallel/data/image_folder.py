@@ -123,9 +123,10 @@ def _list(fs: pafs.FileSystem, root: str, path: str) -> Entries:
 
 
 def _warn_broken_links(root: str, entries: Entries, path: str) -> None:
-    """A warning naming the image files of a local folder that are links to nothing (their
-    target moved or deleted): the listing leaves them out without a word, and they are data
-    gone missing."""
+    """A warning naming the links of a local folder that lead to nothing (their target moved
+    or deleted): the listing leaves them out without a word, and they are data gone missing,
+    an image or a whole class folder (whose loss would shift the labels of the classes
+    after it)."""
     import os
 
     broken = []
@@ -133,15 +134,14 @@ def _warn_broken_links(root: str, entries: Entries, path: str) -> None:
                                         if e.type == pafs.FileType.Directory)]:
         where = folder.path if folder is not None else root
         with os.scandir(where) as found:
-            broken += ["/".join([*parts, f.name]) for f in found
-                       if not f.name.startswith(".") and f.name.lower().endswith(
-                           IMAGE_EXTENSIONS) and f.is_symlink() and not os.path.exists(f.path)]
+            broken += ["/".join([*parts, f.name]) for f in found if not f.name.startswith(".")
+                       and f.is_symlink() and not os.path.exists(f.path)]
     if broken:
         broken.sort()
         many = len(broken) > 1
-        log.warning("%s: %d image file%s left out, link%s to nothing (%s target moved or "
-                    "deleted?): %s", path, len(broken), "s" * many, "s" * many,
-                    "their" if many else "its", listed(broken, 3))
+        log.warning("%s: %d link%s to nothing left out (%s target moved or deleted?): %s",
+                    path, len(broken), "s" * many, "their" if many else "its",
+                    listed(broken, 3))
 
 
 def files_under(path: str) -> list[str]:

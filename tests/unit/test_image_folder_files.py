@@ -64,22 +64,23 @@ def test_a_link_back_to_a_folder_above_is_not_followed(tmp_path: Path, caplog) -
     assert read_images(data, cfg)[0] == [str(data / f) for f, _ in files]
 
 
-def test_an_image_file_that_is_a_link_to_nothing_is_warned_of(tmp_path: Path, caplog) -> None:
-    """A link whose target moved is left out of the listing; it is named, training's and
-    predict's listing alike, as data gone missing."""
+def test_a_link_to_nothing_is_warned_of(tmp_path: Path, caplog) -> None:
+    """A link whose target moved is left out of the listing: an image, or a class folder
+    (the labels of the classes after it shift). Each is named, training's and predict's
+    listing alike, as data gone missing."""
     data = tmp_path / "pets"
     for name in ("cat", "dog"):
         (data / name).mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / name / "0.png")
     os.symlink(tmp_path / "moved.png", data / "dog" / "1.png")
-    os.symlink(tmp_path / "moved.txt", data / "dog" / "notes.txt")  # not an image: no word
+    os.symlink(tmp_path / "moved", data / "bird")  # was a class folder
     cfg = DataConfig(source="image_folder", path=str(data), image_size=8, channels=1,
                      num_classes=2)
     with caplog.at_level("WARNING"):
         assert image_folder_index(cfg).num_rows("train") == 2
         assert len(read_images(data, cfg)[0]) == 2
-    assert caplog.messages == 2 * [f"{data}: 1 image file left out, link to nothing (its "
-                                   f"target moved or deleted?): dog/1.png"]
+    assert caplog.messages == 2 * [f"{data}: 2 links to nothing left out (their target moved "
+                                   f"or deleted?): bird, dog/1.png"]
 
 
 def test_an_image_gone_from_a_relative_folder_is_named_as_changed_data(
