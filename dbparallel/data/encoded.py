@@ -90,6 +90,8 @@ def image_headers(column: pa.Array | pa.ChunkedArray
 def _channels_of(img: Image.Image) -> int:
     if img.mode in ("P", "PA"):
         palette = img.palette.palette if img.palette is not None else b""
+        if img.palette is not None and img.palette.rawmode:  # e.g. a TIFF's, planar
+            palette = bytes(img.getpalette("RGB") or [])  # (loads the image to convert it)
         rgb = np.frombuffer(palette[:len(palette) // 3 * 3], np.uint8).reshape(-1, 3)
         return 1 if (rgb == rgb[:, :1]).all() else 3
     return 1 if Image.getmodebase(img.mode) == "L" else 3

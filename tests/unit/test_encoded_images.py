@@ -394,3 +394,21 @@ def test_resize_turns_a_photo_upright_whatever_else_its_exif_holds() -> None:
     out = decode_encoded(pa.array([_encode(stored, "PNG", exif=damaged)], pa.binary()),
                          DataConfig(image_size=8, channels=1, resize=True))
     assert out.reshape(8, 8).tolist() == [[255] * 8] * 4 + [[0] * 8] * 4
+
+
+def test_the_headers_tell_grey_and_colour_of_a_palette_tiff() -> None:
+    """A TIFF's palette is raw (planar, all reds then greens then blues), not the RGB bytes of
+    a PNG's or GIF's: it was read as bytes, a TypeError."""
+    from dbparallel.data.encoded import image_headers
+
+    grey = Image.fromarray(_pixels(0, 1)).convert("P")
+    colour = Image.fromarray(_pixels(1, 3)).convert("P")
+    column = pa.array([_saved(grey, "TIFF"), _saved(colour, "TIFF"), _saved(colour, "PNG")],
+                      pa.binary())
+    assert [h[:2] for h in image_headers(column)] == [("P", 1), ("P", 3), ("P", 3)]
+
+
+def _saved(image: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
