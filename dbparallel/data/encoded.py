@@ -91,10 +91,22 @@ def _channels_of(img: Image.Image) -> int:
     if img.mode in ("P", "PA"):
         palette = img.palette.palette if img.palette is not None else b""
         if img.palette is not None and img.palette.rawmode:  # e.g. a TIFF's, planar
-            palette = bytes(img.getpalette("RGB") or [])  # (loads the image to convert it)
+            _load(img)
+            palette = bytes(img.getpalette("RGB") or [])
         rgb = np.frombuffer(palette[:len(palette) // 3 * 3], np.uint8).reshape(-1, 3)
         return 1 if (rgb == rgb[:, :1]).all() else 3
     return 1 if Image.getmodebase(img.mode) == "L" else 3
+
+
+def _load(img: Image.Image) -> None:
+    """``img`` decoded; what else a plugin raises for damaged bytes is an OSError too (a TIFF
+    whose strip offset is a fraction: a TypeError from Pillow's seek)."""
+    try:
+        img.load()
+    except DECODE_ERRORS:
+        raise
+    except Exception as err:  # the bytes are not an image Pillow can decode
+        raise OSError(f"{type(err).__name__}: {err}") from None
 
 
 def decode_encoded(column: pa.Array | pa.ChunkedArray, data: DataConfig,
@@ -177,7 +189,7 @@ def _decode(row: int, blob: bytes | None, mode: str, size: int,
                                f"{RESIZE_HINT})")
             if img.size != (size, size):  # a JPEG decoded at 1/2, 1/4 or 1/8 where that
                 img.draft(None, (size, size))  # still holds the square: far less to decode
-            img.load()
+            _load(img)
             # as a viewer shows it: a phone photo's EXIF orientation applied
             pixels = _in_mode(row, _upright(img) if fit else img, mode)
         if pixels.shape[:2] != (size, size):  # its centre square, then resized

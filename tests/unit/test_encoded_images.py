@@ -412,3 +412,13 @@ def _saved(image: Image.Image, fmt: str) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt)
     return out.getvalue()
+
+
+def test_a_damaged_tiff_that_trips_pillow_is_a_bad_row() -> None:
+    """A TIFF whose strip offset is stored as a float: Pillow's load raises a TypeError
+    (not one of the errors a damaged file raises), which is the row's error, not a traceback."""
+    stored = _saved(Image.fromarray(_pixels(0, 1)), "TIFF")
+    damaged = stored.replace(b"\x11\x01\x04\x00", b"\x11\x01\x0b\x00")  # StripOffsets: FLOAT
+    assert damaged != stored
+    with pytest.raises(RowError, match=r"row 1 is not a readable image \(TypeError: "):
+        decode_encoded(pa.array([stored, damaged], pa.binary()), GREY)
