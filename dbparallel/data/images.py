@@ -24,7 +24,9 @@ from dbparallel.data.pixel_order import to_chw
 from dbparallel.errors import DataError, RowError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # image folders read these
-OTHER_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".ico", ".jp2")  # not these
+OTHER_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".ico", ".jp2",  # not these
+                          ".jfif", ".jpe", ".apng", ".jxl", ".ppm", ".pgm", ".pbm", ".tga",
+                          ".psd", ".dng")  # (a .jfif or .jpe is a JPEG: renamed, it is read)
 
 IMAGE_COLUMN = "image"
 LABEL_COLUMN = "label"

@@ -122,6 +122,12 @@ def test_image_files_of_a_format_not_read_are_warned_of(tmp_path: Path, caplog) 
     assert caplog.messages == [f"{tmp_path}: 1 image file of a format not read (.tif) left "
                                f"out: dog/1.tif; convert them to one of .png .jpg .jpeg .bmp "
                                f".gif .webp"]
+    caplog.clear()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "dog" / "2.jfif", "JPEG")
+    with caplog.at_level("WARNING"):
+        assert image_folder_index(cfg).num_rows("train") == 2
+    assert caplog.messages[0].startswith(f"{tmp_path}: 2 image files of a format not read "
+                                         f"(.jfif, .tif) left out: dog/1.tif, dog/2.jfif;")
 
 
 def test_a_class_folder_named_in_another_unicode_form_is_the_same_class(tmp_path: Path) -> None:
