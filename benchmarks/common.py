@@ -7,12 +7,13 @@ Each benchmark is a plain function returning ``{"rows": [...], ...}``; ``finish`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,29 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "cpus": os.cpu_count(),
             "load_average": list(os.getloadavg())}
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str) -> Iterator[tuple[str, int]]:
+    """An S3-compatible server (moto) on this machine, holding the empty ``bucket``: its
+    (host, port), for a benchmark of reads or writes in an object store."""
+    import logging
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http",
+                          region="us-east-1", allow_bucket_creation=True).create_dir(bucket)
+        yield host, port
+    finally:
+        server.stop()
 
 
 def load_average() -> float:

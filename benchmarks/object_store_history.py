@@ -20,7 +20,6 @@ uploaded. The steps themselves are the same in both: what differs is time the de
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import tempfile
@@ -30,7 +29,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import finish, load_average, machine, parser, settle  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    finish,
+    load_average,
+    machine,
+    parser,
+    s3_server,
+    settle,
+)
 from benchmarks.object_store_read import SlowLink  # noqa: E402
 
 ARMS = ("every line", "with checkpoints")
@@ -96,30 +102,16 @@ def one(arm: str, uri: str, steps: int) -> dict[str, Any]:
 
 
 def run(quick: bool = False, rtt_ms: float = 20.0) -> dict[str, Any]:
-    from moto.server import ThreadedMotoServer
-
     steps = 60 if quick else 300
     before = load_average()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     os.environ.setdefault("DBPARALLEL_CACHE", tempfile.mkdtemp(prefix="dbparallel-bench-"))
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        import pyarrow.fs as pafs
-
-        pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http",
-                          region="us-east-1", allow_bucket_creation=True).create_dir("runs")
+    with s3_server("runs") as (host, port):
         link = SlowLink((host, port), rtt_ms / 1000, 100e6)
         rows = []
         for arm in ARMS:
             uri = (f"s3://runs/{arm.replace(' ', '-')}?endpoint_override=127.0.0.1:{link.port}"
                    f"&scheme=http&region=us-east-1")
             rows.append(one(arm, uri, steps))
-    finally:
-        server.stop()
     return {"rows": rows, "rtt_ms": rtt_ms, "quick": quick, "load_average_before": before,
             "load_average_after": load_average(), "machine": machine()}
 

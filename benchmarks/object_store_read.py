@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
 import statistics
 import sys
 import threading
@@ -46,6 +44,7 @@ from benchmarks.common import (  # noqa: E402
     load_average,
     machine,
     parser,
+    s3_server,
     settle,
 )
 
@@ -115,22 +114,12 @@ def one(arm: str, uri: str) -> dict[str, Any]:
 
 
 def run(quick: bool = False, rtt_ms: float = 20.0, mbps: float = 100.0) -> dict[str, Any]:
-    from moto.server import ThreadedMotoServer
+    import pyarrow.fs as pafs
 
     repeats = 1 if quick else 3
     group_mib = 8 if quick else 64
     before = load_average()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        import pyarrow.fs as pafs
-
-        pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http",
-                          region="us-east-1", allow_bucket_creation=True).create_dir("data")
+    with s3_server("data") as (host, port):
         rows = (group_mib << 20) // ROW_PIXELS
         rng = np.random.default_rng(0)
         pixels = rng.integers(0, 256, (rows, ROW_PIXELS), dtype=np.uint8)
@@ -150,8 +139,6 @@ def run(quick: bool = False, rtt_ms: float = 20.0, mbps: float = 100.0) -> dict[
                         "seconds": statistics.median(r["seconds"] for r in runs),
                         "arrow_peak_bytes": max(r["arrow_peak_bytes"] for r in runs),
                         "process_peak_bytes": max(r["process_peak_bytes"] for r in runs)})
-    finally:
-        server.stop()
     return {"rows": out, "rtt_ms": rtt_ms, "mbps_per_connection": mbps, "repeats": repeats,
             "quick": quick, "load_average_before": before, "load_average_after": load_average(),
             "machine": machine()}
