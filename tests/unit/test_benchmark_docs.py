@@ -54,16 +54,19 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f}"
 
 
+def _two_arms(label: str, a: dict, b: dict) -> str:
+    """A docs/data.md table row of two arms: process peaks, Arrow peaks and seconds."""
+    return (f"| {label} | {_mib(a['process_peak_bytes'])} / {_mib(b['process_peak_bytes'])} "
+            f"MiB | {_mib(a['arrow_peak_bytes'])} / {_mib(b['arrow_peak_bytes'])} MiB | "
+            f"{a['seconds']:.2f} / {b['seconds']:.2f} |")
+
+
 def test_the_parquet_write_table_holds_its_result() -> None:
     rows = json.loads((ROOT / "benchmarks/results/parquet_write.json").read_text())["rows"]
     text = (ROOT / "docs/data.md").read_text()
     for layout in ("uint8 fixed-size lists", "float32 lists", "encoded bytes"):
         arms = {r["arm"]: r for r in rows if r["layout"] == layout and r["row_group_mib"] == 256}
-        one, pieces = arms["one chunk"], arms["pieces"]
-        line = (f"| {layout} | {_mib(one['process_peak_bytes'])} / "
-                f"{_mib(pieces['process_peak_bytes'])} MiB | {_mib(one['arrow_peak_bytes'])} / "
-                f"{_mib(pieces['arrow_peak_bytes'])} MiB | {one['seconds']:.2f} / "
-                f"{pieces['seconds']:.2f} |")
+        line = _two_arms(layout, arms["one chunk"], arms["pieces"])
         assert line in text, line
 
 
@@ -73,11 +76,7 @@ def test_the_parquet_read_table_holds_its_result() -> None:
     for layout, mib in (("uint8 fixed-size lists", 16), ("uint8 fixed-size lists", 256),
                         ("float32 lists", 256), ("encoded bytes", 256)):
         arms = {r["arm"]: r for r in rows if r["layout"] == layout and r["row_group_mib"] == mib}
-        whole, pieces = arms["whole"], arms["pieces"]
-        line = (f"| {layout}, {mib} MiB: whole / pieces | {_mib(whole['process_peak_bytes'])} / "
-                f"{_mib(pieces['process_peak_bytes'])} MiB | {_mib(whole['arrow_peak_bytes'])} / "
-                f"{_mib(pieces['arrow_peak_bytes'])} MiB | {whole['seconds']:.2f} / "
-                f"{pieces['seconds']:.2f} |")
+        line = _two_arms(f"{layout}, {mib} MiB: whole / pieces", arms["whole"], arms["pieces"])
         assert line in text, line
 
 
