@@ -17,9 +17,15 @@ from dbparallel.runtime.assembler_actor import AssemblerActor
 from dbparallel.runtime.backend import BlockLost, BlockUnavailable, Event, RunFailed
 from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.block_group import BlockGroup
+from dbparallel.runtime.summary_rescue import (
+    SUMMARY_TIMEOUT_S,
+    first_line,
+    rescue_summary,
+    root_cause,
+    summary_of,
+)
 
 log = logging.getLogger(__name__)
-SUMMARY_TIMEOUT_S = 300.0  # for a block done training to send its summary
 QUEUE_TIMEOUT_S = 60.0  # for the groups' progress queue to answer a read
 
 
@@ -61,24 +67,24 @@ class RayBackend:
         self.slots_of[block] = slot
         self.actors[block] = self._actor(block, slot, self.cfg.train.max_restarts)
 
-    def _actor(self, block: int, slot: int, restarts: int) -> Any:
+    def _actor(self, block: int, slot: int | None, restarts: int) -> Any:
+        """A BlockActor of ``block`` in bundle ``slot`` of ``pg``; None: outside it (where
+        Ray has room for the block's CPUs and GPUs)."""
         r = self.cfg.runtime
+        placed = {} if slot is None else {
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(self.pg, slot)}
         return ray.remote(BlockActor).options(
             num_cpus=r.cpus_per_block, num_gpus=r.gpus_per_block,
-            max_restarts=restarts, max_task_retries=restarts,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, slot),
+            max_restarts=restarts, max_task_retries=restarts, **placed,
         ).remote(self.cfg, block, self.session, self.run_id)
 
     def finish_block(self, block: int) -> None:
         if block in self.groups:
-            try:
-                self.finished[block] = self.groups[block].finish(self._drain)
-            finally:
-                del self.groups[block]
+            self._finish_group(block)
             return
         actor, slot = self.actors.pop(block), self.slots_of.pop(block)
         try:
-            self.finished[block] = _summary(actor)
+            self.finished[block] = summary_of(actor)
             return
         except ray.exceptions.GetTimeoutError as err:
             raise BlockLost(f"its process did not send its summary within "
@@ -87,26 +93,23 @@ class RayBackend:
             lost = err
         finally:
             ray.kill(actor, no_restart=True)  # its slot goes to the next queued block
-        # Its steps are all in its final checkpoint: a new process of the block resumes from
-        # it, trains nothing, and sends the summary (with what the lost one measured)
-        log.warning("block %d: its process was lost after its last step, before it sent its "
-                    "summary (%s); a new process reads it from the block's final checkpoint",
-                    block, _first_line(lost))
-        again = self._actor(block, slot, 0)
+        self.finished[block] = rescue_summary(
+            self.cfg, block, f"its process was lost after its last step, before it sent its "
+                             f"summary ({first_line(lost)})",
+            lambda: self._actor(block, slot, 0))
+
+    def _finish_group(self, block: int) -> None:
+        group = self.groups.pop(block)
         try:
-            summary = _summary(again)
-        except ray.exceptions.RayError as err:
-            raise BlockLost(f"its process was lost after its last step, before it sent its "
-                            f"summary ({_first_line(lost)}), and a new process of it did not "
-                            f"send it either: {_first_line(_root_cause(err))}") from err
-        finally:
-            ray.kill(again, no_restart=True)
-        steps = self.cfg.train.steps_of(block)
-        if summary.get("steps", 0) < steps:  # its final checkpoint was not written
-            raise BlockLost(f"its process was lost after its last step, before it sent its "
-                            f"summary ({_first_line(lost)}), and its newest checkpoint is of "
-                            f"step {summary.get('steps')} of {steps}")
-        self.finished[block] = summary
+            self.finished[block] = group.finish(self._drain)
+            return
+        except BlockLost as err:  # its fit failed for good, hung, or ended without a summary
+            lost = err
+        # a hung group's workers hold the block's resources: stopped first. The group placed
+        # its own workers (``pg`` holds none of theirs): the new process is placed by Ray
+        group.stop(self._drain)
+        self.finished[block] = rescue_summary(self.cfg, block, first_line(lost),
+                                              lambda: self._actor(block, None, 0))
 
     def submit_train(self, block: int, until: int) -> None:
         if block in self.groups:
@@ -153,7 +156,7 @@ class RayBackend:
         except ray.exceptions.RayError as err:
             raise RunFailed(f"the queue on which the blocks with replicas post their progress "
                             f"was lost or did not answer within {QUEUE_TIMEOUT_S:g} s "
-                            f"({_first_line(err)}); every block's checkpoints are kept: the "
+                            f"({first_line(err)}); every block's checkpoints are kept: the "
                             f"same train command resumes the run") from err
         for kind, block, payload in messages:
             if block in self.groups:
@@ -174,14 +177,14 @@ class RayBackend:
             except ray.exceptions.ActorUnavailableError as err:  # e.g. its node was lost
                 events.append(Event(kind, block, error=BlockUnavailable(str(err))))
             except ray.exceptions.ActorDiedError as err:  # and Ray will not start it again
-                first = _first_line(err)
+                first = first_line(err)
                 if kind == "assemble":  # the next assembly (the final one) starts a new
                     self.assembler = None  # actor: this one's calls would all fail so
                 events.append(Event(kind, block, error=BlockLost(
                     f"its process was lost and Ray does not start it again "
                     f"(train.max_restarts={self.cfg.train.max_restarts}): {first}")))
             except ray.exceptions.RayError as err:
-                events.append(Event(kind, block, error=_root_cause(err)))
+                events.append(Event(kind, block, error=root_cause(err)))
         return events
 
     def restart_block(self, block: int) -> bool:
@@ -209,21 +212,6 @@ class RayBackend:
         for actor in [*self.actors.values(), self.assembler]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
-
-
-def _summary(actor: Any) -> dict[str, Any]:
-    """A block actor's summary: its process has trained the block's last step."""
-    return ray.get(actor.summary.remote(), timeout=SUMMARY_TIMEOUT_S)
-
-
-def _first_line(err: BaseException) -> str:
-    said = str(err).strip()
-    return said.splitlines()[0] if said else type(err).__name__
-
-
-def _root_cause(err: BaseException) -> BaseException:
-    cause = getattr(err, "cause", None)
-    return cause if isinstance(cause, BaseException) else err
 
 
 def decoder_code(cfg: Config) -> OwnCode | None:

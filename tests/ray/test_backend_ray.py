@@ -1,5 +1,7 @@
 """The Ray backend (runtime/ray_backend.py) where a block's processes are lost after its last
-step: the block is given up as BlockLost, as one lost while it trains, never a raw Ray error."""
+step, before its summary: one new process of the block reads the summary from its final
+checkpoint (runtime/summary_rescue.py); where that fails too, the block is given up as
+BlockLost, as one lost while it trains, never a raw Ray error."""
 
 from __future__ import annotations
 
@@ -111,6 +113,72 @@ def test_a_group_lost_before_its_summary_is_a_lost_block(tiny_cfg, monkeypatch, 
             group.finish(lambda: None, timeout_s=0.1 if fit == "hangs" else 10)
     finally:
         running.set()
+
+
+@pytest.mark.parametrize(("fit", "again"), [("fails", "sends"), ("no-summary", "sends"),
+                                            ("fails", "dies"), ("fails", "short")])
+def test_a_group_lost_before_its_summary_is_summed_up_by_one_process(
+        ray_session, tmp_path, monkeypatch, caplog, fit, again) -> None:
+    """runtime.replicas_per_block=2, train.max_restarts=0: the group's fit fails for good
+    after its last report, or ends without rank 0's summary. One new process of the block (a
+    block actor with the block's CPUs, outside any placement group) is asked for the summary:
+    where it sends one of all the block's steps, that is the block's, of the group's replicas;
+    where it dies, or its newest checkpoint is short of the steps, the block is lost."""
+    import ray
+
+    from dbparallel.runtime import block_group, ray_backend
+
+    class Trainer:  # Ray Train's fit, without Ray Train
+        def fit(self) -> SimpleNamespace:
+            if fit == "fails":
+                raise FitFailed()
+            return SimpleNamespace(error=None)
+
+    new = {"sends": {"steps": 4}, "dies": {"dies": True}, "short": {"steps": 2}}[again]
+
+    class NewBlock:  # a block actor's stand-in; sent to the actor by value: defined here
+        def __init__(self, *args):
+            self.steps, self.dies = new.get("steps", 0), new.get("dies", False)
+
+        def summary(self) -> dict:
+            if self.dies:
+                import os
+
+                os._exit(1)
+            here = ray.get_runtime_context()
+            return {"block": 0, "steps": self.steps, "replicas": 1,
+                    "cpus": here.get_assigned_resources().get("CPU"),
+                    "placed": here.get_placement_group_id() is not None}
+
+    monkeypatch.setattr(block_group, "trainer_for", lambda *args: Trainer())
+    monkeypatch.setattr(ray_backend, "BlockActor", NewBlock)
+    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "train.max_restarts=0",
+                                 "train.steps=4", "runtime.replicas_per_block=2"])
+    backend = ray_backend.RayBackend(cfg, None, 1, "session", "run")
+    backend.start_block(0, 0)
+    lost = {"fails": "its worker group was lost and Ray Train does not start it again",
+            "no-summary": "its worker group ended without sending its summary"}[fit]
+    try:
+        if again == "sends":
+            with caplog.at_level("WARNING", logger="dbparallel.runtime.summary_rescue"):
+                backend.finish_block(0)
+            assert backend.finished[0] == {"block": 0, "steps": 4, "replicas": 2,
+                                           "cpus": cfg.runtime.cpus_per_block,
+                                           "placed": False}
+            (said,) = [r.getMessage() for r in caplog.records  # one line says what happened
+                       if r.name == "dbparallel.runtime.summary_rescue"]
+            assert said.startswith(f"block 0: {lost}")
+            assert said.endswith("; a new process of the block reads its summary from its "
+                                 "final checkpoint")
+        else:
+            said = ("a new process of it did not send it either: " if again == "dies" else
+                    "its newest checkpoint is of step 2 of 4")
+            with pytest.raises(BlockLost, match=rf"^{lost}.*, and {said}"):
+                backend.finish_block(0)
+            assert 0 not in backend.finished
+        assert 0 not in backend.groups
+    finally:
+        backend.close()
 
 
 def test_a_lost_progress_queue_fails_the_run_in_words(ray_session, tmp_path) -> None:
