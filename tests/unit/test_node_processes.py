@@ -77,6 +77,11 @@ def test_a_connection_cut_short_ends_the_processes_it_started(tmp_path: Path,
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "init", init)
+    # as in a fresh process, whether or not the suite's own Ray instance is up in this one
+    # (its tests may run in this process first): neither joined nor shut down here
+    shut: list[int] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: shut.append(1))
     cfg = load_config([Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"],
                       [f"run.dir={tmp_path / 'run'}", "metrics.port=0"])
     with pytest.raises(KeyboardInterrupt):
@@ -85,3 +90,4 @@ def test_a_connection_cut_short_ends_the_processes_it_started(tmp_path: Path,
     while any(_running(p) for p in started) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(started) == 2 and not any(_running(p) for p in started)
+    assert shut  # what ray.init had recorded of its node, if anything, is let go
