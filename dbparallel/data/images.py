@@ -120,13 +120,12 @@ def image_batch(table: pa.Table, data: DataConfig,
 
 
 def shape_hint(values: int) -> str:
-    """The square image a row of ``values`` pixels could be, C x H x W: "; 192 is 3 x 8 x 8"
-    (empty where it is none of 3 or 1 channels)."""
-    for c in (3, 1):
-        side = math.isqrt(values // c)
-        if values and values == c * side * side:
-            return f"; {values} is {c} x {side} x {side}"
-    return ""
+    """The square images a row of ``values`` pixels could be, C x H x W, of 3, 1 or 4 (RGBA)
+    channels: "; 192 is 3 x 8 x 8", "; 1024 is 1 x 32 x 32 or 4 x 16 x 16" (empty where it is
+    none of them). A raw list of 4 channels is read with data.channels=4."""
+    shapes = [f"{c} x {side} x {side}" for c in (3, 1, 4)
+              if values and values == c * (side := math.isqrt(values // c)) ** 2]
+    return f"; {values} is {' or '.join(shapes)}" if shapes else ""
 
 
 def _first(mask: np.ndarray) -> int:

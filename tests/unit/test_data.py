@@ -43,7 +43,10 @@ GOOD = [0.5] * 64
          r"64 \(data.channels x data.image_size\^2\)$"),
         (_table([GOOD, [0.5] * 192], [1, 2]), r"row 1 has 192 values, expected 64 \(data.channels "
          r"x data.image_size\^2; 192 is 3 x 8 x 8\)$"),  # RGB read as grey: the shape it has
-        (_table([GOOD, [0.5] * 256], [1, 2]), r"has 256 values, .*; 256 is 1 x 16 x 16\)$"),
+        (_table([GOOD, [0.5] * 256], [1, 2]), r"has 256 values, .*; 256 is 1 x 16 x 16 or "
+         r"4 x 8 x 8\)$"),
+        (_table([GOOD, [0.5] * 1024], [1, 2]), r"; 1024 is 1 x 32 x 32 or 4 x 16 x 16\)$"),
+        (_table([GOOD, [0.5] * 48], [1, 2]), r"; 48 is 3 x 4 x 4\)$"),  # not 4 x sqrt(12)
         (_table([GOOD, GOOD, GOOD], [1, 2, 10]), "column 'label': row 2 has label 10"),
         (_table([GOOD, [2.0] * 64], [1, 2]), "column 'image': row 1 has values outside"),
         (_table([GOOD, [-0.5] * 64], [1, 2]), r"row 1 has values outside \[0, 1\] for floats "
