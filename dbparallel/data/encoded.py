@@ -233,4 +233,10 @@ def _in_mode(row: int, img: Image.Image, mode: str) -> np.ndarray:
     if img.mode in ("I", "F"):
         raise RowError(row, IMAGE_COLUMN, f"has 32-bit pixels (Pillow mode {img.mode!r}); "
                                           f"store 8- or 16-bit images")
-    return np.asarray(img.convert(mode))
+    try:
+        return np.asarray(img.convert(mode))
+    except ValueError:  # Pillow's message names the mode it converts through (LAB: "to RGB")
+        raise RowError(row, IMAGE_COLUMN,
+                       f"has Pillow mode {img.mode!r}, which Pillow does not convert to "
+                       f"{mode!r} (data.channels={len(mode)}); store it as RGB or grey (L)"
+                       ) from None
