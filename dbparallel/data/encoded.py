@@ -95,7 +95,15 @@ def _channels_of(img: Image.Image) -> int:
             palette = bytes(img.getpalette("RGB") or [])
         rgb = np.frombuffer(palette[:len(palette) // 3 * 3], np.uint8).reshape(-1, 3)
         return 1 if (rgb == rgb[:, :1]).all() else 3
-    return 1 if Image.getmodebase(img.mode) == "L" else 3
+    return 1 if Image.getmodebase(img.mode) == "L" or _stored_grey(img) else 3
+
+
+def _stored_grey(img: Image.Image) -> bool:
+    """Whether the file stores grey pixels in another mode than Pillow's: a 16-bit grey PNG
+    with alpha opens as RGBA, its pixels unpacked from "LA;16B" (the tile's raw mode)."""
+    args = img.tile[0].args if img.tile else None
+    raw = args[0] if isinstance(args, tuple) and args else args
+    return isinstance(raw, str) and raw.split(";")[0] in ("L", "LA", "La")
 
 
 def _load(img: Image.Image) -> None:
