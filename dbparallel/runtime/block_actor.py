@@ -82,7 +82,6 @@ class BlockActor:
         self.recorder = BlockRecorder(cfg.run.name, self.run_id, block,
                                       self.run.trainer.sigma_range)
         self.recorder.resumed(self.restarts, self.run.trainer.nonfinite_steps)
-        self.last: StepStats | None = None
 
     @staticmethod
     def _reconstructed() -> bool:
@@ -105,13 +104,13 @@ class BlockActor:
         return self.progress()
 
     def _on_step(self, stats: StepStats) -> None:
-        self.last = stats
         self.recorder.record(stats, self.run.trainer)
 
     def progress(self) -> dict[str, Any]:
         t = self.run.trainer
         return {"block": self.block, "step": t.step, "done": self.run.done,
-                "loss": self.last.loss if self.last else t.final_loss, "pid": os.getpid(),
+                # the mean of its last train.log_every steps, as report.json and status give
+                "loss": t.final_loss, "pid": os.getpid(),
                 "restarts": self.restarts, "resumed_from": self.run.resumed_from}
 
     def summary(self) -> dict[str, Any]:

@@ -104,7 +104,8 @@ def _run_local(cfg: Config, index: DataIndex | None, progress: bool | None,
                 bars.update(b, run.trainer.step)
 
                 def on_step(stats, b=b, run=run, recorder=recorder) -> None:
-                    bars.update(b, stats.step, stats.loss)
+                    # the mean of its last train.log_every steps: status's and report.json's
+                    bars.update(b, stats.step, run.trainer.final_loss)
                     recorder.record(stats, run.trainer)
 
                 run.train_until(cfg.train.steps_of(b), on_step)

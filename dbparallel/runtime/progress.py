@@ -2,9 +2,11 @@
 both on stderr, as the evaluation's progress: stdout carries results alone.
 
 A line shows only what is known: a block waiting for a free slot (more blocks than the cluster
-trains at once) is ``queued``, one that has not reported yet is ``starting``, a loss
-appears once the block has one, and an ETA once its step rate has been observed (between its
-first report and its latest one, so the time it took to start does not count).
+trains at once) is ``queued``, one that has not reported yet is ``starting``, a loss (the
+mean weighted loss of its last train.log_every steps, as ``dbparallel status`` and report.json
+give it, not one step's) appears once the block has one, and an ETA once its step rate has
+been observed (between its first report and its latest one, so the time it took to start does
+not count).
 """
 
 from __future__ import annotations

@@ -154,3 +154,30 @@ def test_a_done_block_s_bar_keeps_the_time_its_steps_took(capsys) -> None:
     assert bars.bars[1].format_dict["elapsed"] == 50.0
     bars.close()
     assert "10/10 [00:05<00:00" in capsys.readouterr().err
+
+
+def test_a_block_s_shown_loss_is_the_one_its_report_gives(tmp_path, monkeypatch) -> None:
+    """The bars and progress lines show the mean weighted loss of a block's last
+    train.log_every steps, as report.json's final_loss and `dbparallel status` do, not one
+    step's (a run's last line read 10.78 where its report said 9.36)."""
+    from pathlib import Path
+
+    from dbparallel.config import load_config
+    from dbparallel.runtime import progress
+    from dbparallel.runtime.local import run_local
+
+    shown: dict[int, float] = {}
+    update = progress.BlockBars.update
+
+    def seen(self, block: int, step: int, loss: float | None = None, **kw) -> None:
+        if loss is not None:
+            shown[block] = loss
+        update(self, block, step, loss, **kw)
+
+    monkeypatch.setattr(progress.BlockBars, "update", seen)
+    recipe = Path(__file__).resolve().parents[2] / "jobs" / "tiny_cpu.yaml"
+    cfg = load_config([recipe], [f"run.dir={tmp_path / 'run'}", "train.steps=6",
+                                 "train.log_every=3", "train.checkpoint_every=6",
+                                 "metrics.port=0"])
+    report = run_local(cfg, None, progress=False)
+    assert shown == {row["block"]: row["final_loss"] for row in report["per_block"]}
