@@ -101,6 +101,7 @@ def _run_local(cfg: Config, index: DataIndex | None, progress: bool | None,
                 # its counters go on from the run's totals, as a Ray actor's do (a resume
                 # after a crash must not reset the skipped steps the alerts read)
                 recorder.resumed(run.checkpoints.restarts(), run.trainer.nonfinite_steps)
+                bars.start(b, run.trainer.step)
                 bars.update(b, run.trainer.step)
 
                 def on_step(stats, b=b, run=run, recorder=recorder) -> None:

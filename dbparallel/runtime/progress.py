@@ -73,10 +73,17 @@ class BlockBars:
             self.seen[b].queued = True
             self.bars[b].set_description(f"block {b} (queued)", refresh=False)
 
-    def start(self, block: int) -> None:
-        """``block`` got a slot and is starting."""
+    def start(self, block: int, step: int | None = None) -> None:
+        """``block`` got a slot and is starting (at ``step``, where known: a resumed one's
+        steps before it are none of its rate). Its terminal bar's clock starts now: the time
+        it waited (queued for a slot; with --local, behind the blocks before it) is not its."""
         self.seen[block].queued = False
-        self.bars[block].set_description(f"block {block}", refresh=False)
+        bar = self.bars[block]
+        bar.set_description(f"block {block}", refresh=False)
+        if self.tty:
+            at = bar.n if step is None else step
+            bar.reset()
+            bar.n = bar.last_print_n = bar.initial = at
 
     def update(self, block: int, step: int, loss: float | None = None,
                restarts: int = 0) -> None:

@@ -156,6 +156,29 @@ def test_a_done_block_s_bar_keeps_the_time_its_steps_took(capsys) -> None:
     assert "10/10 [00:05<00:00" in capsys.readouterr().err
 
 
+def test_a_block_s_bar_clock_starts_when_the_block_starts(capsys) -> None:
+    """--local trains the blocks in turn, and a queued block waits for a slot: a block's bar
+    counts its time and rate from its start (at the step it resumed from), not from when the
+    bars were drawn."""
+    bars = BlockBars(2, 10, enabled=True, clock=Clock())
+    tqdm_clock = Clock()
+    for bar in bars.bars.values():
+        bar._time = tqdm_clock
+        bar.start_t = bar.last_print_t = 0.0
+    bars.start(0, 0)
+    tqdm_clock.now = 30.0
+    bars.update(0, 10, 1.0)  # block 0: 30 s
+    bars.start(1, 4)  # block 1 resumes at step 4, after block 0
+    tqdm_clock.now = 36.0
+    bars.update(1, 10, 1.0)
+    assert bars.bars[0].format_dict["elapsed"] == 30.0
+    assert bars.bars[1].format_dict["elapsed"] == 6.0
+    assert bars.bars[1].format_dict["initial"] == 4  # its rate: 6 steps in 6 s
+    bars.close()
+    err = capsys.readouterr().err
+    assert "10/10 [00:06<00:00,  1.00it/s" in err, err
+
+
 def test_a_block_s_shown_loss_is_the_one_its_report_gives(tmp_path, monkeypatch) -> None:
     """The bars and progress lines show the mean weighted loss of a block's last
     train.log_every steps, as report.json's final_loss and `dbparallel status` do, not one
