@@ -19,7 +19,15 @@ from dbparallel.cli_stop import (
     Terminated,
     stop_signals,
 )
-from dbparallel.config import Config, ConfigError, describe, load_config, notes, unchecked
+from dbparallel.config import (
+    Config,
+    ConfigError,
+    bytes_text,
+    describe,
+    load_config,
+    notes,
+    unchecked,
+)
 from dbparallel.errors import SPACE_FIX, UserError, out_of_space
 from dbparallel.shell import RAY_JOB_VAR, resubmit_line, shell_path
 from dbparallel.training.out_of_memory import START_MEMORY_FIX, out_of_memory, what_was_asked
@@ -77,8 +85,11 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return cmd_train(args)
 
 
-def _number(v: float) -> str:
-    """A metric as printed: whole numbers (counts, steps) in full, others to 4 digits."""
+def _number(v: float, key: str = "") -> str:
+    """A metric as printed: bytes (a ``key`` with ``_bytes``) as ``dbparallel status`` shows
+    them, whole numbers (counts, steps) in full, others to 4 digits."""
+    if "_bytes" in key:
+        return bytes_text(v)
     return f"{int(v):,}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.4g}"
 
 
@@ -101,7 +112,7 @@ def _print_summary(cfg: Config, report: dict) -> None:
         print("heldout_loss: on training rows, as the data has no validation or test split: a "
               "check of the EMA weights, not a held-out score")
     if report["assembly"]:
-        metrics = ", ".join(f"{k}={_number(v)}" for k, v in report["assembly"].items()
+        metrics = ", ".join(f"{k}={_number(v, k)}" for k, v in report["assembly"].items()
                             if v is not None)  # e.g. kid_std of one KID subset
         print(f"assembly: {metrics}")
         from dbparallel.training.eval.text import bpc_note

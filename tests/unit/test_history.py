@@ -224,6 +224,11 @@ def test_an_assembly_without_a_kid_std_writes_it_as_null(tmp_path, capsys) -> No
     assert read_assemblies(storage) == [{"step": 4, **metrics, "wall_s": 1.0}]
     _print_summary(_cfg(tmp_path), {"per_block": [], "assembly": metrics, "wall_time_s": 2.0})
     assert "assembly: fid=120.5, kid=0.02, fid_samples=100\n" in capsys.readouterr().out
+    looped = {"bpc": 18.34, "train_memory_bytes_bptt": 23962436, "eval_rows": 10000}
+    _print_summary(_cfg(tmp_path), {"per_block": [], "assembly": looped, "wall_time_s": 2.0})
+    # bytes as `dbparallel status` shows them (was train_memory_bytes_bptt=23,962,436)
+    assert ("assembly: bpc=18.34, train_memory_bytes_bptt=22.9 MiB, eval_rows=10,000\n"
+            in capsys.readouterr().out)
 
 
 def _history(storage: Storage, assemblies: bool) -> None:
