@@ -253,6 +253,7 @@ def sample_text(cfg: Config, task: Task, nets: list[Block], device: str = "cpu",
         texts = [tokenizer.decode(a) + "\u2502" + tokenizer.decode(b)
                  for a, b in zip(held[:, :p], fake, strict=True)]
     sep = "\n" + "=" * 72 + "\n"
-    head = (f"{cfg.task}, {cfg.model.blocks} block(s), objective {cfg.train.objective}"
+    B = cfg.model.blocks
+    head = (f"{cfg.task}, {B} block{'s' if B != 1 else ''}, objective {cfg.train.objective}"
             + ("" if cfg.task == "mdm" else "; prompt \u2502 generated continuation"))
     return (head + sep + sep.join(texts) + "\n").encode("utf-8")
