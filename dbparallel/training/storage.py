@@ -131,9 +131,20 @@ class Storage:
             raise FileNotFoundError(f"{self.uri(rel)}: {err}") from None
 
     def listdir(self, rel: str) -> list[str]:
-        """Names of the entries directly under ``rel`` (none if it does not exist)."""
+        """Names of the entries directly under ``rel`` (none if it does not exist). Local:
+        the names alone (pyarrow's listing also reads each entry, and another process's
+        writes beside it made that fail with "Cannot list directory", as two replicas of a
+        block start); a folder gone as it is listed holds none."""
+        if self.is_local:
+            try:
+                return sorted(os.listdir(self.path(rel)))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
         selector = pafs.FileSelector(self.path(rel), allow_not_found=True)
-        return sorted(info.base_name for info in self.fs.get_file_info(selector))
+        try:
+            return sorted(info.base_name for info in self.fs.get_file_info(selector))
+        except FileNotFoundError:
+            return []
 
     def delete(self, rel: str) -> None:
         """Remove the file ``rel``; nothing where it is gone, also where another process

@@ -45,6 +45,32 @@ def test_a_file_removed_between_a_look_and_a_delete_is_no_error(bucket, tmp_path
     assert not storage.exists("a.json")
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_listing_cut_short_by_another_process_is_no_error(bucket, tmp_path,
+                                                             where) -> None:
+    """Two replicas of a block start in one directory: the writer's files come and go as the
+    other lists the block's folder. pyarrow's listing failed ("Cannot list directory ...:
+    No such file or directory"); a local folder is listed by name alone, and a listing that
+    finds its folder gone holds nothing."""
+    storage = Storage(bucket("listed") if where == "s3" else str(tmp_path))
+    storage.write_json("blocks/block_1/lease.json", {})
+
+    class Racing:
+        def __getattr__(self, name):
+            return getattr(storage.fs.__class__, name)
+
+        def get_file_info(self, selector):
+            raise FileNotFoundError(f"Cannot list directory '{selector.base_dir}'. Detail: "
+                                    f"[errno 2] No such file or directory")
+
+    fs, storage.fs = storage.fs, Racing()
+    try:
+        assert storage.listdir("blocks/block_1") == (["lease.json"] if where == "local"
+                                                      else [])
+    finally:
+        storage.fs = fs
+
+
 def test_an_object_read_as_it_is_rewritten_is_read_whole(bucket) -> None:
     """A lease or record renewed by its process while another reads it: pyarrow.fs learns the
     object's size, then reads that many bytes, so a rewrite of another length in between came
