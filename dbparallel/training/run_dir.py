@@ -91,20 +91,17 @@ def open_run(cfg: Config, blocks: list[int] | None = None) -> Storage:
         # once): checked against its config.yaml as any resume, never written over
         _refuse_other_config(storage, cfg)
         _refuse_live_writers(storage, cfg, blocks)
-    written = cfg
-    if storage.exists(CONFIG_FILE):
-        before = stored_config(storage)
-        stored = (before.get("data") or {}).get("path")
-        if stored != cfg.data.path and same_local_path(stored, cfg.data.path):
-            cfg.data.path = stored
-        changed = changed_settings(before, cfg)
-        kept = kept_settings(storage, cfg, changed)
-        if changed:
-            log.warning("resuming %s with other settings: %s (they do not change the network; "
-                        "%s)", storage.uri(), listed(changed, MAX_LISTED),
-                        what_records(changed, kept))
-        written = with_stored(cfg, kept)
-    storage.write_text(CONFIG_FILE, dump_yaml(written))
+    # config.yaml is there: this run's before, or another process's just now
+    before = stored_config(storage)
+    stored = (before.get("data") or {}).get("path")
+    if stored != cfg.data.path and same_local_path(stored, cfg.data.path):
+        cfg.data.path = stored
+    changed = changed_settings(before, cfg)
+    kept = kept_settings(storage, cfg, changed)
+    if changed:
+        log.warning("resuming %s with other settings: %s (they do not change the network; "
+                    "%s)", storage.uri(), listed(changed, MAX_LISTED), what_records(changed, kept))
+    storage.write_text(CONFIG_FILE, dump_yaml(with_stored(cfg, kept)))
     return storage
 
 

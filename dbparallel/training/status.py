@@ -9,7 +9,8 @@ storage) is read the same way as a local one, while it trains or after. Each blo
   process given more steps than another one wrote to config.yaml since: it trains on);
 - ``training``: its write lease was renewed within its writer's train.lease_timeout_s, which
   the lease records (a lease written before it did: the run's config.yaml's); the writer
-  renews it at every metrics line and checkpoint, and at least every quarter of that timeout;
+  renews it at every metrics line it writes (in an object store, those it uploads) and
+  checkpoint, and at least every quarter of that timeout;
 - ``held by its driver``: its process (a Ray actor or worker) is gone, while its run's driver
   still runs on this machine (it assembles the blocks, trains others, or starts the block's
   process again), however old its lease: a rerun of the block is refused until that driver
