@@ -42,14 +42,14 @@ def train_run(cfg: Config, only_blocks: list[int] | None = None,
     if only_blocks and not cfg.runtime.local:
         raise UserError("--block: trains a subset of blocks in this process; add --local "
                         "(Python: blocks= with local=True)")
-    build_task(cfg)
+    task = build_task(cfg)  # a config no task takes stops the run before it starts
     if cfg.sample.decoder:  # a name that does not import here stops the run before it trains
         from dbparallel.training.eval.decoder import load_decoder
 
         load_decoder(cfg.sample.decoder)
     for warning in (memory_warning(cfg),  # runtime.device_memory given and a block exceeds it
                     warmup_warning(cfg.train, cfg.model.blocks),
-                    unused_blocks_warning(cfg)):  # a block the sampler never runs
+                    unused_blocks_warning(cfg, task)):  # a block the sampler never runs
         if warning:
             log.warning(warning)
     if only_blocks:

@@ -6,12 +6,12 @@ from dbparallel.config import Config
 from dbparallel.tasks.base import Task
 
 
-def unused_blocks_warning(cfg: Config) -> str | None:
+def unused_blocks_warning(cfg: Config, task: Task | None = None) -> str | None:
     """What a run says before it trains where the config's sampler never runs a block (fewer
     sample.steps than blocks; ViT's chain on a log-uniform partition of more than 4 blocks):
-    that block would train for nothing. None where it runs every block."""
-    task = build_task(cfg, shapes_only=True)
-    ran = task.inference_blocks()
+    that block would train for nothing. None where it runs every block. ``task``: cfg's, where
+    it is built already."""
+    ran = (task or build_task(cfg, shapes_only=True)).inference_blocks()
     never = sorted(set(range(cfg.model.blocks)) - set(ran))
     if not never:
         return None

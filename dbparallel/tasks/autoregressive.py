@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
-from dbparallel.core.sampler import equiprobable_schedule, karras_schedule
+from dbparallel.core.sampler import equiprobable_schedule, karras_schedule, route
 from dbparallel.data.tokenizer import Usable
 from dbparallel.models.layers import KV
 from dbparallel.models.lm import ARBlock
@@ -109,7 +109,7 @@ class AutoregressiveLM(TextData):
         return equiprobable_schedule(self.noise, self.steps)
 
     def inference_blocks(self) -> list[int]:
-        return [self.partition.owner(float(s)) for s in self.sigmas()]
+        return route(self.sigmas(), self.partition)
 
     def euler(self, z: torch.Tensor, logits: torch.Tensor, E: torch.Tensor, sigma: float,
               sigma_next: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 from dbparallel.config import Config
 from dbparallel.core.losses import weighted_cross_entropy
 from dbparallel.core.precond import edm_coefficients, edm_weight, precondition
-from dbparallel.core.sampler import equiprobable_schedule
+from dbparallel.core.sampler import equiprobable_schedule, route
 from dbparallel.models.presets import resolve
 from dbparallel.models.vit import ViTBlock
 from dbparallel.tasks.augment import augment, augment_draws
@@ -113,7 +113,7 @@ class Classification(ImageData):
     def inference_blocks(self) -> list[int]:
         if self.end_to_end:
             return [0]
-        return [self.partition.owner(float(s)) for s in self.inference_sigmas()]
+        return route(self.inference_sigmas(), self.partition)
 
     @torch.no_grad()
     def predict(self, nets: list[ViTBlock], images: torch.Tensor,
