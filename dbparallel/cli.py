@@ -22,7 +22,6 @@ from dbparallel.cli_stop import (
 from dbparallel.config import (
     Config,
     ConfigError,
-    bytes_text,
     describe,
     load_config,
     notes,
@@ -85,14 +84,6 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return cmd_train(args)
 
 
-def _number(v: float, key: str = "") -> str:
-    """A metric as printed: bytes (a ``key`` with ``_bytes``) as ``dbparallel status`` shows
-    them, whole numbers (counts, steps) in full, others to 4 digits."""
-    if "_bytes" in key:
-        return bytes_text(v)
-    return f"{int(v):,}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.4g}"
-
-
 def _print_summary(cfg: Config, report: dict) -> None:
     for row in report["per_block"]:
         speed = ""
@@ -112,7 +103,8 @@ def _print_summary(cfg: Config, report: dict) -> None:
         print("heldout_loss: on training rows, as the data has no validation or test split: a "
               "check of the EMA weights, not a held-out score")
     if report["assembly"]:
-        metrics = ", ".join(f"{k}={_number(v, k)}" for k, v in report["assembly"].items()
+        metrics = ", ".join(f"{k}={cli_status.metric_text(k, v)}"
+                            for k, v in report["assembly"].items()
                             if v is not None)  # e.g. kid_std of one KID subset
         print(f"assembly: {metrics}")
         from dbparallel.training.eval.text import bpc_note

@@ -20,12 +20,14 @@ def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
-def _score(key: str, value: float) -> str:
-    """An assembly metric as the status line shows it: bytes as bytes, counts (eval_rows,
-    eval_on_test) as whole numbers, not ``1e+04``."""
+def metric_text(key: str, value: float) -> str:
+    """An assembly metric as `status` and a run's summary print it: bytes (a ``key`` with
+    ``_bytes``) as bytes, whole numbers (counts, steps) in full, not ``1e+04``, others to 4
+    digits."""
     if "_bytes" in key:
         return bytes_text(value)
-    return f"{value:,}" if isinstance(value, int) else _num(value)
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1 \
+        else f"{value:.4g}"
 
 
 def _ago(seconds: float | None) -> str:
@@ -84,7 +86,7 @@ def render(status: RunStatus) -> str:
     if status.run_id:
         lines.append(series_line(status.run, status.run_id))
     if status.assembly:
-        scores = ", ".join(f"{k} {_score(k, v)}" for k, v in status.assembly.items()
+        scores = ", ".join(f"{k} {metric_text(k, v)}" for k, v in status.assembly.items()
                            if k not in ("step", "wall_s") and isinstance(v, (int, float)))
         step = status.assembly.get("step")
         at = f" (step {step:,})" if isinstance(step, int) else ""
