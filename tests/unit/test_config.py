@@ -436,9 +436,9 @@ def test_list_and_empty_values_say_what_they_need(capsys) -> None:
 
 
 def test_summary_numbers_print_counts_in_full() -> None:
-    from dbparallel.cli import _number
+    from dbparallel.cli_status import metric_text
 
-    assert [_number(v) for v in (10000.0, 186.0, 0.9989, 0.0, 2.5e-05)] == \
+    assert [metric_text("x", v) for v in (10000.0, 186.0, 0.9989, 0.0, 2.5e-05)] == \
         ["10,000", "186", "0.9989", "0", "2.5e-05"]
 
 
