@@ -45,22 +45,23 @@ class Partition:
 
     def owner(self, sigma: float) -> int:
         """Block whose nominal range holds sigma; a shared boundary goes to the noisier block."""
-        B = self.blocks
-        for block in range(B - 1):
-            lo = self.boundaries[B - 1 - block]
-            if sigma >= lo - _BOUNDARY_RTOL * abs(lo):
-                return block
-        return B - 1
+        return self._owner(sigma, noisier=True)
 
     def owner_of_step(self, sigma: float) -> int:
         """Block of a denoising step that starts at sigma and goes down: sigma's block, and
         where sigma is a shared boundary, the less noisy one, whose nominal range the step then
         runs through (both were trained at sigma). Steps that start at multiples of 1/B of a
         uniform range (masked diffusion's t) so go to each block equally often."""
+        return self._owner(sigma, noisier=False)
+
+    def _owner(self, sigma: float, noisier: bool) -> int:
+        """Block whose nominal range holds sigma; a boundary (within a relative
+        _BOUNDARY_RTOL) goes to the ``noisier`` of its two blocks, or the less noisy one."""
         B = self.blocks
         for block in range(B - 1):
             lo = self.boundaries[B - 1 - block]
-            if sigma > lo + _BOUNDARY_RTOL * abs(lo):
+            tol = _BOUNDARY_RTOL * abs(lo)
+            if (sigma >= lo - tol) if noisier else (sigma > lo + tol):
                 return block
         return B - 1
 
