@@ -79,7 +79,7 @@ def encode_data(cfg: Config, encoder: Callable[[torch.Tensor], torch.Tensor] | s
         from dbparallel.data.own_code import own_modules, pack
         from dbparallel.runtime.rewrite_ray import ClusterRewrite
 
-        on = task_device(device)
+        on = task_device(device, "device" if joined else "--device")
         named = isinstance(encoder, str)
         return ClusterRewrite(partial(encode_rewrite, cfg.data, encoder, setting, on, batch,
                                       dtype), gpus=int(on == "cuda"),
@@ -138,12 +138,18 @@ def _value(v: object) -> str:
         else str(v)
 
 
-def task_device(device: str | None) -> str:
-    """Where the encoder runs in each Ray task of ``device`` (--device): the CPU, or a GPU
-    of the task's own ("cuda"); UserError for another device or a GPU's number."""
-    if device in (None, "", "cpu", "cuda"):
-        return device or "cpu"
-    if device.startswith("cuda:"):
-        raise UserError(f"--device {device}: on a Ray cluster each task of data encode takes "
-                        f"a GPU of its own; give --device cuda")
-    raise UserError(f"--device {device}: expected cpu or cuda")
+def task_device(device: str | torch.device | None, key: str = "--device") -> str:
+    """Where the encoder runs in each Ray task of ``device`` (named as ``key``: a command's
+    --device, a program's device): the CPU, or a GPU of the task's own ("cuda"); UserError
+    for another device, a GPU's number, or what is no device's name."""
+    from dbparallel.training.device import device_name
+
+    name = device_name(device, key)
+    if name in (None, "", "cpu", "cuda"):
+        return name or "cpu"
+    shown = f"{key} {name}" if key.startswith("--") else f"{key}={name!r}"
+    if name.startswith("cuda:"):
+        cuda = f"{key} cuda" if key.startswith("--") else f"{key}='cuda'"
+        raise UserError(f"{shown}: on a Ray cluster each task of data encode takes a GPU of "
+                        f"its own; give {cuda}")
+    raise UserError(f"{shown}: expected cpu or cuda")

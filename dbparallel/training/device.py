@@ -46,6 +46,18 @@ def assembly_device(cfg: Config) -> str:
                          "set runtime.assembly_gpus=0 to assemble on the CPU")
 
 
+def device_name(requested: str | torch.device | None, key: str = "device") -> str | None:
+    """``requested`` as a string (a ``torch.device`` too), or None; UserError naming ``key``
+    for anything else: torch reads an integer as a CUDA index, so 0 must not pass as
+    "nothing asked"."""
+    if isinstance(requested, torch.device):
+        return str(requested)
+    if requested is not None and not isinstance(requested, str):
+        raise UserError(f"{key}: expected cpu, cuda or cuda:N (a string), got "
+                        f"{type(requested).__name__} {requested!r:.40}")
+    return requested
+
+
 def requested_device(requested: str | torch.device | None, key: str = "device") -> str:
     """``requested`` ("cpu", "cuda", "cuda:N"; None = "cpu"), checked against this machine;
     its errors name it as ``key`` does: a program's ``device='cuda'``, a command's
@@ -53,13 +65,7 @@ def requested_device(requested: str | torch.device | None, key: str = "device") 
     def named(value: str) -> str:
         return f"{key} {value}" if key.startswith("--") else f"{key}={value!r}"
 
-    if isinstance(requested, torch.device):
-        requested = str(requested)
-    if requested is not None and not isinstance(requested, str):
-        # torch reads an integer as a CUDA index, so 0 must not pass as "nothing asked"
-        raise UserError(f"{key}: expected cpu, cuda or cuda:N (a string), got "
-                        f"{type(requested).__name__} {requested!r:.40}")
-    name = requested or "cpu"
+    name = device_name(requested, key) or "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+import torch
 
 from dbparallel.cli import main
 
@@ -434,4 +435,28 @@ def test_a_module_missing_on_a_node_is_named_not_a_traceback(ray_session, tmp_pa
     with pytest.raises(UserError, match="no module named 'installed_here_only' on its node; "
                                         "an installed package must be installed on every node"):
         dbparallel.encode(_data(tmp_path / "data"), module.encode, out, overrides=settings)
+    assert not out.exists()
+
+
+def test_a_bad_device_is_named_on_the_cluster_as_in_this_process(ray_session, tmp_path,
+                                                                 encoder, capsys) -> None:
+    """In a process that joined Ray, dbparallel.encode runs on the cluster: a device that is
+    no string (0 would be read as cuda:0) or a GPU's number is named there too, naming the
+    program's device= (a command's --device), before anything is written."""
+    import dbparallel
+    from dbparallel.errors import UserError
+
+    data, out = _data(tmp_path / "data"), tmp_path / "latents"
+    cases = [(0, r"^device: expected cpu, cuda or cuda:N \(a string\), got int 0$"),
+             (torch.device("cuda:1"), r"^device='cuda:1': on a Ray cluster each task of data "
+                                      r"encode takes a GPU of its own; give device='cuda'$"),
+             ("tpu", r"^device='tpu': expected cpu or cuda$")]
+    for device, match in cases:
+        with pytest.raises(UserError, match=match):
+            dbparallel.encode(data, torch.nn.Identity(), out, SETTINGS, device=device)
+        assert not out.exists()
+    assert main(["data", "encode", str(data), "--encoder", "ray_standin_encoder:encode",
+                 "--out", str(out), "--device", "cuda:1", _address(), *SETTINGS]) == 2
+    assert "--device cuda:1: on a Ray cluster each task of data encode takes a GPU of its " \
+           "own; give --device cuda" in capsys.readouterr().err
     assert not out.exists()
