@@ -29,13 +29,14 @@ from dbparallel.training.replicas import Replicas
 
 log = logging.getLogger(__name__)
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-CONTROLLER_WAIT_S = 10.0  # a stop waits this long at most for a starting group's controller
+GATE_TIMEOUT_S = 60.0  # for the controllers' gate to answer a stop (it may be starting)
 
 
-def trainer_for(cfg: Config, block: int, session: str, run_id: str,
-                queue: Any) -> TorchTrainer:
+def trainer_for(cfg: Config, block: int, session: str, run_id: str, queue: Any,
+                gate: Any) -> TorchTrainer:
     """Block ``block``'s TorchTrainer: runtime.replicas_per_block workers, each with
-    runtime.cpus_per_block CPUs and runtime.gpus_per_block GPUs."""
+    runtime.cpus_per_block CPUs and runtime.gpus_per_block GPUs; its controller announces
+    itself at ``gate`` (controller_gate.py; None: nowhere)."""
     r = cfg.runtime
     resources = {"CPU": r.cpus_per_block, **({"GPU": r.gpus_per_block}
                                               if r.gpus_per_block else {})}
@@ -54,21 +55,27 @@ def trainer_for(cfg: Config, block: int, session: str, run_id: str,
         run_config=RunConfig(name=f"block_{block}-{session[:8]}",
                              storage_path=f"{storage}/ray_train",
                              failure_config=FailureConfig(max_failures=cfg.train.max_restarts),
-                             callbacks=[ControllerAnnounce(queue, block)]),
+                             callbacks=[ControllerAnnounce(gate, block)]),
     )
 
 
 class ControllerAnnounce(ControllerCallback):
-    """Posts the handle of the group's Ray Train controller as it starts: a stop kills it, as
-    killing only its workers leaves it to start the group again (train.max_restarts times),
-    in a program that joined Ray itself after its run returned."""
+    """Announces the group's Ray Train controller at the run's gate as it starts, before it
+    starts any worker: a stop kills it, as killing only its workers leaves it to start the
+    group again (train.max_restarts times), in a program that joined Ray itself after its
+    run returned. One whose group was stopped already is killed there, and waits for it."""
 
-    def __init__(self, queue: Any, block: int):
-        self.queue, self.block = queue, block
+    def __init__(self, gate: Any, block: int):
+        self.gate, self.block = gate, block
 
     def after_controller_start(self, train_run_context: Any) -> None:
-        self.queue.put(("controller", self.block,
-                        {"actor": ray.get_runtime_context().current_actor}))
+        if self.gate is None:
+            return
+        me = ray.get_runtime_context().current_actor
+        if not ray.get(self.gate.announce.remote(self.block, me)):
+            # the gate's kill ends this process; going on would start the workers
+            while True:
+                time.sleep(1.0)
 
 
 def train_replica(config: dict[str, Any]) -> None:
@@ -106,8 +113,9 @@ class Roster:
 class BlockGroup:
     """One block's worker group as the backend sees it."""
 
-    def __init__(self, cfg: Config, block: int, session: str, run_id: str, queue: Any):
-        self.block = block
+    def __init__(self, cfg: Config, block: int, session: str, run_id: str, queue: Any,
+                 gate: Any = None):
+        self.block, self.gate = block, gate  # gate: where its controller announces itself
         self.max_restarts = cfg.train.max_restarts
         self.latest: dict[str, Any] | None = None  # rank 0's last progress
         self.summary: dict[str, Any] | None = None
@@ -117,9 +125,8 @@ class BlockGroup:
         self.error_rank = 0  # the worker that met it
         self.error_step: int | None = None  # the step it was training (None: its start)
         self.fitted: Future[None] = Future()
-        self.controller: Any = None  # Ray Train's controller of the group, once it posted
         self.killed = -1  # the last incarnation restart() killed
-        trainer = trainer_for(cfg, block, session, run_id, queue)
+        trainer = trainer_for(cfg, block, session, run_id, queue, gate)
         threading.Thread(target=self._fit, args=(trainer,), daemon=True,
                          name=f"block-{block}-fit").start()
 
@@ -133,10 +140,8 @@ class BlockGroup:
             self.fitted.set_exception(err)
 
     def take(self, kind: str, payload: dict[str, Any]) -> None:
-        """A message from one of this block's workers, or its controller."""
-        if kind == "controller":
-            self.controller = payload["actor"]
-        elif kind == "start":  # rank 0 of a new incarnation
+        """A message from one of this block's workers."""
+        if kind == "start":  # rank 0 of a new incarnation
             self.roster.started(payload["restarts"], payload["actor"])
             self.latest = {**(self.latest or {}), "restarts": payload["restarts"]}
         elif kind == "worker":  # another rank: its message may come before rank 0's
@@ -211,19 +216,22 @@ class BlockGroup:
         return True
 
     def stop(self, drain: Callable[[], None]) -> None:
-        """Kill the group's controller (its workers die with it) and its workers; one that
-        has not posted its controller yet is waited for (``drain`` the queue) a moment."""
-        deadline = time.monotonic() + CONTROLLER_WAIT_S
+        """Kill the group's controller (its workers die with it) and the workers that posted
+        (``drain`` the queue). A controller that has not announced itself at the gate yet,
+        still starting, is killed there as it does."""
+        if self.gate is not None:
+            try:
+                controller = ray.get(self.gate.stop.remote(self.block), timeout=GATE_TIMEOUT_S)
+            except ray.exceptions.RayError as err:  # kill the workers known
+                log.warning("block %d: could not stop its worker group's controller: %s",
+                            self.block, err)
+            else:
+                if controller is not None:
+                    ray.kill(controller, no_restart=True)
         try:
             drain()
-            while self.controller is None and not self.fitted.done() \
-                    and time.monotonic() < deadline:
-                time.sleep(0.2)
-                drain()
         except RunFailed as err:  # the queue is lost: kill the workers known
-            log.debug("could not read the group's controller: %s", err)
-        if self.controller is not None:
-            ray.kill(self.controller, no_restart=True)
+            log.debug("could not read the group's workers: %s", err)
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
 

@@ -17,6 +17,7 @@ from dbparallel.runtime.assembler_actor import AssemblerActor
 from dbparallel.runtime.backend import BlockLost, BlockUnavailable, Event, RunFailed
 from dbparallel.runtime.block_actor import BlockActor
 from dbparallel.runtime.block_group import BlockGroup
+from dbparallel.runtime.controller_gate import start_gate
 from dbparallel.runtime.summary_rescue import (
     SUMMARY_TIMEOUT_S,
     first_line,
@@ -53,6 +54,7 @@ class RayBackend:
         self.assembler: Any = None
         self.pending: dict[ray.ObjectRef, tuple[str, int | None]] = {}
         self.queue: Any = None  # where the groups' rank 0 workers post their progress
+        self.gate: Any = None  # where the groups' controllers announce themselves
 
     def start_block(self, block: int, slot: int) -> None:
         r = self.cfg.runtime
@@ -61,8 +63,9 @@ class RayBackend:
                 from ray.util.queue import Queue
 
                 self.queue = Queue(actor_options={"num_cpus": 0})
+                self.gate = start_gate()
             self.groups[block] = BlockGroup(self.cfg, block, self.session, self.run_id,
-                                            self.queue)
+                                            self.queue, self.gate)
             return
         self.slots_of[block] = slot
         self.actors[block] = self._actor(block, slot, self.cfg.train.max_restarts)

@@ -283,6 +283,68 @@ def test_a_stop_leaves_nothing_of_a_group_in_an_instance_the_program_joined(
     group.fitted.exception(timeout=60)  # its fit ended with its controller
 
 
+@pytest.mark.slow  # another minute of Ray Train
+def test_a_stop_while_a_group_starts_ends_its_controller(ray_session, tmp_path,
+                                                         monkeypatch) -> None:
+    """The stop comes while the group's Ray Train controller starts, before it announced
+    itself (held there until the stop returned): it is killed as it does, and starts no
+    worker; it used to be missed (a stop waited for it a moment only) and trained on."""
+    import time
+
+    import ray
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+    from ray.util.state import list_actors
+
+    from dbparallel.data.sources import open_data
+    from dbparallel.runtime import block_group
+    from dbparallel.runtime.ray_backend import RayBackend
+    from dbparallel.training.data_pin import pin_data
+    from dbparallel.training.run_dir import open_run
+
+    starting, stopped = tmp_path / "starting", tmp_path / "stopped"
+
+    class Hold(ControllerCallback):  # sent to the controller by value: defined here
+        def after_controller_start(self, train_run_context) -> None:
+            starting.touch()
+            deadline = time.monotonic() + 600
+            while not stopped.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+    trainer_for = block_group.trainer_for
+
+    def held(*args):
+        trainer = trainer_for(*args)
+        trainer.run_config.callbacks.insert(0, Hold())  # before the controller announces
+        return trainer
+
+    monkeypatch.setattr(block_group, "trainer_for", held)
+    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",
+                                 "runtime.cpus_per_block=0.25", "train.steps=100000",
+                                 "train.max_restarts=2"])
+    pin_data(open_run(cfg), open_data(cfg.data))
+    backend = RayBackend(cfg, None, 1, "session", "0123456789ab")
+    backend.start_block(0, 0)
+    group = backend.groups[0]
+    deadline = time.monotonic() + 300
+    while not starting.exists():  # its controller's process runs its start
+        assert time.monotonic() < deadline and not group.fitted.done()
+        time.sleep(0.2)
+    backend.close()
+    stopped.touch()
+    # its fit ended with its controller, which had started no worker
+    assert isinstance(group.fitted.exception(timeout=120), ray.exceptions.ActorDiedError)
+    here = ray.get_runtime_context().gcs_address  # not whichever instance started last
+
+    def alive() -> list[str]:
+        return [a.class_name for a in list_actors(address=here, filters=[("state", "!=", "DEAD")])
+                if a.class_name in ("TrainController", "RayTrainWorker")]
+
+    deadline = time.monotonic() + 120
+    while alive() and time.monotonic() < deadline:
+        time.sleep(2)
+    assert alive() == []
+
+
 @pytest.mark.slow  # Ray Train restarts the groups a few times before they give up
 def test_groups_stop_when_their_run_fails(ray_session, tmp_path) -> None:
     """Block 1 dies past train.max_restarts while block 0 has thousands of steps to go: the run
