@@ -30,7 +30,8 @@ def describe(cls: type = Config, prefix: str = "",
 def notes(cls: type = Config, prefix: str = "") -> dict[str, str]:
     """What each dotted key means, from the schema's own comments (``--help-config``): a
     field's comment on its line, with the comment lines after it when the next field has its
-    own or a blank line ends them, or the comment lines before it."""
+    own or a blank line ends them, or the comment lines before it; comments inside a method
+    (``__post_init__``'s) are no field's."""
     out: dict[str, str] = {}
     default = cls()
     pending: list[str] = []
@@ -38,7 +39,8 @@ def notes(cls: type = Config, prefix: str = "") -> dict[str, str]:
     for line in inspect.getsource(cls).splitlines():
         text = line.strip()
         if text.startswith("#"):
-            pending.append(text.lstrip("# "))
+            if re.match(r"\s{4}#", line):  # a method's own comments say nothing of a field
+                pending.append(text.lstrip("# "))
             continue
         match = re.match(r"\s{4}(\w+): [^=]+=.*?(?:#\s*(.*))?$", line)
         if not match or match.group(1) not in {f.name for f in fields(cls)}:

@@ -256,6 +256,9 @@ def test_every_key_has_a_meaning_from_the_schema() -> None:
     assert meaning["metrics.port"].endswith("Ray picks the instance's")
     # no note is cut off mid-sentence (a continuation line lost)
     assert not [k for k, v in meaning.items() if v.rstrip()[-1] in ";,:("], meaning
+    # nor runs on into a comment of a method below the fields (run.curves into
+    # RunConfig.__post_init__'s)
+    assert meaning["run.curves"].endswith("also where this is false)")
 
 
 def test_describe_lists_every_leaf() -> None:
