@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,15 @@ EXPECTED = {
 }
 
 
+def _text_doc_names() -> set[str]:
+    """The `names` docs/text.md quotes, a `prefix_{a,b}` read as `prefix_a` and `prefix_b`."""
+    names = set()
+    for quoted in re.findall(r"`([a-z_{},]+)`", (ROOT / "docs" / "text.md").read_text()):
+        head, _, rest = quoted.partition("{")
+        names |= {head + tail for tail in rest.rstrip("}").split(",")} if rest else {quoted}
+    return names
+
+
 def _recipe(task: str) -> Path:
     return ROOT / "jobs" / f"{task}_shakespeare_tiny.yaml"
 
@@ -41,6 +51,8 @@ def test_tiny_recipe_trains_and_assembles(task: str, tmp_path: Path, capsys) -> 
     assert all(row["steps"] == 4 and row["peak_memory_bytes"] > 0 for row in report["per_block"])
     assert set(report["assembly"]) == EXPECTED[task] | {"block_steps_min", "eval_on_test"}
     assert report["assembly"]["eval_on_test"] == 1.0  # Shakespeare has a test split
+    # docs/text.md says what each of the task's metrics is
+    assert EXPECTED[task] - _text_doc_names() == set()
     assert 0 < report["assembly"]["bpc"] < 40
     samples = (tmp_path / "samples.txt").read_text(encoding="utf-8")
     B = cfg.model.blocks
