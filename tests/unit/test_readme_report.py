@@ -1,6 +1,7 @@
 """Every key of a run's report.json (the run's, each block's row's, the assembly's) is named
 in the README or the docs, where a reader of the file looks it up; the lines docs/history.md
-shows of metrics.jsonl and assembly.jsonl hold the keys a run writes."""
+shows of metrics.jsonl and assembly.jsonl hold the keys a run writes, and docs/operations.md
+lists the keys of `dbparallel status --json`."""
 
 from __future__ import annotations
 
@@ -50,3 +51,13 @@ def test_history_doc_quotes_the_keys_a_run_writes(tiny_run: Path) -> None:
     assert list(metrics_line) == list(written)
     assembled = json.loads((tiny_run / "assembly.jsonl").read_text().splitlines()[-1])
     assert list(assembly_line) == list(assembled)
+
+
+def test_status_json_keys_are_the_ones_operations_md_lists(tiny_run: Path) -> None:
+    import dbparallel
+
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text[text.index("### `--json`"):text.index("### A run on Ray")]
+    listed = set(re.findall(r"`([a-z_]+)`", section)) - {"null"}
+    shown = dbparallel.status(tiny_run).to_json()
+    assert set(shown) | set(shown["blocks"][0]) == listed
