@@ -109,6 +109,18 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture
+def not_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process reads as one that joined no Ray instance, as a fresh program does: the
+    session's instance may be up in it (the tests that join it run in one xdist process, with
+    other modules' tests), and dbparallel.encode and reshard then run as Ray tasks on it."""
+    import sys
+
+    ray = sys.modules.get("ray")  # not imported here: where no test imported it, none joined
+    if ray is not None:
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+
+
 RAY_GROUP = "ray_session"  # the work unit of the tests that join the session's Ray instance
 
 

@@ -351,8 +351,10 @@ def test_predict_command_reads_files_folders_and_tables(runs: dict[str, str], tm
     assert f"predict: {empty} holds no image" in capsys.readouterr().err
 
 
-def test_the_api_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """docs/api.md's Python examples, run as written on the runs they name."""
+def test_the_api_guide_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            not_joined: None) -> None:
+    """docs/api.md's Python examples, run as written (in a program that joined no Ray
+    instance) on the runs they name."""
     monkeypatch.chdir(tmp_path)
     _train("dit", Path("runs/tiny-cpu"))
     _train("ar", Path("runs/ar-shakespeare-tiny"))

@@ -17,6 +17,9 @@ import dbparallel
 from dbparallel.cli import main
 from dbparallel.errors import DataError, UserError
 
+# the path in this process; the one on a Ray instance the program joined: tests/ray
+pytestmark = pytest.mark.usefixtures("not_joined")
+
 SETTINGS = {"data.image_size": 8, "data.channels": 3, "data.num_classes": 10,
             "data.shard_rows": 16}
 
