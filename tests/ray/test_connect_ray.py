@@ -175,3 +175,37 @@ def test_a_private_instance_cut_short_as_it_starts_is_stopped(tmp_path) -> None:
                          timeout=240)
     assert "interrupted" in out.stdout, out.stdout + out.stderr[-3000:]
     assert "children []" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+def test_a_runtime_address_of_another_instance_than_the_joined_one_is_warned(
+        ray_session, caplog) -> None:
+    """A process that joined a Ray instance runs there (docs/api.md); a runtime.address naming
+    another instance (another port, a host elsewhere) is warned of, naming both, and the same
+    one (its address, this machine's loopback with its port, auto) is not."""
+    import logging
+
+    import ray
+
+    from dbparallel.config import load_config
+    from dbparallel.runtime.ray_connect import connect
+
+    joined = ray.get_runtime_context().gcs_address
+    port = int(joined.rpartition(":")[2])
+    with socket.socket() as s:  # a port no instance listens on
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    elsewhere = next(ip for ip in ("198.51.100.1", "198.51.100.2")  # not this machine
+                     if ip != joined.rpartition(":")[0])
+    others = [f"{joined.rpartition(':')[0]}:{free}", f"{elsewhere}:{port}"]
+    same = [joined, f"127.0.0.1:{port}", f"localhost:{port}", "auto"]
+    for address, warned in [*((a, True) for a in others), *((a, False) for a in same)]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="dbparallel.runtime.ray_connect"):
+            assert connect(load_config(overrides=[f"runtime.address={address}"])) is False
+        said = [r.getMessage() for r in caplog.records]
+        assert bool(said) == warned, (address, said)
+        if warned:
+            assert said[0].startswith(f"runtime.address={address} is not joined: this "
+                                      f"process joined the Ray instance at {joined} before, "
+                                      f"and the run uses that one"), said
+    assert ray.is_initialized() and ray.get_runtime_context().gcs_address == joined
