@@ -20,10 +20,11 @@ from typing import Any
 import ray
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device
-from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
 from dbparallel.config import Config
 from dbparallel.runtime.backend import BlockLost, Event, RunFailed
+from dbparallel.runtime.controller_gate import end_controller
 from dbparallel.runtime.replica_worker import run_replica
 from dbparallel.training.replicas import Replicas
 
@@ -59,23 +60,36 @@ def trainer_for(cfg: Config, block: int, session: str, run_id: str, queue: Any,
     )
 
 
-class ControllerAnnounce(ControllerCallback):
+class ControllerAnnounce(ControllerCallback, WorkerGroupCallback):
     """Announces the group's Ray Train controller at the run's gate as it starts, before it
-    starts any worker: a stop kills it, as killing only its workers leaves it to start the
-    group again (train.max_restarts times), in a program that joined Ray itself after its
-    run returned. One whose group was stopped already is killed there, and waits for it."""
+    starts any worker, and the placement group of each worker group it starts: a stop kills
+    the controller, as killing only its workers leaves it to start the group again
+    (train.max_restarts times), in a program that joined Ray itself after its run returned,
+    and removes the placement group, which the controller's death leaves reserved there. One
+    whose group was stopped already is killed there, and waits for it."""
 
     def __init__(self, gate: Any, block: int):
         self.gate, self.block = gate, block
 
     def after_controller_start(self, train_run_context: Any) -> None:
-        if self.gate is None:
-            return
-        me = ray.get_runtime_context().current_actor
-        if not ray.get(self.gate.announce.remote(self.block, me)):
-            # the gate's kill ends this process; going on would start the workers
-            while True:
-                time.sleep(1.0)
+        if self.gate is not None:
+            me = ray.get_runtime_context().current_actor
+            self._go_on(ray.get(self.gate.announce.remote(self.block, me)))
+
+    def before_worker_group_start(self, worker_group_context: Any) -> None:
+        if self.gate is not None:
+            self._go_on(ray.get(self.gate.starting.remote(self.block)))
+
+    def after_worker_group_start(self, worker_group: Any) -> None:
+        if self.gate is not None:
+            placed = worker_group.get_worker_group_state().placement_group_handle
+            self._go_on(ray.get(self.gate.placed.remote(self.block, placed.placement_group)))
+
+    @staticmethod
+    def _go_on(allowed: bool) -> None:
+        # the gate's kill ends this process; going on would start the workers
+        while not allowed:
+            time.sleep(1.0)
 
 
 def train_replica(config: dict[str, Any]) -> None:
@@ -216,18 +230,19 @@ class BlockGroup:
         return True
 
     def stop(self, drain: Callable[[], None]) -> None:
-        """Kill the group's controller (its workers die with it) and the workers that posted
-        (``drain`` the queue). A controller that has not announced itself at the gate yet,
-        still starting, is killed there as it does."""
+        """Kill the group's controller (its workers die with it), remove its workers'
+        placement group and kill the workers that posted (``drain`` the queue). A controller
+        that has not announced itself at the gate yet, still starting, or that places a worker
+        group now, is killed there as it reports."""
         if self.gate is not None:
             try:
-                controller = ray.get(self.gate.stop.remote(self.block), timeout=GATE_TIMEOUT_S)
+                ended = ray.get(self.gate.stop.remote(self.block), timeout=GATE_TIMEOUT_S)
             except ray.exceptions.RayError as err:  # kill the workers known
                 log.warning("block %d: could not stop its worker group's controller: %s",
                             self.block, err)
             else:
-                if controller is not None:
-                    ray.kill(controller, no_restart=True)
+                if ended is not None:
+                    end_controller(*ended)
         try:
             drain()
         except RunFailed as err:  # the queue is lost: kill the workers known

@@ -55,13 +55,26 @@ def test_a_data_parallel_baseline_is_the_single_process_one(ray_session, tmp_pat
                                                             capsys) -> None:
     """`dbparallel baseline` with runtime.replicas_per_block=2: the end-to-end network trained
     data-parallel by two Ray Train workers, which share each batch; the same training as the
-    one-process baseline."""
+    one-process baseline, and the group leaves no placement group behind."""
+    import time
+
+    import ray
+
     from dbparallel.cli import main
 
+    def live() -> set[str]:
+        return {pg for pg, row in ray.util.placement_group_table().items()
+                if row["state"] != "REMOVED"}
+
+    before = live()
     for name, extra in (("dp", ["runtime.replicas_per_block=2", "runtime.cpus_per_block=0.25"]),
                         ("one", [])):
         assert main(["baseline", str(RECIPE), f"run.dir={tmp_path / name}", "metrics.port=0",
                      *SAME, *extra]) == 0
+    deadline = time.monotonic() + 120  # the group that ended left no placement group
+    while live() - before and time.monotonic() < deadline:
+        time.sleep(1)
+    assert live() - before == set()
     dp, one = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("dp", "one"))
     assert dp["replicas_per_block"] == 2 and dp["per_block"][0]["replicas"] == 2
     assert one["per_block"][0]["replicas"] == 1
@@ -281,6 +294,63 @@ def test_a_stop_leaves_nothing_of_a_group_in_an_instance_the_program_joined(
         time.sleep(2)
     assert alive() == []
     group.fitted.exception(timeout=60)  # its fit ended with its controller
+
+
+@pytest.mark.slow  # another minute of Ray Train
+def test_a_stop_removes_the_placement_group_of_a_groups_workers(ray_session, tmp_path,
+                                                                monkeypatch) -> None:
+    """The group's controller, killed by the stop, had placed its workers: their placement
+    group, which Ray keeps as long as the job that joined it lives, is removed, and no other.
+    Ray Train's own cleaner of it is left out here, as it is where it cannot reach Ray's state
+    API (a program that joined Ray itself with ray.init())."""
+    import time
+
+    import ray
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+    from ray.train.v2.api import data_parallel_trainer
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from dbparallel.data.sources import open_data
+    from dbparallel.runtime.ray_backend import RayBackend
+    from dbparallel.training.data_pin import pin_data
+    from dbparallel.training.run_dir import open_run
+
+    class NoCleaner(ControllerCallback):  # sent to the controller by value: defined here
+        pass
+
+    monkeypatch.setattr(data_parallel_trainer, "PlacementGroupCleanerCallback", NoCleaner)
+
+    def live() -> set[str]:
+        return {pg for pg, row in ray.util.placement_group_table().items()
+                if row["state"] != "REMOVED"}
+
+    other = placement_group([{"CPU": 0.01}])  # someone else's, in the same job
+    ray.get(other.ready(), timeout=60)
+    before = live()
+    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",
+                                 "runtime.cpus_per_block=0.25", "train.steps=100000",
+                                 "train.max_restarts=2"])
+    pin_data(open_run(cfg), open_data(cfg.data))
+    backend = RayBackend(cfg, None, 1, "session", "0123456789ab")
+    try:
+        backend.start_block(0, 0)
+        group = backend.groups[0]
+        deadline = time.monotonic() + 300
+        while len(group.workers) < 2:  # it trains
+            assert time.monotonic() < deadline and not group.fitted.done()
+            time.sleep(0.2)
+            backend._drain()
+        workers = live() - before
+        assert len(workers) == 1
+        backend.close()
+        group.fitted.exception(timeout=60)  # its fit ended with its controller
+        deadline = time.monotonic() + 120  # removal is asynchronous in Ray
+        while live() & workers and time.monotonic() < deadline:
+            time.sleep(1)
+        assert live() & workers == set()
+        assert other.id.hex() in live()
+    finally:
+        remove_placement_group(other)
 
 
 @pytest.mark.slow  # another minute of Ray Train
