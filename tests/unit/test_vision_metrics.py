@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -37,6 +38,51 @@ def test_frechet_distance_grows_with_a_shift() -> None:
     assert fd[0] < 0.1 < fd[1] < fd[2]
     # a shifted copy has the same covariance: FD = ||shift||^2 = 8 * 0.5^2
     assert frechet_distance(a, a + 0.5) == pytest.approx(2.0, rel=1e-9)
+
+
+def test_frechet_distance_of_one_feature_uses_the_unbiased_variance() -> None:
+    """1-d: FD = (mu_a - mu_b)^2 + (s_a - s_b)^2 with variances over n - 1 (as pytorch-fid's
+    np.cov): a = {0, 2} has variance 2, b = {0, 0, 3, 3} variance 3 (over n: 1 and 2.25,
+    FD 0.5)."""
+    a = torch.tensor([[0.0], [2.0]])
+    b = torch.tensor([[0.0], [0.0], [3.0], [3.0]])
+    expected = (1 - 1.5) ** 2 + (math.sqrt(2) - math.sqrt(3)) ** 2
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-12)
+    assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_of_covariances_that_do_not_commute() -> None:
+    """2-d: tr (S_a S_b)^1/2 = sqrt(tr(S_a S_b) + 2 sqrt(det S_a det S_b)), the sum of the
+    square roots of the two eigenvalues of S_a S_b; covariances over n - 1 by hand."""
+    a = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [2.0, 1.0], [-2.0, -1.0], [0.0, 1.0]])
+    b = torch.tensor([[0.0, 3.0], [1.0, -1.0], [-1.0, 0.0], [2.0, 2.0]])
+
+    def cov(x: torch.Tensor) -> torch.Tensor:
+        d = x.double() - x.double().mean(0)
+        return sum(torch.outer(r, r) for r in d) / (len(x) - 1)
+
+    S_a, S_b = cov(a), cov(b)
+    assert abs(float((S_a @ S_b - S_b @ S_a).abs().max())) > 0.1  # they do not commute
+    cross = math.sqrt(float((S_a @ S_b).trace())
+                      + 2 * math.sqrt(float(S_a.det() * S_b.det())))
+    expected = (float((a.double().mean(0) - b.double().mean(0)).square().sum())
+                + float(S_a.trace() + S_b.trace()) - 2 * cross)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-10)
+    assert frechet_distance(b, a) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_distance_of_fewer_rows_than_features() -> None:
+    """Fewer rows than features (200 samples of 2048-d features) make singular covariances:
+    the square root stays real and matches tr (S_a S_b)^1/2 = the sum of the singular values
+    of X_a X_b^T / sqrt((n_a - 1)(n_b - 1)) (X centred rows; S = X^T X / (n - 1))."""
+    a, b = _gauss(10, 64, 0), _gauss(12, 64, 1, shift=0.2)
+    X_a, X_b = a - a.mean(0), b - b.mean(0)
+    cross = float(torch.linalg.svdvals(X_a @ X_b.T).sum()) / math.sqrt(9 * 11)
+    expected = (float((a.mean(0) - b.mean(0)).square().sum())
+                + float(X_a.square().sum()) / 9 + float(X_b.square().sum()) / 11 - 2 * cross)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-7)
+    trace = float(X_a.square().sum()) / 9
+    assert abs(frechet_distance(a, a)) < 1e-6 * trace  # rounding's square roots only
 
 
 def test_mmd_matches_the_definition() -> None:
