@@ -254,11 +254,11 @@ class Network:
                    f"it, so a text needs at least 2 tokens")
             raise UserError(f"{name} {shown!r}: {len(ids)} token{'s' * (len(ids) != 1)} "
                             f"(data.tokenizer={self.tokenizer.name}); {why}")
-        from dbparallel.training.eval.text import likelihood_bpc
+        from dbparallel.training.eval.text import likelihood_bpc, scored_tokens
 
         T, bits, chars = self.cfg.data.seq_len, 0.0, 0
         for k, window in enumerate(ids.split(T)):
-            scored = window if mdm else window[1:]  # AR: given the first
+            scored = scored_tokens(self.cfg, window)  # AR: given the first
             if len(scored) == 0:
                 continue
             g = generator(self.cfg.run.seed, "api-bpc", seed, k)

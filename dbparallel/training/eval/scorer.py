@@ -112,7 +112,7 @@ def cached_scorer(key: dict, num_rows: int, seq_len: int, read: ReadRows, vocab_
 @torch.no_grad()
 def continuation_nll(model: ARBlock, prompt: torch.Tensor,
                      continuation: torch.Tensor) -> torch.Tensor:
-    """Nats per character (N,) of ``continuation`` (N, G) after ``prompt`` (N, P)."""
+    """Nats per token (N,) of ``continuation`` (N, G) after ``prompt`` (N, P)."""
     ids = torch.cat([prompt, continuation], dim=1)  # (N, P + G)
     logits = model.causal_logits(ids)[:, prompt.shape[1] - 1:-1]  # (N, G, V)
     ce = F.cross_entropy(logits.transpose(1, 2).float(), continuation, reduction="none")

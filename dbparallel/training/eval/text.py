@@ -11,8 +11,8 @@ continuations. The looped model reports the training memory of one step of both 
 With ``data.tokenizer=bpe`` a token is a BPE token, so the tasks' losses are bits per token:
 they are reported as ``bpt`` (``bpt_sigma_max``, ...), and ``bpc`` = bpt x tokens / characters
 of the held-out rows (their decoded text), i.e. the same total bits over the characters they
-hold; ``chars_per_token`` is reported with them (AR scores positions 1..T-1 of a row, so its
-``bpc`` assumes those hold the row's mean characters per token). ``sample.prompt_len`` and
+hold (AR scores positions 1..T-1 of a row: the characters of those tokens);
+``chars_per_token`` is reported with them. ``sample.prompt_len`` and
 ``sample.gen_len`` count tokens; ``gen_ppl`` and the entropies are per token. Only the rows
 scored are read: ``sample.eval_samples`` test rows and the scorer's training batches
 (data/split_reader.take_rows). A corpus with no test split is scored on its training rows
@@ -97,6 +97,12 @@ def _chunks(x: torch.Tensor) -> list[torch.Tensor]:
     return list(x.split(CHUNK))
 
 
+def scored_tokens(cfg: Config, ids: torch.Tensor) -> torch.Tensor:
+    """The tokens (..., T') of rows ``ids`` (..., T) that a task's bpc scores: MDM all of
+    them, AR and looped each one given the tokens before it, so positions 1..T-1."""
+    return ids if cfg.task == "mdm" else ids[..., 1:]
+
+
 def bits_per_character(cfg: Config, task: Task, nets: list[Block], held: torch.Tensor,
                        device: str, tokenizer: Tokenizer) -> dict[str, float]:
     """The task's BPC metrics averaged over ``held`` in chunks; for BPE tokens the task's
@@ -109,8 +115,10 @@ def bits_per_character(cfg: Config, task: Task, nets: list[Block], held: torch.T
     means = {k: v / len(held) for k, v in sums.items()}
     if tokenizer.name == "char":
         return means
-    characters = sum(len(tokenizer.decode(row)) for row in held)
-    tokens_per_char = held.numel() / characters
+    # the same bits over the characters of the tokens scored (AR: of each row's 1..T-1)
+    scored = scored_tokens(cfg, held)
+    characters = sum(len(tokenizer.decode(row)) for row in scored)
+    tokens_per_char = scored.numel() / characters
     return {**{k.replace("bpc", "bpt", 1): v for k, v in means.items()},
             **{k: v * tokens_per_char for k, v in means.items()},
             "chars_per_token": 1 / tokens_per_char}
