@@ -120,6 +120,22 @@ def test_kid_of_sets_no_larger_than_a_subset_has_no_std() -> None:
     assert std is not None and std > 0
 
 
+def test_kid_is_the_mean_and_population_std_of_its_subsets() -> None:
+    """The subsets drawn again from a copy of the generator: KID is their MMD^2's mean and
+    kid_std their spread over n (torchmetrics' std(unbiased=False); over n - 1 it is
+    sqrt(3/2) times larger for 3 subsets)."""
+    a, b = _gauss(20, 4, 0), _gauss(20, 4, 1, shift=0.3)
+    g = torch.Generator().manual_seed(5)
+    again = torch.Generator().set_state(g.get_state())
+    kid, std = kernel_distance(a, b, g, subsets=3, subset_size=6)
+    values = [float(mmd2_unbiased(a[torch.randperm(20, generator=again)[:6]],
+                                  b[torch.randperm(20, generator=again)[:6]]))
+              for _ in range(3)]
+    mean = sum(values) / 3
+    assert kid == pytest.approx(mean, rel=1e-12)
+    assert std == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in values) / 3), rel=1e-9)
+
+
 def test_tf_bilinear_keeps_constants_and_same_size_images() -> None:
     x = torch.rand(2, 3, 8, 8)
     torch.testing.assert_close(inception.tf_bilinear(x, 8), x)

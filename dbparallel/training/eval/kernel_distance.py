@@ -25,7 +25,8 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def kernel_distance(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator,
                     subsets: int = SUBSETS,
                     subset_size: int = SUBSET_SIZE) -> tuple[float, float | None]:
-    """(mean, std) over random subsets of the unbiased MMD^2 between features a and b (N, d).
+    """(mean, std over n, not n - 1) over random subsets of the unbiased MMD^2 between
+    features a and b (N, d).
     The std is None where there is one subset: one asked for, or sets of at most
     ``subset_size`` rows, whose every subset is the whole of both (the MMD^2 of each is the
     same, and their std only rounding error)."""
@@ -40,4 +41,5 @@ def kernel_distance(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator
                       b[torch.randperm(len(b), generator=generator)[:m]])
         for _ in range(subsets)
     ])
-    return float(values.mean()), float(values.std()) if subsets > 1 else None
+    # the subsets' spread over all of them (population std), as Binkowski et al. and torchmetrics
+    return float(values.mean()), float(values.std(correction=0)) if subsets > 1 else None
