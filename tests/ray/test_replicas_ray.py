@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -260,39 +261,12 @@ def test_a_stop_leaves_nothing_of_a_group_in_an_instance_the_program_joined(
     """Ctrl-C in a program that joined Ray itself (here the test's session): the backend's
     close kills the group's Ray Train controller too, which, left alive with its workers
     killed, started the group again after the run had returned."""
-    import time
 
-    import ray
-    from ray.util.state import list_actors
 
-    from dbparallel.data.sources import open_data
-    from dbparallel.runtime.ray_backend import RayBackend
-    from dbparallel.training.data_pin import pin_data
-    from dbparallel.training.run_dir import open_run
-
-    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",
-                                 "runtime.cpus_per_block=0.25", "train.steps=100000",
-                                 "train.max_restarts=2"])
-    pin_data(open_run(cfg), open_data(cfg.data))
-    backend = RayBackend(cfg, None, 1, "session", "0123456789ab")
-    backend.start_block(0, 0)
-    group = backend.groups[0]
-    deadline = time.monotonic() + 300
-    while len(group.workers) < 2:  # it trains
-        assert time.monotonic() < deadline and not group.fitted.done()
-        time.sleep(0.2)
-        backend._drain()
+    backend = _backend(tmp_path)
+    group = _training_group(backend)
     backend.close()
-    here = ray.get_runtime_context().gcs_address  # not whichever instance started last
-
-    def alive() -> list[str]:
-        return [a.class_name for a in list_actors(address=here, filters=[("state", "=", "ALIVE")])
-                if a.class_name in ("TrainController", "RayTrainWorker")]
-
-    deadline = time.monotonic() + 120
-    while alive() and time.monotonic() < deadline:
-        time.sleep(2)
-    assert alive() == []
+    assert _train_actors_left("=", "ALIVE") == []
     group.fitted.exception(timeout=60)  # its fit ended with its controller
 
 
@@ -310,10 +284,6 @@ def test_a_stop_removes_the_placement_group_of_a_groups_workers(ray_session, tmp
     from ray.train.v2.api import data_parallel_trainer
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from dbparallel.data.sources import open_data
-    from dbparallel.runtime.ray_backend import RayBackend
-    from dbparallel.training.data_pin import pin_data
-    from dbparallel.training.run_dir import open_run
 
     class NoCleaner(ControllerCallback):  # sent to the controller by value: defined here
         pass
@@ -327,19 +297,9 @@ def test_a_stop_removes_the_placement_group_of_a_groups_workers(ray_session, tmp
     other = placement_group([{"CPU": 0.01}])  # someone else's, in the same job
     ray.get(other.ready(), timeout=60)
     before = live()
-    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",
-                                 "runtime.cpus_per_block=0.25", "train.steps=100000",
-                                 "train.max_restarts=2"])
-    pin_data(open_run(cfg), open_data(cfg.data))
-    backend = RayBackend(cfg, None, 1, "session", "0123456789ab")
+    backend = _backend(tmp_path)
     try:
-        backend.start_block(0, 0)
-        group = backend.groups[0]
-        deadline = time.monotonic() + 300
-        while len(group.workers) < 2:  # it trains
-            assert time.monotonic() < deadline and not group.fitted.done()
-            time.sleep(0.2)
-            backend._drain()
+        group = _training_group(backend)
         workers = live() - before
         assert len(workers) == 1
         backend.close()
@@ -363,13 +323,8 @@ def test_a_stop_while_a_group_starts_ends_its_controller(ray_session, tmp_path,
 
     import ray
     from ray.train.v2._internal.execution.callback import ControllerCallback
-    from ray.util.state import list_actors
 
-    from dbparallel.data.sources import open_data
     from dbparallel.runtime import block_group
-    from dbparallel.runtime.ray_backend import RayBackend
-    from dbparallel.training.data_pin import pin_data
-    from dbparallel.training.run_dir import open_run
 
     starting, stopped = tmp_path / "starting", tmp_path / "stopped"
 
@@ -388,11 +343,7 @@ def test_a_stop_while_a_group_starts_ends_its_controller(ray_session, tmp_path,
         return trainer
 
     monkeypatch.setattr(block_group, "trainer_for", held)
-    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",
-                                 "runtime.cpus_per_block=0.25", "train.steps=100000",
-                                 "train.max_restarts=2"])
-    pin_data(open_run(cfg), open_data(cfg.data))
-    backend = RayBackend(cfg, None, 1, "session", "0123456789ab")
+    backend = _backend(tmp_path)
     backend.start_block(0, 0)
     group = backend.groups[0]
     deadline = time.monotonic() + 300
@@ -403,16 +354,7 @@ def test_a_stop_while_a_group_starts_ends_its_controller(ray_session, tmp_path,
     stopped.touch()
     # its fit ended with its controller, which had started no worker
     assert isinstance(group.fitted.exception(timeout=120), ray.exceptions.ActorDiedError)
-    here = ray.get_runtime_context().gcs_address  # not whichever instance started last
-
-    def alive() -> list[str]:
-        return [a.class_name for a in list_actors(address=here, filters=[("state", "!=", "DEAD")])
-                if a.class_name in ("TrainController", "RayTrainWorker")]
-
-    deadline = time.monotonic() + 120
-    while alive() and time.monotonic() < deadline:
-        time.sleep(2)
-    assert alive() == []
+    assert _train_actors_left("!=", "DEAD") == []
 
 
 @pytest.mark.slow  # Ray Train restarts the groups a few times before they give up
@@ -452,3 +394,51 @@ def test_groups_stop_when_their_run_fails(ray_session, tmp_path) -> None:
     assert workers() == 0
     lease = json.loads((tmp_path / "run" / "blocks" / "block_0" / "lease.json").read_text())
     assert lease["holder"] == "" and lease["ended"]
+
+
+def _train_actors_left(op: str, state: str) -> list[str]:
+    """The Ray Train controllers and workers of the session's instance whose state ``op``
+    ``state`` ("=", "ALIVE"; "!=", "DEAD") once none is, or 120 s have gone by."""
+    import time
+
+    import ray
+    from ray.util.state import list_actors
+
+    here = ray.get_runtime_context().gcs_address  # not whichever instance started last
+
+    def left() -> list[str]:
+        return [a.class_name for a in list_actors(address=here, filters=[("state", op, state)])
+                if a.class_name in ("TrainController", "RayTrainWorker")]
+
+    deadline = time.monotonic() + 120
+    while left() and time.monotonic() < deadline:
+        time.sleep(2)
+    return left()
+
+
+def _backend(tmp_path: Path) -> Any:
+    """A RayBackend of one block, run by 2 replicas of 0.25 CPUs, with steps for hours."""
+    from dbparallel.data.sources import open_data
+    from dbparallel.runtime.ray_backend import RayBackend
+    from dbparallel.training.data_pin import pin_data
+    from dbparallel.training.run_dir import open_run
+
+    cfg = load_config([RECIPE], [f"run.dir={tmp_path / 'run'}", "runtime.replicas_per_block=2",
+                                 "runtime.cpus_per_block=0.25", "train.steps=100000",
+                                 "train.max_restarts=2"])
+    pin_data(open_run(cfg), open_data(cfg.data))
+    return RayBackend(cfg, None, 1, "session", "0123456789ab")
+
+
+def _training_group(backend: Any) -> Any:
+    """``backend``'s block 0 started, once both its workers train."""
+    import time
+
+    backend.start_block(0, 0)
+    group = backend.groups[0]
+    deadline = time.monotonic() + 300
+    while len(group.workers) < 2:  # it trains
+        assert time.monotonic() < deadline and not group.fitted.done()
+        time.sleep(0.2)
+        backend._drain()
+    return group
