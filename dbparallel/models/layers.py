@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -93,15 +94,40 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-def rotary(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+# The positions of t tokens: a range (start, start + 1, ...), or any (t,) tensor of them
+Positions = range | torch.Tensor
+
+
+def rotary(x: torch.Tensor, pos: Positions) -> torch.Tensor:
     """x (N, H, t, d) with each pair (x_j, x_{j+d/2}) rotated by pos * 10000^(-2j/d)
-    (rotary position embedding, Su et al. 2021)."""
+    (rotary position embedding, Su et al. 2021), for the t positions ``pos``."""
     half = x.shape[-1] // 2
-    freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float32, device=x.device) / half)
-    angle = pos.to(x.device).float()[:, None] * freqs[None]  # (t, d/2)
-    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    cached = isinstance(pos, range) and not torch.compiler.is_compiling()
+    angles = _cached_rotary_angles if cached else _rotary_angles
+    cos, sin = angles(pos, half, x.device, x.dtype)  # each (t, d/2)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def _rotary_angles(pos: Positions, half: int, device: torch.device, dtype: torch.dtype
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (t, half) of the angles pos * 10000^(-j/half), in ``dtype``."""
+    freqs = 10000.0 ** (-torch.arange(half, dtype=torch.float32, device=device) / half)
+    positions = pos.to(device) if isinstance(pos, torch.Tensor) else \
+        torch.arange(pos.start, pos.stop, pos.step, device=device)
+    angle = positions.float()[:, None] * freqs[None]  # (t, d/2)
+    return angle.cos().to(dtype), angle.sin().to(dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_rotary_angles(pos: range, half: int, device: torch.device, dtype: torch.dtype
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_rotary_angles``, built once: every layer of every step rotates queries and keys at
+    the same positions, and the table's ten or so small kernels cost more host time than the
+    rotation (a step in eager mode issues them 2 x layers times). Made outside inference
+    mode, so that a table first made for sampling can be saved for a training backward."""
+    with torch.inference_mode(False), torch.no_grad():
+        return _rotary_angles(pos, half, device, dtype)
 
 
 # The ``mask`` of t tokens with no cache, each seeing itself and those before it: attention
@@ -113,7 +139,7 @@ Mask = torch.Tensor | str | None  # (t, S) bool, True = may attend; CAUSAL; None
 class Attention(nn.Module):
     """Multi-head self-attention of t new tokens over S = (cached) + t keys.
 
-    ``mask`` (t, S) bool, True = may attend, or ``CAUSAL``; ``pos`` (t,) positions of the new
+    ``mask`` (t, S) bool, True = may attend, or ``CAUSAL``; ``pos`` the positions of the new
     tokens for rotary embeddings of queries and keys (None: no positions here, the stem adds
     them); ``past`` the keys and values of earlier positions (a cache), already rotated."""
 
@@ -124,7 +150,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor, mask: Mask = None,
-                pos: torch.Tensor | None = None, past: KV | None = None
+                pos: Positions | None = None, past: KV | None = None
                 ) -> tuple[torch.Tensor, KV]:
         n, t, d = x.shape
         q, (k, v) = self._project(x, pos, past)
@@ -134,12 +160,12 @@ class Attention(nn.Module):
             q, k, v, attn_mask=None if causal else mask, is_causal=causal)
         return self.proj(out.transpose(1, 2).reshape(n, t, d)), (k, v)  # (N, t, D)
 
-    def keys_values(self, x: torch.Tensor, pos: torch.Tensor | None = None,
+    def keys_values(self, x: torch.Tensor, pos: Positions | None = None,
                     past: KV | None = None) -> KV:
         """The keys and values ``forward`` returns, without attending."""
         return self._project(x, pos, past, queries=False)[1]
 
-    def _project(self, x: torch.Tensor, pos: torch.Tensor | None, past: KV | None,
+    def _project(self, x: torch.Tensor, pos: Positions | None, past: KV | None,
                  queries: bool = True) -> tuple[torch.Tensor | None, KV]:
         """Queries (N, H, t, D/H), rotated, and the keys and values (N, H, S, D/H) of x
         after ``past``."""
@@ -174,7 +200,7 @@ class AdaLNLayer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, c: torch.Tensor, mask: Mask = None,
-        pos: torch.Tensor | None = None, past: KV | None = None,
+        pos: Positions | None = None, past: KV | None = None,
     ) -> tuple[torch.Tensor, KV]:
         if not (self.checkpointed and torch.is_grad_enabled()):
             return self._forward(x, c, mask, pos, past)
@@ -189,12 +215,12 @@ class AdaLNLayer(nn.Module):
         return x, (k, v)
 
     def _flat(self, x: torch.Tensor, c: torch.Tensor, mask: Mask,
-              pos: torch.Tensor | None, k: torch.Tensor | None, v: torch.Tensor | None
+              pos: Positions | None, k: torch.Tensor | None, v: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, (k, v) = self._forward(x, c, mask, pos, None if k is None else (k, v))
         return x, k, v
 
-    def keys_values(self, x: torch.Tensor, c: torch.Tensor, pos: torch.Tensor | None = None,
+    def keys_values(self, x: torch.Tensor, c: torch.Tensor, pos: Positions | None = None,
                     past: KV | None = None) -> KV:
         """The keys and values ``forward`` returns, and nothing else of the layer: for the last
         layer of a stream whose hidden states no one reads (the AR clean stream's)."""
@@ -210,7 +236,7 @@ class AdaLNLayer(nn.Module):
 
     def _forward(
         self, x: torch.Tensor, c: torch.Tensor, mask: Mask,
-        pos: torch.Tensor | None, past: KV | None,
+        pos: Positions | None, past: KV | None,
     ) -> tuple[torch.Tensor, KV]:
         shift1, scale1, gate1, shift2, scale2, gate2 = self._modulation(c)
         h, kv = self.attn(self.norm1(x) * (1 + scale1) + shift1, mask, pos, past)

@@ -14,6 +14,8 @@ embeddings left the masked model at the unigram rate.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -36,6 +38,15 @@ def noisy_mask(t: int, past: int, start: int, device: torch.device | str | None 
     clean = (torch.arange(past, device=device)[None, :]
              < torch.arange(start, start + t, device=device)[:, None])
     return torch.cat([clean, torch.eye(t, dtype=torch.bool, device=device)], dim=1)
+
+
+@functools.lru_cache(maxsize=32)
+def cached_noisy_mask(t: int, past: int, start: int, device: torch.device) -> torch.Tensor:
+    """``noisy_mask``, built once (read only): a training step's noisy stream has the same
+    mask every step, and building it is five small kernels. Made outside inference mode, so
+    that a mask first made for sampling can be saved for a training backward."""
+    with torch.inference_mode(False):
+        return noisy_mask(t, past, start, device)
 
 
 def noisy_mask_is_full(t: int, past: int, start: int) -> bool:
@@ -84,7 +95,7 @@ class MaskedLMBlock(TextBlock):
     def forward(self, ids: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x = self.token_embed(ids)  # (N, T, D)
         c = self.t_embed(t)  # (N, D)
-        pos = torch.arange(ids.shape[1], device=ids.device)
+        pos = range(ids.shape[1])
         for layer in self.layers:
             x, _ = layer(x, c, None, pos)  # (N, T, D)
         return self.head(x, c)  # (N, T, V)
@@ -137,7 +148,7 @@ class ARBlock(TextBlock):
         past = 0 if cache is None else cache[0][0].shape[2]
         t = ids.shape[1]
         x = self.token_embed(ids)  # (N, t, D)
-        pos = torch.arange(past, past + t, device=ids.device)
+        pos = range(past, past + t)
         mask = None if t == 1 else CAUSAL if past == 0 else causal_mask(t, past, ids.device)
         new = []
         c = self.clean_cond[None]  # (1, D): the same condition for every clean token
@@ -166,9 +177,9 @@ class ARBlock(TextBlock):
         values come from ``cache``, computed once (they do not depend on sigma) and reused by
         every step."""
         t, past = z.shape[1], cache[0][0].shape[2]
-        pos = torch.arange(start, start + t, device=z.device)
-        mask = None if noisy_mask_is_full(t, past, start) else noisy_mask(t, past, start,
-                                                                             z.device)
+        pos = range(start, start + t)
+        build = noisy_mask if torch.compiler.is_compiling() else cached_noisy_mask
+        mask = None if noisy_mask_is_full(t, past, start) else build(t, past, start, z.device)
         x = self.noisy_embed(z)  # (N, t, D)
         c = self.sigma_embed(c_noise)  # (N, D)
         for layer, kv in zip(self.layers, cache, strict=True):

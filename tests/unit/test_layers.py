@@ -52,7 +52,7 @@ def test_causal_is_the_causal_mask_forward_and_backward() -> None:
     """CAUSAL (SDPA's is_causal, which CUDA's flash kernel runs) attends as causal_mask(t)."""
     layer, g = _layer(), torch.Generator().manual_seed(4)
     x, c = torch.randn(2, 9, 32, generator=g), torch.randn(2, 32, generator=g)
-    pos = torch.arange(9)
+    pos = range(9)
     outputs, grads = [], []
     for mask in (causal_mask(9), CAUSAL):
         xi = x.clone().requires_grad_()
@@ -73,7 +73,7 @@ def test_causal_is_the_causal_mask_forward_and_backward() -> None:
 def test_the_cache_continues_a_causal_pass_exactly() -> None:
     layer, g = _layer(), torch.Generator().manual_seed(3)
     x, c = torch.randn(2, 7, 32, generator=g), torch.randn(2, 32, generator=g)
-    pos = torch.arange(7)
+    pos = range(7)
     full, (k, v) = layer(x, c, causal_mask(7), pos)
     head, cache = layer(x[:, :4], c, causal_mask(4), pos[:4])
     tail, (k2, v2) = layer(x[:, 4:], c, causal_mask(3, past=4), pos[4:], cache)
@@ -87,12 +87,12 @@ def test_rotary_scores_depend_on_the_offset_only() -> None:
     q, k = torch.randn(1, 1, 1, 8, generator=g), torch.randn(1, 1, 1, 8, generator=g)
 
     def score(i: int, j: int) -> float:
-        return float((rotary(q, torch.tensor([i])) * rotary(k, torch.tensor([j]))).sum())
+        return float((rotary(q, range(i, i + 1)) * rotary(k, range(j, j + 1))).sum())
 
     assert abs(score(5, 2) - score(13, 10)) < 1e-5
     assert abs(score(0, 0) - float((q * k).sum())) < 1e-6  # position 0 is the identity
     assert abs(score(5, 2) - score(5, 3)) > 1e-3
-    torch.testing.assert_close(rotary(q, torch.tensor([3])).norm(), q.norm())
+    torch.testing.assert_close(rotary(q, range(3, 4)).norm(), q.norm())
 
 
 def test_text_models_keep_the_outputs_of_their_own_layer_code() -> None:
