@@ -124,7 +124,8 @@ class BlockTrainer:
         start = time.perf_counter()
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
-        self.model.train()
+        if not self.model.training:  # train() walks every submodule in Python, every step
+            self.model.train()
         # The saved-tensor hooks and the FLOP counter cost time on every tensor: measure this
         # process's first step only (every step has the same shapes; a resumed block measures
         # again, as its pieces or checkpointing may have changed since its checkpoint), and

@@ -1,5 +1,6 @@
-"""The text blocks' constant tensors (rotary tables, the noisy stream's mask) are built once and
-reused by every later step, with the numbers they had when each call built them."""
+"""Host work a training step does not redo: the text blocks' constant tensors (rotary tables,
+the noisy stream's mask) are built once and reused by every later step, with the numbers they
+had when each call built them; a network already in training mode is not walked to set it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dbparallel.config import load_config
 from dbparallel.models import layers, lm
 from dbparallel.models.layers import rotary
 from dbparallel.tasks import build_task
+from dbparallel.training.block_trainer import BlockTrainer
 
 SMALL = ["data.source=shakespeare", "model.depth=2", "model.hidden=32", "model.heads=2",
          "data.seq_len=16", "sample.prompt_len=4", "sample.gen_len=8", "train.batch_size=4",
@@ -77,3 +79,15 @@ def test_tables_first_built_for_sampling_serve_a_training_step() -> None:
         tables = layers._cached_rotary_angles(range(2, 7), 3, torch.device("cpu"),
                                               torch.float32)
     assert not any(x.is_inference() for x in (mask, *tables))
+
+
+def test_a_step_sets_training_mode_only_where_it_is_not_set(monkeypatch) -> None:
+    trainer = BlockTrainer(load_config([], ["task=mdm", *SMALL]), 0)
+    batch = {"tokens": torch.randint(0, 84, (4, 16), generator=torch.Generator().manual_seed(0))}
+    trainer.train_step(batch)
+    walks = _counted(monkeypatch, torch.nn.Module, "train")
+    trainer.train_step(batch)
+    assert walks == [0]
+    trainer.model.eval()
+    trainer.train_step(batch)  # a network put in eval mode trains in training mode again
+    assert trainer.model.training and all(m.training for m in trainer.model.modules())
