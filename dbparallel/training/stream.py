@@ -200,7 +200,7 @@ class BlockStream:
         held = self._held_bytes()
         last = segments[-1]
         self._forget_before(last.epoch, last.window)
-        self._prefetch(*self.order.next_window(last.epoch, last.window))
+        self._prefetch(step + 1, (last.epoch, last.window))
         batch = self.task.to_device(rows, self.device)
         size = rows_nbytes(rows)
         del rows, ahead  # this step's rows may go once copied; the next step's are gathered
@@ -242,9 +242,18 @@ class BlockStream:
                 self._windows[key] = self._pool.submit(_read_after, *args)
         return self._windows[key]
 
-    def _prefetch(self, epoch: int, window: int) -> None:
-        if self._pool is not None:
-            self._load(epoch, window)
+    def _prefetch(self, step: int, last: tuple[int, int]) -> None:
+        """Read ahead, in the order the stream visits them: the window ``step``'s rows (this
+        stream's share of them) start in, then the one after ``last``, the window the batch
+        before ends in, unless ``step``'s rows start past it. A replica's share may end before
+        its batch's last window: the window its next rows start in then comes first, before
+        one it needs later or not at all."""
+        if self._pool is None:
+            return
+        first = _cut(self.order.segments(step), self.share)[0]
+        start, following = (first.epoch, first.window), self.order.next_window(*last)
+        for key in [start] if start > following else [start, following]:
+            self._load(*key)
 
     def _held_bytes(self) -> int:
         """Bytes of the windows read so far and still held."""
