@@ -6,10 +6,11 @@ memory is at most two windows of its largest shards times the bytes of one unpac
 the whole windows that fit inside one batch (``held_rows``: a batch that spans windows holds
 them, and the one before them; only an epoch's last window can be short). A data set within
 one window is held once (every epoch shares the rows, with an 8-byte index per row and
-window). Two batches of rows come on top: the step's, gathered from the windows, and the next
-step's, gathered ahead while the step trains. The row's size is measured by unpacking the
-first rows of the split, which reads only those (a few MiB of a Parquet row group, a few
-files of an image folder).
+window); so is an epoch's first window that is the last one's shards again, in another order
+(``data_footprint`` counts its index). Two batches of rows come on top: the step's, gathered
+from the windows, and the next step's, gathered ahead while the step trains. The row's size
+is measured by unpacking the first rows of the split, which reads only those (a few MiB of a
+Parquet row group, a few files of an image folder).
 """
 
 from __future__ import annotations
@@ -75,7 +76,12 @@ def data_footprint(index: DataIndex, task: Task, window_shards: int, batch_size:
         windows = 1 + -(-batch_size // sum(sizes))
         return DataFootprint(size, window_rows, 1, window_rows, windows, 2 * share)
     rows, windows = held_rows(sizes, window_shards, batch_size)
-    return DataFootprint(size, window_rows, windows, rows, batch_rows=2 * share)
+    # epochs of full windows only: an epoch's first window may be the shards of the one
+    # before's last in another order, which shares their rows with an index of its own, and
+    # may outlive that window (one of every ``k`` windows of the run held at once)
+    k = -(-len(sizes) // window_shards)
+    shared = -(-windows // k) if window_shards > 1 and len(sizes) % window_shards == 0 else 0
+    return DataFootprint(size, window_rows, windows, rows, shared, 2 * share)
 
 
 def held_rows(sizes: list[int], window_shards: int, batch_size: int) -> tuple[int, int]:

@@ -65,8 +65,12 @@ class Window:
         sizes = [len(kept[s]) if s in kept else shards[s].rows for s in shard_ids]
         starts = np.cumsum([0] + sizes).tolist()
         if held is not None and all(s in kept for s in shard_ids):
-            return cls(list(shard_ids), starts, held.rows,
-                       np.concatenate([kept[s] for s in shard_ids]))
+            at = np.concatenate([kept[s] for s in shard_ids])
+            # held's rows in their own order (a window of one shard again, across an epoch's
+            # end) need no index, which training/data_memory.py counts only where a window
+            # of several shards may come again in another order
+            same = len(at) == rows_of(held.rows) and np.array_equal(at, np.arange(len(at)))
+            return cls(list(shard_ids), starts, held.rows, None if same else at)
         rows: Rows = {}  # one allocation, filled piece by piece: never a window twice
         first = threading.Lock()  # the first piece to come, from any shard, allocates it
 
