@@ -13,7 +13,13 @@ import threading
 import weakref
 from typing import Any
 
-from dbparallel.runtime.metric_specs import ASSEMBLY_PREFIX, RAY_PREFIX, SPEC, MetricSpec
+from dbparallel.runtime.metric_specs import (
+    ASSEMBLY_PREFIX,
+    BLOCK_METRICS,
+    RAY_PREFIX,
+    SPEC,
+    MetricSpec,
+)
 from dbparallel.runtime.metrics_port import PORT_TRIES, ports_in_use
 
 
@@ -242,9 +248,13 @@ class BlockRecorder:
 
     def finished(self) -> None:
         """No process trains the block any more (a --local run goes on to the next): its
-        step-time gauge goes, as a Ray worker's gauges go when it ends; the alerts read that
-        gauge as "a process trains the block" (deploy/prometheus/alerts.yaml)."""
-        self.sink.drop(SPEC["dbparallel_block_step_time_seconds"], self.tags)
+        gauges go, as a Ray worker's go when it ends, and its counters stay, as Ray keeps a
+        dead worker's. Kept, a done block's last throughput would be added to the dashboard's
+        "all blocks" sums, and its step time would count as "a process trains the block" for
+        the alerts (deploy/prometheus/alerts.yaml)."""
+        for spec in BLOCK_METRICS:
+            if spec.kind == "gauge":
+                self.sink.drop(spec, self.tags)
 
 
 class AssemblyRecorder:

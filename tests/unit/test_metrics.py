@@ -14,6 +14,7 @@ from dbparallel.errors import UserError
 from dbparallel.runtime.metric_specs import (
     ALL_METRICS,
     ASSEMBLY_PREFIX,
+    BLOCK_METRICS,
     SPEC,
     exported_name,
     exported_names,
@@ -200,35 +201,46 @@ def test_a_busy_port_moves_to_a_free_one_after_it_or_names_the_key() -> None:
             server.shutdown()
 
 
-def test_a_finished_block_stops_exporting_its_step_time_and_keeps_the_rest() -> None:
-    # the alerts read the step-time gauge as "a process trains the block": a --local run
-    # that goes on to its next block drops it, as a Ray worker's gauges go when it ends
+def test_a_finished_block_stops_exporting_its_gauges_and_keeps_its_counters() -> None:
+    # A --local run that goes on to its next block drops the done block's gauges, as a Ray
+    # worker's gauges go when it ends (its counters stay, as Ray keeps a dead worker's): kept,
+    # the dashboard's "all blocks" samples/s and TFLOP/s added a done block's last value to the
+    # live one's, and the alerts read its step time as "a process trains the block".
+    class Measured(_Trainer):
+        heldout_loss = 0.4
+        model_flops_per_step = 1e9
+        peak_tflops = 100.0
+
     sink = PrometheusSink()
     port = _free_port()
     server, _ = sink.serve(port)
     try:
         recorder = BlockRecorder("run1", ID, 0, (0.3, 80.0), sink)
-        recorder.record(StepStats(1, 0.5, True, 0.1, 8), _Trainer())
-        BlockRecorder("run1", ID, 1, None, sink).record(StepStats(1, 0.7, True, 0.2, 8),
-                                                         _Trainer())
+        recorder.record(StepStats(1, 0.5, True, 0.1, 8), Measured())
+        BlockRecorder("run1", ID, 1, (0.1, 0.3), sink).record(StepStats(1, 0.7, True, 0.2, 8),
+                                                               _Trainer())
         recorder.finished()
         recorder.finished()  # (nothing left to drop: no error)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         text = text.decode()
     finally:
         server.shutdown()
-    assert 'ray_dbparallel_block_step_time_seconds{block="0"' not in text
     labels = f'run="run1",run_id="{ID}"'
-    assert f'ray_dbparallel_block_step_time_seconds{{block="1",{labels}}} 0.2' in text
-    assert f'ray_dbparallel_block_loss{{block="0",{labels}}} 0.5' in text
+    block0 = [ln for ln in text.splitlines() if f'{{block="0",{labels}}}' in ln]
+    assert sorted(ln.split("{")[0] for ln in block0) == [
+        "ray_dbparallel_block_steps_created", "ray_dbparallel_block_steps_total"]
     assert f'ray_dbparallel_block_steps_total{{block="0",{labels}}} 1.0' in text
+    assert f'ray_dbparallel_block_step_time_seconds{{block="1",{labels}}} 0.2' in text
+    assert f'ray_dbparallel_block_samples_per_second{{block="1",{labels}}} 40.0' in text
+    assert f'ray_dbparallel_block_loss{{block="1",{labels}}} 0.7' in text
     memory = MemorySink()
-    recorder = BlockRecorder("run1", ID, 0, None, memory)
-    recorder.record(StepStats(1, 0.5, True, 0.1, 8), _Trainer())
+    recorder = BlockRecorder("run1", ID, 0, (0.3, 80.0), memory)
+    recorder.record(StepStats(1, 0.5, True, 0.1, 8), Measured())
+    recorder.record(StepStats(2, float("nan"), False, 0.1, 8), Measured())
     recorder.finished()
-    tags = {"run": "run1", "run_id": ID, "block": "0"}
-    assert memory.get("dbparallel_block_step_time_seconds", **tags) is None
-    assert memory.get("dbparallel_block_loss", **tags) == 0.5
+    left = {name for (name, _) in memory.values}
+    assert left == {"dbparallel_block_steps", "dbparallel_block_nonfinite_steps"}
+    assert {spec.name for spec in BLOCK_METRICS if spec.kind == "gauge"} & left == set()
 
 
 def test_a_child_forked_while_the_gauge_thread_holds_the_sink_uses_it_without_a_hang() -> None:
