@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +87,34 @@ def test_exported_names_follow_ray_conventions() -> None:
     assert "ray_dbparallel_block_steps_total" in names  # counters gain _total
     assert "ray_dbparallel_assembly_sample_accuracy" in names
     assert len(names) == len(ALL_METRICS)
+
+
+def _documented_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """{exported name: (kind, labels)} of docs/metrics.md's table of metrics."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    rows = re.findall(r"^\| `(ray_dbparallel_\w+)` \| (\w+) \| ([^|]+) \|", text, re.M)
+    assert len(rows) == len({name for name, _, _ in rows}), "a metric listed twice"
+    return {name: (kind, tuple(re.findall(r"`(\w+)`", labels))) for name, kind, labels in rows}
+
+
+def test_docs_list_every_exported_metric_with_its_kind_and_labels() -> None:
+    documented = _documented_metrics()
+    exported = {exported_name(s): (s.kind, s.tag_keys) for s in ALL_METRICS}
+    assert set(documented) == set(exported), (set(exported) ^ set(documented))
+    assert documented == exported
+
+
+def test_units_and_kinds_follow_prometheus_conventions() -> None:
+    for spec in ALL_METRICS:
+        base = spec.name
+        assert re.fullmatch(r"dbparallel_[a-z_]+", base), base
+        assert not base.endswith(("_total", "_count", "_sum", "_bucket")), base  # added
+        assert not re.search(r"_(ms|milliseconds|minutes|hours|mib|gib|kb|mb|gb)(_|$)", base), \
+            base  # base units: seconds, bytes
+        if "time" in base:
+            assert base.endswith("_seconds"), base
+        if "memory" in base:
+            assert base.endswith("_bytes"), base
 
 
 def test_the_text_tasks_likelihood_and_generation_scores_are_gauges() -> None:
