@@ -315,6 +315,49 @@ def test_dashboard_uses_only_exported_metrics_and_shows_them_all():
     assert used == exported_names(), f"no panel for {exported_names() - used}"
 
 
+LABEL_LISTS = re.compile(r"\b(?:by|on|without|ignoring)\s*\(([^)]*)\)")
+
+
+def unknown_labels(expr: str) -> set[str]:
+    """Labels ``expr`` selects, groups or matches on that not every metric it reads carries
+    (its spec's tag_keys): such a query answers nothing, or merges what it meant to split."""
+    from dbparallel.runtime.metric_specs import ALL_METRICS, exported_name
+
+    keys = {exported_name(s): set(s.tag_keys) for s in ALL_METRICS}
+    metrics = METRIC.findall(expr)
+    assert metrics and set(metrics) <= set(keys), expr
+    carried = set.intersection(*(keys[m] for m in metrics))
+    used = {k.strip() for ks in LABEL_LISTS.findall(expr) for k in ks.split(",") if k.strip()}
+    used |= set(re.findall(r"[{,]\s*(\w+)\s*(?:=~|!~|!=|=)", expr))
+    return used - carried
+
+
+def test_dashboard_and_alerts_read_only_the_labels_their_metrics_carry():
+    dash = one("deploy/grafana/dbparallel.json")
+    for panel in dash["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            assert not unknown_labels(expr), (panel["title"], expr)
+            # a legend names labels the outermost aggregation keeps
+            kept = {k.strip() for k in LABEL_LISTS.findall(expr)[0].split(",")}
+            assert set(re.findall(r"{{(\w+)}}", target["legendFormat"])) <= kept, expr
+    for variable in dash["templating"]["list"]:
+        if variable["type"] == "query":
+            selector, label = re.fullmatch(r"label_values\((.*), (\w+)\)",
+                                           variable["definition"]).groups()
+            assert not unknown_labels(f"max by ({label}) ({selector})"), variable["name"]
+    for rule in alert_rules():
+        assert not unknown_labels(rule["expr"]), rule["alert"]
+        kept = set.intersection(*({k.strip() for k in ks.split(",")}
+                                  for ks in LABEL_LISTS.findall(rule["expr"])))
+        named = set(re.findall(r"\$labels\.(\w+)", json.dumps(rule["annotations"])))
+        assert named and named <= kept, (rule["alert"], named - kept)
+    # what the check catches: a label an assembly metric does not carry, a misspelled one
+    assert unknown_labels("max by (run, run_id, block) (ray_dbparallel_assembly_fid)") == {
+        "block"}
+    assert unknown_labels('ray_dbparallel_block_loss{run=~"r", blok="0"}') == {"blok"}
+
+
 def test_dashboard_has_per_block_loss_and_variables():
     dash = one("deploy/grafana/dbparallel.json")
     variables = {v["name"]: v for v in dash["templating"]["list"]}
