@@ -59,9 +59,16 @@ class RuntimeConfig:
 class MetricsConfig:
     port: int = 9464  # Prometheus port of a local run (/metrics) or of a private Ray
     # instance's metrics export; 0 = a local run serves none, and Ray picks the instance's
+    linger_s: float = 30.0  # seconds a finished run still serves its final scores (the assembly
+    # gauges), after report.json is written, so that Ray's export (every 10 s) and a scrape
+    # (every 15 s) reach them; 0 = the run ends at once; Ctrl-C or `dbparallel stop` ends it
+    # early. No wait where a local run serves no metrics (metrics.port=0)
 
     def __post_init__(self) -> None:
+        finite(self, "metrics")
         check(0 <= self.port < 65536, "metrics.port", f"must be in [0, 65535], got {self.port}")
+        check(self.linger_s >= 0, "metrics.linger_s",
+              f"must be >= 0 seconds (0 = end at once), got {self.linger_s:g}")
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Starting a run on Ray: connect (ray_connect.py), pin the data index, reserve one bundle
 per block that trains at once (every block, or ``runtime.max_concurrent_blocks``: waves),
 start the actors as the controller asks, drive it, write the report, clean up (the report is
-written while the driver's assembling.json still says the run is being assembled). The driver
-records itself in the run directory's ``running/`` for all of it (training/running.py)."""
+written while the driver's assembling.json still says the run is being assembled), the
+assembly actor last: its gauges keep the final scores exported for ``metrics.linger_s``. The
+driver records itself in the run directory's ``running/`` for all of it
+(training/running.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
 from dbparallel.runtime.controller import Controller
 from dbparallel.runtime.data_check_ray import cluster_units
+from dbparallel.runtime.linger import linger
 from dbparallel.runtime.metrics import AssemblyRecorder, BlockRecorder, RaySink, series_line
 from dbparallel.runtime.placement import (
     cluster_now,
@@ -28,7 +31,7 @@ from dbparallel.runtime.placement import (
     start_slots,
 )
 from dbparallel.runtime.progress import BlockBars
-from dbparallel.runtime.ray_backend import RayBackend
+from dbparallel.runtime.ray_backend import RayBackend, assembly_bundle
 from dbparallel.runtime.ray_connect import (
     cluster_address,
     connect,
@@ -113,6 +116,7 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
     (begun at ``time.perf_counter()`` ``start``)."""
     connected = connect(cfg)
     pg, backend, bars, storage, gauges = None, None, None, None, None
+    done = False  # report.json is written
     final = contextlib.ExitStack()  # this driver's assembling.json, while the final assembly runs
     # blocks whose failure the driver records: given up, or an error that no writer recorded
     given_up: list[tuple[int, int | None, Exception]] = []
@@ -163,6 +167,9 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
         report["replicas_per_block"] = cfg.runtime.replicas_per_block
         # before assembling.json is removed: the run reads being assembled, then finished
         write_report(storage, report)
+        if cfg.run.curves:
+            write_curves(storage)
+        done = True  # the final scores stay served a while (metrics.linger_s)
     finally:
         ending = backend is not None and storage is not None
 
@@ -173,6 +180,11 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
 
         def leases_again() -> None:  # a renewal under way as they were released lands late
             release_once_gone(storage, list(range(cfg.model.blocks)), session, released, 5.0)
+
+        def free() -> None:
+            release(pg)
+
+        in_pg = done and bool(assembly_bundle(cfg))  # the assembly actor, kept for the wait
 
         def records() -> None:
             for block, step, err in given_up:  # one that cannot be written keeps no other out
@@ -189,15 +201,19 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
         _each(("close the progress bars", bars.close if bars is not None else None),
               ("remove assembling.json", final.close),
               ("release the blocks' write leases", leases if ending else None),
-              ("stop the block processes", backend.close if ending else None),
+              ("stop the block processes",
+               (lambda: backend.close(keep_assembler=done)) if ending else None),
               ("release the blocks' write leases", leases_again if ending else None),
               ("record the blocks given up", records if ending else None),
-              ("free the placement group", (lambda: release(pg)) if pg is not None else None),
+              # the blocks' resources go before the wait, but the assembly actor's bundle
+              # (runtime.assembly_cpus/gpus) is in the same group: the actor goes with it
+              ("free the placement group", free if pg is not None and not in_pg else None),
+              ("serve the final scores", (lambda: linger(
+                  cfg.metrics.linger_s, "by Ray's metrics export")) if done else None),
+              ("stop the assembly process", backend.close_assembler if ending else None),
+              ("free the placement group", free if pg is not None and in_pg else None),
               ("stop exporting the driver's gauges", gauges.close if gauges is not None else None),
               ("disconnect from Ray", disconnect if connected else None))
-    assert storage is not None
-    if cfg.run.curves:
-        write_curves(storage)
     return report
 
 

@@ -11,6 +11,7 @@ import torch
 from dbparallel.config import Config
 from dbparallel.data.shards import DataIndex
 from dbparallel.errors import UserError
+from dbparallel.runtime.linger import linger
 from dbparallel.runtime.metrics import (
     AssemblyRecorder,
     BlockRecorder,
@@ -124,10 +125,13 @@ def _run_local(cfg: Config, index: DataIndex | None, progress: bool | None,
             assemblies.append(int(metrics["block_steps_min"]), metrics)
             report = build_report(cfg, run_id, per_block, metrics, time.perf_counter() - start)
             write_report(storage, report)
+        bars.close()
+        if cfg.run.curves:
+            write_curves(storage)
+        if server is not None:  # the run is done: its final scores wait for a scrape
+            linger(cfg.metrics.linger_s, f"at http://127.0.0.1:{port}/metrics")
     finally:
         bars.close()
         if server is not None:
             server.shutdown()
-    if cfg.run.curves:
-        write_curves(storage)
     return report

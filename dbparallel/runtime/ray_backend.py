@@ -204,7 +204,9 @@ class RayBackend:
             running[block] = group.summary or {"block": block, **(group.latest or {})}
         return [row for _, row in sorted({**self.finished, **running}.items())]
 
-    def close(self) -> None:
+    def close(self, keep_assembler: bool = False) -> None:
+        """Stop every process of the run; ``keep_assembler``: all but the assembly actor,
+        whose gauges hold the final scores (``close_assembler`` stops it later)."""
         for ref in self.pending:  # cancelled first: killed with its call pending, an actor's
             try:  # call would be retried (and said so) as if its process were lost
                 ray.cancel(ref)
@@ -212,9 +214,14 @@ class RayBackend:
                 log.debug("could not cancel a pending call: %s", err)
         for group in self.groups.values():
             group.stop(self._drain)
-        for actor in [*self.actors.values(), self.assembler]:
-            if actor is not None:
-                ray.kill(actor, no_restart=True)
+        for actor in self.actors.values():
+            ray.kill(actor, no_restart=True)
+        if not keep_assembler:
+            self.close_assembler()
+
+    def close_assembler(self) -> None:
+        if self.assembler is not None:
+            ray.kill(self.assembler, no_restart=True)
 
 
 def decoder_code(cfg: Config) -> OwnCode | None:
