@@ -93,12 +93,15 @@ def render(status: RunStatus) -> str:
         lines.append(f"latest assembly{at}: {scores}")
     if status.assembler:
         lines.append(_assembling(status))
-    lines += [f"running: {who} (a --local process between blocks, or still checking the data: "
-              f"it holds no block's lease now; {_stops(status, who)})"
+    # a finished run's process keeps its final scores served a while (metrics.linger_s)
+    serving = ", or its run is finished and it still serves the final scores (metrics.linger_s)"
+    lines += [f"running: {who} (a --local process between blocks, or still checking the data"
+              f"{serving * status.report}: it holds no block's lease now; "
+              f"{_stops(status, who)})"
               for who in status.runners]
     lines += [f"running: {who} (the Ray run's driver: no block process of it writes now; it "
               f"checks the data on the cluster, waits for the cluster to place the blocks, or "
-              f"starts their processes; {_stops(status, who)})"
+              f"starts their processes{serving * status.report}; {_stops(status, who)})"
               for who in status.drivers]
     if status.report_problem:
         lines.append(status.report_problem)

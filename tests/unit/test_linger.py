@@ -61,6 +61,11 @@ def test_a_local_run_serves_its_final_scores_after_its_report_until_stopped(
                   f'run_id="{report["run_id"]}"}} ')
         (value,) = re.findall(rf"^{re.escape(series)}(\S+)$", text, re.M)
         assert float(value) == pytest.approx(report["assembly"]["sample_accuracy"])
+        assert cli.main(["status", str(run)]) == 0
+        status = capsys.readouterr().out
+        assert status.splitlines()[0].endswith(", finished")
+        assert ("or its run is finished and it still serves the final scores "
+                "(metrics.linger_s)") in status
         assert cli.main(["stop", str(run), "--wait", str(HANG_S)]) == 0
         said = capsys.readouterr().out
         proc.wait(timeout=HANG_S)
