@@ -7,6 +7,7 @@ numbers equal a real CPU step's.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,6 +15,8 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 class LiveSavedBytes:
@@ -70,6 +73,61 @@ class _Held:
 
     def __del__(self) -> None:
         self.meter._release(self.key)
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of the tensors the operations run inside it allocate that are alive, saved for
+    backward or not; ``peak(leave_out)`` is their high mark.
+
+    Saved tensors are not all a step holds: the gradients of the activations in backward, a
+    checkpointed layer's recomputed outputs while its gradients are made and the loss's own
+    intermediates live beside them (on a checkpointed tiny ViT block, a quarter more than
+    the saved bytes' peak). An operation's output that aliases none of its inputs is a new
+    allocation; it counts until its storage is freed (a storage's Python object lives as long
+    as the storage, on the meta device too), so the count is an allocator's, without its
+    rounding or caching.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._events: list[tuple[int, int]] = []  # (allocation number, +bytes or -bytes)
+        self._alive: dict[int, int] = {}  # storage id -> allocation number
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if any(r.alias_info is not None for r in func._schema.returns):
+            return out  # a view or an in-place result: no new storage
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._allocated(t.untyped_storage())
+        return out
+
+    def _allocated(self, storage: torch.UntypedStorage) -> None:
+        key = storage._cdata
+        if key in self._alive or storage.nbytes() == 0:
+            return
+        number, size = len(self._events), storage.nbytes()
+        self._alive[key] = number
+        self._events.append((number, size))
+        weakref.finalize(storage, self._freed, key, number, size)
+
+    def _freed(self, key: int, number: int, size: int) -> None:
+        if self._alive.get(key) == number:
+            del self._alive[key]
+        self._events.append((number, -size))
+
+    def peak(self) -> int:
+        """The most bytes alive at once of those freed by now: what outlives the step (the
+        parameters' gradients, counted apart, tables cached for later steps, the loss) is
+        left out of the whole timeline, so a count is the same the first time and after."""
+        skip = set(self._alive.values())
+        current = top = 0
+        for number, size in list(self._events):
+            if number not in skip:
+                current += size
+                top = max(top, current)
+        return top
 
 
 def _storage_id(t: torch.Tensor) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from dbparallel.config import Config, ConfigError, bytes_text
-from dbparallel.core.meta_memory import LiveSavedBytes, cpu_attention_on_meta
+from dbparallel.core.meta_memory import LiveSavedBytes, LiveTensorBytes, cpu_attention_on_meta
 from dbparallel.tasks import build_task
 from dbparallel.training.cluster_fit import (
     USABLE,
@@ -39,10 +39,14 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     piece's, alive through its forward pass; ``draws_at_cut``: the global batch's draws and a
     piece's copy of its rows, held for a moment before its forward pass when the batch is cut
     into replicas' shares or pieces), with the block's private stem and head apart. ``total``
-    is 5P, the inputs, and the larger of activations + draws and ``draws_at_cut``.
-    ``context`` wraps the step. With train.checkpoint_layers, the peak comes in backward,
-    ``flops`` are the model's (``model_flops_per_step``) and ``work_flops`` what the device
-    computes (the layers' forward pass twice). With
+    is 5P, the inputs, and the larger of activations + working + draws and ``draws_at_cut``.
+    ``working``: what the step's other intermediates hold beside the saved bytes at their
+    peak (the activations' gradients in backward, a checkpointed layer's recomputed outputs,
+    the loss's own tensors, a later piece's new parameter gradient), counted like an
+    allocator (``LiveTensorBytes``). ``context`` wraps the step. With
+    train.checkpoint_layers, the peak comes in backward, ``flops`` are the model's
+    (``model_flops_per_step``) and ``work_flops`` what the device computes (the layers'
+    forward pass twice). With
     runtime.replicas_per_block=R, one replica's step: its share of the batch (the most rows);
     with train.micro_batches=k, the activations of its largest piece and the FLOPs of all.
     ``count_flops=False`` leaves the FLOPs out (no ``flops``, ``work_flops``): counting them
@@ -63,6 +67,7 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     if key in _COUNTED:
         return dict(_COUNTED[key])
     meter = LiveSavedBytes(exclude=list(net.parameters()))
+    live = LiveTensorBytes()
     count = FlopCount()
     with ExitStack() as stack:
         stack.enter_context(cpu_attention_on_meta())
@@ -71,7 +76,15 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
         stack.enter_context(meter.record())
         if count_flops:
             stack.enter_context(count.counting())
+        stack.enter_context(live)
         task.loss_on(net, batch, block, draws).mean().backward()
+    # what the step's operations hold beside the saved bytes at its peak (the gradients of
+    # the activations, recomputed layers, the loss's intermediates); the parameters'
+    # gradients are in params_and_optimizer. A later piece's backward makes each
+    # parameter's gradient anew and adds it into the one there: one more at a time.
+    adding = max(p.numel() * p.element_size() for p in net.parameters()) \
+        if piece < rows else 0
+    working = max(0, live.peak() + adding - meter.peak)
     params = ADAM_COPIES * split["total"] * size
     ema = split["total"] * size  # BlockTrainer.ema: a copy of the weights, on the device
     stem = ADAM_COPIES * split["stem_and_head"] * size
@@ -80,8 +93,8 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
     at_cut = 0 if piece == cfg.train.batch_size else drawn + rows_nbytes(planned_draws(
         task, block, task.example_batch(cfg.train.batch_size, "meta"), "meta", cfg.run.seed))
     out = {"params_and_optimizer": params, "ema": ema, "activations": meter.peak,
-           "inputs": inputs, "draws": drawn, "draws_at_cut": at_cut,
-           "total": params + ema + inputs + max(meter.peak + drawn, at_cut),
+           "working": working, "inputs": inputs, "draws": drawn, "draws_at_cut": at_cut,
+           "total": params + ema + inputs + max(meter.peak + working + drawn, at_cut),
            "stem_and_head": stem}
     if count_flops:
         # per row but for a few ops per call (the AR masks): k pieces count a little more
@@ -125,7 +138,7 @@ def model_flops_per_step(cfg: Config, block: int = 0) -> int:
     return step_bytes(plain, block)["flops"]
 
 
-PARTS = ("params_and_optimizer", "ema", "activations", "inputs", "draws")
+PARTS = ("params_and_optimizer", "ema", "activations", "working", "inputs", "draws")
 
 
 def plan(cfg: Config, cluster: Cluster | None = None) -> dict[str, Any]:
@@ -194,7 +207,9 @@ def plan_table(cfg: Config, result: dict[str, Any]) -> str:
                  f"{bytes_text(part['params_and_optimizer'])} and the EMA "
                  f"{bytes_text(part['ema'])} (only more blocks shrink them), activations "
                  f"{bytes_text(part['activations'])} (more blocks, train.checkpoint_layers, "
-                 f"train.micro_batches and replicas shrink them), inputs and noise draws "
+                 f"train.micro_batches and replicas shrink them) and beside them "
+                 f"{bytes_text(part['working'])} of their gradients and other intermediates, "
+                 f"inputs and noise draws "
                  f"{bytes_text(part['inputs'] + part['draws'])}")
     if "cluster" in result:
         lines += cluster_lines(cfg, result["cluster"])

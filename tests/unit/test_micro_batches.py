@@ -219,4 +219,4 @@ def test_the_plan_counts_a_steps_input_rows_and_noise_draws(name: str) -> None:
     for s in (whole, cut):
         assert s["ema"] == s["params_and_optimizer"] // 4  # one more copy of the weights
         assert s["total"] == s["params_and_optimizer"] + s["ema"] + s["inputs"] + \
-            max(s["activations"] + s["draws"], s["draws_at_cut"])
+            max(s["activations"] + s["working"] + s["draws"], s["draws_at_cut"])
