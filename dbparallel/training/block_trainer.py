@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from dbparallel.config import Config, config_hash, to_dict
-from dbparallel.core.memory import SavedTensorMeter, StepMemory, measure_step
+from dbparallel.core.memory import StepMemory, measure_step
 from dbparallel.core.meta_memory import LiveSavedBytes
 from dbparallel.models.block import Block
 from dbparallel.tasks import Task, build_task
@@ -112,12 +112,14 @@ class BlockTrainer:
             per_sample = self.task.loss_on(self.model, batch, self.block, draws).float()
         return per_sample.sum() / total if total else per_sample.mean()
 
-    def _meter(self, live: bool) -> SavedTensorMeter | LiveSavedBytes:
-        """The byte meter of a piece's saved tensors: through forward only, where a plain
-        network's peak is, or (``live``) through forward and backward as autograd frees them."""
-        if live:
-            return LiveSavedBytes(self.params)
-        return SavedTensorMeter(exclude=self.params)
+    def _meter(self) -> LiveSavedBytes:
+        """The byte meter of a piece's saved tensors, through forward and backward as autograd
+        frees them (a checkpointed network peaks in backward). Not core/memory.py's
+        SavedTensorMeter: it keeps every storage it counted alive until it is dropped, after
+        backward, so the measuring step would hold all the saved bytes through backward
+        beside their gradients, above what the plan counts and what later steps hold (a tiny
+        DiT block: 17% above them)."""
+        return LiveSavedBytes(self.params)
 
     def train_step(self, batch: Batch) -> StepStats:
         """One optimizer step on ``batch`` (tensors on this trainer's device)."""
@@ -133,15 +135,13 @@ class BlockTrainer:
         # piece's saved tensors are freed by its backward: the step's peak is the largest's.
         measuring = self.model_flops_per_step is None
         count = FlopCount() if measuring else None
-        # checkpointed layers peak in backward, as they run again: meter it too
-        live = self.cfg.train.checkpoint_layers
         saved_peak = 0
         total: torch.Tensor | None = None
         with count.counting() if count else contextlib.nullcontext():
             for piece, share in pieces(batch, self.share, self.cfg.train.micro_batches):
                 g = generator(self.cfg.run.seed, "step", self.block, self.step,
                               device=self.device)
-                meter = self._meter(live) if measuring else None
+                meter = self._meter() if measuring else None
                 with meter.record() if meter else contextlib.nullcontext():
                     # the piece's draws, held by nothing after its forward pass: its noise
                     # is gone before backward (autograd keeps what it needs)
@@ -150,11 +150,8 @@ class BlockTrainer:
                         share.total if share else None)
                     # a copy: CUDA graphs (reduce-overhead) reuse the output's memory
                     part = loss.detach().clone()
-                    if live:
-                        loss.backward()
-                if not live:
-                    loss.backward()
-                if meter:  # dropped here: it holds what it counted alive
+                    loss.backward()  # checkpointed layers save again in backward
+                if meter:
                     saved_peak, meter = max(saved_peak, meter.peak), None
                 total = part if total is None else total + part
             assert total is not None
@@ -175,8 +172,8 @@ class BlockTrainer:
             self.step += 1
             return StepStats(self.step, math.nan, False, time.perf_counter() - start, n)
         if count is not None:  # checkpointed: the model's, without the layers run again
-            self.model_flops_per_step = model_flops_per_step(self.cfg, self.block) if live \
-                else count.total
+            self.model_flops_per_step = model_flops_per_step(self.cfg, self.block) \
+                if self.cfg.train.checkpoint_layers else count.total
         if self.cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
         self.optimizer.step()

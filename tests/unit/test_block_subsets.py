@@ -113,11 +113,11 @@ def test_bad_precision_is_refused(tmp_path, capsys) -> None:
 
 
 def test_memory_is_measured_on_the_first_step_only(tiny_cfg, monkeypatch) -> None:
-    from dbparallel.core.memory import SavedTensorMeter
+    from dbparallel.core.meta_memory import LiveSavedBytes
 
     calls = []
-    record = SavedTensorMeter.record
-    monkeypatch.setattr(SavedTensorMeter, "record",
+    record = LiveSavedBytes.record
+    monkeypatch.setattr(LiveSavedBytes, "record",
                         lambda self: calls.append(1) or record(self))
     trainer = BlockTrainer(tiny_cfg, 0)
     run_batch = {k: v[:32] for k, v in trainer.task.decode(digits_table()).items()}

@@ -14,6 +14,7 @@ from torch._C._profiler import _EventType
 
 from dbparallel.config.loading import load_config
 from dbparallel.core.memory import tensor_bytes
+from dbparallel.core.meta_memory import LiveTensorBytes
 from dbparallel.training.block_trainer import BlockTrainer
 from dbparallel.training.plan import step_bytes
 
@@ -61,3 +62,14 @@ def test_plan_holds_a_real_steps_peak(recipe: str, overrides: list[str]) -> None
     planned = step_bytes(trainer.cfg, 0, count_flops=False)["total"]
     assert measured <= planned <= 1.1 * measured
 
+
+def test_the_measuring_step_holds_no_more_than_a_later_one() -> None:
+    # the first step's byte meter must not keep the saved tensors alive through backward
+    trainer, batch = _trainer("dit_fashion_tiny.yaml")
+    peaks = []
+    for _ in range(2):
+        with LiveTensorBytes() as live:
+            trainer.train_step(batch)
+        peaks.append(live.peak())
+    assert trainer.memory is not None
+    assert peaks[0] <= 1.02 * peaks[1]
