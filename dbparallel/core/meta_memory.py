@@ -117,11 +117,13 @@ class LiveTensorBytes(TorchDispatchMode):
             del self._alive[key]
         self._events.append((number, -size))
 
-    def peak(self) -> int:
-        """The most bytes alive at once of those freed by now: what outlives the step (the
-        parameters' gradients, counted apart, tables cached for later steps, the loss) is
-        left out of the whole timeline, so a count is the same the first time and after."""
-        skip = set(self._alive.values())
+    def peak(self, keep: list[torch.Tensor] | None = None) -> int:
+        """The most bytes alive at once of those freed by now and of ``keep``'s (the
+        parameters' gradients): what else outlives the step (tables cached for later steps,
+        the loss) is left out of the whole timeline, so a count is the same the first time
+        and after."""
+        kept = {_storage_id(t) for t in keep or []}
+        skip = {n for key, n in self._alive.items() if key not in kept}
         current = top = 0
         for number, size in list(self._events):
             if number not in skip:

@@ -78,13 +78,16 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
             stack.enter_context(count.counting())
         stack.enter_context(live)
         task.loss_on(net, batch, block, draws).mean().backward()
-    # what the step's operations hold beside the saved bytes at its peak (the gradients of
-    # the activations, recomputed layers, the loss's intermediates); the parameters'
-    # gradients are in params_and_optimizer. A later piece's backward makes each
-    # parameter's gradient anew and adds it into the one there: one more at a time.
-    adding = max(p.numel() * p.element_size() for p in net.parameters()) \
-        if piece < rows else 0
-    working = max(0, live.peak() + adding - meter.peak)
+    # what the step's operations hold beside the saved bytes and 4P at their peak (the
+    # gradients of the activations, recomputed layers, the loss's intermediates). One piece
+    # makes the parameters' gradients as it goes (they are in 4P, and a peak may come before
+    # all are made); a later piece finds them all there, makes each anew and adds it in.
+    sizes = [p.numel() * p.element_size() for p in net.parameters()]
+    if piece < rows:
+        working = max(0, live.peak() + max(sizes) - meter.peak)
+    else:
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        working = max(0, live.peak(grads) - sum(sizes) - meter.peak)
     params = ADAM_COPIES * split["total"] * size
     ema = split["total"] * size  # BlockTrainer.ema: a copy of the weights, on the device
     stem = ADAM_COPIES * split["stem_and_head"] * size

@@ -153,7 +153,7 @@ def test_a_plan_that_cannot_train_exits_1_and_says_why(capsys) -> None:
     assert cli.main(["plan", *SMALL, *gpu, "runtime.device_memory=1MiB", "--json"]) == 1
     out, err = capsys.readouterr()
     assert json.loads(out)["cluster"]["fits"] is False  # the plan is printed all the same
-    assert "plan: a device holds 6.4 MiB of training, more than 90% of runtime.device_memory=" \
+    assert "plan: a device holds 6.3 MiB of training, more than 90% of runtime.device_memory=" \
            "1.0 MiB; exit code 1" in err
     # a block asking more GPUs than a fixed cluster has: no wave can start
     assert cli.main(["plan", *SMALL, "runtime.devices=1", "runtime.gpus_per_block=2"]) == 1
