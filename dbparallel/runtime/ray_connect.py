@@ -18,6 +18,7 @@ import ray
 
 from dbparallel.config import Config
 from dbparallel.errors import ConfigError
+from dbparallel.runtime.joined_address import other_instance
 from dbparallel.runtime.metrics_port import free_port, port_line
 from dbparallel.runtime.node_processes import descendants, new_descendants, stop_processes
 
@@ -41,7 +42,7 @@ def connect(cfg: Config) -> bool:
     process that joined a Ray instance already, the run uses that one: a runtime.address
     naming another is warned of, not joined."""
     if ray.is_initialized():
-        other = _other_address(cfg.runtime.address)
+        other = other_instance(cfg.runtime.address)
         if other:
             log.warning("runtime.address=%s is not joined: this process joined the Ray "
                         "instance at %s before, and the run uses that one (leave "
@@ -84,33 +85,6 @@ def _restore(values: dict[str, str | None]) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-def _other_address(address: str) -> str:
-    """The address of the instance this process joined, where ``address`` (runtime.address)
-    surely names another: another port, or a host that resolves elsewhere (this machine's
-    loopback is taken as the joined node's own); "" where it names none, the same, or one
-    the address alone cannot tell (auto, local, a ray:// client's)."""
-    if not address or address in ("auto", "local") or address.startswith("ray://") \
-            or ":" not in address:
-        return ""
-    joined = ray.get_runtime_context().gcs_address
-    host, _, port = address.rpartition(":")
-    joined_host, _, joined_port = joined.rpartition(":")
-    if port != joined_port:
-        return joined
-    ip, joined_ip = _resolved(host), _resolved(joined_host)
-    if ip is None or joined_ip is None or ip == joined_ip or ip.startswith("127."):
-        return ""
-    return joined
-
-
-def _resolved(host: str) -> str | None:
-    """The IPv4 address of ``host``; None where it does not resolve."""
-    try:
-        return socket.gethostbyname(host)
-    except (OSError, UnicodeError):
-        return None
 
 
 def _connect(cfg: Config) -> bool:
