@@ -146,7 +146,11 @@ def _run(cfg: Config, index: DataIndex, session: str, start: float, progress: bo
                  for b in range(cfg.model.blocks)]
         assembly = AssemblyRecorder(cfg.run.name, run_id, gauges)
         bars.queue(list(range(slots, cfg.model.blocks)))  # the lowest blocks start first
-        controller = Controller(cfg, backend, on_progress=bars.update, on_start=bars.start,
+        def started(block: int) -> None:  # its stalled gauge reads 0 from its start, so
+            bars.start(block)  # a healthy run's stall panel shows every block training
+            stall[block].stalled(False)
+
+        controller = Controller(cfg, backend, on_progress=bars.update, on_start=started,
                                 on_stall=lambda b, stalled: stall[b].stalled(stalled),
                                 on_assembly_failed=lambda message: assembly.failed(),
                                 on_block_failed=lambda b, step, err: given_up.append(

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN = "prom"
 PER_BLOCK = ("block_loss", "block_steps_total", "block_samples_per_second",
              "block_step_time_seconds", "block_memory_bytes", "block_sigma_low",
-             "block_sigma_high", "block_heldout_loss")
+             "block_sigma_high", "block_heldout_loss", "block_stalled")
 DIT_ASSEMBLY = ("assembly_sample_accuracy", "assembly_fd_indomain")
 
 
@@ -153,6 +153,7 @@ def test_every_dashboard_query_answers_from_a_live_scrape(prometheus, tmp_path) 
         (expr,) = [e for e in answered if f"({metric}{{" in e]
         return answered[expr]
 
+    assert panel("ray_dbparallel_block_stalled") == {"0": 0.0, "1": 0.0}  # 0 from its start
     losses = panel("ray_dbparallel_block_loss")
     assert all(0 < v < 100 for v in losses.values())
     memory = panel("ray_dbparallel_block_memory_bytes")
