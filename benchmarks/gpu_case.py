@@ -87,8 +87,8 @@ def _peak_bytes(device: str) -> int | None:
 
 def _memory_beside(cfg: Config, device: str) -> dict[str, int | None]:
     """What to hold the plan's 90% of runtime.device_memory (training/cluster_fit.py) against:
-    the plan's count of this step (``plan_bytes``: float32 activations, so above a bf16
-    step's), the allocator's reserved peak, and the device memory in use outside the
+    the plan's count of this step (``plan_bytes``: under CUDA's autocast lists where
+    train.precision=bf16), the allocator's reserved peak, and the device memory in use outside the
     allocator (``outside_allocator_bytes``: the CUDA context and libraries, this process
     alone on the device)."""
     from dbparallel.training.plan import step_bytes

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from dbparallel.config import Config, ConfigError, bytes_text
+from dbparallel.core.meta_autocast import cuda_autocast_on_meta
 from dbparallel.core.meta_memory import LiveSavedBytes, LiveTensorBytes, cpu_attention_on_meta
 from dbparallel.tasks import build_task
 from dbparallel.training.cluster_fit import (
@@ -23,6 +24,7 @@ from dbparallel.training.cluster_fit import (
 )
 from dbparallel.training.data_memory import rows_nbytes
 from dbparallel.training.flops import FlopCount
+from dbparallel.training.precision import autocast
 from dbparallel.training.step_pieces import planned_draws
 
 ADAM_COPIES = 4  # parameters, gradients and Adam's two moments (paper App. G: 4P)
@@ -77,7 +79,12 @@ def step_bytes(cfg: Config, block: int = 0, device: str = "meta",
         if count_flops:
             stack.enter_context(count.counting())
         stack.enter_context(live)
-        task.loss_on(net, batch, block, draws).mean().backward()
+        if device == "meta":  # CUDA's autocast lists, switched on by CPU autocast's flag
+            stack.enter_context(cuda_autocast_on_meta())
+        # the forward pass under train.precision, as BlockTrainer._loss runs it
+        with autocast(cfg.train.precision, "cpu" if device == "meta" else device):
+            per_sample = task.loss_on(net, batch, block, draws).float()
+        per_sample.mean().backward()
     # what the step's operations hold beside the saved bytes and 4P at their peak (the
     # gradients of the activations, recomputed layers, the loss's intermediates). One piece
     # makes the parameters' gradients as it goes (they are in 4P, and a peak may come before
@@ -198,8 +205,8 @@ def plan_table(cfg: Config, result: dict[str, Any]) -> str:
     if cfg.train.checkpoint_layers:
         rows += ", with activation checkpointing of every layer (train.checkpoint_layers)"
     if cfg.train.precision == "bf16":
-        rows += ("; activations counted in float32: under train.precision=bf16 the step "
-                 "holds less")
+        rows += ("; activations counted under CUDA's bf16 autocast (train.precision=bf16: "
+                 "bfloat16 matmuls and attention, float32 norms, softmax and losses)")
     lines.append("block 0 runs first at inference (highest noise); memory is one training step "
                  f"(parameters, gradients, Adam, the EMA, activations, inputs, noise draws) "
                  f"at {rows}")

@@ -49,6 +49,13 @@ def _trainer(recipe: str, *overrides: str) -> tuple[BlockTrainer, dict[str, torc
     ("vit_tiny.yaml", ["train.checkpoint_layers=true"]),
     ("dit_fashion_tiny.yaml", []),
     ("mdm_shakespeare_tiny.yaml", ["train.checkpoint_layers=true", "train.micro_batches=2"]),
+    # counted in float32, these bf16 steps were 38% below the plan. The plan runs CUDA's
+    # autocast lists (core/meta_autocast.py), the CPU its own: they differ in what these
+    # steps hold only where a norm's input is bfloat16 (CUDA computes layer_norm in float32),
+    # which the AR and looped LMs' is (there the plan is 9% above the CPU's peak)
+    ("dit_fashion_tiny.yaml", ["train.precision=bf16"]),
+    ("dit_fashion_tiny.yaml", ["train.precision=bf16", "train.checkpoint_layers=true"]),
+    ("mdm_shakespeare_tiny.yaml", ["train.precision=bf16"]),
 ])
 def test_plan_holds_a_real_steps_peak(recipe: str, overrides: list[str]) -> None:
     # the gradients of the activations and a checkpointed layer's recomputed outputs live

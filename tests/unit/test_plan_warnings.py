@@ -65,11 +65,10 @@ def test_max_concurrent_blocks_beyond_or_below_the_cluster_is_named(capsys) -> N
                                                                     "runtime.devices=8")
 
 
-def test_a_bf16_plan_says_its_activations_are_counted_in_float32(capsys) -> None:
+def test_a_bf16_plan_says_its_activations_are_counted_under_autocast(capsys) -> None:
     out = _plan(capsys, "train.precision=bf16")
-    assert ("activations counted in float32: under train.precision=bf16 the step holds "
-            "less") in out
-    assert "counted in float32" not in _plan(capsys, "train.precision=tf32")
+    assert "activations counted under CUDA's bf16 autocast (train.precision=bf16" in out
+    assert "autocast" not in _plan(capsys, "train.precision=tf32")
 
 
 def test_more_than_one_gpu_per_block_is_said_to_leave_gpus_idle(capsys) -> None:
