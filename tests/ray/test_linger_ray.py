@@ -107,6 +107,8 @@ def test_a_stop_during_the_wait_ends_the_run_as_done(ray_session, tmp_path, caps
     assert "stopped (SIGTERM)" not in err.read_text()
     assert json.loads((run / "report.json").read_text()) == report
     assert not list((run / RUNNING_DIR).glob("*.json"))
-    alive = [a for a in ray.util.state.list_actors(filters=[("state", "=", "ALIVE")])
+    here = ray.get_runtime_context().gcs_address  # not whichever instance started last
+    alive = [a for a in ray.util.state.list_actors(address=here,
+                                                   filters=[("state", "=", "ALIVE")])
              if a.class_name == "AssemblerActor"]
     assert not alive  # stopped with the run
