@@ -7,8 +7,7 @@ Paper App. G: Adam training of L layers costs (4P + A) L.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -50,46 +49,11 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
                         if isinstance(v, torch.Tensor) and v.dim() > 0)
 
 
-class SavedTensorMeter:
-    """Counts bytes autograd saves for backward while active; ``peak`` is their high mark.
-
-    Tensors saved for backward live until backward frees them, so the sum at the end of the
-    forward pass is the activation peak. Parameters saved by layers are excluded (counted as
-    parameters), and a storage saved twice is counted once. The meter holds every storage it
-    counted until it is dropped, so a freed address reused by a later tensor is never mistaken
-    for one already counted: the count is the same on every run (a tensor saved and then
-    discarded within the forward pass counts too, an upper bound).
-    """
-
-    def __init__(self, exclude: Iterable[torch.Tensor] = ()):
-        self._exclude = {t.untyped_storage().data_ptr() for t in exclude}
-        self._seen: dict[int, torch.UntypedStorage] = {}
-        self.current = 0
-        self.peak = 0
-
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        if t.device.type == "meta":  # shape-only estimate: no storage to deduplicate by
-            self.current += t.numel() * t.element_size()
-            self.peak = max(self.peak, self.current)
-            return t
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in self._exclude and ptr not in self._seen:
-            self._seen[ptr] = storage
-            self.current += storage.nbytes()
-            self.peak = max(self.peak, self.current)
-        return t
-
-    @contextmanager
-    def record(self) -> Iterator[SavedTensorMeter]:
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
-            yield self
-
-
 def measure_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, activations: int
 ) -> StepMemory:
-    """Assemble a StepMemory after a step that ``SavedTensorMeter`` recorded."""
+    """Assemble a StepMemory after a step whose saved bytes peaked at ``activations``
+    (meta_memory.LiveSavedBytes)."""
     params = list(model.parameters())
     return StepMemory(
         params=tensor_bytes(params),

@@ -112,15 +112,6 @@ class BlockTrainer:
             per_sample = self.task.loss_on(self.model, batch, self.block, draws).float()
         return per_sample.sum() / total if total else per_sample.mean()
 
-    def _meter(self) -> LiveSavedBytes:
-        """The byte meter of a piece's saved tensors, through forward and backward as autograd
-        frees them (a checkpointed network peaks in backward). Not core/memory.py's
-        SavedTensorMeter: it keeps every storage it counted alive until it is dropped, after
-        backward, so the measuring step would hold all the saved bytes through backward
-        beside their gradients, above what the plan counts and what later steps hold (a tiny
-        DiT block: 17% above them)."""
-        return LiveSavedBytes(self.params)
-
     def train_step(self, batch: Batch) -> StepStats:
         """One optimizer step on ``batch`` (tensors on this trainer's device)."""
         start = time.perf_counter()
@@ -141,7 +132,9 @@ class BlockTrainer:
             for piece, share in pieces(batch, self.share, self.cfg.train.micro_batches):
                 g = generator(self.cfg.run.seed, "step", self.block, self.step,
                               device=self.device)
-                meter = self._meter() if measuring else None
+                # the piece's saved bytes through forward and backward as autograd frees them
+                # (a checkpointed network peaks in backward, as its layers save again)
+                meter = LiveSavedBytes(self.params) if measuring else None
                 with meter.record() if meter else contextlib.nullcontext():
                     # the piece's draws, held by nothing after its forward pass: its noise
                     # is gone before backward (autograd keeps what it needs)
